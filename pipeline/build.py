@@ -1,0 +1,68 @@
+"""Build a run's components from a validated :class:`~pipeline.config.SceneConfig`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pipeline.config import SceneConfig
+from pipeline.types import NLSError, SceneData
+
+
+@dataclass
+class BuildContext:
+    """Handed to every component factory as ``ctx``.
+
+    cfg: the whole scene config; scene: the loaded scene (None while building the source);
+    device: torch device; aabb: (6,) scene box tensor (None while building the source);
+    extra: free slot for plugins.
+    """
+
+    cfg: SceneConfig
+    device: Any
+    scene: Optional[SceneData] = None
+    aabb: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NLSError("--device cuda was asked for, but torch sees no CUDA device (this torch build: "
+                       f"{torch.__version__}). Use --device cpu or auto, or install a CUDA build of torch "
+                       "(README: 'Installing on a CUDA machine').")
+    return torch.device(name)
+
+
+def setup_threads(threads: Optional[int]) -> None:
+    """Pick a sane CPU thread count; OMP_WAIT_POLICY=PASSIVE is set by the CLI before torch loads."""
+    import torch
+
+    n = threads or int(os.environ.get("NLS_THREADS", 0)) or (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+
+
+def load_scene_data(cfg: SceneConfig, device) -> SceneData:
+    ctx = BuildContext(cfg, device)
+    result = cfg.stages["scene"].build(ctx)
+    scene = result() if callable(result) else result
+    if not isinstance(scene, SceneData):
+        raise NLSError(f"scene source {cfg.stages['scene'].name!r} returned {type(scene).__name__}, "
+                       f"not SceneData (plugin {cfg.stages['scene'].component.plugin!r} is broken)")
+    return scene
+
+
+def build_system(cfg: SceneConfig, scene: SceneData, device):
+    """Instantiate field, certifier, density map, renderer and losses; move them to ``device``."""
+    from pipeline.system import FieldChain, System
+
+    ctx = BuildContext(cfg, device, scene, scene.aabb.float())
+    built = {s: (cfg.stages[s].build(ctx) if cfg.stages.get(s) else None)
+             for s in ("field", "certifier", "density", "renderer")}
+    chain = FieldChain(built["field"], built["certifier"], built["density"])
+    losses = {f"{i}_{c.name}": c.build(ctx) for i, c in enumerate(cfg.losses)}
+    return System(chain, built["renderer"], losses, scene.aabb).to(device)

@@ -1,0 +1,368 @@
+"""Scene YAML: schema, validation, ``--set`` overrides, chain checks and the resolved config.
+
+A scene file lists the stages in pipeline order, each as ``type:`` plus options::
+
+    name: csg_demo            # names the run folder outputs/<name>/<method>/<timestamp>
+    method: ngp_dense
+    scene:     {type: procedural, shape: csg}
+    field:     {type: dense_grid, resolution: 96}
+    density:   null           # optional stage: sdf/occupancy -> density
+    renderer:  {type: volume}
+    extractor: {type: marching_cubes, resolution: 192}
+    losses:    [{type: photometric}]
+    evaluators: [{type: psnr}, {type: chamfer}]
+    train:  {steps: 1500, batch_rays: 4096}
+    eval:   {split: test}
+    output: {root: outputs}
+
+Everything is validated before any heavy import: unknown keys, wrong types, unknown
+component names and chains whose produce/consume do not fit are refused with one
+paragraph naming the file, the key path, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.components import Component, ComponentConfig
+from pipeline.types import ConfigError
+
+SINGLE_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")
+LIST_STAGES = {"losses": "loss", "evaluators": "evaluator"}
+REQUIRED_STAGES = ("scene", "field")
+
+
+class TrainConfig(BaseModel):
+    """Training-loop settings (the ``train:`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, ge=0, description="total optimisation steps; resume never goes past it")
+    batch_rays: int = Field(4096, ge=1, description="rays per step (posed-image scenes)")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate")
+    lr_final_factor: float = Field(0.1, gt=0, le=1, description="exponential decay to lr*factor at the last step")
+    weight_decay: float = Field(0.0, ge=0)
+    max_seconds: Optional[float] = Field(None, gt=0, description="stop once this much training time is spent "
+                                         "(over all resumes), even before `steps`")
+    seed: int = Field(0, description="seed for torch, numpy and ray sampling")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    log_every: int = Field(25, ge=1, description="steps between metrics.jsonl lines")
+    checkpoint_every: int = Field(250, ge=1, description="steps between atomic checkpoints")
+    grid_update_every: int = Field(16, ge=1, description="steps between occupancy-grid updates")
+    grid_warmup: int = Field(256, ge=0, description="steps before the occupancy grid starts culling")
+    mixed_precision: bool = Field(False, description="autocast the colour branch on CUDA; geometry stays fp32")
+
+
+class EvalConfig(BaseModel):
+    """Evaluation settings (the ``eval:`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: str = Field("test", description="image split used for PSNR/SSIM and `nls render`")
+    max_images: Optional[int] = Field(None, ge=1, description="evaluate on the first N images only")
+    chunk: int = Field(8192, ge=1, description="rays per rendering chunk (bounds memory)")
+    fscore_tau: float = Field(0.01, gt=0, description="F-score threshold in the GT-normalised frame")
+    chamfer_samples: int = Field(30000, ge=100)
+
+
+class OutputConfig(BaseModel):
+    """Where runs go (the ``output:`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field("outputs", description="runs go to <root>/<scene>/<method>/<timestamp>")
+
+
+TOP_LEVEL = {
+    "name": "scene name (string)",
+    "method": "method label (string)",
+    "description": "free text",
+    **{s: f"{s} stage: {{type: ..., options}}" for s in SINGLE_STAGES},
+    "losses": "list of {type: ..., options}",
+    "evaluators": "list of {type: ..., options}",
+    "train": "training settings",
+    "eval": "evaluation settings",
+    "output": "output settings",
+}
+
+
+@dataclass
+class StageChoice:
+    """A component selected for a stage, with its validated options."""
+
+    stage: str
+    component: Component
+    options: ComponentConfig
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+    def to_dict(self) -> dict:
+        return {"type": self.component.name, **self.options.model_dump(mode="json")}
+
+    def build(self, ctx: Any = None) -> Any:
+        return self.component.build(self.options, ctx)
+
+
+@dataclass
+class SceneConfig:
+    """A validated scene file."""
+
+    name: str
+    method: str
+    source: str
+    stages: dict[str, Optional[StageChoice]]
+    losses: list[StageChoice]
+    evaluators: list[StageChoice]
+    train: TrainConfig
+    eval: EvalConfig
+    output: OutputConfig
+    description: str = ""
+    raw: dict = field(default_factory=dict)
+
+    def choice(self, stage: str) -> Optional[StageChoice]:
+        return self.stages.get(stage)
+
+    def all_choices(self) -> list[StageChoice]:
+        return [c for c in self.stages.values() if c] + self.losses + self.evaluators
+
+    def to_dict(self) -> dict:
+        """Plain, fully resolved config; ``yaml.safe_load`` reads it back."""
+        d: dict[str, Any] = {"name": self.name, "method": self.method}
+        if self.description:
+            d["description"] = self.description
+        for s in SINGLE_STAGES:
+            c = self.stages.get(s)
+            d[s] = c.to_dict() if c else None
+        d["losses"] = [c.to_dict() for c in self.losses]
+        d["evaluators"] = [c.to_dict() for c in self.evaluators]
+        d["train"] = self.train.model_dump(mode="json")
+        d["eval"] = self.eval.model_dump(mode="json")
+        d["output"] = self.output.model_dump(mode="json")
+        return d
+
+    def provenance(self, versions: dict[str, str]) -> dict:
+        """Which plugin (and version) supplied each chosen component."""
+        return {f"{c.stage}:{c.name}": {"plugin": c.component.plugin,
+                                         "version": versions.get(c.component.plugin, "?")}
+                for c in self.all_choices()}
+
+
+# -- reading -----------------------------------------------------------------------------
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"scene file {path} does not exist. Give the path of a scene YAML, "
+                          f"e.g. scenes/csg_dense.yaml (see `ls scenes/`).")
+    if path.is_dir():
+        raise ConfigError(f"scene file {path} is a directory; give a .yaml file inside it.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"scene file {path} is not valid YAML{where}: {problem}. "
+                          f"Check indentation and quoting there.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"scene file {path} is not a text file (UTF-8 expected).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"scene file {path}: the top level must be a mapping of stage names "
+                          f"({', '.join(TOP_LEVEL)}), got {type(data).__name__}.")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set train.steps=200")
+    key, _, value = text.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty part in key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _list_item(node, p, parts[: i + 1], text)
+                continue
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {text}: {'.'.join(parts[:i + 1])} is a {type(node).__name__}, "
+                                  f"not a mapping, so it has no key {parts[i + 1]!r}")
+        if isinstance(node, list):
+            idx = _index(parts[-1], parts, text, len(node))
+            node[idx] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _index(p: str, parts: list[str], text: str, n: int) -> int:
+    if not re.fullmatch(r"-?\d+", p) or not -n <= int(p) < n:
+        raise ConfigError(f"--set {text}: {'.'.join(parts)} indexes a list of {n} items; "
+                          f"use an index 0..{n - 1}")
+    return int(p)
+
+
+def _list_item(node: list, p: str, parts: list[str], text: str) -> Any:
+    return node[_index(p, parts, text, len(node))]
+
+
+def expand_vars(value: Any) -> Any:
+    """Expand ``${NLS_DATA}`` (the shared data root) and other env vars in strings."""
+    if isinstance(value, str) and "$" in value:
+        if "NLS_DATA" in value and "NLS_DATA" not in os.environ:
+            from pipeline.scenes import data_root  # local: avoids import cycles
+
+            root = data_root()
+            if root is None:
+                raise ConfigError(f"{value!r} needs the data root, but NLS_DATA is not set and "
+                                  f"../shared/data does not exist. Set NLS_DATA=/path/to/data.")
+            value = value.replace("${NLS_DATA}", str(root)).replace("$NLS_DATA", str(root))
+        return os.path.expandvars(value)
+    return value
+
+
+# -- validation ---------------------------------------------------------------------------
+
+def _fmt_loc(prefix: str, loc: tuple) -> str:
+    return ".".join([prefix, *[str(x) for x in loc]]) if prefix else ".".join(str(x) for x in loc)
+
+
+def format_validation_error(source: str, prefix: str, exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = _fmt_loc(prefix, err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(model.model_fields) or "(no options)"
+            lines.append(f"{key}: unknown key; valid keys here: {valid}")
+            continue
+        fld = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+        hint = f" ({fld.description})" if fld is not None and fld.description else ""
+        lines.append(f"{key} = {err.get('input')!r}: {err['msg']}{hint}")
+    return f"{source}: " + "; ".join(lines) + "."
+
+
+def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) -> BaseModel:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix} must be a mapping of options, got {data!r}")
+    try:
+        return model.model_validate({k: expand_vars(v) for k, v in data.items()})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, prefix, exc, model)) from None
+
+
+def _choice(host, source: str, key: str, stage: str, block: Any) -> StageChoice:
+    if isinstance(block, str):
+        block = {"type": block}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{source}: {key} must be a mapping with a 'type' key, got {block!r}")
+    if "type" not in block and stage == "scene" and "path" in block:
+        detected = host.scene_type_for_path(Path(expand_vars(block["path"])))
+        if detected:
+            block = {"type": detected, **block}
+    if "type" not in block:
+        types = ", ".join(c.name for c in host.components(stage)) or "none registered"
+        raise ConfigError(f"{source}: {key} has no 'type'. Valid {stage} types: {types}")
+    block = dict(block)
+    name = block.pop("type")
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: {key}.type = {name!r} must be a string")
+    comp = host.component(stage, name, where=f"{source}: {key}.type: ")
+    options = validate_block(source, key, comp.config_class(), block)
+    return StageChoice(stage, comp, options)
+
+
+def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:
+    """Validate a scene mapping against the registered components and check the chain."""
+    unknown = [k for k in data if k not in TOP_LEVEL]
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys: {', '.join(TOP_LEVEL)}")
+    for k in REQUIRED_STAGES:
+        if not data.get(k):
+            types = ", ".join(c.name for c in host.components(k)) or "none registered"
+            raise ConfigError(f"{source}: missing required stage {k!r}. Add e.g. `{k}: {{type: ...}}` "
+                              f"with one of: {types}")
+    for k in ("name", "method"):
+        if k in data and not isinstance(data[k], str):
+            raise ConfigError(f"{source}: {k} = {data[k]!r} must be a string")
+    stages = {s: (_choice(host, source, s, s, data[s]) if data.get(s) else None) for s in SINGLE_STAGES}
+    lists: dict[str, list[StageChoice]] = {}
+    for key, stage in LIST_STAGES.items():
+        items = data.get(key) or []
+        if not isinstance(items, list):
+            raise ConfigError(f"{source}: {key} must be a list of {{type: ...}} blocks, got {items!r}")
+        lists[key] = [_choice(host, source, f"{key}.{i}", stage, b) for i, b in enumerate(items)]
+    cfg = SceneConfig(
+        name=str(data.get("name") or Path(source).stem),
+        method=str(data.get("method") or stages["field"].name),
+        source=source,
+        stages=stages,
+        losses=lists["losses"],
+        evaluators=lists["evaluators"],
+        train=validate_block(source, "train", TrainConfig, data.get("train")),
+        eval=validate_block(source, "eval", EvalConfig, data.get("eval")),
+        output=validate_block(source, "output", OutputConfig, data.get("output")),
+        description=str(data.get("description") or ""),
+        raw=data,
+    )
+    check_chain(cfg, host)
+    return cfg
+
+
+def check_chain(cfg: SceneConfig, host) -> None:
+    """Refuse a chain whose produce/consume does not fit, naming what would fit."""
+    available: set[str] = set()
+    order = [(s, cfg.stages[s]) for s in SINGLE_STAGES] + \
+            [(c.stage, c) for c in cfg.losses] + [(c.stage, c) for c in cfg.evaluators]
+    for stage, choice in order:
+        if choice is None:
+            continue
+        comp = choice.component
+        if not comp.fits(available):
+            fitting = [c for c in host.components(stage) if c.fits(available)]
+            fit_text = ", ".join(f"{c.name} (plugin {c.plugin})" for c in fitting) or "none"
+            raise ConfigError(
+                f"{cfg.source}: {stage} {comp.name!r} needs {comp.consumes_text()}, but the chain "
+                f"before it only provides {', '.join(sorted(available)) or 'nothing'}. "
+                f"{stage} types that fit here: {fit_text}. Or add a stage that produces what is missing "
+                f"(e.g. a certifier for occupancy->sdf, a density map for sdf->density).")
+        available |= set(comp.produces)
+
+
+def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
+    data = apply_overrides(read_yaml(path), list(overrides))
+    return validate(data, host, source=str(path))
+
+
+def load_resolved(path: Path, host) -> SceneConfig:
+    """Read back a run's ``config.yaml``."""
+    return load_scene(path, host)
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,126 @@
+"""After training: render the eval split, export the mesh, run evaluators, write summary.json."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from pipeline.config import SceneConfig
+from pipeline.runs import RunDir
+from pipeline.types import NLSError, SceneData
+
+
+def to_uint8(img) -> np.ndarray:
+    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def depth_to_uint8(depth, opacity) -> np.ndarray:
+    import matplotlib
+
+    d = depth[..., 0].detach().cpu().numpy()
+    m = opacity[..., 0].detach().cpu().numpy() > 0.5
+    if m.any():
+        lo, hi = np.percentile(d[m], 1), np.percentile(d[m], 99)
+        d = np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = matplotlib.colormaps["turbo"](1 - d)[..., :3]
+    rgb[~m] = 1.0
+    return (rgb * 255).astype(np.uint8)
+
+
+@dataclass
+class EvalContext:
+    """What evaluators see. ``renders()`` and ``mesh()`` are computed once and cached."""
+
+    cfg: SceneConfig
+    scene: SceneData
+    system: Any
+    run: RunDir
+    device: Any
+    split: Optional[str] = None
+    out_dir: Optional[Path] = None
+    _renders: Optional[list] = field(default=None, repr=False)
+    _mesh: Any = field(default=None, repr=False)
+
+    def renders(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(pred (H,W,3), gt (H,W,3))] float arrays of the eval split; PNGs written on the way."""
+        if self._renders is None:
+            self._renders = render_split(self)
+        return self._renders
+
+    def mesh(self):
+        if self._mesh is None:
+            self._mesh = extract(self)
+        return self._mesh
+
+
+def render_split(ctx: EvalContext) -> list:
+    import imageio.v3 as iio
+    import torch
+
+    from pipeline.progress import StepProgress
+
+    split_name = ctx.split or ctx.cfg.eval.split
+    split = ctx.scene.splits.get(split_name)
+    if split is None:
+        raise NLSError(f"the scene has no {split_name!r} split (it has {', '.join(ctx.scene.splits) or 'none'}); "
+                       f"set eval.split or use --split")
+    if ctx.system.renderer is None:
+        raise NLSError("this run has no renderer stage, so it cannot render images")
+    out_dir = ctx.out_dir or (ctx.run.renders_dir / split_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(split) if ctx.cfg.eval.max_images is None else min(len(split), ctx.cfg.eval.max_images)
+    cams = split.cameras.to(ctx.device)
+    pairs = []
+    ctx.system.eval()
+    with StepProgress(n, 0, f"rendering {split_name}") as bar, torch.no_grad():
+        for i in range(n):
+            out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk)
+            pred = out["rgb"].clamp(0, 1).cpu().numpy()
+            gt = split.images[i].cpu().numpy()
+            name = split.names[i] if i < len(split.names) else f"{i:03d}"
+            iio.imwrite(out_dir / f"{name}.png", to_uint8(pred))
+            side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)
+            iio.imwrite(out_dir / f"{name}_pred_gt_depth.png", side)
+            pairs.append((pred, gt))
+            bar.advance(i + 1)
+    return pairs
+
+
+def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Optional[float] = None):
+    choice = ctx.cfg.stages.get("extractor")
+    if choice is None:
+        raise NLSError("this run's scene has no extractor stage; add `extractor: {type: marching_cubes}`")
+    from pipeline.build import BuildContext
+
+    extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
+    ctx.system.eval()
+    return extractor.extract(ctx.system.chain, resolution=resolution, level=level, device=ctx.device)
+
+
+def run_evaluators(ctx: EvalContext) -> dict:
+    """Run every evaluator of the scene; returns {evaluator name: {metric: value}}."""
+    from pipeline.build import BuildContext
+
+    bctx = BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb)
+    results: dict[str, dict] = {}
+    for choice in ctx.cfg.evaluators:
+        if "gt_mesh" in {q for alt in choice.component.consumes for q in alt} and not ctx.scene.gt_mesh:
+            print(f"evaluator {choice.name}: skipped, the scene has no ground-truth mesh", file=sys.stderr)
+            results[choice.name] = {"skipped": "scene has no ground-truth mesh"}
+            continue
+        results[choice.name] = choice.build(bctx)(ctx)
+    return results
+
+
+def flatten(results: dict) -> dict:
+    flat = {}
+    for ev, metrics in results.items():
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[k] = v
+    return flat

@@ -1,0 +1,215 @@
+"""Every hook an nls plugin can implement. One hook per extension point.
+
+A plugin is any module or object with functions decorated by :data:`hookimpl`::
+
+    from pipeline.hookspecs import hookimpl
+
+    @hookimpl
+    def nls_register_fields(register):
+        register("my_field", "my_plugin.field:build", config=MyFieldConfig,
+                 produces={"sdf", "rgb"})
+
+Every ``nls_register_<stage>`` hook receives a ``register`` callable with the
+signature ``register(name, factory, *, config=ComponentConfig, produces=(),
+consumes=(), description="")``:
+
+* ``name`` is the ``type:`` a scene file selects the component by;
+* ``factory`` is a callable or a lazy ``"module:attr"`` string, called as
+  ``factory(options, ctx)`` with the validated config and a build context
+  (:class:`pipeline.build.BuildContext`);
+* ``config`` is a pydantic model (subclass of ``ComponentConfig``) whose field
+  descriptions are shown by ``nls plugins --all``;
+* ``produces`` / ``consumes`` name quantities (``sdf``, ``occupancy``, ``density``,
+  ``rgb``, ...). ``consumes`` is a list of alternatives: a string or a set of
+  strings that must all be available. The pipeline refuses a scene whose chain
+  does not fit before any training starts.
+
+Results of register hooks are collected from every plugin; the order in which
+pluggy calls plugins never matters. Two plugins registering the same name for one
+stage is an error naming both.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "nls"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def nls_register_scene_sources(register):
+    """Register scene sources: things that turn a ``scene:`` block into :class:`pipeline.types.SceneData`.
+
+    The factory returns a callable ``load() -> SceneData`` or the ``SceneData`` itself.
+    ``produces`` says what the scene offers: ``images``, ``points``, ``gt_mesh``.
+
+    Example::
+
+        @hookimpl
+        def nls_register_scene_sources(register):
+            register("blender", "plugins.ngp.scenes:build_blender", config=BlenderConfig,
+                     produces={"images"})
+    """
+
+
+@hookspec
+def nls_register_fields(register):
+    """Register geometry fields: ``torch.nn.Module`` mapping points ``(N,3)`` to named outputs.
+
+    The built module's ``forward(x (N,3), d (N,3) | None) -> dict[str, Tensor]`` returns
+    the quantities it declares in ``produces`` (``sdf (N,)``, ``occupancy (N,)``,
+    ``density (N,)``, ``rgb (N,3)``).
+
+    Example::
+
+        @hookimpl
+        def nls_register_fields(register):
+            register("dense_grid", "plugins.ngp.fields:build_dense_grid",
+                     config=DenseGridConfig, produces={"density", "rgb"})
+    """
+
+
+@hookspec
+def nls_register_certifiers(register):
+    """Register occupancy→SDF certifiers: turn a field's ``occupancy`` into an ``sdf``.
+
+    The built object is a module ``certify(outputs: dict) -> dict`` that adds ``sdf``
+    (and may replace ``occupancy``). Declare ``consumes={"occupancy"}``,
+    ``produces={"sdf"}``.
+
+    Example::
+
+        @hookimpl
+        def nls_register_certifiers(register):
+            register("randomized_smoothing", "plugins.rs_sdf.certify:build",
+                     consumes=["occupancy"], produces={"sdf"})
+    """
+
+
+@hookspec
+def nls_register_density_maps(register):
+    """Register density maps: monotone maps from ``sdf`` or ``occupancy`` to volume ``density``.
+
+    The built module is called ``map(outputs: dict) -> dict`` and adds ``density (N,)``.
+
+    Example::
+
+        @hookimpl
+        def nls_register_density_maps(register):
+            register("laplace", "plugins.ngp.density:build_laplace",
+                     consumes=["sdf"], produces={"density"})
+    """
+
+
+@hookspec
+def nls_register_renderers(register):
+    """Register renderers: turn the field chain into images along camera rays.
+
+    The built object has ``render_rays(origins (R,3), dirs (R,3), query, **kw) -> dict``
+    returning at least ``rgb (R,3)``, ``opacity (R,1)``, ``depth (R,1)``, where
+    ``query(x, d) -> dict`` evaluates the whole field chain.
+
+    Example::
+
+        @hookimpl
+        def nls_register_renderers(register):
+            register("volume", "plugins.ngp.renderer:build_volume",
+                     consumes=[{"density", "rgb"}], produces={"images", "depth"})
+    """
+
+
+@hookspec
+def nls_register_mesh_extractors(register):
+    """Register mesh extractors: produce a ``trimesh.Trimesh`` from the trained field.
+
+    The built object has ``extract(query, bbox, resolution, level) -> trimesh.Trimesh``.
+
+    Example::
+
+        @hookimpl
+        def nls_register_mesh_extractors(register):
+            register("marching_cubes", "plugins.ngp.extract:build",
+                     consumes=["sdf", "density", "occupancy"], produces={"mesh"})
+    """
+
+
+@hookspec
+def nls_register_losses(register):
+    """Register loss terms added to the training objective.
+
+    The built module is called ``loss(batch: dict, out: dict, model) -> Tensor`` (a
+    scalar, already weighted) with the ray batch and the renderer/field outputs.
+
+    Example::
+
+        @hookimpl
+        def nls_register_losses(register):
+            register("eikonal", "plugins.ngp.losses:build_eikonal",
+                     config=EikonalConfig, consumes=["sdf"])
+    """
+
+
+@hookspec
+def nls_register_evaluators(register):
+    """Register evaluators: compute metrics after training.
+
+    The built object is called ``evaluate(ctx: EvalContext) -> dict[str, float]``.
+    ``consumes`` may name ``images``, ``gt_mesh`` or ``mesh`` so the evaluator is
+    skipped, with a printed reason, when the scene lacks them.
+
+    Example::
+
+        @hookimpl
+        def nls_register_evaluators(register):
+            register("chamfer", "plugins.ngp.evaluate:build_chamfer",
+                     consumes=[{"mesh", "gt_mesh"}])
+    """
+
+
+@hookspec
+def nls_add_commands(subparsers):
+    """Add CLI subcommands to ``nls``.
+
+    ``subparsers`` is the ``argparse`` sub-parser action; set ``func`` on your parser
+    with ``set_defaults(func=...)``; it is called with the parsed namespace and must
+    return an exit code. Keep imports inside the function: ``nls --help`` must stay cheap.
+
+    Example::
+
+        @hookimpl
+        def nls_add_commands(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.set_defaults(func=lambda args: print("hello") or 0)
+    """
+
+
+@hookspec(firstresult=True)
+def nls_scene_type_for_path(path):
+    """Name the scene-source type that can read ``path`` (a directory or file), or ``None``.
+
+    The first plugin that recognises the path wins; used when a scene file gives only
+    ``scene: {path: ...}`` without ``type:``.
+
+    Example::
+
+        @hookimpl
+        def nls_scene_type_for_path(path):
+            if (path / "transforms_train.json").exists():
+                return "blender"
+    """
+
+
+#: Register hooks by stage, in pipeline order (used by the host and the docs test).
+REGISTER_HOOKS: dict[str, str] = {
+    "scene": "nls_register_scene_sources",
+    "field": "nls_register_fields",
+    "certifier": "nls_register_certifiers",
+    "density": "nls_register_density_maps",
+    "renderer": "nls_register_renderers",
+    "extractor": "nls_register_mesh_extractors",
+    "loss": "nls_register_losses",
+    "evaluator": "nls_register_evaluators",
+}

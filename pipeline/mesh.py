@@ -1,0 +1,234 @@
+"""Mesh extraction (marching cubes on any scalar field) and mesh / point-cloud export.
+
+``extract_mesh(fn, bbox, resolution, level)`` is the stage "field -> mesh": ``fn`` maps
+``(M, 3)`` world points to ``(M,)`` values (an SDF, a density, an occupancy
+probability...). ``inside="below"`` means values under ``level`` are inside (SDFs, negative
+inside); ``inside="above"`` means values over ``level`` are inside (density, occupancy).
+Faces are always oriented so normals point outward (positive signed volume for a closed
+surface). An analytic SDF's mesh is simply ``extract_mesh(sdf, bbox, res, 0.0)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from pipeline.types import NLSError
+
+__all__ = ["extract_mesh", "field_to_grid", "grid_to_mesh", "export_mesh",
+           "export_point_cloud", "MESH_FORMATS"]
+
+#: extensions accepted by :func:`export_mesh`
+MESH_FORMATS = (".ply", ".obj", ".glb", ".stl", ".off")
+
+
+def _check_bbox(bbox) -> np.ndarray:
+    try:
+        b = np.asarray(bbox, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise NLSError(f"bbox must be 6 numbers [xmin, ymin, zmin, xmax, ymax, zmax], "
+                       f"got {bbox!r}") from None
+    if b.size != 6 or not np.isfinite(b).all() or (b[3:] <= b[:3]).any():
+        raise NLSError(f"bbox must be 6 finite numbers [xmin, ymin, zmin, xmax, ymax, zmax] "
+                       f"with min < max, got {bbox!r}")
+    return b
+
+
+def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
+                  chunk: int = 2 ** 18, device="cpu",
+                  progress: Optional[bool] = None) -> np.ndarray:
+    """Evaluate ``fn`` on the ``resolution**3`` grid of corner-aligned samples of ``bbox``
+    (``linspace(min, max, resolution)`` per axis) in chunks under ``torch.no_grad``.
+
+    Returns a float32 array ``(R, R, R)`` indexed ``[ix, iy, iz]``.
+    """
+    import torch
+
+    b = _check_bbox(bbox)
+    R = int(resolution)
+    if R != resolution or R < 2:
+        raise NLSError(f"resolution must be an integer >= 2, got {resolution!r}")
+    if int(chunk) < 1:
+        raise NLSError(f"chunk must be a positive integer, got {chunk!r}")
+    total = R ** 3
+    out = np.empty(total, np.float32)
+    lo = torch.tensor(b[:3], dtype=torch.float32, device=device)
+    step = torch.tensor((b[3:] - b[:3]) / (R - 1), dtype=torch.float32, device=device)
+    if progress is None:
+        progress = R >= 256 and sys.stderr.isatty()
+    bar = None
+    if progress:
+        try:
+            from rich.progress import Progress
+
+            bar = Progress(transient=True)
+            task = bar.add_task(f"evaluating field on {R}^3 grid", total=total)
+            bar.start()
+        except ImportError:  # pragma: no cover
+            bar = None
+    try:
+        with torch.no_grad():
+            for s in range(0, total, int(chunk)):
+                e = min(total, s + int(chunk))
+                idx = torch.arange(s, e, device=device, dtype=torch.int64)
+                ijk = torch.stack([idx // (R * R), (idx // R) % R, idx % R], -1)
+                pts = lo + ijk.to(torch.float32) * step
+                val = fn(pts)
+                if not torch.is_tensor(val):
+                    val = torch.as_tensor(np.asarray(val))
+                if val.numel() != e - s:
+                    raise NLSError(f"extract_mesh: the field returned {tuple(val.shape)} for "
+                                   f"{e - s} points; expected ({e - s},) values")
+                out[s:e] = val.reshape(-1).detach().to("cpu", torch.float32).numpy()
+                if bar is not None:
+                    bar.advance(task, e - s)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return out.reshape(R, R, R)
+
+
+def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
+                 inside: str = "below"):
+    """Marching cubes on a ``(Rx, Ry, Rz)`` grid sampled at the corners of ``bbox``;
+    vertices in world coordinates, faces oriented outward."""
+    import trimesh
+    from skimage.measure import marching_cubes
+
+    if inside not in ("below", "above"):
+        raise NLSError(f"inside must be 'below' (values < level are inside, e.g. SDF) or "
+                       f"'above' (values > level are inside, e.g. density), got {inside!r}")
+    b = _check_bbox(bbox)
+    vol = np.asarray(values, dtype=np.float32)
+    if vol.ndim != 3 or min(vol.shape) < 2:
+        raise NLSError(f"grid_to_mesh: need a 3-D grid with >= 2 samples per axis, got "
+                       f"shape {vol.shape}")
+    level = float(level)
+    n_nan = int(np.isnan(vol).sum())
+    if n_nan:
+        raise NLSError(f"extract_mesh: the field is NaN at {n_nan} of {vol.size} grid points "
+                       "(diverged training or an invalid operation in the field); no mesh")
+    finite = np.isfinite(vol)
+    if not finite.all():  # +-inf: clamp so marching cubes stays finite
+        fv = vol[finite]
+        lo_v = float(fv.min()) if fv.size else level - 1
+        hi_v = float(fv.max()) if fv.size else level + 1
+        vol = np.clip(vol, min(lo_v, level) - 1.0, max(hi_v, level) + 1.0)
+    vmin, vmax = float(vol.min()), float(vol.max())
+    if not vmin < level < vmax:
+        kind = "SDF" if inside == "below" else "density/occupancy"
+        raise NLSError(
+            f"extract_mesh: empty level set: the field ranges over [{vmin:.6g}, {vmax:.6g}] "
+            f"in the box but level {level:.6g} was asked for ({kind}, inside='{inside}'); "
+            f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g}, "
+            "or enlarge the box")
+    spacing = (b[3:] - b[:3]) / (np.asarray(vol.shape) - 1)
+    # skimage's winding: with values below ``level`` inside (an SDF), 'descent' gives
+    # outward normals (positive signed volume, checked in tests); 'ascent' flips it.
+    direction = "descent" if inside == "below" else "ascent"
+    verts, faces, _normals, _ = marching_cubes(vol, level=level, spacing=tuple(spacing),
+                                               gradient_direction=direction)
+    verts = verts + b[:3]
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
+    mesh.metadata.update({"level": level, "inside": inside, "bbox": b.tolist(),
+                          "resolution": list(vol.shape)})
+    return mesh
+
+
+def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: float, *,
+                 inside: str = "below", chunk: int = 2 ** 18, device="cpu",
+                 progress: Optional[bool] = None):
+    """Marching cubes on the level set ``fn(x) == level`` inside ``bbox``.
+
+    Args:
+        fn: maps a ``(M, 3)`` float32 tensor of world points to ``(M,)`` values.
+        bbox: ``[xmin, ymin, zmin, xmax, ymax, zmax]``.
+        resolution: samples per axis (corner-aligned: voxel size ``(max-min)/(R-1)``).
+        level: iso-value.
+        inside: ``"below"`` (values < level are inside: SDFs) or ``"above"`` (values >
+            level are inside: density, occupancy).
+        chunk: points per call of ``fn``.
+        device: where the query points are made.
+        progress: rich progress bar (default: resolution >= 256 on a terminal).
+
+    Returns:
+        ``trimesh.Trimesh`` in world coordinates with outward-facing normals.
+
+    Raises:
+        NLSError: the field has NaNs, or ``level`` is outside the field's range (message
+        gives the range and a level that would work).
+
+    Example:
+        >>> sphere = lambda p: p.norm(dim=-1) - 0.5
+        >>> m = extract_mesh(sphere, [-1, -1, -1, 1, 1, 1], 64, 0.0)
+        >>> m.is_watertight
+        True
+    """
+    if inside not in ("below", "above"):
+        raise NLSError(f"inside must be 'below' (values < level are inside, e.g. SDF) or "
+                       f"'above' (values > level are inside, e.g. density), got {inside!r}")
+    grid = field_to_grid(fn, bbox, resolution, chunk=chunk, device=device, progress=progress)
+    return grid_to_mesh(grid, bbox, level, inside=inside)
+
+
+def _writable_path(path, valid: Sequence[str], what: str) -> Path:
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in valid:
+        raise NLSError(f"cannot export {what} to {path}: unknown extension "
+                       f"'{path.suffix or '(none)'}'; valid: {', '.join(valid)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NLSError(f"cannot create folder {path.parent} for {path}: "
+                       f"{e.strerror or e}") from None
+    if path.is_dir():
+        raise NLSError(f"cannot export {what} to {path}: it is a directory")
+    return path
+
+
+def export_mesh(mesh, path) -> Path:
+    """Write ``mesh`` to ``path``; the format follows the extension (.ply .obj .glb .stl .off).
+
+    Parent folders are created. Raises NLSError for an unknown extension (listing the valid
+    ones) or a location that cannot be written (naming it).
+    """
+    path = _writable_path(path, MESH_FORMATS, "mesh")
+    try:
+        mesh.export(path, file_type=path.suffix.lower()[1:])
+    except OSError as e:
+        raise NLSError(f"cannot write mesh to {path}: {e.strerror or e}") from None
+    return path
+
+
+def export_point_cloud(points, path, normals=None) -> Path:
+    """Write ``points`` ``(P, 3)`` (and optional ``normals`` ``(P, 3)``) as a binary .ply."""
+    pts = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points,
+                     dtype=np.float32)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise NLSError(f"export_point_cloud: points must be (P, 3), got {pts.shape}")
+    fields = ["x", "y", "z"]
+    cols = [pts]
+    if normals is not None:
+        nrm = np.asarray(normals.detach().cpu() if hasattr(normals, "detach") else normals,
+                         dtype=np.float32)
+        if nrm.shape != pts.shape:
+            raise NLSError(f"export_point_cloud: normals must match points {pts.shape}, got "
+                           f"{nrm.shape}")
+        fields += ["nx", "ny", "nz"]
+        cols.append(nrm)
+    path = _writable_path(path, (".ply",), "point cloud")
+    data = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype="<f4")
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
+    header += [f"property float {f}" for f in fields]
+    header += ["end_header"]
+    try:
+        with open(path, "wb") as fh:
+            fh.write(("\n".join(header) + "\n").encode("ascii"))
+            fh.write(data.tobytes())
+    except OSError as e:
+        raise NLSError(f"cannot write point cloud to {path}: {e.strerror or e}") from None
+    return path

@@ -1,0 +1,228 @@
+"""Evaluation metrics: numpy (or torch) in, python floats out.
+
+* :func:`psnr`, :func:`ssim` for images in [0, 1].
+* :func:`chamfer` following the project's protocol (DESIGN.md): normalise the ground truth
+  so its bounding box spans at most 1 and is centred, apply the same transform to the
+  reconstruction, sample 30k area-uniform points on each, CD-L1 =
+  ½(mean d(gt→rec) + mean d(rec→gt)) and CD-L2 with d², both ×10³; plus normal
+  consistency and F-score@τ (τ in the normalised frame).
+* :func:`chamfer_floor`: the same metric between two independent samplings of the ground
+  truth — the lowest figure any reconstruction can reach at that sample count.
+
+Nearest neighbours use pykdtree (scipy's cKDTree as fallback): O(N log N), never O(N²).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.types import NLSError
+
+__all__ = ["psnr", "ssim", "chamfer", "chamfer_floor", "nearest_distances",
+           "CHAMFER_FRAME"]
+
+CHAMFER_FRAME = "gt-normalised (bbox max side 1, centred)"
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def psnr(pred, gt) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1] (any matching shapes).
+    ``inf`` for identical images."""
+    p, g = _np(pred), _np(gt)
+    if p.shape != g.shape:
+        raise NLSError(f"psnr: shapes differ: pred {p.shape} vs gt {g.shape}")
+    if p.size == 0:
+        raise NLSError("psnr: empty images")
+    mse = float(np.mean((p - g) ** 2))
+    if not math.isfinite(mse):
+        raise NLSError("psnr: images contain NaN or inf")
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def ssim(pred, gt, *, gaussian: bool = True) -> float:
+    """Structural similarity of two ``(H, W, 3)`` (or ``(H, W)``) images in [0, 1].
+
+    ``gaussian=True`` (default) is the variant of the NeRF papers: Gaussian weights with
+    sigma 1.5 (11x11 window) and population covariance; ``False`` is skimage's default 7x7
+    uniform window with sample covariance.
+    """
+    from skimage.metrics import structural_similarity
+
+    p, g = _np(pred), _np(gt)
+    if p.shape != g.shape:
+        raise NLSError(f"ssim: shapes differ: pred {p.shape} vs gt {g.shape}")
+    if p.ndim not in (2, 3):
+        raise NLSError(f"ssim: expected (H, W, C) or (H, W) images, got shape {p.shape}")
+    win = 11 if gaussian else 7
+    if min(p.shape[:2]) < win:
+        raise NLSError(f"ssim: images of {p.shape[1]}x{p.shape[0]} pixels are smaller than "
+                       f"the {win}x{win} window")
+    kw = dict(data_range=1.0)
+    if p.ndim == 3:
+        kw["channel_axis"] = -1
+    if gaussian:
+        kw.update(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    return float(structural_similarity(p, g, **kw))
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def nearest_distances(query: np.ndarray, ref: np.ndarray):
+    """Euclidean distance from each query point to its nearest ``ref`` point, and its index."""
+    q = np.ascontiguousarray(query, dtype=np.float64)
+    r = np.ascontiguousarray(ref, dtype=np.float64)
+    try:
+        from pykdtree.kdtree import KDTree
+
+        d, i = KDTree(r).query(q, k=1)
+    except ImportError:  # pragma: no cover - pykdtree is a listed dependency
+        from scipy.spatial import cKDTree
+
+        d, i = cKDTree(r).query(q, k=1)
+    return np.asarray(d, np.float64).reshape(-1), np.asarray(i, np.int64).reshape(-1)
+
+
+def _is_mesh(x) -> bool:
+    return hasattr(x, "faces") and hasattr(x, "vertices")
+
+
+def _bounds(x) -> np.ndarray:
+    """(2, 3) bounding box of a mesh (its vertices in use) or a point set."""
+    pts = _np(x.vertices) if _is_mesh(x) else _as_points(x, "gt")
+    return np.stack([pts.min(0), pts.max(0)])
+
+
+def _as_points(x, name: str) -> np.ndarray:
+    if hasattr(x, "vertices") and not hasattr(x, "faces"):  # trimesh.PointCloud
+        x = x.vertices
+    p = _np(x)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise NLSError(f"chamfer: {name} points must be (P, 3), got shape {p.shape}")
+    if len(p) == 0:
+        raise NLSError(f"chamfer: {name} is an empty point set")
+    if not np.isfinite(p).all():
+        raise NLSError(f"chamfer: {name} has non-finite coordinates")
+    return p
+
+
+def _sample(x, n: int, rng: np.random.Generator, name: str, T_scale: float,
+            T_shift: np.ndarray):
+    """(points (n', 3), normals (n', 3) or None) in the normalised frame."""
+    if _is_mesh(x):
+        import trimesh
+
+        if len(x.faces) == 0:
+            raise NLSError(f"chamfer: {name} mesh has no faces")
+        v = _np(x.vertices) * T_scale + T_shift
+        if not np.isfinite(v).all():
+            raise NLSError(f"chamfer: {name} mesh has non-finite vertices")
+        m = trimesh.Trimesh(vertices=v, faces=np.asarray(x.faces), process=False)
+        areas = m.area_faces
+        total = float(areas.sum())
+        if not total > 0:
+            raise NLSError(f"chamfer: {name} mesh has zero surface area")
+        # area-uniform: face by area, then a uniform point in the triangle
+        face = rng.choice(len(areas), size=n, p=areas / total)
+        r1, r2 = rng.random(n), rng.random(n)
+        s = np.sqrt(r1)
+        tri = m.vertices[m.faces[face]]
+        pts = ((1 - s)[:, None] * tri[:, 0] + (s * (1 - r2))[:, None] * tri[:, 1]
+               + (s * r2)[:, None] * tri[:, 2])
+        nrm = m.face_normals[face]
+        return pts, nrm
+    p = _as_points(x, name) * T_scale + T_shift
+    if len(p) > n:
+        p = p[rng.choice(len(p), size=n, replace=False)]
+    return p, None
+
+
+def chamfer(rec, gt, *, n_samples: int = 30000, seed: int = 0, normalize_by_gt: bool = True,
+            fscore_taus: Sequence[float] = (0.01,)) -> dict:
+    """Chamfer distance, normal consistency and F-score between a reconstruction and the
+    ground truth (trimesh meshes or ``(P, 3)`` point arrays), per DESIGN.md's protocol.
+
+    The ground truth's bounding box is centred and scaled so its largest side is 1 (when
+    ``normalize_by_gt``); the same transform is applied to ``rec``. ``n_samples``
+    area-uniform samples are drawn on each mesh (point sets with more points are
+    subsampled), with independent random streams derived from ``seed`` — so
+    ``chamfer(gt, gt)`` measures the sampling floor, not 0.
+
+    Returns (python floats):
+        ``chamfer_l1``: ½(mean d(gt→rec) + mean d(rec→gt)) ×10³;
+        ``chamfer_l2``: the same with squared distances ×10³;
+        ``accuracy_l1`` / ``completeness_l1``: mean d(rec→gt) / d(gt→rec) ×10³;
+        ``normal_consistency``: mean |cos| between each sample's normal and its nearest
+        neighbour's, averaged over both directions (only when both are meshes);
+        ``fscore@τ``, ``precision@τ`` (rec samples within τ of gt), ``recall@τ``;
+        ``n_samples`` (the requested count), ``n_rec``, ``n_gt``, ``scale`` (normalisation
+        factor applied), ``frame``.
+
+    Example:
+        >>> chamfer(rec_mesh, gt_mesh)["chamfer_l1"]   # ≈ 4 for a perfect 30k result
+    """
+    n = int(n_samples)
+    if n < 1:
+        raise NLSError(f"chamfer: n_samples must be >= 1, got {n_samples!r}")
+    taus = [float(t) for t in fscore_taus]
+    if any(not (t > 0) for t in taus):
+        raise NLSError(f"chamfer: fscore_taus must be positive, got {list(fscore_taus)}")
+    if normalize_by_gt:
+        lo, hi = _bounds(gt)
+        side = float((hi - lo).max())
+        if not side > 0:
+            raise NLSError("chamfer: the ground truth has a zero-size bounding box")
+        scale = 1.0 / side
+        shift = -scale * 0.5 * (lo + hi)
+        frame = CHAMFER_FRAME
+    else:
+        scale, shift, frame = 1.0, np.zeros(3), "input frame (not normalised)"
+    ss = np.random.SeedSequence(int(seed))
+    rng_gt, rng_rec = (np.random.default_rng(s) for s in ss.spawn(2))
+    pg, ng = _sample(gt, n, rng_gt, "gt", scale, shift)
+    pr, nr = _sample(rec, n, rng_rec, "rec", scale, shift)
+
+    d_gr, i_gr = nearest_distances(pg, pr)  # gt -> rec (completeness)
+    d_rg, i_rg = nearest_distances(pr, pg)  # rec -> gt (accuracy)
+    out: dict = {
+        "chamfer_l1": float(0.5 * (d_gr.mean() + d_rg.mean()) * 1e3),
+        "chamfer_l2": float(0.5 * ((d_gr ** 2).mean() + (d_rg ** 2).mean()) * 1e3),
+        "accuracy_l1": float(d_rg.mean() * 1e3),
+        "completeness_l1": float(d_gr.mean() * 1e3),
+    }
+    if ng is not None and nr is not None:
+        c1 = np.abs(np.einsum("ij,ij->i", ng, nr[i_gr]))
+        c2 = np.abs(np.einsum("ij,ij->i", nr, ng[i_rg]))
+        out["normal_consistency"] = float(0.5 * (c1.mean() + c2.mean()))
+    for t in taus:
+        prec = float((d_rg < t).mean())
+        rec_ = float((d_gr < t).mean())
+        f = 0.0 if prec + rec_ == 0 else 2 * prec * rec_ / (prec + rec_)
+        key = f"{t:g}"
+        out[f"fscore@{key}"] = float(f)
+        out[f"precision@{key}"] = prec
+        out[f"recall@{key}"] = rec_
+    out.update({"n_samples": n, "n_rec": int(len(pr)), "n_gt": int(len(pg)),
+                "scale": float(scale), "frame": frame})
+    return out
+
+
+def chamfer_floor(gt, n_samples: int = 30000, *, seed: int = 0,
+                  fscore_taus: Sequence[float] = (0.01,)) -> dict:
+    """:func:`chamfer` between two independent samplings of ``gt``: the floor that no
+    reconstruction can beat at this sample count (≈ 4 ×10³-units CD-L1 at 30k on typical
+    closed models, per DESIGN.md)."""
+    res = chamfer(gt, gt, n_samples=n_samples, seed=seed, fscore_taus=fscore_taus)
+    res["what"] = "floor: two independent samplings of the ground truth"
+    return res

@@ -1,0 +1,183 @@
+"""The plugin host: a fresh pluggy manager per call, with a typed facade.
+
+Built-in plugins are registered from :data:`DEFAULT_PLUGINS`; third-party plugins
+come from the ``nls`` entry-point group; one-off plugin files from ``--plugins-dir``.
+
+Environment switches:
+
+* ``NLS_LOAD_PLUGINS`` — comma-separated entry-point names to load (``""`` loads no
+  third-party plugin; unset loads all installed ones). Built-ins are always loaded.
+* ``NLS_TRACE_PLUGINS=1`` — print every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pluggy
+
+from pipeline import __version__, hookspecs
+from pipeline.components import STAGES, Component, Registrar, describe
+from pipeline.types import ConfigError, NLSError
+
+#: (plugin name, module) of every built-in plugin, in no meaningful order.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("ngp", "plugins.ngp.plugin"),
+    ("scenes", "plugins.scenes.plugin"),
+)
+
+ENTRY_POINT_GROUP = "nls"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    source: str  # "builtin", "entry point <dist>", or a file path
+    hooks: list[str]
+
+
+class PluginHost:
+    """Typed facade over a pluggy manager. Create one per command or test; no globals."""
+
+    def __init__(self, pm: pluggy.PluginManager, infos: list[PluginInfo]):
+        self.pm = pm
+        self._infos = {i.name: i for i in infos}
+        self._components: Optional[dict[str, dict[str, Component]]] = None
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, *, plugins_dirs: Iterable[Path] = (), builtins: bool = True,
+               entry_points_: bool = True, extra: Iterable[tuple[str, Any]] = ()) -> "PluginHost":
+        """Build a manager with built-ins, entry-point plugins, plugin-dir files and ``extra``."""
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        infos: list[PluginInfo] = []
+
+        def add(name: str, plugin: Any, version: str, source: str) -> None:
+            if pm.has_plugin(name):
+                prev = next(i for i in infos if i.name == name)
+                raise NLSError(f"two plugins are named {name!r}: one from {prev.source}, one from {source}; "
+                               f"rename one of them")
+            pm.register(plugin, name=name)
+            infos.append(PluginInfo(name, version, source, []))
+
+        if builtins:
+            for name, module in DEFAULT_PLUGINS:
+                add(name, importlib.import_module(module), __version__, "builtin")
+        if entry_points_:
+            wanted = os.environ.get("NLS_LOAD_PLUGINS")
+            names = None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                if names is not None and ep.name not in names:
+                    continue
+                try:
+                    obj = ep.load()
+                except Exception as exc:  # a broken third-party plugin must not hide the rest
+                    raise NLSError(f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
+                                   f"{type(exc).__name__}: {exc}. Fix it, uninstall it, or exclude it "
+                                   f"with NLS_LOAD_PLUGINS.") from exc
+                dist = ep.dist.name if ep.dist else "?"
+                ver = ep.dist.version if ep.dist else "?"
+                add(ep.name, obj, ver, f"entry point of {dist}")
+        for d in plugins_dirs:
+            for name, module, path in _load_dir(Path(d)):
+                add(name, module, getattr(module, "__version__", "0"), str(path))
+        for name, obj in extra:
+            add(name, obj, getattr(obj, "__version__", "0"), "registered in-process")
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise NLSError(f"a plugin implements a hook nls does not define: {exc}. "
+                           f"Valid hooks: {', '.join(sorted(_hook_names()))}") from exc
+        if os.environ.get("NLS_TRACE_PLUGINS", "") not in ("", "0"):
+            pm.trace.root.setwriter(lambda s: sys.stderr.write(s))
+            pm.enable_tracing()
+        host = cls(pm, infos)
+        for info in infos:
+            plugin = pm.get_plugin(info.name)
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        return host
+
+    # -- components --------------------------------------------------------------------
+    def _collect(self) -> dict[str, dict[str, Component]]:
+        if self._components is not None:
+            return self._components
+        table: dict[str, dict[str, Component]] = {s: {} for s in STAGES}
+        for stage, hook_name in hookspecs.REGISTER_HOOKS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                # Call each plugin on its own so every component is attributed to its
+                # plugin; going through the hook caller keeps NLS_TRACE_PLUGINS working.
+                others = [p for n, p in self.pm.list_name_plugin() if n != impl.plugin_name]
+                reg = Registrar(impl.plugin_name, stage)
+                self.pm.subset_hook_caller(hook_name, remove_plugins=others)(register=reg)
+                for comp in reg.collected:
+                    prev = table[stage].get(comp.name)
+                    if prev is not None:
+                        raise NLSError(
+                            f"{stage} component {comp.name!r} is registered twice: by plugin "
+                            f"{prev.plugin!r} and by plugin {comp.plugin!r}. Uninstall or disable one "
+                            f"(NLS_LOAD_PLUGINS), or rename the component.")
+                    table[stage][comp.name] = comp
+        self._components = table
+        return table
+
+    def components(self, stage: Optional[str] = None) -> list[Component]:
+        table = self._collect()
+        stages = [stage] if stage else list(STAGES)
+        return [c for s in stages for c in sorted(table[s].values(), key=lambda c: c.name)]
+
+    def component(self, stage: str, name: str, *, where: str = "") -> Component:
+        """Look up a component; unknown names list what is available and which plugin gives it."""
+        table = self._collect()
+        if name in table[stage]:
+            return table[stage][name]
+        others = [s for s in STAGES if name in table[s]]
+        hint = f" ({name!r} exists, but as a {others[0]} component)" if others else ""
+        raise ConfigError(
+            f"{where}unknown {stage} type {name!r}{hint}. Available {stage} types: "
+            f"{describe(self.components(stage))}. Install or enable the plugin that provides it "
+            f"(see `nls plugins`).")
+
+    # -- other hooks -------------------------------------------------------------------
+    def add_commands(self, subparsers) -> None:
+        self.pm.hook.nls_add_commands(subparsers=subparsers)
+
+    def scene_type_for_path(self, path: Path) -> Optional[str]:
+        return self.pm.hook.nls_scene_type_for_path(path=Path(path))
+
+    def plugins(self) -> list[PluginInfo]:
+        return sorted(self._infos.values(), key=lambda i: i.name)
+
+    def versions(self) -> dict[str, str]:
+        return {i.name: i.version for i in self.plugins()}
+
+
+def _hook_names() -> list[str]:
+    return [n for n in dir(hookspecs) if n.startswith("nls_")]
+
+
+def _load_dir(d: Path) -> list[tuple[str, Any, Path]]:
+    if not d.is_dir():
+        raise NLSError(f"--plugins-dir {d}: not a directory. Give a folder holding plugin .py files.")
+    out = []
+    for path in sorted(d.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        mod_name = f"nls_local_plugins.{path.stem}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise NLSError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        out.append((path.stem, module, path))
+    return out

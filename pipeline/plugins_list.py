@@ -1,0 +1,64 @@
+"""``nls plugins``: plugins, versions, hooks and the components each provides (no torch import)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+
+def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> list[dict]:
+    comps = host.components()
+    out = []
+    for info in host.plugins():
+        if hook and hook not in info.hooks:
+            continue
+        items = []
+        for c in comps:
+            if c.plugin != info.name:
+                continue
+            d = c.as_dict()
+            if show_all:
+                cls = c.config_class()
+                d["options"] = {name: {"default": _default(f), "type": _type_name(f.annotation),
+                                       "help": f.description or ""} for name, f in cls.model_fields.items()}
+            items.append(d)
+        out.append({"name": info.name, "version": info.version, "source": info.source, "hooks": info.hooks,
+                    "components": items})
+    return out
+
+
+def _default(f):
+    if f.is_required():
+        return "(required)"
+    v = f.default
+    return v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v)
+
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: Optional[str] = None) -> int:
+    data = plugins_data(host, show_all, hook)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    for p in data:
+        table = Table(title=f"{p['name']} {p['version']}  ({p['source']})", title_justify="left",
+                      show_lines=False, expand=False)
+        for col in ("stage", "component", "consumes", "produces", "description"):
+            table.add_column(col)
+        for c in p["components"]:
+            consumes = " | ".join("+".join(a) for a in c["consumes"]) or "-"
+            table.add_row(c["stage"], c["name"], consumes, ", ".join(c["produces"]) or "-",
+                          (c["description"] or "").strip().splitlines()[0] if c["description"] else "")
+            if show_all:
+                for name, o in c.get("options", {}).items():
+                    table.add_row("", f"  {name}", "", f"{o['type']} = {o['default']}", o["help"])
+        con.print(table)
+        con.print(f"  hooks: {', '.join(p['hooks'])}\n")
+    return 0

@@ -1,0 +1,50 @@
+"""Progress reporting: a rich bar with ETA on a terminal, sparse plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class StepProgress:
+    """``with StepProgress(total, start, label) as bar: bar.advance(step, text)``."""
+
+    def __init__(self, total: int, start: int = 0, label: str = "", *, enabled: bool = True,
+                 plain_every_s: float = 10.0):
+        self.total, self.start, self.label = total, start, label
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.plain_every_s = plain_every_s
+        self._last_plain = 0.0
+        self._t0 = time.perf_counter()
+        self._progress = None
+
+    def __enter__(self) -> "StepProgress":
+        if self.tty:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                      TextColumn("{task.fields[info]}"), transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total, completed=self.start, info="")
+        return self
+
+    def advance(self, step: int, info: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info)
+            return
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self._last_plain >= self.plain_every_s or step == self.total:
+            self._last_plain = now
+            done = step - self.start
+            rate = done / max(now - self._t0, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            print(f"{self.label} {step}/{self.total}  {info}  eta {eta:.0f}s", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()

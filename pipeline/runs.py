@@ -1,0 +1,229 @@
+"""Run folders, atomic checkpoints and resume.
+
+Layout of one run (``outputs/<scene>/<method>/<timestamp>/``)::
+
+    config.yaml     resolved config (yaml.safe_load reads it back)
+    plugins.json    plugin names and versions, and which plugin supplied each component
+    cmd.txt         the command line that made the run (one line per invocation)
+    metrics.jsonl   one JSON object per logged step
+    summary.json    final metrics, wall time, device, versions
+    checkpoints/    ckpt_<step>.pt (+ .sha256), written atomically; the newest two are kept
+    renders/        test renders, side-by-sides, videos
+    meshes/         exported meshes
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.types import CheckpointError, NLSError
+
+CKPT_GLOB = "ckpt_*.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, with the path, when runs cannot be written under ``root``."""
+    root = Path(root)
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NLSError(f"output folder {root}: {probe} exists and is not a directory. "
+                       f"Choose another --output.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NLSError(f"output folder {root} is not writable ({probe} denies writing). "
+                       f"Choose a writable --output or fix the permissions.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise NLSError(f"output folder {root} is not writable: {exc.strerror}. "
+                       f"Choose a writable --output.") from None
+
+
+class RunDir:
+    """A run folder. Create with :meth:`create` (new run) or :meth:`open` (existing)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- paths ----------------------------------------------------------------------
+    config_path = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    summary_path = property(lambda self: self.path / "summary.json")
+    plugins_path = property(lambda self: self.path / "plugins.json")
+    ckpt_dir = property(lambda self: self.path / "checkpoints")
+    renders_dir = property(lambda self: self.path / "renders")
+    meshes_dir = property(lambda self: self.path / "meshes")
+
+    @classmethod
+    def create(cls, root: Path, scene: str, method: str, *, stamp: Optional[str] = None) -> "RunDir":
+        root = Path(root)
+        check_writable(root)
+        stamp = stamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = root / _safe(scene) / _safe(method)
+        path, i = base / stamp, 1
+        while path.exists():
+            i += 1
+            path = base / f"{stamp}-{i}"
+        for d in (path, path / "checkpoints", path / "renders", path / "meshes"):
+            d.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise NLSError(f"run folder {path} does not exist. Give a folder made by `nls reconstruct` "
+                           f"(outputs/<scene>/<method>/<timestamp>).")
+        if not (path / "config.yaml").exists():
+            raise NLSError(f"{path} is not a run folder: it has no config.yaml. Give a folder made by "
+                           f"`nls reconstruct`.")
+        return cls(path)
+
+    # -- records --------------------------------------------------------------------
+    def record_command(self, argv: Optional[list[str]] = None) -> None:
+        argv = argv if argv is not None else ["nls", *sys.argv[1:]]
+        with open(self.path / "cmd.txt", "a") as f:
+            f.write(shlex.join(argv) + "\n")
+
+    def write_json(self, name: str, data: Any) -> Path:
+        p = self.path / name
+        atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        return p
+
+    def read_json(self, name: str) -> Optional[dict]:
+        p = self.path / name
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def log_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+        return out
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so steps never repeat."""
+        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # -- checkpoints ----------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob(CKPT_GLOB))
+
+    def save_checkpoint(self, state: dict, step: int, keep: int = 2) -> Path:
+        """Atomically write ``ckpt_<step>.pt`` and its sha256; keep the newest ``keep``."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        path = self.ckpt_dir / f"ckpt_{step:08d}.pt"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
+        atomic_write_bytes(path, data)
+        for old in self.checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".pt.sha256").unlink(missing_ok=True)
+        return path
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        ck = self.checkpoints()
+        return ck[-1] if ck else None
+
+    def load_checkpoint(self, path: Optional[Path] = None, map_location: str = "cpu") -> dict:
+        path = path or self.latest_checkpoint()
+        if path is None:
+            raise CheckpointError(f"run {self.path} has no checkpoint in {self.ckpt_dir}; "
+                                  f"start a new run with `nls reconstruct {self.config_path}`.")
+        return load_checkpoint_file(path, map_location, self.checkpoints())
+
+
+def load_checkpoint_file(path: Path, map_location: str = "cpu", siblings: list[Path] = ()) -> dict:
+    """Load and verify a checkpoint; corrupt or truncated files raise :class:`CheckpointError`."""
+    import torch
+
+    path = Path(path)
+    older = [p for p in siblings if p != path and p.name < path.name]
+    hint = (f" An older checkpoint exists ({older[-1].name}): delete {path.name} to resume from it."
+            if older else " Start a new run with `nls reconstruct`.")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror}.") from None
+    digest_file = path.with_suffix(".pt.sha256")
+    if digest_file.exists():
+        want = digest_file.read_text().strip()
+        if hashlib.sha256(data).hexdigest() != want:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({len(data)} bytes; "
+                                  f"its sha256 does not match {digest_file.name}).{hint}")
+    import io
+
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged zip/pickle
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be loaded "
+                              f"({type(exc).__name__}).{hint}") from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an nls checkpoint (missing 'step'/'model').{hint}")
+    return state
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or "unnamed"
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

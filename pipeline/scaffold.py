@@ -1,0 +1,110 @@
+"""``nls new-plugin NAME``: a pip-installable plugin package that registers one component."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pipeline.types import NLSError
+
+PYPROJECT = '''[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "nls-{dash}"
+version = "0.1.0"
+description = "An nls plugin: {name}"
+requires-python = ">=3.10"
+dependencies = ["nls"]
+
+[project.entry-points.nls]
+{name} = "nls_{name}.plugin"
+
+[tool.setuptools.packages.find]
+include = ["nls_{name}*"]
+'''
+
+PLUGIN = '''"""nls plugin ``{name}``: registers one loss term, ``{name}_opacity``.
+
+It penalises mean rendered opacity (a sparsity prior that empties space the images do not
+need). Replace it with your own component; see `nls plugins --all` for the stages.
+"""
+
+from pydantic import Field
+
+from pipeline.components import ComponentConfig
+from pipeline.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+class OpacityConfig(ComponentConfig):
+    """Weight of the mean-opacity penalty."""
+
+    weight: float = Field(1e-3, ge=0, description="loss weight")
+
+
+def build(cfg: OpacityConfig, ctx):
+    def loss(batch, out, system):  # out["opacity"]: (R, 1) rendered opacity
+        return cfg.weight * out["opacity"].mean()
+
+    import torch
+
+    class Loss(torch.nn.Module):
+        def forward(self, batch, out, system):
+            return loss(batch, out, system)
+
+    return Loss()
+
+
+@hookimpl
+def nls_register_losses(register):
+    register("{name}_opacity", build, config=OpacityConfig, consumes=[{{"render"}}],
+             description=OpacityConfig.__doc__)
+'''
+
+TEST = '''"""Tests of the {name} plugin, using nls's fixtures for plugin authors."""
+
+import torch
+
+from pipeline.testing import plugin_host
+from nls_{name} import plugin
+
+
+def test_registers_component():
+    host = plugin_host(("{name}", plugin))
+    comp = host.component("loss", "{name}_opacity")
+    assert comp.plugin == "{name}"
+
+
+def test_loss_value():
+    host = plugin_host(("{name}", plugin))
+    comp = host.component("loss", "{name}_opacity")
+    loss = comp.build(comp.config_class()(weight=2.0), None)
+    out = {{"opacity": torch.full((8, 1), 0.25)}}
+    assert abs(float(loss({{}}, out, None)) - 0.5) < 1e-6
+'''
+
+
+def new_plugin(name: str, parent: Path) -> Path:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise NLSError(f"plugin name {name!r} must start with a lowercase letter and use only a-z, 0-9 and _")
+    root = Path(parent) / f"nls-{name.replace('_', '-')}"
+    if root.exists():
+        raise NLSError(f"{root} already exists; choose another name or --dir")
+    pkg = root / f"nls_{name}"
+    try:
+        (root / "tests").mkdir(parents=True)
+        pkg.mkdir()
+    except OSError as exc:
+        raise NLSError(f"cannot create {root}: {exc.strerror}") from None
+    (root / "pyproject.toml").write_text(PYPROJECT.format(name=name, dash=name.replace("_", "-")))
+    (pkg / "__init__.py").write_text(f'"""nls plugin {name}."""\n')
+    (pkg / "plugin.py").write_text(PLUGIN.format(name=name))
+    (root / "tests" / f"test_{name}.py").write_text(TEST.format(name=name))
+    (root / "README.md").write_text(f"# nls-{name}\n\nAn nls plugin. Install with `pip install -e .`, "
+                                    f"check with `nls plugins`, test with `pytest`.\n\nUse it in a scene:\n\n"
+                                    f"```yaml\nlosses:\n  - type: photometric\n  - type: {name}_opacity\n"
+                                    f"    weight: 0.001\n```\n")
+    return root

@@ -1,0 +1,569 @@
+"""Blender / NeRF-synthetic scene loader (and the instant-ngp single-file variant).
+
+Two layouts are read:
+
+* **NeRF-synthetic** (``transforms_{train,val,test}.json``): ``camera_angle_x`` plus
+  ``frames[i].file_path`` (usually without extension, e.g. ``./train/r_0``) and a 4x4
+  camera-to-world ``transform_matrix`` in Blender/OpenGL axes. Images are RGBA PNGs; the
+  focal length is derived from ``camera_angle_x`` and *each image's own width* (the copies
+  may be downscaled while the JSON still describes the originals).
+* **instant-ngp** (one ``transforms.json``): intrinsics ``fl_x``/``fl_y`` (or
+  ``camera_angle_x``/``camera_angle_y``), ``cx``, ``cy``, ``w``, ``h`` (global or per
+  frame), ``aabb_scale``; RGB(A) images. Splits come from per-frame ``"split"`` keys or
+  top-level ``{train,val,test}_filenames`` lists; without them every 8th frame is held out
+  as ``test`` and the rest are ``train``.
+
+Optional top-level ``near``, ``far`` and ``aabb`` keys (written by
+:func:`pipeline.scenes.mesh_render.render_mesh_views`) override the defaults. A
+``gt_mesh.ply`` next to the transforms becomes ``SceneData.gt_mesh``.
+
+Every malformed input raises :class:`pipeline.types.DataError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from pipeline.types import DataError, SceneData
+
+__all__ = ["load_blender", "BLENDER_AABB", "BLENDER_NEAR", "BLENDER_FAR"]
+
+#: Default scene box of NeRF-synthetic scenes (lego fits inside).
+BLENDER_AABB = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
+BLENDER_NEAR = 2.0
+BLENDER_FAR = 6.0
+
+_IMAGE_EXTS = (".png", ".PNG", ".jpg", ".jpeg", ".JPG", ".JPEG", ".exr", ".webp")
+_PROGRESS_MIN_IMAGES = 64
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataError(f"cannot read transforms file {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON in {path}: {e.msg} at line {e.lineno}, "
+                        f"column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object at top level, got "
+                        f"{type(data).__name__}")
+    return data
+
+
+def _require(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        have = ", ".join(sorted(map(str, d.keys()))) or "nothing"
+        raise DataError(f"{where}: missing key '{key}' (keys present: {have})")
+    return d[key]
+
+
+def _as_float(value: Any, key: str, where: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: key '{key}' must be a number, got {value!r}") from None
+    if not math.isfinite(f):
+        raise DataError(f"{where}: key '{key}' must be finite, got {value!r}")
+    return f
+
+
+def _pose(frame: dict, where: str) -> np.ndarray:
+    raw = _require(frame, "transform_matrix", where)
+    try:
+        m = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: 'transform_matrix' is not a numeric 4x4 matrix") from None
+    if m.shape != (4, 4):
+        raise DataError(f"{where}: 'transform_matrix' must be 4x4, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise DataError(f"{where}: 'transform_matrix' contains non-finite values (NaN/inf)")
+    return m
+
+
+def _resolve_image(root: Path, file_path: str, where: str) -> Path:
+    if not isinstance(file_path, str) or not file_path:
+        raise DataError(f"{where}: 'file_path' must be a non-empty string, got {file_path!r}")
+    p = (root / file_path)
+    if p.is_file():
+        return p
+    tried = [p]
+    for ext in _IMAGE_EXTS:
+        q = p.with_name(p.name + ext)
+        if q.is_file():
+            return q
+        tried.append(q)
+    raise DataError(f"{where}: image file not found: {p} (also tried "
+                    f"{', '.join(t.name for t in tried[1:4])}, ...)")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1], C in {3, 4}."""
+    import imageio.v3 as iio
+
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as e:  # imageio raises many types for corrupt files
+        raise DataError(f"cannot read image {path}: {e}") from None
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        img = img.astype(np.float32) / 65535.0
+    elif np.issubdtype(img.dtype, np.floating):
+        img = img.astype(np.float32)
+    else:
+        raise DataError(f"image {path}: unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    elif img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
+        img = np.concatenate([np.repeat(img[..., :1], 3, axis=-1), img[..., 1:]], axis=-1)
+    elif img.ndim == 3 and img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise DataError(f"image {path}: expected an RGB or RGBA image, got shape {img.shape}")
+    return img
+
+
+def _downscale(a: np.ndarray, d: int) -> np.ndarray:
+    """Area filter by an integer factor; trailing rows/columns that do not fill a block are
+    cropped so that pixel centres stay exact (intrinsics simply divide by ``d``)."""
+    if d == 1:
+        return a
+    h, w = a.shape[0] // d, a.shape[1] // d
+    a = a[: h * d, : w * d]
+    return a.reshape(h, d, w, d, a.shape[-1]).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _progress(total: int, label: str, enabled: Optional[bool]):
+    """A rich progress bar for many images on an interactive terminal, else a no-op."""
+    if enabled is None:
+        enabled = total >= _PROGRESS_MIN_IMAGES and sys.stderr.isatty()
+    if not enabled:
+        return None
+    try:
+        from rich.progress import Progress
+    except ImportError:  # pragma: no cover
+        return None
+    prog = Progress(transient=True)
+    task = prog.add_task(label, total=total)
+    return prog, task
+
+
+class _Split:
+    """Frames of one split before images are read."""
+
+    def __init__(self, name: str, source: Path):
+        self.name = name
+        self.source = source  # the JSON they came from
+        self.paths: list[Path] = []
+        self.poses: list[np.ndarray] = []
+        # per-frame intrinsics as described by the file: (fx, fy, cx, cy, w_ref, h_ref);
+        # None entries are derived from the image size (cx = W/2 ...)
+        self.intr: list[tuple] = []
+
+
+def _load_split(sp: _Split, background: np.ndarray, downscale: int,
+                progress: Optional[bool]):
+    import torch
+
+    from pipeline.types import Cameras, PosedImages
+
+    n = len(sp.paths)
+    images = alphas = None
+    has_alpha = False
+    size0 = None
+    first = None
+    bar = _progress(n, f"loading {sp.name} ({n} images)", progress)
+    if bar is not None:
+        bar[0].start()
+    try:
+        for i, path in enumerate(sp.paths):
+            img = _read_image(path)
+            if size0 is None:
+                size0, first = img.shape[:2], path
+            elif img.shape[:2] != size0:
+                raise DataError(
+                    f"split '{sp.name}' ({sp.source}): images of different sizes: {first} is "
+                    f"{size0[1]}x{size0[0]} but {path} is {img.shape[1]}x{img.shape[0]} "
+                    "(WxH); all images of a split must share one size")
+            if img.shape[-1] == 4:
+                a = img[..., 3:4]
+                rgb = img[..., :3] * a + background * (1.0 - a)
+                has_alpha = True
+            else:
+                a = np.ones(img.shape[:2] + (1,), np.float32)
+                rgb = img
+            rgb = _downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
+            a = _downscale(a.astype(np.float32), downscale)
+            if images is None:
+                images = np.empty((n,) + rgb.shape, np.float32)
+                alphas = np.empty((n,) + a.shape, np.float32)
+            images[i] = rgb
+            alphas[i] = a
+            if bar is not None:
+                bar[0].advance(bar[1])
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    H0, W0 = size0
+    H, W = images.shape[1:3]
+    fx = np.empty(n, np.float32)
+    fy = np.empty(n, np.float32)
+    cx = np.empty(n, np.float32)
+    cy = np.empty(n, np.float32)
+    for i, (f_x, f_y, c_x, c_y, w_ref, h_ref) in enumerate(sp.intr):
+        # scale from the resolution the file describes to the image's own resolution
+        # (square pixels when only one focal / one reference size is given)
+        sx = W0 / w_ref if w_ref else 1.0
+        sy = H0 / h_ref if h_ref else sx
+        f_y = (f_y if f_y is not None else f_x) * sy
+        f_x = f_x * sx
+        c_x = c_x * sx if c_x is not None else 0.5 * W0
+        c_y = c_y * sy if c_y is not None else 0.5 * H0
+        fx[i], fy[i] = f_x / downscale, f_y / downscale
+        cx[i], cy[i] = c_x / downscale, c_y / downscale
+    cams = Cameras(
+        c2w=torch.from_numpy(np.stack(sp.poses).astype(np.float32)),
+        fx=torch.from_numpy(fx), fy=torch.from_numpy(fy),
+        cx=torch.from_numpy(cx), cy=torch.from_numpy(cy),
+        width=int(W), height=int(H))
+    names = [p.stem for p in sp.paths]
+    return PosedImages(images=torch.from_numpy(images), cameras=cams,
+                       alphas=torch.from_numpy(alphas) if has_alpha else None,
+                       names=names), (W0, H0)
+
+
+def _check_opts(background, downscale, max_images):
+    try:
+        bg = np.asarray(background, dtype=np.float32).reshape(3)
+    except (TypeError, ValueError):
+        raise DataError(f"background must be 3 floats in [0, 1], got {background!r}") from None
+    if not (np.isfinite(bg).all() and (bg >= 0).all() and (bg <= 1).all()):
+        raise DataError(f"background must be 3 floats in [0, 1], got {background!r}")
+    if isinstance(downscale, bool) or not isinstance(downscale, (int, np.integer)) \
+            or downscale < 1:
+        raise DataError(f"downscale must be an integer >= 1, got {downscale!r}")
+    if max_images is not None and (not isinstance(max_images, (int, np.integer))
+                                   or max_images < 1):
+        raise DataError(f"max_images must be a positive integer or None, got {max_images!r}")
+    return bg
+
+
+def _optional_box(data: dict, where: str):
+    if "aabb" not in data:
+        return None
+    try:
+        box = np.asarray(data["aabb"], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        box = np.zeros(0)
+    if box.size != 6 or not np.isfinite(box).all() or (box[3:] <= box[:3]).any():
+        raise DataError(f"{where}: 'aabb' must be 6 finite numbers [xmin, ymin, zmin, xmax, "
+                        f"ymax, zmax] with min < max, got {data['aabb']!r}")
+    return box
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _nerf_synthetic(root: Path, splits: Sequence[str]):
+    found: dict[str, _Split] = {}
+    missing, empty = [], []
+    extra: dict[str, Any] = {}
+    angle_x = None
+    for split in splits:
+        path = root / f"transforms_{split}.json"
+        if not path.is_file():
+            missing.append(split)
+            continue
+        data = _read_json(path)
+        where = str(path)
+        ax = _as_float(_require(data, "camera_angle_x", where), "camera_angle_x", where)
+        if not 0.0 < ax < math.pi:
+            raise DataError(f"{where}: 'camera_angle_x' must be in (0, pi) radians, got {ax}")
+        angle_x = ax if angle_x is None else angle_x
+        frames = _require(data, "frames", where)
+        if not isinstance(frames, list):
+            raise DataError(f"{where}: 'frames' must be a list, got {type(frames).__name__}")
+        for key in ("near", "far"):
+            if key in data:
+                extra.setdefault(key, _as_float(data[key], key, where))
+        box = _optional_box(data, where)
+        if box is not None:
+            extra.setdefault("aabb", box)
+        if not frames:
+            empty.append(split)
+            continue
+        sp = _Split(split, path)
+        for i, fr in enumerate(frames):
+            fw = f"{where}: frames[{i}]"
+            if not isinstance(fr, dict):
+                raise DataError(f"{fw} must be an object, got {type(fr).__name__}")
+            sp.paths.append(_resolve_image(root, _require(fr, "file_path", fw), fw))
+            sp.poses.append(_pose(fr, fw))
+            # focal from the angle and the reference width 1 (scaled by the image's width)
+            f_unit = 0.5 / math.tan(0.5 * ax)
+            sp.intr.append((f_unit, None, None, None, 1.0, None))
+        found[split] = sp
+    return found, missing, empty, extra, angle_x
+
+
+def _ngp_intrinsics(d: dict, base: tuple, where: str) -> tuple:
+    """(fx, fy, cx, cy, w, h) from a dict (global or frame), falling back on ``base``."""
+    fx, fy, cx, cy, w, h = base
+    if "w" in d:
+        w = _as_float(d["w"], "w", where)
+    if "h" in d:
+        h = _as_float(d["h"], "h", where)
+    if "fl_x" in d:
+        fx = _as_float(d["fl_x"], "fl_x", where)
+    elif "camera_angle_x" in d:
+        if w is None:
+            raise DataError(f"{where}: 'camera_angle_x' given without image width 'w'")
+        fx = 0.5 * w / math.tan(0.5 * _as_float(d["camera_angle_x"], "camera_angle_x", where))
+    if "fl_y" in d:
+        fy = _as_float(d["fl_y"], "fl_y", where)
+    elif "camera_angle_y" in d:
+        if h is None:
+            raise DataError(f"{where}: 'camera_angle_y' given without image height 'h'")
+        fy = 0.5 * h / math.tan(0.5 * _as_float(d["camera_angle_y"], "camera_angle_y", where))
+    if "cx" in d:
+        cx = _as_float(d["cx"], "cx", where)
+    if "cy" in d:
+        cy = _as_float(d["cy"], "cy", where)
+    return fx, fy, cx, cy, w, h
+
+
+def _instant_ngp(root: Path, splits: Sequence[str]):
+    path = root / "transforms.json"
+    where = str(path)
+    data = _read_json(path)
+    frames = _require(data, "frames", where)
+    if not isinstance(frames, list):
+        raise DataError(f"{where}: 'frames' must be a list, got {type(frames).__name__}")
+    if not frames:
+        raise DataError(f"{where}: 'frames' is empty")
+    base = _ngp_intrinsics(data, (None,) * 6, where)
+
+    # split assignment
+    lists = {s: data.get(f"{s}_filenames") for s in ("train", "val", "test")}
+    assign: list[str] = []
+    if any(isinstance(fr, dict) and "split" in fr for fr in frames):
+        how = "per-frame 'split' keys"
+        for i, fr in enumerate(frames):
+            s = fr.get("split", "train") if isinstance(fr, dict) else "train"
+            assign.append(str(s))
+    elif any(v is not None for v in lists.values()):
+        how = "top-level *_filenames lists"
+        sets = {s: {Path(str(x)).as_posix().lstrip("./") for x in (v or [])}
+                for s, v in lists.items()}
+        for fr in frames:
+            fp = Path(str(fr.get("file_path", "")) if isinstance(fr, dict) else "")
+            key = fp.as_posix().lstrip("./")
+            s = next((s for s, names in sets.items()
+                      if key in names or fp.name in {Path(n).name for n in names}), "train")
+            assign.append(s)
+    else:
+        how = "no split info: every 8th frame held out as test"
+        assign = ["test" if i % 8 == 0 else "train" for i in range(len(frames))]
+
+    found: dict[str, _Split] = {}
+    for i, fr in enumerate(frames):
+        fw = f"{where}: frames[{i}]"
+        if not isinstance(fr, dict):
+            raise DataError(f"{fw} must be an object, got {type(fr).__name__}")
+        s = assign[i]
+        img_path = _resolve_image(root, _require(fr, "file_path", fw), fw)
+        pose = _pose(fr, fw)
+        if s not in splits:
+            continue
+        fx, fy, cx, cy, w, h = _ngp_intrinsics(fr, base, fw)
+        if fx is None:
+            raise DataError(f"{fw}: missing key 'fl_x' (or 'camera_angle_x'), neither in the "
+                            "frame nor at top level")
+        sp = found.setdefault(s, _Split(s, path))
+        sp.paths.append(img_path)
+        sp.poses.append(pose)
+        sp.intr.append((fx, fy, cx, cy, w, h))
+
+    aabb_scale = _as_float(data.get("aabb_scale", 1), "aabb_scale", where)
+    if aabb_scale <= 0:
+        raise DataError(f"{where}: 'aabb_scale' must be positive, got {aabb_scale}")
+    scale = _as_float(data.get("scale", 0.33), "scale", where)
+    if scale <= 0:
+        raise DataError(f"{where}: 'scale' must be positive, got {scale}")
+    offset = np.asarray(data.get("offset", [0.5, 0.5, 0.5]), dtype=np.float64).reshape(-1)
+    if offset.size != 3 or not np.isfinite(offset).all():
+        raise DataError(f"{where}: 'offset' must be 3 finite numbers, got {data.get('offset')!r}")
+    # instant-ngp maps a NeRF-frame point p to ngp space as (p*scale + offset) with axes
+    # cycled (ngp x,y,z = nerf y,z,x); its box is [0.5 -/+ aabb_scale/2]^3 in ngp space.
+    centre = (0.5 - offset[[2, 0, 1]]) / scale
+    half = 0.5 * aabb_scale / scale
+    extra: dict[str, Any] = {"aabb": np.concatenate([centre - half, centre + half]),
+                             "aabb_scale": aabb_scale, "split_rule": how}
+    for key in ("near", "far"):
+        if key in data:
+            extra[key] = _as_float(data[key], key, where)
+    box = _optional_box(data, where)
+    if box is not None:
+        extra["aabb"] = box
+    missing = [s for s in splits if s not in found]
+    return found, missing, extra
+
+
+def _near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[float, float]:
+    lo, hi = box[:3], box[3:]
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                        for z in (lo[2], hi[2])])
+    near, far = np.inf, 0.0
+    for m in poses:
+        o = m[:3, 3]
+        d_box = np.linalg.norm(np.maximum(np.maximum(lo - o, o - hi), 0.0))
+        near = min(near, d_box)
+        far = max(far, float(np.linalg.norm(corners - o, axis=1).max()))
+    return max(float(near), 0.01), far
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test"),
+                 background: Sequence[float] = (1.0, 1.0, 1.0), downscale: int = 1,
+                 max_images: Optional[int] = None,
+                 progress: Optional[bool] = None) -> SceneData:
+    """Load a Blender-format (NeRF-synthetic or instant-ngp) posed-image scene.
+
+    Args:
+        root: folder with ``transforms_{split}.json`` or ``transforms.json``.
+        splits: splits to load; a split whose file is absent or has no frames is left
+            out of ``SceneData.splits`` (noted in ``meta["splits_missing"]``), but at
+            least one must be present.
+        background: RGB in [0, 1] that RGBA images are composited onto.
+        downscale: integer area-filter factor (trailing rows/columns that do not fill a
+            block are cropped; intrinsics are divided by the factor).
+        max_images: keep only the first ``max_images`` frames of every split.
+        progress: show a progress bar (default: only for >= 64 images on a terminal).
+
+    Returns:
+        SceneData with images ``(N, H, W, 3)`` float32, ``alphas`` ``(N, H, W, 1)`` when the
+        images have alpha, cameras with per-image intrinsics scaled to the image's own size.
+        NeRF-synthetic: ``aabb`` [-1.5]*3 + [1.5]*3, ``near=2``, ``far=6`` unless the file
+        says otherwise; instant-ngp: ``aabb`` from ``aabb_scale`` and near/far from the
+        cameras and the box.
+
+    Example:
+        >>> scene = load_blender(data_root() / "nerf/lego", splits=("train",), max_images=2)
+        >>> scene.splits["train"].images.shape
+        torch.Size([2, 400, 400, 3])
+    """
+    import torch
+
+    root = Path(root)
+    bg = _check_opts(background, downscale, max_images)
+    if isinstance(splits, str):
+        splits = (splits,)
+    splits = tuple(splits)
+    if not splits:
+        raise DataError("load_blender: 'splits' is empty; ask for e.g. ('train', 'test')")
+    if not root.exists():
+        raise DataError(f"scene directory not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"scene path is not a directory: {root}")
+
+    per_split = [root / f"transforms_{s}.json" for s in ("train", "val", "test", *splits)]
+    empty: list[str] = []
+    if any(p.is_file() for p in per_split):
+        source = "blender"
+        found, missing, empty, extra, angle_x = _nerf_synthetic(root, splits)
+        if not found:
+            raise DataError(
+                f"{root}: none of the requested splits {list(splits)} has frames "
+                f"(missing files: {[f'transforms_{s}.json' for s in missing]}, "
+                f"empty: {empty})")
+    elif (root / "transforms.json").is_file():
+        source = "instant-ngp"
+        found, missing, extra = _instant_ngp(root, splits)
+        angle_x = None
+        if not found:
+            raise DataError(f"{root / 'transforms.json'}: no frames fall in the requested "
+                            f"splits {list(splits)}")
+    else:
+        raise DataError(
+            f"no transforms file in {root}: expected transforms_{{train,val,test}}.json "
+            "(NeRF-synthetic) or transforms.json (instant-ngp)")
+    if missing and source == "blender":
+        warnings.warn(f"{root}: no transforms file for split(s) {missing}; loading "
+                      f"{list(found)}", stacklevel=2)
+
+    if max_images is not None:
+        for sp in found.values():
+            for attr in ("paths", "poses", "intr"):
+                setattr(sp, attr, getattr(sp, attr)[:max_images])
+
+    out, sizes, orig_sizes = {}, {}, {}
+    for name in splits:
+        if name not in found:
+            continue
+        out[name], (w0, h0) = _load_split(found[name], bg, int(downscale), progress)
+        cams = out[name].cameras
+        sizes[name] = [cams.width, cams.height]
+        orig_sizes[name] = [w0, h0]
+
+    all_poses = [p for sp in found.values() for p in sp.poses]
+    if source == "blender":
+        box = extra.get("aabb", np.asarray(BLENDER_AABB, np.float64))
+        near = extra.get("near", BLENDER_NEAR)
+        far = extra.get("far", BLENDER_FAR)
+    else:
+        box = extra["aabb"]
+        nf = _near_far_from_box(all_poses, box)
+        near, far = extra.get("near", nf[0]), extra.get("far", nf[1])
+    if not far > near >= 0:
+        raise DataError(f"{root}: invalid ray interval near={near}, far={far}")
+
+    meta: dict[str, Any] = {
+        "source": source,
+        "root": str(root.resolve()),
+        "image_size": sizes,              # {split: [W, H]} after downscale
+        "original_image_size": orig_sizes,  # {split: [W, H]} as stored on disk
+        "downscale": int(downscale),
+        "n_images": {k: len(v) for k, v in out.items()},
+        "background": [float(x) for x in bg],
+    }
+    if angle_x is not None:
+        meta["camera_angle_x"] = angle_x
+    if missing:
+        meta["splits_missing"] = missing
+    if empty:
+        meta["splits_empty"] = empty
+    if max_images is not None:
+        meta["max_images"] = int(max_images)
+    for k in ("aabb_scale", "split_rule"):
+        if k in extra:
+            meta[k] = extra[k]
+    render_meta = root / "meta.json"
+    if render_meta.is_file():
+        try:
+            meta["generator"] = json.loads(render_meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            meta["generator"] = f"unreadable {render_meta}"
+    gt = root / "gt_mesh.ply"
+    return SceneData(
+        splits=out,
+        aabb=torch.tensor(np.asarray(box, np.float32)),
+        background=tuple(float(x) for x in bg),
+        near=float(near), far=float(far),
+        gt_mesh=gt if gt.is_file() else None,
+        meta=meta,
+    )

@@ -1,0 +1,223 @@
+"""The training loop for posed-image scenes: random ray batches, every enabled loss, atomic
+checkpoints, resume to the same step budget, Ctrl-C saves and exits cleanly."""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipeline.config import SceneConfig
+from pipeline.runs import RunDir
+from pipeline.types import NLSError, SceneData
+
+
+@dataclass
+class TrainResult:
+    step: int
+    seconds: float
+    interrupted: bool = False
+
+
+class RaySampler:
+    """Uniform random pixels over all training images. Deterministic given its generator state.
+
+    ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), alpha (n,1) | None)``.
+    """
+
+    def __init__(self, scene: SceneData, device: torch.device, seed: int):
+        from pipeline.rays import pixel_rays
+
+        self._pixel_rays = pixel_rays
+        split = scene.splits.get("train")
+        if split is None or len(split) == 0:
+            raise NLSError("the scene has no training images (split 'train' is empty)")
+        self.split = split
+        self.cameras = split.cameras.to(device)
+        self.images = split.images.to(device)
+        self.alphas = split.alphas.to(device) if split.alphas is not None else None
+        self.device = device
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def sample(self, n: int) -> dict:
+        N, H, W, _ = self.images.shape
+        idx = torch.randint(0, N, (n,), generator=self.gen).to(self.device)
+        v = torch.randint(0, H, (n,), generator=self.gen).to(self.device)
+        u = torch.randint(0, W, (n,), generator=self.gen).to(self.device)
+        o, d = self._pixel_rays(self.cameras, idx, u.float() + 0.5, v.float() + 0.5)
+        batch = {"origins": o, "dirs": d, "rgb": self.images[idx, v, u]}
+        batch["alpha"] = self.alphas[idx, v, u] if self.alphas is not None else None
+        return batch
+
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+          "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    ns = np.random.get_state()
+    st["numpy"] = {"key": torch.from_numpy(ns[1].astype(np.int64)), "pos": int(ns[2]),
+                   "has_gauss": int(ns[3]), "gauss": float(ns[4])}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C so a polite kill also leaves a checkpoint."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+class Trainer:
+    """Owns the optimiser, schedule and sampler of one run; ``fit()`` trains to ``cfg.train.steps``."""
+
+    def __init__(self, cfg: SceneConfig, system, scene: SceneData, run: RunDir, device: torch.device,
+                 *, progress: bool = True):
+        self.cfg, self.system, self.scene, self.run, self.device = cfg, system, scene, run, device
+        t = cfg.train
+        self.optimizer = torch.optim.Adam(system.param_groups(t.lr), lr=t.lr, weight_decay=t.weight_decay,
+                                          betas=(0.9, 0.99), eps=1e-15)
+        gamma = t.lr_final_factor ** (1.0 / max(1, t.steps))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
+        has_images = system.renderer is not None and "train" in scene.splits
+        self.sampler = RaySampler(scene, device, t.seed) if has_images else None
+        self.step = 0
+        self.progress = progress
+        self.elapsed = 0.0  # training seconds over all sessions of the run
+        self.stopped_by_time = False
+
+    # -- checkpoint state ------------------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.step, "model": self.system.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                "sampler": self.sampler.gen.get_state() if self.sampler else None, "elapsed": self.elapsed}
+
+    def load_state(self, st: dict) -> None:
+        try:
+            self.system.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise NLSError(f"the checkpoint does not match this run's model/config ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0]}). Was config.yaml edited after the run started?") from None
+        set_rng_state(st["rng"])
+        if self.sampler is not None and st.get("sampler") is not None:
+            self.sampler.gen.set_state(st["sampler"])
+        self.step = int(st["step"])
+        self.elapsed = float(st.get("elapsed", 0.0))
+
+    def save(self) -> None:
+        self.run.save_checkpoint(self.state(), self.step)
+
+    # -- one step -----------------------------------------------------------------------
+    def _render_batch(self) -> tuple[dict, dict]:
+        """Posed-image scenes: a random ray batch rendered through the field chain."""
+        t, system = self.cfg.train, self.system
+        renderer = system.renderer
+        renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
+        batch = self.sampler.sample(t.batch_rays)
+        bg = None
+        if getattr(renderer.cfg, "random_background", False) and batch["alpha"] is not None:
+            bg = torch.rand(t.batch_rays, 3, device=self.device)
+            a = batch["alpha"]
+            batch["rgb"] = (batch["rgb"] - (1 - a) * renderer.background) + (1 - a) * bg
+        out = renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True, background=bg)
+        return batch, out
+
+    def train_step(self) -> dict:
+        """One optimisation step. With a renderer and training images, losses see a rendered ray
+        batch; otherwise (point-cloud / mesh methods) ``batch`` holds only the step and the
+        loss terms sample their own points from ``system`` and the scene."""
+        system = self.system
+        system.train()
+        if self.sampler is not None:
+            batch, out = self._render_batch()
+        else:
+            batch, out = {}, {}
+        batch["step"] = self.step
+        terms = {name: loss(batch, out, system) for name, loss in system.losses.items()}
+        if not terms:
+            raise NLSError("the scene has no loss terms, so there is nothing to train; add `losses:`")
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            raise NLSError(f"training diverged at step {self.step}: loss is {float(total)} "
+                           f"({', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}). "
+                           f"Lower train.lr or check the scene's box.")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        rec = {"loss": float(total.detach()), **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        if "rgb" in out:
+            with torch.no_grad():
+                mse = float(torch.mean((out["rgb"] - batch["rgb"]) ** 2))
+            rec["psnr_train"] = -10 * math.log10(max(mse, 1e-10))
+            rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
+        return rec
+
+    # -- loop ---------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        from pipeline.progress import StepProgress
+
+        t = self.cfg.train
+        if self.step >= t.steps or (t.max_seconds is not None and self.elapsed >= t.max_seconds):
+            return TrainResult(self.step, 0.0)
+        t0 = time.perf_counter()
+        last_ckpt = self.step
+        interrupted = False
+        with _sigterm_as_interrupt(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar:
+            try:
+                while self.step < t.steps:
+                    if t.max_seconds is not None and self.elapsed >= t.max_seconds:
+                        self.save()
+                        last_ckpt = self.step
+                        self.stopped_by_time = True
+                        break
+                    s0 = time.perf_counter()
+                    rec = self.train_step()
+                    self.elapsed += time.perf_counter() - s0
+                    bar.advance(self.step, f"loss {rec['loss']:.4f}" + (f" psnr {rec['psnr_train']:.2f}" if "psnr_train" in rec else ""))
+                    if self.step % t.log_every == 0 or self.step == t.steps:
+                        self.run.log_metrics({"step": self.step, "time": round(self.elapsed, 3), **rec})
+                    if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                        self.save()
+                        last_ckpt = self.step
+            except KeyboardInterrupt:
+                interrupted = True
+                if self.step > last_ckpt:
+                    self.save()
+        return TrainResult(self.step, time.perf_counter() - t0, interrupted)

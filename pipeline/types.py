@@ -1,0 +1,113 @@
+"""Data contracts passed between stages.
+
+Conventions (used everywhere in the project):
+
+* World space is right-handed; cameras follow the Blender/OpenGL convention of the
+  NeRF-synthetic data: a camera looks down its local ``-z`` axis, ``+y`` is up and
+  ``+x`` is right. ``c2w`` maps camera coordinates to world coordinates.
+* Pixel ``(u, v)`` has its centre at ``(u + 0.5, v + 0.5)``; ``u`` grows to the right,
+  ``v`` grows downwards (image rows).
+* Images are float32 in ``[0, 1]``, shape ``(H, W, 3)`` after alpha compositing.
+* SDFs are negative inside, positive outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # torch stays out of cheap imports
+    import numpy as np
+    import torch
+
+
+@dataclass
+class Cameras:
+    """A set of pinhole cameras.
+
+    c2w: (N, 4, 4) float32 camera-to-world, Blender/OpenGL axes.
+    fx, fy, cx, cy: (N,) float32 intrinsics in pixels.
+    width, height: image size in pixels (same for every camera of a split).
+    """
+
+    c2w: "torch.Tensor"
+    fx: "torch.Tensor"
+    fy: "torch.Tensor"
+    cx: "torch.Tensor"
+    cy: "torch.Tensor"
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+    def to(self, device) -> "Cameras":
+        return Cameras(self.c2w.to(device), self.fx.to(device), self.fy.to(device),
+                       self.cx.to(device), self.cy.to(device), self.width, self.height)
+
+
+@dataclass
+class PosedImages:
+    """One split of a posed-image scene.
+
+    images: (N, H, W, 3) float32 in [0, 1], already composited on the scene background.
+    cameras: N cameras.
+    alphas: optional (N, H, W, 1) float32 coverage (1 = object), when the source has alpha.
+    names: optional per-image identifiers (file stems), length N.
+    """
+
+    images: "torch.Tensor"
+    cameras: Cameras
+    alphas: Optional["torch.Tensor"] = None
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class SceneData:
+    """What a scene source hands to the pipeline.
+
+    splits: e.g. {"train": PosedImages, "val": ..., "test": ...}; may be empty for
+        non-image scenes (point clouds, shape datasets).
+    aabb: (6,) float32 [xmin, ymin, zmin, xmax, ymax, zmax] scene bounding box.
+    background: RGB in [0, 1] the images were composited on.
+    near, far: ray interval limits (world units) used by the renderer.
+    gt_mesh: optional path of a ground-truth mesh, in the same world frame.
+    points: optional (P, 3) float32 input point cloud (point-cloud scenes).
+    normals: optional (P, 3) float32 normals of ``points``.
+    meta: free-form, JSON-serialisable facts about the scene (written to the run folder).
+    """
+
+    splits: dict[str, PosedImages]
+    aabb: "torch.Tensor"
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    near: float = 0.0
+    far: float = 1.0e10
+    gt_mesh: Optional[Path] = None
+    points: Optional["np.ndarray"] = None
+    normals: Optional["np.ndarray"] = None
+    meta: dict = field(default_factory=dict)
+
+
+class NLSError(Exception):
+    """An error the user can fix: printed as one paragraph by the CLI, no traceback.
+
+    The message names the file, key or value at fault and what would be valid.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(NLSError):
+    """A scene file or ``--set`` override is invalid."""
+
+
+class DataError(NLSError):
+    """Input data (images, transforms, meshes, point clouds) is missing or malformed."""
+
+
+class CheckpointError(NLSError):
+    """A checkpoint is missing, truncated or does not match the run."""

@@ -1,0 +1,69 @@
+"""Turntable videos of a trained run (mp4 through imageio-ffmpeg when present, else gif)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def orbit_cameras(template, n: int, radius: float, elevation_deg: float = 25.0):
+    """n cameras on a circle around the origin (world +z up), looking at the origin, same
+    intrinsics as camera 0 of ``template`` (a :class:`pipeline.types.Cameras`)."""
+    import torch
+
+    from pipeline.types import Cameras
+
+    c2w = []
+    el = math.radians(elevation_deg)
+    for k in range(n):
+        az = 2 * math.pi * k / n
+        eye = np.array([radius * math.cos(el) * math.cos(az), radius * math.cos(el) * math.sin(az),
+                        radius * math.sin(el)])
+        f = -eye / np.linalg.norm(eye)  # forward
+        r = np.cross(f, [0.0, 0.0, 1.0])
+        r /= np.linalg.norm(r)
+        u = np.cross(r, f)
+        m = np.eye(4)
+        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = r, u, -f, eye
+        c2w.append(m)
+    t = torch.tensor(np.stack(c2w), dtype=torch.float32)
+    rep = lambda v: v[:1].repeat(n)  # noqa: E731
+    return Cameras(t, rep(template.fx), rep(template.fy), rep(template.cx), rep(template.cy),
+                   template.width, template.height)
+
+
+def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Path:
+    import imageio.v3 as iio
+
+    try:
+        import imageio_ffmpeg  # noqa: F401
+
+        path = path_stem.with_suffix(".mp4")
+        iio.imwrite(path, np.stack(frames), fps=fps, codec="libx264", macro_block_size=1)
+    except ImportError:
+        path = path_stem.with_suffix(".gif")
+        iio.imwrite(path, np.stack(frames), duration=1000 / fps, loop=0)
+    return path
+
+
+def render_turntable(ld, n: int, out_dir: Path) -> Path:
+    """Render ``n`` frames around the scene with the run's renderer; returns the video path."""
+    import torch
+
+    from pipeline.evaluate import to_uint8
+    from pipeline.progress import StepProgress
+
+    split = ld.scene.splits.get(ld.cfg.eval.split) or next(iter(ld.scene.splits.values()))
+    radius = float(split.cameras.c2w[:, :3, 3].norm(dim=-1).mean())
+    cams = orbit_cameras(split.cameras, n, radius).to(ld.device)
+    frames = []
+    ld.system.eval()
+    with StepProgress(n, 0, "turntable") as bar, torch.no_grad():
+        for i in range(n):
+            out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk)
+            frames.append(to_uint8(out["rgb"]))
+            bar.advance(i + 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_video(frames, out_dir / "turntable")

@@ -1,0 +1,1 @@
+"""Every nls method is a plugin; the built-ins live here."""

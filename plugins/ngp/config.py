@@ -1,0 +1,104 @@
+"""Config classes of the ngp backend's components (no torch import: listed by `nls plugins`)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from pipeline.components import ComponentConfig
+
+
+class DenseGridConfig(ComponentConfig):
+    """Feature voxel grid through grid_sample plus a tiny colour MLP (DVGO-style); fast on CPU."""
+
+    resolution: int = Field(96, ge=8, le=512, description="voxels per side of the scene box")
+    features: int = Field(8, ge=1, le=64, description="colour feature channels per voxel")
+    hidden: int = Field(64, ge=8, description="colour MLP width")
+    sh_degree: int = Field(3, ge=1, le=4, description="view-direction SH degree")
+    density_bias: float = Field(-7.0, description="softplus shift; -7 starts nearly empty (alpha ~1e-3 per voxel)")
+    grid_lr_scale: float = Field(10.0, gt=0, description="learning-rate multiplier of the voxel grids")
+
+
+class HashGridConfig(ComponentConfig):
+    """Instant-NGP field: multiresolution hash encoding, density MLP and SH colour MLP."""
+
+    n_levels: int = Field(16, ge=1, le=32, description="hash-grid levels L")
+    n_features_per_level: int = Field(2, ge=1, le=8, description="features per level F")
+    log2_hashmap_size: int = Field(19, ge=10, le=24, description="log2 of the table size T")
+    base_resolution: int = Field(16, ge=2, description="coarsest resolution N_min")
+    max_resolution: int = Field(2048, ge=2, description="finest resolution N_max")
+    hidden: int = Field(64, ge=8, description="MLP width")
+    geo_features: int = Field(15, ge=1, description="features passed from the density to the colour MLP")
+    sh_degree: int = Field(4, ge=1, le=4, description="view-direction SH degree")
+    backend: Literal["auto", "torch", "cpu_kernel", "tcnn"] = Field(
+        "auto", description="encoding implementation; auto picks the fastest available")
+
+
+class VolumeRendererConfig(ComponentConfig):
+    """nerfacc volume rendering with occupancy-grid skipping (CUDA kernels or the pure-torch CPU path)."""
+
+    samples_per_ray: int = Field(192, ge=8, description="samples across the scene-box diagonal; sets the step size")
+    grid_resolution: int = Field(64, ge=8, le=256, description="occupancy-grid resolution")
+    occ_threshold: float = Field(0.01, ge=0, description="opacity below which grid cells are skipped")
+    alpha_threshold: float = Field(0.0, ge=0, description="skip samples with alpha below this (CUDA path)")
+    stratified: bool = Field(True, description="jitter samples during training")
+    random_background: bool = Field(False, description="train on random backgrounds (needs alpha); helps empty space")
+
+
+class LaplaceDensityConfig(ComponentConfig):
+    """VolSDF density: sigma = (1/beta) * Psi_beta(-sdf), Psi the Laplace CDF."""
+
+    beta: float = Field(0.01, gt=0, description="Laplace scale beta (world units)")
+    learnable: bool = Field(True, description="learn log(beta)")
+
+
+class OccupancyDensityConfig(ComponentConfig):
+    """sigma = scale * occupancy, for fields that give occupancy in [0,1]."""
+
+    scale: float = Field(200.0, gt=0, description="density of fully occupied space (1/world units)")
+
+
+class MarchingCubesConfig(ComponentConfig):
+    """Marching cubes (scikit-image) on an SDF level, a density threshold or the occupancy 0.5 level."""
+
+    resolution: int = Field(256, ge=16, le=1024, description="grid samples per side")
+    quantity: Literal["auto", "sdf", "occupancy", "density"] = Field(
+        "auto", description="which field output to contour; auto prefers sdf, then occupancy, then density")
+    level: Optional[float] = Field(None, description="iso-level; default 0 (sdf), 0.5 (occupancy), 10 (density)")
+    bbox: Optional[list[float]] = Field(None, min_length=6, max_length=6,
+                                        description="xmin ymin zmin xmax ymax zmax; default the scene box")
+
+
+class PhotometricConfig(ComponentConfig):
+    """Photometric loss between rendered and true pixel colours."""
+
+    kind: Literal["mse", "huber", "l1"] = Field("mse", description="per-pixel penalty")
+    weight: float = Field(1.0, ge=0)
+
+
+class EikonalConfig(ComponentConfig):
+    """Eikonal regulariser (||grad sdf|| - 1)^2 on random points in the box (Gropp et al. 2020, Eq. 2)."""
+
+    weight: float = Field(0.1, ge=0)
+    n_points: int = Field(4096, ge=1, description="random points per step")
+
+
+class TVConfig(ComponentConfig):
+    """Total variation of a dense grid field's voxels (smooths empty space, DVGO Eq. 8 style)."""
+
+    weight: float = Field(1e-4, ge=0)
+    density_only: bool = Field(False, description="penalise only the density grid")
+    block: int = Field(32, ge=2, description="side of the random sub-volume penalised each step")
+
+
+class PSNRConfig(ComponentConfig):
+    """PSNR and SSIM of test renders against the ground-truth images."""
+
+    ssim: bool = Field(True, description="also compute SSIM (Gaussian-window, as in NeRF papers)")
+
+
+class ChamferConfig(ComponentConfig):
+    """Chamfer-L1/L2, normal consistency and F-score against the scene's ground-truth mesh."""
+
+    floor: bool = Field(True, description="also report the floor (two samplings of the GT)")

@@ -1,0 +1,57 @@
+"""Built-in plugin ``ngp``: the shared NeRF backend (fields, renderer, density maps, extractor,
+losses and evaluators). Only names and config classes are imported here; torch loads lazily."""
+
+from __future__ import annotations
+
+from pipeline.hookspecs import hookimpl
+from plugins.ngp import config as C
+
+M = "plugins.ngp"
+
+
+@hookimpl
+def nls_register_fields(register):
+    register("dense_grid", f"{M}.fields:build_dense_grid", config=C.DenseGridConfig,
+             produces={"density", "rgb", "voxels"}, description=C.DenseGridConfig.__doc__)
+    register("hash_grid", f"{M}.fields:build_hash_grid", config=C.HashGridConfig,
+             produces={"density", "rgb"}, description=C.HashGridConfig.__doc__)
+
+
+@hookimpl
+def nls_register_density_maps(register):
+    register("laplace", f"{M}.density:build_laplace", config=C.LaplaceDensityConfig,
+             consumes=["sdf"], produces={"density"}, description=C.LaplaceDensityConfig.__doc__)
+    register("occupancy_scale", f"{M}.density:build_occupancy", config=C.OccupancyDensityConfig,
+             consumes=["occupancy"], produces={"density"}, description=C.OccupancyDensityConfig.__doc__)
+
+
+@hookimpl
+def nls_register_renderers(register):
+    register("volume", f"{M}.renderer:build_volume", config=C.VolumeRendererConfig,
+             consumes=[{"density", "rgb", "images"}], produces={"render", "depth"},
+             description=C.VolumeRendererConfig.__doc__)
+
+
+@hookimpl
+def nls_register_mesh_extractors(register):
+    register("marching_cubes", f"{M}.extract:build_marching_cubes", config=C.MarchingCubesConfig,
+             consumes=["sdf", "occupancy", "density"], produces={"mesh"},
+             description=C.MarchingCubesConfig.__doc__)
+
+
+@hookimpl
+def nls_register_losses(register):
+    register("photometric", f"{M}.losses:build_photometric", config=C.PhotometricConfig,
+             consumes=[{"render", "images"}], description=C.PhotometricConfig.__doc__)
+    register("eikonal", f"{M}.losses:build_eikonal", config=C.EikonalConfig,
+             consumes=["sdf"], description=C.EikonalConfig.__doc__)
+    register("tv", f"{M}.losses:build_tv", config=C.TVConfig,
+             consumes=["voxels"], description=C.TVConfig.__doc__)
+
+
+@hookimpl
+def nls_register_evaluators(register):
+    register("psnr", f"{M}.evaluate:build_image_metrics", config=C.PSNRConfig,
+             consumes=[{"render", "images"}], description=C.PSNRConfig.__doc__)
+    register("chamfer", f"{M}.evaluate:build_geometry_metrics", config=C.ChamferConfig,
+             consumes=[{"mesh", "gt_mesh"}], description=C.ChamferConfig.__doc__)

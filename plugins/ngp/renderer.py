@@ -1,0 +1,57 @@
+"""The backend's volume renderer component: occupancy grid + nerfacc rendering (CPU or CUDA path)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.rendering import OccupancyGrid, render_image, render_rays
+from plugins.ngp.config import VolumeRendererConfig
+
+
+class VolumeRenderer(nn.Module):
+    """Wraps :func:`pipeline.rendering.render_rays` with an occupancy grid it keeps up to date.
+
+    The step size is the scene-box diagonal divided by ``samples_per_ray``. The grid is a
+    submodule, so it is checkpointed with the model.
+    """
+
+    def __init__(self, cfg: VolumeRendererConfig, aabb: Tensor, background: tuple, near: float, far: float):
+        super().__init__()
+        self.cfg = cfg
+        self.grid = OccupancyGrid(aabb.cpu(), cfg.grid_resolution)
+        self.register_buffer("aabb", aabb.float().clone())
+        self.register_buffer("background", torch.tensor(background, dtype=torch.float32))
+        self.step_size = float((aabb[3:] - aabb[:3]).norm()) / cfg.samples_per_ray
+        self.near, self.far = float(near), float(far)
+        # the grid starts culling only after its warm-up updates; before that an untrained,
+        # nearly empty field would have every cell culled and no sample would get a gradient
+        self.register_buffer("grid_ready", torch.tensor(False))
+
+    def _kwargs(self, chain, training: bool, background: Optional[Tensor]) -> dict:
+        return dict(aabb=self.aabb, grid=self.grid if bool(self.grid_ready) else None, density_fn=chain.density_fn, step_size=self.step_size,
+                    near=self.near, far=self.far,
+                    background=self.background if background is None else background,
+                    alpha_thre=self.cfg.alpha_threshold, stratified=training and self.cfg.stratified)
+
+    def render_rays(self, origins: Tensor, dirs: Tensor, chain, *, training: bool = False,
+                    background: Optional[Tensor] = None) -> dict:
+        """(R,3),(R,3) -> {rgb (R,3), opacity (R,1), depth (R,1), num_samples}."""
+        return render_rays(origins, dirs, chain.radiance_fn, **self._kwargs(chain, training, background))
+
+    def render_image(self, cameras, i: int, chain, *, chunk: int = 8192) -> dict:
+        """Full image of camera ``i``: rgb (H,W,3), opacity (H,W,1), depth (H,W,1)."""
+        return render_image(cameras, i, chain.radiance_fn, chunk=chunk, **self._kwargs(chain, False, None))
+
+    def update(self, step: int, chain, *, every: int, warmup: int) -> None:
+        self.grid.update(step, chain.density_fn, self.step_size, occ_thre=self.cfg.occ_threshold,
+                         n=every, warmup_steps=warmup)
+        if step >= warmup and not bool(self.grid_ready):
+            self.grid_ready.fill_(True)
+
+
+def build_volume(cfg: VolumeRendererConfig, ctx) -> VolumeRenderer:
+    s = ctx.scene
+    return VolumeRenderer(cfg, ctx.aabb, s.background, s.near, s.far)

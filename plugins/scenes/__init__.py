@@ -1,0 +1,1 @@
+"""Built-in plugin ``scenes``: scene sources."""

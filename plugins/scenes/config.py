@@ -1,0 +1,61 @@
+"""Config classes of the built-in scene sources (no torch import)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from pipeline.components import ComponentConfig
+
+
+class _Views(ComponentConfig):
+    n_train: int = Field(40, ge=1, description="training views")
+    n_test: int = Field(8, ge=1, description="test views (a ring, distinct from training views)")
+    image_size: int = Field(96, ge=8, le=2048, description="rendered image width = height, pixels")
+    camera_angle_x: float = Field(0.69, gt=0, lt=3.1, description="horizontal field of view, radians")
+    radius: float = Field(2.0, gt=0, description="camera distance from the origin")
+    background: Literal["white", "black"] = Field("white", description="background colour")
+    seed: int = Field(0, description="camera placement seed")
+    supersample: int = Field(2, ge=1, le=4, description="rays per pixel side (anti-aliasing)")
+
+
+class ProceduralConfig(_Views):
+    """An analytic shape rendered by the project itself; the ground-truth mesh is saved beside it."""
+
+    shape: Literal["csg", "sphere", "torus", "box"] = Field("csg", description="analytic shape")
+    gt_resolution: int = Field(256, ge=32, le=1024, description="marching-cubes resolution of the GT mesh")
+
+
+class MeshSceneConfig(_Views):
+    """Any mesh file rendered into posed RGBA images, normalised to a box of side ``extent``."""
+
+    path: str = Field(..., description="mesh file (.obj/.off/.ply/...), ${NLS_DATA} is the data root")
+    extent: float = Field(1.0, gt=0, description="largest side of the normalised mesh")
+
+
+class BlenderConfig(ComponentConfig):
+    """NeRF-synthetic (transforms_{train,val,test}.json) or instant-ngp (transforms.json) folder."""
+
+    path: str = Field(..., description="scene folder; ${NLS_DATA} expands to the data root")
+    background: Literal["white", "black"] = Field("white")
+    downscale: int = Field(1, ge=1, description="integer area-downscale factor")
+    max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
+    splits: list[str] = Field(["train", "test"], description="splits to load")
+    aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
+                                        description="override the scene box xmin..zmax")
+
+
+class GeometryConfig(ComponentConfig):
+    """A mesh or point cloud used directly as geometry (no images): for SDF/occupancy fitting methods.
+
+    The input is normalised (bounding box centred, largest side ``extent``) and saved as the
+    ground truth; ``points``/``normals`` come from the file (point cloud) or from area-uniform
+    samples of the mesh.
+    """
+
+    path: str = Field(..., description="mesh (.obj/.off/.ply/...) or point cloud (.ply/.xyz/.npy); ${NLS_DATA} ok")
+    extent: float = Field(1.0, gt=0, description="largest side of the normalised input")
+    n_points: int = Field(30000, ge=100, description="surface samples taken from a mesh input")
+    box_margin: float = Field(0.1, ge=0, description="scene box = normalised bounds + this margin per side")
+    seed: int = Field(0)

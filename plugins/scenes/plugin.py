@@ -1,0 +1,32 @@
+"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes and Blender-format folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.hookspecs import hookimpl
+from plugins.scenes import config as C
+
+M = "plugins.scenes.sources"
+MESH_SUFFIXES = {".obj", ".off", ".ply", ".stl", ".glb"}
+
+
+@hookimpl
+def nls_register_scene_sources(register):
+    register("procedural", f"{M}:build_procedural", config=C.ProceduralConfig,
+             produces={"images", "gt_mesh"}, description=C.ProceduralConfig.__doc__)
+    register("mesh", f"{M}:build_mesh_scene", config=C.MeshSceneConfig,
+             produces={"images", "gt_mesh"}, description=C.MeshSceneConfig.__doc__)
+    register("geometry", f"{M}:build_geometry", config=C.GeometryConfig,
+             produces={"points", "gt_mesh"}, description=C.GeometryConfig.__doc__)
+    register("blender", f"{M}:build_blender", config=C.BlenderConfig,
+             produces={"images"}, description=C.BlenderConfig.__doc__)
+
+
+@hookimpl
+def nls_scene_type_for_path(path: Path):
+    if path.is_dir() and ((path / "transforms_train.json").exists() or (path / "transforms.json").exists()):
+        return "blender"
+    if path.suffix.lower() in MESH_SUFFIXES:
+        return "mesh"
+    return None

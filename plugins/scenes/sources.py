@@ -1,0 +1,193 @@
+"""Scene sources: procedural analytic shapes, mesh files and Blender-format folders.
+
+Procedural and mesh scenes are rendered once into a Blender-format folder under the
+cache (``$NLS_CACHE``, default ``~/.cache/nls``), keyed by a hash of their options, then
+loaded through the same Blender loader as real data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.types import ConfigError, SceneData
+from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
+
+BG = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+#: bumped when rendering changes so stale caches are not reused
+RENDER_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NLS_CACHE", Path.home() / ".cache" / "nls")).expanduser()
+
+
+def _cached_render(kind: str, options: dict, make) -> Path:
+    """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder."""
+    key = hashlib.sha256(json.dumps([RENDER_VERSION, kind, options], sort_keys=True).encode()).hexdigest()[:16]
+    final = cache_root() / "scenes" / f"{kind}-{key}"
+    if (final / "meta.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        make(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _render_views(mesh, out: Path, cfg) -> None:
+    from pipeline.scenes.mesh_render import render_mesh_views
+
+    render_mesh_views(mesh, out, n_train=cfg.n_train, n_test=cfg.n_test, width=cfg.image_size,
+                      height=cfg.image_size, camera_angle_x=cfg.camera_angle_x, radius=cfg.radius,
+                      seed=cfg.seed, supersample=cfg.supersample)
+
+
+def _load(folder: Path, background: str, aabb=None) -> SceneData:
+    import torch
+
+    from pipeline.scenes.blender import load_blender
+
+    scene = load_blender(folder, splits=("train", "test"), background=BG[background])
+    scene.gt_mesh = folder / "gt_mesh.ply"
+    if aabb is not None:
+        scene.aabb = torch.tensor(aabb, dtype=torch.float32)
+    return scene
+
+
+def procedural_mesh(shape: str, resolution: int):
+    """Ground-truth mesh of an analytic shape: marching cubes of its SDF at level 0."""
+    from pipeline.mesh import extract_mesh
+    from plugins.scenes.shapes import SHAPES
+
+    return extract_mesh(SHAPES[shape], [-0.6] * 3 + [0.6] * 3, resolution, 0.0, inside="below")
+
+
+def build_procedural(cfg: ProceduralConfig, ctx):
+    def load() -> SceneData:
+        folder = _cached_render("procedural", cfg.model_dump(exclude={"background"}),
+                                lambda out: _render_views(procedural_mesh(cfg.shape, cfg.gt_resolution), out, cfg))
+        scene = _load(folder, cfg.background, [-0.6] * 3 + [0.6] * 3)
+        scene.meta.update({"source": "procedural", "shape": cfg.shape})
+        return scene
+
+    return load
+
+
+def build_mesh_scene(cfg: MeshSceneConfig, ctx):
+    def load() -> SceneData:
+        from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
+
+        path = Path(cfg.path)
+        stat = path.stat() if path.exists() else None
+        opts = {**cfg.model_dump(exclude={"background"}), "mtime": stat.st_mtime if stat else None}
+
+        def make(out: Path) -> None:
+            mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
+            _render_views(mesh, out, cfg)
+
+        folder = _cached_render("mesh", opts, make)
+        half = 0.6 * cfg.extent
+        scene = _load(folder, cfg.background, [-half] * 3 + [half] * 3)
+        scene.meta.update({"source": "mesh", "mesh": str(path), "normalised_extent": cfg.extent})
+        return scene
+
+    return load
+
+
+def build_blender(cfg: BlenderConfig, ctx):
+    def load() -> SceneData:
+        import torch
+
+        from pipeline.scenes.blender import load_blender
+
+        scene = load_blender(Path(cfg.path), splits=tuple(cfg.splits), background=BG[cfg.background],
+                             downscale=cfg.downscale, max_images=cfg.max_images)
+        if cfg.aabb is not None:
+            scene.aabb = torch.tensor(cfg.aabb, dtype=torch.float32)
+        if "train" not in scene.splits:
+            raise ConfigError(f"scene.path {cfg.path}: no 'train' split was found; training needs one "
+                              f"(splits asked for: {cfg.splits})")
+        return scene
+
+    return load
+
+
+def _read_points(path: Path):
+    """(P,3) points and optional (P,3) normals from .npy/.xyz/.txt/.ply point files."""
+    import numpy as np
+
+    from pipeline.types import DataError
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        a = np.load(path)
+    elif suffix in (".xyz", ".txt", ".pts"):
+        a = np.loadtxt(path)
+    else:
+        import trimesh
+
+        pc = trimesh.load(path)
+        if not isinstance(pc, trimesh.PointCloud):
+            return None
+        a = np.asarray(pc.vertices)
+        n = pc.metadata.get("_ply_raw", {}).get("vertex", {}).get("data")
+        if n is not None and all(k in n.dtype.names for k in ("nx", "ny", "nz")):
+            a = np.concatenate([a, np.stack([n["nx"], n["ny"], n["nz"]], -1)], 1)
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] not in (3, 6) or len(a) == 0:
+        raise DataError(f"point file {path}: expected an (N,3) or (N,6) array of xyz[+normal], got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise DataError(f"point file {path}: contains NaN or inf values")
+    return a[:, :3], (a[:, 3:] if a.shape[1] == 6 else None)
+
+
+def build_geometry(cfg, ctx):
+    def load() -> SceneData:
+        import numpy as np
+        import torch
+        import trimesh
+
+        from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
+        from pipeline.types import DataError
+
+        path = Path(cfg.path)
+        if not path.exists():
+            raise DataError(f"scene.path {path} does not exist; give a mesh or point-cloud file")
+        pts = None if path.suffix.lower() in (".obj", ".off", ".stl", ".glb") else _read_points(path)
+        key = hashlib.sha256(json.dumps([cfg.model_dump(), path.stat().st_mtime]).encode()).hexdigest()[:16]
+        out = cache_root() / "geometry" / key
+        out.mkdir(parents=True, exist_ok=True)
+        if pts is None:
+            mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
+            points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
+            normals = mesh.face_normals[faces]
+            gt = out / "gt_mesh.ply"
+            if not gt.exists():
+                from pipeline.runs import atomic_write_bytes
+
+                atomic_write_bytes(gt, mesh.export(file_type="ply"))
+        else:
+            points, normals = pts
+            lo, hi = points.min(0), points.max(0)
+            scale = cfg.extent / float((hi - lo).max())
+            points = (points - (lo + hi) / 2) * scale
+            gt = None
+        half = 0.5 * cfg.extent + cfg.box_margin
+        return SceneData(splits={}, aabb=torch.tensor([-half] * 3 + [half] * 3, dtype=torch.float32),
+                         gt_mesh=gt, points=np.asarray(points, np.float32),
+                         normals=None if normals is None else np.asarray(normals, np.float32),
+                         meta={"source": "geometry", "input": str(path), "normalised_extent": cfg.extent})
+
+    return load

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create or reuse .venv and install nls into it (editable), with optional extras.
+#   bash scripts/setup.sh            # runtime only
+#   bash scripts/setup.sh test       # with test extras
+# torch is installed first, pinned to 2.13.0 (CPU wheel here), so nothing pulls a CUDA build.
+# On a CUDA machine: install a CUDA torch into .venv first (see README), then run this;
+# NLS_TORCH_SPEC overrides the pin (e.g. NLS_TORCH_SPEC="torch==2.13.0+cu128").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=".venv/.nls-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
+if [ -f "$stamp" ] && $VPY -c "import pipeline, torch, nerfacc" 2>/dev/null; then
+  exit 0
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! $VPY -c "import torch" 2>/dev/null; then
+  echo "installing ${NLS_TORCH_SPEC:-torch==2.13.0}"
+  $VPY -m pip install -q "${NLS_TORCH_SPEC:-torch==2.13.0}"
+fi
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+echo "installing nls ($target)"
+$VPY -m pip install -q -e "$target"
+rm -f .venv/.nls-setup-*
+touch "$stamp"

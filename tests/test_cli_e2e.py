@@ -1,0 +1,89 @@
+"""reconstruct -> render -> export -> eval on a run folder, and a trained tiny scene against truth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trimesh
+
+from pipeline.metrics import chamfer
+from pipeline.scenes.mesh_render import load_mesh
+
+# A small sphere scene that trains in well under a minute on 2 cores.
+QUALITY = dict(
+    scene={"type": "procedural", "shape": "sphere", "n_train": 24, "n_test": 3, "image_size": 48,
+           "supersample": 1, "gt_resolution": 96},
+    field={"type": "dense_grid", "resolution": 48, "features": 4},
+    renderer={"type": "volume", "samples_per_ray": 128, "grid_resolution": 32},
+    extractor={"type": "marching_cubes", "resolution": 96},
+    losses=[{"type": "photometric"}],
+    evaluators=[{"type": "psnr"}, {"type": "chamfer", "floor": True}],
+    train={"steps": 300, "batch_rays": 1024, "checkpoint_every": 100, "log_every": 20, "grid_warmup": 64,
+           "lr": 0.01},
+    eval={"max_images": 3, "chamfer_samples": 20000},
+)
+#: floors stated here and in the issue notes; measured values are printed
+PSNR_FLOOR_DB = 24.0
+CHAMFER_L1_BOUND = 25.0  # x10^3 in the GT-normalised frame; the sampling floor is ~5
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import yaml
+
+    from tests.conftest import run_nls
+
+    tmp = tmp_path_factory.mktemp("quality")
+    p = tmp / "sphere.yaml"
+    p.write_text(yaml.safe_dump({"name": "sphere", **QUALITY}))
+    proc = run_nls("reconstruct", str(p), "--output", str(tmp / "runs"), "-q", check=True)
+    run = next((tmp / "runs").glob("sphere/dense_grid/*"))
+    return run, proc
+
+
+def test_trained_tiny_scene_reaches_psnr_floor(trained_run):
+    run, proc = trained_run
+    summary = json.loads((run / "summary.json").read_text())
+    psnr = summary["metrics"]["psnr"]
+    print(f"tiny sphere: test PSNR {psnr:.2f} dB (floor {PSNR_FLOOR_DB}), "
+          f"chamfer_l1 {summary['metrics']['chamfer_l1']:.2f} (floor {summary['metrics']['chamfer_l1_floor']:.2f})")
+    assert psnr >= PSNR_FLOOR_DB
+
+
+def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_path):
+    run, _ = trained_run
+    out = tmp_path / "mesh.obj"
+    res = nls("export", str(run), "-o", str(out), "--resolution", "96", check=True)
+    assert "watertight=True" in res.stdout
+    mesh = trimesh.load(out, force="mesh")
+    assert mesh.is_watertight
+    gt = load_mesh(json.loads((run / "scene.json").read_text())["gt_mesh"])
+    cd = chamfer(mesh, gt, n_samples=20000)
+    print(f"exported mesh: CD-L1 {cd['chamfer_l1']:.2f} x10^3, NC {cd['normal_consistency']:.3f}")
+    assert cd["chamfer_l1"] < CHAMFER_L1_BOUND
+
+
+def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
+    run, _ = trained_run
+    res = nls("render", str(run), "--split", "test", "--spiral", "4", "--output", str(tmp_path / "r"), check=True)
+    pngs = sorted((tmp_path / "r" / "test").glob("*.png"))
+    assert len(pngs) == 6  # 3 renders + 3 side-by-sides
+    assert list((tmp_path / "r").glob("turntable.*"))
+    ev = nls("eval", str(run), "--output", str(tmp_path / "m.json"), check=True)
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["metrics"]["psnr"] > 0 and "chamfer_l1" in data["metrics"]
+
+
+def test_export_errors(trained_run, nls, tmp_path):
+    run, _ = trained_run
+    bad = nls("export", str(run), "-o", str(tmp_path / "mesh.xyz"))
+    assert bad.returncode == 2 and ".ply" in bad.stderr and "Traceback" not in bad.stderr
+    empty = nls("export", str(run), "-o", str(tmp_path / "m.ply"), "--level", "1e9")
+    assert empty.returncode == 2 and "empty level set" in empty.stderr
+
+
+def test_commands_on_missing_run_folder(nls, tmp_path):
+    for cmd in ("resume", "render", "eval"):
+        proc = nls(cmd, str(tmp_path / "nope"))
+        assert proc.returncode == 2 and "does not exist" in proc.stderr, cmd

@@ -1,0 +1,142 @@
+"""Scene validation: every bad input gives one paragraph naming the file, key, value and what is valid."""
+
+from __future__ import annotations
+
+import yaml
+import pytest
+
+from pipeline.config import apply_overrides, load_scene, validate
+from pipeline.hookspecs import hookimpl
+from pipeline.testing import TINY_SCENE, plugin_host
+from pipeline.types import ConfigError
+
+
+class RgbOnlyPlugin:
+    """A field that produces only colour: nothing marching cubes can contour."""
+
+    @hookimpl
+    def nls_register_fields(self, register):
+        register("rgb_only", lambda cfg, ctx: None, produces={"rgb"})
+
+
+def write(tmp_path, data, name="scene.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+def test_valid_scene_round_trips_through_resolved_yaml(tmp_path, nls_host):
+    cfg = load_scene(write(tmp_path, TINY_SCENE), nls_host)
+    resolved = yaml.safe_dump(cfg.to_dict())
+    again = validate(yaml.safe_load(resolved), nls_host, source="resolved")
+    assert again.to_dict() == cfg.to_dict()
+    assert cfg.to_dict()["field"]["resolution"] == 32
+    assert cfg.to_dict()["renderer"]["occ_threshold"] == 0.01  # defaults are filled in
+
+
+def test_overrides_are_typed_and_reach_lists(tmp_path, nls_host):
+    p = write(tmp_path, TINY_SCENE)
+    cfg = load_scene(p, nls_host, ["train.steps=17", "field.resolution=40", "losses.0.kind=huber",
+                                   "train.device=cpu"])
+    assert cfg.train.steps == 17 and cfg.choice("field").options.resolution == 40
+    assert cfg.losses[0].options.kind == "huber"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.steps", "expected KEY=VALUE"),
+    ("losses.5.weight=1", "indexes a list of 1 items"),
+    ("train.steps.x=1", "not a mapping"),
+])
+def test_bad_overrides(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        apply_overrides(TINY_SCENE, [override])
+
+
+def test_missing_file(nls, tmp_path):
+    proc = nls("reconstruct", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2
+    assert "nope.yaml does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_malformed_yaml(nls, tmp_path):
+    p = write(tmp_path, "scene:\n  type: procedural\n field: [oops\n")
+    proc = nls("reconstruct", str(p))
+    assert proc.returncode == 2
+    assert "is not valid YAML at line" in proc.stderr and str(p) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_component_lists_available_with_plugins(nls, tmp_path):
+    data = {**TINY_SCENE, "field": {"type": "hash_gird"}}
+    proc = nls("reconstruct", str(write(tmp_path, data)))
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "field.type" in err and "'hash_gird'" in err
+    assert "dense_grid (plugin ngp)" in err and "hash_grid (plugin ngp)" in err
+
+
+def test_wrong_type_names_key_value_and_help(nls, tmp_path):
+    data = {**TINY_SCENE, "field": {"type": "dense_grid", "resolution": "big"}}
+    proc = nls("reconstruct", str(write(tmp_path, data)))
+    assert proc.returncode == 2
+    assert "field.resolution = 'big'" in proc.stderr and "voxels per side" in proc.stderr
+
+
+def test_unknown_option_lists_valid_keys(tmp_path, nls_host):
+    data = {**TINY_SCENE, "train": {"stpes": 3}}
+    with pytest.raises(ConfigError, match=r"train.stpes: unknown key; valid keys here: steps, batch_rays"):
+        load_scene(write(tmp_path, data), nls_host)
+
+
+def test_unknown_top_level_key(tmp_path, nls_host):
+    with pytest.raises(ConfigError, match="unknown top-level key.*'feild'"):
+        load_scene(write(tmp_path, {**TINY_SCENE, "feild": {}}), nls_host)
+
+
+def test_incompatible_chain_is_refused_before_training(tmp_path):
+    host = plugin_host(("rgbonly", RgbOnlyPlugin()))
+    data = {**TINY_SCENE, "field": {"type": "rgb_only"}}
+    data.pop("renderer")
+    data["losses"] = []
+    data["evaluators"] = []
+    with pytest.raises(ConfigError) as exc:
+        load_scene(write(tmp_path, data), host)
+    msg = str(exc.value)
+    assert "extractor 'marching_cubes' needs sdf or occupancy or density" in msg
+    assert "only provides gt_mesh, images, rgb" in msg
+
+
+def test_incompatible_chain_cli(nls, tmp_path):
+    # eikonal needs an sdf; the dense grid gives density
+    data = {**TINY_SCENE, "losses": [{"type": "photometric"}, {"type": "eikonal"}]}
+    proc = nls("reconstruct", str(write(tmp_path, data)))
+    assert proc.returncode == 2
+    assert "loss 'eikonal' needs sdf" in proc.stderr and "loss types that fit here" in proc.stderr
+
+
+def test_missing_required_stage(tmp_path, nls_host):
+    data = {k: v for k, v in TINY_SCENE.items() if k != "field"}
+    with pytest.raises(ConfigError, match="missing required stage 'field'.*dense_grid"):
+        load_scene(write(tmp_path, data), nls_host)
+
+
+def test_unwritable_output_folder(nls, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = nls("reconstruct", str(write(tmp_path, TINY_SCENE)), "--output", str(blocker / "runs"))
+    assert proc.returncode == 2
+    assert "output folder" in proc.stderr and "is not a directory" in proc.stderr
+
+
+def test_data_root_variable_is_expanded(tmp_path, nls_host, monkeypatch):
+    monkeypatch.setenv("NLS_DATA", str(tmp_path))
+    data = {**TINY_SCENE, "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/lego"}}
+    cfg = load_scene(write(tmp_path, data), nls_host)
+    assert cfg.choice("scene").options.path == f"{tmp_path}/nerf/lego"
+
+
+def test_scene_type_detected_from_path(tmp_path, nls_host):
+    (tmp_path / "transforms_train.json").write_text("{}")
+    data = {**TINY_SCENE, "scene": {"path": str(tmp_path)}}
+    cfg = load_scene(write(tmp_path, data), nls_host)
+    assert cfg.choice("scene").name == "blender"

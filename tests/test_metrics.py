@@ -1,0 +1,116 @@
+"""Metrics against known values: PSNR/SSIM, and Chamfer against the analytic figures for
+concentric spheres and the Poisson sampling floor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from pipeline.metrics import CHAMFER_FRAME, chamfer, chamfer_floor, psnr, ssim
+from pipeline.scenes import data_path
+from pipeline.types import NLSError
+
+N = 30000
+
+
+def test_psnr_known_values():
+    gt = np.full((8, 8, 3), 0.5)
+    assert psnr(gt + 0.1, gt) == pytest.approx(20.0)
+    assert psnr(torch.zeros(4, 4), torch.full((4, 4), 0.01)) == pytest.approx(40.0)
+    assert psnr(gt, gt) == math.inf
+    assert isinstance(psnr(gt + 0.1, gt), float)
+    with pytest.raises(NLSError, match="shapes"):
+        psnr(gt, gt[:4])
+
+
+def test_ssim():
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32, 3))
+    assert ssim(x, x) == pytest.approx(1.0)
+    assert ssim(x, x, gaussian=False) == pytest.approx(1.0)
+    y = np.clip(x + rng.normal(0, 0.2, x.shape), 0, 1)
+    assert 0 < ssim(y, x) < 0.9
+    assert isinstance(ssim(y, x), float)
+    with pytest.raises(NLSError, match="window"):
+        ssim(x[:8, :8], x[:8, :8])
+
+
+@pytest.fixture(scope="module")
+def sphere():
+    return trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+
+
+def test_floor_matches_poisson_theory(sphere):
+    """Two independent N-samplings of a surface of area A: nearest-neighbour distances of a
+    2-D Poisson process, E d = ½ sqrt(A/N), E d² = A/(πN), P(d < τ) = 1 - exp(-πτ²N/A).
+    The sphere is normalised to radius ½, so A = π."""
+    f = chamfer_floor(sphere)
+    assert f["frame"] == CHAMFER_FRAME and f["n_samples"] == N
+    assert f["chamfer_l1"] == pytest.approx(0.5 * math.sqrt(math.pi / N) * 1e3, rel=0.02)
+    assert f["chamfer_l2"] == pytest.approx(1 / N * 1e3, rel=0.05)
+    assert f["fscore@0.01"] == pytest.approx(1 - math.exp(-math.pi * 1e-4 * N / math.pi),
+                                             abs=0.01)
+    assert f["normal_consistency"] > 0.999
+    same = chamfer(sphere, sphere)  # a mesh against itself = the floor
+    assert same["chamfer_l1"] == pytest.approx(f["chamfer_l1"])
+    assert all(isinstance(v, float) for k, v in same.items()
+               if k not in ("n_samples", "n_rec", "n_gt", "frame"))
+
+
+def test_concentric_spheres_analytic(sphere):
+    """GT radius 1, reconstruction radius 1.1: after normalising by the GT (scale ½) the
+    surfaces are δ = 0.05 apart; with sampling, E sqrt(δ² + ρ²) ≈ δ + E ρ²/(2δ)."""
+    big = trimesh.creation.icosphere(subdivisions=4, radius=1.1)
+    r = chamfer(big, sphere)
+    assert r["scale"] == pytest.approx(0.5)
+    d = 0.05
+    area_gt, area_rec = 4 * math.pi * 0.5 ** 2, 4 * math.pi * 0.55 ** 2
+    e_rho2 = 0.5 * (area_gt + area_rec) / (math.pi * N)
+    assert r["chamfer_l1"] == pytest.approx((d + e_rho2 / (2 * d)) * 1e3, rel=0.01)
+    assert r["chamfer_l2"] == pytest.approx((d * d + e_rho2) * 1e3, rel=0.01)
+    assert r["accuracy_l1"] == pytest.approx(r["completeness_l1"], rel=0.01)
+    assert r["fscore@0.01"] == 0.0 and r["normal_consistency"] > 0.999
+    # a small shift lowers the F-score below the floor's
+    shifted = sphere.copy()
+    shifted.apply_translation((0.02, 0, 0))  # 0.01 in the normalised frame
+    s = chamfer(shifted, sphere, fscore_taus=(0.01, 0.05))
+    assert s["fscore@0.01"] < chamfer_floor(sphere)["fscore@0.01"] - 0.1
+    assert s["fscore@0.05"] == pytest.approx(1.0)
+
+
+def test_points_inputs(sphere):
+    pts = sphere.vertices  # 2562 points < n_samples: used as they are
+    r = chamfer(pts, pts)
+    assert r["chamfer_l1"] == 0.0 and r["fscore@0.01"] == 1.0
+    assert "normal_consistency" not in r
+    r2 = chamfer(torch.from_numpy(sphere.sample(40000, seed=1)), sphere, n_samples=5000)
+    assert r2["n_rec"] == 5000  # subsampled; the floor at 5000 samples is ½ sqrt(π/5000)
+    assert r2["chamfer_l1"] == pytest.approx(0.5 * math.sqrt(math.pi / 5000) * 1e3, rel=0.05)
+    raw = chamfer(sphere, sphere, normalize_by_gt=False, n_samples=5000)
+    assert raw["scale"] == 1.0 and "not normalised" in raw["frame"]
+
+
+def test_chamfer_errors(sphere):
+    with pytest.raises(NLSError, match="empty"):
+        chamfer(np.zeros((0, 3)), sphere)
+    with pytest.raises(NLSError, match=r"\(P, 3\)"):
+        chamfer(np.zeros((5, 2)), sphere)
+    with pytest.raises(NLSError, match="no faces"):
+        chamfer(trimesh.Trimesh(), sphere)
+
+
+@pytest.mark.parametrize("name", ["spot.obj", "kitten.obj"])
+def test_real_mesh_floor(name):
+    path, why = data_path("meshes", name)
+    if path is None:
+        pytest.skip(f"{name} unavailable: {why}")
+    from pipeline.scenes.mesh_render import load_mesh
+
+    f = chamfer_floor(load_mesh(path))
+    # DESIGN.md: about 4.0 (x10^3) on spot, kitten, 3holes
+    assert 3.5 < f["chamfer_l1"] < 4.5, f
+    assert f["normal_consistency"] > 0.98

@@ -1,0 +1,110 @@
+"""The plugin host: built-ins, entry points, --plugins-dir, env switches, duplicates, cheap imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.hookspecs import hookimpl
+from pipeline.plugins import DEFAULT_PLUGINS, PluginHost
+from pipeline.testing import plugin_host
+from pipeline.types import NLSError
+from tests.conftest import ROOT
+
+
+class DupPlugin:
+    @hookimpl
+    def nls_register_fields(self, register):
+        register("dense_grid", lambda cfg, ctx: None, produces={"density"})
+
+
+class BadHookPlugin:
+    @hookimpl
+    def nls_register_feilds(self, register):  # typo: no such hook
+        pass
+
+
+def test_builtins_are_registered_from_the_tuple(nls_host):
+    names = {p.name for p in nls_host.plugins()}
+    assert {n for n, _ in DEFAULT_PLUGINS} <= names
+    stages = {c.stage for c in nls_host.components()}
+    assert {"scene", "field", "density", "renderer", "extractor", "loss", "evaluator"} <= stages
+
+
+def test_duplicate_component_names_both_plugins():
+    host = plugin_host(("dup", DupPlugin()))
+    with pytest.raises(NLSError, match="'dense_grid' is registered twice: by plugin 'ngp' and by plugin 'dup'"):
+        host.components()
+
+
+def test_unknown_hook_is_caught_by_check_pending():
+    with pytest.raises(NLSError, match="nls_register_feilds"):
+        plugin_host(("bad", BadHookPlugin()))
+
+
+def test_each_host_is_fresh():
+    a = plugin_host(("dup2", DupPlugin()), builtins=False)
+    b = plugin_host(builtins=False)
+    assert [c.name for c in a.components("field")] == ["dense_grid"]
+    assert b.components("field") == []
+
+
+def test_plugins_dir_loads_one_off_files(tmp_path, nls):
+    (tmp_path / "myfield.py").write_text(textwrap.dedent('''
+        from pipeline.hookspecs import hookimpl
+        __version__ = "9.9"
+        @hookimpl
+        def nls_register_fields(register):
+            register("my_field", "builtins:print", produces={"sdf"}, description="demo")
+    '''))
+    proc = nls("plugins", "--json", "--plugins-dir", str(tmp_path), check=True)
+    data = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert data["myfield"]["version"] == "9.9"
+    assert data["myfield"]["components"][0]["name"] == "my_field"
+
+
+def test_plugins_json_lists_every_builtin_and_component(nls):
+    data = json.loads(nls("plugins", "--json", "--all", check=True).stdout)
+    by_name = {p["name"]: p for p in data}
+    for name, _ in DEFAULT_PLUGINS:
+        assert name in by_name and by_name[name]["components"], name
+    comps = {c["name"]: c for p in data for c in p["components"]}
+    assert comps["dense_grid"]["options"]["resolution"]["default"] == 96
+    assert comps["marching_cubes"]["consumes"] == [["sdf"], ["occupancy"], ["density"]]
+
+
+def test_hook_filter(nls):
+    data = json.loads(nls("plugins", "--json", "--hook", "nls_scene_type_for_path", check=True).stdout)
+    assert [p["name"] for p in data] == ["scenes"]
+
+
+def test_trace_prints_hook_calls(nls):
+    proc = nls("plugins", "--json", env={"NLS_TRACE_PLUGINS": "1"}, check=True)
+    assert "nls_register_fields" in proc.stderr
+
+
+def test_load_plugins_empty_loads_no_third_party(monkeypatch):
+    monkeypatch.setenv("NLS_LOAD_PLUGINS", "")
+    host = PluginHost.create()
+    assert all(p.source == "builtin" for p in host.plugins())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json", "--all"], ["reconstruct", "--help"]])
+def test_cli_does_not_import_torch(args):
+    code = textwrap.dedent(f'''
+        import sys, io, contextlib
+        from pipeline.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main({args!r})
+            except SystemExit:
+                pass
+        heavy = [m for m in ("torch", "nerfacc", "trimesh", "skimage", "scipy") if m in sys.modules]
+        print(",".join(heavy))
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"nls {' '.join(args)} imported {out.stdout.strip()}"

@@ -1,0 +1,150 @@
+"""Run folders, atomic checkpoints, corrupt-checkpoint errors, SIGKILL/SIGINT and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.runs import RunDir, load_checkpoint_file
+from pipeline.types import CheckpointError
+from tests.conftest import ROOT
+
+
+def test_checkpoint_round_trip_and_pruning(tmp_path):
+    run = RunDir.create(tmp_path, "s", "m")
+    for step in (1, 2, 3):
+        run.save_checkpoint({"step": step, "model": {"w": torch.full((3,), float(step))}}, step)
+    names = [p.name for p in run.checkpoints()]
+    assert names == ["ckpt_00000002.pt", "ckpt_00000003.pt"]
+    st = run.load_checkpoint()
+    assert st["step"] == 3 and torch.equal(st["model"]["w"], torch.full((3,), 3.0))
+    assert not list(run.ckpt_dir.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage_no_digest"])
+def test_corrupt_checkpoint_is_rejected_clearly(tmp_path, damage):
+    run = RunDir.create(tmp_path, "s", "m")
+    run.save_checkpoint({"step": 1, "model": {"w": torch.zeros(1000)}}, 1)
+    p = run.save_checkpoint({"step": 2, "model": {"w": torch.ones(1000)}}, 2)
+    data = p.read_bytes()
+    if damage == "truncate":
+        p.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        p.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    else:
+        p.with_suffix(".pt.sha256").unlink()
+        p.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError) as exc:
+        run.load_checkpoint()
+    msg = str(exc.value)
+    assert str(p) in msg and "corrupt" in msg and "ckpt_00000001.pt" in msg  # names the fallback
+
+
+def test_no_checkpoint(tmp_path):
+    run = RunDir.create(tmp_path, "s", "m")
+    with pytest.raises(CheckpointError, match="has no checkpoint"):
+        run.load_checkpoint()
+
+
+def _start(scene_path: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "reconstruct", str(scene_path), "--output",
+                             str(out), "-q", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT)
+
+
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        ck = list(out.glob("*/*/*/checkpoints/ckpt_*.pt"))
+        if ck:
+            return ck[0].parents[1]
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before a checkpoint: {proc.communicate()}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no checkpoint appeared")
+
+
+def _long_tiny(tiny_scene, steps=400):
+    return tiny_scene(train={"steps": steps, "batch_rays": 256, "checkpoint_every": 20, "log_every": 5,
+                             "grid_warmup": 4, "grid_update_every": 4})
+
+
+def test_sigkill_then_resume_reaches_the_same_final_step(tiny_scene, tmp_path, nls):
+    steps = 400
+    scene = _long_tiny(tiny_scene, steps)
+    out = tmp_path / "runs"
+    proc = _start(scene, out, "--no-eval")
+    run_dir = _wait_for_checkpoint(out, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = RunDir.open(run_dir)
+    killed_at = run.load_checkpoint()["step"]
+    assert 0 < killed_at < steps, "the kill should land mid-training"
+    res = nls("resume", str(run_dir), "-q", check=True)
+    assert f"from step {killed_at}/{steps}" in res.stderr
+    final = run.load_checkpoint()
+    assert final["step"] == steps
+    logged = [r["step"] for r in run.read_metrics()]
+    assert logged == sorted(set(logged)) and logged[-1] == steps  # no repeated or lost lines
+    summary = json.loads(run.summary_path.read_text())
+    assert summary["step"] == steps and summary["status"] == "complete"
+    # resuming a finished run never trains past the budget
+    again = nls("resume", str(run_dir), "-q", "--no-eval", check=True)
+    assert "already reached its step budget" in again.stderr
+    assert run.load_checkpoint()["step"] == steps
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tiny_scene, tmp_path):
+    scene = _long_tiny(tiny_scene, 100000)
+    out = tmp_path / "runs"
+    proc = _start(scene, out, "--no-eval")
+    run_dir = _wait_for_checkpoint(out, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and f"nls resume {run_dir}" in err
+    assert "Traceback" not in err
+    step = RunDir.open(run_dir).load_checkpoint()["step"]
+    assert step > 20  # the interrupt wrote a checkpoint beyond the periodic one
+
+
+def test_resume_rejects_corrupt_checkpoint(tiny_scene, tmp_path, nls):
+    scene = tiny_scene()
+    res = nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
+    run_dir = next((tmp_path / "runs").glob("*/*/*"))
+    ck = RunDir.open(run_dir).latest_checkpoint()
+    ck.write_bytes(ck.read_bytes()[:200])
+    proc = nls("resume", str(run_dir))
+    assert proc.returncode == 2
+    assert "corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_folder_is_self_describing(tiny_scene, tmp_path, nls):
+    scene = tiny_scene()
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", check=True)
+    run = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    for name in ("config.yaml", "plugins.json", "metrics.jsonl", "summary.json", "cmd.txt", "checkpoints",
+                 "renders", "meshes", "scene.json"):
+        assert (run / name).exists(), name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["field"]["type"] == "dense_grid" and cfg["train"]["steps"] == 6
+    plugins = json.loads((run / "plugins.json").read_text())
+    assert plugins["components"]["field:dense_grid"]["plugin"] == "ngp"
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("metrics", "train_seconds", "device", "versions", "step"):
+        assert key in summary
+    assert "psnr" in summary["metrics"]
+    assert "nls reconstruct" in (run / "cmd.txt").read_text()
+    assert (run / "meshes" / "mesh.ply").exists() or "mesh" in summary
