@@ -31,6 +31,8 @@ from pipeline.types import ConfigError, NLSError
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("ngp", "plugins.ngp.plugin"),
     ("scenes", "plugins.scenes.plugin"),
+    ("lipschitz", "plugins.lipschitz.plugin"),
+    ("sample_network", "plugins.sample_network.plugin"),
 )
 
 ENTRY_POINT_GROUP = "nls"

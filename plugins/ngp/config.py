@@ -17,7 +17,9 @@ class DenseGridConfig(ComponentConfig):
     hidden: int = Field(64, ge=8, description="colour MLP width")
     sh_degree: int = Field(3, ge=1, le=4, description="view-direction SH degree")
     density_bias: float = Field(-7.0, description="softplus shift; -7 starts nearly empty (alpha ~1e-3 per voxel)")
-    grid_lr_scale: float = Field(10.0, gt=0, description="learning-rate multiplier of the voxel grids")
+    grid_lr_scale: float = Field(30.0, gt=0, description="learning-rate multiplier of the voxel grids")
+    mlp_lr_scale: float = Field(0.1, gt=0, description="learning-rate multiplier of the colour MLP "
+                                "(DVGO: grids 1e-1, MLP 1e-3; a fast MLP saturates its sigmoid early)")
 
 
 class HashGridConfig(ComponentConfig):
@@ -68,6 +70,10 @@ class MarchingCubesConfig(ComponentConfig):
     level: Optional[float] = Field(None, description="iso-level; default 0 (sdf), 0.5 (occupancy), 10 (density)")
     bbox: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="xmin ymin zmin xmax ymax zmax; default the scene box")
+    fill_interior: bool = Field(True, description="for density/occupancy: fill enclosed cavities so only the "
+                                "outer surface is meshed (interiors are unobserved by images)")
+    min_component: float = Field(0.0, ge=0, lt=1, description="drop connected components with fewer than this "
+                                 "fraction of the faces (post-processing against radiance-field floaters; 0 keeps all)")
 
 
 class PhotometricConfig(ComponentConfig):

@@ -38,9 +38,50 @@ class MarchingCubes:
         level = level if level is not None else (self.cfg.level if self.cfg.level is not None else DEFAULT_LEVEL[q])
         bbox = list(bbox or self.cfg.bbox or self.aabb)
         res = int(resolution or self.cfg.resolution)
-        mesh = extract_mesh(lambda x: chain(x, None)[q], bbox, res, level, inside=INSIDE[q], device=device)
-        mesh.metadata.update({"quantity": q, "level": level, "resolution": res, "bbox": bbox})
+        fn = lambda x: chain(x, None)[q]  # noqa: E731
+        if self.cfg.fill_interior and INSIDE[q] == "above":
+            from pipeline.mesh import field_to_grid, grid_to_mesh
+
+            grid = fill_interior(field_to_grid(fn, bbox, res, device=device), level)
+            mesh = grid_to_mesh(grid, bbox, level, inside="above")
+        else:
+            mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device)
+        if self.cfg.min_component > 0:
+            mesh = drop_small_components(mesh, self.cfg.min_component)
+        mesh.metadata.update({"quantity": q, "level": level, "resolution": res, "bbox": bbox,
+                              "min_component": self.cfg.min_component})
         return mesh
+
+
+def fill_interior(grid, level: float):
+    """Raise cavities enclosed by the ``grid > level`` region above ``level``.
+
+    A radiance field is only constrained where rays see it: the inside of an opaque
+    object may hold any density, and its low-density pockets would become internal
+    surfaces. Flood-filling from the box boundary (scipy ``binary_fill_holes``) keeps the
+    outer surface only. grid: (R,R,R) float -> same shape.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    solid = grid > level
+    cavity = binary_fill_holes(solid) & ~solid
+    out = grid.copy()
+    out[cavity] = level + max(float(grid.max()) - level, 1e-3) * 0.5
+    return out
+
+
+def drop_small_components(mesh, fraction: float):
+    """Keep the connected components with at least ``fraction`` of all faces (at least the largest)."""
+    import trimesh
+
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    n = len(mesh.faces)
+    keep = [p for p in parts if len(p.faces) >= fraction * n] or [max(parts, key=lambda p: len(p.faces))]
+    out = trimesh.util.concatenate(keep)
+    out.metadata.update(mesh.metadata)
+    return out
 
 
 def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:

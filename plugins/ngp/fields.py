@@ -60,7 +60,7 @@ class DenseGridField(nn.Module):
         s = self.cfg.grid_lr_scale
         return [
             {"params": [self.density_grid, self.feature_grid], "lr": lr * s, "name": "grids"},
-            {"params": list(self.color_net.parameters()), "lr": lr, "name": "mlp"},
+            {"params": list(self.color_net.parameters()), "lr": lr * self.cfg.mlp_lr_scale, "name": "mlp"},
         ]
 
     def voxel_grids(self) -> list[Tensor]:

@@ -84,15 +84,17 @@ def _sync(device):
 
 
 def _time(fn, repeats, device):
+    """Wall seconds and process CPU seconds (all threads) per repetition."""
     fn()  # warm-up (allocations, kernel load, autotuning)
     _sync(device)
-    walls = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         _sync(device)
         walls.append(time.perf_counter() - t0)
-    return walls
+        cpus.append(time.process_time() - c0)
+    return walls, cpus
 
 
 def _bench_one(name, module, params, x, repeats, xgrad=False):
@@ -110,13 +112,14 @@ def _bench_one(name, module, params, x, repeats, xgrad=False):
         out.backward(gout)
 
     row = {"path": name, "device": str(device), "n": int(x.shape[0])}
+    n = x.shape[0]
     if not xgrad:
-        tf = _time(fwd, repeats, device)
+        tf, cf = _time(fwd, repeats, device)
         row.update(fwd_s_median=statistics.median(tf), fwd_s_min=min(tf),
-                   fwd_pts_per_s=x.shape[0] / statistics.median(tf))
-    tb = _time(fwd_bwd, repeats, device)
+                   fwd_pts_per_s=n / statistics.median(tf), fwd_pts_per_cpu_s=n / statistics.median(cf))
+    tb, cb = _time(fwd_bwd, repeats, device)
     row.update(fwdbwd_s_median=statistics.median(tb), fwdbwd_s_min=min(tb),
-               fwdbwd_pts_per_s=x.shape[0] / statistics.median(tb))
+               fwdbwd_pts_per_s=n / statistics.median(tb), fwdbwd_pts_per_cpu_s=n / statistics.median(cb))
     params.grad = None
     return row
 
@@ -233,17 +236,20 @@ def _print_table(result):
         from rich.table import Table
 
         t = Table(title=head)
-        for c in ("path", "device", "points", "fwd M pts/s", "fwd+bwd M pts/s"):
+        for c in ("path", "device", "points", "fwd M pts/s", "fwd+bwd M pts/s", "fwd M/cpu-s",
+                  "fwd+bwd M/cpu-s"):
             t.add_column(c, justify="right" if c not in ("path", "device") else "left")
         for r in rows:
             t.add_row(r["path"], r["device"], f"2^{r['n'].bit_length() - 1}", fmt(r.get("fwd_pts_per_s")),
-                      fmt(r.get("fwdbwd_pts_per_s")))
-        Console().print(t)
+                      fmt(r.get("fwdbwd_pts_per_s")), fmt(r.get("fwd_pts_per_cpu_s")),
+                      fmt(r.get("fwdbwd_pts_per_cpu_s")))
+        Console(width=max(132, Console().width)).print(t)
     except ImportError:
         print(head)
         for r in rows:
             print(f"{r['path']:12s} {r['device']:6s} 2^{r['n'].bit_length() - 1:<3d} "
                   f"{fmt(r.get('fwd_pts_per_s')):>8s} {fmt(r.get('fwdbwd_pts_per_s')):>8s}")
+    print("M/cpu-s: points per second of process CPU time (all threads); less sensitive to other load.")
     if "cpu_kernel" in meta:
         print(f"cpu kernel: {meta['cpu_kernel']}")
     print(f"max |path - torch| on 2048 points: {meta['max_abs_diff_vs_torch']}")

@@ -72,6 +72,9 @@ std::vector<Level> make_levels(const at::Tensor& levels) {
 // hashed levels of a default grid, 11 x 4 MB, do not fit in cache; random points make almost
 // every access a miss).
 constexpr int kBlock = NLS_HG_BLOCK;
+#ifndef NLS_HG_TRANSPOSE
+#define NLS_HG_TRANSPOSE 1
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define NLS_HG_PREFETCH(addr, rw) __builtin_prefetch((addr), (rw), NLS_HG_PF_LOCALITY)
@@ -171,10 +174,16 @@ inline void gather_block(const BlockBuf& buf, int64_t i0, int64_t i1, int64_t l,
 
 template <int F>
 inline void scatter_block(const BlockBuf& buf, int64_t i0, int64_t i1, int64_t l, int64_t L,
-                          const float* gout, float* gtab, int64_t nf) {
+                          const float* gout, float* gtab, int64_t nf, int64_t n_pts) {
+  (void)L;
+  (void)n_pts;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t j = i - i0;
+#if NLS_HG_TRANSPOSE
+    const float* g = gout + (l * n_pts + i) * nf;  // level-major copy (L, N, F)
+#else
     const float* g = gout + i * L * nf + l * nf;
+#endif
     for (int c = 0; c < 8; ++c) {
       float* t = gtab + static_cast<int64_t>(buf.rows[c * kBlock + j]) * nf;
       const float wc = buf.w[c * kBlock + j];
@@ -237,7 +246,7 @@ void backward_impl(const float* x, const float* gout, float* gtab, int64_t n, in
         for (int64_t k = 0; k < nblk; ++k) {
           if (k + 1 < nblk) fill(k + 1);
           const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
-          scatter_block<F>(buf[k & 1], i0, i1, l, L, gout, gtab, nf);
+          scatter_block<F>(buf[k & 1], i0, i1, l, L, gout, gtab, nf, n);
         }
       }
     }
@@ -287,7 +296,23 @@ at::Tensor hashgrid_backward(const at::Tensor& x_in, const at::Tensor& grad_out_
   TORCH_CHECK(L > 0 && lv[0].offset == 0 && lv[L - 1].offset < n_rows, "hashgrid_cpu: level offsets");
   auto gtab = at::empty({n_rows, F}, x.options());  // zeroed per level inside backward_impl
   const float* xp = x.data_ptr<float>();
+#if NLS_HG_TRANSPOSE
+  // One pass to a level-major copy (L, N, F): each level's pass then reads its gradient
+  // contiguously instead of one cache line per point.
+  auto gl = at::empty({L, n, F}, gout.options());
+  {
+    const float* src = gout.data_ptr<float>();
+    float* dst = gl.data_ptr<float>();
+    at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t f = 0; f < F; ++f) dst[(l * n + i) * F + f] = src[(i * L + l) * F + f];
+    });
+  }
+  const float* gp = gl.data_ptr<float>();
+#else
   const float* gp = gout.data_ptr<float>();
+#endif
   float* tp = gtab.data_ptr<float>();
   switch (F) {
     case 1: backward_impl<1>(xp, gp, tp, n, n_rows, lv, mask, F); break;
