@@ -30,6 +30,8 @@ NLS_TRACE_PLUGINS=1, NLS_THREADS (CPU threads).
 
 
 def _host(args):
+    if getattr(args, "host", None) is not None:
+        return args.host
     from pipeline.plugins import PluginHost
 
     return PluginHost.create(plugins_dirs=[Path(d) for d in (getattr(args, "plugins_dir", None) or [])])
@@ -227,7 +229,7 @@ def cmd_export(args) -> int:
 
     ld = open_run(args)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
-    mesh = extract(ctx, resolution=args.resolution, level=args.level)
+    mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     out = export_mesh(mesh, Path(args.output))
     print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
           f"watertight={mesh.is_watertight} ({mesh.metadata.get('quantity')} level {mesh.metadata.get('level')})")
@@ -314,6 +316,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
     c.add_argument("--resolution", type=int, metavar="N", help="grid samples per side (default: the scene's)")
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
+    c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
+                   help="box to mesh (default: the extractor's, else the scene box)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON.")
     c.add_argument("--output", metavar="FILE", help="default: RUN_DIR/eval.json")
@@ -338,12 +342,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see DESIGN.md: spin-waiting hurts shared cores
     argv = sys.argv[1:] if argv is None else argv
     try:
-        host = None
-        if argv and argv[0] not in ("-h", "--help", "--version", "plugins", "new-plugin", "reconstruct",
-                                    "resume", "render", "export", "eval"):
-            host = _host(argparse.Namespace(plugins_dir=_plugins_dirs(argv)))  # plugin subcommands
+        # plugin modules register names only (no torch), so building the host here is cheap and
+        # lets plugin subcommands appear in `nls --help`
+        host = _host(argparse.Namespace(plugins_dir=_plugins_dirs(argv)))
         parser = build_parser(host)
         args = parser.parse_args(argv)
+        args.host = host
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

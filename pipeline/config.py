@@ -58,7 +58,6 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(250, ge=1, description="steps between atomic checkpoints")
     grid_update_every: int = Field(16, ge=1, description="steps between occupancy-grid updates")
     grid_warmup: int = Field(256, ge=0, description="steps before the occupancy grid starts culling")
-    mixed_precision: bool = Field(False, description="autocast the colour branch on CUDA; geometry stays fp32")
 
 
 class EvalConfig(BaseModel):
@@ -264,11 +263,24 @@ def format_validation_error(source: str, prefix: str, exc: ValidationError, mode
     return f"{source}: " + "; ".join(lines) + "."
 
 
+#: set while reading back a run's own config.yaml: options a newer nls no longer knows are
+#: dropped with a warning instead of refusing the run (old runs stay usable after a rename)
+_LENIENT: list[bool] = [False]
+
+
 def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) -> BaseModel:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix} must be a mapping of options, got {data!r}")
+    if _LENIENT[0]:
+        stale = [k for k in data if k not in model.model_fields]
+        if stale:
+            import sys
+
+            print(f"warning: {source}: ignoring option(s) this version of nls does not know: "
+                  f"{', '.join(f'{prefix}.{k}' for k in stale)}", file=sys.stderr)
+            data = {k: v for k, v in data.items() if k in model.model_fields}
     try:
         return model.model_validate({k: expand_vars(v) for k, v in data.items()})
     except ValidationError as exc:
@@ -360,8 +372,12 @@ def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
 
 
 def load_resolved(path: Path, host) -> SceneConfig:
-    """Read back a run's ``config.yaml``."""
-    return load_scene(path, host)
+    """Read back a run's ``config.yaml``; options removed since the run was made are ignored."""
+    _LENIENT[0] = True
+    try:
+        return load_scene(path, host)
+    finally:
+        _LENIENT[0] = False
 
 
 def dump_yaml(data: dict) -> str:

@@ -91,7 +91,8 @@ def render_split(ctx: EvalContext) -> list:
     return pairs
 
 
-def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Optional[float] = None):
+def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Optional[float] = None,
+            bbox: Optional[list[float]] = None):
     choice = ctx.cfg.stages.get("extractor")
     if choice is None:
         raise NLSError("this run's scene has no extractor stage; add `extractor: {type: marching_cubes}`")
@@ -99,7 +100,7 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
 
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
-    return extractor.extract(ctx.system.chain, resolution=resolution, level=level, device=ctx.device)
+    return extractor.extract(ctx.system.chain, resolution=resolution, level=level, bbox=bbox, device=ctx.device)
 
 
 def run_evaluators(ctx: EvalContext) -> dict:

@@ -140,3 +140,14 @@ def test_scene_type_detected_from_path(tmp_path, nls_host):
     data = {**TINY_SCENE, "scene": {"path": str(tmp_path)}}
     cfg = load_scene(write(tmp_path, data), nls_host)
     assert cfg.choice("scene").name == "blender"
+
+
+def test_old_run_config_with_removed_option_still_loads(tmp_path, nls_host, capsys):
+    from pipeline.config import load_resolved
+
+    data = {**TINY_SCENE, "train": {**TINY_SCENE["train"], "option_from_an_old_version": True}}
+    cfg = load_resolved(write(tmp_path, data, "config.yaml"), nls_host)
+    assert cfg.train.steps == TINY_SCENE["train"]["steps"]
+    assert "train.option_from_an_old_version" in capsys.readouterr().err
+    with pytest.raises(ConfigError):  # a scene file written by a user stays strict
+        load_scene(write(tmp_path, data), nls_host)

@@ -108,3 +108,16 @@ def test_cli_does_not_import_torch(args):
     ''')
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "", f"nls {' '.join(args)} imported {out.stdout.strip()}"
+
+
+def test_plugin_can_add_a_subcommand(tmp_path, nls):
+    (tmp_path / "hello.py").write_text(textwrap.dedent('''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_add_commands(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.add_argument("who")
+            p.set_defaults(func=lambda args: print(f"hello {args.who}") or 0)
+    '''))
+    proc = nls("--plugins-dir", str(tmp_path), "hello", "world", check=True)
+    assert proc.stdout.strip() == "hello world"
