@@ -53,8 +53,14 @@ class EvalContext:
         return self._renders
 
     def mesh(self):
+        """The extracted mesh; an extraction error (e.g. empty level set) is raised again, not retried."""
         if self._mesh is None:
-            self._mesh = extract(self)
+            try:
+                self._mesh = extract(self)
+            except NLSError as exc:
+                self._mesh = exc
+        if isinstance(self._mesh, NLSError):
+            raise self._mesh
         return self._mesh
 
 
@@ -114,7 +120,11 @@ def run_evaluators(ctx: EvalContext) -> dict:
             print(f"evaluator {choice.name}: skipped, the scene has no ground-truth mesh", file=sys.stderr)
             results[choice.name] = {"skipped": "scene has no ground-truth mesh"}
             continue
-        results[choice.name] = choice.build(bctx)(ctx)
+        try:
+            results[choice.name] = choice.build(bctx)(ctx)
+        except NLSError as exc:  # e.g. an empty level set after a very short run
+            print(f"evaluator {choice.name}: skipped, {exc}", file=sys.stderr)
+            results[choice.name] = {"skipped": str(exc)}
     return results
 
 

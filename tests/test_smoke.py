@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +47,55 @@ def test_every_field_trains_a_few_steps(field_name, tmp_path):
     assert changed, "no parameter moved"
     rows = trainer.run.read_metrics()
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+# -- every shipped scene file runs end to end for a few steps, shrunk --------------------------
+
+SCENES = sorted((Path(__file__).resolve().parents[1] / "scenes").glob("*.yaml"))
+SHRINK_SCENE = {
+    "blender": {"max_images": 2, "downscale": 8},
+    "procedural": {"n_train": 4, "n_test": 1, "image_size": 24, "supersample": 1, "gt_resolution": 48},
+    "mesh": {"n_train": 4, "n_test": 1, "image_size": 24, "supersample": 1},
+    "geometry": {"n_points": 2000},
+    "scan": {"n_points": 2000},
+}
+
+
+def shrink(data: dict) -> dict:
+    data = copy.deepcopy(data)
+    scene = data["scene"]
+    scene.update(SHRINK_SCENE.get(scene.get("type"), {}))
+    data["train"] = {**data.get("train", {}), "steps": 3, "checkpoint_every": 2, "log_every": 1,
+                     "batch_rays": 128, "max_seconds": None}
+    if data.get("extractor"):
+        data["extractor"]["resolution"] = 24
+    for block in (data.get("losses") or []) + (data.get("evaluators") or []):
+        for key, value in list(block.items()):  # sample counts and image sizes of method components
+            if isinstance(value, int) and not isinstance(value, bool) and \
+                    (key.startswith(("n_", "batch")) or key.endswith(("_points", "_size", "_samples"))):
+                block[key] = min(value, 512 if not key.endswith("_size") else 16)
+    data["eval"] = {**(data.get("eval") or {}), "max_images": 1, "chamfer_samples": 500}
+    return data
+
+
+@pytest.mark.parametrize("scene_file", SCENES, ids=[p.stem for p in SCENES])
+def test_every_scene_file_runs(scene_file, tmp_path, nls):
+    import yaml
+
+    from pipeline.config import expand_vars
+
+    data = yaml.safe_load(scene_file.read_text())
+    path = data["scene"].get("path")
+    if path:
+        try:
+            resolved = Path(expand_vars(path))
+        except Exception as exc:  # no data root
+            pytest.skip(f"{scene_file.name}: {exc}")
+        if not resolved.exists():
+            pytest.skip(f"{scene_file.name}: input data {resolved} is not available")
+    p = tmp_path / scene_file.name
+    p.write_text(yaml.safe_dump(shrink(data)))
+    proc = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "runs").glob("*/*/*"))
+    assert (run / "summary.json").exists()

@@ -42,6 +42,8 @@ class VolumeRendererConfig(ComponentConfig):
 
     samples_per_ray: int = Field(192, ge=8, description="samples across the scene-box diagonal; sets the step size")
     grid_resolution: int = Field(64, ge=8, le=256, description="occupancy-grid resolution")
+    cull_after: int = Field(64, ge=0, description="training steps before the occupancy grid starts skipping "
+                            "samples (the untrained field is uniform, so an earlier grid would skip everything)")
     occ_threshold: float = Field(0.01, ge=0, description="opacity below which grid cells are skipped")
     alpha_threshold: float = Field(0.0, ge=0, description="skip samples with alpha below this (CUDA path)")
     stratified: bool = Field(True, description="jitter samples during training")

@@ -16,7 +16,7 @@ from plugins.ngp.encodings import mlp, normalize_points, sh_encode, trunc_exp
 
 
 class DenseGridField(nn.Module):
-    """Density voxel grid + colour feature grid, trilinearly sampled with ``grid_sample``.
+    """Density + colour-feature voxel grid, trilinearly interpolated, plus a tiny colour MLP.
 
     Density follows DVGO (Sun et al. 2022, Eq. 5 "post-activation" and §4.1 "shifted
     softplus"): the raw grid is interpolated first and then passed through
@@ -25,46 +25,51 @@ class DenseGridField(nn.Module):
     unit, so Adam's fixed-size raw updates reach opaque surfaces in a few hundred steps
     whatever the box size. Colour is a tiny MLP of interpolated features and the
     SH-encoded view direction.
+
+    Storage: one ``(R+1)^3 x (1 + features)`` vertex table, interpolated by the hash-grid
+    encoding with a single *dense* level (no hashing). On CPU its compiled kernel is about
+    5x faster forward+backward than ``grid_sample`` on a 5-D grid; with input gradients the
+    pure-torch path (double-backward capable) is used.
     """
 
     produces = frozenset({"density", "rgb"})
 
     def __init__(self, cfg: DenseGridConfig, aabb: Tensor):
         super().__init__()
+        import math
+
+        from plugins.ngp.hashgrid import HashGridEncoding
+
         r = cfg.resolution
         self.cfg = cfg
         self.register_buffer("aabb", aabb.float().clone())
-        self.density_grid = nn.Parameter(torch.zeros(1, 1, r, r, r))
-        self.feature_grid = nn.Parameter(torch.zeros(1, cfg.features, r, r, r).uniform_(-1e-2, 1e-2))
+        self.grid = HashGridEncoding(n_levels=1, n_features_per_level=1 + cfg.features,
+                                     log2_hashmap_size=math.ceil(math.log2((r + 1) ** 3)),
+                                     base_resolution=r, max_resolution=r)
         self.color_net = mlp(cfg.features + cfg.sh_degree ** 2, cfg.hidden, 3, 1)
         self.voxels_per_unit = float(r / (aabb[3:] - aabb[:3]).max())
 
-    def _sample(self, grid: Tensor, x01: Tensor) -> Tensor:
-        # grid_sample wants (x, y, z) -> (W, H, D) order in [-1, 1]; grid is (1,C,D,H,W) indexed [z,y,x]
-        g = (x01 * 2 - 1).view(1, -1, 1, 1, 3)
-        out = F.grid_sample(grid, g, mode="bilinear", align_corners=True, padding_mode="border")
-        return out.view(grid.shape[1], -1).t()  # (N, C)
-
     def forward(self, x: Tensor, d: Tensor | None = None) -> dict[str, Tensor]:
         x01 = normalize_points(x, self.aabb)
-        raw = self._sample(self.density_grid, x01)[:, 0]
         inside = ((x01 >= 0) & (x01 <= 1)).all(-1)
-        density = F.softplus(raw + self.cfg.density_bias) * self.voxels_per_unit * inside
+        h = self.grid(x01)  # (N, 1 + features)
+        density = F.softplus(h[:, 0] + self.cfg.density_bias) * self.voxels_per_unit * inside
         out = {"density": density}
         if d is not None:
-            feats = self._sample(self.feature_grid, x01)
-            out["rgb"] = torch.sigmoid(self.color_net(torch.cat([feats, sh_encode(d, self.cfg.sh_degree)], -1)))
+            out["rgb"] = torch.sigmoid(self.color_net(torch.cat([h[:, 1:], sh_encode(d, self.cfg.sh_degree)], -1)))
         return out
 
     def param_groups(self, lr: float) -> list[dict]:
-        s = self.cfg.grid_lr_scale
         return [
-            {"params": [self.density_grid, self.feature_grid], "lr": lr * s, "name": "grids"},
+            {"params": list(self.grid.parameters()), "lr": lr * self.cfg.grid_lr_scale, "name": "grids"},
             {"params": list(self.color_net.parameters()), "lr": lr * self.cfg.mlp_lr_scale, "name": "mlp"},
         ]
 
     def voxel_grids(self) -> list[Tensor]:
-        return [self.density_grid, self.feature_grid]
+        """[density (1,1,R+1,R+1,R+1), features (1,C,R+1,R+1,R+1)] views of the vertex table."""
+        n = self.cfg.resolution + 1
+        cube = self.grid.params.view(n, n, n, -1).permute(3, 0, 1, 2).unsqueeze(0)
+        return [cube[:, :1], cube[:, 1:]]
 
 
 class HashGridField(nn.Module):

@@ -26,7 +26,7 @@ class VolumeRenderer(nn.Module):
         self.register_buffer("background", torch.tensor(background, dtype=torch.float32))
         self.step_size = float((aabb[3:] - aabb[:3]).norm()) / cfg.samples_per_ray
         self.near, self.far = float(near), float(far)
-        # the grid starts culling only after its warm-up updates; before that an untrained,
+        # the grid starts culling only after `cull_after` steps; before that an untrained, uniform,
         # nearly empty field would have every cell culled and no sample would get a gradient
         self.register_buffer("grid_ready", torch.tensor(False))
 
@@ -48,7 +48,7 @@ class VolumeRenderer(nn.Module):
     def update(self, step: int, chain, *, every: int, warmup: int) -> None:
         self.grid.update(step, chain.density_fn, self.step_size, occ_thre=self.cfg.occ_threshold,
                          n=every, warmup_steps=warmup)
-        if step >= warmup and not bool(self.grid_ready):
+        if step >= self.cfg.cull_after and not bool(self.grid_ready):
             self.grid_ready.fill_(True)
 
 

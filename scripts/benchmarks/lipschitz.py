@@ -77,48 +77,21 @@ def _labels(mesh, mode, source, args, seed=0):
     return make_signed_labels(box, mesh=(V, F), **kw)
 
 
-def _calibrated_steps(model, step_fn, seconds):
-    t = time.perf_counter()
-    n = 5
-    for _ in range(n):
-        step_fn()
-    dt = (time.perf_counter() - t) / n
-    return max(10, int(seconds / dt)), dt
-
-
 def _train(kind, labels, args, box):
     from plugins.lipschitz.fit import LabelSampler, PlainMLP, fit_eikonal_baseline, fit_hkr
-    from plugins.lipschitz.losses import hkr_loss
     from plugins.lipschitz.sll import LipschitzSDF
 
     torch.manual_seed(0)
     sampler = LabelSampler(labels.inside, labels.outside)
     if kind == "lipschitz":
         model = LipschitzSDF(args.depth, args.width)
-
-        def probe():
-            x, y = sampler(args.batch)
-            hkr_loss(model.sdf(x), y, args.margin, args.lam).backward()
-        steps, dt = _calibrated_steps(model, probe, args.seconds)
-        model.zero_grad()
-        info = fit_hkr(model, sampler, steps=steps, batch_size=args.batch, lr=args.lr, margin=args.margin,
-                       lam=args.lam, max_seconds=args.seconds * 1.15)
+        info = fit_hkr(model, sampler, steps=10 ** 9, batch_size=args.batch, lr=args.lr, margin=args.margin,
+                       lam=args.lam, max_seconds=args.seconds, time_schedule=True)
     else:
         model = PlainMLP(args.mlp_depth, args.mlp_width)
-        b = torch.tensor(box, dtype=torch.float32)
-
-        def probe():
-            x, y = sampler(args.batch)
-            loss = hkr_loss(model.sdf(x), y, args.margin, args.lam)
-            xr = (b[:3] + (b[3:] - b[:3]) * torch.rand(args.batch, 3)).requires_grad_(True)
-            (g,) = torch.autograd.grad(model.sdf(xr).sum(), xr, create_graph=True)
-            (loss + ((g.norm(dim=-1) - 1) ** 2).mean()).backward()
-        steps, dt = _calibrated_steps(model, probe, args.seconds)
-        model.zero_grad()
-        info = fit_eikonal_baseline(model, sampler, box, steps=steps, batch_size=args.batch, lr=args.mlp_lr,
-                                    margin=args.margin, lam=args.lam, max_seconds=args.seconds * 1.15)
+        info = fit_eikonal_baseline(model, sampler, box, steps=10 ** 9, batch_size=args.batch, lr=args.mlp_lr,
+                                    margin=args.margin, lam=args.lam, max_seconds=args.seconds, time_schedule=True)
     info["params"] = sum(p.numel() for p in model.parameters())
-    info["planned_steps"] = steps
     model.eval()
     return model, info
 
