@@ -109,8 +109,8 @@ class Trainer:
         t = cfg.train
         self.optimizer = torch.optim.Adam(system.param_groups(t.lr), lr=t.lr, weight_decay=t.weight_decay,
                                           betas=(0.9, 0.99), eps=1e-15)
-        gamma = t.lr_final_factor ** (1.0 / max(1, t.steps))
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
+        for g in self.optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
         has_images = system.renderer is not None and "train" in scene.splits
         self.sampler = RaySampler(scene, device, t.seed) if has_images else None
         self.step = 0
@@ -121,14 +121,13 @@ class Trainer:
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
         return {"step": self.step, "model": self.system.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                "rng": rng_state(),
                 "sampler": self.sampler.gen.get_state() if self.sampler else None, "elapsed": self.elapsed}
 
     def load_state(self, st: dict) -> None:
         try:
             self.system.load_state_dict(st["model"])
             self.optimizer.load_state_dict(st["optimizer"])
-            self.scheduler.load_state_dict(st["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise NLSError(f"the checkpoint does not match this run's model/config ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]}). Was config.yaml edited after the run started?") from None
@@ -140,6 +139,20 @@ class Trainer:
 
     def save(self) -> None:
         self.run.save_checkpoint(self.state(), self.step)
+
+    def budget_fraction(self) -> float:
+        """Fraction of the budget used: steps, or training seconds when ``max_seconds`` is set."""
+        t = self.cfg.train
+        p = self.step / max(1, t.steps)
+        if t.max_seconds:
+            p = max(p, self.elapsed / t.max_seconds)
+        return min(1.0, p)
+
+    def _set_lr(self) -> None:
+        """Exponential decay from ``lr`` to ``lr * lr_final_factor`` over the budget (steps or time)."""
+        f = self.cfg.train.lr_final_factor ** self.budget_fraction()
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
 
     # -- one step -----------------------------------------------------------------------
     def _render_batch(self) -> tuple[dict, dict]:
@@ -178,8 +191,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        self.scheduler.step()
         self.step += 1
+        self._set_lr()
         rec = {"loss": float(total.detach()), **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
                "lr": self.optimizer.param_groups[0]["lr"]}
         if "rgb" in out:

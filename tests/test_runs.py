@@ -148,3 +148,28 @@ def test_run_folder_is_self_describing(tiny_scene, tmp_path, nls):
     assert "psnr" in summary["metrics"]
     assert "nls reconstruct" in (run / "cmd.txt").read_text()
     assert (run / "meshes" / "mesh.ply").exists() or "mesh" in summary
+
+
+def test_lr_decays_over_the_step_or_time_budget(tiny_scene, tmp_path):
+    import copy
+
+    from pipeline.build import build_system, load_scene_data
+    from pipeline.config import validate
+    from pipeline.testing import TINY_SCENE, plugin_host
+    from pipeline.train import Trainer
+
+    data = copy.deepcopy(TINY_SCENE)
+    data["train"].update(steps=4, lr=0.01, lr_final_factor=0.1)
+    cfg = validate(data, plugin_host())
+    scene = load_scene_data(cfg, "cpu")
+    tr = Trainer(cfg, build_system(cfg, scene, torch.device("cpu")), scene,
+                 RunDir.create(tmp_path, "a", "b"), torch.device("cpu"), progress=False)
+    base = [g["initial_lr"] for g in tr.optimizer.param_groups]
+    tr.fit()
+    for g, b in zip(tr.optimizer.param_groups, base):
+        assert g["lr"] == pytest.approx(b * 0.1)  # decayed to the final factor at the last step
+    cfg.train.max_seconds = 1e-9  # a time budget that is already spent counts as the end
+    cfg.train.steps = 100
+    tr.step, tr.elapsed = 1, 1.0
+    tr._set_lr()
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(base[0] * 0.1)
