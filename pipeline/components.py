@@ -26,7 +26,7 @@ STAGES: tuple[str, ...] = (
     "evaluator",
 )
 
-#: Names of the quantities components produce and consume.
+#: The quantities the built-in components produce and consume (plugins may add their own names).
 QUANTITIES: tuple[str, ...] = (
     "images",  # posed images (scene sources)
     "points",  # point cloud (scene sources)
@@ -38,6 +38,8 @@ QUANTITIES: tuple[str, ...] = (
     "depth",
     "normals",
     "mesh",
+    "render",  # a renderer's image outputs (rgb, opacity, depth per ray)
+    "voxels",  # the field exposes voxel grids (for grid regularisers)
 )
 
 
@@ -133,15 +135,6 @@ class Registrar:
         alts = tuple(frozenset([c]) if isinstance(c, str) else frozenset(c) for c in consumes)
         self.collected.append(Component(self.stage, name, factory, config, frozenset(produces), alts,
                                         description, self.plugin))
-
-
-def optional_stage(stage: str) -> bool:
-    """Stages a scene may leave out."""
-    return stage in ("certifier", "density", "renderer", "extractor", "loss", "evaluator")
-
-
-def component_key(c: Component) -> tuple[str, str]:
-    return (c.stage, c.name)
 
 
 def describe(components: list[Component], stage: Optional[str] = None) -> str:

@@ -116,7 +116,6 @@ class Trainer:
         self.step = 0
         self.progress = progress
         self.elapsed = 0.0  # training seconds over all sessions of the run
-        self.stopped_by_time = False
 
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
@@ -218,7 +217,6 @@ class Trainer:
                     if t.max_seconds is not None and self.elapsed >= t.max_seconds:
                         self.save()
                         last_ckpt = self.step
-                        self.stopped_by_time = True
                         break
                     s0 = time.perf_counter()
                     rec = self.train_step()
