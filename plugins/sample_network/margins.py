@@ -191,7 +191,7 @@ def classifier_loss(kind: str, model: Callable, x: Tensor, y: Tensor, hp: Option
             s = torch.where(m[ok] > 0, 1.0, -1.0)
             lam = torch.where(m[ok] > 0, hp.lam, hp.lam_wrong)
             loss = loss + (lam * F.relu(hp.eps_train - s * rho)).sum() / len(xf)
-            hp.info.update(rho_mean=float(rho.mean()), boundary_valid=float(ok.float().mean()))
+            hp.info.update(rho_mean=float(rho.detach().mean()), boundary_valid=float(ok.float().mean()))
         return loss
     if kind == "pgd_at":
         xa = pgd_attack(fm, xf, y, hp.eps_train, hp.pgd_steps, clamp=hp.clamp)
