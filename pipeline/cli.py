@@ -74,7 +74,7 @@ def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
 
 
-def finish_run(ld: Loaded, train_seconds: float, *, render: bool = True) -> dict:
+def finish_run(ld: Loaded, train_seconds: float) -> dict:
     """Render the eval split, export the mesh, evaluate and write summary.json."""
     import platform
 
@@ -91,8 +91,8 @@ def finish_run(ld: Loaded, train_seconds: float, *, render: bool = True) -> dict
             mesh_path = export_mesh(ctx.mesh(), ld.run.meshes_dir / "mesh.ply")
         except NLSError as exc:
             print(f"mesh export skipped: {exc}", file=sys.stderr)
-    results = run_evaluators(ctx) if (render or not ctx.cfg.evaluators) else {}
-    if render and ld.system.renderer is not None and ctx._renders is None and ld.cfg.eval.split in ld.scene.splits:
+    results = run_evaluators(ctx)
+    if ctx.can_render and not ctx.rendered:  # the renders folder is written even without image metrics
         ctx.renders()
     summary = {
         "scene": ld.cfg.name, "method": ld.cfg.method, "status": "complete",
@@ -100,7 +100,7 @@ def finish_run(ld: Loaded, train_seconds: float, *, render: bool = True) -> dict
         "stopped_by": "steps" if ld.step >= ld.cfg.train.steps else "train.max_seconds",
         "metrics": flatten(results), "evaluators": results,
         "mesh": str(mesh_path.relative_to(ld.run.path)) if mesh_path else None,
-        "renders": f"renders/{ld.cfg.eval.split}" if ctx._renders else None,
+        "renders": f"renders/{ld.cfg.eval.split}" if ctx.rendered else None,
         "device": str(ld.device), "device_name": (torch.cuda.get_device_name(ld.device) if ld.device.type == "cuda"
                                                    else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),

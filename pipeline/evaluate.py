@@ -46,6 +46,15 @@ class EvalContext:
     _renders: Optional[list] = field(default=None, repr=False)
     _mesh: Any = field(default=None, repr=False)
 
+    @property
+    def can_render(self) -> bool:
+        """True when the run has a renderer and the scene has the eval split."""
+        return self.system.renderer is not None and (self.split or self.cfg.eval.split) in self.scene.splits
+
+    @property
+    def rendered(self) -> bool:
+        return self._renders is not None
+
     def renders(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(pred (H,W,3), gt (H,W,3))] float arrays of the eval split; PNGs written on the way."""
         if self._renders is None:

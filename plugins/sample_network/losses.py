@@ -62,16 +62,24 @@ def _sdf_fn(system):
     return lambda x: system.chain(x, None)["sdf"]
 
 
-class LevelSetRecon(nn.Module):
-    """Eq. 13 as a loss term (see the module docstring). ``info`` holds the last step's sample
-    counts and Newton statistics (for logging/benchmarks)."""
+class _PointCloudLoss(nn.Module):
+    """Shared state of the point-cloud losses: config, KD-tree of the input points (P,3), the
+    points as a (non-persistent) buffer, and the sampling box."""
 
-    def __init__(self, cfg: ReconConfig, points: np.ndarray, bbox):
+    def __init__(self, cfg, points: np.ndarray, bbox):
         super().__init__()
         self.cfg = cfg
         self.knn = KNN(points)
         self.register_buffer("points", torch.from_numpy(np.asarray(points, np.float32)), persistent=False)
         self.bbox = [float(v) for v in bbox]
+
+
+class LevelSetRecon(_PointCloudLoss):
+    """Eq. 13 as a loss term (see the module docstring). ``info`` holds the last step's sample
+    counts and Newton statistics (for logging/benchmarks)."""
+
+    def __init__(self, cfg: ReconConfig, points: np.ndarray, bbox):
+        super().__init__(cfg, points, bbox)
         k = len(cfg.levels)
         self.register_buffer("pool", torch.zeros(k, cfg.n_samples, 3))
         self.register_buffer("pool_ready", torch.zeros((), dtype=torch.bool))
@@ -134,15 +142,8 @@ class LevelSetRecon(nn.Module):
         return cfg.weight * total
 
 
-class UDFRegression(nn.Module):
+class UDFRegression(_PointCloudLoss):
     """Naive baseline: mean | |F(x)| − d(x, X) | at random points (uniform + near the input)."""
-
-    def __init__(self, cfg: UDFRegressionConfig, points: np.ndarray, bbox):
-        super().__init__()
-        self.cfg = cfg
-        self.knn = KNN(points)
-        self.register_buffer("points", torch.from_numpy(np.asarray(points, np.float32)), persistent=False)
-        self.bbox = [float(v) for v in bbox]
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
         cfg = self.cfg
