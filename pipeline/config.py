@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps: int = Field(1000, ge=0, description="total optimisation steps; resume never goes past it")
     batch_rays: int = Field(4096, ge=1, description="rays per step (posed-image scenes)")
+    batch_items: int = Field(16, ge=1, description="dataset items per step, over all processes "
+                             "(scenes with a training dataset, e.g. shape collections)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate")
     lr_final_factor: float = Field(0.1, gt=0, le=1, description="exponential decay to lr*factor at the last step")
     weight_decay: float = Field(0.0, ge=0)

@@ -33,6 +33,10 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("scenes", "plugins.scenes.plugin"),
     ("lipschitz", "plugins.lipschitz.plugin"),
     ("sample_network", "plugins.sample_network.plugin"),
+    ("rs_sdf", "plugins.rs_sdf.plugin"),
+    ("shapes", "plugins.shapes.plugin"),
+    ("hypernet", "plugins.hypernet.plugin"),
+    ("deep_level_sets", "plugins.deep_level_sets.plugin"),
 )
 
 ENTRY_POINT_GROUP = "nls"

@@ -58,6 +58,59 @@ class RaySampler:
         return batch
 
 
+class DatasetBatches:
+    """Endless mini-batches from a map-style dataset, resumable at any step.
+
+    Each epoch is one seeded permutation of the whole dataset (``DistributedSampler`` with
+    ``seed`` and ``set_epoch``), so the global order depends only on the seed: a run resumed
+    with another process count continues the same sequence. ``next() -> dict`` of stacked
+    tensors with leading dimension ``batch_items // world_size`` (this process's share);
+    items are dicts of tensors and are collated with torch's default collate. The last
+    incomplete batch of an epoch is dropped.
+    """
+
+    def __init__(self, dataset, batch_items: int, seed: int, device: torch.device,
+                 world_size: int = 1, rank: int = 0):
+        if len(dataset) < batch_items:
+            raise NLSError(f"train.batch_items={batch_items} is larger than the training set "
+                           f"({len(dataset)} items); lower train.batch_items")
+        if batch_items % world_size:
+            raise NLSError(f"train.batch_items={batch_items} must be divisible by the number of "
+                           f"processes ({world_size})")
+        self.dataset, self.batch_items, self.seed, self.device = dataset, batch_items, seed, device
+        self.world_size, self.rank = world_size, rank
+        self.per_epoch = len(dataset) // batch_items
+        self.epoch, self.index = 0, 0  # index: batches already drawn in this epoch
+        self._order: Optional[list[int]] = None
+
+    def _epoch_order(self) -> list[int]:
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(self.dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
+        sampler.set_epoch(self.epoch)
+        return list(sampler)
+
+    def next(self) -> dict:
+        from torch.utils.data import default_collate
+
+        if self.index >= self.per_epoch:
+            self.epoch, self.index, self._order = self.epoch + 1, 0, None
+        if self._order is None:
+            self._order = self._epoch_order()
+        start = self.index * self.batch_items
+        share = self.batch_items // self.world_size
+        ids = self._order[start + self.rank * share: start + (self.rank + 1) * share]
+        self.index += 1
+        batch = default_collate([self.dataset[i] for i in ids])
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, st: dict) -> None:
+        self.epoch, self.index, self._order = int(st["epoch"]), int(st["index"]), None
+
+
 def rng_state() -> dict:
     st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
           "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
@@ -101,7 +154,14 @@ def _sigterm_as_interrupt():
 
 
 class Trainer:
-    """Owns the optimiser, schedule and sampler of one run; ``fit()`` trains to ``cfg.train.steps``."""
+    """Owns the optimiser, schedule and sampler of one run; ``fit()`` trains to ``cfg.train.steps``.
+
+    Staged schedules: any module of the system that defines ``on_train_step(step: int)`` is called
+    before every step (also the first step after a resume), so it can switch phases or toggle
+    ``requires_grad``. The optimiser holds every parameter that required grad at construction;
+    Adam skips parameters whose grad is None, so a frozen part keeps its state untouched. A module
+    whose behaviour depends on the phase should keep the phase in a buffer so checkpoints restore it.
+    """
 
     def __init__(self, cfg: SceneConfig, system, scene: SceneData, run: RunDir, device: torch.device,
                  *, progress: bool = True):
@@ -113,15 +173,21 @@ class Trainer:
             g.setdefault("initial_lr", g["lr"])
         has_images = system.renderer is not None and "train" in scene.splits
         self.sampler = RaySampler(scene, device, t.seed) if has_images else None
+        train_set = scene.datasets.get("train")
+        self.items = (DatasetBatches(train_set, t.batch_items, t.seed, device)
+                      if self.sampler is None and train_set is not None else None)
         self.step = 0
         self.progress = progress
+        #: modules with ``on_train_step(step)``: staged schedules (freeze/unfreeze parts, switch phases)
+        self._step_hooks = [m for m in system.modules() if callable(getattr(m, "on_train_step", None))]
         self.elapsed = 0.0  # training seconds over all sessions of the run
 
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
         return {"step": self.step, "model": self.system.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": rng_state(),
-                "sampler": self.sampler.gen.get_state() if self.sampler else None, "elapsed": self.elapsed}
+                "sampler": self.sampler.gen.get_state() if self.sampler else None,
+                "items": self.items.state() if self.items else None, "elapsed": self.elapsed}
 
     def load_state(self, st: dict) -> None:
         try:
@@ -133,6 +199,8 @@ class Trainer:
         set_rng_state(st["rng"])
         if self.sampler is not None and st.get("sampler") is not None:
             self.sampler.gen.set_state(st["sampler"])
+        if self.items is not None and st.get("items") is not None:
+            self.items.load_state(st["items"])
         self.step = int(st["step"])
         self.elapsed = float(st.get("elapsed", 0.0))
 
@@ -170,12 +238,17 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimisation step. With a renderer and training images, losses see a rendered ray
-        batch; otherwise (point-cloud / mesh methods) ``batch`` holds only the step and the
-        loss terms sample their own points from ``system`` and the scene."""
+        batch; with a training dataset (``scene.datasets["train"]``), ``batch`` is a collated
+        mini-batch of ``train.batch_items`` items; otherwise (point-cloud / mesh methods)
+        ``batch`` holds only the step and the loss terms sample their own points."""
         system = self.system
         system.train()
+        for module in self._step_hooks:
+            module.on_train_step(self.step)
         if self.sampler is not None:
             batch, out = self._render_batch()
+        elif self.items is not None:
+            batch, out = self.items.next(), {}
         else:
             batch, out = {}, {}
         batch["step"] = self.step

@@ -79,6 +79,9 @@ class SceneData:
     points: optional (P, 3) float32 input point cloud (point-cloud scenes).
     normals: optional (P, 3) float32 normals of ``points``.
     meta: free-form, JSON-serialisable facts about the scene (written to the run folder).
+    datasets: optional map-style ``torch.utils.data.Dataset`` per split (shape collections,
+        classifier data). Items are dicts of tensors; the trainer draws ``train.batch_items``
+        of them per step from ``datasets["train"]`` when the scene has no training images.
     """
 
     splits: dict[str, PosedImages]
@@ -90,6 +93,7 @@ class SceneData:
     points: Optional["np.ndarray"] = None
     normals: Optional["np.ndarray"] = None
     meta: dict = field(default_factory=dict)
+    datasets: dict = field(default_factory=dict)
 
 
 class NLSError(Exception):

@@ -1,0 +1,1 @@
+"""Built-in plugin ``rs_sdf``: randomized smoothing of a voxel occupancy grid as a certified weak SDF."""

@@ -1,0 +1,5 @@
+"""Hook implementations of the built-in plugin ``shapes`` (components are added as they are built)."""
+
+from __future__ import annotations
+
+from pipeline.hookspecs import hookimpl  # noqa: F401
