@@ -13,6 +13,8 @@ class FieldChain(nn.Module):
 
     ``forward(x (N,3), d (N,3) | None) -> dict`` with every quantity the chain produces
     (``sdf (N,)``, ``occupancy (N,)``, ``density (N,)``, ``rgb (N,3)`` when ``d`` is given).
+    A certifier with ``wants_query = True`` is called as ``certifier(out, x=x, field=field)``;
+    others as ``certifier(out)``.
     """
 
     def __init__(self, field: nn.Module, certifier: Optional[nn.Module] = None,
@@ -25,7 +27,9 @@ class FieldChain(nn.Module):
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
         out = dict(self.field(x, d))
         if self.certifier is not None:
-            out.update(self.certifier(out))
+            # certifiers that smooth over space (rs_sdf) need the query points and the field itself
+            extra = {"x": x, "field": self.field} if getattr(self.certifier, "wants_query", False) else {}
+            out.update(self.certifier(out, **extra))
         if self.density_map is not None:
             out.update(self.density_map(out))
         return out

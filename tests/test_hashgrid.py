@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from pipeline.cpp_kernels import CppKernel
+
 from plugins.ngp import hashgrid as hg
 from plugins.ngp.hashgrid import HashGridEncoding
 
@@ -170,9 +172,10 @@ def test_cpu_kernel_threads_deterministic():
 
 
 def test_kernel_build_failure_falls_back(monkeypatch):
-    saved = dict(hg._KERNEL_STATE)
+    saved = hg.cpu_kernel_status()
     monkeypatch.setenv("NLS_HASHGRID_KERNEL", "0")
-    monkeypatch.setattr(hg, "_KERNEL_STATE", {"tried": False, "ok": False, "error": None, "seconds": None})
+    monkeypatch.setattr(hg, "_KERNEL", CppKernel(hg._KERNEL.namespace, hg._KERNEL.source, hg._KERNEL.probe,
+                                                 hg._KERNEL.env))
     with pytest.warns(RuntimeWarning, match="CPU kernel unavailable"):
         assert hg.load_cpu_kernel() is False
     enc = HashGridEncoding(**MIXED)

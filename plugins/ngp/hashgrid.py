@@ -47,8 +47,6 @@ Semantics (identical for ``torch`` and ``cpu_kernel``):
 from __future__ import annotations
 
 import math
-import os
-import threading
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -56,6 +54,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from pipeline.cpp_kernels import CppKernel
 
 __all__ = ["HashGridEncoding", "level_resolutions", "cpu_kernel_status", "load_cpu_kernel",
            "PRIMES", "BACKENDS"]
@@ -94,23 +94,8 @@ def level_resolutions(n_levels: int, base_resolution: int, max_resolution: int) 
 # CPU kernel: one-time JIT build, then a plain function call.
 # --------------------------------------------------------------------------------------------
 
-_KERNEL_LOCK = threading.Lock()
-_KERNEL_STATE: dict = {"tried": False, "ok": False, "error": None, "seconds": None}
-_CSRC = Path(__file__).resolve().parent / "csrc" / "hashgrid_cpu.cpp"
-
-
-def _extension_dir(name: str) -> Path:
-    """Build folder: $TORCH_EXTENSIONS_DIR, else <repo>/.cache/torch_extensions, else ~/.cache/nls."""
-    env = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if env:
-        root = Path(env)
-    else:
-        repo = Path(__file__).resolve().parents[2]
-        if (repo / "pyproject.toml").exists() or (repo / ".git").exists():
-            root = repo / ".cache" / "torch_extensions"
-        else:
-            root = Path.home() / ".cache" / "nls" / "torch_extensions"
-    return root / name
+_KERNEL = CppKernel("nls_hashgrid", Path(__file__).resolve().parent / "csrc" / "hashgrid_cpu.cpp",
+                    probe="forward", env="NLS_HASHGRID_KERNEL")
 
 
 def load_cpu_kernel(verbose: bool = False) -> bool:
@@ -119,47 +104,12 @@ def load_cpu_kernel(verbose: bool = False) -> bool:
     Never raises: a failure is recorded (see :func:`cpu_kernel_status`) and reported once with a
     one-line warning; callers then use the torch path.
     """
-    if _KERNEL_STATE["tried"]:
-        return _KERNEL_STATE["ok"]
-    with _KERNEL_LOCK:
-        if _KERNEL_STATE["tried"]:
-            return _KERNEL_STATE["ok"]
-        import time
-
-        t0 = time.perf_counter()
-        try:
-            if os.environ.get("NLS_HASHGRID_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
-                raise RuntimeError("disabled by NLS_HASHGRID_KERNEL=0")
-            if not _CSRC.exists():
-                raise RuntimeError(f"source not found: {_CSRC}")
-            if not hasattr(torch.ops, "nls_hashgrid") or not hasattr(torch.ops.nls_hashgrid, "forward"):
-                from torch.utils.cpp_extension import load
-
-                tag = "".join(c if c.isalnum() else "_" for c in torch.__version__)
-                name = f"nls_hashgrid_cpu_{tag}"
-                build_dir = _extension_dir(name)
-                build_dir.mkdir(parents=True, exist_ok=True)
-                load(name=name, sources=[str(_CSRC)], build_directory=str(build_dir),
-                     extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                     is_python_module=False, verbose=verbose)
-            torch.ops.nls_hashgrid.forward  # noqa: B018  (raises if registration failed)
-            _KERNEL_STATE.update(ok=True, error=None)
-        except Exception as exc:  # one-time build: any failure means "use the torch path"
-            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
-            if len(msg) > 300:
-                msg = msg[:300] + "..."
-            _KERNEL_STATE.update(ok=False, error=msg)
-            warnings.warn(f"nls hashgrid: CPU kernel unavailable ({msg}); using the pure-PyTorch path",
-                          RuntimeWarning, stacklevel=2)
-        finally:
-            _KERNEL_STATE["tried"] = True
-            _KERNEL_STATE["seconds"] = time.perf_counter() - t0
-        return _KERNEL_STATE["ok"]
+    return _KERNEL.load(verbose)
 
 
 def cpu_kernel_status() -> dict:
     """``{"tried", "ok", "error", "seconds"}`` of the kernel build/load (``seconds``: load time)."""
-    return dict(_KERNEL_STATE)
+    return _KERNEL.status()
 
 
 class _KernelEncode(torch.autograd.Function):

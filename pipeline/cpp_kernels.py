@@ -1,0 +1,96 @@
+"""JIT-built C++ CPU kernels: one loader for every plugin's ``csrc/*.cpp``.
+
+A kernel source registers its ops with ``TORCH_LIBRARY(<namespace>, m)``; :class:`CppKernel`
+builds it once per torch version with ``torch.utils.cpp_extension.load`` into
+``$TORCH_EXTENSIONS_DIR`` (else ``<repo>/.cache/torch_extensions``, else ``~/.cache/nls``) and
+then finds the ops under ``torch.ops.<namespace>``. Loading never raises: a failed build is
+recorded in :meth:`CppKernel.status`, warned about once, and callers use their pure-PyTorch path.
+Every kernel can be switched off with an environment variable (``NLS_<NAME>_KERNEL=0``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+OFF_VALUES = ("0", "false", "no", "off")
+
+
+def extension_dir(name: str) -> Path:
+    """Build folder of extension ``name``."""
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env:
+        root = Path(env)
+    else:
+        repo = Path(__file__).resolve().parents[1]
+        if (repo / "pyproject.toml").exists() or (repo / ".git").exists():
+            root = repo / ".cache" / "torch_extensions"
+        else:
+            root = Path.home() / ".cache" / "nls" / "torch_extensions"
+    return root / name
+
+
+class CppKernel:
+    """A lazily built C++ op library.
+
+    namespace: the ``TORCH_LIBRARY`` namespace of the source (ops appear as ``torch.ops.<namespace>``).
+    source: path of the ``.cpp`` file. probe: an op name that must exist after loading.
+    env: environment variable that disables the kernel when set to 0/false/no/off.
+    cflags: extra compiler flags (the build always uses ``-O3 -fopenmp``).
+    """
+
+    def __init__(self, namespace: str, source: Path, probe: str, env: str, cflags: tuple[str, ...] = ()):
+        self.namespace, self.source, self.probe, self.env = namespace, Path(source), probe, env
+        self.cflags = tuple(cflags)
+        self._lock = threading.Lock()
+        self._state: dict = {"tried": False, "ok": False, "error": None, "seconds": None}
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    def load(self, verbose: bool = False) -> bool:
+        """Build (first call, ~10-30 s) and load; True when the ops are usable."""
+        if self._state["tried"]:
+            return self._state["ok"]
+        with self._lock:
+            if self._state["tried"]:
+                return self._state["ok"]
+            t0 = time.perf_counter()
+            try:
+                if os.environ.get(self.env, "1").strip().lower() in OFF_VALUES:
+                    raise RuntimeError(f"disabled by {self.env}=0")
+                if not self.source.exists():
+                    raise RuntimeError(f"source not found: {self.source}")
+                if not hasattr(torch.ops, self.namespace) or not hasattr(self.ops, self.probe):
+                    from torch.utils.cpp_extension import load
+
+                    tag = "".join(c if c.isalnum() else "_" for c in torch.__version__)
+                    name = f"{self.namespace}_cpu_{tag}"
+                    build_dir = extension_dir(name)
+                    build_dir.mkdir(parents=True, exist_ok=True)
+                    load(name=name, sources=[str(self.source)], build_directory=str(build_dir),
+                         extra_cflags=["-O3", "-fopenmp", *self.cflags], extra_ldflags=["-fopenmp"],
+                         is_python_module=False, verbose=verbose)
+                getattr(self.ops, self.probe)  # raises if registration failed
+                self._state.update(ok=True, error=None)
+            except Exception as exc:  # one-time build: any failure means "use the torch path"
+                msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if len(msg) > 300:
+                    msg = msg[:300] + "..."
+                self._state.update(ok=False, error=msg)
+                warnings.warn(f"nls {self.namespace}: CPU kernel unavailable ({msg}); using the pure-PyTorch "
+                              f"path", RuntimeWarning, stacklevel=2)
+            finally:
+                self._state["tried"] = True
+                self._state["seconds"] = time.perf_counter() - t0
+            return self._state["ok"]
+
+    def status(self) -> dict:
+        """``{"tried", "ok", "error", "seconds"}`` of the build/load (``seconds``: load time)."""
+        return dict(self._state)

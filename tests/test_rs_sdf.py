@@ -1,0 +1,424 @@
+"""rs_sdf: blur against scipy, weak SDF against analytic distances, Monte-Carlo certify, gradients,
+the 3-phase schedule and a CLI run."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.system import FieldChain
+from pipeline.types import NLSError
+from plugins.rs_sdf.blur import gaussian_blur3d
+from plugins.rs_sdf.certifier import RandomizedSmoothing
+from plugins.rs_sdf.certify import certify, clopper_pearson, grid_radius_agreement, occupancy_to_sdf, sdf_bound
+from plugins.rs_sdf.config import RandomizedSmoothingConfig
+from plugins.rs_sdf.grid import grid_points, sample_grid, voxel_size
+from plugins.scenes.shapes import box as box_sdf
+from plugins.scenes.shapes import sphere
+
+BOX = torch.tensor([-0.6, -0.6, -0.6, 0.6, 0.6, 0.6])
+
+
+class GridField(nn.Module):
+    """An occupancy field given by a fixed vertex grid (what voxel_occupancy exposes)."""
+
+    def __init__(self, V: torch.Tensor, box: torch.Tensor = BOX):
+        super().__init__()
+        self.V = nn.Parameter(V.clone())
+        self.box = box
+
+    def occupancy_grid(self):
+        return self.V, self.box
+
+    def forward(self, x, d=None):
+        return {"occupancy": sample_grid(self.V, self.box, x)}
+
+
+def indicator_grid(sdf_fn, box: torch.Tensor, R: int, ss: int = 4) -> torch.Tensor:
+    """Occupancy (R,R,R) of {sdf < 0}: each vertex the fraction of ss^3 sub-samples inside its voxel."""
+    pts = grid_points(box, (R, R, R))
+    h = voxel_size(box, (R, R, R))
+    off = (torch.arange(ss) + 0.5) / ss - 0.5
+    occ = torch.zeros(len(pts))
+    for dx in off:
+        for dy in off:
+            for dz in off:
+                occ += (sdf_fn(pts + h * torch.stack([dx, dy, dz])) < 0).float()
+    return (occ / ss ** 3).view(R, R, R)
+
+
+def weak_sdf(V: torch.Tensor, sigma: float, x: torch.Tensor, box: torch.Tensor = BOX) -> torch.Tensor:
+    """The certifier component applied through a FieldChain (the path training uses)."""
+    cert = RandomizedSmoothing(RandomizedSmoothingConfig(sigma=sigma), box)
+    chain = FieldChain(GridField(V, box), cert)
+    with torch.no_grad():
+        return chain(x)["sdf"]
+
+
+# -- blur --------------------------------------------------------------------------------------
+
+def _kernel_or_skip():
+    from plugins.rs_sdf.blur import KERNEL
+
+    if not KERNEL.load():
+        pytest.skip(f"C++ blur kernel did not build: {KERNEL.status()['error']}")
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.5, (1.5, 2.0, 2.5)])
+@pytest.mark.parametrize("shape", [(37, 30, 26), (5, 300, 3)])
+def test_blur_kernel_matches_scipy(sigma, shape):
+    """The C++ kernel (float32) against scipy in float64; shapes cover tap radii longer than an
+    axis and planes wider than one column block."""
+    from scipy.ndimage import gaussian_filter
+
+    _kernel_or_skip()
+    x = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = gaussian_filter(x.numpy(), sigma, mode="constant", truncate=4.0)
+    y = gaussian_blur3d(x.float(), sigma, method="kernel")
+    np.testing.assert_allclose(y.double().numpy(), ref, atol=2e-6)
+    auto = gaussian_blur3d(x.float(), sigma)  # auto picks the kernel on CPU float32
+    assert torch.equal(auto, y)
+
+
+def test_blur_kernel_backward_is_the_adjoint():
+    """<G x, g> == <x, G g> with the kernel on both sides, and the autograd gradient equals G g."""
+    _kernel_or_skip()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(20, 17, 23, generator=gen, requires_grad=True)
+    g = torch.rand(20, 17, 23, generator=gen)
+    y = gaussian_blur3d(x, (1.1, 0.8, 1.7), method="kernel")
+    (grad,) = torch.autograd.grad(y, x, g)
+    ref = gaussian_blur3d(g.double(), (1.1, 0.8, 1.7), method="matmul")
+    np.testing.assert_allclose(grad.double().numpy(), ref.numpy(), atol=2e-6)
+    assert abs(float((y.double() * g).sum() - (x.double() * grad).sum())) < 1e-3
+
+
+def test_blur_kernel_refuses_float64():
+    _kernel_or_skip()
+    with pytest.raises(ValueError, match="float32 CPU grid"):
+        gaussian_blur3d(torch.zeros(4, 4, 4, dtype=torch.float64), 1.0, method="kernel")
+
+
+@pytest.mark.parametrize("method", ["matmul", "fft"])
+@pytest.mark.parametrize("sigma", [1.5, (1.5, 2.0, 2.5)])
+def test_blur_matches_scipy(method, sigma):
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.rand(37, 30, 26, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = gaussian_filter(x.numpy(), sigma, mode="constant", truncate=4.0)
+    y = gaussian_blur3d(x, sigma, method=method)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y.numpy(), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["matmul", "fft"])
+def test_blur_gradient_is_exact(method):
+    x = torch.rand(7, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: gaussian_blur3d(v, (1.2, 0.7, 0.9), method=method), (x,))
+
+
+def test_blur_rejects_bad_input():
+    with pytest.raises(ValueError, match="3-D grid"):
+        gaussian_blur3d(torch.zeros(4, 4), 1.0)
+    with pytest.raises(ValueError, match="truncate"):
+        gaussian_blur3d(torch.zeros(4, 4, 4), 1.0, truncate=2.0)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur3d(torch.zeros(4, 4, 4), 0.0)
+
+
+# -- weak SDF against analytic distances ---------------------------------------------------------
+
+def test_half_space_weak_sdf_is_the_signed_distance():
+    """Blur of a half-space indicator is Phi(-d/sigma), so the weak SDF is exactly d where Phi^-1 is
+    not clamped. Tolerance 0.2 voxel (discretisation: vertex sampling + trilinear interpolation),
+    away from the grid boundary by more than the blur radius (zero padding there)."""
+    box = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    R, sigma = 96, 0.08
+    n = torch.tensor([0.48, -0.6, 0.64])
+    n = n / n.norm()
+    plane = lambda p: p @ n - 0.05  # noqa: E731
+    V = indicator_grid(plane, box, R)
+    h = float(voxel_size(box, (R, R, R))[0])
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(20000, 3, generator=g) * 2 - 1) * (1 - 4 * sigma - 2 * h)
+    d = plane(x)
+    keep = d.abs() < 3.3 * sigma  # Phi^-1 unclamped (eps = 1e-4 clamps at 3.72 sigma)
+    w = weak_sdf(V, sigma, x[keep], box)
+    err = (w - d[keep]).abs()
+    assert keep.sum() > 2000
+    assert float(err.max()) < 0.2 * h, f"max error {float(err.max()):.5f} vs voxel {h:.5f}"
+    # beyond the clamp the value is the bound, finite
+    far = weak_sdf(V, sigma, torch.tensor([[0.4, -0.4, 0.5]]), box)
+    assert torch.isfinite(far).all() and abs(float(far)) == pytest.approx(sdf_bound(sigma, 1e-4), rel=1e-4)
+
+
+SHAPES = {"ball": lambda p: sphere(p, radius=0.35), "box": lambda p: box_sdf(p, (0.25, 0.2, 0.3))}
+
+
+@functools.lru_cache(maxsize=None)
+def _shape_setup(name: str, R: int = 96, sigma: float = 0.03):
+    V = indicator_grid(SHAPES[name], BOX, R, ss=3)
+    x = torch.rand(20000, 3, generator=torch.Generator().manual_seed(2)) - 0.5
+    return V, x, weak_sdf(V, sigma, x), SHAPES[name](x), float(voxel_size(BOX, (R, R, R))[0])
+
+
+def test_ball_weak_sdf_is_a_lower_bound():
+    """|weak SDF| <= |SDF| + tol at random points. For a smooth convex shape smoothing moves the
+    level set inward by O(sigma^2 / radius), so tol = h/2 + sigma^2/radius (h the voxel size)."""
+    sigma, rho = 0.03, 0.35
+    V, x, w, s, h = _shape_setup("ball", sigma=sigma)
+    over = w.abs() - s.abs()
+    tol = 0.5 * h + sigma ** 2 / rho
+    assert float(over.max()) < tol, f"max |w|-|s| = {float(over.max()):.5f} > tol {tol:.5f}"
+    assert (torch.sign(w) == torch.sign(s))[s.abs() > 2 * h].all()
+
+
+def _smoothed_boundary_distance(V: torch.Tensor, sigma: float, x: torch.Tensor) -> np.ndarray:
+    """Distance from x to the smoothed classifier's decision boundary {G_sigma * V = 1/2}."""
+    import igl
+
+    from pipeline.mesh import grid_to_mesh
+
+    R = V.shape[0]
+    S = gaussian_blur3d(V, sigma / float(voxel_size(BOX, V.shape)[0])).numpy()
+    mesh = grid_to_mesh(S, BOX.tolist(), 0.5, inside="above")
+    d, _, _, _ = igl.signed_distance(x.double().numpy(), np.asarray(mesh.vertices, np.float64),
+                                     np.asarray(mesh.faces, np.int64))
+    return np.abs(d)
+
+
+@pytest.mark.parametrize("name", ["ball", "box"])
+def test_weak_sdf_is_a_certified_radius(name):
+    """Cohen et al.'s guarantee, which holds for any shape: the smoothed classifier is constant in
+    the ball of radius |weak SDF|, so |weak SDF| <= distance to its boundary {p = 1/2} (+ h/2)."""
+    V, x, w, s, h = _shape_setup(name)
+    x, w = x[:3000], w[:3000]
+    dist = _smoothed_boundary_distance(V, 0.03, x)
+    assert float((w.abs().numpy() - dist).max()) < 0.5 * h
+
+
+def test_box_lower_bound_holds_inside_and_fails_past_corners():
+    """For the box the claim |weak| <= |SDF| + tol holds at random points inside and near faces, but
+    not outside corners and edges: smoothing rounds them, so a point diagonally out from a corner at
+    distance sigma gets a weak SDF of about 2 sigma. (For convex shapes weak >= SDF everywhere.)"""
+    sigma = 0.03
+    V, x, w, s, h = _shape_setup("box", sigma=sigma)
+    free = w.abs() < 0.99 * sdf_bound(sigma, 1e-4)  # where Phi^-1 is not clamped
+    assert float((s - w)[free].max()) < 0.5 * h  # weak >= true signed distance (convex shape)
+    deep = s < -2 * sigma  # inside, away from the rounded edges
+    assert float((w.abs() - s.abs())[deep].max()) < 0.5 * h
+    corner = torch.tensor([[0.25, 0.2, 0.3]]) + sigma / math.sqrt(3)
+    wc = float(weak_sdf(V, sigma, corner))
+    assert wc > 1.5 * sigma  # true distance is sigma: the corner is where the lower bound fails
+
+
+def test_sigma_in_world_units_is_resolution_independent():
+    sigma = 0.05
+    x = torch.rand(4000, 3, generator=torch.Generator().manual_seed(3)) * 0.9 - 0.45
+    ws = {R: weak_sdf(indicator_grid(SHAPES["ball"], BOX, R, ss=2), sigma, x) for R in (64, 128)}
+    h = float(voxel_size(BOX, (64, 64, 64))[0])
+    diff = (ws[128] - ws[64]).abs()
+    # discretisation error of the coarse grid: well under half a voxel, a few % of it on average
+    assert float(diff.max()) < 0.4 * h and float(diff.mean()) < 0.05 * h
+
+
+def test_occupancy_to_sdf_sign_and_clamp():
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+    s = occupancy_to_sdf(p, 0.1, eps=1e-3)
+    assert torch.isfinite(s).all()
+    assert s[0] > 0 and s[-1] < 0 and s[2] == 0  # negative inside
+    assert float(s[3]) == pytest.approx(-0.1 * 1.2815516, rel=1e-5)
+
+
+# -- Monte-Carlo certify -------------------------------------------------------------------------
+
+def test_clopper_pearson_against_exact_binomial():
+    from scipy.stats import binom
+
+    lo, hi = clopper_pearson(np.array([7]), 50, 0.05)
+    assert binom.sf(6, 50, lo[0]) == pytest.approx(0.025, rel=1e-6)  # P(K >= 7 | lo) = alpha/2
+    assert binom.cdf(7, 50, hi[0]) == pytest.approx(0.025, rel=1e-6)
+
+
+def test_certify_half_space_radius_and_abstain():
+    n = torch.tensor([1.0, 0.0, 0.0])
+    occ = lambda p: (p @ n < 0).float()  # noqa: E731
+    x = torch.tensor([[-0.1, 0, 0], [0.05, 0.2, 0], [0.0, 0, 0]])
+    r = certify(occ, x, 0.05, n0=100, n=20000, alpha=0.001, soft=False)
+    assert r["inside"].tolist()[:2] == [True, False]
+    assert r["abstain"][2]  # on the boundary p = 1/2
+    true = np.array([0.1, 0.05])
+    assert (r["radius"][:2] <= true).all() and (r["radius"][:2] > 0.8 * true).all()
+
+
+def test_grid_radius_agrees_with_monte_carlo_certify():
+    """Grid smoothing of V vs Monte-Carlo CERTIFY of the same occupancy (V trilinearly interpolated):
+    the grid's p lies in the two-sided Clopper-Pearson interval (alpha = 0.001) at >= 95% of points."""
+    sigma = 0.05
+    V = indicator_grid(SHAPES["box"], BOX, 64)
+    field = GridField(V)
+    g = torch.Generator().manual_seed(4)
+    cand = torch.rand(4000, 3, generator=g) - 0.5
+    s = SHAPES["box"](cand)
+    x = torch.cat([cand[s.abs() < 2 * sigma][:40], cand[:24]])
+    cert = RandomizedSmoothing(RandomizedSmoothingConfig(sigma=sigma), BOX)
+    chain = FieldChain(field, cert)
+    with torch.no_grad():
+        p_grid = chain(x)["smoothed_occupancy"].double().numpy()
+        mc = certify(lambda p: field(p)["occupancy"], x, sigma, n0=100, n=4000, alpha=0.001, seed=1)
+    agree = grid_radius_agreement(p_grid, mc)
+    assert agree["within_ci"] >= 0.95, agree
+    # Cohen's radius (a one-sided lower bound) never exceeds the grid's radius by more than the CI allows
+    r_grid = np.abs(occupancy_to_sdf(torch.from_numpy(p_grid), sigma).numpy())
+    ok = ~mc["abstain"]
+    assert (mc["radius"][ok] <= r_grid[ok] + 0.1 * sigma).mean() >= 0.95
+
+
+# -- component behaviour --------------------------------------------------------------------------
+
+def test_certifier_blurs_once_per_step_and_needs_the_query():
+    V = indicator_grid(SHAPES["ball"], BOX, 24)
+    field = GridField(V)
+    cert = RandomizedSmoothing(RandomizedSmoothingConfig(sigma=0.05), BOX)
+    chain = FieldChain(field, cert)
+    calls = []
+    orig = cert.occupancy_grid
+    cert.occupancy_grid = lambda f: calls.append(1) or orig(f)
+    x = torch.rand(50, 3) - 0.5
+    chain(x), chain(x), chain(x)
+    assert len(calls) == 1
+    with torch.no_grad():
+        field.V.mul_(0.5)  # parameters changed outside training: recomputed
+    chain(x)
+    assert len(calls) == 2
+    cert.on_train_step(1)
+    chain(x)
+    assert len(calls) == 3
+    with pytest.raises(NLSError, match="query points"):
+        cert({"occupancy": torch.zeros(3)})
+
+
+def test_certifier_rasterises_fields_without_a_grid():
+    """Any occupancy field: an analytic ball rasterised by the certifier gives the ball's weak SDF."""
+
+    class Ball(nn.Module):
+        def forward(self, x, d=None):
+            return {"occupancy": (sphere(x, radius=0.3) < 0).float()}
+
+    cert = RandomizedSmoothing(RandomizedSmoothingConfig(sigma=0.05, resolution=97), BOX)
+    out = FieldChain(Ball(), cert)(torch.tensor([[0.0, 0, 0.4], [0.0, 0, 0.0]]))
+    assert float(out["sdf"][0]) == pytest.approx(0.1, abs=0.02)
+    assert float(out["sdf"][1]) < -0.15
+
+
+def test_density_map_needs_a_width():
+    from pipeline.types import ConfigError
+    from plugins.rs_sdf.config import HardOccupancyConfig
+    from plugins.rs_sdf.density import build_hard_occupancy
+
+    class Ctx:
+        class cfg:
+            stages = {"certifier": None}
+
+    with pytest.raises(ConfigError, match="density.width"):
+        build_hard_occupancy(HardOccupancyConfig(), Ctx)
+    dm = build_hard_occupancy(HardOccupancyConfig(width=0.1, scale=10), Ctx)
+    s = torch.linspace(-1, 1, 11)
+    dens = dm({"sdf": s})["density"]
+    assert (dens[1:] <= dens[:-1]).all() and float(dens[5]) == pytest.approx(5.0, rel=1e-4)
+
+
+# -- the voxel field in the pipeline -----------------------------------------------------------------
+
+def _tiny_rs_scene(**field_opts) -> dict:
+    from pipeline.testing import TINY_SCENE
+
+    data = copy.deepcopy(TINY_SCENE)
+    data["field"] = {"type": "voxel_occupancy", "resolution": 24, "appearance": "dense_grid",
+                     "dense_grid": {"resolution": 16, "features": 4}, **field_opts}
+    data["certifier"] = {"type": "randomized_smoothing", "sigma": 0.06}
+    data["density"] = {"type": "hard_occupancy", "width": 0.05}
+    data["extractor"] = {"type": "marching_cubes", "quantity": "sdf", "resolution": 24, "level": -0.002}
+    return data
+
+
+def _system(data):
+    from pipeline.build import build_system, load_scene_data
+    from pipeline.config import validate
+    from pipeline.testing import plugin_host
+
+    cfg = validate(data, plugin_host(), source="test")
+    scene = load_scene_data(cfg, torch.device("cpu"))
+    return cfg, scene, build_system(cfg, scene, torch.device("cpu"))
+
+
+def test_gradient_flows_from_a_rendered_pixel_to_the_voxels():
+    cfg, scene, system = _system(_tiny_rs_scene(ngp_steps=0, init_occupancy=0.5))
+    field = system.chain.field
+    with torch.no_grad():  # a ball of occupancy so rays cross a surface
+        field.logits.copy_(torch.logit(indicator_grid(SHAPES["ball"], field.box, 24).clamp(0.05, 0.95)))
+    system.train()
+    field.on_train_step(0)
+    o = torch.tensor([[0.0, 0.0, 2.0]])
+    d = torch.tensor([[0.02, 0.01, -1.0]])
+    d = d / d.norm()
+    out = system.renderer.render_rays(o, d, system.chain, training=False)
+    out["rgb"].sum().backward()
+    g = field.logits.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    # the ray runs near the z axis: voxels far from it (beyond the blur radius) get no gradient
+    assert float(g[:4, :4].abs().sum()) == 0.0
+
+
+def test_phase_schedule_initialises_voxels_from_the_nerf_and_freezes_parts():
+    cfg, scene, system = _system(_tiny_rs_scene(ngp_steps=3, voxel_steps=2))
+    field = system.chain.field
+    with torch.no_grad():  # an opaque NeRF in the whole box
+        field.appearance.grid.params[:, 0] = 100.0
+    field.on_train_step(0)
+    assert int(field.phase) == 0 and not field.logits.requires_grad
+    assert all(p.requires_grad for p in field.appearance.parameters())
+    field.on_train_step(3)
+    assert int(field.phase) == 1 and field.logits.requires_grad
+    assert not any(p.requires_grad for p in field.appearance.parameters())
+    assert float(torch.sigmoid(field.logits.detach()).min()) == pytest.approx(1 - field.cfg.init_clamp, rel=1e-4)
+    field.on_train_step(5)
+    assert int(field.phase) == 2 and all(p.requires_grad for p in field.parameters())
+    assert int(system.state_dict()["chain.field.phase"]) == 2
+
+
+def test_cli_run_through_all_phases(tmp_path, nls):
+    import yaml
+
+    data = _tiny_rs_scene(ngp_steps=2, voxel_steps=2)
+    data["evaluators"] = [{"type": "psnr", "ssim": False}, {"type": "sdf_slices", "size": 32, "axes": ["z"]},
+                          {"type": "certify_check", "n_points": 8, "n": 200}]
+    p = tmp_path / "rs.yaml"
+    p.write_text(yaml.safe_dump(data))
+    proc = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "runs").glob("*/*/*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics"]["sdf_slices"] == 1 and (run / "sdf_slices" / "sdf_z_0.50.png").exists()
+    assert 0 <= summary["metrics"]["certify_within_ci"] <= 1
+    ckpt = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert int(ckpt["model"]["chain.field.phase"]) == 2
+
+
+def test_bad_options_are_config_errors(tmp_path, nls):
+    import yaml
+
+    data = _tiny_rs_scene()
+    data["certifier"]["truncate"] = 1.0
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data))
+    proc = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q")
+    assert proc.returncode == 2
+    assert "certifier.truncate" in proc.stderr and "Traceback" not in proc.stderr
