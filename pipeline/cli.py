@@ -23,6 +23,8 @@ examples:
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384
   nls eval outputs/csg/dense_grid/<stamp>               metrics to JSON
   nls plugins --all                                     what every plugin provides, with options
+  nls batch scenes/a.yaml scenes/b.yaml --jobs 2        many scenes, one run folder each, one table
+  torchrun --nproc_per_node 2 -m pipeline.cli reconstruct SCENE.yaml   data-parallel training (DDP)
 
 environment: NLS_DATA (data root), NLS_CACHE (rendered-scene cache), NLS_LOAD_PLUGINS,
 NLS_TRACE_PLUGINS=1, NLS_THREADS (CPU threads).
@@ -55,13 +57,14 @@ def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
     """Rebuild a run from its folder: resolved config, scene, model and newest checkpoint."""
     from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
     from pipeline.config import load_resolved
+    from pipeline.distributed import rank_device
     from pipeline.runs import RunDir
 
     run = RunDir.open(Path(args.run_dir))
     host = _host(args)
     cfg = load_resolved(run.config_path, host)
     setup_threads(cfg.train.threads)
-    device = pick_device(getattr(args, "device", None) or cfg.train.device)
+    device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
     scene = load_scene_data(cfg, device)
     system = build_system(cfg, scene, device)
@@ -134,11 +137,17 @@ def _print_summary(summary: dict, run_path: Path) -> None:
 
 
 def _train_and_finish(ld: Loaded, trainer, args) -> int:
+    from pipeline import distributed
+
     res = trainer.fit()
     ld.step = trainer.step
+    distributed.shutdown()  # under torchrun: rank 0 evaluates alone, the other ranks are done
+    if not trainer.dist.is_main:
+        return 130 if res.interrupted else 0
     if res.interrupted:
-        print(f"\ninterrupted at step {trainer.step}/{ld.cfg.train.steps}; checkpoint saved.\n"
-              f"resume with: nls resume {ld.run.path}", file=sys.stderr)
+        ck = ld.run.latest_checkpoint()
+        print(f"\ninterrupted at step {trainer.step}/{ld.cfg.train.steps}; checkpoint saved"
+              f"{f' ({ck.name})' if ck else ''}.\nresume with: nls resume {ld.run.path}", file=sys.stderr)
         return 130
     if getattr(args, "no_eval", False):
         print(f"trained to step {trainer.step}; run folder: {ld.run.path}")
@@ -167,24 +176,34 @@ def cmd_reconstruct(args) -> int:
     from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
     from pipeline.train import Trainer, seed_everything
 
+    from pipeline import distributed
+
     setup_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = distributed.rank_device(pick_device(cfg.train.device))
+    info = distributed.setup(device, threads=cfg.train.threads)  # torchrun: join the process group
+    distributed.check_same_config({"config": cfg.to_dict(), "plugins": host.versions()}, info)
     seed_everything(cfg.train.seed)
     t0 = time.perf_counter()
     scene = load_scene_data(cfg, device)
     system = build_system(cfg, scene, device)
-    run = RunDir.create(root, cfg.name, cfg.method)
-    from pipeline.runs import atomic_write_text
 
-    atomic_write_text(run.config_path, dump_yaml(cfg.to_dict()))
-    run.write_json("plugins.json", {"plugins": [vars(p) for p in host.plugins()],
-                                    "components": cfg.provenance(host.versions())})
-    run.write_json("scene.json", {**scene.meta, "aabb": scene.aabb.tolist(),
-                                  "gt_mesh": str(scene.gt_mesh) if scene.gt_mesh else None,
-                                  "splits": {k: len(v) for k, v in scene.splits.items()}})
-    run.record_command()
-    print(f"run folder: {run.path}  (scene loaded in {time.perf_counter() - t0:.1f} s, device {device})",
-          file=sys.stderr)
+    def new_run() -> RunDir:
+        from pipeline.runs import atomic_write_text
+
+        run = RunDir.create(root, cfg.name, cfg.method)
+        atomic_write_text(run.config_path, dump_yaml(cfg.to_dict()))
+        run.write_json("plugins.json", {"plugins": [vars(p) for p in host.plugins()],
+                                        "components": cfg.provenance(host.versions())})
+        run.write_json("scene.json", {**scene.meta, "aabb": scene.aabb.tolist(),
+                                      "gt_mesh": str(scene.gt_mesh) if scene.gt_mesh else None,
+                                      "splits": {k: len(v) for k, v in scene.splits.items()}})
+        run.record_command(distributed.launch_argv(info))
+        return run
+
+    run = distributed.main_creates(new_run, info, lambda r: r.path, RunDir)  # rank 0 creates, all agree
+    procs = f", {info.world_size} processes ({info.backend})" if info.enabled else ""
+    distributed.log(info, f"run folder: {run.path}  (scene loaded in {time.perf_counter() - t0:.1f} s, "
+                          f"device {device}{procs})")
     trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
     ld = Loaded(host, cfg, run, device, scene, system, 0, None)
     return _train_and_finish(ld, trainer, args)
@@ -193,16 +212,26 @@ def cmd_reconstruct(args) -> int:
 def cmd_resume(args) -> int:
     from pipeline.train import Trainer
 
+    from pipeline import distributed
+
     ld = open_run(args)
-    ld.run.record_command()
+    info = distributed.setup(ld.device, threads=ld.cfg.train.threads)  # torchrun: any number of processes
+    distributed.check_same_config({"config": ld.cfg.to_dict(), "plugins": ld.host.versions(),
+                                   "checkpoint_step": ld.step}, info, what="run config and checkpoint")
+    if info.is_main:
+        ld.run.record_command(distributed.launch_argv(info))
     trainer = Trainer(ld.cfg, ld.system, ld.scene, ld.run, ld.device, progress=not args.quiet)
     trainer.load_state(ld.state)
-    ld.run.truncate_metrics_after(trainer.step)
+    if info.is_main:
+        ld.run.truncate_metrics_after(trainer.step)
     if trainer.step >= ld.cfg.train.steps:
-        print(f"run already reached its step budget ({trainer.step}/{ld.cfg.train.steps}); "
-              f"finishing evaluation only", file=sys.stderr)
+        distributed.log(info, f"run already reached its step budget ({trainer.step}/{ld.cfg.train.steps}); "
+                              f"finishing evaluation only")
     else:
-        print(f"resuming {ld.run.path} from step {trainer.step}/{ld.cfg.train.steps}", file=sys.stderr)
+        before = ld.state.get("world_size", 1)
+        procs = (f" with {info.world_size} process(es) (the checkpoint was written by {before})"
+                 if before != info.world_size else "")
+        distributed.log(info, f"resuming {ld.run.path} from step {trainer.step}/{ld.cfg.train.steps}{procs}")
     return _train_and_finish(ld, trainer, args)
 
 
@@ -265,6 +294,28 @@ def cmd_new_plugin(args) -> int:
           f"install it:  pip install -e {path}\n"
           f"check it:    nls plugins   and   pytest {path}")
     return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import build_report
+
+    out = build_report(Path(args.run_dir), Path(args.output) if args.output else None, host=args.host,
+                       use_model=not args.no_model, progress=not args.quiet)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: open it in any browser)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pipeline.compare import run_compare
+
+    return run_compare([Path(p) for p in args.run_dirs], args.format, Path(args.output) if args.output else None)
+
+
+def cmd_view(args) -> int:
+    from pipeline.viewer import serve
+
+    return serve(Path(args.run_dir), host=args.host, port=args.port, resolution=args.resolution,
+                 seconds=args.seconds)
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -332,6 +383,48 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("name", help="plugin name (letters, digits, _)")
     c.add_argument("--dir", default=".", help="parent folder (default: here)")
     c.set_defaults(func=cmd_new_plugin)
+
+    from pipeline.batch import add_parser as add_batch_parser
+
+    add_batch_parser(sub, common)
+
+    c = sub.add_parser("report", parents=[common], help="write a self-contained HTML report of a run",
+                       description="One HTML file with the config, metrics (next to published figures from the "
+                       "config's reference: block), training curves, test renders against ground truth with error "
+                       "maps, depth and normal maps, field slices, a mesh turntable and provenance. Images are "
+                       "embedded; opening it needs no network. Runs killed midway get a report too, saying what "
+                       "is missing.")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
+    c.add_argument("-o", "--output", metavar="FILE", help="output HTML file (default: RUN_DIR/report.html)")
+    c.add_argument("--no-model", action="store_true",
+                   help="do not rebuild the model from its checkpoint (no slices or normal maps; faster)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", parents=[common], help="compare runs side by side (metrics, time, parameters)",
+                       description="A table of final metrics, training time and parameter count over runs, best "
+                       "values marked. Warns when the runs' scenes, scene settings or evaluation settings differ.")
+    c.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run folders made by `nls reconstruct`")
+    fmt = c.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown",
+                     help="print a Markdown table")
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    fmt.add_argument("--html", dest="format", action="store_const", const="html",
+                     help="print a self-contained HTML page (use -o to write a file)")
+    c.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of printing")
+    c.set_defaults(func=cmd_compare, format="rich")
+
+    c = sub.add_parser("view", parents=[common], help="interactive 3D viewer in the browser (viser)",
+                       description="Serve an interactive viewer of RUN_DIR on http://127.0.0.1:PORT (localhost "
+                       "only): the exported mesh, training cameras as frustums, the input point cloud, and a "
+                       "slider that re-extracts the mesh at another level. Ctrl-C stops it. Needs the optional "
+                       "extra: pip install '.[viewer]'.")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
+    c.add_argument("--port", type=int, default=8080, metavar="P", help="port on 127.0.0.1 (default: 8080)")
+    c.add_argument("--resolution", type=int, default=128, metavar="N",
+                   help="grid samples per side cached for re-extraction at other levels (default: 128)")
+    c.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    c.set_defaults(func=cmd_view)
 
     if host is not None:
         host.add_commands(sub)

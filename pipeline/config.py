@@ -90,7 +90,28 @@ TOP_LEVEL = {
     "train": "training settings",
     "eval": "evaluation settings",
     "output": "output settings",
+    "reference": "published figures for this scene: {metric: {value: number, source: text}}",
 }
+
+
+class ReferenceValue(BaseModel):
+    """One published figure (the ``reference:`` block), shown next to the measured one by ``nls report``."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: float = Field(description="the published number, in the units nls reports the metric in")
+    source: str = Field("", description="where it comes from, e.g. 'Table 2 of the paper'")
+
+
+def validate_reference(source: str, data: Any) -> dict[str, ReferenceValue]:
+    """``reference: {psnr: {value: 31.2, source: "Tab. 1"}}`` -> {metric: ReferenceValue}."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: reference must be a mapping {{metric: {{value: number, source: text}}}}, "
+                          f"got {data!r}")
+    return {str(k): validate_block(source, f"reference.{k}", ReferenceValue,
+                                   {"value": v} if isinstance(v, (int, float)) else v)
+            for k, v in data.items()}
 
 
 @dataclass
@@ -127,6 +148,7 @@ class SceneConfig:
     output: OutputConfig
     description: str = ""
     raw: dict = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)
 
     def choice(self, stage: str) -> Optional[StageChoice]:
         return self.stages.get(stage)
@@ -147,6 +169,8 @@ class SceneConfig:
         d["train"] = self.train.model_dump(mode="json")
         d["eval"] = self.eval.model_dump(mode="json")
         d["output"] = self.output.model_dump(mode="json")
+        if self.reference:
+            d["reference"] = {k: v.model_dump(mode="json") for k, v in self.reference.items()}
         return d
 
     def provenance(self, versions: dict[str, str]) -> dict:
@@ -343,6 +367,7 @@ def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:
         output=validate_block(source, "output", OutputConfig, data.get("output")),
         description=str(data.get("description") or ""),
         raw=data,
+        reference=validate_reference(source, data.get("reference")),
     )
     check_chain(cfg, host)
     return cfg

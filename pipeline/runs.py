@@ -91,11 +91,16 @@ class RunDir:
         check_writable(root)
         stamp = stamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = root / _safe(scene) / _safe(method)
+        base.mkdir(parents=True, exist_ok=True)
         path, i = base / stamp, 1
-        while path.exists():
-            i += 1
-            path = base / f"{stamp}-{i}"
-        for d in (path, path / "checkpoints", path / "renders", path / "meshes"):
+        while True:  # mkdir, not exists(): runs started at the same second (nls batch) get their own
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                i += 1
+                path = base / f"{stamp}-{i}"
+        for d in (path / "checkpoints", path / "renders", path / "meshes"):
             d.mkdir(parents=True, exist_ok=True)
         return cls(path)
 

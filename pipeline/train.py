@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.config import SceneConfig
 from pipeline.runs import RunDir
@@ -137,20 +138,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C so a polite kill also leaves a checkpoint."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current step, which then writes a checkpoint;
+    a second Ctrl-C stops at once (no checkpoint: the step may be half done).
+
+    Deferring the stop to a step boundary keeps the saved state consistent, and lets the ranks of
+    a distributed run agree on the step they stop at (the flag is all-reduced with the metrics).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum, frame) -> None:
+        # only a second Ctrl-C forces: torchrun answers a Ctrl-C with SIGTERM to its workers, and
+        # those must still reach the step boundary and save
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextmanager
+    def installed(self):
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread: signals stay as they are
+                pass
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+class TrainStep(nn.Module):
+    """The training objective as one module call, so ``DistributedDataParallel`` sees every use of
+    every parameter (DDP syncs gradients only for work done inside its ``forward``).
+
+    ``forward(batch, background) -> (terms {name: scalar}, out)``: with ray ``origins``/``dirs`` in
+    ``batch`` the rays are rendered first (``out`` = renderer outputs), otherwise ``out`` is empty.
+    """
+
+    def __init__(self, system: nn.Module):
+        super().__init__()
+        self.system = system
+
+    def forward(self, batch: dict, background: Optional[torch.Tensor] = None) -> tuple[dict, dict]:
+        system = self.system
+        out: dict = {}
+        if "origins" in batch and system.renderer is not None:
+            out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
+                                              background=background)
+        terms = {name: loss(batch, out, system) for name, loss in system.losses.items()}
+        return terms, out
 
 
 class Trainer:
@@ -161,11 +201,25 @@ class Trainer:
     ``requires_grad``. The optimiser holds every parameter that required grad at construction;
     Adam skips parameters whose grad is None, so a frozen part keeps its state untouched. A module
     whose behaviour depends on the phase should keep the phase in a buffer so checkpoints restore it.
+
+    Several processes (``torchrun``, see :mod:`pipeline.distributed`): the objective runs inside
+    ``DistributedDataParallel`` (gradients averaged over ranks); each rank takes its slice of the
+    same global batch (``train.batch_items`` dataset items or ``train.batch_rays`` rays, drawn in
+    the same order as one process would), so with losses that are means over the batch the
+    averaged gradient equals the single-process one. Loss terms, the stop flag and the elapsed time
+    are all-reduced every step, so every rank logs, decays the learning rate and stops alike; only
+    rank 0 writes ``metrics.jsonl`` and checkpoints. A checkpoint holds no rank-specific state, so
+    a run resumes with any number of processes (the global batch order continues unchanged).
+    BatchNorm layers become ``SyncBatchNorm`` on CUDA; on CPU torch has no SyncBatchNorm, so they
+    normalise over each rank's share (a warning says so; group norm gives identical results).
     """
 
     def __init__(self, cfg: SceneConfig, system, scene: SceneData, run: RunDir, device: torch.device,
                  *, progress: bool = True):
+        from pipeline import distributed
+
         self.cfg, self.system, self.scene, self.run, self.device = cfg, system, scene, run, device
+        self.dist = distributed.current()
         t = cfg.train
         self.optimizer = torch.optim.Adam(system.param_groups(t.lr), lr=t.lr, weight_decay=t.weight_decay,
                                           betas=(0.9, 0.99), eps=1e-15)
@@ -173,21 +227,57 @@ class Trainer:
             g.setdefault("initial_lr", g["lr"])
         has_images = system.renderer is not None and "train" in scene.splits
         self.sampler = RaySampler(scene, device, t.seed) if has_images else None
+        if self.sampler is not None and t.batch_rays % self.dist.world_size:
+            raise NLSError(f"train.batch_rays={t.batch_rays} must be divisible by the number of processes "
+                           f"({self.dist.world_size})")
         train_set = scene.datasets.get("train")
-        self.items = (DatasetBatches(train_set, t.batch_items, t.seed, device)
+        self.items = (DatasetBatches(train_set, t.batch_items, t.seed, device, self.dist.world_size,
+                                     self.dist.rank)
                       if self.sampler is None and train_set is not None else None)
         self.step = 0
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         #: modules with ``on_train_step(step)``: staged schedules (freeze/unfreeze parts, switch phases)
         self._step_hooks = [m for m in system.modules() if callable(getattr(m, "on_train_step", None))]
-        self.elapsed = 0.0  # training seconds over all sessions of the run
+        self.elapsed = 0.0  # training seconds over all sessions of the run (mean over ranks)
+        self._clock = 0.0  # this process's own count of the same; the mean of these is ``elapsed``
+        self.stop = StopRequest()
+        self._stop_agreed = False
+        self.objective = self._wrap(TrainStep(system))
+
+    def _wrap(self, step_module: TrainStep) -> nn.Module:
+        """DDP around the objective when several processes train; the module itself otherwise."""
+        if not self.dist.enabled:
+            return step_module
+        from torch.nn.parallel import DistributedDataParallel
+
+        from pipeline import distributed
+
+        if not any(p.requires_grad for p in step_module.parameters()):
+            raise NLSError("the model has no trainable parameters, so there is nothing to train in parallel")
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        norms = [m for m in step_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if norms and self.device.type == "cuda":
+            # batch statistics over the global batch, as one process would compute them
+            step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
+        elif norms and self.dist.is_main:
+            print(f"warning: the model has {len(norms)} BatchNorm layer(s); on CPU (gloo) torch has no "
+                  f"SyncBatchNorm, so each process normalises over its own share (1/{self.dist.world_size}) of the batch "
+                  f"and results differ from one process. Use group/instance norm for identical results.",
+                  file=sys.stderr)
+        with distributed.collective("broadcasting rank 0's initial parameters"):
+            # find_unused_parameters: staged schedules and optional loss terms may leave parameters
+            # out of a step; forward_sync_buffers=False: buffers are broadcast from rank 0 once, here,
+            # and then evolve identically on every rank (same seed, same random draws)
+            return DistributedDataParallel(step_module, device_ids=ids, find_unused_parameters=True,
+                                           forward_sync_buffers=False)
 
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
         return {"step": self.step, "model": self.system.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": rng_state(),
                 "sampler": self.sampler.gen.get_state() if self.sampler else None,
-                "items": self.items.state() if self.items else None, "elapsed": self.elapsed}
+                "items": self.items.state() if self.items else None, "elapsed": self.elapsed,
+                "world_size": self.dist.world_size}
 
     def load_state(self, st: dict) -> None:
         try:
@@ -202,10 +292,16 @@ class Trainer:
         if self.items is not None and st.get("items") is not None:
             self.items.load_state(st["items"])
         self.step = int(st["step"])
-        self.elapsed = float(st.get("elapsed", 0.0))
+        self.elapsed = self._clock = float(st.get("elapsed", 0.0))
 
     def save(self) -> None:
-        self.run.save_checkpoint(self.state(), self.step)
+        """Rank 0 writes the checkpoint (every rank holds the same state)."""
+        if self.dist.is_main:
+            self.run.save_checkpoint(self.state(), self.step)
+
+    def log(self, record: dict) -> None:
+        if self.dist.is_main:
+            self.run.log_metrics(record)
 
     def budget_fraction(self) -> float:
         """Fraction of the budget used: steps, or training seconds when ``max_seconds`` is set."""
@@ -222,56 +318,75 @@ class Trainer:
             g["lr"] = g["initial_lr"] * f
 
     # -- one step -----------------------------------------------------------------------
-    def _render_batch(self) -> tuple[dict, dict]:
-        """Posed-image scenes: a random ray batch rendered through the field chain."""
+    def _ray_batch(self) -> tuple[dict, Optional[torch.Tensor]]:
+        """Posed-image scenes: this rank's slice of the global random ray batch (+ random background)."""
         t, system = self.cfg.train, self.system
         renderer = system.renderer
         renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
         batch = self.sampler.sample(t.batch_rays)
+        if self.dist.enabled:
+            share = t.batch_rays // self.dist.world_size
+            part = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
+            batch = {k: (v[part] if torch.is_tensor(v) else v) for k, v in batch.items()}
         bg = None
         if getattr(renderer.cfg, "random_background", False) and batch["alpha"] is not None:
-            bg = torch.rand(t.batch_rays, 3, device=self.device)
+            bg = torch.rand(len(batch["rgb"]), 3, device=self.device)
             a = batch["alpha"]
             batch["rgb"] = (batch["rgb"] - (1 - a) * renderer.background) + (1 - a) * bg
-        out = renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True, background=bg)
-        return batch, out
+        return batch, bg
 
     def train_step(self) -> dict:
         """One optimisation step. With a renderer and training images, losses see a rendered ray
         batch; with a training dataset (``scene.datasets["train"]``), ``batch`` is a collated
-        mini-batch of ``train.batch_items`` items; otherwise (point-cloud / mesh methods)
-        ``batch`` holds only the step and the loss terms sample their own points."""
-        system = self.system
-        system.train()
+        mini-batch of this rank's share of ``train.batch_items`` items; otherwise (point-cloud /
+        mesh methods) ``batch`` holds only the step and the loss terms sample their own points."""
+        from pipeline import distributed
+
+        s0 = time.perf_counter()
+        self.system.train()
         for module in self._step_hooks:
             module.on_train_step(self.step)
+        bg = None
         if self.sampler is not None:
-            batch, out = self._render_batch()
+            batch, bg = self._ray_batch()
         elif self.items is not None:
-            batch, out = self.items.next(), {}
+            batch = self.items.next()
         else:
-            batch, out = {}, {}
+            batch = {}
         batch["step"] = self.step
-        terms = {name: loss(batch, out, system) for name, loss in system.losses.items()}
-        if not terms:
-            raise NLSError("the scene has no loss terms, so there is nothing to train; add `losses:`")
-        total = sum(terms.values())
-        if not torch.isfinite(total):
-            raise NLSError(f"training diverged at step {self.step}: loss is {float(total)} "
-                           f"({', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}). "
-                           f"Lower train.lr or check the scene's box.")
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        self.step += 1
-        self._set_lr()
-        rec = {"loss": float(total.detach()), **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
-               "lr": self.optimizer.param_groups[0]["lr"]}
+        with distributed.collective("computing gradients", step=self.step, run_dir=self.run.path):
+            terms, out = self.objective(batch, bg)
+            if not terms:
+                raise NLSError("the scene has no loss terms, so there is nothing to train; add `losses:`")
+            total = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()  # under DDP: gradients averaged over ranks
+        mse = None
         if "rgb" in out:
             with torch.no_grad():
                 mse = float(torch.mean((out["rgb"] - batch["rgb"]) ** 2))
+        # one collective per step: loss terms and mse (means over ranks), stop request, elapsed seconds
+        local = [float(total.detach())] + [float(v.detach()) for v in terms.values()]
+        local += [mse or 0.0, 1.0 if self.stop.requested else 0.0, self._clock + time.perf_counter() - s0]
+        stats = distributed.all_reduce_mean(torch.tensor(local, dtype=torch.float64), self.dist,
+                                            what="averaging the step's metrics", step=self.step,
+                                            run_dir=self.run.path).tolist()
+        total_mean, term_means, mse, stop, elapsed = stats[0], stats[1:-3], stats[-3], stats[-2], stats[-1]
+        if not math.isfinite(total_mean):
+            raise NLSError(f"training diverged at step {self.step}: loss is {total_mean} "
+                           f"({', '.join(f'{k}={v:.4g}' for k, v in zip(terms, term_means))}). "
+                           f"Lower train.lr or check the scene's box.")
+        self.optimizer.step()
+        self.step += 1
+        self.elapsed = elapsed  # identical on every rank, so the lr schedule and time budget agree
+        self._stop_agreed = stop > 0
+        self._set_lr()
+        rec = {"loss": total_mean, **{f"loss/{k}": v for k, v in zip(terms, term_means)},
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        if "rgb" in out:
             rec["psnr_train"] = -10 * math.log10(max(mse, 1e-10))
             rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
+        self._clock += time.perf_counter() - s0
         return rec
 
     # -- loop ---------------------------------------------------------------------------
@@ -284,24 +399,24 @@ class Trainer:
         t0 = time.perf_counter()
         last_ckpt = self.step
         interrupted = False
-        with _sigterm_as_interrupt(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar:
+        with self.stop.installed(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar:
             try:
                 while self.step < t.steps:
                     if t.max_seconds is not None and self.elapsed >= t.max_seconds:
                         self.save()
                         last_ckpt = self.step
                         break
-                    s0 = time.perf_counter()
                     rec = self.train_step()
-                    self.elapsed += time.perf_counter() - s0
                     bar.advance(self.step, f"loss {rec['loss']:.4f}" + (f" psnr {rec['psnr_train']:.2f}" if "psnr_train" in rec else ""))
                     if self.step % t.log_every == 0 or self.step == t.steps:
-                        self.run.log_metrics({"step": self.step, "time": round(self.elapsed, 3), **rec})
+                        self.log({"step": self.step, "time": round(self.elapsed, 3), **rec})
                     if self.step % t.checkpoint_every == 0 or self.step == t.steps:
                         self.save()
                         last_ckpt = self.step
+                    if self._stop_agreed:
+                        raise KeyboardInterrupt
             except KeyboardInterrupt:
                 interrupted = True
-                if self.step > last_ckpt:
+                if self._stop_agreed and self.step > last_ckpt:  # a clean step boundary
                     self.save()
         return TrainResult(self.step, time.perf_counter() - t0, interrupted)

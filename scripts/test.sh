@@ -5,7 +5,16 @@
 #   bash scripts/test.sh tests/test_config.py -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
+bash scripts/setup.sh test,viewer
+# the `nls view` browser test drives a system Chromium; install Debian's when we can (root + apt-get),
+# otherwise that test skips with the reason. NLS_NO_BROWSER=1 skips the install.
+if [ -z "${NLS_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+   && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium for the viewer browser test (NLS_NO_BROWSER=1 skips this)"
+  { timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { timeout 300 apt-get update -qq >/dev/null 2>&1 && timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+    || echo "could not install chromium: the viewer browser test will skip"
+fi
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # keep build and scene caches inside the project
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"

@@ -1,0 +1,179 @@
+"""`nls compare RUN_DIR...`: one table of metrics, training time and parameter count over runs,
+with warnings when the runs are not comparable (different scenes, scene settings or
+evaluation settings)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from pipeline.report.collect import RunFacts, better, flatten_dict, read_run
+from pipeline.types import NLSError
+
+#: config blocks whose differences make metrics incomparable
+EVAL_BLOCKS = ("eval",)
+
+
+@dataclass
+class Comparison:
+    """Rows are quantities, columns are runs. ``best[row]``: column indices of the best value."""
+
+    runs: list[RunFacts]
+    labels: list[str]
+    rows: list[tuple[str, list[Any]]]
+    best: dict[str, set[int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"runs": [{"label": lab, "path": str(r.path), "scene": r.name, "method": r.method,
+                          "status": r.status} for lab, r in zip(self.labels, self.runs)],
+                "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
+                "best": {k: [self.labels[i] for i in sorted(v)] for k, v in self.best.items()},
+                "warnings": self.warnings}
+
+
+def compare_runs(paths: Sequence[Path]) -> Comparison:
+    """Read the runs and build the table: method, status, step, train seconds, parameters, then
+    every final metric any run has (blank where a run lacks it)."""
+    if len(paths) < 1:
+        raise NLSError("nls compare needs at least one RUN_DIR (two or more to compare)")
+    runs = [read_run(Path(p)) for p in paths]
+    labels = _labels(runs)
+    rows: list[tuple[str, list[Any]]] = [
+        ("scene", [r.name for r in runs]),
+        ("method", [r.method for r in runs]),
+        ("status", ["complete" if r.complete else "incomplete" for r in runs]),
+        ("step", [r.step for r in runs]),
+        ("train_seconds", [r.train_seconds for r in runs]),
+        ("parameters", [r.parameters() for r in runs]),
+    ]
+    metric_names: list[str] = []
+    for r in runs:
+        metric_names += [k for k in r.metrics if k not in metric_names]
+    for m in metric_names:
+        rows.append((m, [r.metrics.get(m) for r in runs]))
+    best = {}
+    for name, vals in rows:
+        direction = "lower" if name in ("train_seconds", "parameters") else better(name)
+        nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if direction and len(nums) > 1:
+            target = (min if direction == "lower" else max)(v for _, v in nums)
+            best[name] = {i for i, v in nums if v == target}
+    return Comparison(runs, labels, rows, best, comparability_warnings(runs))
+
+
+def _labels(runs: list[RunFacts]) -> list[str]:
+    """method, or method/<run folder name> when two runs share a method."""
+    methods = [r.method for r in runs]
+    return [m if methods.count(m) == 1 else f"{m}/{r.path.name}" for m, r in zip(methods, runs)]
+
+
+def comparability_warnings(runs: list[RunFacts]) -> list[str]:
+    """Sentences naming what differs between the runs' scenes and evaluation settings."""
+    out = []
+    if len(runs) < 2:
+        return out
+    names = {r.name for r in runs}
+    if len(names) > 1:
+        out.append(f"the runs are on different scenes ({', '.join(sorted(names))}): their metrics are not comparable")
+    diff = _differing([r.config.get("scene") or {} for r in runs])
+    if diff:
+        out.append("the scene settings differ: " + _describe(diff, runs))
+    for block in EVAL_BLOCKS:
+        diff = _differing([r.config.get(block) or {} for r in runs])
+        if diff:
+            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, runs))
+    ev = _differing([{str(e.get("type")): e for e in (r.config.get("evaluators") or []) if isinstance(e, dict)}
+                     for r in runs])
+    if ev:
+        out.append("the evaluators or their options differ: " + _describe(ev, runs))
+    incomplete = [_label(r) for r in runs if not r.complete]
+    if incomplete:
+        out.append(f"not finished (no final metrics): {', '.join(incomplete)}")
+    return out
+
+
+def _label(r: RunFacts) -> str:
+    return f"{r.method} ({r.path.name})"
+
+
+def _differing(blocks: list[dict]) -> dict[str, list[Any]]:
+    flat = [flatten_dict(b) for b in blocks]
+    keys = sorted(set().union(*flat))
+    return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
+
+
+def _describe(diff: dict[str, list[Any]], runs: list[RunFacts]) -> str:
+    return "; ".join(f"{k} = " + ", ".join(f"{v!r} ({_label(r)})" for v, r in zip(vals, runs))
+                     for k, vals in diff.items())
+
+
+# -- output formats -----------------------------------------------------------------------------
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(c: Comparison) -> str:
+    lines = ["| | " + " | ".join(c.labels) + " |", "|---|" + "---:|" * len(c.labels)]
+    for name, vals in c.rows:
+        cells = [f"**{_cell(v)}**" if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if c.warnings:
+        text += "\n" + "\n".join(f"> warning: {w}" for w in c.warnings) + "\n"
+    return text
+
+
+def to_html(c: Comparison) -> str:
+    from pipeline.report import html as H
+
+    best = {(i, j + 1) for i, (name, _) in enumerate(c.rows) for j in c.best.get(name, ())}
+    body = H.table(["", *c.labels], [(name, *vals) for name, vals in c.rows], best=best)
+    warn = "\n".join(H.warning(w) for w in c.warnings)
+    paths = H.table(["run", "folder"], [(lab, str(r.path)) for lab, r in zip(c.labels, c.runs)])
+    return H.page("nls compare", f"{len(c.runs)} runs; best values in bold",
+                  [("Table", warn + body), ("Runs", paths)])
+
+
+def print_rich(c: Comparison) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="nls compare (best in bold)")
+    t.add_column("")
+    for lab in c.labels:
+        t.add_column(lab.replace("/", "\n"), justify="right")
+    for name, vals in c.rows:
+        t.add_row(name, *[f"[bold green]{_cell(v)}[/]" if i in c.best.get(name, ()) else _cell(v)
+                          for i, v in enumerate(vals)])
+    con.print(t)
+    for lab, r in zip(c.labels, c.runs):
+        con.print(f"{lab}: {r.path}", highlight=False)
+
+
+def run_compare(paths: Sequence[Path], fmt: str = "rich", output: Optional[Path] = None) -> int:
+    """Print (or write to ``output``) the comparison in ``fmt``; warnings go to stderr."""
+    import sys
+
+    c = compare_runs(paths)
+    for w in c.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if fmt == "rich" and output is None:
+        print_rich(c)
+        return 0
+    text = {"markdown": to_markdown, "html": to_html, "json": lambda x: json.dumps(x.to_dict(), indent=2) + "\n",
+            "rich": to_markdown}[fmt](c)
+    if output:
+        Path(output).write_text(text)
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

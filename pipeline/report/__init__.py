@@ -1,0 +1,311 @@
+"""`nls report RUN_DIR`: one self-contained HTML page of a run.
+
+Sections (each shown when the run has what it needs, otherwise a note says what is missing
+and how to make it): scene and method with the resolved config; summary metrics next to
+the published figures of the config's ``reference:`` block; loss and metric curves; test
+renders next to ground truth with a per-pixel error map; depth and normal maps; field slices
+(sdf / occupancy / density) on three axis planes through the box centre plus any PNGs a
+plugin wrote to a ``*slices`` folder of the run; a turntable of the exported mesh; wall time, device
+and versions. Works for runs killed midway (no summary.json) from their checkpoints and
+metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from pipeline.report import html as H
+from pipeline.report.collect import RunFacts, read_run
+from pipeline.types import NLSError
+
+__all__ = ["build_report", "read_run", "RunFacts"]
+
+MAX_RENDER_PAIRS = 6
+
+
+def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_model: bool = True,
+                 progress: bool = True) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); returns its path.
+
+    ``use_model=False`` skips everything that needs the checkpoint (slices, normal maps,
+    renders of unfinished runs).
+    """
+    from pipeline.progress import StepProgress
+
+    facts = read_run(run_dir)
+    out = Path(out) if out else facts.path / "report.html"
+    ld, load_error = (None, "skipped (--no-model)")
+    builders: list[tuple[str, Callable[[], str]]] = [
+        ("Run", lambda: _overview(facts)),
+        ("Metrics", lambda: _metrics(facts)),
+        ("Training curves", lambda: _curves(facts)),
+    ]
+    steps = len(builders) + 5
+    sections: list[tuple[str, str]] = []
+    with StepProgress(steps, 0, "report", enabled=progress) as bar:
+        for i, (name, fn) in enumerate(builders):
+            sections.append((name, fn()))
+            bar.advance(i + 1, name)
+        if use_model:
+            ld, load_error = _load(facts, host)
+        bar.advance(len(builders) + 1, "model")
+        sections.append(("Test renders and ground truth", _renders(facts, ld, load_error)))
+        bar.advance(len(builders) + 2, "renders")
+        sections.append(("Depth and normal maps", _depth_normals(facts, ld, load_error)))
+        bar.advance(len(builders) + 3, "normals")
+        sections.append(("Field slices", _slices(facts, ld, load_error)))
+        bar.advance(len(builders) + 4, "slices")
+        sections.append(("Mesh", _mesh(facts)))
+        sections.append(("Provenance", _provenance(facts)))
+        bar.advance(steps, "mesh")
+    title = f"{facts.name} / {facts.method}"
+    sub = f"{facts.path} — {facts.status}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(H.page(title, sub, sections))
+    return out
+
+
+def _load(facts: RunFacts, host):
+    if not facts.checkpoints:
+        return None, "the run has no checkpoint"
+    from pipeline.report.model_views import load_run
+
+    try:
+        return load_run(facts.path, host), None
+    except NLSError as exc:
+        return None, f"the model could not be rebuilt ({exc})"
+
+
+# -- sections -------------------------------------------------------------------------------
+
+def _overview(f: RunFacts) -> str:
+    import yaml
+
+    cfg = f.config
+    rows = [("scene", f.name), ("method", f.method), ("description", cfg.get("description", "")),
+            ("status", f.status), ("steps", f"{f.step} / {f.steps}")]
+    for stage in ("scene", "field", "certifier", "density", "renderer", "extractor"):
+        block = cfg.get(stage)
+        if isinstance(block, dict):
+            rows.append((f"{stage} stage", block.get("type", "?")))
+    for key in ("losses", "evaluators"):
+        items = cfg.get(key) or []
+        rows.append((key, ", ".join(str(b.get("type", "?")) for b in items if isinstance(b, dict)) or "none"))
+    parts = [H.table(["", ""], rows)]
+    miss = f.missing()
+    if miss:
+        parts.append("<p><b>Missing from this run folder:</b></p><ul>" +
+                     "".join(f"<li>{H.esc(m)}</li>" for m in miss) + "</ul>")
+    parts.append(H.details("resolved config (config.yaml)", yaml.safe_dump(cfg, sort_keys=False)))
+    if f.scene:
+        import json
+
+        parts.append(H.details("what the scene source loaded (scene.json)", json.dumps(f.scene, indent=2)))
+    return "\n".join(parts)
+
+
+def _metrics(f: RunFacts) -> str:
+    ref = f.reference
+    parts = []
+    if f.metrics:
+        rows = []
+        for k, v in f.metrics.items():
+            r = ref.get(k) or {}
+            rows.append((k, v, r.get("value", ""), r.get("source", "")))
+        for k in ref:
+            if k not in f.metrics:
+                rows.append((k, "not measured", ref[k].get("value", ""), ref[k].get("source", "")))
+        parts.append(H.table(["metric", "this run", "published", "source"], rows))
+        if not ref:
+            parts.append("<p class=\"sub\">No published figures for this scene: add a <code>reference:</code> "
+                         "block ({metric: {value, source}}) to the scene YAML to show them here.</p>")
+    else:
+        hint = (f"Run `nls resume {f.path}` to finish training and evaluate, or `nls eval {f.path}` for metrics "
+                f"of the newest checkpoint." if f.checkpoints else "Without a checkpoint it cannot be resumed: start "
+                "a new run with `nls reconstruct`.")
+        parts.append(H.missing(f"No final metrics: {f.status}. {hint}"))
+        if f.log:
+            last = {k: v for k, v in f.log[-1].items() if isinstance(v, (int, float))}
+            parts.append("<p>Last logged training values:</p>" + H.table(["key", "value"], list(last.items())))
+    for ev, why in f.skipped.items():
+        parts.append(H.missing(f"evaluator {ev} was skipped: {why}"))
+    return "\n".join(parts)
+
+
+def _curves(f: RunFacts) -> str:
+    from pipeline.report.figures import curves_png
+
+    png = curves_png(f.log) if f.log else None
+    if png is None:
+        return H.missing("metrics.jsonl is empty or missing: no training curves.")
+    return H.img(png, "training curves", caption=f"{len(f.log)} logged steps from metrics.jsonl")
+
+
+def _side_by_sides(f: RunFacts) -> list[Path]:
+    split = (f.config.get("eval") or {}).get("split", "test")
+    found = sorted((f.path / "renders" / split).glob("*_pred_gt_depth.png"))
+    return found or sorted((f.path / "renders").glob("*/*_pred_gt_depth.png"))
+
+
+def _renders(f: RunFacts, ld, load_error) -> str:
+    return _split_renders(f, ld, load_error) + "\n" + _other_renders(f)
+
+
+def _other_renders(f: RunFacts) -> str:
+    """PNGs evaluators wrote under renders/<folder>/ other than the pred|gt|depth ones
+    (e.g. the lipschitz plugin's sphere-traced views), up to MAX_RENDER_PAIRS per folder."""
+    split_dirs = {p.parent for p in _side_by_sides(f)}
+    parts = []
+    for d in sorted(p for p in (f.path / "renders").glob("*") if p.is_dir() and p not in split_dirs):
+        for png in sorted(d.glob("*.png"))[:MAX_RENDER_PAIRS]:
+            parts.append(H.img(png.read_bytes(), png.name, caption=f"renders/{d.name}/{png.name} "
+                                                                   f"(written by an evaluator)"))
+    return "\n".join(parts)
+
+
+def _split_renders(f: RunFacts, ld, load_error) -> str:
+    import imageio.v3 as iio
+
+    from pipeline.report.figures import comparison_png, split_side_by_side
+
+    files = _side_by_sides(f)
+    if files:
+        parts = []
+        for p in files[:MAX_RENDER_PAIRS]:
+            pred, gt, depth = split_side_by_side(iio.imread(p))
+            parts.append(H.img(comparison_png(pred, gt, depth), p.name,
+                               caption=f"{p.parent.name}/{p.name}: prediction, ground truth, per-pixel "
+                                       f"error, depth"))
+        if len(files) > MAX_RENDER_PAIRS:
+            parts.append(f"<p class=\"sub\">{len(files) - MAX_RENDER_PAIRS} more in {H.esc(files[0].parent)}</p>")
+        return "\n".join(parts)
+    if ld is None or ld.system.renderer is None:
+        why = "this method has no renderer (no images to compare)" if (f.config.get("renderer") is None) \
+            else f"no renders on disk and {load_error}"
+        return H.missing(f"No test renders: {why}.")
+    from pipeline.report.model_views import render_view
+
+    split = ld.cfg.eval.split
+    parts = [H.missing(f"No renders on disk (the run did not finish); these are rendered from the newest "
+                       f"checkpoint (step {ld.step}). `nls render {f.path}` writes them all.")]
+    for i in range(min(2, len(ld.scene.splits.get(split, [])))):
+        v = render_view(ld, split, i)
+        if v is None or "gt" not in v:
+            parts.append(H.missing("the eval images are too large to render here; run `nls render`."))
+            break
+        from pipeline.report.figures import depth_panel
+
+        parts.append(H.img(comparison_png(v["rgb"], v["gt"], depth_panel(v["depth"], v["opacity"])),
+                           f"{split} {i}", caption=f"{split} view {i} (step {ld.step})"))
+    return "\n".join(parts)
+
+
+def _depth_normals(f: RunFacts, ld, load_error) -> str:
+    if ld is None:
+        return H.missing(f"No depth or normal maps: {load_error}.")
+    if ld.system.renderer is None:
+        return H.missing("No depth or normal maps: this method has no renderer.")
+    from pipeline.report.figures import depth_panel, normals_to_rgb, panels_png
+    from pipeline.report.model_views import render_view
+
+    split = ld.cfg.eval.split if ld.cfg.eval.split in ld.scene.splits else next(iter(ld.scene.splits), None)
+    v = render_view(ld, split, 0) if split else None
+    if v is None:
+        return H.missing("No depth or normal maps: the scene has no image split to render.")
+    png = panels_png([("rendered colour", v["rgb"], None), ("depth", depth_panel(v["depth"], v["opacity"]), None),
+                      ("normals", normals_to_rgb(v["normals"], v["normals_mask"]), None)])
+    return H.img(png, "depth and normals",
+                 caption=f"{split} view 0 at {v['rgb'].shape[0]} px from the checkpoint of step {ld.step}; "
+                         f"world-space normals as RGB = (n+1)/2, from {v['normals_from']}")
+
+
+def _slices(f: RunFacts, ld, load_error) -> str:
+    from pipeline.report.figures import field_slices, slices_png
+
+    parts = []
+    if ld is None:
+        parts.append(H.missing(f"No field slices from the model: {load_error}."))
+    else:
+        from pipeline.report.model_views import field_fn, geometry_of
+
+        geo = geometry_of(ld)
+        if geo is None:
+            parts.append(H.missing("No field slices: the field chain produces no sdf, occupancy or density."))
+        else:
+            aabb = ld.scene.aabb.detach().cpu().numpy().tolist()
+            sl = field_slices(field_fn(ld, geo.quantity), aabb)
+            parts.append(H.img(slices_png(sl, aabb, geo.quantity, geo.level), "field slices",
+                               caption=f"{geo.quantity} on the planes through the centre of the scene box "
+                                       f"(step {ld.step}); black: the extraction level {geo.level:g}"))
+    for d in slice_folders(f):
+        for p in sorted(d.glob("*.png")):
+            parts.append(H.img(p.read_bytes(), p.name, caption=f"{d.name}/{p.name} (written by the method's plugin)"))
+    return "\n".join(parts)
+
+
+def slice_folders(f: RunFacts) -> list[Path]:
+    """Folders of the run where plugins write slice images: every top-level folder whose name ends
+    in ``slices`` (``slices/``, rs_sdf's ``sdf_slices/``) and any evaluator's ``folder`` option."""
+    names = {d.name for d in f.path.iterdir() if d.is_dir() and d.name.endswith("slices")}
+    names |= {str(e["folder"]) for e in (f.config.get("evaluators") or [])
+              if isinstance(e, dict) and isinstance(e.get("folder"), str)}
+    return [f.path / n for n in sorted(names) if (f.path / n).is_dir() and (f.path / n).resolve() != f.path.resolve()]
+
+
+def _mesh(f: RunFacts) -> str:
+    parts = []
+    mesh_path = f.path / (f.summary or {}).get("mesh", "") if (f.summary or {}).get("mesh") else None
+    if mesh_path is None or not mesh_path.exists():
+        meshes = sorted((f.path / "meshes").glob("*")) if (f.path / "meshes").is_dir() else []
+        mesh_path = next((m for m in meshes if m.suffix in (".ply", ".obj", ".glb", ".stl", ".off")), None)
+    if mesh_path is None:
+        why = f.skipped.get("chamfer") or ("the run did not finish" if not f.complete else
+                                           "the run exported no mesh")
+        parts.append(H.missing(f"No exported mesh: {why}. Make one with `nls export {f.path} -o mesh.ply`."))
+    else:
+        from pipeline.report.figures import mesh_turntable_gif
+        from pipeline.scenes.mesh_render import load_mesh
+
+        try:
+            mesh = load_mesh(mesh_path)
+            gif = mesh_turntable_gif(mesh)
+            parts.append(H.img(gif, "mesh turntable", mime="image/gif",
+                               caption=f"{mesh_path.relative_to(f.path)}: {len(mesh.vertices)} vertices, "
+                                       f"{len(mesh.faces)} faces, watertight={mesh.is_watertight}"))
+        except (NLSError, ValueError) as exc:
+            parts.append(H.missing(f"The mesh {mesh_path} could not be read: {exc}"))
+    for vid in sorted((f.path / "renders").glob("turntable.*")):
+        mime = {".gif": "image/gif", ".mp4": "video/mp4"}.get(vid.suffix)
+        if mime == "image/gif":
+            parts.append(H.img(vid.read_bytes(), "turntable", mime=mime,
+                               caption=f"renders/{vid.name}: the radiance field rendered around the scene"))
+        elif mime:
+            parts.append(H.video(vid.read_bytes(), mime, f"renders/{vid.name}: the field rendered around the scene"))
+    return "\n".join(parts)
+
+
+def _provenance(f: RunFacts) -> str:
+    s = f.summary or {}
+    rows = [("training wall time (s)", f.train_seconds if f.train_seconds is not None else "unknown"),
+            ("device", f"{s.get('device', '?')} ({s.get('device_name', '?')})" if s else "unknown (no summary.json)"),
+            ("CPU threads", s.get("threads", "unknown")),
+            ("load average at the end", ", ".join(f"{x:.2f}" for x in s.get("load_average", [])) or "unknown"),
+            ("parameters", f.parameters() if f.checkpoints or s else "unknown")]
+    versions = s.get("versions") or {}
+    for k, v in versions.items():
+        if k != "plugins":
+            rows.append((f"{k} version", v))
+    parts = [H.table(["", ""], rows)]
+    plugin_rows = [(p["name"], p.get("version", "?"), p.get("source", "")) for p in (f.plugins or {}).get("plugins", [])]
+    if plugin_rows:
+        parts.append("<p>Plugins loaded:</p>" + H.table(["plugin", "version", "source"], plugin_rows))
+    comps = (f.plugins or {}).get("components") or {}
+    if comps:
+        parts.append("<p>Which plugin supplied each component:</p>" + H.table(
+            ["component", "plugin", "version"], [(k, v.get("plugin"), v.get("version")) for k, v in comps.items()]))
+    cmd = f.path / "cmd.txt"
+    if cmd.exists():
+        parts.append(H.details("commands run on this folder (cmd.txt)", cmd.read_text()))
+    return "\n".join(parts)
+

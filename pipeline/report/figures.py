@@ -1,0 +1,261 @@
+"""Figures for `nls report`: loss curves, prediction/ground-truth/error panels, field slices,
+normal maps and a turntable of a mesh. Each returns PNG/GIF bytes ready to embed.
+
+Heavy imports (matplotlib, torch, trimesh) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+#: colour maps of field slices per quantity (diverging for SDFs)
+COLORMAPS = {"sdf": "RdBu_r", "occupancy": "viridis", "density": "magma"}
+
+
+def _fig_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """(H,W,3|4) uint8 or float in [0,1] -> PNG bytes."""
+    import imageio.v3 as iio
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return iio.imwrite("<bytes>", a, extension=".png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- training curves ----------------------------------------------------------------------
+
+def curve_keys(log: list[dict]) -> list[str]:
+    """Numeric keys of metrics.jsonl lines (except step/time), in first-seen order."""
+    keys: list[str] = []
+    for row in log:
+        for k, v in row.items():
+            if k in ("step", "time") or k in keys:
+                continue
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys.append(k)
+    return keys
+
+
+def curves_png(log: list[dict]) -> Optional[bytes]:
+    """Loss terms on one log-scale panel, every other logged number on its own panel,
+    all against the step. None when nothing numeric was logged."""
+    keys = curve_keys(log)
+    if not keys:
+        return None
+    plt = _pyplot()
+    loss_keys = [k for k in keys if k == "loss" or k.startswith("loss/")]
+    others = [k for k in keys if k not in loss_keys]
+    panels: list[list[str]] = ([loss_keys] if loss_keys else []) + [[k] for k in others]
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    for ax, group in zip(axes.ravel(), panels):
+        for k in group:
+            pts = [(r["step"], r[k]) for r in log if isinstance(r.get(k), (int, float)) and "step" in r]
+            if not pts:
+                continue
+            s, v = np.array(pts, dtype=np.float64).T
+            ax.plot(s, v, lw=1.2, label=k)
+        if group is loss_keys and loss_keys:
+            vals = [r[k] for r in log for k in group if isinstance(r.get(k), (int, float))]
+            if vals and min(vals) > 0:
+                ax.set_yscale("log")
+            ax.set_title("loss terms")
+            ax.legend(fontsize=7)
+        else:
+            ax.set_title(group[0])
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
+# -- renders next to ground truth --------------------------------------------------------
+
+def split_side_by_side(img: np.ndarray, n_panels: int = 3) -> list[np.ndarray]:
+    """Cut a ``<name>_pred_gt_depth.png`` (H, n*W, 3) into its n panels (H, W, 3)."""
+    w = img.shape[1] // n_panels
+    return [img[:, i * w:(i + 1) * w, :3] for i in range(n_panels)]
+
+
+def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
+    """PSNR in dB of two float images in [0, 1]."""
+    mse = float(np.mean((pred - gt) ** 2))
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def comparison_png(pred: np.ndarray, gt: np.ndarray, depth: Optional[np.ndarray] = None,
+                   normals: Optional[np.ndarray] = None, title: str = "") -> bytes:
+    """One row: prediction | ground truth | per-pixel error |pred - gt| (mean over RGB, with a
+    colour bar) | depth | normals. Images (H,W,3) uint8 or float in [0,1]."""
+    p = _float(pred)
+    g = _float(gt)
+    panels = [("prediction", p, None), ("ground truth", g, None),
+              (f"|error| (PSNR {psnr(p, g):.2f} dB)", np.abs(p - g).mean(-1), "inferno")]
+    if depth is not None:
+        panels.append(("depth", depth, None))
+    if normals is not None:
+        panels.append(("normals", normals, None))
+    return panels_png(panels, title)
+
+
+def panels_png(panels: Sequence[tuple[str, np.ndarray, Optional[str]]], title: str = "") -> bytes:
+    """Images side by side with titles: [(title, (H,W,3) RGB or (H,W) scalar, colour map or None)];
+    scalar panels get a colour bar from 0 to their maximum."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 3.1), squeeze=False)
+    for ax, (name, im, cmap) in zip(axes[0], panels):
+        im = _float(im)
+        h = ax.imshow(im, cmap=cmap, vmin=0, vmax=(max(float(im.max()), 1e-3) if cmap else None),
+                      interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+        if cmap:
+            fig.colorbar(h, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
+def _float(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+
+
+# -- field slices ---------------------------------------------------------------------------
+
+def plane_points(aabb: Sequence[float], axis: int, res: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Points (res*res, 3) of the plane through the box centre normal to ``axis``; the two
+    in-plane axes (a, b) index the rows (b, bottom to top after flipping) and columns (a)."""
+    b = np.asarray(aabb, np.float64).reshape(2, 3)
+    centre = b.mean(0)
+    a_ax, b_ax = [i for i in range(3) if i != axis]
+    u = np.linspace(b[0, a_ax], b[1, a_ax], res)
+    v = np.linspace(b[0, b_ax], b[1, b_ax], res)
+    U, V = np.meshgrid(u, v, indexing="xy")  # rows: v, columns: u
+    pts = np.tile(centre, (res * res, 1))
+    pts[:, a_ax] = U.ravel()
+    pts[:, b_ax] = V.ravel()
+    return pts.astype(np.float32), (a_ax, b_ax)
+
+
+def field_slices(fn: Callable[[np.ndarray], np.ndarray], aabb: Sequence[float], res: int = 128
+                 ) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Evaluate ``fn`` ((M,3) float32 -> (M,)) on the three axis planes through the box centre.
+    Returns [(values (res, res) rows = second in-plane axis, (a_ax, b_ax))] for x, y, z."""
+    out = []
+    for axis in range(3):
+        pts, axes = plane_points(aabb, axis, res)
+        out.append((np.asarray(fn(pts), np.float32).reshape(res, res), axes))
+    return out
+
+
+def slices_png(slices: list[tuple[np.ndarray, tuple[int, int]]], aabb: Sequence[float], quantity: str,
+               level: Optional[float]) -> bytes:
+    """Colour-mapped slices with the extraction level drawn as a contour. SDFs use a diverging
+    map centred on 0 (red outside, blue inside); density uses a log scale."""
+    from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+
+    plt = _pyplot()
+    names = "xyz"
+    b = np.asarray(aabb, np.float64).reshape(2, 3)
+    centre = b.mean(0)
+    allv = np.concatenate([s[0].ravel() for s in slices])
+    allv = allv[np.isfinite(allv)]
+    if quantity == "sdf":
+        m = float(np.percentile(np.abs(allv), 99)) if allv.size else 1.0
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-max(m, 1e-6), vmax=max(m, 1e-6))
+    elif quantity == "density" and allv.size and allv.max() > 0:
+        pos = allv[allv > 0]
+        norm = LogNorm(vmin=max(float(np.percentile(pos, 1)), 1e-3), vmax=max(float(pos.max()), 1e-2))
+    elif quantity == "occupancy":
+        norm = Normalize(0.0, 1.0)
+    else:
+        norm = Normalize(float(allv.min()) if allv.size else 0, float(allv.max()) if allv.size else 1)
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained")
+    for ax, (axis, (vals, (a_ax, b_ax))) in zip(axes, enumerate(slices)):
+        ext = [b[0, a_ax], b[1, a_ax], b[0, b_ax], b[1, b_ax]]
+        shown = np.clip(vals, norm.vmin, None) if isinstance(norm, LogNorm) else vals
+        h = ax.imshow(shown, origin="lower", extent=ext, cmap=COLORMAPS.get(quantity, "viridis"), norm=norm)
+        if level is not None and np.nanmin(vals) < level < np.nanmax(vals):
+            ax.contour(vals, levels=[level], colors="k", linewidths=1.2, origin="lower", extent=ext)
+        ax.set_title(f"{quantity}, {names[axis]} = {centre[axis]:.3g}", fontsize=10)
+        ax.set_xlabel(names[a_ax])
+        ax.set_ylabel(names[b_ax])
+    fig.colorbar(h, ax=list(axes), fraction=0.02, pad=0.02,
+                 label=quantity + (f" (black: level {level:g})" if level is not None else ""))
+    return _fig_png(fig)
+
+
+# -- mesh turntable --------------------------------------------------------------------------
+
+def mesh_turntable_gif(mesh, n_frames: int = 24, size: int = 160, elevation_deg: float = 25.0,
+                       fps: int = 12) -> bytes:
+    """GIF of ``mesh`` turning about world +z: ray-cast (embree through trimesh), shaded by
+    |n . view| with a light from the camera, in the mesh's own frame (camera distance from its
+    bounding sphere, 40 degree field of view)."""
+    import imageio.v3 as iio
+
+    from pipeline.scenes.mesh_render import _cast, _intersector, look_at, pixel_rays
+
+    centre = mesh.bounds.mean(0)
+    radius = float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])) / 2 or 1.0
+    fov = math.radians(40.0)
+    dist = radius / math.sin(fov / 2) * 1.05
+    focal = 0.5 * size / math.tan(fov / 2)
+    isect, _ = _intersector(mesh)
+    normals = np.asarray(mesh.face_normals)
+    el = math.radians(elevation_deg)
+    frames = []
+    for k in range(n_frames):
+        az = 2 * math.pi * k / n_frames
+        eye = centre + dist * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+        o, d = pixel_rays(look_at(eye, centre), size, size, focal)
+        ray, tri, _ = _cast(isect, o, d)
+        img = np.ones((size * size, 3))
+        shade = np.abs(np.einsum("ij,ij->i", normals[tri], d[ray]))
+        img[ray] = (0.15 + 0.85 * shade)[:, None] * np.array([0.85, 0.55, 0.3])
+        frames.append((img.reshape(size, size, 3) * 255 + 0.5).astype(np.uint8))
+    return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+
+
+def normals_to_rgb(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """World-space unit normals (H,W,3) -> RGB (n+1)/2, white where ``mask`` (H,W) is False."""
+    rgb = np.clip(0.5 * (normals + 1.0), 0, 1)
+    rgb[~mask] = 1.0
+    return rgb
+
+
+def depth_panel(depth: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+    """Depth (H,W,1) tensor or array -> turbo-coloured RGB uint8 (the renders' colouring)."""
+    from pipeline.evaluate import depth_to_uint8
+
+    import torch
+
+    return depth_to_uint8(torch.as_tensor(depth), torch.as_tensor(opacity))
+

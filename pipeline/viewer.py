@@ -1,0 +1,215 @@
+"""`nls view RUN_DIR`: an interactive viewer (viser) served on localhost only.
+
+Shows the exported mesh (or one extracted from the checkpoint), the training cameras as
+frustums, the input point cloud where the scene has one, and a slider over level-set values
+that re-extracts the mesh at the chosen level from a cached grid of the field (marching
+cubes through :func:`pipeline.mesh.grid_to_mesh`). viser is an optional extra, imported
+only here: ``pip install '.[viewer]'``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pipeline.types import NLSError
+
+INSTALL_HINT = "nls view needs the optional viewer extra: pip install '.[viewer]'  (or: pip install viser)"
+MESH_COLOR = (230, 120, 40)  # orange: the browser test finds the mesh by this hue
+CAMERA_COLOR = (40, 40, 40)
+POINT_COLOR = (30, 90, 220)
+MAX_FRUSTUMS = 200
+MAX_POINTS = 200_000
+
+
+def import_viser():
+    """Import viser or raise an NLSError that says how to install it."""
+    try:
+        import viser
+    except ImportError:
+        raise NLSError(INSTALL_HINT) from None
+    return viser
+
+
+def gl_to_cv_wxyz(c2w: np.ndarray) -> np.ndarray:
+    """Quaternion (w, x, y, z) of a Blender/OpenGL camera-to-world rotation (3,3) turned into
+    viser's OpenCV convention (camera looks down +z, +y down): R @ diag(1, -1, -1)."""
+    from scipy.spatial.transform import Rotation
+
+    R = np.asarray(c2w, np.float64)[:3, :3] @ np.diag([1.0, -1.0, -1.0])
+    x, y, z, w = Rotation.from_matrix(R).as_quat()
+    return np.array([w, x, y, z])
+
+
+class LevelSetViewer:
+    """Holds the run, the cached field grid and the viser scene handles."""
+
+    def __init__(self, run_dir: Path, *, host=None, port: int = 8080, resolution: int = 128,
+                 bind: str = "127.0.0.1"):
+        viser = import_viser()
+        from pipeline.report.model_views import geometry_of, load_run
+
+        self.ld = load_run(Path(run_dir), host)
+        self.geo = geometry_of(self.ld)
+        self.aabb = self.ld.scene.aabb.detach().cpu().numpy().astype(np.float64).tolist()
+        self.resolution = int(resolution)
+        self.grid: Optional[np.ndarray] = None
+        self.server = viser.ViserServer(host=bind, port=port, verbose=False)
+        self.server.scene.set_up_direction("+z")
+        self.server.scene.configure_environment_map(hdri=None)  # the default HDRI is fetched from a CDN
+        # without the HDRI the default lights leave the mesh dark: add a sky/ground hemisphere light
+        self.server.scene.add_light_hemisphere("/light", sky_color=(255, 255, 255), ground_color=(90, 90, 110),
+                                               intensity=1.5)
+        self._lock = threading.Lock()
+        self.mesh_handle = None
+        self.status = self.server.gui.add_markdown("")
+        self._add_cameras()
+        self._add_points()
+        self.server.on_client_connect(self._frame_client)
+        #: set once the level grid is cached and the slider exists (or that failed; see ``status``)
+        self.ready = threading.Event()
+        shown = self._add_exported_mesh()
+        # evaluating the field on the grid can take a while (large MLPs on CPU): serve meanwhile
+        threading.Thread(target=self._prepare_levels, args=(not shown,), daemon=True).start()
+
+    # -- scene ----------------------------------------------------------------------------
+    def _show_mesh(self, mesh, label: str) -> None:
+        with self._lock:
+            if self.mesh_handle is not None:
+                self.mesh_handle.remove()
+            self.mesh_handle = self.server.scene.add_mesh_simple(
+                "/mesh", np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32),
+                color=MESH_COLOR, side="double")
+            self.status.content = f"**mesh:** {label}  \n{len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
+
+    def _add_exported_mesh(self) -> bool:
+        exported = self.ld.run.meshes_dir / "mesh.ply"
+        if not exported.exists():
+            return False
+        from pipeline.scenes.mesh_render import load_mesh
+
+        self._show_mesh(load_mesh(exported), "meshes/mesh.ply (exported)")
+        return True
+
+    def _prepare_levels(self, show_mesh: bool) -> None:
+        """Cache the field on a grid, then add the level slider (and a mesh if none is shown)."""
+        from pipeline.mesh import field_to_grid
+
+        try:
+            if self.geo is None:
+                self.status.content = "no level sets: the field produces no sdf, occupancy or density"
+                return
+            note = f"computing the {self.geo.quantity} on a {self.resolution}^3 grid for the level slider..."
+            self.status.content = (self.status.content + "  \n" + note) if self.mesh_handle else note
+            q = self.geo.quantity
+            self.grid = field_to_grid(lambda x: self.ld.system.chain(x, None)[q], self.aabb, self.resolution,
+                                      device=self.ld.device, progress=sys.stderr.isatty())
+            if show_mesh:
+                self.extract(self.geo.level)
+            elif self.mesh_handle is not None:
+                self.status.content = self.status.content.split("  \ncomputing")[0]
+            self._add_slider()
+        except (NLSError, RuntimeError) as exc:
+            self.status.content = f"level slider unavailable: {exc}"
+        finally:
+            self.ready.set()
+
+    def extract(self, level: float) -> bool:
+        """Re-extract the mesh at ``level`` from the cached grid; False when the level set is empty."""
+        from pipeline.mesh import grid_to_mesh
+
+        try:
+            mesh = grid_to_mesh(self.grid, self.aabb, level, inside=self.geo.inside)
+        except NLSError as exc:
+            self.status.content = f"**level {level:.4g}:** {exc}"
+            return False
+        self._show_mesh(mesh, f"{self.geo.quantity} level {level:.4g} (re-extracted)")
+        return True
+
+    def _add_cameras(self) -> None:
+        sp = self.ld.scene.splits.get("train")
+        if sp is None:
+            return
+        cams = sp.cameras
+        c2w = cams.c2w.detach().cpu().numpy()
+        fy = cams.fy.detach().cpu().numpy()
+        extent = float(np.linalg.norm(np.subtract(self.aabb[3:], self.aabb[:3])))
+        idx = np.linspace(0, len(c2w) - 1, min(len(c2w), MAX_FRUSTUMS)).round().astype(int)
+        for k in idx:
+            fov = 2 * np.arctan(0.5 * cams.height / float(fy[k]))
+            self.server.scene.add_camera_frustum(
+                f"/cameras/train_{k:04d}", fov=float(fov), aspect=cams.width / cams.height,
+                scale=0.08 * extent, color=CAMERA_COLOR, wxyz=gl_to_cv_wxyz(c2w[k]),
+                position=c2w[k][:3, 3].astype(np.float64))
+
+    def _add_points(self) -> None:
+        pts = self.ld.scene.points
+        if pts is None:
+            return
+        pts = np.asarray(pts, np.float32)
+        if len(pts) > MAX_POINTS:
+            pts = pts[np.random.default_rng(0).choice(len(pts), MAX_POINTS, replace=False)]
+        extent = float(np.linalg.norm(np.subtract(self.aabb[3:], self.aabb[:3])))
+        self.server.scene.add_point_cloud("/points", pts, colors=POINT_COLOR, point_size=0.004 * extent)
+
+    def _add_slider(self) -> None:
+        lo, hi = float(np.nanmin(self.grid)), float(np.nanmax(self.grid))
+        level = self.geo.level
+        if self.geo.quantity == "density":  # densities span decades: slide over log10
+            lo_l, hi_l = np.log10(max(lo, 1e-3)), np.log10(max(hi, 1e-2))
+            slider = self.server.gui.add_slider("log10 density level", min=float(lo_l), max=float(hi_l),
+                                                step=float((hi_l - lo_l) / 200),
+                                                initial_value=float(np.clip(np.log10(level), lo_l, hi_l)))
+            to_level = lambda v: 10.0 ** v  # noqa: E731
+        else:
+            slider = self.server.gui.add_slider(f"{self.geo.quantity} level", min=lo, max=hi,
+                                                step=(hi - lo) / 200, initial_value=float(np.clip(level, lo, hi)))
+            to_level = lambda v: v  # noqa: E731
+
+        @slider.on_update
+        def _(_event) -> None:
+            self.extract(float(to_level(slider.value)))
+
+    def _frame_client(self, client) -> None:
+        """Point a new browser's camera at the scene box from outside it."""
+        b = np.asarray(self.aabb).reshape(2, 3)
+        centre, extent = b.mean(0), float(np.linalg.norm(b[1] - b[0]))
+        client.camera.up_direction = (0.0, 0.0, 1.0)
+        client.camera.position = tuple(centre + 0.8 * extent * np.array([1.0, -1.2, 0.8]))
+        client.camera.look_at = tuple(centre)
+
+    def url(self) -> str:
+        return f"http://{self.server.get_host()}:{self.server.get_port()}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def serve(run_dir: Path, *, host=None, port: int = 8080, resolution: int = 128,
+          seconds: Optional[float] = None) -> int:
+    """Run the viewer until Ctrl-C (or SIGTERM, or ``seconds``); returns the exit code (0)."""
+    import signal
+
+    viewer = LevelSetViewer(run_dir, host=host, port=port, resolution=resolution)
+    print(f"nls view: serving {run_dir} at {viewer.url()}  (Ctrl-C stops)", flush=True)
+    if not viewer.ready.is_set():
+        print(f"nls view: caching the field on a {resolution}^3 grid for the level slider "
+              f"(the page works meanwhile)", flush=True)
+    stop = threading.Event()
+    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        t0 = time.monotonic()
+        while not stop.is_set() and (seconds is None or time.monotonic() - t0 < seconds):
+            stop.wait(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        viewer.stop()
+        print("nls view: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,103 @@
+"""`nls compare`: metrics, train time and parameters of runs side by side, checked against each
+run's summary.json, and warnings when runs are not comparable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from tests.short_runs import killed_run, short_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return short_run(tmp_path_factory, "dense_grid"), short_run(tmp_path_factory, "hash_grid")
+
+
+def test_compare_json_matches_each_summary(runs, nls):
+    res = nls("compare", *map(str, runs), "--json", check=True)
+    data = json.loads(res.stdout)
+    assert "warning" not in res.stderr, res.stderr
+    assert data["warnings"] == []
+    assert [r["method"] for r in data["runs"]] == ["dense_grid", "hash_grid"]
+    table = data["table"]
+    sums = [json.loads((r / "summary.json").read_text()) for r in runs]
+    for label, s in zip(("dense_grid", "hash_grid"), sums):
+        assert table["train_seconds"][label] == s["train_seconds"]
+        assert table["parameters"][label] == s["parameters"]
+        assert table["step"][label] == s["step"] == 100
+        for k, v in s["metrics"].items():
+            assert table[k][label] == v, k
+    # best marks follow each metric's direction
+    psnr = {lab: s["metrics"]["psnr"] for lab, s in zip(("dense_grid", "hash_grid"), sums)}
+    assert data["best"]["psnr"] == [max(psnr, key=psnr.get)]
+    cd = {lab: s["metrics"]["chamfer_l1"] for lab, s in zip(("dense_grid", "hash_grid"), sums)}
+    assert data["best"]["chamfer_l1"] == [min(cd, key=cd.get)]
+    assert "n_samples" not in data["best"]  # bookkeeping, no direction
+
+
+def test_compare_markdown_table(runs, nls):
+    res = nls("compare", *map(str, runs), "--markdown", check=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0] == "| | dense_grid | hash_grid |"
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines[2:]}
+    sums = [json.loads((r / "summary.json").read_text()) for r in runs]
+    for k in ("psnr", "ssim", "chamfer_l1", "normal_consistency"):
+        vals = [s["metrics"][k] for s in sums]
+        want = [f"{v:.4f}" for v in vals]
+        best = (min if k.startswith("chamfer") else max)(range(2), key=lambda i: vals[i])
+        want[best] = f"**{want[best]}**"
+        assert rows[k] == want, (k, rows[k], want)
+    assert rows["parameters"] == [f"**{s['parameters']}**" if s["parameters"] == min(x["parameters"] for x in sums)
+                                  else str(s["parameters"]) for s in sums]
+
+
+def test_compare_default_rich_and_html(runs, nls, tmp_path):
+    res = nls("compare", *map(str, runs), check=True)
+    assert "psnr" in res.stdout and "hash_grid" in res.stdout
+    out = tmp_path / "cmp.html"
+    nls("compare", *map(str, runs), "--html", "-o", str(out), check=True)
+    text = out.read_text()
+    assert "<table>" in text and "http://" not in text and "https://" not in text and "<script" not in text
+
+
+def test_compare_warns_when_scene_or_eval_settings_differ(runs, nls, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(runs[1], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["scene"]["image_size"] = 48
+    cfg["eval"]["max_images"] = 2
+    cfg["name"] = "tiny48"
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    s = json.loads((other / "summary.json").read_text())
+    s["scene"] = "tiny48"
+    (other / "summary.json").write_text(json.dumps(s))
+    res = nls("compare", str(runs[0]), str(other), "--json", check=True)
+    warnings = json.loads(res.stdout)["warnings"]
+    assert any("different scenes (tiny, tiny48)" in w for w in warnings), warnings
+    assert any("scene settings differ: image_size = 32 (dense_grid" in w and "48 (hash_grid" in w
+               for w in warnings), warnings
+    assert any("evaluation settings (eval:) differ: max_images = 1" in w for w in warnings), warnings
+    assert res.stderr.count("warning:") == len(warnings) == 3
+
+
+def test_compare_an_unfinished_run(runs, tmp_path_factory, nls):
+    killed = killed_run(tmp_path_factory)
+    res = nls("compare", str(runs[0]), str(killed), "--json", check=True)
+    data = json.loads(res.stdout)
+    col = data["runs"][1]["label"]
+    assert data["table"]["status"][col] == "incomplete"
+    assert data["table"]["psnr"][col] is None
+    # parameter count from the checkpoint's optimiser state equals the finished run's count
+    assert data["table"]["parameters"][col] == json.loads((runs[0] / "summary.json").read_text())["parameters"]
+    assert any("not finished" in w for w in data["warnings"])
+
+
+def test_compare_errors(nls, tmp_path):
+    res = nls("compare", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    res = nls("compare", "a", "--json", "--markdown")
+    assert res.returncode == 2 and "not allowed with argument" in res.stderr

@@ -1,0 +1,164 @@
+"""`nls view`: the viser viewer. Unit checks of the camera convention and the level slider's
+re-extraction, the install hint without viser, and an end-to-end test in headless Chromium
+(skips with the reason when viser, playwright or a Chromium binary is missing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.short_runs import browser_or_skip, short_run
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return short_run(tmp_path_factory, "dense_grid")
+
+
+def test_view_without_viser_says_how_to_install(run, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setitem(sys.modules, "viser", None)  # import viser -> ImportError
+    code = main(["view", str(run), "--seconds", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pip install '.[viewer]'" in err
+
+
+def test_frustum_rotation_looks_at_the_target():
+    """A Blender/OpenGL camera looks down its -z; viser wants OpenCV (+z forward, +y down)."""
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.scenes.mesh_render import look_at
+    from pipeline.viewer import gl_to_cv_wxyz
+
+    for eye in ([2.0, 0.5, 1.0], [-1.0, -2.0, 0.3], [0.1, 0.2, -3.0]):
+        c2w = look_at(np.array(eye), target=(0.0, 0.0, 0.0))
+        w, x, y, z = gl_to_cv_wxyz(c2w)
+        R = Rotation.from_quat([x, y, z, w]).as_matrix()
+        forward = R[:, 2]
+        np.testing.assert_allclose(forward, -np.array(eye) / np.linalg.norm(eye), atol=1e-9)
+        assert R[:, 1] @ np.array([0.0, 0.0, 1.0]) < 0  # image +y (down) points away from world up
+
+
+def test_level_slider_reextracts_at_that_level(run):
+    """Each re-extracted mesh lies on its level of the cached grid (trilinear interpolation at
+    the vertices gives the level), it differs per level, and for a density field a higher level gives a smaller volume."""
+    pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
+    from scipy.interpolate import RegularGridInterpolator
+
+    from pipeline.viewer import LevelSetViewer
+
+    v = LevelSetViewer(run, port=free_port(), resolution=48)
+    try:
+        assert v.ready.wait(120), "the level grid was not cached within 2 minutes"
+        assert v.server.get_host() == "127.0.0.1"  # served on localhost only
+        assert v.geo.quantity == "density" and v.geo.inside == "above"
+        assert v.mesh_handle is not None  # the exported mesh is shown first
+        b = np.asarray(v.aabb).reshape(2, 3)
+        axes = [np.linspace(b[0, i], b[1, i], 48) for i in range(3)]
+        interp = RegularGridInterpolator(axes, v.grid)
+        volumes = []
+        for level in (2.0, 10.0, 20.0):
+            assert v.extract(level)
+            verts = np.asarray(v.mesh_handle.vertices)
+            err = np.abs(interp(verts) - level) / level
+            # marching-cubes vertices on grid edges interpolate to the level exactly; Lewiner's method
+            # adds a few vertices inside ambiguous cells, off the trilinear level set
+            assert np.mean(err < 1e-3) > 0.98 and err.max() < 0.1, (np.mean(err < 1e-3), err.max())
+            faces = np.asarray(v.mesh_handle.faces)
+            tri = verts[faces]
+            volumes.append(float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6))
+        assert volumes[0] > volumes[1] > volumes[2] > 0, volumes
+        assert not v.extract(float(v.grid.max()) + 1.0)  # empty level set: refused, message shown
+        assert "empty level set" in v.status.content
+    finally:
+        v.stop()
+
+
+def _wait_for_line(proc, text: str, timeout: float) -> str:
+    seen = []
+    t0 = time.monotonic()
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() - t0 < timeout:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"`nls view` did not print {text!r} in {timeout} s; exit {proc.poll()}; "
+                         f"stdout: {''.join(seen)}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
+
+
+def test_view_in_headless_chromium(run, tmp_path):
+    exe = browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", str(run), "--port", str(port),
+                             "--resolution", "48"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    errors, external = [], []
+    try:
+        _wait_for_line(proc, f"http://127.0.0.1:{port}", timeout=120)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+                "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"])
+            page = browser.new_page(viewport={"width": 800, "height": 600})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: external.append(r.url) if not r.url.startswith(
+                (f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", "data:", "blob:")) else None)
+            page.goto(f"http://127.0.0.1:{port}")
+            page.wait_for_selector("canvas", timeout=60_000)
+            shot = tmp_path / "view.png"
+            mesh_px = 0
+            for _ in range(30):  # the scene streams in over the websocket: wait until the mesh is drawn
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(shot))
+                mesh_px = _mesh_pixels(shot)
+                if mesh_px > 300:
+                    break
+            browser.close()
+        print(f"nls view screenshot: {mesh_px} mesh-coloured pixels in the central region")
+        assert mesh_px > 300, f"the mesh does not show in the screenshot ({mesh_px} mesh-coloured pixels): {shot}"
+        assert not errors, f"console errors: {errors}"
+        assert not external, f"the page made requests off localhost: {external}"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    assert "nls view: stopped" in err and "Traceback" not in err
+
+
+def _mesh_pixels(path) -> int:
+    """Pixels of the central half of the screenshot with the mesh's orange hue (R > G > B, saturated);
+    the background is white, grid and frustums grey, the GUI panels sit at the edges."""
+    import imageio.v3 as iio
+
+    a = iio.imread(path)[..., :3].astype(np.int32)
+    h, w = a.shape[:2]
+    c = a[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+    r, g, b = c[..., 0], c[..., 1], c[..., 2]
+    return int(((r > g + 15) & (g > b + 5) & (r - b > 60) & (r > 60)).sum())
