@@ -151,14 +151,14 @@ def bench_geometry(a) -> dict:
     res["rs_wall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     base_run = (Path(a.baseline_run) if a.baseline_run
-                else reconstruct(ROOT / "scenes" / "rs_sdf_csg_baseline.yaml", sets, a.device))
+                else reconstruct(ROOT / "scenes" / f"{a.baseline_scene}.yaml", sets, a.device))
     res["baseline_wall_s"] = time.perf_counter() - t0
     rs = json.loads((rs_run / "summary.json").read_text())["metrics"]
     base = json.loads((base_run / "summary.json").read_text())["metrics"]
-    levels = [1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500]
+    levels = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500]
     sweep = best_threshold_chamfer(base_run, levels, a.resolution, 30000)
     res.update({
-        "rs_run": str(rs_run), "baseline_run": str(base_run),
+        "rs_run": str(rs_run), "baseline_run": str(base_run), "baseline_scene": a.baseline_scene,
         "rs_chamfer_l1": rs.get("chamfer_l1"), "rs_chamfer_l2": rs.get("chamfer_l2"),
         "rs_psnr": rs.get("psnr"), "baseline_psnr": base.get("psnr"),
         "baseline_best_level": sweep["best_level"], "baseline_chamfer_l1": sweep["chamfer_l1"],
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, help="override train.steps of the geometry scenes")
     ap.add_argument("--rs-run", help="geometry: use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--baseline-run", help="geometry: use this finished baseline run folder")
+    ap.add_argument("--baseline-scene", default="rs_sdf_csg_baseline", choices=["rs_sdf_csg_baseline", "rs_sdf_csg_hash_baseline"],
+                    help="geometry: the baseline scene (dense-grid or the paper's hash-grid density field)")
     ap.add_argument("--resolution", type=int, default=256, help="baseline threshold-sweep grid")
     ap.add_argument("--budget", type=float, default=300.0, help="lego: training seconds per method")
     ap.add_argument("--test-images", type=int, default=10, help="lego: test images evaluated")

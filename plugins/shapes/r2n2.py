@@ -1,0 +1,95 @@
+"""Read one object in the 3D-R2N2 layout::
+
+    <object>/rendering/00.png .. 23.png     RGBA renderings (137x137)
+    <object>/rendering/rendering_metadata.txt  one line per view: azimuth elevation in-plane distance-ratio fov
+    <object>/model.binvox                   32^3 occupancy
+
+Every fault (missing folder, missing view, a metadata file with the wrong number of lines or
+columns, a corrupt binvox) is a DataError naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.types import DataError
+from plugins.shapes.binvox import Voxels, read_binvox
+
+METADATA = "rendering_metadata.txt"
+
+
+@dataclass
+class R2N2Object:
+    """images: (V, H, W, 4) uint8 RGBA; metadata: (V, 5) float; voxels: the binvox grid."""
+
+    name: str
+    folder: Path
+    images: np.ndarray
+    metadata: np.ndarray
+    voxels: Voxels
+
+
+def find_objects(root: Path) -> list[Path]:
+    """Object folders under ``root``: every folder holding a ``model.binvox``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"R2N2 folder {root} does not exist (give the folder holding the object folders)")
+    found = sorted(p.parent for p in root.rglob("model.binvox"))
+    if not found:
+        raise DataError(f"R2N2 folder {root}: no object folders found (an object folder holds model.binvox "
+                        f"and rendering/00.png..23.png with {METADATA})")
+    return found
+
+
+def read_metadata(path: Path, views: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"R2N2 metadata {path} is missing (one line per view: azimuth elevation in-plane "
+                        f"distance-ratio fov)")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) != views:
+        raise DataError(f"R2N2 metadata {path} has {len(lines)} lines but the object has {views} views; "
+                        f"expected one line per rendering")
+    try:
+        meta = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
+    except ValueError:
+        raise DataError(f"R2N2 metadata {path}: non-numeric entries; expected 5 numbers per line") from None
+    if meta.ndim != 2 or meta.shape[1] != 5:
+        raise DataError(f"R2N2 metadata {path}: expected 5 numbers per line (azimuth elevation in-plane "
+                        f"distance-ratio fov)")
+    return meta
+
+
+def read_object(folder: Path, views: int = 24) -> R2N2Object:
+    import imageio.v3 as iio
+
+    folder = Path(folder)
+    render = folder / "rendering"
+    if not render.is_dir():
+        raise DataError(f"R2N2 object {folder}: no rendering/ folder")
+    missing = [f"{i:02d}.png" for i in range(views) if not (render / f"{i:02d}.png").is_file()]
+    if missing:
+        raise DataError(f"R2N2 object {folder}: missing view(s) {', '.join(missing)} in {render} "
+                        f"(expected 00.png..{views - 1:02d}.png)")
+    meta = read_metadata(render / METADATA, views)
+    imgs = []
+    for i in range(views):
+        p = render / f"{i:02d}.png"
+        try:
+            a = np.asarray(iio.imread(p))
+        except Exception as exc:  # imageio raises many types for broken files
+            raise DataError(f"R2N2 view {p} cannot be read: {type(exc).__name__}: {exc}") from None
+        if a.ndim == 2:
+            a = np.stack([a] * 3, -1)
+        if a.shape[-1] == 3:
+            a = np.concatenate([a, np.full(a.shape[:2] + (1,), 255, a.dtype)], -1)
+        if imgs and a.shape != imgs[0].shape:
+            raise DataError(f"R2N2 view {p} is {a.shape[1]}x{a.shape[0]}, other views are "
+                            f"{imgs[0].shape[1]}x{imgs[0].shape[0]}")
+        imgs.append(a.astype(np.uint8))
+    vox = read_binvox(folder / "model.binvox")
+    if len(set(vox.occ.shape)) != 1:
+        raise DataError(f"R2N2 binvox {folder / 'model.binvox'}: grid {vox.occ.shape} is not cubic")
+    return R2N2Object(folder.name, folder, np.stack(imgs), meta, vox)
