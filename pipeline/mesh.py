@@ -18,7 +18,12 @@ import numpy as np
 
 from pipeline.types import NLSError
 
-__all__ = ["extract_mesh", "field_to_grid", "grid_to_mesh", "export_mesh",
+#: marching-cubes level used when a scene gives none, per quantity
+DEFAULT_LEVEL = {"sdf": 0.0, "occupancy": 0.5, "density": 10.0}
+#: which side of the level is inside the surface, per quantity
+INSIDE = {"sdf": "below", "occupancy": "above", "density": "above"}
+
+__all__ = ["DEFAULT_LEVEL", "INSIDE", "extract_mesh", "field_to_grid", "grid_to_mesh", "export_mesh",
            "export_point_cloud", "MESH_FORMATS"]
 
 #: extensions accepted by :func:`export_mesh`

@@ -41,7 +41,7 @@ def geometry_of(ld) -> Optional[Geometry]:
     if q is None:
         return None
     # the built-in marching-cubes extractor's per-quantity default levels and inside sides
-    from plugins.ngp.extract import DEFAULT_LEVEL, INSIDE
+    from pipeline.mesh import DEFAULT_LEVEL, INSIDE
 
     ext = ld.cfg.stages.get("extractor")
     level = getattr(ext.options, "level", None) if ext else None

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from pipeline.mesh import DEFAULT_LEVEL, INSIDE
 from pipeline.types import NLSError
 from plugins.ngp.config import MarchingCubesConfig
-
-DEFAULT_LEVEL = {"sdf": 0.0, "occupancy": 0.5, "density": 10.0}
-INSIDE = {"sdf": "below", "occupancy": "above", "density": "above"}
 
 
 class MarchingCubes:

@@ -26,8 +26,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("NLS_CACHE", Path.home() / ".cache" / "nls")).expanduser()
 
 
-def _cached_render(kind: str, options: dict, make) -> Path:
-    """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder."""
+def cached_render(kind: str, options: dict, make) -> Path:
+    """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder.
+
+    ``make(folder)`` writes the scene into a temporary folder; other plugins (e.g. ``shapes``) use
+    this too, so every rendered scene shares one cache and one versioning rule."""
     key = hashlib.sha256(json.dumps([RENDER_VERSION, kind, options], sort_keys=True).encode()).hexdigest()[:16]
     final = cache_root() / "scenes" / f"{kind}-{key}"
     if (final / "meta.json").exists():
@@ -76,7 +79,7 @@ def procedural_mesh(shape: str, resolution: int):
 
 def build_procedural(cfg: ProceduralConfig, ctx):
     def load() -> SceneData:
-        folder = _cached_render("procedural", cfg.model_dump(exclude={"background"}),
+        folder = cached_render("procedural", cfg.model_dump(exclude={"background"}),
                                 lambda out: _render_views(procedural_mesh(cfg.shape, cfg.gt_resolution), out, cfg))
         scene = _load(folder, cfg.background, [-0.6] * 3 + [0.6] * 3)
         scene.meta.update({"source": "procedural", "shape": cfg.shape})
@@ -97,7 +100,7 @@ def build_mesh_scene(cfg: MeshSceneConfig, ctx):
             mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
             _render_views(mesh, out, cfg)
 
-        folder = _cached_render("mesh", opts, make)
+        folder = cached_render("mesh", opts, make)
         half = 0.6 * cfg.extent
         scene = _load(folder, cfg.background, [-half] * 3 + [half] * 3)
         scene.meta.update({"source": "mesh", "mesh": str(path), "normalised_extent": cfg.extent})

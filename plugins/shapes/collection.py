@@ -217,11 +217,11 @@ def generate_families(cfg, out: Path) -> None:
 
 
 def families_folder(cfg) -> Path:
-    from plugins.scenes.sources import _cached_render
+    from plugins.scenes.sources import cached_render
 
     opts = {"version": FAMILIES_VERSION, **cfg.model_dump(include={"families", "per_family", "dataset_seed", "split",
                                                                   "views", "render_size", "fine_resolution"})}
-    return _cached_render("shape_families", opts, lambda out: generate_families(cfg, out))
+    return cached_render("shape_families", opts, lambda out: generate_families(cfg, out))
 
 
 def load_families(cfg) -> ShapeCollection:
