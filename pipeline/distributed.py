@@ -303,18 +303,15 @@ def all_reduce_mean(values: "torch.Tensor", info: DistInfo, *, what: str = "aver
     """Mean over ranks of a 1-D float tensor (returned unchanged for a single process)."""
     if not info.enabled:
         return values
+    import torch
     import torch.distributed as dist
 
-    buf = values.detach().to(dtype=_float64_or_32(values)).clone()
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors
+    where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else values.device
+    buf = values.detach().to(device=where, dtype=torch.float64, copy=True)
     with collective(what, step=step, run_dir=run_dir):
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return buf / info.world_size
-
-
-def _float64_or_32(t: "torch.Tensor"):
-    import torch
-
-    return torch.float32 if t.device.type == "cuda" else torch.float64
+    return (buf / info.world_size).to(values.device)
 
 
 def clean_child_env(env: Optional[dict] = None) -> dict:

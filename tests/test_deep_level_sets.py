@@ -110,3 +110,24 @@ def test_field_outputs_sdf_and_occupancy():
     c = -0.5 + (torch.tensor([3, 17, 30]) + 0.5) / 32
     torch.testing.assert_close(f.point_outputs(c.reshape(1, 1, 3).expand(2, 1, 3), e)["sdf"][:, 0],
                                grid[:, 3, 17, 30], atol=1e-6, rtol=1e-5)
+
+
+def test_balanced_occupancy_term_weights_inside_and_outside_equally():
+    """An empty prediction (phi far outside everywhere) of a small shape: the plain term is the inside
+    fraction (small, so emptiness is cheap); the balanced term is 1/2 whatever the shape's size."""
+    from plugins.deep_level_sets.config import HeavisideLossConfig, LevelSetFieldConfig
+    from plugins.deep_level_sets.field import LevelSetField
+    from plugins.deep_level_sets.losses import HeavisideLoss
+
+    field = LevelSetField(LevelSetFieldConfig(width=4, blocks=1, norm="none", channels=8, epsilon=1.5 / 32,
+                                               epsilon_anneal_steps=0))
+    phi, _ = sphere_grid(32)
+    V = (phi < 0).float()
+    out = {"phi": torch.full_like(phi, 1.0).float(), "embedding": torch.zeros(1, field.embedding_dim)}
+    batch = {"voxels": V}
+    plain = float(HeavisideLoss(HeavisideLossConfig(p=2))(batch, out, _System(field)))
+    balanced = float(HeavisideLoss(HeavisideLossConfig(p=2, balance=True))(batch, out, _System(field)))
+    assert plain == pytest.approx(float(V.mean()), rel=1e-5)
+    assert balanced == pytest.approx(0.5, rel=1e-5)
+    exact = {"phi": phi.float(), "embedding": out["embedding"]}
+    assert float(HeavisideLoss(HeavisideLossConfig(p=2, balance=True))(batch, exact, _System(field))) < 0.02

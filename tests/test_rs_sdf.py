@@ -186,7 +186,6 @@ def _smoothed_boundary_distance(V: torch.Tensor, sigma: float, x: torch.Tensor) 
 
     from pipeline.mesh import grid_to_mesh
 
-    R = V.shape[0]
     S = gaussian_blur3d(V, sigma / float(voxel_size(BOX, V.shape)[0])).numpy()
     mesh = grid_to_mesh(S, BOX.tolist(), 0.5, inside="above")
     d, _, _, _ = igl.signed_distance(x.double().numpy(), np.asarray(mesh.vertices, np.float64),

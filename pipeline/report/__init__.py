@@ -149,13 +149,14 @@ def _side_by_sides(f: RunFacts) -> list[Path]:
 
 
 def _renders(f: RunFacts, ld, load_error) -> str:
-    return _split_renders(f, ld, load_error) + "\n" + _other_renders(f)
+    files = _side_by_sides(f)
+    return _split_renders(f, files, ld, load_error) + "\n" + _other_renders(f, files)
 
 
-def _other_renders(f: RunFacts) -> str:
+def _other_renders(f: RunFacts, side_by_sides: list[Path]) -> str:
     """PNGs evaluators wrote under renders/<folder>/ other than the pred|gt|depth ones
     (e.g. the lipschitz plugin's sphere-traced views), up to MAX_RENDER_PAIRS per folder."""
-    split_dirs = {p.parent for p in _side_by_sides(f)}
+    split_dirs = {p.parent for p in side_by_sides}
     parts = []
     for d in sorted(p for p in (f.path / "renders").glob("*") if p.is_dir() and p not in split_dirs):
         for png in sorted(d.glob("*.png"))[:MAX_RENDER_PAIRS]:
@@ -164,12 +165,11 @@ def _other_renders(f: RunFacts) -> str:
     return "\n".join(parts)
 
 
-def _split_renders(f: RunFacts, ld, load_error) -> str:
+def _split_renders(f: RunFacts, files: list[Path], ld, load_error) -> str:
     import imageio.v3 as iio
 
     from pipeline.report.figures import comparison_png, split_side_by_side
 
-    files = _side_by_sides(f)
     if files:
         parts = []
         for p in files[:MAX_RENDER_PAIRS]:

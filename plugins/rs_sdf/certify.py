@@ -28,7 +28,7 @@ thresholds ``o > 1/2`` (a deterministic classifier).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch

@@ -73,11 +73,10 @@ def surface_samples(mesh, n: int, seed: int) -> np.ndarray:
 
 
 def distance_grid(surface: np.ndarray, res: int = 32) -> np.ndarray:
-    """(res,res,res) distance from each voxel centre to the nearest surface point (pykdtree)."""
-    from pykdtree.kdtree import KDTree
+    """(res,res,res) distance from each voxel centre to the nearest surface point."""
+    from pipeline.metrics import nearest_distances
 
-    q = voxel_centres(res).reshape(-1, 3).astype(np.float32)
-    d, _ = KDTree(surface.astype(np.float32)).query(q, k=1)
+    d, _ = nearest_distances(voxel_centres(res).reshape(-1, 3), surface)
     return d.reshape(res, res, res).astype(np.float32)
 
 

@@ -57,12 +57,12 @@ def field_block(name: str, enc: dict, cond_hidden: int) -> dict:
     return {"type": "cond_mlp", **enc, "hidden": cond_hidden, "layers": 4}
 
 
-def losses_for(name: str) -> list[dict]:
+def losses_for(name: str, balance: bool = False) -> list[dict]:
     if name in ("hypernet", "cond_mlp"):
         return [{"type": "point_occupancy_ce"}]
     if name == "voxel_decoder":
         return [{"type": "voxel_ce"}]
-    return [{"type": "level_set_occupancy"}, {"type": "level_set_surface", "weight": 0.1},
+    return [{"type": "level_set_occupancy", "balance": balance}, {"type": "level_set_surface", "weight": 0.1},
             {"type": "level_set_eikonal", "weight": 0.01}]
 
 
@@ -86,7 +86,7 @@ def train_one(scene: dict, name: str, enc: dict, args, out_root: Path, cond_hidd
     from plugins.shapes.decoders import decoder_parameters
 
     data = {"name": "bench", "scene": scene, "field": field_block(name, enc, cond_hidden),
-            "losses": losses_for(name),
+            "losses": losses_for(name, args.balance),
             "train": {"steps": args.max_steps, "max_seconds": args.seconds, "batch_items": args.batch,
                       "lr": args.lr, "lr_final_factor": 0.3, "log_every": 50, "checkpoint_every": 100000,
                       "seed": 0, "device": args.device}}
@@ -140,6 +140,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--anneal", type=int, default=300, help="deep_level_sets band annealing steps")
+    p.add_argument("--balance", action="store_true", help="deep_level_sets: class-balanced occupancy term "
+                   "(inside and outside nodes weighted equally; not in the paper)")
     p.add_argument("--mesh-res", type=int, default=64)
     p.add_argument("--chamfer-samples", type=int, default=10000)
     p.add_argument("--max-train-eval", type=int, default=10, help="training objects in the views curve")
