@@ -451,6 +451,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy a torch.distributed process group that an error path left open.
+
+    Exiting with a live gloo group lets its worker threads be torn down by static destructors,
+    which aborts the process ("terminate called without an active exception", exit -6) instead
+    of returning the error's exit code.
+    """
+    if "torch.distributed" in sys.modules:
+        from pipeline import distributed
+
+        distributed.shutdown()
 
 
 def _plugins_dirs(argv: list[str]) -> list[str]:
