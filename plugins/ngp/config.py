@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field
 
@@ -76,6 +76,26 @@ class MarchingCubesConfig(ComponentConfig):
                                 "outer surface is meshed (interiors are unobserved by images)")
     min_component: float = Field(0.0, ge=0, lt=1, description="drop connected components with fewer than this "
                                  "fraction of the faces (post-processing against radiance-field floaters; 0 keeps all)")
+
+
+class UdfMarchingCubesConfig(ComponentConfig):
+    """Single-sheet mesh of an unsigned field (open surfaces): per-cube pseudo-signs from gradient flips,
+    then marching cubes (after MeshUDF, Guillard et al. 2022); see pipeline.udf_mesh."""
+
+    resolution: int = Field(256, ge=16, le=1024, description="grid samples per side")
+    quantity: Literal["sdf", "occupancy", "density"] = Field(
+        "sdf", description="field output treated as the unsigned distance (its minimum sheet is meshed)")
+    offset: Union[float, Literal["min"]] = Field(
+        "min", description="the field's value on the surface, subtracted before meshing; 'min' takes the "
+        "grid minimum (0 for a true UDF; about -margin for an unsigned hKR field)")
+    threshold: float = Field(1.5, gt=0, description="mesh the cubes whose corners are all within this many "
+                             "voxel diagonals of the surface")
+    trim: float = Field(0.5, ge=0, description="drop faces whose centroid is farther than this many voxels "
+                        "from the surface (the pseudo-sign flip overshoots open borders); 0 keeps all")
+    bbox: Optional[list[float]] = Field(None, min_length=6, max_length=6,
+                                        description="xmin ymin zmin xmax ymax zmax; default the scene box")
+    min_component: float = Field(0.0, ge=0, lt=1, description="drop connected components with fewer than this "
+                                 "fraction of the faces (0 keeps all)")
 
 
 class PhotometricConfig(ComponentConfig):

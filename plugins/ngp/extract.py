@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from pipeline.mesh import DEFAULT_LEVEL, INSIDE
 from pipeline.types import NLSError
-from plugins.ngp.config import MarchingCubesConfig
+from plugins.ngp.config import MarchingCubesConfig, UdfMarchingCubesConfig
 
 
 class MarchingCubes:
@@ -51,6 +51,39 @@ class MarchingCubes:
         return mesh
 
 
+class UdfMarchingCubes(MarchingCubes):
+    """``extract(chain, bbox, resolution=None, level=None) -> trimesh.Trimesh``: the single sheet of an
+    unsigned field's minimum (``level``, when given, overrides the configured offset)."""
+
+    def quantity(self) -> str:
+        if self.cfg.quantity not in self.produces:
+            raise NLSError(f"extractor.quantity = {self.cfg.quantity!r}, but the field chain produces "
+                           f"only {', '.join(sorted(self.produces))}")
+        return self.cfg.quantity
+
+    def extract(self, chain, *, bbox: Optional[Sequence[float]] = None, resolution: Optional[int] = None,
+                level: Optional[float] = None, device="cpu"):
+        import numpy as np
+
+        from pipeline.mesh import field_to_grid
+        from pipeline.udf_mesh import field_gradients, field_values, udf_grid_to_mesh
+
+        q = self.quantity()
+        bbox = list(bbox or self.cfg.bbox or self.aabb)
+        res = int(resolution or self.cfg.resolution)
+        fn = lambda x: chain(x, None)[q]  # noqa: E731
+        values = field_to_grid(fn, bbox, res, device=device)
+        offset = level if level is not None else self.cfg.offset
+        spacing = (np.asarray(bbox[3:]) - np.asarray(bbox[:3])) / (res - 1)
+        mesh = udf_grid_to_mesh(values, lambda p: field_gradients(fn, p, device), bbox,
+                                threshold=self.cfg.threshold * float(np.linalg.norm(spacing)), offset=offset,
+                                value_fn=lambda p: field_values(fn, p, device), trim=self.cfg.trim)
+        if self.cfg.min_component > 0:
+            mesh = drop_small_components(mesh, self.cfg.min_component)
+        mesh.metadata.update({"quantity": q, "resolution": res, "bbox": bbox, "min_component": self.cfg.min_component})
+        return mesh
+
+
 def fill_interior(grid, level: float):
     """Raise cavities enclosed by the ``grid > level`` region above ``level``.
 
@@ -82,10 +115,18 @@ def drop_small_components(mesh, fraction: float):
     return out
 
 
-def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:
+def _produces(ctx) -> set[str]:
     produces: set[str] = set()
     for s in ("field", "certifier", "density"):
         c = ctx.cfg.stages.get(s)
         if c:
             produces |= set(c.component.produces)
-    return MarchingCubes(cfg, produces, ctx.aabb.tolist())
+    return produces
+
+
+def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:
+    return MarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist())
+
+
+def build_udf_marching_cubes(cfg: UdfMarchingCubesConfig, ctx) -> UdfMarchingCubes:
+    return UdfMarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist())

@@ -37,6 +37,9 @@ def nls_register_mesh_extractors(register):
     register("marching_cubes", f"{M}.extract:build_marching_cubes", config=C.MarchingCubesConfig,
              consumes=["sdf", "occupancy", "density"], produces={"mesh"},
              description=C.MarchingCubesConfig.__doc__)
+    register("udf_marching_cubes", f"{M}.extract:build_udf_marching_cubes", config=C.UdfMarchingCubesConfig,
+             consumes=["sdf", "occupancy", "density"], produces={"mesh"},
+             description=C.UdfMarchingCubesConfig.__doc__)
 
 
 @hookimpl

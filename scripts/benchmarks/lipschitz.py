@@ -124,6 +124,17 @@ def _evaluate(model, mesh, mode, labels, args):
         pts, _ = sample_level_set(fn, bbox, 30000, level=level, tol=2e-3, iterations=6)
         res["level_set_level"] = level
         res["points_chamfer_l1"] = chamfer(pts.numpy(), mesh)["chamfer_l1"] if len(pts) else float("nan")
+        try:  # single sheet: pseudo-signed marching cubes on the field's minimum (pipeline.udf_mesh)
+            from pipeline.udf_mesh import extract_udf_mesh
+
+            sheet = extract_udf_mesh(fn, bbox, args.resolution, offset="min")
+            cd = chamfer(sheet, mesh)
+            res["udf_mesh_chamfer_l1"] = cd["chamfer_l1"]
+            res["udf_mesh_area_ratio"] = float(sheet.area / mesh.area)  # ~1 for one sheet, ~2 for a shell
+            res["udf_mesh_components"] = len(sheet.split(only_watertight=False))
+        except Exception as e:
+            res["udf_mesh_chamfer_l1"] = float("nan")
+            res["udf_mesh_error"] = f"{type(e).__name__}: {e}"
     res["extract_eval_seconds"] = time.perf_counter() - t
     # distance quality
     rng = np.random.default_rng(0)
