@@ -131,3 +131,9 @@ def test_balanced_occupancy_term_weights_inside_and_outside_equally():
     assert balanced == pytest.approx(0.5, rel=1e-5)
     exact = {"phi": phi.float(), "embedding": out["embedding"]}
     assert float(HeavisideLoss(HeavisideLossConfig(p=2, balance=True))(batch, exact, _System(field))) < 0.02
+    # beta in (0,1): all-outside costs w_in f / (w_in f + w_out (1-f)) with w = fraction^-beta
+    f = float(V.mean())
+    for beta in (0.0, 0.5):
+        half = float(HeavisideLoss(HeavisideLossConfig(p=2, balance=beta))(batch, out, _System(field)))
+        want = f ** (1 - beta) / (f ** (1 - beta) + (1 - f) ** (1 - beta))
+        assert half == pytest.approx(want, rel=1e-4)

@@ -57,7 +57,7 @@ def field_block(name: str, enc: dict, cond_hidden: int) -> dict:
     return {"type": "cond_mlp", **enc, "hidden": cond_hidden, "layers": 4}
 
 
-def losses_for(name: str, balance: bool = False) -> list[dict]:
+def losses_for(name: str, balance: float = 0.0) -> list[dict]:
     if name in ("hypernet", "cond_mlp"):
         return [{"type": "point_occupancy_ce"}]
     if name == "voxel_decoder":
@@ -140,8 +140,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--anneal", type=int, default=300, help="deep_level_sets band annealing steps")
-    p.add_argument("--balance", action="store_true", help="deep_level_sets: class-balanced occupancy term "
-                   "(inside and outside nodes weighted equally; not in the paper)")
+    p.add_argument("--balance", type=float, nargs="?", const=1.0, default=0.0, metavar="BETA",
+                   help="deep_level_sets: class weighting exponent of the occupancy term (not in the paper); "
+                   "--balance alone = 1: inside and outside nodes weighted equally")
     p.add_argument("--mesh-res", type=int, default=64)
     p.add_argument("--chamfer-samples", type=int, default=10000)
     p.add_argument("--max-train-eval", type=int, default=10, help="training objects in the views curve")
