@@ -54,10 +54,10 @@ def near_surface_cubes(values: np.ndarray, threshold: float) -> np.ndarray:
     return np.argwhere(all_low)
 
 
-def _pseudo_signs(u: np.ndarray, grads: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pseudo_signs(grads: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-cube pseudo-signs and the cubes kept.
 
-    u: (K,8) corner distances, grads: (K,8,3) corner gradients -> signs (K,8) in {-1,+1}, keep (K,) bool.
+    grads: (K,8,3) corner gradients -> signs (K,8) in {-1,+1}, keep (K,) bool.
     A cube is kept when it has both signs and every sign-changing edge is a descent edge.
     """
     g0 = grads[:, :1]
@@ -216,8 +216,7 @@ def udf_grid_to_mesh(values: np.ndarray, grad_fn: Callable[[np.ndarray], np.ndar
     if g.shape != (len(uniq), 3):
         raise NLSError(f"udf mesh: grad_fn returned shape {g.shape} for {len(uniq)} points; expected ({len(uniq)}, 3)")
     grads = g[inv.reshape(-1)].reshape(len(cubes), 8, 3)
-    uc = u[corner_idx[..., 0], corner_idx[..., 1], corner_idx[..., 2]]
-    signs, keep = _pseudo_signs(uc, grads, spacing)
+    signs, keep = _pseudo_signs(grads, spacing)
     if not keep.any():
         raise NLSError(f"udf mesh: none of the {len(cubes)} near-surface cubes has a gradient flip (the field "
                        f"has no minimum sheet there); check the offset ({offset:g}) and the field")
@@ -234,8 +233,9 @@ def udf_grid_to_mesh(values: np.ndarray, grad_fn: Callable[[np.ndarray], np.ndar
         faces = faces[uf <= trim * float(spacing.min())]
     mesh = trimesh.Trimesh(vertices=world, faces=_orient(faces), process=False)
     mesh.remove_unreferenced_vertices()
-    mesh.metadata.update({"extractor": "udf_pseudo_sign", "threshold": tau, "offset": float(offset), "trim": float(trim) if value_fn is not None else None,
-                          "bbox": b.tolist(), "resolution": list(vol.shape), "cubes": int(len(cubes))})
+    mesh.metadata.update({"extractor": "udf_pseudo_sign", "threshold": tau, "offset": float(offset),
+                          "trim": float(trim) if value_fn is not None else None, "bbox": b.tolist(),
+                          "resolution": list(vol.shape), "cubes": int(len(cubes))})
     return mesh
 
 
