@@ -55,29 +55,19 @@ class UdfMarchingCubes(MarchingCubes):
     """``extract(chain, bbox, resolution=None, level=None) -> trimesh.Trimesh``: the single sheet of an
     unsigned field's minimum (``level``, when given, overrides the configured offset)."""
 
-    def quantity(self) -> str:
-        if self.cfg.quantity not in self.produces:
-            raise NLSError(f"extractor.quantity = {self.cfg.quantity!r}, but the field chain produces "
-                           f"only {', '.join(sorted(self.produces))}")
-        return self.cfg.quantity
-
     def extract(self, chain, *, bbox: Optional[Sequence[float]] = None, resolution: Optional[int] = None,
                 level: Optional[float] = None, device="cpu"):
         import numpy as np
 
-        from pipeline.mesh import field_to_grid
-        from pipeline.udf_mesh import field_gradients, field_values, udf_grid_to_mesh
+        from pipeline.udf_mesh import extract_udf_mesh
 
-        q = self.quantity()
+        q = self.quantity()  # the config has no "auto": the parent checks the chain produces it
         bbox = list(bbox or self.cfg.bbox or self.aabb)
         res = int(resolution or self.cfg.resolution)
-        fn = lambda x: chain(x, None)[q]  # noqa: E731
-        values = field_to_grid(fn, bbox, res, device=device)
-        offset = level if level is not None else self.cfg.offset
-        spacing = (np.asarray(bbox[3:]) - np.asarray(bbox[:3])) / (res - 1)
-        mesh = udf_grid_to_mesh(values, lambda p: field_gradients(fn, p, device), bbox,
-                                threshold=self.cfg.threshold * float(np.linalg.norm(spacing)), offset=offset,
-                                value_fn=lambda p: field_values(fn, p, device), trim=self.cfg.trim)
+        diagonal = float(np.linalg.norm((np.asarray(bbox[3:]) - np.asarray(bbox[:3])) / (res - 1)))
+        mesh = extract_udf_mesh(lambda x: chain(x, None)[q], bbox, res, threshold=self.cfg.threshold * diagonal,
+                                offset=level if level is not None else self.cfg.offset, trim=self.cfg.trim,
+                                device=device)
         if self.cfg.min_component > 0:
             mesh = drop_small_components(mesh, self.cfg.min_component)
         mesh.metadata.update({"quantity": q, "resolution": res, "bbox": bbox, "min_component": self.cfg.min_component})
