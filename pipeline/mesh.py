@@ -23,7 +23,7 @@ DEFAULT_LEVEL = {"sdf": 0.0, "occupancy": 0.5, "density": 10.0}
 #: which side of the level is inside the surface, per quantity
 INSIDE = {"sdf": "below", "occupancy": "above", "density": "above"}
 
-__all__ = ["DEFAULT_LEVEL", "INSIDE", "extract_mesh", "field_to_grid", "grid_to_mesh", "export_mesh",
+__all__ = ["DEFAULT_LEVEL", "INSIDE", "extract_mesh", "field_to_grid", "field_to_grid_narrow", "grid_to_mesh", "export_mesh",
            "export_point_cloud", "MESH_FORMATS"]
 
 #: extensions accepted by :func:`export_mesh`
@@ -96,6 +96,70 @@ def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
     return out.reshape(R, R, R)
 
 
+def field_to_grid_narrow(fn: Callable, bbox: Sequence[float], resolution: int, level: float,
+                         lipschitz: float, *, stride: int = 4, chunk: int = 2 ** 18,
+                         device="cpu") -> tuple[np.ndarray, dict]:
+    """The grid of :func:`field_to_grid`, exact only near the level set, for fields whose
+    Lipschitz constant is at most ``lipschitz`` (an SDF: 1; a trained MLP SDF: a margin above 1).
+
+    The field is evaluated on a coarse grid of ``stride`` fine cells per side; a coarse cell can
+    hold the level set only if ``|f − level| ≤ lipschitz · (its diagonal)`` at one of its
+    corners. Fine points of such cells are evaluated; the others get the trilinear
+    interpolation of the coarse values, which all have the sign of the cell's corners, so
+    marching cubes at ``level`` sees the same crossings as on the dense grid. A field steeper
+    than ``lipschitz`` can lose thin parts: pass a generous bound, or use the dense path.
+
+    Returns ``(grid (R, R, R) float32, stats)`` with the number of field evaluations.
+    """
+    import torch
+
+    b = _check_bbox(bbox)
+    R, s = int(resolution), int(stride)
+    if R != resolution or R < 2:
+        raise NLSError(f"resolution must be an integer >= 2, got {resolution!r}")
+    if s < 1 or not (lipschitz > 0 and np.isfinite(lipschitz)):
+        raise NLSError(f"narrow band: need stride >= 1 and a finite lipschitz bound > 0, got "
+                       f"stride={stride!r}, lipschitz={lipschitz!r}")
+    h = (b[3:] - b[:3]) / (R - 1)  # fine spacing
+    nc = -(-(R - 1) // s)  # coarse cells per axis; the coarse grid may reach past the box
+    lo = torch.tensor(b[:3], dtype=torch.float32, device=device)
+    hs = torch.tensor(h * s, dtype=torch.float32, device=device)
+
+    def evaluate(pts):
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(pts), int(chunk)):
+                v = fn(pts[i:i + int(chunk)])
+                v = v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v))
+                out.append(v.reshape(-1).to("cpu", torch.float32))
+        return torch.cat(out) if out else torch.empty(0)
+
+    axes = torch.arange(nc + 1, device=device, dtype=torch.float32)
+    gi = torch.stack(torch.meshgrid(axes, axes, axes, indexing="ij"), -1).reshape(-1, 3)
+    coarse = evaluate(lo + gi * hs).reshape(nc + 1, nc + 1, nc + 1)
+    if torch.isnan(coarse).any():
+        raise NLSError("extract_mesh: the field is NaN on the coarse grid (diverged training?); no mesh")
+    near = ((coarse - level).abs() <= lipschitz * float(np.linalg.norm(h * s))).float()
+    cell = torch.nn.functional.max_pool3d(near[None, None], 2, stride=1)[0, 0] > 0  # (nc, nc, nc)
+    fine = torch.nn.functional.interpolate(coarse[None, None], size=(nc * s + 1,) * 3, mode="trilinear",
+                                           align_corners=True)[0, 0]
+    # fine points of the flagged cells (with their boundary), as unique fine indices
+    c = cell.nonzero()
+    off = torch.arange(s + 1)
+    local = torch.stack(torch.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3)
+    idx = (c[:, None, :] * s + local[None]).reshape(-1, 3)
+    idx = idx[(idx < R).all(1)]
+    m = nc * s + 1
+    flat = torch.unique(idx[:, 0] * m * m + idx[:, 1] * m + idx[:, 2])
+    ijk = torch.stack([flat // (m * m), (flat // m) % m, flat % m], -1)
+    if len(flat):
+        fine.view(-1)[flat] = evaluate(lo + ijk.to(device, torch.float32) * torch.tensor(
+            h, dtype=torch.float32, device=device))
+    grid = fine[:R, :R, :R].contiguous().numpy()
+    return grid, {"coarse_evals": int(coarse.numel()), "fine_evals": int(len(flat)),
+                  "dense_evals": R ** 3, "cells_flagged": int(cell.sum())}
+
+
 def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
                  inside: str = "below"):
     """Marching cubes on a ``(Rx, Ry, Rz)`` grid sampled at the corners of ``bbox``;
@@ -145,7 +209,7 @@ def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
 
 def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: float, *,
                  inside: str = "below", chunk: int = 2 ** 18, device="cpu",
-                 progress: Optional[bool] = None):
+                 progress: Optional[bool] = None, lipschitz: Optional[float] = None):
     """Marching cubes on the level set ``fn(x) == level`` inside ``bbox``.
 
     Args:
@@ -158,6 +222,9 @@ def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: fl
         chunk: points per call of ``fn``.
         device: where the query points are made.
         progress: rich progress bar (default: resolution >= 256 on a terminal).
+        lipschitz: a bound on ``|∇fn|``; when given, only a narrow band around the level set
+            is evaluated at full resolution (:func:`field_to_grid_narrow`, ~10x fewer queries
+            at 256³ for a distance-like field). None: every grid point is evaluated.
 
     Returns:
         ``trimesh.Trimesh`` in world coordinates with outward-facing normals.
@@ -175,7 +242,10 @@ def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: fl
     if inside not in ("below", "above"):
         raise NLSError(f"inside must be 'below' (values < level are inside, e.g. SDF) or "
                        f"'above' (values > level are inside, e.g. density), got {inside!r}")
-    grid = field_to_grid(fn, bbox, resolution, chunk=chunk, device=device, progress=progress)
+    if lipschitz is None:
+        grid = field_to_grid(fn, bbox, resolution, chunk=chunk, device=device, progress=progress)
+    else:
+        grid, _ = field_to_grid_narrow(fn, bbox, resolution, level, lipschitz, chunk=chunk, device=device)
     return grid_to_mesh(grid, bbox, level, inside=inside)
 
 
