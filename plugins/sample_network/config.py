@@ -47,6 +47,15 @@ class ReconConfig(ComponentConfig):
                               "early, so warm-started samples cost ~1 iteration)")
     newton_tol: float = Field(1e-4, gt=0, description="|F − t| below which a sample has converged")
     max_step: Optional[float] = Field(0.25, gt=0, description="clip each Newton step to this length (None: off)")
+    track: bool = Field(True, description="warm-started samples are not re-projected: each step moves them by "
+                        "one Newton step computed from the loss's own forward pass, and every sample counts "
+                        "on its own level set c_i = F(p_i; θ₀) (false: full Newton projection every step)")
+    general_samples: int = Field(0, ge=0, description="samples of arbitrary level sets per step: gaussian "
+                                 "points around the input, each on its own level set t = F(p; θ₀) (no "
+                                 "projection); Eq. 13 over a continuum of levels, as the authors' code does. 0: off")
+    general_sigmas: list[float] = Field([0.01, 0.1], min_length=1, description="stds of the general samples "
+                                        "(an equal share per std)")
+    general_weight: float = Field(1.0, ge=0, description="weight of the general-level term")
     quantity: Literal["sdf"] = Field("sdf", description="field output whose level sets are controlled")
 
 

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from plugins.sample_network.config import ReconConfig, UDFRegressionConfig
-from plugins.sample_network.projection import initial_points, newton_project
-from plugins.sample_network.sample_net import sample_network_fused
+from plugins.sample_network.projection import _inside, initial_points, newton_project
+from plugins.sample_network.sample_net import sample_network_at
 
 
 class KNN:
@@ -76,12 +76,26 @@ class _PointCloudLoss(nn.Module):
 
 class LevelSetRecon(_PointCloudLoss):
     """Eq. 13 as a loss term (see the module docstring). ``info`` holds the last step's sample
-    counts and Newton statistics (for logging/benchmarks)."""
+    counts and Newton statistics (for logging/benchmarks).
+
+    Samples of S_t enter through the sample network with level t (Eq. 9); all samples share
+    one forward pass (:func:`sample_network_at`). Two departures from a literal reading of
+    §2.1, both for speed and both stated in the config:
+
+    * ``track`` (default): samples kept from the previous step are not re-projected. θ moves
+      little per step, so they lie near S_t(θ₀), and the sample network's value
+      p − D_xF^†(F(p) − t) is itself one more Newton step (Eq. 4) onto S_t; the pool keeps
+      that value for the next step. Only fresh samples run the full Newton loop.
+    * ``general_samples``: gaussian points around the input, each on its own level set,
+      extend T to a continuum of levels weighted by the sampling measure, as the authors'
+      reconstruction code does. Off by default in the config; the scene and benchmark use it.
+    """
 
     def __init__(self, cfg: ReconConfig, points: np.ndarray, bbox):
         super().__init__(cfg, points, bbox)
         k = len(cfg.levels)
         self.register_buffer("pool", torch.zeros(k, cfg.n_samples, 3))
+        self.register_buffer("pool_warm", torch.zeros(k, cfg.n_samples, dtype=torch.bool))
         self.register_buffer("pool_ready", torch.zeros((), dtype=torch.bool))
         self.info: dict = {}
 
@@ -91,55 +105,101 @@ class LevelSetRecon(_PointCloudLoss):
         return initial_points("gaussian", n, bbox=self.bbox, points=self.points, sigma=self.cfg.sigma,
                               uniform_fraction=self.cfg.uniform_fraction, device=device)
 
-    def _starts(self, k: int, device) -> tuple[Tensor, bool]:
+    def _starts(self, k: int, device) -> tuple[Tensor, Tensor]:
+        """Starting points (n, 3) and a mask (n,) of those taken from the pool (warm)."""
         cfg, n = self.cfg, self.cfg.n_samples
         if cfg.init in ("uniform", "gaussian") or not bool(self.pool_ready):
-            return self._fresh(n, device), False
-        pool = self.pool[k]
-        if cfg.init == "current":
-            return pool.clone(), True
-        m = int(round(cfg.refresh * n))  # mixed: redraw a share of the pool
-        x = pool.clone()
-        if m:
-            i = torch.randperm(n, device=device)[:m]
-            x[i] = self._fresh(m, device)
-        return x, True
+            return self._fresh(n, device), torch.zeros(n, dtype=torch.bool, device=device)
+        x, warm = self.pool[k].clone(), self.pool_warm[k].clone()
+        if cfg.init == "mixed":  # redraw a share of the pool
+            m = int(round(cfg.refresh * n))
+            if m:
+                i = torch.randperm(n, device=device)[:m]
+                x[i], warm[i] = self._fresh(m, device), False
+        return x, warm
 
     def level_set_samples(self, fn, k: int, t: float) -> tuple[Tensor, dict]:
-        """Project starting points on S_t; returns the valid samples (detached) and stats."""
+        """Samples of S_t (m, 3) (detached): fresh starting points are Newton-projected (Eq. 4/5);
+        with ``track`` the warm ones are used as they are (already moved by one Newton step)."""
         cfg = self.cfg
         x0, warm = self._starts(k, self.points.device)
-        proj = newton_project(fn, x0, t, iters=cfg.newton_iters, tol=cfg.newton_tol, max_step=cfg.max_step,
-                              bbox=self.bbox)
-        valid = proj.valid
-        with torch.no_grad():  # keep valid samples; invalid ones restart from the fresh measure next step
-            keep = torch.where(valid[:, None], proj.points, self._fresh(len(x0), x0.device))
-            self.pool[k].copy_(keep)
-        stats = {"valid": int(valid.sum()), "n": len(x0), "mean_iters": float(proj.iterations.float().mean())}
-        return proj.points[valid], stats
+        todo = ~warm if cfg.track else torch.ones_like(warm)
+        pts, ok = x0.clone(), torch.ones_like(warm)
+        iters = 0.0
+        if bool(todo.any()):
+            proj = newton_project(fn, x0[todo], t, iters=cfg.newton_iters, tol=cfg.newton_tol,
+                                  max_step=cfg.max_step, bbox=self.bbox)
+            pts[todo], ok[todo] = proj.points, proj.valid
+            iters = float(proj.iterations.float().mean())
+        stats = {"valid": int(ok.sum()), "n": len(x0), "warm": int((warm & ~todo).sum()),
+                 "mean_iters": iters}
+        return pts[ok], stats
+
+    def _data_term(self, fn) -> Tensor:
+        j = torch.randint(0, len(self.points), (min(self.cfg.batch_points, len(self.points)),),
+                          device=self.points.device)
+        return fn(self.points[j]).abs().mean()
+
+    def _general_samples(self) -> Tensor:
+        cfg, dev = self.cfg, self.points.device
+        parts = []
+        for i, s in enumerate(cfg.general_sigmas):
+            n = cfg.general_samples // len(cfg.general_sigmas) + (i < cfg.general_samples % len(cfg.general_sigmas))
+            parts.append(initial_points("gaussian", n, points=self.points, sigma=s, device=dev))
+        return torch.cat(parts)
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
         cfg = self.cfg
         fn = _sdf_fn(system)
-        total = torch.zeros((), device=self.points.device)
-        info = {}
+        info, groups, counts = {}, [], []
         for k, t in enumerate(cfg.levels):
-            p, stats = self.level_set_samples(fn, k, t)
-            info[f"S_{t:g}"] = stats
-            if len(p) == 0:
-                continue
-            p_theta = sample_network_fused(fn, p, t)  # Eq. 9
-            _, idx = self.knn.query(p.detach().cpu().numpy())
-            nn_pts = self.points[torch.from_numpy(idx).to(self.points.device)]
-            d = (p_theta - nn_pts).norm(dim=1)
-            total = total + ((d - abs(t)).abs().pow(cfg.p).mean()).pow(1.0 / cfg.p)
+            p, info[f"S_{t:g}"] = self.level_set_samples(fn, k, t)
+            groups.append(p)
+            counts.append(len(p))
+        if cfg.general_samples:
+            groups.append(self._general_samples())
+            counts.append(len(groups[-1]))
+        total = torch.zeros((), device=self.points.device)
+        if sum(counts):
+            P = torch.cat(groups)
+            dev = P.device
+            t_all = torch.cat([torch.full((n,), float(t), device=dev) for n, t in zip(counts, cfg.levels)]
+                              + [torch.zeros(counts[-1], device=dev)] * bool(cfg.general_samples))
+            own = torch.arange(len(P), device=dev) >= sum(counts[:len(cfg.levels)])
+            s = sample_network_at(fn, P, t_all, own_level=own)  # Eq. 9
+            _, idx = self.knn.query(P.cpu().numpy())
+            nn_pts = self.points[torch.from_numpy(idx).to(dev)]
+            r = ((s.points - nn_pts).norm(dim=1) - s.levels.abs()).abs().pow(cfg.p)
+            weights = [1.0] * len(cfg.levels) + [cfg.general_weight] * bool(cfg.general_samples)
+            for w, rk in zip(weights, torch.split(r, counts)):
+                if len(rk):
+                    total = total + w * rk.mean().pow(1.0 / cfg.p)
+            with torch.no_grad():
+                self._update_pool(P, s.points.detach(), counts)
         self.pool_ready.fill_(True)
         if cfg.lam > 0:
-            j = torch.randint(0, len(self.points), (min(cfg.batch_points, len(self.points)),),
-                              device=self.points.device)
-            total = total + cfg.lam * fn(self.points[j]).abs().mean()
+            total = total + cfg.lam * self._data_term(fn)
         self.info = info
         return cfg.weight * total
+
+    def _update_pool(self, P: Tensor, moved: Tensor, counts: list[int]) -> None:
+        """Keep this step's samples of each S_t for the next step. With ``track`` they move to
+        p(θ₀) = p − D_xF^†(F(p) − t), the Newton step (Eq. 4) of this step's forward pass.
+        Samples that leave the box, or whose step exceeds ``max_step``, are redrawn next step."""
+        cfg, n = self.cfg, self.cfg.n_samples
+        off = 0
+        for k in range(len(cfg.levels)):
+            p, q = P[off:off + counts[k]], moved[off:off + counts[k]]
+            off += counts[k]
+            keep = torch.ones(len(p), dtype=torch.bool, device=p.device)
+            if cfg.track:
+                if cfg.max_step is not None:
+                    keep = (q - p).norm(dim=1) <= cfg.max_step
+                p = q
+            keep &= torch.isfinite(p).all(1) & _inside(p, self.bbox)
+            p = p[keep][:n]
+            self.pool[k].copy_(torch.cat([p, self._fresh(n - len(p), p.device)]))
+            self.pool_warm[k].copy_(torch.arange(n, device=p.device) < len(p))
 
 
 class UDFRegression(_PointCloudLoss):

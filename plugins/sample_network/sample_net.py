@@ -17,6 +17,7 @@ i.e. the minimal-norm first-order motion of the implicit level-set point. The te
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -50,16 +51,49 @@ def sample_network(fn: Callable, p: Tensor, level: Level = 0.0, *, pinv: Optiona
     return p - (pinv.detach() @ (values - c).unsqueeze(-1)).squeeze(-1)
 
 
-def sample_network_fused(fn: Callable, p: Tensor, level: Level = 0.0) -> Tensor:
+@dataclass
+class FusedSamples:
+    """Sample-network output of :func:`sample_network_at`.
+
+    points: (n, d) p(θ), differentiable in θ (value p).
+    levels: (n,) c_i, the level each sample sits on (detached).
+    grads: (n, d) D_xF(p; θ₀) (detached).
+    """
+
+    points: Tensor
+    levels: Tensor
+    grads: Tensor
+
+
+def sample_network_at(fn: Callable, p: Tensor, level: Optional[Level] = 0.0, *,
+                      own_level: Optional[Tensor] = None) -> FusedSamples:
     """Eq. 9 for scalar F with a single forward pass: F(p; θ) is evaluated once with the live θ,
     its input gradient (= D_xF(p; θ₀), since θ = θ₀ at this moment) gives the detached
-    pseudo-inverse (Eq. 5), and the same output feeds the sample network. Cheaper than
-    :func:`sample_network` by one forward."""
+    pseudo-inverse (Eq. 5), and the same output feeds the sample network.
+
+    ``level=None`` puts every sample on its own level set c_i = F(p_i; θ₀) (detached), so
+    p(θ₀) = p exactly for any p: a point anywhere in space is a sample of S_{c_i}. This is
+    how samples of a continuum of levels enter Eq. 13. ``own_level`` (n,) bool does the same
+    for some rows only. For a sample near (not on) S_t with a given level t, the value
+    p(θ₀) = p − D_xF^†(F(p) − t) is one more Newton step (Eq. 4) onto S_t.
+    """
     x = p.detach().requires_grad_(True)
     y = fn(x).reshape(p.shape[0], -1)
     if y.shape[1] != 1:
-        return sample_network(fn, p, level)
+        raise ValueError("sample_network_at handles scalar F; use sample_network for l > 1")
     (g,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
-    pinv = (g / (g.pow(2).sum(-1, keepdim=True) + 1e-12)).unsqueeze(-1)
-    c = _levels(level, p.shape[0], 1, p.device, p.dtype)
-    return p.detach() - (pinv.detach() @ (y - c).unsqueeze(-1)).squeeze(-1)
+    y = y[:, 0]
+    c = y.detach() if level is None else _levels(level, p.shape[0], 1, p.device, p.dtype)[:, 0]
+    if own_level is not None:
+        c = torch.where(own_level, y.detach(), c)
+    pinv = g / (g.pow(2).sum(-1, keepdim=True) + 1e-12)
+    return FusedSamples(p.detach() - pinv.detach() * (y - c).unsqueeze(-1), c, g.detach())
+
+
+def sample_network_fused(fn: Callable, p: Tensor, level: Level = 0.0) -> Tensor:
+    """Eq. 9 with one forward pass (:func:`sample_network_at`); falls back to
+    :func:`sample_network` (one extra forward) for l > 1. Returns p(θ) (n, d)."""
+    y_dim = fn(p[:1].detach()).reshape(1, -1).shape[1] if len(p) else 1
+    if y_dim != 1:
+        return sample_network(fn, p, level)
+    return sample_network_at(fn, p, level).points
