@@ -9,7 +9,7 @@ import pytest
 import torch
 import trimesh
 
-from pipeline.mesh import MESH_FORMATS, export_mesh, export_point_cloud, extract_mesh
+from pipeline.mesh import MESH_FORMATS, export_mesh, export_point_cloud, extract_mesh, field_to_grid, grid_to_mesh
 from pipeline.types import NLSError
 
 BOX = [-1, -1, -1, 1, 1, 1]
@@ -133,3 +133,40 @@ def test_export_point_cloud(tmp_path):
         export_point_cloud(pts, tmp_path / "cloud.obj")
     with pytest.raises(NLSError, match=r"\(P, 3\)"):
         export_point_cloud(pts[:, :2], tmp_path / "c.ply")
+
+
+def _two_spheres(p):
+    a = (p - torch.tensor([0.1, 0.0, 0.0])).norm(dim=-1) - 0.3
+    b = (p - torch.tensor([-0.3, 0.2, 0.1])).norm(dim=-1) - 0.12
+    return torch.minimum(a, b)
+
+
+@pytest.mark.parametrize("scale, res", [(1.0, 64), (1.0, 101), (3.0, 80)])
+def test_narrow_band_grid_matches_dense_grid_near_the_level_set(scale, res):
+    """The narrow-band grid has the dense grid's signs everywhere and its exact values in every
+    cell the level set crosses, so marching cubes gives the same mesh. scale 3 breaks the
+    given bound (1): the coarse-grid slope check must raise it."""
+    from pipeline.mesh import field_to_grid_narrow
+
+    box = [-0.55, -0.5, -0.5, 0.5, 0.52, 0.5]
+    f = lambda p: scale * _two_spheres(p)
+    dense = field_to_grid(f, box, res)
+    narrow, st = field_to_grid_narrow(f, box, res, 0.0, 1.0)
+    assert np.array_equal(np.sign(dense), np.sign(narrow))
+    near = np.abs(dense) < scale * 2.0 * (1.07 / (res - 1))
+    assert np.array_equal(dense[near], narrow[near])
+    assert st["fine_evals"] + st["coarse_evals"] < st["dense_evals"]
+    assert st["lipschitz_used"] >= 0.99 * scale
+    a, b = grid_to_mesh(dense, box, 0.0), grid_to_mesh(narrow, box, 0.0)
+    assert np.allclose(np.sort(a.vertices, 0), np.sort(b.vertices, 0))
+    m = extract_mesh(f, box, res, 0.0, lipschitz=1.0)
+    assert len(m.faces) == len(a.faces)
+
+
+def test_narrow_band_rejects_bad_bounds():
+    from pipeline.mesh import field_to_grid_narrow
+
+    with pytest.raises(NLSError, match="lipschitz"):
+        field_to_grid_narrow(_two_spheres, BOX, 32, 0.0, 0.0)
+    with pytest.raises(NLSError, match="stride"):
+        field_to_grid_narrow(_two_spheres, BOX, 32, 0.0, 1.0, stride=0)

@@ -224,6 +224,65 @@ def test_fused_sample_network_equals_two_pass_version():
             assert torch.allclose(x, y, atol=1e-10)
 
 
+def test_own_level_samples_equal_the_sample_network_of_their_level_set():
+    """level=None: each point is a sample of S_c with c = F(p; θ₀); the value is p and the
+    θ-gradient is that of Eq. 9 at the fixed level c (two-pass version). own_level mixes both."""
+    from plugins.sample_network.sample_net import sample_network_at
+
+    model = _tiny_mlp(1)
+    fn = lambda z: model.values(z)[:, 0]
+    p = torch.randn(30, 3, dtype=torch.float64) * 0.4
+    with torch.no_grad():
+        c = fn(p)
+    own = sample_network_at(fn, p, None)
+    assert torch.allclose(own.points.detach(), p) and torch.allclose(own.levels, c)
+    ref = sample_network(fn, p, c)
+    for a, b in zip(torch.autograd.grad(own.points.pow(3).sum(), list(model.parameters()), allow_unused=True),
+                    torch.autograd.grad(ref.pow(3).sum(), list(model.parameters()), allow_unused=True)):
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-10)
+    mask = torch.arange(30) % 2 == 0
+    mixed = sample_network_at(fn, p, 0.0, own_level=mask)
+    assert torch.allclose(mixed.levels[mask], c[mask]) and (mixed.levels[~mask] == 0).all()
+    newton = p - mixed.grads * (c / mixed.grads.pow(2).sum(1)).unsqueeze(1)  # one Newton step onto S_0
+    assert torch.allclose(mixed.points.detach()[~mask], newton[~mask])
+
+
+def test_tracked_pool_moves_by_one_newton_step_and_general_samples_count():
+    """track: the pool keeps p − D_xF^†(F(p) − t) (Eq. 4) of this step's samples; the next step
+    uses them without projecting (warm), and general samples add their own term."""
+    from plugins.sample_network.losses import LevelSetRecon
+
+    sys_ = _System(MLPSDF(MLPSDFConfig(hidden=32, layers=2, init_radius=0.3)))
+    pts = torch.nn.functional.normalize(torch.randn(2000, 3), dim=1).numpy() * 0.4
+    cfg = ReconConfig(n_samples=256, batch_points=256, refresh=0.25, general_samples=128, track=True)
+    loss = LevelSetRecon(cfg, pts, sys_.aabb.tolist())
+    fn = lambda z: sys_.chain(z)["sdf"]
+    captured = {}
+    orig = loss._update_pool
+
+    def spy(P, moved, counts):
+        captured.update(P=P.clone(), counts=counts)
+        orig(P, moved, counts)
+
+    loss._update_pool = spy
+    loss({"step": 0}, {}, sys_)
+    n0 = captured["counts"][0]
+    assert captured["counts"][1] == 128
+    p = captured["P"][:n0].double()
+    x = p.clone().requires_grad_(True)
+    sys_.double()
+    (g,) = torch.autograd.grad(fn(x).sum(), x)
+    with torch.no_grad():
+        step = g * (fn(p) / g.pow(2).sum(1)).unsqueeze(1)
+    sys_.float()
+    kept = int(loss.pool_warm[0].sum())
+    assert kept >= 0.9 * n0
+    assert torch.allclose(loss.pool[0][:kept].double(), (p - step)[:kept], atol=1e-5)
+    loss({"step": 1}, {}, sys_)
+    assert kept - 64 <= loss.info["S_0"]["warm"] <= kept  # 25% of the pool is redrawn
+
+
 def test_geometric_init_starts_from_a_sphere():
     f = MLPSDF(MLPSDFConfig(hidden=256, layers=4, init_radius=0.4, activation="relu"))
     x = torch.randn(2000, 3)

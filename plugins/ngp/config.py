@@ -76,6 +76,9 @@ class MarchingCubesConfig(ComponentConfig):
                                 "outer surface is meshed (interiors are unobserved by images)")
     min_component: float = Field(0.0, ge=0, lt=1, description="drop connected components with fewer than this "
                                  "fraction of the faces (post-processing against radiance-field floaters; 0 keeps all)")
+    lipschitz: Optional[float] = Field(None, gt=0, description="a bound on the field's gradient norm (an SDF: 1; "
+                                       "a trained MLP SDF: ~2): evaluate only a narrow band around the level at full "
+                                       "resolution (checked on a coarse grid); None evaluates every grid point")
 
 
 class UdfMarchingCubesConfig(ComponentConfig):

@@ -43,7 +43,8 @@ class MarchingCubes:
             grid = fill_interior(field_to_grid(fn, bbox, res, device=device), level)
             mesh = grid_to_mesh(grid, bbox, level, inside="above")
         else:
-            mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device)
+            mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device,
+                                lipschitz=getattr(self.cfg, "lipschitz", None))
         if self.cfg.min_component > 0:
             mesh = drop_small_components(mesh, self.cfg.min_component)
         mesh.metadata.update({"quantity": q, "level": level, "resolution": res, "bbox": bbox,

@@ -35,8 +35,8 @@ class ReconConfig(ComponentConfig):
     levels: list[float] = Field([0.0], min_length=1, description="T: the level sets controlled")
     p: float = Field(1.0, ge=1, description="exponent p of the level-set term")
     lam: float = Field(1.0, ge=0, description="λ: weight of the data term mean|F(x_j)|")
-    n_samples: int = Field(2048, ge=8, description="level-set samples per level per step")
-    batch_points: int = Field(4096, ge=1, description="input points x_j per step for the λ term")
+    n_samples: int = Field(1024, ge=8, description="level-set samples per level per step")
+    batch_points: int = Field(2048, ge=1, description="input points x_j per step for the λ term")
     init: InitMeasure = Field("mixed", description="initial measure: uniform in the box, gaussian around "
                               "input points, the current samples (warm start), or mixed (current + fresh "
                               "gaussian/uniform)")
@@ -50,7 +50,7 @@ class ReconConfig(ComponentConfig):
     track: bool = Field(True, description="warm-started samples are not re-projected: each step moves them by "
                         "one Newton step computed from the loss's own forward pass, and every sample counts "
                         "on its own level set c_i = F(p_i; θ₀) (false: full Newton projection every step)")
-    general_samples: int = Field(0, ge=0, description="samples of arbitrary level sets per step: gaussian "
+    general_samples: int = Field(1024, ge=0, description="samples of arbitrary level sets per step: gaussian "
                                  "points around the input, each on its own level set t = F(p; θ₀) (no "
                                  "projection); Eq. 13 over a continuum of levels, as the authors' code does. 0: off")
     general_sigmas: list[float] = Field([0.01, 0.1], min_length=1, description="stds of the general samples "

@@ -10,6 +10,9 @@ measure are projected on S_t with generalized Newton (Eq. 4/5), and each valid s
 the loss through its sample network p(θ) (Eq. 9). d(p, X) is the distance to the nearest input
 point, found with a KD-tree (pykdtree, scipy fallback) built once at build time; the nearest
 neighbour is looked up for the detached p and the distance ‖p(θ) − x_nn‖ is differentiable.
+Besides the controlled levels T (``levels``), ``general_samples`` points drawn around the
+input each sample their own level set S_c, c = F(p; θ₀), with the term |d(p(θ), X) − |c||:
+T becomes a continuum of levels weighted by the sampling measure (the authors' code does this).
 
 Random draws use torch's global RNG (checkpointed by the trainer). The pool of current
 samples (measure ``current``/``mixed``) is a buffer, so a resumed run continues identically.
@@ -88,7 +91,9 @@ class LevelSetRecon(_PointCloudLoss):
       that value for the next step. Only fresh samples run the full Newton loop.
     * ``general_samples``: gaussian points around the input, each on its own level set,
       extend T to a continuum of levels weighted by the sampling measure, as the authors'
-      reconstruction code does. Off by default in the config; the scene and benchmark use it.
+      reconstruction code does (1k zero-level and 1k general samples per 2k input points there
+      and here by default). Without them the field away from S_0 is unconstrained; on spot a
+      T = {0} run at lr 1e-3 reached only CD-L1 27.8 where the default reached 5.1 (175 s).
     """
 
     def __init__(self, cfg: ReconConfig, points: np.ndarray, bbox):
