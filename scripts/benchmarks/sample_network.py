@@ -4,7 +4,9 @@ Parts (``--parts surface,generalization,robustness``):
 
 * ``surface`` — point-cloud surface reconstruction (Eq. 13, ``level_set_recon``) against the naive
   baseline that regresses |F| to the unsigned distance at random points (``udf_regression``), in
-  the same run, with the same ``mlp_sdf`` network, optimiser and step/time budget. Meshes:
+  the same run, with the same ``mlp_sdf`` network and optimiser. The sample network trains for
+  ``--seconds``; the baseline then trains for the same number of steps (``--match steps``, the
+  issue's protocol) or the same seconds (``--match time``; it is ~2x cheaper per step). Meshes:
   spot (watertight, clean), kitten (noisy input), stanford-bunny (open surface), 3holes (partial
   scan: a plane crop) and, without ``--quick``, camelhead (open). Chamfer-L1/L2 ×10³ on 30k
   samples in the GT-normalised frame (DESIGN.md protocol) plus the floor (two GT samplings).
@@ -102,9 +104,10 @@ def _evaluate(fn, scene, a) -> dict:
             "band": {k: band[k] for k in ("fine_evals", "dense_evals", "lipschitz_used")}}
 
 
-def train_one(data: dict, a) -> dict:
-    """Train with Adam, lr decayed ×0.1 over the budget (the last checkpoint's seconds, or the
-    step count), and evaluate at every checkpoint; evaluation time is not training time."""
+def train_one(data: dict, a, step_marks: list[int] | None = None) -> dict:
+    """Train with Adam, lr decayed ×0.1 over the budget, and evaluate at every checkpoint
+    (evaluation time is not training time). Checkpoints are training seconds (``a.checkpoints``)
+    or, with ``step_marks``, step counts; the schedule spans the last one (or ``a.steps``)."""
     from pipeline.build import build_system, load_scene_data
     from pipeline.config import validate
     from pipeline.testing import plugin_host
@@ -116,13 +119,17 @@ def train_one(data: dict, a) -> dict:
     scene = load_scene_data(cfg, dev)
     system = build_system(cfg, scene, dev)
     opt = torch.optim.Adam(system.param_groups(a.lr), lr=a.lr)
-    marks = list(a.checkpoints) or [None]
+    by_steps = step_marks is not None
+    marks = list(step_marks if by_steps else a.checkpoints) or [None]
     fn = lambda x: system.chain(x, None)["sdf"]
     train_s, steps, load0, evals = 0.0, 0, load(), []
     for mark in marks:
-        while steps < a.steps and (mark is None or train_s < mark):
+        while steps < a.steps and (mark is None or (steps if by_steps else train_s) < mark):
             t0 = time.perf_counter()
-            frac = train_s / marks[-1] if marks[-1] else steps / a.steps
+            if by_steps or not marks[-1]:
+                frac = steps / (marks[-1] or a.steps)
+            else:
+                frac = train_s / marks[-1]
             for g in opt.param_groups:
                 g["lr"] = a.lr * 0.1 ** min(1.0, frac)
             total = sum(loss({"step": steps}, {}, system) for loss in system.losses.values())
@@ -162,7 +169,10 @@ def surface(a) -> dict:
         floor = chamfer_floor(normalize_mesh(load_mesh(path))[0], 30000)["chamfer_l1"]
         row = {"mesh": label, "file": fname, "kind": kind, "floor_l1": round(floor, 3)}
         for method in a.methods.split(","):
-            r = train_one(_scene(path, scan, method, a), a)
+            sn = row.get("sample_network")
+            same_steps = a.match == "steps" and method != "sample_network" and sn is not None
+            r = train_one(_scene(path, scan, method, a), a,
+                          [c["steps"] for c in sn["checkpoints"]] if same_steps else None)
             row[method] = r
             for c in r["checkpoints"]:
                 print(f"  {label:15s} {method:15s} CD-L1 {c['chamfer_l1']:7.3f}  CD-L2 {c['chamfer_l2']:7.4f}  "
@@ -175,7 +185,7 @@ def surface(a) -> dict:
             "targets": _targets(rows),
             "config": {"width": a.width, "layers": a.layers, "samples": a.samples, "steps": a.steps,
                        "checkpoints_s": a.checkpoints, "lr": a.lr, "res": a.res, "n_points": a.n_points,
-                       "general_samples": a.general, "track": not a.no_track}}
+                       "general_samples": a.general, "track": not a.no_track, "match": a.match}}
 
 
 def _targets(rows: list[dict]) -> dict:
@@ -328,6 +338,9 @@ def main(argv=None) -> dict:
                     "(e.g. 350,700): the mesh is evaluated at each, the lr schedule spans the last")
     ap.add_argument("--general", type=int, default=None, help="general-level samples per step (0: only S_0)")
     ap.add_argument("--no-track", action="store_true", help="re-project every level-set sample each step")
+    ap.add_argument("--match", choices=["steps", "time"], default="steps",
+                    help="budget of the baseline: the sample network's step counts at its checkpoints (the "
+                         "issue's protocol: same network and steps) or the same training seconds")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--samples", type=int, default=None, help="level-set samples / input points per step")
@@ -347,7 +360,7 @@ def main(argv=None) -> dict:
     a.steps = a.steps or (150 if q else 100000)
     a.checkpoints = [float(v) for v in a.seconds.split(",")] if a.seconds else ([] if q else [350.0, 700.0])
     a.width = a.width or (128 if q else 256)
-    a.samples = a.samples or (1024 if q else 2048)
+    a.samples = a.samples or 1024
     a.general = a.samples if a.general is None else a.general
     a.res = a.res or (128 if q else 256)
     if q:
@@ -391,6 +404,8 @@ def _table(r: dict) -> None:
             print(f"{row['mesh']:16s} {row['floor_l1']:6.2f} | {a['chamfer_l1']:7.3f} {a['chamfer_l2']:7.4f} "
                   f"{a['steps']:5d} | {b['chamfer_l1']:7.3f} {b['chamfer_l2']:7.4f} {b['steps']:5d} | "
                   f"{row.get('beats_baseline', '-')}")
+        for k, v in s.get("targets", {}).items():
+            print(f"  target {k}: {v}")
     g = r["parts"].get("generalization", {})
     if g.get("fractions"):
         print("\nFew-sample generalisation (test accuracy %, mean ± std)")
