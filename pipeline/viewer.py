@@ -190,6 +190,10 @@ class LevelSetViewer:
         self.server.stop()
 
 
+#: seconds ``nls view`` waits for the server to close its connections on exit
+STOP_TIMEOUT_S = 10.0
+
+
 def serve(run_dir: Path, *, host=None, port: int = 8080, resolution: int = 128,
           seconds: Optional[float] = None) -> int:
     """Run the viewer until Ctrl-C (or SIGTERM, or ``seconds``); returns the exit code (0)."""
@@ -201,15 +205,22 @@ def serve(run_dir: Path, *, host=None, port: int = 8080, resolution: int = 128,
         print(f"nls view: caching the field on a {resolution}^3 grid for the level slider "
               f"(the page works meanwhile)", flush=True)
     stop = threading.Event()
-    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM only set the event: no KeyboardInterrupt can land inside library code
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         t0 = time.monotonic()
         while not stop.is_set() and (seconds is None or time.monotonic() - t0 < seconds):
             stop.wait(0.2)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, old)
-        viewer.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        # the server's own shutdown joins its threads with timeouts; bound the whole of it anyway so
+        # a stuck websocket teardown cannot keep the command alive
+        closer = threading.Thread(target=viewer.stop, daemon=True)
+        closer.start()
+        closer.join(STOP_TIMEOUT_S)
+        if closer.is_alive():
+            print(f"nls view: the server did not shut down within {STOP_TIMEOUT_S:g} s; leaving it",
+                  file=sys.stderr, flush=True)
         print("nls view: stopped", file=sys.stderr, flush=True)
     return 0

@@ -114,7 +114,8 @@ def test_view_in_headless_chromium(run, tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "view", str(run), "--port", str(port),
                              "--resolution", "48"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                         "PYTHONFAULTHANDLER": "1"})
     errors, external = [], []
     try:
         _wait_for_line(proc, f"http://127.0.0.1:{port}", timeout=120)
@@ -145,9 +146,14 @@ def test_view_in_headless_chromium(run, tmp_path):
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        except subprocess.TimeoutExpired:  # show where it hangs: faulthandler dumps every thread on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                err = "(no traceback: killed)"
+            raise AssertionError(f"`nls view` did not exit within 30 s of Ctrl-C; its threads:\n{err[-6000:]}")
     assert proc.returncode == 0, err
     assert "nls view: stopped" in err and "Traceback" not in err
 
