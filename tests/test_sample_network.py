@@ -20,7 +20,7 @@ from plugins.sample_network.margins import (
     HeadParams, KINDS, as_logits, classifier_loss, geometric_svm_distances, robust_boundary)
 from plugins.sample_network.projection import (
     false_position_project, initial_points, newton_project, pinv_jacobian, value_and_jacobian)
-from plugins.sample_network.sample_net import sample_network, sample_network_fused
+from plugins.sample_network.sample_net import sample_network, sample_network_at
 
 #: Chamfer-L1 (x10^3, GT-normalised frame, 10k samples) a 300-step reconstruction of a sphere point
 #: cloud must reach; the 10k-sample floor of this sphere is ~8.9, measured results are printed.
@@ -216,7 +216,7 @@ def test_fused_sample_network_equals_two_pass_version():
     fn = lambda z: model.values(z)[:, 0]
     p = newton_project(fn, torch.randn(20, 3, dtype=torch.float64) * 0.3, 0.0, iters=30, tol=1e-12).valid_points
     a = sample_network(fn, p, 0.0)
-    b = sample_network_fused(fn, p, 0.0)
+    b = sample_network_at(fn, p, 0.0).points
     ga = torch.autograd.grad(a.pow(2).sum(), list(model.parameters()), allow_unused=True)
     gb = torch.autograd.grad(b.pow(2).sum(), list(model.parameters()), allow_unused=True)
     for x, y in zip(ga, gb):
@@ -227,8 +227,6 @@ def test_fused_sample_network_equals_two_pass_version():
 def test_own_level_samples_equal_the_sample_network_of_their_level_set():
     """level=None: each point is a sample of S_c with c = F(p; θ₀); the value is p and the
     θ-gradient is that of Eq. 9 at the fixed level c (two-pass version). own_level mixes both."""
-    from plugins.sample_network.sample_net import sample_network_at
-
     model = _tiny_mlp(1)
     fn = lambda z: model.values(z)[:, 0]
     p = torch.randn(30, 3, dtype=torch.float64) * 0.4

@@ -88,12 +88,3 @@ def sample_network_at(fn: Callable, p: Tensor, level: Optional[Level] = 0.0, *,
         c = torch.where(own_level, y.detach(), c)
     pinv = g / (g.pow(2).sum(-1, keepdim=True) + 1e-12)
     return FusedSamples(p.detach() - pinv.detach() * (y - c).unsqueeze(-1), c, g.detach())
-
-
-def sample_network_fused(fn: Callable, p: Tensor, level: Level = 0.0) -> Tensor:
-    """Eq. 9 with one forward pass (:func:`sample_network_at`); falls back to
-    :func:`sample_network` (one extra forward) for l > 1. Returns p(θ) (n, d)."""
-    y_dim = fn(p[:1].detach()).reshape(1, -1).shape[1] if len(p) else 1
-    if y_dim != 1:
-        return sample_network(fn, p, level)
-    return sample_network_at(fn, p, level).points
