@@ -42,6 +42,20 @@ def _check_bbox(bbox) -> np.ndarray:
     return b
 
 
+def _values(fn: Callable, pts):
+    """``fn(pts (M,3))`` as a CPU float32 tensor ``(M,)``; a field that returns another count of
+    values gets an error naming the shapes."""
+    import torch
+
+    val = fn(pts)
+    if not torch.is_tensor(val):
+        val = torch.as_tensor(np.asarray(val))
+    if val.numel() != len(pts):
+        raise NLSError(f"extract_mesh: the field returned {tuple(val.shape)} for "
+                       f"{len(pts)} points; expected ({len(pts)},) values")
+    return val.reshape(-1).detach().to("cpu", torch.float32)
+
+
 def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
                   chunk: int = 2 ** 18, device="cpu",
                   progress: Optional[bool] = None) -> np.ndarray:
@@ -80,14 +94,7 @@ def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
                 e = min(total, s + int(chunk))
                 idx = torch.arange(s, e, device=device, dtype=torch.int64)
                 ijk = torch.stack([idx // (R * R), (idx // R) % R, idx % R], -1)
-                pts = lo + ijk.to(torch.float32) * step
-                val = fn(pts)
-                if not torch.is_tensor(val):
-                    val = torch.as_tensor(np.asarray(val))
-                if val.numel() != e - s:
-                    raise NLSError(f"extract_mesh: the field returned {tuple(val.shape)} for "
-                                   f"{e - s} points; expected ({e - s},) values")
-                out[s:e] = val.reshape(-1).detach().to("cpu", torch.float32).numpy()
+                out[s:e] = _values(fn, lo + ijk.to(torch.float32) * step).numpy()
                 if bar is not None:
                     bar.advance(task, e - s)
     finally:
@@ -127,12 +134,8 @@ def field_to_grid_narrow(fn: Callable, bbox: Sequence[float], resolution: int, l
     hs = torch.tensor(h * s, dtype=torch.float32, device=device)
 
     def evaluate(pts):
-        out = []
         with torch.no_grad():
-            for i in range(0, len(pts), int(chunk)):
-                v = fn(pts[i:i + int(chunk)])
-                v = v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v))
-                out.append(v.reshape(-1).to("cpu", torch.float32))
+            out = [_values(fn, pts[i:i + int(chunk)]) for i in range(0, len(pts), int(chunk))]
         return torch.cat(out) if out else torch.empty(0)
 
     axes = torch.arange(nc + 1, device=device, dtype=torch.float32)

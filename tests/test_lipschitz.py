@@ -295,3 +295,19 @@ def test_sphere_tracing_renderer_component(sphere_fields, nls_host):
     x = o[hit] + out["depth"][hit] * d[hit]
     cos = torch.nn.functional.cosine_similarity(out["normals"][hit], x, dim=-1)
     assert cos.min() > 0.9
+
+
+def test_hkr_objective_adds_the_surface_term_only_when_weighted():
+    from plugins.lipschitz.losses import hkr_loss, hkr_objective
+
+    torch.manual_seed(0)
+    f = LipschitzSDF(depth=2, width=16)
+    x, y = torch.rand(64, 3) - 0.5, torch.where(torch.rand(64) < 0.5, -1.0, 1.0)
+    s = torch.rand(32, 3) - 0.5
+    base = hkr_loss(f.sdf(x), y, MARGIN, 100.0)
+    assert torch.equal(hkr_objective(f.sdf, x, y, MARGIN, 100.0, s, 0.0), base)
+    assert torch.equal(hkr_objective(f.sdf, x, y, MARGIN, 100.0, None, 5.0), base)
+    want = base + 5.0 * (f.sdf(s) ** 2).mean()
+    assert torch.allclose(hkr_objective(f.sdf, x, y, MARGIN, 100.0, s, 5.0), want, rtol=0, atol=1e-7)
+    sampler = LabelSampler(x[:32], x[32:], surface=s)
+    assert sampler.surface_batch(10).shape == (10, 3) and LabelSampler(x[:32], x[32:]).surface_batch(10) is None

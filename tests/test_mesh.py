@@ -93,6 +93,8 @@ def test_bad_arguments():
         extract_mesh(sphere_sdf, BOX, 1, 0.0)
     with pytest.raises(NLSError, match="expected"):
         extract_mesh(lambda p: p, BOX, 8, 0.0)
+    with pytest.raises(NLSError, match="expected"):  # the narrow-band path checks shapes too
+        extract_mesh(lambda p: p, BOX, 8, 0.0, lipschitz=1.0)
 
 
 @pytest.mark.parametrize("ext", MESH_FORMATS)

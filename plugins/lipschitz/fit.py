@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plugins.lipschitz.losses import hkr_loss
+from plugins.lipschitz.losses import hkr_objective
 
 __all__ = ["PlainMLP", "fit_hkr", "fit_eikonal_baseline", "LabelSampler"]
 
@@ -48,15 +48,22 @@ class PlainMLP(nn.Module):
 
 
 class LabelSampler:
-    """Draws ``2n`` labelled points from the union of ``inside`` (y=-1) and ``outside`` (y=+1)."""
+    """Draws ``2n`` labelled points from the union of ``inside`` (y=-1) and ``outside`` (y=+1), and
+    ``n`` of the optional ``surface (M,3)`` samples (:meth:`surface_batch`, None without them)."""
 
-    def __init__(self, inside, outside, device="cpu"):
+    def __init__(self, inside, outside, device="cpu", surface=None):
         self.x = torch.cat([torch.as_tensor(inside), torch.as_tensor(outside)]).float().to(device)
         self.y = torch.cat([-torch.ones(len(inside)), torch.ones(len(outside))]).to(device)
+        self.surface = None if surface is None else torch.as_tensor(surface).float().to(device)
 
     def __call__(self, n: int, generator=None) -> tuple[Tensor, Tensor]:
         k = torch.randint(0, len(self.x), (2 * n,), generator=generator).to(self.x.device)
         return self.x[k], self.y[k]
+
+    def surface_batch(self, n: int) -> Optional[Tensor]:
+        if self.surface is None:
+            return None
+        return self.surface[torch.randint(0, len(self.surface), (n,)).to(self.surface.device)]
 
 
 def _loop(model, step_fn, steps, lr, lr_final_factor, max_seconds, log_every, log, time_schedule=False):
@@ -88,27 +95,28 @@ def _loop(model, step_fn, steps, lr, lr_final_factor, max_seconds, log_every, lo
 
 def fit_hkr(field: nn.Module, sampler: LabelSampler, *, steps: int = 1000, batch_size: int = 2048,
             lr: float = 5e-3, lr_final_factor: float = 0.05, margin: float = 0.01, lam: float = 100.0,
-            max_seconds: Optional[float] = None, time_schedule: bool = False, log_every: int = 0,
-            log=None) -> dict:
-    """Minimise the hKR loss of ``field`` (``field.sdf``) on ``sampler``'s points."""
+            surface_weight: float = 0.0, max_seconds: Optional[float] = None, time_schedule: bool = False,
+            log_every: int = 0, log=None) -> dict:
+    """Minimise the hKR loss of ``field`` (``field.sdf``) on ``sampler``'s points (plus the optional
+    surface term of :func:`~plugins.lipschitz.losses.hkr_objective` on its surface samples)."""
     def step():
         x, y = sampler(batch_size)
-        return hkr_loss(field.sdf(x), y, margin, lam)
+        return hkr_objective(field.sdf, x, y, margin, lam, sampler.surface_batch(batch_size), surface_weight)
     return _loop(field, step, steps, lr, lr_final_factor, max_seconds, log_every, log, time_schedule)
 
 
 def fit_eikonal_baseline(model: nn.Module, sampler: LabelSampler, box, *, steps: int = 1000,
                          batch_size: int = 2048, lr: float = 1e-3, lr_final_factor: float = 0.05,
                          margin: float = 0.01, lam: float = 100.0, eikonal_weight: float = 1.0,
-                         max_seconds: Optional[float] = None, time_schedule: bool = False, log_every: int = 0,
-                         log=None) -> dict:
-    """The baseline: the same hKR objective on the same labels, but with an eikonal penalty
+                         surface_weight: float = 0.0, max_seconds: Optional[float] = None,
+                         time_schedule: bool = False, log_every: int = 0, log=None) -> dict:
+    """The baseline: the same objective on the same labels (:func:`fit_hkr`'s), but with an eikonal penalty
     ``w E[(||grad f|| - 1)^2]`` on uniform box points in place of the 1-Lipschitz architecture."""
     b = torch.as_tensor(list(box), dtype=torch.float32, device=sampler.x.device)
 
     def step():
         x, y = sampler(batch_size)
-        loss = hkr_loss(model.sdf(x), y, margin, lam)
+        loss = hkr_objective(model.sdf, x, y, margin, lam, sampler.surface_batch(batch_size), surface_weight)
         xr = (b[:3] + (b[3:] - b[:3]) * torch.rand(batch_size, 3, device=b.device)).requires_grad_(True)
         (g,) = torch.autograd.grad(model.sdf(xr).sum(), xr, create_graph=True)
         return loss + eikonal_weight * lam * ((g.norm(dim=-1) - 1) ** 2).mean()

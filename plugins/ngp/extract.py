@@ -44,7 +44,7 @@ class MarchingCubes:
             mesh = grid_to_mesh(grid, bbox, level, inside="above")
         else:
             mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device,
-                                lipschitz=getattr(self.cfg, "lipschitz", None))
+                                lipschitz=self.cfg.lipschitz)
         if self.cfg.min_component > 0:
             mesh = drop_small_components(mesh, self.cfg.min_component)
         mesh.metadata.update({"quantity": q, "level": level, "resolution": res, "bbox": bbox,
