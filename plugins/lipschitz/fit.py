@@ -60,8 +60,9 @@ class LabelSampler:
         k = torch.randint(0, len(self.x), (2 * n,), generator=generator).to(self.x.device)
         return self.x[k], self.y[k]
 
-    def surface_batch(self, n: int) -> Optional[Tensor]:
-        if self.surface is None:
+    def surface_batch(self, n: int, weight: float = 1.0) -> Optional[Tensor]:
+        """``n`` surface samples, or None when there are none or ``weight`` is 0 (no draw: the RNG is untouched)."""
+        if self.surface is None or weight <= 0:
             return None
         return self.surface[torch.randint(0, len(self.surface), (n,)).to(self.surface.device)]
 
@@ -101,7 +102,7 @@ def fit_hkr(field: nn.Module, sampler: LabelSampler, *, steps: int = 1000, batch
     surface term of :func:`~plugins.lipschitz.losses.hkr_objective` on its surface samples)."""
     def step():
         x, y = sampler(batch_size)
-        return hkr_objective(field.sdf, x, y, margin, lam, sampler.surface_batch(batch_size), surface_weight)
+        return hkr_objective(field.sdf, x, y, margin, lam, sampler.surface_batch(batch_size, surface_weight), surface_weight)
     return _loop(field, step, steps, lr, lr_final_factor, max_seconds, log_every, log, time_schedule)
 
 
@@ -116,7 +117,7 @@ def fit_eikonal_baseline(model: nn.Module, sampler: LabelSampler, box, *, steps:
 
     def step():
         x, y = sampler(batch_size)
-        loss = hkr_objective(model.sdf, x, y, margin, lam, sampler.surface_batch(batch_size), surface_weight)
+        loss = hkr_objective(model.sdf, x, y, margin, lam, sampler.surface_batch(batch_size, surface_weight), surface_weight)
         xr = (b[:3] + (b[3:] - b[:3]) * torch.rand(batch_size, 3, device=b.device)).requires_grad_(True)
         (g,) = torch.autograd.grad(model.sdf(xr).sum(), xr, create_graph=True)
         return loss + eikonal_weight * lam * ((g.norm(dim=-1) - 1) ** 2).mean()
