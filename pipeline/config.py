@@ -60,6 +60,8 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(250, ge=1, description="steps between atomic checkpoints")
     grid_update_every: int = Field(16, ge=1, description="steps between occupancy-grid updates")
     grid_warmup: int = Field(256, ge=0, description="steps before the occupancy grid starts culling")
+    pixel_jitter: bool = Field(False, description="cast each training ray through a uniform random point of its "
+                               "pixel instead of the centre (area sampling: matches anti-aliased images)")
 
 
 class EvalConfig(BaseModel):
@@ -69,6 +71,9 @@ class EvalConfig(BaseModel):
     split: str = Field("test", description="image split used for PSNR/SSIM and `nls render`")
     max_images: Optional[int] = Field(None, ge=1, description="evaluate on the first N images only")
     chunk: int = Field(8192, ge=1, description="rays per rendering chunk (bounds memory)")
+    supersample: int = Field(1, ge=1, le=4, description="rays per pixel side when rendering the eval split "
+                             "(s x s rays averaged: anti-aliasing, for images that were rendered or downscaled "
+                             "with it, e.g. procedural/mesh scenes with scene.supersample 2)")
     fscore_tau: float = Field(0.01, gt=0, description="F-score threshold in the GT-normalised frame")
     chamfer_samples: int = Field(30000, ge=100)
 

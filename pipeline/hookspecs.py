@@ -110,7 +110,9 @@ def nls_register_renderers(register):
 
     The built object has ``render_rays(origins (R,3), dirs (R,3), query, **kw) -> dict``
     returning at least ``rgb (R,3)``, ``opacity (R,1)``, ``depth (R,1)``, where
-    ``query(x, d) -> dict`` evaluates the whole field chain.
+    ``query(x, d) -> dict`` evaluates the whole field chain, and
+    ``render_image(cameras, i, query, *, chunk, supersample=1) -> dict`` of ``(H,W,C)`` images
+    (``supersample`` is passed only when ``eval.supersample > 1``: average s x s sub-pixel rays).
 
     Example::
 

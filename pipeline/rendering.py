@@ -394,22 +394,29 @@ def _render_rays_torch(origins, dirs, radiance_fn, *, aabb, grid, density_fn, st
 
 
 def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: int = 4096,
-                 **render_kwargs) -> dict:
-    """Render camera ``i``'s full image in chunks of ``chunk`` rays under ``no_grad``.
+                 supersample: int = 1, **render_kwargs) -> dict:
+    """Render camera ``i``'s full image in chunks of ``chunk`` pixels under ``no_grad``.
 
-    Rays are generated per chunk (pixel centres, row-major over ``(v, u)``) on the
-    cameras' device, so peak memory is set by ``chunk`` and the samples per ray, not by
-    the resolution (beyond the output images). ``render_kwargs`` go to :func:`render_rays`
-    (``aabb``, ``step_size``, ``grid``, ``background``, ...).
+    Rays are generated per chunk (row-major over ``(v, u)``) on the cameras' device, so peak
+    memory is set by ``chunk`` and the samples per ray, not by the resolution (beyond the output
+    images). With ``supersample = s > 1`` each pixel is the mean of ``s x s`` rays through the
+    centres of its sub-pixels (the box filter an anti-aliased image holds); ``s = 1`` casts one
+    ray through each pixel centre. ``render_kwargs`` go to :func:`render_rays` (``aabb``,
+    ``step_size``, ``grid``, ``background``, ...).
 
-    Returns rgb (H,W,3), opacity (H,W,1), depth (H,W,1) and ``num_samples`` (int).
+    Returns rgb (H,W,3), opacity (H,W,1), depth (H,W,1) (means over the sub-pixel rays) and
+    ``num_samples`` (int, over all rays).
     """
     W, H = int(cameras.width), int(cameras.height)
     device, dtype = cameras.c2w.device, cameras.c2w.dtype
+    s_ = int(supersample)
+    if s_ < 1:
+        raise ValueError(f"render_image: supersample must be >= 1, got {supersample}")
+    offsets = [((a + 0.5) / s_ - 0.5, (b + 0.5) / s_ - 0.5) for b in range(s_) for a in range(s_)]
     n = W * H
-    rgb = torch.empty((n, 3), device=device, dtype=dtype)
-    opacity = torch.empty((n, 1), device=device, dtype=dtype)
-    depth = torch.empty((n, 1), device=device, dtype=dtype)
+    rgb = torch.zeros((n, 3), device=device, dtype=dtype)
+    opacity = torch.zeros((n, 1), device=device, dtype=dtype)
+    depth = torch.zeros((n, 1), device=device, dtype=dtype)
     num_samples = 0
     chunk = max(1, int(chunk))
     with torch.no_grad():
@@ -417,11 +424,12 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
             e = min(n, s + chunk)
             u, v = image_pixel_coords(W, H, s, e, device=device, dtype=dtype)
             cam_idx = torch.full((e - s,), int(i), dtype=torch.long, device=device)
-            o, d = pixel_rays(cameras, cam_idx, u, v)
-            out = render_rays(o, d, radiance_fn, **render_kwargs)
-            rgb[s:e] = out["rgb"]
-            opacity[s:e] = out["opacity"]
-            depth[s:e] = out["depth"]
-            num_samples += int(out["num_samples"])
+            for du, dv in offsets:
+                o, d = pixel_rays(cameras, cam_idx, u + du, v + dv)
+                out = render_rays(o, d, radiance_fn, **render_kwargs)
+                rgb[s:e] += out["rgb"] / len(offsets)
+                opacity[s:e] += out["opacity"] / len(offsets)
+                depth[s:e] += out["depth"] / len(offsets)
+                num_samples += int(out["num_samples"])
     return {"rgb": rgb.reshape(H, W, 3), "opacity": opacity.reshape(H, W, 1),
             "depth": depth.reshape(H, W, 1), "num_samples": num_samples}

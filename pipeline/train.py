@@ -31,10 +31,12 @@ class TrainResult:
 class RaySampler:
     """Uniform random pixels over all training images. Deterministic given its generator state.
 
-    ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), alpha (n,1) | None)``.
+    ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), alpha (n,1) | None)``. Rays go through
+    the pixel centres, or with ``jitter`` through a uniform random point of each pixel (area sampling,
+    so that a pixel's expected colour is the footprint average an anti-aliased image holds).
     """
 
-    def __init__(self, scene: SceneData, device: torch.device, seed: int):
+    def __init__(self, scene: SceneData, device: torch.device, seed: int, jitter: bool = False):
         from pipeline.rays import pixel_rays
 
         self._pixel_rays = pixel_rays
@@ -47,13 +49,18 @@ class RaySampler:
         self.alphas = split.alphas.to(device) if split.alphas is not None else None
         self.device = device
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.jitter = jitter
 
     def sample(self, n: int) -> dict:
         N, H, W, _ = self.images.shape
         idx = torch.randint(0, N, (n,), generator=self.gen).to(self.device)
         v = torch.randint(0, H, (n,), generator=self.gen).to(self.device)
         u = torch.randint(0, W, (n,), generator=self.gen).to(self.device)
-        o, d = self._pixel_rays(self.cameras, idx, u.float() + 0.5, v.float() + 0.5)
+        if self.jitter:
+            du, dv = torch.rand(2, n, generator=self.gen).to(self.device)
+        else:
+            du = dv = 0.5
+        o, d = self._pixel_rays(self.cameras, idx, u.float() + du, v.float() + dv)
         batch = {"origins": o, "dirs": d, "rgb": self.images[idx, v, u]}
         batch["alpha"] = self.alphas[idx, v, u] if self.alphas is not None else None
         return batch
@@ -226,7 +233,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         has_images = system.renderer is not None and "train" in scene.splits
-        self.sampler = RaySampler(scene, device, t.seed) if has_images else None
+        self.sampler = RaySampler(scene, device, t.seed, t.pixel_jitter) if has_images else None
         if self.sampler is not None and t.batch_rays % self.dist.world_size:
             raise NLSError(f"train.batch_rays={t.batch_rays} must be divisible by the number of processes "
                            f"({self.dist.world_size})")

@@ -41,9 +41,11 @@ class VolumeRenderer(nn.Module):
         """(R,3),(R,3) -> {rgb (R,3), opacity (R,1), depth (R,1), num_samples}."""
         return render_rays(origins, dirs, chain.radiance_fn, **self._kwargs(chain, training, background))
 
-    def render_image(self, cameras, i: int, chain, *, chunk: int = 8192) -> dict:
-        """Full image of camera ``i``: rgb (H,W,3), opacity (H,W,1), depth (H,W,1)."""
-        return render_image(cameras, i, chain.radiance_fn, chunk=chunk, **self._kwargs(chain, False, None))
+    def render_image(self, cameras, i: int, chain, *, chunk: int = 8192, supersample: int = 1) -> dict:
+        """Full image of camera ``i``: rgb (H,W,3), opacity (H,W,1), depth (H,W,1); ``supersample`` s
+        averages s x s sub-pixel rays per pixel."""
+        return render_image(cameras, i, chain.radiance_fn, chunk=chunk, supersample=supersample,
+                            **self._kwargs(chain, False, None))
 
     def update(self, step: int, chain, *, every: int, warmup: int) -> None:
         self.grid.update(step, chain.density_fn, self.step_size, occ_thre=self.cfg.occ_threshold,
