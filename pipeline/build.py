@@ -64,5 +64,7 @@ def build_system(cfg: SceneConfig, scene: SceneData, device):
     built = {s: (cfg.stages[s].build(ctx) if cfg.stages.get(s) else None)
              for s in ("field", "certifier", "density", "renderer")}
     chain = FieldChain(built["field"], built["certifier"], built["density"])
+    if cfg.stages.get("extractor"):
+        cfg.stages["extractor"].build(ctx)  # its options are checked against the scene before any training
     losses = {f"{i}_{c.name}": c.build(ctx) for i, c in enumerate(cfg.losses)}
     return System(chain, built["renderer"], losses, scene.aabb).to(device)

@@ -174,6 +174,16 @@ def _cast(isect, origins: np.ndarray, dirs: np.ndarray):
     return np.asarray(ray, np.int64), np.asarray(tri, np.int64), np.asarray(loc, np.float64)
 
 
+def rays_hit(mesh, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """``(R,)`` bool: whether each ray ``origins (R,3) + t dirs (R,3)``, ``t > 0``, hits ``mesh``."""
+    isect, _ = _intersector(mesh)
+    try:
+        return np.asarray(isect.intersects_any(np.asarray(origins, np.float64), np.asarray(dirs, np.float64)),
+                          dtype=bool)
+    except ImportError as e:  # trimesh's fallback needs rtree
+        raise NLSError(f"ray casting needs embreex (preferred) or rtree: {e}") from None
+
+
 def _albedo(mesh, tri: np.ndarray, loc: np.ndarray, base_color, strength: float,
             lo: np.ndarray, side: float) -> np.ndarray:
     kind = getattr(mesh.visual, "kind", None)

@@ -79,6 +79,12 @@ class MarchingCubesConfig(ComponentConfig):
     lipschitz: Optional[float] = Field(None, gt=0, description="a bound on the field's gradient norm (an SDF: 1; "
                                        "a trained MLP SDF: ~2): evaluate only a narrow band around the level at full "
                                        "resolution (checked on a coarse grid); None evaluates every grid point")
+    calibrate: Literal["off", "silhouettes"] = Field(
+        "off", description="silhouettes: mesh at the candidate level (calibrate_levels) whose silhouettes agree "
+        "best with the training images' alpha (ray-cast, 4x4 rays per silhouette pixel; needs alpha); off: `level`")
+    calibrate_levels: Optional[list[float]] = Field(
+        None, min_length=2, description="candidate levels of `calibrate`; default: sdf, level +- 2 grid voxels in "
+        "quarter-voxel steps; occupancy 0.2..0.8; density level x 2^(k/2), k = -6..6")
 
 
 class UdfMarchingCubesConfig(ComponentConfig):

@@ -33,7 +33,10 @@ class GeometryMetrics:
 
         gt = load_mesh(ctx.scene.gt_mesh)
         e = ctx.cfg.eval
-        res = chamfer(ctx.mesh(), gt, n_samples=e.chamfer_samples, fscore_taus=(e.fscore_tau,))
+        mesh = ctx.mesh()
+        res = chamfer(mesh, gt, n_samples=e.chamfer_samples, fscore_taus=(e.fscore_tau,))
+        if isinstance(mesh.metadata.get("level"), (int, float)):
+            res["mesh_level"] = float(mesh.metadata["level"])  # the iso-level meshed (calibrated or fixed)
         if self.cfg.floor:
             fl = chamfer_floor(gt, n_samples=e.chamfer_samples)
             res["chamfer_l1_floor"] = fl["chamfer_l1"]

@@ -10,12 +10,20 @@ from plugins.ngp.config import MarchingCubesConfig, UdfMarchingCubesConfig
 
 
 class MarchingCubes:
-    """``extract(chain, bbox, resolution=None, level=None) -> trimesh.Trimesh``."""
+    """``extract(chain, bbox, resolution=None, level=None) -> trimesh.Trimesh``.
 
-    def __init__(self, cfg: MarchingCubesConfig, produces: set[str], aabb):
+    With ``calibrate: silhouettes`` (and no explicit ``level`` argument) the field is sampled
+    once and meshed at each candidate level; the mesh whose silhouettes agree best with the
+    training views' alpha is kept (:func:`pipeline.silhouettes.calibrate_level`). The chosen level
+    and the table of candidates are in ``mesh.metadata``.
+    """
+
+    def __init__(self, cfg: MarchingCubesConfig, produces: set[str], aabb, train_split=None):
         self.cfg = cfg
         self.produces = produces
         self.aabb = [float(v) for v in aabb]
+        self.train_split = train_split
+        self._rays = None
 
     def quantity(self) -> str:
         if self.cfg.quantity != "auto":
@@ -28,28 +36,62 @@ class MarchingCubes:
                 return q
         raise NLSError("marching cubes needs a field that produces sdf, occupancy or density")
 
+    def candidate_levels(self, q: str, level: float, bbox: Sequence[float], res: int) -> list[float]:
+        """The levels ``calibrate`` tries (``calibrate_levels``, else a default span around ``level``)."""
+        if self.cfg.calibrate_levels is not None:
+            return [float(v) for v in self.cfg.calibrate_levels]
+        if q == "sdf":
+            h = max(float(bbox[i + 3] - bbox[i]) for i in range(3)) / (res - 1)
+            return [level + 0.25 * k * h for k in range(-8, 9)]
+        if q == "occupancy":
+            return [0.2 + 0.05 * k for k in range(13)]
+        return [level * 2 ** (0.5 * k) for k in range(-6, 7)]
+
     def extract(self, chain, *, bbox: Optional[Sequence[float]] = None, resolution: Optional[int] = None,
                 level: Optional[float] = None, device="cpu"):
-        from pipeline.mesh import extract_mesh
+        from pipeline.mesh import extract_mesh, field_to_grid, grid_to_mesh
 
         q = self.quantity()
+        calibrate = self.cfg.calibrate != "off" and level is None
         level = level if level is not None else (self.cfg.level if self.cfg.level is not None else DEFAULT_LEVEL[q])
         bbox = list(bbox or self.cfg.bbox or self.aabb)
         res = int(resolution or self.cfg.resolution)
         fn = lambda x: chain(x, None)[q]  # noqa: E731
-        if self.cfg.fill_interior and INSIDE[q] == "above":
-            from pipeline.mesh import field_to_grid, grid_to_mesh
+        calibration = None
+        if calibrate or (self.cfg.fill_interior and INSIDE[q] == "above"):
+            grid = field_to_grid(fn, bbox, res, device=device)
 
-            grid = fill_interior(field_to_grid(fn, bbox, res, device=device), level)
-            mesh = grid_to_mesh(grid, bbox, level, inside="above")
+            def mesh_at(lv: float):
+                g = fill_interior(grid, lv) if self.cfg.fill_interior and INSIDE[q] == "above" else grid
+                m = grid_to_mesh(g, bbox, lv, inside=INSIDE[q])
+                return drop_small_components(m, self.cfg.min_component) if self.cfg.min_component > 0 else m
+
+            if calibrate:
+                from pipeline.silhouettes import calibrate_level
+
+                level, table = calibrate_level(mesh_at, self.candidate_levels(q, level, bbox, res), self.rays())
+                calibration = {"method": "silhouettes", "pixels": len(self.rays()), "candidates": table}
+            mesh = mesh_at(level)
         else:
             mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device,
                                 lipschitz=self.cfg.lipschitz)
-        if self.cfg.min_component > 0:
-            mesh = drop_small_components(mesh, self.cfg.min_component)
+            if self.cfg.min_component > 0:
+                mesh = drop_small_components(mesh, self.cfg.min_component)
         mesh.metadata.update({"quantity": q, "level": level, "resolution": res, "bbox": bbox,
                               "min_component": self.cfg.min_component})
+        if calibration is not None:
+            mesh.metadata["level_calibration"] = calibration
         return mesh
+
+    def rays(self):
+        """The training views' silhouette rays (built once)."""
+        if self._rays is None:
+            from pipeline.silhouettes import silhouette_rays
+
+            if self.train_split is None:
+                raise NLSError("extractor.calibrate = silhouettes needs the scene's training images")
+            self._rays = silhouette_rays(self.train_split)
+        return self._rays
 
 
 class UdfMarchingCubes(MarchingCubes):
@@ -116,7 +158,13 @@ def _produces(ctx) -> set[str]:
 
 
 def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:
-    return MarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist())
+    from pipeline.types import ConfigError
+
+    split = ctx.scene.splits.get("train") if ctx.scene is not None else None
+    if cfg.calibrate != "off" and ctx.scene is not None and (split is None or split.alphas is None):
+        raise ConfigError(f"extractor.calibrate = {cfg.calibrate}: this scene's training images have no alpha "
+                          f"channel to compare silhouettes with; set extractor.calibrate: off (and a fixed level)")
+    return MarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist(), split)
 
 
 def build_udf_marching_cubes(cfg: UdfMarchingCubesConfig, ctx) -> UdfMarchingCubes:
