@@ -205,7 +205,10 @@ class Trainer:
 
     Staged schedules: any module of the system that defines ``on_train_step(step: int)`` is called
     before every step (also the first step after a resume), so it can switch phases or toggle
-    ``requires_grad``. The optimiser holds every parameter that required grad at construction;
+    ``requires_grad``; a module that also defines ``on_train_progress(fraction: float)`` is told,
+    just before, the fraction of the budget used so far (steps, or training seconds when
+    ``train.max_seconds`` is set: the same fraction the learning-rate decay follows), so phases
+    can be placed in wall-clock budgets. The optimiser holds every parameter that required grad at construction;
     Adam skips parameters whose grad is None, so a frozen part keeps its state untouched. A module
     whose behaviour depends on the phase should keep the phase in a buffer so checkpoints restore it.
 
@@ -245,6 +248,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         #: modules with ``on_train_step(step)``: staged schedules (freeze/unfreeze parts, switch phases)
         self._step_hooks = [m for m in system.modules() if callable(getattr(m, "on_train_step", None))]
+        self._progress_hooks = [m for m in system.modules() if callable(getattr(m, "on_train_progress", None))]
         self.elapsed = 0.0  # training seconds over all sessions of the run (mean over ranks)
         self._clock = 0.0  # this process's own count of the same; the mean of these is ``elapsed``
         self.stop = StopRequest()
@@ -351,6 +355,10 @@ class Trainer:
 
         s0 = time.perf_counter()
         self.system.train()
+        if self._progress_hooks:
+            fraction = self.budget_fraction()
+            for module in self._progress_hooks:
+                module.on_train_progress(fraction)
         for module in self._step_hooks:
             module.on_train_step(self.step)
         bg = None

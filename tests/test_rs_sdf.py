@@ -7,6 +7,8 @@ import copy
 import functools
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,6 +393,32 @@ def test_phase_schedule_initialises_voxels_from_the_nerf_and_freezes_parts():
     field.on_train_step(5)
     assert int(field.phase) == 2 and all(p.requires_grad for p in field.parameters())
     assert int(system.state_dict()["chain.field.phase"]) == 2
+
+
+def test_phases_by_budget_fraction_follow_the_trainer():
+    """ngp_fraction / voxel_fraction place the phases by the budget fraction the Trainer reports."""
+    from pipeline.runs import RunDir
+    from pipeline.train import Trainer
+    from pipeline.types import ConfigError
+
+    data = _tiny_rs_scene(ngp_fraction=0.5, voxel_fraction=0.25)
+    data["train"] = {**data.get("train", {}), "steps": 8, "checkpoint_every": 100, "log_every": 100}
+    cfg, scene, system = _system(data)
+    field = system.chain.field
+    assert [field.phase_at(0, p) for p in (0.0, 0.49, 0.5, 0.74, 0.75, 1.0)] == [0, 0, 1, 1, 2, 2]
+    seen = []
+    field.on_train_progress = lambda f, _orig=field.on_train_progress: (seen.append(f), _orig(f))
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(cfg, system, scene, RunDir.create(Path(d), "t", "rs"), torch.device("cpu"), progress=False)
+        phases = []
+        for _ in range(8):
+            trainer.train_step()
+            phases.append(int(field.phase))
+    assert seen == [k / 8 for k in range(8)]
+    assert phases == [0, 0, 0, 0, 1, 1, 2, 2]
+    for bad in ({"ngp_fraction": 0.5}, {"ngp_fraction": 0.7, "voxel_fraction": 0.4}):
+        with pytest.raises(ConfigError, match="ngp_fraction"):
+            _system(_tiny_rs_scene(**bad))
 
 
 def test_cli_run_through_all_phases(tmp_path, nls):

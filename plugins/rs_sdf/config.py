@@ -26,6 +26,11 @@ class VoxelOccupancyConfig(ComponentConfig):
     ngp_steps: int = Field(2000, ge=0, description="phase 1: steps training the appearance field as a plain NeRF")
     voxel_steps: int = Field(1000, ge=0, description="phase 2: steps training only V (colour frozen); then "
                              "phase 3 trains V and colour jointly until train.steps")
+    ngp_fraction: Optional[float] = Field(None, ge=0, le=1, description="place the phases by the fraction of the "
+                                          "training budget instead of steps (for train.max_seconds budgets): "
+                                          "phase 1 ends at this fraction; needs voxel_fraction")
+    voxel_fraction: Optional[float] = Field(None, ge=0, le=1, description="with ngp_fraction: the fraction of the "
+                                            "budget spent in phase 2 (phase 3 gets the rest)")
     voxel_lr_scale: float = Field(10.0, gt=0, description="learning-rate multiplier of V's logits")
     voxel_adam_eps: float = Field(1e-9, gt=0, description="Adam eps of V's logits: damps the ~1e-13 gradients "
                                   "that reach the inside of opaque objects (Adam would otherwise step them like "

@@ -12,6 +12,10 @@ from an Instant-NGP field. Training has three phases (paper §4, "Training"):
    NeRF (below); only ``V`` is trained, colour is frozen. Outputs ``occupancy`` + ``rgb``.
 3. **Joint fine-tune** (until ``train.steps``): ``V`` and the appearance field are trained together.
 
+The phase boundaries are step counts, or with ``ngp_fraction`` / ``voxel_fraction`` fractions of
+the training budget (steps, or seconds under ``train.max_seconds``: the Trainer reports the fraction
+through ``on_train_progress``), so a wall-clock budget gets all three phases.
+
 Initialisation of V (the paper initialises the grid from the trained NeRF's occupancy; how it
 converts density to occupancy is not specified there): a vertex starts occupied where the NeRF
 density exceeds ``init_density`` (the density-threshold mesh of the backend), small gaps in that
@@ -74,19 +78,31 @@ class VoxelOccupancyField(nn.Module):
         self.logits = nn.Parameter(torch.full((r, r, r), math.log(cfg.init_occupancy / (1 - cfg.init_occupancy))))
         self.appearance = (HashGridField(cfg.hash_grid, aabb) if cfg.appearance == "hash_grid"
                            else DenseGridField(cfg.dense_grid, aabb))
-        self.register_buffer("phase", torch.tensor(NERF if cfg.ngp_steps > 0 else VOXEL))
+        first = NERF if (cfg.ngp_fraction if cfg.ngp_fraction is not None else cfg.ngp_steps) > 0 else VOXEL
+        self.register_buffer("phase", torch.tensor(first))
         self._nerf_grid: Optional[tuple] = None  # (key, grid) cache of the NeRF occupancy grid
+        self._progress = 0.0  # fraction of the training budget used (set by the Trainer)
 
     # -- schedule -------------------------------------------------------------------------
-    def phase_at(self, step: int) -> int:
+    def phase_at(self, step: int, progress: Optional[float] = None) -> int:
+        """The phase of ``step`` (or, with ``ngp_fraction`` set, of the budget fraction ``progress``)."""
         c = self.cfg
+        if c.ngp_fraction is not None:
+            p = self._progress if progress is None else progress
+            return NERF if p < c.ngp_fraction else VOXEL if p < c.ngp_fraction + c.voxel_fraction else JOINT
         if step < c.ngp_steps:
             return NERF
         return VOXEL if step < c.ngp_steps + c.voxel_steps else JOINT
 
+    def on_train_progress(self, fraction: float) -> None:
+        """Called by the Trainer before ``on_train_step``: the fraction of the budget used so far."""
+        self._progress = float(fraction)
+
     def on_train_step(self, step: int) -> None:
         """Called by the Trainer before every step: switch phase, initialise V, freeze parts."""
         target = self.phase_at(step)
+        if target < int(self.phase):
+            target = int(self.phase)  # phases only advance (a time budget's fraction never goes back)
         if int(self.phase) == NERF and target != NERF:
             with torch.no_grad():
                 self.logits.copy_(_logit(self.nerf_occupancy_grid().clamp(self.cfg.init_clamp,
@@ -163,4 +179,10 @@ def build_voxel_occupancy(cfg: VoxelOccupancyConfig, ctx) -> VoxelOccupancyField
 
     if cfg.aabb is not None and not all(cfg.aabb[i] < cfg.aabb[i + 3] for i in range(3)):
         raise ConfigError(f"field.aabb = {cfg.aabb}: need xmin < xmax, ymin < ymax, zmin < zmax")
+    if (cfg.ngp_fraction is None) != (cfg.voxel_fraction is None):
+        raise ConfigError("field.ngp_fraction and field.voxel_fraction go together: set both (phases by budget "
+                          "fraction) or neither (phases by ngp_steps / voxel_steps)")
+    if cfg.ngp_fraction is not None and cfg.ngp_fraction + cfg.voxel_fraction > 1:
+        raise ConfigError(f"field.ngp_fraction + field.voxel_fraction = {cfg.ngp_fraction + cfg.voxel_fraction:g} "
+                          f"exceeds the whole budget (1)")
     return VoxelOccupancyField(cfg, ctx.aabb)
