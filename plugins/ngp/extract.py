@@ -15,7 +15,8 @@ class MarchingCubes:
     With ``calibrate: silhouettes`` (and no explicit ``level`` argument) the field is sampled
     once and meshed at each candidate level; the mesh whose silhouettes agree best with the
     training views' alpha is kept (:func:`pipeline.silhouettes.calibrate_level`). The chosen level
-    and the table of candidates are in ``mesh.metadata``.
+    and the table of candidates are in ``mesh.metadata``. The grid is then evaluated densely (the
+    ``lipschitz`` narrow band is exact only around one level).
     """
 
     def __init__(self, cfg: MarchingCubesConfig, produces: set[str], aabb, train_split=None):
