@@ -200,6 +200,16 @@ class TrainStep(nn.Module):
         return terms, out
 
 
+def window_fraction(fraction: float, windows: Optional[list] = None) -> float:
+    """Progress in ``[0, 1]`` through the last of ``windows`` (``[[start, end], ...]`` budget
+    fractions) that has started by ``fraction``; ``fraction`` itself without windows."""
+    if not windows:
+        return fraction
+    started = [w for w in windows if w[0] <= fraction] or [windows[0]]
+    start, end = started[-1]
+    return min(1.0, max(0.0, (fraction - start) / max(end - start, 1e-12)))
+
+
 class Trainer:
     """Owns the optimiser, schedule and sampler of one run; ``fit()`` trains to ``cfg.train.steps``.
 
@@ -323,10 +333,15 @@ class Trainer:
         return min(1.0, p)
 
     def _set_lr(self) -> None:
-        """Exponential decay from ``lr`` to ``lr * lr_final_factor`` over the budget (steps or time)."""
-        f = self.cfg.train.lr_final_factor ** self.budget_fraction()
+        """Exponential decay from ``lr`` to ``lr * lr_final_factor`` over the budget (steps or time).
+
+        A parameter group may carry ``decay_windows``: ``[[start, end], ...]`` budget fractions
+        (staged schedules: one window per phase the group trains in); the group then decays over
+        the last window that has started, from its full rate at ``start`` to the final one at ``end``.
+        """
+        frac = self.budget_fraction()
         for g in self.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * f
+            g["lr"] = g["initial_lr"] * self.cfg.train.lr_final_factor ** window_fraction(frac, g.get("decay_windows"))
 
     # -- one step -----------------------------------------------------------------------
     def _ray_batch(self) -> tuple[dict, Optional[torch.Tensor]]:

@@ -421,6 +421,30 @@ def test_phases_by_budget_fraction_follow_the_trainer():
             _system(_tiny_rs_scene(**bad))
 
 
+def test_each_phase_restarts_its_learning_rate():
+    """V decays over phases 2-3 from its full rate; the appearance field over phase 1 and again over 3."""
+    from pipeline.runs import RunDir
+    from pipeline.train import Trainer, window_fraction
+
+    assert window_fraction(0.3) == 0.3 and window_fraction(0.25, [[0.5, 1.0]]) == 0.0
+    assert window_fraction(0.75, [[0.0, 0.5], [0.5, 1.0]]) == 0.5
+    data = _tiny_rs_scene(ngp_steps=4, voxel_steps=2)
+    data["train"] = {**data.get("train", {}), "steps": 8, "lr": 0.01, "lr_final_factor": 0.1,
+                     "checkpoint_every": 100, "log_every": 100}
+    cfg, scene, system = _system(data)
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(cfg, system, scene, RunDir.create(Path(d), "t", "rs"), torch.device("cpu"), progress=False)
+        lrs = []
+        for _ in range(8):
+            trainer.train_step()  # the rate set after step k is the one step k + 1 uses
+            lrs.append({g.get("name"): g["lr"] for g in trainer.optimizer.param_groups})
+    vox = [r["voxels"] / (0.01 * system.chain.field.cfg.voxel_lr_scale) for r in lrs]
+    grids = [r["grids"] / (0.01 * system.chain.field.appearance.cfg.grid_lr_scale) for r in lrs]
+    # after step k the budget fraction is (k+1)/8; phase 2 starts at 0.5, phase 3 at 0.75
+    assert vox[3] == pytest.approx(1.0) and vox[5] == pytest.approx(0.1 ** 0.5) and vox[7] == pytest.approx(0.1)
+    assert grids[1] == pytest.approx(0.1 ** 0.5) and grids[5] == pytest.approx(1.0) and grids[7] == pytest.approx(0.1)
+
+
 def test_cli_run_through_all_phases(tmp_path, nls):
     import yaml
 
