@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .types import Cameras
 
-__all__ = ["pixel_rays", "image_rays", "ray_aabb_intersect"]
+__all__ = ["pixel_rays", "image_rays", "image_pixel_coords", "subpixel_offsets", "ray_aabb_intersect"]
 
 
 def pixel_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,6 +65,15 @@ def image_pixel_coords(width: int, height: int, start: int, end: int, device=Non
     u = (k % width).to(dtype) + 0.5
     v = torch.div(k, width, rounding_mode="floor").to(dtype) + 0.5
     return u, v
+
+
+def subpixel_offsets(s: int) -> list[tuple[float, float]]:
+    """``s*s`` offsets ``(du, dv)`` from a pixel's centre to the centres of its ``s x s`` sub-pixels,
+    row-major over ``(dv, du)``; ``s = 1`` gives ``[(0, 0)]``. Raises ValueError when ``s < 1``."""
+    s = int(s)
+    if s < 1:
+        raise ValueError(f"supersample must be >= 1, got {s}")
+    return [((a + 0.5) / s - 0.5, (b + 0.5) / s - 0.5) for b in range(s) for a in range(s)]
 
 
 def image_rays(cameras: Cameras, i: int) -> tuple[Tensor, Tensor]:

@@ -38,7 +38,7 @@ import nerfacc
 import torch
 from torch import Tensor, nn
 
-from .rays import image_pixel_coords, pixel_rays, ray_aabb_intersect
+from .rays import image_pixel_coords, pixel_rays, ray_aabb_intersect, subpixel_offsets
 from .types import Cameras
 
 __all__ = [
@@ -409,10 +409,7 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
     """
     W, H = int(cameras.width), int(cameras.height)
     device, dtype = cameras.c2w.device, cameras.c2w.dtype
-    s_ = int(supersample)
-    if s_ < 1:
-        raise ValueError(f"render_image: supersample must be >= 1, got {supersample}")
-    offsets = [((a + 0.5) / s_ - 0.5, (b + 0.5) / s_ - 0.5) for b in range(s_) for a in range(s_)]
+    offsets = subpixel_offsets(supersample)
     n = W * H
     rgb = torch.zeros((n, 3), device=device, dtype=dtype)
     opacity = torch.zeros((n, 1), device=device, dtype=dtype)

@@ -55,7 +55,7 @@ def silhouette_rays(split: PosedImages, *, subsamples: int = 4, band: int = 1,
     import torch
     from scipy.ndimage import binary_dilation, binary_erosion
 
-    from pipeline.rays import pixel_rays
+    from pipeline.rays import pixel_rays, subpixel_offsets
 
     if split.alphas is None:
         raise NLSError("silhouette calibration needs training images with an alpha channel; "
@@ -76,8 +76,7 @@ def silhouette_rays(split: PosedImages, *, subsamples: int = 4, band: int = 1,
         keep = np.sort(np.random.default_rng(seed).choice(len(view), max_pixels, replace=False))
         view, v, u = view[keep], v[keep], u[keep]
     s = int(subsamples)
-    off = (np.arange(s) + 0.5) / s
-    du, dv = (g.ravel() for g in np.meshgrid(off, off))
+    du, dv = (np.array(c) + 0.5 for c in zip(*subpixel_offsets(s)))  # from the pixel's corner (u, v)
     cam = torch.from_numpy(np.repeat(view, s * s))
     uu = torch.from_numpy((u[:, None] + du[None]).ravel())
     vv = torch.from_numpy((v[:, None] + dv[None]).ravel())

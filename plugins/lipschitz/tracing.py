@@ -214,24 +214,22 @@ class SphereTracer(nn.Module):
         ``supersample`` s traces s x s sub-pixel rays per pixel: floating-point outputs are their
         means, integer counts (``num_samples``) their sums, other per-ray outputs (``steps``,
         ``passed_field``) those of the first sub-pixel ray."""
-        from pipeline.rays import image_pixel_coords, pixel_rays
+        from pipeline.rays import image_pixel_coords, pixel_rays, subpixel_offsets
 
         H, W = int(cameras.height), int(cameras.width)
-        s = int(supersample)
+        offsets = subpixel_offsets(supersample)
         u, v = image_pixel_coords(W, H, 0, W * H, device=cameras.c2w.device, dtype=cameras.c2w.dtype)
         cam = torch.full((W * H,), int(i), dtype=torch.long, device=u.device)
         acc: dict = {}
-        for b in range(s):
-            for a in range(s):
-                o, d = pixel_rays(cameras, cam, u + (a + 0.5) / s - 0.5, v + (b + 0.5) / s - 0.5)
-                out = self.render_rays(o, d, chain)
-                for k, val in out.items():
-                    if k not in acc:
-                        acc[k] = val / (s * s) if torch.is_tensor(val) and val.is_floating_point() else val
-                    elif torch.is_tensor(val) and val.is_floating_point():
-                        acc[k] = acc[k] + val / (s * s)
-                    elif isinstance(val, int):
-                        acc[k] = acc[k] + val
+        for du, dv in offsets:
+            out = self.render_rays(*pixel_rays(cameras, cam, u + du, v + dv), chain)
+            for k, val in out.items():
+                if k not in acc:
+                    acc[k] = val / len(offsets) if torch.is_tensor(val) and val.is_floating_point() else val
+                elif torch.is_tensor(val) and val.is_floating_point():
+                    acc[k] = acc[k] + val / len(offsets)
+                elif isinstance(val, int):
+                    acc[k] = acc[k] + val
         return {k: (v.reshape(H, W, -1) if torch.is_tensor(v) and v.dim() > 1 else
                     v.reshape(H, W) if torch.is_tensor(v) and v.dim() == 1 else v) for k, v in acc.items()}
 
