@@ -30,6 +30,7 @@ Writes outputs/bench/rs_sdf.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -113,7 +114,7 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
 
 # -- training runs -----------------------------------------------------------------------------
 
-#: geometry cases: scene name -> (RS scene file, needs the data root)
+#: geometry cases: scene name (scenes/rs_sdf_NAME.yaml) -> whether it needs the data root
 GEOMETRY_SCENES = {"csg": False, "spot": True}
 
 
@@ -174,7 +175,7 @@ def _sweep(mesh_at, levels: list[float], gt, n_samples: int, label: str) -> dict
 
 def _grid_meshes(run: Path, quantity: str, resolution: int):
     """The run's field on a grid, a ``level -> mesh`` function (density: cavities filled, as the
-    backend's extractor does), the GT mesh and the training split."""
+    backend's extractor does; each level meshed once), the GT mesh and the training split."""
     from pipeline.mesh import INSIDE, field_to_grid, grid_to_mesh
     from plugins.ngp.extract import fill_interior
 
@@ -183,6 +184,7 @@ def _grid_meshes(run: Path, quantity: str, resolution: int):
     grid = field_to_grid(lambda p: ld.system.chain(p, None)[quantity], box, resolution)
     inside = INSIDE[quantity]
 
+    @functools.lru_cache(maxsize=None)  # the threshold sweep and the calibration mesh the same levels
     def mesh_at(lv: float):
         return grid_to_mesh(fill_interior(grid, lv) if inside == "above" else grid, box, lv, inside=inside)
 
