@@ -141,9 +141,10 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
 
     res = trainer.fit()
     ld.step = trainer.step
+    trainer.release_parallel()
     distributed.shutdown()  # under torchrun: rank 0 evaluates alone, the other ranks are done
     if not trainer.dist.is_main:
-        return 130 if res.interrupted else 0
+        distributed.leave_worker(130 if res.interrupted else 0)
     if res.interrupted:
         ck = ld.run.latest_checkpoint()
         print(f"\ninterrupted at step {trainer.step}/{ld.cfg.train.steps}; checkpoint saved"
