@@ -421,6 +421,18 @@ def test_phases_by_budget_fraction_follow_the_trainer():
             _system(_tiny_rs_scene(**bad))
 
 
+def test_step_phases_under_a_time_budget_warn(capsys):
+    """Phases by step with train.max_seconds: the time budget may cut them, so the build says so."""
+    data = _tiny_rs_scene(ngp_steps=4, voxel_steps=2)
+    data["train"] = {**data.get("train", {}), "steps": 8, "max_seconds": 30}
+    _system(data)
+    err = capsys.readouterr().err
+    assert "train.max_seconds = 30" in err and "field.ngp_fraction" in err
+    data["field"].update(ngp_fraction=0.5, voxel_fraction=0.25)
+    _system(data)
+    assert "max_seconds" not in capsys.readouterr().err
+
+
 def test_each_phase_restarts_its_learning_rate():
     """V decays over phases 2-3 from its full rate; the appearance field over phase 1 and again over 3."""
     from pipeline.runs import RunDir

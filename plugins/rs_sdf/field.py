@@ -213,4 +213,12 @@ def build_voxel_occupancy(cfg: VoxelOccupancyConfig, ctx) -> VoxelOccupancyField
         raise ConfigError(f"field.ngp_fraction + field.voxel_fraction = {cfg.ngp_fraction + cfg.voxel_fraction:g} "
                           f"exceeds the whole budget (1)")
     train = getattr(getattr(ctx, "cfg", None), "train", None)
+    if cfg.ngp_fraction is None and cfg.ngp_steps + cfg.voxel_steps > 0 and getattr(train, "max_seconds", None):
+        import sys
+
+        print(f"warning: field.ngp_steps / field.voxel_steps place the phases by step, but train.max_seconds = "
+              f"{train.max_seconds:g} may end training first: later phases are then cut short or skipped, and "
+              f"their learning-rate restarts (placed in train.steps = {train.steps}) come late. Set "
+              f"field.ngp_fraction and field.voxel_fraction to place the phases in the time budget.",
+              file=sys.stderr)
     return VoxelOccupancyField(cfg, ctx.aabb, getattr(train, "steps", None))
