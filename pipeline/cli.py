@@ -141,7 +141,6 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
 
     res = trainer.fit()
     ld.step = trainer.step
-    trainer.release_parallel()
     distributed.shutdown()  # under torchrun: rank 0 evaluates alone, the other ranks are done
     if not trainer.dist.is_main:
         distributed.leave_worker(130 if res.interrupted else 0)

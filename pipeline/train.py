@@ -292,21 +292,6 @@ class Trainer:
             return DistributedDataParallel(step_module, device_ids=ids, find_unused_parameters=True,
                                            forward_sync_buffers=False)
 
-    def release_parallel(self) -> None:
-        """Drop the DDP wrapper (and with it its reducer's hold on the process group).
-
-        Called before the process group is destroyed: a group that DDP still references outlives
-        ``destroy_process_group`` and is torn down by static destructors at interpreter exit, which
-        now and then aborts a rank ("terminate called without an active exception", SIGABRT).
-        """
-        from torch.nn.parallel import DistributedDataParallel
-
-        if isinstance(self.objective, DistributedDataParallel):
-            self.objective = self.objective.module
-            import gc
-
-            gc.collect()  # now, not at exit, should a cycle still hold the wrapper
-
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
         return {"step": self.step, "model": self.system.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -106,31 +106,6 @@ def test_flattened_keys_name_list_items():
     check_same_config({"x": 1}, DistInfo())  # one process: nothing to compare, no process group needed
 
 
-def test_release_parallel_drops_the_ddp_wrapper_before_the_group_goes(tmp_path):
-    """The Trainer lets go of its DDP wrapper before the group is destroyed, so no reducer is
-    left for exit-time teardown (see ``distributed.leave_worker`` for the abort this guards)."""
-    import types
-    import weakref
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from pipeline.train import Trainer
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        inner = torch.nn.Linear(3, 1)
-        ddp = DistributedDataParallel(inner, find_unused_parameters=True)
-        ddp(torch.randn(4, 3)).sum().backward()
-        alive = weakref.ref(ddp)
-        trainer = types.SimpleNamespace(objective=ddp)
-        del ddp
-        Trainer.release_parallel(trainer)
-        assert trainer.objective is inner and alive() is None
-    finally:
-        dist.destroy_process_group()
-
-
 # -- torchrun end to end ---------------------------------------------------------------
 
 def test_two_processes_follow_the_single_process_loss_trajectory(reference, tmp_path):

@@ -51,6 +51,7 @@ exist for every checkpoint. The phase lives in a buffer, so checkpoints restore 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional
 
 import torch
@@ -214,8 +215,6 @@ def build_voxel_occupancy(cfg: VoxelOccupancyConfig, ctx) -> VoxelOccupancyField
                           f"exceeds the whole budget (1)")
     train = getattr(getattr(ctx, "cfg", None), "train", None)
     if cfg.ngp_fraction is None and cfg.ngp_steps + cfg.voxel_steps > 0 and getattr(train, "max_seconds", None):
-        import sys
-
         print(f"warning: field.ngp_steps / field.voxel_steps place the phases by step, but train.max_seconds = "
               f"{train.max_seconds:g} may end training first: later phases are then cut short or skipped, and "
               f"their learning-rate restarts (placed in train.steps = {train.steps}) come late. Set "
