@@ -387,7 +387,7 @@ def test_margin_boundary_samples_match_their_definitions_on_a_linear_classifier(
     m = (ys * model(x)).detach()
     d_inf = m.abs() / w.abs().sum().detach()
     ref = torch.where(m > 0, 0.7 * torch.relu(eps - d_inf), 2.0 * (eps + d_inf)).mean()
-    assert float(L) == pytest.approx(float(ref), rel=1e-7)
+    assert float(L.detach()) == pytest.approx(float(ref), rel=1e-7)
 
 
 def test_every_head_runs_on_a_multiclass_mlp_and_has_gradients():
