@@ -422,14 +422,19 @@ def test_phases_by_budget_fraction_follow_the_trainer():
 
 
 def test_step_phases_under_a_time_budget_warn(capsys):
-    """Phases by step with train.max_seconds: the time budget may cut them, so the build says so."""
+    """Phases by step with train.max_seconds: the time budget may cut them, so training says so
+    once at its start (loading the run for render/export does not)."""
     data = _tiny_rs_scene(ngp_steps=4, voxel_steps=2)
     data["train"] = {**data.get("train", {}), "steps": 8, "max_seconds": 30}
-    _system(data)
+    field = _system(data)[2].chain.field
+    assert "max_seconds" not in capsys.readouterr().err
+    field.on_train_step(0)
     err = capsys.readouterr().err
     assert "train.max_seconds = 30" in err and "field.ngp_fraction" in err
+    field.on_train_step(1)
+    assert "max_seconds" not in capsys.readouterr().err
     data["field"].update(ngp_fraction=0.5, voxel_fraction=0.25)
-    _system(data)
+    _system(data)[2].chain.field.on_train_step(0)
     assert "max_seconds" not in capsys.readouterr().err
 
 

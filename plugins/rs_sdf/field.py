@@ -76,9 +76,11 @@ class VoxelOccupancyField(nn.Module):
 
     produces = frozenset({"occupancy", "rgb"})
 
-    def __init__(self, cfg: VoxelOccupancyConfig, aabb: Tensor, total_steps: Optional[int] = None):
+    def __init__(self, cfg: VoxelOccupancyConfig, aabb: Tensor, total_steps: Optional[int] = None,
+                 max_seconds: Optional[float] = None):
         super().__init__()
         self.total_steps = total_steps  # train.steps: places the learning-rate restarts of the phases
+        self._unchecked_time_budget = max_seconds  # train.max_seconds, checked once when training starts
         from plugins.ngp.fields import DenseGridField, HashGridField
 
         self.cfg = cfg
@@ -110,6 +112,9 @@ class VoxelOccupancyField(nn.Module):
 
     def on_train_step(self, step: int) -> None:
         """Called by the Trainer before every step: switch phase, initialise V, freeze parts."""
+        if self._unchecked_time_budget is not None:
+            self._warn_if_step_phases_meet(self._unchecked_time_budget)
+            self._unchecked_time_budget = None
         target = self.phase_at(step)
         if target < int(self.phase):
             target = int(self.phase)  # phases only advance (a time budget's fraction never goes back)
@@ -177,6 +182,18 @@ class VoxelOccupancyField(nn.Module):
             out["rgb"] = self.appearance(x, d)["rgb"]
         return out
 
+    def _warn_if_step_phases_meet(self, max_seconds: float) -> None:
+        """Phases by step under a time budget: the budget may cut the later phases (rank 0 says so)."""
+        from pipeline.distributed import current
+
+        c = self.cfg
+        if c.ngp_fraction is None and c.ngp_steps + c.voxel_steps > 0 and current().is_main:
+            print(f"warning: field.ngp_steps / field.voxel_steps place the phases by step, but train.max_seconds = "
+                  f"{max_seconds:g} may end training first: later phases are then cut short or skipped, and "
+                  f"their learning-rate restarts (placed in train.steps = {self.total_steps}) come late. Set "
+                  f"field.ngp_fraction and field.voxel_fraction to place the phases in the time budget.",
+                  file=sys.stderr)
+
     def phase_fractions(self) -> Optional[tuple[float, float]]:
         """Budget fractions where phases 2 and 3 start, or None when unknown (no step budget given)."""
         c = self.cfg
@@ -214,10 +231,4 @@ def build_voxel_occupancy(cfg: VoxelOccupancyConfig, ctx) -> VoxelOccupancyField
         raise ConfigError(f"field.ngp_fraction + field.voxel_fraction = {cfg.ngp_fraction + cfg.voxel_fraction:g} "
                           f"exceeds the whole budget (1)")
     train = getattr(getattr(ctx, "cfg", None), "train", None)
-    if cfg.ngp_fraction is None and cfg.ngp_steps + cfg.voxel_steps > 0 and getattr(train, "max_seconds", None):
-        print(f"warning: field.ngp_steps / field.voxel_steps place the phases by step, but train.max_seconds = "
-              f"{train.max_seconds:g} may end training first: later phases are then cut short or skipped, and "
-              f"their learning-rate restarts (placed in train.steps = {train.steps}) come late. Set "
-              f"field.ngp_fraction and field.voxel_fraction to place the phases in the time budget.",
-              file=sys.stderr)
-    return VoxelOccupancyField(cfg, ctx.aabb, getattr(train, "steps", None))
+    return VoxelOccupancyField(cfg, ctx.aabb, getattr(train, "steps", None), getattr(train, "max_seconds", None))
