@@ -7,7 +7,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   process; reports seconds, the ratio (target >= 2x on 2 cores) and the load average. On CUDA it
   reports milliseconds against a bandwidth bound of 6 passes over the grid's bytes at the
   device's measured copy bandwidth.
-* ``geometry``: per scene of ``--scenes`` (the procedural CSG shape; spot, rendered by nls), trains
+* ``geometry``: per scene of ``--scenes`` (the procedural CSG shape; spot, rendered by nls; and the
+  held-out meshes kitten and 3holes, which run the spot scenes with only the mesh changed), trains
   scenes/rs_sdf_NAME.yaml (RS-SDF) and scenes/rs_sdf_NAME_hash_baseline.yaml (the paper's baseline:
   the backend's hash-grid density field) with the same step budget, two at a time; then sweeps the
   baseline's density threshold and keeps its best Chamfer-L1 (the paper's protocol), and reports
@@ -114,8 +115,20 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
 
 # -- training runs -----------------------------------------------------------------------------
 
-#: geometry cases: scene name (scenes/rs_sdf_NAME.yaml) -> whether it needs the data root
+#: geometry cases with their own scene files (scenes/rs_sdf_NAME.yaml) -> whether they need the data root
 GEOMETRY_SCENES = {"csg": False, "spot": True}
+#: held-out meshes: DESIGN.md's other two floor meshes, run with the spot scenes' settings unchanged (only the
+#: mesh and the name differ), so nothing in the RS-SDF or baseline scenes was ever tuned on them
+HELD_OUT_MESHES = {"kitten": "kitten.obj", "3holes": "3holes.off"}
+
+
+def scene_files(name: str, baseline: str) -> tuple[Path, Path, list[str]]:
+    """The RS-SDF scene, the baseline scene and the overrides both get, for geometry case ``name``."""
+    stem, sets = name, []
+    if name in HELD_OUT_MESHES:
+        stem, sets = "spot", [f"scene.path=${{NLS_DATA}}/meshes/{HELD_OUT_MESHES[name]}", f"name={name}"]
+    return (ROOT / "scenes" / f"rs_sdf_{stem}.yaml", ROOT / "scenes" / f"rs_sdf_{stem}_{baseline}_baseline.yaml",
+            sets)
 
 
 def reconstruct(jobs: list[tuple[str, Path, list[str]]], device: str, parallel: int) -> dict[str, Path]:
@@ -195,11 +208,10 @@ def geometry_case(name: str, a) -> dict:
     """One scene: RS-SDF and the baseline trained with the same step budget, then the sweeps."""
     from pipeline.silhouettes import calibrate_level, silhouette_rays
 
-    rs_scene = ROOT / "scenes" / f"rs_sdf_{name}.yaml"
-    base_scene = ROOT / "scenes" / f"rs_sdf_{name}_{a.baseline}_baseline.yaml"
+    rs_scene, base_scene, sets = scene_files(name, a.baseline)
     if not base_scene.exists():
         raise SystemExit(f"--baseline {a.baseline}: {base_scene.relative_to(ROOT)} does not exist")
-    sets = [f"train.steps={a.steps}"] if a.steps else []
+    sets += [f"train.steps={a.steps}"] if a.steps else []
     res: dict = {"scene": name, "load_before": load()}
     given = {"rs": a.rs_run, "baseline": a.baseline_run}
     jobs = [(k, s, sets + (a.set if k == "rs" else [])) for k, s in (("rs", rs_scene), ("baseline", base_scene))
@@ -262,14 +274,15 @@ def bench_geometry(a) -> dict:
     from pipeline.scenes import data_path
 
     names = [s.strip() for s in a.scenes.split(",") if s.strip()]
-    unknown = set(names) - set(GEOMETRY_SCENES)
+    valid = {**GEOMETRY_SCENES, **{k: True for k in HELD_OUT_MESHES}}
+    unknown = set(names) - set(valid)
     if unknown:
-        raise SystemExit(f"--scenes: unknown {sorted(unknown)}; valid: {', '.join(GEOMETRY_SCENES)}")
+        raise SystemExit(f"--scenes: unknown {sorted(unknown)}; valid: {', '.join(valid)}")
     if (a.rs_run or a.baseline_run) and len(names) != 1:
         raise SystemExit("--rs-run / --baseline-run need exactly one scene in --scenes")
     cases, skipped = {}, {}
     for name in names:
-        if GEOMETRY_SCENES[name]:
+        if valid[name]:
             root, why = data_path("meshes")
             if root is None:
                 print(f"geometry {name} skipped: {why}")
@@ -351,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sigma-vox", type=float, default=2.0, help="blur std in voxels")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--scenes", default="csg,spot", help="geometry: comma list of " + ", ".join(GEOMETRY_SCENES)
-                    + " (scenes/rs_sdf_NAME.yaml against scenes/rs_sdf_NAME_BASELINE_baseline.yaml)")
+                    + " (scenes/rs_sdf_NAME.yaml against scenes/rs_sdf_NAME_BASELINE_baseline.yaml) and the "
+                    "held-out meshes " + ", ".join(HELD_OUT_MESHES) + " (the spot scenes with that mesh)")
     ap.add_argument("--baseline", default="hash", choices=["hash", "dense"],
                     help="geometry: the paper's hash-grid density field, or the dense grid (csg only)")
     ap.add_argument("--parallel", type=int, default=2, help="geometry: training runs at once (cores shared)")
