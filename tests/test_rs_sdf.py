@@ -492,11 +492,20 @@ def test_bad_options_are_config_errors(tmp_path, nls):
     assert "certifier.truncate" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _bench_module():
+    """scripts/benchmarks/rs_sdf.py, imported from its file (scripts/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmarks" / "rs_sdf.py"
+    spec = importlib.util.spec_from_file_location("bench_rs_sdf", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed():
     """``scripts/bench.py rs_sdf --scenes kitten,3holes`` runs the spot scenes unchanged except for
     the mesh and the name, for RS-SDF and the baseline alike."""
-    import importlib.util
-
     from pipeline.config import load_scene
     from pipeline.scenes import data_path
     from pipeline.testing import plugin_host
@@ -504,10 +513,7 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
     meshes, why = data_path("meshes")
     if meshes is None:
         pytest.skip(f"held-out meshes need the data root: {why}")
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_rs_sdf", root / "scripts" / "benchmarks" / "rs_sdf.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     host = plugin_host()
     for name in bench.HELD_OUT_MESHES:
         rs_file, base_file, sets = bench.scene_files(name, "hash")
@@ -521,3 +527,23 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
             assert cfg == ref
     with pytest.raises(SystemExit, match="unknown"):
         bench.bench_geometry(type("A", (), {"scenes": "kitten,teapot", "rs_run": None, "baseline_run": None})())
+
+
+def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps():
+    """The benchmark's baseline sweep is refined between the coarse best level and its neighbours:
+    for spheres of radius level/10 against a GT sphere of radius 0.7, the coarse 2x sweep's best is 5
+    (radius 0.5), and two refinement rounds land within 5% of 7 with a lower Chamfer."""
+    import trimesh
+
+    bench = _bench_module()
+    gt = trimesh.creation.icosphere(subdivisions=4, radius=0.7)
+    mesh_at = lambda lv: trimesh.creation.icosphere(subdivisions=4, radius=lv / 10)  # noqa: E731
+    levels = [1.0, 2.0, 5.0, 10.0, 20.0]
+    coarse = bench._sweep(mesh_at, levels, gt, 4000, "sphere")
+    assert coarse["best_level"] == 5.0
+    fine = bench._refine(mesh_at, coarse, gt, 4000, "sphere")
+    assert abs(fine["best_level"] - 7.0) < 0.35, fine["best_level"]
+    assert fine["chamfer_l1"] < 0.5 * coarse["chamfer_l1"]
+    assert (fine["coarse_best_level"], fine["coarse_chamfer_l1"]) == (5.0, coarse["chamfer_l1"])
+    scored = [r["level"] for r in fine["sweep"]]
+    assert scored == sorted(scored) and set(levels) <= set(scored) and len(scored) == len(set(scored))
