@@ -510,10 +510,12 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
     from pipeline.scenes import data_path
     from pipeline.testing import plugin_host
 
+    bench = _bench_module()
+    with pytest.raises(SystemExit, match="unknown"):  # checked before any data is needed
+        bench.bench_geometry(type("A", (), {"scenes": "kitten,teapot", "rs_run": None, "baseline_run": None})())
     meshes, why = data_path("meshes")
     if meshes is None:
         pytest.skip(f"held-out meshes need the data root: {why}")
-    bench = _bench_module()
     host = plugin_host()
     for name in bench.HELD_OUT_MESHES:
         rs_file, base_file, sets = bench.scene_files(name, "hash")
@@ -525,8 +527,6 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
             for d in (ref, cfg):
                 d.pop("name"), d["scene"].pop("path")
             assert cfg == ref
-    with pytest.raises(SystemExit, match="unknown"):
-        bench.bench_geometry(type("A", (), {"scenes": "kitten,teapot", "rs_run": None, "baseline_run": None})())
 
 
 def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps():
