@@ -10,7 +10,7 @@ import pytest
 import torch
 import trimesh
 
-from pipeline.metrics import CHAMFER_FRAME, chamfer, chamfer_floor, psnr, ssim
+from pipeline.metrics import CHAMFER_FRAME, chamfer, chamfer_floor, chamfer_to_surface, psnr, ssim
 from pipeline.scenes import data_path
 from pipeline.types import NLSError
 
@@ -80,6 +80,25 @@ def test_concentric_spheres_analytic(sphere):
     s = chamfer(shifted, sphere, fscore_taus=(0.01, 0.05))
     assert s["fscore@0.01"] < chamfer_floor(sphere)["fscore@0.01"] - 0.1
     assert s["fscore@0.05"] == pytest.approx(1.0)
+
+
+def test_point_to_surface_chamfer_has_no_floor_and_measures_the_gap(sphere):
+    """Exact distances to the other surface: 0 for the GT against itself (where the sampled
+    metric has its floor), δ = 0.05 for the concentric spheres of the test above (up to the
+    icospheres' chord error, < 1%), and sample by sample never above the sampled metric."""
+    same = chamfer_to_surface(sphere, sphere)
+    assert same["chamfer_l1"] < 1e-9 and chamfer_floor(sphere)["chamfer_l1"] > 3
+    big = trimesh.creation.icosphere(subdivisions=4, radius=1.1)
+    r = chamfer_to_surface(big, sphere)
+    assert r["scale"] == pytest.approx(0.5) and "point-to-surface" in r["frame"]
+    assert r["chamfer_l1"] == pytest.approx(0.05 * 1e3, rel=0.01)
+    assert r["chamfer_l2"] == pytest.approx(0.05 ** 2 * 1e3, rel=0.02)
+    shifted = sphere.copy()
+    shifted.apply_translation((0.02, 0, 0))
+    exact, sampled = chamfer_to_surface(shifted, sphere, seed=3), chamfer(shifted, sphere, seed=3)
+    assert exact["accuracy_l1"] < sampled["accuracy_l1"] and exact["completeness_l1"] < sampled["completeness_l1"]
+    with pytest.raises(NLSError, match="rec must be a mesh"):
+        chamfer_to_surface(sphere.vertices, sphere)
 
 
 def test_points_inputs(sphere):

@@ -529,7 +529,8 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
             assert cfg == ref
 
 
-def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps():
+@pytest.mark.parametrize("metric", ["sampled", "surface"])
+def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps(metric):
     """The benchmark's baseline sweep is refined between the coarse best level and its neighbours:
     for spheres of radius level/10 against a GT sphere of radius 0.7, the coarse 2x sweep's best is 5
     (radius 0.5), and two refinement rounds land within 5% of 7 with a lower Chamfer."""
@@ -539,9 +540,10 @@ def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps():
     gt = trimesh.creation.icosphere(subdivisions=4, radius=0.7)
     mesh_at = lambda lv: trimesh.creation.icosphere(subdivisions=4, radius=lv / 10)  # noqa: E731
     levels = [1.0, 2.0, 5.0, 10.0, 20.0]
-    coarse = bench._sweep(mesh_at, levels, gt, 4000, "sphere")
+    score = bench._scorer(gt, 4000, metric)
+    coarse = bench._sweep(mesh_at, levels, score, "sphere")
     assert coarse["best_level"] == 5.0
-    fine = bench._refine(mesh_at, coarse, gt, 4000, "sphere")
+    fine = bench._refine(mesh_at, coarse, score, "sphere")
     assert abs(fine["best_level"] - 7.0) < 0.35, fine["best_level"]
     assert fine["chamfer_l1"] < 0.5 * coarse["chamfer_l1"]
     assert (fine["coarse_best_level"], fine["coarse_chamfer_l1"]) == (5.0, coarse["chamfer_l1"])

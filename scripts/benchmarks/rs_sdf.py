@@ -20,7 +20,9 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   baseline (the paper's figure is a mean over scenes, so is ours), test-PSNR drop <= 2.5 dB.
   ``--chamfer-samples N`` scores everything (sweeps, RS-SDF's own mesh, the floor) with N samples per
   mesh instead of DESIGN.md's 30k: with more samples the floor shrinks and the ratio measures the
-  geometry more than the sampling. Protocol figures are the 30k ones.
+  geometry more than the sampling. ``--chamfer-metric surface`` scores with exact distances from
+  each mesh's samples to the other mesh's surface instead, which has no floor at all. Protocol
+  figures are the sampled 30k ones.
 * ``lego``: scenes/rs_sdf_lego.yaml against scenes/lego_hash.yaml (the paper's baseline) and
   scenes/lego_dense.yaml, one after the other, each with the same wall-clock budget
   (``--budget`` seconds; RS-SDF's phases as fractions of it); test PSNR on ``--test-images``
@@ -170,15 +172,23 @@ def _open(run: Path):
     return ld, load_mesh(ld.scene.gt_mesh)
 
 
-def _sweep(mesh_at, levels: list[float], gt, n_samples: int, label: str) -> dict:
-    """Chamfer-L1 of ``mesh_at(level)`` against ``gt`` for each level; the best and the whole sweep."""
-    from pipeline.metrics import chamfer
+def _scorer(gt, n_samples: int, metric: str):
+    """``mesh -> chamfer dict`` against ``gt``: DESIGN.md's sampled Chamfer (``sampled``) or the
+    exact point-to-surface one (``surface``, no sampling floor), ``n_samples`` samples per mesh."""
+    from pipeline.metrics import chamfer, chamfer_to_surface
+
+    fn = {"sampled": chamfer, "surface": chamfer_to_surface}[metric]
+    return lambda mesh: fn(mesh, gt, n_samples=n_samples)
+
+
+def _sweep(mesh_at, levels: list[float], score, label: str) -> dict:
+    """``score`` (see :func:`_scorer`) of ``mesh_at(level)`` for each level; the best and the whole sweep."""
     from pipeline.types import NLSError
 
     sweep = []
     for lv in levels:
         try:
-            cd = chamfer(mesh_at(lv), gt, n_samples=n_samples)
+            cd = score(mesh_at(lv))
         except NLSError:  # empty level set
             continue
         sweep.append({"level": lv, "chamfer_l1": cd["chamfer_l1"], "chamfer_l2": cd["chamfer_l2"]})
@@ -188,7 +198,7 @@ def _sweep(mesh_at, levels: list[float], gt, n_samples: int, label: str) -> dict
             "sweep": sweep}
 
 
-def _refine(mesh_at, coarse: dict, gt, n_samples: int, label: str, inner: int = 4, rounds: int = 2) -> dict:
+def _refine(mesh_at, coarse: dict, score, label: str, inner: int = 4, rounds: int = 2) -> dict:
     """The coarse sweep's best level refined ``rounds`` times: each round scores ``inner`` log-spaced
     levels strictly between the current best level and its neighbours among the levels scored so far
     (all positive); returns the best over everything scored, and the coarse best.
@@ -205,7 +215,7 @@ def _refine(mesh_at, coarse: dict, gt, n_samples: int, label: str, inner: int = 
         for lo, hi in ((levels[max(i - 1, 0)], levels[i]), (levels[i], levels[min(i + 1, len(levels) - 1)])):
             if lo < hi:
                 new += [float(f"{v:.4g}") for v in np.geomspace(lo, hi, inner + 2)[1:-1]]
-        rows += _sweep(mesh_at, sorted(set(new) - set(levels)), gt, n_samples, label + " (refined)")["sweep"]
+        rows += _sweep(mesh_at, sorted(set(new) - set(levels)), score, label + " (refined)")["sweep"]
     best = min(rows, key=lambda r: r["chamfer_l1"])
     return {"best_level": best["level"], "chamfer_l1": best["chamfer_l1"], "chamfer_l2": best["chamfer_l2"],
             "sweep": sorted(rows, key=lambda r: r["level"]), "coarse_best_level": coarse["best_level"],
@@ -251,25 +261,25 @@ def geometry_case(name: str, a) -> dict:
     # the baseline's density threshold: best Chamfer over the paper's sweep, and the silhouette-calibrated one
     thresholds = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500]
     base_mesh, gt, train = _grid_meshes(runs["baseline"], "density", a.resolution)
-    n = a.chamfer_samples
-    sweep = _refine(base_mesh, _sweep(base_mesh, thresholds, gt, n, "baseline density"), gt, n, "baseline density")
+    n, metric = a.chamfer_samples, a.chamfer_metric
+    score = _scorer(gt, n, metric)
+    sweep = _refine(base_mesh, _sweep(base_mesh, thresholds, score, "baseline density"), score, "baseline density")
     rays = silhouette_rays(train)
     base_cal, _ = calibrate_level(base_mesh, thresholds, rays)
     base_cal_cd = next((r["chamfer_l1"] for r in sweep["sweep"] if r["level"] == base_cal), None)
     # RS-SDF: the scene's extractor (calibrated level) from summary.json, and a sweep of the weak-SDF level
     rs_mesh, _, _ = _grid_meshes(runs["rs"], "sdf", a.resolution)
     rs_levels = [-0.004, -0.002, 0.0, 0.001, 0.002, 0.003, 0.004, 0.006]
-    rs_sweep = _sweep(rs_mesh, rs_levels, gt, n, "RS weak-SDF")
+    rs_sweep = _sweep(rs_mesh, rs_levels, score, "RS weak-SDF")
     floor = rs.get("chamfer_l1_floor")
-    if n != PROTOCOL_SAMPLES:  # re-score the run's own mesh (its calibrated level) and the floor at n samples
-        from pipeline.metrics import chamfer, chamfer_floor
-        from pipeline.scenes.mesh_render import load_mesh
+    if (n, metric) != (PROTOCOL_SAMPLES, "sampled"):  # re-score the run's own mesh (its calibrated level)
+        from pipeline.scenes.mesh_render import load_mesh  # and the floor (GT against itself: 0 point-to-surface)
 
-        rs = dict(rs, **chamfer(load_mesh(runs["rs"] / summ["rs"]["mesh"]), gt, n_samples=n))
-        floor = chamfer_floor(gt, n_samples=n)["chamfer_l1"]
+        rs = dict(rs, **score(load_mesh(runs["rs"] / summ["rs"]["mesh"])))
+        floor = score(gt)["chamfer_l1"]
     res.update({
         "rs_run": str(runs["rs"]), "baseline_run": str(runs["baseline"]), "baseline": a.baseline,
-        "chamfer_samples": n,
+        "chamfer_samples": n, "chamfer_metric": metric,
         "rs_chamfer_l1": rs.get("chamfer_l1"), "rs_chamfer_l2": rs.get("chamfer_l2"), "rs_level": rs.get("mesh_level"),
         "rs_normal_consistency": rs.get("normal_consistency"),
         "rs_chamfer_l1_paper_level": next((r["chamfer_l1"] for r in rs_sweep["sweep"] if r["level"] == -0.002), None),
@@ -332,7 +342,9 @@ def print_geometry(res: dict) -> None:
             "base calibrated (thr)",
             "floor", "ratio", "ratio both best", "floor bound", "excess ratio", "PSNR RS / base (drop)"]
     samples = sorted({c.get("chamfer_samples", PROTOCOL_SAMPLES) for c in res["cases"].values()})
-    print(f"Chamfer-L1 x10^3 with {', '.join(map(str, samples))} samples per mesh (protocol: {PROTOCOL_SAMPLES})")
+    metrics = sorted({c.get("chamfer_metric", "sampled") for c in res["cases"].values()})
+    print(f"Chamfer-L1 x10^3 ({', '.join(metrics)}) with {', '.join(map(str, samples))} samples per mesh "
+          f"(protocol: sampled, {PROTOCOL_SAMPLES})")
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for c in res["cases"].values():
         f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
@@ -403,6 +415,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rs-run", help="geometry (one scene): use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--baseline-run", help="geometry (one scene): use this finished baseline run folder")
     ap.add_argument("--resolution", type=int, default=256, help="grid of the threshold / level sweeps")
+    ap.add_argument("--chamfer-metric", default="sampled", choices=["sampled", "surface"],
+                    help="geometry: DESIGN.md's sampled Chamfer (the protocol), or exact point-to-surface distances "
+                    "from the same samples (no sampling floor; a companion figure)")
     ap.add_argument("--chamfer-samples", type=int, default=PROTOCOL_SAMPLES,
                     help="geometry: samples per mesh for every Chamfer figure and the floor (protocol: 30000)")
     ap.add_argument("--budget", type=float, default=600.0, help="lego: training seconds per method")
