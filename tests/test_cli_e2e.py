@@ -49,6 +49,8 @@ def test_trained_tiny_scene_reaches_psnr_floor(trained_run):
     print(f"tiny sphere: test PSNR {psnr:.2f} dB (floor {PSNR_FLOOR_DB}), "
           f"chamfer_l1 {summary['metrics']['chamfer_l1']:.2f} (floor {summary['metrics']['chamfer_l1_floor']:.2f})")
     assert psnr >= PSNR_FLOOR_DB
+    m = summary["metrics"]  # same samples, exact distances: never above the sampled figure
+    assert 0 < m["chamfer_l1_surface"] < m["chamfer_l1"] and 0 < m["chamfer_l2_surface"] <= m["chamfer_l2"]
 
 
 def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_path):

@@ -139,3 +139,5 @@ class ChamferConfig(ComponentConfig):
     """Chamfer-L1/L2, normal consistency and F-score against the scene's ground-truth mesh."""
 
     floor: bool = Field(True, description="also report the floor (two samplings of the GT)")
+    surface: bool = Field(True, description="also report chamfer_l1_surface / chamfer_l2_surface: the same samples "
+                          "with exact distances to the other mesh's surface (no sampling floor; not the protocol)")

@@ -22,13 +22,14 @@ class ImageMetrics:
 
 
 class GeometryMetrics:
-    """Chamfer-L1/L2 (x10^3), normal consistency and F-score in the GT-normalised frame (DESIGN.md)."""
+    """Chamfer-L1/L2 (x10^3), normal consistency and F-score in the GT-normalised frame (DESIGN.md);
+    optionally the sampling floor and the floor-free point-to-surface Chamfer (``*_surface``)."""
 
     def __init__(self, cfg: ChamferConfig):
         self.cfg = cfg
 
     def __call__(self, ctx) -> dict:
-        from pipeline.metrics import chamfer, chamfer_floor
+        from pipeline.metrics import chamfer, chamfer_floor, chamfer_to_surface
         from pipeline.scenes.mesh_render import load_mesh
 
         gt = load_mesh(ctx.scene.gt_mesh)
@@ -40,6 +41,9 @@ class GeometryMetrics:
         if self.cfg.floor:
             fl = chamfer_floor(gt, n_samples=e.chamfer_samples)
             res["chamfer_l1_floor"] = fl["chamfer_l1"]
+        if self.cfg.surface:
+            exact = chamfer_to_surface(mesh, gt, n_samples=e.chamfer_samples)
+            res.update({f"{k}_surface": exact[k] for k in ("chamfer_l1", "chamfer_l2")})
         return res
 
 
