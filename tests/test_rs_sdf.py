@@ -529,6 +529,24 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
             assert cfg == ref
 
 
+def test_geometry_jobs_give_both_set_to_both_methods_and_set_to_rs_sdf_only():
+    """``--both-set`` (e.g. a sparse-view comparison) reaches the RS-SDF and the baseline scene alike,
+    ``--set`` only RS-SDF, and a finished run given with ``--baseline-run`` is not retrained."""
+    bench = _bench_module()
+    args = dict(baseline="hash", steps=300, both_set=["scene.n_train=16"], set=["certifier.sigma=0.01"],
+                rs_run=None, baseline_run=None)
+    jobs = {label: (scene, sets) for label, scene, sets in
+            bench.geometry_jobs("csg", type("A", (), args)())}
+    assert jobs["rs"] == (bench.ROOT / "scenes" / "rs_sdf_csg.yaml",
+                          ["train.steps=300", "scene.n_train=16", "certifier.sigma=0.01"])
+    assert jobs["baseline"] == (bench.ROOT / "scenes" / "rs_sdf_csg_hash_baseline.yaml",
+                                ["train.steps=300", "scene.n_train=16"])
+    only_rs = bench.geometry_jobs("csg", type("A", (), {**args, "baseline_run": "some/run"})())
+    assert [label for label, _, _ in only_rs] == ["rs"]
+    with pytest.raises(SystemExit, match="does not exist"):  # spot has no dense baseline scene
+        bench.geometry_jobs("spot", type("A", (), {**args, "baseline": "dense"})())
+
+
 @pytest.mark.parametrize("metric", ["sampled", "surface"])
 def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps(metric):
     """The benchmark's baseline sweep is refined between the coarse best level and its neighbours:
