@@ -287,9 +287,10 @@ class Trainer:
                   file=sys.stderr)
         with distributed.collective("broadcasting rank 0's initial parameters"):
             # find_unused_parameters: staged schedules and optional loss terms may leave parameters
-            # out of a step (its graph walk cost nothing measurable: csg_dense, 2 gloo processes on
-            # 2 cores, 300 steps took 43.8 s with it and 45.0 / 45.2 s without); forward_sync_buffers=False: buffers are broadcast from rank 0 once, here,
-            # and then evolve identically on every rank (same seed, same random draws)
+            # out of a step. Its graph walk costs nothing measurable: csg_dense, 2 gloo processes on
+            # 2 cores, 300 steps took 43.8 s with it and 45.0 / 45.2 s without.
+            # forward_sync_buffers=False: buffers are broadcast from rank 0 once, here, and then
+            # evolve identically on every rank (same seed, same random draws)
             return DistributedDataParallel(step_module, device_ids=ids, find_unused_parameters=True,
                                            forward_sync_buffers=False)
 
