@@ -127,13 +127,16 @@ def _print_summary(summary: dict, run_path: Path) -> None:
     for k, v in summary["metrics"].items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     con.print(table)
-    con.print(f"run folder: [bold]{run_path}[/bold]")
+    # Paths and commands are printed whole (soft_wrap): rich would otherwise break them at the
+    # terminal width (80 columns when piped), and a copied command would no longer run.
+    con.print(f"run folder: [bold]{run_path}[/bold]", soft_wrap=True)
     if summary.get("mesh"):
-        con.print(f"mesh:       {run_path / summary['mesh']}")
+        con.print(f"mesh:       {run_path / summary['mesh']}", soft_wrap=True)
     if summary.get("renders"):
-        con.print(f"renders:    {run_path / summary['renders']}")
-    con.print(f"next: [bold]nls render {run_path} --spiral 60[/bold]  or  "
-              f"[bold]nls export {run_path} -o mesh.glb --resolution 384[/bold]")
+        con.print(f"renders:    {run_path / summary['renders']}", soft_wrap=True)
+    con.print(f"next:       [bold]nls render {run_path} --spiral 60[/bold]", soft_wrap=True)
+    con.print(f"       or   [bold]nls export {run_path} -o mesh.glb --resolution 384[/bold]",
+              soft_wrap=True)
 
 
 def _train_and_finish(ld: Loaded, trainer, args) -> int:

@@ -156,7 +156,7 @@ def print_rich(c: Comparison) -> None:
                           for i, v in enumerate(vals)])
     con.print(t)
     for lab, r in zip(c.labels, c.runs):
-        con.print(f"{lab}: {r.path}", highlight=False)
+        con.print(f"{lab}: {r.path}", highlight=False, soft_wrap=True)  # paths whole, never wrapped
 
 
 def run_compare(paths: Sequence[Path], fmt: str = "rich", output: Optional[Path] = None) -> int:

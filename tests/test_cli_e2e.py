@@ -89,3 +89,17 @@ def test_commands_on_missing_run_folder(nls, tmp_path):
     for cmd in ("resume", "render", "eval"):
         proc = nls(cmd, str(tmp_path / "nope"))
         assert proc.returncode == 2 and "does not exist" in proc.stderr, cmd
+
+
+def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
+    """The paths and follow-up commands after a run are not broken at the 80-column pipe width."""
+    from pipeline.cli import _print_summary
+
+    run = tmp_path / ("a_long_folder_name_" * 4) / "csg" / "dense_grid" / "20261203-083106"
+    _print_summary({"scene": "csg", "method": "dense_grid", "step": 10, "train_seconds": 1.0,
+                    "device": "cpu", "metrics": {"psnr": 30.0}, "mesh": "meshes/mesh.ply",
+                    "renders": "renders/test"}, run)
+    lines = capsys.readouterr().out.splitlines()
+    for want in (f"nls render {run} --spiral 60", f"nls export {run} -o mesh.glb --resolution 384",
+                 str(run / "meshes/mesh.ply"), str(run / "renders/test")):
+        assert any(want in line for line in lines), (want, lines)
