@@ -356,9 +356,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
     c = run_cmd("resume", cmd_resume, "continue a stopped run to its step budget",
                 "Load the newest checkpoint of RUN_DIR and train to the run's step budget (never past it), "
-                "then evaluate.")
-    c.add_argument("-q", "--quiet", action="store_true")
-    c.add_argument("--no-eval", action="store_true")
+                "then evaluate. On CPU, with a step budget, the result is bit-identical to a run that was never "
+                "stopped; to train longer, start a new run with a larger --steps (the learning-rate schedule "
+                "spans the budget).")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--no-eval", action="store_true", help="stop after training")
     c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")
     c.add_argument("--split", default="test", help="split to render (default: test)")

@@ -173,3 +173,29 @@ def test_lr_decays_over_the_step_or_time_budget(tiny_scene, tmp_path):
     tr.step, tr.elapsed = 1, 1.0
     tr._set_lr()
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(base[0] * 0.1)
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_scene, tmp_path, nls):
+    """Resume from the mid-run checkpoint of a copy: model and optimiser end exactly as the original's."""
+    import shutil
+
+    scene = tiny_scene(train={"steps": 40, "batch_rays": 256, "checkpoint_every": 20, "log_every": 5,
+                              "grid_warmup": 4, "grid_update_every": 4})
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
+    (original,) = list((tmp_path / "runs").glob("*/*/*"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    for p in copy.glob("checkpoints/ckpt_00000040.pt*"):
+        p.unlink()
+    assert RunDir.open(copy).load_checkpoint()["step"] == 20
+    res = nls("resume", str(copy), "-q", "--no-eval", check=True)
+    assert "from step 20/40" in res.stderr
+    a, b = RunDir.open(original).load_checkpoint(), RunDir.open(copy).load_checkpoint()
+    assert a["step"] == b["step"] == 40
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for i in sa:
+        for k, v in sa[i].items():
+            assert torch.equal(v, sb[i][k]) if torch.is_tensor(v) else v == sb[i][k], (i, k)
