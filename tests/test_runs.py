@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,10 +178,7 @@ def test_lr_decays_over_the_step_or_time_budget(tiny_scene, tmp_path):
 
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_scene, tmp_path, nls):
     """Resume from the mid-run checkpoint of a copy: model and optimiser end exactly as the original's."""
-    import shutil
-
-    scene = tiny_scene(train={"steps": 40, "batch_rays": 256, "checkpoint_every": 20, "log_every": 5,
-                              "grid_warmup": 4, "grid_update_every": 4})
+    scene = _long_tiny(tiny_scene, 40)
     nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
     (original,) = list((tmp_path / "runs").glob("*/*/*"))
     copy = tmp_path / "copy"
