@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, get_args
 
 
 def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> list[dict]:
@@ -28,13 +28,19 @@ def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> li
 
 
 def _default(f):
+    """A field's default for display; nested config blocks (default factories) as their own defaults."""
     if f.is_required():
         return "(required)"
-    v = f.default
-    return v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v)
+    v = f.get_default(call_default_factory=True)
+    if hasattr(v, "model_dump"):
+        return v.model_dump()
+    return v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v)
 
 
 def _type_name(t) -> str:
+    """``int``, ``Optional[int]``, ``list[float]``: generic aliases keep their arguments."""
+    if get_args(t):
+        return str(t).replace("typing.", "")
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 
@@ -44,6 +50,7 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
         print(json.dumps(data, indent=2, default=str))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
@@ -54,11 +61,13 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
             table.add_column(col)
         for c in p["components"]:
             consumes = " | ".join("+".join(a) for a in c["consumes"]) or "-"
+            # escape(): type names such as Optional[int] must not be read as rich markup
             table.add_row(c["stage"], c["name"], consumes, ", ".join(c["produces"]) or "-",
-                          (c["description"] or "").strip().splitlines()[0] if c["description"] else "")
+                          escape((c["description"] or "").strip().splitlines()[0]) if c["description"] else "")
             if show_all:
                 for name, o in c.get("options", {}).items():
-                    table.add_row("", f"  {name}", "", f"{o['type']} = {o['default']}", o["help"])
+                    table.add_row("", f"  {name}", "", escape(f"{o['type']} = {o['default']}"),
+                                  escape(o["help"]))
         con.print(table)
         con.print(f"  hooks: {', '.join(p['hooks'])}\n")
     return 0

@@ -121,3 +121,18 @@ def test_plugin_can_add_a_subcommand(tmp_path, nls):
     '''))
     proc = nls("--plugins-dir", str(tmp_path), "hello", "world", check=True)
     assert proc.stdout.strip() == "hello world"
+
+
+def test_plugins_all_shows_real_defaults_and_full_type_names(capsys, monkeypatch):
+    """Nested config blocks show their defaults (not PydanticUndefined); Optional[int] survives rich."""
+    from pipeline.plugins_list import plugins_data, print_plugins
+
+    host = PluginHost.create()
+    text = json.dumps(plugins_data(host, show_all=True), default=str)
+    assert "PydanticUndefined" not in text
+    rs = next(c for p in plugins_data(host, show_all=True) for c in p["components"] if c["name"] == "voxel_occupancy")
+    assert rs["options"]["dense_grid"]["default"]["resolution"] == 96
+    monkeypatch.setenv("COLUMNS", "300")
+    print_plugins(host, show_all=True)
+    out = capsys.readouterr().out
+    assert "Optional[int] = None" in out and "PydanticUndefined" not in out
