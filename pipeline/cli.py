@@ -241,8 +241,11 @@ def cmd_resume(args) -> int:
 def cmd_render(args) -> int:
     from pipeline.evaluate import EvalContext
 
+    from pipeline.runs import check_writable
+
     ld = open_run(args)
     out_root = Path(args.output) if args.output else ld.run.renders_dir
+    check_writable(out_root / args.split)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,
                       out_dir=out_root / args.split)
     pairs = ctx.renders()
@@ -271,12 +274,14 @@ def cmd_export(args) -> int:
 def cmd_eval(args) -> int:
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
 
+    from pipeline.runs import check_output_file
+
+    out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
     ld = open_run(args)
+    out = out or ld.run.path / "eval.json"
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     results = run_evaluators(ctx)
     data = {"run": str(ld.run.path), "step": ld.step, "metrics": flatten(results), "evaluators": results}
-    out = Path(args.output) if args.output else ld.run.path / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
     print(f"wrote {out}")
@@ -323,6 +328,20 @@ def cmd_view(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low``, else a usage error that names the bound."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give an integer >= {low}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
 def build_parser(host=None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugins-dir", action="append", metavar="DIR",
@@ -342,7 +361,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64")
     r.add_argument("--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device")
-    r.add_argument("--steps", type=int, metavar="N", help="training steps (same as --set train.steps=N)")
+    r.add_argument("--steps", type=_int_at_least(1), metavar="N", help="training steps (same as --set train.steps=N)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_reconstruct)
@@ -364,13 +383,14 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")
     c.add_argument("--split", default="test", help="split to render (default: test)")
-    c.add_argument("--spiral", type=int, default=0, metavar="N", help="also render an N-frame turntable video")
+    c.add_argument("--spiral", type=_int_at_least(0), default=0, metavar="N", help="also render an N-frame turntable video")
     c.add_argument("--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
                 "follows the file extension (.ply .obj .glb .stl .off).")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
-    c.add_argument("--resolution", type=int, metavar="N", help="grid samples per side (default: the scene's)")
+    c.add_argument("--resolution", type=_int_at_least(2), metavar="N",
+                   help="grid samples per side (default: the scene's)")
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="box to mesh (default: the extractor's, else the scene box)")
@@ -385,7 +405,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_plugins)
 
     c = sub.add_parser("new-plugin", help="create a pip-installable plugin package with a passing test")
-    c.add_argument("name", help="plugin name (letters, digits, _)")
+    c.add_argument("name", help="plugin name: a lowercase letter, then a-z, 0-9 or _")
     c.add_argument("--dir", default=".", help="parent folder (default: here)")
     c.set_defaults(func=cmd_new_plugin)
 
@@ -426,7 +446,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "extra: pip install '.[viewer]'.")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
     c.add_argument("--port", type=int, default=8080, metavar="P", help="port on 127.0.0.1 (default: 8080)")
-    c.add_argument("--resolution", type=int, default=128, metavar="N",
+    c.add_argument("--resolution", type=_int_at_least(2), default=128, metavar="N",
                    help="grid samples per side cached for re-extraction at other levels (default: 128)")
     c.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
     c.set_defaults(func=cmd_view)

@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     """Training-loop settings (the ``train:`` block)."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(1000, ge=0, description="total optimisation steps; resume never goes past it")
+    steps: int = Field(1000, ge=1, description="total optimisation steps; resume never goes past it")
     batch_rays: int = Field(4096, ge=1, description="rays per step (posed-image scenes)")
     batch_items: int = Field(16, ge=1, description="dataset items per step, over all processes "
                              "(scenes with a training dataset, e.g. shape collections)")

@@ -263,14 +263,9 @@ def _writable_path(path, valid: Sequence[str], what: str) -> Path:
     if ext not in valid:
         raise NLSError(f"cannot export {what} to {path}: unknown extension "
                        f"'{path.suffix or '(none)'}'; valid: {', '.join(valid)}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NLSError(f"cannot create folder {path.parent} for {path}: "
-                       f"{e.strerror or e}") from None
-    if path.is_dir():
-        raise NLSError(f"cannot export {what} to {path}: it is a directory")
-    return path
+    from pipeline.runs import check_output_file
+
+    return check_output_file(path, what)
 
 
 def export_mesh(mesh, path) -> Path:

@@ -70,6 +70,29 @@ def check_writable(root: Path) -> None:
                        f"Choose a writable --output.") from None
 
 
+def check_output_file(path: Path, what: str = "output") -> Path:
+    """Make ``path``'s folder and fail early, naming it, when ``path`` cannot be written as a file.
+
+    Called before any expensive work so that a bad ``-o/--output`` loses nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise NLSError(f"cannot write {what} to {path}: it is a directory. Give a file name.")
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NLSError(f"cannot write {what} to {path}: {probe} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NLSError(f"cannot create folder {path.parent} for {what} {path}: "
+                       f"{e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise NLSError(f"cannot write {what} to {path}: {path.parent} is not writable")
+    return path
+
+
 class RunDir:
     """A run folder. Create with :meth:`create` (new run) or :meth:`open` (existing)."""
 

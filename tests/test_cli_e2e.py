@@ -103,3 +103,46 @@ def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
     for want in (f"nls render {run} --spiral 60", f"nls export {run} -o mesh.glb --resolution 384",
                  str(run / "meshes/mesh.ply"), str(run / "renders/test")):
         assert any(want in line for line in lines), (want, lines)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "RUN", "--spiral", "-3"], "--spiral: -3 is too small: give an integer >= 0"),
+    (["export", "RUN", "-o", "m.ply", "--resolution", "0"], "--resolution: 0 is too small: give an integer >= 2"),
+    (["view", "RUN", "--resolution", "1"], "--resolution: 1 is too small: give an integer >= 2"),
+    (["reconstruct", "s.yaml", "--steps", "0"], "--steps: 0 is too small: give an integer >= 1"),
+    (["reconstruct", "s.yaml", "--steps", "abc"], "--steps: 'abc' is not an integer"),
+])
+def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
+    """Values that used to crash late (--spiral -3) or silently mean the default (--resolution 0)."""
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_output_paths_fail_before_any_work(tmp_path):
+    """-o/--output naming a directory, or under a file, is refused with the path, not an OSError."""
+    from pipeline.runs import check_output_file
+    from pipeline.types import NLSError
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(NLSError, match="adir: it is a directory"):
+        check_output_file(tmp_path / "adir", "report")
+    with pytest.raises(NLSError, match="afile is a file, not a folder"):
+        check_output_file(tmp_path / "afile" / "sub" / "eval.json", "metrics")
+    ok = check_output_file(tmp_path / "new" / "deeper" / "eval.json", "metrics")
+    assert ok.parent.is_dir() and not ok.exists()
+
+
+def test_eval_and_report_refuse_a_bad_output_before_evaluating(nls, tmp_path):
+    """The check runs before the run folder is even opened, so nothing is computed and then lost."""
+    (tmp_path / "afile").write_text("x")
+    run = tmp_path / "run"
+    run.mkdir()
+    for args in (["eval", str(run), "--output", str(tmp_path / "afile" / "e.json")],
+                 ["report", str(run), "-o", str(tmp_path / "afile" / "r.html"), "--no-model"]):
+        proc = nls(*args)
+        assert proc.returncode == 2 and "afile is a file, not a folder" in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr

@@ -32,9 +32,11 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
     renders of unfinished runs).
     """
     from pipeline.progress import StepProgress
+    from pipeline.runs import check_output_file
 
+    out = check_output_file(Path(out), "report") if out else None  # before any work
     facts = read_run(run_dir)
-    out = Path(out) if out else facts.path / "report.html"
+    out = out or facts.path / "report.html"
     ld, load_error = (None, "skipped (--no-model)")
     builders: list[tuple[str, Callable[[], str]]] = [
         ("Run", lambda: _overview(facts)),
@@ -61,7 +63,6 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
         bar.advance(steps, "mesh")
     title = f"{facts.name} / {facts.method}"
     sub = f"{facts.path} — {facts.status}"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(H.page(title, sub, sections))
     return out
 
@@ -306,6 +307,6 @@ def _provenance(f: RunFacts) -> str:
             ["component", "plugin", "version"], [(k, v.get("plugin"), v.get("version")) for k, v in comps.items()]))
     cmd = f.path / "cmd.txt"
     if cmd.exists():
-        parts.append(H.details("commands run on this folder (cmd.txt)", cmd.read_text()))
+        parts.append(H.details("commands that made and resumed this run (cmd.txt)", cmd.read_text()))
     return "\n".join(parts)
 
