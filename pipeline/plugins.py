@@ -102,7 +102,7 @@ class PluginHost:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise NLSError(f"a plugin implements a hook nls does not define: {exc}. "
-                           f"Valid hooks: {', '.join(sorted(_hook_names()))}") from exc
+                           f"Valid hooks: {', '.join(sorted(hook_names()))}") from exc
         if os.environ.get("NLS_TRACE_PLUGINS", "") not in ("", "0"):
             pm.trace.root.setwriter(lambda s: sys.stderr.write(s))
             pm.enable_tracing()
@@ -167,7 +167,8 @@ class PluginHost:
         return {i.name: i.version for i in self.plugins()}
 
 
-def _hook_names() -> list[str]:
+def hook_names() -> list[str]:
+    """The names of every hook specification (``nls_*``), sorted."""
     return [n for n in dir(hookspecs) if n.startswith("nls_")]
 
 

@@ -7,6 +7,15 @@ from typing import Optional, get_args
 
 
 def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> list[dict]:
+    """Plugins with their components (and, with ``show_all``, each component's options).
+
+    Raises NLSError for a ``hook`` name that no hook specification has, listing the valid ones.
+    """
+    from pipeline.plugins import hook_names
+    from pipeline.types import NLSError
+
+    if hook and hook not in hook_names():
+        raise NLSError(f"--hook {hook!r}: no such hook. Valid hooks: {', '.join(hook_names())}")
     comps = host.components()
     out = []
     for info in host.plugins():

@@ -130,6 +130,9 @@ class RunDir:
     @classmethod
     def open(cls, path: Path) -> "RunDir":
         path = Path(path)
+        if path.is_file():
+            raise NLSError(f"{path} is a file, not a run folder. Give a folder made by `nls reconstruct` "
+                           f"(outputs/<scene>/<method>/<timestamp>).")
         if not path.is_dir():
             raise NLSError(f"run folder {path} does not exist. Give a folder made by `nls reconstruct` "
                            f"(outputs/<scene>/<method>/<timestamp>).")

@@ -146,3 +146,13 @@ def test_eval_and_report_refuse_a_bad_output_before_evaluating(nls, tmp_path):
         proc = nls(*args)
         assert proc.returncode == 2 and "afile is a file, not a folder" in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_run_commands_on_a_file_say_it_is_not_a_run_folder(tmp_path):
+    from pipeline.runs import RunDir
+    from pipeline.types import NLSError
+
+    f = tmp_path / "scene.yaml"
+    f.write_text("name: x\n")
+    with pytest.raises(NLSError, match="scene.yaml is a file, not a run folder"):
+        RunDir.open(f)

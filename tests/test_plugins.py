@@ -136,3 +136,11 @@ def test_plugins_all_shows_real_defaults_and_full_type_names(capsys, monkeypatch
     print_plugins(host, show_all=True)
     out = capsys.readouterr().out
     assert "Optional[int] = None" in out and "PydanticUndefined" not in out
+
+
+def test_plugins_unknown_hook_lists_the_valid_ones():
+    from pipeline.plugins_list import plugins_data
+
+    with pytest.raises(NLSError, match="--hook 'bogus': no such hook. Valid hooks: .*nls_register_losses"):
+        plugins_data(PluginHost.create(), hook="bogus")
+    assert plugins_data(PluginHost.create(), hook="nls_register_losses")  # a real hook still filters
