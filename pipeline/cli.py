@@ -361,7 +361,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64")
     r.add_argument("--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device")
-    r.add_argument("--steps", type=_int_at_least(1), metavar="N", help="training steps (same as --set train.steps=N)")
+    r.add_argument("--steps", type=_int_at_least(1), metavar="N",
+                   help="training steps (same as --set train.steps=N)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_reconstruct)
@@ -383,7 +384,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")
     c.add_argument("--split", default="test", help="split to render (default: test)")
-    c.add_argument("--spiral", type=_int_at_least(0), default=0, metavar="N", help="also render an N-frame turntable video")
+    c.add_argument("--spiral", type=_int_at_least(0), default=0, metavar="N",
+                   help="also render an N-frame turntable video")
     c.add_argument("--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
