@@ -18,6 +18,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -222,8 +223,10 @@ def load_checkpoint_file(path: Path, map_location: str = "cpu", siblings: list[P
 
     path = Path(path)
     older = [p for p in siblings if p != path and p.name < path.name]
-    hint = (f" An older checkpoint exists ({older[-1].name}): delete {path.name} to resume from it."
-            if older else " Start a new run with `nls reconstruct`.")
+
+    def hint() -> str:  # only on failure: it reads and hashes the older checkpoint
+        return _fallback_hint(path, older[-1] if older else None)
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -231,19 +234,39 @@ def load_checkpoint_file(path: Path, map_location: str = "cpu", siblings: list[P
     digest_file = path.with_suffix(".pt.sha256")
     if digest_file.exists():
         want = digest_file.read_text().strip()
+        if not re.fullmatch(r"[0-9a-f]{64}", want):
+            raise CheckpointError(f"{digest_file} is not a sha256 digest (64 hex digits), so {path.name} "
+                                  f"cannot be verified. If the checkpoint is known to be good, delete "
+                                  f"{digest_file.name} to load it unverified.{hint()}")
         if hashlib.sha256(data).hexdigest() != want:
             raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({len(data)} bytes; "
-                                  f"its sha256 does not match {digest_file.name}).{hint}")
+                                  f"its sha256 does not match {digest_file.name}).{hint()}")
     import io
 
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged zip/pickle
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be loaded "
-                              f"({type(exc).__name__}).{hint}") from None
+                              f"({type(exc).__name__}).{hint()}") from None
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} is not an nls checkpoint (missing 'step'/'model').{hint}")
+        raise CheckpointError(f"checkpoint {path} is not an nls checkpoint (missing 'step'/'model').{hint()}")
     return state
+
+
+def _fallback_hint(path: Path, older: Optional[Path]) -> str:
+    """The advice after ``path`` fails to load: fall back on ``older`` only when its digest verifies."""
+    if older is None:
+        return " Start a new run with `nls reconstruct`."
+    digest = older.with_suffix(".pt.sha256")
+    try:
+        intact = (not digest.exists()
+                  or hashlib.sha256(older.read_bytes()).hexdigest() == digest.read_text().strip())
+    except OSError:
+        intact = False
+    if intact:
+        return f" An older checkpoint exists ({older.name}): delete {path.name} to resume from it."
+    return (f" The older checkpoint {older.name} is damaged too (its sha256 does not match); "
+            f"start a new run with `nls reconstruct`.")
 
 
 def _safe(name: str) -> str:

@@ -197,3 +197,20 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_scene, tmp_pa
     for i in sa:
         for k, v in sa[i].items():
             assert torch.equal(v, sb[i][k]) if torch.is_tensor(v) else v == sb[i][k], (i, k)
+
+
+def test_corrupt_checkpoint_advice_checks_the_fallback_and_the_digest_file(tmp_path):
+    """Recommend the older checkpoint only when it verifies; a malformed .sha256 is named as such."""
+    run = RunDir.create(tmp_path, "s", "m")
+    old = run.save_checkpoint({"step": 1, "model": {"w": torch.zeros(100)}}, 1)
+    new = run.save_checkpoint({"step": 2, "model": {"w": torch.ones(100)}}, 2)
+    good = new.read_bytes()
+    new.write_bytes(good[:50])
+    old.write_bytes(old.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="ckpt_00000001.pt is damaged too"):
+        run.load_checkpoint()
+    new.write_bytes(good)
+    new.with_suffix(".pt.sha256").write_text("not a digest\n")
+    with pytest.raises(CheckpointError, match=r"ckpt_00000002.pt.sha256 is not a sha256 digest") as exc:
+        run.load_checkpoint()
+    assert "is corrupt or truncated" not in str(exc.value)  # the checkpoint itself is not blamed
