@@ -49,12 +49,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (what a ``mkdir -p`` would build on)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_writable(root: Path) -> None:
     """Fail early, with the path, when runs cannot be written under ``root``."""
     root = Path(root)
-    probe = root
-    while not probe.exists():
-        probe = probe.parent
+    probe = _nearest_existing(root)
     if not probe.is_dir():
         raise NLSError(f"output folder {root}: {probe} exists and is not a directory. "
                        f"Choose another --output.")
@@ -79,9 +84,7 @@ def check_output_file(path: Path, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise NLSError(f"cannot write {what} to {path}: it is a directory. Give a file name.")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
+    probe = _nearest_existing(path.parent)
     if not probe.is_dir():
         raise NLSError(f"cannot write {what} to {path}: {probe} is a file, not a folder")
     try:
