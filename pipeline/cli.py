@@ -153,7 +153,8 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
               f"{f' ({ck.name})' if ck else ''}.\nresume with: nls resume {ld.run.path}", file=sys.stderr)
         return 130
     if getattr(args, "no_eval", False):
-        print(f"trained to step {trainer.step}; run folder: {ld.run.path}")
+        print(f"trained to step {trainer.step}; run folder: {ld.run.path}\n"
+              f"evaluate it later with: nls resume {ld.run.path}   (writes summary.json)")
         return 0
     summary = finish_run(ld, trainer.elapsed)
     _print_summary(summary, ld.run.path)
@@ -274,7 +275,7 @@ def cmd_export(args) -> int:
 def cmd_eval(args) -> int:
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
 
-    from pipeline.runs import check_output_file
+    from pipeline.runs import atomic_write_text, check_output_file
 
     out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
     ld = open_run(args)
@@ -282,7 +283,7 @@ def cmd_eval(args) -> int:
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     results = run_evaluators(ctx)
     data = {"run": str(ld.run.path), "step": ld.step, "metrics": flatten(results), "evaluators": results}
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
     print(f"wrote {out}")
     return 0
