@@ -44,7 +44,7 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     rows: list[tuple[str, list[Any]]] = [
         ("scene", [r.name for r in runs]),
         ("method", [r.method for r in runs]),
-        ("status", ["complete" if r.complete else "incomplete" for r in runs]),
+        ("status", [r.short_status for r in runs]),
         ("step", [r.step for r in runs]),
         ("train_seconds", [r.train_seconds for r in runs]),
         ("parameters", [r.parameters() for r in runs]),
@@ -89,9 +89,12 @@ def comparability_warnings(runs: list[RunFacts]) -> list[str]:
                      for r in runs])
     if ev:
         out.append("the evaluators or their options differ: " + _describe(ev, runs))
-    incomplete = [_label(r) for r in runs if not r.complete]
+    incomplete = [_label(r) for r in runs if not r.metrics]
     if incomplete:
         out.append(f"not finished (no final metrics): {', '.join(incomplete)}")
+    later = [_label(r) for r in runs if r.metrics_source == "eval.json"]
+    if later:
+        out.append(f"metrics from eval.json (`nls eval` on a run without summary.json): {', '.join(later)}")
     return out
 
 

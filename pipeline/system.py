@@ -58,8 +58,10 @@ class System(nn.Module):
         """Optimiser groups: components may define ``param_groups(lr)`` for per-part rates."""
         groups: list[dict] = []
         seen: set[int] = set()
-        for module in (self.chain.field, self.chain.certifier, self.chain.density_map, self.renderer,
-                       *self.losses.values()):
+        roles = [("field", self.chain.field), ("certifier", self.chain.certifier),
+                 ("density_map", self.chain.density_map), ("renderer", self.renderer),
+                 *((f"loss.{k}", v) for k, v in self.losses.items())]
+        for role, module in roles:
             if module is None:
                 continue
             if hasattr(module, "param_groups"):
@@ -70,5 +72,5 @@ class System(nn.Module):
                 params = [p for p in g["params"] if p.requires_grad and id(p) not in seen]
                 seen.update(id(p) for p in params)
                 if params:
-                    groups.append({**g, "params": params})
+                    groups.append({"name": role, **g, "params": params})
         return groups

@@ -413,13 +413,21 @@ class Trainer:
         self.elapsed = elapsed  # identical on every rank, so the lr schedule and time budget agree
         self._stop_agreed = stop > 0
         self._set_lr()
-        rec = {"loss": total_mean, **{f"loss/{k}": v for k, v in zip(terms, term_means)},
-               "lr": self.optimizer.param_groups[0]["lr"]}
+        rec = {"loss": total_mean, **{f"loss/{k}": v for k, v in zip(terms, term_means)}, **self._lrs()}
         if "rgb" in out:
             rec["psnr_train"] = -10 * math.log10(max(mse, 1e-10))
             rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
         self._clock += time.perf_counter() - s0
         return rec
+
+    def _lrs(self) -> dict[str, float]:
+        """``{"lr/<group name>": learning rate}`` for every optimiser group (names from
+        :meth:`System.param_groups`; a group without one is named by its index)."""
+        out: dict[str, float] = {}
+        for i, g in enumerate(self.optimizer.param_groups):
+            key = f"lr/{g.get('name', i)}"
+            out[key if key not in out else f"{key}.{i}"] = g["lr"]
+        return out
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:

@@ -96,6 +96,28 @@ def test_compare_an_unfinished_run(runs, tmp_path_factory, nls):
     assert any("not finished" in w for w in data["warnings"])
 
 
+def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, tmp_path):
+    """`reconstruct --no-eval` then `nls eval`: no summary.json, the metrics are in eval.json."""
+    later = tmp_path / "later"
+    shutil.copytree(runs[1], later)
+    (later / "summary.json").unlink()
+    nls("eval", str(later), check=True)
+    ev = json.loads((later / "eval.json").read_text())
+    assert ev["step"] == 100 and ev["metrics"]["psnr"] > 0
+    res = nls("compare", str(runs[0]), str(later), "--json", check=True)
+    data = json.loads(res.stdout)
+    col = data["runs"][1]["label"]
+    assert data["table"]["status"][col] == "evaluated"
+    for k, v in ev["metrics"].items():
+        assert data["table"][k][col] == v, k
+    assert not any("not finished" in w for w in data["warnings"]), data["warnings"]
+    assert any("metrics from eval.json" in w and "later" in w for w in data["warnings"]), data["warnings"]
+    out = tmp_path / "report.html"
+    nls("report", str(later), "-o", str(out), check=True)
+    page = out.read_text()
+    assert "No final metrics" not in page and "the metrics shown come from eval.json" in page
+
+
 def test_compare_errors(nls, tmp_path):
     res = nls("compare", str(tmp_path / "nope"))
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr

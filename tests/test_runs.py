@@ -169,6 +169,12 @@ def test_lr_decays_over_the_step_or_time_budget(tiny_scene, tmp_path):
     tr.fit()
     for g, b in zip(tr.optimizer.param_groups, base):
         assert g["lr"] == pytest.approx(b * 0.1)  # decayed to the final factor at the last step
+    # metrics.jsonl logs every group's rate under its name: the dense grid's grids and colour MLP
+    last = tr.run.read_metrics()[-1]
+    lrs = {k: v for k, v in last.items() if k.startswith("lr")}
+    field = tr.system.chain.field.cfg
+    grid_scale, mlp_scale = field.grid_lr_scale, field.mlp_lr_scale
+    assert lrs == pytest.approx({"lr/grids": 0.01 * grid_scale * 0.1, "lr/mlp": 0.01 * mlp_scale * 0.1})
     cfg.train.max_seconds = 1e-9  # a time budget that is already spent counts as the end
     cfg.train.steps = 100
     tr.step, tr.elapsed = 1, 1.0

@@ -1,5 +1,6 @@
 """Read what a run folder holds, without building its model: the facts `nls report` and
-`nls compare` show. Works for finished runs (summary.json) and for runs killed midway
+`nls compare` show. Works for finished runs (summary.json), for runs trained with
+``--no-eval`` and evaluated later by ``nls eval`` (eval.json), and for runs killed midway
 (only config.yaml, metrics.jsonl and checkpoints)."""
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class RunFacts:
     scene: Optional[dict]
     plugins: Optional[dict]
     checkpoints: list[Path] = field(default_factory=list)
+    #: ``RUN_DIR/eval.json`` written by ``nls eval``; its metrics stand in when summary.json is absent
+    evaluation: Optional[dict] = None
 
     @property
     def run(self) -> RunDir:
@@ -87,14 +90,24 @@ class RunFacts:
         return float(self.log[-1]["time"]) if self.log and "time" in self.log[-1] else None
 
     @property
+    def _results(self) -> dict:
+        """Where the metrics come from: summary.json, else eval.json, else nothing."""
+        return self.summary or self.evaluation or {}
+
+    @property
+    def metrics_source(self) -> Optional[str]:
+        """'summary.json', 'eval.json' (``nls eval`` on a run without a summary) or None."""
+        return "summary.json" if self.summary else "eval.json" if self.evaluation else None
+
+    @property
     def metrics(self) -> dict[str, float]:
-        """Final evaluation metrics (empty for an unfinished run)."""
-        return dict((self.summary or {}).get("metrics") or {})
+        """Final evaluation metrics: summary.json's, else eval.json's; empty when neither exists."""
+        return dict(self._results.get("metrics") or {})
 
     @property
     def skipped(self) -> dict[str, str]:
         """Evaluators that did not run, with the reason."""
-        ev = (self.summary or {}).get("evaluators") or {}
+        ev = self._results.get("evaluators") or {}
         return {k: v["skipped"] for k, v in ev.items() if isinstance(v, dict) and "skipped" in v}
 
     @property
@@ -107,8 +120,16 @@ class RunFacts:
     def status(self) -> str:
         if self.complete:
             return str(self.summary.get("status", "complete"))
+        if self.evaluation:
+            return (f"evaluated by nls eval: no summary.json; trained to step {self.step} of {self.steps}, "
+                    f"metrics from eval.json (step {self.evaluation.get('step', '?')})")
         ck = "no checkpoint" if self.checkpoint_step is None else f"newest checkpoint at step {self.checkpoint_step}"
         return f"incomplete: no summary.json; trained to step {self.step} of {self.steps}, {ck}"
+
+    @property
+    def short_status(self) -> str:
+        """One word for tables: complete, evaluated (eval.json metrics, no summary) or incomplete."""
+        return "complete" if self.complete else "evaluated" if self.evaluation else "incomplete"
 
     def parameters(self) -> Optional[int]:
         """Trainable parameter count: summary.json's, else the numel of the newest checkpoint's
@@ -129,7 +150,10 @@ class RunFacts:
         if not self.complete:
             how = (f"finish it from its newest checkpoint with `nls resume {self.path}`" if self.checkpoints
                    else "it cannot be resumed without a checkpoint")
-            out.append(f"summary.json: the run stopped at step {self.step} of {self.steps} before evaluation ({how})")
+            got = (f"; the metrics shown come from eval.json, written by `nls eval` at step "
+                   f"{self.evaluation.get('step', '?')}" if self.evaluation else "")
+            out.append(f"summary.json: the run stopped at step {self.step} of {self.steps} before evaluation "
+                       f"({how}){got}")
         if not self.log:
             out.append("metrics.jsonl: no training step was logged")
         if not self.checkpoints:
@@ -170,7 +194,8 @@ def read_run(path: Path) -> RunFacts:
                        f"`nls reconstruct`?")
     return RunFacts(path=run.path, config=config, summary=run.read_json("summary.json"),
                     log=run.read_metrics(), scene=run.read_json("scene.json"),
-                    plugins=run.read_json("plugins.json"), checkpoints=run.checkpoints())
+                    plugins=run.read_json("plugins.json"), checkpoints=run.checkpoints(),
+                    evaluation=run.read_json("eval.json"))
 
 
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:

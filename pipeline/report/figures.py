@@ -59,33 +59,34 @@ def curve_keys(log: list[dict]) -> list[str]:
 
 
 def curves_png(log: list[dict]) -> Optional[bytes]:
-    """Loss terms on one log-scale panel, every other logged number on its own panel,
-    all against the step. None when nothing numeric was logged."""
+    """Loss terms on one log-scale panel, the learning rates of all optimiser groups on
+    another, every other logged number on its own panel, all against the step. None when
+    nothing numeric was logged."""
     keys = curve_keys(log)
     if not keys:
         return None
     plt = _pyplot()
-    loss_keys = [k for k in keys if k == "loss" or k.startswith("loss/")]
-    others = [k for k in keys if k not in loss_keys]
-    panels: list[list[str]] = ([loss_keys] if loss_keys else []) + [[k] for k in others]
+    shared = {"loss terms": [k for k in keys if k == "loss" or k.startswith("loss/")],
+              "learning rates": [k for k in keys if k == "lr" or k.startswith("lr/")]}
+    others = [k for k in keys if not any(k in g for g in shared.values())]
+    panels: list[tuple[str, list[str]]] = ([(t, g) for t, g in shared.items() if g] +
+                                          [(k, [k]) for k in others])
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
-    for ax, group in zip(axes.ravel(), panels):
+    for ax, (title, group) in zip(axes.ravel(), panels):
         for k in group:
             pts = [(r["step"], r[k]) for r in log if isinstance(r.get(k), (int, float)) and "step" in r]
             if not pts:
                 continue
             s, v = np.array(pts, dtype=np.float64).T
             ax.plot(s, v, lw=1.2, label=k)
-        if group is loss_keys and loss_keys:
+        if title in shared:
             vals = [r[k] for r in log for k in group if isinstance(r.get(k), (int, float))]
             if vals and min(vals) > 0:
                 ax.set_yscale("log")
-            ax.set_title("loss terms")
             ax.legend(fontsize=7)
-        else:
-            ax.set_title(group[0])
+        ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(panels):]:
