@@ -81,7 +81,15 @@ class PluginHost:
         if entry_points_:
             wanted = os.environ.get("NLS_LOAD_PLUGINS")
             names = None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
-            for ep in entry_points(group=ENTRY_POINT_GROUP):
+            installed = list(entry_points(group=ENTRY_POINT_GROUP))
+            unknown = sorted((names or set()) - {ep.name for ep in installed})
+            if unknown:
+                have = ", ".join(sorted(ep.name for ep in installed)) or "none"
+                raise NLSError(f"NLS_LOAD_PLUGINS={wanted!r} names {', '.join(map(repr, unknown))}, which "
+                               f"{'is' if len(unknown) == 1 else 'are'} not an installed nls plugin "
+                               f"(installed entry points of group {ENTRY_POINT_GROUP!r}: {have}). Built-ins "
+                               f"always load and are not named here.")
+            for ep in installed:
                 if names is not None and ep.name not in names:
                     continue
                 try:

@@ -93,6 +93,12 @@ def test_load_plugins_empty_loads_no_third_party(monkeypatch):
     assert all(p.source == "builtin" for p in host.plugins())
 
 
+def test_load_plugins_names_an_uninstalled_plugin(nls):
+    res = nls("plugins", env={"NLS_LOAD_PLUGINS": "bogus_plugin"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "'bogus_plugin', which is not an installed nls plugin" in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json", "--all"], ["reconstruct", "--help"]])
 def test_cli_does_not_import_torch(args):
     code = textwrap.dedent(f'''
