@@ -77,7 +77,7 @@ def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
 
 
-def finish_run(ld: Loaded, train_seconds: float) -> dict:
+def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> dict:
     """Render the eval split, export the mesh, evaluate and write summary.json."""
     import platform
 
@@ -85,7 +85,7 @@ def finish_run(ld: Loaded, train_seconds: float) -> dict:
 
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
 
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
+    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, progress=progress)
     mesh_path = None
     if ld.cfg.stages.get("extractor"):
         from pipeline.mesh import export_mesh
@@ -156,7 +156,7 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
         print(f"trained to step {trainer.step}; run folder: {ld.run.path}\n"
               f"evaluate it later with: nls resume {ld.run.path}   (writes summary.json)")
         return 0
-    summary = finish_run(ld, trainer.elapsed)
+    summary = finish_run(ld, trainer.elapsed, progress=not args.quiet)
     _print_summary(summary, ld.run.path)
     return 0
 
@@ -365,7 +365,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("--steps", type=_int_at_least(1), metavar="N",
                    help="training steps (same as --set train.steps=N)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     r.set_defaults(func=cmd_reconstruct)
 
     def run_cmd(name, func, help_, desc):
@@ -380,7 +380,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                 "then evaluate. On CPU, with a step budget, the result is bit-identical to a run that was never "
                 "stopped; to train longer, start a new run with a larger --steps (the learning-rate schedule "
                 "spans the budget).")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     c.add_argument("--no-eval", action="store_true", help="stop after training")
     c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")

@@ -43,6 +43,7 @@ class EvalContext:
     device: Any
     split: Optional[str] = None
     out_dir: Optional[Path] = None
+    progress: bool = True  # a progress bar (or plain lines) while rendering the split
     _renders: Optional[list] = field(default=None, repr=False)
     _mesh: Any = field(default=None, repr=False)
 
@@ -94,7 +95,7 @@ def render_split(ctx: EvalContext) -> list:
     extra = {"supersample": ctx.cfg.eval.supersample} if ctx.cfg.eval.supersample > 1 else {}
     pairs = []
     ctx.system.eval()
-    with StepProgress(n, 0, f"rendering {split_name}") as bar, torch.no_grad():
+    with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
         for i in range(n):
             out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             pred = out["rgb"].clamp(0, 1).cpu().numpy()

@@ -16,7 +16,7 @@ class StepProgress:
         self.tty = enabled and sys.stderr.isatty()
         self.plain_every_s = plain_every_s
         self._last_plain = 0.0
-        self._t0 = time.perf_counter()
+        self._first: tuple[int, float] | None = None  # (step, time) of the first advance
         self._progress = None
 
     def __enter__(self) -> "StepProgress":
@@ -38,12 +38,21 @@ class StepProgress:
         if not self.enabled:
             return
         now = time.perf_counter()
+        if self._first is None:
+            self._first = (step, now)
         if now - self._last_plain >= self.plain_every_s or step == self.total:
             self._last_plain = now
-            done = step - self.start
-            rate = done / max(now - self._t0, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else float("nan")
-            print(f"{self.label} {step}/{self.total}  {info}  eta {eta:.0f}s", file=sys.stderr, flush=True)
+            print(f"{self.label} {step}/{self.total}  {info}  {self._eta(step, now)}", file=sys.stderr, flush=True)
+
+    def _eta(self, step: int, now: float) -> str:
+        """'eta Ns' from the rate since the first advance (the first step carries start-up costs
+        such as allocation and kernel compilation, so it is left out); 'done' at the end."""
+        if step >= self.total:
+            return "done"
+        s0, t0 = self._first
+        if step <= s0 or now <= t0:
+            return "eta –"
+        return f"eta {(self.total - step) * (now - t0) / (step - s0):.0f}s"
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:

@@ -53,6 +53,27 @@ def test_trained_tiny_scene_reaches_psnr_floor(trained_run):
     assert 0 < m["chamfer_l1_surface"] < m["chamfer_l1"] and 0 < m["chamfer_l2_surface"] <= m["chamfer_l2"]
 
 
+def test_quiet_run_prints_no_progress_lines(trained_run):
+    _, proc = trained_run  # `reconstruct -q`, trained and evaluated
+    noise = [ln for ln in proc.stderr.splitlines() if ln.startswith(("training ", "rendering "))]
+    assert not noise, noise
+
+
+def test_plain_progress_eta_leaves_out_the_first_step(monkeypatch, capsys):
+    """Off a terminal: a line per interval, the ETA from the rate after the first step."""
+    from pipeline import progress
+
+    clock = iter([130.0, 131.0, 132.0, 133.0, 139.0])  # step 1 ends at 130 s (start-up), then 1 s per step
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    with progress.StepProgress(10, 0, "training", plain_every_s=0.5) as bar:
+        for step in (1, 2, 3, 4, 10):
+            bar.advance(step)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split()[1] for ln in lines] == ["1/10", "2/10", "3/10", "4/10", "10/10"], lines
+    # no rate yet after one step; then 1 step per second (not 130 s per step)
+    assert [ln.split("  ")[-1] for ln in lines] == ["eta –", "eta 8s", "eta 7s", "eta 6s", "done"], lines
+
+
 def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_path):
     run, _ = trained_run
     out = tmp_path / "mesh.obj"
