@@ -399,8 +399,28 @@ def check_chain(cfg: SceneConfig, host) -> None:
 
 
 def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
-    data = apply_overrides(read_yaml(path), list(overrides))
-    return validate(data, host, source=str(path))
+    """Read, override and validate a scene file. An error that only an override causes is
+    reported against that ``--set`` (the first one that breaks a valid file), not the file."""
+    base = read_yaml(path)
+    data = apply_overrides(base, list(overrides))
+    try:
+        return validate(data, host, source=str(path))
+    except ConfigError as exc:
+        culprit = _breaking_override(base, list(overrides), host, str(path))
+        if culprit is None:
+            raise
+        raise ConfigError(str(exc).replace(f"{path}: ", f"--set {culprit} (on {path}): ", 1)) from None
+
+
+def _breaking_override(base: dict, overrides: list[str], host, source: str) -> Optional[str]:
+    """The first override whose addition makes a valid ``base`` invalid; None when ``base``
+    itself is invalid (the file is at fault) or there are no overrides."""
+    for i in range(len(overrides) + 1):
+        try:
+            validate(apply_overrides(base, overrides[:i]), host, source=source)
+        except ConfigError:
+            return overrides[i - 1] if i else None
+    return None
 
 
 def load_resolved(path: Path, host) -> SceneConfig:

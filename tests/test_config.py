@@ -52,6 +52,17 @@ def test_bad_overrides(override, needle):
         apply_overrides(TINY_SCENE, [override])
 
 
+def test_an_override_error_names_the_override_not_the_file(tmp_path, nls_host):
+    p = write(tmp_path, TINY_SCENE)
+    with pytest.raises(ConfigError) as err:
+        load_scene(p, nls_host, ["train.steps=17", "train.batch_rays=many", "field.resolution=40"])
+    assert str(err.value).startswith(f"--set train.batch_rays=many (on {p}): train.batch_rays = 'many'"), err.value
+    bad = write(tmp_path, {**TINY_SCENE, "train": {**TINY_SCENE["train"], "stepz": 3}})
+    with pytest.raises(ConfigError) as err:  # the file is at fault: it is named, whatever --set adds
+        load_scene(bad, nls_host, ["train.steps=17"])
+    assert str(err.value).startswith(f"{bad}: train.stepz: unknown key"), err.value
+
+
 def test_missing_file(nls, tmp_path):
     proc = nls("reconstruct", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2
