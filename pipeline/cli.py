@@ -62,7 +62,10 @@ def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
 
     run = RunDir.open(Path(args.run_dir))
     host = _host(args)
-    cfg = load_resolved(run.config_path, host)
+    try:
+        cfg = load_resolved(run.config_path, host)
+    except NLSError as exc:
+        raise NLSError(f"{exc}{_missing_plugins_hint(run, host)}") from None
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
@@ -75,6 +78,23 @@ def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{str(exc).splitlines()[0]}") from None
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
+
+
+def _missing_plugins_hint(run, host) -> str:
+    """' The run was made with plugin(s) ... that are not loaded now: ...' from its plugins.json,
+    or '' when every plugin it recorded is loaded."""
+    recorded = (run.read_json("plugins.json") or {}).get("plugins") or []
+    loaded = {p.name for p in host.plugins()}
+    how = []
+    for p in recorded:
+        if not isinstance(p, dict) or p.get("name") in loaded:
+            continue
+        src = str(p.get("source", ""))
+        if src.startswith("entry point of "):
+            how.append(f"{p['name']} ({src}, version {p.get('version', '?')}): install it, or check NLS_LOAD_PLUGINS")
+        elif src not in ("builtin", "registered in-process"):
+            how.append(f"{p['name']} (from {src}): pass --plugins-dir {Path(src).parent}")
+    return f" The run was made with plugin(s) that are not loaded now: {'; '.join(how)}." if how else ""
 
 
 def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> dict:

@@ -74,6 +74,27 @@ def test_plain_progress_eta_leaves_out_the_first_step(monkeypatch, capsys):
     assert [ln.split("  ")[-1] for ln in lines] == ["eta –", "eta 8s", "eta 7s", "eta 6s", "done"], lines
 
 
+def test_a_run_needing_an_unloaded_plugin_says_which(trained_run, nls, tmp_path):
+    """config.yaml names a field from a --plugins-dir file; opening the run without it says how."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["field"] = {"type": "my_field"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    info = json.loads((run / "plugins.json").read_text())
+    info["plugins"] += [{"name": "myfield", "version": "9.9", "source": str(tmp_path / "plugs" / "myfield.py")},
+                        {"name": "their_pkg", "version": "1.2", "source": "entry point of their-pkg"}]
+    (run / "plugins.json").write_text(json.dumps(info))
+    res = nls("export", str(run), "-o", str(tmp_path / "m.ply"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "my_field" in res.stderr and f"pass --plugins-dir {tmp_path / 'plugs'}" in res.stderr, res.stderr
+    assert "their_pkg (entry point of their-pkg, version 1.2): install it" in res.stderr, res.stderr
+
+
 def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_path):
     run, _ = trained_run
     out = tmp_path / "mesh.obj"
