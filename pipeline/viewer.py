@@ -200,6 +200,9 @@ def serve(run_dir: Path, *, host=None, port: int = 8080, resolution: int = 128,
     import signal
 
     viewer = LevelSetViewer(run_dir, host=host, port=port, resolution=resolution)
+    if viewer.server.get_port() != port:  # viser moves on to the next free port
+        print(f"nls view: port {port} is in use; serving on port {viewer.server.get_port()} instead",
+              file=sys.stderr, flush=True)
     print(f"nls view: serving {run_dir} at {viewer.url()}  (Ctrl-C stops)", flush=True)
     if not viewer.ready.is_set():
         print(f"nls view: caching the field on a {resolution}^3 grid for the level slider "

@@ -107,6 +107,20 @@ def _wait_for_line(proc, text: str, timeout: float) -> str:
                          f"stdout: {''.join(seen)}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
 
 
+def test_view_says_when_its_port_is_taken(run, capsys):
+    pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
+    from pipeline.viewer import serve
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert serve(run, port=port, resolution=16, seconds=0.2) == 0
+    out, err = capsys.readouterr()
+    assert f"port {port} is in use; serving on port" in err, err
+    assert f"127.0.0.1:{port}  " not in out, out
+
+
 def test_view_in_headless_chromium(run, tmp_path):
     exe = browser_or_skip()
     from playwright.sync_api import sync_playwright
