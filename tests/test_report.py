@@ -235,6 +235,21 @@ def test_report_of_a_killed_run_says_what_is_missing(tmp_path_factory, tmp_path)
     assert len(imgs) >= 4  # curves, a render from the checkpoint, depth+normals, slices
 
 
+def test_report_of_a_run_with_a_corrupt_checkpoint_warns_on_the_terminal(run, nls, tmp_path):
+    """The report is still written (exit 0), and the reason its model views are missing is
+    printed, not only embedded in the HTML."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    newest = sorted((bad / "checkpoints").glob("ckpt_*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    res = nls("report", str(bad), "-o", str(tmp_path / "bad.html"), "-q", check=True)
+    assert "warning:" in res.stderr and "no renders, normal maps or slices" in res.stderr, res.stderr
+    assert newest.name in res.stderr, res.stderr
+    assert "could not be rebuilt" in (tmp_path / "bad.html").read_text()
+
+
 def test_report_shows_published_reference_and_plugin_slices(run, tmp_path):
     """A scene's `reference:` block is validated, kept in the resolved config and shown by the report;
     PNGs a plugin wrote to a `*slices` folder are embedded byte for byte."""

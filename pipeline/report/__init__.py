@@ -12,6 +12,7 @@ metrics.jsonl.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,7 +33,7 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
     renders of unfinished runs).
     """
     from pipeline.progress import StepProgress
-    from pipeline.runs import check_output_file
+    from pipeline.runs import atomic_write_text, check_output_file
 
     out = check_output_file(Path(out), "report") if out else None  # before any work
     facts = read_run(run_dir)
@@ -51,6 +52,9 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
             bar.advance(i + 1, name)
         if use_model:
             ld, load_error = _load(facts, host)
+            if load_error:  # the report is still written, without the model's views: say so here too
+                print(f"warning: {facts.path}: no renders, normal maps or slices in the report: {load_error}",
+                      file=sys.stderr, flush=True)
         bar.advance(len(builders) + 1, "model")
         sections.append(("Test renders and ground truth", _renders(facts, ld, load_error)))
         bar.advance(len(builders) + 2, "renders")
@@ -63,7 +67,7 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
         bar.advance(steps, "mesh")
     title = f"{facts.name} / {facts.method}"
     sub = f"{facts.path} — {facts.status}"
-    out.write_text(H.page(title, sub, sections))
+    atomic_write_text(out, H.page(title, sub, sections))
     return out
 
 
