@@ -281,14 +281,15 @@ def cmd_render(args) -> int:
 
 def cmd_export(args) -> int:
     from pipeline.evaluate import EvalContext, extract
-    from pipeline.mesh import export_mesh
+    from pipeline.mesh import export_mesh, read_back_watertight
 
     ld = open_run(args)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     out = export_mesh(mesh, Path(args.output))
     print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
-          f"watertight={mesh.is_watertight} ({mesh.metadata.get('quantity')} level {mesh.metadata.get('level')})")
+          f"watertight={read_back_watertight(out)} as read back "
+          f"({mesh.metadata.get('quantity')} level {mesh.metadata.get('level')})")
     return 0
 
 

@@ -282,6 +282,15 @@ def export_mesh(mesh, path) -> Path:
     return path
 
 
+def read_back_watertight(path: Path) -> bool:
+    """Whether the mesh file at ``path`` is watertight as trimesh reads it back (coincident
+    vertices merged). This can differ from the in-memory mesh that was written, so it is what
+    ``nls export`` reports."""
+    import trimesh
+
+    return bool(trimesh.load(str(path), force="mesh").is_watertight)
+
+
 def export_point_cloud(points, path, normals=None) -> Path:
     """Write ``points`` ``(P, 3)`` (and optional ``normals`` ``(P, 3)``) as a binary .ply."""
     pts = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points,

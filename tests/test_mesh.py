@@ -172,3 +172,20 @@ def test_narrow_band_rejects_bad_bounds():
         field_to_grid_narrow(_two_spheres, BOX, 32, 0.0, 0.0)
     with pytest.raises(NLSError, match="stride"):
         field_to_grid_narrow(_two_spheres, BOX, 32, 0.0, 1.0, stride=0)
+
+
+def test_watertightness_is_that_of_the_file_as_read_back(tmp_path):
+    """A box whose faces do not share vertices is not watertight in memory; written and read
+    back (trimesh merges coincident vertices) it is. `nls export` reports the file's property."""
+    import trimesh
+
+    from pipeline.mesh import export_mesh, read_back_watertight
+
+    box = trimesh.creation.box()
+    box.unmerge_vertices()
+    assert not box.is_watertight
+    for ext in ("ply", "obj", "stl"):
+        assert read_back_watertight(export_mesh(box, tmp_path / f"box.{ext}")), ext
+    torn = trimesh.creation.box()
+    torn.update_faces(np.arange(len(torn.faces)) != 0)  # one face removed: a hole
+    assert not read_back_watertight(export_mesh(torn, tmp_path / "torn.ply"))
