@@ -276,7 +276,7 @@ def add_parser(sub, common) -> None:
     c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="scenes trained at the same time (per rank); the CPU cores are shared among them")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied to every scene")
-    c.add_argument("--output", metavar="DIR", help="runs root (default: each scene's output.root); "
+    c.add_argument("-o", "--output", metavar="DIR", help="runs root (default: each scene's output.root); "
                    "the batch folder goes to DIR/batch/<stamp> (default outputs/batch/<stamp>)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: each scene's train.device")
     c.add_argument("--steps", type=int, metavar="N", help="training steps for every scene")

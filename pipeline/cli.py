@@ -381,7 +381,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64")
-    r.add_argument("--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
+    r.add_argument("-o", "--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device")
     r.add_argument("--steps", type=_int_at_least(1), metavar="N",
                    help="training steps (same as --set train.steps=N)")
@@ -408,7 +408,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--split", default="test", help="split to render (default: test)")
     c.add_argument("--spiral", type=_int_at_least(0), default=0, metavar="N",
                    help="also render an N-frame turntable video")
-    c.add_argument("--output", metavar="DIR", help="default: RUN_DIR/renders")
+    c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
                 "follows the file extension (.ply .obj .glb .stl .off).")
@@ -420,7 +420,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="box to mesh (default: the extractor's, else the scene box)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON.")
-    c.add_argument("--output", metavar="FILE", help="default: RUN_DIR/eval.json")
+    c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json")
 
     c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide")
     c.add_argument("--all", action="store_true", help="also show every component's options")

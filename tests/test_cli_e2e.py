@@ -37,7 +37,7 @@ def trained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
     p = tmp / "sphere.yaml"
     p.write_text(yaml.safe_dump({"name": "sphere", **QUALITY}))
-    proc = run_nls("reconstruct", str(p), "--output", str(tmp / "runs"), "-q", check=True)
+    proc = run_nls("reconstruct", str(p), "-o", str(tmp / "runs"), "-q", check=True)
     run = next((tmp / "runs").glob("sphere/dense_grid/*"))
     return run, proc
 
@@ -110,11 +110,11 @@ def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_pa
 
 def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
     run, _ = trained_run
-    res = nls("render", str(run), "--split", "test", "--spiral", "4", "--output", str(tmp_path / "r"), check=True)
+    res = nls("render", str(run), "--split", "test", "--spiral", "4", "-o", str(tmp_path / "r"), check=True)
     pngs = sorted((tmp_path / "r" / "test").glob("*.png"))
     assert len(pngs) == 6  # 3 renders + 3 side-by-sides
     assert list((tmp_path / "r").glob("turntable.*"))
-    ev = nls("eval", str(run), "--output", str(tmp_path / "m.json"), check=True)
+    ev = nls("eval", str(run), "-o", str(tmp_path / "m.json"), check=True)  # -o: every command that writes
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["metrics"]["psnr"] > 0 and "chamfer_l1" in data["metrics"]
 
