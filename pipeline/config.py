@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -339,27 +339,60 @@ def _choice(host, source: str, key: str, stage: str, block: Any) -> StageChoice:
     return StageChoice(stage, comp, options)
 
 
+class _Problems:
+    """Collects the ConfigErrors of independent blocks so a scene file's mistakes are reported
+    together instead of one per attempt. ``run(fn)`` returns ``fn()`` or None after an error."""
+
+    def __init__(self, source: str):
+        self.source, self.found = source, []
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ConfigError as exc:
+            text = str(exc)
+            self.found.append(text[len(self.source) + 2:] if text.startswith(f"{self.source}: ") else text)
+            return None
+
+    def add(self, text: str) -> None:
+        self.found.append(text)
+
+    def raise_any(self) -> None:
+        if len(self.found) == 1:
+            raise ConfigError(f"{self.source}: {self.found[0]}")
+        if self.found:
+            raise ConfigError(f"{self.source}: {len(self.found)} problems:\n" +
+                              "\n".join(f"  - {t}" for t in self.found))
+
+
 def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:
-    """Validate a scene mapping against the registered components and check the chain."""
+    """Validate a scene mapping against the registered components and check the chain.
+    Every block is checked; all the problems found are raised together in one ConfigError."""
+    problems = _Problems(source)
     unknown = [k for k in data if k not in TOP_LEVEL]
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                          f"valid keys: {', '.join(TOP_LEVEL)}")
+        problems.add(f"unknown top-level key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(TOP_LEVEL)}")
     for k in REQUIRED_STAGES:
         if not data.get(k):
             types = ", ".join(c.name for c in host.components(k)) or "none registered"
-            raise ConfigError(f"{source}: missing required stage {k!r}. Add e.g. `{k}: {{type: ...}}` "
-                              f"with one of: {types}")
+            problems.add(f"missing required stage {k!r}. Add e.g. `{k}: {{type: ...}}` with one of: {types}")
     for k in ("name", "method"):
         if k in data and not isinstance(data[k], str):
-            raise ConfigError(f"{source}: {k} = {data[k]!r} must be a string")
-    stages = {s: (_choice(host, source, s, s, data[s]) if data.get(s) else None) for s in SINGLE_STAGES}
+            problems.add(f"{k} = {data[k]!r} must be a string")
+    stages = {s: (problems.run(lambda s=s: _choice(host, source, s, s, data[s])) if data.get(s) else None)
+              for s in SINGLE_STAGES}
     lists: dict[str, list[StageChoice]] = {}
     for key, stage in LIST_STAGES.items():
         items = data.get(key) or []
         if not isinstance(items, list):
-            raise ConfigError(f"{source}: {key} must be a list of {{type: ...}} blocks, got {items!r}")
-        lists[key] = [_choice(host, source, f"{key}.{i}", stage, b) for i, b in enumerate(items)]
+            problems.add(f"{key} must be a list of {{type: ...}} blocks, got {items!r}")
+            items = []
+        lists[key] = [problems.run(lambda i=i, b=b: _choice(host, source, f"{key}.{i}", stage, b))
+                      for i, b in enumerate(items)]
+    blocks = {k: problems.run(lambda k=k, m=m: validate_block(source, k, m, data.get(k)))
+              for k, m in (("train", TrainConfig), ("eval", EvalConfig), ("output", OutputConfig))}
+    reference = problems.run(lambda: validate_reference(source, data.get("reference")))
+    problems.raise_any()
     cfg = SceneConfig(
         name=str(data.get("name") or Path(source).stem),
         method=str(data.get("method") or stages["field"].name),
@@ -367,12 +400,10 @@ def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:
         stages=stages,
         losses=lists["losses"],
         evaluators=lists["evaluators"],
-        train=validate_block(source, "train", TrainConfig, data.get("train")),
-        eval=validate_block(source, "eval", EvalConfig, data.get("eval")),
-        output=validate_block(source, "output", OutputConfig, data.get("output")),
+        **blocks,
         description=str(data.get("description") or ""),
         raw=data,
-        reference=validate_reference(source, data.get("reference")),
+        reference=reference,
     )
     check_chain(cfg, host)
     return cfg

@@ -63,6 +63,18 @@ def test_an_override_error_names_the_override_not_the_file(tmp_path, nls_host):
     assert str(err.value).startswith(f"{bad}: train.stepz: unknown key"), err.value
 
 
+def test_every_mistake_in_a_file_is_reported_at_once(tmp_path, nls_host):
+    data = {**TINY_SCENE, "field": {**TINY_SCENE["field"], "resolutoin": 32},
+            "train": {**TINY_SCENE["train"], "steps": "many"}, "eval": {"max_images": 0}}
+    with pytest.raises(ConfigError) as err:
+        load_scene(write(tmp_path, data), nls_host)
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("scene.yaml: 3 problems:"), lines
+    assert lines[1].startswith("  - field.resolutoin: unknown key; valid keys here: resolution"), lines
+    assert lines[2].startswith("  - train.steps = 'many'"), lines
+    assert lines[3].startswith("  - eval.max_images = 0"), lines
+
+
 def test_missing_file(nls, tmp_path):
     proc = nls("reconstruct", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2
