@@ -53,11 +53,17 @@ def _type_name(t) -> str:
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 
+def first_paragraph(text: Optional[str]) -> str:
+    """The first paragraph of a docstring, on one line ('' for none)."""
+    return " ".join((text or "").strip().split("\n\n")[0].split())
+
+
 def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: Optional[str] = None) -> int:
     data = plugins_data(host, show_all, hook)
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return 0
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -65,14 +71,20 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
     con = Console()
     for p in data:
         table = Table(title=f"{p['name']} {p['version']}  ({p['source']})", title_justify="left",
-                      show_lines=False, expand=False)
-        for col in ("stage", "component", "consumes", "produces", "description"):
-            table.add_column(col)
-        for c in p["components"]:
-            consumes = " | ".join("+".join(a) for a in c["consumes"]) or "-"
+                      show_lines=False, expand=False, box=box.SIMPLE_HEAD)
+        rows = [(c, " | ".join("+".join(a) for a in c["consumes"]) or "-") for c in p["components"]]
+        # names are never cut to "…" on a narrow terminal (80 columns when piped): the columns that
+        # hold them are as wide as their longest entry, and the description wraps instead
+        names = [c["name"] for c, _ in rows] + [f"  {n}" for c, _ in rows for n in c.get("options", {})
+                                                if show_all]
+        table.add_column("stage", no_wrap=True)
+        table.add_column("component", min_width=max(map(len, names), default=0), no_wrap=True)
+        for col in ("consumes", "produces", "description"):
+            table.add_column(col, overflow="fold")
+        for c, consumes in rows:
             # escape(): type names such as Optional[int] must not be read as rich markup
             table.add_row(c["stage"], c["name"], consumes, ", ".join(c["produces"]) or "-",
-                          escape((c["description"] or "").strip().splitlines()[0]) if c["description"] else "")
+                          escape(first_paragraph(c["description"])))
             if show_all:
                 for name, o in c.get("options", {}).items():
                     table.add_row("", f"  {name}", "", escape(f"{o['type']} = {o['default']}"),

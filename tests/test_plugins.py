@@ -150,3 +150,17 @@ def test_plugins_unknown_hook_lists_the_valid_ones():
     with pytest.raises(NLSError, match="--hook 'bogus': no such hook. Valid hooks: .*nls_register_losses"):
         plugins_data(PluginHost.create(), hook="bogus")
     assert plugins_data(PluginHost.create(), hook="nls_register_losses")  # a real hook still filters
+
+
+def test_plugin_tables_show_every_name_whole_when_piped(nls):
+    """Piped output is 80 columns wide: component and option names must not be cut to '…'."""
+    data = json.loads(nls("plugins", "--json", "--all", check=True).stdout)
+    for args in ([], ["--all"]):
+        text = nls("plugins", *args, env={"COLUMNS": "80"}, check=True).stdout
+        words = set(text.split())
+        assert "…" not in text
+        for p in data:
+            for c in p["components"]:
+                assert c["name"] in words, (args, c["name"])
+                for opt in (c.get("options") or {}) if args else ():
+                    assert opt in words, (c["name"], opt)
