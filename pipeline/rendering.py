@@ -55,10 +55,46 @@ RadianceFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 DensityFn = Callable[[Tensor], Tensor]
 
 
+class DeterministicOccGridEstimator(nerfacc.OccGridEstimator):
+    """``nerfacc.OccGridEstimator`` whose EMA update gives the same grid whatever the thread count.
+
+    nerfacc 0.5.3 updates by index assignment, ``occs[ids] = max(occs[ids] * decay, occ)``.
+    After the warmup, ``ids`` repeat: uniform cells and occupied cells are drawn with
+    replacement. Which of a repeated cell's writes lands is unspecified, and on a CPU with
+    more than one thread it changes from run to run (measured: two 2-thread runs of the same
+    seed differ by up to 0.19 in ``occs`` at resolution 64; one thread, or a 16³ grid whose
+    writes stay serial, agree). The runs then drift apart, and a resumed run is no longer
+    bit-identical to an uninterrupted one.
+
+    Here each sampled cell becomes the maximum of its decayed value and all of its samples.
+    That is the scatter-max that nerfacc's own comment names as the intent, computed with
+    ``scatter_reduce(amax)``, which is order-independent. The random draws and their order
+    are nerfacc's, so the cells and points sampled are unchanged. During the warmup every cell
+    is drawn once, and the result equals nerfacc's.
+    """
+
+    @torch.no_grad()
+    def _update(self, step: int, occ_eval_fn: Callable, occ_thre: float = 0.01, ema_decay: float = 0.95,
+                warmup_steps: int = 256) -> None:
+        lvl_indices = (self._get_all_cells() if step < warmup_steps
+                       else self._sample_uniform_and_occupied_cells(self.cells_per_lvl // 4))
+        for lvl, indices in enumerate(lvl_indices):
+            coords = self.grid_coords[indices]
+            x = (coords + torch.rand_like(coords, dtype=torch.float32)) / self.resolution
+            x = self.aabbs[lvl, :3] + x * (self.aabbs[lvl, 3:] - self.aabbs[lvl, :3])
+            occ = occ_eval_fn(x).squeeze(-1).to(self.occs.dtype)
+            ids = lvl * self.cells_per_lvl + indices
+            self.occs[ids] = self.occs[ids] * ema_decay  # repeated ids write equal values
+            self.occs.scatter_reduce_(0, ids, occ, reduce="amax", include_self=True)
+        thre = torch.clamp(self.occs[self.occs >= 0].mean(), max=occ_thre)
+        self.binaries = (self.occs > thre).view(self.binaries.shape)
+
+
 class OccupancyGrid(nn.Module):
     """A binary occupancy grid over an AABB for empty-space skipping.
 
     Wraps ``nerfacc.OccGridEstimator(roi_aabb=aabb, resolution=resolution, levels=1)``
+    (:class:`DeterministicOccGridEstimator`, so the update does not depend on the thread count)
     (construction and :meth:`update` run on CPU; the estimator's ``sampling`` is
     used by the renderer's CUDA path only). A cell is occupied when its EMA of
     ``density * step_size`` (≈ the opacity of one marching step) exceeds
@@ -81,7 +117,7 @@ class OccupancyGrid(nn.Module):
         aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(6).cpu()
         if not bool((aabb[3:] > aabb[:3]).all()):
             raise ValueError(f"OccupancyGrid: aabb must have min < max per axis, got {aabb.tolist()}")
-        self.estimator = nerfacc.OccGridEstimator(roi_aabb=aabb, resolution=resolution, levels=1)
+        self.estimator = DeterministicOccGridEstimator(roi_aabb=aabb, resolution=resolution, levels=1)
 
     # --- properties -------------------------------------------------------------
     @property
