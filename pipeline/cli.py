@@ -27,7 +27,7 @@ examples:
   torchrun --nproc_per_node 2 -m pipeline.cli reconstruct SCENE.yaml   data-parallel training (DDP)
 
 environment: NLS_DATA (data root), NLS_CACHE (rendered-scene cache), NLS_LOAD_PLUGINS,
-NLS_TRACE_PLUGINS=1, NLS_THREADS (CPU threads).
+NLS_TRACE_PLUGINS=1, NLS_THREADS (CPU threads), NLS_DIST_TIMEOUT (seconds for torchrun collectives, default 600).
 """
 
 
@@ -135,13 +135,22 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
     return summary
 
 
-def _print_summary(summary: dict, run_path: Path) -> None:
+def _plugins_flags(args) -> str:
+    """' --plugins-dir D' for each --plugins-dir given, so printed follow-up commands run as copied."""
+    import shlex
+
+    return "".join(f" --plugins-dir {shlex.quote(str(d))}" for d in (getattr(args, "plugins_dir", None) or []))
+
+
+def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
     con = Console(stderr=False)
-    table = Table(title=f"{summary['scene']} / {summary['method']}  (step {summary['step']}, "
-                        f"{summary['train_seconds']:.0f} s training on {summary['device']})")
+    # the title is a line of its own: as a table title it would wrap to the narrow table's width
+    con.print(f"[bold]{summary['scene']} / {summary['method']}[/bold]  (step {summary['step']}, "
+              f"{summary['train_seconds']:.0f} s training on {summary['device']})", soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in summary["metrics"].items():
@@ -154,8 +163,8 @@ def _print_summary(summary: dict, run_path: Path) -> None:
         con.print(f"mesh:       {run_path / summary['mesh']}", soft_wrap=True)
     if summary.get("renders"):
         con.print(f"renders:    {run_path / summary['renders']}", soft_wrap=True)
-    con.print(f"next:       [bold]nls render {run_path} --spiral 60[/bold]", soft_wrap=True)
-    con.print(f"       or   [bold]nls export {run_path} -o mesh.glb --resolution 384[/bold]",
+    con.print(f"next:       [bold]nls render {run_path}{flags} --spiral 60[/bold]", soft_wrap=True)
+    con.print(f"       or   [bold]nls export {run_path}{flags} -o mesh.glb --resolution 384[/bold]",
               soft_wrap=True)
 
 
@@ -167,17 +176,18 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
     distributed.shutdown()  # under torchrun: rank 0 evaluates alone, the other ranks are done
     if not trainer.dist.is_main:
         distributed.leave_worker(130 if res.interrupted else 0)
+    flags = _plugins_flags(args)
     if res.interrupted:
         ck = ld.run.latest_checkpoint()
         print(f"\ninterrupted at step {trainer.step}/{ld.cfg.train.steps}; checkpoint saved"
-              f"{f' ({ck.name})' if ck else ''}.\nresume with: nls resume {ld.run.path}", file=sys.stderr)
+              f"{f' ({ck.name})' if ck else ''}.\nresume with: nls resume {ld.run.path}{flags}", file=sys.stderr)
         return 130
     if getattr(args, "no_eval", False):
         print(f"trained to step {trainer.step}; run folder: {ld.run.path}\n"
-              f"evaluate it later with: nls resume {ld.run.path}   (writes summary.json)")
+              f"evaluate it later with: nls resume {ld.run.path}{flags}   (writes summary.json)")
         return 0
     summary = finish_run(ld, trainer.elapsed, progress=not args.quiet)
-    _print_summary(summary, ld.run.path)
+    _print_summary(summary, ld.run.path, flags)
     return 0
 
 
@@ -350,15 +360,16 @@ def cmd_view(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 
-def _int_at_least(low: int):
-    """argparse type: an integer >= ``low``, else a usage error that names the bound."""
+def _int_at_least(low: int, high: Optional[int] = None):
+    """argparse type: an integer >= ``low`` (and <= ``high``), else a usage error naming the bounds."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is too small: give an integer >= {low}")
+        if value < low or (high is not None and value > high):
+            want = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {want}")
         return value
     parse.__name__ = "int"
     return parse
@@ -413,8 +424,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
                 "follows the file extension (.ply .obj .glb .stl .off).")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
-    c.add_argument("--resolution", type=_int_at_least(2), metavar="N",
-                   help="grid samples per side (default: the scene's)")
+    c.add_argument("--resolution", type=_int_at_least(16), metavar="N",
+                   help="grid samples per side, at least 16 as in the extractor's config (default: the scene's)")
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="box to mesh (default: the extractor's, else the scene box)")
@@ -422,13 +433,20 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                 "Run the scene's evaluators on the newest checkpoint and write JSON.")
     c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json")
 
-    c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide")
+    c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide",
+                       description="List the loaded plugins (built-ins, installed entry points, --plugins-dir "
+                       "files) with the components each registers: stage, what it consumes and produces, and "
+                       "its description; --all adds every option with its type, default and help.")
     c.add_argument("--all", action="store_true", help="also show every component's options")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.add_argument("--hook", metavar="NAME", help="only plugins implementing this hook")
+    c.add_argument("--hook", metavar="NAME",
+                   help="only plugins implementing this hook, e.g. nls_register_losses (the nls_ prefix may be left out)")
     c.set_defaults(func=cmd_plugins)
 
-    c = sub.add_parser("new-plugin", help="create a pip-installable plugin package with a passing test")
+    c = sub.add_parser("new-plugin", help="create a pip-installable plugin package with a passing test",
+                       description="Write DIR/nls-NAME/: a pyproject.toml declaring the `nls` entry point, a "
+                       "plugin module registering one example loss with its config, and a test that trains "
+                       "the tiny scene with it. Install it with pip install -e and it appears in `nls plugins`.")
     c.add_argument("name", help="plugin name: a lowercase letter, then a-z, 0-9 or _")
     c.add_argument("--dir", default=".", help="parent folder (default: here)")
     c.set_defaults(func=cmd_new_plugin)
@@ -469,7 +487,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "slider that re-extracts the mesh at another level. Ctrl-C stops it. Needs the optional "
                        "extra: pip install '.[viewer]'.")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
-    c.add_argument("--port", type=int, default=8080, metavar="P", help="port on 127.0.0.1 (default: 8080)")
+    c.add_argument("--port", type=_int_at_least(0, 65535), default=8080, metavar="P",
+                   help="port on 127.0.0.1 (default: 8080; 0 picks a free one; a port in use moves to the next "
+                   "free one, and the command says so)")
     c.add_argument("--resolution", type=_int_at_least(2), default=128, metavar="N",
                    help="grid samples per side cached for re-extraction at other levels (default: 128)")
     c.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
@@ -500,6 +520,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nls ... | head`: the reader left; stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not raise again
+        return 141
     finally:
         _leave_process_group()
 

@@ -138,20 +138,32 @@ def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
     from pipeline.cli import _print_summary
 
     run = tmp_path / ("a_long_folder_name_" * 4) / "csg" / "dense_grid" / "20261203-083106"
+    flags = " --plugins-dir /opt/my_plugins"  # what _plugins_flags gives for --plugins-dir /opt/my_plugins
     _print_summary({"scene": "csg", "method": "dense_grid", "step": 10, "train_seconds": 1.0,
-                    "device": "cpu", "metrics": {"psnr": 30.0}, "mesh": "meshes/mesh.ply",
-                    "renders": "renders/test"}, run)
+                    "device": "cpu_with_a_long_description_" * 2, "metrics": {"psnr": 30.0},
+                    "mesh": "meshes/mesh.ply", "renders": "renders/test"}, run, flags)
     lines = capsys.readouterr().out.splitlines()
-    for want in (f"nls render {run} --spiral 60", f"nls export {run} -o mesh.glb --resolution 384",
-                 str(run / "meshes/mesh.ply"), str(run / "renders/test")):
+    for want in (f"nls render {run}{flags} --spiral 60", f"nls export {run}{flags} -o mesh.glb --resolution 384",
+                 str(run / "meshes/mesh.ply"), str(run / "renders/test"), "1 s training on cpu_with"):
         assert any(want in line for line in lines), (want, lines)
 
 
+def test_follow_up_commands_carry_the_plugins_dirs():
+    import argparse
+
+    from pipeline.cli import _plugins_flags
+
+    assert _plugins_flags(argparse.Namespace(plugins_dir=["a dir", "/b"])) == " --plugins-dir 'a dir' --plugins-dir /b"
+    assert _plugins_flags(argparse.Namespace(plugins_dir=None)) == ""
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["render", "RUN", "--spiral", "-3"], "--spiral: -3 is too small: give an integer >= 0"),
-    (["export", "RUN", "-o", "m.ply", "--resolution", "0"], "--resolution: 0 is too small: give an integer >= 2"),
-    (["view", "RUN", "--resolution", "1"], "--resolution: 1 is too small: give an integer >= 2"),
-    (["reconstruct", "s.yaml", "--steps", "0"], "--steps: 0 is too small: give an integer >= 1"),
+    (["render", "RUN", "--spiral", "-3"], "--spiral: -3 is out of range: give an integer >= 0"),
+    (["export", "RUN", "-o", "m.ply", "--resolution", "4"], "--resolution: 4 is out of range: give an integer >= 16"),
+    (["view", "RUN", "--resolution", "1"], "--resolution: 1 is out of range: give an integer >= 2"),
+    (["view", "RUN", "--port", "99999"], "--port: 99999 is out of range: give an integer in 0..65535"),
+    (["view", "RUN", "--port", "-5"], "--port: -5 is out of range: give an integer in 0..65535"),
+    (["reconstruct", "s.yaml", "--steps", "0"], "--steps: 0 is out of range: give an integer >= 1"),
     (["reconstruct", "s.yaml", "--steps", "abc"], "--steps: 'abc' is not an integer"),
 ])
 def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):

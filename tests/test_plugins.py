@@ -164,3 +164,17 @@ def test_plugin_tables_show_every_name_whole_when_piped(nls):
                 assert c["name"] in words, (args, c["name"])
                 for opt in (c.get("options") or {}) if args else ():
                     assert opt in words, (c["name"], opt)
+
+
+def test_hook_filter_takes_the_name_without_its_prefix(nls):
+    full = json.loads(nls("plugins", "--json", "--hook", "nls_register_losses", check=True).stdout)
+    short = json.loads(nls("plugins", "--json", "--hook", "register_losses", check=True).stdout)
+    assert short == full and full
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`nls plugins --all --json | head -c 10`: no BrokenPipeError traceback."""
+    proc = subprocess.run(f"{sys.executable} -m pipeline.cli plugins --all --json | head -c 10",
+                          shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("[") and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, \
+        proc.stderr
