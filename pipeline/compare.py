@@ -166,6 +166,9 @@ def run_compare(paths: Sequence[Path], fmt: str = "rich", output: Optional[Path]
     """Print (or write to ``output``) the comparison in ``fmt``; warnings go to stderr."""
     import sys
 
+    from pipeline.runs import atomic_write_text, check_output_file
+
+    output = check_output_file(Path(output), "comparison") if output else None  # before reading the runs
     c = compare_runs(paths)
     for w in c.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -175,7 +178,7 @@ def run_compare(paths: Sequence[Path], fmt: str = "rich", output: Optional[Path]
     text = {"markdown": to_markdown, "html": to_html, "json": lambda x: json.dumps(x.to_dict(), indent=2) + "\n",
             "rich": to_markdown}[fmt](c)
     if output:
-        Path(output).write_text(text)
+        atomic_write_text(output, text)
         print(f"wrote {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

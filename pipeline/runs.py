@@ -30,16 +30,35 @@ from pipeline.types import CheckpointError, NLSError
 CKPT_GLOB = "ckpt_*.pt"
 
 
+def _file_mode() -> int:
+    """0o666 less the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename."""
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename.
+
+    The file gets the usual mode of a new file (umask applied), not mkstemp's 0600, so run
+    folders on a shared filesystem stay readable. An OS error is raised as NLSError naming
+    ``path``; the temp file is removed.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -56,6 +75,13 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _write_probe(folder: Path) -> None:
+    """Create and remove a file in ``folder``; raises the OSError when that is refused."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def check_writable(root: Path) -> None:
     """Fail early, with the path, when runs cannot be written under ``root``."""
     root = Path(root)
@@ -68,9 +94,7 @@ def check_writable(root: Path) -> None:
                        f"Choose a writable --output or fix the permissions.")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
+        _write_probe(root)
     except OSError as exc:
         raise NLSError(f"output folder {root} is not writable: {exc.strerror}. "
                        f"Choose a writable --output.") from None
@@ -94,6 +118,10 @@ def check_output_file(path: Path, what: str = "output") -> Path:
                        f"{e.strerror or e}") from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise NLSError(f"cannot write {what} to {path}: {path.parent} is not writable")
+    try:  # a real probe: access() says yes for root, and for folders such as /proc
+        _write_probe(path.parent)
+    except OSError as exc:
+        raise NLSError(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
     return path
 
 

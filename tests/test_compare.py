@@ -118,6 +118,15 @@ def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, 
     assert "No final metrics" not in page and "the metrics shown come from eval.json" in page
 
 
+def test_compare_output_paths(runs, nls, tmp_path):
+    res = nls("compare", *map(str, runs), "--markdown", "-o", str(tmp_path / "new" / "c.md"), check=True)
+    assert (tmp_path / "new" / "c.md").read_text().startswith("| |"), res.stderr
+    (tmp_path / "afile").write_text("x")
+    res = nls("compare", *map(str, runs), "--html", "-o", str(tmp_path / "afile" / "c.html"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "afile is a file, not a folder" in res.stderr, res.stderr
+
+
 def test_compare_errors(nls, tmp_path):
     res = nls("compare", str(tmp_path / "nope"))
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from pipeline.runs import RunDir, load_checkpoint_file
-from pipeline.types import CheckpointError
+from pipeline.types import CheckpointError, NLSError
 from tests.conftest import ROOT
 
 
@@ -223,3 +223,21 @@ def test_corrupt_checkpoint_advice_checks_the_fallback_and_the_digest_file(tmp_p
     with pytest.raises(CheckpointError, match=r"ckpt_00000002.pt.sha256 is not a sha256 digest") as exc:
         run.load_checkpoint()
     assert "is corrupt or truncated" not in str(exc.value)  # the checkpoint itself is not blamed
+
+
+def test_atomic_writes_keep_the_umask_mode_and_name_the_path_on_failure(tmp_path):
+    from pipeline.runs import atomic_write_text, check_output_file
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+    finally:
+        os.umask(old)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NLSError, match=r"cannot write .*f/b.json: Not a directory"):
+        atomic_write_text(tmp_path / "f" / "b.json", "{}")
+    if Path("/proc").is_dir():  # writable to access() as root, yet no file can be made there
+        with pytest.raises(NLSError, match="cannot write metrics to /proc/e.json"):
+            check_output_file(Path("/proc/e.json"), "metrics")
+    assert not list(tmp_path.glob(".*.tmp"))
