@@ -46,7 +46,7 @@ QUANTITIES: tuple[str, ...] = (
 class ComponentConfig(BaseModel):
     """Base class of every component's options: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: a typo
 
 
 Factory = Union[str, Callable[..., Any]]

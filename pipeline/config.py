@@ -43,7 +43,7 @@ REQUIRED_STAGES = ("scene", "field")
 class TrainConfig(BaseModel):
     """Training-loop settings (the ``train:`` block)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     steps: int = Field(1000, ge=1, description="total optimisation steps; resume never goes past it")
     batch_rays: int = Field(4096, ge=1, description="rays per step (posed-image scenes)")
     batch_items: int = Field(16, ge=1, description="dataset items per step, over all processes "
@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
 class EvalConfig(BaseModel):
     """Evaluation settings (the ``eval:`` block)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     split: str = Field("test", description="image split used for PSNR/SSIM and `nls render`")
     max_images: Optional[int] = Field(None, ge=1, description="evaluate on the first N images only")
     chunk: int = Field(8192, ge=1, description="rays per rendering chunk (bounds memory)")
@@ -81,7 +81,7 @@ class EvalConfig(BaseModel):
 class OutputConfig(BaseModel):
     """Where runs go (the ``output:`` block)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     root: str = Field("outputs", description="runs go to <root>/<scene>/<method>/<timestamp>")
 
 
@@ -102,7 +102,7 @@ TOP_LEVEL = {
 class ReferenceValue(BaseModel):
     """One published figure (the ``reference:`` block), shown next to the measured one by ``nls report``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     value: float = Field(description="the published number, in the units nls reports the metric in")
     source: str = Field("", description="where it comes from, e.g. 'Table 2 of the paper'")
 
@@ -430,28 +430,34 @@ def check_chain(cfg: SceneConfig, host) -> None:
 
 
 def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
-    """Read, override and validate a scene file. An error that only an override causes is
-    reported against that ``--set`` (the first one that breaks a valid file), not the file."""
+    """Read, override and validate a scene file. Errors that only overrides cause are reported
+    against those ``--set`` options, not the file."""
     base = read_yaml(path)
     data = apply_overrides(base, list(overrides))
     try:
         return validate(data, host, source=str(path))
     except ConfigError as exc:
-        culprit = _breaking_override(base, list(overrides), host, str(path))
-        if culprit is None:
+        culprits = _breaking_overrides(base, list(overrides), host, str(path))
+        if not culprits:
             raise
-        raise ConfigError(str(exc).replace(f"{path}: ", f"--set {culprit} (on {path}): ", 1)) from None
+        sets = " ".join(f"--set {o}" for o in culprits)
+        raise ConfigError(str(exc).replace(f"{path}: ", f"{sets} (on {path}): ", 1)) from None
 
 
-def _breaking_override(base: dict, overrides: list[str], host, source: str) -> Optional[str]:
-    """The first override whose addition makes a valid ``base`` invalid; None when ``base``
-    itself is invalid (the file is at fault) or there are no overrides."""
-    for i in range(len(overrides) + 1):
+def _breaking_overrides(base: dict, overrides: list[str], host, source: str) -> list[str]:
+    """The overrides that make a valid ``base`` invalid: each one that fails on its own, or all
+    of them when only their combination fails. Empty when ``base`` itself is invalid (the file
+    is at fault) or there are no overrides."""
+    def fails(extra: list[str]) -> bool:
         try:
-            validate(apply_overrides(base, overrides[:i]), host, source=source)
+            validate(apply_overrides(base, extra), host, source=source)
         except ConfigError:
-            return overrides[i - 1] if i else None
-    return None
+            return True
+        return False
+
+    if not overrides or fails([]):
+        return []
+    return [o for o in overrides if fails([o])] or list(overrides)
 
 
 def load_resolved(path: Path, host) -> SceneConfig:

@@ -75,6 +75,13 @@ def test_every_mistake_in_a_file_is_reported_at_once(tmp_path, nls_host):
     assert lines[3].startswith("  - eval.max_images = 0"), lines
 
 
+@pytest.mark.parametrize("override", ["extractor.level=nan", "extractor.level=inf", "train.lr=-inf",
+                                      "eval.chamfer_samples=.nan"])
+def test_non_finite_numbers_are_refused(tmp_path, nls_host, override):
+    with pytest.raises(ConfigError, match="finite number|valid integer"):
+        load_scene(write(tmp_path, TINY_SCENE), nls_host, [override])
+
+
 def test_missing_file(nls, tmp_path):
     proc = nls("reconstruct", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2
