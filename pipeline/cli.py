@@ -220,6 +220,9 @@ def cmd_reconstruct(args) -> int:
     t0 = time.perf_counter()
     scene = load_scene_data(cfg, device)
     system = build_system(cfg, scene, device)
+    from pipeline.evaluate import check_eval_split
+
+    check_eval_split(cfg, scene, system)  # before training, not after it (--no-eval runs are evaluated later)
 
     def new_run() -> RunDir:
         from pipeline.runs import atomic_write_text

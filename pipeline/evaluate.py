@@ -74,6 +74,20 @@ class EvalContext:
         return self._mesh
 
 
+def missing_split_message(scene: SceneData, name: str, option: str) -> str:
+    """'<option> = name: the scene has no such split (it has ...)', with how to choose another."""
+    have = ", ".join(scene.splits) or "none"
+    how = ("give one of them" if option == "--split" else
+           "set eval.split to one of them in the scene file or with --set eval.split=NAME")
+    return f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
+
+
+def check_eval_split(cfg: SceneConfig, scene: SceneData, system) -> None:
+    """Before training: a run that will render its eval split must name one the scene has."""
+    if system.renderer is not None and scene.splits and cfg.eval.split not in scene.splits:
+        raise NLSError(f"{cfg.source}: " + missing_split_message(scene, cfg.eval.split, "eval.split"))
+
+
 def render_split(ctx: EvalContext) -> list:
     import imageio.v3 as iio
     import torch
@@ -83,8 +97,7 @@ def render_split(ctx: EvalContext) -> list:
     split_name = ctx.split or ctx.cfg.eval.split
     split = ctx.scene.splits.get(split_name)
     if split is None:
-        raise NLSError(f"the scene has no {split_name!r} split (it has {', '.join(ctx.scene.splits) or 'none'}); "
-                       f"set eval.split or use --split")
+        raise NLSError(missing_split_message(ctx.scene, split_name, "--split" if ctx.split else "eval.split"))
     if ctx.system.renderer is None:
         raise NLSError("this run has no renderer stage, so it cannot render images")
     out_dir = ctx.out_dir or (ctx.run.renders_dir / split_name)

@@ -210,3 +210,10 @@ def test_run_commands_on_a_file_say_it_is_not_a_run_folder(tmp_path):
     f.write_text("name: x\n")
     with pytest.raises(NLSError, match="scene.yaml is a file, not a run folder"):
         RunDir.open(f)
+
+
+def test_an_eval_split_the_scene_lacks_fails_before_training(tiny_scene, nls, tmp_path):
+    res = nls("reconstruct", str(tiny_scene()), "--set", "eval.split=val", "-o", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "eval.split = 'val': the scene has no such split (it has train, test)" in res.stderr, res.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("config.yaml"))
