@@ -55,9 +55,13 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     for m in metric_names:
         rows.append((m, [r.metrics.get(m) for r in runs]))
     best = {}
+    finished = {i for i, r in enumerate(runs) if r.metrics}
     for name, vals in rows:
-        direction = "lower" if name in ("train_seconds", "parameters") else better(name)
-        nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        cost = name in ("train_seconds", "parameters")
+        direction = "lower" if cost else better(name)
+        # a run stopped early is not "fastest": only runs with final metrics compete on cost
+        nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and (not cost or i in finished)]
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
@@ -85,10 +89,15 @@ def comparability_warnings(runs: list[RunFacts]) -> list[str]:
         diff = _differing([r.config.get(block) or {} for r in runs])
         if diff:
             out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, runs))
-    ev = _differing([{str(e.get("type")): e for e in (r.config.get("evaluators") or []) if isinstance(e, dict)}
-                     for r in runs])
+    evs = [{str(e.get("type")): e for e in (r.config.get("evaluators") or []) if isinstance(e, dict)}
+           for r in runs]
+    partial = sorted({t for e in evs for t in e} - set.intersection(*(set(e) for e in evs)))
+    if partial:
+        out.append("the evaluators differ: " + "; ".join(
+            f"{t} only in {_runs_text([r for r, e in zip(runs, evs) if t in e])}" for t in partial))
+    ev = _differing([{t: b for t, b in e.items() if t not in partial} for e in evs])
     if ev:
-        out.append("the evaluators or their options differ: " + _describe(ev, runs))
+        out.append("the evaluator options differ: " + _describe(ev, runs))
     incomplete = [_label(r) for r in runs if not r.metrics]
     if incomplete:
         out.append(f"not finished (no final metrics): {', '.join(incomplete)}")
@@ -108,9 +117,19 @@ def _differing(blocks: list[dict]) -> dict[str, list[Any]]:
     return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
 
 
+def _runs_text(runs: list[RunFacts]) -> str:
+    return ", ".join(_label(r) for r in runs)
+
+
 def _describe(diff: dict[str, list[Any]], runs: list[RunFacts]) -> str:
-    return "; ".join(f"{k} = " + ", ".join(f"{v!r} ({_label(r)})" for v, r in zip(vals, runs))
-                     for k, vals in diff.items())
+    """'key = v1 (runs having v1); v2 (runs having v2)' per differing key, runs grouped by value."""
+    parts = []
+    for k, vals in diff.items():
+        groups: dict[str, tuple[Any, list[RunFacts]]] = {}
+        for v, r in zip(vals, runs):
+            groups.setdefault(json.dumps(v, sort_keys=True, default=str), (v, []))[1].append(r)
+        parts.append(f"{k} = " + ", ".join(f"{v!r} ({_runs_text(rs)})" for v, rs in groups.values()))
+    return "; ".join(parts)
 
 
 # -- output formats -----------------------------------------------------------------------------
@@ -150,13 +169,14 @@ def print_rich(c: Comparison) -> None:
     from rich.table import Table
 
     con = Console()
-    t = Table(title="nls compare (best in bold)")
+    plain = not con.is_terminal  # piped: bold is dropped, so the best cells get a visible '*'
+    t = Table(title="nls compare (best marked *)" if plain else "nls compare (best in bold)")
     t.add_column("")
     for lab in c.labels:
         t.add_column(lab.replace("/", "\n"), justify="right")
     for name, vals in c.rows:
-        t.add_row(name, *[f"[bold green]{_cell(v)}[/]" if i in c.best.get(name, ()) else _cell(v)
-                          for i, v in enumerate(vals)])
+        t.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
+                          if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
     con.print(t)
     for lab, r in zip(c.labels, c.runs):
         con.print(f"{lab}: {r.path}", highlight=False, soft_wrap=True)  # paths whole, never wrapped

@@ -94,6 +94,8 @@ def test_compare_an_unfinished_run(runs, tmp_path_factory, nls):
     # parameter count from the checkpoint's optimiser state equals the finished run's count
     assert data["table"]["parameters"][col] == json.loads((runs[0] / "summary.json").read_text())["parameters"]
     assert any("not finished" in w for w in data["warnings"])
+    # stopped early, it is not the "fastest" run: only finished runs compete on cost
+    assert col not in data["best"].get("train_seconds", []) and col not in data["best"].get("parameters", [])
 
 
 def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, tmp_path):
@@ -125,6 +127,31 @@ def test_compare_output_paths(runs, nls, tmp_path):
     res = nls("compare", *map(str, runs), "--html", "-o", str(tmp_path / "afile" / "c.html"))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "afile is a file, not a folder" in res.stderr, res.stderr
+
+
+def test_compare_warnings_group_runs_and_name_a_missing_evaluator_once(runs, nls, tmp_path):
+    copies = []
+    for i in range(2):
+        other = tmp_path / f"other{i}"
+        shutil.copytree(runs[1], other)
+        cfg = yaml.safe_load((other / "config.yaml").read_text())
+        cfg["evaluators"].append({"type": "extra_eval", "n": 5, "alpha": 0.1, "seed": 3})
+        cfg["eval"]["max_images"] = 2
+        (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+        copies.append(other)
+    data = json.loads(nls("compare", str(runs[0]), *map(str, copies), "--json", check=True).stdout)
+    ws = data["warnings"]
+    ev = [w for w in ws if w.startswith("the evaluators differ")]
+    assert ev == ["the evaluators differ: extra_eval only in hash_grid (other0), hash_grid (other1)"], ws
+    assert not any("extra_eval.n" in w or "extra_eval.alpha" in w for w in ws), ws  # no option-by-option list
+    # runs sharing a value are named together after it, not one value per run
+    assert any("max_images = 1 (dense_grid (" in w and "2 (hash_grid (other0), hash_grid (other1))" in w
+               for w in ws), ws
+
+
+def test_compare_piped_marks_the_best_visibly(runs, nls):
+    out = nls("compare", *map(str, runs), check=True).stdout  # stdout is a pipe here
+    assert "best marked *" in out and "*" in out.split("best marked *", 1)[1]
 
 
 def test_compare_errors(nls, tmp_path):
