@@ -40,7 +40,7 @@ __version__ = "0.1.0"
 
 
 class OpacityConfig(ComponentConfig):
-    """Weight of the mean-opacity penalty."""
+    """Options of ``{name}_opacity``."""
 
     weight: float = Field(1e-3, ge=0, description="loss weight")
 
@@ -61,7 +61,7 @@ def build(cfg: OpacityConfig, ctx):
 @hookimpl
 def nls_register_losses(register):
     register("{name}_opacity", build, config=OpacityConfig, consumes=[{{"render"}}],
-             description=OpacityConfig.__doc__)
+             description="weight x mean rendered opacity: pushes empty space towards transparent")
 '''
 
 TEST = '''"""Tests of the {name} plugin, using nls's fixtures for plugin authors."""
@@ -90,6 +90,12 @@ def test_loss_value():
 def new_plugin(name: str, parent: Path) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise NLSError(f"plugin name {name!r} must start with a lowercase letter and use only a-z, 0-9 and _")
+    from pipeline.plugins import DEFAULT_PLUGINS
+
+    taken = sorted(n for n, _ in DEFAULT_PLUGINS)
+    if name in taken:
+        raise NLSError(f"plugin name {name!r} is a built-in plugin's (taken: {', '.join(taken)}); "
+                       f"two plugins with one name cannot load together. Choose another name")
     root = Path(parent) / f"nls-{name.replace('_', '-')}"
     if root.exists():
         raise NLSError(f"{root} already exists; choose another name or --dir")

@@ -25,6 +25,7 @@ def test_new_plugin_installs_lists_and_runs(tmp_path, nls):
     plugin = next(p for p in data if p["name"] == "sparsity")
     assert plugin["source"].startswith("entry point of nls-sparsity")
     assert plugin["components"][0]["name"] == "sparsity_opacity"
+    assert plugin["components"][0]["description"].startswith("weight x mean rendered opacity")
     # its generated test passes
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
                           capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path)
@@ -45,3 +46,5 @@ def test_new_plugin_installs_lists_and_runs(tmp_path, nls):
 def test_new_plugin_rejects_bad_names(tmp_path, nls):
     proc = nls("new-plugin", "Bad-Name", "--dir", str(tmp_path))
     assert proc.returncode == 2 and "must start with a lowercase letter" in proc.stderr
+    proc = nls("new-plugin", "ngp", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "'ngp' is a built-in plugin's" in proc.stderr and not list(tmp_path.iterdir())
