@@ -200,8 +200,9 @@ def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
         raise NLSError(
             f"extract_mesh: empty level set: the field ranges over [{vmin:.6g}, {vmax:.6g}] "
             f"in the box but level {level:.6g} was asked for ({kind}, inside='{inside}'); "
-            f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g}, "
-            "or enlarge the box")
+            + (f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g}, or enlarge the box"
+               if vmin < vmax else "the field is constant there, so no level has a surface: move or enlarge "
+               "the box (--bbox) to where the shape is"))
     spacing = (b[3:] - b[:3]) / (np.asarray(vol.shape) - 1)
     # skimage's winding: with values below ``level`` inside (an SDF), 'descent' gives
     # outward normals (positive signed volume, checked in tests); 'ascent' flips it.

@@ -189,3 +189,10 @@ def test_watertightness_is_that_of_the_file_as_read_back(tmp_path):
     torn = trimesh.creation.box()
     torn.update_faces(np.arange(len(torn.faces)) != 0)  # one face removed: a hole
     assert not read_back_watertight(export_mesh(torn, tmp_path / "torn.ply"))
+
+
+def test_empty_level_set_of_a_constant_field_suggests_moving_the_box():
+    with pytest.raises(NLSError) as e:
+        extract_mesh(lambda p: torch.zeros(len(p)), BOX, 17, 0.0)
+    msg = str(e.value)
+    assert "ranges over [0, 0]" in msg and "constant there" in msg and "e.g." not in msg
