@@ -452,6 +452,13 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(parts) - {"blur", "geometry", "lego"}
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; valid: blur, geometry, lego")
+    from pipeline.runs import atomic_write_text, check_output_file
+    from pipeline.types import NLSError
+
+    try:  # before the benchmark, not after it
+        out = check_output_file(Path(a.out), "benchmark results (--out, a JSON file)")
+    except NLSError as exc:
+        raise SystemExit(f"error: {exc}") from None
     result: dict = {}
     if "blur" in parts:
         result["blur"] = bench_blur(a.size, a.sigma_vox, a.repeat, a.device)
@@ -462,10 +469,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "lego" in parts:
         result["lego"] = bench_lego(a)
         print(json.dumps(result["lego"], indent=1))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.exists() else {}
-    out.write_text(json.dumps({**old, **result}, indent=2) + "\n")
+    atomic_write_text(out, json.dumps({**old, **result}, indent=2) + "\n")
     print(f"wrote {out}")
     return result
 
