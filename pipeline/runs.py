@@ -15,6 +15,7 @@ Layout of one run (``outputs/<scene>/<method>/<timestamp>/``)::
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -30,8 +31,10 @@ from pipeline.types import CheckpointError, NLSError
 CKPT_GLOB = "ckpt_*.pt"
 
 
+@functools.lru_cache(maxsize=None)
 def _file_mode() -> int:
-    """0o666 less the process umask: the mode ``open()`` would give a new file."""
+    """0o666 less the process umask: the mode ``open()`` would give a new file. Read once: the
+    only way to read the umask is to set it, which would briefly change it for every thread."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -56,11 +59,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 

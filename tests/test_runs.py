@@ -226,14 +226,16 @@ def test_corrupt_checkpoint_advice_checks_the_fallback_and_the_digest_file(tmp_p
 
 
 def test_atomic_writes_keep_the_umask_mode_and_name_the_path_on_failure(tmp_path):
-    from pipeline.runs import atomic_write_text, check_output_file
+    from pipeline.runs import _file_mode, atomic_write_text, check_output_file
 
     old = os.umask(0o022)
+    _file_mode.cache_clear()  # the umask is read once per process; this test sets its own
     try:
         atomic_write_text(tmp_path / "a.json", "{}")
         assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
     finally:
         os.umask(old)
+        _file_mode.cache_clear()
     (tmp_path / "f").write_text("x")
     with pytest.raises(NLSError, match=r"cannot write .*f/b.json: Not a directory"):
         atomic_write_text(tmp_path / "f" / "b.json", "{}")
