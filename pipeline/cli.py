@@ -163,9 +163,12 @@ def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
         con.print(f"mesh:       {run_path / summary['mesh']}", soft_wrap=True)
     if summary.get("renders"):
         con.print(f"renders:    {run_path / summary['renders']}", soft_wrap=True)
-    con.print(f"next:       [bold]nls render {run_path}{flags} --spiral 60[/bold]", soft_wrap=True)
-    con.print(f"       or   [bold]nls export {run_path}{flags} -o mesh.glb --resolution 384[/bold]",
-              soft_wrap=True)
+    export = f"[bold]nls export {run_path}{flags} -o mesh.glb --resolution 384[/bold]"
+    if summary.get("renders"):  # a run without posed images (a geometry scene) cannot be rendered
+        con.print(f"next:       [bold]nls render {run_path}{flags} --spiral 60[/bold]", soft_wrap=True)
+        con.print(f"       or   {export}", soft_wrap=True)
+    else:
+        con.print(f"next:       {export}", soft_wrap=True)
 
 
 def _train_and_finish(ld: Loaded, trainer, args) -> int:
@@ -273,11 +276,12 @@ def cmd_resume(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from pipeline.evaluate import EvalContext
+    from pipeline.evaluate import EvalContext, check_can_render
 
     from pipeline.runs import check_writable
 
     ld = open_run(args)
+    check_can_render(ld.scene, ld.system, args.split)  # before any folder is made
     out_root = Path(args.output) if args.output else ld.run.renders_dir
     check_writable(out_root / args.split)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,

@@ -76,10 +76,22 @@ class EvalContext:
 
 def missing_split_message(scene: SceneData, name: str, option: str) -> str:
     """'<option> = name: the scene has no such split (it has ...)', with how to choose another."""
-    have = ", ".join(scene.splits) or "none"
+    if not scene.splits:
+        return (f"{option} = {name!r}: the scene has no posed images at all (a geometry or point-cloud "
+                f"scene), so there is nothing to render; export the surface with `nls export` instead")
+    have = ", ".join(scene.splits)
     how = ("give one of them" if option == "--split" else
            "set eval.split to one of them in the scene file or with --set eval.split=NAME")
     return f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
+
+
+def check_can_render(scene: SceneData, system, split: str) -> None:
+    """Before ``nls render`` writes anything: the run needs a renderer and the scene ``split``."""
+    if split not in scene.splits:
+        raise NLSError(missing_split_message(scene, split, "--split"))
+    if system.renderer is None:
+        raise NLSError("this run has no renderer stage, so it cannot render images; "
+                       "export the surface with `nls export` instead")
 
 
 def check_eval_split(cfg: SceneConfig, scene: SceneData, system) -> None:

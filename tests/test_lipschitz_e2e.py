@@ -28,7 +28,8 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
     }
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(scene))
-    nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", check=True, timeout=300)
+    res = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", check=True, timeout=300)
+    assert "nls render" not in res.stdout and "nls export" in res.stdout, res.stdout  # nothing to render
     run = next((tmp_path / "runs").glob("tiny_lip/*/*"))
     summary = json.loads((run / "summary.json").read_text())
     m = summary["metrics"]
@@ -43,6 +44,9 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
     out = tmp_path / "m.ply"
     nls("export", str(run), "-o", str(out), "--resolution", "32", check=True)
     assert out.exists()
+    res = nls("render", str(run), "-o", str(tmp_path / "r"))
+    assert res.returncode == 2 and "no posed images" in res.stderr and "nls export" in res.stderr, res.stderr
+    assert not (tmp_path / "r").exists()  # refused before any folder was made
 
 
 def test_hkr_on_a_point_cloud_without_normals_is_refused_clearly(nls, tmp_path):
