@@ -451,9 +451,12 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_plugins)
 
     c = sub.add_parser("new-plugin", help="create a pip-installable plugin package with a passing test",
-                       description="Write DIR/nls-NAME/: a pyproject.toml declaring the `nls` entry point, a "
-                       "plugin module registering one example loss with its config, and a test that trains "
-                       "the tiny scene with it. Install it with pip install -e and it appears in `nls plugins`.")
+                       description="Write DIR/nls-NAME/ (with each _ of NAME written as -): a pyproject.toml declaring "
+                       "the `nls` entry point, a plugin module nls_NAME/plugin.py registering one example loss "
+                       "with its config, and tests: the loss's value, and a few steps of the tiny scene with "
+                       "it. Install it with pip install -e and it appears in `nls plugins`; then run pytest. "
+                       "The hooks of the other stages are documented in pipeline/hookspecs.py and listed by "
+                       "`nls plugins --all`.")
     c.add_argument("name", help="plugin name: a lowercase letter, then a-z, 0-9 or _")
     c.add_argument("--dir", default=".", help="parent folder (default: here)")
     c.set_defaults(func=cmd_new_plugin)

@@ -158,9 +158,15 @@ def nls_register_losses(register):
 def nls_register_evaluators(register):
     """Register evaluators: compute metrics after training.
 
-    The built object is called ``evaluate(ctx: EvalContext) -> dict[str, float]``.
-    ``consumes`` may name ``images``, ``gt_mesh`` or ``mesh`` so the evaluator is
-    skipped, with a printed reason, when the scene lacks them.
+    As for every stage, the factory is called ``factory(options, ctx)``; the object it returns
+    is called ``evaluate(ctx: EvalContext) -> dict[str, float]`` (a plain function will do).
+    :class:`pipeline.evaluate.EvalContext` gives ``ctx.cfg`` (the scene config),
+    ``ctx.scene.gt_mesh`` (a ``trimesh.Trimesh`` or ``None``), ``ctx.scene.splits``,
+    ``ctx.system`` (the trained model), ``ctx.run.path`` (the run folder, for extra files),
+    ``ctx.device``, ``ctx.mesh()`` (the extracted mesh) and ``ctx.renders()`` (``[(pred, gt)]``
+    float ``(H,W,3)`` images of the eval split); the last two are computed once and shared by
+    all evaluators. ``consumes`` may name ``images``, ``gt_mesh`` or ``mesh`` so the evaluator
+    is skipped, with a printed reason, when the scene lacks them.
 
     Example::
 

@@ -66,9 +66,14 @@ def nls_register_losses(register):
 
 TEST = '''"""Tests of the {name} plugin, using nls's fixtures for plugin authors."""
 
-import torch
+import json
+import math
 
-from pipeline.testing import plugin_host
+import torch
+import yaml
+
+from pipeline.cli import main
+from pipeline.testing import TINY_SCENE, plugin_host
 from nls_{name} import plugin
 
 
@@ -84,6 +89,20 @@ def test_loss_value():
     loss = comp.build(comp.config_class()(weight=2.0), None)
     out = {{"opacity": torch.full((8, 1), 0.25)}}
     assert abs(float(loss({{}}, out, None)) - 0.5) < 1e-6
+
+
+def test_trains_the_tiny_scene_with_it(tmp_path):
+    """A few steps of nls's tiny procedural scene with the loss. nls finds the plugin through its
+    entry point, so install the package first (pip install -e .)."""
+    scene = dict(TINY_SCENE, losses=[{{"type": "photometric"}}, {{"type": "{name}_opacity", "weight": 0.01}}])
+    path = tmp_path / "scene.yaml"
+    path.write_text(yaml.safe_dump(scene))
+    rc = main(["reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--no-eval"])
+    assert rc == 0, "nls reconstruct failed (see its error above; is the package installed?)"
+    run = next((tmp_path / "runs").glob("*/*/*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    values = [r["loss/1_{name}_opacity"] for r in rows if "loss/1_{name}_opacity" in r]
+    assert values and all(math.isfinite(v) for v in values)
 '''
 
 
@@ -109,7 +128,7 @@ def new_plugin(name: str, parent: Path) -> Path:
     (pkg / "__init__.py").write_text(f'"""nls plugin {name}."""\n')
     (pkg / "plugin.py").write_text(PLUGIN.format(name=name))
     (root / "tests" / f"test_{name}.py").write_text(TEST.format(name=name))
-    (root / "README.md").write_text(f"# nls-{name}\n\nAn nls plugin. Install with `pip install -e .`, "
+    (root / "README.md").write_text(f"# {root.name}\n\nAn nls plugin. Install with `pip install -e .`, "
                                     f"check with `nls plugins`, test with `pytest`.\n\nUse it in a scene:\n\n"
                                     f"```yaml\nlosses:\n  - type: photometric\n  - type: {name}_opacity\n"
                                     f"    weight: 0.001\n```\n")

@@ -30,6 +30,8 @@ def test_new_plugin_installs_lists_and_runs(tmp_path, nls):
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
                           capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path)
     assert test.returncode == 0, test.stdout + test.stderr
+    assert "3 passed" in test.stdout, test.stdout  # registration, the loss value, and a short training
+    assert (pkg / "README.md").read_text().startswith("# nls-sparsity\n")
     # and a short reconstruction uses it
     scene = dict(TINY_SCENE, losses=[{"type": "photometric"}, {"type": "sparsity_opacity", "weight": 0.01}])
     p = tmp_path / "scene.yaml"
