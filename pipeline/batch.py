@@ -274,11 +274,12 @@ def add_parser(sub, common) -> None:
         "spread over the ranks (and nodes). Exit code 1 when any scene failed.")
     c.add_argument("scenes", metavar="SCENE.yaml", nargs="+", help="scene configs")
     c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                   help="scenes trained at the same time (per rank); the CPU cores are shared among them")
+                   help="scenes trained at the same time (per rank; default: 1); the CPU cores are shared among them")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied to every scene")
     c.add_argument("-o", "--output", metavar="DIR", help="runs root (default: each scene's output.root); "
                    "the batch folder goes to DIR/batch/<stamp> (default outputs/batch/<stamp>)")
-    c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: each scene's train.device")
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: each scene's train.device "
+                   "(auto: cuda when available, else cpu)")
     c.add_argument("--steps", type=int, metavar="N", help="training steps for every scene")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
     c.add_argument("--scene-timeout", type=float, metavar="S", help="stop (and fail) a scene after S seconds")

@@ -400,7 +400,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64")
     r.add_argument("-o", "--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device "
+                   "(auto: cuda when available, else cpu)")
     r.add_argument("--steps", type=_int_at_least(1), metavar="N",
                    help="training steps (same as --set train.steps=N)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
@@ -410,7 +411,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     def run_cmd(name, func, help_, desc):
         c = sub.add_parser(name, parents=[common], help=help_, description=desc)
         c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
-        c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's train.device")
+        c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's train.device "
+                            "(auto: cuda when available, else cpu)")
         c.set_defaults(func=func)
         return c
 
@@ -447,7 +449,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="also show every component's options")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--hook", metavar="NAME",
-                   help="only plugins implementing this hook, e.g. nls_register_losses (the nls_ prefix may be left out)")
+                   help="only plugins implementing this hook, e.g. nls_register_losses (or register_losses, or the stage: losses)")
     c.set_defaults(func=cmd_plugins)
 
     c = sub.add_parser("new-plugin", help="create a pip-installable plugin package with a passing test",

@@ -14,8 +14,8 @@ def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> li
     from pipeline.plugins import hook_names
     from pipeline.types import NLSError
 
-    if hook and not hook.startswith("nls_") and f"nls_{hook}" in hook_names():
-        hook = f"nls_{hook}"
+    if hook and not hook.startswith("nls_"):  # register_losses, or the stage name: losses
+        hook = next((h for h in (f"nls_{hook}", f"nls_register_{hook}") if h in hook_names()), hook)
     if hook and hook not in hook_names():
         raise NLSError(f"--hook {hook!r}: no such hook. Valid hooks: {', '.join(hook_names())}")
     comps = host.components()

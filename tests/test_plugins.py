@@ -169,7 +169,8 @@ def test_plugin_tables_show_every_name_whole_when_piped(nls):
 def test_hook_filter_takes_the_name_without_its_prefix(nls):
     full = json.loads(nls("plugins", "--json", "--hook", "nls_register_losses", check=True).stdout)
     short = json.loads(nls("plugins", "--json", "--hook", "register_losses", check=True).stdout)
-    assert short == full and full
+    stage = json.loads(nls("plugins", "--json", "--hook", "losses", check=True).stdout)
+    assert short == full == stage and full
 
 
 def test_output_into_a_closed_pipe_stops_quietly():
@@ -178,3 +179,13 @@ def test_output_into_a_closed_pipe_stops_quietly():
                           shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("[") and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, \
         proc.stderr
+
+
+def test_every_built_in_option_has_help():
+    """`nls plugins --all` shows each option's description; none of the built-ins may leave it empty."""
+    from pipeline.plugins_list import plugins_data
+    from pipeline.testing import plugin_host
+
+    empty = [f"{c['name']}.{k}" for p in plugins_data(plugin_host(), show_all=True) for c in p["components"]
+             for k, o in c["options"].items() if not o.get("help")]
+    assert not empty, f"options without a description: {empty}"

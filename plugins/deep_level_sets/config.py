@@ -31,7 +31,7 @@ class LevelSetFieldConfig(EncoderOptions):
 class HeavisideLossConfig(ComponentConfig):
     """Occupancy term: || H_eps(-phi) - V ||_p^p over the grid nodes (V: GT voxel occupancy)."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     p: float = Field(2.0, ge=1, description="p-norm exponent")
     balance: float = Field(0.0, ge=0, le=1, description="class weighting exponent beta (not in the paper): node "
                            "weights (1/fraction of its class)^beta, normalised; 0 = plain mean, 1 (or true) = the "
@@ -43,11 +43,11 @@ class DiracLossConfig(ComponentConfig):
     """Surface term: integral of delta_eps(phi) |grad phi| d_S(x)^p, i.e. the distance of the zero level set to
     the GT surface points, integrated over the predicted surface."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     p: float = Field(1.0, ge=1, description="exponent of the distance to the GT surface")
 
 
 class EikonalGridConfig(ComponentConfig):
     """Eikonal term: mean over grid nodes of (||grad phi|| - 1)^2, central finite differences."""
 
-    weight: float = Field(0.1, ge=0)
+    weight: float = Field(0.1, ge=0, description="weight of this term in the training loss")

@@ -76,8 +76,8 @@ class SphereTracingConfig(ComponentConfig):
     lipschitz: float = Field(1.0, gt=0, description="assumed Lipschitz bound L; steps are f(x)/L")
     max_steps: int = Field(128, ge=1, description="iterations per ray")
     eps: float = Field(1e-3, gt=0, description="hit when f(x) < eps")
-    near: float = Field(0.0, ge=0)
-    far: float = Field(4.0, gt=0)
+    near: float = Field(0.0, ge=0, description="ray distance where tracing starts")
+    far: float = Field(4.0, gt=0, description="ray distance where tracing gives up (a miss)")
     chunk: int = Field(16384, ge=1, description="rays per batch")
 
 
@@ -88,7 +88,7 @@ class SphereTraceEvalConfig(ComponentConfig):
     n_views: int = Field(4, ge=1, description="views on a circle around the object")
     image_size: int = Field(64, ge=8, description="pixels per side")
     radius: float = Field(1.5, gt=0, description="camera distance from the box centre")
-    fov_deg: float = Field(40.0, gt=1, lt=170)
+    fov_deg: float = Field(40.0, gt=1, lt=170, description="field of view of the traced cameras, degrees")
     tolerance: float = Field(0.01, ge=0, description="slack (world units): a step longer than the true distance "
                              "by more than this counts as overshoot; the hKR margin m, since a trained field "
                              "satisfies |f| <= |SDF| + m where its level set is on the surface")
@@ -102,16 +102,16 @@ class DistanceEvalConfig(ComponentConfig):
     n_points: int = Field(20000, ge=100, description="uniform points in the scene box")
     near: float = Field(0.05, gt=0, description="|SDF| below this counts as near the surface")
     unsigned: bool = Field(False, description="compare |f| to the unsigned distance (unsigned fields)")
-    seed: int = Field(0)
+    seed: int = Field(0, description="seed of this component's random samples")
 
 
 class LevelSetPointsConfig(ComponentConfig):
     """Sample the field's level set by closest-point projection x - f(x) grad f(x) and write it as
     meshes/level_set_points.ply (with normals)."""
 
-    n_points: int = Field(30000, ge=10)
+    n_points: int = Field(30000, ge=10, description="points projected onto the level set")
     level: float = Field(0.0, description="level to sample (0 for a signed field)")
     iterations: int = Field(4, ge=1, description="projection steps")
     tolerance: float = Field(2e-3, gt=0, description="keep points with |f - level| below this")
     max_rounds: int = Field(3, ge=1, description="rounds of 4n candidates before giving up on n points")
-    seed: int = Field(0)
+    seed: int = Field(0, description="seed of this component's random samples")

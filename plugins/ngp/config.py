@@ -111,20 +111,20 @@ class PhotometricConfig(ComponentConfig):
     """Photometric loss between rendered and true pixel colours."""
 
     kind: Literal["mse", "huber", "l1"] = Field("mse", description="per-pixel penalty")
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
 
 
 class EikonalConfig(ComponentConfig):
     """Eikonal regulariser (||grad sdf|| - 1)^2 on random points in the box (Gropp et al. 2020, Eq. 2)."""
 
-    weight: float = Field(0.1, ge=0)
+    weight: float = Field(0.1, ge=0, description="weight of this term in the training loss")
     n_points: int = Field(4096, ge=1, description="random points per step")
 
 
 class TVConfig(ComponentConfig):
     """Total variation of a dense grid field's voxels (smooths empty space, DVGO Eq. 8 style)."""
 
-    weight: float = Field(1e-4, ge=0)
+    weight: float = Field(1e-4, ge=0, description="weight of this term in the training loss")
     density_only: bool = Field(False, description="penalise only the density grid")
     block: int = Field(32, ge=2, description="side of the random sub-volume penalised each step")
 

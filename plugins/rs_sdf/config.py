@@ -88,4 +88,4 @@ class CertifyCheckConfig(ComponentConfig):
     n: int = Field(2000, ge=10, description="estimation samples")
     alpha: float = Field(0.001, gt=0, lt=0.5, description="failure probability of the Clopper-Pearson bounds")
     soft: bool = Field(True, description="read soft occupancy as a randomised classifier (matches the grid)")
-    seed: int = Field(0)
+    seed: int = Field(0, description="seed of this component's random samples")

@@ -63,18 +63,18 @@ class UDFRegressionConfig(ComponentConfig):
     """Naive baseline: regress |F(x)| to the unsigned distance d(x,X) at random points
     (uniform in the box + gaussian around the input), mean | |F(x)| − d(x,X) |."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     n_points: int = Field(4096, ge=8, description="random query points per step")
     sigma: float = Field(0.03, gt=0, description="std of the near-surface gaussian")
     uniform_fraction: float = Field(0.2, ge=0, le=1, description="share of uniform points")
-    quantity: Literal["sdf"] = Field("sdf")
+    quantity: Literal["sdf"] = Field("sdf", description="field output regressed to the unsigned distance")
 
 
 class CurveConfig(ComponentConfig):
     """Curve reconstruction (§4): F: R³ → R², T = {0}; the curve is {F1 = F2 = 0}. Same loss as
     ``level_set_recon`` with Moore–Penrose projections (l = 2)."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     p: float = Field(1.0, ge=1)
     lam: float = Field(1.0, ge=0)
     n_samples: int = Field(1024, ge=8)
@@ -100,7 +100,7 @@ class ScanConfig(ComponentConfig):
     crop_dir: list[float] = Field([0.0, 0.0, 1.0], min_length=3, max_length=3,
                                   description="plane crop normal / view direction")
     box_margin: float = Field(0.1, ge=0, description="scene box = normalised bounds + this margin per side")
-    seed: int = Field(0)
+    seed: int = Field(0, description="seed of this component's random samples")
 
 
 class MarginConfig(ComponentConfig):
@@ -109,7 +109,7 @@ class MarginConfig(ComponentConfig):
     is the surface. The registered name picks the head; all share one code path
     (:func:`plugins.sample_network.margins.classifier_loss`)."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     n_points: int = Field(2048, ge=8, description="labelled points per step (half near the surface)")
     sigma: float = Field(0.03, gt=0, description="std of near-surface points")
     sdf_scale: float = Field(50.0, gt=0, description="logit = −sdf_scale·sdf (inside positive)")

@@ -38,7 +38,7 @@ class BlenderConfig(ComponentConfig):
     """NeRF-synthetic (transforms_{train,val,test}.json) or instant-ngp (transforms.json) folder."""
 
     path: str = Field(..., description="scene folder; ${NLS_DATA} expands to the data root")
-    background: Literal["white", "black"] = Field("white")
+    background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
     downscale: int = Field(1, ge=1, description="integer area-downscale factor")
     max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
     splits: list[str] = Field(["train", "test"], description="splits to load")
@@ -58,4 +58,4 @@ class GeometryConfig(ComponentConfig):
     extent: float = Field(1.0, gt=0, description="largest side of the normalised input")
     n_points: int = Field(30000, ge=100, description="surface samples taken from a mesh input")
     box_margin: float = Field(0.1, ge=0, description="scene box = normalised bounds + this margin per side")
-    seed: int = Field(0)
+    seed: int = Field(0, description="seed of this component's random samples")

@@ -81,13 +81,13 @@ class CondMLPConfig(EncoderOptions):
 class PointCEConfig(ComponentConfig):
     """Cross-entropy of predicted occupancy at the item's sampled points (Littwin & Wolf 2019, Eq. 3)."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
 
 
 class VoxelCEConfig(ComponentConfig):
     """Binary cross-entropy of a grid decoder's 32^3 occupancy logits against the voxels."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
 
 
 class ShapeIoUConfig(ComponentConfig):

@@ -76,5 +76,8 @@ def add_infer_command(subparsers) -> None:
     c.add_argument("--resolution", type=int, metavar="N", help="marching-cubes grid (default: the extractor's, "
                    "else 128)")
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
-    c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's train.device")
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's train.device "
+                   "(auto: cuda when available, else cpu)")
+    c.add_argument("--plugins-dir", action="append", metavar="DIR",
+                   help="load every .py file in DIR as a plugin (repeatable), as the run was made with")
     c.set_defaults(func=cmd_infer)
