@@ -14,10 +14,20 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-stamp=".venv/.nls-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
-if [ -f "$stamp" ] && $VPY -c "import pipeline, torch, nerfacc" 2>/dev/null; then
+# The stamp is named after pyproject.toml and holds the extras installed with it, so a setup that
+# asks for fewer extras than are installed (demo.sh after test.sh) does not reinstall.
+stamp=".venv/.nls-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+have=""
+[ -f "$stamp" ] && have="$(cat "$stamp")"
+missing=0
+for e in ${extras//,/ }; do
+  case ",$have," in *",$e,"*) ;; *) missing=1 ;; esac
+done
+if [ -f "$stamp" ] && [ "$missing" = 0 ] && $VPY -c "import pipeline, torch, nerfacc" 2>/dev/null; then
   exit 0
 fi
+# install what is asked for and keep what was there: the union, sorted
+extras="$(echo "${have},${extras}" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! $VPY -c "import torch" 2>/dev/null; then
   echo "installing ${NLS_TORCH_SPEC:-torch==2.13.0}"
@@ -28,4 +38,4 @@ target="."
 echo "installing nls ($target)"
 $VPY -m pip install -q -e "$target"
 rm -f .venv/.nls-setup-*
-touch "$stamp"
+echo "$extras" > "$stamp"

@@ -1,0 +1,45 @@
+"""scripts/setup.sh installs only when asked for extras that are not installed yet (with a fake venv)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A stand-in for .venv/bin/python: imports succeed once "installed", and every pip call is logged.
+FAKE_PYTHON = """#!/usr/bin/env bash
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+if [ "$1" = "-c" ]; then [ -f "$here/installed" ]; exit $?; fi
+echo "$*" >> "$here/pip.log"
+touch "$here/installed"
+"""
+
+
+def _setup(root: Path, extras: str) -> list[str]:
+    """Run the copied setup.sh with ``extras``; the pip calls it made."""
+    log = root / "pip.log"
+    log.unlink(missing_ok=True)
+    subprocess.run(["bash", "scripts/setup.sh", extras], cwd=root, check=True, capture_output=True, text=True,
+                   env={**os.environ, "PYTHON": "false"})
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_setup_reinstalls_only_for_missing_extras(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    py = tmp_path / ".venv" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text(FAKE_PYTHON)
+    py.chmod(0o755)
+    first = _setup(tmp_path, "test,viewer")  # what test.sh asks for
+    assert first[0].startswith("-m pip install -q torch==") and first[1] == "-m pip install -q -e .[test,viewer]"
+    assert _setup(tmp_path, "") == []  # demo.sh: no extras, nothing to install
+    assert _setup(tmp_path, "test") == []  # a subset of what is installed
+    assert _setup(tmp_path, "test,viewer") == []
+    # a new extra installs the union, so the earlier ones stay
+    assert _setup(tmp_path, "gpu") == ["-m pip install -q -e .[gpu,test,viewer]"]
+    assert _setup(tmp_path, "viewer") == []
