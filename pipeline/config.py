@@ -250,8 +250,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def _index(p: str, parts: list[str], text: str, n: int) -> int:
     if not re.fullmatch(r"-?\d+", p) or not -n <= int(p) < n:
+        lst = ".".join(parts[:-1])
         raise ConfigError(f"--set {text}: {'.'.join(parts)} indexes a list of {n} items; "
-                          f"use an index 0..{n - 1}")
+                          f"use an index 0..{n - 1}, or give the whole list to add items, e.g. "
+                          f"--set '{lst}=[{{type: NAME, OPTION: VALUE}}, ...]'")
     return int(p)
 
 
@@ -270,6 +272,9 @@ def expand_vars(value: Any) -> Any:
                 raise ConfigError(f"{value!r} needs the data root, but NLS_DATA is not set and "
                                   f"../shared/data does not exist. Set NLS_DATA=/path/to/data.")
             value = value.replace("${NLS_DATA}", str(root)).replace("$NLS_DATA", str(root))
+        elif "NLS_DATA" in value and not Path(os.environ["NLS_DATA"]).expanduser().is_dir():
+            raise ConfigError(f"{value!r} needs the data root, but NLS_DATA={os.environ['NLS_DATA']} is not a "
+                              f"folder. Set NLS_DATA to the folder that holds the data (meshes/, nerf/, ...).")
         return os.path.expandvars(value)
     return value
 

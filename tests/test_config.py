@@ -44,7 +44,8 @@ def test_overrides_are_typed_and_reach_lists(tmp_path, nls_host):
 
 @pytest.mark.parametrize("override, needle", [
     ("train.steps", "expected KEY=VALUE"),
-    ("losses.5.weight=1", "indexes a list of 1 items"),
+    ("losses.5.weight=1", r"indexes a list of 1 items; use an index 0..0, or give the whole list to add items, "
+                          r"e.g. --set 'losses=\[\{type: NAME"),
     ("train.steps.x=1", "not a mapping"),
 ])
 def test_bad_overrides(override, needle):
@@ -163,6 +164,13 @@ def test_data_root_variable_is_expanded(tmp_path, nls_host, monkeypatch):
     data = {**TINY_SCENE, "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/lego"}}
     cfg = load_scene(write(tmp_path, data), nls_host)
     assert cfg.choice("scene").options.path == f"{tmp_path}/nerf/lego"
+
+
+def test_a_data_root_that_is_not_a_folder_is_named(tmp_path, nls_host, monkeypatch):
+    monkeypatch.setenv("NLS_DATA", str(tmp_path / "nodata"))
+    data = {**TINY_SCENE, "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/lego"}}
+    with pytest.raises(ConfigError, match=f"needs the data root, but NLS_DATA={tmp_path}/nodata is not a folder"):
+        load_scene(write(tmp_path, data), nls_host)
 
 
 def test_scene_type_detected_from_path(tmp_path, nls_host):
