@@ -298,14 +298,19 @@ def cmd_render(args) -> int:
 
 def cmd_export(args) -> int:
     from pipeline.evaluate import EvalContext, extract
-    from pipeline.mesh import export_mesh, read_back_watertight
+    from pipeline.mesh import COLOR_FORMATS, bake_vertex_colors, export_mesh, read_back_watertight
 
     ld = open_run(args)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
+    if args.colors and Path(args.output).suffix.lower() not in COLOR_FORMATS:
+        raise NLSError(f"--colors: {Path(args.output).suffix} files keep no vertex colours; "
+                       f"use one of {', '.join(COLOR_FORMATS)}")
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
+    if args.colors:
+        bake_vertex_colors(mesh, ld.system.chain, ld.device)
     out = export_mesh(mesh, Path(args.output))
-    print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
-          f"watertight={read_back_watertight(out)} as read back "
+    print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
+          f"{', vertex colours' if args.colors else ''}, watertight={read_back_watertight(out)} as read back "
           f"({mesh.metadata.get('quantity')} level {mesh.metadata.get('level')})")
     return 0
 
@@ -438,6 +443,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="box to mesh (default: the extractor's, else the scene box)")
+    c.add_argument("--colors", action="store_true",
+                   help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
+                   "normal (.ply, .obj, .glb, .off)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON.")
     c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json")

@@ -24,7 +24,7 @@ DEFAULT_LEVEL = {"sdf": 0.0, "occupancy": 0.5, "density": 10.0}
 INSIDE = {"sdf": "below", "occupancy": "above", "density": "above"}
 
 __all__ = ["DEFAULT_LEVEL", "INSIDE", "extract_mesh", "field_to_grid", "field_to_grid_narrow", "grid_to_mesh", "export_mesh",
-           "export_point_cloud", "MESH_FORMATS"]
+           "export_point_cloud", "MESH_FORMATS", "COLOR_FORMATS", "bake_vertex_colors"]
 
 #: extensions accepted by :func:`export_mesh`
 MESH_FORMATS = (".ply", ".obj", ".glb", ".stl", ".off")
@@ -281,6 +281,36 @@ def export_mesh(mesh, path) -> Path:
     except OSError as e:
         raise NLSError(f"cannot write mesh to {path}: {e.strerror or e}") from None
     return path
+
+
+#: formats whose files keep per-vertex colours (trimesh writes none into .stl)
+COLOR_FORMATS = (".ply", ".obj", ".glb", ".off")
+
+
+def bake_vertex_colors(mesh, chain, device, chunk: int = 65536) -> np.ndarray:
+    """Colour each vertex with the field's radiance there, seen along the inward normal.
+
+    ``chain(x (V,3), d (V,3))["rgb"]`` is queried at the vertices with the view direction
+    ``d = -normal``: the direction of a camera ray that meets the surface head-on from outside
+    (the extracted faces are oriented outward). Returns ``(V, 3)`` float colours in [0, 1] and
+    stores them as ``mesh.visual.vertex_colors``. Raises NLSError when the chain has no colour.
+    """
+    import torch
+
+    x = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+    d = -torch.as_tensor(np.asarray(mesh.vertex_normals), dtype=torch.float32)
+    cols = []
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            out = chain(x[i:i + chunk].to(device), d[i:i + chunk].to(device))
+            if "rgb" not in out:
+                raise NLSError(f"this run's field chain has no colour (it gives {', '.join(sorted(out))}); "
+                               f"export without --colors")
+            cols.append(out["rgb"].float().clamp(0, 1).cpu())
+    rgb = torch.cat(cols).numpy() if cols else np.zeros((0, 3), np.float32)
+    rgba = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
+    mesh.visual.vertex_colors = rgba
+    return rgb
 
 
 def read_back_watertight(path: Path) -> bool:
