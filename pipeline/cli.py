@@ -284,10 +284,13 @@ def cmd_render(args) -> int:
     check_can_render(ld.scene, ld.system, args.split)  # before any folder is made
     out_root = Path(args.output) if args.output else ld.run.renders_dir
     check_writable(out_root / args.split)
+    given = {"supersample": args.supersample, "max_images": args.max_images}
+    ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,
-                      out_dir=out_root / args.split)
+                      out_dir=out_root / args.split, save_depth=args.depth)
     pairs = ctx.renders()
-    print(f"wrote {len(pairs)} {args.split} renders (prediction | ground truth | depth) to {out_root / args.split}")
+    raw = " and depth/opacity .npy" if args.depth else ""
+    print(f"wrote {len(pairs)} {args.split} renders (prediction | ground truth | depth){raw} to {out_root / args.split}")
     if args.spiral:
         from pipeline.video import render_turntable
 
@@ -432,7 +435,15 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")
     c.add_argument("--split", default="test", help="split to render (default: test)")
     c.add_argument("--spiral", type=_int_at_least(0), default=0, metavar="N",
-                   help="also render an N-frame turntable video")
+                   help="also render an N-frame turntable video: a circle around the scene at the mean "
+                   "distance of the eval split's cameras (default 0: none)")
+    c.add_argument("--depth", action="store_true",
+                   help="also write NAME_depth.npy and NAME_opacity.npy: float32 (H, W) arrays, the expected "
+                   "distance along the unit pixel ray given termination, and the accumulated opacity")
+    c.add_argument("--supersample", type=_int_at_least(1, 4), metavar="S",
+                   help="S x S rays per pixel, averaged (default: the run's eval.supersample)")
+    c.add_argument("--max-images", type=_int_at_least(1), metavar="N",
+                   help="render the first N views only (default: the run's eval.max_images, else all)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
