@@ -53,8 +53,9 @@ class Loaded:
     state: Optional[dict]
 
 
-def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
-    """Rebuild a run from its folder: resolved config, scene, model and newest checkpoint."""
+def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = ()) -> Loaded:
+    """Rebuild a run from its folder: resolved config (with ``overrides``), scene, model and newest
+    checkpoint."""
     from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
     from pipeline.config import load_resolved
     from pipeline.distributed import rank_device
@@ -63,7 +64,7 @@ def open_run(args, *, need_checkpoint: bool = True) -> Loaded:
     run = RunDir.open(Path(args.run_dir))
     host = _host(args)
     try:
-        cfg = load_resolved(run.config_path, host)
+        cfg = load_resolved(run.config_path, host, overrides)
     except NLSError as exc:
         raise NLSError(f"{exc}{_missing_plugins_hint(run, host)}") from None
     setup_threads(cfg.train.threads)
@@ -318,17 +319,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+#: the top-level keys ``nls eval --set`` may change: what evaluation reads, not the trained model
+EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
+
+
 def cmd_eval(args) -> int:
+    from pipeline.config import parse_override
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
 
     from pipeline.runs import atomic_write_text, check_output_file
 
     out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
-    ld = open_run(args)
+    sets = args.set or []
+    for text in sets:  # only what evaluation reads; the trained model stays as it was trained
+        key = parse_override(text)[0]
+        if key[0] not in EVAL_SET_ROOTS:
+            raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)}; "
+                           f"{key[0]!r} is part of the trained run (train a new run to change it)")
+    ld = open_run(args, overrides=sets)
     out = out or ld.run.path / "eval.json"
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     results = run_evaluators(ctx)
-    data = {"run": str(ld.run.path), "step": ld.step, "metrics": flatten(results), "evaluators": results}
+    data = {"run": str(ld.run.path), "step": ld.step, "overrides": sets, "metrics": flatten(results),
+            "evaluators": results}
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
     print(f"wrote {out}")
@@ -458,8 +471,12 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
                    "normal (.ply, .obj, .glb, .off)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
-                "Run the scene's evaluators on the newest checkpoint and write JSON.")
+                "Run the scene's evaluators on the newest checkpoint and write JSON. --set may change "
+                "what evaluation reads (evaluators, eval.*, extractor.*), e.g. --set "
+                "'evaluators=[{type: psnr}, {type: chamfer, surface: true}]'; the trained model is never changed.")
     c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an evaluation option of the run's config (repeatable)")
 
     c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide",
                        description="List the loaded plugins (built-ins, installed entry points, --plugins-dir "

@@ -465,11 +465,12 @@ def _breaking_overrides(base: dict, overrides: list[str], host, source: str) -> 
     return [o for o in overrides if fails([o])] or list(overrides)
 
 
-def load_resolved(path: Path, host) -> SceneConfig:
-    """Read back a run's ``config.yaml``; options removed since the run was made are ignored."""
+def load_resolved(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
+    """Read back a run's ``config.yaml`` (with ``overrides``); options removed since the run was
+    made are ignored."""
     _LENIENT[0] = True
     try:
-        return load_scene(path, host)
+        return load_scene(path, host, overrides)
     finally:
         _LENIENT[0] = False
 

@@ -296,3 +296,20 @@ def test_rendered_depth_arrays_match_ray_casting(trained_run, nls, tmp_path):
               f"correlation {corr:.3f}, opacity where the mesh is missed {opacity[truth == 0].mean():.3f}")
         assert both.sum() > 0.5 * (truth > 0).sum() and np.median(rel) < 0.06 and corr > 0.9
         assert opacity[truth == 0].mean() < 0.05
+
+
+def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_path):
+    run, _ = trained_run
+    before = (run / "config.yaml").read_text()
+    out = tmp_path / "e.json"
+    res = nls("eval", str(run), "-o", str(out), "--set", "evaluators=[{type: chamfer, floor: false, surface: true}]",
+              "--set", "eval.chamfer_samples=5000", check=True)
+    data = json.loads(out.read_text())
+    assert "chamfer_l1_surface" in data["metrics"] and "psnr" not in data["metrics"], res.stdout
+    assert data["overrides"] == ["evaluators=[{type: chamfer, floor: false, surface: true}]", "eval.chamfer_samples=5000"]
+    assert (run / "config.yaml").read_text() == before
+    bad = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", "train.steps=5")
+    assert bad.returncode == 2 and "eval changes only evaluators, eval, extractor" in bad.stderr
+    assert not (tmp_path / "x.json").exists()
+    typo = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", "evaluators=[{type: chamfr}]")
+    assert typo.returncode == 2 and "--set evaluators=[{type: chamfr}]" in typo.stderr and "Traceback" not in typo.stderr
