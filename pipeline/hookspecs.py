@@ -161,7 +161,8 @@ def nls_register_evaluators(register):
     As for every stage, the factory is called ``factory(options, ctx)``; the object it returns
     is called ``evaluate(ctx: EvalContext) -> dict[str, float]`` (a plain function will do).
     :class:`pipeline.evaluate.EvalContext` gives ``ctx.cfg`` (the scene config),
-    ``ctx.scene.gt_mesh`` (a ``trimesh.Trimesh`` or ``None``), ``ctx.scene.splits``,
+    ``ctx.scene.gt_mesh`` (the path of the ground-truth mesh, or ``None``; read it with
+    ``pipeline.scenes.mesh_render.load_mesh``), ``ctx.scene.splits``,
     ``ctx.system`` (the trained model), ``ctx.run.path`` (the run folder, for extra files),
     ``ctx.device``, ``ctx.mesh()`` (the extracted mesh) and ``ctx.renders()`` (``[(pred, gt)]``
     float ``(H,W,3)`` images of the eval split); the last two are computed once and shared by
