@@ -288,27 +288,30 @@ def cmd_render(args) -> int:
     given = {"supersample": args.supersample, "max_images": args.max_images}
     ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,
-                      out_dir=out_root / args.split, save_depth=args.depth)
+                      out_dir=out_root / args.split, save_depth=args.depth, progress=not args.quiet)
     pairs = ctx.renders()
     raw = " and depth/opacity .npy" if args.depth else ""
     print(f"wrote {len(pairs)} {args.split} renders (prediction | ground truth | depth){raw} to {out_root / args.split}")
     if args.spiral:
         from pipeline.video import render_turntable
 
-        path = render_turntable(ld, args.spiral, out_root)
+        path = render_turntable(ld, args.spiral, out_root, progress=not args.quiet)
         print(f"wrote turntable video: {path}")
     return 0
 
 
 def cmd_export(args) -> int:
     from pipeline.evaluate import EvalContext, extract
-    from pipeline.mesh import COLOR_FORMATS, bake_vertex_colors, export_mesh, read_back_watertight
+    from pipeline.mesh import COLOR_FORMATS, MESH_FORMATS, bake_vertex_colors, export_mesh, read_back_watertight
 
+    ext = Path(args.output).suffix.lower()
+    if args.colors and ext in MESH_FORMATS and ext not in COLOR_FORMATS:  # before the model is built
+        raise NLSError(f"--colors: {ext} files keep no vertex colours; use one of {', '.join(COLOR_FORMATS)}")
     ld = open_run(args)
+    if args.colors and not ld.scene.splits:
+        raise NLSError("--colors: this run was trained without images, so its field's colour was never "
+                       "trained; export without --colors")
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
-    if args.colors and Path(args.output).suffix.lower() not in COLOR_FORMATS:
-        raise NLSError(f"--colors: {Path(args.output).suffix} files keep no vertex colours; "
-                       f"use one of {', '.join(COLOR_FORMATS)}")
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device)
@@ -325,7 +328,7 @@ EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
 
 def cmd_eval(args) -> int:
     from pipeline.config import parse_override
-    from pipeline.evaluate import EvalContext, flatten, run_evaluators
+    from pipeline.evaluate import EvalContext, check_eval_split, flatten, run_evaluators
 
     from pipeline.runs import atomic_write_text, check_output_file
 
@@ -337,6 +340,10 @@ def cmd_eval(args) -> int:
             raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)}; "
                            f"{key[0]!r} is part of the trained run (train a new run to change it)")
     ld = open_run(args, overrides=sets)
+    if not ld.cfg.evaluators:
+        raise NLSError("nothing to evaluate: the run's config has no evaluators; give some with "
+                       "--set 'evaluators=[{type: psnr}, {type: chamfer}]'")
+    check_eval_split(ld.cfg, ld.scene, ld.system)
     out = out or ld.run.path / "eval.json"
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     results = run_evaluators(ctx)
@@ -454,7 +461,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="also write NAME_depth.npy and NAME_opacity.npy: float32 (H, W) arrays, the expected "
                    "distance along the unit pixel ray given termination, and the accumulated opacity")
     c.add_argument("--supersample", type=_int_at_least(1, 4), metavar="S",
-                   help="S x S rays per pixel, averaged (default: the run's eval.supersample)")
+                   help="S x S rays per pixel, averaged, S in 1..4 (default: the run's eval.supersample)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument("--max-images", type=_int_at_least(1), metavar="N",
                    help="render the first N views only (default: the run's eval.max_images, else all)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
@@ -469,7 +477,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="box to mesh (default: the extractor's, else the scene box)")
     c.add_argument("--colors", action="store_true",
                    help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
-                   "normal (.ply, .obj, .glb, .off)")
+                   "normal (.ply, .obj, .glb; runs trained on images)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON. --set may change "
                 "what evaluation reads (evaluators, eval.*, extractor.*), e.g. --set "

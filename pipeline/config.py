@@ -300,8 +300,16 @@ def format_validation_error(source: str, prefix: str, exc: ValidationError, mode
 
 
 #: set while reading back a run's own config.yaml: options a newer nls no longer knows are
-#: dropped with a warning instead of refusing the run (old runs stay usable after a rename)
-_LENIENT: list[bool] = [False]
+#: dropped with a warning instead of refusing the run (old runs stay usable after a rename).
+#: It holds the dotted keys of the ``--set`` overrides given with it: an unknown option at or
+#: under one of those is the user's typo, not a stale option, and is refused as usual.
+_LENIENT: list[Optional[tuple[str, ...]]] = [None]
+
+
+def _stale(prefix: str, key: str) -> bool:
+    """While reading back a run: whether unknown option ``prefix.key`` may be dropped."""
+    full = f"{prefix}.{key}"
+    return _LENIENT[0] is not None and not any(full == o or full.startswith(o + ".") for o in _LENIENT[0])
 
 
 def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) -> BaseModel:
@@ -309,8 +317,8 @@ def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix} must be a mapping of options, got {data!r}")
-    if _LENIENT[0]:
-        stale = [k for k in data if k not in model.model_fields]
+    if _LENIENT[0] is not None:
+        stale = [k for k in data if k not in model.model_fields and _stale(prefix, k)]
         if stale:
             import sys
 
@@ -468,11 +476,11 @@ def _breaking_overrides(base: dict, overrides: list[str], host, source: str) -> 
 def load_resolved(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
     """Read back a run's ``config.yaml`` (with ``overrides``); options removed since the run was
     made are ignored."""
-    _LENIENT[0] = True
+    _LENIENT[0] = tuple(".".join(parse_override(o)[0]) for o in overrides)
     try:
         return load_scene(path, host, overrides)
     finally:
-        _LENIENT[0] = False
+        _LENIENT[0] = None
 
 
 def dump_yaml(data: dict) -> str:

@@ -166,8 +166,9 @@ def nls_register_evaluators(register):
     ``ctx.system`` (the trained model), ``ctx.run.path`` (the run folder, for extra files),
     ``ctx.device``, ``ctx.mesh()`` (the extracted mesh) and ``ctx.renders()`` (``[(pred, gt)]``
     float ``(H,W,3)`` images of the eval split); the last two are computed once and shared by
-    all evaluators. ``consumes`` may name ``images``, ``gt_mesh`` or ``mesh`` so the evaluator
-    is skipped, with a printed reason, when the scene lacks them.
+    all evaluators. ``consumes`` names what it needs: ``images`` or ``mesh`` are checked with
+    the rest of the chain, so a scene that cannot provide them is refused before training;
+    ``gt_mesh`` makes the evaluator skip, with a printed reason, when the scene has none.
 
     Example::
 

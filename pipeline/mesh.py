@@ -283,8 +283,8 @@ def export_mesh(mesh, path) -> Path:
     return path
 
 
-#: formats whose files keep per-vertex colours (trimesh writes none into .stl)
-COLOR_FORMATS = (".ply", ".obj", ".glb", ".off")
+#: formats whose files keep per-vertex colours (trimesh writes none into .stl or .off)
+COLOR_FORMATS = (".ply", ".obj", ".glb")
 
 
 def bake_vertex_colors(mesh, chain, device, chunk: int = 65536) -> np.ndarray:
@@ -297,8 +297,8 @@ def bake_vertex_colors(mesh, chain, device, chunk: int = 65536) -> np.ndarray:
     """
     import torch
 
-    x = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
-    d = -torch.as_tensor(np.asarray(mesh.vertex_normals), dtype=torch.float32)
+    x = torch.tensor(np.array(mesh.vertices, dtype=np.float32))  # trimesh's arrays are read-only
+    d = -torch.tensor(np.array(mesh.vertex_normals, dtype=np.float32))
     cols = []
     with torch.no_grad():
         for i in range(0, len(x), chunk):

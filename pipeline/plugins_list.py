@@ -9,16 +9,23 @@ from typing import Optional, get_args
 def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> list[dict]:
     """Plugins with their components (and, with ``show_all``, each component's options).
 
-    Raises NLSError for a ``hook`` name that no hook specification has, listing the valid ones.
+    ``hook`` keeps the plugins implementing it (the full name, or without ``nls_``, or a stage
+    as the tables name it, ``loss``, or as the hook does, ``losses``); for a register hook only
+    that stage's components are listed. Raises NLSError for a ``hook`` that no hook
+    specification has, listing the valid ones.
     """
+    from pipeline.hookspecs import REGISTER_HOOKS
     from pipeline.plugins import hook_names
     from pipeline.types import NLSError
 
-    if hook and not hook.startswith("nls_"):  # register_losses, or the stage name: losses
-        hook = next((h for h in (f"nls_{hook}", f"nls_register_{hook}") if h in hook_names()), hook)
-    if hook and hook not in hook_names():
-        raise NLSError(f"--hook {hook!r}: no such hook. Valid hooks: {', '.join(hook_names())}")
-    comps = host.components()
+    if hook is not None and not hook.startswith("nls_"):
+        hook = next((h for h in (REGISTER_HOOKS.get(hook), f"nls_{hook}", f"nls_register_{hook}")
+                     if h in hook_names()), hook)
+    if hook is not None and hook not in hook_names():
+        raise NLSError(f"--hook {hook!r}: no such hook. Valid hooks: {', '.join(hook_names())} "
+                       f"(or a stage: {', '.join(REGISTER_HOOKS)})")
+    stage = next((s for s, h in REGISTER_HOOKS.items() if h == hook), None)
+    comps = host.components(stage)
     out = []
     for info in host.plugins():
         if hook and hook not in info.hooks:

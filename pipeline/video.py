@@ -48,7 +48,7 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
     return path
 
 
-def render_turntable(ld, n: int, out_dir: Path) -> Path:
+def render_turntable(ld, n: int, out_dir: Path, progress: bool = True) -> Path:
     """Render ``n`` frames around the scene with the run's renderer; returns the video path."""
     import torch
 
@@ -60,7 +60,7 @@ def render_turntable(ld, n: int, out_dir: Path) -> Path:
     cams = orbit_cameras(split.cameras, n, radius).to(ld.device)
     frames = []
     ld.system.eval()
-    with StepProgress(n, 0, "turntable") as bar, torch.no_grad():
+    with StepProgress(n, 0, "turntable", enabled=progress) as bar, torch.no_grad():
         for i in range(n):
             out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk)
             frames.append(to_uint8(out["rgb"]))

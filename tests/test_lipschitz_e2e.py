@@ -44,6 +44,8 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
     out = tmp_path / "m.ply"
     nls("export", str(run), "-o", str(out), "--resolution", "32", check=True)
     assert out.exists()
+    res = nls("export", str(run), "-o", str(tmp_path / "c.ply"), "--colors")
+    assert res.returncode == 2 and "trained without images" in res.stderr and not (tmp_path / "c.ply").exists()
     res = nls("render", str(run), "-o", str(tmp_path / "r"))
     assert res.returncode == 2 and "no posed images" in res.stderr and "nls export" in res.stderr, res.stderr
     assert not (tmp_path / "r").exists()  # refused before any folder was made

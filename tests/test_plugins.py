@@ -169,8 +169,12 @@ def test_plugin_tables_show_every_name_whole_when_piped(nls):
 def test_hook_filter_takes_the_name_without_its_prefix(nls):
     full = json.loads(nls("plugins", "--json", "--hook", "nls_register_losses", check=True).stdout)
     short = json.loads(nls("plugins", "--json", "--hook", "register_losses", check=True).stdout)
-    stage = json.loads(nls("plugins", "--json", "--hook", "losses", check=True).stdout)
-    assert short == full == stage and full
+    plural = json.loads(nls("plugins", "--json", "--hook", "losses", check=True).stdout)
+    stage = json.loads(nls("plugins", "--json", "--hook", "loss", check=True).stdout)  # as the tables say
+    assert short == full == plural == stage and full
+    assert {c["stage"] for p in full for c in p["components"]} == {"loss"}  # only that stage's components
+    empty = nls("plugins", "--hook", "")
+    assert empty.returncode == 2 and "no such hook" in empty.stderr
 
 
 def test_output_into_a_closed_pipe_stops_quietly():
