@@ -314,7 +314,7 @@ def cmd_export(args) -> int:
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     if args.colors:
-        bake_vertex_colors(mesh, ld.system.chain, ld.device)
+        bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
     out = export_mesh(mesh, Path(args.output))
     print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
           f"{', vertex colours' if args.colors else ''}, watertight={read_back_watertight(out)} as read back "
@@ -477,7 +477,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="box to mesh (default: the extractor's, else the scene box)")
     c.add_argument("--colors", action="store_true",
                    help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
-                   "normal (.ply, .obj, .glb; runs trained on images)")
+                   "normal (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
+                   "trained on images)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON. --set may change "
                 "what evaluation reads (evaluators, eval.*, extractor.*), e.g. --set "

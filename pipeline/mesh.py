@@ -287,13 +287,27 @@ def export_mesh(mesh, path) -> Path:
 COLOR_FORMATS = (".ply", ".obj", ".glb")
 
 
-def bake_vertex_colors(mesh, chain, device, chunk: int = 65536) -> np.ndarray:
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded colours in [0, 1] -> linear (IEC 61966-2-1), e.g. for glTF's linear COLOR_0."""
+    c = np.asarray(c, np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`srgb_to_linear`."""
+    c = np.asarray(c, np.float64)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.clip(c, 0, None) ** (1 / 2.4) - 0.055)
+
+
+def bake_vertex_colors(mesh, chain, device, chunk: int = 65536, linear: bool = False) -> np.ndarray:
     """Colour each vertex with the field's radiance there, seen along the inward normal.
 
     ``chain(x (V,3), d (V,3))["rgb"]`` is queried at the vertices with the view direction
     ``d = -normal``: the direction of a camera ray that meets the surface head-on from outside
-    (the extracted faces are oriented outward). Returns ``(V, 3)`` float colours in [0, 1] and
-    stores them as ``mesh.visual.vertex_colors``. Raises NLSError when the chain has no colour.
+    (the extracted faces are oriented outward). Returns ``(V, 3)`` float colours in [0, 1], as
+    the images are encoded (sRGB), and stores them as ``mesh.visual.vertex_colors``, converted
+    to linear values with ``linear=True`` (glTF defines vertex colours as linear). Raises
+    NLSError when the chain has no colour.
     """
     import torch
 
@@ -308,7 +322,8 @@ def bake_vertex_colors(mesh, chain, device, chunk: int = 65536) -> np.ndarray:
                                f"export without --colors")
             cols.append(out["rgb"].float().clamp(0, 1).cpu())
     rgb = torch.cat(cols).numpy() if cols else np.zeros((0, 3), np.float32)
-    rgba = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
+    stored = srgb_to_linear(rgb) if linear else rgb
+    rgba = np.concatenate([np.round(stored * 255), np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
     mesh.visual.vertex_colors = rgba
     return rgb
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from pipeline.mesh import linear_to_srgb, srgb_to_linear
 from pipeline.metrics import chamfer
 from pipeline.scenes.mesh_render import load_mesh
 
@@ -255,6 +256,8 @@ def test_exported_vertex_colours_match_the_scene(trained_run, nls, tmp_path):
         mesh = trimesh.load(out, force="mesh")
         assert mesh.visual.kind == "vertex"
         baked = np.asarray(mesh.visual.vertex_colors, float)[:, :3] / 255
+        if ext == ".glb":  # glTF stores linear colours; the images (and the truth) are sRGB
+            baked = linear_to_srgb(baked)
         truth = _true_vertex_colors(np.asarray(mesh.vertices), gt)
         err = np.abs(baked - truth).mean()
         flat = np.abs(truth.mean(axis=0) - truth).mean()
@@ -324,3 +327,9 @@ def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_
         res = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", text)
         assert res.returncode == 2 and why in res.stderr, res.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_srgb_conversions_invert_each_other_and_hit_known_values():
+    c = np.linspace(0, 1, 101)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(c)), c, atol=1e-12)
+    assert abs(float(srgb_to_linear(0.5)) - 0.214041) < 1e-6  # the standard's mid-grey
