@@ -86,10 +86,11 @@ def missing_split_message(scene: SceneData, name: str, option: str) -> str:
     return f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
 
 
-def check_can_render(scene: SceneData, system, split: str) -> None:
-    """Before ``nls render`` writes anything: the run needs a renderer and the scene ``split``."""
+def check_can_render(scene: SceneData, system, split: str, option: str = "--split") -> None:
+    """Before anything is written: the run needs a renderer and the scene ``split`` (chosen by
+    ``option``, named in the error)."""
     if split not in scene.splits:
-        raise NLSError(missing_split_message(scene, split, "--split"))
+        raise NLSError(missing_split_message(scene, split, option))
     if system.renderer is None:
         raise NLSError("this run has no renderer stage, so it cannot render images; "
                        "export the surface with `nls export` instead")
@@ -108,11 +109,8 @@ def render_split(ctx: EvalContext) -> list:
     from pipeline.progress import StepProgress
 
     split_name = ctx.split or ctx.cfg.eval.split
-    split = ctx.scene.splits.get(split_name)
-    if split is None:
-        raise NLSError(missing_split_message(ctx.scene, split_name, "--split" if ctx.split else "eval.split"))
-    if ctx.system.renderer is None:
-        raise NLSError("this run has no renderer stage, so it cannot render images")
+    check_can_render(ctx.scene, ctx.system, split_name, "--split" if ctx.split else "eval.split")
+    split = ctx.scene.splits[split_name]
     out_dir = ctx.out_dir or (ctx.run.renders_dir / split_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(split) if ctx.cfg.eval.max_images is None else min(len(split), ctx.cfg.eval.max_images)
