@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pipeline.report.collect import RunFacts, better, flatten_dict, read_run
+from pipeline.report.collect import RunFacts, better, flatten_dict, is_bookkeeping, read_run
 from pipeline.types import NLSError
 
 #: config blocks whose differences make metrics incomparable
@@ -36,7 +36,8 @@ class Comparison:
 
 def compare_runs(paths: Sequence[Path]) -> Comparison:
     """Read the runs and build the table: method, status, step, train seconds, parameters, then
-    every final metric any run has (blank where a run lacks it)."""
+    every final metric any run has (blank where a run lacks it), then the bookkeeping numbers
+    evaluators report next to them (sample counts, mesh level, bounds)."""
     if len(paths) < 1:
         raise NLSError("nls compare needs at least one RUN_DIR (two or more to compare)")
     runs = [read_run(Path(p)) for p in paths]
@@ -52,6 +53,7 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     metric_names: list[str] = []
     for r in runs:
         metric_names += [k for k in r.metrics if k not in metric_names]
+    metric_names.sort(key=is_bookkeeping)  # stable: metrics first, in the evaluators' order
     for m in metric_names:
         rows.append((m, [r.metrics.get(m) for r in runs]))
     best = {}
@@ -65,7 +67,7 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
-    return Comparison(runs, labels, rows, best, comparability_warnings(runs))
+    return Comparison(runs, labels, rows, best, comparability_warnings(runs) + evaluation_notes(runs))
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:
@@ -85,12 +87,13 @@ def comparability_warnings(runs: list[RunFacts]) -> list[str]:
     diff = _differing([r.config.get("scene") or {} for r in runs])
     if diff:
         out.append("the scene settings differ: " + _describe(diff, runs))
+    configs = [r.eval_config for r in runs]  # with `nls eval --set` overrides applied
     for block in EVAL_BLOCKS:
-        diff = _differing([r.config.get(block) or {} for r in runs])
+        diff = _differing([c.get(block) or {} for c in configs])
         if diff:
             out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, runs))
-    evs = [{str(e.get("type")): e for e in (r.config.get("evaluators") or []) if isinstance(e, dict)}
-           for r in runs]
+    evs = [{str(e.get("type")): e for e in (c.get("evaluators") or []) if isinstance(e, dict)}
+           for c in configs]
     partial = sorted({t for e in evs for t in e} - set.intersection(*(set(e) for e in evs)))
     if partial:
         out.append("the evaluators differ: " + "; ".join(
@@ -101,10 +104,12 @@ def comparability_warnings(runs: list[RunFacts]) -> list[str]:
     incomplete = [_label(r) for r in runs if not r.metrics]
     if incomplete:
         out.append(f"not finished (no final metrics): {', '.join(incomplete)}")
-    later = [_label(r) for r in runs if r.metrics_source == "eval.json"]
-    if later:
-        out.append(f"metrics from eval.json (`nls eval` on a run without summary.json): {', '.join(later)}")
     return out
+
+
+def evaluation_notes(runs: list[RunFacts]) -> list[str]:
+    """Per run where eval.json is involved: which metrics it gave, or why it was ignored."""
+    return [f"{_label(r)}: {r.evaluation_note}" for r in runs if r.evaluation_note]
 
 
 def _label(r: RunFacts) -> str:

@@ -8,8 +8,8 @@ Layout of one run (``outputs/<scene>/<method>/<timestamp>/``)::
     metrics.jsonl   one JSON object per logged step
     summary.json    final metrics, wall time, device, versions
     checkpoints/    ckpt_<step>.pt (+ .sha256), written atomically; the newest two are kept
-    renders/        test renders, side-by-sides, videos
-    meshes/         exported meshes
+    renders/        test renders, side-by-sides, videos (made when something is rendered)
+    meshes/         exported meshes (made when a mesh is exported)
 """
 
 from __future__ import annotations
@@ -157,8 +157,7 @@ class RunDir:
             except FileExistsError:
                 i += 1
                 path = base / f"{stamp}-{i}"
-        for d in (path / "checkpoints", path / "renders", path / "meshes"):
-            d.mkdir(parents=True, exist_ok=True)
+        (path / "checkpoints").mkdir()  # renders/ and meshes/ appear with their first file
         return cls(path)
 
     @classmethod

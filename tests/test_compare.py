@@ -113,11 +113,51 @@ def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, 
     for k, v in ev["metrics"].items():
         assert data["table"][k][col] == v, k
     assert not any("not finished" in w for w in data["warnings"]), data["warnings"]
-    assert any("metrics from eval.json" in w and "later" in w for w in data["warnings"]), data["warnings"]
+    assert any("(later): " in w and "from eval.json, written by `nls eval` at step 100 (the run has no "
+               "summary.json)" in w for w in data["warnings"]), data["warnings"]
     out = tmp_path / "report.html"
     nls("report", str(later), "-o", str(out), check=True)
     page = out.read_text()
     assert "No final metrics" not in page and "the metrics shown come from eval.json" in page
+
+
+def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path):
+    """`nls eval --set` on a finished run: eval.json's metrics join summary.json's and win where both
+    have one; its overrides count among the settings compared; an eval.json from an earlier step
+    is ignored, with a note."""
+    done = tmp_path / "evaluated"
+    shutil.copytree(runs[1], done)
+    summary = json.loads((done / "summary.json").read_text())
+    nls("eval", str(done), "--set", "evaluators=[{type: psnr}]", "--set", "eval.max_images=2", check=True)
+    ev = json.loads((done / "eval.json").read_text())
+    assert ev["metrics"]["n_images"] == 2 != summary["metrics"]["n_images"]
+    data = json.loads(nls("compare", str(runs[0]), str(done), "--json", check=True).stdout)
+    col = data["runs"][1]["label"]
+    table = {k: v[col] for k, v in data["table"].items()}
+    assert table["psnr"] == ev["metrics"]["psnr"] and table["n_images"] == 2  # eval.json wins
+    assert table["chamfer_l1"] == summary["metrics"]["chamfer_l1"]  # not re-run: summary.json's
+    assert table["status"] == "complete"
+    warnings = data["warnings"]
+    assert any("max_images = 1 (dense_grid" in w and "2 (hash_grid (evaluated))" in w for w in warnings), warnings
+    assert not any("evaluators differ" in w for w in warnings), warnings  # chamfer's metrics still count
+    assert any(w.startswith("hash_grid (evaluated): psnr, n_images, ssim from eval.json") and
+               "--set evaluators=[{type: psnr}] --set eval.max_images=2" in w for w in warnings), warnings
+    # bookkeeping numbers come after the metrics
+    names = list(data["table"])
+    assert names.index("n_images") > names.index("normal_consistency"), names
+    out = tmp_path / "report.html"
+    nls("report", str(done), "-o", str(out), "--no-model", check=True)
+    page = out.read_text()
+    assert "psnr (eval.json)" in page and "chamfer_l1 (eval.json)" not in page
+    assert "Where the metrics come from: psnr, n_images, ssim from eval.json" in page
+
+    ev["step"] = 50  # as if written before the run was resumed and trained on
+    (done / "eval.json").write_text(json.dumps(ev))
+    data = json.loads(nls("compare", str(runs[0]), str(done), "--json", check=True).stdout)
+    assert data["table"]["psnr"][col] == summary["metrics"]["psnr"]
+    assert not any("max_images" in w for w in data["warnings"]), data["warnings"]
+    assert any("eval.json was written at step 50, before the run was trained on to step 100; its metrics "
+               "are not shown" in w for w in data["warnings"]), data["warnings"]
 
 
 def test_compare_output_paths(runs, nls, tmp_path):

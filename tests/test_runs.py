@@ -137,8 +137,9 @@ def test_run_folder_is_self_describing(tiny_scene, tmp_path, nls):
     nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", check=True)
     run = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
     for name in ("config.yaml", "plugins.json", "metrics.jsonl", "summary.json", "cmd.txt", "checkpoints",
-                 "renders", "meshes", "scene.json"):
+                 "renders", "scene.json"):
         assert (run / name).exists(), name
+    assert not (run / "meshes").exists()  # the tiny scene has no extractor: no empty folder
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["field"]["type"] == "dense_grid" and cfg["train"]["steps"] == 6
     plugins = json.loads((run / "plugins.json").read_text())

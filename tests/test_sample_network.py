@@ -529,5 +529,6 @@ def test_nls_reconstruct_end_to_end_on_a_tiny_scan(tmp_path, nls):
     run = next((tmp_path / "runs").glob("tiny_sn/sample_network/*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 40 and (run / "meshes" / "mesh.ply").exists()
+    assert not (run / "renders").exists()  # nothing to render on a scan: no empty folder
     print(f"e2e tiny scan: CD-L1 {summary['metrics']['chamfer_l1']:.2f} after 40 steps")
     assert summary["metrics"]["chamfer_l1"] < 60

@@ -115,13 +115,16 @@ def _metrics(f: RunFacts) -> str:
     parts = []
     if f.metrics:
         rows = []
+        later = set(f.later_metrics) if f.summary else set()  # mark them only when files are mixed
         for k, v in f.metrics.items():
             r = ref.get(k) or {}
-            rows.append((k, v, r.get("value", ""), r.get("source", "")))
+            rows.append((f"{k} (eval.json)" if k in later else k, v, r.get("value", ""), r.get("source", "")))
         for k in ref:
             if k not in f.metrics:
                 rows.append((k, "not measured", ref[k].get("value", ""), ref[k].get("source", "")))
         parts.append(H.table(["metric", "this run", "published", "source"], rows))
+        if f.evaluation_note:
+            parts.append(f"<p class=\"sub\">Where the metrics come from: {H.esc(f.evaluation_note)}.</p>")
         if not ref:
             parts.append("<p class=\"sub\">No published figures for this scene: add a <code>reference:</code> "
                          "block ({metric: {value, source}}) to the scene YAML to show them here.</p>")

@@ -1,7 +1,13 @@
 """Read what a run folder holds, without building its model: the facts `nls report` and
 `nls compare` show. Works for finished runs (summary.json), for runs trained with
 ``--no-eval`` and evaluated later by ``nls eval`` (eval.json), and for runs killed midway
-(only config.yaml, metrics.jsonl and checkpoints)."""
+(only config.yaml, metrics.jsonl and checkpoints).
+
+When a run has both files, the rule is: eval.json counts when it evaluated the model the
+folder ends with (its ``step`` is summary.json's). Its metrics are then added to summary.json's,
+and where both have a metric eval.json's value wins, since ``nls eval`` ran later. An eval.json
+from an earlier step (the run was resumed and trained on afterwards) is ignored, and
+:attr:`RunFacts.evaluation_note` says so."""
 
 from __future__ import annotations
 
@@ -20,12 +26,17 @@ HIGHER_IS_BETTER = ("psnr", "ssim", "normal_consistency", "fscore", "precision",
                     "certified_accuracy", "accuracy")
 LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss", "hausdorff")
 #: bookkeeping numbers evaluators report next to metrics (sample counts, scale factors)
-BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale")
+BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale", "mesh_level", "sdf_slices")
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Sample counts, scale factors and bounds: numbers reported next to metrics, not metrics."""
+    return name in BOOKKEEPING or name.endswith("_floor")
 
 
 def better(metric: str) -> Optional[str]:
     """'higher', 'lower' or None (unknown direction, or a bookkeeping number)."""
-    if metric in BOOKKEEPING or metric.endswith("_floor"):
+    if is_bookkeeping(metric):
         return None
     if metric.startswith(LOWER_IS_BETTER):
         return "lower"
@@ -90,24 +101,78 @@ class RunFacts:
         return float(self.log[-1]["time"]) if self.log and "time" in self.log[-1] else None
 
     @property
-    def _results(self) -> dict:
-        """Where the metrics come from: summary.json, else eval.json, else nothing."""
-        return self.summary or self.evaluation or {}
+    def later_evaluation(self) -> Optional[dict]:
+        """eval.json when it counts: no summary.json, or written at summary.json's step."""
+        ev = self.evaluation
+        if not ev or not self.summary:
+            return ev or None
+        return ev if _int(ev.get("step")) == _int(self.summary.get("step")) else None
 
     @property
     def metrics_source(self) -> Optional[str]:
-        """'summary.json', 'eval.json' (``nls eval`` on a run without a summary) or None."""
-        return "summary.json" if self.summary else "eval.json" if self.evaluation else None
+        """'summary.json', 'eval.json' (``nls eval`` on a run without a summary),
+        'summary.json+eval.json' (``nls eval`` after training) or None."""
+        files = [n for n, d in (("summary.json", self.summary), ("eval.json", self.later_evaluation)) if d]
+        return "+".join(files) or None
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Final evaluation metrics: summary.json's, else eval.json's; empty when neither exists."""
-        return dict(self._results.get("metrics") or {})
+        """Final evaluation metrics: summary.json's, updated by eval.json's when it counts."""
+        out = dict((self.summary or {}).get("metrics") or {})
+        out.update((self.later_evaluation or {}).get("metrics") or {})
+        return out
+
+    @property
+    def later_metrics(self) -> list[str]:
+        """Names of the metrics whose value comes from eval.json."""
+        return list(((self.later_evaluation or {}).get("metrics") or {}))
+
+    @property
+    def eval_overrides(self) -> list[str]:
+        """The ``--set`` overrides ``nls eval`` was given, as recorded in eval.json."""
+        return [str(o) for o in (self.later_evaluation or {}).get("overrides") or []]
+
+    @property
+    def eval_config(self) -> dict:
+        """config.yaml with eval.json's overrides applied: the settings the metrics were taken with.
+
+        Evaluators merge by type, as their metrics do: an evaluator eval.json re-ran replaces the
+        one of that type, and the others stay, since their metrics still come from summary.json.
+        Overrides that no longer apply to the file are left out."""
+        from pipeline.config import apply_overrides
+        from pipeline.types import ConfigError
+
+        cfg = self.config
+        for text in self.eval_overrides:
+            try:
+                cfg = apply_overrides(cfg, [text])
+            except ConfigError:
+                continue
+        if self.summary and cfg is not self.config:
+            by_type = {str(e.get("type")): e for e in self.config.get("evaluators") or [] if isinstance(e, dict)}
+            by_type.update({str(e.get("type")): e for e in cfg.get("evaluators") or [] if isinstance(e, dict)})
+            cfg["evaluators"] = list(by_type.values())
+        return cfg
+
+    @property
+    def evaluation_note(self) -> Optional[str]:
+        """One sentence on where the metrics come from when eval.json is involved, else None."""
+        ev = self.evaluation
+        if not ev:
+            return None
+        if self.later_evaluation is None:
+            return (f"eval.json was written at step {ev.get('step', '?')}, before the run was trained on to "
+                    f"step {self.step}; its metrics are not shown (run `nls eval {self.path}` again)")
+        sets = f" with {' '.join('--set ' + o for o in self.eval_overrides)}" if self.eval_overrides else ""
+        where = "" if self.summary else " (the run has no summary.json)"
+        return (f"{', '.join(self.later_metrics) or 'no metrics'} from eval.json, written by `nls eval` at step "
+                f"{ev.get('step', '?')}{sets}{where}")
 
     @property
     def skipped(self) -> dict[str, str]:
-        """Evaluators that did not run, with the reason."""
-        ev = self._results.get("evaluators") or {}
+        """Evaluators that did not run, with the reason (eval.json's entry replaces summary.json's)."""
+        ev = dict((self.summary or {}).get("evaluators") or {})
+        ev.update((self.later_evaluation or {}).get("evaluators") or {})
         return {k: v["skipped"] for k, v in ev.items() if isinstance(v, dict) and "skipped" in v}
 
     @property
@@ -172,6 +237,13 @@ def count_parameters(state: dict) -> int:
     if n == 0:  # no optimiser state: every floating tensor of the model
         n = sum(int(v.numel()) for v in state.get("model", {}).values() if getattr(v, "is_floating_point", lambda: False)())
     return n
+
+
+def _int(v: Any) -> Optional[int]:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _ckpt_step(path: Path) -> int:
