@@ -9,6 +9,7 @@ imports torch.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -107,7 +108,7 @@ class Component:
             "stage": self.stage,
             "name": self.name,
             "plugin": self.plugin,
-            "description": self.description,
+            "description": inspect.cleandoc(self.description),  # docstrings keep their indentation
             "produces": sorted(self.produces),
             "consumes": [sorted(a) for a in self.consumes],
             "config": cfg,

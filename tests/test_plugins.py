@@ -75,6 +75,8 @@ def test_plugins_json_lists_every_builtin_and_component(nls):
     comps = {c["name"]: c for p in data for c in p["components"]}
     assert comps["dense_grid"]["options"]["resolution"]["default"] == 96
     assert comps["marching_cubes"]["consumes"] == [["sdf"], ["occupancy"], ["density"]]
+    indented = [n for n, c in comps.items() if "\n " in c["description"]]
+    assert not indented, f"descriptions keep their docstring indentation: {indented}"
 
 
 def test_hook_filter(nls):
