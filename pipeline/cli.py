@@ -290,7 +290,7 @@ def cmd_render(args) -> int:
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,
                       out_dir=out_root / args.split, save_depth=args.depth, progress=not args.quiet)
     pairs = ctx.renders()
-    raw = " and depth/opacity .npy" if args.depth else ""
+    raw = " and depth/opacity .npy arrays" if args.depth else ""
     print(f"wrote {len(pairs)} {args.split} renders (prediction | ground truth | depth){raw} to {out_root / args.split}")
     if args.spiral:
         from pipeline.video import render_turntable
@@ -458,8 +458,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="also render an N-frame turntable video: a circle around the scene at the mean "
                    "distance of the eval split's cameras (default 0: none)")
     c.add_argument("--depth", action="store_true",
-                   help="also write NAME_depth.npy and NAME_opacity.npy: float32 (H, W) arrays, the expected "
-                   "distance along the unit pixel ray given termination, and the accumulated opacity")
+                   help="also write float32 (H, W) arrays: NAME_depth.npy, the expected distance along the "
+                   "unit pixel ray given termination; NAME_depth_median.npy, where half the ray's opacity is "
+                   "reached (volume renderers; it stays on the surface where the expected depth of a soft "
+                   "density lies behind it); and NAME_opacity.npy, the accumulated opacity")
     c.add_argument("--supersample", type=_int_at_least(1, 4), metavar="S",
                    help="S x S rays per pixel, averaged, S in 1..4 (default: the run's eval.supersample)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -44,7 +44,7 @@ class EvalContext:
     split: Optional[str] = None
     out_dir: Optional[Path] = None
     progress: bool = True  # a progress bar (or plain lines) while rendering the split
-    save_depth: bool = False  # also write NAME_depth.npy and NAME_opacity.npy, float32 (H, W)
+    save_depth: bool = False  # also write NAME_depth.npy, NAME_opacity.npy (and NAME_depth_median.npy), float32 (H, W)
     _renders: Optional[list] = field(default=None, repr=False)
     _mesh: Any = field(default=None, repr=False)
 
@@ -129,8 +129,9 @@ def render_split(ctx: EvalContext) -> list:
             side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)
             iio.imwrite(out_dir / f"{name}_pred_gt_depth.png", side)
             if ctx.save_depth:
-                for key in ("depth", "opacity"):
-                    np.save(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
+                for key in ("depth", "opacity", "depth_median"):  # renderers without a median give none
+                    if key in out:
+                        np.save(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
             pairs.append((pred, gt))
             bar.advance(i + 1)
     return pairs

@@ -22,7 +22,10 @@ Mildenhall et al. (2020, NeRF, Eq. 3)::
 
 with opacity ``sum_i w_i``, background ``C + (1 - opacity) * bg``, and depth
 ``sum_i w_i t_i / max(opacity, eps)`` (``t_i`` the interval midpoint; the expected
-termination distance *given* termination, as ``nerfacc.rendering`` defines it).
+termination distance *given* termination, as ``nerfacc.rendering`` defines it). Asked with
+``with_median`` (as :func:`render_image` does), both also return ``depth_median``, the distance at which the accumulated weight reaches half the ray's
+opacity (:func:`median_depth`): for a soft density it stays on the surface where the expected
+depth drifts behind it.
 
 nerfacc's CUDA-only functions (anything packed, ``traverse_grids``,
 ``OccGridEstimator.sampling``) are never called on CPU tensors: on a CPU build their
@@ -221,6 +224,27 @@ def _rank_within_ray(ray_indices: Tensor, n_rays: int) -> Tensor:
     return torch.arange(ray_indices.shape[0], device=ray_indices.device) - starts[ray_indices]
 
 
+def median_depth(weights: Tensor, t_starts: Tensor, t_ends: Tensor) -> Tensor:
+    """Median termination distance given termination, per ray: (R, S) padded samples -> (R, 1).
+
+    The distance at which the accumulated weight ``sum_{j<=i} w_j`` reaches half the ray's total,
+    the weight spread linearly over each sample's interval (a piecewise-linear CDF), so the
+    result moves continuously inside one step. Rays with no weight get 0, as the expected depth
+    does. Samples along a ray must be in order of ``t``; padding (zero weight) may follow.
+    """
+    if weights.shape[-1] == 0:
+        return torch.zeros(weights.shape[:-1] + (1,), device=weights.device, dtype=weights.dtype)
+    csum = weights.cumsum(-1)
+    half = 0.5 * csum[..., -1:]
+    i = (csum < half).sum(-1, keepdim=True).clamp_max(weights.shape[-1] - 1)  # first reaching half
+    w = weights.gather(-1, i)
+    before = csum.gather(-1, i) - w
+    frac = ((half - before) / w.clamp_min(torch.finfo(w.dtype).tiny)).clamp(0.0, 1.0)
+    t0 = t_starts.gather(-1, i)
+    depth = t0 + frac * (t_ends.gather(-1, i) - t0)
+    return torch.where(half > 0, depth, torch.zeros_like(depth))
+
+
 def _compact_layout(ray_indices: Tensor, t_mid: Tensor, dt: float, n_rays: int):
     """Packed samples (sorted by ray, then t) -> padded (R, S) intervals, S = the most
     samples any ray has. Returns (column of each sample, t_starts, t_ends); padding
@@ -251,6 +275,7 @@ def render_rays(
     max_samples_per_ray: Optional[int] = None,
     stratified: bool = False,
     backend: str = "auto",
+    with_median: bool = False,
 ) -> dict:
     """Volume-render rays through a radiance field (Max 1995; NeRF Eq. 3).
 
@@ -277,10 +302,13 @@ def render_rays(
         stratified: jitter each ray's lattice start (training).
         backend: "auto" (nerfacc when ``origins.is_cuda`` and a grid is given, torch
             otherwise), "torch" (pure torch, any device) or "nerfacc" (CUDA tensors only).
+        with_median: also return ``depth_median`` (:func:`median_depth`; the CUDA path lays
+            its packed samples out as padded rows for it, so training leaves it off).
 
     Returns:
         dict with ``rgb`` (R,3), ``opacity`` (R,1), ``depth`` (R,1) (expected depth
-        given termination), ``num_samples`` (python int, number of samples at which
+        given termination), ``depth_median`` (R,1) (with ``with_median``; not
+        differentiable), ``num_samples`` (python int, number of samples at which
         ``radiance_fn`` was evaluated) and ``backend`` ("nerfacc" or "torch"). The torch
         path also returns ``weights``, ``t_starts`` and ``t_ends``, all (R,S) with S the
         most samples kept on any ray: column j holds a ray's j-th kept sample; padding
@@ -305,15 +333,18 @@ def render_rays(
                                     density_fn=density_fn, step_size=step_size, near=near, far=far,
                                     background=background, alpha_thre=alpha_thre,
                                     early_stop_eps=early_stop_eps,
-                                    max_samples_per_ray=max_samples_per_ray, stratified=stratified)
+                                    max_samples_per_ray=max_samples_per_ray, stratified=stratified,
+                                    with_median=with_median)
     return _render_rays_torch(origins, dirs, radiance_fn, aabb=aabb, grid=grid, density_fn=density_fn,
                               step_size=step_size, near=near, far=far, background=background,
                               alpha_thre=alpha_thre, early_stop_eps=early_stop_eps,
-                              max_samples_per_ray=max_samples_per_ray, stratified=stratified)
+                              max_samples_per_ray=max_samples_per_ray, stratified=stratified,
+                              with_median=with_median)
 
 
 def _render_rays_nerfacc(origins, dirs, radiance_fn, *, aabb, grid, density_fn, step_size, near, far,
-                         background, alpha_thre, early_stop_eps, max_samples_per_ray, stratified) -> dict:
+                         background, alpha_thre, early_stop_eps, max_samples_per_ray, stratified,
+                         with_median) -> dict:
     """CUDA path: ``OccGridEstimator.sampling`` + packed ``nerfacc.rendering``."""
     n_rays = origins.shape[0]
     t_near, t_far, hit = ray_aabb_intersect(origins, dirs, aabb)
@@ -345,12 +376,28 @@ def _render_rays_nerfacc(origins, dirs, radiance_fn, *, aabb, grid, density_fn, 
     bg = _as_background(background, origins.device, origins.dtype)
     rgb, opacity, depth, extras = nerfacc.rendering(
         t_starts, t_ends, ray_indices, n_rays=n_rays, rgb_sigma_fn=rgb_sigma_fn, render_bkgd=bg)
-    return {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": int(t_starts.shape[0]),
-            "backend": "nerfacc"}
+    out = {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": int(t_starts.shape[0]),
+           "backend": "nerfacc"}
+    if with_median:
+        out["depth_median"] = packed_median_depth(extras["weights"], t_starts, t_ends, ray_indices, n_rays)
+    return out
+
+
+def packed_median_depth(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,
+                        n_rays: int) -> Tensor:
+    """:func:`median_depth` of packed samples (N,) sorted by ray, then by t (as nerfacc's sampler
+    emits them) -> (n_rays, 1): they are laid out as padded rows first. Pure torch."""
+    with torch.no_grad():
+        col = _rank_within_ray(ray_indices, n_rays)
+        n_cols = int(col.max().item()) + 1 if col.numel() > 0 else 0
+        padded = [torch.zeros((n_rays, n_cols), device=v.device, dtype=v.dtype).index_put((ray_indices, col), v)
+                  for v in (weights.detach(), t_starts, t_ends)]
+        return median_depth(*padded)
 
 
 def _render_rays_torch(origins, dirs, radiance_fn, *, aabb, grid, density_fn, step_size, near, far,
-                       background, alpha_thre, early_stop_eps, max_samples_per_ray, stratified) -> dict:
+                       background, alpha_thre, early_stop_eps, max_samples_per_ray, stratified,
+                       with_median) -> dict:
     """Torch path: padded lattice, cull, gather kept samples, batched nerfacc compositing."""
     device, dtype = origins.device, origins.dtype
     n_rays = origins.shape[0]
@@ -425,8 +472,12 @@ def _render_rays_torch(origins, dirs, radiance_fn, *, aabb, grid, density_fn, st
     bg = _as_background(background, device, rgb.dtype)
     if bg is not None:
         rgb = rgb + bg * (1.0 - opacity)
-    return {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": num, "backend": "torch",
-            "weights": weights, "t_starts": t_starts, "t_ends": t_ends}
+    out = {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": num, "backend": "torch",
+           "weights": weights, "t_starts": t_starts, "t_ends": t_ends}
+    if with_median:
+        with torch.no_grad():
+            out["depth_median"] = median_depth(weights.detach(), t_starts, t_ends)
+    return out
 
 
 def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: int = 4096,
@@ -440,8 +491,8 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
     ray through each pixel centre. ``render_kwargs`` go to :func:`render_rays` (``aabb``,
     ``step_size``, ``grid``, ``background``, ...).
 
-    Returns rgb (H,W,3), opacity (H,W,1), depth (H,W,1) (means over the sub-pixel rays) and
-    ``num_samples`` (int, over all rays).
+    Returns rgb (H,W,3), opacity (H,W,1), depth and depth_median (H,W,1) (means over the
+    sub-pixel rays) and ``num_samples`` (int, over all rays).
     """
     W, H = int(cameras.width), int(cameras.height)
     device, dtype = cameras.c2w.device, cameras.c2w.dtype
@@ -450,6 +501,7 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
     rgb = torch.zeros((n, 3), device=device, dtype=dtype)
     opacity = torch.zeros((n, 1), device=device, dtype=dtype)
     depth = torch.zeros((n, 1), device=device, dtype=dtype)
+    depth_median = torch.zeros((n, 1), device=device, dtype=dtype)
     num_samples = 0
     chunk = max(1, int(chunk))
     with torch.no_grad():
@@ -459,10 +511,12 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
             cam_idx = torch.full((e - s,), int(i), dtype=torch.long, device=device)
             for du, dv in offsets:
                 o, d = pixel_rays(cameras, cam_idx, u + du, v + dv)
-                out = render_rays(o, d, radiance_fn, **render_kwargs)
+                out = render_rays(o, d, radiance_fn, with_median=True, **render_kwargs)
                 rgb[s:e] += out["rgb"] / len(offsets)
                 opacity[s:e] += out["opacity"] / len(offsets)
                 depth[s:e] += out["depth"] / len(offsets)
+                depth_median[s:e] += out["depth_median"] / len(offsets)
                 num_samples += int(out["num_samples"])
     return {"rgb": rgb.reshape(H, W, 3), "opacity": opacity.reshape(H, W, 1),
-            "depth": depth.reshape(H, W, 1), "num_samples": num_samples}
+            "depth": depth.reshape(H, W, 1), "depth_median": depth_median.reshape(H, W, 1),
+            "num_samples": num_samples}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.rendering import OccupancyGrid, render_image, render_rays
+from pipeline.rendering import OccupancyGrid, median_depth, packed_median_depth, render_image, render_rays
 from pipeline.types import Cameras
 
 AABB = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
@@ -61,6 +61,61 @@ def test_constant_slab_matches_analytic_quadrature():
     # every lattice sample inside the box was evaluated: 2 / STEP per ray
     assert out["num_samples"] == 36 * 128
     assert out["weights"].shape[0] == 36
+
+
+def analytic_median(sigma=SIGMA, z0=2.0, a=A, b=B):
+    """Median of the exponential termination law truncated to the slab: F(t) = 1/2 F(L)."""
+    L = b - a
+    return (z0 - b) - math.log(1.0 - 0.5 * (1.0 - math.exp(-sigma * L))) / sigma
+
+
+@pytest.mark.parametrize("sigma", [SIGMA, 40.0])
+def test_median_depth_of_a_constant_slab_is_the_analytic_median(sigma):
+    """The median of the termination law given termination: on a dense slab it stays near the
+    slab's face, where the expected depth lies deeper (by 1/sigma for a thick slab)."""
+    o, d = down_rays(n=2)
+    out = render_rays(o, d, lambda x, dd: slab_radiance(x, dd, sigma=sigma), aabb=AABB, step_size=STEP,
+                      with_median=True)
+    want = analytic_median(sigma)
+    # piecewise-linear CDF inside each step: error O(sigma * step^2)
+    assert torch.allclose(out["depth_median"], torch.full((4, 1), want), atol=sigma * STEP**2), \
+        (out["depth_median"].ravel(), want)
+    assert out["depth_median"].mean() < out["depth"].mean()  # the median is nearer the face
+    print(f"sigma {sigma}: median {out['depth_median'][0].item():.5f} (analytic {want:.5f}), "
+          f"expected depth {out['depth'][0].item():.5f}, slab face at {2.0 - B}")
+
+
+def test_median_depth_against_a_fine_cdf_and_on_padded_rows():
+    """Random weights: the result is where a 1000x finer, linearly interpolated CDF reaches half
+    the total; trailing padding (zero weight, empty interval) changes nothing; no weight gives 0."""
+    g = torch.Generator().manual_seed(0)
+    R, S = 50, 12
+    w = torch.rand(R, S, generator=g, dtype=torch.float64) * (torch.rand(R, S, generator=g) > 0.4)
+    w[0] = 0.0
+    t0 = torch.cumsum(torch.rand(R, S, generator=g, dtype=torch.float64) + 0.1, -1)
+    t1 = t0 + 0.05 + 0.05 * torch.rand(R, S, generator=g, dtype=torch.float64)  # gaps between samples
+    got = median_depth(w, t0, t1)
+    pad = torch.zeros(R, 5, dtype=torch.float64)
+    assert torch.equal(median_depth(torch.cat([w, pad], -1), torch.cat([t0, pad], -1), torch.cat([t1, pad], -1)), got)
+    assert got[0].item() == 0.0
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    for r in range(1, R):
+        ts = (t0[r, :, None] + u * (t1[r] - t0[r])[:, None]).reshape(-1)
+        cdf = (torch.cumsum(w[r], 0) - w[r])[:, None] + u * w[r][:, None]
+        j = int((cdf.reshape(-1) < 0.5 * w[r].sum()).sum())
+        assert got[r, 0].item() == pytest.approx(ts[j].item(), abs=2e-3 * (t1[r] - t0[r]).max().item()), r
+
+
+def test_packed_median_depth_equals_the_padded_one():
+    """The CUDA path's packed layout (samples of all rays in one list, sorted by ray) gives the same
+    medians as the torch path's padded rows: checked on CPU, since the packing is pure torch."""
+    o, d = down_rays(n=3)
+    o[:, 0] += torch.linspace(-0.1, 0.1, 9)  # rays cross the slab at different lattice offsets
+    out = render_rays(o, d, slab_radiance, aabb=AABB, step_size=STEP, with_median=True)
+    keep = out["t_ends"] > out["t_starts"]  # drop the padding
+    ray_indices = keep.nonzero()[:, 0]
+    got = packed_median_depth(out["weights"][keep], out["t_starts"][keep], out["t_ends"][keep], ray_indices, 10)
+    assert torch.equal(got[:9], out["depth_median"]) and got[9].item() == 0.0  # ray 9 has no samples
 
 
 def test_slab_other_step_and_oblique_ray():
@@ -258,7 +313,8 @@ def test_cuda_path_matches_torch_path():
             assert diff.mean() < tol, (k, diff.mean())
             assert (diff <= tol).float().mean() > 0.99, k
     hit = cpu["opacity"][..., 0] > 0.5
-    assert ((gpu["depth"].cpu()[hit] - cpu["depth"][hit]).abs() <= 2e-3).float().mean() > 0.99
+    for k in ("depth", "depth_median"):
+        assert ((gpu[k].cpu()[hit] - cpu[k][hit]).abs() <= 2e-3).float().mean() > 0.99, k
     assert gpu["num_samples"] == pytest.approx(cpu["num_samples"], rel=0.01)
 
     # gradients flow through the packed CUDA path too
