@@ -426,7 +426,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "evaluate, and write everything to a new run folder.")
     r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.steps=500 --set field.resolution=64")
+                   help="override a config key, e.g. --set train.steps=500 --set field.resolution=64; "
+                   "a new block type (--set field.type=hash_grid) drops the old type's options")
     r.add_argument("-o", "--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device "
                    "(auto: cuda when available, else cpu)")

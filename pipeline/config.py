@@ -226,7 +226,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``data`` with each ``KEY=VALUE`` override applied in order (a deep copy).
+
+    Setting a block's ``type`` to a different component starts that block afresh: the old
+    component's options are dropped (they belong to another config class), except those that
+    other overrides in the same list set, before or after.
+    """
     data = copy.deepcopy(data)
+    given = [tuple(parse_override(t)[0]) for t in overrides]
     for text in overrides:
         parts, value = parse_override(text)
         node: Any = data
@@ -244,6 +251,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             idx = _index(parts[-1], parts, text, len(node))
             node[idx] = value
         else:
+            if parts[-1] == "type" and len(parts) > 1 and node.get("type") not in (None, value):
+                block = tuple(parts[:-1])
+                kept = {g[len(block)] for g in given if len(g) > len(block) and g[:len(block)] == block}
+                for k in [k for k in node if k not in kept]:
+                    del node[k]
             node[parts[-1]] = value
     return data
 

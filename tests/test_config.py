@@ -42,6 +42,20 @@ def test_overrides_are_typed_and_reach_lists(tmp_path, nls_host):
     assert cfg.losses[0].options.kind == "huber"
 
 
+def test_changing_a_block_type_drops_the_old_components_options(tmp_path, nls_host):
+    """`--set field.type=hash_grid` on a dense-grid scene: dense_grid's options are not carried over
+    (they would fail hash_grid's validation); options the same command sets are kept, in any order."""
+    data = dict(TINY_SCENE, field={"type": "dense_grid", "resolution": 40})
+    p = write(tmp_path, data)
+    for sets in (["field.type=hash_grid", "field.n_levels=4"], ["field.n_levels=4", "field.type=hash_grid"]):
+        cfg = load_scene(p, nls_host, sets)
+        assert cfg.choice("field").name == "hash_grid" and cfg.choice("field").options.n_levels == 4, sets
+        assert "resolution" not in apply_overrides(data, sets)["field"]
+    same = apply_overrides(data, ["field.type=dense_grid"])  # the same type keeps its options
+    assert same["field"] == {"type": "dense_grid", "resolution": 40}
+    assert load_scene(p, nls_host, ["field.type=dense_grid"]).choice("field").options.resolution == 40
+
+
 @pytest.mark.parametrize("override, needle", [
     ("train.steps", "expected KEY=VALUE"),
     ("losses.5.weight=1", r"indexes a list of 1 items; use an index 0..0, or give the whole list to add items, "
