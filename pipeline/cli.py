@@ -144,10 +144,11 @@ def _plugins_flags(args) -> str:
 
 
 def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(stderr=False)
+    from pipeline.console import StdoutConsole
+
+    con = StdoutConsole()
     # the title is a line of its own: as a table title it would wrap to the narrow table's width
     con.print(f"[bold]{summary['scene']} / {summary['method']}[/bold]  (step {summary['step']}, "
               f"{summary['train_seconds']:.0f} s training on {summary['device']})", soft_wrap=True)

@@ -170,10 +170,11 @@ def to_html(c: Comparison) -> str:
 
 
 def print_rich(c: Comparison) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from pipeline.console import StdoutConsole
+
+    con = StdoutConsole()
     plain = not con.is_terminal  # piped: bold is dropped, so the best cells get a visible '*'
     t = Table(title="nls compare (best marked *)" if plain else "nls compare (best in bold)")
     t.add_column("")

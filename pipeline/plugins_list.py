@@ -73,11 +73,12 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
         print(json.dumps(data, indent=2, default=str))
         return 0
     from rich import box
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = Console()
+    from pipeline.console import StdoutConsole
+
+    con = StdoutConsole()
     for p in data:
         table = Table(title=f"{p['name']} {p['version']}  ({p['source']})", title_justify="left",
                       show_lines=False, expand=False, box=box.SIMPLE_HEAD)
