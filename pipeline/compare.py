@@ -58,7 +58,7 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
         rows.append((m, [r.metrics.get(m) for r in runs]))
     best = {}
     finished = {i for i, r in enumerate(runs) if r.metrics}
-    for name, vals in rows:
+    for name, vals in rows if len({r.name for r in runs}) == 1 else ():  # no best across scenes
         cost = name in ("train_seconds", "parameters")
         direction = "lower" if cost else better(name)
         # a run stopped early is not "fastest": only runs with final metrics compete on cost
@@ -83,7 +83,8 @@ def comparability_warnings(runs: list[RunFacts]) -> list[str]:
         return out
     names = {r.name for r in runs}
     if len(names) > 1:
-        out.append(f"the runs are on different scenes ({', '.join(sorted(names))}): their metrics are not comparable")
+        out.append(f"the runs are on different scenes ({', '.join(sorted(names))}): their metrics are not "
+                   f"comparable, so no best value is marked")
     diff = _differing([r.config.get("scene") or {} for r in runs])
     if diff:
         out.append("the scene settings differ: " + _describe(diff, runs))
@@ -165,7 +166,7 @@ def to_html(c: Comparison) -> str:
     body = H.table(["", *c.labels], [(name, *vals) for name, vals in c.rows], best=best)
     warn = "\n".join(H.warning(w) for w in c.warnings)
     paths = H.table(["run", "folder"], [(lab, str(r.path)) for lab, r in zip(c.labels, c.runs)])
-    return H.page("nls compare", f"{len(c.runs)} runs; best values in bold",
+    return H.page("nls compare", f"{len(c.runs)} runs" + ("; best values in bold" if c.best else ""),
                   [("Table", warn + body), ("Runs", paths)])
 
 
@@ -176,7 +177,8 @@ def print_rich(c: Comparison) -> None:
 
     con = StdoutConsole()
     plain = not con.is_terminal  # piped: bold is dropped, so the best cells get a visible '*'
-    t = Table(title="nls compare (best marked *)" if plain else "nls compare (best in bold)")
+    marks = "" if not c.best else " (best marked *)" if plain else " (best in bold)"
+    t = Table(title="nls compare" + marks)
     t.add_column("")
     for lab in c.labels:
         t.add_column(lab.replace("/", "\n"), justify="right")

@@ -77,7 +77,8 @@ def test_compare_warns_when_scene_or_eval_settings_differ(runs, nls, tmp_path):
     (other / "summary.json").write_text(json.dumps(s))
     res = nls("compare", str(runs[0]), str(other), "--json", check=True)
     warnings = json.loads(res.stdout)["warnings"]
-    assert any("different scenes (tiny, tiny48)" in w for w in warnings), warnings
+    assert any("different scenes (tiny, tiny48)" in w and "no best value is marked" in w for w in warnings), warnings
+    assert json.loads(res.stdout)["best"] == {}
     assert any("scene settings differ: image_size = 32 (dense_grid" in w and "48 (hash_grid" in w
                for w in warnings), warnings
     assert any("evaluation settings (eval:) differ: max_images = 1" in w for w in warnings), warnings
