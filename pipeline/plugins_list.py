@@ -67,6 +67,23 @@ def first_paragraph(text: Optional[str]) -> str:
     return " ".join((text or "").strip().split("\n\n")[0].split())
 
 
+def print_options(con, c: dict) -> None:
+    """One component's options, as ``--help`` lists them: ``name: type = default``, then the help
+    indented below it, wrapped to the console's width."""
+    import textwrap
+
+    from rich.markup import escape
+
+    con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] options:", highlight=False)
+    for name, o in c["options"].items():
+        con.print(escape(f"  {name}: {o['type']} = {o['default']}"), highlight=False, soft_wrap=True)
+        if o["help"]:
+            text = textwrap.fill(o["help"], width=max(40, con.width - 1), initial_indent=" " * 6,
+                                 subsequent_indent=" " * 6, break_on_hyphens=False)
+            con.print(escape(text), highlight=False, soft_wrap=True)
+    con.print()
+
+
 def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: Optional[str] = None) -> int:
     data = plugins_data(host, show_all, hook)
     if as_json:
@@ -85,20 +102,17 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
         rows = [(c, " | ".join("+".join(a) for a in c["consumes"]) or "-") for c in p["components"]]
         # names are never cut to "…" on a narrow terminal (80 columns when piped): the columns that
         # hold them are as wide as their longest entry, and the description wraps instead
-        names = [c["name"] for c, _ in rows] + [f"  {n}" for c, _ in rows for n in c.get("options", {})
-                                                if show_all]
         table.add_column("stage", no_wrap=True)
-        table.add_column("component", min_width=max(map(len, names), default=0), no_wrap=True)
+        table.add_column("component", min_width=max((len(c["name"]) for c, _ in rows), default=0), no_wrap=True)
         for col in ("consumes", "produces", "description"):
             table.add_column(col, overflow="fold")
         for c, consumes in rows:
             # escape(): type names such as Optional[int] must not be read as rich markup
             table.add_row(c["stage"], c["name"], consumes, ", ".join(c["produces"]) or "-",
                           escape(first_paragraph(c["description"])))
-            if show_all:
-                for name, o in c.get("options", {}).items():
-                    table.add_row("", f"  {name}", "", escape(f"{o['type']} = {o['default']}"),
-                                  escape(o["help"]))
         con.print(table)
         con.print(f"  hooks: {', '.join(p['hooks'])}\n")
+        for c, _ in rows if show_all else ():
+            if c.get("options"):
+                print_options(con, c)
     return 0
