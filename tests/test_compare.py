@@ -200,3 +200,15 @@ def test_compare_errors(nls, tmp_path):
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
     res = nls("compare", "a", "--json", "--markdown")
     assert res.returncode == 2 and "not allowed with argument" in res.stderr
+
+
+def test_metric_directions_and_bookkeeping_names():
+    """Which rows get a best mark and which are listed after the metrics as bookkeeping."""
+    from pipeline.report.collect import better, is_bookkeeping
+
+    assert [better(m) for m in ("psnr", "ssim", "fscore@0.01", "chamfer_l1", "chamfer_l2_surface", "lpips")] == \
+        ["higher", "higher", "higher", "lower", "lower", "lower"]
+    for m in ("n_images", "n_samples", "certify_n_points", "chamfer_l1_floor", "mesh_level", "scale", "sdf_slices"):
+        assert is_bookkeeping(m) and better(m) is None, m
+    for m in ("psnr", "chamfer_l1", "certify_within_ci", "sdf_min"):
+        assert not is_bookkeeping(m), m

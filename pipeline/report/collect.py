@@ -11,6 +11,7 @@ from an earlier step (the run was resumed and trained on afterwards) is ignored,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,8 +31,9 @@ BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale", "mesh_level", 
 
 
 def is_bookkeeping(name: str) -> bool:
-    """Sample counts, scale factors and bounds: numbers reported next to metrics, not metrics."""
-    return name in BOOKKEEPING or name.endswith("_floor")
+    """Sample counts (``n_*``, ``*_n_*``), scale factors and bounds: numbers reported next to
+    metrics, not metrics."""
+    return name in BOOKKEEPING or name.endswith("_floor") or re.search(r"(^|_)n_[a-z]+$", name) is not None
 
 
 def better(metric: str) -> Optional[str]:
