@@ -348,8 +348,9 @@ def cmd_eval(args) -> int:
     out = out or ld.run.path / "eval.json"
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     results = run_evaluators(ctx)
+    resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path), "step": ld.step, "overrides": sets, "metrics": flatten(results),
-            "evaluators": results}
+            "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_SET_ROOTS}}
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
     print(f"wrote {out}")

@@ -37,7 +37,10 @@ class Comparison:
 def compare_runs(paths: Sequence[Path]) -> Comparison:
     """Read the runs and build the table: method, status, step, train seconds, parameters, then
     every final metric any run has (blank where a run lacks it), then the bookkeeping numbers
-    evaluators report next to them (sample counts, mesh level, bounds)."""
+    evaluators report next to them (sample counts, mesh level, bounds).
+
+    Best values are marked only among runs on one scene, and only for runs whose training
+    finished; time is compared only when the runs had the same training budget."""
     if len(paths) < 1:
         raise NLSError("nls compare needs at least one RUN_DIR (two or more to compare)")
     runs = [read_run(Path(p)) for p in paths]
@@ -57,64 +60,101 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     for m in metric_names:
         rows.append((m, [r.metrics.get(m) for r in runs]))
     best = {}
-    finished = {i for i, r in enumerate(runs) if r.metrics}
+    finished = {i for i, r in enumerate(runs) if r.trained and r.metrics}
+    same_budget = not _differing([_budget(r) for r in runs])
     for name, vals in rows if len({r.name for r in runs}) == 1 else ():  # no best across scenes
-        cost = name in ("train_seconds", "parameters")
-        direction = "lower" if cost else better(name)
-        # a run stopped early is not "fastest": only runs with final metrics compete on cost
+        if name == "train_seconds" and not same_budget:
+            continue
+        direction = "lower" if name in ("train_seconds", "parameters") else better(name)
+        # a run stopped early is neither "fastest" nor "best": only finished runs compete
         nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                and (not cost or i in finished)]
+                and i in finished]
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
-    return Comparison(runs, labels, rows, best, comparability_warnings(runs) + evaluation_notes(runs))
+    return Comparison(runs, labels, rows, best, comparability_warnings(runs, labels) + run_notes(runs, labels))
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:
-    """method, or method/<run folder name> when two runs share a method."""
+    """method, or method/<run folder name> when two runs share a method; '#2', '#3' ... when
+    that is still not unique (the same folder name under other roots, or one run given twice)."""
     methods = [r.method for r in runs]
-    return [m if methods.count(m) == 1 else f"{m}/{r.path.name}" for m, r in zip(methods, runs)]
+    labels = [m if methods.count(m) == 1 else f"{m}/{r.path.name}" for m, r in zip(methods, runs)]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        if labels.count(lab) > 1:
+            seen[lab] = seen.get(lab, 0) + 1
+            lab = f"{lab}#{seen[lab]}"
+        out.append(lab)
+    return out
 
 
-def comparability_warnings(runs: list[RunFacts]) -> list[str]:
-    """Sentences naming what differs between the runs' scenes and evaluation settings."""
+def _budget(r: RunFacts) -> dict:
+    train = r.config.get("train") or {}
+    return {k: train.get(k) for k in ("steps", "max_seconds")}
+
+
+def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
+    """Sentences naming what differs between the runs' scenes, training budgets and evaluation
+    settings (with ``nls eval --set`` overrides applied), and which runs did not finish."""
     out = []
     if len(runs) < 2:
         return out
+    paths = [r.path.resolve() for r in runs]
+    twice = sorted({lab for lab, p in zip(labels, paths) if paths.count(p) > 1})
+    if twice:
+        out.append(f"the same run folder is given more than once: {', '.join(twice)}")
     names = {r.name for r in runs}
     if len(names) > 1:
         out.append(f"the runs are on different scenes ({', '.join(sorted(names))}): their metrics are not "
                    f"comparable, so no best value is marked")
     diff = _differing([r.config.get("scene") or {} for r in runs])
     if diff:
-        out.append("the scene settings differ: " + _describe(diff, runs))
+        out.append("the scene settings differ: " + _describe(diff, labels))
+    diff = _differing([_budget(r) for r in runs])
+    if diff:
+        out.append("the training budgets differ, so train_seconds is not marked: " + _describe(diff, labels, "train."))
     configs = [r.eval_config for r in runs]  # with `nls eval --set` overrides applied
     for block in EVAL_BLOCKS:
         diff = _differing([c.get(block) or {} for c in configs])
         if diff:
-            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, runs))
+            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, labels))
+    extractors = [c.get("extractor") or {} for c in configs]
+    # between methods the extractor is part of the method; within one method its options matter
+    if len({r.method for r in runs}) == 1 and len({json.dumps(e.get("type")) for e in extractors}) == 1:
+        diff = _differing(extractors)
+        if diff:
+            out.append("the extractor settings differ: " + _describe(diff, labels))
     evs = [{str(e.get("type")): e for e in (c.get("evaluators") or []) if isinstance(e, dict)}
            for c in configs]
     partial = sorted({t for e in evs for t in e} - set.intersection(*(set(e) for e in evs)))
     if partial:
         out.append("the evaluators differ: " + "; ".join(
-            f"{t} only in {_runs_text([r for r, e in zip(runs, evs) if t in e])}" for t in partial))
+            f"{t} only in {', '.join(lab for lab, e in zip(labels, evs) if t in e)}" for t in partial))
     ev = _differing([{t: b for t, b in e.items() if t not in partial} for e in evs])
     if ev:
-        out.append("the evaluator options differ: " + _describe(ev, runs))
-    incomplete = [_label(r) for r in runs if not r.metrics]
-    if incomplete:
-        out.append(f"not finished (no final metrics): {', '.join(incomplete)}")
+        out.append("the evaluator options differ: " + _describe(ev, labels))
+    stopped = [f"{lab} (step {r.step} of {r.steps}" + (f", newest checkpoint at step {r.checkpoint_step})"
+                                                        if r.checkpoint_step != r.step else ")")
+               for lab, r in zip(labels, runs) if not r.trained]
+    if stopped:
+        out.append(f"not finished, so not marked best: {', '.join(stopped)}")
+    unevaluated = [lab for lab, r in zip(labels, runs) if r.trained and not r.metrics]
+    if unevaluated:
+        out.append(f"trained but not evaluated (no final metrics; `nls resume RUN_DIR` evaluates): "
+                   f"{', '.join(unevaluated)}")
     return out
 
 
-def evaluation_notes(runs: list[RunFacts]) -> list[str]:
-    """Per run where eval.json is involved: which metrics it gave, or why it was ignored."""
-    return [f"{_label(r)}: {r.evaluation_note}" for r in runs if r.evaluation_note]
-
-
-def _label(r: RunFacts) -> str:
-    return f"{r.method} ({r.path.name})"
+def run_notes(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
+    """Per run: where its metrics come from when eval.json is involved, files that could not be
+    read, and evaluators that were skipped, with the reason."""
+    out = []
+    for lab, r in zip(labels, runs):
+        out += [f"{lab}: {n}" for n in r.evaluation_notes]
+        out += [f"{lab}: evaluator {k} was skipped: {why}" for k, why in r.skipped.items()]
+    return out
 
 
 def _differing(blocks: list[dict]) -> dict[str, list[Any]]:
@@ -123,18 +163,14 @@ def _differing(blocks: list[dict]) -> dict[str, list[Any]]:
     return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
 
 
-def _runs_text(runs: list[RunFacts]) -> str:
-    return ", ".join(_label(r) for r in runs)
-
-
-def _describe(diff: dict[str, list[Any]], runs: list[RunFacts]) -> str:
-    """'key = v1 (runs having v1); v2 (runs having v2)' per differing key, runs grouped by value."""
+def _describe(diff: dict[str, list[Any]], labels: Sequence[str], prefix: str = "") -> str:
+    """'key = v1 (runs having v1), v2 (runs having v2)' per differing key, runs grouped by value."""
     parts = []
     for k, vals in diff.items():
-        groups: dict[str, tuple[Any, list[RunFacts]]] = {}
-        for v, r in zip(vals, runs):
-            groups.setdefault(json.dumps(v, sort_keys=True, default=str), (v, []))[1].append(r)
-        parts.append(f"{k} = " + ", ".join(f"{v!r} ({_runs_text(rs)})" for v, rs in groups.values()))
+        groups: dict[str, tuple[Any, list[str]]] = {}
+        for v, lab in zip(vals, labels):
+            groups.setdefault(json.dumps(v, sort_keys=True, default=str), (v, []))[1].append(lab)
+        parts.append(f"{prefix}{k} = " + ", ".join(f"{v!r} ({', '.join(labs)})" for v, labs in groups.values()))
     return "; ".join(parts)
 
 

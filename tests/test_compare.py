@@ -98,6 +98,17 @@ def test_compare_an_unfinished_run(runs, tmp_path_factory, nls):
     # stopped early, it is not the "fastest" run: only finished runs compete on cost
     assert col not in data["best"].get("train_seconds", []) and col not in data["best"].get("parameters", [])
 
+    # evaluated from its step-50 checkpoint by `nls eval`, it is still an unfinished run
+    evaluated = tmp_path_factory.mktemp("killed_eval") / "k"
+    shutil.copytree(killed, evaluated)
+    nls("eval", str(evaluated), check=True)
+    data = json.loads(nls("compare", str(runs[0]), str(evaluated), "--json", check=True).stdout)
+    col = data["runs"][1]["label"]
+    assert data["table"]["status"][col] == "incomplete" and data["table"]["psnr"][col] is not None
+    assert f"not finished, so not marked best: {col} (step 100 of 100, newest checkpoint at step 50)" in data["warnings"], data["warnings"]
+    assert all(col not in labs for labs in data["best"].values()), data["best"]
+    assert any("from eval.json, written by `nls eval` at step 50" in w for w in data["warnings"]), data["warnings"]
+
 
 def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, tmp_path):
     """`reconstruct --no-eval` then `nls eval`: no summary.json, the metrics are in eval.json."""
@@ -114,8 +125,8 @@ def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, 
     for k, v in ev["metrics"].items():
         assert data["table"][k][col] == v, k
     assert not any("not finished" in w for w in data["warnings"]), data["warnings"]
-    assert any("(later): " in w and "from eval.json, written by `nls eval` at step 100 (the run has no "
-               "summary.json)" in w for w in data["warnings"]), data["warnings"]
+    assert any(w.startswith("hash_grid: ") and "from eval.json, written by `nls eval` at step 100 (the run has "
+               "no summary.json)" in w for w in data["warnings"]), data["warnings"]
     out = tmp_path / "report.html"
     nls("report", str(later), "-o", str(out), check=True)
     page = out.read_text()
@@ -123,42 +134,73 @@ def test_compare_reads_eval_json_of_a_run_trained_without_evaluation(runs, nls, 
 
 
 def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path):
-    """`nls eval --set` on a finished run: eval.json's metrics join summary.json's and win where both
-    have one; its overrides count among the settings compared; an eval.json from an earlier step
-    is ignored, with a note."""
+    """`nls eval --set` on a finished run: each evaluator eval.json ran replaces summary.json's
+    results of that evaluator whole; its overrides count among the settings compared; an
+    override of settings every evaluator reads leaves out the evaluators not run again; an
+    eval.json from an earlier step is ignored. Each case is named in a note."""
     done = tmp_path / "evaluated"
     shutil.copytree(runs[1], done)
     summary = json.loads((done / "summary.json").read_text())
-    nls("eval", str(done), "--set", "evaluators=[{type: psnr}]", "--set", "eval.max_images=2", check=True)
+    assert "ssim" in summary["metrics"] and "chamfer_l1" in summary["metrics"]
+
+    def compare():
+        data = json.loads(nls("compare", str(runs[0]), str(done), "--json", check=True).stdout)
+        return {k: v["hash_grid"] for k, v in data["table"].items()}, data["warnings"]
+
+    # 1. the psnr evaluator again, without SSIM: no stale SSIM, chamfer still summary.json's
+    nls("eval", str(done), "--set", "evaluators=[{type: psnr, ssim: false}]", check=True)
     ev = json.loads((done / "eval.json").read_text())
-    assert ev["metrics"]["n_images"] == 2 != summary["metrics"]["n_images"]
-    data = json.loads(nls("compare", str(runs[0]), str(done), "--json", check=True).stdout)
-    col = data["runs"][1]["label"]
-    table = {k: v[col] for k, v in data["table"].items()}
-    assert table["psnr"] == ev["metrics"]["psnr"] and table["n_images"] == 2  # eval.json wins
-    assert table["chamfer_l1"] == summary["metrics"]["chamfer_l1"]  # not re-run: summary.json's
-    assert table["status"] == "complete"
-    warnings = data["warnings"]
-    assert any("max_images = 1 (dense_grid" in w and "2 (hash_grid (evaluated))" in w for w in warnings), warnings
-    assert not any("evaluators differ" in w for w in warnings), warnings  # chamfer's metrics still count
-    assert any(w.startswith("hash_grid (evaluated): psnr, n_images, ssim from eval.json") and
-               "--set evaluators=[{type: psnr}] --set eval.max_images=2" in w for w in warnings), warnings
-    # bookkeeping numbers come after the metrics
-    names = list(data["table"])
+    assert ev["config"]["evaluators"] == [{"type": "psnr", "ssim": False}]  # resolved blocks are recorded
+    table, warnings = compare()
+    assert table["psnr"] == ev["metrics"]["psnr"] and table["ssim"] is None
+    assert table["chamfer_l1"] == summary["metrics"]["chamfer_l1"] and table["status"] == "complete"
+    assert "the evaluator options differ: psnr.ssim = True (dense_grid), False (hash_grid)" in warnings, warnings
+    assert not any("evaluators differ" in w or "chamfer." in w for w in warnings), warnings
+    assert "hash_grid: psnr, n_images from eval.json, written by `nls eval` at step 100 with --set " \
+           "evaluators=[{type: psnr, ssim: false}]" in warnings, warnings
+    names = list(compare()[0])  # bookkeeping numbers come after the metrics
     assert names.index("n_images") > names.index("normal_consistency"), names
     out = tmp_path / "report.html"
     nls("report", str(done), "-o", str(out), "--no-model", check=True)
     page = out.read_text()
-    assert "psnr (eval.json)" in page and "chamfer_l1 (eval.json)" not in page
-    assert "Where the metrics come from: psnr, n_images, ssim from eval.json" in page
+    assert "psnr (eval.json)" in page and "chamfer_l1 (eval.json)" not in page and ">ssim<" not in page
+    assert "Where the metrics come from: psnr, n_images from eval.json" in page
 
-    ev["step"] = 50  # as if written before the run was resumed and trained on
+    # 2. an eval.* override: chamfer's summary.json results were taken with other settings
+    nls("eval", str(done), "--set", "evaluators=[{type: psnr}]", "--set", "eval.max_images=2", check=True)
+    ev = json.loads((done / "eval.json").read_text())
+    table, warnings = compare()
+    assert table["n_images"] == 2 != summary["metrics"]["n_images"] and table["chamfer_l1"] is None
+    assert any("max_images = 1 (dense_grid), 2 (hash_grid)" in w for w in warnings), warnings
+    assert "the evaluators differ: chamfer only in dense_grid" in warnings, warnings
+    assert "hash_grid: summary.json's chamfer results are not shown: they were taken before eval.json's " \
+           "--set eval.max_images=2" in warnings, warnings
+
+    # 3. written before the run was resumed and trained on
+    ev["step"] = 50
     (done / "eval.json").write_text(json.dumps(ev))
-    data = json.loads(nls("compare", str(runs[0]), str(done), "--json", check=True).stdout)
-    assert data["table"]["psnr"][col] == summary["metrics"]["psnr"]
-    assert not any("max_images" in w for w in data["warnings"]), data["warnings"]
+    table, warnings = compare()
+    assert table["psnr"] == summary["metrics"]["psnr"] and table["chamfer_l1"] == summary["metrics"]["chamfer_l1"]
+    assert not any("max_images" in w for w in warnings), warnings
     assert any("eval.json was written at step 50, before the run was trained on to step 100; its metrics "
-               "are not shown" in w for w in data["warnings"]), data["warnings"]
+               "are not shown" in w for w in warnings), warnings
+
+
+def test_compare_names_damaged_json_and_unique_labels(runs, nls, tmp_path):
+    """A summary.json cut off by a crash is named as such; one run given twice gets two labels."""
+    cut = tmp_path / "cut"
+    shutil.copytree(runs[1], cut)
+    (cut / "summary.json").write_text('{"metrics": {"psnr": 3')
+    data = json.loads(nls("compare", str(runs[0]), str(cut), "--json", check=True).stdout)
+    assert "hash_grid: summary.json is not valid JSON (damaged or cut off), so it was not read" in data["warnings"]
+    assert data["table"]["status"]["hash_grid"] == "trained"  # its final checkpoint is there
+    out = tmp_path / "r.html"
+    nls("report", str(cut), "-o", str(out), "--no-model", check=True)
+    assert "summary.json: the file is not valid JSON" in out.read_text()
+    data = json.loads(nls("compare", str(runs[0]), str(runs[0]), "--json", check=True).stdout)
+    assert [r["label"] for r in data["runs"]] == [f"dense_grid/{runs[0].name}#1", f"dense_grid/{runs[0].name}#2"]
+    assert len(data["table"]["psnr"]) == 2
+    assert any(w.startswith("the same run folder is given more than once") for w in data["warnings"])
 
 
 def test_compare_output_paths(runs, nls, tmp_path):
@@ -183,11 +225,10 @@ def test_compare_warnings_group_runs_and_name_a_missing_evaluator_once(runs, nls
     data = json.loads(nls("compare", str(runs[0]), *map(str, copies), "--json", check=True).stdout)
     ws = data["warnings"]
     ev = [w for w in ws if w.startswith("the evaluators differ")]
-    assert ev == ["the evaluators differ: extra_eval only in hash_grid (other0), hash_grid (other1)"], ws
+    assert ev == ["the evaluators differ: extra_eval only in hash_grid/other0, hash_grid/other1"], ws
     assert not any("extra_eval.n" in w or "extra_eval.alpha" in w for w in ws), ws  # no option-by-option list
     # runs sharing a value are named together after it, not one value per run
-    assert any("max_images = 1 (dense_grid (" in w and "2 (hash_grid (other0), hash_grid (other1))" in w
-               for w in ws), ws
+    assert any("max_images = 1 (dense_grid), 2 (hash_grid/other0, hash_grid/other1)" in w for w in ws), ws
 
 
 def test_compare_piped_marks_the_best_visibly(runs, nls):
@@ -212,3 +253,23 @@ def test_metric_directions_and_bookkeeping_names():
         assert is_bookkeeping(m) and better(m) is None, m
     for m in ("psnr", "chamfer_l1", "certify_within_ci", "sdf_min"):
         assert not is_bookkeeping(m), m
+
+
+def test_compare_warns_when_budgets_or_extractor_settings_differ(runs, nls, tmp_path):
+    """Training budgets differ: no best time. Extractor options differ within one method (between
+    methods the extractor is part of the method, so that is not warned about)."""
+    other = tmp_path / "budget"
+    shutil.copytree(runs[1], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    res = cfg["extractor"]["resolution"]
+    cfg["train"]["steps"] = 200
+    cfg["extractor"]["resolution"] = res + 16
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    data = json.loads(nls("compare", str(runs[1]), str(other), "--json", check=True).stdout)
+    a, b = (r["label"] for r in data["runs"])
+    ws = data["warnings"]
+    assert f"the training budgets differ, so train_seconds is not marked: train.steps = 100 ({a}), 200 ({b})" in ws, ws
+    assert "train_seconds" not in data["best"] and "parameters" in data["best"]
+    assert f"the extractor settings differ: resolution = {res} ({a}), {res + 16} ({b})" in ws, ws
+    data = json.loads(nls("compare", str(runs[0]), str(other), "--json", check=True).stdout)
+    assert not any("extractor" in w for w in data["warnings"]), data["warnings"]

@@ -3,11 +3,14 @@
 ``--no-eval`` and evaluated later by ``nls eval`` (eval.json), and for runs killed midway
 (only config.yaml, metrics.jsonl and checkpoints).
 
-When a run has both files, the rule is: eval.json counts when it evaluated the model the
-folder ends with (its ``step`` is summary.json's). Its metrics are then added to summary.json's,
-and where both have a metric eval.json's value wins, since ``nls eval`` ran later. An eval.json
-from an earlier step (the run was resumed and trained on afterwards) is ignored, and
-:attr:`RunFacts.evaluation_note` says so."""
+When a run has both files, eval.json counts when it evaluated the model the folder ends with
+(its ``step`` is summary.json's). The merge goes by evaluator, as both files record results
+per evaluator: each evaluator that eval.json ran replaces summary.json's entry whole, since
+``nls eval`` ran later, and the others keep summary.json's. When eval.json's ``--set``
+changed settings every evaluator reads (``eval.*``, ``extractor.*``), the evaluators it did
+not run again are left out, so that one column never mixes settings. An eval.json from an
+earlier step (the run was resumed and trained on afterwards) is ignored.
+:attr:`RunFacts.evaluation_notes` says which of these happened."""
 
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ HIGHER_IS_BETTER = ("psnr", "ssim", "normal_consistency", "fscore", "precision",
 LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss", "hausdorff")
 #: bookkeeping numbers evaluators report next to metrics (sample counts, scale factors)
 BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale", "mesh_level", "sdf_slices")
+
+
+#: config blocks that every evaluator reads (an ``nls eval --set`` on them changes every metric)
+SHARED_EVAL_BLOCKS = ("eval", "extractor")
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -59,8 +66,10 @@ class RunFacts:
     scene: Optional[dict]
     plugins: Optional[dict]
     checkpoints: list[Path] = field(default_factory=list)
-    #: ``RUN_DIR/eval.json`` written by ``nls eval``; its metrics stand in when summary.json is absent
+    #: ``RUN_DIR/eval.json`` written by ``nls eval`` (see the module docstring for how it counts)
     evaluation: Optional[dict] = None
+    #: names of the run's JSON files that exist but are not valid JSON
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def run(self) -> RunDir:
@@ -104,10 +113,13 @@ class RunFacts:
 
     @property
     def later_evaluation(self) -> Optional[dict]:
-        """eval.json when it counts: no summary.json, or written at summary.json's step."""
+        """eval.json when it counts: it names a step, and the run has no summary.json or that step
+        is summary.json's."""
         ev = self.evaluation
-        if not ev or not self.summary:
-            return ev or None
+        if not ev or _int(ev.get("step")) is None:
+            return None
+        if not self.summary:
+            return ev
         return ev if _int(ev.get("step")) == _int(self.summary.get("step")) else None
 
     @property
@@ -118,63 +130,113 @@ class RunFacts:
         return "+".join(files) or None
 
     @property
-    def metrics(self) -> dict[str, float]:
-        """Final evaluation metrics: summary.json's, updated by eval.json's when it counts."""
-        out = dict((self.summary or {}).get("metrics") or {})
-        out.update((self.later_evaluation or {}).get("metrics") or {})
-        return out
-
-    @property
-    def later_metrics(self) -> list[str]:
-        """Names of the metrics whose value comes from eval.json."""
-        return list(((self.later_evaluation or {}).get("metrics") or {}))
-
-    @property
     def eval_overrides(self) -> list[str]:
         """The ``--set`` overrides ``nls eval`` was given, as recorded in eval.json."""
         return [str(o) for o in (self.later_evaluation or {}).get("overrides") or []]
 
     @property
+    def _shared_overrides(self) -> list[str]:
+        """eval.json overrides of settings every evaluator reads (``eval.*``, ``extractor.*``)."""
+        return [o for o in self.eval_overrides if o.split("=", 1)[0].split(".")[0].strip() in SHARED_EVAL_BLOCKS]
+
+    @property
+    def dropped_evaluators(self) -> list[str]:
+        """summary.json's evaluators left out: eval.json changed settings they all read
+        (``eval.*``, ``extractor.*``) and did not run them again, so their values would describe
+        other settings than the ones compared."""
+        if not (self.summary and self.later_evaluation and self._shared_overrides):
+            return []
+        again = set((self.later_evaluation.get("evaluators") or {}))
+        return [k for k in (self.summary.get("evaluators") or {}) if k not in again]
+
+    @property
+    def evaluator_results(self) -> dict[str, dict]:
+        """{evaluator: its results}: summary.json's, where each evaluator that eval.json ran again
+        replaces its entry whole (so a metric it no longer reports is gone, not stale)."""
+        out = dict((self.summary or {}).get("evaluators") or {})
+        if self.summary and not out and self.summary.get("metrics"):  # a summary without the breakdown
+            out = {"summary": dict(self.summary["metrics"])}
+        for k in self.dropped_evaluators:
+            out.pop(k, None)
+        out.update((self.later_evaluation or {}).get("evaluators") or {})
+        return out
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Final evaluation metrics: the numbers of :attr:`evaluator_results`."""
+        from pipeline.evaluate import flatten
+
+        return flatten({k: v for k, v in self.evaluator_results.items() if isinstance(v, dict)})
+
+    @property
+    def later_metrics(self) -> list[str]:
+        """Names of the metrics whose value comes from eval.json."""
+        from pipeline.evaluate import flatten
+
+        ev = (self.later_evaluation or {}).get("evaluators") or {}
+        return list(flatten({k: v for k, v in ev.items() if isinstance(v, dict)}))
+
+    @property
     def eval_config(self) -> dict:
-        """config.yaml with eval.json's overrides applied: the settings the metrics were taken with.
+        """The settings the shown metrics were taken with: config.yaml, with the ``eval:`` and
+        ``extractor:`` blocks eval.json used and its evaluators merged by type as their results
+        are (:attr:`evaluator_results`). eval.json records its resolved blocks; for an older one
+        its overrides are applied to config.yaml (those that no longer apply are left out)."""
+        ev = self.later_evaluation
+        if not ev or not self.eval_overrides:
+            return self.config
+        used = ev.get("config")
+        if not isinstance(used, dict):
+            from pipeline.config import apply_overrides
+            from pipeline.types import ConfigError
 
-        Evaluators merge by type, as their metrics do: an evaluator eval.json re-ran replaces the
-        one of that type, and the others stay, since their metrics still come from summary.json.
-        Overrides that no longer apply to the file are left out."""
-        from pipeline.config import apply_overrides
-        from pipeline.types import ConfigError
-
-        cfg = self.config
-        for text in self.eval_overrides:
-            try:
-                cfg = apply_overrides(cfg, [text])
-            except ConfigError:
-                continue
-        if self.summary and cfg is not self.config:
-            by_type = {str(e.get("type")): e for e in self.config.get("evaluators") or [] if isinstance(e, dict)}
-            by_type.update({str(e.get("type")): e for e in cfg.get("evaluators") or [] if isinstance(e, dict)})
-            cfg["evaluators"] = list(by_type.values())
+            used = self.config
+            for text in self.eval_overrides:
+                try:
+                    used = apply_overrides(used, [text])
+                except ConfigError:
+                    continue
+        cfg = dict(self.config)
+        for block in SHARED_EVAL_BLOCKS:
+            if isinstance(used.get(block), dict):
+                cfg[block] = used[block]
+        keep = set(self.evaluator_results)
+        by_type = {str(e.get("type")): e for e in self.config.get("evaluators") or []
+                   if isinstance(e, dict) and str(e.get("type")) in keep}
+        by_type.update({str(e.get("type")): e for e in used.get("evaluators") or [] if isinstance(e, dict)})
+        cfg["evaluators"] = list(by_type.values())
         return cfg
 
     @property
-    def evaluation_note(self) -> Optional[str]:
-        """One sentence on where the metrics come from when eval.json is involved, else None."""
+    def evaluation_notes(self) -> list[str]:
+        """Sentences on where the metrics come from when eval.json is involved, and on files that
+        could not be read."""
+        out = [f"{name} is not valid JSON (damaged or cut off), so it was not read" for name in self.unreadable]
         ev = self.evaluation
-        if not ev:
-            return None
-        if self.later_evaluation is None:
-            return (f"eval.json was written at step {ev.get('step', '?')}, before the run was trained on to "
-                    f"step {self.step}; its metrics are not shown (run `nls eval {self.path}` again)")
-        sets = f" with {' '.join('--set ' + o for o in self.eval_overrides)}" if self.eval_overrides else ""
-        where = "" if self.summary else " (the run has no summary.json)"
-        return (f"{', '.join(self.later_metrics) or 'no metrics'} from eval.json, written by `nls eval` at step "
-                f"{ev.get('step', '?')}{sets}{where}")
+        if ev and _int(ev.get("step")) is None:
+            out.append(f"eval.json names no step ({ev.get('step')!r}), so its metrics are not shown")
+        elif ev and self.later_evaluation is None:
+            out.append(f"eval.json was written at step {ev.get('step')}, before the run was trained on to "
+                       f"step {self.step}; its metrics are not shown (run `nls eval {self.path}` again)")
+        elif ev:
+            sets = f" with {' '.join('--set ' + o for o in self.eval_overrides)}" if self.eval_overrides else ""
+            where = "" if self.summary else " (the run has no summary.json)"
+            out.append(f"{', '.join(self.later_metrics) or 'no metrics'} from eval.json, written by `nls eval` "
+                       f"at step {ev.get('step')}{sets}{where}")
+        if self.dropped_evaluators:
+            out.append(f"summary.json's {', '.join(self.dropped_evaluators)} results are not shown: they were "
+                       f"taken before eval.json's {' '.join('--set ' + o for o in self._shared_overrides)}")
+        return out
+
+    @property
+    def evaluation_note(self) -> Optional[str]:
+        """:attr:`evaluation_notes` as one paragraph, None when there is nothing to say."""
+        return "; ".join(self.evaluation_notes) or None
 
     @property
     def skipped(self) -> dict[str, str]:
         """Evaluators that did not run, with the reason (eval.json's entry replaces summary.json's)."""
-        ev = dict((self.summary or {}).get("evaluators") or {})
-        ev.update((self.later_evaluation or {}).get("evaluators") or {})
+        ev = self.evaluator_results
         return {k: v["skipped"] for k, v in ev.items() if isinstance(v, dict) and "skipped" in v}
 
     @property
@@ -184,19 +246,36 @@ class RunFacts:
         return {str(k): (v if isinstance(v, dict) else {"value": v, "source": ""}) for k, v in ref.items()}
 
     @property
+    def trained(self) -> bool:
+        """Training finished: summary.json says so, or a checkpoint holds step ``train.steps``
+        (a step only logged is not kept: resume starts again from the newest checkpoint)."""
+        ck = self.checkpoint_step
+        return self.complete or (ck is not None and self.steps is not None and ck >= int(self.steps))
+
+    @property
     def status(self) -> str:
         if self.complete:
             return str(self.summary.get("status", "complete"))
-        if self.evaluation:
-            return (f"evaluated by nls eval: no summary.json; trained to step {self.step} of {self.steps}, "
-                    f"metrics from eval.json (step {self.evaluation.get('step', '?')})")
         ck = "no checkpoint" if self.checkpoint_step is None else f"newest checkpoint at step {self.checkpoint_step}"
+        if self.later_evaluation:
+            done = "trained to the end" if self.trained else "training stopped early"
+            return (f"evaluated by nls eval, {done}: no summary.json; trained to step {self.step} of {self.steps}, "
+                    f"{ck}, metrics from eval.json (step {self.later_evaluation.get('step')})")
+        if self.trained:
+            return (f"trained, not evaluated: no summary.json (trained with --no-eval?); step {self.step} of "
+                    f"{self.steps}, {ck}")
         return f"incomplete: no summary.json; trained to step {self.step} of {self.steps}, {ck}"
 
     @property
     def short_status(self) -> str:
-        """One word for tables: complete, evaluated (eval.json metrics, no summary) or incomplete."""
-        return "complete" if self.complete else "evaluated" if self.evaluation else "incomplete"
+        """One word for tables: complete; evaluated (trained to the end, metrics from eval.json,
+        no summary); trained (to the end, not evaluated); or incomplete (stopped early, with or
+        without eval.json metrics of a checkpoint)."""
+        if self.complete:
+            return "complete"
+        if self.trained:
+            return "evaluated" if self.later_evaluation else "trained"
+        return "incomplete"
 
     def parameters(self) -> Optional[int]:
         """Trainable parameter count: summary.json's, else the numel of the newest checkpoint's
@@ -214,13 +293,20 @@ class RunFacts:
     def missing(self) -> list[str]:
         """What a finished, evaluated run would have and this one lacks, one sentence each."""
         out = []
-        if not self.complete:
+        if "summary.json" in self.unreadable:
+            out.append(f"summary.json: the file is not valid JSON (damaged or cut off); `nls resume {self.path}` "
+                       f"evaluates the run again and rewrites it")
+        elif not self.complete:
             how = (f"finish it from its newest checkpoint with `nls resume {self.path}`" if self.checkpoints
                    else "it cannot be resumed without a checkpoint")
+            if self.trained:
+                how = (f"evaluate it with `nls resume {self.path}`" if self.checkpoints
+                       else "it cannot be evaluated without a checkpoint")
             got = (f"; the metrics shown come from eval.json, written by `nls eval` at step "
-                   f"{self.evaluation.get('step', '?')}" if self.evaluation else "")
-            out.append(f"summary.json: the run stopped at step {self.step} of {self.steps} before evaluation "
-                       f"({how}){got}")
+                   f"{self.later_evaluation.get('step')}" if self.later_evaluation else "")
+            stop = (f"the run was trained to step {self.step} of {self.steps} but not evaluated" if self.trained
+                    else f"the run stopped at step {self.step} of {self.steps} before evaluation")
+            out.append(f"summary.json: {stop} ({how}){got}")
         if not self.log:
             out.append("metrics.jsonl: no training step was logged")
         if not self.checkpoints:
@@ -266,10 +352,12 @@ def read_run(path: Path) -> RunFacts:
     if not isinstance(config, dict):
         raise NLSError(f"{run.config_path} does not hold a mapping; is this a run folder made by "
                        f"`nls reconstruct`?")
-    return RunFacts(path=run.path, config=config, summary=run.read_json("summary.json"),
-                    log=run.read_metrics(), scene=run.read_json("scene.json"),
-                    plugins=run.read_json("plugins.json"), checkpoints=run.checkpoints(),
-                    evaluation=run.read_json("eval.json"))
+    files = {name: run.read_json(name) for name in ("summary.json", "scene.json", "plugins.json", "eval.json")}
+    unreadable = [n for n, d in files.items() if not isinstance(d, dict) and (run.path / n).exists()]
+    files = {n: d if isinstance(d, dict) else None for n, d in files.items()}
+    return RunFacts(path=run.path, config=config, summary=files["summary.json"], log=run.read_metrics(),
+                    scene=files["scene.json"], plugins=files["plugins.json"], checkpoints=run.checkpoints(),
+                    evaluation=files["eval.json"], unreadable=unreadable)
 
 
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
