@@ -227,7 +227,7 @@ def cmd_reconstruct(args) -> int:
     system = build_system(cfg, scene, device)
     from pipeline.evaluate import check_eval_split
 
-    check_eval_split(cfg, scene, system)  # before training, not after it (--no-eval runs are evaluated later)
+    check_eval_split(cfg, scene, system, overrides)  # before training, not after it (--no-eval: evaluated later)
 
     def new_run() -> RunDir:
         from pipeline.runs import atomic_write_text
@@ -342,9 +342,11 @@ def cmd_eval(args) -> int:
                            f"{key[0]!r} is part of the trained run (train a new run to change it)")
     ld = open_run(args, overrides=sets)
     if not ld.cfg.evaluators:
-        raise NLSError("nothing to evaluate: the run's config has no evaluators; give some with "
-                       "--set 'evaluators=[{type: psnr}, {type: chamfer}]'")
-    check_eval_split(ld.cfg, ld.scene, ld.system)
+        whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
+            else "the run's config has no evaluators"
+        raise NLSError(f"nothing to evaluate: {whose}; give some with "
+                       f"--set 'evaluators=[{{type: psnr}}, {{type: chamfer}}]'")
+    check_eval_split(ld.cfg, ld.scene, ld.system, sets)
     out = out or ld.run.path / "eval.json"
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     results = run_evaluators(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -77,9 +77,9 @@ class EvalContext:
 
 def missing_split_message(scene: SceneData, name: str, option: str) -> str:
     """'<option> = name: the scene has no such split (it has ...)', with how to choose another."""
-    if not scene.splits:
-        return (f"{option} = {name!r}: the scene has no posed images at all (a geometry or point-cloud "
-                f"scene), so there is nothing to render; export the surface with `nls export` instead")
+    if not scene.splits:  # no split would do, so the option (perhaps only its default) is not named
+        return ("this run's scene has no posed images at all (a geometry or point-cloud scene), so there "
+                "is nothing to render; export the surface with `nls export` instead")
     have = ", ".join(scene.splits)
     how = ("give one of them" if option == "--split" else
            "set eval.split to one of them in the scene file or with --set eval.split=NAME")
@@ -96,10 +96,15 @@ def check_can_render(scene: SceneData, system, split: str, option: str = "--spli
                        "export the surface with `nls export` instead")
 
 
-def check_eval_split(cfg: SceneConfig, scene: SceneData, system) -> None:
-    """Before training: a run that will render its eval split must name one the scene has."""
+def check_eval_split(cfg: SceneConfig, scene: SceneData, system, overrides: Sequence[str] = ()) -> None:
+    """Before training: a run that will render its eval split must name one the scene has. The
+    error names the ``--set`` among ``overrides`` that chose the split, else the scene file."""
+    from pipeline.config import parse_override
+
     if system.renderer is not None and scene.splits and cfg.eval.split not in scene.splits:
-        raise NLSError(f"{cfg.source}: " + missing_split_message(scene, cfg.eval.split, "eval.split"))
+        given = [o for o in overrides if parse_override(o)[0] in (["eval", "split"], ["eval"])]
+        where = f"--set {given[-1]} (on {cfg.source})" if given else cfg.source
+        raise NLSError(f"{where}: " + missing_split_message(scene, cfg.eval.split, "eval.split"))
 
 
 def render_split(ctx: EvalContext) -> list:

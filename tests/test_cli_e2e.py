@@ -217,7 +217,17 @@ def test_run_commands_on_a_file_say_it_is_not_a_run_folder(tmp_path):
 def test_an_eval_split_the_scene_lacks_fails_before_training(tiny_scene, nls, tmp_path):
     res = nls("reconstruct", str(tiny_scene()), "--set", "eval.split=val", "-o", str(tmp_path / "runs"))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert "eval.split = 'val': the scene has no such split (it has train, test)" in res.stderr, res.stderr
+    assert f"--set eval.split=val (on {tiny_scene()}): eval.split = 'val': the scene has no such split (it has " \
+           f"train, test)" in res.stderr, res.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("config.yaml"))
+
+
+def test_an_extractor_quantity_the_chain_lacks_fails_before_training(tiny_scene, nls, tmp_path):
+    scene = tiny_scene(extractor={"type": "marching_cubes", "resolution": 16})
+    res = nls("reconstruct", str(scene), "--set", "extractor.quantity=sdf", "-o", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "extractor.quantity = 'sdf', but the field chain produces only density, rgb, voxels; use quantity: " \
+           "auto or density" in res.stderr, res.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("config.yaml"))
 
 
@@ -328,7 +338,8 @@ def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_
                       ("evaluators=[{type: chamfer, bogus: 1}]", "evaluators.0.bogus")):
         typo = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", text)
         assert typo.returncode == 2 and f"{key}: unknown key" in typo.stderr, typo.stderr
-    for text, why in (("evaluators=[]", "nothing to evaluate"), ("eval.split=val", "eval.split = 'val'")):
+    for text, why in (("evaluators=[]", "nothing to evaluate: --set emptied the evaluators"),
+                      ("eval.split=val", "--set eval.split=val (on ")):
         res = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", text)
         assert res.returncode == 2 and why in res.stderr, res.stderr
     assert not (tmp_path / "x.json").exists()

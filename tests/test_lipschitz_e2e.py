@@ -48,6 +48,7 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
     assert res.returncode == 2 and "trained without images" in res.stderr and not (tmp_path / "c.ply").exists()
     res = nls("render", str(run), "-o", str(tmp_path / "r"))
     assert res.returncode == 2 and "no posed images" in res.stderr and "nls export" in res.stderr, res.stderr
+    assert "--split" not in res.stderr, res.stderr  # it was not given: no split would help
     assert not (tmp_path / "r").exists()  # refused before any folder was made
 
 

@@ -19,6 +19,8 @@ class MarchingCubes:
     ``lipschitz`` narrow band is exact only around one level).
     """
 
+    takes_auto = True  # quantity: auto picks sdf, occupancy or density, the first the chain produces
+
     def __init__(self, cfg: MarchingCubesConfig, produces: set[str], aabb, train_split=None):
         self.cfg = cfg
         self.produces = produces
@@ -29,8 +31,10 @@ class MarchingCubes:
     def quantity(self) -> str:
         if self.cfg.quantity != "auto":
             if self.cfg.quantity not in self.produces:
+                have = [q for q in ("sdf", "occupancy", "density") if q in self.produces]
                 raise NLSError(f"extractor.quantity = {self.cfg.quantity!r}, but the field chain produces "
-                               f"only {', '.join(sorted(self.produces))}")
+                               f"only {', '.join(sorted(self.produces))}; use quantity: "
+                               f"{' or '.join((['auto'] if self.takes_auto else []) + have)}")
             return self.cfg.quantity
         for q in ("sdf", "occupancy", "density"):
             if q in self.produces:
@@ -99,6 +103,8 @@ class UdfMarchingCubes(MarchingCubes):
     """``extract(chain, bbox, resolution=None, level=None) -> trimesh.Trimesh``: the single sheet of an
     unsigned field's minimum (``level``, when given, overrides the configured offset)."""
 
+    takes_auto = False
+
     def extract(self, chain, *, bbox: Optional[Sequence[float]] = None, resolution: Optional[int] = None,
                 level: Optional[float] = None, device="cpu"):
         import numpy as np
@@ -165,8 +171,12 @@ def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:
     if cfg.calibrate != "off" and ctx.scene is not None and (split is None or split.alphas is None):
         raise ConfigError(f"extractor.calibrate = {cfg.calibrate}: this scene's training images have no alpha "
                           f"channel to compare silhouettes with; set extractor.calibrate: off (and a fixed level)")
-    return MarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist(), split)
+    mc = MarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist(), split)
+    mc.quantity()  # a quantity the chain lacks is refused now, before training, not at export
+    return mc
 
 
 def build_udf_marching_cubes(cfg: UdfMarchingCubesConfig, ctx) -> UdfMarchingCubes:
-    return UdfMarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist())
+    mc = UdfMarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist())
+    mc.quantity()
+    return mc
