@@ -438,6 +438,23 @@ def test_step_phases_under_a_time_budget_warn(capsys):
     assert "max_seconds" not in capsys.readouterr().err
 
 
+def test_steps_ending_in_phase_1_warn(capsys):
+    """train.steps <= field.ngp_steps: V would never be trained, so training says so once at its
+    start; a budget that reaches phase 2 does not warn."""
+    data = _tiny_rs_scene(ngp_steps=8, voxel_steps=2)
+    data["train"] = {**data.get("train", {}), "steps": 8}
+    field = _system(data)[2].chain.field
+    assert "phase 1" not in capsys.readouterr().err  # building (render, export) does not warn
+    field.on_train_step(0)
+    err = capsys.readouterr().err
+    assert "train.steps = 8 ends within phase 1 (field.ngp_steps = 8)" in err and "never" in err, err
+    field.on_train_step(1)
+    assert "phase 1" not in capsys.readouterr().err
+    data["train"]["steps"] = 9
+    _system(data)[2].chain.field.on_train_step(0)
+    assert "phase 1" not in capsys.readouterr().err
+
+
 def test_each_phase_restarts_its_learning_rate():
     """V decays over phases 2-3 from its full rate; the appearance field over phase 1 and again over 3."""
     from pipeline.runs import RunDir

@@ -81,6 +81,7 @@ class VoxelOccupancyField(nn.Module):
         super().__init__()
         self.total_steps = total_steps  # train.steps: places the learning-rate restarts of the phases
         self._unchecked_time_budget = max_seconds  # train.max_seconds, checked once when training starts
+        self._schedule_checked = False  # train.steps against the phases, checked once when training starts
         from plugins.ngp.fields import DenseGridField, HashGridField
 
         self.cfg = cfg
@@ -115,6 +116,9 @@ class VoxelOccupancyField(nn.Module):
         if self._unchecked_time_budget is not None:
             self._warn_if_step_phases_meet(self._unchecked_time_budget)
             self._unchecked_time_budget = None
+        if not self._schedule_checked:
+            self._warn_if_steps_end_in_phase_1()
+            self._schedule_checked = True
         target = self.phase_at(step)
         if target < int(self.phase):
             target = int(self.phase)  # phases only advance (a time budget's fraction never goes back)
@@ -192,6 +196,20 @@ class VoxelOccupancyField(nn.Module):
                   f"{max_seconds:g} may end training first: later phases are then cut short or skipped, and "
                   f"their learning-rate restarts (placed in train.steps = {self.total_steps}) come late. Set "
                   f"field.ngp_fraction and field.voxel_fraction to place the phases in the time budget.",
+                  file=sys.stderr)
+
+    def _warn_if_steps_end_in_phase_1(self) -> None:
+        """train.steps within phase 1: V is never initialised or trained (rank 0 says so)."""
+        from pipeline.distributed import current
+
+        c = self.cfg
+        if c.ngp_fraction is None and self.total_steps is not None and self.total_steps <= c.ngp_steps \
+                and current().is_main:
+            print(f"warning: train.steps = {self.total_steps} ends within phase 1 (field.ngp_steps = {c.ngp_steps}): "
+                  f"the voxel grid V is never initialised from the NeRF nor trained, so the weak SDF, the mesh "
+                  f"and the rendered images come from its initial state. Give more steps than field.ngp_steps "
+                  f"(the paper's schedule also has field.voxel_steps = {c.voxel_steps} and a joint phase after), "
+                  f"or place the phases in the budget with field.ngp_fraction and field.voxel_fraction.",
                   file=sys.stderr)
 
     def phase_fractions(self) -> Optional[tuple[float, float]]:
