@@ -118,6 +118,9 @@ def test_report_is_self_contained_with_metrics_and_images(run, report):
     assert "resolved config (config.yaml)" in words
     assert str(summary["parameters"]) in words
     assert "Missing from this run folder" not in words
+    level = summary["metrics"]["mesh_level"]  # slices and mesh name the level the mesh was made at
+    assert f"black: the level the evaluated mesh was extracted at, {level:g}" in words, words
+    assert f"extracted at level {level:g}" in words
 
 
 def test_report_opens_offline_in_chromium(report):

@@ -243,9 +243,13 @@ def _slices(f: RunFacts, ld, load_error) -> str:
         else:
             aabb = ld.scene.aabb.detach().cpu().numpy().tolist()
             sl = field_slices(field_fn(ld, geo.quantity), aabb)
-            parts.append(H.img(slices_png(sl, aabb, geo.quantity, geo.level), "field slices",
+            # the level the evaluated mesh was extracted at (a calibrated one differs from the option)
+            level = f.metrics.get("mesh_level")
+            what = "the level the evaluated mesh was extracted at" if level is not None else "the extraction level"
+            level = geo.level if level is None else float(level)
+            parts.append(H.img(slices_png(sl, aabb, geo.quantity, level), "field slices",
                                caption=f"{geo.quantity} on the planes through the centre of the scene box "
-                                       f"(step {ld.step}); black: the extraction level {geo.level:g}"))
+                                       f"(step {ld.step}); black: {what}, {level:g}"))
     for d in slice_folders(f):
         for p in sorted(d.glob("*.png")):
             parts.append(H.img(p.read_bytes(), p.name, caption=f"{d.name}/{p.name} (written by the method's plugin)"))
@@ -278,9 +282,11 @@ def _mesh(f: RunFacts) -> str:
         try:
             mesh = load_mesh(mesh_path)
             gif = mesh_turntable_gif(mesh)
+            level = ((f.summary or {}).get("metrics") or {}).get("mesh_level")  # summary.json's mesh
+            at = f", extracted at level {float(level):g}" if level is not None and "mesh" in (f.summary or {}) else ""
             parts.append(H.img(gif, "mesh turntable", mime="image/gif",
                                caption=f"{mesh_path.relative_to(f.path)}: {len(mesh.vertices)} vertices, "
-                                       f"{len(mesh.faces)} faces, watertight={mesh.is_watertight}"))
+                                       f"{len(mesh.faces)} faces, watertight={mesh.is_watertight}{at}"))
         except (NLSError, ValueError) as exc:
             parts.append(H.missing(f"The mesh {mesh_path} could not be read: {exc}"))
     for vid in sorted((f.path / "renders").glob("turntable.*")):
