@@ -348,14 +348,16 @@ def cmd_eval(args) -> int:
                        f"--set 'evaluators=[{{type: psnr}}, {{type: chamfer}}]'")
     check_eval_split(ld.cfg, ld.scene, ld.system, sets)
     out = out or ld.run.path / "eval.json"
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
+    # its renders go beside the JSON, never over the ones training wrote into renders/
+    renders = out.parent / f"{out.stem}_renders" / ld.cfg.eval.split
+    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=renders)
     results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_SET_ROOTS}}
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
     return 0
 
 

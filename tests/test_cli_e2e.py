@@ -326,6 +326,12 @@ def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_
               "--set", "eval.chamfer_samples=5000", check=True)
     data = json.loads(out.read_text())
     assert "chamfer_l1_surface" in data["metrics"] and "psnr" not in data["metrics"], res.stdout
+    before_renders = sorted(p.name for p in (run / "renders").rglob("*"))
+    res = nls("eval", str(run), "-o", str(tmp_path / "tr.json"), "--set", "eval.split=train",
+              "--set", "eval.max_images=1", "--set", "evaluators=[{type: psnr}]", check=True)
+    assert f"and its renders to {tmp_path / 'tr_renders' / 'train'}" in res.stdout, res.stdout
+    assert len(list((tmp_path / "tr_renders" / "train").glob("*_pred_gt_depth.png"))) == 1
+    assert sorted(p.name for p in (run / "renders").rglob("*")) == before_renders  # training's renders untouched
     assert data["overrides"] == ["evaluators=[{type: chamfer, floor: false, surface: true}]", "eval.chamfer_samples=5000"]
     assert (run / "config.yaml").read_text() == before
     bad = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", "train.steps=5")
