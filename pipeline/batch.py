@@ -92,6 +92,14 @@ def _error_of(log_text: str, exit_code: Optional[int]) -> str:
     return f"exit code {exit_code}: " + " | ".join(tail) if tail else f"exit code {exit_code}, no output"
 
 
+def _threads_per_run(cpus: int, parallel: int) -> int:
+    """NLS_THREADS when set (each run inherits it), else this machine's cores shared by the runs."""
+    given = os.environ.get("NLS_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, cpus // parallel)
+
+
 def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: int = 0) -> SceneResult:
     """Run one scene in a child process; never raises for a failure of the scene itself."""
     from pipeline.distributed import clean_child_env
@@ -198,7 +206,7 @@ def cmd_batch(args) -> int:
     opts = BatchOptions(output=args.output, overrides=list(args.set or []), steps=args.steps,
                         device=args.device, plugins_dirs=list(args.plugins_dir or []), no_eval=args.no_eval,
                         scene_timeout=args.scene_timeout,
-                        threads=max(1, cpus // (jobs * max(1, info.local_world_size))))
+                        threads=_threads_per_run(cpus, jobs * max(1, info.local_world_size)))
     scenes = list(args.scenes)
     if info.enabled:  # torchrun: one gloo group only to agree on the folder and gather the results
         import torch

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.batch import RUN_FOLDER_LINE, _error_of
+from pipeline.batch import RUN_FOLDER_LINE, _error_of, _threads_per_run
 from tests.conftest import ROOT, run_nls
 from tests.test_distributed import PLUGINS, env, toy_yaml
 
@@ -22,6 +22,14 @@ def test_run_folder_and_error_are_read_from_a_child_log():
     assert RUN_FOLDER_LINE.findall(log)[0] == "/x/my runs/a/m/20260101-000000"
     assert _error_of("noise\nerror: scene file x.yaml does not exist\n", 2) == "scene file x.yaml does not exist"
     assert _error_of("Traceback\n  File x\nSegmentation fault\n", -11).startswith("exit code -11: ")
+
+
+def test_threads_per_run_follow_nls_threads(monkeypatch):
+    """What the batch prints per run is what each run gets: NLS_THREADS when set, else a share."""
+    monkeypatch.delenv("NLS_THREADS", raising=False)
+    assert _threads_per_run(16, 4) == 4 and _threads_per_run(2, 4) == 1
+    monkeypatch.setenv("NLS_THREADS", "3")
+    assert _threads_per_run(16, 4) == 3
 
 
 def _check_batch(out: Path, proc, good: list[str], bad: dict[str, str]) -> None:
