@@ -175,6 +175,8 @@ def comparison_table(results: Sequence[SceneResult], out_dir: Path, *, show: boo
     path.write_text(to_markdown(table))
     if show:
         print_rich(table)
+        for w in table.warnings:  # as `nls compare` prints them, and as compare.md holds them
+            print(f"warning: {w}", file=sys.stderr)
     return path
 
 
