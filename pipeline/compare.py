@@ -217,7 +217,7 @@ def print_rich(c: Comparison) -> None:
     t = Table(title="nls compare" + marks)
     t.add_column("")
     for lab in c.labels:
-        t.add_column(lab.replace("/", "\n"), justify="right")
+        t.add_column(lab.replace("/", "\n"), justify="right", overflow="fold")  # headers whole, folded
     for name, vals in c.rows:
         t.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
                           if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])

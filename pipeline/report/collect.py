@@ -221,10 +221,11 @@ class RunFacts:
         elif ev:
             sets = f" with {' '.join('--set ' + o for o in self.eval_overrides)}" if self.eval_overrides else ""
             where = "" if self.summary else " (the run has no summary.json)"
-            out.append(f"{', '.join(self.later_metrics) or 'no metrics'} from eval.json, written by `nls eval` "
-                       f"at step {ev.get('step')}{sets}{where}")
+            ran = list(ev.get("evaluators") or {})
+            what = f"{_and(ran)} results" if ran else "no results"
+            out.append(f"{what} from eval.json, written by `nls eval` at step {ev.get('step')}{sets}{where}")
         if self.dropped_evaluators:
-            out.append(f"summary.json's {', '.join(self.dropped_evaluators)} results are not shown: they were "
+            out.append(f"summary.json's {_and(self.dropped_evaluators)} results are not shown: they were "
                        f"taken before eval.json's {' '.join('--set ' + o for o in self._shared_overrides)}")
         return out
 
@@ -325,6 +326,11 @@ def count_parameters(state: dict) -> int:
     if n == 0:  # no optimiser state: every floating tensor of the model
         n = sum(int(v.numel()) for v in state.get("model", {}).values() if getattr(v, "is_floating_point", lambda: False)())
     return n
+
+
+def _and(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _int(v: Any) -> Optional[int]:
