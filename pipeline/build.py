@@ -56,8 +56,9 @@ def load_scene_data(cfg: SceneConfig, device) -> SceneData:
     return scene
 
 
-def build_system(cfg: SceneConfig, scene: SceneData, device):
-    """Instantiate field, certifier, density map, renderer and losses; move them to ``device``."""
+def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = True):
+    """Instantiate field, certifier, density map, renderer and (unless ``losses`` is False, for
+    commands that only use the trained model) the losses; move them to ``device``."""
     from pipeline.system import FieldChain, System
 
     ctx = BuildContext(cfg, device, scene, scene.aabb.float())
@@ -66,5 +67,5 @@ def build_system(cfg: SceneConfig, scene: SceneData, device):
     chain = FieldChain(built["field"], built["certifier"], built["density"])
     if cfg.stages.get("extractor"):
         cfg.stages["extractor"].build(ctx)  # its options are checked against the scene before any training
-    losses = {f"{i}_{c.name}": c.build(ctx) for i, c in enumerate(cfg.losses)}
-    return System(chain, built["renderer"], losses, scene.aabb).to(device)
+    terms = {f"{i}_{c.name}": c.build(ctx) for i, c in enumerate(cfg.losses)} if losses else {}
+    return System(chain, built["renderer"], terms, scene.aabb).to(device)

@@ -53,9 +53,10 @@ class Loaded:
     state: Optional[dict]
 
 
-def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = ()) -> Loaded:
+def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), train: bool = False) -> Loaded:
     """Rebuild a run from its folder: resolved config (with ``overrides``), scene, model and newest
-    checkpoint."""
+    checkpoint. The losses are built only to ``train`` on (render, export, eval and the viewers use
+    the model alone, and some losses take seconds to set up, e.g. hkr's labels)."""
     from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
     from pipeline.config import load_resolved
     from pipeline.distributed import rank_device
@@ -71,10 +72,11 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = ()) -
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
     scene = load_scene_data(cfg, device)
-    system = build_system(cfg, scene, device)
+    system = build_system(cfg, scene, device, losses=train)
     if state is not None:
+        model = state["model"] if train else {k: v for k, v in state["model"].items() if not k.startswith("losses.")}
         try:
-            system.load_state_dict(state["model"])
+            system.load_state_dict(model)
         except RuntimeError as exc:
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{str(exc).splitlines()[0]}") from None
@@ -256,7 +258,7 @@ def cmd_resume(args) -> int:
 
     from pipeline import distributed
 
-    ld = open_run(args)
+    ld = open_run(args, train=True)
     info = distributed.setup(ld.device, threads=ld.cfg.train.threads)  # torchrun: any number of processes
     distributed.check_same_config({"config": ld.cfg.to_dict(), "plugins": ld.host.versions(),
                                    "checkpoint_step": ld.step}, info, what="run config and checkpoint")
