@@ -54,3 +54,12 @@ def test_infer_with_a_missing_image_is_a_clear_error(run_dir, tmp_path, nls):
 
 def test_infer_is_listed_in_help(nls):
     assert "infer" in nls("--help").stdout
+
+
+def test_infer_on_a_run_of_another_field_names_its_field(tmp_path_factory, tmp_path, nls):
+    from tests.short_runs import short_run
+
+    run = short_run(tmp_path_factory, "dense_grid")
+    proc = nls("infer", str(run), str(tmp_path / "x.png"), "-o", str(tmp_path / "m.ply"))  # checked first
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "trained field 'dense_grid'" in proc.stderr and "DenseGridField" not in proc.stderr, proc.stderr

@@ -41,10 +41,13 @@ def cmd_infer(args) -> int:
     from pipeline.cli import open_run
     from pipeline.evaluate import EvalContext, extract
     from pipeline.mesh import export_mesh
-    from plugins.shapes.conditional import conditional_field
+    from plugins.shapes.conditional import ConditionalField, conditional_field
     from plugins.shapes.evaluate import shape_mesh
 
     ld = open_run(args)
+    if not isinstance(ld.system.chain.field, ConditionalField):  # name the run's field stage, not a class
+        raise NLSError(f"nls infer needs a run of an image-conditioned shape field (hypernet, deep_level_sets, "
+                       f"voxel_decoder, cond_mlp); {args.run_dir} trained field {ld.cfg.choice('field').name!r}")
     field = conditional_field(ld.system)
     ld.system.eval()
     size = field.image_size or 64
