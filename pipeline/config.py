@@ -239,11 +239,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node: Any = data
         for i, p in enumerate(parts[:-1]):
             if isinstance(node, list):
-                node = _list_item(node, p, parts[: i + 1], text)
-                continue
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
+                key: Any = _index(p, parts[: i + 1], text, len(node))
+            else:
+                key = p
+                if node.get(p) is None:
+                    node[p] = {}
+            if isinstance(node[key], str) and _is_stage_block(parts[: i + 1]):
+                node[key] = {"type": node[key]}  # the shorthand `field: dense_grid` is `{type: dense_grid}`
+            node = node[key]
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"--set {text}: {'.'.join(parts[:i + 1])} is a {type(node).__name__}, "
                                   f"not a mapping, so it has no key {parts[i + 1]!r}")
@@ -269,8 +272,9 @@ def _index(p: str, parts: list[str], text: str, n: int) -> int:
     return int(p)
 
 
-def _list_item(node: list, p: str, parts: list[str], text: str) -> Any:
-    return node[_index(p, parts, text, len(node))]
+def _is_stage_block(path: list[str]) -> bool:
+    """Whether ``path`` names a stage block (``field``, ``losses.0``), which may be a bare type name."""
+    return (len(path) == 1 and path[0] in SINGLE_STAGES) or (len(path) == 2 and path[0] in LIST_STAGES)
 
 
 def expand_vars(value: Any) -> Any:

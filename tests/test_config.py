@@ -56,6 +56,19 @@ def test_changing_a_block_type_drops_the_old_components_options(tmp_path, nls_ho
     assert load_scene(p, nls_host, ["field.type=dense_grid"]).choice("field").options.resolution == 40
 
 
+def test_overrides_reach_shorthand_blocks(tmp_path, nls_host):
+    """`field: dense_grid` and `losses: [photometric]` are `{type: ...}` blocks to --set as well."""
+    data = dict(TINY_SCENE, field="dense_grid", losses=["photometric"])
+    p = write(tmp_path, data)
+    cfg = load_scene(p, nls_host, ["losses.0.weight=2", "field.resolution=40"])
+    assert cfg.losses[0].options.weight == 2 and cfg.choice("field").options.resolution == 40
+    cfg = load_scene(p, nls_host, ["field.type=hash_grid", "field.n_levels=4", "losses.0.type=photometric"])
+    assert cfg.choice("field").name == "hash_grid" and cfg.choice("field").options.n_levels == 4
+    assert apply_overrides(data, ["field=hash_grid", "field.n_levels=4"])["field"] == {"type": "hash_grid", "n_levels": 4}
+    with pytest.raises(ConfigError, match="train.steps is a int, not a mapping"):
+        apply_overrides(TINY_SCENE, ["train.steps.x=1"])  # a plain value stays a plain value
+
+
 @pytest.mark.parametrize("override, needle", [
     ("train.steps", "expected KEY=VALUE"),
     ("losses.5.weight=1", r"indexes a list of 1 items; use an index 0..0, or give the whole list to add items, "
