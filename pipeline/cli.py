@@ -329,12 +329,30 @@ def cmd_export(args) -> int:
 EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
 
 
+#: files and folders of a run folder that only training writes (``nls eval -o`` may not replace them)
+RUN_RECORDS = ("config.yaml", "plugins.json", "scene.json", "cmd.txt", "metrics.jsonl", "summary.json",
+               "checkpoints", "renders", "meshes")
+
+
+def _refuse_run_record(out: Path, run_dir: Path) -> None:
+    """Refuse an output path that is, or lies inside, one of the run's own records."""
+    run_dir = run_dir.resolve()
+    target = out.resolve()
+    for name in RUN_RECORDS:
+        own = run_dir / name
+        if target == own or own in target.parents:
+            raise NLSError(f"-o {out}: that is the run's own {name}, which training wrote; give another file "
+                           f"(default: {run_dir / 'eval.json'})")
+
+
 def cmd_eval(args) -> int:
     from pipeline.config import parse_override
     from pipeline.evaluate import EvalContext, check_eval_split, flatten, run_evaluators
 
     from pipeline.runs import atomic_write_text, check_output_file
 
+    if args.output:
+        _refuse_run_record(Path(args.output), Path(args.run_dir))
     out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
     sets = args.set or []
     for text in sets:  # only what evaluation reads; the trained model stays as it was trained
@@ -352,10 +370,10 @@ def cmd_eval(args) -> int:
     out = out or ld.run.path / "eval.json"
     # its renders go beside the JSON, never over the ones training wrote into renders/
     renders = out.parent / f"{out.stem}_renders" / ld.cfg.eval.split
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=renders)
+    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=renders, progress=not args.quiet)
     results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
-    data = {"run": str(ld.run.path), "step": ld.step, "overrides": sets, "metrics": flatten(results),
+    data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_SET_ROOTS}}
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
@@ -493,10 +511,12 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON. --set may change "
                 "what evaluation reads (evaluators, eval.*, extractor.*), e.g. --set "
-                "'evaluators=[{type: psnr}, {type: chamfer, surface: true}]'; the trained model is never changed.")
-    c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json")
+                "'evaluators=[{type: psnr}]' --set eval.supersample=2; the trained model is never changed.")
+    c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json (the run's own records, "
+                   "such as summary.json, are refused); its renders go to <FILE stem>_renders/<split> beside it")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an evaluation option of the run's config (repeatable)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide",
                        description="List the loaded plugins (built-ins, installed entry points, --plugins-dir "

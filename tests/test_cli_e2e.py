@@ -344,6 +344,10 @@ def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_
                       ("evaluators=[{type: chamfer, bogus: 1}]", "evaluators.0.bogus")):
         typo = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", text)
         assert typo.returncode == 2 and f"{key}: unknown key" in typo.stderr, typo.stderr
+    for name in ("summary.json", "metrics.jsonl", "checkpoints/x.json"):  # the run's own records stay as trained
+        bad = nls("eval", str(run), "-o", str(run / name), "-q")
+        assert bad.returncode == 2 and "that is the run's own" in bad.stderr, bad.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
     for text, why in (("evaluators=[]", "nothing to evaluate: --set emptied the evaluators"),
                       ("eval.split=val", "--set eval.split=val (on ")):
         res = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", text)
