@@ -491,8 +491,9 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
     ray through each pixel centre. ``render_kwargs`` go to :func:`render_rays` (``aabb``,
     ``step_size``, ``grid``, ``background``, ...).
 
-    Returns rgb (H,W,3), opacity (H,W,1), depth and depth_median (H,W,1) (means over the
-    sub-pixel rays) and ``num_samples`` (int, over all rays).
+    Returns rgb (H,W,3), opacity (H,W,1) (means over the sub-pixel rays), depth and
+    depth_median (H,W,1) (their means weighted by each sub-ray's opacity, so rays that miss do
+    not count) and ``num_samples`` (int, over all rays).
     """
     W, H = int(cameras.width), int(cameras.height)
     device, dtype = cameras.c2w.device, cameras.c2w.dtype
@@ -514,9 +515,13 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
                 out = render_rays(o, d, radiance_fn, with_median=True, **render_kwargs)
                 rgb[s:e] += out["rgb"] / len(offsets)
                 opacity[s:e] += out["opacity"] / len(offsets)
-                depth[s:e] += out["depth"] / len(offsets)
-                depth_median[s:e] += out["depth_median"] / len(offsets)
+                # depths weighted by opacity: a sub-ray that misses (depth 0) must not pull the
+                # pixel towards the camera, so the pixel holds E[t | termination] over its sub-rays
+                depth[s:e] += out["depth"] * out["opacity"]
+                depth_median[s:e] += out["depth_median"] * out["opacity"]
                 num_samples += int(out["num_samples"])
+    total = (opacity * len(offsets)).clamp_min(torch.finfo(dtype).eps)  # sum of the sub-rays' opacities
+    depth, depth_median = depth / total, depth_median / total
     return {"rgb": rgb.reshape(H, W, 3), "opacity": opacity.reshape(H, W, 1),
             "depth": depth.reshape(H, W, 1), "depth_median": depth_median.reshape(H, W, 1),
             "num_samples": num_samples}

@@ -297,6 +297,27 @@ def test_sphere_tracing_renderer_component(sphere_fields, nls_host):
     assert cos.min() > 0.9
 
 
+def test_sphere_tracing_supersampled_depth_at_the_silhouette(nls_host):
+    """With 2x2 sub-rays, an edge pixel's depth is that of its sub-rays that hit the analytic sphere
+    (between the nearest point and the limb), not pulled towards the camera by those that miss."""
+    from pipeline.types import Cameras
+
+    comp = nls_host.component("renderer", "sphere_tracing")
+    tracer = comp.build(comp.config_class()(), None)
+    c2w = torch.eye(4)
+    c2w[2, 3] = 1.5
+    cams = Cameras(c2w=c2w[None], fx=torch.tensor([20.0]), fy=torch.tensor([20.0]),
+                   cx=torch.tensor([12.0]), cy=torch.tensor([12.0]), width=24, height=24)
+    sdf = sphere_sdf((0, 0, 0), R)
+    out = tracer.render_image(cams, 0, lambda x, _d: {"sdf": sdf(x)}, supersample=2)
+    o = out["opacity"][..., 0]
+    edge = (o > 0) & (o < 1)
+    assert edge.sum() > 8
+    limb = math.sqrt(1.5**2 - R**2)  # the farthest a ray that touches the sphere travels
+    d = out["depth"][..., 0][edge]
+    assert d.min() > 1.5 - R - 1e-2 and d.max() < limb + 1e-2, (d.min(), d.max())
+
+
 def test_hkr_objective_adds_the_surface_term_only_when_weighted():
     from plugins.lipschitz.losses import hkr_loss, hkr_objective
 

@@ -276,6 +276,32 @@ def test_render_image_chunks_match_single_pass():
     assert not small["rgb"].requires_grad
 
 
+def test_supersampled_depth_at_a_silhouette_ignores_the_sub_rays_that_miss():
+    """A pixel on the edge of a half-slab (x < 0): two of its 2x2 sub-rays cross the slab, two miss.
+    Its depth is theirs (opacity-weighted), not pulled halfway to the camera by the misses."""
+    from pipeline.rays import pixel_rays, subpixel_offsets
+
+    def half_slab(x, d):
+        rgb, sigma = slab_radiance(x, d)
+        return rgb, torch.where(x[:, 0] < 0, sigma, torch.zeros_like(sigma))
+
+    c2w = torch.eye(4)
+    c2w[2, 3] = 2.0
+    cams = Cameras(c2w=c2w[None], fx=torch.tensor([8.0]), fy=torch.tensor([8.0]),
+                   cx=torch.tensor([3.5]), cy=torch.tensor([2.5]), width=7, height=5)
+    img = render_image(cams, 0, half_slab, supersample=2, aabb=AABB, step_size=STEP)
+    u = torch.tensor([3.5]) + torch.tensor([du for du, _ in subpixel_offsets(2)])
+    v = torch.tensor([2.5]) + torch.tensor([dv for _, dv in subpixel_offsets(2)])
+    o, d = pixel_rays(cams, torch.zeros(4, dtype=torch.long), u, v)
+    sub = render_rays(o, d, half_slab, aabb=AABB, step_size=STEP, with_median=True)
+    hit = sub["opacity"][:, 0] > 0.5
+    assert hit.sum() == 2  # the edge splits the pixel
+    for k in ("depth", "depth_median"):
+        want = sub[k][hit].mean().item()
+        assert img[k][2, 3, 0].item() == pytest.approx(want, rel=1e-5), k
+    assert img["opacity"][2, 3, 0].item() == pytest.approx(sub["opacity"].mean().item(), rel=1e-5)
+
+
 def test_cuda_path_matches_torch_path():
     if not torch.cuda.is_available():
         reason = "no CUDA device: the nerfacc CUDA path (OccGridEstimator.sampling) was not tested"

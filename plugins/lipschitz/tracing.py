@@ -212,7 +212,8 @@ class SphereTracer(nn.Module):
         """Full image of camera ``i``: rgb (H,W,3), opacity (H,W,1), depth (H,W,1), normals, steps (H,W).
 
         ``supersample`` s traces s x s sub-pixel rays per pixel: floating-point outputs are their
-        means, integer counts (``num_samples``) their sums, other per-ray outputs (``steps``,
+        means (``depth`` weighted by the hit mask, so sub-rays that miss do not pull it towards the
+        camera), integer counts (``num_samples``) their sums, other per-ray outputs (``steps``,
         ``passed_field``) those of the first sub-pixel ray."""
         from pipeline.rays import image_pixel_coords, pixel_rays, subpixel_offsets
 
@@ -223,6 +224,7 @@ class SphereTracer(nn.Module):
         acc: dict = {}
         for du, dv in offsets:
             out = self.render_rays(*pixel_rays(cameras, cam, u + du, v + dv), chain)
+            out["depth"] = out["depth"] * out["opacity"] * len(offsets)  # summed here, divided below
             for k, val in out.items():
                 if k not in acc:
                     acc[k] = val / len(offsets) if torch.is_tensor(val) and val.is_floating_point() else val
@@ -230,6 +232,7 @@ class SphereTracer(nn.Module):
                     acc[k] = acc[k] + val / len(offsets)
                 elif isinstance(val, int):
                     acc[k] = acc[k] + val
+        acc["depth"] = acc["depth"] / (acc["opacity"] * len(offsets)).clamp_min(1e-12)
         return {k: (v.reshape(H, W, -1) if torch.is_tensor(v) and v.dim() > 1 else
                     v.reshape(H, W) if torch.is_tensor(v) and v.dim() == 1 else v) for k, v in acc.items()}
 
