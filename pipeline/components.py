@@ -53,14 +53,23 @@ class ComponentConfig(BaseModel):
 Factory = Union[str, Callable[..., Any]]
 
 
-def load_object(ref: Factory) -> Any:
-    """Resolve a ``"package.module:attr"`` reference (or return a callable unchanged)."""
+def load_object(ref: Factory, what: str = "") -> Any:
+    """Resolve a ``"package.module:attr"`` reference (or return a callable unchanged). A reference
+    that does not resolve raises :class:`PluginError` naming it and ``what`` refers to it."""
     if not isinstance(ref, str):
         return ref
+    from pipeline.types import PluginError, tracing_plugins
+
     module, _, attr = ref.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split(".") if attr else ():
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except Exception as exc:  # ImportError, AttributeError, or the module's own error on import
+        if tracing_plugins():
+            raise
+        raise PluginError(f"{what or 'reference'} {ref!r} cannot be loaded: {type(exc).__name__}: {exc}"
+                          f" (NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
     return obj
 
 
@@ -88,11 +97,27 @@ class Component:
     description: str = ""
     plugin: str = ""
 
+    def _where(self) -> str:
+        return f"{self.stage} {self.name!r} of plugin {self.plugin or '?'}"
+
     def config_class(self) -> type[ComponentConfig]:
-        return load_object(self.config)
+        return load_object(self.config, f"the config class of {self._where()}")
 
     def build(self, options: ComponentConfig, ctx: Any = None) -> Any:
-        return load_object(self.factory)(options, ctx)
+        """``factory(options, ctx)``; an exception of the factory's own (not an :class:`NLSError`)
+        becomes a :class:`PluginError` naming this component."""
+        from pipeline.types import NLSError, PluginError, tracing_plugins
+
+        factory = load_object(self.factory, f"the factory of {self._where()}")
+        try:
+            return factory(options, ctx)
+        except NLSError:
+            raise
+        except Exception as exc:
+            if tracing_plugins():
+                raise
+            raise PluginError(f"{self._where()} failed while being built: {type(exc).__name__}: {exc} "
+                              f"(NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
 
     def fits(self, available: set[str]) -> bool:
         return not self.consumes or any(alt <= available for alt in self.consumes)

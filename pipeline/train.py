@@ -196,8 +196,29 @@ class TrainStep(nn.Module):
         if "origins" in batch and system.renderer is not None:
             out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
                                               background=background)
-        terms = {name: loss(batch, out, system) for name, loss in system.losses.items()}
+        terms = {name: _loss_term(name, loss, batch, out, system) for name, loss in system.losses.items()}
         return terms, out
+
+
+def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
+    """One loss term, checked to be a scalar tensor; an exception of the loss's own becomes a
+    :class:`PluginError` naming it (``NLS_TRACE_PLUGINS=1`` keeps the traceback)."""
+    from pipeline.types import PluginError, tracing_plugins
+
+    try:
+        value = loss(batch, out, system)
+    except NLSError:
+        raise
+    except Exception as exc:
+        if tracing_plugins():
+            raise
+        raise PluginError(f"loss {name} ({type(loss).__name__}) failed: {type(exc).__name__}: {exc} "
+                          f"(NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
+    if not torch.is_tensor(value) or value.numel() != 1:
+        got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
+        raise PluginError(f"loss {name} ({type(loss).__name__}) returned {got}; a loss returns one scalar "
+                          f"tensor (reduce it, e.g. with .mean())")
+    return value.reshape(())
 
 
 def window_fraction(fraction: float, windows: Optional[list] = None) -> float:

@@ -115,3 +115,17 @@ class DataError(NLSError):
 
 class CheckpointError(NLSError):
     """A checkpoint is missing, truncated or does not match the run."""
+
+
+class PluginError(NLSError):
+    """A plugin's component failed with an exception of its own: the message names the plugin, the
+    component and the exception (``NLS_TRACE_PLUGINS=1`` lets the traceback through)."""
+
+    exit_code = 1
+
+
+def tracing_plugins() -> bool:
+    """Whether ``NLS_TRACE_PLUGINS`` is set: plugin calls are traced and their tracebacks kept."""
+    import os
+
+    return os.environ.get("NLS_TRACE_PLUGINS", "") not in ("", "0")
