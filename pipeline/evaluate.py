@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from pipeline.config import SceneConfig
 from pipeline.runs import RunDir
-from pipeline.types import NLSError, SceneData
+from pipeline.types import NLSError, PluginError, SceneData
 
 
 def to_uint8(img) -> np.ndarray:
@@ -166,11 +167,41 @@ def run_evaluators(ctx: EvalContext) -> dict:
             results[choice.name] = {"skipped": "scene has no ground-truth mesh"}
             continue
         try:
-            results[choice.name] = choice.build(bctx)(ctx)
+            results[choice.name] = _checked_results(choice, _call_evaluator(choice, choice.build(bctx), ctx))
+        except PluginError:
+            raise  # a broken plugin is not a skipped evaluation
         except NLSError as exc:  # e.g. an empty level set after a very short run
             print(f"evaluator {choice.name}: skipped, {exc}", file=sys.stderr)
             results[choice.name] = {"skipped": str(exc)}
     return results
+
+
+def _call_evaluator(choice, evaluator, ctx) -> Any:
+    """``evaluator(ctx)``; an exception of its own becomes a :class:`PluginError` naming it."""
+    from pipeline.types import tracing_plugins
+
+    try:
+        return evaluator(ctx)
+    except NLSError:
+        raise
+    except Exception as exc:
+        if tracing_plugins():
+            raise
+        raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} failed: "
+                          f"{type(exc).__name__}: {exc} (NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
+
+
+def _checked_results(choice, res: Any) -> dict:
+    """An evaluator's results as JSON can hold them: a mapping, with NaN/inf replaced by null
+    (strict JSON has neither) and said so on stderr."""
+    if not isinstance(res, dict):
+        raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} returned "
+                          f"{type(res).__name__}; an evaluator returns a mapping {{metric: value}}")
+    bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        print(f"warning: evaluator {choice.name}: {', '.join(f'{k} = {res[k]}' for k in bad)} is not finite; "
+              f"recorded as null", file=sys.stderr)
+    return {k: (None if k in bad else v) for k, v in res.items()}
 
 
 def flatten(results: dict) -> dict:

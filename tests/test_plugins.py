@@ -238,3 +238,29 @@ def test_a_broken_plugin_component_is_named_without_a_traceback(tiny_scene, tmp_
     if loss != "vec":  # an exception of the plugin's own: tracing lets it through
         traced = nls(*args, env={"NLS_TRACE_PLUGINS": "1"})
         assert traced.returncode != 0 and "Traceback" in traced.stderr
+
+
+NAN_EVALUATOR = '''
+from pipeline.hookspecs import hookimpl
+
+@hookimpl
+def nls_register_evaluators(register):
+    register("nan_eval", lambda cfg, ctx: (lambda c: {"good": 1.5, "bad": float("nan"), "label": "text"}),
+             description="one NaN")
+    register("list_eval", lambda cfg, ctx: (lambda c: [1.0]), description="not a mapping")
+'''
+
+
+def test_evaluator_results_are_checked(tiny_scene, tmp_path, nls):
+    """NaN is recorded as null (summary.json stays strict JSON, with a warning); an evaluator that
+    returns no mapping is a plugin error naming it."""
+    (tmp_path / "naneval.py").write_text(NAN_EVALUATOR)
+    base = ["reconstruct", str(tiny_scene()), "--plugins-dir", str(tmp_path), "-q", "--steps", "2"]
+    res = nls(*base, "-o", str(tmp_path / "a"), "--set", "evaluators=[{type: nan_eval}]", check=True)
+    assert "evaluator nan_eval: bad = nan is not finite; recorded as null" in res.stderr, res.stderr
+    text = next((tmp_path / "a").rglob("summary.json")).read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+    assert summary["evaluators"]["nan_eval"] == {"good": 1.5, "bad": None, "label": "text"}
+    assert summary["metrics"] == {"good": 1.5}
+    res = nls(*base, "-o", str(tmp_path / "b"), "--set", "evaluators=[{type: list_eval}]")
+    assert res.returncode == 1 and "evaluator 'list_eval' of plugin naneval returned list" in res.stderr, res.stderr
