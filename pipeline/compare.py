@@ -40,7 +40,8 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     evaluators report next to them (sample counts, mesh level, bounds).
 
     Best values are marked only among runs on one scene, and only for runs whose training
-    finished; time is compared only when the runs had the same training budget."""
+    finished; time only when the runs had the same training budget, and metrics only when they
+    were taken with the same scene, evaluation and (within one method) extractor settings."""
     if len(paths) < 1:
         raise NLSError("nls compare needs at least one RUN_DIR (two or more to compare)")
     runs = [read_run(Path(p)) for p in paths]
@@ -60,10 +61,12 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     for m in metric_names:
         rows.append((m, [r.metrics.get(m) for r in runs]))
     best = {}
+    warnings = comparability_warnings(runs, labels)
     finished = {i for i, r in enumerate(runs) if r.trained and r.metrics}
     same_budget = not _differing([_budget(r) for r in runs])
+    metrics_comparable = not any(w.endswith(UNMARKED) for w in warnings)
     for name, vals in rows if len({r.name for r in runs}) == 1 else ():  # no best across scenes
-        if name == "train_seconds" and not same_budget:
+        if (name == "train_seconds" and not same_budget) or (name in metric_names and not metrics_comparable):
             continue
         direction = "lower" if name in ("train_seconds", "parameters") else better(name)
         # a run stopped early is neither "fastest" nor "best": only finished runs compete
@@ -72,7 +75,7 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
-    return Comparison(runs, labels, rows, best, comparability_warnings(runs, labels) + run_notes(runs, labels))
+    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels))
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:
@@ -95,9 +98,14 @@ def _budget(r: RunFacts) -> dict:
     return {k: train.get(k) for k in ("steps", "max_seconds")}
 
 
+#: appended to a difference that makes the metrics incomparable
+UNMARKED = ", so no metric is marked best"
+
+
 def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
     """Sentences naming what differs between the runs' scenes, training budgets and evaluation
-    settings (with ``nls eval --set`` overrides applied), and which runs did not finish."""
+    settings (with ``nls eval --set`` overrides applied), and which runs did not finish. Those
+    that make the metrics incomparable end with :data:`UNMARKED`."""
     out = []
     if len(runs) < 2:
         return out
@@ -111,7 +119,7 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
                    f"comparable, so no best value is marked")
     diff = _differing([r.config.get("scene") or {} for r in runs])
     if diff:
-        out.append("the scene settings differ: " + _describe(diff, labels))
+        out.append("the scene settings differ: " + _describe(diff, labels) + UNMARKED)
     diff = _differing([_budget(r) for r in runs])
     if diff:
         out.append("the training budgets differ, so train_seconds is not marked: " + _describe(diff, labels, "train."))
@@ -119,13 +127,13 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
     for block in EVAL_BLOCKS:
         diff = _differing([c.get(block) or {} for c in configs])
         if diff:
-            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, labels))
+            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, labels) + UNMARKED)
     extractors = [c.get("extractor") or {} for c in configs]
     # between methods the extractor is part of the method; within one method its options matter
     if len({r.method for r in runs}) == 1 and len({json.dumps(e.get("type")) for e in extractors}) == 1:
         diff = _differing(extractors)
         if diff:
-            out.append("the extractor settings differ: " + _describe(diff, labels))
+            out.append("the extractor settings differ: " + _describe(diff, labels) + UNMARKED)
     evs = [{str(e.get("type")): e for e in (c.get("evaluators") or []) if isinstance(e, dict)}
            for c in configs]
     partial = sorted({t for e in evs for t in e} - set.intersection(*(set(e) for e in evs)))
@@ -134,7 +142,7 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
             f"{t} only in {', '.join(lab for lab, e in zip(labels, evs) if t in e)}" for t in partial))
     ev = _differing([{t: b for t, b in e.items() if t not in partial} for e in evs])
     if ev:
-        out.append("the evaluator options differ: " + _describe(ev, labels))
+        out.append("the evaluator options differ: " + _describe(ev, labels) + UNMARKED)
     stopped = [f"{lab} (step {r.step} of {r.steps}" + (f", newest checkpoint at step {r.checkpoint_step})"
                                                         if r.checkpoint_step != r.step else ")")
                for lab, r in zip(labels, runs) if not r.trained]

@@ -154,7 +154,8 @@ def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path
     table, warnings = compare()
     assert table["psnr"] == ev["metrics"]["psnr"] and table["ssim"] is None
     assert table["chamfer_l1"] == summary["metrics"]["chamfer_l1"] and table["status"] == "complete"
-    assert "the evaluator options differ: psnr.ssim = True (dense_grid), False (hash_grid)" in warnings, warnings
+    assert "the evaluator options differ: psnr.ssim = True (dense_grid), False (hash_grid), so no metric is " \
+           "marked best" in warnings, warnings
     assert not any("evaluators differ" in w or "chamfer." in w for w in warnings), warnings
     assert "hash_grid: psnr results from eval.json, written by `nls eval` at step 100 with --set " \
            "evaluators=[{type: psnr, ssim: false}]" in warnings, warnings
@@ -270,6 +271,8 @@ def test_compare_warns_when_budgets_or_extractor_settings_differ(runs, nls, tmp_
     ws = data["warnings"]
     assert f"the training budgets differ, so train_seconds is not marked: train.steps = 100 ({a}), 200 ({b})" in ws, ws
     assert "train_seconds" not in data["best"] and "parameters" in data["best"]
-    assert f"the extractor settings differ: resolution = {res} ({a}), {res + 16} ({b})" in ws, ws
+    assert f"the extractor settings differ: resolution = {res} ({a}), {res + 16} ({b}), so no metric is marked " \
+           f"best" in ws, ws
+    assert "psnr" not in data["best"] and "chamfer_l1" not in data["best"]
     data = json.loads(nls("compare", str(runs[0]), str(other), "--json", check=True).stdout)
     assert not any("extractor" in w for w in data["warnings"]), data["warnings"]
