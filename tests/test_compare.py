@@ -165,6 +165,7 @@ def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path
     nls("report", str(done), "-o", str(out), "--no-model", check=True)
     page = out.read_text()
     assert "psnr (eval.json)" in page and "chamfer_l1 (eval.json)" not in page and ">ssim<" not in page
+    assert "eval_renders/test/" in page  # the renders that PSNR was computed from
     assert "Where the metrics come from: psnr results from eval.json" in page
 
     # 2. an eval.* override: chamfer's summary.json results were taken with other settings

@@ -151,7 +151,15 @@ def _curves(f: RunFacts) -> str:
 
 
 def _side_by_sides(f: RunFacts) -> list[Path]:
-    split = (f.config.get("eval") or {}).get("split", "test")
+    """The renders the image metrics shown were computed from: eval_renders/<split> when those
+    metrics come from eval.json (``nls eval`` writes there), else training's renders/<split>."""
+    split = (f.eval_config.get("eval") or {}).get("split", "test")
+    later = f.later_evaluation and any(isinstance(v, dict) and "psnr" in v
+                                       for v in (f.later_evaluation.get("evaluators") or {}).values())
+    if later:
+        found = sorted((f.path / "eval_renders" / split).glob("*_pred_gt_depth.png"))
+        if found:
+            return found
     found = sorted((f.path / "renders" / split).glob("*_pred_gt_depth.png"))
     return found or sorted((f.path / "renders").glob("*/*_pred_gt_depth.png"))
 
@@ -183,8 +191,8 @@ def _split_renders(f: RunFacts, files: list[Path], ld, load_error) -> str:
         for p in files[:MAX_RENDER_PAIRS]:
             pred, gt, depth = split_side_by_side(iio.imread(p))
             parts.append(H.img(comparison_png(pred, gt, depth), p.name,
-                               caption=f"{p.parent.name}/{p.name}: prediction, ground truth, per-pixel "
-                                       f"error, depth"))
+                               caption=f"{p.parent.parent.name}/{p.parent.name}/{p.name}: prediction, "
+                                       f"ground truth, per-pixel error, depth"))
         if len(files) > MAX_RENDER_PAIRS:
             parts.append(f"<p class=\"sub\">{len(files) - MAX_RENDER_PAIRS} more in {H.esc(files[0].parent)}</p>")
         return "\n".join(parts)
