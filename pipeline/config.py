@@ -450,11 +450,14 @@ def check_chain(cfg: SceneConfig, host) -> None:
         if not comp.fits(available):
             fitting = [c for c in host.components(stage) if c.fits(available)]
             fit_text = ", ".join(f"{c.name} (plugin {c.plugin})" for c in fitting) or "none"
+            listed = {"loss": "losses", "evaluator": "evaluators"}.get(stage)
+            fix = (f"Or remove it from {listed}:, or change the stages so that the chain produces what it needs."
+                   if listed else "Or add a stage that produces what is missing (e.g. a certifier for "
+                   "occupancy->sdf, a density map for sdf->density).")
             raise ConfigError(
                 f"{cfg.source}: {stage} {comp.name!r} needs {comp.consumes_text()}, but the chain "
                 f"before it only provides {', '.join(sorted(available)) or 'nothing'}. "
-                f"{stage} types that fit here: {fit_text}. Or add a stage that produces what is missing "
-                f"(e.g. a certifier for occupancy->sdf, a density map for sdf->density).")
+                f"{stage} types that fit here: {fit_text}. {fix}")
         available |= set(comp.produces)
 
 

@@ -216,3 +216,14 @@ def test_old_run_config_with_removed_option_still_loads(tmp_path, nls_host, caps
     assert "train.option_from_an_old_version" in capsys.readouterr().err
     with pytest.raises(ConfigError):  # a scene file written by a user stays strict
         load_scene(write(tmp_path, data), nls_host)
+
+
+def test_a_loss_the_chain_cannot_feed_suggests_removing_it(nls_host):
+    """The README's type switch: csg_dense's tv loss needs voxels, which a hash grid has not."""
+    from tests.conftest import ROOT
+
+    scene = ROOT / "scenes" / "csg_dense.yaml"
+    with pytest.raises(ConfigError, match="loss 'tv' needs voxels.*Or remove it from losses:"):
+        load_scene(scene, nls_host, ["field.type=hash_grid"])
+    cfg = load_scene(scene, nls_host, ["field.type=hash_grid", "losses=[{type: photometric}]"])
+    assert cfg.choice("field").name == "hash_grid" and [c.name for c in cfg.losses] == ["photometric"]
