@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Optional, get_args
 
 
@@ -70,15 +71,17 @@ def first_paragraph(text: Optional[str]) -> str:
 def print_options(con, c: dict) -> None:
     """One component's options, as ``--help`` lists them: ``name: type = default``, then the help
     indented below it, wrapped to the console's width."""
-    import textwrap
 
     from rich.markup import escape
 
+    width = max(40, con.width - 1)
     con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] options:", highlight=False)
-    for name, o in c["options"].items():
-        con.print(escape(f"  {name}: {o['type']} = {o['default']}"), highlight=False, soft_wrap=True)
+    for name, o in c["options"].items():  # long defaults (nested blocks) wrap under the name
+        head = textwrap.fill(f"{name}: {o['type']} = {o['default']}", width=width, initial_indent="  ",
+                             subsequent_indent=" " * 8, break_on_hyphens=False, break_long_words=False)
+        con.print(escape(head), highlight=False, soft_wrap=True)
         if o["help"]:
-            text = textwrap.fill(o["help"], width=max(40, con.width - 1), initial_indent=" " * 6,
+            text = textwrap.fill(o["help"], width=width, initial_indent=" " * 6,
                                  subsequent_indent=" " * 6, break_on_hyphens=False)
             con.print(escape(text), highlight=False, soft_wrap=True)
     con.print()
@@ -111,7 +114,9 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
             table.add_row(c["stage"], c["name"], consumes, ", ".join(c["produces"]) or "-",
                           escape(first_paragraph(c["description"])))
         con.print(table)
-        con.print(f"  hooks: {', '.join(p['hooks'])}\n")
+        con.print(textwrap.fill(f"hooks: {', '.join(p['hooks'])}", width=max(40, con.width - 1), initial_indent="  ",
+                                subsequent_indent=" " * 9, break_on_hyphens=False) + "\n",
+                  highlight=False, soft_wrap=True)
         for c, _ in rows if show_all else ():
             if c.get("options"):
                 print_options(con, c)
