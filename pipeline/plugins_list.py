@@ -71,7 +71,6 @@ def first_paragraph(text: Optional[str]) -> str:
 def print_options(con, c: dict) -> None:
     """One component's options, as ``--help`` lists them: ``name: type = default``, then the help
     indented below it, wrapped to the console's width."""
-
     from rich.markup import escape
 
     width = max(40, con.width - 1)
