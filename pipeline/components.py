@@ -58,18 +58,13 @@ def load_object(ref: Factory, what: str = "") -> Any:
     that does not resolve raises :class:`PluginError` naming it and ``what`` refers to it."""
     if not isinstance(ref, str):
         return ref
-    from pipeline.types import PluginError, tracing_plugins
+    from pipeline.types import plugin_errors
 
     module, _, attr = ref.partition(":")
-    try:
+    with plugin_errors(f"{what or 'reference'} {ref!r} cannot be loaded"):  # ImportError, AttributeError, ...
         obj = importlib.import_module(module)
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
-    except Exception as exc:  # ImportError, AttributeError, or the module's own error on import
-        if tracing_plugins():
-            raise
-        raise PluginError(f"{what or 'reference'} {ref!r} cannot be loaded: {type(exc).__name__}: {exc}"
-                          f" (NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
     return obj
 
 
@@ -106,18 +101,11 @@ class Component:
     def build(self, options: ComponentConfig, ctx: Any = None) -> Any:
         """``factory(options, ctx)``; an exception of the factory's own (not an :class:`NLSError`)
         becomes a :class:`PluginError` naming this component."""
-        from pipeline.types import NLSError, PluginError, tracing_plugins
+        from pipeline.types import plugin_errors
 
         factory = load_object(self.factory, f"the factory of {self._where()}")
-        try:
+        with plugin_errors(f"{self._where()} failed while being built"):
             return factory(options, ctx)
-        except NLSError:
-            raise
-        except Exception as exc:
-            if tracing_plugins():
-                raise
-            raise PluginError(f"{self._where()} failed while being built: {type(exc).__name__}: {exc} "
-                              f"(NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
 
     def fits(self, available: set[str]) -> bool:
         return not self.consumes or any(alt <= available for alt in self.consumes)

@@ -178,17 +178,10 @@ def run_evaluators(ctx: EvalContext) -> dict:
 
 def _call_evaluator(choice, evaluator, ctx) -> Any:
     """``evaluator(ctx)``; an exception of its own becomes a :class:`PluginError` naming it."""
-    from pipeline.types import tracing_plugins
+    from pipeline.types import plugin_errors
 
-    try:
+    with plugin_errors(f"evaluator {choice.name!r} of plugin {choice.component.plugin} failed"):
         return evaluator(ctx)
-    except NLSError:
-        raise
-    except Exception as exc:
-        if tracing_plugins():
-            raise
-        raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} failed: "
-                          f"{type(exc).__name__}: {exc} (NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
 
 
 def _checked_results(choice, res: Any) -> dict:

@@ -203,17 +203,10 @@ class TrainStep(nn.Module):
 def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
     """One loss term, checked to be a scalar tensor; an exception of the loss's own becomes a
     :class:`PluginError` naming it (``NLS_TRACE_PLUGINS=1`` keeps the traceback)."""
-    from pipeline.types import PluginError, tracing_plugins
+    from pipeline.types import PluginError, plugin_errors
 
-    try:
+    with plugin_errors(f"loss {name} ({type(loss).__name__}) failed"):
         value = loss(batch, out, system)
-    except NLSError:
-        raise
-    except Exception as exc:
-        if tracing_plugins():
-            raise
-        raise PluginError(f"loss {name} ({type(loss).__name__}) failed: {type(exc).__name__}: {exc} "
-                          f"(NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
     if not torch.is_tensor(value) or value.numel() != 1:
         got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
         raise PluginError(f"loss {name} ({type(loss).__name__}) returned {got}; a loss returns one scalar "

@@ -13,9 +13,10 @@ Conventions (used everywhere in the project):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 if TYPE_CHECKING:  # torch stays out of cheap imports
     import numpy as np
@@ -129,3 +130,17 @@ def tracing_plugins() -> bool:
     import os
 
     return os.environ.get("NLS_TRACE_PLUGINS", "") not in ("", "0")
+
+
+@contextmanager
+def plugin_errors(what: str) -> Iterator[None]:
+    """Around a call into a component: an exception of its own (not an :class:`NLSError`) becomes
+    a :class:`PluginError` "``what``: Type: message", unless :func:`tracing_plugins`."""
+    try:
+        yield
+    except NLSError:
+        raise
+    except Exception as exc:
+        if tracing_plugins():
+            raise
+        raise PluginError(f"{what}: {type(exc).__name__}: {exc} (NLS_TRACE_PLUGINS=1 shows the traceback)") from exc

@@ -123,13 +123,6 @@ class RunFacts:
         return ev if _int(ev.get("step")) == _int(self.summary.get("step")) else None
 
     @property
-    def metrics_source(self) -> Optional[str]:
-        """'summary.json', 'eval.json' (``nls eval`` on a run without a summary),
-        'summary.json+eval.json' (``nls eval`` after training) or None."""
-        files = [n for n, d in (("summary.json", self.summary), ("eval.json", self.later_evaluation)) if d]
-        return "+".join(files) or None
-
-    @property
     def eval_overrides(self) -> list[str]:
         """The ``--set`` overrides ``nls eval`` was given, as recorded in eval.json."""
         return [str(o) for o in (self.later_evaluation or {}).get("overrides") or []]
@@ -137,7 +130,9 @@ class RunFacts:
     @property
     def _shared_overrides(self) -> list[str]:
         """eval.json overrides of settings every evaluator reads (``eval.*``, ``extractor.*``)."""
-        return [o for o in self.eval_overrides if o.split("=", 1)[0].split(".")[0].strip() in SHARED_EVAL_BLOCKS]
+        from pipeline.config import parse_override
+
+        return [o for o in self.eval_overrides if parse_override(o)[0][0].strip() in SHARED_EVAL_BLOCKS]
 
     @property
     def dropped_evaluators(self) -> list[str]:
