@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA device, in one go: build nerfacc's CUDA extension, run the CUDA-vs-CPU
+# tests, time the rs_sdf blur on the device, and train lego (RS-SDF against the hash-grid baseline)
+# under one wall-clock budget each. Not part of scripts/test.sh (CI has no GPU).
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: outputs/gpu_check
+#
+# Environment:
+#   STAGES        space list of build, blur, lego, tests (default: all four, in that order)
+#   LEGO_BUDGET   training seconds per lego run (default 90)
+#   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's)
+#   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid)
+#   LEGO_LIMIT    seconds before the lego stage is stopped (default 4 x budget + 200)
+#   NLS_DATA      data root holding nerf/lego (default ../shared/data)
+# Uses the python3 on PATH, which must hold a CUDA build of torch and nls's dependencies. On a machine
+# without package access, wheels put in ./.whl are installed into a temporary folder first.
+# Every stage logs to OUT_DIR/log.txt; the lego runs' summaries and the benchmark JSON are packed into
+# OUT_DIR/results.tar.gz; the built nerfacc extension is copied to OUT_DIR/nerfacc_cuda.so.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-outputs/gpu_check}}"
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/log.txt"
+STAGES="${STAGES:-build blur lego tests}"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}"
+export NLS_CACHE="${NLS_CACHE:-$PWD/.cache/nls}"
+say() { echo "$@" | tee -a "$LOG"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nls_site \
+    .whl/*.whl >>"$LOG" 2>&1 || say "wheel install failed (see log)"
+  export PYTHONPATH="$PYTHONPATH:/tmp/nls_site"
+fi
+NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+export PATH="$(dirname "$NVCC"):$PATH"
+export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then  # build for this device only (minutes less)
+  TORCH_CUDA_ARCH_LIST="$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)"
+  export TORCH_CUDA_ARCH_LIST
+fi
+{
+  echo "== $(date -u +%FT%TZ) $(hostname) nproc=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | head -3
+  python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,
+             "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")'
+  echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS nvcc: $("$NVCC" --version | tail -1)"
+} 2>&1 | tee -a "$LOG"
+
+stage() {  # stage NAME TIMEOUT_S CMD... : run with a time limit, log, report rc and seconds
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  say "== stage $name (limit ${limit}s) $(date -u +%T)"
+  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  say "== stage $name rc=$rc $((SECONDS - t0)) s"
+  return $rc
+}
+
+for s in $STAGES; do
+  case "$s" in
+    build)
+      # nerfacc's extension and the two C++ CPU kernels (used by the CPU side of the comparisons), in parallel
+      stage build-cpu-kernels 240 python3 -c 'from plugins.ngp.hashgrid import _KERNEL as a; from plugins.rs_sdf.blur import KERNEL as b; print("cpu kernels", a.load(), b.load(), a.status(), b.status())' &
+      cpu_pid=$!
+      stage build-nerfacc 300 python3 -c 'import torch; from nerfacc.cuda import _backend as b; assert b._C is not None, "nerfacc CUDA backend did not load"; print("nerfacc _C", b._C.__file__)'
+      wait $cpu_pid
+      find "$TORCH_EXTENSIONS_DIR" -name 'nerfacc_cuda*.so' -exec cp {} "$OUT_DIR/nerfacc_cuda.so" \; 2>/dev/null
+      ;;
+    tests)
+      stage tests 240 python3 -m pytest -q -p no:cacheprovider -m "not slow" -rs tests/test_cuda.py \
+        tests/test_rendering.py::test_cuda_path_matches_torch_path tests/test_hashgrid.py -k "cuda or tcnn"
+      ;;
+    blur)
+      stage blur 120 python3 scripts/bench.py rs_sdf --only blur --device cuda --size 384 \
+        --out "$OUT_DIR/bench_rs_sdf_blur.json"
+      ;;
+    lego)
+      stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
+        --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
+        --lego-baselines "${LEGO_BASELINES:-hash}" --out "$OUT_DIR/bench_rs_sdf_lego.json"
+      ;;
+    *) say "unknown stage $s (valid: build tests blur lego)";;
+  esac
+done
+# what comes back: the log, the JSON, and the runs' small records (no checkpoints)
+find outputs/bench/runs_rs_sdf -maxdepth 6 \( -name summary.json -o -name config.yaml -o -name metrics.jsonl \
+  -o -name cmd.txt \) 2>/dev/null | tar czf "$OUT_DIR/results.tar.gz" -T - "$OUT_DIR"/*.json 2>/dev/null
+say "== done $(date -u +%T)"
+grep -E "^== stage .* rc=|passed|failed|error" "$LOG" | tail -20
