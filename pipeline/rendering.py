@@ -45,6 +45,7 @@ from .rays import image_pixel_coords, pixel_rays, ray_aabb_intersect, subpixel_o
 from .types import Cameras
 
 __all__ = [
+    "load_nerfacc_cuda",
     "RadianceFn",
     "DensityFn",
     "OccupancyGrid",
@@ -56,6 +57,30 @@ __all__ = [
 RadianceFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 #: positions (S,3) -> sigma (S,) >= 0
 DensityFn = Callable[[Tensor], Tensor]
+
+
+def load_nerfacc_cuda() -> None:
+    """Load nerfacc's CUDA extension now, building it on first use (``nvcc``; about a minute with 16
+    cores, several with few). Call it before a timed loop on a CUDA device: otherwise the build happens
+    inside the first CUDA-only nerfacc call, is counted as training time, and under ``train.max_seconds``
+    eats the budget (seen on an H200: a rebuild at step 32 pushed a 75 s run's phase schedule to 85%).
+    A failed build becomes one :class:`~pipeline.types.NLSError` before training, not a traceback from
+    the middle of it. Never call it for CPU tensors (see the module docstring).
+    """
+    import importlib
+
+    from pipeline.types import NLSError
+
+    hint = ("nerfacc JIT-builds it with nvcc: put a CUDA toolkit matching torch's CUDA version "
+            f"({torch.version.cuda}) on PATH and set CUDA_HOME, or run on CPU (--device cpu)")
+    try:
+        backend = importlib.import_module("nerfacc.cuda._backend")
+    except Exception as exc:  # the JIT build raises OSError, RuntimeError, ImportError, ...
+        raise NLSError(f"nerfacc's CUDA extension could not be built or loaded "
+                       f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
+                       f"{hint}") from None
+    if getattr(backend, "_C", None) is None:
+        raise NLSError(f"nerfacc's CUDA extension is not available (no nvcc was found); {hint}")
 
 
 class DeterministicOccGridEstimator(nerfacc.OccGridEstimator):

@@ -232,7 +232,9 @@ class Trainer:
     ``requires_grad``; a module that also defines ``on_train_progress(fraction: float)`` is told,
     just before, the fraction of the budget used so far (steps, or training seconds when
     ``train.max_seconds`` is set: the same fraction the learning-rate decay follows), so phases
-    can be placed in wall-clock budgets. The optimiser holds every parameter that required grad at construction;
+    can be placed in wall-clock budgets. Compiled kernels are made ready before the clock starts: every
+    module that defines ``prepare_kernels(device)`` is called once at construction (nerfacc's CUDA
+    extension, the C++ CPU kernels), so a first-use JIT build is never timed as training. The optimiser holds every parameter that required grad at construction;
     Adam skips parameters whose grad is None, so a frozen part keeps its state untouched. A module
     whose behaviour depends on the phase should keep the phase in a buffer so checkpoints restore it.
 
@@ -268,6 +270,9 @@ class Trainer:
         self.items = (DatasetBatches(train_set, t.batch_items, t.seed, device, self.dist.world_size,
                                      self.dist.rank)
                       if self.sampler is None and train_set is not None else None)
+        for module in system.modules():  # JIT builds before the clock (see the class docstring)
+            if callable(getattr(module, "prepare_kernels", None)):
+                module.prepare_kernels(device)
         self.step = 0
         self.progress = progress and self.dist.is_main
         #: modules with ``on_train_step(step)``: staged schedules (freeze/unfreeze parts, switch phases)

@@ -9,11 +9,12 @@
 #   STAGES        space list of build, blur, lego, tests (default: all four, in that order)
 #   LEGO_BUDGET   training seconds per lego run (default 90)
 #   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's)
-#   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid)
+#   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid; empty: none)
 #   LEGO_LIMIT    seconds before the lego stage is stopped (default 4 x budget + 200)
 #   NLS_DATA      data root holding nerf/lego (default ../shared/data)
 # Uses the python3 on PATH, which must hold a CUDA build of torch and nls's dependencies. On a machine
-# without package access, wheels put in ./.whl are installed into a temporary folder first.
+# without package access, wheels put in ./.whl are installed into a temporary folder first
+# (scripts/gpu_prepare.sh fetches them, and a small lego copy into ./.devdata, on a machine with network).
 # Every stage logs to OUT_DIR/log.txt; the lego runs' summaries and the benchmark JSON are packed into
 # OUT_DIR/results.tar.gz; the built nerfacc extension is copied to OUT_DIR/nerfacc_cuda.so.
 set -uo pipefail
@@ -29,11 +30,11 @@ export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}
 export NLS_CACHE="${NLS_CACHE:-$PWD/.cache/nls}"
 say() { echo "$@" | tee -a "$LOG"; }
 
-if ls .whl/*.whl >/dev/null 2>&1; then
+if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/nls_site ]; then  # once per machine: a reinstall would
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nls_site \
-    .whl/*.whl >>"$LOG" 2>&1 || say "wheel install failed (see log)"
-  export PYTHONPATH="$PYTHONPATH:/tmp/nls_site"
+    .whl/*.whl >>"$LOG" 2>&1 || say "wheel install failed (see log)"  # touch nerfacc's sources: a rebuild
 fi
+[ -d /tmp/nls_site ] && export PYTHONPATH="$PYTHONPATH:/tmp/nls_site"
 NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
 export PATH="$(dirname "$NVCC"):$PATH"
 export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}"
@@ -81,7 +82,7 @@ for s in $STAGES; do
     lego)
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
-        --lego-baselines "${LEGO_BASELINES:-hash}" --out "$OUT_DIR/bench_rs_sdf_lego.json"
+        --lego-baselines "${LEGO_BASELINES-hash}" --out "$OUT_DIR/bench_rs_sdf_lego.json"
       ;;
     *) say "unknown stage $s (valid: build tests blur lego)";;
   esac

@@ -7,7 +7,6 @@ CUDA checks live beside their CPU tests (tests/test_rendering.py, tests/test_has
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -73,20 +72,25 @@ def _rs_system(device: torch.device):
 
 
 def test_rs_sdf_render_and_voxel_gradient_on_cuda_match_cpu():
-    """Weak SDF, rendered colour and d(colour)/dV: nerfacc's CUDA sampler against the CPU torch path."""
-    cpu, gpu = _rs_system(torch.device("cpu")), _rs_system(torch.device("cuda"))
-    o = torch.tensor([[0.0, 0.0, 2.0], [0.1, -0.05, 2.0], [0.5, 0.5, 2.0]])
-    d = torch.tensor([[0.02, 0.01, -1.0], [-0.03, 0.04, -1.0], [-0.2, -0.25, -1.0]])
+    """Weak SDF, rendered colour and d(colour)/dV: nerfacc's CUDA sampler against the CPU torch path,
+    with the same parameters and the same occupancy grid (made on the CPU, copied to the device)."""
+    cpu = _rs_system(torch.device("cpu"))
+    cpu.train()
+    cpu.chain.field.on_train_step(0)
+    cpu.renderer.grid.update(0, cpu.chain.density_fn, cpu.renderer.step_size, n=1)
+    cpu.renderer.grid_ready.fill_(True)
+    gpu = _rs_system(torch.device("cuda"))
+    gpu.train()
+    gpu.chain.field.on_train_step(0)
+    gpu.load_state_dict(cpu.state_dict())  # appearance field, V, occupancy grid, phase
+    gen = torch.Generator().manual_seed(0)
+    o = torch.tensor([0.0, 0.0, 2.0]) + 0.3 * (torch.rand(64, 3, generator=gen) - 0.5) * torch.tensor([1, 1, 0])
+    d = torch.tensor([0.0, 0.0, -1.0]) + 0.4 * (torch.rand(64, 3, generator=gen) - 0.5) * torch.tensor([1, 1, 0])
     d = d / d.norm(dim=-1, keepdim=True)
-    x = torch.rand(4096, 3, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
+    x = torch.rand(4096, 3, generator=gen) * 1.2 - 0.6
     outs = {}
     for name, system in (("cpu", cpu), ("cuda", gpu)):
         dev = next(system.parameters()).device
-        system.train()
-        system.chain.field.on_train_step(0)
-        # the occupancy grid, filled from the same field, so the CUDA path samples through nerfacc
-        system.renderer.grid.update(0, system.chain.density_fn, system.renderer.step_size, n=1)
-        system.renderer.grid_ready.fill_(True)
         with torch.no_grad():
             sdf = system.chain(x.to(dev), None)["sdf"].cpu()
         out = system.renderer.render_rays(o.to(dev), d.to(dev), system.chain, training=False)
@@ -96,8 +100,11 @@ def test_rs_sdf_render_and_voxel_gradient_on_cuda_match_cpu():
     sdf_c, out_c, g_c = outs["cpu"]
     sdf_g, out_g, g_g = outs["cuda"]
     assert (sdf_g - sdf_c).abs().max() < 1e-5
+    assert out_c["opacity"].min() < 0.5 < out_c["opacity"].max(), "the rays should both hit and miss the ball"
+    # same samples up to float32 round-off; a sample on a cell face may flip cells, so allow rare outliers
     for k in ("rgb", "opacity"):
-        assert (out_g[k].detach().cpu() - out_c[k].detach()).abs().max() < 2e-3, k
+        diff = (out_g[k].detach().cpu() - out_c[k].detach()).abs()
+        assert diff.mean() < 2e-3 and (diff <= 2e-3).float().mean() > 0.95, (k, diff.max())
     assert torch.isfinite(g_g).all() and g_g.abs().sum() > 0
     rel = (g_g - g_c).norm() / g_c.norm()
     assert rel < 2e-2, float(rel)
@@ -117,27 +124,14 @@ def test_every_posed_image_field_trains_on_cuda(field_name, tmp_path):
     """The smoke test's chains, on the device, past the step at which the renderer starts culling (so the
     nerfacc sampler runs): losses finite, parameters moved, and the checkpoint reloads on the CPU."""
     from pipeline.build import build_system, load_scene_data
-    from pipeline.config import validate
-    from pipeline.runs import RunDir
-    from pipeline.testing import plugin_host
-    from pipeline.train import Trainer
-    from tests.test_smoke import chain_for
+    from tests.test_smoke import chain_for, train_chain
 
     data = chain_for(field_name)
     data["renderer"] = {**data["renderer"], "cull_after": 4}
     data["train"] = {**data["train"], "steps": 8}
-    cfg = validate(data, plugin_host(), source=f"cuda-smoke:{field_name}")
-    dev = torch.device("cuda")
-    scene = load_scene_data(cfg, dev)
-    system = build_system(cfg, scene, dev)
-    before = [p.detach().clone() for p in system.parameters()]
-    trainer = Trainer(cfg, system, scene, RunDir.create(tmp_path, "cuda", field_name), dev, progress=False)
-    res = trainer.fit()
-    assert res.step == cfg.train.steps
-    assert any(not torch.equal(a, b) for a, b in zip(before, system.parameters())), "no parameter moved"
-    rows = trainer.run.read_metrics()
-    assert rows and all(np.isfinite(r["loss"]) for r in rows)
-    if "renderer" in cfg.stages and hasattr(system.renderer, "grid_ready"):
+    trainer = train_chain(data, field_name, tmp_path, torch.device("cuda"))
+    cfg, system = trainer.cfg, trainer.system
+    if hasattr(system.renderer, "grid_ready"):
         assert bool(system.renderer.grid_ready), "the occupancy grid never started culling"
     ckpt = sorted((trainer.run.path / "checkpoints").glob("*.pt"))[-1]
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -148,25 +142,16 @@ def test_every_posed_image_field_trains_on_cuda(field_name, tmp_path):
 # -- the CLI end to end on CUDA ------------------------------------------------------------------------
 
 def test_cli_rs_sdf_reconstruct_render_export_on_cuda(tmp_path, nls):
-    """All three rs_sdf phases, the evaluators (slices, Monte-Carlo certify), render --depth and export,
-    with --device cuda; the summary records the device."""
-    import yaml
-
-    from tests.test_rs_sdf import _tiny_rs_scene
+    """All three rs_sdf phases, the evaluators (slices, Monte-Carlo certify, Chamfer), render --depth and
+    export, with --device cuda; the summary records the device."""
+    from tests.test_rs_sdf import RS_EVALUATORS, _tiny_rs_scene, reconstruct_rs
 
     data = _tiny_rs_scene(ngp_steps=40, voxel_steps=20, init_density=0.5)
     data["renderer"] = {**data["renderer"], "cull_after": 8}
     data["train"] = {**data["train"], "steps": 80, "checkpoint_every": 40, "log_every": 10}
     data["eval"] = {**data["eval"], "chamfer_samples": 2000}
-    data["evaluators"] = [{"type": "psnr", "ssim": False}, {"type": "chamfer"},
-                          {"type": "sdf_slices", "size": 32, "axes": ["z"]},
-                          {"type": "certify_check", "n_points": 8, "n": 200}]
-    p = tmp_path / "rs.yaml"
-    p.write_text(yaml.safe_dump(data))
-    proc = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", "--device", "cuda")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((tmp_path / "runs").glob("*/*/*"))
-    summary = json.loads((run / "summary.json").read_text())
+    data["evaluators"] = RS_EVALUATORS + [{"type": "chamfer"}]
+    run, summary = reconstruct_rs(data, tmp_path, nls, "cuda")
     assert summary["device"].startswith("cuda"), summary["device"]
     m = summary["metrics"]
     assert m["psnr"] > 12 and np.isfinite(m["chamfer_l1"]) and 0 <= m["certify_within_ci"] <= 1

@@ -479,18 +479,27 @@ def test_each_phase_restarts_its_learning_rate():
     assert grids[1] == pytest.approx(0.1 ** 0.5) and grids[5] == pytest.approx(1.0) and grids[7] == pytest.approx(0.1)
 
 
-def test_cli_run_through_all_phases(tmp_path, nls):
+#: the rs_sdf evaluators, sized for the tiny scene
+RS_EVALUATORS = [{"type": "psnr", "ssim": False}, {"type": "sdf_slices", "size": 32, "axes": ["z"]},
+                 {"type": "certify_check", "n_points": 8, "n": 200}]
+
+
+def reconstruct_rs(data: dict, tmp_path: Path, nls, device: str) -> tuple[Path, dict]:
+    """``nls reconstruct`` of the scene ``data`` on ``device``: (run folder, summary.json)."""
     import yaml
 
-    data = _tiny_rs_scene(ngp_steps=2, voxel_steps=2)
-    data["evaluators"] = [{"type": "psnr", "ssim": False}, {"type": "sdf_slices", "size": 32, "axes": ["z"]},
-                          {"type": "certify_check", "n_points": 8, "n": 200}]
     p = tmp_path / "rs.yaml"
     p.write_text(yaml.safe_dump(data))
-    proc = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", "--device", "cpu")
+    proc = nls("reconstruct", str(p), "--output", str(tmp_path / "runs"), "-q", "--device", device)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "runs").glob("*/*/*"))
-    summary = json.loads((run / "summary.json").read_text())
+    return run, json.loads((run / "summary.json").read_text())
+
+
+def test_cli_run_through_all_phases(tmp_path, nls):
+    data = _tiny_rs_scene(ngp_steps=2, voxel_steps=2)
+    data["evaluators"] = RS_EVALUATORS
+    run, summary = reconstruct_rs(data, tmp_path, nls, "cpu")
     assert summary["metrics"]["sdf_slices"] == 1 and (run / "sdf_slices" / "sdf_z_0.50.png").exists()
     assert 0 <= summary["metrics"]["certify_within_ci"] <= 1
     ckpt = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=False)

@@ -244,3 +244,50 @@ def test_atomic_writes_keep_the_umask_mode_and_name_the_path_on_failure(tmp_path
         with pytest.raises(NLSError, match="cannot write metrics to /proc/e.json"):
             check_output_file(Path("/proc/e.json"), "metrics")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_kernels_are_prepared_before_the_clock_starts(tmp_path, monkeypatch):
+    """Every module's ``prepare_kernels(device)`` runs once when the Trainer is made, before any step
+    (a first-use JIT build must not count as training time); on CPU the renderer's leaves nerfacc's
+    CUDA backend alone."""
+    import copy
+
+    from pipeline.build import build_system, load_scene_data
+    from pipeline.config import validate
+    from pipeline.testing import TINY_SCENE, plugin_host
+    from pipeline.train import Trainer
+    from plugins.ngp.renderer import VolumeRenderer
+
+    import plugins.ngp.hashgrid as hashgrid
+
+    calls, loads = [], []
+    real, real_load = VolumeRenderer.prepare_kernels, hashgrid.load_cpu_kernel
+    monkeypatch.setattr(VolumeRenderer, "prepare_kernels", lambda self, dev: (calls.append(dev), real(self, dev)))
+    monkeypatch.setattr(hashgrid, "load_cpu_kernel", lambda *a: (loads.append(1), real_load(*a))[1])
+    already = "nerfacc.cuda._backend" in sys.modules
+    data = copy.deepcopy(TINY_SCENE)
+    data["field"] = {"type": "hash_grid", "n_levels": 4, "log2_hashmap_size": 12, "max_resolution": 64, "hidden": 16}
+    data["train"].update(steps=2)
+    cfg = validate(data, plugin_host())
+    scene = load_scene_data(cfg, "cpu")
+    tr = Trainer(cfg, build_system(cfg, scene, torch.device("cpu")), scene,
+                 RunDir.create(tmp_path, "a", "b"), torch.device("cpu"), progress=False)
+    assert calls == [torch.device("cpu")] and tr.step == 0 and tr.elapsed == 0.0
+    assert loads, "the hash grid's CPU kernel was not loaded before training"
+    tr.fit()
+    assert len(calls) == 1
+    if not already:  # a GPU run in this process may have loaded it legitimately
+        assert "nerfacc.cuda._backend" not in sys.modules
+
+
+def test_a_missing_nerfacc_cuda_build_is_one_clear_error(monkeypatch):
+    import types
+
+    from pipeline.rendering import load_nerfacc_cuda
+
+    monkeypatch.setitem(sys.modules, "nerfacc.cuda._backend", None)  # its import fails, as a failed build does
+    with pytest.raises(NLSError, match=r"could not be built or loaded \(ModuleNotFoundError.*CUDA_HOME"):
+        load_nerfacc_cuda()
+    monkeypatch.setitem(sys.modules, "nerfacc.cuda._backend", types.SimpleNamespace(_C=None))  # no nvcc
+    with pytest.raises(NLSError, match="no nvcc was found.*--device cpu"):
+        load_nerfacc_cuda()

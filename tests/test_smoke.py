@@ -33,23 +33,29 @@ def chain_for(field_name: str) -> dict:
     return data
 
 
-@pytest.mark.parametrize("field_name", [c.name for c in HOST.components("field")])
-def test_every_field_trains_a_few_steps(field_name, tmp_path):
-    if not HOST.component("field", field_name).fits({"images", "gt_mesh"}):
-        pytest.skip(f"{field_name} needs {HOST.component('field', field_name).consumes_text()}, not a posed-image "
-                    f"scene; its scene files run below and its plugin's tests train it")
-    cfg = validate(chain_for(field_name), HOST, source=f"smoke:{field_name}")
-    dev = torch.device("cpu")
-    scene = load_scene_data(cfg, dev)
-    system = build_system(cfg, scene, dev)
+def train_chain(data: dict, field_name: str, tmp_path: Path, device: torch.device) -> Trainer:
+    """Train the chain ``data`` to its step budget on ``device``; checks that every logged loss is finite
+    and some parameter moved. Returns the trainer (its system, run folder and metrics)."""
+    cfg = validate(data, HOST, source=f"smoke:{field_name}")
+    scene = load_scene_data(cfg, device)
+    system = build_system(cfg, scene, device)
     before = [p.detach().clone() for p in system.parameters()]
-    trainer = Trainer(cfg, system, scene, RunDir.create(tmp_path, "smoke", field_name), dev, progress=False)
+    trainer = Trainer(cfg, system, scene, RunDir.create(tmp_path, "smoke", field_name), device, progress=False)
     res = trainer.fit()
     assert res.step == cfg.train.steps
     changed = any(not torch.equal(a, b) for a, b in zip(before, system.parameters()))
     assert changed, "no parameter moved"
     rows = trainer.run.read_metrics()
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    return trainer
+
+
+@pytest.mark.parametrize("field_name", [c.name for c in HOST.components("field")])
+def test_every_field_trains_a_few_steps(field_name, tmp_path):
+    if not HOST.component("field", field_name).fits({"images", "gt_mesh"}):
+        pytest.skip(f"{field_name} needs {HOST.component('field', field_name).consumes_text()}, not a posed-image "
+                    f"scene; its scene files run below and its plugin's tests train it")
+    train_chain(chain_for(field_name), field_name, tmp_path, torch.device("cpu"))
 
 
 # -- every shipped scene file runs end to end for a few steps, shrunk --------------------------

@@ -335,6 +335,11 @@ class HashGridEncoding(nn.Module):
 
     # path selection -------------------------------------------------------------------------
 
+    def prepare_kernels(self, device: torch.device) -> None:
+        """Before training: on CPU, build or load the C++ kernel its inference path uses."""
+        if torch.device(device).type == "cpu" and self.backend in ("auto", "cpu_kernel"):
+            load_cpu_kernel()
+
     def path_for(self, x: Tensor) -> str:
         """Name of the path a call with ``x`` takes: ``"torch"``, ``"cpu_kernel"`` or ``"tcnn"``."""
         if self.backend == "tcnn":

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from pipeline.rendering import OccupancyGrid, render_image, render_rays
+from pipeline.rendering import OccupancyGrid, load_nerfacc_cuda, render_image, render_rays
 from plugins.ngp.config import VolumeRendererConfig
 
 
@@ -29,6 +29,11 @@ class VolumeRenderer(nn.Module):
         # the grid starts culling only after `cull_after` steps; before that an untrained, uniform,
         # nearly empty field would have every cell culled and no sample would get a gradient
         self.register_buffer("grid_ready", torch.tensor(False))
+
+    def prepare_kernels(self, device: torch.device) -> None:
+        """Before training: on CUDA, build or load nerfacc's extension (the sampler's kernels)."""
+        if torch.device(device).type == "cuda":
+            load_nerfacc_cuda()
 
     def _kwargs(self, chain, training: bool, background: Optional[Tensor]) -> dict:
         return dict(aabb=self.aabb, grid=self.grid if bool(self.grid_ready) else None, density_fn=chain.density_fn, step_size=self.step_size,

@@ -58,6 +58,13 @@ class RandomizedSmoothing(nn.Module):
     def on_train_step(self, step: int) -> None:
         self._cache = None
 
+    def prepare_kernels(self, device: torch.device) -> None:
+        """Before training: on CPU, build or load the C++ blur kernel (``method`` auto or kernel)."""
+        from plugins.rs_sdf.blur import KERNEL
+
+        if torch.device(device).type == "cpu" and self.cfg.method in ("auto", "kernel"):
+            KERNEL.load()
+
     def occupancy_grid(self, field: nn.Module) -> tuple[Tensor, Tensor]:
         """The grid to blur: the field's own, or its occupancy rasterised at the vertices (R,R,R)."""
         if callable(getattr(field, "occupancy_grid", None)):
