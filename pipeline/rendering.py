@@ -231,14 +231,19 @@ class OccupancyGrid(nn.Module):
         return out
 
 
-def _as_background(background, device, dtype) -> Optional[Tensor]:
+def _as_background(background, n_rays: int, device, dtype) -> Optional[Tensor]:
+    """None, one value, a colour (3,) or one colour per ray (R,3) -> None, (3,) or (R,3)."""
     if background is None:
         return None
-    bg = torch.as_tensor(background, device=device, dtype=dtype).reshape(-1)
+    bg = torch.as_tensor(background, device=device, dtype=dtype)
+    if bg.ndim == 2 and bg.shape == (n_rays, 3):  # per ray, e.g. training on random backgrounds
+        return bg
+    bg = bg.reshape(-1)
     if bg.numel() == 1:
         bg = bg.expand(3)
     if bg.numel() != 3:
-        raise ValueError(f"render_rays: background must be 3 values, got shape {tuple(bg.shape)}")
+        raise ValueError(f"render_rays: background must be one colour (3,) or one per ray ({n_rays}, 3), "
+                         f"got shape {tuple(torch.as_tensor(background).shape)}")
     return bg
 
 
@@ -321,7 +326,8 @@ def render_rays(
             ``s`` the start of the ray's interval (plus ``U(0, step)`` when
             ``stratified``).
         near, far: global ray limits.
-        background: (3,) colour composited with weight ``1 - opacity``; None = black.
+        background: (3,) colour, or (R, 3) one per ray, composited with weight ``1 - opacity``;
+            None = black.
         max_samples_per_ray: keep at most this many (the nearest) of each ray's samples
             after culling; the rest of the ray counts as empty. None = no limit.
         stratified: jitter each ray's lattice start (training).
@@ -398,7 +404,7 @@ def _render_rays_nerfacc(origins, dirs, radiance_fn, *, aabb, grid, density_fn, 
         rgb, sigma = radiance_fn(origins[ray_indices] + d * t_mid, d)
         return rgb, sigma.reshape(-1)
 
-    bg = _as_background(background, origins.device, origins.dtype)
+    bg = _as_background(background, n_rays, origins.device, origins.dtype)
     rgb, opacity, depth, extras = nerfacc.rendering(
         t_starts, t_ends, ray_indices, n_rays=n_rays, rgb_sigma_fn=rgb_sigma_fn, render_bkgd=bg)
     out = {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": int(t_starts.shape[0]),
@@ -494,7 +500,7 @@ def _render_rays_torch(origins, dirs, radiance_fn, *, aabb, grid, density_fn, st
     opacity = nerfacc.accumulate_along_rays(weights, values=None)
     depth = nerfacc.accumulate_along_rays(weights, values=((t_starts + t_ends) / 2.0)[..., None])
     depth = depth / opacity.clamp_min(torch.finfo(opacity.dtype).eps)
-    bg = _as_background(background, device, rgb.dtype)
+    bg = _as_background(background, n_rays, device, rgb.dtype)
     if bg is not None:
         rgb = rgb + bg * (1.0 - opacity)
     out = {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": num, "backend": "torch",

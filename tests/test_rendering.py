@@ -433,3 +433,28 @@ def test_occupancy_update_is_the_scatter_max_of_the_samples():
     np.maximum.at(want, ids, occ.numpy())
     assert len(np.unique(ids)) < len(ids)  # the case that matters: cells drawn more than once
     np.testing.assert_array_equal(final.numpy(), want)
+
+
+def test_per_ray_background_composites_each_ray_with_its_colour():
+    """(R,3) backgrounds (training on random backgrounds) on the torch path: C + (1 - opacity) * bg_r."""
+    o, d = down_rays(n=2)
+    bg = torch.rand(o.shape[0], 3, generator=torch.Generator().manual_seed(0))
+    black = render_rays(o, d, slab_radiance, aabb=AABB, step_size=STEP)
+    out = render_rays(o, d, slab_radiance, aabb=AABB, step_size=STEP, background=bg)
+    assert 0.05 < float(black["opacity"].min()) and float(black["opacity"].max()) < 0.95  # bg shows through
+    assert torch.allclose(out["rgb"], black["rgb"] + (1 - black["opacity"]) * bg, atol=1e-6)
+    with pytest.raises(ValueError, match=r"one per ray \(4, 3\), got shape \(3, 3\)"):
+        render_rays(o, d, slab_radiance, aabb=AABB, step_size=STEP, background=bg[:3])
+
+
+def test_training_on_random_backgrounds(tmp_path):
+    """renderer.random_background: a few steps on the tiny scene (its images have alpha)."""
+    import copy
+
+    from pipeline.testing import TINY_SCENE
+    from tests.test_smoke import train_chain
+
+    data = copy.deepcopy(TINY_SCENE)
+    data["renderer"] = {**data["renderer"], "random_background": True}
+    trainer = train_chain(data, "dense_grid", tmp_path, torch.device("cpu"))
+    assert trainer.scene.splits["train"].alphas is not None
