@@ -76,8 +76,8 @@ def load_nerfacc_cuda() -> None:
     try:
         backend = importlib.import_module("nerfacc.cuda._backend")
     except Exception as exc:  # the JIT build raises OSError, RuntimeError, ImportError, ...
-        raise NLSError(f"nerfacc's CUDA extension could not be built or loaded "
-                       f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
+        last = (str(exc).strip().splitlines() or [""])[-1]  # a failed build's message ends with its cause
+        raise NLSError(f"nerfacc's CUDA extension could not be built or loaded ({type(exc).__name__}: {last}); "
                        f"{hint}") from None
     if getattr(backend, "_C", None) is None:
         raise NLSError(f"nerfacc's CUDA extension is not available (no nvcc was found); {hint}")

@@ -234,9 +234,10 @@ class Trainer:
     ``train.max_seconds`` is set: the same fraction the learning-rate decay follows), so phases
     can be placed in wall-clock budgets. Compiled kernels are made ready before the clock starts: every
     module that defines ``prepare_kernels(device)`` is called once at construction (nerfacc's CUDA
-    extension, the C++ CPU kernels), so a first-use JIT build is never timed as training. The optimiser holds every parameter that required grad at construction;
-    Adam skips parameters whose grad is None, so a frozen part keeps its state untouched. A module
-    whose behaviour depends on the phase should keep the phase in a buffer so checkpoints restore it.
+    extension, the C++ CPU kernels), so a first-use JIT build is never timed as training.
+    The optimiser holds every parameter that required grad at construction; Adam skips parameters whose
+    grad is None, so a frozen part keeps its state untouched. A module whose behaviour depends on the
+    phase should keep the phase in a buffer so checkpoints restore it.
 
     Several processes (``torchrun``, see :mod:`pipeline.distributed`): the objective runs inside
     ``DistributedDataParallel`` (gradients averaged over ranks); each rank takes its slice of the
