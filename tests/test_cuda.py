@@ -112,14 +112,14 @@ def test_rs_sdf_render_and_voxel_gradient_on_cuda_match_cpu():
 
 # -- every field trains on CUDA ------------------------------------------------------------------------
 
-def _fields():
-    from pipeline.testing import plugin_host
+def _posed_image_fields() -> list[str]:
+    """The fields the posed-image smoke test trains (the others need a shape dataset)."""
+    from tests.test_smoke import HOST
 
-    host = plugin_host()
-    return [c.name for c in host.components("field") if c.fits({"images", "gt_mesh"})]
+    return [c.name for c in HOST.components("field") if c.fits({"images", "gt_mesh"})]
 
 
-@pytest.mark.parametrize("field_name", _fields())
+@pytest.mark.parametrize("field_name", _posed_image_fields())
 def test_every_posed_image_field_trains_on_cuda(field_name, tmp_path):
     """The smoke test's chains, on the device, past the step at which the renderer starts culling (so the
     nerfacc sampler runs): losses finite, parameters moved, and the checkpoint reloads on the CPU."""
