@@ -6,10 +6,13 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: outputs/gpu_check
 #
 # Environment:
-#   STAGES        space list of build, blur, lego, tests (default: all four, in that order)
+#   STAGES        space list of build, blur, lego, tests, gap (default: the first four, in that order;
+#                 gap evaluates the lego runs on 3 training views)
 #   LEGO_BUDGET   training seconds per lego run (default 90)
 #   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's)
 #   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid; empty: none)
+#   LEGO_SETS     space list of KEY=VALUE overrides for every lego run (RS-SDF and baselines), e.g.
+#                 renderer.random_background=true (nerfacc's and Instant-NGP's training protocol)
 #   LEGO_LIMIT    seconds before the lego stage is stopped (default 4 x budget + 200)
 #   NLS_DATA      data root holding nerf/lego (default ../shared/data)
 # Uses the python3 on PATH, which must hold a CUDA build of torch and nls's dependencies. On a machine
@@ -82,9 +85,20 @@ for s in $STAGES; do
     lego)
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
-        --lego-baselines "${LEGO_BASELINES-hash}" --out "$OUT_DIR/bench_rs_sdf_lego.json"
+        --lego-baselines "${LEGO_BASELINES-hash}" $(for kv in ${LEGO_SETS:-}; do printf -- '--both-set %s ' "$kv"; done) \
+        --out "$OUT_DIR/bench_rs_sdf_lego.json"
       ;;
-    *) say "unknown stage $s (valid: build tests blur lego)";;
+    gap)
+      # the lego runs' PSNR on 3 *training* views (white background, as the test views): against their
+      # test PSNR this tells over-fitting (train >> test) from floaters every view sees (train ~ test)
+      for run in $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["lego"]
+print(" ".join(v["run"] for v in r.values() if isinstance(v, dict) and "run" in v))' \
+                   "$OUT_DIR/bench_rs_sdf_lego.json" 2>>"$LOG"); do
+        stage "gap-$(basename "$(dirname "$run")")" 120 python3 -m pipeline.cli eval "$run" -q --device cuda \
+          --set eval.split=train --set eval.max_images=3 -o "$OUT_DIR/gap_$(basename "$(dirname "$run")")_$(basename "$run").json"
+      done
+      ;;
+    *) say "unknown stage $s (valid: build tests blur lego gap)";;
   esac
 done
 # what comes back: the log, the JSON, and the runs' small records (no checkpoints)

@@ -108,7 +108,7 @@ def test_blur_kernel_refuses_float64():
         gaussian_blur3d(torch.zeros(4, 4, 4, dtype=torch.float64), 1.0, method="kernel")
 
 
-@pytest.mark.parametrize("method", ["matmul", "fft"])
+@pytest.mark.parametrize("method", ["matmul", "conv", "fft"])
 @pytest.mark.parametrize("sigma", [1.5, (1.5, 2.0, 2.5)])
 def test_blur_matches_scipy(method, sigma):
     from scipy.ndimage import gaussian_filter
@@ -120,7 +120,7 @@ def test_blur_matches_scipy(method, sigma):
     np.testing.assert_allclose(y.numpy(), ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["matmul", "fft"])
+@pytest.mark.parametrize("method", ["matmul", "conv", "fft"])
 def test_blur_gradient_is_exact(method):
     x = torch.rand(7, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: gaussian_blur3d(v, (1.2, 0.7, 0.9), method=method), (x,))

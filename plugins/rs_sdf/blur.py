@@ -5,7 +5,7 @@ Randomized smoothing of an occupancy classifier (Cohen et al. 2019, Eq. 1: ``g(x
 it is a Gaussian blur (Pérez et al., "Certified robustness as a tool for 3D vision", §3, where
 the expensive sampling of RS is replaced by Gaussian smoothing of a pre-computed grid).
 
-Three paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode="constant")``):
+Four paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode="constant")``):
 
 * ``"kernel"``: a C++ CPU kernel (``csrc/blur_cpu.cpp``, JIT-built once like the hash-grid
   kernel) that fuses the three passes into two sweeps over memory (z and y inside each cached
@@ -20,6 +20,11 @@ Three paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode
   copy is made). Each pass writes its result *transposed* (``(R1 R2, R0)`` layout), so after
   three passes the axes are back in order without any permute copy: 3 reads + 3 writes of the
   grid per blur, which is what bounds it on CPU (memory-bound).
+* ``"conv"``: the three passes as ``torch.nn.functional.conv3d`` with ``(2r+1, 1, 1)``-shaped
+  kernels (then ``(1, 2r+1, 1)``, ``(1, 1, 2r+1)``), zero padding ``r`` along the pass's axis:
+  cuDNN on CUDA, oneDNN on CPU. On CUDA it runs with TF32 off (cuDNN's default for float32
+  convolutions is TF32, a 10-bit mantissa that would move the occupancy near 0 and 1, where
+  ``Phi^-1`` is steep, by ~1e-3).
 * ``"fft"``: zero-padded real FFT (``torch.fft.rfftn``) times the transfer function of the same
   sampled taps (outer product of the three 1-D transforms). Cheaper for large ``sigma_vox``,
   where the band gets wide; ``"auto"`` picks it for ``r > 24``.
@@ -45,7 +50,7 @@ from pipeline.cpp_kernels import CppKernel
 
 __all__ = ["gaussian_taps", "gaussian_blur3d", "blur_radius", "FFT_RADIUS", "KERNEL", "METHODS"]
 
-METHODS = ("auto", "kernel", "matmul", "fft")
+METHODS = ("auto", "kernel", "matmul", "conv", "fft")
 #: the C++ CPU kernel (built on first use; ``KERNEL.status()`` tells whether it loaded)
 KERNEL = CppKernel("nls_blur", Path(__file__).resolve().parent / "csrc" / "blur_cpu.cpp", probe="blur3d",
                    env="NLS_BLUR_KERNEL", cflags=("-march=native",))
@@ -104,6 +109,37 @@ def _blur_matmul(v: Tensor, taps: Sequence[Tensor]) -> Tensor:
     return x
 
 
+class _IeeeConv:
+    """Context: cuDNN float32 convolutions in full precision (no TF32), restored on exit."""
+
+    def __enter__(self):
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        self._new = conv is not None and hasattr(conv, "fp32_precision")  # torch >= 2.9
+        if self._new:
+            self._old = conv.fp32_precision
+            conv.fp32_precision = "ieee"
+        else:
+            self._old = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        if self._new:
+            torch.backends.cudnn.conv.fp32_precision = self._old
+        else:
+            torch.backends.cudnn.allow_tf32 = self._old
+
+
+def _blur_conv(v: Tensor, taps: Sequence[Tensor]) -> Tensor:
+    x = v[None, None]  # (1, 1, R0, R1, R2)
+    with _IeeeConv():
+        for ax, w in enumerate(taps):
+            shape, pad = [1, 1, 1, 1, 1], [0, 0, 0]
+            shape[2 + ax], pad[ax] = len(w), (len(w) - 1) // 2
+            # conv3d is a correlation: the same as the convolution for symmetric taps
+            x = torch.nn.functional.conv3d(x, w.view(shape), padding=tuple(pad))
+    return x[0, 0]
+
+
 def _blur_fft(v: Tensor, taps: Sequence[Tensor]) -> Tensor:
     shape = v.shape
     rs = [(len(w) - 1) // 2 for w in taps]
@@ -135,6 +171,8 @@ def _blur(v: Tensor, sigmas_vox: Sequence[float], truncate: float, method: str) 
         return KERNEL.ops.blur3d(v.contiguous(), *taps)
     if method == "fft":
         return _blur_fft(v, taps)
+    if method == "conv":
+        return _blur_conv(v.contiguous(), taps)
     return _blur_matmul(v.contiguous(), taps)
 
 
@@ -155,7 +193,7 @@ def gaussian_blur3d(v: Tensor, sigma_vox, *, truncate: float = 4.0, method: str 
     """Blur ``v (R0, R1, R2)`` with a Gaussian of std ``sigma_vox`` voxels (a float or one per axis).
 
     ``truncate``: tap radius in standard deviations (>= 3; 4 as scipy). ``method``: ``"auto"``,
-    ``"kernel"``, ``"matmul"`` or ``"fft"``. Differentiable; the output has the shape and dtype of ``v``.
+    ``"kernel"``, ``"matmul"``, ``"conv"`` or ``"fft"``. Differentiable; the output has the shape and dtype of ``v``.
     """
     if v.dim() != 3:
         raise ValueError(f"gaussian_blur3d needs a 3-D grid (R0, R1, R2), got shape {tuple(v.shape)}")

@@ -52,9 +52,9 @@ class RandomizedSmoothingConfig(ComponentConfig):
     sigma: float = Field(0.02, gt=0, description="smoothing std in world units (converted to voxels per axis)")
     eps: float = Field(1e-4, gt=0, lt=0.5, description="clamp of the smoothed occupancy to [eps, 1-eps] before Phi^-1")
     truncate: float = Field(4.0, ge=3.0, le=8.0, description="blur radius in standard deviations")
-    method: Literal["auto", "kernel", "matmul", "fft"] = Field(
+    method: Literal["auto", "kernel", "matmul", "conv", "fft"] = Field(
         "auto", description="blur implementation (auto: the C++ CPU kernel for float32 CPU grids, else banded "
-        "matmul, FFT for wide kernels)")
+        "matmul, FFT for wide kernels; conv: torch conv3d, cuDNN on CUDA)")
     resolution: int = Field(128, ge=8, le=512, description="rasterisation grid (vertices per axis) for occupancy "
                             "fields that have no voxel grid of their own")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,

@@ -29,7 +29,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   images, 2x2 rays per pixel for all. On CPU the hash-grid baseline runs with CPU sizes
   (``LEGO_CPU_SETS``: 4096 rays x 256 samples, as the other lego scenes) instead of its GPU sizes; on CUDA
   RS-SDF gets the hash-grid appearance field and the baseline's GPU sizes (``LEGO_CUDA_RS_SETS``).
-  ``--lego-grid 256,384`` trains one RS-SDF run per voxel grid.
+  ``--lego-grid 256,384`` trains one RS-SDF run per voxel grid; ``--both-set KEY=VALUE`` goes to every
+  run (e.g. ``renderer.random_background=true``, nerfacc's and Instant-NGP's training protocol).
 
 Writes outputs/bench/rs_sdf.json.
 """
@@ -82,7 +83,7 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
 
     res: dict = {"size": size, "sigma_vox": sigma_vox, "device": str(dev), "threads": torch.get_num_threads(),
                  "load_before": load()}
-    methods = ["matmul", "fft"]
+    methods = ["matmul", "conv", "fft"]
     if dev.type == "cpu" and KERNEL.load():
         methods.insert(0, "kernel")
     res["methods"] = methods
@@ -427,10 +428,12 @@ def bench_lego(a) -> dict:
     jobs = [] if a.lego_rs_run else [
         (labels[g], ROOT / "scenes" / "rs_sdf_lego.yaml",
          common + [f"field.resolution={g}", f"field.ngp_fraction={f1}", f"field.voxel_fraction={f2}",
-                   "train.steps=1000000", *device_sets, *a.set]) for g in grids]
+                   "train.steps=1000000", *device_sets, *a.set, *a.both_set]) for g in grids]
+    res["both_overrides"] = list(a.both_set)
     for kind in baselines:
         extra = LEGO_CPU_SETS.get(kind, []) if a.device == "cpu" else []
-        jobs.append((kind, ROOT / "scenes" / f"lego_{kind}.yaml", common + ["train.steps=1000000", *extra]))
+        jobs.append((kind, ROOT / "scenes" / f"lego_{kind}.yaml",
+                     common + ["train.steps=1000000", *extra, *a.both_set]))
         res[f"{kind}_overrides"] = extra
     runs = {labels[grids[0]]: Path(a.lego_rs_run)} if a.lego_rs_run else {}
     runs.update(reconstruct(jobs, a.device, 1))  # one at a time: each gets every core (and the GPU) for its budget
@@ -480,8 +483,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "(scenes/lego_hash.yaml, the paper's) and dense (scenes/lego_dense.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override (RS scene)")
     ap.add_argument("--both-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="geometry: extra override for both the RS-SDF and the baseline scene, e.g. "
-                    "scene.n_train=16 for a sparse-view comparison")
+                    help="geometry and lego: extra override for both the RS-SDF and the baseline scenes, e.g. "
+                    "scene.n_train=16 for a sparse-view comparison, renderer.random_background=true on lego")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "rs_sdf.json"))
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
