@@ -93,7 +93,7 @@ for s in $STAGES; do
       # test PSNR this tells over-fitting (train >> test) from floaters every view sees (train ~ test)
       for run in $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["lego"]
 runs = [v["run"] for v in r.values() if isinstance(v, dict) and "run" in v]
-print(" ".join(sorted(runs, key=lambda run: "rs_sdf" in run)))' \
+print(" ".join(sorted(runs, key=lambda run: run.rstrip("/").split("/")[-2] == "rs_sdf")))' \
                    "$OUT_DIR/bench_rs_sdf_lego.json" 2>>"$LOG"); do
         stage "gap-$(basename "$(dirname "$run")")" 120 python3 -m pipeline.cli eval "$run" -q --device cuda \
           --set eval.split=train --set eval.max_images=3 -o "$OUT_DIR/gap_$(basename "$(dirname "$run")")_$(basename "$run").json"
