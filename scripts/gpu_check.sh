@@ -7,9 +7,10 @@
 #
 # Environment:
 #   STAGES        space list of build, blur, lego, tests, gap (default: the first four, in that order;
-#                 gap evaluates the lego runs on 3 training views)
+#                 gap evaluates the lego runs on 3 training views, and on 10 val views when LEGO_SETS
+#                 holds scene.splits=[train,val,test])
 #   LEGO_BUDGET   training seconds per lego run (default 90)
-#   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's)
+#   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's; "none": baselines only)
 #   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid; empty: none)
 #   LEGO_SETS     space list of KEY=VALUE overrides for every lego run (RS-SDF and baselines), e.g.
 #                 renderer.random_background=true (nerfacc's and Instant-NGP's training protocol)
@@ -85,7 +86,7 @@ for s in $STAGES; do
     lego)
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
-        --lego-baselines "${LEGO_BASELINES-hash}" $(for kv in ${LEGO_SETS:-}; do printf -- '--both-set %s ' "$kv"; done) \
+        --lego-baselines "${LEGO_BASELINES-hash}" $(set -f; for kv in ${LEGO_SETS:-}; do printf -- '--both-set %s ' "$kv"; done) \
         --out "$OUT_DIR/bench_rs_sdf_lego.json"
       ;;
     gap)
@@ -95,8 +96,14 @@ for s in $STAGES; do
 runs = [v["run"] for v in r.values() if isinstance(v, dict) and "run" in v]
 print(" ".join(sorted(runs, key=lambda run: run.rstrip("/").split("/")[-2] == "rs_sdf")))' \
                    "$OUT_DIR/bench_rs_sdf_lego.json" 2>>"$LOG"); do
-        stage "gap-$(basename "$(dirname "$run")")" 120 python3 -m pipeline.cli eval "$run" -q --device cuda \
-          --set eval.split=train --set eval.max_images=3 -o "$OUT_DIR/gap_$(basename "$(dirname "$run")")_$(basename "$run").json"
+        splits="train"  # and val, held-out views like the training ones, when the run loaded it
+        grep -Eq '^  splits: \[.*\bval\b' "$run/config.yaml" && splits="val train"
+        for split in $splits; do
+          n=3; [ "$split" = val ] && n=10
+          stage "gap-$split-$(basename "$(dirname "$run")")" 120 python3 -m pipeline.cli eval "$run" -q --device cuda \
+            --set eval.split=$split --set eval.max_images=$n \
+            -o "$OUT_DIR/gap_${split}_$(basename "$(dirname "$run")")_$(basename "$run").json"
+        done
       done
       ;;
     *) say "unknown stage $s (valid: build tests blur lego gap)";;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare what scripts/gpu_check.sh needs on a CUDA machine that cannot reach a package index:
 # wheels of nls's dependencies that such a machine's stock PyTorch image lacks, into ./.whl, and a
-# small copy of lego (all training views, the first N test views) into ./.devdata/nerf/lego.
+# small copy of lego (all training views, the first N test and val views) into ./.devdata/nerf/lego.
 # Run it here (with network), then copy or carry .whl and .devdata along with the checkout and run
 #   NLS_DATA=$PWD/.devdata bash scripts/gpu_check.sh
 #
@@ -25,16 +25,17 @@ done
 src="$data/nerf/lego"
 if [ -d "$src" ]; then
   dst=.devdata/nerf/lego
-  rm -rf "$dst" && mkdir -p "$dst/test"
+  rm -rf "$dst" && mkdir -p "$dst/test" "$dst/val"
   cp -r "$src/train" "$src/transforms_train.json" "$dst/"
   python3 - "$src" "$dst" "$views" <<'EOF'
 import json, shutil, sys
 src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-meta = json.load(open(f"{src}/transforms_test.json"))
-meta["frames"] = meta["frames"][:n]  # nls evaluates the first eval.max_images views
-json.dump(meta, open(f"{dst}/transforms_test.json", "w"), indent=1)
-for f in meta["frames"]:
-    shutil.copy(f"{src}/{f['file_path'][2:]}.png", f"{dst}/{f['file_path'][2:]}.png")
+for split in ("test", "val"):  # val: held-out views like the training ones (scene.splits=[train,val,test])
+    meta = json.load(open(f"{src}/transforms_{split}.json"))
+    meta["frames"] = meta["frames"][:n]  # nls evaluates the first eval.max_images views
+    json.dump(meta, open(f"{dst}/transforms_{split}.json", "w"), indent=1)
+    for f in meta["frames"]:
+        shutil.copy(f"{src}/{f['file_path'][2:]}.png", f"{dst}/{f['file_path'][2:]}.png")
 EOF
 else
   echo "no lego under $src: the lego stage of gpu_check.sh will skip" >&2

@@ -396,14 +396,22 @@ LEGO_CUDA_RS_SETS = ["field.appearance=hash_grid", "train.batch_rays=8192", "ren
 
 
 def lego_grids(text: str) -> list[int]:
-    """``--lego-grid`` as a list of voxel resolutions (``"256,384"`` -> [256, 384])."""
+    """``--lego-grid`` as a list of voxel resolutions (``"256,384"`` -> [256, 384]; ``"none"`` -> [])."""
+    if text.strip().lower() == "none":
+        return []
     try:
         grids = [int(g) for g in text.split(",") if g.strip()]
     except ValueError:
-        raise SystemExit(f"--lego-grid {text!r}: give voxel resolutions, e.g. 192 or 256,384") from None
+        raise SystemExit(f"--lego-grid {text!r}: give voxel resolutions, e.g. 192 or 256,384 (none: baselines "
+                         "only)") from None
     if not grids or any(g < 8 or g > 512 for g in grids):
         raise SystemExit(f"--lego-grid {text!r}: resolutions must lie in 8..512 (paper: 192, 256, 384)")
     return grids
+
+
+def baselines_of(a) -> list[str]:
+    """``--lego-baselines`` as a list (``"hash,dense"`` -> ["hash", "dense"]; ``""`` -> [])."""
+    return [k.strip() for k in a.lego_baselines.split(",") if k.strip()]
 
 
 def bench_lego(a) -> dict:
@@ -417,9 +425,11 @@ def bench_lego(a) -> dict:
         return {"skipped": why}
     f1, f2 = (float(v) for v in a.lego_phases.split(","))
     grids = lego_grids(a.lego_grid)
+    if not grids and not baselines_of(a):
+        raise SystemExit("--lego-grid none needs at least one --lego-baselines entry")
     if a.lego_rs_run and len(grids) != 1:
         raise SystemExit("--lego-rs-run needs exactly one --lego-grid")
-    baselines = [k for k in a.lego_baselines.split(",") if k.strip()]
+    baselines = baselines_of(a)
     common = [f"train.max_seconds={a.budget}", f"eval.max_images={a.test_images}", "eval.supersample=2"]
     device_sets = LEGO_CUDA_RS_SETS if a.device == "cuda" else []
     res: dict = {"budget_s": a.budget, "test_images": a.test_images, "phase_fractions": [f1, f2],
@@ -477,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lego-phases", default="0.5,0.2", help="lego: fractions of the budget for the NeRF phase "
                     "and the voxel phase (the joint phase gets the rest)")
     ap.add_argument("--lego-grid", default="192", help="lego: voxel grid(s) of RS-SDF, one run each, e.g. 256,384 "
-                    "(paper: 192, 256, 384)")
+                    "(paper: 192, 256, 384); none: the baselines only")
     ap.add_argument("--lego-rs-run", help="lego: use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--lego-baselines", default="hash,dense", help="lego: baselines, comma list of hash "
                     "(scenes/lego_hash.yaml, the paper's) and dense (scenes/lego_dense.yaml)")
