@@ -29,7 +29,7 @@ def _cuda_or_skip():
 
 # -- rs_sdf blur -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["matmul", "conv", "fft"])
+@pytest.mark.parametrize("method", ["auto", "matmul", "conv", "fft"])
 def test_blur_on_cuda_matches_scipy_and_its_adjoint(method):
     """float32 CUDA blur against scipy in float64; its backward is the blur of the output gradient."""
     from scipy.ndimage import gaussian_filter

@@ -573,6 +573,34 @@ def test_geometry_jobs_give_both_set_to_both_methods_and_set_to_rs_sdf_only():
         bench.geometry_jobs("spot", type("A", (), {**args, "baseline": "dense"})())
 
 
+def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
+    """``bench.py rs_sdf --only lego``: one RS-SDF run per grid (``none``: baselines only), ``--set`` to
+    RS-SDF only, ``--both-set`` (e.g. random backgrounds) to every run, GPU sizes for RS-SDF on CUDA and
+    CPU sizes for the hash baseline on CPU; bad grids are refused before anything trains."""
+    bench = _bench_module()
+    args = dict(lego_phases="0.5,0.2", lego_grid="256,384", lego_baselines="hash", lego_rs_run=None, budget=75.0,
+                test_images=10, device="cuda", set=["certifier.sigma=0.01"],
+                both_set=["renderer.random_background=true"])
+    jobs = {label: (scene.name, sets) for label, scene, sets in bench.lego_jobs(type("A", (), args)())}
+    assert list(jobs) == ["rs_sdf_256", "rs_sdf_384", "hash"]
+    for label in ("rs_sdf_256", "rs_sdf_384"):
+        scene, sets = jobs[label]
+        assert scene == "rs_sdf_lego.yaml" and f"field.resolution={label[-3:]}" in sets
+        assert set(bench.LEGO_CUDA_RS_SETS) <= set(sets) and sets[-2:] == args["set"] + args["both_set"]
+    scene, sets = jobs["hash"]
+    assert scene == "lego_hash.yaml" and sets[-1] == "renderer.random_background=true"
+    assert "certifier.sigma=0.01" not in sets and "train.max_seconds=75.0" in sets
+    cpu = {label: sets for label, _, sets in bench.lego_jobs(type("A", (), {**args, "device": "cpu",
+                                                                                 "lego_grid": "none"})())}
+    assert list(cpu) == ["hash"] and set(bench.LEGO_CPU_SETS["hash"]) <= set(cpu["hash"])
+    assert bench.lego_grids("192") == [192] and bench.lego_grids("none") == []
+    for bad in ("", "12x", "4", "1024"):
+        with pytest.raises(SystemExit, match="--lego-grid"):
+            bench.lego_grids(bad)
+    with pytest.raises(SystemExit, match="at least one"):
+        bench.lego_jobs(type("A", (), {**args, "lego_grid": "none", "lego_baselines": ""})())
+
+
 @pytest.mark.parametrize("metric", ["sampled", "surface"])
 def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps(metric):
     """The benchmark's baseline sweep is refined between the coarse best level and its neighbours:

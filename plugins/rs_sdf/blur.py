@@ -24,10 +24,14 @@ Four paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode=
   kernels (then ``(1, 2r+1, 1)``, ``(1, 1, 2r+1)``), zero padding ``r`` along the pass's axis:
   cuDNN on CUDA, oneDNN on CPU. On CUDA it runs with TF32 off (cuDNN's default for float32
   convolutions is TF32, a 10-bit mantissa that would move the occupancy near 0 and 1, where
-  ``Phi^-1`` is steep, by ~1e-3).
+  ``Phi^-1`` is steep, by ~1e-3). Measured, it loses on both devices (384^3: 23 ms forward on an
+  H200 against the FFT's 3.4 ms; 5.7 s on 2 CPU cores against the kernel's 0.3 s), so ``"auto"``
+  never picks it; it stays as the library-only reference path.
 * ``"fft"``: zero-padded real FFT (``torch.fft.rfftn``) times the transfer function of the same
   sampled taps (outer product of the three 1-D transforms). Cheaper for large ``sigma_vox``,
-  where the band gets wide; ``"auto"`` picks it for ``r > 24``.
+  where the band gets wide; ``"auto"`` picks it for ``r > 24``, and always on CUDA: on an H200 at
+  384^3, sigma 2 voxels, it took 3.3-3.4 ms forward and 6.7-7.0 ms forward + backward against the
+  matmul's 3.5-4.4 / 8.0-8.7 ms and cuDNN conv's 23 / 47 ms (two sessions; README, CUDA figures).
 
 The taps are the sampled Gaussian normalised to sum 1 (as scipy does), so a constant grid stays
 constant away from the boundary. Outside the grid the occupancy is taken as 0 (zero padding):
@@ -55,7 +59,7 @@ METHODS = ("auto", "kernel", "matmul", "conv", "fft")
 KERNEL = CppKernel("nls_blur", Path(__file__).resolve().parent / "csrc" / "blur_cpu.cpp", probe="blur3d",
                    env="NLS_BLUR_KERNEL", cflags=("-march=native",))
 
-#: "auto" switches from the banded matmul to the FFT above this tap radius (voxels)
+#: "auto" switches from the banded matmul to the FFT above this tap radius (voxels; CUDA grids always take the FFT)
 FFT_RADIUS = 24
 _BLOCK = 16
 
@@ -163,7 +167,8 @@ def _blur(v: Tensor, sigmas_vox: Sequence[float], truncate: float, method: str) 
     r = max((len(w) - 1) // 2 for w in taps)
     cpu32 = v.device.type == "cpu" and v.dtype == torch.float32
     if method == "auto":
-        method = "kernel" if cpu32 and KERNEL.load() else ("fft" if r > FFT_RADIUS else "matmul")
+        method = "kernel" if cpu32 and KERNEL.load() else \
+            ("fft" if r > FFT_RADIUS or v.device.type == "cuda" else "matmul")
     if method == "kernel":
         if not (cpu32 and KERNEL.load()):
             raise ValueError(f"blur method 'kernel' needs a float32 CPU grid and a built kernel "

@@ -83,7 +83,8 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
 
     res: dict = {"size": size, "sigma_vox": sigma_vox, "device": str(dev), "threads": torch.get_num_threads(),
                  "load_before": load()}
-    methods = ["matmul", "conv", "fft"]
+    # conv (torch conv3d) only on CUDA, where it is cuDNN: on 2 CPU cores it takes ~5.7 s per 384^3 pass (oneDNN)
+    methods = ["matmul", "conv", "fft"] if dev.type == "cuda" else ["matmul", "fft"]
     if dev.type == "cpu" and KERNEL.load():
         methods.insert(0, "kernel")
     res["methods"] = methods
@@ -414,37 +415,53 @@ def baselines_of(a) -> list[str]:
     return [k.strip() for k in a.lego_baselines.split(",") if k.strip()]
 
 
+def lego_labels(grids: list[int]) -> dict[int, str]:
+    """Run label per RS-SDF grid: ``rs_sdf`` for one grid, ``rs_sdf_<grid>`` for several."""
+    return {g: ("rs_sdf" if len(grids) == 1 else f"rs_sdf_{g}") for g in grids}
+
+
+def lego_jobs(a) -> list[tuple[str, Path, list[str]]]:
+    """``(label, scene file, overrides)`` per lego run: one RS-SDF run per ``--lego-grid`` (none with
+    ``--lego-rs-run``), then the baselines. ``--set`` goes to RS-SDF only, ``--both-set`` to every run;
+    RS-SDF gets the GPU sizes on CUDA (``LEGO_CUDA_RS_SETS``), the baselines their CPU sizes on CPU."""
+    f1, f2 = (float(v) for v in a.lego_phases.split(","))
+    grids, baselines = lego_grids(a.lego_grid), baselines_of(a)
+    if not grids and not baselines:
+        raise SystemExit("--lego-grid none needs at least one --lego-baselines entry")
+    if a.lego_rs_run and len(grids) != 1:
+        raise SystemExit("--lego-rs-run needs exactly one --lego-grid")
+    common = [f"train.max_seconds={a.budget}", f"eval.max_images={a.test_images}", "eval.supersample=2"]
+    device_sets = LEGO_CUDA_RS_SETS if a.device == "cuda" else []
+    labels = lego_labels(grids)
+    jobs = [] if a.lego_rs_run else [
+        (labels[g], ROOT / "scenes" / "rs_sdf_lego.yaml",
+         common + [f"field.resolution={g}", f"field.ngp_fraction={f1}", f"field.voxel_fraction={f2}",
+                   "train.steps=1000000", *device_sets, *a.set, *a.both_set]) for g in grids]
+    for kind in baselines:
+        extra = LEGO_CPU_SETS.get(kind, []) if a.device == "cpu" else []
+        jobs.append((kind, ROOT / "scenes" / f"lego_{kind}.yaml",
+                     common + ["train.steps=1000000", *extra, *a.both_set]))
+    return jobs
+
+
 def bench_lego(a) -> dict:
     """RS-SDF (one run per ``--lego-grid``) and the baselines on lego under the same wall-clock budget
-    (RS-SDF's phases as budget fractions). Labels: ``rs_sdf`` for one grid, ``rs_sdf_<grid>`` for several."""
+    (RS-SDF's phases as budget fractions), one run at a time (:func:`lego_jobs`)."""
     from pipeline.scenes import data_path
 
     lego, why = data_path("nerf", "lego")
     if lego is None:
         print(f"lego skipped: {why}")
         return {"skipped": why}
-    f1, f2 = (float(v) for v in a.lego_phases.split(","))
-    grids = lego_grids(a.lego_grid)
-    if not grids and not baselines_of(a):
-        raise SystemExit("--lego-grid none needs at least one --lego-baselines entry")
-    if a.lego_rs_run and len(grids) != 1:
-        raise SystemExit("--lego-rs-run needs exactly one --lego-grid")
-    baselines = baselines_of(a)
-    common = [f"train.max_seconds={a.budget}", f"eval.max_images={a.test_images}", "eval.supersample=2"]
-    device_sets = LEGO_CUDA_RS_SETS if a.device == "cuda" else []
-    res: dict = {"budget_s": a.budget, "test_images": a.test_images, "phase_fractions": [f1, f2],
-                 "grids": grids, "device": a.device, "rs_overrides": device_sets + list(a.set), "load_before": load()}
-    labels = {g: ("rs_sdf" if len(grids) == 1 else f"rs_sdf_{g}") for g in grids}
-    jobs = [] if a.lego_rs_run else [
-        (labels[g], ROOT / "scenes" / "rs_sdf_lego.yaml",
-         common + [f"field.resolution={g}", f"field.ngp_fraction={f1}", f"field.voxel_fraction={f2}",
-                   "train.steps=1000000", *device_sets, *a.set, *a.both_set]) for g in grids]
-    res["both_overrides"] = list(a.both_set)
+    jobs = lego_jobs(a)
+    grids, baselines = lego_grids(a.lego_grid), baselines_of(a)
+    labels = lego_labels(grids)
+    res: dict = {"budget_s": a.budget, "test_images": a.test_images,
+                 "phase_fractions": [float(v) for v in a.lego_phases.split(",")], "grids": grids, "device": a.device,
+                 "rs_overrides": (LEGO_CUDA_RS_SETS if a.device == "cuda" else []) + list(a.set),
+                 "both_overrides": list(a.both_set), "load_before": load()}
     for kind in baselines:
-        extra = LEGO_CPU_SETS.get(kind, []) if a.device == "cpu" else []
-        jobs.append((kind, ROOT / "scenes" / f"lego_{kind}.yaml",
-                     common + ["train.steps=1000000", *extra, *a.both_set]))
-        res[f"{kind}_overrides"] = extra
+        res[f"{kind}_overrides"] = LEGO_CPU_SETS.get(kind, []) if a.device == "cpu" else []
     runs = {labels[grids[0]]: Path(a.lego_rs_run)} if a.lego_rs_run else {}
     runs.update(reconstruct(jobs, a.device, 1))  # one at a time: each gets every core (and the GPU) for its budget
     for label, run in runs.items():
