@@ -7,13 +7,14 @@
 #
 # Environment:
 #   STAGES        space list of build, blur, lego, tests, gap (default: the first four, in that order;
-#                 gap evaluates the lego runs on 3 training views, and on 10 val views when LEGO_SETS
-#                 holds scene.splits=[train,val,test])
+#                 gap evaluates the lego runs on 3 training views)
 #   LEGO_BUDGET   training seconds per lego run (default 90)
 #   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's; "none": baselines only)
 #   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid; empty: none)
 #   LEGO_SETS     space list of KEY=VALUE overrides for every lego run (RS-SDF and baselines), e.g.
 #                 renderer.random_background=true (nerfacc's and Instant-NGP's training protocol)
+#   LEGO_VAL      also score every lego run on this many held-out val views (default 0: none; the
+#                 first 10 test views are one arc of the test circle, val views spread like the training ones)
 #   LEGO_LIMIT    seconds before the lego stage is stopped (default 4 x budget + 200)
 #   NLS_DATA      data root holding nerf/lego (default ../shared/data)
 # Uses the python3 on PATH, which must hold a CUDA build of torch and nls's dependencies. On a machine
@@ -88,25 +89,20 @@ for s in $STAGES; do
       set -f; for kv in ${LEGO_SETS:-}; do lego_sets+=(--both-set "$kv"); done; set +f
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
-        --lego-baselines "${LEGO_BASELINES-hash}" ${lego_sets[@]+"${lego_sets[@]}"} \
+        --lego-baselines "${LEGO_BASELINES-hash}" --val-images "${LEGO_VAL:-0}" ${lego_sets[@]+"${lego_sets[@]}"} \
         --out "$OUT_DIR/bench_rs_sdf_lego.json"
       ;;
     gap)
-      # the lego runs' PSNR on 3 *training* views and, when loaded, 10 held-out val views (white
-      # background, as the test views): train >> val means over-fitting; val >> test means the test
+      # the lego runs' PSNR on 3 *training* views (white background, as the test views); with LEGO_VAL the
+      # bench scores held-out val views too: train >> val means over-fitting, val >> test that the test
       # views themselves are harder (as on the H200: 35.2 / 33.8 / 26.7 dB for the hash grid)
       for run in $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["lego"]
 runs = [v["run"] for v in r.values() if isinstance(v, dict) and "run" in v]
 print(" ".join(sorted(runs, key=lambda run: run.rstrip("/").split("/")[-2] == "rs_sdf")))' \
                    "$OUT_DIR/bench_rs_sdf_lego.json" 2>>"$LOG"); do
-        splits="train"  # and val, held-out views like the training ones, when the run loaded it
-        grep -Eq '^  splits: \[.*\bval\b' "$run/config.yaml" && splits="val train"
-        for split in $splits; do
-          n=3; [ "$split" = val ] && n=10
-          stage "gap-$split-$(basename "$(dirname "$run")")" 120 python3 -m pipeline.cli eval "$run" -q --device cuda \
-            --set eval.split=$split --set eval.max_images=$n \
-            -o "$OUT_DIR/gap_${split}_$(basename "$(dirname "$run")")_$(basename "$run").json"
-        done
+        stage "gap-$(basename "$(dirname "$run")")" 120 python3 -m pipeline.cli eval "$run" -q --device cuda \
+          --set eval.split=train --set eval.max_images=3 \
+          -o "$OUT_DIR/gap_train_$(basename "$(dirname "$run")")_$(basename "$run").json"
       done
       ;;
     *) say "unknown stage $s (valid: build tests blur lego gap)";;

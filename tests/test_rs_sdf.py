@@ -576,11 +576,12 @@ def test_geometry_jobs_give_both_set_to_both_methods_and_set_to_rs_sdf_only():
 def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     """``bench.py rs_sdf --only lego``: one RS-SDF run per grid (``none``: baselines only), ``--set`` to
     RS-SDF only, ``--both-set`` (e.g. random backgrounds) to every run, GPU sizes for RS-SDF on CUDA and
-    CPU sizes for the hash baseline on CPU; bad grids are refused before anything trains."""
+    CPU sizes for the hash baseline on CPU, the val split with ``--val-images``; bad grids and counts are
+    refused before anything trains."""
     bench = _bench_module()
     args = dict(lego_phases="0.5,0.2", lego_grid="256,384", lego_baselines="hash", lego_rs_run=None, budget=75.0,
                 test_images=10, device="cuda", set=["certifier.sigma=0.01"],
-                both_set=["renderer.random_background=true"])
+                both_set=["renderer.random_background=true"], val_images=0)
     jobs = {label: (scene.name, sets) for label, scene, sets in bench.lego_jobs(type("A", (), args)())}
     assert list(jobs) == ["rs_sdf_256", "rs_sdf_384", "hash"]
     for label in ("rs_sdf_256", "rs_sdf_384"):
@@ -593,6 +594,11 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     cpu = {label: sets for label, _, sets in bench.lego_jobs(type("A", (), {**args, "device": "cpu",
                                                                                  "lego_grid": "none"})())}
     assert list(cpu) == ["hash"] and set(bench.LEGO_CPU_SETS["hash"]) <= set(cpu["hash"])
+    assert all("scene.splits=[train,val,test]" not in sets for _, sets in jobs.values())
+    with_val = bench.lego_jobs(type("A", (), {**args, "val_images": 10})())  # --val-images: every run loads val
+    assert all("scene.splits=[train,val,test]" in sets for _, _, sets in with_val)
+    with pytest.raises(SystemExit, match="--val-images"):
+        bench.lego_jobs(type("A", (), {**args, "val_images": -1})())
     assert bench.lego_grids("192") == [192] and bench.lego_grids("none") == []
     for bad in ("", "12x", "4", "1024"):
         with pytest.raises(SystemExit, match="--lego-grid"):

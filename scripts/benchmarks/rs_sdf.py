@@ -30,7 +30,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   (``LEGO_CPU_SETS``: 4096 rays x 256 samples, as the other lego scenes) instead of its GPU sizes; on CUDA
   RS-SDF gets the hash-grid appearance field and the baseline's GPU sizes (``LEGO_CUDA_RS_SETS``).
   ``--lego-grid 256,384`` trains one RS-SDF run per voxel grid; ``--both-set KEY=VALUE`` goes to every
-  run (e.g. ``renderer.random_background=true``, nerfacc's and Instant-NGP's training protocol).
+  run (e.g. ``renderer.random_background=true``, nerfacc's and Instant-NGP's training protocol);
+  ``--val-images N`` also scores every run on N held-out val views.
 
 Writes outputs/bench/rs_sdf.json.
 """
@@ -179,6 +180,20 @@ def reconstruct(jobs: list[tuple[str, Path, list[str]]], device: str, parallel: 
                 raise SystemExit(f"{scene.name} failed with exit code {proc.returncode}")
             runs[label] = sorted(out.glob("*/*/*"), key=lambda p: p.stat().st_mtime)[-1]
     return runs
+
+
+def evaluate_split(run: Path, device: str, split: str, n_images: int) -> dict:
+    """``nls eval`` of a finished run on the first ``n_images`` views of ``split`` (2x2 rays per pixel, as
+    the runs' own test figures), written to ``RUN/eval_<split>.json``; returns its metrics."""
+    out = run / f"eval_{split}.json"
+    cmd = [sys.executable, "-m", "pipeline.cli", "eval", str(run), "-q", "--device", device, "-o", str(out),
+           "--set", f"eval.split={split}", "--set", f"eval.max_images={n_images}", "--set", "eval.supersample=2"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"nls eval of {run} on {split} failed with exit code {proc.returncode}")
+    return json.loads(out.read_text())["metrics"]
 
 
 def _open(run: Path):
@@ -423,14 +438,19 @@ def lego_labels(grids: list[int]) -> dict[int, str]:
 def lego_jobs(a) -> list[tuple[str, Path, list[str]]]:
     """``(label, scene file, overrides)`` per lego run: one RS-SDF run per ``--lego-grid`` (none with
     ``--lego-rs-run``), then the baselines. ``--set`` goes to RS-SDF only, ``--both-set`` to every run;
-    RS-SDF gets the GPU sizes on CUDA (``LEGO_CUDA_RS_SETS``), the baselines their CPU sizes on CPU."""
+    RS-SDF gets the GPU sizes on CUDA (``LEGO_CUDA_RS_SETS``), the baselines their CPU sizes on CPU; with
+    ``--val-images N`` every run also loads the val split."""
     f1, f2 = (float(v) for v in a.lego_phases.split(","))
     grids, baselines = lego_grids(a.lego_grid), baselines_of(a)
     if not grids and not baselines:
         raise SystemExit("--lego-grid none needs at least one --lego-baselines entry")
+    if a.val_images < 0:
+        raise SystemExit(f"--val-images {a.val_images}: give a number of val views >= 0 (0: none)")
     if a.lego_rs_run and len(grids) != 1:
         raise SystemExit("--lego-rs-run needs exactly one --lego-grid")
     common = [f"train.max_seconds={a.budget}", f"eval.max_images={a.test_images}", "eval.supersample=2"]
+    if a.val_images:  # held-out views like the training ones, scored after training
+        common.append("scene.splits=[train,val,test]")
     device_sets = LEGO_CUDA_RS_SETS if a.device == "cuda" else []
     labels = lego_labels(grids)
     jobs = [] if a.lego_rs_run else [
@@ -456,7 +476,7 @@ def bench_lego(a) -> dict:
     jobs = lego_jobs(a)
     grids, baselines = lego_grids(a.lego_grid), baselines_of(a)
     labels = lego_labels(grids)
-    res: dict = {"budget_s": a.budget, "test_images": a.test_images,
+    res: dict = {"budget_s": a.budget, "test_images": a.test_images, "val_images": a.val_images,
                  "phase_fractions": [float(v) for v in a.lego_phases.split(",")], "grids": grids, "device": a.device,
                  "rs_overrides": (LEGO_CUDA_RS_SETS if a.device == "cuda" else []) + list(a.set),
                  "both_overrides": list(a.both_set), "load_before": load()}
@@ -469,9 +489,14 @@ def bench_lego(a) -> dict:
         res[label] = {"run": str(run), "psnr": s["metrics"].get("psnr"), "ssim": s["metrics"].get("ssim"),
                       "steps": s["step"], "train_seconds": s["train_seconds"], "load": s.get("load_average"),
                       "device": s.get("device_name") or s.get("device")}
+        if a.val_images:
+            m = evaluate_split(run, a.device, "val", a.val_images)
+            res[label].update(val_psnr=m.get("psnr"), val_ssim=m.get("ssim"), val_images=m.get("n_images"))
     for g in grids:
         for kind in baselines:
             res[f"psnr_drop_{labels[g]}_vs_{kind}_db"] = res[kind]["psnr"] - res[labels[g]]["psnr"]
+            if a.val_images:
+                res[f"val_psnr_drop_{labels[g]}_vs_{kind}_db"] = res[kind]["val_psnr"] - res[labels[g]]["val_psnr"]
     res["load_after"] = load()
     return res
 
@@ -505,6 +530,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "and the voxel phase (the joint phase gets the rest)")
     ap.add_argument("--lego-grid", default="192", help="lego: voxel grid(s) of RS-SDF, one run each, e.g. 256,384 "
                     "(paper: 192, 256, 384); none: the baselines only")
+    ap.add_argument("--val-images", type=int, default=0, metavar="N",
+                    help="lego: also load the val split and score every run on its first N views (0: off; the first "
+                    "10 test views are one arc of the test circle, the val views are spread like the training ones)")
     ap.add_argument("--lego-rs-run", help="lego: use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--lego-baselines", default="hash,dense", help="lego: baselines, comma list of hash "
                     "(scenes/lego_hash.yaml, the paper's) and dense (scenes/lego_dense.yaml)")
