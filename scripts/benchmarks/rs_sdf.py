@@ -430,6 +430,16 @@ def baselines_of(a) -> list[str]:
     return [k.strip() for k in a.lego_baselines.split(",") if k.strip()]
 
 
+def lego_rs_sets(device: str) -> list[str]:
+    """Overrides RS-SDF gets on ``device`` (the GPU sizes on CUDA, none on CPU)."""
+    return list(LEGO_CUDA_RS_SETS) if device == "cuda" else []
+
+
+def lego_baseline_sets(kind: str, device: str) -> list[str]:
+    """Overrides baseline ``kind`` gets on ``device`` (its CPU sizes on CPU, none on CUDA)."""
+    return list(LEGO_CPU_SETS.get(kind, [])) if device == "cpu" else []
+
+
 def lego_labels(grids: list[int]) -> dict[int, str]:
     """Run label per RS-SDF grid: ``rs_sdf`` for one grid, ``rs_sdf_<grid>`` for several."""
     return {g: ("rs_sdf" if len(grids) == 1 else f"rs_sdf_{g}") for g in grids}
@@ -451,16 +461,14 @@ def lego_jobs(a) -> list[tuple[str, Path, list[str]]]:
     common = [f"train.max_seconds={a.budget}", f"eval.max_images={a.test_images}", "eval.supersample=2"]
     if a.val_images:  # held-out views like the training ones, scored after training
         common.append("scene.splits=[train,val,test]")
-    device_sets = LEGO_CUDA_RS_SETS if a.device == "cuda" else []
     labels = lego_labels(grids)
     jobs = [] if a.lego_rs_run else [
         (labels[g], ROOT / "scenes" / "rs_sdf_lego.yaml",
          common + [f"field.resolution={g}", f"field.ngp_fraction={f1}", f"field.voxel_fraction={f2}",
-                   "train.steps=1000000", *device_sets, *a.set, *a.both_set]) for g in grids]
+                   "train.steps=1000000", *lego_rs_sets(a.device), *a.set, *a.both_set]) for g in grids]
     for kind in baselines:
-        extra = LEGO_CPU_SETS.get(kind, []) if a.device == "cpu" else []
         jobs.append((kind, ROOT / "scenes" / f"lego_{kind}.yaml",
-                     common + ["train.steps=1000000", *extra, *a.both_set]))
+                     common + ["train.steps=1000000", *lego_baseline_sets(kind, a.device), *a.both_set]))
     return jobs
 
 
@@ -478,10 +486,10 @@ def bench_lego(a) -> dict:
     labels = lego_labels(grids)
     res: dict = {"budget_s": a.budget, "test_images": a.test_images, "val_images": a.val_images,
                  "phase_fractions": [float(v) for v in a.lego_phases.split(",")], "grids": grids, "device": a.device,
-                 "rs_overrides": (LEGO_CUDA_RS_SETS if a.device == "cuda" else []) + list(a.set),
+                 "rs_overrides": lego_rs_sets(a.device) + list(a.set),
                  "both_overrides": list(a.both_set), "load_before": load()}
     for kind in baselines:
-        res[f"{kind}_overrides"] = LEGO_CPU_SETS.get(kind, []) if a.device == "cpu" else []
+        res[f"{kind}_overrides"] = lego_baseline_sets(kind, a.device)
     runs = {labels[grids[0]]: Path(a.lego_rs_run)} if a.lego_rs_run else {}
     runs.update(reconstruct(jobs, a.device, 1))  # one at a time: each gets every core (and the GPU) for its budget
     for label, run in runs.items():
