@@ -288,7 +288,7 @@ def cmd_render(args) -> int:
     check_can_render(ld.scene, ld.system, args.split)  # before any folder is made
     out_root = Path(args.output) if args.output else ld.run.renders_dir
     check_writable(out_root / args.split)
-    given = {"supersample": args.supersample, "max_images": args.max_images}
+    given = {"supersample": args.supersample, "max_images": args.max_images, "every": args.every}
     ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,
                       out_dir=out_root / args.split, save_depth=args.depth, progress=not args.quiet)
@@ -493,7 +493,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="S x S rays per pixel, averaged, S in 1..4 (default: the run's eval.supersample)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument("--max-images", type=_int_at_least(1), metavar="N",
-                   help="render the first N views only (default: the run's eval.max_images, else all)")
+                   help="render the first N views only (after --every; default: the run's eval.max_images, else all)")
+    c.add_argument("--every", type=_int_at_least(1), metavar="K",
+                   help="render every K-th view of the split (0, K, 2K, ...; default: the run's eval.every)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "

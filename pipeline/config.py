@@ -69,7 +69,10 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     split: str = Field("test", description="image split used for PSNR/SSIM and `nls render`")
-    max_images: Optional[int] = Field(None, ge=1, description="evaluate on the first N images only")
+    max_images: Optional[int] = Field(None, ge=1, description="evaluate on the first N images only (after `every`)")
+    every: int = Field(1, ge=1, description="evaluate every k-th image of the split (indices 0, k, 2k, ...): a "
+                       "subset spread over the whole split, e.g. every 10th view of lego's 200-view test circle, "
+                       "where the first N views are one arc of it")
     chunk: int = Field(8192, ge=1, description="rays per rendering chunk (bounds memory)")
     supersample: int = Field(1, ge=1, le=4, description="rays per pixel side when rendering the eval split "
                              "(s x s rays averaged: anti-aliasing, for images that were rendered or downscaled "

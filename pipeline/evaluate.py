@@ -108,6 +108,12 @@ def check_eval_split(cfg: SceneConfig, scene: SceneData, system, overrides: Sequ
         raise NLSError(f"{where}: " + missing_split_message(scene, cfg.eval.split, "eval.split"))
 
 
+def eval_indices(n_views: int, every: int = 1, max_images: Optional[int] = None) -> list[int]:
+    """The views of a split that evaluation renders: every ``every``-th of ``n_views`` (0, k, 2k, ...),
+    then at most ``max_images`` of them."""
+    return list(range(0, n_views, every))[:max_images]
+
+
 def render_split(ctx: EvalContext) -> list:
     import imageio.v3 as iio
     import torch
@@ -119,14 +125,15 @@ def render_split(ctx: EvalContext) -> list:
     split = ctx.scene.splits[split_name]
     out_dir = ctx.out_dir or (ctx.run.renders_dir / split_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = len(split) if ctx.cfg.eval.max_images is None else min(len(split), ctx.cfg.eval.max_images)
+    indices = eval_indices(len(split), ctx.cfg.eval.every, ctx.cfg.eval.max_images)
+    n = len(indices)
     cams = split.cameras.to(ctx.device)
     # anti-aliased evaluation; passed only when asked for, so renderers of older plugins keep working
     extra = {"supersample": ctx.cfg.eval.supersample} if ctx.cfg.eval.supersample > 1 else {}
     pairs = []
     ctx.system.eval()
     with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
-        for i in range(n):
+        for done, i in enumerate(indices, 1):
             out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             pred = out["rgb"].clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
@@ -139,7 +146,7 @@ def render_split(ctx: EvalContext) -> list:
                     if key in out:
                         np.save(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
             pairs.append((pred, gt))
-            bar.advance(i + 1)
+            bar.advance(done)
     return pairs
 
 

@@ -6,6 +6,7 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: outputs/gpu_check
 #
 # Environment:
+#   TESTS_K       pytest -k expression of the tests stage (default "cuda or tcnn": all of them; e.g. blur)
 #   STAGES        space list of build, blur, lego, tests, gap (default: the first four, in that order;
 #                 gap evaluates the lego runs on 3 training views)
 #   LEGO_BUDGET   training seconds per lego run (default 90)
@@ -15,6 +16,8 @@
 #                 renderer.random_background=true (nerfacc's and Instant-NGP's training protocol)
 #   LEGO_VAL      also score every lego run on this many held-out val views (default 0: none; the
 #                 first 10 test views are one arc of the test circle, val views spread like the training ones)
+#   LEGO_EVERY    also score every lego run on every K-th test view, with each view's PSNR (default 0: none;
+#                 10 is 20 views around lego's 200-view test circle; needs those test views in the data)
 #   LEGO_LIMIT    seconds before the lego stage is stopped (default 4 x budget + 200)
 #   NLS_DATA      data root holding nerf/lego (default ../shared/data)
 # Uses the python3 on PATH, which must hold a CUDA build of torch and nls's dependencies. On a machine
@@ -78,7 +81,7 @@ for s in $STAGES; do
       ;;
     tests)
       stage tests 240 python3 -m pytest -q -p no:cacheprovider -m "not slow" -rs tests/test_cuda.py \
-        tests/test_rendering.py::test_cuda_path_matches_torch_path tests/test_hashgrid.py -k "cuda or tcnn"
+        tests/test_rendering.py::test_cuda_path_matches_torch_path tests/test_hashgrid.py -k "${TESTS_K:-cuda or tcnn}"
       ;;
     blur)
       stage blur 120 python3 scripts/bench.py rs_sdf --only blur --device cuda --size 384 \
@@ -89,7 +92,8 @@ for s in $STAGES; do
       set -f; for kv in ${LEGO_SETS:-}; do lego_sets+=(--both-set "$kv"); done; set +f
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
-        --lego-baselines "${LEGO_BASELINES-hash}" --val-images "${LEGO_VAL:-0}" ${lego_sets[@]+"${lego_sets[@]}"} \
+        --lego-baselines "${LEGO_BASELINES-hash}" --val-images "${LEGO_VAL:-0}" --test-every "${LEGO_EVERY:-0}" \
+        ${lego_sets[@]+"${lego_sets[@]}"} \
         --out "$OUT_DIR/bench_rs_sdf_lego.json"
       ;;
     gap)
@@ -110,6 +114,6 @@ print(" ".join(sorted(runs, key=lambda run: run.rstrip("/").split("/")[-2] == "r
 done
 # what comes back: the log, the JSON, and the runs' small records (no checkpoints)
 find outputs/bench/runs_rs_sdf -maxdepth 6 \( -name summary.json -o -name config.yaml -o -name metrics.jsonl \
-  -o -name cmd.txt \) 2>/dev/null | tar czf "$OUT_DIR/results.tar.gz" -T - "$OUT_DIR"/*.json 2>/dev/null
+  -o -name cmd.txt -o -name 'eval_*.json' \) 2>/dev/null | tar czf "$OUT_DIR/results.tar.gz" -T - "$OUT_DIR"/*.json 2>/dev/null
 say "== done $(date -u +%T)"
 grep -E "^== stage .* rc=|passed|failed|error" "$LOG" | tail -20

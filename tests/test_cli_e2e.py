@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import trimesh
@@ -25,6 +26,11 @@ QUALITY = dict(
            "lr": 0.01},
     eval={"max_images": 3, "chamfer_samples": 20000},
 )
+def _view_index(name: str) -> int:
+    """``r_12_pred_gt_depth.png`` -> 12."""
+    return int(name.split("_")[1])
+
+
 #: floors stated here and in the issue notes; measured values are printed
 PSNR_FLOOR_DB = 23.0  # measured 24.8 on 2 busy cores
 CHAMFER_L1_BOUND = 40.0  # x10^3 in the GT-normalised frame (4% of the extent); measured 26, floor ~6
@@ -116,6 +122,13 @@ def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
     pngs = sorted((tmp_path / "r" / "test").glob("*.png"))
     assert len(pngs) == 6  # 3 renders + 3 side-by-sides
     assert list((tmp_path / "r").glob("turntable.*"))
+    # --every 2: views 0 and 2 of the 3, the same pixels as in the full render
+    nls("render", str(run), "--every", "2", "-o", str(tmp_path / "e"), check=True)
+    full = sorted((tmp_path / "r" / "test").glob("*_pred_gt_depth.png"), key=lambda p: _view_index(p.name))
+    every = sorted((tmp_path / "e" / "test").glob("*_pred_gt_depth.png"), key=lambda p: _view_index(p.name))
+    assert [p.name for p in every] == [full[0].name, full[2].name]
+    for a, b in zip(every, (full[0], full[2])):
+        assert np.array_equal(imageio.imread(a), imageio.imread(b)), a.name
     ev = nls("eval", str(run), "-o", str(tmp_path / "m.json"), check=True)  # -o: every command that writes
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["metrics"]["psnr"] > 0 and "chamfer_l1" in data["metrics"]

@@ -227,3 +227,12 @@ def test_a_loss_the_chain_cannot_feed_suggests_removing_it(nls_host):
         load_scene(scene, nls_host, ["field.type=hash_grid"])
     cfg = load_scene(scene, nls_host, ["field.type=hash_grid", "losses=[{type: photometric}]"])
     assert cfg.choice("field").name == "hash_grid" and [c.name for c in cfg.losses] == ["photometric"]
+
+
+def test_eval_every_spreads_the_views_before_max_images_caps_them():
+    from pipeline.evaluate import eval_indices
+
+    assert eval_indices(200, 10, None) == list(range(0, 200, 10))
+    assert eval_indices(200, 10, 5) == [0, 10, 20, 30, 40]
+    assert eval_indices(3, 1, None) == [0, 1, 2] and eval_indices(3, 2) == [0, 2]
+    assert eval_indices(7, 1, 10) == list(range(7))
