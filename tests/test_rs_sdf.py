@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from plugins.rs_sdf.grid import grid_points, sample_grid, voxel_size
 from plugins.scenes.shapes import box as box_sdf
 from plugins.scenes.shapes import sphere
 
+ROOT = Path(__file__).resolve().parents[1]
 BOX = torch.tensor([-0.6, -0.6, -0.6, 0.6, 0.6, 0.6])
 
 
@@ -124,6 +126,73 @@ def test_blur_matches_scipy(method, sigma):
 def test_blur_gradient_is_exact(method):
     x = torch.rand(7, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: gaussian_blur3d(v, (1.2, 0.7, 0.9), method=method), (x,))
+
+
+_TRITON_CHECK = """
+import json, sys, torch
+from scipy.ndimage import gaussian_filter
+from plugins.rs_sdf.blur import gaussian_blur3d
+gen = torch.Generator().manual_seed(3)
+x = torch.rand(19, 13, 22, dtype=torch.float64, generator=gen)
+g = torch.rand(19, 13, 22, dtype=torch.float64, generator=gen)
+sigma = (1.2, 0.9, 1.5)  # radius ceil(4 sigma) here = scipy's int(4 sigma + 0.5)
+xf = x.float().requires_grad_(True)
+y = gaussian_blur3d(xf, sigma, method="triton")
+y.backward(g.float())
+ref, ref_g = (gaussian_filter(a.numpy(), sigma, mode="constant", truncate=4.0) for a in (x, g))
+print(json.dumps({"fwd": float(abs(y.detach().double().numpy() - ref).max()),
+                  "bwd": float(abs(xf.grad.double().numpy() - ref_g).max()), "dtype": str(y.dtype)}))
+"""
+
+
+def test_blur_triton_kernels_match_scipy_in_the_interpreter():
+    """The Triton path (one kernel per axis, used on CUDA) run on CPU through Triton's interpreter
+    (``TRITON_INTERPRET=1``, set before triton is imported, hence a fresh process): forward against
+    scipy, backward against scipy's blur of the output gradient (the adjoint)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (the `test` extra installs it on Linux x86-64; CUDA builds of "
+                    "PyTorch ship it)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", _TRITON_CHECK], cwd=ROOT, env=env, text=True, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["dtype"] == "torch.float32" and res["fwd"] < 1e-6 and res["bwd"] < 1e-6, res
+
+
+def test_blur_triton_is_refused_where_it_cannot_run(monkeypatch):
+    """``method: triton`` on a CPU grid without the interpreter: a clear error from the blur, and from
+    the certifier before training starts, naming the key."""
+    from plugins.rs_sdf.blur import _triton
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ok, why = _triton().available(torch.device("cpu"))
+    assert not ok and ("CUDA" in why or "not importable" in why), why
+    with pytest.raises(ValueError, match="blur method 'triton'"):
+        gaussian_blur3d(torch.zeros(4, 4, 4), 1.0, method="triton")
+    rs = RandomizedSmoothing(RandomizedSmoothingConfig(method="triton"), BOX)
+    with pytest.raises(NLSError, match="certifier.method: 'triton'"):
+        rs.prepare_kernels(torch.device("cpu"))
+
+
+def test_blur_auto_method_by_device_dtype_and_radius(monkeypatch):
+    """``auto``: the C++ kernel (else matmul) for float32 CPU grids, the FFT for wide taps; on CUDA the
+    Triton kernels where triton runs, else the FFT (the device is only inspected, none is needed)."""
+    from plugins.rs_sdf import blur_triton
+    from plugins.rs_sdf.blur import FFT_RADIUS, KERNEL, auto_method
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_method(cpu, torch.float32, 8) == ("kernel" if KERNEL.load() else "matmul")
+    assert auto_method(cpu, torch.float64, 8) == "matmul" and auto_method(cpu, torch.float64, FFT_RADIUS + 1) == "fft"
+    monkeypatch.setattr(blur_triton, "available", lambda device: (True, ""))
+    assert auto_method(cuda, torch.float32, 8) == "triton"
+    assert auto_method(cuda, torch.float32, FFT_RADIUS + 1) == "fft" and auto_method(cuda, torch.float64, 8) == "fft"
+    monkeypatch.setattr(blur_triton, "available", lambda device: (False, "no triton"))
+    assert auto_method(cuda, torch.float32, 8) == "fft"
 
 
 def test_blur_rejects_bad_input():
@@ -581,7 +650,7 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     bench = _bench_module()
     args = dict(lego_phases="0.5,0.2", lego_grid="256,384", lego_baselines="hash", lego_rs_run=None, budget=75.0,
                 test_images=10, device="cuda", set=["certifier.sigma=0.01"],
-                both_set=["renderer.random_background=true"], val_images=0)
+                both_set=["renderer.random_background=true"], val_images=0, test_every=0)
     jobs = {label: (scene.name, sets) for label, scene, sets in bench.lego_jobs(type("A", (), args)())}
     assert list(jobs) == ["rs_sdf_256", "rs_sdf_384", "hash"]
     for label in ("rs_sdf_256", "rs_sdf_384"):
@@ -599,12 +668,36 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     assert all("scene.splits=[train,val,test]" in sets for _, _, sets in with_val)
     with pytest.raises(SystemExit, match="--val-images"):
         bench.lego_jobs(type("A", (), {**args, "val_images": -1})())
+    with pytest.raises(SystemExit, match="--test-every"):
+        bench.lego_jobs(type("A", (), {**args, "test_every": -1})())
     assert bench.lego_grids("192") == [192] and bench.lego_grids("none") == []
     for bad in ("", "12x", "4", "1024"):
         with pytest.raises(SystemExit, match="--lego-grid"):
             bench.lego_grids(bad)
     with pytest.raises(SystemExit, match="at least one"):
         bench.lego_jobs(type("A", (), {**args, "lego_grid": "none", "lego_baselines": ""})())
+
+
+def test_per_view_psnr_reads_the_side_by_sides_in_view_order(tmp_path):
+    """``bench.py rs_sdf --test-every``: each view's PSNR from its prediction | truth | depth PNG, views
+    ordered by number (r_2 before r_10), against the PSNR computed from the arrays that were written."""
+    import imageio.v3 as iio
+
+    from pipeline.metrics import psnr
+
+    bench = _bench_module()
+    rng = np.random.default_rng(0)
+    want = {}
+    for i, noise in ((10, 0.02), (2, 0.1), (0, 0.05)):
+        gt = rng.random((8, 8, 3))
+        pred = np.clip(gt + noise * rng.standard_normal(gt.shape), 0, 1)
+        p8, g8 = (np.round(a * 255).astype(np.uint8) for a in (pred, gt))
+        iio.imwrite(tmp_path / f"r_{i}_pred_gt_depth.png", np.concatenate([p8, g8, np.zeros_like(g8)], 1))
+        iio.imwrite(tmp_path / f"r_{i}.png", p8)  # a plain render beside it is not a side-by-side
+        want[f"r_{i}"] = psnr(p8 / 255.0, g8 / 255.0)
+    got = bench.per_view_psnr(tmp_path)
+    assert list(got) == ["r_0", "r_2", "r_10"]
+    assert all(abs(got[k] - want[k]) < 1e-3 for k in want), (got, want)
 
 
 @pytest.mark.parametrize("metric", ["sampled", "surface"])

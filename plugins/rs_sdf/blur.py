@@ -29,9 +29,15 @@ Four paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode=
   never picks it; it stays as the library-only reference path.
 * ``"fft"``: zero-padded real FFT (``torch.fft.rfftn``) times the transfer function of the same
   sampled taps (outer product of the three 1-D transforms). Cheaper for large ``sigma_vox``,
-  where the band gets wide; ``"auto"`` picks it for ``r > 24``, and always on CUDA: on an H200 at
-  384^3, sigma 2 voxels, it took 3.3-3.4 ms forward and 6.7-7.0 ms forward + backward against the
-  matmul's 3.5-4.4 / 8.0-8.7 ms and cuDNN conv's 23 / 47 ms (two sessions; README, CUDA figures).
+  where the band gets wide; ``"auto"`` picks it for ``r > 24``, and on CUDA when triton is not
+  importable: on an H200 at 384^3, sigma 2 voxels, it took 3.3-3.4 ms forward and 6.7-7.0 ms
+  forward + backward against the matmul's 3.5-4.4 / 8.0-8.7 ms and cuDNN conv's 23 / 47 ms (two
+  sessions; README, CUDA figures).
+* ``"triton"``: one Triton kernel per axis (:mod:`plugins.rs_sdf.blur_triton`), each one read and
+  one write of the grid: the 6 transfers of the bandwidth bound. CUDA float32 grids only;
+  ``"auto"`` takes it there for ``r <= 24`` whenever triton imports. On the H200 at 384^3, sigma 2
+  voxels: 1.49 ms forward and 2.99 ms forward + backward, against the FFT's 3.45 / 7.08 ms in the
+  same run, and 4.5x the 0.33 ms bound (the FFT: 10x).
 
 The taps are the sampled Gaussian normalised to sum 1 (as scipy does), so a constant grid stays
 constant away from the boundary. Outside the grid the occupancy is taken as 0 (zero padding):
@@ -52,14 +58,14 @@ from torch import Tensor
 
 from pipeline.cpp_kernels import CppKernel
 
-__all__ = ["gaussian_taps", "gaussian_blur3d", "blur_radius", "FFT_RADIUS", "KERNEL", "METHODS"]
+__all__ = ["gaussian_taps", "gaussian_blur3d", "blur_radius", "auto_method", "FFT_RADIUS", "KERNEL", "METHODS"]
 
-METHODS = ("auto", "kernel", "matmul", "conv", "fft")
+METHODS = ("auto", "kernel", "matmul", "conv", "fft", "triton")
 #: the C++ CPU kernel (built on first use; ``KERNEL.status()`` tells whether it loaded)
 KERNEL = CppKernel("nls_blur", Path(__file__).resolve().parent / "csrc" / "blur_cpu.cpp", probe="blur3d",
                    env="NLS_BLUR_KERNEL", cflags=("-march=native",))
 
-#: "auto" switches from the banded matmul to the FFT above this tap radius (voxels; CUDA grids always take the FFT)
+#: "auto" switches from the banded matmul (CPU) or the Triton kernels (CUDA) to the FFT above this tap radius (voxels)
 FFT_RADIUS = 24
 _BLOCK = 16
 
@@ -162,13 +168,29 @@ def _blur_fft(v: Tensor, taps: Sequence[Tensor]) -> Tensor:
     return out[: shape[0], : shape[1], : shape[2]].contiguous()
 
 
+def _triton():
+    """:mod:`plugins.rs_sdf.blur_triton`, imported on first use (importing triton takes a second)."""
+    from plugins.rs_sdf import blur_triton
+
+    return blur_triton
+
+
+def auto_method(device: torch.device, dtype: torch.dtype, radius: int) -> str:
+    """The path ``method="auto"`` takes for a grid on ``device`` of ``dtype`` with taps of ``radius``."""
+    if device.type == "cpu" and dtype == torch.float32 and KERNEL.load():
+        return "kernel"
+    if device.type == "cuda" and dtype == torch.float32 and radius <= FFT_RADIUS and _triton().available(device)[0]:
+        return "triton"
+    return "fft" if radius > FFT_RADIUS or device.type == "cuda" else "matmul"
+
+
 def _blur(v: Tensor, sigmas_vox: Sequence[float], truncate: float, method: str) -> Tensor:
     taps = [gaussian_taps(s, truncate, v.dtype).to(v.device) for s in sigmas_vox]
-    r = max((len(w) - 1) // 2 for w in taps)
     cpu32 = v.device.type == "cpu" and v.dtype == torch.float32
     if method == "auto":
-        method = "kernel" if cpu32 and KERNEL.load() else \
-            ("fft" if r > FFT_RADIUS or v.device.type == "cuda" else "matmul")
+        method = auto_method(v.device, v.dtype, max((len(w) - 1) // 2 for w in taps))
+    if method == "triton":
+        return _triton().blur3d(v, taps)
     if method == "kernel":
         if not (cpu32 and KERNEL.load()):
             raise ValueError(f"blur method 'kernel' needs a float32 CPU grid and a built kernel "
@@ -198,7 +220,7 @@ def gaussian_blur3d(v: Tensor, sigma_vox, *, truncate: float = 4.0, method: str 
     """Blur ``v (R0, R1, R2)`` with a Gaussian of std ``sigma_vox`` voxels (a float or one per axis).
 
     ``truncate``: tap radius in standard deviations (>= 3; 4 as scipy). ``method``: ``"auto"``,
-    ``"kernel"``, ``"matmul"``, ``"conv"`` or ``"fft"``. Differentiable; the output has the shape and dtype of ``v``.
+    ``"kernel"``, ``"matmul"``, ``"conv"``, ``"fft"`` or ``"triton"``. Differentiable; the output has the shape and dtype of ``v``.
     """
     if v.dim() != 3:
         raise ValueError(f"gaussian_blur3d needs a 3-D grid (R0, R1, R2), got shape {tuple(v.shape)}")

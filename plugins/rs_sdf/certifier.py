@@ -59,11 +59,16 @@ class RandomizedSmoothing(nn.Module):
         self._cache = None
 
     def prepare_kernels(self, device: torch.device) -> None:
-        """Before training: on CPU, build or load the C++ blur kernel (``method`` auto or kernel)."""
-        from plugins.rs_sdf.blur import KERNEL
+        """Before training: on CPU, build or load the C++ blur kernel (``method`` auto or kernel); with
+        ``method: triton``, refuse a device the Triton kernels cannot run on."""
+        from plugins.rs_sdf.blur import KERNEL, _triton
 
         if torch.device(device).type == "cpu" and self.cfg.method in ("auto", "kernel"):
             KERNEL.load()
+        if self.cfg.method == "triton":
+            ok, why = _triton().available(torch.device(device))
+            if not ok:
+                raise NLSError(f"certifier.method: 'triton' cannot run here: {why}; use auto, fft or matmul")
 
     def occupancy_grid(self, field: nn.Module) -> tuple[Tensor, Tensor]:
         """The grid to blur: the field's own, or its occupancy rasterised at the vertices (R,R,R)."""

@@ -52,9 +52,10 @@ class RandomizedSmoothingConfig(ComponentConfig):
     sigma: float = Field(0.02, gt=0, description="smoothing std in world units (converted to voxels per axis)")
     eps: float = Field(1e-4, gt=0, lt=0.5, description="clamp of the smoothed occupancy to [eps, 1-eps] before Phi^-1")
     truncate: float = Field(4.0, ge=3.0, le=8.0, description="blur radius in standard deviations")
-    method: Literal["auto", "kernel", "matmul", "conv", "fft"] = Field(
-        "auto", description="blur implementation (auto: the C++ CPU kernel for float32 CPU grids, the FFT on CUDA "
-        "and for wide kernels, else banded matmul; conv: torch conv3d, cuDNN on CUDA)")
+    method: Literal["auto", "kernel", "matmul", "conv", "fft", "triton"] = Field(
+        "auto", description="blur implementation (auto: the C++ CPU kernel for float32 CPU grids; on CUDA the Triton "
+        "kernels when triton imports, else the FFT; the FFT for wide kernels; else banded matmul; conv: torch "
+        "conv3d, cuDNN on CUDA; triton: one Triton kernel per axis, CUDA only)")
     resolution: int = Field(128, ge=8, le=512, description="rasterisation grid (vertices per axis) for occupancy "
                             "fields that have no voxel grid of their own")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,

@@ -31,7 +31,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   RS-SDF gets the hash-grid appearance field and the baseline's GPU sizes (``LEGO_CUDA_RS_SETS``).
   ``--lego-grid 256,384`` trains one RS-SDF run per voxel grid; ``--both-set KEY=VALUE`` goes to every
   run (e.g. ``renderer.random_background=true``, nerfacc's and Instant-NGP's training protocol);
-  ``--val-images N`` also scores every run on N held-out val views.
+  ``--val-images N`` also scores every run on N held-out val views; ``--test-every K`` on every K-th
+  test view (the whole circle at that stride), with each view's PSNR.
 
 Writes outputs/bench/rs_sdf.json.
 """
@@ -63,7 +64,7 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
     import torch
     from scipy.ndimage import gaussian_filter
 
-    from plugins.rs_sdf.blur import KERNEL, gaussian_blur3d
+    from plugins.rs_sdf.blur import KERNEL, _triton, auto_method, blur_radius, gaussian_blur3d
 
     dev = torch.device(device)
     x = torch.rand(size, size, size, device=dev, requires_grad=True)
@@ -88,7 +89,12 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
     methods = ["matmul", "conv", "fft"] if dev.type == "cuda" else ["matmul", "fft"]
     if dev.type == "cpu" and KERNEL.load():
         methods.insert(0, "kernel")
+    if dev.type == "cuda":  # the Triton kernels where triton imports (CUDA images of PyTorch ship it)
+        ok, why = _triton().available(dev)
+        methods += ["triton"] if ok else []
+        res["triton"] = "available" if ok else why
     res["methods"] = methods
+    res["auto_method"] = auto_method(dev, x.dtype, blur_radius(sigma_vox))
     for method in methods:  # warm-up (allocator, BLAS / cuFFT plans)
         ours(method)
     if dev.type == "cuda":
@@ -182,18 +188,40 @@ def reconstruct(jobs: list[tuple[str, Path, list[str]]], device: str, parallel: 
     return runs
 
 
-def evaluate_split(run: Path, device: str, split: str, n_images: int) -> dict:
-    """``nls eval`` of a finished run on the first ``n_images`` views of ``split`` (2x2 rays per pixel, as
-    the runs' own test figures), written to ``RUN/eval_<split>.json``; returns its metrics."""
-    out = run / f"eval_{split}.json"
+def evaluate_split(run: Path, device: str, split: str, n_images: int | None, every: int = 1) -> dict:
+    """``nls eval`` of a finished run on ``split`` (2x2 rays per pixel, as the runs' own test figures): every
+    ``every``-th view, at most ``n_images`` of them (None: all), written to ``RUN/eval_<split>.json``
+    (``eval_<split>_every<K>.json`` for ``every > 1``, renders beside it); returns its metrics plus
+    ``per_view``, the PSNR of each rendered view (from the 8-bit renders) by view name."""
+    out = run / (f"eval_{split}.json" if every == 1 else f"eval_{split}_every{every}.json")
     cmd = [sys.executable, "-m", "pipeline.cli", "eval", str(run), "-q", "--device", device, "-o", str(out),
-           "--set", f"eval.split={split}", "--set", f"eval.max_images={n_images}", "--set", "eval.supersample=2"]
+           "--set", f"eval.split={split}", "--set", f"eval.every={every}", "--set", "eval.supersample=2",
+           "--set", f"eval.max_images={'null' if n_images is None else n_images}"]
     print("$", " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"nls eval of {run} on {split} failed with exit code {proc.returncode}")
-    return json.loads(out.read_text())["metrics"]
+    return {**json.loads(out.read_text())["metrics"],
+            "per_view": per_view_psnr(out.parent / f"{out.stem}_renders" / split)}
+
+
+def per_view_psnr(render_dir: Path) -> dict[str, float]:
+    """PSNR (dB) of each ``NAME_pred_gt_depth.png`` side-by-side in ``render_dir`` (prediction | ground
+    truth | depth, 8-bit), by ``NAME``, in view order."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from pipeline.metrics import psnr
+
+    res = {}
+    files = sorted(render_dir.glob("*_pred_gt_depth.png"), key=lambda p: [int(t) if t.isdigit() else t
+                                                                         for t in p.name.split("_")])
+    for f in files:
+        img = iio.imread(f)[..., :3].astype(np.float64) / 255.0
+        w = img.shape[1] // 3
+        res[f.name[: -len("_pred_gt_depth.png")]] = round(float(psnr(img[:, :w], img[:, w: 2 * w])), 3)
+    return res
 
 
 def _open(run: Path):
@@ -456,6 +484,8 @@ def lego_jobs(a) -> list[tuple[str, Path, list[str]]]:
         raise SystemExit("--lego-grid none needs at least one --lego-baselines entry")
     if a.val_images < 0:
         raise SystemExit(f"--val-images {a.val_images}: give a number of val views >= 0 (0: none)")
+    if a.test_every < 0:
+        raise SystemExit(f"--test-every {a.test_every}: give a stride >= 1 (0: off)")
     if a.lego_rs_run and len(grids) != 1:
         raise SystemExit("--lego-rs-run needs exactly one --lego-grid")
     common = [f"train.max_seconds={a.budget}", f"eval.max_images={a.test_images}", "eval.supersample=2"]
@@ -485,6 +515,7 @@ def bench_lego(a) -> dict:
     grids, baselines = lego_grids(a.lego_grid), baselines_of(a)
     labels = lego_labels(grids)
     res: dict = {"budget_s": a.budget, "test_images": a.test_images, "val_images": a.val_images,
+                 "test_every": a.test_every,
                  "phase_fractions": [float(v) for v in a.lego_phases.split(",")], "grids": grids, "device": a.device,
                  "rs_overrides": lego_rs_sets(a.device) + list(a.set),
                  "both_overrides": list(a.both_set), "load_before": load()}
@@ -499,12 +530,20 @@ def bench_lego(a) -> dict:
                       "device": s.get("device_name") or s.get("device")}
         if a.val_images:
             m = evaluate_split(run, a.device, "val", a.val_images)
-            res[label].update(val_psnr=m.get("psnr"), val_ssim=m.get("ssim"), val_images=m.get("n_images"))
+            res[label].update(val_psnr=m.get("psnr"), val_ssim=m.get("ssim"), val_images=m.get("n_images"),
+                              val_per_view=m["per_view"])
+        if a.test_every:
+            m = evaluate_split(run, a.device, "test", None, every=a.test_every)
+            res[label].update(spread_psnr=m.get("psnr"), spread_ssim=m.get("ssim"), spread_images=m.get("n_images"),
+                              spread_per_view=m["per_view"])
     for g in grids:
         for kind in baselines:
             res[f"psnr_drop_{labels[g]}_vs_{kind}_db"] = res[kind]["psnr"] - res[labels[g]]["psnr"]
             if a.val_images:
                 res[f"val_psnr_drop_{labels[g]}_vs_{kind}_db"] = res[kind]["val_psnr"] - res[labels[g]]["val_psnr"]
+            if a.test_every:
+                res[f"spread_psnr_drop_{labels[g]}_vs_{kind}_db"] = \
+                    res[kind]["spread_psnr"] - res[labels[g]]["spread_psnr"]
     res["load_after"] = load()
     return res
 
@@ -541,6 +580,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val-images", type=int, default=0, metavar="N",
                     help="lego: also load the val split and score every run on its first N views (0: off; the first "
                     "10 test views are one arc of the test circle, the val views are spread like the training ones)")
+    ap.add_argument("--test-every", type=int, default=0, metavar="K",
+                    help="lego: also score every run on every K-th test view, the whole split at that stride (0: off; "
+                    "K=10 is 20 views spread over lego's 200-view test circle, of which the first 10 are one arc)")
     ap.add_argument("--lego-rs-run", help="lego: use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--lego-baselines", default="hash,dense", help="lego: baselines, comma list of hash "
                     "(scenes/lego_hash.yaml, the paper's) and dense (scenes/lego_dense.yaml)")
