@@ -34,10 +34,10 @@ def test_blur_on_cuda_matches_scipy_and_its_adjoint(method):
     """float32 CUDA blur against scipy in float64; its backward is the blur of the output gradient."""
     from scipy.ndimage import gaussian_filter
 
-    from plugins.rs_sdf.blur import _triton, gaussian_blur3d
+    from plugins.rs_sdf.blur import triton_kernels, gaussian_blur3d
 
-    if method == "triton" and not _triton().available(torch.device("cuda"))[0]:
-        pytest.skip(f"Triton blur not tested: {_triton().available(torch.device('cuda'))[1]}")
+    if method == "triton" and not triton_kernels().available(torch.device("cuda"))[0]:
+        pytest.skip(f"Triton blur not tested: {triton_kernels().available(torch.device('cuda'))[1]}")
 
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(41, 33, 29, dtype=torch.float64, generator=gen)

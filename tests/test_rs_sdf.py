@@ -167,10 +167,10 @@ def test_blur_triton_kernels_match_scipy_in_the_interpreter():
 def test_blur_triton_is_refused_where_it_cannot_run(monkeypatch):
     """``method: triton`` on a CPU grid without the interpreter: a clear error from the blur, and from
     the certifier before training starts, naming the key."""
-    from plugins.rs_sdf.blur import _triton
+    from plugins.rs_sdf.blur import triton_kernels
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    ok, why = _triton().available(torch.device("cpu"))
+    ok, why = triton_kernels().available(torch.device("cpu"))
     assert not ok and ("CUDA" in why or "not importable" in why), why
     with pytest.raises(ValueError, match="blur method 'triton'"):
         gaussian_blur3d(torch.zeros(4, 4, 4), 1.0, method="triton")
@@ -193,6 +193,31 @@ def test_blur_auto_method_by_device_dtype_and_radius(monkeypatch):
     assert auto_method(cuda, torch.float32, FFT_RADIUS + 1) == "fft" and auto_method(cuda, torch.float64, 8) == "fft"
     monkeypatch.setattr(blur_triton, "available", lambda device: (False, "no triton"))
     assert auto_method(cuda, torch.float32, 8) == "fft"
+
+
+def test_blur_auto_falls_back_to_the_fft_when_triton_fails(monkeypatch):
+    """A triton that imports but cannot compile (toolchain, driver): ``auto`` warns once, gives the FFT's
+    result, and picks the FFT from then on; an explicit ``method: triton`` still raises."""
+    from plugins.rs_sdf import blur, blur_triton
+
+    def broken(v, taps):
+        raise RuntimeError("ptxas not found")
+
+    monkeypatch.setattr(blur, "_TRITON_FAILED", [])
+    monkeypatch.setattr(blur_triton, "available", lambda device: (True, ""))
+    monkeypatch.setattr(blur_triton, "blur3d", broken)
+    monkeypatch.setattr(blur, "auto_method", lambda device, dtype, radius: "triton")  # as on a CUDA grid
+    x = torch.rand(9, 8, 7, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="Triton blur failed .*ptxas not found.*takes the FFT"):
+        y = gaussian_blur3d(x, 1.1)
+    assert torch.allclose(y, gaussian_blur3d(x, 1.1, method="fft"), atol=1e-12)
+    monkeypatch.undo()
+    monkeypatch.setattr(blur, "_TRITON_FAILED", ["RuntimeError: ptxas not found"])
+    monkeypatch.setattr(blur_triton, "available", lambda device: (True, ""))
+    assert blur.auto_method(torch.device("cuda"), torch.float32, 8) == "fft"
+    monkeypatch.setattr(blur_triton, "blur3d", broken)
+    with pytest.raises(RuntimeError, match="ptxas"):
+        gaussian_blur3d(x.float(), 1.1, method="triton")
 
 
 def test_blur_rejects_bad_input():

@@ -5,7 +5,7 @@ Randomized smoothing of an occupancy classifier (Cohen et al. 2019, Eq. 1: ``g(x
 it is a Gaussian blur (Pérez et al., "Certified robustness as a tool for 3D vision", §3, where
 the expensive sampling of RS is replaced by Gaussian smoothing of a pre-computed grid).
 
-Four paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode="constant")``):
+Five paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode="constant")``):
 
 * ``"kernel"``: a C++ CPU kernel (``csrc/blur_cpu.cpp``, JIT-built once like the hash-grid
   kernel) that fuses the three passes into two sweeps over memory (z and y inside each cached
@@ -50,6 +50,7 @@ pass of :class:`GaussianBlur3d` is the same blur applied to the incoming gradien
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -68,6 +69,8 @@ KERNEL = CppKernel("nls_blur", Path(__file__).resolve().parent / "csrc" / "blur_
 #: "auto" switches from the banded matmul (CPU) or the Triton kernels (CUDA) to the FFT above this tap radius (voxels)
 FFT_RADIUS = 24
 _BLOCK = 16
+#: why the Triton blur failed in this process, if it did ("auto" then takes the FFT)
+_TRITON_FAILED: list[str] = []
 
 
 def blur_radius(sigma_vox: float, truncate: float = 4.0) -> int:
@@ -168,8 +171,9 @@ def _blur_fft(v: Tensor, taps: Sequence[Tensor]) -> Tensor:
     return out[: shape[0], : shape[1], : shape[2]].contiguous()
 
 
-def _triton():
-    """:mod:`plugins.rs_sdf.blur_triton`, imported on first use (importing triton takes a second)."""
+def triton_kernels():
+    """:mod:`plugins.rs_sdf.blur_triton`, imported on first use (importing triton takes a second):
+    ``triton_kernels().available(device) -> (ok, why not)``."""
     from plugins.rs_sdf import blur_triton
 
     return blur_triton
@@ -179,7 +183,8 @@ def auto_method(device: torch.device, dtype: torch.dtype, radius: int) -> str:
     """The path ``method="auto"`` takes for a grid on ``device`` of ``dtype`` with taps of ``radius``."""
     if device.type == "cpu" and dtype == torch.float32 and KERNEL.load():
         return "kernel"
-    if device.type == "cuda" and dtype == torch.float32 and radius <= FFT_RADIUS and _triton().available(device)[0]:
+    if (device.type == "cuda" and dtype == torch.float32 and radius <= FFT_RADIUS and not _TRITON_FAILED
+            and triton_kernels().available(device)[0]):
         return "triton"
     return "fft" if radius > FFT_RADIUS or device.type == "cuda" else "matmul"
 
@@ -189,8 +194,16 @@ def _blur(v: Tensor, sigmas_vox: Sequence[float], truncate: float, method: str) 
     cpu32 = v.device.type == "cpu" and v.dtype == torch.float32
     if method == "auto":
         method = auto_method(v.device, v.dtype, max((len(w) - 1) // 2 for w in taps))
+        if method == "triton":  # a triton that imports may still fail to compile (toolchain, driver)
+            try:
+                return triton_kernels().blur3d(v, taps)
+            except Exception as e:  # noqa: BLE001
+                _TRITON_FAILED.append(f"{type(e).__name__}: {e}")
+                warnings.warn(f"the Triton blur failed ({_TRITON_FAILED[0]}); blur method auto takes the FFT "
+                              f"from now on (certifier.method: fft sets it)", RuntimeWarning, stacklevel=2)
+                method = "fft"
     if method == "triton":
-        return _triton().blur3d(v, taps)
+        return triton_kernels().blur3d(v, taps)
     if method == "kernel":
         if not (cpu32 and KERNEL.load()):
             raise ValueError(f"blur method 'kernel' needs a float32 CPU grid and a built kernel "

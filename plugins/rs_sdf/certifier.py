@@ -61,12 +61,12 @@ class RandomizedSmoothing(nn.Module):
     def prepare_kernels(self, device: torch.device) -> None:
         """Before training: on CPU, build or load the C++ blur kernel (``method`` auto or kernel); with
         ``method: triton``, refuse a device the Triton kernels cannot run on."""
-        from plugins.rs_sdf.blur import KERNEL, _triton
+        from plugins.rs_sdf.blur import KERNEL, triton_kernels
 
         if torch.device(device).type == "cpu" and self.cfg.method in ("auto", "kernel"):
             KERNEL.load()
         if self.cfg.method == "triton":
-            ok, why = _triton().available(torch.device(device))
+            ok, why = triton_kernels().available(torch.device(device))
             if not ok:
                 raise NLSError(f"certifier.method: 'triton' cannot run here: {why}; use auto, fft or matmul")
 

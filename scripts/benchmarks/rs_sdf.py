@@ -64,7 +64,7 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
     import torch
     from scipy.ndimage import gaussian_filter
 
-    from plugins.rs_sdf.blur import KERNEL, _triton, auto_method, blur_radius, gaussian_blur3d
+    from plugins.rs_sdf.blur import KERNEL, triton_kernels, auto_method, blur_radius, gaussian_blur3d
 
     dev = torch.device(device)
     x = torch.rand(size, size, size, device=dev, requires_grad=True)
@@ -90,7 +90,7 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
     if dev.type == "cpu" and KERNEL.load():
         methods.insert(0, "kernel")
     if dev.type == "cuda":  # the Triton kernels where triton imports (CUDA images of PyTorch ship it)
-        ok, why = _triton().available(dev)
+        ok, why = triton_kernels().available(dev)
         methods += ["triton"] if ok else []
         res["triton"] = "available" if ok else why
     res["methods"] = methods
