@@ -165,15 +165,20 @@ def test_blur_triton_kernels_match_scipy_in_the_interpreter():
 
 
 def test_blur_triton_is_refused_where_it_cannot_run(monkeypatch):
-    """``method: triton`` on a CPU grid without the interpreter: a clear error from the blur, and from
-    the certifier before training starts, naming the key."""
+    """``method: triton`` on a CPU grid without the interpreter: the certifier refuses it before training
+    starts, naming the key; a blur outside training (a CUDA-trained run rendered on CPU) warns and takes
+    the FFT, which computes the same blur."""
     from plugins.rs_sdf.blur import triton_kernels
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     ok, why = triton_kernels().available(torch.device("cpu"))
     assert not ok and ("CUDA" in why or "not importable" in why), why
+    x = torch.rand(6, 5, 4)
+    with pytest.warns(RuntimeWarning, match="blur method 'triton' cannot run here.*using the FFT"):
+        y = gaussian_blur3d(x, 1.0, method="triton")
+    assert torch.equal(y, gaussian_blur3d(x, 1.0, method="fft"))
     with pytest.raises(ValueError, match="blur method 'triton'"):
-        gaussian_blur3d(torch.zeros(4, 4, 4), 1.0, method="triton")
+        triton_kernels().blur3d(x, [torch.ones(1)] * 3)
     rs = RandomizedSmoothing(RandomizedSmoothingConfig(method="triton"), BOX)
     with pytest.raises(NLSError, match="certifier.method: 'triton'"):
         rs.prepare_kernels(torch.device("cpu"))

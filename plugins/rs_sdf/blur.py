@@ -37,7 +37,9 @@ Five paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode=
   one write of the grid: the 6 transfers of the bandwidth bound. CUDA float32 grids only;
   ``"auto"`` takes it there for ``r <= 24`` whenever triton imports. On the H200 at 384^3, sigma 2
   voxels: 1.49 ms forward and 2.99 ms forward + backward, against the FFT's 3.45 / 7.08 ms in the
-  same run, and 4.5x the 0.33 ms bound (the FFT: 10x).
+  same run, and 4.5x the 0.33 ms bound (the FFT: 10x). Training with ``method: triton`` where
+  it cannot run is refused up front (the certifier); any other blur there warns and takes the
+  FFT, as ``"auto"`` does for good if the kernels fail to compile.
 
 The taps are the sampled Gaussian normalised to sum 1 (as scipy does), so a constant grid stays
 constant away from the boundary. Outside the grid the occupancy is taken as 0 (zero padding):
@@ -203,7 +205,13 @@ def _blur(v: Tensor, sigmas_vox: Sequence[float], truncate: float, method: str) 
                               f"from now on (certifier.method: fft sets it)", RuntimeWarning, stacklevel=2)
                 method = "fft"
     if method == "triton":
-        return triton_kernels().blur3d(v, taps)
+        ok, why = triton_kernels().available(v.device)
+        if ok:
+            return triton_kernels().blur3d(v, taps)
+        # e.g. a run trained with method: triton on CUDA, rendered on CPU (training refuses it up front)
+        warnings.warn(f"blur method 'triton' cannot run here ({why}); using the FFT, which computes the same blur",
+                      RuntimeWarning, stacklevel=2)
+        method = "fft"
     if method == "kernel":
         if not (cpu32 and KERNEL.load()):
             raise ValueError(f"blur method 'kernel' needs a float32 CPU grid and a built kernel "
