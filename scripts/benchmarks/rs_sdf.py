@@ -31,8 +31,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   RS-SDF gets the hash-grid appearance field and the baseline's GPU sizes (``LEGO_CUDA_RS_SETS``).
   ``--lego-grid 256,384`` trains one RS-SDF run per voxel grid; ``--both-set KEY=VALUE`` goes to every
   run (e.g. ``renderer.random_background=true``, nerfacc's and Instant-NGP's training protocol);
-  ``--val-images N`` also scores every run on N held-out val views; ``--test-every K`` on every K-th
-  test view (the whole circle at that stride), with each view's PSNR.
+  ``--val-images N`` also scores every run on N held-out val views; ``--test-every K`` (default 10)
+  on every K-th test view (the whole circle at that stride), with each view's PSNR.
 
 Writes outputs/bench/rs_sdf.json.
 """
@@ -580,9 +580,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val-images", type=int, default=0, metavar="N",
                     help="lego: also load the val split and score every run on its first N views (0: off; the first "
                     "10 test views are one arc of the test circle, the val views are spread like the training ones)")
-    ap.add_argument("--test-every", type=int, default=0, metavar="K",
-                    help="lego: also score every run on every K-th test view, the whole split at that stride (0: off; "
-                    "K=10 is 20 views spread over lego's 200-view test circle, of which the first 10 are one arc)")
+    ap.add_argument("--test-every", type=int, default=10, metavar="K",
+                    help="lego: also score every run on every K-th test view, the whole split at that stride (default "
+                    "10: 20 views spread over lego's 200-view test circle, of which the first 10 (--test-images) are "
+                    "one arc; 0: off)")
     ap.add_argument("--lego-rs-run", help="lego: use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--lego-baselines", default="hash,dense", help="lego: baselines, comma list of hash "
                     "(scenes/lego_hash.yaml, the paper's) and dense (scenes/lego_dense.yaml)")
