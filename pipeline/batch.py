@@ -123,6 +123,8 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
     text = log.read_text(errors="replace")
     found = RUN_FOLDER_LINE.findall(text)
     run_dir = found[0].strip() if found else None
+    if run_dir is not None and not Path(run_dir).is_dir():  # a job refused before training removes its folder
+        run_dir = None
     if code == 0:
         return SceneResult(index, scene, "complete", 0, round(seconds, 2), run_dir, "", str(log), rank)
     error = (f"stopped after --scene-timeout {opts.scene_timeout:g} s" if code is None

@@ -248,7 +248,15 @@ def cmd_reconstruct(args) -> int:
     procs = f", {info.world_size} processes ({info.backend})" if info.enabled else ""
     distributed.log(info, f"run folder: {run.path}  (scene loaded in {time.perf_counter() - t0:.1f} s, "
                           f"device {device}{procs})")
-    trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
+    try:  # checks and JIT builds (prepare_kernels) that may still refuse the job
+        trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
+    except BaseException:
+        if info.is_main and not run.checkpoints():  # nothing was trained: leave no half-made run behind
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+            print(f"removed {run.path} (refused before training)", file=sys.stderr)
+        raise
     ld = Loaded(host, cfg, run, device, scene, system, 0, None)
     return _train_and_finish(ld, trainer, args)
 

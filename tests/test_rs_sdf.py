@@ -225,6 +225,20 @@ def test_blur_auto_falls_back_to_the_fft_when_triton_fails(monkeypatch):
         gaussian_blur3d(x.float(), 1.1, method="triton")
 
 
+def test_reconstruct_refusing_triton_on_cpu_leaves_no_run_folder(tmp_path, nls):
+    """``nls reconstruct`` with ``certifier.method: triton`` on CPU: exit 2, the error names the key, and
+    the run folder made before the Trainer refused the job is removed (nothing was trained)."""
+    import yaml
+
+    scene = tmp_path / "rs.yaml"
+    scene.write_text(yaml.safe_dump(_tiny_rs_scene()))
+    res = nls("reconstruct", str(scene), "-q", "--device", "cpu", "-o", str(tmp_path / "runs"),
+              "--set", "certifier.method=triton", env={"TRITON_INTERPRET": ""})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "certifier.method: 'triton' cannot run here" in res.stderr and "Traceback" not in res.stderr
+    assert "removed" in res.stderr and not list((tmp_path / "runs").glob("*/*/*")), res.stderr
+
+
 def test_blur_rejects_bad_input():
     with pytest.raises(ValueError, match="3-D grid"):
         gaussian_blur3d(torch.zeros(4, 4), 1.0)
