@@ -194,23 +194,22 @@ def auto_method(device: torch.device, dtype: torch.dtype, radius: int) -> str:
 def _blur(v: Tensor, sigmas_vox: Sequence[float], truncate: float, method: str) -> Tensor:
     taps = [gaussian_taps(s, truncate, v.dtype).to(v.device) for s in sigmas_vox]
     cpu32 = v.device.type == "cpu" and v.dtype == torch.float32
-    if method == "auto":
+    chosen = method == "auto"
+    if chosen:
         method = auto_method(v.device, v.dtype, max((len(w) - 1) // 2 for w in taps))
-        if method == "triton":  # a triton that imports may still fail to compile (toolchain, driver)
-            try:
-                return triton_kernels().blur3d(v, taps)
-            except Exception as e:  # noqa: BLE001
-                _TRITON_FAILED.append(f"{type(e).__name__}: {e}")
-                warnings.warn(f"the Triton blur failed ({_TRITON_FAILED[0]}); blur method auto takes the FFT "
-                              f"from now on (certifier.method: fft sets it)", RuntimeWarning, stacklevel=2)
-                method = "fft"
     if method == "triton":
         ok, why = triton_kernels().available(v.device)
         if ok:
-            return triton_kernels().blur3d(v, taps)
-        # e.g. a run trained with method: triton on CUDA, rendered on CPU (training refuses it up front)
-        warnings.warn(f"blur method 'triton' cannot run here ({why}); using the FFT, which computes the same blur",
-                      RuntimeWarning, stacklevel=2)
+            try:
+                return triton_kernels().blur3d(v, taps)
+            except Exception as e:  # noqa: BLE001 (a triton that imports may still fail to compile)
+                if not chosen:
+                    raise
+                _TRITON_FAILED.append(f"{type(e).__name__}: {e}")
+                why = f"the Triton blur failed ({_TRITON_FAILED[0]}); blur method auto takes the FFT from now on"
+        else:  # e.g. a run trained with method: triton on CUDA, rendered on CPU (training refuses it up front)
+            why = f"blur method 'triton' cannot run here ({why}); using the FFT, which computes the same blur"
+        warnings.warn(why, RuntimeWarning, stacklevel=2)
         method = "fft"
     if method == "kernel":
         if not (cpu32 and KERNEL.load()):

@@ -521,6 +521,10 @@ def bench_lego(a) -> dict:
                  "both_overrides": list(a.both_set), "load_before": load()}
     for kind in baselines:
         res[f"{kind}_overrides"] = lego_baseline_sets(kind, a.device)
+    # view sets scored after training, besides the first --test-images test views: (key prefix, split,
+    # views, stride): --val-images held-out val views, every --test-every-th view of the test circle
+    views = ([("val_", "val", a.val_images, 1)] if a.val_images else []) + \
+        ([("spread_", "test", None, a.test_every)] if a.test_every else [])
     runs = {labels[grids[0]]: Path(a.lego_rs_run)} if a.lego_rs_run else {}
     runs.update(reconstruct(jobs, a.device, 1))  # one at a time: each gets every core (and the GPU) for its budget
     for label, run in runs.items():
@@ -528,22 +532,15 @@ def bench_lego(a) -> dict:
         res[label] = {"run": str(run), "psnr": s["metrics"].get("psnr"), "ssim": s["metrics"].get("ssim"),
                       "steps": s["step"], "train_seconds": s["train_seconds"], "load": s.get("load_average"),
                       "device": s.get("device_name") or s.get("device")}
-        if a.val_images:
-            m = evaluate_split(run, a.device, "val", a.val_images)
-            res[label].update(val_psnr=m.get("psnr"), val_ssim=m.get("ssim"), val_images=m.get("n_images"),
-                              val_per_view=m["per_view"])
-        if a.test_every:
-            m = evaluate_split(run, a.device, "test", None, every=a.test_every)
-            res[label].update(spread_psnr=m.get("psnr"), spread_ssim=m.get("ssim"), spread_images=m.get("n_images"),
-                              spread_per_view=m["per_view"])
+        for prefix, split, n_images, every in views:
+            m = evaluate_split(run, a.device, split, n_images, every=every)
+            res[label].update({f"{prefix}psnr": m.get("psnr"), f"{prefix}ssim": m.get("ssim"),
+                               f"{prefix}images": m.get("n_images"), f"{prefix}per_view": m["per_view"]})
     for g in grids:
         for kind in baselines:
-            res[f"psnr_drop_{labels[g]}_vs_{kind}_db"] = res[kind]["psnr"] - res[labels[g]]["psnr"]
-            if a.val_images:
-                res[f"val_psnr_drop_{labels[g]}_vs_{kind}_db"] = res[kind]["val_psnr"] - res[labels[g]]["val_psnr"]
-            if a.test_every:
-                res[f"spread_psnr_drop_{labels[g]}_vs_{kind}_db"] = \
-                    res[kind]["spread_psnr"] - res[labels[g]]["spread_psnr"]
+            for prefix in ("", *(v[0] for v in views)):
+                res[f"{prefix}psnr_drop_{labels[g]}_vs_{kind}_db"] = \
+                    res[kind][f"{prefix}psnr"] - res[labels[g]][f"{prefix}psnr"]
     res["load_after"] = load()
     return res
 
