@@ -335,6 +335,11 @@ def cmd_export(args) -> int:
 
 #: the top-level keys ``nls eval --set`` may change: what evaluation reads, not the trained model
 EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
+#: single renderer options it may change too: they set how rays are sampled, and no trained state
+#: depends on them (the step size is computed from ``samples_per_ray`` when the renderer is built)
+EVAL_SET_KEYS = ("renderer.samples_per_ray",)
+#: the blocks eval.json records as it resolved them
+EVAL_RECORDED = (*EVAL_SET_ROOTS, "renderer")
 
 
 #: files and folders of a run folder that only training writes (``nls eval -o`` may not replace them)
@@ -365,9 +370,10 @@ def cmd_eval(args) -> int:
     sets = args.set or []
     for text in sets:  # only what evaluation reads; the trained model stays as it was trained
         key = parse_override(text)[0]
-        if key[0] not in EVAL_SET_ROOTS:
-            raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)}; "
-                           f"{key[0]!r} is part of the trained run (train a new run to change it)")
+        if key[0] not in EVAL_SET_ROOTS and ".".join(key) not in EVAL_SET_KEYS:
+            raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)} and "
+                           f"{', '.join(EVAL_SET_KEYS)}; {'.'.join(key)!r} is part of the trained run "
+                           f"(train a new run to change it)")
     ld = open_run(args, overrides=sets)
     if not ld.cfg.evaluators:
         whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
@@ -382,7 +388,7 @@ def cmd_eval(args) -> int:
     results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
-            "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_SET_ROOTS}}
+            "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
@@ -520,8 +526,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "trained on images)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON. --set may change "
-                "what evaluation reads (evaluators, eval.*, extractor.*), e.g. --set "
-                "'evaluators=[{type: psnr}]' --set eval.supersample=2; the trained model is never changed.")
+                "what evaluation reads (evaluators, eval.*, extractor.*, renderer.samples_per_ray), e.g. --set "
+                "'evaluators=[{type: psnr}]' --set eval.supersample=2, or --set renderer.samples_per_ray=1024 "
+                "for a finer ray step than training's; the trained model is never changed.")
     c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json (the run's own records, "
                    "such as summary.json, are refused); its renders go to <FILE stem>_renders/<split> beside it")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -8,6 +8,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import trimesh
+import yaml
 
 from pipeline.mesh import linear_to_srgb, srgb_to_linear
 from pipeline.metrics import chamfer
@@ -345,6 +346,16 @@ def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_
     assert f"and its renders to {tmp_path / 'tr_renders' / 'train'}" in res.stdout, res.stdout
     assert len(list((tmp_path / "tr_renders" / "train").glob("*_pred_gt_depth.png"))) == 1
     assert sorted(p.name for p in (run / "renders").rglob("*")) == before_renders  # training's renders untouched
+    # a finer ray step than training's: it reaches the renderer and is recorded; the model stays as trained
+    spp = yaml.safe_load(before)["renderer"]["samples_per_ray"]
+    nls("eval", str(run), "-o", str(tmp_path / "fine.json"), "--set", "eval.split=train", "--set", "eval.max_images=1",
+        "--set", "evaluators=[{type: psnr}]", "--set", f"renderer.samples_per_ray={4 * spp}", check=True)
+    coarse, fine = (json.loads((tmp_path / f).read_text()) for f in ("tr.json", "fine.json"))
+    assert (coarse["config"]["renderer"]["samples_per_ray"], fine["config"]["renderer"]["samples_per_ray"]) == (spp, 4 * spp)
+    assert fine["metrics"]["psnr"] != coarse["metrics"]["psnr"], "the finer step did not change the render"
+    assert abs(fine["metrics"]["psnr"] - coarse["metrics"]["psnr"]) < 3, (coarse["metrics"], fine["metrics"])
+    grid = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", "renderer.grid_resolution=16")
+    assert grid.returncode == 2 and "'renderer.grid_resolution' is part of the trained run" in grid.stderr, grid.stderr
     assert data["overrides"] == ["evaluators=[{type: chamfer, floor: false, surface: true}]", "eval.chamfer_samples=5000"]
     assert (run / "config.yaml").read_text() == before
     bad = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", "train.steps=5")

@@ -178,6 +178,14 @@ def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path
     assert "hash_grid: summary.json's chamfer results are not shown: they were taken before eval.json's " \
            "--set eval.max_images=2" in warnings, warnings
 
+    # 2b. a finer ray step (renderer.samples_per_ray) is such a setting too
+    ev["overrides"] = ["evaluators=[{type: psnr}]", "renderer.samples_per_ray=512"]
+    (done / "eval.json").write_text(json.dumps(ev))
+    table, warnings = compare()
+    assert table["psnr"] == ev["metrics"]["psnr"] and table["chamfer_l1"] is None
+    assert "hash_grid: summary.json's chamfer results are not shown: they were taken before eval.json's " \
+           "--set renderer.samples_per_ray=512" in warnings, warnings
+
     # 3. written before the run was resumed and trained on
     ev["step"] = 50
     (done / "eval.json").write_text(json.dumps(ev))

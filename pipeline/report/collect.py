@@ -7,8 +7,8 @@ When a run has both files, eval.json counts when it evaluated the model the fold
 (its ``step`` is summary.json's). The merge goes by evaluator, as both files record results
 per evaluator: each evaluator that eval.json ran replaces summary.json's entry whole, since
 ``nls eval`` ran later, and the others keep summary.json's. When eval.json's ``--set``
-changed settings every evaluator reads (``eval.*``, ``extractor.*``), the evaluators it did
-not run again are left out, so that one column never mixes settings. An eval.json from an
+changed settings every evaluator reads (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``),
+the evaluators it did not run again are left out, so that one column never mixes settings. An eval.json from an
 earlier step (the run was resumed and trained on afterwards) is ignored.
 :attr:`RunFacts.evaluation_notes` says which of these happened."""
 
@@ -33,8 +33,9 @@ LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss",
 BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale", "mesh_level", "sdf_slices")
 
 
-#: config blocks that every evaluator reads (an ``nls eval --set`` on them changes every metric)
-SHARED_EVAL_BLOCKS = ("eval", "extractor")
+#: config blocks that every evaluator reads (an ``nls eval --set`` on them changes every metric; of the
+#: renderer, ``nls eval`` may change the ray step, which every rendered metric reads)
+SHARED_EVAL_BLOCKS = ("eval", "extractor", "renderer")
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -129,7 +130,7 @@ class RunFacts:
 
     @property
     def _shared_overrides(self) -> list[str]:
-        """eval.json overrides of settings every evaluator reads (``eval.*``, ``extractor.*``)."""
+        """eval.json overrides of settings every evaluator reads (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``)."""
         from pipeline.config import parse_override
 
         return [o for o in self.eval_overrides if parse_override(o)[0][0].strip() in SHARED_EVAL_BLOCKS]
@@ -137,7 +138,7 @@ class RunFacts:
     @property
     def dropped_evaluators(self) -> list[str]:
         """summary.json's evaluators left out: eval.json changed settings they all read
-        (``eval.*``, ``extractor.*``) and did not run them again, so their values would describe
+        (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``) and did not run them again, so their values would describe
         other settings than the ones compared."""
         if not (self.summary and self.later_evaluation and self._shared_overrides):
             return []
@@ -173,8 +174,8 @@ class RunFacts:
 
     @property
     def eval_config(self) -> dict:
-        """The settings the shown metrics were taken with: config.yaml, with the ``eval:`` and
-        ``extractor:`` blocks eval.json used and its evaluators merged by type as their results
+        """The settings the shown metrics were taken with: config.yaml, with the ``eval:``,
+        ``extractor:`` and ``renderer:`` blocks eval.json used and its evaluators merged by type as their results
         are (:attr:`evaluator_results`). eval.json records its resolved blocks; for an older one
         its overrides are applied to config.yaml (those that no longer apply are left out)."""
         ev = self.later_evaluation
