@@ -694,7 +694,7 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     bench = _bench_module()
     args = dict(lego_phases="0.5,0.2", lego_grid="256,384", lego_baselines="hash", lego_rs_run=None, budget=75.0,
                 test_images=10, device="cuda", set=["certifier.sigma=0.01"],
-                both_set=["renderer.random_background=true"], val_images=0, test_every=0)
+                both_set=["renderer.random_background=true"], val_images=0, test_every=0, lego_steps=None)
     jobs = {label: (scene.name, sets) for label, scene, sets in bench.lego_jobs(type("A", (), args)())}
     assert list(jobs) == ["rs_sdf_256", "rs_sdf_384", "hash"]
     for label in ("rs_sdf_256", "rs_sdf_384"):
@@ -714,6 +714,14 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
         bench.lego_jobs(type("A", (), {**args, "val_images": -1})())
     with pytest.raises(SystemExit, match="--test-every"):
         bench.lego_jobs(type("A", (), {**args, "test_every": -1})())
+    # --lego-steps: the same step count for every run instead of the wall-clock budget
+    by_steps = bench.lego_jobs(type("A", (), {**args, "lego_steps": 2400})())
+    assert all("train.steps=2400" in sets and not any(s.startswith("train.max_seconds") for s in sets)
+               for _, _, sets in by_steps)
+    assert all(sum(s.startswith("train.steps=") for s in sets) == 1
+               for sets in [sets for _, _, sets in by_steps] + [sets for _, sets in jobs.values()])
+    with pytest.raises(SystemExit, match="--lego-steps"):
+        bench.lego_jobs(type("A", (), {**args, "lego_steps": 0})())
     assert bench.lego_grids("192") == [192] and bench.lego_grids("none") == []
     for bad in ("", "12x", "4", "1024"):
         with pytest.raises(SystemExit, match="--lego-grid"):

@@ -82,10 +82,10 @@ def shrink(data: dict) -> dict:
     if data.get("extractor"):
         data["extractor"]["resolution"] = 24
     for block in (data.get("losses") or []) + (data.get("evaluators") or []):
-        for key, value in list(block.items()):  # sample counts and image sizes of method components
+        for key, value in list(block.items()):  # sample counts, image sizes and grids of method components
             if isinstance(value, int) and not isinstance(value, bool) and \
-                    (key.startswith(("n_", "batch")) or key.endswith(("_points", "_size", "_samples"))):
-                block[key] = min(value, 512 if not key.endswith("_size") else 16)
+                    (key.startswith(("n_", "batch")) or key.endswith(("_points", "_size", "_samples", "_resolution"))):
+                block[key] = min(value, 16 if key.endswith("_size") else 24 if key.endswith("_resolution") else 512)
     data["eval"] = {**(data.get("eval") or {}), "max_images": 1, "chamfer_samples": 500}
     return data
 
