@@ -8,8 +8,8 @@ When a run has both files, eval.json counts when it evaluated the model the fold
 per evaluator: each evaluator that eval.json ran replaces summary.json's entry whole, since
 ``nls eval`` ran later, and the others keep summary.json's. When eval.json's ``--set``
 changed settings every evaluator reads (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``),
-the evaluators it did not run again are left out, so that one column never mixes settings. An eval.json from an
-earlier step (the run was resumed and trained on afterwards) is ignored.
+the evaluators it did not run again are left out, so that one column never mixes settings. An
+eval.json from an earlier step (the run was resumed and trained on afterwards) is ignored.
 :attr:`RunFacts.evaluation_notes` says which of these happened."""
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class RunFacts:
 
     @property
     def _shared_overrides(self) -> list[str]:
-        """eval.json overrides of settings every evaluator reads (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``)."""
+        """eval.json overrides of settings every evaluator reads (``eval.*``, ``extractor.*``,
+        ``renderer.samples_per_ray``)."""
         from pipeline.config import parse_override
 
         return [o for o in self.eval_overrides if parse_override(o)[0][0].strip() in SHARED_EVAL_BLOCKS]
@@ -138,8 +139,8 @@ class RunFacts:
     @property
     def dropped_evaluators(self) -> list[str]:
         """summary.json's evaluators left out: eval.json changed settings they all read
-        (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``) and did not run them again, so their values would describe
-        other settings than the ones compared."""
+        (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``) and did not run them again, so
+        their values would describe other settings than the ones compared."""
         if not (self.summary and self.later_evaluation and self._shared_overrides):
             return []
         again = set((self.later_evaluation.get("evaluators") or {}))
@@ -175,8 +176,8 @@ class RunFacts:
     @property
     def eval_config(self) -> dict:
         """The settings the shown metrics were taken with: config.yaml, with the ``eval:``,
-        ``extractor:`` and ``renderer:`` blocks eval.json used and its evaluators merged by type as their results
-        are (:attr:`evaluator_results`). eval.json records its resolved blocks; for an older one
+        ``extractor:`` and ``renderer:`` blocks eval.json used and its evaluators merged by type as
+        their results are (:attr:`evaluator_results`). eval.json records its resolved blocks; for an older one
         its overrides are applied to config.yaml (those that no longer apply are left out)."""
         ev = self.later_evaluation
         if not ev or not self.eval_overrides:

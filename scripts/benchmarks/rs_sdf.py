@@ -25,8 +25,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   figures are the sampled 30k ones.
 * ``lego``: scenes/rs_sdf_lego.yaml against scenes/lego_hash.yaml (the paper's baseline) and
   scenes/lego_dense.yaml, one after the other, each with the same wall-clock budget
-  (``--budget`` seconds, or ``--lego-steps`` steps; RS-SDF's phases as fractions of it); test PSNR on ``--test-images``
-  images, 2x2 rays per pixel for all. On CPU the hash-grid baseline runs with CPU sizes
+  (``--budget`` seconds, or ``--lego-steps`` steps; RS-SDF's phases as fractions of it); test PSNR on
+  ``--test-images`` images, 2x2 rays per pixel for all. On CPU the hash-grid baseline runs with CPU sizes
   (``LEGO_CPU_SETS``: 4096 rays x 256 samples, as the other lego scenes) instead of its GPU sizes; on CUDA
   RS-SDF gets the baseline's GPU sizes (``LEGO_CUDA_RS_SETS``). RS-SDF's colour field is the hash grid on
   both devices.
