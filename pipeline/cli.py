@@ -338,8 +338,8 @@ EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
 #: single renderer options it may change too: they set how rays are sampled, and no trained state
 #: depends on them (the step size is computed from ``samples_per_ray`` when the renderer is built)
 EVAL_SET_KEYS = ("renderer.samples_per_ray",)
-#: the blocks eval.json records as it resolved them
-EVAL_RECORDED = (*EVAL_SET_ROOTS, "renderer")
+#: the blocks eval.json records as it resolved them: those of the two lists above
+EVAL_RECORDED = (*EVAL_SET_ROOTS, *dict.fromkeys(k.split(".")[0] for k in EVAL_SET_KEYS))
 
 
 #: files and folders of a run folder that only training writes (``nls eval -o`` may not replace them)
