@@ -41,7 +41,8 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
 
     Best values are marked only among runs on one scene, and only for runs whose training
     finished; time only when the runs had the same training budget, and metrics only when they
-    were taken with the same scene, evaluation and (within one method) extractor settings."""
+    were taken with the same scene, evaluation and (within one method) extractor settings, and
+    the same ray step where ``nls eval`` changed it."""
     if len(paths) < 1:
         raise NLSError("nls compare needs at least one RUN_DIR (two or more to compare)")
     runs = [read_run(Path(p)) for p in paths]
@@ -128,6 +129,10 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
         diff = _differing([c.get(block) or {} for c in configs])
         if diff:
             out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, labels) + UNMARKED)
+    diff = _evaluation_renderer_differences(runs, configs)
+    if diff:
+        out.append("the ray sampling at evaluation differs (`nls eval --set renderer.*`): "
+                   + _describe(diff, labels, "renderer.") + UNMARKED)
     extractors = [c.get("extractor") or {} for c in configs]
     # between methods the extractor is part of the method; within one method its options matter
     if len({r.method for r in runs}) == 1 and len({json.dumps(e.get("type")) for e in extractors}) == 1:
@@ -153,6 +158,17 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
         out.append(f"trained but not evaluated (no final metrics; `nls resume RUN_DIR` evaluates): "
                    f"{', '.join(unevaluated)}")
     return out
+
+
+def _evaluation_renderer_differences(runs: list[RunFacts], configs: list[dict]) -> dict[str, list[Any]]:
+    """Renderer keys that ``nls eval --set`` changed for some run (scored with another ray step than
+    it was trained with) and whose evaluated values differ between the runs. A renderer difference
+    the runs were trained with is part of each run's method and is not returned."""
+    changed: set[str] = set()
+    for r, c in zip(runs, configs):
+        changed |= set(_differing([r.config.get("renderer") or {}, c.get("renderer") or {}]))
+    diff = _differing([c.get("renderer") or {} for c in configs]) if changed else {}
+    return {k: v for k, v in diff.items() if k in changed}
 
 
 def run_notes(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:

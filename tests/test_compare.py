@@ -285,3 +285,31 @@ def test_compare_warns_when_budgets_or_extractor_settings_differ(runs, nls, tmp_
     assert "psnr" not in data["best"] and "chamfer_l1" not in data["best"]
     data = json.loads(nls("compare", str(runs[0]), str(other), "--json", check=True).stdout)
     assert not any("extractor" in w for w in data["warnings"]), data["warnings"]
+
+
+def test_compare_warns_when_nls_eval_changed_the_ray_step(runs, nls, tmp_path):
+    """A run scored with a finer ray step (`nls eval --set renderer.samples_per_ray=N`) than the run it
+    is compared with: named, and no metric marked best. Both scored at that step: no warning. Runs
+    trained with different ray steps: the step is part of each run, not warned about."""
+    finer = tmp_path / "finer"
+    shutil.copytree(runs[1], finer)
+    nls("eval", str(finer), "--set", "renderer.samples_per_ray=128", check=True)
+    data = json.loads(nls("compare", str(runs[0]), str(finer), "--json", check=True).stdout)
+    assert "the ray sampling at evaluation differs (`nls eval --set renderer.*`): renderer.samples_per_ray = " \
+           "64 (dense_grid), 128 (hash_grid), so no metric is marked best" in data["warnings"], data["warnings"]
+    assert "psnr" not in data["best"] and "parameters" in data["best"]
+
+    both = tmp_path / "both"
+    shutil.copytree(runs[0], both)
+    nls("eval", str(both), "--set", "renderer.samples_per_ray=128", check=True)
+    data = json.loads(nls("compare", str(both), str(finer), "--json", check=True).stdout)
+    assert not any("ray sampling" in w for w in data["warnings"]), data["warnings"]
+    assert "psnr" in data["best"]
+
+    trained = tmp_path / "trained"
+    shutil.copytree(runs[1], trained)
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    cfg["renderer"]["samples_per_ray"] = 128
+    (trained / "config.yaml").write_text(yaml.safe_dump(cfg))
+    data = json.loads(nls("compare", str(runs[0]), str(trained), "--json", check=True).stdout)
+    assert not any("ray sampling" in w for w in data["warnings"]), data["warnings"]
