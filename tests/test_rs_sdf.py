@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -228,8 +229,6 @@ def test_blur_auto_falls_back_to_the_fft_when_triton_fails(monkeypatch):
 def test_reconstruct_refusing_triton_on_cpu_leaves_no_run_folder(tmp_path, nls):
     """``nls reconstruct`` with ``certifier.method: triton`` on CPU: exit 2, the error names the key, and
     the run folder made before the Trainer refused the job is removed (nothing was trained)."""
-    import yaml
-
     scene = tmp_path / "rs.yaml"
     scene.write_text(yaml.safe_dump(_tiny_rs_scene()))
     res = nls("reconstruct", str(scene), "-q", "--device", "cpu", "-o", str(tmp_path / "runs"),
@@ -707,6 +706,10 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     cpu = {label: sets for label, _, sets in bench.lego_jobs(type("A", (), {**args, "device": "cpu",
                                                                                  "lego_grid": "none"})())}
     assert list(cpu) == ["hash"] and set(bench.LEGO_CPU_SETS["hash"]) <= set(cpu["hash"])
+    # on CPU the baseline trains with RS-SDF's loss and decay, not with its 20k-step GPU schedule
+    rs_scene = yaml.safe_load((bench.ROOT / "scenes" / "rs_sdf_lego.yaml").read_text())
+    assert rs_scene["losses"] == [{"type": "photometric"}] and "losses=[{type: photometric}]" in cpu["hash"]
+    assert f"train.lr_final_factor={rs_scene['train']['lr_final_factor']}" in cpu["hash"]
     assert all("scene.splits=[train,val,test]" not in sets for _, sets in jobs.values())
     with_val = bench.lego_jobs(type("A", (), {**args, "val_images": 10})())  # --val-images: every run loads val
     assert all("scene.splits=[train,val,test]" in sets for _, _, sets in with_val)
