@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
 from torch import nn
 
 from pipeline.system import FieldChain
