@@ -702,15 +702,18 @@ def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
         assert set(bench.LEGO_CUDA_RS_SETS) <= set(sets) and sets[-2:] == args["set"] + args["both_set"]
     scene, sets = jobs["hash"]
     assert scene == "lego_hash.yaml" and sets[-1] == "renderer.random_background=true"
-    assert set(bench.LEGO_BASELINE_TRAINING["hash"]) <= set(sets)  # on CUDA too: RS-SDF's loss and decay
+    assert set(bench.lego_shared_training()) <= set(sets)  # on CUDA too: RS-SDF's loss and decay
     assert "certifier.sigma=0.01" not in sets and "train.max_seconds=75.0" in sets
     cpu = {label: sets for label, _, sets in bench.lego_jobs(type("A", (), {**args, "device": "cpu",
                                                                                  "lego_grid": "none"})())}
     assert list(cpu) == ["hash"] and set(bench.LEGO_CPU_SETS["hash"]) <= set(cpu["hash"])
     # the baseline trains with RS-SDF's loss and decay, not with its 20k-step GPU schedule
     rs_scene = yaml.safe_load((bench.ROOT / "scenes" / "rs_sdf_lego.yaml").read_text())
-    assert rs_scene["losses"] == [{"type": "photometric"}] and "losses=[{type: photometric}]" in cpu["hash"]
-    assert f"train.lr_final_factor={rs_scene['train']['lr_final_factor']}" in cpu["hash"]
+    shared = ['losses=[{"type": "photometric"}]', "train.lr_final_factor=0.1"]
+    assert set(shared) <= set(cpu["hash"]) and bench.lego_shared_training() == shared
+    from pipeline.config import parse_override
+
+    assert [parse_override(o)[1] for o in shared] == [rs_scene["losses"], rs_scene["train"]["lr_final_factor"]]
     assert all("scene.splits=[train,val,test]" not in sets for _, sets in jobs.values())
     with_val = bench.lego_jobs(type("A", (), {**args, "val_images": 10})())  # --val-images: every run loads val
     assert all("scene.splits=[train,val,test]" in sets for _, _, sets in with_val)

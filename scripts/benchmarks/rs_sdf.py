@@ -30,7 +30,7 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   (``LEGO_CPU_SETS``: 4096 rays x 256 samples, as the other lego scenes) instead of its GPU sizes; on CUDA
   RS-SDF gets the baseline's GPU sizes (``LEGO_CUDA_RS_SETS``). RS-SDF's colour field is the hash grid on
   both devices, and on both the baseline trains with RS-SDF's MSE loss and decay to 0.1 x lr
-  (``LEGO_BASELINE_TRAINING``) instead of nerfacc's 20k-step Huber schedule.
+  (``LEGO_SHARED_TRAINING``) instead of nerfacc's 20k-step Huber schedule.
   ``--lego-grid 256,384`` trains one RS-SDF run per voxel grid; ``--both-set KEY=VALUE`` goes to every
   run (e.g. ``renderer.random_background=true``, nerfacc's and Instant-NGP's training protocol);
   ``--val-images N`` also scores every run on N held-out val views; ``--test-every K`` (default 10)
@@ -435,10 +435,10 @@ def print_geometry(res: dict) -> None:
 #: per step: 44 steps in 600 s on 2 cores, and its 10 test images at 2x2 rays would take longer still)
 LEGO_CPU_SETS = {"hash": ["train.batch_rays=4096", "renderer.samples_per_ray=256", "renderer.grid_resolution=96",
                           "train.grid_warmup=256", "renderer.cull_after=32"]}
-#: Loss and learning-rate decay of the lego baselines on every device: RS-SDF's (scenes/rs_sdf_lego.yaml),
-#: so both methods share them. lego_hash.yaml's own Huber loss and decay to 0.03 x lr follow nerfacc's
-#: 20k-step schedule; at 2400 steps on CPU they cost the baseline 1.07 dB over the test circle (README)
-LEGO_BASELINE_TRAINING = {"hash": ["losses=[{type: photometric}]", "train.lr_final_factor=0.1"]}
+#: lego baselines that train with RS-SDF's loss and learning-rate decay on every device
+#: (:func:`lego_shared_training`) instead of their own: lego_hash.yaml's Huber loss and decay to 0.03 x lr
+#: follow nerfacc's 20k-step schedule, and at 2400 steps on CPU they cost it 1.07 dB over the test circle
+LEGO_SHARED_TRAINING = ("hash",)
 #: CUDA sizes for RS-SDF on lego: the hash baseline's GPU batch and sampling (scenes/lego_hash.yaml), so both
 #: spend the budget alike (the colour field is the hash grid on every device)
 LEGO_CUDA_RS_SETS = ["train.batch_rays=8192", "renderer.samples_per_ray=1024", "renderer.grid_resolution=128"]
@@ -468,9 +468,20 @@ def lego_rs_sets(device: str) -> list[str]:
     return list(LEGO_CUDA_RS_SETS) if device == "cuda" else []
 
 
+def lego_shared_training() -> list[str]:
+    """RS-SDF's loss list and learning-rate decay as overrides, read from scenes/rs_sdf_lego.yaml (e.g.
+    ``['losses=[{"type": "photometric"}]', 'train.lr_final_factor=0.1']``)."""
+    import yaml
+
+    rs = yaml.safe_load((ROOT / "scenes" / "rs_sdf_lego.yaml").read_text())
+    return [f"losses={json.dumps(rs['losses'])}", f"train.lr_final_factor={rs['train']['lr_final_factor']}"]
+
+
 def lego_baseline_sets(kind: str, device: str) -> list[str]:
-    """Overrides baseline ``kind`` gets on ``device``: RS-SDF's loss and decay, and its CPU sizes on CPU."""
-    return list(LEGO_BASELINE_TRAINING.get(kind, [])) + (list(LEGO_CPU_SETS.get(kind, [])) if device == "cpu" else [])
+    """Overrides baseline ``kind`` gets on ``device``: RS-SDF's loss and decay (``LEGO_SHARED_TRAINING``),
+    and its CPU sizes on CPU."""
+    shared = lego_shared_training() if kind in LEGO_SHARED_TRAINING else []
+    return shared + (list(LEGO_CPU_SETS.get(kind, [])) if device == "cpu" else [])
 
 
 def lego_labels(grids: list[int]) -> dict[int, str]:
