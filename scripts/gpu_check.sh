@@ -10,6 +10,8 @@
 #   STAGES        space list of build, blur, lego, tests, gap (default: the first four, in that order;
 #                 gap evaluates the lego runs on 3 training views)
 #   LEGO_BUDGET   training seconds per lego run (default 90)
+#   LEGO_STEPS    train every lego run for this many steps instead of LEGO_BUDGET seconds (--lego-steps;
+#                 RS-SDF's phases as fractions of the steps); set LEGO_LIMIT to cover them
 #   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's; "none": baselines only)
 #   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid; empty: none)
 #   LEGO_SETS     space list of KEY=VALUE overrides for every lego run (RS-SDF and baselines), e.g.
@@ -91,7 +93,7 @@ for s in $STAGES; do
       lego_sets=()  # --both-set KEY=VALUE per word of LEGO_SETS, without glob expansion ([train,val,test])
       set -f; for kv in ${LEGO_SETS:-}; do lego_sets+=(--both-set "$kv"); done; set +f
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
-        --budget "${LEGO_BUDGET:-90}" --lego-grid "${LEGO_GRIDS:-256,384}" \
+        --budget "${LEGO_BUDGET:-90}" ${LEGO_STEPS:+--lego-steps "$LEGO_STEPS"} --lego-grid "${LEGO_GRIDS:-256,384}" \
         --lego-baselines "${LEGO_BASELINES-hash}" --val-images "${LEGO_VAL:-0}" --test-every "${LEGO_EVERY:-0}" \
         ${lego_sets[@]+"${lego_sets[@]}"} \
         --out "$OUT_DIR/bench_rs_sdf_lego.json"
