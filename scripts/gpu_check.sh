@@ -15,7 +15,8 @@
 #   LEGO_GRIDS    RS-SDF voxel grids, one run each (default 256,384: the paper's; "none": baselines only)
 #   LEGO_BASELINES  default hash (the paper's baseline; add ,dense for the dense grid; empty: none)
 #   LEGO_SETS     space list of KEY=VALUE overrides for every lego run (RS-SDF and baselines), e.g.
-#                 renderer.random_background=true (nerfacc's and Instant-NGP's training protocol)
+#                 renderer.random_background=true (nerfacc's and Instant-NGP's training protocol); one
+#                 per line instead when a value holds spaces (e.g. losses=[{"type": "photometric"}])
 #   LEGO_VAL      also score every lego run on this many held-out val views (default 0: none; the
 #                 first 10 test views are one arc of the test circle, val views spread like the training ones)
 #   LEGO_EVERY    also score every lego run on every K-th test view, with each view's PSNR (default 0: none;
@@ -90,8 +91,12 @@ for s in $STAGES; do
         --out "$OUT_DIR/bench_rs_sdf_blur.json"
       ;;
     lego)
-      lego_sets=()  # --both-set KEY=VALUE per word of LEGO_SETS, without glob expansion ([train,val,test])
-      set -f; for kv in ${LEGO_SETS:-}; do lego_sets+=(--both-set "$kv"); done; set +f
+      # --both-set KEY=VALUE per word of LEGO_SETS, or per line when it holds a newline (values with
+      # spaces); without glob expansion ([train,val,test])
+      lego_sep=$' \t\n'; [[ "${LEGO_SETS:-}" == *$'\n'* ]] && lego_sep=$'\n'
+      lego_sets=()
+      set -f; IFS="$lego_sep" read -r -d '' -a lego_words <<<"${LEGO_SETS:-}" || true; set +f
+      for kv in ${lego_words[@]+"${lego_words[@]}"}; do [[ -n "$kv" ]] && lego_sets+=(--both-set "$kv"); done
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" ${LEGO_STEPS:+--lego-steps "$LEGO_STEPS"} --lego-grid "${LEGO_GRIDS:-256,384}" \
         --lego-baselines "${LEGO_BASELINES-hash}" --val-images "${LEGO_VAL:-0}" --test-every "${LEGO_EVERY:-0}" \
