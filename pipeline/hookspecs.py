@@ -50,7 +50,7 @@ def nls_register_scene_sources(register):
 
         @hookimpl
         def nls_register_scene_sources(register):
-            register("blender", "plugins.ngp.scenes:build_blender", config=BlenderConfig,
+            register("blender", "plugins.scenes.sources:build_blender", config=BlenderConfig,
                      produces={"images"})
     """
 
@@ -68,7 +68,7 @@ def nls_register_fields(register):
         @hookimpl
         def nls_register_fields(register):
             register("dense_grid", "plugins.ngp.fields:build_dense_grid",
-                     config=DenseGridConfig, produces={"density", "rgb"})
+                     config=DenseGridConfig, produces={"density", "rgb", "voxels"})
     """
 
 
@@ -84,7 +84,7 @@ def nls_register_certifiers(register):
 
         @hookimpl
         def nls_register_certifiers(register):
-            register("randomized_smoothing", "plugins.rs_sdf.certify:build",
+            register("randomized_smoothing", "plugins.rs_sdf.certifier:build_randomized_smoothing",
                      consumes=["occupancy"], produces={"sdf"})
     """
 
@@ -119,7 +119,7 @@ def nls_register_renderers(register):
         @hookimpl
         def nls_register_renderers(register):
             register("volume", "plugins.ngp.renderer:build_volume",
-                     consumes=[{"density", "rgb"}], produces={"images", "depth"})
+                     consumes=[{"density", "rgb", "images"}], produces={"render", "depth"})
     """
 
 
@@ -127,13 +127,14 @@ def nls_register_renderers(register):
 def nls_register_mesh_extractors(register):
     """Register mesh extractors: produce a ``trimesh.Trimesh`` from the trained field.
 
-    The built object has ``extract(query, bbox, resolution, level) -> trimesh.Trimesh``.
+    The built object has ``extract(chain, *, bbox, resolution, level, device) -> trimesh.Trimesh``
+    (bbox, resolution and level may be None: the extractor's own option then applies).
 
     Example::
 
         @hookimpl
         def nls_register_mesh_extractors(register):
-            register("marching_cubes", "plugins.ngp.extract:build",
+            register("marching_cubes", "plugins.ngp.extract:build_marching_cubes",
                      consumes=["sdf", "density", "occupancy"], produces={"mesh"})
     """
 
@@ -174,7 +175,7 @@ def nls_register_evaluators(register):
 
         @hookimpl
         def nls_register_evaluators(register):
-            register("chamfer", "plugins.ngp.evaluate:build_chamfer",
+            register("chamfer", "plugins.ngp.evaluate:build_geometry_metrics",
                      consumes=[{"mesh", "gt_mesh"}])
     """
 

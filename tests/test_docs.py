@@ -28,3 +28,58 @@ def test_every_hook_is_in_the_readme():
 def test_readme_quickstart_commands():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
+
+
+def _readme_plugin_example() -> str:
+    """The ``my_plugin.py`` code block of the README's "Writing a plugin" section."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("# my_plugin.py")
+    return readme[start:readme.index("```", start)]
+
+
+def test_the_readme_plugin_example_loads_without_torch_and_computes_its_loss(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    import torch
+
+    from pipeline.testing import plugin_host
+
+    (tmp_path / "my_plugin.py").write_text(_readme_plugin_example())
+    code = textwrap.dedent(f'''
+        import sys, io, contextlib
+        from pipeline.cli import main
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = main(["--plugins-dir", {str(tmp_path)!r}, "plugins", "--hook", "losses"])
+        print("torch" in sys.modules, rc, "opacity" in buf.getvalue())
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "0", "True"], (out.stdout, out.stderr)
+
+    comp = plugin_host(plugins_dirs=[tmp_path]).component("loss", "opacity")
+    assert comp.description and comp.consumes == (frozenset({"render"}),)
+    loss = comp.build(comp.config_class()(weight=0.5), None)
+    value = loss({}, {"opacity": torch.tensor([[0.2], [0.6]])}, None)
+    assert torch.isclose(value, torch.tensor(0.5 * 0.4))
+
+
+def test_every_register_example_in_hookspecs_matches_the_builtin_it_names(nls_host):
+    """The examples name real built-ins: their factory, produces and consumes must be those."""
+    import textwrap
+
+    for stage, hook in hookspecs.REGISTER_HOOKS.items():
+        example = textwrap.dedent(inspect.getdoc(getattr(hookspecs, hook)).split("Example::", 1)[1])
+        calls: list[tuple] = []
+        scope: dict = {"hookimpl": lambda f: f}
+        scope.update({n: object for n in ("BlenderConfig", "DenseGridConfig", "EikonalConfig")})
+        exec(example, scope)
+        scope[hook](lambda name, factory, **kw: calls.append((name, factory, kw)))
+        assert len(calls) == 1, hook
+        name, factory, kw = calls[0]
+        real = nls_host.component(stage, name)
+        consumes = {frozenset(a) if isinstance(a, (set, frozenset)) else frozenset({a})
+                    for a in kw.get("consumes", ())}
+        assert (factory, set(kw.get("produces", ())), consumes) == (real.factory, set(real.produces),
+                                                                   set(real.consumes)), hook
