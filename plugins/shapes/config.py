@@ -97,6 +97,7 @@ class ShapeIoUConfig(ComponentConfig):
     views: int = Field(1, ge=1, description="views whose embeddings are averaged per object (1: single-view IoU, "
                        "averaged over every view of the object in the split)")
     max_objects: Optional[int] = Field(None, ge=1, description="evaluate the first N objects only")
-    chamfer: bool = Field(True, description="also Chamfer-L1 (x10^3, DESIGN.md protocol) when a GT mesh exists")
+    chamfer: bool = Field(True, description="also Chamfer-L1 (x10^3, pipeline.metrics.chamfer: GT-normalised "
+                          "frame, chamfer_samples per mesh) when a GT mesh exists")
     mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes grid for the Chamfer meshes")
     chamfer_samples: int = Field(30000, ge=100, description="surface samples per mesh for Chamfer")

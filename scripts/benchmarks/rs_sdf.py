@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline-run", help="geometry (one scene): use this finished baseline run folder")
     ap.add_argument("--resolution", type=int, default=256, help="grid of the threshold / level sweeps")
     ap.add_argument("--chamfer-metric", default="sampled", choices=["sampled", "surface"],
-                    help="geometry: DESIGN.md's sampled Chamfer (the protocol), or exact point-to-surface distances "
+                    help="geometry: the protocol's sampled Chamfer (pipeline.metrics.chamfer), or exact point-to-surface distances "
                     "from the same samples (no sampling floor; a companion figure)")
     ap.add_argument("--chamfer-samples", type=int, default=PROTOCOL_SAMPLES,
                     help="geometry: samples per mesh for every Chamfer figure and the floor (protocol: 30000)")
