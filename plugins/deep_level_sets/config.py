@@ -29,7 +29,8 @@ class LevelSetFieldConfig(EncoderOptions):
 
 
 class HeavisideLossConfig(ComponentConfig):
-    """Occupancy term: || H_eps(-phi) - V ||_p^p over the grid nodes (V: GT voxel occupancy)."""
+    """Occupancy term: || H_eps(-phi) - V ||_p^p over the grid nodes (V: GT voxel occupancy), taken as the
+    mean over nodes (the sum divided by their number, so the weight does not depend on the grid size)."""
 
     weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     p: float = Field(2.0, ge=1, description="p-norm exponent")

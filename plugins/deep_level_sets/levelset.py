@@ -28,6 +28,8 @@ KINDS = ("compact", "arctan")
 
 
 def heaviside(phi: Tensor, eps: float, kind: str = "compact") -> Tensor:
+    """H_eps(phi) elementwise (any shape -> same): the compact sine pair of the module docstring, or
+    Chan & Vese's arctan form for ``kind="arctan"``."""
     if kind == "arctan":
         return 0.5 + torch.atan(phi / eps) / math.pi
     t = (phi / eps).clamp(-1.0, 1.0)
@@ -35,6 +37,8 @@ def heaviside(phi: Tensor, eps: float, kind: str = "compact") -> Tensor:
 
 
 def dirac(phi: Tensor, eps: float, kind: str = "compact") -> Tensor:
+    """delta_eps(phi) = dH_eps/dphi elementwise (any shape -> same); zero outside |phi| < eps for
+    ``kind="compact"``."""
     if kind == "arctan":
         return eps / (math.pi * (eps * eps + phi * phi))
     inside = phi.abs() < eps

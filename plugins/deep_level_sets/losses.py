@@ -58,6 +58,8 @@ def _check_grid(name: str, target: Tensor, phi: Tensor) -> None:
 
 
 class HeavisideLoss(nn.Module):
+    """L_occ (module docstring) on batch ``voxels (B,R,R,R)`` against ``H_eps(-phi)``, phi (B,R,R,R)."""
+
     def __init__(self, cfg):
         super().__init__()
         self.weight, self.p, self.balance = cfg.weight, cfg.p, cfg.balance
@@ -76,6 +78,9 @@ class HeavisideLoss(nn.Module):
 
 
 class DiracLoss(nn.Module):
+    """L_surf (module docstring): delta_eps(phi) |grad phi| d_S^p h^3 summed over nodes, mean over
+    the batch; batch ``dist (B,R,R,R)``."""
+
     def __init__(self, cfg):
         super().__init__()
         self.weight, self.p = cfg.weight, cfg.p
@@ -89,6 +94,8 @@ class DiracLoss(nn.Module):
 
 
 class EikonalGridLoss(nn.Module):
+    """L_eik (module docstring): mean of (||grad phi|| - 1)^2 over nodes and shapes, phi (B,R,R,R)."""
+
     def __init__(self, cfg):
         super().__init__()
         self.weight = cfg.weight

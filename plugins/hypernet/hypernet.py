@@ -13,7 +13,8 @@ every weight comes from f. Training minimises the cross-entropy of Eq. 3 over sa
 
 Initialisation (stated, not from the paper): the heads are initialised so that the generated W_j
 has variance ~ 1/fan_in of layer j when e has unit second moment ("hyperfan-in", Chang et al.
-2020), the scale heads start at s = 1 and the bias heads at b = 0.
+2020); the scale heads' biases start at 1 and the bias heads' at 0, with small weights (std
+sqrt(0.1 / dim)), so s starts near 1 and b near 0 (std about 0.32 for unit-moment e).
 """
 
 from __future__ import annotations

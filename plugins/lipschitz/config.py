@@ -106,8 +106,8 @@ class DistanceEvalConfig(ComponentConfig):
 
 
 class LevelSetPointsConfig(ComponentConfig):
-    """Sample the field's level set by closest-point projection x - f(x) grad f(x) and write it as
-    meshes/level_set_points.ply (with normals)."""
+    """Sample the field's level set by closest-point projection (the paper's x - f(x) grad f(x), divided
+    by ||grad f||^2: a Newton step on the level) and write it as meshes/level_set_points.ply (with normals)."""
 
     n_points: int = Field(30000, ge=10, description="points projected onto the level set")
     level: float = Field(0.0, description="level to sample (0 for a signed field)")

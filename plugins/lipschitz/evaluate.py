@@ -26,7 +26,7 @@ def distance_quality(sdf_fn: Callable, gt_mesh, x: np.ndarray, *, near: float = 
                      device="cpu") -> dict:
     """Compare a field with the ground-truth distance at points ``x (N,3)``.
 
-    Returns ``mean_abs_err`` mean |f - SDF| (|f| - UDF when unsigned), ``max_over`` max(|f| - |SDF|) over all
+    Returns ``mean_abs_err`` mean |f - SDF| (|f - UDF| when unsigned), ``max_over`` max(|f| - |SDF|) over all
     points and ``max_over_near`` / ``max_over_far`` split at |SDF| < ``near``, ``over_rate`` fraction of
     points with |f| > |SDF| + 1e-4, and ``grad_mean`` / ``grad_min`` / ``grad_max`` of ||grad f||.
     """

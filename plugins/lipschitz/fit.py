@@ -112,7 +112,8 @@ def fit_eikonal_baseline(model: nn.Module, sampler: LabelSampler, box, *, steps:
                          surface_weight: float = 0.0, max_seconds: Optional[float] = None,
                          time_schedule: bool = False, log_every: int = 0, log=None) -> dict:
     """The baseline: the same objective on the same labels (:func:`fit_hkr`'s), but with an eikonal penalty
-    ``w E[(||grad f|| - 1)^2]`` on uniform box points in place of the 1-Lipschitz architecture."""
+    ``w * lam * E[(||grad f|| - 1)^2]`` on uniform box points in place of the 1-Lipschitz architecture (scaled
+    by the hinge's ``lam`` so that ``w = eikonal_weight`` weighs it against the hinge term)."""
     b = torch.as_tensor(list(box), dtype=torch.float32, device=sampler.x.device)
 
     def step():

@@ -39,7 +39,8 @@ def hkr_objective(sdf_fn, x: Tensor, y: Tensor, margin: float, lam: float, surfa
 
     The surface term is not in the paper. hKR fixes the zero level only to within the margin (inside the band
     |SDF| < m both classes violate the hinge), and where more labelled points fall on one side of the band,
-    as outside a convex tip, the level set moves off the surface (measured on spot: up to 2.8 m). For a
+    as outside a convex tip, the level set moves off the surface (measured on spot: f = +0.028 world
+    units on the true surface at the convex tips). For a
     1-Lipschitz f, ``|f(x)| <= |SDF(x)| + max_surface |f|``, so pinning f to 0 on the surface bounds the
     overestimate of the distance everywhere."""
     loss = hkr_loss(sdf_fn(x), y, margin, lam)
@@ -77,7 +78,8 @@ def labels_from_scene(cfg, scene, box) -> "LabelledPoints":  # noqa: F821
 
 
 class HKRLoss(nn.Module):
-    """``loss(batch, out, system) -> weight * hKR`` on a fresh class-balanced minibatch each step.
+    """``loss(batch, out, system) -> weight * hKR`` on a fresh minibatch each step, drawn as ``sampling``
+    says (``union`` by default; ``balanced``: batch_size points per class).
 
     ``inside (Ni,3)`` (y=-1) and ``outside (No,3)`` (y=+1) are non-persistent buffers: they are
     rebuilt deterministically from the scene, so checkpoints stay small.

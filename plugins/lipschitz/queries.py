@@ -74,7 +74,8 @@ def sample_level_set(sdf_fn: SdfFn, bbox: Sequence[float], n: int, *, level: flo
     total = 0
     for _ in range(max_rounds):
         x = (lo + (hi - lo) * torch.rand(max(4 * n, 1024), 3, generator=g)).to(device)
-        # first pull everything near the level set with Newton-like steps, then the paper's step
+        # Newton steps x - (f - c) grad f / ||grad f||^2 (the paper's x - f grad f divided by ||grad f||^2,
+        # which converges faster where ||grad f|| < 1); points within tol of the level are kept
         x = project(sdf_fn, x, iterations=iterations, level=level, normalize_grad=True)
         f = torch.cat([sdf_fn(x[s:s + 65536]).detach().reshape(-1) for s in range(0, x.shape[0], 65536)])
         inside_box = ((x >= lo.to(device)) & (x <= hi.to(device))).all(-1)

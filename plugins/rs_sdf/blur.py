@@ -29,7 +29,8 @@ Five paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode=
   never picks it; it stays as the library-only reference path.
 * ``"fft"``: zero-padded real FFT (``torch.fft.rfftn``) times the transfer function of the same
   sampled taps (outer product of the three 1-D transforms). Cheaper for large ``sigma_vox``,
-  where the band gets wide; ``"auto"`` picks it for ``r > 24``, and on CUDA when triton is not
+  where the band gets wide; ``"auto"`` picks it for ``r > 24`` (except on float32 CPU grids, where
+  the C++ kernel, when it builds, is taken at every radius), and on CUDA when triton is not
   importable: on an H200 at 384^3, sigma 2 voxels, it took 3.3-3.4 ms forward and 6.7-7.0 ms
   forward + backward against the matmul's 3.5-4.4 / 8.0-8.7 ms and cuDNN conv's 23 / 47 ms (two
   sessions; README, CUDA figures).
@@ -68,7 +69,8 @@ METHODS = ("auto", "kernel", "matmul", "conv", "fft", "triton")
 KERNEL = CppKernel("nls_blur", Path(__file__).resolve().parent / "csrc" / "blur_cpu.cpp", probe="blur3d",
                    env="NLS_BLUR_KERNEL", cflags=("-march=native",))
 
-#: "auto" switches from the banded matmul (CPU) or the Triton kernels (CUDA) to the FFT above this tap radius (voxels)
+#: "auto" switches from the banded matmul (CPU without the C++ kernel, or float64) or the Triton kernels (CUDA)
+#: to the FFT above this tap radius (voxels); the C++ kernel is taken at every radius
 FFT_RADIUS = 24
 _BLOCK = 16
 #: why the Triton blur failed in this process, if it did ("auto" then takes the FFT)

@@ -38,7 +38,9 @@ from plugins.rs_sdf.grid import grid_points, sample_grid, voxel_size
 
 
 class RandomizedSmoothing(nn.Module):
-    """``forward(out, x=(N,3), field=module) -> {sdf (N,), smoothed_occupancy (N,)}``; ``{}`` when the
+    """Pérez et al. §3 (Cohen et al. Thm. 1): sdf = -sigma Phi^-1((G_sigma * V)(x)), one blur per step.
+
+    ``forward(out, x=(N,3), field=module) -> {sdf (N,), smoothed_occupancy (N,)}``; ``{}`` when the
     field gave no ``occupancy`` or says ``smoothing_active = False`` (``voxel_occupancy`` in its
     NeRF phase)."""
 

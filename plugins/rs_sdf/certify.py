@@ -9,7 +9,9 @@ Randomized smoothing (Cohen, Rosenfeld & Kolter 2019): for a binary classifier `
 
 Pérez et al. ("Certified robustness as a tool for 3D vision", §3) observe that for an
 occupancy classifier this maximal certified radius is a distance to the surface of the smoothed
-occupancy, a *weak* SDF that never exceeds the true distance (it is exact for a half-space).
+occupancy, a *weak* SDF (exact for a half-space). It never exceeds the distance to the smoothed
+classifier's boundary {G*occ = 1/2}; against the true surface it is a lower bound inside and near
+smooth surfaces, but exceeds the true distance outside convex corners (see the package docstring).
 With ``p = (G_sigma * occ)(x)`` the probability of "inside" and the sign convention *negative
 inside*::
 
@@ -38,7 +40,8 @@ __all__ = ["occupancy_to_sdf", "sdf_bound", "clopper_pearson", "certify", "grid_
 
 
 def occupancy_to_sdf(p: Tensor, sigma: float, eps: float = 1e-4) -> Tensor:
-    """Smoothed occupancy ``p (N,)`` in [0,1] -> weak SDF ``(N,)``, negative inside, always finite."""
+    """Smoothed occupancy ``p (N,)`` in [0,1] -> weak SDF ``(N,)``, negative inside, always finite:
+    ``-sigma Phi^-1(clamp(p, eps, 1 - eps))`` (Cohen et al. Eq. 3 / Thm. 1; Pérez et al. §3)."""
     return -float(sigma) * torch.special.ndtri(p.clamp(eps, 1.0 - eps))
 
 

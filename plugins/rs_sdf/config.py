@@ -54,7 +54,8 @@ class RandomizedSmoothingConfig(ComponentConfig):
     truncate: float = Field(4.0, ge=3.0, le=8.0, description="blur radius in standard deviations")
     method: Literal["auto", "kernel", "matmul", "conv", "fft", "triton"] = Field(
         "auto", description="blur implementation (auto: the C++ CPU kernel for float32 CPU grids; on CUDA the Triton "
-        "kernels when triton imports, else the FFT; the FFT for wide kernels; else banded matmul; conv: torch "
+        "kernels when triton imports and the radius is <= 24 voxels, else the FFT; otherwise the FFT for radii "
+        "> 24, else banded matmul; conv: torch "
         "conv3d, cuDNN on CUDA; triton: one Triton kernel per axis, CUDA only)")
     resolution: int = Field(128, ge=8, le=512, description="rasterisation grid (vertices per axis) for occupancy "
                             "fields that have no voxel grid of their own")

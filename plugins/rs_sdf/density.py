@@ -25,7 +25,8 @@ from plugins.rs_sdf.config import HardOccupancyConfig
 
 
 class HardOccupancyDensity(nn.Module):
-    """``forward(out) -> {density (N,), hard_occupancy (N,)}``."""
+    """Pérez et al. §4: ``forward(out) -> {density (N,), hard_occupancy (N,)}`` with
+    ``hard = sigmoid(-k sdf / width)`` and ``density = scale * hard`` (module docstring)."""
 
     def __init__(self, cfg: HardOccupancyConfig, width: float):
         super().__init__()

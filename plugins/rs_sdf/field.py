@@ -69,7 +69,8 @@ def _logit(p: Tensor) -> Tensor:
 
 class VoxelOccupancyField(nn.Module):
     """``forward(x (N,3), d (N,3)|None) -> {occupancy (N,), rgb (N,3)}`` (phases 2-3, and eval) or
-    ``{density (N,), occupancy (N,), rgb (N,3)}`` (phase 1 while training).
+    ``{density (N,), occupancy (N,), rgb (N,3)}`` (phase 1 while training); ``rgb`` only when ``d`` is
+    given (geometry-only queries skip the colour field).
 
     ``occupancy_grid() -> (V (R0,R1,R2), box (6,))`` is the certifier's hook: the grid it blurs.
     """

@@ -48,8 +48,8 @@ class ReconConfig(ComponentConfig):
     newton_tol: float = Field(1e-4, gt=0, description="|F − t| below which a sample has converged")
     max_step: Optional[float] = Field(0.25, gt=0, description="clip each Newton step to this length (None: off)")
     track: bool = Field(True, description="warm-started samples are not re-projected: each step moves them by "
-                        "one Newton step computed from the loss's own forward pass, and every sample counts "
-                        "on its own level set c_i = F(p_i; θ₀) (false: full Newton projection every step)")
+                        "one Newton step computed from the loss's own forward pass onto level t (only the "
+                        "general samples sit on their own levels; false: full Newton projection every step)")
     general_samples: int = Field(1024, ge=0, description="samples of arbitrary level sets per step: gaussian "
                                  "points around the input, each on its own level set t = F(p; θ₀) (no "
                                  "projection); Eq. 13 over a continuum of levels, as the authors' code does. 0: off")

@@ -65,7 +65,10 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class HeadParams:
-    """Options shared by all heads (defaults as in :class:`MarginConfig`)."""
+    """Options shared by all heads. The defaults are those of :class:`MarginConfig` except
+    ``eps_train`` (0.1, an input-space radius for images in [0, 1]; the occupancy loss takes
+    MarginConfig's 0.02 world units); ``newton_iters``, ``tol``, ``clamp`` and ``levels`` have no
+    MarginConfig key and keep these defaults there."""
 
     lam: float = 0.1
     alpha: float = -1.0
@@ -140,8 +143,10 @@ def robust_boundary(fm: Callable, x: Tensor, y: Tensor, hp: HeadParams):
 
 def pgd_attack(fm: Callable, x: Tensor, y: Tensor, eps: float, steps: int, *, objective: str = "ce",
                clamp=None, ref_logits: Optional[Tensor] = None) -> Tensor:
-    """L∞ PGD (Madry et al.): random start in the ε-ball, ``steps`` signed-gradient steps of
-    2.5ε/steps maximising CE (or the KL to ``ref_logits`` for TRADES), projected to the ball."""
+    """L∞ PGD (Madry et al.) on ``x (n,D)`` with labels ``y (n,)``: random start in the ε-ball (for
+    TRADES, ``objective="kl"``, within 0.001 of ``x`` as in its authors' code), ``steps``
+    signed-gradient steps of 2.5ε/steps maximising CE (or the KL to ``ref_logits`` for TRADES),
+    projected to the ball. Returns the adversarial points, (n,D)."""
     step = 2.5 * eps / steps
     xa = x.detach() + (0.001 if objective == "kl" else eps) * (2 * torch.rand_like(x) - 1)
     if clamp is not None:
