@@ -66,7 +66,7 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
 @dataclass
 class HeadParams:
     """Options shared by all heads. The defaults are those of :class:`MarginConfig` except
-    ``eps_train`` (0.1, an input-space radius for images in [0, 1]; the occupancy loss takes
+    ``eps_train`` (0.1 here, used by the image benchmarks; the occupancy loss takes
     MarginConfig's 0.02 world units); ``newton_iters``, ``tol``, ``clamp`` and ``levels`` have no
     MarginConfig key and keep these defaults there."""
 
@@ -144,7 +144,7 @@ def robust_boundary(fm: Callable, x: Tensor, y: Tensor, hp: HeadParams):
 def pgd_attack(fm: Callable, x: Tensor, y: Tensor, eps: float, steps: int, *, objective: str = "ce",
                clamp=None, ref_logits: Optional[Tensor] = None) -> Tensor:
     """L∞ PGD (Madry et al.) on ``x (n,D)`` with labels ``y (n,)``: random start in the ε-ball (for
-    TRADES, ``objective="kl"``, within 0.001 of ``x`` as in its authors' code), ``steps``
+    TRADES, ``objective="kl"``, a uniform start within 0.001 of ``x``), ``steps``
     signed-gradient steps of 2.5ε/steps maximising CE (or the KL to ``ref_logits`` for TRADES),
     projected to the ball. Returns the adversarial points, (n,D)."""
     step = 2.5 * eps / steps
