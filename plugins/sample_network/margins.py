@@ -66,7 +66,7 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
 @dataclass
 class HeadParams:
     """Options shared by all heads. The defaults are those of :class:`MarginConfig` except
-    ``eps_train`` (0.1 here, used by the image benchmarks; the occupancy loss takes
+    ``eps_train`` (0.1 here; the occupancy loss takes
     MarginConfig's 0.02 world units); ``newton_iters``, ``tol``, ``clamp`` and ``levels`` have no
     MarginConfig key and keep these defaults there."""
 
