@@ -92,10 +92,10 @@ for s in $STAGES; do
       ;;
     lego)
       # --both-set KEY=VALUE per word of LEGO_SETS, or per line when it holds a newline (values with
-      # spaces); without glob expansion ([train,val,test])
+      # spaces); `read` splits without glob expansion ([train,val,test])
       lego_sep=$' \t\n'; [[ "${LEGO_SETS:-}" == *$'\n'* ]] && lego_sep=$'\n'
-      lego_sets=()
-      set -f; IFS="$lego_sep" read -r -d '' -a lego_words <<<"${LEGO_SETS:-}" || true; set +f
+      lego_words=(); lego_sets=()
+      IFS="$lego_sep" read -r -d '' -a lego_words <<<"${LEGO_SETS:-}" || true
       for kv in ${lego_words[@]+"${lego_words[@]}"}; do [[ -n "$kv" ]] && lego_sets+=(--both-set "$kv"); done
       stage lego "${LEGO_LIMIT:-$(( ${LEGO_BUDGET:-90} * 4 + 200 ))}" python3 scripts/bench.py rs_sdf --only lego --device cuda \
         --budget "${LEGO_BUDGET:-90}" ${LEGO_STEPS:+--lego-steps "$LEGO_STEPS"} --lego-grid "${LEGO_GRIDS:-256,384}" \

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,29 @@ def run_nls(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
         raise AssertionError(f"nls {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")
     return proc
+
+
+HEAVY_MODULES = ("torch", "nerfacc", "trimesh", "skimage", "scipy")
+
+
+def cli_in_fresh_python(args: list[str]) -> tuple[object, str, list[str]]:
+    """Run ``pipeline.cli.main(args)`` in a new interpreter: (its return value or SystemExit code,
+    its stdout, the modules of :data:`HEAVY_MODULES` it imported)."""
+    code = textwrap.dedent(f'''
+        import sys, io, json, contextlib
+        from pipeline.cli import main
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            try:
+                rc = main({args!r})
+            except SystemExit as e:
+                rc = e.code
+        heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
+        print(json.dumps([rc, buf.getvalue(), heavy]))
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    rc, stdout, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    return rc, stdout, heavy
 
 
 @pytest.fixture

@@ -38,25 +38,14 @@ def _readme_plugin_example() -> str:
 
 
 def test_the_readme_plugin_example_loads_without_torch_and_computes_its_loss(tmp_path):
-    import subprocess
-    import sys
-    import textwrap
-
     import torch
 
     from pipeline.testing import plugin_host
+    from tests.conftest import cli_in_fresh_python
 
     (tmp_path / "my_plugin.py").write_text(_readme_plugin_example())
-    code = textwrap.dedent(f'''
-        import sys, io, contextlib
-        from pipeline.cli import main
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            rc = main(["--plugins-dir", {str(tmp_path)!r}, "plugins", "--hook", "losses"])
-        print("torch" in sys.modules, rc, "opacity" in buf.getvalue())
-    ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.split() == ["False", "0", "True"], (out.stdout, out.stderr)
+    rc, listing, heavy = cli_in_fresh_python(["--plugins-dir", str(tmp_path), "plugins", "--hook", "losses"])
+    assert (rc, "opacity" in listing, "torch" in heavy) == (0, True, False), (rc, listing, heavy)
 
     comp = plugin_host(plugins_dirs=[tmp_path]).component("loss", "opacity")
     assert comp.description and comp.consumes == (frozenset({"render"}),)

@@ -13,7 +13,7 @@ from pipeline.hookspecs import hookimpl
 from pipeline.plugins import DEFAULT_PLUGINS, PluginHost
 from pipeline.testing import plugin_host
 from pipeline.types import NLSError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli_in_fresh_python
 
 
 class DupPlugin:
@@ -103,19 +103,8 @@ def test_load_plugins_names_an_uninstalled_plugin(nls):
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json", "--all"], ["reconstruct", "--help"]])
 def test_cli_does_not_import_torch(args):
-    code = textwrap.dedent(f'''
-        import sys, io, contextlib
-        from pipeline.cli import main
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                main({args!r})
-            except SystemExit:
-                pass
-        heavy = [m for m in ("torch", "nerfacc", "trimesh", "skimage", "scipy") if m in sys.modules]
-        print(",".join(heavy))
-    ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "", f"nls {' '.join(args)} imported {out.stdout.strip()}"
+    _, _, heavy = cli_in_fresh_python(args)
+    assert heavy == [], f"nls {' '.join(args)} imported {','.join(heavy)}"
 
 
 def test_plugin_can_add_a_subcommand(tmp_path, nls):
