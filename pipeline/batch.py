@@ -67,6 +67,7 @@ class BatchOptions:
     threads: int = 1
 
     def command(self, scene: str) -> list[str]:
+        """The argv of the child ``nls reconstruct <scene> -q`` run, with these options as flags."""
         cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", scene, "-q"]
         for d in self.plugins_dirs:
             cmd += ["--plugins-dir", d]

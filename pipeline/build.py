@@ -27,6 +27,8 @@ class BuildContext:
 
 
 def pick_device(name: str):
+    """``auto``, ``cpu`` or ``cuda`` as a :class:`torch.device` (``auto``: cuda when available, else cpu);
+    ``cuda`` without a CUDA device raises NLSError."""
     import torch
 
     if name == "auto":
@@ -47,6 +49,8 @@ def setup_threads(threads: Optional[int]) -> None:
 
 
 def load_scene_data(cfg: SceneConfig, device) -> SceneData:
+    """Build the ``scene:`` stage and return its :class:`SceneData` (a callable result is called
+    first); any other result raises NLSError."""
     ctx = BuildContext(cfg, device)
     result = cfg.stages["scene"].build(ctx)
     scene = result() if callable(result) else result

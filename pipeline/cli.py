@@ -43,6 +43,9 @@ def _host(args):
 
 @dataclass
 class Loaded:
+    """A run as the commands use it: plugin host, config, run folder, device, scene, model, step and
+    checkpoint state (None when no checkpoint was loaded)."""
+
     host: Any
     cfg: Any
     run: Any
@@ -201,6 +204,8 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
 # -- commands ----------------------------------------------------------------------------
 
 def cmd_reconstruct(args) -> int:
+    """Run ``nls reconstruct``: train a new run, then evaluate it (unless ``--no-eval``); exit code 0,
+    130 when interrupted."""
     from pipeline.config import dump_yaml, load_scene
     from pipeline.runs import RunDir, check_writable
 
@@ -262,6 +267,8 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    """Run ``nls resume``: train a run on from its newest checkpoint, then evaluate it (unless
+    ``--no-eval``); exit code 0, 130 when interrupted."""
     from pipeline.train import Trainer
 
     from pipeline import distributed
@@ -288,6 +295,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_render(args) -> int:
+    """Run ``nls render``: render a split of a run (and a turntable with ``--spiral``); exit code 0."""
     from pipeline.evaluate import EvalContext, check_can_render
 
     from pipeline.runs import check_writable
@@ -312,6 +320,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """Run ``nls export``: extract a run's mesh and write it to ``-o``; exit code 0."""
     from pipeline.evaluate import EvalContext, extract
     from pipeline.mesh import COLOR_FORMATS, MESH_FORMATS, bake_vertex_colors, export_mesh, read_back_watertight
 
@@ -359,6 +368,7 @@ def _refuse_run_record(out: Path, run_dir: Path) -> None:
 
 
 def cmd_eval(args) -> int:
+    """Run ``nls eval``: run the evaluators and write eval.json (or ``-o``); exit code 0."""
     from pipeline.config import parse_override
     from pipeline.evaluate import EvalContext, check_eval_split, flatten, run_evaluators
 
@@ -396,12 +406,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plugins(args) -> int:
+    """Run ``nls plugins``: list the plugins and their components; exit code 0."""
     from pipeline.plugins_list import print_plugins
 
     return print_plugins(_host(args), as_json=args.json, show_all=args.all, hook=args.hook)
 
 
 def cmd_new_plugin(args) -> int:
+    """Run ``nls new-plugin``: write a plugin package; exit code 0."""
     from pipeline.scaffold import new_plugin
 
     path = new_plugin(args.name, Path(args.dir))
@@ -412,6 +424,7 @@ def cmd_new_plugin(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """Run ``nls report``: write a run's HTML report; exit code 0."""
     from pipeline.report import build_report
 
     out = build_report(Path(args.run_dir), Path(args.output) if args.output else None, host=args.host,
@@ -421,12 +434,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """Run ``nls compare``: compare runs in the chosen format; exit code 0."""
     from pipeline.compare import run_compare
 
     return run_compare([Path(p) for p in args.run_dirs], args.format, Path(args.output) if args.output else None)
 
 
 def cmd_view(args) -> int:
+    """Run ``nls view``: serve the viewer until it is stopped; exit code 0."""
     from pipeline.viewer import serve
 
     return serve(Path(args.run_dir), host=args.host, port=args.port, resolution=args.resolution,
@@ -451,6 +466,8 @@ def _int_at_least(low: int, high: Optional[int] = None):
 
 
 def build_parser(host=None) -> argparse.ArgumentParser:
+    """The ``nls`` argument parser with every built-in subcommand, plus those ``host``'s plugins add
+    when a host is given."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugins-dir", action="append", metavar="DIR",
                         help="load every .py file in DIR as a plugin (repeatable)")
@@ -606,6 +623,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """The ``nls`` entry point: parse ``argv`` (default ``sys.argv[1:]``) and run its command; returns the
+    exit code (an NLSError's ``exit_code``, 130 on Ctrl-C, 141 on a closed pipe, 0 for help)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see DESIGN.md: spin-waiting hurts shared cores
     argv = sys.argv[1:] if argv is None else argv
     try:

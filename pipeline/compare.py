@@ -27,6 +27,8 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Plain data (``nls compare --json``): runs, ``{row: {label: value}}``, best labels per row,
+        warnings."""
         return {"runs": [{"label": lab, "path": str(r.path), "scene": r.name, "method": r.method,
                           "status": r.status} for lab, r in zip(self.labels, self.runs)],
                 "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
@@ -209,6 +211,7 @@ def _cell(v: Any) -> str:
 
 
 def to_markdown(c: Comparison) -> str:
+    """``c`` as a Markdown table, best cells in bold, then its warnings as ``> warning:`` lines."""
     lines = ["| | " + " | ".join(c.labels) + " |", "|---|" + "---:|" * len(c.labels)]
     for name, vals in c.rows:
         cells = [f"**{_cell(v)}**" if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
@@ -220,6 +223,7 @@ def to_markdown(c: Comparison) -> str:
 
 
 def to_html(c: Comparison) -> str:
+    """``c`` as a self-contained HTML page: warnings and table (best cells marked), then each run's folder."""
     from pipeline.report import html as H
 
     best = {(i, j + 1) for i, (name, _) in enumerate(c.rows) for j in c.best.get(name, ())}
@@ -231,6 +235,8 @@ def to_html(c: Comparison) -> str:
 
 
 def print_rich(c: Comparison) -> None:
+    """Print ``c`` as a rich table (best cells bold, or ``*`` when stdout is not a terminal), then each
+    run's folder; the warnings are not printed."""
     from rich.table import Table
 
     from pipeline.console import StdoutConsole

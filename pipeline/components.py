@@ -96,6 +96,7 @@ class Component:
         return f"{self.stage} {self.name!r} of plugin {self.plugin or '?'}"
 
     def config_class(self) -> type[ComponentConfig]:
+        """The config class, loaded first when given as ``"module:attr"``."""
         return load_object(self.config, f"the config class of {self._where()}")
 
     def build(self, options: ComponentConfig, ctx: Any = None) -> Any:
@@ -108,14 +109,19 @@ class Component:
             return factory(options, ctx)
 
     def fits(self, available: set[str]) -> bool:
+        """Whether ``available`` holds every quantity of one ``consumes`` alternative (always True when
+        it consumes nothing)."""
         return not self.consumes or any(alt <= available for alt in self.consumes)
 
     def consumes_text(self) -> str:
+        """``consumes`` for messages: ``a+b or c``, or ``nothing``."""
         if not self.consumes:
             return "nothing"
         return " or ".join("+".join(sorted(alt)) for alt in self.consumes)
 
     def as_dict(self) -> dict:
+        """Plain data as ``nls plugins`` lists it: stage, name, plugin, description, produces,
+        consumes and the config class as ``"module:qualname"``."""
         cfg = self.config if isinstance(self.config, str) else f"{self.config.__module__}:{self.config.__qualname__}"
         return {
             "stage": self.stage,

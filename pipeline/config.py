@@ -132,12 +132,15 @@ class StageChoice:
 
     @property
     def name(self) -> str:
+        """The component's name (its ``type:``)."""
         return self.component.name
 
     def to_dict(self) -> dict:
+        """``{"type": name, **options}`` with the options as JSON-ready values."""
         return {"type": self.component.name, **self.options.model_dump(mode="json")}
 
     def build(self, ctx: Any = None) -> Any:
+        """Build the component with these options and ``ctx``."""
         return self.component.build(self.options, ctx)
 
 
@@ -159,9 +162,11 @@ class SceneConfig:
     reference: dict = field(default_factory=dict)
 
     def choice(self, stage: str) -> Optional[StageChoice]:
+        """The choice of ``stage``, or None when that stage is empty or not a single stage."""
         return self.stages.get(stage)
 
     def all_choices(self) -> list[StageChoice]:
+        """Every chosen component: the single stages in order, then losses, then evaluators."""
         return [c for c in self.stages.values() if c] + self.losses + self.evaluators
 
     def to_dict(self) -> dict:
@@ -191,6 +196,8 @@ class SceneConfig:
 # -- reading -----------------------------------------------------------------------------
 
 def read_yaml(path: Path) -> dict:
+    """Parse a scene file into a mapping; a missing file, a folder, invalid YAML, non-UTF-8 text or a
+    top level that is not a mapping raises ConfigError."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"scene file {path} does not exist. Give the path of a scene YAML, "
@@ -305,6 +312,8 @@ def _fmt_loc(prefix: str, loc: tuple) -> str:
 
 
 def format_validation_error(source: str, prefix: str, exc: ValidationError, model: type[BaseModel]) -> str:
+    """One ``source: key = value: message (field help); ...`` paragraph for a pydantic error;
+    an unknown key lists the valid keys of ``model``."""
     lines = []
     for err in exc.errors():
         key = _fmt_loc(prefix, err["loc"])
@@ -332,6 +341,8 @@ def _stale(prefix: str, key: str) -> bool:
 
 
 def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) -> BaseModel:
+    """``data`` (None: ``{}``) validated as ``model`` with env vars expanded; errors raise ConfigError
+    at ``prefix``. While a run's config is read back, stale options are dropped with a warning."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -506,4 +517,5 @@ def load_resolved(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
 
 
 def dump_yaml(data: dict) -> str:
+    """``data`` as YAML text, keys in insertion order."""
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

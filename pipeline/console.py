@@ -15,5 +15,6 @@ class StdoutConsole(Console):
     """``rich.console.Console`` whose closed pipe raises :class:`BrokenPipeError`."""
 
     def on_broken_pipe(self) -> None:
+        """Go quiet and raise :class:`BrokenPipeError` instead of rich's exit with status 1."""
         self.quiet = True
         raise BrokenPipeError

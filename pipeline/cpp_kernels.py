@@ -52,6 +52,7 @@ class CppKernel:
 
     @property
     def ops(self):
+        """``torch.ops.<namespace>``, where the kernel's ops appear once loaded."""
         return getattr(torch.ops, self.namespace)
 
     def load(self, verbose: bool = False) -> bool:

@@ -63,6 +63,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether several processes take part (``world_size > 1``)."""
         return self.world_size > 1
 
     @property
@@ -71,6 +72,7 @@ class DistInfo:
         return self.rank == 0
 
     def tag(self) -> str:
+        """``"[rank R/W] "`` to prefix messages with when enabled, else ``""``."""
         return f"[rank {self.rank}/{self.world_size}] " if self.enabled else ""
 
 
@@ -283,6 +285,7 @@ def flatten_dict(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_digest(data: dict) -> str:
+    """The first 16 hex digits of the sha256 of ``data`` as sorted-key JSON (other values as ``str``)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

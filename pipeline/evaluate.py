@@ -16,11 +16,14 @@ from pipeline.types import NLSError, PluginError, SceneData
 
 
 def to_uint8(img) -> np.ndarray:
+    """An image (tensor or array, values in [0, 1]) clipped, scaled to 0..255 and rounded to uint8."""
     a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
     return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def depth_to_uint8(depth, opacity) -> np.ndarray:
+    """``(H, W, 1)`` depth and opacity -> ``(H, W, 3)`` uint8 turbo image: depth scaled between its
+    1st and 99th percentile where opacity > 0.5 (near is red), the other pixels white."""
     import matplotlib
 
     d = depth[..., 0].detach().cpu().numpy()
@@ -56,6 +59,7 @@ class EvalContext:
 
     @property
     def rendered(self) -> bool:
+        """Whether :meth:`renders` has run (its result is cached)."""
         return self._renders is not None
 
     def renders(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -115,6 +119,9 @@ def eval_indices(n_views: int, every: int = 1, max_images: Optional[int] = None)
 
 
 def render_split(ctx: EvalContext) -> list:
+    """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
+    (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
+    returns [(pred, gt)] ``(H, W, 3)`` float arrays."""
     import imageio.v3 as iio
     import torch
 
@@ -152,6 +159,8 @@ def render_split(ctx: EvalContext) -> list:
 
 def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Optional[float] = None,
             bbox: Optional[list[float]] = None):
+    """Build the scene's extractor and mesh ``ctx.system.chain`` with it (``resolution``, ``level`` and
+    ``bbox`` passed on); raises NLSError when the scene has no extractor stage."""
     choice = ctx.cfg.stages.get("extractor")
     if choice is None:
         raise NLSError("this run's scene has no extractor stage; add `extractor: {type: marching_cubes}`")
@@ -205,6 +214,8 @@ def _checked_results(choice, res: Any) -> dict:
 
 
 def flatten(results: dict) -> dict:
+    """``{evaluator: {metric: value}}`` -> ``{metric: value}`` of the numeric (non-bool) values; of two
+    evaluators reporting one name, the later wins."""
     flat = {}
     for ev, metrics in results.items():
         for k, v in metrics.items():

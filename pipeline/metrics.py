@@ -1,7 +1,7 @@
 """Evaluation metrics: numpy (or torch) in, python floats out.
 
 * :func:`psnr`, :func:`ssim` for images in [0, 1].
-* :func:`chamfer` following the project's protocol (DESIGN.md): normalise the ground truth
+* :func:`chamfer` following the project's protocol: normalise the ground truth
   so its bounding box spans at most 1 and is centred, apply the same transform to the
   reconstruction, sample 30k area-uniform points on each, CD-L1 =
   ½(mean d(gt→rec) + mean d(rec→gt)) and CD-L2 with d², both ×10³; plus normal
@@ -175,7 +175,7 @@ def _samples_in_frame(rec, gt, n_samples: int, seed: int, normalize_by_gt: bool)
 def chamfer(rec, gt, *, n_samples: int = 30000, seed: int = 0, normalize_by_gt: bool = True,
             fscore_taus: Sequence[float] = (0.01,)) -> dict:
     """Chamfer distance, normal consistency and F-score between a reconstruction and the
-    ground truth (trimesh meshes or ``(P, 3)`` point arrays), per DESIGN.md's protocol.
+    ground truth (trimesh meshes or ``(P, 3)`` point arrays), by the project's protocol.
 
     The ground truth's bounding box is centred and scaled so its largest side is 1 (when
     ``normalize_by_gt``); the same transform is applied to ``rec``. ``n_samples``
@@ -231,7 +231,7 @@ def chamfer_to_surface(rec, gt, *, n_samples: int = 30000, seed: int = 0, normal
     :func:`chamfer`, but each sample's distance is to the *other mesh's surface* (libigl
     ``point_mesh_squared_distance``), not to its nearest sample. It has no sampling floor
     (``chamfer_to_surface(gt, gt)`` is 0 up to rounding) and never exceeds :func:`chamfer` for the
-    same ``seed``, sample by sample. Not DESIGN.md's protocol: a companion figure that measures the
+    same ``seed``, sample by sample. Not the project's protocol: a companion figure that measures the
     geometry rather than the sampling. Both inputs must be meshes.
 
     Returns ``chamfer_l1``, ``chamfer_l2``, ``accuracy_l1`` (rec→gt), ``completeness_l1``
@@ -262,7 +262,7 @@ def chamfer_floor(gt, n_samples: int = 30000, *, seed: int = 0,
                   fscore_taus: Sequence[float] = (0.01,)) -> dict:
     """:func:`chamfer` between two independent samplings of ``gt``: the floor that no
     reconstruction can beat at this sample count (≈ 4 ×10³-units CD-L1 at 30k on typical
-    closed models, per DESIGN.md)."""
+    closed models)."""
     res = chamfer(gt, gt, n_samples=n_samples, seed=seed, fscore_taus=fscore_taus)
     res["what"] = "floor: two independent samplings of the ground truth"
     return res

@@ -44,6 +44,8 @@ ENTRY_POINT_GROUP = "nls"
 
 @dataclass
 class PluginInfo:
+    """One loaded plugin: name, version, where it came from and the hooks it implements (sorted)."""
+
     name: str
     version: str
     source: str  # "builtin", "entry point <dist>", or a file path
@@ -145,6 +147,8 @@ class PluginHost:
         return table
 
     def components(self, stage: Optional[str] = None) -> list[Component]:
+        """The components of ``stage`` (of every stage, in :data:`STAGES` order, when None),
+        sorted by name within a stage."""
         table = self._collect()
         stages = [stage] if stage else list(STAGES)
         return [c for s in stages for c in sorted(table[s].values(), key=lambda c: c.name)]
@@ -163,15 +167,20 @@ class PluginHost:
 
     # -- other hooks -------------------------------------------------------------------
     def add_commands(self, subparsers) -> None:
+        """Let every plugin add its subcommands to ``subparsers`` (``nls_add_commands``)."""
         self.pm.hook.nls_add_commands(subparsers=subparsers)
 
     def scene_type_for_path(self, path: Path) -> Optional[str]:
+        """The scene-source type that the first plugin recognising ``path`` names, or None
+        (``nls_scene_type_for_path``)."""
         return self.pm.hook.nls_scene_type_for_path(path=Path(path))
 
     def plugins(self) -> list[PluginInfo]:
+        """The loaded plugins, sorted by name."""
         return sorted(self._infos.values(), key=lambda i: i.name)
 
     def versions(self) -> dict[str, str]:
+        """``{plugin name: version}`` of every loaded plugin."""
         return {i.name: i.version for i in self.plugins()}
 
 

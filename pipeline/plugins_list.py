@@ -87,6 +87,8 @@ def print_options(con, c: dict) -> None:
 
 
 def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: Optional[str] = None) -> int:
+    """Print :func:`plugins_data` as JSON (``as_json``), else as one rich table per plugin with its
+    hooks (and, with ``show_all``, each component's options); returns 0."""
     data = plugins_data(host, show_all, hook)
     if as_json:
         print(json.dumps(data, indent=2, default=str))

@@ -32,6 +32,8 @@ class StepProgress:
         return self
 
     def advance(self, step: int, info: str = "") -> None:
+        """Show ``step`` and ``info``: on the bar on a terminal, else as a stderr line at most every
+        ``plain_every_s`` seconds and at the last step; nothing when disabled."""
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info)
             return

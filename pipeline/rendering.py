@@ -164,6 +164,7 @@ class OccupancyGrid(nn.Module):
         return self.estimator.binaries[0]
 
     def occupied_fraction(self) -> float:
+        """Fraction of the grid's cells that are occupied."""
         return float(self.estimator.binaries.float().mean().item())
 
     # --- update / query ------------------------------------------------------------

@@ -67,6 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, through :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode())
 
 
@@ -144,6 +145,8 @@ class RunDir:
 
     @classmethod
     def create(cls, root: Path, scene: str, method: str, *, stamp: Optional[str] = None) -> "RunDir":
+        """Make a new run folder ``<root>/<scene>/<method>/<stamp>`` (``-2``, ``-3``, ... appended when
+        taken; ``stamp`` defaults to the current time) with an empty ``checkpoints/``."""
         root = Path(root)
         check_writable(root)
         stamp = stamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -162,6 +165,7 @@ class RunDir:
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":
+        """An existing run folder; raises NLSError when ``path`` is not a folder holding ``config.yaml``."""
         path = Path(path)
         if path.is_file():
             raise NLSError(f"{path} is a file, not a run folder. Give a folder made by `nls reconstruct` "
@@ -176,16 +180,20 @@ class RunDir:
 
     # -- records --------------------------------------------------------------------
     def record_command(self, argv: Optional[list[str]] = None) -> None:
+        """Append ``argv`` (default: ``nls`` and this process's arguments) to ``cmd.txt`` as one
+        shell-quoted line (not atomic)."""
         argv = argv if argv is not None else ["nls", *sys.argv[1:]]
         with open(self.path / "cmd.txt", "a") as f:
             f.write(shlex.join(argv) + "\n")
 
     def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as indented JSON to the run's file ``name``, atomically; returns its path."""
         p = self.path / name
         atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
         return p
 
     def read_json(self, name: str) -> Optional[dict]:
+        """The parsed JSON of the run's file ``name``; None when it is missing or not valid JSON."""
         p = self.path / name
         if not p.exists():
             return None
@@ -195,11 +203,13 @@ class RunDir:
             return None
 
     def log_metrics(self, record: dict) -> None:
+        """Append ``record`` to ``metrics.jsonl`` as one JSON line (not atomic)."""
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
             f.flush()
 
     def read_metrics(self) -> list[dict]:
+        """The records of ``metrics.jsonl`` ([] without it), skipping lines that are not valid JSON."""
         if not self.metrics_path.exists():
             return []
         out = []
@@ -217,6 +227,7 @@ class RunDir:
 
     # -- checkpoints ----------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
+        """The ``checkpoints/ckpt_*.pt`` files, sorted by name (oldest step first)."""
         return sorted(self.ckpt_dir.glob(CKPT_GLOB))
 
     def save_checkpoint(self, state: dict, step: int, keep: int = 2) -> Path:
@@ -238,10 +249,13 @@ class RunDir:
         return path
 
     def latest_checkpoint(self) -> Optional[Path]:
+        """The newest ``checkpoints/ckpt_*.pt``, or None."""
         ck = self.checkpoints()
         return ck[-1] if ck else None
 
     def load_checkpoint(self, path: Optional[Path] = None, map_location: str = "cpu") -> dict:
+        """Load and verify ``path`` (default: the newest checkpoint) with
+        :func:`load_checkpoint_file`; raises CheckpointError when the run has none."""
         path = path or self.latest_checkpoint()
         if path is None:
             raise CheckpointError(f"run {self.path} has no checkpoint in {self.ckpt_dir}; "

@@ -107,6 +107,8 @@ def test_trains_the_tiny_scene_with_it(tmp_path):
 
 
 def new_plugin(name: str, parent: Path) -> Path:
+    """Write the plugin package ``<parent>/nls-<name>/`` (pyproject.toml, ``nls_<name>/plugin.py``, a
+    test, README.md) and return its folder; an invalid, built-in or existing name raises NLSError."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise NLSError(f"plugin name {name!r} must start with a lowercase letter and use only a-z, 0-9 and _")
     from pipeline.plugins import DEFAULT_PLUGINS

@@ -24,6 +24,8 @@ class FieldChain(nn.Module):
         self.density_map = density_map
 
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """``x (N, 3)``, ``d (N, 3)`` or None -> the field's outputs, updated with the certifier's and
+        then the density map's."""
         out = dict(self.field(x, d))
         if self.certifier is not None:
             # certifiers that smooth over space (rs_sdf) need the query points and the field itself

@@ -48,6 +48,7 @@ def nls_host() -> PluginHost:
 
 @pytest.fixture
 def register_plugin():
+    """Fixture: ``make(*(name, plugin))``, which returns a fresh :func:`plugin_host` with those plugins."""
     def make(*extra: tuple[str, Any]) -> PluginHost:
         return plugin_host(*extra)
     return make

@@ -23,6 +23,9 @@ from pipeline.types import NLSError, SceneData
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` returns: the step reached, the seconds the call took, and whether a stop
+    request ended it."""
+
     step: int
     seconds: float
     interrupted: bool = False
@@ -52,6 +55,8 @@ class RaySampler:
         self.jitter = jitter
 
     def sample(self, n: int) -> dict:
+        """``n`` rays through uniform random pixels of the training images: ``origins``, ``dirs``, ``rgb``
+        ``(n, 3)`` and ``alpha`` (None when the split has no alphas)."""
         N, H, W, _ = self.images.shape
         idx = torch.randint(0, N, (n,), generator=self.gen).to(self.device)
         v = torch.randint(0, H, (n,), generator=self.gen).to(self.device)
@@ -99,6 +104,8 @@ class DatasetBatches:
         return list(sampler)
 
     def next(self) -> dict:
+        """This rank's share of the next batch, collated and moved to ``device``; a used-up epoch
+        moves on to the next one."""
         from torch.utils.data import default_collate
 
         if self.index >= self.per_epoch:
@@ -113,13 +120,17 @@ class DatasetBatches:
         return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def state(self) -> dict:
+        """``{"epoch", "index"}``: where the batch sequence stands."""
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state(self, st: dict) -> None:
+        """Continue the sequence at a :meth:`state`; the epoch's order is recomputed from the seed."""
         self.epoch, self.index, self._order = int(st["epoch"]), int(st["index"]), None
 
 
 def rng_state() -> dict:
+    """The global torch, Python and numpy RNG states (and every CUDA device's when CUDA is available)
+    as a dict of tensors and plain values."""
     st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
           "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
     ns = np.random.get_state()
@@ -131,6 +142,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(st: dict) -> None:
+    """Restore the global RNGs from a :func:`rng_state` dict (CUDA's when it has them and CUDA is
+    available)."""
     torch.set_rng_state(st["torch"])
     random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
     n = st["numpy"]
@@ -140,6 +153,7 @@ def set_rng_state(st: dict) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's (``seed mod 2**32``) and torch's global RNGs."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -165,6 +179,8 @@ class StopRequest:
 
     @contextmanager
     def installed(self):
+        """Context manager: this request handles SIGINT and SIGTERM inside it (main thread only);
+        the previous handlers are restored on exit."""
         old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -191,6 +207,8 @@ class TrainStep(nn.Module):
         self.system = system
 
     def forward(self, batch: dict, background: Optional[torch.Tensor] = None) -> tuple[dict, dict]:
+        """Render ``batch``'s rays when it has ``origins`` and there is a renderer, then evaluate
+        every loss: ``({name: scalar}, out)``."""
         system = self.system
         out: dict = {}
         if "origins" in batch and system.renderer is not None:
@@ -316,6 +334,8 @@ class Trainer:
 
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
+        """The checkpoint dict: step, model, optimiser, RNG states, sampler and dataset positions,
+        elapsed seconds and world size."""
         return {"step": self.step, "model": self.system.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": rng_state(),
                 "sampler": self.sampler.gen.get_state() if self.sampler else None,
@@ -323,6 +343,7 @@ class Trainer:
                 "world_size": self.dist.world_size}
 
     def load_state(self, st: dict) -> None:
+        """Restore a :meth:`state` dict; a model or optimiser that does not match raises NLSError."""
         try:
             self.system.load_state_dict(st["model"])
             self.optimizer.load_state_dict(st["optimizer"])
@@ -343,6 +364,7 @@ class Trainer:
             self.run.save_checkpoint(self.state(), self.step)
 
     def log(self, record: dict) -> None:
+        """Append ``record`` to ``metrics.jsonl`` (rank 0 only)."""
         if self.dist.is_main:
             self.run.log_metrics(record)
 
@@ -451,6 +473,9 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train until ``train.steps`` or ``train.max_seconds``: metrics every ``log_every`` steps,
+        checkpoints every ``checkpoint_every`` steps and at the end. A stop request
+        (:class:`StopRequest`) ends it early with ``interrupted=True``."""
         from pipeline.progress import StepProgress
 
         t = self.cfg.train

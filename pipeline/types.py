@@ -44,6 +44,7 @@ class Cameras:
         return int(self.c2w.shape[0])
 
     def to(self, device) -> "Cameras":
+        """A copy with every tensor on ``device``."""
         return Cameras(self.c2w.to(device), self.fx.to(device), self.fy.to(device),
                        self.cx.to(device), self.cy.to(device), self.width, self.height)
 

@@ -35,6 +35,8 @@ def orbit_cameras(template, n: int, radius: float, elevation_deg: float = 25.0):
 
 
 def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Path:
+    """Write ``frames`` as ``<path_stem>.mp4`` (libx264) when imageio-ffmpeg imports, else as a
+    looping ``.gif``; returns the path written."""
     import imageio.v3 as iio
 
     try:

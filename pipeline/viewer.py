@@ -184,9 +184,11 @@ class LevelSetViewer:
         client.camera.look_at = tuple(centre)
 
     def url(self) -> str:
+        """``http://<host>:<port>`` the viser server listens on."""
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
     def stop(self) -> None:
+        """Stop the viser server."""
         self.server.stop()
 
 

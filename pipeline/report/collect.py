@@ -74,22 +74,27 @@ class RunFacts:
 
     @property
     def run(self) -> RunDir:
+        """The :class:`RunDir` of ``path``."""
         return RunDir(self.path)
 
     @property
     def name(self) -> str:
+        """Scene name: summary.json's ``scene``, else config.yaml's ``name``, else ``"?"``."""
         return str((self.summary or {}).get("scene") or self.config.get("name") or "?")
 
     @property
     def method(self) -> str:
+        """Method: summary.json's ``method``, else config.yaml's, else ``"?"``."""
         return str((self.summary or {}).get("method") or self.config.get("method") or "?")
 
     @property
     def complete(self) -> bool:
+        """Whether the run has a summary.json."""
         return self.summary is not None
 
     @property
     def steps(self) -> Optional[int]:
+        """The step budget, config.yaml's ``train.steps`` (None when absent)."""
         return (self.config.get("train") or {}).get("steps")
 
     @property
@@ -108,6 +113,7 @@ class RunFacts:
 
     @property
     def train_seconds(self) -> Optional[float]:
+        """summary.json's ``train_seconds``, else the ``time`` of the last metrics.jsonl line, else None."""
         if self.summary and self.summary.get("train_seconds") is not None:
             return float(self.summary["train_seconds"])
         return float(self.log[-1]["time"]) if self.log and "time" in self.log[-1] else None
@@ -252,6 +258,8 @@ class RunFacts:
 
     @property
     def status(self) -> str:
+        """One sentence: summary.json's ``status``, else whether the run was trained, evaluated by
+        ``nls eval`` or stopped early, with its step and newest checkpoint."""
         if self.complete:
             return str(self.summary.get("status", "complete"))
         ck = "no checkpoint" if self.checkpoint_step is None else f"newest checkpoint at step {self.checkpoint_step}"

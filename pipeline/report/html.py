@@ -23,19 +23,23 @@ figure{margin:.6em 0} figcaption{color:#555;font-size:.9em}
 
 
 def esc(x) -> str:
+    """``str(x)`` HTML-escaped, quotes included."""
     return html.escape(str(x), quote=True)
 
 
 def data_uri(data: bytes, mime: str) -> str:
+    """``data`` as a base64 ``data:`` URI of type ``mime``."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def img(data: bytes, alt: str, mime: str = "image/png", caption: Optional[str] = None) -> str:
+    """An inline ``<img>`` of ``data``, in a ``<figure>`` with ``caption`` when one is given."""
     tag = f'<img src="{data_uri(data, mime)}" alt="{esc(alt)}">'
     return f"<figure>{tag}<figcaption>{esc(caption)}</figcaption></figure>" if caption else tag
 
 
 def video(data: bytes, mime: str, caption: str) -> str:
+    """An inline looping, muted, autoplaying ``<video>`` of ``data`` in a ``<figure>`` with ``caption``."""
     return (f'<figure><video controls autoplay loop muted playsinline src="{data_uri(data, mime)}"></video>'
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
@@ -69,14 +73,17 @@ def table(header: Sequence[str], rows: Iterable[Sequence], best: Optional[set] =
 
 
 def missing(text: str) -> str:
+    """``text`` in a paragraph of class ``missing`` (an orange note)."""
     return f'<p class="missing">{esc(text)}</p>'
 
 
 def warning(text: str) -> str:
+    """``text`` in a paragraph of class ``warn`` (a red note)."""
     return f'<p class="warn">{esc(text)}</p>'
 
 
 def details(summary: str, body: str) -> str:
+    """A collapsed ``<details>`` titled ``summary``, with ``body`` as preformatted text."""
     return f"<details><summary>{esc(summary)}</summary><pre>{esc(body)}</pre></details>"
 
 

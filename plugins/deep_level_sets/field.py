@@ -20,6 +20,9 @@ from plugins.shapes.encoder import build_encoder
 
 
 class LevelSetField(ConditionalField):
+    """Image-conditioned level-set field: encoder and :class:`GridDecoder` emitting phi (B,R,R,R);
+    the surface is phi = 0 (negative inside)."""
+
     contour = ("sdf", 0.0, "below")
 
     def __init__(self, cfg, ctx=None):
@@ -50,10 +53,12 @@ class LevelSetField(ConditionalField):
         return self.decoder(e)
 
     def point_outputs(self, x: Tensor, e: Tensor) -> dict[str, Tensor]:
+        """x (B,N,3), e (B,E) -> ``sdf``: trilinear phi (B,N), ``occupancy``: H_eps(-phi) (B,N)."""
         phi = sample_grid(self.phi_grid(e), x)
         return {"sdf": phi, "occupancy": heaviside(-phi, self.epsilon, self.smoothing)}
 
     def occupancy(self, x: Tensor, e: Tensor) -> Tensor:
+        """H_eps(-phi) at the points. x (B,N,3), e (B,E) -> (B,N) in [0, 1]."""
         return self.point_outputs(x, e)["occupancy"]
 
     def logits(self, x: Tensor, e: Tensor) -> Tensor:
@@ -61,12 +66,15 @@ class LevelSetField(ConditionalField):
         return -sample_grid(self.phi_grid(e), x) / self.epsilon
 
     def grid_values(self, e: Tensor, res: int = 32, chunk: int = 65536) -> Tensor:
+        """phi (B,res,res,res): the decoder's grid when ``res`` is its resolution, else
+        sampled per point by ``ConditionalField.grid_values``."""
         if res == self.resolution:
             return self.phi_grid(e)
         return super().grid_values(e, res, chunk)
 
 
 def build_level_set_field(cfg, ctx):
+    """Build the level-set field from its ``field:`` block (``LevelSetFieldConfig``)."""
     return LevelSetField(cfg, ctx)
 
 

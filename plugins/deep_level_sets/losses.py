@@ -65,6 +65,7 @@ class HeavisideLoss(nn.Module):
         self.weight, self.p, self.balance = cfg.weight, cfg.p, cfg.balance
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """phi (B,R,R,R) of the batch and batch ``voxels (B,R,R,R)`` -> weighted scalar L_occ."""
         f, phi = _phi(system, batch, out)
         V = batch["voxels"]
         _check_grid("level_set_occupancy", V, phi)
@@ -86,6 +87,7 @@ class DiracLoss(nn.Module):
         self.weight, self.p = cfg.weight, cfg.p
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """phi (B,R,R,R) of the batch and batch ``dist (B,R,R,R)`` -> weighted scalar L_surf."""
         f, phi = _phi(system, batch, out)
         _check_grid("level_set_surface", batch["dist"], phi)
         grad = _grad_norm(f, phi, out)
@@ -101,18 +103,22 @@ class EikonalGridLoss(nn.Module):
         self.weight = cfg.weight
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """phi (B,R,R,R) of the batch -> weighted scalar L_eik."""
         f, phi = _phi(system, batch, out)
         grad = _grad_norm(f, phi, out)
         return self.weight * (grad - 1).pow(2).mean()
 
 
 def build_heaviside(cfg, ctx):
+    """Build the level-set occupancy loss from its ``losses:`` entry (``HeavisideLossConfig``)."""
     return HeavisideLoss(cfg)
 
 
 def build_dirac(cfg, ctx):
+    """Build the level-set surface loss from its ``losses:`` entry (``DiracLossConfig``)."""
     return DiracLoss(cfg)
 
 
 def build_eikonal_grid(cfg, ctx):
+    """Build the grid eikonal loss from its ``losses:`` entry (``EikonalGridConfig``)."""
     return EikonalGridLoss(cfg)

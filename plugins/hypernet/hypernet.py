@@ -43,6 +43,8 @@ class FunctionalMLP(nn.Module):
         return [((o, i), (o,), (o,)) for i, o in zip(self.dims[:-1], self.dims[1:])]
 
     def forward(self, x: Tensor, weights) -> Tensor:
+        """x (B,N,3), weights [(W (B,out,in), b (B,out), s (B,out))] per layer -> logits (B,N);
+        ELU between layers."""
         h = x
         for j, (W, b, s) in enumerate(weights):
             h = torch.einsum("bni,boi->bno", h, W) * s[:, None] + b[:, None]  # Eq. 4
@@ -74,6 +76,7 @@ class WeightHeads(nn.Module):
                 self.s.append(hs)
 
     def forward(self, e: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """e (B,E) -> [(W (B,o,i), b (B,o), s (B,o))] per layer of g (s = 1 without ``scale``)."""
         out = []
         for j, ((o, i), _, _) in enumerate(self.g_shapes):
             W = self.w[j](e).reshape(-1, o, i)
@@ -96,8 +99,10 @@ class HypernetField(ConditionalField):
         return self.heads(e)
 
     def logits(self, x: Tensor, e: Tensor) -> Tensor:
+        """g with the weights generated from e. x (B,N,3), e (B,E) -> logits (B,N)."""
         return self.g(x, self.weights(e))
 
 
 def build_hypernet(cfg, ctx):
+    """Build the hypernet field from its ``field:`` block (``HypernetConfig``)."""
     return HypernetField(cfg, ctx)

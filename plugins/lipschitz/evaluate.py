@@ -69,4 +69,5 @@ class DistanceEvaluator:
 
 
 def build_distance(cfg, ctx) -> DistanceEvaluator:
+    """Build the ``distance_quality`` evaluator from its ``evaluators:`` entry (``DistanceEvalConfig``)."""
     return DistanceEvaluator(cfg)

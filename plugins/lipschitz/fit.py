@@ -38,12 +38,14 @@ class PlainMLP(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     def sdf(self, x: Tensor) -> Tensor:
+        """Points ``x`` (N, 3) -> sdf (N,)."""
         h = x
         for lin in self.layers[:-1]:
             h = F.softplus(lin(h), beta=100)
         return self.layers[-1](h)[..., 0]
 
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict:
+        """Points ``x`` (N, 3) -> ``{"sdf": (N,)}``; ``d`` is ignored."""
         return {"sdf": self.sdf(x)}
 
 

@@ -110,6 +110,8 @@ class HKRLoss(nn.Module):
         return x, y
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """Weighted scalar hKR objective of ``system.chain``'s sdf on ``self.sample(batch_size)`` (plus
+        ``batch_size`` surface samples when ``surface_weight > 0``); ``batch`` and ``out`` are unused."""
         c = self.cfg
         x, y = self.sample(c.batch_size)
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -133,4 +133,5 @@ class LevelSetPointsEvaluator:
 
 
 def build_level_set_points(cfg, ctx) -> LevelSetPointsEvaluator:
+    """Build the ``level_set_points`` evaluator from its ``evaluators:`` entry (``LevelSetPointsConfig``)."""
     return LevelSetPointsEvaluator(cfg)

@@ -53,6 +53,7 @@ class SLLLayer(nn.Module):
         return (gram * scale).abs().sum(1) + self.eps
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x - 2 W T^{-1} relu(W^T x + b)``: ``x`` (N, width) -> (N, width)."""
         z = F.relu(F.linear(x, self.weight, self.bias))  # sigma(W^T x + b), (N, inner)
         return x - 2.0 * F.linear(z / self.rescaling(), self.weight.T)  # x - 2 W T^-1 sigma(.)
 
@@ -69,6 +70,8 @@ class NormalizedLinear(nn.Module):
         nn.init.xavier_normal_(self.weight)
 
     def normalized_weight(self) -> Tensor:
+        """``weight`` (out, width) divided by its spectral norm (``norm="spectral"`` and out > 1) or
+        else its Frobenius norm (clamped at 1e-12)."""
         if self.norm == "spectral" and self.weight.shape[0] > 1:
             n = torch.linalg.matrix_norm(self.weight, ord=2)
         else:  # Frobenius; equals the spectral norm for one row
@@ -76,6 +79,7 @@ class NormalizedLinear(nn.Module):
         return self.weight / n.clamp_min(1e-12)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` (N, width) -> (N, out)."""
         return F.linear(x, self.normalized_weight(), self.bias)
 
 
@@ -100,15 +104,18 @@ class LipschitzSDF(nn.Module):
         self.color = nn.Sequential(nn.Linear(width + 3, color_hidden), nn.ReLU(), nn.Linear(color_hidden, 3))
 
     def features(self, x: Tensor) -> Tensor:
+        """Points ``x`` (N, 3) zero-padded to ``width`` and passed through the SLL layers -> (N, width)."""
         h = F.pad(x, (0, self.width - self.in_dim))
         for layer in self.layers:
             h = layer(h)
         return h
 
     def sdf(self, x: Tensor) -> Tensor:
+        """Points ``x`` (N, 3) -> sdf (N,)."""
         return self.head(self.features(x))[..., 0]
 
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Points ``x`` (N, 3), directions ``d`` (N, 3) or None -> ``{"sdf": (N,)[, "rgb": (N, 3)]}``."""
         h = self.features(x)
         out = {"sdf": self.head(h)[..., 0]}
         if d is not None:

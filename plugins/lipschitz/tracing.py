@@ -193,6 +193,9 @@ class SphereTracer(nn.Module):
         self.background = background
 
     def render_rays(self, origins: Tensor, dirs: Tensor, query, **kw) -> dict:
+        """Sphere-trace ``origins`` (R, 3), ``dirs`` (R, 3) through ``query(x, None)["sdf"]``, or through
+        ``kw["sdf_fn"]`` when given; with ``kw["gt_sdf"]`` (and ``kw["tol"]``) the output also has
+        ``overshoot``, ``max_excess`` and ``penetration`` (R,)."""
         c = self.cfg
         sdf_fn = (lambda x: query(x, None)["sdf"]) if not kw.get("sdf_fn") else kw["sdf_fn"]
         r = sphere_trace(sdf_fn, origins, dirs, near=c.near, far=c.far, max_steps=c.max_steps, eps=c.eps,
@@ -241,6 +244,8 @@ class SphereTracer(nn.Module):
 
 
 def build_renderer(cfg, ctx) -> SphereTracer:
+    """Build the ``sphere_tracing`` renderer from its ``renderer:`` block (``SphereTracingConfig``); the
+    background is the mean of the scene's background colour (1.0 without a scene)."""
     bg = ctx.scene.background if ctx is not None and ctx.scene is not None else (1.0, 1.0, 1.0)
     return SphereTracer(cfg, float(np.mean(bg)))
 
@@ -338,4 +343,5 @@ def save_views(imgs: list, out_dir) -> None:
 
 
 def build_evaluator(cfg, ctx) -> SphereTraceEvaluator:
+    """Build the ``sphere_trace`` evaluator from its ``evaluators:`` entry (``SphereTraceEvalConfig``)."""
     return SphereTraceEvaluator(cfg)

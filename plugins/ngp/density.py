@@ -23,9 +23,11 @@ class LaplaceDensity(nn.Module):
 
     @property
     def beta(self) -> Tensor:
+        """Laplace scale beta, a scalar tensor: ``exp`` of the learned or fixed ``log_beta``."""
         return (self.log_beta if self.log_beta is not None else self.fixed_log_beta).exp()
 
     def forward(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``out["sdf"]`` (N,) -> ``{"density": (N,)}``."""
         beta = self.beta
         s = -out["sdf"]
         psi = torch.where(s <= 0, 0.5 * torch.exp(s.clamp(max=0) / beta), 1 - 0.5 * torch.exp(-s.clamp(min=0) / beta))
@@ -40,12 +42,15 @@ class OccupancyDensity(nn.Module):
         self.scale = cfg.scale
 
     def forward(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``out["occupancy"]`` (N,) -> ``{"density": (N,)}``."""
         return {"density": self.scale * out["occupancy"]}
 
 
 def build_laplace(cfg: LaplaceDensityConfig, ctx) -> LaplaceDensity:
+    """Build the VolSDF density map from its ``density:`` block (``LaplaceDensityConfig``)."""
     return LaplaceDensity(cfg)
 
 
 def build_occupancy(cfg: OccupancyDensityConfig, ctx) -> OccupancyDensity:
+    """Build the occupancy-scaling density map from its ``density:`` block (``OccupancyDensityConfig``)."""
     return OccupancyDensity(cfg)

@@ -47,6 +47,7 @@ class _TruncExp(torch.autograd.Function):
 
 
 def trunc_exp(x: Tensor) -> Tensor:
+    """``exp(x)`` elementwise, any shape; the backward pass uses ``exp(x.clamp(max=15))``."""
     return _TruncExp.apply(x)
 
 

@@ -22,7 +22,7 @@ class ImageMetrics:
 
 
 class GeometryMetrics:
-    """Chamfer-L1/L2 (x10^3), normal consistency and F-score in the GT-normalised frame (DESIGN.md);
+    """Chamfer-L1/L2 (x10^3), normal consistency and F-score in the GT-normalised frame (:func:`pipeline.metrics.chamfer`);
     optionally the sampling floor and the floor-free point-to-surface Chamfer (``*_surface``)."""
 
     def __init__(self, cfg: ChamferConfig):
@@ -48,8 +48,10 @@ class GeometryMetrics:
 
 
 def build_image_metrics(cfg, ctx):
+    """Build the PSNR / SSIM evaluator from its ``evaluators:`` entry (``PSNRConfig``)."""
     return ImageMetrics(cfg)
 
 
 def build_geometry_metrics(cfg, ctx):
+    """Build the mesh-vs-GT evaluator from its ``evaluators:`` entry (``ChamferConfig``)."""
     return GeometryMetrics(cfg)

@@ -29,6 +29,8 @@ class MarchingCubes:
         self._rays = None
 
     def quantity(self) -> str:
+        """The chain output to contour: the configured one (NLSError if the chain lacks it) or, for
+        ``auto``, the first of sdf, occupancy, density that the chain produces."""
         if self.cfg.quantity != "auto":
             if self.cfg.quantity not in self.produces:
                 have = [q for q in ("sdf", "occupancy", "density") if q in self.produces]
@@ -54,6 +56,9 @@ class MarchingCubes:
 
     def extract(self, chain, *, bbox: Optional[Sequence[float]] = None, resolution: Optional[int] = None,
                 level: Optional[float] = None, device="cpu"):
+        """Mesh ``chain``'s :meth:`quantity` sampled on a ``resolution``^3 grid over ``bbox`` at ``level``
+        (arguments override the config; ``level=None`` with ``calibrate`` picks it from silhouettes).
+        Returns a ``trimesh.Trimesh`` whose ``metadata`` records quantity, level, resolution and bbox."""
         from pipeline.mesh import extract_mesh, field_to_grid, grid_to_mesh
 
         q = self.quantity()
@@ -107,6 +112,8 @@ class UdfMarchingCubes(MarchingCubes):
 
     def extract(self, chain, *, bbox: Optional[Sequence[float]] = None, resolution: Optional[int] = None,
                 level: Optional[float] = None, device="cpu"):
+        """Mesh the minimum sheet of ``chain``'s :meth:`quantity` on a ``resolution``^3 grid over ``bbox``
+        with :func:`pipeline.udf_mesh.extract_udf_mesh`; returns a ``trimesh.Trimesh``."""
         import numpy as np
 
         from pipeline.udf_mesh import extract_udf_mesh
@@ -165,6 +172,8 @@ def _produces(ctx) -> set[str]:
 
 
 def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:
+    """Build the marching-cubes extractor from its ``extractor:`` block (``MarchingCubesConfig``);
+    raises ConfigError if ``calibrate`` is on and the training images have no alpha."""
     from pipeline.types import ConfigError
 
     split = ctx.scene.splits.get("train") if ctx.scene is not None else None
@@ -177,6 +186,7 @@ def build_marching_cubes(cfg: MarchingCubesConfig, ctx) -> MarchingCubes:
 
 
 def build_udf_marching_cubes(cfg: UdfMarchingCubesConfig, ctx) -> UdfMarchingCubes:
+    """Build the unsigned-field extractor from its ``extractor:`` block (``UdfMarchingCubesConfig``)."""
     mc = UdfMarchingCubes(cfg, _produces(ctx), ctx.aabb.tolist())
     mc.quantity()
     return mc

@@ -50,6 +50,8 @@ class DenseGridField(nn.Module):
         self.voxels_per_unit = float(r / (aabb[3:] - aabb[:3]).max())
 
     def forward(self, x: Tensor, d: Tensor | None = None) -> dict[str, Tensor]:
+        """Points ``x`` (N, 3), directions ``d`` (N, 3) or None -> ``{"density": (N,)[, "rgb": (N, 3)]}``;
+        density is 0 outside the scene box."""
         x01 = normalize_points(x, self.aabb)
         inside = ((x01 >= 0) & (x01 <= 1)).all(-1)
         h = self.grid(x01)  # (N, 1 + features)
@@ -60,6 +62,7 @@ class DenseGridField(nn.Module):
         return out
 
     def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups: ``grids`` at ``lr * grid_lr_scale``, colour ``mlp`` at ``lr * mlp_lr_scale``."""
         return [
             {"params": list(self.grid.parameters()), "lr": lr * self.cfg.grid_lr_scale, "name": "grids"},
             {"params": list(self.color_net.parameters()), "lr": lr * self.cfg.mlp_lr_scale, "name": "mlp"},
@@ -92,6 +95,8 @@ class HashGridField(nn.Module):
         self.color_net = mlp(cfg.geo_features + cfg.sh_degree ** 2, cfg.hidden, 3, 2)
 
     def forward(self, x: Tensor, d: Tensor | None = None) -> dict[str, Tensor]:
+        """Points ``x`` (N, 3), directions ``d`` (N, 3) or None -> ``{"density": (N,)[, "rgb": (N, 3)]}``;
+        density is 0 outside the scene box."""
         x01 = normalize_points(x, self.aabb)
         inside = ((x01 >= 0) & (x01 <= 1)).all(-1)
         h = self.geo_net(self.encoding(x01.clamp(0, 1)))
@@ -101,6 +106,7 @@ class HashGridField(nn.Module):
         return out
 
     def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups, both at ``lr``: hash ``encoding`` (eps 1e-15), ``mlp`` (weight decay 1e-6)."""
         return [
             {"params": list(self.encoding.parameters()), "lr": lr, "eps": 1e-15, "name": "encoding"},
             {"params": list(self.geo_net.parameters()) + list(self.color_net.parameters()), "lr": lr,
@@ -109,8 +115,10 @@ class HashGridField(nn.Module):
 
 
 def build_dense_grid(cfg: DenseGridConfig, ctx) -> DenseGridField:
+    """Build the dense-grid field from its ``field:`` block (``DenseGridConfig``) over ``ctx.aabb``."""
     return DenseGridField(cfg, ctx.aabb)
 
 
 def build_hash_grid(cfg: HashGridConfig, ctx) -> HashGridField:
+    """Build the hash-grid field from its ``field:`` block (``HashGridConfig``) over ``ctx.aabb``."""
     return HashGridField(cfg, ctx.aabb)

@@ -17,6 +17,7 @@ class Photometric(nn.Module):
         self.cfg = cfg
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """``out["rgb"]`` (R, 3) vs ``batch["rgb"]`` (R, 3) -> weighted scalar loss."""
         pred, gt = out["rgb"], batch["rgb"]
         if self.cfg.kind == "mse":
             loss = F.mse_loss(pred, gt)
@@ -38,6 +39,8 @@ class Eikonal(nn.Module):
         self.cfg = cfg
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """Weighted scalar loss on ``n_points`` uniform random points of ``system.aabb``
+        (``batch`` and ``out`` are unused)."""
         aabb = system.aabb
         with torch.autocast(device_type=aabb.device.type, enabled=False):
             x = aabb[:3] + (aabb[3:] - aabb[:3]) * torch.rand(self.cfg.n_points, 3, device=aabb.device)
@@ -59,6 +62,7 @@ class TotalVariation(nn.Module):
         self.cfg = cfg
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """Weighted scalar loss on ``system.chain.field.voxel_grids()`` (``batch`` and ``out`` are unused)."""
         field = system.chain.field
         grids = field.voxel_grids()[:1] if self.cfg.density_only else field.voxel_grids()
         total = 0.0
@@ -72,12 +76,15 @@ class TotalVariation(nn.Module):
 
 
 def build_photometric(cfg, ctx):
+    """Build the photometric loss from its ``losses:`` entry (``PhotometricConfig``)."""
     return Photometric(cfg)
 
 
 def build_eikonal(cfg, ctx):
+    """Build the eikonal loss from its ``losses:`` entry (``EikonalConfig``)."""
     return Eikonal(cfg)
 
 
 def build_tv(cfg, ctx):
+    """Build the total-variation loss from its ``losses:`` entry (``TVConfig``)."""
     return TotalVariation(cfg)

@@ -53,6 +53,8 @@ class VolumeRenderer(nn.Module):
                             **self._kwargs(chain, False, None))
 
     def update(self, step: int, chain, *, every: int, warmup: int) -> None:
+        """Refresh the occupancy grid from ``chain.density_fn`` (every ``every`` steps, all cells during
+        ``warmup``); from step ``cull_after`` on, the grid is used to skip samples."""
         self.grid.update(step, chain.density_fn, self.step_size, occ_thre=self.cfg.occ_threshold,
                          n=every, warmup_steps=warmup)
         if step >= self.cfg.cull_after and not bool(self.grid_ready):
@@ -60,5 +62,7 @@ class VolumeRenderer(nn.Module):
 
 
 def build_volume(cfg: VolumeRendererConfig, ctx) -> VolumeRenderer:
+    """Build the volume renderer from its ``renderer:`` block (``VolumeRendererConfig``), with the
+    scene's box, background, near and far."""
     s = ctx.scene
     return VolumeRenderer(cfg, ctx.aabb, s.background, s.near, s.far)

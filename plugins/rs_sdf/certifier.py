@@ -55,9 +55,11 @@ class RandomizedSmoothing(nn.Module):
 
     @property
     def sigma(self) -> float:
+        """The smoothing scale ``sigma`` of the config (world units)."""
         return self.cfg.sigma
 
     def on_train_step(self, step: int) -> None:
+        """Called by the Trainer before every step: drop the cached blurred grid."""
         self._cache = None
 
     def prepare_kernels(self, device: torch.device) -> None:
@@ -96,6 +98,8 @@ class RandomizedSmoothing(nn.Module):
 
     def forward(self, out: dict[str, Tensor], x: Optional[Tensor] = None,
                 field: Optional[nn.Module] = None) -> dict[str, Tensor]:
+        """``out["occupancy"]`` (N,), query points ``x`` (N, 3) and the ``field`` ->
+        ``{"sdf": (N,), "smoothed_occupancy": (N,)}``, or ``{}`` (see the class docstring)."""
         if "occupancy" not in out or not getattr(field, "smoothing_active", True):
             return {}
         if x is None or field is None:
@@ -107,6 +111,8 @@ class RandomizedSmoothing(nn.Module):
 
 
 def build_randomized_smoothing(cfg: RandomizedSmoothingConfig, ctx) -> RandomizedSmoothing:
+    """Build the certifier from its ``certifier:`` block (``RandomizedSmoothingConfig``); the box is
+    ``aabb`` from the config, else ``ctx.aabb``."""
     from pipeline.types import ConfigError
 
     if cfg.aabb is not None and not all(cfg.aabb[i] < cfg.aabb[i + 3] for i in range(3)):

@@ -33,6 +33,8 @@ class HardOccupancyDensity(nn.Module):
         self.k, self.width, self.scale = cfg.eccentricity, float(width), cfg.scale
 
     def forward(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``out["sdf"]`` (N,) -> ``{"density": (N,), "hard_occupancy": (N,)}``; ``{}`` when ``out`` has
+        a ``density`` but no ``sdf``; NLSError when it has neither."""
         if "sdf" not in out:
             if "density" in out:
                 return {}
@@ -43,6 +45,8 @@ class HardOccupancyDensity(nn.Module):
 
 
 def build_hard_occupancy(cfg: HardOccupancyConfig, ctx) -> HardOccupancyDensity:
+    """Build the density map from its ``density:`` block (``HardOccupancyConfig``); without ``width``
+    it takes the certifier's ``sigma`` option."""
     from pipeline.types import ConfigError
 
     width = cfg.width

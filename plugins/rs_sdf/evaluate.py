@@ -109,8 +109,10 @@ class CertifyCheck:
 
 
 def build_sdf_slices(cfg: SDFSlicesConfig, ctx) -> SDFSlices:
+    """Build the ``sdf_slices`` evaluator from its ``evaluators:`` entry (``SDFSlicesConfig``)."""
     return SDFSlices(cfg)
 
 
 def build_certify_check(cfg: CertifyCheckConfig, ctx) -> CertifyCheck:
+    """Build the ``certify_check`` evaluator from its ``evaluators:`` entry (``CertifyCheckConfig``)."""
     return CertifyCheck(cfg)

@@ -145,6 +145,7 @@ class VoxelOccupancyField(nn.Module):
     # -- grids ----------------------------------------------------------------------------
     @property
     def grid_shape(self) -> tuple:
+        """Shape ``(R0, R1, R2)`` of V."""
         return tuple(self.logits.shape)
 
     def nerf_occupancy_grid(self) -> Tensor:
@@ -177,6 +178,7 @@ class VoxelOccupancyField(nn.Module):
 
     # -- evaluation -----------------------------------------------------------------------
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Points ``x`` (N, 3), directions ``d`` (N, 3) or None -> the outputs in the class docstring."""
         if not self.smoothing_active:
             out = dict(self.appearance(x, d))
             out["occupancy"] = 1 - torch.exp(-out["density"] * self.voxel_h)  # pointwise, for other density maps
@@ -239,6 +241,8 @@ class VoxelOccupancyField(nn.Module):
 
 
 def build_voxel_occupancy(cfg: VoxelOccupancyConfig, ctx) -> VoxelOccupancyField:
+    """Build the voxel occupancy field from its ``field:`` block (``VoxelOccupancyConfig``) with
+    ``train.steps`` and ``train.max_seconds``; ConfigError on an invalid box or phase split."""
     from pipeline.types import ConfigError
 
     if cfg.aabb is not None and not all(cfg.aabb[i] < cfg.aabb[i + 3] for i in range(3)):

@@ -55,6 +55,8 @@ def make_scan(points: np.ndarray, cfg: ScanConfig, rng: np.random.Generator,
 
 
 def build_scan(cfg: ScanConfig, ctx):
+    """Build the ``scan`` scene source from its ``scene:`` block (``ScanConfig``): returns a loader
+    that, when called, makes the point cloud (:func:`make_scan`) and returns a SceneData."""
     def load():
         import torch
         import trimesh

@@ -24,6 +24,10 @@ from plugins.sample_network.config import MLPSDFConfig
 
 
 class MLPSDF(nn.Module):
+    """The ``mlp_sdf`` field: ``layers`` hidden layers of width ``hidden`` (input re-read at ``skip_in``),
+    a linear output layer of ``out_dim`` values and a zero-initialised colour head (see the module
+    docstring)."""
+
     produces = frozenset({"sdf", "rgb"})
 
     def __init__(self, cfg: MLPSDFConfig, d_in: int = 3):
@@ -58,6 +62,7 @@ class MLPSDF(nn.Module):
         return F.softplus(x, beta=self.cfg.softplus_beta)
 
     def features(self, x: Tensor) -> Tensor:
+        """``x`` (N, d_in) → (N, hidden): the last hidden layer's activations."""
         h = x
         for i, lin in enumerate(self.layers):
             if i in self.skip and i > 0:
@@ -70,6 +75,7 @@ class MLPSDF(nn.Module):
         return self.out(self.features(x))
 
     def forward(self, x: Tensor, d: Tensor | None = None) -> dict[str, Tensor]:
+        """``x`` (N, d_in), ``d`` (N, 3) or None → ``{"sdf": (N,), "values": (N, l)[, "rgb": (N, 3)]}``."""
         h = self.features(x)
         v = self.out(h)
         out = {"sdf": v[:, 0], "values": v}
@@ -79,4 +85,5 @@ class MLPSDF(nn.Module):
 
 
 def build_mlp_sdf(cfg: MLPSDFConfig, ctx) -> MLPSDF:
+    """Build the ``mlp_sdf`` field from its ``field:`` block (``MLPSDFConfig``)."""
     return MLPSDF(cfg)

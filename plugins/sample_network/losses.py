@@ -46,6 +46,7 @@ class KNN:
             self.kind = "scipy"
 
     def query(self, q: np.ndarray):
+        """Query points ``q`` (m, 3) → distance (m,) to and index (m,) of the nearest input point."""
         q = np.ascontiguousarray(q, dtype=np.float32)
         d, i = self.tree.query(q, k=1)
         return np.asarray(d).reshape(-1), np.asarray(i, dtype=np.int64).reshape(-1)
@@ -154,6 +155,8 @@ class LevelSetRecon(_PointCloudLoss):
         return torch.cat(parts)
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """Weighted scalar Eq. 13 loss of ``system.chain``'s sdf; updates the pool and ``info``.
+        ``batch`` and ``out`` are unused."""
         cfg = self.cfg
         fn = _sdf_fn(system)
         info, groups, counts = {}, [], []
@@ -211,6 +214,7 @@ class UDFRegression(_PointCloudLoss):
     """Naive baseline: mean | |F(x)| − d(x, X) | at random points (uniform + near the input)."""
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """Weighted scalar loss on ``n_points`` fresh points; ``batch`` and ``out`` are unused."""
         cfg = self.cfg
         x = initial_points("gaussian", cfg.n_points, bbox=self.bbox, points=self.points, sigma=cfg.sigma,
                            uniform_fraction=cfg.uniform_fraction, device=self.points.device)
@@ -221,8 +225,12 @@ class UDFRegression(_PointCloudLoss):
 
 
 def build_recon(cfg: ReconConfig, ctx) -> LevelSetRecon:
+    """Build the ``level_set_recon`` loss from its ``losses:`` entry (``ReconConfig``) on the scene's
+    points."""
     return LevelSetRecon(cfg, _scene_points(ctx), ctx.aabb.tolist())
 
 
 def build_udf(cfg: UDFRegressionConfig, ctx) -> UDFRegression:
+    """Build the ``udf_regression`` loss from its ``losses:`` entry (``UDFRegressionConfig``) on the
+    scene's points."""
     return UDFRegression(cfg, _scene_points(ctx), ctx.aabb.tolist())

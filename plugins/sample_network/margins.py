@@ -238,6 +238,8 @@ class OccupancyMargin(nn.Module):
                              lam_wrong=cfg.lam_wrong, ce_weight=cfg.ce_weight, pgd_steps=cfg.pgd_steps)
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """Weighted scalar :func:`classifier_loss` of ``kind`` on ``n_points`` pool points drawn at random;
+        ``batch`` and ``out`` are unused."""
         i = torch.randint(0, len(self.x), (self.cfg.n_points,), device=self.x.device)
         scale = self.cfg.sdf_scale
         model = lambda z: -scale * system.chain(z, None)["sdf"]

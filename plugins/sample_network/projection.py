@@ -48,6 +48,7 @@ class Projection:
 
     @property
     def valid_points(self) -> Tensor:
+        """``points[valid]`` (k, d)."""
         return self.points[self.valid]
 
 

@@ -23,6 +23,7 @@ RENDER_VERSION = 1
 
 
 def cache_root() -> Path:
+    """The cache folder: ``$NLS_CACHE``, default ``~/.cache/nls``."""
     return Path(os.environ.get("NLS_CACHE", Path.home() / ".cache" / "nls")).expanduser()
 
 
@@ -78,6 +79,8 @@ def procedural_mesh(shape: str, resolution: int):
 
 
 def build_procedural(cfg: ProceduralConfig, ctx):
+    """Build the ``procedural`` scene source from its ``scene:`` block (``ProceduralConfig``): returns a
+    loader that renders the shape's views once (cached) and returns the SceneData."""
     def load() -> SceneData:
         folder = cached_render("procedural", cfg.model_dump(exclude={"background"}),
                                 lambda out: _render_views(procedural_mesh(cfg.shape, cfg.gt_resolution), out, cfg))
@@ -89,6 +92,8 @@ def build_procedural(cfg: ProceduralConfig, ctx):
 
 
 def build_mesh_scene(cfg: MeshSceneConfig, ctx):
+    """Build the ``mesh`` scene source from its ``scene:`` block (``MeshSceneConfig``): returns a loader
+    that renders the normalised mesh's views once (cached) and returns the SceneData."""
     def load() -> SceneData:
         from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
 
@@ -110,6 +115,8 @@ def build_mesh_scene(cfg: MeshSceneConfig, ctx):
 
 
 def build_blender(cfg: BlenderConfig, ctx):
+    """Build the ``blender`` scene source from its ``scene:`` block (``BlenderConfig``): returns a loader
+    of the folder's splits; ConfigError when there is no ``train`` split."""
     def load() -> SceneData:
         import torch
 
@@ -157,6 +164,8 @@ def _read_points(path: Path):
 
 
 def build_geometry(cfg, ctx):
+    """Build the ``geometry`` scene source from its ``scene:`` block (``GeometryConfig``): returns a loader
+    of a normalised point cloud (with normals when known) from a mesh or point file, no images."""
     def load() -> SceneData:
         import numpy as np
         import torch

@@ -26,6 +26,9 @@ from plugins.shapes.collection import voxel_centres
 
 
 class ConditionalField(nn.Module):
+    """Base of the image-conditioned shape fields: the typed API of the module docstring around an
+    image ``encoder``; subclasses implement :meth:`logits`."""
+
     #: (quantity, level, inside) of the field's surface: occupancy 0.5 (values above are inside)
     contour = ("occupancy", 0.5, "above")
 
@@ -46,17 +49,21 @@ class ConditionalField(nn.Module):
     # -- typed API ----------------------------------------------------------------------
     @property
     def embedding_dim(self) -> int:
+        """Entries E of the encoder's embedding."""
         return self.encoder.dim
 
     def encode(self, images: Tensor) -> Tensor:
+        """images (B,3,H,W) -> embeddings e (B,E); NLSError on any other shape."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise NLSError(f"encode: expected images (B,3,H,W), got {tuple(images.shape)}")
         return self.encoder(images)
 
     def logits(self, x: Tensor, e: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Occupancy logits, implemented by subclasses. x (B,N,3), e (B,E) -> (B,N)."""
         raise NotImplementedError
 
     def occupancy(self, x: Tensor, e: Tensor) -> Tensor:
+        """Sigmoid of :meth:`logits`. x (B,N,3), e (B,E) -> (B,N) in [0, 1]."""
         return torch.sigmoid(self.logits(x, e))
 
     def point_outputs(self, x: Tensor, e: Tensor) -> dict[str, Tensor]:
@@ -72,6 +79,8 @@ class ConditionalField(nn.Module):
         return torch.cat(out, 1).reshape(e.shape[0], res, res, res)
 
     def inside(self, values: Tensor) -> Tensor:
+        """Inside test of contour-quantity values against ``contour``'s level and side.
+        Any shape -> bool of the same shape."""
         _, level, side = self.contour
         return values > level if side == "above" else values < level
 
@@ -86,6 +95,8 @@ class ConditionalField(nn.Module):
         self._current = e
 
     def current_embedding(self) -> Tensor:
+        """The embedding set by :meth:`set_embedding`, else the encoding of the scene's
+        default image -> (1,E); NLSError when there is neither."""
         if self._current is not None:
             return self._current
         if self._default_image is None:
@@ -97,6 +108,7 @@ class ConditionalField(nn.Module):
             return self.encode(self._default_image[None].to(dev))
 
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """FieldChain's call for the current embedding: x (N,3) -> dict of (N,) outputs (``d`` unused)."""
         e = self.current_embedding()
         return {k: v[0] for k, v in self.point_outputs(x[None], e).items()}
 
@@ -112,6 +124,7 @@ def batch_outputs(field: ConditionalField, batch: dict, out: dict) -> Tensor:
 
 
 def conditional_field(system) -> ConditionalField:
+    """``system.chain.field`` when it is a :class:`ConditionalField`, else NLSError."""
     f = system.chain.field
     if not isinstance(f, ConditionalField):
         raise NLSError(f"this component needs an image-conditioned shape field (hypernet, deep_level_sets, "

@@ -64,6 +64,7 @@ class ShapeViewDataset(torch.utils.data.Dataset):
         return out
 
     def image(self, obj: int, view: int) -> Tensor:
+        """View ``view`` of object ``obj`` -> (3, S, S) float in [0, 1]."""
         return self.collection.images[obj, view].float() / 255.0
 
     def __getitem__(self, i: int) -> dict:
@@ -76,6 +77,8 @@ class ShapeViewDataset(torch.utils.data.Dataset):
 
 
 def scene_from_collection(collection: ShapeCollection, opts) -> SceneData:
+    """SceneData with a :class:`ShapeViewDataset` per split (train, val, test), the unit box as
+    aabb and the collection's meta plus sizes; DataError when the train split is empty."""
     datasets = {s: ShapeViewDataset(collection, s, opts) for s in ("train", "val", "test")}
     if len(datasets["train"]) == 0:
         from pipeline.types import DataError
@@ -89,6 +92,8 @@ def scene_from_collection(collection: ShapeCollection, opts) -> SceneData:
 
 
 def build_r2n2(cfg, ctx):
+    """Build the ``r2n2`` scene source from its ``scene:`` block (``R2N2Config``): returns a loader
+    ``() -> SceneData``."""
     def load() -> SceneData:
         from plugins.shapes.collection import load_r2n2
 
@@ -98,6 +103,8 @@ def build_r2n2(cfg, ctx):
 
 
 def build_families(cfg, ctx):
+    """Build the ``shape_families`` scene source from its ``scene:`` block (``ShapeFamiliesConfig``):
+    returns a loader ``() -> SceneData``."""
     def load() -> SceneData:
         from plugins.shapes.collection import load_families
 

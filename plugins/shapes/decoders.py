@@ -48,6 +48,7 @@ class GridDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, e: Tensor) -> Tensor:
+        """e (B,E) -> values (B,R,R,R) at the voxel centres."""
         h = self.fc(e).reshape(-1, self.channels, 4, 4, 4)
         return self.net(h)[:, 0]
 
@@ -60,12 +61,16 @@ class VoxelDecoderField(ConditionalField):
         self.decoder = GridDecoder(self.encoder.dim, cfg.channels, cfg.resolution)
 
     def grid_logits(self, e: Tensor) -> Tensor:
+        """e (B,E) -> occupancy logits (B,R,R,R) at the voxel centres (R = ``resolution``)."""
         return self.decoder(e)
 
     def logits(self, x: Tensor, e: Tensor) -> Tensor:
+        """Trilinear sample of the logit grid. x (B,N,3), e (B,E) -> (B,N)."""
         return sample_grid(self.grid_logits(e), x)
 
     def grid_values(self, e: Tensor, res: int = 32, chunk: int = 65536) -> Tensor:
+        """Occupancy (B,res,res,res): the sigmoid of the logit grid when ``res`` is the
+        decoder's resolution, else sampled per point by ``ConditionalField.grid_values``."""
         if res == self.decoder.resolution:
             return torch.sigmoid(self.grid_logits(e))
         return super().grid_values(e, res, chunk)
@@ -84,6 +89,7 @@ class CondMLPField(ConditionalField):
         self.mlp = nn.Sequential(*layers)
 
     def logits(self, x: Tensor, e: Tensor) -> Tensor:
+        """MLP on [e, x] per point. x (B,N,3), e (B,E) -> logits (B,N)."""
         h = torch.cat([e[:, None].expand(-1, x.shape[1], -1), x], -1)
         return self.mlp(h)[..., 0]
 
@@ -94,8 +100,10 @@ def decoder_parameters(field: nn.Module) -> int:
 
 
 def build_voxel_decoder(cfg, ctx):
+    """Build the voxel-decoder field from its ``field:`` block (``VoxelDecoderConfig``)."""
     return VoxelDecoderField(cfg, ctx)
 
 
 def build_cond_mlp(cfg, ctx):
+    """Build the conditional-MLP field from its ``field:`` block (``CondMLPConfig``)."""
     return CondMLPField(cfg, ctx)

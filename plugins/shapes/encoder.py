@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
+    """Norm layer over ``channels``: BatchNorm2d (``batch``), GroupNorm with the largest of 8/4/2/1
+    groups dividing ``channels`` (``group``), else Identity."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
@@ -33,6 +35,7 @@ class PreActModule(nn.Module):
         self.short = nn.Conv2d(cin, cout, 1, stride, bias=False) if (stride != 1 or cin != cout) else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B,Cin,H,W) -> (B,Cout,H/stride,W/stride)."""
         h = nn.functional.relu(self.n1(x))
         s = x if self.short is None else self.short(h)
         h = self.c1(h)
@@ -59,8 +62,10 @@ class ImageEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: Tensor) -> Tensor:
+        """images (B,3,H,W) in [0,1] (mapped to [-1,1]) -> embedding (B, 16N)."""
         return self.net(images * 2 - 1)
 
 
 def build_encoder(cfg) -> ImageEncoder:
+    """The :class:`ImageEncoder` of a field config's ``EncoderOptions`` (width, blocks, fc_layers, norm)."""
     return ImageEncoder(cfg.width, cfg.blocks, cfg.fc_layers, cfg.norm)

@@ -19,6 +19,7 @@ def iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
 
 @torch.no_grad()
 def embeddings(field: ConditionalField, ds, obj: int, views: list[int]) -> torch.Tensor:
+    """Encodings of object ``obj``'s ``views`` in ``ds`` on the field's device, no grad -> (len(views), E)."""
     dev = next(field.parameters()).device
     imgs = torch.stack([ds.image(obj, v) for v in views]).to(dev)
     return field.encode(imgs)
@@ -38,7 +39,7 @@ def evaluate_shapes(field: ConditionalField, ds, *, views: int = 1, max_objects=
                     mesh_resolution: int = 128, chamfer_samples: int = 30000) -> dict:
     """IoU of ``field.inside(grid_values(e, 32))`` against each object's 32^3 voxels, with e the embedding of
     one view (``views=1``: mean IoU over every view of the object in ``ds``) or the mean embedding of the
-    object's first ``views`` views. Chamfer-L1 x10^3 (DESIGN.md protocol) of the first group's mesh."""
+    object's first ``views`` views. Chamfer-L1 x10^3 (:func:`pipeline.metrics.chamfer`) of the first group's mesh."""
     from pipeline.metrics import chamfer as chamfer_fn
     from pipeline.scenes.mesh_render import load_mesh
 
@@ -78,6 +79,9 @@ def evaluate_shapes(field: ConditionalField, ds, *, views: int = 1, max_objects=
 
 
 class ShapeIoU:
+    """The ``shape_iou`` evaluator: called with the evaluation context, runs :func:`evaluate_shapes` on
+    the scene's ``split`` dataset and returns its metrics dict."""
+
     def __init__(self, cfg):
         self.cfg = cfg
 
@@ -98,4 +102,5 @@ class ShapeIoU:
 
 
 def build_shape_iou(cfg, ctx):
+    """Build the shape IoU evaluator from its ``evaluators:`` entry (``ShapeIoUConfig``)."""
     return ShapeIoU(cfg)

@@ -36,10 +36,13 @@ def capsule(x: Tensor, a, b, radius: float) -> Tensor:
 
 @dataclass
 class Primitive:
+    """One primitive of a shape: ``kind`` (box | sphere | cylinder | capsule) and its SDF parameters."""
+
     kind: str  # box | sphere | cylinder | capsule
     params: dict
 
     def sdf(self, x: Tensor) -> Tensor:
+        """SDF of the primitive, by ``kind`` (any other kind is a capsule). x (N,3) -> (N,)."""
         p = self.params
         if self.kind == "box":
             return box(x, p["half"], p["center"], p.get("rounding", 0.0))
@@ -69,6 +72,7 @@ def _legs(w, d, h, t, z0, kind="box"):
 
 
 def chair(rng: np.random.Generator) -> list[Primitive]:
+    """Chair primitives: seat, four box or cylinder legs, back, and armrests with probability 0.4."""
     w, d = rng.uniform(0.18, 0.3), rng.uniform(0.18, 0.3)
     seat_t, leg_h, back_h = rng.uniform(0.02, 0.05), rng.uniform(0.2, 0.4), rng.uniform(0.2, 0.45)
     t = rng.uniform(0.015, 0.035)
@@ -82,6 +86,8 @@ def chair(rng: np.random.Generator) -> list[Primitive]:
 
 
 def table(rng: np.random.Generator) -> list[Primitive]:
+    """Table primitives: with probability 0.35 a round pedestal table (top, column, foot), else a
+    rectangular top on four box or cylinder legs."""
     top_t, h = rng.uniform(0.02, 0.04), rng.uniform(0.25, 0.5)
     if rng.random() < 0.35:  # round pedestal table
         r = rng.uniform(0.25, 0.45)
@@ -96,6 +102,7 @@ def table(rng: np.random.Generator) -> list[Primitive]:
 
 
 def lamp(rng: np.random.Generator) -> list[Primitive]:
+    """Lamp primitives: base, pole, a bent arm with probability 0.5, and a sphere or cylinder shade."""
     base_r, pole_h = rng.uniform(0.1, 0.2), rng.uniform(0.4, 0.8)
     pole_r = rng.uniform(0.012, 0.025)
     parts = [Primitive("cylinder", {"center": [0, 0, 0], "radius": float(base_r), "half_height": 0.02}),
@@ -115,6 +122,7 @@ def lamp(rng: np.random.Generator) -> list[Primitive]:
 
 
 def airplane(rng: np.random.Generator) -> list[Primitive]:
+    """Airplane primitives: fuselage, wings, fin, tailplane, and two engines with probability 0.5."""
     L, r = rng.uniform(0.35, 0.5), rng.uniform(0.04, 0.07)
     span, chord, wt = rng.uniform(0.3, 0.5), rng.uniform(0.06, 0.12), rng.uniform(0.008, 0.015)
     wing_x = rng.uniform(-0.05, 0.1)
@@ -130,6 +138,7 @@ def airplane(rng: np.random.Generator) -> list[Primitive]:
 
 
 def sofa(rng: np.random.Generator) -> list[Primitive]:
+    """Sofa primitives: seat block, back and two armrests, boxes with one random rounding."""
     w, d, h = rng.uniform(0.35, 0.5), rng.uniform(0.15, 0.25), rng.uniform(0.08, 0.14)
     back_h, arm_w = rng.uniform(0.12, 0.25), rng.uniform(0.03, 0.07)
     rr = rng.uniform(0.0, 0.02)
@@ -153,6 +162,7 @@ class Shape:
         self.center, self.scale = (lo + hi) / 2, extent / float((hi - lo).max())
 
     def raw_sdf(self, x: Tensor) -> Tensor:
+        """Union (min) of the primitives' SDFs, before centring and scaling. x (N,3) -> (N,)."""
         return torch.stack([p.sdf(x) for p in self.parts], 0).min(dim=0).values
 
     def _bounds(self, res: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -169,4 +179,5 @@ class Shape:
 
 
 def make_shape(family: str, rng: np.random.Generator, extent: float = 0.9) -> Shape:
+    """The :class:`Shape` of ``family`` with proportions drawn from ``rng``, scaled to ``extent``."""
     return Shape(FAMILY_BUILDERS[family](rng), extent)

@@ -36,6 +36,8 @@ def load_images(paths: list[str], size: int):
 
 
 def cmd_infer(args) -> int:
+    """Run ``nls infer``: set the mean embedding of ``args.images`` on the run's field and write the mesh
+    (the run's extractor when it has one, else :func:`shape_mesh`) to ``args.output``. Returns 0."""
     import torch
 
     from pipeline.cli import open_run
@@ -70,6 +72,7 @@ def cmd_infer(args) -> int:
 
 
 def add_infer_command(subparsers) -> None:
+    """Add the ``infer`` subcommand to the CLI's ``subparsers``."""
     c = subparsers.add_parser("infer", help="reconstruct a mesh from images with a trained shape decoder",
                               description="Encode IMAGE(s) with the run's image encoder, average the embeddings, "
                               "decode the shape and write a mesh (format from the extension).")

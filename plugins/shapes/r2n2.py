@@ -45,6 +45,7 @@ def find_objects(root: Path) -> list[Path]:
 
 
 def read_metadata(path: Path, views: int) -> np.ndarray:
+    """Read a metadata file of ``views`` lines of 5 numbers -> (views, 5) float64; DataError otherwise."""
     if not path.is_file():
         raise DataError(f"R2N2 metadata {path} is missing (one line per view: azimuth elevation in-plane "
                         f"distance-ratio fov)")
@@ -63,6 +64,8 @@ def read_metadata(path: Path, views: int) -> np.ndarray:
 
 
 def read_object(folder: Path, views: int = 24) -> R2N2Object:
+    """Read the object folder ``folder`` with ``views`` renderings into an :class:`R2N2Object`; grey and
+    RGB views get an opaque alpha channel."""
     import imageio.v3 as iio
 
     folder = Path(folder)
