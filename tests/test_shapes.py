@@ -109,6 +109,22 @@ def test_r2n2_corrupt_binvox_through_the_scene_source(r2n2_copy):
         build_r2n2(R2N2Config(path=str(r2n2_copy.parent)), None)()
 
 
+def test_r2n2_split_by_objects_ignores_the_view_lists(r2n2_copy):
+    """With split_by=objects the val/test view lists are unused, so defaults beyond a 4-view object are fine."""
+    from plugins.shapes.dataset import build_r2n2
+
+    render = r2n2_copy / "rendering"
+    for png in sorted(render.glob("*.png"))[4:]:
+        png.unlink()
+    meta = render / "rendering_metadata.txt"
+    meta.write_text("\n".join(meta.read_text().splitlines()[:4]) + "\n")
+    cfg = dict(path=str(r2n2_copy.parent), views=4, image_size=32, n_points=64)
+    scene = build_r2n2(R2N2Config(split_by="objects", **cfg), None)()
+    assert len(scene.datasets["train"]) == 4
+    with pytest.raises(DataError, match="view index 20 is outside 0..3"):
+        build_r2n2(R2N2Config(split_by="views", **cfg), None)()
+
+
 def test_r2n2_scene_splits_by_view():
     need_r2n2()
     from plugins.shapes.dataset import build_r2n2
@@ -218,3 +234,23 @@ def test_missing_r2n2_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no object folders found"):
         build_r2n2(R2N2Config(path=str(tmp_path / "empty")), None)()
+
+
+def test_voxel_ce_names_a_decoder_grid_that_does_not_match_the_voxels():
+    import types
+
+    from pipeline.types import NLSError
+    from plugins.shapes.config import VoxelCEConfig, VoxelDecoderConfig
+    from plugins.shapes.decoders import build_voxel_decoder
+    from plugins.shapes.losses import build_voxel_ce
+
+    torch.manual_seed(0)
+    system = types.SimpleNamespace(chain=types.SimpleNamespace(field=None))
+    batch = {"image": torch.rand(2, 3, 64, 64), "voxels": (torch.rand(2, 32, 32, 32) > 0.5).float()}
+    loss = build_voxel_ce(VoxelCEConfig(), None)
+    system.chain.field = build_voxel_decoder(VoxelDecoderConfig(resolution=16), None)
+    with pytest.raises(NLSError, match=r"\(16, 16, 16\) grid does not match the scene's \(32, 32, 32\) voxels; "
+                                       "set field.resolution to 32"):
+        loss(batch, {}, system)
+    system.chain.field = build_voxel_decoder(VoxelDecoderConfig(resolution=32), None)
+    assert torch.isfinite(loss(batch, {}, system))

@@ -66,6 +66,7 @@ def voxels_to_mesh(occ: np.ndarray):
 
 
 def surface_samples(mesh, n: int, seed: int) -> np.ndarray:
+    """``n`` points sampled on ``mesh``'s surface (trimesh, seeded by ``seed``) -> (n, 3) float32."""
     import trimesh
 
     pts, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
@@ -112,7 +113,8 @@ def assemble(objects: list[dict], splits: dict, image_size: int, surface_points:
         meshes.append(Path(ob["mesh"]) if ob.get("mesh") else None)
     if len({v.shape for v in vox}) != 1 or len({lab.shape for lab in labels}) != 1:
         raise DataError("shape collection: objects have voxel grids of different sizes "
-                        f"({sorted({v.shape for v in vox})}); all must match")
+                        f"(voxels {sorted({v.shape for v in vox})}, fine labels "
+                        f"{sorted({lab.shape for lab in labels})}); all must match")
     return ShapeCollection([o["name"] for o in objects], torch.from_numpy(np.stack(imgs)),
                            torch.from_numpy(np.stack(vox)), torch.from_numpy(np.stack(labels)),
                            torch.from_numpy(np.stack(surf)), torch.from_numpy(np.stack(dist)), meshes,
@@ -122,6 +124,8 @@ def assemble(objects: list[dict], splits: dict, image_size: int, surface_points:
 # -- R2N2 -----------------------------------------------------------------------------------
 
 def load_r2n2(cfg) -> ShapeCollection:
+    """Read the R2N2 objects under ``cfg.path`` (``R2N2Config``) into a :class:`ShapeCollection`, split
+    by held-out views or, with ``split_by="objects"``, by a seeded permutation of the objects."""
     folders = find_objects(Path(cfg.path))
     if cfg.objects:
         names = {f.name: f for f in folders}
@@ -132,7 +136,7 @@ def load_r2n2(cfg) -> ShapeCollection:
         folders = [names[o] for o in cfg.objects]
     objs: list[R2N2Object] = [read_object(f, cfg.views) for f in folders]
     bad = [v for v in (*cfg.val_views, *cfg.test_views) if not 0 <= v < cfg.views]
-    if bad:
+    if bad and cfg.split_by == "views":  # split_by="objects" does not use the view lists
         raise DataError(f"scene.val_views/test_views: view index {bad[0]} is outside 0..{cfg.views - 1}")
     O = len(objs)
     if cfg.split_by == "views":
@@ -175,6 +179,7 @@ def _write_family_object(shape, out: Path, views: int, size: int, fine: int, see
             shutil.move(Path(tmp) / "train" / f"r_{i}.png", out / "rendering" / f"{i:02d}.png")
             eye = np.asarray(fr["transform_matrix"])[:3, 3]
             az, el = math.degrees(math.atan2(eye[1], eye[0])) % 360, math.degrees(math.asin(eye[2] / radius))
+            # column 4 holds the camera distance in world units, not R2N2's distance ratio; nothing reads it
             lines.append(f"{az:.6f} {el:.6f} 0 {radius:.6f} 25")
     (out / "rendering" / "rendering_metadata.txt").write_text("\n".join(lines) + "\n")
     with torch.no_grad():
@@ -195,6 +200,8 @@ def family_split(n: int, fractions, rng: np.random.Generator) -> dict[str, list[
 
 
 def generate_families(cfg, out: Path) -> None:
+    """Render ``cfg.per_family`` objects of each of ``cfg.families`` into ``out/objects/<name>`` and
+    write ``splits.json``, ``objects.json`` (each object's primitives) and ``meta.json`` to ``out``."""
     from plugins.shapes.families import make_shape
 
     objects, splits = [], {"train": [], "val": [], "test": []}
@@ -216,6 +223,8 @@ def generate_families(cfg, out: Path) -> None:
 
 
 def families_folder(cfg) -> Path:
+    """The cached folder of the generated families (``ShapeFamiliesConfig``), keyed by
+    ``FAMILIES_VERSION`` and the generation options; generated when it is not cached yet."""
     from plugins.scenes.sources import cached_render
 
     opts = {"version": FAMILIES_VERSION, **cfg.model_dump(include={"families", "per_family", "dataset_seed", "split",
@@ -224,6 +233,8 @@ def families_folder(cfg) -> Path:
 
 
 def load_families(cfg) -> ShapeCollection:
+    """Load the generated families (:func:`families_folder`) into a :class:`ShapeCollection`: objects
+    sorted by name, labels from the fine occupancy grid, split by object."""
     folder = families_folder(cfg)
     splits_by_name = json.loads((folder / "splits.json").read_text())
     names = [n for s in ("train", "val", "test") for n in splits_by_name[s]]

@@ -21,7 +21,8 @@ class PointSamplingOptions(ComponentConfig):
     uniform_fraction: float = Field(0.1, ge=0, le=1, description="fraction of points uniform in the box (paper: 10%)")
     surface_points: int = Field(10000, ge=100, description="GT surface points kept per object (sampling centres, "
                                 "distance grids)")
-    seed: int = Field(0, description="seed of the per-item point samples (item i uses seed + i)")
+    seed: int = Field(0, description="seed of the per-item point samples (item i of a split draws from a "
+                      "generator seeded by (seed, split, i))")
 
 
 class R2N2Config(PointSamplingOptions):

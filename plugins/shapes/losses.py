@@ -19,6 +19,7 @@ class PointOccupancyCE(nn.Module):
         self.weight = cfg.weight
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """batch ``points (B,P,3)``, ``occ (B,P)`` -> weighted scalar BCE of ``field.logits``."""
         field = conditional_field(system)
         e = batch_outputs(field, batch, out)
         logits = field.logits(batch["points"], e)
@@ -33,18 +34,26 @@ class VoxelCE(nn.Module):
         self.weight = cfg.weight
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """batch ``voxels (B,32,32,32)`` -> weighted scalar BCE of ``field.grid_logits``; NLSError when
+        the field has no ``grid_logits`` or its grid does not match the scene's voxels."""
+        from pipeline.types import NLSError
+
         field = conditional_field(system)
         if not hasattr(field, "grid_logits"):
-            from pipeline.types import NLSError
-
             raise NLSError(f"loss voxel_ce needs a grid decoder (voxel_decoder), not {type(field).__name__}")
         e = batch_outputs(field, batch, out)
-        return self.weight * nn.functional.binary_cross_entropy_with_logits(field.grid_logits(e), batch["voxels"])
+        logits, voxels = field.grid_logits(e), batch["voxels"]
+        if logits.shape != voxels.shape:
+            raise NLSError(f"loss voxel_ce: the decoder's {tuple(logits.shape[1:])} grid does not match the scene's "
+                           f"{tuple(voxels.shape[1:])} voxels; set field.resolution to {voxels.shape[-1]}")
+        return self.weight * nn.functional.binary_cross_entropy_with_logits(logits, voxels)
 
 
 def build_point_ce(cfg, ctx):
+    """Build the point occupancy loss from its ``losses:`` entry (``PointCEConfig``)."""
     return PointOccupancyCE(cfg)
 
 
 def build_voxel_ce(cfg, ctx):
+    """Build the voxel loss from its ``losses:`` entry (``VoxelCEConfig``)."""
     return VoxelCE(cfg)
