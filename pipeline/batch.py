@@ -111,11 +111,12 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONUNBUFFERED"] = "1"
     t0 = time.perf_counter()
+    argv = opts.command(scene)
     with open(log, "w") as f:
-        f.write("$ " + " ".join(opts.command(scene)) + "\n")
+        f.write("$ " + " ".join(argv) + "\n")
         f.flush()
         try:
-            proc = subprocess.run(opts.command(scene), stdout=f, stderr=subprocess.STDOUT, env=env,
+            proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env,
                                   timeout=opts.scene_timeout, stdin=subprocess.DEVNULL)
             code: Optional[int] = proc.returncode
         except subprocess.TimeoutExpired:

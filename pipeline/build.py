@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pipeline.config import SceneConfig
-from pipeline.types import NLSError, SceneData
+from pipeline.types import NLSError, PluginError, SceneData
 
 
 @dataclass
@@ -50,12 +50,12 @@ def setup_threads(threads: Optional[int]) -> None:
 
 def load_scene_data(cfg: SceneConfig, device) -> SceneData:
     """Build the ``scene:`` stage and return its :class:`SceneData` (a callable result is called
-    first); any other result raises NLSError."""
+    first); any other result raises PluginError."""
     ctx = BuildContext(cfg, device)
     result = cfg.stages["scene"].build(ctx)
     scene = result() if callable(result) else result
     if not isinstance(scene, SceneData):
-        raise NLSError(f"scene source {cfg.stages['scene'].name!r} returned {type(scene).__name__}, "
+        raise PluginError(f"scene source {cfg.stages['scene'].name!r} returned {type(scene).__name__}, "
                        f"not SceneData (plugin {cfg.stages['scene'].component.plugin!r} is broken)")
     return scene
 

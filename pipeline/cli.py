@@ -89,7 +89,8 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
 def _missing_plugins_hint(run, host) -> str:
     """' The run was made with plugin(s) ... that are not loaded now: ...' from its plugins.json,
     or '' when every plugin it recorded is loaded."""
-    recorded = (run.read_json("plugins.json") or {}).get("plugins") or []
+    data = run.read_json("plugins.json")
+    recorded = (data.get("plugins") if isinstance(data, dict) else None) or []
     loaded = {p.name for p in host.plugins()}
     how = []
     for p in recorded:
@@ -630,10 +631,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         # plugin modules register names only (no torch), so building the host here is cheap and
         # lets plugin subcommands appear in `nls --help`
-        host = _host(argparse.Namespace(plugins_dir=_plugins_dirs(argv)))
+        dirs = _plugins_dirs(argv)
+        host = _host(argparse.Namespace(plugins_dir=dirs))
         parser = build_parser(host)
         args = parser.parse_args(argv)
-        args.host = host
+        # argparse drops a --plugins-dir given before the subcommand (the subcommand's default
+        # overwrites it), and the scan above misses abbreviations such as --plugins-d DIR: keep both
+        extra = [d for d in (getattr(args, "plugins_dir", None) or []) if d not in dirs]
+        if extra:
+            dirs = dirs + extra
+            host = _host(argparse.Namespace(plugins_dir=dirs))
+        args.plugins_dir, args.host = dirs, host
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
@@ -666,7 +674,14 @@ def _leave_process_group() -> None:
 
 
 def _plugins_dirs(argv: list[str]) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--plugins-dir"]
+    """The ``--plugins-dir DIR`` and ``--plugins-dir=DIR`` values of ``argv``, in order."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--plugins-dir" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--plugins-dir="):
+            out.append(a.split("=", 1)[1])
+    return out
 
 
 if __name__ == "__main__":

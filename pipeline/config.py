@@ -354,7 +354,7 @@ def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) 
 
             print(f"warning: {source}: ignoring option(s) this version of nls does not know: "
                   f"{', '.join(f'{prefix}.{k}' for k in stale)}", file=sys.stderr)
-            data = {k: v for k, v in data.items() if k in model.model_fields}
+            data = {k: v for k, v in data.items() if k not in stale}
     try:
         return model.model_validate({k: expand_vars(v) for k, v in data.items()})
     except ValidationError as exc:

@@ -48,7 +48,7 @@ class PluginInfo:
 
     name: str
     version: str
-    source: str  # "builtin", "entry point <dist>", or a file path
+    source: str  # "builtin", "entry point of <dist>", a --plugins-dir file path or "registered in-process"
     hooks: list[str]
 
 

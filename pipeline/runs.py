@@ -192,14 +192,15 @@ class RunDir:
         atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
         return p
 
-    def read_json(self, name: str) -> Optional[dict]:
-        """The parsed JSON of the run's file ``name``; None when it is missing or not valid JSON."""
+    def read_json(self, name: str) -> Any:
+        """The parsed JSON value of the run's file ``name`` (callers check that it is a dict); None when
+        the file is missing, not UTF-8 or not valid JSON."""
         p = self.path / name
         if not p.exists():
             return None
         try:
             return json.loads(p.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
 
     def log_metrics(self, record: dict) -> None:
@@ -320,10 +321,10 @@ def _safe(name: str) -> str:
 
 
 def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
+    """JSON form of what ``json`` cannot write: tensors and numpy arrays or scalars through ``tolist``
+    (a number when 0-d, else nested lists), anything else as text."""
     if hasattr(o, "tolist"):
         return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
     return str(o)

@@ -218,6 +218,15 @@ def test_old_run_config_with_removed_option_still_loads(tmp_path, nls_host, caps
         load_scene(write(tmp_path, data), nls_host)
 
 
+def test_an_unknown_override_is_refused_beside_a_stale_option(tmp_path, nls_host):
+    """Reading back a run drops its stale options, but a misspelt ``--set`` key in the same block is an error."""
+    from pipeline.config import load_resolved
+
+    data = {**TINY_SCENE, "train": {**TINY_SCENE["train"], "option_from_an_old_version": True}}
+    with pytest.raises(ConfigError, match="train.stpes"):
+        load_resolved(write(tmp_path, data, "config.yaml"), nls_host, ["train.stpes=5"])
+
+
 def test_a_loss_the_chain_cannot_feed_suggests_removing_it(nls_host):
     """The README's type switch: csg_dense's tv loss needs voxels, which a hash grid has not."""
     from tests.conftest import ROOT

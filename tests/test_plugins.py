@@ -67,6 +67,37 @@ def test_plugins_dir_loads_one_off_files(tmp_path, nls):
     assert data["myfield"]["components"][0]["name"] == "my_field"
 
 
+@pytest.mark.parametrize("form", ["DIR after", "=DIR", "abbreviated", "before the subcommand"])
+def test_plugins_dir_is_honoured_in_every_argparse_form(tmp_path, capsys, form):
+    """``--plugins-dir=DIR`` and ``--plugins-d DIR`` load the folder too, and the folder given before the
+    subcommand reaches the command's arguments (which print follow-ups and pass it to batch children)."""
+    from pipeline.cli import main
+
+    (tmp_path / "formfield.py").write_text(textwrap.dedent('''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_register_fields(register):
+            register("form_field", "builtins:print", produces={"sdf"}, description="demo")
+    '''))
+    d = str(tmp_path)
+    argv = {"DIR after": ["plugins", "--json", "--plugins-dir", d], "=DIR": ["plugins", "--json", f"--plugins-dir={d}"],
+            "abbreviated": ["plugins", "--json", "--plugins-d", d],
+            "before the subcommand": ["--plugins-dir", d, "plugins", "--json"]}[form]
+    assert main(argv) == 0
+    assert "formfield" in {p["name"] for p in json.loads(capsys.readouterr().out)}
+
+
+def test_a_plugins_dir_before_the_subcommand_reaches_its_arguments(tmp_path, monkeypatch):
+    """argparse lets the subcommand's default overwrite a top-level ``--plugins-dir``; ``main`` restores it,
+    so commands that pass the folders on (``batch`` to its children, printed follow-ups) see them."""
+    from pipeline import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_plugins", lambda args: seen.append(args.plugins_dir) or 0)
+    assert cli.main(["--plugins-dir", str(tmp_path), "plugins"]) == 0
+    assert seen == [[str(tmp_path)]]
+
+
 def test_plugins_json_lists_every_builtin_and_component(nls):
     data = json.loads(nls("plugins", "--json", "--all", check=True).stdout)
     by_name = {p["name"]: p for p in data}
@@ -253,3 +284,16 @@ def test_evaluator_results_are_checked(tiny_scene, tmp_path, nls):
     assert summary["metrics"] == {"good": 1.5}
     res = nls(*base, "-o", str(tmp_path / "b"), "--set", "evaluators=[{type: list_eval}]")
     assert res.returncode == 1 and "evaluator 'list_eval' of plugin naneval returned list" in res.stderr, res.stderr
+
+
+def test_a_scene_source_returning_something_else_is_a_plugin_error():
+    import types
+
+    from pipeline.build import load_scene_data
+    from pipeline.types import PluginError
+
+    choice = types.SimpleNamespace(name="odd", component=types.SimpleNamespace(plugin="oddplug"),
+                                   build=lambda ctx: (lambda: {"images": []}))
+    cfg = types.SimpleNamespace(stages={"scene": choice})
+    with pytest.raises(PluginError, match="scene source 'odd' returned dict, not SceneData .plugin 'oddplug'"):
+        load_scene_data(cfg, "cpu")

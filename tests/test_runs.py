@@ -56,6 +56,29 @@ def test_no_checkpoint(tmp_path):
         run.load_checkpoint()
 
 
+def test_json_records_take_tensors_and_arrays_of_any_size(tmp_path):
+    import numpy as np
+
+    run = RunDir.create(tmp_path, "s", "m")
+    values = {"scalar": torch.tensor(1.5), "vector": torch.tensor([1, 2]), "np_scalar": np.float32(2.5),
+              "np_array": np.arange(3), "grid": torch.zeros(2, 2), "path": Path("a/b")}
+    run.write_json("values.json", values)
+    run.log_metrics({"step": 1, **values})
+    expect = {"scalar": 1.5, "vector": [1, 2], "np_scalar": 2.5, "np_array": [0, 1, 2],
+              "grid": [[0.0, 0.0], [0.0, 0.0]], "path": "a/b"}
+    assert run.read_json("values.json") == expect
+    assert run.read_metrics() == [{"step": 1, **expect}]
+
+
+def test_read_json_gives_none_for_missing_damaged_and_non_utf8_files(tmp_path):
+    run = RunDir.create(tmp_path, "s", "m")
+    (run.path / "bad.json").write_text("{not json")
+    (run.path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
+    assert run.read_json("missing.json") is None
+    assert run.read_json("bad.json") is None
+    assert run.read_json("latin1.json") is None
+
+
 def _start(scene_path: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "reconstruct", str(scene_path), "--output",

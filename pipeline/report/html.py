@@ -45,7 +45,7 @@ def video(data: bytes, mime: str, caption: str) -> str:
 
 
 def fmt(v) -> str:
-    """Numbers with 4 significant decimals; ints as ints."""
+    """Floats with 4 decimals (4 significant digits from 1e5 up); ints as ints; None as ""."""
     if isinstance(v, bool) or v is None:
         return "" if v is None else str(v)
     if isinstance(v, int):
