@@ -16,7 +16,8 @@ class VoxelOccupancyConfig(ComponentConfig):
 
     resolution: int = Field(192, ge=8, le=512, description="vertices per axis of V (paper: 192, 256 or 384)")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
-                                        description="box of V, xmin ymin zmin xmax ymax zmax; default the scene box")
+                                        description="box of V, xmin ymin zmin xmax ymax zmax; default the scene box "
+                                        "(the colour field and the phase-1 NeRF always span the scene box)")
     appearance: Literal["hash_grid", "dense_grid"] = Field(
         "hash_grid", description="colour field (and the phase-1 NeRF): the ngp backend's hash or dense grid")
     hash_grid: HashGridConfig = Field(default_factory=HashGridConfig,

@@ -17,13 +17,13 @@ SDF = Callable[[Tensor], Tensor]
 
 
 def sphere(x: Tensor, center=(0.0, 0.0, 0.0), radius: float = 0.4) -> Tensor:
-    """Sphere of ``radius`` around ``center``: points (N, 3) -> sdf (N,)."""
+    """Sphere of ``radius`` around ``center``: points (..., 3) -> sdf (...)."""
     return (x - x.new_tensor(center)).norm(dim=-1) - radius
 
 
 def box(x: Tensor, half=(0.3, 0.3, 0.3), center=(0.0, 0.0, 0.0), rounding: float = 0.0) -> Tensor:
     """Axis-aligned box of half-extents ``half`` around ``center``, edges rounded by ``rounding``:
-    points (N, 3) -> sdf (N,)."""
+    points (..., 3) -> sdf (...)."""
     q = (x - x.new_tensor(center)).abs() - (x.new_tensor(half) - rounding)
     outside = q.clamp(min=0).norm(dim=-1)
     inside = q.max(dim=-1).values.clamp(max=0)
@@ -31,18 +31,18 @@ def box(x: Tensor, half=(0.3, 0.3, 0.3), center=(0.0, 0.0, 0.0), rounding: float
 
 
 def torus(x: Tensor, major: float = 0.3, minor: float = 0.12) -> Tensor:
-    """Torus around the z axis through the origin (radii ``major``, ``minor``): points (N, 3) -> sdf (N,)."""
-    q = torch.stack([x[:, :2].norm(dim=-1) - major, x[:, 2]], -1)
+    """Torus around the z axis through the origin (radii ``major``, ``minor``): points (..., 3) -> sdf (...)."""
+    q = torch.stack([x[..., :2].norm(dim=-1) - major, x[..., 2]], -1)
     return q.norm(dim=-1) - minor
 
 
 def cylinder_x(x: Tensor, radius: float = 0.1, center=(0.0, 0.0, 0.0)) -> Tensor:
-    """Infinite cylinder of ``radius`` along the x axis through ``center``: points (N, 3) -> sdf (N,)."""
-    return (x - x.new_tensor(center))[:, 1:].norm(dim=-1) - radius
+    """Infinite cylinder of ``radius`` along the x axis through ``center``: points (..., 3) -> sdf (...)."""
+    return (x - x.new_tensor(center))[..., 1:].norm(dim=-1) - radius
 
 
 def csg(x: Tensor) -> Tensor:
-    """A rounded box fused with a sphere, drilled through along x by a cylinder."""
+    """A rounded box fused with a sphere, drilled through along x by a cylinder: points (..., 3) -> sdf (...)."""
     body = torch.minimum(box(x, (0.32, 0.24, 0.16), (0.0, 0.0, -0.08), rounding=0.04),
                          sphere(x, (0.1, 0.05, 0.14), 0.24))
     return torch.maximum(body, -cylinder_x(x, 0.09, (0.0, -0.05, -0.08)))

@@ -180,8 +180,8 @@ def build_geometry(cfg, ctx):
         pts = None if path.suffix.lower() in (".obj", ".off", ".stl", ".glb") else _read_points(path)
         key = hashlib.sha256(json.dumps([cfg.model_dump(), path.stat().st_mtime]).encode()).hexdigest()[:16]
         out = cache_root() / "geometry" / key
-        out.mkdir(parents=True, exist_ok=True)
         if pts is None:
+            out.mkdir(parents=True, exist_ok=True)
             mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
             points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
             normals = mesh.face_normals[faces]
