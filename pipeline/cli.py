@@ -190,8 +190,16 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
     flags = _plugins_flags(args)
     if res.interrupted:
         ck = ld.run.latest_checkpoint()
-        print(f"\ninterrupted at step {trainer.step}/{ld.cfg.train.steps}; checkpoint saved"
-              f"{f' ({ck.name})' if ck else ''}.\nresume with: nls resume {ld.run.path}{flags}", file=sys.stderr)
+        where = f"interrupted at step {trainer.step}/{ld.cfg.train.steps}"
+        if res.saved:
+            print(f"\n{where}; checkpoint saved{f' ({ck.name})' if ck else ''}.\n"
+                  f"resume with: nls resume {ld.run.path}{flags}", file=sys.stderr)
+        elif ck is not None:
+            print(f"\n{where} without a checkpoint (a forced stop); the newest is {ck.name}.\n"
+                  f"resume from it with: nls resume {ld.run.path}{flags}", file=sys.stderr)
+        else:
+            print(f"\n{where} before the first checkpoint (a forced stop): nothing to resume; "
+                  f"train again with nls reconstruct.", file=sys.stderr)
         return 130
     if getattr(args, "no_eval", False):
         print(f"trained to step {trainer.step}; run folder: {ld.run.path}\n"
@@ -254,39 +262,53 @@ def cmd_reconstruct(args) -> int:
     procs = f", {info.world_size} processes ({info.backend})" if info.enabled else ""
     distributed.log(info, f"run folder: {run.path}  (scene loaded in {time.perf_counter() - t0:.1f} s, "
                           f"device {device}{procs})")
-    try:  # checks and JIT builds (prepare_kernels) that may still refuse the job
-        trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
-    except BaseException:
-        if info.is_main and not run.checkpoints():  # nothing was trained: leave no half-made run behind
-            import shutil
+    with run.training_lock(enabled=info.is_main):
+        try:  # checks and JIT builds (prepare_kernels) that may still refuse the job
+            trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
+        except BaseException:
+            if info.is_main and not run.checkpoints():  # nothing was trained: leave no half-made run behind
+                import shutil
 
-            shutil.rmtree(run.path, ignore_errors=True)
-            print(f"removed {run.path} (refused before training)", file=sys.stderr)
-        raise
-    ld = Loaded(host, cfg, run, device, scene, system, 0, None)
-    return _train_and_finish(ld, trainer, args)
+                shutil.rmtree(run.path, ignore_errors=True)
+                print(f"removed {run.path} (refused before training)", file=sys.stderr)
+            raise
+        ld = Loaded(host, cfg, run, device, scene, system, 0, None)
+        return _train_and_finish(ld, trainer, args)
 
 
 def cmd_resume(args) -> int:
     """Run ``nls resume``: train a run on from its newest checkpoint, then evaluate it (unless
     ``--no-eval``); exit code 0, 130 when interrupted."""
-    from pipeline.train import Trainer
-
     from pipeline import distributed
 
     ld = open_run(args, train=True)
     info = distributed.setup(ld.device, threads=ld.cfg.train.threads)  # torchrun: any number of processes
     distributed.check_same_config({"config": ld.cfg.to_dict(), "plugins": ld.host.versions(),
                                    "checkpoint_step": ld.step}, info, what="run config and checkpoint")
+    with ld.run.training_lock(enabled=info.is_main):
+        return _resume_locked(ld, info, args)
+
+
+def _resume_locked(ld: Loaded, info, args) -> int:
+    """The part of ``nls resume`` that writes to the run folder, under its training lock."""
+    from pipeline.train import Trainer
+
+    from pipeline import distributed
+
     if info.is_main:
         ld.run.record_command(distributed.launch_argv(info))
     trainer = Trainer(ld.cfg, ld.system, ld.scene, ld.run, ld.device, progress=not args.quiet)
     trainer.load_state(ld.state)
     if info.is_main:
         ld.run.truncate_metrics_after(trainer.step)
+    budget_s = ld.cfg.train.max_seconds
     if trainer.step >= ld.cfg.train.steps:
         distributed.log(info, f"run already reached its step budget ({trainer.step}/{ld.cfg.train.steps}); "
                               f"finishing evaluation only")
+    elif budget_s is not None and trainer.elapsed >= budget_s:
+        distributed.log(info, f"run already used its time budget ({trainer.elapsed:.0f} s of train.max_seconds = "
+                              f"{budget_s:g}) at step {trainer.step}/{ld.cfg.train.steps}; finishing evaluation "
+                              f"only")
     else:
         before = ld.state.get("world_size", 1)
         procs = (f" with {info.world_size} process(es) (the checkpoint was written by {before})"

@@ -23,6 +23,7 @@ import re
 import shlex
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,6 +65,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path``; an OS error (a full disk, a read-only folder) is raised as
+    NLSError naming ``path``."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+    except OSError as exc:
+        raise NLSError(f"cannot append to {path}: {exc.strerror or exc}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -183,8 +195,7 @@ class RunDir:
         """Append ``argv`` (default: ``nls`` and this process's arguments) to ``cmd.txt`` as one
         shell-quoted line (not atomic)."""
         argv = argv if argv is not None else ["nls", *sys.argv[1:]]
-        with open(self.path / "cmd.txt", "a") as f:
-            f.write(shlex.join(argv) + "\n")
+        _append_line(self.path / "cmd.txt", shlex.join(argv))
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write ``data`` as indented JSON to the run's file ``name``, atomically; returns its path."""
@@ -205,9 +216,7 @@ class RunDir:
 
     def log_metrics(self, record: dict) -> None:
         """Append ``record`` to ``metrics.jsonl`` as one JSON line (not atomic)."""
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
-            f.flush()
+        _append_line(self.metrics_path, json.dumps(record, default=_json_default))
 
     def read_metrics(self) -> list[dict]:
         """The records of ``metrics.jsonl`` ([] without it), skipping lines that are not valid JSON."""
@@ -247,7 +256,45 @@ class RunDir:
         for old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
             old.with_suffix(".pt.sha256").unlink(missing_ok=True)
+        # leftovers of a process killed mid-save: a digest whose checkpoint never landed, temp files
+        for digest in self.ckpt_dir.glob("ckpt_*.pt.sha256"):
+            if not digest.with_suffix("").exists():
+                digest.unlink(missing_ok=True)
+        for tmp in self.ckpt_dir.glob(".ckpt_*.tmp"):
+            tmp.unlink(missing_ok=True)
         return path
+
+    @contextmanager
+    def training_lock(self, enabled: bool = True):
+        """Hold ``.lock`` in the run folder (an exclusive ``flock``, released when the process ends, even
+        by SIGKILL) while this process trains and evaluates the run; a second ``nls resume`` of the same
+        folder meanwhile raises NLSError instead of interleaving checkpoints and metrics."""
+        if not enabled:
+            yield
+            return
+        import fcntl
+
+        path = self.path / ".lock"
+        try:
+            f = open(path, "a+")
+        except OSError as exc:
+            raise NLSError(f"cannot open {path}: {exc.strerror or exc}") from None
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise NLSError(f"{self.path} is being trained by another nls process (pid {holder}); wait for "
+                               f"it to finish, or stop it, then run this again") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest ``checkpoints/ckpt_*.pt``, or None."""

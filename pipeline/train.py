@@ -23,12 +23,13 @@ from pipeline.types import NLSError, SceneData
 
 @dataclass
 class TrainResult:
-    """What :meth:`Trainer.fit` returns: the step reached, the seconds the call took, and whether a stop
-    request ended it."""
+    """What :meth:`Trainer.fit` returns: the step reached, the seconds the call took, whether a stop
+    request ended it, and whether the state at ``step`` is in a checkpoint."""
 
     step: int
     seconds: float
     interrupted: bool = False
+    saved: bool = True
 
 
 class RaySampler:
@@ -129,27 +130,51 @@ class DatasetBatches:
 
 
 def rng_state() -> dict:
-    """The global torch, Python and numpy RNG states (and every CUDA device's when CUDA is available)
-    as a dict of tensors and plain values."""
+    """The global torch, Python and numpy RNG states (and the current CUDA device's when CUDA is
+    available) as a dict of tensors and plain values.
+
+    Only the current device's CUDA generator is kept: every process trains on its own device and
+    every rank draws the same numbers (same seed), so rank 0's generator is every rank's. Saving all
+    visible devices' generators (as before) restored rank r's from a copy rank 0 never advanced, and
+    failed on a machine with fewer GPUs."""
     st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
           "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
     ns = np.random.get_state()
     st["numpy"] = {"key": torch.from_numpy(ns[1].astype(np.int64)), "pos": int(ns[2]),
                    "has_gauss": int(ns[3]), "gauss": float(ns[4])}
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda_current"] = torch.cuda.get_rng_state()
     return st
 
 
 def set_rng_state(st: dict) -> None:
-    """Restore the global RNGs from a :func:`rng_state` dict (CUDA's when it has them and CUDA is
-    available)."""
+    """Restore the global RNGs from a :func:`rng_state` dict; its CUDA state goes to the current device
+    (an older checkpoint's per-device list gives the entry of the current device's index, when it has
+    one)."""
     torch.set_rng_state(st["torch"])
     random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
     n = st["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    if not torch.cuda.is_available():
+        return
+    cuda = st.get("cuda_current")
+    if cuda is None and st.get("cuda"):  # checkpoints before the change: one state per visible device
+        index = torch.cuda.current_device()
+        cuda = st["cuda"][index] if index < len(st["cuda"]) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
+
+
+def _no_buffer_sync_kwargs() -> dict:
+    """DDP keyword that turns off the per-forward buffer broadcast: ``forward_sync_buffers=False`` from
+    torch 2.13 (where ``broadcast_buffers`` is deprecated), ``broadcast_buffers=False`` before."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def seed_everything(seed: int) -> None:
@@ -330,7 +355,7 @@ class Trainer:
             # forward_sync_buffers=False: buffers are broadcast from rank 0 once, here, and then
             # evolve identically on every rank (same seed, same random draws)
             return DistributedDataParallel(step_module, device_ids=ids, find_unused_parameters=True,
-                                           forward_sync_buffers=False)
+                                           **_no_buffer_sync_kwargs())
 
     # -- checkpoint state ------------------------------------------------------------
     def state(self) -> dict:
@@ -350,7 +375,14 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise NLSError(f"the checkpoint does not match this run's model/config ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]}). Was config.yaml edited after the run started?") from None
-        set_rng_state(st["rng"])
+        if isinstance(st.get("rng"), dict):
+            try:
+                set_rng_state(st["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise NLSError(f"the checkpoint's random-number state is damaged ({type(exc).__name__}: {exc}); "
+                               f"it cannot be resumed exactly") from None
+        else:
+            raise NLSError("the checkpoint has no random-number state ('rng'); it cannot be resumed exactly")
         if self.sampler is not None and st.get("sampler") is not None:
             self.sampler.gen.set_state(st["sampler"])
         if self.items is not None and st.get("items") is not None:
@@ -359,7 +391,16 @@ class Trainer:
         self.elapsed = self._clock = float(st.get("elapsed", 0.0))
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint (every rank holds the same state)."""
+        """Rank 0 writes the checkpoint (every rank holds the same state). Parameters that are no longer
+        finite raise NLSError first, on every rank, so the last good checkpoint is never replaced or
+        pruned by a damaged one (the loss check cannot see a NaN gradient behind a finite loss)."""
+        bad = [name for name, p in self.system.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            ck = self.run.latest_checkpoint()
+            raise NLSError(f"training diverged before step {self.step}: parameter(s) {', '.join(bad[:4])}"
+                           f"{' ...' if len(bad) > 4 else ''} hold NaN or inf, so no checkpoint was written"
+                           f"{f' ({ck.name} is the newest good one)' if ck else ''}. Lower train.lr or check the "
+                           f"loss terms for a NaN gradient.")
         if self.dist.is_main:
             self.run.save_checkpoint(self.state(), self.step)
 
@@ -482,12 +523,15 @@ class Trainer:
         if self.step >= t.steps or (t.max_seconds is not None and self.elapsed >= t.max_seconds):
             return TrainResult(self.step, 0.0)
         t0 = time.perf_counter()
-        last_ckpt = self.step
+        last_ckpt = self.step if self.run.latest_checkpoint() is not None else -1
+        last_log, rec = self.step, None
         interrupted = False
         with self.stop.installed(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar:
             try:
                 while self.step < t.steps:
                     if t.max_seconds is not None and self.elapsed >= t.max_seconds:
+                        if rec is not None and last_log != self.step:  # the budget's last step is logged too
+                            self.log({"step": self.step, "time": round(self.elapsed, 3), **rec})
                         self.save()
                         last_ckpt = self.step
                         break
@@ -495,6 +539,7 @@ class Trainer:
                     bar.advance(self.step, f"loss {rec['loss']:.4f}" + (f" psnr {rec['psnr_train']:.2f}" if "psnr_train" in rec else ""))
                     if self.step % t.log_every == 0 or self.step == t.steps:
                         self.log({"step": self.step, "time": round(self.elapsed, 3), **rec})
+                        last_log = self.step
                     if self.step % t.checkpoint_every == 0 or self.step == t.steps:
                         self.save()
                         last_ckpt = self.step
@@ -504,4 +549,8 @@ class Trainer:
                 interrupted = True
                 if self._stop_agreed and self.step > last_ckpt:  # a clean step boundary
                     self.save()
-        return TrainResult(self.step, time.perf_counter() - t0, interrupted)
+                    last_ckpt = self.step
+            # a stop asked for during the last step's logging or saving (or the time budget's save)
+            # arrives after the loop's last look: still an interruption, not a finished run
+            interrupted = interrupted or self.stop.requested
+        return TrainResult(self.step, time.perf_counter() - t0, interrupted, saved=last_ckpt == self.step)

@@ -165,3 +165,20 @@ def test_cli_rs_sdf_reconstruct_render_export_on_cuda(tmp_path, nls):
     proc = nls("export", str(run), "-o", str(tmp_path / "mesh.ply"), "--colors", "--device", "cuda")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "mesh.ply").stat().st_size > 0
+
+
+def test_checkpoint_rng_holds_the_current_device_and_reads_the_older_per_device_list():
+    """rng_state keeps the current device's generator; a checkpoint written before that change (one
+    state per visible device) restores the current device's entry."""
+    from pipeline.train import rng_state, set_rng_state
+
+    torch.manual_seed(3)
+    st = rng_state()
+    assert "cuda" not in st and torch.equal(st["cuda_current"], torch.cuda.get_rng_state())
+    want = torch.rand(4, device="cuda")
+    set_rng_state(st)
+    assert torch.equal(torch.rand(4, device="cuda"), want)
+    old = {k: v for k, v in st.items() if k != "cuda_current"}
+    old["cuda"] = [st["cuda_current"]] * (torch.cuda.current_device() + 1)
+    set_rng_state(old)
+    assert torch.equal(torch.rand(4, device="cuda"), want)

@@ -314,3 +314,119 @@ def test_a_missing_nerfacc_cuda_build_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nerfacc.cuda._backend", types.SimpleNamespace(_C=None))  # no nvcc
     with pytest.raises(NLSError, match="no nvcc was found.*--device cpu"):
         load_nerfacc_cuda()
+
+
+def _tiny_trainer(tmp_path, **train):
+    """An in-process Trainer on the tiny scene with ``train`` options, writing to a fresh run folder."""
+    import copy
+
+    from pipeline.build import build_system, load_scene_data
+    from pipeline.config import validate
+    from pipeline.testing import TINY_SCENE, plugin_host
+    from pipeline.train import Trainer
+
+    data = copy.deepcopy(TINY_SCENE)
+    data["train"].update(train)
+    cfg = validate(data, plugin_host())
+    scene = load_scene_data(cfg, "cpu")
+    return Trainer(cfg, build_system(cfg, scene, torch.device("cpu")), scene,
+                   RunDir.create(tmp_path, "a", "b"), torch.device("cpu"), progress=False)
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path):
+    """A NaN that reaches the weights behind a finite loss stops training at the next checkpoint, which
+    is not written, so the newest good checkpoint survives pruning."""
+    tr = _tiny_trainer(tmp_path, steps=6, checkpoint_every=2)
+    original = tr.train_step
+
+    def step_then_poison():
+        rec = original()
+        if tr.step == 3:
+            with torch.no_grad():
+                next(tr.system.parameters()).view(-1)[0] = float("nan")
+        return rec
+
+    tr.train_step = step_then_poison
+    with pytest.raises(NLSError, match=r"diverged before step 4: parameter\(s\) .* hold NaN or inf.*"
+                                       r"ckpt_00000002.pt is the newest good one"):
+        tr.fit()
+    assert [p.name for p in tr.run.checkpoints()] == ["ckpt_00000002.pt"]
+
+
+def test_a_stop_during_the_final_save_still_counts_as_an_interruption(tmp_path):
+    tr = _tiny_trainer(tmp_path, steps=3, checkpoint_every=100)
+    original = tr.save
+
+    def save_then_signal():
+        original()
+        if tr.step == 3:
+            tr.stop.requested = True  # what the SIGTERM handler does while the last checkpoint is written
+
+    tr.save = save_then_signal
+    res = tr.fit()
+    assert res.step == 3 and res.interrupted and res.saved
+
+
+def test_a_forced_stop_between_checkpoints_is_reported_as_unsaved(tmp_path, capsys):
+    """A second Ctrl-C stops at once: fit says no checkpoint holds that step, and the CLI message names
+    the newest checkpoint instead of claiming one was saved."""
+    import types
+
+    from pipeline.cli import _train_and_finish
+
+    tr = _tiny_trainer(tmp_path, steps=8, checkpoint_every=2)
+    original = tr.train_step
+
+    def step_then_force():
+        rec = original()
+        if tr.step == 3:
+            raise KeyboardInterrupt  # the second Ctrl-C's handler raises at once
+        return rec
+
+    tr.train_step = step_then_force
+    ld = types.SimpleNamespace(run=tr.run, cfg=tr.cfg, step=0)
+    args = types.SimpleNamespace(plugins_dir=None, no_eval=True, quiet=True)
+    assert _train_and_finish(ld, tr, args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3/8 without a checkpoint (a forced stop); the newest is ckpt_00000002.pt" in err
+    assert "checkpoint saved" not in err
+
+
+def test_a_second_trainer_of_the_same_run_folder_is_refused(tmp_path):
+    run = RunDir.create(tmp_path, "s", "m")
+    with run.training_lock():
+        with pytest.raises(NLSError, match=rf"is being trained by another nls process \(pid {os.getpid()}\)"):
+            with run.training_lock():  # a second open of .lock, as another process would make
+                pass
+    with run.training_lock():  # released on exit
+        pass
+
+
+def test_checkpoint_leftovers_of_a_killed_save_are_cleaned(tmp_path):
+    run = RunDir.create(tmp_path, "s", "m")
+    (run.ckpt_dir / "ckpt_00000004.pt.sha256").write_text("0" * 64 + "\n")  # its checkpoint never landed
+    (run.ckpt_dir / ".ckpt_00000004.pt.x1y2.tmp").write_bytes(b"half")
+    run.save_checkpoint({"step": 6}, 6)
+    assert sorted(p.name for p in run.ckpt_dir.iterdir()) == ["ckpt_00000006.pt", "ckpt_00000006.pt.sha256"]
+
+
+def test_a_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system to simulate a full disk")
+    run = RunDir.create(tmp_path, "s", "m")
+    monkeypatch.setattr(RunDir, "metrics_path", property(lambda self: Path("/dev/full")))
+    with pytest.raises(NLSError, match="cannot append to /dev/full: No space left on device"):
+        run.log_metrics({"step": 1})
+
+
+def test_resume_of_a_run_that_another_process_trains_is_refused(tiny_scene, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 0
+    run_path = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    capsys.readouterr()
+    with RunDir.open(run_path).training_lock():
+        assert main(["resume", str(run_path), "-q", "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_path} is being trained by another nls process (pid {os.getpid()})" in err
+    assert (run_path / "cmd.txt").read_text().count("resume") == 0  # refused before writing anything
