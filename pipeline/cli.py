@@ -345,10 +345,12 @@ def cmd_render(args) -> int:
 def cmd_export(args) -> int:
     """Run ``nls export``: extract a run's mesh and write it to ``-o``; exit code 0."""
     from pipeline.evaluate import EvalContext, extract
-    from pipeline.mesh import COLOR_FORMATS, MESH_FORMATS, bake_vertex_colors, export_mesh, read_back_watertight
+    from pipeline.mesh import (COLOR_FORMATS, bake_vertex_colors, check_mesh_path, export_mesh,
+                               read_back_watertight)
 
+    check_mesh_path(args.output)  # before the model is built and the field is sampled
     ext = Path(args.output).suffix.lower()
-    if args.colors and ext in MESH_FORMATS and ext not in COLOR_FORMATS:  # before the model is built
+    if args.colors and ext not in COLOR_FORMATS:
         raise NLSError(f"--colors: {ext} files keep no vertex colours; use one of {', '.join(COLOR_FORMATS)}")
     ld = open_run(args)
     if args.colors and not ld.scene.splits:
@@ -376,18 +378,20 @@ EVAL_RECORDED = (*EVAL_SET_ROOTS, *dict.fromkeys(k.split(".")[0] for k in EVAL_S
 
 #: files and folders of a run folder that only training writes (``nls eval -o`` may not replace them)
 RUN_RECORDS = ("config.yaml", "plugins.json", "scene.json", "cmd.txt", "metrics.jsonl", "summary.json",
-               "checkpoints", "renders", "meshes")
+               "checkpoints", "renders", "meshes", ".lock")
 
 
-def _refuse_run_record(out: Path, run_dir: Path) -> None:
-    """Refuse an output path that is, or lies inside, one of the run's own records."""
+def _refuse_run_record(out: Path, run_dir: Path, default: Optional[str] = "eval.json",
+                       also: tuple[str, ...] = ()) -> None:
+    """Refuse an output path that is, or lies inside, one of the run's own records (or ``also``)."""
     run_dir = run_dir.resolve()
     target = out.resolve()
-    for name in RUN_RECORDS:
+    for name in RUN_RECORDS + also:
         own = run_dir / name
         if target == own or own in target.parents:
-            raise NLSError(f"-o {out}: that is the run's own {name}, which training wrote; give another file "
-                           f"(default: {run_dir / 'eval.json'})")
+            wrote = "nls eval wrote" if name == "eval.json" else "training wrote"
+            hint = f" (default: {run_dir / default})" if default else ""
+            raise NLSError(f"-o {out}: that is the run's own {name}, which {wrote}; give another file{hint}")
 
 
 def cmd_eval(args) -> int:
@@ -450,6 +454,8 @@ def cmd_report(args) -> int:
     """Run ``nls report``: write a run's HTML report; exit code 0."""
     from pipeline.report import build_report
 
+    if args.output:
+        _refuse_run_record(Path(args.output), Path(args.run_dir), "report.html", also=("eval.json",))
     out = build_report(Path(args.run_dir), Path(args.output) if args.output else None, host=args.host,
                        use_model=not args.no_model, progress=not args.quiet)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: open it in any browser)")
@@ -460,6 +466,9 @@ def cmd_compare(args) -> int:
     """Run ``nls compare``: compare runs in the chosen format; exit code 0."""
     from pipeline.compare import run_compare
 
+    if args.output:
+        for run_dir in args.run_dirs:
+            _refuse_run_record(Path(args.output), Path(run_dir), None, also=("eval.json",))
     return run_compare([Path(p) for p in args.run_dirs], args.format, Path(args.output) if args.output else None)
 
 
@@ -555,8 +564,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
                 "follows the file extension (.ply .obj .glb .stl .off).")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
-    c.add_argument("--resolution", type=_int_at_least(16), metavar="N",
-                   help="grid samples per side, at least 16 as in the extractor's config (default: the scene's)")
+    c.add_argument("--resolution", type=_int_at_least(16, 1024), metavar="N",
+                   help="grid samples per side, 16..1024 as in the extractor's config (default: the scene's)")
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="box to mesh (default: the extractor's, else the scene box)")

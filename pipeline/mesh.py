@@ -259,7 +259,11 @@ def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: fl
 
 
 def _writable_path(path, valid: Sequence[str], what: str) -> Path:
+    """``path`` when it has one of the ``valid`` extensions and can be written as a file, else NLSError."""
     path = Path(path)
+    if path.is_dir():
+        raise NLSError(f"cannot export {what} to {path}: it is a directory. Give a file name, "
+                       f"e.g. {path / 'mesh.ply'}")
     ext = path.suffix.lower()
     if ext not in valid:
         raise NLSError(f"cannot export {what} to {path}: unknown extension "
@@ -267,6 +271,11 @@ def _writable_path(path, valid: Sequence[str], what: str) -> Path:
     from pipeline.runs import check_output_file
 
     return check_output_file(path, what)
+
+
+def check_mesh_path(path) -> Path:
+    """The checks :func:`export_mesh` makes on ``path``, to run before an expensive extraction."""
+    return _writable_path(path, MESH_FORMATS, "mesh")
 
 
 def export_mesh(mesh, path) -> Path:

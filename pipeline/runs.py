@@ -364,7 +364,11 @@ def _fallback_hint(path: Path, older: Optional[Path]) -> str:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or "unnamed"
+    """``name`` as one folder name: characters other than letters, digits, ``-``, ``_`` and ``.`` become
+    ``_``, and leading dots too, so ``.`` and ``..`` cannot leave the runs root."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+    stripped = safe.lstrip(".")
+    return "_" * (len(safe) - len(stripped)) + stripped if safe else "unnamed"
 
 
 def _json_default(o: Any) -> Any:

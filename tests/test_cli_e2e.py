@@ -143,6 +143,36 @@ def test_export_errors(trained_run, nls, tmp_path):
     assert empty.returncode == 2 and "empty level set" in empty.stderr
 
 
+def test_export_checks_its_output_before_loading_the_run(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    monkeypatch.setattr(cli, "open_run", lambda *a, **k: pytest.fail("the run was loaded before -o was checked"))
+    (tmp_path / "afile").write_text("x")
+    for out, message in [(tmp_path, "it is a directory. Give a file name"),
+                         (tmp_path / "m.xyz", "unknown extension '.xyz'; valid: .ply"),
+                         (tmp_path / "afile" / "m.ply", "is a file, not a folder")]:
+        assert cli.main(["export", str(tmp_path / "run"), "-o", str(out)]) == 2
+        assert message in capsys.readouterr().err, out
+
+
+def test_report_and_compare_refuse_to_overwrite_a_runs_records(trained_run, nls):
+    run, _ = trained_run
+    for argv in (["report", str(run), "--no-model", "-q", "-o"], ["compare", str(run), "--markdown", "-o"]):
+        for name in ("config.yaml", "summary.json", "eval.json"):
+            before = (run / name).read_bytes() if (run / name).exists() else None
+            bad = nls(*argv, str(run / name))
+            assert bad.returncode == 2 and f"that is the run's own {name}" in bad.stderr, (argv, bad.stderr)
+            assert ((run / name).read_bytes() if (run / name).exists() else None) == before
+
+
+def test_scene_and_method_names_cannot_leave_the_runs_root(tmp_path):
+    from pipeline.runs import RunDir
+
+    run = RunDir.create(tmp_path / "root", "..", "..")
+    assert (tmp_path / "root") in run.path.resolve().parents
+    assert run.path.parent.name == "__" and run.path.parent.parent.name == "__"
+
+
 def test_commands_on_missing_run_folder(nls, tmp_path):
     for cmd in ("resume", "render", "eval"):
         proc = nls(cmd, str(tmp_path / "nope"))
@@ -175,7 +205,10 @@ def test_follow_up_commands_carry_the_plugins_dirs():
 
 @pytest.mark.parametrize("argv, message", [
     (["render", "RUN", "--spiral", "-3"], "--spiral: -3 is out of range: give an integer >= 0"),
-    (["export", "RUN", "-o", "m.ply", "--resolution", "4"], "--resolution: 4 is out of range: give an integer >= 16"),
+    (["export", "RUN", "-o", "m.ply", "--resolution", "4"],
+     "--resolution: 4 is out of range: give an integer in 16..1024"),
+    (["export", "RUN", "-o", "m.ply", "--resolution", "100000"],
+     "--resolution: 100000 is out of range: give an integer in 16..1024"),
     (["view", "RUN", "--resolution", "1"], "--resolution: 1 is out of range: give an integer >= 2"),
     (["view", "RUN", "--port", "99999"], "--port: 99999 is out of range: give an integer in 0..65535"),
     (["view", "RUN", "--port", "-5"], "--port: -5 is out of range: give an integer in 0..65535"),

@@ -35,3 +35,19 @@ def test_a_point_file_geometry_scene_leaves_no_cache_folder(tmp_path, monkeypatc
     scene = build_geometry(GeometryConfig(path=str(tmp_path / "pc.xyz")), None)()
     assert scene.points.shape == (200, 3)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("junk.ply", bytes(range(200)), "Not a ply file"),
+    ("pts.xyz", b"hello\n", "could not convert string"),
+    ("pickled.npy", b"\x93NUMPY" + bytes(100), "ValueError"),
+    ("ragged.xyz", b"1 2 3\n4 5\n", "number of columns changed"),
+])
+def test_a_damaged_point_file_is_a_data_error_naming_it(tmp_path, name, content, why):
+    from pipeline.types import DataError
+    from plugins.scenes.config import GeometryConfig
+    from plugins.scenes.sources import build_geometry
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=rf"cannot read point file {tmp_path / name}: .*{why}"):
+        build_geometry(GeometryConfig(path=str(tmp_path / name)), None)()

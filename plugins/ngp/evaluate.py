@@ -22,7 +22,8 @@ class ImageMetrics:
 
 
 class GeometryMetrics:
-    """Chamfer-L1/L2 (x10^3), normal consistency and F-score in the GT-normalised frame (:func:`pipeline.metrics.chamfer`);
+    """Chamfer-L1/L2 (x10^3), normal consistency and F-score in the GT-normalised frame
+    (:func:`pipeline.metrics.chamfer`);
     optionally the sampling floor and the floor-free point-to-surface Chamfer (``*_surface``)."""
 
     def __init__(self, cfg: ChamferConfig):

@@ -141,14 +141,22 @@ def _read_points(path: Path):
     from pipeline.types import DataError
 
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        a = np.load(path)
-    elif suffix in (".xyz", ".txt", ".pts"):
-        a = np.loadtxt(path)
-    else:
+    try:
+        if suffix == ".npy":
+            a = np.load(path)
+        elif suffix in (".xyz", ".txt", ".pts"):
+            a = np.loadtxt(path, ndmin=2)
+        else:
+            import trimesh
+
+            pc = trimesh.load(path)
+    except Exception as exc:  # numpy's and trimesh's parsers raise many types on a damaged file
+        why = (str(exc).splitlines() or [""])[0]
+        raise DataError(f"cannot read point file {path}: {type(exc).__name__}: {why} (expected .npy, or "
+                        f".xyz/.txt/.pts with 3 or 6 numbers per line, or a .ply)") from None
+    if suffix not in (".npy", ".xyz", ".txt", ".pts"):
         import trimesh
 
-        pc = trimesh.load(path)
         if not isinstance(pc, trimesh.PointCloud):
             return None
         a = np.asarray(pc.vertices)
