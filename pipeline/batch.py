@@ -95,10 +95,9 @@ def _error_of(log_text: str, exit_code: Optional[int]) -> str:
 
 def _threads_per_run(cpus: int, parallel: int) -> int:
     """NLS_THREADS when set (each run inherits it), else this machine's cores shared by the runs."""
-    given = os.environ.get("NLS_THREADS", "").strip()
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    return max(1, cpus // parallel)
+    from pipeline.build import env_threads
+
+    return env_threads() or max(1, cpus // parallel)
 
 
 def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: int = 0) -> SceneResult:
@@ -204,10 +203,12 @@ def cmd_batch(args) -> int:
     """``nls batch``: see the module docstring. Exit code 0 when every scene finished, else 1."""
     from pipeline import distributed
 
+    from pipeline.config import parse_override
+
     info = distributed.from_env()
     jobs = args.jobs
-    if jobs < 1:
-        raise NLSError(f"--jobs {jobs}: give at least 1 parallel run")
+    for text in args.set or []:  # a malformed --set is the command's error, not every scene's
+        parse_override(text)
     cpus = os.cpu_count() or 1
     opts = BatchOptions(output=args.output, overrides=list(args.set or []), steps=args.steps,
                         device=args.device, plugins_dirs=list(args.plugins_dir or []), no_eval=args.no_eval,
@@ -280,6 +281,8 @@ def _finish(results: list[SceneResult], out_dir: Path) -> int:
 
 def add_parser(sub, common) -> None:
     """Register ``nls batch`` on the CLI's sub-parsers."""
+    from pipeline.cli import int_at_least, positive_seconds
+
     c = sub.add_parser(
         "batch", parents=[common], help="reconstruct many scenes (in parallel), then one comparison table",
         description="Train every SCENE.yaml in its own `nls reconstruct` process, --jobs at a time, each in its "
@@ -287,14 +290,15 @@ def add_parser(sub, common) -> None:
         "of the finished runs. Under `torchrun --nproc_per_node N -m pipeline.cli batch ...` the scenes are "
         "spread over the ranks (and nodes). Exit code 1 when any scene failed.")
     c.add_argument("scenes", metavar="SCENE.yaml", nargs="+", help="scene configs")
-    c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+    c.add_argument("-j", "--jobs", type=int_at_least(1), default=1, metavar="N",
                    help="scenes trained at the same time (per rank; default: 1); the CPU cores are shared among them")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied to every scene")
     c.add_argument("-o", "--output", metavar="DIR", help="runs root (default: each scene's output.root); "
                    "the batch folder goes to DIR/batch/<stamp> (default outputs/batch/<stamp>)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: each scene's train.device "
                    "(auto: cuda when available, else cpu)")
-    c.add_argument("--steps", type=int, metavar="N", help="training steps for every scene")
+    c.add_argument("--steps", type=int_at_least(1), metavar="N", help="training steps for every scene")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
-    c.add_argument("--scene-timeout", type=float, metavar="S", help="stop (and fail) a scene after S seconds")
+    c.add_argument("--scene-timeout", type=positive_seconds, metavar="S",
+                   help="stop (and fail) a scene after S seconds")
     c.set_defaults(func=cmd_batch)

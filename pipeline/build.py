@@ -40,11 +40,23 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def env_threads() -> Optional[int]:
+    """``NLS_THREADS`` as a thread count, None when unset or empty; anything but a whole number >= 1 raises
+    NLSError naming the variable."""
+    given = os.environ.get("NLS_THREADS", "").strip()
+    if not given:
+        return None
+    if not given.isdigit() or int(given) < 1:
+        raise NLSError(f"NLS_THREADS = {given!r}: give a whole number of CPU threads >= 1, or unset it to use "
+                       f"all {os.cpu_count() or 1} cores")
+    return int(given)
+
+
 def setup_threads(threads: Optional[int]) -> None:
     """Pick a sane CPU thread count; OMP_WAIT_POLICY=PASSIVE is set by the CLI before torch loads."""
     import torch
 
-    n = threads or int(os.environ.get("NLS_THREADS", 0)) or (os.cpu_count() or 1)
+    n = threads or env_threads() or (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -404,6 +405,10 @@ def cmd_eval(args) -> int:
     if args.output:
         _refuse_run_record(Path(args.output), Path(args.run_dir))
     out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
+    if out is not None and (out.parent / f"{out.stem}_renders").exists() and \
+            not (out.parent / f"{out.stem}_renders").is_dir():
+        raise NLSError(f"-o {out}: its renders go to {out.parent / f'{out.stem}_renders'}, which is a file; "
+                       f"move it or give another -o")
     sets = args.set or []
     for text in sets:  # only what evaluation reads; the trained model stays as it was trained
         key = parse_override(text)[0]
@@ -482,7 +487,18 @@ def cmd_view(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 
-def _int_at_least(low: int, high: Optional[int] = None):
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0, else a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds > 0")
+    return value
+
+
+def int_at_least(low: int, high: Optional[int] = None):
     """argparse type: an integer >= ``low`` (and <= ``high``), else a usage error naming the bounds."""
     def parse(text: str) -> int:
         try:
@@ -520,7 +536,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device "
                    "(auto: cuda when available, else cpu)")
-    r.add_argument("--steps", type=_int_at_least(1), metavar="N",
+    r.add_argument("--steps", type=int_at_least(1), metavar="N",
                    help="training steps (same as --set train.steps=N)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
@@ -544,7 +560,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")
     c.add_argument("--split", default="test", help="split to render (default: test)")
-    c.add_argument("--spiral", type=_int_at_least(0), default=0, metavar="N",
+    c.add_argument("--spiral", type=int_at_least(0), default=0, metavar="N",
                    help="also render an N-frame turntable video: a circle around the scene at the mean "
                    "distance of the eval split's cameras (default 0: none)")
     c.add_argument("--depth", action="store_true",
@@ -552,19 +568,19 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "unit pixel ray given termination; NAME_depth_median.npy, where half the ray's opacity is "
                    "reached (volume renderers; it stays on the surface where the expected depth of a soft "
                    "density lies behind it); and NAME_opacity.npy, the accumulated opacity")
-    c.add_argument("--supersample", type=_int_at_least(1, 4), metavar="S",
+    c.add_argument("--supersample", type=int_at_least(1, 4), metavar="S",
                    help="S x S rays per pixel, averaged, S in 1..4 (default: the run's eval.supersample)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    c.add_argument("--max-images", type=_int_at_least(1), metavar="N",
+    c.add_argument("--max-images", type=int_at_least(1), metavar="N",
                    help="render the first N views only (after --every; default: the run's eval.max_images, else all)")
-    c.add_argument("--every", type=_int_at_least(1), metavar="K",
+    c.add_argument("--every", type=int_at_least(1), metavar="K",
                    help="render every K-th view of the split (0, K, 2K, ...; default: the run's eval.every)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
                 "follows the file extension (.ply .obj .glb .stl .off).")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
-    c.add_argument("--resolution", type=_int_at_least(16, 1024), metavar="N",
+    c.add_argument("--resolution", type=int_at_least(16, 1024), metavar="N",
                    help="grid samples per side, 16..1024 as in the extractor's config (default: the scene's)")
     c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
@@ -601,7 +617,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "it. Install it with pip install -e and it appears in `nls plugins`; then run pytest. "
                        "The hooks of the other stages are documented in pipeline/hookspecs.py and listed by "
                        "`nls plugins --all`.")
-    c.add_argument("name", help="plugin name: a lowercase letter, then a-z, 0-9 or _")
+    c.add_argument("name", help="plugin name: a lowercase letter, then a-z or 0-9, with single _ between "
+                   "(at most 64 characters), e.g. my_method")
     c.add_argument("--dir", default=".", help="parent folder (default: here)")
     c.set_defaults(func=cmd_new_plugin)
 
@@ -641,12 +658,13 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "slider that re-extracts the mesh at another level. Ctrl-C stops it. Needs the optional "
                        "extra: pip install '.[viewer]'.")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
-    c.add_argument("--port", type=_int_at_least(0, 65535), default=8080, metavar="P",
+    c.add_argument("--port", type=int_at_least(0, 65535), default=8080, metavar="P",
                    help="port on 127.0.0.1 (default: 8080; 0 picks a free one; a port in use moves to the next "
                    "free one, and the command says so)")
-    c.add_argument("--resolution", type=_int_at_least(2), default=128, metavar="N",
+    c.add_argument("--resolution", type=int_at_least(2), default=128, metavar="N",
                    help="grid samples per side cached for re-extraction at other levels (default: 128)")
-    c.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    c.add_argument("--seconds", type=positive_seconds, metavar="S",
+                   help="stop after S seconds (default: run until Ctrl-C)")
     c.set_defaults(func=cmd_view)
 
     if host is not None:

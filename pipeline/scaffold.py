@@ -109,8 +109,10 @@ def test_trains_the_tiny_scene_with_it(tmp_path):
 def new_plugin(name: str, parent: Path) -> Path:
     """Write the plugin package ``<parent>/nls-<name>/`` (pyproject.toml, ``nls_<name>/plugin.py``, a
     test, README.md) and return its folder; an invalid, built-in or existing name raises NLSError."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise NLSError(f"plugin name {name!r} must start with a lowercase letter and use only a-z, 0-9 and _")
+    # the package name nls-<name with - for _> must be a valid project name: no trailing or doubled _
+    if not re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", name) or len(name) > 64:
+        raise NLSError(f"plugin name {name!r} must start with a lowercase letter, use only a-z, 0-9 and single _ "
+                       f"between them (not at the end), and have at most 64 characters")
     from pipeline.plugins import DEFAULT_PLUGINS
 
     taken = sorted(n for n, _ in DEFAULT_PLUGINS)

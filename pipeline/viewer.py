@@ -74,8 +74,12 @@ class LevelSetViewer:
         #: set once the level grid is cached and the slider exists (or that failed; see ``status``)
         self.ready = threading.Event()
         shown = self._add_exported_mesh()
-        # evaluating the field on the grid can take a while (large MLPs on CPU): serve meanwhile
-        threading.Thread(target=self._prepare_levels, args=(not shown,), daemon=True).start()
+        # evaluating the field on the grid can take a while (large MLPs on CPU): serve meanwhile.
+        # stop() cancels it between chunks and joins it: a daemon thread killed inside torch at exit
+        # aborts the process ("terminate called without an active exception")
+        self._cancel = threading.Event()
+        self._levels = threading.Thread(target=self._prepare_levels, args=(not shown,), daemon=True)
+        self._levels.start()
 
     # -- scene ----------------------------------------------------------------------------
     def _show_mesh(self, mesh, label: str) -> None:
@@ -107,13 +111,21 @@ class LevelSetViewer:
             note = f"computing the {self.geo.quantity} on a {self.resolution}^3 grid for the level slider..."
             self.status.content = (self.status.content + "  \n" + note) if self.mesh_handle else note
             q = self.geo.quantity
-            self.grid = field_to_grid(lambda x: self.ld.system.chain(x, None)[q], self.aabb, self.resolution,
-                                      device=self.ld.device, progress=sys.stderr.isatty())
+
+            def values(x):
+                if self._cancel.is_set():
+                    raise _Cancelled
+                return self.ld.system.chain(x, None)[q]
+
+            self.grid = field_to_grid(values, self.aabb, self.resolution, device=self.ld.device,
+                                      progress=sys.stderr.isatty())
             if show_mesh:
                 self.extract(self.geo.level)
             elif self.mesh_handle is not None:
                 self.status.content = self.status.content.split("  \ncomputing")[0]
             self._add_slider()
+        except _Cancelled:
+            pass
         except (NLSError, RuntimeError) as exc:
             self.status.content = f"level slider unavailable: {exc}"
         finally:
@@ -188,8 +200,14 @@ class LevelSetViewer:
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
     def stop(self) -> None:
-        """Stop the viser server."""
+        """Cancel the level-grid computation (waiting for its current chunk), then stop the viser server."""
+        self._cancel.set()
+        self._levels.join()
         self.server.stop()
+
+
+class _Cancelled(Exception):
+    """Raised inside the level-grid computation once :meth:`LevelSetViewer.stop` was called."""
 
 
 #: seconds ``nls view`` waits for the server to close its connections on exit
@@ -202,7 +220,7 @@ def serve(run_dir: Path, *, host=None, port: int = 8080, resolution: int = 128,
     import signal
 
     viewer = LevelSetViewer(run_dir, host=host, port=port, resolution=resolution)
-    if viewer.server.get_port() != port:  # viser moves on to the next free port
+    if port != 0 and viewer.server.get_port() != port:  # viser moves on to the next free port
         print(f"nls view: port {port} is in use; serving on port {viewer.server.get_port()} instead",
               file=sys.stderr, flush=True)
     print(f"nls view: serving {run_dir} at {viewer.url()}  (Ctrl-C stops)", flush=True)

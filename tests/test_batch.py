@@ -32,6 +32,14 @@ def test_threads_per_run_follow_nls_threads(monkeypatch):
     assert _threads_per_run(16, 4) == 3
 
 
+def test_a_malformed_set_fails_the_batch_before_any_folder_is_made(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["batch", str(ROOT / "scenes" / "csg_dense.yaml"), "--set", "nokey", "-o", str(tmp_path)]) == 2
+    assert "--set 'nokey'" in capsys.readouterr().err
+    assert not (tmp_path / "batch").exists()
+
+
 def _check_batch(out: Path, proc, good: list[str], bad: dict[str, str]) -> None:
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: some scene failed
     batch = next((out / "batch").glob("*"))

@@ -173,6 +173,15 @@ def test_scene_and_method_names_cannot_leave_the_runs_root(tmp_path):
     assert run.path.parent.name == "__" and run.path.parent.parent.name == "__"
 
 
+def test_eval_refuses_a_renders_folder_that_is_a_file_before_any_work(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    monkeypatch.setattr(cli, "open_run", lambda *a, **k: pytest.fail("the run was loaded before -o was checked"))
+    (tmp_path / "ev_renders").write_text("x")
+    assert cli.main(["eval", str(tmp_path / "run"), "-o", str(tmp_path / "ev.json")]) == 2
+    assert f"its renders go to {tmp_path / 'ev_renders'}, which is a file" in capsys.readouterr().err
+
+
 def test_commands_on_missing_run_folder(nls, tmp_path):
     for cmd in ("resume", "render", "eval"):
         proc = nls(cmd, str(tmp_path / "nope"))
@@ -214,6 +223,11 @@ def test_follow_up_commands_carry_the_plugins_dirs():
     (["view", "RUN", "--port", "-5"], "--port: -5 is out of range: give an integer in 0..65535"),
     (["reconstruct", "s.yaml", "--steps", "0"], "--steps: 0 is out of range: give an integer >= 1"),
     (["reconstruct", "s.yaml", "--steps", "abc"], "--steps: 'abc' is not an integer"),
+    (["batch", "s.yaml", "--steps", "0"], "--steps: 0 is out of range: give an integer >= 1"),
+    (["batch", "s.yaml", "--jobs", "0"], "--jobs: 0 is out of range: give an integer >= 1"),
+    (["batch", "s.yaml", "--scene-timeout", "-1"], "--scene-timeout: -1: give a number of seconds > 0"),
+    (["batch", "s.yaml", "--scene-timeout", "nan"], "--scene-timeout: nan: give a number of seconds > 0"),
+    (["view", "RUN", "--seconds", "0"], "--seconds: 0: give a number of seconds > 0"),
 ])
 def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     """Values that used to crash late (--spiral -3) or silently mean the default (--resolution 0)."""

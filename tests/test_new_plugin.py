@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from pipeline.testing import TINY_SCENE
@@ -43,6 +44,17 @@ def test_new_plugin_installs_lists_and_runs(tmp_path, nls):
     # NLS_LOAD_PLUGINS="" switches third-party plugins off
     off = json.loads(nls("plugins", "--json", env={**env, "NLS_LOAD_PLUGINS": ""}, check=True).stdout)
     assert "sparsity" not in [p["name"] for p in off]
+
+
+@pytest.mark.parametrize("name", ["abc_", "a__b", "x" * 65])
+def test_new_plugin_names_that_make_no_valid_package_name_are_refused(tmp_path, name):
+    """nls-abc- (from abc_) is not a valid project name for pip, and a 300-character name is too long a path."""
+    from pipeline.scaffold import new_plugin
+    from pipeline.types import NLSError
+
+    with pytest.raises(NLSError, match="must start with a lowercase letter"):
+        new_plugin(name, tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_new_plugin_rejects_bad_names(tmp_path, nls):

@@ -51,3 +51,28 @@ def test_a_damaged_point_file_is_a_data_error_naming_it(tmp_path, name, content,
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataError, match=rf"cannot read point file {tmp_path / name}: .*{why}"):
         build_geometry(GeometryConfig(path=str(tmp_path / name)), None)()
+
+
+def test_a_scene_cache_that_is_a_file_is_a_data_error_naming_nls_cache(tmp_path, monkeypatch):
+    from pipeline.types import DataError
+    from plugins.scenes.config import ProceduralConfig
+    from plugins.scenes.sources import build_procedural
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "afile"))
+    with pytest.raises(DataError, match=r"cannot use the scene cache .*afile \(NLS_CACHE\).*writable folder"):
+        build_procedural(ProceduralConfig(shape="sphere", n_train=2, n_test=1, image_size=8), None)()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5"])
+def test_a_bad_nls_threads_is_one_clear_error(monkeypatch, value):
+    from pipeline.build import env_threads
+    from pipeline.types import NLSError
+
+    monkeypatch.setenv("NLS_THREADS", value)
+    with pytest.raises(NLSError, match=rf"NLS_THREADS = '{value}': give a whole number of CPU threads >= 1"):
+        env_threads()
+    monkeypatch.setenv("NLS_THREADS", " 3 ")
+    assert env_threads() == 3
+    monkeypatch.delenv("NLS_THREADS")
+    assert env_threads() is None

@@ -32,7 +32,7 @@ def test_view_without_viser_says_how_to_install(run, monkeypatch, capsys):
     from pipeline.cli import main
 
     monkeypatch.setitem(sys.modules, "viser", None)  # import viser -> ImportError
-    code = main(["view", str(run), "--seconds", "0"])
+    code = main(["view", str(run), "--seconds", "0.1"])
     err = capsys.readouterr().err
     assert code == 2
     assert "pip install '.[viewer]'" in err
@@ -119,6 +119,19 @@ def test_view_says_when_its_port_is_taken(run, capsys):
     out, err = capsys.readouterr()
     assert f"port {port} is in use; serving on port" in err, err
     assert f"127.0.0.1:{port}  " not in out, out
+
+
+def test_view_stopped_while_caching_the_grid_exits_cleanly(run):
+    """--seconds ends the viewer while its background thread is still sampling a 256^3 grid: the thread is
+    cancelled and joined, so the process exits 0 instead of aborting in torch (exit 134); port 0 is not
+    reported as taken."""
+    pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(run), "--port", "0", "--resolution",
+                           "256", "--seconds", "1"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NLS_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "caching the field on a 256^3 grid" in proc.stdout and "terminate called" not in proc.stderr
+    assert "is in use" not in proc.stderr
 
 
 def test_view_in_headless_chromium(run, tmp_path):

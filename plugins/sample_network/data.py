@@ -64,7 +64,7 @@ def build_scan(cfg: ScanConfig, ctx):
         from pipeline.runs import atomic_write_bytes
         from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
         from pipeline.types import DataError, SceneData
-        from plugins.scenes.sources import _read_points, cache_root
+        from plugins.scenes.sources import _read_points, cache_root, make_cache_dir
 
         path = Path(cfg.path)
         if not path.exists():

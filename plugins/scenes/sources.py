@@ -27,6 +27,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("NLS_CACHE", Path.home() / ".cache" / "nls")).expanduser()
 
 
+def make_cache_dir(folder: Path) -> None:
+    """Create ``folder`` under the cache; an OS error (NLS_CACHE names a file, a read-only place) is raised
+    as DataError naming the cache and the variable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from pipeline.types import DataError
+
+        raise DataError(f"cannot use the scene cache {cache_root()} (NLS_CACHE): cannot create {folder}: "
+                        f"{exc.strerror or exc}; point NLS_CACHE at a writable folder") from None
+
+
 def cached_render(kind: str, options: dict, make) -> Path:
     """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder.
 
@@ -36,7 +48,7 @@ def cached_render(kind: str, options: dict, make) -> Path:
     final = cache_root() / "scenes" / f"{kind}-{key}"
     if (final / "meta.json").exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_cache_dir(final.parent)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         make(tmp)
@@ -189,7 +201,7 @@ def build_geometry(cfg, ctx):
         key = hashlib.sha256(json.dumps([cfg.model_dump(), path.stat().st_mtime]).encode()).hexdigest()[:16]
         out = cache_root() / "geometry" / key
         if pts is None:
-            out.mkdir(parents=True, exist_ok=True)
+            make_cache_dir(out)
             mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
             points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
             normals = mesh.face_normals[faces]
