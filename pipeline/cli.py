@@ -65,6 +65,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     from pipeline.config import load_resolved
     from pipeline.distributed import rank_device
     from pipeline.runs import RunDir
+    from pipeline.train import load_error
 
     run = RunDir.open(Path(args.run_dir))
     host = _host(args)
@@ -82,8 +83,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
         try:
             system.load_state_dict(model)
         except RuntimeError as exc:
-            raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
-                           f"{str(exc).splitlines()[0]}") from None
+            raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: {load_error(exc)}") from None
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
 
 
@@ -159,12 +159,15 @@ def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
     # the title is a line of its own: as a table title it would wrap to the narrow table's width
     con.print(f"[bold]{summary['scene']} / {summary['method']}[/bold]  (step {summary['step']}, "
               f"{summary['train_seconds']:.0f} s training on {summary['device']})", soft_wrap=True)
-    table = Table()
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in summary["metrics"].items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    con.print(table)
+    if summary["metrics"]:
+        table = Table()
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in summary["metrics"].items():
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        con.print(table)
+    else:
+        con.print("no metrics (no evaluator ran or every one was skipped)")
     # Paths and commands are printed whole (soft_wrap): rich would otherwise break them at the
     # terminal width (80 columns when piped), and a copied command would no longer run.
     con.print(f"run folder: [bold]{run_path}[/bold]", soft_wrap=True)
@@ -173,6 +176,9 @@ def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
     if summary.get("renders"):
         con.print(f"renders:    {run_path / summary['renders']}", soft_wrap=True)
     export = f"[bold]nls export {run_path}{flags} -o mesh.glb --resolution 384[/bold]"
+    if not summary.get("mesh"):  # no mesh at the extractor's level (or no extractor): the same export fails
+        export = (f"[bold]nls export {run_path}{flags} -o mesh.glb --level L[/bold]  (no mesh was made at the "
+                  f"extractor's level; choose L)")
     if summary.get("renders"):  # a run without posed images (a geometry scene) cannot be rendered
         con.print(f"next:       [bold]nls render {run_path}{flags} --spiral 60[/bold]", soft_wrap=True)
         con.print(f"       or   {export}", soft_wrap=True)
@@ -303,13 +309,12 @@ def _resume_locked(ld: Loaded, info, args) -> int:
     if info.is_main:
         ld.run.truncate_metrics_after(trainer.step)
     budget_s = ld.cfg.train.max_seconds
+    then = "nothing to train (--no-eval: not evaluated either)" if args.no_eval else "finishing evaluation only"
     if trainer.step >= ld.cfg.train.steps:
-        distributed.log(info, f"run already reached its step budget ({trainer.step}/{ld.cfg.train.steps}); "
-                              f"finishing evaluation only")
+        distributed.log(info, f"run already reached its step budget ({trainer.step}/{ld.cfg.train.steps}); {then}")
     elif budget_s is not None and trainer.elapsed >= budget_s:
         distributed.log(info, f"run already used its time budget ({trainer.elapsed:.0f} s of train.max_seconds = "
-                              f"{budget_s:g}) at step {trainer.step}/{ld.cfg.train.steps}; finishing evaluation "
-                              f"only")
+                              f"{budget_s:g}) at step {trainer.step}/{ld.cfg.train.steps}; {then}")
     else:
         before = ld.state.get("world_size", 1)
         procs = (f" with {info.world_size} process(es) (the checkpoint was written by {before})"
@@ -487,6 +492,17 @@ def cmd_view(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (not nan or inf), else a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: give a finite number")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """argparse type: a finite number of seconds > 0, else a usage error."""
     try:
@@ -582,7 +598,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
     c.add_argument("--resolution", type=int_at_least(16, 1024), metavar="N",
                    help="grid samples per side, 16..1024 as in the extractor's config (default: the scene's)")
-    c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
+    c.add_argument("--level", type=finite_float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="box to mesh (default: the extractor's, else the scene box)")
     c.add_argument("--colors", action="store_true",

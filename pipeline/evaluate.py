@@ -163,7 +163,9 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
     ``bbox`` passed on); raises NLSError when the scene has no extractor stage."""
     choice = ctx.cfg.stages.get("extractor")
     if choice is None:
-        raise NLSError("this run's scene has no extractor stage; add `extractor: {type: marching_cubes}`")
+        raise NLSError("this run's scene has no extractor stage: `nls eval` takes one with --set "
+                       "'extractor={type: marching_cubes}'; to export, train a run whose scene file has "
+                       "`extractor: {type: marching_cubes}`")
     from pipeline.build import BuildContext
 
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))

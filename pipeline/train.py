@@ -165,6 +165,14 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
+def load_error(exc: BaseException, limit: int = 400) -> str:
+    """torch's ``load_state_dict`` error in one line: its headline and the first detail (missing, unexpected
+    or mis-shaped keys), cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _no_buffer_sync_kwargs() -> dict:
     """DDP keyword that turns off the per-forward buffer broadcast: ``forward_sync_buffers=False`` from
     torch 2.13 (where ``broadcast_buffers`` is deprecated), ``broadcast_buffers=False`` before."""
@@ -374,7 +382,7 @@ class Trainer:
             self.optimizer.load_state_dict(st["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise NLSError(f"the checkpoint does not match this run's model/config ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0]}). Was config.yaml edited after the run started?") from None
+                           f"{load_error(exc)}). Was config.yaml edited after the run started?") from None
         if isinstance(st.get("rng"), dict):
             try:
                 set_rng_state(st["rng"])

@@ -203,6 +203,32 @@ def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
         assert any(want in line for line in lines), (want, lines)
 
 
+def test_summary_without_a_mesh_or_metrics_says_so(tmp_path, capsys):
+    """After 'mesh export skipped', the suggested export names a level (the default one made nothing), and an
+    empty metrics table is a sentence."""
+    from pipeline.cli import _print_summary
+
+    run = tmp_path / "csg" / "dense_grid" / "20261205-000000"
+    _print_summary({"scene": "csg", "method": "dense_grid", "step": 10, "train_seconds": 1.0, "device": "cpu",
+                    "metrics": {}, "mesh": None, "renders": "renders/test"}, run)
+    out = capsys.readouterr().out
+    assert "no metrics (no evaluator ran or every one was skipped)" in out
+    assert f"nls export {run} -o mesh.glb --level L" in out and "--resolution 384" not in out
+
+
+def test_a_load_state_dict_error_keeps_its_first_detail():
+    import torch
+
+    from pipeline.train import load_error
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError) as exc:
+        model.load_state_dict({"weight": torch.zeros(3, 2), "bias": torch.zeros(2)})
+    text = load_error(exc.value)
+    assert text.startswith("Error(s) in loading state_dict for Linear:") and "size mismatch for weight" in text
+    assert len(load_error(RuntimeError("x" * 1000))) == 400
+
+
 def test_follow_up_commands_carry_the_plugins_dirs():
     import argparse
 
@@ -228,6 +254,7 @@ def test_follow_up_commands_carry_the_plugins_dirs():
     (["batch", "s.yaml", "--scene-timeout", "-1"], "--scene-timeout: -1: give a number of seconds > 0"),
     (["batch", "s.yaml", "--scene-timeout", "nan"], "--scene-timeout: nan: give a number of seconds > 0"),
     (["view", "RUN", "--seconds", "0"], "--seconds: 0: give a number of seconds > 0"),
+    (["export", "RUN", "-o", "m.ply", "--level", "nan"], "--level: nan: give a finite number"),
 ])
 def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     """Values that used to crash late (--spiral -3) or silently mean the default (--resolution 0)."""

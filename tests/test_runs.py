@@ -430,3 +430,7 @@ def test_resume_of_a_run_that_another_process_trains_is_refused(tiny_scene, tmp_
     err = capsys.readouterr().err
     assert f"{run_path} is being trained by another nls process (pid {os.getpid()})" in err
     assert (run_path / "cmd.txt").read_text().count("resume") == 0  # refused before writing anything
+    assert main(["resume", str(run_path), "-q", "--no-eval"]) == 0  # unlocked: it runs, with nothing to do
+    out = capsys.readouterr()
+    assert "already reached its step budget" in out.out + out.err
+    assert "nothing to train (--no-eval: not evaluated either)" in out.out + out.err
