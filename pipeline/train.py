@@ -242,13 +242,29 @@ class TrainStep(nn.Module):
     def forward(self, batch: dict, background: Optional[torch.Tensor] = None) -> tuple[dict, dict]:
         """Render ``batch``'s rays when it has ``origins`` and there is a renderer, then evaluate
         every loss: ``({name: scalar}, out)``."""
+        from pipeline.types import plugin_errors
+
         system = self.system
         out: dict = {}
         if "origins" in batch and system.renderer is not None:
-            out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
-                                              background=background)
+            what = (f"rendering {len(batch['origins'])} training rays ({type(system.renderer).__name__} on "
+                    f"{type(system.chain.field).__name__}) failed")
+            with plugin_errors(what), _out_of_memory_hint(len(batch["origins"])):
+                out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
+                                                  background=background)
         terms = {name: _loss_term(name, loss, batch, out, system) for name, loss in system.losses.items()}
         return terms, out
+
+
+@contextmanager
+def _out_of_memory_hint(rays: int):
+    """Device out-of-memory during a training step as NLSError with what to lower (not a plugin's fault)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    try:
+        yield
+    except oom as exc:
+        raise NLSError(f"out of device memory while training on {rays} rays ({str(exc).splitlines()[0][:200]}); "
+                       f"lower train.batch_rays or renderer.samples_per_ray") from None
 
 
 def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
@@ -463,12 +479,16 @@ class Trainer:
 
         s0 = time.perf_counter()
         self.system.train()
+        from pipeline.types import plugin_errors
+
         if self._progress_hooks:
             fraction = self.budget_fraction()
             for module in self._progress_hooks:
-                module.on_train_progress(fraction)
+                with plugin_errors(f"{type(module).__name__}.on_train_progress({fraction:.4g}) failed"):
+                    module.on_train_progress(fraction)
         for module in self._step_hooks:
-            module.on_train_step(self.step)
+            with plugin_errors(f"{type(module).__name__}.on_train_step({self.step}) failed"):
+                module.on_train_step(self.step)
         bg = None
         if self.sampler is not None:
             batch, bg = self._ray_batch()

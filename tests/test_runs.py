@@ -434,3 +434,24 @@ def test_resume_of_a_run_that_another_process_trains_is_refused(tiny_scene, tmp_
     out = capsys.readouterr()
     assert "already reached its step budget" in out.out + out.err
     assert "nothing to train (--no-eval: not evaluated either)" in out.out + out.err
+
+
+@pytest.mark.parametrize("raised, message", [
+    (ValueError("bad index"), r"rendering \d+ training rays \(VolumeRenderer on DenseGridField\) failed: ValueError: "
+                              r"bad index \(NLS_TRACE_PLUGINS=1"),
+    ("oom", r"out of device memory while training on \d+ rays .*lower train.batch_rays or renderer.samples_per_ray"),
+])
+def test_a_failing_render_during_training_is_one_clear_error(tmp_path, monkeypatch, raised, message):
+    from pipeline.types import NLSError
+
+    monkeypatch.delenv("NLS_TRACE_PLUGINS", raising=False)
+    tr = _tiny_trainer(tmp_path, steps=2)
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    exc = oom("CUDA out of memory. Tried to allocate 2.00 GiB") if raised == "oom" else raised
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(tr.system.renderer, "render_rays", fail)
+    with pytest.raises(NLSError, match=message):
+        tr.fit()
