@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 #: Stages in pipeline order. ``losses`` and ``evaluators`` may hold several components.
 STAGES: tuple[str, ...] = (
@@ -44,8 +47,92 @@ QUANTITIES: tuple[str, ...] = (
 )
 
 
-class ComponentConfig(BaseModel):
-    """Base class of every component's options: unknown keys are errors."""
+#: Why a boolean is refused for a number: YAML's booleans are words a user may have meant otherwise.
+BOOL_HINT = "YAML reads yes/no/on/off/true/false as booleans"
+
+
+def _takes_bool(ann: Any) -> bool:
+    """Whether a field annotated ``ann`` means to accept a boolean (bool, Any, a Literal of booleans)."""
+    origin = get_origin(ann)
+    if origin is Annotated:
+        return _takes_bool(get_args(ann)[0])
+    if origin in (Union, types.UnionType):
+        return any(_takes_bool(m) for m in get_args(ann))
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in get_args(ann))
+    return ann in (bool, Any, object)
+
+
+def _number_kind(ann: Any) -> Optional[str]:
+    """'an integer' or 'a number' when ``ann`` (or a member of its union) is int or float, else None."""
+    origin = get_origin(ann)
+    if origin is Annotated:
+        return _number_kind(get_args(ann)[0])
+    if origin in (Union, types.UnionType):
+        kinds = [k for k in map(_number_kind, get_args(ann)) if k]
+        return "a number" if "a number" in kinds else (kinds[0] if kinds else None)
+    if origin is Literal:
+        values = get_args(ann)
+        return "an integer" if any(isinstance(a, int) for a in values) else \
+            "a number" if any(isinstance(a, float) for a in values) else None
+    if ann is float:
+        return "a number"
+    if isinstance(ann, type) and issubclass(ann, int) and ann is not bool:
+        return "an integer"
+    return None
+
+
+def bool_for_number(ann: Any, value: Any) -> Optional[str]:
+    """What ``value`` should have been where it holds a boolean that a field annotated ``ann`` would
+    silently take as a number (``True`` -> 1), e.g. ``"an integer, not a boolean"``; None when it does not.
+    Lists, tuples and dicts of numbers are searched item by item (``"a number, not a boolean, at item 2"``)."""
+    origin = get_origin(ann)
+    if origin is Annotated:
+        return bool_for_number(get_args(ann)[0], value)
+    if isinstance(value, bool):
+        if _takes_bool(ann):
+            return None
+        kind = _number_kind(ann)
+        return f"{kind}, not a boolean" if kind else None
+    if origin in (Union, types.UnionType):
+        return next((p for p in (bool_for_number(m, value) for m in get_args(ann)) if p), None)
+    args = get_args(ann)
+    if isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset, Sequence):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            items = list(zip(args, value))
+        else:
+            items = [(args[0] if args else Any, v) for v in value]
+        where = enumerate(items)
+    elif isinstance(value, dict) and origin is dict and len(args) == 2:
+        where = ((k, (args[1], v)) for k, v in value.items())
+    else:
+        return None
+    for key, (item_ann, item) in where:
+        problem = bool_for_number(item_ann, item)
+        if problem:
+            return f"{problem}, at item {key!r}" if ", at item" not in problem else problem
+    return None
+
+
+class ConfigModel(BaseModel):
+    """Base class of every options block of a scene file (component options and the ``train:``,
+    ``eval:`` and ``output:`` blocks): a boolean is never taken for a number. YAML reads ``yes``,
+    ``on`` and ``true`` as True, which pydantic would otherwise turn into 1 for an ``int`` field;
+    strings such as ``"5"`` and ints for ``float`` fields are still accepted as before."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        fld = cls.model_fields.get(info.field_name) if info.field_name else None
+        problem = bool_for_number(fld.annotation, value) if fld is not None else None
+        if problem:
+            raise PydanticCustomError("bool_for_number", "expected {problem} ({hint})",
+                                      {"problem": problem, "hint": BOOL_HINT})
+        return value
+
+
+class ComponentConfig(ConfigModel):
+    """Base class of every component's options: unknown keys are errors, booleans are not numbers."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: a typo
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.components import Component, ComponentConfig
+from pipeline.components import Component, ComponentConfig, ConfigModel
 from pipeline.types import ConfigError
 
 SINGLE_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")
@@ -40,7 +40,7 @@ LIST_STAGES = {"losses": "loss", "evaluators": "evaluator"}
 REQUIRED_STAGES = ("scene", "field")
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ConfigModel):
     """Training-loop settings (the ``train:`` block)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
                                "pixel instead of the centre (area sampling: matches anti-aliased images)")
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(ConfigModel):
     """Evaluation settings (the ``eval:`` block)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
@@ -81,7 +81,7 @@ class EvalConfig(BaseModel):
     chamfer_samples: int = Field(30000, ge=100)
 
 
-class OutputConfig(BaseModel):
+class OutputConfig(ConfigModel):
     """Where runs go (the ``output:`` block)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
@@ -102,7 +102,7 @@ TOP_LEVEL = {
 }
 
 
-class ReferenceValue(BaseModel):
+class ReferenceValue(ConfigModel):
     """One published figure (the ``reference:`` block), shown next to the measured one by ``nls report``."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
@@ -195,9 +195,77 @@ class SceneConfig:
 
 # -- reading -----------------------------------------------------------------------------
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a YAML text gives the same key twice (PyYAML would keep the last silently).
+
+    ``key`` is the dotted path of the repeated key (``train``, ``field.resolution``, ``losses.0.weight``)
+    and ``marks`` the positions of its first and second occurrence."""
+
+    def __init__(self, key: str, first: yaml.Mark, second: yaml.Mark):
+        self.key, self.marks = key, (first, second)
+        super().__init__(None, None, f"key {key!r} appears twice ({self.where()})", second)
+
+    def where(self) -> str:
+        """``lines 3 and 7``, or ``line 3, columns 2 and 12`` when both are on one line."""
+        a, b = self.marks
+        if a.line == b.line:
+            return f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}"
+        return f"lines {a.line + 1} and {b.line + 1}"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key (:class:`DuplicateKeyError`).
+
+    Scene files, a run's config.yaml and ``--set`` values are read with it. The check runs on the
+    composed node tree, before anything is constructed, so that the path of the key is known and
+    merge keys (``<<: *base``), whose keys the mapping may override on purpose, are not counted."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        """Check ``node``'s mappings for repeated keys, then construct it as SafeLoader does."""
+        self._check_unique(node, [], set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, path: list[str], seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already checked
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, [*path, str(i)], seen)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Mark] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self._check_unique(value_node, path, seen)
+                    continue
+                key = self._key(key_node)
+                label = [*path, str(key if key is not None else key_node.value)]
+                if key is not None and key in first:
+                    raise DuplicateKeyError(".".join(label), first[key], key_node.start_mark)
+                if key is not None:
+                    first[key] = key_node.start_mark
+                self._check_unique(value_node, label, seen)
+
+    def _key(self, key_node: yaml.Node) -> Any:
+        """The value a scalar key stands for (``1`` and ``0x1`` are one key), or None when not hashable."""
+        if not isinstance(key_node, yaml.ScalarNode):
+            return None
+        try:
+            key = self.construct_object(key_node)
+            hash(key)
+        except (yaml.YAMLError, TypeError, ValueError):
+            return None
+        return key
+
+
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load(text)``, except that a repeated key raises :class:`DuplicateKeyError`."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_yaml(path: Path) -> dict:
-    """Parse a scene file into a mapping; a missing file, a folder, invalid YAML, non-UTF-8 text or a
-    top level that is not a mapping raises ConfigError."""
+    """Parse a scene file into a mapping; a missing file, a folder, invalid YAML, a repeated key,
+    non-UTF-8 text, an empty file or a top level that is not a mapping raises ConfigError."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"scene file {path} does not exist. Give the path of a scene YAML, "
@@ -205,7 +273,11 @@ def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"scene file {path} is a directory; give a .yaml file inside it.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"scene file {path}: key {exc.key!r} is given twice, at {exc.where()}; YAML would "
+                          f"keep only the second and drop the first silently. Merge the two into one "
+                          f"(or delete the one you do not mean).") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -214,6 +286,9 @@ def read_yaml(path: Path) -> dict:
                           f"Check indentation and quoting there.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"scene file {path} is not a text file (UTF-8 expected).") from None
+    if data is None:
+        raise ConfigError(f"scene file {path} is empty (or holds only comments); a scene needs at least "
+                          f"`scene: {{type: ...}}` and `field: {{type: ...}}` (see scenes/ for examples).")
     if not isinstance(data, dict):
         raise ConfigError(f"scene file {path}: the top level must be a mapping of stage names "
                           f"({', '.join(TOP_LEVEL)}), got {type(data).__name__}.")
@@ -229,7 +304,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set {text!r}: empty part in key {key!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml_text(value) if value.strip() else None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"--set {text}: the value gives key {exc.key!r} twice; give each key once") from None
     except yaml.YAMLError:
         parsed = value
     return parts, parsed
@@ -252,8 +329,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 key: Any = _index(p, parts[: i + 1], text, len(node))
             else:
                 key = p
-                if node.get(p) is None:
-                    node[p] = {}
+                if node.get(p) is None:  # an absent list stage is an empty list: its items have no index yet
+                    node[p] = [] if node is data and p in LIST_STAGES else {}
             if isinstance(node[key], str) and _is_stage_block(parts[: i + 1]):
                 node[key] = {"type": node[key]}  # the shorthand `field: dense_grid` is `{type: dense_grid}`
             node = node[key]
@@ -276,9 +353,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _index(p: str, parts: list[str], text: str, n: int) -> int:
     if not re.fullmatch(r"-?\d+", p) or not -n <= int(p) < n:
         lst = ".".join(parts[:-1])
+        example = f"--set '{lst}=[{{type: NAME, OPTION: VALUE}}, ...]'"
+        if n == 0:
+            raise ConfigError(f"--set {text}: {'.'.join(parts)} indexes {lst}, which is empty (or not in the "
+                              f"scene); give the whole list to add items, e.g. {example}")
         raise ConfigError(f"--set {text}: {'.'.join(parts)} indexes a list of {n} items; "
-                          f"use an index 0..{n - 1}, or give the whole list to add items, e.g. "
-                          f"--set '{lst}=[{{type: NAME, OPTION: VALUE}}, ...]'")
+                          f"use an index 0..{n - 1}, or give the whole list to add items, e.g. {example}")
     return int(p)
 
 
@@ -323,6 +403,9 @@ def format_validation_error(source: str, prefix: str, exc: ValidationError, mode
             continue
         fld = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
         hint = f" ({fld.description})" if fld is not None and fld.description else ""
+        if err["type"] == "missing":  # its input is the mapping it is missing from, not a value of the key
+            lines.append(f"{key} is required{hint}")
+            continue
         lines.append(f"{key} = {err.get('input')!r}: {err['msg']}{hint}")
     return f"{source}: " + "; ".join(lines) + "."
 
@@ -422,6 +505,9 @@ def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:
     for k in ("name", "method"):
         if k in data and not isinstance(data[k], str):
             problems.add(f"{k} = {data[k]!r} must be a string")
+    if data.get("description") is not None and not isinstance(data["description"], str):
+        problems.add(f"description = {data['description']!r} must be a string (free text; quote it if YAML "
+                     f"reads it as something else, e.g. a number, a date or a mapping)")
     stages = {s: (problems.run(lambda s=s: _choice(host, source, s, s, data[s])) if data.get(s) else None)
               for s in SINGLE_STAGES}
     lists: dict[str, list[StageChoice]] = {}

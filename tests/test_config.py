@@ -245,3 +245,125 @@ def test_eval_every_spreads_the_views_before_max_images_caps_them():
     assert eval_indices(200, 10, 5) == [0, 10, 20, 30, 40]
     assert eval_indices(3, 1, None) == [0, 1, 2] and eval_indices(3, 2) == [0, 2]
     assert eval_indices(7, 1, 10) == list(range(7))
+
+
+def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp_path, nls_host):
+    """YAML keeps the last of two equal keys; a scene that gives `train:` twice would lose the first silently."""
+    from pipeline.config import load_resolved
+
+    base = yaml.safe_dump({k: v for k, v in TINY_SCENE.items() if k != "train"}, sort_keys=False)
+    p = write(tmp_path, "train: {steps: 5}\n" + base + "train: {lr: 0.05}\n")
+    last = len(p.read_text().splitlines())
+    with pytest.raises(ConfigError, match=rf"^scene file {p}: key 'train' is given twice, at lines 1 and {last};"):
+        load_scene(p, nls_host)
+    nested = write(tmp_path, base.replace("  resolution: 32\n", "  resolution: 32\n  resolution: 64\n"),
+                   "nested.yaml")
+    line = nested.read_text().splitlines().index("  resolution: 64") + 1
+    with pytest.raises(ConfigError, match=rf"{nested}: key 'field.resolution' is given twice, at lines {line - 1} "
+                                          rf"and {line};"):
+        load_scene(nested, nls_host)
+    flow = write(tmp_path, base + "train: {steps: 5, steps: 6}\n", "flow.yaml")
+    with pytest.raises(ConfigError, match=r"key 'train.steps' is given twice, at line \d+, columns 9 and 19"):
+        load_scene(flow, nls_host)
+    with pytest.raises(ConfigError, match="key 'train' is given twice"):  # a run's own config.yaml too
+        load_resolved(write(tmp_path, p.read_text(), "config.yaml"), nls_host)
+    merged = write(tmp_path, base + "train: &t {steps: 5, lr: 0.02}\nx: {<<: *t, steps: 7}\n", "merge.yaml")
+    with pytest.raises(ConfigError, match="unknown top-level key.*'x'"):  # a merge key may be overridden: no duplicate
+        load_scene(merged, nls_host)
+
+
+def test_a_set_value_with_a_repeated_key_is_refused(tmp_path, nls_host):
+    p = write(tmp_path, TINY_SCENE)
+    with pytest.raises(ConfigError, match=r"--set train=\{steps: 5, steps: 6\}: the value gives key 'steps' twice"):
+        load_scene(p, nls_host, ["train={steps: 5, steps: 6}"])
+    with pytest.raises(ConfigError, match="gives key 'a' twice"):  # a str option would have taken the text
+        load_scene(p, nls_host, ["output.root={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize("override, key, kind", [
+    ("train.steps=yes", "train.steps", "an integer"),
+    ("train.steps=true", "train.steps", "an integer"),
+    ("train.checkpoint_every=on", "train.checkpoint_every", "an integer"),
+    ("field.resolution=true", "field.resolution", "an integer"),
+    ("eval.max_images=true", "eval.max_images", "an integer"),  # Optional[int]
+    ("train.lr=yes", "train.lr", "a number"),
+    ("train.max_seconds=on", "train.max_seconds", "a number"),  # Optional[float]
+    ("losses.0.weight=true", "losses.0.weight", "a number"),
+    ("reference.psnr.value=true", "reference.psnr.value", "a number"),
+])
+def test_a_yaml_boolean_is_not_taken_for_a_number(tmp_path, nls_host, override, key, kind):
+    """`--set train.steps=yes` used to train 1 step: pydantic turns True into 1 for an int field."""
+    p = write(tmp_path, TINY_SCENE)
+    with pytest.raises(ConfigError) as err:
+        load_scene(p, nls_host, [override])
+    assert str(err.value).startswith(f"--set {override} (on {p}): {key} = True: expected {kind}, not a boolean "
+                                     f"(YAML reads yes/no/on/off/true/false as booleans)"), err.value
+
+
+def test_a_boolean_in_the_file_is_refused_and_other_coercions_stay(tmp_path, nls_host):
+    bad = write(tmp_path, {**TINY_SCENE, "train": {**TINY_SCENE["train"], "steps": True}})
+    with pytest.raises(ConfigError, match=rf"^{bad}: train.steps = True: expected an integer, not a boolean"):
+        load_scene(bad, nls_host)
+    cfg = load_scene(write(tmp_path, TINY_SCENE), nls_host,
+                     ["train.steps='7'", "train.lr=1", "train.pixel_jitter=yes", "evaluators.0.ssim=on"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 1.0 and cfg.train.pixel_jitter is True
+    assert cfg.evaluators[0].options.ssim is True  # a bool option takes YAML's booleans as ever
+
+
+def test_bool_for_number_looks_inside_unions_and_lists():
+    from typing import Any, Literal, Optional, Union
+
+    from pipeline.components import bool_for_number
+
+    assert bool_for_number(int, True) == "an integer, not a boolean"
+    assert bool_for_number(Optional[float], False) == "a number, not a boolean"
+    assert bool_for_number(Optional[list[float]], [0.0, True, 1.0]) == "a number, not a boolean, at item 1"
+    assert bool_for_number(Literal[1, 2, 4], True) == "an integer, not a boolean"
+    for ann in (bool, Any, Optional[bool], Union[int, bool], Literal[True, "auto"], str):
+        assert bool_for_number(ann, True) is None, ann
+    assert bool_for_number(int, 1) is None and bool_for_number(list[int], [1, 2]) is None
+
+
+@pytest.mark.parametrize("value", [{"x": 1}, 2024, ["a"]])
+def test_description_must_be_a_string(tmp_path, nls_host, value):
+    with pytest.raises(ConfigError, match=r"description = .* must be a string"):
+        load_scene(write(tmp_path, {**TINY_SCENE, "description": value}), nls_host)
+    assert load_scene(write(tmp_path, {**TINY_SCENE, "description": None}), nls_host).description == ""
+
+
+def test_description_set_as_a_mapping_is_refused(tmp_path, nls_host):
+    """`--set description.x=1` on a scene without a description used to record description: "{'x': 1}"."""
+    p = write(tmp_path, TINY_SCENE)
+    with pytest.raises(ConfigError, match=rf"^--set description.x=1 \(on {p}\): description = \{{'x': 1\}} must be "
+                                          r"a string"):
+        load_scene(p, nls_host, ["description.x=1"])
+    assert load_scene(p, nls_host, ["description=a sphere"]).description == "a sphere"
+
+
+def test_a_missing_required_option_is_named_without_a_value(tmp_path, nls_host):
+    p = write(tmp_path, TINY_SCENE)
+    with pytest.raises(ConfigError) as err:
+        load_scene(p, nls_host, ["scene.type=blender"])
+    assert str(err.value).startswith(f"--set scene.type=blender (on {p}): scene.path is required ("), err.value
+    assert "= {}" not in str(err.value) and "Field required" not in str(err.value)
+
+
+@pytest.mark.parametrize("scene", [{k: v for k, v in TINY_SCENE.items() if k != "evaluators"},
+                                   {**TINY_SCENE, "evaluators": []}, {**TINY_SCENE, "evaluators": None}])
+def test_an_index_into_absent_evaluators_says_to_give_the_list(tmp_path, nls_host, scene):
+    p = write(tmp_path, scene)
+    for sets in (["evaluators.0.type=psnr"], ["evaluators.0=psnr"]):
+        with pytest.raises(ConfigError) as err:
+            load_scene(p, nls_host, sets)
+        msg = str(err.value)
+        assert msg.startswith(f"--set {sets[0]}: evaluators.0 indexes evaluators, which is empty"), msg
+        assert "--set 'evaluators=[{type: NAME, OPTION: VALUE}, ...]'" in msg and "0..-1" not in msg, msg
+    cfg = load_scene(p, nls_host, ["evaluators=[{type: psnr}]", "evaluators.0.ssim=false"])
+    assert [c.name for c in cfg.evaluators] == ["psnr"] and cfg.evaluators[0].options.ssim is False
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# just a comment\n"])
+def test_an_empty_scene_file_is_called_empty(tmp_path, nls_host, text):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"^scene file {p} is empty \(or holds only comments\); a scene needs"):
+        load_scene(p, nls_host)
