@@ -459,13 +459,16 @@ class Trainer:
         renderer = system.renderer
         renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
         batch = self.sampler.sample(t.batch_rays)
+        part = slice(None)
         if self.dist.enabled:
             share = t.batch_rays // self.dist.world_size
             part = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
             batch = {k: (v[part] if torch.is_tensor(v) else v) for k, v in batch.items()}
         bg = None
         if getattr(renderer.cfg, "random_background", False) and batch["alpha"] is not None:
-            bg = torch.rand(len(batch["rgb"]), 3, device=self.device)
+            # drawn for the whole global batch and sliced like the rays: every rank holds the same
+            # generator, so a per-rank draw would give each rank's rays the same colours
+            bg = torch.rand(t.batch_rays, 3, device=self.device)[part]
             a = batch["alpha"]
             batch["rgb"] = (batch["rgb"] - (1 - a) * renderer.background) + (1 - a) * bg
         return batch, bg

@@ -455,3 +455,24 @@ def test_a_failing_render_during_training_is_one_clear_error(tmp_path, monkeypat
     monkeypatch.setattr(tr.system.renderer, "render_rays", fail)
     with pytest.raises(NLSError, match=message):
         tr.fit()
+
+
+def test_each_rank_gets_its_own_slice_of_the_random_backgrounds(tmp_path):
+    """Every rank holds the same generator: rank r's rays take rows r of one draw for the global batch, as
+    one process would give them, not a draw of their own (which would repeat rank 0's colours)."""
+    import copy
+
+    from pipeline.distributed import DistInfo
+
+    tr = _tiny_trainer(tmp_path, steps=2, batch_rays=64)
+    tr.system.renderer.cfg = copy.copy(tr.system.renderer.cfg)
+    object.__setattr__(tr.system.renderer.cfg, "random_background", True)
+    sampler_state, rng = tr.sampler.gen.get_state(), torch.get_rng_state()
+    _, whole = tr._ray_batch()
+    per_rank = []
+    for rank in (0, 1):
+        tr.sampler.gen.set_state(sampler_state)
+        torch.set_rng_state(rng)
+        tr.dist = DistInfo(world_size=2, rank=rank, local_world_size=2)
+        per_rank.append(tr._ray_batch()[1])
+    assert torch.equal(torch.cat(per_rank), whole)
