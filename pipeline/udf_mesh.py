@@ -106,7 +106,13 @@ def _tiled_marching_cubes(signed: np.ndarray):
     for c_idx, c in enumerate(CORNERS):
         o = blocks + c
         vol[o[:, 0], o[:, 1], o[:, 2]] = signed[:, c_idx]
-    verts, faces, _, _ = marching_cubes(vol, level=0.0)
+    # Only the K cube cells are meshed: scikit-image's Lewiner code visits a cell when ``mask`` is set
+    # at its far corner (i+1, j+1, k+1) (checked by tests/test_udf_mesh.py). Without it, a spacer cell
+    # next to a corner at -1e-9 tau puts its crossing at 1.0 in float32 and passes any position test.
+    far = blocks + 1
+    cells = np.zeros(vol.shape, dtype=bool)
+    cells[far[:, 0], far[:, 1], far[:, 2]] = True
+    verts, faces, _, _ = marching_cubes(vol, level=0.0, mask=cells)
     verts = verts.astype(np.float64)
     centre = verts[faces].mean(1)  # (F,3): a face belongs to the block whose cube holds its centroid
     local = centre - 3 * np.floor(centre / 3)
@@ -127,7 +133,8 @@ def _weld(origin: np.ndarray, local: np.ndarray, faces: np.ndarray, spacing: np.
     on_grid = np.abs(local - snapped) < 1e-4
     axis = np.argmin(on_grid, axis=1)  # the free coordinate (0 when a vertex sits on a corner)
     start = origin + np.where(on_grid, snapped, 0).astype(np.int64)
-    t = local[np.arange(len(local)), axis]
+    # a vertex on a corner is the corner itself: its snapped x is already in ``start``
+    t = np.where(on_grid.all(1), 0.0, local[np.arange(len(local)), axis])
     key = np.concatenate([start, axis[:, None]], 1)
     uniq, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
     pos = start[first].astype(np.float64)
@@ -176,7 +183,8 @@ def udf_grid_to_mesh(values: np.ndarray, grad_fn: Callable[[np.ndarray], np.ndar
 
     values: (R0,R1,R2) field values; ``u = max(values - offset, 0)`` is treated as the unsigned
     distance (``offset``: the field's value on the surface, 0 for a true UDF; ``"min"``: estimated as
-    the median, over the cube edges the sheet crosses, of the field's minimum along the edge (needs
+    the 2% quantile, less half a sample step (:func:`_surface_value`), over the cube edges the sheet
+    crosses, of the field's minimum along the edge (needs
     ``value_fn``; the grid minimum without it), for fields whose minimum sheet is not at 0 such as an
     unsigned hKR field, about -margin). grad_fn: (M,3) world
     points -> (M,3) gradients of the field there (called only at the corners of the near-surface

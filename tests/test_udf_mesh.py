@@ -106,3 +106,35 @@ def test_extractor_component_through_a_field_chain():
     assert m.is_watertight and abs(m.area - 4 * math.pi * 0.35 ** 2) < 0.02
     with pytest.raises(NLSError, match="produces only"):
         UdfMarchingCubes(UdfMarchingCubesConfig(quantity="density"), {"sdf"}, BOX).quantity()
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("shift", [-2e-6, 2e-6])
+def test_a_patch_through_the_grid_nodes_keeps_its_area_and_places_vertices_on_it(axis, shift):
+    """A sheet a hair off the grid nodes puts vertices on cube corners: they are the corners (not a
+    voxel further along x), and neighbouring cubes weld there; 2e-6 above or below gives the same sheet."""
+    res, z0 = 49, shift
+
+    def plane_patch(x: torch.Tensor) -> torch.Tensor:
+        others = [a for a in range(3) if a != axis]
+        q = torch.stack([(x[:, others[0]].abs() - HALF).clamp(min=0), (x[:, others[1]].abs() - HALF).clamp(min=0),
+                         x[:, axis] - z0], -1)
+        return q.norm(dim=-1)
+
+    m = extract_udf_mesh(plane_patch, BOX, res)
+    h = 1.0 / (res - 1)
+    assert abs(m.area - (2 * HALF) ** 2) < 4 * (2 * HALF) * h, m.area
+    assert float(plane_patch(torch.as_tensor(m.vertices, dtype=torch.float32)).max()) < h
+    assert m.edges_unique_length.max() < math.sqrt(3) * h * 1.01  # within one cube: no edge spans two voxels
+
+
+def test_tiled_marching_cubes_meshes_only_the_cubes():
+    """Corners clamped to -1e-9 tau next to the spacer: only each cube's own two faces are kept (the
+    spacer cells' crossings land on 1.0 in float32 and used to be kept too)."""
+    from pipeline.udf_mesh import CORNERS, _tiled_marching_cubes
+
+    one = np.array([[0.35 if c[2] == 0 else -1e-9 for c in CORNERS]])
+    for k in (1, 8, 30):
+        verts, faces, cube = _tiled_marching_cubes(np.repeat(one, k, 0))
+        assert len(faces) == 2 * k and np.bincount(cube[faces[:, 0]], minlength=k).tolist() == [2] * k
+        assert np.allclose(verts[:, 2], 1.0, atol=1e-6)
