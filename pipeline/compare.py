@@ -137,7 +137,7 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
                    + _describe(diff, labels, "renderer.") + UNMARKED)
     extractors = [c.get("extractor") or {} for c in configs]
     # between methods the extractor is part of the method; within one method its options matter
-    if len({r.method for r in runs}) == 1 and len({json.dumps(e.get("type")) for e in extractors}) == 1:
+    if len({r.method for r in runs}) == 1 and len({json.dumps(e.get("type"), default=str) for e in extractors}) == 1:
         diff = _differing(extractors)
         if diff:
             out.append("the extractor settings differ: " + _describe(diff, labels) + UNMARKED)
@@ -155,10 +155,15 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
                for lab, r in zip(labels, runs) if not r.trained]
     if stopped:
         out.append(f"not finished, so not marked best: {', '.join(stopped)}")
-    unevaluated = [lab for lab, r in zip(labels, runs) if r.trained and not r.metrics]
+    no_metrics = [(lab, r) for lab, r in zip(labels, runs) if r.trained and not r.metrics]
+    unevaluated = [lab for lab, r in no_metrics if not r.results_damaged]
     if unevaluated:
         out.append(f"trained but not evaluated (no final metrics; `nls resume RUN_DIR` evaluates): "
                    f"{', '.join(unevaluated)}")
+    damaged = [lab for lab, r in no_metrics if r.results_damaged]
+    if damaged:
+        out.append(f"trained, but no final metrics could be read (their summary.json or eval.json is damaged, "
+                   f"see below; `nls resume RUN_DIR` evaluates again): {', '.join(damaged)}")
     return out
 
 
@@ -186,7 +191,8 @@ def run_notes(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
 def _differing(blocks: list[dict]) -> dict[str, list[Any]]:
     flat = [flatten_dict(b) for b in blocks]
     keys = sorted(set().union(*flat))
-    return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
+    return {k: [f.get(k) for f in flat] for k in keys
+            if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1}
 
 
 def _describe(diff: dict[str, list[Any]], labels: Sequence[str], prefix: str = "") -> str:

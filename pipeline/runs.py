@@ -219,20 +219,40 @@ class RunDir:
         _append_line(self.metrics_path, json.dumps(record, default=_json_default))
 
     def read_metrics(self) -> list[dict]:
-        """The records of ``metrics.jsonl`` ([] without it), skipping lines that are not valid JSON."""
-        if not self.metrics_path.exists():
+        """The records of ``metrics.jsonl`` ([] without it): the lines that hold a JSON object. A line
+        that is not valid UTF-8 or JSON (cut by a kill), or that holds another JSON value (a list, a
+        number), is skipped. Raises NLSError naming the file when it cannot be read at all (a folder,
+        no permission)."""
+        path = self.metrics_path
+        if not path.exists():
             return []
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise NLSError(f"cannot read {path}: {exc.strerror or exc}") from None
         out = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in data.splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # a line cut by a kill
                 continue
+            if isinstance(record, dict):
+                out.append(record)
         return out
 
     def truncate_metrics_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so steps never repeat."""
-        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        """On resume, drop lines logged after the checkpoint so steps never repeat.
+
+        metrics.jsonl is rewritten with the records of :meth:`read_metrics` whose ``step`` is an
+        integer no larger than ``step``. A record without an integer step (missing, null, text, a
+        bool, a fraction) cannot be placed before or after the checkpoint, so it is dropped as well,
+        as are the lines :meth:`read_metrics` skips: every line of the rewritten file is a record that
+        training logged at or before ``step``."""
+        def kept(r: dict) -> bool:
+            s = r.get("step")
+            return isinstance(s, int) and not isinstance(s, bool) and s <= step
+
+        rows = [r for r in self.read_metrics() if kept(r)]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # -- checkpoints ----------------------------------------------------------------

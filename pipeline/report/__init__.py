@@ -37,6 +37,8 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
 
     out = check_output_file(Path(out), "report") if out else None  # before any work
     facts = read_run(run_dir)
+    for note in facts.record_notes:  # damaged records: the report is still written, and says so here too
+        print(f"warning: {facts.path}: {note}", file=sys.stderr, flush=True)
     out = out or facts.path / "report.html"
     ld, load_error = (None, "skipped (--no-model)")
     builders: list[tuple[str, Callable[[], str]]] = [
@@ -98,6 +100,9 @@ def _overview(f: RunFacts) -> str:
         items = cfg.get(key) or []
         rows.append((key, ", ".join(str(b.get("type", "?")) for b in items if isinstance(b, dict)) or "none"))
     parts = [H.table(["", ""], rows)]
+    if f.record_notes:
+        parts.append("<p><b>Damaged records in this run folder</b> (left out of this report):</p><ul>" +
+                     "".join(f"<li>{H.esc(n)}</li>" for n in f.record_notes) + "</ul>")
     miss = f.missing()
     if miss:
         parts.append("<p><b>Missing from this run folder:</b></p><ul>" +
@@ -123,8 +128,9 @@ def _metrics(f: RunFacts) -> str:
             if k not in f.metrics:
                 rows.append((k, "not measured", ref[k].get("value", ""), ref[k].get("source", "")))
         parts.append(H.table(["metric", "this run", "published", "source"], rows))
-        if f.evaluation_note:
-            parts.append(f"<p class=\"sub\">Where the metrics come from: {H.esc(f.evaluation_note)}.</p>")
+        notes = [n for n in f.evaluation_notes if n not in f.record_notes]  # those are listed under "Run"
+        if notes:
+            parts.append(f"<p class=\"sub\">Where the metrics come from: {H.esc('; '.join(notes))}.</p>")
         if not ref:
             parts.append("<p class=\"sub\">No published figures for this scene: add a <code>reference:</code> "
                          "block ({metric: {value, source}}) to the scene YAML to show them here.</p>")
@@ -153,7 +159,7 @@ def _curves(f: RunFacts) -> str:
 def _side_by_sides(f: RunFacts) -> list[Path]:
     """The renders the image metrics shown were computed from: eval_renders/<split> when those
     metrics come from eval.json (``nls eval`` writes there), else training's renders/<split>."""
-    split = (f.eval_config.get("eval") or {}).get("split", "test")
+    split = str((f.eval_config.get("eval") or {}).get("split") or "test")
     later = f.later_evaluation and any(isinstance(v, dict) and "psnr" in v
                                        for v in (f.later_evaluation.get("evaluators") or {}).values())
     if later:
@@ -276,7 +282,7 @@ def slice_folders(f: RunFacts) -> list[Path]:
 def _mesh(f: RunFacts) -> str:
     parts = []
     mesh_path = f.path / (f.summary or {}).get("mesh", "") if (f.summary or {}).get("mesh") else None
-    if mesh_path is None or not mesh_path.exists():
+    if mesh_path is None or not mesh_path.is_file():
         meshes = sorted((f.path / "meshes").glob("*")) if (f.path / "meshes").is_dir() else []
         mesh_path = next((m for m in meshes if m.suffix in (".ply", ".obj", ".glb", ".stl", ".off")), None)
     if mesh_path is None:
@@ -291,7 +297,9 @@ def _mesh(f: RunFacts) -> str:
             mesh = load_mesh(mesh_path)
             gif = mesh_turntable_gif(mesh)
             level = ((f.summary or {}).get("metrics") or {}).get("mesh_level")  # summary.json's mesh
-            at = f", extracted at level {float(level):g}" if level is not None and "mesh" in (f.summary or {}) else ""
+            at = (f", extracted at level {float(level):g}"
+                  if isinstance(level, (int, float)) and not isinstance(level, bool) and "mesh" in (f.summary or {})
+                  else "")
             parts.append(H.img(gif, "mesh turntable", mime="image/gif",
                                caption=f"{mesh_path.relative_to(f.path)}: {len(mesh.vertices)} vertices, "
                                        f"{len(mesh.faces)} faces, watertight={mesh.is_watertight}{at}"))
@@ -310,7 +318,9 @@ def _mesh(f: RunFacts) -> str:
 def _provenance(f: RunFacts) -> str:
     s = f.summary or {}
     rows = [("training wall time (s)", f.train_seconds if f.train_seconds is not None else "unknown"),
-            ("device", f"{s.get('device', '?')} ({s.get('device_name', '?')})" if s else "unknown (no summary.json)"),
+            ("device", f"{s.get('device', '?')} ({s.get('device_name', '?')})" if s else
+             "unknown (summary.json could not be read)" if "summary.json" in f.unreadable else
+             "unknown (no summary.json)"),
             ("CPU threads", s.get("threads", "unknown")),
             ("load average at the end", ", ".join(f"{x:.2f}" for x in s.get("load_average", [])) or "unknown"),
             ("parameters", f.parameters() if f.checkpoints or s else "unknown")]
@@ -319,7 +329,8 @@ def _provenance(f: RunFacts) -> str:
         if k != "plugins":
             rows.append((f"{k} version", v))
     parts = [H.table(["", ""], rows)]
-    plugin_rows = [(p["name"], p.get("version", "?"), p.get("source", "")) for p in (f.plugins or {}).get("plugins", [])]
+    plugin_rows = [(p.get("name", "?"), p.get("version", "?"), p.get("source", ""))
+                   for p in (f.plugins or {}).get("plugins") or []]
     if plugin_rows:
         parts.append("<p>Plugins loaded:</p>" + H.table(["plugin", "version", "source"], plugin_rows))
     comps = (f.plugins or {}).get("components") or {}

@@ -10,14 +10,20 @@ per evaluator: each evaluator that eval.json ran replaces summary.json's entry w
 changed settings every evaluator reads (``eval.*``, ``extractor.*``, ``renderer.samples_per_ray``),
 the evaluators it did not run again are left out, so that one column never mixes settings. An
 eval.json from an earlier step (the run was resumed and trained on afterwards) is ignored.
-:attr:`RunFacts.evaluation_notes` says which of these happened."""
+:attr:`RunFacts.evaluation_notes` says which of these happened.
+
+Damaged records are read defensively, in :func:`read_run` alone: a JSON file that cannot be read, or
+a field of the wrong type (``"step": "abc"``), is left out and named in :attr:`RunFacts.record_notes`,
+so that every accessor can trust the types it reads. Only a config.yaml that cannot be read as a
+mapping stops the reading, with an NLSError naming it."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -69,8 +75,12 @@ class RunFacts:
     checkpoints: list[Path] = field(default_factory=list)
     #: ``RUN_DIR/eval.json`` written by ``nls eval`` (see the module docstring for how it counts)
     evaluation: Optional[dict] = None
-    #: names of the run's JSON files that exist but are not valid JSON
-    unreadable: list[str] = field(default_factory=list)
+    #: {file name: why it was not read} of the run's JSON files that exist but could not be read
+    #: ("is not valid JSON (damaged or cut off)", "holds a list, not a JSON object", ...)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    #: fields of the run's records that were left out because their value has the wrong type, one
+    #: sentence each ("summary.json: step is 'abc', not an integer, so it is ignored")
+    problems: list[str] = field(default_factory=list)
 
     @property
     def run(self) -> RunDir:
@@ -99,11 +109,12 @@ class RunFacts:
 
     @property
     def step(self) -> int:
-        """Last step reached: from summary.json, else the newest checkpoint or log line."""
-        if self.summary:
-            return int(self.summary.get("step", 0))
+        """Last step reached: from summary.json, else the newest checkpoint or the last log line
+        that names an integer step."""
+        if self.summary and _is_int(self.summary.get("step")):
+            return self.summary["step"]
         ck = _ckpt_step(self.checkpoints[-1]) if self.checkpoints else 0
-        logged = int(self.log[-1].get("step", 0)) if self.log else 0
+        logged = next((r["step"] for r in reversed(self.log) if _is_int(r.get("step"))), 0)
         return max(ck, logged)
 
     @property
@@ -113,10 +124,11 @@ class RunFacts:
 
     @property
     def train_seconds(self) -> Optional[float]:
-        """summary.json's ``train_seconds``, else the ``time`` of the last metrics.jsonl line, else None."""
-        if self.summary and self.summary.get("train_seconds") is not None:
+        """summary.json's ``train_seconds``, else the ``time`` of the last metrics.jsonl line that logs a
+        number there, else None."""
+        if self.summary and _is_number(self.summary.get("train_seconds")):
             return float(self.summary["train_seconds"])
-        return float(self.log[-1]["time"]) if self.log and "time" in self.log[-1] else None
+        return next((float(r["time"]) for r in reversed(self.log) if _is_number(r.get("time"))), None)
 
     @property
     def later_evaluation(self) -> Optional[dict]:
@@ -206,15 +218,27 @@ class RunFacts:
         keep = set(self.evaluator_results)
         by_type = {str(e.get("type")): e for e in self.config.get("evaluators") or []
                    if isinstance(e, dict) and str(e.get("type")) in keep}
-        by_type.update({str(e.get("type")): e for e in used.get("evaluators") or [] if isinstance(e, dict)})
+        listed = used.get("evaluators") if isinstance(used.get("evaluators"), list) else []
+        by_type.update({str(e.get("type")): e for e in listed if isinstance(e, dict)})
         cfg["evaluators"] = list(by_type.values())
         return cfg
+
+    @property
+    def record_notes(self) -> list[str]:
+        """Sentences on the run's records that were not read whole: files that could not be read
+        (:attr:`unreadable`), then fields left out for their type (:attr:`problems`)."""
+        return [f"{name} {why}, so it was not read" for name, why in self.unreadable.items()] + self.problems
+
+    @property
+    def results_damaged(self) -> bool:
+        """Whether summary.json or eval.json, which hold the final metrics, could not be read whole."""
+        return any(n.startswith(("summary.json", "eval.json")) for n in self.record_notes)
 
     @property
     def evaluation_notes(self) -> list[str]:
         """Sentences on where the metrics come from when eval.json is involved, and on files that
         could not be read."""
-        out = [f"{name} is not valid JSON (damaged or cut off), so it was not read" for name in self.unreadable]
+        out = list(self.record_notes)
         ev = self.evaluation
         if ev and _int(ev.get("step")) is None:
             out.append(f"eval.json names no step ({ev.get('step')!r}), so its metrics are not shown")
@@ -261,16 +285,20 @@ class RunFacts:
         """One sentence: summary.json's ``status``, else whether the run was trained, evaluated by
         ``nls eval`` or stopped early, with its step and newest checkpoint."""
         if self.complete:
-            return str(self.summary.get("status", "complete"))
+            return str(self.summary.get("status") or "complete")
         ck = "no checkpoint" if self.checkpoint_step is None else f"newest checkpoint at step {self.checkpoint_step}"
+        why = self.unreadable.get("summary.json")
+        no_summary = f"summary.json {why}" if why else "no summary.json"
         if self.later_evaluation:
             done = "trained to the end" if self.trained else "training stopped early"
-            return (f"evaluated by nls eval, {done}: no summary.json; trained to step {self.step} of {self.steps}, "
+            return (f"evaluated by nls eval, {done}: {no_summary}; trained to step {self.step} of {self.steps}, "
                     f"{ck}, metrics from eval.json (step {self.later_evaluation.get('step')})")
+        if self.trained and why:
+            return f"trained, final metrics unknown: {no_summary}; step {self.step} of {self.steps}, {ck}"
         if self.trained:
             return (f"trained, not evaluated: no summary.json (trained with --no-eval?); step {self.step} of "
                     f"{self.steps}, {ck}")
-        return f"incomplete: no summary.json; trained to step {self.step} of {self.steps}, {ck}"
+        return f"incomplete: {no_summary}; trained to step {self.step} of {self.steps}, {ck}"
 
     @property
     def short_status(self) -> str:
@@ -286,8 +314,8 @@ class RunFacts:
     def parameters(self) -> Optional[int]:
         """Trainable parameter count: summary.json's, else the numel of the newest checkpoint's
         optimiser state (one Adam moment per trainable parameter)."""
-        if self.summary and self.summary.get("parameters") is not None:
-            return int(self.summary["parameters"])
+        if self.summary and _is_int(self.summary.get("parameters")):
+            return self.summary["parameters"]
         if not self.checkpoints:
             return None
         try:
@@ -300,7 +328,7 @@ class RunFacts:
         """What a finished, evaluated run would have and this one lacks, one sentence each."""
         out = []
         if "summary.json" in self.unreadable:
-            out.append(f"summary.json: the file is not valid JSON (damaged or cut off); `nls resume {self.path}` "
+            out.append(f"summary.json: the file {self.unreadable['summary.json']}; `nls resume {self.path}` "
                        f"evaluates the run again and rewrites it")
         elif not self.complete:
             how = (f"finish it from its newest checkpoint with `nls resume {self.path}`" if self.checkpoints
@@ -313,7 +341,7 @@ class RunFacts:
             stop = (f"the run was trained to step {self.step} of {self.steps} but not evaluated" if self.trained
                     else f"the run stopped at step {self.step} of {self.steps} before evaluation")
             out.append(f"summary.json: {stop} ({how}){got}")
-        if not self.log:
+        if not self.log and "metrics.jsonl" not in self.unreadable:
             out.append("metrics.jsonl: no training step was logged")
         if not self.checkpoints:
             out.append("checkpoints/: no checkpoint, so nothing can be rebuilt from this run")
@@ -329,7 +357,8 @@ def count_parameters(state: dict) -> int:
         if t is not None:
             n += int(t.numel())
     if n == 0:  # no optimiser state: every floating tensor of the model
-        n = sum(int(v.numel()) for v in state.get("model", {}).values() if getattr(v, "is_floating_point", lambda: False)())
+        n = sum(int(v.numel()) for v in state.get("model", {}).values()
+                if getattr(v, "is_floating_point", lambda: False)())
     return n
 
 
@@ -339,10 +368,20 @@ def _and(names: list[str]) -> str:
 
 
 def _int(v: Any) -> Optional[int]:
+    if isinstance(v, bool):
+        return None
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _ckpt_step(path: Path) -> int:
@@ -352,23 +391,193 @@ def _ckpt_step(path: Path) -> int:
         return 0
 
 
-def read_run(path: Path) -> RunFacts:
-    """Read a run folder; raises :class:`NLSError` when it is not one."""
-    run = RunDir.open(Path(path))
+def _is_override(v: Any) -> bool:
+    """Whether ``v`` is an ``nls eval --set`` override text (``KEY=VALUE`` with a dotted key)."""
+    from pipeline.config import parse_override
+    from pipeline.types import ConfigError
+
+    if not isinstance(v, str):
+        return False
     try:
-        config = yaml.safe_load(run.config_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise NLSError(f"{run.config_path} is not valid YAML ({str(exc).splitlines()[0]}); "
+        parse_override(v)
+    except ConfigError:
+        return False
+    return True
+
+
+#: kind name -> (test, what a value of that kind is called in a message)
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "integer": (_is_int, "an integer"),
+    "number": (_is_number, "a number"),
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "mapping": (lambda v: isinstance(v, dict), "a mapping"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "numbers": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
+    "override": (_is_override, "a --set KEY=VALUE override"),
+}
+
+#: the fields of each JSON record of a run that :class:`RunFacts`, ``nls report`` and ``nls compare``
+#: read, with the kind each must hold. A field holding another kind is left out, as if absent, and
+#: named in :attr:`RunFacts.problems`; null counts as absent.
+RECORD_FIELDS: dict[str, dict[str, str]] = {
+    "summary.json": {"scene": "string", "method": "string", "status": "string", "step": "integer",
+                     "steps": "integer", "train_seconds": "number", "parameters": "integer", "mesh": "string",
+                     "device": "string", "device_name": "string", "threads": "integer",
+                     "load_average": "numbers", "versions": "mapping", "metrics": "mapping",
+                     "evaluators": "mapping"},
+    "scene.json": {},
+    "plugins.json": {"plugins": "list", "components": "mapping"},
+    "eval.json": {"overrides": "list", "evaluators": "mapping", "config": "mapping"},
+}
+#: the kind of each entry of the list and mapping fields above (an entry of another kind is left out)
+RECORD_ENTRIES: dict[str, dict[str, str]] = {
+    "summary.json": {"evaluators": "mapping"},
+    "plugins.json": {"plugins": "mapping", "components": "mapping"},
+    "eval.json": {"overrides": "override", "evaluators": "mapping"},
+}
+#: the same for config.yaml: its blocks, their entries, and the settings of blocks that are read
+_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")  # pipeline.config.SINGLE_STAGES
+CONFIG_FIELDS: dict[str, str] = {**{s: "mapping" for s in _STAGES}, "losses": "list", "evaluators": "list",
+                                 "train": "mapping", "eval": "mapping", "output": "mapping", "reference": "mapping"}
+CONFIG_ENTRIES: dict[str, str] = {"losses": "mapping", "evaluators": "mapping"}
+CONFIG_SETTINGS: dict[str, dict[str, str]] = {"train": {"steps": "integer", "max_seconds": "number"},
+                                              "eval": {"split": "string"}}
+
+
+def _shown(v: Any) -> str:
+    """``repr(v)``, cut to 60 characters."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked(name: str, data: dict, fields: dict[str, str], entries: dict[str, str], problems: list[str],
+             prefix: str = "") -> dict:
+    """A copy of ``data`` (read from the run's file ``name``) without the ``fields`` that hold another
+    kind than theirs, and without the entries of list and mapping fields that hold another kind than
+    ``entries`` gives; each one left out adds a sentence to ``problems``."""
+    out = dict(data)
+    for key, kind in fields.items():
+        value = out.get(key)
+        if value is None:
+            continue
+        test, what = _KINDS[kind]
+        if not test(value):
+            problems.append(f"{name}: {prefix}{key} is {_shown(value)}, not {what}, so it is ignored")
+            del out[key]
+            continue
+        if key not in entries:
+            continue
+        test, what = _KINDS[entries[key]]
+        pairs = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        bad = {k for k, v in pairs if not test(v)}
+        for k, v in pairs:
+            if k in bad:
+                where = f"{key}.{k}" if isinstance(value, dict) else f"{key}[{k}]"
+                problems.append(f"{name}: {prefix}{where} is {_shown(v)}, not {what}, so it is ignored")
+        if bad:
+            kept = [(k, v) for k, v in pairs if k not in bad]
+            out[key] = dict(kept) if isinstance(value, dict) else [v for _, v in kept]
+    return out
+
+
+def _kind_of(v: Any) -> str:
+    """What a JSON value is, in words: 'a list', 'a string', 'a number', 'true or false', 'null'."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true or false"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return "a string" if isinstance(v, str) else "a list"
+
+
+def _os_why(exc: OSError) -> str:
+    """Why a file could not be opened, in words: 'is a directory, not a file' or 'cannot be read (...)'."""
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
+def read_record(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """The JSON object of a run's record ``path`` and None, or None and why it could not be read
+    ("is not valid JSON (damaged or cut off)", "holds a list, not a JSON object", ...). (None, None)
+    when the file does not exist."""
+    if not path.exists():
+        return None, None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text (damaged)"
+    except OSError as exc:
+        return None, _os_why(exc)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None, "is not valid JSON (damaged or cut off)"
+    if not isinstance(data, dict):
+        return None, f"holds {_kind_of(data)}, not a JSON object"
+    return data, None
+
+
+def _read_config(path: Path) -> dict:
+    """config.yaml as a mapping; NLSError naming it when it cannot be read, is empty or holds no mapping."""
+    made = "a run folder made by `nls reconstruct` holds its resolved config there"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise NLSError(f"{path} is a directory, not a file; {made}") from None
+    except UnicodeDecodeError:
+        raise NLSError(f"{path} is not UTF-8 text (damaged?); {made}") from None
+    except OSError as exc:
+        raise NLSError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        config = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: an impossible date
+        raise NLSError(f"{path} is not valid YAML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                        f"is this a run folder made by `nls reconstruct`?") from None
+    if config is None:
+        raise NLSError(f"{path} is empty, so the run cannot be described; {made}")
     if not isinstance(config, dict):
-        raise NLSError(f"{run.config_path} does not hold a mapping; is this a run folder made by "
+        raise NLSError(f"{path} does not hold a mapping; is this a run folder made by "
                        f"`nls reconstruct`?")
-    files = {name: run.read_json(name) for name in ("summary.json", "scene.json", "plugins.json", "eval.json")}
-    unreadable = [n for n, d in files.items() if not isinstance(d, dict) and (run.path / n).exists()]
-    files = {n: d if isinstance(d, dict) else None for n, d in files.items()}
-    return RunFacts(path=run.path, config=config, summary=files["summary.json"], log=run.read_metrics(),
+    return config
+
+
+def read_run(path: Path) -> RunFacts:
+    """Read a run folder; raises :class:`NLSError` naming the file when it is not one, or when its
+    config.yaml cannot be read, is empty or holds no mapping.
+
+    Damaged records do not raise: a JSON record that cannot be read (or holds no JSON object) is
+    left out and named in :attr:`RunFacts.unreadable`; a field of a record, or a block or setting of
+    config.yaml, that holds the wrong kind of value (see :data:`RECORD_FIELDS`) is left out and named
+    in :attr:`RunFacts.problems`; metrics.jsonl lines that are not JSON objects are skipped."""
+    run = RunDir.open(Path(path))
+    problems: list[str] = []
+    config = _read_config(run.config_path)
+    config = {k: ({"type": v} if k in _STAGES and isinstance(v, str) else v) for k, v in config.items()}
+    config = _checked("config.yaml", config, CONFIG_FIELDS, CONFIG_ENTRIES, problems)
+    for block, settings in CONFIG_SETTINGS.items():
+        if isinstance(config.get(block), dict):
+            config[block] = _checked("config.yaml", config[block], settings, {}, problems, prefix=f"{block}.")
+    files: dict[str, Optional[dict]] = {}
+    unreadable: dict[str, str] = {}
+    for name, fields in RECORD_FIELDS.items():
+        data, why = read_record(run.path / name)
+        if why:
+            unreadable[name] = why
+        files[name] = None if data is None else _checked(name, data, fields, RECORD_ENTRIES.get(name, {}), problems)
+    try:
+        log = run.read_metrics()
+    except NLSError:  # the file cannot be opened at all
+        try:
+            with open(run.metrics_path, "rb"):
+                why = "cannot be read"
+        except OSError as exc:
+            why = _os_why(exc)
+        log, unreadable["metrics.jsonl"] = [], why
+    return RunFacts(path=run.path, config=config, summary=files["summary.json"], log=log,
                     scene=files["scene.json"], plugins=files["plugins.json"], checkpoints=run.checkpoints(),
-                    evaluation=files["eval.json"], unreadable=unreadable)
+                    evaluation=files["eval.json"], unreadable=unreadable, problems=problems)
 
 
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:

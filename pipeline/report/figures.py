@@ -58,6 +58,10 @@ def curve_keys(log: list[dict]) -> list[str]:
     return keys
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def curves_png(log: list[dict]) -> Optional[bytes]:
     """Loss terms on one log-scale panel, the learning rates of all optimiser groups on
     another, every other logged number on its own panel, all against the step. None when
@@ -76,13 +80,13 @@ def curves_png(log: list[dict]) -> Optional[bytes]:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
     for ax, (title, group) in zip(axes.ravel(), panels):
         for k in group:
-            pts = [(r["step"], r[k]) for r in log if isinstance(r.get(k), (int, float)) and "step" in r]
+            pts = [(r["step"], r[k]) for r in log if _number(r.get(k)) and _number(r.get("step"))]
             if not pts:
                 continue
             s, v = np.array(pts, dtype=np.float64).T
             ax.plot(s, v, lw=1.2, label=k)
-        if title in shared:
-            vals = [r[k] for r in log for k in group if isinstance(r.get(k), (int, float))]
+        if title in shared and ax.lines:
+            vals = [r[k] for r in log for k in group if _number(r.get(k))]
             if vals and min(vals) > 0:
                 ax.set_yscale("log")
             ax.legend(fontsize=7)
