@@ -101,8 +101,13 @@ def _is_mesh(x) -> bool:
 
 
 def _bounds(x) -> np.ndarray:
-    """(2, 3) bounding box of a mesh (its vertices in use) or a point set."""
-    pts = _np(x.vertices) if _is_mesh(x) else _as_points(x, "gt")
+    """(2, 3) bounding box of a mesh (the vertices its faces use) or a point set."""
+    if _is_mesh(x):
+        faces = np.asarray(x.faces)
+        used = np.unique(faces) if faces.size else slice(None)
+        pts = _np(x.vertices)[used]
+    else:
+        pts = _as_points(x, "gt")
     return np.stack([pts.min(0), pts.max(0)])
 
 

@@ -103,9 +103,9 @@ def calibrate_level(mesh_at: Callable[[float], object], levels: Sequence[float],
     Levels whose level set is empty (``mesh_at`` raises NLSError) are skipped. Returns
     ``(best level, [{"level", "error", "bias"} for every level tried])``.
     """
-    levels = sorted(float(lv) for lv in levels)
+    levels = sorted({float(lv) for lv in levels})  # a repeated level adds nothing (and breaks the parabola)
     if len(levels) < 2:
-        raise NLSError(f"calibrate_level: need at least 2 candidate levels, got {levels}")
+        raise NLSError(f"calibrate_level: need at least 2 different candidate levels, got {levels}")
     table: list[dict] = []
 
     def score(lv: float) -> Optional[float]:

@@ -131,6 +131,13 @@ def test_instant_ngp_variant(tmp_path):
     (root / "transforms.json").write_text(json.dumps(doc))
     sc2 = load_blender(root)
     assert set(sc2.splits) == {"train", "val"} and sc2.splits["val"].names == ["003"]
+    # a non-uniform offset is added before instant-ngp cycles the axes: the box centre is
+    # (0.5 - offset) / scale in the NeRF frame, axis for axis
+    doc.update(offset=[0.5, 0.5, 0.9], scale=0.5)
+    (root / "transforms.json").write_text(json.dumps(doc))
+    box = load_blender(root).aabb.numpy()
+    assert np.allclose((box[:3] + box[3:]) / 2, [0.0, 0.0, -0.8], atol=1e-6)
+    assert np.allclose(box[3:] - box[:3], 2 / 0.5)
 
 
 # --------------------------------------------------------------------------- errors

@@ -101,6 +101,13 @@ def test_point_to_surface_chamfer_has_no_floor_and_measures_the_gap(sphere):
         chamfer_to_surface(sphere.vertices, sphere)
 
 
+def test_the_frame_ignores_vertices_no_face_uses(sphere):
+    """The GT's box (which sets the normalised frame) is that of the surface: a stray unreferenced vertex
+    at (5, 5, 5) changes nothing."""
+    stray = trimesh.Trimesh(np.vstack([sphere.vertices, [[5.0, 5.0, 5.0]]]), sphere.faces, process=False)
+    assert chamfer(sphere, stray)["scale"] == pytest.approx(chamfer(sphere, sphere)["scale"])
+
+
 def test_points_inputs(sphere):
     pts = sphere.vertices  # 2562 points < n_samples: used as they are
     r = chamfer(pts, pts)

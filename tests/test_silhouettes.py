@@ -88,6 +88,11 @@ def test_calibrate_level_skips_empty_levels_and_refuses_all_empty(sphere_scene):
         calibrate_level(lambda lv: _sphere_mesh(lv), [-0.7, -0.6], rays)
     with pytest.raises(NLSError, match="at least 2"):
         calibrate_level(lambda lv: _sphere_mesh(lv), [0.0], rays)
+    with pytest.raises(NLSError, match="at least 2 different"):
+        calibrate_level(lambda lv: _sphere_mesh(lv), [0.0, 0.0], rays)
+    # a repeated best level (calibrate_levels from a user) used to divide by zero in the parabola
+    best, _ = calibrate_level(lambda lv: _sphere_mesh(lv), [-0.01, 0.0, 0.0, 0.01], rays)
+    assert -0.01 <= best <= 0.01
 
 
 def test_silhouette_rays_need_alpha(sphere_scene):

@@ -406,9 +406,11 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
     offset = np.asarray(data.get("offset", [0.5, 0.5, 0.5]), dtype=np.float64).reshape(-1)
     if offset.size != 3 or not np.isfinite(offset).all():
         raise DataError(f"{where}: 'offset' must be 3 finite numbers, got {data.get('offset')!r}")
-    # instant-ngp maps a NeRF-frame point p to ngp space as (p*scale + offset) with axes
-    # cycled (ngp x,y,z = nerf y,z,x); its box is [0.5 -/+ aabb_scale/2]^3 in ngp space.
-    centre = (0.5 - offset[[2, 0, 1]]) / scale
+    # instant-ngp maps a NeRF-frame point p to ngp space as p*scale + offset, then cycles the axes
+    # (ngp x,y,z = nerf y,z,x): the offset is added in NeRF axis order (nerf_loader.h,
+    # nerf_position_to_ngp). Its box [0.5 -/+ aabb_scale/2]^3 is a cube about (0.5, 0.5, 0.5), which
+    # the cycle leaves in place, so the NeRF-frame centre is (0.5 - offset) / scale, axis for axis.
+    centre = (0.5 - offset) / scale
     half = 0.5 * aabb_scale / scale
     extra: dict[str, Any] = {"aabb": np.concatenate([centre - half, centre + half]),
                              "aabb_scale": aabb_scale, "split_rule": how}
