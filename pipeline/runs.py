@@ -60,11 +60,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entry list, so a rename into it survives a power loss (best effort: some
+    filesystems refuse to open a folder for this)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -347,7 +363,11 @@ def load_checkpoint_file(path: Path, map_location: str = "cpu", siblings: list[P
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror}.") from None
     digest_file = path.with_suffix(".pt.sha256")
     if digest_file.exists():
-        want = digest_file.read_text().strip()
+        try:
+            want = digest_file.read_text().strip()
+        except OSError as exc:  # e.g. pruned meanwhile by the process training this run
+            raise CheckpointError(f"{digest_file} cannot be read ({exc.strerror or exc}); if a process is "
+                                  f"training this run and pruned it, run the command again") from None
         if not re.fullmatch(r"[0-9a-f]{64}", want):
             raise CheckpointError(f"{digest_file} is not a sha256 digest (64 hex digits), so {path.name} "
                                   f"cannot be verified. If the checkpoint is known to be good, delete "

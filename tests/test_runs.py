@@ -476,3 +476,13 @@ def test_each_rank_gets_its_own_slice_of_the_random_backgrounds(tmp_path):
         tr.dist = DistInfo(world_size=2, rank=rank, local_world_size=2)
         per_rank.append(tr._ray_batch()[1])
     assert torch.equal(torch.cat(per_rank), whole)
+
+
+def test_a_digest_that_cannot_be_read_is_a_checkpoint_error(tmp_path):
+    run = RunDir.create(tmp_path, "s", "m")
+    path = run.save_checkpoint({"step": 1, "model": {}}, 1)
+    digest = path.with_suffix(".pt.sha256")
+    digest.unlink()
+    digest.mkdir()  # exists, but reading it fails as a file pruned mid-read would
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint_file(path)
