@@ -126,11 +126,11 @@ def test_balanced_occupancy_term_weights_inside_and_outside_equally():
     out = {"phi": torch.full_like(phi, 1.0).float(), "embedding": torch.zeros(1, field.embedding_dim)}
     batch = {"voxels": V}
     plain = float(HeavisideLoss(HeavisideLossConfig(p=2))(batch, out, _System(field)))
-    balanced = float(HeavisideLoss(HeavisideLossConfig(p=2, balance=True))(batch, out, _System(field)))
+    balanced = float(HeavisideLoss(HeavisideLossConfig(p=2, balance=1.0))(batch, out, _System(field)))
     assert plain == pytest.approx(float(V.mean()), rel=1e-5)
     assert balanced == pytest.approx(0.5, rel=1e-5)
     exact = {"phi": phi.float(), "embedding": out["embedding"]}
-    assert float(HeavisideLoss(HeavisideLossConfig(p=2, balance=True))(batch, exact, _System(field))) < 0.02
+    assert float(HeavisideLoss(HeavisideLossConfig(p=2, balance=1.0))(batch, exact, _System(field))) < 0.02
     # beta in (0,1): all-outside costs w_in f / (w_in f + w_out (1-f)) with w = fraction^-beta
     f = float(V.mean())
     for beta in (0.0, 0.5):

@@ -35,7 +35,7 @@ class HeavisideLossConfig(ComponentConfig):
     weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
     p: float = Field(2.0, ge=1, description="p-norm exponent")
     balance: float = Field(0.0, ge=0, le=1, description="class weighting exponent beta (not in the paper): node "
-                           "weights (1/fraction of its class)^beta, normalised; 0 = plain mean, 1 (or true) = the "
+                           "weights (1/fraction of its class)^beta, normalised; 0 = plain mean, 1 = the "
                            "inside and outside means count equally. Counters the ~95% empty voxels that otherwise "
                            "pull phi to 'all outside'")
 
