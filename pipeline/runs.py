@@ -318,11 +318,16 @@ class RunDir:
         with f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "?"
                 raise NLSError(f"{self.path} is being trained by another nls process (pid {holder}); wait for "
                                f"it to finish, or stop it, then run this again") from None
+            except OSError as exc:  # a filesystem without locks (some network mounts): train unguarded
+                print(f"warning: cannot lock {path} ({exc.strerror or exc}); make sure no other process "
+                      f"trains this run at the same time", file=sys.stderr)
+                yield
+                return
             f.seek(0)
             f.truncate()
             f.write(f"{os.getpid()}\n")

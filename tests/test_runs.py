@@ -486,3 +486,18 @@ def test_a_digest_that_cannot_be_read_is_a_checkpoint_error(tmp_path):
     digest.mkdir()  # exists, but reading it fails as a file pruned mid-read would
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_checkpoint_file(path)
+
+
+def test_a_filesystem_without_locks_trains_unguarded_with_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run = RunDir.create(tmp_path, "s", "m")
+    entered = False
+    with run.training_lock():
+        entered = True
+    assert entered and "cannot lock" in capsys.readouterr().err
