@@ -779,3 +779,61 @@ def test_baseline_threshold_refinement_finds_the_level_between_coarse_steps(metr
     assert (fine["coarse_best_level"], fine["coarse_chamfer_l1"]) == (5.0, coarse["chamfer_l1"])
     scored = [r["level"] for r in fine["sweep"]]
     assert scored == sorted(scored) and set(levels) <= set(scored) and len(scored) == len(set(scored))
+
+
+def test_training_blurs_once_per_step_with_the_renderers_no_grad_queries():
+    """The renderer's grid update and culling query the field under no_grad before the step's forward:
+    the grid they build (with its graph, as the field is training) serves the forward too."""
+    import tempfile
+    from pathlib import Path
+
+    import plugins.rs_sdf.certifier as certifier_module
+    from pipeline.runs import RunDir
+    from pipeline.train import Trainer
+
+    calls = []
+    orig = certifier_module.gaussian_blur3d
+
+    def counting(v, *a, **k):
+        calls.append(v.requires_grad)
+        return orig(v, *a, **k)
+
+    data = _tiny_rs_scene(ngp_steps=1, voxel_steps=2)
+    data["train"] = {**data["train"], "steps": 5, "checkpoint_every": 100, "log_every": 100}
+    cfg, scene, system = _system(data)
+    certifier_module.gaussian_blur3d = counting
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tr = Trainer(cfg, system, scene, RunDir.create(Path(d), "t", "rs"), torch.device("cpu"), progress=False)
+            per_step = []
+            for _ in range(5):
+                calls.clear()
+                tr.train_step()
+                per_step.append(list(calls))
+    finally:
+        certifier_module.gaussian_blur3d = orig
+    assert per_step[0] == [] and all(s == [True] for s in per_step[1:]), per_step
+
+
+def test_eikonal_is_zero_during_the_nerf_phase_and_trains_after_it():
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.runs import RunDir
+    from pipeline.train import Trainer
+
+    data = _tiny_rs_scene(ngp_steps=2, voxel_steps=1)
+    data["losses"] = [{"type": "photometric"}, {"type": "eikonal", "weight": 0.01, "n_points": 64}]
+    data["train"] = {**data["train"], "steps": 4, "checkpoint_every": 100, "log_every": 100}
+    cfg, scene, system = _system(data)
+    with tempfile.TemporaryDirectory() as d:
+        tr = Trainer(cfg, system, scene, RunDir.create(Path(d), "t", "rs"), torch.device("cpu"), progress=False)
+        eik = [tr.train_step()["loss/1_eikonal"] for _ in range(4)]
+    assert eik[:2] == [0.0, 0.0] and all(e > 0 for e in eik[2:]), eik
+
+
+def test_a_tiny_eps_still_gives_a_finite_sdf():
+    p = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    sdf = occupancy_to_sdf(p, 0.02, eps=1e-9)
+    sdf.sum().backward()
+    assert torch.isfinite(sdf).all() and torch.isfinite(p.grad).all()

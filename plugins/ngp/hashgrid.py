@@ -4,7 +4,8 @@ Primitives with a Multiresolution Hash Encoding", SIGGRAPH; Sec. 3).
 One encoding, three interchangeable implementations ("paths") with one result:
 
 ``torch``
-    Pure PyTorch, CPU and CUDA, any float dtype. Supports input gradients and double backward
+    Pure PyTorch, CPU and CUDA, float32 or float64 (in float16 ``x * N_l`` loses its fraction at
+    the fine levels, where N_l > 1024, so a ``.half()`` table is wrong there). Supports input gradients and double backward
     (gradient of ``d out / d x`` w.r.t. the table), as eikonal / normal losses need. Indices and
     weights are built per axis as ``(N, L, 2)`` tensors and combined by broadcasting, hashing is
     done in int32, the table gradient is a flat ``scatter_add_`` (DESIGN.md, "Known facts").

@@ -31,7 +31,8 @@ class Photometric(nn.Module):
 class Eikonal(nn.Module):
     """E_x[(||grad_x sdf(x)|| - 1)^2] on uniform points of the scene box (IGR, Gropp et al. 2020, Eq. 2).
 
-    Uses ``create_graph=True``: the field must support double backward in fp32.
+    Uses ``create_graph=True``: the field must support double backward in fp32. Zero while the chain
+    produces no ``sdf`` (rs_sdf's NeRF phase, before its certifier is active).
     """
 
     def __init__(self, cfg: EikonalConfig):
@@ -45,8 +46,10 @@ class Eikonal(nn.Module):
         with torch.autocast(device_type=aabb.device.type, enabled=False):
             x = aabb[:3] + (aabb[3:] - aabb[:3]) * torch.rand(self.cfg.n_points, 3, device=aabb.device)
             x.requires_grad_(True)
-            sdf = system.chain(x, None)["sdf"]
-            (g,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
+            out_x = system.chain(x, None)
+            if "sdf" not in out_x:
+                return aabb.new_zeros(())
+            (g,) = torch.autograd.grad(out_x["sdf"].sum(), x, create_graph=True)
         return self.cfg.weight * ((g.norm(dim=-1) - 1) ** 2).mean()
 
 
@@ -54,7 +57,8 @@ class TotalVariation(nn.Module):
     """Mean squared difference of neighbouring voxels of a dense-grid field's grids (DVGO Eq. 8 style).
 
     Deviation from a full-grid TV, for speed on CPU: each step penalises one random
-    ``block``^3 sub-volume, an unbiased estimate of the full mean.
+    ``block``^3 sub-volume whose start is uniform over the grid. Voxels within ``block - 1`` of a face
+    fall in fewer blocks, so the estimate weighs the grid's border less than the full mean does.
     """
 
     def __init__(self, cfg: TVConfig):

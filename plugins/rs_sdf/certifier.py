@@ -16,14 +16,17 @@ computed **once per optimisation step** and trilinearly interpolated at the quer
 
 sigma is given in world units and converted to voxels per axis (``sigma / voxel size``), so the
 SDF does not depend on the grid resolution up to discretisation error. The blurred grid is
-cached and recomputed when the field's parameters or buffers change (their version counters),
-when a new training step starts (``on_train_step``), or when gradients are needed and the cached
-grid was made without them. The FieldChain hands the query points and the field to certifiers
+cached and recomputed when the field's parameters or buffers change (their version counters,
+storage, dtype or device), when a new training step starts (``on_train_step``), or when gradients
+are needed and the cached grid was made without them. While the field is in training mode the grid
+is built with its graph even under ``no_grad`` (the renderer's occupancy update and culling query
+the field before the step's forward pass), so one blur serves the whole step. The FieldChain hands the query points and the field to certifiers
 that set ``wants_query``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Optional
 
@@ -85,16 +88,19 @@ class RandomizedSmoothing(nn.Module):
 
     def smoothed_grid(self, field: nn.Module) -> tuple[Tensor, Tensor]:
         """``G_sigma * V`` ``(R0,R1,R2)`` and its box, from the cache when still valid."""
-        need_grad = torch.is_grad_enabled() and any(p.requires_grad for p in field.parameters())
-        key = (id(field), tuple(t._version for t in itertools.chain(field.parameters(), field.buffers())))
+        trainable = any(p.requires_grad for p in field.parameters())
+        need_grad = torch.is_grad_enabled() and trainable
+        key = (id(field), tuple((t._version, t.data_ptr(), t.dtype, t.device)
+                                for t in itertools.chain(field.parameters(), field.buffers())))
         c = self._cache
         if c is not None and c["key"] == key and (c["grad"] or not need_grad):
             return (c["grid"] if need_grad else c["grid"].detach()), c["box"]
-        grid, box = self.occupancy_grid(field)
-        sigma_vox = (self.cfg.sigma / voxel_size(box, grid.shape)).tolist()
-        smoothed = gaussian_blur3d(grid, sigma_vox, truncate=self.cfg.truncate, method=self.cfg.method)
-        self._cache = {"key": key, "grad": need_grad and smoothed.requires_grad, "grid": smoothed, "box": box}
-        return smoothed, box
+        with torch.enable_grad() if trainable and field.training else contextlib.nullcontext():
+            grid, box = self.occupancy_grid(field)
+            sigma_vox = (self.cfg.sigma / voxel_size(box, grid.shape)).tolist()
+            smoothed = gaussian_blur3d(grid, sigma_vox, truncate=self.cfg.truncate, method=self.cfg.method)
+        self._cache = {"key": key, "grad": smoothed.requires_grad, "grid": smoothed, "box": box}
+        return (smoothed if need_grad else smoothed.detach()), box
 
     def forward(self, out: dict[str, Tensor], x: Optional[Tensor] = None,
                 field: Optional[nn.Module] = None) -> dict[str, Tensor]:

@@ -41,8 +41,10 @@ __all__ = ["occupancy_to_sdf", "sdf_bound", "clopper_pearson", "certify", "grid_
 
 def occupancy_to_sdf(p: Tensor, sigma: float, eps: float = 1e-4) -> Tensor:
     """Smoothed occupancy ``p (N,)`` in [0,1] -> weak SDF ``(N,)``, negative inside, always finite:
-    ``-sigma Phi^-1(clamp(p, eps, 1 - eps))`` (Cohen et al. Eq. 3 / Thm. 1; Pérez et al. §3)."""
-    return -float(sigma) * torch.special.ndtri(p.clamp(eps, 1.0 - eps))
+    ``-sigma Phi^-1(clamp(p, eps, 1 - eps))`` (Cohen et al. Eq. 3 / Thm. 1; Pérez et al. §3). The upper
+    clamp is kept below 1 in ``p``'s dtype (in float32, ``1 - eps`` rounds to 1 for eps < 6e-8)."""
+    hi = min(1.0 - eps, 1.0 - torch.finfo(p.dtype).eps) if p.is_floating_point() else 1.0 - eps
+    return -float(sigma) * torch.special.ndtri(p.clamp(eps, hi))
 
 
 def sdf_bound(sigma: float, eps: float) -> float:
