@@ -35,6 +35,24 @@ def extension_dir(name: str) -> Path:
     return root / name
 
 
+def host_cpu_tag() -> str:
+    """8 hex digits that change with the CPU's instruction-set extensions (the ``flags`` of
+    /proc/cpuinfo, else the processor name): a ``-march=native`` build cached in a shared folder is then
+    never loaded on a CPU that lacks its instructions (that would be SIGILL, not a catchable error)."""
+    import hashlib
+    import platform
+
+    ident = platform.machine() + platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                ident += " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return hashlib.sha256(ident.encode()).hexdigest()[:8]
+
+
 class CppKernel:
     """A lazily built C++ op library.
 
@@ -73,6 +91,8 @@ class CppKernel:
 
                     tag = "".join(c if c.isalnum() else "_" for c in torch.__version__)
                     name = f"{self.namespace}_cpu_{tag}"
+                    if "-march=native" in self.cflags:  # code for this CPU only: one build per instruction set
+                        name += f"_{host_cpu_tag()}"
                     build_dir = extension_dir(name)
                     build_dir.mkdir(parents=True, exist_ok=True)
                     load(name=name, sources=[str(self.source)], build_directory=str(build_dir),

@@ -837,3 +837,21 @@ def test_a_tiny_eps_still_gives_a_finite_sdf():
     sdf = occupancy_to_sdf(p, 0.02, eps=1e-9)
     sdf.sum().backward()
     assert torch.isfinite(sdf).all() and torch.isfinite(p.grad).all()
+
+
+def test_native_kernel_builds_are_keyed_by_the_cpu(monkeypatch):
+    """The blur kernel is built with -march=native: a build cached by a CPU with other instruction-set
+    extensions must not be loaded (it would die of SIGILL), so the build name carries a CPU tag."""
+    from pathlib import Path
+
+    from pipeline import cpp_kernels
+
+    tag = cpp_kernels.host_cpu_tag()
+    assert len(tag) == 8 and tag == cpp_kernels.host_cpu_tag()
+    real = Path.read_text
+
+    def other_cpu(self, *a, **k):
+        return "flags\t: fpu sse sse2\n" if str(self) == "/proc/cpuinfo" else real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", other_cpu)
+    assert cpp_kernels.host_cpu_tag() != tag
