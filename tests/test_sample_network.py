@@ -532,3 +532,46 @@ def test_nls_reconstruct_end_to_end_on_a_tiny_scan(tmp_path, nls):
     assert not (run / "renders").exists()  # nothing to render on a scan: no empty folder
     print(f"e2e tiny scan: CD-L1 {summary['metrics']['chamfer_l1']:.2f} after 40 steps")
     assert summary["metrics"]["chamfer_l1"] < 60
+
+
+def test_a_step_without_valid_samples_does_not_pin_the_pool_at_the_origin():
+    """With general_samples 0 and no level set yet (every sample invalid), the pool stays unfilled, so the
+    next step starts fresh; it used to start every sample from the pool's all-zero buffer."""
+    from plugins.sample_network.losses import LevelSetRecon
+
+    class Ball(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.r = torch.nn.Parameter(torch.tensor(-1.0))  # no zero level: every sample is invalid
+
+        def forward(self, x, d=None):
+            return {"sdf": (x - torch.tensor([0.1, 0.05, 0.0])).norm(dim=-1) - self.r}
+
+    class System(torch.nn.Module):
+        def __init__(self, f):
+            super().__init__()
+            self.f = f
+
+        def chain(self, x, d=None):
+            return self.f(x, d)
+
+    pts, _ = trimesh.sample.sample_surface(trimesh.creation.icosphere(4, radius=0.3), 2000, seed=0)
+    torch.manual_seed(0)
+    field = Ball()
+    loss = LevelSetRecon(ReconConfig(levels=[0.0], lam=0.0, n_samples=128, general_samples=0, init="current"),
+                         pts, [-0.6] * 3 + [0.6] * 3)
+    loss({}, {}, System(field))
+    assert loss.info["S_0"]["valid"] == 0 and not bool(loss.pool_ready)
+    with torch.no_grad():
+        field.r.fill_(0.3)
+    loss({}, {}, System(field))
+    assert torch.unique(loss.pool[0].round(decimals=5), dim=0).shape[0] == 128
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_level_per_output_is_not_read_as_a_level_per_point_when_n_equals_l(n):
+    """F(x) = (x0, x1) with levels (0.1, -0.2): every point projects to (0.1, -0.2), also for 2 points."""
+    from plugins.sample_network.projection import newton_project
+
+    p = newton_project(lambda x: x[:, :2], torch.zeros(n, 3), torch.tensor([0.1, -0.2]), iters=3).points
+    assert torch.allclose(p[:, :2], torch.tensor([[0.1, -0.2]] * n))

@@ -254,3 +254,22 @@ def test_voxel_ce_names_a_decoder_grid_that_does_not_match_the_voxels():
         loss(batch, {}, system)
     system.chain.field = build_voxel_decoder(VoxelDecoderConfig(resolution=32), None)
     assert torch.isfinite(loss(batch, {}, system))
+
+
+@pytest.mark.parametrize("layout", ["grey", "grey_alpha", "rgb", "rgba", "grey16"])
+def test_images_of_every_png_layout_load_as_rgba8(tmp_path, layout):
+    """Grey+alpha used to fail inside prepare_images, and 16-bit images kept only their low byte (mid-grey
+    32768 read as 0)."""
+    import imageio.v3 as iio
+
+    from plugins.shapes.r2n2 import to_rgba8
+
+    grey = np.full((4, 5), 128, np.uint8)
+    alpha = np.full((4, 5), 200, np.uint8)
+    arrays = {"grey": grey, "grey_alpha": np.stack([grey, alpha], -1), "rgb": np.stack([grey] * 3, -1),
+              "rgba": np.stack([grey] * 3 + [alpha], -1), "grey16": grey.astype(np.uint16) * 257}
+    iio.imwrite(tmp_path / "im.png", arrays[layout])
+    out = to_rgba8(iio.imread(tmp_path / "im.png"), "im.png")
+    assert out.dtype == np.uint8 and out.shape == (4, 5, 4)
+    assert (out[..., :3] == 128).all()
+    assert (out[..., 3] == (200 if "alpha" in layout or "rgba" in layout else 255)).all()

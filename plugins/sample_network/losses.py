@@ -184,7 +184,7 @@ class LevelSetRecon(_PointCloudLoss):
                     total = total + w * rk.mean().pow(1.0 / cfg.p)
             with torch.no_grad():
                 self._update_pool(P, s.points.detach(), counts)
-        self.pool_ready.fill_(True)
+            self.pool_ready.fill_(True)  # only a filled pool: its all-zero start would pin every start at 0
         if cfg.lam > 0:
             total = total + cfg.lam * self._data_term(fn)
         self.info = info

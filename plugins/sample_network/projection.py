@@ -88,11 +88,15 @@ def pinv_jacobian(J: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def _levels(level: Level, n: int, l_dim: Optional[int], device, dtype) -> Tensor:
+    """``level`` as ``(n, l)`` targets for ``n`` points of an ``l_dim``-output F: a scalar for all; a
+    ``(l_dim,)`` vector, one level per output, when F has several outputs (even if ``n == l_dim``); an
+    ``(n,)`` vector, one level per point, otherwise; an ``(n, l)`` array as it is."""
     c = torch.as_tensor(level, dtype=dtype, device=device)
     if c.ndim == 0:
         c = c.reshape(1, 1)
     elif c.ndim == 1:
-        c = c.reshape(1, -1) if (l_dim is None or c.shape[0] == l_dim) and c.shape[0] != n else c.reshape(-1, 1)
+        per_output = c.shape[0] == l_dim if l_dim is not None and l_dim > 1 else c.shape[0] != n
+        c = c.reshape(1, -1) if per_output else c.reshape(-1, 1)
     return c.expand(n, c.shape[1]) if c.shape[0] == 1 else c
 
 

@@ -4,7 +4,9 @@ Each family draws proportions from a numpy ``Generator`` and returns a list of p
 the shape is the union of the primitives' exact SDFs (``min``), evaluated analytically, so
 inside tests at any resolution and the GT mesh (marching cubes at level 0) agree exactly —
 no boolean mesh operations. Shapes are then centred and scaled so their bounding box's
-longest side is ``extent`` (default 0.9) inside the unit box ``[-0.5, 0.5]^3``.
+longest side is at most ``extent`` (default 0.9) inside the unit box ``[-0.5, 0.5]^3``: the box is
+measured on a 96³ grid with a margin of about two cells, so the longest side comes out near 0.84
+(0.82–0.88 over 15 shapes measured at 257³).
 """
 
 from __future__ import annotations

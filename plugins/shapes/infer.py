@@ -17,6 +17,7 @@ def load_images(paths: list[str], size: int):
     import torch
 
     from plugins.shapes.collection import prepare_images
+    from plugins.shapes.r2n2 import to_rgba8
 
     out = []
     for p in paths:
@@ -27,11 +28,7 @@ def load_images(paths: list[str], size: int):
             a = np.asarray(iio.imread(path))
         except Exception as exc:  # imageio raises many types
             raise DataError(f"image {path} cannot be read: {type(exc).__name__}: {exc}") from None
-        if a.ndim == 2:
-            a = np.stack([a] * 3, -1)
-        if a.shape[-1] == 3:
-            a = np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], -1)
-        out.append(prepare_images(a[None].astype(np.uint8), size)[0])
+        out.append(prepare_images(to_rgba8(a, f"image {path}")[None], size)[0])
     return torch.from_numpy(np.stack(out)).float() / 255.0
 
 

@@ -44,6 +44,27 @@ def find_objects(root: Path) -> list[Path]:
     return found
 
 
+def to_rgba8(a: np.ndarray, what: str) -> np.ndarray:
+    """An image as read by imageio -> ``(H, W, 4)`` uint8 RGBA: grey, grey+alpha, RGB and RGBA; 8- or
+    16-bit (scaled, not truncated) or float in [0, 1]. Other layouts raise DataError naming ``what``."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4):
+        raise DataError(f"{what}: expected a grey, grey+alpha, RGB or RGBA image, got an array of shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = (a.astype(np.float64) / 257.0).round()
+    elif a.dtype.kind == "f":
+        a = np.clip(a, 0.0, 1.0) * 255.0
+    elif a.dtype != np.uint8:
+        raise DataError(f"{what}: pixel type {a.dtype} not supported (8- or 16-bit integer, or float)")
+    a = a.astype(np.uint8)
+    c = a.shape[-1]
+    rgb = np.repeat(a[..., :1], 3, -1) if c in (1, 2) else a[..., :3]
+    alpha = a[..., -1:] if c in (2, 4) else np.full(a.shape[:2] + (1,), 255, np.uint8)
+    return np.concatenate([rgb, alpha], -1)
+
+
 def read_metadata(path: Path, views: int) -> np.ndarray:
     """Read a metadata file of ``views`` lines of 5 numbers -> (views, 5) float64; DataError otherwise."""
     if not path.is_file():
@@ -84,14 +105,11 @@ def read_object(folder: Path, views: int = 24) -> R2N2Object:
             a = np.asarray(iio.imread(p))
         except Exception as exc:  # imageio raises many types for broken files
             raise DataError(f"R2N2 view {p} cannot be read: {type(exc).__name__}: {exc}") from None
-        if a.ndim == 2:
-            a = np.stack([a] * 3, -1)
-        if a.shape[-1] == 3:
-            a = np.concatenate([a, np.full(a.shape[:2] + (1,), 255, a.dtype)], -1)
+        a = to_rgba8(a, f"R2N2 view {p}")
         if imgs and a.shape != imgs[0].shape:
             raise DataError(f"R2N2 view {p} is {a.shape[1]}x{a.shape[0]}, other views are "
                             f"{imgs[0].shape[1]}x{imgs[0].shape[0]}")
-        imgs.append(a.astype(np.uint8))
+        imgs.append(a)
     vox = read_binvox(folder / "model.binvox")
     if len(set(vox.occ.shape)) != 1:
         raise DataError(f"R2N2 binvox {folder / 'model.binvox'}: grid {vox.occ.shape} is not cubic")
