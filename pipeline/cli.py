@@ -298,10 +298,13 @@ def cmd_resume(args) -> int:
 
 def _resume_locked(ld: Loaded, info, args) -> int:
     """The part of ``nls resume`` that writes to the run folder, under its training lock."""
+    from pipeline.evaluate import check_eval_split
     from pipeline.train import Trainer
 
     from pipeline import distributed
 
+    if not args.no_eval:  # before training, as reconstruct does: a split the data no longer has
+        check_eval_split(ld.cfg, ld.scene, ld.system)
     if info.is_main:
         ld.run.record_command(distributed.launch_argv(info))
     trainer = Trainer(ld.cfg, ld.system, ld.scene, ld.run, ld.device, progress=not args.quiet)

@@ -501,3 +501,21 @@ def test_a_filesystem_without_locks_trains_unguarded_with_a_warning(tmp_path, mo
     with run.training_lock():
         entered = True
     assert entered and "cannot lock" in capsys.readouterr().err
+
+
+def test_resume_checks_the_eval_split_before_training(tiny_scene, tmp_path, capsys):
+    """The scene's data lost the eval split (here: config.yaml names one it never had): resume says so
+    before it trains, as reconstruct does, instead of failing after training."""
+    from pipeline.cli import main
+
+    scene = tiny_scene(train={**yaml.safe_load(tiny_scene().read_text())["train"], "steps": 4})
+    assert main(["reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 0
+    run_path = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    cfg = yaml.safe_load((run_path / "config.yaml").read_text())
+    cfg["train"]["steps"] = 8
+    cfg["eval"]["split"] = "val"
+    (run_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["resume", str(run_path), "-q"]) == 2
+    assert "eval.split" in capsys.readouterr().err
+    assert RunDir.open(run_path).latest_checkpoint().name == "ckpt_00000004.pt"  # nothing was trained
