@@ -575,3 +575,25 @@ def test_a_level_per_output_is_not_read_as_a_level_per_point_when_n_equals_l(n):
 
     p = newton_project(lambda x: x[:, :2], torch.zeros(n, 3), torch.tensor([0.1, -0.2]), iters=3).points
     assert torch.allclose(p[:, :2], torch.tensor([[0.1, -0.2]] * n))
+
+
+def test_the_margin_pool_draws_its_uniform_and_surface_points_from_one_stream(tmp_path, monkeypatch):
+    """The uniform half and trimesh's surface sampling used two default_rng(0) generators, so trimesh's
+    face picks repeated the uniform coordinates; trimesh now continues the pool's own generator."""
+    from plugins.sample_network.config import MarginConfig
+    from plugins.sample_network.margins import OccupancyMargin
+
+    mesh_path = tmp_path / "sphere.obj"
+    trimesh.creation.icosphere(subdivisions=3, radius=0.5).export(mesh_path)
+    seen = []
+    real = trimesh.sample.sample_surface
+
+    def spy(mesh, count, *args, seed=None, **kwargs):
+        seen.append(seed.random() if isinstance(seed, np.random.Generator) else np.random.default_rng(seed).random())
+        return real(mesh, count, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(trimesh.sample, "sample_surface", spy)
+    head = OccupancyMargin("margin_ce", MarginConfig(), mesh_path, [-1.0] * 3 + [1.0] * 3, pool=2000)
+    first_uniform = (float(head.x[0, 0]) + 1.0) / 2.0  # the pool's first draw, back in [0, 1]
+    assert len(seen) == 1 and abs(seen[0] - first_uniform) > 1e-3
+    assert (head.y == 1).any() and (head.y == 0).any()

@@ -228,7 +228,8 @@ class OccupancyMargin(nn.Module):
         b = np.asarray(bbox, np.float64)
         rng = np.random.default_rng(0)
         uni = b[:3] + (b[3:] - b[:3]) * rng.random((pool // 2, 3))
-        surf, _ = __import__("trimesh").sample.sample_surface(mesh, pool - pool // 2, seed=0)
+        # the same generator, not a second default_rng(0): the uniform points were trimesh's face picks
+        surf, _ = __import__("trimesh").sample.sample_surface(mesh, pool - pool // 2, seed=rng)
         near = surf + rng.normal(0, cfg.sigma, surf.shape)
         q = np.concatenate([uni, near])
         wn = igl.fast_winding_number(V, Fc, q)
