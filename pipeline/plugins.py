@@ -74,7 +74,15 @@ class PluginHost:
                 prev = next(i for i in infos if i.name == name)
                 raise NLSError(f"two plugins are named {name!r}: one from {prev.source}, one from {source}; "
                                f"rename one of them")
-            pm.register(plugin, name=name)
+            try:
+                pm.register(plugin, name=name)
+            except pluggy.PluginValidationError as exc:  # e.g. a hook implementation's argument misnamed
+                raise NLSError(f"plugin {name!r} ({source}) does not match nls's hooks: {exc}. Each hook's "
+                               f"arguments are listed in pipeline/hookspecs.py (`nls plugins --all`)") from exc
+            except ValueError as exc:  # pluggy: the same module registered under two names
+                prev = pm.get_name(plugin) if pm.is_registered(plugin) else "?"
+                raise NLSError(f"plugin {name!r} ({source}) is the module already loaded as plugin {prev!r}: "
+                               f"{exc}. Point the entry point at a module of its own") from exc
             infos.append(PluginInfo(name, version, source, []))
 
         if builtins:
@@ -167,8 +175,16 @@ class PluginHost:
 
     # -- other hooks -------------------------------------------------------------------
     def add_commands(self, subparsers) -> None:
-        """Let every plugin add its subcommands to ``subparsers`` (``nls_add_commands``)."""
-        self.pm.hook.nls_add_commands(subparsers=subparsers)
+        """Let every plugin add its subcommands to ``subparsers`` (``nls_add_commands``), one plugin at a
+        time, so that a subcommand name that is taken is an NLSError naming the plugin."""
+        import argparse
+
+        for impl in self.pm.hook.nls_add_commands.get_hookimpls():
+            try:
+                impl.function(subparsers=subparsers)
+            except argparse.ArgumentError as exc:
+                raise NLSError(f"plugin {impl.plugin_name!r} adds a subcommand nls already has ({exc}); "
+                               f"rename it, or exclude the plugin with NLS_LOAD_PLUGINS") from None
 
     def scene_type_for_path(self, path: Path) -> Optional[str]:
         """The scene-source type that the first plugin recognising ``path`` names, or None
@@ -199,9 +215,13 @@ def _load_dir(d: Path) -> list[tuple[str, Any, Path]]:
         mod_name = f"nls_local_plugins.{path.stem}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
+        # in sys.modules while it runs, as an import would put it: dataclasses and pydantic resolve the
+        # file's (postponed) annotations through it, and "nls_local_plugins.<stem>:attr" factories load
+        sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
+            sys.modules.pop(mod_name, None)
             raise NLSError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
         out.append((path.stem, module, path))
     return out

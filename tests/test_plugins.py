@@ -297,3 +297,60 @@ def test_a_scene_source_returning_something_else_is_a_plugin_error():
     cfg = types.SimpleNamespace(stages={"scene": choice})
     with pytest.raises(PluginError, match="scene source 'odd' returned dict, not SceneData .plugin 'oddplug'"):
         load_scene_data(cfg, "cpu")
+
+
+def test_a_plugins_dir_file_with_postponed_annotations_and_a_dataclass_loads(tmp_path):
+    """The file runs as a registered module, so a dataclass and a config annotated Literal under
+    ``from __future__ import annotations`` resolve (one crashed at import, the other at validation)."""
+    from pipeline.config import validate
+    from pipeline.plugins import PluginHost
+    from pipeline.testing import TINY_SCENE
+
+    (tmp_path / "futureplug.py").write_text(textwrap.dedent('''
+        from __future__ import annotations
+        from dataclasses import dataclass
+        from typing import Literal, Optional
+        from pipeline.components import ComponentConfig
+        from pipeline.hookspecs import hookimpl
+
+        @dataclass
+        class Knobs:
+            scale: Optional[float] = None
+
+        class OpConfig(ComponentConfig):
+            mode: Literal["a", "b"] = "a"
+
+        @hookimpl
+        def nls_register_losses(register):
+            register("future_op", "builtins:print", config=OpConfig, description="demo")
+    '''))
+    host = PluginHost.create(plugins_dirs=[tmp_path], entry_points_=False)
+    data = {**TINY_SCENE, "losses": [{"type": "photometric"}, {"type": "future_op", "mode": "b"}]}
+    cfg = validate(data, host)
+    assert cfg.losses[1].options.mode == "b"
+
+
+def test_a_hook_with_a_misnamed_argument_is_a_clear_error(tmp_path):
+    from pipeline.plugins import PluginHost
+
+    (tmp_path / "badargs.py").write_text(textwrap.dedent('''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_register_losses(reg):
+            pass
+    '''))
+    with pytest.raises(NLSError, match=r"plugin 'badargs' .* does not match nls's hooks"):
+        PluginHost.create(plugins_dirs=[tmp_path], entry_points_=False)
+
+
+def test_a_plugin_subcommand_named_like_a_builtin_is_a_clear_error(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "clash.py").write_text(textwrap.dedent('''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_add_commands(subparsers):
+            subparsers.add_parser("eval")
+    '''))
+    assert main(["--plugins-dir", str(tmp_path), "plugins"]) == 2
+    assert "plugin 'clash' adds a subcommand nls already has" in capsys.readouterr().err
