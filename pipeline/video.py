@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +36,31 @@ def orbit_cameras(template, n: int, radius: float, elevation_deg: float = 25.0):
 
 
 def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Path:
-    """Write ``frames`` as ``<path_stem>.mp4`` (libx264) when imageio-ffmpeg imports, else as a
-    looping ``.gif``; returns the path written."""
+    """Write ``frames`` (H, W, 3) uint8 as ``<path_stem>.mp4`` (libx264) when imageio-ffmpeg imports,
+    else, or when the encoder fails, as a looping ``.gif``; returns the path written.
+
+    libx264's yuv420p needs an even width and height: odd frames get their last row / column repeated
+    (an odd size made ffmpeg write an empty file without raising)."""
     import imageio.v3 as iio
 
+    video = np.stack(frames)
     try:
         import imageio_ffmpeg  # noqa: F401
 
         path = path_stem.with_suffix(".mp4")
-        iio.imwrite(path, np.stack(frames), fps=fps, codec="libx264", macro_block_size=1)
+        h, w = video.shape[1:3]
+        even = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        iio.imwrite(path, even, fps=fps, codec="libx264", macro_block_size=1)
+        if path.stat().st_size > 0:
+            return path
+        path.unlink(missing_ok=True)
     except ImportError:
-        path = path_stem.with_suffix(".gif")
-        iio.imwrite(path, np.stack(frames), duration=1000 / fps, loop=0)
+        pass
+    except (OSError, RuntimeError) as exc:  # ffmpeg refused: the GIF still shows the turntable
+        print(f"warning: mp4 encoding failed ({type(exc).__name__}: {exc}); writing a GIF instead",
+              file=sys.stderr)
+    path = path_stem.with_suffix(".gif")
+    iio.imwrite(path, video, duration=1000 / fps, loop=0)
     return path
 
 

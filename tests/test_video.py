@@ -1,0 +1,45 @@
+"""Turntable video files: mp4 with imageio-ffmpeg (odd frame sizes included), else or on failure a GIF."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from pipeline.video import write_video
+
+
+def _frames(h: int, w: int, n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.parametrize("size", [(32, 48), (33, 47)])
+def test_mp4_of_even_and_odd_frames_is_not_empty(tmp_path, size):
+    pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg is not installed (the optional video extra)")
+    import imageio.v3 as iio
+
+    path = write_video(_frames(*size), tmp_path / "turn")
+    assert path.suffix == ".mp4" and path.stat().st_size > 0
+    assert iio.imread(path, index=0).shape[:2] == (size[0] + size[0] % 2, size[1] + size[1] % 2)
+
+
+def test_an_encoder_that_writes_nothing_falls_back_to_a_gif(tmp_path, monkeypatch):
+    """What ffmpeg did with odd sizes: no exception and an empty file. The GIF still holds every frame."""
+    import imageio.v3 as iio
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", types.ModuleType("imageio_ffmpeg"))
+    real = iio.imwrite
+
+    def empty_mp4(path, data, **kwargs):
+        if str(path).endswith(".mp4"):
+            open(path, "wb").close()
+            return None
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(iio, "imwrite", empty_mp4)
+    path = write_video(_frames(33, 47), tmp_path / "turn")
+    assert path.suffix == ".gif" and not (tmp_path / "turn.mp4").exists()
+    assert iio.imread(path, index=None).shape[0] == 6
