@@ -81,9 +81,9 @@ def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
     bar = None
     if progress:
         try:
-            from rich.progress import Progress
+            from pipeline.progress import stderr_progress
 
-            bar = Progress(transient=True)
+            bar = stderr_progress()
             task = bar.add_task(f"evaluating field on {R}^3 grid", total=total)
             bar.start()
         except ImportError:  # pragma: no cover

@@ -21,12 +21,13 @@ class StepProgress:
 
     def __enter__(self) -> "StepProgress":
         if self.tty:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                      TextColumn("{task.fields[info]}"), transient=False)
+            self._progress = stderr_progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                             transient=False)
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total, completed=self.start, info="")
         return self
@@ -59,3 +60,13 @@ class StepProgress:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def stderr_progress(*columns, transient: bool = True):
+    """A ``rich.progress.Progress`` (default columns when none are given) drawn on stderr, the stream
+    whose TTY test decides whether a bar is shown: on stdout it vanished under ``nls ... > log`` and
+    its last frame landed in the log."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(*columns, transient=transient, console=Console(stderr=True))

@@ -43,3 +43,4 @@ def test_an_encoder_that_writes_nothing_falls_back_to_a_gif(tmp_path, monkeypatc
     path = write_video(_frames(33, 47), tmp_path / "turn")
     assert path.suffix == ".gif" and not (tmp_path / "turn.mp4").exists()
     assert iio.imread(path, index=None).shape[0] == 6
+

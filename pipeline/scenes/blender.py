@@ -153,10 +153,10 @@ def _progress(total: int, label: str, enabled: Optional[bool]):
     if not enabled:
         return None
     try:
-        from rich.progress import Progress
+        from pipeline.progress import stderr_progress
     except ImportError:  # pragma: no cover
         return None
-    prog = Progress(transient=True)
+    prog = stderr_progress()
     task = prog.add_task(label, total=total)
     return prog, task
 
