@@ -10,9 +10,16 @@ export NLS_CACHE="${NLS_CACHE:-$PWD/.cache/nls}"
 SCENE="${1:-scenes/csg_dense.yaml}"
 shift || true
 start=$(date +%s)
-.venv/bin/nls reconstruct "$SCENE" "$@"
-run=$(ls -td outputs/*/*/*/ | head -n 1)
-run=${run%/}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# the run folder is the one this reconstruct printed (its summary's last "run folder:" line), not the
+# newest folder under outputs/, which --output or an older run could make another one
+.venv/bin/nls reconstruct "$SCENE" "$@" | tee "$log"
+run=$(sed -n 's/^run folder: *//p' "$log" | tail -n 1)
+if [ -z "$run" ] || [ ! -d "$run" ]; then
+  echo "demo: could not find the run folder in the output of nls reconstruct" >&2
+  exit 1
+fi
 .venv/bin/nls render "$run" --spiral 36
 .venv/bin/nls export "$run" -o "$run/meshes/mesh.glb"
 .venv/bin/nls eval "$run"

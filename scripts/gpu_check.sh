@@ -124,3 +124,8 @@ find outputs/bench/runs_rs_sdf -maxdepth 6 \( -name summary.json -o -name config
   -o -name cmd.txt -o -name 'eval_*.json' \) 2>/dev/null | tar czf "$OUT_DIR/results.tar.gz" -T - "$OUT_DIR"/*.json 2>/dev/null
 say "== done $(date -u +%T)"
 grep -E "^== stage .* rc=|passed|failed|error" "$LOG" | tail -20
+failed=$(grep -cE "^== stage .* rc=[1-9]" "$LOG" || true)
+if [ "$failed" -gt 0 ]; then  # the exit code says it too, for whoever scripts this check
+  say "== $failed stage(s) failed"
+  exit 1
+fi
