@@ -213,7 +213,8 @@ def cmd_batch(args) -> int:
     opts = BatchOptions(output=args.output, overrides=list(args.set or []), steps=args.steps,
                         device=args.device, plugins_dirs=list(args.plugins_dir or []), no_eval=args.no_eval,
                         scene_timeout=args.scene_timeout,
-                        threads=_threads_per_run(cpus, jobs * max(1, info.local_world_size)))
+                        # runs at once: --jobs, or fewer when there are fewer scenes than jobs
+                        threads=_threads_per_run(cpus, min(jobs, len(args.scenes)) * max(1, info.local_world_size)))
     scenes = list(args.scenes)
     if info.enabled:  # torchrun: one gloo group only to agree on the folder and gather the results
         import torch
@@ -242,7 +243,7 @@ def cmd_batch(args) -> int:
         else:
             todo.append((i, s))
     if info.is_main:
-        say(f"batch of {len(scenes)} scene(s), {jobs} at a time"
+        say(f"batch of {len(scenes)} scene(s), {min(jobs, len(scenes))} at a time"
             + (f" on each of {info.world_size} ranks" if info.enabled else "")
             + f", {opts.threads} thread(s) per run; logs in {log_dir}")
     results += run_scenes(todo, opts, jobs, log_dir, info.rank, say)

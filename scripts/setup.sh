@@ -2,7 +2,10 @@
 # Create or reuse .venv and install nls into it (editable), with optional extras.
 #   bash scripts/setup.sh            # runtime only
 #   bash scripts/setup.sh test       # with test extras
-# torch is installed first, pinned to 2.13.0 (CPU wheel here), so nothing pulls a CUDA build.
+# torch is installed first, pinned to 2.13.0, so nls's own requirements never pick another torch.
+# Which build the pin gives depends on the index: this project's machines serve the CPU wheel from
+# local disk; PyPI's Linux wheel is a CUDA build (it also runs on CPU, but is several GB). For the CPU
+# wheel elsewhere: NLS_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 # On a CUDA machine: install a CUDA torch into .venv first (see README), then run this;
 # NLS_TORCH_SPEC overrides the pin (e.g. NLS_TORCH_SPEC="torch==2.13.0+cu128").
 set -euo pipefail
@@ -30,8 +33,10 @@ fi
 extras="$(echo "${have},${extras}" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! $VPY -c "import torch" 2>/dev/null; then
-  echo "installing ${NLS_TORCH_SPEC:-torch==2.13.0}"
-  $VPY -m pip install -q "${NLS_TORCH_SPEC:-torch==2.13.0}"
+  torch_args=("${NLS_TORCH_SPEC:-torch==2.13.0}")
+  [ -n "${NLS_TORCH_INDEX:-}" ] && torch_args+=(--index-url "$NLS_TORCH_INDEX")
+  echo "installing ${torch_args[*]}"
+  $VPY -m pip install -q "${torch_args[@]}"
 fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"

@@ -40,6 +40,20 @@ def test_a_malformed_set_fails_the_batch_before_any_folder_is_made(tmp_path, cap
     assert not (tmp_path / "batch").exists()
 
 
+@pytest.mark.parametrize("n_scenes, threads", [(1, 8), (2, 4), (6, 2)])
+def test_cores_are_shared_by_the_runs_that_can_run_at_once(tmp_path, monkeypatch, capsys, n_scenes, threads):
+    """--jobs 4 on 8 cores: one scene gets all 8 threads (it got 2), two get 4 each, six share 4 slots."""
+    import os
+
+    from pipeline.cli import main
+
+    monkeypatch.delenv("NLS_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    scenes = [str(tmp_path / f"missing{i}.yaml") for i in range(n_scenes)]  # refused before any run starts
+    assert main(["batch", *scenes, "--jobs", "4", "-o", str(tmp_path / "out")]) == 1
+    assert f"{min(4, n_scenes)} at a time, {threads} thread(s) per run" in capsys.readouterr().out
+
+
 def _check_batch(out: Path, proc, good: list[str], bad: dict[str, str]) -> None:
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: some scene failed
     batch = next((out / "batch").glob("*"))

@@ -43,3 +43,17 @@ def test_setup_reinstalls_only_for_missing_extras(tmp_path):
     # a new extra installs the union, so the earlier ones stay
     assert _setup(tmp_path, "gpu") == ["-m pip install -q -e .[gpu,test,viewer]"]
     assert _setup(tmp_path, "viewer") == []
+
+
+def test_nls_torch_index_is_passed_to_pip_as_the_index(tmp_path, monkeypatch):
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    py = tmp_path / ".venv" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text(FAKE_PYTHON)
+    py.chmod(0o755)
+    monkeypatch.setenv("NLS_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
+    calls = _setup(tmp_path, "")
+    assert calls[0] == "-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    assert calls[1] == "-m pip install -q -e ."
