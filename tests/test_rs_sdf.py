@@ -855,3 +855,19 @@ def test_native_kernel_builds_are_keyed_by_the_cpu(monkeypatch):
 
     monkeypatch.setattr(Path, "read_text", other_cpu)
     assert cpp_kernels.host_cpu_tag() != tag
+
+
+def test_bench_runs_log_to_files_and_a_failure_names_its_log(tmp_path, monkeypatch, tiny_scene):
+    """The geometry bench trains its pair in parallel, each run logging to a file beside its folder (two
+    pipes read one after the other could stall the second run); a failing run's log is named."""
+    bench = _bench_module()
+    monkeypatch.setattr(bench, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv("NLS_THREADS", "1")
+    scene = tiny_scene()
+    runs = bench.reconstruct([("a", scene, ["train.steps=2"]), ("b", scene, ["train.steps=3"])], "cpu", 2)
+    assert set(runs) == {"a", "b"} and runs["a"] != runs["b"]  # one scene, two jobs: two folders
+    steps = {k: max(int(p.stem.split("_")[-1]) for p in (r / "checkpoints").glob("*.pt")) for k, r in runs.items()}
+    assert steps == {"a": 2, "b": 3}
+    assert len(list((tmp_path / "runs").glob("*.log"))) == 2
+    with pytest.raises(SystemExit, match=r"failed with exit code 2 \(log: .*\.log\)"):
+        bench.reconstruct([("bad", scene, ["train.steps=0"])], "cpu", 1)

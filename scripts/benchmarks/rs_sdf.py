@@ -173,19 +173,25 @@ def reconstruct(jobs: list[tuple[str, Path, list[str]]], device: str, parallel: 
         batch, pending = pending[:parallel], pending[parallel:]
         procs = []
         for label, scene, sets in batch:
-            out = RUNS / f"{scene.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)  # one folder per job
+            out = RUNS / f"{scene.stem}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
             cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", str(scene), "--output", str(out), "-q",
                    "--device", device]
             for s in sets:
                 cmd += ["--set", s]
             print(f"$ NLS_THREADS={env['NLS_THREADS']}", " ".join(cmd[1:]), flush=True)
-            procs.append((label, scene, out, subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
-                                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
-        for label, scene, out, proc in procs:
-            stdout, stderr = proc.communicate()
+            # each run logs to a file beside its folder: pipes read one run after the other could fill
+            # and stall the second run while the first is still going
+            RUNS.mkdir(parents=True, exist_ok=True)
+            log = out.with_suffix(".log")
+            with open(log, "w") as f:
+                procs.append((label, scene, out, log, subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
+                                                                       stdout=f, stderr=subprocess.STDOUT)))
+        for label, scene, out, log, proc in procs:
+            proc.wait()
             if proc.returncode != 0:
-                print(stdout[-3000:], stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{scene.name} failed with exit code {proc.returncode}")
+                print(log.read_text()[-6000:], file=sys.stderr)
+                raise SystemExit(f"{scene.name} failed with exit code {proc.returncode} (log: {log})")
             runs[label] = sorted(out.glob("*/*/*"), key=lambda p: p.stat().st_mtime)[-1]
     return runs
 
