@@ -27,14 +27,19 @@ def _setup(root: Path, extras: str) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def test_setup_reinstalls_only_for_missing_extras(tmp_path):
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    py = tmp_path / ".venv" / "bin" / "python"
+def _fake_checkout(root: Path) -> None:
+    """setup.sh and pyproject.toml copied into ``root``, with the fake .venv python."""
+    (root / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", root / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    py = root / ".venv" / "bin" / "python"
     py.parent.mkdir(parents=True)
     py.write_text(FAKE_PYTHON)
     py.chmod(0o755)
+
+
+def test_setup_reinstalls_only_for_missing_extras(tmp_path):
+    _fake_checkout(tmp_path)
     first = _setup(tmp_path, "test,viewer")  # what test.sh asks for
     assert first[0].startswith("-m pip install -q torch==") and first[1] == "-m pip install -q -e .[test,viewer]"
     assert _setup(tmp_path, "") == []  # demo.sh: no extras, nothing to install
@@ -46,13 +51,7 @@ def test_setup_reinstalls_only_for_missing_extras(tmp_path):
 
 
 def test_nls_torch_index_is_passed_to_pip_as_the_index(tmp_path, monkeypatch):
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    py = tmp_path / ".venv" / "bin" / "python"
-    py.parent.mkdir(parents=True)
-    py.write_text(FAKE_PYTHON)
-    py.chmod(0o755)
+    _fake_checkout(tmp_path)
     monkeypatch.setenv("NLS_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
     calls = _setup(tmp_path, "")
     assert calls[0] == "-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
