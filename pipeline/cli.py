@@ -90,8 +90,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
 def _missing_plugins_hint(run, host) -> str:
     """' The run was made with plugin(s) ... that are not loaded now: ...' from its plugins.json,
     or '' when every plugin it recorded is loaded."""
-    data = run.read_json("plugins.json")
-    recorded = (data.get("plugins") if isinstance(data, dict) else None) or []
+    recorded = (run.read_json("plugins.json") or {}).get("plugins") or []
     loaded = {p.name for p in host.plugins()}
     how = []
     for p in recorded:

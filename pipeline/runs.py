@@ -219,16 +219,10 @@ class RunDir:
         atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
         return p
 
-    def read_json(self, name: str) -> Any:
-        """The parsed JSON value of the run's file ``name`` (callers check that it is a dict); None when
-        the file is missing, not UTF-8 or not valid JSON."""
-        p = self.path / name
-        if not p.exists():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
+    def read_json(self, name: str) -> Optional[dict]:
+        """The JSON object in the run's file ``name``; None when the file is missing or cannot be read as
+        one (:func:`json_record` says why)."""
+        return json_record(self.path / name)[0]
 
     def log_metrics(self, record: dict) -> None:
         """Append ``record`` to ``metrics.jsonl`` as one JSON line (not atomic)."""
@@ -414,6 +408,45 @@ def _safe(name: str) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
     stripped = safe.lstrip(".")
     return "_" * (len(safe) - len(stripped)) + stripped if safe else "unnamed"
+
+
+def _kind_of(v: Any) -> str:
+    """What a JSON value is, in words: 'a list', 'a string', 'a number', 'true or false', 'null'."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true or false"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return "a string" if isinstance(v, str) else "a list"
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a file could not be opened, in words: 'is a directory, not a file' or 'cannot be read (...)'."""
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
+def json_record(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """The JSON object of a run's record ``path`` and None, or None and why it could not be read
+    ("is not valid JSON (damaged or cut off)", "holds a list, not a JSON object", ...). (None, None)
+    when the file does not exist."""
+    if not path.exists():
+        return None, None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text (damaged)"
+    except OSError as exc:
+        return None, os_reason(exc)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None, "is not valid JSON (damaged or cut off)"
+    if not isinstance(data, dict):
+        return None, f"holds {_kind_of(data)}, not a JSON object"
+    return data, None
 
 
 def _json_default(o: Any) -> Any:

@@ -10,8 +10,8 @@ The zero crossing on an edge whose corners have opposite pseudo-signs is then at
 
 This module does that with scikit-image's marching cubes on a whole batch of cubes at once:
 each selected cube's 8 pseudo-signed values are written into its own 2x2x2 block of a tiled
-volume with one spacer sample between blocks, the faces marching cubes puts into the spacer
-cells are dropped, and the rest are moved back to world coordinates. Cubes are processed
+volume with one spacer sample between blocks, marching cubes visits only the cube cells (its
+``mask``), and the faces are moved back to world coordinates. Cubes are processed
 independently, as in MeshUDF, so the faces of neighbouring cubes share vertex positions (the
 crossing on a shared edge does not depend on which corner is the reference) and are welded.
 
@@ -114,11 +114,6 @@ def _tiled_marching_cubes(signed: np.ndarray):
     cells[far[:, 0], far[:, 1], far[:, 2]] = True
     verts, faces, _, _ = marching_cubes(vol, level=0.0, mask=cells)
     verts = verts.astype(np.float64)
-    centre = verts[faces].mean(1)  # (F,3): a face belongs to the block whose cube holds its centroid
-    local = centre - 3 * np.floor(centre / 3)
-    faces = faces[(local <= 1.0 + 1e-6).all(1)]
-    used, faces = np.unique(faces, return_inverse=True)  # drop the spacer cells' vertices
-    verts, faces = verts[used], faces.reshape(-1, 3)
     blk = np.floor((verts + 1e-6) / 3).astype(np.int64).clip(0, n - 1)
     cube = np.ravel_multi_index(blk.T, (n, n, n))  # block b holds cube b (blocks are filled in order)
     return verts - 3 * blk, faces, cube

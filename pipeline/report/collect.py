@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from pipeline.runs import RunDir
+from pipeline.runs import RunDir, json_record, os_reason
 from pipeline.types import NLSError
 
 #: metrics where a larger value is better; every other metric whose name starts with one of
@@ -480,45 +480,6 @@ def _checked(name: str, data: dict, fields: dict[str, str], entries: dict[str, s
     return out
 
 
-def _kind_of(v: Any) -> str:
-    """What a JSON value is, in words: 'a list', 'a string', 'a number', 'true or false', 'null'."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true or false"
-    if isinstance(v, (int, float)):
-        return "a number"
-    return "a string" if isinstance(v, str) else "a list"
-
-
-def _os_why(exc: OSError) -> str:
-    """Why a file could not be opened, in words: 'is a directory, not a file' or 'cannot be read (...)'."""
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a file"
-    return f"cannot be read ({exc.strerror or exc})"
-
-
-def read_record(path: Path) -> tuple[Optional[dict], Optional[str]]:
-    """The JSON object of a run's record ``path`` and None, or None and why it could not be read
-    ("is not valid JSON (damaged or cut off)", "holds a list, not a JSON object", ...). (None, None)
-    when the file does not exist."""
-    if not path.exists():
-        return None, None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return None, "is not UTF-8 text (damaged)"
-    except OSError as exc:
-        return None, _os_why(exc)
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None, "is not valid JSON (damaged or cut off)"
-    if not isinstance(data, dict):
-        return None, f"holds {_kind_of(data)}, not a JSON object"
-    return data, None
-
-
 def _read_config(path: Path) -> dict:
     """config.yaml as a mapping; NLSError naming it when it cannot be read, is empty or holds no mapping."""
     made = "a run folder made by `nls reconstruct` holds its resolved config there"
@@ -562,7 +523,7 @@ def read_run(path: Path) -> RunFacts:
     files: dict[str, Optional[dict]] = {}
     unreadable: dict[str, str] = {}
     for name, fields in RECORD_FIELDS.items():
-        data, why = read_record(run.path / name)
+        data, why = json_record(run.path / name)
         if why:
             unreadable[name] = why
         files[name] = None if data is None else _checked(name, data, fields, RECORD_ENTRIES.get(name, {}), problems)
@@ -573,7 +534,7 @@ def read_run(path: Path) -> RunFacts:
             with open(run.metrics_path, "rb"):
                 why = "cannot be read"
         except OSError as exc:
-            why = _os_why(exc)
+            why = os_reason(exc)
         log, unreadable["metrics.jsonl"] = [], why
     return RunFacts(path=run.path, config=config, summary=files["summary.json"], log=log,
                     scene=files["scene.json"], plugins=files["plugins.json"], checkpoints=run.checkpoints(),
