@@ -412,10 +412,9 @@ def cmd_eval(args) -> int:
     if args.output:
         _refuse_run_record(Path(args.output), Path(args.run_dir))
     out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
-    if out is not None and (out.parent / f"{out.stem}_renders").exists() and \
-            not (out.parent / f"{out.stem}_renders").is_dir():
-        raise NLSError(f"-o {out}: its renders go to {out.parent / f'{out.stem}_renders'}, which is a file; "
-                       f"move it or give another -o")
+    renders_root = out.parent / f"{out.stem}_renders" if out is not None else None
+    if renders_root is not None and renders_root.exists() and not renders_root.is_dir():
+        raise NLSError(f"-o {out}: its renders go to {renders_root}, which is a file; move it or give another -o")
     sets = args.set or []
     for text in sets:  # only what evaluation reads; the trained model stays as it was trained
         key = parse_override(text)[0]
@@ -494,26 +493,25 @@ def cmd_view(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (not nan or inf), else a usage error."""
+def _float_arg(text: str, ok, want: str) -> float:
+    """``text`` as a finite float for which ``ok(value)`` holds, else a usage error asking for ``want``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text}: give a finite number")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{text}: give {want}")
     return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (not nan or inf), else a usage error."""
+    return _float_arg(text, lambda v: True, "a finite number")
 
 
 def positive_seconds(text: str) -> float:
     """argparse type: a finite number of seconds > 0, else a usage error."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds > 0")
-    return value
+    return _float_arg(text, lambda v: v > 0, "a number of seconds > 0")
 
 
 def int_at_least(low: int, high: Optional[int] = None):

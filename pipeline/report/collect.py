@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from pipeline.config import SINGLE_STAGES
 from pipeline.runs import RunDir, json_record, os_reason
 from pipeline.types import NLSError
 
@@ -436,8 +437,7 @@ RECORD_ENTRIES: dict[str, dict[str, str]] = {
     "eval.json": {"overrides": "override", "evaluators": "mapping"},
 }
 #: the same for config.yaml: its blocks, their entries, and the settings of blocks that are read
-_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")  # pipeline.config.SINGLE_STAGES
-CONFIG_FIELDS: dict[str, str] = {**{s: "mapping" for s in _STAGES}, "losses": "list", "evaluators": "list",
+CONFIG_FIELDS: dict[str, str] = {**{s: "mapping" for s in SINGLE_STAGES}, "losses": "list", "evaluators": "list",
                                  "train": "mapping", "eval": "mapping", "output": "mapping", "reference": "mapping"}
 CONFIG_ENTRIES: dict[str, str] = {"losses": "mapping", "evaluators": "mapping"}
 CONFIG_SETTINGS: dict[str, dict[str, str]] = {"train": {"steps": "integer", "max_seconds": "number"},
@@ -515,7 +515,7 @@ def read_run(path: Path) -> RunFacts:
     run = RunDir.open(Path(path))
     problems: list[str] = []
     config = _read_config(run.config_path)
-    config = {k: ({"type": v} if k in _STAGES and isinstance(v, str) else v) for k, v in config.items()}
+    config = {k: ({"type": v} if k in SINGLE_STAGES and isinstance(v, str) else v) for k, v in config.items()}
     config = _checked("config.yaml", config, CONFIG_FIELDS, CONFIG_ENTRIES, problems)
     for block, settings in CONFIG_SETTINGS.items():
         if isinstance(config.get(block), dict):
