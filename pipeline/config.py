@@ -286,6 +286,9 @@ def read_yaml(path: Path) -> dict:
                           f"Check indentation and quoting there.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"scene file {path} is not a text file (UTF-8 expected).") from None
+    except (ValueError, RecursionError) as exc:  # PyYAML's constructors: an impossible date, deep nesting
+        raise ConfigError(f"scene file {path} is not valid YAML: {str(exc) or type(exc).__name__}. "
+                          f"Quote the value if it is meant as text.") from None
     if data is None:
         raise ConfigError(f"scene file {path} is empty (or holds only comments); a scene needs at least "
                           f"`scene: {{type: ...}}` and `field: {{type: ...}}` (see scenes/ for examples).")

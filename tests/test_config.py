@@ -218,6 +218,13 @@ def test_old_run_config_with_removed_option_still_loads(tmp_path, nls_host, caps
         load_scene(write(tmp_path, data), nls_host)
 
 
+def test_an_impossible_date_in_a_scene_file_is_a_config_error(tmp_path, nls_host):
+    """PyYAML's date constructor raises ValueError, not a YAMLError: it used to escape as a traceback."""
+    (tmp_path / "s.yaml").write_text("name: x\nwhen: 2020-13-45\nscene: {type: procedural}\nfield: dense_grid\n")
+    with pytest.raises(ConfigError, match=r"s.yaml is not valid YAML: month must be in 1..12"):
+        load_scene(tmp_path / "s.yaml", nls_host)
+
+
 def test_an_unknown_override_is_refused_beside_a_stale_option(tmp_path, nls_host):
     """Reading back a run drops its stale options, but a misspelt ``--set`` key in the same block is an error."""
     from pipeline.config import load_resolved

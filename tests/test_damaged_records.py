@@ -246,7 +246,8 @@ def test_config_blocks_of_the_wrong_type_are_named_and_left_out(run, damaged, ch
     (DIR, "config.yaml is a directory, not a file"),
     (b"name: \xff\n", "config.yaml is not UTF-8 text"),
     ("name: x\nwhen: 2020-13-45\n", "config.yaml is not valid YAML (month must be in 1..12)"),
-], ids=["empty", "comment only", "folder", "not utf-8", "impossible date"])
+    ("name: x\nname: y\n", "config.yaml is not valid YAML (key 'name' appears twice (lines 1 and 2))"),
+], ids=["empty", "comment only", "folder", "not utf-8", "impossible date", "repeated key"])
 def test_a_config_that_cannot_be_read_is_one_clear_error(run, damaged, content, message, capsys, tmp_path):
     """Without its config the run cannot be described: compare and report stop with an error naming
     the file (compare does not list every setting as differing from None)."""

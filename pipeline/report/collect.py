@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from pipeline.config import SINGLE_STAGES
+from pipeline.config import SINGLE_STAGES, load_yaml_text
 from pipeline.runs import RunDir, json_record, os_reason
 from pipeline.types import NLSError
 
@@ -492,7 +492,7 @@ def _read_config(path: Path) -> dict:
     except OSError as exc:
         raise NLSError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
-        config = yaml.safe_load(text)
+        config = load_yaml_text(text)  # the loader of scene files: a key given twice is refused here too
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: an impossible date
         raise NLSError(f"{path} is not valid YAML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                        f"is this a run folder made by `nls reconstruct`?") from None
