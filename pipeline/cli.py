@@ -403,7 +403,8 @@ def _refuse_run_record(out: Path, run_dir: Path, default: Optional[str] = "eval.
 
 
 def cmd_eval(args) -> int:
-    """Run ``nls eval``: run the evaluators and write eval.json (or ``-o``); exit code 0."""
+    """Run ``nls eval``: run the evaluators and write eval.json (or ``-o``); exit code 0, or 1 when
+    every evaluator was skipped (the JSON is still written and says why)."""
     from pipeline.config import parse_override
     from pipeline.evaluate import EvalContext, check_eval_split, flatten, run_evaluators
 
@@ -440,6 +441,10 @@ def cmd_eval(args) -> int:
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(json.dumps(data["metrics"], indent=2))
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
+    if all(set(r) == {"skipped"} for r in results.values()):
+        print(f"error: nothing was evaluated: all {len(results)} evaluator(s) were skipped (see the "
+              f"reasons above and in {out})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -606,7 +611,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "normal (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
                    "trained on images)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
-                "Run the scene's evaluators on the newest checkpoint and write JSON. --set may change "
+                "Run the scene's evaluators on the newest checkpoint and write JSON (exit 1 when every evaluator "
+                "was skipped, e.g. Chamfer on a scene without a ground-truth mesh). --set may change "
                 "what evaluation reads (evaluators, eval.*, extractor.*, renderer.samples_per_ray), e.g. --set "
                 "'evaluators=[{type: psnr}]' --set eval.supersample=2, or --set renderer.samples_per_ray=1024 "
                 "for a finer ray step than training's; the trained model is never changed.")

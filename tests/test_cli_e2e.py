@@ -442,6 +442,11 @@ def test_eval_can_change_the_evaluators_but_not_the_model(trained_run, nls, tmp_
                       ("evaluators=[{type: chamfer, bogus: 1}]", "evaluators.0.bogus")):
         typo = nls("eval", str(run), "-o", str(tmp_path / "x.json"), "--set", text)
         assert typo.returncode == 2 and f"{key}: unknown key" in typo.stderr, typo.stderr
+    # every evaluator skipped (here: no surface at the asked level) is a failed eval, with the reasons kept
+    skipped = nls("eval", str(run), "-o", str(tmp_path / "skip.json"), "--set", "evaluators=[{type: chamfer}]",
+                  "--set", "extractor.level=1000000")
+    assert skipped.returncode == 1 and "nothing was evaluated" in skipped.stderr, skipped.stderr
+    assert "empty level set" in json.loads((tmp_path / "skip.json").read_text())["evaluators"]["chamfer"]["skipped"]
     for name in ("summary.json", "metrics.jsonl", "checkpoints/x.json"):  # the run's own records stay as trained
         bad = nls("eval", str(run), "-o", str(run / name), "-q")
         assert bad.returncode == 2 and "that is the run's own" in bad.stderr, bad.stderr
