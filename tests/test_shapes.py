@@ -14,7 +14,7 @@ from pipeline.scenes import data_path
 from pipeline.types import DataError
 from plugins.shapes.binvox import read_binvox, write_binvox
 from plugins.shapes.config import R2N2Config, ShapeFamiliesConfig
-from plugins.shapes.dataset import occupancy_at, sample_boundary_points
+from plugins.shapes.dataset import item_seed, occupancy_at, sample_boundary_points
 
 R2N2, R2N2_WHY = data_path("shapenet_r2n2")
 
@@ -208,6 +208,20 @@ def test_families_layout_and_ground_truth(families_scene):
         fine = coll.labels[i].float().reshape(32, 2, 32, 2, 32, 2).mean((1, 3, 5))
         sure = (fine == 0) | (fine == 1)
         assert torch.equal(coll.vox[i][sure], fine[sure] > 0.5)
+
+
+def test_item_seeds_are_distinct_across_splits_and_keep_the_measured_ones():
+    # the seeds behind the published figures (items below 100003) are unchanged
+    assert [item_seed(5, "val", i) for i in (0, 7)] == [5 * 1_000_003 + 100_003, 5 * 1_000_003 + 100_003 + 7]
+    # the old formula gave train item 100003 + j the seed of val item j (and val of test)
+    for seed in (0, 5, -3):
+        seen = {}
+        for split in ("train", "val", "test"):
+            for i in [*range(0, 40), *range(100_000, 100_040), *range(200_000, 200_040), 10**7]:
+                s = item_seed(seed, split, i)
+                assert s not in seen, (seed, split, i, seen.get(s))
+                seen[s] = (split, i)
+                torch.Generator().manual_seed(s)  # a seed torch takes
 
 
 def test_items_are_deterministic_and_world_size_independent(families_scene):
