@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pipeline.config import SceneConfig
-from pipeline.types import NLSError, PluginError, SceneData
+from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
 
 @dataclass
@@ -65,7 +65,11 @@ def load_scene_data(cfg: SceneConfig, device) -> SceneData:
     first); any other result raises PluginError."""
     ctx = BuildContext(cfg, device)
     result = cfg.stages["scene"].build(ctx)
-    scene = result() if callable(result) else result
+    if callable(result):
+        with plugin_errors(f"{component_label(result)} failed while loading the scene"):
+            scene = result()
+    else:
+        scene = result
     if not isinstance(scene, SceneData):
         raise PluginError(f"scene source {cfg.stages['scene'].name!r} returned {type(scene).__name__}, "
                        f"not SceneData (plugin {cfg.stages['scene'].component.plugin!r} is broken)")
@@ -75,13 +79,30 @@ def load_scene_data(cfg: SceneConfig, device) -> SceneData:
 def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = True):
     """Instantiate field, certifier, density map, renderer and (unless ``losses`` is False, for
     commands that only use the trained model) the losses; move them to ``device``."""
-    from pipeline.system import FieldChain, System
+    from pipeline.system import FieldChain, System, as_module
 
     ctx = BuildContext(cfg, device, scene, scene.aabb.float())
     built = {s: (cfg.stages[s].build(ctx) if cfg.stages.get(s) else None)
              for s in ("field", "certifier", "density", "renderer")}
-    chain = FieldChain(built["field"], built["certifier"], built["density"])
+    chain = FieldChain(*(as_module(built[s]) for s in ("field", "certifier", "density")))
+    if built["renderer"] is not None:
+        check_renderer(built["renderer"])
     if cfg.stages.get("extractor"):
         cfg.stages["extractor"].build(ctx)  # its options are checked against the scene before any training
-    terms = {f"{i}_{c.name}": c.build(ctx) for i, c in enumerate(cfg.losses)} if losses else {}
+    terms = {f"{i}_{c.name}": as_module(c.build(ctx)) for i, c in enumerate(cfg.losses)} if losses else {}
     return System(chain, built["renderer"], terms, scene.aabb).to(device)
+
+
+#: what the trainer and evaluation call on a renderer (``update(step, chain, *, every, warmup)`` is optional)
+RENDERER_METHODS = ("render_rays", "render_image")
+
+
+def check_renderer(renderer: Any) -> None:
+    """PluginError naming the renderer when it lacks one of :data:`RENDERER_METHODS`."""
+    missing = [m for m in RENDERER_METHODS if not callable(getattr(renderer, m, None))]
+    if missing:
+        raise PluginError(f"{component_label(renderer)} has no {' or '.join(missing)}(); a renderer provides "
+                          f"render_rays(origins, dirs, chain, *, training, background) and "
+                          f"render_image(cameras, i, chain, *, chunk, supersample=1) (see `nls plugins --hook "
+                          f"nls_register_renderers`)")
+

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline import __version__
-from pipeline.types import NLSError
+from pipeline.types import NLSError, PluginError, is_out_of_memory
 
 EPILOG = """\
 examples:
@@ -119,7 +119,9 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
 
         try:
             mesh_path = export_mesh(ctx.mesh(), ld.run.meshes_dir / "mesh.ply")
-        except NLSError as exc:
+        except PluginError:
+            raise  # a broken extractor is not a skipped export: fix it, then `nls resume` evaluates
+        except NLSError as exc:  # e.g. no surface at the extractor's level
             print(f"mesh export skipped: {exc}", file=sys.stderr)
     results = run_evaluators(ctx)
     if ctx.can_render and not ctx.rendered:  # the renders folder is written even without image metrics
@@ -408,7 +410,7 @@ def cmd_eval(args) -> int:
     from pipeline.config import parse_override
     from pipeline.evaluate import EvalContext, check_eval_split, flatten, run_evaluators
 
-    from pipeline.runs import atomic_write_text, check_output_file
+    from pipeline.runs import atomic_write_text, check_output_file, json_default
 
     if args.output:
         _refuse_run_record(Path(args.output), Path(args.run_dir))
@@ -438,8 +440,8 @@ def cmd_eval(args) -> int:
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
-    atomic_write_text(out, json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data["metrics"], indent=2))
+    atomic_write_text(out, json.dumps(data, indent=2, default=json_default) + "\n")
+    print(json.dumps(data["metrics"], indent=2, default=json_default))
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
     if all(set(r) == {"skipped"} for r in results.values()):
         print(f"error: nothing was evaluated: all {len(results)} evaluator(s) were skipped (see the "
@@ -723,6 +725,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no details'}); "
+              f"lower the sizes of the command (rays per batch, samples per ray, eval.chunk, --resolution) "
+              f"or free the device", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `nls ... | head`: the reader left; stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not raise again

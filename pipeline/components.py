@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args,
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
+
+from pipeline.types import PluginError
 
 #: Stages in pipeline order. ``losses`` and ``evaluators`` may hold several components.
 STAGES: tuple[str, ...] = (
@@ -183,8 +186,11 @@ class Component:
         return f"{self.stage} {self.name!r} of plugin {self.plugin or '?'}"
 
     def config_class(self) -> type[ComponentConfig]:
-        """The config class, loaded first when given as ``"module:attr"``."""
-        return load_object(self.config, f"the config class of {self._where()}")
+        """The config class, loaded first when given as ``"module:attr"``; a PluginError when it is
+        not a :class:`ComponentConfig` subclass."""
+        cls = load_object(self.config, f"the config class of {self._where()}")
+        check_config_class(cls, self._where())
+        return cls
 
     def build(self, options: ComponentConfig, ctx: Any = None) -> Any:
         """``factory(options, ctx)``; an exception of the factory's own (not an :class:`NLSError`)
@@ -237,11 +243,32 @@ class Registrar:
 
     def __call__(self, name: str, factory: Factory, *, config: Any = ComponentConfig,
                  produces=(), consumes=(), description: str = "") -> None:
+        """Collect one component; a PluginError for an invalid name or a config that is not a
+        :class:`ComponentConfig` subclass (a ``"module:attr"`` one is checked when loaded)."""
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"plugin {self.plugin!r}: component name {name!r} must be letters, digits, _ or -")
+            raise PluginError(f"plugin {self.plugin!r}: {self.stage} component name {name!r} must be letters, "
+                              f"digits, _ or -{_name_example(name)}")
+        if not isinstance(config, str):
+            check_config_class(config, f"{self.stage} {name!r} of plugin {self.plugin}")
         alts = tuple(frozenset([c]) if isinstance(c, str) else frozenset(c) for c in consumes)
         self.collected.append(Component(self.stage, name, factory, config, frozenset(produces), alts,
                                         description, self.plugin))
+
+
+def check_config_class(config: Any, where: str) -> None:
+    """Raise a :class:`PluginError` naming ``where`` (``"loss 'x' of plugin p"``) unless ``config`` is a
+    :class:`ComponentConfig` subclass: a dataclass or plain pydantic model would fail later, far away."""
+    if isinstance(config, type) and issubclass(config, ComponentConfig):
+        return
+    given = f"{config.__module__}:{config.__qualname__}" if isinstance(config, type) else repr(config)
+    raise PluginError(f"{where}: config={given} must be a subclass of pipeline.components.ComponentConfig "
+                      f"(a pydantic model whose fields are the options), or a 'module:attr' string naming one")
+
+
+def _name_example(name: Any) -> str:
+    """`` (e.g. 'my_loss')`` for an invalid component name that has a valid form, else ''."""
+    fixed = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") if isinstance(name, str) else ""
+    return f" (e.g. {fixed!r})" if fixed else ""
 
 
 def describe(components: list[Component], stage: Optional[str] = None) -> str:

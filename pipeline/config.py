@@ -140,8 +140,14 @@ class StageChoice:
         return {"type": self.component.name, **self.options.model_dump(mode="json")}
 
     def build(self, ctx: Any = None) -> Any:
-        """Build the component with these options and ``ctx``."""
-        return self.component.build(self.options, ctx)
+        """Build the component with these options and ``ctx``; the result is labelled with the
+        component (:func:`pipeline.types.label_component`) so errors of its calls can name it."""
+        from pipeline.types import label_component
+
+        built = self.component.build(self.options, ctx)
+        role = {"density": "density map", "scene": "scene source"}.get(self.stage, self.stage)
+        label_component(built, f"{role} {self.name!r} of plugin {self.component.plugin or '?'}")
+        return built
 
 
 @dataclass

@@ -126,6 +126,7 @@ def render_split(ctx: EvalContext) -> list:
     import torch
 
     from pipeline.progress import StepProgress
+    from pipeline.types import component_label, plugin_errors
 
     split_name = ctx.split or ctx.cfg.eval.split
     check_can_render(ctx.scene, ctx.system, split_name, "--split" if ctx.split else "eval.split")
@@ -141,7 +142,8 @@ def render_split(ctx: EvalContext) -> list:
     ctx.system.eval()
     with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
         for done, i in enumerate(indices, 1):
-            out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
+            with plugin_errors(f"{component_label(ctx.system.renderer)} failed rendering view {i} of {split_name}"):
+                out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             pred = out["rgb"].clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
             name = split.names[i] if i < len(split.names) else f"{i:03d}"
@@ -167,10 +169,17 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
                        "'extractor={type: marching_cubes}'; to export, train a run whose scene file has "
                        "`extractor: {type: marching_cubes}`")
     from pipeline.build import BuildContext
+    from pipeline.types import component_label, plugin_errors
 
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
-    return extractor.extract(ctx.system.chain, resolution=resolution, level=level, bbox=bbox, device=ctx.device)
+    who = component_label(extractor)
+    with plugin_errors(f"{who} failed"):
+        mesh = extractor.extract(ctx.system.chain, resolution=resolution, level=level, bbox=bbox, device=ctx.device)
+    if not (hasattr(mesh, "vertices") and hasattr(mesh, "faces") and hasattr(mesh, "export")):
+        raise PluginError(f"{who} returned {type(mesh).__name__}; an extractor returns a trimesh.Trimesh "
+                          f"(e.g. trimesh.Trimesh(vertices, faces))")
+    return mesh
 
 
 def run_evaluators(ctx: EvalContext) -> dict:
@@ -203,16 +212,28 @@ def _call_evaluator(choice, evaluator, ctx) -> Any:
 
 
 def _checked_results(choice, res: Any) -> dict:
-    """An evaluator's results as JSON can hold them: a mapping, with NaN/inf replaced by null
-    (strict JSON has neither) and said so on stderr."""
+    """An evaluator's results as JSON can hold them: a mapping, with numpy and one-element torch
+    numbers made Python numbers, and NaN/inf replaced by null (strict JSON has neither) and said so
+    on stderr."""
     if not isinstance(res, dict):
         raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} returned "
                           f"{type(res).__name__}; an evaluator returns a mapping {{metric: value}}")
+    res = {k: _plain_number(v) for k, v in res.items()}
     bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         print(f"warning: evaluator {choice.name}: {', '.join(f'{k} = {res[k]}' for k in bad)} is not finite; "
               f"recorded as null", file=sys.stderr)
     return {k: (None if k in bad else v) for k, v in res.items()}
+
+
+def _plain_number(value: Any) -> Any:
+    """``np.float32(1.5)``, ``np.array(3)``, ``torch.tensor(1.5)`` (one element) -> ``1.5``, ``3``, ``1.5``;
+    anything else is returned as it is."""
+    torch = sys.modules.get("torch")
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0) or \
+            (torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1):
+        return value.item()
+    return value
 
 
 def flatten(results: dict) -> dict:

@@ -44,7 +44,9 @@ def nls_register_scene_sources(register):
     """Register scene sources: things that turn a ``scene:`` block into :class:`pipeline.types.SceneData`.
 
     The factory returns a callable ``load() -> SceneData`` or the ``SceneData`` itself.
-    ``produces`` says what the scene offers: ``images``, ``points``, ``gt_mesh``.
+    ``produces`` says what the scene offers: ``images``, ``points``, ``gt_mesh``. For posed images
+    of a mesh, ``pipeline.scenes.mesh_render.render_mesh_views`` renders them into a Blender-layout
+    folder that ``pipeline.scenes.blender.load_blender`` reads back as ``SceneData``.
 
     Example::
 
@@ -61,7 +63,8 @@ def nls_register_fields(register):
 
     The built module's ``forward(x (N,3), d (N,3) | None) -> dict[str, Tensor]`` returns
     the quantities it declares in ``produces`` (``sdf (N,)``, ``occupancy (N,)``,
-    ``density (N,)``, ``rgb (N,3)``).
+    ``density (N,)``, ``rgb (N,3)``). These shapes are checked on every call: another type or
+    shape is an error naming the component (so is an exception it raises).
 
     Example::
 
@@ -76,9 +79,11 @@ def nls_register_fields(register):
 def nls_register_certifiers(register):
     """Register occupancy→SDF certifiers: turn a field's ``occupancy`` into an ``sdf``.
 
-    The built object is a module ``certify(outputs: dict) -> dict`` that adds ``sdf``
-    (and may replace ``occupancy``). Declare ``consumes={"occupancy"}``,
-    ``produces={"sdf"}``.
+    The built object is a module (or a plain function) ``certify(outputs: dict) -> dict`` that
+    adds ``sdf`` (and may replace ``occupancy``). Declare ``consumes={"occupancy"}``,
+    ``produces={"sdf"}``. One with the attribute ``wants_query = True`` is called
+    ``certify(outputs, x=points (N,3), field=the field module)``, for certifiers that look at the
+    field around the points (rs_sdf smooths its voxel grid).
 
     Example::
 
@@ -93,7 +98,8 @@ def nls_register_certifiers(register):
 def nls_register_density_maps(register):
     """Register density maps: monotone maps from ``sdf`` or ``occupancy`` to volume ``density``.
 
-    The built module is called ``map(outputs: dict) -> dict`` and adds ``density (N,)``.
+    The built module (or plain function) is called ``map(outputs: dict) -> dict`` and adds
+    ``density (N,)``.
 
     Example::
 
@@ -108,11 +114,20 @@ def nls_register_density_maps(register):
 def nls_register_renderers(register):
     """Register renderers: turn the field chain into images along camera rays.
 
-    The built object has ``render_rays(origins (R,3), dirs (R,3), query, **kw) -> dict``
-    returning at least ``rgb (R,3)``, ``opacity (R,1)``, ``depth (R,1)``, where
-    ``query(x, d) -> dict`` evaluates the whole field chain, and
-    ``render_image(cameras, i, query, *, chunk, supersample=1) -> dict`` of ``(H,W,C)`` images
-    (``supersample`` is passed only when ``eval.supersample > 1``: average s x s sub-pixel rays).
+    The built object (an ``nn.Module`` if it holds state to checkpoint) has:
+
+    * ``render_rays(origins (R,3), dirs (R,3), query, *, training: bool, background: (R,3) | None)
+      -> dict`` returning at least ``rgb (R,3)``, ``opacity (R,1)``, ``depth (R,1)``, where
+      ``query(x (S,3), d (S,3) | None) -> dict`` evaluates the whole field chain; ``background``
+      is given when the run trains on random backgrounds;
+    * ``render_image(cameras, i, query, *, chunk, supersample=1) -> dict`` of ``(H,W,C)`` images
+      with the same keys (``supersample`` is passed only when ``eval.supersample > 1``: average
+      s x s sub-pixel rays).
+
+    Optional: ``update(step, query, *, every, warmup)``, called before every training step (e.g. to
+    refresh an occupancy grid); a ``num_samples`` entry in ``render_rays``' result (samples taken,
+    logged as ``samples_per_ray``); and ``cfg.random_background`` (True: training composites the
+    images over random colours and passes them as ``background``).
 
     Example::
 
@@ -128,7 +143,9 @@ def nls_register_mesh_extractors(register):
     """Register mesh extractors: produce a ``trimesh.Trimesh`` from the trained field.
 
     The built object has ``extract(chain, *, bbox, resolution, level, device) -> trimesh.Trimesh``
-    (bbox, resolution and level may be None: the extractor's own option then applies).
+    (bbox, resolution and level may be None: the extractor's own option then applies). Setting
+    ``mesh.metadata["quantity"]`` and ``mesh.metadata["level"]`` lets ``nls export`` say which
+    level set it wrote.
 
     Example::
 
@@ -143,8 +160,12 @@ def nls_register_mesh_extractors(register):
 def nls_register_losses(register):
     """Register loss terms added to the training objective.
 
-    The built module is called ``loss(batch: dict, out: dict, model) -> Tensor`` (a
-    scalar, already weighted) with the ray batch and the renderer/field outputs.
+    The built module (or plain function) is called ``loss(batch: dict, out: dict, model) -> Tensor``
+    (a scalar, already weighted). ``batch`` holds ``step`` and, for posed-image scenes, the ray
+    batch ``origins (R,3)``, ``dirs (R,3)``, ``rgb (R,3)`` (the target colours) and ``alpha (R,1)``
+    (or None); scenes with a training dataset give a collated mini-batch of its items instead, and
+    point-cloud scenes only ``step``. ``out`` is the renderer's result for the rays (empty without
+    rays); ``model`` is the :class:`pipeline.system.System` (``model.chain(x, d)`` queries the field).
 
     Example::
 

@@ -25,7 +25,7 @@ import pluggy
 
 from pipeline import __version__, hookspecs
 from pipeline.components import STAGES, Component, Registrar, describe
-from pipeline.types import ConfigError, NLSError
+from pipeline.types import ConfigError, NLSError, plugin_errors
 
 #: (plugin name, module) of every built-in plugin, in no meaningful order.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -136,13 +136,9 @@ class PluginHost:
             return self._components
         table: dict[str, dict[str, Component]] = {s: {} for s in STAGES}
         for stage, hook_name in hookspecs.REGISTER_HOOKS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            for impl in caller.get_hookimpls():
-                # Call each plugin on its own so every component is attributed to its
-                # plugin; going through the hook caller keeps NLS_TRACE_PLUGINS working.
-                others = [p for n, p in self.pm.list_name_plugin() if n != impl.plugin_name]
-                reg = Registrar(impl.plugin_name, stage)
-                self.pm.subset_hook_caller(hook_name, remove_plugins=others)(register=reg)
+            for plugin_name in self._implementers(hook_name):
+                reg = Registrar(plugin_name, stage)
+                self._call_register(hook_name, plugin_name, reg)
                 for comp in reg.collected:
                     prev = table[stage].get(comp.name)
                     if prev is not None:
@@ -153,6 +149,22 @@ class PluginHost:
                     table[stage][comp.name] = comp
         self._components = table
         return table
+
+    def _implementers(self, hook_name: str) -> list[str]:
+        """The names of the plugins implementing ``hook_name``, each once, in pluggy's call order (one
+        plugin may implement a hook twice, through ``@hookimpl(specname=...)``)."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return list(dict.fromkeys(impl.plugin_name for impl in impls))
+
+    def _call_register(self, hook_name: str, plugin_name: str, reg: Registrar) -> None:
+        """Call every implementation of ``hook_name`` by plugin ``plugin_name`` once, with ``reg``, so
+        each component is attributed to its plugin; going through a hook caller keeps NLS_TRACE_PLUGINS
+        working. An exception of the plugin's own becomes a PluginError naming it and the hook."""
+        others = [p for n, p in self.pm.list_name_plugin() if n != plugin_name]
+        info = self._infos.get(plugin_name)
+        where = f"plugin {plugin_name!r} ({info.source if info else '?'}): its {hook_name} hook failed"
+        with plugin_errors(where):
+            self.pm.subset_hook_caller(hook_name, remove_plugins=others)(register=reg)
 
     def components(self, stage: Optional[str] = None) -> list[Component]:
         """The components of ``stage`` (of every stage, in :data:`STAGES` order, when None),
@@ -206,10 +218,12 @@ def hook_names() -> list[str]:
 
 
 def _load_dir(d: Path) -> list[tuple[str, Any, Path]]:
+    """Import the plugin files of folder ``d``: (name, module, absolute path) each. The path is absolute
+    because it is recorded (``plugins.json``) and shown from other working directories."""
     if not d.is_dir():
         raise NLSError(f"--plugins-dir {d}: not a directory. Give a folder holding plugin .py files.")
     out = []
-    for path in sorted(d.glob("*.py")):
+    for path in sorted(d.resolve().glob("*.py")):
         if path.name.startswith("_"):
             continue
         mod_name = f"nls_local_plugins.{path.stem}"

@@ -216,7 +216,7 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> Path:
         """Write ``data`` as indented JSON to the run's file ``name``, atomically; returns its path."""
         p = self.path / name
-        atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
         return p
 
     def read_json(self, name: str) -> Optional[dict]:
@@ -226,7 +226,7 @@ class RunDir:
 
     def log_metrics(self, record: dict) -> None:
         """Append ``record`` to ``metrics.jsonl`` as one JSON line (not atomic)."""
-        _append_line(self.metrics_path, json.dumps(record, default=_json_default))
+        _append_line(self.metrics_path, json.dumps(record, default=json_default))
 
     def read_metrics(self) -> list[dict]:
         """The records of ``metrics.jsonl`` ([] without it): the lines that hold a JSON object. A line
@@ -449,7 +449,7 @@ def json_record(path: Path) -> tuple[Optional[dict], Optional[str]]:
     return data, None
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     """JSON form of what ``json`` cannot write: tensors and numpy arrays or scalars through ``tolist``
     (a number when 0-d, else nested lists), anything else as text."""
     if hasattr(o, "tolist"):

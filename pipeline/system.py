@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Optional
 
 from torch import Tensor, nn
@@ -25,14 +26,16 @@ class FieldChain(nn.Module):
 
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
         """``x (N, 3)``, ``d (N, 3)`` or None -> the field's outputs, updated with the certifier's and
-        then the density map's."""
-        out = dict(self.field(x, d))
+        then the density map's. A component that raises, or returns anything but a mapping with the
+        shapes above, is a :class:`~pipeline.types.PluginError` naming it."""
+        n = len(x)
+        out = dict(_called(self.field, n, x, d))
         if self.certifier is not None:
             # certifiers that smooth over space (rs_sdf) need the query points and the field itself
             extra = {"x": x, "field": self.field} if getattr(self.certifier, "wants_query", False) else {}
-            out.update(self.certifier(out, **extra))
+            out.update(_called(self.certifier, n, out, **extra))
         if self.density_map is not None:
-            out.update(self.density_map(out))
+            out.update(_called(self.density_map, n, out))
         return out
 
     def density_fn(self, x: Tensor) -> Tensor:
@@ -43,6 +46,56 @@ class FieldChain(nn.Module):
         """(S,3), (S,3) -> rgb (S,3), sigma (S,)."""
         out = self(x, d)
         return out["rgb"], out["density"]
+
+
+#: the chain's quantities and their shape after the point dimension N
+QUANTITY_SHAPES: dict[str, tuple[int, ...]] = {"sdf": (), "occupancy": (), "density": (), "rgb": (3,)}
+
+
+def _called(component: nn.Module, n: int, *args, **kwargs) -> dict:
+    """``component(*args, **kwargs)`` for ``n`` points, its result checked: a mapping whose
+    :data:`QUANTITY_SHAPES` entries have shape ``(n, ...)``. Raises PluginError naming the component."""
+    from pipeline.types import PluginError, component_label, plugin_errors
+
+    with plugin_errors(f"{component_label(component)} failed on {n} points"):
+        out = component(*args, **kwargs)
+    if not isinstance(out, Mapping):
+        raise PluginError(f"{component_label(component)} returned {type(out).__name__}, not a mapping of "
+                          f"quantities; return e.g. {{'sdf': (N,), 'rgb': (N, 3)}} for N points")
+    for key, tail in QUANTITY_SHAPES.items():
+        value = out.get(key)
+        if value is not None and (not isinstance(value, Tensor) or tuple(value.shape) != (n, *tail)):
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise PluginError(f"{component_label(component)} returned {key!r} as {got} for {n} points; "
+                              f"{key!r} is a tensor of shape {(('N',) + tail)!r}".replace("'N'", "N"))
+    return out
+
+
+class CallableStage(nn.Module):
+    """A plain function used as a chain stage (no parameters, no state): ``forward`` calls it."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        """``fn(*args, **kwargs)``."""
+        return self.fn(*args, **kwargs)
+
+
+def as_module(built):
+    """A built chain stage or loss as an ``nn.Module``: modules as they are, a plain callable wrapped in a
+    :class:`CallableStage`, None as None; anything else is a PluginError naming the component."""
+    from pipeline.types import PluginError, component_label, label_component
+
+    if built is None or isinstance(built, nn.Module):
+        return built
+    if not callable(built):
+        raise PluginError(f"{component_label(built)} built {type(built).__name__}; fields, certifiers, density "
+                          f"maps and losses are torch.nn.Modules (or plain callables)")
+    module = CallableStage(built)
+    label_component(module, component_label(built))
+    return module
 
 
 class System(nn.Module):

@@ -242,13 +242,13 @@ class TrainStep(nn.Module):
     def forward(self, batch: dict, background: Optional[torch.Tensor] = None) -> tuple[dict, dict]:
         """Render ``batch``'s rays when it has ``origins`` and there is a renderer, then evaluate
         every loss: ``({name: scalar}, out)``."""
-        from pipeline.types import plugin_errors
+        from pipeline.types import component_label, plugin_errors
 
         system = self.system
         out: dict = {}
         if "origins" in batch and system.renderer is not None:
-            what = (f"rendering {len(batch['origins'])} training rays ({type(system.renderer).__name__} on "
-                    f"{type(system.chain.field).__name__}) failed")
+            what = (f"rendering {len(batch['origins'])} training rays ({component_label(system.renderer)} on "
+                    f"{component_label(system.chain.field)}) failed")
             with plugin_errors(what), _out_of_memory_hint(len(batch["origins"])):
                 out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
                                                   background=background)
@@ -270,14 +270,14 @@ def _out_of_memory_hint(rays: int):
 def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
     """One loss term, checked to be a scalar tensor; an exception of the loss's own becomes a
     :class:`PluginError` naming it (``NLS_TRACE_PLUGINS=1`` keeps the traceback)."""
-    from pipeline.types import PluginError, plugin_errors
+    from pipeline.types import PluginError, component_label, plugin_errors
 
-    with plugin_errors(f"loss {name} ({type(loss).__name__}) failed"):
+    who = f"{component_label(loss)} (term {name})"
+    with plugin_errors(f"{who} failed"):
         value = loss(batch, out, system)
     if not torch.is_tensor(value) or value.numel() != 1:
         got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
-        raise PluginError(f"loss {name} ({type(loss).__name__}) returned {got}; a loss returns one scalar "
-                          f"tensor (reduce it, e.g. with .mean())")
+        raise PluginError(f"{who} returned {got}; a loss returns one scalar tensor (reduce it, e.g. with .mean())")
     return value.reshape(())
 
 
@@ -457,7 +457,11 @@ class Trainer:
         """Posed-image scenes: this rank's slice of the global random ray batch (+ random background)."""
         t, system = self.cfg.train, self.system
         renderer = system.renderer
-        renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
+        if hasattr(renderer, "update"):  # optional: renderers with an occupancy grid or other state
+            from pipeline.types import component_label, plugin_errors
+
+            with plugin_errors(f"{component_label(renderer)} failed in update(step={self.step})"):
+                renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
         batch = self.sampler.sample(t.batch_rays)
         part = slice(None)
         if self.dist.enabled:
@@ -465,7 +469,7 @@ class Trainer:
             part = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
             batch = {k: (v[part] if torch.is_tensor(v) else v) for k, v in batch.items()}
         bg = None
-        if getattr(renderer.cfg, "random_background", False) and batch["alpha"] is not None:
+        if getattr(getattr(renderer, "cfg", None), "random_background", False) and batch["alpha"] is not None:
             # drawn for the whole global batch and sliced like the rays: every rank holds the same
             # generator, so a per-rank draw would give each rank's rays the same colours
             bg = torch.rand(t.batch_rays, 3, device=self.device)[part]
@@ -530,7 +534,8 @@ class Trainer:
         rec = {"loss": total_mean, **{f"loss/{k}": v for k, v in zip(terms, term_means)}, **self._lrs()}
         if "rgb" in out:
             rec["psnr_train"] = -10 * math.log10(max(mse, 1e-10))
-            rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
+            if "num_samples" in out:  # optional renderer output: samples taken over the batch
+                rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
         self._clock += time.perf_counter() - s0
         return rec
 

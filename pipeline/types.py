@@ -133,15 +133,36 @@ def tracing_plugins() -> bool:
     return os.environ.get("NLS_TRACE_PLUGINS", "") not in ("", "0")
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host or a device running out of memory (``MemoryError``, torch's
+    ``OutOfMemoryError``): not a plugin's fault, so :func:`plugin_errors` lets it through."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
 @contextmanager
 def plugin_errors(what: str) -> Iterator[None]:
-    """Around a call into a component: an exception of its own (not an :class:`NLSError`) becomes
-    a :class:`PluginError` "``what``: Type: message", unless :func:`tracing_plugins`."""
+    """Around a call into a component: an exception of its own (not an :class:`NLSError`, not out of
+    memory) becomes a :class:`PluginError` "``what``: Type: message", unless :func:`tracing_plugins`.
+    Nested, the innermost wins: it names the component that failed, and outer ones pass it on."""
     try:
         yield
     except NLSError:
         raise
     except Exception as exc:
-        if tracing_plugins():
+        if tracing_plugins() or is_out_of_memory(exc):
             raise
         raise PluginError(f"{what}: {type(exc).__name__}: {exc} (NLS_TRACE_PLUGINS=1 shows the traceback)") from exc
+
+
+def label_component(obj: object, where: str) -> None:
+    """Remember on a built component which it is (``"field 'mlp_sdf' of plugin sample_network"``), for
+    the errors of its later calls; objects that take no attributes keep their class name."""
+    try:
+        setattr(obj, "nls_component", where)
+    except (AttributeError, TypeError):
+        pass
+
+
+def component_label(obj: object) -> str:
+    """What :func:`label_component` gave ``obj``, else its class name."""
+    return getattr(obj, "nls_component", None) or type(obj).__name__

@@ -1,0 +1,213 @@
+"""A third-party plugin's mistakes while a run trains, evaluates or exports are one error line that
+names the component and its plugin (exit 1), never a traceback from deep inside torch or nerfacc;
+and what a plugin author may reasonably leave out (a renderer without ``update``/``cfg``, an evaluator
+returning numpy numbers, a plain function as a density map) works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# One --plugins-dir file with a component per stage; ``mode`` picks the mistake.
+RUNTIME_PLUGIN = '''
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.components import ComponentConfig
+from pipeline.hookspecs import hookimpl
+
+Mode = Literal["ok", "raise", "tensor", "shape", "tuple", "no_image"]
+
+
+class ModeConfig(ComponentConfig):
+    """Which mistake to make."""
+    mode: Mode = Field("ok", description="ok or a mistake")
+
+
+def build_field(cfg, ctx):
+    import torch
+    from torch import nn
+
+    class SphereField(nn.Module):
+        """A sphere of learnable radius and colour: sdf (N,), rgb (N, 3)."""
+        def __init__(self):
+            super().__init__()
+            self.radius = nn.Parameter(torch.tensor(0.3))
+            self.colour = nn.Parameter(torch.full((3,), 0.5))
+
+        def forward(self, x, d):
+            sdf = x.norm(dim=-1) - self.radius
+            if cfg.mode == "raise":
+                raise RuntimeError("my field has a bug")
+            if cfg.mode == "tensor":
+                return sdf
+            if cfg.mode == "shape":
+                return {"sdf": x - self.radius, "rgb": self.colour.expand(len(x), 3)}
+            return {"sdf": sdf, "rgb": self.colour.expand(len(x), 3)}
+    return SphereField()
+
+
+def build_density(cfg, ctx):
+    import torch
+
+    def density(out):  # a plain function, not a module
+        if cfg.mode == "raise":
+            raise RuntimeError("density blew up")
+        return {"density": 200.0 * torch.sigmoid(-out["sdf"] * 100.0)}
+    return density
+
+
+def build_renderer(cfg, ctx):
+    """Uniform samples in the box; no update(), no .cfg, no num_samples: all optional."""
+    import torch
+    from torch import nn
+
+    from pipeline.rays import image_rays, ray_aabb_intersect
+
+    aabb = ctx.aabb
+
+    class Uniform(nn.Module):
+        def render_rays(self, origins, dirs, chain, *, training=False, background=None):
+            t0, t1, hit = ray_aabb_intersect(origins, dirs, aabb.to(origins.device))
+            t0, t1 = t0.clamp(min=0), t1.clamp(min=0)
+            t = t0[:, None] + (t1 - t0)[:, None] * torch.linspace(0, 1, 24)
+            x = origins[:, None] + dirs[:, None] * t[..., None]
+            R, S = t.shape
+            out = chain(x.reshape(-1, 3), dirs[:, None].expand(R, S, 3).reshape(-1, 3))
+            alpha = 1 - torch.exp(-out["density"].reshape(R, S) * ((t1 - t0) / (S - 1) * hit)[:, None])
+            trans = torch.cumprod(torch.cat([torch.ones(R, 1), 1 - alpha[:, :-1] + 1e-10], 1), 1)
+            w = alpha * trans
+            op = w.sum(1, keepdim=True)
+            return {"rgb": (w[..., None] * out["rgb"].reshape(R, S, 3)).sum(1) + (1 - op),
+                    "opacity": op, "depth": (w * t).sum(1, keepdim=True)}
+
+        def render_image(self, cameras, i, chain, *, chunk, supersample=1):
+            if cfg.mode == "raise":
+                raise TypeError("my render_image has a bug")
+            o, d = image_rays(cameras, i)
+            H, W = cameras.height, cameras.width
+            parts = [self.render_rays(o.reshape(-1, 3)[k:k + chunk], d.reshape(-1, 3)[k:k + chunk], chain)
+                     for k in range(0, H * W, chunk)]
+            return {key: torch.cat([p[key] for p in parts]).reshape(H, W, -1) for key in parts[0]}
+
+    r = Uniform()
+    if cfg.mode == "no_image":
+        r.render_image = None
+    return r
+
+
+def build_loss(cfg, ctx):
+    def loss(batch, out, system):
+        raise ValueError("my loss has a bug")
+    return loss
+
+
+def build_extractor(cfg, ctx):
+    class Extractor:
+        def extract(self, chain, *, resolution=None, level=None, bbox=None, device=None):
+            if cfg.mode == "raise":
+                raise IndexError("my extractor has a bug")
+            return ([[0, 0, 0]], [[0, 0, 0]])
+    return Extractor()
+
+
+def build_evaluator(cfg, ctx):
+    import numpy as np
+    import torch
+
+    return lambda c: {"np_metric": np.float32(1.5), "torch_metric": torch.tensor(2.5), "np_int": np.int64(3)}
+
+
+def build_scene(cfg, ctx):
+    def load():
+        raise FileNotFoundError("my_data/cameras.npz")
+    return load
+
+
+@hookimpl
+def nls_register_fields(register):
+    register("rt_field", build_field, config=ModeConfig, produces={"sdf", "rgb"}, description="sphere")
+
+
+@hookimpl
+def nls_register_density_maps(register):
+    register("rt_density", build_density, config=ModeConfig, consumes=[{"sdf"}], produces={"density"},
+             description="sdf -> density, a plain function")
+
+
+@hookimpl
+def nls_register_renderers(register):
+    register("rt_renderer", build_renderer, config=ModeConfig, consumes=[{"density", "rgb", "images"}],
+             produces={"render", "depth"}, description="uniform samples")
+
+
+@hookimpl
+def nls_register_losses(register):
+    register("rt_loss", build_loss, description="raises")
+
+
+@hookimpl
+def nls_register_mesh_extractors(register):
+    register("rt_mc", build_extractor, config=ModeConfig, description="raises or returns a tuple")
+
+
+@hookimpl
+def nls_register_evaluators(register):
+    register("rt_eval", build_evaluator, description="numpy and torch numbers")
+
+
+@hookimpl
+def nls_register_scene_sources(register):
+    register("rt_scene", build_scene, produces={"images"}, description="its loader raises")
+'''
+
+#: the working chain: this plugin's field, density map and renderer
+GOOD = ["--set", "field={type: rt_field}", "--set", "density={type: rt_density}",
+        "--set", "renderer={type: rt_renderer}", "--set", "extractor={type: marching_cubes, quantity: sdf, level: 0.0}"]
+
+
+@pytest.fixture
+def runtime_plugin(tmp_path, tiny_scene):
+    (tmp_path / "plugs").mkdir()
+    (tmp_path / "plugs" / "rt.py").write_text(RUNTIME_PLUGIN)
+    return tiny_scene(), ["--plugins-dir", str(tmp_path / "plugs"), "-q", "-o", str(tmp_path / "runs"), "--steps", "2"]
+
+
+def test_a_renderer_without_update_and_numpy_evaluator_results_work(runtime_plugin, tmp_path, nls):
+    scene, common = runtime_plugin
+    res = nls("reconstruct", str(scene), *common, *GOOD, "--set", "evaluators=[{type: rt_eval}]")
+    assert res.returncode == 0, res.stderr
+    run = next((tmp_path / "runs").glob("tiny/*/*"))
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert metrics == {"np_metric": 1.5, "torch_metric": 2.5, "np_int": 3}, metrics  # were dropped as not numbers
+    ev = nls("eval", str(run), "--plugins-dir", str(tmp_path / "plugs"), "-o", str(tmp_path / "e.json"))
+    assert ev.returncode == 0, ev.stderr  # was: float32 is not JSON serializable
+    assert json.loads((tmp_path / "e.json").read_text())["metrics"]["torch_metric"] == 2.5
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["field={type: rt_field, mode: raise}"],
+     "field 'rt_field' of plugin rt failed on 6144 points: RuntimeError: my field has a bug"),
+    (["field={type: rt_field, mode: tensor}"], "field 'rt_field' of plugin rt returned Tensor, not a mapping"),
+    (["field={type: rt_field, mode: shape}"],
+     "field 'rt_field' of plugin rt returned 'sdf' as shape (6144, 3) for 6144 points; 'sdf' is a tensor of shape (N,)"),
+    (["density={type: rt_density, mode: raise}"],
+     "density map 'rt_density' of plugin rt failed on 6144 points: RuntimeError: density blew up"),
+    (["losses=[{type: photometric}, {type: rt_loss}]"],
+     "loss 'rt_loss' of plugin rt (term 1_rt_loss) failed: ValueError: my loss has a bug"),
+    (["extractor={type: rt_mc, mode: raise}"], "extractor 'rt_mc' of plugin rt failed: IndexError: my extractor has a bug"),
+    (["extractor={type: rt_mc, mode: tuple}"], "extractor 'rt_mc' of plugin rt returned tuple; an extractor returns a trimesh"),
+    (["renderer={type: rt_renderer, mode: raise}"],
+     "renderer 'rt_renderer' of plugin rt failed rendering view 0 of test: TypeError: my render_image has a bug"),
+    (["renderer={type: rt_renderer, mode: no_image}"], "renderer 'rt_renderer' of plugin rt has no render_image()"),
+    (["scene={type: rt_scene}"],
+     "scene source 'rt_scene' of plugin rt failed while loading the scene: FileNotFoundError: my_data/cameras.npz"),
+])
+def test_a_plugin_mistake_at_run_time_names_the_component(runtime_plugin, nls, sets, needle):
+    scene, common = runtime_plugin
+    extra = [a for s in sets for a in ("--set", s)]
+    res = nls("reconstruct", str(scene), *common, *GOOD, *extra)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert needle in res.stderr, res.stderr
