@@ -198,17 +198,35 @@ class StopRequest:
 
     Deferring the stop to a step boundary keeps the saved state consistent, and lets the ranks of
     a distributed run agree on the step they stop at (the flag is all-reduced with the metrics).
+    Inside :meth:`shielded` (a checkpoint being written) a second Ctrl-C waits for the block to end.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self._shield = False
+        self._forced = False
 
     def _handler(self, signum, frame) -> None:
         # only a second Ctrl-C forces: torchrun answers a Ctrl-C with SIGTERM to its workers, and
         # those must still reach the step boundary and save
         if self.requested and signum == signal.SIGINT:
+            if self._shield:  # never half a checkpoint: the stop is taken when the save is done
+                self._forced = True
+                return
             raise KeyboardInterrupt
         self.requested = True
+
+    @contextmanager
+    def shielded(self, *, then_stop: bool = True):
+        """A block a forced stop must not cut (writing a checkpoint): a second Ctrl-C inside it is
+        held and, with ``then_stop``, raised as KeyboardInterrupt when the block has finished."""
+        self._shield, self._forced = True, False
+        try:
+            yield
+        finally:
+            self._shield = False
+        if self._forced and then_stop:
+            raise KeyboardInterrupt
 
     @contextmanager
     def installed(self):
@@ -568,8 +586,9 @@ class Trainer:
                     if t.max_seconds is not None and self.elapsed >= t.max_seconds:
                         if rec is not None and last_log != self.step:  # the budget's last step is logged too
                             self.log({"step": self.step, "time": round(self.elapsed, 3), **rec})
-                        self.save()
-                        last_ckpt = self.step
+                        with self.stop.shielded():
+                            self.save()
+                            last_ckpt = self.step
                         break
                     rec = self.train_step()
                     bar.advance(self.step, f"loss {rec['loss']:.4f}" + (f" psnr {rec['psnr_train']:.2f}" if "psnr_train" in rec else ""))
@@ -577,15 +596,17 @@ class Trainer:
                         self.log({"step": self.step, "time": round(self.elapsed, 3), **rec})
                         last_log = self.step
                     if self.step % t.checkpoint_every == 0 or self.step == t.steps:
-                        self.save()
-                        last_ckpt = self.step
+                        with self.stop.shielded():
+                            self.save()
+                            last_ckpt = self.step
                     if self._stop_agreed:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 interrupted = True
                 if self._stop_agreed and self.step > last_ckpt:  # a clean step boundary
-                    self.save()
-                    last_ckpt = self.step
+                    with self.stop.shielded(then_stop=False):  # stopping already
+                        self.save()
+                        last_ckpt = self.step
             # a stop asked for during the last step's logging or saving (or the time budget's save)
             # arrives after the loop's last look: still an interruption, not a finished run
             interrupted = interrupted or self.stop.requested

@@ -392,6 +392,30 @@ def test_a_forced_stop_between_checkpoints_is_reported_as_unsaved(tmp_path, caps
     assert "checkpoint saved" not in err
 
 
+def test_a_second_ctrl_c_while_the_stop_checkpoint_is_written_waits_for_it(tmp_path):
+    """Ctrl-C, then a second Ctrl-C while the stop's checkpoint is being written: the checkpoint is
+    finished (no orphan digest, no bare "interrupted") and the run stops there, resumable."""
+    import signal
+
+    tr = _tiny_trainer(tmp_path, steps=8, checkpoint_every=100)
+    original_step, original_save = tr.train_step, tr.save
+
+    def step_then_ctrl_c():
+        rec = original_step()
+        if tr.step == 3:
+            tr.stop._handler(signal.SIGINT, None)  # the first Ctrl-C: the ranks agree on it with step 4
+        return rec
+
+    def save_with_second_ctrl_c():
+        tr.stop._handler(signal.SIGINT, None)  # arrives while the checkpoint is written
+        original_save()
+
+    tr.train_step, tr.save = step_then_ctrl_c, save_with_second_ctrl_c
+    res = tr.fit()
+    assert res.step == 4 and res.interrupted and res.saved
+    assert sorted(p.name for p in tr.run.ckpt_dir.iterdir()) == ["ckpt_00000004.pt", "ckpt_00000004.pt.sha256"]
+
+
 def test_a_second_trainer_of_the_same_run_folder_is_refused(tmp_path):
     run = RunDir.create(tmp_path, "s", "m")
     with run.training_lock():
