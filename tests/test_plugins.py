@@ -188,6 +188,24 @@ def test_plugin_tables_show_every_name_whole_when_piped(nls):
                     assert f"{opt}:" in words, (c["name"], opt)  # listed as "name: type = default"
 
 
+def test_piped_plugin_tables_keep_what_consumes_and_produces_whole(nls):
+    """Piped with COLUMNS unset, the tables are 200 columns wide (rich's 80 folded 'phi_grid+shapes')."""
+    import os
+
+    from pipeline.console import PIPED_WIDTH
+
+    data = json.loads(nls("plugins", "--json", check=True).stdout)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    text = subprocess.run([sys.executable, "-m", "pipeline.cli", "plugins"], capture_output=True, text=True,
+                          env=env, check=True).stdout
+    words = set(text.split())
+    for p in data:
+        for c in p["components"]:
+            for alt in c["consumes"]:
+                assert "+".join(alt) in words, (c["name"], alt)
+    assert max(len(line) for line in text.splitlines()) <= PIPED_WIDTH
+
+
 def test_hook_filter_takes_the_name_without_its_prefix(nls):
     full = json.loads(nls("plugins", "--json", "--hook", "nls_register_losses", check=True).stdout)
     short = json.loads(nls("plugins", "--json", "--hook", "register_losses", check=True).stdout)
