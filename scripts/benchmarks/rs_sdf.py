@@ -573,13 +573,13 @@ def bench_lego(a) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="bench.py rs_sdf", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="bench.py rs_sdf", description=__doc__, formatter_class=type(
+        "HelpFormatter", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
     ap.add_argument("--only", default="blur,geometry", help="comma list of blur, geometry, lego")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of every run and of the blur")
     ap.add_argument("--size", type=int, default=384, help="blur grid side")
     ap.add_argument("--sigma-vox", type=float, default=2.0, help="blur std in voxels")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="blur: timed repetitions, the median reported (at least 10 on CUDA)")
     ap.add_argument("--scenes", default="csg,spot", help="geometry: comma list of " + ", ".join(GEOMETRY_SCENES)
                     + " (scenes/rs_sdf_NAME.yaml against scenes/rs_sdf_NAME_BASELINE_baseline.yaml) and the "
                     "held-out meshes " + ", ".join(HELD_OUT_MESHES) + " (the spot scenes with that mesh)")
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--both-set", action="append", default=[], metavar="KEY=VALUE",
                     help="geometry and lego: extra override for both the RS-SDF and the baseline scenes, e.g. "
                     "scene.n_train=16 for a sparse-view comparison, renderer.random_background=true on lego")
-    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "rs_sdf.json"))
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "rs_sdf.json"), help="JSON of the results")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
