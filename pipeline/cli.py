@@ -371,9 +371,10 @@ def cmd_export(args) -> int:
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
     out = export_mesh(mesh, Path(args.output))
+    quantity, level = mesh.metadata.get("quantity"), mesh.metadata.get("level")
+    which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
     print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
-          f"{', vertex colours' if args.colors else ''}, watertight={read_back_watertight(out)} as read back "
-          f"({mesh.metadata.get('quantity')} level {mesh.metadata.get('level')})")
+          f"{', vertex colours' if args.colors else ''}, watertight={read_back_watertight(out)} as read back{which}")
     return 0
 
 

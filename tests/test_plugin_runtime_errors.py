@@ -109,6 +109,9 @@ def build_extractor(cfg, ctx):
         def extract(self, chain, *, resolution=None, level=None, bbox=None, device=None):
             if cfg.mode == "raise":
                 raise IndexError("my extractor has a bug")
+            if cfg.mode == "ok":  # a mesh without metadata
+                import trimesh
+                return trimesh.creation.box(extents=(0.5, 0.5, 0.5))
             return ([[0, 0, 0]], [[0, 0, 0]])
     return Extractor()
 
@@ -177,7 +180,8 @@ def runtime_plugin(tmp_path, tiny_scene):
 
 def test_a_renderer_without_update_and_numpy_evaluator_results_work(runtime_plugin, tmp_path, nls):
     scene, common = runtime_plugin
-    res = nls("reconstruct", str(scene), *common, *GOOD, "--set", "evaluators=[{type: rt_eval}]")
+    res = nls("reconstruct", str(scene), *common, *GOOD[:-2], "--set", "evaluators=[{type: rt_eval}]",
+              "--set", "extractor={type: rt_mc}")
     assert res.returncode == 0, res.stderr
     run = next((tmp_path / "runs").glob("tiny/*/*"))
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
@@ -185,6 +189,8 @@ def test_a_renderer_without_update_and_numpy_evaluator_results_work(runtime_plug
     ev = nls("eval", str(run), "--plugins-dir", str(tmp_path / "plugs"), "-o", str(tmp_path / "e.json"))
     assert ev.returncode == 0, ev.stderr  # was: float32 is not JSON serializable
     assert json.loads((tmp_path / "e.json").read_text())["metrics"]["torch_metric"] == 2.5
+    ex = nls("export", str(run), "--plugins-dir", str(tmp_path / "plugs"), "-o", str(tmp_path / "m.ply"))
+    assert ex.returncode == 0 and "8 vertices, 12 faces" in ex.stdout and "None" not in ex.stdout, ex.stdout
 
 
 @pytest.mark.parametrize("sets, needle", [
