@@ -41,11 +41,22 @@ def cylinder_x(x: Tensor, radius: float = 0.1, center=(0.0, 0.0, 0.0)) -> Tensor
     return (x - x.new_tensor(center))[..., 1:].norm(dim=-1) - radius
 
 
+#: the parts of :func:`csg`, in the order of :func:`csg_parts`
+CSG_PARTS = ("box", "sphere", "tunnel")
+
+
+def csg_parts(x: Tensor) -> Tensor:
+    """The signed distances of :func:`csg`'s parts: the rounded box, the sphere and the drilled
+    tunnel (the cylinder's complement, negative outside the cylinder): points (..., 3) -> (..., 3)."""
+    return torch.stack([box(x, (0.32, 0.24, 0.16), (0.0, 0.0, -0.08), rounding=0.04),
+                        sphere(x, (0.1, 0.05, 0.14), 0.24),
+                        -cylinder_x(x, 0.09, (0.0, -0.05, -0.08))], -1)
+
+
 def csg(x: Tensor) -> Tensor:
     """A rounded box fused with a sphere, drilled through along x by a cylinder: points (..., 3) -> sdf (...)."""
-    body = torch.minimum(box(x, (0.32, 0.24, 0.16), (0.0, 0.0, -0.08), rounding=0.04),
-                         sphere(x, (0.1, 0.05, 0.14), 0.24))
-    return torch.maximum(body, -cylinder_x(x, 0.09, (0.0, -0.05, -0.08)))
+    b, s, tunnel = csg_parts(x).unbind(-1)
+    return torch.maximum(torch.minimum(b, s), tunnel)
 
 
 SHAPES: dict[str, SDF] = {"sphere": sphere, "torus": torus, "csg": csg,
