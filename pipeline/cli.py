@@ -176,9 +176,10 @@ def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
         con.print(f"mesh:       {run_path / summary['mesh']}", soft_wrap=True)
     if summary.get("renders"):
         con.print(f"renders:    {run_path / summary['renders']}", soft_wrap=True)
-    export = f"[bold]nls export {run_path}{flags} -o mesh.glb --resolution 384[/bold]"
+    glb = run_path / "meshes" / "mesh.glb"  # -o is relative to the current folder: name one in the run
+    export = f"[bold]nls export {run_path}{flags} -o {glb} --resolution 384[/bold]"
     if not summary.get("mesh"):  # no mesh at the extractor's level (or no extractor): the same export fails
-        export = (f"[bold]nls export {run_path}{flags} -o mesh.glb --level L[/bold]  (no mesh was made at the "
+        export = (f"[bold]nls export {run_path}{flags} -o {glb} --level L[/bold]  (no mesh was made at the "
                   f"extractor's level; choose L)")
     if summary.get("renders"):  # a run without posed images (a geometry scene) cannot be rendered
         con.print(f"next:       [bold]nls render {run_path}{flags} --spiral 60[/bold]", soft_wrap=True)
@@ -673,8 +674,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                      help="print a Markdown table")
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
     fmt.add_argument("--html", dest="format", action="store_const", const="html",
-                     help="print a self-contained HTML page (use -o to write a file)")
-    c.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of printing")
+                     help="print a self-contained HTML page (or write one with -o FILE.html)")
+    c.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE instead of printing; the format follows its extension (.html/.htm: HTML, "
+                   ".json: JSON, anything else: Markdown) unless --markdown, --json or --html is given")
     c.set_defaults(func=cmd_compare, format="rich")
 
     c = sub.add_parser("view", parents=[common], help="interactive 3D viewer in the browser (viser)",

@@ -1,6 +1,6 @@
 """`nls compare RUN_DIR...`: one table of metrics, training time and parameter count over runs,
 with warnings when the runs are not comparable (different scenes, scene settings or
-evaluation settings)."""
+evaluation settings) or when runs sharing a method label are made of different components."""
 
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """Plain data (``nls compare --json``): runs, ``{row: {label: value}}``, best labels per row,
-        warnings."""
+        """Plain data (``nls compare --json``): runs (``status`` is the table's status name, one of
+        complete / evaluated / trained / incomplete; ``status_detail`` says why, in a sentence),
+        ``{row: {label: value}}``, best labels per row, warnings."""
         return {"runs": [{"label": lab, "path": str(r.path), "scene": r.name, "method": r.method,
-                          "status": r.status} for lab, r in zip(self.labels, self.runs)],
+                          "status": r.short_status, "status_detail": r.status}
+                         for lab, r in zip(self.labels, self.runs)],
                 "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
                 "best": {k: [self.labels[i] for i in sorted(v)] for k, v in self.best.items()},
                 "warnings": self.warnings}
@@ -123,6 +125,7 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
     diff = _differing([r.config.get("scene") or {} for r in runs])
     if diff:
         out.append("the scene settings differ: " + _describe(diff, labels) + UNMARKED)
+    out += _component_warnings(runs, labels)
     diff = _differing([_budget(r) for r in runs])
     if diff:
         out.append("the training budgets differ, so train_seconds is not marked: " + _describe(diff, labels, "train."))
@@ -164,6 +167,31 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
     if damaged:
         out.append(f"trained, but no final metrics could be read (their summary.json or eval.json is damaged, "
                    f"see below; `nls resume RUN_DIR` evaluates again): {', '.join(damaged)}")
+    return out
+
+
+def _components(r: RunFacts) -> dict[str, Any]:
+    """The component types a run is made of: ``<stage>.type`` of each single stage but the scene
+    (its settings are compared on their own) and the loss types, from config.yaml."""
+    from pipeline.config import SINGLE_STAGES
+
+    blocks = {s: r.config.get(s) for s in SINGLE_STAGES if s != "scene"}
+    out: dict[str, Any] = {f"{s}.type": b.get("type") if isinstance(b, dict) else None for s, b in blocks.items()}
+    out["losses"] = [b.get("type") for b in r.config.get("losses") or [] if isinstance(b, dict)]
+    return out
+
+
+def _component_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
+    """One sentence per method label shared by runs made of different components (e.g. a run of a
+    ``method: dense_grid`` scene trained with ``--set field.type=hash_grid``): its label names a method
+    it was not made of."""
+    out = []
+    for method in dict.fromkeys(r.method for r in runs):
+        group = [(lab, r) for lab, r in zip(labels, runs) if r.method == method]
+        diff = _differing([_components(r) for _, r in group]) if len(group) > 1 else {}
+        if diff:
+            out.append(f"runs labelled {method!r} (config.yaml's method:) are made of different components, "
+                       f"so the label does not tell them apart: " + _describe(diff, [lab for lab, _ in group]))
     return out
 
 
@@ -262,24 +290,49 @@ def print_rich(c: Comparison) -> None:
         con.print(f"{lab}: {r.path}", highlight=False, soft_wrap=True)  # paths whole, never wrapped
 
 
-def run_compare(paths: Sequence[Path], fmt: str = "rich", output: Optional[Path] = None) -> int:
-    """Print (or write to ``output``) the comparison in ``fmt``; warnings go to stderr."""
+#: what ``-o FILE`` writes without --markdown/--json/--html, by FILE's extension (else Markdown)
+FORMAT_BY_SUFFIX = {".html": "html", ".htm": "html", ".json": "json", ".md": "markdown",
+                    ".markdown": "markdown", ".txt": "markdown"}
+FORMAT_NAMES = {"markdown": "Markdown", "html": "HTML", "json": "JSON"}
+
+
+def output_format(fmt: Optional[str], output: Optional[Path]) -> str:
+    """The format to print or write: ``fmt`` when it was chosen (markdown, json or html), else
+    ``output``'s by its extension (:data:`FORMAT_BY_SUFFIX`, Markdown for others), else rich.
+    ``rich``, the CLI's default, counts as not chosen. A chosen format that another extension
+    suggests is kept, with a note on stderr."""
+    import sys
+
+    chosen = fmt if fmt not in (None, "rich") else None
+    if output is None:
+        return chosen or "rich"
+    by_suffix = FORMAT_BY_SUFFIX.get(output.suffix.lower())
+    if chosen and by_suffix and by_suffix != chosen:
+        print(f"note: writing {FORMAT_NAMES[chosen]} to {output} as --{chosen} asks, although its extension "
+              f"{output.suffix} suggests {FORMAT_NAMES[by_suffix]}", file=sys.stderr)
+    return chosen or by_suffix or "markdown"
+
+
+def run_compare(paths: Sequence[Path], fmt: Optional[str] = None, output: Optional[Path] = None) -> int:
+    """Print (or write to ``output``) the comparison in ``fmt`` (None or ``rich``: rich on the terminal,
+    or the format of ``output``'s extension, see :func:`output_format`); warnings go to stderr."""
     import sys
 
     from pipeline.runs import atomic_write_text, check_output_file
 
     output = check_output_file(Path(output), "comparison") if output else None  # before reading the runs
+    fmt = output_format(fmt, output)
     c = compare_runs(paths)
     for w in c.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if fmt == "rich" and output is None:
         print_rich(c)
         return 0
-    text = {"markdown": to_markdown, "html": to_html, "json": lambda x: json.dumps(x.to_dict(), indent=2) + "\n",
-            "rich": to_markdown}[fmt](c)
+    text = {"markdown": to_markdown, "html": to_html,
+            "json": lambda x: json.dumps(x.to_dict(), indent=2) + "\n"}[fmt](c)
     if output:
         atomic_write_text(output, text)
-        print(f"wrote {output}", file=sys.stderr)
+        print(f"wrote {output} ({FORMAT_NAMES.get(fmt, fmt)})", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -198,7 +198,7 @@ def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
                     "device": "cpu_with_a_long_description_" * 2, "metrics": {"psnr": 30.0},
                     "mesh": "meshes/mesh.ply", "renders": "renders/test"}, run, flags)
     lines = capsys.readouterr().out.splitlines()
-    for want in (f"nls render {run}{flags} --spiral 60", f"nls export {run}{flags} -o mesh.glb --resolution 384",
+    for want in (f"nls render {run}{flags} --spiral 60", f"nls export {run}{flags} -o {run / 'meshes' / 'mesh.glb'} --resolution 384",
                  str(run / "meshes/mesh.ply"), str(run / "renders/test"), "1 s training on cpu_with"):
         assert any(want in line for line in lines), (want, lines)
 
@@ -213,7 +213,7 @@ def test_summary_without_a_mesh_or_metrics_says_so(tmp_path, capsys):
                     "metrics": {}, "mesh": None, "renders": "renders/test"}, run)
     out = capsys.readouterr().out
     assert "no metrics (no evaluator ran or every one was skipped)" in out
-    assert f"nls export {run} -o mesh.glb --level L" in out and "--resolution 384" not in out
+    assert f"nls export {run} -o {run / 'meshes' / 'mesh.glb'} --level L" in out and "--resolution 384" not in out
 
 
 def test_a_load_state_dict_error_keeps_its_first_detail():

@@ -241,6 +241,59 @@ def test_compare_warnings_group_runs_and_name_a_missing_evaluator_once(runs, nls
     assert any("max_images = 1 (dense_grid), 2 (hash_grid/other0, hash_grid/other1)" in w for w in ws), ws
 
 
+def test_compare_warns_when_runs_of_one_method_label_differ_in_components(runs, nls, tmp_path):
+    """A hash-grid run of a scene file saying `method: dense_grid` (`--set field.type=hash_grid`)
+    is labelled dense_grid like the dense run: a warning names the runs and their field types."""
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(runs[1], relabelled)
+    for name, load, dump in (("config.yaml", yaml.safe_load, yaml.safe_dump), ("summary.json", json.loads, json.dumps)):
+        data = load((relabelled / name).read_text())
+        data["method"] = "dense_grid"
+        (relabelled / name).write_text(dump(data))
+    data = json.loads(nls("compare", str(runs[0]), str(relabelled), "--json", check=True).stdout)
+    a, b = (r["label"] for r in data["runs"])
+    assert (a, b) == (f"dense_grid/{runs[0].name}", "dense_grid/relabelled")
+    assert "runs labelled 'dense_grid' (config.yaml's method:) are made of different components, so the label " \
+           f"does not tell them apart: field.type = 'dense_grid' ({a}), 'hash_grid' ({b})" in data["warnings"], \
+        data["warnings"]
+    data = json.loads(nls("compare", *map(str, runs), "--json", check=True).stdout)  # labels differ: no warning
+    assert not any("made of different components" in w for w in data["warnings"]), data["warnings"]
+
+
+def test_compare_output_format_follows_the_extension(runs, nls, tmp_path):
+    """`-o FILE` alone writes the format of FILE's extension (Markdown for others); a format flag wins,
+    with a note when the extension suggests another."""
+    for name in ("c.html", "c.HTM"):
+        nls("compare", *map(str, runs), "-o", str(tmp_path / name), check=True)
+        assert (tmp_path / name).read_text().startswith("<!DOCTYPE html>"), name
+    nls("compare", *map(str, runs), "-o", str(tmp_path / "c.json"), check=True)
+    assert json.loads((tmp_path / "c.json").read_text())["table"]["psnr"]
+    for name in ("c.md", "c.txt", "c.out"):
+        nls("compare", *map(str, runs), "-o", str(tmp_path / name), check=True)
+        assert (tmp_path / name).read_text().startswith("| | dense_grid | hash_grid |"), name
+    res = nls("compare", *map(str, runs), "--markdown", "-o", str(tmp_path / "m.html"), check=True)
+    assert (tmp_path / "m.html").read_text().startswith("| |")
+    assert f"note: writing Markdown to {tmp_path / 'm.html'} as --markdown asks, although its extension .html " \
+           f"suggests HTML" in res.stderr, res.stderr
+    from pipeline.compare import output_format
+
+    assert output_format("rich", None) == output_format(None, None) == "rich"
+    assert output_format("json", None) == "json" and output_format("html", tmp_path / "x.out") == "html"
+
+
+def test_compare_json_run_status_is_the_tables_status_name(runs, tmp_path_factory, nls):
+    """`runs[].status` is the table's status name (complete / evaluated / trained / incomplete); the
+    sentence that explains it is `runs[].status_detail`."""
+    killed = killed_run(tmp_path_factory)
+    data = json.loads(nls("compare", str(runs[0]), str(killed), "--json", check=True).stdout)
+    done, stopped = data["runs"]
+    assert (done["status"], stopped["status"]) == ("complete", "incomplete")
+    for r in data["runs"]:
+        assert r["status"] == data["table"]["status"][r["label"]]
+    assert done["status_detail"] == "complete"
+    assert stopped["status_detail"].startswith("incomplete: no summary.json; trained to step 100 of 100"), stopped
+
+
 def test_compare_piped_marks_the_best_visibly(runs, nls):
     out = nls("compare", *map(str, runs), check=True).stdout  # stdout is a pipe here
     assert "best marked *" in out and "*" in out.split("best marked *", 1)[1]

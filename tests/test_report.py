@@ -282,6 +282,83 @@ def test_report_shows_published_reference_and_plugin_slices(run, tmp_path):
     assert "sdf_slices/sdf_x_0.50.png (written by the method's plugin)" in " ".join(page.text)
 
 
+def report_sections(path) -> dict[str, str]:
+    """{section heading: the section's visible text} of a report page."""
+    import html
+
+    found = re.findall(r"<section><h2>(.*?)</h2>(.*?)</section>", path.read_text(), re.S)
+    return {html.unescape(h): html.unescape(re.sub(r"<[^>]+>", " ", inner)) for h, inner in found}
+
+
+def side_by_side_paths(text: str) -> list[str]:
+    """The run-relative paths of the side-by-sides a section's captions name."""
+    return re.findall(r"(?<![\w/])(\S+_pred_gt_depth\.png):", text)
+
+
+def test_report_sections_say_which_split_and_command_made_each_render(run, nls, tmp_path):
+    """`nls render --split train` and `nls eval` beside training's test renders: the test section shows
+    one set of test renders (those its PSNR comes from), names the other, and the train views get a
+    section of their own; only a folder named after one of the run's evaluators is said to be
+    written by an evaluator."""
+    from pipeline.report import build_report
+    from pipeline.report.figures import png_bytes
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    nls("render", str(copy), "--split", "train", "--every", "4", "--max-images", "2", "-q", check=True)
+    trains = sorted(p.relative_to(copy).as_posix() for p in (copy / "renders" / "train").glob("*_pred_gt_depth.png"))
+    tests = sorted(p.relative_to(copy).as_posix() for p in (copy / "renders" / "test").glob("*_pred_gt_depth.png"))
+    assert len(trains) == 2 and tests
+
+    secs = report_sections(build_report(copy, tmp_path / "a.html", use_model=False, progress=False))
+    assert side_by_side_paths(secs["Test renders and ground truth"]) == tests
+    assert "Other renders" not in secs["Test renders and ground truth"]
+    assert side_by_side_paths(secs["Renders of the train split (nls render)"]) == trains
+
+    nls("eval", str(copy), "--set", "evaluators=[{type: psnr}]", "-q", check=True)
+    shown = sorted(p.relative_to(copy).as_posix()
+                   for p in (copy / "eval_renders" / "test").glob("*_pred_gt_depth.png"))
+    png = png_bytes(np.random.default_rng(0).random((8, 8, 3)))
+    for folder in ("sphere_trace", "scratch"):
+        (copy / "renders" / folder).mkdir()
+        (copy / "renders" / folder / "view_00.png").write_bytes(png)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["evaluators"].append({"type": "sphere_trace"})
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    secs = report_sections(build_report(copy, tmp_path / "b.html", use_model=False, progress=False))
+    test = secs["Test renders and ground truth"]
+    assert side_by_side_paths(test) == shown, test  # the renders its PSNR (from eval.json) was computed from
+    assert f"Other renders of the test split, not shown here: renders/test/ ({len(tests)} view" in test, test
+    assert side_by_side_paths(secs["Renders of the train split (nls render)"]) == trains
+    assert "renders/sphere_trace/view_00.png (written by the sphere_trace evaluator)" in \
+        secs["Images of the sphere_trace evaluator"]
+    assert "renders/scratch/view_00.png" in secs["Images in renders/scratch/"]
+    assert not any("written by an evaluator" in t or "scratch/view_00.png (" in t for t in secs.values()), secs
+
+
+def test_report_mesh_hint_puts_the_mesh_where_the_report_finds_it(run, nls, tmp_path):
+    """The hint of a run without a mesh names a path inside the run (a relative -o would be relative to
+    the current folder); followed from another folder, the next report shows that mesh."""
+    import shlex
+
+    from pipeline.report import build_report
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "meshes")
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "mesh": None}))
+    secs = report_sections(build_report(copy, tmp_path / "a.html", use_model=False, progress=False))
+    hint = re.search(r"Make one with `(nls export [^`]+)`", secs["Mesh"])
+    assert hint and hint.group(1) == f"nls export {copy} -o {copy / 'meshes' / 'mesh.ply'}", secs["Mesh"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nls(*shlex.split(hint.group(1))[1:], cwd=elsewhere, check=True)
+    assert not list(elsewhere.iterdir())
+    secs = report_sections(build_report(copy, tmp_path / "b.html", use_model=False, progress=False))
+    assert "No exported mesh" not in secs["Mesh"] and "meshes/mesh.ply:" in secs["Mesh"], secs["Mesh"]
+
+
 def test_reference_block_is_validated(tmp_path):
     from pipeline.config import validate
     from pipeline.testing import TINY_SCENE, plugin_host

@@ -2,8 +2,10 @@
 
 Sections (each shown when the run has what it needs, otherwise a note says what is missing
 and how to make it): scene and method with the resolved config; summary metrics next to
-the published figures of the config's ``reference:`` block; loss and metric curves; test
-renders next to ground truth with a per-pixel error map; depth and normal maps; field slices
+the published figures of the config's ``reference:`` block; loss and metric curves; the eval
+split's renders next to ground truth with a per-pixel error map (one set: those its metrics
+come from), then each other split's renders (``nls render --split``) and the images of other
+``renders/`` folders (an evaluator's) in sections of their own; depth and normal maps; field slices
 (sdf / occupancy / density) on three axis planes through the box centre plus any PNGs a
 plugin wrote to a ``*slices`` folder of the run; a turntable of the exported mesh; wall time, device
 and versions. Works for runs killed midway (no summary.json) from their checkpoints and
@@ -58,7 +60,10 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
                 print(f"warning: {facts.path}: no renders, normal maps or slices in the report: {load_error}",
                       file=sys.stderr, flush=True)
         bar.advance(len(builders) + 1, "model")
-        sections.append(("Test renders and ground truth", _renders(facts, ld, load_error)))
+        split, shown = shown_renders(facts)
+        sections.append((f"{split.capitalize()} renders and ground truth",
+                         _renders(facts, split, shown, ld, load_error)))
+        sections += other_render_sections(facts, split, shown)
         bar.advance(len(builders) + 2, "renders")
         sections.append(("Depth and normal maps", _depth_normals(facts, ld, load_error)))
         bar.advance(len(builders) + 3, "normals")
@@ -156,59 +161,101 @@ def _curves(f: RunFacts) -> str:
     return H.img(png, "training curves", caption=f"{len(f.log)} logged steps from metrics.jsonl")
 
 
-def _side_by_sides(f: RunFacts) -> list[Path]:
-    """The renders the image metrics shown were computed from: eval_renders/<split> when those
-    metrics come from eval.json (``nls eval`` writes there), else training's renders/<split>."""
-    split = str((f.eval_config.get("eval") or {}).get("split") or "test")
+def _eval_split(cfg: dict) -> str:
+    """The ``eval.split`` of a config dict (``test`` when it names none)."""
+    return str((cfg.get("eval") or {}).get("split") or "test")
+
+
+def _side_by_sides_in(folder: Path) -> list[Path]:
+    """The ``*_pred_gt_depth.png`` side-by-sides that rendering a split wrote to ``folder``."""
+    return sorted(folder.glob("*_pred_gt_depth.png"))
+
+
+def shown_renders(f: RunFacts) -> tuple[str, list[Path]]:
+    """(split, side-by-sides) of the eval split's section: those the image metrics shown were
+    computed from. eval_renders/<split> when they come from eval.json (``nls eval`` writes there),
+    else renders/<split> of config.yaml's eval split (training's evaluation, or ``nls render``)."""
     later = f.later_evaluation and any(isinstance(v, dict) and "psnr" in v
                                        for v in (f.later_evaluation.get("evaluators") or {}).values())
     if later:
-        found = sorted((f.path / "eval_renders" / split).glob("*_pred_gt_depth.png"))
+        split = _eval_split(f.eval_config)
+        found = _side_by_sides_in(f.path / "eval_renders" / split)
         if found:
-            return found
-    found = sorted((f.path / "renders" / split).glob("*_pred_gt_depth.png"))
-    return found or sorted((f.path / "renders").glob("*/*_pred_gt_depth.png"))
+            return split, found
+    split = _eval_split(f.config)
+    return split, _side_by_sides_in(f.path / "renders" / split)
 
 
-def _renders(f: RunFacts, ld, load_error) -> str:
-    files = _side_by_sides(f)
-    return _split_renders(f, files, ld, load_error) + "\n" + _other_renders(f, files)
-
-
-def _other_renders(f: RunFacts, side_by_sides: list[Path]) -> str:
-    """PNGs evaluators wrote under renders/<folder>/ other than the pred|gt|depth ones
-    (e.g. the lipschitz plugin's sphere-traced views), up to MAX_RENDER_PAIRS per folder."""
-    split_dirs = {p.parent for p in side_by_sides}
-    parts = []
-    for d in sorted(p for p in (f.path / "renders").glob("*") if p.is_dir() and p not in split_dirs):
-        for png in sorted(d.glob("*.png"))[:MAX_RENDER_PAIRS]:
-            parts.append(H.img(png.read_bytes(), png.name, caption=f"renders/{d.name}/{png.name} "
-                                                                   f"(written by an evaluator)"))
+def _renders(f: RunFacts, split: str, files: list[Path], ld, load_error) -> str:
+    """The eval split's section: one set of its renders, and where the others of that split are."""
+    shown = files[0].parent if files else None
+    others = [d for d in (f.path / "renders" / split, f.path / "eval_renders" / split)
+              if d != shown and _side_by_sides_in(d)]
+    parts = [_split_renders(f, split, files, ld, load_error)]
+    if others:
+        counts = [(d, len(_side_by_sides_in(d))) for d in others]
+        where = ", ".join(f"{d.relative_to(f.path)}/ ({n} view{'' if n == 1 else 's'})" for d, n in counts)
+        parts.append(f"<p class=\"sub\">Other renders of the {H.esc(split)} split, not shown here: "
+                     f"{H.esc(where)}.</p>")
     return "\n".join(parts)
 
 
-def _split_renders(f: RunFacts, files: list[Path], ld, load_error) -> str:
+def _render_author(f: RunFacts, folder: Path) -> str:
+    """Who wrote the side-by-sides of ``folder`` (renders/<split>): training's evaluation for the split
+    summary.json names, else ``nls render``."""
+    return "training's evaluation" if (f.summary or {}).get("renders") == f"renders/{folder.name}" else "nls render"
+
+
+def other_render_sections(f: RunFacts, split: str, shown: list[Path]) -> list[tuple[str, str]]:
+    """(heading, html) per folder of renders/ not in the eval split's section: each other split's
+    side-by-sides (``nls render --split``) and the images of any other folder, such as the
+    lipschitz plugin's sphere-traced views in renders/sphere_trace/ (an evaluator named like the
+    folder wrote them), up to MAX_RENDER_PAIRS per folder."""
+    skip = {f.path / "renders" / split, *(p.parent for p in shown)}
+    evaluators = {str(e.get("type")) for cfg in (f.config, f.eval_config)
+                  for e in (cfg.get("evaluators") or []) if isinstance(e, dict)}
+    out = []
+    for d in sorted(p for p in (f.path / "renders").glob("*") if p.is_dir() and p not in skip):
+        sides = _side_by_sides_in(d)
+        if sides:
+            out.append((f"Renders of the {d.name} split ({_render_author(f, d)})", _comparisons(f, sides)))
+            continue
+        who = f" (written by the {d.name} evaluator)" if d.name in evaluators else ""
+        imgs = [H.img(png.read_bytes(), png.name, caption=f"renders/{d.name}/{png.name}{who}")
+                for png in sorted(d.glob("*.png"))[:MAX_RENDER_PAIRS]]
+        if imgs:
+            out.append((f"Images of the {d.name} evaluator" if who else f"Images in renders/{d.name}/",
+                        "\n".join(imgs)))
+    return out
+
+
+def _comparisons(f: RunFacts, files: list[Path]) -> str:
+    """Up to MAX_RENDER_PAIRS side-by-sides as prediction | ground truth | error | depth panels."""
     import imageio.v3 as iio
 
     from pipeline.report.figures import comparison_png, split_side_by_side
 
+    parts = []
+    for p in files[:MAX_RENDER_PAIRS]:
+        pred, gt, depth = split_side_by_side(iio.imread(p))
+        parts.append(H.img(comparison_png(pred, gt, depth), p.name,
+                           caption=f"{p.relative_to(f.path)}: prediction, ground truth, per-pixel error, depth"))
+    if len(files) > MAX_RENDER_PAIRS:
+        parts.append(f"<p class=\"sub\">{len(files) - MAX_RENDER_PAIRS} more in {H.esc(files[0].parent)}</p>")
+    return "\n".join(parts)
+
+
+def _split_renders(f: RunFacts, split: str, files: list[Path], ld, load_error) -> str:
+    """``files`` as comparisons; without any, views of ``split`` rendered from the checkpoint (or why not)."""
     if files:
-        parts = []
-        for p in files[:MAX_RENDER_PAIRS]:
-            pred, gt, depth = split_side_by_side(iio.imread(p))
-            parts.append(H.img(comparison_png(pred, gt, depth), p.name,
-                               caption=f"{p.parent.parent.name}/{p.parent.name}/{p.name}: prediction, "
-                                       f"ground truth, per-pixel error, depth"))
-        if len(files) > MAX_RENDER_PAIRS:
-            parts.append(f"<p class=\"sub\">{len(files) - MAX_RENDER_PAIRS} more in {H.esc(files[0].parent)}</p>")
-        return "\n".join(parts)
+        return _comparisons(f, files)
     if ld is None or ld.system.renderer is None:
         why = "this method has no renderer (no images to compare)" if (f.config.get("renderer") is None) \
             else f"no renders on disk and {load_error}"
-        return H.missing(f"No test renders: {why}.")
+        return H.missing(f"No {split} renders: {why}.")
+    from pipeline.report.figures import comparison_png
     from pipeline.report.model_views import render_view
 
-    split = ld.cfg.eval.split
     parts = [H.missing(f"No renders on disk (the run did not finish); these are rendered from the newest "
                        f"checkpoint (step {ld.step}). `nls render {f.path}` writes them all.")]
     for i in range(min(2, len(ld.scene.splits.get(split, [])))):
@@ -279,16 +326,35 @@ def slice_folders(f: RunFacts) -> list[Path]:
     return [f.path / n for n in sorted(names) if (f.path / n).is_dir() and (f.path / n).resolve() != f.path.resolve()]
 
 
+def exported_mesh(run_dir: Path) -> Optional[Path]:
+    """The first mesh file (by name) in ``run_dir/meshes/``, where training and
+    ``nls export RUN -o RUN/meshes/NAME`` put them; None when there is none."""
+    from pipeline.mesh import MESH_FORMATS
+
+    folder = run_dir / "meshes"
+    meshes = sorted(folder.glob("*")) if folder.is_dir() else []
+    return next((m for m in meshes if m.is_file() and m.suffix.lower() in MESH_FORMATS), None)
+
+
+def export_hint(run_dir: Path) -> str:
+    """The command that writes a mesh where the report finds it: ``-o`` inside the run's meshes/
+    (a relative ``-o`` is relative to the current folder, not to the run)."""
+    import shlex
+
+    run = shlex.quote(str(run_dir))
+    return (f"Make one with `nls export {run} -o {shlex.quote(str(run_dir / 'meshes' / 'mesh.ply'))}` "
+            f"(the report shows the meshes in the run's meshes/ folder).")
+
+
 def _mesh(f: RunFacts) -> str:
     parts = []
     mesh_path = f.path / (f.summary or {}).get("mesh", "") if (f.summary or {}).get("mesh") else None
     if mesh_path is None or not mesh_path.is_file():
-        meshes = sorted((f.path / "meshes").glob("*")) if (f.path / "meshes").is_dir() else []
-        mesh_path = next((m for m in meshes if m.suffix in (".ply", ".obj", ".glb", ".stl", ".off")), None)
+        mesh_path = exported_mesh(f.path)
     if mesh_path is None:
         why = f.skipped.get("chamfer") or ("the run did not finish" if not f.complete else
                                            "the run exported no mesh")
-        parts.append(H.missing(f"No exported mesh: {why}. Make one with `nls export {f.path} -o mesh.ply`."))
+        parts.append(H.missing(f"No exported mesh: {why}. {export_hint(f.path)}"))
     else:
         from pipeline.report.figures import mesh_turntable_gif
         from pipeline.scenes.mesh_render import load_mesh
