@@ -11,9 +11,19 @@ over a gloo process group, and rank 0 writes the table (over the run folders it 
 ``--output`` on a shared filesystem when the nodes do not share one). Everything of one batch lands in
 ``<output>/batch/<timestamp>/``::
 
-    batch.json      per scene: status, exit code, seconds, run folder, error, log file, rank
+    batch.json      per scene: outcome, run status, exit code, seconds, run folder, error, log file, rank
     compare.md      the comparison table of the finished runs (Markdown)
     logs/NN_<scene>.log   stdout+stderr of each child run
+
+A scene's ``outcome`` is what happened to its process: ``ok`` (exit code 0), ``failed``, ``timed out``
+(``--scene-timeout``) or ``stopped`` (the batch got Ctrl-C or SIGTERM). Its ``status`` is its run
+folder's, in the words of ``nls compare`` (``complete``, ``evaluated``, ``trained``, ``incomplete``),
+and null when no run folder was made.
+
+Each child runs in its own process group (with what it starts, such as the compiler of a JIT
+build). A scene past ``--scene-timeout`` gets SIGTERM, so ``nls reconstruct`` saves a checkpoint
+and exits; what is still running :data:`STOP_GRACE_S` seconds later is killed. Ctrl-C and SIGTERM
+to the batch are passed on to every child, and scenes not yet started are skipped.
 """
 
 from __future__ import annotations
@@ -22,13 +32,17 @@ import datetime as _dt
 import json
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import IO, Iterator, Optional, Sequence
 
 from pipeline.types import NLSError
 
@@ -36,6 +50,12 @@ from pipeline.types import NLSError
 RUN_FOLDER_LINE = re.compile(r"^run folder: (.+?)(?:  \(.*)?$", re.M)
 #: the ranks wait this long for each other at the end of a batch (scenes may take hours)
 BATCH_TIMEOUT_S = 7 * 24 * 3600.0
+#: seconds a scene past --scene-timeout gets, after SIGTERM, to save its checkpoint and exit before
+#: its process group is killed (a step and a checkpoint write of a large model fit in it)
+STOP_GRACE_S = 60.0
+#: the signals to the batch that are passed on to its children (both stop ``nls reconstruct`` at the
+#: next step boundary, with a checkpoint)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -44,7 +64,8 @@ class SceneResult:
 
     index: int
     scene: str
-    status: str  # "complete" | "failed"
+    outcome: str  # "ok" | "failed" | "timed out" | "stopped"
+    status: Optional[str]  # the run folder's, as `nls compare` says it; None without a run folder
     exit_code: Optional[int]
     seconds: float
     run_dir: Optional[str]
@@ -100,10 +121,154 @@ def _threads_per_run(cpus: int, parallel: int) -> int:
     return env_threads() or max(1, cpus // parallel)
 
 
-def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: int = 0) -> SceneResult:
+class ChildRuns:
+    """The batch's running child processes, each the leader of its own process group.
+
+    Ctrl-C at a terminal reaches only the batch's process group, so :meth:`passing_on_stops` hands
+    SIGINT and SIGTERM (and SIGHUP) on to every child's group; once one came, :meth:`start` starts no
+    more scenes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # re-entered when a signal handler runs inside start()
+        self._procs: set[subprocess.Popen] = set()
+        self.stop_signal: Optional[int] = None
+
+    def start(self, argv: list[str], **kwargs) -> Optional[subprocess.Popen]:
+        """``Popen(argv)`` in a new process group; None (nothing started) once the batch is stopping."""
+        with self._lock:
+            if self.stop_signal is not None:
+                return None
+            proc = subprocess.Popen(argv, start_new_session=True, **kwargs)  # its own process group
+            self._procs.add(proc)
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        """Forget ``proc`` (it has exited)."""
+        with self._lock:
+            self._procs.discard(proc)
+
+    def pass_on(self, signum: int, frame=None) -> None:
+        """Signal handler: send ``signum`` to every running child's process group."""
+        with self._lock:
+            self.stop_signal = signum
+            for proc in list(self._procs):
+                signal_group(proc, signum)
+
+    def _hang_up(self, signum: int, frame=None) -> None:
+        """SIGHUP handler (a closed terminal): the children get it, as they did in the batch's process
+        group, and the batch ends by it as before."""
+        self.pass_on(signum)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    @contextmanager
+    def passing_on_stops(self) -> Iterator["ChildRuns"]:
+        """Inside it, SIGINT and SIGTERM to this process go to the children, and so does SIGHUP unless
+        it is ignored (nohup); main thread only. The previous handlers are restored on exit."""
+        from pipeline.signals import handlers_installed
+
+        handlers = {sig: self.pass_on for sig in STOP_SIGNALS}
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+            handlers[signal.SIGHUP] = self._hang_up
+        with handlers_installed(handlers):
+            yield self
+
+
+def signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the process group that ``proc`` leads (nothing when it is gone)."""
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def stop_gracefully(proc: subprocess.Popen, grace_s: float) -> bool:
+    """SIGTERM to ``proc``'s group, so ``nls reconstruct`` checkpoints and exits; SIGKILL to the group
+    (what the child left running too) after at most ``grace_s`` seconds. True when ``proc`` had to be
+    killed."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+        killed = False
+    except subprocess.TimeoutExpired:
+        killed = True
+    signal_group(proc, signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def _note(log: IO[str], message: str) -> None:
+    """Append a line of the batch's own to a child's log (the child writes to the same file)."""
+    log.write(f"nls batch: {message}\n")
+    log.flush()
+
+
+def run_status(run_dir: Optional[str]) -> Optional[str]:
+    """The run folder's status as ``nls compare`` shows it (complete, evaluated, trained, incomplete);
+    None without a readable run folder."""
+    from pipeline.report.collect import read_run
+
+    if run_dir is None:
+        return None
+    try:
+        return read_run(Path(run_dir)).short_status
+    except NLSError:
+        return None
+
+
+def resume_hint(run_dir: Optional[str], opts: BatchOptions) -> str:
+    """Where a stopped scene can go on from: its newest checkpoint and the ``nls resume`` command, or
+    that it has none."""
+    from pipeline.runs import RunDir
+
+    ck = RunDir(Path(run_dir)).latest_checkpoint() if run_dir else None
+    if ck is None:
+        return "no checkpoint was written, nothing to resume"
+    flags = "".join(f" --plugins-dir {shlex.quote(d)}" for d in opts.plugins_dirs)
+    return f"checkpoint {ck.name}; resume with: nls resume {shlex.quote(run_dir)}{flags}"
+
+
+def _stop_error(code: Optional[int], opts: BatchOptions, run_dir: Optional[str], *, timed_out: bool,
+                killed: bool, stop_signal: Optional[int]) -> str:
+    """The error of a scene that the batch stopped (``--scene-timeout``, or a signal to the batch)."""
+    why = (f"--scene-timeout {opts.scene_timeout:g} s" if timed_out
+           else "Ctrl-C" if stop_signal == signal.SIGINT else "SIGTERM to nls batch")
+    if code is None:
+        return f"not started: the batch was stopped ({why})"
+    how = f"killed after {why} (still running {STOP_GRACE_S:g} s after SIGTERM)" if killed else f"stopped after {why}"
+    return f"{how} ({resume_hint(run_dir, opts)})"
+
+
+def _run_child(argv: list[str], opts: BatchOptions, log: IO[str], env: dict,
+               children: ChildRuns) -> tuple[Optional[int], bool, bool]:
+    """Run one child to its end: (exit code, None when not started; timed out; killed)."""
+    proc = children.start(argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    if proc is None:
+        _note(log, "not started: the batch was stopped")
+        return None, False, False
+    timed_out = killed = False
+    try:
+        try:
+            proc.wait(timeout=opts.scene_timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _note(log, f"--scene-timeout {opts.scene_timeout:g} s reached; SIGTERM sent (a checkpoint is "
+                       f"saved at the next step), SIGKILL in {STOP_GRACE_S:g} s if still running")
+            killed = stop_gracefully(proc, STOP_GRACE_S)
+            if killed:
+                _note(log, f"still running {STOP_GRACE_S:g} s after SIGTERM; killed (SIGKILL)")
+    finally:
+        children.finished(proc)
+    return proc.returncode, timed_out, killed
+
+
+def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: int = 0,
+              children: Optional[ChildRuns] = None) -> SceneResult:
     """Run one scene in a child process; never raises for a failure of the scene itself."""
     from pipeline.distributed import clean_child_env
 
+    children = children or ChildRuns()
     log = log_dir / f"{index:02d}_{Path(scene).stem}.log"
     env = clean_child_env()  # the child is a single process even when this one is a torchrun rank
     env.setdefault("NLS_THREADS", str(opts.threads))
@@ -114,43 +279,53 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
     with open(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
         f.flush()
-        try:
-            proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                  timeout=opts.scene_timeout, stdin=subprocess.DEVNULL)
-            code: Optional[int] = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-    seconds = time.perf_counter() - t0
+        code, timed_out, killed = _run_child(argv, opts, f, env, children)
+    seconds = round(time.perf_counter() - t0, 2)
     text = log.read_text(errors="replace")
     found = RUN_FOLDER_LINE.findall(text)
     run_dir = found[0].strip() if found else None
     if run_dir is not None and not Path(run_dir).is_dir():  # a job refused before training removes its folder
         run_dir = None
+    status = run_status(run_dir)
     if code == 0:
-        return SceneResult(index, scene, "complete", 0, round(seconds, 2), run_dir, "", str(log), rank)
-    error = (f"stopped after --scene-timeout {opts.scene_timeout:g} s" if code is None
-             else _error_of(text, code))
-    return SceneResult(index, scene, "failed", code, round(seconds, 2), run_dir, error, str(log), rank)
+        return SceneResult(index, scene, "ok", status, 0, seconds, run_dir, "", str(log), rank)
+    if timed_out or children.stop_signal is not None:
+        error = _stop_error(code, opts, run_dir, timed_out=timed_out, killed=killed, stop_signal=children.stop_signal)
+        outcome = "timed out" if timed_out else "stopped"
+    else:
+        error, outcome = _error_of(text, code), "failed"
+    return SceneResult(index, scene, outcome, status, code, seconds, run_dir, error, str(log), rank)
+
+
+def _say_result(res: SceneResult, say) -> None:
+    """One console line for a scene that ended."""
+    n = f"[{res.index + 1}]"
+    if res.outcome == "ok":
+        say(f"{n} done    {res.scene} in {res.seconds:.0f} s ({res.status}) -> {res.run_dir}")
+    elif res.outcome == "failed":
+        say(f"{n} FAILED  {res.scene} (exit code {res.exit_code}): {res.error}  (log: {res.log})")
+    else:
+        say(f"{n} {res.outcome.upper()}  {res.scene}: {res.error}  (log: {res.log})")
 
 
 def run_scenes(scenes: Sequence[tuple[int, str]], opts: BatchOptions, jobs: int, log_dir: Path,
                rank: int = 0, say=print) -> list[SceneResult]:
-    """Run ``(index, scene)`` pairs, ``jobs`` at a time, reporting each as it ends."""
+    """Run ``(index, scene)`` pairs, ``jobs`` at a time, reporting each as it ends; Ctrl-C or SIGTERM
+    stops the running ones (with a checkpoint) and skips the rest."""
     total = len(scenes)
+    children = ChildRuns()
 
     def one(item: tuple[int, str]) -> SceneResult:
         i, scene = item
-        say(f"[{i + 1}] started {scene}")
-        res = run_scene(i, scene, opts, log_dir, rank)
-        if res.status == "complete":
-            say(f"[{i + 1}] done    {scene} in {res.seconds:.0f} s -> {res.run_dir}")
-        else:
-            say(f"[{i + 1}] FAILED  {scene} (exit {res.exit_code}): {res.error}  (log: {res.log})")
+        if children.stop_signal is None:
+            say(f"[{i + 1}] started {scene}")
+        res = run_scene(i, scene, opts, log_dir, rank, children)
+        _say_result(res, say)
         return res
 
     if total == 0:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, total))) as pool:
+    with children.passing_on_stops(), ThreadPoolExecutor(max_workers=max(1, min(jobs, total))) as pool:
         return list(pool.map(one, scenes))
 
 
@@ -170,7 +345,7 @@ def comparison_table(results: Sequence[SceneResult], out_dir: Path, *, show: boo
     """The ``nls compare`` table over the finished runs, written to ``compare.md`` (and printed)."""
     from pipeline.compare import compare_runs, print_rich, to_markdown
 
-    runs = [r.run_dir for r in results if r.status == "complete" and r.run_dir and Path(r.run_dir).is_dir()]
+    runs = [r.run_dir for r in results if r.outcome == "ok" and r.run_dir and Path(r.run_dir).is_dir()]
     if not runs:
         return None
     table = compare_runs([Path(p) for p in runs])
@@ -200,7 +375,8 @@ def _batch_dir(root: Path) -> Path:
 
 
 def cmd_batch(args) -> int:
-    """``nls batch``: see the module docstring. Exit code 0 when every scene finished, else 1."""
+    """``nls batch``: see the module docstring. Exit code 0 when every scene finished, 130 when the batch
+    was stopped (Ctrl-C, SIGTERM), else 1."""
     from pipeline import distributed
 
     from pipeline.config import parse_override
@@ -239,7 +415,7 @@ def cmd_batch(args) -> int:
         problem = precheck(s, opts, args.host)
         if problem:
             say(f"[{i + 1}] FAILED  {s}: {problem}")
-            results.append(SceneResult(i, s, "failed", 2, 0.0, None, problem, "", info.rank))
+            results.append(SceneResult(i, s, "failed", None, 2, 0.0, None, problem, "", info.rank))
         else:
             todo.append((i, s))
     if info.is_main:
@@ -262,6 +438,7 @@ def cmd_batch(args) -> int:
 
 
 def _finish(results: list[SceneResult], out_dir: Path) -> int:
+    """Write batch.json and compare.md, print the outcome; the batch's exit code (0, 1 or 130)."""
     from pipeline.runs import atomic_write_text
 
     try:
@@ -271,12 +448,14 @@ def _finish(results: list[SceneResult], out_dir: Path) -> int:
         table = None
     atomic_write_text(out_dir / "batch.json", json.dumps({
         "scenes": [asdict(r) for r in results], "compare": str(table) if table else None}, indent=2) + "\n")
-    done = [r for r in results if r.status == "complete"]
-    failed = [r for r in results if r.status != "complete"]
+    done = [r for r in results if r.outcome == "ok"]
+    failed = [r for r in results if r.outcome != "ok"]
     print(f"{len(done)} of {len(results)} scene(s) finished; batch folder: {out_dir}"
           + (f"; table: {table}" if table else ""))
     for r in failed:
-        print(f"failed: {r.scene}: {r.error}" + (f" (log: {r.log})" if r.log else ""), file=sys.stderr)
+        print(f"{r.outcome}: {r.scene}: {r.error}" + (f" (log: {r.log})" if r.log else ""), file=sys.stderr)
+    if any(r.outcome == "stopped" for r in results):
+        return 130
     return 0 if not failed else 1
 
 
@@ -289,7 +468,8 @@ def add_parser(sub, common) -> None:
         description="Train every SCENE.yaml in its own `nls reconstruct` process, --jobs at a time, each in its "
         "own run folder; a failing scene is reported and the others go on. Ends with the `nls compare` table "
         "of the finished runs. Under `torchrun --nproc_per_node N -m pipeline.cli batch ...` the scenes are "
-        "spread over the ranks (and nodes). Exit code 1 when any scene failed.")
+        "spread over the ranks (and nodes). Exit code 1 when any scene failed or timed out; 130 after Ctrl-C "
+        "(the running scenes stop with a checkpoint, the others are not started).")
     c.add_argument("scenes", metavar="SCENE.yaml", nargs="+", help="scene configs")
     c.add_argument("-j", "--jobs", type=int_at_least(1), default=1, metavar="N",
                    help="scenes trained at the same time (per rank; default: 1); the CPU cores are shared among them")
@@ -301,5 +481,7 @@ def add_parser(sub, common) -> None:
     c.add_argument("--steps", type=int_at_least(1), metavar="N", help="training steps for every scene")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
     c.add_argument("--scene-timeout", type=positive_seconds, metavar="S",
-                   help="stop (and fail) a scene after S seconds")
+                   help="stop a scene after S seconds: it gets SIGTERM, and when it is training it saves a "
+                   f"checkpoint and exits (go on with `nls resume RUN`); it is killed if still running "
+                   f"{STOP_GRACE_S:g} s later. The batch then exits with 1, as for a failed scene")
     c.set_defaults(func=cmd_batch)

@@ -4,7 +4,7 @@ Layout of one run (``outputs/<scene>/<method>/<timestamp>/``)::
 
     config.yaml     resolved config (yaml.safe_load reads it back)
     plugins.json    plugin names and versions, and which plugin supplied each component
-    cmd.txt         the command line that made the run (one line per invocation)
+    cmd.txt         the command line that made the run (one line per invocation: ``cd <cwd> && nls ...``)
     metrics.jsonl   one JSON object per logged step
     summary.json    final metrics, wall time, device, versions
     checkpoints/    ckpt_<step>.pt (+ .sha256), written atomically; the newest two are kept
@@ -209,9 +209,10 @@ class RunDir:
     # -- records --------------------------------------------------------------------
     def record_command(self, argv: Optional[list[str]] = None) -> None:
         """Append ``argv`` (default: ``nls`` and this process's arguments) to ``cmd.txt`` as one
-        shell-quoted line (not atomic)."""
+        shell-quoted line that runs it again from anywhere: ``cd <working directory> && <argv>``
+        (relative paths in ``argv`` are relative to that folder). Not atomic."""
         argv = argv if argv is not None else ["nls", *sys.argv[1:]]
-        _append_line(self.path / "cmd.txt", shlex.join(argv))
+        _append_line(self.path / "cmd.txt", command_line(argv))
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write ``data`` as indented JSON to the run's file ``name``, atomically; returns its path."""
@@ -344,6 +345,17 @@ class RunDir:
             raise CheckpointError(f"run {self.path} has no checkpoint in {self.ckpt_dir}; "
                                   f"start a new run with `nls reconstruct {self.config_path}`.")
         return load_checkpoint_file(path, map_location, self.checkpoints())
+
+
+def command_line(argv: list[str], cwd: Optional[str] = None) -> str:
+    """``argv`` as one shell line run from ``cwd`` (default: this process's working directory):
+    ``cd <cwd> && <argv>``, shell-quoted; ``argv`` alone when the working directory is gone."""
+    if cwd is None:
+        try:
+            cwd = os.getcwd()
+        except OSError:  # deleted meanwhile
+            return shlex.join(argv)
+    return f"cd {shlex.quote(cwd)} && {shlex.join(argv)}"
 
 
 def load_checkpoint_file(path: Path, map_location: str = "cpu", siblings: list[Path] = ()) -> dict:

@@ -232,17 +232,10 @@ class StopRequest:
     def installed(self):
         """Context manager: this request handles SIGINT and SIGTERM inside it (main thread only);
         the previous handlers are restored on exit."""
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not in the main thread: signals stay as they are
-                pass
-        try:
+        from pipeline.signals import handlers_installed
+
+        with handlers_installed({signal.SIGINT: self._handler, signal.SIGTERM: self._handler}):
             yield self
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
 
 
 class TrainStep(nn.Module):

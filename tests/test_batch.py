@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,13 @@ def _check_batch(out: Path, proc, good: list[str], bad: dict[str, str]) -> None:
     assert set(by_name) == set(good) | set(bad)
     for name in good:
         s = by_name[name]
-        assert s["status"] == "complete", s
+        assert s["outcome"] == "ok" and s["status"] == "complete", s
         summary = json.loads((Path(s["run_dir"]) / "summary.json").read_text())
         assert summary["status"] == "complete" and summary["scene"] == name
     for name, why in bad.items():
-        assert by_name[name]["status"] == "failed" and why in by_name[name]["error"], by_name[name]
+        assert by_name[name]["outcome"] == "failed" and why in by_name[name]["error"], by_name[name]
         assert why in proc.stderr
-    run_dirs = {Path(s["run_dir"]) for s in record["scenes"] if s["status"] == "complete"}
+    run_dirs = {Path(s["run_dir"]) for s in record["scenes"] if s["outcome"] == "ok"}
     assert len(run_dirs) == len(good)  # one folder per scene
     table = (batch / "compare.md").read_text()
     header, rows = table.splitlines()[0], table.splitlines()[2:]
@@ -114,3 +115,147 @@ def test_batch_of_procedural_nerf_scenes_under_torchrun(tmp_path):
                           capture_output=True, text=True, env=env(), cwd=ROOT, timeout=900)
     _check_batch(out, proc, names, {"tiny_missing": "no_such_mesh.obj"})
     assert "[rank 1/2]" in proc.stdout  # the scenes were spread over both ranks
+
+
+# -- stopping scenes: --scene-timeout, Ctrl-C, a closed terminal -----------------------------------
+
+#: a stand-in for `nls reconstruct` (argv: run folder, signal to stop on, seconds to live): it makes the run
+#: folder, prints it as nls does, and on the signal saves a checkpoint and exits 130 as nls does
+FAKE_RUN = """
+import os, pathlib, signal, subprocess, sys, time
+run, sig, live = pathlib.Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+(run / "checkpoints").mkdir(parents=True)
+(run / "config.yaml").write_text("name: fake\\nmethod: m\\ntrain: {steps: 100}\\n")
+def stop(signum, frame):
+    (run / "checkpoints" / "ckpt_00000007.pt").write_bytes(b"x")
+    sys.exit(130)
+if sig == "ignore":  # a child stuck where it cannot stop, with a helper process of its own
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (run / "helper.pid").write_text(str(helper.pid))
+else:
+    signal.signal(getattr(signal, sig), stop)
+print(f"run folder: {run}  (scene loaded in 0.1 s, device cpu)", flush=True)
+if sig in ("SIGINT", "SIGHUP"):  # as if the user pressed Ctrl-C in, or closed, the batch's terminal
+    os.kill(os.getppid(), getattr(signal, sig))
+time.sleep(live)
+sys.exit(1)
+"""
+
+
+def _fake_opts(monkeypatch, tmp_path: Path, sig: str, live: float = 60.0, **kw):
+    """BatchOptions whose children run FAKE_RUN instead of `nls reconstruct`."""
+    from pipeline.batch import BatchOptions
+
+    script = tmp_path / "fake_run.py"
+    script.write_text(FAKE_RUN)
+    runs = iter(range(100))
+    monkeypatch.setattr(BatchOptions, "command", lambda self, scene: [
+        sys.executable, str(script), str(tmp_path / "runs" / f"{Path(scene).stem}-{next(runs)}"), sig, str(live)])
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return BatchOptions(**kw)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_scene_timeout_stops_the_scene_with_sigterm_so_it_checkpoints(tmp_path, monkeypatch):
+    """--scene-timeout sends SIGTERM (nls saves a checkpoint and exits 130), not SIGKILL; the error says
+    how to resume, never 'exit None', and the log says what the batch did."""
+    from pipeline.batch import run_scene
+
+    opts = _fake_opts(monkeypatch, tmp_path, "SIGTERM", scene_timeout=2)
+    res = run_scene(0, "a.yaml", opts, tmp_path / "logs")
+    assert (Path(res.run_dir) / "checkpoints" / "ckpt_00000007.pt").exists() and res.exit_code == 130, res
+    assert (res.outcome, res.status) == ("timed out", "incomplete"), res
+    assert res.error == (f"stopped after --scene-timeout 2 s (checkpoint ckpt_00000007.pt; resume with: "
+                         f"nls resume {res.run_dir})")
+    assert "None" not in res.error
+    assert "nls batch: --scene-timeout 2 s reached; SIGTERM sent" in Path(res.log).read_text()
+
+
+def test_a_scene_that_ignores_sigterm_is_killed_with_its_process_group(tmp_path, monkeypatch):
+    """A child that does not stop within the grace period is killed, with what it started (a JIT build's
+    compiler): nothing of the scene keeps running after the batch."""
+    import pipeline.batch as batch
+
+    monkeypatch.setattr(batch, "STOP_GRACE_S", 1.0, raising=False)
+    opts = _fake_opts(monkeypatch, tmp_path, "ignore", scene_timeout=2)
+    res = batch.run_scene(0, "a.yaml", opts, tmp_path / "logs")
+    helper = int((Path(res.run_dir) / "helper.pid").read_text())
+    deadline = time.time() + 10
+    while _alive(helper) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(helper), "the child's helper process outlived the scene"
+    assert (res.outcome, res.exit_code) == ("timed out", -9), res
+    assert res.error == ("killed after --scene-timeout 2 s (still running 1 s after SIGTERM) (no checkpoint was "
+                         "written, nothing to resume)")
+    assert "killed (SIGKILL)" in Path(res.log).read_text()
+
+
+def test_ctrl_c_reaches_the_running_scenes_and_the_rest_are_not_started(tmp_path, monkeypatch, capsys):
+    """Children run in their own process groups, so the batch passes Ctrl-C on: the running scene saves a
+    checkpoint, the next scene is not started, and the batch exits 130 after writing batch.json."""
+    import signal
+
+    from pipeline.batch import _finish, run_scenes
+
+    seen = []
+    old = signal.signal(signal.SIGINT, lambda *a: seen.append("not passed on"))  # what the old code left it to
+    try:
+        opts = _fake_opts(monkeypatch, tmp_path, "SIGINT", live=15.0)
+        results = run_scenes([(0, "a.yaml"), (1, "b.yaml")], opts, 1, tmp_path / "logs")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert not seen
+    first, second = results
+    assert (first.outcome, first.exit_code) == ("stopped", 130), first
+    assert first.error.startswith("stopped after Ctrl-C (checkpoint ckpt_00000007.pt; resume with: nls resume ")
+    assert (second.outcome, second.exit_code, second.run_dir) == ("stopped", None, None), second
+    assert second.error == "not started: the batch was stopped (Ctrl-C)"
+    assert "[2] started" not in capsys.readouterr().out
+    assert _finish(results, tmp_path) == 130
+    assert [s["outcome"] for s in json.loads((tmp_path / "batch.json").read_text())["scenes"]] == ["stopped"] * 2
+
+
+def test_batch_json_status_is_the_runs_status_as_compare_says_it(tmp_path):
+    """After --no-eval the run is `trained` in batch.json, as in compare.md and the README; whether the
+    scene's process succeeded is the separate `outcome`."""
+    scene = toy_yaml(tmp_path / "toy.yaml", steps=4)
+    out = tmp_path / "runs"
+    proc = run_nls("batch", str(scene), "--no-eval", "--plugins-dir", str(PLUGINS), "--output", str(out),
+                   env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    batch = next((out / "batch").glob("*"))
+    (record,) = json.loads((batch / "batch.json").read_text())["scenes"]
+    assert record["status"] == "trained" and record["outcome"] == "ok", record
+    status_row = next(r for r in (batch / "compare.md").read_text().splitlines() if r.startswith("| status |"))
+    assert status_row.split("|")[2].strip() == "trained"
+    assert "(trained) ->" in proc.stdout
+
+
+def test_a_closed_terminal_ends_the_batch_and_its_scenes(tmp_path):
+    """SIGHUP to the batch reaches the children in their own process groups (as it did in the batch's),
+    and the batch itself still ends by it."""
+    child_run = tmp_path / "runs" / "a"
+    (tmp_path / "fake_run.py").write_text(FAKE_RUN)
+    (tmp_path / "logs").mkdir()
+    batch = subprocess.run([sys.executable, "-c", f"""
+import signal, sys
+from pathlib import Path
+from pipeline.batch import BatchOptions, run_scenes
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, also when the tests run under nohup
+BatchOptions.command = lambda self, scene: [sys.executable, {str(tmp_path / "fake_run.py")!r}, {str(child_run)!r},
+                                            "SIGHUP", "20"]
+run_scenes([(0, "a.yaml")], BatchOptions(), 1, Path({str(tmp_path / "logs")!r}))
+"""], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert batch.returncode == -1, batch.stderr  # ended by SIGHUP
+    deadline = time.time() + 10
+    while not (child_run / "checkpoints" / "ckpt_00000007.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (child_run / "checkpoints" / "ckpt_00000007.pt").exists(), "the scene did not get the SIGHUP"

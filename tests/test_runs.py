@@ -569,3 +569,18 @@ def test_resume_checks_the_eval_split_before_training(tiny_scene, tmp_path, caps
     assert main(["resume", str(run_path), "-q"]) == 2
     assert "eval.split" in capsys.readouterr().err
     assert RunDir.open(run_path).latest_checkpoint().name == "ckpt_00000004.pt"  # nothing was trained
+
+
+def test_cmd_txt_runs_again_from_another_folder(tmp_path, monkeypatch):
+    """cmd.txt records the working directory (``cd <cwd> && ...``, shell-quoted), so a command with
+    relative paths (a batch child's scene file) can be run again from anywhere."""
+    run = RunDir.create(tmp_path / "runs", "s", "m")
+    work = tmp_path / "my work"
+    work.mkdir()
+    (work / "scene.yaml").write_text("the scene\n")
+    monkeypatch.chdir(work)
+    run.record_command(["cat", "scene.yaml"])
+    line = (run.path / "cmd.txt").read_text()
+    assert line == f"cd '{work}' && cat scene.yaml\n"
+    again = subprocess.run(line, shell=True, capture_output=True, text=True, cwd="/")
+    assert again.stdout == "the scene\n", again.stderr
