@@ -275,14 +275,24 @@ def cmd_reconstruct(args) -> int:
         try:  # checks and JIT builds (prepare_kernels) that may still refuse the job
             trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
         except BaseException:
-            if info.is_main and not run.checkpoints():  # nothing was trained: leave no half-made run behind
-                import shutil
-
-                shutil.rmtree(run.path, ignore_errors=True)
-                print(f"removed {run.path} (refused before training)", file=sys.stderr)
+            _remove_untrained(run, info, "refused before training")
             raise
         ld = Loaded(host, cfg, run, device, scene, system, 0, None)
-        return _train_and_finish(ld, trainer, args)
+        try:
+            return _train_and_finish(ld, trainer, args)
+        except NLSError:  # e.g. a plugin's component failing at the first step
+            if not run.metrics_path.is_file():
+                _remove_untrained(run, info, "failed before its first logged step")
+            raise
+
+
+def _remove_untrained(run, info, why: str) -> None:
+    """Remove a run folder in which nothing was trained (no checkpoint), saying so; rank 0 only."""
+    import shutil
+
+    if info.is_main and not run.checkpoints():  # leave no half-made run behind
+        shutil.rmtree(run.path, ignore_errors=True)
+        print(f"removed {run.path} ({why})", file=sys.stderr)
 
 
 def cmd_resume(args) -> int:

@@ -211,9 +211,17 @@ def test_a_renderer_without_update_and_numpy_evaluator_results_work(runtime_plug
     (["scene={type: rt_scene}"],
      "scene source 'rt_scene' of plugin rt failed while loading the scene: FileNotFoundError: my_data/cameras.npz"),
 ])
-def test_a_plugin_mistake_at_run_time_names_the_component(runtime_plugin, nls, sets, needle):
+def test_a_plugin_mistake_at_run_time_names_the_component(runtime_plugin, tmp_path, nls, sets, needle):
     scene, common = runtime_plugin
     extra = [a for s in sets for a in ("--set", s)]
     res = nls("reconstruct", str(scene), *common, *GOOD, *extra)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert needle in res.stderr, res.stderr
+    # a run that failed before anything was trained leaves no folder; one that failed after training
+    # (extraction, evaluation renders) keeps its checkpoint for `nls resume` once the plugin is fixed
+    runs = list((tmp_path / "runs").glob("tiny/*/*"))
+    if "extractor" in needle or "rendering view" in needle:
+        assert len(runs) == 1 and list((runs[0] / "checkpoints").glob("*.pt")), runs
+    else:
+        assert not runs, runs
+        assert "removed" in res.stderr or "scene source" in res.stderr or "has no" in res.stderr, res.stderr
