@@ -332,3 +332,34 @@ def test_hkr_objective_adds_the_surface_term_only_when_weighted():
     assert torch.allclose(hkr_objective(f.sdf, x, y, MARGIN, 100.0, s, 5.0), want, rtol=0, atol=1e-7)
     sampler = LabelSampler(x[:32], x[32:], surface=s)
     assert sampler.surface_batch(10).shape == (10, 3) and LabelSampler(x[:32], x[32:]).surface_batch(10) is None
+
+
+def test_level_set_points_chamfer_samples_the_gt_at_the_protocol_count(tmp_path, monkeypatch):
+    """The GT side of ``level_set_chamfer_l1`` has ``eval.chamfer_samples`` samples however few level-set
+    points converged (it had as many as the points, so a run with few points got a noisy figure)."""
+    import types
+
+    import trimesh
+
+    import pipeline.metrics
+    from plugins.lipschitz.config import LevelSetPointsConfig
+    from plugins.lipschitz.queries import LevelSetPointsEvaluator
+
+    gt = tmp_path / "sphere.ply"
+    trimesh.creation.icosphere(subdivisions=3, radius=0.4).export(gt)
+    seen = {}
+    real = pipeline.metrics.chamfer
+
+    def spy(rec, gt_mesh, **kw):
+        seen.update(n_rec=len(rec), **kw)
+        return real(rec, gt_mesh, **kw)
+
+    monkeypatch.setattr(pipeline.metrics, "chamfer", spy)
+    chain = lambda x, d: {"sdf": x.norm(dim=-1) - 0.4}  # noqa: E731
+    ctx = types.SimpleNamespace(
+        system=types.SimpleNamespace(chain=chain, eval=lambda: None), device=torch.device("cpu"), run=None,
+        scene=types.SimpleNamespace(aabb=torch.tensor([-0.5] * 3 + [0.5] * 3), gt_mesh=gt),
+        cfg=types.SimpleNamespace(eval=types.SimpleNamespace(chamfer_samples=5000)))
+    out = LevelSetPointsEvaluator(LevelSetPointsConfig(n_points=50))(ctx)
+    assert out["level_set_n_points"] == 50 and seen == {"n_rec": 50, "n_samples": 5000}
+    assert out["level_set_chamfer_l1"] > 0
