@@ -221,6 +221,14 @@ def test_eval_json_fields_of_the_wrong_type_are_named_and_left_out(run, damaged,
     assert message in text and "--set 'nokey'" not in err, err
 
 
+@pytest.mark.usefixtures("no_figures")
+def test_an_evaluator_eval_json_skipped_is_not_called_a_result(run, damaged, capsys):
+    damage(damaged, "eval.json", {"step": 6, "overrides": [], "evaluators": {
+        "psnr": {"psnr": 1.0}, "chamfer": {"skipped": "extract_mesh: empty level set"}}})
+    _, err = compare(capsys, run, damaged)
+    assert "psnr results from eval.json, written by `nls eval` at step 6 (it skipped chamfer)" in err, err
+
+
 # -- config.yaml --------------------------------------------------------------------------------
 
 @pytest.mark.usefixtures("no_figures")

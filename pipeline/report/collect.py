@@ -249,9 +249,12 @@ class RunFacts:
         elif ev:
             sets = f" with {' '.join('--set ' + o for o in self.eval_overrides)}" if self.eval_overrides else ""
             where = "" if self.summary else " (the run has no summary.json)"
-            ran = list(ev.get("evaluators") or {})
+            evaluators = ev.get("evaluators") or {}
+            ran = [k for k, v in evaluators.items() if not (isinstance(v, dict) and set(v) == {"skipped"})]
             what = f"{_and(ran)} results" if ran else "no results"
-            out.append(f"{what} from eval.json, written by `nls eval` at step {ev.get('step')}{sets}{where}")
+            skipped = [k for k in evaluators if k not in ran]
+            also = f" (it skipped {_and(skipped)})" if skipped else ""
+            out.append(f"{what} from eval.json, written by `nls eval` at step {ev.get('step')}{sets}{where}{also}")
         if self.dropped_evaluators:
             out.append(f"summary.json's {_and(self.dropped_evaluators)} results are not shown: they were "
                        f"taken before eval.json's {' '.join('--set ' + o for o in self._shared_overrides)}")
