@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pipeline.config import SceneConfig
-from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
+from pipeline.types import ConfigError, NLSError, PluginError, SceneData, component_label, plugin_errors
 
 
 @dataclass
@@ -60,9 +60,27 @@ def setup_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(max(1, n))
 
 
-def load_scene_data(cfg: SceneConfig, device) -> SceneData:
+def check_scene_path(cfg: SceneConfig, overrides: Sequence[str] = ()) -> None:
+    """A ``scene.path`` that does not exist is a ConfigError naming the scene file (or the ``--set``
+    among ``overrides`` that gave it), the key and the path, with what :func:`missing_path_message`
+    adds (the data root and its origin, near names)."""
+    from pipeline.config import parse_override
+    from pipeline.scenes import missing_path_message
+
+    path = getattr(cfg.stages["scene"].options, "path", None)
+    why = missing_path_message(path) if isinstance(path, str) else None
+    if why is None:
+        return
+    given = [o for o in overrides if parse_override(o)[0] in (["scene", "path"], ["scene"])]
+    where = f"--set {given[-1]} (on {cfg.source})" if given else cfg.source
+    raise ConfigError(f"{where}: scene.path = {path!r}: {why}")
+
+
+def load_scene_data(cfg: SceneConfig, device, overrides: Sequence[str] = ()) -> SceneData:
     """Build the ``scene:`` stage and return its :class:`SceneData` (a callable result is called
-    first); any other result raises PluginError."""
+    first); any other result raises PluginError. A missing ``scene.path`` is a ConfigError first
+    (:func:`check_scene_path`; ``overrides`` are the ``--set`` options, to name the one that gave it)."""
+    check_scene_path(cfg, overrides)
     ctx = BuildContext(cfg, device)
     result = cfg.stages["scene"].build(ctx)
     if callable(result):

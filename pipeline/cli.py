@@ -248,7 +248,7 @@ def cmd_reconstruct(args) -> int:
     distributed.check_same_config({"config": cfg.to_dict(), "plugins": host.versions()}, info)
     seed_everything(cfg.train.seed)
     t0 = time.perf_counter()
-    scene = load_scene_data(cfg, device)
+    scene = load_scene_data(cfg, device, overrides)
     system = build_system(cfg, scene, device)
     from pipeline.evaluate import check_eval_split
 

@@ -390,6 +390,11 @@ def expand_vars(value: Any) -> Any:
         elif "NLS_DATA" in value and not Path(os.environ["NLS_DATA"]).expanduser().is_dir():
             raise ConfigError(f"{value!r} needs the data root, but NLS_DATA={os.environ['NLS_DATA']} is not a "
                               f"folder. Set NLS_DATA to the folder that holds the data (meshes/, nerf/, ...).")
+        undefined = [m.group(1) or m.group(2) for m in re.finditer(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", value)
+                     if (m.group(1) or m.group(2)) not in os.environ and "NLS_DATA" not in m.group(0)]
+        if undefined:
+            raise ConfigError(f"{value!r} uses the environment variable(s) {', '.join(undefined)}, which "
+                              f"are not set (${{NLS_DATA}} is the data root)")
         return os.path.expandvars(value)
     return value
 
@@ -447,8 +452,14 @@ def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) 
             print(f"warning: {source}: ignoring option(s) this version of nls does not know: "
                   f"{', '.join(f'{prefix}.{k}' for k in stale)}", file=sys.stderr)
             data = {k: v for k, v in data.items() if k not in stale}
+    expanded = {}
+    for k, v in data.items():
+        try:
+            expanded[k] = expand_vars(v)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {prefix}.{k}: {exc}") from None
     try:
-        return model.model_validate({k: expand_vars(v) for k, v in data.items()})
+        return model.model_validate(expanded)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, prefix, exc, model)) from None
 

@@ -374,3 +374,27 @@ def test_an_empty_scene_file_is_called_empty(tmp_path, nls_host, text):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError, match=rf"^scene file {p} is empty \(or holds only comments\); a scene needs"):
         load_scene(p, nls_host)
+
+
+def test_a_missing_scene_path_names_the_file_key_data_root_and_near_names(tmp_path, nls_host, monkeypatch):
+    from pipeline.build import check_scene_path
+
+    (tmp_path / "data" / "nerf" / "lego").mkdir(parents=True)
+    monkeypatch.setenv("NLS_DATA", str(tmp_path / "data"))
+    scene = tmp_path / "lego.yaml"
+    scene.write_text(yaml.safe_dump({"name": "lego", "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/leog"},
+                                     "field": {"type": "dense_grid"}, "renderer": {"type": "volume"},
+                                     "losses": ["photometric"]}))
+    with pytest.raises(ConfigError) as err:
+        check_scene_path(load_scene(scene, nls_host))
+    text = str(err.value)
+    assert text.startswith(f"{scene}: scene.path = '{tmp_path / 'data/nerf/leog'}': no such file or folder"), text
+    assert f"the data root {tmp_path / 'data'} is $NLS_DATA" in text and f"did you mean {tmp_path / 'data/nerf/lego'}?" in text
+    sets = [f"scene.path={tmp_path / 'data/nerf/lego2'}"]
+    with pytest.raises(ConfigError, match=r"^--set scene\.path=.*lego2 \(on .*lego\.yaml\): scene\.path = "):
+        check_scene_path(load_scene(scene, nls_host, sets), sets)
+    check_scene_path(load_scene(scene, nls_host, [f"scene.path={tmp_path / 'data/nerf/lego'}"]))  # exists: fine
+    # an undefined variable is named (it stayed in the path as text before)
+    with pytest.raises(ConfigError, match=r"scene\.path: '\$\{NLS_DAT\}/nerf/lego' uses the environment variable\(s\) "
+                                          r"NLS_DAT, which are not set"):
+        load_scene(scene, nls_host, ["scene.path=${NLS_DAT}/nerf/lego"])

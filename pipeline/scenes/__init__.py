@@ -49,4 +49,34 @@ def data_path(*parts: str) -> tuple[Optional[Path], str]:
     return p, ""
 
 
-__all__ = ["DATA_ENV", "data_root", "data_path", "repo_root"]
+def missing_path_message(path: str) -> Optional[str]:
+    """Why the scene path ``path`` (variables already expanded) cannot be used, or None when it exists:
+    the folder a relative path was resolved against, the data root and where it came from when the
+    path lies under it, and the nearest names in the deepest folder that exists."""
+    import difflib
+
+    p = Path(path).expanduser()
+    if p.exists():
+        return None
+    parts = ["no such file or folder"]
+    if not p.is_absolute():
+        parts.append(f"({p.resolve()}: relative to the current folder {Path.cwd()})")
+    root = data_root()
+    if root is not None and p.resolve().is_relative_to(root.resolve()):
+        whence = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default data root ../shared/data"
+        parts.append(f"(the data root {root} is {whence})")
+    parent = p.resolve()
+    while not parent.exists():
+        missing, parent = parent.name, parent.parent
+    if parent.is_dir():
+        names = sorted(c.name for c in parent.iterdir() if not c.name.startswith("."))
+        near = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
+        if near:
+            parts.append(f"; did you mean {', '.join(str(parent / n) for n in near)}?")
+        elif names:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            parts.append(f"; {parent} holds {shown}")
+    return " ".join(parts).replace(" ;", ";")
+
+
+__all__ = ["DATA_ENV", "data_root", "data_path", "missing_path_message", "repo_root"]
