@@ -375,8 +375,8 @@ def cmd_export(args) -> int:
         raise NLSError(f"--colors: {ext} files keep no vertex colours; use one of {', '.join(COLOR_FORMATS)}")
     ld = open_run(args)
     if args.colors and not ld.scene.splits:
-        raise NLSError("--colors: this run was trained without images, so its field's colour was never "
-                       "trained; export without --colors")
+        raise NLSError("--colors: this run's scene has no posed images of its own (a geometry, point-cloud or "
+                       "shape-collection scene), so the field has no trained colour to bake; export without --colors")
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     if args.colors:
@@ -714,6 +714,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """The ``nls`` entry point: parse ``argv`` (default ``sys.argv[1:]``) and run its command; returns the
     exit code (an NLSError's ``exit_code``, 130 on Ctrl-C, 141 on a closed pipe, 0 for help)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see DESIGN.md: spin-waiting hurts shared cores
+    _one_line_warnings()
     argv = sys.argv[1:] if argv is None else argv
     try:
         # plugin modules register names only (no torch), so building the host here is cheap and
@@ -752,6 +753,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 141
     finally:
         _leave_process_group()
+
+
+def _one_line_warnings() -> None:
+    """Warnings that nls's own code (pipeline/, plugins/) issues print as one ``warning: ...`` line, as
+    its other warnings do, instead of Python's file:line form with a line of source; other packages'
+    warnings keep Python's form."""
+    import warnings
+
+    ours = (str(Path(__file__).resolve().parents[1] / "pipeline"), str(Path(__file__).resolve().parents[1] / "plugins"))
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(ours):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _leave_process_group() -> None:

@@ -88,6 +88,11 @@ def missing_split_message(scene: SceneData, name: str, option: str) -> str:
     have = ", ".join(scene.splits)
     how = ("give one of them" if option == "--split" else
            "set eval.split to one of them in the scene file or with --set eval.split=NAME")
+    root = scene.meta.get("root") if scene.meta.get("source") == "blender" else None
+    if root and (Path(root) / f"transforms_{name}.json").is_file():  # on disk, but not loaded by this run
+        wanted = ", ".join([*scene.splits, name])
+        return (f"{option} = {name!r}: this run loaded only the splits {have} (its scene.splits), although "
+                f"{root} has transforms_{name}.json; {how}, or train a run with --set 'scene.splits=[{wanted}]'")
     return f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
 
 

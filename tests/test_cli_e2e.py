@@ -462,3 +462,37 @@ def test_srgb_conversions_invert_each_other_and_hit_known_values():
     c = np.linspace(0, 1, 101)
     assert np.allclose(linear_to_srgb(srgb_to_linear(c)), c, atol=1e-12)
     assert abs(float(srgb_to_linear(0.5)) - 0.214041) < 1e-6  # the standard's mid-grey
+
+
+def test_nls_own_warnings_are_one_line_and_others_keep_their_form(capsys):
+    """A warning of nls's own code prints as `warning: ...` (it printed file:line and a line of source)."""
+    import warnings
+    from pathlib import Path
+
+    from pipeline.cli import _one_line_warnings
+
+    root = Path(__file__).resolve().parents[1]
+    passed_on = []
+    with warnings.catch_warnings():  # restores showwarning afterwards
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, *a, **k: passed_on.append((str(message), filename))
+        _one_line_warnings()
+        exec(compile("import warnings; warnings.warn('ours')", str(root / "pipeline" / "x.py"), "exec"))
+        exec(compile("import warnings; warnings.warn('theirs')", "/elsewhere/lib.py", "exec"))
+    err = capsys.readouterr().err
+    assert "warning: ours\n" in err and "x.py" not in err
+    assert passed_on == [("theirs", "/elsewhere/lib.py")]  # Python's own form, as before
+
+
+def test_a_split_on_disk_that_the_run_did_not_load_is_named_as_such(tmp_path):
+    """lego's val split exists on disk; a run that loaded [train, test] says so (it said lego has no val)."""
+    import types
+
+    from pipeline.evaluate import missing_split_message
+
+    (tmp_path / "transforms_val.json").write_text("{}")
+    scene = types.SimpleNamespace(splits={"train": 1, "test": 1}, meta={"source": "blender", "root": str(tmp_path)})
+    text = missing_split_message(scene, "val", "--split")
+    assert "this run loaded only the splits train, test (its scene.splits)" in text
+    assert f"{tmp_path} has transforms_val.json" in text and "--set 'scene.splits=[train, test, val]'" in text
+    assert "no such split" in missing_split_message(scene, "extra", "--split")  # not on disk either

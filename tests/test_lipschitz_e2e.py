@@ -46,7 +46,7 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
     assert out.exists()
     assert "labels from" not in res.stderr, res.stderr  # exporting builds the model, not the training loss
     res = nls("export", str(run), "-o", str(tmp_path / "c.ply"), "--colors")
-    assert res.returncode == 2 and "trained without images" in res.stderr and not (tmp_path / "c.ply").exists()
+    assert res.returncode == 2 and "no trained colour to bake" in res.stderr and not (tmp_path / "c.ply").exists()
     res = nls("render", str(run), "-o", str(tmp_path / "r"))
     assert res.returncode == 2 and "no posed images" in res.stderr and "nls export" in res.stderr, res.stderr
     assert "--split" not in res.stderr, res.stderr  # it was not given: no split would help
