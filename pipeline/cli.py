@@ -111,6 +111,7 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
     import torch
 
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
+    from pipeline.runs import source_version
 
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, progress=progress)
     mesh_path = None
@@ -136,8 +137,8 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
         "device": str(ld.device), "device_name": (torch.cuda.get_device_name(ld.device) if ld.device.type == "cuda"
                                                    else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
-        "versions": {"nls": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "plugins": ld.host.versions()},
+        "versions": {"nls": __version__, "source": source_version(), "torch": torch.__version__,
+                     "python": platform.python_version(), "plugins": ld.host.versions()},
         "parameters": sum(p.numel() for p in ld.system.parameters()),
     }
     ld.run.write_json("summary.json", summary)
@@ -255,7 +256,7 @@ def cmd_reconstruct(args) -> int:
     check_eval_split(cfg, scene, system, overrides)  # before training, not after it (--no-eval: evaluated later)
 
     def new_run() -> RunDir:
-        from pipeline.runs import atomic_write_text
+        from pipeline.runs import atomic_write_text, file_sha256
 
         run = RunDir.create(root, cfg.name, cfg.method)
         atomic_write_text(run.config_path, dump_yaml(cfg.to_dict()))
@@ -263,6 +264,7 @@ def cmd_reconstruct(args) -> int:
                                         "components": cfg.provenance(host.versions())})
         run.write_json("scene.json", {**scene.meta, "aabb": scene.aabb.tolist(),
                                       "gt_mesh": str(scene.gt_mesh) if scene.gt_mesh else None,
+                                      "gt_mesh_sha256": file_sha256(scene.gt_mesh) if scene.gt_mesh else None,
                                       "splits": {k: len(v) for k, v in scene.splits.items()}})
         run.record_command(distributed.launch_argv(info))
         return run

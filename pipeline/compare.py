@@ -125,6 +125,11 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
     diff = _differing([r.config.get("scene") or {} for r in runs])
     if diff:
         out.append("the scene settings differ: " + _describe(diff, labels) + UNMARKED)
+    hashes = [(r.scene or {}).get("gt_mesh_sha256") for r in runs]
+    if None not in hashes and len(set(hashes)) > 1:  # runs before this record was kept have none
+        groups = {h: [lab for lab, g in zip(labels, hashes) if g == h] for h in dict.fromkeys(hashes)}
+        out.append("the ground-truth meshes differ (scene.json's gt_mesh_sha256: "
+                   + "; ".join(f"{h[:12]} ({', '.join(labs)})" for h, labs in groups.items()) + ")" + UNMARKED)
     out += _component_warnings(runs, labels)
     diff = _differing([_budget(r) for r in runs])
     if diff:

@@ -347,6 +347,34 @@ class RunDir:
         return load_checkpoint_file(path, map_location, self.checkpoints())
 
 
+def file_sha256(path) -> Optional[str]:
+    """Hex sha256 of a file's bytes (None when it cannot be read): records which input a run used."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def source_version() -> dict:
+    """The code a run was made with, when nls runs from a git checkout: ``{"commit": sha, "dirty":
+    bool}`` (dirty: tracked files changed since the commit); ``{}`` without git or a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return {}
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,  # noqa: E731
+                                        timeout=10, check=True).stdout.strip()
+        return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def command_line(argv: list[str], cwd: Optional[str] = None) -> str:
     """``argv`` as one shell line run from ``cwd`` (default: this process's working directory):
     ``cd <cwd> && <argv>``, shell-quoted; ``argv`` alone when the working directory is gone."""

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import yaml
 
+from tests.conftest import ROOT
 from tests.short_runs import killed_run, short_run
 
 
@@ -366,3 +367,25 @@ def test_compare_warns_when_nls_eval_changed_the_ray_step(runs, nls, tmp_path):
     (trained / "config.yaml").write_text(yaml.safe_dump(cfg))
     data = json.loads(nls("compare", str(runs[0]), str(trained), "--json", check=True).stdout)
     assert not any("ray sampling" in w for w in data["warnings"]), data["warnings"]
+
+
+def test_runs_record_their_ground_truth_and_code_and_compare_checks_the_ground_truth(runs, nls, tmp_path):
+    """scene.json keeps the GT mesh's sha256 and summary.json the git commit; two runs scored against
+    different ground truths (same config otherwise) are warned about and get no best values."""
+    import subprocess
+
+    from pipeline.runs import file_sha256
+
+    scene = json.loads((runs[0] / "scene.json").read_text())
+    assert scene["gt_mesh_sha256"] == file_sha256(scene["gt_mesh"]) and len(scene["gt_mesh_sha256"]) == 64
+    source = json.loads((runs[0] / "summary.json").read_text())["versions"]["source"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    if head.returncode == 0:  # a git checkout (CI clones one)
+        assert source["commit"] == head.stdout.strip() and isinstance(source["dirty"], bool)
+    other = tmp_path / "other"
+    shutil.copytree(runs[0], other)
+    (other / "scene.json").write_text(json.dumps({**scene, "gt_mesh_sha256": "f" * 64}))
+    data = json.loads(nls("compare", str(runs[0]), str(other), "--json", check=True).stdout)
+    assert any(w.startswith("the ground-truth meshes differ") and w.endswith("so no metric is marked best")
+               for w in data["warnings"]), data["warnings"]
+    assert not data["best"].get("chamfer_l1"), data["best"]
