@@ -383,6 +383,10 @@ def cmd_export(args) -> int:
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
+    if args.up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
+        import numpy as np
+
+        mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float))
     out = export_mesh(mesh, Path(args.output))
     quantity, level = mesh.metadata.get("quantity"), mesh.metadata.get("level")
     which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
@@ -626,6 +630,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
                    "normal (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
                    "trained on images)")
+    c.add_argument("--up", choices=["y", "z"], default="y",
+                   help="the run's up axis; z (NeRF-synthetic scenes such as lego, whose world is +Z up) turns "
+                   "the mesh so +Y is up, as glTF and most viewers take it (default: y, coordinates as trained)")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON (exit 1 when every evaluator "
                 "was skipped, e.g. Chamfer on a scene without a ground-truth mesh). --set may change "

@@ -115,6 +115,11 @@ def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_pa
     cd = chamfer(mesh, gt, n_samples=20000)
     print(f"exported mesh: CD-L1 {cd['chamfer_l1']:.2f} x10^3, NC {cd['normal_consistency']:.3f}")
     assert cd["chamfer_l1"] < CHAMFER_L1_BOUND
+    # --up z: the same vertices a quarter turn about x, +Z to +Y (glTF's up)
+    turned = tmp_path / "turned.obj"
+    nls("export", str(run), "-o", str(turned), "--resolution", "96", "--up", "z", check=True)
+    a, b = (np.asarray(trimesh.load(p, force="mesh", process=False).vertices) for p in (out, turned))
+    assert np.allclose(b, a[:, [0, 2, 1]] * [1, 1, -1], atol=1e-5)
 
 
 def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
