@@ -76,3 +76,21 @@ def test_a_bad_nls_threads_is_one_clear_error(monkeypatch, value):
     assert env_threads() == 3
     monkeypatch.delenv("NLS_THREADS")
     assert env_threads() is None
+
+
+def test_an_object_running_out_of_the_training_views_is_warned_about(capsys):
+    import types
+
+    import torch
+
+    from plugins.scenes.sources import views_cut_off, warn_if_cut_off
+
+    alphas = torch.zeros(3, 16, 16, 1)
+    alphas[0, 4:12, 4:12] = 1  # inside the frame
+    alphas[1, 0:6, 5:9] = 1  # touches the top row
+    alphas[2, 5:9, 10:16] = 0.4  # partial coverage at the right edge: not counted
+    assert views_cut_off(alphas) == 1
+    split = type("Split", (), {"alphas": alphas, "__len__": lambda self: 3})()
+    scene = types.SimpleNamespace(splits={"train": split})
+    warn_if_cut_off(scene)
+    assert "warning: the object runs out of the image in 1 of 3 training views" in capsys.readouterr().err

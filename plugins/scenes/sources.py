@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -79,7 +80,29 @@ def _load(folder: Path, background: str, aabb=None) -> SceneData:
     scene.gt_mesh = folder / "gt_mesh.ply"
     if aabb is not None:
         scene.aabb = torch.tensor(aabb, dtype=torch.float32)
+    warn_if_cut_off(scene)
     return scene
+
+
+def views_cut_off(alphas) -> int:
+    """How many views of ``alphas`` ``(N, H, W, 1)`` show the object on their outermost pixel ring
+    (coverage above 1/2): it runs out of the image there, so part of it is never seen."""
+    a = alphas[..., 0] > 0.5
+    border = a[:, 0, :].any(-1) | a[:, -1, :].any(-1) | a[:, :, 0].any(-1) | a[:, :, -1].any(-1)
+    return int(border.sum())
+
+
+def warn_if_cut_off(scene: SceneData) -> None:
+    """A warning when the rendered object runs out of training views (e.g. ``scene.extent`` raised
+    without ``scene.radius``): what lies outside the images is never trained."""
+    train = scene.splits.get("train")
+    if train is None or train.alphas is None:
+        return
+    n = views_cut_off(train.alphas)
+    if n:
+        print(f"warning: the object runs out of the image in {n} of {len(train)} training views, so parts of it "
+              f"are never seen; move the cameras back (scene.radius) or shrink the object (scene.extent)",
+              file=sys.stderr)
 
 
 def procedural_mesh(shape: str, resolution: int):
