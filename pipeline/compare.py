@@ -70,8 +70,10 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     finished = {i for i, r in enumerate(runs) if r.trained and r.metrics}
     same_budget = not _differing([_budget(r) for r in runs])
     metrics_comparable = not any(w.endswith(UNMARKED) for w in warnings)
+    images_comparable = metrics_comparable and not any(w.endswith(UNMARKED_IMAGES) for w in warnings)
     for name, vals in rows if len({r.name for r in runs}) == 1 else ():  # no best across scenes
-        if (name == "train_seconds" and not same_budget) or (name in metric_names and not metrics_comparable):
+        if (name == "train_seconds" and not same_budget) or (name in metric_names and not metrics_comparable) \
+                or (name.startswith(IMAGE_METRICS) and not images_comparable):
             continue
         direction = "lower" if name in ("train_seconds", "parameters") else better(name)
         # a run stopped early is neither "fastest" nor "best": only finished runs compete
@@ -105,6 +107,12 @@ def _budget(r: RunFacts) -> dict:
 
 #: appended to a difference that makes the metrics incomparable
 UNMARKED = ", so no metric is marked best"
+#: appended to a difference that makes only the metrics of rendered images incomparable
+UNMARKED_IMAGES = ", so no image metric is marked best"
+#: metrics computed from rendered images (the others come from meshes, points or fields)
+IMAGE_METRICS = ("psnr", "ssim", "lpips")
+#: eval: settings that change only what is rendered, not geometry metrics
+RENDER_ONLY_EVAL_KEYS = frozenset({"split", "every", "max_images", "supersample", "chunk"})
 
 
 def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
@@ -123,10 +131,18 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
         out.append(f"the runs are on different scenes ({', '.join(sorted(names))}): their metrics are not "
                    f"comparable, so no best value is marked")
     diff = _differing([r.config.get("scene") or {} for r in runs])
-    if diff:
-        out.append("the scene settings differ: " + _describe(diff, labels) + UNMARKED)
     hashes = [(r.scene or {}).get("gt_mesh_sha256") for r in runs]
-    if None not in hashes and len(set(hashes)) > 1:  # runs before this record was kept have none
+    one_truth = None not in hashes and len(set(hashes)) == 1  # runs before this record was kept have none
+    if diff and one_truth and "type" in diff:
+        # e.g. a mesh rendered into images and the same mesh as a point scan: the geometry metrics are
+        # taken against one ground truth, the images (if any) are not the same views
+        types = _describe({"type": diff["type"]}, labels)
+        out.append(f"the scene sources differ ({types}; {len(diff) - 1} other scene setting(s) with them) over one "
+                   f"ground-truth mesh (sha256 {hashes[0][:12]}), so the geometry metrics are comparable"
+                   + UNMARKED_IMAGES)
+    elif diff:
+        out.append("the scene settings differ: " + _describe(diff, labels) + UNMARKED)
+    if None not in hashes and len(set(hashes)) > 1:
         groups = {h: [lab for lab, g in zip(labels, hashes) if g == h] for h in dict.fromkeys(hashes)}
         out.append("the ground-truth meshes differ (scene.json's gt_mesh_sha256: "
                    + "; ".join(f"{h[:12]} ({', '.join(labs)})" for h, labs in groups.items()) + ")" + UNMARKED)
@@ -138,7 +154,9 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
     for block in EVAL_BLOCKS:
         diff = _differing([c.get(block) or {} for c in configs])
         if diff:
-            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, labels) + UNMARKED)
+            render_only = block == "eval" and set(diff) <= RENDER_ONLY_EVAL_KEYS
+            out.append(f"the evaluation settings ({block}:) differ: " + _describe(diff, labels)
+                       + (UNMARKED_IMAGES if render_only else UNMARKED))
     diff = _evaluation_renderer_differences(runs, configs)
     if diff:
         out.append("the ray sampling at evaluation differs (`nls eval --set renderer.*`): "

@@ -389,3 +389,33 @@ def test_runs_record_their_ground_truth_and_code_and_compare_checks_the_ground_t
     assert any(w.startswith("the ground-truth meshes differ") and w.endswith("so no metric is marked best")
                for w in data["warnings"]), data["warnings"]
     assert not data["best"].get("chamfer_l1"), data["best"]
+
+
+def test_other_scene_sources_over_one_ground_truth_compare_their_geometry(runs, nls, tmp_path):
+    """Two scene sources over one GT mesh (e.g. the mesh rendered into images and the same mesh as a point
+    scan): the geometry metrics are ranked, the image metrics are not; an eval: difference that changes only
+    the renders (supersample) keeps the geometry ranked as well."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[0], b)
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    cfg["scene"] = {**cfg["scene"], "type": "scan", "n_points": 1000}
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = json.loads((b / "summary.json").read_text())
+    for ev, key in (("chamfer", "chamfer_l1"), ("psnr", "psnr")):  # b: worse geometry, better images
+        summary["metrics"][key] += 1.0
+        summary["evaluators"][ev][key] += 1.0
+    (b / "summary.json").write_text(json.dumps(summary))
+    data = json.loads(nls("compare", str(a), str(b), "--json", check=True).stdout)
+    warning = next(w for w in data["warnings"] if w.startswith("the scene sources differ"))
+    assert "1 other scene setting(s) with them" in warning and "geometry metrics are comparable" in warning
+    assert warning.endswith("so no image metric is marked best")
+    label_a = data["runs"][0]["label"]
+    assert data["best"]["chamfer_l1"] == [label_a] and "psnr" not in data["best"], data["best"]
+    cfg = yaml.safe_load((a / "config.yaml").read_text())
+    cfg["eval"] = {**cfg["eval"], "supersample": 2}  # as rs_sdf's image scenes evaluate
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))  # same scene again, a render-only eval difference
+    data = json.loads(nls("compare", str(a), str(b), "--json", check=True).stdout)
+    assert any(w.startswith("the evaluation settings (eval:) differ") and w.endswith("no image metric is marked best")
+               for w in data["warnings"]), data["warnings"]
+    assert data["best"]["chamfer_l1"] == [label_a] and "psnr" not in data["best"], data["best"]
