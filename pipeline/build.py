@@ -67,7 +67,7 @@ def check_scene_path(cfg: SceneConfig, overrides: Sequence[str] = ()) -> None:
     from pipeline.config import parse_override
     from pipeline.scenes import missing_path_message
 
-    path = getattr(cfg.stages["scene"].options, "path", None)
+    path = getattr(getattr(cfg.stages["scene"], "options", None), "path", None)
     why = missing_path_message(path) if isinstance(path, str) else None
     if why is None:
         return
