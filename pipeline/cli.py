@@ -770,8 +770,12 @@ def _one_line_warnings() -> None:
     warnings keep Python's form."""
     import warnings
 
-    ours = (str(Path(__file__).resolve().parents[1] / "pipeline"), str(Path(__file__).resolve().parents[1] / "plugins"))
+    from pipeline.scenes import repo_root
+
     default = warnings.showwarning
+    if getattr(default, "nls_one_line", False):  # installed by an earlier main() of this process
+        return
+    ours = tuple(str(repo_root() / d) for d in ("pipeline", "plugins"))
 
     def show(message, category, filename, lineno, file=None, line=None):
         if str(filename).startswith(ours):
@@ -779,6 +783,7 @@ def _one_line_warnings() -> None:
         else:
             default(message, category, filename, lineno, file, line)
 
+    show.nls_one_line = True
     warnings.showwarning = show
 
 

@@ -182,14 +182,17 @@ class Component:
     description: str = ""
     plugin: str = ""
 
-    def _where(self) -> str:
-        return f"{self.stage} {self.name!r} of plugin {self.plugin or '?'}"
+    @property
+    def label(self) -> str:
+        """How messages name it: ``"density map 'laplace' of plugin ngp"``."""
+        role = {"density": "density map", "scene": "scene source"}.get(self.stage, self.stage)
+        return f"{role} {self.name!r} of plugin {self.plugin or '?'}"
 
     def config_class(self) -> type[ComponentConfig]:
         """The config class, loaded first when given as ``"module:attr"``; a PluginError when it is
         not a :class:`ComponentConfig` subclass."""
-        cls = load_object(self.config, f"the config class of {self._where()}")
-        check_config_class(cls, self._where())
+        cls = load_object(self.config, f"the config class of {self.label}")
+        check_config_class(cls, self.label)
         return cls
 
     def build(self, options: ComponentConfig, ctx: Any = None) -> Any:
@@ -197,8 +200,8 @@ class Component:
         becomes a :class:`PluginError` naming this component."""
         from pipeline.types import plugin_errors
 
-        factory = load_object(self.factory, f"the factory of {self._where()}")
-        with plugin_errors(f"{self._where()} failed while being built"):
+        factory = load_object(self.factory, f"the factory of {self.label}")
+        with plugin_errors(f"{self.label} failed while being built"):
             return factory(options, ctx)
 
     def fits(self, available: set[str]) -> bool:

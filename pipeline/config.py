@@ -145,8 +145,7 @@ class StageChoice:
         from pipeline.types import label_component
 
         built = self.component.build(self.options, ctx)
-        role = {"density": "density map", "scene": "scene source"}.get(self.stage, self.stage)
-        label_component(built, f"{role} {self.name!r} of plugin {self.component.plugin or '?'}")
+        label_component(built, self.component.label)
         return built
 
 
