@@ -364,7 +364,9 @@ def source_version() -> dict:
     bool}`` (dirty: tracked files changed since the commit); ``{}`` without git or a checkout."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    from pipeline.scenes import repo_root
+
+    root = repo_root()
     if not (root / ".git").exists():
         return {}
     try:
@@ -433,7 +435,7 @@ def _fallback_hint(path: Path, older: Optional[Path]) -> str:
     digest = older.with_suffix(".pt.sha256")
     try:
         intact = (not digest.exists()
-                  or hashlib.sha256(older.read_bytes()).hexdigest() == digest.read_text().strip())
+                  or file_sha256(older) == digest.read_text().strip())
     except OSError:
         intact = False
     if intact:
