@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import SceneConfig
 from pipeline.runs import RunDir
-from pipeline.types import NLSError, PluginError, SceneData
+from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
 
 def to_uint8(img) -> np.ndarray:
@@ -131,7 +131,6 @@ def render_split(ctx: EvalContext) -> list:
     import torch
 
     from pipeline.progress import StepProgress
-    from pipeline.types import component_label, plugin_errors
 
     split_name = ctx.split or ctx.cfg.eval.split
     check_can_render(ctx.scene, ctx.system, split_name, "--split" if ctx.split else "eval.split")
@@ -174,7 +173,6 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
                        "'extractor={type: marching_cubes}'; to export, train a run whose scene file has "
                        "`extractor: {type: marching_cubes}`")
     from pipeline.build import BuildContext
-    from pipeline.types import component_label, plugin_errors
 
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
@@ -210,8 +208,6 @@ def run_evaluators(ctx: EvalContext) -> dict:
 
 def _call_evaluator(choice, evaluator, ctx) -> Any:
     """``evaluator(ctx)``; an exception of its own becomes a :class:`PluginError` naming it."""
-    from pipeline.types import plugin_errors
-
     with plugin_errors(f"evaluator {choice.name!r} of plugin {choice.component.plugin} failed"):
         return evaluator(ctx)
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from pipeline.types import PluginError, component_label, label_component, plugin_errors
+
 
 class FieldChain(nn.Module):
     """Evaluates the geometry chain at points.
@@ -55,8 +57,6 @@ QUANTITY_SHAPES: dict[str, tuple[int, ...]] = {"sdf": (), "occupancy": (), "dens
 def _called(component: nn.Module, n: int, *args, **kwargs) -> dict:
     """``component(*args, **kwargs)`` for ``n`` points, its result checked: a mapping whose
     :data:`QUANTITY_SHAPES` entries have shape ``(n, ...)``. Raises PluginError naming the component."""
-    from pipeline.types import PluginError, component_label, plugin_errors
-
     with plugin_errors(f"{component_label(component)} failed on {n} points"):
         out = component(*args, **kwargs)
     if not isinstance(out, Mapping):
@@ -86,8 +86,6 @@ class CallableStage(nn.Module):
 def as_module(built):
     """A built chain stage or loss as an ``nn.Module``: modules as they are, a plain callable wrapped in a
     :class:`CallableStage`, None as None; anything else is a PluginError naming the component."""
-    from pipeline.types import PluginError, component_label, label_component
-
     if built is None or isinstance(built, nn.Module):
         return built
     if not callable(built):

@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.config import SceneConfig
 from pipeline.runs import RunDir
-from pipeline.types import NLSError, SceneData
+from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
 
 @dataclass
@@ -253,8 +253,6 @@ class TrainStep(nn.Module):
     def forward(self, batch: dict, background: Optional[torch.Tensor] = None) -> tuple[dict, dict]:
         """Render ``batch``'s rays when it has ``origins`` and there is a renderer, then evaluate
         every loss: ``({name: scalar}, out)``."""
-        from pipeline.types import component_label, plugin_errors
-
         system = self.system
         out: dict = {}
         if "origins" in batch and system.renderer is not None:
@@ -281,8 +279,6 @@ def _out_of_memory_hint(rays: int):
 def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
     """One loss term, checked to be a scalar tensor; an exception of the loss's own becomes a
     :class:`PluginError` naming it (``NLS_TRACE_PLUGINS=1`` keeps the traceback)."""
-    from pipeline.types import PluginError, component_label, plugin_errors
-
     who = f"{component_label(loss)} (term {name})"
     with plugin_errors(f"{who} failed"):
         value = loss(batch, out, system)
@@ -469,8 +465,6 @@ class Trainer:
         t, system = self.cfg.train, self.system
         renderer = system.renderer
         if hasattr(renderer, "update"):  # optional: renderers with an occupancy grid or other state
-            from pipeline.types import component_label, plugin_errors
-
             with plugin_errors(f"{component_label(renderer)} failed in update(step={self.step})"):
                 renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
         batch = self.sampler.sample(t.batch_rays)
@@ -497,8 +491,6 @@ class Trainer:
 
         s0 = time.perf_counter()
         self.system.train()
-        from pipeline.types import plugin_errors
-
         if self._progress_hooks:
             fraction = self.budget_fraction()
             for module in self._progress_hooks:
