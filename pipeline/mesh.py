@@ -169,9 +169,13 @@ def field_to_grid_narrow(fn: Callable, bbox: Sequence[float], resolution: int, l
 
 
 def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
-                 inside: str = "below"):
+                 inside: str = "below", close: bool = False):
     """Marching cubes on a ``(Rx, Ry, Rz)`` grid sampled at the corners of ``bbox``;
-    vertices in world coordinates, faces oriented outward."""
+    vertices in world coordinates, faces oriented outward.
+
+    ``close``: where the inside region reaches the box, cap it with the box's faces, so the mesh
+    is closed (the grid is padded with one layer of outside samples and the cap's vertices are
+    moved onto the box). Off, the surface is open there."""
     import trimesh
     from skimage.measure import marching_cubes
 
@@ -203,22 +207,28 @@ def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
             + (f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g}, or enlarge the box"
                if vmin < vmax else "the field is constant there, so no level has a surface: move or enlarge "
                "the box (--bbox) to where the shape is"))
-    spacing = (b[3:] - b[:3]) / (np.asarray(vol.shape) - 1)
+    shape = vol.shape
+    spacing = (b[3:] - b[:3]) / (np.asarray(shape) - 1)
+    if close:  # an outside layer one voxel beyond each face; its crossings are pulled back onto the box below
+        outside = level + (vmax - vmin) * (1.0 if inside == "below" else -1.0)
+        vol = np.pad(vol, 1, constant_values=outside)
     # skimage's winding: with values below ``level`` inside (an SDF), 'descent' gives
     # outward normals (positive signed volume, checked in tests); 'ascent' flips it.
     direction = "descent" if inside == "below" else "ascent"
     verts, faces, _normals, _ = marching_cubes(vol, level=level, spacing=tuple(spacing),
                                                gradient_direction=direction)
     verts = verts + b[:3]
+    if close:  # each padded crossing lies on a grid line through a face sample: clipping moves it onto the face
+        verts = np.clip(verts - spacing, b[:3], b[3:])
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
     mesh.metadata.update({"level": level, "inside": inside, "bbox": b.tolist(),
-                          "resolution": list(vol.shape)})
+                          "resolution": list(shape), "closed_at_box": bool(close)})
     return mesh
 
 
 def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: float, *,
                  inside: str = "below", chunk: int = 2 ** 18, device="cpu",
-                 progress: Optional[bool] = None, lipschitz: Optional[float] = None):
+                 progress: Optional[bool] = None, lipschitz: Optional[float] = None, close: bool = False):
     """Marching cubes on the level set ``fn(x) == level`` inside ``bbox``.
 
     Args:
@@ -234,6 +244,8 @@ def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: fl
         lipschitz: a bound on ``|∇fn|``; when given, only a narrow band around the level set
             is evaluated at full resolution (:func:`field_to_grid_narrow`, ~10x fewer queries
             at 256³ for a distance-like field). None: every grid point is evaluated.
+        close: cap the surface with the box's faces where the inside region reaches the box
+            (a closed mesh; :func:`grid_to_mesh`). False leaves it open there.
 
     Returns:
         ``trimesh.Trimesh`` in world coordinates with outward-facing normals.
@@ -255,7 +267,7 @@ def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: fl
         grid = field_to_grid(fn, bbox, resolution, chunk=chunk, device=device, progress=progress)
     else:
         grid, _ = field_to_grid_narrow(fn, bbox, resolution, level, lipschitz, chunk=chunk, device=device)
-    return grid_to_mesh(grid, bbox, level, inside=inside)
+    return grid_to_mesh(grid, bbox, level, inside=inside, close=close)
 
 
 def _writable_path(path, valid: Sequence[str], what: str) -> Path:

@@ -196,3 +196,66 @@ def test_empty_level_set_of_a_constant_field_suggests_moving_the_box():
         extract_mesh(lambda p: torch.zeros(len(p)), BOX, 17, 0.0)
     msg = str(e.value)
     assert "ranges over [0, 0]" in msg and "constant there" in msg and "e.g." not in msg
+
+
+UNIT = [-0.5, -0.5, -0.5, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("inside", ["below", "above"])
+def test_close_caps_a_shape_that_leaves_the_box_with_the_box_faces(inside):
+    """A half-space through the unit box closes to exactly half the box; a ball of radius 0.6 (beyond the
+    faces, inside the corners) closes to the ball-box intersection (volume from the faces' spherical caps)."""
+    s = 1.0 if inside == "below" else -1.0
+    half = extract_mesh(lambda p: s * (p[:, 0] + 0.1 * p[:, 1]), UNIT, 33, 0.0, inside=inside, close=True)
+    assert half.is_watertight and half.is_winding_consistent
+    assert half.volume == pytest.approx(0.5, abs=1e-6)  # x < -0.1 y: half the box by symmetry
+    assert np.all(half.vertices >= -0.5) and np.all(half.vertices <= 0.5)
+    r, h = 0.6, 0.1  # six caps of height h = r - 0.5 cut off by the faces (they do not overlap at r < sqrt(0.5))
+    exact = 4 / 3 * math.pi * r ** 3 - 6 * math.pi * h ** 2 * (3 * r - h) / 3
+    ball = extract_mesh(lambda p: s * (p.norm(dim=-1) - r), UNIT, 64, 0.0, inside=inside, close=True)
+    assert ball.is_watertight and ball.volume == pytest.approx(exact, rel=3e-3)
+    assert ball.metadata["closed_at_box"] and ball.metadata["resolution"] == [64, 64, 64]
+    open_ball = extract_mesh(lambda p: s * (p.norm(dim=-1) - r), UNIT, 64, 0.0, inside=inside)
+    assert not open_ball.is_watertight and not open_ball.metadata["closed_at_box"]
+
+
+def test_close_leaves_a_shape_inside_the_box_unchanged(sphere_mesh):
+    closed = extract_mesh(sphere_sdf, BOX, RES, 0.0, chunk=5000, close=True)
+    assert np.allclose(np.sort(closed.vertices, 0), np.sort(sphere_mesh.vertices, 0), atol=1e-6)
+    assert len(closed.faces) == len(sphere_mesh.faces)
+
+
+@pytest.mark.parametrize("quantity", ["sdf", "occupancy"])
+def test_marching_cubes_extractor_close_option(quantity):
+    """``extractor.close`` reaches both the streamed path (sdf) and the sampled-grid path (occupancy with
+    fill_interior): a ball that pokes out of the unit box is meshed closed, and open without it."""
+    from plugins.ngp.config import MarchingCubesConfig
+    from plugins.ngp.extract import MarchingCubes
+
+    def chain(x, d):
+        r = x.norm(dim=-1)
+        return {"sdf": r - 0.6, "occupancy": torch.sigmoid((0.6 - r) * 50)}
+
+    for close in (True, False):
+        mc = MarchingCubes(MarchingCubesConfig(resolution=40, quantity=quantity, close=close), {quantity}, UNIT)
+        assert mc.extract(chain).is_watertight == close
+
+
+def test_shape_meshes_are_closed_like_their_voxel_ground_truth():
+    """R2N2 shapes fill the unit box: the decoders' meshes (``nls infer``, ``shape_iou``'s Chamfer) are capped
+    at the box, as ``voxels_to_mesh`` caps the ground truth."""
+    from plugins.shapes.collection import voxels_to_mesh
+    from plugins.shapes.evaluate import shape_mesh
+
+    class Field(torch.nn.Module):  # an occupancy decoder whose shape is the slab |z| < 0.25 across the box
+        contour = ("occupancy", 0.5, "above")
+
+        def point_outputs(self, x, e):  # (1,N,3), (1,E) -> {occupancy (1,N)}
+            return {"occupancy": torch.sigmoid((0.25 - x[..., 2].abs()) * 100)}
+
+    m = shape_mesh(Field(), torch.zeros(1, 4), 33)
+    vox = np.zeros((32, 32, 32), bool)
+    vox[:, :, 8:24] = True  # the same slab in voxels
+    gt = voxels_to_mesh(vox)
+    assert m.is_watertight and gt.is_watertight
+    assert m.volume == pytest.approx(gt.volume, rel=0.02) and gt.volume == pytest.approx(0.5, rel=0.01)

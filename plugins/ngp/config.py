@@ -74,6 +74,8 @@ class MarchingCubesConfig(ComponentConfig):
                                         description="xmin ymin zmin xmax ymax zmax; default the scene box")
     fill_interior: bool = Field(True, description="for density/occupancy: fill enclosed cavities so only the "
                                 "outer surface is meshed (interiors are unobserved by images)")
+    close: bool = Field(False, description="cap the surface with the box's faces where the inside region reaches "
+                        "the box, so the mesh is closed (shapes that fill their box, e.g. R2N2); off leaves it open")
     min_component: float = Field(0.0, ge=0, lt=1, description="drop connected components with fewer than this "
                                  "fraction of the faces (post-processing against radiance-field floaters; 0 keeps all)")
     lipschitz: Optional[float] = Field(None, gt=0, description="a bound on the field's gradient norm (an SDF: 1; "

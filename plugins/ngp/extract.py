@@ -73,7 +73,7 @@ class MarchingCubes:
 
             def mesh_at(lv: float):
                 g = fill_interior(grid, lv) if self.cfg.fill_interior and INSIDE[q] == "above" else grid
-                m = grid_to_mesh(g, bbox, lv, inside=INSIDE[q])
+                m = grid_to_mesh(g, bbox, lv, inside=INSIDE[q], close=self.cfg.close)
                 return drop_small_components(m, self.cfg.min_component) if self.cfg.min_component > 0 else m
 
             if calibrate:
@@ -84,7 +84,7 @@ class MarchingCubes:
             mesh = mesh_at(level)
         else:
             mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device,
-                                lipschitz=self.cfg.lipschitz)
+                                lipschitz=self.cfg.lipschitz, close=self.cfg.close)
             if self.cfg.min_component > 0:
                 mesh = drop_small_components(mesh, self.cfg.min_component)
         mesh.metadata.update({"quantity": q, "level": level, "resolution": res, "bbox": bbox,

@@ -26,12 +26,13 @@ def embeddings(field: ConditionalField, ds, obj: int, views: list[int]) -> torch
 
 
 def shape_mesh(field: ConditionalField, e: torch.Tensor, resolution: int):
-    """Marching cubes of the field for one embedding e (1,E) over the unit box."""
+    """Marching cubes of the field for one embedding e (1,E) over the unit box, closed with the box's faces
+    where the shape reaches them (as the ground-truth voxel meshes are)."""
     from pipeline.mesh import extract_mesh
 
     q, level, inside = field.contour
     fn = lambda x: field.point_outputs(x[None], e)[q][0]  # noqa: E731
-    return extract_mesh(fn, list(BOX), resolution, level, inside=inside, device=e.device)
+    return extract_mesh(fn, list(BOX), resolution, level, inside=inside, device=e.device, close=True)
 
 
 @torch.no_grad()
