@@ -40,7 +40,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Optional, Sequence
 
@@ -72,6 +72,7 @@ class SceneResult:
     error: str
     log: str
     rank: int = 0
+    warnings: list[str] = field(default_factory=list)  # the run's summary.json ``warnings``
 
 
 @dataclass
@@ -204,17 +205,18 @@ def _note(log: IO[str], message: str) -> None:
     log.flush()
 
 
-def run_status(run_dir: Optional[str]) -> Optional[str]:
-    """The run folder's status as ``nls compare`` shows it (complete, evaluated, trained, incomplete);
-    None without a readable run folder."""
+def run_status(run_dir: Optional[str]) -> tuple[Optional[str], list[str]]:
+    """The run folder's status as ``nls compare`` shows it (complete, evaluated, trained, incomplete) and
+    the warnings its summary.json keeps; (None, []) without a readable run folder."""
     from pipeline.report.collect import read_run
 
     if run_dir is None:
-        return None
+        return None, []
     try:
-        return read_run(Path(run_dir)).short_status
+        rec = read_run(Path(run_dir))
     except NLSError:
-        return None
+        return None, []
+    return rec.short_status, rec.warnings
 
 
 def resume_hint(run_dir: Optional[str], opts: BatchOptions) -> str:
@@ -286,15 +288,15 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
     run_dir = found[0].strip() if found else None
     if run_dir is not None and not Path(run_dir).is_dir():  # a job refused before training removes its folder
         run_dir = None
-    status = run_status(run_dir)
+    status, kept = run_status(run_dir)
     if code == 0:
-        return SceneResult(index, scene, "ok", status, 0, seconds, run_dir, "", str(log), rank)
+        return SceneResult(index, scene, "ok", status, 0, seconds, run_dir, "", str(log), rank, kept)
     if timed_out or children.stop_signal is not None:
         error = _stop_error(code, opts, run_dir, timed_out=timed_out, killed=killed, stop_signal=children.stop_signal)
         outcome = "timed out" if timed_out else "stopped"
     else:
         error, outcome = _error_of(text, code), "failed"
-    return SceneResult(index, scene, outcome, status, code, seconds, run_dir, error, str(log), rank)
+    return SceneResult(index, scene, outcome, status, code, seconds, run_dir, error, str(log), rank, kept)
 
 
 def _say_result(res: SceneResult, say) -> None:
@@ -302,6 +304,8 @@ def _say_result(res: SceneResult, say) -> None:
     n = f"[{res.index + 1}]"
     if res.outcome == "ok":
         say(f"{n} done    {res.scene} in {res.seconds:.0f} s ({res.status}) -> {res.run_dir}")
+        for w in res.warnings:  # the run's own warnings (summary.json), else seen only in its log
+            say(f"{' ' * len(n)} warning: {w}")
     elif res.outcome == "failed":
         say(f"{n} FAILED  {res.scene} (exit code {res.exit_code}): {res.error}  (log: {res.log})")
     else:

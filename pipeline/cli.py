@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline import __version__
+from pipeline import __version__, notices
 from pipeline.types import NLSError, PluginError, is_out_of_memory
 
 EPILOG = """\
@@ -140,6 +140,7 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
         "versions": {"nls": __version__, "source": source_version(), "torch": torch.__version__,
                      "python": platform.python_version(), "plugins": ld.host.versions()},
         "parameters": sum(p.numel() for p in ld.system.parameters()),
+        "warnings": notices.kept(),  # printed while the scene loaded, trained and was evaluated
     }
     ld.run.write_json("summary.json", summary)
     return summary
@@ -153,6 +154,7 @@ def _plugins_flags(args) -> str:
 
 
 def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from pipeline.console import StdoutConsole
@@ -172,6 +174,8 @@ def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
         con.print("no metrics (no evaluator ran or every one was skipped)")
     # Paths and commands are printed whole (soft_wrap): rich would otherwise break them at the
     # terminal width (80 columns when piped), and a copied command would no longer run.
+    for w in summary.get("warnings") or []:  # said before the progress bars; repeated where they are read
+        con.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     con.print(f"run folder: [bold]{run_path}[/bold]", soft_wrap=True)
     if summary.get("mesh"):
         con.print(f"mesh:       {run_path / summary['mesh']}", soft_wrap=True)
@@ -724,6 +728,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     exit code (an NLSError's ``exit_code``, 130 on Ctrl-C, 141 on a closed pipe, 0 for help)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see DESIGN.md: spin-waiting hurts shared cores
     _one_line_warnings()
+    notices.reset()  # the warnings this command's run keeps for its summary
     argv = sys.argv[1:] if argv is None else argv
     try:
         # plugin modules register names only (no torch), so building the host here is cheap and
@@ -766,8 +771,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _one_line_warnings() -> None:
     """Warnings that nls's own code (pipeline/, plugins/) issues print as one ``warning: ...`` line, as
-    its other warnings do, instead of Python's file:line form with a line of source; other packages'
-    warnings keep Python's form."""
+    its other warnings do, instead of Python's file:line form with a line of source, and are kept for
+    the run's summary (:mod:`pipeline.notices`); other packages' warnings keep Python's form."""
     import warnings
 
     from pipeline.scenes import repo_root
@@ -780,6 +785,7 @@ def _one_line_warnings() -> None:
     def show(message, category, filename, lineno, file=None, line=None):
         if str(filename).startswith(ours):
             print(f"warning: {message}", file=file or sys.stderr)
+            notices.keep(str(message))
         else:
             default(message, category, filename, lineno, file, line)
 

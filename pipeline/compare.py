@@ -28,10 +28,11 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """Plain data (``nls compare --json``): runs (``status`` is the table's status name, one of
-        complete / evaluated / trained / incomplete; ``status_detail`` says why, in a sentence),
-        ``{row: {label: value}}``, best labels per row, warnings."""
+        complete / evaluated / trained / incomplete; ``status_detail`` says why, in a sentence; ``warnings``
+        are those the run gave), ``{row: {label: value}}``, best labels per row, and the comparison's
+        own warnings."""
         return {"runs": [{"label": lab, "path": str(r.path), "scene": r.name, "method": r.method,
-                          "status": r.short_status, "status_detail": r.status}
+                          "status": r.short_status, "status_detail": r.status, "warnings": r.warnings}
                          for lab, r in zip(self.labels, self.runs)],
                 "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
                 "best": {k: [self.labels[i] for i in sorted(v)] for k, v in self.best.items()},

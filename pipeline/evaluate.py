@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.config import SceneConfig
+from pipeline.notices import warn
 from pipeline.runs import RunDir
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
@@ -222,8 +223,8 @@ def _checked_results(choice, res: Any) -> dict:
     res = {k: _plain_number(v) for k, v in res.items()}
     bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        print(f"warning: evaluator {choice.name}: {', '.join(f'{k} = {res[k]}' for k in bad)} is not finite; "
-              f"recorded as null", file=sys.stderr)
+        warn(f"evaluator {choice.name}: {', '.join(f'{k} = {res[k]}' for k in bad)} is not finite; "
+             f"recorded as null")
     return {k: (None if k in bad else v) for k, v in res.items()}
 
 

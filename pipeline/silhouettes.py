@@ -119,7 +119,8 @@ def calibrate_level(mesh_at: Callable[[float], object], levels: Sequence[float],
     errs = [score(lv) for lv in levels]
     ok = [i for i, e in enumerate(errs) if e is not None]
     if not ok:
-        raise NLSError(f"calibrate_level: every candidate level {levels} gives an empty level set")
+        raise NLSError(f"calibrate_level: every candidate level ({len(levels)} from {levels[0]:.6g} to "
+                       f"{levels[-1]:.6g}) gives an empty level set")
     i = min(ok, key=lambda k: errs[k])
     if 0 < i < len(levels) - 1 and errs[i - 1] is not None and errs[i + 1] is not None:
         (x0, x1, x2), (y0, y1, y2) = levels[i - 1:i + 2], errs[i - 1:i + 2]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import random
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import SceneConfig
+from pipeline.notices import warn
 from pipeline.runs import RunDir
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
@@ -375,10 +375,9 @@ class Trainer:
             # batch statistics over the global batch, as one process would compute them
             step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
         elif norms and self.dist.is_main:
-            print(f"warning: the model has {len(norms)} BatchNorm layer(s); on CPU (gloo) torch has no "
-                  f"SyncBatchNorm, so each process normalises over its own share (1/{self.dist.world_size}) of the batch "
-                  f"and results differ from one process. Use group/instance norm for identical results.",
-                  file=sys.stderr)
+            warn(f"the model has {len(norms)} BatchNorm layer(s); on CPU (gloo) torch has no "
+                 f"SyncBatchNorm, so each process normalises over its own share (1/{self.dist.world_size}) of the batch "
+                 f"and results differ from one process. Use group/instance norm for identical results.")
         with distributed.collective("broadcasting rank 0's initial parameters"):
             # find_unused_parameters: staged schedules and optional loss terms may leave parameters
             # out of a step. Its graph walk costs nothing measurable: csg_dense, 2 gloo processes on

@@ -259,3 +259,24 @@ run_scenes([(0, "a.yaml")], BatchOptions(), 1, Path({str(tmp_path / "logs")!r}))
     while not (child_run / "checkpoints" / "ckpt_00000007.pt").exists() and time.time() < deadline:
         time.sleep(0.1)
     assert (child_run / "checkpoints" / "ckpt_00000007.pt").exists(), "the scene did not get the SIGHUP"
+
+
+def test_a_runs_warnings_reach_its_summary_and_the_batch_lines(tmp_path):
+    """A warning given while a scene loads is in its run's summary.json and batch.json, and the batch
+    repeats it under the scene's `done` line (it was only in the scene's log); a scene without one has none."""
+    msg = "the toy scene warns [on purpose]"
+    loud = toy_yaml(tmp_path / "loud.yaml", name="loud", steps=4, warn=msg)
+    quiet = toy_yaml(tmp_path / "quiet.yaml", name="quiet", steps=4)
+    out = tmp_path / "runs"
+    proc = run_nls("batch", str(loud), str(quiet), "--plugins-dir", str(PLUGINS), "--output", str(out),
+                   env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    done = next(i for i, line in enumerate(lines) if "done" in line and "loud" in line)
+    assert lines[done + 1].strip() == f"warning: {msg}", lines
+    assert sum("warning:" in line for line in lines) == 1, lines
+    records = {Path(r["scene"]).stem: r for r in
+               json.loads((next((out / "batch").glob("*")) / "batch.json").read_text())["scenes"]}
+    assert records["loud"]["warnings"] == [msg] and records["quiet"]["warnings"] == []
+    summary = json.loads((Path(records["loud"]["run_dir"]) / "summary.json").read_text())
+    assert summary["warnings"] == [msg]

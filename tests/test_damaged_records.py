@@ -153,6 +153,20 @@ def test_resume_of_a_run_with_damaged_metrics(damaged, line, capsys):
 # -- summary.json -------------------------------------------------------------------------------
 
 @pytest.mark.usefixtures("no_figures")
+def test_the_report_lists_the_warnings_the_run_gave(run, damaged, capsys, tmp_path):
+    text, _ = report(capsys, run, tmp_path / "quiet.html")
+    assert "Warnings the run gave" not in text  # the tiny scene gives none
+    summary = json.loads((damaged / "summary.json").read_text())
+    assert summary["warnings"] == []
+    summary["warnings"] = ["train.steps = 20 ends within phase 1 <V untrained>"]
+    damage(damaged, "summary.json", summary)
+    text, _ = report(capsys, damaged, tmp_path / "r.html")
+    assert "Warnings the run gave" in text and "ends within phase 1 <V untrained>" in text  # escaped: not a tag
+    rc, out, _ = nls(capsys, "compare", str(run), str(damaged), "--json")
+    assert rc == 0 and [r["warnings"] for r in json.loads(out)["runs"]] == [[], summary["warnings"]]
+
+
+@pytest.mark.usefixtures("no_figures")
 @pytest.mark.parametrize("field, value, message, row", [
     ("step", "abc", "summary.json: step is 'abc', not an integer, so it is ignored", "step"),
     ("train_seconds", "fast", "summary.json: train_seconds is 'fast', not a number, so it is ignored", None),
@@ -161,8 +175,10 @@ def test_resume_of_a_run_with_damaged_metrics(damaged, line, capsys):
     ("evaluators", {"psnr": 5}, "summary.json: evaluators.psnr is 5, not a mapping, so it is ignored", None),
     ("metrics", [1, 2], "summary.json: metrics is [1, 2], not a mapping, so it is ignored", "psnr"),
     ("load_average", ["a"], "summary.json: load_average is ['a'], not a list of numbers, so it is ignored", None),
+    ("warnings", "oops", "summary.json: warnings is 'oops', not a list, so it is ignored", None),
+    ("warnings", ["ok", 3], "summary.json: warnings[1] is 3, not a string, so it is ignored", None),
 ], ids=["step", "train_seconds", "parameters", "evaluators list", "evaluator entry", "metrics list",
-        "load_average"])
+        "load_average", "warnings", "warning entry"])
 def test_summary_fields_of_the_wrong_type_are_named_and_left_out(run, damaged, field, value, message, row,
                                                                   capsys, tmp_path):
     """The field is treated as absent (the value then comes from elsewhere: the checkpoint, the log,

@@ -584,3 +584,27 @@ def test_cmd_txt_runs_again_from_another_folder(tmp_path, monkeypatch):
     assert line == f"cd '{work}' && cat scene.yaml\n"
     again = subprocess.run(line, shell=True, capture_output=True, text=True, cwd="/")
     assert again.stdout == "the scene\n", again.stderr
+
+
+def test_reconstruct_repeats_the_runs_warnings_after_its_metrics(tmp_path):
+    """A warning given before training is said again beside the final metrics (where it is read, past the
+    progress bars) and kept in summary.json; a command in the same process starts with none kept."""
+    from pipeline import notices
+    from tests.conftest import run_nls
+    from tests.test_distributed import PLUGINS, env, toy_yaml
+
+    msg = "the toy scene warns"
+    scene = toy_yaml(tmp_path / "loud.yaml", name="loud", steps=3, warn=msg)
+    proc = run_nls("reconstruct", str(scene), "--plugins-dir", str(PLUGINS), "--output", str(tmp_path / "runs"),
+                   env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"warning: {msg}" in proc.stderr  # when it happened
+    lines = proc.stdout.splitlines()
+    at = lines.index(f"warning: {msg}")
+    assert lines[at + 1].startswith("run folder:")
+    (summary,) = (tmp_path / "runs").glob("*/*/*/summary.json")
+    assert json.loads(summary.read_text())["warnings"] == [msg]
+    notices.keep("left over from an earlier command")
+    from pipeline.cli import main
+
+    assert main(["plugins"]) == 0 and notices.kept() == []

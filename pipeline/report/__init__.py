@@ -105,6 +105,9 @@ def _overview(f: RunFacts) -> str:
         items = cfg.get(key) or []
         rows.append((key, ", ".join(str(b.get("type", "?")) for b in items if isinstance(b, dict)) or "none"))
     parts = [H.table(["", ""], rows)]
+    if f.warnings:
+        parts.append("<p><b>Warnings the run gave</b> (while it loaded, trained and was evaluated):</p><ul>" +
+                     "".join(f"<li>{H.esc(w)}</li>" for w in f.warnings) + "</ul>")
     if f.record_notes:
         parts.append("<p><b>Damaged records in this run folder</b> (left out of this report):</p><ul>" +
                      "".join(f"<li>{H.esc(n)}</li>" for n in f.record_notes) + "</ul>")

@@ -231,6 +231,11 @@ class RunFacts:
         return [f"{name} {why}, so it was not read" for name, why in self.unreadable.items()] + self.problems
 
     @property
+    def warnings(self) -> list[str]:
+        """The warnings the run gave while it loaded, trained and was evaluated (summary.json)."""
+        return list((self.summary or {}).get("warnings") or [])
+
+    @property
     def results_damaged(self) -> bool:
         """Whether summary.json or eval.json, which hold the final metrics, could not be read whole."""
         return any(n.startswith(("summary.json", "eval.json")) for n in self.record_notes)
@@ -428,14 +433,14 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
                      "steps": "integer", "train_seconds": "number", "parameters": "integer", "mesh": "string",
                      "device": "string", "device_name": "string", "threads": "integer",
                      "load_average": "numbers", "versions": "mapping", "metrics": "mapping",
-                     "evaluators": "mapping"},
+                     "evaluators": "mapping", "warnings": "list"},
     "scene.json": {},
     "plugins.json": {"plugins": "list", "components": "mapping"},
     "eval.json": {"overrides": "list", "evaluators": "mapping", "config": "mapping"},
 }
 #: the kind of each entry of the list and mapping fields above (an entry of another kind is left out)
 RECORD_ENTRIES: dict[str, dict[str, str]] = {
-    "summary.json": {"evaluators": "mapping"},
+    "summary.json": {"evaluators": "mapping", "warnings": "string"},
     "plugins.json": {"plugins": "mapping", "components": "mapping"},
     "eval.json": {"overrides": "override", "evaluators": "mapping"},
 }

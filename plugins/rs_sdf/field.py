@@ -51,12 +51,12 @@ exist for every checkpoint. The phase lives in a buffer, so checkpoints restore 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from pipeline.notices import warn
 from plugins.rs_sdf.config import VoxelOccupancyConfig
 from plugins.rs_sdf.grid import grid_points, sample_grid, voxel_size
 
@@ -195,11 +195,10 @@ class VoxelOccupancyField(nn.Module):
 
         c = self.cfg
         if c.ngp_fraction is None and c.ngp_steps + c.voxel_steps > 0 and current().is_main:
-            print(f"warning: field.ngp_steps / field.voxel_steps place the phases by step, but train.max_seconds = "
-                  f"{max_seconds:g} may end training first: later phases are then cut short or skipped, and "
-                  f"their learning-rate restarts (placed in train.steps = {self.total_steps}) come late. Set "
-                  f"field.ngp_fraction and field.voxel_fraction to place the phases in the time budget.",
-                  file=sys.stderr)
+            warn(f"field.ngp_steps / field.voxel_steps place the phases by step, but train.max_seconds = "
+                 f"{max_seconds:g} may end training first: later phases are then cut short or skipped, and "
+                 f"their learning-rate restarts (placed in train.steps = {self.total_steps}) come late. Set "
+                 f"field.ngp_fraction and field.voxel_fraction to place the phases in the time budget.")
 
     def _warn_if_steps_end_in_phase_1(self) -> None:
         """train.steps within phase 1: V is never initialised or trained (rank 0 says so)."""
@@ -208,12 +207,11 @@ class VoxelOccupancyField(nn.Module):
         c = self.cfg
         if c.ngp_fraction is None and self.total_steps is not None and self.total_steps <= c.ngp_steps \
                 and current().is_main:
-            print(f"warning: train.steps = {self.total_steps} ends within phase 1 (field.ngp_steps = {c.ngp_steps}): "
-                  f"the voxel grid V is never initialised from the NeRF nor trained, so the weak SDF, the mesh "
-                  f"and the rendered images come from its initial state. Give more steps than field.ngp_steps "
-                  f"(the paper's schedule also has field.voxel_steps = {c.voxel_steps} and a joint phase after), "
-                  f"or place the phases in the budget with field.ngp_fraction and field.voxel_fraction.",
-                  file=sys.stderr)
+            warn(f"train.steps = {self.total_steps} ends within phase 1 (field.ngp_steps = {c.ngp_steps}): "
+                 f"the voxel grid V is never initialised from the NeRF nor trained, so the weak SDF, the mesh "
+                 f"and the rendered images come from its initial state. Give more steps than field.ngp_steps "
+                 f"(the paper's schedule also has field.voxel_steps = {c.voxel_steps} and a joint phase after), "
+                 f"or place the phases in the budget with field.ngp_fraction and field.voxel_fraction.")
 
     def phase_fractions(self) -> Optional[tuple[float, float]]:
         """Budget fractions where phases 2 and 3 start, or None when unknown (no step budget given)."""

@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.notices import warn
 from pipeline.types import ConfigError, SceneData
 from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
 
@@ -100,9 +100,8 @@ def warn_if_cut_off(scene: SceneData) -> None:
         return
     n = views_cut_off(train.alphas)
     if n:
-        print(f"warning: the object runs out of the image in {n} of {len(train)} training views, so parts of it "
-              f"are never seen; move the cameras back (scene.radius) or shrink the object (scene.extent)",
-              file=sys.stderr)
+        warn(f"the object runs out of the image in {n} of {len(train)} training views, so parts of it "
+             f"are never seen; move the cameras back (scene.radius) or shrink the object (scene.extent)")
 
 
 def procedural_mesh(shape: str, resolution: int):

@@ -27,6 +27,7 @@ class ToySceneConfig(ComponentConfig):
     radius: float = Field(0.5, gt=0)
     seed: int = 0
     fail: bool = Field(False, description="raise on load (to test failure handling)")
+    warn: str = Field("", description="a warning to give on load (to test that runs keep their warnings)")
 
 
 class ToyFieldConfig(ComponentConfig):
@@ -49,6 +50,10 @@ def build_scene(cfg: ToySceneConfig, ctx):
 
         if cfg.fail:
             raise DataError("toy_sphere_items: scene.fail is true (a deliberately broken scene)")
+        if cfg.warn:
+            from pipeline.notices import warn
+
+            warn(cfg.warn)
 
         class Items(torch.utils.data.Dataset):
             def __len__(self) -> int:
