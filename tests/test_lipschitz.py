@@ -351,7 +351,7 @@ def test_level_set_points_chamfer_samples_the_gt_at_the_protocol_count(tmp_path,
     real = pipeline.metrics.chamfer
 
     def spy(rec, gt_mesh, **kw):
-        seen.update(n_rec=len(rec), **kw)
+        seen.setdefault("calls", []).append({"n_rec": len(rec), "n_samples": kw["n_samples"]})
         return real(rec, gt_mesh, **kw)
 
     monkeypatch.setattr(pipeline.metrics, "chamfer", spy)
@@ -361,5 +361,10 @@ def test_level_set_points_chamfer_samples_the_gt_at_the_protocol_count(tmp_path,
         scene=types.SimpleNamespace(aabb=torch.tensor([-0.5] * 3 + [0.5] * 3), gt_mesh=gt),
         cfg=types.SimpleNamespace(eval=types.SimpleNamespace(chamfer_samples=5000)))
     out = LevelSetPointsEvaluator(LevelSetPointsConfig(n_points=50))(ctx)
-    assert out["level_set_n_points"] == 50 and seen == {"n_rec": 50, "n_samples": 5000}
-    assert out["level_set_chamfer_l1"] > 0
+    assert out["level_set_n_points"] == 50
+    assert seen["calls"] == [{"n_rec": 50, "n_samples": 5000}] * 2  # the points, then 50 GT points (the floor)
+    # the level set of an exact SDF lies on the GT: its Chamfer is the floor at 50 points, far above the
+    # 5000-point floor that the chamfer evaluator shows
+    assert out["level_set_chamfer_l1"] == pytest.approx(out["level_set_chamfer_l1_floor"], rel=0.25)
+    mesh = trimesh.load(gt)
+    assert out["level_set_chamfer_l1_floor"] > 3 * real(mesh, mesh, n_samples=5000)["chamfer_l1"]

@@ -44,6 +44,20 @@ def sphere():
     return trimesh.creation.icosphere(subdivisions=4, radius=1.0)
 
 
+def test_floor_of_fewer_reconstruction_points_matches_poisson_theory(sphere):
+    """M points against N GT samples: completeness is the GT's distance to M points, ½ sqrt(A/M), and
+    accuracy the points' distance to N samples, ½ sqrt(A/N); a set of M GT points scores that floor."""
+    m = N // 3
+    f = chamfer_floor(sphere, rec_points=m)
+    half = lambda k: 0.5 * math.sqrt(math.pi / k) * 1e3  # noqa: E731
+    assert f["n_rec"] == m and f["n_gt"] == N
+    assert f["completeness_l1"] == pytest.approx(half(m), rel=0.03)
+    assert f["accuracy_l1"] == pytest.approx(half(N), rel=0.03)
+    assert f["chamfer_l1"] > chamfer_floor(sphere)["chamfer_l1"] * 1.2
+    pts = trimesh.sample.sample_surface(sphere, m, seed=7)[0]
+    assert chamfer(pts, sphere)["chamfer_l1"] == pytest.approx(f["chamfer_l1"], rel=0.03)
+
+
 def test_floor_matches_poisson_theory(sphere):
     """Two independent N-samplings of a surface of area A: nearest-neighbour distances of a
     2-D Poisson process, E d = ½ sqrt(A/N), E d² = A/(πN), P(d < τ) = 1 - exp(-πτ²N/A).
