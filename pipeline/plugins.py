@@ -25,7 +25,7 @@ import pluggy
 
 from pipeline import __version__, hookspecs
 from pipeline.components import STAGES, Component, Registrar, describe
-from pipeline.types import ConfigError, NLSError, plugin_errors
+from pipeline.types import ConfigError, NLSError, PluginError, plugin_errors
 
 #: (plugin name, module) of every built-in plugin, in no meaningful order.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -105,7 +105,7 @@ class PluginHost:
                 try:
                     obj = ep.load()
                 except Exception as exc:  # a broken third-party plugin must not hide the rest
-                    raise NLSError(f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
+                    raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
                                    f"{type(exc).__name__}: {exc}. Fix it, uninstall it, or exclude it "
                                    f"with NLS_LOAD_PLUGINS.") from exc
                 dist = ep.dist.name if ep.dist else "?"
@@ -236,6 +236,6 @@ def _load_dir(d: Path) -> list[tuple[str, Any, Path]]:
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(mod_name, None)
-            raise NLSError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
         out.append((path.stem, module, path))
     return out
