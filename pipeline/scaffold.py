@@ -16,9 +16,9 @@ name = "nls-{dash}"
 version = "0.1.0"
 description = "An nls plugin: {name}"
 requires-python = ">=3.10"
-# No dependency on "nls": the plugin needs the nls pipeline installed from its repository in the same
-# environment (pip install -e <nls checkout>), not from PyPI, whose "nls" is an unrelated package.
-dependencies = []
+# nls's distribution: install it from its repository first (pip install -e <nls checkout>); it is not
+# on PyPI (PyPI's "nls" is an unrelated package)
+dependencies = ["neural-level-sets"]
 
 [project.entry-points.nls]
 {name} = "nls_{name}.plugin"
@@ -134,9 +134,10 @@ def new_plugin(name: str, parent: Path) -> Path:
     (pkg / "__init__.py").write_text(f'"""nls plugin {name}."""\n')
     (pkg / "plugin.py").write_text(PLUGIN.format(name=name))
     (root / "tests" / f"test_{name}.py").write_text(TEST.format(name=name))
-    (root / "README.md").write_text(f"# {root.name}\n\nAn nls plugin. It needs the nls pipeline installed from its "
-                                    f"repository in the same environment (not from PyPI, whose `nls` is an "
-                                    f"unrelated package). Install with `pip install -e .`, "
+    (root / "README.md").write_text(f"# {root.name}\n\nAn nls plugin. It needs the nls pipeline (distribution "
+                                    f"`neural-level-sets`) installed from its repository in the same environment; "
+                                    f"it is not on PyPI, whose `nls` is an unrelated package. Install with "
+                                    f"`pip install -e .`, "
                                     f"check with `nls plugins`, test with `pytest`.\n\nUse it in a scene:\n\n"
                                     f"```yaml\nlosses:\n  - type: photometric\n  - type: {name}_opacity\n"
                                     f"    weight: 0.001\n```\n")

@@ -38,9 +38,17 @@ if ! $VPY -c "import torch" 2>/dev/null; then
   echo "installing ${torch_args[*]}"
   $VPY -m pip install -q "${torch_args[@]}"
 fi
+# Until 2026-12 the distribution was named "nls" (PyPI's "nls" is an unrelated package). An editable
+# install of that name left in .venv would keep a second copy of the script and entry points: remove it.
+for meta in .venv/lib/python*/site-packages/nls-*.dist-info/METADATA; do
+  if [ -f "$meta" ] && grep -q '^Summary: Neural level sets' "$meta"; then
+    echo "removing the old install of this project under the name nls (now neural-level-sets)"
+    $VPY -m pip uninstall -q -y nls
+  fi
+done
 target="."
 [ -n "$extras" ] && target=".[$extras]"
-echo "installing nls ($target)"
+echo "installing neural-level-sets, the nls pipeline ($target)"
 $VPY -m pip install -q -e "$target"
 rm -f .venv/.nls-setup-*
 echo "$extras" > "$stamp"

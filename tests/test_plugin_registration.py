@@ -17,6 +17,7 @@ from pipeline.hookspecs import hookimpl
 from pipeline.plugins_list import plugins_data
 from pipeline.testing import plugin_host
 from pipeline.types import PluginError
+from tests.conftest import ROOT
 
 
 @dataclass
@@ -239,14 +240,15 @@ class _Run:
         return self._data if name == "plugins.json" else None
 
 
-# -- 6. the scaffold does not depend on PyPI's unrelated "nls" -------------------------------------------
-def test_the_scaffold_does_not_depend_on_pypis_nls(tmp_path):
+# -- 6. the scaffold depends on nls's own distribution, not PyPI's unrelated "nls" ---------------------------
+def test_the_scaffold_depends_on_nls_by_its_distribution_name(tmp_path):
     from pipeline.scaffold import new_plugin
 
     root = new_plugin("depcheck", tmp_path)
     text = (root / "pyproject.toml").read_text()
-    project = tomllib.loads(text)["project"]
-    assert "nls" not in {re.split(r"[\s\[<>=!~;]", d)[0].lower() for d in project.get("dependencies", [])}
-    assert "installed from its repository" in text and "unrelated" in text
+    deps = {re.split(r"[\s\[<>=!~;]", d)[0].lower() for d in tomllib.loads(text)["project"]["dependencies"]}
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert ours != "nls" and deps == {ours}
+    assert "install it from its repository" in text and "unrelated" in text
     readme = (root / "README.md").read_text()
-    assert "installed from its" in readme and "unrelated" in readme
+    assert "installed from its repository" in readme and ours in readme and "unrelated" in readme

@@ -56,3 +56,21 @@ def test_nls_torch_index_is_passed_to_pip_as_the_index(tmp_path, monkeypatch):
     calls = _setup(tmp_path, "")
     assert calls[0] == "-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
     assert calls[1] == "-m pip install -q -e ."
+
+
+def test_an_old_install_under_the_name_nls_is_removed_first(tmp_path):
+    """The distribution was renamed from nls (taken on PyPI by another project): setup removes this
+    project's old dist of that name, and leaves an unrelated "nls" alone."""
+    _fake_checkout(tmp_path)
+    site = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages"
+    meta = site / "nls-0.1.0.dist-info" / "METADATA"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("Metadata-Version: 2.1\nName: nls\nVersion: 0.2.0\nSummary: NLS: Non-Linear Schrodinger\n")
+    assert _setup(tmp_path, "")[-1] == "-m pip install -q -e ."
+    assert not any("uninstall" in c for c in (tmp_path / "pip.log").read_text().splitlines())
+    (tmp_path / "installed").unlink()
+    for stamp in (tmp_path / ".venv").glob(".nls-setup-*"):
+        stamp.unlink()
+    meta.write_text("Metadata-Version: 2.1\nName: nls\nVersion: 0.1.0\nSummary: Neural level sets: reconstruct\n")
+    calls = _setup(tmp_path, "")
+    assert calls.index("-m pip uninstall -q -y nls") < calls.index("-m pip install -q -e .")
