@@ -401,9 +401,10 @@ def cmd_export(args) -> int:
 
 #: the top-level keys ``nls eval --set`` may change: what evaluation reads, not the trained model
 EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
-#: single renderer options it may change too: they set how rays are sampled, and no trained state
-#: depends on them (the step size is computed from ``samples_per_ray`` when the renderer is built)
-EVAL_SET_KEYS = ("renderer.samples_per_ray",)
+#: single options it may change too: the renderer's set how rays are sampled, and no trained state
+#: depends on them (the step size is computed from ``samples_per_ray`` when the renderer is built);
+#: ``scene.splits`` loads a split of the data that training did not (lego's val), never fewer
+EVAL_SET_KEYS = ("renderer.samples_per_ray", "scene.splits")
 #: the blocks eval.json records as it resolved them: those of the two lists above
 EVAL_RECORDED = (*EVAL_SET_ROOTS, *dict.fromkeys(k.split(".")[0] for k in EVAL_SET_KEYS))
 
@@ -424,6 +425,26 @@ def _refuse_run_record(out: Path, run_dir: Path, default: Optional[str] = "eval.
             wrote = "nls eval wrote" if name == "eval.json" else "training wrote"
             hint = f" (default: {run_dir / default})" if default else ""
             raise NLSError(f"-o {out}: that is the run's own {name}, which {wrote}; give another file{hint}")
+
+
+def _check_more_splits(sets: list[str], run_dir: Path) -> None:
+    """``--set scene.splits=[...]`` of ``nls eval`` may add splits to those the run trained with, not drop
+    one (the trained run is the same whichever extra splits are loaded)."""
+    from pipeline.config import parse_override
+    from pipeline.report.collect import read_run
+
+    for text in sets:
+        key, value = parse_override(text)
+        if key != ["scene", "splits"]:
+            continue
+        trained = (read_run(run_dir).config.get("scene") or {}).get("splits")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise NLSError(f"--set {text}: scene.splits takes a list of split names, e.g. "
+                           f"'scene.splits=[{', '.join([*(trained or ['train', 'test']), 'val'])}]'")
+        dropped = [sp for sp in trained or [] if sp not in value]
+        if dropped:
+            raise NLSError(f"--set {text}: eval may add splits to the run's scene.splits {trained}, not drop "
+                           f"{', '.join(dropped)}; give [{', '.join([*trained, *[v for v in value if v not in trained]])}]")
 
 
 def cmd_eval(args) -> int:
@@ -447,6 +468,7 @@ def cmd_eval(args) -> int:
             raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)} and "
                            f"{', '.join(EVAL_SET_KEYS)}; {'.'.join(key)!r} is part of the trained run "
                            f"(train a new run to change it)")
+    _check_more_splits(sets, Path(args.run_dir))
     ld = open_run(args, overrides=sets)
     if not ld.cfg.evaluators:
         whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
@@ -640,9 +662,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON (exit 1 when every evaluator "
                 "was skipped, e.g. Chamfer on a scene without a ground-truth mesh). --set may change "
-                "what evaluation reads (evaluators, eval.*, extractor.*, renderer.samples_per_ray), e.g. --set "
-                "'evaluators=[{type: psnr}]' --set eval.supersample=2, or --set renderer.samples_per_ray=1024 "
-                "for a finer ray step than training's; the trained model is never changed.")
+                "what evaluation reads (evaluators, eval.*, extractor.*, renderer.samples_per_ray, scene.splits), e.g. "
+                "--set 'evaluators=[{type: psnr}]' --set eval.supersample=2, --set renderer.samples_per_ray=1024 "
+                "for a finer ray step than training's, or --set eval.split=val --set 'scene.splits=[train, test, "
+                "val]' for a split of the data that training did not load; the trained model is never changed.")
     c.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/eval.json (the run's own records, "
                    "such as summary.json, are refused); its renders go to <FILE stem>_renders/<split> beside it")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",

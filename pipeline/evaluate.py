@@ -92,8 +92,10 @@ def missing_split_message(scene: SceneData, name: str, option: str) -> str:
     root = scene.meta.get("root") if scene.meta.get("source") == "blender" else None
     if root and (Path(root) / f"transforms_{name}.json").is_file():  # on disk, but not loaded by this run
         wanted = ", ".join([*scene.splits, name])
+        load = (f"evaluate it with nls eval RUN --set eval.split={name} --set 'scene.splits=[{wanted}]'"
+                if option == "--split" else f"load it too with --set 'scene.splits=[{wanted}]'")
         return (f"{option} = {name!r}: this run loaded only the splits {have} (its scene.splits), although "
-                f"{root} has transforms_{name}.json; {how}, or train a run with --set 'scene.splits=[{wanted}]'")
+                f"{root} has transforms_{name}.json; {how}, or {load}")
     return f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
 
 

@@ -486,6 +486,9 @@ def test_nls_own_warnings_are_one_line_and_others_keep_their_form(capsys):
         exec(compile("import warnings; warnings.warn('theirs')", "/elsewhere/lib.py", "exec"))
     err = capsys.readouterr().err
     assert "warning: ours\n" in err and "x.py" not in err
+    from pipeline import notices
+
+    assert "ours" in notices.kept() and "theirs" not in notices.kept()  # kept for the run's summary
     assert passed_on == [("theirs", "/elsewhere/lib.py")]  # Python's own form, as before
 
 
@@ -501,3 +504,35 @@ def test_a_split_on_disk_that_the_run_did_not_load_is_named_as_such(tmp_path):
     assert "this run loaded only the splits train, test (its scene.splits)" in text
     assert f"{tmp_path} has transforms_val.json" in text and "--set 'scene.splits=[train, test, val]'" in text
     assert "no such split" in missing_split_message(scene, "extra", "--split")  # not on disk either
+
+
+def test_eval_can_load_a_split_that_training_did_not(tmp_path):
+    """lego's val split without retraining: `nls eval --set eval.split=val --set 'scene.splits=[...]'` loads it
+    and eval.json records the splits; dropping a trained split, or a value that is not a list, is refused."""
+    from pipeline.testing import TINY_SCENE
+    from tests.conftest import run_nls
+    from tests.test_blender import make_blender
+
+    data = make_blender(tmp_path / "data", n=2, size=16, splits=("train", "test", "val"))
+    scene = dict(TINY_SCENE, name="blend", scene={"type": "blender", "path": str(data), "splits": ["train", "test"]},
+                 extractor=None, train=dict(TINY_SCENE["train"], steps=3))
+    scene = {k: v for k, v in scene.items() if v is not None}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scene))
+    run_nls("reconstruct", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "runs"), "-q", "--no-eval",
+            check=True)
+    run = next((tmp_path / "runs").glob("blend/*/*"))
+    render = run_nls("render", str(run), "--split", "val", "-o", str(tmp_path / "r"))
+    assert render.returncode == 2 and "evaluate it with nls eval RUN --set eval.split=val --set " \
+        "'scene.splits=[train, test, val]'" in render.stderr, render.stderr
+    refused = run_nls("eval", str(run), "--set", "eval.split=val")
+    assert refused.returncode == 2 and "load it too with --set 'scene.splits=[train, test, val]'" in refused.stderr
+    ok = run_nls("eval", str(run), "--set", "eval.split=val", "--set", "scene.splits=[train, test, val]", "-q")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    record = json.loads((run / "eval.json").read_text())
+    assert record["config"]["scene"]["splits"] == ["train", "test", "val"]
+    assert record["config"]["eval"]["split"] == "val"
+    assert record["evaluators"]["psnr"]["n_images"] == 1 and (run / "eval_renders" / "val" / "r_0.png").is_file()
+    dropped = run_nls("eval", str(run), "--set", "scene.splits=[train, val]")
+    assert dropped.returncode == 2 and "not drop test; give [train, test, val]" in dropped.stderr
+    scalar = run_nls("eval", str(run), "--set", "scene.splits=val")
+    assert scalar.returncode == 2 and "takes a list of split names" in scalar.stderr
