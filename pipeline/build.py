@@ -40,15 +40,21 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def max_threads() -> int:
+    """The most CPU threads nls accepts: 4 per core, at least 64 (torch crashes on a count in the 10^5s,
+    and far more threads than cores only slows it)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def env_threads() -> Optional[int]:
-    """``NLS_THREADS`` as a thread count, None when unset or empty; anything but a whole number >= 1 raises
-    NLSError naming the variable."""
+    """``NLS_THREADS`` as a thread count, None when unset or empty; anything but a whole number in
+    1..:func:`max_threads` raises NLSError naming the variable."""
     given = os.environ.get("NLS_THREADS", "").strip()
     if not given:
         return None
-    if not given.isdigit() or int(given) < 1:
-        raise NLSError(f"NLS_THREADS = {given!r}: give a whole number of CPU threads >= 1, or unset it to use "
-                       f"all {os.cpu_count() or 1} cores")
+    if not given.isdigit() or not 1 <= int(given) <= max_threads():
+        raise NLSError(f"NLS_THREADS = {given!r}: give a whole number of CPU threads in 1..{max_threads()} (this "
+                       f"machine has {os.cpu_count() or 1} cores), or unset it to use all of them")
     return int(given)
 
 
@@ -57,6 +63,9 @@ def setup_threads(threads: Optional[int]) -> None:
     import torch
 
     n = threads or env_threads() or (os.cpu_count() or 1)
+    if n > max_threads():
+        raise NLSError(f"train.threads = {n}: give a whole number of CPU threads in 1..{max_threads()} (this "
+                       f"machine has {os.cpu_count() or 1} cores), or leave it unset to use all of them")
     torch.set_num_threads(max(1, n))
 
 

@@ -735,8 +735,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--port", type=int_at_least(0, 65535), default=8080, metavar="P",
                    help="port on 127.0.0.1 (default: 8080; 0 picks a free one; a port in use moves to the next "
                    "free one, and the command says so)")
-    c.add_argument("--resolution", type=int_at_least(2), default=128, metavar="N",
-                   help="grid samples per side cached for re-extraction at other levels (default: 128)")
+    c.add_argument("--resolution", type=int_at_least(16, 512), default=128, metavar="N",
+                   help="grid samples per side cached for re-extraction at other levels, 16..512 (default: 128)")
     c.add_argument("--seconds", type=positive_seconds, metavar="S",
                    help="stop after S seconds (default: run until Ctrl-C)")
     c.set_defaults(func=cmd_view)
@@ -826,7 +826,10 @@ def _leave_process_group() -> None:
     if "torch.distributed" in sys.modules:
         from pipeline import distributed
 
-        distributed.shutdown()
+        try:
+            distributed.shutdown()
+        except Exception:  # torch half-imported (Ctrl-C while it loaded): it holds no group to leave
+            pass
 
 
 def _plugins_dirs(argv: list[str]) -> list[str]:

@@ -536,3 +536,34 @@ def test_eval_can_load_a_split_that_training_did_not(tmp_path):
     assert dropped.returncode == 2 and "not drop test; give [train, test, val]" in dropped.stderr
     scalar = run_nls("eval", str(run), "--set", "scene.splits=val")
     assert scalar.returncode == 2 and "takes a list of split names" in scalar.stderr
+
+
+def test_ctrl_c_while_torch_loads_is_a_plain_interrupt(monkeypatch, capsys):
+    """Ctrl-C during torch's import left it half-initialised, and leaving the process group then raised
+    (AttributeError: partially initialized module 'torch' ...): a traceback and exit 1 instead of 130."""
+    import sys
+
+    import pipeline.cli
+    import pipeline.distributed
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def half_imported():
+        raise AttributeError("partially initialized module 'torch' has no attribute 'fx'")
+
+    monkeypatch.setattr(pipeline.cli, "cmd_plugins", interrupted)
+    monkeypatch.setattr(pipeline.distributed, "shutdown", half_imported)
+    monkeypatch.setitem(sys.modules, "torch.distributed", sys.modules.get("torch.distributed") or object())
+    assert pipeline.cli.main(["plugins"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_view_resolution_is_bounded(tmp_path, capsys):
+    """--resolution 100000 tried to allocate 3.55 PiB in the viewer's thread: a traceback and exit 0."""
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["view", str(tmp_path), "--resolution", "100000"])
+    assert exc.value.code == 2
+    assert "argument --resolution: 100000 is out of range: give an integer in 16..512" in capsys.readouterr().err

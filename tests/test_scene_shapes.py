@@ -64,14 +64,19 @@ def test_a_scene_cache_that_is_a_file_is_a_data_error_naming_nls_cache(tmp_path,
         build_procedural(ProceduralConfig(shape="sphere", n_train=2, n_test=1, image_size=8), None)()
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5"])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5", "100000"])
 def test_a_bad_nls_threads_is_one_clear_error(monkeypatch, value):
-    from pipeline.build import env_threads
+    """100000 threads made torch segfault with no message (exit 139)."""
+    from pipeline.build import env_threads, max_threads, setup_threads
     from pipeline.types import NLSError
 
     monkeypatch.setenv("NLS_THREADS", value)
-    with pytest.raises(NLSError, match=rf"NLS_THREADS = '{value}': give a whole number of CPU threads >= 1"):
+    with pytest.raises(NLSError, match=rf"NLS_THREADS = '{value}': give a whole number of CPU threads in 1\.\.\d+"):
         env_threads()
+    with pytest.raises(NLSError, match=r"train.threads = 100000: give a whole number of CPU threads in 1\.\."):
+        setup_threads(100000)
+    monkeypatch.setenv("NLS_THREADS", str(max_threads()))
+    assert env_threads() == max_threads() >= 64
     monkeypatch.setenv("NLS_THREADS", " 3 ")
     assert env_threads() == 3
     monkeypatch.delenv("NLS_THREADS")

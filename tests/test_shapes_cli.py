@@ -50,6 +50,23 @@ def test_infer_with_a_missing_image_is_a_clear_error(run_dir, tmp_path, nls):
     proc = nls("infer", str(run_dir), str(tmp_path / "nope.png"), "-o", str(tmp_path / "m.ply"))
     assert proc.returncode == 2 and "nope.png does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+    folder = nls("infer", str(run_dir), str(tmp_path), "-o", str(tmp_path / "m.ply"))
+    assert folder.returncode == 2 and f"image {tmp_path} is a folder; give image files" in folder.stderr
+    (tmp_path / "notes.png").write_text("not an image")
+    text = nls("infer", str(run_dir), str(tmp_path / "notes.png"), "-o", str(tmp_path / "m.ply"))
+    assert text.returncode == 2 and "notes.png cannot be read as an image (PNG/JPG)" in text.stderr
+    assert len(text.stderr.strip().splitlines()) == 1  # not imageio's advice to install backends
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resolution", "0"], "argument --resolution: 0 is out of range: give an integer in 16..1024"),
+    (["--resolution", "100000"], "argument --resolution: 100000 is out of range: give an integer in 16..1024"),
+    (["--level", "nan"], "argument --level: nan: give a finite number"),
+])
+def test_infer_checks_resolution_and_level_as_export_does(run_dir, tmp_path, nls, args, message):
+    """--resolution 0 was silently the default, 100000 an out-of-memory error, --level nan an empty level set."""
+    proc = nls("infer", str(run_dir), str(tmp_path / "x.png"), "-o", str(tmp_path / "m.ply"), *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def test_infer_is_listed_in_help(nls):

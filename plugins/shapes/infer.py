@@ -22,12 +22,15 @@ def load_images(paths: list[str], size: int):
     out = []
     for p in paths:
         path = Path(p)
+        if path.is_dir():
+            raise DataError(f"image {path} is a folder; give image files (PNG/JPG), e.g. {path}/00.png")
         if not path.is_file():
             raise DataError(f"image {path} does not exist")
         try:
             a = np.asarray(iio.imread(path))
-        except Exception as exc:  # imageio raises many types
-            raise DataError(f"image {path} cannot be read: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # imageio raises many types, some with install advice that does not apply
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"image {path} cannot be read as an image (PNG/JPG): {first}") from None
         out.append(prepare_images(to_rgba8(a, f"image {path}")[None], size)[0])
     return torch.from_numpy(np.stack(out)).float() / 255.0
 
@@ -70,15 +73,17 @@ def cmd_infer(args) -> int:
 
 def add_infer_command(subparsers) -> None:
     """Add the ``infer`` subcommand to the CLI's ``subparsers``."""
+    from pipeline.cli import finite_float, int_at_least
+
     c = subparsers.add_parser("infer", help="reconstruct a mesh from images with a trained shape decoder",
                               description="Encode IMAGE(s) with the run's image encoder, average the embeddings, "
                               "decode the shape and write a mesh (format from the extension).")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of a shape-decoder scene")
     c.add_argument("images", metavar="IMAGE", nargs="+", help="one or more views of one object (PNG/JPG)")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output mesh, e.g. mesh.ply")
-    c.add_argument("--resolution", type=int, metavar="N", help="marching-cubes grid (default: the extractor's, "
-                   "else 128)")
-    c.add_argument("--level", type=float, metavar="L", help="iso-level (default: the extractor's)")
+    c.add_argument("--resolution", type=int_at_least(16, 1024), metavar="N", help="marching-cubes grid samples "
+                   "per side, 16..1024 (default: the extractor's, else 128)")
+    c.add_argument("--level", type=finite_float, metavar="L", help="iso-level (default: the extractor's)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's train.device "
                    "(auto: cuda when available, else cpu)")
     c.add_argument("--plugins-dir", action="append", metavar="DIR",
