@@ -315,8 +315,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = load_yaml_text(value) if value.strip() else None
     except DuplicateKeyError as exc:
         raise ConfigError(f"--set {text}: the value gives key {exc.key!r} twice; give each key once") from None
-    except yaml.YAMLError:
-        parsed = value
+    except yaml.YAMLError as exc:
+        if value.lstrip().startswith(("[", "{")):  # meant as a list or mapping: a string would mislead later
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {text}: the value is not valid YAML ({why}); a list is written "
+                              f"[a, b], a mapping {{key: value}}, and the whole --set is quoted for the shell, "
+                              f"e.g. --set 'losses=[{{type: photometric}}]'") from None
+        parsed = value  # e.g. a description with ': ' in it: taken as the text it is
     return parts, parsed
 
 
@@ -584,7 +589,11 @@ def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
     """Read, override and validate a scene file. Errors that only overrides cause are reported
     against those ``--set`` options, not the file."""
     base = read_yaml(path)
-    data = apply_overrides(base, list(overrides))
+    try:
+        data = apply_overrides(base, list(overrides))
+    except ConfigError:  # e.g. --set train.steps=N where the file's `train` is a list: the file's mistake first
+        validate(base, host, source=str(path))
+        raise
     try:
         return validate(data, host, source=str(path))
     except ConfigError as exc:

@@ -91,6 +91,26 @@ def test_an_override_error_names_the_override_not_the_file(tmp_path, nls_host):
     assert str(err.value).startswith(f"{bad}: train.stepz: unknown key"), err.value
 
 
+@pytest.mark.parametrize("block, override", [({"train": [1]}, "train.steps=3"),
+                                             ({"field": 5}, "field.resolution=16")])
+def test_a_files_block_of_the_wrong_kind_is_blamed_on_the_file_not_on_a_set(tmp_path, nls_host, block, override):
+    """--steps N on a file whose `train` is a list said '--set train.steps=N: ... indexes a list', a --set the
+    user never typed, with advice to replace the block."""
+    bad = write(tmp_path, {**TINY_SCENE, **block})
+    key = next(iter(block))
+    with pytest.raises(ConfigError) as err:
+        load_scene(bad, nls_host, [override])
+    assert str(err.value).startswith(f"{bad}: {key} must be a mapping"), err.value
+
+
+@pytest.mark.parametrize("value", ["[{type: photometric}", "{type: dense_grid, resolution: 16"])
+def test_a_set_value_that_is_broken_yaml_is_named_as_such(value):
+    """It was taken as a string, and the error then said e.g. "unknown field type '{type: dense_grid, ...'"."""
+    with pytest.raises(ConfigError, match=r"the value is not valid YAML \(expected ',' or '[\]}]'"):
+        apply_overrides(TINY_SCENE, [f"losses={value}"])
+    assert apply_overrides(TINY_SCENE, ["description=a: b: c"])["description"] == "a: b: c"  # plain text stays text
+
+
 def test_every_mistake_in_a_file_is_reported_at_once(tmp_path, nls_host):
     data = {**TINY_SCENE, "field": {**TINY_SCENE["field"], "resolutoin": 32},
             "train": {**TINY_SCENE["train"], "steps": "many"}, "eval": {"max_images": 0}}
