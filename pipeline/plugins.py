@@ -77,7 +77,7 @@ class PluginHost:
             try:
                 pm.register(plugin, name=name)
             except pluggy.PluginValidationError as exc:  # e.g. a hook implementation's argument misnamed
-                raise NLSError(f"plugin {name!r} ({source}) does not match nls's hooks: {exc}. Each hook's "
+                raise PluginError(f"plugin {name!r} ({source}) does not match nls's hooks: {exc}. Each hook's "
                                f"arguments are listed in pipeline/hookspecs.py (`nls plugins --all`)") from exc
             except ValueError as exc:  # pluggy: the same module registered under two names
                 prev = pm.get_name(plugin) if pm.is_registered(plugin) else "?"

@@ -357,8 +357,11 @@ def test_a_hook_with_a_misnamed_argument_is_a_clear_error(tmp_path):
         def nls_register_losses(reg):
             pass
     '''))
-    with pytest.raises(NLSError, match=r"plugin 'badargs' .* does not match nls's hooks"):
+    from pipeline.types import PluginError
+
+    with pytest.raises(PluginError, match=r"plugin 'badargs' .* does not match nls's hooks") as err:
         PluginHost.create(plugins_dirs=[tmp_path], entry_points_=False)
+    assert err.value.exit_code == 1  # the plugin's mistake, as a failing import or hook is
 
 
 def test_a_plugin_subcommand_named_like_a_builtin_is_a_clear_error(tmp_path, capsys):
