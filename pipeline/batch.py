@@ -341,7 +341,8 @@ def precheck(scene: str, opts: BatchOptions, host) -> Optional[str]:
     try:
         load_scene(Path(scene), host, overrides)
     except NLSError as exc:
-        return str(exc)
+        text = str(exc)  # the lines that print it name the scene already
+        return text[len(scene) + 2:] if text.startswith(f"{scene}: ") else text
     return None
 
 
@@ -403,6 +404,14 @@ def cmd_batch(args) -> int:
         # has done the rendezvous already and stops the job if a rank dies)
         os.environ[distributed.TIMEOUT_ENV] = str(max(BATCH_TIMEOUT_S, distributed.timeout_s()))
         info = distributed.setup(torch.device("cpu"), threads=1)
+    mine = [(i, s) for i, s in enumerate(scenes) if i % info.world_size == info.rank]
+    # a scene file that cannot be valid fails here, before any process starts
+    problems = {i: precheck(s, opts, args.host) for i, s in mine}
+    if not info.enabled and all(problems.values()):  # a usage error: no batch folder, exit 2
+        for i, s in mine:
+            print(f"[{i + 1}] refused {s}: {problems[i]}", file=sys.stderr)
+        raise NLSError(f"no scene of the batch can start ({'it was' if len(mine) == 1 else f'all {len(mine)} were'} "
+                       f"refused, see above); nothing was run")
     root = Path(args.output or "outputs")
     out_dir = distributed.main_creates(lambda: _batch_dir(root), info, lambda p: p, Path)
     log_dir = out_dir / "logs"
@@ -412,11 +421,10 @@ def cmd_batch(args) -> int:
     def say(msg: str) -> None:
         print(f"{tag}{msg}", flush=True)
 
-    mine = [(i, s) for i, s in enumerate(scenes) if i % info.world_size == info.rank]
     results: list[SceneResult] = []
     todo = []
-    for i, s in mine:  # a scene file that cannot be valid fails here, before any process starts
-        problem = precheck(s, opts, args.host)
+    for i, s in mine:
+        problem = problems[i]
         if problem:
             say(f"[{i + 1}] FAILED  {s}: {problem}")
             results.append(SceneResult(i, s, "failed", None, 2, 0.0, None, problem, "", info.rank))
@@ -482,10 +490,11 @@ def add_parser(sub, common) -> None:
                    "the batch folder goes to DIR/batch/<stamp> (default outputs/batch/<stamp>)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: each scene's train.device "
                    "(auto: cuda when available, else cpu)")
-    c.add_argument("--steps", type=int_at_least(1), metavar="N", help="training steps for every scene")
+    c.add_argument("--steps", type=int_at_least(1), metavar="N",
+                   help="training steps for every scene (default: each scene's train.steps)")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
     c.add_argument("--scene-timeout", type=positive_seconds, metavar="S",
-                   help="stop a scene after S seconds: it gets SIGTERM, and when it is training it saves a "
+                   help="stop a scene after S seconds (default: no limit): it gets SIGTERM, and when it is training it saves a "
                    f"checkpoint and exits (go on with `nls resume RUN`); it is killed if still running "
                    f"{STOP_GRACE_S:g} s later. The batch then exits with 1, as for a failed scene")
     c.set_defaults(func=cmd_batch)

@@ -604,7 +604,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device "
                    "(auto: cuda when available, else cpu)")
     r.add_argument("--steps", type=int_at_least(1), metavar="N",
-                   help="training steps (same as --set train.steps=N)")
+                   help="training steps (same as --set train.steps=N; default: the scene's train.steps)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     r.set_defaults(func=cmd_reconstruct)
@@ -627,9 +627,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
                 "Render a split of the scene with the trained field: prediction, ground truth and depth.")
     c.add_argument("--split", default="test", help="split to render (default: test)")
-    c.add_argument("--spiral", type=int_at_least(0), default=0, metavar="N",
-                   help="also render an N-frame turntable video: a circle around the scene at the mean "
-                   "distance of the eval split's cameras (default 0: none)")
+    c.add_argument("--spiral", type=int_at_least(0, 3600), default=0, metavar="N",
+                   help="also render an N-frame turntable video, 0..3600 frames: a circle around the scene at the "
+                   "mean distance of the eval split's cameras (default 0: none)")
     c.add_argument("--depth", action="store_true",
                    help="also write float32 (H, W) arrays: NAME_depth.npy, the expected distance along the "
                    "unit pixel ray given termination; NAME_depth_median.npy, where half the ray's opacity is "
@@ -713,7 +713,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", parents=[common], help="compare runs side by side (metrics, time, parameters)",
                        description="A table of final metrics, training time and parameter count over runs, best "
-                       "values marked. Warns when the runs' scenes, scene settings or evaluation settings differ.")
+                       "values marked. Warns when the runs' scenes, scene settings or evaluation settings differ. "
+                       "Prints a terminal table unless --markdown, --json, --html or -o FILE is given.")
     c.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run folders made by `nls reconstruct`")
     fmt = c.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown",
@@ -746,6 +747,17 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     return p
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but an argument that the command does not take is reported by the
+    command's own parser (``nls render: error: ...`` and its usage), not by ``nls``'s."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        (commands.get(getattr(args, "command", None)) or parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """The ``nls`` entry point: parse ``argv`` (default ``sys.argv[1:]``) and run its command; returns the
     exit code (an NLSError's ``exit_code``, 130 on Ctrl-C, 141 on a closed pipe, 0 for help)."""
@@ -759,7 +771,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         dirs = _plugins_dirs(argv)
         host = _host(argparse.Namespace(plugins_dir=dirs))
         parser = build_parser(host)
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         # argparse drops a --plugins-dir given before the subcommand (the subcommand's default
         # overwrites it), and the scan above misses abbreviations such as --plugins-d DIR: keep both
         extra = [d for d in (getattr(args, "plugins_dir", None) or []) if d not in dirs]

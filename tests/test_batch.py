@@ -48,11 +48,33 @@ def test_cores_are_shared_by_the_runs_that_can_run_at_once(tmp_path, monkeypatch
 
     from pipeline.cli import main
 
+    import pipeline.batch
+
     monkeypatch.delenv("NLS_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    scenes = [str(tmp_path / f"missing{i}.yaml") for i in range(n_scenes)]  # refused before any run starts
-    assert main(["batch", *scenes, "--jobs", "4", "-o", str(tmp_path / "out")]) == 1
+    monkeypatch.setattr(pipeline.batch, "run_scenes", lambda *a, **k: [])  # no scene is run
+    scenes = [str(ROOT / "scenes" / "csg_dense.yaml")] * n_scenes
+    assert main(["batch", *scenes, "--jobs", "4", "-o", str(tmp_path / "out")]) == 0
     assert f"{min(4, n_scenes)} at a time, {threads} thread(s) per run" in capsys.readouterr().out
+
+
+def test_a_batch_whose_every_scene_is_refused_is_a_usage_error(tmp_path, capsys):
+    """Missing files or a --set that no scene accepts: exit 2 and no batch folder (it was exit 1 and an
+    empty folder); each refusal names its scene once."""
+    from pipeline.cli import main
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"name": "t", "scene": {"type": "procedural"}, "trian": {}}))
+    assert main(["batch", str(tmp_path / "missing.yaml"), str(typo), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"[1] refused {tmp_path / 'missing.yaml'}: scene file" in err
+    assert f"[2] refused {typo}: 2 problems:" in err and "unknown top-level key(s) 'trian'" in err
+    assert err.count(str(typo)) == 1, err
+    assert "error: no scene of the batch can start (all 2 were refused, see above)" in err
+    assert not (tmp_path / "out").exists()
+    good = str(ROOT / "scenes" / "csg_dense.yaml")
+    assert main(["batch", good, "--set", "field.resolutio=3", "-o", str(tmp_path / "out")]) == 2
+    assert "it was refused" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def _check_batch(out: Path, proc, good: list[str], bad: dict[str, str]) -> None:

@@ -567,3 +567,33 @@ def test_view_resolution_is_bounded(tmp_path, capsys):
         main(["view", str(tmp_path), "--resolution", "100000"])
     assert exc.value.code == 2
     assert "argument --resolution: 100000 is out of range: give an integer in 16..512" in capsys.readouterr().err
+
+
+def test_an_argument_a_command_does_not_take_is_reported_by_that_command(capsys):
+    """It was `nls: error: unrecognized arguments: extra` with nls's usage, not the command's."""
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "RUN", "extra"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "nls render: error: unrecognized arguments: extra" in err
+    assert "usage: nls render" in err
+    with pytest.raises(SystemExit):
+        main(["--bogus"])
+    assert "nls: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, option, says", [
+    (["reconstruct"], "--steps", "default: the scene's train.steps"),
+    (["batch"], "--steps", "default: each scene's train.steps"),
+    (["batch"], "--scene-timeout", "default: no limit"),
+    (["render"], "--spiral", "0..3600 frames"),
+    (["view"], "--resolution", "16..512"),
+])
+def test_help_gives_defaults_and_ranges(capsys, command, option, says):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert option in text and says in text
