@@ -65,7 +65,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     from pipeline.config import load_resolved
     from pipeline.distributed import rank_device
     from pipeline.runs import RunDir
-    from pipeline.train import load_error
+    from pipeline.train import config_changes, load_error
 
     run = RunDir.open(Path(args.run_dir))
     host = _host(args)
@@ -83,7 +83,9 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
         try:
             system.load_state_dict(model)
         except RuntimeError as exc:
-            raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: {load_error(exc)}") from None
+            changed = config_changes(state.get("config"), cfg.to_dict())
+            raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
+                           f"{load_error(exc).rstrip('.')}" + (f". {changed}" if changed else "")) from None
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
 
 

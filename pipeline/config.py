@@ -383,12 +383,13 @@ def _is_stage_block(path: list[str]) -> bool:
 def expand_vars(value: Any) -> Any:
     """Expand ``${NLS_DATA}`` (the shared data root) and other env vars in strings."""
     if isinstance(value, str) and "$" in value:
-        if "NLS_DATA" in value and "NLS_DATA" not in os.environ:
+        if "NLS_DATA" in value and not os.environ.get("NLS_DATA"):  # unset or empty: the default root
             from pipeline.scenes import data_root  # local: avoids import cycles
 
             root = data_root()
             if root is None:
-                raise ConfigError(f"{value!r} needs the data root, but NLS_DATA is not set and "
+                raise ConfigError(f"{value!r} needs the data root, but NLS_DATA is "
+                                  f"{'empty' if 'NLS_DATA' in os.environ else 'not set'} and "
                                   f"../shared/data does not exist. Set NLS_DATA=/path/to/data.")
             value = value.replace("${NLS_DATA}", str(root)).replace("$NLS_DATA", str(root))
         elif "NLS_DATA" in value and not Path(os.environ["NLS_DATA"]).expanduser().is_dir():

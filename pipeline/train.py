@@ -165,6 +165,23 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
+def config_changes(saved: object, now: dict, limit: int = 6) -> str:
+    """'config.yaml differs from the config the checkpoint was trained with: field.resolution (32 -> 48)'
+    (at most ``limit`` keys), or '' when ``saved`` (a checkpoint's ``config``) is absent or the same."""
+    from pipeline.report.collect import flatten_dict
+
+    if not isinstance(saved, dict):
+        return ""
+    old, new = flatten_dict(saved), flatten_dict(now)
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k) and k != "train.steps"]
+    if not keys:
+        return ""
+    shown = ", ".join(f"{k} ({old.get(k, 'unset')} -> {new.get(k, 'unset')})" for k in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return (f"config.yaml differs from the config the checkpoint was trained with: {shown}{more}; "
+            f"restore those values, or train a new run with them")
+
+
 def load_error(exc: BaseException, limit: int = 400) -> str:
     """torch's ``load_state_dict`` error in one line: its headline and the first detail (missing, unexpected
     or mis-shaped keys), cut to ``limit`` characters."""
@@ -395,7 +412,7 @@ class Trainer:
                 "rng": rng_state(),
                 "sampler": self.sampler.gen.get_state() if self.sampler else None,
                 "items": self.items.state() if self.items else None, "elapsed": self.elapsed,
-                "world_size": self.dist.world_size}
+                "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
 
     def load_state(self, st: dict) -> None:
         """Restore a :meth:`state` dict; a model or optimiser that does not match raises NLSError."""
@@ -403,8 +420,10 @@ class Trainer:
             self.system.load_state_dict(st["model"])
             self.optimizer.load_state_dict(st["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
+            changed = config_changes(st.get("config"), self.cfg.to_dict())
             raise NLSError(f"the checkpoint does not match this run's model/config ({type(exc).__name__}: "
-                           f"{load_error(exc)}). Was config.yaml edited after the run started?") from None
+                           f"{load_error(exc)}). " + (changed or "Was config.yaml edited after the run started?")
+                           ) from None
         if isinstance(st.get("rng"), dict):
             try:
                 set_rng_state(st["rng"])

@@ -220,6 +220,19 @@ def test_a_data_root_that_is_not_a_folder_is_named(tmp_path, nls_host, monkeypat
         load_scene(write(tmp_path, data), nls_host)
 
 
+def test_an_empty_data_root_variable_is_unset_as_data_root_reads_it(tmp_path, nls_host, monkeypatch):
+    """NLS_DATA= made ${NLS_DATA}/nerf/lego the path /nerf/lego (the error then listed the folders of /)."""
+    import pipeline.scenes
+
+    monkeypatch.setenv("NLS_DATA", "")
+    monkeypatch.setattr(pipeline.scenes, "data_root", lambda: tmp_path)  # the default root, as data_root() finds it
+    data = {**TINY_SCENE, "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/lego"}}
+    assert load_scene(write(tmp_path, data), nls_host).choice("scene").options.path == f"{tmp_path}/nerf/lego"
+    monkeypatch.setattr(pipeline.scenes, "data_root", lambda: None)
+    with pytest.raises(ConfigError, match="needs the data root, but NLS_DATA is empty and ../shared/data does not"):
+        load_scene(write(tmp_path, data), nls_host)
+
+
 def test_scene_type_detected_from_path(tmp_path, nls_host):
     (tmp_path / "transforms_train.json").write_text("{}")
     data = {**TINY_SCENE, "scene": {"path": str(tmp_path)}}

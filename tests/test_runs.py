@@ -155,6 +155,23 @@ def test_resume_rejects_corrupt_checkpoint(tiny_scene, tmp_path, nls):
     assert "corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_config_edited_after_training_is_named_by_key(tiny_scene, tmp_path, nls):
+    """Checkpoints keep the config they were trained with, so a mismatch names what changed in config.yaml,
+    not only torch's state-dict sizes; resume and render say the same."""
+    scene = tiny_scene()
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
+    run_dir = next((tmp_path / "runs").glob("*/*/*"))
+    assert torch.load(RunDir.open(run_dir).latest_checkpoint(), weights_only=False)["config"]["field"]["resolution"] == 32
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["field"]["resolution"] = 40
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for command in ("resume", "render"):
+        proc = nls(command, str(run_dir))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "config.yaml differs from the config the checkpoint was trained with: field.resolution (32 -> 40)" \
+            in proc.stderr, proc.stderr
+
+
 def test_run_folder_is_self_describing(tiny_scene, tmp_path, nls):
     scene = tiny_scene()
     nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", check=True)
