@@ -293,14 +293,15 @@ def check_mesh_path(path) -> Path:
 def export_mesh(mesh, path) -> Path:
     """Write ``mesh`` to ``path``; the format follows the extension (.ply .obj .glb .stl .off).
 
-    Parent folders are created. Raises NLSError for an unknown extension (listing the valid
-    ones) or a location that cannot be written (naming it).
+    Parent folders are created. The file is encoded in memory and written atomically (temp file,
+    fsync, rename): a killed export leaves the previous file, not an empty one. Raises NLSError for
+    an unknown extension (listing the valid ones) or a location that cannot be written (naming it).
     """
+    from pipeline.runs import atomic_write_bytes
+
     path = _writable_path(path, MESH_FORMATS, "mesh")
-    try:
-        mesh.export(path, file_type=path.suffix.lower()[1:])
-    except OSError as e:
-        raise NLSError(f"cannot write mesh to {path}: {e.strerror or e}") from None
+    data = mesh.export(file_type=path.suffix.lower()[1:])
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 
@@ -379,10 +380,7 @@ def export_point_cloud(points, path, normals=None) -> Path:
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
     header += [f"property float {f}" for f in fields]
     header += ["end_header"]
-    try:
-        with open(path, "wb") as fh:
-            fh.write(("\n".join(header) + "\n").encode("ascii"))
-            fh.write(data.tobytes())
-    except OSError as e:
-        raise NLSError(f"cannot write point cloud to {path}: {e.strerror or e}") from None
+    from pipeline.runs import atomic_write_bytes
+
+    atomic_write_bytes(path, ("\n".join(header) + "\n").encode("ascii") + data.tobytes())
     return path

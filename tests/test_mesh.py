@@ -259,3 +259,21 @@ def test_shape_meshes_are_closed_like_their_voxel_ground_truth():
     gt = voxels_to_mesh(vox)
     assert m.is_watertight and gt.is_watertight
     assert m.volume == pytest.approx(gt.volume, rel=0.02) and gt.volume == pytest.approx(0.5, rel=0.01)
+
+
+@pytest.mark.parametrize("ext", [".ply", ".obj"])
+def test_an_export_stopped_while_encoding_keeps_the_previous_file(tmp_path, sphere_mesh, monkeypatch, ext):
+    """trimesh opens (truncates) the target before it encodes: a kill during the encode left a 0-byte file
+    in place of a good mesh. The encode now happens in memory, then an atomic rename."""
+    import trimesh.exchange.export as exporters
+
+    path = export_mesh(sphere_mesh, tmp_path / f"m{ext}")
+    before = path.read_bytes()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(exporters._mesh_exporters, ext[1:], stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export_mesh(sphere_mesh, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
