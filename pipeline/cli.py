@@ -343,7 +343,20 @@ def _resume_locked(ld: Loaded, info, args) -> int:
         procs = (f" with {info.world_size} process(es) (the checkpoint was written by {before})"
                  if before != info.world_size else "")
         distributed.log(info, f"resuming {ld.run.path} from step {trainer.step}/{ld.cfg.train.steps}{procs}")
+        _warn_if_threads_differ(ld.state.get("threads"))
     return _train_and_finish(ld, trainer, args)
+
+
+def _warn_if_threads_differ(before: object) -> None:
+    """CPU float sums depend on the thread count: a resume with another count is not bit-identical to an
+    uninterrupted run (a warning the run keeps); ``before`` is the checkpoint's ``threads``."""
+    import torch
+
+    now = torch.get_num_threads()
+    if isinstance(before, int) and before != now:
+        notices.warn(f"the checkpoint was trained with {before} CPU thread(s) and this resume uses {now}: the "
+                     f"result is not bit-identical to an uninterrupted run (CPU sums depend on the thread "
+                     f"count); set NLS_THREADS={before} to keep it identical")
 
 
 def cmd_render(args) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import SceneConfig
+from pipeline import notices
 from pipeline.notices import warn
 from pipeline.runs import RunDir
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
@@ -412,7 +413,8 @@ class Trainer:
                 "rng": rng_state(),
                 "sampler": self.sampler.gen.get_state() if self.sampler else None,
                 "items": self.items.state() if self.items else None, "elapsed": self.elapsed,
-                "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+                "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
+                "threads": torch.get_num_threads(), "warnings": notices.kept()}
 
     def load_state(self, st: dict) -> None:
         """Restore a :meth:`state` dict; a model or optimiser that does not match raises NLSError."""
@@ -424,6 +426,8 @@ class Trainer:
             raise NLSError(f"the checkpoint does not match this run's model/config ({type(exc).__name__}: "
                            f"{load_error(exc)}). " + (changed or "Was config.yaml edited after the run started?")
                            ) from None
+        for w in st.get("warnings") or []:  # the run's warnings so far, for its summary.json
+            notices.keep(str(w))
         if isinstance(st.get("rng"), dict):
             try:
                 set_rng_state(st["rng"])

@@ -625,3 +625,33 @@ def test_reconstruct_repeats_the_runs_warnings_after_its_metrics(tmp_path):
     from pipeline.cli import main
 
     assert main(["plugins"]) == 0 and notices.kept() == []
+
+
+def test_checkpoints_carry_the_runs_warnings_and_thread_count(tmp_path, capsys):
+    """An evaluation-only resume (after --no-eval, or a stop during the final evaluation) wrote
+    `warnings: []`: the warnings given while training (e.g. rs_sdf's phase-1 warning) were only in the
+    process that trained. A resume with another thread count is not bit-identical, and says so."""
+    from pipeline import notices
+    from pipeline.build import build_system, load_scene_data
+    from pipeline.cli import _warn_if_threads_differ
+    from pipeline.config import validate
+    from pipeline.testing import TINY_SCENE, plugin_host
+    from pipeline.train import Trainer
+
+    cfg = validate(TINY_SCENE, plugin_host(), source="tiny")
+    device = torch.device("cpu")
+    scene = load_scene_data(cfg, device)
+    trainer = Trainer(cfg, build_system(cfg, scene, device), scene, RunDir.create(tmp_path, "tiny", "dense"), device,
+                      progress=False)
+    notices.reset()
+    notices.keep("given while training")
+    state = trainer.state()
+    assert state["warnings"] == ["given while training"] and state["threads"] == torch.get_num_threads()
+    notices.reset()
+    trainer.load_state(state)
+    assert notices.kept() == ["given while training"]
+    _warn_if_threads_differ(torch.get_num_threads())
+    assert notices.kept() == ["given while training"] and "warning" not in capsys.readouterr().err
+    _warn_if_threads_differ(torch.get_num_threads() + 3)
+    assert "not bit-identical to an uninterrupted run" in capsys.readouterr().err and len(notices.kept()) == 2
+    notices.reset()
