@@ -77,6 +77,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
     scene = load_scene_data(cfg, device)
+    _warn_if_ground_truth_changed(run, scene)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:
         model = state["model"] if train else {k: v for k, v in state["model"].items() if not k.startswith("losses.")}
@@ -87,6 +88,18 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{load_error(exc).rstrip('.')}" + (f". {changed}" if changed else "")) from None
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
+
+
+def _warn_if_ground_truth_changed(run, scene) -> None:
+    """The scene's ground-truth mesh is not the one the run recorded (scene.json ``gt_mesh_sha256``): the
+    data changed since the run was made, and metrics against it no longer measure what it trained on."""
+    from pipeline.runs import file_sha256
+
+    recorded = (run.read_json("scene.json") or {}).get("gt_mesh_sha256")
+    if isinstance(recorded, str) and scene.gt_mesh and file_sha256(scene.gt_mesh) != recorded:
+        notices.warn(f"the ground-truth mesh {scene.gt_mesh} is not the one {run.path} was made with (its "
+                     f"sha256 differs from scene.json's): the scene's data changed since, so geometry metrics "
+                     f"now measure against other data; restore it, or make a new run")
 
 
 def _missing_plugins_hint(run, host) -> str:

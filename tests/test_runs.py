@@ -655,3 +655,19 @@ def test_checkpoints_carry_the_runs_warnings_and_thread_count(tmp_path, capsys):
     _warn_if_threads_differ(torch.get_num_threads() + 3)
     assert "not bit-identical to an uninterrupted run" in capsys.readouterr().err and len(notices.kept()) == 2
     notices.reset()
+
+
+def test_a_ground_truth_that_changed_since_the_run_is_warned_about(tiny_scene, tmp_path, nls):
+    """Resume and eval used a scene's changed data silently (a mesh scene whose file was replaced was scored
+    against the new mesh); the GT's sha256 in scene.json is now checked when a run is reopened."""
+    scene = tiny_scene()
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
+    run_dir = next((tmp_path / "runs").glob("*/*/*"))
+    same = nls("eval", str(run_dir), "-q", "-o", str(tmp_path / "a.json"))
+    assert same.returncode == 0 and "ground-truth mesh" not in same.stderr
+    record = json.loads((run_dir / "scene.json").read_text())
+    record["gt_mesh_sha256"] = "0" * 64  # as if the file had been replaced since
+    (run_dir / "scene.json").write_text(json.dumps(record))
+    changed = nls("eval", str(run_dir), "-q", "-o", str(tmp_path / "b.json"))
+    assert changed.returncode == 0
+    assert f"is not the one {run_dir} was made with (its sha256 differs from scene.json's)" in changed.stderr
