@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -505,14 +506,24 @@ def cmd_eval(args) -> int:
                        f"--set 'evaluators=[{{type: psnr}}, {{type: chamfer}}]'")
     check_eval_split(ld.cfg, ld.scene, ld.system, sets)
     out = out or ld.run.path / "eval.json"
-    # its renders go beside the JSON, never over the ones training wrote into renders/
+    # its renders go beside the JSON, never over the ones training wrote into renders/; they are made in a
+    # staging folder and replace the previous ones only with the JSON, so a stopped eval never leaves new
+    # renders beside an old eval.json (nor stale views of an earlier, longer eval)
     renders = out.parent / f"{out.stem}_renders" / ld.cfg.eval.split
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=renders, progress=not args.quiet)
+    staging = out.parent / f".{out.stem}_renders.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
+                      progress=not args.quiet)
     results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
+    shutil.rmtree(renders, ignore_errors=True)  # the old renders go first: at worst a stop leaves none
     atomic_write_text(out, json.dumps(data, indent=2, default=json_default) + "\n")
+    if ctx.rendered:
+        renders.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / ld.cfg.eval.split, renders)
+    shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps(data["metrics"], indent=2, default=json_default))
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
     if all(set(r) == {"skipped"} for r in results.values()):

@@ -671,3 +671,33 @@ def test_a_ground_truth_that_changed_since_the_run_is_warned_about(tiny_scene, t
     changed = nls("eval", str(run_dir), "-q", "-o", str(tmp_path / "b.json"))
     assert changed.returncode == 0
     assert f"is not the one {run_dir} was made with (its sha256 differs from scene.json's)" in changed.stderr
+
+
+def test_a_stopped_eval_leaves_the_previous_eval_and_its_renders_together(tiny_scene, tmp_path, capsys):
+    """A killed `nls eval` rewrote eval_renders/ in place before the atomic eval.json, so the report paired
+    new renders with old metrics; a shorter eval also left the views of a longer one behind."""
+    import pipeline.evaluate
+    from pipeline.cli import main
+    from pipeline.testing import TINY_SCENE
+
+    scene = tiny_scene(scene={**TINY_SCENE["scene"], "n_test": 3})
+    assert main(["reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 0
+    run_dir = next((tmp_path / "runs").glob("*/*/*"))
+    renders = run_dir / "eval_renders" / "test"
+    assert main(["eval", str(run_dir), "-q", "--set", "eval.max_images=3"]) == 0
+    first = (run_dir / "eval.json").read_bytes()
+    views = {p.name: p.read_bytes() for p in renders.iterdir()}
+    assert len(views) == 6  # 3 views, each a render and a side-by-side
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline.evaluate, "depth_to_uint8", stopped)  # after the first view's PNG is written
+        assert main(["eval", str(run_dir), "-q", "--set", "eval.max_images=3", "--set", "eval.supersample=2"]) == 130
+    assert (run_dir / "eval.json").read_bytes() == first
+    assert {p.name: p.read_bytes() for p in renders.iterdir()} == views
+    assert main(["eval", str(run_dir), "-q", "--set", "eval.max_images=1"]) == 0
+    assert len(list(renders.iterdir())) == 2  # the one view this eval rendered, not the three before it
+    assert not list(run_dir.glob(".eval*"))  # no staging folder left
+    capsys.readouterr()
