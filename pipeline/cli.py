@@ -235,9 +235,28 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
         print(f"trained to step {trainer.step}; run folder: {ld.run.path}\n"
               f"evaluate it later with: nls resume {ld.run.path}{flags}   (writes summary.json)")
         return 0
-    summary = finish_run(ld, trainer.elapsed, progress=not args.quiet)
+    try:
+        summary = _finish_stoppable(ld, trainer.elapsed, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted during the final evaluation; the run is trained (step {ld.step}). Evaluate it "
+              f"with: nls resume {ld.run.path}{flags}", file=sys.stderr)
+        return 130
     _print_summary(summary, ld.run.path, flags)
     return 0
+
+
+def _finish_stoppable(ld: Loaded, train_seconds: float, *, progress: bool) -> dict:
+    """:func:`finish_run`, stopped by SIGTERM as by Ctrl-C (KeyboardInterrupt): SIGTERM otherwise ends the
+    process at once with exit 143 and no word of how to go on."""
+    import signal
+
+    from pipeline.signals import handlers_installed
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    with handlers_installed({signal.SIGTERM: interrupt}):
+        return finish_run(ld, train_seconds, progress=progress)
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -343,7 +343,8 @@ class RunDir:
         path = path or self.latest_checkpoint()
         if path is None:
             raise CheckpointError(f"run {self.path} has no checkpoint in {self.ckpt_dir}; "
-                                  f"start a new run with `nls reconstruct {self.config_path}`.")
+                                  f"start a new run with `nls reconstruct {self.config_path} --output "
+                                  f"{self.path.parents[2]}` (beside this one).")
         return load_checkpoint_file(path, map_location, self.checkpoints())
 
 

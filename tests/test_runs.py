@@ -701,3 +701,29 @@ def test_a_stopped_eval_leaves_the_previous_eval_and_its_renders_together(tiny_s
     assert len(list(renders.iterdir())) == 2  # the one view this eval rendered, not the three before it
     assert not list(run_dir.glob(".eval*"))  # no staging folder left
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stop_during_the_final_evaluation_says_how_to_finish(tiny_scene, tmp_path, capsys, monkeypatch, how):
+    """Ctrl-C there printed only `interrupted`; SIGTERM ended the process with exit 143 and no word. Both
+    now exit 130 naming the resume that evaluates the trained run; a run with no checkpoint names the
+    --output that puts a new run beside it."""
+    import pipeline.cli
+    from pipeline.cli import main
+
+    def stop(*args, **kwargs):
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the evaluation")
+
+    monkeypatch.setattr(pipeline.cli, "finish_run", stop)
+    assert main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q"]) == 130
+    run_dir = next((tmp_path / "runs").glob("*/*/*"))
+    assert f"interrupted during the final evaluation; the run is trained (step 6). Evaluate it with: nls resume " \
+           f"{run_dir}" in capsys.readouterr().err
+    for ck in RunDir.open(run_dir).checkpoints():
+        ck.unlink()
+    assert main(["resume", str(run_dir)]) == 2
+    assert f"`nls reconstruct {run_dir / 'config.yaml'} --output {tmp_path / 'runs'}`" in capsys.readouterr().err
