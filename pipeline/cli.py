@@ -74,6 +74,9 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
         cfg = load_resolved(run.config_path, host, overrides)
     except NLSError as exc:
         raise NLSError(f"{exc}{_missing_plugins_hint(run, host)}") from None
+    rebased = _rebased_scene_path(run, cfg)
+    if rebased is not None:  # the run came from a machine whose data root is elsewhere
+        cfg = load_resolved(run.config_path, host, [*overrides, f"scene.path={json.dumps(rebased)}"])
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
@@ -89,6 +92,27 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{load_error(exc).rstrip('.')}" + (f". {changed}" if changed else "")) from None
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
+
+
+def _rebased_scene_path(run, cfg) -> Optional[str]:
+    """A run's ``scene.path`` moved to this machine's data root: config.yaml holds the path the run was
+    made with (``${NLS_DATA}`` expanded); when it is missing here but lies under the data root recorded in
+    scene.json, the same path under today's data root (when it exists; a warning says so), else None."""
+    from pipeline.scenes import data_root
+
+    path = getattr(getattr(cfg.stages["scene"], "options", None), "path", None)
+    then, now = (run.read_json("scene.json") or {}).get("data_root"), data_root()
+    if not isinstance(path, str) or not isinstance(then, str) or now is None or Path(path).exists():
+        return None
+    try:
+        moved = now / Path(path).relative_to(then)
+    except ValueError:  # not under the old data root
+        return None
+    if not moved.exists():
+        return None
+    notices.warn(f"scene.path {path} is missing here; it lies under the data root the run was made with ({then}), "
+                 f"so the same path under this data root is used: {moved}")
+    return str(moved)
 
 
 def _warn_if_ground_truth_changed(run, scene) -> None:
@@ -301,7 +325,11 @@ def cmd_reconstruct(args) -> int:
         atomic_write_text(run.config_path, dump_yaml(cfg.to_dict()))
         run.write_json("plugins.json", {"plugins": [vars(p) for p in host.plugins()],
                                         "components": cfg.provenance(host.versions())})
+        from pipeline.scenes import data_root
+
+        data = data_root()  # where ${NLS_DATA} pointed: a copy of the run elsewhere finds its data by it
         run.write_json("scene.json", {**scene.meta, "aabb": scene.aabb.tolist(),
+                                      "data_root": str(data) if data is not None else None,
                                       "gt_mesh": str(scene.gt_mesh) if scene.gt_mesh else None,
                                       "gt_mesh_sha256": file_sha256(scene.gt_mesh) if scene.gt_mesh else None,
                                       "splits": {k: len(v) for k, v in scene.splits.items()}})

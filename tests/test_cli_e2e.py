@@ -597,3 +597,30 @@ def test_help_gives_defaults_and_ranges(capsys, command, option, says):
         main([*command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert option in text and says in text
+
+
+def test_a_run_copied_to_a_machine_with_another_data_root_finds_its_data(tmp_path):
+    """config.yaml holds scene.path with ${NLS_DATA} expanded: a run made under one data root could not be
+    evaluated, rendered or resumed where the data lies under another (scene.path: no such file)."""
+    import os
+
+    from pipeline.testing import TINY_SCENE
+    from tests.conftest import run_nls
+    from tests.test_blender import make_blender
+
+    make_blender(tmp_path / "root1" / "nerf" / "toy", n=2, size=16)
+    scene = {**TINY_SCENE, "name": "moved", "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/toy"},
+             "train": dict(TINY_SCENE["train"], steps=3)}
+    scene.pop("extractor", None)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scene))
+    env = {**os.environ, "NLS_DATA": str(tmp_path / "root1")}
+    run_nls("reconstruct", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "runs"), "-q", "--no-eval",
+            env=env, check=True)
+    run = next((tmp_path / "runs").glob("moved/*/*"))
+    assert json.loads((run / "scene.json").read_text())["data_root"] == str(tmp_path / "root1")
+    (tmp_path / "root1").rename(tmp_path / "root2")
+    proc = run_nls("eval", str(run), "-q", env={**env, "NLS_DATA": str(tmp_path / "root2")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"the same path under this data root is used: {tmp_path / 'root2' / 'nerf' / 'toy'}" in proc.stderr
+    gone = run_nls("eval", str(run), "-q", env={**env, "NLS_DATA": str(tmp_path)})  # not under this root
+    assert gone.returncode == 2 and "scene.path" in gone.stderr and "no such file or folder" in gone.stderr
