@@ -244,12 +244,12 @@ def test_follow_up_commands_carry_the_plugins_dirs():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["render", "RUN", "--spiral", "-3"], "--spiral: -3 is out of range: give an integer >= 0"),
+    (["render", "RUN", "--spiral", "-3"], "--spiral: -3 is out of range: give an integer in 0..3600"),
     (["export", "RUN", "-o", "m.ply", "--resolution", "4"],
      "--resolution: 4 is out of range: give an integer in 16..1024"),
     (["export", "RUN", "-o", "m.ply", "--resolution", "100000"],
      "--resolution: 100000 is out of range: give an integer in 16..1024"),
-    (["view", "RUN", "--resolution", "1"], "--resolution: 1 is out of range: give an integer >= 2"),
+    (["view", "RUN", "--resolution", "1"], "--resolution: 1 is out of range: give an integer in 16..512"),
     (["view", "RUN", "--port", "99999"], "--port: 99999 is out of range: give an integer in 0..65535"),
     (["view", "RUN", "--port", "-5"], "--port: -5 is out of range: give an integer in 0..65535"),
     (["reconstruct", "s.yaml", "--steps", "0"], "--steps: 0 is out of range: give an integer >= 1"),
