@@ -404,20 +404,27 @@ def _resume_locked(ld: Loaded, info, args) -> int:
         procs = (f" with {info.world_size} process(es) (the checkpoint was written by {before})"
                  if before != info.world_size else "")
         distributed.log(info, f"resuming {ld.run.path} from step {trainer.step}/{ld.cfg.train.steps}{procs}")
-        _warn_if_threads_differ(ld.state.get("threads"))
+        _warn_if_layout_differs(ld.state, info)
     return _train_and_finish(ld, trainer, args)
 
 
-def _warn_if_threads_differ(before: object) -> None:
-    """CPU float sums depend on the thread count: a resume with another count is not bit-identical to an
-    uninterrupted run (a warning the run keeps); ``before`` is the checkpoint's ``threads``."""
+def _warn_if_layout_differs(state: dict, info) -> None:
+    """A resume is bit-identical to an uninterrupted run only with the checkpoint's number of processes
+    and CPU threads per process (float sums depend on both); otherwise the main rank gives a warning the
+    run keeps. ``state``: the checkpoint (``world_size``, ``threads``); ``info``: this job's layout."""
     import torch
 
-    now = torch.get_num_threads()
-    if isinstance(before, int) and before != now:
-        notices.warn(f"the checkpoint was trained with {before} CPU thread(s) and this resume uses {now}: the "
-                     f"result is not bit-identical to an uninterrupted run (CPU sums depend on the thread "
-                     f"count); set NLS_THREADS={before} to keep it identical")
+    if not info.is_main:
+        return
+    procs, threads, now = state.get("world_size", 1), state.get("threads"), torch.get_num_threads()
+    if procs != info.world_size:
+        notices.warn(f"the checkpoint was trained by {procs} process(es) and this resume runs {info.world_size}: "
+                     f"the result is close to, but not bit-identical with, an uninterrupted run (the batch is "
+                     f"split and reduced differently); resume with {procs} process(es) to keep it identical")
+    elif isinstance(threads, int) and threads != now:
+        notices.warn(f"the checkpoint was trained with {threads} CPU thread(s) per process and this resume uses "
+                     f"{now}: the result is not bit-identical to an uninterrupted run (CPU sums depend on the "
+                     f"thread count); set NLS_THREADS={threads} to keep it identical")
 
 
 def cmd_render(args) -> int:
@@ -833,6 +840,18 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     return p
 
 
+def _rank_tag(message: str) -> str:
+    """``"[rank R/W] "`` under torchrun, for an error message that does not start with one: every rank
+    prints its own, and identical untagged lines read as one process repeating itself."""
+    from pipeline import distributed
+
+    try:
+        tag = distributed.from_env().tag()
+    except NLSError:  # a broken torchrun environment is itself the error being printed
+        return ""
+    return "" if message.startswith("[rank ") else tag
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parser.parse_args(argv)``, but an argument that the command does not take is reported by the
     command's own parser (``nls render: error: ...`` and its usage), not by ``nls``'s."""
@@ -870,7 +889,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         return int(args.func(args) or 0)
     except NLSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank_tag(str(exc))}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -26,8 +26,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shlex
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, TypeVar
 
@@ -231,10 +233,24 @@ def collective(what: str, *, run_dir: Any = None, step: Optional[int] = None) ->
         if not (info.enabled and _looks_distributed(exc)):
             raise  # a bug in a component, not a communication failure: keep its traceback
         at = f" at step {step}" if step is not None else ""
-        run = f" Run folder: {run_dir}; {RESUME_HINT.format(run=run_dir)}." if run_dir is not None else ""
+        run = f" Run folder: {run_dir}; {_resume_hint(Path(run_dir))}." if run_dir is not None else ""
         raise NLSError(f"{info.tag()}lost contact with the other processes while {what}{at} "
                        f"({_first_line(exc)}). Another rank died, hung or timed out: torchrun's failure "
                        f"report names it.{run}") from None
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How to go on with ``run_dir`` after a lost peer: the resume (with the ``--plugins-dir`` folders its
+    plugins came from) when it has a checkpoint, else that there is nothing to resume."""
+    if not any((run_dir / "checkpoints").glob("ckpt_*.pt")):
+        return "it has no checkpoint yet, so there is nothing to resume: train it again with nls reconstruct"
+    from pipeline.runs import json_record
+
+    plugins = json_record(run_dir / "plugins.json")[0] or {}
+    dirs = dict.fromkeys(str(Path(p["source"]).parent) for p in plugins.get("plugins") or []
+                         if isinstance(p, dict) and str(p.get("source", "")).endswith(".py"))
+    flags = "".join(f" --plugins-dir {shlex.quote(d)}" for d in dirs)
+    return RESUME_HINT.format(run=f"{run_dir}{flags}")
 
 
 def _looks_distributed(exc: BaseException) -> bool:

@@ -198,6 +198,7 @@ def test_killed_rank_ends_the_job_clearly_and_resume_with_one_process_completes_
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", err) and "SIGKILL" in err, err[-3000:]
     if "error:" in err:
         assert "lost contact with the other processes" in err and "nls resume" in err, err[-3000:]
+        assert f"--plugins-dir {PLUGINS.resolve()}" in err, err[-3000:]  # the hint's command runs as given
     run = only_run(out)
     killed_at = run.load_checkpoint()["step"]
     assert 0 < killed_at < STEPS, "the kill should land mid-training"
@@ -277,3 +278,37 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoi
     step = run.load_checkpoint()["step"]
     assert f"interrupted at step {step}/100000; checkpoint saved (ckpt_{step:08d}.pt)" in err, err[-3000:]
     assert len(losses(run)) == step  # every step up to the stop was logged once, none after it
+
+
+def test_the_lost_contact_hint_offers_a_resume_only_when_there_is_a_checkpoint(tmp_path):
+    """It offered `nls resume RUN` for a run with no checkpoint (or one just removed), and left out the
+    --plugins-dir its plugins need."""
+    import json
+
+    from pipeline.distributed import _resume_hint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert "no checkpoint yet, so there is nothing to resume" in _resume_hint(run)
+    assert "nothing to resume" in _resume_hint(tmp_path / "removed")
+    (run / "checkpoints" / "ckpt_00000010.pt").write_bytes(b"x")
+    (run / "plugins.json").write_text(json.dumps({"plugins": [
+        {"name": "ngp", "source": "builtin"}, {"name": "toy", "source": str(PLUGINS.resolve() / "toy_sdf.py")}]}))
+    hint = _resume_hint(run)
+    assert hint.startswith(f"resume it with `nls resume {run} --plugins-dir {PLUGINS.resolve()}`"), hint
+
+
+def test_errors_under_torchrun_carry_the_rank(monkeypatch, capsys, tmp_path):
+    """Each rank printed the same untagged `error:` line; they now say which rank speaks (once, even when
+    the message was tagged already)."""
+    from pipeline.cli import main
+
+    for k, v in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["reconstruct", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: [rank 1/2] scene file") and err.count("[rank") == 1, err
+    monkeypatch.delenv("RANK")  # a torchrun environment that is itself broken: the message stays as it is
+    assert main(["reconstruct", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("error: scene file")

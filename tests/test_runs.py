@@ -633,7 +633,9 @@ def test_checkpoints_carry_the_runs_warnings_and_thread_count(tmp_path, capsys):
     process that trained. A resume with another thread count is not bit-identical, and says so."""
     from pipeline import notices
     from pipeline.build import build_system, load_scene_data
-    from pipeline.cli import _warn_if_threads_differ
+    import types
+
+    from pipeline.cli import _warn_if_layout_differs
     from pipeline.config import validate
     from pipeline.testing import TINY_SCENE, plugin_host
     from pipeline.train import Trainer
@@ -650,10 +652,17 @@ def test_checkpoints_carry_the_runs_warnings_and_thread_count(tmp_path, capsys):
     notices.reset()
     trainer.load_state(state)
     assert notices.kept() == ["given while training"]
-    _warn_if_threads_differ(torch.get_num_threads())
+    single = types.SimpleNamespace(is_main=True, world_size=1)
+    _warn_if_layout_differs({"world_size": 1, "threads": torch.get_num_threads()}, single)
     assert notices.kept() == ["given while training"] and "warning" not in capsys.readouterr().err
-    _warn_if_threads_differ(torch.get_num_threads() + 3)
-    assert "not bit-identical to an uninterrupted run" in capsys.readouterr().err and len(notices.kept()) == 2
+    _warn_if_layout_differs({"world_size": 1, "threads": torch.get_num_threads() + 3}, single)
+    assert "thread(s) per process" in capsys.readouterr().err and len(notices.kept()) == 2
+    # another number of processes: NLS_THREADS would not help, so that is not what it advises
+    _warn_if_layout_differs({"world_size": 2, "threads": torch.get_num_threads()}, single)
+    err = capsys.readouterr().err
+    assert "trained by 2 process(es) and this resume runs 1" in err and "NLS_THREADS" not in err
+    _warn_if_layout_differs({"world_size": 2}, types.SimpleNamespace(is_main=False, world_size=1))
+    assert capsys.readouterr().err == ""  # the main rank speaks for the job
     notices.reset()
 
 
