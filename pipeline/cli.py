@@ -840,6 +840,31 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     return p
 
 
+#: glibc ``mallopt`` parameters and the values nls sets (see :func:`keep_freed_memory`)
+MALLOPT = {"M_MMAP_THRESHOLD": (-3, 32 * 2 ** 20), "M_TRIM_THRESHOLD": (-1, 256 * 2 ** 20),
+           "M_TOP_PAD": (-2, 64 * 2 ** 20)}
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed buffers of up to 32 MiB for reuse instead of returning them to the OS.
+
+    Training allocates and frees grid-sized buffers (the ngp dense grid's 33 MB table gradient and Adam
+    temporaries) every step; glibc serves buffers this large with mmap and unmaps them on free, so every
+    step paid fresh page faults. Measured on the demo scene (csg_dense, 2 cores): 122.7 s -> 90.0 s, system
+    time 45 s -> 7 s, checkpoints bit-identical. Skipped off glibc, and when the environment already tunes
+    the allocator (``MALLOC_MMAP_THRESHOLD_`` ...). Returns whether it was applied."""
+    import ctypes
+
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc only (musl has no mallopt parameters of these numbers)
+    except (OSError, AttributeError):
+        return False
+    return all(libc.mallopt(code, value) == 1 for code, value in MALLOPT.values())
+
+
 def _rank_tag(message: str) -> str:
     """``"[rank R/W] "`` under torchrun, for an error message that does not start with one: every rank
     prints its own, and identical untagged lines read as one process repeating itself."""
@@ -867,6 +892,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """The ``nls`` entry point: parse ``argv`` (default ``sys.argv[1:]``) and run its command; returns the
     exit code (an NLSError's ``exit_code``, 130 on Ctrl-C, 141 on a closed pipe, 0 for help)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see DESIGN.md: spin-waiting hurts shared cores
+    keep_freed_memory()
     _one_line_warnings()
     notices.reset()  # the warnings this command's run keeps for its summary
     argv = sys.argv[1:] if argv is None else argv
