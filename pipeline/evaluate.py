@@ -180,12 +180,64 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
     who = component_label(extractor)
+    key = calibration_key(ctx, choice.to_dict(), resolution, bbox) if level is None else None
+    known = known_calibrations(ctx.run) if key else {}
     with plugin_errors(f"{who} failed"):
-        mesh = extractor.extract(ctx.system.chain, resolution=resolution, level=level, bbox=bbox, device=ctx.device)
+        mesh = extractor.extract(ctx.system.chain, resolution=resolution, device=ctx.device, bbox=bbox,
+                                 level=known[key]["level"] if key in known else level)
     if not (hasattr(mesh, "vertices") and hasattr(mesh, "faces") and hasattr(mesh, "export")):
         raise PluginError(f"{who} returned {type(mesh).__name__}; an extractor returns a trimesh.Trimesh "
                           f"(e.g. trimesh.Trimesh(vertices, faces))")
+    if key in known:  # the level this checkpoint and extractor set calibrated to before
+        mesh.metadata["level_calibration"] = {**known[key]["calibration"], "reused": True}
+    elif key and isinstance(mesh.metadata.get("level_calibration"), dict):
+        remember_calibration(ctx.run, key, mesh.metadata["level"], mesh.metadata["level_calibration"], known)
     return mesh
+
+
+#: the run's record of calibrated extraction levels (``calibrate: silhouettes``), by checkpoint and extractor
+CALIBRATIONS = Path("meshes") / "level_calibrations.json"
+
+
+def calibration_key(ctx: EvalContext, extractor: dict, resolution: Optional[int],
+                    bbox: Optional[list[float]]) -> Optional[str]:
+    """What a calibrated level depends on: the newest checkpoint's sha256 (the model evaluated), the
+    extractor's options and the ``resolution``/``bbox`` arguments, hashed; None without a run or checkpoint."""
+    import hashlib
+    import json
+
+    ck = ctx.run.latest_checkpoint() if ctx.run is not None else None
+    digest = ck.with_suffix(".pt.sha256") if ck is not None else None
+    if digest is None or not digest.is_file():
+        return None
+    text = json.dumps({"checkpoint": digest.read_text().strip(), "extractor": extractor,
+                       "resolution": resolution, "bbox": bbox}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def known_calibrations(run) -> dict:
+    """``{key: {"level", "calibration"}}`` from the run's :data:`CALIBRATIONS` ({} when absent or damaged)."""
+    from pipeline.runs import json_record
+
+    data = json_record(run.path / CALIBRATIONS)[0] or {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("level"), (int, float))
+            and isinstance(v.get("calibration"), dict)}
+
+
+def remember_calibration(run, key: str, level: float, calibration: dict, known: dict) -> None:
+    """Add a calibrated level to the run's record (atomically), so eval and export reuse it instead of
+    meshing every candidate level again (about 10 s on rs_sdf_csg); a run folder that cannot be written
+    keeps no record."""
+    import json
+
+    from pipeline.runs import atomic_write_text, json_default
+
+    try:
+        (run.path / CALIBRATIONS).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.path / CALIBRATIONS, json.dumps(
+            {**known, key: {"level": float(level), "calibration": calibration}}, indent=1, default=json_default))
+    except (OSError, NLSError):
+        pass
 
 
 def run_evaluators(ctx: EvalContext) -> dict:
