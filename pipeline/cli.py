@@ -74,14 +74,15 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
         cfg = load_resolved(run.config_path, host, overrides)
     except NLSError as exc:
         raise NLSError(f"{exc}{_missing_plugins_hint(run, host)}") from None
-    rebased = _rebased_scene_path(run, cfg)
+    recorded = run.read_json("scene.json") or {}  # what the scene source loaded when the run was made
+    rebased = _rebased_scene_path(cfg, recorded)
     if rebased is not None:  # the run came from a machine whose data root is elsewhere
         cfg = load_resolved(run.config_path, host, [*overrides, f"scene.path={json.dumps(rebased)}"])
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
     scene = load_scene_data(cfg, device)
-    _warn_if_ground_truth_changed(run, scene)
+    _warn_if_ground_truth_changed(run, scene, recorded)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:
         model = state["model"] if train else {k: v for k, v in state["model"].items() if not k.startswith("losses.")}
@@ -94,14 +95,15 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
 
 
-def _rebased_scene_path(run, cfg) -> Optional[str]:
+def _rebased_scene_path(cfg, recorded: dict) -> Optional[str]:
     """A run's ``scene.path`` moved to this machine's data root: config.yaml holds the path the run was
     made with (``${NLS_DATA}`` expanded); when it is missing here but lies under the data root recorded in
-    scene.json, the same path under today's data root (when it exists; a warning says so), else None."""
+    scene.json (``recorded``), the same path under today's data root (when it exists; a warning says so),
+    else None."""
     from pipeline.scenes import data_root
 
     path = getattr(getattr(cfg.stages["scene"], "options", None), "path", None)
-    then, now = (run.read_json("scene.json") or {}).get("data_root"), data_root()
+    then, now = recorded.get("data_root"), data_root()
     if not isinstance(path, str) or not isinstance(then, str) or now is None or Path(path).exists():
         return None
     try:
@@ -115,13 +117,14 @@ def _rebased_scene_path(run, cfg) -> Optional[str]:
     return str(moved)
 
 
-def _warn_if_ground_truth_changed(run, scene) -> None:
-    """The scene's ground-truth mesh is not the one the run recorded (scene.json ``gt_mesh_sha256``): the
-    data changed since the run was made, and metrics against it no longer measure what it trained on."""
+def _warn_if_ground_truth_changed(run, scene, recorded: dict) -> None:
+    """The scene's ground-truth mesh is not the one the run recorded (scene.json ``gt_mesh_sha256``, in
+    ``recorded``): the data changed since the run was made, and metrics against it no longer measure what
+    it trained on."""
     from pipeline.runs import file_sha256
 
-    recorded = (run.read_json("scene.json") or {}).get("gt_mesh_sha256")
-    if isinstance(recorded, str) and scene.gt_mesh and file_sha256(scene.gt_mesh) != recorded:
+    digest = recorded.get("gt_mesh_sha256")
+    if isinstance(digest, str) and scene.gt_mesh and file_sha256(scene.gt_mesh) != digest:
         notices.warn(f"the ground-truth mesh {scene.gt_mesh} is not the one {run.path} was made with (its "
                      f"sha256 differs from scene.json's): the scene's data changed since, so geometry metrics "
                      f"now measure against other data; restore it, or make a new run")
@@ -513,14 +516,15 @@ def _refuse_run_record(out: Path, run_dir: Path, default: Optional[str] = "eval.
 def _check_more_splits(sets: list[str], run_dir: Path) -> None:
     """``--set scene.splits=[...]`` of ``nls eval`` may add splits to those the run trained with, not drop
     one (the trained run is the same whichever extra splits are loaded)."""
-    from pipeline.config import parse_override
-    from pipeline.report.collect import read_run
+    from pipeline.config import parse_override, read_yaml
+    from pipeline.runs import RunDir
 
     for text in sets:
         key, value = parse_override(text)
         if key != ["scene", "splits"]:
             continue
-        trained = (read_run(run_dir).config.get("scene") or {}).get("splits")
+        scene = read_yaml(RunDir.open(run_dir).config_path).get("scene")
+        trained = scene.get("splits") if isinstance(scene, dict) else None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise NLSError(f"--set {text}: scene.splits takes a list of split names, e.g. "
                            f"'scene.splits=[{', '.join([*(trained or ['train', 'test']), 'val'])}]'")
