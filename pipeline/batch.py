@@ -222,13 +222,12 @@ def run_status(run_dir: Optional[str]) -> tuple[Optional[str], list[str]]:
 def resume_hint(run_dir: Optional[str], opts: BatchOptions) -> str:
     """Where a stopped scene can go on from: its newest checkpoint and the ``nls resume`` command, or
     that it has none."""
-    from pipeline.runs import RunDir
+    from pipeline.runs import RunDir, plugins_dir_flags
 
     ck = RunDir(Path(run_dir)).latest_checkpoint() if run_dir else None
     if ck is None:
         return "no checkpoint was written, nothing to resume"
-    flags = "".join(f" --plugins-dir {shlex.quote(d)}" for d in opts.plugins_dirs)
-    return f"checkpoint {ck.name}; resume with: nls resume {shlex.quote(run_dir)}{flags}"
+    return f"checkpoint {ck.name}; resume with: nls resume {shlex.quote(run_dir)}{plugins_dir_flags(opts.plugins_dirs)}"
 
 
 def _stop_error(code: Optional[int], opts: BatchOptions, run_dir: Optional[str], *, timed_out: bool,

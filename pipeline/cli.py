@@ -191,9 +191,9 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
 
 def _plugins_flags(args) -> str:
     """' --plugins-dir D' for each --plugins-dir given, so printed follow-up commands run as copied."""
-    import shlex
+    from pipeline.runs import plugins_dir_flags
 
-    return "".join(f" --plugins-dir {shlex.quote(str(d))}" for d in (getattr(args, "plugins_dir", None) or []))
+    return plugins_dir_flags(getattr(args, "plugins_dir", None) or [])
 
 
 def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:

@@ -26,7 +26,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,13 +243,12 @@ def _resume_hint(run_dir: Path) -> str:
     plugins came from) when it has a checkpoint, else that there is nothing to resume."""
     if not any((run_dir / "checkpoints").glob("ckpt_*.pt")):
         return "it has no checkpoint yet, so there is nothing to resume: train it again with nls reconstruct"
-    from pipeline.runs import json_record
+    from pipeline.runs import json_record, plugins_dir_flags
 
     plugins = json_record(run_dir / "plugins.json")[0] or {}
     dirs = dict.fromkeys(str(Path(p["source"]).parent) for p in plugins.get("plugins") or []
                          if isinstance(p, dict) and str(p.get("source", "")).endswith(".py"))
-    flags = "".join(f" --plugins-dir {shlex.quote(d)}" for d in dirs)
-    return RESUME_HINT.format(run=f"{run_dir}{flags}")
+    return RESUME_HINT.format(run=f"{run_dir}{plugins_dir_flags(dirs)}")
 
 
 def _looks_distributed(exc: BaseException) -> bool:

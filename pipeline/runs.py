@@ -378,6 +378,12 @@ def source_version() -> dict:
         return {}
 
 
+def plugins_dir_flags(dirs) -> str:
+    """``' --plugins-dir D'`` (shell-quoted) for each folder of ``dirs``: what a printed follow-up command
+    (``nls resume RUN ...``) needs so that it runs as copied."""
+    return "".join(f" --plugins-dir {shlex.quote(str(d))}" for d in dirs)
+
+
 def command_line(argv: list[str], cwd: Optional[str] = None) -> str:
     """``argv`` as one shell line run from ``cwd`` (default: this process's working directory):
     ``cd <cwd> && <argv>``, shell-quoted; ``argv`` alone when the working directory is gone."""

@@ -17,7 +17,6 @@ from torch import nn
 
 from pipeline.config import SceneConfig
 from pipeline import notices
-from pipeline.notices import warn
 from pipeline.runs import RunDir
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
@@ -393,7 +392,7 @@ class Trainer:
             # batch statistics over the global batch, as one process would compute them
             step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
         elif norms and self.dist.is_main:
-            warn(f"the model has {len(norms)} BatchNorm layer(s); on CPU (gloo) torch has no "
+            notices.warn(f"the model has {len(norms)} BatchNorm layer(s); on CPU (gloo) torch has no "
                  f"SyncBatchNorm, so each process normalises over its own share (1/{self.dist.world_size}) of the batch "
                  f"and results differ from one process. Use group/instance norm for identical results.")
         with distributed.collective("broadcasting rank 0's initial parameters"):
