@@ -70,9 +70,14 @@ class DenseGridField(nn.Module):
 
     def voxel_grids(self) -> list[Tensor]:
         """[density (1,1,R+1,R+1,R+1), features (1,C,R+1,R+1,R+1)] views of the vertex table."""
-        n = self.cfg.resolution + 1
-        cube = self.grid.params.view(n, n, n, -1).permute(3, 0, 1, 2).unsqueeze(0)
+        cube = self.voxel_table()[1].permute(3, 0, 1, 2).unsqueeze(0)
         return [cube[:, :1], cube[:, 1:]]
+
+    def voxel_table(self) -> tuple[nn.Parameter, Tensor]:
+        """The parameter that stores the grid, and its ``(R+1, R+1, R+1, 1 + C)`` view: channel 0 is
+        density, the rest are colour features (the channel order of :meth:`voxel_grids`)."""
+        n = self.cfg.resolution + 1
+        return self.grid.params, self.grid.params.view(n, n, n, -1)
 
 
 class HashGridField(nn.Module):
