@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -841,7 +842,20 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
     if host is not None:
         host.add_commands(sub)
+    for parser in (p, *sub.choices.values()):
+        accept_negative_numbers(parser)
     return p
+
+
+#: option values that are negative numbers in any float notation (argparse 3.11 knows only -1 and -1.5,
+#: so ``--level -2e-3`` was read as an unknown option); -inf and -nan too, so their checks can name them
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def accept_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` take ``-2e-3`` or ``-inf`` as an option's value, as it takes ``-0.002`` (no nls
+    option looks like a negative number, so none is shadowed)."""
+    parser._negative_number_matcher = NEGATIVE_NUMBER
 
 
 #: glibc ``mallopt`` parameters and the values nls sets (see :func:`keep_freed_memory`)

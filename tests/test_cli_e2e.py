@@ -260,6 +260,7 @@ def test_follow_up_commands_carry_the_plugins_dirs():
     (["batch", "s.yaml", "--scene-timeout", "nan"], "--scene-timeout: nan: give a number of seconds > 0"),
     (["view", "RUN", "--seconds", "0"], "--seconds: 0: give a number of seconds > 0"),
     (["export", "RUN", "-o", "m.ply", "--level", "nan"], "--level: nan: give a finite number"),
+    (["export", "RUN", "-o", "m.ply", "--level", "-inf"], "--level: -inf: give a finite number"),
 ])
 def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     """Values that used to crash late (--spiral -3) or silently mean the default (--resolution 0)."""
@@ -268,6 +269,17 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, expected", [("-2e-3", -0.002), ("-2E-3", -0.002), ("-.5", -0.5),
+                                             ("-1.", -1.0), ("-1e+1", -10.0), ("-3", -3.0)])
+def test_negative_numbers_in_any_notation_are_option_values(value, expected):
+    """argparse alone read ``--level -2e-3`` as an unknown option ("expected one argument")."""
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["export", "RUN", "-o", "m.ply", "--level", value,
+                                      "--bbox", value, "-1", "-1", "1", "1", "1"])
+    assert args.level == expected and args.bbox[0] == expected
 
 
 def test_bad_output_paths_fail_before_any_work(tmp_path):
