@@ -111,12 +111,14 @@ def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = T
     ctx = BuildContext(cfg, device, scene, scene.aabb.float())
     built = {s: (cfg.stages[s].build(ctx) if cfg.stages.get(s) else None)
              for s in ("field", "certifier", "density", "renderer")}
-    chain = FieldChain(*(as_module(built[s]) for s in ("field", "certifier", "density")))
+    chain = FieldChain(*(as_module(built[s], cfg.stages[s].component.label if cfg.stages.get(s) else None)
+                         for s in ("field", "certifier", "density")))
     if built["renderer"] is not None:
         check_renderer(built["renderer"])
     if cfg.stages.get("extractor"):
         cfg.stages["extractor"].build(ctx)  # its options are checked against the scene before any training
-    terms = {f"{i}_{c.name}": as_module(c.build(ctx)) for i, c in enumerate(cfg.losses)} if losses else {}
+    terms = {f"{i}_{c.name}": as_module(c.build(ctx), c.component.label) for i, c in enumerate(cfg.losses)} \
+        if losses else {}
     return System(chain, built["renderer"], terms, scene.aabb).to(device)
 
 

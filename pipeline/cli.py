@@ -353,7 +353,7 @@ def cmd_reconstruct(args) -> int:
         ld = Loaded(host, cfg, run, device, scene, system, 0, None)
         try:
             return _train_and_finish(ld, trainer, args)
-        except NLSError:  # e.g. a plugin's component failing at the first step
+        except Exception:  # e.g. a plugin's component failing at the first step (Ctrl-C checkpoints instead)
             if not run.metrics_path.is_file():
                 _remove_untrained(run, info, "failed before its first logged step")
             raise

@@ -251,8 +251,17 @@ class Registrar:
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(f"plugin {self.plugin!r}: {self.stage} component name {name!r} must be letters, "
                               f"digits, _ or -{_name_example(name)}")
+        where = f"{self.stage} {name!r} of plugin {self.plugin}"
         if not isinstance(config, str):
-            check_config_class(config, f"{self.stage} {name!r} of plugin {self.plugin}")
+            check_config_class(config, where)
+        produces = {produces} if isinstance(produces, str) else produces  # "sdf" is one quantity, not s, d, f
+        if isinstance(consumes, str):
+            consumes = [consumes]
+        elif isinstance(consumes, (set, frozenset)) and len(consumes) > 1:
+            both = "+".join(sorted(map(str, consumes)))
+            raise PluginError(f"{where}: consumes={set(consumes)!r} is ambiguous; consumes lists alternatives: "
+                              f"consumes=[{set(consumes)!r}] needs {both}, consumes={sorted(consumes)!r} needs "
+                              f"any one of them")
         alts = tuple(frozenset([c]) if isinstance(c, str) else frozenset(c) for c in consumes)
         self.collected.append(Component(self.stage, name, factory, config, frozenset(produces), alts,
                                         description, self.plugin))
@@ -260,12 +269,43 @@ class Registrar:
 
 def check_config_class(config: Any, where: str) -> None:
     """Raise a :class:`PluginError` naming ``where`` (``"loss 'x' of plugin p"``) unless ``config`` is a
-    :class:`ComponentConfig` subclass: a dataclass or plain pydantic model would fail later, far away."""
-    if isinstance(config, type) and issubclass(config, ComponentConfig):
-        return
-    given = f"{config.__module__}:{config.__qualname__}" if isinstance(config, type) else repr(config)
-    raise PluginError(f"{where}: config={given} must be a subclass of pipeline.components.ComponentConfig "
-                      f"(a pydantic model whose fields are the options), or a 'module:attr' string naming one")
+    :class:`ComponentConfig` subclass whose defaults are valid options: a dataclass, a plain pydantic
+    model, an option named ``type`` or a default its own field refuses would fail later, far away (a
+    run that trains but cannot be reopened)."""
+    if not (isinstance(config, type) and issubclass(config, ComponentConfig)):
+        given = f"{config.__module__}:{config.__qualname__}" if isinstance(config, type) else repr(config)
+        raise PluginError(f"{where}: config={given} must be a subclass of pipeline.components.ComponentConfig "
+                          f"(a pydantic model whose fields are the options), or a 'module:attr' string naming one")
+    if "type" in config.model_fields:
+        raise PluginError(f"{where}: its config class {config.__qualname__} has an option named 'type', which is "
+                          f"reserved (a scene file's `type:` selects the component); rename the option")
+    _check_defaults(config, where)
+
+
+def _check_defaults(config: type[ComponentConfig], where: str) -> None:
+    """The defaults of ``config``'s options pass its own validation and serialise to JSON (config.yaml
+    records them); options without a default are left to the scene file."""
+    import warnings
+
+    from pydantic import ValidationError
+
+    defaults = {name: f.get_default(call_default_factory=True) for name, f in config.model_fields.items()
+                if not f.is_required()}
+    try:
+        for name, value in defaults.items():
+            config.__pydantic_validator__.validate_assignment(config.model_construct(), name, value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydantic warns, not raises, on a value it cannot serialise
+            config.model_construct(**defaults).model_dump(mode="json", include=set(defaults))
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'} = {e.get('input')!r}: {e['msg']}"
+                        for e in exc.errors())
+        raise PluginError(f"{where}: a default of its config class {config.__qualname__} is not a valid value "
+                          f"of its own option ({bad}); fix the default") from None
+    except Exception as exc:  # PydanticSerializationError, the serialisation warning raised above, ...
+        raise PluginError(f"{where}: the defaults of its config class {config.__qualname__} cannot be written "
+                          f"to config.yaml as JSON values ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                          f"give options plain values (numbers, strings, lists, mappings)") from None
 
 
 def _name_example(name: Any) -> str:

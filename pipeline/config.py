@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.components import Component, ComponentConfig, ConfigModel
-from pipeline.types import ConfigError
+from pipeline.types import ConfigError, PluginError
 
 SINGLE_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")
 LIST_STAGES = {"losses": "loss", "evaluators": "evaluator"}
@@ -145,6 +145,9 @@ class StageChoice:
         from pipeline.types import label_component
 
         built = self.component.build(self.options, ctx)
+        if built is None:
+            raise PluginError(f"{self.component.label}: its factory returned None (a missing `return`?); it "
+                              f"returns the built component, e.g. an nn.Module")
         label_component(built, self.component.label)
         return built
 

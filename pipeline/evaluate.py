@@ -145,12 +145,15 @@ def render_split(ctx: EvalContext) -> list:
     cams = split.cameras.to(ctx.device)
     # anti-aliased evaluation; passed only when asked for, so renderers of older plugins keep working
     extra = {"supersample": ctx.cfg.eval.supersample} if ctx.cfg.eval.supersample > 1 else {}
+    from pipeline.system import check_render_output
+
     pairs = []
     ctx.system.eval()
     with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
         for done, i in enumerate(indices, 1):
             with plugin_errors(f"{component_label(ctx.system.renderer)} failed rendering view {i} of {split_name}"):
                 out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
+            check_render_output(out, ctx.system.renderer, "render_image")
             pred = out["rgb"].clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
             name = split.names[i] if i < len(split.names) else f"{i:03d}"
@@ -258,7 +261,20 @@ def run_evaluators(ctx: EvalContext) -> dict:
         except NLSError as exc:  # e.g. an empty level set after a very short run
             print(f"evaluator {choice.name}: skipped, {exc}", file=sys.stderr)
             results[choice.name] = {"skipped": str(exc)}
+    _warn_shadowed_metrics(results)
     return results
+
+
+def _warn_shadowed_metrics(results: dict) -> None:
+    """Say which numeric metric names two evaluators both report: the run's flat ``metrics`` (summary,
+    compare, report) keep only the later one's value; both stay under ``evaluators``."""
+    seen: dict[str, str] = {}
+    for ev, metrics in results.items():
+        for k in flatten({ev: metrics}):
+            if k in seen:
+                warn(f"evaluators {seen[k]} and {ev} both report {k!r}; the run's metrics keep {ev}'s value "
+                     f"(both are under evaluators in summary.json)")
+            seen[k] = ev
 
 
 def _call_evaluator(choice, evaluator, ctx) -> Any:
@@ -274,6 +290,10 @@ def _checked_results(choice, res: Any) -> dict:
     if not isinstance(res, dict):
         raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} returned "
                           f"{type(res).__name__}; an evaluator returns a mapping {{metric: value}}")
+    keys = [k for k in res if not isinstance(k, str)]
+    if keys:
+        raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} returned the metric "
+                          f"name(s) {', '.join(map(repr, keys))}; metric names are strings, e.g. 'iou'")
     res = {k: _plain_number(v) for k, v in res.items()}
     bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:

@@ -190,7 +190,8 @@ def nls_register_evaluators(register):
     float ``(H,W,3)`` images of the eval split); the last two are computed once and shared by
     all evaluators. ``consumes`` names what it needs: ``images`` or ``mesh`` are checked with
     the rest of the chain, so a scene that cannot provide them is refused before training;
-    ``gt_mesh`` makes the evaluator skip, with a printed reason, when the scene has none.
+    so is ``gt_mesh``: a scene source that never offers it is refused the same way, and one that
+    declares it but has none for this scene makes the evaluator skip, with a printed reason.
 
     Example::
 

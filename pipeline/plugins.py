@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -77,13 +78,15 @@ class PluginHost:
             try:
                 pm.register(plugin, name=name)
             except pluggy.PluginValidationError as exc:  # e.g. a hook implementation's argument misnamed
-                raise PluginError(f"plugin {name!r} ({source}) does not match nls's hooks: {exc}. Each hook's "
-                               f"arguments are listed in pipeline/hookspecs.py (`nls plugins --all`)") from exc
+                raise PluginError(f"plugin {name!r} ({source}) does not match nls's hooks: {exc}.{_spec_hint(exc)} "
+                                  f"Each hook's arguments are in pipeline/hookspecs.py") from exc
             except ValueError as exc:  # pluggy: the same module registered under two names
                 prev = pm.get_name(plugin) if pm.is_registered(plugin) else "?"
                 raise NLSError(f"plugin {name!r} ({source}) is the module already loaded as plugin {prev!r}: "
                                f"{exc}. Point the entry point at a module of its own") from exc
             infos.append(PluginInfo(name, version, source, []))
+            if source != "builtin":
+                _warn_unmarked_hooks(name, plugin)
 
         if builtins:
             for name, module in DEFAULT_PLUGINS:
@@ -104,10 +107,11 @@ class PluginHost:
                     continue
                 try:
                     obj = ep.load()
-                except Exception as exc:  # a broken third-party plugin must not hide the rest
-                    raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
-                                   f"{type(exc).__name__}: {exc}. Fix it, uninstall it, or exclude it "
-                                   f"with NLS_LOAD_PLUGINS.") from exc
+                except Exception as exc:  # named with its distribution, so it can be fixed or uninstalled
+                    dist = f"the distribution {ep.dist.name!r}" if ep.dist else "its distribution"
+                    raise PluginError(f"plugin {ep.name!r} (entry point {ep.value} of {dist}) failed to import: "
+                                      f"{type(exc).__name__}: {exc}. Fix it, uninstall {dist} (pip uninstall), "
+                                      f"or leave it out with NLS_LOAD_PLUGINS.") from exc
                 dist = ep.dist.name if ep.dist else "?"
                 ver = ep.dist.version if ep.dist else "?"
                 add(ep.name, obj, ver, f"entry point of {dist}")
@@ -119,8 +123,13 @@ class PluginHost:
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise NLSError(f"a plugin implements a hook nls does not define: {exc}. "
-                           f"Valid hooks: {', '.join(sorted(hook_names()))}") from exc
+            import difflib
+
+            unknown = re.search(r"unknown hook '(\w+)'", str(exc))
+            close = difflib.get_close_matches(unknown.group(1), hook_names(), n=1) if unknown else []
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise PluginError(f"a plugin implements a hook nls does not define: {exc}.{hint} "
+                              f"Valid hooks: {', '.join(sorted(hook_names()))}") from exc
         if os.environ.get("NLS_TRACE_PLUGINS", "") not in ("", "0"):
             pm.trace.root.setwriter(lambda s: sys.stderr.write(s))
             pm.enable_tracing()
@@ -142,13 +151,36 @@ class PluginHost:
                 for comp in reg.collected:
                     prev = table[stage].get(comp.name)
                     if prev is not None:
-                        raise NLSError(
-                            f"{stage} component {comp.name!r} is registered twice: by plugin "
-                            f"{prev.plugin!r} and by plugin {comp.plugin!r}. Uninstall or disable one "
-                            f"(NLS_LOAD_PLUGINS), or rename the component.")
+                        raise NLSError(self._clash_message(stage, prev, comp))
                     table[stage][comp.name] = comp
         self._components = table
         return table
+
+    def _clash_message(self, stage: str, prev: Component, comp: Component) -> str:
+        """Why ``comp`` cannot be registered: ``prev`` has its stage and name; the remedy fits where the
+        plugins came from (a --plugins-dir file is not an installed plugin NLS_LOAD_PLUGINS could drop)."""
+        head = f"{stage} component {comp.name!r} is registered twice"
+        if prev.plugin == comp.plugin:
+            return f"{head} by plugin {comp.plugin!r} ({self._source(comp.plugin)}); register each name once"
+
+        def remedy(plugin: str) -> str:
+            source = self._source(plugin)
+            if source == "builtin":
+                return f"{plugin!r} is built in"
+            if source.startswith("entry point"):
+                return f"{plugin!r} is installed ({source}): uninstall it or leave it out with NLS_LOAD_PLUGINS"
+            if source == "registered in-process":
+                return f"{plugin!r} is registered in-process: rename the component there"
+            return f"{plugin!r} comes from {source}: rename the component there, or remove the file"
+
+        return (f"{head}: by plugin {prev.plugin!r} and by plugin {comp.plugin!r}. "
+                f"{'; '.join(remedy(p) for p in (prev.plugin, comp.plugin))}.")
+
+    def _source(self, plugin: str) -> str:
+        """Where ``plugin`` came from, as :class:`PluginInfo` records it ('builtin', 'entry point of ...',
+        or a file path)."""
+        info = self._infos.get(plugin)
+        return info.source if info else "?"
 
     def _implementers(self, hook_name: str) -> list[str]:
         """The names of the plugins implementing ``hook_name``, each once, in pluggy's call order (one
@@ -192,11 +224,14 @@ class PluginHost:
         import argparse
 
         for impl in self.pm.hook.nls_add_commands.get_hookimpls():
+            before = set(subparsers.choices)
             try:
                 impl.function(subparsers=subparsers)
             except argparse.ArgumentError as exc:
                 raise NLSError(f"plugin {impl.plugin_name!r} adds a subcommand nls already has ({exc}); "
                                f"rename it, or exclude the plugin with NLS_LOAD_PLUGINS") from None
+            for name in set(subparsers.choices) - before:
+                _as_nls_command(subparsers.choices[name], name, impl.plugin_name)
 
     def scene_type_for_path(self, path: Path) -> Optional[str]:
         """The scene-source type that the first plugin recognising ``path`` names, or None
@@ -212,6 +247,54 @@ class PluginHost:
         return {i.name: i.version for i in self.plugins()}
 
 
+def _warn_unmarked_hooks(name: str, plugin: Any) -> None:
+    """Warn about functions of ``plugin`` named like an nls hook but not marked ``@hookimpl``: pluggy
+    ignores them, so the plugin would load and register nothing without a word."""
+    from pipeline.notices import warn
+
+    marker = f"{hookspecs.PROJECT}_impl"
+    unmarked = [h for h in hook_names() if callable(getattr(plugin, h, None)) and
+                not hasattr(getattr(plugin, h), marker)]
+    if unmarked:
+        warn(f"plugin {name!r}: {', '.join(unmarked)} {'is' if len(unmarked) == 1 else 'are'} not marked "
+             f"@hookimpl, so nls does not call {'it' if len(unmarked) == 1 else 'them'}; add "
+             f"`from pipeline.hookspecs import hookimpl` and decorate {'it' if len(unmarked) == 1 else 'them'}")
+
+
+def _spec_hint(exc: Exception) -> str:
+    """' nls calls it as nls_register_losses(register).' for the hook named in pluggy's validation error
+    ``exc``; '' when it names none."""
+    import inspect
+
+    found = re.search(r"for hook '(\w+)'", str(exc))
+    spec = getattr(hookspecs, found.group(1), None) if found else None
+    return f" nls calls it as {spec.__name__}{inspect.signature(spec)}." if spec is not None else ""
+
+
+def _as_nls_command(parser, name: str, plugin: str) -> None:
+    """Make a plugin's subcommand behave as the built-in ones: it takes ``--plugins-dir`` after its name,
+    and an exception of its own ``func`` is one error line naming the plugin (a PluginError), not a traceback."""
+    import argparse
+    import functools
+
+    from pipeline.types import plugin_errors
+
+    try:
+        parser.add_argument("--plugins-dir", action="append", metavar="DIR",
+                            help="load every .py file in DIR as a plugin (repeatable)")
+    except argparse.ArgumentError:
+        pass  # the plugin declared it itself
+    func = parser.get_default("func")
+    if callable(func) and not getattr(func, "nls_command", False):
+        @functools.wraps(func)
+        def run(args):
+            with plugin_errors(f"command {name!r} of plugin {plugin} failed"):
+                return func(args)
+
+        run.nls_command = True
+        parser.set_defaults(func=run)
+
+
 def hook_names() -> list[str]:
     """The names of every hook specification (``nls_*``), sorted."""
     return [n for n in dir(hookspecs) if n.startswith("nls_")]
@@ -223,8 +306,10 @@ def _load_dir(d: Path) -> list[tuple[str, Any, Path]]:
     if not d.is_dir():
         raise NLSError(f"--plugins-dir {d}: not a directory. Give a folder holding plugin .py files.")
     out = []
+    if str(d.resolve()) not in sys.path:  # plugin files import their helpers (_helpers.py) as sibling modules
+        sys.path.append(str(d.resolve()))  # appended: a file cannot shadow an installed module
     for path in sorted(d.resolve().glob("*.py")):
-        if path.name.startswith("_"):
+        if path.name.startswith("_"):  # a helper, not a plugin
             continue
         mod_name = f"nls_local_plugins.{path.stem}"
         spec = importlib.util.spec_from_file_location(mod_name, path)

@@ -71,28 +71,56 @@ def _called(component: nn.Module, n: int, *args, **kwargs) -> dict:
     return out
 
 
+#: what every renderer returns, and each entry's last dimension (render_rays: (R, C); render_image: (H, W, C))
+RENDER_OUTPUTS: dict[str, int] = {"rgb": 3, "opacity": 1, "depth": 1}
+
+
+def check_render_output(out, renderer, call: str, lead: Optional[tuple[int, ...]] = None) -> dict:
+    """``out`` of ``renderer.<call>(...)``, checked to be a mapping with :data:`RENDER_OUTPUTS` of the same
+    leading shape (``lead`` when given, e.g. ``(R,)`` rays); a PluginError naming the renderer otherwise, so a
+    loss or evaluator that reads them is not blamed."""
+    who = component_label(renderer)
+    if not isinstance(out, Mapping):
+        raise PluginError(f"{who}: {call} returned {type(out).__name__}, not a mapping with "
+                          f"{', '.join(RENDER_OUTPUTS)}")
+    for key, channels in RENDER_OUTPUTS.items():
+        value = out.get(key)
+        want = (*lead, channels) if lead is not None else None
+        if not isinstance(value, Tensor) or value.shape[-1:] != (channels,) or (want and tuple(value.shape) != want):
+            got = "nothing" if value is None else f"shape {tuple(value.shape)}" if isinstance(value, Tensor) \
+                else type(value).__name__
+            shape = ", ".join(map(str, want)) if want else f"..., {channels}"
+            raise PluginError(f"{who}: {call} returned {key!r} as {got}; a renderer returns {key!r} of shape "
+                              f"({shape}) (see `nls plugins --hook nls_register_renderers`)")
+        lead = tuple(value.shape[:-1]) if lead is None else lead
+    return out
+
+
 class CallableStage(nn.Module):
     """A plain function used as a chain stage (no parameters, no state): ``forward`` calls it."""
 
     def __init__(self, fn):
         super().__init__()
         self.fn = fn
+        self.wants_query = bool(getattr(fn, "wants_query", False))  # a certifier function's call form
 
     def forward(self, *args, **kwargs):
         """``fn(*args, **kwargs)``."""
         return self.fn(*args, **kwargs)
 
 
-def as_module(built):
+def as_module(built, label: Optional[str] = None):
     """A built chain stage or loss as an ``nn.Module``: modules as they are, a plain callable wrapped in a
-    :class:`CallableStage`, None as None; anything else is a PluginError naming the component."""
+    :class:`CallableStage`, None as None; anything else is a PluginError naming the component (``label``,
+    e.g. ``"loss 'x' of plugin p"``; else the label the build gave it)."""
     if built is None or isinstance(built, nn.Module):
         return built
+    who = label or component_label(built)
     if not callable(built):
-        raise PluginError(f"{component_label(built)} built {type(built).__name__}; fields, certifiers, density "
+        raise PluginError(f"{who}: its factory returned {type(built).__name__}; fields, certifiers, density "
                           f"maps and losses are torch.nn.Modules (or plain callables)")
     module = CallableStage(built)
-    label_component(module, component_label(built))
+    label_component(module, who)
     return module
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from pipeline.config import SceneConfig
 from pipeline import notices
 from pipeline.runs import RunDir
+from pipeline.system import check_render_output
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
 
@@ -278,6 +279,7 @@ class TrainStep(nn.Module):
             with plugin_errors(what), _out_of_memory_hint(len(batch["origins"])):
                 out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
                                                   background=background)
+            check_render_output(out, system.renderer, "render_rays", (len(batch["origins"]),))
         terms = {name: _loss_term(name, loss, batch, out, system) for name, loss in system.losses.items()}
         return terms, out
 
@@ -303,6 +305,14 @@ def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
         got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
         raise PluginError(f"{who} returned {got}; a loss returns one scalar tensor (reduce it, e.g. with .mean())")
     return value.reshape(())
+
+
+def no_gradient_message(terms: dict, losses: nn.ModuleDict, step: int) -> str:
+    """Why a step cannot train: none of its loss ``terms`` depends on a trainable parameter (each
+    term named with its component), and what a loss must return instead."""
+    names = ", ".join(f"{name} ({component_label(losses[name])})" for name in terms)
+    return (f"no loss term of step {step} has a gradient ({names}), so nothing can train: a loss returns a "
+            f"tensor computed from the model's outputs (out, or system.chain), not a constant or a detached value")
 
 
 def window_fraction(fraction: float, windows: Optional[list] = None) -> float:
@@ -364,7 +374,8 @@ class Trainer:
                       if self.sampler is None and train_set is not None else None)
         for module in system.modules():  # JIT builds before the clock (see the class docstring)
             if callable(getattr(module, "prepare_kernels", None)):
-                module.prepare_kernels(device)
+                with plugin_errors(f"{component_label(module)}: prepare_kernels({device}) failed"):
+                    module.prepare_kernels(device)
         self.step = 0
         self.progress = progress and self.dist.is_main
         #: modules with ``on_train_step(step)``: staged schedules (freeze/unfreeze parts, switch phases)
@@ -515,10 +526,10 @@ class Trainer:
         if self._progress_hooks:
             fraction = self.budget_fraction()
             for module in self._progress_hooks:
-                with plugin_errors(f"{type(module).__name__}.on_train_progress({fraction:.4g}) failed"):
+                with plugin_errors(f"{component_label(module)}: on_train_progress({fraction:.4g}) failed"):
                     module.on_train_progress(fraction)
         for module in self._step_hooks:
-            with plugin_errors(f"{type(module).__name__}.on_train_step({self.step}) failed"):
+            with plugin_errors(f"{component_label(module)}: on_train_step({self.step}) failed"):
                 module.on_train_step(self.step)
         bg = None
         if self.sampler is not None:
@@ -533,6 +544,8 @@ class Trainer:
             if not terms:
                 raise NLSError("the scene has no loss terms, so there is nothing to train; add `losses:`")
             total = sum(terms.values())
+            if not total.requires_grad:
+                raise PluginError(no_gradient_message(terms, self.system.losses, self.step))
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()  # under DDP: gradients averaged over ranks
         mse = None
@@ -547,6 +560,11 @@ class Trainer:
                                             run_dir=self.run.path).tolist()
         total_mean, term_means, mse, stop, elapsed = stats[0], stats[1:-3], stats[-3], stats[-2], stats[-1]
         if not math.isfinite(total_mean):
+            bad = [k for k, v in zip(terms, term_means) if not math.isfinite(v)]
+            if self.step == 0 and len(bad) < len(terms):  # before any update: the term itself is wrong
+                raise PluginError(f"{', '.join(f'{k} ({component_label(self.system.losses[k])})' for k in bad)} "
+                                  f"gave a non-finite loss at the first step, before any update, while the other "
+                                  f"terms are finite: the loss computes it wrongly (NaN or inf from its inputs)")
             raise NLSError(f"training diverged at step {self.step}: loss is {total_mean} "
                            f"({', '.join(f'{k}={v:.4g}' for k, v in zip(terms, term_means))}). "
                            f"Lower train.lr or check the scene's box.")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pipeline.components import ComponentConfig, Registrar
 from pipeline.hookspecs import hookimpl
@@ -252,3 +252,127 @@ def test_the_scaffold_depends_on_nls_by_its_distribution_name(tmp_path):
     assert "install it from its repository" in text and "unrelated" in text
     readme = (root / "README.md").read_text()
     assert "installed from its repository" in readme and ours in readme and "unrelated" in readme
+
+
+# -- 7. config classes, produces/consumes, clashes, hooks and subcommands (the plugin-author audit) --------
+class NegativeDefault(ComponentConfig):
+    weight: float = Field(-1.0, ge=0, description="a default its own bound refuses")
+
+
+class UnserialisableDefault(ComponentConfig):
+    thing: object = Field(default_factory=object)
+
+
+class TypeOption(ComponentConfig):
+    type: str = "mine"
+
+
+class RequiredOption(ComponentConfig):
+    path: str  # no default: the scene file gives it
+    scale: float = 2.0
+
+
+@pytest.mark.parametrize("config, needle", [
+    (NegativeDefault, "a default of its config class NegativeDefault is not a valid value of its own option "
+                      "(weight = -1.0: Input should be greater than or equal to 0)"),
+    (UnserialisableDefault, "the defaults of its config class UnserialisableDefault cannot be written to "
+                            "config.yaml"),
+    (TypeOption, "has an option named 'type', which is reserved"),
+])
+def test_a_config_class_with_a_bad_default_or_a_type_option_is_refused(config, needle):
+    """They used to train, then fail to reopen (eval, resume) or corrupt config.yaml."""
+    with pytest.raises(PluginError, match=re.escape(f"loss 'cc' of plugin p: ") + ".*" + re.escape(needle)):
+        Registrar("p", "loss")("cc", "torch.nn:Identity", config=config)
+
+
+def test_an_option_without_a_default_is_left_to_the_scene_file():
+    Registrar("p", "loss")("req", "torch.nn:Identity", config=RequiredOption)
+
+
+def test_a_string_produces_or_consumes_is_one_quantity_and_a_set_of_alternatives_is_refused():
+    reg = Registrar("p", "field")
+    reg("s", "torch.nn:Identity", produces="sdf", consumes="points")
+    assert reg.collected[0].produces == {"sdf"} and reg.collected[0].consumes == (frozenset({"points"}),)
+    reg("one", "torch.nn:Identity", consumes={"points"})  # a one-element set is one alternative
+    assert reg.collected[1].consumes == (frozenset({"points"}),)
+    with pytest.raises(PluginError, match=r"field 'both' of plugin p: consumes=.* is ambiguous; .*"
+                                          r"needs points\+render, consumes=\['points', 'render'\] needs any one"):
+        reg("both", "torch.nn:Identity", consumes={"render", "points"})
+
+
+class SameNameTwice:
+    @hookimpl
+    def nls_register_losses(self, register):
+        register("twice", "torch.nn:Identity")
+        register("twice", "torch.nn:Identity")
+
+
+def test_a_plugin_registering_one_name_twice_is_told_so_without_other_plugins_remedies():
+    host = plugin_host(("twice_plugin", SameNameTwice()), builtins=False)
+    with pytest.raises(Exception, match="loss component 'twice' is registered twice by plugin 'twice_plugin' "
+                                        r"\(registered in-process\); register each name once"):
+        host.components()
+
+
+def test_a_clash_with_a_plugins_dir_file_names_the_file_not_nls_load_plugins(tmp_path):
+    d = _write(tmp_path / "pd", "clash.py", '''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_register_losses(register):
+            register("photometric", "torch.nn:Identity")
+    ''')
+    with pytest.raises(Exception) as err:
+        plugin_host(plugins_dirs=[d]).components()
+    text = str(err.value)
+    assert "'ngp' is built in" in text and f"'clash' comes from {d.resolve() / 'clash.py'}" in text
+    assert "NLS_LOAD_PLUGINS" not in text
+
+
+def test_a_misnamed_hook_argument_is_told_the_hook_signature(tmp_path, capsys):
+    d = _write(tmp_path / "pd", "argname.py", '''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_register_losses(reg):
+            pass
+    ''')
+    rc, err = _cli(["plugins", "--plugins-dir", str(d)], capsys)
+    assert rc == 1 and "nls calls it as nls_register_losses(register)." in err and "Traceback" not in err
+
+
+def test_a_misspelt_hook_is_a_plugin_error_with_a_suggestion(tmp_path, capsys):
+    d = _write(tmp_path / "pd", "typo.py", '''
+        from pipeline.hookspecs import hookimpl
+        @hookimpl
+        def nls_register_loss(register):
+            pass
+    ''')
+    rc, err = _cli(["plugins", "--plugins-dir", str(d)], capsys)
+    assert rc == 1 and "Did you mean nls_register_losses?" in err, err
+
+
+def test_a_hook_without_hookimpl_is_warned_about(tmp_path, capsys):
+    d = _write(tmp_path / "pd", "unmarked.py", '''
+        def nls_register_losses(register):
+            register("never", "torch.nn:Identity")
+    ''')
+    rc, err = _cli(["plugins", "--plugins-dir", str(d)], capsys)
+    assert rc == 0 and "warning: plugin 'unmarked': nls_register_losses is not marked @hookimpl" in err, err
+
+
+def test_a_plugin_file_imports_its_helper_and_a_plugin_command_fails_in_one_line(tmp_path, capsys):
+    d = _write(tmp_path / "pd", "_cmd_helpers.py", '''
+        def greet(name):
+            raise ValueError(f"no greeting for {name}")
+    ''')
+    _write(d, "greeter.py", '''
+        from pipeline.hookspecs import hookimpl
+        from _cmd_helpers import greet
+        @hookimpl
+        def nls_add_commands(subparsers):
+            p = subparsers.add_parser("greet", help="greet someone")
+            p.add_argument("who")
+            p.set_defaults(func=lambda args: greet(args.who))
+    ''')
+    rc, err = _cli(["greet", "world", "--plugins-dir", str(d)], capsys)  # --plugins-dir after the command
+    assert rc == 1 and "Traceback" not in err, err
+    assert "command 'greet' of plugin greeter failed: ValueError: no greeting for world" in err, err

@@ -18,7 +18,8 @@ from pydantic import Field
 from pipeline.components import ComponentConfig
 from pipeline.hookspecs import hookimpl
 
-Mode = Literal["ok", "raise", "tensor", "shape", "tuple", "no_image"]
+Mode = Literal["ok", "raise", "tensor", "shape", "tuple", "no_image", "none", "nograd", "nan", "number",
+               "kernels", "schedule", "int_key", "no_depth"]
 
 
 class ModeConfig(ComponentConfig):
@@ -29,6 +30,9 @@ class ModeConfig(ComponentConfig):
 def build_field(cfg, ctx):
     import torch
     from torch import nn
+
+    if cfg.mode == "none":
+        return  # a factory that forgets its return
 
     class SphereField(nn.Module):
         """A sphere of learnable radius and colour: sdf (N,), rgb (N, 3)."""
@@ -80,8 +84,11 @@ def build_renderer(cfg, ctx):
             trans = torch.cumprod(torch.cat([torch.ones(R, 1), 1 - alpha[:, :-1] + 1e-10], 1), 1)
             w = alpha * trans
             op = w.sum(1, keepdim=True)
-            return {"rgb": (w[..., None] * out["rgb"].reshape(R, S, 3)).sum(1) + (1 - op),
-                    "opacity": op, "depth": (w * t).sum(1, keepdim=True)}
+            res = {"rgb": (w[..., None] * out["rgb"].reshape(R, S, 3)).sum(1) + (1 - op),
+                   "opacity": op, "depth": (w * t).sum(1, keepdim=True)}
+            if cfg.mode == "no_depth":
+                del res["depth"]
+            return res
 
         def render_image(self, cameras, i, chain, *, chunk, supersample=1):
             if cfg.mode == "raise":
@@ -99,9 +106,43 @@ def build_renderer(cfg, ctx):
 
 
 def build_loss(cfg, ctx):
+    import torch
+    from torch import nn
+
+    if cfg.mode == "number":
+        return 42
+
+    class Hooked(nn.Module):
+        def prepare_kernels(self, device):
+            if cfg.mode == "kernels":
+                raise OSError("nvcc not found")
+
+        def on_train_step(self, step):
+            if cfg.mode == "schedule":
+                raise RuntimeError("schedule boom")
+
+        def forward(self, batch, out, system):
+            return out["rgb"].mean()
+
+    if cfg.mode in ("kernels", "schedule"):
+        return Hooked()
+
     def loss(batch, out, system):
+        if cfg.mode == "nograd":
+            return torch.tensor(0.5)
+        if cfg.mode == "nan":
+            return torch.tensor(float("nan"))
         raise ValueError("my loss has a bug")
     return loss
+
+
+def build_certifier(cfg, ctx):
+    def certify(outputs, x=None, field=None):  # a plain function that asks for the query points
+        if x is None or field is None:
+            raise RuntimeError("wants_query certifier got no x")
+        return {"sdf": outputs["sdf"]}
+    certify.wants_query = True
+    return certify
 
 
 def build_extractor(cfg, ctx):
@@ -120,6 +161,8 @@ def build_evaluator(cfg, ctx):
     import numpy as np
     import torch
 
+    if cfg.mode == "int_key":
+        return lambda c: {1: 2.0}
     return lambda c: {"np_metric": np.float32(1.5), "torch_metric": torch.tensor(2.5), "np_int": np.int64(3)}
 
 
@@ -148,7 +191,7 @@ def nls_register_renderers(register):
 
 @hookimpl
 def nls_register_losses(register):
-    register("rt_loss", build_loss, description="raises")
+    register("rt_loss", build_loss, config=ModeConfig, description="raises")
 
 
 @hookimpl
@@ -158,7 +201,12 @@ def nls_register_mesh_extractors(register):
 
 @hookimpl
 def nls_register_evaluators(register):
-    register("rt_eval", build_evaluator, description="numpy and torch numbers")
+    register("rt_eval", build_evaluator, config=ModeConfig, description="numpy and torch numbers")
+
+
+@hookimpl
+def nls_register_certifiers(register):
+    register("rt_cert", build_certifier, consumes=["sdf"], produces={"sdf"}, description="wants_query")
 
 
 @hookimpl
@@ -181,7 +229,7 @@ def runtime_plugin(tmp_path, tiny_scene):
 def test_a_renderer_without_update_and_numpy_evaluator_results_work(runtime_plugin, tmp_path, nls):
     scene, common = runtime_plugin
     res = nls("reconstruct", str(scene), *common, *GOOD[:-2], "--set", "evaluators=[{type: rt_eval}]",
-              "--set", "extractor={type: rt_mc}")
+              "--set", "extractor={type: rt_mc}", "--set", "certifier={type: rt_cert}")  # a plain wants_query
     assert res.returncode == 0, res.stderr
     run = next((tmp_path / "runs").glob("tiny/*/*"))
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
@@ -210,6 +258,21 @@ def test_a_renderer_without_update_and_numpy_evaluator_results_work(runtime_plug
     (["renderer={type: rt_renderer, mode: no_image}"], "renderer 'rt_renderer' of plugin rt has no render_image()"),
     (["scene={type: rt_scene}"],
      "scene source 'rt_scene' of plugin rt failed while loading the scene: FileNotFoundError: my_data/cameras.npz"),
+    (["field={type: rt_field, mode: none}"], "field 'rt_field' of plugin rt: its factory returned None"),
+    (["losses=[{type: rt_loss, mode: number}]"], "loss 'rt_loss' of plugin rt: its factory returned int"),
+    (["losses=[{type: rt_loss, mode: kernels}]"],
+     "loss 'rt_loss' of plugin rt: prepare_kernels(cpu) failed: OSError: nvcc not found"),
+    (["losses=[{type: rt_loss, mode: schedule}]"],
+     "loss 'rt_loss' of plugin rt: on_train_step(0) failed: RuntimeError: schedule boom"),
+    (["losses=[{type: rt_loss, mode: nograd}]"],
+     "no loss term of step 0 has a gradient (0_rt_loss (loss 'rt_loss' of plugin rt))"),
+    (["losses=[{type: photometric}, {type: rt_loss, mode: nan}]"],
+     "1_rt_loss (loss 'rt_loss' of plugin rt) gave a non-finite loss at the first step"),
+    (["renderer={type: rt_renderer, mode: no_depth}"],
+     "renderer 'rt_renderer' of plugin rt: render_rays returned 'depth' as nothing; a renderer returns 'depth' "
+     "of shape (256, 1)"),
+    (["evaluators=[{type: rt_eval, mode: int_key}]"],
+     "evaluator 'rt_eval' of plugin rt returned the metric name(s) 1; metric names are strings"),
 ])
 def test_a_plugin_mistake_at_run_time_names_the_component(runtime_plugin, tmp_path, nls, sets, needle):
     scene, common = runtime_plugin
@@ -220,8 +283,8 @@ def test_a_plugin_mistake_at_run_time_names_the_component(runtime_plugin, tmp_pa
     # a run that failed before anything was trained leaves no folder; one that failed after training
     # (extraction, evaluation renders) keeps its checkpoint for `nls resume` once the plugin is fixed
     runs = list((tmp_path / "runs").glob("tiny/*/*"))
-    if "extractor" in needle or "rendering view" in needle:
+    if "extractor" in needle or "rendering view" in needle or "evaluator" in needle:
         assert len(runs) == 1 and list((runs[0] / "checkpoints").glob("*.pt")), runs
     else:
         assert not runs, runs
-        assert "removed" in res.stderr or "scene source" in res.stderr or "has no" in res.stderr, res.stderr
+        assert any(w in res.stderr for w in ("removed", "scene source", "has no", "factory returned")), res.stderr
