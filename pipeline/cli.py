@@ -474,7 +474,8 @@ def cmd_export(args) -> int:
     mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
-    if args.up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
+    up = args.up or (world_up(ld.scene.meta) if ext == ".glb" else "y")
+    if up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
         import numpy as np
 
         mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float))
@@ -483,7 +484,20 @@ def cmd_export(args) -> int:
     which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
     print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
           f"{', vertex colours' if args.colors else ''}, watertight={read_back_watertight(out)} as read back{which}")
+    if up == "z" and args.up is None:
+        print("turned the run's +Z up to glTF's +Y up (--up y keeps the coordinates as trained)")
     return 0
+
+
+def world_up(meta: dict) -> str:
+    """'z' for a scene whose world is +Z up, else 'y': the up axis its views were rendered with (``world_up``
+    of the scene, or of its ``generator`` record), else z for the Blender/instant-ngp formats (NeRF-synthetic
+    scenes and colmap2nerf captures are +Z up)."""
+    generator = meta.get("generator") if isinstance(meta.get("generator"), dict) else {}
+    recorded = meta.get("world_up") or generator.get("world_up")
+    if recorded:
+        return "z" if recorded == "+z" else "y"
+    return "z" if meta.get("source") in ("blender", "instant-ngp") else "y"
 
 
 #: the top-level keys ``nls eval --set`` may change: what evaluation reads, not the trained model
@@ -754,9 +768,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
                    "normal (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
                    "trained on images)")
-    c.add_argument("--up", choices=["y", "z"], default="y",
-                   help="the run's up axis; z (NeRF-synthetic scenes such as lego, whose world is +Z up) turns "
-                   "the mesh so +Y is up, as glTF and most viewers take it (default: y, coordinates as trained)")
+    c.add_argument("--up", choices=["y", "z"],
+                   help="the run's up axis; z turns the mesh so +Y is up, as glTF and most viewers take it. "
+                   "Default: for .glb, the run's own up axis (z for NeRF-synthetic scenes such as lego and for "
+                   "the scenes nls renders itself, whose worlds are +Z up); for other formats y, the coordinates "
+                   "as trained, which line up with the scene's ground-truth mesh")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON (exit 1 when every evaluator "
                 "was skipped, e.g. Chamfer on a scene without a ground-truth mesh). --set may change "
@@ -909,7 +925,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def main(argv: Optional[list[str]] = None) -> int:
     """The ``nls`` entry point: parse ``argv`` (default ``sys.argv[1:]``) and run its command; returns the
     exit code (an NLSError's ``exit_code``, 130 on Ctrl-C, 141 on a closed pipe, 0 for help)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see DESIGN.md: spin-waiting hurts shared cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads that spin-wait slow other processes on shared cores
     keep_freed_memory()
     _one_line_warnings()
     notices.reset()  # the warnings this command's run keeps for its summary

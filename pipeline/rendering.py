@@ -1,6 +1,6 @@
 """Volume rendering of radiance fields, with occupancy-grid empty-space skipping.
 
-One interface, two paths with one result (DESIGN.md pattern 9):
+One interface, two paths with one result:
 
 * **CUDA path** (``origins.is_cuda`` and a grid is given): nerfacc's
   ``OccGridEstimator.sampling`` (ray marching through the binary occupancy grid, as

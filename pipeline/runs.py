@@ -7,6 +7,7 @@ Layout of one run (``outputs/<scene>/<method>/<timestamp>/``)::
     cmd.txt         the command line that made the run (one line per invocation: ``cd <cwd> && nls ...``)
     metrics.jsonl   one JSON object per logged step
     summary.json    final metrics, wall time, device, versions
+    warnings.json   warnings given while loading and training, as of the newest checkpoint (when any)
     checkpoints/    ckpt_<step>.pt (+ .sha256), written atomically; the newest two are kept
     renders/        test renders, side-by-sides, videos (made when something is rendered)
     meshes/         exported meshes (made when a mesh is exported)

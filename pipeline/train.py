@@ -307,6 +307,11 @@ def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
     return value.reshape(())
 
 
+#: the warnings a run gave while it loaded and trained, as of its newest checkpoint (summary.json repeats
+#: them with those of the evaluation)
+WARNINGS_RECORD = "warnings.json"
+
+
 def no_gradient_message(terms: dict, losses: nn.ModuleDict, step: int) -> str:
     """Why a step cannot train: none of its loss ``terms`` depends on a trainable parameter (each
     term named with its component), and what a loss must return instead."""
@@ -466,6 +471,8 @@ class Trainer:
                            f"loss terms for a NaN gradient.")
         if self.dist.is_main:
             self.run.save_checkpoint(self.state(), self.step)
+            if notices.kept():  # readable without torch, for compare and report before summary.json exists
+                self.run.write_json(WARNINGS_RECORD, {"step": self.step, "warnings": notices.kept()})
 
     def log(self, record: dict) -> None:
         """Append ``record`` to ``metrics.jsonl`` (rank 0 only)."""

@@ -302,3 +302,19 @@ def test_a_runs_warnings_reach_its_summary_and_the_batch_lines(tmp_path):
     assert records["loud"]["warnings"] == [msg] and records["quiet"]["warnings"] == []
     summary = json.loads((Path(records["loud"]["run_dir"]) / "summary.json").read_text())
     assert summary["warnings"] == [msg]
+
+
+def test_the_warnings_of_a_run_not_yet_evaluated_reach_compare(tmp_path):
+    """A run trained with --no-eval has no summary.json: its warnings are in warnings.json (written with its
+    checkpoints), which compare and report read; they were lost for such runs."""
+    msg = "the toy scene warns [on purpose]"
+    loud = toy_yaml(tmp_path / "loud.yaml", name="loud", steps=4, warn=msg)
+    out = tmp_path / "runs"
+    proc = run_nls("reconstruct", str(loud), "--no-eval", "-q", "--plugins-dir", str(PLUGINS), "--output", str(out),
+                   env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next(out.glob("loud/*/*"))
+    assert not (run / "summary.json").exists()
+    assert json.loads((run / "warnings.json").read_text()) == {"step": 4, "warnings": [msg]}
+    res = run_nls("compare", str(run), "--json", "--plugins-dir", str(PLUGINS), env=env(), timeout=120)
+    assert json.loads(res.stdout)["runs"][0]["warnings"] == [msg], res.stdout[-2000:] + res.stderr[-2000:]

@@ -120,6 +120,14 @@ def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_pa
     nls("export", str(run), "-o", str(turned), "--resolution", "96", "--up", "z", check=True)
     a, b = (np.asarray(trimesh.load(p, force="mesh", process=False).vertices) for p in (out, turned))
     assert np.allclose(b, a[:, [0, 2, 1]] * [1, 1, -1], atol=1e-5)
+    # .glb (glTF is +Y up) takes the run's own up axis by default: this scene's world is +Z up
+    assert json.loads((run / "scene.json").read_text())["generator"]["world_up"] == "+z"
+    res = nls("export", str(run), "-o", str(tmp_path / "default.glb"), "--resolution", "96", check=True)
+    assert "turned the run's +Z up to glTF's +Y up" in res.stdout
+    nls("export", str(run), "-o", str(tmp_path / "kept.glb"), "--resolution", "96", "--up", "y", check=True)
+    bounds = {p: trimesh.load(tmp_path / p, force="mesh", process=False).bounds for p in ("default.glb", "kept.glb")}
+    assert np.allclose(bounds["default.glb"], trimesh.load(turned, force="mesh").bounds, atol=1e-5)
+    assert np.allclose(bounds["kept.glb"], mesh.bounds, atol=1e-5)
 
 
 def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
@@ -366,7 +374,8 @@ def test_exported_vertex_colours_match_the_scene(trained_run, nls, tmp_path):
     render_rmse = 10 ** (-json.loads((run / "summary.json").read_text())["metrics"]["psnr"] / 20)
     for ext in (".ply", ".glb"):
         out = tmp_path / f"mesh{ext}"
-        res = nls("export", str(run), "-o", str(out), "--resolution", "64", "--colors", check=True)
+        # --up y: the truth is looked up at the vertices, in the coordinates the run trained in
+        res = nls("export", str(run), "-o", str(out), "--resolution", "64", "--colors", "--up", "y", check=True)
         assert "vertex colours" in res.stdout
         mesh = trimesh.load(out, force="mesh")
         assert mesh.visual.kind == "vertex"

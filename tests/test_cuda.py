@@ -1,4 +1,4 @@
-"""CUDA against CPU (DESIGN.md pattern 9): each test runs the same inputs through the CUDA path and the
+"""CUDA against CPU (one interface, two paths, one result): each test runs the same inputs through the CUDA path and the
 CPU / pure-torch path and compares, or trains on the device and checks what the CPU tests check.
 
 Without a CUDA device every test here skips and prints why (CI has none). The rendering and hash-grid

@@ -151,6 +151,6 @@ def test_real_mesh_floor(name):
     from pipeline.scenes.mesh_render import load_mesh
 
     f = chamfer_floor(load_mesh(path))
-    # DESIGN.md: about 4.0 (x10^3) on spot, kitten, 3holes
+    # the protocol's floor: about 4.0 (x10^3) on spot, kitten, 3holes
     assert 3.5 < f["chamfer_l1"] < 4.5, f
     assert f["normal_consistency"] > 0.98

@@ -281,7 +281,7 @@ class RequiredOption(ComponentConfig):
 ])
 def test_a_config_class_with_a_bad_default_or_a_type_option_is_refused(config, needle):
     """They used to train, then fail to reopen (eval, resume) or corrupt config.yaml."""
-    with pytest.raises(PluginError, match=re.escape(f"loss 'cc' of plugin p: ") + ".*" + re.escape(needle)):
+    with pytest.raises(PluginError, match=re.escape("loss 'cc' of plugin p: ") + ".*" + re.escape(needle)):
         Registrar("p", "loss")("cc", "torch.nn:Identity", config=config)
 
 

@@ -19,7 +19,6 @@ mapping stops the reading, with an NLSError naming it."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +81,8 @@ class RunFacts:
     #: fields of the run's records that were left out because their value has the wrong type, one
     #: sentence each ("summary.json: step is 'abc', not an integer, so it is ignored")
     problems: list[str] = field(default_factory=list)
+    #: ``RUN_DIR/warnings.json``: the warnings given while loading and training, as of the newest checkpoint
+    training_warnings: Optional[dict] = None
 
     @property
     def run(self) -> RunDir:
@@ -232,8 +233,11 @@ class RunFacts:
 
     @property
     def warnings(self) -> list[str]:
-        """The warnings the run gave while it loaded, trained and was evaluated (summary.json)."""
-        return list((self.summary or {}).get("warnings") or [])
+        """The warnings the run gave while it loaded, trained and was evaluated (summary.json); for a run
+        without one, those it gave while it loaded and trained (warnings.json, written with checkpoints)."""
+        if self.summary is not None:
+            return list(self.summary.get("warnings") or [])
+        return list((self.training_warnings or {}).get("warnings") or [])
 
     @property
     def results_damaged(self) -> bool:
@@ -437,12 +441,14 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
     "scene.json": {},
     "plugins.json": {"plugins": "list", "components": "mapping"},
     "eval.json": {"overrides": "list", "evaluators": "mapping", "config": "mapping"},
+    "warnings.json": {"step": "integer", "warnings": "list"},
 }
 #: the kind of each entry of the list and mapping fields above (an entry of another kind is left out)
 RECORD_ENTRIES: dict[str, dict[str, str]] = {
     "summary.json": {"evaluators": "mapping", "warnings": "string"},
     "plugins.json": {"plugins": "mapping", "components": "mapping"},
     "eval.json": {"overrides": "override", "evaluators": "mapping"},
+    "warnings.json": {"warnings": "string"},
 }
 #: the same for config.yaml: its blocks, their entries, and the settings of blocks that are read
 CONFIG_FIELDS: dict[str, str] = {**{s: "mapping" for s in SINGLE_STAGES}, "losses": "list", "evaluators": "list",
@@ -546,7 +552,8 @@ def read_run(path: Path) -> RunFacts:
         log, unreadable["metrics.jsonl"] = [], why
     return RunFacts(path=run.path, config=config, summary=files["summary.json"], log=log,
                     scene=files["scene.json"], plugins=files["plugins.json"], checkpoints=run.checkpoints(),
-                    evaluation=files["eval.json"], unreadable=unreadable, problems=problems)
+                    evaluation=files["eval.json"], unreadable=unreadable, problems=problems,
+                    training_warnings=files["warnings.json"])
 
 
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -8,7 +8,7 @@ One encoding, three interchangeable implementations ("paths") with one result:
     the fine levels, where N_l > 1024, so a ``.half()`` table is wrong there). Supports input gradients and double backward
     (gradient of ``d out / d x`` w.r.t. the table), as eikonal / normal losses need. Indices and
     weights are built per axis as ``(N, L, 2)`` tensors and combined by broadcasting, hashing is
-    done in int32, the table gradient is a flat ``scatter_add_`` (DESIGN.md, "Known facts").
+    done in int32, the table gradient is a flat ``scatter_add_``.
 ``cpu_kernel``
     A C++ kernel (``csrc/hashgrid_cpu.cpp``) JIT-built with ``torch.utils.cpp_extension`` on first
     use (~10 s, cached in ``<repo>/.cache/torch_extensions``), threaded with torch's OpenMP pool.

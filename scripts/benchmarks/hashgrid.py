@@ -19,7 +19,7 @@ Usage::
 
 The machine may be shared: the load average before and after is printed and stored; compare
 paths only within one run. ``OMP_WAIT_POLICY=PASSIVE`` is set (unless already set) before torch is
-imported when run as a script, as DESIGN.md advises for loaded machines.
+imported when run as a script, which keeps timings steady on a loaded machine.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     from plugins.ngp import hashgrid as hg
     from plugins.ngp.hashgrid import HashGridEncoding
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="bench.py hashgrid", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="16,18", help="log2 of the point counts, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")

@@ -11,7 +11,7 @@ pipeline's Trainer on the train split of the procedural families and tested on U
 * ``cond_mlp``: occupancy MLP on [e, p] with about the hypernet heads' parameter count.
 
 Measured: IoU at 32^3 (single view, mean over every test view of every test object), Chamfer-L1
-x10^3 (DESIGN.md protocol, first test view per object, 64^3 marching cubes, 10k samples), IoU with
+x10^3 (the project's protocol, `pipeline.metrics.chamfer`; first test view per object, 64^3 marching cubes, 10k samples), IoU with
 the embeddings of 1, 2, 4 and 8 views averaged (unseen test objects and training objects), and on the
 five R2N2 objects of ../shared/data the IoU on held-out views (22, 23) after training on views 0-19:
 a single-view test of SEEN shapes.

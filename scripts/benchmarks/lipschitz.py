@@ -4,7 +4,7 @@ For each case (watertight `spot`, genus-3 `3holes`, open `stanford-bunny` in uns
 point cloud sampled from `spot` without normals, labelled through estimated normals) both methods
 are trained for the same wall-clock budget on the same labelled points, then measured:
 
-* Chamfer-L1 x10^3 (DESIGN.md protocol, `pipeline.metrics.chamfer`) of the iso-0 marching-cubes mesh
+* Chamfer-L1 x10^3 (the project's protocol, `pipeline.metrics.chamfer`: 30k samples per mesh) of the iso-0 marching-cubes mesh
   (for unsigned fields also of the level-set point cloud, a single layer) and the sampling floor;
 * distance quality vs libigl's exact signed distance at uniform box points: mean |f - SDF|, max
   overestimate |f| - |SDF| near (|SDF| < 0.05) and far, and the same restricted to points whose

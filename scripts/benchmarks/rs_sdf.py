@@ -8,7 +8,8 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   reports milliseconds against a bandwidth bound of 6 passes over the grid's bytes at the
   device's measured copy bandwidth.
 * ``geometry``: per scene of ``--scenes`` (the procedural CSG shape; spot, rendered by nls; and the
-  held-out meshes kitten and 3holes, which run the spot scenes with only the mesh changed), trains
+  held-out meshes kitten, 3holes, fandisk, bunny, knight and cow, which run the spot scenes with only
+  the mesh changed), trains
   scenes/rs_sdf_NAME.yaml (RS-SDF) and scenes/rs_sdf_NAME_hash_baseline.yaml (the paper's baseline:
   the backend's hash-grid density field) with the same step budget, two at a time; then sweeps the
   baseline's density threshold and keeps its best Chamfer-L1 (the paper's protocol; the sweep's best is
@@ -19,7 +20,7 @@ Sub-benchmarks (``--only blur,geometry,lego``; default ``blur,geometry``):
   floor / baseline and the ratio of the excesses over the floor. Target: RS Chamfer <= 0.5 x
   baseline (the paper's figure is a mean over scenes, so is ours), test-PSNR drop <= 2.5 dB.
   ``--chamfer-samples N`` scores everything (sweeps, RS-SDF's own mesh, the floor) with N samples per
-  mesh instead of DESIGN.md's 30k: with more samples the floor shrinks and the ratio measures the
+  mesh instead of the protocol's 30k: with more samples the floor shrinks and the ratio measures the
   geometry more than the sampling. ``--chamfer-metric surface`` scores with exact distances from
   each mesh's samples to the other mesh's surface instead, which has no floor at all. Protocol
   figures are the sampled 30k ones.
@@ -53,7 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "outputs" / "bench" / "runs_rs_sdf"
-PROTOCOL_SAMPLES = 30000  # DESIGN.md's Chamfer protocol: samples per mesh
+PROTOCOL_SAMPLES = 30000  # the project's Chamfer protocol (`chamfer` evaluator): samples per mesh
 
 
 def load() -> list[float]:
@@ -147,7 +148,7 @@ def bench_blur(size: int, sigma_vox: float, repeat: int, device: str) -> dict:
 #: geometry cases with their own scene files (scenes/rs_sdf_NAME.yaml) -> whether they need the data root
 GEOMETRY_SCENES = {"csg": False, "spot": True}
 #: held-out meshes, run with the spot scenes' settings unchanged (only the mesh and the name differ), so nothing
-#: in the RS-SDF or baseline scenes was ever tuned on them: DESIGN.md's other two floor meshes, and the data
+#: in the RS-SDF or baseline scenes was ever tuned on them: the protocol's other two floor meshes, and the data
 #: root's other watertight meshes (fandisk: a CAD part with sharp edges; bunny-closed; decimated-knight; cow)
 HELD_OUT_MESHES = {"kitten": "kitten.obj", "3holes": "3holes.off", "fandisk": "fandisk.obj",
                    "bunny": "bunny-closed.off", "knight": "decimated-knight.off", "cow": "cow.obj"}
@@ -242,7 +243,7 @@ def _open(run: Path):
 
 
 def _scorer(gt, n_samples: int, metric: str):
-    """``mesh -> chamfer dict`` against ``gt``: DESIGN.md's sampled Chamfer (``sampled``) or the
+    """``mesh -> chamfer dict`` against ``gt``: the protocol's sampled Chamfer (``sampled``) or the
     exact point-to-surface one (``surface``, no sampling floor), ``n_samples`` samples per mesh."""
     from pipeline.metrics import chamfer, chamfer_to_surface
 
@@ -646,8 +647,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="lego: also load the val split and score every run on its first N views (0: off; the first "
                     "10 test views are one arc of the test circle, the val views are spread like the training ones)")
     ap.add_argument("--test-every", type=int, default=10, metavar="K",
-                    help="lego: also score every run on every K-th test view, the whole split at that stride (default "
-                    "10: 20 views spread over lego's 200-view test circle, of which the first 10 (--test-images) are "
+                    help="lego: also score every run on every K-th test view, the whole split at that stride (10 "
+                    "gives 20 views spread over lego's 200-view test circle, of which the first 10 (--test-images) are "
                     "one arc; 0: off)")
     ap.add_argument("--lego-rs-run", help="lego: use this finished RS-SDF run folder instead of training one")
     ap.add_argument("--lego-baselines", default="hash,dense", help="lego: baselines, comma list of hash "

@@ -9,7 +9,7 @@ Parts (``--parts surface,generalization,robustness``):
   issue's protocol) or the same seconds (``--match time``; it is ~2x cheaper per step). Meshes:
   spot (watertight, clean), kitten (noisy input), stanford-bunny (open surface), 3holes (partial
   scan: a plane crop) and, without ``--quick``, camelhead (open). Chamfer-L1/L2 ×10³ on 30k
-  samples in the GT-normalised frame (DESIGN.md protocol) plus the floor (two GT samplings).
+  samples in the GT-normalised frame (the project's protocol, `pipeline.metrics.chamfer`) plus the floor (two GT samplings).
 * ``generalization`` — §5.1 / Fig. 2: binary merge of Fashion-MNIST classes {0,2,4,6} (tops) vs
   the rest, training fractions 0.1%–5%, geometric SVM (Eq. 11, α = −1, L∞) vs cross-entropy vs
   hinge on one MLP, mean ± std test accuracy over repeats.
