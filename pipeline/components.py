@@ -283,29 +283,36 @@ def check_config_class(config: Any, where: str) -> None:
 
 
 def _check_defaults(config: type[ComponentConfig], where: str) -> None:
-    """The defaults of ``config``'s options pass its own validation and serialise to JSON (config.yaml
-    records them); options without a default are left to the scene file."""
+    """Each default of ``config``'s options passes its own field's type and bounds, is finite, and
+    serialises to JSON (config.yaml records it); options without a default are left to the scene file.
+    Fields are checked one by one, so model validators that relate several options are not run here."""
+    import math
     import warnings
 
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
-    defaults = {name: f.get_default(call_default_factory=True) for name, f in config.model_fields.items()
-                if not f.is_required()}
-    try:
-        for name, value in defaults.items():
-            config.__pydantic_validator__.validate_assignment(config.model_construct(), name, value)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # pydantic warns, not raises, on a value it cannot serialise
-            config.model_construct(**defaults).model_dump(mode="json", include=set(defaults))
-    except ValidationError as exc:
-        bad = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'} = {e.get('input')!r}: {e['msg']}"
-                        for e in exc.errors())
-        raise PluginError(f"{where}: a default of its config class {config.__qualname__} is not a valid value "
-                          f"of its own option ({bad}); fix the default") from None
-    except Exception as exc:  # PydanticSerializationError, the serialisation warning raised above, ...
-        raise PluginError(f"{where}: the defaults of its config class {config.__qualname__} cannot be written "
-                          f"to config.yaml as JSON values ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                          f"give options plain values (numbers, strings, lists, mappings)") from None
+    for name, f in config.model_fields.items():
+        if f.is_required():
+            continue
+        value = f.get_default(call_default_factory=True)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PluginError(f"{where}: the default of option {name!r} of its config class {config.__qualname__} is "
+                              f"{value!r}; options refuse nan and inf (a typo in a scene file): give a finite number")
+        try:
+            adapter = TypeAdapter(Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation)
+            checked = adapter.validate_python(value)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # pydantic warns, not raises, on a value it cannot serialise
+                adapter.dump_python(checked, mode="json")
+        except ValidationError as exc:
+            why = "; ".join(e["msg"] for e in exc.errors())
+            raise PluginError(f"{where}: the default of option {name!r} of its config class {config.__qualname__}, "
+                              f"{value!r}, is not a valid value of that option ({why}); fix the default") from None
+        except Exception as exc:  # PydanticSerializationError, the serialisation warning raised above
+            raise PluginError(f"{where}: the default of option {name!r} of its config class {config.__qualname__}, "
+                              f"{value!r}, cannot be recorded in config.yaml ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}); give options plain values (numbers, strings, lists, "
+                              f"mappings)") from None
 
 
 def _name_example(name: Any) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pipeline.components import ComponentConfig, Registrar
 from pipeline.hookspecs import hookimpl
@@ -263,6 +263,23 @@ class UnserialisableDefault(ComponentConfig):
     thing: object = Field(default_factory=object)
 
 
+class NanDefault(ComponentConfig):
+    scale: float = float("nan")
+
+
+class CrossChecked(ComponentConfig):
+    """A required option and a model validator relating it to another: valid, the scene file gives ``low``."""
+
+    low: int
+    high: int = 2
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
 class TypeOption(ComponentConfig):
     type: str = "mine"
 
@@ -273,10 +290,10 @@ class RequiredOption(ComponentConfig):
 
 
 @pytest.mark.parametrize("config, needle", [
-    (NegativeDefault, "a default of its config class NegativeDefault is not a valid value of its own option "
-                      "(weight = -1.0: Input should be greater than or equal to 0)"),
-    (UnserialisableDefault, "the defaults of its config class UnserialisableDefault cannot be written to "
-                            "config.yaml"),
+    (NegativeDefault, "the default of option 'weight' of its config class NegativeDefault, -1.0, is not a valid "
+                      "value of that option (Input should be greater than or equal to 0)"),
+    (UnserialisableDefault, "the default of option 'thing' of its config class UnserialisableDefault, <object"),
+    (NanDefault, "the default of option 'scale' of its config class NanDefault is nan; options refuse nan"),
     (TypeOption, "has an option named 'type', which is reserved"),
 ])
 def test_a_config_class_with_a_bad_default_or_a_type_option_is_refused(config, needle):
@@ -287,6 +304,7 @@ def test_a_config_class_with_a_bad_default_or_a_type_option_is_refused(config, n
 
 def test_an_option_without_a_default_is_left_to_the_scene_file():
     Registrar("p", "loss")("req", "torch.nn:Identity", config=RequiredOption)
+    Registrar("p", "loss")("cross", "torch.nn:Identity", config=CrossChecked)
 
 
 def test_a_string_produces_or_consumes_is_one_quantity_and_a_set_of_alternatives_is_refused():
