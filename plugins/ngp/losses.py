@@ -94,11 +94,15 @@ class TotalVariation(nn.Module):
     @staticmethod
     def _block_gradient_ok(field) -> bool:
         """True when the block's gradient may be added after the backward pass: autograd is recording,
-        the grid trains, and no other process averages gradients (DDP)."""
+        the grid trains, no other process averages gradients (DDP), and torch's autograd engine takes
+        end-of-backward callbacks (an internal API that DDP itself uses; without it, the autograd path)."""
+        from torch.autograd import Variable
+
         from pipeline import distributed
 
         param, _ = field.voxel_table()
-        return torch.is_grad_enabled() and param.requires_grad and distributed.current().world_size == 1
+        return (torch.is_grad_enabled() and param.requires_grad and distributed.current().world_size == 1
+                and callable(getattr(Variable._execution_engine, "queue_callback", None)))  # torch's (DDP uses it)
 
     def _tv_block_gradient(self, field) -> Tensor:
         """Unweighted TV of random blocks of ``field.voxel_table()`` ((n, n, n, C), density channel 0),
