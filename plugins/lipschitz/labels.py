@@ -75,10 +75,18 @@ def winding_numbers_mesh(vertices, faces, queries) -> np.ndarray:
 
 
 def winding_numbers_points(points, normals, areas, queries) -> np.ndarray:
-    """Generalized winding numbers of ``queries`` w.r.t. an oriented point cloud (libigl, fast)."""
+    """Generalized winding numbers of ``queries`` (Q,3) w.r.t. an oriented point cloud ``points`` (P,3),
+    ``normals`` (P,3), ``areas`` (P,) (libigl, fast). Repeated points are merged first, their areas summed
+    (the same winding number): libigl's octree never separates them and crashes the process."""
     import igl
 
-    return igl.fast_winding_number(_as_f64(points), _as_f64(normals), _as_f64(areas), _as_f64(queries))
+    P, N, A = _as_f64(points), _as_f64(normals), _as_f64(areas)
+    _, first, group = np.unique(P, axis=0, return_index=True, return_inverse=True)
+    if len(first) < len(P):
+        A = np.bincount(group.reshape(-1), weights=A, minlength=len(first))
+        P, N = P[first], N[first]
+    return igl.fast_winding_number(np.ascontiguousarray(P), np.ascontiguousarray(N), np.ascontiguousarray(A),
+                                   _as_f64(queries))
 
 
 def _knn(points: np.ndarray, k: int):

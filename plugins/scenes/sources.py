@@ -202,6 +202,14 @@ def _read_points(path: Path):
         raise DataError(f"point file {path}: expected an (N,3) or (N,6) array of xyz[+normal], got shape {a.shape}")
     if not np.isfinite(a).all():
         raise DataError(f"point file {path}: contains NaN or inf values")
+    _, first = np.unique(a[:, :3], axis=0, return_index=True)
+    if len(first) < 2 or float(np.ptp(a[:, :3], axis=0).max()) <= 0:
+        raise DataError(f"point file {path}: all {len(a)} points coincide, so there is no shape to fit "
+                        f"(give a point cloud of a surface)")
+    if len(first) < len(a):  # libigl's point winding numbers crash on repeated points (seams of a mesh's vertices)
+        warn(f"point file {path}: {len(a) - len(first)} of its {len(a)} points repeat an earlier point; "
+             f"the repeats are left out")
+        a = a[np.sort(first)]
     return a[:, :3], (a[:, 3:] if a.shape[1] == 6 else None)
 
 
