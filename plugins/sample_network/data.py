@@ -61,7 +61,7 @@ def build_scan(cfg: ScanConfig, ctx):
         import torch
         import trimesh
 
-        from pipeline.runs import atomic_write_bytes
+        from pipeline.runs import atomic_write_bytes, file_sha256
         from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
         from pipeline.types import DataError, SceneData
         from plugins.scenes.sources import _read_points, cache_root, make_cache_dir
@@ -76,10 +76,10 @@ def build_scan(cfg: ScanConfig, ctx):
             mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
             points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
             normals = mesh.face_normals[faces]
-            key = hashlib.sha256(json.dumps([str(path.resolve()), path.stat().st_mtime, cfg.extent]).encode())
+            key = hashlib.sha256(json.dumps([file_sha256(path), cfg.extent]).encode())  # by content, not time
             gt = cache_root() / "scan" / key.hexdigest()[:16] / "gt_mesh.ply"
             if not gt.exists():
-                gt.parent.mkdir(parents=True, exist_ok=True)
+                make_cache_dir(gt.parent)
                 atomic_write_bytes(gt, mesh.export(file_type="ply"))
         else:
             points, normals = pts

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from pipeline.notices import warn
 from pipeline.types import ConfigError, SceneData
@@ -40,19 +41,60 @@ def make_cache_dir(folder: Path) -> None:
                         f"{exc.strerror or exc}; point NLS_CACHE at a writable folder") from None
 
 
+#: in every cached scene: {relative path: [bytes, sha256]} of its files, checked when the scene is reused
+MANIFEST = ".manifest.json"
+
+
+def _file_digests(folder: Path) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of the files under ``folder`` (the manifest itself left out)."""
+    from pipeline.runs import file_sha256
+
+    return {p.relative_to(folder).as_posix(): [p.stat().st_size, file_sha256(p)]
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def cache_damage(folder: Path) -> Optional[str]:
+    """What is wrong with cached scene ``folder`` against its manifest ('train/r_3.png changed', 'gt_mesh.ply
+    is missing'), or None when every file is as written; a folder cached before manifests is taken as it is."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+        assert isinstance(recorded, dict)
+    except (OSError, ValueError, AssertionError):
+        return f"its {MANIFEST} cannot be read"
+    from pipeline.runs import file_sha256
+
+    for rel, (size, digest) in recorded.items():
+        p = folder / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != size or file_sha256(p) != digest:
+            return f"{rel} changed since it was written"
+    return None
+
+
 def cached_render(kind: str, options: dict, make) -> Path:
     """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder.
 
     ``make(folder)`` writes the scene into a temporary folder; other plugins (e.g. ``shapes``) use
-    this too, so every rendered scene shares one cache and one versioning rule."""
+    this too, so every rendered scene shares one cache and one versioning rule. A manifest of the files'
+    sizes and sha256 is written with it; a reused folder whose files no longer match (deleted, truncated,
+    overwritten) is made again, with a warning, instead of being trained on."""
     key = hashlib.sha256(json.dumps([RENDER_VERSION, kind, options], sort_keys=True).encode()).hexdigest()[:16]
     final = cache_root() / "scenes" / f"{kind}-{key}"
     if (final / "meta.json").exists():
-        return final
+        damage = cache_damage(final)
+        if damage is None:
+            return final
+        warn(f"the cached scene {final} is damaged ({damage}); making it again")
+        shutil.rmtree(final, ignore_errors=True)
     make_cache_dir(final.parent)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         make(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(_file_digests(tmp)))
         try:
             os.replace(tmp, final)
         except OSError:  # another process won the race
@@ -131,9 +173,11 @@ def build_mesh_scene(cfg: MeshSceneConfig, ctx):
     def load() -> SceneData:
         from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
 
+        from pipeline.runs import file_sha256
+
         path = Path(cfg.path)
-        stat = path.stat() if path.exists() else None
-        opts = {**cfg.model_dump(exclude={"background"}), "mtime": stat.st_mtime if stat else None}
+        # by content: a mesh replaced by another with the same time stamp (cp -p, rsync -a) is not the same scene
+        opts = {**cfg.model_dump(exclude={"background"}), "sha256": file_sha256(path) if path.is_file() else None}
 
         def make(out: Path) -> None:
             mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
@@ -228,7 +272,9 @@ def build_geometry(cfg, ctx):
         if not path.exists():
             raise DataError(f"scene.path {path} does not exist; give a mesh or point-cloud file")
         pts = None if path.suffix.lower() in (".obj", ".off", ".stl", ".glb") else _read_points(path)
-        key = hashlib.sha256(json.dumps([cfg.model_dump(), path.stat().st_mtime]).encode()).hexdigest()[:16]
+        from pipeline.runs import file_sha256
+
+        key = hashlib.sha256(json.dumps([cfg.model_dump(), file_sha256(path)]).encode()).hexdigest()[:16]
         out = cache_root() / "geometry" / key
         if pts is None:
             make_cache_dir(out)
