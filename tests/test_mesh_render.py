@@ -174,3 +174,18 @@ def test_real_spot_merges_seams():
     assert n.is_watertight
     assert abs((n.bounds[1] - n.bounds[0]).max() - 1.0) < 1e-9
     assert np.allclose(n.bounds.sum(0), 0, atol=1e-9)
+
+
+def test_a_nan_vertex_is_an_error_not_a_silent_hole(tmp_path):
+    """trimesh's default processing dropped the vertex and its faces, so the mesh trained with a hole."""
+    path = tmp_path / "nan.obj"
+    path.write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 2 3 4\n")
+    with pytest.raises(DataError, match=f"mesh file {path} has 1 vertices with NaN or inf coordinates"):
+        load_mesh(path)
+
+
+def test_an_unknown_mesh_format_names_the_readable_ones(tmp_path):
+    path = tmp_path / "spot.mesh"
+    path.write_text("not a mesh")
+    with pytest.raises(DataError, match=r"cannot read mesh .*spot.mesh: .*\(readable: \.obj, \.off, \.ply"):
+        load_mesh(path)

@@ -29,6 +29,10 @@ __all__ = ["load_mesh", "normalize_mesh", "render_mesh_views", "look_at", "pixel
 # --------------------------------------------------------------------------- meshes
 
 
+#: the mesh formats named when a file cannot be read (trimesh reads these and more)
+MESH_FORMATS = ("obj", "off", "ply", "stl", "glb", "gltf")
+
+
 def load_mesh(path) -> "trimesh.Trimesh":  # noqa: F821
     """Read a triangle mesh (OBJ/OFF/PLY/STL/GLB...); scenes are concatenated into one mesh.
 
@@ -42,10 +46,12 @@ def load_mesh(path) -> "trimesh.Trimesh":  # noqa: F821
         raise DataError(f"mesh file not found: {path}")
     if not path.is_file():
         raise DataError(f"mesh path is not a file: {path}")
-    try:
-        loaded = trimesh.load(path, force="mesh")
+    try:  # unprocessed, so a NaN vertex is seen here rather than silently dropped with its faces
+        loaded = trimesh.load(path, force="mesh", process=False)
     except Exception as e:  # trimesh raises many types for unreadable files
-        raise DataError(f"cannot read mesh {path}: {type(e).__name__}: {e}") from None
+        known = path.suffix.lower().lstrip(".") in trimesh.available_formats()
+        hint = "" if known else f" (readable: {', '.join('.' + f for f in MESH_FORMATS)})"
+        raise DataError(f"cannot read mesh {path}: {type(e).__name__}: {e}{hint}") from None
     if isinstance(loaded, trimesh.Scene):
         geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
         if not geoms:
@@ -59,8 +65,10 @@ def load_mesh(path) -> "trimesh.Trimesh":  # noqa: F821
                         f"(got {type(loaded).__name__})")
     if len(loaded.faces) == 0 or len(loaded.vertices) == 0:
         raise DataError(f"mesh file {path} is empty (0 faces)")
-    if not np.isfinite(loaded.vertices).all():
-        raise DataError(f"mesh file {path} has non-finite vertex coordinates")
+    bad = int((~np.isfinite(loaded.vertices).all(axis=1)).sum())
+    if bad:
+        raise DataError(f"mesh file {path} has {bad} vertices with NaN or inf coordinates; fix or remove them")
+    loaded.process()  # what trimesh.load does by default: merge duplicate vertices
     loaded.merge_vertices(merge_tex=True, merge_norm=True)
     return loaded
 
