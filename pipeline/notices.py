@@ -18,7 +18,10 @@ _kept: list[str] = []
 
 
 def warn(message: str) -> None:
-    """Print ``warning: message`` on stderr and keep it for the run's summary (once per message)."""
+    """Print ``warning: message`` on stderr and keep it for the run's summary, both once per message (a
+    scene loaded twice by one command warns once)."""
+    if message in _kept:
+        return
     print(f"warning: {message}", file=sys.stderr)
     keep(message)
 

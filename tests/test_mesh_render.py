@@ -189,3 +189,11 @@ def test_an_unknown_mesh_format_names_the_readable_ones(tmp_path):
     path.write_text("not a mesh")
     with pytest.raises(DataError, match=r"cannot read mesh .*spot.mesh: .*\(readable: \.obj, \.off, \.ply"):
         load_mesh(path)
+
+
+def test_a_point_cloud_given_as_a_mesh_says_which_scene_types_read_it(tmp_path):
+    path = tmp_path / "pc.ply"
+    trimesh.PointCloud(np.random.default_rng(0).random((50, 3))).export(path)
+    with pytest.raises(DataError, match="holds 50 points and no faces \\(a point cloud\\); point clouds are read by "
+                                        "the scene types geometry and scan"):
+        load_mesh(path)

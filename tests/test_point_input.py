@@ -55,3 +55,33 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+
+
+def test_crop_view_on_a_point_file_without_normals_is_a_config_error(tmp_path):
+    from pipeline.types import ConfigError
+    from plugins.sample_network.config import ScanConfig
+    from plugins.sample_network.data import build_scan
+
+    path = tmp_path / "pts.xyz"
+    np.savetxt(path, _sphere())
+    with pytest.raises(ConfigError, match="scene.crop = view needs surface normals"):
+        build_scan(ScanConfig(path=str(path), crop="view"), None)()
+
+
+def test_an_inverted_scene_box_is_refused_naming_the_key():
+    from pydantic import ValidationError
+
+    from plugins.scenes.config import BlenderConfig
+
+    with pytest.raises(ValidationError, match="each min below its max"):
+        BlenderConfig(path="x", aabb=[1, 1, 1, -1, -1, -1])
+
+
+def test_a_warning_given_twice_prints_once(capsys):
+    from pipeline import notices
+
+    notices.reset()
+    notices.warn("the same thing")
+    notices.warn("the same thing")
+    assert capsys.readouterr().err.count("warning: the same thing") == 1 and notices.kept() == ["the same thing"]
+    notices.reset()

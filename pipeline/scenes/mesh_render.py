@@ -64,6 +64,10 @@ def load_mesh(path) -> "trimesh.Trimesh":  # noqa: F821
         raise DataError(f"mesh file {path} does not hold a triangle mesh "
                         f"(got {type(loaded).__name__})")
     if len(loaded.faces) == 0 or len(loaded.vertices) == 0:
+        points = _point_count(path)
+        if points:
+            raise DataError(f"mesh file {path} holds {points} points and no faces (a point cloud); point clouds "
+                            f"are read by the scene types geometry and scan")
         raise DataError(f"mesh file {path} is empty (0 faces)")
     bad = int((~np.isfinite(loaded.vertices).all(axis=1)).sum())
     if bad:
@@ -71,6 +75,17 @@ def load_mesh(path) -> "trimesh.Trimesh":  # noqa: F821
     loaded.process()  # what trimesh.load does by default: merge duplicate vertices
     loaded.merge_vertices(merge_tex=True, merge_norm=True)
     return loaded
+
+
+def _point_count(path: Path) -> int:
+    """How many points ``path`` holds when trimesh reads it as a point cloud, else 0."""
+    import trimesh
+
+    try:
+        loaded = trimesh.load(path, process=False)
+    except Exception:  # any reader failure: not a point cloud it can read
+        return 0
+    return len(loaded.vertices) if isinstance(loaded, trimesh.PointCloud) else 0
 
 
 def normalize_mesh(mesh, extent: float = 1.0):

@@ -44,7 +44,10 @@ def make_scan(points: np.ndarray, cfg: ScanConfig, rng: np.random.Generator,
         normals = normals[keep] if normals is not None else None
     elif cfg.crop == "view":
         if normals is None:
-            raise ValueError("scan crop 'view' needs surface normals (a mesh input)")
+            from pipeline.types import ConfigError
+
+            raise ConfigError("scene.crop = view needs surface normals, which this point file has none of: give "
+                              "a mesh, a point file with normals (6 numbers per line), or another crop")
         keep = normals @ d > 0.0
         pts = pts[keep]
     if cfg.subsample is not None and cfg.subsample < len(pts):

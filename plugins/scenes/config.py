@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.components import ComponentConfig
 
@@ -44,6 +44,13 @@ class BlenderConfig(ComponentConfig):
     splits: list[str] = Field(["train", "test"], description="splits to load")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax")
+
+    @field_validator("aabb")
+    @classmethod
+    def _ordered_box(cls, box: Optional[list[float]]) -> Optional[list[float]]:
+        if box is not None and not all(box[i] < box[i + 3] for i in range(3)):
+            raise ValueError("the box is [xmin, ymin, zmin, xmax, ymax, zmax]: each min below its max")
+        return box
 
 
 class GeometryConfig(ComponentConfig):
