@@ -90,6 +90,10 @@ def missing_split_message(scene: SceneData, name: str, option: str) -> str:
     how = ("give one of them" if option == "--split" else
            "set eval.split to one of them in the scene file or with --set eval.split=NAME")
     root = scene.meta.get("root") if scene.meta.get("source") == "blender" else None
+    if name in (scene.meta.get("splits_empty") or ()):  # its file is there but lists no frames
+        where = Path(root) / f"transforms_{name}.json" if root else f"transforms_{name}.json"
+        return (f"{option} = {name!r}: {where} has no frames (its 'frames' list is empty), so the "
+                f"scene has no such split (it has {have}); {how}, or add frames to that file")
     if root and (Path(root) / f"transforms_{name}.json").is_file():  # on disk, but not loaded by this run
         wanted = ", ".join([*scene.splits, name])
         load = (f"evaluate it with nls eval RUN --set eval.split={name} --set 'scene.splits=[{wanted}]'"

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from pipeline.notices import warn
 from pipeline.types import DataError, SceneData
 
 __all__ = ["load_blender", "BLENDER_AABB", "BLENDER_NEAR", "BLENDER_FAR"]
@@ -42,16 +43,25 @@ BLENDER_FAR = 6.0
 
 _IMAGE_EXTS = (".png", ".PNG", ".jpg", ".jpeg", ".JPG", ".JPEG", ".exr", ".webp")
 _PROGRESS_MIN_IMAGES = 64
+#: How far ``|det|`` of a pose's 3x3 part may be from 1 (NeRF-synthetic poses are orthonormal up
+#: to float precision: lego's are within 4e-7).
+_DET_TOL = 1e-2
+#: PIL modes read as they are (``I``: 32-bit TIFF, refused later as an unsupported pixel type).
+_KEEP_MODES = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _read_json(path: Path) -> dict:
+    """The top-level object of a UTF-8 (optionally BOM-prefixed) JSON file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DataError(f"cannot read transforms file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start}); save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -90,13 +100,23 @@ def _pose(frame: dict, where: str) -> np.ndarray:
         raise DataError(f"{where}: 'transform_matrix' must be 4x4, got shape {m.shape}")
     if not np.isfinite(m).all():
         raise DataError(f"{where}: 'transform_matrix' contains non-finite values (NaN/inf)")
+    det = float(np.linalg.det(m[:3, :3]))
+    if not abs(abs(det) - 1.0) <= _DET_TOL:
+        raise DataError(
+            f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part with "
+            f"determinant {det:.6g}, not a rotation; it must be +1 or -1 (within {_DET_TOL:g})")
     return m
+
+
+def _posix(file_path: Any) -> Any:
+    """``file_path`` with Windows backslashes turned into forward slashes."""
+    return file_path.replace("\\", "/") if isinstance(file_path, str) else file_path
 
 
 def _resolve_image(root: Path, file_path: str, where: str) -> Path:
     if not isinstance(file_path, str) or not file_path:
         raise DataError(f"{where}: 'file_path' must be a non-empty string, got {file_path!r}")
-    p = (root / file_path)
+    p = (root / _posix(file_path))
     if p.is_file():
         return p
     tried = [p]
@@ -109,14 +129,55 @@ def _resolve_image(root: Path, file_path: str, where: str) -> Path:
                     f"{', '.join(t.name for t in tried[1:4])}, ...)")
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1], C in {3, 4}."""
+def _pil_mode(im: Any) -> Optional[str]:
+    """The mode to convert a PIL image to before reading its pixels (None: keep it)."""
+    if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
+        return "RGBA"
+    if im.mode == "P":  # as imageio reads it: the palette's own mode
+        return "RGBA" if im.palette.mode == "RGBA" else "RGB"
+    if im.mode == "I" and im.format == "PNG":  # 16-bit grey PNG on older Pillow
+        return "I;16"
+    if im.mode in _KEEP_MODES:
+        return None
+    if im.mode == "1":
+        return "L"
+    return "RGBA" if {"A", "a"} & set(im.getbands()) else "RGB"  # CMYK, YCbCr, LA, ...
+
+
+def _imageio_pixels(path: Path) -> Optional[np.ndarray]:
+    """Pixels of a format PIL cannot open (EXR with an imageio backend), else None."""
     import imageio.v3 as iio
 
     try:
-        img = np.asarray(iio.imread(path))
-    except Exception as e:  # imageio raises many types for corrupt files
-        raise DataError(f"cannot read image {path}: {e}") from None
+        return np.asarray(iio.imread(path))
+    except Exception:  # imageio raises many types for files it cannot read
+        return None
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """The pixels of ``path`` as stored: grey, grey+alpha, RGB or RGBA (uint8/uint16/float)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = _pil_mode(im)
+            img = np.asarray(im.convert(mode) if mode else im)
+    except UnidentifiedImageError:
+        img, reason = _imageio_pixels(path), ""
+    except Exception as e:  # truncated or corrupt data
+        img, reason = None, f": {e}"
+    if img is None:
+        size = path.stat().st_size if path.is_file() else 0
+        raise DataError(f"{path}: not a readable PNG/JPG image ({size} bytes){reason}")
+    if img.dtype.byteorder not in "=|":
+        img = img.astype(img.dtype.newbyteorder("="))
+    return img
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1], C in {3, 4}."""
+    img = _pixels(path)
     if img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.0
     elif img.dtype == np.uint16:
@@ -174,6 +235,15 @@ class _Split:
         self.intr: list[tuple] = []
 
 
+def _check_downscale(sp: _Split, first: Path, size: tuple, downscale: int) -> None:
+    """A downscale that leaves no pixel of the split's (H, W) ``size`` is an error."""
+    h, w = size
+    if h // downscale == 0 or w // downscale == 0:
+        raise DataError(
+            f"split '{sp.name}' ({sp.source}): downscale {downscale} is larger than its images "
+            f"({first} is {w}x{h}, WxH); the largest valid downscale is {min(w, h)}")
+
+
 def _load_split(sp: _Split, background: np.ndarray, downscale: int,
                 progress: Optional[bool]):
     import torch
@@ -182,7 +252,7 @@ def _load_split(sp: _Split, background: np.ndarray, downscale: int,
 
     n = len(sp.paths)
     images = alphas = None
-    has_alpha = False
+    has_alpha = visible = False
     size0 = None
     first = None
     bar = _progress(n, f"loading {sp.name} ({n} images)", progress)
@@ -193,6 +263,7 @@ def _load_split(sp: _Split, background: np.ndarray, downscale: int,
             img = _read_image(path)
             if size0 is None:
                 size0, first = img.shape[:2], path
+                _check_downscale(sp, first, size0, downscale)
             elif img.shape[:2] != size0:
                 raise DataError(
                     f"split '{sp.name}' ({sp.source}): images of different sizes: {first} is "
@@ -202,6 +273,7 @@ def _load_split(sp: _Split, background: np.ndarray, downscale: int,
                 a = img[..., 3:4]
                 rgb = img[..., :3] * a + background * (1.0 - a)
                 has_alpha = True
+                visible = visible or bool((a > 0).any())
             else:
                 a = np.ones(img.shape[:2] + (1,), np.float32)
                 rgb = img
@@ -217,6 +289,9 @@ def _load_split(sp: _Split, background: np.ndarray, downscale: int,
     finally:
         if bar is not None:
             bar[0].stop()
+    if has_alpha and not visible:
+        warn(f"split '{sp.name}' ({sp.source}): its images are fully transparent (alpha 0 "
+             f"everywhere), so it trains on blank background-coloured images")
     H0, W0 = size0
     H, W = images.shape[1:3]
     fx = np.empty(n, np.float32)
@@ -319,30 +394,70 @@ def _nerf_synthetic(root: Path, splits: Sequence[str]):
     return found, missing, empty, extra, angle_x
 
 
+def _positive(d: dict, key: str, where: str) -> float:
+    """``d[key]`` as a number > 0."""
+    v = _as_float(d[key], key, where)
+    if v <= 0:
+        raise DataError(f"{where}: '{key}' must be positive, got {v}")
+    return v
+
+
+def _angle(d: dict, key: str, where: str) -> float:
+    """``d[key]`` as a field-of-view angle in (0, pi) radians."""
+    v = _as_float(d[key], key, where)
+    if not 0.0 < v < math.pi:
+        raise DataError(f"{where}: '{key}' must be in (0, pi) radians, got {v}")
+    return v
+
+
 def _ngp_intrinsics(d: dict, base: tuple, where: str) -> tuple:
     """(fx, fy, cx, cy, w, h) from a dict (global or frame), falling back on ``base``."""
     fx, fy, cx, cy, w, h = base
     if "w" in d:
-        w = _as_float(d["w"], "w", where)
+        w = _positive(d, "w", where)
     if "h" in d:
-        h = _as_float(d["h"], "h", where)
+        h = _positive(d, "h", where)
     if "fl_x" in d:
-        fx = _as_float(d["fl_x"], "fl_x", where)
+        fx = _positive(d, "fl_x", where)
     elif "camera_angle_x" in d:
         if w is None:
             raise DataError(f"{where}: 'camera_angle_x' given without image width 'w'")
-        fx = 0.5 * w / math.tan(0.5 * _as_float(d["camera_angle_x"], "camera_angle_x", where))
+        fx = 0.5 * w / math.tan(0.5 * _angle(d, "camera_angle_x", where))
     if "fl_y" in d:
-        fy = _as_float(d["fl_y"], "fl_y", where)
+        fy = _positive(d, "fl_y", where)
     elif "camera_angle_y" in d:
         if h is None:
             raise DataError(f"{where}: 'camera_angle_y' given without image height 'h'")
-        fy = 0.5 * h / math.tan(0.5 * _as_float(d["camera_angle_y"], "camera_angle_y", where))
+        fy = 0.5 * h / math.tan(0.5 * _angle(d, "camera_angle_y", where))
     if "cx" in d:
         cx = _as_float(d["cx"], "cx", where)
     if "cy" in d:
         cy = _as_float(d["cy"], "cy", where)
     return fx, fy, cx, cy, w, h
+
+
+#: instant-ngp / COLMAP lens-distortion keys (OPENCV and fisheye models)
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def _warn_if_distorted(data: dict, where: str) -> None:
+    """Warn that lens distortion in ``transforms.json`` is not modelled (rays are pinhole): the images
+    should be undistorted first (e.g. COLMAP's image_undistorter)."""
+    given = [k for k in _DISTORTION_KEYS if isinstance(data.get(k), (int, float)) and data[k] != 0]
+    model = data.get("camera_model")
+    if given or (isinstance(model, str) and model.upper() not in ("PINHOLE", "SIMPLE_PINHOLE")):
+        what = ", ".join(given) or f"camera_model {model}"
+        warn(f"{where}: lens distortion ({what}) is not modelled, so rays are those of a pinhole camera and "
+             f"the geometry is off towards the image borders; undistort the images first (e.g. COLMAP's "
+             f"image_undistorter) and drop the distortion keys")
+
+
+def _ngp_offset(data: dict, where: str) -> np.ndarray:
+    """instant-ngp's ``offset``: 3 finite numbers (default 0.5 each)."""
+    raw = data.get("offset", [0.5, 0.5, 0.5])
+    if not isinstance(raw, (list, tuple)) or len(raw) != 3:
+        raise DataError(f"{where}: 'offset' must be 3 finite numbers, got {raw!r}")
+    return np.array([_as_float(v, f"offset[{k}]", where) for k, v in enumerate(raw)])
 
 
 def _instant_ngp(root: Path, splits: Sequence[str]):
@@ -355,6 +470,7 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
     if not frames:
         raise DataError(f"{where}: 'frames' is empty")
     base = _ngp_intrinsics(data, (None,) * 6, where)
+    _warn_if_distorted(data, where)
 
     # split assignment
     lists = {s: data.get(f"{s}_filenames") for s in ("train", "val", "test")}
@@ -366,10 +482,10 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
             assign.append(str(s))
     elif any(v is not None for v in lists.values()):
         how = "top-level *_filenames lists"
-        sets = {s: {Path(str(x)).as_posix().lstrip("./") for x in (v or [])}
+        sets = {s: {Path(_posix(str(x))).as_posix().lstrip("./") for x in (v or [])}
                 for s, v in lists.items()}
         for fr in frames:
-            fp = Path(str(fr.get("file_path", "")) if isinstance(fr, dict) else "")
+            fp = Path(_posix(str(fr.get("file_path", ""))) if isinstance(fr, dict) else "")
             key = fp.as_posix().lstrip("./")
             s = next((s for s, names in sets.items()
                       if key in names or fp.name in {Path(n).name for n in names}), "train")
@@ -403,9 +519,7 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
     scale = _as_float(data.get("scale", 0.33), "scale", where)
     if scale <= 0:
         raise DataError(f"{where}: 'scale' must be positive, got {scale}")
-    offset = np.asarray(data.get("offset", [0.5, 0.5, 0.5]), dtype=np.float64).reshape(-1)
-    if offset.size != 3 or not np.isfinite(offset).all():
-        raise DataError(f"{where}: 'offset' must be 3 finite numbers, got {data.get('offset')!r}")
+    offset = _ngp_offset(data, where)
     # instant-ngp maps a NeRF-frame point p to ngp space as p*scale + offset, then cycles the axes
     # (ngp x,y,z = nerf y,z,x): the offset is added in NeRF axis order (nerf_loader.h,
     # nerf_position_to_ngp). Its box [0.5 -/+ aabb_scale/2]^3 is a cube about (0.5, 0.5, 0.5), which
@@ -557,8 +671,8 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
     render_meta = root / "meta.json"
     if render_meta.is_file():
         try:
-            meta["generator"] = json.loads(render_meta.read_text())
-        except (OSError, json.JSONDecodeError):
+            meta["generator"] = json.loads(render_meta.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError):  # unreadable, not UTF-8 or malformed JSON
             meta["generator"] = f"unreadable {render_meta}"
     gt = root / "gt_mesh.ply"
     return SceneData(
