@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.types import DataError
-from plugins.shapes.r2n2 import R2N2Object, find_objects, read_object
+from plugins.shapes.r2n2 import R2N2Object, check_objects, find_objects, read_object
 
 #: bumped when the generated layout changes so stale caches are not reused
 FAMILIES_VERSION = 1
@@ -98,7 +98,8 @@ def prepare_images(rgba: np.ndarray, size: int) -> np.ndarray:
 
 def assemble(objects: list[dict], splits: dict, image_size: int, surface_points: int, seed: int,
              meta: dict) -> ShapeCollection:
-    """objects: dicts with name, rgba (V,H,W,4), vox (32^3 bool), fine (R^3 bool | None), mesh (path | None)."""
+    """objects: dicts with name, rgba (V,H,W,4), vox (32^3 bool), fine (R^3 bool | None), mesh (path | None)
+    and optionally mesh_data (the mesh at that path, already loaded)."""
     from pipeline.scenes.mesh_render import load_mesh
 
     imgs, vox, labels, surf, dist, meshes = [], [], [], [], [], []
@@ -106,7 +107,9 @@ def assemble(objects: list[dict], splits: dict, image_size: int, surface_points:
         imgs.append(prepare_images(ob["rgba"], image_size))
         vox.append(ob["vox"])
         labels.append(ob["fine"] if ob.get("fine") is not None else ob["vox"])
-        mesh = load_mesh(ob["mesh"]) if ob.get("mesh") else voxels_to_mesh(ob["vox"])
+        mesh = ob.get("mesh_data")  # already loaded (and so checked) by the reader
+        if mesh is None:
+            mesh = load_mesh(ob["mesh"]) if ob.get("mesh") else voxels_to_mesh(ob["vox"])
         s = surface_samples(mesh, surface_points, seed + i)
         surf.append(s)
         dist.append(distance_grid(s, ob["vox"].shape[0]))
@@ -134,6 +137,7 @@ def load_r2n2(cfg) -> ShapeCollection:
             raise DataError(f"scene.objects: {', '.join(unknown)} not found under {cfg.path}; "
                             f"available: {', '.join(sorted(names))}")
         folders = [names[o] for o in cfg.objects]
+    check_objects(folders)
     objs: list[R2N2Object] = [read_object(f, cfg.views) for f in folders]
     bad = [v for v in (*cfg.val_views, *cfg.test_views) if not 0 <= v < cfg.views]
     if bad and cfg.split_by == "views":  # split_by="objects" does not use the view lists
@@ -232,21 +236,105 @@ def families_folder(cfg) -> Path:
     return cached_render("shape_families", opts, lambda out: generate_families(cfg, out))
 
 
-def load_families(cfg) -> ShapeCollection:
-    """Load the generated families (:func:`families_folder`) into a :class:`ShapeCollection`: objects
-    sorted by name, labels from the fine occupancy grid, split by object."""
+SPLITS = ("train", "val", "test")
+
+
+def cache_note(folder: Path) -> str:
+    """What a damaged-cache error adds: the entry and how to get a fresh one."""
+    return (f"it is part of the shape_families cache entry {folder} (under $NLS_CACHE), which can be deleted "
+            f"to be rebuilt")
+
+
+def read_splits(folder: Path) -> dict[str, list[str]]:
+    """``folder/splits.json`` -> {train, val, test: [object name]}; DataError when it is missing or damaged."""
+    path = folder / "splits.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"shape_families splits file {path} cannot be read ({type(exc).__name__}: {exc}); "
+                        f"{cache_note(folder)}") from None
+    ok = isinstance(data, dict) and all(isinstance(data.get(s), list) and
+                                        all(isinstance(n, str) for n in data[s]) for s in SPLITS)
+    if not ok:
+        raise DataError(f"shape_families splits file {path}: expected {{train, val, test: [object name]}}; "
+                        f"{cache_note(folder)}")
+    return {s: data[s] for s in SPLITS}
+
+
+def read_fine(path: Path, res: int) -> np.ndarray:
+    """The packed fine occupancy grid at ``path`` -> (res, res, res) bool; DataError when missing or damaged."""
+    try:
+        packed = np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"shape_families occupancy file {path} cannot be read ({type(exc).__name__}: "
+                        f"{exc})") from None
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size * 8 < res ** 3:
+        raise DataError(f"shape_families occupancy file {path}: holds {packed.dtype} {packed.shape}, expected "
+                        f"{res}^3 packed bits (uint8, {(res ** 3 + 7) // 8} entries)")
+    return np.unpackbits(packed)[:res ** 3].astype(bool).reshape(res, res, res)
+
+
+def read_family_object(folder: Path, cfg) -> dict:
+    """The generated object in ``folder`` as an :func:`assemble` dict; DataError for any missing or damaged file."""
+    from pipeline.scenes.mesh_render import load_mesh
+
+    ob = read_object(folder, cfg.views)
+    fine = read_fine(folder / "occupancy_fine.npy", cfg.fine_resolution)
+    mesh = folder / "gt_mesh.ply"
+    return {"name": folder.name, "rgba": ob.images, "vox": ob.voxels.occ, "fine": fine, "mesh": mesh,
+            "mesh_data": load_mesh(mesh)}
+
+
+def read_families_entry(folder: Path, cfg) -> tuple[list[dict], dict[str, list[str]]]:
+    """The objects (sorted by name) and splits of the cache entry ``folder``; a missing or damaged file is a
+    DataError naming it and the entry."""
+    if not (folder / "meta.json").is_file():
+        raise DataError(f"shape_families cache file {folder / 'meta.json'} is missing; {cache_note(folder)}")
+    splits = read_splits(folder)
+    try:
+        obs = [read_family_object(folder / "objects" / n, cfg) for n in sorted(n for s in SPLITS for n in splits[s])]
+    except DataError as exc:
+        raise DataError(f"{exc}; {cache_note(folder)}") from None
+    return obs, splits
+
+
+def discard_entry(folder: Path) -> None:
+    """Move the cache entry ``folder`` aside in one rename (no reader sees it half deleted), then delete it."""
+    import os
+    import shutil
+    import time
+
+    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.replace(folder, trash)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as exc:
+        raise DataError(f"shape_families cache entry {folder} is damaged and cannot be moved aside "
+                        f"({exc.strerror or exc}); delete it to have it rebuilt") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def families_entry(cfg) -> tuple[Path, list[dict], dict[str, list[str]]]:
+    """The cache entry of ``cfg`` (:func:`families_folder`) with its objects and splits; a damaged entry
+    (a file deleted or truncated) is rebuilt once, with a warning."""
+    from pipeline.notices import warn
+
     folder = families_folder(cfg)
-    splits_by_name = json.loads((folder / "splits.json").read_text())
-    names = [n for s in ("train", "val", "test") for n in splits_by_name[s]]
-    names.sort()
-    index = {n: i for i, n in enumerate(names)}
-    obs = []
-    R = cfg.fine_resolution
-    for n in names:
-        ob = read_object(folder / "objects" / n, cfg.views)
-        fine = np.unpackbits(np.load(folder / "objects" / n / "occupancy_fine.npy"))[:R ** 3].astype(bool)
-        obs.append({"name": n, "rgba": ob.images, "vox": ob.voxels.occ, "fine": fine.reshape(R, R, R),
-                    "mesh": folder / "objects" / n / "gt_mesh.ply"})
+    try:
+        return (folder, *read_families_entry(folder, cfg))
+    except DataError as exc:
+        warn(f"shape_families cache entry {folder} is damaged, rebuilding it: {exc}")
+    discard_entry(folder)
+    folder = families_folder(cfg)
+    return (folder, *read_families_entry(folder, cfg))
+
+
+def load_families(cfg) -> ShapeCollection:
+    """Load the generated families (:func:`families_entry`) into a :class:`ShapeCollection`: objects
+    sorted by name, labels from the fine occupancy grid, split by object."""
+    folder, obs, splits_by_name = families_entry(cfg)
+    index = {ob["name"]: i for i, ob in enumerate(obs)}
     splits = {s: [(index[n], v) for n in splits_by_name[s] for v in range(cfg.views)] for s in splits_by_name}
     meta = {"source": "shape_families", "folder": str(folder), "families": list(cfg.families),
             "objects": {s: splits_by_name[s] for s in splits_by_name},

@@ -108,13 +108,23 @@ def scene_from_collection(collection: ShapeCollection, opts) -> SceneData:
     return SceneData(splits={}, aabb=torch.tensor(BOX, dtype=torch.float32), datasets=datasets, meta=meta)
 
 
+def checked_scene(collection: ShapeCollection, opts, ctx) -> SceneData:
+    """:func:`scene_from_collection`, then the run's ``shape_iou`` splits checked against it before any
+    training (:func:`plugins.shapes.evaluate.check_evaluator_splits`; ``ctx`` None: not checked)."""
+    from plugins.shapes.evaluate import check_evaluator_splits
+
+    scene = scene_from_collection(collection, opts)
+    check_evaluator_splits(ctx, scene.datasets, scene.meta)
+    return scene
+
+
 def build_r2n2(cfg, ctx):
     """Build the ``r2n2`` scene source from its ``scene:`` block (``R2N2Config``): returns a loader
     ``() -> SceneData``."""
     def load() -> SceneData:
         from plugins.shapes.collection import load_r2n2
 
-        return scene_from_collection(load_r2n2(cfg), cfg)
+        return checked_scene(load_r2n2(cfg), cfg, ctx)
 
     return load
 
@@ -125,6 +135,6 @@ def build_families(cfg, ctx):
     def load() -> SceneData:
         from plugins.shapes.collection import load_families
 
-        return scene_from_collection(load_families(cfg), cfg)
+        return checked_scene(load_families(cfg), cfg, ctx)
 
     return load

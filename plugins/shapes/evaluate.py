@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import torch
 
-from pipeline.types import NLSError
+from pipeline.types import ConfigError, NLSError
 from plugins.shapes.collection import BOX
+from plugins.shapes.config import ShapeIoUConfig
 from plugins.shapes.conditional import ConditionalField, conditional_field
 
 
@@ -79,6 +81,36 @@ def evaluate_shapes(field: ConditionalField, ds, *, views: int = 1, max_objects=
     return out
 
 
+def split_problem(datasets: dict, split: str, meta: Optional[dict] = None) -> Optional[str]:
+    """Why ``split`` of a shape scene's ``datasets`` cannot be evaluated (no such split, or no items), else
+    None; ``meta`` (the scene's) adds how that scene source fills its splits."""
+    have = ", ".join(f"{k} ({len(v)} item{'' if len(v) == 1 else 's'})" for k, v in datasets.items()) or "none"
+    if split not in datasets:
+        return f"the scene has no split {split!r} (its splits: {have})"
+    if len(datasets[split]) > 0:
+        return None
+    hints = {"objects": "scene.split_by=objects holds out whole objects (test needs 3 or more, val 5 or more)",
+             "views": "scene.split_by=views takes them from scene.val_views and scene.test_views"}
+    meta = meta or {}
+    hint = hints.get(meta.get("split_by"), "scene.per_family and scene.split set how many objects each split gets"
+                     if meta.get("source") == "shape_families" else "")
+    return f"split {split!r} of the scene is empty (its splits: {have})" + (f"; {hint}" if hint else "")
+
+
+def check_evaluator_splits(ctx, datasets: dict, meta: Optional[dict] = None) -> None:
+    """Before training: every ``shape_iou`` evaluator of the run's config (``ctx.cfg``) names a split of
+    ``datasets`` that has items; ConfigError naming the option and the splits otherwise. No config: no check."""
+    cfg = getattr(ctx, "cfg", None)
+    for i, choice in enumerate(getattr(cfg, "evaluators", None) or []):
+        if not isinstance(choice.options, ShapeIoUConfig):
+            continue
+        why = split_problem(datasets, choice.options.split, meta)
+        if why:
+            raise ConfigError(f"{cfg.source}: evaluators.{i}.split = {choice.options.split!r} (evaluator "
+                              f"{choice.name}): {why}; set it to a split with items in the scene file or with "
+                              f"--set evaluators.{i}.split=NAME")
+
+
 class ShapeIoU:
     """The ``shape_iou`` evaluator: called with the evaluation context, runs :func:`evaluate_shapes` on
     the scene's ``split`` dataset and returns its metrics dict."""
@@ -88,11 +120,10 @@ class ShapeIoU:
 
     def __call__(self, ctx) -> dict:
         field = conditional_field(ctx.system)
-        ds = ctx.scene.datasets.get(self.cfg.split)
-        if ds is None or len(ds) == 0:
-            have = ", ".join(f"{k} ({len(v)})" for k, v in ctx.scene.datasets.items()) or "none"
-            raise NLSError(f"shape_iou: the scene has no items in split {self.cfg.split!r} (splits: {have}); "
-                           f"set evaluators.N.split")
+        why = split_problem(ctx.scene.datasets, self.cfg.split, ctx.scene.meta)
+        if why:
+            raise NLSError(f"shape_iou: split = {self.cfg.split!r}: {why}; set evaluators.N.split")
+        ds = ctx.scene.datasets[self.cfg.split]
         ctx.system.eval()
         c = self.cfg
         res = evaluate_shapes(field, ds, views=c.views, max_objects=c.max_objects, chamfer=c.chamfer,
@@ -103,5 +134,6 @@ class ShapeIoU:
 
 
 def build_shape_iou(cfg, ctx):
-    """Build the shape IoU evaluator from its ``evaluators:`` entry (``ShapeIoUConfig``)."""
+    """Build the shape IoU evaluator from its ``evaluators:`` entry (``ShapeIoUConfig``). Evaluators are
+    built only after training, so the scene sources check ``split`` before it (:func:`check_evaluator_splits`)."""
     return ShapeIoU(cfg)

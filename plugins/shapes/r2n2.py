@@ -4,8 +4,8 @@
     <object>/rendering/rendering_metadata.txt  one line per view: azimuth elevation in-plane distance-ratio fov
     <object>/model.binvox                   32^3 occupancy
 
-Every fault (missing folder, missing view, a metadata file with the wrong number of lines or
-columns, a corrupt binvox) is a DataError naming the file and what was expected.
+Every fault (missing folder, missing view or model.binvox, a metadata file with the wrong number of
+lines or columns, a corrupt or all-empty binvox) is a DataError naming the file and what was expected.
 """
 
 from __future__ import annotations
@@ -33,15 +33,41 @@ class R2N2Object:
 
 
 def find_objects(root: Path) -> list[Path]:
-    """Object folders under ``root``: every folder holding a ``model.binvox``, sorted."""
+    """Object folders under ``root``: every folder holding a ``model.binvox`` or a ``rendering/`` folder,
+    sorted (:func:`check_objects` then says which lack a file, rather than leaving them out)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"R2N2 folder {root} does not exist (give the folder holding the object folders)")
-    found = sorted(p.parent for p in root.rglob("model.binvox"))
+    found = {p.parent for p in root.rglob("model.binvox")}
+    found |= {p.parent for p in root.rglob("rendering") if p.is_dir()}
     if not found:
         raise DataError(f"R2N2 folder {root}: no object folders found (an object folder holds model.binvox "
                         f"and rendering/00.png..23.png with {METADATA})")
-    return found
+    return sorted(found)
+
+
+def check_objects(folders: list[Path]) -> None:
+    """DataError naming every folder of ``folders`` that has no ``model.binvox``."""
+    lacking = [str(f) for f in folders if not (Path(f) / "model.binvox").is_file()]
+    if lacking:
+        raise DataError(f"R2N2 object folder(s) {', '.join(lacking)}: no model.binvox (an object folder holds "
+                        f"model.binvox and rendering/00.png..23.png with {METADATA}); add it, or leave the "
+                        f"object out (move its folder away, or list the others in scene.objects)")
+
+
+def read_voxels(path: Path) -> Voxels:
+    """The object's binvox at ``path``: DataError when it is missing, corrupt, not cubic or empty."""
+    if not path.is_file():
+        raise DataError(f"R2N2 object {path.parent}: no model.binvox (an object folder holds model.binvox "
+                        f"and rendering/ with the views and {METADATA})")
+    vox = read_binvox(path)
+    if len(set(vox.occ.shape)) != 1:
+        raise DataError(f"R2N2 binvox {path}: grid {vox.occ.shape} is not cubic")
+    if not vox.occ.any():
+        raise DataError(f"R2N2 binvox {path}: no occupied voxel (an empty grid), so the object has no shape to "
+                        f"train on or evaluate; replace the file, or leave the object out (move its folder "
+                        f"away, or list the others in scene.objects)")
+    return vox
 
 
 def to_rgba8(a: np.ndarray, what: str) -> np.ndarray:
@@ -86,10 +112,11 @@ def read_metadata(path: Path, views: int) -> np.ndarray:
 
 def read_object(folder: Path, views: int = 24) -> R2N2Object:
     """Read the object folder ``folder`` with ``views`` renderings into an :class:`R2N2Object`; grey and
-    RGB views get an opaque alpha channel."""
+    RGB views get an opaque alpha channel. An empty binvox is a DataError (:func:`read_voxels`)."""
     import imageio.v3 as iio
 
     folder = Path(folder)
+    vox = read_voxels(folder / "model.binvox")  # first: it is quick, the views are not
     render = folder / "rendering"
     if not render.is_dir():
         raise DataError(f"R2N2 object {folder}: no rendering/ folder")
@@ -110,7 +137,4 @@ def read_object(folder: Path, views: int = 24) -> R2N2Object:
             raise DataError(f"R2N2 view {p} is {a.shape[1]}x{a.shape[0]}, other views are "
                             f"{imgs[0].shape[1]}x{imgs[0].shape[0]}")
         imgs.append(a)
-    vox = read_binvox(folder / "model.binvox")
-    if len(set(vox.occ.shape)) != 1:
-        raise DataError(f"R2N2 binvox {folder / 'model.binvox'}: grid {vox.occ.shape} is not cubic")
     return R2N2Object(folder.name, folder, np.stack(imgs), meta, vox)
