@@ -253,7 +253,7 @@ class Registrar:
                               f"digits, _ or -{_name_example(name)}")
         where = f"{self.stage} {name!r} of plugin {self.plugin}"
         if not isinstance(config, str):
-            check_config_class(config, where)
+            check_config_class(config, where, defaults=False)  # defaults: when a scene uses it (config_class)
         produces = {produces} if isinstance(produces, str) else produces  # "sdf" is one quantity, not s, d, f
         if isinstance(consumes, str):
             consumes = [consumes]
@@ -267,11 +267,13 @@ class Registrar:
                                         description, self.plugin))
 
 
-def check_config_class(config: Any, where: str) -> None:
+def check_config_class(config: Any, where: str, *, defaults: bool = True) -> None:
     """Raise a :class:`PluginError` naming ``where`` (``"loss 'x' of plugin p"``) unless ``config`` is a
     :class:`ComponentConfig` subclass whose defaults are valid options: a dataclass, a plain pydantic
     model, an option named ``type`` or a default its own field refuses would fail later, far away (a
-    run that trains but cannot be reopened)."""
+    run that trains but cannot be reopened). ``defaults=False`` leaves the defaults to a later call
+    (registration does, so start-up does not validate every component's defaults; a scene that uses
+    the component checks them when its config is validated, before any training)."""
     if not (isinstance(config, type) and issubclass(config, ComponentConfig)):
         given = f"{config.__module__}:{config.__qualname__}" if isinstance(config, type) else repr(config)
         raise PluginError(f"{where}: config={given} must be a subclass of pipeline.components.ComponentConfig "
@@ -279,7 +281,13 @@ def check_config_class(config: Any, where: str) -> None:
     if "type" in config.model_fields:
         raise PluginError(f"{where}: its config class {config.__qualname__} has an option named 'type', which is "
                           f"reserved (a scene file's `type:` selects the component); rename the option")
-    _check_defaults(config, where)
+    if defaults and config not in _DEFAULTS_CHECKED:
+        _check_defaults(config, where)
+        _DEFAULTS_CHECKED.add(config)
+
+
+#: config classes whose defaults passed :func:`_check_defaults` in this process
+_DEFAULTS_CHECKED: set[type] = set()
 
 
 def _check_defaults(config: type[ComponentConfig], where: str) -> None:

@@ -31,6 +31,9 @@ from typing import Any, Optional
 from pipeline.types import CheckpointError, NLSError
 
 CKPT_GLOB = "ckpt_*.pt"
+#: the warnings a run gave while it loaded and trained, as of its newest checkpoint (summary.json repeats
+#: them with those of the evaluation); read by compare and report for runs without summary.json
+WARNINGS_RECORD = "warnings.json"
 
 
 @functools.lru_cache(maxsize=None)

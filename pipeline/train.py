@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.config import SceneConfig
 from pipeline import notices
-from pipeline.runs import RunDir
+from pipeline.runs import WARNINGS_RECORD, RunDir
 from pipeline.system import check_render_output
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
@@ -305,11 +305,6 @@ def _loss_term(name: str, loss, batch: dict, out: dict, system) -> torch.Tensor:
         got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
         raise PluginError(f"{who} returned {got}; a loss returns one scalar tensor (reduce it, e.g. with .mean())")
     return value.reshape(())
-
-
-#: the warnings a run gave while it loaded and trained, as of its newest checkpoint (summary.json repeats
-#: them with those of the evaluation)
-WARNINGS_RECORD = "warnings.json"
 
 
 def no_gradient_message(terms: dict, losses: nn.ModuleDict, step: int) -> str:

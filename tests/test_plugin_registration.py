@@ -297,9 +297,13 @@ class RequiredOption(ComponentConfig):
     (TypeOption, "has an option named 'type', which is reserved"),
 ])
 def test_a_config_class_with_a_bad_default_or_a_type_option_is_refused(config, needle):
-    """They used to train, then fail to reopen (eval, resume) or corrupt config.yaml."""
+    """They used to train, then fail to reopen (eval, resume) or corrupt config.yaml. An option named type is
+    refused at registration; defaults when a scene uses the component (config_class, before training), so
+    start-up does not validate every component's defaults."""
+    reg = Registrar("p", "loss")
     with pytest.raises(PluginError, match=re.escape("loss 'cc' of plugin p: ") + ".*" + re.escape(needle)):
-        Registrar("p", "loss")("cc", "torch.nn:Identity", config=config)
+        reg("cc", "torch.nn:Identity", config=config)
+        reg.collected[-1].config_class()
 
 
 def test_an_option_without_a_default_is_left_to_the_scene_file():

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from pipeline.config import SINGLE_STAGES, load_yaml_text
-from pipeline.runs import RunDir, json_record, os_reason
+from pipeline.runs import WARNINGS_RECORD, RunDir, json_record, os_reason
 from pipeline.types import NLSError
 
 #: metrics where a larger value is better; every other metric whose name starts with one of
@@ -441,14 +441,14 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
     "scene.json": {},
     "plugins.json": {"plugins": "list", "components": "mapping"},
     "eval.json": {"overrides": "list", "evaluators": "mapping", "config": "mapping"},
-    "warnings.json": {"step": "integer", "warnings": "list"},
+    WARNINGS_RECORD: {"step": "integer", "warnings": "list"},
 }
 #: the kind of each entry of the list and mapping fields above (an entry of another kind is left out)
 RECORD_ENTRIES: dict[str, dict[str, str]] = {
     "summary.json": {"evaluators": "mapping", "warnings": "string"},
     "plugins.json": {"plugins": "mapping", "components": "mapping"},
     "eval.json": {"overrides": "override", "evaluators": "mapping"},
-    "warnings.json": {"warnings": "string"},
+    WARNINGS_RECORD: {"warnings": "string"},
 }
 #: the same for config.yaml: its blocks, their entries, and the settings of blocks that are read
 CONFIG_FIELDS: dict[str, str] = {**{s: "mapping" for s in SINGLE_STAGES}, "losses": "list", "evaluators": "list",
@@ -553,7 +553,7 @@ def read_run(path: Path) -> RunFacts:
     return RunFacts(path=run.path, config=config, summary=files["summary.json"], log=log,
                     scene=files["scene.json"], plugins=files["plugins.json"], checkpoints=run.checkpoints(),
                     evaluation=files["eval.json"], unreadable=unreadable, problems=problems,
-                    training_warnings=files["warnings.json"])
+                    training_warnings=files[WARNINGS_RECORD])
 
 
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -75,6 +75,24 @@ def cache_damage(folder: Path) -> Optional[str]:
     return None
 
 
+def discard_cache_entry(folder: Path) -> None:
+    """Move the damaged cache entry ``folder`` aside in one rename (no reader sees it half deleted), then
+    delete it; DataError when it cannot be moved."""
+    import time
+
+    from pipeline.types import DataError
+
+    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.replace(folder, trash)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as exc:
+        raise DataError(f"the cached scene {folder} is damaged and cannot be moved aside ({exc.strerror or exc}); "
+                        f"delete it to have it made again") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def cached_render(kind: str, options: dict, make) -> Path:
     """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder.
 
@@ -89,7 +107,7 @@ def cached_render(kind: str, options: dict, make) -> Path:
         if damage is None:
             return final
         warn(f"the cached scene {final} is damaged ({damage}); making it again")
-        shutil.rmtree(final, ignore_errors=True)
+        discard_cache_entry(final)
     make_cache_dir(final.parent)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:

@@ -298,34 +298,18 @@ def read_families_entry(folder: Path, cfg) -> tuple[list[dict], dict[str, list[s
     return obs, splits
 
 
-def discard_entry(folder: Path) -> None:
-    """Move the cache entry ``folder`` aside in one rename (no reader sees it half deleted), then delete it."""
-    import os
-    import shutil
-    import time
-
-    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.time_ns()}")
-    try:
-        os.replace(folder, trash)
-    except FileNotFoundError:  # another process moved it first
-        return
-    except OSError as exc:
-        raise DataError(f"shape_families cache entry {folder} is damaged and cannot be moved aside "
-                        f"({exc.strerror or exc}); delete it to have it rebuilt") from None
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def families_entry(cfg) -> tuple[Path, list[dict], dict[str, list[str]]]:
     """The cache entry of ``cfg`` (:func:`families_folder`) with its objects and splits; a damaged entry
     (a file deleted or truncated) is rebuilt once, with a warning."""
     from pipeline.notices import warn
+    from plugins.scenes.sources import discard_cache_entry
 
     folder = families_folder(cfg)
     try:
         return (folder, *read_families_entry(folder, cfg))
     except DataError as exc:
         warn(f"shape_families cache entry {folder} is damaged, rebuilding it: {exc}")
-    discard_entry(folder)
+    discard_cache_entry(folder)
     folder = families_folder(cfg)
     return (folder, *read_families_entry(folder, cfg))
 
