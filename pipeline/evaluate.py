@@ -299,6 +299,11 @@ def _checked_results(choice, res: Any) -> dict:
         raise PluginError(f"evaluator {choice.name!r} of plugin {choice.component.plugin} returned the metric "
                           f"name(s) {', '.join(map(repr, keys))}; metric names are strings, e.g. 'iou'")
     res = {k: _plain_number(v) for k, v in res.items()}
+    odd = [k for k, v in res.items() if not isinstance(v, (int, float, str, list, tuple, dict, type(None)))]
+    if odd:  # JSON would hold only their repr; said, and kept as text
+        warn(f"evaluator {choice.name}: {', '.join(f'{k} is a {type(res[k]).__name__}' for k in odd)}, not a "
+             f"number, text, list or mapping; recorded as its text")
+        res = {k: (str(v) if k in odd else v) for k, v in res.items()}
     bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         warn(f"evaluator {choice.name}: {', '.join(f'{k} = {res[k]}' for k in bad)} is not finite; "

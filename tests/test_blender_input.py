@@ -253,3 +253,10 @@ def test_ngp_lens_distortion_is_warned_about(tmp_path, extra, what):
     notices.reset()
     load_blender(_ngp(tmp_path / "plain", k1=0.0, camera_model="PINHOLE"), splits=("train",))
     assert not [m for m in notices.kept() if "lens distortion" in m]
+
+
+def test_a_file_path_with_the_wrong_extension_names_the_file_that_is_there(tmp_path):
+    root = make_blender(tmp_path / "s", splits=("train",))
+    _edit(root, "train", lambda d: [fr.update(file_path=fr["file_path"] + ".jpg")
+                                    for fr in d["frames"]])
+    _raises(root, "image file not found", "has r_0.png: fix the extension in 'file_path'", splits=("train",))

@@ -283,7 +283,8 @@ from pipeline.hookspecs import hookimpl
 
 @hookimpl
 def nls_register_evaluators(register):
-    register("nan_eval", lambda cfg, ctx: (lambda c: {"good": 1.5, "bad": float("nan"), "label": "text"}),
+    register("nan_eval", lambda cfg, ctx: (lambda c: {"good": 1.5, "bad": float("nan"), "label": "text",
+                                                      "odd": complex(1, 2)}),
              description="one NaN")
     register("list_eval", lambda cfg, ctx: (lambda c: [1.0]), description="not a mapping")
 '''
@@ -298,7 +299,9 @@ def test_evaluator_results_are_checked(tiny_scene, tmp_path, nls):
     assert "evaluator nan_eval: bad = nan is not finite; recorded as null" in res.stderr, res.stderr
     text = next((tmp_path / "a").rglob("summary.json")).read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
-    assert summary["evaluators"]["nan_eval"] == {"good": 1.5, "bad": None, "label": "text"}
+    assert summary["evaluators"]["nan_eval"] == {"good": 1.5, "bad": None, "label": "text", "odd": "(1+2j)"}
+    assert "evaluator nan_eval: odd is a complex, not a number, text, list or mapping; recorded as its text" \
+        in res.stderr, res.stderr
     assert summary["metrics"] == {"good": 1.5}
     res = nls(*base, "-o", str(tmp_path / "b"), "--set", "evaluators=[{type: list_eval}]")
     assert res.returncode == 1 and "evaluator 'list_eval' of plugin naneval returned list" in res.stderr, res.stderr

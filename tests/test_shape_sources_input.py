@@ -216,3 +216,19 @@ def test_damaged_families_entry_is_rebuilt_with_a_warning(families_cache, damage
     assert "is damaged, rebuilding it" in capsys.readouterr().err
     assert any(FILES[damage] in m for m in notices.kept())
     assert not [p for p in families_cache.parent.iterdir() if "damaged" in p.name]  # the old entry is gone
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("10 20 0 0.8 25\n10 20 0 0.8\n", "line 2: 4 numbers, expected 5"),
+    ("10 20 0 0.8 25\n10 x 0 0.8 25\n", "line 2: '10 x 0 0.8 25' holds a non-numeric entry"),
+    (b"\xff\xfe\x00binary", "is not text"),
+])
+def test_r2n2_metadata_faults_name_the_line(tmp_path, text, needle):
+    """A row of the wrong length was reported as 'non-numeric entries'; a binary file was a bare
+    UnicodeDecodeError (exit 1)."""
+    from plugins.shapes.r2n2 import read_metadata
+
+    path = tmp_path / "rendering_metadata.txt"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=f"R2N2 metadata {path}.*{needle}"):
+        read_metadata(path, 2)

@@ -125,8 +125,10 @@ def _resolve_image(root: Path, file_path: str, where: str) -> Path:
         if q.is_file():
             return q
         tried.append(q)
+    others = sorted(q.name for q in p.parent.glob(f"{p.stem}.*") if q.suffix in _IMAGE_EXTS) if p.parent.is_dir() else []
+    hint = f"; {p.parent} has {', '.join(others[:3])}: fix the extension in 'file_path'" if others else ""
     raise DataError(f"{where}: image file not found: {p} (also tried "
-                    f"{', '.join(t.name for t in tried[1:4])}, ...)")
+                    f"{', '.join(t.name for t in tried[1:4])}, ...){hint}")
 
 
 def _pil_mode(im: Any) -> Optional[str]:

@@ -96,18 +96,26 @@ def read_metadata(path: Path, views: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"R2N2 metadata {path} is missing (one line per view: azimuth elevation in-plane "
                         f"distance-ratio fov)")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"R2N2 metadata {path} is not text; expected one line of 5 numbers per view") from None
     if len(lines) != views:
         raise DataError(f"R2N2 metadata {path} has {len(lines)} lines but the object has {views} views; "
                         f"expected one line per rendering")
-    try:
-        meta = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
-    except ValueError:
-        raise DataError(f"R2N2 metadata {path}: non-numeric entries; expected 5 numbers per line") from None
-    if meta.ndim != 2 or meta.shape[1] != 5:
-        raise DataError(f"R2N2 metadata {path}: expected 5 numbers per line (azimuth elevation in-plane "
-                        f"distance-ratio fov)")
-    return meta
+    rows = []
+    for i, ln in enumerate(lines, 1):
+        values = ln.split()
+        try:
+            row = [float(v) for v in values]
+        except ValueError:
+            raise DataError(f"R2N2 metadata {path}, line {i}: {ln.strip()!r} holds a non-numeric entry; expected "
+                            f"5 numbers (azimuth elevation in-plane distance-ratio fov)") from None
+        if len(row) != 5:
+            raise DataError(f"R2N2 metadata {path}, line {i}: {len(row)} numbers, expected 5 (azimuth elevation "
+                            f"in-plane distance-ratio fov)")
+        rows.append(row)
+    return np.array(rows, dtype=np.float64)
 
 
 def read_object(folder: Path, views: int = 24) -> R2N2Object:
