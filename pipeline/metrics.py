@@ -133,7 +133,7 @@ def _sample(x, n: int, rng: np.random.Generator, name: str, T_scale: float,
         if len(x.faces) == 0:
             raise NLSError(f"chamfer: {name} mesh has no faces")
         v = _np(x.vertices) * T_scale + T_shift
-        if not np.isfinite(v).all():
+        if not np.isfinite(v[np.unique(np.asarray(x.faces))]).all():  # as _bounds: unused vertices do not count
             raise NLSError(f"chamfer: {name} mesh has non-finite vertices")
         m = trimesh.Trimesh(vertices=v, faces=np.asarray(x.faces), process=False)
         areas = m.area_faces
@@ -218,6 +218,9 @@ def chamfer(rec, gt, *, n_samples: int = 30000, seed: int = 0, normalize_by_gt: 
         c1 = np.abs(np.einsum("ij,ij->i", ng, nr[i_gr]))
         c2 = np.abs(np.einsum("ij,ij->i", nr, ng[i_rg]))
         out["normal_consistency"] = float(0.5 * (c1.mean() + c2.mean()))
+    keys = [f"{t:g}" for t in taus]
+    if len(set(keys)) < len(keys):
+        raise NLSError(f"chamfer: F-score thresholds {list(taus)} name the same key twice at 6 significant digits")
     for t in taus:
         prec = float((d_rg < t).mean())
         rec_ = float((d_gr < t).mean())
@@ -272,7 +275,9 @@ def chamfer_floor(gt, n_samples: int = 30000, *, seed: int = 0, fscore_taus: Seq
     ``rec_points``: the floor of a reconstruction given as that many points (fewer than
     ``n_samples``, e.g. the converged points of a level-set sampler): ``gt`` sampled at
     ``rec_points`` against ``gt`` at ``n_samples``. Sparser points sit further from the GT's
-    samples, so this floor is higher (≈ 5.5 at 10k against 30k where the 30k floor is ≈ 4)."""
+    samples, so this floor is higher (≈ 5.5 at 10k against 30k where the 30k floor is ≈ 4).
+    More than ``n_samples`` points are subsampled to ``n_samples``, as :func:`chamfer` subsamples
+    such a reconstruction, so the floor is then the ``n_samples`` one (``n_rec`` says so)."""
     if rec_points is None:
         res = chamfer(gt, gt, n_samples=n_samples, seed=seed, fscore_taus=fscore_taus)
     else:

@@ -154,3 +154,16 @@ def test_real_mesh_floor(name):
     # the protocol's floor: about 4.0 (x10^3) on spot, kitten, 3holes
     assert 3.5 < f["chamfer_l1"] < 4.5, f
     assert f["normal_consistency"] > 0.98
+
+
+def test_two_fscore_thresholds_with_one_key_are_refused():
+    """0.01 and 0.010000001 both print as 0.01: the second result replaced the first under one key."""
+    box = trimesh.creation.box()
+    with pytest.raises(NLSError, match="F-score thresholds .* name the same key twice"):
+        chamfer(box, box, n_samples=500, fscore_taus=(0.01, 0.010000001))
+
+
+def test_an_unused_non_finite_vertex_is_ignored_as_by_the_bounds():
+    box = trimesh.creation.box()
+    odd = trimesh.Trimesh(np.vstack([box.vertices, [np.nan] * 3]), box.faces, process=False)
+    assert chamfer(box, odd, n_samples=2000)["chamfer_l1"] == chamfer(box, box, n_samples=2000)["chamfer_l1"]

@@ -1,4 +1,4 @@
-"""Distance-quality metrics of an SDF field against a ground-truth mesh (libigl exact signed distance)."""
+"""Distance-quality metrics of an SDF field against a ground-truth mesh (exact distance, winding-number sign)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,24 @@ import torch
 __all__ = ["gt_signed_distance", "distance_quality", "DistanceEvaluator", "build_distance"]
 
 
-def gt_signed_distance(mesh, x: np.ndarray, unsigned: bool = False) -> np.ndarray:
-    """Exact distance from ``x (N,3)`` to a trimesh mesh, signed by the fast winding number
-    (negative inside) unless ``unsigned``."""
+def gt_signed_distance(mesh, x: np.ndarray, unsigned: bool = False, *, return_closest: bool = False):
+    """Exact distance from ``x (N,3)`` to a trimesh mesh (libigl's point-mesh distance), signed by the fast
+    winding number (negative inside, w > 1/2) unless ``unsigned``; with ``return_closest`` also the closest
+    surface points ``(N,3)``.
+
+    Only the sign comes from the winding number. libigl's ``signed_distance`` with the fast-winding-number
+    sign type returns ``(1 - 2w) d`` with the approximate ``w``, which was 0.2-0.5 % off in magnitude (2.8e-3
+    on a sphere of radius 0.5) and made exact fields look like overestimates."""
     import igl
 
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    kind = igl.SIGNED_DISTANCE_TYPE_UNSIGNED if unsigned else igl.SIGNED_DISTANCE_TYPE_FAST_WINDING_NUMBER
-    s, _, _, _ = igl.signed_distance(np.ascontiguousarray(x, dtype=np.float64), V, F, sign_type=kind)
-    return np.abs(s) if unsigned else s
+    X = np.ascontiguousarray(x, dtype=np.float64)
+    d2, _, closest = igl.point_mesh_squared_distance(X, V, F)
+    d = np.sqrt(np.maximum(d2, 0.0))
+    if not unsigned:
+        d = np.where(igl.fast_winding_number(V, F, X) > 0.5, -d, d)
+    return (d, closest) if return_closest else d
 
 
 def distance_quality(sdf_fn: Callable, gt_mesh, x: np.ndarray, *, near: float = 0.05, unsigned: bool = False,

@@ -97,10 +97,9 @@ def _train(kind, labels, args, box):
 
 
 def _evaluate(model, mesh, mode, labels, args, lipschitz_bound):
-    import igl
-
     from pipeline.mesh import extract_mesh
     from pipeline.metrics import chamfer
+    from plugins.lipschitz.evaluate import gt_signed_distance
     from plugins.lipschitz.queries import sample_level_set, value_and_grad
     from plugins.lipschitz.tracing import trace_views
 
@@ -141,9 +140,7 @@ def _evaluate(model, mesh, mode, labels, args, lipschitz_bound):
     rng = np.random.default_rng(0)
     X = rng.random((args.n_eval, 3)) * 1.1 - 0.55
     V, F = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
-    kind = igl.SIGNED_DISTANCE_TYPE_UNSIGNED if mode == "unsigned" else igl.SIGNED_DISTANCE_TYPE_FAST_WINDING_NUMBER
-    s, _, C, _ = igl.signed_distance(X, V, F, sign_type=kind)
-    s = np.abs(s) if mode == "unsigned" else s
+    s, C = gt_signed_distance(mesh, X, unsigned=mode == "unsigned", return_closest=True)
     f, g = value_and_grad(fn, torch.as_tensor(X, dtype=torch.float32))
     f = f.double().numpy()
     gn = g.norm(dim=-1).double().numpy()
