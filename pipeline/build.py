@@ -16,7 +16,7 @@ class BuildContext:
 
     cfg: the whole scene config; scene: the loaded scene (None while building the source);
     device: torch device; aabb: (6,) scene box tensor (None while building the source);
-    extra: free slot for plugins.
+    extra: free slot for plugins; overrides: the ``--set`` options, given to the scene source.
     """
 
     cfg: SceneConfig
@@ -24,6 +24,8 @@ class BuildContext:
     scene: Optional[SceneData] = None
     aabb: Any = None
     extra: dict = field(default_factory=dict)
+    #: the command's ``--set`` options (when the scene source is built), so its errors can blame the one at fault
+    overrides: tuple[str, ...] = ()
 
 
 def pick_device(name: str):
@@ -73,16 +75,14 @@ def check_scene_path(cfg: SceneConfig, overrides: Sequence[str] = ()) -> None:
     """A ``scene.path`` that does not exist is a ConfigError naming the scene file (or the ``--set``
     among ``overrides`` that gave it), the key and the path, with what :func:`missing_path_message`
     adds (the data root and its origin, near names)."""
-    from pipeline.config import parse_override
+    from pipeline.config import where_set
     from pipeline.scenes import missing_path_message
 
     path = getattr(getattr(cfg.stages["scene"], "options", None), "path", None)
     why = missing_path_message(path) if isinstance(path, str) else None
     if why is None:
         return
-    given = [o for o in overrides if parse_override(o)[0] in (["scene", "path"], ["scene"])]
-    where = f"--set {given[-1]} (on {cfg.source})" if given else cfg.source
-    raise ConfigError(f"{where}: scene.path = {path!r}: {why}")
+    raise ConfigError(f"{where_set(cfg.source, overrides, 'scene.path')}: scene.path = {path!r}: {why}")
 
 
 def load_scene_data(cfg: SceneConfig, device, overrides: Sequence[str] = ()) -> SceneData:
@@ -90,7 +90,7 @@ def load_scene_data(cfg: SceneConfig, device, overrides: Sequence[str] = ()) -> 
     first); any other result raises PluginError. A missing ``scene.path`` is a ConfigError first
     (:func:`check_scene_path`; ``overrides`` are the ``--set`` options, to name the one that gave it)."""
     check_scene_path(cfg, overrides)
-    ctx = BuildContext(cfg, device)
+    ctx = BuildContext(cfg, device, overrides=tuple(overrides))
     result = cfg.stages["scene"].build(ctx)
     if callable(result):
         with plugin_errors(f"{component_label(result)} failed while loading the scene"):

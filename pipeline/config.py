@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -304,6 +304,19 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"scene file {path}: the top level must be a mapping of stage names "
                           f"({', '.join(TOP_LEVEL)}), got {type(data).__name__}.")
     return data
+
+
+def where_set(source: str, overrides: Sequence[str], key: str) -> str:
+    """Whom an error about config ``key`` (``"scene.path"``) blames: ``--set OVERRIDE (on SOURCE)`` for the
+    last of ``overrides`` that set the key or a block holding it, else the scene file ``source``."""
+    parts = key.split(".")
+    given = [o for o in overrides if "=" in o and _is_prefix(parse_override(o)[0], parts)]
+    return f"--set {given[-1]} (on {source})" if given else source
+
+
+def _is_prefix(head: list[str], parts: list[str]) -> bool:
+    """Whether the dotted key ``head`` is ``parts`` or one of the blocks holding it."""
+    return head == parts[:len(head)]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

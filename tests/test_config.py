@@ -431,3 +431,16 @@ def test_a_missing_scene_path_names_the_file_key_data_root_and_near_names(tmp_pa
     with pytest.raises(ConfigError, match=r"scene\.path: '\$\{NLS_DAT\}/nerf/lego' uses the environment variable\(s\) "
                                           r"NLS_DAT, which are not set"):
         load_scene(scene, nls_host, ["scene.path=${NLS_DAT}/nerf/lego"])
+
+
+@pytest.mark.parametrize("overrides, blamed", [
+    ([], "s.yaml"),
+    (["train.steps=3", "scene.path=/x"], "--set scene.path=/x (on s.yaml)"),
+    (["scene={type: mesh, path: /y}", "train.steps=3"], "--set scene={type: mesh, path: /y} (on s.yaml)"),
+    (["scene.extent=2"], "s.yaml"),  # another key of the block
+    (["scene.pathology=1"], "s.yaml"),  # a key that only starts the same
+])
+def test_where_set_blames_the_last_override_of_the_key_or_its_block(overrides, blamed):
+    from pipeline.config import where_set
+
+    assert where_set("s.yaml", overrides, "scene.path") == blamed

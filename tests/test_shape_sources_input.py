@@ -145,6 +145,7 @@ def test_shape_iou_bad_split_fails_before_training_with_exit_2(tmp_path, nls):
                "--set", "evaluators.0.split=valid", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "evaluators.0.split = 'valid'" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"--set evaluators.0.split=valid (on {path})" in proc.stderr, proc.stderr  # the --set is blamed
     assert not list((tmp_path / "runs").glob("*/*/*"))  # no run was started
 
 

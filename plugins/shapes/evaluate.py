@@ -106,7 +106,10 @@ def check_evaluator_splits(ctx, datasets: dict, meta: Optional[dict] = None) -> 
             continue
         why = split_problem(datasets, choice.options.split, meta)
         if why:
-            raise ConfigError(f"{cfg.source}: evaluators.{i}.split = {choice.options.split!r} (evaluator "
+            from pipeline.config import where_set
+
+            where = where_set(cfg.source, getattr(ctx, "overrides", ()), f"evaluators.{i}.split")
+            raise ConfigError(f"{where}: evaluators.{i}.split = {choice.options.split!r} (evaluator "
                               f"{choice.name}): {why}; set it to a split with items in the scene file or with "
                               f"--set evaluators.{i}.split=NAME")
 
