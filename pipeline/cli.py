@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -553,9 +554,8 @@ def cmd_eval(args) -> int:
     """Run ``nls eval``: run the evaluators and write eval.json (or ``-o``); exit code 0, or 1 when
     every evaluator was skipped (the JSON is still written and says why)."""
     from pipeline.config import parse_override
-    from pipeline.evaluate import EvalContext, check_eval_split, flatten, run_evaluators
-
-    from pipeline.runs import atomic_write_text, check_output_file, json_default
+    from pipeline.evaluate import check_eval_split
+    from pipeline.runs import check_output_file, exclusive_lock, json_default
 
     if args.output:
         _refuse_run_record(Path(args.output), Path(args.run_dir))
@@ -579,14 +579,35 @@ def cmd_eval(args) -> int:
                        f"--set 'evaluators=[{{type: psnr}}, {{type: chamfer}}]'")
     check_eval_split(ld.cfg, ld.scene, ld.system, sets)
     out = out or ld.run.path / "eval.json"
-    # its renders go beside the JSON, never over the ones training wrote into renders/; they are made in a
-    # staging folder and replace the previous ones only with the JSON, so a stopped eval never leaves new
-    # renders beside an old eval.json (nor stale views of an earlier, longer eval)
+    # one nls eval per output at a time: they share its staging folder and renders, and would delete each other's
+    with exclusive_lock(out.parent / f".{out.stem}.lock", lambda pid: (
+            f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
+            f"writes {out}", remove=True):
+        data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
+    print(json.dumps(data["metrics"], indent=2, default=json_default))
+    print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
+    results = data["evaluators"]
+    if all(set(r) == {"skipped"} for r in results.values()):
+        print(f"error: nothing was evaluated: all {len(results)} evaluator(s) were skipped (see the "
+              f"reasons above and in {out})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
+    """Run the evaluators of ``ld`` and write ``out`` with its renders beside it: ``(data, ctx, renders)``.
+
+    The renders never go over the ones training wrote into renders/. They are made in a staging folder
+    and replace the previous ones only with the JSON, so a stopped eval never leaves new renders beside
+    an old eval.json (nor stale views of an earlier, longer eval)."""
+    from pipeline.evaluate import EvalContext, flatten, run_evaluators
+    from pipeline.runs import atomic_write_text, json_default
+
     renders = out.parent / f"{out.stem}_renders" / ld.cfg.eval.split
     staging = out.parent / f".{out.stem}_renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
-                      progress=not args.quiet)
+                      progress=not quiet)
     results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
@@ -597,13 +618,7 @@ def cmd_eval(args) -> int:
         renders.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / ld.cfg.eval.split, renders)
     shutil.rmtree(staging, ignore_errors=True)
-    print(json.dumps(data["metrics"], indent=2, default=json_default))
-    print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
-    if all(set(r) == {"skipped"} for r in results.values()):
-        print(f"error: nothing was evaluated: all {len(results)} evaluator(s) were skipped (see the "
-              f"reasons above and in {out})", file=sys.stderr)
-        return 1
-    return 0
+    return data, ctx, renders
 
 
 def cmd_plugins(args) -> int:
@@ -965,6 +980,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not raise again
         return 141
+    except OSError as exc:  # after BrokenPipeError, an OSError too
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: a file name is too long ({exc.filename or exc}): each part of a path may have at most "
+              f"255 bytes; give a shorter path", file=sys.stderr)
+        return 2
     finally:
         _leave_process_group()
 

@@ -24,9 +24,10 @@ import re
 import shlex
 import sys
 import tempfile
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pipeline.types import CheckpointError, NLSError
 
@@ -37,12 +38,17 @@ WARNINGS_RECORD = "warnings.json"
 
 
 @functools.lru_cache(maxsize=None)
-def _file_mode() -> int:
-    """0o666 less the process umask: the mode ``open()`` would give a new file. Read once: the
-    only way to read the umask is to set it, which would briefly change it for every thread."""
+def process_umask() -> int:
+    """The process's umask. Read once: the only way to read it is to set it, which would briefly change
+    it for every thread."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask: the mode ``open()`` would give a new file."""
+    return 0o666 & ~process_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -287,7 +293,11 @@ class RunDir:
         path = self.ckpt_dir / f"ckpt_{step:08d}.pt"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
-        atomic_write_bytes(path, data)
+        try:
+            atomic_write_bytes(path, data)
+        except BaseException:  # e.g. a full disk: no digest of a checkpoint that never landed
+            path.with_suffix(".pt.sha256").unlink(missing_ok=True)
+            raise
         for old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
             old.with_suffix(".pt.sha256").unlink(missing_ok=True)
@@ -299,42 +309,15 @@ class RunDir:
             tmp.unlink(missing_ok=True)
         return path
 
-    @contextmanager
     def training_lock(self, enabled: bool = True):
         """Hold ``.lock`` in the run folder (an exclusive ``flock``, released when the process ends, even
         by SIGKILL) while this process trains and evaluates the run; a second ``nls resume`` of the same
         folder meanwhile raises NLSError instead of interleaving checkpoints and metrics."""
         if not enabled:
-            yield
-            return
-        import fcntl
-
-        path = self.path / ".lock"
-        try:
-            f = open(path, "a+")
-        except OSError as exc:
-            raise NLSError(f"cannot open {path}: {exc.strerror or exc}") from None
-        with f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "?"
-                raise NLSError(f"{self.path} is being trained by another nls process (pid {holder}); wait for "
-                               f"it to finish, or stop it, then run this again") from None
-            except OSError as exc:  # a filesystem without locks (some network mounts): train unguarded
-                print(f"warning: cannot lock {path} ({exc.strerror or exc}); make sure no other process "
-                      f"trains this run at the same time", file=sys.stderr)
-                yield
-                return
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return contextlib.nullcontext()
+        return exclusive_lock(self.path / ".lock", lambda pid: (
+            f"{self.path} is being trained by another nls process (pid {pid}); wait for it to finish, or "
+            f"stop it, then run this again"), "trains this run")
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest ``checkpoints/ckpt_*.pt``, or None."""
@@ -350,6 +333,57 @@ class RunDir:
                                   f"start a new run with `nls reconstruct {self.config_path} --output "
                                   f"{self.path.parents[2]}` (beside this one).")
         return load_checkpoint_file(path, map_location, self.checkpoints())
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy: Callable[[str], str], doing: str, *, remove: bool = False):
+    """Hold an exclusive ``flock`` on ``path`` (released when the process ends, even by SIGKILL), with this
+    process's pid in it; when another process holds it, NLSError ``busy(its pid)``. On a filesystem without
+    locks (some network mounts) it warns that nothing stops another process that ``doing`` at once.
+    ``remove``: delete ``path`` when done (the lock is then re-checked to be on the file at ``path``, so a
+    process that opened the removed file cannot hold a stale lock beside a new one)."""
+    import fcntl
+
+    while True:
+        try:
+            f = open(path, "a+")
+        except OSError as exc:
+            raise NLSError(f"cannot open {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise NLSError(busy(holder)) from None
+        except OSError as exc:
+            f.close()
+            print(f"warning: cannot lock {path} ({exc.strerror or exc}); make sure no other process {doing} "
+                  f"at the same time", file=sys.stderr)
+            yield
+            return
+        if not remove or _same_file(f, path):
+            break
+        f.close()  # the file was removed by its last holder after we opened it: lock the new one
+    with f:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            if remove:
+                path.unlink(missing_ok=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _same_file(f, path: Path) -> bool:
+    """Whether the open file ``f`` is the file now at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except OSError:
+        return False
 
 
 def file_sha256(path) -> Optional[str]:

@@ -659,3 +659,25 @@ def test_the_allocator_keeps_freed_grid_buffers_on_glibc(monkeypatch):
     assert keep_freed_memory() is True
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert keep_freed_memory() is False
+
+
+def test_a_second_eval_of_one_output_is_refused_while_the_first_writes(trained_run, nls, tmp_path):
+    """Two `nls eval` with one output shared the staging folder and deleted each other's renders."""
+    import os
+
+    from pipeline.runs import exclusive_lock
+
+    run, _ = trained_run
+    out = tmp_path / "e.json"
+    with exclusive_lock(tmp_path / ".e.lock", lambda pid: "held", "tests"):  # as a running eval holds it
+        res = nls("eval", str(run), "-o", str(out))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"{out} is being written by another nls eval (pid {os.getpid()})" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_a_path_part_over_255_bytes_is_one_error_line(trained_run, nls, tmp_path):
+    run, _ = trained_run
+    res = nls("export", str(run), "-o", str(tmp_path / ("x" * 260 + ".ply")))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "a file name is too long" in res.stderr and "at most 255 bytes" in res.stderr, res.stderr

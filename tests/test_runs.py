@@ -267,16 +267,16 @@ def test_corrupt_checkpoint_advice_checks_the_fallback_and_the_digest_file(tmp_p
 
 
 def test_atomic_writes_keep_the_umask_mode_and_name_the_path_on_failure(tmp_path):
-    from pipeline.runs import _file_mode, atomic_write_text, check_output_file
+    from pipeline.runs import atomic_write_text, check_output_file, process_umask
 
     old = os.umask(0o022)
-    _file_mode.cache_clear()  # the umask is read once per process; this test sets its own
+    process_umask.cache_clear()  # the umask is read once per process; this test sets its own
     try:
         atomic_write_text(tmp_path / "a.json", "{}")
         assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
     finally:
         os.umask(old)
-        _file_mode.cache_clear()
+        process_umask.cache_clear()
     (tmp_path / "f").write_text("x")
     with pytest.raises(NLSError, match=r"cannot write .*f/b.json: Not a directory"):
         atomic_write_text(tmp_path / "f" / "b.json", "{}")
@@ -736,3 +736,19 @@ def test_a_stop_during_the_final_evaluation_says_how_to_finish(tiny_scene, tmp_p
         ck.unlink()
     assert main(["resume", str(run_dir)]) == 2
     assert f"`nls reconstruct {run_dir / 'config.yaml'} --output {tmp_path / 'runs'}`" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_digest_and_the_previous_one_intact(tmp_path, monkeypatch):
+    """A full disk failed the write but left ckpt_N.pt.sha256 beside no ckpt_N.pt until the next save."""
+    import pipeline.runs as runs
+
+    run = RunDir.create(tmp_path, "s", "m")
+    good = run.save_checkpoint({"w": torch.ones(3)}, 1)
+
+    def full(path, data):
+        raise NLSError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", full)
+    with pytest.raises(NLSError, match="No space left"):
+        run.save_checkpoint({"w": torch.zeros(3)}, 2)
+    assert sorted(p.name for p in run.ckpt_dir.iterdir()) == [good.name, good.name + ".sha256"]

@@ -68,3 +68,32 @@ def test_a_mesh_scene_is_cached_by_the_mesh_content_not_its_time_stamp(cache, tm
         with pytest.raises(RuntimeError, match="stop here"):
             sources.build_mesh_scene(MeshSceneConfig(path=str(mesh)), None)()
     assert seen[0] != seen[1] and seen[0]["sha256"] != seen[1]["sha256"]
+
+
+def test_the_cache_root_is_absolute_and_an_empty_or_overlong_nls_cache_is_handled(tmp_path, monkeypatch):
+    from pipeline.types import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NLS_CACHE", "relcache")
+    assert sources.cache_root() == tmp_path / "relcache"  # records made here point at it from anywhere
+    monkeypatch.setenv("NLS_CACHE", "")  # empty reads as unset, not as the current folder
+    assert sources.cache_root() == sources.Path.home() / ".cache" / "nls"
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / ("c" * 300)))
+    with pytest.raises(DataError, match="longer than 255 bytes"):
+        sources.cache_root()
+
+
+def test_cached_scenes_get_mkdirs_mode_and_old_temporary_folders_are_swept(cache):
+    """mkdtemp's 0700 shut other users of a shared NLS_CACHE out; a process killed while caching left its
+    temporary folder for good."""
+    from pipeline.runs import process_umask
+
+    key_folder = sources.cached_render("toy", {"a": 3}, _maker([]))
+    assert (key_folder.stat().st_mode & 0o777) == 0o777 & ~process_umask()
+    shutil.rmtree(key_folder)
+    old, young = key_folder.parent / f".{key_folder.name}.old", key_folder.parent / f".{key_folder.name}.young"
+    old.mkdir()
+    young.mkdir()
+    os.utime(old, (1_600_000_000, 1_600_000_000))
+    sources.cached_render("toy", {"a": 3}, _maker([]))
+    assert not old.exists() and young.exists()  # a young one may be another process at work

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.notices import warn
+from pipeline.runs import process_umask
 from pipeline.types import ConfigError, SceneData
 from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
 
@@ -25,8 +26,21 @@ RENDER_VERSION = 1
 
 
 def cache_root() -> Path:
-    """The cache folder: ``$NLS_CACHE``, default ``~/.cache/nls``."""
-    return Path(os.environ.get("NLS_CACHE", Path.home() / ".cache" / "nls")).expanduser()
+    """The cache folder: ``$NLS_CACHE`` (empty: unset), default ``~/.cache/nls``, made absolute so a run's
+    records point at it from any folder; DataError when neither gives a usable place."""
+    from pipeline.types import DataError
+
+    given = os.environ.get("NLS_CACHE") or None
+    try:
+        root = Path(given).expanduser() if given else Path.home() / ".cache" / "nls"
+    except RuntimeError:  # no home directory to expand
+        raise DataError("the scene cache needs a folder: this user has no home directory, so set NLS_CACHE "
+                        "to a writable folder") from None
+    long = [part for part in root.parts if len(part.encode()) > 255]
+    if long:
+        raise DataError(f"NLS_CACHE={given}: a part of the path is longer than 255 bytes ({long[0][:40]}...); "
+                        f"give a shorter path")
+    return root.absolute()
 
 
 def make_cache_dir(folder: Path) -> None:
@@ -93,6 +107,23 @@ def discard_cache_entry(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+#: a temporary cache folder this old was left by a process killed while making it (SIGKILL, a power cut)
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+def _sweep_stale_temps(final: Path) -> None:
+    """Delete the temporary folders of ``final`` older than :data:`STALE_TEMP_SECONDS` (a younger one may be
+    another process at work)."""
+    import time
+
+    for tmp in final.parent.glob(f".{final.name}.*"):
+        try:
+            if tmp.is_dir() and time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def cached_render(kind: str, options: dict, make) -> Path:
     """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder.
 
@@ -109,10 +140,12 @@ def cached_render(kind: str, options: dict, make) -> Path:
         warn(f"the cached scene {final} is damaged ({damage}); making it again")
         discard_cache_entry(final)
     make_cache_dir(final.parent)
+    _sweep_stale_temps(final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         make(tmp)
         (tmp / MANIFEST).write_text(json.dumps(_file_digests(tmp)))
+        os.chmod(tmp, 0o777 & ~process_umask())  # as mkdir would; mkdtemp's 0700 shuts out other users
         try:
             os.replace(tmp, final)
         except OSError:  # another process won the race
