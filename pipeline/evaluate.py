@@ -116,12 +116,11 @@ def check_can_render(scene: SceneData, system, split: str, option: str = "--spli
 def check_eval_split(cfg: SceneConfig, scene: SceneData, system, overrides: Sequence[str] = ()) -> None:
     """Before training: a run that will render its eval split must name one the scene has. The
     error names the ``--set`` among ``overrides`` that chose the split, else the scene file."""
-    from pipeline.config import parse_override
+    from pipeline.config import where_set
 
     if system.renderer is not None and scene.splits and cfg.eval.split not in scene.splits:
-        given = [o for o in overrides if parse_override(o)[0] in (["eval", "split"], ["eval"])]
-        where = f"--set {given[-1]} (on {cfg.source})" if given else cfg.source
-        raise NLSError(f"{where}: " + missing_split_message(scene, cfg.eval.split, "eval.split"))
+        raise NLSError(f"{where_set(cfg.source, overrides, 'eval.split')}: "
+                       + missing_split_message(scene, cfg.eval.split, "eval.split"))
 
 
 def eval_indices(n_views: int, every: int = 1, max_images: Optional[int] = None) -> list[int]:
