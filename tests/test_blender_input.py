@@ -134,6 +134,20 @@ def test_degenerate_pose(tmp_path, bad, det):
             det, "+1 or -1", splits=("train",))
 
 
+@pytest.mark.parametrize("r33", [
+    [[1, 0.5, 0], [0, 1, 0], [0, 0, 1]],  # shear, det 1
+    [[2, 0, 0], [0, 0.5, 0], [0, 0, 1]],  # unequal scales, det 1
+])
+def test_det_one_non_rotation_refused(tmp_path, r33):
+    root = _train(tmp_path)
+    m = np.eye(4)
+    m[:3, :3] = r33
+    m[2, 3] = 4.0
+    _edit(root, "train", lambda d: d["frames"][1].update(transform_matrix=m.tolist()))
+    _raises(root, "transforms_train.json", "frames[1]", "'transform_matrix'", "not orthonormal",
+            "R^T R - I", splits=("train",))
+
+
 def test_reflected_pose_loads(tmp_path):
     root = _train(tmp_path)
     m = np.diag([1.0, 1.0, -1.0, 1.0])

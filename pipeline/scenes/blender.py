@@ -43,8 +43,8 @@ BLENDER_FAR = 6.0
 
 _IMAGE_EXTS = (".png", ".PNG", ".jpg", ".jpeg", ".JPG", ".JPEG", ".exr", ".webp")
 _PROGRESS_MIN_IMAGES = 64
-#: How far ``|det|`` of a pose's 3x3 part may be from 1 (NeRF-synthetic poses are orthonormal up
-#: to float precision: lego's are within 4e-7).
+#: How far ``|det|`` of a pose's 3x3 part may be from 1, and ``R^T R`` from the identity
+#: (NeRF-synthetic poses are orthonormal up to float precision: lego's are within 4e-7).
 _DET_TOL = 1e-2
 #: PIL modes read as they are (``I``: 32-bit TIFF, refused later as an unsupported pixel type).
 _KEEP_MODES = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
@@ -105,6 +105,12 @@ def _pose(frame: dict, where: str) -> np.ndarray:
         raise DataError(
             f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part with "
             f"determinant {det:.6g}, not a rotation; it must be +1 or -1 (within {_DET_TOL:g})")
+    skew = float(np.abs(m[:3, :3].T @ m[:3, :3] - np.eye(3)).max())
+    if not skew <= _DET_TOL:  # det +-1 with sheared or unequally scaled axes
+        raise DataError(
+            f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part whose axes are "
+            f"not orthonormal (max |R^T R - I| = {skew:.3g}, allowed {_DET_TOL:g}): a sheared or "
+            f"unequally scaled matrix, not a rotation")
     return m
 
 
