@@ -109,6 +109,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def mkdir_failure(exc: OSError, folder: Path) -> str:
+    """Why creating ``folder`` failed, for a message: a dangling symbolic link on the way is named with
+    its target (mkdir reports it only as "File exists"), else the OS error's text."""
+    for part in (Path(folder), *Path(folder).parents):
+        if part.is_symlink() and not part.exists():
+            return f"{part} is a symbolic link to {os.readlink(part)}, which does not exist"
+    return exc.strerror or str(exc)
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` itself or its nearest ancestor that exists (what a ``mkdir -p`` would build on)."""
     while not path.exists():
@@ -137,7 +146,7 @@ def check_writable(root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         _write_probe(root)
     except OSError as exc:
-        raise NLSError(f"output folder {root} is not writable: {exc.strerror}. "
+        raise NLSError(f"output folder {root} is not writable: {mkdir_failure(exc, root)}. "
                        f"Choose a writable --output.") from None
 
 
@@ -156,7 +165,7 @@ def check_output_file(path: Path, what: str = "output") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NLSError(f"cannot create folder {path.parent} for {what} {path}: "
-                       f"{e.strerror or e}") from None
+                       f"{mkdir_failure(e, path.parent)}") from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise NLSError(f"cannot write {what} to {path}: {path.parent} is not writable")
     try:  # a real probe: access() says yes for root, and for folders such as /proc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.runs import mkdir_failure
 from pipeline.types import NLSError
 
 PYPROJECT = '''[build-system]
@@ -129,7 +130,7 @@ def new_plugin(name: str, parent: Path) -> Path:
         (root / "tests").mkdir(parents=True)
         pkg.mkdir()
     except OSError as exc:
-        raise NLSError(f"cannot create {root}: {exc.strerror}") from None
+        raise NLSError(f"cannot create {root}: {mkdir_failure(exc, root / 'tests')}") from None
     (root / "pyproject.toml").write_text(PYPROJECT.format(name=name, dash=name.replace("_", "-")))
     (pkg / "__init__.py").write_text(f'"""nls plugin {name}."""\n')
     (pkg / "plugin.py").write_text(PLUGIN.format(name=name))

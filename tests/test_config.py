@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 import pytest
 
@@ -204,6 +206,23 @@ def test_unwritable_output_folder(nls, tmp_path):
     proc = nls("reconstruct", str(write(tmp_path, TINY_SCENE)), "--output", str(blocker / "runs"))
     assert proc.returncode == 2
     assert "output folder" in proc.stderr and "is not a directory" in proc.stderr
+
+
+def test_dangling_symlink_output_is_named(tmp_path):
+    """mkdir reports a dangling link only as "File exists"; the output, cache and file checks name the link."""
+    from pipeline.runs import check_output_file, check_writable
+    from pipeline.types import DataError, NLSError
+    from plugins.scenes.sources import make_cache_dir
+
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "gone")
+    why = f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+    with pytest.raises(NLSError, match=re.escape(why)):
+        check_writable(link)
+    with pytest.raises(NLSError, match=re.escape(why)):
+        check_output_file(link / "mesh.ply")
+    with pytest.raises(DataError, match=re.escape(why)):
+        make_cache_dir(link / "scenes")
 
 
 def test_data_root_variable_is_expanded(tmp_path, nls_host, monkeypatch):

@@ -285,7 +285,9 @@ def render_mesh_views(mesh, out_dir: Path, *, n_train: int = 50, n_val: int = 0,
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise NLSError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
+        from pipeline.runs import mkdir_failure
+
+        raise NLSError(f"cannot create output folder {out_dir}: {mkdir_failure(e, out_dir)}") from None
 
     focal = 0.5 * width / math.tan(0.5 * camera_angle_x)
     isect, engine = _intersector(mesh)

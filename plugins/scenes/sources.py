@@ -49,10 +49,11 @@ def make_cache_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        from pipeline.runs import mkdir_failure
         from pipeline.types import DataError
 
         raise DataError(f"cannot use the scene cache {cache_root()} (NLS_CACHE): cannot create {folder}: "
-                        f"{exc.strerror or exc}; point NLS_CACHE at a writable folder") from None
+                        f"{mkdir_failure(exc, folder)}; point NLS_CACHE at a writable folder") from None
 
 
 #: in every cached scene: {relative path: [bytes, sha256]} of its files, checked when the scene is reused
