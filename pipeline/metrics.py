@@ -49,7 +49,22 @@ def psnr(pred, gt) -> float:
     mse = float(np.mean((p - g) ** 2))
     if not math.isfinite(mse):
         raise NLSError("psnr: images contain NaN or inf")
+    _check_unit_range("psnr", p, g)
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+#: how far outside [0, 1] an image may stray (float round-off) before psnr/ssim refuse it
+_RANGE_TOL = 1e-3
+
+
+def _check_unit_range(metric: str, *images: np.ndarray) -> None:
+    """NLSError when an image is not in [0, 1]: a PSNR of 8-bit (0..255) values would read ~48 dB too low,
+    of values above 1 it has no peak to refer to."""
+    for name, img in zip(("pred", "gt"), images):
+        lo, hi = float(img.min()), float(img.max())
+        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+            hint = " (8-bit values? divide by 255)" if hi > 2.0 else ""
+            raise NLSError(f"{metric}: {name} has values in [{lo:.4g}, {hi:.4g}]; images must be in [0, 1]{hint}")
 
 
 def ssim(pred, gt, *, gaussian: bool = True) -> float:
@@ -66,6 +81,7 @@ def ssim(pred, gt, *, gaussian: bool = True) -> float:
         raise NLSError(f"ssim: shapes differ: pred {p.shape} vs gt {g.shape}")
     if p.ndim not in (2, 3):
         raise NLSError(f"ssim: expected (H, W, C) or (H, W) images, got shape {p.shape}")
+    _check_unit_range("ssim", p, g)
     win = 11 if gaussian else 7
     if min(p.shape[:2]) < win:
         raise NLSError(f"ssim: images of {p.shape[1]}x{p.shape[0]} pixels are smaller than "

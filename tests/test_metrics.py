@@ -27,6 +27,19 @@ def test_psnr_known_values():
         psnr(gt, gt[:4])
 
 
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_image_metrics_refuse_values_outside_the_unit_range(metric):
+    rng = np.random.default_rng(1)
+    x = rng.random((16, 16, 3))
+    with pytest.raises(NLSError, match=r"gt has values in \[0, 255\]; images must be in \[0, 1\] \(8-bit"):
+        metric(x, np.where(x > 0.5, 255.0, 0.0))
+    low = x.copy()
+    low[0, 0, 0] = -0.5
+    with pytest.raises(NLSError, match=r"pred has values in \[-0.5, "):
+        metric(low, x)
+    metric(np.clip(x + 5e-4, 0, 1) + 5e-4, x)  # round-off above 1 is accepted
+
+
 def test_ssim():
     rng = np.random.default_rng(0)
     x = rng.random((32, 32, 3))

@@ -12,6 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from pipeline.metrics import psnr
+
 #: colour maps of field slices per quantity (diverging for SDFs)
 COLORMAPS = {"sdf": "RdBu_r", "occupancy": "viridis", "density": "magma"}
 
@@ -105,12 +107,6 @@ def split_side_by_side(img: np.ndarray, n_panels: int = 3) -> list[np.ndarray]:
     """Cut a ``<name>_pred_gt_depth.png`` (H, n*W, 3) into its n panels (H, W, 3)."""
     w = img.shape[1] // n_panels
     return [img[:, i * w:(i + 1) * w, :3] for i in range(n_panels)]
-
-
-def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
-    """PSNR in dB of two float images in [0, 1]."""
-    mse = float(np.mean((pred - gt) ** 2))
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
 def comparison_png(pred: np.ndarray, gt: np.ndarray, depth: Optional[np.ndarray] = None,
