@@ -94,7 +94,12 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
             changed = config_changes(state.get("config"), cfg.to_dict())
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{load_error(exc).rstrip('.')}" + (f". {changed}" if changed else "")) from None
-    return Loaded(host, cfg, run, device, scene, system, int(state["step"]) if state else 0, state)
+    step = int(state["step"]) if state else 0
+    pid = None if train else run.trainer_pid()
+    if pid is not None:  # render/export/eval of a run in training: say which state they see
+        print(f"note: {run.path} is being trained (pid {pid}); this uses its newest checkpoint, step {step} "
+              f"of {cfg.train.steps}", file=sys.stderr)
+    return Loaded(host, cfg, run, device, scene, system, step, state)
 
 
 def _rebased_scene_path(cfg, recorded: dict) -> Optional[str]:

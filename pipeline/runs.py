@@ -328,6 +328,24 @@ class RunDir:
             f"{self.path} is being trained by another nls process (pid {pid}); wait for it to finish, or "
             f"stop it, then run this again"), "trains this run")
 
+    def trainer_pid(self) -> Optional[str]:
+        """The pid of the process that holds :meth:`training_lock` now, or None when the run is not being
+        trained (or locks are not available here)."""
+        import fcntl
+
+        try:
+            with open(self.path / ".lock") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return f.read().strip() or "?"
+                except OSError:
+                    return None
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        except OSError:
+            return None
+        return None
+
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest ``checkpoints/ckpt_*.pt``, or None."""
         ck = self.checkpoints()

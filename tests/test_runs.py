@@ -477,6 +477,25 @@ def test_resume_of_a_run_that_another_process_trains_is_refused(tiny_scene, tmp_
     assert "nothing to train (--no-eval: not evaluated either)" in out.out + out.err
 
 
+def test_render_of_a_run_in_training_names_the_step_it_sees(tiny_scene, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 0
+    run_path = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    run = RunDir.open(run_path)
+    assert run.trainer_pid() is None
+    step = int(run.load_checkpoint()["step"])
+    capsys.readouterr()
+    with run.training_lock():
+        assert run.trainer_pid() == str(os.getpid())
+        assert main(["render", str(run_path), "--max-images", "1", "-q", "-o", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {run_path} is being trained (pid {os.getpid()}); this uses its newest checkpoint, step {step}" in err
+    assert run.trainer_pid() is None
+    assert main(["render", str(run_path), "--max-images", "1", "-q", "-o", str(tmp_path / "r")]) == 0
+    assert "being trained" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("raised, message", [
     (ValueError("bad index"), r"rendering \d+ training rays \(renderer 'volume' of plugin ngp on field 'dense_grid' "
                               r"of plugin ngp\) failed: ValueError: bad index \(NLS_TRACE_PLUGINS=1"),
