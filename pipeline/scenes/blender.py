@@ -162,13 +162,27 @@ def _imageio_pixels(path: Path) -> Optional[np.ndarray]:
         return None
 
 
+def _png_bit_depth(path: Path) -> Optional[int]:
+    """The bit depth in a PNG's IHDR chunk (byte 24 of the file), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(25)
+    except OSError:
+        return None
+    return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else None
+
+
 def _pixels(path: Path) -> np.ndarray:
-    """The pixels of ``path`` as stored: grey, grey+alpha, RGB or RGBA (uint8/uint16/float)."""
+    """The pixels of ``path`` as stored: grey, grey+alpha, RGB or RGBA (uint8/uint16/float); 16-bit colour
+    PNGs come as 8 bits per channel (Pillow reads no more), with a warning."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
+            if im.format == "PNG" and im.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+                warn(f"{path.parent}: 16-bit colour PNGs are read at 8 bits per channel (Pillow's limit for "
+                     f"RGB/RGBA); the lost precision caps PSNR near 59 dB")
             mode = _pil_mode(im)
             img = np.asarray(im.convert(mode) if mode else im)
     except UnidentifiedImageError:
