@@ -342,6 +342,28 @@ def test_sigma_in_world_units_is_resolution_independent():
     assert float(diff.max()) < 0.4 * h and float(diff.mean()) < 0.05 * h
 
 
+@pytest.mark.parametrize("scene", ["rs_sdf_csg", "rs_sdf_spot", "rs_sdf_lego"])
+def test_the_scenes_level_offsets_the_shrink_of_smoothing(scene):
+    """The paper meshes at a slightly negative level of its weak SDF, which is positive inside: just outside
+    the smoothed zero level, which smoothing has moved inside a convex surface. With this project's sign
+    (negative inside) that level is positive. Exact for a ball: G_sigma * 1_ball at distance r from the centre
+    is the noncentral chi-square CDF P(chi2_3(r^2/sigma^2) <= R^2/sigma^2)."""
+    from scipy.optimize import brentq
+    from scipy.stats import ncx2, norm
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "scenes" / f"{scene}.yaml").read_text())
+    level, sigma, R = cfg["extractor"]["level"], cfg["certifier"]["sigma"], 0.3
+    p = torch.tensor([float(ncx2.cdf(R ** 2 / sigma ** 2, 3, (r / sigma) ** 2)) for r in (0.29, 0.31)])
+    assert (occupancy_to_sdf(p, sigma)[0] < 0 < occupancy_to_sdf(p, sigma)[1])  # the project's sign
+
+    def radius(lv):
+        return brentq(lambda r: -sigma * norm.ppf(ncx2.cdf(R ** 2 / sigma ** 2, 3, (r / sigma) ** 2)) - lv,
+                      R - 0.1, R + 0.1)
+    shrink, at_level, mirrored = radius(0.0) - R, radius(level) - R, radius(-level) - R
+    assert shrink < 0 and at_level > shrink  # the mesh moves out, against the shrink
+    assert abs(at_level) < abs(mirrored) / 2, (at_level, mirrored)  # and nearer the truth than the other sign
+
+
 def test_occupancy_to_sdf_sign_and_clamp():
     p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
     s = occupancy_to_sdf(p, 0.1, eps=1e-3)
@@ -369,6 +391,16 @@ def test_certify_half_space_radius_and_abstain():
     assert r["abstain"][2]  # on the boundary p = 1/2
     true = np.array([0.1, 0.05])
     assert (r["radius"][:2] <= true).all() and (r["radius"][:2] > 0.8 * true).all()
+
+
+def test_certify_abstains_at_a_lower_bound_of_exactly_one_half(monkeypatch):
+    import plugins.rs_sdf.certify as C
+
+    real = C.clopper_pearson
+    monkeypatch.setattr(C, "clopper_pearson", lambda k, n, alpha, two_sided=True: (
+        np.full(np.shape(k), 0.5) if not two_sided else real(k, n, alpha)))
+    out = C.certify(lambda p: (p[:, 0] < 0).float(), torch.zeros(3, 3), 0.1, n0=10, n=50)
+    assert out["abstain"].all() and (out["radius"] == 0).all()
 
 
 def test_grid_radius_agrees_with_monte_carlo_certify():

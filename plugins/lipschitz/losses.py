@@ -1,10 +1,15 @@
 """The hinge-Kantorovich-Rubinstein (hKR) loss on winding-number labels (Coiffier & Béthune 2024).
 
 ``L(f) = E[-y f(x)] + lambda E[max(0, m - y f(x))]`` with ``y = -1`` inside and ``+1`` outside
-(signed mode) or ``y = -1`` on the surface and ``+1`` elsewhere (unsigned mode). Over
-1-Lipschitz functions, the first term alone is the Kantorovich-Rubinstein dual of the Wasserstein-1
-distance between the two classes, whose optimum is a signed distance to the boundary between
-them; the hinge keeps every point on its side by the margin ``m``.
+(signed mode) or ``y = -1`` on the surface and ``+1`` elsewhere (unsigned mode). With class-balanced
+batches (``sampling: balanced``, the authors' loaders) the first term is ``E_in f - E_out f``, the
+Kantorovich-Rubinstein dual of the Wasserstein-1 distance between the two classes over 1-Lipschitz
+functions, whose optimum is a signed distance to the boundary between them; the hinge keeps every
+point on its side by the margin ``m``. With the default ``sampling: union`` the batch holds each class
+in proportion to its share ``pi`` of the labelled points, so the first term is
+``pi_in E_in f - pi_out E_out f``: no longer the W1 dual (a constant shift of ``f`` changes it by
+``(pi_in - pi_out) c``, and only the hinge bounds it). This project's deviation: the sampling density is
+then the same on both sides of the surface, and the hinge puts the zero level on it (config ``sampling``).
 
 The labelled points are made once at build time from the scene (:mod:`plugins.lipschitz.labels`);
 each step draws ``2 * batch_size`` points with torch's global RNG, which the trainer

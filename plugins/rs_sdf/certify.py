@@ -100,7 +100,7 @@ def certify(occ_fn: Callable[[Tensor], Tensor], x: Tensor, sigma: float, *, n0: 
     Returns numpy arrays of shape ``(M,)``:
 
     * ``inside``: the selected class (True = inside), from the ``n0`` selection samples;
-    * ``abstain``: ``p_A_lower < 1/2``;
+    * ``abstain``: ``p_A_lower <= 1/2`` (Cohen et al. certify only when ``p_A_lower > 1/2``);
     * ``radius``: ``sigma * Phi^-1(p_A_lower)`` (0 where abstaining), the certified radius;
     * ``signed_radius``: the radius signed like an SDF (negative inside), 0 where abstaining;
     * ``p_hat``: ``k/n``, the estimate of P(inside); ``p_low``/``p_high``: its two-sided
@@ -119,7 +119,7 @@ def certify(occ_fn: Callable[[Tensor], Tensor], x: Tensor, sigma: float, *, n0: 
     k = _count_inside(occ_fn, x, sigma, n, soft, gen, chunk)
     k_a = np.where(inside, k, n - k)
     p_a_lower = clopper_pearson(k_a, n, alpha, two_sided=False)
-    abstain = p_a_lower < 0.5
+    abstain = p_a_lower <= 0.5
     radius = np.where(abstain, 0.0, float(sigma) * norm.ppf(np.clip(p_a_lower, 0.5, 1.0)))
     lo, hi = clopper_pearson(k, n, alpha)
     return {"inside": inside, "abstain": abstain, "radius": radius,

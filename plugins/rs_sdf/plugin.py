@@ -1,7 +1,9 @@
 """Built-in plugin ``rs_sdf``: randomized smoothing of a voxel occupancy grid as a certified weak SDF
 (Pérez et al., "Certified robustness as a tool for 3D vision"). Only names and config classes are
 imported here; torch loads lazily. Meshes come from the ngp backend's ``marching_cubes`` on the
-weak SDF (``quantity: sdf`` and a slightly negative ``level``)."""
+weak SDF (``quantity: sdf``) at the paper's slightly negative ``level``, which is +0.002 here: the
+paper's weak SDF is positive inside, this project's negative inside, and the level lies just outside the
+smoothed surface."""
 
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ neighbour is looked up for the detached p and the distance ‖p(θ) − x_nn‖ 
 Besides the controlled levels T (``levels``), ``general_samples`` points drawn around the
 input each sample their own level set S_c, c = F(p; θ₀), with the term |d(p(θ), X) − |c||:
 T becomes a continuum of levels weighted by the sampling measure (the authors' code does this).
+Each level's samples and the general samples are separate means, each raised to 1/p and summed
+(``general_weight`` on the latter): at equal counts the level-set part weighs twice what one mean over
+both sets would against the data term's ``λ``.
 
 Random draws use torch's global RNG (checkpointed by the trainer). The pool of current
 samples (measure ``current``/``mixed``) is a buffer, so a resumed run continues identically.
