@@ -23,8 +23,9 @@ from plugins.sample_network.projection import (
 from plugins.sample_network.sample_net import sample_network, sample_network_at
 
 #: Chamfer-L1 (x10^3, GT-normalised frame, 10k samples) a 300-step reconstruction of a sphere point
-#: cloud must reach; the 10k-sample floor of this sphere is ~8.9, measured results are printed.
-SPHERE_CD_L1_BOUND = 12.0
+#: cloud must reach; the 10k-sample floor of this sphere is 8.92 and the seeded run reaches 9.31 (1 and 2
+#: threads). Broken losses measured 9.67 (no data term) to 10.78 (no general levels); measured results are printed.
+SPHERE_CD_L1_BOUND = 9.6
 
 
 @pytest.fixture(autouse=True)
@@ -310,6 +311,7 @@ def test_sphere_point_cloud_reconstructs_below_chamfer_bound():
     from pipeline.metrics import chamfer
     from plugins.sample_network.losses import LevelSetRecon
 
+    torch.manual_seed(0)  # the field's initialisation and the loss's draws, whatever ran before
     gt = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
     pts, _ = trimesh.sample.sample_surface(gt, 5000, seed=0)
     sys_ = _System(MLPSDF(MLPSDFConfig(hidden=64, layers=3, init_radius=0.3)))
@@ -327,6 +329,54 @@ def test_sphere_point_cloud_reconstructs_below_chamfer_bound():
     print(f"sphere 300 steps: CD-L1 {cd['chamfer_l1']:.2f} (floor {floor:.2f}, bound {SPHERE_CD_L1_BOUND}), "
           f"CD-L2 {cd['chamfer_l2']:.3f}; load {os.getloadavg()[0]:.2f}")
     assert cd["chamfer_l1"] < SPHERE_CD_L1_BOUND
+
+
+class _SphereSDF(torch.nn.Module):
+    """The exact SDF of a sphere of radius ``r`` about the origin (with a dummy parameter for the optimiser)."""
+
+    def __init__(self, r: float):
+        super().__init__()
+        self.r = torch.nn.Parameter(torch.tensor(float(r)))
+
+    def forward(self, x, d=None):
+        return {"sdf": x.norm(dim=-1) - self.r}
+
+
+@pytest.mark.parametrize("r, lam, general_weight, expected", [
+    (0.4, 0.0, 0.0, 0.1),   # every S_0 sample is 0.1 from the points: the level term is |R - r|
+    (0.4, 2.0, 0.0, 0.3),   # + lam * mean|F(x_j)| = 2 * 0.1
+    (0.5, 0.0, 1.0, 0.0),   # the exact SDF of the points' sphere: S_c lies |c| from them for every c
+])  # (the last is ~4e-3 above 0: a point of S_c is up to ~5e-3 from the nearest vertex)
+def test_eq13_value_on_an_exact_sphere_field(r, lam, general_weight, expected):
+    """Eq. 13 on the analytic field |x| - r against 20k points on the sphere of radius R = 0.5: S_t is the
+    sphere of radius r + t, so each term is known in closed form (up to the points' spacing)."""
+    from plugins.sample_network.losses import LevelSetRecon
+
+    torch.manual_seed(0)
+    gt = trimesh.creation.icosphere(subdivisions=6, radius=0.5)
+    pts = np.asarray(gt.vertices)  # 40962 points, ~0.005 apart
+    cfg = ReconConfig(n_samples=512, batch_points=512, levels=[0.0], lam=lam, general_weight=general_weight,
+                      general_samples=1024 if general_weight else 0)
+    loss = LevelSetRecon(cfg, pts, [-0.8] * 3 + [0.8] * 3)
+    value = float(loss({"step": 0}, {}, _System(_SphereSDF(r))).detach())
+    assert value == pytest.approx(expected, abs=6e-3)
+
+
+def test_eq13_general_term_is_the_mean_gap_of_the_general_levels():
+    """With r = 0.4 a general sample at radius rho (level c = rho - r) is |R - rho| from the points, so its
+    term is ||R - rho| - |c||; the samples lie near the points (rho ~ R), where it is ~ |R - r| = 0.1."""
+    from plugins.sample_network.losses import LevelSetRecon
+
+    gt = trimesh.creation.icosphere(subdivisions=6, radius=0.5)
+    values = {}
+    for gw in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = ReconConfig(n_samples=512, batch_points=512, levels=[0.0], lam=0.0, general_weight=gw,
+                          general_samples=1024, general_sigmas=[0.01])
+        loss = LevelSetRecon(cfg, np.asarray(gt.vertices), [-0.8] * 3 + [0.8] * 3)
+        values[gw] = float(loss({"step": 0}, {}, _System(_SphereSDF(0.4))).detach())
+    assert values[0.0] == pytest.approx(0.1, abs=3e-3)
+    assert values[1.0] - values[0.0] == pytest.approx(0.1, abs=0.01)
 
 
 def test_udf_baseline_and_recon_loss_need_points():
