@@ -219,7 +219,9 @@ def test_tcnn_against_torch():
     enc_p = HashGridEncoding(backend="torch", **cfg).cuda()
     x = torch.rand(10000, 3, device="cuda")
     out_t, out_p = enc_t(x), enc_p(x)
-    # tcnn offsets its grid by half a cell, so values differ; shapes, dtype and scale agree.
+    # Values are NOT compared: tcnn offsets its grid by half a cell and hashes its own table. Only the
+    # shapes, dtype, finiteness and gradients are checked (the bound below is the +-1e-4 table initialisation,
+    # which any interpolation of it meets). A value check needs tcnn's table copied into the torch encoding.
     assert out_t.shape == out_p.shape and out_t.dtype == torch.float32
     assert torch.isfinite(out_t).all()
     assert out_t.abs().max() <= 1e-4 + 1e-6 and out_p.abs().max() <= 1e-4 + 1e-6
