@@ -11,9 +11,11 @@ Every kernel can be switched off with an environment variable (``NLS_<NAME>_KERN
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,6 +53,40 @@ def host_cpu_tag() -> str:
     except OSError:
         pass
     return hashlib.sha256(ident.encode()).hexdigest()[:8]
+
+
+#: torch's build lock in an extension folder: a build killed before its cleanup leaves it, and every later
+#: ``load`` of that folder then waits for it forever
+TORCH_BUILD_LOCK = "lock"
+
+
+@contextmanager
+def build_guard(build_dir: Path, what: str):
+    """Hold an exclusive ``flock`` on ``build_dir/.nls_build.flock`` (released by the OS even when the process
+    is killed) around torch's build. Holding it, no nls process is building in ``build_dir``, so a torch
+    :data:`TORCH_BUILD_LOCK` file found there was left by a killed build: it is removed with a warning
+    instead of making torch wait for it forever. A wait for another process's build is announced."""
+    import fcntl
+
+    with open(build_dir / ".nls_build.flock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"nls {what}: waiting for another process that is building this kernel in {build_dir}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except OSError:  # no locks on this filesystem: leave torch's own lock alone
+            yield
+            return
+        stale = build_dir / TORCH_BUILD_LOCK
+        if stale.exists():
+            stale.unlink(missing_ok=True)
+            warnings.warn(f"nls {what}: removed {stale}, left by a build that was killed; building again",
+                          RuntimeWarning, stacklevel=3)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class CppKernel:
@@ -95,9 +131,10 @@ class CppKernel:
                         name += f"_{host_cpu_tag()}"
                     build_dir = extension_dir(name)
                     build_dir.mkdir(parents=True, exist_ok=True)
-                    load(name=name, sources=[str(self.source)], build_directory=str(build_dir),
-                         extra_cflags=["-O3", "-fopenmp", *self.cflags], extra_ldflags=["-fopenmp"],
-                         is_python_module=False, verbose=verbose)
+                    with build_guard(build_dir, self.namespace):
+                        load(name=name, sources=[str(self.source)], build_directory=str(build_dir),
+                             extra_cflags=["-O3", "-fopenmp", *self.cflags], extra_ldflags=["-fopenmp"],
+                             is_python_module=False, verbose=verbose)
                 getattr(self.ops, self.probe)  # raises if registration failed
                 self._state.update(ok=True, error=None)
             except Exception as exc:  # one-time build: any failure means "use the torch path"
