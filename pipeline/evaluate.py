@@ -133,10 +133,10 @@ def render_split(ctx: EvalContext) -> list:
     """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
     (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
     returns [(pred, gt)] ``(H, W, 3)`` float arrays."""
-    import imageio.v3 as iio
     import torch
 
     from pipeline.progress import StepProgress
+    from pipeline.runs import atomic_save_npy, atomic_write_image
 
     split_name = ctx.split or ctx.cfg.eval.split
     check_can_render(ctx.scene, ctx.system, split_name, "--split" if ctx.split else "eval.split")
@@ -160,13 +160,13 @@ def render_split(ctx: EvalContext) -> list:
             pred = out["rgb"].clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
             name = split.names[i] if i < len(split.names) else f"{i:03d}"
-            iio.imwrite(out_dir / f"{name}.png", to_uint8(pred))
+            atomic_write_image(out_dir / f"{name}.png", to_uint8(pred))
             side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)
-            iio.imwrite(out_dir / f"{name}_pred_gt_depth.png", side)
+            atomic_write_image(out_dir / f"{name}_pred_gt_depth.png", side)
             if ctx.save_depth:
                 for key in ("depth", "opacity", "depth_median"):  # renderers without a median give none
                     if key in out:
-                        np.save(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
+                        atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
             pairs.append((pred, gt))
             bar.advance(done)
     return pairs

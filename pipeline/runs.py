@@ -78,6 +78,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_image(path: Path, image, **kwargs) -> None:
+    """Encode ``image`` (an array imageio takes; ``kwargs`` go to its writer) in the format of ``path``'s
+    suffix, in memory, and write it with :func:`atomic_write_bytes`: a killed or failed write leaves the
+    previous file, never an empty or half-written image, and an OS error is an NLSError naming ``path``."""
+    import imageio.v3 as iio
+
+    atomic_write_bytes(path, iio.imwrite("<bytes>", image, extension=Path(path).suffix, **kwargs))
+
+
+def atomic_save_npy(path: Path, array) -> None:
+    """``numpy.save`` of ``array`` to ``path`` through :func:`atomic_write_bytes`."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _fsync_folder(folder: Path) -> None:
     """Flush ``folder``'s entry list, so a rename into it survives a power loss (best effort: some
     filesystems refuse to open a folder for this)."""

@@ -37,11 +37,16 @@ def orbit_cameras(template, n: int, radius: float, elevation_deg: float = 25.0):
 
 def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Path:
     """Write ``frames`` (H, W, 3) uint8 as ``<path_stem>.mp4`` (libx264) when imageio-ffmpeg imports,
-    else, or when the encoder fails, as a looping ``.gif``; returns the path written.
+    else, or when the encoder fails, as a looping ``.gif``; returns the path written. Either is written to a
+    temporary file and renamed, so a killed render leaves the previous video, not an empty one.
 
     libx264's yuv420p needs an even width and height: odd frames get their last row / column repeated
     (an odd size made ffmpeg write an empty file without raising)."""
+    import os
+
     import imageio.v3 as iio
+
+    from pipeline.runs import atomic_write_image
 
     video = np.stack(frames)
     try:
@@ -50,17 +55,21 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
         path = path_stem.with_suffix(".mp4")
         h, w = video.shape[1:3]
         even = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        iio.imwrite(path, even, fps=fps, codec="libx264", macro_block_size=1)
-        if path.stat().st_size > 0:
-            return path
-        path.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")  # ffmpeg writes a file (with the umask's mode)
+        try:
+            iio.imwrite(tmp, even, fps=fps, codec="libx264", macro_block_size=1)
+            if Path(tmp).stat().st_size > 0:
+                os.replace(tmp, path)
+                return path
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     except ImportError:
         pass
     except (OSError, RuntimeError) as exc:  # ffmpeg refused: the GIF still shows the turntable
         print(f"warning: mp4 encoding failed ({type(exc).__name__}: {exc}); writing a GIF instead",
               file=sys.stderr)
     path = path_stem.with_suffix(".gif")
-    iio.imwrite(path, video, duration=1000 / fps, loop=0)
+    atomic_write_image(path, video, duration=1000 / fps, loop=0)
     return path
 
 

@@ -253,6 +253,21 @@ def test_report_of_a_run_with_a_corrupt_checkpoint_warns_on_the_terminal(run, nl
     assert "could not be rebuilt" in (tmp_path / "bad.html").read_text()
 
 
+def test_report_names_an_unreadable_render_instead_of_crashing(run, tmp_path):
+    """A 0-byte side-by-side (left by a render killed before renders were written atomically) is named in the
+    report, with the command that writes it again; the report used to stop with imageio's traceback."""
+    import shutil
+
+    from pipeline.report import build_report
+
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    side = sorted((cut / "renders").rglob("*_pred_gt_depth.png"))[0]
+    side.write_bytes(b"")
+    words = " ".join(parse(build_report(cut, tmp_path / "cut.html", progress=False, use_model=False)).text)
+    assert f"{side.relative_to(cut)} cannot be read" in words and f"nls render {cut}" in words
+
+
 def test_report_shows_published_reference_and_plugin_slices(run, tmp_path):
     """A scene's `reference:` block is validated, kept in the resolved config and shown by the report;
     PNGs a plugin wrote to a `*slices` folder are embedded byte for byte."""

@@ -496,6 +496,31 @@ def test_render_of_a_run_in_training_names_the_step_it_sees(tiny_scene, tmp_path
     assert "being trained" not in capsys.readouterr().err
 
 
+def test_a_render_that_cannot_be_written_is_one_error_and_keeps_the_old_images(tiny_scene, tmp_path, capsys,
+                                                                          monkeypatch):
+    """A full disk while rendering: an error naming the file (exit 2, not a plugin's failure), and the renders
+    of an earlier command stay whole (they used to be left as 0-byte PNGs that crashed nls report)."""
+    import pipeline.runs as runs
+    from pipeline.cli import main
+
+    assert main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 0
+    run_path = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    out = tmp_path / "r"
+    assert main(["render", str(run_path), "--max-images", "1", "-q", "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in (out / "test").iterdir()}
+    assert before and all(before.values())
+    capsys.readouterr()
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    assert main(["render", str(run_path), "--max-images", "1", "-q", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'test'}" in err and "No space left on device" in err and "plugin" not in err
+    assert {p.name: p.read_bytes() for p in (out / "test").iterdir()} == before  # no temp files either
+
+
 @pytest.mark.parametrize("raised, message", [
     (ValueError("bad index"), r"rendering \d+ training rays \(renderer 'volume' of plugin ngp on field 'dense_grid' "
                               r"of plugin ngp\) failed: ValueError: bad index \(NLS_TRACE_PLUGINS=1"),

@@ -26,6 +26,23 @@ def test_mp4_of_even_and_odd_frames_is_not_empty(tmp_path, size):
     assert iio.imread(path, index=0).shape[:2] == (size[0] + size[0] % 2, size[1] + size[1] % 2)
 
 
+def test_a_gif_write_stopped_midway_keeps_the_previous_video(tmp_path, monkeypatch):
+    """A render killed while its turntable is written used to leave a 0-byte video in place of the old one."""
+    import os
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # no mp4 encoder: the GIF path
+    old = write_video(_frames(8, 8), tmp_path / "turn")
+    data = old.read_bytes()
+
+    def stopped(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_video(_frames(16, 16), tmp_path / "turn")
+    assert old.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["turn.gif"]
+
+
 def test_an_encoder_that_writes_nothing_falls_back_to_a_gif(tmp_path, monkeypatch):
     """What ffmpeg did with odd sizes: no exception and an empty file. The GIF still holds every frame."""
     import imageio.v3 as iio

@@ -240,7 +240,12 @@ def _comparisons(f: RunFacts, files: list[Path]) -> str:
 
     parts = []
     for p in files[:MAX_RENDER_PAIRS]:
-        pred, gt, depth = split_side_by_side(iio.imread(p))
+        try:
+            pred, gt, depth = split_side_by_side(iio.imread(p))
+        except Exception as exc:  # an empty or cut file (a render killed before renders were written atomically)
+            parts.append(H.missing(f"{p.relative_to(f.path)} cannot be read ({type(exc).__name__}); "
+                                   f"`nls render {f.path}` writes it again."))
+            continue
         parts.append(H.img(comparison_png(pred, gt, depth), p.name,
                            caption=f"{p.relative_to(f.path)}: prediction, ground truth, per-pixel error, depth"))
     if len(files) > MAX_RENDER_PAIRS:
