@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -51,12 +52,34 @@ def _file_mode() -> int:
     return 0o666 & ~process_umask()
 
 
+#: a temporary folder (scene cache) older than this was left by a killed process; a younger one may be another
+#: process at work
+STALE_TEMP_SECONDS = 24 * 3600
+#: the same for the temporary file of :func:`atomic_write_bytes`, which lives for one write
+STALE_TEMP_FILE_SECONDS = 3600
+
+
+def sweep_stale_temps(folder: Path, pattern: str, max_age: float = STALE_TEMP_SECONDS) -> None:
+    """Delete the files and folders of ``folder`` matching the glob ``pattern`` whose last change is more than
+    ``max_age`` seconds ago: temporaries of processes that were killed before they could remove them."""
+    import shutil
+    import time
+
+    for tmp in Path(folder).glob(pattern):
+        try:
+            if time.time() - tmp.lstat().st_mtime > max_age:
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename.
 
     The file gets the usual mode of a new file (umask applied), not mkstemp's 0600, so run
     folders on a shared filesystem stay readable. An OS error is raised as NLSError naming
-    ``path``; the temp file is removed.
+    ``path``; the temp file is removed, and temp files of ``path`` that killed writers left (older than
+    :data:`STALE_TEMP_FILE_SECONDS`) are swept.
     """
     path = Path(path)
     try:
@@ -76,6 +99,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise NLSError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+    sweep_stale_temps(path.parent, f".{glob.escape(path.name)}.*.tmp", STALE_TEMP_FILE_SECONDS)
 
 
 def atomic_write_image(path: Path, image, **kwargs) -> None:

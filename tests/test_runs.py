@@ -286,6 +286,21 @@ def test_atomic_writes_keep_the_umask_mode_and_name_the_path_on_failure(tmp_path
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_atomic_write_sweeps_the_old_temp_files_of_killed_writers(tmp_path):
+    """A SIGKILLed export left its 8 MB temporary mesh for good; a write of the same file now removes such
+    leftovers once they are an hour old (a younger one may be another writer at work), and nothing else."""
+    from pipeline.runs import atomic_write_text
+
+    old, young, other = (tmp_path / ".m.ply.k1ll3d.tmp", tmp_path / ".m.ply.w0rk1n.tmp",
+                         tmp_path / ".m.plyx.abc.tmp")
+    for p in (old, young, other):
+        p.write_bytes(b"half a mesh")
+    os.utime(old, (1_600_000_000, 1_600_000_000))
+    os.utime(other, (1_600_000_000, 1_600_000_000))
+    atomic_write_text(tmp_path / "m.ply", "ply")
+    assert not old.exists() and young.exists() and other.exists()
+
+
 def test_kernels_are_prepared_before_the_clock_starts(tmp_path, monkeypatch):
     """Every module's ``prepare_kernels(device)`` runs once when the Trainer is made, before any step
     (a first-use JIT build must not count as training time); on CPU the renderer's leaves nerfacc's

@@ -32,6 +32,7 @@ def _maker(calls: list):
     (lambda f: shutil.copyfile(f / "train" / "r_0.png", f / "train" / "r_1.png"), "train/r_1.png changed"),
     (lambda f: (f / "train" / "r_0.png").write_bytes(b"view"), "train/r_0.png changed"),  # truncated
     (lambda f: (f / sources.MANIFEST).write_text("{"), "cannot be read"),
+    (lambda f: (f / "meta.json").unlink(), "meta.json is missing"),  # was made anew and thrown away every run
 ])
 def test_a_damaged_cached_scene_is_made_again_with_a_warning(cache, capsys, damage, why):
     calls: list = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.notices import warn
-from pipeline.runs import process_umask
+from pipeline.runs import process_umask, sweep_stale_temps
 from pipeline.types import ConfigError, SceneData
 from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
 
@@ -108,23 +108,6 @@ def discard_cache_entry(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-#: a temporary cache folder this old was left by a process killed while making it (SIGKILL, a power cut)
-STALE_TEMP_SECONDS = 24 * 3600
-
-
-def _sweep_stale_temps(final: Path) -> None:
-    """Delete the temporary folders of ``final`` older than :data:`STALE_TEMP_SECONDS` (a younger one may be
-    another process at work)."""
-    import time
-
-    for tmp in final.parent.glob(f".{final.name}.*"):
-        try:
-            if tmp.is_dir() and time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def cached_render(kind: str, options: dict, make) -> Path:
     """Render into ``cache/scenes/<kind>-<hash>`` once; atomic by rename of a temp folder.
 
@@ -140,8 +123,11 @@ def cached_render(kind: str, options: dict, make) -> Path:
             return final
         warn(f"the cached scene {final} is damaged ({damage}); making it again")
         discard_cache_entry(final)
+    elif final.is_dir():  # entries land whole, by rename, with their meta.json: this one lost it since
+        warn(f"the cached scene {final} is damaged (meta.json is missing); making it again")
+        discard_cache_entry(final)
     make_cache_dir(final.parent)
-    _sweep_stale_temps(final)
+    sweep_stale_temps(final.parent, f".{final.name}.*")  # left by killed processes (a younger one may be at work)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         make(tmp)
