@@ -282,14 +282,9 @@ def _train_and_finish(ld: Loaded, trainer, args) -> int:
 def _finish_stoppable(ld: Loaded, train_seconds: float, *, progress: bool) -> dict:
     """:func:`finish_run`, stopped by SIGTERM as by Ctrl-C (KeyboardInterrupt): SIGTERM otherwise ends the
     process at once with exit 143 and no word of how to go on."""
-    import signal
+    from pipeline.signals import sigterm_as_interrupt
 
-    from pipeline.signals import handlers_installed
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    with handlers_installed({signal.SIGTERM: interrupt}):
+    with sigterm_as_interrupt():
         return finish_run(ld, train_seconds, progress=progress)
 
 
@@ -351,10 +346,14 @@ def cmd_reconstruct(args) -> int:
     distributed.log(info, f"run folder: {run.path}  (scene loaded in {time.perf_counter() - t0:.1f} s, "
                           f"device {device}{procs})")
     with run.training_lock(enabled=info.is_main):
-        try:  # checks and JIT builds (prepare_kernels) that may still refuse the job
-            trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
-        except BaseException:
-            _remove_untrained(run, info, "refused before training")
+        from pipeline.signals import sigterm_as_interrupt
+
+        try:  # checks and JIT builds (prepare_kernels) that may still refuse the job; SIGTERM acts as Ctrl-C
+            with sigterm_as_interrupt():
+                trainer = Trainer(cfg, system, scene, run, device, progress=not args.quiet)
+        except BaseException as exc:
+            _remove_untrained(run, info, "interrupted before training" if isinstance(exc, KeyboardInterrupt)
+                              else "refused before training")
             raise
         ld = Loaded(host, cfg, run, device, scene, system, 0, None)
         try:

@@ -23,3 +23,16 @@ def handlers_installed(handlers: dict[int, Callable]) -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so the ``finally`` and ``except``
+    clauses run (a half-made run folder is removed, a JIT build releases its lock) where SIGTERM's default
+    would end the process on the spot."""
+    with handlers_installed({signal.SIGTERM: _interrupt}):
+        yield

@@ -286,6 +286,28 @@ def test_atomic_writes_keep_the_umask_mode_and_name_the_path_on_failure(tmp_path
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_sigterm_before_the_first_step_removes_the_run_folder_as_ctrl_c_does(tiny_scene, tmp_path, capsys,
+                                                                            monkeypatch):
+    """SIGTERM while the trainer is set up (JIT builds, checks) ended the process on the spot, leaving a run
+    folder with no checkpoint (and, during a first kernel build, torch's build lock)."""
+    import signal
+
+    import pipeline.train
+    from pipeline.cli import main
+
+    real = pipeline.train.Trainer.__init__
+
+    def term_during_setup(self, *a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(pipeline.train.Trainer, "__init__", term_during_setup)
+    assert main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 130
+    err = capsys.readouterr().err
+    assert "(interrupted before training)" in err and not list((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone after the block
+
+
 def test_an_atomic_write_sweeps_the_old_temp_files_of_killed_writers(tmp_path):
     """A SIGKILLed export left its 8 MB temporary mesh for good; a write of the same file now removes such
     leftovers once they are an hour old (a younger one may be another writer at work), and nothing else."""
