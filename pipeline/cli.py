@@ -601,27 +601,26 @@ def cmd_eval(args) -> int:
 def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     """Run the evaluators of ``ld`` and write ``out`` with its renders beside it: ``(data, ctx, renders)``.
 
-    The renders never go over the ones training wrote into renders/. They are made in a staging folder
-    and replace the previous ones only with the JSON, so a stopped eval never leaves new renders beside
-    an old eval.json (nor stale views of an earlier, longer eval)."""
-    from pipeline.evaluate import EvalContext, flatten, run_evaluators
+    The renders, and the files evaluators write (``ctx.files_dir``: sphere-traced views, level-set points,
+    slices), go to ``<stem>_renders/``, never over what training wrote into the run folder. They are made in
+    a staging folder and replace the previous ones only with the JSON, so a stopped eval never leaves new
+    renders beside an old eval.json (nor stale views of an earlier, longer eval)."""
+    from pipeline.evaluate import EvalContext, flatten, publish_staged, run_evaluators
     from pipeline.runs import atomic_write_text, json_default
 
-    renders = out.parent / f"{out.stem}_renders" / ld.cfg.eval.split
+    root = out.parent / f"{out.stem}_renders"
+    renders = root / ld.cfg.eval.split
     staging = out.parent / f".{out.stem}_renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
-                      progress=not quiet)
+                      files_root=staging, progress=not quiet)
     results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
     shutil.rmtree(renders, ignore_errors=True)  # the old renders go first: at worst a stop leaves none
     atomic_write_text(out, json.dumps(data, indent=2, default=json_default) + "\n")
-    if ctx.rendered:
-        renders.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / ld.cfg.eval.split, renders)
-    shutil.rmtree(staging, ignore_errors=True)
+    publish_staged(staging, root)
     return data, ctx, renders
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,25 @@ class EvalContext:
     device: Any
     split: Optional[str] = None
     out_dir: Optional[Path] = None
-    progress: bool = True  # a progress bar (or plain lines) while rendering the split
+    #: where evaluators write their own files (:attr:`files_dir`, :attr:`renders_root`); None: the run folder
+    files_root: Optional[Path] = None
+    progress: bool = True  # a progress bar (or plain lines) while rendering the split, a line per evaluator
     save_depth: bool = False  # also write NAME_depth.npy, NAME_opacity.npy (and NAME_depth_median.npy), float32 (H, W)
     _renders: Optional[list] = field(default=None, repr=False)
     _mesh: Any = field(default=None, repr=False)
+
+    @property
+    def files_dir(self) -> Optional[Path]:
+        """The folder for an evaluator's own files (``meshes/...``, slices): the run folder while training
+        evaluates; for ``nls eval`` the folder beside its JSON (``<stem>_renders/``), so a re-evaluation never
+        writes over what training saved. None without a run."""
+        return self.files_root if self.files_root is not None else (self.run.path if self.run is not None else None)
+
+    @property
+    def renders_root(self) -> Optional[Path]:
+        """The folder for an evaluator's images: ``renders/`` of the run while training evaluates, else
+        :attr:`files_dir`."""
+        return self.files_root if self.files_root is not None else (self.run.renders_dir if self.run is not None else None)
 
     @property
     def can_render(self) -> bool:
@@ -246,19 +262,47 @@ def remember_calibration(run, key: str, level: float, calibration: dict, known: 
         pass
 
 
+#: an evaluator that took this long (seconds) gets a "done in" line after its start line
+SLOW_EVALUATOR_S = 5.0
+
+
+def publish_staged(staging: Path, root: Path) -> None:
+    """Move every entry of ``staging`` (what ``nls eval`` rendered and its evaluators wrote) into ``root``, each
+    replacing the entry of that name there; ``staging`` is removed."""
+    import shutil
+
+    if staging.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            target = root / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(entry, target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def run_evaluators(ctx: EvalContext) -> dict:
     """Run every evaluator of the scene; returns {evaluator name: {metric: value}}."""
     from pipeline.build import BuildContext
 
+    import time
+
     bctx = BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb)
     results: dict[str, dict] = {}
-    for choice in ctx.cfg.evaluators:
+    for k, choice in enumerate(ctx.cfg.evaluators, 1):
         if "gt_mesh" in {q for alt in choice.component.consumes for q in alt} and not ctx.scene.gt_mesh:
             print(f"evaluator {choice.name}: skipped, the scene has no ground-truth mesh", file=sys.stderr)
             results[choice.name] = {"skipped": "scene has no ground-truth mesh"}
             continue
+        t0 = time.perf_counter()
+        if ctx.progress:  # some take minutes (sphere tracing, meshing a Lipschitz field): say which one runs
+            print(f"evaluator {choice.name} ({k}/{len(ctx.cfg.evaluators)})...", file=sys.stderr, flush=True)
         try:
             results[choice.name] = _checked_results(choice, _call_evaluator(choice, choice.build(bctx), ctx))
+            if ctx.progress and time.perf_counter() - t0 >= SLOW_EVALUATOR_S:
+                print(f"evaluator {choice.name}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         except PluginError:
             raise  # a broken plugin is not a skipped evaluation
         except NLSError as exc:  # e.g. an empty level set after a very short run

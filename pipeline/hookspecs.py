@@ -185,7 +185,9 @@ def nls_register_evaluators(register):
     :class:`pipeline.evaluate.EvalContext` gives ``ctx.cfg`` (the scene config),
     ``ctx.scene.gt_mesh`` (the path of the ground-truth mesh, or ``None``; read it with
     ``pipeline.scenes.mesh_render.load_mesh``), ``ctx.scene.splits``,
-    ``ctx.system`` (the trained model), ``ctx.run.path`` (the run folder, for extra files),
+    ``ctx.system`` (the trained model), ``ctx.files_dir`` (the folder for an evaluator's own files: the
+    run folder while training evaluates, ``<stem>_renders/`` beside ``nls eval``'s JSON, so a re-evaluation
+    never writes over what training saved; ``ctx.renders_root`` likewise for images), ``ctx.run.path``,
     ``ctx.device``, ``ctx.mesh()`` (the extracted mesh) and ``ctx.renders()`` (``[(pred, gt)]``
     float ``(H,W,3)`` images of the eval split); the last two are computed once and shared by
     all evaluators. ``consumes`` names what it needs: ``images`` or ``mesh`` are checked with

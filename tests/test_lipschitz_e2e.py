@@ -39,8 +39,19 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
         assert key in m, key
     assert m["dist_grad_max"] <= 1 + 1e-5  # 1-Lipschitz by construction, also through the pipeline
     assert m["trace_passed_field_rate"] == 0.0
-    assert (run / "meshes" / "level_set_points.ply").exists()
+    assert (run / "meshes" / "level_set_points.ply").exists() 
+    assert summary["evaluators"]["level_set_points"]["level_set_path"] == "meshes/level_set_points.ply"
     assert list((run / "renders" / "sphere_trace").glob("view_*.png"))
+    # a re-evaluation into another file writes its evaluators' files beside it, never over training's
+    saved = {p: p.read_bytes() for p in [*(run / "renders" / "sphere_trace").glob("*"), run / "meshes" / "level_set_points.ply"]}
+    ev = tmp_path / "ev" / "st.json"
+    res = nls("eval", str(run), "-o", str(ev), "--set", "evaluators=[{type: sphere_trace, n_views: 1, image_size: 8}, "
+              "{type: level_set_points, n_points: 100}]", check=True, timeout=300)
+    assert {p: p.read_bytes() for p in saved} == saved
+    assert (tmp_path / "ev" / "st_renders" / "sphere_trace" / "view_00.png").is_file()
+    assert (tmp_path / "ev" / "st_renders" / "meshes" / "level_set_points.ply").is_file()
+    assert json.loads(ev.read_text())["evaluators"]["level_set_points"]["level_set_path"] == "meshes/level_set_points.ply"
+    assert "evaluator sphere_trace (1/2)..." in res.stderr and not list((tmp_path / "ev").glob(".*partial"))
     out = tmp_path / "m.ply"
     res = nls("export", str(run), "-o", str(out), "--resolution", "32", check=True)
     assert out.exists()

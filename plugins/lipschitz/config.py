@@ -94,7 +94,8 @@ class SphereTraceEvalConfig(ComponentConfig):
     tolerance: float = Field(0.01, ge=0, description="slack (world units): a step longer than the true distance "
                              "by more than this counts as overshoot; the hKR margin m, since a trained field "
                              "satisfies |f| <= |SDF| + m where its level set is on the surface")
-    save_images: bool = Field(True, description="write shaded|normals|depth|steps PNGs under renders/sphere_trace")
+    save_images: bool = Field(True, description="write shaded|normals|depth|steps PNGs under renders/sphere_trace "
+                                                "(<stem>_renders/sphere_trace for nls eval -o <stem>.json)")
 
 
 class DistanceEvalConfig(ComponentConfig):

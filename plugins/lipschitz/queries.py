@@ -116,12 +116,12 @@ class LevelSetPointsEvaluator:
         if len(pts):
             with torch.no_grad():
                 out["level_set_mean_abs_residual"] = float((fn(pts) - c.level).abs().mean())
-            if ctx.run is not None:
+            if ctx.files_dir is not None:
                 from pipeline.mesh import export_point_cloud
 
-                p = export_point_cloud(pts.cpu().numpy(), ctx.run.meshes_dir / "level_set_points.ply",
+                p = export_point_cloud(pts.cpu().numpy(), ctx.files_dir / "meshes" / "level_set_points.ply",
                                        normals=nrm.cpu().numpy())
-                out["level_set_path"] = str(p)
+                out["level_set_path"] = str(p.relative_to(ctx.files_dir))  # beside summary.json / in <stem>_renders/
             if ctx.scene.gt_mesh:
                 from pipeline.metrics import chamfer, chamfer_floor
                 from pipeline.scenes.mesh_render import load_mesh

@@ -315,8 +315,8 @@ class SphereTraceEvaluator:
         m, imgs = trace_views(lambda x: c(x, None)["sdf"], n_views=self.cfg.n_views, size=self.cfg.image_size,
                               radius=self.cfg.radius, fov_deg=self.cfg.fov_deg, gt_mesh=gt, tol=self.cfg.tolerance,
                               center=center, device=ctx.device, **kw)
-        if self.cfg.save_images and ctx.run is not None:
-            save_views(imgs, ctx.run.renders_dir / "sphere_trace")
+        if self.cfg.save_images and ctx.renders_root is not None:
+            save_views(imgs, ctx.renders_root / "sphere_trace")
         return {f"trace_{k}": v for k, v in m.items()}
 
 

@@ -80,7 +80,7 @@ class SDFSlicesConfig(ComponentConfig):
     positions: list[float] = Field([0.5], min_length=1, description="slice positions as fractions of the box")
     size: int = Field(256, ge=16, le=2048, description="pixels along the longer side of a slice")
     colormap: str = Field("RdBu", description="matplotlib colormap (negative inside = first colour)")
-    folder: str = Field("sdf_slices", description="sub-folder of the run folder")
+    folder: str = Field("sdf_slices", description="sub-folder of the run folder (of <stem>_renders/ for nls eval)")
 
 
 class CertifyCheckConfig(ComponentConfig):

@@ -67,7 +67,7 @@ class SDFSlices:
         chain = ctx.system.chain
         ctx.system.eval()
         box = ctx.scene.aabb.float().cpu()
-        out_dir = ctx.run.path / c.folder
+        out_dir = ctx.files_dir / c.folder
         out_dir.mkdir(parents=True, exist_ok=True)
         lo, hi, n = float("inf"), float("-inf"), 0
         for a in c.axes:
