@@ -108,6 +108,7 @@ class LevelSetViewer:
             if self.geo is None:
                 self.status.content = "no level sets: the field produces no sdf, occupancy or density"
                 return
+            t0 = time.monotonic()
             note = f"computing the {self.geo.quantity} on a {self.resolution}^3 grid for the level slider..."
             self.status.content = (self.status.content + "  \n" + note) if self.mesh_handle else note
             q = self.geo.quantity
@@ -124,10 +125,12 @@ class LevelSetViewer:
             elif self.mesh_handle is not None:
                 self.status.content = self.status.content.split("  \ncomputing")[0]
             self._add_slider()
+            print(f"nls view: level slider ready ({time.monotonic() - t0:.0f} s)", flush=True)
         except _Cancelled:
             pass
         except (NLSError, RuntimeError) as exc:
             self.status.content = f"level slider unavailable: {exc}"
+            print(f"nls view: level slider unavailable: {exc}", file=sys.stderr, flush=True)
         finally:
             self.ready.set()
 

@@ -121,6 +121,16 @@ def test_view_says_when_its_port_is_taken(run, capsys):
     assert f"127.0.0.1:{port}  " not in out, out
 
 
+def test_view_says_when_the_level_slider_is_ready(run):
+    """The terminal said "caching the field ..." and then nothing, however long the grid took."""
+    pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(run), "--port", "0", "--resolution",
+                           "16", "--seconds", "3"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NLS_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "caching the field on a 16^3 grid" in proc.stdout and "nls view: level slider ready (" in proc.stdout
+
+
 def test_view_stopped_while_caching_the_grid_exits_cleanly(run):
     """--seconds ends the viewer while its background thread is still sampling a 256^3 grid: the thread is
     cancelled and joined, so the process exits 0 instead of aborting in torch (exit 134); port 0 is not
