@@ -13,7 +13,7 @@ over a gloo process group, and rank 0 writes the table (over the run folders it 
 
     batch.json      per scene: outcome, run status, exit code, seconds, run folder, error, log file, rank
     compare.md      the comparison table of the finished runs (Markdown)
-    logs/NN_<scene>.log   stdout+stderr of each child run
+    logs/NN_<scene>.log   stdout+stderr of each child run (NN: the scene's number on the console, [1] -> 01)
 
 A scene's ``outcome`` is what happened to its process: ``ok`` (exit code 0), ``failed``, ``timed out``
 (``--scene-timeout``) or ``stopped`` (the batch got Ctrl-C or SIGTERM). Its ``status`` is its run
@@ -24,6 +24,10 @@ Each child runs in its own process group (with what it starts, such as the compi
 build). A scene past ``--scene-timeout`` gets SIGTERM, so ``nls reconstruct`` saves a checkpoint
 and exits; what is still running :data:`STOP_GRACE_S` seconds later is killed. Ctrl-C and SIGTERM
 to the batch are passed on to every child, and scenes not yet started are skipped.
+
+On the console each scene gets a ``started`` line (with its log file), a ``running`` line now and then
+while it runs (:data:`PROGRESS_FIRST_S`: its elapsed time and the step its run folder logged), and one
+line when it ends.
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ BATCH_TIMEOUT_S = 7 * 24 * 3600.0
 #: seconds a scene past --scene-timeout gets, after SIGTERM, to save its checkpoint and exit before
 #: its process group is killed (a step and a checkpoint write of a large model fit in it)
 STOP_GRACE_S = 60.0
+#: a running scene's first ``running`` line comes this many seconds after it started, the next ones at
+#: doubling intervals up to :data:`PROGRESS_MAX_S` (at 1, 3, 7, 15, 25, 35 ... minutes)
+PROGRESS_FIRST_S = 60.0
+PROGRESS_MAX_S = 600.0
 #: the signals to the batch that are passed on to its children (both stop ``nls reconstruct`` at the
 #: next step boundary, with a checkpoint)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -106,13 +114,83 @@ class BatchOptions:
         return cmd
 
 
-def _error_of(log_text: str, exit_code: Optional[int]) -> str:
-    """The child's own ``error: ...`` paragraph, else the tail of its log (a crash, a traceback)."""
+def _error_of(log_text: str, exit_code: Optional[int], scene: Optional[str] = None) -> str:
+    """The child's own ``error: ...`` paragraph, else the tail of its log (a crash, a traceback). The
+    scene file the error starts with, when it is ``scene``, is left out: the batch's lines name it."""
     errors = [line[len("error: "):] for line in log_text.splitlines() if line.startswith("error: ")]
     if errors:
-        return errors[-1]
+        return _without_scene(errors[-1], scene) if scene else errors[-1]
     tail = [line for line in log_text.strip().splitlines() if line.strip()][-3:]
     return f"exit code {exit_code}: " + " | ".join(tail) if tail else f"exit code {exit_code}, no output"
+
+
+def _without_scene(text: str, scene: str) -> str:
+    """``text`` without the ``<scene>: `` it starts with (an error naming its scene file, as given or as an
+    absolute path), since the lines that print it name the scene already."""
+    for name in dict.fromkeys((scene, str(Path(scene).resolve()))):
+        if text.startswith(f"{name}: "):
+            return text[len(name) + 2:]
+    return text
+
+
+def log_path(log_dir: Path, index: int, scene: str) -> Path:
+    """The log file of the scene of 0-based ``index``, numbered as the console shows it: [1] -> 01_<stem>.log."""
+    return log_dir / f"{index + 1:02d}_{Path(scene).stem}.log"
+
+
+def _elapsed(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '2 h 07 min'."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _last_step(metrics: Path) -> Optional[int]:
+    """The step of the last complete line of a run's metrics.jsonl (read from its end), None without one."""
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int) and not isinstance(step, bool):
+            return step
+    return None
+
+
+def scene_progress(log: Path) -> str:
+    """Where a running scene is, from its log and run folder: 'loading its scene', 'training, no step
+    logged yet', 'step 400 of 1200', 'trained (1200 steps), rendering and evaluating'."""
+    try:
+        found = RUN_FOLDER_LINE.findall(log.read_text(errors="replace"))
+    except OSError:
+        found = []
+    if not found:
+        return "loading its scene"
+    run = Path(found[0].strip())
+    step = _last_step(run / "metrics.jsonl")
+    try:
+        import yaml
+
+        train = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("train") or {}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        train = {}
+    steps = train.get("steps") if isinstance(train.get("steps"), int) else None
+    budget = f" (or {train['max_seconds']:g} s)" if isinstance(train.get("max_seconds"), (int, float)) else ""
+    if step is None:
+        return "training, no step logged yet"
+    if steps is not None and step >= steps:
+        return f"trained ({steps} steps), rendering and evaluating"
+    return f"step {step}" + (f" of {steps}{budget}" if steps is not None else "")
 
 
 def _threads_per_run(cpus: int, parallel: int) -> int:
@@ -270,7 +348,7 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
     from pipeline.distributed import clean_child_env
 
     children = children or ChildRuns()
-    log = log_dir / f"{index:02d}_{Path(scene).stem}.log"
+    log = log_path(log_dir, index, scene)
     env = clean_child_env()  # the child is a single process even when this one is a torchrun rank
     env.setdefault("NLS_THREADS", str(opts.threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -294,7 +372,7 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
         error = _stop_error(code, opts, run_dir, timed_out=timed_out, killed=killed, stop_signal=children.stop_signal)
         outcome = "timed out" if timed_out else "stopped"
     else:
-        error, outcome = _error_of(text, code), "failed"
+        error, outcome = _error_of(text, code, scene), "failed"
     return SceneResult(index, scene, outcome, status, code, seconds, run_dir, error, str(log), rank, kept)
 
 
@@ -317,19 +395,54 @@ def run_scenes(scenes: Sequence[tuple[int, str]], opts: BatchOptions, jobs: int,
     stops the running ones (with a checkpoint) and skips the rest."""
     total = len(scenes)
     children = ChildRuns()
+    running: dict[int, tuple[str, Path, float]] = {}  # index -> (scene, log, time.monotonic() at its start)
+    lock = threading.Lock()
 
     def one(item: tuple[int, str]) -> SceneResult:
         i, scene = item
         if children.stop_signal is None:
-            say(f"[{i + 1}] started {scene}")
-        res = run_scene(i, scene, opts, log_dir, rank, children)
+            say(f"[{i + 1}] started {scene}  (log: {log_path(log_dir, i, scene)})")
+        with lock:
+            running[i] = (scene, log_path(log_dir, i, scene), time.monotonic())
+        try:
+            res = run_scene(i, scene, opts, log_dir, rank, children)
+        finally:
+            with lock:
+                running.pop(i, None)
         _say_result(res, say)
         return res
 
     if total == 0:
         return []
-    with children.passing_on_stops(), ThreadPoolExecutor(max_workers=max(1, min(jobs, total))) as pool:
-        return list(pool.map(one, scenes))
+    stop = threading.Event()
+    monitor = threading.Thread(target=_report_progress, args=(running, lock, stop, say), daemon=True,
+                               name="nls-batch-progress")
+    monitor.start()
+    try:
+        with children.passing_on_stops(), ThreadPoolExecutor(max_workers=max(1, min(jobs, total))) as pool:
+            return list(pool.map(one, scenes))
+    finally:
+        stop.set()
+        monitor.join()
+
+
+def _report_progress(running: dict[int, tuple[str, Path, float]], lock: threading.Lock, stop: threading.Event,
+                     say) -> None:
+    """Until ``stop`` is set: a ``[N] running <scene>: <elapsed>, step S of T`` line for each scene of
+    ``running`` that has run :data:`PROGRESS_FIRST_S` seconds, then again at doubling intervals up to
+    :data:`PROGRESS_MAX_S` (a scene that trains for hours is not silent, nor does it flood the console)."""
+    due: dict[int, tuple[float, float]] = {}  # index -> (when its next line is due, the interval after it)
+    while not stop.wait(min(1.0, PROGRESS_FIRST_S / 4)):
+        now = time.monotonic()
+        with lock:
+            items = list(running.items())
+        for i, (scene, log, t0) in items:
+            when, gap = due.get(i, (t0 + PROGRESS_FIRST_S, PROGRESS_FIRST_S))
+            if now >= when and not stop.is_set():
+                say(f"[{i + 1}] running {scene}: {_elapsed(now - t0)}, {scene_progress(log)}")
+                gap = min(2 * gap, max(PROGRESS_MAX_S, PROGRESS_FIRST_S))
+                when = now + gap
+            due[i] = (when, gap)
 
 
 def precheck(scene: str, opts: BatchOptions, host) -> Optional[str]:
@@ -340,8 +453,7 @@ def precheck(scene: str, opts: BatchOptions, host) -> Optional[str]:
     try:
         load_scene(Path(scene), host, overrides)
     except NLSError as exc:
-        text = str(exc)  # the lines that print it name the scene already
-        return text[len(scene) + 2:] if text.startswith(f"{scene}: ") else text
+        return _without_scene(str(exc), scene)  # the lines that print it name the scene already
     return None
 
 
@@ -420,19 +532,19 @@ def cmd_batch(args) -> int:
     def say(msg: str) -> None:
         print(f"{tag}{msg}", flush=True)
 
+    if info.is_main:
+        say(f"batch of {len(scenes)} scene(s), {min(jobs, len(scenes))} at a time"
+            + (f" on each of {info.world_size} ranks" if info.enabled else "")
+            + f", {opts.threads} thread(s) per run; logs in {log_dir}")
     results: list[SceneResult] = []
     todo = []
     for i, s in mine:
         problem = problems[i]
         if problem:
-            say(f"[{i + 1}] FAILED  {s}: {problem}")
+            say(f"[{i + 1}] FAILED  {s}: {problem}  (refused, not run)")
             results.append(SceneResult(i, s, "failed", None, 2, 0.0, None, problem, "", info.rank))
         else:
             todo.append((i, s))
-    if info.is_main:
-        say(f"batch of {len(scenes)} scene(s), {min(jobs, len(scenes))} at a time"
-            + (f" on each of {info.world_size} ranks" if info.enabled else "")
-            + f", {opts.threads} thread(s) per run; logs in {log_dir}")
     results += run_scenes(todo, opts, jobs, log_dir, info.rank, say)
     if info.enabled:
         gathered: list = [None] * info.world_size

@@ -129,8 +129,14 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
         out.append(f"the same run folder is given more than once: {', '.join(twice)}")
     names = {r.name for r in runs}
     if len(names) > 1:
+        # one statement: nothing is marked best across scenes, so the settings that would keep a mark
+        # (scene keys, ground truth, budgets, evaluation and extractor options) are not listed one by one
         out.append(f"the runs are on different scenes ({', '.join(sorted(names))}): their metrics are not "
-                   f"comparable, so no best value is marked")
+                   f"comparable, so no best value is marked (and their scene, budget and evaluation settings "
+                   f"are not compared)")
+        out += _component_warnings(runs, labels)
+        out += _evaluator_warnings(runs, labels)[0]
+        return out + _progress_warnings(runs, labels)
     diff = _differing([r.config.get("scene") or {} for r in runs])
     hashes = [(r.scene or {}).get("gt_mesh_sha256") for r in runs]
     one_truth = None not in hashes and len(set(hashes)) == 1  # runs before this record was kept have none
@@ -168,18 +174,35 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
         diff = _differing(extractors)
         if diff:
             out.append("the extractor settings differ: " + _describe(diff, labels) + UNMARKED)
-    evs = [{str(e.get("type")): e for e in (c.get("evaluators") or []) if isinstance(e, dict)}
-           for c in configs]
+    partial, options = _evaluator_warnings(runs, labels)
+    return out + partial + options + _progress_warnings(runs, labels)
+
+
+def _evaluator_warnings(runs: list[RunFacts], labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(evaluators only some runs have, as one sentence; evaluator options that differ, as one sentence),
+    with ``nls eval --set`` overrides applied; empty lists when they agree."""
+    evs = [{str(e.get("type")): e for e in (r.eval_config.get("evaluators") or []) if isinstance(e, dict)}
+           for r in runs]
     partial = sorted({t for e in evs for t in e} - set.intersection(*(set(e) for e in evs)))
-    if partial:
-        out.append("the evaluators differ: " + "; ".join(
-            f"{t} only in {', '.join(lab for lab, e in zip(labels, evs) if t in e)}" for t in partial))
+    first = ["the evaluators differ: " + "; ".join(
+        f"{t} only in {', '.join(lab for lab, e in zip(labels, evs) if t in e)}" for t in partial)] if partial else []
     ev = _differing([{t: b for t, b in e.items() if t not in partial} for e in evs])
-    if ev:
-        out.append("the evaluator options differ: " + _describe(ev, labels) + UNMARKED)
-    stopped = [f"{lab} (step {r.step} of {r.steps}" + (f", newest checkpoint at step {r.checkpoint_step})"
-                                                        if r.checkpoint_step != r.step else ")")
-               for lab, r in zip(labels, runs) if not r.trained]
+    return first, (["the evaluator options differ: " + _describe(ev, labels) + UNMARKED] if ev else [])
+
+
+def _progress_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
+    """Runs that did not finish (with their step and newest checkpoint, or that they have none), and runs
+    trained but without final metrics."""
+    out = []
+
+    def where(r: RunFacts) -> str:
+        if r.checkpoint_step is None:
+            return f"step {r.step} of {r.steps}, no checkpoint"
+        if r.checkpoint_step != r.step:
+            return f"step {r.step} of {r.steps}, newest checkpoint at step {r.checkpoint_step}"
+        return f"step {r.step} of {r.steps}"
+
+    stopped = [f"{lab} ({where(r)})" for lab, r in zip(labels, runs) if not r.trained]
     if stopped:
         out.append(f"not finished, so not marked best: {', '.join(stopped)}")
     no_metrics = [(lab, r) for lab, r in zip(labels, runs) if r.trained and not r.metrics]

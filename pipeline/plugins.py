@@ -74,7 +74,7 @@ class PluginHost:
             if pm.has_plugin(name):
                 prev = next(i for i in infos if i.name == name)
                 raise NLSError(f"two plugins are named {name!r}: one from {prev.source}, one from {source}; "
-                               f"rename one of them")
+                               f"{_same_name_remedy(prev.source, source)}")
             try:
                 pm.register(plugin, name=name)
             except pluggy.PluginValidationError as exc:  # e.g. a hook implementation's argument misnamed
@@ -300,27 +300,88 @@ def hook_names() -> list[str]:
     return [n for n in dir(hookspecs) if n.startswith("nls_")]
 
 
+def _same_name_remedy(first: str, second: str) -> str:
+    """How to resolve two plugins of one name coming from ``first`` and ``second`` (PluginInfo sources)."""
+    if first.startswith("entry point") and not second.startswith(("entry point", "builtin", "registered")):
+        # e.g. `nls new-plugin` package installed with pip install -e and given with --plugins-dir too
+        return ("load it one way: drop that --plugins-dir, or leave the installed one out with NLS_LOAD_PLUGINS "
+                "(NLS_LOAD_PLUGINS= loads no installed plugin)")
+    return "rename one of them"
+
+
+def _plugin_files(d: Path) -> list[Path]:
+    """The files of folder ``d`` that ``--plugins-dir`` loads as plugins: ``*.py`` not starting with ``_``."""
+    return [p for p in sorted(d.glob("*.py")) if not p.name.startswith("_")]
+
+
+def plugin_name_of_file(path: Path) -> str:
+    """The plugin name of a ``--plugins-dir`` file: its stem, except that the ``plugin.py`` of a package
+    folder (one with ``__init__.py``) is named after the folder, less an ``nls_`` prefix: the
+    ``nls_my_method/plugin.py`` that ``nls new-plugin my_method`` writes is plugin ``my_method``, the name
+    its entry point gives it once installed."""
+    folder = path.parent
+    if path.name != "plugin.py" or not (folder / "__init__.py").is_file():
+        return path.stem
+    return folder.name[len("nls_"):] if folder.name.startswith("nls_") and len(folder.name) > 4 else folder.name
+
+
+def _no_plugin_files(d: Path) -> str:
+    """Why ``--plugins-dir d`` loads nothing, and which folder to give instead when a subfolder holds
+    plugin files (the package folder of a project made by ``nls new-plugin``)."""
+    root = d.resolve()
+    helpers = sorted(p.name for p in root.glob("_*.py"))
+    what = (f"no plugin file in it ({', '.join(helpers)} {'is a helper' if len(helpers) == 1 else 'are helpers'}: "
+            f"files named _*.py are not loaded as plugins)" if helpers else
+            "no plugin file in it (nls loads the .py files directly in that folder whose names do not start with _)")
+
+    def shown(sub: Path) -> Path:  # as the user wrote d: relative stays relative
+        return d / sub.relative_to(root)
+
+    def visible(sub: Path) -> bool:
+        rel = sub.relative_to(root).parts
+        return not any(part.startswith((".", "_")) or part in ("tests", "test", "build", "dist") for part in rel)
+
+    found = [p.parent for pattern in ("*/plugin.py", "*/*/plugin.py") for p in sorted(root.glob(pattern))
+             if visible(p.parent)]
+    if not found:
+        found = [sub for sub in sorted(root.iterdir()) if sub.is_dir() and visible(sub) and _plugin_files(sub)]
+    hint = ""
+    if found:
+        shown_found = [shown(f) for f in found[:3]]
+        hint = (f". Its subfolder {shown_found[0]} holds plugin files: pass --plugins-dir {shown_found[0]}"
+                if len(found) == 1 else
+                f". Subfolders hold plugin files: pass " + " ".join(f"--plugins-dir {f}" for f in shown_found)
+                + (f" (and {len(found) - 3} more)" if len(found) > 3 else ""))
+    if (root / "pyproject.toml").is_file():
+        hint += (f"{', or' if hint else '. It holds a pyproject.toml:'} install the package with "
+                 f"`pip install -e {d}` (installed plugins load without --plugins-dir)")
+    return f"--plugins-dir {d}: {what}{hint or '. Give the folder that holds your plugin .py files'}."
+
+
 def _load_dir(d: Path) -> list[tuple[str, Any, Path]]:
     """Import the plugin files of folder ``d``: (name, module, absolute path) each. The path is absolute
-    because it is recorded (``plugins.json``) and shown from other working directories."""
+    because it is recorded (``plugins.json``) and shown from other working directories. A folder without
+    plugin files is an NLSError that names the subfolder to give instead, when one holds plugin files."""
     if not d.is_dir():
         raise NLSError(f"--plugins-dir {d}: not a directory. Give a folder holding plugin .py files.")
+    files = _plugin_files(d.resolve())
+    if not files:
+        raise NLSError(_no_plugin_files(d))
     out = []
     if str(d.resolve()) not in sys.path:  # plugin files import their helpers (_helpers.py) as sibling modules
         sys.path.append(str(d.resolve()))  # appended: a file cannot shadow an installed module
-    for path in sorted(d.resolve().glob("*.py")):
-        if path.name.startswith("_"):  # a helper, not a plugin
-            continue
-        mod_name = f"nls_local_plugins.{path.stem}"
+    for path in files:
+        name = plugin_name_of_file(path)
+        mod_name = f"nls_local_plugins.{name}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
         # in sys.modules while it runs, as an import would put it: dataclasses and pydantic resolve the
-        # file's (postponed) annotations through it, and "nls_local_plugins.<stem>:attr" factories load
+        # file's (postponed) annotations through it, and "nls_local_plugins.<name>:attr" factories load
         sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(mod_name, None)
             raise PluginError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
-        out.append((path.stem, module, path))
+        out.append((name, module, path))
     return out

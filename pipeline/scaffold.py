@@ -1,8 +1,10 @@
-"""``nls new-plugin NAME``: a pip-installable plugin package that registers one component."""
+"""``nls new-plugin NAME``: a pip-installable plugin package that registers one component; without
+installing it, ``--plugins-dir nls-NAME/nls_NAME`` loads it (see :func:`next_steps`)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from pipeline.runs import mkdir_failure
@@ -139,7 +141,24 @@ def new_plugin(name: str, parent: Path) -> Path:
                                     f"`neural-level-sets`) installed from its repository in the same environment; "
                                     f"it is not on PyPI, whose `nls` is an unrelated package. Install with "
                                     f"`pip install -e .`, "
-                                    f"check with `nls plugins`, test with `pytest`.\n\nUse it in a scene:\n\n"
+                                    f"check with `nls plugins`, test with `pytest`.\n\nTo try it without "
+                                    f"installing, give nls its package folder (from this folder):\n\n"
+                                    f"```bash\nnls reconstruct SCENE.yaml --plugins-dir {pkg.name}\n```\n\n"
+                                    f"It loads `{pkg.name}/plugin.py` as plugin `{name}`, the name the entry "
+                                    f"point gives it once installed (the tests need it installed).\n\n"
+                                    f"Use it in a scene:\n\n"
                                     f"```yaml\nlosses:\n  - type: photometric\n  - type: {name}_opacity\n"
                                     f"    weight: 0.001\n```\n")
     return root
+
+
+def next_steps(name: str, root: Path) -> str:
+    """What to do with the package ``root`` that :func:`new_plugin` wrote for plugin ``name``, as
+    ``nls new-plugin`` prints it: install it, or use it without installing (``--plugins-dir`` on its
+    package folder, which loads ``nls_<name>/plugin.py`` as plugin ``name``), and check it."""
+    pkg = Path(root) / f"nls_{name}"
+    q = shlex.quote
+    return (f"created plugin package {root}\n"
+            f"install it:  pip install -e {q(str(root))}\n"
+            f"or use it without installing:  nls reconstruct SCENE.yaml --plugins-dir {q(str(pkg))}\n"
+            f"check it:    nls plugins   and   pytest {q(str(root))}")

@@ -93,6 +93,7 @@ def test_a_plugins_dir_before_the_subcommand_reaches_its_arguments(tmp_path, mon
     from pipeline import cli
 
     seen = []
+    (tmp_path / "noop.py").write_text("")  # a folder without a plugin file is refused
     monkeypatch.setattr(cli, "cmd_plugins", lambda args: seen.append(args.plugins_dir) or 0)
     assert cli.main(["--plugins-dir", str(tmp_path), "plugins"]) == 0
     assert seen == [[str(tmp_path)]]
