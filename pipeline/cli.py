@@ -163,18 +163,21 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
     from pipeline.runs import source_version
 
+    from pipeline.mesh import progress_default
+
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, progress=progress)
     mesh_path = None
-    if ld.cfg.stages.get("extractor"):
-        from pipeline.mesh import export_mesh
+    with progress_default(None if progress else False):  # -q: no progress of field sampling either
+        if ld.cfg.stages.get("extractor"):
+            from pipeline.mesh import export_mesh
 
-        try:
-            mesh_path = export_mesh(ctx.mesh(), ld.run.meshes_dir / "mesh.ply")
-        except PluginError:
-            raise  # a broken extractor is not a skipped export: fix it, then `nls resume` evaluates
-        except NLSError as exc:  # e.g. no surface at the extractor's level
-            print(f"mesh export skipped: {exc}", file=sys.stderr)
-    results = run_evaluators(ctx)
+            try:
+                mesh_path = export_mesh(ctx.mesh(), ld.run.meshes_dir / "mesh.ply")
+            except PluginError:
+                raise  # a broken extractor is not a skipped export: fix it, then `nls resume` evaluates
+            except NLSError as exc:  # e.g. no surface at the extractor's level
+                print(f"mesh export skipped: {exc}", file=sys.stderr)
+        results = run_evaluators(ctx)
     if ctx.can_render and not ctx.rendered:  # the renders folder is written even without image metrics
         ctx.renders()
     summary = {
@@ -197,10 +200,11 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
 
 
 def _plugins_flags(args) -> str:
-    """' --plugins-dir D' for each --plugins-dir given, so printed follow-up commands run as copied."""
+    """' --plugins-dir D' for each --plugins-dir given, as an absolute path, so printed follow-up commands
+    run as copied, from any folder."""
     from pipeline.runs import plugins_dir_flags
 
-    return plugins_dir_flags(getattr(args, "plugins_dir", None) or [])
+    return plugins_dir_flags([Path(d).absolute() for d in getattr(args, "plugins_dir", None) or []])
 
 
 def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
@@ -378,12 +382,43 @@ def cmd_resume(args) -> int:
     ``--no-eval``); exit code 0, 130 when interrupted."""
     from pipeline import distributed
 
+    if _say_if_complete(Path(args.run_dir), _plugins_flags(args)):
+        return 0
     ld = open_run(args, train=True)
     info = distributed.setup(ld.device, threads=ld.cfg.train.threads)  # torchrun: any number of processes
     distributed.check_same_config({"config": ld.cfg.to_dict(), "plugins": ld.host.versions(),
                                    "checkpoint_step": ld.step}, info, what="run config and checkpoint")
     with ld.run.training_lock(enabled=info.is_main):
         return _resume_locked(ld, info, args)
+
+
+def _say_if_complete(run_dir: Path, flags: str = "") -> bool:
+    """When the run at ``run_dir`` is complete (its summary.json was written for its newest checkpoint, at
+    the end of training), say so and what to run instead, and return True: resuming it would only
+    evaluate it again and overwrite summary.json, its mesh and renders. False otherwise (and for a
+    folder that is no run: :func:`open_run` says what is wrong)."""
+    from pipeline.runs import RunDir
+
+    try:
+        run = RunDir.open(run_dir)
+    except NLSError:
+        return False
+    summary, ck = run.read_json("summary.json"), run.latest_checkpoint()
+    if not summary or summary.get("status") != "complete" or ck is None:
+        return False
+    step = re.fullmatch(r"ckpt_(\d+)", ck.stem)
+    if step is None or summary.get("step") != int(step.group(1)):
+        return False  # the summary is not of the newest checkpoint
+    steps = summary.get("steps")
+    why = (f"trained to step {summary['step']}/{steps}" if summary.get("stopped_by") != "train.max_seconds" else
+           f"trained to its time budget (train.max_seconds) at step {summary['step']}/{steps}")
+    print(f"{run.path} is complete: {why} and evaluated (summary.json); nothing to resume.\n"
+          f"evaluate it again (e.g. with --set): nls eval {run.path}{flags}   (writes eval.json beside "
+          f"summary.json)\n"
+          f"train longer: start a new run with a larger budget, e.g. nls reconstruct {run.config_path}{flags} "
+          f"--output {run.path.parents[2]} --steps N\n"
+          f"(to write summary.json, its mesh and renders again, delete summary.json and resume)")
+    return True
 
 
 def _resume_locked(ld: Loaded, info, args) -> int:
@@ -464,34 +499,124 @@ def cmd_render(args) -> int:
 def cmd_export(args) -> int:
     """Run ``nls export``: extract a run's mesh and write it to ``-o``; exit code 0."""
     from pipeline.evaluate import EvalContext, extract
-    from pipeline.mesh import (COLOR_FORMATS, bake_vertex_colors, check_mesh_path, export_mesh,
-                               read_back_watertight)
+    from pipeline.mesh import (COLOR_FORMATS, bake_vertex_colors, check_mesh_path, export_mesh, progress_default,
+                               read_back_watertight, weld_for_format)
 
     check_mesh_path(args.output)  # before the model is built and the field is sampled
     ext = Path(args.output).suffix.lower()
     if args.colors and ext not in COLOR_FORMATS:
         raise NLSError(f"--colors: {ext} files keep no vertex colours; use one of {', '.join(COLOR_FORMATS)}")
+    if args.frame == "input":
+        _refuse_frame_input(Path(args.run_dir), None)  # before the model is built, when scene.json says so
     ld = open_run(args)
+    frame = _input_frame(ld) if args.frame == "input" else None
     if args.colors and not ld.scene.splits:
         raise NLSError("--colors: this run's scene has no posed images of its own (a geometry, point-cloud or "
                        "shape-collection scene), so the field has no trained colour to bake; export without --colors")
+    closable = _extractor_closes(ld)
+    if args.close:
+        if closable is None:
+            choice = ld.cfg.stages.get("extractor")
+            raise NLSError(f"--close: the run's extractor {choice.name!r} has no `close` option (it does not "
+                           f"cap surfaces with the box's faces); export without --close" if choice else
+                           "--close: this run's scene has no extractor stage")
+        choice = ld.cfg.stages["extractor"]
+        choice.options = choice.options.model_copy(update={"close": True})
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
-    mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
+    with progress_default(False if args.quiet else None):
+        mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
+    cut = _open_at_box(mesh)  # in the run's frame, where the box is
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
-    up = args.up or (world_up(ld.scene.meta) if ext == ".glb" else "y")
-    if up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
-        import numpy as np
+    import numpy as np
 
+    if frame is not None:  # run frame -> the input file's: p = (p' - t) / s, a uniform scale and a shift
+        mesh.apply_transform(np.linalg.inv(np.asarray(frame["to_run"], dtype=np.float64)))
+    up = args.up or ("y" if frame is not None else world_up(ld.scene.meta) if ext == ".glb" else "y")
+    if up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
         mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float))
-    out = export_mesh(mesh, Path(args.output))
+    written = weld_for_format(mesh, ext)  # as the file holds it: the counts below are those read back
+    out = export_mesh(written, Path(args.output))
     quantity, level = mesh.metadata.get("quantity"), mesh.metadata.get("level")
     which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
-    print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
-          f"{', vertex colours' if args.colors else ''}, watertight={read_back_watertight(out)} as read back{which}")
+    watertight = read_back_watertight(out)
+    print(f"wrote {out}: {len(written.vertices)} vertices, {len(written.faces)} faces"
+          f"{', vertex colours' if args.colors else ''}, watertight={watertight} as read back{which}")
+    if frame is not None:
+        print(f"in the coordinates of the input file {frame.get('file')} (the run's frame scaled by "
+              f"1/{frame['scale']:.6g} and centred back at {[round(c, 6) for c in frame['centre']]})")
     if up == "z" and args.up is None:
         print("turned the run's +Z up to glTF's +Y up (--up y keeps the coordinates as trained)")
+    if not watertight and cut and not args.close:
+        where = "the --bbox box" if args.bbox else "the extractor's box"
+        fix = ("; --close caps it with the box's faces (a closed mesh)" if closable is not None else
+               "; give a larger --bbox to mesh all of it")
+        print(f"note: the mesh is open where the surface leaves {where} (marching cubes stops at its faces){fix}")
     return 0
+
+
+def _refuse_frame_input(run_dir: Path, meta: Optional[dict]) -> None:
+    """NLSError for ``--frame input`` when the run's scene (``meta``, else its scene.json) was not made by
+    normalising an input file; nothing when it was, or when scene.json cannot tell (checked again once
+    the scene is loaded)."""
+    from pipeline.runs import RunDir
+
+    if meta is None:
+        try:
+            meta = RunDir.open(run_dir).read_json("scene.json")
+        except NLSError:
+            return  # open_run says what is wrong with the folder
+        if not meta:
+            return
+    if isinstance(meta.get("input_frame"), dict) or (
+            (meta.get("input") or meta.get("mesh")) and meta.get("normalised_extent") is not None):
+        return
+    source = meta.get("source") or "this"
+    raise NLSError(f"--frame input: this run's scene ({source}) was not made from an input mesh or point file "
+                   f"that nls normalised (only mesh, geometry and scan scenes are), so there is no input frame "
+                   f"to map back to: its meshes are already in the scene's own coordinates; export without "
+                   f"--frame input")
+
+
+def _input_frame(ld: Loaded) -> dict:
+    """The transform of the run's input file into its frame (``input_frame``, which mesh, geometry and scan
+    scene sources record in the scene's meta and reconstruct in scene.json): the recorded one, else (a run of
+    an older nls) the one the scene source gave when ``open_run`` loaded the scene again; NLSError when the
+    scene has none."""
+    recorded = ld.run.read_json("scene.json") or {}
+    frame = recorded.get("input_frame")
+    if not isinstance(frame, dict):
+        frame = ld.scene.meta.get("input_frame")
+    if not isinstance(frame, dict):
+        _refuse_frame_input(ld.run.path, {**ld.scene.meta, **recorded})
+        raise NLSError("--frame input: this run's scene records no input frame; export without --frame input")
+    return frame
+
+
+def _extractor_closes(ld: Loaded) -> Optional[bool]:
+    """The run's extractor's ``close`` option, None when it has none (or there is no extractor)."""
+    choice = ld.cfg.stages.get("extractor")
+    if choice is None or "close" not in type(choice.options).model_fields:
+        return None
+    return bool(choice.options.close)
+
+
+def _open_at_box(mesh) -> bool:
+    """Whether ``mesh`` has open borders lying on the faces of the box it was extracted in (its
+    ``metadata["bbox"]``): the surface left the box there, and marching cubes stopped at its faces."""
+    import numpy as np
+    import trimesh
+
+    box = mesh.metadata.get("bbox")
+    if box is None or len(mesh.faces) == 0:
+        return False
+    border = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
+    if len(border) == 0:
+        return False
+    lo, hi = np.asarray(box[:3], dtype=np.float64), np.asarray(box[3:], dtype=np.float64)
+    v = np.asarray(mesh.vertices)[np.unique(mesh.edges_sorted[border])]
+    tol = 1e-6 * float((hi - lo).max())
+    return bool((np.isclose(v, lo, rtol=0, atol=tol) | np.isclose(v, hi, rtol=0, atol=tol)).any())
 
 
 def world_up(meta: dict) -> str:
@@ -533,9 +658,10 @@ def _refuse_run_record(out: Path, run_dir: Path, default: Optional[str] = "eval.
             raise NLSError(f"-o {out}: that is the run's own {name}, which {wrote}; give another file{hint}")
 
 
-def _check_more_splits(sets: list[str], run_dir: Path) -> None:
+def _check_more_splits(sets: list[str], run_dir: Path, host=None) -> None:
     """``--set scene.splits=[...]`` of ``nls eval`` may add splits to those the run trained with, not drop
-    one (the trained run is the same whichever extra splits are loaded)."""
+    one (the trained run is the same whichever extra splits are loaded), and only on a scene type that
+    loads splits from its data (``host``'s scene component has a ``splits`` option: blender)."""
     from pipeline.config import parse_override, read_yaml
     from pipeline.runs import RunDir
 
@@ -544,6 +670,19 @@ def _check_more_splits(sets: list[str], run_dir: Path) -> None:
         if key != ["scene", "splits"]:
             continue
         scene = read_yaml(RunDir.open(run_dir).config_path).get("scene")
+        kind = scene.get("type") if isinstance(scene, dict) else None
+        if host is not None and isinstance(kind, str):
+            try:
+                fields = host.component("scene", kind).config_class().model_fields
+            except NLSError:  # an unknown or broken scene type: open_run reports it
+                fields = None
+            if fields is not None and "splits" not in fields:
+                having = [c.name for c in host.components("scene")
+                          if _has_option(c, "splits")]
+                raise NLSError(f"--set {text}: this run's scene type {kind!r} has no splits option: it makes "
+                               f"its own views (or none) and has no other split of data to load; scene.splits "
+                               f"applies to scene types that load splits from a dataset folder "
+                               f"({', '.join(having) or 'none loaded'})")
         trained = scene.get("splits") if isinstance(scene, dict) else None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise NLSError(f"--set {text}: scene.splits takes a list of split names, e.g. "
@@ -552,6 +691,14 @@ def _check_more_splits(sets: list[str], run_dir: Path) -> None:
         if dropped:
             raise NLSError(f"--set {text}: eval may add splits to the run's scene.splits {trained}, not drop "
                            f"{', '.join(dropped)}; give [{', '.join([*trained, *[v for v in value if v not in trained]])}]")
+
+
+def _has_option(component, name: str) -> bool:
+    """Whether ``component``'s config class has the option ``name`` (False when it cannot be loaded)."""
+    try:
+        return name in component.config_class().model_fields
+    except NLSError:
+        return False
 
 
 def cmd_eval(args) -> int:
@@ -574,7 +721,7 @@ def cmd_eval(args) -> int:
             raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)} and "
                            f"{', '.join(EVAL_SET_KEYS)}; {'.'.join(key)!r} is part of the trained run "
                            f"(train a new run to change it)")
-    _check_more_splits(sets, Path(args.run_dir))
+    _check_more_splits(sets, Path(args.run_dir), _host(args))
     ld = open_run(args, overrides=sets)
     if not ld.cfg.evaluators:
         whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
@@ -614,7 +761,10 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     shutil.rmtree(staging, ignore_errors=True)
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
                       files_root=staging, progress=not quiet)
-    results = run_evaluators(ctx)
+    from pipeline.mesh import progress_default
+
+    with progress_default(False if quiet else None):  # -q: no progress of field sampling either
+        results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
@@ -633,12 +783,10 @@ def cmd_plugins(args) -> int:
 
 def cmd_new_plugin(args) -> int:
     """Run ``nls new-plugin``: write a plugin package; exit code 0."""
-    from pipeline.scaffold import new_plugin
+    from pipeline.scaffold import new_plugin, next_steps
 
     path = new_plugin(args.name, Path(args.dir))
-    print(f"created plugin package {path}\n"
-          f"install it:  pip install -e {path}\n"
-          f"check it:    nls plugins   and   pytest {path}")
+    print(next_steps(args.name, path))
     return 0
 
 
@@ -648,6 +796,12 @@ def cmd_report(args) -> int:
 
     if args.output:
         _refuse_run_record(Path(args.output), Path(args.run_dir), "report.html", also=("eval.json",))
+        suffix = Path(args.output).suffix
+        if suffix.lower() not in (".html", ".htm"):  # it was written as HTML whatever the name (x.pdf)
+            raise NLSError(f"-o {args.output}: nls report writes an HTML page, so give a file ending in .html "
+                           f"or .htm (got {suffix or 'no extension'!s}), e.g. "
+                           f"{Path(args.output).with_suffix('.html') if suffix else args.output + '.html'}; "
+                           f"a browser's print dialog makes a PDF of it")
     out = build_report(Path(args.run_dir), Path(args.output) if args.output else None, host=args.host,
                        use_model=not args.no_model, progress=not args.quiet)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: open it in any browser)")
@@ -789,12 +943,22 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--up", choices=["y", "z"],
                    help="the run's up axis; z turns the mesh so +Y is up, as glTF and most viewers take it. "
                    "Default: for .glb, the run's own up axis (z for NeRF-synthetic scenes such as lego and for "
-                   "the scenes nls renders itself, whose worlds are +Z up); for other formats y, the coordinates "
-                   "as trained, which line up with the scene's ground-truth mesh")
+                   "the scenes nls renders itself, whose worlds are +Z up); for other formats, and with "
+                   "--frame input, y: the coordinates as they are")
+    c.add_argument("--frame", choices=["run", "input"], default="run",
+                   help="run (default): the coordinates as trained, which line up with the scene's ground-truth "
+                   "mesh (for mesh, geometry and scan scenes: the input normalised to a box of side "
+                   "scene.extent, centred); input: mapped back to the coordinates of the input mesh or point "
+                   "file, so the mesh lies on it (those scenes only). --bbox is in the run's frame either way")
+    c.add_argument("--close", action="store_true",
+                   help="cap the mesh with the box's faces where the shape reaches the box (e.g. a --bbox crop), "
+                   "so it is closed (the extractor's close option; default: the run's, usually off)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON (exit 1 when every evaluator "
                 "was skipped, e.g. Chamfer on a scene without a ground-truth mesh). --set may change "
-                "what evaluation reads (evaluators, eval.*, extractor.*, renderer.samples_per_ray, scene.splits), e.g. "
+                "what evaluation reads (evaluators, eval.*, extractor.*, renderer.samples_per_ray, and scene.splits "
+                "on scenes loaded from a dataset folder such as blender), e.g. "
                 "--set 'evaluators=[{type: psnr}]' --set eval.supersample=2, --set renderer.samples_per_ray=1024 "
                 "for a finer ray step than training's, or --set eval.split=val --set 'scene.splits=[train, test, "
                 "val]' for a split of the data that training did not load; the trained model is never changed.")
@@ -818,7 +982,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        description="Write DIR/nls-NAME/ (with each _ of NAME written as -): a pyproject.toml declaring "
                        "the `nls` entry point, a plugin module nls_NAME/plugin.py registering one example loss "
                        "with its config, and tests: the loss's value, and a few steps of the tiny scene with "
-                       "it. Install it with pip install -e and it appears in `nls plugins`; then run pytest. "
+                       "it. Install it with pip install -e and it appears in `nls plugins`; then run pytest. Without "
+                       "installing it, --plugins-dir DIR/nls-NAME/nls_NAME loads it (as plugin NAME). "
                        "The hooks of the other stages are documented in pipeline/hookspecs.py and listed by "
                        "`nls plugins --all`.")
     c.add_argument("name", help="plugin name: a lowercase letter, then a-z or 0-9, with single _ between "
@@ -837,7 +1002,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "embedded; opening it needs no network. Runs killed midway get a report too, saying what "
                        "is missing.")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
-    c.add_argument("-o", "--output", metavar="FILE", help="output HTML file (default: RUN_DIR/report.html)")
+    c.add_argument("-o", "--output", metavar="FILE", help="output HTML file, ending in .html or .htm "
+                   "(default: RUN_DIR/report.html)")
     c.add_argument("--no-model", action="store_true",
                    help="do not rebuild the model from its checkpoint (no slices or normal maps; faster)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

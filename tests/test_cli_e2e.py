@@ -243,11 +243,15 @@ def test_a_load_state_dict_error_keeps_its_first_detail():
 
 
 def test_follow_up_commands_carry_the_plugins_dirs():
+    """As absolute paths: a relative one broke the printed command when run from another folder."""
     import argparse
+    import shlex
+    from pathlib import Path
 
     from pipeline.cli import _plugins_flags
 
-    assert _plugins_flags(argparse.Namespace(plugins_dir=["a dir", "/b"])) == " --plugins-dir 'a dir' --plugins-dir /b"
+    here = shlex.quote(str(Path("a dir").absolute()))
+    assert _plugins_flags(argparse.Namespace(plugins_dir=["a dir", "/b"])) == f" --plugins-dir {here} --plugins-dir /b"
     assert _plugins_flags(argparse.Namespace(plugins_dir=None)) == ""
 
 

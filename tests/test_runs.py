@@ -123,9 +123,10 @@ def test_sigkill_then_resume_reaches_the_same_final_step(tiny_scene, tmp_path, n
     assert logged == sorted(set(logged)) and logged[-1] == steps  # no repeated or lost lines
     summary = json.loads(run.summary_path.read_text())
     assert summary["step"] == steps and summary["status"] == "complete"
-    # resuming a finished run never trains past the budget
+    # resuming a finished run never trains past the budget, nor evaluates it again: it says it is complete
     again = nls("resume", str(run_dir), "-q", "--no-eval", check=True)
-    assert "already reached its step budget" in again.stderr
+    assert "is complete" in again.stdout and f"nls eval {run_dir}" in again.stdout, again.stdout
+    assert "(writes summary.json)" not in again.stdout
     assert run.load_checkpoint()["step"] == steps
 
 

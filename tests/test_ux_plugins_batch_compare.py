@@ -126,8 +126,6 @@ def test_new_plugin_says_how_to_use_the_package_without_installing_it(tmp_path, 
     assert recorded["sparse_a"]["source"] == str((root / "nls_sparse_a" / "plugin.py").resolve())
 
 
-@pytest.mark.xfail(reason="pipeline/cli.py (cmd_new_plugin) does not print scaffold.next_steps yet: "
-                          "the change is left to cli.py's owner; remove this mark with it", strict=False)
 def test_new_plugin_prints_the_plugins_dir_line(tmp_path, capsys):
     from pipeline.cli import main
 

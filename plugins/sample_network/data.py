@@ -67,7 +67,7 @@ def build_scan(cfg: ScanConfig, ctx):
         from pipeline.runs import atomic_write_bytes, file_sha256
         from pipeline.scenes.mesh_render import load_mesh, normalize_mesh
         from pipeline.types import DataError, SceneData
-        from plugins.scenes.sources import _read_points, cache_root, make_cache_dir
+        from plugins.scenes.sources import _read_points, cache_root, input_frame_record, make_cache_dir, normalize_points
 
         path = Path(cfg.path)
         if not path.exists():
@@ -76,7 +76,7 @@ def build_scan(cfg: ScanConfig, ctx):
         gt = None
         pts = None if path.suffix.lower() in MESH_SUFFIXES else _read_points(path)
         if pts is None:
-            mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
+            mesh, T = normalize_mesh(load_mesh(path), cfg.extent)
             points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
             normals = mesh.face_normals[faces]
             key = hashlib.sha256(json.dumps([file_sha256(path), cfg.extent]).encode())  # by content, not time
@@ -86,8 +86,7 @@ def build_scan(cfg: ScanConfig, ctx):
                 atomic_write_bytes(gt, mesh.export(file_type="ply"))
         else:
             points, normals = pts
-            lo, hi = points.min(0), points.max(0)
-            points = (points - (lo + hi) / 2) * (cfg.extent / float((hi - lo).max()))
+            points, T = normalize_points(points, cfg.extent)
         scan = make_scan(points, cfg, rng, normals)
         if len(scan) < 10:
             raise DataError(f"scan of {path}: only {len(scan)} points left after cropping; raise crop_keep")
@@ -95,7 +94,7 @@ def build_scan(cfg: ScanConfig, ctx):
         return SceneData(splits={}, aabb=torch.tensor([-half] * 3 + [half] * 3, dtype=torch.float32),
                          gt_mesh=gt, points=scan, normals=None,
                          meta={"source": "scan", "input": str(path), "normalised_extent": cfg.extent,
-                               "n_points": int(len(scan)), "noise": cfg.noise, "crop": cfg.crop,
+                               "input_frame": input_frame_record(T, path), "n_points": int(len(scan)), "noise": cfg.noise, "crop": cfg.crop,
                                "subsample": cfg.subsample})
 
     return load

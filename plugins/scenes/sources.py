@@ -218,13 +218,19 @@ def build_mesh_scene(cfg: MeshSceneConfig, ctx):
         opts = {**cfg.model_dump(exclude={"background"}), "sha256": file_sha256(path) if path.is_file() else None}
 
         def make(out: Path) -> None:
-            mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
+            mesh, T = normalize_mesh(load_mesh(path), cfg.extent)
+            (out / INPUT_FRAME).write_text(json.dumps(T.tolist()))
             _render_views(mesh, out, cfg)
 
         folder = cached_render("mesh", opts, make)
         half = 0.6 * cfg.extent
         scene = _load(folder, cfg.background, [-half] * 3 + [half] * 3)
-        scene.meta.update({"source": "mesh", "mesh": str(path), "normalised_extent": cfg.extent})
+        if (folder / INPUT_FRAME).is_file():
+            T = json.loads((folder / INPUT_FRAME).read_text())
+        else:  # a scene cached before the transform was kept with it
+            T = normalize_mesh(load_mesh(path), cfg.extent)[1]
+        scene.meta.update({"source": "mesh", "mesh": str(path), "normalised_extent": cfg.extent,
+                           "input_frame": input_frame_record(T, path)})
         return scene
 
     return load
@@ -295,6 +301,36 @@ def _read_points(path: Path):
     return a[:, :3], (a[:, 3:] if a.shape[1] == 6 else None)
 
 
+#: in a cached mesh scene: the 4x4 transform (JSON) from the input mesh's coordinates to the scene's
+INPUT_FRAME = "input_frame.json"
+
+
+def normalize_points(points, extent: float):
+    """``(points', T)``: ``points`` (P, 3) with their bounding box centred at the origin and its largest side
+    scaled to ``extent``, and the 4x4 ``T`` that does it (``p' = s * (p - c)``), as
+    :func:`pipeline.scenes.mesh_render.normalize_mesh` does for a mesh."""
+    import numpy as np
+
+    lo, hi = points.min(0), points.max(0)
+    s = extent / float((hi - lo).max())
+    T = np.eye(4)
+    T[:3, :3] *= s
+    T[:3, 3] = -s * (lo + hi) / 2
+    return (points - (lo + hi) / 2) * s, T
+
+
+def input_frame_record(T, path) -> dict:
+    """What a run records (scene.json ``input_frame``) of how its input file was normalised: ``T``, the
+    4x4 transform from the file's coordinates to the run's (``p' = scale * (p - centre)``), with its
+    scale and centre, and the file. ``nls export --frame input`` maps meshes back with its inverse."""
+    import numpy as np
+
+    T = np.asarray(T, dtype=np.float64)
+    scale = float(T[0, 0])
+    return {"file": str(path), "scale": scale, "centre": (-T[:3, 3] / scale).tolist(),
+            "to_run": T.tolist()}
+
+
 def build_geometry(cfg, ctx):
     """Build the ``geometry`` scene source from its ``scene:`` block (``GeometryConfig``): returns a loader
     of a normalised point cloud (with normals when known) from a mesh or point file, no images."""
@@ -316,7 +352,7 @@ def build_geometry(cfg, ctx):
         out = cache_root() / "geometry" / key
         if pts is None:
             make_cache_dir(out)
-            mesh, _ = normalize_mesh(load_mesh(path), cfg.extent)
+            mesh, T = normalize_mesh(load_mesh(path), cfg.extent)
             points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
             normals = mesh.face_normals[faces]
             gt = out / "gt_mesh.ply"
@@ -326,14 +362,13 @@ def build_geometry(cfg, ctx):
                 atomic_write_bytes(gt, mesh.export(file_type="ply"))
         else:
             points, normals = pts
-            lo, hi = points.min(0), points.max(0)
-            scale = cfg.extent / float((hi - lo).max())
-            points = (points - (lo + hi) / 2) * scale
+            points, T = normalize_points(points, cfg.extent)
             gt = None
         half = 0.5 * cfg.extent + cfg.box_margin
         return SceneData(splits={}, aabb=torch.tensor([-half] * 3 + [half] * 3, dtype=torch.float32),
                          gt_mesh=gt, points=np.asarray(points, np.float32),
                          normals=None if normals is None else np.asarray(normals, np.float32),
-                         meta={"source": "geometry", "input": str(path), "normalised_extent": cfg.extent})
+                         meta={"source": "geometry", "input": str(path), "normalised_extent": cfg.extent,
+                               "input_frame": input_frame_record(T, path)})
 
     return load
