@@ -211,6 +211,30 @@ def test_fill_interior_meshes_a_hollow_shell_as_the_solid_ball():
     assert meshes[False].volume == pytest.approx(outer - inner, rel=0.05)
 
 
+def test_fill_interior_fills_exactly_what_binary_fill_holes_fills():
+    """The one-pass labelling against scipy's binary_fill_holes on random grids (many small cavities, cells
+    touching the box's faces, NaN) and on nested shells."""
+    from scipy.ndimage import binary_fill_holes
+
+    from plugins.ngp.extract import fill_interior
+
+    rng = np.random.default_rng(0)
+    grids = [rng.random((n, n + 1, n + 2)) for n in (5, 17, 32)]
+    g = np.zeros((40, 40, 40))
+    g[5:35, 5:35, 5:35] = 1
+    g[10:30, 10:30, 10:30] = 0
+    g[15:25, 15:25, 15:25] = 1
+    g[18:22, 18:22, 18:22] = np.nan
+    grids.append(g)
+    for grid in grids:
+        for level in (0.3, 0.5, 0.7):
+            solid = grid > level
+            want = binary_fill_holes(solid) & ~solid
+            got = fill_interior(grid, level) > level
+            assert np.array_equal(got, solid | want)
+            assert np.array_equal(fill_interior(grid, level)[~want], grid[~want], equal_nan=True)
+
+
 def test_drop_small_components_threshold_is_a_fraction_of_the_faces():
     """Icospheres of 1280 and 80 faces: the small one holds 80/1360 = 5.9% of the faces, kept at a
     threshold of 5%, dropped at 6%; the largest component survives any threshold."""
