@@ -360,7 +360,7 @@ class Trainer:
         self.dist = distributed.current()
         t = cfg.train
         self.optimizer = torch.optim.Adam(system.param_groups(t.lr), lr=t.lr, weight_decay=t.weight_decay,
-                                          betas=(0.9, 0.99), eps=1e-15)
+                                          betas=(0.9, 0.99), eps=1e-15, **({"fused": True} if t.fused_adam else {}))
         for g in self.optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         has_images = system.renderer is not None and "train" in scene.splits

@@ -324,6 +324,28 @@ def test_an_atomic_write_sweeps_the_old_temp_files_of_killed_writers(tmp_path):
     assert not old.exists() and young.exists() and other.exists()
 
 
+def test_fused_adam_trains_to_the_same_model_up_to_rounding(tiny_scene, tmp_path):
+    """train.fused_adam takes torch's fused kernel (recorded in the checkpoint's optimiser state); the
+    parameters end within float rounding of the default kernels', not bit for bit."""
+    import torch
+
+    from pipeline.cli import main
+
+    states = {}
+    for fused in ("false", "true"):
+        out = tmp_path / fused
+        assert main(["reconstruct", str(tiny_scene()), "--output", str(out), "-q", "--no-eval",
+                     "--set", f"train.fused_adam={fused}"]) == 0
+        states[fused] = RunDir.open(next(out.glob("tiny/dense_grid/*"))).load_checkpoint()
+    assert states["true"]["optimizer"]["param_groups"][0]["fused"] is True
+    assert not states["false"]["optimizer"]["param_groups"][0].get("fused")
+    a, b = states["false"]["model"], states["true"]["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
 def test_kernels_are_prepared_before_the_clock_starts(tmp_path, monkeypatch):
     """Every module's ``prepare_kernels(device)`` runs once when the Trainer is made, before any step
     (a first-use JIT build must not count as training time); on CPU the renderer's leaves nerfacc's
