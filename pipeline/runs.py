@@ -342,7 +342,7 @@ class RunDir:
 
         buf = io.BytesIO()
         torch.save(state, buf)
-        data = buf.getvalue()
+        data = buf.getbuffer()  # a view: getvalue() copied the whole checkpoint (100 MB for csg_dense) once more
         path = self.ckpt_dir / f"ckpt_{step:08d}.pt"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
