@@ -153,6 +153,30 @@ def updated_grid(resolution=32):
     return grid
 
 
+@pytest.mark.parametrize("resolution, dtype", [(16, torch.float32), (48, torch.float64), (256, torch.float32)])
+def test_occupied_along_rays_matches_the_per_point_cell_lookup(resolution, dtype):
+    """Per-axis float accumulation of the cell index against integer (r, S, 3) cell indices of the same points
+    (the previous code): equal on random grids, with rays that miss the box, NaN and inf steps; 256^3 has
+    2^24 cells and takes the float64 accumulation."""
+    gen = torch.Generator().manual_seed(resolution)
+    grid = OccupancyGrid(AABB, resolution=resolution)
+    grid.estimator.binaries.copy_(torch.rand(grid.estimator.binaries.shape, generator=gen) > 0.5)
+    n = 300 if resolution < 256 else 40
+    o = (torch.randn(n, 3, generator=gen) * 1.5).to(dtype)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1).to(dtype)
+    t = (torch.rand(n, 64, generator=gen) * 4).to(dtype)
+    t[3, 5], t[4, 6], o[5] = float("nan"), float("inf"), float("nan")
+    res = torch.tensor([resolution] * 3)
+    scale = res.to(dtype) / (AABB[3:] - AABB[:3]).to(dtype)
+    g = ((o - AABB[:3].to(dtype)) * scale)[:, None, :] + (d * scale)[:, None, :] * t[:, :, None]
+    inside = ((g >= 0) & (g <= res.to(dtype))).all(-1)
+    idx = torch.minimum(g.floor().long().clamp_min(0), res - 1)
+    want = grid.estimator.binaries[0][idx[..., 0], idx[..., 1], idx[..., 2]] & inside
+    assert int(want.sum()) > 0
+    assert torch.equal(grid.occupied_along_rays(o, d, t), want)
+    assert torch.equal(grid.occupied_along_rays(o, d, t, rows=7), want)
+
+
 def test_occupancy_grid_culls_empty_space():
     grid = updated_grid()
     # the slab faces lie on cell boundaries (cell size 1/16), so the grid is exact
