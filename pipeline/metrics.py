@@ -120,8 +120,11 @@ def _bounds(x) -> np.ndarray:
     """(2, 3) bounding box of a mesh (the vertices its faces use) or a point set."""
     if _is_mesh(x):
         faces = np.asarray(x.faces)
-        used = np.unique(faces) if faces.size else slice(None)
-        pts = _np(x.vertices)[used]
+        pts = _np(x.vertices)
+        if faces.size:  # a mask, not np.unique's sort (0.2 s on a 350k-face mesh): the same vertices
+            used = np.zeros(len(pts), dtype=bool)
+            used[faces.ravel()] = True
+            pts = pts[used]
     else:
         pts = _as_points(x, "gt")
     return np.stack([pts.min(0), pts.max(0)])
@@ -149,7 +152,8 @@ def _sample(x, n: int, rng: np.random.Generator, name: str, T_scale: float,
         if len(x.faces) == 0:
             raise NLSError(f"chamfer: {name} mesh has no faces")
         v = _np(x.vertices) * T_scale + T_shift
-        if not np.isfinite(v[np.unique(np.asarray(x.faces))]).all():  # as _bounds: unused vertices do not count
+        if not np.isfinite(v).all() and not np.isfinite(v[np.unique(np.asarray(x.faces))]).all():  # as _bounds:
+            # unused vertices do not count (the unique() only when some vertex is not finite)
             raise NLSError(f"chamfer: {name} mesh has non-finite vertices")
         m = trimesh.Trimesh(vertices=v, faces=np.asarray(x.faces), process=False)
         areas = m.area_faces
