@@ -357,7 +357,7 @@ def test_level_set_points_chamfer_samples_the_gt_at_the_protocol_count(tmp_path,
     monkeypatch.setattr(pipeline.metrics, "chamfer", spy)
     chain = lambda x, d: {"sdf": x.norm(dim=-1) - 0.4}  # noqa: E731
     ctx = types.SimpleNamespace(
-        system=types.SimpleNamespace(chain=chain, eval=lambda: None), device=torch.device("cpu"), run=None,
+        system=types.SimpleNamespace(chain=chain, eval=lambda: None), device=torch.device("cpu"), run=None, files_dir=None,
         scene=types.SimpleNamespace(aabb=torch.tensor([-0.5] * 3 + [0.5] * 3), gt_mesh=gt),
         cfg=types.SimpleNamespace(eval=types.SimpleNamespace(chamfer_samples=5000)))
     out = LevelSetPointsEvaluator(LevelSetPointsConfig(n_points=50))(ctx)
