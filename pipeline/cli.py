@@ -161,9 +161,8 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
     import torch
 
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
-    from pipeline.runs import source_version
-
     from pipeline.mesh import progress_default
+    from pipeline.runs import source_version
 
     ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, progress=progress)
     mesh_path = None
@@ -536,7 +535,7 @@ def cmd_export(args) -> int:
     if up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
         mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float))
     written = weld_for_format(mesh, ext)  # as the file holds it: the counts below are those read back
-    out = export_mesh(written, Path(args.output))
+    out = export_mesh(written, Path(args.output), weld=False)
     quantity, level = mesh.metadata.get("quantity"), mesh.metadata.get("level")
     which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
     watertight = read_back_watertight(out)

@@ -374,11 +374,12 @@ def weld_for_format(mesh, ext: str):
     return out
 
 
-def export_mesh(mesh, path) -> Path:
+def export_mesh(mesh, path, *, weld: bool = True) -> Path:
     """Write ``mesh`` to ``path``; the format follows the extension (.ply .obj .glb .stl .off).
 
     Parent folders are created. The mesh is first welded at the format's precision
-    (:func:`weld_for_format`; ``mesh`` itself is left as it is), so the file reads back as written.
+    (:func:`weld_for_format`; ``mesh`` itself is left as it is), so the file reads back as written;
+    ``weld=False`` for a mesh that ``weld_for_format`` already gave.
     The file is encoded in memory and written atomically (temp file,
     fsync, rename): a killed export leaves the previous file, not an empty one. Raises NLSError for
     an unknown extension (listing the valid ones) or a location that cannot be written (naming it).
@@ -386,7 +387,7 @@ def export_mesh(mesh, path) -> Path:
     from pipeline.runs import atomic_write_bytes
 
     path = _writable_path(path, MESH_FORMATS, "mesh")
-    data = weld_for_format(mesh, path.suffix).export(file_type=path.suffix.lower()[1:])
+    data = (weld_for_format(mesh, path.suffix) if weld else mesh).export(file_type=path.suffix.lower()[1:])
     atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
