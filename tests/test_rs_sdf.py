@@ -736,6 +736,18 @@ def test_geometry_jobs_give_both_set_to_both_methods_and_set_to_rs_sdf_only():
         bench.geometry_jobs("spot", type("A", (), {**args, "baseline": "dense"})())
 
 
+def test_bench_geometry_checks_every_case_before_training_any(monkeypatch):
+    """``--baseline dense`` with the default ``--scenes csg,spot`` used to train csg for minutes, then stop at
+    spot's missing dense baseline scene without writing anything."""
+    bench = _bench_module()
+    trained = []
+    monkeypatch.setattr(bench, "geometry_case", lambda name, a: trained.append(name) or {})
+    args = dict(scenes="csg,spot", baseline="dense", steps=None, both_set=[], set=[], rs_run=None, baseline_run=None)
+    with pytest.raises(SystemExit, match="rs_sdf_spot_dense_baseline.yaml does not exist"):
+        bench.bench_geometry(type("A", (), args)())
+    assert trained == []
+
+
 def test_lego_jobs_give_both_set_to_every_run_and_device_sizes_by_device():
     """``bench.py rs_sdf --only lego``: one RS-SDF run per grid (``none``: baselines only), ``--set`` to
     RS-SDF only, ``--both-set`` (e.g. random backgrounds) to every run, GPU sizes for RS-SDF on CUDA and

@@ -430,6 +430,8 @@ def bench_geometry(a) -> dict:
         raise SystemExit(f"--scenes: unknown {sorted(unknown)}; valid: {', '.join(valid)}")
     if (a.rs_run or a.baseline_run) and len(names) != 1:
         raise SystemExit("--rs-run / --baseline-run need exactly one scene in --scenes")
+    for name in names:  # every case's scene files before any training: a missing one lost the cases before it
+        geometry_jobs(name, a)
     cases, skipped = {}, {}
     for name in names:
         if valid[name]:
