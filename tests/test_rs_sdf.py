@@ -934,3 +934,33 @@ def test_bench_runs_log_to_files_and_a_failure_names_its_log(tmp_path, monkeypat
     assert len(list((tmp_path / "runs").glob("*.log"))) == 2
     with pytest.raises(SystemExit, match=r"failed with exit code 2 \(log: .*\.log\)"):
         bench.reconstruct([("bad", scene, ["train.steps=0"])], "cpu", 1)
+
+
+@pytest.mark.parametrize("init_density, state, advice", [(1e12, "empty", "lower"), (1e-12, "full", "raise")])
+def test_degenerate_voxel_start_warns(capsys, init_density, state, advice):
+    """At the phase switch, a V initialised empty (no NeRF density above field.init_density) or full
+    says so, naming the keys: phases 2-3 cannot find a surface from there. A usual start does not warn."""
+    data = _tiny_rs_scene(ngp_steps=2, voxel_steps=2, init_density=init_density)
+    field = _system(data)[2].chain.field
+    field.on_train_step(0)
+    assert "voxel grid V starts" not in capsys.readouterr().err
+    field.on_train_step(2)
+    err = capsys.readouterr().err
+    assert f"the voxel grid V starts {state}" in err and "(step 2)" in err, err
+    assert f"{advice} field.init_density" in err and "field.ngp_steps" in err
+    assert int(field.phase) == 1  # a warning, not a refusal
+
+
+def test_usual_voxel_start_does_not_warn(capsys):
+    data = _tiny_rs_scene(ngp_steps=2, voxel_steps=2)
+    field = _system(data)[2].chain.field
+    field.nerf_occupancy_grid = lambda: (grid_ball(field) < 0.3).float()  # a ball: V starts partly occupied
+    field.on_train_step(2)
+    assert "voxel grid V starts" not in capsys.readouterr().err
+    assert 0.0 < float(torch.sigmoid(field.logits.detach()).mean()) < 1.0
+
+
+def grid_ball(field):
+    from plugins.rs_sdf.grid import grid_points
+
+    return grid_points(field.box, field.grid_shape).norm(dim=-1).view(field.grid_shape)

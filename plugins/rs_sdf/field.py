@@ -124,9 +124,10 @@ class VoxelOccupancyField(nn.Module):
         if target < int(self.phase):
             target = int(self.phase)  # phases only advance (a time budget's fraction never goes back)
         if int(self.phase) == NERF and target != NERF:
+            solid = self.nerf_occupancy_grid()
+            self._warn_if_start_degenerate(solid, step)
             with torch.no_grad():
-                self.logits.copy_(_logit(self.nerf_occupancy_grid().clamp(self.cfg.init_clamp,
-                                                                          1 - self.cfg.init_clamp)))
+                self.logits.copy_(_logit(solid.clamp(self.cfg.init_clamp, 1 - self.cfg.init_clamp)))
         self.phase.fill_(target)
         self.logits.requires_grad_(target != NERF)
         for p in self.appearance.parameters():
@@ -212,6 +213,23 @@ class VoxelOccupancyField(nn.Module):
                  f"and the rendered images come from its initial state. Give more steps than field.ngp_steps "
                  f"(the paper's schedule also has field.voxel_steps = {c.voxel_steps} and a joint phase after), "
                  f"or place the phases in the budget with field.ngp_fraction and field.voxel_fraction.")
+
+    def _warn_if_start_degenerate(self, solid: Tensor, step: int) -> None:
+        """V about to be initialised from ``solid`` ``(R0,R1,R2)`` 0/1: warn (rank 0) when it is empty
+        or fills the whole box, the sign of a NeRF phase cut too short or an ``init_density`` that does
+        not suit the scene. Phases 2-3 cannot grow a surface from nothing, and meshing then finds none."""
+        from pipeline.distributed import current
+
+        filled = float(solid.mean())
+        if 0.0 < filled < 1.0 or not current().is_main:
+            return
+        c = self.cfg
+        state = ("empty: no vertex" if filled == 0.0 else "full: every vertex")
+        warn(f"the voxel grid V starts {state} of the NeRF phase has density > field.init_density = "
+             f"{c.init_density:g} at the phase switch (step {step}). Phases 2-3 will not find a surface from "
+             f"there, and the mesh and weak-SDF slices will be empty or a box. Give the NeRF phase more of the "
+             f"budget (field.ngp_steps, or field.ngp_fraction) or "
+             f"{'lower' if filled == 0.0 else 'raise'} field.init_density.")
 
     def phase_fractions(self) -> Optional[tuple[float, float]]:
         """Budget fractions where phases 2 and 3 start, or None when unknown (no step budget given)."""
