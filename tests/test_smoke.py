@@ -90,6 +90,14 @@ def shrink(data: dict) -> dict:
     return data
 
 
+def test_every_scene_file_says_what_it_is():
+    """Every shipped scene carries a one-line ``description`` (the report and config.yaml show it)."""
+    import yaml
+
+    missing = [p.name for p in SCENES if not str(yaml.safe_load(p.read_text()).get("description") or "").strip()]
+    assert SCENES and not missing, f"scenes without a description: {missing}"
+
+
 @pytest.mark.parametrize("scene_file", SCENES, ids=[p.stem for p in SCENES])
 def test_every_scene_file_runs(scene_file, tmp_path, nls):
     import yaml
