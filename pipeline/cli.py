@@ -448,7 +448,24 @@ def _resume_locked(ld: Loaded, info, args) -> int:
                  if before != info.world_size else "")
         distributed.log(info, f"resuming {ld.run.path} from step {trainer.step}/{ld.cfg.train.steps}{procs}")
         _warn_if_layout_differs(ld.state, info)
+        if info.is_main:
+            _warn_if_config_edited(ld)
     return _train_and_finish(ld, trainer, args)
+
+
+def _warn_if_config_edited(ld: Loaded) -> None:
+    """config.yaml edited since the checkpoint was written (train.steps, a learning rate, ...): the
+    checkpoint still loads, but the resumed run is no longer the run that started, so warn, naming the
+    keys. ``scene.path`` is left out: a run moved to another data root is rebased on purpose."""
+    from pipeline.notices import warn
+    from pipeline.train import config_diff, describe_diff
+
+    diff = config_diff(ld.state.get("config"), ld.cfg.to_dict(), ignore=("scene.path",))
+    if diff:
+        warn(f"{ld.run.config_path} was edited after checkpoint step {ld.step} was written: "
+             f"{describe_diff(diff)}. Training goes on with the edited values, so the run is not the one an "
+             f"uninterrupted training would give (learning-rate schedules and phases span train.steps); "
+             f"restore the old values to resume it exactly")
 
 
 def _warn_if_layout_differs(state: dict, info) -> None:

@@ -9,7 +9,7 @@ import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -166,20 +166,32 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
-def config_changes(saved: object, now: dict, limit: int = 6) -> str:
-    """'config.yaml differs from the config the checkpoint was trained with: field.resolution (32 -> 48)'
-    (at most ``limit`` keys), or '' when ``saved`` (a checkpoint's ``config``) is absent or the same."""
+def config_diff(saved: object, now: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``[(key, saved value, value now)]`` for the flattened keys that differ between ``saved`` (a
+    checkpoint's ``config``) and ``now``, leaving out ``ignore``; [] when ``saved`` is absent."""
     from pipeline.report.collect import flatten_dict
 
     if not isinstance(saved, dict):
-        return ""
+        return []
     old, new = flatten_dict(saved), flatten_dict(now)
-    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k) and k != "train.steps"]
-    if not keys:
+    return [(k, old.get(k, "unset"), new.get(k, "unset")) for k in dict.fromkeys([*old, *new])
+            if old.get(k) != new.get(k) and k not in ignore]
+
+
+def describe_diff(diff: list[tuple[str, Any, Any]], limit: int = 6) -> str:
+    """'field.resolution (32 -> 48), ...' for at most ``limit`` entries of :func:`config_diff`."""
+    shown = ", ".join(f"{k} ({a} -> {b})" for k, a, b in diff[:limit])
+    return shown + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
+def config_changes(saved: object, now: dict, limit: int = 6) -> str:
+    """'config.yaml differs from the config the checkpoint was trained with: field.resolution (32 -> 48)'
+    (at most ``limit`` keys), or '' when ``saved`` (a checkpoint's ``config``) is absent or the same.
+    ``train.steps`` is left out: it never stops a checkpoint from loading."""
+    diff = config_diff(saved, now, ignore=("train.steps",))
+    if not diff:
         return ""
-    shown = ", ".join(f"{k} ({old.get(k, 'unset')} -> {new.get(k, 'unset')})" for k in keys[:limit])
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return (f"config.yaml differs from the config the checkpoint was trained with: {shown}{more}; "
+    return (f"config.yaml differs from the config the checkpoint was trained with: {describe_diff(diff, limit)}; "
             f"restore those values, or train a new run with them")
 
 

@@ -856,3 +856,29 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_digest_and_the_previous_o
     with pytest.raises(NLSError, match="No space left"):
         run.save_checkpoint({"w": torch.zeros(3)}, 2)
     assert sorted(p.name for p in run.ckpt_dir.iterdir()) == [good.name, good.name + ".sha256"]
+
+
+def test_resume_warns_when_config_yaml_was_edited(tiny_scene, tmp_path, capsys):
+    """train.steps (or any key) edited in config.yaml after the checkpoint: the checkpoint loads, so resume
+    goes on, but it says which keys changed, since the run is no longer the one that started. An
+    unedited resume says nothing."""
+    from pipeline.cli import main
+
+    scene = tiny_scene(train={**yaml.safe_load(tiny_scene().read_text())["train"], "steps": 6,
+                              "checkpoint_every": 2})
+    assert main(["reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval"]) == 0
+    run_path = next((tmp_path / "runs").glob("tiny/dense_grid/*"))
+    for name in ("ckpt_00000006.pt",):  # back to step 4: a run that was stopped there
+        (run_path / "checkpoints" / name).unlink()
+    (run_path / "summary.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["resume", str(run_path), "-q", "--no-eval"]) == 0
+    assert "was edited" not in capsys.readouterr().err
+    cfg = yaml.safe_load((run_path / "config.yaml").read_text())
+    cfg["train"]["steps"] = 8
+    (run_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["resume", str(run_path), "-q", "--no-eval"]) == 0
+    err = capsys.readouterr().err
+    assert "config.yaml was edited after checkpoint step 6" in err and "train.steps (6 -> 8)" in err, err
+    assert RunDir.open(run_path).latest_checkpoint().name == "ckpt_00000008.pt"
