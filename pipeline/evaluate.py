@@ -151,7 +151,7 @@ def render_split(ctx: EvalContext) -> list:
     returns [(pred, gt)] ``(H, W, 3)`` float arrays."""
     import torch
 
-    from pipeline.progress import StepProgress
+    from pipeline.progress import StepProgress, image_progress
     from pipeline.runs import atomic_save_npy, atomic_write_image
 
     split_name = ctx.split or ctx.cfg.eval.split
@@ -169,8 +169,9 @@ def render_split(ctx: EvalContext) -> list:
     pairs = []
     ctx.system.eval()
     with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
-        for done, i in enumerate(indices, 1):
-            with plugin_errors(f"{component_label(ctx.system.renderer)} failed rendering view {i} of {split_name}"):
+        for k, i in enumerate(indices):
+            with plugin_errors(f"{component_label(ctx.system.renderer)} failed rendering view {i} of {split_name}"), \
+                    image_progress(bar, k):
                 out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             check_render_output(out, ctx.system.renderer, "render_image")
             pred = out["rgb"].clamp(0, 1).cpu().numpy()
@@ -184,7 +185,7 @@ def render_split(ctx: EvalContext) -> list:
                     if key in out:
                         atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
             pairs.append((pred, gt))
-            bar.advance(done)
+            bar.advance(k + 1)
     return pairs
 
 

@@ -41,6 +41,7 @@ import nerfacc
 import torch
 from torch import Tensor, nn
 
+from .progress import report_pixels
 from .rays import image_pixel_coords, pixel_rays, ray_aabb_intersect, subpixel_offsets
 from .types import Cameras
 
@@ -536,7 +537,8 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
 
     Returns rgb (H,W,3), opacity (H,W,1) (means over the sub-pixel rays), depth and
     depth_median (H,W,1) (their means weighted by each sub-ray's opacity, so rays that miss do
-    not count) and ``num_samples`` (int, over all rays).
+    not count) and ``num_samples`` (int, over all rays). After each chunk it reports the pixels done
+    (:func:`pipeline.progress.report_pixels`, for an evaluation's progress bar).
     """
     W, H = int(cameras.width), int(cameras.height)
     device, dtype = cameras.c2w.device, cameras.c2w.dtype
@@ -563,6 +565,7 @@ def render_image(cameras: Cameras, i: int, radiance_fn: RadianceFn, *, chunk: in
                 depth[s:e] += out["depth"] * out["opacity"]
                 depth_median[s:e] += out["depth_median"] * out["opacity"]
                 num_samples += int(out["num_samples"])
+            report_pixels(e, n)
     total = (opacity * len(offsets)).clamp_min(torch.finfo(dtype).eps)  # sum of the sub-rays' opacities
     depth, depth_median = depth / total, depth_median / total
     return {"rgb": rgb.reshape(H, W, 3), "opacity": opacity.reshape(H, W, 1),

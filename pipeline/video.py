@@ -78,7 +78,7 @@ def render_turntable(ld, n: int, out_dir: Path, progress: bool = True) -> Path:
     import torch
 
     from pipeline.evaluate import to_uint8
-    from pipeline.progress import StepProgress
+    from pipeline.progress import StepProgress, image_progress
 
     split = ld.scene.splits.get(ld.cfg.eval.split) or next(iter(ld.scene.splits.values()))
     radius = float(split.cameras.c2w[:, :3, 3].norm(dim=-1).mean())
@@ -87,7 +87,8 @@ def render_turntable(ld, n: int, out_dir: Path, progress: bool = True) -> Path:
     ld.system.eval()
     with StepProgress(n, 0, "turntable", enabled=progress) as bar, torch.no_grad():
         for i in range(n):
-            out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk)
+            with image_progress(bar, i, "frame"):
+                out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk)
             frames.append(to_uint8(out["rgb"]))
             bar.advance(i + 1)
     out_dir.mkdir(parents=True, exist_ok=True)

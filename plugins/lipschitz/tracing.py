@@ -37,8 +37,9 @@ LIGHT = (0.4, 0.5, 0.77)
 def sphere_trace(sdf_fn: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tensor, *, near: float = 0.0,
                  far: float = 4.0, max_steps: int = 128, eps: float = 1e-3, lipschitz: float = 1.0,
                  gt_sdf: Optional[Callable[[Tensor], Tensor]] = None, tol: float = 1e-3,
-                 chunk: int = 1 << 16) -> dict:
-    """March rays ``origins (R,3) + t dirs (R,3)`` (unit dirs) by ``f(x)/lipschitz`` from ``t=near``.
+                 chunk: int = 1 << 16, on_chunk: Optional[Callable[[int, int], None]] = None) -> dict:
+    """March rays ``origins (R,3) + t dirs (R,3)`` (unit dirs) by ``f(x)/lipschitz`` from ``t=near``,
+    ``chunk`` rays at a time; ``on_chunk(done, R)`` is called after each chunk.
 
     Returns (all on the input device):
         ``t (R,)`` final ray parameter, ``hit (R,)`` bool (f < eps before ``far``/``max_steps``),
@@ -54,6 +55,8 @@ def sphere_trace(sdf_fn: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tens
         e = min(R, s + chunk)
         outs.append(_trace_chunk(sdf_fn, origins[s:e], dirs[s:e], near, far, max_steps, eps, lipschitz,
                                  gt_sdf, tol))
+        if on_chunk is not None:
+            on_chunk(e, R)
     return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
 
@@ -195,11 +198,13 @@ class SphereTracer(nn.Module):
     def render_rays(self, origins: Tensor, dirs: Tensor, query, **kw) -> dict:
         """Sphere-trace ``origins`` (R, 3), ``dirs`` (R, 3) through ``query(x, None)["sdf"]``, or through
         ``kw["sdf_fn"]`` when given; with ``kw["gt_sdf"]`` (and ``kw["tol"]``) the output also has
-        ``overshoot``, ``max_excess`` and ``penetration`` (R,)."""
+        ``overshoot``, ``max_excess`` and ``penetration`` (R,); ``kw["on_chunk"]`` goes to
+        :func:`sphere_trace`."""
         c = self.cfg
         sdf_fn = (lambda x: query(x, None)["sdf"]) if not kw.get("sdf_fn") else kw["sdf_fn"]
         r = sphere_trace(sdf_fn, origins, dirs, near=c.near, far=c.far, max_steps=c.max_steps, eps=c.eps,
-                         lipschitz=c.lipschitz, gt_sdf=kw.get("gt_sdf"), tol=kw.get("tol", c.eps), chunk=c.chunk)
+                         lipschitz=c.lipschitz, gt_sdf=kw.get("gt_sdf"), tol=kw.get("tol", c.eps), chunk=c.chunk,
+                         on_chunk=kw.get("on_chunk"))
         nrm = torch.zeros_like(origins)
         if r["hit"].any():
             nrm[r["hit"]] = field_normals(sdf_fn, r["x"][r["hit"]])
@@ -217,7 +222,9 @@ class SphereTracer(nn.Module):
         ``supersample`` s traces s x s sub-pixel rays per pixel: floating-point outputs are their
         means (``depth`` weighted by the hit mask, so sub-rays that miss do not pull it towards the
         camera), integer counts (``num_samples``) their sums, other per-ray outputs (``steps``,
-        ``passed_field``) those of the first sub-pixel ray."""
+        ``passed_field``) those of the first sub-pixel ray. The rays traced so far are reported after
+        each of the tracer's chunks (:func:`pipeline.progress.report_pixels`)."""
+        from pipeline.progress import report_pixels
         from pipeline.rays import image_pixel_coords, pixel_rays, subpixel_offsets
 
         H, W = int(cameras.height), int(cameras.width)
@@ -225,8 +232,10 @@ class SphereTracer(nn.Module):
         u, v = image_pixel_coords(W, H, 0, W * H, device=cameras.c2w.device, dtype=cameras.c2w.dtype)
         cam = torch.full((W * H,), int(i), dtype=torch.long, device=u.device)
         acc: dict = {}
-        for du, dv in offsets:
-            out = self.render_rays(*pixel_rays(cameras, cam, u + du, v + dv), chain)
+        n_rays = W * H * len(offsets)
+        for j, (du, dv) in enumerate(offsets):  # sub-pixel pass j: rays j*W*H ... (j+1)*W*H - 1
+            out = self.render_rays(*pixel_rays(cameras, cam, u + du, v + dv), chain,
+                                   on_chunk=lambda done, _, j=j: report_pixels(j * W * H + done, n_rays))
             out["depth"] = out["depth"] * out["opacity"] * len(offsets)  # summed here, divided below
             for k, val in out.items():
                 if k not in acc:
