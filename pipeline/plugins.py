@@ -350,7 +350,7 @@ def _no_plugin_files(d: Path) -> str:
         shown_found = [shown(f) for f in found[:3]]
         hint = (f". Its subfolder {shown_found[0]} holds plugin files: pass --plugins-dir {shown_found[0]}"
                 if len(found) == 1 else
-                f". Subfolders hold plugin files: pass " + " ".join(f"--plugins-dir {f}" for f in shown_found)
+                ". Subfolders hold plugin files: pass " + " ".join(f"--plugins-dir {f}" for f in shown_found)
                 + (f" (and {len(found) - 3} more)" if len(found) > 3 else ""))
     if (root / "pyproject.toml").is_file():
         hint += (f"{', or' if hint else '. It holds a pyproject.toml:'} install the package with "

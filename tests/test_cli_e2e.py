@@ -132,7 +132,7 @@ def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_pa
 
 def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
     run, _ = trained_run
-    res = nls("render", str(run), "--split", "test", "--spiral", "4", "-o", str(tmp_path / "r"), check=True)
+    nls("render", str(run), "--split", "test", "--spiral", "4", "-o", str(tmp_path / "r"), check=True)
     pngs = sorted((tmp_path / "r" / "test").glob("*.png"))
     assert len(pngs) == 6  # 3 renders + 3 side-by-sides
     assert list((tmp_path / "r").glob("turntable.*"))
@@ -143,7 +143,7 @@ def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
     assert [p.name for p in every] == [full[0].name, full[2].name]
     for a, b in zip(every, (full[0], full[2])):
         assert np.array_equal(imageio.imread(a), imageio.imread(b)), a.name
-    ev = nls("eval", str(run), "-o", str(tmp_path / "m.json"), check=True)  # -o: every command that writes
+    nls("eval", str(run), "-o", str(tmp_path / "m.json"), check=True)  # -o: every command that writes
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["metrics"]["psnr"] > 0 and "chamfer_l1" in data["metrics"]
 

@@ -16,7 +16,6 @@ Exempt, each for a reason:
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from tests.conftest import ROOT
 

@@ -702,8 +702,6 @@ def test_held_out_geometry_cases_are_the_spot_scenes_with_only_the_mesh_changed(
 def test_csg_completeness_by_part_finds_a_filled_tunnel():
     """The bench's by-part breakdown against truth: the GT mesh misses nothing anywhere; the shape with
     its tunnel left undrilled misses the tunnel wall only, by about the tunnel's depth."""
-    import torch
-
     from pipeline.mesh import extract_mesh
     from plugins.scenes.shapes import csg, csg_parts
 

@@ -147,7 +147,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tiny_scene, tmp_path):
 
 def test_resume_rejects_corrupt_checkpoint(tiny_scene, tmp_path, nls):
     scene = tiny_scene()
-    res = nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
     run_dir = next((tmp_path / "runs").glob("*/*/*"))
     ck = RunDir.open(run_dir).latest_checkpoint()
     ck.write_bytes(ck.read_bytes()[:200])
