@@ -297,6 +297,23 @@ def _depth_normals(f: RunFacts, ld, load_error) -> str:
                          f"world-space normals as RGB = (n+1)/2, from {v['normals_from']}")
 
 
+def contour_level(slices: list, option: float, meshed: Optional[float]) -> tuple[float, str]:
+    """(level, caption) of the slices' contour: ``meshed``, the evaluated mesh's ``mesh_level`` (a
+    calibrated level differs from the option), when the field crosses it on the planes ``slices``
+    ([(values (H,W), ...)]); else the extractor's ``option``. An unsigned field is meshed at the sheet of
+    its minimum (``udf_marching_cubes``, ``offset: min``), a little below the values on the planes, so its
+    mesh level draws no line there."""
+    import numpy as np
+
+    if meshed is None:
+        return option, f"the extraction level, {option:g}"
+    meshed = float(meshed)
+    if any(np.nanmin(v) < meshed < np.nanmax(v) for v, *_ in slices):
+        return meshed, f"the level the evaluated mesh was extracted at, {meshed:g}"
+    return option, (f"the extractor's level option, {option:g} (the evaluated mesh's level, {meshed:g}, is not "
+                    f"crossed on these planes: an unsigned field's mesh is the sheet of its minimum)")
+
+
 def _slices(f: RunFacts, ld, load_error) -> str:
     from pipeline.report.figures import field_slices, slices_png
 
@@ -312,13 +329,10 @@ def _slices(f: RunFacts, ld, load_error) -> str:
         else:
             aabb = ld.scene.aabb.detach().cpu().numpy().tolist()
             sl = field_slices(field_fn(ld, geo.quantity), aabb)
-            # the level the evaluated mesh was extracted at (a calibrated one differs from the option)
-            level = f.metrics.get("mesh_level")
-            what = "the level the evaluated mesh was extracted at" if level is not None else "the extraction level"
-            level = geo.level if level is None else float(level)
+            level, what = contour_level(sl, geo.level, f.metrics.get("mesh_level"))
             parts.append(H.img(slices_png(sl, aabb, geo.quantity, level), "field slices",
                                caption=f"{geo.quantity} on the planes through the centre of the scene box "
-                                       f"(step {ld.step}); black: {what}, {level:g}"))
+                                       f"(step {ld.step}); black: {what}"))
     for d in slice_folders(f):
         for p in sorted(d.glob("*.png")):
             parts.append(H.img(p.read_bytes(), p.name, caption=f"{d.name}/{p.name} (written by the method's plugin)"))

@@ -31,7 +31,8 @@ class Geometry:
 
 def geometry_of(ld) -> Optional[Geometry]:
     """Pick sdf, else occupancy, else density from what the chain outputs at the box centre;
-    the level is the extractor's ``level`` option, else the built-in marching-cubes default."""
+    the level is the extractor's ``level`` option, else its numeric ``offset`` (an unsigned field's
+    extractor meshes where the field equals it), else the built-in marching-cubes default."""
     import torch
 
     aabb = ld.scene.aabb.detach().cpu().float().reshape(2, 3)
@@ -45,6 +46,9 @@ def geometry_of(ld) -> Optional[Geometry]:
 
     ext = ld.cfg.stages.get("extractor")
     level = getattr(ext.options, "level", None) if ext else None
+    offset = getattr(ext.options, "offset", None) if ext else None
+    if level is None and isinstance(offset, (int, float)):
+        level = offset
     return Geometry(q, float(DEFAULT_LEVEL[q] if level is None else level), INSIDE[q])
 
 
