@@ -33,7 +33,7 @@ Five paths with one result (tested against ``scipy.ndimage.gaussian_filter(mode=
   the C++ kernel, when it builds, is taken at every radius), and on CUDA when triton is not
   importable: on an H200 at 384^3, sigma 2 voxels, it took 3.3-3.4 ms forward and 6.7-7.0 ms
   forward + backward against the matmul's 3.5-4.4 / 8.0-8.7 ms and cuDNN conv's 23 / 47 ms (two
-  sessions; README, CUDA figures).
+  sessions; docs/rs_sdf_results.md, CUDA figures).
 * ``"triton"``: one Triton kernel per axis (:mod:`plugins.rs_sdf.blur_triton`), each one read and
   one write of the grid: the 6 transfers of the bandwidth bound. CUDA float32 grids only;
   ``"auto"`` takes it there for ``r <= 24`` whenever triton imports. On the H200 at 384^3, sigma 2

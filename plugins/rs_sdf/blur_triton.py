@@ -8,7 +8,7 @@ The neighbours a program loads are runs of consecutive addresses, so the loads a
 the repeated reads of a tap window mostly hit the cache. Sums are in
 float32 in tap order, so results agree with the other paths to float32 rounding, not bit for bit.
 Measured on an H200 at 384^3, sigma 2 voxels (17 taps): 1.49 ms forward, 2.99 ms forward +
-backward; the bound of 6 transfers at the copy bandwidth is 0.33 ms (README, CUDA figures).
+backward; the bound of 6 transfers at the copy bandwidth is 0.33 ms (docs/rs_sdf_results.md, CUDA figures).
 
 Used on CUDA float32 grids when ``triton`` imports. With ``TRITON_INTERPRET=1`` set before the first
 import, the same kernels run on CPU tensors through Triton's interpreter (slow; how the test suite
