@@ -72,8 +72,8 @@ def build_guard(build_dir: Path, what: str):
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"nls {what}: waiting for another process that is building this kernel in {build_dir}",
-                  file=sys.stderr, flush=True)
+            print(f"nls: waiting for another process that is building {what} in {build_dir} (once per machine "
+                  f"and torch version, about 10-30 s)", file=sys.stderr, flush=True)
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except OSError:  # no locks on this filesystem: leave torch's own lock alone
             yield
@@ -81,7 +81,7 @@ def build_guard(build_dir: Path, what: str):
         stale = build_dir / TORCH_BUILD_LOCK
         if stale.exists():
             stale.unlink(missing_ok=True)
-            warnings.warn(f"nls {what}: removed {stale}, left by a build that was killed; building again",
+            warnings.warn(f"nls: removed {stale}, left by a killed build of {what}; building it again",
                           RuntimeWarning, stacklevel=3)
         try:
             yield
@@ -96,10 +96,13 @@ class CppKernel:
     source: path of the ``.cpp`` file. probe: an op name that must exist after loading.
     env: environment variable that disables the kernel when set to 0/false/no/off.
     cflags: extra compiler flags (the build always uses ``-O3 -fopenmp``).
+    title: what messages call it, e.g. "the hash-grid CPU kernel (hash_grid and dense_grid fields)".
     """
 
-    def __init__(self, namespace: str, source: Path, probe: str, env: str, cflags: tuple[str, ...] = ()):
+    def __init__(self, namespace: str, source: Path, probe: str, env: str, cflags: tuple[str, ...] = (),
+                 title: str = ""):
         self.namespace, self.source, self.probe, self.env = namespace, Path(source), probe, env
+        self.title = title or f"the C++ kernel {namespace}"
         self.cflags = tuple(cflags)
         self._lock = threading.Lock()
         self._state: dict = {"tried": False, "ok": False, "error": None, "seconds": None}
@@ -131,7 +134,7 @@ class CppKernel:
                         name += f"_{host_cpu_tag()}"
                     build_dir = extension_dir(name)
                     build_dir.mkdir(parents=True, exist_ok=True)
-                    with build_guard(build_dir, self.namespace):
+                    with build_guard(build_dir, self.title):
                         load(name=name, sources=[str(self.source)], build_directory=str(build_dir),
                              extra_cflags=["-O3", "-fopenmp", *self.cflags], extra_ldflags=["-fopenmp"],
                              is_python_module=False, verbose=verbose)
@@ -142,8 +145,8 @@ class CppKernel:
                 if len(msg) > 300:
                     msg = msg[:300] + "..."
                 self._state.update(ok=False, error=msg)
-                warnings.warn(f"nls {self.namespace}: CPU kernel unavailable ({msg}); using the pure-PyTorch "
-                              f"path", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"nls: {self.title} is unavailable ({msg}); using the pure-PyTorch path",
+                              RuntimeWarning, stacklevel=2)
             finally:
                 self._state["tried"] = True
                 self._state["seconds"] = time.perf_counter() - t0

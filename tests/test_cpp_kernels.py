@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_build_guard_removes_the_lock_of_a_killed_build(tmp_path):
     (tmp_path / TORCH_BUILD_LOCK).write_text("")
-    with pytest.warns(RuntimeWarning, match=f"removed {tmp_path / TORCH_BUILD_LOCK}, left by a build that was killed"):
-        with build_guard(tmp_path, "k"):
+    with pytest.warns(RuntimeWarning, match=f"removed {tmp_path / TORCH_BUILD_LOCK}, left by a killed build of the k kernel"):
+        with build_guard(tmp_path, "the k kernel"):
             assert not (tmp_path / TORCH_BUILD_LOCK).exists()
 
 
@@ -30,11 +30,11 @@ def test_build_guard_waits_for_another_builder_and_says_so(tmp_path, capfd):
         "print('held', flush=True); time.sleep(1.5)")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     t0 = time.monotonic()
-    with build_guard(tmp_path, "k"):
+    with build_guard(tmp_path, "the k kernel"):
         waited = time.monotonic() - t0
     holder.wait(timeout=30)
     assert waited > 0.5
-    assert f"nls k: waiting for another process that is building this kernel in {tmp_path}" in capfd.readouterr().err
+    assert f"nls: waiting for another process that is building the k kernel in {tmp_path}" in capfd.readouterr().err
 
 
 def test_a_kernel_whose_last_build_was_killed_still_loads(tmp_path):
@@ -52,4 +52,4 @@ def test_a_kernel_whose_last_build_was_killed_still_loads(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("the kernel load waited for the stale build lock (no result in 240 s)")
     assert "loaded True" in proc.stdout, proc.stderr[-2000:]
-    assert "left by a build that was killed" in proc.stderr
+    assert "left by a killed build of the hash-grid CPU kernel" in proc.stderr

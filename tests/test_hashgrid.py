@@ -175,8 +175,8 @@ def test_kernel_build_failure_falls_back(monkeypatch):
     saved = hg.cpu_kernel_status()
     monkeypatch.setenv("NLS_HASHGRID_KERNEL", "0")
     monkeypatch.setattr(hg, "_KERNEL", CppKernel(hg._KERNEL.namespace, hg._KERNEL.source, hg._KERNEL.probe,
-                                                 hg._KERNEL.env))
-    with pytest.warns(RuntimeWarning, match="CPU kernel unavailable"):
+                                                 hg._KERNEL.env, title=hg._KERNEL.title))
+    with pytest.warns(RuntimeWarning, match="the hash-grid CPU kernel .* is unavailable"):
         assert hg.load_cpu_kernel() is False
     enc = HashGridEncoding(**MIXED)
     assert enc.path_for(torch.rand(4, 3)) == "torch"

@@ -95,7 +95,8 @@ def level_resolutions(n_levels: int, base_resolution: int, max_resolution: int) 
 # --------------------------------------------------------------------------------------------
 
 _KERNEL = CppKernel("nls_hashgrid", Path(__file__).resolve().parent / "csrc" / "hashgrid_cpu.cpp",
-                    probe="forward", env="NLS_HASHGRID_KERNEL")
+                    probe="forward", env="NLS_HASHGRID_KERNEL",
+                    title="the hash-grid CPU kernel (used by the hash_grid and dense_grid fields)")
 
 
 def load_cpu_kernel(verbose: bool = False) -> bool:

@@ -67,7 +67,7 @@ __all__ = ["gaussian_taps", "gaussian_blur3d", "blur_radius", "auto_method", "FF
 METHODS = ("auto", "kernel", "matmul", "conv", "fft", "triton")
 #: the C++ CPU kernel (built on first use; ``KERNEL.status()`` tells whether it loaded)
 KERNEL = CppKernel("nls_blur", Path(__file__).resolve().parent / "csrc" / "blur_cpu.cpp", probe="blur3d",
-                   env="NLS_BLUR_KERNEL", cflags=("-march=native",))
+                   env="NLS_BLUR_KERNEL", cflags=("-march=native",), title="rs_sdf's CPU blur kernel")
 
 #: "auto" switches from the banded matmul (CPU without the C++ kernel, or float64) or the Triton kernels (CUDA)
 #: to the FFT above this tap radius (voxels); the C++ kernel is taken at every radius
