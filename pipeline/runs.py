@@ -219,6 +219,20 @@ def check_output_file(path: Path, what: str = "output") -> Path:
     return path
 
 
+def runs_below_hint(folder: Path, limit: int = 5) -> str:
+    """'; the runs below it: A, B (newest first) ...' for the run folders (holding config.yaml) up to two levels
+    under ``folder`` (``outputs/<scene>`` or ``outputs/<scene>/<method>``), or '' when there are none."""
+    try:
+        found = [p.parent for depth in ("*/config.yaml", "*/*/config.yaml") for p in folder.glob(depth)]
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    found.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0.0, reverse=True)
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return f"; the runs below it, newest first: {', '.join(str(p) for p in found[:limit])}{more}"
+
+
 class RunDir:
     """A run folder. Create with :meth:`create` (new run) or :meth:`open` (existing)."""
 
@@ -266,7 +280,7 @@ class RunDir:
                            f"(outputs/<scene>/<method>/<timestamp>).")
         if not (path / "config.yaml").exists():
             raise NLSError(f"{path} is not a run folder: it has no config.yaml. Give a folder made by "
-                           f"`nls reconstruct`.")
+                           f"`nls reconstruct`{runs_below_hint(path)}.")
         return cls(path)
 
     # -- records --------------------------------------------------------------------

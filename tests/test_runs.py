@@ -882,3 +882,21 @@ def test_resume_warns_when_config_yaml_was_edited(tiny_scene, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config.yaml was edited after checkpoint step 6" in err and "train.steps (6 -> 8)" in err, err
     assert RunDir.open(run_path).latest_checkpoint().name == "ckpt_00000008.pt"
+
+
+def test_a_parent_of_runs_given_as_a_run_lists_the_runs_below_it(tmp_path):
+    """``nls render outputs/csg/dense_grid`` (one level too high): the error names the run folders below,
+    newest first, so the user can pick one; a folder with no runs below keeps the plain message."""
+    old = RunDir.create(tmp_path / "runs", "csg", "dense_grid")
+    (old.path / "config.yaml").write_text("name: csg\n")
+    os.utime(old.path, (1e9, 1e9))
+    new = RunDir.create(tmp_path / "runs", "csg", "rs_sdf")
+    (new.path / "config.yaml").write_text("name: csg\n")
+    for parent in (tmp_path / "runs" / "csg", tmp_path / "runs" / "csg" / "rs_sdf"):
+        with pytest.raises(NLSError) as err:
+            RunDir.open(parent)
+        assert f"the runs below it, newest first: {new.path}" in str(err.value), err.value
+    assert str(old.path) in str(pytest.raises(NLSError, RunDir.open, tmp_path / "runs" / "csg").value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NLSError, match=r"Give a folder made by `nls reconstruct`\.$"):
+        RunDir.open(tmp_path / "empty")
