@@ -298,7 +298,10 @@ class RunFacts:
         """One sentence: summary.json's ``status``, else whether the run was trained, evaluated by
         ``nls eval`` or stopped early, with its step and newest checkpoint."""
         if self.complete:
-            return str(self.summary.get("status") or "complete")
+            budget = " (its time budget, train.max_seconds)" if self.summary.get("stopped_by") == "train.max_seconds" else ""
+            again = (f"; evaluated again by nls eval (eval.json, step {self.later_evaluation.get('step')})"
+                     if self.later_evaluation else "")
+            return f"complete: trained to step {self.step} of {self.steps}{budget} and evaluated (summary.json){again}"
         ck = "no checkpoint" if self.checkpoint_step is None else f"newest checkpoint at step {self.checkpoint_step}"
         why = self.unreadable.get("summary.json")
         no_summary = f"summary.json {why}" if why else "no summary.json"
