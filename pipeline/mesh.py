@@ -256,7 +256,9 @@ def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
         raise NLSError(
             f"extract_mesh: empty level set: the field ranges over [{vmin:.6g}, {vmax:.6g}] "
             f"in the box but level {level:.6g} was asked for ({kind}, inside='{inside}'); "
-            + (f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g}, or enlarge the box"
+            + (f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g} (`nls export RUN --level "
+               f"{0.5 * (vmin + vmax):.6g}`, or `--set extractor.level={0.5 * (vmin + vmax):.6g}` for eval and "
+               f"training), or enlarge the box"
                if vmin < vmax else "the field is constant there, so no level has a surface: move or enlarge "
                "the box (--bbox) to where the shape is"))
     shape = vol.shape

@@ -72,6 +72,8 @@ def test_empty_level_set_message():
     msg = str(e.value)
     assert "empty level set" in msg and "level 5 " in msg and "[-0.6, " in msg
     assert "range" in msg and "e.g." in msg
+    mid = msg.split("e.g. ")[1].split(" ")[0]  # the middle of the range, with the options that set it
+    assert f"--level {mid}`" in msg and f"--set extractor.level={mid}`" in msg, msg
 
 
 def test_nan_field():
