@@ -791,9 +791,15 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
 
 
 def cmd_plugins(args) -> int:
-    """Run ``nls plugins``: list the plugins and their components; exit code 0."""
-    from pipeline.plugins_list import print_plugins
+    """Run ``nls plugins``: list the plugins and their components (``--config``: the scene file's
+    ``train:``, ``eval:`` and ``output:`` keys); exit code 0."""
+    from pipeline.plugins_list import print_config, print_plugins
 
+    if args.config:
+        if args.all or args.hook is not None:
+            raise NLSError("--config lists the scene file's train:, eval: and output: keys on its own; give it "
+                           "without --all and --hook (which list the plugins' components)")
+        return print_config(as_json=args.json)
     return print_plugins(_host(args), as_json=args.json, show_all=args.all, hook=args.hook)
 
 
@@ -987,8 +993,12 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide",
                        description="List the loaded plugins (built-ins, installed entry points, --plugins-dir "
                        "files) with the components each registers: stage, what it consumes and produces, and "
-                       "its description; --all adds every option with its type, default and help.")
+                       "its description; --all adds every option with its type, default and help. --config "
+                       "lists the keys of the scene file's train:, eval: and output: blocks the same way.")
     c.add_argument("--all", action="store_true", help="also show every component's options")
+    c.add_argument("--config", action="store_true",
+                   help="list the scene file's train:, eval: and output: keys with their types, defaults and help "
+                   "(instead of the plugins)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--hook", metavar="NAME",
                    help="only plugins implementing this hook, e.g. nls_register_losses (or register_losses, or the stage: losses)")

@@ -318,11 +318,16 @@ def to_html(c: Comparison) -> str:
 def print_rich(c: Comparison) -> None:
     """Print ``c`` as a rich table (best cells bold, or ``*`` when stdout is not a terminal), then each
     run's folder; the warnings are not printed."""
+    from pipeline.console import stdout_console
+
+    with stdout_console() as con:
+        _print_table(con, c)
+
+
+def _print_table(con, c: Comparison) -> None:
+    """:func:`print_rich`'s table and run folders on ``con``."""
     from rich.table import Table
 
-    from pipeline.console import StdoutConsole
-
-    con = StdoutConsole()
     plain = not con.is_terminal  # piped: bold is dropped, so the best cells get a visible '*'
     marks = "" if not c.best else " (best marked *)" if plain else " (best in bold)"
     t = Table(title="nls compare" + marks)

@@ -9,6 +9,9 @@ and Unix tools give. Import it where a table is printed (it imports rich).
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from rich.console import Console
 
@@ -30,3 +33,52 @@ class StdoutConsole(Console):
         """Go quiet and raise :class:`BrokenPipeError` instead of rich's exit with status 1."""
         self.quiet = True
         raise BrokenPipeError
+
+
+def piped_width(default: int = PIPED_WIDTH) -> int:
+    """Columns of output that is not a terminal: ``COLUMNS`` when it is a positive number, else ``default``."""
+    cols = os.environ.get("COLUMNS", "").strip()
+    return int(cols) if cols.isdigit() and int(cols) > 0 else default
+
+
+@contextmanager
+def stdout_console(piped_default: int = PIPED_WIDTH) -> Iterator["StdoutConsole"]:
+    """A :class:`StdoutConsole`. On a terminal it is rich's own; into a pipe or file it is
+    :func:`piped_width` (``piped_default``) columns wide and writes its lines, as it prints them, without
+    the trailing spaces rich pads table cells with."""
+    con = StdoutConsole()
+    if con.is_terminal:
+        yield con
+        return
+    con.width = piped_width(piped_default)
+    con.file = out = _StrippedLines()
+    yield con
+    out.close()
+
+
+class _StrippedLines:
+    """A text stream for rich that passes each whole line on to ``sys.stdout`` (looked up at each
+    write, as rich does) without its trailing spaces; a closed pipe raises BrokenPipeError in rich's
+    write, which :class:`StdoutConsole` passes on."""
+
+    def __init__(self) -> None:
+        self._part = ""  # the text after the last newline written
+
+    def write(self, text: str) -> int:
+        *lines, self._part = (self._part + text).split("\n")
+        if lines:
+            sys.stdout.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Write what is left of an unfinished last line and flush."""
+        part, self._part = self._part.rstrip(" "), ""
+        if part:
+            sys.stdout.write(part)
+        self.flush()

@@ -1,10 +1,18 @@
-"""``nls plugins``: plugins, versions, hooks and the components each provides (no torch import)."""
+"""``nls plugins``: plugins, versions, hooks and the components each provides, and (``--config``)
+the scene file's ``train:``, ``eval:`` and ``output:`` blocks (no torch import)."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 from typing import Optional, get_args
+
+#: columns of the listing printed into a pipe or file when ``COLUMNS`` is unset (its tables are narrower
+#: than compare's, and its help text wraps)
+PIPED_WIDTH = 120
+
+#: the scene file's core blocks, as ``(key, name of its model in pipeline.config)``
+CONFIG_BLOCKS = (("train", "TrainConfig"), ("eval", "EvalConfig"), ("output", "OutputConfig"))
 
 
 def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> list[dict]:
@@ -37,12 +45,30 @@ def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> li
                 continue
             d = c.as_dict()
             if show_all:
-                cls = c.config_class()
-                d["options"] = {name: {"default": _default(f), "type": _type_name(f.annotation),
-                                       "help": f.description or ""} for name, f in cls.model_fields.items()}
+                d["options"] = options_data(c.config_class())
             items.append(d)
         out.append({"name": info.name, "version": info.version, "source": info.source, "hooks": info.hooks,
                     "components": items})
+    return out
+
+
+def options_data(cls) -> dict[str, dict]:
+    """A pydantic model's fields as ``{name: {"default", "type", "help"}}``, as ``--all`` lists them."""
+    return {name: {"default": _default(f), "type": _type_name(f.annotation), "help": f.description or ""}
+            for name, f in cls.model_fields.items()}
+
+
+def config_data() -> dict[str, dict]:
+    """The scene file's ``train:``, ``eval:`` and ``output:`` blocks: for each, the model that checks it
+    (``class``, in pipeline/config.py), its ``description`` and its ``options`` as :func:`options_data`
+    gives them."""
+    import pipeline.config as config
+
+    out = {}
+    for key, name in CONFIG_BLOCKS:
+        cls = getattr(config, name)
+        out[key] = {"class": name, "description": first_paragraph(cls.__doc__).replace("``", "`"),
+                    "options": options_data(cls)}
     return out
 
 
@@ -68,13 +94,14 @@ def first_paragraph(text: Optional[str]) -> str:
     return " ".join((text or "").strip().split("\n\n")[0].split())
 
 
-def print_options(con, c: dict) -> None:
-    """One component's options, as ``--help`` lists them: ``name: type = default``, then the help
-    indented below it, wrapped to the console's width."""
+def print_options(con, c: dict, title: Optional[str] = None) -> None:
+    """One component's options (or, with ``title``, rich markup, those of ``c["options"]`` under that
+    title), as ``--help`` lists them: ``name: type = default``, then the help indented below it, wrapped
+    to the console's width."""
     from rich.markup import escape
 
     width = max(40, con.width - 1)
-    con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] options:", highlight=False)
+    con.print(title or f"[bold]{c['stage']} {escape(c['name'])}[/bold] options:", highlight=False)
     for name, o in c["options"].items():  # long defaults (nested blocks) wrap under the name
         head = textwrap.fill(f"{name}: {o['type']} = {o['default']}", width=width, initial_indent="  ",
                              subsequent_indent=" " * 8, break_on_hyphens=False, break_long_words=False)
@@ -93,18 +120,24 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return 0
+    from pipeline.console import stdout_console
+
+    with stdout_console(PIPED_WIDTH) as con:
+        _print_tables(con, data, show_all)
+    return 0
+
+
+def _print_tables(con, data: list[dict], show_all: bool) -> None:
+    """:func:`print_plugins`'s tables (and, with ``show_all``, options) on ``con``."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    from pipeline.console import StdoutConsole
-
-    con = StdoutConsole()
     for p in data:
         table = Table(title=f"{p['name']} {p['version']}  ({p['source']})", title_justify="left",
                       show_lines=False, expand=False, box=box.SIMPLE_HEAD)
         rows = [(c, " | ".join("+".join(a) for a in c["consumes"]) or "-") for c in p["components"]]
-        # names are never cut to "…" on a narrow terminal (80 columns when piped): the columns that
+        # names are never cut to "…" on a narrow terminal or COLUMNS: the columns that
         # hold them are as wide as their longest entry, and the description wraps instead
         table.add_column("stage", no_wrap=True)
         table.add_column("component", min_width=max((len(c["name"]) for c, _ in rows), default=0), no_wrap=True)
@@ -121,4 +154,24 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
         for c, _ in rows if show_all else ():
             if c.get("options"):
                 print_options(con, c)
+
+
+def print_config(*, as_json: bool = False) -> int:
+    """Print :func:`config_data`, the ``train:``, ``eval:`` and ``output:`` keys with their types,
+    defaults and help, as JSON (``as_json``) or as ``--all`` lists component options; returns 0."""
+    data = config_data()
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    from rich.markup import escape
+
+    from pipeline.console import stdout_console
+
+    with stdout_console(PIPED_WIDTH) as con:
+        con.print(textwrap.fill("The scene file's train:, eval: and output: blocks (models in pipeline/config.py). "
+                                "Set a key in the scene file or with --set, e.g. --set train.steps=500.",
+                                width=max(40, con.width - 1)) + "\n", highlight=False, soft_wrap=True)
+        for key, block in data.items():
+            print_options(con, block, title=f"[bold]{key}:[/bold] options ({block['class']}): "
+                                            f"{escape(block['description'])}")
     return 0
