@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Container, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,7 +50,7 @@ class TrainConfig(ConfigModel):
                              "(scenes with a training dataset, e.g. shape collections)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate")
     lr_final_factor: float = Field(0.1, gt=0, le=1, description="exponential decay to lr*factor at the last step")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="Adam's L2 weight decay (added to the gradients of every parameter group)")
     fused_adam: bool = Field(False, description="torch's fused Adam kernel: faster optimiser steps on large "
                              "grids (csg_dense: 9% less training time on 2 CPU cores), not bit-identical with the default "
                              "kernels (parameters differ at float rounding, so figures move in their last "
@@ -82,7 +82,7 @@ class EvalConfig(ConfigModel):
                              "(s x s rays averaged: anti-aliasing, for images that were rendered or downscaled "
                              "with it, e.g. procedural/mesh scenes with scene.supersample 2)")
     fscore_tau: float = Field(0.01, gt=0, description="F-score threshold in the GT-normalised frame")
-    chamfer_samples: int = Field(30000, ge=100)
+    chamfer_samples: int = Field(30000, ge=100, description="area-uniform surface samples per mesh for the chamfer evaluator (and its sampling floor)")
 
 
 class OutputConfig(ConfigModel):
@@ -102,7 +102,7 @@ TOP_LEVEL = {
     "train": "training settings",
     "eval": "evaluation settings",
     "output": "output settings",
-    "reference": "published figures for this scene: {metric: {value: number, source: text}}",
+    "reference": "published figures for this scene: {metric: number or {value: number, source: text}}",
 }
 
 
@@ -115,15 +115,26 @@ class ReferenceValue(ConfigModel):
 
 
 def validate_reference(source: str, data: Any) -> dict[str, ReferenceValue]:
-    """``reference: {psnr: {value: 31.2, source: "Tab. 1"}}`` -> {metric: ReferenceValue}."""
+    """``reference: {psnr: {value: 31.2, source: "Tab. 1"}, chamfer_l1: 4.5}`` -> {metric: ReferenceValue}:
+    each figure is a bare number (a value without a source) or a ``{value, source}`` mapping. Every
+    bad figure is reported, one problem each."""
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: reference must be a mapping {{metric: {{value: number, source: text}}}}, "
-                          f"got {data!r}")
-    return {str(k): validate_block(source, f"reference.{k}", ReferenceValue,
-                                   {"value": v} if isinstance(v, (int, float)) else v)
-            for k, v in data.items()}
+        raise ConfigError(f"{source}: reference must be a mapping {{metric: number or {{value: number, "
+                          f"source: text}}}}, got {data!r}")
+    problems = _Problems(source)
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, (int, float)):
+            v = {"value": v}
+        elif not isinstance(v, dict):
+            problems.add(f"reference.{k} = {v!r} must be a number (the published value) or a mapping "
+                         f"{{value: number, source: text}}")
+            continue
+        out[str(k)] = problems.run(lambda k=k, v=v: validate_block(source, f"reference.{k}", ReferenceValue, v))
+    problems.raise_any()
+    return out
 
 
 @dataclass
@@ -400,26 +411,35 @@ def _is_stage_block(path: list[str]) -> bool:
     return (len(path) == 1 and path[0] in SINGLE_STAGES) or (len(path) == 2 and path[0] in LIST_STAGES)
 
 
+#: a ``${NAME}`` or ``$NAME`` reference to an environment variable in a string option
+_VAR_RE = re.compile(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
+
+
 def expand_vars(value: Any) -> Any:
-    """Expand ``${NLS_DATA}`` (the shared data root) and other env vars in strings."""
+    """Expand ``${NLS_DATA}`` (the shared data root) and other env vars in strings. Only the variable
+    ``NLS_DATA`` itself (``${NLS_DATA}``, ``$NLS_DATA``) is the data root; any other unset variable,
+    ``${NLS_DATAX}`` included, is named as unset."""
     if isinstance(value, str) and "$" in value:
-        if "NLS_DATA" in value and not os.environ.get("NLS_DATA"):  # unset or empty: the default root
-            from pipeline.scenes import data_root  # local: avoids import cycles
+        names = [m.group(1) or m.group(2) for m in _VAR_RE.finditer(value)]
+        if "NLS_DATA" in names and not os.environ.get("NLS_DATA"):  # unset or empty: the default root
+            from pipeline.scenes import data_root, default_data_root  # local: avoids import cycles
 
             root = data_root()
             if root is None:
                 raise ConfigError(f"{value!r} needs the data root, but NLS_DATA is "
                                   f"{'empty' if 'NLS_DATA' in os.environ else 'not set'} and "
-                                  f"../shared/data does not exist. Set NLS_DATA=/path/to/data.")
-            value = value.replace("${NLS_DATA}", str(root)).replace("$NLS_DATA", str(root))
-        elif "NLS_DATA" in value and not Path(os.environ["NLS_DATA"]).expanduser().is_dir():
+                                  f"the default root {default_data_root()} (shared/data beside the checkout) does "
+                                  f"not exist. Set NLS_DATA=/path/to/data.")
+        elif "NLS_DATA" in names and not Path(os.environ["NLS_DATA"]).expanduser().is_dir():
             raise ConfigError(f"{value!r} needs the data root, but NLS_DATA={os.environ['NLS_DATA']} is not a "
                               f"folder. Set NLS_DATA to the folder that holds the data (meshes/, nerf/, ...).")
-        undefined = [m.group(1) or m.group(2) for m in re.finditer(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", value)
-                     if (m.group(1) or m.group(2)) not in os.environ and "NLS_DATA" not in m.group(0)]
+        undefined = [n for n in names if n not in os.environ and n != "NLS_DATA"]
         if undefined:
             raise ConfigError(f"{value!r} uses the environment variable(s) {', '.join(undefined)}, which "
                               f"are not set (${{NLS_DATA}} is the data root)")
+        if "NLS_DATA" in names and not os.environ.get("NLS_DATA"):  # only the exact variable, not $NLS_DATAX
+            value = _VAR_RE.sub(lambda m: str(root) if (m.group(1) or m.group(2)) == "NLS_DATA" else m.group(0),
+                                value)
         return os.path.expandvars(value)
     return value
 
@@ -430,23 +450,41 @@ def _fmt_loc(prefix: str, loc: tuple) -> str:
     return ".".join([prefix, *[str(x) for x in loc]]) if prefix else ".".join(str(x) for x in loc)
 
 
-def format_validation_error(source: str, prefix: str, exc: ValidationError, model: type[BaseModel]) -> str:
-    """One ``source: key = value: message (field help); ...`` paragraph for a pydantic error;
-    an unknown key lists the valid keys of ``model``."""
+def validation_problems(prefix: str, exc: ValidationError, model: type[BaseModel],
+                        skip: Container[str] = ()) -> list[str]:
+    """One ``key = value: message (field help).`` line per mistake in a pydantic error (none for the
+    options in ``skip``); an unknown key lists the valid keys of ``model``."""
     lines = []
     for err in exc.errors():
+        if err["loc"] and str(err["loc"][0]) in skip:
+            continue
         key = _fmt_loc(prefix, err["loc"])
         if err["type"] == "extra_forbidden":
             valid = ", ".join(model.model_fields) or "(no options)"
-            lines.append(f"{key}: unknown key; valid keys here: {valid}")
+            lines.append(f"{key}: unknown key; valid keys here: {valid}.")
             continue
         fld = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
         hint = f" ({fld.description})" if fld is not None and fld.description else ""
         if err["type"] == "missing":  # its input is the mapping it is missing from, not a value of the key
-            lines.append(f"{key} is required{hint}")
+            lines.append(f"{key} is required{hint}.")
             continue
-        lines.append(f"{key} = {err.get('input')!r}: {err['msg']}{hint}")
-    return f"{source}: " + "; ".join(lines) + "."
+        lines.append(f"{key} = {err.get('input')!r}: {err['msg']}{hint}.")
+    return lines
+
+
+class BlockErrors(ConfigError):
+    """Several mistakes found in one block (``problems``: one line each, without the source);
+    :class:`_Problems` lists them one per line and counts each."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = source, list(problems)
+        super().__init__(_problems_text(source, self.problems))
+
+
+def _problems_text(source: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return f"{source}: {len(problems)} problems:\n" + "\n".join(f"  - {t}" for t in problems)
 
 
 #: set while reading back a run's own config.yaml: options a newer nls no longer knows are
@@ -477,16 +515,20 @@ def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) 
             print(f"warning: {source}: ignoring option(s) this version of nls does not know: "
                   f"{', '.join(f'{prefix}.{k}' for k in stale)}", file=sys.stderr)
             data = {k: v for k, v in data.items() if k not in stale}
-    expanded = {}
+    expanded, problems, unset = {}, [], set()
     for k, v in data.items():
         try:
             expanded[k] = expand_vars(v)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {prefix}.{k}: {exc}") from None
+        except ConfigError as exc:  # reported; the option's other checks would only repeat it
+            problems.append(f"{prefix}.{k}: {exc}")
+            expanded[k], unset = v, unset | {str(k)}
     try:
-        return model.model_validate(expanded)
+        result = model.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, prefix, exc, model)) from None
+        problems += validation_problems(prefix, exc, model, skip=unset)
+    if problems:
+        raise BlockErrors(source, problems)
+    return result
 
 
 def _choice(host, source: str, key: str, stage: str, block: Any) -> StageChoice:
@@ -495,7 +537,11 @@ def _choice(host, source: str, key: str, stage: str, block: Any) -> StageChoice:
     if not isinstance(block, dict):
         raise ConfigError(f"{source}: {key} must be a mapping with a 'type' key, got {block!r}")
     if "type" not in block and stage == "scene" and "path" in block:
-        detected = host.scene_type_for_path(Path(expand_vars(block["path"])))
+        try:
+            path = expand_vars(block["path"])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key}.path: {exc}") from None
+        detected = host.scene_type_for_path(Path(path))
         if detected:
             block = {"type": detected, **block}
     if "type" not in block:
@@ -520,6 +566,9 @@ class _Problems:
     def run(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
+        except BlockErrors as exc:  # several mistakes in one block: one problem each
+            self.found += exc.problems if exc.source == self.source else [str(exc)]
+            return None
         except ConfigError as exc:
             text = str(exc)
             self.found.append(text[len(self.source) + 2:] if text.startswith(f"{self.source}: ") else text)
@@ -529,11 +578,8 @@ class _Problems:
         self.found.append(text)
 
     def raise_any(self) -> None:
-        if len(self.found) == 1:
-            raise ConfigError(f"{self.source}: {self.found[0]}")
         if self.found:
-            raise ConfigError(f"{self.source}: {len(self.found)} problems:\n" +
-                              "\n".join(f"  - {t}" for t in self.found))
+            raise BlockErrors(self.source, self.found)
 
 
 def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:

@@ -248,7 +248,7 @@ def test_an_empty_data_root_variable_is_unset_as_data_root_reads_it(tmp_path, nl
     data = {**TINY_SCENE, "scene": {"type": "blender", "path": "${NLS_DATA}/nerf/lego"}}
     assert load_scene(write(tmp_path, data), nls_host).choice("scene").options.path == f"{tmp_path}/nerf/lego"
     monkeypatch.setattr(pipeline.scenes, "data_root", lambda: None)
-    with pytest.raises(ConfigError, match="needs the data root, but NLS_DATA is empty and ../shared/data does not"):
+    with pytest.raises(ConfigError, match=r"needs the data root, but NLS_DATA is empty and the default root .*shared/data beside the checkout\) does not"):
         load_scene(write(tmp_path, data), nls_host)
 
 
@@ -463,3 +463,112 @@ def test_where_set_blames_the_last_override_of_the_key_or_its_block(overrides, b
     from pipeline.config import where_set
 
     assert where_set("s.yaml", overrides, "scene.path") == blamed
+
+
+def test_several_mistakes_in_one_block_are_listed_one_per_line_and_each_counted(tmp_path, nls_host):
+    """Two mistakes in `field` (and three in `train`) were joined with '; ' onto one line and counted as
+    one problem: "2 problems" for five mistakes."""
+    data = {**TINY_SCENE, "field": {**TINY_SCENE["field"], "resolution": -5, "featurs": 8},
+            "train": {**TINY_SCENE["train"], "lr": "fast", "steps": "lots", "batch_ray": None}}
+    with pytest.raises(ConfigError) as err:
+        load_scene(write(tmp_path, data), nls_host)
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("scene.yaml: 5 problems:"), lines
+    assert len(lines) == 6, lines
+    assert lines[1].startswith("  - field.resolution = -5: Input should be greater than or equal to 8 (") \
+        and lines[1].endswith(")."), lines
+    assert lines[2].startswith("  - field.featurs: unknown key; valid keys here: resolution, features"), lines
+    assert lines[3].startswith("  - train.steps = 'lots': "), lines
+    assert lines[4].startswith("  - train.lr = 'fast': "), lines
+    assert lines[5].startswith("  - train.batch_ray: unknown key; valid keys here: steps, batch_rays"), lines
+    assert not any("; field." in ln or "; train." in ln for ln in lines), lines
+
+
+def test_several_mistakes_in_one_block_from_the_command_line(nls, tmp_path):
+    """The README walkthrough: a copy of scenes/csg_dense.yaml with three mistakes, two of them in `field`."""
+    from pathlib import Path
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenes" / "csg_dense.yaml").read_text())
+    data["field"].update(resolution=-5, featurs=8)
+    data["train"]["lr"] = "fast"
+    proc = nls("reconstruct", str(write(tmp_path, data, "bad.yaml")), "--steps", "5", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"error: {tmp_path / 'bad.yaml'}: 3 problems:", lines
+    assert [ln.split(":")[0].split(" =")[0] for ln in lines[1:]] == \
+        ["  - field.resolution", "  - field.featurs", "  - train.lr"], lines
+
+
+def test_an_unset_variable_and_another_mistake_in_one_block_are_both_reported(tmp_path, nls_host, monkeypatch):
+    monkeypatch.delenv("MYDATA", raising=False)
+    data = {**TINY_SCENE, "scene": {"type": "blender", "path": "${MYDATA}/lego", "bogus": 1}}
+    with pytest.raises(ConfigError) as err:
+        load_scene(write(tmp_path, data), nls_host)
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("scene.yaml: 2 problems:"), lines
+    assert lines[1] == "  - scene.path: '${MYDATA}/lego' uses the environment variable(s) MYDATA, which are not " \
+                       "set (${NLS_DATA} is the data root)", lines
+    assert lines[2].startswith("  - scene.bogus: unknown key; valid keys here: "), lines
+
+
+@pytest.mark.parametrize("root_from_env", [True, False])
+@pytest.mark.parametrize("path, name", [("${NLS_DATAX}/nerf/lego", "NLS_DATAX"),
+                                        ("${NLS_DATA_DIR}/nerf/lego", "NLS_DATA_DIR"),
+                                        ("$NLS_DATAX/nerf/lego", "NLS_DATAX"),
+                                        ("$NLS_DATA_DIR/nerf/lego", "NLS_DATA_DIR")])
+def test_a_misspelt_data_root_variable_is_named_as_unset(tmp_path, nls_host, monkeypatch, root_from_env, path, name):
+    """Any ${...} with NLS_DATA in it was taken for the data root: ${NLS_DATAX} stayed in the path as text,
+    and $NLS_DATAX became <root>X when the default root was used. Only NLS_DATA itself is the data root."""
+    import pipeline.scenes
+
+    for var in ("NLS_DATAX", "NLS_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    if root_from_env:
+        monkeypatch.setenv("NLS_DATA", str(tmp_path))
+    else:  # the default root, as data_root() finds it
+        monkeypatch.delenv("NLS_DATA", raising=False)
+        monkeypatch.setattr(pipeline.scenes, "data_root", lambda: tmp_path)
+    unset = re.escape(f"uses the environment variable(s) {name}, which are not set")
+    data = {**TINY_SCENE, "scene": {"type": "blender", "path": path}}
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))}/scene\.yaml: scene\.path: .*{unset}"):
+        load_scene(write(tmp_path, data), nls_host)
+    good = write(tmp_path, {**TINY_SCENE, "scene": {"type": "blender", "path": "$NLS_DATA/nerf/lego"}}, "good.yaml")
+    assert load_scene(good, nls_host).choice("scene").options.path == f"{tmp_path}/nerf/lego"
+    with pytest.raises(ConfigError, match=rf"^--set scene\.path=.* \(on .*good\.yaml\): scene\.path: .*{unset}"):
+        load_scene(good, nls_host, [f"scene.path={path}"])
+    with pytest.raises(ConfigError, match=rf"scene\.path: .*{unset}"):  # also where the path picks the scene type
+        load_scene(good, nls_host, [f"scene={{path: '{path}'}}"])
+
+
+def test_a_bad_reference_figure_says_a_number_or_value_and_source_is_valid(tmp_path, nls_host):
+    """It said "must be a mapping of options, got 'abc'", although a bare number is valid too."""
+    ok = validate({**TINY_SCENE, "reference": {"psnr": {"value": 31.2, "source": "Table 1"}, "chamfer_l1": 4.5,
+                                               "ssim": 1}}, nls_host, source="s.yaml")
+    assert {k: (v.value, v.source) for k, v in ok.reference.items()} == \
+        {"psnr": (31.2, "Table 1"), "chamfer_l1": (4.5, ""), "ssim": (1.0, "")}
+    with pytest.raises(ConfigError) as err:
+        validate({**TINY_SCENE, "reference": {"chamfer_l1": "abc"}}, nls_host, source="s.yaml")
+    assert str(err.value) == ("s.yaml: reference.chamfer_l1 = 'abc' must be a number (the published value) or a "
+                              "mapping {value: number, source: text}"), err.value
+    with pytest.raises(ConfigError) as err:  # every bad figure is reported, one line each
+        validate({**TINY_SCENE, "reference": {"chamfer_l1": "abc", "psnr": [31], "ssim": {"value": "x"}}},
+                 nls_host, source="s.yaml")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "s.yaml: 3 problems:", lines
+    assert lines[1].startswith("  - reference.chamfer_l1 = 'abc' must be a number"), lines
+    assert lines[2].startswith("  - reference.psnr = [31] must be a number"), lines
+    assert lines[3].startswith("  - reference.ssim.value = 'x': "), lines
+
+
+def test_a_missing_default_data_root_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    """NLS_DATA unset and no shared/data beside the checkout: the error names the folder it looked for
+    (a relative '../shared/data' read as relative to the current folder, which it is not)."""
+    import pipeline.scenes as scenes
+    from pipeline.config import expand_vars
+
+    monkeypatch.delenv("NLS_DATA", raising=False)
+    monkeypatch.setattr(scenes, "repo_root", lambda: tmp_path / "checkout")
+    with pytest.raises(ConfigError) as err:
+        expand_vars("${NLS_DATA}/meshes/spot.obj")
+    assert f"the default root {tmp_path / 'shared' / 'data'} (shared/data beside the checkout)" in str(err.value)
+    assert "NLS_DATA is not set" in str(err.value)

@@ -124,3 +124,11 @@ def test_print_plugins_into_captured_stdout_has_no_trailing_spaces(capsys, monke
     assert "batch_rays: int = 4096" in [line.strip() for line in lines]
     assert max(len(line) for line in lines) <= 120
     assert not [line for line in lines if line != line.rstrip()]
+
+
+def test_every_core_config_key_has_help():
+    """`nls plugins --config` shows each key's description; none of train:, eval:, output: may leave it empty."""
+    from pipeline.plugins_list import config_data
+
+    empty = [f"{block}.{k}" for block, d in config_data().items() for k, o in d["options"].items() if not o["help"]]
+    assert not empty, f"keys without a description: {empty}"

@@ -29,8 +29,13 @@ def data_root() -> Optional[Path]:
     if env:
         p = Path(env).expanduser()
         return p if p.is_dir() else None
-    p = repo_root().parent / "shared" / "data"
+    p = default_data_root()
     return p if p.is_dir() else None
+
+
+def default_data_root() -> Path:
+    """``<repo>/../shared/data``, the data root when ``$NLS_DATA`` is not set (it may not exist)."""
+    return repo_root().parent / "shared" / "data"
 
 
 def data_path(*parts: str) -> tuple[Optional[Path], str]:
