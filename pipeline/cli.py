@@ -428,7 +428,7 @@ def _resume_locked(ld: Loaded, info, args) -> int:
     from pipeline import distributed
 
     if not args.no_eval:  # before training, as reconstruct does: a split the data no longer has
-        check_eval_split(ld.cfg, ld.scene, ld.system)
+        check_eval_split(ld.cfg, ld.scene, ld.system, run_config=True)
     if info.is_main:
         ld.run.record_command(distributed.launch_argv(info))
     trainer = Trainer(ld.cfg, ld.system, ld.scene, ld.run, ld.device, progress=not args.quiet)
@@ -744,7 +744,7 @@ def cmd_eval(args) -> int:
             else "the run's config has no evaluators"
         raise NLSError(f"nothing to evaluate: {whose}; give some with "
                        f"--set 'evaluators=[{{type: psnr}}, {{type: chamfer}}]'")
-    check_eval_split(ld.cfg, ld.scene, ld.system, sets)
+    check_eval_split(ld.cfg, ld.scene, ld.system, sets, run_config=True)
     out = out or ld.run.path / "eval.json"
     # one nls eval per output at a time: they share its staging folder and renders, and would delete each other's
     with exclusive_lock(out.parent / f".{out.stem}.lock", lambda pid: (

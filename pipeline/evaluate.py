@@ -97,26 +97,48 @@ class EvalContext:
         return self._mesh
 
 
-def missing_split_message(scene: SceneData, name: str, option: str) -> str:
-    """'<option> = name: the scene has no such split (it has ...)', with how to choose another."""
+def missing_split_message(scene: SceneData, name: str, option: str, *, run_config: bool = False) -> str:
+    """'<option> = name: the scene has no such split (it has ...)', with how to choose another. With
+    ``run_config`` (the config is a trained run's config.yaml, as for ``nls eval``) the advice is a ``--set``,
+    not an edit of the scene file. The splits the dataset folder holds beyond those loaded are named, with
+    the nearest to ``name``."""
+    import difflib
+
     if not scene.splits:  # no split would do, so the option (perhaps only its default) is not named
         return ("this run's scene has no posed images at all (a geometry or point-cloud scene), so there "
                 "is nothing to render; export the surface with `nls export` instead")
     have = ", ".join(scene.splits)
     how = ("give one of them" if option == "--split" else
+           "give one of them with nls eval RUN --set eval.split=NAME" if run_config else
            "set eval.split to one of them in the scene file or with --set eval.split=NAME")
     root = scene.meta.get("root") if scene.meta.get("source") == "blender" else None
+
+    def load(split: str) -> str:  # how to have ``split`` loaded as well
+        wanted = ", ".join([*scene.splits, split])
+        return (f"evaluate it with nls eval RUN --set eval.split={split} --set 'scene.splits=[{wanted}]'"
+                if option == "--split" else f"load it too with --set 'scene.splits=[{wanted}]'")
+
     if name in (scene.meta.get("splits_empty") or ()):  # its file is there but lists no frames
         where = Path(root) / f"transforms_{name}.json" if root else f"transforms_{name}.json"
         return (f"{option} = {name!r}: {where} has no frames (its 'frames' list is empty), so the "
                 f"scene has no such split (it has {have}); {how}, or add frames to that file")
     if root and (Path(root) / f"transforms_{name}.json").is_file():  # on disk, but not loaded by this run
-        wanted = ", ".join([*scene.splits, name])
-        load = (f"evaluate it with nls eval RUN --set eval.split={name} --set 'scene.splits=[{wanted}]'"
-                if option == "--split" else f"load it too with --set 'scene.splits=[{wanted}]'")
         return (f"{option} = {name!r}: this run loaded only the splits {have} (its scene.splits), although "
-                f"{root} has transforms_{name}.json; {how}, or {load}")
-    return f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
+                f"{root} has transforms_{name}.json; {how}, or {load(name)}")
+    text = f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
+    try:
+        held = sorted((p.name[len("transforms_"):-len(".json")] for p in Path(root).glob("transforms_*.json")
+                       if p.is_file()), key=lambda s: (["train", "val", "test", s].index(s), s)) if root else []
+    except OSError:
+        held = []
+    unloaded = [s for s in held if s not in scene.splits]
+    if unloaded:  # the folder holds more than this run loaded
+        text += (f"; {root} holds the splits {', '.join(held)} (transforms_<split>.json), of which "
+                 f"{', '.join(unloaded)} {'is' if len(unloaded) == 1 else 'are'} not loaded")
+    near = difflib.get_close_matches(name, [*scene.splits, *unloaded], n=1, cutoff=0.6)
+    if near:
+        text += f"; did you mean {near[0]!r}?" + (f" ({load(near[0])})" if near[0] in unloaded else "")
+    return text
 
 
 def check_can_render(scene: SceneData, system, split: str, option: str = "--split") -> None:
@@ -129,14 +151,17 @@ def check_can_render(scene: SceneData, system, split: str, option: str = "--spli
                        "export the surface with `nls export` instead")
 
 
-def check_eval_split(cfg: SceneConfig, scene: SceneData, system, overrides: Sequence[str] = ()) -> None:
+def check_eval_split(cfg: SceneConfig, scene: SceneData, system, overrides: Sequence[str] = (), *,
+                     run_config: bool = False) -> None:
     """Before training: a run that will render its eval split must name one the scene has. The
-    error names the ``--set`` among ``overrides`` that chose the split, else the scene file."""
+    error names the ``--set`` among ``overrides`` that chose the split, else the scene file; with
+    ``run_config`` (``cfg`` is a trained run's config.yaml: ``nls eval``, ``nls resume``) it advises a
+    ``--set``, not an edit of the file."""
     from pipeline.config import where_set
 
     if system.renderer is not None and scene.splits and cfg.eval.split not in scene.splits:
         raise NLSError(f"{where_set(cfg.source, overrides, 'eval.split')}: "
-                       + missing_split_message(scene, cfg.eval.split, "eval.split"))
+                       + missing_split_message(scene, cfg.eval.split, "eval.split", run_config=run_config))
 
 
 def eval_indices(n_views: int, every: int = 1, max_images: Optional[int] = None) -> list[int]:

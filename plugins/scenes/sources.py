@@ -13,11 +13,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
-from pipeline.types import ConfigError, SceneData
+from pipeline.types import ConfigError, NLSError, SceneData
 from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
 
 BG = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
@@ -244,6 +244,7 @@ def build_blender(cfg: BlenderConfig, ctx):
 
         from pipeline.scenes.blender import load_blender
 
+        check_split_names(Path(cfg.path), list(cfg.splits), ctx)  # before any image is read
         scene = load_blender(Path(cfg.path), splits=tuple(cfg.splits), background=BG[cfg.background],
                              downscale=cfg.downscale, max_images=cfg.max_images)
         if cfg.aabb is not None:
@@ -254,6 +255,97 @@ def build_blender(cfg: BlenderConfig, ctx):
         return scene
 
     return load
+
+
+#: the split names of NeRF-synthetic data; a dataset may lack one (many have no val), so a ``scene.splits``
+#: entry among them that the folder lacks is only warned about (load_blender), any other name is an error
+NERF_SPLITS = ("train", "val", "test")
+
+
+def _split_order(name: str) -> tuple:
+    """Sort key: the NeRF split names first, in their usual order, then the others by name."""
+    return (NERF_SPLITS.index(name), "") if name in NERF_SPLITS else (len(NERF_SPLITS), name)
+
+
+def dataset_splits(root: Path, asked: Sequence[str] = ()) -> Optional[tuple[list[str], str]]:
+    """``(splits, where)``: the splits the Blender-format folder ``root`` holds (NeRF-synthetic: one per
+    ``transforms_<split>.json``; instant-ngp: those its ``transforms.json`` assigns frames to) and a few
+    words on where they come from; None when the folder is neither (or its ``transforms.json`` cannot be
+    read: the loader says why). The layout is told apart as :func:`load_blender` does, ``asked`` being
+    the splits asked for."""
+    files = sorted(p for p in root.glob("transforms_*.json") if p.is_file()) if root.is_dir() else []
+    if any((root / f"transforms_{s}.json").is_file() for s in (*NERF_SPLITS, *asked)):
+        names = sorted((p.name[len("transforms_"):-len(".json")] for p in files), key=_split_order)
+        return names, ", ".join(f"transforms_{s}.json" for s in names)
+    ngp = root / "transforms.json"
+    if not ngp.is_file():
+        return None
+    try:
+        data = json.loads(ngp.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(frames, list):
+        return None
+    frames = [fr for fr in frames if isinstance(fr, dict)]
+    if any("split" in fr for fr in frames):  # as the loader assigns them: a frame without one is train
+        names = {str(fr.get("split", "train")) for fr in frames}
+        how = "the frames' 'split' keys"
+    else:  # *_filenames lists (a frame in none is train), else every 8th frame held out as test
+        listed = {s for s in NERF_SPLITS if data.get(f"{s}_filenames") is not None}
+        names = {"train", *listed} if listed else {"train", "test"}
+        how = "its frames"
+    return sorted(names, key=_split_order), f"{how} in {ngp}"
+
+
+def _blame_splits(ctx, splits: list[str]) -> Optional[str]:
+    """Whom an error about ``scene.splits`` blames: the ``--set`` that gave it, else the scene file (None
+    without a config). A
+    command that does not hand its ``--set`` options to the scene source (``nls eval``) is caught by
+    comparing with the file: a value that is not the file's came from a ``--set``."""
+    from pipeline.config import read_yaml, where_set
+
+    cfg = getattr(ctx, "cfg", None)
+    source = getattr(cfg, "source", None)
+    if not source:
+        return None
+    where = where_set(source, getattr(ctx, "overrides", ()) or (), "scene.splits")
+    if where != source:
+        return where
+    try:
+        block = read_yaml(Path(source)).get("scene")
+    except (NLSError, OSError):
+        return source
+    own = block.get("splits", BlenderConfig.model_fields["splits"].default) if isinstance(block, dict) else None
+    if isinstance(own, list) and own != splits:
+        return f"--set 'scene.splits=[{', '.join(splits)}]' (on {source})"
+    return source
+
+
+def check_split_names(root: Path, splits: list[str], ctx=None) -> None:
+    """A ``scene.splits`` entry the dataset folder ``root`` does not hold is a ConfigError naming
+    ``scene.splits`` (or the ``--set`` that gave it), the name, the splits the folder holds and the
+    nearest of them; a standard NeRF name (train, val, test) the folder lacks is left to the loader,
+    which warns and goes on (a dataset without a val split is common, and a scene file may list it)."""
+    import difflib
+
+    found = dataset_splits(root, splits)
+    if found is None:  # no dataset there: the loader's error says so
+        return
+    held, where = found
+    bad = [s for s in dict.fromkeys(splits) if s not in held and s not in NERF_SPLITS]
+    if not bad:
+        return
+    near = {b: m[0] for b in bad for m in [difflib.get_close_matches(b, held, n=1, cutoff=0.6)] if m}
+    names = f"no split {bad[0]!r}" if len(bad) == 1 else f"none of the splits {', '.join(map(repr, bad))}"
+    blame = _blame_splits(ctx, splits)
+    text = (f"{blame + ': ' if blame else ''}scene.splits = [{', '.join(splits)}]: {root} has {names}; "
+            f"it holds the splits {', '.join(held) or 'none'} ({where})")
+    if len(bad) == 1 and near:
+        text += f"; did you mean {near[bad[0]]!r}?"
+    elif near:
+        text += "; did you mean " + ", ".join(f"{m!r} for {b!r}" for b, m in near.items()) + "?"
+    raise ConfigError(text)
 
 
 def _read_points(path: Path):
