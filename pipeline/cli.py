@@ -83,7 +83,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
-    scene = load_scene_data(cfg, device)
+    scene = load_scene_data(cfg, device, overrides)  # an error names the --set that caused it
     _warn_if_ground_truth_changed(run, scene, recorded)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:

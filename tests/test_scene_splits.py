@@ -144,7 +144,7 @@ def test_reconstruct_and_eval_blame_the_misspelt_split(tmp_path, nls):
     run = next((tmp_path / "runs").glob("blend/*/*"))
     bad = nls("eval", str(run), "--set", "scene.splits=[train, test, vall]", "--set", "eval.split=vall")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
-    assert f"--set 'scene.splits=[train, test, vall]' (on {run / 'config.yaml'}): scene.splits = [train, test, " \
+    assert f"--set scene.splits=[train, test, vall] (on {run / 'config.yaml'}): scene.splits = [train, test, " \
            f"vall]: {data} has no split 'vall'; it holds the splits train, val, test" in bad.stderr, bad.stderr
     assert "did you mean 'val'?" in bad.stderr, bad.stderr
     split = nls("eval", str(run), "--set", "eval.split=vall")
