@@ -206,9 +206,34 @@ def _plugins_flags(args) -> str:
     return plugins_dir_flags([Path(d).absolute() for d in getattr(args, "plugins_dir", None) or []])
 
 
+def metrics_table(metrics: dict):
+    """A rich table of ``metrics`` (floats to 4 decimals; the JSON records keep every digit), or a line
+    saying there are none."""
+    from rich.table import Table
+
+    if not metrics:
+        return "no metrics (no evaluator ran or every one was skipped)"
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    return table
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    """``title`` and :func:`metrics_table` on stdout."""
+    from rich.markup import escape
+
+    from pipeline.console import stdout_console
+
+    with stdout_console() as con:
+        con.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
+        con.print(metrics_table(metrics))
+
+
 def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     from pipeline.console import StdoutConsole
 
@@ -216,15 +241,7 @@ def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
     # the title is a line of its own: as a table title it would wrap to the narrow table's width
     con.print(f"[bold]{summary['scene']} / {summary['method']}[/bold]  (step {summary['step']}, "
               f"{summary['train_seconds']:.0f} s training on {summary['device']})", soft_wrap=True)
-    if summary["metrics"]:
-        table = Table()
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for k, v in summary["metrics"].items():
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-        con.print(table)
-    else:
-        con.print("no metrics (no evaluator ran or every one was skipped)")
+    con.print(metrics_table(summary["metrics"]))
     # Paths and commands are printed whole (soft_wrap): rich would otherwise break them at the
     # terminal width (80 columns when piped), and a copied command would no longer run.
     for w in summary.get("warnings") or []:  # said before the progress bars; repeated where they are read
@@ -722,10 +739,12 @@ def cmd_eval(args) -> int:
     every evaluator was skipped (the JSON is still written and says why)."""
     from pipeline.config import parse_override
     from pipeline.evaluate import check_eval_split
-    from pipeline.runs import check_output_file, exclusive_lock, json_default
+    from pipeline.runs import check_output_file, exclusive_lock
 
     if args.output:
         _refuse_run_record(Path(args.output), Path(args.run_dir))
+        if Path(args.output).suffix.lower() != ".json":
+            raise NLSError(f"-o {args.output}: nls eval writes JSON; give a file name ending in .json")
     out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
     renders_root = out.parent / f"{out.stem}_renders" if out is not None else None
     if renders_root is not None and renders_root.exists() and not renders_root.is_dir():
@@ -751,7 +770,7 @@ def cmd_eval(args) -> int:
             f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
             f"writes {out}", remove=True):
         data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
-    print(json.dumps(data["metrics"], indent=2, default=json_default))
+    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})")
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
     results = data["evaluators"]
     if all(set(r) == {"skipped"} for r in results.values()):

@@ -143,9 +143,15 @@ def test_render_with_turntable_and_eval(trained_run, nls, tmp_path):
     assert [p.name for p in every] == [full[0].name, full[2].name]
     for a, b in zip(every, (full[0], full[2])):
         assert np.array_equal(imageio.imread(a), imageio.imread(b)), a.name
-    nls("eval", str(run), "-o", str(tmp_path / "m.json"), check=True)  # -o: every command that writes
+    ev = nls("eval", str(run), "-o", str(tmp_path / "m.json"), check=True)  # -o: every command that writes
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["metrics"]["psnr"] > 0 and "chamfer_l1" in data["metrics"]
+    # stdout: a table as reconstruct prints it (4 decimals; the JSON keeps every digit), not raw JSON
+    assert f"psnr {data['metrics']['psnr']:.4f}" in " ".join(ev.stdout.replace("│", " ").split()), ev.stdout
+    assert "{" not in ev.stdout and f"wrote {tmp_path / 'm.json'}" in ev.stdout
+    txt = nls("eval", str(run), "-o", str(tmp_path / "m.txt"))
+    assert txt.returncode == 2 and "nls eval writes JSON; give a file name ending in .json" in txt.stderr
+    assert not (tmp_path / "m.txt").exists()
 
 
 def test_export_errors(trained_run, nls, tmp_path):
