@@ -578,8 +578,9 @@ def cmd_export(args) -> int:
     if frame is not None:
         print(f"in the coordinates of the input file {frame.get('file')} (the run's frame scaled by "
               f"1/{frame['scale']:.6g} and centred back at {[round(c, 6) for c in frame['centre']]})")
-    if up == "z" and args.up is None:
-        print("turned the run's +Z up to glTF's +Y up (--up y keeps the coordinates as trained)")
+    if up == "z":  # the coordinates are no longer the run's: say so, whichever way it was chosen
+        print("turned the run's +Z up to +Y up (x, y, z) -> (x, z, -y)" + (
+            " for glTF (--up y keeps the coordinates as trained)" if args.up is None else " (--up z)"))
     if not watertight and cut and not args.close:
         where = "the --bbox box" if args.bbox else "the extractor's box"
         fix = ("; --close caps it with the box's faces (a closed mesh)" if closable is not None else

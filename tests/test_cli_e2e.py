@@ -117,13 +117,14 @@ def test_exported_mesh_is_watertight_and_close_to_truth(trained_run, nls, tmp_pa
     assert cd["chamfer_l1"] < CHAMFER_L1_BOUND
     # --up z: the same vertices a quarter turn about x, +Z to +Y (glTF's up)
     turned = tmp_path / "turned.obj"
-    nls("export", str(run), "-o", str(turned), "--resolution", "96", "--up", "z", check=True)
+    said = nls("export", str(run), "-o", str(turned), "--resolution", "96", "--up", "z", check=True).stdout
+    assert "turned the run's +Z up to +Y up (x, y, z) -> (x, z, -y) (--up z)" in said, said  # never silently
     a, b = (np.asarray(trimesh.load(p, force="mesh", process=False).vertices) for p in (out, turned))
     assert np.allclose(b, a[:, [0, 2, 1]] * [1, 1, -1], atol=1e-5)
     # .glb (glTF is +Y up) takes the run's own up axis by default: this scene's world is +Z up
     assert json.loads((run / "scene.json").read_text())["generator"]["world_up"] == "+z"
     res = nls("export", str(run), "-o", str(tmp_path / "default.glb"), "--resolution", "96", check=True)
-    assert "turned the run's +Z up to glTF's +Y up" in res.stdout
+    assert "turned the run's +Z up to +Y up (x, y, z) -> (x, z, -y) for glTF" in res.stdout
     nls("export", str(run), "-o", str(tmp_path / "kept.glb"), "--resolution", "96", "--up", "y", check=True)
     bounds = {p: trimesh.load(tmp_path / p, force="mesh", process=False).bounds for p in ("default.glb", "kept.glb")}
     assert np.allclose(bounds["default.glb"], trimesh.load(turned, force="mesh").bounds, atol=1e-5)
