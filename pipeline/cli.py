@@ -25,8 +25,9 @@ examples:
   nls resume outputs/csg/dense_grid/<stamp>             continue a stopped run to its step budget
   nls render outputs/csg/dense_grid/<stamp> --spiral 60 test renders and a turntable video
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384
-  nls eval outputs/csg/dense_grid/<stamp>               metrics to JSON
+  nls eval outputs/csg/dense_grid/<stamp>               metrics table, and eval.json
   nls plugins --all                                     what every plugin provides, with options
+  nls plugins --config                                  the train:, eval:, output: keys of a scene file
   nls batch scenes/a.yaml scenes/b.yaml --jobs 2        many scenes, one run folder each, one table
   torchrun --nproc_per_node 2 -m pipeline.cli reconstruct SCENE.yaml   data-parallel training (DDP)
 
