@@ -122,7 +122,9 @@ def nls_register_renderers(register):
       is given when the run trains on random backgrounds;
     * ``render_image(cameras, i, query, *, chunk, supersample=1) -> dict`` of ``(H,W,C)`` images
       with the same keys (``supersample`` is passed only when ``eval.supersample > 1``: average
-      s x s sub-pixel rays).
+      s x s sub-pixel rays). ``pipeline.rendering.render_image`` does this in chunks and reports each to
+      the evaluation's progress bar; a renderer with a loop of its own may call
+      ``pipeline.progress.report_pixels(done, total)`` after each chunk to do the same.
 
     Optional: ``update(step, query, *, every, warmup)``, called before every training step (e.g. to
     refresh an occupancy grid); a ``num_samples`` entry in ``render_rays``' result (samples taken,
