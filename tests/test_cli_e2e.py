@@ -165,8 +165,9 @@ def test_export_errors(trained_run, nls, tmp_path):
 
 def test_export_checks_its_output_before_loading_the_run(tmp_path, monkeypatch, capsys):
     from pipeline import cli
+    from pipeline.commands import export
 
-    monkeypatch.setattr(cli, "open_run", lambda *a, **k: pytest.fail("the run was loaded before -o was checked"))
+    monkeypatch.setattr(export, "open_run", lambda *a, **k: pytest.fail("the run was loaded before -o was checked"))
     (tmp_path / "afile").write_text("x")
     for out, message in [(tmp_path, "it is a directory. Give a file name"),
                          (tmp_path / "m.xyz", "unknown extension '.xyz'; valid: .ply"),
@@ -195,8 +196,9 @@ def test_scene_and_method_names_cannot_leave_the_runs_root(tmp_path):
 
 def test_eval_refuses_a_renders_folder_that_is_a_file_before_any_work(tmp_path, monkeypatch, capsys):
     from pipeline import cli
+    from pipeline.commands import evaluation
 
-    monkeypatch.setattr(cli, "open_run", lambda *a, **k: pytest.fail("the run was loaded before -o was checked"))
+    monkeypatch.setattr(evaluation, "open_run", lambda *a, **k: pytest.fail("the run was loaded before -o was checked"))
     (tmp_path / "ev_renders").write_text("x")
     assert cli.main(["eval", str(tmp_path / "run"), "-o", str(tmp_path / "ev.json")]) == 2
     assert f"its renders go to {tmp_path / 'ev_renders'}, which is a file" in capsys.readouterr().err
@@ -210,7 +212,7 @@ def test_commands_on_missing_run_folder(nls, tmp_path):
 
 def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
     """The paths and follow-up commands after a run are not broken at the 80-column pipe width."""
-    from pipeline.cli import _print_summary
+    from pipeline.commands.training import _print_summary
 
     run = tmp_path / ("a_long_folder_name_" * 4) / "csg" / "dense_grid" / "20261203-083106"
     flags = " --plugins-dir /opt/my_plugins"  # what _plugins_flags gives for --plugins-dir /opt/my_plugins
@@ -226,7 +228,7 @@ def test_summary_prints_whole_commands_when_piped(tmp_path, capsys):
 def test_summary_without_a_mesh_or_metrics_says_so(tmp_path, capsys):
     """After 'mesh export skipped', the suggested export names a level (the default one made nothing), and an
     empty metrics table is a sentence."""
-    from pipeline.cli import _print_summary
+    from pipeline.commands.training import _print_summary
 
     run = tmp_path / "csg" / "dense_grid" / "20261205-000000"
     _print_summary({"scene": "csg", "method": "dense_grid", "step": 10, "train_seconds": 1.0, "device": "cpu",
@@ -255,7 +257,7 @@ def test_follow_up_commands_carry_the_plugins_dirs():
     import shlex
     from pathlib import Path
 
-    from pipeline.cli import _plugins_flags
+    from pipeline.commands.training import _plugins_flags
 
     here = shlex.quote(str(Path("a dir").absolute()))
     assert _plugins_flags(argparse.Namespace(plugins_dir=["a dir", "/b"])) == f" --plugins-dir {here} --plugins-dir /b"

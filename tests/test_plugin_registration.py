@@ -203,7 +203,7 @@ def test_two_implementations_in_a_plugins_dir_file(tmp_path, capsys):
 
 # -- 5. plugins.json records a --plugins-dir file by its absolute path ------------------------------------
 def test_a_relative_plugins_dir_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
-    from pipeline.cli import _missing_plugins_hint
+    from pipeline.commands.run_loading import _missing_plugins_hint
 
     _write(tmp_path / "work" / "pdir", "relwalk.py", '''
         from pipeline.hookspecs import hookimpl
@@ -213,7 +213,7 @@ def test_a_relative_plugins_dir_is_recorded_as_an_absolute_path(tmp_path, monkey
     ''')
     monkeypatch.chdir(tmp_path / "work")
     host = plugin_host(builtins=False, plugins_dirs=[Path("pdir")])
-    recorded = {"plugins": [vars(p) for p in host.plugins()]}  # as cli.py writes plugins.json
+    recorded = {"plugins": [vars(p) for p in host.plugins()]}  # as nls reconstruct writes plugins.json
     source = Path(recorded["plugins"][0]["source"])
     assert source.is_absolute() and source == (tmp_path / "work" / "pdir" / "relwalk.py").resolve()
     monkeypatch.chdir(tmp_path)  # the run opened from another working directory
@@ -222,7 +222,7 @@ def test_a_relative_plugins_dir_is_recorded_as_an_absolute_path(tmp_path, monkey
 
 
 def test_an_old_relative_source_in_plugins_json_still_gives_a_hint():
-    from pipeline.cli import _missing_plugins_hint
+    from pipeline.commands.run_loading import _missing_plugins_hint
 
     old = {"plugins": [{"name": "walk", "version": "0", "source": "pdir/walk.py", "hooks": []}]}
     hint = _missing_plugins_hint(_Run(old), plugin_host(builtins=False))

@@ -449,7 +449,7 @@ def test_a_forced_stop_between_checkpoints_is_reported_as_unsaved(tmp_path, caps
     the newest checkpoint instead of claiming one was saved."""
     import types
 
-    from pipeline.cli import _train_and_finish
+    from pipeline.commands.training import _train_and_finish
 
     tr = _tiny_trainer(tmp_path, steps=8, checkpoint_every=2)
     original = tr.train_step
@@ -739,7 +739,7 @@ def test_checkpoints_carry_the_runs_warnings_and_thread_count(tmp_path, capsys):
     from pipeline.build import build_system, load_scene_data
     import types
 
-    from pipeline.cli import _warn_if_layout_differs
+    from pipeline.commands.training import _warn_if_layout_differs
     from pipeline.config import validate
     from pipeline.testing import TINY_SCENE, plugin_host
     from pipeline.train import Trainer
@@ -821,7 +821,7 @@ def test_a_stop_during_the_final_evaluation_says_how_to_finish(tiny_scene, tmp_p
     """Ctrl-C there printed only `interrupted`; SIGTERM ended the process with exit 143 and no word. Both
     now exit 130 naming the resume that evaluates the trained run; a run with no checkpoint names the
     --output that puts a new run beside it."""
-    import pipeline.cli
+    import pipeline.commands.training
     from pipeline.cli import main
 
     def stop(*args, **kwargs):
@@ -831,7 +831,7 @@ def test_a_stop_during_the_final_evaluation_says_how_to_finish(tiny_scene, tmp_p
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError("SIGTERM did not stop the evaluation")
 
-    monkeypatch.setattr(pipeline.cli, "finish_run", stop)
+    monkeypatch.setattr(pipeline.commands.training, "finish_run", stop)
     assert main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q"]) == 130
     run_dir = next((tmp_path / "runs").glob("*/*/*"))
     assert f"interrupted during the final evaluation; the run is trained (step 6). Evaluate it with: nls resume " \

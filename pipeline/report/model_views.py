@@ -14,8 +14,8 @@ GEOMETRY_QUANTITIES = ("sdf", "occupancy", "density")
 
 
 def load_run(run_dir: Path, host=None, device: str = "cpu"):
-    """The run's system and scene from its newest checkpoint (:func:`pipeline.cli.open_run`)."""
-    from pipeline.cli import open_run
+    """The run's system and scene from its newest checkpoint (:func:`pipeline.commands.run_loading.open_run`)."""
+    from pipeline.commands.run_loading import open_run
 
     return open_run(argparse.Namespace(run_dir=str(run_dir), host=host, plugins_dir=None, device=device))
 

@@ -40,7 +40,7 @@ def cmd_infer(args) -> int:
     (the run's extractor when it has one, else :func:`shape_mesh`) to ``args.output``. Returns 0."""
     import torch
 
-    from pipeline.cli import open_run
+    from pipeline.commands.run_loading import open_run
     from pipeline.evaluate import EvalContext, extract
     from pipeline.mesh import export_mesh
     from plugins.shapes.conditional import ConditionalField, conditional_field

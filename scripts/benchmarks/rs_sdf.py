@@ -237,7 +237,7 @@ def per_view_psnr(render_dir: Path) -> dict[str, float]:
 
 
 def _open(run: Path):
-    from pipeline.cli import open_run
+    from pipeline.commands.run_loading import open_run
     from pipeline.scenes.mesh_render import load_mesh
 
     ld = open_run(argparse.Namespace(run_dir=str(run), device="cpu", host=None, plugins_dir=None))

@@ -1,0 +1,185 @@
+"""``nls eval``: evaluate a run again, with what evaluation reads changed by ``--set``, into eval.json (or
+``-o``); the metrics table; and the check that keeps an output path off the run's own records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from pipeline.commands.run_loading import Loaded, host_for, open_run
+from pipeline.types import NLSError
+
+
+#: the top-level keys ``nls eval --set`` may change: what evaluation reads, not the trained model
+EVAL_SET_ROOTS = ("evaluators", "eval", "extractor")
+#: single options it may change too: the renderer's set how rays are sampled, and no trained state
+#: depends on them (the step size is computed from ``samples_per_ray`` when the renderer is built);
+#: ``scene.splits`` loads a split of the data that training did not (lego's val), never fewer
+EVAL_SET_KEYS = ("renderer.samples_per_ray", "scene.splits")
+#: the blocks eval.json records as it resolved them: those of the two lists above
+EVAL_RECORDED = (*EVAL_SET_ROOTS, *dict.fromkeys(k.split(".")[0] for k in EVAL_SET_KEYS))
+
+
+#: files and folders of a run folder that only training writes (``nls eval -o`` may not replace them)
+RUN_RECORDS = ("config.yaml", "plugins.json", "scene.json", "cmd.txt", "metrics.jsonl", "summary.json",
+               "checkpoints", "renders", "meshes", ".lock")
+
+
+def refuse_run_record(out: Path, run_dir: Path, default: Optional[str] = "eval.json",
+                       also: tuple[str, ...] = ()) -> None:
+    """Refuse an output path that is, or lies inside, one of the run's own records (or ``also``)."""
+    run_dir = run_dir.resolve()
+    target = out.resolve()
+    for name in RUN_RECORDS + also:
+        own = run_dir / name
+        if target == own or own in target.parents:
+            wrote = "nls eval wrote" if name == "eval.json" else "training wrote"
+            hint = f" (default: {run_dir / default})" if default else ""
+            raise NLSError(f"-o {out}: that is the run's own {name}, which {wrote}; give another file{hint}")
+
+
+def _check_more_splits(sets: list[str], run_dir: Path, host=None) -> None:
+    """``--set scene.splits=[...]`` of ``nls eval`` may add splits to those the run trained with, not drop
+    one (the trained run is the same whichever extra splits are loaded), and only on a scene type that
+    loads splits from its data (``host``'s scene component has a ``splits`` option: blender)."""
+    from pipeline.config import parse_override, read_yaml
+    from pipeline.runs import RunDir
+
+    for text in sets:
+        key, value = parse_override(text)
+        if key != ["scene", "splits"]:
+            continue
+        scene = read_yaml(RunDir.open(run_dir).config_path).get("scene")
+        kind = scene.get("type") if isinstance(scene, dict) else None
+        if host is not None and isinstance(kind, str):
+            try:
+                fields = host.component("scene", kind).config_class().model_fields
+            except NLSError:  # an unknown or broken scene type: open_run reports it
+                fields = None
+            if fields is not None and "splits" not in fields:
+                having = [c.name for c in host.components("scene")
+                          if _has_option(c, "splits")]
+                raise NLSError(f"--set {text}: this run's scene type {kind!r} has no splits option: it makes "
+                               f"its own views (or none) and has no other split of data to load; scene.splits "
+                               f"applies to scene types that load splits from a dataset folder "
+                               f"({', '.join(having) or 'none loaded'})")
+        trained = scene.get("splits") if isinstance(scene, dict) else None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise NLSError(f"--set {text}: scene.splits takes a list of split names, e.g. "
+                           f"'scene.splits=[{', '.join([*(trained or ['train', 'test']), 'val'])}]'")
+        dropped = [sp for sp in trained or [] if sp not in value]
+        if dropped:
+            raise NLSError(f"--set {text}: eval may add splits to the run's scene.splits {trained}, not drop "
+                           f"{', '.join(dropped)}; give [{', '.join([*trained, *[v for v in value if v not in trained]])}]")
+
+
+def _has_option(component, name: str) -> bool:
+    """Whether ``component``'s config class has the option ``name`` (False when it cannot be loaded)."""
+    try:
+        return name in component.config_class().model_fields
+    except NLSError:
+        return False
+
+
+def cmd_eval(args) -> int:
+    """Run ``nls eval``: run the evaluators and write eval.json (or ``-o``); exit code 0, or 1 when
+    every evaluator was skipped (the JSON is still written and says why)."""
+    from pipeline.config import parse_override
+    from pipeline.evaluate import check_eval_split
+    from pipeline.runs import check_output_file, exclusive_lock
+
+    if args.output:
+        refuse_run_record(Path(args.output), Path(args.run_dir))
+        if Path(args.output).suffix.lower() != ".json":
+            raise NLSError(f"-o {args.output}: nls eval writes JSON; give a file name ending in .json")
+    out = check_output_file(Path(args.output), "metrics") if args.output else None  # before any work
+    renders_root = out.parent / f"{out.stem}_renders" if out is not None else None
+    if renders_root is not None and renders_root.exists() and not renders_root.is_dir():
+        raise NLSError(f"-o {out}: its renders go to {renders_root}, which is a file; move it or give another -o")
+    sets = args.set or []
+    for text in sets:  # only what evaluation reads; the trained model stays as it was trained
+        key = parse_override(text)[0]
+        if key[0] not in EVAL_SET_ROOTS and ".".join(key) not in EVAL_SET_KEYS:
+            raise NLSError(f"--set {text}: eval changes only {', '.join(EVAL_SET_ROOTS)} and "
+                           f"{', '.join(EVAL_SET_KEYS)}; {'.'.join(key)!r} is part of the trained run "
+                           f"(train a new run to change it)")
+    _check_more_splits(sets, Path(args.run_dir), host_for(args))
+    ld = open_run(args, overrides=sets)
+    if not ld.cfg.evaluators:
+        whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
+            else "the run's config has no evaluators"
+        raise NLSError(f"nothing to evaluate: {whose}; give some with "
+                       f"--set 'evaluators=[{{type: psnr}}, {{type: chamfer}}]'")
+    check_eval_split(ld.cfg, ld.scene, ld.system, sets, run_config=True)
+    out = out or ld.run.path / "eval.json"
+    # one nls eval per output at a time: they share its staging folder and renders, and would delete each other's
+    with exclusive_lock(out.parent / f".{out.stem}.lock", lambda pid: (
+            f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
+            f"writes {out}", remove=True):
+        data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
+    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})")
+    print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
+    results = data["evaluators"]
+    if all(set(r) == {"skipped"} for r in results.values()):
+        print(f"error: nothing was evaluated: all {len(results)} evaluator(s) were skipped (see the "
+              f"reasons above and in {out})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
+    """Run the evaluators of ``ld`` and write ``out`` with its renders beside it: ``(data, ctx, renders)``.
+
+    The renders, and the files evaluators write (``ctx.files_dir``: sphere-traced views, level-set points,
+    slices), go to ``<stem>_renders/``, never over what training wrote into the run folder. They are made in
+    a staging folder and replace the previous ones only with the JSON, so a stopped eval never leaves new
+    renders beside an old eval.json (nor stale views of an earlier, longer eval)."""
+    from pipeline.evaluate import EvalContext, flatten, publish_staged, run_evaluators
+    from pipeline.runs import atomic_write_text, json_default
+
+    root = out.parent / f"{out.stem}_renders"
+    renders = root / ld.cfg.eval.split
+    staging = out.parent / f".{out.stem}_renders.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
+                      files_root=staging, progress=not quiet)
+    from pipeline.mesh import progress_default
+
+    with progress_default(False if quiet else None):  # -q: no progress of field sampling either
+        results = run_evaluators(ctx)
+    resolved = ld.cfg.to_dict()
+    data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
+            "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
+    shutil.rmtree(renders, ignore_errors=True)  # the old renders go first: at worst a stop leaves none
+    atomic_write_text(out, json.dumps(data, indent=2, default=json_default) + "\n")
+    publish_staged(staging, root)
+    return data, ctx, renders
+
+
+def metrics_table(metrics: dict):
+    """A rich table of ``metrics`` (floats to 4 decimals; the JSON records keep every digit), or a line
+    saying there are none."""
+    from rich.table import Table
+
+    if not metrics:
+        return "no metrics (no evaluator ran or every one was skipped)"
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    return table
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    """``title`` and :func:`metrics_table` on stdout."""
+    from rich.markup import escape
+
+    from pipeline.console import stdout_console
+
+    with stdout_console() as con:
+        con.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
+        con.print(metrics_table(metrics))

@@ -1,0 +1,145 @@
+"""``nls export``: extract a run's mesh and write it, optionally in the input file's frame, turned +Y up,
+closed at the box or with baked vertex colours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pipeline.commands.run_loading import Loaded, open_run
+from pipeline.types import NLSError
+
+
+def cmd_export(args) -> int:
+    """Run ``nls export``: extract a run's mesh and write it to ``-o``; exit code 0."""
+    from pipeline.evaluate import EvalContext, extract
+    from pipeline.mesh import (COLOR_FORMATS, bake_vertex_colors, check_mesh_path, export_mesh, progress_default,
+                               read_back_watertight, weld_for_format)
+
+    check_mesh_path(args.output)  # before the model is built and the field is sampled
+    ext = Path(args.output).suffix.lower()
+    if args.colors and ext not in COLOR_FORMATS:
+        raise NLSError(f"--colors: {ext} files keep no vertex colours; use one of {', '.join(COLOR_FORMATS)}")
+    if args.frame == "input":
+        _refuse_frame_input(Path(args.run_dir), None)  # before the model is built, when scene.json says so
+    ld = open_run(args)
+    frame = _input_frame(ld) if args.frame == "input" else None
+    if args.colors and not ld.scene.splits:
+        raise NLSError("--colors: this run's scene has no posed images of its own (a geometry, point-cloud or "
+                       "shape-collection scene), so the field has no trained colour to bake; export without --colors")
+    closable = _extractor_closes(ld)
+    if args.close:
+        if closable is None:
+            choice = ld.cfg.stages.get("extractor")
+            raise NLSError(f"--close: the run's extractor {choice.name!r} has no `close` option (it does not "
+                           f"cap surfaces with the box's faces); export without --close" if choice else
+                           "--close: this run's scene has no extractor stage")
+        choice = ld.cfg.stages["extractor"]
+        choice.options = choice.options.model_copy(update={"close": True})
+    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device)
+    with progress_default(False if args.quiet else None):
+        mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
+    cut = _open_at_box(mesh)  # in the run's frame, where the box is
+    if args.colors:
+        bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
+    import numpy as np
+
+    if frame is not None:  # run frame -> the input file's: p = (p' - t) / s, a uniform scale and a shift
+        mesh.apply_transform(np.linalg.inv(np.asarray(frame["to_run"], dtype=np.float64)))
+    up = args.up or ("y" if frame is not None else world_up(ld.scene.meta) if ext == ".glb" else "y")
+    if up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
+        mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float))
+    written = weld_for_format(mesh, ext)  # as the file holds it: the counts below are those read back
+    out = export_mesh(written, Path(args.output), weld=False)
+    quantity, level = mesh.metadata.get("quantity"), mesh.metadata.get("level")
+    which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
+    watertight = read_back_watertight(out)
+    print(f"wrote {out}: {len(written.vertices)} vertices, {len(written.faces)} faces"
+          f"{', vertex colours' if args.colors else ''}, watertight={watertight} as read back{which}")
+    if frame is not None:
+        print(f"in the coordinates of the input file {frame.get('file')} (the run's frame scaled by "
+              f"1/{frame['scale']:.6g} and centred back at {[round(c, 6) for c in frame['centre']]})")
+    if up == "z":  # the coordinates are no longer the run's: say so, whichever way it was chosen
+        print("turned the run's +Z up to +Y up (x, y, z) -> (x, z, -y)" + (
+            " for glTF (--up y keeps the coordinates as trained)" if args.up is None else " (--up z)"))
+    if not watertight and cut and not args.close:
+        where = "the --bbox box" if args.bbox else "the extractor's box"
+        fix = ("; --close caps it with the box's faces (a closed mesh)" if closable is not None else
+               "; give a larger --bbox to mesh all of it")
+        print(f"note: the mesh is open where the surface leaves {where} (marching cubes stops at its faces){fix}")
+    return 0
+
+
+def _refuse_frame_input(run_dir: Path, meta: Optional[dict]) -> None:
+    """NLSError for ``--frame input`` when the run's scene (``meta``, else its scene.json) was not made by
+    normalising an input file; nothing when it was, or when scene.json cannot tell (checked again once
+    the scene is loaded)."""
+    from pipeline.runs import RunDir
+
+    if meta is None:
+        try:
+            meta = RunDir.open(run_dir).read_json("scene.json")
+        except NLSError:
+            return  # open_run says what is wrong with the folder
+        if not meta:
+            return
+    if isinstance(meta.get("input_frame"), dict) or (
+            (meta.get("input") or meta.get("mesh")) and meta.get("normalised_extent") is not None):
+        return
+    source = meta.get("source") or "this"
+    raise NLSError(f"--frame input: this run's scene ({source}) was not made from an input mesh or point file "
+                   f"that nls normalised (only mesh, geometry and scan scenes are), so there is no input frame "
+                   f"to map back to: its meshes are already in the scene's own coordinates; export without "
+                   f"--frame input")
+
+
+def _input_frame(ld: Loaded) -> dict:
+    """The transform of the run's input file into its frame (``input_frame``, which mesh, geometry and scan
+    scene sources record in the scene's meta and reconstruct in scene.json): the recorded one, else (a run of
+    an older nls) the one the scene source gave when ``open_run`` loaded the scene again; NLSError when the
+    scene has none."""
+    recorded = ld.run.read_json("scene.json") or {}
+    frame = recorded.get("input_frame")
+    if not isinstance(frame, dict):
+        frame = ld.scene.meta.get("input_frame")
+    if not isinstance(frame, dict):
+        _refuse_frame_input(ld.run.path, {**ld.scene.meta, **recorded})
+        raise NLSError("--frame input: this run's scene records no input frame; export without --frame input")
+    return frame
+
+
+def _extractor_closes(ld: Loaded) -> Optional[bool]:
+    """The run's extractor's ``close`` option, None when it has none (or there is no extractor)."""
+    choice = ld.cfg.stages.get("extractor")
+    if choice is None or "close" not in type(choice.options).model_fields:
+        return None
+    return bool(choice.options.close)
+
+
+def _open_at_box(mesh) -> bool:
+    """Whether ``mesh`` has open borders lying on the faces of the box it was extracted in (its
+    ``metadata["bbox"]``): the surface left the box there, and marching cubes stopped at its faces."""
+    import numpy as np
+    import trimesh
+
+    box = mesh.metadata.get("bbox")
+    if box is None or len(mesh.faces) == 0:
+        return False
+    border = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
+    if len(border) == 0:
+        return False
+    lo, hi = np.asarray(box[:3], dtype=np.float64), np.asarray(box[3:], dtype=np.float64)
+    v = np.asarray(mesh.vertices)[np.unique(mesh.edges_sorted[border])]
+    tol = 1e-6 * float((hi - lo).max())
+    return bool((np.isclose(v, lo, rtol=0, atol=tol) | np.isclose(v, hi, rtol=0, atol=tol)).any())
+
+
+def world_up(meta: dict) -> str:
+    """'z' for a scene whose world is +Z up, else 'y': the up axis its views were rendered with (``world_up``
+    of the scene, or of its ``generator`` record), else z for the Blender/instant-ngp formats (NeRF-synthetic
+    scenes and colmap2nerf captures are +Z up)."""
+    generator = meta.get("generator") if isinstance(meta.get("generator"), dict) else {}
+    recorded = meta.get("world_up") or generator.get("world_up")
+    if recorded:
+        return "z" if recorded == "+z" else "y"
+    return "z" if meta.get("source") in ("blender", "instant-ngp") else "y"
