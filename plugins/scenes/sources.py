@@ -329,6 +329,8 @@ def check_split_names(root: Path, splits: list[str], ctx=None) -> None:
     which warns and goes on (a dataset without a val split is common, and a scene file may list it)."""
     import difflib
 
+    if all(s in NERF_SPLITS for s in splits):  # nothing to refuse: no need to read the folder
+        return
     found = dataset_splits(root, splits)
     if found is None:  # no dataset there: the loader's error says so
         return
