@@ -126,14 +126,15 @@ def missing_split_message(scene: SceneData, name: str, option: str, *, run_confi
         return (f"{option} = {name!r}: this run loaded only the splits {have} (its scene.splits), although "
                 f"{root} has transforms_{name}.json; {how}, or {load(name)}")
     text = f"{option} = {name!r}: the scene has no such split (it has {have}); {how}"
+    from pipeline.scenes.blender import dataset_splits
+
     try:
-        held = sorted((p.name[len("transforms_"):-len(".json")] for p in Path(root).glob("transforms_*.json")
-                       if p.is_file()), key=lambda s: (["train", "val", "test", s].index(s), s)) if root else []
+        held, where = dataset_splits(Path(root)) or ([], "") if root else ([], "")
     except OSError:
-        held = []
+        held, where = [], ""
     unloaded = [s for s in held if s not in scene.splits]
     if unloaded:  # the folder holds more than this run loaded
-        text += (f"; {root} holds the splits {', '.join(held)} (transforms_<split>.json), of which "
+        text += (f"; {root} holds the splits {', '.join(held)} ({where}), of which "
                  f"{', '.join(unloaded)} {'is' if len(unloaded) == 1 else 'are'} not loaded")
     near = difflib.get_close_matches(name, [*scene.splits, *unloaded], n=1, cutoff=0.6)
     if near:

@@ -102,7 +102,7 @@ def test_the_eval_split_message_names_the_splits_on_disk_and_the_nearest(tmp_pat
     root = make_blender(tmp_path / "data", n=1, splits=("train", "test", "val"))
     msg = missing_split_message(_blender_scene(root, ["train", "test"]), "vall", "eval.split")
     assert msg.startswith("eval.split = 'vall': the scene has no such split (it has train, test)"), msg
-    assert f"{root} holds the splits train, val, test (transforms_<split>.json), of which val is not loaded" in msg
+    assert f"{root} holds the splits train, val, test (transforms_train.json, transforms_val.json, transforms_test.json), of which val is not loaded" in msg
     assert "did you mean 'val'? (load it too with --set 'scene.splits=[train, test, val]')" in msg, msg
     # nothing more on disk than loaded: the message as before, with the nearest loaded split
     plain = missing_split_message(_blender_scene(root, ["train", "test", "val"]), "tset", "eval.split")

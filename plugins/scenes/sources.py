@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
@@ -257,47 +257,6 @@ def build_blender(cfg: BlenderConfig, ctx):
     return load
 
 
-#: the split names of NeRF-synthetic data; a dataset may lack one (many have no val), so a ``scene.splits``
-#: entry among them that the folder lacks is only warned about (load_blender), any other name is an error
-NERF_SPLITS = ("train", "val", "test")
-
-
-def _split_order(name: str) -> tuple:
-    """Sort key: the NeRF split names first, in their usual order, then the others by name."""
-    return (NERF_SPLITS.index(name), "") if name in NERF_SPLITS else (len(NERF_SPLITS), name)
-
-
-def dataset_splits(root: Path, asked: Sequence[str] = ()) -> Optional[tuple[list[str], str]]:
-    """``(splits, where)``: the splits the Blender-format folder ``root`` holds (NeRF-synthetic: one per
-    ``transforms_<split>.json``; instant-ngp: those its ``transforms.json`` assigns frames to) and a few
-    words on where they come from; None when the folder is neither (or its ``transforms.json`` cannot be
-    read: the loader says why). The layout is told apart as :func:`load_blender` does, ``asked`` being
-    the splits asked for."""
-    files = sorted(p for p in root.glob("transforms_*.json") if p.is_file()) if root.is_dir() else []
-    if any((root / f"transforms_{s}.json").is_file() for s in (*NERF_SPLITS, *asked)):
-        names = sorted((p.name[len("transforms_"):-len(".json")] for p in files), key=_split_order)
-        return names, ", ".join(f"transforms_{s}.json" for s in names)
-    ngp = root / "transforms.json"
-    if not ngp.is_file():
-        return None
-    try:
-        data = json.loads(ngp.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        return None
-    frames = data.get("frames") if isinstance(data, dict) else None
-    if not isinstance(frames, list):
-        return None
-    frames = [fr for fr in frames if isinstance(fr, dict)]
-    if any("split" in fr for fr in frames):  # as the loader assigns them: a frame without one is train
-        names = {str(fr.get("split", "train")) for fr in frames}
-        how = "the frames' 'split' keys"
-    else:  # *_filenames lists (a frame in none is train), else every 8th frame held out as test
-        listed = {s for s in NERF_SPLITS if data.get(f"{s}_filenames") is not None}
-        names = {"train", *listed} if listed else {"train", "test"}
-        how = "its frames"
-    return sorted(names, key=_split_order), f"{how} in {ngp}"
-
-
 def _blame_splits(ctx, splits: list[str]) -> Optional[str]:
     """Whom an error about ``scene.splits`` blames: the ``--set`` that gave it, else the scene file (None
     without a config). A
@@ -328,6 +287,8 @@ def check_split_names(root: Path, splits: list[str], ctx=None) -> None:
     nearest of them; a standard NeRF name (train, val, test) the folder lacks is left to the loader,
     which warns and goes on (a dataset without a val split is common, and a scene file may list it)."""
     import difflib
+
+    from pipeline.scenes.blender import NERF_SPLITS, dataset_splits
 
     if all(s in NERF_SPLITS for s in splits):  # nothing to refuse: no need to read the folder
         return
