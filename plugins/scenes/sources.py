@@ -17,7 +17,7 @@ from typing import Optional
 
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
-from pipeline.types import ConfigError, NLSError, SceneData
+from pipeline.types import ConfigError, SceneData
 from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
 
 BG = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
@@ -257,28 +257,13 @@ def build_blender(cfg: BlenderConfig, ctx):
     return load
 
 
-def _blame_splits(ctx, splits: list[str]) -> Optional[str]:
+def _blame_splits(ctx) -> Optional[str]:
     """Whom an error about ``scene.splits`` blames: the ``--set`` that gave it, else the scene file (None
-    without a config). A
-    command that does not hand its ``--set`` options to the scene source (``nls eval``) is caught by
-    comparing with the file: a value that is not the file's came from a ``--set``."""
-    from pipeline.config import read_yaml, where_set
+    without a config)."""
+    from pipeline.config import where_set
 
-    cfg = getattr(ctx, "cfg", None)
-    source = getattr(cfg, "source", None)
-    if not source:
-        return None
-    where = where_set(source, getattr(ctx, "overrides", ()) or (), "scene.splits")
-    if where != source:
-        return where
-    try:
-        block = read_yaml(Path(source)).get("scene")
-    except (NLSError, OSError):
-        return source
-    own = block.get("splits", BlenderConfig.model_fields["splits"].default) if isinstance(block, dict) else None
-    if isinstance(own, list) and own != splits:
-        return f"--set 'scene.splits=[{', '.join(splits)}]' (on {source})"
-    return source
+    source = getattr(getattr(ctx, "cfg", None), "source", None)
+    return where_set(source, getattr(ctx, "overrides", ()) or (), "scene.splits") if source else None
 
 
 def check_split_names(root: Path, splits: list[str], ctx=None) -> None:
@@ -301,7 +286,7 @@ def check_split_names(root: Path, splits: list[str], ctx=None) -> None:
         return
     near = {b: m[0] for b in bad for m in [difflib.get_close_matches(b, held, n=1, cutoff=0.6)] if m}
     names = f"no split {bad[0]!r}" if len(bad) == 1 else f"none of the splits {', '.join(map(repr, bad))}"
-    blame = _blame_splits(ctx, splits)
+    blame = _blame_splits(ctx)
     text = (f"{blame + ': ' if blame else ''}scene.splits = [{', '.join(splits)}]: {root} has {names}; "
             f"it holds the splits {', '.join(held) or 'none'} ({where})")
     if len(bad) == 1 and near:
