@@ -73,7 +73,20 @@ def test_a_standard_split_the_dataset_lacks_is_still_only_a_warning(tmp_path):
         warnings.simplefilter("always")
         scene = _load(_scene_file(tmp_path, data, splits=["train", "val", "test"]))
     assert set(scene.splits) == {"train", "test"} and scene.meta["splits_missing"] == ["val"]
-    assert any("no transforms file for split(s) ['val']" in str(w.message) for w in caught)
+    assert any("no transforms file for split(s) ['val']; loading ['train', 'test'] (the folder holds train, test)"
+               in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_a_folder_with_only_custom_split_files_names_them(tmp_path):
+    """Standard names asked of a folder holding only transforms_training.json: the loader's error names the
+    split files it found (it listed only transforms_{train,val,test}.json)."""
+    from pipeline.scenes.blender import load_blender
+    from pipeline.types import DataError
+
+    data = make_blender(tmp_path / "data", splits=("training",))
+    with pytest.raises(DataError, match=r"no transforms file in .* for the splits \['train', 'test'\].*it holds "
+                                        r"transforms_\*\.json for the split\(s\) training: name them in scene.splits"):
+        load_blender(data, splits=("train", "test"))
 
 
 def test_an_instant_ngp_split_no_frame_has_is_an_error(tmp_path):

@@ -679,12 +679,16 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
             raise DataError(f"{root / 'transforms.json'}: no frames fall in the requested "
                             f"splits {list(splits)}")
     else:
+        others = sorted(p.name[len("transforms_"):-len(".json")] for p in root.glob("transforms_*.json"))
+        hint = (f"; it holds transforms_*.json for the split(s) {', '.join(others)}: name them in scene.splits"
+                if others else "")
         raise DataError(
-            f"no transforms file in {root}: expected transforms_{{train,val,test}}.json "
-            "(NeRF-synthetic) or transforms.json (instant-ngp)")
+            f"no transforms file in {root} for the splits {list(splits)}: expected transforms_{{train,val,test}}.json "
+            f"(NeRF-synthetic) or transforms.json (instant-ngp){hint}")
     if missing and source == "blender":
+        held = dataset_splits(root, splits)
         warnings.warn(f"{root}: no transforms file for split(s) {missing}; loading "
-                      f"{list(found)}", stacklevel=2)
+                      f"{list(found)}" + (f" (the folder holds {', '.join(held[0])})" if held else ""), stacklevel=2)
 
     if max_images is not None:
         for sp in found.values():
