@@ -114,8 +114,25 @@ class _SamplingProgress:
         self.bar.__exit__(*exc)
 
 
+#: points per field call when sampling a grid, unless the field asks for another count (:func:`query_chunk`)
+DEFAULT_CHUNK = 2 ** 18
+
+
+def query_chunk(chain, device) -> int:
+    """Points per call of ``chain`` when sampling a grid: on CPU, its field's ``cpu_query_chunk`` when the
+    field declares one, else :data:`DEFAULT_CHUNK`. An MLP field declares a small count, so the activations
+    of one call stay in the CPU's cache (lipschitz's SLL field on spot, 128^3 on 2 cores: 22.9 s at 2^18
+    points, 8.6 s at 2^13, the same grid bit for bit); grid fields gain nothing from it and pay a per-call
+    overhead, so they declare none."""
+    import torch
+
+    field = getattr(chain, "field", None)
+    hint = getattr(field, "cpu_query_chunk", None)
+    return int(hint) if hint and torch.device(device).type == "cpu" else DEFAULT_CHUNK
+
+
 def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
-                  chunk: int = 2 ** 18, device="cpu",
+                  chunk: int = DEFAULT_CHUNK, device="cpu",
                   progress: Optional[bool] = None) -> np.ndarray:
     """Evaluate ``fn`` on the ``resolution**3`` grid of corner-aligned samples of ``bbox``
     (``linspace(min, max, resolution)`` per axis) in chunks under ``torch.no_grad``.
@@ -149,7 +166,7 @@ def field_to_grid(fn: Callable, bbox: Sequence[float], resolution: int, *,
 
 
 def field_to_grid_narrow(fn: Callable, bbox: Sequence[float], resolution: int, level: float,
-                         lipschitz: float, *, stride: int = 4, chunk: int = 2 ** 18,
+                         lipschitz: float, *, stride: int = 4, chunk: int = DEFAULT_CHUNK,
                          device="cpu", progress: Optional[bool] = None) -> tuple[np.ndarray, dict]:
     """The grid of :func:`field_to_grid`, exact only near the level set, for fields whose
     Lipschitz constant is at most ``lipschitz`` (an SDF: 1; a trained MLP SDF: a margin above 1).
@@ -281,7 +298,7 @@ def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
 
 
 def extract_mesh(fn: Callable, bbox: Sequence[float], resolution: int, level: float, *,
-                 inside: str = "below", chunk: int = 2 ** 18, device="cpu",
+                 inside: str = "below", chunk: int = DEFAULT_CHUNK, device="cpu",
                  progress: Optional[bool] = None, lipschitz: Optional[float] = None, close: bool = False):
     """Marching cubes on the level set ``fn(x) == level`` inside ``bbox``.
 

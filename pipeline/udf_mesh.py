@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from pipeline.mesh import _check_bbox, _SamplingProgress, field_to_grid
+from pipeline.mesh import DEFAULT_CHUNK, _check_bbox, _SamplingProgress, field_to_grid
 from pipeline.types import NLSError
 
 __all__ = ["udf_grid_to_mesh", "extract_udf_mesh", "near_surface_cubes", "field_values", "field_gradients", "CORNERS"]
@@ -300,15 +300,17 @@ def field_gradients(fn: Callable, points: np.ndarray, device="cpu", chunk: Optio
 
 
 def extract_udf_mesh(fn: Callable, bbox: Sequence[float], resolution: int, *, threshold: Optional[float] = None,
-                     offset: Union[float, str] = 0.0, trim: float = 0.5, device="cpu", progress: Optional[bool] = None):
+                     offset: Union[float, str] = 0.0, trim: float = 0.5, device="cpu", progress: Optional[bool] = None,
+                     chunk: int = DEFAULT_CHUNK):
     """Single-sheet mesh of the unsigned field ``fn`` ((M,3) torch points -> (M,) values) in ``bbox``.
 
     Values come from :func:`pipeline.mesh.field_to_grid`; gradients by autograd at the corners of
     the near-surface cubes only. See :func:`udf_grid_to_mesh` for ``threshold``, ``offset`` and ``trim``.
     ``progress`` as in :func:`pipeline.mesh.field_to_grid`, for the grid and then the gradients and values
-    near the surface (off a terminal: plain lines once the extraction has run a few seconds).
+    near the surface (off a terminal: plain lines once the extraction has run a few seconds). ``chunk``:
+    points per call of ``fn`` on the grid.
     """
     shown = {"progress": progress, "resolution": int(resolution), "started": time.perf_counter()}
-    values = field_to_grid(fn, bbox, resolution, device=device, progress=progress)
+    values = field_to_grid(fn, bbox, resolution, chunk=chunk, device=device, progress=progress)
     return udf_grid_to_mesh(values, lambda p: field_gradients(fn, p, device, **shown), bbox, threshold=threshold,
                             offset=offset, value_fn=lambda p: field_values(fn, p, device, **shown), trim=trim)

@@ -102,7 +102,7 @@ class LevelSetViewer:
 
     def _prepare_levels(self, show_mesh: bool) -> None:
         """Cache the field on a grid, then add the level slider (and a mesh if none is shown)."""
-        from pipeline.mesh import field_to_grid
+        from pipeline.mesh import field_to_grid, query_chunk
 
         try:
             if self.geo is None:
@@ -119,6 +119,7 @@ class LevelSetViewer:
                 return self.ld.system.chain(x, None)[q]
 
             self.grid = field_to_grid(values, self.aabb, self.resolution, device=self.ld.device,
+                                      chunk=query_chunk(self.ld.system.chain, self.ld.device),
                                       progress=sys.stderr.isatty())
             if show_mesh:
                 self.extract(self.geo.level)

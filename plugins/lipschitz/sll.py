@@ -93,6 +93,9 @@ class LipschitzSDF(nn.Module):
     touch the SDF's path, so the SDF stays 1-Lipschitz; it is only evaluated when ``d`` is given.
     """
 
+    #: points per call when a grid is sampled on CPU (:func:`pipeline.mesh.query_chunk`): 2.7x faster than 2^18
+    cpu_query_chunk = 2 ** 13
+
     def __init__(self, depth: int = 20, width: int = 128, final_norm: str = "frobenius", eps: float = 1e-6,
                  in_dim: int = 3, color_hidden: int = 32):
         super().__init__()

@@ -59,7 +59,7 @@ class MarchingCubes:
         """Mesh ``chain``'s :meth:`quantity` sampled on a ``resolution``^3 grid over ``bbox`` at ``level``
         (arguments override the config; ``level=None`` with ``calibrate`` picks it from silhouettes).
         Returns a ``trimesh.Trimesh`` whose ``metadata`` records quantity, level, resolution and bbox."""
-        from pipeline.mesh import extract_mesh, field_to_grid, grid_to_mesh
+        from pipeline.mesh import extract_mesh, field_to_grid, grid_to_mesh, query_chunk
 
         q = self.quantity()
         calibrate = self.cfg.calibrate != "off" and level is None
@@ -69,7 +69,7 @@ class MarchingCubes:
         fn = lambda x: chain(x, None)[q]  # noqa: E731
         calibration = None
         if calibrate or (self.cfg.fill_interior and INSIDE[q] == "above"):
-            grid = field_to_grid(fn, bbox, res, device=device)
+            grid = field_to_grid(fn, bbox, res, device=device, chunk=query_chunk(chain, device))
 
             def mesh_at(lv: float):
                 g = fill_interior(grid, lv) if self.cfg.fill_interior and INSIDE[q] == "above" else grid
@@ -83,7 +83,7 @@ class MarchingCubes:
                 calibration = {"method": "silhouettes", "pixels": len(self.rays()), "candidates": table}
             mesh = mesh_at(level)
         else:
-            mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device,
+            mesh = extract_mesh(fn, bbox, res, level, inside=INSIDE[q], device=device, chunk=query_chunk(chain, device),
                                 lipschitz=self.cfg.lipschitz, close=self.cfg.close)
             if self.cfg.min_component > 0:
                 mesh = drop_small_components(mesh, self.cfg.min_component)
@@ -116,6 +116,7 @@ class UdfMarchingCubes(MarchingCubes):
         with :func:`pipeline.udf_mesh.extract_udf_mesh`; returns a ``trimesh.Trimesh``."""
         import numpy as np
 
+        from pipeline.mesh import query_chunk
         from pipeline.udf_mesh import extract_udf_mesh
 
         q = self.quantity()  # the config has no "auto": the parent checks the chain produces it
@@ -124,7 +125,7 @@ class UdfMarchingCubes(MarchingCubes):
         diagonal = float(np.linalg.norm((np.asarray(bbox[3:]) - np.asarray(bbox[:3])) / (res - 1)))
         mesh = extract_udf_mesh(lambda x: chain(x, None)[q], bbox, res, threshold=self.cfg.threshold * diagonal,
                                 offset=level if level is not None else self.cfg.offset, trim=self.cfg.trim,
-                                device=device)
+                                device=device, chunk=query_chunk(chain, device))
         if self.cfg.min_component > 0:
             mesh = drop_small_components(mesh, self.cfg.min_component)
         mesh.metadata.update({"quantity": q, "resolution": res, "bbox": bbox, "min_component": self.cfg.min_component})

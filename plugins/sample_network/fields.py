@@ -31,6 +31,8 @@ class MLPSDF(nn.Module):
     docstring)."""
 
     produces = frozenset({"sdf", "rgb"})
+    #: points per call when a grid is sampled on CPU (:func:`pipeline.mesh.query_chunk`): 1.15x faster than 2^18
+    cpu_query_chunk = 2 ** 13
 
     def __init__(self, cfg: MLPSDFConfig, d_in: int = 3):
         super().__init__()
