@@ -64,7 +64,9 @@ def nls_register_fields(register):
     The built module's ``forward(x (N,3), d (N,3) | None) -> dict[str, Tensor]`` returns
     the quantities it declares in ``produces`` (``sdf (N,)``, ``occupancy (N,)``,
     ``density (N,)``, ``rgb (N,3)``). These shapes are checked on every call: another type or
-    shape is an error naming the component (so is an exception it raises).
+    shape is an error naming the component (so is an exception it raises). Optional: an int
+    ``cpu_query_chunk``, the points per call when a grid is sampled on CPU
+    (:func:`pipeline.mesh.query_chunk`; MLP fields are faster with small calls).
 
     Example::
 
