@@ -191,10 +191,10 @@ def test_plugin_tables_show_every_name_whole_when_piped(nls):
 
 
 def test_piped_plugin_tables_keep_what_consumes_and_produces_whole(nls):
-    """Piped with COLUMNS unset, the tables are 200 columns wide (rich's 80 folded 'phi_grid+shapes')."""
+    """Piped with COLUMNS unset, the tables are 120 columns wide (rich's 80 folded 'phi_grid+shapes')."""
     import os
 
-    from pipeline.console import PIPED_WIDTH
+    from pipeline.plugins_list import PIPED_WIDTH
 
     data = json.loads(nls("plugins", "--json", check=True).stdout)
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
