@@ -244,17 +244,9 @@ def udf_grid_to_mesh(values: np.ndarray, grad_fn: Callable[[np.ndarray], np.ndar
     return mesh
 
 
-#: points per call of the field in :func:`field_values` and :func:`field_gradients` on CPU, where the
-#: activations (kept for the backward pass) then stay in cache: for an 8x128 SLL field on 2 cores about 2x
-#: faster than 2**16 points, with the same results; other devices take 2**16
-CPU_CHUNK = 2 ** 13
-
-
-def _chunk(chunk: Optional[int], device) -> int:
-    """``chunk``, or when None the default for ``device`` (:data:`CPU_CHUNK` on CPU, else 2**16)."""
-    import torch
-
-    return int(chunk) if chunk is not None else CPU_CHUNK if torch.device(device).type == "cpu" else 2 ** 16
+#: the most points per call of the field near the surface (:func:`field_values`, :func:`field_gradients`),
+#: where autograd keeps every call's activations for the backward pass
+NEAR_CHUNK = 2 ** 16
 
 
 def _chunks(n: int, chunk: int, label: str, progress: Optional[bool], resolution: int,
@@ -267,31 +259,31 @@ def _chunks(n: int, chunk: int, label: str, progress: Optional[bool], resolution
             bar.advance(min(n, s + chunk))
 
 
-def field_values(fn: Callable, points: np.ndarray, device="cpu", chunk: Optional[int] = None, *,
+def field_values(fn: Callable, points: np.ndarray, device="cpu", chunk: int = NEAR_CHUNK, *,
                  progress: Optional[bool] = None, resolution: int = 0, started: Optional[float] = None) -> np.ndarray:
-    """fn at numpy points (M,3) -> (M,) float64, in chunks (None: :func:`_chunk`), without autograd; progress as
+    """fn at numpy points (M,3) -> (M,) float64, ``chunk`` points per call, without autograd; progress as
     :func:`_chunks`."""
     import torch
 
     out = [np.zeros(0)]
     label = f"evaluating field at {len(points)} points"
     with torch.no_grad():
-        for sl in _chunks(len(points), _chunk(chunk, device), label, progress, resolution, started):
+        for sl in _chunks(len(points), int(chunk), label, progress, resolution, started):
             x = torch.as_tensor(points[sl], dtype=torch.float32, device=device)
             out.append(fn(x).reshape(-1).cpu().double().numpy())
     return np.concatenate(out)
 
 
-def field_gradients(fn: Callable, points: np.ndarray, device="cpu", chunk: Optional[int] = None, *,
+def field_gradients(fn: Callable, points: np.ndarray, device="cpu", chunk: int = NEAR_CHUNK, *,
                     progress: Optional[bool] = None, resolution: int = 0,
                     started: Optional[float] = None) -> np.ndarray:
-    """Autograd gradient of fn at numpy points (M,3) -> (M,3) float64, in chunks (None: :func:`_chunk`);
-    progress as :func:`_chunks`."""
+    """Autograd gradient of fn at numpy points (M,3) -> (M,3) float64, ``chunk`` points per call; progress as
+    :func:`_chunks`."""
     import torch
 
     out = [np.zeros((0, 3))]
     label = f"field gradients at {len(points)} points"
-    for sl in _chunks(len(points), _chunk(chunk, device), label, progress, resolution, started):
+    for sl in _chunks(len(points), int(chunk), label, progress, resolution, started):
         x = torch.as_tensor(points[sl], dtype=torch.float32, device=device).requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(fn(x).sum(), x)
@@ -308,9 +300,10 @@ def extract_udf_mesh(fn: Callable, bbox: Sequence[float], resolution: int, *, th
     the near-surface cubes only. See :func:`udf_grid_to_mesh` for ``threshold``, ``offset`` and ``trim``.
     ``progress`` as in :func:`pipeline.mesh.field_to_grid`, for the grid and then the gradients and values
     near the surface (off a terminal: plain lines once the extraction has run a few seconds). ``chunk``:
-    points per call of ``fn`` on the grid.
+    points per call of ``fn`` (:func:`pipeline.mesh.query_chunk`), at most :data:`NEAR_CHUNK` near the surface.
     """
-    shown = {"progress": progress, "resolution": int(resolution), "started": time.perf_counter()}
+    shown = {"progress": progress, "resolution": int(resolution), "started": time.perf_counter(),
+             "chunk": min(int(chunk), NEAR_CHUNK)}
     values = field_to_grid(fn, bbox, resolution, chunk=chunk, device=device, progress=progress)
     return udf_grid_to_mesh(values, lambda p: field_gradients(fn, p, device, **shown), bbox, threshold=threshold,
                             offset=offset, value_fn=lambda p: field_values(fn, p, device, **shown), trim=trim)
