@@ -3,7 +3,8 @@
 rich ends the process with exit status 1 when the reader of a pipe goes away
 (``nls plugins --all | head``). Here that raises :class:`BrokenPipeError` instead, which
 ``pipeline.cli.main`` turns into a quiet exit with status 141, the same as plain ``print`` output
-and Unix tools give. Import it where a table is printed (it imports rich).
+and Unix tools give. Print tables through :func:`stdout_console`, which also sets the width of piped
+output (it imports rich).
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ PIPED_WIDTH = 200
 
 
 class StdoutConsole(Console):
-    """``rich.console.Console`` whose closed pipe raises :class:`BrokenPipeError`, and which is
-    :data:`PIPED_WIDTH` wide off a terminal unless ``COLUMNS`` (or ``width=``) says otherwise."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if "width" not in kwargs and not self.is_terminal and not os.environ.get("COLUMNS"):
-            self.width = PIPED_WIDTH
+    """``rich.console.Console`` whose closed pipe raises :class:`BrokenPipeError` (its width off a
+    terminal is :func:`stdout_console`'s to set)."""
 
     def on_broken_pipe(self) -> None:
         """Go quiet and raise :class:`BrokenPipeError` instead of rich's exit with status 1."""

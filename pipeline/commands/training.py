@@ -68,11 +68,17 @@ def _plugins_flags(args) -> str:
 
 
 def _print_summary(summary: dict, run_path: Path, flags: str = "") -> None:
+    """The run's metrics table, folders and the commands to run next, on stdout."""
+    from pipeline.console import stdout_console
+
+    with stdout_console() as con:
+        _summary_lines(con, summary, run_path, flags)
+
+
+def _summary_lines(con, summary: dict, run_path: Path, flags: str) -> None:
+    """:func:`_print_summary`'s lines on ``con``."""
     from rich.markup import escape
 
-    from pipeline.console import StdoutConsole
-
-    con = StdoutConsole()
     # the title is a line of its own: as a table title it would wrap to the narrow table's width
     con.print(f"[bold]{summary['scene']} / {summary['method']}[/bold]  (step {summary['step']}, "
               f"{summary['train_seconds']:.0f} s training on {summary['device']})", soft_wrap=True)
