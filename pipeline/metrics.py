@@ -46,10 +46,8 @@ def psnr(pred, gt) -> float:
         raise NLSError(f"psnr: shapes differ: pred {p.shape} vs gt {g.shape}")
     if p.size == 0:
         raise NLSError("psnr: empty images")
-    mse = float(np.mean((p - g) ** 2))
-    if not math.isfinite(mse):
-        raise NLSError("psnr: images contain NaN or inf")
     _check_unit_range("psnr", p, g)
+    mse = float(np.mean((p - g) ** 2))
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
@@ -58,9 +56,12 @@ _RANGE_TOL = 1e-3
 
 
 def _check_unit_range(metric: str, *images: np.ndarray) -> None:
-    """NLSError when an image is not in [0, 1]: a PSNR of 8-bit (0..255) values would read ~48 dB too low,
-    of values above 1 it has no peak to refer to."""
+    """NLSError when an image is not finite or not in [0, 1]: a PSNR of 8-bit (0..255) values would read
+    ~48 dB too low, of values above 1 it has no peak to refer to, and NaN gives NaN."""
     for name, img in zip(("pred", "gt"), images):
+        bad = int(np.size(img) - np.count_nonzero(np.isfinite(img)))
+        if bad:
+            raise NLSError(f"{metric}: {name} has {bad} NaN or inf value(s); images must be finite and in [0, 1]")
         lo, hi = float(img.min()), float(img.max())
         if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
             hint = " (8-bit values? divide by 255)" if hi > 2.0 else ""

@@ -84,34 +84,6 @@ def test_rgb_png_transparency_key_becomes_alpha(tmp_path):
     assert np.allclose(im[:, :4], [0, 0, 1]) and np.allclose(im[:, 4:], 1)
 
 
-def _png16(path, arr):
-    """Write (H, W, 3|4) uint16 ``arr`` as a 16-bit colour PNG (PIL and imageio cannot write one)."""
-    import struct
-    import zlib
-
-    h, w, c = arr.shape
-    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-@pytest.mark.parametrize("channels", [3, 4])
-def test_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path, capsys, channels):
-    notices.reset()
-    arr = np.random.default_rng(0).integers(0, 65535, (4, 5, channels), endpoint=True).astype(np.uint16)
-    _png16(tmp_path / "x.png", arr)
-    got = _read_image(tmp_path / "x.png")
-    assert np.allclose(got, (arr >> 8) / 255.0, atol=1e-6)  # Pillow keeps the high byte
-    assert f"{tmp_path}: 16-bit colour PNGs are read at 8 bits per channel" in capsys.readouterr().err
-    iio.imwrite(tmp_path / "y.png", (arr >> 8).astype(np.uint8))
-    _read_image(tmp_path / "y.png")
-    assert "16-bit" not in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("shape,dtype", [((4, 5), np.uint8), ((4, 5), np.uint16),
                                          ((4, 5, 2), np.uint8), ((4, 5, 3), np.uint8),
                                          ((4, 5, 4), np.uint8)])

@@ -43,9 +43,11 @@ BLENDER_FAR = 6.0
 
 _IMAGE_EXTS = (".png", ".PNG", ".jpg", ".jpeg", ".JPG", ".JPEG", ".exr", ".webp")
 _PROGRESS_MIN_IMAGES = 64
-#: How far ``|det|`` of a pose's 3x3 part may be from 1, and ``R^T R`` from the identity
-#: (NeRF-synthetic poses are orthonormal up to float precision: lego's are within 4e-7).
+#: How far ``|det|`` of a pose's 3x3 part may be from 1 before it is refused as scaled or degenerate.
 _DET_TOL = 1e-2
+#: How far any entry of ``R^T R`` may be from the identity's: float32 round-off (lego's poses are within
+#: 1.3e-6), but a shear that moves a pixel at 1000 px focal by 0.1 px is refused.
+_ORTHO_TOL = 1e-4
 #: PIL modes read as they are (``I``: 32-bit TIFF, refused later as an unsupported pixel type).
 _KEEP_MODES = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 
@@ -133,6 +135,9 @@ def _as_float(value: Any, key: str, where: str) -> float:
 
 
 def _pose(frame: dict, where: str) -> np.ndarray:
+    """The frame's 4x4 camera-to-world ``transform_matrix``, whose 3x3 part must be a rotation (a reflection
+    is accepted): ``|det| = 1`` within 1e-2 and ``max |R^T R - I| <= 1e-4`` (float32 exports round off about
+    1e-6)."""
     raw = _require(frame, "transform_matrix", where)
     try:
         m = np.asarray(raw, dtype=np.float64)
@@ -148,10 +153,10 @@ def _pose(frame: dict, where: str) -> np.ndarray:
             f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part with "
             f"determinant {det:.6g}, not a rotation; it must be +1 or -1 (within {_DET_TOL:g})")
     skew = float(np.abs(m[:3, :3].T @ m[:3, :3] - np.eye(3)).max())
-    if not skew <= _DET_TOL:  # det +-1 with sheared or unequally scaled axes
+    if not skew <= _ORTHO_TOL:  # det +-1 with sheared or unequally scaled axes
         raise DataError(
             f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part whose axes are "
-            f"not orthonormal (max |R^T R - I| = {skew:.3g}, allowed {_DET_TOL:g}): a sheared or "
+            f"not orthonormal (max |R^T R - I| = {skew:.3g}, allowed {_ORTHO_TOL:g}): a sheared or "
             f"unequally scaled matrix, not a rotation")
     return m
 
@@ -204,29 +209,67 @@ def _imageio_pixels(path: Path) -> Optional[np.ndarray]:
         return None
 
 
-def _png_bit_depth(path: Path) -> Optional[int]:
-    """The bit depth in a PNG's IHDR chunk (byte 24 of the file), or None when it cannot be read."""
+#: Pillow's raw modes of 16-bit colour and grey+alpha PNGs (it keeps the high byte of each sample), each with a
+#: raw mode of as many bits per pixel that keeps the low bytes: decoding a file with both gives all 16 bits
+#: (``RGBA`` keeps all four bytes of a grey+alpha pixel)
+_PNG16_LOW = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+
+
+def _decode_as(path: Path, rawmode: str) -> np.ndarray:
+    """The pixels of the PNG ``path`` decoded by Pillow with raw mode ``rawmode`` instead of its own."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.tile = [t._replace(args=rawmode) if hasattr(t, "_replace") else (*t[:3], rawmode) for t in im.tile]
+        im.load()
+        return np.asarray(im)
+
+
+def _png16(path: Path, im: Any, rawmode: str) -> Optional[np.ndarray]:
+    """All 16 bits of the 16-bit colour or grey+alpha PNG ``path`` as (H, W, C) uint16, given ``im``, the
+    file as Pillow loaded it from raw mode ``rawmode`` (high bytes only); None where this Pillow cannot
+    decode the low bytes."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(25)
-    except OSError:
+        low = _decode_as(path, _PNG16_LOW[rawmode])
+    except Exception:  # a Pillow without the raw mode, or whose decoder works otherwise
         return None
-    return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else None
+    high = np.asarray(im)
+    if rawmode == "LA;16B":  # bytes: grey high, grey low, alpha high, alpha low
+        high, low = low[..., 0::2], low[..., 1::2]
+    if high.shape != low.shape:
+        return None
+    return (high.astype(np.uint16) << 8) | low
+
+
+def _key_alpha(img: np.ndarray, key: Any) -> np.ndarray:
+    """16-bit grey (H, W) or RGB (H, W, 3) ``img`` with an alpha channel: 0 where a pixel equals the PNG's
+    transparency colour ``key`` (its tRNS chunk), else opaque."""
+    grey = img.ndim == 2
+    px = img[..., None] if grey else img
+    opaque = (px != np.reshape(np.asarray(key, img.dtype), -1)).any(-1)
+    return np.dstack([px, opaque.astype(img.dtype) * np.iinfo(img.dtype).max])
 
 
 def _pixels(path: Path) -> np.ndarray:
-    """The pixels of ``path`` as stored: grey, grey+alpha, RGB or RGBA (uint8/uint16/float); 16-bit colour
-    PNGs come as 8 bits per channel (Pillow reads no more), with a warning."""
+    """The pixels of ``path`` as stored: grey, grey+alpha, RGB or RGBA (uint8/uint16/float), with a PNG's
+    transparency colour as alpha; 16-bit PNGs keep all 16 bits."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            rawmode = im.tile[0][3] if im.format == "PNG" and len(im.tile) == 1 else None
             im.load()
-            if im.format == "PNG" and im.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
-                warn(f"{path.parent}: 16-bit colour PNGs are read at 8 bits per channel (Pillow's limit for "
-                     f"RGB/RGBA); the lost precision caps PSNR near 59 dB")
-            mode = _pil_mode(im)
-            img = np.asarray(im.convert(mode) if mode else im)
+            if rawmode in _PNG16_LOW:
+                img = _png16(path, im, rawmode)
+                if img is None:
+                    warn(f"{path.parent}: 16-bit colour PNGs are read at 8 bits per channel (this Pillow decodes "
+                         f"no more); the lost precision caps PSNR near 59 dB")
+                    img = np.asarray(im)
+            else:
+                mode = _pil_mode(im)
+                img = np.asarray(im.convert(mode) if mode else im)
+            if img.dtype == np.uint16 and im.info.get("transparency") is not None and img.shape[2:] in ((), (3,)):
+                img = _key_alpha(img, im.info["transparency"])
     except UnidentifiedImageError:
         img, reason = _imageio_pixels(path), ""
     except Exception as e:  # truncated or corrupt data
