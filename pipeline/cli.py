@@ -29,7 +29,7 @@ examples:
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384
   nls eval outputs/csg/dense_grid/<stamp>               metrics table, and eval.json
   nls plugins --all                                     what every plugin provides, with options
-  nls plugins --config                                  the train:, eval:, output: keys of a scene file
+  nls plugins --config                                  the train:, eval:, output:, reference: keys
   nls batch scenes/a.yaml scenes/b.yaml --jobs 2        many scenes, one run folder each, one table
   torchrun --nproc_per_node 2 -m pipeline.cli reconstruct SCENE.yaml   data-parallel training (DDP)
 
@@ -184,11 +184,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        description="List the loaded plugins (built-ins, installed entry points, --plugins-dir "
                        "files) with the components each registers: stage, what it consumes and produces, and "
                        "its description; --all adds every option with its type, default and help. --config "
-                       "lists the keys of the scene file's train:, eval: and output: blocks the same way.")
+                       "lists the keys of the scene file's train:, eval:, output: and reference: blocks the same way.")
     c.add_argument("--all", action="store_true", help="also show every component's options")
     c.add_argument("--config", action="store_true",
-                   help="list the scene file's train:, eval: and output: keys with their types, defaults and help "
-                   "(instead of the plugins)")
+                   help="list the scene file's train:, eval:, output: and reference: keys with their types, "
+                   "defaults and help (instead of the plugins)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--hook", metavar="NAME",
                    help="only plugins implementing this hook, e.g. nls_register_losses (or register_losses, or the stage: losses)")

@@ -38,6 +38,13 @@ from pipeline.types import ConfigError, PluginError
 SINGLE_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")
 LIST_STAGES = {"losses": "loss", "evaluators": "evaluator"}
 REQUIRED_STAGES = ("scene", "field")
+#: the command that lists the options of the ``train:``, ``eval:``, ``output:`` and ``reference:`` blocks
+CONFIG_LISTING = "nls plugins --config"
+
+
+def stage_listing(stage: str) -> str:
+    """The command that lists the options of every ``stage`` component (``loss``, not ``losses``)."""
+    return f"nls plugins --all --hook {stage}"
 
 
 class TrainConfig(ConfigModel):
@@ -107,7 +114,9 @@ TOP_LEVEL = {
 
 
 class ReferenceValue(ConfigModel):
-    """One published figure (the ``reference:`` block), shown next to the measured one by ``nls report``."""
+    """One published figure of the ``reference:`` block, under its metric's name: ``reference: {psnr:
+    {value: 31.2, source: "Table 1"}}``, or a bare number (``psnr: 31.2``); ``nls report`` shows it next to
+    the measured one."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     value: float = Field(description="the published number, in the units nls reports the metric in")
@@ -132,7 +141,8 @@ def validate_reference(source: str, data: Any) -> dict[str, ReferenceValue]:
             problems.add(f"reference.{k} = {v!r} must be a number (the published value) or a mapping "
                          f"{{value: number, source: text}}")
             continue
-        out[str(k)] = problems.run(lambda k=k, v=v: validate_block(source, f"reference.{k}", ReferenceValue, v))
+        key = f"reference.{k}"
+        out[str(k)] = problems.run(lambda key=key, v=v: validate_block(source, key, ReferenceValue, v, CONFIG_LISTING))
     problems.raise_any()
     return out
 
@@ -421,6 +431,7 @@ def expand_vars(value: Any) -> Any:
     ``${NLS_DATAX}`` included, is named as unset."""
     if isinstance(value, str) and "$" in value:
         names = [m.group(1) or m.group(2) for m in _VAR_RE.finditer(value)]
+        env: Any = os.environ
         if "NLS_DATA" in names and not os.environ.get("NLS_DATA"):  # unset or empty: the default root
             from pipeline.scenes import data_root, default_data_root  # local: avoids import cycles
 
@@ -430,6 +441,7 @@ def expand_vars(value: Any) -> Any:
                                   f"{'empty' if 'NLS_DATA' in os.environ else 'not set'} and "
                                   f"the default root {default_data_root()} (shared/data beside the checkout) does "
                                   f"not exist. Set NLS_DATA=/path/to/data.")
+            env = {**os.environ, "NLS_DATA": str(root)}
         elif "NLS_DATA" in names and not Path(os.environ["NLS_DATA"]).expanduser().is_dir():
             raise ConfigError(f"{value!r} needs the data root, but NLS_DATA={os.environ['NLS_DATA']} is not a "
                               f"folder. Set NLS_DATA to the folder that holds the data (meshes/, nerf/, ...).")
@@ -437,10 +449,8 @@ def expand_vars(value: Any) -> Any:
         if undefined:
             raise ConfigError(f"{value!r} uses the environment variable(s) {', '.join(undefined)}, which "
                               f"are not set (${{NLS_DATA}} is the data root)")
-        if "NLS_DATA" in names and not os.environ.get("NLS_DATA"):  # only the exact variable, not $NLS_DATAX
-            value = _VAR_RE.sub(lambda m: str(root) if (m.group(1) or m.group(2)) == "NLS_DATA" else m.group(0),
-                                value)
-        return os.path.expandvars(value)
+        # one pass over the user's text: a `$` in a substituted path (a checkout at /home/me/$work) is kept as is
+        return _VAR_RE.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value)
     return value
 
 
@@ -451,9 +461,10 @@ def _fmt_loc(prefix: str, loc: tuple) -> str:
 
 
 def validation_problems(prefix: str, exc: ValidationError, model: type[BaseModel],
-                        skip: Container[str] = ()) -> list[str]:
+                        skip: Container[str] = (), listing: Optional[str] = None) -> list[str]:
     """One ``key = value: message (field help).`` line per mistake in a pydantic error (none for the
-    options in ``skip``); an unknown key lists the valid keys of ``model``."""
+    options in ``skip``); an unknown key lists the valid keys of ``model``, and the first one names the
+    command ``listing`` that shows them with types and help."""
     lines = []
     for err in exc.errors():
         if err["loc"] and str(err["loc"][0]) in skip:
@@ -461,7 +472,9 @@ def validation_problems(prefix: str, exc: ValidationError, model: type[BaseModel
         key = _fmt_loc(prefix, err["loc"])
         if err["type"] == "extra_forbidden":
             valid = ", ".join(model.model_fields) or "(no options)"
-            lines.append(f"{key}: unknown key; valid keys here: {valid}.")
+            hint = f" (each with its type and help: `{listing}`)" if listing else ""
+            lines.append(f"{key}: unknown key; valid keys here: {valid}{hint}.")
+            listing = None  # once per block, not per misspelt key
             continue
         fld = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
         hint = f" ({fld.description})" if fld is not None and fld.description else ""
@@ -500,9 +513,11 @@ def _stale(prefix: str, key: str) -> bool:
     return _LENIENT[0] is not None and not any(full == o or full.startswith(o + ".") for o in _LENIENT[0])
 
 
-def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) -> BaseModel:
+def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any,
+                   listing: Optional[str] = None) -> BaseModel:
     """``data`` (None: ``{}``) validated as ``model`` with env vars expanded; errors raise ConfigError
-    at ``prefix``. While a run's config is read back, stale options are dropped with a warning."""
+    at ``prefix`` (an unknown key names ``listing``, the command that lists the options). While a run's
+    config is read back, stale options are dropped with a warning."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -525,7 +540,7 @@ def validate_block(source: str, prefix: str, model: type[BaseModel], data: Any) 
     try:
         result = model.model_validate(expanded)
     except ValidationError as exc:
-        problems += validation_problems(prefix, exc, model, skip=unset)
+        problems += validation_problems(prefix, exc, model, skip=unset, listing=listing)
     if problems:
         raise BlockErrors(source, problems)
     return result
@@ -552,7 +567,7 @@ def _choice(host, source: str, key: str, stage: str, block: Any) -> StageChoice:
     if not isinstance(name, str):
         raise ConfigError(f"{source}: {key}.type = {name!r} must be a string")
     comp = host.component(stage, name, where=f"{source}: {key}.type: ")
-    options = validate_block(source, key, comp.config_class(), block)
+    options = validate_block(source, key, comp.config_class(), block, stage_listing(stage))
     return StageChoice(stage, comp, options)
 
 
@@ -609,7 +624,7 @@ def validate(data: dict, host, *, source: str = "<scene>") -> SceneConfig:
             items = []
         lists[key] = [problems.run(lambda i=i, b=b: _choice(host, source, f"{key}.{i}", stage, b))
                       for i, b in enumerate(items)]
-    blocks = {k: problems.run(lambda k=k, m=m: validate_block(source, k, m, data.get(k)))
+    blocks = {k: problems.run(lambda k=k, m=m: validate_block(source, k, m, data.get(k), CONFIG_LISTING))
               for k, m in (("train", TrainConfig), ("eval", EvalConfig), ("output", OutputConfig))}
     reference = problems.run(lambda: validate_reference(source, data.get("reference")))
     problems.raise_any()

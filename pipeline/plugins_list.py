@@ -1,5 +1,5 @@
 """``nls plugins``: plugins, versions, hooks and the components each provides, and (``--config``)
-the scene file's ``train:``, ``eval:`` and ``output:`` blocks (no torch import)."""
+the scene file's ``train:``, ``eval:``, ``output:`` and ``reference:`` blocks (no torch import)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Optional, get_args
 #: than compare's, and its help text wraps)
 PIPED_WIDTH = 120
 
-#: the scene file's core blocks, as ``(key, name of its model in pipeline.config)``
-CONFIG_BLOCKS = (("train", "TrainConfig"), ("eval", "EvalConfig"), ("output", "OutputConfig"))
+#: the scene file's blocks ``--config`` lists, as ``(key, name of its model in pipeline.config)``; the
+#: ``reference:`` block holds one ReferenceValue per metric name
+CONFIG_BLOCKS = (("train", "TrainConfig"), ("eval", "EvalConfig"), ("output", "OutputConfig"),
+                 ("reference", "ReferenceValue"))
 
 
 def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> list[dict]:
@@ -59,9 +61,9 @@ def options_data(cls) -> dict[str, dict]:
 
 
 def config_data() -> dict[str, dict]:
-    """The scene file's ``train:``, ``eval:`` and ``output:`` blocks: for each, the model that checks it
-    (``class``, in pipeline/config.py), its ``description`` and its ``options`` as :func:`options_data`
-    gives them."""
+    """The scene file's ``train:``, ``eval:``, ``output:`` and ``reference:`` blocks: for each, the model that
+    checks it (``class``, in pipeline/config.py), its ``description`` and its
+    ``options`` as :func:`options_data` gives them."""
     import pipeline.config as config
 
     out = {}
@@ -103,7 +105,8 @@ def print_options(con, c: dict, title: Optional[str] = None) -> None:
     width = max(40, con.width - 1)
     con.print(title or f"[bold]{c['stage']} {escape(c['name'])}[/bold] options:", highlight=False)
     for name, o in c["options"].items():  # long defaults (nested blocks) wrap under the name
-        head = textwrap.fill(f"{name}: {o['type']} = {o['default']}", width=width, initial_indent="  ",
+        default = "''" if o["default"] == "" else o["default"]  # an empty text default is shown, not left blank
+        head = textwrap.fill(f"{name}: {o['type']} = {default}", width=width, initial_indent="  ",
                              subsequent_indent=" " * 8, break_on_hyphens=False, break_long_words=False)
         con.print(escape(head), highlight=False, soft_wrap=True)
         if o["help"]:
@@ -157,8 +160,9 @@ def _print_tables(con, data: list[dict], show_all: bool) -> None:
 
 
 def print_config(*, as_json: bool = False) -> int:
-    """Print :func:`config_data`, the ``train:``, ``eval:`` and ``output:`` keys with their types,
-    defaults and help, as JSON (``as_json``) or as ``--all`` lists component options; returns 0."""
+    """Print :func:`config_data`, the keys of the ``train:``, ``eval:``, ``output:`` and ``reference:``
+    blocks with their types, defaults and help, as JSON (``as_json``) or as ``--all`` lists component
+    options; returns 0."""
     data = config_data()
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -168,8 +172,9 @@ def print_config(*, as_json: bool = False) -> int:
     from pipeline.console import stdout_console
 
     with stdout_console(PIPED_WIDTH) as con:
-        con.print(textwrap.fill("The scene file's train:, eval: and output: blocks (models in pipeline/config.py). "
-                                "Set a key in the scene file or with --set, e.g. --set train.steps=500.",
+        con.print(textwrap.fill("The scene file's train:, eval:, output: and reference: blocks (models in "
+                                "pipeline/config.py). Set a key in the scene file or with --set, e.g. "
+                                "--set train.steps=500.",
                                 width=max(40, con.width - 1)) + "\n", highlight=False, soft_wrap=True)
         for key, block in data.items():
             print_options(con, block, title=f"[bold]{key}:[/bold] options ({block['class']}): "

@@ -155,10 +155,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def mkdir_failure(exc: OSError, folder: Path) -> str:
     """Why creating ``folder`` failed, for a message: a dangling symbolic link on the way is named with
-    its target (mkdir reports it only as "File exists"), else the OS error's text."""
+    its target (mkdir reports it only as "File exists"), and the missing path that target leads to when
+    it is relative or another link, or the loop of links it leads into; else the OS error's text."""
     for part in (Path(folder), *Path(folder).parents):
         if part.is_symlink() and not part.exists():
-            return f"{part} is a symbolic link to {os.readlink(part)}, which does not exist"
+            target, missing = os.readlink(part), os.path.realpath(part)
+            if os.path.islink(missing):  # realpath stops at a loop of links: nothing is missing
+                return f"{part} is a symbolic link to {target}, which leads into a loop of symbolic links"
+            leads = f" (leading to {missing})" if missing != target else ""
+            return f"{part} is a symbolic link to {target}{leads}, which does not exist"
     return exc.strerror or str(exc)
 
 

@@ -1,4 +1,4 @@
-"""`nls plugins` output: `--config` lists the scene file's train:, eval: and output: keys (they were
+"""`nls plugins` output: `--config` lists the scene file's train:, eval:, output: and reference: keys (they were
 learnt only from a misspelt key's error), and piped listings are narrow, honour COLUMNS and carry no
 trailing spaces (they were 200 columns wide, 114 of 130 lines padded with spaces)."""
 
@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from pipeline.config import EvalConfig, OutputConfig, TrainConfig
+from pipeline.config import EvalConfig, OutputConfig, ReferenceValue, TrainConfig
 from tests.conftest import ROOT, cli_in_fresh_python
 
-BLOCKS = {"train": TrainConfig, "eval": EvalConfig, "output": OutputConfig}
+BLOCKS = {"train": TrainConfig, "eval": EvalConfig, "output": OutputConfig, "reference": ReferenceValue}
 
 
 def piped(*args: str, columns: str | None = None) -> subprocess.CompletedProcess:
@@ -26,19 +26,20 @@ def piped(*args: str, columns: str | None = None) -> subprocess.CompletedProcess
                           text=True, env=env, cwd=ROOT, timeout=300)
 
 
-def test_config_json_lists_every_key_of_the_core_blocks_with_default_type_and_help():
+def test_config_json_lists_every_key_of_the_scene_blocks_with_default_type_and_help():
     proc = piped("--config", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert list(data) == ["train", "eval", "output"]
+    assert list(data) == ["train", "eval", "output", "reference"]
     for key, cls in BLOCKS.items():
         block = data[key]
         assert block["class"] == cls.__name__ and f"`{key}:`" in block["description"], block
         assert list(block["options"]) == list(cls.model_fields), key
-        defaults = cls().model_dump()
         for name, f in cls.model_fields.items():
             o = block["options"][name]
-            assert o["default"] == defaults[name] and o["help"] == (f.description or ""), (key, name, o)
+            default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
+            default = default.model_dump() if hasattr(default, "model_dump") else default
+            assert o["default"] == default and o["help"] == (f.description or ""), (key, name, o)
     assert data["train"]["options"]["batch_rays"]["type"] == "int"
     assert data["train"]["options"]["max_seconds"]["type"] == "Optional[float]"
 
@@ -68,14 +69,14 @@ def test_config_loads_no_heavy_module():
 @pytest.mark.parametrize("extra", [["--all"], ["--hook", "losses"]])
 def test_config_with_a_plugin_filter_is_refused(extra):
     proc = piped("--config", *extra)
-    assert proc.returncode == 2 and "--config lists the scene file's train:, eval: and output: keys on its own" \
+    assert proc.returncode == 2 and "--config lists the scene file's train:, eval:, output: and reference: keys on its own" \
         in proc.stderr, proc.stderr
 
 
 def test_help_names_config():
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "plugins", "--help"], capture_output=True,
                           text=True, cwd=ROOT, timeout=300)
-    assert "--config" in proc.stdout and "train:, eval: and output:" in proc.stdout
+    assert "--config" in proc.stdout and "train:, eval:, output: and reference:" in " ".join(proc.stdout.split())
 
 
 @pytest.mark.parametrize("args", [[], ["--all"], ["--config"], ["--hook", "losses", "--all"]])

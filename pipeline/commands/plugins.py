@@ -9,13 +9,13 @@ from pipeline.types import NLSError
 
 
 def cmd_plugins(args) -> int:
-    """Run ``nls plugins``: list the plugins and their components (``--config``: the scene file's
-    ``train:``, ``eval:`` and ``output:`` keys); exit code 0."""
+    """Run ``nls plugins``: list the plugins and their components (``--config``: the keys of the scene
+    file's ``train:``, ``eval:``, ``output:`` and ``reference:`` blocks); exit code 0."""
     from pipeline.plugins_list import print_config, print_plugins
 
     if args.config:
         if args.all or args.hook is not None:
-            raise NLSError("--config lists the scene file's train:, eval: and output: keys on its own; give it "
+            raise NLSError("--config lists the scene file's train:, eval:, output: and reference: keys on its own; give it "
                            "without --all and --hook (which list the plugins' components)")
         return print_config(as_json=args.json)
     return print_plugins(host_for(args), as_json=args.json, show_all=args.all, hook=args.hook)
