@@ -67,6 +67,9 @@ class LevelSetViewer:
                                                intensity=1.5)
         self._lock = threading.Lock()
         self.mesh_handle = None
+        #: the level the shown mesh was extracted at (None: not known); the level slider starts there
+        self.shown_level: Optional[float] = None
+        self.slider = None
         self.status = self.server.gui.add_markdown("")
         self._add_cameras()
         self._add_points()
@@ -92,12 +95,17 @@ class LevelSetViewer:
             self.status.content = f"**mesh:** {label}  \n{len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
 
     def _add_exported_mesh(self) -> bool:
+        """Show meshes/mesh.ply, with the level summary.json records it was extracted at
+        (:func:`pipeline.report.collect.summary_mesh_level`); False when there is no such file."""
         exported = self.ld.run.meshes_dir / "mesh.ply"
         if not exported.exists():
             return False
+        from pipeline.report.collect import summary_mesh_level
         from pipeline.scenes.mesh_render import load_mesh
 
-        self._show_mesh(load_mesh(exported), "meshes/mesh.ply (exported)")
+        self.shown_level = summary_mesh_level(self.ld.run.read_json("summary.json"), self.ld.run.path, exported)
+        at = f", level {self.shown_level:.4g}" if self.shown_level is not None else ""
+        self._show_mesh(load_mesh(exported), f"meshes/mesh.ply (exported{at})")
         return True
 
     def _prepare_levels(self, show_mesh: bool) -> None:
@@ -122,6 +130,7 @@ class LevelSetViewer:
                                       chunk=query_chunk(self.ld.system.chain, self.ld.device),
                                       progress=sys.stderr.isatty())
             if show_mesh:
+                self.shown_level = self.geo.level
                 self.extract(self.geo.level)
             elif self.mesh_handle is not None:
                 self.status.content = self.status.content.split("  \ncomputing")[0]
@@ -174,8 +183,10 @@ class LevelSetViewer:
         self.server.scene.add_point_cloud("/points", pts, colors=POINT_COLOR, point_size=0.004 * extent)
 
     def _add_slider(self) -> None:
+        """The level slider over the cached grid's range, starting at the level of the shown mesh (clamped
+        to the range): :attr:`shown_level`, else the extractor's level. Moving it re-extracts the mesh."""
         lo, hi = float(np.nanmin(self.grid)), float(np.nanmax(self.grid))
-        level = self.geo.level
+        level = self.geo.level if self.shown_level is None else self.shown_level
         if self.geo.quantity == "density":  # densities span decades: slide over log10
             lo_l, hi_l = np.log10(max(lo, 1e-3)), np.log10(max(hi, 1e-2))
             slider = self.server.gui.add_slider("log10 density level", min=float(lo_l), max=float(hi_l),
@@ -186,6 +197,7 @@ class LevelSetViewer:
             slider = self.server.gui.add_slider(f"{self.geo.quantity} level", min=lo, max=hi,
                                                 step=(hi - lo) / 200, initial_value=float(np.clip(level, lo, hi)))
             to_level = lambda v: v  # noqa: E731
+        self.slider = slider
 
         @slider.on_update
         def _(_event) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from pipeline.report import html as H
-from pipeline.report.collect import RunFacts, read_run
+from pipeline.report.collect import RunFacts, read_run, summary_mesh_level
 from pipeline.types import NLSError
 
 __all__ = ["build_report", "read_run", "RunFacts"]
@@ -62,14 +62,15 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
         bar.advance(len(builders) + 1, "model")
         split, shown = shown_renders(facts)
         sections.append((f"{split.capitalize()} renders and ground truth",
-                         _renders(facts, split, shown, ld, load_error)))
+                         _renders(facts, split, shown, ld, load_error, progress=progress)))
         sections += other_render_sections(facts, split, shown)
         bar.advance(len(builders) + 2, "renders")
-        sections.append(("Depth and normal maps", _depth_normals(facts, ld, load_error)))
+        sections.append(("Depth and normal maps", _depth_normals(facts, ld, load_error, progress=progress)))
         bar.advance(len(builders) + 3, "normals")
-        sections.append(("Field slices", _slices(facts, ld, load_error)))
+        mesh_path = shown_mesh(facts)
+        sections.append(("Field slices", _slices(facts, ld, load_error, mesh_path)))
         bar.advance(len(builders) + 4, "slices")
-        sections.append(("Mesh", _mesh(facts)))
+        sections.append(("Mesh", _mesh(facts, mesh_path)))
         sections.append(("Provenance", _provenance(facts)))
         bar.advance(steps, "mesh")
     title = f"{facts.name} / {facts.method}"
@@ -189,12 +190,13 @@ def shown_renders(f: RunFacts) -> tuple[str, list[Path]]:
     return split, _side_by_sides_in(f.path / "renders" / split)
 
 
-def _renders(f: RunFacts, split: str, files: list[Path], ld, load_error) -> str:
-    """The eval split's section: one set of its renders, and where the others of that split are."""
+def _renders(f: RunFacts, split: str, files: list[Path], ld, load_error, *, progress: bool = True) -> str:
+    """The eval split's section: one set of its renders, and where the others of that split are
+    (``progress``: a per-image bar while views are rendered from the checkpoint)."""
     shown = files[0].parent if files else None
     others = [d for d in (f.path / "renders" / split, f.path / "eval_renders" / split)
               if d != shown and _side_by_sides_in(d)]
-    parts = [_split_renders(f, split, files, ld, load_error)]
+    parts = [_split_renders(f, split, files, ld, load_error, progress=progress)]
     if others:
         counts = [(d, len(_side_by_sides_in(d))) for d in others]
         where = ", ".join(f"{d.relative_to(f.path)}/ ({n} view{'' if n == 1 else 's'})" for d, n in counts)
@@ -253,8 +255,9 @@ def _comparisons(f: RunFacts, files: list[Path]) -> str:
     return "\n".join(parts)
 
 
-def _split_renders(f: RunFacts, split: str, files: list[Path], ld, load_error) -> str:
-    """``files`` as comparisons; without any, views of ``split`` rendered from the checkpoint (or why not)."""
+def _split_renders(f: RunFacts, split: str, files: list[Path], ld, load_error, *, progress: bool = True) -> str:
+    """``files`` as comparisons; without any, views of ``split`` rendered from the checkpoint (or why not),
+    with a per-image progress bar (:func:`pipeline.report.model_views.render_views`) unless not ``progress``."""
     if files:
         return _comparisons(f, files)
     if ld is None or ld.system.renderer is None:
@@ -262,12 +265,12 @@ def _split_renders(f: RunFacts, split: str, files: list[Path], ld, load_error) -
             else f"no renders on disk and {load_error}"
         return H.missing(f"No {split} renders: {why}.")
     from pipeline.report.figures import comparison_png
-    from pipeline.report.model_views import render_view
+    from pipeline.report.model_views import render_views
 
     parts = [H.missing(f"No renders on disk (the run did not finish); these are rendered from the newest "
                        f"checkpoint (step {ld.step}). `nls render {f.path}` writes them all.")]
-    for i in range(min(2, len(ld.scene.splits.get(split, [])))):
-        v = render_view(ld, split, i)
+    for i, v in enumerate(render_views(ld, split, range(min(2, len(ld.scene.splits.get(split, [])))),
+                                       progress=progress)):
         if v is None or "gt" not in v:
             parts.append(H.missing("the eval images are too large to render here; run `nls render`."))
             break
@@ -278,16 +281,18 @@ def _split_renders(f: RunFacts, split: str, files: list[Path], ld, load_error) -
     return "\n".join(parts)
 
 
-def _depth_normals(f: RunFacts, ld, load_error) -> str:
+def _depth_normals(f: RunFacts, ld, load_error, *, progress: bool = True) -> str:
+    """Depth and normal maps of view 0 of the eval split (else the first split), rendered from the
+    checkpoint with a progress bar unless not ``progress``; or why there are none."""
     if ld is None:
         return H.missing(f"No depth or normal maps: {load_error}.")
     if ld.system.renderer is None:
         return H.missing("No depth or normal maps: this method has no renderer.")
     from pipeline.report.figures import depth_panel, normals_to_rgb, panels_png
-    from pipeline.report.model_views import render_view
+    from pipeline.report.model_views import render_views
 
     split = ld.cfg.eval.split if ld.cfg.eval.split in ld.scene.splits else next(iter(ld.scene.splits), None)
-    v = render_view(ld, split, 0) if split else None
+    v = next(render_views(ld, split, [0], progress=progress)) if split else None
     if v is None:
         return H.missing("No depth or normal maps: the scene has no image split to render.")
     png = panels_png([("rendered colour", v["rgb"], None), ("depth", depth_panel(v["depth"], v["opacity"]), None),
@@ -303,18 +308,63 @@ def contour_level(slices: list, option: float, meshed: Optional[float]) -> tuple
     ([(values (H,W), ...)]); else the extractor's ``option``. An unsigned field is meshed at the sheet of
     its minimum (``udf_marching_cubes``, ``offset: min``), a little below the values on the planes, so its
     mesh level draws no line there."""
-    import numpy as np
+    from pipeline.report.figures import crosses
 
     if meshed is None:
         return option, f"the extraction level, {option:g}"
     meshed = float(meshed)
-    if any(np.nanmin(v) < meshed < np.nanmax(v) for v, *_ in slices):
+    if any(crosses(v, meshed) for v, *_ in slices):
         return meshed, f"the level the evaluated mesh was extracted at, {meshed:g}"
     return option, (f"the extractor's level option, {option:g} (the evaluated mesh's level, {meshed:g}, is not "
                     f"crossed on these planes: an unsigned field's mesh is the sheet of its minimum)")
 
 
-def _slices(f: RunFacts, ld, load_error) -> str:
+def slice_lines(slices: list, aabb: list, geo, meshed: Optional[float], mesh=None, mesh_name: str = "the mesh"
+                ) -> tuple[float, Optional[dict], str]:
+    """(level, sections, caption) of what the slices ([(values (H,W), axes)] on the x, y, z planes of
+    ``aabb``) draw in black: the contour of :func:`contour_level`; but for an unsigned field
+    (``geo.unsigned``), whose mesh is the sheet of its minimum, on each plane the field does not cross
+    the mesh's level on (``meshed``, else ``geo.level``), the cross-section of ``mesh`` (a trimesh; named
+    ``mesh_name``) as ``sections`` {axis: segments (K,2,2)} (:func:`pipeline.report.figures.mesh_sections`).
+    Without ``mesh`` sections is None and the contour falls back as :func:`contour_level` says."""
+    import numpy as np
+
+    from pipeline.report.collect import _and
+    from pipeline.report.figures import crosses, mesh_sections
+
+    level, what = contour_level(slices, geo.level, meshed)
+    if not geo.unsigned or mesh is None:
+        return level, None, what
+    level = geo.level if meshed is None else float(meshed)
+    missed = [axis for axis, (v, *_) in enumerate(slices) if not crosses(v, level)]
+    if not missed:
+        return level, None, what
+    centre = np.asarray(aabb, np.float64).reshape(2, 3).mean(0)
+    planes = _and([f"{'xyz'[a]} = {centre[a]:.3g}" for a in missed])
+    rest = f"; on the other planes the contour at {level:g}" if len(missed) < len(slices) else ""
+    return level, mesh_sections(mesh, aabb, missed), (
+        f"the cross-section of the evaluated mesh, {mesh_name}, on {planes}, where the field does not cross its "
+        f"level {level:g} (an unsigned field's mesh is the sheet of its minimum){rest}")
+
+
+def _slice_mesh(mesh_path: Optional[Path]):
+    """The mesh at ``mesh_path`` for the slices' cross-sections; None without one, or when it cannot be
+    read or has no faces (the Mesh section says why)."""
+    if mesh_path is None:
+        return None
+    from pipeline.scenes.mesh_render import load_mesh
+
+    try:
+        mesh = load_mesh(mesh_path)
+    except (NLSError, ValueError):
+        return None
+    return mesh if len(mesh.faces) else None
+
+
+def _slices(f: RunFacts, ld, load_error, mesh_path: Optional[Path] = None) -> str:
+    """Field slices of the model (black: the level its mesh is at, or the cross-section of the mesh at
+    ``mesh_path`` where an unsigned field does not reach that level: :func:`slice_lines`) and the slice
+    images plugins wrote; or why there are none."""
     from pipeline.report.figures import field_slices, slices_png
 
     parts = []
@@ -329,8 +379,11 @@ def _slices(f: RunFacts, ld, load_error) -> str:
         else:
             aabb = ld.scene.aabb.detach().cpu().numpy().tolist()
             sl = field_slices(field_fn(ld, geo.quantity), aabb)
-            level, what = contour_level(sl, geo.level, f.metrics.get("mesh_level"))
-            parts.append(H.img(slices_png(sl, aabb, geo.quantity, level), "field slices",
+            meshed = f.metrics.get("mesh_level")
+            mesh = _slice_mesh(mesh_path) if geo.unsigned else None
+            name = str(mesh_path.relative_to(f.path)) if mesh is not None else ""
+            level, sections, what = slice_lines(sl, aabb, geo, meshed, mesh, name)
+            parts.append(H.img(slices_png(sl, aabb, geo.quantity, level, sections), "field slices",
                                caption=f"{geo.quantity} on the planes through the centre of the scene box "
                                        f"(step {ld.step}); black: {what}"))
     for d in slice_folders(f):
@@ -368,11 +421,16 @@ def export_hint(run_dir: Path) -> str:
             f"(the report shows the meshes in the run's meshes/ folder).")
 
 
-def _mesh(f: RunFacts) -> str:
+def shown_mesh(f: RunFacts) -> Optional[Path]:
+    """The mesh file the report shows: the one summary.json names (the evaluated mesh) when it exists,
+    else :func:`exported_mesh`; None when there is none."""
+    mesh_path = f.path / f.summary["mesh"] if (f.summary or {}).get("mesh") else None
+    return mesh_path if mesh_path is not None and mesh_path.is_file() else exported_mesh(f.path)
+
+
+def _mesh(f: RunFacts, mesh_path: Optional[Path]) -> str:
+    """A turntable of ``mesh_path`` (:func:`shown_mesh`) and the run's rendered turntables; or why there is none."""
     parts = []
-    mesh_path = f.path / (f.summary or {}).get("mesh", "") if (f.summary or {}).get("mesh") else None
-    if mesh_path is None or not mesh_path.is_file():
-        mesh_path = exported_mesh(f.path)
     if mesh_path is None:
         why = f.skipped.get("chamfer") or ("the run did not finish" if not f.complete else
                                            "the run exported no mesh")
@@ -384,10 +442,8 @@ def _mesh(f: RunFacts) -> str:
         try:
             mesh = load_mesh(mesh_path)
             gif = mesh_turntable_gif(mesh)
-            level = ((f.summary or {}).get("metrics") or {}).get("mesh_level")  # summary.json's mesh
-            at = (f", extracted at level {float(level):g}"
-                  if isinstance(level, (int, float)) and not isinstance(level, bool) and "mesh" in (f.summary or {})
-                  else "")
+            level = summary_mesh_level(f.summary, f.path, mesh_path)
+            at = f", extracted at level {level:g}" if level is not None else ""
             parts.append(H.img(gif, "mesh turntable", mime="image/gif",
                                caption=f"{mesh_path.relative_to(f.path)}: {len(mesh.vertices)} vertices, "
                                        f"{len(mesh.faces)} faces, watertight={mesh.is_watertight}{at}"))

@@ -364,6 +364,18 @@ class RunFacts:
         return out
 
 
+def summary_mesh_level(summary: Optional[dict], run_dir: Path, mesh: Path) -> Optional[float]:
+    """The level the mesh file ``mesh`` was extracted at, as ``run_dir``'s ``summary`` (summary.json, as read;
+    None without one) records it: its ``metrics.mesh_level`` (reported by ``chamfer`` for the mesh training
+    evaluated and exported to summary's ``mesh``) when that ``mesh`` is the file ``mesh``; else None."""
+    summary = summary if isinstance(summary, dict) else {}
+    level = (summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}).get("mesh_level")
+    named = summary.get("mesh")
+    if not (_is_number(level) and isinstance(named, str) and named):
+        return None
+    return float(level) if (Path(run_dir) / named).resolve() == Path(mesh).resolve() else None
+
+
 def count_parameters(state: dict) -> int:
     """Numel of every first moment in a checkpoint's optimiser state (= trainable parameters)."""
     opt = state.get("optimizer") or {}

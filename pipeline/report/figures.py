@@ -176,10 +176,32 @@ def field_slices(fn: Callable[[np.ndarray], np.ndarray], aabb: Sequence[float], 
     return out
 
 
+def crosses(values: np.ndarray, level: float) -> bool:
+    """Whether ``values`` (a slice, (H,W)) lie on both sides of ``level`` (NaN ignored)."""
+    return bool(np.nanmin(values) < level < np.nanmax(values))
+
+
+def mesh_sections(mesh, aabb: Sequence[float], axes: Sequence[int] = (0, 1, 2)) -> dict[int, np.ndarray]:
+    """{axis: segments (K,2,2)} where ``mesh`` (trimesh) cuts the plane through the box centre normal to
+    each of ``axes``, in that plane's in-plane coordinates (a, b) of :func:`plane_points` (the slices'
+    extent); K = 0 where the mesh misses the plane."""
+    import trimesh
+
+    centre = np.asarray(aabb, np.float64).reshape(2, 3).mean(0)
+    out = {}
+    for axis in axes:
+        ab = [i for i in range(3) if i != axis]
+        seg = trimesh.intersections.mesh_plane(mesh, np.eye(3)[axis], centre) if len(mesh.faces) else []
+        out[axis] = np.asarray(seg, np.float64).reshape(-1, 2, 3)[:, :, ab]
+    return out
+
+
 def slices_png(slices: list[tuple[np.ndarray, tuple[int, int]]], aabb: Sequence[float], quantity: str,
-               level: Optional[float]) -> bytes:
-    """Colour-mapped slices with the extraction level drawn as a contour. SDFs use a diverging
-    map centred on 0 (red outside, blue inside); density uses a log scale."""
+               level: Optional[float], sections: Optional[dict[int, np.ndarray]] = None) -> bytes:
+    """Colour-mapped slices with the extraction level drawn as a contour, or, on the planes ``sections``
+    has ({axis: segments (K,2,2)}, :func:`mesh_sections`), those segments instead (a mesh's cross-section).
+    SDFs use a diverging map centred on 0 (red outside, blue inside); density uses a log scale."""
+    from matplotlib.collections import LineCollection
     from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
 
     plt = _pyplot()
@@ -203,13 +225,17 @@ def slices_png(slices: list[tuple[np.ndarray, tuple[int, int]]], aabb: Sequence[
         ext = [b[0, a_ax], b[1, a_ax], b[0, b_ax], b[1, b_ax]]
         shown = np.clip(vals, norm.vmin, None) if isinstance(norm, LogNorm) else vals
         h = ax.imshow(shown, origin="lower", extent=ext, cmap=COLORMAPS.get(quantity, "viridis"), norm=norm)
-        if level is not None and np.nanmin(vals) < level < np.nanmax(vals):
+        if sections is not None and axis in sections:
+            ax.add_collection(LineCollection(sections[axis], colors="k", linewidths=1.2))
+        elif level is not None and crosses(vals, level):
             ax.contour(vals, levels=[level], colors="k", linewidths=1.2, origin="lower", extent=ext)
         ax.set_title(f"{quantity}, {names[axis]} = {centre[axis]:.3g}", fontsize=10)
         ax.set_xlabel(names[a_ax])
         ax.set_ylabel(names[b_ax])
+    contoured = level is not None and len(sections or ()) < len(slices)  # a plane without a cross-section
+    black = ([f"level {level:g}"] if contoured else []) + (["mesh cross-section"] if sections else [])
     fig.colorbar(h, ax=list(axes), fraction=0.02, pad=0.02,
-                 label=quantity + (f" (black: level {level:g})" if level is not None else ""))
+                 label=quantity + (f" (black: {', '.join(black)})" if black else ""))
     return _fig_png(fig)
 
 

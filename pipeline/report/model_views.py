@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -27,12 +27,16 @@ class Geometry:
     quantity: str  # sdf | occupancy | density
     level: float
     inside: str  # below | above
+    #: the extractor meshes an unsigned field (it has an ``offset`` option, as ``udf_marching_cubes``):
+    #: the sheet of the field's minimum, a level the field may cross nowhere
+    unsigned: bool = False
 
 
 def geometry_of(ld) -> Optional[Geometry]:
     """Pick sdf, else occupancy, else density from what the chain outputs at the box centre;
     the level is the extractor's ``level`` option, else its numeric ``offset`` (an unsigned field's
-    extractor meshes where the field equals it), else the built-in marching-cubes default."""
+    extractor meshes where the field equals it), else the built-in marching-cubes default. An extractor
+    with an ``offset`` option meshes an unsigned field (:attr:`Geometry.unsigned`)."""
     import torch
 
     aabb = ld.scene.aabb.detach().cpu().float().reshape(2, 3)
@@ -49,7 +53,8 @@ def geometry_of(ld) -> Optional[Geometry]:
     offset = getattr(ext.options, "offset", None) if ext else None
     if level is None and isinstance(offset, (int, float)):
         level = offset
-    return Geometry(q, float(DEFAULT_LEVEL[q] if level is None else level), INSIDE[q])
+    return Geometry(q, float(DEFAULT_LEVEL[q] if level is None else level), INSIDE[q],
+                    unsigned=ext is not None and hasattr(ext.options, "offset"))
 
 
 def field_fn(ld, quantity: str, chunk: int = 65536):
@@ -129,6 +134,21 @@ def render_view(ld, split: str, i: int, max_side: int = 160) -> Optional[dict]:
     if scale == 1.0:
         res["gt"] = sp.images[i].cpu().numpy()
     return res
+
+
+def render_views(ld, split: str, indices: Sequence[int], max_side: int = 160, *,
+                 progress: bool = True) -> Iterator[Optional[dict]]:
+    """Yield :func:`render_view` of each view ``indices`` of ``split`` in turn, under a progress bar over
+    them that moves with the pixels the renderer reports (:func:`pipeline.progress.image_progress`), as
+    ``nls eval``'s rendering does: a bar on a terminal, sparse lines otherwise, nothing without ``progress``."""
+    from pipeline.progress import StepProgress, image_progress
+
+    with StepProgress(len(indices), 0, f"rendering {split}", enabled=progress) as bar:
+        for k, i in enumerate(indices):
+            with image_progress(bar, k):
+                view = render_view(ld, split, i, max_side)
+            bar.advance(k + 1)
+            yield view
 
 
 def depth_normals(points: np.ndarray, dirs: np.ndarray) -> np.ndarray:

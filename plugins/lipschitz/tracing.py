@@ -261,11 +261,15 @@ def build_renderer(cfg, ctx) -> SphereTracer:
 
 def trace_views(sdf_fn, *, n_views=4, size=64, radius=1.5, fov_deg=40.0, gt_mesh=None, gt_sphere=None,
                 max_steps=128, eps=1e-3, lipschitz=1.0, tol=1e-3, far=4.0, center=(0.0, 0.0, 0.0),
-                device="cpu") -> tuple[dict, list]:
-    """Trace orbit views; returns (metrics, [per-view dict of (S,S) arrays]). ``gt_mesh``: a trimesh mesh,
-    ``gt_sphere``: (center, radius) for analytic ground truth; overshoot is reported when one is given."""
+                device="cpu", chunk: int = 1 << 16, progress: bool = False) -> tuple[dict, list]:
+    """Trace orbit views, ``chunk`` rays at a time; returns (metrics, [per-view dict of (S,S) arrays]).
+    ``gt_mesh``: a trimesh mesh, ``gt_sphere``: (center, radius) for analytic ground truth; overshoot is
+    reported when one is given. With ``progress`` a bar over the views moves with the rays traced in each
+    (:func:`pipeline.progress.image_progress`; sparse lines off a terminal), as ``nls eval``'s rendering does."""
+    from pipeline.progress import StepProgress, image_progress, report_pixels
+
     tracer = SphereTracer(type("C", (), dict(near=0.0, far=far, max_steps=max_steps, eps=eps, lipschitz=lipschitz,
-                                             chunk=1 << 16))())
+                                             chunk=chunk))())
     views = orbit_rays(n_views, size, radius, fov_deg, center)
     gt_sdf = None
     if gt_mesh is not None:
@@ -273,20 +277,23 @@ def trace_views(sdf_fn, *, n_views=4, size=64, radius=1.5, fov_deg=40.0, gt_mesh
     elif gt_sphere is not None:
         gt_sdf = sphere_sdf(*gt_sphere)
     all_steps, all_hit, all_pf, all_pg, all_over, all_pen, imgs = [], [], [], [], [], [], []
-    for o, d in views:
-        o, d = o.to(device), d.to(device)
-        out = tracer.render_rays(o, d, None, sdf_fn=sdf_fn, gt_sdf=gt_sdf, tol=tol)
-        all_steps.append(out["steps"].cpu())
-        all_hit.append(out["opacity"][:, 0].cpu() > 0.5)
-        all_pf.append(out["passed_field"].cpu())
-        if gt_sdf is not None:
-            all_pg.append(out["overshoot"].cpu())
-            all_over.append(out["max_excess"].cpu())
-            all_pen.append(out["penetration"].cpu())
-        imgs.append({"rgb": out["rgb"].reshape(size, size, 3).cpu().numpy(),
-                     "normals": out["normals"].reshape(size, size, 3).cpu().numpy(),
-                     "depth": out["depth"].reshape(size, size).cpu().numpy(),
-                     "steps": out["steps"].reshape(size, size).cpu().numpy()})
+    with StepProgress(len(views), 0, "sphere tracing", enabled=progress) as bar:
+        for k, (o, d) in enumerate(views):
+            o, d = o.to(device), d.to(device)
+            with image_progress(bar, k, "view"):
+                out = tracer.render_rays(o, d, None, sdf_fn=sdf_fn, gt_sdf=gt_sdf, tol=tol, on_chunk=report_pixels)
+            bar.advance(k + 1)
+            all_steps.append(out["steps"].cpu())
+            all_hit.append(out["opacity"][:, 0].cpu() > 0.5)
+            all_pf.append(out["passed_field"].cpu())
+            if gt_sdf is not None:
+                all_pg.append(out["overshoot"].cpu())
+                all_over.append(out["max_excess"].cpu())
+                all_pen.append(out["penetration"].cpu())
+            imgs.append({"rgb": out["rgb"].reshape(size, size, 3).cpu().numpy(),
+                         "normals": out["normals"].reshape(size, size, 3).cpu().numpy(),
+                         "depth": out["depth"].reshape(size, size).cpu().numpy(),
+                         "steps": out["steps"].reshape(size, size).cpu().numpy()})
     steps = torch.cat(all_steps).double()
     hit = torch.cat([h.cpu() for h in all_hit])
     m = {"steps_per_ray": float(steps.mean()), "steps_per_ray_max": int(steps.max()),
@@ -312,7 +319,8 @@ class SphereTraceEvaluator:
         tr = ctx.system.renderer if isinstance(ctx.system.renderer, SphereTracer) else None
         kw = {}
         if tr is not None:
-            kw = dict(max_steps=tr.cfg.max_steps, eps=tr.cfg.eps, lipschitz=tr.cfg.lipschitz, far=tr.cfg.far)
+            kw = dict(max_steps=tr.cfg.max_steps, eps=tr.cfg.eps, lipschitz=tr.cfg.lipschitz, far=tr.cfg.far,
+                      chunk=tr.cfg.chunk)
         gt = None
         if ctx.scene.gt_mesh:
             from pipeline.scenes.mesh_render import load_mesh
@@ -323,7 +331,7 @@ class SphereTraceEvaluator:
         ctx.system.eval()
         m, imgs = trace_views(lambda x: c(x, None)["sdf"], n_views=self.cfg.n_views, size=self.cfg.image_size,
                               radius=self.cfg.radius, fov_deg=self.cfg.fov_deg, gt_mesh=gt, tol=self.cfg.tolerance,
-                              center=center, device=ctx.device, **kw)
+                              center=center, device=ctx.device, progress=ctx.progress, **kw)
         if self.cfg.save_images and ctx.renders_root is not None:
             save_views(imgs, ctx.renders_root / "sphere_trace")
         return {f"trace_{k}": v for k, v in m.items()}
