@@ -213,7 +213,7 @@ def test_fill_interior_meshes_a_hollow_shell_as_the_solid_ball():
 
 def test_fill_interior_fills_exactly_what_binary_fill_holes_fills():
     """The one-pass labelling against scipy's binary_fill_holes on random grids (many small cavities, cells
-    touching the box's faces, NaN) and on nested shells."""
+    touching the box's faces, NaN), on nested shells and on a lattice of single-cell cavities."""
     from scipy.ndimage import binary_fill_holes
 
     from plugins.ngp.extract import fill_interior
@@ -226,6 +226,9 @@ def test_fill_interior_fills_exactly_what_binary_fill_holes_fills():
     g[15:25, 15:25, 15:25] = 1
     g[18:22, 18:22, 18:22] = np.nan
     grids.append(g)
+    many = np.ones((24, 24, 24))  # 11^3 single-cell cavities
+    many[1:-1:2, 1:-1:2, 1:-1:2] = 0
+    grids.append(many)
     for grid in grids:
         for level in (0.3, 0.5, 0.7):
             solid = grid > level
@@ -233,6 +236,9 @@ def test_fill_interior_fills_exactly_what_binary_fill_holes_fills():
             got = fill_interior(grid, level) > level
             assert np.array_equal(got, solid | want)
             assert np.array_equal(fill_interior(grid, level)[~want], grid[~want], equal_nan=True)
+            copy = grid.copy()
+            assert fill_interior(copy, level, inplace=True) is copy
+            assert np.array_equal(copy, fill_interior(grid, level), equal_nan=True)
 
 
 def test_drop_small_components_threshold_is_a_fraction_of_the_faces():

@@ -50,8 +50,9 @@ def cmd_export(args) -> int:
     if up == "z":  # (x, y, z) -> (x, z, -y): a quarter turn about x takes +Z to +Y
         mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float))
     written = weld_for_format(mesh, ext)  # as the file holds it: the counts below are those read back
+    del mesh  # (metadata copied): reading the file back holds a third mesh, at 1024^3 several GB each
     out = export_mesh(written, Path(args.output), weld=False)
-    quantity, level = mesh.metadata.get("quantity"), mesh.metadata.get("level")
+    quantity, level = written.metadata.get("quantity"), written.metadata.get("level")
     which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
     watertight = read_back_watertight(out)
     print(f"wrote {out}: {len(written.vertices)} vertices, {len(written.faces)} faces"
