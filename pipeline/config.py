@@ -84,7 +84,8 @@ class EvalConfig(ConfigModel):
     every: int = Field(1, ge=1, description="evaluate every k-th image of the split (indices 0, k, 2k, ...): a "
                        "subset spread over the whole split, e.g. every 10th view of lego's 200-view test circle, "
                        "where the first N views are one arc of it")
-    chunk: int = Field(8192, ge=1, description="rays per rendering chunk (bounds memory)")
+    chunk: int = Field(8192, ge=1, description="rays per rendering chunk (bounds memory; on CPU the volume "
+                       "renderer takes at most 2^22 / samples_per_ray rays a chunk)")
     supersample: int = Field(1, ge=1, le=4, description="rays per pixel side when rendering the eval split "
                              "(s x s rays averaged: anti-aliasing, for images that were rendered or downscaled "
                              "with it, e.g. procedural/mesh scenes with scene.supersample 2)")
