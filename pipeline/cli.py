@@ -125,7 +125,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--split", default="test", help="split to render (default: test)")
     c.add_argument("--spiral", type=int_at_least(0, 3600), default=0, metavar="N",
                    help="also render an N-frame turntable video, 0..3600 frames: a circle around the scene at the "
-                   "mean distance of the eval split's cameras (default 0: none)")
+                   "mean distance of the eval split's cameras, with the renders' --supersample (default 0: none)")
     c.add_argument("--depth", action="store_true",
                    help="also write float32 (H, W) arrays: NAME_depth.npy, the expected distance along the "
                    "unit pixel ray given termination; NAME_depth_median.npy, where half the ray's opacity is "

@@ -37,9 +37,11 @@ def orbit_cameras(template, n: int, radius: float, elevation_deg: float = 25.0):
 
 def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Path:
     """Write ``frames`` (H, W, 3) uint8 as ``<path_stem>.mp4`` (libx264) when imageio-ffmpeg imports,
-    else, or when the encoder fails, as a looping ``.gif``; returns the path written. Either is written to a
-    temporary file and renamed, so a killed render leaves the previous video, not an empty one.
+    else, or when the encoder fails, as a looping ``.gif`` (saying so, as GIF encoding is slow: minutes for
+    hundreds of 800x800 frames); returns the path written. Either is written to a temporary file and
+    renamed, so a killed render leaves the previous video, not an empty one.
 
+    The frames go to the encoder as the list they are (a stacked copy of 3600 frames of 800x800 is 7 GB).
     libx264's yuv420p needs an even width and height: odd frames get their last row / column repeated
     (an odd size made ffmpeg write an empty file without raising)."""
     import os
@@ -48,13 +50,14 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
 
     from pipeline.runs import atomic_write_image
 
-    video = np.stack(frames)
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
     try:
         import imageio_ffmpeg  # noqa: F401
 
         path = path_stem.with_suffix(".mp4")
-        h, w = video.shape[1:3]
-        even = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        even = frames if not (h % 2 or w % 2) else [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                                                    for f in frames]
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")  # ffmpeg writes a file (with the umask's mode)
         try:
             iio.imwrite(tmp, even, fps=fps, codec="libx264", macro_block_size=1)
@@ -63,18 +66,21 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
                 return path
         finally:
             Path(tmp).unlink(missing_ok=True)
+        why = "the mp4 encoder wrote an empty file"
     except ImportError:
-        pass
+        why = "imageio-ffmpeg is not installed (`pip install imageio-ffmpeg` writes an mp4)"
     except (OSError, RuntimeError) as exc:  # ffmpeg refused: the GIF still shows the turntable
-        print(f"warning: mp4 encoding failed ({type(exc).__name__}: {exc}); writing a GIF instead",
-              file=sys.stderr)
+        why = f"mp4 encoding failed ({type(exc).__name__}: {exc})"
+    print(f"note: {why}; encoding the {len(frames)} frames as a GIF, which can take minutes", file=sys.stderr,
+          flush=True)
     path = path_stem.with_suffix(".gif")
-    atomic_write_image(path, video, duration=1000 / fps, loop=0)
+    atomic_write_image(path, frames, duration=1000 / fps, loop=0)
     return path
 
 
-def render_turntable(ld, n: int, out_dir: Path, progress: bool = True) -> Path:
-    """Render ``n`` frames around the scene with the run's renderer; returns the video path."""
+def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersample: int = 1) -> Path:
+    """Render ``n`` frames around the scene with the run's renderer, ``supersample`` x ``supersample`` rays
+    a pixel (as the split's renders); returns the video path."""
     import torch
 
     from pipeline.evaluate import to_uint8
@@ -88,7 +94,8 @@ def render_turntable(ld, n: int, out_dir: Path, progress: bool = True) -> Path:
     with StepProgress(n, 0, "turntable", enabled=progress) as bar, torch.no_grad():
         for i in range(n):
             with image_progress(bar, i, "frame"):
-                out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk)
+                out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk,
+                                                      supersample=supersample)
             frames.append(to_uint8(out["rgb"]))
             bar.advance(i + 1)
     out_dir.mkdir(parents=True, exist_ok=True)

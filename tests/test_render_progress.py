@@ -192,3 +192,21 @@ def test_volume_renderer_caps_cpu_chunks_by_samples_and_renders_the_same(monkeyp
     for k in ("rgb", "opacity", "depth"):
         assert torch.allclose(capped[k], whole[k], atol=1e-6), k
     assert whole["opacity"].max() > 0.5
+
+
+def test_turntable_renders_with_the_given_supersampling(tmp_path, monkeypatch):
+    """`nls render --spiral N --supersample S`: the turntable's frames used to ignore S."""
+    import pipeline.video as video
+
+    calls = []
+
+    class Recording(SlabRenderer):
+        def render_image(self, cams, i, query, *, chunk, supersample=1):
+            calls.append(supersample)
+            return super().render_image(cams, i, query, chunk=chunk, supersample=supersample)
+
+    monkeypatch.setattr(video, "write_video", lambda frames, stem: stem)
+    ctx = eval_context(tmp_path, Recording())
+    ld = SimpleNamespace(scene=ctx.scene, cfg=ctx.cfg, device="cpu", system=ctx.system)
+    video.render_turntable(ld, 2, tmp_path, progress=False, supersample=3)
+    assert calls == [3, 3]

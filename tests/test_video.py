@@ -61,3 +61,16 @@ def test_an_encoder_that_writes_nothing_falls_back_to_a_gif(tmp_path, monkeypatc
     assert path.suffix == ".gif" and not (tmp_path / "turn.mp4").exists()
     assert iio.imread(path, index=None).shape[0] == 6
 
+
+
+def test_the_gif_fallback_says_why_and_that_it_is_slow(tmp_path, monkeypatch, capsys):
+    """Without imageio-ffmpeg the turntable became a GIF without a word, and 300 frames of 800x800 then took
+    two silent minutes to encode."""
+    import imageio.v3 as iio
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    path = write_video(_frames(8, 10), tmp_path / "turn")
+    err = capsys.readouterr().err
+    assert path.suffix == ".gif" and iio.imread(path, index=None).shape == (6, 8, 10, 3)
+    assert "note: imageio-ffmpeg is not installed (`pip install imageio-ffmpeg` writes an mp4); encoding the 6 " \
+           "frames as a GIF" in err, err

@@ -27,6 +27,7 @@ def cmd_render(args) -> int:
     if args.spiral:
         from pipeline.video import render_turntable
 
-        path = render_turntable(ld, args.spiral, out_root, progress=not args.quiet)
+        path = render_turntable(ld, args.spiral, out_root, progress=not args.quiet,
+                                supersample=ld.cfg.eval.supersample)
         print(f"wrote turntable video: {path}")
     return 0
