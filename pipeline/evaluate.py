@@ -171,6 +171,12 @@ def eval_indices(n_views: int, every: int = 1, max_images: Optional[int] = None)
     return list(range(0, n_views, every))[:max_images]
 
 
+def supersample_kwargs(supersample: int) -> dict:
+    """The ``supersample`` keyword for a renderer's ``render_image``: passed only when above 1, so
+    renderers of older plugins, whose ``render_image`` takes no such keyword, keep working."""
+    return {"supersample": int(supersample)} if supersample > 1 else {}
+
+
 def render_split(ctx: EvalContext) -> list:
     """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
     (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
@@ -188,8 +194,7 @@ def render_split(ctx: EvalContext) -> list:
     indices = eval_indices(len(split), ctx.cfg.eval.every, ctx.cfg.eval.max_images)
     n = len(indices)
     cams = split.cameras.to(ctx.device)
-    # anti-aliased evaluation; passed only when asked for, so renderers of older plugins keep working
-    extra = {"supersample": ctx.cfg.eval.supersample} if ctx.cfg.eval.supersample > 1 else {}
+    extra = supersample_kwargs(ctx.cfg.eval.supersample)
     from pipeline.system import check_render_output
 
     pairs = []

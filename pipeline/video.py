@@ -83,7 +83,7 @@ def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersamp
     a pixel (as the split's renders); returns the video path."""
     import torch
 
-    from pipeline.evaluate import to_uint8
+    from pipeline.evaluate import supersample_kwargs, to_uint8
     from pipeline.progress import StepProgress, image_progress
 
     split = ld.scene.splits.get(ld.cfg.eval.split) or next(iter(ld.scene.splits.values()))
@@ -95,7 +95,7 @@ def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersamp
         for i in range(n):
             with image_progress(bar, i, "frame"):
                 out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk,
-                                                      supersample=supersample)
+                                                      **supersample_kwargs(supersample))
             frames.append(to_uint8(out["rgb"]))
             bar.advance(i + 1)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -210,3 +210,17 @@ def test_turntable_renders_with_the_given_supersampling(tmp_path, monkeypatch):
     ld = SimpleNamespace(scene=ctx.scene, cfg=ctx.cfg, device="cpu", system=ctx.system)
     video.render_turntable(ld, 2, tmp_path, progress=False, supersample=3)
     assert calls == [3, 3]
+
+
+def test_turntable_without_supersampling_works_with_a_renderer_that_takes_no_such_keyword(tmp_path, monkeypatch):
+    """An older plugin's render_image(cams, i, query, *, chunk) still renders turntables, as eval renders."""
+    import pipeline.video as video
+
+    class Older:
+        def render_image(self, cams, i, query, *, chunk):
+            return SlabRenderer().render_image(cams, i, query, chunk=chunk)
+
+    monkeypatch.setattr(video, "write_video", lambda frames, stem: len(frames))
+    ctx = eval_context(tmp_path, Older())
+    ld = SimpleNamespace(scene=ctx.scene, cfg=ctx.cfg, device="cpu", system=ctx.system)
+    assert video.render_turntable(ld, 2, tmp_path, progress=False) == 2
