@@ -29,6 +29,7 @@ examples:
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384
   nls eval outputs/csg/dense_grid/<stamp>               metrics table, and eval.json
   nls plugins --all                                     what every plugin provides, with options
+  nls plugins marching_cubes                            one component (or plugin) with its options
   nls plugins --config                                  the train:, eval:, output:, reference: keys
   nls batch scenes/a.yaml scenes/b.yaml --jobs 2        many scenes, one run folder each, one table
   torchrun --nproc_per_node 2 -m pipeline.cli reconstruct SCENE.yaml   data-parallel training (DDP)
@@ -183,14 +184,20 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide",
                        description="List the loaded plugins (built-ins, installed entry points, --plugins-dir "
                        "files) with the components each registers: stage, what it consumes and produces, and "
-                       "its description; --all adds every option with its type, default and help. --config "
+                       "its description; --all adds every option with its type, default and help. NAME shows "
+                       "one component (its whole description and options) or one plugin (its table and "
+                       "options); a name that is both shows each. --config "
                        "lists the keys of the scene file's train:, eval:, output: and reference: blocks the same way.")
+    c.add_argument("name", nargs="?", metavar="NAME",
+                   help="a component (e.g. marching_cubes) or plugin (e.g. ngp) to show with its options; with "
+                   "--json: {\"components\": [...], \"plugins\": [...]}, entries as in --all --json. --all is implied; not with "
+                   "--hook or --config")
     c.add_argument("--all", action="store_true", help="also show every component's options")
     c.add_argument("--config", action="store_true",
                    help="list the scene file's train:, eval:, output: and reference: keys with their types, "
                    "defaults and help (instead of the plugins)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.add_argument("--hook", metavar="NAME",
+    c.add_argument("--hook", metavar="HOOK",
                    help="only plugins implementing this hook, e.g. nls_register_losses (or register_losses, or the stage: losses)")
     c.set_defaults(func=cmd_plugins)
 

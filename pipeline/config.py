@@ -42,9 +42,9 @@ REQUIRED_STAGES = ("scene", "field")
 CONFIG_LISTING = "nls plugins --config"
 
 
-def stage_listing(stage: str) -> str:
-    """The command that lists the options of every ``stage`` component (``loss``, not ``losses``)."""
-    return f"nls plugins --all --hook {stage}"
+def component_listing(name: str) -> str:
+    """The command that shows the options of the component ``name``."""
+    return f"nls plugins {name}"
 
 
 class TrainConfig(ConfigModel):
@@ -568,7 +568,7 @@ def _choice(host, source: str, key: str, stage: str, block: Any) -> StageChoice:
     if not isinstance(name, str):
         raise ConfigError(f"{source}: {key}.type = {name!r} must be a string")
     comp = host.component(stage, name, where=f"{source}: {key}.type: ")
-    options = validate_block(source, key, comp.config_class(), block, stage_listing(stage))
+    options = validate_block(source, key, comp.config_class(), block, component_listing(comp.name))
     return StageChoice(stage, comp, options)
 
 

@@ -1,5 +1,6 @@
-"""``nls plugins``: plugins, versions, hooks and the components each provides, and (``--config``)
-the scene file's ``train:``, ``eval:``, ``output:`` and ``reference:`` blocks (no torch import)."""
+"""``nls plugins``: plugins, versions, hooks and the components each provides, one component or plugin
+(``nls plugins NAME``), and (``--config``) the scene file's ``train:``, ``eval:``, ``output:`` and
+``reference:`` blocks (no torch import)."""
 
 from __future__ import annotations
 
@@ -37,21 +38,51 @@ def plugins_data(host, show_all: bool = False, hook: Optional[str] = None) -> li
                        f"(or a stage: {', '.join(REGISTER_HOOKS)})")
     stage = next((s for s, h in REGISTER_HOOKS.items() if h == hook), None)
     comps = host.components(stage)
-    out = []
-    for info in host.plugins():
-        if hook and hook not in info.hooks:
-            continue
-        items = []
-        for c in comps:
-            if c.plugin != info.name:
-                continue
-            d = c.as_dict()
-            if show_all:
-                d["options"] = options_data(c.config_class())
-            items.append(d)
-        out.append({"name": info.name, "version": info.version, "source": info.source, "hooks": info.hooks,
-                    "components": items})
-    return out
+    return [_plugin_data(info, comps, show_all) for info in host.plugins() if not hook or hook in info.hooks]
+
+
+def name_data(host, name: str) -> dict[str, list[dict]]:
+    """What ``nls plugins NAME`` shows: ``{"components": [...], "plugins": [...]}``, the entries of
+    :func:`plugins_data` (``show_all=True``) named ``name``, components of every stage first. Raises
+    NLSError for a name that is neither, suggesting close matches and listing the valid names."""
+    from pipeline.types import NLSError
+
+    comps, infos = host.components(), host.plugins()
+    found = {"components": [_component_data(c, True) for c in comps if c.name == name],
+             "plugins": [_plugin_data(i, comps, True) for i in infos if i.name == name]}
+    if not any(found.values()):
+        raise NLSError(unknown_name(name, [c.name for c in comps], [i.name for i in infos]))
+    return found
+
+
+def unknown_name(name: str, components: list[str], plugins: list[str]) -> str:
+    """The error for ``nls plugins NAME`` with an unknown ``name``: close matches, then the valid names."""
+    import difflib
+
+    components = sorted(set(components))
+    close = difflib.get_close_matches(name, sorted(set(components) | set(plugins)), n=3)
+    hint = f"; did you mean {_or_list([repr(n) for n in close])}?" if close else "."
+    return (f"nls plugins: no component or plugin {name!r}{hint} Components: {', '.join(components)}. "
+            f"Plugins: {', '.join(plugins)}.")
+
+
+def _or_list(items: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return " or ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+def _plugin_data(info, comps: list, show_all: bool) -> dict:
+    """One plugin's entry of :func:`plugins_data`, with those of ``comps`` that it registers."""
+    return {"name": info.name, "version": info.version, "source": info.source, "hooks": info.hooks,
+            "components": [_component_data(c, show_all) for c in comps if c.plugin == info.name]}
+
+
+def _component_data(c, show_all: bool) -> dict:
+    """One component's entry of :func:`plugins_data` (with ``show_all``, its ``options``)."""
+    d = c.as_dict()
+    if show_all:
+        d["options"] = options_data(c.config_class())
+    return d
 
 
 def options_data(cls) -> dict[str, dict]:
@@ -139,7 +170,7 @@ def _print_tables(con, data: list[dict], show_all: bool) -> None:
     for p in data:
         table = Table(title=f"{p['name']} {p['version']}  ({p['source']})", title_justify="left",
                       show_lines=False, expand=False, box=box.SIMPLE_HEAD)
-        rows = [(c, " | ".join("+".join(a) for a in c["consumes"]) or "-") for c in p["components"]]
+        rows = [(c, _consumes(c)) for c in p["components"]]
         # names are never cut to "…" on a narrow terminal or COLUMNS: the columns that
         # hold them are as wide as their longest entry, and the description wraps instead
         table.add_column("stage", no_wrap=True)
@@ -148,7 +179,7 @@ def _print_tables(con, data: list[dict], show_all: bool) -> None:
             table.add_column(col, overflow="fold")
         for c, consumes in rows:
             # escape(): type names such as Optional[int] must not be read as rich markup
-            table.add_row(c["stage"], c["name"], consumes, ", ".join(c["produces"]) or "-",
+            table.add_row(c["stage"], c["name"], consumes, _produces(c),
                           escape(first_paragraph(c["description"])))
         con.print(table)
         con.print(textwrap.fill(f"hooks: {', '.join(p['hooks'])}", width=max(40, con.width - 1), initial_indent="  ",
@@ -157,6 +188,70 @@ def _print_tables(con, data: list[dict], show_all: bool) -> None:
         for c, _ in rows if show_all else ():
             if c.get("options"):
                 print_options(con, c)
+
+
+def _consumes(c: dict) -> str:
+    """A component's ``consumes`` alternatives as the tables show them: ``sdf | occupancy``, ``a+b``."""
+    return " | ".join("+".join(a) for a in c["consumes"]) or "-"
+
+
+def _produces(c: dict) -> str:
+    """A component's ``produces`` as the tables show them: ``depth, normals``."""
+    return ", ".join(c["produces"]) or "-"
+
+
+def print_name(host, name: str, *, as_json: bool = False) -> int:
+    """Print :func:`name_data`, as JSON (``as_json``), else each component named ``name`` (stage, plugin,
+    consumes, produces, whole description, options) and each plugin named ``name`` (its table and its
+    components' options), each under a heading; returns 0."""
+    data = name_data(host, name)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    from rich.markup import escape
+
+    from pipeline.console import stdout_console
+
+    with stdout_console(PIPED_WIDTH) as con:
+        for c in data["components"]:
+            _print_component(con, c)
+        for p in data["plugins"]:
+            con.print(f"[bold]plugin {escape(p['name'])}[/bold]\n", highlight=False)
+            _print_tables(con, [p], show_all=True)
+    return 0
+
+
+def _print_component(con, c: dict) -> None:
+    """One component as ``nls plugins NAME`` shows it: heading, facts, whole description, options."""
+    from rich.markup import escape
+
+    con.print(f"[bold]component {escape(c['name'])}[/bold]\n", highlight=False)
+    facts = (("stage", c["stage"]), ("plugin", c["plugin"]), ("consumes", _consumes(c)),
+             ("produces", _produces(c)), ("config", c["config"]))
+    for key, value in facts:
+        con.print(escape(f"  {key + ':':<10}{value}"), highlight=False, soft_wrap=True)
+    con.print()
+    if c["description"]:
+        con.print(escape(wrap_paragraphs(c["description"], max(40, con.width - 1), "  ")) + "\n",
+                  highlight=False, soft_wrap=True)
+    if c["options"]:
+        print_options(con, c)
+    else:
+        con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] has no options.\n", highlight=False)
+
+
+def wrap_paragraphs(text: str, width: int, indent: str = "") -> str:
+    """``text`` with each paragraph refilled to ``width`` (indented by ``indent``); a paragraph with
+    indented or bulleted lines (a list, a code block) keeps its lines, only indented."""
+    out = []
+    for para in text.strip().split("\n\n"):
+        lines = para.splitlines()
+        if any(line[:1].isspace() or line.lstrip().startswith(("- ", "* ")) for line in lines):
+            out.append("\n".join(indent + line for line in lines))
+        else:
+            out.append(textwrap.fill(" ".join(para.split()), width=width, initial_indent=indent,
+                                     subsequent_indent=indent, break_on_hyphens=False))
+    return "\n\n".join(out)
 
 
 def print_config(*, as_json: bool = False) -> int:

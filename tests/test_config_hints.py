@@ -39,18 +39,18 @@ def test_unknown_keys_of_a_core_block_name_nls_plugins_config_once(tmp_path, nls
     assert second.startswith("  - train.stpes: unknown key; valid keys here: ") and "nls plugins" not in second
 
 
-def test_unknown_keys_of_components_name_the_listing_of_their_stage(tmp_path, nls_host, capsys):
-    from pipeline.plugins_list import print_plugins
+def test_unknown_keys_of_components_name_the_listing_of_the_component(tmp_path, nls_host, capsys):
+    from pipeline.plugins_list import print_name
 
     text = problems(tmp_path, nls_host, field={**TINY_SCENE["field"], "featurs": 8},
                     losses=[{"type": "photometric", "wieght": 1}], reference={"psnr": {"value": 30, "paper": "x"}})
     assert "field.featurs: unknown key; valid keys here: resolution, features" in text
-    assert "(each with its type and help: `nls plugins --all --hook field`)" in text
-    assert "losses.0.wieght: unknown key" in text and "`nls plugins --all --hook loss`" in text
+    assert "(each with its type and help: `nls plugins dense_grid`)" in text
+    assert "losses.0.wieght: unknown key" in text and "`nls plugins photometric`" in text
     assert re.search(r"reference\.psnr\.paper: unknown key; valid keys here: value, source \(each with its type "
                      r"and help: `nls plugins --config`\)", text), text
     # the named command lists the block's component with its options
-    assert print_plugins(nls_host, show_all=True, hook="loss") == 0
+    assert print_name(nls_host, "photometric") == 0
     out = capsys.readouterr().out
     assert "loss photometric options:" in out and "field dense_grid" not in out
 
