@@ -78,6 +78,11 @@ def progress_default(progress: Optional[bool]) -> Iterator[None]:
         _PROGRESS_DEFAULT.reset(token)
 
 
+def progress_setting() -> Optional[bool]:
+    """The ``progress`` of the innermost :func:`progress_default` block (None outside any): False under ``-q``."""
+    return _PROGRESS_DEFAULT.get()
+
+
 class _SamplingProgress:
     """Progress of evaluating a field at ``total`` points, through :class:`pipeline.progress.StepProgress`.
 

@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -236,7 +236,8 @@ def render_mesh_views(mesh, out_dir: Path, *, n_train: int = 50, n_val: int = 0,
                       base_color: Sequence[float] = (0.8, 0.5, 0.3),
                       light_dir: Sequence[float] = (0.3, -0.4, 1.0), ambient: float = 0.3,
                       texture_strength: float = 0.3, hemisphere: bool = False,
-                      supersample: int = 1, depth: bool = False) -> Path:
+                      supersample: int = 1, depth: bool = False,
+                      on_view: Optional[Callable[[int], None]] = None) -> Path:
     """Render ``mesh`` (in its own world frame; normalise it first) into a Blender-format
     scene folder and return ``out_dir``.
 
@@ -249,7 +250,8 @@ def render_mesh_views(mesh, out_dir: Path, *, n_train: int = 50, n_val: int = 0,
     0 disables). ``supersample`` > 1 anti-aliases (s x s rays per pixel, alpha = coverage).
     ``depth=True`` also writes ``{split}/r_{i}_depth.npy``: float32 ``(H, W)`` distance
     along the (unit) pixel ray to the first hit (mean over the hit sub-rays when
-    supersampling), 0 where nothing is hit.
+    supersampling), 0 where nothing is hit. ``on_view(done)``, when given, is called after each
+    written view with the number of views written so far (for a progress bar).
 
     Writes ``transforms_{train,val,test}.json`` (``camera_angle_x``, frames with
     ``file_path`` ``./train/r_0`` and ``transform_matrix``; plus ``near``, ``far`` and
@@ -299,6 +301,7 @@ def render_mesh_views(mesh, out_dir: Path, *, n_train: int = 50, n_val: int = 0,
 
     layouts = {"train": (n_train, "random"), "val": (n_val, "ring_val"),
                "test": (n_test, "ring")}
+    done = 0
     for split, (n, kind) in layouts.items():
         eyes = camera_positions(n, radius, kind, seed=seed + {"train": 0, "val": 1,
                                                               "test": 2}[split],
@@ -334,6 +337,9 @@ def render_mesh_views(mesh, out_dir: Path, *, n_train: int = 50, n_val: int = 0,
             iio.imwrite(out_dir / split / f"r_{i}.png", png)
             frames.append({"file_path": f"./{split}/r_{i}", "rotation": 0.0,
                            "transform_matrix": c2w.tolist()})
+            done += 1
+            if on_view is not None:
+                on_view(done)
         near = max(0.01, radius - 1.05 * bound_r)
         far = radius + 1.05 * bound_r
         pad = 0.05 * side
