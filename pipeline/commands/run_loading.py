@@ -46,6 +46,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
     from pipeline.config import load_resolved
     from pipeline.distributed import rank_device
+    from pipeline.mesh import progress_default
     from pipeline.runs import RunDir
     from pipeline.train import config_changes, load_error
 
@@ -62,7 +63,8 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
-    scene = load_scene_data(cfg, device, overrides)  # an error names the --set that caused it
+    with progress_default(False if getattr(args, "quiet", False) else None):  # -q: a large scene's first build too
+        scene = load_scene_data(cfg, device, overrides)  # an error names the --set that caused it
     _warn_if_ground_truth_changed(run, scene, recorded)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:

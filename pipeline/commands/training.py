@@ -166,6 +166,7 @@ def cmd_reconstruct(args) -> int:
     check_writable(root)
 
     from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
+    from pipeline.mesh import progress_default
     from pipeline.train import Trainer, seed_everything
 
     from pipeline import distributed
@@ -176,7 +177,8 @@ def cmd_reconstruct(args) -> int:
     distributed.check_same_config({"config": cfg.to_dict(), "plugins": host.versions()}, info)
     seed_everything(cfg.train.seed)
     t0 = time.perf_counter()
-    scene = load_scene_data(cfg, device, overrides)
+    with progress_default(False if getattr(args, "quiet", False) else None):  # -q: a large scene's first build too
+        scene = load_scene_data(cfg, device, overrides)
     system = build_system(cfg, scene, device)
     from pipeline.evaluate import check_eval_split
 
