@@ -159,5 +159,42 @@ def test_a_large_point_cloud_says_what_it_does(cache, tmp_path, monkeypatch, cap
 def test_a_large_mesh_geometry_scene_says_what_it_does(cache, tetra, monkeypatch, capsys):
     monkeypatch.setattr(sources, "LARGE_MESH_FACES", 3)
     sources.build_geometry(GeometryConfig(path=str(tetra), n_points=100), None)()
-    assert (f"loading scene 'tetra' from {tetra} (4 faces): loading the mesh, sampling 100 surface points\n"
-            in capsys.readouterr().err)
+    assert (f"loading scene 'tetra' from {tetra} (4 faces): loading the mesh, sampling 100 surface points; "
+            f"cached for next time in {cache / 'geometry'}" in capsys.readouterr().err)
+    sources.build_geometry(GeometryConfig(path=str(tetra), n_points=100), None)()
+    assert capsys.readouterr().err == ""  # from the cache: nothing to say
+
+
+def _tetra_scene(tetra, seed: int = 0):
+    return sources.build_geometry(GeometryConfig(path=str(tetra), n_points=500, seed=seed), None)()
+
+
+def test_a_mesh_geometry_scene_is_sampled_once_and_then_read_from_the_cache(cache, tetra, monkeypatch):
+    first = _tetra_scene(tetra)
+    import pipeline.scenes.mesh_render as mesh_render
+
+    def no_load(path):
+        raise AssertionError("the mesh was loaded again")
+
+    monkeypatch.setattr(mesh_render, "load_mesh", no_load)
+    again = _tetra_scene(tetra)
+    assert np.array_equal(again.points, first.points) and np.array_equal(again.normals, first.normals)
+    assert again.points.dtype == first.points.dtype == np.float32
+    assert again.meta == first.meta and again.gt_mesh == first.gt_mesh
+    with pytest.raises(AssertionError, match="loaded again"):  # other options: a new entry, sampled anew
+        _tetra_scene(tetra, seed=1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "wrong_shape"])
+def test_damaged_cached_samples_are_made_again(cache, tetra, damage):
+    first = _tetra_scene(tetra)
+    (samples,) = (cache / "geometry").glob(f"*/{sources.SURFACE_SAMPLES}")
+    if damage == "truncate":
+        samples.write_bytes(samples.read_bytes()[:100])
+    elif damage == "delete":
+        samples.unlink()
+    else:
+        sources.write_surface_samples(samples, np.zeros((5, 3)), np.zeros((5, 2)), np.eye(4))
+    again = _tetra_scene(tetra)
+    assert np.array_equal(again.points, first.points) and np.array_equal(again.normals, first.normals)
+    assert sources.read_surface_samples(samples) is not None  # written whole again

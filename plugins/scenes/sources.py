@@ -522,6 +522,38 @@ def input_frame_record(T, path) -> dict:
             "to_run": T.tolist()}
 
 
+#: in a ``geometry`` scene's cache folder: the mesh's surface samples, normals and 4x4 input frame (.npz)
+SURFACE_SAMPLES = "surface_samples.npz"
+
+
+def write_surface_samples(path: Path, points: "np.ndarray", normals: "np.ndarray", T: "np.ndarray") -> None:
+    """Write ``points`` (P, 3), ``normals`` (P, 3) and the 4x4 ``T`` to ``path`` (.npz, atomically)."""
+    import io
+
+    import numpy as np
+
+    from pipeline.runs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, points=np.asarray(points, np.float64), normals=np.asarray(normals, np.float64),
+             T=np.asarray(T, np.float64))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_surface_samples(path: Path) -> Optional[tuple["np.ndarray", "np.ndarray", "np.ndarray"]]:
+    """``(points (P, 3), normals (P, 3), T (4, 4))`` as :func:`write_surface_samples` wrote them, or None when
+    the file is missing or damaged (then the mesh is sampled again)."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            points, normals, T = z["points"], z["normals"], z["T"]
+    except Exception:  # missing, truncated, not an npz, a key left out: sample again
+        return None
+    ok = points.ndim == 2 and points.shape[1:] == (3,) and normals.shape == points.shape and T.shape == (4, 4)
+    return (points, normals, T) if ok and len(points) else None
+
+
 def build_geometry(cfg, ctx):
     """Build the ``geometry`` scene source from its ``scene:`` block (``GeometryConfig``): returns a loader
     of a normalised point cloud (with normals when known) from a mesh or point file, no images."""
@@ -543,19 +575,23 @@ def build_geometry(cfg, ctx):
 
         key = hashlib.sha256(json.dumps([cfg.model_dump(), file_sha256(path)]).encode()).hexdigest()[:16]
         out = cache_root() / "geometry" / key
-        if pts is None:
+        gt = out / "gt_mesh.ply"
+        cached = read_surface_samples(out / SURFACE_SAMPLES) if pts is None and gt.is_file() else None
+        if cached is not None:  # the mesh's samples of an earlier run (same file, same options)
+            points, normals, T = cached
+        elif pts is None:
             make_cache_dir(out)
-            notice = InputNotice(head, f"loading the mesh, sampling {cfg.n_points:,} surface points")
+            notice = InputNotice(head, f"loading the mesh, sampling {cfg.n_points:,} surface points; cached "
+                                       f"for next time in {out}")
             notice.by_file(path)
             mesh, T = normalize_mesh(load_mesh(path), cfg.extent)
             notice.by_count(len(mesh.faces), "faces", LARGE_MESH_FACES)
             points, faces = trimesh.sample.sample_surface(mesh, cfg.n_points, seed=cfg.seed)
             normals = mesh.face_normals[faces]
-            gt = out / "gt_mesh.ply"
-            if not gt.exists():
-                from pipeline.runs import atomic_write_bytes
+            from pipeline.runs import atomic_write_bytes
 
-                atomic_write_bytes(gt, mesh.export(file_type="ply"))
+            atomic_write_bytes(gt, mesh.export(file_type="ply"))  # the samples' file last: it marks a whole entry
+            write_surface_samples(out / SURFACE_SAMPLES, points, normals, T)
         else:
             points, normals = pts
             points, T = normalize_points(points, cfg.extent)
