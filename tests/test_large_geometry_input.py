@@ -169,14 +169,21 @@ def _tetra_scene(tetra, seed: int = 0):
     return sources.build_geometry(GeometryConfig(path=str(tetra), n_points=500, seed=seed), None)()
 
 
-def test_a_mesh_geometry_scene_is_sampled_once_and_then_read_from_the_cache(cache, tetra, monkeypatch):
+@pytest.mark.parametrize("suffix", [".obj", ".ply"])  # a .ply is read before it is known to hold a mesh
+def test_a_mesh_geometry_scene_is_sampled_once_and_then_read_from_the_cache(cache, tetra, monkeypatch, suffix):
+    import trimesh
+
+    if suffix == ".ply":
+        tetra = tetra.with_suffix(".ply")
+        trimesh.load(str(tetra.with_suffix(".obj")), force="mesh").export(str(tetra))
     first = _tetra_scene(tetra)
     import pipeline.scenes.mesh_render as mesh_render
 
-    def no_load(path):
+    def no_load(path, *args, **kwargs):
         raise AssertionError("the mesh was loaded again")
 
     monkeypatch.setattr(mesh_render, "load_mesh", no_load)
+    monkeypatch.setattr(sources, "_read_points", no_load)
     again = _tetra_scene(tetra)
     assert np.array_equal(again.points, first.points) and np.array_equal(again.normals, first.normals)
     assert again.points.dtype == first.points.dtype == np.float32

@@ -569,15 +569,17 @@ def build_geometry(cfg, ctx):
         if not path.exists():
             raise DataError(f"scene.path {path} does not exist; give a mesh or point-cloud file")
         head = f"loading scene {_scene_name(ctx, path)!r} from {path}"
-        pts = (None if path.suffix.lower() in (".obj", ".off", ".stl", ".glb")
-               else _read_points(path, InputNotice(head, POINT_STEPS)))
         from pipeline.runs import file_sha256
 
         key = hashlib.sha256(json.dumps([cfg.model_dump(), file_sha256(path)]).encode()).hexdigest()[:16]
         out = cache_root() / "geometry" / key
         gt = out / "gt_mesh.ply"
-        cached = read_surface_samples(out / SURFACE_SAMPLES) if pts is None and gt.is_file() else None
-        if cached is not None:  # the mesh's samples of an earlier run (same file, same options)
+        # a mesh sampled by an earlier run (same file, same options); checked first, as a .ply is told
+        # apart from a point cloud only by reading it
+        cached = read_surface_samples(out / SURFACE_SAMPLES) if gt.is_file() else None
+        pts = (None if cached is not None or path.suffix.lower() in (".obj", ".off", ".stl", ".glb")
+               else _read_points(path, InputNotice(head, POINT_STEPS)))
+        if cached is not None:
             points, normals, T = cached
         elif pts is None:
             make_cache_dir(out)
