@@ -357,6 +357,26 @@ def clean_child_env(env: Optional[dict] = None) -> dict:
     return env
 
 
+class LauncherWatch:
+    """Tells whether the torchrun agent that started this process is gone.
+
+    torchrun starts its workers in sessions of their own, so a launcher killed with SIGKILL (or lost with
+    its terminal) takes no worker with it: they would train on unseen, holding the cores or GPUs. The
+    agent is a worker's parent; when it dies the worker is re-parented, and :meth:`gone` turns true.
+    The trainer then stops at a step boundary with a checkpoint, as for SIGTERM. A process that torchrun
+    did not start (no ``TORCHELASTIC_RUN_ID``) is never watched: its parent is a shell or ``nohup``.
+    """
+
+    def __init__(self, env: Optional[dict] = None):
+        env = os.environ if env is None else env
+        #: the launcher's pid, noted at start (None: not a torchrun worker)
+        self.pid: Optional[int] = os.getppid() if env.get("TORCHELASTIC_RUN_ID") else None
+
+    def gone(self) -> bool:
+        """Whether this process was started by torchrun and its launcher has died since."""
+        return self.pid is not None and os.getppid() != self.pid
+
+
 def launch_argv(info: DistInfo) -> Optional[list[str]]:
     """The command line to record in ``cmd.txt``: the torchrun launch under torchrun, else None."""
     if not info.enabled:

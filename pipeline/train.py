@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -397,6 +398,7 @@ class Trainer:
         self._clock = 0.0  # this process's own count of the same; the mean of these is ``elapsed``
         self.stop = StopRequest()
         self._stop_agreed = False
+        self._launcher = distributed.LauncherWatch()  # a killed torchrun launcher stops the run as SIGTERM does
         self.objective = self._wrap(TrainStep(system))
 
     def _wrap(self, step_module: TrainStep) -> nn.Module:
@@ -568,7 +570,8 @@ class Trainer:
                 mse = float(torch.mean((out["rgb"] - batch["rgb"]) ** 2))
         # one collective per step: loss terms and mse (means over ranks), stop request, elapsed seconds
         local = [float(total.detach())] + [float(v.detach()) for v in terms.values()]
-        local += [mse or 0.0, 1.0 if self.stop.requested else 0.0, self._clock + time.perf_counter() - s0]
+        local += [mse or 0.0, 1.0 if self.stop.requested or self._launcher_gone() else 0.0,
+                  self._clock + time.perf_counter() - s0]
         stats = distributed.all_reduce_mean(torch.tensor(local, dtype=torch.float64), self.dist,
                                             what="averaging the step's metrics", step=self.step,
                                             run_dir=self.run.path).tolist()
@@ -594,6 +597,19 @@ class Trainer:
                 rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
         self._clock += time.perf_counter() - s0
         return rec
+
+    def _launcher_gone(self) -> bool:
+        """Whether the torchrun launcher died (:class:`~pipeline.distributed.LauncherWatch`); the first time,
+        says so and asks for a stop at this step's boundary, which writes a checkpoint."""
+        if self.stop.requested or not self._launcher.gone():
+            return False
+        from pipeline import distributed
+
+        self.stop.requested = True
+        print(f"{self.dist.tag()}the torchrun launcher (pid {self._launcher.pid}) is gone: stopping at step "
+              f"{self.step + 1} with a checkpoint; {distributed.RESUME_HINT.format(run=self.run.path)}",
+              file=sys.stderr, flush=True)
+        return True
 
     def _lrs(self) -> dict[str, float]:
         """``{"lr/<group name>": learning rate}`` for every optimiser group (names from

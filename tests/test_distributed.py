@@ -213,6 +213,48 @@ def test_killed_rank_ends_the_job_clearly_and_resume_with_one_process_completes_
     assert_same_params(final_params(reference), final_params(run))
 
 
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_a_killed_launcher_stops_its_workers_with_a_checkpoint(tmp_path):
+    steps = 400  # far more than the test waits for: only the launcher's death can end it early
+    scene = toy_yaml(tmp_path / "toy.yaml", steps=steps, delay_s=0.05)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(torchrun("reconstruct", str(scene), "--plugins-dir", str(PLUGINS), "--output",
+                                     str(out), "-q", "--no-eval"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+    workers: list[int] = []
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 240:
+            if proc.poll() is not None:
+                raise AssertionError(f"the job ended before the kill: {proc.communicate()[1][-3000:]}")
+            workers = [w for w in (_worker_pid(proc.pid, r) for r in (0, 1)) if w]
+            if len(workers) == 2 and list(out.glob("*/*/*/checkpoints/ckpt_*.pt")):
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2, "the two workers were not found among torchrun's children"
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its workers run in sessions of their own
+        t_kill = time.time()
+        _, err = proc.communicate(timeout=120)  # the pipes close when the last worker has ended
+        waited = time.time() - t_kill
+    finally:
+        for w in workers:
+            if not _exited(w):
+                os.kill(w, signal.SIGKILL)
+    assert waited < 60 and all(_exited(w) for w in workers), err[-3000:]
+    assert re.search(r"the torchrun launcher \(pid \d+\) is gone: stopping at step \d+ with a checkpoint; resume "
+                     r"it with `nls resume ", err), err[-3000:]
+    run = only_run(out)
+    stopped = run.load_checkpoint()["step"]
+    assert 0 < stopped < steps and losses(run) and len(losses(run)) == stopped  # saved at the step it stopped
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
