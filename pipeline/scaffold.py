@@ -141,7 +141,7 @@ def new_plugin(name: str, parent: Path) -> Path:
                                     f"`neural-level-sets`) installed from its repository in the same environment; "
                                     f"it is not on PyPI, whose `nls` is an unrelated package. Install with "
                                     f"`pip install -e .`, "
-                                    f"check with `nls plugins`, test with `pytest`.\n\nTo try it without "
+                                    f"check with `nls plugins {name}`, test with `pytest`.\n\nTo try it without "
                                     f"installing, give nls its package folder (from this folder):\n\n"
                                     f"```bash\nnls reconstruct SCENE.yaml --plugins-dir {pkg.name}\n```\n\n"
                                     f"It loads `{pkg.name}/plugin.py` as plugin `{name}`, the name the entry "
@@ -161,4 +161,4 @@ def next_steps(name: str, root: Path) -> str:
     return (f"created plugin package {root}\n"
             f"install it:  pip install -e {q(str(root))}\n"
             f"or use it without installing:  nls reconstruct SCENE.yaml --plugins-dir {q(str(pkg))}\n"
-            f"check it:    nls plugins   and   pytest {q(str(root))}")
+            f"check it:    nls plugins {q(name)}   and   pytest {q(str(root))}")

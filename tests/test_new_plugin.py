@@ -16,7 +16,7 @@ from pipeline.testing import TINY_SCENE
 def test_new_plugin_installs_lists_and_runs(tmp_path, nls):
     res = nls("new-plugin", "sparsity", "--dir", str(tmp_path), check=True)
     pkg = tmp_path / "nls-sparsity"
-    assert pkg.is_dir() and "pip install -e" in res.stdout
+    assert pkg.is_dir() and "pip install -e" in res.stdout and "check it:    nls plugins sparsity " in res.stdout
     # install into a private target folder (not the project venv), found through PYTHONPATH
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
@@ -27,6 +27,8 @@ def test_new_plugin_installs_lists_and_runs(tmp_path, nls):
     assert plugin["source"].startswith("entry point of nls-sparsity")
     assert plugin["components"][0]["name"] == "sparsity_opacity"
     assert plugin["components"][0]["description"].startswith("weight x mean rendered opacity")
+    (shown,) = json.loads(nls("plugins", "sparsity", "--json", env=env, check=True).stdout)["plugins"]  # as next steps say
+    assert [c["name"] for c in shown["components"]] == ["sparsity_opacity"] and "weight" in shown["components"][0]["options"]
     # its generated test passes
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
                           capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path)
