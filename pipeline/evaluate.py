@@ -223,7 +223,11 @@ def render_split(ctx: EvalContext) -> list:
 def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Optional[float] = None,
             bbox: Optional[list[float]] = None):
     """Build the scene's extractor and mesh ``ctx.system.chain`` with it (``resolution``, ``level`` and
-    ``bbox`` passed on); raises NLSError when the scene has no extractor stage."""
+    ``bbox`` passed on); raises NLSError when the scene has no extractor stage.
+
+    With a run and checkpoint, a level calibrated before for them is used again, and a mesh extracted before
+    with the same :func:`mesh_key` is read back from the run folder (:mod:`pipeline.mesh_cache`) instead of
+    meshing the field again; either way the caller gets a mesh of its own, free to change."""
     choice = ctx.cfg.stages.get("extractor")
     if choice is None:
         raise NLSError("this run's scene has no extractor stage: `nls eval` takes one with --set "
@@ -233,19 +237,34 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
 
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
-    who = component_label(extractor)
-    key = calibration_key(ctx, choice.to_dict(), resolution, bbox) if level is None else None
+    options = choice.to_dict()
+    key = calibration_key(ctx, options, resolution, bbox) if level is None else None
     known = known_calibrations(ctx.run) if key else {}
+    asked = known[key]["level"] if key in known else level  # the level the extractor is asked for
+    cached = mesh_key(ctx, extractor, options, resolution, asked, bbox)
+    mesh = reuse_mesh(ctx, cached) if cached else None
+    if mesh is None:
+        mesh = _extract(ctx, extractor, resolution, asked, bbox)
+        calibrated = bool(key) and key not in known and isinstance(mesh.metadata.get("level_calibration"), dict)
+        if calibrated:  # the calibrated level is recorded; the mesh is kept as the one at that level
+            remember_calibration(ctx.run, key, mesh.metadata["level"], mesh.metadata["level_calibration"], known)
+            cached = mesh_key(ctx, extractor, options, resolution, float(mesh.metadata["level"]), bbox)
+        if cached:
+            keep_mesh(ctx, cached, mesh, calibrated=calibrated)
+    if key in known:  # the level this checkpoint and extractor set calibrated to before
+        mesh.metadata["level_calibration"] = {**known[key]["calibration"], "reused": True}
+    return mesh
+
+
+def _extract(ctx: EvalContext, extractor, resolution: Optional[int], level: Optional[float],
+             bbox: Optional[list[float]]):
+    """``extractor``'s mesh of ``ctx.system.chain``; PluginError when it raises or returns no mesh."""
+    who = component_label(extractor)
     with plugin_errors(f"{who} failed"):
-        mesh = extractor.extract(ctx.system.chain, resolution=resolution, device=ctx.device, bbox=bbox,
-                                 level=known[key]["level"] if key in known else level)
+        mesh = extractor.extract(ctx.system.chain, resolution=resolution, device=ctx.device, bbox=bbox, level=level)
     if not (hasattr(mesh, "vertices") and hasattr(mesh, "faces") and hasattr(mesh, "export")):
         raise PluginError(f"{who} returned {type(mesh).__name__}; an extractor returns a trimesh.Trimesh "
                           f"(e.g. trimesh.Trimesh(vertices, faces))")
-    if key in known:  # the level this checkpoint and extractor set calibrated to before
-        mesh.metadata["level_calibration"] = {**known[key]["calibration"], "reused": True}
-    elif key and isinstance(mesh.metadata.get("level_calibration"), dict):
-        remember_calibration(ctx.run, key, mesh.metadata["level"], mesh.metadata["level_calibration"], known)
     return mesh
 
 
@@ -254,9 +273,10 @@ CALIBRATIONS = Path("meshes") / "level_calibrations.json"
 
 
 def calibration_key(ctx: EvalContext, extractor: dict, resolution: Optional[int],
-                    bbox: Optional[list[float]]) -> Optional[str]:
+                    bbox: Optional[list[float]], **more: Any) -> Optional[str]:
     """What a calibrated level depends on: the newest checkpoint's sha256 (the model evaluated), the
-    extractor's options and the ``resolution``/``bbox`` arguments, hashed; None without a run or checkpoint."""
+    extractor's options and the ``resolution``/``bbox`` arguments, with ``more`` (e.g. a mesh's level) when
+    given, hashed; None without a run or checkpoint."""
     import hashlib
     import json
 
@@ -265,8 +285,51 @@ def calibration_key(ctx: EvalContext, extractor: dict, resolution: Optional[int]
     if digest is None or not digest.is_file():
         return None
     text = json.dumps({"checkpoint": digest.read_text().strip(), "extractor": extractor,
-                       "resolution": resolution, "bbox": bbox}, sort_keys=True, default=str)
+                       "resolution": resolution, "bbox": bbox, **more}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mesh_key(ctx: EvalContext, extractor, options: dict, resolution: Optional[int], level: Optional[float],
+             bbox: Optional[list[float]]) -> Optional[str]:
+    """What ``extractor``'s mesh depends on: :func:`calibration_key` with the ``level`` it is asked for and the
+    device kind (CPU and GPU sums differ in the last bits). None without a checkpoint, for an extractor whose
+    class sets ``cache_meshes = False`` (one that is not deterministic), and while another process trains
+    the run (its newest checkpoint may then be newer than the model loaded)."""
+    if not getattr(extractor, "cache_meshes", True):
+        return None
+    device = getattr(ctx.device, "type", str(ctx.device))
+    key = calibration_key(ctx, options, resolution, bbox, level=level, device=device)
+    return key if key and not trained_elsewhere(ctx.run) else None
+
+
+def trained_elsewhere(run) -> bool:
+    """Whether a process other than this one holds the run's training lock."""
+    pid = run.trainer_pid()
+    return pid is not None and pid != str(os.getpid())
+
+
+def reuse_mesh(ctx: EvalContext, key: str):
+    """The mesh the run keeps under ``key`` (a new one), said on stderr unless progress is off (``-q``);
+    None when it keeps none."""
+    from pipeline.mesh import progress_setting
+    from pipeline.mesh_cache import entry_path, load_mesh
+
+    mesh = load_mesh(ctx.run, key)
+    if mesh is not None and progress_setting() is not False:
+        res = mesh.metadata.get("resolution")
+        at = f" at resolution {res}" if isinstance(res, int) else ""
+        print(f"mesh: reused the one extracted from this checkpoint{at} "
+              f"({entry_path(ctx.run, key).relative_to(ctx.run.path)})", file=sys.stderr)
+    return mesh
+
+
+def keep_mesh(ctx: EvalContext, key: str, mesh, *, calibrated: bool) -> None:
+    """Keep ``mesh`` in the run folder under ``key``; a ``calibrated`` one without its ``level_calibration``
+    (it is kept as the mesh at its level, and the record of the calibration is added back on reuse)."""
+    from pipeline.mesh_cache import store_mesh
+
+    drop = ("level_calibration",) if calibrated else ()
+    store_mesh(ctx.run, key, mesh, {k: v for k, v in mesh.metadata.items() if k not in drop})
 
 
 def known_calibrations(run) -> dict:
