@@ -238,7 +238,10 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
     options = choice.to_dict()
+    # while another process trains the run, its newest checkpoint may be newer than the model loaded here:
+    # no calibration is recorded or reused under it
     key = calibration_key(ctx, options, resolution, bbox) if level is None else None
+    key = None if key and trained_elsewhere(ctx.run) else key
     known = known_calibrations(ctx.run) if key else {}
     asked = known[key]["level"] if key in known else level  # the level the extractor is asked for
     cached = mesh_key(ctx, extractor, options, resolution, asked, bbox)

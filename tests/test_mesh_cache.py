@@ -192,7 +192,7 @@ def test_an_entry_is_used_for_its_own_key_only(ctx, calls):
     assert load_mesh(ctx.run, other) is None  # its file name matches that key, the key stored in it does not
 
 
-def test_a_calibrated_mesh_is_kept_as_the_mesh_at_its_level(built, tmp_path, calls):
+def test_a_calibrated_mesh_is_kept_as_the_mesh_at_its_level(built, tmp_path, calls, monkeypatch):
     """``calibrate: silhouettes``: the level is recorded as before, and the calibrated mesh is the one reused at
     that level, the same as meshing the field at the recorded level again."""
     import json
@@ -218,3 +218,10 @@ def test_a_calibrated_mesh_is_kept_as_the_mesh_at_its_level(built, tmp_path, cal
         path.unlink()
     _same(extract(ctx), again)  # meshed afresh at the recorded level
     assert len(calls) == 2 and calls[1]["level"] == entry["level"]
+    # while another process trains the run, its newest checkpoint may not be the model loaded: the record of
+    # that checkpoint is neither used nor added to
+    run.save_checkpoint({"step": 2, "model": {}}, 2)
+    monkeypatch.setattr(RunDir, "trainer_pid", lambda self: "1")
+    extract(ctx)
+    assert len(calls) == 3 and calls[2]["level"] is None
+    assert len(json.loads((run.path / CALIBRATIONS).read_text())) == 1
