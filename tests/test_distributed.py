@@ -241,7 +241,9 @@ def test_a_killed_launcher_stops_its_workers_with_a_checkpoint(tmp_path):
         assert len(workers) == 2, "the two workers were not found among torchrun's children"
         os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its workers run in sessions of their own
         t_kill = time.time()
-        _, err = proc.communicate(timeout=120)  # the pipes close when the last worker has ended
+        _, err = proc.communicate(timeout=120)  # the pipes close as the last worker ends
+        while not all(_exited(w) for w in workers) and time.time() - t_kill < 60:  # (it may still be exiting)
+            time.sleep(0.1)
         waited = time.time() - t_kill
     finally:
         for w in workers:
