@@ -10,7 +10,7 @@ import pytest
 
 from plugins.scenes import sources
 from plugins.scenes.config import GeometryConfig, MeshSceneConfig
-from plugins.scenes.sources import first_occurrences
+from plugins.scenes.repeated_points import first_occurrences, row_keys
 
 
 def _reference(xyz: np.ndarray) -> np.ndarray:
@@ -70,8 +70,8 @@ def test_a_collision_among_the_real_keys_is_verified():
     a = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [1.0, 2.0, 3.0], [7.0, 8.0, 9.0], [4.0, 5.0, 6.0]])
 
     def colliding(x):
-        k = sources.row_keys(x)
-        k[(x == [4.0, 5.0, 6.0]).all(1)] = sources.row_keys(a[:1])[0]  # (4,5,6) hashes as (1,2,3)
+        k = row_keys(x)
+        k[(x == [4.0, 5.0, 6.0]).all(1)] = row_keys(a[:1])[0]  # (4,5,6) hashes as (1,2,3)
         return k
 
     assert first_occurrences(a, keys=colliding).tolist() == [0, 1, 3]
