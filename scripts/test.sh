@@ -4,8 +4,8 @@
 #   bash scripts/test.sh -m slow         # only the slow tests
 #   bash scripts/test.sh tests/test_config.py -x
 #   NLS_TEST_WORKERS=0 bash scripts/test.sh ...   # in one process (for --pdb, or to time a test alone)
-# The tests run on NLS_TEST_WORKERS pytest-xdist workers, 2 by default: on 2 cores the suite takes about
-# 8 minutes instead of 13, since much of it waits on subprocesses, imports and files.
+# The tests run on NLS_TEST_WORKERS pytest-xdist workers, 2 by default: on 2 cores the suite takes 8 to 10
+# minutes instead of 13 to 14, since much of it waits on subprocesses, imports and files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,viewer
