@@ -205,3 +205,25 @@ def test_damaged_cached_samples_are_made_again(cache, tetra, damage):
     again = _tetra_scene(tetra)
     assert np.array_equal(again.points, first.points) and np.array_equal(again.normals, first.normals)
     assert sources.read_surface_samples(samples) is not None  # written whole again
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_reconstruct_quiet_reaches_the_first_build_of_a_scene(cache, tetra, tmp_path, monkeypatch, capsys, quiet):
+    """`nls reconstruct -q`: the first build of a large mesh scene says what it does, without its bar."""
+    import copy
+
+    import yaml
+
+    from pipeline.cli import main
+    from pipeline.testing import TINY_SCENE
+
+    monkeypatch.setattr(sources, "LARGE_MESH_FACES", 3)  # the tetrahedron counts as large
+    data = copy.deepcopy(TINY_SCENE)
+    data["scene"] = {"type": "mesh", "path": str(tetra), "n_train": 2, "n_test": 1, "image_size": 8,
+                     "supersample": 1}
+    scene = tmp_path / "tetra.yaml"
+    scene.write_text(yaml.safe_dump(data))
+    args = ["reconstruct", str(scene), "--steps", "1", "--no-eval", "--output", str(tmp_path / "runs")]
+    assert main(args + (["-q"] if quiet else [])) == 0
+    err = capsys.readouterr().err
+    assert "building scene 'tiny' from" in err and ("rendering 3 views of 4 faces" in err) is not quiet, err
