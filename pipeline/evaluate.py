@@ -238,10 +238,7 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
     extractor = choice.build(BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb))
     ctx.system.eval()
     options = choice.to_dict()
-    # while another process trains the run, its newest checkpoint may be newer than the model loaded here:
-    # no calibration is recorded or reused under it
     key = calibration_key(ctx, options, resolution, bbox) if level is None else None
-    key = None if key and trained_elsewhere(ctx.run) else key
     known = known_calibrations(ctx.run) if key else {}
     asked = known[key]["level"] if key in known else level  # the level the extractor is asked for
     cached = mesh_key(ctx, extractor, options, resolution, asked, bbox)
@@ -279,11 +276,12 @@ def calibration_key(ctx: EvalContext, extractor: dict, resolution: Optional[int]
                     bbox: Optional[list[float]], **more: Any) -> Optional[str]:
     """What a calibrated level depends on: the newest checkpoint's sha256 (the model evaluated), the
     extractor's options and the ``resolution``/``bbox`` arguments, with ``more`` (e.g. a mesh's level) when
-    given, hashed; None without a run or checkpoint."""
+    given, hashed; None without a run or checkpoint, and while another process trains the run (its newest
+    checkpoint may then be newer than the model loaded here), so that nothing is recorded or reused under it."""
     import hashlib
     import json
 
-    ck = ctx.run.latest_checkpoint() if ctx.run is not None else None
+    ck = ctx.run.latest_checkpoint() if ctx.run is not None and not trained_elsewhere(ctx.run) else None
     digest = ck.with_suffix(".pt.sha256") if ck is not None else None
     if digest is None or not digest.is_file():
         return None
@@ -295,14 +293,13 @@ def calibration_key(ctx: EvalContext, extractor: dict, resolution: Optional[int]
 def mesh_key(ctx: EvalContext, extractor, options: dict, resolution: Optional[int], level: Optional[float],
              bbox: Optional[list[float]]) -> Optional[str]:
     """What ``extractor``'s mesh depends on: :func:`calibration_key` with the ``level`` it is asked for and the
-    device kind (CPU and GPU sums differ in the last bits). None without a checkpoint, for an extractor whose
-    class sets ``cache_meshes = False`` (one that is not deterministic), and while another process trains
-    the run (its newest checkpoint may then be newer than the model loaded)."""
+    device kind (CPU and GPU sums differ in the last bits). None where :func:`calibration_key` is None (no
+    checkpoint, or another process trains the run), and for an extractor whose class sets
+    ``cache_meshes = False`` (one that is not deterministic)."""
     if not getattr(extractor, "cache_meshes", True):
         return None
     device = getattr(ctx.device, "type", str(ctx.device))
-    key = calibration_key(ctx, options, resolution, bbox, level=level, device=device)
-    return key if key and not trained_elsewhere(ctx.run) else None
+    return calibration_key(ctx, options, resolution, bbox, level=level, device=device)
 
 
 def trained_elsewhere(run) -> bool:
