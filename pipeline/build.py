@@ -103,6 +103,19 @@ def load_scene_data(cfg: SceneConfig, device, overrides: Sequence[str] = ()) -> 
     return scene
 
 
+def load_scene_for_command(cfg: SceneConfig, device, overrides: Sequence[str] = (), *,
+                           quiet: bool = False) -> SceneData:
+    """:func:`load_scene_data` as the commands run it: ``quiet`` (``-q``) hides the bar of a large
+    scene's first build, and SIGTERM stops the load as Ctrl-C does (KeyboardInterrupt, exit 130), so a
+    first build removes its temporary cache folder. SIGTERM's default would end the process on the spot,
+    silently, with exit 143 and the half-written folder left behind."""
+    from pipeline.mesh import progress_default
+    from pipeline.signals import sigterm_as_interrupt
+
+    with progress_default(False if quiet else None), sigterm_as_interrupt():
+        return load_scene_data(cfg, device, overrides)
+
+
 def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = True):
     """Instantiate field, certifier, density map, renderer and (unless ``losses`` is False, for
     commands that only use the trained model) the losses; move them to ``device``."""

@@ -309,6 +309,45 @@ def test_sigterm_before_the_first_step_removes_the_run_folder_as_ctrl_c_does(tin
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone after the block
 
 
+def test_sigterm_during_a_scenes_first_build_removes_its_temporary_cache_folder(tiny_scene, tmp_path, capsys,
+                                                                               monkeypatch):
+    """SIGTERM while a scene was first rendered into the cache ended the process on the spot (exit 143, no
+    word) and left the half-written ``.procedural-*`` folder behind; it now stops as Ctrl-C does."""
+    import signal
+
+    import plugins.scenes.sources as sources
+    from pipeline.cli import main
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))  # a cold cache: the scene is built here
+    real = sources.cached_render
+    made = []
+
+    def term_while_making(kind, options, make):
+        def make_then_term(folder):
+            make(folder)
+            made.append(folder)
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the manifest is written
+        return real(kind, options, make_then_term)
+
+    monkeypatch.setattr(sources, "cached_render", term_while_making)
+    unhandled = []  # without the fix SIGTERM lands here (its default would end pytest) and the build goes on
+
+    def outer(signum, frame):
+        unhandled.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, outer)
+    try:
+        code = main(["reconstruct", str(tiny_scene()), "--output", str(tmp_path / "runs"), "-q", "--no-eval"])
+        assert signal.getsignal(signal.SIGTERM) is outer  # the command's handler is gone after the load
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not unhandled and code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert made and not made[0].exists()  # the temporary folder was there, and is gone
+    assert not list((tmp_path / "cache" / "scenes").iterdir())  # no entry, whole or partial
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("config.yaml"))
+
+
 def test_an_atomic_write_sweeps_the_old_temp_files_of_killed_writers(tmp_path):
     """A SIGKILLed export left its 8 MB temporary mesh for good; a write of the same file now removes such
     leftovers once they are an hour old (a younger one may be another writer at work), and nothing else."""

@@ -43,10 +43,9 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     """Rebuild a run from its folder: resolved config (with ``overrides``), scene, model and newest
     checkpoint. The losses are built only to ``train`` on (render, export, eval and the viewers use
     the model alone, and some losses take seconds to set up, e.g. hkr's labels)."""
-    from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
+    from pipeline.build import build_system, load_scene_for_command, pick_device, setup_threads
     from pipeline.config import load_resolved
     from pipeline.distributed import rank_device
-    from pipeline.mesh import progress_default
     from pipeline.runs import RunDir
     from pipeline.train import config_changes, load_error
 
@@ -63,8 +62,8 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None
-    with progress_default(False if getattr(args, "quiet", False) else None):  # -q: a large scene's first build too
-        scene = load_scene_data(cfg, device, overrides)  # an error names the --set that caused it
+    scene = load_scene_for_command(cfg, device, overrides,  # an error names the --set that caused it
+                                   quiet=getattr(args, "quiet", False))
     _warn_if_ground_truth_changed(run, scene, recorded)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:

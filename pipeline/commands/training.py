@@ -165,8 +165,7 @@ def cmd_reconstruct(args) -> int:
     root = Path(args.output or cfg.output.root)
     check_writable(root)
 
-    from pipeline.build import build_system, load_scene_data, pick_device, setup_threads
-    from pipeline.mesh import progress_default
+    from pipeline.build import build_system, load_scene_for_command, pick_device, setup_threads
     from pipeline.train import Trainer, seed_everything
 
     from pipeline import distributed
@@ -177,8 +176,7 @@ def cmd_reconstruct(args) -> int:
     distributed.check_same_config({"config": cfg.to_dict(), "plugins": host.versions()}, info)
     seed_everything(cfg.train.seed)
     t0 = time.perf_counter()
-    with progress_default(False if getattr(args, "quiet", False) else None):  # -q: a large scene's first build too
-        scene = load_scene_data(cfg, device, overrides)
+    scene = load_scene_for_command(cfg, device, overrides, quiet=getattr(args, "quiet", False))
     system = build_system(cfg, scene, device)
     from pipeline.evaluate import check_eval_split
 
