@@ -161,8 +161,9 @@ def print_plugins(host, *, as_json: bool = False, show_all: bool = False, hook: 
     return 0
 
 
-def _print_tables(con, data: list[dict], show_all: bool) -> None:
-    """:func:`print_plugins`'s tables (and, with ``show_all``, options) on ``con``."""
+def _print_tables(con, data: list[dict], show_all: bool, shown: frozenset = frozenset()) -> None:
+    """:func:`print_plugins`'s tables (and, with ``show_all``, options) on ``con``; the options of the
+    components in ``shown`` ((stage, name) pairs printed above) are not repeated."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -186,7 +187,9 @@ def _print_tables(con, data: list[dict], show_all: bool) -> None:
                                 subsequent_indent=" " * 9, break_on_hyphens=False) + "\n",
                   highlight=False, soft_wrap=True)
         for c, _ in rows if show_all else ():
-            if c.get("options"):
+            if (c["stage"], c["name"]) in shown:
+                con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] options: shown above\n", highlight=False)
+            elif c.get("options"):
                 print_options(con, c)
 
 
@@ -215,9 +218,10 @@ def print_name(host, name: str, *, as_json: bool = False) -> int:
     with stdout_console(PIPED_WIDTH) as con:
         for c in data["components"]:
             _print_component(con, c)
+        shown = {(c["stage"], c["name"]) for c in data["components"]}  # a plugin named as its component
         for p in data["plugins"]:
             con.print(f"[bold]plugin {escape(p['name'])}[/bold]\n", highlight=False)
-            _print_tables(con, [p], show_all=True)
+            _print_tables(con, [p], show_all=True, shown=shown)
     return 0
 
 

@@ -88,6 +88,16 @@ def test_a_name_of_both_a_plugin_and_a_component_shows_both(capsys):
     assert [p["name"] for p in data["plugins"]] == ["hypernet"]
 
 
+def test_a_plugin_named_as_its_component_lists_that_components_options_once(capsys):
+    """`nls plugins deep_level_sets` printed the field's options twice: under the component and again
+    under the plugin; the plugin part now points up to them and lists only its other components'."""
+    out = run(capsys, "deep_level_sets")[1]
+    assert out.count("\n  width: int = 64\n") == 1, out  # the field's first option
+    lines = out.splitlines()
+    assert lines.count("field deep_level_sets options:") == 1 and "field deep_level_sets options: shown above" in lines
+    assert out.count("loss level_set_eikonal options:") == 1  # the plugin's other components keep theirs
+
+
 def test_an_unknown_name_suggests_close_ones_and_lists_the_valid_ones(capsys):
     rc, out, err = run(capsys, "marching_cube")
     assert rc == 2 and out == ""
