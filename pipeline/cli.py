@@ -162,7 +162,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="run (default): the coordinates as trained, which line up with the scene's ground-truth "
                    "mesh (for mesh, geometry and scan scenes: the input normalised to a box of side "
                    "scene.extent, centred); input: mapped back to the coordinates of the input mesh or point "
-                   "file, so the mesh lies on it (those scenes only). --bbox is in the run's frame either way")
+                   "file, so the mesh lies on it (those scenes only), or of a colmap scene's COLMAP model. --bbox "
+                   "is in the run's frame either way")
     c.add_argument("--close", action="store_true",
                    help="cap the mesh with the box's faces where the shape reaches the box (e.g. a --bbox crop), "
                    "so it is closed (the extractor's close option; default: the run's, usually off)")

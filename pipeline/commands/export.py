@@ -58,8 +58,9 @@ def cmd_export(args) -> int:
     print(f"wrote {out}: {len(written.vertices)} vertices, {len(written.faces)} faces"
           f"{', vertex colours' if args.colors else ''}, watertight={watertight} as read back{which}")
     if frame is not None:
+        turned = " and turned back" if frame.get("rotation") is not None else ""  # colmap: p' = s R (p - c)
         print(f"in the coordinates of the input file {frame.get('file')} (the run's frame scaled by "
-              f"1/{frame['scale']:.6g} and centred back at {[round(c, 6) for c in frame['centre']]})")
+              f"1/{frame['scale']:.6g}{turned} and centred back at {[round(c, 6) for c in frame['centre']]})")
     if up == "z":  # the coordinates are no longer the run's: say so, whichever way it was chosen
         print("turned the run's +Z up to +Y up (x, y, z) -> (x, z, -y)" + (
             " for glTF (--up y keeps the coordinates as trained)" if args.up is None else " (--up z)"))
@@ -89,14 +90,14 @@ def _refuse_frame_input(run_dir: Path, meta: Optional[dict]) -> None:
         return
     source = meta.get("source") or "this"
     raise NLSError(f"--frame input: this run's scene ({source}) was not made from an input mesh or point file "
-                   f"that nls normalised (only mesh, geometry and scan scenes are), so there is no input frame "
+                   f"that nls normalised (only mesh, geometry, scan and colmap scenes are), so there is no input frame "
                    f"to map back to: its meshes are already in the scene's own coordinates; export without "
                    f"--frame input")
 
 
 def _input_frame(ld: Loaded) -> dict:
-    """The transform of the run's input file into its frame (``input_frame``, which mesh, geometry and scan
-    scene sources record in the scene's meta and reconstruct in scene.json): the recorded one, else (a run of
+    """The transform of the run's input file into its frame (``input_frame``, which mesh, geometry, scan and
+    colmap scene sources record in the scene's meta and reconstruct in scene.json): the recorded one, else (a run of
     an older nls) the one the scene source gave when ``open_run`` loaded the scene again; NLSError when the
     scene has none."""
     recorded = ld.run.read_json("scene.json") or {}

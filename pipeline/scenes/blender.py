@@ -147,18 +147,24 @@ def _pose(frame: dict, where: str) -> np.ndarray:
         raise DataError(f"{where}: 'transform_matrix' must be 4x4, got shape {m.shape}")
     if not np.isfinite(m).all():
         raise DataError(f"{where}: 'transform_matrix' contains non-finite values (NaN/inf)")
-    det = float(np.linalg.det(m[:3, :3]))
-    if not abs(abs(det) - 1.0) <= _DET_TOL:
-        raise DataError(
-            f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part with "
-            f"determinant {det:.6g}, not a rotation; it must be +1 or -1 (within {_DET_TOL:g})")
-    skew = float(np.abs(m[:3, :3].T @ m[:3, :3] - np.eye(3)).max())
-    if not skew <= _ORTHO_TOL:  # det +-1 with sheared or unequally scaled axes
-        raise DataError(
-            f"{where} ({frame.get('file_path')!r}): 'transform_matrix' has a 3x3 part whose axes are "
-            f"not orthonormal (max |R^T R - I| = {skew:.3g}, allowed {_ORTHO_TOL:g}): a sheared or "
-            f"unequally scaled matrix, not a rotation")
+    fault = rotation_fault(m[:3, :3])
+    if fault is not None:
+        raise DataError(f"{where} ({frame.get('file_path')!r}): 'transform_matrix' {fault}")
     return m
+
+
+def rotation_fault(r: np.ndarray) -> Optional[str]:
+    """Why the (3, 3) ``r`` is not a rotation (a reflection passes), as the end of a sentence, or None:
+    ``|det|`` must be 1 within 1e-2 and ``max |R^T R - I|`` at most 1e-4."""
+    det = float(np.linalg.det(r))
+    if not abs(abs(det) - 1.0) <= _DET_TOL:
+        return (f"has a 3x3 part with determinant {det:.6g}, not a rotation; it must be +1 or -1 "
+                f"(within {_DET_TOL:g})")
+    skew = float(np.abs(r.T @ r - np.eye(3)).max())
+    if not skew <= _ORTHO_TOL:  # det +-1 with sheared or unequally scaled axes
+        return (f"has a 3x3 part whose axes are not orthonormal (max |R^T R - I| = {skew:.3g}, allowed "
+                f"{_ORTHO_TOL:g}): a sheared or unequally scaled matrix, not a rotation")
+    return None
 
 
 def _posix(file_path: Any) -> Any:
@@ -329,12 +335,13 @@ def _progress(total: int, label: str, enabled: Optional[bool]):
     return prog, task
 
 
-class _Split:
-    """Frames of one split before images are read."""
+class FrameList:
+    """Frames of one split before images are read (what :func:`load_frames` reads): image ``paths``,
+    (4, 4) camera-to-world ``poses`` in Blender/OpenGL axes and per-frame intrinsics ``intr``."""
 
     def __init__(self, name: str, source: Path):
         self.name = name
-        self.source = source  # the JSON they came from
+        self.source = source  # the file they came from (a transforms JSON, a COLMAP images.bin)
         self.paths: list[Path] = []
         self.poses: list[np.ndarray] = []
         # per-frame intrinsics as described by the file: (fx, fy, cx, cy, w_ref, h_ref);
@@ -342,7 +349,7 @@ class _Split:
         self.intr: list[tuple] = []
 
 
-def _check_downscale(sp: _Split, first: Path, size: tuple, downscale: int) -> None:
+def _check_downscale(sp: FrameList, first: Path, size: tuple, downscale: int) -> None:
     """A downscale that leaves no pixel of the split's (H, W) ``size`` is an error."""
     h, w = size
     if h // downscale == 0 or w // downscale == 0:
@@ -351,8 +358,11 @@ def _check_downscale(sp: _Split, first: Path, size: tuple, downscale: int) -> No
             f"({first} is {w}x{h}, WxH); the largest valid downscale is {min(w, h)}")
 
 
-def _load_split(sp: _Split, background: np.ndarray, downscale: int,
+def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 progress: Optional[bool]):
+    """``(PosedImages, (W0, H0))``: the images of ``sp`` read (RGBA composited on ``background`` (3,)), area-
+    downscaled by ``downscale``, intrinsics scaled from each frame's reference size to its image's; ``(W0,
+    H0)`` is the size on disk. DataError when the images differ in size or the downscale leaves no pixel."""
     import torch
 
     from pipeline.types import Cameras, PosedImages
@@ -427,7 +437,8 @@ def _load_split(sp: _Split, background: np.ndarray, downscale: int,
                        names=names), (W0, H0)
 
 
-def _check_opts(background, downscale, max_images):
+def check_load_options(background, downscale, max_images) -> np.ndarray:
+    """The loaders' common options checked (DataError naming the bad one): ``background`` as (3,) float32."""
     try:
         bg = np.asarray(background, dtype=np.float32).reshape(3)
     except (TypeError, ValueError):
@@ -460,7 +471,7 @@ def _optional_box(data: dict, where: str):
 
 
 def _nerf_synthetic(root: Path, splits: Sequence[str]):
-    found: dict[str, _Split] = {}
+    found: dict[str, FrameList] = {}
     missing, empty = [], []
     extra: dict[str, Any] = {}
     angle_x = None
@@ -487,7 +498,7 @@ def _nerf_synthetic(root: Path, splits: Sequence[str]):
         if not frames:
             empty.append(split)
             continue
-        sp = _Split(split, path)
+        sp = FrameList(split, path)
         for i, fr in enumerate(frames):
             fw = f"{where}: frames[{i}]"
             if not isinstance(fr, dict):
@@ -553,10 +564,16 @@ def _warn_if_distorted(data: dict, where: str) -> None:
     given = [k for k in _DISTORTION_KEYS if isinstance(data.get(k), (int, float)) and data[k] != 0]
     model = data.get("camera_model")
     if given or (isinstance(model, str) and model.upper() not in ("PINHOLE", "SIMPLE_PINHOLE")):
-        what = ", ".join(given) or f"camera_model {model}"
-        warn(f"{where}: lens distortion ({what}) is not modelled, so rays are those of a pinhole camera and "
-             f"the geometry is off towards the image borders; undistort the images first (e.g. COLMAP's "
-             f"image_undistorter) and drop the distortion keys")
+        warn_distortion(where, ", ".join(given) or f"camera_model {model}", "drop the distortion keys")
+
+
+def warn_distortion(where: str, what: str, then: str) -> None:
+    """Warn that the lens distortion ``what`` (its keys, or the camera model) of ``where`` is not modelled,
+    rays being a pinhole camera's: undistort the images first (e.g. COLMAP's image_undistorter) and
+    ``then`` (what the user does next with the undistorted data)."""
+    warn(f"{where}: lens distortion ({what}) is not modelled, so rays are those of a pinhole camera and "
+         f"the geometry is off towards the image borders; undistort the images first (e.g. COLMAP's "
+         f"image_undistorter) and {then}")
 
 
 def _ngp_offset(data: dict, where: str) -> np.ndarray:
@@ -601,7 +618,7 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
         how = "no split info: every 8th frame held out as test"
         assign = ["test" if i % 8 == 0 else "train" for i in range(len(frames))]
 
-    found: dict[str, _Split] = {}
+    found: dict[str, FrameList] = {}
     for i, fr in enumerate(frames):
         fw = f"{where}: frames[{i}]"
         if not isinstance(fr, dict):
@@ -615,7 +632,7 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
         if fx is None:
             raise DataError(f"{fw}: missing key 'fl_x' (or 'camera_angle_x'), neither in the "
                             "frame nor at top level")
-        sp = found.setdefault(s, _Split(s, path))
+        sp = found.setdefault(s, FrameList(s, path))
         sp.paths.append(img_path)
         sp.poses.append(pose)
         sp.intr.append((fx, fy, cx, cy, w, h))
@@ -645,7 +662,9 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
     return found, missing, extra
 
 
-def _near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[float, float]:
+def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[float, float]:
+    """``(near, far)`` for cameras with (4, 4) ``poses`` and the (6,) ``box``: the nearest camera's distance to
+    the box (at least 0.01) and the farthest box corner from any camera."""
     lo, hi = box[:3], box[3:]
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
                         for z in (lo[2], hi[2])])
@@ -693,7 +712,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
     import torch
 
     root = Path(root)
-    bg = _check_opts(background, downscale, max_images)
+    bg = check_load_options(background, downscale, max_images)
     if isinstance(splits, str):
         splits = (splits,)
     splits = tuple(splits)
@@ -742,7 +761,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
     for name in splits:
         if name not in found:
             continue
-        out[name], (w0, h0) = _load_split(found[name], bg, int(downscale), progress)
+        out[name], (w0, h0) = load_frames(found[name], bg, int(downscale), progress)
         cams = out[name].cameras
         sizes[name] = [cams.width, cams.height]
         orig_sizes[name] = [w0, h0]
@@ -754,7 +773,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
         far = extra.get("far", BLENDER_FAR)
     else:
         box = extra["aabb"]
-        nf = _near_far_from_box(all_poses, box)
+        nf = near_far_from_box(all_poses, box)
         near, far = extra.get("near", nf[0]), extra.get("far", nf[1])
     if not far > near >= 0:
         raise DataError(f"{root}: invalid ray interval near={near}, far={far}")

@@ -34,6 +34,13 @@ class MeshSceneConfig(_Views):
     extent: float = Field(1.0, gt=0, description="largest side of the normalised mesh")
 
 
+def _ordered_box(cls, box: Optional[list[float]]) -> Optional[list[float]]:
+    """``box`` as given when each min lies below its max (the scene-box check of the folder sources)."""
+    if box is not None and not all(box[i] < box[i + 3] for i in range(3)):
+        raise ValueError("the box is [xmin, ymin, zmin, xmax, ymax, zmax]: each min below its max")
+    return box
+
+
 class BlenderConfig(ComponentConfig):
     """NeRF-synthetic (transforms_{train,val,test}.json) or instant-ngp (transforms.json) folder."""
 
@@ -45,12 +52,42 @@ class BlenderConfig(ComponentConfig):
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax")
 
-    @field_validator("aabb")
+    _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
+
+
+class ColmapConfig(ComponentConfig):
+    """COLMAP capture: images/ and a sparse model (sparse/0 or sparse, .bin or .txt), read with pycolmap (pip
+    install 'neural-level-sets[colmap]'). The scene is turned +Z up (found from the cameras), centred and scaled
+    so the robust box of the sparse points is the cube [-1, 1]^3; every 8th image by name is held out as test.
+    For bounded, object-centric captures: content far outside the box is not modelled."""
+
+    path: str = Field(..., description="capture folder; ${NLS_DATA} expands to the data root")
+    images: str = Field("images", description="image folder under path (images_2, images_4: downscaled copies)")
+    sparse: Optional[str] = Field(None, description="model folder under path (default: sparse/0, else sparse)")
+    background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
+    downscale: int = Field(1, ge=1, description="integer area-downscale factor")
+    max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
+    splits: list[Literal["train", "test"]] = Field(["train", "test"], description="splits to load")
+    test_every: int = Field(8, ge=0, description="every Nth image by name is test (LLFF rule); 0: all train")
+    aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
+                                        description="override the scene box xmin..zmax, in the normalised frame")
+    center: Optional[list[float]] = Field(None, min_length=3, max_length=3,
+                                          description="COLMAP point that becomes the origin (default: the box centre)")
+    scale: Optional[float] = Field(None, gt=0, description="scene units per COLMAP unit (default: box to [-1, 1])")
+    orientation: Literal["vertical", "up", "none"] = Field(
+        "vertical", description="up = the direction most perpendicular to the cameras' x axes (vertical), their "
+                                "mean up (up), or COLMAP's +Z (none)")
+    up: Optional[list[float]] = Field(None, min_length=3, max_length=3,
+                                      description="the up direction in COLMAP coordinates, instead of orientation")
+
+    _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
+
+    @field_validator("test_every")
     @classmethod
-    def _ordered_box(cls, box: Optional[list[float]]) -> Optional[list[float]]:
-        if box is not None and not all(box[i] < box[i + 3] for i in range(3)):
-            raise ValueError("the box is [xmin, ymin, zmin, xmax, ymax, zmax]: each min below its max")
-        return box
+    def _not_one(cls, every: int) -> int:
+        if every == 1:
+            raise ValueError("1 would hold out every image, leaving none to train on; give 0 (no test split) or >= 2")
+        return every
 
 
 class GeometryConfig(ComponentConfig):

@@ -1,4 +1,5 @@
-"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes and Blender-format folders."""
+"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes, Blender-format folders and COLMAP
+captures."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ def nls_register_scene_sources(register):
              produces={"points", "gt_mesh"}, description=C.GeometryConfig.__doc__)
     register("blender", f"{M}:build_blender", config=C.BlenderConfig,
              produces={"images"}, description=C.BlenderConfig.__doc__)
+    register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
+             produces={"images"}, description=C.ColmapConfig.__doc__)
 
 
 @hookimpl
 def nls_scene_type_for_path(path: Path):
     if path.is_dir() and ((path / "transforms_train.json").exists() or (path / "transforms.json").exists()):
         return "blender"
+    if path.is_dir() and any((path / sparse / f"cameras{ext}").is_file()
+                             for sparse in ("sparse/0", "sparse") for ext in (".bin", ".txt")):
+        return "colmap"
     if path.suffix.lower() in MESH_SUFFIXES:
         return "mesh"
     return None

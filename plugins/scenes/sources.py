@@ -1,4 +1,4 @@
-"""Scene sources: procedural analytic shapes, mesh files and Blender-format folders.
+"""Scene sources: procedural analytic shapes, mesh files, Blender-format folders and COLMAP captures.
 
 Procedural and mesh scenes are rendered once into a Blender-format folder under the
 cache (``$NLS_CACHE``, default ``~/.cache/nls``), keyed by a hash of their options, then
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
 from pipeline.types import ConfigError, SceneData
-from plugins.scenes.config import BlenderConfig, MeshSceneConfig, ProceduralConfig
+from plugins.scenes.config import BlenderConfig, ColmapConfig, MeshSceneConfig, ProceduralConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -317,6 +317,20 @@ def build_blender(cfg: BlenderConfig, ctx):
             raise ConfigError(f"scene.path {cfg.path}: no 'train' split was found; training needs one "
                               f"(splits asked for: {cfg.splits})")
         return scene
+
+    return load
+
+
+def build_colmap(cfg: ColmapConfig, ctx):
+    """Build the ``colmap`` scene source from its ``scene:`` block (``ColmapConfig``): returns a loader of
+    the capture's train and test images, normalised (:mod:`pipeline.scenes.colmap`)."""
+    def load() -> SceneData:
+        from pipeline.scenes.colmap import load_colmap
+
+        return load_colmap(Path(cfg.path), images=cfg.images, sparse=cfg.sparse, splits=tuple(cfg.splits),
+                           test_every=cfg.test_every, background=BG[cfg.background], downscale=cfg.downscale,
+                           max_images=cfg.max_images, aabb=cfg.aabb, center=cfg.center, scale=cfg.scale,
+                           orientation=cfg.orientation, up=cfg.up)
 
     return load
 
