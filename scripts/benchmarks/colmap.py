@@ -1,0 +1,199 @@
+"""Benchmark ``colmap``: the ``colmap`` scene source on real data, against the Blender loader.
+
+The shared NeRF-synthetic lego is written out as a COLMAP capture (a text model with one PINHOLE camera and
+the images linked under new names) in the kind of frame a COLMAP reconstruction has: tilted by ``--tilt``
+degrees about a horizontal axis, scaled by ``--sigma`` and moved. Its train views, and every 8th image by
+name, which are lego's first test views, follow the colmap source's split rule. One scene file
+(``lego_dense.yaml``) is trained for the same steps on
+
+* ``blender``: the Blender folder, as the lego benchmarks load it;
+* ``colmap-matched``: the capture with ``center`` and ``scale`` given (the point that was lego's origin,
+  1/sigma), so that its frame is Blender's up to the loader's +Z-up rotation, and lego_dense's box;
+* ``colmap-auto``: the capture with nothing given: +Z up from the cameras, and, since the capture has no
+  sparse points, the box from the cameras;
+* ``colmap-points``: the same with sparse points, as COLMAP's would lie: ``--points`` samples of the
+  ``blender`` run's mesh (or ``--points-mesh``) and 5% far outliers, in the written world; the box is
+  found from them;
+
+and each is scored on the same test views. Reported: PSNR, SSIM, steps and seconds, and the angle of the
+rotation left between the frame the loader found and Blender's (the up-rotation does not recover a yaw
+about +Z, and the cameras' mean up is only near lego's +Z). Writes outputs/bench/colmap.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+#: lego's origin in the written COLMAP world, and the horizontal axis the world is tilted about
+SHIFT = np.array([2.5, -7.0, 0.75])
+TILT_AXIS = np.array([0.6, 0.8, 0.0])
+
+
+def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(np.radians(degrees) * axis / np.linalg.norm(axis)).as_matrix()
+
+
+def held_out_count(n_train: int, every: int = 8) -> int:
+    """How many test views, interleaved with ``n_train`` train views, make every ``every``-th image by name a
+    test view and no other: the smallest n with n == ceil((n_train + n) / every)."""
+    n = 1
+    while n != math.ceil((n_train + n) / every):
+        n += 1
+    return n
+
+
+def write_capture(lego: Path, out: Path, *, sigma: float, tilt: float) -> dict:
+    """Write lego as a COLMAP text capture under ``out``; returns its world transform and test views.
+
+    Image k (``{k:04d}.png``, linked to lego's file) is test view k/8 when k is a multiple of 8, else the
+    next train view. A camera-to-world ``c2w`` (Blender axes) becomes the COLMAP world-to-camera pose of
+    ``G c2w diag(1, -1, -1, 1)`` (OpenCV axes), ``G = [sigma Q | SHIFT]``."""
+    from scipy.spatial.transform import Rotation
+
+    docs = {s: json.loads((lego / f"transforms_{s}.json").read_text()) for s in ("train", "test")}
+    n_test = held_out_count(len(docs["train"]["frames"]))
+    train, test = iter(docs["train"]["frames"]), iter(docs["test"]["frames"][:n_test])
+    order = [next(test) if k % 8 == 0 else next(train) for k in range(len(docs["train"]["frames"]) + n_test)]
+    import imageio.v3 as iio
+
+    width = iio.improps(lego / (order[0]["file_path"] + ".png")).shape[1]
+    focal = 0.5 * width / math.tan(0.5 * docs["train"]["camera_angle_x"])
+    q = _rotation(TILT_AXIS, tilt)
+    (out / "sparse" / "0").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    (out / "sparse" / "0" / "cameras.txt").write_text(
+        f"1 PINHOLE {width} {width} {float(focal)!r} {float(focal)!r} {width / 2!r} {width / 2!r}\n")
+    lines = []
+    for k, frame in enumerate(order):
+        name = f"{k:04d}.png"
+        link = out / "images" / name
+        link.unlink(missing_ok=True)
+        link.symlink_to((lego / (frame["file_path"] + ".png")).resolve())
+        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        rot = q @ c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0])  # camera axes in the COLMAP world, OpenCV
+        origin = sigma * q @ c2w[:3, 3] + SHIFT
+        x, y, z, w = Rotation.from_matrix(rot.T).as_quat()
+        pose = " ".join(repr(float(v)) for v in (w, x, y, z, *(-rot.T @ origin)))
+        lines.append(f"{k + 1} {pose} 1 {name}\n\n")
+    (out / "sparse" / "0" / "images.txt").write_text("".join(lines))
+    (out / "sparse" / "0" / "points3D.txt").write_text("")
+    return {"sigma": sigma, "tilt_deg": tilt, "shift": SHIFT.tolist(), "rotation": q.tolist(), "n_test": n_test,
+            "n_images": len(order)}
+
+
+def write_points(capture: Path, mesh: Path, written: dict, *, n: int, outliers: float = 0.05) -> int:
+    """Write ``points3D.txt`` of ``capture``: ``n`` points sampled on ``mesh`` (lego's frame) and ``outliers``
+    x n far ones (6 to 10 units from lego's origin), in the written COLMAP world; returns how many."""
+    import trimesh
+
+    rng = np.random.default_rng(0)
+    surface = trimesh.sample.sample_surface(trimesh.load(mesh, force="mesh"), n, seed=0)[0]
+    d = rng.normal(size=(int(outliers * n), 3))
+    far = d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(6, 10, (len(d), 1))
+    pts = np.concatenate([np.asarray(surface, dtype=np.float64), far])
+    world = written["sigma"] * pts @ np.asarray(written["rotation"]).T + np.asarray(written["shift"])
+    (capture / "sparse" / "0" / "points3D.txt").write_text(
+        "".join(f"{i + 1} {' '.join(repr(float(v)) for v in p)} 128 128 128 0.5\n" for i, p in enumerate(world)))
+    return len(world)
+
+
+def residual_rotation_deg(capture: Path, written: dict) -> float:
+    """Degrees of the rotation between Blender's frame and the frame the colmap loader maps the capture to."""
+    sys.path.insert(0, str(ROOT))
+    from pipeline.scenes.colmap import load_colmap
+
+    scene = load_colmap(capture, splits=("test",), max_images=1)
+    rot = np.asarray(scene.meta["input_frame"]["rotation"]) @ np.asarray(written["rotation"])
+    return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
+
+
+def train(name: str, scene_sets: list[str], args, runs: Path, n_test: int) -> dict:
+    """``nls reconstruct lego_dense.yaml`` for ``args.steps`` with ``scene_sets``, scored on ``n_test`` views."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", str(ROOT / "scenes" / "lego_dense.yaml"),
+           "--output", str(runs / name), "-q", "--device", "cpu", "--steps", str(args.steps),
+           "--set", f"eval.max_images={n_test}", "--set", "train.checkpoint_every=100000"]
+    for s in [*scene_sets, *args.set]:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{name}: nls reconstruct failed with exit code {proc.returncode}")
+    run = sorted((runs / name).glob("lego/*/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
+    summary = json.loads((run / "summary.json").read_text())
+    scene = json.loads((run / "scene.json").read_text())
+    m = summary["metrics"]
+    return {"run": str(run), "psnr": m.get("psnr"), "ssim": m.get("ssim"), "n_images": m.get("n_images"),
+            "steps": summary["step"], "train_seconds": summary["train_seconds"],
+            "wall_seconds": round(time.perf_counter() - t0, 1), "aabb": scene.get("aabb"),
+            "test_views": scene.get("splits", {}).get("test")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="bench.py colmap", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500, help="training steps of every run (default 1500)")
+    ap.add_argument("--sigma", type=float, default=3.7, help="scale of the written COLMAP world")
+    ap.add_argument("--tilt", type=float, default=50.0, help="degrees the written world is tilted by")
+    ap.add_argument("--only", default="blender,colmap-matched,colmap-auto,colmap-points", help="comma-separated runs")
+    ap.add_argument("--points", type=int, default=4000, help="sparse points of colmap-points (default 4000)")
+    ap.add_argument("--points-mesh", help="mesh the points are sampled on (default: the blender run's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "colmap.json"))
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.scenes import data_path
+
+    lego, why = data_path("nerf", "lego")
+    if lego is None:
+        print(f"colmap benchmark skipped: {why}")
+        return {"skipped": why}
+    bench = ROOT / "outputs" / "bench" / "colmap"
+    capture = bench / "lego_colmap"
+    written = write_capture(Path(lego), capture, sigma=args.sigma, tilt=args.tilt)
+    box = "[-1.0, -1.3, -0.6, 1.0, 1.3, 1.2]"  # lego_dense.yaml's
+    configs = {
+        "blender": [],
+        "colmap-matched": ["scene.type=colmap", f"scene.path={capture}", f"scene.center={json.dumps(SHIFT.tolist())}",
+                           f"scene.scale={1 / args.sigma!r}", f"scene.aabb={box}", "scene.splits=[train, test]"],
+        "colmap-auto": ["scene.type=colmap", f"scene.path={capture}", "scene.aabb=null"],
+        "colmap-points": ["scene.type=colmap", f"scene.path={bench / 'lego_colmap_points'}", "scene.aabb=null"],
+    }
+    result = {"capture": written, "steps": args.steps, "residual_rotation_deg": residual_rotation_deg(capture, written),
+              "runs": {}}
+    for name in args.only.split(","):
+        if name == "colmap-points":
+            mesh = Path(args.points_mesh or Path(result["runs"]["blender"]["run"]) / "meshes" / "mesh.ply")
+            write_capture(Path(lego), bench / "lego_colmap_points", sigma=args.sigma, tilt=args.tilt)
+            result["points"] = {"mesh": str(mesh), "count": write_points(bench / "lego_colmap_points", mesh, written,
+                                                                          n=args.points)}
+        result["runs"][name] = train(name, configs[name], args, bench / "runs", written["n_test"])
+        print(f"{name}: {json.dumps(result['runs'][name])}", flush=True)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"colmap scene source on lego ({args.steps} steps, {written['n_test']} test views; the "
+                    f"loader's frame is {result['residual_rotation_deg']:.2f} deg off Blender's)")
+    for col in ("run", "PSNR dB", "SSIM", "steps", "train s", "test views", "box"):
+        t.add_column(col)
+    for name, r in result["runs"].items():
+        t.add_row(name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", str(r["steps"]),
+                  f"{r['train_seconds']:.0f}", str(r["test_views"]), str([round(v, 2) for v in r["aabb"]]))
+    Console().print(t)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
