@@ -274,3 +274,36 @@ def test_a_file_path_with_the_wrong_extension_names_the_file_that_is_there(tmp_p
     _edit(root, "train", lambda d: [fr.update(file_path=fr["file_path"] + ".jpg")
                                     for fr in d["frames"]])
     _raises(root, "image file not found", "has r_0.png: fix the extension in 'file_path'", splits=("train",))
+
+
+def test_images_that_do_not_fit_in_memory_are_refused_with_the_downscale_that_fits(tmp_path, monkeypatch):
+    """A capture of large photos filled its float32 array until the out-of-memory killer ended the process
+    (silently); the loader now reckons the need from the first image and names a downscale that fits."""
+    import pipeline.scenes.blender as blender
+
+    root = _train(tmp_path, n=4, size=16)  # RGBA: 4 images x 16 x 16 x 4 channels x 4 bytes = 16384 bytes
+    monkeypatch.setattr(blender, "available_memory", lambda: 16383)
+    with pytest.raises(Exception, match=r"split 'train' .*its 4 images .* need 0\.0 GB as float32, more than the "
+                                        r"0\.0 GB .*set scene\.downscale: 2") as err:
+        load_blender(root, splits=("train",))
+    assert type(err.value).__name__ == "DataError"
+    monkeypatch.setattr(blender, "available_memory", lambda: 16384)
+    assert load_blender(root, splits=("train",)).splits["train"].images.shape == (4, 16, 16, 3)
+    monkeypatch.setattr(blender, "available_memory", lambda: 4096)  # a quarter: downscale 2 fits exactly
+    assert load_blender(root, splits=("train",), downscale=2).splits["train"].images.shape == (4, 8, 8, 3)
+    monkeypatch.setattr(blender, "available_memory", lambda: None)  # unknown: no check
+    assert load_blender(root, splits=("train",)).splits["train"].alphas.shape == (4, 16, 16, 1)
+    monkeypatch.undo()  # the real one reads /proc/meminfo here
+    free = blender.available_memory()
+    assert free is None or free > 0
+
+
+def test_rgb_images_hold_no_alpha_array_and_a_mixed_split_gets_ones(tmp_path):
+    root = _train(tmp_path, n=3, size=8)
+    (root / "train" / "r_1.png").unlink()  # one RGB frame among RGBA ones: its alpha is 1
+    iio.imwrite(root / "train" / "r_1.png", np.full((8, 8, 3), 200, np.uint8))
+    tr = load_blender(root, splits=("train",)).splits["train"]
+    assert tr.alphas is not None and bool((tr.alphas[1] == 1).all())
+    assert np.allclose(tr.images[1].numpy(), 200 / 255, atol=1e-6)
+    _replace_images(root, lambda p: iio.imwrite(p, np.full((8, 8, 3), 10, np.uint8)), n=3)
+    assert load_blender(root, splits=("train",)).splits["train"].alphas is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -320,6 +321,44 @@ def _downscale(a: np.ndarray, d: int) -> np.ndarray:
     return a.reshape(h, d, w, d, a.shape[-1]).mean(axis=(1, 3), dtype=np.float32)
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory that new allocations can take now without swapping (Linux ``MemAvailable``, else
+    the free physical pages), or None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(sp: FrameList, first: Path, size: tuple, downscale: int, channels: int) -> None:
+    """DataError when the split's images, as float32 with ``channels`` channels per pixel at ``size`` (H, W) on
+    disk and ``downscale``, need more memory than is available: it names the need, what is free, and the
+    smallest further downscale that fits (instead of the system's out-of-memory killer ending the process)."""
+    free = available_memory()
+    if free is None:
+        return
+    n, (h, w) = len(sp.paths), size
+
+    def need(d: int) -> int:
+        return n * (h // d) * (w // d) * channels * 4
+
+    if need(downscale) <= free:
+        return
+    fits = next((d for d in range(downscale + 1, min(h, w) + 1) if need(d) <= free), None)
+    hint = (f"load a downscaled copy of the images, or set scene.downscale: {fits} ({need(fits) / 1e9:.1f} GB)"
+            if fits else "load fewer images (scene.max_images)")
+    raise DataError(f"split '{sp.name}' ({sp.source}): its {n} images ({first} is {w}x{h}, WxH"
+                    f"{f', downscaled by {downscale}' if downscale > 1 else ''}) need {need(downscale) / 1e9:.1f} GB "
+                    f"as float32, more than the {free / 1e9:.1f} GB of memory available now; {hint}")
+
+
 def _progress(total: int, label: str, enabled: Optional[bool]):
     """A rich progress bar for many images on an interactive terminal, else a no-op."""
     if enabled is None:
@@ -381,6 +420,7 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             if size0 is None:
                 size0, first = img.shape[:2], path
                 _check_downscale(sp, first, size0, downscale)
+                _check_fits(sp, first, size0, downscale, img.shape[-1])
             elif img.shape[:2] != size0:
                 raise DataError(
                     f"split '{sp.name}' ({sp.source}): images of different sizes: {first} is "
@@ -389,18 +429,18 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             if img.shape[-1] == 4:
                 a = img[..., 3:4]
                 rgb = img[..., :3] * a + background * (1.0 - a)
-                has_alpha = True
                 visible = visible or bool((a > 0).any())
             else:
-                a = np.ones(img.shape[:2] + (1,), np.float32)
-                rgb = img
+                a, rgb = None, img
             rgb = _downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
-            a = _downscale(a.astype(np.float32), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
-                alphas = np.empty((n,) + a.shape, np.float32)
             images[i] = rgb
-            alphas[i] = a
+            if a is not None:
+                if alphas is None:  # only a split with an alpha channel holds alphas (RGB photos: none)
+                    alphas = np.ones((n,) + rgb.shape[:2] + (1,), np.float32)
+                    has_alpha = True
+                alphas[i] = _downscale(a.astype(np.float32), downscale)
             if bar is not None:
                 bar[0].advance(bar[1])
     finally:
