@@ -460,3 +460,29 @@ def test_the_up_direction_is_found_from_the_cameras_x_axes_or_their_mean_up_or_g
     rig = tilt @ np.stack([_look_at(np.array([x, -5.0, 1.0]), np.array([x, 0.0, 1.0]), roll_deg=10) for x in range(5)])
     up, how = scene_up(rig, "vertical")
     assert how.startswith("vertical (x axes parallel") and np.abs(up - (-rig[0, :3, 1])).max() < 1e-12
+
+
+def test_without_sparse_points_the_box_is_the_ball_every_camera_sees_whole():
+    """No points: the box is the cube about the cameras' focus whose half side (before the 10% margin) is the
+    radius of the largest ball about it inside every camera's inscribed view cone, min_i d_i sin(a_i)."""
+    from pipeline.scenes.colmap import BOX_MARGIN, colmap_normalisation, view_half_angle
+
+    assert view_half_angle(100.0, 100.0, 50.0, 40.0, 100.0, 100.0) == pytest.approx(np.arctan(0.4))
+    rng = np.random.default_rng(2)
+    dist = rng.uniform(3.0, 5.0, 16)
+    az, el = rng.uniform(0, 2 * np.pi, 16), rng.uniform(-0.3, 0.9, 16)
+    centre = np.array([1.0, -2.0, 0.5])
+    ring = np.stack([_look_at(centre + d * np.array([np.cos(a) * np.cos(e), np.sin(a) * np.cos(e), np.sin(e)]),
+                              centre) for d, a, e in zip(dist, az, el)])
+    angles = rng.uniform(0.25, 0.45, 16)
+    T, box, rec = colmap_normalisation(ring, np.zeros((0, 3)), half_angles=angles)
+    s = rec["scale"]
+    half = np.min(dist * np.sin(angles)) * (1 + BOX_MARGIN)
+    assert rec["aabb_from"] == "cameras" and rec["box_rule"] == "the ball every camera sees whole"
+    assert np.allclose(box, [-1, -1, -1, 1, 1, 1]) and s == pytest.approx(1 / half)
+    assert np.allclose(T @ [*centre, 1.0], [0, 0, 0, 1], atol=1e-9)  # centred on the focus
+    # the ball fits every view: its edge is seen at most a_i off each optical axis
+    for m, a in zip(ring, angles):
+        assert np.arcsin(min(1.0, half / (1 + BOX_MARGIN) / np.linalg.norm(m[:3, 3] - centre))) <= a + 1e-12
+    _, _, old = colmap_normalisation(ring, np.zeros((0, 3)))  # no intrinsics: half the median distance
+    assert old["box_rule"] == "half the cameras' median distance"

@@ -25,8 +25,11 @@ a camera rig's pose.
   9.6 degrees); ``"none"`` keeps COLMAP's axes; ``up`` gives the direction. Centre and scale come from the sparse
   points rather than nerfstudio's camera positions: the 1st-99th percentile box of the points nearer to the
   cameras' focus (the point closest to all optical axes) than the median camera is (what lies inside the
-  ring of cameras), enlarged by 10% and made the cube ``[-1, 1]^3``; without such points, from the
-  cameras. A COLMAP point ``p`` maps to ``p' = s R (p - c)``, the 4x4 ``meta["input_frame"]["to_run"]``,
+  ring of cameras), enlarged by 10% and made the cube ``[-1, 1]^3``. Without such points the box is the
+  cube about the focus whose half side is the radius of the largest ball about it that every camera sees
+  whole, ``min_i d_i sin(a_i)`` (``d_i`` the camera's distance to the focus, ``a_i`` the half angle of the
+  cone inscribed in its frustum), enlarged by 10% likewise: an object kept in frame in every view lies
+  inside it. A COLMAP point ``p`` maps to ``p' = s R (p - c)``, the 4x4 ``meta["input_frame"]["to_run"]``,
   which ``nls export --frame input`` inverts.
 * Splits: the LLFF / mip-NeRF 360 rule: the images sorted by name, every ``test_every``-th from the first
   is ``test``, the others ``train``.
@@ -186,6 +189,12 @@ def _intrinsics(cam_id: int, camera, where: Path) -> tuple[tuple, list[str]]:
     return (fx, fy, p["cx"], p["cy"], float(w), float(h)), distortion
 
 
+def view_half_angle(fx: float, fy: float, cx: float, cy: float, width: float, height: float) -> float:
+    """Radians: the half angle of the widest cone about the optical axis inside a pinhole camera's frustum
+    (the principal point's nearest image edge, in units of the focal length along that axis)."""
+    return float(np.arctan(min(cx / fx, (width - cx) / fx, cy / fy, (height - cy) / fy)))
+
+
 def _world_to_camera(pycolmap, image, where: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(R (3, 3), t (3,))`` of the image's world-to-camera pose; DataError when R is not a rotation."""
     pose = image.cam_from_world
@@ -264,9 +273,11 @@ def _focus(origins: np.ndarray, dirs: np.ndarray) -> Optional[np.ndarray]:
     return focus if np.mean(((focus - origins) * dirs).sum(-1) > 0) >= 0.5 else None
 
 
-def _box(origins: np.ndarray, dirs: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+def _box(origins: np.ndarray, dirs: np.ndarray, points: np.ndarray,
+         half_angles: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(lo, hi, how)``: the robust box (3,), (3,) of the scene in the frame of ``origins``/``dirs`` (N, 3)
-    and ``points`` (P, 3) (see the module docstring), and a record of how it was found."""
+    and ``points`` (P, 3) (see the module docstring), and a record of how it was found; ``half_angles``
+    (N,): each camera's inscribed view cone, for the box without points (None: half the median distance)."""
     focus = _focus(origins, dirs)
     if len(points):
         used = points
@@ -280,14 +291,21 @@ def _box(origins: np.ndarray, dirs: np.ndarray, points: np.ndarray) -> tuple[np.
                             "percentiles": list(BOX_PERCENTILES)}
     centre = origins.mean(0) if focus is None else focus
     dist = np.linalg.norm(origins - centre, axis=1)
-    half = float(dist.max()) if focus is None else 0.5 * float(np.median(dist))
+    if focus is None:
+        half, how = float(dist.max()), "the cameras' spread"
+    elif half_angles is not None and (half_angles > 0).any():  # the largest ball about the focus every view holds
+        seen = half_angles > 0  # (a principal point outside its image bounds no cone)
+        half, how = float(np.min(dist[seen] * np.sin(half_angles[seen]))), "the ball every camera sees whole"
+    else:
+        half, how = 0.5 * float(np.median(dist)), "half the cameras' median distance"
     half = half if half > 0 else 1.0  # a single camera without points: an arbitrary unit box
-    return centre - half, centre + half, {"aabb_from": "cameras", "points": int(len(points))}
+    return centre - half, centre + half, {"aabb_from": "cameras", "points": int(len(points)), "box_rule": how}
 
 
 def colmap_normalisation(c2w: np.ndarray, points: np.ndarray, *, center: Optional[Sequence[float]] = None,
                          scale: Optional[float] = None, orientation: str = "vertical",
-                         up: Optional[Sequence[float]] = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                         up: Optional[Sequence[float]] = None,
+                         half_angles: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(T, box, how)``: the 4x4 similarity ``T`` taking COLMAP world points ``p`` to the normalised frame
     (``p' = s R (p - c)``, +Z up), the scene box (6,) there, and a record of how they were found.
 
@@ -298,6 +316,8 @@ def colmap_normalisation(c2w: np.ndarray, points: np.ndarray, *, center: Optiona
         scale: ``s`` (default: the box's largest half-side becomes 1).
         orientation: how the up direction is found (:func:`scene_up`), unless ``up`` gives it.
         up: (3,) the up direction in COLMAP coordinates.
+        half_angles: (N,) half angles (radians) of the cones inscribed in the cameras' frusta, which bound
+            the box when there are no points (:func:`view_half_angle`).
     """
     origins = c2w[:, :3, 3]
     if up is not None:
@@ -306,7 +326,7 @@ def colmap_normalisation(c2w: np.ndarray, points: np.ndarray, *, center: Optiona
     else:
         found, oriented = scene_up(c2w, orientation)
     rot = _up_rotation(found)
-    lo, hi, how = _box(origins @ rot.T, c2w[:, :3, 2] @ rot.T, points @ rot.T)
+    lo, hi, how = _box(origins @ rot.T, c2w[:, :3, 2] @ rot.T, points @ rot.T, half_angles)
     mid = 0.5 * (lo + hi)
     centre = mid if center is None else rot @ np.asarray(center, dtype=np.float64)  # in the rotated frame
     half = 0.5 * float((hi - lo).max()) * (1.0 + BOX_MARGIN)
@@ -447,7 +467,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         raise DataError(f"orientation {orientation!r}: valid ones are {', '.join(ORIENTATIONS)}")
     if up is not None and not (np.shape(up) == (3,) and np.isfinite(up).all() and np.linalg.norm(up) > 0):
         raise DataError(f"up {up!r}: the up direction is 3 finite numbers, not all 0 (COLMAP coordinates)")
-    T, box, how = colmap_normalisation(c2w_cv, points, center=center, scale=scale, orientation=orientation, up=up)
+    half_angles = np.array([view_half_angle(*cams[im.camera_id][0]) for im in posed])
+    T, box, how = colmap_normalisation(c2w_cv, points, center=center, scale=scale, orientation=orientation, up=up,
+                                       half_angles=half_angles)
     if aabb is not None:
         box, how["aabb_from"] = np.asarray(aabb, dtype=np.float64).reshape(6), "the aabb option"
     poses = T @ c2w_cv @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes -> OpenGL
