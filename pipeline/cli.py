@@ -24,6 +24,7 @@ EPILOG = """\
 examples:
   nls reconstruct scenes/csg_dense.yaml                 train, render, export and evaluate
   nls reconstruct scenes/csg_dense.yaml --steps 200 --set field.resolution=64
+  nls reconstruct /data/garden --steps 2000             a data folder (Blender, instant-ngp, COLMAP) or mesh file
   nls resume outputs/csg/dense_grid/<stamp>             continue a stopped run to its step budget
   nls render outputs/csg/dense_grid/<stamp> --spiral 60 test renders and a turntable video
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384
@@ -93,7 +94,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r = sub.add_parser("reconstruct", parents=[common], help="train a scene, then render, export and evaluate",
                        description="Validate SCENE.yaml, train it, render the eval split, export a mesh, "
                        "evaluate, and write everything to a new run folder.")
-    r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/)")
+    r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/), or data: a Blender or "
+                   "instant-ngp folder, a COLMAP capture or a mesh file, reconstructed with the default scene "
+                   "(pipeline/data_scene.py: a CPU-sized dense grid, 5000 steps; --set field.type=hash_grid on a GPU)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64; "
                    "a new block type (--set field.type=hash_grid) drops the old type's options")

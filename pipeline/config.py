@@ -303,7 +303,8 @@ def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"scene file {path} does not exist. Give the path of a scene YAML, "
-                          f"e.g. scenes/csg_dense.yaml (see `ls scenes/`).")
+                          f"e.g. scenes/csg_dense.yaml (see `ls scenes/`), or of data: a Blender, instant-ngp or "
+                          f"COLMAP folder, or a mesh file.")
     if path.is_dir():
         raise ConfigError(f"scene file {path} is a directory; give a .yaml file inside it.")
     try:
@@ -670,8 +671,12 @@ def check_chain(cfg: SceneConfig, host) -> None:
 
 def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
     """Read, override and validate a scene file. Errors that only overrides cause are reported
-    against those ``--set`` options, not the file."""
-    base = read_yaml(path)
+    against those ``--set`` options, not the file. A data path (a folder, or a file that is not YAML) is
+    read as :func:`pipeline.data_scene.data_scene` gives it: the default scene with that data."""
+    from pipeline.data_scene import data_scene, is_data_path
+
+    path = Path(path)
+    base = data_scene(path, host.scene_type_for_path(path)) if is_data_path(path) else read_yaml(path)
     try:
         data = apply_overrides(base, list(overrides))
     except ConfigError:  # e.g. --set train.steps=N where the file's `train` is a list: the file's mistake first
