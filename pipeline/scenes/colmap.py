@@ -415,6 +415,10 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     if isinstance(test_every, bool) or not isinstance(test_every, (int, np.integer)) or test_every < 0 \
             or test_every == 1:
         raise DataError(f"test_every must be 0 (no test split) or an integer >= 2, got {test_every!r}")
+    if orientation not in ORIENTATIONS:
+        raise DataError(f"orientation {orientation!r}: valid ones are {', '.join(ORIENTATIONS)}")
+    if up is not None and not (np.shape(up) == (3,) and np.isfinite(up).all() and np.linalg.norm(up) > 0):
+        raise DataError(f"up {up!r}: the up direction is 3 finite numbers, not all 0 (COLMAP coordinates)")
     if not root.is_dir():
         raise DataError(f"scene directory not found: {root}" if not root.exists() else
                         f"scene path is not a directory: {root}")
@@ -463,10 +467,6 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         c2w_cv[i, :3, :3], c2w_cv[i, :3, 3], c2w_cv[i, 3, 3] = rot.T, -rot.T @ t, 1.0
     points = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
     points = points[np.isfinite(points).all(1)]
-    if orientation not in ORIENTATIONS:
-        raise DataError(f"orientation {orientation!r}: valid ones are {', '.join(ORIENTATIONS)}")
-    if up is not None and not (np.shape(up) == (3,) and np.isfinite(up).all() and np.linalg.norm(up) > 0):
-        raise DataError(f"up {up!r}: the up direction is 3 finite numbers, not all 0 (COLMAP coordinates)")
     half_angles = np.array([view_half_angle(*cams[im.camera_id][0]) for im in posed])
     T, box, how = colmap_normalisation(c2w_cv, points, center=center, scale=scale, orientation=orientation, up=up,
                                        half_angles=half_angles)
