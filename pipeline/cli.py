@@ -96,7 +96,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "evaluate, and write everything to a new run folder.")
     r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/), or data: a Blender or "
                    "instant-ngp folder, a COLMAP capture or a mesh file, reconstructed with the default scene "
-                   "(pipeline/data_scene.py: a CPU-sized dense grid, 5000 steps; --set field.type=hash_grid on a GPU)")
+                   "(pipeline/data_scene.py: a CPU-sized dense grid, 5000 steps; --set field.type=hash_grid on a GPU), "
+                   "or a point-cloud file (.ply without faces, .xyz, .pts, .npy), fitted with sample networks "
+                   "(3000 steps) and scored against its points")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64; "
                    "a new block type (--set field.type=hash_grid) drops the old type's options")

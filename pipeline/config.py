@@ -676,7 +676,12 @@ def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
     from pipeline.data_scene import data_scene, is_data_path
 
     path = Path(path)
-    base = data_scene(path, host.scene_type_for_path(path)) if is_data_path(path) else read_yaml(path)
+    if is_data_path(path):
+        scene_type = host.scene_type_for_path(path)
+        produces = host.component("scene", scene_type).produces if scene_type else frozenset()
+        base = data_scene(path, scene_type, produces)
+    else:
+        base = read_yaml(path)
     try:
         data = apply_overrides(base, list(overrides))
     except ConfigError:  # e.g. --set train.steps=N where the file's `train` is a list: the file's mistake first

@@ -1,9 +1,12 @@
 """The scene a data path is reconstructed with: ``nls reconstruct /data/garden`` (a Blender or instant-ngp
-folder, a COLMAP capture, or a mesh file) instead of a scene YAML.
+folder, a COLMAP capture, a mesh file or a point-cloud file) instead of a scene YAML.
 
-The settings are those of ``scenes/lego_dense.yaml``, the CPU-sized dense-grid radiance field with nerfacc
-volume rendering, less its lego-specific box (the scene source gives the box), with 5000 steps. The run's
-config.yaml holds them resolved, so ``nls resume`` and the other commands need no scene file.
+Data that the scene source turns into posed images trains :data:`DATA_SCENE`: the settings of
+``scenes/lego_dense.yaml``, the CPU-sized dense-grid radiance field with nerfacc volume rendering, less its
+lego-specific box (the scene source gives the box), with 5000 steps. Data that gives points and no images
+(a point-cloud file) trains :data:`POINT_SCENE`: ``scenes/sample_network_spot.yaml``'s surface reconstruction
+from raw points, scored against the input points by ``point_fit``. The run's config.yaml holds the settings
+resolved, so ``nls resume`` and the other commands need no scene file.
 """
 
 from __future__ import annotations
@@ -29,15 +32,30 @@ DATA_SCENE: dict = {
 }
 
 
+#: the scene of point-cloud data (a scene source that produces points and no images), less ``name`` and
+#: ``scene.path``: scenes/sample_network_spot.yaml's method on the ``geometry`` source, scored against the points
+POINT_SCENE: dict = {
+    "method": "sample_network",
+    "description": "surface from a point cloud with nls's default settings (pipeline/data_scene.py)",
+    "field": {"type": "mlp_sdf", "hidden": 256, "layers": 4, "init_radius": 0.35},
+    "extractor": {"type": "marching_cubes", "resolution": 256, "lipschitz": 2.0},
+    "losses": [{"type": "level_set_recon", "levels": [0.0], "p": 1.0, "lam": 1.0, "n_samples": 1024,
+                "general_samples": 1024, "general_sigmas": [0.01, 0.1], "batch_points": 2048}],
+    "evaluators": [{"type": "point_fit"}],
+    "train": {"steps": 3000, "lr": 0.001, "lr_final_factor": 0.1, "log_every": 50, "checkpoint_every": 500},
+}
+
+
 def is_data_path(path: Path) -> bool:
     """Whether ``path`` names data (a folder, or a file that is not ``.yaml``/``.yml``) rather than a scene file."""
     return path.is_dir() or (path.is_file() and path.suffix.lower() not in YAML_SUFFIXES)
 
 
-def data_scene(path: Path, scene_type: str | None) -> dict:
+def data_scene(path: Path, scene_type: str | None, produces: frozenset[str] | set[str] = frozenset({"images"})) -> dict:
     """The scene dict for data at ``path``, which scene source ``scene_type`` (as ``nls_scene_type_for_path``
-    detected it) reads: :data:`DATA_SCENE` with ``name`` from the path's name and ``scene.path`` made
-    absolute; ConfigError when no scene source recognises the path."""
+    detected it) reads: :data:`POINT_SCENE` when that source ``produces`` points and no images, else
+    :data:`DATA_SCENE`, with ``name`` from the path's name and ``scene.path`` made absolute; ConfigError when
+    no scene source recognises the path."""
     from pipeline.types import ConfigError
 
     if scene_type is None:
@@ -45,7 +63,8 @@ def data_scene(path: Path, scene_type: str | None) -> dict:
         raise ConfigError(
             f"{path}: this {what} is neither a scene YAML nor data a scene source recognises. Give a scene file "
             f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), a "
-            f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), or a mesh file (.obj, .off, .ply, "
-            f".stl, .glb)")
+            f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a mesh file (.obj, .off, .ply, "
+            f".stl, .glb), or a point-cloud file (.ply without faces, .xyz, .pts, .npy)")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.resolve().name).strip("._") or "scene"
-    return {"name": name, **DATA_SCENE, "scene": {"type": scene_type, "path": str(path.resolve())}}
+    settings = POINT_SCENE if "points" in produces and "images" not in produces else DATA_SCENE
+    return {"name": name, **settings, "scene": {"type": scene_type, "path": str(path.resolve())}}

@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.types import NLSError
 
 __all__ = ["psnr", "ssim", "chamfer", "chamfer_floor", "chamfer_to_surface", "nearest_distances",
+           "point_to_surface_distances",
            "CHAMFER_FRAME"]
 
 CHAMFER_FRAME = "gt-normalised (bbox max side 1, centred)"
@@ -255,6 +256,18 @@ def chamfer(rec, gt, *, n_samples: int = 30000, seed: int = 0, normalize_by_gt: 
     return out
 
 
+def point_to_surface_distances(points: np.ndarray, mesh, scale: float = 1.0,
+                               shift: Optional[np.ndarray] = None) -> np.ndarray:
+    """(P,) exact Euclidean distance from each of ``points`` (P, 3) to the surface of ``mesh`` taken in the frame
+    ``x * scale + shift`` (libigl ``point_mesh_squared_distance``); ``points`` are already in that frame."""
+    import igl
+
+    v = np.ascontiguousarray(_np(mesh.vertices) * scale + (0.0 if shift is None else shift), dtype=np.float64)
+    f = np.ascontiguousarray(np.asarray(mesh.faces), dtype=np.int64)
+    d2 = igl.point_mesh_squared_distance(np.ascontiguousarray(points, dtype=np.float64), v, f)[0]
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
 def chamfer_to_surface(rec, gt, *, n_samples: int = 30000, seed: int = 0, normalize_by_gt: bool = True) -> dict:
     """Chamfer-L1/L2 (×10³) with exact point-to-surface distances: the same frame and samples as
     :func:`chamfer`, but each sample's distance is to the *other mesh's surface* (libigl
@@ -266,21 +279,14 @@ def chamfer_to_surface(rec, gt, *, n_samples: int = 30000, seed: int = 0, normal
     Returns ``chamfer_l1``, ``chamfer_l2``, ``accuracy_l1`` (rec→gt), ``completeness_l1``
     (gt→rec), ``n_samples``, ``scale``, ``frame``.
     """
-    import igl
-
     for name, m in (("rec", rec), ("gt", gt)):
         if not _is_mesh(m):
             raise NLSError(f"chamfer_to_surface: {name} must be a mesh (vertices and faces), "
                            f"got {type(m).__name__}")
     (pg, _), (pr, _), n, scale, shift, frame = _samples_in_frame(rec, gt, n_samples, seed, normalize_by_gt)
 
-    def dist(points: np.ndarray, mesh) -> np.ndarray:  # (P,) distances to mesh's surface, in the frame
-        v = np.ascontiguousarray(_np(mesh.vertices) * scale + shift, dtype=np.float64)
-        f = np.ascontiguousarray(np.asarray(mesh.faces), dtype=np.int64)
-        d2 = igl.point_mesh_squared_distance(np.ascontiguousarray(points, dtype=np.float64), v, f)[0]
-        return np.sqrt(np.maximum(d2, 0.0))
-
-    d_gr, d_rg = dist(pg, rec), dist(pr, gt)
+    d_gr = point_to_surface_distances(pg, rec, scale, shift)
+    d_rg = point_to_surface_distances(pr, gt, scale, shift)
     return {"chamfer_l1": float(0.5 * (d_gr.mean() + d_rg.mean()) * 1e3),
             "chamfer_l2": float(0.5 * ((d_gr ** 2).mean() + (d_rg ** 2).mean()) * 1e3),
             "accuracy_l1": float(d_rg.mean() * 1e3), "completeness_l1": float(d_gr.mean() * 1e3),

@@ -34,7 +34,10 @@ from pipeline.types import NLSError
 #: LOWER_IS_BETTER is better when smaller. Used to mark the best run in comparisons.
 HIGHER_IS_BETTER = ("psnr", "ssim", "normal_consistency", "fscore", "precision", "recall", "iou",
                     "certified_accuracy", "accuracy")
-LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss", "hausdorff")
+LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss", "hausdorff", "residual")
+#: prefixes that name what a metric was measured against (``point_fit``'s ``fit_chamfer_l1``: against the input
+#: points) and leave its direction as without them
+REFERENCE_PREFIXES = ("fit_",)
 #: bookkeeping numbers evaluators report next to metrics (sample counts, scale factors)
 BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale", "mesh_level", "sdf_slices")
 
@@ -54,6 +57,8 @@ def better(metric: str) -> Optional[str]:
     """'higher', 'lower' or None (unknown direction, or a bookkeeping number)."""
     if is_bookkeeping(metric):
         return None
+    for prefix in REFERENCE_PREFIXES:
+        metric = metric.removeprefix(prefix)
     if metric.startswith(LOWER_IS_BETTER):
         return "lower"
     if metric.startswith(HIGHER_IS_BETTER):

@@ -137,6 +137,17 @@ class PSNRConfig(ComponentConfig):
     ssim: bool = Field(True, description="also compute SSIM (Gaussian-window, as in NeRF papers)")
 
 
+class PointFitConfig(ComponentConfig):
+    """How well the mesh fits the scene's input point cloud, for point-cloud scenes without ground truth:
+    the chamfer protocol with the input points as the reference (``fit_*``), and each input point's exact
+    distance to the mesh surface (``fit_residual_*``)."""
+
+    residual: bool = Field(True, description="also report fit_residual_l1 / fit_residual_p95: exact distances "
+                           "from the input points to the mesh surface (libigl; no sampling floor)")
+    max_points: int = Field(100000, ge=100, description="input points the residual is taken over (a seeded "
+                            "subset of larger clouds)")
+
+
 class ChamferConfig(ComponentConfig):
     """Chamfer-L1/L2, normal consistency and F-score against the scene's ground-truth mesh."""
 

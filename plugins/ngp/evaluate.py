@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugins.ngp.config import ChamferConfig, PSNRConfig
+from plugins.ngp.config import ChamferConfig, PointFitConfig, PSNRConfig
 
 
 class ImageMetrics:
@@ -48,6 +48,40 @@ class GeometryMetrics:
         return res
 
 
+class PointFitMetrics:
+    """The mesh against the scene's input points (``ctx.scene.points``, (P, 3), in the run's frame), for
+    point-cloud scenes, which have no ground-truth mesh.
+
+    ``fit_*``: :func:`pipeline.metrics.chamfer` with the points as the reference, in the frame where their
+    bounding box is centred with largest side 1. ``fit_accuracy_l1`` (mesh samples to the nearest input point)
+    grows with surface the points do not support, such as sheets closing holes in a scan;
+    ``fit_completeness_l1`` (input points to the nearest mesh sample) with points the mesh misses. Its
+    floor is the mean spacing of the samples, not 0. ``fit_residual_l1`` / ``fit_residual_p95``: the mean and
+    95th percentile of each input point's exact distance to the mesh surface (×10³, same frame), which has no
+    sampling floor."""
+
+    def __init__(self, cfg: PointFitConfig):
+        self.cfg = cfg
+
+    def __call__(self, ctx) -> dict:
+        import numpy as np
+
+        from pipeline.metrics import chamfer, point_to_surface_distances
+
+        points = np.asarray(ctx.scene.points, np.float64)
+        e = ctx.cfg.eval
+        mesh = ctx.mesh()
+        fit = chamfer(mesh, points, n_samples=e.chamfer_samples, fscore_taus=(e.fscore_tau,))
+        res = {f"fit_{k}": v for k, v in fit.items() if k not in ("n_samples", "n_rec", "n_gt", "scale", "frame")}
+        res.update(n_points=int(len(points)), frame=f"{fit['frame']} (of the input points)")
+        if self.cfg.residual:
+            if len(points) > self.cfg.max_points:
+                points = points[np.random.default_rng(0).choice(len(points), self.cfg.max_points, replace=False)]
+            d = point_to_surface_distances(points, mesh) * fit["scale"]
+            res.update(fit_residual_l1=float(d.mean() * 1e3), fit_residual_p95=float(np.percentile(d, 95) * 1e3))
+        return res
+
+
 def build_image_metrics(cfg, ctx):
     """Build the PSNR / SSIM evaluator from its ``evaluators:`` entry (``PSNRConfig``)."""
     return ImageMetrics(cfg)
@@ -56,3 +90,8 @@ def build_image_metrics(cfg, ctx):
 def build_geometry_metrics(cfg, ctx):
     """Build the mesh-vs-GT evaluator from its ``evaluators:`` entry (``ChamferConfig``)."""
     return GeometryMetrics(cfg)
+
+
+def build_point_fit(cfg, ctx):
+    """Build the mesh-vs-input-points evaluator from its ``evaluators:`` entry (``PointFitConfig``)."""
+    return PointFitMetrics(cfg)

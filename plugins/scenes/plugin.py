@@ -33,6 +33,10 @@ def nls_scene_type_for_path(path: Path):
     if path.is_dir() and any((path / sparse / f"cameras{ext}").is_file()
                              for sparse in ("sparse/0", "sparse") for ext in (".bin", ".txt")):
         return "colmap"
+    from plugins.scenes.point_files import is_point_cloud_file
+
+    if is_point_cloud_file(path):  # before meshes: a .ply may hold points only
+        return "geometry"
     if path.suffix.lower() in MESH_SUFFIXES:
         return "mesh"
     return None
