@@ -600,12 +600,14 @@ class Trainer:
 
     def _launcher_gone(self) -> bool:
         """Whether the torchrun launcher died (:class:`~pipeline.distributed.LauncherWatch`); the first time,
-        says so and asks for a stop at this step's boundary, which writes a checkpoint."""
+        asks for a stop at this step's boundary, which writes a checkpoint, and the node's local rank 0 says so."""
         if self.stop.requested or not self._launcher.gone():
             return False
         from pipeline import distributed
 
         self.stop.requested = True
+        if self.dist.local_rank != 0:  # every worker of the node sees the same launcher go: one says so
+            return True
         print(f"{self.dist.tag()}the torchrun launcher (pid {self._launcher.pid}) is gone: stopping at step "
               f"{self.step + 1} with a checkpoint; {distributed.RESUME_HINT.format(run=self.run.path)}",
               file=sys.stderr, flush=True)

@@ -252,6 +252,7 @@ def test_a_killed_launcher_stops_its_workers_with_a_checkpoint(tmp_path):
     assert waited < 60 and all(_exited(w) for w in workers), err[-3000:]
     assert re.search(r"the torchrun launcher \(pid \d+\) is gone: stopping at step \d+ with a checkpoint; resume "
                      r"it with `nls resume ", err), err[-3000:]
+    assert err.count("the torchrun launcher (pid") == 1, err[-3000:]  # said by local rank 0, not by both
     run = only_run(out)
     stopped = run.load_checkpoint()["step"]
     assert 0 < stopped < steps and losses(run) and len(losses(run)) == stopped  # saved at the step it stopped
