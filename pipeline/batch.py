@@ -570,7 +570,8 @@ def _finish(results: list[SceneResult], out_dir: Path) -> int:
         print(f"comparison table skipped: {exc}", file=sys.stderr)
         table = None
     atomic_write_text(out_dir / "batch.json", json.dumps({
-        "scenes": [asdict(r) for r in results], "compare": str(table) if table else None}, indent=2) + "\n")
+        # number: 1-based, as the console's [N] and the log file's NN_ name it (index is 0-based)
+        "scenes": [{"number": r.index + 1, **asdict(r)} for r in results], "compare": str(table) if table else None}, indent=2) + "\n")
     done = [r for r in results if r.outcome == "ok"]
     failed = [r for r in results if r.outcome != "ok"]
     print(f"{len(done)} of {len(results)} scene(s) finished; batch folder: {out_dir}"

@@ -83,6 +83,9 @@ def _check_batch(out: Path, proc, good: list[str], bad: dict[str, str]) -> None:
     record = json.loads((batch / "batch.json").read_text())
     by_name = {Path(s["scene"]).stem: s for s in record["scenes"]}
     assert set(by_name) == set(good) | set(bad)
+    for s in record["scenes"]:  # the number the console and the log file (a scene refused before it ran has none) give it
+        assert s["number"] == s["index"] + 1 and Path(s["log"] or f"{s['number']:02d}_").name.startswith(
+            f"{s['number']:02d}_"), s
     for name in good:
         s = by_name[name]
         assert s["outcome"] == "ok" and s["status"] == "complete", s
