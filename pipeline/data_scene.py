@@ -3,7 +3,8 @@ folder, a COLMAP capture, a mesh file or a point-cloud file) instead of a scene 
 
 Data that the scene source turns into posed images trains :data:`DATA_SCENE`: the settings of
 ``scenes/lego_dense.yaml``, the CPU-sized dense-grid radiance field with nerfacc volume rendering, less its
-lego-specific box (the scene source gives the box), with 5000 steps. Data that gives points and no images
+lego-specific box (the scene source gives the box), with 5000 steps, and ``point_fit`` as well where the source
+gives points too (a COLMAP capture's sparse points). Data that gives points and no images
 (a point-cloud file) trains :data:`POINT_SCENE`: ``scenes/sample_network_spot.yaml``'s surface reconstruction
 from raw points, scored against the input points by ``point_fit``. The run's config.yaml holds the settings
 resolved, so ``nls resume`` and the other commands need no scene file.
@@ -67,4 +68,6 @@ def data_scene(path: Path, scene_type: str | None, produces: frozenset[str] | se
             f".stl, .glb), or a point-cloud file (.ply without faces, .xyz, .pts, .npy)")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.resolve().name).strip("._") or "scene"
     settings = POINT_SCENE if "points" in produces and "images" not in produces else DATA_SCENE
+    if settings is DATA_SCENE and "points" in produces:  # posed images with points (a COLMAP model's sparse points)
+        settings = {**DATA_SCENE, "evaluators": [*DATA_SCENE["evaluators"], {"type": "point_fit"}]}
     return {"name": name, **settings, "scene": {"type": scene_type, "path": str(path.resolve())}}

@@ -172,6 +172,9 @@ def test_a_known_capture_loads_up_to_one_similarity_and_meta_maps_it_back(tmp_pa
     assert scene.meta["normalisation"]["orientation"] == "vertical"
     assert torch.equal(scene.aabb, torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]))
     assert 0.8 < s * 0.4 < 1.0 and scene.meta["normalisation"]["points_used"] == 400
+    # the sparse points in the box are the scene's points, in the run's frame: the sphere's 400, not the far 60
+    assert scene.points.shape == (400, 3) and scene.meta["sparse_points"] == {"total": 460, "in_box": 400}
+    assert np.abs(np.linalg.norm(scene.points - t, axis=1) - s * 0.4).max() < 1e-5
     o = np.abs(c2w[:, :3, 3])  # near/far: the nearest camera's distance to the box, the farthest corner's
     assert np.isclose(scene.near, np.linalg.norm(np.maximum(o - 1, 0), axis=1).min(), rtol=1e-5)
     assert np.isclose(scene.far, np.linalg.norm(o + 1, axis=1).max(), rtol=1e-5)

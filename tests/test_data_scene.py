@@ -27,6 +27,8 @@ def test_a_colmap_folder_trains_the_default_scene(tmp_path, capsys):
     assert cfg["name"] == "my_scan_v2" and cfg["method"] == "dense_grid" and cfg["train"]["steps"] == 2
     assert cfg["scene"]["type"] == "colmap" and cfg["scene"]["path"] == str(cap.resolve())
     assert cfg["field"]["type"] == DATA_SCENE["field"]["type"] and cfg["scene"]["aabb"] is None
+    # the capture's sparse points: the mesh is scored against them as well as the images
+    assert [e["type"] for e in cfg["evaluators"]] == ["psnr", "point_fit"]
     assert "my_scan_v2/dense_grid/" in capsys.readouterr().out
 
 

@@ -31,6 +31,8 @@ a camera rig's pose.
   cone inscribed in its frustum), enlarged by 10% likewise: an object kept in frame in every view lies
   inside it. A COLMAP point ``p`` maps to ``p' = s R (p - c)``, the 4x4 ``meta["input_frame"]["to_run"]``,
   which ``nls export --frame input`` inverts.
+* Sparse points: those inside the scene box, in the run's frame, are the scene's ``points`` (P, 3), which
+  ``nls view`` shows and the ``point_fit`` evaluator scores the mesh against.
 * Splits: the LLFF / mip-NeRF 360 rule: the images sorted by name, every ``test_every``-th from the first
   is ``test``, the others ``train``.
 
@@ -527,5 +529,14 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         meta["unposed_images"] = len(unposed)
     if max_images is not None:
         meta["max_images"] = int(max_images)
+    inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
+    meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside))}
     return SceneData(splits=out, aabb=torch.tensor(np.asarray(box, np.float32)),
-                     background=tuple(float(x) for x in bg), near=float(near), far=float(far), meta=meta)
+                     background=tuple(float(x) for x in bg), near=float(near), far=float(far), meta=meta,
+                     points=inside.astype(np.float32) if len(inside) else None)
+
+
+def points_in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The rows of ``points`` (P, 3) inside ``box`` (6: min xyz, max xyz), boundary included."""
+    box = np.asarray(box, dtype=np.float64).reshape(2, 3)
+    return points[((points >= box[0]) & (points <= box[1])).all(axis=1)]

@@ -49,8 +49,8 @@ class GeometryMetrics:
 
 
 class PointFitMetrics:
-    """The mesh against the scene's input points (``ctx.scene.points``, (P, 3), in the run's frame), for
-    point-cloud scenes, which have no ground-truth mesh.
+    """The mesh against the scene's input points (``ctx.scene.points``, (P, 3), in the run's frame): a point
+    cloud's, which has no ground-truth mesh, or a COLMAP capture's sparse points. Skipped without points.
 
     ``fit_*``: :func:`pipeline.metrics.chamfer` with the points as the reference, in the frame where their
     bounding box is centred with largest side 1. ``fit_accuracy_l1`` (mesh samples to the nearest input point)
@@ -67,7 +67,10 @@ class PointFitMetrics:
         import numpy as np
 
         from pipeline.metrics import chamfer, point_to_surface_distances
+        from pipeline.types import NLSError
 
+        if ctx.scene.points is None or len(ctx.scene.points) == 0:
+            raise NLSError("the scene has no input points (a COLMAP model without sparse points inside the box)")
         points = np.asarray(ctx.scene.points, np.float64)
         e = ctx.cfg.eval
         mesh = ctx.mesh()

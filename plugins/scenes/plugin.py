@@ -23,7 +23,7 @@ def nls_register_scene_sources(register):
     register("blender", f"{M}:build_blender", config=C.BlenderConfig,
              produces={"images"}, description=C.BlenderConfig.__doc__)
     register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
-             produces={"images"}, description=C.ColmapConfig.__doc__)
+             produces={"images", "points"}, description=C.ColmapConfig.__doc__)
 
 
 @hookimpl
