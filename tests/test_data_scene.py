@@ -144,6 +144,12 @@ def test_point_fit_measures_the_distance_from_the_points_to_the_mesh():
     assert res["fit_completeness_l1"] >= expected and res["fit_accuracy_l1"] >= expected, res
     assert res["n_points"] == 4000 and better("fit_residual_l1") == "lower" and better("fit_fscore@0.01") == "higher"
     assert better("fit_accuracy_l1") == "lower" and better("fit_chamfer_l1") == "lower"
+    from pipeline.types import NLSError
+
+    for none in (None, points[:0]):  # a COLMAP model without sparse points in the box: skipped, with the reason
+        with pytest.raises(NLSError, match="the scene has no input points"):
+            PointFitMetrics(PointFitConfig())(SimpleNamespace(scene=SimpleNamespace(points=none), mesh=lambda: mesh,
+                                                              cfg=ctx.cfg))
 
 
 def test_the_point_scene_is_sample_network_spot_scored_against_its_points():
