@@ -102,6 +102,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64; "
                    "a new block type (--set field.type=hash_grid) drops the old type's options")
+    r.add_argument("--data", metavar="PATH", help="train SCENE.yaml's method and settings on this data instead of "
+                   "its own (any data path SCENE.yaml itself may be: a Blender, instant-ngp or COLMAP folder, a mesh "
+                   "or a point-cloud file): the scene block becomes the source that reads PATH, the run is named "
+                   "after it, and point_fit is added where PATH gives points, e.g. to compare methods on one scan: "
+                   "nls reconstruct scenes/lipschitz_spot.yaml --data scan.ply")
     r.add_argument("-o", "--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the scene's train.device "
                    "(auto: cuda when available, else cpu)")

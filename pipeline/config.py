@@ -669,19 +669,34 @@ def check_chain(cfg: SceneConfig, host) -> None:
         available |= set(comp.produces)
 
 
-def load_scene(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
+def load_scene(path: Path, host, overrides: list[str] = (), data: Optional[Path] = None) -> SceneConfig:
     """Read, override and validate a scene file. Errors that only overrides cause are reported
     against those ``--set`` options, not the file. A data path (a folder, or a file that is not YAML) is
-    read as :func:`pipeline.data_scene.data_scene` gives it: the default scene with that data."""
-    from pipeline.data_scene import data_scene, is_data_path
+    read as :func:`pipeline.data_scene.data_scene` gives it: the default scene with that data. ``data``
+    (``--data``): the scene file's settings on that data instead of its own (:func:`pipeline.data_scene.with_data`)."""
+    from pipeline.data_scene import data_scene, is_data_path, with_data
+
+    def detected(p: Path) -> tuple[Optional[str], frozenset]:
+        scene_type = host.scene_type_for_path(p)
+        return scene_type, (host.component("scene", scene_type).produces if scene_type else frozenset())
 
     path = Path(path)
     if is_data_path(path):
-        scene_type = host.scene_type_for_path(path)
-        produces = host.component("scene", scene_type).produces if scene_type else frozenset()
-        base = data_scene(path, scene_type, produces)
+        if data is not None:
+            raise ConfigError(f"--data {data}: {path} is data already; give a scene file (see scenes/) to train "
+                              f"its settings on --data, or the data alone for the default settings")
+        base = data_scene(path, *detected(path))
     else:
         base = read_yaml(path)
+    if data is not None:
+        data = Path(data)
+        if not data.exists():
+            raise ConfigError(f"--data {data}: no such file or folder")
+        if not is_data_path(data):
+            raise ConfigError(f"--data {data}: a scene file, not data; give a data folder or file "
+                              f"(the scene file goes first: nls reconstruct SCENE.yaml --data PATH)")
+        base = with_data(base, data, *detected(data))
+        path = Path(f"{path} (with --data {data})")
     try:
         data = apply_overrides(base, list(overrides))
     except ConfigError:  # e.g. --set train.steps=N where the file's `train` is a list: the file's mistake first

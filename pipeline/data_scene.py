@@ -52,22 +52,51 @@ def is_data_path(path: Path) -> bool:
     return path.is_dir() or (path.is_file() and path.suffix.lower() not in YAML_SUFFIXES)
 
 
+def _unrecognised(path: Path, what: str = "") -> "ConfigError":  # noqa: F821
+    """The ConfigError for data at ``path`` that no scene source recognises, listing what is read."""
+    from pipeline.types import ConfigError
+
+    kind = "folder" if path.is_dir() else "file"
+    return ConfigError(
+        f"{what}{path}: this {kind} is neither a scene YAML nor data a scene source recognises. Give a scene file "
+        f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), a "
+        f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a mesh file (.obj, .off, .ply, "
+        f".stl, .glb), or a point-cloud file (.ply without faces, .xyz, .pts, .npy)")
+
+
+def data_name(path: Path) -> str:
+    """A run name from a data path: its file stem or folder name, with runs of other characters than letters,
+    digits, ``_``, ``.`` and ``-`` made ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.resolve().name).strip("._") or "scene"
+
+
+def _with_point_fit(evaluators: list, produces: frozenset[str] | set[str]) -> list:
+    """``evaluators`` with ``point_fit`` added when the scene source gives input points and none is listed."""
+    listed = any((e.get("type") if isinstance(e, dict) else e) == "point_fit" for e in evaluators)
+    return [*evaluators, {"type": "point_fit"}] if "points" in produces and not listed else list(evaluators)
+
+
 def data_scene(path: Path, scene_type: str | None, produces: frozenset[str] | set[str] = frozenset({"images"})) -> dict:
     """The scene dict for data at ``path``, which scene source ``scene_type`` (as ``nls_scene_type_for_path``
     detected it) reads: :data:`POINT_SCENE` when that source ``produces`` points and no images, else
-    :data:`DATA_SCENE`, with ``name`` from the path's name and ``scene.path`` made absolute; ConfigError when
-    no scene source recognises the path."""
-    from pipeline.types import ConfigError
-
+    :data:`DATA_SCENE` (with ``point_fit`` when it gives points too), with ``name`` from the path's name and
+    ``scene.path`` made absolute; ConfigError when no scene source recognises the path."""
     if scene_type is None:
-        what = "folder" if path.is_dir() else "file"
-        raise ConfigError(
-            f"{path}: this {what} is neither a scene YAML nor data a scene source recognises. Give a scene file "
-            f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), a "
-            f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a mesh file (.obj, .off, .ply, "
-            f".stl, .glb), or a point-cloud file (.ply without faces, .xyz, .pts, .npy)")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.resolve().name).strip("._") or "scene"
+        raise _unrecognised(path)
     settings = POINT_SCENE if "points" in produces and "images" not in produces else DATA_SCENE
-    if settings is DATA_SCENE and "points" in produces:  # posed images with points (a COLMAP model's sparse points)
-        settings = {**DATA_SCENE, "evaluators": [*DATA_SCENE["evaluators"], {"type": "point_fit"}]}
-    return {"name": name, **settings, "scene": {"type": scene_type, "path": str(path.resolve())}}
+    return {"name": data_name(path), **settings, "evaluators": _with_point_fit(settings["evaluators"], produces),
+            "scene": {"type": scene_type, "path": str(path.resolve())}}
+
+
+def with_data(scene: dict, path: Path, scene_type: str | None, produces: frozenset[str] | set[str]) -> dict:
+    """``scene`` (a scene file's dict) set to train on the data at ``path`` (``nls reconstruct SCENE.yaml --data
+    PATH``): its scene block becomes ``{type: scene_type, path: <absolute path>}``, keeping the file's other
+    scene options only when the type is the same (as ``--set scene.type=...`` drops them), its name becomes the
+    data's, and ``point_fit`` joins its evaluators when the source gives input points. ConfigError when no
+    scene source recognises the path."""
+    if scene_type is None:
+        raise _unrecognised(path, "--data ")
+    old = scene.get("scene") if isinstance(scene.get("scene"), dict) else {}
+    block = {**(old if old.get("type") == scene_type else {}), "type": scene_type, "path": str(path.resolve())}
+    evaluators = scene.get("evaluators") if isinstance(scene.get("evaluators"), list) else []
+    return {**scene, "name": data_name(path), "scene": block, "evaluators": _with_point_fit(evaluators, produces)}

@@ -162,3 +162,47 @@ def test_the_point_scene_is_sample_network_spot_scored_against_its_points():
             assert value == spot[key], key
     assert data_scene(Path("c.xyz"), "geometry", {"points", "gt_mesh"})["method"] == "sample_network"
     assert data_scene(Path("m.obj"), "mesh", {"images", "gt_mesh"})["method"] == "dense_grid"
+
+
+def test_data_trains_a_scene_files_settings_on_other_data(tmp_path):
+    """``nls reconstruct SCENE.yaml --data PATH``: the file's method and settings, the data's source and name,
+    the file's scene options kept only for the same source type, and point_fit added for a source with points."""
+    import trimesh
+
+    from pipeline.data_scene import with_data
+
+    cloud = tmp_path / "my scan.ply"
+    trimesh.PointCloud(_sphere_points(500, 0.5)).export(cloud)
+    spot = yaml.safe_load((Path(__file__).parents[1] / "scenes" / "lipschitz_spot.yaml").read_text())
+    got = with_data(spot, cloud, "geometry", {"points", "gt_mesh"})
+    assert got["name"] == "my_scan" and got["method"] == "lipschitz" and got["field"] == spot["field"]
+    assert got["scene"] == {**spot["scene"], "path": str(cloud.resolve())}  # same type: n_points kept
+    assert got["evaluators"] == [*spot["evaluators"], {"type": "point_fit"}]
+    lego = {"name": "lego", "scene": {"type": "blender", "path": "x", "aabb": [-1] * 3 + [1] * 3},
+            "evaluators": [{"type": "psnr"}, {"type": "point_fit"}]}
+    got = with_data(lego, tmp_path, "colmap", {"images", "points"})
+    assert got["scene"] == {"type": "colmap", "path": str(tmp_path.resolve())}  # another type: its options go
+    assert got["evaluators"] == lego["evaluators"]  # listed already: not twice
+
+    runs = tmp_path / "runs"
+    scene = Path(__file__).parents[1] / "scenes" / "sample_network_spot.yaml"
+    assert main(["reconstruct", str(scene), "--data", str(cloud), "--steps", "2", "--no-eval", "-q",
+                 "--output", str(runs)]) == 0
+    cfg = _config(runs)
+    assert cfg["name"] == "my_scan" and cfg["scene"]["type"] == "geometry" and cfg["method"] == "sample_network"
+    assert [e["type"] for e in cfg["evaluators"]] == ["chamfer", "point_fit"]
+
+
+@pytest.mark.parametrize("args, why", [
+    (["{scene}", "--data", "{tmp}/missing.ply"], "--data {tmp}/missing.ply: no such file or folder"),
+    (["{scene}", "--data", "{scene}"], "a scene file, not data"),
+    (["{tmp}", "--data", "{tmp}"], "is data already; give a scene file"),
+    (["{scene}", "--data", "{tmp}/notes.txt"], "--data {tmp}/notes.txt: this file is neither a scene YAML nor data"),
+])
+def test_bad_data_is_a_config_error_naming_it(tmp_path, capsys, args, why):
+    scene = str(Path(__file__).parents[1] / "scenes" / "sample_network_spot.yaml")
+    (tmp_path / "notes.txt").write_text("not points\n")
+    fill = {"scene": scene, "tmp": str(tmp_path)}
+    assert main(["reconstruct", *(a.format(**fill) for a in args), "--output", str(tmp_path / "runs")]) == 2
+    assert why.format(**fill) in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

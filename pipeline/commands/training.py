@@ -161,7 +161,7 @@ def cmd_reconstruct(args) -> int:
         overrides.append(f"train.steps={args.steps}")
     if args.device:
         overrides.append(f"train.device={args.device}")
-    cfg = load_scene(Path(args.scene), host, overrides)
+    cfg = load_scene(Path(args.scene), host, overrides, data=Path(args.data) if args.data else None)
     root = Path(args.output or cfg.output.root)
     check_writable(root)
 
