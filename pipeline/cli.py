@@ -95,7 +95,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        description="Validate SCENE.yaml, train it, render the eval split, export a mesh, "
                        "evaluate, and write everything to a new run folder.")
     r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/), or data: a Blender or "
-                   "instant-ngp folder, a COLMAP capture or a mesh file, reconstructed with the default scene "
+                   "instant-ngp folder, a COLMAP capture, a folder of photos without poses (posed by structure from motion "
+                   "with pycolmap, once, cached) or a mesh file, reconstructed with the default scene "
                    "(pipeline/data_scene.py: a CPU-sized dense grid, 5000 steps; --set field.type=hash_grid on a GPU), "
                    "or a point-cloud file (.ply without faces, .xyz, .pts, .npy), fitted with sample networks "
                    "(3000 steps) and scored against its points")
@@ -104,7 +105,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "a new block type (--set field.type=hash_grid) drops the old type's options")
     r.add_argument("--data", metavar="PATH", help="train SCENE.yaml's method and settings on this data instead of "
                    "its own (any data path SCENE.yaml itself may be: a Blender, instant-ngp or COLMAP folder, a mesh "
-                   "or a point-cloud file): the scene block becomes the source that reads PATH, the run is named "
+                   "or a point-cloud file): the scene block becomes the source that reads PATH, with its defaults (--set "
+                   "scene.* sets its options), the run is named "
                    "after it, and point_fit is added where PATH gives points, e.g. to compare methods on one scan: "
                    "nls reconstruct scenes/lipschitz_spot.yaml --data scan.ply")
     r.add_argument("-o", "--output", metavar="DIR", help="runs root (default: the scene's output.root, 'outputs')")

@@ -1,5 +1,6 @@
 """The scene a data path is reconstructed with: ``nls reconstruct /data/garden`` (a Blender or instant-ngp
-folder, a COLMAP capture, a mesh file or a point-cloud file) instead of a scene YAML.
+folder, a COLMAP capture, a folder of photos without poses, a mesh file or a point-cloud file) instead of a
+scene YAML.
 
 Data that the scene source turns into posed images trains :data:`DATA_SCENE`: the settings of
 ``scenes/lego_dense.yaml``, the CPU-sized dense-grid radiance field with nerfacc volume rendering, less its
@@ -60,8 +61,9 @@ def _unrecognised(path: Path, what: str = "") -> "ConfigError":  # noqa: F821
     return ConfigError(
         f"{what}{path}: this {kind} is neither a scene YAML nor data a scene source recognises. Give a scene file "
         f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), a "
-        f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a mesh file (.obj, .off, .ply, "
-        f".stl, .glb), or a point-cloud file (.ply without faces, .xyz, .pts, .npy)")
+        f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a folder of at least 3 photos without poses "
+        f"(.jpg, .jpeg, .png, in it or in its images/), a mesh file (.obj, .off, .ply, .stl, .glb), or a "
+        f"point-cloud file (.ply without faces, .xyz, .pts, .npy)")
 
 
 def data_name(path: Path) -> str:
@@ -90,13 +92,12 @@ def data_scene(path: Path, scene_type: str | None, produces: frozenset[str] | se
 
 def with_data(scene: dict, path: Path, scene_type: str | None, produces: frozenset[str] | set[str]) -> dict:
     """``scene`` (a scene file's dict) set to train on the data at ``path`` (``nls reconstruct SCENE.yaml --data
-    PATH``): its scene block becomes ``{type: scene_type, path: <absolute path>}``, keeping the file's other
-    scene options only when the type is the same (as ``--set scene.type=...`` drops them), its name becomes the
-    data's, and ``point_fit`` joins its evaluators when the source gives input points. ConfigError when no
-    scene source recognises the path."""
+    PATH``): its scene block becomes ``{type: scene_type, path: <absolute path>}``, as :func:`data_scene` gives
+    it (the file's scene options describe its own data: its box, sample counts, crops; ``--set scene.*`` sets
+    them for the new data), its name becomes the data's, and ``point_fit`` joins its evaluators when the source
+    gives input points. ConfigError when no scene source recognises the path."""
     if scene_type is None:
         raise _unrecognised(path, "--data ")
-    old = scene.get("scene") if isinstance(scene.get("scene"), dict) else {}
-    block = {**(old if old.get("type") == scene_type else {}), "type": scene_type, "path": str(path.resolve())}
+    block = {"type": scene_type, "path": str(path.resolve())}
     evaluators = scene.get("evaluators") if isinstance(scene.get("evaluators"), list) else []
     return {**scene, "name": data_name(path), "scene": block, "evaluators": _with_point_fit(evaluators, produces)}

@@ -55,15 +55,9 @@ class BlenderConfig(ComponentConfig):
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
 
 
-class ColmapConfig(ComponentConfig):
-    """COLMAP capture: images/ and a sparse model (sparse/0 or sparse, .bin or .txt), read with pycolmap (pip
-    install 'neural-level-sets[colmap]'). The scene is turned +Z up (found from the cameras), centred and scaled
-    so the robust box of the sparse points is the cube [-1, 1]^3; every 8th image by name is held out as test.
-    For bounded, object-centric captures: content far outside the box is not modelled."""
+class _CaptureOptions(ComponentConfig):
+    """What a COLMAP capture is loaded with, whoever made its model: splits, images and the normalisation."""
 
-    path: str = Field(..., description="capture folder; ${NLS_DATA} expands to the data root")
-    images: str = Field("images", description="image folder under path (images_2, images_4: downscaled copies)")
-    sparse: Optional[str] = Field(None, description="model folder under path (default: sparse/0, else sparse)")
     background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
     downscale: int = Field(1, ge=1, description="integer area-downscale factor")
     max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
@@ -88,6 +82,37 @@ class ColmapConfig(ComponentConfig):
         if every == 1:
             raise ValueError("1 would hold out every image, leaving none to train on; give 0 (no test split) or >= 2")
         return every
+
+    def capture_options(self) -> dict:
+        """These options as keyword arguments of :func:`pipeline.scenes.colmap.load_colmap`."""
+        return {"splits": tuple(self.splits), "test_every": self.test_every, "downscale": self.downscale,
+                "max_images": self.max_images, "aabb": self.aabb, "center": self.center, "scale": self.scale,
+                "orientation": self.orientation, "up": self.up}
+
+
+class ColmapConfig(_CaptureOptions):
+    """COLMAP capture: images/ and a sparse model (sparse/0 or sparse, .bin or .txt), read with pycolmap (pip
+    install 'neural-level-sets[colmap]'). The scene is turned +Z up (found from the cameras), centred and scaled
+    so the robust box of the sparse points is the cube [-1, 1]^3; every 8th image by name is held out as test.
+    For bounded, object-centric captures: content far outside the box is not modelled."""
+
+    path: str = Field(..., description="capture folder; ${NLS_DATA} expands to the data root")
+    images: str = Field("images", description="image folder under path (images_2, images_4: downscaled copies)")
+    sparse: Optional[str] = Field(None, description="model folder under path (default: sparse/0, else sparse)")
+
+
+class PhotosConfig(_CaptureOptions):
+    """Photos without poses (.jpg/.jpeg/.png, in the folder or in its images/): structure from motion with
+    pycolmap (SIFT, matching, incremental mapping, undistortion; pip install 'neural-level-sets[colmap]') makes
+    the capture once, cached by the photos' contents, which then loads as the colmap source loads one."""
+
+    path: str = Field(..., description="folder of photos, or a folder holding them in images/; ${NLS_DATA} ok")
+    camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = Field(
+        "SIMPLE_RADIAL", description="camera model the mapper estimates (distortion is undistorted away after)")
+    single_camera: bool = Field(True, description="one camera shared by every photo (one lens, one zoom)")
+    matcher: Literal["exhaustive", "sequential"] = Field(
+        "exhaustive", description="match every pair (any order of photos), or neighbours by name (video frames)")
+    max_image_size: int = Field(1600, ge=64, description="photos are scaled down to this side for SIFT")
 
 
 class GeometryConfig(ComponentConfig):

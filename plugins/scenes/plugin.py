@@ -1,5 +1,5 @@
-"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes, Blender-format folders and COLMAP
-captures."""
+"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes, Blender-format folders, COLMAP
+captures and photos without poses (structure from motion)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def nls_register_scene_sources(register):
              produces={"images"}, description=C.BlenderConfig.__doc__)
     register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
              produces={"images", "points"}, description=C.ColmapConfig.__doc__)
+    register("photos", f"{M}:build_photos", config=C.PhotosConfig,
+             produces={"images", "points"}, description=C.PhotosConfig.__doc__)
 
 
 @hookimpl
@@ -33,8 +35,12 @@ def nls_scene_type_for_path(path: Path):
     if path.is_dir() and any((path / sparse / f"cameras{ext}").is_file()
                              for sparse in ("sparse/0", "sparse") for ext in (".bin", ".txt")):
         return "colmap"
+    from pipeline.scenes.sfm import MIN_PHOTOS, photo_names
     from plugins.scenes.point_files import is_point_cloud_file
+    from plugins.scenes.sources import photo_folder
 
+    if path.is_dir() and len(photo_names(photo_folder(path))) >= MIN_PHOTOS:  # photos without a model
+        return "photos"
     if is_point_cloud_file(path):  # before meshes: a .ply may hold points only
         return "geometry"
     if path.suffix.lower() in MESH_SUFFIXES:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
 from pipeline.types import ConfigError, SceneData
-from plugins.scenes.config import BlenderConfig, ColmapConfig, MeshSceneConfig, ProceduralConfig
+from plugins.scenes.config import BlenderConfig, ColmapConfig, MeshSceneConfig, PhotosConfig, ProceduralConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -327,10 +327,52 @@ def build_colmap(cfg: ColmapConfig, ctx):
     def load() -> SceneData:
         from pipeline.scenes.colmap import load_colmap
 
-        return load_colmap(Path(cfg.path), images=cfg.images, sparse=cfg.sparse, splits=tuple(cfg.splits),
-                           test_every=cfg.test_every, background=BG[cfg.background], downscale=cfg.downscale,
-                           max_images=cfg.max_images, aabb=cfg.aabb, center=cfg.center, scale=cfg.scale,
-                           orientation=cfg.orientation, up=cfg.up)
+        return load_colmap(Path(cfg.path), images=cfg.images, sparse=cfg.sparse, background=BG[cfg.background],
+                           **cfg.capture_options())
+
+    return load
+
+
+def photo_folder(path: Path) -> Path:
+    """Where the photos of a ``photos`` scene are: ``path/images`` when it is a folder, else ``path``."""
+    return path / "images" if (path / "images").is_dir() else path
+
+
+def build_photos(cfg: PhotosConfig, ctx):
+    """Build the ``photos`` scene source from its ``scene:`` block (``PhotosConfig``): returns a loader that runs
+    structure from motion on the photos once (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and
+    the SfM options) and loads the capture it makes as the colmap source does."""
+    def load() -> SceneData:
+        from pipeline.runs import file_sha256
+        from pipeline.scenes.colmap import load_colmap
+        from pipeline.scenes.sfm import MIN_PHOTOS, PHOTO_SUFFIXES, photo_names, run_sfm
+        from pipeline.types import DataError
+
+        folder = photo_folder(Path(cfg.path))
+        if not folder.is_dir():
+            raise DataError(f"scene.path {cfg.path} is not a folder; give the folder that holds the photos")
+        names = photo_names(folder)
+        if len(names) < MIN_PHOTOS:
+            raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
+                            f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
+        sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
+               "max_image_size": cfg.max_image_size}
+        photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
+
+        def make(tmp: Path) -> None:
+            found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
+            (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
+
+        entry = cached_render("sfm", {"photos": photos, **sfm}, make)
+        found = json.loads((entry / "meta.json").read_text())["sfm"]
+        if found["unregistered"]:
+            warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} photos "
+                 f"out of its model (they share too few matches with the others): "
+                 f"{', '.join(found['unregistered'][:8])}{' ...' if len(found['unregistered']) > 8 else ''}")
+        scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
+                            **cfg.capture_options())
+        scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)})
+        return scene
 
     return load
 

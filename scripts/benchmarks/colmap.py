@@ -15,7 +15,13 @@ name, which are lego's first test views, follow the colmap source's split rule. 
   ``blender`` run's mesh (or ``--points-mesh``) and 5% far outliers, in the written world; the box is
   found from them;
 
-and each is scored on the same test views. Reported: PSNR, SSIM, steps and seconds, and the angle of the
+* ``photos``: the same images, composited on white, as a folder of photos without poses: the ``photos``
+  source runs structure from motion on them (pycolmap: SIFT, exhaustive matching, incremental mapping,
+  undistortion), and the poses it finds are compared with lego's (after the similarity that best aligns the
+  camera centres): rotation error in degrees and centre error as a fraction of the cameras' mean distance
+  from their centroid;
+
+and each is scored on the same test views (``photos``: the same ones when every photo is registered). Reported: PSNR, SSIM, steps and seconds, and the angle of the
 rotation left between the frame the loader found and Blender's (the up-rotation does not recover a yaw
 about +Z, and the cameras' mean up is only near lego's +Z). Writes outputs/bench/colmap.json.
 """
@@ -108,6 +114,60 @@ def write_points(capture: Path, mesh: Path, written: dict, *, n: int, outliers: 
     return len(world)
 
 
+def write_photos(lego: Path, out: Path) -> int:
+    """Write the capture's images (the same names and order as :func:`write_capture`) as RGB photos composited
+    on white into ``out``, without any poses; returns how many."""
+    import imageio.v3 as iio
+
+    capture = out.parent / "lego_colmap" / "images"
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in capture.iterdir())
+    for name in names:
+        if not (out / name).exists():
+            rgba = iio.imread(capture / name).astype(np.float32) / 255.0
+            rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+            iio.imwrite(out / name, np.round(rgb * 255.0).astype(np.uint8))
+    return len(names)
+
+
+def sfm_pose_error(run: Path, lego: Path) -> dict:
+    """How far the poses structure from motion found for the ``photos`` run are from lego's: the median and
+    maximum angle between each camera's rotation and lego's, after the similarity (Umeyama) that best maps
+    lego's camera centres onto the found ones, and the centres' RMS error over their RMS distance from their
+    centroid."""
+    from scipy.spatial.transform import Rotation
+
+    scene = json.loads((run / "scene.json").read_text())
+    docs = {s: json.loads((lego / f"transforms_{s}.json").read_text()) for s in ("train", "test")}
+    n_test = held_out_count(len(docs["train"]["frames"]))
+    train, test = iter(docs["train"]["frames"]), iter(docs["test"]["frames"][:n_test])
+    order = [next(test) if k % 8 == 0 else next(train) for k in range(len(docs["train"]["frames"]) + n_test)]
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(Path(scene["sfm"]["capture"]) / "capture" / "sparse")
+    true, found = [], []
+    for im in rec.images.values():
+        c2w = np.asarray(order[int(Path(im.name).stem)]["transform_matrix"], dtype=np.float64)
+        w2c = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+        rot = np.asarray(w2c.rotation.matrix())  # world -> camera, OpenCV axes
+        true.append((c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0]), c2w[:3, 3]))
+        found.append((rot.T, -rot.T @ np.asarray(w2c.translation)))
+    a = np.stack([t[1] for t in true])
+    b = np.stack([f[1] for f in found])
+    ma, mb = a.mean(0), b.mean(0)
+    u, sv, vt = np.linalg.svd((b - mb).T @ (a - ma) / len(a))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ d @ vt
+    scale = np.trace(np.diag(sv) @ d) / ((a - ma) ** 2).sum(1).mean()
+    mapped = scale * (a - ma) @ rot.T + mb
+    centre = float(np.sqrt(((mapped - b) ** 2).sum(1).mean()) / np.sqrt(((b - mb) ** 2).sum(1).mean()))
+    angles = [Rotation.from_matrix((rot @ t[0]).T @ f[0]).magnitude() for t, f in zip(true, found)]
+    return {"registered": len(found), "rotation_error_deg_median": float(np.degrees(np.median(angles))),
+            "rotation_error_deg_max": float(np.degrees(np.max(angles))), "centre_error_relative": centre,
+            "sfm": {k: scene["sfm"][k] for k in ("photos", "registered", "points", "mean_reprojection_error",
+                                                  "seconds", "unregistered")}}
+
+
 def residual_rotation_deg(capture: Path, written: dict) -> float:
     """Degrees of the rotation between Blender's frame and the frame the colmap loader maps the capture to."""
     sys.path.insert(0, str(ROOT))
@@ -146,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=1500, help="training steps of every run (default 1500)")
     ap.add_argument("--sigma", type=float, default=3.7, help="scale of the written COLMAP world")
     ap.add_argument("--tilt", type=float, default=50.0, help="degrees the written world is tilted by")
-    ap.add_argument("--only", default="blender,colmap-matched,colmap-auto,colmap-points", help="comma-separated runs")
+    ap.add_argument("--only", default="blender,colmap-matched,colmap-auto,colmap-points,photos",
+                    help="comma-separated runs")
     ap.add_argument("--points", type=int, default=4000, help="sparse points of colmap-points (default 4000)")
     ap.add_argument("--points-mesh", help="mesh the points are sampled on (default: the blender run's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
@@ -170,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                            f"scene.scale={1 / args.sigma!r}", f"scene.aabb={box}", "scene.splits=[train, test]"],
         "colmap-auto": ["scene.type=colmap", f"scene.path={capture}", "scene.aabb=null"],
         "colmap-points": ["scene.type=colmap", f"scene.path={bench / 'lego_colmap_points'}", "scene.aabb=null"],
+        "photos": ["scene.type=photos", f"scene.path={bench / 'lego_photos'}", "scene.aabb=null"],
     }
     result = {"capture": written, "steps": args.steps, "residual_rotation_deg": residual_rotation_deg(capture, written),
               "runs": {}}
@@ -179,7 +241,11 @@ def main(argv: list[str] | None = None) -> dict:
             write_capture(Path(lego), bench / "lego_colmap_points", sigma=args.sigma, tilt=args.tilt)
             result["points"] = {"mesh": str(mesh), "count": write_points(bench / "lego_colmap_points", mesh, written,
                                                                           n=args.points)}
+        if name == "photos":
+            write_photos(Path(lego), bench / "lego_photos")
         result["runs"][name] = train(name, configs[name], args, bench / "runs", written["n_test"])
+        if name == "photos":
+            result["runs"][name]["poses"] = sfm_pose_error(Path(result["runs"][name]["run"]), Path(lego))
         print(f"{name}: {json.dumps(result['runs'][name])}", flush=True)
 
     from rich.console import Console

@@ -1,0 +1,101 @@
+"""Structure from motion for a folder of photos without poses, with pycolmap: the poses, intrinsics and sparse
+points that turn it into a COLMAP capture (:mod:`pipeline.scenes.colmap` reads the result).
+
+The steps are COLMAP's own, run through pycolmap (the ``colmap`` extra): SIFT features on the CPU (on CUDA
+where pycolmap was built with it), exhaustive or sequential matching with geometric verification,
+incremental mapping, and undistortion. The largest model is kept; images it does not register are named and
+left out. Undistortion writes pinhole images and cameras, so the lens distortion the mapper estimated is
+removed rather than ignored (the colmap loader reads a distorted camera as its pinhole part only).
+
+Layout written into ``out``: ``database.db``, ``sparse/0/`` (the mapper's model, distorted cameras) and
+``capture/`` (``images/`` undistorted and ``sparse/`` with PINHOLE cameras), which is a COLMAP capture.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Sequence
+
+from pipeline.types import DataError
+
+#: suffixes of the photos read from a folder (case-insensitive)
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: fewer photos than this cannot make a model worth training on
+MIN_PHOTOS = 3
+#: camera models the mapper may estimate (one per photo, or one shared: ``single_camera``)
+SFM_CAMERAS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+
+
+def photo_names(folder: Path) -> list[str]:
+    """The photos directly in ``folder`` (by :data:`PHOTO_SUFFIXES`), sorted by name."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def _say(text: str, progress: bool) -> None:
+    if progress:
+        print(f"structure from motion: {text}", file=sys.stderr, flush=True)
+
+
+def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str = "SIMPLE_RADIAL",
+            single_camera: bool = True, matcher: Literal["exhaustive", "sequential"] = "exhaustive",
+            max_image_size: int = 1600, threads: int = -1, seed: int = 0, progress: bool = True) -> dict:
+    """Run SfM on the photos ``names`` in ``photos`` into ``out`` (see the module docstring); returns what it
+    found: ``{"photos", "registered", "unregistered" (names), "models", "points", "mean_reprojection_error",
+    "seconds": {step: s}, ...options}``. DataError when no model registers at least :data:`MIN_PHOTOS` photos."""
+    from pipeline.scenes.colmap import _has_pose, _pycolmap
+
+    pycolmap = _pycolmap(photos)
+    pycolmap.logging.minloglevel = 2  # errors only: COLMAP's progress logs run to thousands of lines
+    db = out / "database.db"
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    _say(f"extracting SIFT features from {len(names)} photos in {photos}", progress)
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = int(max_image_size)
+    extraction.num_threads = int(threads)
+    pycolmap.extract_features(db, photos, image_names=list(names),
+                              camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
+                              reader_options=reader, extraction_options=extraction)
+    seconds["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pairs = len(names) * (len(names) - 1) // 2
+    _say(f"matching ({matcher}{f', {pairs:,} pairs' if matcher == 'exhaustive' else ''})", progress)
+    (pycolmap.match_exhaustive if matcher == "exhaustive" else pycolmap.match_sequential)(db)
+    seconds["matching"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _say("incremental mapping", progress)
+    mapped = out / "mapped"
+    mapped.mkdir()
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = int(threads)
+    options.random_seed = int(seed)
+    models = pycolmap.incremental_mapping(db, photos, mapped, options=options)
+    seconds["mapping"] = time.perf_counter() - t
+    if not models:
+        hint = "" if matcher == "exhaustive" else ", or matcher: exhaustive"
+        raise DataError(f"{photos}: structure from motion registered no photos ({len(names)} given): they share too "
+                        f"few features (give views that overlap more, with more texture{hint})")
+    best = max(models.values(), key=lambda r: r.num_reg_images())
+    if best.num_reg_images() < MIN_PHOTOS:
+        raise DataError(f"{photos}: structure from motion registered only {best.num_reg_images()} of {len(names)} "
+                        f"photos in its largest model; at least {MIN_PHOTOS} are needed")
+    model = out / "sparse" / "0"
+    model.mkdir(parents=True)
+    best.write(model)
+    shutil.rmtree(mapped)
+    t = time.perf_counter()
+    _say(f"undistorting the {best.num_reg_images()} registered photos", progress)
+    pycolmap.undistort_images(out / "capture", model, photos)
+    seconds["undistortion"] = time.perf_counter() - t
+    registered = {im.name for im in best.images.values() if _has_pose(im)}
+    return {"photos": len(names), "registered": len(registered),
+            "unregistered": [n for n in names if n not in registered], "models": len(models),
+            "points": int(best.num_points3D()), "mean_reprojection_error": float(best.compute_mean_reprojection_error()),
+            "camera_model": camera_model, "single_camera": single_camera, "matcher": matcher,
+            "max_image_size": int(max_image_size), "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+

@@ -1,0 +1,123 @@
+"""The ``photos`` scene source: a folder of photos without poses, posed by structure from motion (pycolmap), cached
+by the photos' contents, and loaded as a COLMAP capture."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.types import DataError
+from tests.test_colmap_scene import make_colmap, pycolmap  # noqa: F401  (pycolmap: the fixture)
+
+
+def _photos(folder: Path, n: int, suffix: str = ".jpg") -> Path:
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        iio.imwrite(folder / f"{k:03d}{suffix}", np.full((8, 8, 3), 10 * k, np.uint8))
+    return folder
+
+
+def test_a_folder_of_photos_is_detected_after_captures_and_blender_folders(tmp_path):
+    from pipeline.testing import plugin_host
+
+    host = plugin_host()
+    assert host.scene_type_for_path(_photos(tmp_path / "three", 3)) == "photos"
+    assert host.scene_type_for_path(_photos(tmp_path / "nested" / "images", 4, ".PNG").parent) == "photos"
+    assert host.scene_type_for_path(_photos(tmp_path / "two", 2)) is None  # too few to pose
+    cap = make_colmap(tmp_path / "cap")["root"]  # photos in images/ beside a model: a capture
+    assert host.scene_type_for_path(cap) == "colmap"
+
+
+def _fake_sfm(cap: Path, calls: list):
+    """A stand-in for run_sfm that 'finds' the tiny sphere capture's model: it copies ``cap`` in as the undistorted
+    capture, as the real one writes it, and says that it ran."""
+    def run(photos: Path, out: Path, *, names, **options) -> dict:
+        calls.append(options)
+        shutil.copytree(cap / "images", out / "capture" / "images")
+        shutil.copytree(cap / "sparse" / "0", out / "capture" / "sparse")
+        return {"photos": len(names), "registered": len(names) - 1, "unregistered": [names[-1]], "models": 1,
+                "points": 460, "mean_reprojection_error": 0.5, "seconds": {}, **options}
+    return run
+
+
+def test_photos_are_posed_once_and_loaded_as_a_capture(tmp_path, monkeypatch, capsys, pycolmap):  # noqa: F811
+    """The plumbing around SfM (a stand-in here; the next test runs the real one): the capture it makes loads
+    as the colmap source loads one, with the SfM facts in meta; a second load reuses the cache; a changed
+    photo runs SfM again; unregistered photos are named in a warning."""
+    from pipeline.scenes import sfm
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    cap = make_colmap(tmp_path / "cap")["root"]
+    photos = tmp_path / "shoot"
+    shutil.copytree(cap / "images", photos)  # the capture's 10 images, no model
+    calls: list = []
+    monkeypatch.setattr(sfm, "run_sfm", _fake_sfm(cap, calls))
+    cfg = PhotosConfig(path=str(photos), matcher="sequential")
+    scene = build_photos(cfg, None)()
+    assert len(calls) == 1 and calls[0]["matcher"] == "sequential" and calls[0]["camera_model"] == "SIMPLE_RADIAL"
+    assert scene.meta["source"] == "photos" and scene.meta["photos"] == str(photos.resolve())
+    assert scene.meta["sfm"]["registered"] == 9 and scene.points is not None and len(scene.points) == 400
+    assert set(scene.splits) == {"train", "test"} and len(scene.splits["test"]) == 2  # every 8th by name
+    assert "left 1 of 10 photos out of its model" in capsys.readouterr().err
+    build_photos(cfg, None)()
+    assert len(calls) == 1  # cached
+    (photos / "000.png").write_bytes((photos / "001.png").read_bytes())
+    build_photos(cfg, None)()
+    assert len(calls) == 2  # the photos changed: posed again
+
+
+def test_too_few_photos_or_no_folder_is_a_data_error(tmp_path):
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    with pytest.raises(DataError, match="2 photo"):
+        build_photos(PhotosConfig(path=str(_photos(tmp_path / "two", 2))), None)()
+    with pytest.raises(DataError, match="is not a folder"):
+        build_photos(PhotosConfig(path=str(tmp_path / "missing")), None)()
+
+
+def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, pycolmap):  # noqa: F811
+    """pycolmap's SIFT, matching and mapping on 25 views of lego (every 2nd of the first 50 of its test path,
+    3.6 degrees apart, composited on white): every view is registered, and after the similarity that maps lego's camera centres onto the found
+    ones, each camera's rotation is within half a degree of lego's."""
+    import imageio.v3 as iio
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.scenes import data_path
+    from pipeline.scenes.sfm import run_sfm
+
+    lego, why = data_path("nerf", "lego")
+    if lego is None:
+        pytest.skip(why)
+    frames = json.loads((lego / "transforms_test.json").read_text())["frames"][:50:2]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, f in enumerate(frames):
+        rgba = iio.imread(lego / (f["file_path"] + ".png")).astype(np.float32) / 255.0
+        iio.imwrite(photos / f"{k:02d}.png", np.round(255 * (rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]))
+                    .astype(np.uint8))
+    out = tmp_path / "sfm"
+    out.mkdir()
+    found = run_sfm(photos, out, names=sorted(p.name for p in photos.iterdir()), camera_model="SIMPLE_PINHOLE",
+                    progress=False)
+    assert found["registered"] == len(frames) and not found["unregistered"], found
+    rec = pycolmap.Reconstruction(out / "capture" / "sparse")
+    true, got = [], []
+    for im in rec.images.values():
+        c2w = np.asarray(frames[int(Path(im.name).stem)]["transform_matrix"])
+        w2c = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+        true.append(c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0]))  # OpenCV camera axes in lego's world
+        got.append(np.asarray(w2c.rotation.matrix()).T)
+    # the rotation between the worlds that fits every camera best (the chordal mean), then each camera against it
+    u, _, vt = np.linalg.svd(sum(g @ t.T for t, g in zip(true, got)))
+    world = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    errors = [np.degrees(Rotation.from_matrix((world @ t).T @ g).magnitude()) for t, g in zip(true, got)]
+    assert max(errors) < 0.5, errors
