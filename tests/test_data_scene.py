@@ -165,8 +165,8 @@ def test_the_point_scene_is_sample_network_spot_scored_against_its_points():
 
 
 def test_data_trains_a_scene_files_settings_on_other_data(tmp_path):
-    """``nls reconstruct SCENE.yaml --data PATH``: the file's method and settings, the data's source and name,
-    the file's scene options kept only for the same source type, and point_fit added for a source with points."""
+    """``nls reconstruct SCENE.yaml --data PATH``: the file's method and settings, the data's source (with its
+    defaults) and name, and point_fit added for a source with points."""
     import trimesh
 
     from pipeline.data_scene import with_data
@@ -176,12 +176,12 @@ def test_data_trains_a_scene_files_settings_on_other_data(tmp_path):
     spot = yaml.safe_load((Path(__file__).parents[1] / "scenes" / "lipschitz_spot.yaml").read_text())
     got = with_data(spot, cloud, "geometry", {"points", "gt_mesh"})
     assert got["name"] == "my_scan" and got["method"] == "lipschitz" and got["field"] == spot["field"]
-    assert got["scene"] == {**spot["scene"], "path": str(cloud.resolve())}  # same type: n_points kept
+    assert got["scene"] == {"type": "geometry", "path": str(cloud.resolve())}  # spot's n_points is for spot.obj
     assert got["evaluators"] == [*spot["evaluators"], {"type": "point_fit"}]
     lego = {"name": "lego", "scene": {"type": "blender", "path": "x", "aabb": [-1] * 3 + [1] * 3},
             "evaluators": [{"type": "psnr"}, {"type": "point_fit"}]}
     got = with_data(lego, tmp_path, "colmap", {"images", "points"})
-    assert got["scene"] == {"type": "colmap", "path": str(tmp_path.resolve())}  # another type: its options go
+    assert got["scene"] == {"type": "colmap", "path": str(tmp_path.resolve())}  # lego's box is not the data's
     assert got["evaluators"] == lego["evaluators"]  # listed already: not twice
 
     runs = tmp_path / "runs"
