@@ -95,6 +95,7 @@ class BatchOptions:
     no_eval: bool = False
     scene_timeout: Optional[float] = None
     threads: int = 1
+    data: Optional[str] = None  # --data: every scene file's settings on this data
 
     def command(self, scene: str) -> list[str]:
         """The argv of the child ``nls reconstruct <scene> -q`` run, with these options as flags."""
@@ -111,6 +112,8 @@ class BatchOptions:
             cmd += ["--device", self.device]
         if self.no_eval:
             cmd.append("--no-eval")
+        if self.data:
+            cmd += ["--data", self.data]
         return cmd
 
 
@@ -451,7 +454,7 @@ def precheck(scene: str, opts: BatchOptions, host) -> Optional[str]:
 
     overrides = list(opts.overrides) + ([f"train.steps={opts.steps}"] if opts.steps is not None else [])
     try:
-        load_scene(Path(scene), host, overrides)
+        load_scene(Path(scene), host, overrides, data=Path(opts.data) if opts.data else None)
     except NLSError as exc:
         return _without_scene(str(exc), scene)  # the lines that print it name the scene already
     return None
@@ -504,7 +507,7 @@ def cmd_batch(args) -> int:
     cpus = os.cpu_count() or 1
     opts = BatchOptions(output=args.output, overrides=list(args.set or []), steps=args.steps,
                         device=args.device, plugins_dirs=list(args.plugins_dir or []), no_eval=args.no_eval,
-                        scene_timeout=args.scene_timeout,
+                        scene_timeout=args.scene_timeout, data=str(Path(args.data).resolve()) if args.data else None,
                         # runs at once: --jobs, or fewer when there are fewer scenes than jobs
                         threads=_threads_per_run(cpus, min(jobs, len(args.scenes)) * max(1, info.local_world_size)))
     scenes = list(args.scenes)
@@ -605,6 +608,9 @@ def add_parser(sub, common) -> None:
     c.add_argument("--steps", type=int_at_least(1), metavar="N",
                    help="training steps for every scene (default: each scene's train.steps)")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
+    c.add_argument("--data", metavar="PATH", help="train every SCENE.yaml's method and settings on this data (as "
+                   "`nls reconstruct SCENE.yaml --data PATH`): methods compared on one scan or capture, e.g. "
+                   "nls batch scenes/sample_network_spot.yaml scenes/lipschitz_spot.yaml --data scan.ply")
     c.add_argument("--scene-timeout", type=positive_seconds, metavar="S",
                    help="stop a scene after S seconds (default: no limit): it gets SIGTERM, and when it is training it saves a "
                    f"checkpoint and exits (go on with `nls resume RUN`); it is killed if still running "

@@ -25,6 +25,9 @@ examples:
   nls reconstruct scenes/csg_dense.yaml                 train, render, export and evaluate
   nls reconstruct scenes/csg_dense.yaml --steps 200 --set field.resolution=64
   nls reconstruct /data/garden --steps 2000             a data folder (Blender, instant-ngp, COLMAP) or mesh file
+  nls reconstruct photos/                               photos without poses: structure from motion first
+  nls reconstruct scan.ply                              a point cloud: a surface through it
+  nls reconstruct scenes/lipschitz_spot.yaml --data scan.ply   a scene file's method on other data
   nls resume outputs/csg/dense_grid/<stamp>             continue a stopped run to its step budget
   nls render outputs/csg/dense_grid/<stamp> --spiral 60 test renders and a turntable video
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384

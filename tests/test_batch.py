@@ -321,3 +321,26 @@ def test_the_warnings_of_a_run_not_yet_evaluated_reach_compare(tmp_path):
     assert json.loads((run / "warnings.json").read_text()) == {"step": 4, "warnings": [msg]}
     res = run_nls("compare", str(run), "--json", "--plugins-dir", str(PLUGINS), env=env(), timeout=120)
     assert json.loads(res.stdout)["runs"][0]["warnings"] == [msg], res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_data_goes_to_every_scene_and_is_checked_before_any_starts(tmp_path):
+    """``nls batch A.yaml B.yaml --data PATH``: each child is ``nls reconstruct X.yaml --data PATH``, and the
+    precheck validates each scene file on that data (a scene that cannot take it is refused before any run)."""
+    import trimesh
+
+    from pipeline.batch import BatchOptions, precheck
+    from pipeline.testing import plugin_host
+
+    cloud = tmp_path / "scan.ply"
+    import numpy as np
+
+    trimesh.PointCloud(np.random.default_rng(0).normal(size=(300, 3))).export(cloud)
+    opts = BatchOptions(data=str(cloud), steps=5)
+    cmd = opts.command("scenes/lipschitz_spot.yaml")
+    assert cmd[cmd.index("--data") + 1] == str(cloud)
+    host = plugin_host()
+    for scene in ("sample_network_spot.yaml", "lipschitz_spot.yaml"):
+        assert precheck(str(ROOT / "scenes" / scene), opts, host) is None
+    # an image method on a point cloud: its renderer needs images the cloud has not got
+    why = precheck(str(ROOT / "scenes" / "csg_dense.yaml"), opts, host)
+    assert why and "with --data" in why, why

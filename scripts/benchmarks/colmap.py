@@ -131,10 +131,11 @@ def write_photos(lego: Path, out: Path) -> int:
 
 
 def sfm_pose_error(run: Path, lego: Path) -> dict:
-    """How far the poses structure from motion found for the ``photos`` run are from lego's: the median and
-    maximum angle between each camera's rotation and lego's, after the similarity (Umeyama) that best maps
-    lego's camera centres onto the found ones, and the centres' RMS error over their RMS distance from their
-    centroid."""
+    """How far the poses structure from motion found for the ``photos`` run are from lego's. The similarity
+    (Umeyama) that best maps lego's camera centres onto the found ones is fitted, then fitted again without the
+    cameras more than 5 times the median distance off it (``misplaced``: registered at a wrong pose); over the
+    others, the median and maximum angle between each camera's rotation and lego's mapped one, and the distance
+    between the centres over the cameras' RMS distance from their centroid."""
     from scipy.spatial.transform import Rotation
 
     scene = json.loads((run / "scene.json").read_text())
@@ -154,18 +155,32 @@ def sfm_pose_error(run: Path, lego: Path) -> dict:
         found.append((rot.T, -rot.T @ np.asarray(w2c.translation)))
     a = np.stack([t[1] for t in true])
     b = np.stack([f[1] for f in found])
+    names = [im.name for im in rec.images.values()]
+    inliers = np.ones(len(a), dtype=bool)
+    for _ in range(2):  # fit, then refit without the cameras far off it (mis-registered ones)
+        rot, scale, shift = _umeyama(a[inliers], b[inliers])
+        err = np.linalg.norm(scale * a @ rot.T + shift - b, axis=1)
+        inliers = err < 5 * np.median(err)
+    spread = np.sqrt(((b[inliers] - b[inliers].mean(0)) ** 2).sum(1).mean())
+    angles = np.degrees([Rotation.from_matrix((rot @ t[0]).T @ f[0]).magnitude() for t, f in zip(true, found)])
+    return {"registered": len(found), "misplaced": [n for n, ok in zip(names, inliers) if not ok],
+            "rotation_error_deg_median": float(np.median(angles[inliers])),
+            "rotation_error_deg_max": float(np.max(angles[inliers])),
+            "centre_error_relative_median": float(np.median(err[inliers]) / spread),
+            "centre_error_relative_max": float(np.max(err[inliers]) / spread),
+            "misplaced_centre_error_relative": [float(e / spread) for e in err[~inliers]],
+            "sfm": {k: scene["sfm"][k] for k in ("photos", "registered", "points", "mean_reprojection_error",
+                                                  "seconds", "unregistered")}}
+
+
+def _umeyama(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(R, s, t)`` of the similarity ``b ~ s R a + t`` in least squares (Umeyama 1991); ``a``, ``b`` (N, 3)."""
     ma, mb = a.mean(0), b.mean(0)
     u, sv, vt = np.linalg.svd((b - mb).T @ (a - ma) / len(a))
     d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
     rot = u @ d @ vt
-    scale = np.trace(np.diag(sv) @ d) / ((a - ma) ** 2).sum(1).mean()
-    mapped = scale * (a - ma) @ rot.T + mb
-    centre = float(np.sqrt(((mapped - b) ** 2).sum(1).mean()) / np.sqrt(((b - mb) ** 2).sum(1).mean()))
-    angles = [Rotation.from_matrix((rot @ t[0]).T @ f[0]).magnitude() for t, f in zip(true, found)]
-    return {"registered": len(found), "rotation_error_deg_median": float(np.degrees(np.median(angles))),
-            "rotation_error_deg_max": float(np.degrees(np.max(angles))), "centre_error_relative": centre,
-            "sfm": {k: scene["sfm"][k] for k in ("photos", "registered", "points", "mean_reprojection_error",
-                                                  "seconds", "unregistered")}}
+    scale = float(np.trace(np.diag(sv) @ d) / ((a - ma) ** 2).sum(1).mean())
+    return rot, scale, mb - scale * ma @ rot.T
 
 
 def residual_rotation_deg(capture: Path, written: dict) -> float:
@@ -259,6 +274,15 @@ def main(argv: list[str] | None = None) -> dict:
         t.add_row(name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", str(r["steps"]),
                   f"{r['train_seconds']:.0f}", str(r["test_views"]), str([round(v, 2) for v in r["aabb"]]))
     Console().print(t)
+    poses = result["runs"].get("photos", {}).get("poses")
+    if poses:
+        sfm = poses["sfm"]
+        print(f"photos: structure from motion registered {sfm['registered']} of {sfm['photos']} photos "
+              f"({sfm['points']} points, reprojection error {sfm['mean_reprojection_error']:.2f} px, "
+              f"{sum(sfm['seconds'].values()):.0f} s); against lego's poses: rotation {poses['rotation_error_deg_median']:.2f} "
+              f"deg median, {poses['rotation_error_deg_max']:.2f} max; centre {100 * poses['centre_error_relative_median']:.2f}% "
+              f"of the cameras' spread median, {100 * poses['centre_error_relative_max']:.2f}% max; misplaced: "
+              f"{', '.join(poses['misplaced']) or 'none'}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
