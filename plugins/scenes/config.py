@@ -58,6 +58,7 @@ class BlenderConfig(ComponentConfig):
 class _CaptureOptions(ComponentConfig):
     """What a COLMAP capture is loaded with, whoever made its model: splits, images and the normalisation."""
 
+    path: str = Field(..., description="the data's folder")  # first in listings; each source says what it holds
     background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
     downscale: int = Field(1, ge=1, description="integer area-downscale factor")
     max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
