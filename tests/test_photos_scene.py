@@ -121,3 +121,32 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, py
     world = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
     errors = [np.degrees(Rotation.from_matrix((world @ t).T @ g).magnitude()) for t, g in zip(true, got)]
     assert max(errors) < 0.5, errors
+
+
+def test_an_interrupt_cancels_the_running_pycolmap_step(pycolmap):  # noqa: F811
+    """Ctrl-C while a pycolmap step runs (here a stand-in that works until its token is cancelled, as pycolmap's
+    steps do): the token is cancelled, the step ends, and the KeyboardInterrupt goes on up."""
+    import _thread
+    import threading
+    import time
+
+    from pipeline.scenes.sfm import run_cancellable
+
+    seen: dict = {}
+
+    def step(x, *, cancellation_token):
+        seen["token"] = cancellation_token
+        while not cancellation_token.is_cancelled:  # a property
+            time.sleep(0.01)
+        seen["stopped"] = True
+        raise InterruptedError("Operation cancelled")
+
+    assert run_cancellable(pycolmap, lambda x, *, cancellation_token: x + 1, 41) == 42
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_cancellable(pycolmap, step, 1)
+    finally:
+        timer.cancel()
+    assert seen["stopped"] and seen["token"].is_cancelled

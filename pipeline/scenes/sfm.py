@@ -5,7 +5,8 @@ The steps are COLMAP's own, run through pycolmap (the ``colmap`` extra): SIFT fe
 where pycolmap was built with it), exhaustive or sequential matching with geometric verification,
 incremental mapping, and undistortion. The largest model is kept; images it does not register are named and
 left out. Undistortion writes pinhole images and cameras, so the lens distortion the mapper estimated is
-removed rather than ignored (the colmap loader reads a distorted camera as its pinhole part only).
+removed rather than ignored (the colmap loader reads a distorted camera as its pinhole part only). Each step
+can be stopped with Ctrl-C (:func:`run_cancellable`).
 
 Layout written into ``out``: ``database.db``, ``sparse/0/`` (the mapper's model, distorted cameras) and
 ``capture/`` (``images/`` undistorted and ``sparse/`` with PINHOLE cameras), which is a COLMAP capture.
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from pipeline.types import DataError
 
@@ -32,6 +34,37 @@ SFM_CAMERAS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 def photo_names(folder: Path) -> list[str]:
     """The photos directly in ``folder`` (by :data:`PHOTO_SUFFIXES`), sorted by name."""
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def run_cancellable(pycolmap, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, a pycolmap step that may run for minutes, run so that Ctrl-C (or SIGTERM turned into
+    KeyboardInterrupt) stops it: in a worker thread (pycolmap releases the GIL), with a ``CancellationToken`` that
+    the interrupt cancels before it goes on up. A pycolmap without tokens (before 3.12) runs it as it is."""
+    if not hasattr(pycolmap, "CancellationToken"):
+        return fn(*args, **kwargs)
+    token = pycolmap.CancellationToken()
+    box: dict[str, Any] = {}
+    done = threading.Event()  # (not Thread.join: once an interrupt breaks into join, a later join may not wait)
+
+    def work() -> None:
+        try:
+            box["value"] = fn(*args, cancellation_token=token, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=getattr(fn, "__name__", "pycolmap"), daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except BaseException:  # the interrupt: COLMAP stops within a second, then the interrupt goes on
+        token.cancel()
+        done.wait()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def _say(text: str, progress: bool) -> None:
@@ -58,14 +91,14 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = int(max_image_size)
     extraction.num_threads = int(threads)
-    pycolmap.extract_features(db, photos, image_names=list(names),
-                              camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
-                              reader_options=reader, extraction_options=extraction)
+    run_cancellable(pycolmap, pycolmap.extract_features, db, photos, image_names=list(names),
+                    camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
+                    reader_options=reader, extraction_options=extraction)
     seconds["features"] = time.perf_counter() - t
     t = time.perf_counter()
     pairs = len(names) * (len(names) - 1) // 2
     _say(f"matching ({matcher}{f', {pairs:,} pairs' if matcher == 'exhaustive' else ''})", progress)
-    (pycolmap.match_exhaustive if matcher == "exhaustive" else pycolmap.match_sequential)(db)
+    run_cancellable(pycolmap, pycolmap.match_exhaustive if matcher == "exhaustive" else pycolmap.match_sequential, db)
     seconds["matching"] = time.perf_counter() - t
     t = time.perf_counter()
     _say("incremental mapping", progress)
@@ -74,7 +107,7 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = int(threads)
     options.random_seed = int(seed)
-    models = pycolmap.incremental_mapping(db, photos, mapped, options=options)
+    models = run_cancellable(pycolmap, pycolmap.incremental_mapping, db, photos, mapped, options=options)
     seconds["mapping"] = time.perf_counter() - t
     if not models:
         hint = "" if matcher == "exhaustive" else ", or matcher: exhaustive"
@@ -90,7 +123,7 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     shutil.rmtree(mapped)
     t = time.perf_counter()
     _say(f"undistorting the {best.num_reg_images()} registered photos", progress)
-    pycolmap.undistort_images(out / "capture", model, photos)
+    run_cancellable(pycolmap, pycolmap.undistort_images, out / "capture", model, photos)
     seconds["undistortion"] = time.perf_counter() - t
     registered = {im.name for im in best.images.values() if _has_pose(im)}
     return {"photos": len(names), "registered": len(registered),
