@@ -74,7 +74,7 @@ def test_photos_are_posed_once_and_loaded_as_a_capture(tmp_path, monkeypatch, ca
     assert len(calls) == 2  # the photos changed: posed again
 
 
-def test_too_few_photos_or_no_folder_is_a_data_error(tmp_path):
+def test_too_few_photos_no_folder_or_photos_of_two_sizes_are_data_errors(tmp_path):
     from plugins.scenes.config import PhotosConfig
     from plugins.scenes.sources import build_photos
 
@@ -82,6 +82,12 @@ def test_too_few_photos_or_no_folder_is_a_data_error(tmp_path):
         build_photos(PhotosConfig(path=str(_photos(tmp_path / "two", 2))), None)()
     with pytest.raises(DataError, match="is not a folder"):
         build_photos(PhotosConfig(path=str(tmp_path / "missing")), None)()
+    import imageio.v3 as iio
+
+    mixed = _photos(tmp_path / "mixed", 4)
+    iio.imwrite(mixed / "003.jpg", np.zeros((8, 6, 3), np.uint8))  # a portrait shot among landscape ones
+    with pytest.raises(DataError, match=r"not all one size: 3 are 8x8 \(WxH\), and 003.jpg \(6x8\) are not"):
+        build_photos(PhotosConfig(path=str(mixed)), None)()
 
 
 def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, pycolmap):  # noqa: F811

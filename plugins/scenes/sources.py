@@ -345,7 +345,7 @@ def build_photos(cfg: PhotosConfig, ctx):
     def load() -> SceneData:
         from pipeline.runs import file_sha256
         from pipeline.scenes.colmap import load_colmap
-        from pipeline.scenes.sfm import MIN_PHOTOS, PHOTO_SUFFIXES, photo_names, run_sfm
+        from pipeline.scenes.sfm import MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, photo_names, run_sfm
         from pipeline.types import DataError
 
         folder = photo_folder(Path(cfg.path))
@@ -355,6 +355,7 @@ def build_photos(cfg: PhotosConfig, ctx):
         if len(names) < MIN_PHOTOS:
             raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
                             f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
+        check_one_size(folder, names)
         sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
                "max_image_size": cfg.max_image_size}
         photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
