@@ -86,7 +86,7 @@ def test_too_few_photos_no_folder_or_photos_of_two_sizes_are_data_errors(tmp_pat
 
     mixed = _photos(tmp_path / "mixed", 4)
     iio.imwrite(mixed / "003.jpg", np.zeros((8, 6, 3), np.uint8))  # a portrait shot among landscape ones
-    with pytest.raises(DataError, match=r"not all one size: 3 are 8x8 \(WxH\), and 003.jpg \(6x8\) are not"):
+    with pytest.raises(DataError, match=r"not all one size: 3 are 8x8 \(WxH\), and 003.jpg \(6x8\) is not"):
         build_photos(PhotosConfig(path=str(mixed)), None)()
 
 
