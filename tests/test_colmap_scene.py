@@ -416,6 +416,12 @@ def test_nls_reconstruct_runs_on_a_colmap_capture_and_exports_in_its_coordinates
     vertices = trimesh.load(out).vertices  # in COLMAP coordinates, about SHIFT (x = 4): all outside the run's box
     assert len(vertices) and (vertices[:, 0] > 1.0).all()
     assert np.abs(vertices @ T[:3, :3].T + T[:3, 3]).max() <= 1.0 + 1e-4  # to_run takes them into the run's box
+    # the model changes under the run (here its points, so its box): the cameras no longer match the field
+    points = cap["model"] / "points3D.txt"
+    points.write_text("".join(line for k, line in enumerate(points.read_text().splitlines(True)) if k % 2))
+    proc = run_nls("eval", str(run))
+    assert proc.returncode != 0 and "the scene's cameras are not the ones" in proc.stderr, proc.stderr[-2000:]
+    assert "changed since the run was made" in proc.stderr and "make a new run" in proc.stderr
 
 
 def _look_at(origin: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> np.ndarray:

@@ -156,3 +156,22 @@ def test_an_interrupt_cancels_the_running_pycolmap_step(pycolmap):  # noqa: F811
     finally:
         timer.cancel()
     assert seen["stopped"] and seen["token"].is_cancelled
+
+
+def test_a_run_whose_photos_were_posed_again_differently_is_refused():
+    """SfM does not repeat itself exactly: when its cache is gone and the poses found again differ, loading the
+    run (resume, eval, render, export) stops with the reason instead of rendering with cameras it was not
+    trained with; the same poses pass."""
+    from types import SimpleNamespace
+
+    from pipeline.commands.run_loading import _check_cameras_frame
+    from pipeline.types import NLSError
+
+    T = np.eye(4).tolist()
+    recorded = {"input_frame": {"to_run": T}, "sfm": {"capture": "/cache/scenes/sfm-1"}}
+    run = SimpleNamespace(path=Path("runs/shoot"))
+    _check_cameras_frame(run, SimpleNamespace(splits={"train": 1}, meta={"input_frame": {"to_run": T}}), recorded)
+    moved = (np.eye(4) * 1.01).tolist()
+    with pytest.raises(NLSError, match="structure from motion ran again on the photos"):
+        _check_cameras_frame(run, SimpleNamespace(splits={"train": 1}, meta={"input_frame": {"to_run": moved}}),
+                             recorded)

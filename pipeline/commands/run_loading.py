@@ -65,6 +65,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     scene = load_scene_for_command(cfg, device, overrides,  # an error names the --set that caused it
                                    quiet=getattr(args, "quiet", False))
     _warn_if_ground_truth_changed(run, scene, recorded)
+    _check_cameras_frame(run, scene, recorded)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:
         model = state["model"] if train else {k: v for k, v in state["model"].items() if not k.startswith("losses.")}
@@ -115,6 +116,31 @@ def _warn_if_ground_truth_changed(run, scene, recorded: dict) -> None:
         notices.warn(f"the ground-truth mesh {scene.gt_mesh} is not the one {run.path} was made with (its "
                      f"sha256 differs from scene.json's): the scene's data changed since, so geometry metrics "
                      f"now measure against other data; restore it, or make a new run")
+
+
+def _check_cameras_frame(run, scene, recorded: dict) -> None:
+    """NLSError when a posed-image scene is normalised otherwise than the run recorded (scene.json
+    ``input_frame.to_run``): its cameras are not the ones the field was trained with, so every render, mesh and
+    metric would be wrong. A COLMAP model changed since, or (``photos``) structure from motion ran again, its
+    cache having gone, and found other poses: SfM does not repeat itself exactly from run to run."""
+    import numpy as np
+
+    then = (recorded.get("input_frame") or {}).get("to_run") if isinstance(recorded.get("input_frame"), dict) else None
+    now = (scene.meta.get("input_frame") or {}).get("to_run")
+    if not scene.splits or then is None or now is None:
+        return
+    then, now = np.asarray(then, dtype=np.float64), np.asarray(now, dtype=np.float64)
+    if then.shape == now.shape and np.allclose(then, now, rtol=1e-6, atol=1e-9):
+        return
+    if isinstance(recorded.get("sfm"), dict):
+        why = (f"structure from motion ran again on the photos (the cached result the run was made with, "
+               f"{recorded['sfm'].get('capture')}, was removed or changed) and found other poses; SfM does not "
+               f"repeat itself exactly. Put that cache folder back, or make a new run")
+    else:
+        why = (f"the camera model at {recorded.get('input_frame', {}).get('file')} changed since the run was made. "
+               f"Restore it, or make a new run")
+    raise NLSError(f"the scene's cameras are not the ones {run.path} was trained with (its normalisation differs "
+                   f"from scene.json's input_frame): {why}")
 
 
 def _missing_plugins_hint(run, host) -> str:
