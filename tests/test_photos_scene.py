@@ -90,7 +90,7 @@ def test_too_few_photos_no_folder_or_photos_of_two_sizes_are_data_errors(tmp_pat
         build_photos(PhotosConfig(path=str(mixed)), None)()
 
 
-def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, pycolmap):  # noqa: F811
+def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, capsys, pycolmap):  # noqa: F811
     """pycolmap's SIFT, matching and mapping on 25 views of lego (every 2nd of the first 50 of its test path,
     3.6 degrees apart, composited on white): every view is registered, and after the similarity that maps lego's camera centres onto the found
     ones, each camera's rotation is within half a degree of lego's."""
@@ -112,9 +112,13 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, py
                     .astype(np.uint8))
     out = tmp_path / "sfm"
     out.mkdir()
-    found = run_sfm(photos, out, names=sorted(p.name for p in photos.iterdir()), camera_model="SIMPLE_PINHOLE",
-                    progress=False)
+    found = run_sfm(photos, out, names=sorted(p.name for p in photos.iterdir()), camera_model="SIMPLE_PINHOLE")
     assert found["registered"] == len(frames) and not found["unregistered"], found
+    err = capsys.readouterr().err  # each step said, and the mapping's count of registered photos
+    assert "structure from motion: matching (exhaustive, 300 pairs)" in err
+    assert "structure from motion: mapping 25/25" in err and "photos placed" in err, err
+    assert "the largest of 1 model(s) holds 25 of the 25 photos" in err
+    assert not (out / "database.db").exists()  # features and matches are not kept
     rec = pycolmap.Reconstruction(out / "capture" / "sparse")
     true, got = [], []
     for im in rec.images.values():

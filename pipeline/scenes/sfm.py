@@ -120,19 +120,30 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     run_cancellable(pycolmap, pycolmap.match_exhaustive if matcher == "exhaustive" else pycolmap.match_sequential, db)
     seconds["matching"] = time.perf_counter() - t
     t = time.perf_counter()
-    _say("incremental mapping", progress)
     mapped = out / "mapped"
     mapped.mkdir()
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = int(threads)
     options.random_seed = int(seed)
-    models = run_cancellable(pycolmap, pycolmap.incremental_mapping, db, photos, mapped, options=options)
+    from pipeline.progress import StepProgress
+
+    with StepProgress(len(names), 0, "structure from motion: mapping", enabled=progress) as bar:
+        placed = [0]  # photos the mapper has registered (in every model it starts), as its callbacks tell
+
+        def register(n: int) -> None:
+            placed[0] += n
+            bar.advance(min(placed[0], len(names)), "photos placed (in any model)")
+
+        models = run_cancellable(pycolmap, pycolmap.incremental_mapping, db, photos, mapped, options=options,
+                                 initial_image_pair_callback=lambda: register(2),
+                                 next_image_callback=lambda: register(1))
     seconds["mapping"] = time.perf_counter() - t
     if not models:
         hint = "" if matcher == "exhaustive" else ", or matcher: exhaustive"
         raise DataError(f"{photos}: structure from motion registered no photos ({len(names)} given): they share too "
                         f"few features (give views that overlap more, with more texture{hint})")
     best = max(models.values(), key=lambda r: r.num_reg_images())
+    _say(f"the largest of {len(models)} model(s) holds {best.num_reg_images()} of the {len(names)} photos", progress)
     if best.num_reg_images() < MIN_PHOTOS:
         raise DataError(f"{photos}: structure from motion registered only {best.num_reg_images()} of {len(names)} "
                         f"photos in its largest model; at least {MIN_PHOTOS} are needed")
