@@ -179,3 +179,14 @@ def test_a_run_whose_photos_were_posed_again_differently_is_refused():
     with pytest.raises(NLSError, match="structure from motion ran again on the photos"):
         _check_cameras_frame(run, SimpleNamespace(splits={"train": 1}, meta={"input_frame": {"to_run": moved}}),
                              recorded)
+
+
+def test_the_report_overview_says_how_the_photos_were_posed():
+    from pipeline.report import capture_rows
+
+    scene = {"sfm": {"photos": 12, "registered": 11, "mean_reprojection_error": 0.447, "seconds": {"a": 1.2, "b": 2.0},
+                     "unregistered": ["r_3.png"]}, "sparse_points": {"total": 900, "in_box": 850}}
+    assert capture_rows(scene) == [
+        ("structure from motion", "11 of 12 photos registered, mean reprojection error 0.45 px, 3 s; left out: r_3.png"),
+        ("sparse points", "850 of 900 inside the scene box")]
+    assert capture_rows({"sfm": {"photos": "many"}, "sparse_points": []}) == [] and capture_rows({}) == []

@@ -92,6 +92,28 @@ def _load(facts: RunFacts, host):
 
 # -- sections -------------------------------------------------------------------------------
 
+def capture_rows(scene: dict) -> list[tuple[str, str]]:
+    """Overview rows on how a capture was posed (scene.json ``sfm``: structure from motion on photos) and on its
+    sparse points (``sparse_points``); none for other scenes, or for fields of the wrong kind."""
+    rows = []
+    sfm = scene.get("sfm")
+    if isinstance(sfm, dict) and all(isinstance(sfm.get(k), (int, float)) for k in ("photos", "registered")):
+        text = f"{sfm['registered']} of {sfm['photos']} photos registered"
+        if isinstance(sfm.get("mean_reprojection_error"), (int, float)):
+            text += f", mean reprojection error {sfm['mean_reprojection_error']:.2f} px"
+        seconds = sfm.get("seconds")
+        if isinstance(seconds, dict) and all(isinstance(v, (int, float)) for v in seconds.values()):
+            text += f", {sum(seconds.values()):.0f} s"
+        left = sfm.get("unregistered")
+        if isinstance(left, list) and left:
+            text += f"; left out: {', '.join(map(str, left[:10]))}{' ...' if len(left) > 10 else ''}"
+        rows.append(("structure from motion", text))
+    points = scene.get("sparse_points")
+    if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
+        rows.append(("sparse points", f"{points['in_box']} of {points['total']} inside the scene box"))
+    return rows
+
+
 def _overview(f: RunFacts) -> str:
     import yaml
 
@@ -105,6 +127,7 @@ def _overview(f: RunFacts) -> str:
     for key in ("losses", "evaluators"):
         items = cfg.get(key) or []
         rows.append((key, ", ".join(str(b.get("type", "?")) for b in items if isinstance(b, dict)) or "none"))
+    rows += capture_rows(f.scene or {})
     parts = [H.table(["", ""], rows)]
     if f.warnings:
         parts.append("<p><b>Warnings the run gave</b> (while it loaded, trained and was evaluated):</p><ul>" +
