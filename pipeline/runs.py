@@ -11,6 +11,8 @@ Layout of one run (``outputs/<scene>/<method>/<timestamp>/``)::
     checkpoints/    ckpt_<step>.pt (+ .sha256), written atomically; the newest two are kept
     renders/        test renders, side-by-sides, videos (made when something is rendered)
     meshes/         exported meshes (made when a mesh is exported)
+    kept/<option>   copies the scene source asked the run to keep (``SceneData.meta["keep"]``), given back as
+                    ``scene.<option>`` when the run is loaded again (a photos scene's SfM model)
 """
 
 from __future__ import annotations
@@ -301,6 +303,31 @@ class RunDir:
         p = self.path / name
         atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
         return p
+
+    def keep_scene_files(self, keep: Any) -> None:
+        """Copy what the scene source asked to keep (``{option: file or folder}``, ``SceneData.meta["keep"]``)
+        into ``kept/<option>``, each atomically (a temp copy renamed); entries that are not a name and an
+        existing path are skipped."""
+        import shutil
+
+        if not isinstance(keep, dict):
+            return
+        for option, source in keep.items():
+            source = Path(str(source))
+            if not (isinstance(option, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", option) and source.exists()):
+                continue
+            (self.path / "kept").mkdir(exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.path / "kept", prefix=f".{option}.")) / option
+            (shutil.copytree if source.is_dir() else shutil.copyfile)(source, tmp)
+            os.replace(tmp, self.path / "kept" / option)
+            os.rmdir(tmp.parent)
+
+    def kept_scene_overrides(self) -> list[str]:
+        """``scene.<option>=<path>`` for every copy in ``kept/`` (:meth:`keep_scene_files`), to load the scene
+        with them."""
+        kept = self.path / "kept"
+        names = sorted(p.name for p in kept.iterdir() if not p.name.startswith(".")) if kept.is_dir() else []
+        return [f"scene.{name}={json.dumps(str(kept / name))}" for name in names]
 
     def read_json(self, name: str) -> Optional[dict]:
         """The JSON object in the run's file ``name``; None when the file is missing or cannot be read as

@@ -190,3 +190,34 @@ def test_the_report_overview_says_how_the_photos_were_posed():
         ("structure from motion", "11 of 12 photos registered, mean reprojection error 0.45 px, 3 s; left out: r_3.png"),
         ("sparse points", "850 of 900 inside the scene box")]
     assert capture_rows({"sfm": {"photos": "many"}, "sparse_points": []}) == [] and capture_rows({}) == []
+
+
+def test_a_run_keeps_its_sfm_model_and_reloads_without_the_cache(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+    """The SfM model is kept in the run folder (kept/model); with the cache gone, eval rebuilds the capture by
+    undistorting that model (exactly the same cameras) instead of running SfM, which would not repeat."""
+    from pipeline.cli import main
+    from pipeline.scenes import sfm
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    cap = make_colmap(tmp_path / "cap")["root"]
+    photos = tmp_path / "shoot"
+    shutil.copytree(cap / "images", photos)
+
+    def posed(photos_dir: Path, out: Path, *, names, **options) -> dict:  # SfM 'finds' the capture's model
+        shutil.copytree(cap / "sparse" / "0", out / "sparse" / "0")
+        return sfm.undistort_model(photos_dir, out / "sparse" / "0", out, names=names, progress=False)
+
+    monkeypatch.setattr(sfm, "run_sfm", posed)
+    runs = tmp_path / "runs"
+    assert main(["reconstruct", str(photos), "--steps", "2", "--no-eval", "-q", "--output", str(runs)]) == 0
+    [run] = runs.glob("shoot/*/*")
+    assert sorted(p.name for p in (run / "kept" / "model").iterdir()) == ["cameras.txt", "images.txt", "points3D.txt"]
+    [entry] = (tmp_path / "cache" / "scenes").glob("sfm-*")
+    shutil.rmtree(entry)
+
+    def again(*args, **kwargs):
+        raise AssertionError("structure from motion ran again")
+
+    monkeypatch.setattr(sfm, "run_sfm", again)
+    assert main(["eval", str(run), "-q"]) == 0  # the cameras match scene.json's, or loading would refuse
+    assert entry.is_dir()  # made again, from the kept model

@@ -197,6 +197,7 @@ def cmd_reconstruct(args) -> int:
                                       "gt_mesh": str(scene.gt_mesh) if scene.gt_mesh else None,
                                       "gt_mesh_sha256": file_sha256(scene.gt_mesh) if scene.gt_mesh else None,
                                       "splits": {k: len(v) for k, v in scene.splits.items()}})
+        run.keep_scene_files(scene.meta.get("keep"))  # e.g. a photos scene's SfM model: the run stands without the cache
         run.record_command(distributed.launch_argv(info))
         return run
 

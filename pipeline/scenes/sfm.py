@@ -97,7 +97,7 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     """Run SfM on the photos ``names`` in ``photos`` into ``out`` (see the module docstring); returns what it
     found: ``{"photos", "registered", "unregistered" (names), "models", "points", "mean_reprojection_error",
     "seconds": {step: s}, ...options}``. DataError when no model registers at least :data:`MIN_PHOTOS` photos."""
-    from pipeline.scenes.colmap import _has_pose, _pycolmap
+    from pipeline.scenes.colmap import _pycolmap
 
     pycolmap = _pycolmap(photos)
     pycolmap.logging.minloglevel = 2  # errors only: COLMAP's progress logs run to thousands of lines
@@ -152,14 +152,26 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     best.write(model)
     shutil.rmtree(mapped)
     db.unlink()  # features and matches: 24 MB for 115 photos of 400x400, far more for real photos; not read again
-    t = time.perf_counter()
-    _say(f"undistorting the {best.num_reg_images()} registered photos", progress)
-    run_cancellable(pycolmap, pycolmap.undistort_images, out / "capture", model, photos)
-    seconds["undistortion"] = time.perf_counter() - t
-    registered = {im.name for im in best.images.values() if _has_pose(im)}
-    return {"photos": len(names), "registered": len(registered),
-            "unregistered": [n for n in names if n not in registered], "models": len(models),
-            "points": int(best.num_points3D()), "mean_reprojection_error": float(best.compute_mean_reprojection_error()),
-            "camera_model": camera_model, "single_camera": single_camera, "matcher": matcher,
-            "max_image_size": int(max_image_size), "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    found = undistort_model(photos, model, out, names=names, progress=progress)
+    return {**found, "models": len(models), "camera_model": camera_model, "single_camera": single_camera,
+            "matcher": matcher, "max_image_size": int(max_image_size),
+            "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, **found["seconds"]}}
 
+
+def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str], progress: bool = True) -> dict:
+    """Undistort the photos of the sparse model at ``model`` (cameras, images, points3D) into ``out/capture``
+    (pinhole images and cameras, a COLMAP capture); returns ``{"photos", "registered", "unregistered" (names of
+    ``names`` the model has no pose for), "points", "mean_reprojection_error", "seconds"}``. Undistortion is a
+    function of the model and the photos alone, so a kept model gives the capture again exactly."""
+    from pipeline.scenes.colmap import _has_pose, _pycolmap
+
+    pycolmap = _pycolmap(photos)
+    rec = pycolmap.Reconstruction(model)
+    registered = {im.name for im in rec.images.values() if _has_pose(im)}
+    t = time.perf_counter()
+    _say(f"undistorting the {len(registered)} registered photos", progress)
+    run_cancellable(pycolmap, pycolmap.undistort_images, out / "capture", model, photos)
+    return {"photos": len(names), "registered": len(registered),
+            "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
+            "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+            "seconds": {"undistortion": round(time.perf_counter() - t, 2)}}

@@ -114,6 +114,9 @@ class PhotosConfig(_CaptureOptions):
     matcher: Literal["exhaustive", "sequential"] = Field(
         "exhaustive", description="match every pair (any order of photos), or neighbours by name (video frames)")
     max_image_size: int = Field(1600, ge=64, description="photos are scaled down to this side for SIFT")
+    model: Optional[str] = Field(None, description="a sparse model SfM made for these photos with these options "
+                                 "(cameras, images, points3D): when they are not cached, it is undistorted instead of "
+                                 "running SfM again. A run keeps its model (kept/model) and loads with it")
 
 
 class GeometryConfig(ComponentConfig):

@@ -341,11 +341,14 @@ def photo_folder(path: Path) -> Path:
 def build_photos(cfg: PhotosConfig, ctx):
     """Build the ``photos`` scene source from its ``scene:`` block (``PhotosConfig``): returns a loader that runs
     structure from motion on the photos once (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and
-    the SfM options) and loads the capture it makes as the colmap source does."""
+    the SfM options) and loads the capture it makes as the colmap source does. With ``model`` (a run's kept copy
+    of that result) an uncached entry is made by undistorting it instead, which gives the same capture: SfM
+    itself does not repeat exactly."""
     def load() -> SceneData:
         from pipeline.runs import file_sha256
         from pipeline.scenes.colmap import load_colmap
-        from pipeline.scenes.sfm import MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, photo_names, run_sfm
+        from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, photo_names, run_sfm,
+                                         undistort_model)
         from pipeline.types import DataError
 
         folder = photo_folder(Path(cfg.path))
@@ -359,9 +362,19 @@ def build_photos(cfg: PhotosConfig, ctx):
         sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
                "max_image_size": cfg.max_image_size}
         photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
+        model = Path(cfg.model) if cfg.model else None
+        if model is not None:  # SfM's result for these photos and options, kept: used if they are not cached
+            from pipeline.scenes.colmap import find_sparse_model
+
+            model, _ = find_sparse_model(model.parent, model.name)
 
         def make(tmp: Path) -> None:
-            found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
+            if model is None:
+                found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
+            else:
+                shutil.copytree(model, tmp / "sparse" / "0")
+                found = {**undistort_model(folder, tmp / "sparse" / "0", tmp, names=names,
+                                           progress=_progress_wanted()), "model": str(model)}
             (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
 
         entry = cached_render("sfm", {"photos": photos, **sfm}, make)
@@ -372,7 +385,8 @@ def build_photos(cfg: PhotosConfig, ctx):
                  f"{', '.join(found['unregistered'][:8])}{' ...' if len(found['unregistered']) > 8 else ''}")
         scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
                             **cfg.capture_options())
-        scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)})
+        scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
+                          keep={"model": str(entry / "sparse" / "0")})  # a run keeps the model (kept/model)
         return scene
 
     return load
