@@ -51,16 +51,15 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
 
     run = RunDir.open(Path(args.run_dir))
     host = host_for(args)
+    kept = run.kept_scene_overrides()  # what the scene source gave the run to keep, given back to it
     try:
-        cfg = load_resolved(run.config_path, host, overrides)
+        cfg = load_resolved(run.config_path, host, [*overrides, *kept])
     except NLSError as exc:
         raise NLSError(f"{exc}{_missing_plugins_hint(run, host)}") from None
     recorded = run.read_json("scene.json") or {}  # what the scene source loaded when the run was made
     rebased = _rebased_scene_path(cfg, recorded)
-    kept = run.kept_scene_overrides()  # what the scene source gave the run to keep, given back to it
-    if rebased is not None or kept:  # (rebased: the run came from a machine whose data root is elsewhere)
-        cfg = load_resolved(run.config_path, host, [*overrides, *kept,
-                                                    *([f"scene.path={json.dumps(rebased)}"] if rebased else [])])
+    if rebased is not None:  # the run came from a machine whose data root is elsewhere
+        cfg = load_resolved(run.config_path, host, [*overrides, *kept, f"scene.path={json.dumps(rebased)}"])
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None

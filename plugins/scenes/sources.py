@@ -358,7 +358,6 @@ def build_photos(cfg: PhotosConfig, ctx):
         if len(names) < MIN_PHOTOS:
             raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
                             f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
-        check_one_size(folder, names)
         sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
                "max_image_size": cfg.max_image_size}
         photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
@@ -370,6 +369,7 @@ def build_photos(cfg: PhotosConfig, ctx):
 
         def make(tmp: Path) -> None:
             if model is None:
+                check_one_size(folder, names)  # (a cached entry was checked when it was made)
                 found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
             else:
                 shutil.copytree(model, tmp / "sparse" / "0")

@@ -59,6 +59,16 @@ def held_out_count(n_train: int, every: int = 8) -> int:
     return n
 
 
+def capture_order(lego: Path) -> tuple[list[dict], int, float]:
+    """``(frames, n_test, camera_angle_x)``: lego's frames in the capture's image order (image k is test view k/8
+    when k is a multiple of 8, else the next train view), how many test views that holds, and the field of view."""
+    docs = {s: json.loads((lego / f"transforms_{s}.json").read_text()) for s in ("train", "test")}
+    n_test = held_out_count(len(docs["train"]["frames"]))
+    train, test = iter(docs["train"]["frames"]), iter(docs["test"]["frames"][:n_test])
+    order = [next(test) if k % 8 == 0 else next(train) for k in range(len(docs["train"]["frames"]) + n_test)]
+    return order, n_test, float(docs["train"]["camera_angle_x"])
+
+
 def write_capture(lego: Path, out: Path, *, sigma: float, tilt: float) -> dict:
     """Write lego as a COLMAP text capture under ``out``; returns its world transform and test views.
 
@@ -67,14 +77,11 @@ def write_capture(lego: Path, out: Path, *, sigma: float, tilt: float) -> dict:
     ``G c2w diag(1, -1, -1, 1)`` (OpenCV axes), ``G = [sigma Q | SHIFT]``."""
     from scipy.spatial.transform import Rotation
 
-    docs = {s: json.loads((lego / f"transforms_{s}.json").read_text()) for s in ("train", "test")}
-    n_test = held_out_count(len(docs["train"]["frames"]))
-    train, test = iter(docs["train"]["frames"]), iter(docs["test"]["frames"][:n_test])
-    order = [next(test) if k % 8 == 0 else next(train) for k in range(len(docs["train"]["frames"]) + n_test)]
+    order, n_test, camera_angle_x = capture_order(lego)
     import imageio.v3 as iio
 
     width = iio.improps(lego / (order[0]["file_path"] + ".png")).shape[1]
-    focal = 0.5 * width / math.tan(0.5 * docs["train"]["camera_angle_x"])
+    focal = 0.5 * width / math.tan(0.5 * camera_angle_x)
     q = _rotation(TILT_AXIS, tilt)
     (out / "sparse" / "0").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
@@ -139,10 +146,7 @@ def sfm_pose_error(run: Path, lego: Path) -> dict:
     from scipy.spatial.transform import Rotation
 
     scene = json.loads((run / "scene.json").read_text())
-    docs = {s: json.loads((lego / f"transforms_{s}.json").read_text()) for s in ("train", "test")}
-    n_test = held_out_count(len(docs["train"]["frames"]))
-    train, test = iter(docs["train"]["frames"]), iter(docs["test"]["frames"][:n_test])
-    order = [next(test) if k % 8 == 0 else next(train) for k in range(len(docs["train"]["frames"]) + n_test)]
+    order = capture_order(lego)[0]
     import pycolmap
 
     rec = pycolmap.Reconstruction(Path(scene["sfm"]["capture"]) / "capture" / "sparse")
