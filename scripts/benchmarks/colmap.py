@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -199,23 +197,17 @@ def residual_rotation_deg(capture: Path, written: dict) -> float:
 
 def train(name: str, scene_sets: list[str], args, runs: Path, n_test: int) -> dict:
     """``nls reconstruct lego_dense.yaml`` for ``args.steps`` with ``scene_sets``, scored on ``n_test`` views."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", str(ROOT / "scenes" / "lego_dense.yaml"),
-           "--output", str(runs / name), "-q", "--device", "cpu", "--steps", str(args.steps),
-           "--set", f"eval.max_images={n_test}", "--set", "train.checkpoint_every=100000"]
-    for s in [*scene_sets, *args.set]:
-        cmd += ["--set", s]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"{name}: nls reconstruct failed with exit code {proc.returncode}")
-    run = sorted((runs / name).glob("lego/*/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
+    from scripts.benchmarks._reconstruct import reconstruct
+
+    run, wall = reconstruct(name, str(ROOT / "scenes" / "lego_dense.yaml"), runs / name, "--device", "cpu",
+                            "--steps", str(args.steps),
+                            sets=[f"eval.max_images={n_test}", "train.checkpoint_every=100000", *scene_sets, *args.set])
     summary = json.loads((run / "summary.json").read_text())
     scene = json.loads((run / "scene.json").read_text())
     m = summary["metrics"]
     return {"run": str(run), "psnr": m.get("psnr"), "ssim": m.get("ssim"), "n_images": m.get("n_images"),
             "steps": summary["step"], "train_seconds": summary["train_seconds"],
-            "wall_seconds": round(time.perf_counter() - t0, 1), "aabb": scene.get("aabb"),
+            "wall_seconds": round(wall, 1), "aabb": scene.get("aabb"),
             "test_views": scene.get("splits", {}).get("test")}
 
 

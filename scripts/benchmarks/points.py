@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from pipeline.scenes import data_path
+    from scripts.benchmarks._reconstruct import reconstruct
 
     meshes, why = data_path("meshes")
     if meshes is None:
@@ -80,20 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     for name in names:
         cloud, source = _write_cloud(name, meshes, bench / "clouds")
-        runs = bench / "runs" / "points"
-        cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", str(cloud), "--output", str(runs), "-q"]
-        for s in args.set:
-            cmd += ["--set", s]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-4000:], proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"{name}: nls reconstruct failed with exit code {proc.returncode}")
-        run = sorted(runs.glob(f"{cloud.stem}/*/*"), key=lambda p: p.stat().st_mtime)[-1]
+        run, wall = reconstruct(name, str(cloud), bench / "runs" / "points", sets=args.set)
         summary = json.loads((run / "summary.json").read_text())
         fit = summary["evaluators"]["point_fit"]
         results[name] = {"run": str(run), "points": fit["n_points"], "steps": summary["step"],
-                         "train_seconds": summary["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+                         "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
                          **{k: fit[k] for k in ("fit_residual_l1", "fit_residual_p95", "fit_accuracy_l1",
                                                 "fit_completeness_l1")},
                          "against_source_mesh": _score(run, source, summary_samples(run))}
