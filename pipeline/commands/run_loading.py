@@ -135,8 +135,9 @@ def _check_cameras_frame(run, scene, recorded: dict) -> None:
         return
     if isinstance(recorded.get("sfm"), dict):
         why = (f"structure from motion ran again on the photos (the cached result the run was made with, "
-               f"{recorded['sfm'].get('capture')}, was removed or changed) and found other poses; SfM does not "
-               f"repeat itself exactly. Put that cache folder back, or make a new run")
+               f"{recorded['sfm'].get('capture')}, was removed or changed, and the run has no kept/model to "
+               f"rebuild it from) and found other poses; SfM does not repeat itself exactly. Put that cache folder "
+               f"back, or make a new run")
     else:
         why = (f"the camera model at {recorded.get('input_frame', {}).get('file')} changed since the run was made. "
                f"Restore it, or make a new run")
