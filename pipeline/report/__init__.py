@@ -93,9 +93,17 @@ def _load(facts: RunFacts, host):
 # -- sections -------------------------------------------------------------------------------
 
 def capture_rows(scene: dict) -> list[tuple[str, str]]:
-    """Overview rows on how a capture was posed (scene.json ``sfm``: structure from motion on photos) and on its
-    sparse points (``sparse_points``); none for other scenes, or for fields of the wrong kind."""
+    """Overview rows on the frames taken from a video (scene.json ``frames``), on how a capture was posed (``sfm``:
+    structure from motion on photos or those frames) and on its sparse points (``sparse_points``); none for other
+    scenes, or for fields of the wrong kind."""
     rows = []
+    frames = scene.get("frames")  # the video source: the frames taken from the video
+    if isinstance(frames, dict) and isinstance(frames.get("picked"), list) and isinstance(frames.get("decoded"), int):
+        text = f"{len(frames['picked'])} frames of {frames['decoded']}"
+        if isinstance(frames.get("fps"), (int, float)) and isinstance(frames.get("duration"), (int, float)):
+            text += f" ({frames.get('video', 'the video')}, {frames['fps']:g} fps, {frames['duration']:.1f} s)"
+        text += ", the sharpest of each stretch" if frames.get("sharpest") else ", the first of each stretch"
+        rows.append(("video", text))
     sfm = scene.get("sfm")
     if isinstance(sfm, dict) and all(isinstance(sfm.get(k), (int, float)) for k in ("photos", "registered")):
         text = f"{sfm['registered']} of {sfm['photos']} photos registered"

@@ -119,6 +119,24 @@ class PhotosConfig(_CaptureOptions):
                                  "running SfM again. A run keeps its model (kept/model) and loads with it")
 
 
+class VideoConfig(PhotosConfig):
+    """A video file (.mp4/.mov/.m4v/.avi/.mkv/.webm) walked around the object: the video is cut into ``frames``
+    equal stretches, the sharpest frame of each is kept (imageio-ffmpeg: pip install 'neural-level-sets[video]'),
+    and the frames are posed by structure from motion as photos are. Frames and poses are cached by the video's
+    contents and these options."""
+
+    path: str = Field(..., description="video file; ${NLS_DATA} ok")
+    frames: int = Field(100, ge=3, le=5000, description="frames taken: one from each of this many equal stretches "
+                        "of the video (more for a long walk around a large scene; SfM time grows with them)")
+    sharpest: bool = Field(True, description="take the sharpest frame of each stretch (the variance of its "
+                           "Laplacian), not the first: motion blur costs SfM matches and the field detail")
+    max_frame_size: int = Field(1920, ge=64, description="frames are scaled down so their longer side is at "
+                                "most this many pixels")
+    matcher: Literal["exhaustive", "sequential"] = Field(
+        "exhaustive", description="match every pair of frames, or only neighbours in time (sequential: faster, but "
+                                  "one weak link splits the model; on lego's test path it kept 50 of 100 frames)")
+
+
 class GeometryConfig(ComponentConfig):
     """A mesh or point cloud used directly as geometry (no images): for SDF/occupancy fitting methods.
 

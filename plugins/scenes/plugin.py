@@ -1,5 +1,5 @@
 """Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes, Blender-format folders, COLMAP
-captures and photos without poses (structure from motion)."""
+captures, and photos without poses or a video (structure from motion)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def nls_register_scene_sources(register):
              produces={"images", "points"}, description=C.ColmapConfig.__doc__)
     register("photos", f"{M}:build_photos", config=C.PhotosConfig,
              produces={"images", "points"}, description=C.PhotosConfig.__doc__)
+    register("video", f"{M}:build_video", config=C.VideoConfig,
+             produces={"images", "points"}, description=C.VideoConfig.__doc__)
 
 
 @hookimpl
@@ -36,11 +38,14 @@ def nls_scene_type_for_path(path: Path):
                              for sparse in ("sparse/0", "sparse") for ext in (".bin", ".txt")):
         return "colmap"
     from pipeline.scenes.sfm import MIN_PHOTOS, photo_names
+    from pipeline.scenes.video_frames import VIDEO_SUFFIXES
     from plugins.scenes.point_files import is_point_cloud_file
     from plugins.scenes.sources import photo_folder
 
     if path.is_dir() and len(photo_names(photo_folder(path))) >= MIN_PHOTOS:  # photos without a model
         return "photos"
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
     if is_point_cloud_file(path):  # before meshes: a .ply may hold points only
         return "geometry"
     if path.suffix.lower() in MESH_SUFFIXES:

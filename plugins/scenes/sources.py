@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Optional
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
 from pipeline.types import ConfigError, SceneData
-from plugins.scenes.config import BlenderConfig, ColmapConfig, MeshSceneConfig, PhotosConfig, ProceduralConfig
+from plugins.scenes.config import (BlenderConfig, ColmapConfig, MeshSceneConfig, PhotosConfig, ProceduralConfig,
+                                   VideoConfig)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -339,54 +340,91 @@ def photo_folder(path: Path) -> Path:
 
 
 def build_photos(cfg: PhotosConfig, ctx):
-    """Build the ``photos`` scene source from its ``scene:`` block (``PhotosConfig``): returns a loader that runs
-    structure from motion on the photos once (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and
-    the SfM options) and loads the capture it makes as the colmap source does. With ``model`` (a run's kept copy
-    of that result) an uncached entry is made by undistorting it instead, which gives the same capture: SfM
-    itself does not repeat exactly."""
+    """Build the ``photos`` scene source from its ``scene:`` block (``PhotosConfig``): returns a loader that poses
+    the photos by structure from motion once and loads the capture it makes (:func:`pose_photos`)."""
     def load() -> SceneData:
-        from pipeline.runs import file_sha256
-        from pipeline.scenes.colmap import load_colmap
-        from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, photo_names, run_sfm,
-                                         undistort_model)
         from pipeline.types import DataError
 
         folder = photo_folder(Path(cfg.path))
         if not folder.is_dir():
             raise DataError(f"scene.path {cfg.path} is not a folder; give the folder that holds the photos")
-        names = photo_names(folder)
-        if len(names) < MIN_PHOTOS:
-            raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
-                            f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
-        sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
-               "max_image_size": cfg.max_image_size}
-        photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
-        model = Path(cfg.model) if cfg.model else None
-        if model is not None:  # SfM's result for these photos and options, kept: used if they are not cached
-            from pipeline.scenes.colmap import find_sparse_model
+        return pose_photos(folder, cfg)
 
-            model, _ = find_sparse_model(model.parent, model.name)
+    return load
+
+
+def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos") -> SceneData:
+    """The capture of the photos in ``folder``: structure from motion run on them once
+    (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and the SfM options of ``cfg``), loaded as
+    the colmap source loads a capture. With ``cfg.model`` (a run's kept copy of that result) an uncached entry
+    is made by undistorting it instead, which gives the same capture: SfM itself does not repeat exactly.
+    ``what`` names the photos in the warning about those left out (``frames of walk.mp4``)."""
+    from pipeline.runs import file_sha256
+    from pipeline.scenes.colmap import load_colmap
+    from pipeline.scenes.sfm import MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, photo_names, run_sfm, undistort_model
+    from pipeline.types import DataError
+
+    names = photo_names(folder)
+    if len(names) < MIN_PHOTOS:
+        raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
+                        f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
+    sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
+           "max_image_size": cfg.max_image_size}
+    photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
+    model = Path(cfg.model) if cfg.model else None
+    if model is not None:  # SfM's result for these photos and options, kept: used if they are not cached
+        from pipeline.scenes.colmap import find_sparse_model
+
+        model, _ = find_sparse_model(model.parent, model.name)
+
+    def make(tmp: Path) -> None:
+        if model is None:
+            check_one_size(folder, names)  # (a cached entry was checked when it was made)
+            found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
+        else:
+            shutil.copytree(model, tmp / "sparse" / "0")
+            found = {**undistort_model(folder, tmp / "sparse" / "0", tmp, names=names,
+                                       progress=_progress_wanted()), "model": str(model)}
+        (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
+
+    entry = cached_render("sfm", {"photos": photos, **sfm}, make)
+    found = json.loads((entry / "meta.json").read_text())["sfm"]
+    if found["unregistered"]:
+        warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} {what} "
+             f"out of its model (they share too few matches with the others): "
+             f"{', '.join(found['unregistered'][:8])}{' ...' if len(found['unregistered']) > 8 else ''}")
+    scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
+                        **cfg.capture_options())
+    scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
+                      keep={"model": str(entry / "sparse" / "0")})  # a run keeps the model (kept/model)
+    return scene
+
+
+def build_video(cfg: VideoConfig, ctx):
+    """Build the ``video`` scene source from its ``scene:`` block (``VideoConfig``): returns a loader that takes
+    frames from the video once (:func:`pipeline.scenes.video_frames.take_frames`, cached by the video's contents
+    and the frame options) and poses them as photos (:func:`pose_photos`)."""
+    def load() -> SceneData:
+        from pipeline.runs import file_sha256
+        from pipeline.scenes.video_frames import take_frames
+        from pipeline.types import DataError
+
+        video = Path(cfg.path)
+        if not video.is_file():
+            what = "a folder" if video.is_dir() else "not found"
+            raise DataError(f"scene.path {cfg.path} is {what}; give a video file (a folder of photos is the photos "
+                            f"source)")
+        options = {"frames": cfg.frames, "sharpest": cfg.sharpest, "max_size": cfg.max_frame_size}
 
         def make(tmp: Path) -> None:
-            if model is None:
-                check_one_size(folder, names)  # (a cached entry was checked when it was made)
-                found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
-            else:
-                shutil.copytree(model, tmp / "sparse" / "0")
-                found = {**undistort_model(folder, tmp / "sparse" / "0", tmp, names=names,
-                                           progress=_progress_wanted()), "model": str(model)}
-            (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
+            found = take_frames(video, tmp / "images", progress=_progress_wanted(), **options)
+            (tmp / "meta.json").write_text(json.dumps({"source": "video", "frames": found}))
 
-        entry = cached_render("sfm", {"photos": photos, **sfm}, make)
-        found = json.loads((entry / "meta.json").read_text())["sfm"]
-        if found["unregistered"]:
-            warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} photos "
-                 f"out of its model (they share too few matches with the others): "
-                 f"{', '.join(found['unregistered'][:8])}{' ...' if len(found['unregistered']) > 8 else ''}")
-        scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
-                            **cfg.capture_options())
-        scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
-                          keep={"model": str(entry / "sparse" / "0")})  # a run keeps the model (kept/model)
+        key = {"video": [video.stat().st_size, file_sha256(video)], **options}
+        entry = cached_render("frames", key, make)
+        scene = pose_photos(entry / "images", cfg, what=f"frames of {video}")
+        frames = json.loads((entry / "meta.json").read_text())["frames"]
+        scene.meta.update(source="video", video=str(video.resolve()), frames={**frames, "folder": str(entry)})
         return scene
 
     return load

@@ -33,6 +33,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -135,8 +136,9 @@ def write_photos(lego: Path, out: Path) -> int:
     return len(names)
 
 
-def sfm_pose_error(run: Path, lego: Path) -> dict:
-    """How far the poses structure from motion found for the ``photos`` run are from lego's. The similarity
+def sfm_pose_error(run: Path, c2w_of: Callable[[str], Any]) -> dict:
+    """How far the poses structure from motion found for a ``photos`` (or ``video``) run are from the true ones,
+    ``c2w_of(image name)`` (4x4 camera-to-world, Blender axes). The similarity
     (Umeyama) that best maps lego's camera centres onto the found ones is fitted, then fitted again without the
     cameras more than 5 times the median distance off it (``misplaced``: registered at a wrong pose); over the
     others, the median and maximum angle between each camera's rotation and lego's mapped one, and the distance
@@ -144,13 +146,12 @@ def sfm_pose_error(run: Path, lego: Path) -> dict:
     from scipy.spatial.transform import Rotation
 
     scene = json.loads((run / "scene.json").read_text())
-    order = capture_order(lego)[0]
     import pycolmap
 
     rec = pycolmap.Reconstruction(Path(scene["sfm"]["capture"]) / "capture" / "sparse")
     true, found = [], []
     for im in rec.images.values():
-        c2w = np.asarray(order[int(Path(im.name).stem)]["transform_matrix"], dtype=np.float64)
+        c2w = np.asarray(c2w_of(im.name), dtype=np.float64)
         w2c = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
         rot = np.asarray(w2c.rotation.matrix())  # world -> camera, OpenCV axes
         true.append((c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0]), c2w[:3, 3]))
@@ -175,6 +176,17 @@ def sfm_pose_error(run: Path, lego: Path) -> dict:
                                                   "seconds", "unregistered")}}
 
 
+def describe_poses(poses: dict) -> str:
+    """One line on :func:`sfm_pose_error`'s figures."""
+    sfm = poses["sfm"]
+    return (f"structure from motion registered {sfm['registered']} of {sfm['photos']} photos ({sfm['points']} points, "
+            f"reprojection error {sfm['mean_reprojection_error']:.2f} px, {sum(sfm['seconds'].values()):.0f} s); "
+            f"against lego's poses: rotation {poses['rotation_error_deg_median']:.2f} deg median, "
+            f"{poses['rotation_error_deg_max']:.2f} max; centre {100 * poses['centre_error_relative_median']:.2f}% of the "
+            f"cameras' spread median, {100 * poses['centre_error_relative_max']:.2f}% max; misplaced: "
+            f"{', '.join(poses['misplaced']) or 'none'}")
+
+
 def _umeyama(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """``(R, s, t)`` of the similarity ``b ~ s R a + t`` in least squares (Umeyama 1991); ``a``, ``b`` (N, 3)."""
     ma, mb = a.mean(0), b.mean(0)
@@ -195,13 +207,15 @@ def residual_rotation_deg(capture: Path, written: dict) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
 
 
-def train(name: str, scene_sets: list[str], args, runs: Path, n_test: int) -> dict:
-    """``nls reconstruct lego_dense.yaml`` for ``args.steps`` with ``scene_sets``, scored on ``n_test`` views."""
+def train(name: str, scene_sets: list[str], args, runs: Path, n_test: Optional[int]) -> dict:
+    """``nls reconstruct lego_dense.yaml`` for ``args.steps`` with ``scene_sets`` (then ``args.set``), scored on the
+    first ``n_test`` test views (None: all of them)."""
     from scripts.benchmarks._reconstruct import reconstruct
 
+    first = [] if n_test is None else [f"eval.max_images={n_test}"]
     run, wall = reconstruct(name, str(ROOT / "scenes" / "lego_dense.yaml"), runs / name, "--device", "cpu",
                             "--steps", str(args.steps),
-                            sets=[f"eval.max_images={n_test}", "train.checkpoint_every=100000", *scene_sets, *args.set])
+                            sets=[*first, "train.checkpoint_every=100000", *scene_sets, *args.set])
     summary = json.loads((run / "summary.json").read_text())
     scene = json.loads((run / "scene.json").read_text())
     m = summary["metrics"]
@@ -256,7 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
             write_photos(Path(lego), bench / "lego_photos")
         result["runs"][name] = train(name, configs[name], args, bench / "runs", written["n_test"])
         if name == "photos":
-            result["runs"][name]["poses"] = sfm_pose_error(Path(result["runs"][name]["run"]), Path(lego))
+            order = capture_order(Path(lego))[0]
+            result["runs"][name]["poses"] = sfm_pose_error(
+                Path(result["runs"][name]["run"]), lambda image: order[int(Path(image).stem)]["transform_matrix"])
         print(f"{name}: {json.dumps(result['runs'][name])}", flush=True)
 
     from rich.console import Console
@@ -272,13 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(t)
     poses = result["runs"].get("photos", {}).get("poses")
     if poses:
-        sfm = poses["sfm"]
-        print(f"photos: structure from motion registered {sfm['registered']} of {sfm['photos']} photos "
-              f"({sfm['points']} points, reprojection error {sfm['mean_reprojection_error']:.2f} px, "
-              f"{sum(sfm['seconds'].values()):.0f} s); against lego's poses: rotation {poses['rotation_error_deg_median']:.2f} "
-              f"deg median, {poses['rotation_error_deg_max']:.2f} max; centre {100 * poses['centre_error_relative_median']:.2f}% "
-              f"of the cameras' spread median, {100 * poses['centre_error_relative_max']:.2f}% max; misplaced: "
-              f"{', '.join(poses['misplaced']) or 'none'}")
+        print(f"photos: {describe_poses(poses)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

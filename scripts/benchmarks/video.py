@@ -1,0 +1,130 @@
+"""Benchmark ``video``: the ``video`` scene source on a video of lego, against the same frames with lego's poses.
+
+Lego's 200 test views (one circle around it, rising and falling in elevation), composited on white, are encoded
+as an H.264 video (``--fps``, ``--quality``: imageio-ffmpeg's 0-10 scale). Two runs of ``lego_dense.yaml`` for
+``--steps`` each:
+
+* ``video``: ``nls reconstruct lego.mp4``: ``--frames`` frames taken (the sharpest of each stretch), posed by
+  structure from motion (pycolmap, sequential matching), the box from the sparse points, every 8th frame held
+  out (the source's rule);
+* ``true-poses``: the very frames it took (decoded from the video, as JPEG), with lego's poses and lego_dense's
+  box, written as a Blender folder with the same split.
+
+Both are scored on the same held-out frames, so the gap is what posing the video by structure from motion (the
+poses, the estimated focal length, the box) costs. The poses are compared with lego's as the colmap benchmark
+does (after the best similarity). Writes outputs/bench/video.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_video(lego: Path, out: Path, *, fps: int, quality: float) -> int:
+    """Encode lego's test views, composited on white, as the H.264 video ``out``; returns how many frames."""
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    frames = json.loads((lego / "transforms_test.json").read_text())["frames"]
+    first = iio.imread(lego / (frames[0]["file_path"] + ".png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio_ffmpeg.write_frames(str(out), (first.shape[1], first.shape[0]), fps=fps, quality=quality)
+    writer.send(None)
+    for f in frames:
+        rgba = iio.imread(lego / (f["file_path"] + ".png")).astype(np.float32) / 255.0
+        rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        writer.send(np.ascontiguousarray(np.round(rgb * 255.0).astype(np.uint8)).tobytes())
+    writer.close()
+    return len(frames)
+
+
+def frame_pose(lego: Path):
+    """``c2w_of(frame name)``: lego's test pose of a frame ``frame_NNNNNN.jpg`` (NNNNNN: the test view index)."""
+    frames = json.loads((lego / "transforms_test.json").read_text())["frames"]
+    return lambda name: frames[int(Path(name).stem.split("_")[1])]["transform_matrix"]
+
+
+def write_true_poses(run: Path, lego: Path, out: Path) -> int:
+    """A Blender folder at ``out`` of the frames the ``video`` run was trained and scored on, with lego's poses:
+    the registered frames by name, every 8th (from the first) in ``test``, the rest in ``train``, as the video
+    source splits them. Returns how many test frames."""
+    scene = json.loads((run / "scene.json").read_text())
+    images = Path(scene["frames"]["folder"]) / "images"
+    left_out = set(scene["sfm"]["unregistered"])
+    names = [p.name for p in sorted(images.iterdir()) if p.name not in left_out]
+    angle = json.loads((lego / "transforms_test.json").read_text())["camera_angle_x"]
+    c2w_of = frame_pose(lego)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, chosen in (("test", names[::8]), ("train", [n for k, n in enumerate(names) if k % 8])):
+        for n in chosen:
+            link = out / split / n
+            link.parent.mkdir(exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(images / n)
+        doc = {"camera_angle_x": angle,
+               "frames": [{"file_path": f"./{split}/{Path(n).stem}", "transform_matrix": c2w_of(n)} for n in chosen]}
+        (out / f"transforms_{split}.json").write_text(json.dumps(doc, indent=1))
+    return len(names[::8])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="bench.py video", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of both runs (default 1000)")
+    ap.add_argument("--frames", type=int, default=100, help="frames taken from the video (default 100)")
+    ap.add_argument("--fps", type=int, default=24, help="frame rate the video is encoded at (default 24)")
+    ap.add_argument("--quality", type=float, default=7.0, help="imageio-ffmpeg's quality, 0-10 (default 7)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "video.json"))
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.scenes import data_path
+    from scripts.benchmarks.colmap import describe_poses, sfm_pose_error, train
+
+    lego, why = data_path("nerf", "lego")
+    if lego is None:
+        print(f"video benchmark skipped: {why}")
+        return {"skipped": why}
+    lego = Path(lego)
+    bench = ROOT / "outputs" / "bench" / "video"
+    video = bench / "lego.mp4"
+    result: dict = {"video": {"frames": write_video(lego, video, fps=args.fps, quality=args.quality), "fps": args.fps,
+                              "quality": args.quality, "bytes": video.stat().st_size},
+                    "frames": args.frames, "steps": args.steps, "runs": {}}
+    result["runs"]["video"] = train("video", ["scene.type=video", f"scene.path={video}", f"scene.frames={args.frames}",
+                                             "scene.aabb=null"], args, bench / "runs", None)
+    run = Path(result["runs"]["video"]["run"])
+    result["runs"]["video"]["poses"] = sfm_pose_error(run, frame_pose(lego))
+    result["runs"]["video"]["frames"] = {k: v for k, v in json.loads((run / "scene.json").read_text())["frames"].items()
+                                         if k in ("decoded", "size", "seconds", "sharpest")}
+    n_test = write_true_poses(run, lego, bench / "lego_true_poses")
+    result["runs"]["true-poses"] = train("true-poses", [f"scene.path={bench / 'lego_true_poses'}"], args,
+                                         bench / "runs", None)
+    result["held_out"] = n_test
+    for name, r in result["runs"].items():
+        print(f"{name}: {json.dumps({k: v for k, v in r.items() if k != 'poses'})}", flush=True)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"video source on lego's test path ({result['video']['frames']} views at {args.fps} fps, "
+                    f"quality {args.quality:g}; {args.frames} frames taken; {args.steps} steps; {n_test} held out)")
+    for col in ("run", "PSNR dB", "SSIM", "steps", "train s", "wall s"):
+        t.add_column(col)
+    for name, r in result["runs"].items():
+        t.add_row(name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", str(r["steps"]),
+                  f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}")
+    Console().print(t)
+    print(f"video: {describe_poses(result['runs']['video']['poses'])}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
