@@ -7,7 +7,8 @@ Data that the scene source turns into posed images trains :data:`DATA_SCENE`: th
 lego-specific box (the scene source gives the box), with 5000 steps, and ``point_fit`` as well where the source
 gives points too (a COLMAP capture's sparse points). Data that gives points and no images
 (a point-cloud file) trains :data:`POINT_SCENE`: ``scenes/sample_network_spot.yaml``'s surface reconstruction
-from raw points, scored against the input points by ``point_fit``. The run's config.yaml holds the settings
+from raw points, scored against the input points by ``point_fit``, plus IGR's normal term (``point_normals``) when
+the file gives normals (without them the term is left out, with a line on stderr). The run's config.yaml holds the settings
 resolved, so ``nls resume`` and the other commands need no scene file.
 """
 
@@ -35,14 +36,16 @@ DATA_SCENE: dict = {
 
 
 #: the scene of point-cloud data (a scene source that produces points and no images), less ``name`` and
-#: ``scene.path``: scenes/sample_network_spot.yaml's method on the ``geometry`` source, scored against the points
+#: ``scene.path``: scenes/sample_network_spot.yaml's method on the ``geometry`` source, scored against the points,
+#: with IGR's normal term for a cloud that has normals
 POINT_SCENE: dict = {
     "method": "sample_network",
     "description": "surface from a point cloud with nls's default settings (pipeline/data_scene.py)",
     "field": {"type": "mlp_sdf", "hidden": 256, "layers": 4, "init_radius": 0.35},
     "extractor": {"type": "marching_cubes", "resolution": 256, "lipschitz": 2.0},
     "losses": [{"type": "level_set_recon", "levels": [0.0], "p": 1.0, "lam": 1.0, "n_samples": 1024,
-                "general_samples": 1024, "general_sigmas": [0.01, 0.1], "batch_points": 2048}],
+                "general_samples": 1024, "general_sigmas": [0.01, 0.1], "batch_points": 2048},
+               {"type": "point_normals", "weight": 1.0, "if_missing": "skip"}],
     "evaluators": [{"type": "point_fit"}],
     "train": {"steps": 3000, "lr": 0.001, "lr_final_factor": 0.1, "log_every": 50, "checkpoint_every": 500},
 }

@@ -153,11 +153,14 @@ def test_point_fit_measures_the_distance_from_the_points_to_the_mesh():
 
 
 def test_the_point_scene_is_sample_network_spot_scored_against_its_points():
-    """The docstring's claim: sample_network_spot.yaml's method and training, with point_fit for its chamfer."""
+    """The docstring's claim: sample_network_spot.yaml's method and training, with point_fit for its chamfer and
+    the normal term for clouds with normals."""
     spot = yaml.safe_load((Path(__file__).parents[1] / "scenes" / "sample_network_spot.yaml").read_text())
     for key, value in POINT_SCENE.items():
         if key == "evaluators":
             assert spot[key] == [{"type": "chamfer"}] and value == [{"type": "point_fit"}]
+        elif key == "losses":  # and IGR's normal term, for a cloud that has normals
+            assert value == spot[key] + [{"type": "point_normals", "weight": 1.0, "if_missing": "skip"}]
         elif key != "description":
             assert value == spot[key], key
     assert data_scene(Path("c.xyz"), "geometry", {"points", "gt_mesh"})["method"] == "sample_network"

@@ -123,6 +123,20 @@ class EikonalConfig(ComponentConfig):
     n_points: int = Field(4096, ge=1, description="random points per step")
 
 
+class PointNormalsConfig(ComponentConfig):
+    """Normals at the input points (IGR, Gropp et al. 2020, the τ term of ℓ_X in Eq. 3): mean ‖∇sdf(x_i) − n_i‖
+    over a batch of the scene's points, so the field's gradient there, an SDF's surface normal, follows the given
+    normals. For point clouds with normals (a .ply with nx/ny/nz; .xyz/.pts/.npy with 6 numbers a point)."""
+
+    weight: float = Field(1.0, ge=0, description="τ, the weight of this term (IGR uses 1)")
+    batch_points: int = Field(2048, ge=1, description="input points (with their normals) per step")
+    oriented: bool = Field(True, description="the normals point outwards; false: either way (normals estimated "
+                           "without an orientation), and the nearer of n and −n counts")
+    if_missing: Literal["error", "skip"] = Field(
+        "error", description="a scene whose points have no normals: refuse it (error), or train without this term "
+                             "and say so once (skip: the default scene of a point file, whose normals are optional)")
+
+
 class TVConfig(ComponentConfig):
     """Total variation of a dense grid field's voxels (smooths empty space, DVGO Eq. 8 style)."""
 

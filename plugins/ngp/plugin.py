@@ -48,6 +48,8 @@ def nls_register_losses(register):
              consumes=[{"render", "images"}], description=C.PhotometricConfig.__doc__)
     register("eikonal", f"{M}.losses:build_eikonal", config=C.EikonalConfig,
              consumes=["sdf"], description=C.EikonalConfig.__doc__)
+    register("point_normals", f"{M}.losses:build_point_normals", config=C.PointNormalsConfig,
+             consumes=[{"sdf", "points"}], description=C.PointNormalsConfig.__doc__)
     register("tv", f"{M}.losses:build_tv", config=C.TVConfig,
              consumes=["voxels"], description=C.TVConfig.__doc__)
 

@@ -8,6 +8,9 @@ Clouds (``--clouds``):
   at the base, no normals), written as a .ply without faces;
 * ``spot-samples``: 30,000 area-uniform samples of ``meshes/spot.obj`` (watertight), written as .xyz.
 
+``--normals`` gives each point the mesh's outward normal (bunny: its vertex normals, as the .ply's nx/ny/nz; spot:
+the sampled face's normal, as three more numbers a line), so the default scene adds ``point_normals``.
+
 Each run is ``python -m pipeline.cli reconstruct FILE`` (``pipeline/data_scene.py``'s ``POINT_SCENE``: sample
 networks, 3000 steps) with ``--set`` options passed on. Writes ``outputs/bench/points.json``.
 """
@@ -23,19 +26,24 @@ ROOT = Path(__file__).resolve().parents[2]
 CLOUDS = {"bunny-scan": ("stanford-bunny.obj", "vertices"), "spot-samples": ("spot.obj", "samples")}
 
 
-def _write_cloud(name: str, meshes: Path, out: Path) -> tuple[Path, Path]:
-    """(the cloud file written into ``out``, the mesh it came from)."""
+def _write_cloud(name: str, meshes: Path, out: Path, normals: bool = False) -> tuple[Path, Path]:
+    """(the cloud file written into ``out``, the mesh it came from). With ``normals`` the cloud carries the mesh's
+    outward normals: the vertex normals (the .ply's nx/ny/nz) or the sampled faces' normals (6 numbers a line)."""
     import numpy as np
     import trimesh
 
     file, kind = CLOUDS[name]
     mesh = trimesh.load(meshes / file, force="mesh", process=False)
+    tag = "-normals" if normals else ""
     if kind == "vertices":
-        path = out / f"{name}.ply"
-        trimesh.PointCloud(np.asarray(mesh.vertices)).export(path)
+        path = out / f"{name}{tag}.ply"
+        cloud = trimesh.Trimesh(vertices=mesh.vertices, faces=np.zeros((0, 3), int), process=False,
+                                vertex_normals=mesh.vertex_normals if normals else None)
+        path.write_bytes(trimesh.exchange.ply.export_ply(cloud, encoding="binary", vertex_normal=normals))
     else:
-        path = out / f"{name}.xyz"
-        np.savetxt(path, trimesh.sample.sample_surface(mesh, 30000, seed=0)[0])
+        path = out / f"{name}{tag}.xyz"
+        points, faces = trimesh.sample.sample_surface(mesh, 30000, seed=0)
+        np.savetxt(path, np.concatenate([points, mesh.face_normals[faces]], 1) if normals else points)
     return path, meshes / file
 
 
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="bench.py points", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clouds", default=",".join(CLOUDS), help=f"comma-separated, of {', '.join(CLOUDS)}")
+    ap.add_argument("--normals", action="store_true", help="clouds with the meshes' outward normals (the default "
+                    "scene then adds IGR's normal term, point_normals)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to nls reconstruct")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "points.json"))
     args = ap.parse_args(argv)
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     (bench / "clouds").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for name in names:
-        cloud, source = _write_cloud(name, meshes, bench / "clouds")
+        cloud, source = _write_cloud(name, meshes, bench / "clouds", args.normals)
         run, wall = reconstruct(name, str(cloud), bench / "runs" / "points", sets=args.set)
         summary = json.loads((run / "summary.json").read_text())
         fit = summary["evaluators"]["point_fit"]
@@ -90,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="nls reconstruct CLOUD (default settings); ×10³, normalised frames")
+    t = Table(title=f"nls reconstruct CLOUD (default settings{', clouds with normals' if args.normals else ''}); "
+                    f"×10³, normalised frames")
     for col in ("cloud", "points", "steps", "train s", "fit residual (mean / p95)", "fit accuracy",
                 "CD-L1 vs source mesh", "its floor", "F@0.01", "NC"):
         t.add_column(col, justify="left" if col == "cloud" else "right")
