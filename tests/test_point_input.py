@@ -85,3 +85,15 @@ def test_a_warning_given_twice_prints_once(capsys):
     notices.warn("the same thing")
     assert capsys.readouterr().err.count("warning: the same thing") == 1 and notices.kept() == ["the same thing"]
     notices.reset()
+
+
+def test_a_ply_without_vertices_is_called_empty_not_a_mesh_without_faces(tmp_path):
+    """A .ply whose header declares 0 vertices is neither a point cloud nor a mesh: the error says what it holds."""
+    from pipeline.scenes.mesh_render import load_mesh
+
+    empty = tmp_path / "empty.ply"
+    empty.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\n"
+                     "end_header\n")
+    with pytest.raises(DataError, match=r"empty.ply is empty: 0 vertices and 0 faces, so neither a mesh nor a point "
+                                        r"cloud"):
+        load_mesh(empty)

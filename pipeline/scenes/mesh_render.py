@@ -68,7 +68,8 @@ def load_mesh(path) -> "trimesh.Trimesh":  # noqa: F821
         if points:
             raise DataError(f"mesh file {path} holds {points} points and no faces (a point cloud); point clouds "
                             f"are read by the scene types geometry and scan")
-        raise DataError(f"mesh file {path} is empty (0 faces)")
+        raise DataError(f"{path} is empty: {len(loaded.vertices)} vertices and 0 faces, so neither a mesh nor a "
+                        f"point cloud to reconstruct from")
     bad = int((~np.isfinite(loaded.vertices).all(axis=1)).sum())
     if bad:
         raise DataError(f"mesh file {path} has {bad} vertices with NaN or inf coordinates; fix or remove them")
