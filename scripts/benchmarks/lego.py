@@ -11,9 +11,7 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from pipeline.scenes import data_path
+    from scripts.benchmarks._reconstruct import reconstruct
 
     lego, why = data_path("nerf", "lego")
     if lego is None:
@@ -43,20 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     scene = args.scene or str(ROOT / "scenes" / ("lego_hash.yaml" if cuda else "lego_dense.yaml"))
     budget = args.budget or (300.0 if cuda else 1800.0)
     runs = ROOT / "outputs" / "bench" / "runs"
-    cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", scene, "--output", str(runs), "-q",
-           "--device", "cuda" if cuda else "cpu", "--set", f"train.max_seconds={budget}"]
-    if args.test_images:
-        cmd += ["--set", f"eval.max_images={args.test_images}"]
-    for s in args.set:
-        cmd += ["--set", s]
+    sets = [f"train.max_seconds={budget}", *([f"eval.max_images={args.test_images}"] if args.test_images else []),
+            *args.set]
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stdout[-4000:], proc.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"lego run failed with exit code {proc.returncode}")
-    run = sorted(runs.glob("lego/*/*"), key=lambda p: p.stat().st_mtime)[-1]
+    run, wall = reconstruct("lego run", scene, runs, "--device", "cuda" if cuda else "cpu", sets=sets)
     summary = json.loads((run / "summary.json").read_text())
     m = summary["metrics"]
     result = {
