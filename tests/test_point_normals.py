@@ -106,3 +106,21 @@ def test_a_point_file_with_normals_trains_with_the_normal_term(tmp_path):
     term = [k for k in logs["ball"][0] if k.startswith("loss/") and k.endswith("point_normals")]
     assert term and all(row[term[0]] > 0 for row in logs["ball"]), logs["ball"][0]
     assert all(row[term[0]] == 0 for row in logs["bare"])
+
+
+def test_normals_of_random_sign_are_used_without_their_sign_with_a_warning(capsys):
+    """A sphere's normals with random signs (as PCA gives them) agree with their neighbours about half the time;
+    the term then ignores the sign (zero on the sphere's SDF) and says why. Oriented ones agree all the time."""
+    from plugins.ngp.losses import normal_sign_agreement
+
+    points, normals = _sphere(3000, seed=2)
+    flips = np.where(np.random.default_rng(3).random(3000) < 0.5, -1.0, 1.0).astype(np.float32)[:, None]
+    assert normal_sign_agreement(points, normals) > 0.99
+    assert 0.4 < normal_sign_agreement(points, flips * normals) < 0.6
+    ctx = SimpleNamespace(scene=SimpleNamespace(points=points, normals=flips * normals))
+    loss = build_point_normals(PointNormalsConfig(), ctx)
+    assert not loss.cfg.oriented and float(loss(None, None, SphereSystem()).detach()) < 1e-5
+    assert "point_normals: the normals look unoriented" in capsys.readouterr().err
+    oriented = build_point_normals(PointNormalsConfig(), SimpleNamespace(scene=SimpleNamespace(points=points,
+                                                                                                normals=normals)))
+    assert oriented.cfg.oriented

@@ -192,9 +192,32 @@ def build_tv(cfg, ctx):
     return TotalVariation(cfg)
 
 
+#: neighbouring normals agree in sign this often at least when they are oriented (random signs: about half)
+ORIENTED_AGREEMENT = 0.8
+
+
+def normal_sign_agreement(points: np.ndarray, normals: np.ndarray, k: int = 8, most: int = 50_000) -> float:
+    """The share of neighbouring pairs whose normals point the same way (n_i · n_j > 0), over the pairs of near
+    parallel normals (|n_i · n_j| > 0.5) among each point's ``k`` nearest neighbours; ``points``, ``normals`` (P, 3),
+    at most ``most`` of them (a seeded subset). Consistently oriented normals give nearly 1 (less only where two
+    sheets of the surface lie within k neighbours), normals of random sign about 0.5."""
+    from pykdtree.kdtree import KDTree
+
+    pts = np.ascontiguousarray(points, np.float32)
+    nrm = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    mine = np.random.default_rng(0).choice(len(pts), most, replace=False) if len(pts) > most else np.arange(len(pts))
+    _, idx = KDTree(pts).query(pts[mine], k=min(k + 1, len(pts)))
+    dots = np.einsum("pd,pkd->pk", nrm[mine], nrm[np.asarray(idx)[:, 1:]])
+    parallel = np.abs(dots) > 0.5
+    return float((dots[parallel] > 0).mean()) if parallel.any() else 1.0
+
+
 def build_point_normals(cfg: PointNormalsConfig, ctx) -> PointNormals:
     """Build the ``point_normals`` loss from its ``losses:`` entry (``PointNormalsConfig``) on the scene's points
-    and normals; ConfigError when they have no normals and ``if_missing`` is ``error``."""
+    and normals; ConfigError when they have no normals and ``if_missing`` is ``error``. Normals whose signs
+    disagree between neighbours (:func:`normal_sign_agreement` below :data:`ORIENTED_AGREEMENT`) are not oriented,
+    whatever ``oriented`` says: the term then compares them without their sign, with a warning, since fitting the
+    gradient to random signs would tear the surface apart."""
     from pipeline.types import ConfigError
 
     scene = ctx.scene
@@ -214,4 +237,13 @@ def build_point_normals(cfg: PointNormalsConfig, ctx) -> PointNormals:
         if progress_setting() is not False:  # (-q hides it)
             print(f"point_normals: the scene has {what}; training without the normal term", file=sys.stderr)
         return PointNormals(cfg, None, None)
+    if cfg.oriented:
+        given = np.linalg.norm(normals, axis=1) > 1e-8
+        agree = normal_sign_agreement(points[given], normals[given])
+        if agree < ORIENTED_AGREEMENT:
+            from pipeline.notices import warn
+
+            warn(f"point_normals: the normals look unoriented: only {agree:.0%} of neighbouring ones point the same "
+                 f"way (oriented normals: nearly all); they are compared without their sign (oriented: false)")
+            cfg = cfg.model_copy(update={"oriented": False})
     return PointNormals(cfg, points, normals)
