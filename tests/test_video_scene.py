@@ -76,6 +76,24 @@ def test_a_short_video_gives_every_frame_and_a_large_one_is_scaled_down(tmp_path
     assert iio.imread(tmp_path / "all" / "frame_000003.jpg").shape == (48, 80, 3)
 
 
+def test_a_part_of_the_video_is_read_from_start_to_end(tmp_path):
+    """start 0.5 s and end 1.5 s of a 10 fps video: its frames 5 to 14 are read (each matches its original best),
+    named by their index in the whole video; a start past the end is a DataError giving the video's length."""
+    import imageio.v3 as iio
+
+    from pipeline.scenes.video_frames import take_frames
+
+    original = _panning(20, set())
+    video = _write(tmp_path / "pan.mp4", original)
+    found = take_frames(video, tmp_path / "part", frames=100, start=0.5, end=1.5, progress=False)
+    assert found["decoded"] == 10 and found["picked"] == list(range(5, 15))
+    for k in (5, 14):
+        got = iio.imread(tmp_path / "part" / f"frame_{k:06d}.jpg").astype(np.float32)
+        assert int(np.argmin([np.abs(got - f).mean() for f in original])) == k
+    with pytest.raises(DataError, match=r"pan.mp4: start 3 s is not before the video's end \(2.00 s\)"):
+        take_frames(video, tmp_path / "none", frames=10, start=3.0, progress=False)
+
+
 def test_a_rotated_phone_video_comes_out_upright(tmp_path):
     """A video stored landscape with a 90 degree display rotation (as phones write portrait video) gives portrait
     frames: ffmpeg turns them, and the frame size read is the turned one."""
@@ -150,8 +168,13 @@ def test_a_video_file_is_detected_and_reconstructed_with_its_frames_cached(tmp_p
 
 
 def test_a_video_path_that_is_missing_or_a_folder_is_a_data_error(tmp_path):
+    from pydantic import ValidationError
+
     from plugins.scenes.config import VideoConfig
     from plugins.scenes.sources import build_video
+
+    with pytest.raises(ValidationError, match=r"end \(2 s\) must come after start \(2.5 s\)"):
+        VideoConfig(path="v.mp4", start=2.5, end=2)
 
     with pytest.raises(DataError, match=r"scene.path .*gone.mp4 is not found; give a video file"):
         build_video(VideoConfig(path=str(tmp_path / "gone.mp4")), None)()

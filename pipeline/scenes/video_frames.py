@@ -15,7 +15,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -88,12 +88,14 @@ def scaled_size(size: tuple[int, int], max_size: int) -> tuple[int, int]:
 
 
 def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, max_size: int = 1920,
-                progress: bool = True) -> dict:
+                start: float = 0.0, end: Optional[float] = None, progress: bool = True) -> dict:
     """Write ``frames`` frames of ``video`` into the folder ``out`` (made) as ``frame_NNNNNN.jpg``, the index in
-    the video: the sharpest (:func:`sharpness`) or the first of each of ``frames`` equal stretches of it, scaled
-    so the longer side is at most ``max_size``. Returns ``{"video", "codec", "fps", "duration", "size" (W, H
-    written), "decoded", "sharpest", "picked" (indices), "sharpness" (of each picked), "seconds"}``. A video of fewer frames
-    than ``frames`` gives all of them. DataError when it cannot be read or holds fewer than 3 frames."""
+    the video: the sharpest (:func:`sharpness`) or the first of each of ``frames`` equal stretches of the part
+    from ``start`` to ``end`` seconds (None: its end), scaled so the longer side is at most ``max_size``. Returns
+    ``{"video", "codec", "fps", "duration", "start", "end", "size" (W, H written), "decoded" (frames read from start
+    to end), "sharpest", "picked" (indices), "sharpness" (of each picked), "seconds"}``. A part of fewer frames than
+    ``frames`` gives all of them. DataError when the video cannot be read, ends before ``start``, or holds fewer
+    than 3 frames in the part read."""
     from pipeline.progress import StepProgress
     from pipeline.scenes.sfm import MIN_PHOTOS
 
@@ -101,12 +103,19 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, m
     info = probe(video)
     ffmpeg = _ffmpeg(video)
     size = scaled_size(info["size"], max_size)
-    expected = int(round(info["fps"] * info["duration"]))
-    if expected <= 0:  # the container does not say: count them (a decoding pass)
-        expected = int(ffmpeg.count_frames_and_secs(str(video))[0])
-    expected = max(expected, 1)
+    fps, duration = info["fps"], info["duration"]
+    if fps <= 0 or duration <= 0:  # the container does not say: count them (a decoding pass)
+        count, duration = ffmpeg.count_frames_and_secs(str(video))
+        fps = count / duration if duration > 0 else 0.0
+    if duration > 0 and start >= duration:
+        raise DataError(f"{video}: start {start:g} s is not before the video's end ({duration:.2f} s)")
+    stop = duration if end is None else min(end, duration) if duration > 0 else end
+    expected = max(int(round(fps * (stop - start))), 1)
+    first = int(round(fps * start))  # the index in the video of the first frame read
     out.mkdir(parents=True, exist_ok=True)
-    scale = [] if size == info["size"] else ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]
+    output = ([] if size == info["size"] else ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]) \
+        + ([] if end is None else ["-t", f"{end - start:.6f}"])
+    seek = ["-ss", f"{start:.6f}"] if start > 0 else []
     picked: list[int] = []
     scores: list[float] = []
     best: tuple[float, int, np.ndarray] | None = None  # (sharpness, index, frame) of the current stretch
@@ -123,11 +132,11 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, m
 
     with StepProgress(expected, 0, f"reading {video.name}", enabled=progress) as bar, _quiet_size_notes():
         try:
-            reader = ffmpeg.read_frames(str(video), output_params=scale)
+            reader = ffmpeg.read_frames(str(video), input_params=seek, output_params=output)
             w, h = next(reader)["size"]
-            for index, raw in enumerate(reader):
-                decoded = index + 1
-                now = min(frames - 1, index * frames // expected)  # the stretch this frame falls in
+            for k, raw in enumerate(reader):
+                decoded, index = k + 1, first + k
+                now = min(frames - 1, k * frames // expected)  # the stretch this frame falls in
                 if best is not None and now != stretch:
                     keep(best)
                     best = None
@@ -146,6 +155,6 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, m
         keep(best)
     if len(picked) < MIN_PHOTOS:
         raise DataError(f"{video}: {decoded} frame(s) decoded; structure from motion needs at least {MIN_PHOTOS}")
-    return {"video": video.name, "codec": info["codec"], "fps": info["fps"], "duration": info["duration"],
-            "size": [int(w), int(h)], "decoded": decoded, "sharpest": sharpest, "picked": picked, "sharpness": scores,
+    return {"video": video.name, "codec": info["codec"], "fps": fps, "duration": duration, "start": start,
+            "end": end, "size": [int(w), int(h)], "decoded": decoded, "sharpest": sharpest, "picked": picked, "sharpness": scores,
             "seconds": round(time.perf_counter() - t, 2)}

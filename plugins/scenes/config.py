@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.components import ComponentConfig
 
@@ -132,9 +132,17 @@ class VideoConfig(PhotosConfig):
                            "Laplacian), not the first: motion blur costs SfM matches and the field detail")
     max_frame_size: int = Field(1920, ge=64, description="frames are scaled down so their longer side is at "
                                 "most this many pixels")
+    start: float = Field(0.0, ge=0, description="seconds of the video left out at its start")
+    end: Optional[float] = Field(None, gt=0, description="the second the part used ends at (None: the video's end)")
     matcher: Literal["exhaustive", "sequential"] = Field(
         "exhaustive", description="match every pair of frames, or only neighbours in time (sequential: faster, but "
                                   "one weak link splits the model; on lego's test path it kept 50 of 100 frames)")
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> "VideoConfig":
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end ({self.end:g} s) must come after start ({self.start:g} s)")
+        return self
 
 
 class GeometryConfig(ComponentConfig):
