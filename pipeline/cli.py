@@ -26,6 +26,7 @@ examples:
   nls reconstruct scenes/csg_dense.yaml --steps 200 --set field.resolution=64
   nls reconstruct /data/garden --steps 2000             a data folder (Blender, instant-ngp, COLMAP) or mesh file
   nls reconstruct photos/                               photos without poses: structure from motion first
+  nls reconstruct walk.mp4 --set scene.start=2          a video: the sharpest frames, then posed as photos
   nls reconstruct scan.ply                              a point cloud: a surface through it
   nls reconstruct scenes/lipschitz_spot.yaml --data scan.ply   a scene file's method on other data
   nls resume outputs/csg/dense_grid/<stamp>             continue a stopped run to its step budget
@@ -99,10 +100,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "evaluate, and write everything to a new run folder.")
     r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/), or data: a Blender or "
                    "instant-ngp folder, a COLMAP capture, a folder of photos without poses (posed by structure from motion "
-                   "with pycolmap, once, cached) or a mesh file, reconstructed with the default scene "
+                   "with pycolmap, once, cached), a video (.mp4, .mov, ...: frames taken, then posed as photos) or a "
+                   "mesh file, reconstructed with the default scene "
                    "(pipeline/data_scene.py: a CPU-sized dense grid, 5000 steps; --set field.type=hash_grid on a GPU), "
                    "or a point-cloud file (.ply without faces, .xyz, .pts, .npy), fitted with sample networks "
-                   "(3000 steps) and scored against its points")
+                   "(3000 steps; with its normals too, if it has them) and scored against its points")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64; "
                    "a new block type (--set field.type=hash_grid) drops the old type's options")
