@@ -207,3 +207,86 @@ def test_frames_of_a_lego_video_are_posed_by_real_structure_from_motion(tmp_path
     found = run_sfm(frames, out, names=sorted(p.name for p in frames.iterdir()), camera_model="SIMPLE_PINHOLE",
                     matcher="sequential", progress=False)
     assert found["registered"] == 25 and not found["unregistered"], found
+
+
+def _ring_capture(root: Path, n: int, moved: dict[int, tuple[float, float, float]]) -> Path:
+    """A COLMAP text capture of ``n`` frames ``frame_{k:06d}.jpg`` (16x16 grey) taken in time order around a circle
+    of radius 3 at height 1, looking at the origin; frame k in ``moved`` sits at that centre instead."""
+    import imageio.v3 as iio
+    from scipy.spatial.transform import Rotation
+
+    model = root / "sparse"
+    model.mkdir(parents=True)
+    (root / "images").mkdir()
+    (model / "cameras.txt").write_text("1 PINHOLE 16 16 14.0 14.0 8.0 8.0\n")
+    lines = []
+    for k in range(n):
+        a = 2 * np.pi * k / n * 0.75  # three quarters of a turn
+        c = np.array(moved.get(k, (3 * np.cos(a), 3 * np.sin(a), 1.0)))
+        z = -c / np.linalg.norm(c)
+        x = np.cross(z, [0.0, 0.0, 1.0])
+        x /= np.linalg.norm(x)
+        rot = np.stack([x, np.cross(z, x), z], 1).T  # world -> camera (OpenCV axes)
+        qx, qy, qz, qw = Rotation.from_matrix(rot).as_quat()
+        t = -rot @ c
+        name = f"frame_{k:06d}.jpg"
+        pose = " ".join(repr(float(v)) for v in (qw, qx, qy, qz, *t))
+        lines += [f"{k + 1} {pose} 1 {name}", ""]
+        iio.imwrite(root / "images" / name, np.full((16, 16, 3), 100 + k, np.uint8))
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    pts = np.random.default_rng(0).uniform(-0.5, 0.5, (200, 3))
+    (model / "points3D.txt").write_text("".join(f"{i + 1} {' '.join(repr(float(v)) for v in p)} 200 200 200 0.5\n"
+                                                for i, p in enumerate(pts)))
+    return root
+
+
+def test_path_spikes_finds_frames_placed_off_the_path_and_nothing_on_it():
+    """A helix of 60 frames with frame 20 moved across the circle, and the first one too: both found. The camera
+    speeding up five-fold, standing still (with jitter), or frames missing between others make no spike."""
+    from pipeline.scenes.sfm import path_spikes
+
+    k = np.arange(60, dtype=np.float64)
+    helix = np.stack([np.cos(k / 20), np.sin(k / 20), 0.01 * k], 1)
+    names = [f"f{i:02d}" for i in range(60)]
+    moved = helix.copy()
+    moved[20] = -moved[20]
+    moved[0] = [0.0, 3.0, 1.0]
+    assert path_spikes(names, moved, k) == ["f00", "f20"]
+    assert path_spikes(names, helix, k) == []
+    fast = np.concatenate([helix[:30], helix[29] + 5 * (helix[30:] - helix[29])])  # speeds up five-fold
+    assert path_spikes(names, fast, k) == []
+    still = helix.copy()
+    still[10:40] = helix[10] + np.random.default_rng(0).normal(0, 1e-4, (30, 3))  # stands still, then moves on
+    still[40:] = helix[10] + (helix[40:] - helix[40]) + (helix[11] - helix[10])
+    assert path_spikes(names, still, k) == []
+    kept = [i for i in range(60) if i % 7 != 3]  # frames left unregistered between others
+    assert path_spikes([names[i] for i in kept], helix[kept], k[kept]) == []
+
+
+def test_frames_placed_off_the_path_are_left_out_of_a_video_capture(tmp_path, monkeypatch, capsys, pycolmap):  # noqa: F811
+    """pose_photos on frames in time order: SfM (a stand-in giving a ring capture in which frame 9 sits across the
+    ring) placed frame 9 off the path; it is named in a warning and left out of the splits. Photos without an
+    order keep it, and ``exclude`` leaves out a frame by name."""
+    from pipeline.scenes import sfm
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import pose_photos
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    cap = _ring_capture(tmp_path / "ring", 24, {9: (-3.0, -0.5, 1.0)})
+
+    def posed(photos: Path, out: Path, *, names, **options) -> dict:
+        shutil.copytree(cap / "sparse", out / "sparse" / "0")
+        shutil.copytree(cap, out / "capture")
+        return {"photos": len(names), "registered": len(names), "unregistered": [], "points": 200,
+                "mean_reprojection_error": 0.5, "seconds": {}}
+
+    monkeypatch.setattr(sfm, "run_sfm", posed)
+    cfg = PhotosConfig(path=str(cap / "images"), test_every=0)
+    scene = pose_photos(cap / "images", cfg, what="frames of walk.mp4", ordered=True)
+    assert scene.meta["sfm"]["off_path"] == ["frame_000009.jpg"] and scene.meta["excluded"] == ["frame_000009.jpg"]
+    assert len(scene.splits["train"]) == 23
+    assert "placed 1 of the frames of walk.mp4 off the camera's path" in capsys.readouterr().err
+    assert len(pose_photos(cap / "images", cfg).splits["train"]) == 24  # photos: no order, no check
+    left = pose_photos(cap / "images", cfg.model_copy(update={"exclude": ["frame_000003.jpg", "nope.jpg"]}))
+    assert len(left.splits["train"]) == 23 and left.meta["excluded"] == ["frame_000003.jpg"]
+    assert "exclude names 1 image(s) it does not hold: nope.jpg" in capsys.readouterr().err

@@ -377,7 +377,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                 max_images: Optional[int] = None, aabb: Optional[Sequence[float]] = None,
                 center: Optional[Sequence[float]] = None, scale: Optional[float] = None,
                 orientation: str = "vertical", up: Optional[Sequence[float]] = None,
-                progress: Optional[bool] = None) -> SceneData:
+                exclude: Sequence[str] = (), progress: Optional[bool] = None) -> SceneData:
     """Load a COLMAP capture (see the module docstring for the layout, axes and normalisation).
 
     Args:
@@ -393,6 +393,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         center, scale: override the normalisation's centre (3,) (COLMAP coordinates) and scale.
         orientation: ``vertical``, ``up`` or ``none``: how the up direction is found.
         up: (3,) the up direction in COLMAP coordinates, instead of finding it.
+        exclude: names of images left out, as if the model had not registered them (before the normalisation
+            and the split rule); a name the model does not hold is warned about.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
@@ -438,10 +440,17 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         raise DataError(f"{model}: the COLMAP model is empty ({len(rec.cameras)} cameras in {cameras_file.name}, "
                         f"{len(rec.images)} images in {images_file.name}); a capture needs posed images")
 
-    posed = sorted((im for im in rec.images.values() if _has_pose(im)), key=lambda im: im.name)
+    left_out = set(exclude)
+    posed = sorted((im for im in rec.images.values() if _has_pose(im) and im.name not in left_out),
+                   key=lambda im: im.name)
+    unknown = sorted(left_out - {im.name for im in rec.images.values()})
+    if unknown:
+        warn(f"{images_file}: exclude names {len(unknown)} image(s) it does not hold: {', '.join(unknown[:5])}"
+             f"{' ...' if len(unknown) > 5 else ''}")
     unposed = sorted(im.name for im in rec.images.values() if not _has_pose(im))
     if not posed:
-        raise DataError(f"{images_file}: none of its {len(rec.images)} images has a pose (none is registered)")
+        raise DataError(f"{images_file}: none of its {len(rec.images)} images has a pose (none is registered)"
+                        + (f", once the {len(left_out)} excluded are left out" if left_out else ""))
     if unposed:
         warn(f"{images_file}: {len(unposed)} of its {len(rec.images)} images have no pose and are left out "
              f"({', '.join(unposed[:3])}{', ...' if len(unposed) > 3 else ''})")
@@ -529,6 +538,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         meta["unposed_images"] = len(unposed)
     if max_images is not None:
         meta["max_images"] = int(max_images)
+    if left_out:
+        meta["excluded"] = sorted(left_out - set(unknown))
     inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
     meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside))}
     return SceneData(splits=out, aabb=torch.tensor(np.asarray(box, np.float32)),

@@ -175,3 +175,65 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
             "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
             "seconds": {"undistortion": round(time.perf_counter() - t, 2)}}
+
+
+#: a frame is off its path when the detour through it is this many times the way past it (and long: below)
+SPIKE_DETOUR = 4.0
+#: ... and when it lies this many median steps from both neighbours (so jitter while the camera stands still,
+#: whose detours are long relative to nothing, is not taken for one)
+SPIKE_STEPS = 5.0
+
+
+def path_spikes(names: Sequence[str], centres: "np.ndarray", index: Sequence[int]) -> list[str]:
+    """The frames of a camera path in time order registered off it: ``names`` with camera ``centres`` (N, 3)
+    and their ``index`` in the video (increasing). Frame i is a spike when the way from its neighbours through
+    it is more than :data:`SPIKE_DETOUR` times the way past it, d(i-1, i) + d(i, i+1) > SPIKE_DETOUR ·
+    max(d(i-1, i+1), m), and both its steps exceed :data:`SPIKE_STEPS` · m, where m is the median step per
+    frame of index times the index gaps. A camera that speeds up, turns or stops makes no spike; one that SfM
+    placed elsewhere (a view that looks like another side of the object) jumps away and back. The first and
+    last frames are judged by their one neighbour and the next: spike when d(0, 1) > SPIKE_STEPS ·
+    m and d(0, 2) > SPIKE_DETOUR · d(1, 2) (likewise at the end)."""
+    import numpy as np
+
+    c = np.asarray(centres, np.float64)
+    idx = np.asarray(index, np.float64)
+    if len(c) < 4:
+        return []
+    steps = np.linalg.norm(np.diff(c, axis=0), axis=1)
+    gaps = np.maximum(np.diff(idx), 1.0)
+    per_frame = float(np.median(steps / gaps))
+    if per_frame <= 0:
+        return []
+    far = lambda a, b: np.linalg.norm(c[a] - c[b])  # noqa: E731
+    limit = lambda a, b: SPIKE_STEPS * per_frame * max(abs(idx[b] - idx[a]), 1.0)  # noqa: E731
+    spikes = []
+    for i in range(len(c)):
+        if 0 < i < len(c) - 1:
+            a, b = i - 1, i + 1
+            detour = far(a, i) + far(i, b)
+            if far(a, i) > limit(a, i) and far(i, b) > limit(i, b) and \
+                    detour > SPIKE_DETOUR * max(far(a, b), per_frame):
+                spikes.append(names[i])
+        else:  # an end: its neighbour n and the one beyond it, m
+            n, m = (1, 2) if i == 0 else (i - 1, i - 2)
+            if far(i, n) > limit(i, n) and far(i, m) > SPIKE_DETOUR * max(far(n, m), per_frame):
+                spikes.append(names[i])
+    return spikes
+
+
+def model_centres(model: Path) -> tuple[list[str], "np.ndarray"]:
+    """(names, camera centres (N, 3)) of the registered images of the sparse model at ``model``, by name."""
+    import numpy as np
+
+    from pipeline.scenes.colmap import _has_pose, _pycolmap
+
+    pycolmap = _pycolmap(model)
+    rec = pycolmap.Reconstruction(model)
+    posed = sorted((im for im in rec.images.values() if _has_pose(im)), key=lambda im: im.name)
+    centres = []
+    for im in posed:
+        w2c = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+        rot = np.asarray(w2c.rotation.matrix())
+        centres.append(-rot.T @ np.asarray(w2c.translation))
+    return [im.name for im in posed], np.asarray(centres, np.float64).reshape(-1, 3)
+

@@ -74,6 +74,8 @@ class _CaptureOptions(ComponentConfig):
                                 "mean up (up), or COLMAP's +Z (none)")
     up: Optional[list[float]] = Field(None, min_length=3, max_length=3,
                                       description="the up direction in COLMAP coordinates, instead of orientation")
+    exclude: list[str] = Field([], description="images left out by name (a blurred or misplaced one), as if "
+                               "unregistered")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
 
@@ -88,7 +90,7 @@ class _CaptureOptions(ComponentConfig):
         """These options as keyword arguments of :func:`pipeline.scenes.colmap.load_colmap`."""
         return {"splits": tuple(self.splits), "test_every": self.test_every, "downscale": self.downscale,
                 "max_images": self.max_images, "aabb": self.aabb, "center": self.center, "scale": self.scale,
-                "orientation": self.orientation, "up": self.up}
+                "orientation": self.orientation, "up": self.up, "exclude": tuple(self.exclude)}
 
 
 class ColmapConfig(_CaptureOptions):

@@ -353,15 +353,18 @@ def build_photos(cfg: PhotosConfig, ctx):
     return load
 
 
-def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos") -> SceneData:
+def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: bool = False) -> SceneData:
     """The capture of the photos in ``folder``: structure from motion run on them once
     (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and the SfM options of ``cfg``), loaded as
     the colmap source loads a capture. With ``cfg.model`` (a run's kept copy of that result) an uncached entry
     is made by undistorting it instead, which gives the same capture: SfM itself does not repeat exactly.
-    ``what`` names the photos in the warning about those left out (``frames of walk.mp4``)."""
+    ``what`` names the photos in the warning about those left out (``frames of walk.mp4``). ``ordered``: the
+    photos are frames in time order (by name), and those SfM placed off the camera's path
+    (:func:`pipeline.scenes.sfm.path_spikes`) are left out too."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.colmap import load_colmap
-    from pipeline.scenes.sfm import MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, photo_names, run_sfm, undistort_model
+    from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, model_centres, path_spikes,
+                                     photo_names, run_sfm, undistort_model)
     from pipeline.types import DataError
 
     names = photo_names(folder)
@@ -385,16 +388,28 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos") -> SceneD
             shutil.copytree(model, tmp / "sparse" / "0")
             found = {**undistort_model(folder, tmp / "sparse" / "0", tmp, names=names,
                                        progress=_progress_wanted()), "model": str(model)}
+        if ordered:
+            posed, centres = model_centres(tmp / "sparse" / "0")
+            order = {n: k for k, n in enumerate(names)}
+            mine = [k for k, n in enumerate(posed) if n in order]  # (a kept model holds only these photos)
+            found["off_path"] = path_spikes([posed[k] for k in mine], centres[mine], [order[posed[k]] for k in mine])
         (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
 
-    entry = cached_render("sfm", {"photos": photos, **sfm}, make)
+    entry = cached_render("sfm", {"photos": photos, **sfm, **({"ordered": True} if ordered else {})}, make)
     found = json.loads((entry / "meta.json").read_text())["sfm"]
     if found["unregistered"]:
         warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} {what} "
              f"out of its model (they share too few matches with the others): "
              f"{', '.join(found['unregistered'][:8])}{' ...' if len(found['unregistered']) > 8 else ''}")
+    options = cfg.capture_options()
+    off_path = found.get("off_path") or []
+    if off_path:
+        warn(f"{folder}: structure from motion placed {len(off_path)} of the {what} off the camera's path (a jump "
+             f"away and back between neighbouring frames), and they are left out: {', '.join(off_path[:8])}"
+             f"{' ...' if len(off_path) > 8 else ''}")
+        options["exclude"] = (*options["exclude"], *off_path)
     scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
-                        **cfg.capture_options())
+                        **options)
     scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
                       keep={"model": str(entry / "sparse" / "0")})  # a run keeps the model (kept/model)
     return scene
@@ -423,7 +438,7 @@ def build_video(cfg: VideoConfig, ctx):
 
         key = {"video": [video.stat().st_size, file_sha256(video)], **options}
         entry = cached_render("frames", key, make)
-        scene = pose_photos(entry / "images", cfg, what=f"frames of {video}")
+        scene = pose_photos(entry / "images", cfg, what=f"frames of {video}", ordered=True)
         frames = json.loads((entry / "meta.json").read_text())["frames"]
         scene.meta.update(source="video", video=str(video.resolve()), frames={**frames, "folder": str(entry)})
         return scene
