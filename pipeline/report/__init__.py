@@ -112,9 +112,10 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         seconds = sfm.get("seconds")
         if isinstance(seconds, dict) and all(isinstance(v, (int, float)) for v in seconds.values()):
             text += f", {sum(seconds.values()):.0f} s"
-        left = sfm.get("unregistered")
-        if isinstance(left, list) and left:
-            text += f"; left out: {', '.join(map(str, left[:10]))}{' ...' if len(left) > 10 else ''}"
+        for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):
+            left = sfm.get(key)
+            if isinstance(left, list) and left:
+                text += f"; {what}: {', '.join(map(str, left[:10]))}{' ...' if len(left) > 10 else ''}"
         rows.append(("structure from motion", text))
     points = scene.get("sparse_points")
     if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
