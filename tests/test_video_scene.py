@@ -65,6 +65,17 @@ def test_the_sharpest_frame_of_each_stretch_is_taken(tmp_path):
     assert first["picked"] == list(range(0, 20, 2)) and len(set(first["picked"]) & blurred) == 5
 
 
+def test_sharpness_tells_a_smeared_frame_from_a_sharp_one_at_full_hd_too():
+    """At 1080p a frame is judged at every 2nd pixel; a 9-pixel motion smear still scores far lower."""
+    from scipy.ndimage import uniform_filter1d
+
+    from pipeline.scenes.video_frames import sharpness
+
+    for h, w in ((96, 128), (1080, 1920)):
+        sharp = _texture(h, w)
+        assert sharpness(sharp) > 3 * sharpness(uniform_filter1d(sharp, 9, axis=1)), (h, w)
+
+
 def test_a_short_video_gives_every_frame_and_a_large_one_is_scaled_down(tmp_path):
     import imageio.v3 as iio
 

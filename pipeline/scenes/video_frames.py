@@ -51,12 +51,19 @@ def _quiet_size_notes() -> Iterator[None]:
         log.setLevel(level)
 
 
+#: frames are judged at every k-th pixel, k = the shorter side // this (1080p: every 2nd, 4K: every 4th)
+SHARPNESS_SIDE = 540
+
+
 def sharpness(frame: np.ndarray) -> float:
     """Variance of the Laplacian of ``frame``'s grey levels (H, W, 3) uint8, in grey levels²: larger is sharper.
-    Motion blur and defocus take out the high frequencies the Laplacian responds to."""
+    Motion blur and defocus take out the high frequencies the Laplacian responds to. A large frame is judged at
+    every k-th pixel (:data:`SHARPNESS_SIDE`), which keeps the high frequencies of a sharp frame (aliased) and
+    costs a k² th: 18 ms a 1080p frame at every pixel on 2 cores."""
     from scipy.ndimage import laplace
 
-    grey = frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    k = max(1, min(frame.shape[:2]) // SHARPNESS_SIDE)
+    grey = frame[::k, ::k].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return float(laplace(grey, mode="nearest").var())
 
 
