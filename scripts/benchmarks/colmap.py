@@ -137,18 +137,25 @@ def write_photos(lego: Path, out: Path) -> int:
 
 
 def sfm_pose_error(run: Path, c2w_of: Callable[[str], Any]) -> dict:
-    """How far the poses structure from motion found for a ``photos`` (or ``video``) run are from the true ones,
-    ``c2w_of(image name)`` (4x4 camera-to-world, Blender axes). The similarity
-    (Umeyama) that best maps lego's camera centres onto the found ones is fitted, then fitted again without the
-    cameras more than 5 times the median distance off it (``misplaced``: registered at a wrong pose); over the
-    others, the median and maximum angle between each camera's rotation and lego's mapped one, and the distance
-    between the centres over the cameras' RMS distance from their centroid."""
-    from scipy.spatial.transform import Rotation
-
+    """:func:`pose_error` of the capture structure from motion made for a ``photos`` (or ``video``) run, with the
+    run's SfM figures (scene.json ``sfm``)."""
     scene = json.loads((run / "scene.json").read_text())
+    return pose_error(Path(scene["sfm"]["capture"]) / "capture" / "sparse", c2w_of,
+                      {k: scene["sfm"][k] for k in ("photos", "registered", "points", "mean_reprojection_error",
+                                                    "seconds", "unregistered")})
+
+
+def pose_error(model: Path, c2w_of: Callable[[str], Any], sfm: dict) -> dict:
+    """How far the poses of the sparse model at ``model`` are from the true ones, ``c2w_of(image name)`` (4x4
+    camera-to-world, Blender axes); ``sfm``: the SfM figures, passed through. The similarity (Umeyama) that best
+    maps the true camera centres onto the found ones is fitted, then fitted again without the cameras more than 5
+    times the median distance off it (``misplaced``: registered at a wrong pose); over the others, the median and
+    maximum angle between each camera's rotation and the true one mapped, and the distance between the centres
+    over the cameras' RMS distance from their centroid."""
+    from scipy.spatial.transform import Rotation
     import pycolmap
 
-    rec = pycolmap.Reconstruction(Path(scene["sfm"]["capture"]) / "capture" / "sparse")
+    rec = pycolmap.Reconstruction(model)
     true, found = [], []
     for im in rec.images.values():
         c2w = np.asarray(c2w_of(im.name), dtype=np.float64)
@@ -171,9 +178,7 @@ def sfm_pose_error(run: Path, c2w_of: Callable[[str], Any]) -> dict:
             "rotation_error_deg_max": float(np.max(angles[inliers])),
             "centre_error_relative_median": float(np.median(err[inliers]) / spread),
             "centre_error_relative_max": float(np.max(err[inliers]) / spread),
-            "misplaced_centre_error_relative": [float(e / spread) for e in err[~inliers]],
-            "sfm": {k: scene["sfm"][k] for k in ("photos", "registered", "points", "mean_reprojection_error",
-                                                  "seconds", "unregistered")}}
+            "misplaced_centre_error_relative": [float(e / spread) for e in err[~inliers]], "sfm": sfm}
 
 
 def describe_poses(poses: dict) -> str:

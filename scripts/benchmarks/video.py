@@ -27,22 +27,57 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_video(lego: Path, out: Path, *, fps: int, quality: float) -> int:
-    """Encode lego's test views, composited on white, as the H.264 video ``out``; returns how many frames."""
+def smeared(k: int) -> bool:
+    """Whether view k is smeared in the ``--blur`` video: one of each pair (2j, 2j+1), the first and the second
+    by turns (views 0, 3, 4, 7, 8, ...), so taking the first frame of each pair takes half of them."""
+    return k % 4 in (0, 3)
+
+
+def write_video(lego: Path, out: Path, *, fps: int, quality: float, blur: int = 0) -> int:
+    """Encode lego's test views, composited on white, as the H.264 video ``out``; with ``blur`` > 0 the views
+    :func:`smeared` are smeared sideways over ``blur`` pixels, as the camera's turn about lego moves the image
+    during the exposure. Returns how many frames."""
     import imageio.v3 as iio
     import imageio_ffmpeg
+    from scipy.ndimage import uniform_filter1d
 
     frames = json.loads((lego / "transforms_test.json").read_text())["frames"]
     first = iio.imread(lego / (frames[0]["file_path"] + ".png"))
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio_ffmpeg.write_frames(str(out), (first.shape[1], first.shape[0]), fps=fps, quality=quality)
     writer.send(None)
-    for f in frames:
+    for k, f in enumerate(frames):
         rgba = iio.imread(lego / (f["file_path"] + ".png")).astype(np.float32) / 255.0
         rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        if blur and smeared(k):
+            rgb = uniform_filter1d(rgb, blur, axis=1)
         writer.send(np.ascontiguousarray(np.round(rgb * 255.0).astype(np.uint8)).tobytes())
     writer.close()
     return len(frames)
+
+
+def compare_sharpest(lego: Path, video: Path, bench: Path, frames: int) -> dict:
+    """Frames of the ``--blur`` video taken the sharpest (default) and the first of each stretch, each posed by
+    structure from motion (no training): how many smeared views each took, and the SfM and pose figures."""
+    from pipeline.scenes.sfm import run_sfm
+    from pipeline.scenes.video_frames import take_frames
+    from scripts.benchmarks.colmap import pose_error
+
+    out = {}
+    for sharpest in (True, False):
+        name = "sharpest" if sharpest else "first"
+        folder = bench / f"blur_{name}"
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        taken = take_frames(video, folder / "frames", frames=frames, sharpest=sharpest, progress=False)
+        (folder / "sfm").mkdir()
+        names = sorted(p.name for p in (folder / "frames").iterdir())
+        found = run_sfm(folder / "frames", folder / "sfm", names=names, progress=False)
+        out[name] = {"smeared_taken": sum(smeared(k) for k in taken["picked"]), "taken": len(taken["picked"]),
+                     **pose_error(folder / "sfm" / "capture" / "sparse", frame_pose(lego), found)}
+    return out
 
 
 def frame_pose(lego: Path):
@@ -81,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames", type=int, default=100, help="frames taken from the video (default 100)")
     ap.add_argument("--fps", type=int, default=24, help="frame rate the video is encoded at (default 24)")
     ap.add_argument("--quality", type=float, default=7.0, help="imageio-ffmpeg's quality, 0-10 (default 7)")
+    ap.add_argument("--blur", type=int, default=0, metavar="PX", help="smear one view of each pair sideways over "
+                    "PX pixels, and compare taking the sharpest frame of each stretch with taking the first (structure "
+                    "from motion only, no training)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "video.json"))
     args = ap.parse_args(argv)
@@ -95,10 +133,20 @@ def main(argv: list[str] | None = None) -> dict:
         return {"skipped": why}
     lego = Path(lego)
     bench = ROOT / "outputs" / "bench" / "video"
-    video = bench / "lego.mp4"
-    result: dict = {"video": {"frames": write_video(lego, video, fps=args.fps, quality=args.quality), "fps": args.fps,
-                              "quality": args.quality, "bytes": video.stat().st_size},
+    video = bench / ("lego_blur.mp4" if args.blur else "lego.mp4")
+    result: dict = {"video": {"frames": write_video(lego, video, fps=args.fps, quality=args.quality, blur=args.blur),
+                              "fps": args.fps, "quality": args.quality, "bytes": video.stat().st_size},
                     "frames": args.frames, "steps": args.steps, "runs": {}}
+    if args.blur:
+        result["blur"] = {"pixels": args.blur, **compare_sharpest(lego, video, bench, args.frames)}
+        for name in ("sharpest", "first"):
+            r = result["blur"][name]
+            print(f"{name} of each stretch: {r['smeared_taken']} of {r['taken']} frames smeared; "
+                  f"{describe_poses(r)}")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+        return result
     result["runs"]["video"] = train("video", ["scene.type=video", f"scene.path={video}", f"scene.frames={args.frames}",
                                              "scene.aabb=null"], args, bench / "runs", None)
     run = Path(result["runs"]["video"]["run"])
