@@ -225,15 +225,11 @@ def model_centres(model: Path) -> tuple[list[str], "np.ndarray"]:
     """(names, camera centres (N, 3)) of the registered images of the sparse model at ``model``, by name."""
     import numpy as np
 
-    from pipeline.scenes.colmap import _has_pose, _pycolmap
+    from pipeline.scenes.colmap import _has_pose, _pycolmap, _world_to_camera
 
     pycolmap = _pycolmap(model)
     rec = pycolmap.Reconstruction(model)
     posed = sorted((im for im in rec.images.values() if _has_pose(im)), key=lambda im: im.name)
-    centres = []
-    for im in posed:
-        w2c = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
-        rot = np.asarray(w2c.rotation.matrix())
-        centres.append(-rot.T @ np.asarray(w2c.translation))
-    return [im.name for im in posed], np.asarray(centres, np.float64).reshape(-1, 3)
+    poses = [_world_to_camera(pycolmap, im, model) for im in posed]
+    return [im.name for im in posed], np.asarray([-rot.T @ t for rot, t in poses], np.float64).reshape(-1, 3)
 

@@ -59,7 +59,7 @@ def sharpness(frame: np.ndarray) -> float:
     """Variance of the Laplacian of ``frame``'s grey levels (H, W, 3) uint8, in grey levels²: larger is sharper.
     Motion blur and defocus take out the high frequencies the Laplacian responds to. A large frame is judged at
     every k-th pixel (:data:`SHARPNESS_SIDE`), which keeps the high frequencies of a sharp frame (aliased) and
-    costs a k² th: 18 ms a 1080p frame at every pixel on 2 cores."""
+    costs less: a 1080p frame takes 6 ms at every 2nd pixel on 2 cores, 18 ms at every pixel."""
     from scipy.ndimage import laplace
 
     k = max(1, min(frame.shape[:2]) // SHARPNESS_SIDE)
