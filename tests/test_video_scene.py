@@ -196,9 +196,19 @@ def test_a_video_path_that_is_missing_or_a_folder_is_a_data_error(tmp_path):
         build_video(VideoConfig(path=str(tmp_path)), None)()
 
 
-def test_frames_of_a_lego_video_are_posed_by_real_structure_from_motion(tmp_path, pycolmap):  # noqa: F811
+def test_keyframe_pairs_are_the_neighbours_and_every_pair_of_key_frames():
+    from pipeline.scenes.sfm import keyframe_pairs
+
+    pairs = keyframe_pairs(25, 5, overlap=3)
+    assert (0, 1) in pairs and (0, 3) in pairs and (0, 4) not in pairs and (1, 4) in pairs
+    assert (0, 20) in pairs and (5, 20) in pairs and (1, 20) not in pairs
+    assert len(pairs) == len(set(pairs)) == (3 * 22 + 2 + 1) + 10  # neighbours, and the 10 pairs of 5 key frames
+    assert all(i < j for i, j in pairs)
+
+
+def test_frames_of_a_lego_video_are_posed_by_real_structure_from_motion(tmp_path, capsys, pycolmap):  # noqa: F811
     """50 views of lego's test path (1.8 degrees apart) encoded as H.264, 25 frames taken (the sharper of each pair),
-    and pycolmap's SIFT, sequential matching and mapping register every one of them."""
+    and pycolmap's SIFT, keyframes matching and mapping register every one of them."""
     import imageio.v3 as iio
 
     from pipeline.scenes import data_path
@@ -219,8 +229,10 @@ def test_frames_of_a_lego_video_are_posed_by_real_structure_from_motion(tmp_path
     out = tmp_path / "sfm"
     out.mkdir()
     found = run_sfm(frames, out, names=sorted(p.name for p in frames.iterdir()), camera_model="SIMPLE_PINHOLE",
-                    matcher="sequential", progress=False)
+                    matcher="keyframes", keyframe_every=5)
     assert found["registered"] == 25 and not found["unregistered"], found
+    assert "matching (keyframes: neighbours and every 5th, 198 pairs)" in capsys.readouterr().err
+    assert not (out / "pairs.txt").exists()
 
 
 def _ring_capture(root: Path, n: int, moved: dict[int, tuple[float, float, float]]) -> Path:

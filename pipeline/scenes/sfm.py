@@ -91,9 +91,23 @@ def _say(text: str, progress: bool) -> None:
         print(f"structure from motion: {text}", file=sys.stderr, flush=True)
 
 
+#: frames matched with each frame on either side by ``sequential`` (COLMAP's default) and ``keyframes`` matching
+SEQUENTIAL_OVERLAP = 10
+
+
+def keyframe_pairs(n: int, every: int, overlap: int = SEQUENTIAL_OVERLAP) -> list[tuple[int, int]]:
+    """The pairs ``keyframes`` matching matches among ``n`` photos in order: each with its next ``overlap``, and
+    every pair of the key frames, every ``every``-th from the first (so loops and returns are joined as exhaustive
+    matching joins them): n·overlap + (n/every)²/2 pairs instead of n²/2. Sorted (i, j), i < j."""
+    near = {(i, j) for i in range(n) for j in range(i + 1, min(n, i + overlap + 1))}
+    keys = range(0, n, every)
+    return sorted(near | {(i, j) for i in keys for j in keys if i < j})
+
+
 def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str = "SIMPLE_RADIAL",
-            single_camera: bool = True, matcher: Literal["exhaustive", "sequential"] = "exhaustive",
-            max_image_size: int = 1600, threads: int = -1, seed: int = 0, progress: bool = True) -> dict:
+            single_camera: bool = True, matcher: Literal["exhaustive", "sequential", "keyframes"] = "exhaustive",
+            keyframe_every: int = 10, max_image_size: int = 1600, threads: int = -1, seed: int = 0,
+            progress: bool = True) -> dict:
     """Run SfM on the photos ``names`` in ``photos`` into ``out`` (see the module docstring); returns what it
     found: ``{"photos", "registered", "unregistered" (names), "models", "points", "mean_reprojection_error",
     "seconds": {step: s}, ...options}``. DataError when no model registers at least :data:`MIN_PHOTOS` photos."""
@@ -115,9 +129,20 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
                     reader_options=reader, extraction_options=extraction)
     seconds["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    pairs = len(names) * (len(names) - 1) // 2
-    _say(f"matching ({matcher}{f', {pairs:,} pairs' if matcher == 'exhaustive' else ''})", progress)
-    run_cancellable(pycolmap, pycolmap.match_exhaustive if matcher == "exhaustive" else pycolmap.match_sequential, db)
+    if matcher == "keyframes":
+        chosen = keyframe_pairs(len(names), keyframe_every)
+        listed = out / "pairs.txt"
+        listed.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in chosen))
+        pairing = pycolmap.ImportedPairingOptions()
+        pairing.match_list_path = str(listed)
+        _say(f"matching (keyframes: neighbours and every {keyframe_every}th, {len(chosen):,} pairs)", progress)
+        run_cancellable(pycolmap, pycolmap.match_image_pairs, db, pairing_options=pairing)
+        listed.unlink()
+    else:
+        pairs = len(names) * (len(names) - 1) // 2
+        _say(f"matching ({matcher}{f', {pairs:,} pairs' if matcher == 'exhaustive' else ''})", progress)
+        run_cancellable(pycolmap, pycolmap.match_exhaustive if matcher == "exhaustive" else pycolmap.match_sequential,
+                        db)
     seconds["matching"] = time.perf_counter() - t
     t = time.perf_counter()
     mapped = out / "mapped"
@@ -154,7 +179,8 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     db.unlink()  # features and matches: 24 MB for 115 photos of 400x400, far more for real photos; not read again
     found = undistort_model(photos, model, out, names=names, progress=progress)
     return {**found, "models": len(models), "camera_model": camera_model, "single_camera": single_camera,
-            "matcher": matcher, "max_image_size": int(max_image_size),
+            "matcher": matcher, **({"keyframe_every": int(keyframe_every)} if matcher == "keyframes" else {}),
+            "max_image_size": int(max_image_size),
             "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, **found["seconds"]}}
 
 

@@ -372,6 +372,7 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
         raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
                         f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
     sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
+           **({"keyframe_every": cfg.keyframe_every} if cfg.matcher == "keyframes" else {}),
            "max_image_size": cfg.max_image_size}
     photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
     model = Path(cfg.model) if cfg.model else None
