@@ -223,8 +223,8 @@ def build_point_normals(cfg: PointNormalsConfig, ctx) -> PointNormals:
     scene = ctx.scene
     points = getattr(scene, "points", None)
     normals = getattr(scene, "normals", None)
-    usable = normals is not None and points is not None and bool((np.linalg.norm(normals, axis=1) > 1e-8).any())
-    if not usable:
+    given = None if normals is None else np.linalg.norm(normals, axis=1) > 1e-8  # (P,) normals of nonzero length
+    if points is None or given is None or not given.any():
         what = "no points" if points is None else "no normals" if normals is None else "only zero-length normals"
         if cfg.if_missing == "error":
             raise ConfigError(f"losses: point_normals needs the scene's points with normals, and this scene has "
@@ -238,7 +238,6 @@ def build_point_normals(cfg: PointNormalsConfig, ctx) -> PointNormals:
             print(f"point_normals: the scene has {what}; training without the normal term", file=sys.stderr)
         return PointNormals(cfg, None, None)
     if cfg.oriented:
-        given = np.linalg.norm(normals, axis=1) > 1e-8
         agree = normal_sign_agreement(points[given], normals[given])
         if agree < ORIENTED_AGREEMENT:
             from pipeline.notices import warn

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,10 +68,7 @@ def compare_sharpest(lego: Path, video: Path, bench: Path, frames: int) -> dict:
     for sharpest in (True, False):
         name = "sharpest" if sharpest else "first"
         folder = bench / f"blur_{name}"
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # (a previous run's frames and model)
         taken = take_frames(video, folder / "frames", frames=frames, sharpest=sharpest, progress=False)
         (folder / "sfm").mkdir()
         names = sorted(p.name for p in (folder / "frames").iterdir())
