@@ -95,7 +95,6 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, ca
     3.6 degrees apart, composited on white): every view is registered, and after the similarity that maps lego's camera centres onto the found
     ones, each camera's rotation is within half a degree of lego's."""
     import imageio.v3 as iio
-    from scipy.spatial.transform import Rotation
 
     from pipeline.scenes import data_path
     from pipeline.scenes.sfm import run_sfm
@@ -107,9 +106,7 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, ca
     photos = tmp_path / "photos"
     photos.mkdir()
     for k, f in enumerate(frames):
-        rgba = iio.imread(lego / (f["file_path"] + ".png")).astype(np.float32) / 255.0
-        iio.imwrite(photos / f"{k:02d}.png", np.round(255 * (rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]))
-                    .astype(np.uint8))
+        iio.imwrite(photos / f"{k:02d}.png", on_white(lego / (f["file_path"] + ".png")))
     out = tmp_path / "sfm"
     out.mkdir()
     found = run_sfm(photos, out, names=sorted(p.name for p in photos.iterdir()), camera_model="SIMPLE_PINHOLE")
@@ -119,18 +116,33 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, ca
     assert "structure from motion: mapping 25/25" in err and "photos placed" in err, err
     assert "the largest of 1 model(s) holds 25 of the 25 photos" in err
     assert not (out / "database.db").exists()  # features and matches are not kept
-    rec = pycolmap.Reconstruction(out / "capture" / "sparse")
+    errors = rotation_errors(pycolmap.Reconstruction(out / "capture" / "sparse"), frames)
+    assert max(errors) < 0.5, errors
+
+
+def on_white(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8: the RGBA image at ``path`` composited on white."""
+    import imageio.v3 as iio
+
+    rgba = iio.imread(path).astype(np.float32) / 255.0
+    return np.round(255 * (rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:])).astype(np.uint8)
+
+
+def rotation_errors(rec, frames: list[dict]) -> list[float]:
+    """Degrees between each camera of the pycolmap reconstruction ``rec`` (images named by their index in
+    ``frames``, NeRF frames with ``transform_matrix``) and its true rotation, after the rotation between the two
+    worlds that fits every camera best (the chordal mean)."""
+    from scipy.spatial.transform import Rotation
+
     true, got = [], []
     for im in rec.images.values():
         c2w = np.asarray(frames[int(Path(im.name).stem)]["transform_matrix"])
         w2c = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
         true.append(c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0]))  # OpenCV camera axes in lego's world
         got.append(np.asarray(w2c.rotation.matrix()).T)
-    # the rotation between the worlds that fits every camera best (the chordal mean), then each camera against it
     u, _, vt = np.linalg.svd(sum(g @ t.T for t, g in zip(true, got)))
     world = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
-    errors = [np.degrees(Rotation.from_matrix((world @ t).T @ g).magnitude()) for t, g in zip(true, got)]
-    assert max(errors) < 0.5, errors
+    return [float(np.degrees(Rotation.from_matrix((world @ t).T @ g).magnitude())) for t, g in zip(true, got)]
 
 
 def test_an_interrupt_cancels_the_running_pycolmap_step(pycolmap):  # noqa: F811

@@ -112,6 +112,11 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         seconds = sfm.get("seconds")
         if isinstance(seconds, dict) and all(isinstance(v, (int, float)) for v in seconds.values()):
             text += f", {sum(seconds.values()):.0f} s"
+        prepared = sfm.get("prepared")
+        if isinstance(prepared, dict) and isinstance(prepared.get("turned"), int):
+            text += f"; {prepared['turned']} turned upright by their EXIF orientation"
+        if isinstance(prepared, dict) and isinstance(prepared.get("crop"), list) and len(prepared["crop"]) == 2:
+            text += f"; portrait and landscape shots cropped to {prepared['crop'][0]}x{prepared['crop'][1]}"
         for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):
             left = sfm.get(key)
             if isinstance(left, list) and left:

@@ -37,24 +37,6 @@ def photo_names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
 
 
-def check_one_size(photos: Path, names: Sequence[str]) -> None:
-    """DataError when the photos ``names`` in ``photos`` are not all one size: a shared camera has one image size
-    (a photo of another size poses as a different lens, and can break the whole model), and each split of a
-    capture is loaded at one size. Reads only the files' headers."""
-    from PIL import Image
-
-    sizes: dict[tuple[int, int], list[str]] = {}
-    for name in names:
-        with Image.open(photos / name) as im:
-            sizes.setdefault(im.size, []).append(name)
-    if len(sizes) > 1:
-        common = max(sizes, key=lambda k: len(sizes[k]))
-        odd = [f"{n} ({w}x{h})" for (w, h), ns in sizes.items() if (w, h) != common for n in ns]
-        raise DataError(f"{photos}: the photos are not all one size: {len(sizes[common])} are {common[0]}x{common[1]} "
-                        f"(WxH), and {', '.join(odd[:6])}{' ...' if len(odd) > 6 else ''} {'is' if len(odd) == 1 else 'are'} not; crop or "
-                        f"scale them to one size (portrait and landscape shots of one camera too), or leave them out")
-
-
 def run_cancellable(pycolmap, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, a pycolmap step that may run for minutes, run so that Ctrl-C (or SIGTERM turned into
     KeyboardInterrupt) stops it: in a worker thread (pycolmap releases the GIL), with a ``CancellationToken`` that

@@ -119,6 +119,11 @@ class PhotosConfig(_CaptureOptions):
     keyframe_every: int = Field(10, ge=2, description="keyframes matching: every pair of every this-many-th photo "
                                 "by name is matched too, which joins loops and returns")
     max_image_size: int = Field(1600, ge=64, description="photos are scaled down to this side for SIFT")
+    upright: bool = Field(True, description="turn photos by their EXIF orientation tag first, as a photo viewer "
+                          "shows them (phones store portrait shots sideways with the tag; COLMAP ignores it)")
+    mixed_orientation: Literal["crop", "error"] = Field(
+        "crop", description="portrait and landscape shots of one size held two ways: crop every photo to its "
+                            "centred square (one camera again, the sides lost), or refuse them")
     model: Optional[str] = Field(None, description="a sparse model SfM made for these photos with these options "
                                  "(cameras, images, points3D): when they are not cached, it is undistorted instead of "
                                  "running SfM again. A run keeps its model (kept/model) and loads with it")

@@ -354,7 +354,8 @@ def build_photos(cfg: PhotosConfig, ctx):
 
 
 def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: bool = False) -> SceneData:
-    """The capture of the photos in ``folder``: structure from motion run on them once
+    """The capture of the photos in ``folder``: turned upright and cropped to one size where ``cfg`` asks for it
+    (:mod:`pipeline.scenes.upright_photos`), then structure from motion run on them once
     (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and the SfM options of ``cfg``), loaded as
     the colmap source loads a capture. With ``cfg.model`` (a run's kept copy of that result) an uncached entry
     is made by undistorting it instead, which gives the same capture: SfM itself does not repeat exactly.
@@ -363,8 +364,9 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     (:func:`pipeline.scenes.sfm.path_spikes`) are left out too."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.colmap import load_colmap
-    from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, check_one_size, model_centres, path_spikes,
-                                     photo_names, run_sfm, undistort_model)
+    from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, model_centres, path_spikes, photo_names, run_sfm,
+                                     undistort_model)
+    from pipeline.scenes.upright_photos import check_model_sizes, plan_photos, write_copies
     from pipeline.types import DataError
 
     names = photo_names(folder)
@@ -374,6 +376,12 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
            **({"keyframe_every": cfg.keyframe_every} if cfg.matcher == "keyframes" else {}),
            "max_image_size": cfg.max_image_size}
+    plan = plan_photos(folder, names, upright=cfg.upright, mixed_orientation=cfg.mixed_orientation)
+    if plan.crop:
+        portrait = sum(w < h for w, h in plan.sizes.values())
+        warn(f"{folder}: {portrait} portrait and {len(names) - portrait} landscape {what}: each is cropped to its "
+             f"centred {plan.crop[0]}x{plan.crop[1]} square, so all share one camera (mixed_orientation: error "
+             f"refuses them instead)")
     photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
     model = Path(cfg.model) if cfg.model else None
     if model is not None:  # SfM's result for these photos and options, kept: used if they are not cached
@@ -382,13 +390,19 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
         model, _ = find_sparse_model(model.parent, model.name)
 
     def make(tmp: Path) -> None:
+        source = tmp / "upright" if plan.needed else folder  # (copies: read only until undistortion)
+        if plan.needed:
+            write_copies(folder, names, source, plan, progress=_progress_wanted())
         if model is None:
-            check_one_size(folder, names)  # (a cached entry was checked when it was made)
-            found = run_sfm(folder, tmp, names=names, progress=_progress_wanted(), **sfm)
+            found = run_sfm(source, tmp, names=names, progress=_progress_wanted(), **sfm)
         else:
+            check_model_sizes(model, plan)
             shutil.copytree(model, tmp / "sparse" / "0")
-            found = {**undistort_model(folder, tmp / "sparse" / "0", tmp, names=names,
+            found = {**undistort_model(source, tmp / "sparse" / "0", tmp, names=names,
                                        progress=_progress_wanted()), "model": str(model)}
+        if plan.needed:
+            shutil.rmtree(source)
+            found["prepared"] = plan.facts()
         if ordered:
             posed, centres = model_centres(tmp / "sparse" / "0")
             order = {n: k for k, n in enumerate(names)}
@@ -396,7 +410,8 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
             found["off_path"] = path_spikes([posed[k] for k in mine], centres[mine], [order[posed[k]] for k in mine])
         (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
 
-    entry = cached_render("sfm", {"photos": photos, **sfm, **({"ordered": True} if ordered else {})}, make)
+    entry = cached_render("sfm", {"photos": photos, **sfm, **({"ordered": True} if ordered else {}),
+                                  **({"prepared": plan.facts()} if plan.needed else {})}, make)
     found = json.loads((entry / "meta.json").read_text())["sfm"]
     if found["unregistered"]:
         warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} {what} "

@@ -1,0 +1,160 @@
+"""Photos as a viewer shows them, before structure from motion: turned upright by their EXIF orientation tag, and
+cropped to one size when portrait and landscape shots are mixed.
+
+Phones store a portrait shot as the sensor's landscape pixels plus an EXIF tag that says how to turn them. COLMAP
+reads the pixels as stored and ignores the tag, on purpose (one camera for every shot), so a capture of such photos
+comes out sideways: each camera's up is the photo's side, the scene's up (:func:`pipeline.scenes.colmap.scene_up`)
+is found from the wrong axes, and renders, the viewer and the report show the scene on its side. Turning the photos
+upright first keeps all of them in the orientation the photographer saw.
+
+A phone that turns the pixels itself (or photos turned upright here) gives portrait shots of W×H among landscape
+ones of H×W. They are one lens held two ways, but COLMAP takes another image size for another camera, and a split
+is loaded at one size. Cropping every photo to its centred square of side min(W, H) makes them one camera again:
+the crop keeps the principal point at the centre (where SfM places it), and radial distortion does not change
+under a quarter turn about it. The price is the sides of every photo (a quarter of a 4:3 photo's pixels). Any
+other mix of sizes (two cameras, a zoom) is refused: a crop would not make those one camera.
+
+Copies are written only when something changes, as JPEG (quality 95, no chroma subsampling) or PNG as the
+original, and keep the other EXIF tags, since COLMAP takes its first focal length from them. A cropped copy's
+focal-length tags are scaled so the focal length in pixels they imply stays the same: the 35 mm equivalent by
+the ratio of the diagonals (its definition), the lens's own focal length by the ratio of the longer sides (COLMAP
+reads it with the sensor's width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+from pipeline.types import DataError
+
+#: EXIF tags: Orientation (IFD0), the Exif sub-IFD, FocalLength (mm) and FocalLengthIn35mmFilm in it
+ORIENTATION, EXIF_IFD, FOCAL_LENGTH, FOCAL_35MM = 0x0112, 0x8769, 0x920A, 0xA405
+#: JPEG quality of the copies (4:4:4: no chroma subsampling)
+COPY_QUALITY = 95
+
+
+@dataclass
+class PhotoPlan:
+    """What :func:`plan_photos` found for the photos ``names`` of a folder.
+
+    sizes: name -> (width, height) as the copies will have them (upright when ``upright``, before any crop).
+    turned: names whose EXIF orientation turns (or mirrors) them; they are turned upright in the copies.
+    crop: (width, height) every photo is cropped to, centred, when portrait and landscape shots are mixed.
+    """
+
+    sizes: dict[str, tuple[int, int]]
+    turned: list[str] = field(default_factory=list)
+    crop: Optional[tuple[int, int]] = None
+
+    @property
+    def needed(self) -> bool:
+        """Whether copies must be made (some photo is turned or cropped)."""
+        return bool(self.turned or self.crop)
+
+    def facts(self) -> dict:
+        """JSON facts for the run record: ``{"turned": n, "crop": [w, h]}``, each only when it applies."""
+        return {**({"turned": len(self.turned)} if self.turned else {}),
+                **({"crop": list(self.crop)} if self.crop else {})}
+
+
+def exif_orientation(image) -> int:
+    """The EXIF orientation (1–8; 1 = as stored) of an open PIL image, 1 when it has none or a bad one."""
+    value = image.getexif().get(ORIENTATION, 1)
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
+                mixed_orientation: Literal["crop", "error"] = "crop") -> PhotoPlan:
+    """Read the headers of the photos ``names`` in ``folder`` and decide their copies (see the module docstring).
+    DataError when their sizes are not one size, or (with ``mixed_orientation: crop``) one size held two ways."""
+    from PIL import Image
+
+    sizes, turned = {}, []
+    for name in names:
+        with Image.open(folder / name) as im:
+            w, h = im.size
+            turn = exif_orientation(im) if upright else 1
+        if turn != 1:
+            turned.append(name)
+        sizes[name] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # 5–8 swap the sides
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name, size in sizes.items():
+        groups.setdefault(size, []).append(name)
+    crop = None
+    if len(groups) == 2 and mixed_orientation == "crop":
+        (w, h), other = groups
+        if other == (h, w):
+            crop = (min(w, h), min(w, h))
+    if len(groups) > 1 and crop is None:
+        raise DataError(_sizes_error(folder, groups, mixed_orientation))
+    return PhotoPlan(sizes, turned, crop)
+
+
+def _sizes_error(folder: Path, groups: dict[tuple[int, int], list[str]], mixed: str) -> str:
+    """The DataError text for photos of several sizes (upright): the commonest, the others by name, what to do."""
+    common = max(groups, key=lambda k: len(groups[k]))
+    odd = [f"{n} ({w}x{h})" for (w, h), ns in groups.items() if (w, h) != common for n in ns]
+    held_two_ways = len(groups) == 2 and set(groups) == {common, common[::-1]}
+    how = ("set mixed_orientation: crop to crop every photo to its centred square, or " if held_two_ways and
+           mixed == "error" else "")
+    return (f"{folder}: the photos are not all one size: {len(groups[common])} are {common[0]}x{common[1]} (WxH), and {', '.join(odd[:6])}"
+            f"{' ...' if len(odd) > 6 else ''} {'is' if len(odd) == 1 else 'are'} not; {how}crop or scale them to "
+            f"one size, or leave them out (photos of two cameras or zooms cannot share one camera)")
+
+
+def _scaled_focal_tags(exif, old: tuple[int, int], new: tuple[int, int]) -> None:
+    """Scale ``exif``'s focal-length tags in place for a crop from size ``old`` to ``new`` (module docstring)."""
+    sub = exif.get_ifd(EXIF_IFD)
+    diagonal = ((old[0] ** 2 + old[1] ** 2) / (new[0] ** 2 + new[1] ** 2)) ** 0.5
+    if isinstance(sub.get(FOCAL_35MM), (int, float)) and sub[FOCAL_35MM] > 0:
+        sub[FOCAL_35MM] = max(1, min(65535, round(float(sub[FOCAL_35MM]) * diagonal)))  # a SHORT
+    if isinstance(sub.get(FOCAL_LENGTH), (int, float)) and sub[FOCAL_LENGTH] > 0:
+        sub[FOCAL_LENGTH] = float(sub[FOCAL_LENGTH]) * max(old) / max(new)
+
+
+def write_copies(folder: Path, names: Sequence[str], out: Path, plan: PhotoPlan, progress: bool = True) -> None:
+    """Write the photos ``names`` of ``folder`` into ``out`` under the same names, turned upright (those in
+    ``plan.turned``) and cropped to ``plan.crop`` (centred); EXIF kept, focal tags scaled by a crop."""
+    from PIL import Image, ImageOps
+
+    from pipeline.progress import StepProgress
+
+    out.mkdir(parents=True, exist_ok=True)
+    turned = set(plan.turned)
+    with StepProgress(len(names), 0, "turning photos upright" if not plan.crop else "cropping photos to one size",
+                      enabled=progress) as bar:
+        for k, name in enumerate(names):
+            with Image.open(folder / name) as im:
+                im.load()
+                exif = im.getexif()
+                image = ImageOps.exif_transpose(im) if name in turned else im.copy()
+            exif.pop(ORIENTATION, None)  # (the pixels are as a viewer shows them now)
+            if plan.crop and image.size != plan.crop:
+                (w, h), (cw, ch) = image.size, plan.crop
+                left, top = (w - cw) // 2, (h - ch) // 2
+                image = image.crop((left, top, left + cw, top + ch))
+                _scaled_focal_tags(exif, (w, h), plan.crop)
+            if Path(name).suffix.lower() in (".jpg", ".jpeg"):
+                image.convert("RGB").save(out / name, quality=COPY_QUALITY, subsampling=0, exif=exif)
+            else:
+                image.save(out / name, exif=exif)
+            bar.advance(k + 1, name)
+
+
+def check_model_sizes(model: Path, plan: PhotoPlan) -> None:
+    """DataError when the cameras of the sparse ``model`` (kept by an earlier run) are not the photos' sizes as
+    ``plan`` makes them: the model was made from the photos another way (as stored, before ``upright``)."""
+    from pipeline.scenes.colmap import _pycolmap
+
+    rec = _pycolmap(model).Reconstruction(model)
+    for im in rec.images.values():
+        cam, want = rec.cameras[im.camera_id], plan.crop or plan.sizes.get(im.name)
+        if want is None:  # (not one of these photos: undistortion names it)
+            continue
+        if (int(cam.width), int(cam.height)) != tuple(want):
+            raise DataError(f"{model}: the model's camera for {im.name} is {cam.width}x{cam.height}, but the photo "
+                            f"is {want[0]}x{want[1]} as it is loaded now (turned upright by its EXIF orientation or "
+                            f"cropped to one size); the model was made from the photos as stored: set "
+                            f"upright: false (and mixed_orientation: error) to load it, or leave model out")

@@ -1,0 +1,249 @@
+"""Photos turned upright by their EXIF orientation and cropped to one size when portrait and landscape shots are
+mixed, before structure from motion (:mod:`pipeline.scenes.upright_photos`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.types import DataError
+from tests.test_colmap_scene import make_colmap, pycolmap  # noqa: F401  (pycolmap: the fixture)
+from tests.test_photos_scene import on_white, rotation_errors
+
+#: how a viewer shows stored pixels, by EXIF orientation, from the tag's definition (row 0 / column 0 of the
+#: stored image are the shown image's: 3 bottom / right, 6 right side / top, 8 left side / bottom, 2 top / right)
+SHOWN = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 6: lambda a: np.rot90(a, -1),
+         8: lambda a: np.rot90(a, 1)}
+#: the stored pixels that show as ``a`` under each orientation (the inverse of SHOWN)
+STORED = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 6: lambda a: np.rot90(a, 1),
+          8: lambda a: np.rot90(a, -1)}
+
+
+def _save(path: Path, shown: np.ndarray, orientation: int = 1, exif_ifd: dict | None = None) -> None:
+    """Save ``shown`` (H, W, 3) uint8 as a viewer should show it, stored under EXIF ``orientation``; ``exif_ifd``:
+    tags of the Exif sub-IFD by number (``{0xA405: 26}``)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    for tag, value in (exif_ifd or {}).items():
+        exif.get_ifd(0x8769)[int(tag)] = value
+    extra = {"quality": 95} if path.suffix == ".jpg" else {}
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](shown))).save(path, exif=exif, **extra)
+
+
+#: a phone's lens tags: 35 mm equivalent 26 mm, focal length 4.2 mm, and when the photo was taken
+LENS = {0xA405: 26, 0x920A: 4.2, 0x9003: "2026:12:06 10:00:00"}
+
+
+def _pattern(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_the_orientation_table_matches_the_tags_definition():
+    """SHOWN, written from the tag's words, against a hand-made case: under orientation 6 the stored image's first
+    row is the shown image's right column, top to bottom, and its first column the shown top row, right to left."""
+    stored = np.arange(6).reshape(2, 3)  # [[0 1 2], [3 4 5]]
+    shown = SHOWN[6](stored)
+    assert shown.tolist() == [[3, 0], [4, 1], [5, 2]]
+    assert [STORED[o](SHOWN[o](stored)).tolist() for o in SHOWN] == [stored.tolist()] * len(SHOWN)
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+def test_a_photo_is_copied_as_a_viewer_shows_it(tmp_path, orientation):
+    from pipeline.scenes.upright_photos import plan_photos, write_copies
+
+    shown = _pattern(6, 10)
+    _save(tmp_path / "a.png", shown, orientation)
+    _save(tmp_path / "b.png", _pattern(6, 10, 1))
+    plan = plan_photos(tmp_path, ["a.png", "b.png"])
+    assert plan.turned == ["a.png"] and plan.sizes == {"a.png": (10, 6), "b.png": (10, 6)} and plan.crop is None
+    write_copies(tmp_path, ["a.png", "b.png"], tmp_path / "out", plan, progress=False)
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "a.png") as im:
+        assert np.array_equal(np.asarray(im), shown) and 0x0112 not in im.getexif()
+    assert not plan_photos(tmp_path, ["a.png", "b.png"], upright=False).turned  # as stored (sizes may differ)
+
+
+def test_photos_without_tags_of_one_size_need_no_copies(tmp_path):
+    from pipeline.scenes.upright_photos import plan_photos
+
+    for k in range(3):
+        _save(tmp_path / f"{k}.jpg", _pattern(6, 8, k))
+    plan = plan_photos(tmp_path, ["0.jpg", "1.jpg", "2.jpg"])
+    assert not plan.needed and plan.facts() == {}
+
+
+def test_portrait_and_landscape_shots_are_cropped_to_their_centred_square(tmp_path):
+    """A phone's portrait shots stored sideways (orientation 6), one turned by the phone itself, among landscape
+    ones: upright they are 6x10 and 10x6, so each is cropped to its centred 6x6; the pixels are the shown
+    photo's centre."""
+    from PIL import Image
+
+    from pipeline.scenes.upright_photos import plan_photos, write_copies
+
+    land, tall, turned = _pattern(6, 10, 0), _pattern(10, 6, 1), _pattern(10, 6, 2)
+    _save(tmp_path / "a.png", land)
+    _save(tmp_path / "b.png", tall, 6)
+    _save(tmp_path / "c.png", turned)
+    names = ["a.png", "b.png", "c.png"]
+    plan = plan_photos(tmp_path, names)
+    assert plan.crop == (6, 6) and plan.turned == ["b.png"] and plan.facts() == {"turned": 1, "crop": [6, 6]}
+    write_copies(tmp_path, names, tmp_path / "out", plan, progress=False)
+    got = {n: np.asarray(Image.open(tmp_path / "out" / n)) for n in names}
+    assert np.array_equal(got["a.png"], land[:, 2:8]) and np.array_equal(got["b.png"], tall[2:8])
+    assert np.array_equal(got["c.png"], turned[2:8])
+    with pytest.raises(DataError, match=r"not all one size: 2 are 6x10 \(WxH\), and a.png \(10x6\) is not; set "
+                                        r"mixed_orientation: crop to crop every photo to its centred square"):
+        plan_photos(tmp_path, names, mixed_orientation="error")
+
+
+def test_photos_of_unrelated_sizes_are_refused_by_name(tmp_path):
+    from pipeline.scenes.upright_photos import plan_photos
+
+    for k, (h, w) in enumerate([(6, 10), (6, 10), (6, 8)]):
+        _save(tmp_path / f"{k}.png", _pattern(h, w, k))
+    with pytest.raises(DataError, match=r"not all one size: 2 are 10x6 \(WxH\), and 2.png \(8x6\) is not; crop or "
+                                        r"scale them to one size, or leave them out \(photos of two cameras"):
+        plan_photos(tmp_path, ["0.png", "1.png", "2.png"])
+
+
+def test_a_crop_keeps_the_focal_length_in_pixels_its_exif_tags_imply(tmp_path):
+    """The 35 mm equivalent scales with the diagonal and the lens's focal length with the longer side, so both
+    give the uncropped photo's focal length in pixels; the other tags stay."""
+    from PIL import Image
+
+    from pipeline.scenes.upright_photos import plan_photos, write_copies
+
+    _save(tmp_path / "a.jpg", _pattern(300, 400), 1, LENS)
+    _save(tmp_path / "b.jpg", _pattern(400, 300, 1), 6, LENS)
+    plan = plan_photos(tmp_path, ["a.jpg", "b.jpg"])
+    write_copies(tmp_path, ["a.jpg", "b.jpg"], tmp_path / "out", plan, progress=False)
+    for name in ("a.jpg", "b.jpg"):
+        with Image.open(tmp_path / "out" / name) as im:
+            sub = im.getexif().get_ifd(0x8769)
+            assert im.size == (300, 300) and 0x0112 not in im.getexif()
+            assert sub[0xA405] == round(26 * 500 / 300 / 2 ** 0.5) == 31
+            assert float(sub[0x920A]) == pytest.approx(4.2 * 400 / 300) and sub[0x9003] == LENS[0x9003]
+
+
+def test_colmap_takes_the_same_first_focal_length_from_a_cropped_copy(tmp_path, pycolmap):  # noqa: F811
+    """COLMAP's own focal length prior from the EXIF tags, on the photo upright and on its cropped copy: the same
+    within the rounding of the 35 mm tag (an integer)."""
+    from pipeline.scenes.upright_photos import plan_photos, write_copies
+
+    (tmp_path / "one").mkdir()
+    _save(tmp_path / "one" / "a.jpg", _pattern(400, 300), 6, LENS)
+    _save(tmp_path / "b.jpg", _pattern(300, 400), 1, LENS)
+    _save(tmp_path / "c.jpg", _pattern(400, 300, 1), 1, LENS)
+    plan = plan_photos(tmp_path, ["b.jpg", "c.jpg"])
+    write_copies(tmp_path, ["b.jpg", "c.jpg"], tmp_path / "two", plan, progress=False)
+    focal = {}
+    for folder in ("one", "two"):
+        db = tmp_path / f"{folder}.db"
+        pycolmap.extract_features(db, tmp_path / folder, camera_mode=pycolmap.CameraMode.PER_IMAGE)
+        with pycolmap.Database.open(db) as base:
+            focal[folder] = [(c.width, c.height, c.params[0]) for c in base.read_all_cameras()]
+    [(w, h, f)] = focal["one"]
+    assert (w, h) == (400, 300)  # COLMAP reads the pixels as stored
+    assert [c[:2] for c in focal["two"]] == [(300, 300)] * 2
+    assert all(abs(c[2] / f - 1) < 0.02 for c in focal["two"]), (f, focal["two"])
+
+
+def test_photos_are_posed_from_upright_copies_that_are_deleted_after(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+    """The photos source hands SfM upright copies (a stand-in SfM here) in the cache entry, deletes them once the
+    capture is undistorted, and says what it did in scene.json and the report; ``upright: false`` poses the
+    pixels as stored, in another cache entry."""
+    import imageio.v3 as iio
+
+    from pipeline.report import capture_rows
+    from pipeline.scenes import sfm
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+    from tests.test_photos_scene import _fake_sfm
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    cap = make_colmap(tmp_path / "cap")["root"]
+    photos = tmp_path / "shoot"
+    shutil.copytree(cap / "images", photos)
+    shown = iio.imread(photos / "001.png")
+    _save(photos / "001.png", shown, 3)  # stored upside down, tagged to be shown upright
+    seen: list = []
+    fake = _fake_sfm(cap, [])
+
+    def run(folder: Path, out: Path, *, names, **options) -> dict:
+        seen.append((folder, iio.imread(folder / "001.png")))
+        return fake(folder, out, names=names, **options)
+
+    monkeypatch.setattr(sfm, "run_sfm", run)
+    scene = build_photos(PhotosConfig(path=str(photos)), None)()
+    [(folder, pixels)] = seen
+    assert np.array_equal(pixels, shown) and folder.parent.parent == tmp_path / "cache" / "scenes"
+    assert not folder.exists() and not (Path(scene.meta["sfm"]["capture"]) / "upright").exists()
+    assert scene.meta["sfm"]["prepared"] == {"turned": 1}
+    assert "1 turned upright by their EXIF orientation" in capture_rows(json.loads(json.dumps(scene.meta)))[0][1]
+    build_photos(PhotosConfig(path=str(photos), upright=False), None)()
+    assert len(seen) == 2 and seen[1][0] == photos and np.array_equal(seen[1][1], shown[::-1, ::-1])
+
+
+def test_a_kept_model_of_the_photos_as_stored_is_refused_with_the_way_to_load_it(tmp_path, pycolmap):  # noqa: F811
+    from pipeline.scenes.upright_photos import PhotoPlan, check_model_sizes
+
+    made = make_colmap(tmp_path / "cap")
+    model = made["root"] / "sparse" / "0"
+    names = sorted(p.name for p in (made["root"] / "images").iterdir())
+    from PIL import Image
+
+    with Image.open(made["root"] / "images" / names[0]) as im:
+        w, h = im.size
+    check_model_sizes(model, PhotoPlan({n: (w, h) for n in names}))  # as made: passes
+    with pytest.raises(DataError, match=rf"camera for \d+.png is {w}x{h}, but the photo is {h - 2}x{h - 2} .* set "
+                                        r"upright: false \(and mixed_orientation: error\) to load it"):
+        check_model_sizes(model, PhotoPlan({n: (w, h) for n in names}, crop=(h - 2, h - 2)))
+
+
+def test_phone_photos_held_both_ways_are_posed_upright_by_real_sfm(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+    """25 views of lego (every 2nd of the first 50 of its test path), cropped from S x S to landscape shots of
+    S x 3S/4 and portrait ones of 3S/4 x S by turns; each portrait shot is stored sideways with orientation 6 or 8,
+    as a phone stores it, so every file is S x 3S/4. Upright and cropped to 3S/4 square, every view is registered with one
+    camera, each rotation is within half a degree of lego's, and every camera of the loaded scene is upright
+    (its up within 60 degrees of the scene's). Posed as stored (``upright: false``), that last check fails: the
+    portrait shots' cameras lie on their side, and the scene's up found from all of them is off too."""
+    from pipeline.scenes import data_path
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    lego, why = data_path("nerf", "lego")
+    if lego is None:
+        pytest.skip(why)
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    frames = json.loads((lego / "transforms_test.json").read_text())["frames"][:50:2]
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    for k, f in enumerate(frames):
+        view = on_white(lego / (f["file_path"] + ".png"))
+        side = len(view)
+        if k % 2 == 0:
+            _save(photos / f"{k:02d}.jpg", view[side // 8:side - side // 8])
+        else:
+            _save(photos / f"{k:02d}.jpg", view[:, side // 8:side - side // 8], 6 if k % 4 == 1 else 8)
+    scene = build_photos(PhotosConfig(path=str(photos), camera_model="SIMPLE_PINHOLE"), None)()
+    sideways = build_photos(PhotosConfig(path=str(photos), camera_model="SIMPLE_PINHOLE", upright=False), None)()
+    found = scene.meta["sfm"]
+    short = side - 2 * (side // 8)
+    assert found["registered"] == len(frames) and found["prepared"] == {"turned": 12, "crop": [short, short]}, found
+    rec = pycolmap.Reconstruction(Path(found["capture"]) / "capture" / "sparse")
+    assert len(rec.cameras) == 1 and [(c.width, c.height) for c in rec.cameras.values()] == [(short, short)]
+    errors = rotation_errors(rec, frames)
+    assert max(errors) < 0.5, errors
+    ups = np.concatenate([s.cameras.c2w[:, 2, 1].numpy() for s in scene.splits.values()])  # z of each camera's up
+    assert len(ups) == len(frames) and ups.min() > 0.5, ups
+    assert sideways.meta["sfm"]["registered"] == len(frames)
+    ups = np.concatenate([s.cameras.c2w[:, 2, 1].numpy() for s in sideways.splits.values()])
+    assert ups.min() < 0.5, ups  # the same check fails: some cameras lie on their side or worse
