@@ -57,12 +57,49 @@ def test_the_sharpest_frame_of_each_stretch_is_taken(tmp_path):
 
     blurred = {k for k in range(20) if (k % 4 in (0, 3))}  # pairs (0,1),(2,3),...: the 1st smeared, then the 2nd
     video = _write(tmp_path / "pan.mp4", _panning(20, blurred))
-    found = take_frames(video, tmp_path / "sharp", frames=10, progress=False)
+    found = take_frames(video, tmp_path / "sharp", frames=10, spacing="time", progress=False)
     assert found["decoded"] == 20 and found["size"] == [128, 96] and found["fps"] == 10
     assert found["picked"] == [k for k in range(20) if k not in blurred]
     assert sorted(p.name for p in (tmp_path / "sharp").iterdir()) == [f"frame_{k:06d}.jpg" for k in found["picked"]]
-    first = take_frames(video, tmp_path / "first", frames=10, sharpest=False, progress=False)
+    first = take_frames(video, tmp_path / "first", frames=10, sharpest=False, spacing="time", progress=False)
     assert first["picked"] == list(range(0, 20, 2)) and len(set(first["picked"]) & blurred) == 5
+
+
+def test_stretches_of_equal_motion_give_a_pause_one_frame():
+    """30 frames: moving by 1 for 9 frames, still for 10, moving by 1 for 10. Five stretches of equal motion (the
+    running sum of motion, 0 to 19, cut at 19/5 apart) begin at frames 0, 4, 8, 22 and 26: the pause falls in
+    the stretch of frame 8. Five of equal time begin at 0, 6, 12, 18, 24, two of them in the pause."""
+    from pipeline.scenes.video_frames import pick_frames
+
+    motion = np.array([0.0] + [1.0] * 9 + [0.0] * 10 + [1.0] * 10)
+    assert pick_frames(30, 5, motion=motion) == [0, 4, 8, 22, 26]
+    assert pick_frames(30, 5) == [0, 6, 12, 18, 24]
+    scores = np.zeros(30)
+    scores[[2, 15, 23]] = 1.0  # the sharpest frames of the 1st, 3rd (the one holding the pause) and 4th stretches
+    assert pick_frames(30, 5, scores, motion) == [2, 4, 15, 23, 26]
+    assert pick_frames(30, 5, motion=np.zeros(30)) == [0, 6, 12, 18, 24]  # no motion at all: by time
+    assert pick_frames(4, 5, motion=motion[:4]) == [0, 1, 2, 3]
+    jump = np.array([0.0, 0.0, 100.0, 0.0, 1.0, 1.0])  # one jump counts 4 median steps, and crosses a stretch
+    assert pick_frames(6, 4, motion=jump) == [0, 2, 4]  # (uncapped, frames 2-5 would all be in the last)
+
+
+def test_a_pause_in_the_video_gives_one_frame_when_spaced_by_motion(tmp_path):
+    """A pan of 10 frames, 20 frames standing still, and 10 more of the pan (H.264): 8 frames by motion take at
+    most one from the pause and space the rest evenly along the pan; 8 by time take 4 from the pause."""
+    from pipeline.scenes.video_frames import take_frames
+
+    pan = _panning(20, set())
+    video = _write(tmp_path / "pause.mp4", pan[:10] + [pan[9]] * 20 + pan[10:])
+    found = take_frames(video, tmp_path / "motion", frames=8, sharpest=False, progress=False)
+    picked = found["picked"]
+    assert found["spacing"] == "motion" and found["still"] >= 18, found
+    assert len([k for k in picked if 10 <= k < 30]) <= 1, picked
+    place = [k if k < 10 else 9 if k < 30 else k - 20 for k in picked]  # where along the pan each was taken
+    gaps = np.diff(place)
+    assert len(picked) >= 7 and gaps.min() >= 1 and gaps.max() <= 4, picked
+    by_time = take_frames(video, tmp_path / "time", frames=8, sharpest=False, spacing="time", progress=False)
+    assert by_time["picked"] == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert sorted(p.name for p in (tmp_path / "motion").iterdir()) == [f"frame_{k:06d}.jpg" for k in picked]
 
 
 def test_sharpness_tells_a_smeared_frame_from_a_sharp_one_at_full_hd_too():
@@ -175,7 +212,8 @@ def test_a_video_file_is_detected_and_reconstructed_with_its_frames_cached(tmp_p
     assert len(taken) == 1  # the second load found the frames cached
     from pipeline.report import capture_rows
 
-    assert capture_rows(scene)[0] == ("video", "6 frames of 12 (walk.MOV, 10 fps, 1.2 s), the sharpest of each stretch")
+    assert capture_rows(scene)[0] == ("video", "6 frames of 12 (walk.MOV, 10 fps, 1.2 s), the sharpest of each stretch "
+                                               "of equal motion")
     scene["sfm"]["off_path"] = ["frame_000004.jpg"]
     assert capture_rows(scene)[1] == ("structure from motion", "6 of 6 photos registered, mean reprojection error "
                                       "0.50 px, 1 s; placed off the camera's path, left out: frame_000004.jpg")

@@ -103,6 +103,10 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         if isinstance(frames.get("fps"), (int, float)) and isinstance(frames.get("duration"), (int, float)):
             text += f" ({frames.get('video', 'the video')}, {frames['fps']:g} fps, {frames['duration']:.1f} s)"
         text += ", the sharpest of each stretch" if frames.get("sharpest") else ", the first of each stretch"
+        if frames.get("spacing") == "motion":
+            text += " of equal motion"
+            if isinstance(frames.get("still"), int) and frames["still"]:
+                text += f" ({frames['still']} frames standing still)"
         rows.append(("video", text))
     sfm = scene.get("sfm")
     if isinstance(sfm, dict) and all(isinstance(sfm.get(k), (int, float)) for k in ("photos", "registered")):

@@ -1,12 +1,14 @@
 """Frames for structure from motion, taken from a video file (the ``video`` scene source).
 
-A video holds far more frames than SfM needs, many of them blurred by the camera's motion. The video is cut into
-``frames`` stretches of equal length, and one frame of each is kept: the sharpest, by the variance of the
-Laplacian of its grey levels (Pech-Pacheco et al. 2000, "Diatom autofocusing in brightfield microscopy"), or the
-first. The frames are decoded once, in order, by ffmpeg through imageio-ffmpeg (the ``video`` extra), which turns
-them upright by the video's rotation tag and can scale them down; only the best frame of the current stretch is
-held in memory. They are written as JPEG files named by their index in the video, so the names sort in time, as
-sequential matching needs.
+A video holds far more frames than SfM needs, many of them blurred by the camera's motion, and a handheld one
+has stretches where the camera stands still or sweeps fast. The video is cut into ``frames`` stretches of equal
+motion (the summed change of a grey thumbnail from frame to frame, with changes below the flicker of noise taken
+as none), so a pause gives one frame and a fast sweep several; or of equal time. One frame of each is kept: the
+sharpest, by the variance of the Laplacian of its grey levels (Pech-Pacheco et al. 2000, "Diatom autofocusing in
+brightfield microscopy"), or the first. The video is decoded twice, in order, by ffmpeg through imageio-ffmpeg (the
+``video`` extra), which turns the frames upright by the video's rotation tag and can scale them down: the first
+pass judges every frame, the second writes those taken, so no more than one frame is held in memory. They are
+written as JPEG files named by their index in the video, so the names sort in time, as sequential matching needs.
 """
 
 from __future__ import annotations
@@ -94,15 +96,82 @@ def scaled_size(size: tuple[int, int], max_size: int) -> tuple[int, int]:
     return max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
 
 
-def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, max_size: int = 1920,
-                start: float = 0.0, end: Optional[float] = None, progress: bool = True) -> dict:
+#: the motion between frames is judged on grey thumbnails of about this shorter side (block means of k x k pixels)
+THUMB_SIDE = 48
+#: mean absolute change of a thumbnail's grey levels (of 255) below which a frame is taken as standing still.
+#: Pixel noise of σ levels changes a thumbnail of k x k block means by 1.13·σ/k on average (0.15 at σ = 3 and a
+#: 1080p frame's k = 22); on the lego video the held frames changed by 0.002 and the moving ones by 3.5 to 9.4
+STILL_LEVELS = 0.5
+
+#: a step between frames counts at most this many times the median step that moves (:func:`pick_frames`)
+MOTION_CAP = 4.0
+
+
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    """(h, w) float32 grey thumbnail of ``frame`` (H, W, 3) uint8: means of k x k blocks, k = the shorter side //
+    :data:`THUMB_SIDE` (at least 1), the remainder rows and columns left out."""
+    k = max(1, min(frame.shape[:2]) // THUMB_SIDE)
+    h, w = frame.shape[0] // k * k, frame.shape[1] // k * k
+    grey = frame[:h, :w].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return grey.reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+
+
+def pick_frames(count: int, frames: int, scores: Optional[np.ndarray] = None,
+                motion: Optional[np.ndarray] = None) -> list[int]:
+    """Which of ``count`` frames to take: one from each of ``frames`` stretches, the highest ``scores`` (count,)
+    of each (None: the first). Stretches are of equal time, or, with ``motion`` (count,) the change from each
+    frame's predecessor (the first 0), of equal motion: a frame's stretch is where its running sum of motion falls,
+    so stretches where the camera stands still shrink to nothing and fast ones widen. A step counts at most
+    :data:`MOTION_CAP` times the median step that moves, so one jump (a flash, a cut) does not take up the
+    stretches of the rest. A video without motion is cut by time. Fewer frames come back when a step crosses
+    whole stretches; all when ``count <= frames``."""
+    if count <= frames:
+        return list(range(count))
+    if motion is not None and float(np.sum(motion)) > 0:
+        motion = np.asarray(motion, np.float64)
+        cap = MOTION_CAP * float(np.median(motion[motion > 0]))
+        run = np.cumsum(np.minimum(motion, cap))
+        stretch = np.minimum(frames - 1, (run / run[-1] * frames).astype(np.int64))
+    else:
+        stretch = np.arange(count) * frames // count
+    order = np.arange(count) if scores is None else np.lexsort((np.arange(count), -np.asarray(scores)))
+    best: dict[int, int] = {}
+    for k in order:  # the first (by score, then by time) of each stretch wins
+        best.setdefault(int(stretch[k]), int(k))
+    return sorted(best.values())
+
+
+def _decode(video: Path, ffmpeg, input_params: list[str], output_params: list[str], each) -> tuple[int, int, int]:
+    """Decode ``video`` with ffmpeg, calling ``each(k, frame)`` on every frame ((H, W, 3) uint8, a view of the
+    decoder's buffer); returns ``(decoded, width, height)``. DataError when ffmpeg fails part way."""
+    decoded, w, h = 0, 0, 0
+    with _quiet_size_notes():
+        try:
+            reader = ffmpeg.read_frames(str(video), input_params=input_params, output_params=output_params)
+            w, h = next(reader)["size"]
+            for k, raw in enumerate(reader):
+                each(k, np.frombuffer(raw, np.uint8).reshape(h, w, 3))
+                decoded = k + 1
+            reader.close()
+        except (OSError, RuntimeError) as exc:
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{video}: ffmpeg failed after {decoded} frames ({why})") from None
+    return decoded, int(w), int(h)
+
+
+def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, spacing: str = "motion",
+                max_size: int = 1920, start: float = 0.0, end: Optional[float] = None, progress: bool = True) -> dict:
     """Write ``frames`` frames of ``video`` into the folder ``out`` (made) as ``frame_NNNNNN.jpg``, the index in
-    the video: the sharpest (:func:`sharpness`) or the first of each of ``frames`` equal stretches of the part
-    from ``start`` to ``end`` seconds (None: its end), scaled so the longer side is at most ``max_size``. Returns
-    ``{"video", "codec", "fps", "duration", "start", "end", "size" (W, H written), "decoded" (frames read from start
-    to end), "sharpest", "picked" (indices), "sharpness" (of each picked), "seconds"}``. A part of fewer frames than
-    ``frames`` gives all of them. DataError when the video cannot be read, ends before ``start``, or holds fewer
-    than 3 frames in the part read."""
+    the video: the sharpest (:func:`sharpness`) or the first of each of ``frames`` stretches of equal ``spacing``
+    (``motion``: equal change of the picture, :func:`pick_frames`; ``time``) of the part from ``start`` to ``end``
+    seconds (None: its end), scaled so the longer side is at most ``max_size``. Two decoding passes: the first
+    judges every frame, the second writes those taken. Returns ``{"video", "codec", "fps", "duration", "start",
+    "end", "size" (W, H written), "decoded" (frames read from start to end), "sharpest", "spacing", "picked"
+    (indices), "sharpness" (of each picked), "still" (frames judged standing still), "seconds"}``. A part of fewer
+    frames than ``frames`` gives all of them. DataError when the video cannot be read, ends before ``start``, or
+    holds fewer than 3 frames in the part read."""
+    import imageio.v3 as iio
+
     from pipeline.progress import StepProgress
     from pipeline.scenes.sfm import MIN_PHOTOS
 
@@ -123,45 +192,44 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, m
     output = ([] if size == info["size"] else ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]) \
         + ([] if end is None else ["-t", f"{end - start:.6f}"])
     seek = ["-ss", f"{start:.6f}"] if start > 0 else []
-    picked: list[int] = []
     scores: list[float] = []
-    best: tuple[float, int, np.ndarray] | None = None  # (sharpness, index, frame) of the current stretch
-    stretch = 0
-    decoded = 0
+    motion: list[float] = []
+    last: list[np.ndarray] = []  # the previous frame's thumbnail
 
-    def keep(entry: tuple[float, int, np.ndarray]) -> None:
-        import imageio.v3 as iio
+    with StepProgress(expected, 0, f"reading {video.name} (1/2: judging frames)", enabled=progress) as bar:
+        def judge(k: int, frame: np.ndarray) -> None:
+            if sharpest:
+                scores.append(sharpness(frame))
+            if spacing == "motion":
+                thumb = thumbnail(frame)
+                change = float(np.abs(thumb - last[0]).mean()) if last else 0.0
+                motion.append(change if change > STILL_LEVELS else 0.0)
+                last[:] = [thumb]
+            bar.advance(min(k + 1, expected), "frames")
 
-        score, index, frame = entry
-        iio.imwrite(out / f"frame_{index:06d}.jpg", frame, quality=FRAME_QUALITY)
-        picked.append(index)
-        scores.append(round(score, 2))
-
-    with StepProgress(expected, 0, f"reading {video.name}", enabled=progress) as bar, _quiet_size_notes():
-        try:
-            reader = ffmpeg.read_frames(str(video), input_params=seek, output_params=output)
-            w, h = next(reader)["size"]
-            for k, raw in enumerate(reader):
-                decoded, index = k + 1, first + k
-                now = min(frames - 1, k * frames // expected)  # the stretch this frame falls in
-                if best is not None and now != stretch:
-                    keep(best)
-                    best = None
-                stretch = now
-                if best is None or sharpest:
-                    frame = np.frombuffer(raw, np.uint8).reshape(h, w, 3)
-                    score = sharpness(frame) if sharpest else 0.0
-                    if best is None or score > best[0]:
-                        best = (score, index, frame.copy())
-                bar.advance(min(decoded, expected), "frames")
-            reader.close()
-        except (OSError, RuntimeError) as exc:
-            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{video}: ffmpeg failed after {decoded} frames ({why})") from None
-    if best is not None:
-        keep(best)
-    if len(picked) < MIN_PHOTOS:
+        decoded, w, h = _decode(video, ffmpeg, seek, output, judge)
+    if decoded < MIN_PHOTOS:
         raise DataError(f"{video}: {decoded} frame(s) decoded; structure from motion needs at least {MIN_PHOTOS}")
+    chosen = pick_frames(decoded, frames, np.asarray(scores) if sharpest else None,
+                         np.asarray(motion) if spacing == "motion" else None)
+    if len(chosen) < MIN_PHOTOS:  # (motion spacing: a few steps crossed every stretch)
+        raise DataError(f"{video}: the picture changes in only {len(chosen)} step(s) over {decoded} frames; "
+                        f"structure from motion needs at least {MIN_PHOTOS} views (spacing: time takes frames "
+                        f"evenly in time)")
+    wanted = set(chosen)
+    with StepProgress(decoded, 0, f"reading {video.name} (2/2: writing frames)", enabled=progress) as bar:
+        def write(k: int, frame: np.ndarray) -> None:
+            if k in wanted:
+                iio.imwrite(out / f"frame_{first + k:06d}.jpg", frame, quality=FRAME_QUALITY)
+            bar.advance(k + 1, "frames")
+
+        again, _, _ = _decode(video, ffmpeg, seek, output, write)
+    if again != decoded:
+        raise DataError(f"{video}: ffmpeg decoded {decoded} frames, then {again} from the same part; the video "
+                        f"cannot be read the same way twice")
     return {"video": video.name, "codec": info["codec"], "fps": fps, "duration": duration, "start": start,
-            "end": end, "size": [int(w), int(h)], "decoded": decoded, "sharpest": sharpest, "picked": picked, "sharpness": scores,
+            "end": end, "size": [w, h], "decoded": decoded, "sharpest": sharpest, "spacing": spacing,
+            "picked": [first + k for k in chosen],
+            "sharpness": [round(scores[k], 2) for k in chosen] if sharpest else [0.0] * len(chosen),
+            **({"still": int(sum(m == 0.0 for m in motion[1:]))} if spacing == "motion" else {}),
             "seconds": round(time.perf_counter() - t, 2)}

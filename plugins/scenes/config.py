@@ -131,13 +131,16 @@ class PhotosConfig(_CaptureOptions):
 
 class VideoConfig(PhotosConfig):
     """A video file (.mp4/.mov/.m4v/.avi/.mkv/.webm) walked around the object: the video is cut into ``frames``
-    equal stretches, the sharpest frame of each is kept (imageio-ffmpeg: pip install 'neural-level-sets[video]'),
+    stretches of equal motion, the sharpest frame of each is kept (imageio-ffmpeg: pip install 'neural-level-sets[video]'),
     and the frames are posed by structure from motion as photos are. Frames and poses are cached by the video's
     contents and these options."""
 
     path: str = Field(..., description="video file; ${NLS_DATA} ok")
     frames: int = Field(100, ge=3, le=5000, description="frames taken: one from each of this many equal stretches "
                         "of the video (more for a long walk around a large scene; SfM time grows with them)")
+    spacing: Literal["motion", "time"] = Field(
+        "motion", description="stretches of equal motion (the picture's change from frame to frame: a pause gives "
+                              "one frame, a fast sweep several) or of equal time")
     sharpest: bool = Field(True, description="take the sharpest frame of each stretch (the variance of its "
                            "Laplacian), not the first: motion blur costs SfM matches and the field detail")
     max_frame_size: int = Field(1920, ge=64, description="frames are scaled down so their longer side is at "

@@ -445,8 +445,8 @@ def build_video(cfg: VideoConfig, ctx):
             what = "a folder" if video.is_dir() else "not found"
             raise DataError(f"scene.path {cfg.path} is {what}; give a video file (a folder of photos is the photos "
                             f"source)")
-        options = {"frames": cfg.frames, "sharpest": cfg.sharpest, "max_size": cfg.max_frame_size, "start": cfg.start,
-                   "end": cfg.end}
+        options = {"frames": cfg.frames, "sharpest": cfg.sharpest, "spacing": cfg.spacing,
+                   "max_size": cfg.max_frame_size, "start": cfg.start, "end": cfg.end}
 
         def make(tmp: Path) -> None:
             found = take_frames(video, tmp / "images", progress=_progress_wanted(), **options)

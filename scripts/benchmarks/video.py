@@ -4,9 +4,9 @@ Lego's 200 test views (one circle around it, rising and falling in elevation), c
 as an H.264 video (``--fps``, ``--quality``: imageio-ffmpeg's 0-10 scale). Two runs of ``lego_dense.yaml`` for
 ``--steps`` each:
 
-* ``video``: ``nls reconstruct lego.mp4``: ``--frames`` frames taken (the sharpest of each stretch), posed by
-  structure from motion (pycolmap, sequential matching), the box from the sparse points, every 8th frame held
-  out (the source's rule);
+* ``video``: ``nls reconstruct lego.mp4``: ``--frames`` frames taken (the sharpest of each stretch of equal
+  motion), posed by structure from motion (pycolmap, exhaustive matching), the box from the sparse points, every
+  8th frame held out (the source's rule);
 * ``true-poses``: the very frames it took (decoded from the video, as JPEG), with lego's poses and lego_dense's
   box, written as a Blender folder with the same split.
 
@@ -34,10 +34,11 @@ def smeared(k: int) -> bool:
     return k % 4 in (0, 3)
 
 
-def write_video(lego: Path, out: Path, *, fps: int, quality: float, blur: int = 0) -> int:
+def write_video(lego: Path, out: Path, *, fps: int, quality: float, blur: int = 0, pause: int = 0) -> int:
     """Encode lego's test views, composited on white, as the H.264 video ``out``; with ``blur`` > 0 the views
     :func:`smeared` are smeared sideways over ``blur`` pixels, as the camera's turn about lego moves the image
-    during the exposure. Returns how many frames."""
+    during the exposure; with ``pause`` > 0 view :data:`PAUSE_AT` is held for that many frames more, as a camera
+    standing still. Returns how many frames."""
     import imageio.v3 as iio
     import imageio_ffmpeg
     from scipy.ndimage import uniform_filter1d
@@ -52,36 +53,51 @@ def write_video(lego: Path, out: Path, *, fps: int, quality: float, blur: int = 
         rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
         if blur and smeared(k):
             rgb = uniform_filter1d(rgb, blur, axis=1)
-        writer.send(np.ascontiguousarray(np.round(rgb * 255.0).astype(np.uint8)).tobytes())
+        for _ in range(1 + (pause if k == PAUSE_AT else 0)):
+            writer.send(np.ascontiguousarray(np.round(rgb * 255.0).astype(np.uint8)).tobytes())
     writer.close()
-    return len(frames)
+    return len(frames) + pause
 
 
-def compare_sharpest(lego: Path, video: Path, bench: Path, frames: int) -> dict:
-    """Frames of the ``--blur`` video taken the sharpest (default) and the first of each stretch, each posed by
-    structure from motion (no training): how many smeared views each took, and the SfM and pose figures."""
+#: the view the ``--pause`` video holds (a quarter of the way round)
+PAUSE_AT = 50
+
+
+def view_of(pause: int):
+    """``view(k)``: lego's test view shown by frame k of a video that holds view :data:`PAUSE_AT` for ``pause``
+    frames more."""
+    return lambda k: k if k <= PAUSE_AT else PAUSE_AT if k <= PAUSE_AT + pause else k - pause
+
+
+def compare_takes(lego: Path, video: Path, bench: Path, frames: int, takes: dict[str, dict], marked, pause: int = 0
+                  ) -> dict:
+    """Frames of ``video`` taken with each of ``takes`` (name: options of ``take_frames``), each posed by structure
+    from motion (no training): how many of the frames taken are ``marked(index in the video)``, and the SfM and
+    pose figures. ``pause``: the frames the video holds view :data:`PAUSE_AT` for more (:func:`view_of`)."""
     from pipeline.scenes.sfm import run_sfm
     from pipeline.scenes.video_frames import take_frames
     from scripts.benchmarks.colmap import pose_error
 
+    view = view_of(pause)
     out = {}
-    for sharpest in (True, False):
-        name = "sharpest" if sharpest else "first"
-        folder = bench / f"blur_{name}"
+    for name, options in takes.items():
+        folder = bench / name
         shutil.rmtree(folder, ignore_errors=True)  # (a previous run's frames and model)
-        taken = take_frames(video, folder / "frames", frames=frames, sharpest=sharpest, progress=False)
+        taken = take_frames(video, folder / "frames", frames=frames, progress=False, **options)
         (folder / "sfm").mkdir()
         names = sorted(p.name for p in (folder / "frames").iterdir())
         found = run_sfm(folder / "frames", folder / "sfm", names=names, progress=False)
-        out[name] = {"smeared_taken": sum(smeared(k) for k in taken["picked"]), "taken": len(taken["picked"]),
-                     **pose_error(folder / "sfm" / "capture" / "sparse", frame_pose(lego), found)}
+        out[name] = {"marked_taken": sum(marked(k) for k in taken["picked"]),
+                     "taken": len(taken["picked"]), "options": options, "take_seconds": taken["seconds"],
+                     **pose_error(folder / "sfm" / "capture" / "sparse", frame_pose(lego, view), found)}
     return out
 
 
-def frame_pose(lego: Path):
-    """``c2w_of(frame name)``: lego's test pose of a frame ``frame_NNNNNN.jpg`` (NNNNNN: the test view index)."""
+def frame_pose(lego: Path, view=lambda k: k):
+    """``c2w_of(frame name)``: lego's test pose of a frame ``frame_NNNNNN.jpg`` (NNNNNN: the frame's index in the
+    video, which shows test view ``view(NNNNNN)``)."""
     frames = json.loads((lego / "transforms_test.json").read_text())["frames"]
-    return lambda name: frames[int(Path(name).stem.split("_")[1])]["transform_matrix"]
+    return lambda name: frames[view(int(Path(name).stem.split("_")[1]))]["transform_matrix"]
 
 
 def write_true_poses(run: Path, lego: Path, out: Path) -> int:
@@ -117,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--blur", type=int, default=0, metavar="PX", help="smear one view of each pair sideways over "
                     "PX pixels, and compare taking the sharpest frame of each stretch with taking the first (structure "
                     "from motion only, no training)")
+    ap.add_argument("--pause", type=float, default=0.0, metavar="S", help=f"hold view {PAUSE_AT} for S seconds, as a "
+                    "camera standing still, and compare frames spaced by motion (the default) with frames spaced by "
+                    "time (structure from motion only, no training)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "video.json"))
     args = ap.parse_args(argv)
@@ -131,15 +150,26 @@ def main(argv: list[str] | None = None) -> dict:
         return {"skipped": why}
     lego = Path(lego)
     bench = ROOT / "outputs" / "bench" / "video"
-    video = bench / ("lego_blur.mp4" if args.blur else "lego.mp4")
-    result: dict = {"video": {"frames": write_video(lego, video, fps=args.fps, quality=args.quality, blur=args.blur),
+    pause = int(round(args.pause * args.fps))
+    video = bench / ("lego_blur.mp4" if args.blur else "lego_pause.mp4" if pause else "lego.mp4")
+    result: dict = {"video": {"frames": write_video(lego, video, fps=args.fps, quality=args.quality, blur=args.blur,
+                                                    pause=pause),
                               "fps": args.fps, "quality": args.quality, "bytes": video.stat().st_size},
                     "frames": args.frames, "steps": args.steps, "runs": {}}
-    if args.blur:
-        result["blur"] = {"pixels": args.blur, **compare_sharpest(lego, video, bench, args.frames)}
-        for name in ("sharpest", "first"):
-            r = result["blur"][name]
-            print(f"{name} of each stretch: {r['smeared_taken']} of {r['taken']} frames smeared; "
+    if args.blur or pause:
+        if args.blur:
+            takes = {"blur_sharpest": {"spacing": "time"}, "blur_first": {"sharpest": False, "spacing": "time"},
+                     "blur_sharpest_motion": {}}
+            marked, what = smeared, "smeared"
+        else:
+            takes = {"pause_motion": {}, "pause_time": {"spacing": "time"}}
+            marked, what = (lambda k: PAUSE_AT < k <= PAUSE_AT + pause), f"from the {args.pause:g} s pause"
+        key = "blur" if args.blur else "pause"
+        result[key] = {"pixels" if args.blur else "frames": args.blur or pause,
+                       **compare_takes(lego, video, bench, args.frames, takes, marked, 0 if args.blur else pause)}
+        for name in takes:
+            r = result[key][name]
+            print(f"{name} ({json.dumps(r['options'])}): {r['marked_taken']} of {r['taken']} frames {what}; "
                   f"{describe_poses(r)}")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
@@ -150,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = Path(result["runs"]["video"]["run"])
     result["runs"]["video"]["poses"] = sfm_pose_error(run, frame_pose(lego))
     result["runs"]["video"]["frames"] = {k: v for k, v in json.loads((run / "scene.json").read_text())["frames"].items()
-                                         if k in ("decoded", "size", "seconds", "sharpest")}
+                                         if k in ("decoded", "size", "seconds", "sharpest", "spacing", "still")}
     n_test = write_true_poses(run, lego, bench / "lego_true_poses")
     result["runs"]["true-poses"] = train("true-poses", [f"scene.path={bench / 'lego_true_poses'}"], args,
                                          bench / "runs", None)
