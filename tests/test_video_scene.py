@@ -354,3 +354,13 @@ def test_frames_placed_off_the_path_are_left_out_of_a_video_capture(tmp_path, mo
     left = pose_photos(cap / "images", cfg.model_copy(update={"exclude": ["frame_000003.jpg", "nope.jpg"]}))
     assert len(left.splits["train"]) == 23 and left.meta["excluded"] == ["frame_000003.jpg"]
     assert "exclude names 1 image(s) it does not hold: nope.jpg" in capsys.readouterr().err
+
+
+def test_a_thumbnail_is_the_grey_mean_of_each_block():
+    from pipeline.scenes.video_frames import THUMB_SIDE, thumbnail
+
+    frame = np.random.default_rng(0).integers(0, 256, (2 * THUMB_SIDE + 1, 3 * THUMB_SIDE + 5, 3), dtype=np.uint8)
+    grey = frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    want = np.array([[grey[2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() for j in range((3 * THUMB_SIDE + 5) // 2)]
+                     for i in range(THUMB_SIDE)])
+    assert np.allclose(thumbnail(frame), want, atol=1e-3)
