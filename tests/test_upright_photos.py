@@ -62,7 +62,8 @@ def test_a_photo_is_copied_as_a_viewer_shows_it(tmp_path, orientation):
     _save(tmp_path / "a.png", shown, orientation)
     _save(tmp_path / "b.png", _pattern(6, 10, 1))
     plan = plan_photos(tmp_path, ["a.png", "b.png"])
-    assert plan.turned == ["a.png"] and plan.sizes == {"a.png": (10, 6), "b.png": (10, 6)} and plan.crop is None
+    assert plan.turned == {"a.png": orientation} and plan.sizes == {"a.png": (10, 6), "b.png": (10, 6)}
+    assert plan.crop is None
     write_copies(tmp_path, ["a.png", "b.png"], tmp_path / "out", plan, progress=False)
     from PIL import Image
 
@@ -94,7 +95,7 @@ def test_portrait_and_landscape_shots_are_cropped_to_their_centred_square(tmp_pa
     _save(tmp_path / "c.png", turned)
     names = ["a.png", "b.png", "c.png"]
     plan = plan_photos(tmp_path, names)
-    assert plan.crop == (6, 6) and plan.turned == ["b.png"] and plan.facts() == {"turned": 1, "crop": [6, 6]}
+    assert plan.crop == (6, 6) and plan.turned == {"b.png": 6} and plan.facts() == {"turned": 1, "crop": [6, 6]}
     write_copies(tmp_path, names, tmp_path / "out", plan, progress=False)
     got = {n: np.asarray(Image.open(tmp_path / "out" / n)) for n in names}
     assert np.array_equal(got["a.png"], land[:, 2:8]) and np.array_equal(got["b.png"], tall[2:8])

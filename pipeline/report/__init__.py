@@ -94,8 +94,8 @@ def _load(facts: RunFacts, host):
 
 def capture_rows(scene: dict) -> list[tuple[str, str]]:
     """Overview rows on the frames taken from a video (scene.json ``frames``), on how a capture was posed (``sfm``:
-    structure from motion on photos or those frames) and on its sparse points (``sparse_points``); none for other
-    scenes, or for fields of the wrong kind."""
+    structure from motion on photos or those frames), on its object masks (``masks``) and on its sparse points
+    (``sparse_points``); none for other scenes, or for fields of the wrong kind."""
     rows = []
     frames = scene.get("frames")  # the video source: the frames taken from the video
     if isinstance(frames, dict) and isinstance(frames.get("picked"), list) and isinstance(frames.get("decoded"), int):
@@ -126,6 +126,8 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
             if isinstance(left, list) and left:
                 text += f"; {what}: {', '.join(map(str, left[:10]))}{' ...' if len(left) > 10 else ''}"
         rows.append(("structure from motion", text))
+    if isinstance(scene.get("masks"), str):
+        rows.append(("object masks", scene["masks"]))
     points = scene.get("sparse_points")
     if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
         rows.append(("sparse points", f"{points['in_box']} of {points['total']} inside the scene box"))

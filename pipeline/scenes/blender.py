@@ -386,6 +386,7 @@ class FrameList:
         # per-frame intrinsics as described by the file: (fx, fy, cx, cy, w_ref, h_ref);
         # None entries are derived from the image size (cx = W/2 ...)
         self.intr: list[tuple] = []
+        self.masks: list[Path] = []  # an object mask per image, or none (pipeline.scenes.masks)
 
 
 def _check_downscale(sp: FrameList, first: Path, size: tuple, downscale: int) -> None:
@@ -395,6 +396,18 @@ def _check_downscale(sp: FrameList, first: Path, size: tuple, downscale: int) ->
         raise DataError(
             f"split '{sp.name}' ({sp.source}): downscale {downscale} is larger than its images "
             f"({first} is {w}x{h}, WxH); the largest valid downscale is {min(w, h)}")
+
+
+def _masked(alpha: Optional[np.ndarray], mask: Path, image: Path, size: tuple) -> np.ndarray:
+    """(H, W, 1) float32: the image's ``alpha`` (H, W, 1) (None: opaque) times its object ``mask`` read from file.
+    DataError when the mask is not the image's (H, W) ``size``."""
+    from pipeline.scenes.masks import read_mask
+
+    m = read_mask(mask)
+    if m.shape != tuple(size):
+        raise DataError(f"mask {mask} is {m.shape[1]}x{m.shape[0]} but its image {image} is {size[1]}x{size[0]} "
+                        f"(WxH); a mask must be its image's size")
+    return m[..., None] if alpha is None else alpha * m[..., None]
 
 
 def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
@@ -426,12 +439,14 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                     f"split '{sp.name}' ({sp.source}): images of different sizes: {first} is "
                     f"{size0[1]}x{size0[0]} but {path} is {img.shape[1]}x{img.shape[0]} "
                     "(WxH); all images of a split must share one size")
-            if img.shape[-1] == 4:
-                a = img[..., 3:4]
+            a = img[..., 3:4] if img.shape[-1] == 4 else None
+            if sp.masks:
+                a = _masked(a, sp.masks[i], path, img.shape[:2])
+            if a is not None:
                 rgb = img[..., :3] * a + background * (1.0 - a)
                 visible = visible or bool((a > 0).any())
             else:
-                a, rgb = None, img
+                rgb = img
             rgb = _downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)

@@ -377,7 +377,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                 max_images: Optional[int] = None, aabb: Optional[Sequence[float]] = None,
                 center: Optional[Sequence[float]] = None, scale: Optional[float] = None,
                 orientation: str = "vertical", up: Optional[Sequence[float]] = None,
-                exclude: Sequence[str] = (), progress: Optional[bool] = None) -> SceneData:
+                exclude: Sequence[str] = (), masks: Optional[str] = None,
+                progress: Optional[bool] = None) -> SceneData:
     """Load a COLMAP capture (see the module docstring for the layout, axes and normalisation).
 
     Args:
@@ -395,10 +396,13 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         up: (3,) the up direction in COLMAP coordinates, instead of finding it.
         exclude: names of images left out, as if the model had not registered them (before the normalisation
             and the split rule); a name the model does not hold is warned about.
+        masks: a folder of object masks, one per image (under ``root`` unless absolute;
+            :mod:`pipeline.scenes.masks`): each image is composited on ``background`` by its mask, which becomes
+            its alpha.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
-        SceneData with images ``(N, H, W, 3)`` float32 (``alphas`` ``(N, H, W, 1)`` for RGBA images),
+        SceneData with images ``(N, H, W, 3)`` float32 (``alphas`` ``(N, H, W, 1)`` for RGBA images or masks),
         per-image intrinsics, ``(N, 4, 4)`` camera-to-world poses in the normalised frame, near/far from the
         box and the cameras; ``meta["input_frame"]`` holds the 4x4 ``to_run`` from COLMAP coordinates.
 
@@ -472,6 +476,13 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     missing = [im.name for im, p in zip(posed, paths) if not p.is_file()]
     if missing:
         raise _missing_images(folder, missing, images_file, len(posed))
+    if masks is not None:
+        from pipeline.scenes.masks import mask_paths
+
+        mask_of = mask_paths(root / masks, [im.name for im in posed])
+    elif (root / "masks").is_dir():
+        warn(f"{root} holds a masks folder, which is not used; set masks: masks to composite each image on the "
+             f"background by its object mask")
     c2w_cv = np.zeros((len(posed), 4, 4))
     for i, im in enumerate(posed):
         rot, t = _world_to_camera(pycolmap, im, images_file)
@@ -495,6 +506,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         if max_images is not None and len(sp.paths) >= max_images:
             continue
         sp.paths.append(paths[i])
+        if masks is not None:
+            sp.masks.append(mask_of[i])
         sp.poses.append(poses[i])
         sp.intr.append(cams[im.camera_id][0])
         ids.append(im.camera_id)
@@ -540,6 +553,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         meta["max_images"] = int(max_images)
     if left_out:
         meta["excluded"] = sorted(left_out - set(unknown))
+    if masks is not None:
+        meta["masks"] = str((root / masks).resolve())
     inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
     meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside))}
     return SceneData(splits=out, aabb=torch.tensor(np.asarray(box, np.float32)),

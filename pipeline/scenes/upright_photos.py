@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 from pipeline.types import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: EXIF tags: Orientation (IFD0), the Exif sub-IFD, FocalLength (mm) and FocalLengthIn35mmFilm in it
 ORIENTATION, EXIF_IFD, FOCAL_LENGTH, FOCAL_35MM = 0x0112, 0x8769, 0x920A, 0xA405
@@ -40,12 +43,13 @@ class PhotoPlan:
     """What :func:`plan_photos` found for the photos ``names`` of a folder.
 
     sizes: name -> (width, height) as the copies will have them (upright when ``upright``, before any crop).
-    turned: names whose EXIF orientation turns (or mirrors) them; they are turned upright in the copies.
+    turned: name -> EXIF orientation (2-8) of the photos it turns (or mirrors); they are turned upright in the
+        copies.
     crop: (width, height) every photo is cropped to, centred, when portrait and landscape shots are mixed.
     """
 
     sizes: dict[str, tuple[int, int]]
-    turned: list[str] = field(default_factory=list)
+    turned: dict[str, int] = field(default_factory=dict)
     crop: Optional[tuple[int, int]] = None
 
     @property
@@ -71,13 +75,13 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     DataError when their sizes are not one size, or (with ``mixed_orientation: crop``) one size held two ways."""
     from PIL import Image
 
-    sizes, turned = {}, []
+    sizes, turned = {}, {}
     for name in names:
         with Image.open(folder / name) as im:
             w, h = im.size
             turn = exif_orientation(im) if upright else 1
         if turn != 1:
-            turned.append(name)
+            turned[name] = turn
         sizes[name] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # 5–8 swap the sides
     groups: dict[tuple[int, int], list[str]] = {}
     for name, size in sizes.items():
@@ -114,28 +118,62 @@ def _scaled_focal_tags(exif, old: tuple[int, int], new: tuple[int, int]) -> None
         sub[FOCAL_LENGTH] = float(sub[FOCAL_LENGTH]) * max(old) / max(new)
 
 
+def _transposed(image, orientation: int):
+    """The PIL ``image`` as a viewer shows pixels stored under EXIF ``orientation`` (1-8)."""
+    from PIL import Image
+
+    t = Image.Transpose
+    how = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+           7: t.TRANSVERSE, 8: t.ROTATE_90}.get(orientation)
+    return image.copy() if how is None else image.transpose(how)  # (a new image either way)
+
+
+def _centre_crop(image, size: Optional[tuple[int, int]]):
+    """The PIL ``image`` cropped to its centred ``size`` (W, H), or as it is (None, or that size already)."""
+    if size is None or image.size == tuple(size):
+        return image
+    (w, h), (cw, ch) = image.size, size
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def shape_mask(plan: PhotoPlan, name: str, mask: "np.ndarray") -> "np.ndarray":
+    """(H, W) uint8 ``mask`` of photo ``name`` as its copy is: turned and cropped as the photo. A mask is taken
+    as drawn on the photo as a viewer shows it, unless only the stored pixels' size fits it (sides swapped), when
+    it is turned as its photo is. DataError when neither size fits."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = plan.sizes[name]
+    turn = plan.turned.get(name, 1)
+    image = Image.fromarray(mask)
+    if mask.shape != (h, w) and turn in (5, 6, 7, 8) and mask.shape == (w, h):
+        image = _transposed(image, turn)
+    if image.size != (w, h):
+        raise DataError(f"the mask of {name} is {mask.shape[1]}x{mask.shape[0]} (WxH), but the photo is {w}x{h} as "
+                        f"a viewer shows it; a mask must be its photo's size")
+    return np.asarray(_centre_crop(image, plan.crop))
+
+
 def write_copies(folder: Path, names: Sequence[str], out: Path, plan: PhotoPlan, progress: bool = True) -> None:
     """Write the photos ``names`` of ``folder`` into ``out`` under the same names, turned upright (those in
     ``plan.turned``) and cropped to ``plan.crop`` (centred); EXIF kept, focal tags scaled by a crop."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from pipeline.progress import StepProgress
 
     out.mkdir(parents=True, exist_ok=True)
-    turned = set(plan.turned)
     with StepProgress(len(names), 0, "turning photos upright" if not plan.crop else "cropping photos to one size",
                       enabled=progress) as bar:
         for k, name in enumerate(names):
             with Image.open(folder / name) as im:
                 im.load()
                 exif = im.getexif()
-                image = ImageOps.exif_transpose(im) if name in turned else im.copy()
+                image = _transposed(im, plan.turned.get(name, 1))
             exif.pop(ORIENTATION, None)  # (the pixels are as a viewer shows them now)
             if plan.crop and image.size != plan.crop:
-                (w, h), (cw, ch) = image.size, plan.crop
-                left, top = (w - cw) // 2, (h - ch) // 2
-                image = image.crop((left, top, left + cw, top + ch))
-                _scaled_focal_tags(exif, (w, h), plan.crop)
+                _scaled_focal_tags(exif, image.size, plan.crop)
+                image = _centre_crop(image, plan.crop)
             if Path(name).suffix.lower() in (".jpg", ".jpeg"):
                 image.convert("RGB").save(out / name, quality=COPY_QUALITY, subsampling=0, exif=exif)
             else:

@@ -55,6 +55,11 @@ class BlenderConfig(ComponentConfig):
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
 
 
+#: what the ``masks`` option of the capture sources says
+MASKS_HELP = ("folder under path of object masks, one per image (named as the image, as it with .png added, or as "
+              "its stem with .png; white = object): each image is composited on the background by its mask")
+
+
 class _CaptureOptions(ComponentConfig):
     """What a COLMAP capture is loaded with, whoever made its model: splits, images and the normalisation."""
 
@@ -102,6 +107,7 @@ class ColmapConfig(_CaptureOptions):
     path: str = Field(..., description="capture folder; ${NLS_DATA} expands to the data root")
     images: str = Field("images", description="image folder under path (images_2, images_4: downscaled copies)")
     sparse: Optional[str] = Field(None, description="model folder under path (default: sparse/0, else sparse)")
+    masks: Optional[str] = Field(None, description=MASKS_HELP)
 
 
 class PhotosConfig(_CaptureOptions):
@@ -124,6 +130,7 @@ class PhotosConfig(_CaptureOptions):
     mixed_orientation: Literal["crop", "error"] = Field(
         "crop", description="portrait and landscape shots of one size held two ways: crop every photo to its "
                             "centred square (one camera again, the sides lost), or refuse them")
+    masks: Optional[str] = Field(None, description=MASKS_HELP + "; undistorted with the photos")
     model: Optional[str] = Field(None, description="a sparse model SfM made for these photos with these options "
                                  "(cameras, images, points3D): when they are not cached, it is undistorted instead of "
                                  "running SfM again. A run keeps its model (kept/model) and loads with it")
@@ -157,6 +164,9 @@ class VideoConfig(PhotosConfig):
     def _start_before_end(self) -> "VideoConfig":
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end ({self.end:g} s) must come after start ({self.start:g} s)")
+        if self.masks is not None:
+            raise ValueError("masks: frames taken from a video have no masks of their own; take the frames "
+                             "(they are cached as JPEG files), mask them, and give that folder as photos with masks")
         return self
 
 

@@ -329,7 +329,7 @@ def build_colmap(cfg: ColmapConfig, ctx):
         from pipeline.scenes.colmap import load_colmap
 
         return load_colmap(Path(cfg.path), images=cfg.images, sparse=cfg.sparse, background=BG[cfg.background],
-                           **cfg.capture_options())
+                           masks=cfg.masks, **cfg.capture_options())
 
     return load
 
@@ -424,11 +424,37 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
              f"away and back between neighbouring frames), and they are left out: {', '.join(off_path[:8])}"
              f"{' ...' if len(off_path) > 8 else ''}")
         options["exclude"] = (*options["exclude"], *off_path)
+    masks = _undistorted_masks(cfg, folder, names, plan, entry)
     scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
-                        **options)
+                        masks=masks, **options)
     scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
                       keep={"model": str(entry / "sparse" / "0")})  # a run keeps the model (kept/model)
+    if masks is not None:  # (the masks the user gave; the undistorted ones are cached)
+        scene.meta.update(masks=str((Path(cfg.path) / cfg.masks).resolve()), undistorted_masks=masks)
     return scene
+
+
+def _undistorted_masks(cfg: PhotosConfig, folder: Path, names: list[str], plan, entry: Path) -> Optional[str]:
+    """The folder of the photos' object masks (``cfg.masks`` under ``cfg.path``) turned, cropped and undistorted as
+    the photos of the SfM cache ``entry`` were, cached by the masks' contents and that entry; None without masks
+    (a warning when ``cfg.path`` holds an unused ``masks`` folder)."""
+    from pipeline.runs import file_sha256
+    from pipeline.scenes.masks import mask_paths, undistort_masks
+    from pipeline.scenes.upright_photos import shape_mask
+
+    if cfg.masks is None:
+        if (Path(cfg.path) / "masks").is_dir():
+            warn(f"{cfg.path} holds a masks folder, which is not used; set masks: masks to composite each photo on "
+                 f"the background by its object mask")
+        return None
+    paths = mask_paths(Path(cfg.path) / cfg.masks, names)
+    key = {"capture": entry.name, "masks": [[p.name, p.stat().st_size, file_sha256(p)] for p in paths]}
+
+    def make(tmp: Path) -> None:
+        undistort_masks(paths, names, entry / "sparse" / "0", tmp / "masks",
+                        turn=lambda name, mask: shape_mask(plan, name, mask))
+
+    return str(cached_render("masks", key, make) / "masks")
 
 
 def build_video(cfg: VideoConfig, ctx):

@@ -1,0 +1,94 @@
+"""Object masks for captures: one mask per image, white on the object and black on what is to be left out (a
+table, a room, people walking by). A masked image is the image composited on the scene's background by its mask,
+which also becomes the image's alpha: the field then models the object alone, as NeRF-synthetic scenes show it.
+
+Masks sit in a folder of their own, each named as its image (``0001.jpg``), as the image with ``.png`` added
+(``0001.jpg.png``, COLMAP's convention) or as the image's stem with ``.png`` (``0001.png``). Grey levels scale
+to [0, 1], so soft edges stay soft; a colour mask is read by its luma.
+
+Photos posed by structure from motion are undistorted before they are trained on, so their masks are undistorted
+with the same cameras (:func:`undistort_masks`, COLMAP's own undistortion of one image at a time), after the same
+turn and crop as their photos (:mod:`pipeline.scenes.upright_photos`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.types import DataError
+
+
+def mask_path(folder: Path, name: str) -> Optional[Path]:
+    """The mask of the image ``name`` in ``folder`` (see the module docstring for the names), or None."""
+    for candidate in (folder / name, folder / f"{name}.png", (folder / name).with_suffix(".png")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def mask_paths(folder: Path, names: Sequence[str]) -> list[Path]:
+    """The mask of each image of ``names`` in ``folder``. DataError when the folder is missing or some image has
+    no mask, naming the first few and the names looked for."""
+    if not folder.is_dir():
+        raise DataError(f"masks folder {folder} not found; give the folder that holds one mask per image")
+    found = [mask_path(folder, n) for n in names]
+    missing = [n for n, p in zip(names, found) if p is None]
+    if missing:
+        n = missing[0]
+        raise DataError(f"{folder}: no mask for {len(missing)} of the {len(names)} images: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (for {n} it looked for "
+                        f"{n}, {n}.png and {Path(n).with_suffix('.png').name}); every image needs its mask")
+    return [p for p in found if p is not None]
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: the mask at ``path``, 1 on the object. DataError when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode != "I" or np.asarray(im).max() > 255
+                                                        else 255.0)
+            elif im.mode == "F":
+                a = np.asarray(im, dtype=np.float32)
+            else:
+                a = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read the mask {path}: {exc}") from None
+    return np.clip(a, 0.0, 1.0)
+
+
+def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, out: Path,
+                    turn=None) -> None:
+    """Write the mask of each image ``names[i]`` (``masks[i]``) of the sparse ``model`` (distorted cameras, as
+    structure from motion found them) into ``out``, undistorted as COLMAP undistorts the photos, as PNG named
+    ``<image name>.png``. ``turn(name, mask)`` first gives each mask (H, W) uint8 as its photo was posed (turned
+    upright, cropped; :func:`pipeline.scenes.upright_photos.shape_mask`). Images the model did not register are
+    skipped. DataError when a mask's size is not its camera's."""
+    from PIL import Image
+
+    from pipeline.scenes.colmap import _pycolmap
+
+    pycolmap = _pycolmap(model)
+    rec = pycolmap.Reconstruction(model)
+    by_name = {im.name: im for im in rec.images.values()}
+    options = pycolmap.UndistortCameraOptions()
+    out.mkdir(parents=True, exist_ok=True)
+    for path, name in zip(masks, names):
+        if name not in by_name:
+            continue
+        camera = rec.cameras[by_name[name].camera_id]
+        grey = np.round(read_mask(path) * 255.0).astype(np.uint8)
+        if turn is not None:
+            grey = turn(name, grey)
+        if grey.shape != (camera.height, camera.width):
+            raise DataError(f"mask {path} is {grey.shape[1]}x{grey.shape[0]} (WxH) as its photo was posed, but the "
+                            f"photo {name} is {camera.width}x{camera.height}; a mask must be its photo's size")
+        bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(grey), camera)
+        target = out / f"{name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(bitmap.to_array()).reshape(-1, bitmap.width)).save(target)
