@@ -200,3 +200,89 @@ def test_masks_of_real_photos_line_up_with_them_after_sfm(tmp_path, monkeypatch,
         psnr = -10 * np.log10(np.mean((got - ref) ** 2))
         bare = -10 * np.log10(np.mean((unmasked.images[i].numpy() - ref) ** 2))
         assert psnr > 30 and bare < 15, (name, psnr, bare)
+
+
+def _on_floor(rgba: np.ndarray, c2w: np.ndarray, angle_x: float, z: float = -0.6) -> np.ndarray:
+    """(H, W, 3) uint8: the RGBA lego view ``rgba`` (camera ``c2w``, Blender axes) over a floor at height ``z``
+    tiled with random colours (cells of 0.05), and a smooth sky where the rays miss it: a background that is
+    one 3D scene in every view, which structure from motion matches and places points on."""
+    h, w = rgba.shape[:2]
+    f = 0.5 * w / np.tan(0.5 * angle_x)
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    dirs = np.stack([(u - 0.5 * w) / f, -(v - 0.5 * h) / f, -np.ones_like(u)], -1) @ c2w[:3, :3].T
+    t = (z - c2w[2, 3]) / np.where(dirs[..., 2] < -1e-6, dirs[..., 2], -1e-6)
+    hit = (dirs[..., 2] < -1e-6) & (t > 0)
+    cells = np.floor((c2w[:2, 3] + t[..., None] * dirs[..., :2]) / 0.05).astype(np.int64) % 256
+    table = np.random.default_rng(7).uniform(0.1, 0.9, (256, 256, 3))
+    sky = np.broadcast_to(np.array([0.6, 0.7, 0.9]) * (0.8 + 0.2 * v[..., None] / h), (h, w, 3))
+    back = np.where(hit[..., None], table[cells[..., 0], cells[..., 1]], sky)
+    a = rgba[..., 3:]
+    return np.round(255 * (rgba[..., :3] * a + back * (1 - a))).astype(np.uint8)
+
+
+def test_masks_keep_the_box_to_the_object_when_sfm_places_points_on_the_floor(tmp_path, monkeypatch,
+                                                                               pycolmap):  # noqa: F811
+    """25 views of lego over a tiled floor: real structure from motion places sparse points on the floor too,
+    and the box they give spans far more than lego; with lego's alpha as masks those points are left out, and
+    the box is lego's: its widest side, in lego's units (COLMAP's scale fixed by lego's camera centres), within
+    -5% and +25% of the widest side of lego's visual hull, and less than half of the box without masks."""
+    import imageio.v3 as iio
+    import json
+
+    from pipeline.scenes import data_path
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    lego, why = data_path("nerf", "lego")
+    if lego is None:
+        pytest.skip(why)
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    meta = json.loads((lego / "transforms_test.json").read_text())
+    shoot = tmp_path / "shoot"
+    (shoot / "masks").mkdir(parents=True)
+    for k, f in enumerate(meta["frames"][:50:2]):
+        rgba = iio.imread(lego / (f["file_path"] + ".png")).astype(np.float32) / 255.0
+        iio.imwrite(shoot / f"{k:02d}.png", _on_floor(rgba, np.asarray(f["transform_matrix"]), meta["camera_angle_x"]))
+        iio.imwrite(shoot / "masks" / f"{k:02d}.png", np.round(255 * rgba[..., 3]).astype(np.uint8))
+    bare = build_photos(PhotosConfig(path=str(shoot)), None)()
+    masked = build_photos(PhotosConfig(path=str(shoot), masks="masks"), None)()
+    points = masked.meta["sparse_points"]
+    assert points["off_masks"] > 100 and bare.meta["sparse_points"]["total"] == points["total"] + points["off_masks"]
+
+    def width(scene) -> float:  # the box's widest side in lego's units (the run's frame scales COLMAP's by s)
+        box = scene.aabb.numpy().reshape(2, 3)
+        return float((box[1] - box[0]).max() / scene.meta["input_frame"]["scale"])
+
+    # lego's own poses fix COLMAP's scale: the cameras' spread in lego units against theirs in COLMAP units
+    c2w = np.array([f["transform_matrix"] for f in meta["frames"][:50:2]])[:, :3, 3]
+    spread_lego = np.sqrt(((c2w - c2w.mean(0)) ** 2).sum(1).mean())
+    from pipeline.scenes.sfm import model_centres
+
+    _, centres = model_centres(Path(masked.meta["sfm"]["capture"]) / "sparse" / "0")
+    to_lego = spread_lego / np.sqrt(((centres - centres.mean(0)) ** 2).sum(1).mean())
+    side = _hull_side(lego)  # lego's longest side, 2.3 (its visual hull's)
+    got, before = width(masked) * to_lego, width(bare) * to_lego  # (the box is the points' enlarged by 10%)
+    assert 0.95 * side < got < 1.25 * side and before > 2 * got, (side, got, before)
+
+
+def _hull_side(lego: Path, cell: float = 0.05) -> float:
+    """The longest side of lego's visual hull, carved from the alpha of its 100 train views in cells of ``cell``
+    (an upper bound of the object's, within a cell)."""
+    import imageio.v3 as iio
+    import json
+
+    meta = json.loads((lego / "transforms_train.json").read_text())
+    axis = np.arange(-1.5, 1.5, cell) + cell / 2
+    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    for f in meta["frames"]:
+        alpha = iio.imread(lego / (f["file_path"] + ".png"))[..., 3]
+        h, w = alpha.shape
+        focal = 0.5 * w / np.tan(0.5 * meta["camera_angle_x"])
+        c2w = np.asarray(f["transform_matrix"])
+        q = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera coordinates, Blender axes (looking down -z)
+        u, v = focal * q[:, 0] / -q[:, 2] + w / 2, -focal * q[:, 1] / -q[:, 2] + h / 2
+        seen = (q[:, 2] < 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        keep = ~seen  # (a point out of this view is not carved by it)
+        keep[seen] = alpha[v[seen].astype(int), u[seen].astype(int)] > 127
+        points = points[keep]
+    return float((points.max(0) - points.min(0)).max() + cell)

@@ -130,7 +130,10 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         rows.append(("object masks", scene["masks"]))
     points = scene.get("sparse_points")
     if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
-        rows.append(("sparse points", f"{points['in_box']} of {points['total']} inside the scene box"))
+        text = f"{points['in_box']} of {points['total']} inside the scene box"
+        if isinstance(points.get("off_masks"), int) and points["off_masks"]:
+            text += f" ({points['off_masks']} more off the object masks, left out)"
+        rows.append(("sparse points", text))
     return rows
 
 

@@ -25,7 +25,9 @@ a camera rig's pose.
   9.6 degrees); ``"none"`` keeps COLMAP's axes; ``up`` gives the direction. Centre and scale come from the sparse
   points rather than nerfstudio's camera positions: the 1st-99th percentile box of the points nearer to the
   cameras' focus (the point closest to all optical axes) than the median camera is (what lies inside the
-  ring of cameras), enlarged by 10% and made the cube ``[-1, 1]^3``. Without such points the box is the
+  ring of cameras), enlarged by 10% and made the cube ``[-1, 1]^3``; with object masks, only the points that
+  most of their observations place on the object (:func:`pipeline.scenes.masks.points_on_masks`), so the box
+  is the object's and not the table's it stands on. Without such points the box is the
   cube about the focus whose half side is the radius of the largest ball about it that every camera sees
   whole, ``min_i d_i sin(a_i)`` (``d_i`` the camera's distance to the focus, ``a_i`` the half angle of the
   cone inscribed in its frustum), enlarged by 10% likewise: an object kept in frame in every view lies
@@ -488,6 +490,12 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         rot, t = _world_to_camera(pycolmap, im, images_file)
         c2w_cv[i, :3, :3], c2w_cv[i, :3, 3], c2w_cv[i, 3, 3] = rot.T, -rot.T @ t, 1.0
     points = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    if masks is not None:  # the points on the object only: the box is the object's, not the table's
+        from pipeline.scenes.masks import points_on_masks
+
+        on_object = points_on_masks(rec, {im.image_id: m for im, m in zip(posed, mask_of)})
+        off_object = int((~on_object).sum())
+        points = points[on_object]
     points = points[np.isfinite(points).all(1)]
     half_angles = np.array([view_half_angle(*cams[im.camera_id][0]) for im in posed])
     T, box, how = colmap_normalisation(c2w_cv, points, center=center, scale=scale, orientation=orientation, up=up,
@@ -556,7 +564,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     if masks is not None:
         meta["masks"] = str((root / masks).resolve())
     inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
-    meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside))}
+    meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside)),
+                             **({"off_masks": off_object} if masks is not None else {})}
     return SceneData(splits=out, aabb=torch.tensor(np.asarray(box, np.float32)),
                      background=tuple(float(x) for x in bg), near=float(near), far=float(far), meta=meta,
                      points=inside.astype(np.float32) if len(inside) else None)

@@ -92,3 +92,24 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
         target = out / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(bitmap.to_array()).reshape(-1, bitmap.width)).save(target)
+
+
+def points_on_masks(rec, masks: dict[int, Path]) -> "np.ndarray":
+    """(P,) bool over ``rec.points3D`` (a pycolmap reconstruction, in its order): whether each sparse point lies
+    on the object, by the masks ``masks`` (image id -> mask file) of the images that see it: kept when most of
+    its observations in those images fall on mask values of at least 0.5. A point none of them sees is kept."""
+    read: dict[int, np.ndarray] = {}
+    keep = []
+    for point in rec.points3D.values():
+        on = seen = 0
+        for element in point.track.elements:
+            if element.image_id not in masks:
+                continue
+            if element.image_id not in read:
+                read[element.image_id] = read_mask(masks[element.image_id])
+            m = read[element.image_id]
+            x, y = np.floor(rec.images[element.image_id].points2D[element.point2D_idx].xy).astype(int)
+            seen += 1
+            on += bool(0 <= y < m.shape[0] and 0 <= x < m.shape[1] and m[y, x] >= 0.5)
+        keep.append(seen == 0 or 2 * on > seen)
+    return np.asarray(keep, dtype=bool)
