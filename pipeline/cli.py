@@ -26,6 +26,7 @@ examples:
   nls reconstruct scenes/csg_dense.yaml --steps 200 --set field.resolution=64
   nls reconstruct /data/garden --steps 2000             a data folder (Blender, instant-ngp, COLMAP) or mesh file
   nls reconstruct photos/                               photos without poses: structure from motion first
+  nls reconstruct photos/ --set scene.masks=masks       ... each composited on white by its object mask
   nls reconstruct walk.mp4 --set scene.start=2          a video: the sharpest frames, then posed as photos
   nls reconstruct scan.ply                              a point cloud: a surface through it
   nls reconstruct scenes/lipschitz_spot.yaml --data scan.ply   a scene file's method on other data

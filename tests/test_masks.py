@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.types import DataError
 from tests.test_colmap_scene import make_colmap, pycolmap  # noqa: F401  (pycolmap: the fixture)
+from tests.test_photos_scene import lego_path_views
 
 
 def _half(size: int, k: int) -> np.ndarray:
@@ -82,7 +83,7 @@ def test_missing_or_misfit_masks_are_data_errors_and_an_unused_masks_folder_is_n
     with pytest.raises(DataError, match=rf"mask .*{names[3]} is 32x16 but its image .*{names[3]} is 32x32"):
         load_colmap(root, masks="masks", test_every=0)
     load_colmap(root, test_every=0)
-    assert "holds a masks folder, which is not used; set masks: masks" in capsys.readouterr().err
+    assert "holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks)" in capsys.readouterr().err
 
 
 def test_video_frames_take_no_masks():
@@ -157,18 +158,14 @@ def test_masks_of_real_photos_line_up_with_them_after_sfm(tmp_path, monkeypatch,
     mask matches that view composited on white before SfM and undistorted with the same camera: above 30 dB
     everywhere. The same masks left out give the washes back (below 15 dB)."""
     import imageio.v3 as iio
-    import json
 
-    from pipeline.scenes import data_path
     from plugins.scenes.config import PhotosConfig
     from plugins.scenes.sources import build_photos
     from tests.test_upright_photos import _save
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        pytest.skip(why)
+    lego, doc = lego_path_views()
+    frames = doc["frames"]
     monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
-    frames = json.loads((lego / "transforms_test.json").read_text())["frames"][:50:2]
     shoot = tmp_path / "shoot"
     (shoot / "masks").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -202,24 +199,6 @@ def test_masks_of_real_photos_line_up_with_them_after_sfm(tmp_path, monkeypatch,
         assert psnr > 30 and bare < 15, (name, psnr, bare)
 
 
-def _on_floor(rgba: np.ndarray, c2w: np.ndarray, angle_x: float, z: float = -0.6) -> np.ndarray:
-    """(H, W, 3) uint8: the RGBA lego view ``rgba`` (camera ``c2w``, Blender axes) over a floor at height ``z``
-    tiled with random colours (cells of 0.05), and a smooth sky where the rays miss it: a background that is
-    one 3D scene in every view, which structure from motion matches and places points on."""
-    h, w = rgba.shape[:2]
-    f = 0.5 * w / np.tan(0.5 * angle_x)
-    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    dirs = np.stack([(u - 0.5 * w) / f, -(v - 0.5 * h) / f, -np.ones_like(u)], -1) @ c2w[:3, :3].T
-    t = (z - c2w[2, 3]) / np.where(dirs[..., 2] < -1e-6, dirs[..., 2], -1e-6)
-    hit = (dirs[..., 2] < -1e-6) & (t > 0)
-    cells = np.floor((c2w[:2, 3] + t[..., None] * dirs[..., :2]) / 0.05).astype(np.int64) % 256
-    table = np.random.default_rng(7).uniform(0.1, 0.9, (256, 256, 3))
-    sky = np.broadcast_to(np.array([0.6, 0.7, 0.9]) * (0.8 + 0.2 * v[..., None] / h), (h, w, 3))
-    back = np.where(hit[..., None], table[cells[..., 0], cells[..., 1]], sky)
-    a = rgba[..., 3:]
-    return np.round(255 * (rgba[..., :3] * a + back * (1 - a))).astype(np.uint8)
-
-
 def test_masks_keep_the_box_to_the_object_when_sfm_places_points_on_the_floor(tmp_path, monkeypatch,
                                                                                pycolmap):  # noqa: F811
     """25 views of lego over a tiled floor: real structure from motion places sparse points on the floor too,
@@ -227,22 +206,18 @@ def test_masks_keep_the_box_to_the_object_when_sfm_places_points_on_the_floor(tm
     the box is lego's: its widest side, in lego's units (COLMAP's scale fixed by lego's camera centres), within
     -5% and +25% of the widest side of lego's visual hull, and less than half of the box without masks."""
     import imageio.v3 as iio
-    import json
 
-    from pipeline.scenes import data_path
     from plugins.scenes.config import PhotosConfig
     from plugins.scenes.sources import build_photos
+    from scripts.benchmarks.masks import over_floor
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        pytest.skip(why)
+    lego, meta = lego_path_views()
     monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
-    meta = json.loads((lego / "transforms_test.json").read_text())
     shoot = tmp_path / "shoot"
     (shoot / "masks").mkdir(parents=True)
-    for k, f in enumerate(meta["frames"][:50:2]):
+    for k, f in enumerate(meta["frames"]):
         rgba = iio.imread(lego / (f["file_path"] + ".png")).astype(np.float32) / 255.0
-        iio.imwrite(shoot / f"{k:02d}.png", _on_floor(rgba, np.asarray(f["transform_matrix"]), meta["camera_angle_x"]))
+        iio.imwrite(shoot / f"{k:02d}.png", over_floor(rgba, np.asarray(f["transform_matrix"]), meta["camera_angle_x"]))
         iio.imwrite(shoot / "masks" / f"{k:02d}.png", np.round(255 * rgba[..., 3]).astype(np.uint8))
     bare = build_photos(PhotosConfig(path=str(shoot)), None)()
     masked = build_photos(PhotosConfig(path=str(shoot), masks="masks"), None)()
@@ -254,7 +229,7 @@ def test_masks_keep_the_box_to_the_object_when_sfm_places_points_on_the_floor(tm
         return float((box[1] - box[0]).max() / scene.meta["input_frame"]["scale"])
 
     # lego's own poses fix COLMAP's scale: the cameras' spread in lego units against theirs in COLMAP units
-    c2w = np.array([f["transform_matrix"] for f in meta["frames"][:50:2]])[:, :3, 3]
+    c2w = np.array([f["transform_matrix"] for f in meta["frames"]])[:, :3, 3]
     spread_lego = np.sqrt(((c2w - c2w.mean(0)) ** 2).sum(1).mean())
     from pipeline.scenes.sfm import model_centres
 

@@ -96,13 +96,10 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, ca
     ones, each camera's rotation is within half a degree of lego's."""
     import imageio.v3 as iio
 
-    from pipeline.scenes import data_path
     from pipeline.scenes.sfm import run_sfm
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        pytest.skip(why)
-    frames = json.loads((lego / "transforms_test.json").read_text())["frames"][:50:2]
+    lego, doc = lego_path_views()
+    frames = doc["frames"]
     photos = tmp_path / "photos"
     photos.mkdir()
     for k, f in enumerate(frames):
@@ -118,6 +115,18 @@ def test_structure_from_motion_poses_real_photos_as_they_were_taken(tmp_path, ca
     assert not (out / "database.db").exists()  # features and matches are not kept
     errors = rotation_errors(pycolmap.Reconstruction(out / "capture" / "sparse"), frames)
     assert max(errors) < 0.5, errors
+
+
+def lego_path_views() -> tuple[Path, dict]:
+    """(lego's folder, its transforms_test.json) with ``frames`` cut to every 2nd of the first 50 views of its test
+    path (3.6 degrees apart), for real structure from motion; skips the test when lego is absent."""
+    from pipeline.scenes import data_path
+
+    lego, why = data_path("nerf", "lego")
+    if lego is None:
+        pytest.skip(why)
+    doc = json.loads((lego / "transforms_test.json").read_text())
+    return lego, {**doc, "frames": doc["frames"][:50:2]}
 
 
 def on_white(path: Path) -> np.ndarray:

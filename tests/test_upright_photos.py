@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.types import DataError
 from tests.test_colmap_scene import make_colmap, pycolmap  # noqa: F401  (pycolmap: the fixture)
-from tests.test_photos_scene import on_white, rotation_errors
+from tests.test_photos_scene import lego_path_views, on_white, rotation_errors
 
 #: how a viewer shows stored pixels, by EXIF orientation, from the tag's definition (row 0 / column 0 of the
 #: stored image are the shown image's: 3 bottom / right, 6 right side / top, 8 left side / bottom, 2 top / right)
@@ -216,15 +216,12 @@ def test_phone_photos_held_both_ways_are_posed_upright_by_real_sfm(tmp_path, mon
     camera, each rotation is within half a degree of lego's, and every camera of the loaded scene is upright
     (its up within 60 degrees of the scene's). Posed as stored (``upright: false``), that last check fails: the
     portrait shots' cameras lie on their side, and the scene's up found from all of them is off too."""
-    from pipeline.scenes import data_path
     from plugins.scenes.config import PhotosConfig
     from plugins.scenes.sources import build_photos
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        pytest.skip(why)
+    lego, doc = lego_path_views()
+    frames = doc["frames"]
     monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
-    frames = json.loads((lego / "transforms_test.json").read_text())["frames"][:50:2]
     photos = tmp_path / "phone"
     photos.mkdir()
     for k, f in enumerate(frames):

@@ -483,8 +483,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
 
         mask_of = mask_paths(root / masks, [im.name for im in posed])
     elif (root / "masks").is_dir():
-        warn(f"{root} holds a masks folder, which is not used; set masks: masks to composite each image on the "
-             f"background by its object mask")
+        warn(f"{root} holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks) "
+             f"to composite each image on the background by its object mask")
     c2w_cv = np.zeros((len(posed), 4, 4))
     for i, im in enumerate(posed):
         rot, t = _world_to_camera(pycolmap, im, images_file)

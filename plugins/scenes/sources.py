@@ -444,8 +444,8 @@ def _undistorted_masks(cfg: PhotosConfig, folder: Path, names: list[str], plan, 
 
     if cfg.masks is None:
         if (Path(cfg.path) / "masks").is_dir():
-            warn(f"{cfg.path} holds a masks folder, which is not used; set masks: masks to composite each photo on "
-                 f"the background by its object mask")
+            warn(f"{cfg.path} holds a masks folder, which is not used; set scene.masks: masks (--set "
+                 f"scene.masks=masks) to composite each photo on the background by its object mask")
         return None
     paths = mask_paths(Path(cfg.path) / cfg.masks, names)
     key = {"capture": entry.name, "masks": [[p.name, p.stat().st_size, file_sha256(p)] for p in paths]}

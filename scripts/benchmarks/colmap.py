@@ -221,12 +221,17 @@ def train(name: str, scene_sets: list[str], args, runs: Path, n_test: Optional[i
     run, wall = reconstruct(name, str(ROOT / "scenes" / "lego_dense.yaml"), runs / name, "--device", "cpu",
                             "--steps", str(args.steps),
                             sets=[*first, "train.checkpoint_every=100000", *scene_sets, *args.set])
+    return run_figures(run, wall)
+
+
+def run_figures(run: Path, wall: Optional[float] = None) -> dict:
+    """What :func:`train` reports of the finished ``run`` folder (``wall``: seconds it took, when known)."""
     summary = json.loads((run / "summary.json").read_text())
     scene = json.loads((run / "scene.json").read_text())
     m = summary["metrics"]
     return {"run": str(run), "psnr": m.get("psnr"), "ssim": m.get("ssim"), "n_images": m.get("n_images"),
             "steps": summary["step"], "train_seconds": summary["train_seconds"],
-            "wall_seconds": round(wall, 1), "aabb": scene.get("aabb"),
+            "wall_seconds": None if wall is None else round(wall, 1), "aabb": scene.get("aabb"),
             "test_views": scene.get("splits", {}).get("test")}
 
 
