@@ -4,8 +4,9 @@ of a scene YAML.
 
 Data that the scene source turns into posed images trains :data:`DATA_SCENE`: the settings of
 ``scenes/lego_dense.yaml``, the CPU-sized dense-grid radiance field with nerfacc volume rendering, less its
-lego-specific box (the scene source gives the box), with 5000 steps, and ``point_fit`` as well where the source
-gives points too (a COLMAP capture's sparse points). Data that gives points and no images
+lego-specific box (the scene source gives the box), with 5000 steps, ``point_fit`` as well where the source
+gives points too (a COLMAP capture's sparse points), and ``train_views`` where its poses were estimated (a
+COLMAP capture, photos, a video: a view the field cannot fit is named). Data that gives points and no images
 (a point-cloud file) trains :data:`POINT_SCENE`: ``scenes/sample_network_spot.yaml``'s surface reconstruction
 from raw points, scored against the input points by ``point_fit``, plus IGR's normal term (``point_normals``) when
 the file gives normals (without them the term is left out, with a line on stderr). The run's config.yaml holds the settings
@@ -76,21 +77,31 @@ def data_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.resolve().name).strip("._") or "scene"
 
 
-def _with_point_fit(evaluators: list, produces: frozenset[str] | set[str]) -> list:
-    """``evaluators`` with ``point_fit`` added when the scene source gives input points and none is listed."""
-    listed = any((e.get("type") if isinstance(e, dict) else e) == "point_fit" for e in evaluators)
-    return [*evaluators, {"type": "point_fit"}] if "points" in produces and not listed else list(evaluators)
+#: scene sources whose poses were estimated (by structure from motion), so that a view may be misplaced
+ESTIMATED_POSES = ("colmap", "photos", "video")
+
+
+def _with_checks(evaluators: list, produces: frozenset[str] | set[str], scene_type: str | None = None) -> list:
+    """``evaluators`` with ``point_fit`` added when the scene source gives input points, and ``train_views`` when
+    its poses were estimated (:data:`ESTIMATED_POSES`: a misplaced view shows as one the field cannot fit), each
+    unless listed already."""
+    listed = {(e.get("type") if isinstance(e, dict) else e) for e in evaluators}
+    added = [{"type": "point_fit"}] if "points" in produces and "point_fit" not in listed else []
+    if scene_type in ESTIMATED_POSES and "images" in produces and "train_views" not in listed:
+        added.append({"type": "train_views"})
+    return [*evaluators, *added]
 
 
 def data_scene(path: Path, scene_type: str | None, produces: frozenset[str] | set[str] = frozenset({"images"})) -> dict:
     """The scene dict for data at ``path``, which scene source ``scene_type`` (as ``nls_scene_type_for_path``
     detected it) reads: :data:`POINT_SCENE` when that source ``produces`` points and no images, else
-    :data:`DATA_SCENE` (with ``point_fit`` when it gives points too), with ``name`` from the path's name and
+    :data:`DATA_SCENE` (with ``point_fit`` and ``train_views`` where they apply), with ``name`` from the path's name and
     ``scene.path`` made absolute; ConfigError when no scene source recognises the path."""
     if scene_type is None:
         raise _unrecognised(path)
     settings = POINT_SCENE if "points" in produces and "images" not in produces else DATA_SCENE
-    return {"name": data_name(path), **settings, "evaluators": _with_point_fit(settings["evaluators"], produces),
+    return {"name": data_name(path), **settings,
+            "evaluators": _with_checks(settings["evaluators"], produces, scene_type),
             "scene": {"type": scene_type, "path": str(path.resolve())}}
 
 
@@ -98,10 +109,11 @@ def with_data(scene: dict, path: Path, scene_type: str | None, produces: frozens
     """``scene`` (a scene file's dict) set to train on the data at ``path`` (``nls reconstruct SCENE.yaml --data
     PATH``): its scene block becomes ``{type: scene_type, path: <absolute path>}``, as :func:`data_scene` gives
     it (the file's scene options describe its own data: its box, sample counts, crops; ``--set scene.*`` sets
-    them for the new data), its name becomes the data's, and ``point_fit`` joins its evaluators when the source
-    gives input points. ConfigError when no scene source recognises the path."""
+    them for the new data), its name becomes the data's, and ``point_fit`` and ``train_views`` join its
+    evaluators where they apply (:func:`_with_checks`). ConfigError when no scene source recognises the path."""
     if scene_type is None:
         raise _unrecognised(path, "--data ")
     block = {"type": scene_type, "path": str(path.resolve())}
     evaluators = scene.get("evaluators") if isinstance(scene.get("evaluators"), list) else []
-    return {**scene, "name": data_name(path), "scene": block, "evaluators": _with_point_fit(evaluators, produces)}
+    return {**scene, "name": data_name(path), "scene": block,
+            "evaluators": _with_checks(evaluators, produces, scene_type)}

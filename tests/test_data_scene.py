@@ -27,8 +27,9 @@ def test_a_colmap_folder_trains_the_default_scene(tmp_path, capsys):
     assert cfg["name"] == "my_scan_v2" and cfg["method"] == "dense_grid" and cfg["train"]["steps"] == 2
     assert cfg["scene"]["type"] == "colmap" and cfg["scene"]["path"] == str(cap.resolve())
     assert cfg["field"]["type"] == DATA_SCENE["field"]["type"] and cfg["scene"]["aabb"] is None
-    # the capture's sparse points: the mesh is scored against them as well as the images
-    assert [e["type"] for e in cfg["evaluators"]] == ["psnr", "point_fit"]
+    # the capture's sparse points: the mesh is scored against them as well as the images; its poses were
+    # estimated, so each training view's fit is checked too
+    assert [e["type"] for e in cfg["evaluators"]] == ["psnr", "point_fit", "train_views"]
     assert "my_scan_v2/dense_grid/" in capsys.readouterr().out
 
 
@@ -169,7 +170,8 @@ def test_the_point_scene_is_sample_network_spot_scored_against_its_points():
 
 def test_data_trains_a_scene_files_settings_on_other_data(tmp_path):
     """``nls reconstruct SCENE.yaml --data PATH``: the file's method and settings, the data's source (with its
-    defaults) and name, and point_fit added for a source with points."""
+    defaults) and name, point_fit added for a source with points, and train_views for one whose poses were
+    estimated (colmap, photos, video)."""
     import trimesh
 
     from pipeline.data_scene import with_data
@@ -185,7 +187,10 @@ def test_data_trains_a_scene_files_settings_on_other_data(tmp_path):
             "evaluators": [{"type": "psnr"}, {"type": "point_fit"}]}
     got = with_data(lego, tmp_path, "colmap", {"images", "points"})
     assert got["scene"] == {"type": "colmap", "path": str(tmp_path.resolve())}  # lego's box is not the data's
-    assert got["evaluators"] == lego["evaluators"]  # listed already: not twice
+    assert got["evaluators"] == [*lego["evaluators"], {"type": "train_views"}]  # point_fit listed: not twice
+    lego["evaluators"].append({"type": "train_views", "below_db": 3.0})
+    assert with_data(lego, tmp_path, "photos", {"images", "points"})["evaluators"] == lego["evaluators"]
+    assert with_data(lego, tmp_path, "blender", {"images"})["evaluators"] == lego["evaluators"]
 
     runs = tmp_path / "runs"
     scene = Path(__file__).parents[1] / "scenes" / "sample_network_spot.yaml"

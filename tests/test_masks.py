@@ -83,7 +83,8 @@ def test_missing_or_misfit_masks_are_data_errors_and_an_unused_masks_folder_is_n
     with pytest.raises(DataError, match=rf"mask .*{names[3]} is 32x16 but its image .*{names[3]} is 32x32"):
         load_colmap(root, masks="masks", test_every=0)
     load_colmap(root, test_every=0)
-    assert "holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks)" in err
 
 
 def test_video_frames_take_no_masks():

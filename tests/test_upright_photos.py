@@ -212,8 +212,8 @@ def test_a_kept_model_of_the_photos_as_stored_is_refused_with_the_way_to_load_it
 def test_phone_photos_held_both_ways_are_posed_upright_by_real_sfm(tmp_path, monkeypatch, pycolmap):  # noqa: F811
     """25 views of lego (every 2nd of the first 50 of its test path), cropped from S x S to landscape shots of
     S x 3S/4 and portrait ones of 3S/4 x S by turns; each portrait shot is stored sideways with orientation 6 or 8,
-    as a phone stores it, so every file is S x 3S/4. Upright and cropped to 3S/4 square, every view is registered with one
-    camera, each rotation is within half a degree of lego's, and every camera of the loaded scene is upright
+    as a phone stores it, so every file is S x 3S/4. Upright and cropped to 3S/4 square, every view is registered
+    with one camera, each rotation is within half a degree of lego's, and every camera of the loaded scene is upright
     (its up within 60 degrees of the scene's). Posed as stored (``upright: false``), that last check fails: the
     portrait shots' cameras lie on their side, and the scene's up found from all of them is off too."""
     from plugins.scenes.config import PhotosConfig

@@ -103,7 +103,8 @@ def _sizes_error(folder: Path, groups: dict[tuple[int, int], list[str]], mixed: 
     held_two_ways = len(groups) == 2 and set(groups) == {common, common[::-1]}
     how = ("set mixed_orientation: crop to crop every photo to its centred square, or " if held_two_ways and
            mixed == "error" else "")
-    return (f"{folder}: the photos are not all one size: {len(groups[common])} are {common[0]}x{common[1]} (WxH), and {', '.join(odd[:6])}"
+    return (f"{folder}: the photos are not all one size: {len(groups[common])} are {common[0]}x{common[1]} (WxH), "
+            f"and {', '.join(odd[:6])}"
             f"{' ...' if len(odd) > 6 else ''} {'is' if len(odd) == 1 else 'are'} not; {how}crop or scale them to "
             f"one size, or leave them out (photos of two cameras or zooms cannot share one camera)")
 

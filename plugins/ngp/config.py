@@ -151,6 +151,17 @@ class PSNRConfig(ComponentConfig):
     ssim: bool = Field(True, description="also compute SSIM (Gaussian-window, as in NeRF papers)")
 
 
+class TrainViewsConfig(ComponentConfig):
+    """How well the trained field explains each training view: its PSNR, rendered at a reduced size against the
+    area-averaged image. A view far under the others is named: one structure from motion misplaced, or one that
+    differs from the rest (something moved, another exposure, blur)."""
+
+    downscale: int = Field(4, ge=1, le=16, description="each view is rendered at 1/downscale of its size (the "
+                           "image averaged over blocks alike): the cost is that of one full view per downscale² views")
+    below_db: float = Field(5.0, gt=0, description="a view whose PSNR is this many dB under the views' median is "
+                            "named (train_views_below) and warned about")
+
+
 class PointFitConfig(ComponentConfig):
     """How well the mesh fits the scene's input point cloud, for point-cloud scenes without ground truth:
     the chamfer protocol with the input points as the reference (``fit_*``), and each input point's exact

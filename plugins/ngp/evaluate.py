@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugins.ngp.config import ChamferConfig, PointFitConfig, PSNRConfig
+from plugins.ngp.config import ChamferConfig, PointFitConfig, PSNRConfig, TrainViewsConfig
 
 
 class ImageMetrics:
@@ -85,6 +85,60 @@ class PointFitMetrics:
         return res
 
 
+class TrainViewFit:
+    """Each training view's PSNR, rendered at 1/``downscale`` of its size by the run's renderer (a camera with
+    its intrinsics scaled alike, whose pixel centres are those of the image's ``downscale`` x ``downscale``
+    blocks) against the image averaged over those blocks. ``train_view_psnr_median`` / ``_min``, the worst view
+    by name, and ``train_views_below``: the views ``below_db`` or more under the median, which are warned about.
+    The blocks' averages are sharper than one ray through each block's centre, so every view scores a little
+    low alike; only the spread between views is read."""
+
+    def __init__(self, cfg: TrainViewsConfig):
+        self.cfg = cfg
+
+    def __call__(self, ctx) -> dict:
+        import numpy as np
+        import torch
+
+        from pipeline.metrics import psnr
+        from pipeline.notices import warn
+        from pipeline.progress import StepProgress
+        from pipeline.scenes.blender import _downscale
+        from pipeline.types import NLSError
+
+        split = ctx.scene.splits.get("train")
+        if split is None or len(split) == 0:
+            raise NLSError("the scene has no training views")
+        d = self.cfg.downscale
+        cams = split.cameras.to(ctx.device)
+        h, w = cams.height // d, cams.width // d
+        if h == 0 or w == 0:
+            raise NLSError(f"downscale {d} leaves no pixel of the {cams.width}x{cams.height} training views")
+        small = type(cams)(cams.c2w, cams.fx / d, cams.fy / d, cams.cx / d, cams.cy / d, w, h)
+        names = [split.names[i] if i < len(split.names) else f"{i:03d}" for i in range(len(split))]
+        scores = []
+        with StepProgress(len(split), 0, "fitting the training views", enabled=ctx.progress) as bar, \
+                torch.no_grad():
+            for i in range(len(split)):
+                out = ctx.system.renderer.render_image(small, i, ctx.system.chain)
+                gt = _downscale(split.images[i].cpu().numpy(), d)
+                scores.append(psnr(out["rgb"].clamp(0, 1).cpu().numpy(), gt))
+                bar.advance(i + 1)
+        scores = np.asarray(scores)
+        median = float(np.median(scores))
+        below = [(names[i], float(scores[i])) for i in np.argsort(scores) if scores[i] <= median - self.cfg.below_db]
+        if below:
+            listed = ", ".join(f"{n} ({s:.1f} dB)" for n, s in below[:8]) + (" ..." if len(below) > 8 else "")
+            warn(f"the field explains {len(below)} of the {len(split)} training views far worse than the others "
+                 f"(at least {self.cfg.below_db:g} dB under their median of {median:.1f} dB): {listed}. Structure "
+                 f"from motion may have misplaced them, or they differ from the rest (something moved, another "
+                 f"exposure, blur); look at them, and scene.exclude: [names] leaves them out")
+        worst = int(np.argmin(scores))
+        return {"train_view_psnr_median": median, "train_view_psnr_min": float(scores[worst]),
+                "train_view_worst": names[worst], "train_views_below": [n for n, _ in below],
+                "train_views": len(split)}
+
+
 def build_image_metrics(cfg, ctx):
     """Build the PSNR / SSIM evaluator from its ``evaluators:`` entry (``PSNRConfig``)."""
     return ImageMetrics(cfg)
@@ -98,3 +152,8 @@ def build_geometry_metrics(cfg, ctx):
 def build_point_fit(cfg, ctx):
     """Build the mesh-vs-input-points evaluator from its ``evaluators:`` entry (``PointFitConfig``)."""
     return PointFitMetrics(cfg)
+
+
+def build_train_views(cfg, ctx):
+    """Build the per-training-view fit evaluator from its ``evaluators:`` entry (``TrainViewsConfig``)."""
+    return TrainViewFit(cfg)

@@ -60,5 +60,7 @@ def nls_register_evaluators(register):
              consumes=[{"render", "images"}], description=C.PSNRConfig.__doc__)
     register("chamfer", f"{M}.evaluate:build_geometry_metrics", config=C.ChamferConfig,
              consumes=[{"mesh", "gt_mesh"}], description=C.ChamferConfig.__doc__)
+    register("train_views", f"{M}.evaluate:build_train_views", config=C.TrainViewsConfig,
+             consumes=[{"render", "images"}], description=C.TrainViewsConfig.__doc__)
     register("point_fit", f"{M}.evaluate:build_point_fit", config=C.PointFitConfig,
              consumes=[{"mesh", "points"}], description=C.PointFitConfig.__doc__)

@@ -138,7 +138,8 @@ class PhotosConfig(_CaptureOptions):
 
 class VideoConfig(PhotosConfig):
     """A video file (.mp4/.mov/.m4v/.avi/.mkv/.webm) walked around the object: the video is cut into ``frames``
-    stretches of equal motion, the sharpest frame of each is kept (imageio-ffmpeg: pip install 'neural-level-sets[video]'),
+    stretches of equal motion, the sharpest frame of each is kept (imageio-ffmpeg: pip install
+    'neural-level-sets[video]'),
     and the frames are posed by structure from motion as photos are. Frames and poses are cached by the video's
     contents and these options."""
 
