@@ -80,8 +80,15 @@ def test_missing_or_misfit_masks_are_data_errors_and_an_unused_masks_folder_is_n
                                         rf"for {names[3]}, {names[3]}.png and {names[3]}\)"):
         load_colmap(root, masks="masks")
     iio.imwrite(root / "masks" / names[3], np.zeros((16, 32), np.uint8))
-    with pytest.raises(DataError, match=rf"mask .*{names[3]} is 32x16 but its image .*{names[3]} is 32x32"):
+    with pytest.raises(DataError, match=rf"mask .*{names[3]} is 32x16 but its image .*{names[3]} is 32x32 \(WxH\); "
+                                        r"a mask must be its image's size, or a whole multiple of it"):
         load_colmap(root, masks="masks", test_every=0)
+    big = np.kron(_half(32, 3), np.ones((2, 2), np.uint8))  # a full-size mask of a half-size image (images_2)
+    iio.imwrite(root / "masks" / names[3], big)
+    scene = load_colmap(root, masks="masks", test_every=0)
+    k = scene.splits["train"].names.index(names[3][:-4])
+    alpha = iio.imread(root / "images" / names[3])[..., 3].astype(np.float32) / 255.0
+    assert np.allclose(scene.splits["train"].alphas[k, ..., 0].numpy(), alpha * _half(32, 3) / 255.0, atol=1e-6)
     load_colmap(root, test_every=0)
     err = capsys.readouterr().err
     assert "holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks)" in err

@@ -399,14 +399,18 @@ def _check_downscale(sp: FrameList, first: Path, size: tuple, downscale: int) ->
 
 
 def _masked(alpha: Optional[np.ndarray], mask: Path, image: Path, size: tuple) -> np.ndarray:
-    """(H, W, 1) float32: the image's ``alpha`` (H, W, 1) (None: opaque) times its object ``mask`` read from file.
-    DataError when the mask is not the image's (H, W) ``size``."""
+    """(H, W, 1) float32: the image's ``alpha`` (H, W, 1) (None: opaque) times its object ``mask`` read from file,
+    area-averaged when it is a whole multiple of the image's (H, W) ``size`` (full-size masks for ``images_2``).
+    DataError when it is neither that size nor such a multiple."""
     from pipeline.scenes.masks import read_mask
 
     m = read_mask(mask)
+    k = m.shape[0] // max(1, size[0])
+    if k > 1 and m.shape == (size[0] * k, size[1] * k):
+        m = _downscale(m[..., None], k)[..., 0]
     if m.shape != tuple(size):
         raise DataError(f"mask {mask} is {m.shape[1]}x{m.shape[0]} but its image {image} is {size[1]}x{size[0]} "
-                        f"(WxH); a mask must be its image's size")
+                        f"(WxH); a mask must be its image's size, or a whole multiple of it")
     return m[..., None] if alpha is None else alpha * m[..., None]
 
 
