@@ -364,3 +364,24 @@ def test_a_thumbnail_is_the_grey_mean_of_each_block():
     want = np.array([[grey[2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() for j in range((3 * THUMB_SIDE + 5) // 2)]
                      for i in range(THUMB_SIDE)])
     assert np.allclose(thumbnail(frame), want, atol=1e-3)
+
+
+def test_matcher_auto_matches_every_pair_of_a_few_frames_and_keyframes_of_many(tmp_path, monkeypatch,
+                                                                             pycolmap):  # noqa: F811
+    """A video's default matcher: exhaustive up to AUTO_EXHAUSTIVE frames, keyframes beyond (a stand-in SfM
+    records what it was asked for; the cache key holds the matcher chosen, so exhaustive caches stay valid)."""
+    from pipeline.scenes import sfm
+    from plugins.scenes import config
+    from plugins.scenes.sources import pose_photos
+    from tests.test_photos_scene import _fake_sfm
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    cap = make_colmap(tmp_path / "cap")["root"]
+    calls: list = []
+    monkeypatch.setattr(sfm, "run_sfm", _fake_sfm(cap, calls))
+    cfg = config.VideoConfig(path="walk.mp4")
+    assert cfg.matcher == "auto" and len(list((cap / "images").iterdir())) == 10
+    pose_photos(cap / "images", cfg)
+    monkeypatch.setattr(config, "AUTO_EXHAUSTIVE", 9)
+    pose_photos(cap / "images", cfg)
+    assert [c["matcher"] for c in calls] == ["exhaustive", "keyframes"] and calls[1]["keyframe_every"] == 10

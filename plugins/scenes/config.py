@@ -136,6 +136,10 @@ class PhotosConfig(_CaptureOptions):
                                  "running SfM again. A run keeps its model (kept/model) and loads with it")
 
 
+#: ``matcher: auto`` of a video matches every pair of frames up to this many frames, and keyframes beyond
+AUTO_EXHAUSTIVE = 200
+
+
 class VideoConfig(PhotosConfig):
     """A video file (.mp4/.mov/.m4v/.avi/.mkv/.webm) walked around the object: the video is cut into ``frames``
     stretches of equal motion, the sharpest frame of each is kept (imageio-ffmpeg: pip install
@@ -155,11 +159,12 @@ class VideoConfig(PhotosConfig):
                                 "most this many pixels")
     start: float = Field(0.0, ge=0, description="seconds of the video left out at its start")
     end: Optional[float] = Field(None, gt=0, description="the second the part used ends at (None: the video's end)")
-    matcher: Literal["exhaustive", "sequential", "keyframes"] = Field(
-        "exhaustive", description="every pair (n²/2 pairs), neighbours in time and every pair of every "
-                                  "keyframe_every-th frame (keyframes: n·10 + (n/10)²/2, for long videos; on lego a "
-                                  "third of the matching time, slightly worse poses), or neighbours only (sequential: "
-                                  "one weak link splits the model; on lego's test path it kept 50 of 100)")
+    matcher: Literal["auto", "exhaustive", "sequential", "keyframes"] = Field(
+        "auto", description="every pair (exhaustive: n²/2 pairs), neighbours in time and every pair of every "
+                            "keyframe_every-th frame (keyframes: n·10 + (n/10)²/2, for long videos; on lego a third "
+                            "of the matching time, slightly worse poses), or neighbours only (sequential: one weak "
+                            "link splits the model; on lego's test path it kept 50 of 100); auto: exhaustive up to "
+                            f"{AUTO_EXHAUSTIVE} frames, keyframes beyond")
 
     @model_validator(mode="after")
     def _start_before_end(self) -> "VideoConfig":

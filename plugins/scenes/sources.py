@@ -373,8 +373,13 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     if len(names) < MIN_PHOTOS:
         raise DataError(f"{folder}: {len(names)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); structure from motion "
                         f"needs at least {MIN_PHOTOS}, and a few dozen around the object do well")
-    sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": cfg.matcher,
-           **({"keyframe_every": cfg.keyframe_every} if cfg.matcher == "keyframes" else {}),
+    matcher = cfg.matcher
+    if matcher == "auto":  # (videos: every pair while that is affordable)
+        from plugins.scenes.config import AUTO_EXHAUSTIVE
+
+        matcher = "exhaustive" if len(names) <= AUTO_EXHAUSTIVE else "keyframes"
+    sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": matcher,
+           **({"keyframe_every": cfg.keyframe_every} if matcher == "keyframes" else {}),
            "max_image_size": cfg.max_image_size}
     plan = plan_photos(folder, names, upright=cfg.upright, mixed_orientation=cfg.mixed_orientation)
     if plan.crop:
