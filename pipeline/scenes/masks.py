@@ -97,7 +97,8 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
 def points_on_masks(rec, masks: dict[int, Path]) -> "np.ndarray":
     """(P,) bool over ``rec.points3D`` (a pycolmap reconstruction, in its order): whether each sparse point lies
     on the object, by the masks ``masks`` (image id -> mask file) of the images that see it: kept when most of
-    its observations in those images fall on mask values of at least 0.5. A point none of them sees is kept."""
+    its observations in those images fall on mask values of at least 0.5 (a mask of another size than its
+    camera's, as for ``images_2``, is read at the scaled pixel). A point none of them sees is kept."""
     read: dict[int, np.ndarray] = {}
     keep = []
     for point in rec.points3D.values():
@@ -108,7 +109,11 @@ def points_on_masks(rec, masks: dict[int, Path]) -> "np.ndarray":
             if element.image_id not in read:
                 read[element.image_id] = read_mask(masks[element.image_id])
             m = read[element.image_id]
-            x, y = np.floor(rec.images[element.image_id].points2D[element.point2D_idx].xy).astype(int)
+            image = rec.images[element.image_id]
+            camera = rec.cameras[image.camera_id]  # (a mask of a downscaled image: its pixel scaled alike)
+            xy = np.asarray(image.points2D[element.point2D_idx].xy) * (m.shape[1] / camera.width,
+                                                                        m.shape[0] / camera.height)
+            x, y = np.floor(xy).astype(int)
             seen += 1
             on += bool(0 <= y < m.shape[0] and 0 <= x < m.shape[1] and m[y, x] >= 0.5)
         keep.append(seen == 0 or 2 * on > seen)

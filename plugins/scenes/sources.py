@@ -441,8 +441,8 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
 
 def _undistorted_masks(cfg: PhotosConfig, folder: Path, names: list[str], plan, entry: Path) -> Optional[str]:
     """The folder of the photos' object masks (``cfg.masks`` under ``cfg.path``) turned, cropped and undistorted as
-    the photos of the SfM cache ``entry`` were, cached by the masks' contents and that entry; None without masks
-    (a warning when ``cfg.path`` holds an unused ``masks`` folder)."""
+    the photos of the SfM cache ``entry`` were, cached by the masks' contents, that entry and its cameras; None
+    without masks (a warning when ``cfg.path`` holds an unused ``masks`` folder)."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.masks import mask_paths, undistort_masks
     from pipeline.scenes.upright_photos import shape_mask
@@ -453,11 +453,13 @@ def _undistorted_masks(cfg: PhotosConfig, folder: Path, names: list[str], plan, 
                  f"scene.masks=masks) to composite each photo on the background by its object mask")
         return None
     paths = mask_paths(Path(cfg.path) / cfg.masks, names)
-    key = {"capture": entry.name, "masks": [[p.name, p.stat().st_size, file_sha256(p)] for p in paths]}
+    model = entry / "sparse" / "0"
+    cameras = [file_sha256(p) for p in sorted(model.glob("cameras.*"))]  # (SfM run again finds other cameras)
+    key = {"capture": entry.name, "cameras": cameras,
+           "masks": [[p.name, p.stat().st_size, file_sha256(p)] for p in paths]}
 
     def make(tmp: Path) -> None:
-        undistort_masks(paths, names, entry / "sparse" / "0", tmp / "masks",
-                        turn=lambda name, mask: shape_mask(plan, name, mask))
+        undistort_masks(paths, names, model, tmp / "masks", turn=lambda name, mask: shape_mask(plan, name, mask))
 
     return str(cached_render("masks", key, make) / "masks")
 
