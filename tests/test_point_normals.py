@@ -124,3 +124,26 @@ def test_normals_of_random_sign_are_used_without_their_sign_with_a_warning(capsy
     oriented = build_point_normals(PointNormalsConfig(), SimpleNamespace(scene=SimpleNamespace(points=points,
                                                                                                 normals=normals)))
     assert oriented.cfg.oriented
+
+
+def test_normals_pointing_into_the_object_are_warned_about_and_kept(capsys):
+    """A sphere's outward normals all point away from its centre, its inward ones none, and a flat box's surface
+    samples fall on either side of INWARD_SHARE the same way. Inward oriented normals get a warning, and stay
+    oriented (a room's inside has them rightly)."""
+    import trimesh
+
+    from plugins.ngp.losses import INWARD_SHARE, outward_share
+
+    points, normals = _sphere(2000, seed=4)
+    assert outward_share(points, normals) == 1.0 and outward_share(points, -normals) == 0.0
+    ctx = SimpleNamespace(scene=SimpleNamespace(points=points, normals=normals))
+    build_point_normals(PointNormalsConfig(), ctx)
+    assert "towards the cloud's centre" not in capsys.readouterr().err
+    loss = build_point_normals(PointNormalsConfig(), SimpleNamespace(scene=SimpleNamespace(points=points,
+                                                                                           normals=-normals)))
+    err = capsys.readouterr().err
+    assert "point_normals: 100% of the normals point towards the cloud's centre" in err and loss.cfg.oriented
+    box = trimesh.creation.box(extents=(1.0, 0.2, 0.5))  # flat: still most normals point away from the centre
+    pts, face = trimesh.sample.sample_surface(box, 5000, seed=0)
+    pts, nrm = np.asarray(pts), np.asarray(box.face_normals[face])
+    assert outward_share(pts, nrm) > 1 - INWARD_SHARE and outward_share(pts, -nrm) < INWARD_SHARE
