@@ -66,7 +66,7 @@ def _unrecognised(path: Path, what: str = "") -> "ConfigError":  # noqa: F821
         f"{what}{path}: this {kind} is neither a scene YAML nor data a scene source recognises. Give a scene file "
         f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), a "
         f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a folder of at least 3 photos without poses "
-        f"(.jpg, .jpeg, .png, in it or in its images/), a video file (.mp4, .mov, .m4v, .avi, .mkv, .webm), a mesh "
+        f"(.jpg, .jpeg, .png, .heic, in it or in its images/), a video file (.mp4, .mov, .m4v, .avi, .mkv, .webm), a mesh "
         f"file (.obj, .off, .ply, .stl, .glb), or a "
         f"point-cloud file (.ply without faces, .xyz, .pts, .npy)")
 

@@ -245,3 +245,62 @@ def test_phone_photos_held_both_ways_are_posed_upright_by_real_sfm(tmp_path, mon
     assert sideways.meta["sfm"]["registered"] == len(frames)
     ups = np.concatenate([s.cameras.c2w[:, 2, 1].numpy() for s in sideways.splits.values()])
     assert ups.min() < 0.5, ups  # the same check fails: some cameras lie on their side or worse
+
+
+def _heic(path: Path, shown: np.ndarray) -> None:
+    """Save ``shown`` (H, W, 3) uint8 as a HEIC photo (pillow-heif; quality 95)."""
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed (the heic extra, also in "
+                                                            "the test extra): HEIC photos cannot be written")
+    pillow_heif.register_heif_opener()
+    from PIL import Image
+
+    Image.fromarray(shown).save(path, quality=95)
+
+
+def test_heic_photos_are_posed_from_jpeg_copies_named_by_their_stem(tmp_path):
+    from PIL import Image
+
+    from pipeline.scenes.upright_photos import plan_photos, write_copies
+
+    shown = np.kron(_pattern(6, 8), np.ones((4, 4, 1), np.uint8))  # blocks of 4 px: little lost to either codec
+    _heic(tmp_path / "IMG_1.HEIC", shown)
+    _save(tmp_path / "IMG_2.jpg", np.kron(_pattern(6, 8, 1), np.ones((4, 4, 1), np.uint8)))
+    names = ["IMG_1.HEIC", "IMG_2.jpg"]
+    plan = plan_photos(tmp_path, names)
+    assert plan.renamed == {"IMG_1.HEIC": "IMG_1.jpg"} and plan.posed_names(names) == ["IMG_1.jpg", "IMG_2.jpg"]
+    assert plan.facts() == {"converted": 1} and plan.sizes["IMG_1.HEIC"] == (32, 24)
+    write_copies(tmp_path, names, tmp_path / "out", plan, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["IMG_1.jpg", "IMG_2.jpg"]
+    with Image.open(tmp_path / "out" / "IMG_1.jpg") as im:
+        assert im.format == "JPEG" and np.abs(np.asarray(im).astype(int) - shown).mean() < 4
+    _save(tmp_path / "IMG_1.jpg", shown)
+    with pytest.raises(DataError, match="IMG_1.jpg and IMG_1.HEIC would both be posed as IMG_1.jpg"):
+        plan_photos(tmp_path, ["IMG_1.HEIC", "IMG_1.jpg"])
+
+
+def test_heic_without_pillow_heif_is_a_data_error_naming_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from pipeline.scenes.upright_photos import plan_photos
+
+    (tmp_path / "a.heic").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)
+    with pytest.raises(DataError, match=r"a.heic: reading HEIC/HEIF photos needs pillow-heif, which is not installed; "
+                                        r"pip install 'neural-level-sets\[heic\]'"):
+        plan_photos(tmp_path, ["a.heic"])
+
+
+def test_heic_photos_of_lego_are_posed_by_real_sfm(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+    """25 views of lego saved as HEIC (as an iPhone saves them): all registered, under their stems."""
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    lego, doc = lego_path_views()
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "phone").mkdir()
+    for k, f in enumerate(doc["frames"]):
+        _heic(tmp_path / "phone" / f"{k:02d}.heic", on_white(lego / (f["file_path"] + ".png")))
+    scene = build_photos(PhotosConfig(path=str(tmp_path / "phone"), camera_model="SIMPLE_PINHOLE"), None)()
+    found = scene.meta["sfm"]
+    assert found["registered"] == 25 and found["prepared"] == {"converted": 25} and not found["unregistered"], found
+    assert sorted(n for s in scene.splits.values() for n in s.names) == [f"{k:02d}" for k in range(25)]

@@ -24,8 +24,9 @@ from typing import Any, Callable, Literal, Sequence
 
 from pipeline.types import DataError
 
-#: suffixes of the photos read from a folder (case-insensitive)
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: suffixes of the photos read from a folder (case-insensitive); HEIC/HEIF ones are posed from JPEG copies
+#: (:mod:`pipeline.scenes.upright_photos`), since COLMAP does not read them
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".heic", ".heif")
 #: fewer photos than this cannot make a model worth training on
 MIN_PHOTOS = 3
 #: camera models the mapper may estimate (one per photo, or one shared: ``single_camera``)

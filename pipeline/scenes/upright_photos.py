@@ -14,6 +14,10 @@ the crop keeps the principal point at the centre (where SfM places it), and radi
 under a quarter turn about it. The price is the sides of every photo (a quarter of a 4:3 photo's pixels). Any
 other mix of sizes (two cameras, a zoom) is refused: a crop would not make those one camera.
 
+HEIC/HEIF photos (an iPhone's default) are read with pillow-heif (the ``heic`` extra), which turns them as
+their HEIF transforms say, and posed from JPEG copies named by their stem (``IMG_0001.HEIC`` is posed, split
+and excluded as ``IMG_0001.jpg``), since COLMAP does not read them.
+
 Copies are written only when something changes, as JPEG (quality 95, no chroma subsampling) or PNG as the
 original, and keep the other EXIF tags, since COLMAP takes its first focal length from them. A cropped copy's
 focal-length tags are scaled so the focal length in pixels they imply stays the same: the 35 mm equivalent by
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 ORIENTATION, EXIF_IFD, FOCAL_LENGTH, FOCAL_35MM = 0x0112, 0x8769, 0x920A, 0xA405
 #: JPEG quality of the copies (4:4:4: no chroma subsampling)
 COPY_QUALITY = 95
+#: photo suffixes COLMAP does not read, posed from JPEG copies (lower case)
+CONVERTED = (".heic", ".heif")
 
 
 @dataclass
@@ -46,21 +52,29 @@ class PhotoPlan:
     turned: name -> EXIF orientation (2-8) of the photos it turns (or mirrors); they are turned upright in the
         copies.
     crop: (width, height) every photo is cropped to, centred, when portrait and landscape shots are mixed.
+    renamed: name -> the copy's name, for photos COLMAP does not read (HEIC: ``IMG_1.HEIC`` -> ``IMG_1.jpg``).
     """
 
     sizes: dict[str, tuple[int, int]]
     turned: dict[str, int] = field(default_factory=dict)
     crop: Optional[tuple[int, int]] = None
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def needed(self) -> bool:
-        """Whether copies must be made (some photo is turned or cropped)."""
-        return bool(self.turned or self.crop)
+        """Whether copies must be made (some photo is turned, cropped or converted)."""
+        return bool(self.turned or self.crop or self.renamed)
+
+    def posed_names(self, names: Sequence[str]) -> list[str]:
+        """``names`` as structure from motion sees them: the copies' names."""
+        return [self.renamed.get(n, n) for n in names]
 
     def facts(self) -> dict:
-        """JSON facts for the run record: ``{"turned": n, "crop": [w, h]}``, each only when it applies."""
+        """JSON facts for the run record: ``{"turned": n, "crop": [w, h], "converted": n}``, each only when it
+        applies."""
         return {**({"turned": len(self.turned)} if self.turned else {}),
-                **({"crop": list(self.crop)} if self.crop else {})}
+                **({"crop": list(self.crop)} if self.crop else {}),
+                **({"converted": len(self.renamed)} if self.renamed else {})}
 
 
 def exif_orientation(image) -> int:
@@ -69,15 +83,41 @@ def exif_orientation(image) -> int:
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def open_photo(path: Path):
+    """``PIL.Image.open(path)``, with pillow-heif's opener for HEIC/HEIF files (DataError naming the extra when
+    it is not installed)."""
+    from PIL import Image
+
+    if path.suffix.lower() in CONVERTED:
+        try:
+            import pillow_heif
+        except ImportError:
+            raise DataError(f"{path}: reading HEIC/HEIF photos needs pillow-heif, which is not installed; pip install "
+                            f"'neural-level-sets[heic]' (or pillow-heif), or export the photos as JPEG") from None
+        pillow_heif.register_heif_opener()
+    return Image.open(path)
+
+
+def _renamed(names: Sequence[str]) -> dict[str, str]:
+    """name -> ``<stem>.jpg`` of the photos COLMAP does not read; DataError when a copy's name is taken."""
+    renamed = {n: str(Path(n).with_suffix(".jpg")) for n in names if Path(n).suffix.lower() in CONVERTED}
+    taken: dict[str, str] = {}
+    for name in names:
+        copy = renamed.get(name, name)
+        if copy.lower() in taken:
+            raise DataError(f"{name} and {taken[copy.lower()]} would both be posed as {copy} (HEIC photos are posed "
+                            f"from JPEG copies named by their stem); rename or leave out one of them")
+        taken[copy.lower()] = name
+    return renamed
+
+
 def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
                 mixed_orientation: Literal["crop", "error"] = "crop") -> PhotoPlan:
     """Read the headers of the photos ``names`` in ``folder`` and decide their copies (see the module docstring).
     DataError when their sizes are not one size, or (with ``mixed_orientation: crop``) one size held two ways."""
-    from PIL import Image
-
     sizes, turned = {}, {}
     for name in names:
-        with Image.open(folder / name) as im:
+        with open_photo(folder / name) as im:
             w, h = im.size
             turn = exif_orientation(im) if upright else 1
         if turn != 1:
@@ -93,7 +133,7 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
             crop = (min(w, h), min(w, h))
     if len(groups) > 1 and crop is None:
         raise DataError(_sizes_error(folder, groups, mixed_orientation))
-    return PhotoPlan(sizes, turned, crop)
+    return PhotoPlan(sizes, turned, crop, _renamed(names))
 
 
 def _sizes_error(folder: Path, groups: dict[tuple[int, int], list[str]], mixed: str) -> str:
@@ -157,17 +197,17 @@ def shape_mask(plan: PhotoPlan, name: str, mask: "np.ndarray") -> "np.ndarray":
 
 
 def write_copies(folder: Path, names: Sequence[str], out: Path, plan: PhotoPlan, progress: bool = True) -> None:
-    """Write the photos ``names`` of ``folder`` into ``out`` under the same names, turned upright (those in
-    ``plan.turned``) and cropped to ``plan.crop`` (centred); EXIF kept, focal tags scaled by a crop."""
-    from PIL import Image
-
+    """Write the photos ``names`` of ``folder`` into ``out`` under their posed names (:meth:`PhotoPlan.posed_names`),
+    turned upright (those in ``plan.turned``), cropped to ``plan.crop`` (centred) and converted to JPEG (those in
+    ``plan.renamed``); EXIF kept, focal tags scaled by a crop."""
     from pipeline.progress import StepProgress
 
     out.mkdir(parents=True, exist_ok=True)
-    with StepProgress(len(names), 0, "turning photos upright" if not plan.crop else "cropping photos to one size",
-                      enabled=progress) as bar:
+    label = ("cropping photos to one size" if plan.crop else "turning photos upright" if plan.turned
+             else "converting photos to JPEG")
+    with StepProgress(len(names), 0, label, enabled=progress) as bar:
         for k, name in enumerate(names):
-            with Image.open(folder / name) as im:
+            with open_photo(folder / name) as im:
                 im.load()
                 exif = im.getexif()
                 image = _transposed(im, plan.turned.get(name, 1))
@@ -175,10 +215,11 @@ def write_copies(folder: Path, names: Sequence[str], out: Path, plan: PhotoPlan,
             if plan.crop and image.size != plan.crop:
                 _scaled_focal_tags(exif, image.size, plan.crop)
                 image = _centre_crop(image, plan.crop)
-            if Path(name).suffix.lower() in (".jpg", ".jpeg"):
-                image.convert("RGB").save(out / name, quality=COPY_QUALITY, subsampling=0, exif=exif)
+            copy = plan.renamed.get(name, name)
+            if Path(copy).suffix.lower() in (".jpg", ".jpeg"):
+                image.convert("RGB").save(out / copy, quality=COPY_QUALITY, subsampling=0, exif=exif)
             else:
-                image.save(out / name, exif=exif)
+                image.save(out / copy, exif=exif)
             bar.advance(k + 1, name)
 
 
@@ -188,8 +229,9 @@ def check_model_sizes(model: Path, plan: PhotoPlan) -> None:
     from pipeline.scenes.colmap import _pycolmap
 
     rec = _pycolmap(model).Reconstruction(model)
+    original = {copy: name for name, copy in plan.renamed.items()}
     for im in rec.images.values():
-        cam, want = rec.cameras[im.camera_id], plan.crop or plan.sizes.get(im.name)
+        cam, want = rec.cameras[im.camera_id], plan.crop or plan.sizes.get(original.get(im.name, im.name))
         if want is None:  # (not one of these photos: undistortion names it)
             continue
         if (int(cam.width), int(cam.height)) != tuple(want):

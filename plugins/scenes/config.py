@@ -111,7 +111,7 @@ class ColmapConfig(_CaptureOptions):
 
 
 class PhotosConfig(_CaptureOptions):
-    """Photos without poses (.jpg/.jpeg/.png, in the folder or in its images/): structure from motion with
+    """Photos without poses (.jpg/.jpeg/.png/.heic, in the folder or in its images/): structure from motion with
     pycolmap (SIFT, matching, incremental mapping, undistortion; pip install 'neural-level-sets[colmap]') makes
     the capture once, cached by the photos' contents, which then loads as the colmap source loads one."""
 

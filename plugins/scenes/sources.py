@@ -394,23 +394,25 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
 
         model, _ = find_sparse_model(model.parent, model.name)
 
+    posed_names = plan.posed_names(names)  # (HEIC photos are posed as JPEG copies)
+
     def make(tmp: Path) -> None:
         source = tmp / "upright" if plan.needed else folder  # (copies: read only until undistortion)
         if plan.needed:
             write_copies(folder, names, source, plan, progress=_progress_wanted())
         if model is None:
-            found = run_sfm(source, tmp, names=names, progress=_progress_wanted(), **sfm)
+            found = run_sfm(source, tmp, names=posed_names, progress=_progress_wanted(), **sfm)
         else:
             check_model_sizes(model, plan)
             shutil.copytree(model, tmp / "sparse" / "0")
-            found = {**undistort_model(source, tmp / "sparse" / "0", tmp, names=names,
+            found = {**undistort_model(source, tmp / "sparse" / "0", tmp, names=posed_names,
                                        progress=_progress_wanted()), "model": str(model)}
         if plan.needed:
             shutil.rmtree(source)
             found["prepared"] = plan.facts()
         if ordered:
             posed, centres = model_centres(tmp / "sparse" / "0")
-            order = {n: k for k, n in enumerate(names)}
+            order = {n: k for k, n in enumerate(posed_names)}
             mine = [k for k, n in enumerate(posed) if n in order]  # (a kept model holds only these photos)
             found["off_path"] = path_spikes([posed[k] for k in mine], centres[mine], [order[posed[k]] for k in mine])
         (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
@@ -429,7 +431,7 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
              f"away and back between neighbouring frames), and they are left out: {', '.join(off_path[:8])}"
              f"{' ...' if len(off_path) > 8 else ''}")
         options["exclude"] = (*options["exclude"], *off_path)
-    masks = _undistorted_masks(cfg, folder, names, plan, entry)
+    masks = _undistorted_masks(cfg, names, plan, entry)
     scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
                         masks=masks, **options)
     scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
@@ -439,7 +441,7 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     return scene
 
 
-def _undistorted_masks(cfg: PhotosConfig, folder: Path, names: list[str], plan, entry: Path) -> Optional[str]:
+def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
     """The folder of the photos' object masks (``cfg.masks`` under ``cfg.path``) turned, cropped and undistorted as
     the photos of the SfM cache ``entry`` were, cached by the masks' contents, that entry and its cameras; None
     without masks (a warning when ``cfg.path`` holds an unused ``masks`` folder)."""
@@ -458,8 +460,11 @@ def _undistorted_masks(cfg: PhotosConfig, folder: Path, names: list[str], plan, 
     key = {"capture": entry.name, "cameras": cameras,
            "masks": [[p.name, p.stat().st_size, file_sha256(p)] for p in paths]}
 
+    original = dict(zip(plan.posed_names(names), names))
+
     def make(tmp: Path) -> None:
-        undistort_masks(paths, names, model, tmp / "masks", turn=lambda name, mask: shape_mask(plan, name, mask))
+        undistort_masks(paths, plan.posed_names(names), model, tmp / "masks",
+                        turn=lambda posed, mask: shape_mask(plan, original[posed], mask))
 
     return str(cached_render("masks", key, make) / "masks")
 
