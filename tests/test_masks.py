@@ -116,7 +116,8 @@ def test_a_mask_drawn_on_the_stored_pixels_is_turned_and_cropped_as_its_photo():
         shape_mask(plan, "b.jpg", shown)
 
 
-def test_photos_with_masks_get_them_undistorted_with_their_cameras(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+def test_photos_with_masks_get_them_undistorted_with_their_cameras(tmp_path, monkeypatch, capsys,
+                                                                   pycolmap):  # noqa: F811
     """Structure from motion (a stand-in that 'finds' the capture's model, then COLMAP's real undistortion):
     the masks are undistorted with each photo's camera, cached, and composited; changing a mask makes them
     again without posing the photos again."""
@@ -152,7 +153,10 @@ def test_photos_with_masks_get_them_undistorted_with_their_cameras(tmp_path, mon
         assert np.abs(train.alphas[i, ..., 0].numpy() - alpha * masks[f"{name}.png"]).max() < 1e-6, name
     _write_masks(photos / "masks", names[:1], 32, "same")  # the same first mask ...
     iio.imwrite(photos / "masks" / names[1], np.zeros((32, 32), np.uint8))  # ... and an empty second one
-    again = build_photos(PhotosConfig(path=str(photos), masks="masks", test_every=0), None)()
+    build_photos(PhotosConfig(path=str(photos), masks="masks", test_every=0), None)()  # (made)
+    capsys.readouterr()
+    again = build_photos(PhotosConfig(path=str(photos), masks="masks", test_every=0), None)()  # (reused)
+    assert "damaged" not in capsys.readouterr().err  # the undistorted masks were cached whole
     assert len(calls) == 1  # posed once
     k = again.splits["train"].names.index(Path(names[1]).stem)
     assert float(again.splits["train"].alphas[k].max()) == 0.0

@@ -465,6 +465,8 @@ def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -
     def make(tmp: Path) -> None:
         undistort_masks(paths, plan.posed_names(names), model, tmp / "masks",
                         turn=lambda posed, mask: shape_mask(plan, original[posed], mask))
+        (tmp / "meta.json").write_text(json.dumps({"source": "masks", "masks": str(paths[0].parent),
+                                                   "capture": str(entry)}))
 
     return str(cached_render("masks", key, make) / "masks")
 
