@@ -304,3 +304,6 @@ def test_heic_photos_of_lego_are_posed_by_real_sfm(tmp_path, monkeypatch, pycolm
     found = scene.meta["sfm"]
     assert found["registered"] == 25 and found["prepared"] == {"converted": 25} and not found["unregistered"], found
     assert sorted(n for s in scene.splits.values() for n in s.names) == [f"{k:02d}" for k in range(25)]
+    from pipeline.report import capture_rows
+
+    assert "25 HEIC posed from JPEG copies" in capture_rows(json.loads(json.dumps(scene.meta)))[0][1]

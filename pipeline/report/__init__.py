@@ -119,6 +119,8 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         prepared = sfm.get("prepared")
         if isinstance(prepared, dict) and isinstance(prepared.get("turned"), int):
             text += f"; {prepared['turned']} turned upright by their EXIF orientation"
+        if isinstance(prepared, dict) and isinstance(prepared.get("converted"), int):
+            text += f"; {prepared['converted']} HEIC posed from JPEG copies"
         if isinstance(prepared, dict) and isinstance(prepared.get("crop"), list) and len(prepared["crop"]) == 2:
             text += f"; portrait and landscape shots cropped to {prepared['crop'][0]}x{prepared['crop'][1]}"
         for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):
