@@ -242,3 +242,33 @@ def test_a_run_keeps_its_sfm_model_and_reloads_without_the_cache(tmp_path, monke
     monkeypatch.setattr(sfm, "run_sfm", again)
     assert main(["eval", str(run), "-q"]) == 0  # the cameras match scene.json's, or loading would refuse
     assert entry.is_dir()  # made again, from the kept model
+
+
+def test_photos_of_several_cameras_come_out_of_undistortion_at_one_size(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+    """``single_camera: false``: 25 views of lego, each with a SIMPLE_RADIAL camera of its own, come out of
+    COLMAP's undistortion a few pixels apart in size (each camera's distortion sets its own), and a split loads
+    at one size. Each is cropped to the smallest, centred, with its principal point and keypoints moved alike:
+    the scene loads, and the sparse points reproject onto their keypoints in the cropped capture within a pixel
+    on average (shifted by the crop, they would miss by its offset)."""
+    import imageio.v3 as iio
+
+    from pipeline.scenes.sfm import undistorted_crops
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    lego, doc = lego_path_views()
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "p").mkdir()
+    for k, f in enumerate(doc["frames"]):
+        iio.imwrite(tmp_path / "p" / f"{k:02d}.png", on_white(lego / (f["file_path"] + ".png")))
+    scene = build_photos(PhotosConfig(path=str(tmp_path / "p"), single_camera=False), None)()
+    entry = Path(scene.meta["sfm"]["capture"])
+    crops = undistorted_crops(pycolmap, pycolmap.Reconstruction(entry / "sparse" / "0"))
+    assert len(crops) == 25 and len({c[2:] for c in crops.values()}) == 1
+    assert max(c[0] for c in crops.values()) > 0  # some were cropped
+    w, h = next(iter(crops.values()))[2:]
+    assert {(s.cameras.width, s.cameras.height) for s in scene.splits.values()} == {(w, h)}
+    rec = pycolmap.Reconstruction(entry / "capture" / "sparse")
+    errors = [np.linalg.norm(np.asarray(im.project_point(rec.points3D[p.point3D_id].xyz)) - p.xy)
+              for im in rec.images.values() for p in im.points2D if p.has_point3D()]
+    assert np.mean(errors) < 1.0, np.mean(errors)

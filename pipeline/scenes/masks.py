@@ -73,10 +73,13 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
 
     from pipeline.scenes.colmap import _pycolmap
 
+    from pipeline.scenes.sfm import undistorted_crops
+
     pycolmap = _pycolmap(model)
     rec = pycolmap.Reconstruction(model)
     by_name = {im.name: im for im in rec.images.values()}
     options = pycolmap.UndistortCameraOptions()
+    crops = undistorted_crops(pycolmap, rec)  # (several cameras: cropped to one size as the photos were)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(masks, names):
         if name not in by_name:
@@ -89,9 +92,13 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
             raise DataError(f"mask {path} is {grey.shape[1]}x{grey.shape[0]} (WxH) as its photo was posed, but the "
                             f"photo {name} is {camera.width}x{camera.height}; a mask must be its photo's size")
         bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(grey), camera)
+        undistorted = Image.fromarray(np.asarray(bitmap.to_array()).reshape(-1, bitmap.width))
+        if crops:
+            left, top, w, h = crops[int(camera.camera_id)]
+            undistorted = undistorted.crop((left, top, left + w, top + h))
         target = out / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(bitmap.to_array()).reshape(-1, bitmap.width)).save(target)
+        undistorted.save(target)
 
 
 def points_on_masks(rec, masks: dict[int, Path]) -> "np.ndarray":

@@ -167,6 +167,48 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
             "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, **found["seconds"]}}
 
 
+def undistorted_crops(pycolmap, rec) -> dict[int, tuple[int, int, int, int]]:
+    """camera id -> ``(left, top, width, height)``: the centred crop of each camera's undistorted image
+    (COLMAP's default undistortion, whose size follows each camera's distortion) to the size they all share, the
+    smallest width and the smallest height; empty when they are one size already (one camera, or pinhole ones).
+    Photos of several cameras (``single_camera: false``) come out of undistortion a few pixels apart in size, and
+    a split is loaded at one size."""
+    options = pycolmap.UndistortCameraOptions()
+    sizes = {}
+    for cid, cam in rec.cameras.items():
+        u = pycolmap.undistort_camera(options, cam)
+        sizes[int(cid)] = (int(u.width), int(u.height))
+    if len(set(sizes.values())) <= 1:
+        return {}
+    w, h = min(s[0] for s in sizes.values()), min(s[1] for s in sizes.values())
+    return {cid: ((sw - w) // 2, (sh - h) // 2, w, h) for cid, (sw, sh) in sizes.items()}
+
+
+def _crop_capture(pycolmap, capture: Path, crops: dict[int, tuple[int, int, int, int]]) -> None:
+    """Crop the undistorted images of ``capture`` (``images/``, ``sparse/``) by ``crops`` (camera id -> left, top,
+    width, height; :func:`undistorted_crops`), moving each pinhole camera's principal point and each image's
+    keypoints alike."""
+    import numpy as np
+    from PIL import Image
+
+    rec = pycolmap.Reconstruction(capture / "sparse")
+    for cid, cam in rec.cameras.items():
+        left, top, w, h = crops[int(cid)]
+        fx, fy, cx, cy = (float(v) for v in cam.params)  # PINHOLE, as undistortion writes it
+        cam.width, cam.height, cam.params = w, h, [fx, fy, cx - left, cy - top]
+    for im in rec.images.values():
+        left, top, w, h = crops[int(im.camera_id)]
+        for point in im.points2D:
+            point.xy = np.asarray(point.xy) - (left, top)
+        path = capture / "images" / im.name
+        with Image.open(path) as image:
+            cropped = image.crop((left, top, left + w, top + h))
+            cropped.load()
+        jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+        cropped.save(path, **({"quality": 95, "subsampling": 0} if jpeg else {}))
+    rec.write(capture / "sparse")
+
+
 def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str], progress: bool = True) -> dict:
     """Undistort the photos of the sparse model at ``model`` (cameras, images, points3D) into ``out/capture``
     (pinhole images and cameras, a COLMAP capture); returns ``{"photos", "registered", "unregistered" (names of
@@ -180,6 +222,11 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
     t = time.perf_counter()
     _say(f"undistorting the {len(registered)} registered photos", progress)
     run_cancellable(pycolmap, pycolmap.undistort_images, out / "capture", model, photos)
+    crops = undistorted_crops(pycolmap, rec)
+    if crops:  # (several cameras: one size for the split)
+        _say(f"cropping the undistorted photos of {len(rec.cameras)} cameras to one size, "
+             f"{next(iter(crops.values()))[2]}x{next(iter(crops.values()))[3]}", progress)
+        _crop_capture(pycolmap, out / "capture", crops)
     return {"photos": len(names), "registered": len(registered),
             "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
