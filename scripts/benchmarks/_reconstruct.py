@@ -1,5 +1,5 @@
-"""What the benchmarks share: one ``nls reconstruct`` in a subprocess, and the run folder it made. (``bench.py``
-lists no module whose name starts with ``_``.)"""
+"""What the benchmarks share: the data they need or a skip, one ``nls reconstruct`` in a subprocess, and the run
+folder it made. (``bench.py`` lists no module whose name starts with ``_``.)"""
 
 from __future__ import annotations
 
@@ -7,9 +7,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def shared_data(bench: str, *parts: str) -> tuple[Optional[Path], Optional[dict]]:
+    """``(folder, None)``: the shared data set ``parts`` (``"nerf", "lego"``) under the data root; or ``(None,
+    {"skipped": why})`` after printing that the ``bench`` benchmark is skipped and why."""
+    from pipeline.scenes import data_path
+
+    folder, why = data_path(*parts)
+    if folder is None:
+        print(f"{bench} benchmark skipped: {why}")
+        return None, {"skipped": why}
+    return Path(folder), None
 
 
 def reconstruct(what: str, target: str, runs: Path, *args: str, sets: Sequence[str] = ()) -> tuple[Path, float]:

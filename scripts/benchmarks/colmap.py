@@ -250,12 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.scenes import data_path
+    from scripts.benchmarks._reconstruct import shared_data
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        print(f"colmap benchmark skipped: {why}")
-        return {"skipped": why}
+    lego, skipped = shared_data("colmap", "nerf", "lego")
+    if skipped:
+        return skipped
     bench = ROOT / "outputs" / "bench" / "colmap"
     capture = bench / "lego_colmap"
     written = write_capture(Path(lego), capture, sigma=args.sigma, tilt=args.tilt)

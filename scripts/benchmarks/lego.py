@@ -29,13 +29,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.scenes import data_path
-    from scripts.benchmarks._reconstruct import reconstruct
+    from scripts.benchmarks._reconstruct import reconstruct, shared_data
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        print(f"lego benchmark skipped: {why}")
-        return {"skipped": why}
+    lego, skipped = shared_data("lego", "nerf", "lego")
+    if skipped:
+        return skipped
     import torch
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

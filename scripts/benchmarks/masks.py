@@ -106,13 +106,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.scenes import data_path
+    from scripts.benchmarks._reconstruct import shared_data
     from scripts.benchmarks.colmap import run_figures, train
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        print(f"masks benchmark skipped: {why}")
-        return {"skipped": why}
+    lego, skipped = shared_data("masks", "nerf", "lego")
+    if skipped:
+        return skipped
     bench = ROOT / "outputs" / "bench" / "masks"
     shoot = bench / "lego_on_floor"
     result: dict = {"photos": write_shoot(Path(lego), shoot), "steps": args.steps, "runs": {}}

@@ -73,13 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "points.json"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from pipeline.scenes import data_path
-    from scripts.benchmarks._reconstruct import reconstruct
+    from scripts.benchmarks._reconstruct import reconstruct, shared_data
 
-    meshes, why = data_path("meshes")
-    if meshes is None:
-        print(f"points benchmark skipped: {why}")
-        return {"skipped": why}
+    meshes, skipped = shared_data("points", "meshes")
+    if skipped:
+        return skipped
     names = [c for c in args.clouds.split(",") if c]
     unknown = sorted(set(names) - set(CLOUDS))
     if unknown:

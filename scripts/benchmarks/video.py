@@ -141,13 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.scenes import data_path
+    from scripts.benchmarks._reconstruct import shared_data
     from scripts.benchmarks.colmap import describe_poses, sfm_pose_error, train
 
-    lego, why = data_path("nerf", "lego")
-    if lego is None:
-        print(f"video benchmark skipped: {why}")
-        return {"skipped": why}
+    lego, skipped = shared_data("video", "nerf", "lego")
+    if skipped:
+        return skipped
     lego = Path(lego)
     bench = ROOT / "outputs" / "bench" / "video"
     pause = int(round(args.pause * args.fps))
