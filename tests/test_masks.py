@@ -107,7 +107,7 @@ def test_a_mask_drawn_on_the_stored_pixels_is_turned_and_cropped_as_its_photo():
     from pipeline.scenes.upright_photos import PhotoPlan, shape_mask
 
     shown = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10)  # as a viewer shows the photo: 10x6 (WxH)
-    plan = PhotoPlan({"a.jpg": (10, 6), "b.jpg": (6, 10)}, {"a.jpg": 6}, crop=(6, 6))
+    plan = PhotoPlan({"a.jpg": (10, 6), "b.jpg": (6, 10)}, {"a.jpg": 6}, crops={(10, 6): (6, 6), (6, 10): (6, 6)})
     assert np.array_equal(shape_mask(plan, "a.jpg", shown), shown[:, 2:8])
     stored = np.rot90(shown, 1)  # the stored pixels under orientation 6 (turned a quarter to the left)
     assert np.array_equal(shape_mask(plan, "a.jpg", np.ascontiguousarray(stored)), shown[:, 2:8])

@@ -63,7 +63,7 @@ def test_a_photo_is_copied_as_a_viewer_shows_it(tmp_path, orientation):
     _save(tmp_path / "b.png", _pattern(6, 10, 1))
     plan = plan_photos(tmp_path, ["a.png", "b.png"])
     assert plan.turned == {"a.png": orientation} and plan.sizes == {"a.png": (10, 6), "b.png": (10, 6)}
-    assert plan.crop is None
+    assert not plan.crops
     write_copies(tmp_path, ["a.png", "b.png"], tmp_path / "out", plan, progress=False)
     from PIL import Image
 
@@ -95,24 +95,39 @@ def test_portrait_and_landscape_shots_are_cropped_to_their_centred_square(tmp_pa
     _save(tmp_path / "c.png", turned)
     names = ["a.png", "b.png", "c.png"]
     plan = plan_photos(tmp_path, names)
-    assert plan.crop == (6, 6) and plan.turned == {"b.png": 6} and plan.facts() == {"turned": 1, "crop": [6, 6]}
+    assert plan.crops == {(10, 6): (6, 6), (6, 10): (6, 6)} and plan.turned == {"b.png": 6}
+    assert plan.facts() == {"turned": 1, "crop": [6, 6]} and plan.cameras() == [names]  # one camera
     write_copies(tmp_path, names, tmp_path / "out", plan, progress=False)
     got = {n: np.asarray(Image.open(tmp_path / "out" / n)) for n in names}
     assert np.array_equal(got["a.png"], land[:, 2:8]) and np.array_equal(got["b.png"], tall[2:8])
     assert np.array_equal(got["c.png"], turned[2:8])
     with pytest.raises(DataError, match=r"not all one size: 2 are 6x10 \(WxH\), and a.png \(10x6\) is not; set "
-                                        r"mixed_orientation: crop to crop every photo to its centred square"):
+                                        r"mixed_orientation: crop to crop every such photo to its centred square"):
         plan_photos(tmp_path, names, mixed_orientation="error")
 
 
-def test_photos_of_unrelated_sizes_are_refused_by_name(tmp_path):
+def test_photos_of_several_sizes_are_a_camera_each_or_refused_by_name(tmp_path):
+    """Photos of 10x6 and 8x6 (two cameras) are grouped by size, a camera for each, the groups in the order of
+    their first photo; with ``mixed_sizes: error`` they are refused, naming the odd one. A pair held two ways
+    among them is cropped as before, and the crop's size joins a group of that size."""
     from pipeline.scenes.upright_photos import plan_photos
 
-    for k, (h, w) in enumerate([(6, 10), (6, 10), (6, 8)]):
+    for k, (h, w) in enumerate([(6, 8), (6, 10), (6, 10)]):
         _save(tmp_path / f"{k}.png", _pattern(h, w, k))
-    with pytest.raises(DataError, match=r"not all one size: 2 are 10x6 \(WxH\), and 2.png \(8x6\) is not; crop or "
-                                        r"scale them to one size, or leave them out \(photos of two cameras"):
-        plan_photos(tmp_path, ["0.png", "1.png", "2.png"])
+    names = ["0.png", "1.png", "2.png"]
+    plan = plan_photos(tmp_path, names)
+    assert plan.cameras() == [["0.png"], ["1.png", "2.png"]] and not plan.needed  # (no copies: SfM reads them)
+    assert plan.facts() == {"sizes": [[8, 6, 1], [10, 6, 2]]}
+    with pytest.raises(DataError, match=r"not all one size: 2 are 10x6 \(WxH\), and 0.png \(8x6\) is not; set "
+                                        r"mixed_sizes: cameras to pose each size with a camera of its own, or crop "
+                                        r"or scale them to one size, or leave them out"):
+        plan_photos(tmp_path, names, mixed_sizes="error")
+    _save(tmp_path / "3.png", _pattern(10, 6, 3))  # a portrait shot of the 10x6 camera: 10x6 and 6x10 -> 6x6
+    _save(tmp_path / "4.png", _pattern(6, 6, 4))  # a third camera, square, of that size
+    plan = plan_photos(tmp_path, [*names, "3.png", "4.png"])
+    assert plan.crops == {(10, 6): (6, 6), (6, 10): (6, 6)}
+    assert plan.cameras() == [["0.png"], ["1.png", "2.png", "3.png", "4.png"]]
+    assert plan.facts() == {"crop": [6, 6], "sizes": [[8, 6, 1], [6, 6, 4]]}
 
 
 def test_a_crop_keeps_the_focal_length_in_pixels_its_exif_tags_imply(tmp_path):
@@ -206,7 +221,7 @@ def test_a_kept_model_of_the_photos_as_stored_is_refused_with_the_way_to_load_it
     check_model_sizes(model, PhotoPlan({n: (w, h) for n in names}))  # as made: passes
     with pytest.raises(DataError, match=rf"camera for \d+.png is {w}x{h}, but the photo is {h - 2}x{h - 2} .* set "
                                         r"upright: false \(and mixed_orientation: error\) to load it"):
-        check_model_sizes(model, PhotoPlan({n: (w, h) for n in names}, crop=(h - 2, h - 2)))
+        check_model_sizes(model, PhotoPlan({n: (w, h) for n in names}, crops={(w, h): (h - 2, h - 2)}))
 
 
 def test_phone_photos_held_both_ways_are_posed_upright_by_real_sfm(tmp_path, monkeypatch, pycolmap):  # noqa: F811

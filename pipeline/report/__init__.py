@@ -121,8 +121,17 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
             text += f"; {prepared['turned']} turned upright by their EXIF orientation"
         if isinstance(prepared, dict) and isinstance(prepared.get("converted"), int):
             text += f"; {prepared['converted']} HEIC posed from JPEG copies"
-        if isinstance(prepared, dict) and isinstance(prepared.get("crop"), list) and len(prepared["crop"]) == 2:
-            text += f"; portrait and landscape shots cropped to {prepared['crop'][0]}x{prepared['crop'][1]}"
+        crops = prepared.get("crop") if isinstance(prepared, dict) else None
+        crops = [crops] if isinstance(crops, list) and crops and not isinstance(crops[0], list) else crops
+        if isinstance(crops, list) and all(isinstance(c, list) and len(c) == 2 for c in crops) and crops:
+            text += f"; portrait and landscape shots cropped to {' and '.join(f'{c[0]}x{c[1]}' for c in crops)}"
+        sizes = prepared.get("sizes") if isinstance(prepared, dict) else None
+        if isinstance(sizes, list) and all(isinstance(g, list) and len(g) == 3 for g in sizes):
+            text += f"; a camera for each size ({', '.join(f'{g[2]} of {g[0]}x{g[1]}' for g in sizes)})"
+        fitted = sfm.get("fitted")
+        if isinstance(fitted, dict) and isinstance(fitted.get("size"), list) and len(fitted["size"]) == 2:
+            text += (f"; undistorted photos of {fitted.get('cameras', 'several')} cameras fitted to "
+                     f"{fitted['size'][0]}x{fitted['size'][1]} ({fitted.get('scaled', 0)} scaled)")
         for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):
             left = sfm.get(key)
             if isinstance(left, list) and left:

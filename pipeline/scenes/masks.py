@@ -73,13 +73,13 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
 
     from pipeline.scenes.colmap import _pycolmap
 
-    from pipeline.scenes.sfm import undistorted_crops
+    from pipeline.scenes.sfm import undistorted_fits
 
     pycolmap = _pycolmap(model)
     rec = pycolmap.Reconstruction(model)
     by_name = {im.name: im for im in rec.images.values()}
     options = pycolmap.UndistortCameraOptions()
-    crops = undistorted_crops(pycolmap, rec)  # (several cameras: cropped to one size as the photos were)
+    fits = undistorted_fits(pycolmap, rec)  # (several cameras: fitted to one size as the photos were)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(masks, names):
         if name not in by_name:
@@ -93,9 +93,8 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
                             f"photo {name} is {camera.width}x{camera.height}; a mask must be its photo's size")
         bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(grey), camera)
         undistorted = Image.fromarray(np.asarray(bitmap.to_array()).reshape(-1, bitmap.width))
-        if crops:
-            left, top, w, h = crops[int(camera.camera_id)]
-            undistorted = undistorted.crop((left, top, left + w, top + h))
+        if fits:
+            undistorted = fits[int(camera.camera_id)].image(undistorted)
         target = out / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         undistorted.save(target)

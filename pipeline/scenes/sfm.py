@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence
+
+import numpy as np
 
 from pipeline.types import DataError
 
@@ -88,12 +90,14 @@ def keyframe_pairs(n: int, every: int, overlap: int = SEQUENTIAL_OVERLAP) -> lis
 
 
 def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str = "SIMPLE_RADIAL",
-            single_camera: bool = True, matcher: Literal["exhaustive", "sequential", "keyframes"] = "exhaustive",
+            single_camera: bool = True, cameras: Optional[Sequence[Sequence[str]]] = None, matcher: Literal["exhaustive", "sequential", "keyframes"] = "exhaustive",
             keyframe_every: int = 10, max_image_size: int = 1600, threads: int = -1, seed: int = 0,
             progress: bool = True) -> dict:
     """Run SfM on the photos ``names`` in ``photos`` into ``out`` (see the module docstring); returns what it
     found: ``{"photos", "registered", "unregistered" (names), "models", "points", "mean_reprojection_error",
-    "seconds": {step: s}, ...options}``. DataError when no model registers at least :data:`MIN_PHOTOS` photos."""
+    "seconds": {step: s}, ...options}``. ``cameras``: the photos grouped by size (photos of several cameras);
+    with ``single_camera`` the photos of each group share a camera, the groups do not. DataError when no model
+    registers at least :data:`MIN_PHOTOS` photos."""
     from pipeline.scenes.colmap import _pycolmap
 
     pycolmap = _pycolmap(photos)
@@ -107,9 +111,14 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = int(max_image_size)
     extraction.num_threads = int(threads)
-    run_cancellable(pycolmap, pycolmap.extract_features, db, photos, image_names=list(names),
-                    camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
-                    reader_options=reader, extraction_options=extraction)
+    groups = [list(g) for g in cameras] if cameras and single_camera and len(cameras) > 1 else [list(names)]
+    if len(groups) > 1:
+        _say(f"{len(groups)} sizes of photo: a camera for each ({', '.join(str(len(g)) for g in groups)} photos)",
+             progress)
+    for group in groups:  # (each call with CameraMode.SINGLE makes a camera of its own)
+        run_cancellable(pycolmap, pycolmap.extract_features, db, photos, image_names=group,
+                        camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
+                        reader_options=reader, extraction_options=extraction)
     seconds["features"] = time.perf_counter() - t
     t = time.perf_counter()
     if matcher == "keyframes":
@@ -162,17 +171,47 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     db.unlink()  # features and matches: 24 MB for 115 photos of 400x400, far more for real photos; not read again
     found = undistort_model(photos, model, out, names=names, progress=progress)
     return {**found, "models": len(models), "camera_model": camera_model, "single_camera": single_camera,
+            **({"cameras": len(groups)} if len(groups) > 1 else {}),
             "matcher": matcher, **({"keyframe_every": int(keyframe_every)} if matcher == "keyframes" else {}),
             "max_image_size": int(max_image_size),
             "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, **found["seconds"]}}
 
 
-def undistorted_crops(pycolmap, rec) -> dict[int, tuple[int, int, int, int]]:
-    """camera id -> ``(left, top, width, height)``: the centred crop of each camera's undistorted image
-    (COLMAP's default undistortion, whose size follows each camera's distortion) to the size they all share, the
-    smallest width and the smallest height; empty when they are one size already (one camera, or pinhole ones).
-    Photos of several cameras (``single_camera: false``) come out of undistortion a few pixels apart in size, and
-    a split is loaded at one size."""
+#: a camera whose undistorted image needs scaling by no less than this to fit the common size is cropped to it
+#: instead, unresampled (several cameras of one kind come out of undistortion a few pixels apart)
+CROP_ONLY_SCALE = 0.95
+
+
+class Fit(NamedTuple):
+    """How one camera's undistorted images are fitted to the common size: the centred ``box`` (left, top, right,
+    bottom, in pixels, edges at whole numbers; fractional when scaled) is resampled to ``size`` (W, H), which
+    scales by ``scale`` (1: a crop, no resampling)."""
+
+    box: tuple[float, float, float, float]
+    size: tuple[int, int]
+    scale: float
+
+    def point(self, xy: "np.ndarray") -> "np.ndarray":
+        """(..., 2) pixel coordinates (COLMAP's: a pixel's centre at +0.5) in the fitted image."""
+        return (np.asarray(xy, np.float64) - self.box[:2]) * self.scale
+
+    def image(self, image):
+        """The PIL ``image`` (this camera's size) fitted: cropped, or resampled (Lanczos) from the box."""
+        from PIL import Image
+
+        if self.scale == 1.0:
+            return image.crop(tuple(int(v) for v in self.box))
+        return image.resize(self.size, Image.Resampling.LANCZOS, box=self.box)
+
+
+def undistorted_fits(pycolmap, rec) -> dict[int, Fit]:
+    """camera id -> :class:`Fit` of each camera's undistorted image (COLMAP's default undistortion, whose size
+    follows each camera's distortion) to the size they share: the smallest width and the smallest height of
+    them. Empty when they are one size already (one camera, or pinhole ones). A camera is scaled by s = max(W/w,
+    H/h) (the least that covers the common W x H; never up) about the centre and the rest of the longer side is
+    cropped, centred; within :data:`CROP_ONLY_SCALE` it is cropped alone. Photos of several cameras
+    (``single_camera: false``, or several sizes of photo) come out of undistortion at several sizes, and a split
+    is loaded at one size."""
     options = pycolmap.UndistortCameraOptions()
     sizes = {}
     for cid, cam in rec.cameras.items():
@@ -181,31 +220,41 @@ def undistorted_crops(pycolmap, rec) -> dict[int, tuple[int, int, int, int]]:
     if len(set(sizes.values())) <= 1:
         return {}
     w, h = min(s[0] for s in sizes.values()), min(s[1] for s in sizes.values())
-    return {cid: ((sw - w) // 2, (sh - h) // 2, w, h) for cid, (sw, sh) in sizes.items()}
+    fits = {}
+    for cid, (sw, sh) in sizes.items():
+        scale = max(w / sw, h / sh)
+        if scale >= CROP_ONLY_SCALE:
+            left, top = (sw - w) // 2, (sh - h) // 2
+            fits[cid] = Fit((left, top, left + w, top + h), (w, h), 1.0)
+        else:
+            bw, bh = w / scale, h / scale
+            left, top = (sw - bw) / 2, (sh - bh) / 2
+            fits[cid] = Fit((left, top, left + bw, top + bh), (w, h), scale)
+    return fits
 
 
-def _crop_capture(pycolmap, capture: Path, crops: dict[int, tuple[int, int, int, int]]) -> None:
-    """Crop the undistorted images of ``capture`` (``images/``, ``sparse/``) by ``crops`` (camera id -> left, top,
-    width, height; :func:`undistorted_crops`), moving each pinhole camera's principal point and each image's
-    keypoints alike."""
-    import numpy as np
+def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit]) -> None:
+    """Fit the undistorted images of ``capture`` (``images/``, ``sparse/``) to one size by ``fits`` (camera id ->
+    :class:`Fit`; :func:`undistorted_fits`), moving and scaling each pinhole camera's principal point, focal
+    length and each image's keypoints alike."""
     from PIL import Image
 
     rec = pycolmap.Reconstruction(capture / "sparse")
     for cid, cam in rec.cameras.items():
-        left, top, w, h = crops[int(cid)]
+        fit = fits[int(cid)]
         fx, fy, cx, cy = (float(v) for v in cam.params)  # PINHOLE, as undistortion writes it
-        cam.width, cam.height, cam.params = w, h, [fx, fy, cx - left, cy - top]
+        (cx, cy), s = fit.point((cx, cy)), fit.scale
+        cam.width, cam.height, cam.params = *fit.size, [fx * s, fy * s, float(cx), float(cy)]
     for im in rec.images.values():
-        left, top, w, h = crops[int(im.camera_id)]
+        fit = fits[int(im.camera_id)]
         for point in im.points2D:
-            point.xy = np.asarray(point.xy) - (left, top)
+            point.xy = fit.point(point.xy)
         path = capture / "images" / im.name
         with Image.open(path) as image:
-            cropped = image.crop((left, top, left + w, top + h))
-            cropped.load()
+            fitted = fit.image(image)
+            fitted.load()
         jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-        cropped.save(path, **({"quality": 95, "subsampling": 0} if jpeg else {}))
+        fitted.save(path, **({"quality": 95, "subsampling": 0} if jpeg else {}))
     rec.write(capture / "sparse")
 
 
@@ -222,14 +271,18 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
     t = time.perf_counter()
     _say(f"undistorting the {len(registered)} registered photos", progress)
     run_cancellable(pycolmap, pycolmap.undistort_images, out / "capture", model, photos)
-    crops = undistorted_crops(pycolmap, rec)
-    if crops:  # (several cameras: one size for the split)
-        _say(f"cropping the undistorted photos of {len(rec.cameras)} cameras to one size, "
-             f"{next(iter(crops.values()))[2]}x{next(iter(crops.values()))[3]}", progress)
-        _crop_capture(pycolmap, out / "capture", crops)
+    fits = undistorted_fits(pycolmap, rec)
+    fitted = {}
+    if fits:  # (several cameras: one size for the split)
+        size = next(iter(fits.values())).size
+        scaled = sum(f.scale != 1.0 for f in fits.values())
+        _say(f"fitting the undistorted photos of {len(rec.cameras)} cameras to one size, {size[0]}x{size[1]} "
+             f"({scaled} camera(s) scaled, the others cropped)", progress)
+        _fit_capture(pycolmap, out / "capture", fits)
+        fitted = {"fitted": {"size": list(size), "cameras": len(fits), "scaled": scaled}}
     return {"photos": len(names), "registered": len(registered),
             "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
-            "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+            "mean_reprojection_error": float(rec.compute_mean_reprojection_error()), **fitted,
             "seconds": {"undistortion": round(time.perf_counter() - t, 2)}}
 
 
@@ -249,8 +302,6 @@ def path_spikes(names: Sequence[str], centres: "np.ndarray", index: Sequence[int
     placed elsewhere (a view that looks like another side of the object) jumps away and back. The first and
     last frames are judged by their one neighbour and the next: spike when d(0, 1) > SPIKE_STEPS ·
     m and d(0, 2) > SPIKE_DETOUR · d(1, 2) (likewise at the end)."""
-    import numpy as np
-
     c = np.asarray(centres, np.float64)
     idx = np.asarray(index, np.float64)
     if len(c) < 4:
@@ -279,8 +330,6 @@ def path_spikes(names: Sequence[str], centres: "np.ndarray", index: Sequence[int
 
 def model_centres(model: Path) -> tuple[list[str], "np.ndarray"]:
     """(names, camera centres (N, 3)) of the registered images of the sparse model at ``model``, by name."""
-    import numpy as np
-
     from pipeline.scenes.colmap import _has_pose, _pycolmap, _world_to_camera
 
     pycolmap = _pycolmap(model)

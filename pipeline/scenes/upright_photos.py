@@ -9,10 +9,15 @@ upright first keeps all of them in the orientation the photographer saw.
 
 A phone that turns the pixels itself (or photos turned upright here) gives portrait shots of W×H among landscape
 ones of H×W. They are one lens held two ways, but COLMAP takes another image size for another camera, and a split
-is loaded at one size. Cropping every photo to its centred square of side min(W, H) makes them one camera again:
-the crop keeps the principal point at the centre (where SfM places it), and radial distortion does not change
-under a quarter turn about it. The price is the sides of every photo (a quarter of a 4:3 photo's pixels). Any
-other mix of sizes (two cameras, a zoom) is refused: a crop would not make those one camera.
+is loaded at one size. Cropping each such photo to its centred square of side min(W, H) makes them one camera
+again: the crop keeps the principal point at the centre (where SfM places it), and radial distortion does not
+change under a quarter turn about it. The price is the sides of every such photo (a quarter of a 4:3 photo's
+pixels).
+
+Any other mix of sizes is taken as photos of several cameras (``mixed_sizes: cameras``, the default): the photos
+of each size share one camera in structure from motion (:func:`pipeline.scenes.sfm.run_sfm`), and their
+undistorted images are fitted to one size afterwards (:func:`pipeline.scenes.sfm.undistorted_fits`).
+``mixed_sizes: error`` refuses them, naming the odd photos.
 
 HEIC/HEIF photos (an iPhone's default) are read with pillow-heif (the ``heic`` extra), which turns them as
 their HEIF transforms say, and posed from JPEG copies named by their stem (``IMG_0001.HEIC`` is posed, split
@@ -51,30 +56,49 @@ class PhotoPlan:
     sizes: name -> (width, height) as the copies will have them (upright when ``upright``, before any crop).
     turned: name -> EXIF orientation (2-8) of the photos it turns (or mirrors); they are turned upright in the
         copies.
-    crop: (width, height) every photo is cropped to, centred, when portrait and landscape shots are mixed.
+    crops: (width, height) -> the centred square a photo of that size is cropped to, for the sizes that are held
+        two ways (portrait and landscape shots of one camera).
     renamed: name -> the copy's name, for photos COLMAP does not read (HEIC: ``IMG_1.HEIC`` -> ``IMG_1.jpg``).
     """
 
     sizes: dict[str, tuple[int, int]]
     turned: dict[str, int] = field(default_factory=dict)
-    crop: Optional[tuple[int, int]] = None
+    crops: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def needed(self) -> bool:
         """Whether copies must be made (some photo is turned, cropped or converted)."""
-        return bool(self.turned or self.crop or self.renamed)
+        return bool(self.turned or self.crops or self.renamed)
+
+    def crop_of(self, name: str) -> Optional[tuple[int, int]]:
+        """The (width, height) photo ``name`` is cropped to, centred, or None."""
+        return self.crops.get(self.sizes[name])
+
+    def posed_size(self, name: str) -> tuple[int, int]:
+        """(width, height) of photo ``name`` as structure from motion sees it: upright, then cropped."""
+        return self.crop_of(name) or self.sizes[name]
+
+    def cameras(self) -> list[list[str]]:
+        """The photos grouped by :meth:`posed_size`, in the order of their first photo: one camera each."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for name in self.sizes:
+            groups.setdefault(self.posed_size(name), []).append(name)
+        return list(groups.values())
 
     def posed_names(self, names: Sequence[str]) -> list[str]:
         """``names`` as structure from motion sees them: the copies' names."""
         return [self.renamed.get(n, n) for n in names]
 
     def facts(self) -> dict:
-        """JSON facts for the run record: ``{"turned": n, "crop": [w, h], "converted": n}``, each only when it
-        applies."""
+        """JSON facts for the run record, each only when it applies: ``{"turned": n, "crop": [w, h] (or a list of
+        them), "converted": n, "sizes": [[w, h, photos], ...] (photos of several sizes, one camera each)}``."""
+        crops = sorted({tuple(c) for c in self.crops.values()})
+        groups = self.cameras()
         return {**({"turned": len(self.turned)} if self.turned else {}),
-                **({"crop": list(self.crop)} if self.crop else {}),
-                **({"converted": len(self.renamed)} if self.renamed else {})}
+                **({"crop": list(crops[0]) if len(crops) == 1 else [list(c) for c in crops]} if crops else {}),
+                **({"converted": len(self.renamed)} if self.renamed else {}),
+                **({"sizes": [[*self.posed_size(g[0]), len(g)] for g in groups]} if len(groups) > 1 else {})}
 
 
 def exif_orientation(image) -> int:
@@ -112,9 +136,11 @@ def _renamed(names: Sequence[str]) -> dict[str, str]:
 
 
 def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
-                mixed_orientation: Literal["crop", "error"] = "crop") -> PhotoPlan:
+                mixed_orientation: Literal["crop", "error"] = "crop",
+                mixed_sizes: Literal["cameras", "error"] = "cameras") -> PhotoPlan:
     """Read the headers of the photos ``names`` in ``folder`` and decide their copies (see the module docstring).
-    DataError when their sizes are not one size, or (with ``mixed_orientation: crop``) one size held two ways."""
+    DataError when a size is held two ways and ``mixed_orientation`` is ``error``, or when the photos are of
+    several sizes (after those crops) and ``mixed_sizes`` is ``error``."""
     sizes, turned = {}, {}
     for name in names:
         with open_photo(folder / name) as im:
@@ -126,27 +152,26 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     groups: dict[tuple[int, int], list[str]] = {}
     for name, size in sizes.items():
         groups.setdefault(size, []).append(name)
-    crop = None
-    if len(groups) == 2 and mixed_orientation == "crop":
-        (w, h), other = groups
-        if other == (h, w):
-            crop = (min(w, h), min(w, h))
-    if len(groups) > 1 and crop is None:
-        raise DataError(_sizes_error(folder, groups, mixed_orientation))
-    return PhotoPlan(sizes, turned, crop, _renamed(names))
+    two_ways = {(w, h): (min(w, h), min(w, h)) for w, h in groups if w != h and (h, w) in groups}
+    if two_ways and mixed_orientation == "error":
+        raise DataError(_sizes_error(folder, groups, "set mixed_orientation: crop to crop every such photo to its "
+                                                     "centred square, or "))
+    plan = PhotoPlan(sizes, turned, two_ways, _renamed(names))
+    if len(plan.cameras()) > 1 and mixed_sizes == "error":
+        raise DataError(_sizes_error(folder, groups, "set mixed_sizes: cameras to pose each size with a camera of "
+                                                     "its own, or "))
+    return plan
 
 
-def _sizes_error(folder: Path, groups: dict[tuple[int, int], list[str]], mixed: str) -> str:
-    """The DataError text for photos of several sizes (upright): the commonest, the others by name, what to do."""
+def _sizes_error(folder: Path, groups: dict[tuple[int, int], list[str]], how: str) -> str:
+    """The DataError text for photos of several sizes (upright): the commonest, the others by name, ``how`` to go
+    on (an option to set, ending in "or "), then the ways that need no option."""
     common = max(groups, key=lambda k: len(groups[k]))
     odd = [f"{n} ({w}x{h})" for (w, h), ns in groups.items() if (w, h) != common for n in ns]
-    held_two_ways = len(groups) == 2 and set(groups) == {common, common[::-1]}
-    how = ("set mixed_orientation: crop to crop every photo to its centred square, or " if held_two_ways and
-           mixed == "error" else "")
     return (f"{folder}: the photos are not all one size: {len(groups[common])} are {common[0]}x{common[1]} (WxH), "
             f"and {', '.join(odd[:6])}"
             f"{' ...' if len(odd) > 6 else ''} {'is' if len(odd) == 1 else 'are'} not; {how}crop or scale them to "
-            f"one size, or leave them out (photos of two cameras or zooms cannot share one camera)")
+            f"one size, or leave them out")
 
 
 def _scaled_focal_tags(exif, old: tuple[int, int], new: tuple[int, int]) -> None:
@@ -193,17 +218,17 @@ def shape_mask(plan: PhotoPlan, name: str, mask: "np.ndarray") -> "np.ndarray":
     if image.size != (w, h):
         raise DataError(f"the mask of {name} is {mask.shape[1]}x{mask.shape[0]} (WxH), but the photo is {w}x{h} as "
                         f"a viewer shows it; a mask must be its photo's size")
-    return np.asarray(_centre_crop(image, plan.crop))
+    return np.asarray(_centre_crop(image, plan.crop_of(name)))
 
 
 def write_copies(folder: Path, names: Sequence[str], out: Path, plan: PhotoPlan, progress: bool = True) -> None:
     """Write the photos ``names`` of ``folder`` into ``out`` under their posed names (:meth:`PhotoPlan.posed_names`),
-    turned upright (those in ``plan.turned``), cropped to ``plan.crop`` (centred) and converted to JPEG (those in
+    turned upright (those in ``plan.turned``), cropped by ``plan.crops`` (centred) and converted to JPEG (those in
     ``plan.renamed``); EXIF kept, focal tags scaled by a crop."""
     from pipeline.progress import StepProgress
 
     out.mkdir(parents=True, exist_ok=True)
-    label = ("cropping photos to one size" if plan.crop else "turning photos upright" if plan.turned
+    label = ("cropping portrait and landscape photos" if plan.crops else "turning photos upright" if plan.turned
              else "converting photos to JPEG")
     with StepProgress(len(names), 0, label, enabled=progress) as bar:
         for k, name in enumerate(names):
@@ -212,9 +237,10 @@ def write_copies(folder: Path, names: Sequence[str], out: Path, plan: PhotoPlan,
                 exif = im.getexif()
                 image = _transposed(im, plan.turned.get(name, 1))
             exif.pop(ORIENTATION, None)  # (the pixels are as a viewer shows them now)
-            if plan.crop and image.size != plan.crop:
-                _scaled_focal_tags(exif, image.size, plan.crop)
-                image = _centre_crop(image, plan.crop)
+            crop = plan.crop_of(name)
+            if crop and image.size != crop:
+                _scaled_focal_tags(exif, image.size, crop)
+                image = _centre_crop(image, crop)
             copy = plan.renamed.get(name, name)
             if Path(copy).suffix.lower() in (".jpg", ".jpeg"):
                 image.convert("RGB").save(out / copy, quality=COPY_QUALITY, subsampling=0, exif=exif)
@@ -231,9 +257,10 @@ def check_model_sizes(model: Path, plan: PhotoPlan) -> None:
     rec = _pycolmap(model).Reconstruction(model)
     original = {copy: name for name, copy in plan.renamed.items()}
     for im in rec.images.values():
-        cam, want = rec.cameras[im.camera_id], plan.crop or plan.sizes.get(original.get(im.name, im.name))
-        if want is None:  # (not one of these photos: undistortion names it)
+        name = original.get(im.name, im.name)
+        if name not in plan.sizes:  # (not one of these photos: undistortion names it)
             continue
+        cam, want = rec.cameras[im.camera_id], plan.posed_size(name)
         if (int(cam.width), int(cam.height)) != tuple(want):
             raise DataError(f"{model}: the model's camera for {im.name} is {cam.width}x{cam.height}, but the photo "
                             f"is {want[0]}x{want[1]} as it is loaded now (turned upright by its EXIF orientation or "

@@ -118,7 +118,8 @@ class PhotosConfig(_CaptureOptions):
     path: str = Field(..., description="folder of photos, or a folder holding them in images/; ${NLS_DATA} ok")
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = Field(
         "SIMPLE_RADIAL", description="camera model the mapper estimates (distortion is undistorted away after)")
-    single_camera: bool = Field(True, description="one camera shared by every photo (one lens, one zoom)")
+    single_camera: bool = Field(True, description="one camera shared by the photos of each size (one lens, one "
+                                "zoom); false: a camera for every photo")
     matcher: Literal["exhaustive", "sequential", "keyframes"] = Field(
         "exhaustive", description="match every pair (any order of photos), neighbours by name (photos in the order "
                                   "taken), or keyframes: neighbours and every pair of every keyframe_every-th")
@@ -130,6 +131,10 @@ class PhotosConfig(_CaptureOptions):
     mixed_orientation: Literal["crop", "error"] = Field(
         "crop", description="portrait and landscape shots of one size held two ways: crop every photo to its "
                             "centred square (one camera again, the sides lost), or refuse them")
+    mixed_sizes: Literal["cameras", "error"] = Field(
+        "cameras", description="photos of several sizes (several cameras): the photos of each size share a camera "
+                               "in SfM, and the undistorted photos are fitted to one size (the smallest width and "
+                               "height: scaled down, the rest cropped, centred), or refuse them")
     masks: Optional[str] = Field(None, description=MASKS_HELP + "; undistorted with the photos")
     model: Optional[str] = Field(None, description="a sparse model SfM made for these photos with these options "
                                  "(cameras, images, points3D): when they are not cached, it is undistorted instead of "

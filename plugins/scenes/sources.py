@@ -381,12 +381,12 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     sfm = {"camera_model": cfg.camera_model, "single_camera": cfg.single_camera, "matcher": matcher,
            **({"keyframe_every": cfg.keyframe_every} if matcher == "keyframes" else {}),
            "max_image_size": cfg.max_image_size}
-    plan = plan_photos(folder, names, upright=cfg.upright, mixed_orientation=cfg.mixed_orientation)
-    if plan.crop:
-        portrait = sum(w < h for w, h in plan.sizes.values())
-        warn(f"{folder}: {portrait} portrait and {len(names) - portrait} landscape {what}: each is cropped to its "
-             f"centred {plan.crop[0]}x{plan.crop[1]} square, so all share one camera (mixed_orientation: error "
-             f"refuses them instead)")
+    plan = plan_photos(folder, names, upright=cfg.upright, mixed_orientation=cfg.mixed_orientation,
+                       mixed_sizes=cfg.mixed_sizes)
+    _warn_sizes(folder, plan, what)
+    groups = plan.cameras()
+    if len(groups) > 1:
+        sfm["cameras"] = [plan.posed_names(g) for g in groups]
     photos = [[n, (folder / n).stat().st_size, file_sha256(folder / n)] for n in names]
     model = Path(cfg.model) if cfg.model else None
     if model is not None:  # SfM's result for these photos and options, kept: used if they are not cached
@@ -409,6 +409,7 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
                                        progress=_progress_wanted()), "model": str(model)}
         if plan.needed:
             shutil.rmtree(source)
+        if plan.facts():
             found["prepared"] = plan.facts()
         if ordered:
             posed, centres = model_centres(tmp / "sparse" / "0")
@@ -417,8 +418,9 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
             found["off_path"] = path_spikes([posed[k] for k in mine], centres[mine], [order[posed[k]] for k in mine])
         (tmp / "meta.json").write_text(json.dumps({"source": "photos", "photos": str(folder), "sfm": found}))
 
-    entry = cached_render("sfm", {"photos": photos, **sfm, **({"ordered": True} if ordered else {}),
-                                  **({"prepared": plan.facts()} if plan.needed else {})}, make)
+    entry = cached_render("sfm", {"photos": photos, **{k: v for k, v in sfm.items() if k != "cameras"},
+                                  **({"ordered": True} if ordered else {}),
+                                  **({"prepared": plan.facts()} if plan.facts() else {})}, make)
     found = json.loads((entry / "meta.json").read_text())["sfm"]
     if found["unregistered"]:
         warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} {what} "
@@ -439,6 +441,22 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     if masks is not None:  # (the masks the user gave; the undistorted ones are cached)
         scene.meta.update(masks=str((Path(cfg.path) / cfg.masks).resolve()), undistorted_masks=masks)
     return scene
+
+
+def _warn_sizes(folder: Path, plan, what: str) -> None:
+    """Warn what ``plan`` (:class:`pipeline.scenes.upright_photos.PhotoPlan`) does to photos of several sizes."""
+    for (w, h), (side, _) in plan.crops.items():
+        if w > h:  # (each pair once)
+            shots = [sum(plan.sizes[n] == size for n in plan.sizes) for size in ((h, w), (w, h))]
+            warn(f"{folder}: {shots[0]} portrait and {shots[1]} landscape {what} of {w}x{h}: each is cropped to its "
+                 f"centred {side}x{side} square, so all share one camera (mixed_orientation: error refuses them "
+                 f"instead)")
+    groups = plan.cameras()
+    if len(groups) > 1:
+        sizes = ", ".join(f"{len(g)} of {plan.posed_size(g[0])[0]}x{plan.posed_size(g[0])[1]}" for g in groups)
+        warn(f"{folder}: {what} of {len(groups)} sizes ({sizes}): each size is posed with a camera of its own, and "
+             f"the undistorted {what} are fitted to one size, scaled down and cropped, centred (mixed_sizes: error "
+             f"refuses them instead)")
 
 
 def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
