@@ -12,6 +12,9 @@ from typing import Optional
 
 #: Environment variable naming the root of the real data sets (``nerf/lego``, ``meshes``, ...).
 DATA_ENV = "NLS_DATA"
+#: ``downscale: auto`` loads images at the least whole factor that brings their longer side within this many pixels
+#: (:func:`pipeline.scenes.blender.resolve_downscale`)
+AUTO_MAX_SIDE = 1600
 
 
 def repo_root() -> Path:

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from pipeline.notices import warn
+from pipeline.scenes import AUTO_MAX_SIDE
 from pipeline.types import DataError, SceneData
 
 __all__ = ["load_blender", "BLENDER_AABB", "BLENDER_NEAR", "BLENDER_FAR"]
@@ -496,6 +497,27 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                        names=names), (W0, H0)
 
 
+def resolve_downscale(downscale, first: Path) -> int:
+    """``downscale`` as the loaders apply it: an integer as it is; ``"auto"``: the least whole factor that brings
+    the longer side of the image ``first`` (and so of its split) within :data:`AUTO_MAX_SIDE` pixels, said in a
+    warning when it is above 1 (a 12 MP phone photo, 4032x3024, loads at 1/3: 1344x1008)."""
+    if downscale != "auto":
+        return int(downscale)
+    try:
+        from PIL import Image
+
+        with Image.open(first) as im:
+            w, h = im.size
+    except Exception:  # (a format PIL does not read: read it whole)
+        h, w = _read_image(first).shape[:2]
+    factor = max(1, math.ceil(max(w, h) / AUTO_MAX_SIDE))
+    if factor > 1:
+        warn(f"{first.parent}: images of {w}x{h} are loaded at 1/{factor} of their size, {w // factor}x{h // factor} "
+             f"(scene.downscale: auto keeps the longer side within {AUTO_MAX_SIDE} px; set scene.downscale: 1 for "
+             f"the full size)")
+    return factor
+
+
 def check_load_options(background, downscale, max_images) -> np.ndarray:
     """The loaders' common options checked (DataError naming the bad one): ``background`` as (3,) float32."""
     try:
@@ -504,9 +526,9 @@ def check_load_options(background, downscale, max_images) -> np.ndarray:
         raise DataError(f"background must be 3 floats in [0, 1], got {background!r}") from None
     if not (np.isfinite(bg).all() and (bg >= 0).all() and (bg <= 1).all()):
         raise DataError(f"background must be 3 floats in [0, 1], got {background!r}")
-    if isinstance(downscale, bool) or not isinstance(downscale, (int, np.integer)) \
-            or downscale < 1:
-        raise DataError(f"downscale must be an integer >= 1, got {downscale!r}")
+    if downscale != "auto" and (isinstance(downscale, bool) or not isinstance(downscale, (int, np.integer))
+                                or downscale < 1):
+        raise DataError(f"downscale must be an integer >= 1 or auto, got {downscale!r}")
     if max_images is not None and (not isinstance(max_images, (int, np.integer))
                                    or max_images < 1):
         raise DataError(f"max_images must be a positive integer or None, got {max_images!r}")
@@ -740,7 +762,7 @@ def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[flo
 
 
 def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test"),
-                 background: Sequence[float] = (1.0, 1.0, 1.0), downscale: int = 1,
+                 background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
                  max_images: Optional[int] = None,
                  progress: Optional[bool] = None) -> SceneData:
     """Load a Blender-format (NeRF-synthetic or instant-ngp) posed-image scene.
@@ -752,7 +774,8 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
             least one must be present.
         background: RGB in [0, 1] that RGBA images are composited onto.
         downscale: integer area-filter factor (trailing rows/columns that do not fill a
-            block are cropped; intrinsics are divided by the factor).
+            block are cropped; intrinsics are divided by the factor), or ``"auto"``
+            (:func:`resolve_downscale`).
         max_images: keep only the first ``max_images`` frames of every split.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
@@ -817,10 +840,11 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
                 setattr(sp, attr, getattr(sp, attr)[:max_images])
 
     out, sizes, orig_sizes = {}, {}, {}
+    downscale = resolve_downscale(downscale, next(iter(found.values())).paths[0])
     for name in splits:
         if name not in found:
             continue
-        out[name], (w0, h0) = load_frames(found[name], bg, int(downscale), progress)
+        out[name], (w0, h0) = load_frames(found[name], bg, downscale, progress)
         cams = out[name].cameras
         sizes[name] = [cams.width, cams.height]
         orig_sizes[name] = [w0, h0]

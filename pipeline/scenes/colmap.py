@@ -53,8 +53,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.notices import warn
-from pipeline.scenes.blender import (FrameList, check_load_options, load_frames, near_far_from_box, rotation_fault,
-                                     warn_distortion)
+from pipeline.scenes.blender import (FrameList, check_load_options, load_frames, near_far_from_box,
+                                     resolve_downscale, rotation_fault, warn_distortion)
 from pipeline.types import DataError, SceneData
 
 __all__ = ["load_colmap", "find_sparse_model", "colmap_normalisation", "scene_up", "COLMAP_PINHOLE_MODELS",
@@ -375,7 +375,7 @@ def _check_sizes(loaded: dict, cams: dict, where: Path) -> None:
 
 def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = None,
                 splits: Sequence[str] = COLMAP_SPLITS, test_every: int = 8,
-                background: Sequence[float] = (1.0, 1.0, 1.0), downscale: int = 1,
+                background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
                 max_images: Optional[int] = None, aabb: Optional[Sequence[float]] = None,
                 center: Optional[Sequence[float]] = None, scale: Optional[float] = None,
                 orientation: str = "vertical", up: Optional[Sequence[float]] = None,
@@ -390,7 +390,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         splits: of ``train``, ``test``; a split with no image is left out (``meta["splits_missing"]``).
         test_every: every ``test_every``-th image by name, from the first, is ``test`` (0: none).
         background: RGB in [0, 1] that RGBA images are composited onto.
-        downscale: integer area-filter factor on top of ``images``.
+        downscale: integer area-filter factor on top of ``images``, or ``"auto"``
+            (:func:`pipeline.scenes.blender.resolve_downscale`).
         max_images: keep only the first ``max_images`` images of every split.
         aabb: (6,) scene box in the normalised frame (default: the cube [-1, 1]^3 of the normalisation).
         center, scale: override the normalisation's centre (3,) (COLMAP coordinates) and scale.
@@ -525,9 +526,10 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                         f"images, every {test_every}th is test)")
 
     out, sizes, orig_sizes, loaded = {}, {}, {}, {}
+    downscale = resolve_downscale(downscale, next(iter(found.values()))[0].paths[0])
     for name in splits:
         if name in found:
-            out[name], (w0, h0) = load_frames(found[name][0], bg, int(downscale), progress)
+            out[name], (w0, h0) = load_frames(found[name][0], bg, downscale, progress)
             loaded[name] = (found[name][0], found[name][1], (w0, h0))
             sizes[name] = [out[name].cameras.width, out[name].cameras.height]
             orig_sizes[name] = [w0, h0]

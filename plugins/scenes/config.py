@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.components import ComponentConfig
+from pipeline.scenes import AUTO_MAX_SIDE
 
 
 class _Views(ComponentConfig):
@@ -41,18 +42,32 @@ def _ordered_box(cls, box: Optional[list[float]]) -> Optional[list[float]]:
     return box
 
 
+def _downscale_value(cls, value):
+    """``downscale`` as given when it is a whole number >= 1 (``2``, ``"2"``, ``2.0``) or ``auto``."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and value >= 1:
+        return int(value)
+    raise ValueError(f"give a whole number >= 1 (1: the images as they are) or auto, not {value!r}")
+
+
 class BlenderConfig(ComponentConfig):
     """NeRF-synthetic (transforms_{train,val,test}.json) or instant-ngp (transforms.json) folder."""
 
     path: str = Field(..., description="scene folder; ${NLS_DATA} expands to the data root")
     background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
-    downscale: int = Field(1, ge=1, description="integer area-downscale factor")
+    downscale: Union[Literal["auto"], int] = Field(
+        1, description=f"integer area-downscale factor, or auto: the least that brings the longer side within "
+                       f"{AUTO_MAX_SIDE} px")
     max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
     splits: list[str] = Field(["train", "test"], description="splits to load")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
+    _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
 
 
 #: what the ``masks`` option of the capture sources says
@@ -65,7 +80,9 @@ class _CaptureOptions(ComponentConfig):
 
     path: str = Field(..., description="the data's folder")  # first in listings; each source says what it holds
     background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
-    downscale: int = Field(1, ge=1, description="integer area-downscale factor")
+    downscale: Union[Literal["auto"], int] = Field(
+        "auto", description=f"integer area-downscale factor; auto: the least that brings the longer side within "
+                            f"{AUTO_MAX_SIDE} px (1 for smaller images)")
     max_images: Optional[int] = Field(None, ge=1, description="first N images per split")
     splits: list[Literal["train", "test"]] = Field(["train", "test"], description="splits to load")
     test_every: int = Field(8, ge=0, description="every Nth image by name is test (LLFF rule); 0: all train")
@@ -83,6 +100,7 @@ class _CaptureOptions(ComponentConfig):
                                "unregistered")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
+    _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
 
     @field_validator("test_every")
     @classmethod
