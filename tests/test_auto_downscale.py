@@ -23,7 +23,7 @@ def test_auto_is_the_least_factor_within_1600_pixels_and_says_so(tmp_path, capsy
     assert resolve_downscale(2, path) == 2  # (a number is taken as it is)
     err = capsys.readouterr().err
     w, h = size
-    said = f"images of {w}x{h} are loaded at 1/{factor} of their size, {w // factor}x{h // factor}"
+    said = f"the scene's images, {w}x{h}, are loaded at 1/{factor} of their size, {w // factor}x{h // factor}"
     assert (said in err) == (factor > 1), err
 
 

@@ -512,7 +512,7 @@ def resolve_downscale(downscale, first: Path) -> int:
         h, w = _read_image(first).shape[:2]
     factor = max(1, math.ceil(max(w, h) / AUTO_MAX_SIDE))
     if factor > 1:
-        warn(f"{first.parent}: images of {w}x{h} are loaded at 1/{factor} of their size, {w // factor}x{h // factor} "
+        warn(f"the scene's images, {w}x{h}, are loaded at 1/{factor} of their size, {w // factor}x{h // factor} "
              f"(scene.downscale: auto keeps the longer side within {AUTO_MAX_SIDE} px; set scene.downscale: 1 for "
              f"the full size)")
     return factor
