@@ -322,3 +322,18 @@ def test_heic_photos_of_lego_are_posed_by_real_sfm(tmp_path, monkeypatch, pycolm
     from pipeline.report import capture_rows
 
     assert "25 HEIC posed from JPEG copies" in capture_rows(json.loads(json.dumps(scene.meta)))[0][1]
+
+
+def test_photos_that_are_not_images_are_named_in_one_error(tmp_path):
+    """An empty file and a text file among the photos: one DataError names both, before anything runs."""
+    from pipeline.scenes.upright_photos import plan_photos
+
+    for k in range(3):
+        _save(tmp_path / f"{k}.png", _pattern(6, 10, k))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    names = ["0.png", "1.png", "2.png", "empty.jpg", "notes.jpg"]
+    with pytest.raises(DataError, match=r"2 of the 5 photos cannot be read as images \(empty, damaged or not a "
+                                        r"photo\): empty.jpg \(UnidentifiedImageError: .*\); notes.jpg .*remove "
+                                        r"them from the folder or replace them"):
+        plan_photos(tmp_path, names)

@@ -141,14 +141,22 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     """Read the headers of the photos ``names`` in ``folder`` and decide their copies (see the module docstring).
     DataError when a size is held two ways and ``mixed_orientation`` is ``error``, or when the photos are of
     several sizes (after those crops) and ``mixed_sizes`` is ``error``."""
-    sizes, turned = {}, {}
+    sizes, turned, unreadable = {}, {}, []
     for name in names:
-        with open_photo(folder / name) as im:
-            w, h = im.size
-            turn = exif_orientation(im) if upright else 1
+        try:
+            with open_photo(folder / name) as im:
+                w, h = im.size
+                turn = exif_orientation(im) if upright else 1
+        except (OSError, ValueError, SyntaxError) as exc:  # (PIL's UnidentifiedImageError is an OSError)
+            unreadable.append(f"{name} ({type(exc).__name__}: {exc})" if len(unreadable) < 3 else name)
+            continue
         if turn != 1:
             turned[name] = turn
         sizes[name] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # 5–8 swap the sides
+    if unreadable:
+        raise DataError(f"{folder}: {len(unreadable)} of the {len(names)} photos cannot be read as images (empty, "
+                        f"damaged or not a photo): {'; '.join(unreadable[:8])}{' ...' if len(unreadable) > 8 else ''}; "
+                        f"remove them from the folder or replace them")
     groups: dict[tuple[int, int], list[str]] = {}
     for name, size in sizes.items():
         groups.setdefault(size, []).append(name)
