@@ -92,6 +92,14 @@ def _load(facts: RunFacts, host):
 
 # -- sections -------------------------------------------------------------------------------
 
+def _fitted(fitted) -> str:
+    """"N cameras fitted to WxH (k scaled)" for a ``fitted`` record (pipeline.scenes.camera_fit), "" for none."""
+    if not (isinstance(fitted, dict) and isinstance(fitted.get("size"), list) and len(fitted["size"]) == 2):
+        return ""
+    return (f"{fitted.get('cameras', 'several')} cameras fitted to {fitted['size'][0]}x{fitted['size'][1]} "
+            f"({fitted.get('scaled', 0)} scaled)")
+
+
 def capture_rows(scene: dict) -> list[tuple[str, str]]:
     """Overview rows on the frames taken from a video (scene.json ``frames``), on how a capture was posed (``sfm``:
     structure from motion on photos or those frames), on its object masks (``masks``) and on its sparse points
@@ -128,15 +136,15 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         sizes = prepared.get("sizes") if isinstance(prepared, dict) else None
         if isinstance(sizes, list) and all(isinstance(g, list) and len(g) == 3 for g in sizes):
             text += f"; a camera for each size ({', '.join(f'{g[2]} of {g[0]}x{g[1]}' for g in sizes)})"
-        fitted = sfm.get("fitted")
-        if isinstance(fitted, dict) and isinstance(fitted.get("size"), list) and len(fitted["size"]) == 2:
-            text += (f"; undistorted photos of {fitted.get('cameras', 'several')} cameras fitted to "
-                     f"{fitted['size'][0]}x{fitted['size'][1]} ({fitted.get('scaled', 0)} scaled)")
+        if _fitted(sfm.get("fitted")):
+            text += f"; undistorted photos of {_fitted(sfm['fitted'])}"
         for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):
             left = sfm.get(key)
             if isinstance(left, list) and left:
                 text += f"; {what}: {', '.join(map(str, left[:10]))}{' ...' if len(left) > 10 else ''}"
         rows.append(("structure from motion", text))
+    if _fitted(scene.get("fitted")):  # (a COLMAP capture whose cameras are of several sizes)
+        rows.append(("cameras", f"images of {_fitted(scene['fitted'])}"))
     if isinstance(scene.get("masks"), str):
         rows.append(("object masks", scene["masks"]))
     points = scene.get("sparse_points")

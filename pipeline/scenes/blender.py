@@ -388,6 +388,9 @@ class FrameList:
         # None entries are derived from the image size (cx = W/2 ...)
         self.intr: list[tuple] = []
         self.masks: list[Path] = []  # an object mask per image, or none (pipeline.scenes.masks)
+        # per frame, how its image is fitted to the split's one size (cameras of several sizes), or none;
+        # ``intr`` then describes the fitted image (pipeline.scenes.camera_fit)
+        self.fits: list = []
 
 
 def _check_downscale(sp: FrameList, first: Path, size: tuple, downscale: int) -> None:
@@ -435,11 +438,18 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     try:
         for i, path in enumerate(sp.paths):
             img = _read_image(path)
+            fit = sp.fits[i] if sp.fits else None
+            if fit is not None and (img.shape[1], img.shape[0]) != tuple(fit.source):
+                raise DataError(f"{path} is {img.shape[1]}x{img.shape[0]} (WxH) but its camera in {sp.source} is "
+                                f"{fit.source[0]}x{fit.source[1]}; images of cameras of several sizes are fitted to "
+                                f"one size from the model's own images (load images/, with scene.downscale for "
+                                f"smaller ones)")
+            shape = (fit.size[1], fit.size[0]) if fit is not None else img.shape[:2]
             if size0 is None:
-                size0, first = img.shape[:2], path
+                size0, first = shape, path
                 _check_downscale(sp, first, size0, downscale)
                 _check_fits(sp, first, size0, downscale, img.shape[-1])
-            elif img.shape[:2] != size0:
+            elif shape != size0:
                 raise DataError(
                     f"split '{sp.name}' ({sp.source}): images of different sizes: {first} is "
                     f"{size0[1]}x{size0[0]} but {path} is {img.shape[1]}x{img.shape[0]} "
@@ -452,6 +462,9 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 visible = visible or bool((a > 0).any())
             else:
                 rgb = img
+            if fit is not None:
+                rgb, a = fit.array(rgb.astype(np.float32)), (None if a is None else
+                                                             np.clip(fit.array(a.astype(np.float32)), 0.0, 1.0))
             rgb = _downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
@@ -497,19 +510,23 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                        names=names), (W0, H0)
 
 
-def resolve_downscale(downscale, first: Path) -> int:
+def resolve_downscale(downscale, first: Path, size: Optional[tuple[int, int]] = None) -> int:
     """``downscale`` as the loaders apply it: an integer as it is; ``"auto"``: the least whole factor that brings
-    the longer side of the image ``first`` (and so of its split) within :data:`AUTO_MAX_SIDE` pixels, said in a
-    warning when it is above 1 (a 12 MP phone photo, 4032x3024, loads at 1/3: 1344x1008)."""
+    the longer side of the image ``first`` (and so of its split), or of ``size`` (W, H) when given (the size the
+    images are fitted to), within :data:`AUTO_MAX_SIDE` pixels, said in a warning when it is above 1 (a 12 MP
+    phone photo, 4032x3024, loads at 1/3: 1344x1008)."""
     if downscale != "auto":
         return int(downscale)
-    try:
-        from PIL import Image
+    if size is not None:
+        w, h = size
+    else:
+        try:
+            from PIL import Image
 
-        with Image.open(first) as im:
-            w, h = im.size
-    except Exception:  # (a format PIL does not read: read it whole)
-        h, w = _read_image(first).shape[:2]
+            with Image.open(first) as im:
+                w, h = im.size
+        except Exception:  # (a format PIL does not read: read it whole)
+            h, w = _read_image(first).shape[:2]
     factor = max(1, math.ceil(max(w, h) / AUTO_MAX_SIDE))
     if factor > 1:
         warn(f"the scene's images, {w}x{h}, are loaded at 1/{factor} of their size, {w // factor}x{h // factor} "

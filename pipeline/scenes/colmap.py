@@ -55,6 +55,7 @@ import numpy as np
 from pipeline.notices import warn
 from pipeline.scenes.blender import (FrameList, check_load_options, load_frames, near_far_from_box,
                                      resolve_downscale, rotation_fault, warn_distortion)
+from pipeline.scenes.camera_fit import fits_to_one_size
 from pipeline.types import DataError, SceneData
 
 __all__ = ["load_colmap", "find_sparse_model", "colmap_normalisation", "scene_up", "COLMAP_PINHOLE_MODELS",
@@ -373,6 +374,18 @@ def _check_sizes(loaded: dict, cams: dict, where: Path) -> None:
                                 f"the model's images, or copies all downscaled by one factor (images_2)")
 
 
+def _warn_fitted(where: Path, fits: dict, posed: list) -> None:
+    """Warn that the images of cameras of several sizes are fitted to one (``fits``: camera id -> Fit)."""
+    count: dict[tuple[int, int], int] = {}
+    for im in posed:
+        count[fits[im.camera_id].source] = count.get(fits[im.camera_id].source, 0) + 1
+    w, h = next(iter(fits.values())).size
+    listed = ", ".join(f"{n} of {sw}x{sh}" for (sw, sh), n in sorted(count.items(), key=lambda kv: -kv[1])[:6])
+    warn(f"{where}: the images' cameras are of {len(count)} sizes ({listed}{' ...' if len(count) > 6 else ''}), "
+         f"and a split loads at one: each image is fitted to {w}x{h}, scaled down and cropped, centred, its "
+         f"intrinsics alike")
+
+
 def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = None,
                 splits: Sequence[str] = COLMAP_SPLITS, test_every: int = 8,
                 background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
@@ -506,6 +519,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     poses = T @ c2w_cv @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes -> OpenGL
     poses[:, :3, :3] /= how["scale"]  # T scales the rotation part too: undo it (the camera frame stays orthonormal)
 
+    fits = fits_to_one_size({cid: (int(c[0][4]), int(c[0][5])) for cid, c in cams.items()})
+    if fits:
+        _warn_fitted(cameras_file, fits, posed)
     found: dict[str, tuple[FrameList, list[int]]] = {}
     for i, im in enumerate(posed):
         name = "test" if test_every and i % test_every == 0 else "train"
@@ -518,7 +534,12 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         if masks is not None:
             sp.masks.append(mask_of[i])
         sp.poses.append(poses[i])
-        sp.intr.append(cams[im.camera_id][0])
+        if fits:  # (cameras of several sizes: each image fitted to one size, its intrinsics alike)
+            fx, fy, cx, cy = cams[im.camera_id][0][:4]
+            sp.intr.append((*fits[im.camera_id].intrinsics(fx, fy, cx, cy), *map(float, fits[im.camera_id].size)))
+            sp.fits.append(fits[im.camera_id])
+        else:
+            sp.intr.append(cams[im.camera_id][0])
         ids.append(im.camera_id)
     missing_splits = [name for name in splits if name not in found]
     if "train" in missing_splits or not found:
@@ -526,14 +547,16 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                         f"images, every {test_every}th is test)")
 
     out, sizes, orig_sizes, loaded = {}, {}, {}, {}
-    downscale = resolve_downscale(downscale, next(iter(found.values()))[0].paths[0])
+    downscale = resolve_downscale(downscale, next(iter(found.values()))[0].paths[0],
+                                  next(iter(fits.values())).size if fits else None)
     for name in splits:
         if name in found:
             out[name], (w0, h0) = load_frames(found[name][0], bg, downscale, progress)
             loaded[name] = (found[name][0], found[name][1], (w0, h0))
             sizes[name] = [out[name].cameras.width, out[name].cameras.height]
             orig_sizes[name] = [w0, h0]
-    _check_sizes(loaded, cams, cameras_file)
+    if not fits:  # (fitted images were checked against their cameras one by one)
+        _check_sizes(loaded, cams, cameras_file)
     all_poses = [p for sp, _ in found.values() for p in sp.poses]
     near, far = near_far_from_box(all_poses, box)
 
@@ -555,6 +578,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         "input_frame": {"file": str(model.resolve()), "scale": how["scale"], "centre": how["centre"],
                         "rotation": how["rotation"], "to_run": T.tolist()},
     }
+    if fits:
+        meta["fitted"] = {"size": list(next(iter(fits.values())).size), "cameras": len(fits),
+                          "scaled": sum(f.scale != 1.0 for f in fits.values())}
     if missing_splits:
         meta["splits_missing"] = missing_splits
     if unposed:

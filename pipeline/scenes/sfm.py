@@ -20,10 +20,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 
+from pipeline.scenes.camera_fit import Fit, fits_to_one_size
 from pipeline.types import DataError
 
 #: suffixes of the photos read from a folder (case-insensitive); HEIC/HEIF ones are posed from JPEG copies
@@ -177,60 +178,18 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
             "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, **found["seconds"]}}
 
 
-#: a camera whose undistorted image needs scaling by no less than this to fit the common size is cropped to it
-#: instead, unresampled (several cameras of one kind come out of undistortion a few pixels apart)
-CROP_ONLY_SCALE = 0.95
-
-
-class Fit(NamedTuple):
-    """How one camera's undistorted images are fitted to the common size: the centred ``box`` (left, top, right,
-    bottom, in pixels, edges at whole numbers; fractional when scaled) is resampled to ``size`` (W, H), which
-    scales by ``scale`` (1: a crop, no resampling)."""
-
-    box: tuple[float, float, float, float]
-    size: tuple[int, int]
-    scale: float
-
-    def point(self, xy: "np.ndarray") -> "np.ndarray":
-        """(..., 2) pixel coordinates (COLMAP's: a pixel's centre at +0.5) in the fitted image."""
-        return (np.asarray(xy, np.float64) - self.box[:2]) * self.scale
-
-    def image(self, image):
-        """The PIL ``image`` (this camera's size) fitted: cropped, or resampled (Lanczos) from the box."""
-        from PIL import Image
-
-        if self.scale == 1.0:
-            return image.crop(tuple(int(v) for v in self.box))
-        return image.resize(self.size, Image.Resampling.LANCZOS, box=self.box)
-
-
 def undistorted_fits(pycolmap, rec) -> dict[int, Fit]:
-    """camera id -> :class:`Fit` of each camera's undistorted image (COLMAP's default undistortion, whose size
-    follows each camera's distortion) to the size they share: the smallest width and the smallest height of
-    them. Empty when they are one size already (one camera, or pinhole ones). A camera is scaled by s = max(W/w,
-    H/h) (the least that covers the common W x H; never up) about the centre and the rest of the longer side is
-    cropped, centred; within :data:`CROP_ONLY_SCALE` it is cropped alone. Photos of several cameras
-    (``single_camera: false``, or several sizes of photo) come out of undistortion at several sizes, and a split
-    is loaded at one size."""
+    """camera id -> :class:`~pipeline.scenes.camera_fit.Fit` of each camera's undistorted image (COLMAP's default
+    undistortion, whose size follows each camera's distortion) to one size
+    (:func:`pipeline.scenes.camera_fit.fits_to_one_size`); empty when they are one size already (one camera, or
+    pinhole ones). Photos of several cameras (``single_camera: false``, or several sizes of photo) come out of
+    undistortion at several sizes, and a split is loaded at one size."""
     options = pycolmap.UndistortCameraOptions()
     sizes = {}
     for cid, cam in rec.cameras.items():
         u = pycolmap.undistort_camera(options, cam)
         sizes[int(cid)] = (int(u.width), int(u.height))
-    if len(set(sizes.values())) <= 1:
-        return {}
-    w, h = min(s[0] for s in sizes.values()), min(s[1] for s in sizes.values())
-    fits = {}
-    for cid, (sw, sh) in sizes.items():
-        scale = max(w / sw, h / sh)
-        if scale >= CROP_ONLY_SCALE:
-            left, top = (sw - w) // 2, (sh - h) // 2
-            fits[cid] = Fit((left, top, left + w, top + h), (w, h), 1.0)
-        else:
-            bw, bh = w / scale, h / scale
-            left, top = (sw - bw) / 2, (sh - bh) / 2
-            fits[cid] = Fit((left, top, left + bw, top + bh), (w, h), scale)
-    return fits
+    return fits_to_one_size(sizes)
 
 
 def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit]) -> None:
@@ -243,8 +202,7 @@ def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit]) -> None:
     for cid, cam in rec.cameras.items():
         fit = fits[int(cid)]
         fx, fy, cx, cy = (float(v) for v in cam.params)  # PINHOLE, as undistortion writes it
-        (cx, cy), s = fit.point((cx, cy)), fit.scale
-        cam.width, cam.height, cam.params = *fit.size, [fx * s, fy * s, float(cx), float(cy)]
+        cam.width, cam.height, cam.params = *fit.size, list(fit.intrinsics(fx, fy, cx, cy))
     for im in rec.images.values():
         fit = fits[int(im.camera_id)]
         for point in im.points2D:
