@@ -383,7 +383,7 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
            "max_image_size": cfg.max_image_size}
     plan = plan_photos(folder, names, upright=cfg.upright, mixed_orientation=cfg.mixed_orientation,
                        mixed_sizes=cfg.mixed_sizes)
-    _warn_sizes(folder, plan, what)
+    _warn_sizes(folder, plan, what, cfg.single_camera)
     groups = plan.cameras()
     if len(groups) > 1:
         sfm["cameras"] = [plan.posed_names(g) for g in groups]
@@ -443,7 +443,7 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     return scene
 
 
-def _warn_sizes(folder: Path, plan, what: str) -> None:
+def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
     """Warn what ``plan`` (:class:`pipeline.scenes.upright_photos.PhotoPlan`) does to photos of several sizes."""
     for (w, h), (side, _) in plan.crops.items():
         if w > h:  # (each pair once)
@@ -454,9 +454,9 @@ def _warn_sizes(folder: Path, plan, what: str) -> None:
     groups = plan.cameras()
     if len(groups) > 1:
         sizes = ", ".join(f"{len(g)} of {plan.posed_size(g[0])[0]}x{plan.posed_size(g[0])[1]}" for g in groups)
-        warn(f"{folder}: {what} of {len(groups)} sizes ({sizes}): each size is posed with a camera of its own, and "
-             f"the undistorted {what} are fitted to one size, scaled down and cropped, centred (mixed_sizes: error "
-             f"refuses them instead)")
+        how = "each size is posed with a camera of its own" if single_camera else "each is posed with its own camera"
+        warn(f"{folder}: {what} of {len(groups)} sizes ({sizes}): {how}, and the undistorted {what} are fitted to "
+             f"one size, scaled down and cropped, centred (mixed_sizes: error refuses them instead)")
 
 
 def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
