@@ -293,6 +293,30 @@ def test_heic_photos_are_posed_from_jpeg_copies_named_by_their_stem(tmp_path):
         plan_photos(tmp_path, ["IMG_1.HEIC", "IMG_1.jpg"])
 
 
+def test_a_heic_turned_by_its_heif_transform_is_turned_once(tmp_path):
+    """A phone's portrait HEIC stores landscape pixels and an ``irot`` transform (iOS writes the EXIF orientation
+    too). pillow-heif writes one so when given EXIF orientation 6, and on reading applies it and reports the
+    EXIF orientation as 1: the photo is planned at its shown size, not turned again, and its copy is the shown
+    photo (turned a quarter to the right from the stored pixels)."""
+    from PIL import Image
+
+    from pipeline.scenes.upright_photos import plan_photos, write_copies
+
+    _heic(tmp_path / "probe.heic", np.zeros((8, 8, 3), np.uint8))  # (skips without pillow-heif)
+    stored = np.kron(_pattern(6, 8), np.ones((4, 4, 1), np.uint8))  # 32x24 (WxH), landscape as the sensor
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "IMG_1.HEIC", exif=exif.tobytes(), quality=95)
+    assert b"irot" in (tmp_path / "IMG_1.HEIC").read_bytes()
+    plan = plan_photos(tmp_path, ["IMG_1.HEIC"])
+    assert plan.sizes == {"IMG_1.HEIC": (24, 32)} and not plan.turned  # (shown: portrait; no EXIF turn left)
+    write_copies(tmp_path, ["IMG_1.HEIC"], tmp_path / "out", plan, progress=False)
+    shown = np.rot90(stored, -1)  # orientation 6: the stored pixels turned a quarter clockwise
+    with Image.open(tmp_path / "out" / "IMG_1.jpg") as im:
+        assert im.size == (24, 32) and np.abs(np.asarray(im).astype(int) - shown).mean() < 4
+
+
 def test_heic_without_pillow_heif_is_a_data_error_naming_the_extra(tmp_path, monkeypatch):
     import sys
 
