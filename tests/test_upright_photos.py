@@ -361,3 +361,27 @@ def test_photos_that_are_not_images_are_named_in_one_error(tmp_path):
                                         r"photo\): empty.jpg \(UnidentifiedImageError: .*\); notes.jpg .*remove "
                                         r"them from the folder or replace them"):
         plan_photos(tmp_path, names)
+
+
+def test_a_few_small_photos_that_would_shrink_the_rest_are_named(tmp_path, capsys):
+    """Three photos of 20x12 and one of 4x3: fitted to 4x3, the three would keep a fifth of their width, so a
+    warning names the small one and says what to do; with the sizes the other way round (one large, three
+    small) only the fitting is said."""
+    from pipeline.scenes.upright_photos import plan_photos
+    from plugins.scenes.sources import _warn_sizes
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for k, (h, w) in enumerate([(12, 20), (12, 20), (12, 20), (3, 4)]):
+        _save(tmp_path / "a" / f"{k}.png", _pattern(h, w, k))
+    _warn_sizes(tmp_path / "a", plan_photos(tmp_path / "a", [f"{k}.png" for k in range(4)]), "photos", True)
+    err = capsys.readouterr().err
+    assert "photos of 2 sizes (3 of 20x12, 1 of 4x3): each size is posed with a camera of its own" in err
+    assert ("the 1 smallest of the photos (3.png) set the size the photos are fitted to, about 4x3 (known after undistortion): 3 of the 4 lose more than "
+            "half their width and height; remove the small ones from the folder") in err, err
+    for k, (h, w) in enumerate([(12, 20), (3, 4), (3, 4), (3, 4)]):
+        _save(tmp_path / "b" / f"{k}.png", _pattern(h, w, k))
+    _warn_sizes(tmp_path / "b", plan_photos(tmp_path / "b", [f"{k}.png" for k in range(4)]), "photos", False)
+    err = capsys.readouterr().err
+    assert "photos of 2 sizes (1 of 20x12, 3 of 4x3): each is posed with its own camera" in err
+    assert "set the size" not in err

@@ -457,6 +457,15 @@ def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
         how = "each size is posed with a camera of its own" if single_camera else "each is posed with its own camera"
         warn(f"{folder}: {what} of {len(groups)} sizes ({sizes}): {how}, and the undistorted {what} are fitted to "
              f"one size, scaled down and cropped, centred (mixed_sizes: error refuses them instead)")
+        w, h = (min(plan.posed_size(g[0])[i] for g in groups) for i in (0, 1))
+        shrunk = [g for g in groups if max(w / plan.posed_size(g[0])[0], h / plan.posed_size(g[0])[1]) < 0.5]
+        if 2 * sum(map(len, shrunk)) > len(plan.sizes):
+            small = [n for g in groups if g not in shrunk for n in g]
+            listed = f"{', '.join(small[:6])}{' ...' if len(small) > 6 else ''}"
+            warn(f"{folder}: the {len(small)} smallest of the {what} ({listed}) set the size the {what} are fitted "
+                 f"to, about {w}x{h} (known after undistortion): {sum(map(len, shrunk))} of the {len(plan.sizes)} "
+                 f"lose more than half their width and height; remove the small ones from the folder to keep the "
+                 f"others' detail")
 
 
 def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
