@@ -117,7 +117,7 @@ def test_photos_of_several_sizes_are_a_camera_each_or_refused_by_name(tmp_path):
     names = ["0.png", "1.png", "2.png"]
     plan = plan_photos(tmp_path, names)
     assert plan.cameras() == [["0.png"], ["1.png", "2.png"]] and not plan.needed  # (no copies: SfM reads them)
-    assert plan.facts() == {"sizes": [[8, 6, 1], [10, 6, 2]]}
+    assert plan.facts() == {"cameras": [[8, 6, None, 1], [10, 6, None, 2]]}
     with pytest.raises(DataError, match=r"not all one size: 2 are 10x6 \(WxH\), and 0.png \(8x6\) is not; set "
                                         r"mixed_sizes: cameras to pose each size with a camera of its own, or crop "
                                         r"or scale them to one size, or leave them out"):
@@ -127,7 +127,7 @@ def test_photos_of_several_sizes_are_a_camera_each_or_refused_by_name(tmp_path):
     plan = plan_photos(tmp_path, [*names, "3.png", "4.png"])
     assert plan.crops == {(10, 6): (6, 6), (6, 10): (6, 6)}
     assert plan.cameras() == [["0.png"], ["1.png", "2.png", "3.png", "4.png"]]
-    assert plan.facts() == {"crop": [6, 6], "sizes": [[8, 6, 1], [6, 6, 4]]}
+    assert plan.facts() == {"crop": [6, 6], "cameras": [[8, 6, None, 1], [6, 6, None, 4]]}
 
 
 def test_a_crop_keeps_the_focal_length_in_pixels_its_exif_tags_imply(tmp_path):

@@ -133,9 +133,11 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         crops = [crops] if isinstance(crops, list) and crops and not isinstance(crops[0], list) else crops
         if isinstance(crops, list) and all(isinstance(c, list) and len(c) == 2 for c in crops) and crops:
             text += f"; portrait and landscape shots cropped to {' and '.join(f'{c[0]}x{c[1]}' for c in crops)}"
-        sizes = prepared.get("sizes") if isinstance(prepared, dict) else None
-        if isinstance(sizes, list) and all(isinstance(g, list) and len(g) == 3 for g in sizes):
-            text += f"; a camera for each size ({', '.join(f'{g[2]} of {g[0]}x{g[1]}' for g in sizes)})"
+        cameras = prepared.get("cameras") if isinstance(prepared, dict) else None
+        if isinstance(cameras, list) and all(isinstance(g, list) and len(g) == 4 for g in cameras):
+            listed = ", ".join(f"{g[3]} of {g[0]}x{g[1]}{f' at {g[2]:g} mm' if isinstance(g[2], (int, float)) else ''}"
+                               for g in cameras)
+            text += f"; a camera for each size and lens ({listed})"
         if _fitted(sfm.get("fitted")):
             text += f"; undistorted photos of {_fitted(sfm['fitted'])}"
         for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):

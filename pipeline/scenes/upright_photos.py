@@ -17,7 +17,9 @@ pixels).
 Any other mix of sizes is taken as photos of several cameras (``mixed_sizes: cameras``, the default): the photos
 of each size share one camera in structure from motion (:func:`pipeline.scenes.sfm.run_sfm`), and their
 undistorted images are fitted to one size afterwards (:func:`pipeline.scenes.sfm.undistorted_fits`).
-``mixed_sizes: error`` refuses them, naming the odd photos.
+``mixed_sizes: error`` refuses them, naming the odd photos. Photos of one size whose EXIF focal lengths differ
+(a phone's wide, main and telephoto lenses) are another camera each too, and need no fitting beyond the few
+pixels their undistortion may differ by.
 
 HEIC/HEIF photos (an iPhone's default) are read with pillow-heif (the ``heic`` extra), which turns them as
 their HEIF transforms say, and posed from JPEG copies named by their stem (``IMG_0001.HEIC`` is posed, split
@@ -59,12 +61,15 @@ class PhotoPlan:
     crops: (width, height) -> the centred square a photo of that size is cropped to, for the sizes that are held
         two ways (portrait and landscape shots of one camera).
     renamed: name -> the copy's name, for photos COLMAP does not read (HEIC: ``IMG_1.HEIC`` -> ``IMG_1.jpg``).
+    lenses: name -> the focal length its EXIF tag gives (mm, to 0.1), for the photos that have one: a phone's
+        lenses (0.5x, 1x, 3x) give photos of one size that are not one camera.
     """
 
     sizes: dict[str, tuple[int, int]]
     turned: dict[str, int] = field(default_factory=dict)
     crops: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
+    lenses: dict[str, float] = field(default_factory=dict)
 
     @property
     def needed(self) -> bool:
@@ -79,12 +84,21 @@ class PhotoPlan:
         """(width, height) of photo ``name`` as structure from motion sees it: upright, then cropped."""
         return self.crop_of(name) or self.sizes[name]
 
+    def camera_of(self, name: str) -> tuple[int, int, Optional[float]]:
+        """(width, height, focal length in mm or None) of photo ``name``'s camera: its posed size and lens."""
+        return (*self.posed_size(name), self.lenses.get(name))
+
     def cameras(self) -> list[list[str]]:
-        """The photos grouped by :meth:`posed_size`, in the order of their first photo: one camera each."""
-        groups: dict[tuple[int, int], list[str]] = {}
+        """The photos grouped by :meth:`camera_of` (size and lens), in the order of their first photo: one camera
+        each."""
+        groups: dict[tuple, list[str]] = {}
         for name in self.sizes:
-            groups.setdefault(self.posed_size(name), []).append(name)
+            groups.setdefault(self.camera_of(name), []).append(name)
         return list(groups.values())
+
+    def size_count(self) -> int:
+        """How many posed sizes the photos have (more than one: they are fitted to one after undistortion)."""
+        return len({self.posed_size(n) for n in self.sizes})
 
     def posed_names(self, names: Sequence[str]) -> list[str]:
         """``names`` as structure from motion sees them: the copies' names."""
@@ -92,13 +106,24 @@ class PhotoPlan:
 
     def facts(self) -> dict:
         """JSON facts for the run record, each only when it applies: ``{"turned": n, "crop": [w, h] (or a list of
-        them), "converted": n, "sizes": [[w, h, photos], ...] (photos of several sizes, one camera each)}``."""
+        them), "converted": n, "cameras": [[w, h, focal mm or None, photos], ...] (photos of several sizes or
+        lenses, a camera each)}``."""
         crops = sorted({tuple(c) for c in self.crops.values()})
         groups = self.cameras()
         return {**({"turned": len(self.turned)} if self.turned else {}),
                 **({"crop": list(crops[0]) if len(crops) == 1 else [list(c) for c in crops]} if crops else {}),
                 **({"converted": len(self.renamed)} if self.renamed else {}),
-                **({"sizes": [[*self.posed_size(g[0]), len(g)] for g in groups]} if len(groups) > 1 else {})}
+                **({"cameras": [[*self.camera_of(g[0]), len(g)] for g in groups]} if len(groups) > 1 else {})}
+
+
+def focal_length_mm(image) -> Optional[float]:
+    """The EXIF focal length (mm, to 0.1) of an open PIL image, None when it has none or a bad one."""
+    value = image.getexif().get_ifd(EXIF_IFD).get(FOCAL_LENGTH)
+    try:
+        mm = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return round(mm, 1) if mm > 0 and mm == mm and mm != float("inf") else None
 
 
 def exif_orientation(image) -> int:
@@ -141,17 +166,20 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     """Read the headers of the photos ``names`` in ``folder`` and decide their copies (see the module docstring).
     DataError when a size is held two ways and ``mixed_orientation`` is ``error``, or when the photos are of
     several sizes (after those crops) and ``mixed_sizes`` is ``error``."""
-    sizes, turned, unreadable = {}, {}, []
+    sizes, turned, lenses, unreadable = {}, {}, {}, []
     for name in names:
         try:
             with open_photo(folder / name) as im:
                 w, h = im.size
                 turn = exif_orientation(im) if upright else 1
+                lens = focal_length_mm(im)
         except (OSError, ValueError, SyntaxError) as exc:  # (PIL's UnidentifiedImageError is an OSError)
             unreadable.append(f"{name} ({type(exc).__name__}: {exc})" if len(unreadable) < 3 else name)
             continue
         if turn != 1:
             turned[name] = turn
+        if lens is not None:
+            lenses[name] = lens
         sizes[name] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # 5–8 swap the sides
     if unreadable:
         raise DataError(f"{folder}: {len(unreadable)} of the {len(names)} photos cannot be read as images (empty, "
@@ -164,8 +192,8 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     if two_ways and mixed_orientation == "error":
         raise DataError(_sizes_error(folder, groups, "set mixed_orientation: crop to crop every such photo to its "
                                                      "centred square, or "))
-    plan = PhotoPlan(sizes, turned, two_ways, _renamed(names))
-    if len(plan.cameras()) > 1 and mixed_sizes == "error":
+    plan = PhotoPlan(sizes, turned, two_ways, _renamed(names), lenses)
+    if plan.size_count() > 1 and mixed_sizes == "error":
         raise DataError(_sizes_error(folder, groups, "set mixed_sizes: cameras to pose each size with a camera of "
                                                      "its own, or "))
     return plan

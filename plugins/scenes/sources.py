@@ -444,28 +444,40 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
 
 
 def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
-    """Warn what ``plan`` (:class:`pipeline.scenes.upright_photos.PhotoPlan`) does to photos of several sizes."""
+    """Warn what ``plan`` (:class:`pipeline.scenes.upright_photos.PhotoPlan`) does to photos of several sizes or
+    lenses."""
     for (w, h), (side, _) in plan.crops.items():
         if w > h:  # (each pair once)
             shots = [sum(plan.sizes[n] == size for n in plan.sizes) for size in ((h, w), (w, h))]
             warn(f"{folder}: {shots[0]} portrait and {shots[1]} landscape {what} of {w}x{h}: each is cropped to its "
                  f"centred {side}x{side} square, so all share one camera (mixed_orientation: error refuses them "
                  f"instead)")
-    groups = plan.cameras()
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name in plan.sizes:
+        groups.setdefault(plan.posed_size(name), []).append(name)
+    cameras = plan.cameras()
+    if len(cameras) > len(groups) and single_camera:
+        lenses = ", ".join(f"{len(g)} at {_lens(plan.camera_of(g[0])[2])}" for g in cameras)
+        warn(f"{folder}: {what} taken with {len(cameras)} lenses or sizes by their EXIF focal length ({lenses}): "
+             f"each is posed with a camera of its own")
     if len(groups) > 1:
-        sizes = ", ".join(f"{len(g)} of {plan.posed_size(g[0])[0]}x{plan.posed_size(g[0])[1]}" for g in groups)
+        sizes = ", ".join(f"{len(g)} of {w}x{h}" for (w, h), g in groups.items())
         how = "each size is posed with a camera of its own" if single_camera else "each is posed with its own camera"
         warn(f"{folder}: {what} of {len(groups)} sizes ({sizes}): {how}, and the undistorted {what} are fitted to "
              f"one size, scaled down and cropped, centred (mixed_sizes: error refuses them instead)")
-        w, h = (min(plan.posed_size(g[0])[i] for g in groups) for i in (0, 1))
-        shrunk = [g for g in groups if max(w / plan.posed_size(g[0])[0], h / plan.posed_size(g[0])[1]) < 0.5]
+        w, h = (min(size[i] for size in groups) for i in (0, 1))
+        shrunk = [g for size, g in groups.items() if max(w / size[0], h / size[1]) < 0.5]
         if 2 * sum(map(len, shrunk)) > len(plan.sizes):
-            small = [n for g in groups if g not in shrunk for n in g]
+            small = [n for g in groups.values() if g not in shrunk for n in g]
             listed = f"{', '.join(small[:6])}{' ...' if len(small) > 6 else ''}"
             warn(f"{folder}: the {len(small)} smallest of the {what} ({listed}) set the size the {what} are fitted "
                  f"to, about {w}x{h} (known after undistortion): {sum(map(len, shrunk))} of the {len(plan.sizes)} "
                  f"lose more than half their width and height; remove the small ones from the folder to keep the "
                  f"others' detail")
+
+
+def _lens(mm: Optional[float]) -> str:
+    return "no focal length" if mm is None else f"{mm:g} mm"
 
 
 def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
