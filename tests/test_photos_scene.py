@@ -354,6 +354,7 @@ def test_photos_of_two_lenses_of_one_size_are_posed_with_a_camera_each(tmp_path,
     asserted: SfM's result varies) made 849 px of both and rotations up to 3.5 degrees off."""
     from PIL import Image
 
+    from pipeline.report import capture_rows
     from plugins.scenes.config import PhotosConfig
     from plugins.scenes.sources import build_photos
 
@@ -372,7 +373,10 @@ def test_photos_of_two_lenses_of_one_size_are_posed_with_a_camera_each(tmp_path,
             "posed with a camera of its own") in capsys.readouterr().err
     sfm = scene.meta["sfm"]
     assert sfm["registered"] == 25 and sfm["cameras"] == 2, sfm
-    assert sfm["prepared"] == {"cameras": [[400, 400, 26.0, 13], [400, 400, 34.7, 12]]}, sfm
+    assert sfm["prepared"] == {"cameras": [[400, 400, "26 mm", 13], [400, 400, "34.7 mm", 12]]}, sfm
+    rows = dict(capture_rows(json.loads(json.dumps(scene.meta))))
+    assert "a camera for each size and lens (13 of 400x400 at 26 mm, 12 of 400x400 at 34.7 mm)" in rows[
+        "structure from motion"], rows
     rec = pycolmap.Reconstruction(Path(sfm["capture"]) / "capture" / "sparse")
     errors = rotation_errors(rec, doc["frames"])
     assert max(errors) < 0.5, errors

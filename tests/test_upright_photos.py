@@ -385,3 +385,19 @@ def test_a_few_small_photos_that_would_shrink_the_rest_are_named(tmp_path, capsy
     err = capsys.readouterr().err
     assert "photos of 2 sizes (1 of 20x12, 3 of 4x3): each is posed with its own camera" in err
     assert "set the size" not in err
+
+
+def test_lenses_are_told_apart_by_focal_length_and_its_35mm_equivalent(tmp_path):
+    """A phone's main lens (6.9 mm, 24 mm equivalent), its 2x digital zoom (the same lens, 48 mm equivalent) and
+    a photo without focal tags, all of one size: three cameras, in the order of their first photo."""
+    from pipeline.scenes.upright_photos import plan_photos
+
+    tags = [{0x920A: 6.86, 0xA405: 24}, {0x920A: 6.86, 0xA405: 48}, {0x920A: 6.86, 0xA405: 24}, {}]
+    for k, ifd in enumerate(tags):
+        _save(tmp_path / f"{k}.jpg", _pattern(6, 10, k), exif_ifd=ifd)
+    plan = plan_photos(tmp_path, [f"{k}.jpg" for k in range(4)])
+    assert plan.lenses == {"0.jpg": "6.9 mm (24 mm equiv.)", "1.jpg": "6.9 mm (48 mm equiv.)",
+                           "2.jpg": "6.9 mm (24 mm equiv.)"}
+    assert plan.cameras() == [["0.jpg", "2.jpg"], ["1.jpg"], ["3.jpg"]] and plan.size_count() == 1
+    assert plan.facts() == {"cameras": [[10, 6, "6.9 mm (24 mm equiv.)", 2], [10, 6, "6.9 mm (48 mm equiv.)", 1],
+                                        [10, 6, None, 1]]}

@@ -135,7 +135,7 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
             text += f"; portrait and landscape shots cropped to {' and '.join(f'{c[0]}x{c[1]}' for c in crops)}"
         cameras = prepared.get("cameras") if isinstance(prepared, dict) else None
         if isinstance(cameras, list) and all(isinstance(g, list) and len(g) == 4 for g in cameras):
-            listed = ", ".join(f"{g[3]} of {g[0]}x{g[1]}{f' at {g[2]:g} mm' if isinstance(g[2], (int, float)) else ''}"
+            listed = ", ".join(f"{g[3]} of {g[0]}x{g[1]}{f' at {g[2]}' if isinstance(g[2], str) else ''}"
                                for g in cameras)
             text += f"; a camera for each size and lens ({listed})"
         if _fitted(sfm.get("fitted")):

@@ -18,7 +18,8 @@ Any other mix of sizes is taken as photos of several cameras (``mixed_sizes: cam
 of each size share one camera in structure from motion (:func:`pipeline.scenes.sfm.run_sfm`), and their
 undistorted images are fitted to one size afterwards (:func:`pipeline.scenes.sfm.undistorted_fits`).
 ``mixed_sizes: error`` refuses them, naming the odd photos. Photos of one size whose EXIF focal lengths differ
-(a phone's wide, main and telephoto lenses) are another camera each too, and need no fitting beyond the few
+(a phone's wide, main and telephoto lenses, or its digital zoom, by the 35 mm equivalent) are another camera each
+too, and need no fitting beyond the few
 pixels their undistortion may differ by.
 
 HEIC/HEIF photos (an iPhone's default) are read with pillow-heif (the ``heic`` extra), which turns them as
@@ -61,15 +62,15 @@ class PhotoPlan:
     crops: (width, height) -> the centred square a photo of that size is cropped to, for the sizes that are held
         two ways (portrait and landscape shots of one camera).
     renamed: name -> the copy's name, for photos COLMAP does not read (HEIC: ``IMG_1.HEIC`` -> ``IMG_1.jpg``).
-    lenses: name -> the focal length its EXIF tag gives (mm, to 0.1), for the photos that have one: a phone's
-        lenses (0.5x, 1x, 3x) give photos of one size that are not one camera.
+    lenses: name -> its lens by its EXIF focal-length tags (:func:`lens_of`), for the photos that have them: a
+        phone's lenses (0.5x, 1x, 3x) and its digital zoom give photos of one size that are not one camera.
     """
 
     sizes: dict[str, tuple[int, int]]
     turned: dict[str, int] = field(default_factory=dict)
     crops: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
-    lenses: dict[str, float] = field(default_factory=dict)
+    lenses: dict[str, str] = field(default_factory=dict)
 
     @property
     def needed(self) -> bool:
@@ -84,8 +85,8 @@ class PhotoPlan:
         """(width, height) of photo ``name`` as structure from motion sees it: upright, then cropped."""
         return self.crop_of(name) or self.sizes[name]
 
-    def camera_of(self, name: str) -> tuple[int, int, Optional[float]]:
-        """(width, height, focal length in mm or None) of photo ``name``'s camera: its posed size and lens."""
+    def camera_of(self, name: str) -> tuple[int, int, Optional[str]]:
+        """(width, height, lens or None) of photo ``name``'s camera: its posed size and :func:`lens_of`."""
         return (*self.posed_size(name), self.lenses.get(name))
 
     def cameras(self) -> list[list[str]]:
@@ -106,7 +107,7 @@ class PhotoPlan:
 
     def facts(self) -> dict:
         """JSON facts for the run record, each only when it applies: ``{"turned": n, "crop": [w, h] (or a list of
-        them), "converted": n, "cameras": [[w, h, focal mm or None, photos], ...] (photos of several sizes or
+        them), "converted": n, "cameras": [[w, h, lens or None, photos], ...] (photos of several sizes or
         lenses, a camera each)}``."""
         crops = sorted({tuple(c) for c in self.crops.values()})
         groups = self.cameras()
@@ -116,14 +117,22 @@ class PhotoPlan:
                 **({"cameras": [[*self.camera_of(g[0]), len(g)] for g in groups]} if len(groups) > 1 else {})}
 
 
-def focal_length_mm(image) -> Optional[float]:
-    """The EXIF focal length (mm, to 0.1) of an open PIL image, None when it has none or a bad one."""
-    value = image.getexif().get_ifd(EXIF_IFD).get(FOCAL_LENGTH)
-    try:
-        mm = float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return round(mm, 1) if mm > 0 and mm == mm and mm != float("inf") else None
+def lens_of(image) -> Optional[str]:
+    """The lens an open PIL image was taken with, by its EXIF focal length (mm, to 0.1) and 35 mm equivalent:
+    ``"6.9 mm (48 mm equiv.)"``, either alone, or None when it has neither. The equivalent tells a phone's
+    digital zoom (a crop of one lens: the same focal length) apart."""
+    sub = image.getexif().get_ifd(EXIF_IFD)
+
+    def tag(key: int) -> Optional[float]:
+        try:
+            value = float(sub.get(key))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return round(value, 1) if 0 < value < float("inf") else None
+
+    mm, equiv = tag(FOCAL_LENGTH), tag(FOCAL_35MM)
+    parts = [f"{mm:g} mm" if mm else "", f"{equiv:g} mm equiv." if equiv else ""]
+    return (f"{parts[0]} ({parts[1]})" if mm and equiv else parts[0] or parts[1]) or None
 
 
 def exif_orientation(image) -> int:
@@ -172,7 +181,7 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
             with open_photo(folder / name) as im:
                 w, h = im.size
                 turn = exif_orientation(im) if upright else 1
-                lens = focal_length_mm(im)
+                lens = lens_of(im)
         except (OSError, ValueError, SyntaxError) as exc:  # (PIL's UnidentifiedImageError is an OSError)
             unreadable.append(f"{name} ({type(exc).__name__}: {exc})" if len(unreadable) < 3 else name)
             continue

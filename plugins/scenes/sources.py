@@ -457,7 +457,7 @@ def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
         groups.setdefault(plan.posed_size(name), []).append(name)
     cameras = plan.cameras()
     if len(cameras) > len(groups) and single_camera:
-        lenses = ", ".join(f"{len(g)} at {_lens(plan.camera_of(g[0])[2])}" for g in cameras)
+        lenses = ", ".join(f"{len(g)} at {plan.camera_of(g[0])[2] or 'no focal length'}" for g in cameras)
         warn(f"{folder}: {what} taken with {len(cameras)} lenses or sizes by their EXIF focal length ({lenses}): "
              f"each is posed with a camera of its own")
     if len(groups) > 1:
@@ -474,10 +474,6 @@ def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
                  f"to, about {w}x{h} (known after undistortion): {sum(map(len, shrunk))} of the {len(plan.sizes)} "
                  f"lose more than half their width and height; remove the small ones from the folder to keep the "
                  f"others' detail")
-
-
-def _lens(mm: Optional[float]) -> str:
-    return "no focal length" if mm is None else f"{mm:g} mm"
 
 
 def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
