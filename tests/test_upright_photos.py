@@ -377,7 +377,8 @@ def test_a_few_small_photos_that_would_shrink_the_rest_are_named(tmp_path, capsy
     _warn_sizes(tmp_path / "a", plan_photos(tmp_path / "a", [f"{k}.png" for k in range(4)]), "photos", True)
     err = capsys.readouterr().err
     assert "photos of 2 sizes (3 of 20x12, 1 of 4x3): each size is posed with a camera of its own" in err
-    assert ("the 1 smallest of the photos (3.png) set the size the photos are fitted to, about 4x3 (known after undistortion): 3 of the 4 lose more than "
+    assert ("the 1 smallest of the photos (3.png) set the size the photos are fitted to, about 4x3 (known after "
+            "undistortion): 3 of the 4 lose more than "
             "half their width and height; remove the small ones from the folder") in err, err
     for k, (h, w) in enumerate([(12, 20), (3, 4), (3, 4), (3, 4)]):
         _save(tmp_path / "b" / f"{k}.png", _pattern(h, w, k))

@@ -73,3 +73,9 @@ def fits_to_one_size(sizes: dict[int, tuple[int, int]]) -> dict[int, Fit]:
             left, top = (sw - bw) / 2, (sh - bh) / 2
             fits[cid] = Fit((left, top, left + bw, top + bh), (w, h), scale, (sw, sh))
     return fits
+
+
+def fit_facts(fits: dict[int, Fit]) -> dict:
+    """JSON facts of ``fits`` (non-empty) for the run record: ``{"size": [W, H], "cameras": n, "scaled": k}``."""
+    return {"size": list(next(iter(fits.values())).size), "cameras": len(fits),
+            "scaled": sum(f.scale != 1.0 for f in fits.values())}

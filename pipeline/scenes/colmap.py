@@ -55,7 +55,7 @@ import numpy as np
 from pipeline.notices import warn
 from pipeline.scenes.blender import (FrameList, check_load_options, load_frames, near_far_from_box,
                                      resolve_downscale, rotation_fault, warn_distortion)
-from pipeline.scenes.camera_fit import fits_to_one_size
+from pipeline.scenes.camera_fit import fit_facts, fits_to_one_size
 from pipeline.types import DataError, SceneData
 
 __all__ = ["load_colmap", "find_sparse_model", "colmap_normalisation", "scene_up", "COLMAP_PINHOLE_MODELS",
@@ -579,8 +579,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                         "rotation": how["rotation"], "to_run": T.tolist()},
     }
     if fits:
-        meta["fitted"] = {"size": list(next(iter(fits.values())).size), "cameras": len(fits),
-                          "scaled": sum(f.scale != 1.0 for f in fits.values())}
+        meta["fitted"] = fit_facts(fits)
     if missing_splits:
         meta["splits_missing"] = missing_splits
     if unposed:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 
-from pipeline.scenes.camera_fit import Fit, fits_to_one_size
+from pipeline.scenes.camera_fit import Fit, fit_facts, fits_to_one_size
 from pipeline.types import DataError
 
 #: suffixes of the photos read from a folder (case-insensitive); HEIC/HEIF ones are posed from JPEG copies
@@ -91,13 +91,14 @@ def keyframe_pairs(n: int, every: int, overlap: int = SEQUENTIAL_OVERLAP) -> lis
 
 
 def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str = "SIMPLE_RADIAL",
-            single_camera: bool = True, cameras: Optional[Sequence[Sequence[str]]] = None, matcher: Literal["exhaustive", "sequential", "keyframes"] = "exhaustive",
-            keyframe_every: int = 10, max_image_size: int = 1600, threads: int = -1, seed: int = 0,
-            progress: bool = True) -> dict:
+            single_camera: bool = True, cameras: Optional[Sequence[Sequence[str]]] = None,
+            matcher: Literal["exhaustive", "sequential", "keyframes"] = "exhaustive", keyframe_every: int = 10,
+            max_image_size: int = 1600, threads: int = -1, seed: int = 0, progress: bool = True) -> dict:
     """Run SfM on the photos ``names`` in ``photos`` into ``out`` (see the module docstring); returns what it
     found: ``{"photos", "registered", "unregistered" (names), "models", "points", "mean_reprojection_error",
-    "seconds": {step: s}, ...options}``. ``cameras``: the photos grouped by size (photos of several cameras);
-    with ``single_camera`` the photos of each group share a camera, the groups do not. DataError when no model
+    "seconds": {step: s}, ...options}``. ``cameras``: the photos grouped by camera (by size and lens:
+    :meth:`pipeline.scenes.upright_photos.PhotoPlan.cameras`); with ``single_camera`` the photos of each group
+    share a camera, the groups do not. DataError when no model
     registers at least :data:`MIN_PHOTOS` photos."""
     from pipeline.scenes.colmap import _pycolmap
 
@@ -114,7 +115,7 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     extraction.num_threads = int(threads)
     groups = [list(g) for g in cameras] if cameras and single_camera and len(cameras) > 1 else [list(names)]
     if len(groups) > 1:
-        _say(f"{len(groups)} sizes of photo: a camera for each ({', '.join(str(len(g)) for g in groups)} photos)",
+        _say(f"{len(groups)} cameras by size and lens, of {', '.join(str(len(g)) for g in groups)} photos",
              progress)
     for group in groups:  # (each call with CameraMode.SINGLE makes a camera of its own)
         run_cancellable(pycolmap, pycolmap.extract_features, db, photos, image_names=group,
@@ -230,14 +231,12 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
     _say(f"undistorting the {len(registered)} registered photos", progress)
     run_cancellable(pycolmap, pycolmap.undistort_images, out / "capture", model, photos)
     fits = undistorted_fits(pycolmap, rec)
-    fitted = {}
+    fitted = {"fitted": fit_facts(fits)} if fits else {}
     if fits:  # (several cameras: one size for the split)
-        size = next(iter(fits.values())).size
-        scaled = sum(f.scale != 1.0 for f in fits.values())
-        _say(f"fitting the undistorted photos of {len(rec.cameras)} cameras to one size, {size[0]}x{size[1]} "
-             f"({scaled} camera(s) scaled, the others cropped)", progress)
+        (w, h), scaled = fitted["fitted"]["size"], fitted["fitted"]["scaled"]
+        _say(f"fitting the undistorted photos of {len(rec.cameras)} cameras to one size, {w}x{h} ({scaled} "
+             f"camera(s) scaled, the others cropped)", progress)
         _fit_capture(pycolmap, out / "capture", fits)
-        fitted = {"fitted": {"size": list(size), "cameras": len(fits), "scaled": scaled}}
     return {"photos": len(names), "registered": len(registered),
             "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()), **fitted,
