@@ -440,10 +440,9 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             img = _read_image(path)
             fit = sp.fits[i] if sp.fits else None
             if fit is not None and (img.shape[1], img.shape[0]) != tuple(fit.source):
-                raise DataError(f"{path} is {img.shape[1]}x{img.shape[0]} (WxH) but its camera in {sp.source} is "
-                                f"{fit.source[0]}x{fit.source[1]}; images of cameras of several sizes are fitted to "
-                                f"one size from the model's own images (load images/, with scene.downscale for "
-                                f"smaller ones)")
+                raise DataError(f"{path} is {img.shape[1]}x{img.shape[0]} (WxH), but the first image of its camera "
+                                f"in {sp.source} is {fit.source[0]}x{fit.source[1]}; the images of one camera must "
+                                f"share one size")
             shape = (fit.size[1], fit.size[0]) if fit is not None else img.shape[:2]
             if size0 is None:
                 size0, first = shape, path
@@ -510,6 +509,18 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                        names=names), (W0, H0)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of the image at ``path``, from its header (the whole image when PIL cannot read it)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # (a format PIL does not read: read it whole)
+        h, w = _read_image(path).shape[:2]
+        return w, h
+
+
 def resolve_downscale(downscale, first: Path, size: Optional[tuple[int, int]] = None) -> int:
     """``downscale`` as the loaders apply it: an integer as it is; ``"auto"``: the least whole factor that brings
     the longer side of the image ``first`` (and so of its split), or of ``size`` (W, H) when given (the size the
@@ -517,16 +528,7 @@ def resolve_downscale(downscale, first: Path, size: Optional[tuple[int, int]] = 
     phone photo, 4032x3024, loads at 1/3: 1344x1008)."""
     if downscale != "auto":
         return int(downscale)
-    if size is not None:
-        w, h = size
-    else:
-        try:
-            from PIL import Image
-
-            with Image.open(first) as im:
-                w, h = im.size
-        except Exception:  # (a format PIL does not read: read it whole)
-            h, w = _read_image(first).shape[:2]
+    w, h = size if size is not None else image_size(first)
     factor = max(1, math.ceil(max(w, h) / AUTO_MAX_SIDE))
     if factor > 1:
         warn(f"the scene's images, {w}x{h}, are loaded at 1/{factor} of their size, {w // factor}x{h // factor} "

@@ -53,7 +53,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.notices import warn
-from pipeline.scenes.blender import (FrameList, check_load_options, load_frames, near_far_from_box,
+from pipeline.scenes.blender import (FrameList, check_load_options, image_size, load_frames, near_far_from_box,
                                      resolve_downscale, rotation_fault, warn_distortion)
 from pipeline.scenes.camera_fit import fit_facts, fits_to_one_size
 from pipeline.types import DataError, SceneData
@@ -361,17 +361,22 @@ def _missing_images(folder: Path, missing: list[str], where: Path, total: int) -
                      f"(the images option names another folder, e.g. images_2)")
 
 
+def _check_size(path: Path, cam_id: int, size: tuple[int, int], cams: dict, where: Path) -> None:
+    """DataError when the image at ``path``, of ``size`` (W0, H0) on disk, is not its camera's picture scaled by one
+    factor (1 pixel of rounding); ``cams`` maps a camera id to its :func:`_intrinsics`."""
+    (w0, h0), (w, h) = size, cams[cam_id][0][4:]
+    if abs(h * w0 / w - h0) > 1.0 + 1e-9:
+        raise DataError(f"{path} is {w0}x{h0} (WxH) but its camera {cam_id} in {where} is "
+                        f"{int(w)}x{int(h)}: not the same picture scaled; the images folder must hold "
+                        f"the model's images, or copies all downscaled by one factor (images_2)")
+
+
 def _check_sizes(loaded: dict, cams: dict, where: Path) -> None:
-    """DataError when an image's size is not its camera's scaled by one factor (1 pixel of rounding):
-    ``loaded`` maps a split to ``(FrameList, camera id per frame, (W0, H0) on disk)``, ``cams`` a camera id
-    to its :func:`_intrinsics`."""
-    for sp, frame_cams, (w0, h0) in loaded.values():
+    """:func:`_check_size` for every image loaded: ``loaded`` maps a split to ``(FrameList, camera id per frame,
+    (W0, H0) on disk)``."""
+    for sp, frame_cams, size in loaded.values():
         for path, cam_id in zip(sp.paths, frame_cams):
-            w, h = cams[cam_id][0][4:]
-            if abs(h * w0 / w - h0) > 1.0 + 1e-9:
-                raise DataError(f"{path} is {w0}x{h0} (WxH) but its camera {cam_id} in {where} is "
-                                f"{int(w)}x{int(h)}: not the same picture scaled; the images folder must hold "
-                                f"the model's images, or copies all downscaled by one factor (images_2)")
+            _check_size(path, cam_id, size, cams, where)
 
 
 def _warn_fitted(where: Path, fits: dict, posed: list) -> None:
@@ -519,7 +524,12 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     poses = T @ c2w_cv @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes -> OpenGL
     poses[:, :3, :3] /= how["scale"]  # T scales the rotation part too: undo it (the camera frame stays orthonormal)
 
-    fits = fits_to_one_size({cid: (int(c[0][4]), int(c[0][5])) for cid, c in cams.items()})
+    disk: dict[int, tuple[int, int]] = {}  # camera id -> (W, H) of its images in the folder (its first one's)
+    for im, path in zip(posed, paths):
+        if im.camera_id not in disk:
+            disk[im.camera_id] = image_size(path)
+            _check_size(path, im.camera_id, disk[im.camera_id], cams, cameras_file)
+    fits = fits_to_one_size(disk)
     if fits:
         _warn_fitted(cameras_file, fits, posed)
     found: dict[str, tuple[FrameList, list[int]]] = {}
@@ -535,9 +545,10 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
             sp.masks.append(mask_of[i])
         sp.poses.append(poses[i])
         if fits:  # (cameras of several sizes: each image fitted to one size, its intrinsics alike)
-            fx, fy, cx, cy = cams[im.camera_id][0][:4]
-            sp.intr.append((*fits[im.camera_id].intrinsics(fx, fy, cx, cy), *map(float, fits[im.camera_id].size)))
-            sp.fits.append(fits[im.camera_id])
+            fx, fy, cx, cy, w, h = cams[im.camera_id][0]
+            fit, sx, sy = fits[im.camera_id], disk[im.camera_id][0] / w, disk[im.camera_id][1] / h  # (images_2)
+            sp.intr.append((*fit.intrinsics(fx * sx, fy * sy, cx * sx, cy * sy), *map(float, fit.size)))
+            sp.fits.append(fit)
         else:
             sp.intr.append(cams[im.camera_id][0])
         ids.append(im.camera_id)
