@@ -136,8 +136,8 @@ class PhotosConfig(_CaptureOptions):
     path: str = Field(..., description="folder of photos, or a folder holding them in images/; ${NLS_DATA} ok")
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = Field(
         "SIMPLE_RADIAL", description="camera model the mapper estimates (distortion is undistorted away after)")
-    single_camera: bool = Field(True, description="one camera shared by the photos of each size (one lens, one "
-                                "zoom); false: a camera for every photo")
+    single_camera: bool = Field(True, description="one camera shared by the photos of each size and lens (by "
+                                "their EXIF focal length); false: a camera for every photo")
     matcher: Literal["exhaustive", "sequential", "keyframes"] = Field(
         "exhaustive", description="match every pair (any order of photos), neighbours by name (photos in the order "
                                   "taken), or keyframes: neighbours and every pair of every keyframe_every-th")
