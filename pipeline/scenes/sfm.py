@@ -193,27 +193,31 @@ def undistorted_fits(pycolmap, rec) -> dict[int, Fit]:
     return fits_to_one_size(sizes)
 
 
-def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit]) -> None:
+def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit], progress: bool = True) -> None:
     """Fit the undistorted images of ``capture`` (``images/``, ``sparse/``) to one size by ``fits`` (camera id ->
     :class:`Fit`; :func:`undistorted_fits`), moving and scaling each pinhole camera's principal point, focal
     length and each image's keypoints alike."""
     from PIL import Image
+
+    from pipeline.progress import StepProgress
 
     rec = pycolmap.Reconstruction(capture / "sparse")
     for cid, cam in rec.cameras.items():
         fit = fits[int(cid)]
         fx, fy, cx, cy = (float(v) for v in cam.params)  # PINHOLE, as undistortion writes it
         cam.width, cam.height, cam.params = *fit.size, list(fit.intrinsics(fx, fy, cx, cy))
-    for im in rec.images.values():
-        fit = fits[int(im.camera_id)]
-        for point in im.points2D:
-            point.xy = fit.point(point.xy)
-        path = capture / "images" / im.name
-        with Image.open(path) as image:
-            fitted = fit.image(image)
-            fitted.load()
-        jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-        fitted.save(path, **({"quality": 95, "subsampling": 0} if jpeg else {}))
+    with StepProgress(len(rec.images), 0, "fitting photos to one size", enabled=progress) as bar:
+        for k, im in enumerate(rec.images.values()):
+            fit = fits[int(im.camera_id)]
+            for point in im.points2D:
+                point.xy = fit.point(point.xy)
+            path = capture / "images" / im.name
+            with Image.open(path) as image:
+                fitted = fit.image(image)
+                fitted.load()
+            jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+            fitted.save(path, **({"quality": 95, "subsampling": 0} if jpeg else {}))
+            bar.advance(k + 1, im.name)
     rec.write(capture / "sparse")
 
 
@@ -236,7 +240,7 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
         (w, h), scaled = fitted["fitted"]["size"], fitted["fitted"]["scaled"]
         _say(f"fitting the undistorted photos of {len(rec.cameras)} cameras to one size, {w}x{h} ({scaled} "
              f"camera(s) scaled, the others cropped)", progress)
-        _fit_capture(pycolmap, out / "capture", fits)
+        _fit_capture(pycolmap, out / "capture", fits, progress)
     return {"photos": len(names), "registered": len(registered),
             "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()), **fitted,
