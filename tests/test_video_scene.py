@@ -102,6 +102,26 @@ def test_a_pause_in_the_video_gives_one_frame_when_spaced_by_motion(tmp_path):
     assert sorted(p.name for p in (tmp_path / "motion").iterdir()) == [f"frame_{k:06d}.jpg" for k in picked]
 
 
+def test_a_pause_while_the_exposure_changes_is_still_a_pause(tmp_path):
+    """The same pan and pause (levels kept within 20-230), the paused picture brightening by 1.5% and half a level
+    a frame and back (a camera's automatic exposure: gain and offset): spaced by motion, at most one frame comes
+    from the pause. The plain change of the thumbnails, before their brightness is matched, counts the
+    brightening as motion (every step above STILL_LEVELS). At 384x288 the video's compression leaves matched
+    steps of up to 0.34 levels in the pause (at 128x96, whose thumbnail blocks are 2 px, 0.58)."""
+    from pipeline.scenes.video_frames import STILL_LEVELS, picture_change, take_frames, thumbnail
+
+    pan = [np.round(20 + 0.7 * f).astype(np.uint8) for f in _panning(20, set(), h=288, w=384)]  # (20-199 levels)
+    held = pan[9].astype(np.float32)
+    ramp = [np.round(held * (1 + 0.015 * min(k, 19 - k)) + 0.5 * min(k, 19 - k)).astype(np.uint8)
+            for k in range(20)]  # (at most 1.135 x 199 + 4.5 = 230: nothing clips)
+    steps = [float(np.abs(thumbnail(b) - thumbnail(a)).mean()) for a, b in zip(ramp, ramp[1:])]
+    assert min(steps[:8]) > STILL_LEVELS, steps  # (the plain change would count it)
+    assert max(picture_change(thumbnail(b), thumbnail(a)) for a, b in zip(ramp, ramp[1:])) < STILL_LEVELS
+    video = _write(tmp_path / "exposure.mp4", pan[:10] + ramp + pan[10:])
+    found = take_frames(video, tmp_path / "motion", frames=8, sharpest=False, progress=False)
+    assert found["still"] >= 18 and len([k for k in found["picked"] if 10 <= k < 30]) <= 1, found
+
+
 def test_sharpness_tells_a_smeared_frame_from_a_sharp_one_at_full_hd_too():
     """At 1080p a frame is judged at every 2nd pixel; a 9-pixel motion smear still scores far lower."""
     from scipy.ndimage import uniform_filter1d

@@ -2,8 +2,9 @@
 
 A video holds far more frames than SfM needs, many of them blurred by the camera's motion, and a handheld one
 has stretches where the camera stands still or sweeps fast. The video is cut into ``frames`` stretches of equal
-motion (the summed change of a grey thumbnail from frame to frame, with changes below the flicker of noise taken
-as none), so a pause gives one frame and a fast sweep several; or of equal time. One frame of each is kept: the
+motion (the summed change of a grey thumbnail from frame to frame, its brightness matched first so that automatic
+exposure is not taken for motion, with changes below the flicker of noise taken as none), so a pause gives one
+frame and a fast sweep several; or of equal time. One frame of each is kept: the
 sharpest, by the variance of the Laplacian of its grey levels (Pech-Pacheco et al. 2000, "Diatom autofocusing in
 brightfield microscopy"), or the first. The video is decoded twice, in order, by ffmpeg through imageio-ffmpeg (the
 ``video`` extra), which turns the frames upright by the video's rotation tag and can scale them down: the first
@@ -117,6 +118,17 @@ def thumbnail(frame: np.ndarray) -> np.ndarray:
     return sums.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / np.float32(k * k)
 
 
+def picture_change(thumb: np.ndarray, last: np.ndarray) -> float:
+    """Mean absolute change (grey levels) from thumbnail ``last`` to ``thumb`` (h, w), after ``last``'s levels are
+    matched to ``thumb``'s by a gain and an offset (its mean and spread made ``thumb``'s): a camera's automatic
+    exposure, which brightens or darkens the whole picture, is not taken for motion. A flat thumbnail (spread
+    under 0.5 levels) is matched by its mean alone."""
+    spread_t, spread_l = float(thumb.std()), float(last.std())
+    gain = spread_t / spread_l if spread_l >= 0.5 and spread_t >= 0.5 else 1.0
+    matched = (last - last.mean()) * np.float32(gain) + thumb.mean()
+    return float(np.abs(thumb - matched).mean())
+
+
 def pick_frames(count: int, frames: int, scores: Optional[np.ndarray] = None,
                 motion: Optional[np.ndarray] = None) -> list[int]:
     """Which of ``count`` frames to take: one from each of ``frames`` stretches, the highest ``scores`` (count,)
@@ -203,7 +215,7 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, s
                 scores.append(sharpness(frame))
             if spacing == "motion":
                 thumb = thumbnail(frame)
-                change = float(np.abs(thumb - last[0]).mean()) if last else 0.0
+                change = picture_change(thumb, last[0]) if last else 0.0
                 motion.append(change if change > STILL_LEVELS else 0.0)
                 last[:] = [thumb]
             bar.advance(min(k + 1, expected), "frames")
