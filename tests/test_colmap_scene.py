@@ -280,7 +280,7 @@ def test_a_downscaled_image_folder_scales_the_intrinsics_and_a_foreign_one_is_re
     (root / "images_wide").mkdir()
     for p in sorted((root / "images").iterdir()):
         Image.open(p).resize((32, 16)).save(root / "images_wide" / p.name)
-    with pytest.raises(DataError, match=r"000.png is 32x16 \(WxH\) but its camera 1 in .*cameras.txt is 32x32"):
+    with pytest.raises(DataError, match=r"001.png is 32x16 \(WxH\) but its camera 2 in .*cameras.txt is 32x32"):
         load_colmap(root, images="images_wide")
 
 

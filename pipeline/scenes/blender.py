@@ -462,8 +462,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             else:
                 rgb = img
             if fit is not None:
-                rgb, a = fit.array(rgb.astype(np.float32)), (None if a is None else
-                                                             np.clip(fit.array(a.astype(np.float32)), 0.0, 1.0))
+                rgb, a = fit.array(np.asarray(rgb, np.float32)), (None if a is None else
+                                                                  np.clip(fit.array(np.asarray(a, np.float32)), 0, 1))
             rgb = _downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)

@@ -525,10 +525,11 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     poses[:, :3, :3] /= how["scale"]  # T scales the rotation part too: undo it (the camera frame stays orthonormal)
 
     disk: dict[int, tuple[int, int]] = {}  # camera id -> (W, H) of its images in the folder (its first one's)
-    for im, path in zip(posed, paths):
-        if im.camera_id not in disk:
-            disk[im.camera_id] = image_size(path)
-            _check_size(path, im.camera_id, disk[im.camera_id], cams, cameras_file)
+    if len({c[0][4:] for c in cams.values()}) > 1:  # (cameras of one size: nothing to fit, no header to read)
+        for im, path in zip(posed, paths):
+            if im.camera_id not in disk:
+                disk[im.camera_id] = image_size(path)
+                _check_size(path, im.camera_id, disk[im.camera_id], cams, cameras_file)
     fits = fits_to_one_size(disk)
     if fits:
         _warn_fitted(cameras_file, fits, posed)
