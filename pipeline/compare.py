@@ -18,13 +18,23 @@ EVAL_BLOCKS = ("eval",)
 
 @dataclass
 class Comparison:
-    """Rows are quantities, columns are runs. ``best[row]``: column indices of the best value."""
+    """Rows are quantities, columns are runs. ``best[row]``: column indices of the best value. ``notes``:
+    {metric: what it measures}, as the runs recorded them (the first run's where they differ)."""
 
     runs: list[RunFacts]
     labels: list[str]
     rows: list[tuple[str, list[Any]]]
     best: dict[str, set[int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def legend(self) -> list[tuple[str, str, str]]:
+        """(metric, ↑ / ↓ / "", note) for each metric row with a note, in the table's order (the counts and
+        scales evaluators report beside them are left out: ``to_dict`` has their notes)."""
+        from pipeline.metric_notes import direction_mark
+
+        return [(name, direction_mark(name), self.notes[name]) for name, _ in self.rows
+                if name in self.notes and not is_bookkeeping(name)]
 
     def to_dict(self) -> dict:
         """Plain data (``nls compare --json``): runs (``status`` is the table's status name, one of
@@ -36,7 +46,7 @@ class Comparison:
                          for lab, r in zip(self.labels, self.runs)],
                 "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
                 "best": {k: [self.labels[i] for i in sorted(v)] for k, v in self.best.items()},
-                "warnings": self.warnings}
+                "notes": self.notes, "warnings": self.warnings}
 
 
 def compare_runs(paths: Sequence[Path]) -> Comparison:
@@ -83,7 +93,11 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
-    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels))
+    notes: dict[str, str] = {}
+    for r in runs:
+        for k, v in r.metric_notes.items():
+            notes.setdefault(k, v)
+    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels), notes)
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:
@@ -298,6 +312,8 @@ def to_markdown(c: Comparison) -> str:
         cells = [f"**{_cell(v)}**" if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
+    if c.notes:
+        text += "\n" + "\n".join(f"- `{name}`{' ' + mark if mark else ''}: {note}" for name, mark, note in c.legend()) + "\n"
     if c.warnings:
         text += "\n" + "\n".join(f"> warning: {w}" for w in c.warnings) + "\n"
     return text
@@ -311,8 +327,9 @@ def to_html(c: Comparison) -> str:
     body = H.table(["", *c.labels], [(name, *vals) for name, vals in c.rows], best=best)
     warn = "\n".join(H.warning(w) for w in c.warnings)
     paths = H.table(["run", "folder"], [(lab, str(r.path)) for lab, r in zip(c.labels, c.runs)])
+    legend = [("Metrics", H.table(["metric", "", "what it is"], c.legend()))] if c.notes else []
     return H.page("nls compare", f"{len(c.runs)} runs" + ("; best values in bold" if c.best else ""),
-                  [("Table", warn + body), ("Runs", paths)])
+                  [("Table", warn + body), *legend, ("Runs", paths)])
 
 
 def print_rich(c: Comparison) -> None:
@@ -326,6 +343,7 @@ def print_rich(c: Comparison) -> None:
 
 def _print_table(con, c: Comparison) -> None:
     """:func:`print_rich`'s table and run folders on ``con``."""
+    from rich.markup import escape
     from rich.table import Table
 
     plain = not con.is_terminal  # piped: bold is dropped, so the best cells get a visible '*'
@@ -338,6 +356,8 @@ def _print_table(con, c: Comparison) -> None:
         t.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
                           if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
     con.print(t)
+    for name, mark, note in c.legend():
+        con.print(f"[dim]{escape(name)}{' ' + mark if mark else ''}: {escape(note)}[/dim]", highlight=False)
     for lab, r in zip(c.labels, c.runs):
         con.print(f"{lab}: {r.path}", highlight=False, soft_wrap=True)  # paths whole, never wrapped
 

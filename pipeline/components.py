@@ -12,7 +12,7 @@ import importlib
 import inspect
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin
 
@@ -171,6 +171,8 @@ class Component:
         alternative are available upstream. ``()`` means it needs nothing.
     description: one line for ``nls plugins``.
     plugin: name of the registering plugin (filled in by the host).
+    metrics: an evaluator's ``(metric, note)`` pairs: what each metric it reports measures, in what unit
+        (:mod:`pipeline.metric_notes`). A name ending in ``@`` covers every metric it starts (``fscore@0.01``).
     """
 
     stage: str
@@ -181,6 +183,7 @@ class Component:
     consumes: tuple[frozenset[str], ...] = ()
     description: str = ""
     plugin: str = ""
+    metrics: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -227,6 +230,7 @@ class Component:
             "produces": sorted(self.produces),
             "consumes": [sorted(a) for a in self.consumes],
             "config": cfg,
+            **({"metrics": dict(self.metrics)} if self.metrics else {}),
         }
 
 
@@ -245,9 +249,10 @@ class Registrar:
     collected: list[Component] = field(default_factory=list)
 
     def __call__(self, name: str, factory: Factory, *, config: Any = ComponentConfig,
-                 produces=(), consumes=(), description: str = "") -> None:
-        """Collect one component; a PluginError for an invalid name or a config that is not a
-        :class:`ComponentConfig` subclass (a ``"module:attr"`` one is checked when loaded)."""
+                 produces=(), consumes=(), description: str = "", metrics: Optional[Mapping[str, str]] = None) -> None:
+        """Collect one component; a PluginError for an invalid name, a config that is not a
+        :class:`ComponentConfig` subclass (a ``"module:attr"`` one is checked when loaded) or ``metrics``
+        that is not a mapping of metric names to notes (evaluators only)."""
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(f"plugin {self.plugin!r}: {self.stage} component name {name!r} must be letters, "
                               f"digits, _ or -{_name_example(name)}")
@@ -264,7 +269,20 @@ class Registrar:
                               f"any one of them")
         alts = tuple(frozenset([c]) if isinstance(c, str) else frozenset(c) for c in consumes)
         self.collected.append(Component(self.stage, name, factory, config, frozenset(produces), alts,
-                                        description, self.plugin))
+                                        description, self.plugin, self._metrics(where, metrics)))
+
+    def _metrics(self, where: str, metrics: Optional[Mapping[str, str]]) -> tuple[tuple[str, str], ...]:
+        """``metrics`` as (name, note) pairs; a PluginError unless it is None or a mapping of non-empty
+        texts, given to an evaluator."""
+        if metrics is None:
+            return ()
+        if self.stage != "evaluator":
+            raise PluginError(f"{where}: metrics= describes what an evaluator reports; a {self.stage} has no metrics")
+        if not isinstance(metrics, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v.strip()
+                                                       for k, v in metrics.items()):
+            raise PluginError(f"{where}: metrics= must map each metric name to a note on what it measures and in "
+                              f"what unit, e.g. metrics={{'iou': 'intersection over union, 0..1'}}; got {metrics!r}")
+        return tuple((k, " ".join(v.split())) for k, v in metrics.items())
 
 
 def check_config_class(config: Any, where: str, *, defaults: bool = True) -> None:

@@ -198,13 +198,19 @@ def nls_register_evaluators(register):
     the rest of the chain, so a scene that cannot provide them is refused before training;
     so is ``gt_mesh``: a scene source that never offers it is refused the same way, and one that
     declares it but has none for this scene makes the evaluator skip, with a printed reason.
+    ``metrics`` ({name: note}) says what each metric measures and in what unit; a run records the
+    notes beside its values (summary.json, eval.json), and ``nls eval``, ``nls compare``, ``nls report``
+    and ``nls plugins NAME`` show them. A name ending in ``@`` covers the metrics it starts, with
+    ``{at}`` in its note standing for the rest of the name (``fscore@`` for ``fscore@0.01``).
 
     Example::
 
         @hookimpl
         def nls_register_evaluators(register):
             register("chamfer", "plugins.ngp.evaluate:build_geometry_metrics",
-                     consumes=[{"mesh", "gt_mesh"}])
+                     consumes=[{"mesh", "gt_mesh"}],
+                     metrics={"chamfer_l1": "×10³ in the GT's frame: ...",
+                              "fscore@": "F-score at distance {at}; 0..1"})
     """
 
 

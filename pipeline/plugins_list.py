@@ -189,8 +189,11 @@ def _print_tables(con, data: list[dict], show_all: bool, shown: frozenset = froz
         for c, _ in rows if show_all else ():
             if (c["stage"], c["name"]) in shown:
                 con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] options: shown above\n", highlight=False)
-            elif c.get("options"):
-                print_options(con, c)
+            else:
+                if c.get("metrics"):
+                    print_metric_notes(con, c)
+                if c.get("options"):
+                    print_options(con, c)
 
 
 def _consumes(c: dict) -> str:
@@ -238,10 +241,31 @@ def _print_component(con, c: dict) -> None:
     if c["description"]:
         con.print(escape(wrap_paragraphs(c["description"], max(40, con.width - 1), "  ")) + "\n",
                   highlight=False, soft_wrap=True)
+    if c.get("metrics"):
+        print_metric_notes(con, c)
     if c["options"]:
         print_options(con, c)
     else:
         con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] has no options.\n", highlight=False)
+
+
+def print_metric_notes(con, c: dict) -> None:
+    """An evaluator's metrics (``c["metrics"]``: {name: note}), a line each with its note wrapped below, and
+    ↑ / ↓ where higher or lower is better."""
+    from rich.markup import escape
+
+    from pipeline.metric_notes import direction_mark
+
+    width = max(40, con.width - 1)
+    con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] reports:", highlight=False)
+    for name, note in c["metrics"].items():
+        mark = direction_mark(name.rstrip("@") if name.endswith("@") else name)
+        shown = f"{name}τ" if name.endswith("@") else name
+        con.print(escape(f"  {shown}" + (f"  {mark}" if mark else "")), highlight=False, soft_wrap=True)
+        con.print(escape(textwrap.fill(note.replace("{at}", "τ"), width=width, initial_indent=" " * 6,
+                                       subsequent_indent=" " * 6, break_on_hyphens=False)),
+                  highlight=False, soft_wrap=True)
+    con.print()
 
 
 def wrap_paragraphs(text: str, width: int, indent: str = "") -> str:

@@ -52,3 +52,10 @@ def register_plugin():
     def make(*extra: tuple[str, Any]) -> PluginHost:
         return plugin_host(*extra)
     return make
+
+
+def assert_metrics_noted(record: dict) -> None:
+    """Assert that a run's summary.json (or eval.json) ``record`` holds a note for every metric it reports:
+    each evaluator that ran declared, with ``metrics=`` when it registered, what its metrics measure."""
+    missing = sorted(set(record.get("metrics") or {}) - set(record.get("metric_notes") or {}))
+    assert not missing, f"metrics without a note (register the evaluator with metrics={{name: note}}): {missing}"

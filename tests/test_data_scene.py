@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.data_scene import DATA_SCENE, POINT_SCENE, data_scene, is_data_path
+from pipeline.testing import assert_metrics_noted
 
 
 def _config(runs: Path) -> dict:
@@ -115,6 +116,7 @@ def test_a_point_cloud_file_trains_a_surface_scored_against_its_points(tmp_path,
     assert cfg["name"] == "ball_scan" and cfg["method"] == "sample_network" and cfg["scene"]["type"] == "geometry"
     assert [e["type"] for e in cfg["evaluators"]] == ["point_fit"]
     [summary] = (tmp_path / "runs").glob("*/*/*/summary.json")
+    assert_metrics_noted(json.loads(summary.read_text()))
     fit = json.loads(summary.read_text())["evaluators"]["point_fit"]
     # the field starts as a sphere of radius 0.35 (init_radius) in the normalised frame, where the cloud is a
     # sphere of radius 0.5: a residual of 150 at step 0, far less once it has moved out to the points

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from pipeline.scenes import data_path
+from pipeline.testing import assert_metrics_noted
 
 
 def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
@@ -33,6 +34,7 @@ def test_reconstruct_tiny_geometry_scene(nls, tmp_path):
     run = next((tmp_path / "runs").glob("tiny_lip/*/*"))
     summary = json.loads((run / "summary.json").read_text())
     m = summary["metrics"]
+    assert_metrics_noted(summary)  # sphere_trace, distance_quality, level_set_points and chamfer
     assert summary["step"] == 40
     for key in ("chamfer_l1", "dist_max_over", "dist_grad_max", "trace_steps_per_ray", "trace_overshoot_rate",
                 "level_set_n_points"):

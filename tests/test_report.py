@@ -103,7 +103,8 @@ def test_report_is_self_contained_with_metrics_and_images(run, report):
     rows = {r[0]: r[1:] for r in page.rows if r}
     for k, v in summary["metrics"].items():
         want = f"{v:.4f}" if isinstance(v, float) else str(v)
-        assert rows[k][0] == want, f"metric {k}: report shows {rows.get(k)}, summary.json has {v}"
+        assert rows[k][1] == want, f"metric {k}: report shows {rows.get(k)}, summary.json has {v}"
+        assert rows[k][-1] == summary["metric_notes"][k]  # what it is, as the run recorded it
     imgs = embedded_images(page)
     # curves, one render comparison (1 test image), depth+normals, slices, mesh turntable
     assert len(imgs) >= 5
@@ -290,8 +291,8 @@ def test_report_shows_published_reference_and_plugin_slices(run, tmp_path):
     assert yaml.safe_load(dump_yaml(resolved.to_dict()))["reference"]["psnr"]["source"] == "Table 1 of the paper"
     page = parse(build_report(copy, tmp_path / "r.html", use_model=False, progress=False))
     rows = {r[0]: r[1:] for r in page.rows if r}
-    assert rows["psnr"][1:] == ["31.5000", "Table 1 of the paper"]
-    assert rows["chamfer_l1"][1] == "4.2000"
+    assert rows["psnr"][0] == "↑" and rows["psnr"][2:4] == ["31.5000", "Table 1 of the paper"]
+    assert rows["chamfer_l1"][0] == "↓" and rows["chamfer_l1"][2] == "4.2000"
     srcs = [a["src"] for t, a in page.tags if t == "img"]
     assert f"data:image/png;base64,{base64.b64encode(slice_png).decode()}" in srcs
     assert "sdf_slices/sdf_x_0.50.png (written by the method's plugin)" in " ".join(page.text)

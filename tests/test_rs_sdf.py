@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from pipeline.system import FieldChain
+from pipeline.testing import assert_metrics_noted
 from pipeline.types import NLSError
 from plugins.rs_sdf.blur import gaussian_blur3d
 from plugins.rs_sdf.certifier import RandomizedSmoothing
@@ -646,6 +647,7 @@ def test_cli_run_through_all_phases(tmp_path, nls):
     run, summary = reconstruct_rs(data, tmp_path, nls, "cpu")
     assert summary["metrics"]["sdf_slices"] == 1 and (run / "sdf_slices" / "sdf_z_0.50.png").exists()
     assert 0 <= summary["metrics"]["certify_within_ci"] <= 1
+    assert_metrics_noted(summary)
     ckpt = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=False)
     assert int(ckpt["model"]["chain.field.phase"]) == 2
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pipeline.scenes import data_path
+from pipeline.testing import assert_metrics_noted
 
 R2N2, WHY = data_path("shapenet_r2n2")
 
@@ -31,6 +32,7 @@ def test_reconstruct_writes_iou_per_object(run_dir):
     ev = s["evaluators"]["shape_iou"]
     assert set(ev["per_object"]) == {"bench", "lamp"} and 0 <= s["metrics"]["iou"] <= 1
     assert ev["n_objects"] == 2 and "seen shapes" in ev["shapes"]
+    assert_metrics_noted(s)
     assert (run_dir / "meshes" / "mesh.ply").exists()  # the first test view's reconstruction
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.testing import assert_metrics_noted
 from tests.test_colmap_scene import make_colmap, pycolmap  # noqa: F401  (pycolmap: the fixture)
 
 
@@ -76,6 +77,7 @@ def test_a_misplaced_view_of_a_capture_is_found_after_training(tmp_path, misplac
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(scene))
     proc = run_nls("reconstruct", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "runs"), "-q", check=True)
     [summary] = (tmp_path / "runs").glob("*/*/*/summary.json")
+    assert_metrics_noted(json.loads(summary.read_text()))
     found = json.loads(summary.read_text())["evaluators"]["train_views"]
     assert found["train_views_below"] == (["004"] if misplaced else []), found
     assert ("004 (" in proc.stderr) == misplaced and found["train_views"] == 10

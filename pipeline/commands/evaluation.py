@@ -120,7 +120,7 @@ def cmd_eval(args) -> int:
             f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
             f"writes {out}", remove=True):
         data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
-    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})")
+    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})", data["metric_notes"])
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
     results = data["evaluators"]
     if all(set(r) == {"skipped"} for r in results.values()):
@@ -138,6 +138,7 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     a staging folder and replace the previous ones only with the JSON, so a stopped eval never leaves new
     renders beside an old eval.json (nor stale views of an earlier, longer eval)."""
     from pipeline.evaluate import EvalContext, flatten, publish_staged, run_evaluators
+    from pipeline.metric_notes import run_metric_notes
     from pipeline.runs import atomic_write_text, json_default
 
     root = out.parent / f"{out.stem}_renders"
@@ -152,29 +153,43 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
         results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
-            "evaluators": results, "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
+            "evaluators": results, "metric_notes": run_metric_notes(ld.cfg.evaluators, results),
+            "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
     shutil.rmtree(renders, ignore_errors=True)  # the old renders go first: at worst a stop leaves none
     atomic_write_text(out, json.dumps(data, indent=2, default=json_default) + "\n")
     publish_staged(staging, root)
     return data, ctx, renders
 
 
-def metrics_table(metrics: dict):
-    """A rich table of ``metrics`` (floats to 4 decimals; the JSON records keep every digit), or a line
-    saying there are none."""
+def metrics_table(metrics: dict, notes: Optional[dict] = None):
+    """A rich table of ``metrics`` (floats to 4 decimals; the JSON records keep every digit), each marked
+    ↑ or ↓ where higher or lower is better and with its note (``notes``: {metric: note}, what the run
+    recorded, :mod:`pipeline.metric_notes`); counts and scales come last, dimmed. A line saying there are
+    none when ``metrics`` is empty."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from pipeline.metric_notes import direction_mark
+    from pipeline.report.collect import is_bookkeeping
 
     if not metrics:
         return "no metrics (no evaluator ran or every one was skipped)"
+    notes = notes or {}
     table = Table()
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)  # ↑ / ↓
+    if notes:
+        table.add_column("what it is", overflow="fold")
+    for k in sorted(metrics, key=is_bookkeeping):  # stable: metrics first, in the evaluators' order
+        v = metrics[k]
+        row = [escape(k), f"{v:.4f}" if isinstance(v, float) else str(v), direction_mark(k)]
+        table.add_row(*row, *([escape(notes.get(k, ""))] if notes else []),
+                      style="dim" if is_bookkeeping(k) else None)
     return table
 
 
-def _print_metrics(metrics: dict, title: str) -> None:
+def _print_metrics(metrics: dict, title: str, notes: Optional[dict] = None) -> None:
     """``title`` and :func:`metrics_table` on stdout."""
     from rich.markup import escape
 
@@ -182,4 +197,4 @@ def _print_metrics(metrics: dict, title: str) -> None:
 
     with stdout_console() as con:
         con.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
-        con.print(metrics_table(metrics))
+        con.print(metrics_table(metrics, notes))

@@ -195,15 +195,21 @@ def _metrics(f: RunFacts) -> str:
     ref = f.reference
     parts = []
     if f.metrics:
+        from pipeline.metric_notes import direction_mark
+
         rows = []
         later = set(f.later_metrics) if f.summary else set()  # mark them only when files are mixed
+        notes = f.metric_notes
         for k, v in f.metrics.items():
             r = ref.get(k) or {}
-            rows.append((f"{k} (eval.json)" if k in later else k, v, r.get("value", ""), r.get("source", "")))
+            rows.append((f"{k} (eval.json)" if k in later else k, direction_mark(k), v, r.get("value", ""),
+                         r.get("source", ""), *([notes.get(k, "")] if notes else [])))
         for k in ref:
             if k not in f.metrics:
-                rows.append((k, "not measured", ref[k].get("value", ""), ref[k].get("source", "")))
-        parts.append(H.table(["metric", "this run", "published", "source"], rows))
+                rows.append((k, direction_mark(k), "not measured", ref[k].get("value", ""), ref[k].get("source", ""),
+                             *([""] if notes else [])))
+        parts.append(H.table(["metric", "", "this run", "published", "source", *(["what it is"] if notes else [])],
+                             rows))
         notes = [n for n in f.evaluation_notes if n not in f.record_notes]  # those are listed under "Run"
         if notes:
             parts.append(f"<p class=\"sub\">Where the metrics come from: {H.esc('; '.join(notes))}.</p>")

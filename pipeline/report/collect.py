@@ -191,6 +191,16 @@ class RunFacts:
         return flatten({k: v for k, v in self.evaluator_results.items() if isinstance(v, dict)})
 
     @property
+    def metric_notes(self) -> dict[str, str]:
+        """{metric: what it measures} of the shown :attr:`metrics` that the run recorded a note for (summary.json's
+        ``metric_notes``, eval.json's where eval.json gave the value); empty for runs made before notes were
+        recorded."""
+        later = set(self.later_metrics)
+        notes = {k: v for k, v in ((self.summary or {}).get("metric_notes") or {}).items() if k not in later}
+        notes.update((self.later_evaluation or {}).get("metric_notes") or {})
+        return {k: notes[k] for k in self.metrics if k in notes}
+
+    @property
     def later_metrics(self) -> list[str]:
         """Names of the metrics whose value comes from eval.json."""
         from pipeline.evaluate import flatten
@@ -457,17 +467,17 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
                      "steps": "integer", "train_seconds": "number", "parameters": "integer", "mesh": "string",
                      "device": "string", "device_name": "string", "threads": "integer",
                      "load_average": "numbers", "versions": "mapping", "metrics": "mapping",
-                     "evaluators": "mapping", "warnings": "list"},
+                     "evaluators": "mapping", "metric_notes": "mapping", "warnings": "list"},
     "scene.json": {},
     "plugins.json": {"plugins": "list", "components": "mapping"},
-    "eval.json": {"overrides": "list", "evaluators": "mapping", "config": "mapping"},
+    "eval.json": {"overrides": "list", "evaluators": "mapping", "metric_notes": "mapping", "config": "mapping"},
     WARNINGS_RECORD: {"step": "integer", "warnings": "list"},
 }
 #: the kind of each entry of the list and mapping fields above (an entry of another kind is left out)
 RECORD_ENTRIES: dict[str, dict[str, str]] = {
-    "summary.json": {"evaluators": "mapping", "warnings": "string"},
+    "summary.json": {"evaluators": "mapping", "metric_notes": "string", "warnings": "string"},
     "plugins.json": {"plugins": "mapping", "components": "mapping"},
-    "eval.json": {"overrides": "override", "evaluators": "mapping"},
+    "eval.json": {"overrides": "override", "evaluators": "mapping", "metric_notes": "string"},
     WARNINGS_RECORD: {"warnings": "string"},
 }
 #: the same for config.yaml: its blocks, their entries, and the settings of blocks that are read

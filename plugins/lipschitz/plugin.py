@@ -29,8 +29,10 @@ def nls_register_renderers(register):
 @hookimpl
 def nls_register_evaluators(register):
     register("sphere_trace", f"{M}.tracing:build_evaluator", config=C.SphereTraceEvalConfig, consumes=["sdf"],
-             description=C.SphereTraceEvalConfig.__doc__)
+             description=C.SphereTraceEvalConfig.__doc__, metrics=C.SPHERE_TRACE_METRICS)
     register("distance_quality", f"{M}.evaluate:build_distance", config=C.DistanceEvalConfig,
-             consumes=[{"sdf", "gt_mesh"}], description=C.DistanceEvalConfig.__doc__)
+             consumes=[{"sdf", "gt_mesh"}], description=C.DistanceEvalConfig.__doc__,
+             metrics=C.DISTANCE_METRICS)
     register("level_set_points", f"{M}.queries:build_level_set_points", config=C.LevelSetPointsConfig,
-             consumes=["sdf"], description=C.LevelSetPointsConfig.__doc__)
+             consumes=["sdf"], description=C.LevelSetPointsConfig.__doc__,
+             metrics=C.LEVEL_SET_POINTS_METRICS)

@@ -1,4 +1,5 @@
-"""Config classes of the ngp backend's components (no torch import: listed by `nls plugins`)."""
+"""Config classes of the ngp backend's components, and the notes of its evaluators' metrics (no torch import:
+listed by `nls plugins`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field
 
 from pipeline.components import ComponentConfig
+from pipeline.metric_notes import GROUND_TRUTH, chamfer_notes
 
 
 class DenseGridConfig(ComponentConfig):
@@ -151,6 +153,14 @@ class PSNRConfig(ComponentConfig):
     ssim: bool = Field(True, description="also compute SSIM (Gaussian-window, as in NeRF papers)")
 
 
+#: what the ``psnr`` evaluator reports
+PSNR_METRICS = {
+    "psnr": "dB: the eval split's renders against its images, mean over the images",
+    "ssim": "structural similarity (Gaussian window) of the same pairs, mean; 0..1",
+    "n_images": "images scored",
+}
+
+
 class TrainViewsConfig(ComponentConfig):
     """How well the trained field explains each training view: its PSNR, rendered at a reduced size against the
     area-averaged image. A view far under the others is named: one structure from motion misplaced, or one that
@@ -160,6 +170,14 @@ class TrainViewsConfig(ComponentConfig):
                            "image averaged over blocks alike): the cost is that of one full view per downscale² views")
     below_db: float = Field(5.0, gt=0, description="a view whose PSNR is this many dB under the views' median is "
                             "named (train_views_below) and warned about")
+
+
+#: what the ``train_views`` evaluator reports
+TRAIN_VIEWS_METRICS = {
+    "train_view_psnr_median": "dB: median PSNR of the training views, each rendered at 1/downscale of its size",
+    "train_view_psnr_min": "dB: the worst training view's PSNR (train_view_worst names it)",
+    "train_views": "training views scored",
+}
 
 
 class PointFitConfig(ComponentConfig):
@@ -173,9 +191,33 @@ class PointFitConfig(ComponentConfig):
                             "subset of larger clouds)")
 
 
+#: what the ``point_fit`` evaluator reports
+POINT_FIT_METRICS = {
+    **chamfer_notes("fit_", frame="the points' frame (their box centred, largest side 1)", ref="points",
+                    ref_samples="input points"),
+    "fit_residual_l1": "×10³: mean exact distance from the input points to the mesh surface",
+    "fit_residual_p95": "×10³: 95th percentile of those distances",
+    "n_points": "input points",
+}
+
+
 class ChamferConfig(ComponentConfig):
     """Chamfer-L1/L2, normal consistency and F-score against the scene's ground-truth mesh."""
 
     floor: bool = Field(True, description="also report the floor (two samplings of the GT)")
     surface: bool = Field(True, description="also report chamfer_l1_surface / chamfer_l2_surface: the same samples "
                           "with exact distances to the other mesh's surface (no sampling floor; not the protocol)")
+
+
+#: what the ``chamfer`` evaluator reports
+CHAMFER_METRICS = {
+    **chamfer_notes(**GROUND_TRUTH),
+    "chamfer_l1_floor": "×10³: the GT against a second sampling of itself: the least chamfer_l1 at this sample count",
+    "chamfer_l1_surface": "×10³: chamfer_l1 with exact distances to the other surface (no sampling floor)",
+    "chamfer_l2_surface": "×10³: chamfer_l2 with exact distances to the other surface",
+    "n_samples": "points sampled on each mesh",
+    "n_rec": "samples on the mesh",
+    "n_gt": "samples on the GT",
+    "scale": "the factor from the run's frame to the GT's frame",
+    "mesh_level": "iso-level of the mesh that was scored",
+}

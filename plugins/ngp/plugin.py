@@ -57,10 +57,12 @@ def nls_register_losses(register):
 @hookimpl
 def nls_register_evaluators(register):
     register("psnr", f"{M}.evaluate:build_image_metrics", config=C.PSNRConfig,
-             consumes=[{"render", "images"}], description=C.PSNRConfig.__doc__)
+             consumes=[{"render", "images"}], description=C.PSNRConfig.__doc__, metrics=C.PSNR_METRICS)
     register("chamfer", f"{M}.evaluate:build_geometry_metrics", config=C.ChamferConfig,
-             consumes=[{"mesh", "gt_mesh"}], description=C.ChamferConfig.__doc__)
+             consumes=[{"mesh", "gt_mesh"}], description=C.ChamferConfig.__doc__, metrics=C.CHAMFER_METRICS)
     register("train_views", f"{M}.evaluate:build_train_views", config=C.TrainViewsConfig,
-             consumes=[{"render", "images"}], description=C.TrainViewsConfig.__doc__)
+             consumes=[{"render", "images"}], description=C.TrainViewsConfig.__doc__,
+             metrics=C.TRAIN_VIEWS_METRICS)
     register("point_fit", f"{M}.evaluate:build_point_fit", config=C.PointFitConfig,
-             consumes=[{"mesh", "points"}], description=C.PointFitConfig.__doc__)
+             consumes=[{"mesh", "points"}], description=C.PointFitConfig.__doc__,
+             metrics=C.POINT_FIT_METRICS)

@@ -92,3 +92,21 @@ class CertifyCheckConfig(ComponentConfig):
     alpha: float = Field(0.001, gt=0, lt=0.5, description="failure probability of the Clopper-Pearson bounds")
     soft: bool = Field(True, description="read soft occupancy as a randomised classifier (matches the grid)")
     seed: int = Field(0, description="seed of this component's random samples")
+
+
+#: what the ``sdf_slices`` evaluator reports
+SDF_SLICES_METRICS = {
+    "sdf_slices": "slice PNGs written",
+    "sdf_min": "scene units: the least weak-SDF value on the slices (inside)",
+    "sdf_max": "scene units: the largest weak-SDF value on the slices (outside)",
+}
+
+#: what the ``certify_check`` evaluator reports
+CERTIFY_CHECK_METRICS = {
+    "certify_within_ci": "share of the points where the grid's smoothed occupancy lies in the Monte-Carlo "
+                         "Clopper-Pearson interval (1 - alpha expected)",
+    "certify_abstain_rate": "share of the points where CERTIFY abstains: its lower bound on the likelier side's probability is "
+                            "1/2 or less",
+    "certify_radius_abs_diff": "scene units: mean |grid radius - Monte-Carlo radius| where CERTIFY does not abstain",
+    "certify_n_points": "points checked",
+}

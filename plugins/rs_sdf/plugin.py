@@ -35,6 +35,7 @@ def nls_register_density_maps(register):
 @hookimpl
 def nls_register_evaluators(register):
     register("sdf_slices", f"{M}.evaluate:build_sdf_slices", config=C.SDFSlicesConfig,
-             consumes=["sdf"], description=C.SDFSlicesConfig.__doc__)
+             consumes=["sdf"], description=C.SDFSlicesConfig.__doc__, metrics=C.SDF_SLICES_METRICS)
     register("certify_check", f"{M}.evaluate:build_certify_check", config=C.CertifyCheckConfig,
-             consumes=[{"occupancy", "sdf"}], description=C.CertifyCheckConfig.__doc__)
+             consumes=[{"occupancy", "sdf"}], description=C.CertifyCheckConfig.__doc__,
+             metrics=C.CERTIFY_CHECK_METRICS)

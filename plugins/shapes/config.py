@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from pipeline.components import ComponentConfig
+from pipeline.metric_notes import GROUND_TRUTH, chamfer_notes
 
 FAMILIES = ("chair", "table", "lamp", "airplane", "sofa")
 
@@ -102,3 +103,14 @@ class ShapeIoUConfig(ComponentConfig):
                           "frame, chamfer_samples per mesh) when a GT mesh exists")
     mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes grid for the Chamfer meshes")
     chamfer_samples: int = Field(30000, ge=100, description="surface samples per mesh for Chamfer")
+
+
+#: what the ``shape_iou`` evaluator reports
+SHAPE_IOU_METRICS = {
+    "iou": "intersection over union of the predicted and true 32³ occupancy, mean over the objects; 0..1",
+    "n_objects": "objects scored",
+    "views_averaged": "views whose embeddings are averaged per object",
+    "chamfer_l1": chamfer_notes(keys=("chamfer_l1",), **GROUND_TRUTH)["chamfer_l1"]
+    + "; mean over the objects, each meshed from its first view's embedding",
+    "chamfer_failed": "objects whose mesh could not be extracted (left out of chamfer_l1)",
+}

@@ -37,7 +37,8 @@ def nls_register_losses(register):
 @hookimpl
 def nls_register_evaluators(register):
     register("shape_iou", f"{M}.evaluate:build_shape_iou", config=C.ShapeIoUConfig,
-             consumes=[{"shapes", "embedding"}], description=C.ShapeIoUConfig.__doc__)
+             consumes=[{"shapes", "embedding"}], description=C.ShapeIoUConfig.__doc__,
+             metrics=C.SHAPE_IOU_METRICS)
 
 
 @hookimpl

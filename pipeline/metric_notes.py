@@ -1,0 +1,86 @@
+"""What each metric measures, and in what unit: the notes evaluators declare with ``metrics=`` when they
+register (:class:`pipeline.components.Registrar`), looked up for the metrics a run reports.
+
+A run records the notes of its metrics in summary.json and eval.json (``metric_notes``), so that
+``nls eval``, ``nls reconstruct``'s summary, ``nls report`` and ``nls compare`` can say what a number is
+without the plugin that made it. A note key ending in ``@`` covers every metric it starts, and ``{at}``
+in its note is replaced by the rest of the name: ``fscore@`` covers ``fscore@0.01``.
+
+The notes of the Chamfer family are shared by every evaluator that scores a mesh against a reference
+(:func:`chamfer_notes`), so that their wording is kept in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+#: the Chamfer family's notes; ``{frame}`` is the frame distances are measured in, ``{ref}`` the reference,
+#: ``{ref_samples}`` the points taken on it
+_CHAMFER = {
+    "chamfer_l1": "×10³ in {frame}: mean nearest-sample distance mesh→{ref} "
+                  "and {ref}→mesh, halved",
+    "chamfer_l2": "×10³: chamfer_l1 with squared distances",
+    "accuracy_l1": "×10³: mean distance mesh→{ref} (surface that is not there)",
+    "completeness_l1": "×10³: mean distance {ref}→mesh (surface that is missed)",
+    "normal_consistency": "mean |cos| between the normals of nearest samples, both ways; 0..1",
+    "fscore@": "harmonic mean of precision and recall at distance {at}; 0..1",
+    "precision@": "share of the mesh's samples within {at} of the {ref}",
+    "recall@": "share of the {ref_samples} within {at} of the mesh",
+}
+
+#: the ground truth of a scene, as the ``chamfer`` evaluator scores against it
+GROUND_TRUTH = {"frame": "the GT's frame (its box centred, largest side 1)", "ref": "GT", "ref_samples": "GT's samples"}
+
+
+def chamfer_notes(prefix: str = "", *, frame: str, ref: str, ref_samples: str,
+                  keys: Sequence[str] = tuple(_CHAMFER)) -> dict[str, str]:
+    """The Chamfer family's notes (``keys`` of them) for metrics named ``prefix + key``, measured in
+    ``frame`` against ``ref`` (a short name; ``ref_samples``: the points taken on it), e.g.
+    ``chamfer_notes(**GROUND_TRUTH)``; names of other metrics in a note get the prefix too."""
+    out = {}
+    for k in keys:
+        note = _CHAMFER[k].format(frame=frame, ref=ref, ref_samples=ref_samples, at="{at}")
+        out[prefix + k] = note.replace("chamfer_l1 ", f"{prefix}chamfer_l1 ")
+    return out
+
+
+def note_for(metric: str, notes: Mapping[str, str]) -> Optional[str]:
+    """``metric``'s note among ``notes``: its own, else that of the longest ``...@`` key it starts with
+    (``{at}`` replaced by the rest of its name); None when none covers it."""
+    if metric in notes and not metric.endswith("@"):  # a pattern is not a metric's own note
+        return notes[metric]
+    keys = [k for k in notes if k.endswith("@") and metric.startswith(k) and len(metric) > len(k)]
+    if not keys:
+        return None
+    key = max(keys, key=len)
+    return notes[key].replace("{at}", metric[len(key):])
+
+
+def run_metric_notes(choices: Sequence[Any], results: Mapping[str, Any]) -> dict[str, str]:
+    """{metric: note} for the numeric metrics in ``results`` ({evaluator: {metric: value}}) that the
+    evaluator which reported them describes (``choices``: the scene's evaluator choices, whose
+    ``component.metrics`` hold the notes). Of two evaluators reporting one name, the later's note is kept,
+    as its value is (:func:`pipeline.evaluate.flatten`)."""
+    from pipeline.evaluate import flatten
+
+    out: dict[str, str] = {}
+    for choice in choices:
+        notes = dict(getattr(choice.component, "metrics", ()) or ())
+        metrics = results.get(choice.name)
+        if not isinstance(metrics, dict):
+            continue
+        for name in flatten({choice.name: metrics}):
+            note = note_for(name, notes)
+            if note:
+                out[name] = note
+            else:
+                out.pop(name, None)  # a later evaluator's value without a note: an earlier note would mislead
+    return out
+
+
+def direction_mark(metric: str) -> str:
+    """``↑`` for a metric where higher is better, ``↓`` where lower is, else ``""``
+    (:func:`pipeline.report.collect.better`)."""
+    from pipeline.report.collect import better
+
+    return {"higher": "↑", "lower": "↓"}.get(better(metric) or "", "")
