@@ -94,15 +94,6 @@ def test_missing_or_misfit_masks_are_data_errors_and_an_unused_masks_folder_is_n
     assert "holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks)" in err
 
 
-def test_video_frames_take_no_masks():
-    from pydantic import ValidationError
-
-    from plugins.scenes.config import VideoConfig
-
-    with pytest.raises(ValidationError, match="frames taken from a video have no masks"):
-        VideoConfig(path="walk.mp4", masks="masks")
-
-
 def test_a_mask_drawn_on_the_stored_pixels_is_turned_and_cropped_as_its_photo():
     from pipeline.scenes.upright_photos import PhotoPlan, shape_mask
 

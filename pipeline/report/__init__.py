@@ -148,7 +148,9 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
     if _fitted(scene.get("fitted")):  # (a COLMAP capture whose cameras are of several sizes)
         rows.append(("cameras", f"images of {_fitted(scene['fitted'])}"))
     if isinstance(scene.get("masks"), str):
-        rows.append(("object masks", scene["masks"]))
+        fm = scene.get("frame_masks") if isinstance(scene.get("frame_masks"), dict) else {}
+        how = {"video": " (a mask video)", "folder": f" (numbered from {fm.get('numbered_from', 0)})"}
+        rows.append(("object masks", f"{scene['masks']}{how.get(fm.get('kind'), '')}"))
     points = scene.get("sparse_points")
     if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
         text = f"{points['in_box']} of {points['total']} inside the scene box"

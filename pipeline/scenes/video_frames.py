@@ -154,9 +154,16 @@ def pick_frames(count: int, frames: int, scores: Optional[np.ndarray] = None,
     return sorted(best.values())
 
 
-def _decode(video: Path, ffmpeg, input_params: list[str], output_params: list[str], each) -> tuple[int, int, int]:
-    """Decode ``video`` with ffmpeg, calling ``each(k, frame)`` on every frame ((H, W, 3) uint8, a view of the
-    decoder's buffer); returns ``(decoded, width, height)``. DataError when ffmpeg fails part way."""
+def part_params(start: float, end: Optional[float]) -> tuple[list[str], list[str]]:
+    """ffmpeg's input and output parameters that read a video from ``start`` to ``end`` seconds (None: its end)."""
+    return (["-ss", f"{start:.6f}"] if start > 0 else []), ([] if end is None else ["-t", f"{end - start:.6f}"])
+
+
+def decode(video: Path, input_params: list[str], output_params: list[str], each) -> tuple[int, int, int]:
+    """Decode ``video`` with ffmpeg, upright by its rotation tag, calling ``each(k, frame)`` on every frame ((H, W, 3)
+    uint8, a view of the decoder's buffer); returns ``(decoded, width, height)``. DataError when ffmpeg fails part
+    way."""
+    ffmpeg = _ffmpeg(video)
     decoded, w, h = 0, 0, 0
     with _quiet_size_notes():
         try:
@@ -202,9 +209,8 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, s
     expected = max(int(round(fps * (stop - start))), 1)
     first = int(round(fps * start))  # the index in the video of the first frame read
     out.mkdir(parents=True, exist_ok=True)
-    output = ([] if size == info["size"] else ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]) \
-        + ([] if end is None else ["-t", f"{end - start:.6f}"])
-    seek = ["-ss", f"{start:.6f}"] if start > 0 else []
+    seek, cut = part_params(start, end)
+    output = ([] if size == info["size"] else ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]) + cut
     scores: list[float] = []
     motion: list[float] = []
     last: list[np.ndarray] = []  # the previous frame's thumbnail
@@ -220,7 +226,7 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, s
                 last[:] = [thumb]
             bar.advance(min(k + 1, expected), "frames")
 
-        decoded, w, h = _decode(video, ffmpeg, seek, output, judge)
+        decoded, w, h = decode(video, seek, output, judge)
     if decoded < MIN_PHOTOS:
         raise DataError(f"{video}: {decoded} frame(s) decoded; structure from motion needs at least {MIN_PHOTOS}")
     chosen = pick_frames(decoded, frames, np.asarray(scores) if sharpest else None,
@@ -236,7 +242,7 @@ def take_frames(video: Path, out: Path, *, frames: int, sharpest: bool = True, s
                 iio.imwrite(out / f"frame_{first + k:06d}.jpg", frame, quality=FRAME_QUALITY)
             bar.advance(k + 1, "frames")
 
-        again, _, _ = _decode(video, ffmpeg, seek, output, write)
+        again, _, _ = decode(video, seek, output, write)
     if again != decoded:
         raise DataError(f"{video}: ffmpeg decoded {decoded} frames, then {again} from the same part; the video "
                         f"cannot be read the same way twice")

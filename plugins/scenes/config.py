@@ -182,6 +182,11 @@ class VideoConfig(PhotosConfig):
                                 "most this many pixels")
     start: float = Field(0.0, ge=0, description="seconds of the video left out at its start")
     end: Optional[float] = Field(None, gt=0, description="the second the part used ends at (None: the video's end)")
+    masks: Optional[str] = Field(None, description="object masks of the video's frames (white = object), beside the "
+                                 "video or an absolute path: a mask video, frame for frame with the video, or a folder "
+                                 "of mask images named by frame number (00000.png: from 0, as SAM 2 numbers them; "
+                                 "from 1 when no mask is numbered 0, as ffmpeg does); each frame taken is composited "
+                                 "on the background by its mask")
     matcher: Literal["auto", "exhaustive", "sequential", "keyframes"] = Field(
         "auto", description="every pair (exhaustive: n²/2 pairs), neighbours in time and every pair of every "
                             "keyframe_every-th frame (keyframes: n·10 + (n/10)²/2, for long videos; on lego a third "
@@ -193,9 +198,6 @@ class VideoConfig(PhotosConfig):
     def _start_before_end(self) -> "VideoConfig":
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end ({self.end:g} s) must come after start ({self.start:g} s)")
-        if self.masks is not None:
-            raise ValueError("masks: frames taken from a video have no masks of their own; take the frames "
-                             "(they are cached as JPEG files), mask them, and give that folder as photos with masks")
         return self
 
 

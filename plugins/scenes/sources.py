@@ -353,7 +353,8 @@ def build_photos(cfg: PhotosConfig, ctx):
     return load
 
 
-def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: bool = False) -> SceneData:
+def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: bool = False,
+                masks: Optional[Path] = None) -> SceneData:
     """The capture of the photos in ``folder``: turned upright and cropped to one size where ``cfg`` asks for it
     (:mod:`pipeline.scenes.upright_photos`), then structure from motion run on them once
     (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and the SfM options of ``cfg``), loaded as
@@ -361,7 +362,8 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     is made by undistorting it instead, which gives the same capture: SfM itself does not repeat exactly.
     ``what`` names the photos in the warning about those left out (``frames of walk.mp4``). ``ordered``: the
     photos are frames in time order (by name), and those SfM placed off the camera's path
-    (:func:`pipeline.scenes.sfm.path_spikes`) are left out too."""
+    (:func:`pipeline.scenes.sfm.path_spikes`) are left out too. ``masks``: the folder of the photos' object masks
+    (None: ``cfg.masks`` under ``cfg.path``, if given)."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.colmap import load_colmap
     from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, model_centres, path_spikes, photo_names, run_sfm,
@@ -433,13 +435,15 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
              f"away and back between neighbouring frames), and they are left out: {', '.join(off_path[:8])}"
              f"{' ...' if len(off_path) > 8 else ''}")
         options["exclude"] = (*options["exclude"], *off_path)
-    masks = _undistorted_masks(cfg, names, plan, entry)
+    if masks is None and cfg.masks is not None:
+        masks = Path(cfg.path) / cfg.masks
+    undistorted = _undistorted_masks(cfg, masks, names, plan, entry)
     scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
-                        masks=masks, **options)
+                        masks=undistorted, **options)
     scene.meta.update(source="photos", photos=str(folder.resolve()), sfm={**found, "capture": str(entry)},
                       keep={"model": str(entry / "sparse" / "0")})  # a run keeps the model (kept/model)
-    if masks is not None:  # (the masks the user gave; the undistorted ones are cached)
-        scene.meta.update(masks=str((Path(cfg.path) / cfg.masks).resolve()), undistorted_masks=masks)
+    if undistorted is not None:  # (the masks the user gave; the undistorted ones are cached)
+        scene.meta.update(masks=str(masks.resolve()), undistorted_masks=undistorted)
     return scene
 
 
@@ -476,20 +480,21 @@ def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
                  f"others' detail")
 
 
-def _undistorted_masks(cfg: PhotosConfig, names: list[str], plan, entry: Path) -> Optional[str]:
-    """The folder of the photos' object masks (``cfg.masks`` under ``cfg.path``) turned, cropped and undistorted as
-    the photos of the SfM cache ``entry`` were, cached by the masks' contents, that entry and its cameras; None
-    without masks (a warning when ``cfg.path`` holds an unused ``masks`` folder)."""
+def _undistorted_masks(cfg: PhotosConfig, folder: Optional[Path], names: list[str], plan,
+                       entry: Path) -> Optional[str]:
+    """The folder of the photos' object masks (``folder``) turned, cropped and undistorted as the photos of the
+    SfM cache ``entry`` were, cached by the masks' contents, that entry and its cameras; None without masks (a
+    warning when ``cfg.path`` holds an unused ``masks`` folder)."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.masks import mask_paths, undistort_masks
     from pipeline.scenes.upright_photos import shape_mask
 
-    if cfg.masks is None:
+    if folder is None:
         if (Path(cfg.path) / "masks").is_dir():
             warn(f"{cfg.path} holds a masks folder, which is not used; set scene.masks: masks (--set "
                  f"scene.masks=masks) to composite each photo on the background by its object mask")
         return None
-    paths = mask_paths(Path(cfg.path) / cfg.masks, names)
+    paths = mask_paths(folder, names)
     model = entry / "sparse" / "0"
     cameras = [file_sha256(p) for p in sorted(model.glob("cameras.*"))]  # (SfM run again finds other cameras)
     key = {"capture": entry.name, "cameras": cameras,
@@ -529,12 +534,49 @@ def build_video(cfg: VideoConfig, ctx):
 
         key = {"video": [video.stat().st_size, file_sha256(video)], **options}
         entry = cached_render("frames", key, make)
-        scene = pose_photos(entry / "images", cfg, what=f"frames of {video}", ordered=True)
         frames = json.loads((entry / "meta.json").read_text())["frames"]
+        masks = _frame_masks(cfg, video, entry, frames)
+        scene = pose_photos(entry / "images", cfg, what=f"frames of {video}", ordered=True,
+                            masks=None if masks is None else masks[0] / "masks")
         scene.meta.update(source="video", video=str(video.resolve()), frames={**frames, "folder": str(entry)})
+        if masks is not None:  # the masks the user gave (the frames' are cached)
+            scene.meta.update(masks=str(masks[1]), frame_masks=masks[2])
         return scene
 
     return load
+
+
+def _frame_masks(cfg: VideoConfig, video: Path, frames_entry: Path, frames: dict) -> Optional[tuple[Path, Path, dict]]:
+    """``(cache entry, the user's masks, facts)`` of the masks of the frames taken (``frames``, of the cache
+    ``frames_entry``) from ``cfg.masks`` (:mod:`pipeline.scenes.video_masks`), cached by the masks' contents and
+    those frames; None without ``cfg.masks``. ``cfg.masks`` is looked for beside the video, then as given."""
+    from pipeline.runs import file_sha256
+    from pipeline.scenes.video_masks import numbered_masks, write_frame_masks
+    from pipeline.types import DataError
+
+    if cfg.masks is None:
+        return None
+    given = Path(cfg.masks)
+    found = next((p for p in (video.parent / given, given) if p.exists()), None)
+    if found is None:
+        tried = given if given.is_absolute() else f"{video.parent / given} nor {given.absolute()}"
+        raise DataError(f"scene.masks {cfg.masks}: neither {tried} exists; give a mask video or a folder of "
+                        f"masks named by frame number")
+    found = found.resolve()
+    if found.is_dir():
+        numbered, _ = numbered_masks(found)
+        used = [numbered[k] for k in frames["picked"] if k in numbered]  # (a missing one: write_frame_masks says)
+        content = [[p.name, p.stat().st_size, file_sha256(p)] for p in used]
+    else:
+        content = [found.name, found.stat().st_size, file_sha256(found)]
+
+    def make(tmp: Path) -> None:
+        facts = write_frame_masks(found, frames, tmp / "masks", progress=_progress_wanted())
+        (tmp / "meta.json").write_text(json.dumps({"source": "frame masks", "masks": str(found), **facts}))
+
+    entry = cached_render("frame-masks", {"frames": frames_entry.name, "masks": content}, make)
+    facts = json.loads((entry / "meta.json").read_text())
+    return entry, found, {k: v for k, v in facts.items() if k not in ("source", "masks")}
 
 
 def _blame_splits(ctx) -> Optional[str]:

@@ -12,6 +12,11 @@ cache does not depend on the masks), then ``lego_dense.yaml`` trains ``--steps``
 Both are scored by the pipeline's PSNR on their own held-out images, and on lego alone: the PSNR over the
 pixels of the 15 held-out views that the masks place on lego (undistorted mask >= 0.5), of each run's
 renders against the masked images. Writes outputs/bench/masks.json.
+
+``--video``: the video source instead. Lego's 200 test views (one circle around it) over the same floor are
+encoded as an H.264 video, their alpha as a folder of masks numbered by frame from 0 (as SAM 2 writes them);
+``--frames`` frames are taken and posed, every 8th held out, and ``masks`` sets ``scene.masks=masks``. Writes
+outputs/bench/masks_video.json.
 """
 
 from __future__ import annotations
@@ -73,6 +78,30 @@ def write_shoot(lego: Path, out: Path) -> int:
     return len(order)
 
 
+def write_video_shoot(lego: Path, out: Path, quality: float = 7.0) -> int:
+    """Lego's test views over the floor as the H.264 video ``out/lego_on_floor.mp4`` (24 fps), their alpha as
+    ``out/masks/NNNNN.png`` numbered by frame from 0; returns how many frames."""
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    test = json.loads((lego / "transforms_test.json").read_text())
+    video = out / "lego_on_floor.mp4"
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    if video.exists() and len(list((out / "masks").glob("*.png"))) == len(test["frames"]):
+        return len(test["frames"])
+    writer = None
+    for k, frame in enumerate(test["frames"]):
+        rgba = iio.imread(lego / (frame["file_path"] + ".png")).astype(np.float32) / 255.0
+        rgb = over_floor(rgba, np.asarray(frame["transform_matrix"]), test["camera_angle_x"])
+        if writer is None:
+            writer = imageio_ffmpeg.write_frames(str(video), (rgb.shape[1], rgb.shape[0]), fps=24, quality=quality)
+            writer.send(None)
+        writer.send(np.ascontiguousarray(rgb).tobytes())
+        iio.imwrite(out / "masks" / f"{k:05d}.png", np.round(255 * rgba[..., 3]).astype(np.uint8))
+    writer.close()
+    return len(test["frames"])
+
+
 def object_psnr(run: Path, masked_run: Path) -> float:
     """PSNR over the held-out pixels on lego (the masked run's undistorted masks >= 0.5) of ``run``'s renders
     against ``masked_run``'s held-out images (composited on white by their masks)."""
@@ -89,7 +118,8 @@ def object_psnr(run: Path, masked_run: Path) -> float:
         name = side.name[:-len("_pred_gt_depth.png")]
         _, gt, _ = split_side_by_side(iio.imread(side))
         pred = iio.imread(run / "renders" / "test" / f"{name}.png")[..., :3]
-        on = iio.imread(masks / f"{name}.png.png") >= 128
+        [mask] = masks.glob(f"{name}.*.png")  # (the image's name with .png added: 007.png.png, frame_000012.jpg.png)
+        on = iio.imread(mask) >= 128
         diff = (pred.astype(np.float64) - gt.astype(np.float64))[on] / 255.0
         err, count = err + float((diff ** 2).sum()), count + diff.size
     return float(-10 * np.log10(err / count))
@@ -102,8 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
     ap.add_argument("--runs", nargs=2, metavar=("MASKS_RUN", "NO_MASKS_RUN"), help="score these finished run "
                     "folders of an earlier call instead of training")
-    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "masks.json"))
+    ap.add_argument("--video", action="store_true", help="the video source: lego's test circle over the floor as a "
+                    "video, its masks a folder numbered by frame")
+    ap.add_argument("--frames", type=int, default=100, help="--video: frames taken (default 100)")
+    ap.add_argument("--out", help="default: outputs/bench/masks.json (masks_video.json with --video)")
     args = ap.parse_args(argv)
+    args.out = args.out or str(ROOT / "outputs" / "bench" / ("masks_video.json" if args.video else "masks.json"))
 
     sys.path.insert(0, str(ROOT))
     from scripts.benchmarks._reconstruct import shared_data
@@ -112,13 +146,18 @@ def main(argv: list[str] | None = None) -> dict:
     lego, skipped = shared_data("masks", "nerf", "lego")
     if skipped:
         return skipped
-    bench = ROOT / "outputs" / "bench" / "masks"
+    bench = ROOT / "outputs" / "bench" / ("masks_video" if args.video else "masks")
     shoot = bench / "lego_on_floor"
-    result: dict = {"photos": write_shoot(Path(lego), shoot), "steps": args.steps, "runs": {}}
+    if args.video:
+        result: dict = {"frames_of": write_video_shoot(Path(lego), shoot), "photos": args.frames,
+                        "steps": args.steps, "runs": {}}
+        source = ["scene.type=video", f"scene.path={shoot / 'lego_on_floor.mp4'}", f"scene.frames={args.frames}"]
+    else:
+        result = {"photos": write_shoot(Path(lego), shoot), "steps": args.steps, "runs": {}}
+        source = ["scene.type=photos", f"scene.path={shoot}"]
     for k, (name, sets) in enumerate((("masks", ["scene.masks=masks"]), ("no-masks", []))):
         result["runs"][name] = run_figures(Path(args.runs[k])) if args.runs else \
-            train(name, ["scene.type=photos", f"scene.path={shoot}", "scene.aabb=null", *sets], args, bench / "runs",
-                  None)
+            train(name, [*source, "scene.aabb=null", *sets], args, bench / "runs", None)
         scene = json.loads((Path(result["runs"][name]["run"]) / "scene.json").read_text())
         result["runs"][name]["sparse_points"] = scene.get("sparse_points")
         result["runs"][name]["box_side"] = float(np.ptp(np.reshape(scene["aabb"], (2, 3)), 0).max()
@@ -131,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"object masks on lego over a tiled floor ({result['photos']} photos, {args.steps} steps, "
+    what = f"{args.frames} frames of a video" if args.video else f"{result['photos']} photos"
+    t = Table(title=f"object masks on lego over a tiled floor ({what}, {args.steps} steps, "
                     f"{result['runs']['masks']['n_images']} held out)")
     for col in ("run", "PSNR dB (own targets)", "PSNR dB on lego", "box side (COLMAP units)", "sparse points",
                 "train s"):
