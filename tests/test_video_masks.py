@@ -194,5 +194,5 @@ def test_a_video_with_masks_is_composited_by_them_and_cached(tmp_path, monkeypat
     assert len(calls) == 1  # the frames were not posed again
     k = again.splits["train"].names.index("frame_000003")
     assert float(again.splits["train"].alphas[k].max()) == 0.0
-    with pytest.raises(DataError, match=r"scene.masks gone: neither .*clip/gone nor .*gone exists"):
+    with pytest.raises(DataError, match=r"scene.masks gone is neither .*clip/gone \(beside the video\) nor .*gone;"):
         build_video(VideoConfig(path=str(video), masks="gone"), None)()

@@ -559,9 +559,10 @@ def _frame_masks(cfg: VideoConfig, video: Path, frames_entry: Path, frames: dict
     given = Path(cfg.masks)
     found = next((p for p in (video.parent / given, given) if p.exists()), None)
     if found is None:
-        tried = given if given.is_absolute() else f"{video.parent / given} nor {given.absolute()}"
-        raise DataError(f"scene.masks {cfg.masks}: neither {tried} exists; give a mask video or a folder of "
-                        f"masks named by frame number")
+        where = "does not exist" if given.is_absolute() else \
+            f"is neither {video.parent / given} (beside the video) nor {given.absolute()}"
+        raise DataError(f"scene.masks {cfg.masks} {where}; give a mask video or a folder of masks named by frame "
+                        f"number")
     found = found.resolve()
     if found.is_dir():
         numbered, _ = numbered_masks(found)
