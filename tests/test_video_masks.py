@@ -138,7 +138,8 @@ def test_masks_that_are_missing_sideways_or_too_few_are_data_errors(video, tmp_p
         write_frame_masks(short, frames, tmp_path / "out3", progress=False)
 
 
-def test_a_video_with_masks_is_composited_by_them_and_cached(tmp_path, monkeypatch, pycolmap):  # noqa: F811
+def test_a_video_with_masks_is_composited_by_them_and_cached(tmp_path, monkeypatch, capsys,
+                                                             pycolmap):  # noqa: F811
     """``scene.masks`` of a video: the frames (the capture's 10 views as a video) are posed by a stand-in for SfM
     that 'finds' the capture's model for them, then undistorted by COLMAP's own undistortion, masks and all; each
     frame's alpha is its mask. The masks are cached: a second load makes nothing again, and a changed mask makes
@@ -194,5 +195,7 @@ def test_a_video_with_masks_is_composited_by_them_and_cached(tmp_path, monkeypat
     assert len(calls) == 1  # the frames were not posed again
     k = again.splits["train"].names.index("frame_000003")
     assert float(again.splits["train"].alphas[k].max()) == 0.0
+    build_video(VideoConfig(path=str(video), test_every=0, downscale=1), None)()  # (the frames and SfM cached)
+    assert "holds a masks folder, which is not used; set scene.masks: masks" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"scene.masks gone is neither .*clip/gone \(beside the video\) nor .*gone;"):
         build_video(VideoConfig(path=str(video), masks="gone"), None)()

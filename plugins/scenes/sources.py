@@ -549,12 +549,16 @@ def build_video(cfg: VideoConfig, ctx):
 def _frame_masks(cfg: VideoConfig, video: Path, frames_entry: Path, frames: dict) -> Optional[tuple[Path, Path, dict]]:
     """``(cache entry, the user's masks, facts)`` of the masks of the frames taken (``frames``, of the cache
     ``frames_entry``) from ``cfg.masks`` (:mod:`pipeline.scenes.video_masks`), cached by the masks' contents and
-    those frames; None without ``cfg.masks``. ``cfg.masks`` is looked for beside the video, then as given."""
+    those frames; None without ``cfg.masks`` (a warning when the video's folder holds an unused ``masks`` folder).
+    ``cfg.masks`` is looked for beside the video, then as given."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.video_masks import numbered_masks, write_frame_masks
     from pipeline.types import DataError
 
     if cfg.masks is None:
+        if (video.parent / "masks").is_dir():
+            warn(f"{video.parent} holds a masks folder, which is not used; set scene.masks: masks (--set "
+                 f"scene.masks=masks) to composite each frame taken from {video.name} on the background by its mask")
         return None
     given = Path(cfg.masks)
     found = next((p for p in (video.parent / given, given) if p.exists()), None)
