@@ -388,6 +388,25 @@ def test_a_few_small_photos_that_would_shrink_the_rest_are_named(tmp_path, capsy
     assert "set the size" not in err
 
 
+def test_a_photo_without_focal_tags_takes_the_one_lens_of_its_size(tmp_path, capsys):
+    """Photos of one size, all tagged with one lens but two that lost their EXIF in an edit, and a photo of another
+    size without tags: the two share the tagged photos' camera (said in a warning and in the facts); the other
+    size has no tagged photo to go by and keeps its own camera."""
+    from pipeline.scenes.upright_photos import plan_photos
+    from plugins.scenes.sources import _warn_sizes
+
+    for k, ifd in enumerate([{0x920A: 6.86, 0xA405: 24}, {}, {0x920A: 6.86, 0xA405: 24}, {}]):
+        _save(tmp_path / f"{k}.jpg", _pattern(6, 10, k), exif_ifd=ifd)
+    _save(tmp_path / "4.jpg", _pattern(8, 10, 4))
+    plan = plan_photos(tmp_path, [f"{k}.jpg" for k in range(5)])
+    assert plan.assumed == ["1.jpg", "3.jpg"] and plan.lenses["3.jpg"] == "6.9 mm (24 mm equiv.)"
+    assert plan.cameras() == [["0.jpg", "1.jpg", "2.jpg", "3.jpg"], ["4.jpg"]]
+    assert plan.facts()["lens_assumed"] == 2
+    _warn_sizes(tmp_path, plan, "photos", True)
+    assert "2 of the photos have no EXIF focal length (1.jpg, 3.jpg); each is posed with the camera of the other " \
+           "photos of its size" in capsys.readouterr().err
+
+
 def test_lenses_are_told_apart_by_focal_length_and_its_35mm_equivalent(tmp_path):
     """A phone's main lens (6.9 mm, 24 mm equivalent), its 2x digital zoom (the same lens, 48 mm equivalent) and
     a photo without focal tags, all of one size: three cameras, in the order of their first photo."""

@@ -138,6 +138,8 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
             listed = ", ".join(f"{g[3]} of {g[0]}x{g[1]}{f' at {g[2]}' if isinstance(g[2], str) else ''}"
                                for g in cameras)
             text += f"; a camera for each size and lens ({listed})"
+        if isinstance(prepared, dict) and isinstance(prepared.get("lens_assumed"), int):
+            text += f"; {prepared['lens_assumed']} without focal-length tags given the one lens of their size"
         if _fitted(sfm.get("fitted")):
             text += f"; undistorted photos of {_fitted(sfm['fitted'])}"
         for key, what in (("unregistered", "left out"), ("off_path", "placed off the camera's path, left out")):

@@ -64,6 +64,8 @@ class PhotoPlan:
     renamed: name -> the copy's name, for photos COLMAP does not read (HEIC: ``IMG_1.HEIC`` -> ``IMG_1.jpg``).
     lenses: name -> its lens by its EXIF focal-length tags (:func:`lens_of`), for the photos that have them: a
         phone's lenses (0.5x, 1x, 3x) and its digital zoom give photos of one size that are not one camera.
+    assumed: the photos without focal-length tags (an edited export loses them) that were given the lens of the
+        tagged photos of their posed size, where those all share one lens (:meth:`assume_lenses`).
     """
 
     sizes: dict[str, tuple[int, int]]
@@ -71,6 +73,7 @@ class PhotoPlan:
     crops: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
     lenses: dict[str, str] = field(default_factory=dict)
+    assumed: list[str] = field(default_factory=list)
 
     @property
     def needed(self) -> bool:
@@ -88,6 +91,20 @@ class PhotoPlan:
     def camera_of(self, name: str) -> tuple[int, int, Optional[str]]:
         """(width, height, lens or None) of photo ``name``'s camera: its posed size and :func:`lens_of`."""
         return (*self.posed_size(name), self.lenses.get(name))
+
+    def assume_lenses(self) -> None:
+        """Give each photo without a lens the lens of the tagged photos of its posed size, where those all share one
+        (:attr:`assumed` names them): a photo that lost its EXIF in an edit is most likely of that lens, and one
+        camera fewer constrains structure from motion better. Where the tagged photos of its size were taken
+        with several lenses, it is left a camera of its own."""
+        by_size: dict[tuple[int, int], set[str]] = {}
+        for name, lens in self.lenses.items():
+            by_size.setdefault(self.posed_size(name), set()).add(lens)
+        for name in self.sizes:
+            found = by_size.get(self.posed_size(name), set())
+            if name not in self.lenses and len(found) == 1:
+                self.lenses[name] = next(iter(found))
+                self.assumed.append(name)
 
     def cameras(self) -> list[list[str]]:
         """The photos grouped by :meth:`camera_of` (size and lens), in the order of their first photo: one camera
@@ -108,13 +125,14 @@ class PhotoPlan:
     def facts(self) -> dict:
         """JSON facts for the run record, each only when it applies: ``{"turned": n, "crop": [w, h] (or a list of
         them), "converted": n, "cameras": [[w, h, lens or None, photos], ...] (photos of several sizes or
-        lenses, a camera each)}``."""
+        lenses, a camera each), "lens_assumed": n (photos given their size's one lens, :meth:`assume_lenses`)}``."""
         crops = sorted({tuple(c) for c in self.crops.values()})
         groups = self.cameras()
         return {**({"turned": len(self.turned)} if self.turned else {}),
                 **({"crop": list(crops[0]) if len(crops) == 1 else [list(c) for c in crops]} if crops else {}),
                 **({"converted": len(self.renamed)} if self.renamed else {}),
-                **({"cameras": [[*self.camera_of(g[0]), len(g)] for g in groups]} if len(groups) > 1 else {})}
+                **({"cameras": [[*self.camera_of(g[0]), len(g)] for g in groups]} if len(groups) > 1 else {}),
+                **({"lens_assumed": len(self.assumed)} if self.assumed else {})}
 
 
 def lens_of(image) -> Optional[str]:
@@ -202,6 +220,7 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
         raise DataError(_sizes_error(folder, groups, "set mixed_orientation: crop to crop every such photo to its "
                                                      "centred square, or "))
     plan = PhotoPlan(sizes, turned, two_ways, _renamed(names), lenses)
+    plan.assume_lenses()
     if plan.size_count() > 1 and mixed_sizes == "error":
         raise DataError(_sizes_error(folder, groups, "set mixed_sizes: cameras to pose each size with a camera of "
                                                      "its own, or "))

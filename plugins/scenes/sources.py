@@ -460,6 +460,10 @@ def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
     for name in plan.sizes:
         groups.setdefault(plan.posed_size(name), []).append(name)
     cameras = plan.cameras()
+    if plan.assumed and single_camera:
+        listed = f"{', '.join(plan.assumed[:6])}{' ...' if len(plan.assumed) > 6 else ''}"
+        warn(f"{folder}: {len(plan.assumed)} of the {what} have no EXIF focal length ({listed}); each is posed with "
+             f"the camera of the other {what} of its size, which were all taken with one lens")
     if len(cameras) > len(groups) and single_camera:
         lenses = ", ".join(f"{len(g)} at {plan.camera_of(g[0])[2] or 'no focal length'}" for g in cameras)
         warn(f"{folder}: {what} taken with {len(cameras)} lenses or sizes by their EXIF focal length ({lenses}): "
