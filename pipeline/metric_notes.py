@@ -12,6 +12,7 @@ The notes of the Chamfer family are shared by every evaluator that scores a mesh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Optional
 
 #: the Chamfer family's notes; ``{frame}`` is the frame distances are measured in, ``{ref}`` the reference,
@@ -84,3 +85,26 @@ def direction_mark(metric: str) -> str:
     from pipeline.report.collect import better
 
     return {"higher": "↑", "lower": "↓"}.get(better(metric) or "", "")
+
+
+def registered_notes(results: Mapping[str, Any]) -> dict[str, str]:
+    """{metric: note} for ``results`` ({evaluator type: {metric: value}}) from the notes the evaluators of those
+    names declare now (the built-in and installed plugins): for runs recorded before runs kept their notes.
+    Empty when the plugins cannot be loaded; evaluators that are not found, or skipped, give none."""
+    from types import SimpleNamespace
+
+    table = _evaluators()
+    choices = [SimpleNamespace(name=name, component=table[name]) for name in results if name in table]
+    return run_metric_notes(choices, results)
+
+
+@lru_cache(maxsize=1)
+def _evaluators() -> dict[str, Any]:
+    """{name: evaluator component} of the built-in and installed plugins, loaded once per process; empty when
+    they cannot be loaded (a broken installed plugin: the notes are a nicety, a comparison goes on without)."""
+    try:
+        from pipeline.plugins import PluginHost
+
+        return {c.name: c for c in PluginHost.create().components("evaluator")}
+    except Exception:
+        return {}

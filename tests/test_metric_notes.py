@@ -94,12 +94,19 @@ def test_a_run_records_and_shows_the_notes(run, tmp_path, nls):
     assert "- `n_samples`" not in md  # counts are left out of the legend
 
 
-def test_a_run_without_notes_still_compares_and_prints(run, tmp_path, nls):
-    """Runs made before notes were recorded (no metric_notes) show their tables as before."""
+def test_a_run_from_before_notes_were_recorded_gets_those_its_evaluators_declare(run, tmp_path, nls):
+    """A run without metric_notes (made before runs recorded them) is shown with the notes its evaluators declare
+    now; one whose evaluator no plugin registers (any more) is shown without."""
+    from pipeline.report.collect import read_run
+
+    summary = json.loads((run / "summary.json").read_text())
     copy = tmp_path / "old"
     shutil.copytree(run, copy)
-    summary = json.loads((copy / "summary.json").read_text())
-    del summary["metric_notes"]
-    (copy / "summary.json").write_text(json.dumps(summary))
+    old = {k: v for k, v in summary.items() if k != "metric_notes"}
+    (copy / "summary.json").write_text(json.dumps(old))
+    assert read_run(copy).metric_notes == summary["metric_notes"]
     md = nls("compare", str(copy), "--markdown", check=True).stdout
-    assert "| psnr |" in md and "- `psnr`" not in md
+    assert "| psnr |" in md and f"- `psnr` ↑: {summary['metric_notes']['psnr']}" in md
+    old["evaluators"] = {"gone_evaluator": old["evaluators"]["psnr"]}
+    (copy / "summary.json").write_text(json.dumps(old))
+    assert read_run(copy).metrics and read_run(copy).metric_notes == {}

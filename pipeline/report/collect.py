@@ -193,11 +193,17 @@ class RunFacts:
     @property
     def metric_notes(self) -> dict[str, str]:
         """{metric: what it measures} of the shown :attr:`metrics` that the run recorded a note for (summary.json's
-        ``metric_notes``, eval.json's where eval.json gave the value); empty for runs made before notes were
-        recorded."""
+        ``metric_notes``, eval.json's where eval.json gave the value); for a run made before runs recorded notes,
+        the notes its evaluators declare now (:func:`pipeline.metric_notes.registered_notes`)."""
         later = set(self.later_metrics)
-        notes = {k: v for k, v in ((self.summary or {}).get("metric_notes") or {}).items() if k not in later}
-        notes.update((self.later_evaluation or {}).get("metric_notes") or {})
+        records = [r for r in (self.summary, self.later_evaluation) if r and "metric_notes" in r]
+        if not records and self.metrics:  # a run from before runs recorded notes: those its evaluators declare now
+            from pipeline.metric_notes import registered_notes
+
+            notes = registered_notes(self.evaluator_results)
+        else:
+            notes = {k: v for k, v in ((self.summary or {}).get("metric_notes") or {}).items() if k not in later}
+            notes.update((self.later_evaluation or {}).get("metric_notes") or {})
         return {k: notes[k] for k in self.metrics if k in notes}
 
     @property
