@@ -139,9 +139,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                 "spans the budget).")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     c.add_argument("--no-eval", action="store_true", help="stop after training")
-    c = run_cmd("render", cmd_render, "render a split (and a turntable video)",
-                "Render a split of the scene with the trained field: prediction, ground truth and depth.")
-    c.add_argument("--split", default="test", help="split to render (default: test)")
+    c = run_cmd("render", cmd_render, "render a split, a turntable video or a camera path",
+                "Render a split of the scene with the trained field: prediction, ground truth and depth; the "
+                "cameras of each split and turntable rendered are written beside them (NAME_cameras.json), in "
+                "the format --cameras reads.")
+    c.add_argument("--split", help="split to render (default: test; none when --cameras is given alone)")
     c.add_argument("--spiral", type=int_at_least(0, 3600), default=0, metavar="N",
                    help="also render an N-frame turntable video, 0..3600 frames: a circle around the scene at the "
                    "mean distance of the eval split's cameras, with the renders' --supersample (default 0: none)")
@@ -157,6 +159,13 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="render the first N views only (after --every; default: the run's eval.max_images, else all)")
     c.add_argument("--every", type=int_at_least(1), metavar="K",
                    help="render every K-th view of the split (0, K, 2K, ...; default: the run's eval.every)")
+    c.add_argument("--cameras", metavar="FILE.json",
+                   help="render the cameras of a transforms.json (frames with a 4x4 camera-to-world "
+                   "transform_matrix, OpenGL axes, in the run's frame; fl_x/fl_y/cx/cy or camera_angle_x, w/h, for "
+                   "the file or each frame; missing ones from the eval split) into DIR/FILE/NAME.png and the video "
+                   "DIR/FILE.mp4; the *_cameras.json files nls render writes are such files")
+    c.add_argument("--fps", type=int_at_least(1, 120), default=24, metavar="F",
+                   help="frames per second of the --cameras video (default 24)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "

@@ -48,6 +48,11 @@ class Cameras:
         return Cameras(self.c2w.to(device), self.fx.to(device), self.fy.to(device),
                        self.cx.to(device), self.cy.to(device), self.width, self.height)
 
+    def select(self, indices) -> "Cameras":
+        """The cameras at ``indices`` (a list or index tensor), in that order."""
+        return Cameras(self.c2w[indices], self.fx[indices], self.fy[indices], self.cx[indices], self.cy[indices],
+                       self.width, self.height)
+
 
 @dataclass
 class PosedImages:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -78,25 +79,52 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
     return path
 
 
-def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersample: int = 1) -> Path:
-    """Render ``n`` frames around the scene with the run's renderer, ``supersample`` x ``supersample`` rays
-    a pixel (as the split's renders); returns the video path."""
+def render_frames(ld, cams, label: str, progress: bool = True, supersample: int = 1) -> list[np.ndarray]:
+    """Render every camera of ``cams`` (a :class:`pipeline.types.Cameras` on the run's device) with the run's
+    renderer, ``supersample`` x ``supersample`` rays a pixel; (H, W, 3) uint8 frames. ``label`` names them in the
+    progress bar."""
     import torch
 
     from pipeline.evaluate import supersample_kwargs, to_uint8
     from pipeline.progress import StepProgress, image_progress
 
-    split = ld.scene.splits.get(ld.cfg.eval.split) or next(iter(ld.scene.splits.values()))
-    radius = float(split.cameras.c2w[:, :3, 3].norm(dim=-1).mean())
-    cams = orbit_cameras(split.cameras, n, radius).to(ld.device)
     frames = []
     ld.system.eval()
-    with StepProgress(n, 0, "turntable", enabled=progress) as bar, torch.no_grad():
-        for i in range(n):
+    with StepProgress(len(cams), 0, label, enabled=progress) as bar, torch.no_grad():
+        for i in range(len(cams)):
             with image_progress(bar, i, "frame"):
                 out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk,
                                                       **supersample_kwargs(supersample))
             frames.append(to_uint8(out["rgb"]))
             bar.advance(i + 1)
+    return frames
+
+
+def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersample: int = 1) -> Path:
+    """Render ``n`` frames around the scene with the run's renderer, ``supersample`` x ``supersample`` rays
+    a pixel (as the split's renders); returns the video path. Its cameras are written beside it as
+    ``turntable_cameras.json`` (:mod:`pipeline.camera_paths`), a path to start others from."""
+    from pipeline.camera_paths import write_camera_path
+
+    split = ld.scene.splits.get(ld.cfg.eval.split) or next(iter(ld.scene.splits.values()))
+    radius = float(split.cameras.c2w[:, :3, 3].norm(dim=-1).mean())
+    cams = orbit_cameras(split.cameras, n, radius).to(ld.device)
+    frames = render_frames(ld, cams, "turntable", progress, supersample)
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_camera_path(out_dir / "turntable_cameras.json", cams, [f"{k:04d}" for k in range(n)])
     return write_video(frames, out_dir / "turntable")
+
+
+def render_camera_path(ld, cams, names: list[str], out_dir: Path, *, fps: int = 24, progress: bool = True,
+                       supersample: int = 1) -> tuple[Path, Optional[Path]]:
+    """Render the cameras ``cams`` (named ``names``) with the run's renderer into ``out_dir`` (made) as
+    ``NAME.png``, and, for two frames or more, the video ``out_dir`` + ``.mp4`` (or ``.gif``) at ``fps``; returns
+    (the frames' folder, the video or None)."""
+    from pipeline.runs import atomic_write_image
+
+    frames = render_frames(ld, cams.to(ld.device), out_dir.name, progress, supersample)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in zip(names, frames):
+        atomic_write_image(out_dir / f"{name}.png", frame)
+    video = write_video(frames, out_dir.parent / out_dir.name, fps=fps) if len(frames) > 1 else None
+    return out_dir, video

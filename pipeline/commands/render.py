@@ -1,4 +1,4 @@
-"""``nls render``: render a split of a run with its trained field, and a turntable video."""
+"""``nls render``: render a split of a run with its trained field, a turntable video, or a camera path."""
 
 from __future__ import annotations
 
@@ -8,26 +8,48 @@ from pipeline.commands.run_loading import open_run
 
 
 def cmd_render(args) -> int:
-    """Run ``nls render``: render a split of a run (and a turntable with ``--spiral``); exit code 0."""
-    from pipeline.evaluate import EvalContext, check_can_render
-
+    """Run ``nls render``: render a split of a run (and a turntable with ``--spiral``, a camera path with
+    ``--cameras``); exit code 0. The cameras of each split and turntable rendered are written beside them as
+    ``<name>_cameras.json`` (:mod:`pipeline.camera_paths`)."""
+    from pipeline.camera_paths import read_camera_path, write_camera_path
+    from pipeline.evaluate import EvalContext, check_can_render, eval_indices
     from pipeline.runs import check_writable
 
+    split = args.split or (None if args.cameras else "test")  # --cameras alone renders only its cameras
     ld = open_run(args)
-    check_can_render(ld.scene, ld.system, args.split)  # before any folder is made
+    if split is not None:
+        check_can_render(ld.scene, ld.system, split)  # before any folder is made
     out_root = Path(args.output) if args.output else ld.run.renders_dir
-    check_writable(out_root / args.split)
     given = {"supersample": args.supersample, "max_images": args.max_images, "every": args.every}
     ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=args.split,
-                      out_dir=out_root / args.split, save_depth=args.depth, progress=not args.quiet)
-    pairs = ctx.renders()
-    raw = " and depth/opacity .npy arrays" if args.depth else ""
-    print(f"wrote {len(pairs)} {args.split} renders (prediction | ground truth | depth){raw} to {out_root / args.split}")
+    path = None
+    if args.cameras:  # read before anything renders: a bad file is said at once
+        views = ld.scene.splits.get(split or ld.cfg.eval.split) or next(iter(ld.scene.splits.values()), None)
+        size = (views.cameras.width, views.cameras.height) if views is not None else (800, 800)
+        path = read_camera_path(Path(args.cameras), size)
+        check_writable(out_root / Path(args.cameras).stem)
+    if split is not None:
+        check_writable(out_root / split)
+        ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=split,
+                          out_dir=out_root / split, save_depth=args.depth, progress=not args.quiet)
+        pairs = ctx.renders()
+        views = ld.scene.splits[split]
+        shown = eval_indices(len(views), ld.cfg.eval.every, ld.cfg.eval.max_images)
+        names = [views.names[i] if i < len(views.names) else f"{i:03d}" for i in shown]
+        write_camera_path(out_root / f"{split}_cameras.json", views.cameras.select(shown), names)
+        raw = " and depth/opacity .npy arrays" if args.depth else ""
+        print(f"wrote {len(pairs)} {split} renders (prediction | ground truth | depth){raw} to {out_root / split} "
+              f"(their cameras: {out_root / f'{split}_cameras.json'})")
     if args.spiral:
         from pipeline.video import render_turntable
 
-        path = render_turntable(ld, args.spiral, out_root, progress=not args.quiet,
-                                supersample=ld.cfg.eval.supersample)
-        print(f"wrote turntable video: {path}")
+        video = render_turntable(ld, args.spiral, out_root, progress=not args.quiet,
+                                 supersample=ld.cfg.eval.supersample)
+        print(f"wrote turntable video: {video} (its cameras: {out_root / 'turntable_cameras.json'})")
+    if path is not None:
+        from pipeline.video import render_camera_path
+
+        folder, video = render_camera_path(ld, *path, out_root / Path(args.cameras).stem, fps=args.fps,
+                                           progress=not args.quiet, supersample=ld.cfg.eval.supersample)
+        print(f"wrote {len(path[1])} frames of {args.cameras} to {folder}" + (f" and the video {video}" if video else ""))
     return 0

@@ -1,0 +1,138 @@
+"""Camera paths for ``nls render --cameras``: cameras read from, and written as, a NeRF ``transforms.json``.
+
+The format is the one NeRF's Blender scenes, instant-ngp and nerfstudio share: ``frames``, each with a 4x4
+camera-to-world ``transform_matrix`` (OpenGL axes: x right, y up, the camera looking down -z), and the
+intrinsics given once at the top or per frame: ``fl_x`` / ``fl_y`` / ``cx`` / ``cy`` in pixels, or
+``camera_angle_x`` (the horizontal field of view, radians), with the image size ``w`` / ``h``. What a frame
+does not give is taken from the top, then from the run's eval split (its size; the principal point at the
+centre; ``fl_y`` = ``fl_x``). All frames share one image size.
+
+The cameras are in the run's frame: the frame its splits' cameras and ``--spiral``'s turntable lie in. For a
+Blender or instant-ngp scene that is the dataset's own frame; for a COLMAP capture, photos or a video it is
+the normalised frame the run trained in (scene.json's ``input_frame``), so ``nls render`` writes the cameras of
+every split and turntable it renders as such a file (``<name>_cameras.json``), to start a path from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from pipeline.types import Cameras, DataError
+
+#: what a written file says of its cameras
+FRAME_NOTE = ("camera-to-world matrices in the nls run's frame, OpenGL axes (x right, y up, looking down -z); "
+              "nls render RUN --cameras FILE renders them")
+
+
+def cameras_to_json(cams: Cameras, names: Sequence[str]) -> dict:
+    """``cams`` (N cameras) as a transforms.json document, each frame named by ``names`` (``file_path``) with its
+    own intrinsics."""
+    c2w = cams.c2w.detach().cpu().double().numpy()
+    frames = [{"file_path": str(name), "transform_matrix": [[float(v) for v in row] for row in c2w[i]],
+               "fl_x": float(cams.fx[i]), "fl_y": float(cams.fy[i]), "cx": float(cams.cx[i]),
+               "cy": float(cams.cy[i])} for i, name in enumerate(names)]
+    return {"nls": FRAME_NOTE, "w": int(cams.width), "h": int(cams.height), "frames": frames}
+
+
+def write_camera_path(path: Path, cams: Cameras, names: Sequence[str]) -> Path:
+    """Write :func:`cameras_to_json` to ``path`` (atomically); returns ``path``."""
+    from pipeline.runs import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cameras_to_json(cams, names), indent=1) + "\n")
+    return path
+
+
+def _number(value: Any, what: str) -> Optional[float]:
+    """``value`` as a finite float (None when absent); DataError naming ``what`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{what} = {value!r} must be a finite number")
+    return float(value)
+
+
+def _matrix(value: Any, what: str) -> np.ndarray:
+    """A frame's ``transform_matrix`` as a (4, 4) rigid camera-to-world; DataError naming ``what`` when it is not
+    4x4 finite numbers, its last row is not 0 0 0 1, or its rotation is not a rotation (scaled or sheared)."""
+    try:
+        m = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        m = None
+    if m is None or m.size != 16 or not np.isfinite(m).all():
+        raise DataError(f"{what} must be a 4x4 matrix of finite numbers (rows of camera-to-world), got {value!r:.80}")
+    m = m.reshape(4, 4)
+    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-4):
+        raise DataError(f"{what}: its last row is {m[3].tolist()}, not [0, 0, 0, 1]")
+    r = m[:3, :3]
+    if not np.allclose(r.T @ r, np.eye(3), atol=1e-3) or np.linalg.det(r) < 0:
+        raise DataError(f"{what}: its upper 3x3 is not a rotation (scaled, sheared or mirrored); give camera-to-world "
+                        f"matrices of rigid cameras")
+    return m
+
+
+def read_camera_path(path: Path, default_size: tuple[int, int]) -> tuple[Cameras, list[str]]:
+    """The cameras of the transforms.json ``path`` (see the module docstring) and a name for each (its
+    ``file_path``'s stem, else its index as ``0000``; indices when names repeat). ``default_size``: (W, H) for a
+    file that gives no image size. DataError naming the file, the frame and the key for what cannot be read."""
+    import torch
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DataError(f"--cameras {path}: cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"--cameras {path}: not JSON ({exc})") from None
+    if isinstance(doc, dict) and "camera_path" in doc and "frames" not in doc:
+        raise DataError(f"--cameras {path} is a nerfstudio camera path, whose cameras lie in nerfstudio's own frame; "
+                        f"give a transforms.json in the run's frame (nls render writes one beside each render: "
+                        f"renders/*_cameras.json)")
+    frames = doc.get("frames") if isinstance(doc, dict) else None
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
+        raise DataError(f"--cameras {path}: a transforms.json holds a non-empty list 'frames' of objects, each with "
+                        f"a 'transform_matrix'")
+    c2w, intr, sizes, names = [], [], set(), []
+    for k, f in enumerate(frames):
+        where = f"--cameras {path}: frames[{k}]"
+        if "transform_matrix" not in f:
+            raise DataError(f"{where} has no 'transform_matrix' (its 4x4 camera-to-world)")
+        c2w.append(_matrix(f["transform_matrix"], f"{where}.transform_matrix"))
+
+        def get(key: str) -> Optional[float]:
+            own = _number(f.get(key), f"{where}.{key}")
+            return own if own is not None else _number(doc.get(key), f"--cameras {path}: {key}")
+
+        w, h = get("w"), get("h")
+        w, h = int(w if w is not None else default_size[0]), int(h if h is not None else default_size[1])
+        if w < 1 or h < 1:
+            raise DataError(f"{where}: an image size of {w}x{h} pixels")
+        fx, angle = get("fl_x"), get("camera_angle_x")
+        if fx is None and angle is None:
+            raise DataError(f"{where}: no focal length; give fl_x (pixels) or camera_angle_x (radians), for the file "
+                            f"or for each frame")
+        if fx is None:
+            if not 0 < angle < math.pi:
+                raise DataError(f"{where}: camera_angle_x = {angle} must lie between 0 and pi (radians)")
+            fx = 0.5 * w / math.tan(0.5 * angle)
+        fy, cx, cy = get("fl_y"), get("cx"), get("cy")
+        if fx <= 0 or (fy is not None and fy <= 0):
+            raise DataError(f"{where}: focal lengths must be positive, got fl_x = {fx}, fl_y = {fy}")
+        intr.append((fx, fy if fy is not None else fx, cx if cx is not None else 0.5 * w,
+                     cy if cy is not None else 0.5 * h))
+        sizes.add((w, h))
+        stem = Path(str(f.get("file_path") or "")).name
+        names.append(Path(stem).stem if stem and Path(stem).suffix.lower() in (".png", ".jpg", ".jpeg", ".exr")
+                     else stem or f"{k:04d}")
+    if len(sizes) > 1:
+        raise DataError(f"--cameras {path}: the frames have {len(sizes)} image sizes "
+                        f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); one render holds one size")
+    if len(set(names)) < len(names) or any(not n or n.startswith(".") or "/" in n for n in names):
+        names = [f"{k:04d}" for k in range(len(frames))]
+    (w, h), intr_t = sizes.pop(), torch.tensor(intr, dtype=torch.float32)
+    cams = Cameras(torch.tensor(np.stack(c2w), dtype=torch.float32), intr_t[:, 0], intr_t[:, 1], intr_t[:, 2],
+                   intr_t[:, 3], w, h)
+    return cams, names

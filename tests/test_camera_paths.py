@@ -1,0 +1,97 @@
+"""``nls render --cameras``: cameras read from a transforms.json in the run's frame, and the ``*_cameras.json``
+files ``nls render`` writes beside each split and turntable it renders."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.camera_paths import read_camera_path, write_camera_path
+from pipeline.types import Cameras, DataError
+from tests.short_runs import short_run
+
+
+def _cams(n: int = 3) -> Cameras:
+    from scipy.spatial.transform import Rotation
+
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    c2w[:, :3, :3] = Rotation.from_euler("xyz", np.arange(3 * n).reshape(n, 3) * 0.3).as_matrix()
+    c2w[:, :3, 3] = np.arange(3 * n).reshape(n, 3) * 0.1 - 0.4
+    f = torch.arange(n, dtype=torch.float32) + 40.0
+    return Cameras(torch.tensor(c2w, dtype=torch.float32), f, f + 1, f / 2, f / 3, 64, 48)
+
+
+def test_a_written_path_reads_back_as_the_same_cameras(tmp_path):
+    cams = _cams()
+    write_camera_path(tmp_path / "p.json", cams, ["a", "b", "c"])
+    back, names = read_camera_path(tmp_path / "p.json", (1, 1))
+    assert names == ["a", "b", "c"] and (back.width, back.height) == (64, 48)
+    for key in ("c2w", "fx", "fy", "cx", "cy"):
+        assert torch.allclose(getattr(back, key), getattr(cams, key), atol=1e-6), key
+
+
+def test_intrinsics_come_from_the_frame_then_the_file_then_the_split(tmp_path):
+    """NeRF's Blender layout (camera_angle_x at the top, no size): the split's size, fx = w / 2 / tan(angle / 2),
+    the principal point at the centre; a frame's own fl_x and size win; names from file_path."""
+    eye = np.eye(4).tolist()
+    doc = {"camera_angle_x": 0.6911, "frames": [{"file_path": "./test/r_0", "transform_matrix": eye},
+                                                {"file_path": "r_1.png", "transform_matrix": eye, "fl_x": 500.0}]}
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    cams, names = read_camera_path(tmp_path / "t.json", (400, 300))
+    assert names == ["r_0", "r_1"] and (cams.width, cams.height) == (400, 300)
+    assert cams.fx[0].item() == pytest.approx(200 / math.tan(0.6911 / 2), rel=1e-6)
+    assert cams.fx[1].item() == cams.fy[1].item() == 500.0 and (cams.cx[0].item(), cams.cy[0].item()) == (200, 150)
+    doc["frames"][1]["file_path"] = "r_0"  # a repeated name: frames are named by their index instead
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    assert read_camera_path(tmp_path / "t.json", (400, 300))[1] == ["0000", "0001"]
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"frames": []}, "a non-empty list 'frames'"),
+    ({"fl_x": 50, "frames": [{"file_path": "a"}]}, r"frames\[0\] has no 'transform_matrix'"),
+    ({"fl_x": 50, "frames": [{"transform_matrix": [[1, 0, 0], [0, 1, 0]]}]}, "must be a 4x4 matrix"),
+    ({"fl_x": 50, "frames": [{"transform_matrix": (2 * np.eye(4)).tolist()}]}, "its last row is"),
+    ({"fl_x": 50, "frames": [{"transform_matrix": np.diag([2.0, 1, 1, 1]).tolist()}]}, "is not a rotation"),
+    ({"frames": [{"transform_matrix": np.eye(4).tolist()}]}, "no focal length; give fl_x"),
+    ({"fl_x": "wide", "frames": [{"transform_matrix": np.eye(4).tolist()}]}, "fl_x = 'wide' must be a finite number"),
+    ({"fl_x": 50, "frames": [{"transform_matrix": np.eye(4).tolist(), "w": 10, "h": 10},
+                             {"transform_matrix": np.eye(4).tolist()}]}, r"2 image sizes \(10x10, 64x48\)"),
+    ({"camera_path": [{"camera_to_world": np.eye(4).ravel().tolist(), "fov": 50}]}, "a nerfstudio camera path"),
+])
+def test_what_is_not_a_camera_path_is_a_data_error_naming_it(tmp_path, doc, message):
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=message):
+        read_camera_path(tmp_path / "p.json", (64, 48))
+    (tmp_path / "bad.json").write_text("{frames")
+    with pytest.raises(DataError, match="bad.json: not JSON"):
+        read_camera_path(tmp_path / "bad.json", (64, 48))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return short_run(tmp_path_factory, "dense_grid")
+
+
+def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls):
+    """`nls render` writes the test split's cameras beside its renders; `--cameras` on that file renders the same
+    images, pixel for pixel, and no split; a turntable's cameras are written too."""
+    import imageio.v3 as iio
+
+    out = tmp_path / "renders"
+    res = nls("render", str(run), "-o", str(out), "--spiral", "3", "-q", check=True)
+    assert "their cameras:" in res.stdout and (out / "turntable_cameras.json").is_file()
+    assert len(json.loads((out / "turntable_cameras.json").read_text())["frames"]) == 3
+    doc = json.loads((out / "test_cameras.json").read_text())
+    names = [f["file_path"] for f in doc["frames"]]
+    assert names and all((out / "test" / f"{n}.png").is_file() for n in names)
+    again = tmp_path / "again"
+    res = nls("render", str(run), "--cameras", str(out / "test_cameras.json"), "-o", str(again), "-q", check=True)
+    assert not (again / "test").exists(), res.stdout  # --cameras alone renders no split
+    for n in names:
+        assert np.array_equal(iio.imread(again / "test_cameras" / f"{n}.png"), iio.imread(out / "test" / f"{n}.png")), n
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"frames": [{"transform_matrix": np.eye(4).tolist()}]}))
+    res = nls("render", str(run), "--cameras", str(bad), "-o", str(tmp_path / "x"))
+    assert res.returncode != 0 and "no focal length" in res.stderr and not (tmp_path / "x").exists()
