@@ -235,7 +235,7 @@ def test_a_video_file_is_detected_and_reconstructed_with_its_frames_cached(tmp_p
     assert capture_rows(scene)[0] == ("video", "6 frames of 12 (walk.MOV, 10 fps, 1.2 s), the sharpest of each stretch "
                                                "of equal motion")
     scene["sfm"]["off_path"] = ["frame_000004.jpg"]
-    assert capture_rows(scene)[1] == ("structure from motion", "6 of 6 photos registered, mean reprojection error "
+    assert capture_rows(scene)[1] == ("structure from motion", "6 of 6 frames registered, mean reprojection error "
                                       "0.50 px, 1 s; placed off the camera's path, left out: frame_000004.jpg")
 
 

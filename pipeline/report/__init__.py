@@ -118,7 +118,8 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
         rows.append(("video", text))
     sfm = scene.get("sfm")
     if isinstance(sfm, dict) and all(isinstance(sfm.get(k), (int, float)) for k in ("photos", "registered")):
-        text = f"{sfm['registered']} of {sfm['photos']} photos registered"
+        what = "frames" if isinstance(frames, dict) else "photos"  # (structure from motion on a video's frames)
+        text = f"{sfm['registered']} of {sfm['photos']} {what} registered"
         if isinstance(sfm.get("mean_reprojection_error"), (int, float)):
             text += f", mean reprojection error {sfm['mean_reprojection_error']:.2f} px"
         seconds = sfm.get("seconds")
