@@ -7,6 +7,9 @@ intrinsics given once at the top or per frame: ``fl_x`` / ``fl_y`` / ``cx`` / ``
 does not give is taken from the top, then from the run's eval split (its size; the principal point at the
 centre; ``fl_y`` = ``fl_x``). All frames share one image size.
 
+With ``--interpolate N`` the file's cameras are keyframes of a smooth path of ``N`` frames
+(:func:`interpolate_cameras`).
+
 The cameras are in the run's frame: the frame its splits' cameras and ``--spiral``'s turntable lie in. For a
 Blender or instant-ngp scene that is the dataset's own frame; for a COLMAP capture, photos or a video it is
 the normalised frame the run trained in (scene.json's ``input_frame``), so ``nls render`` writes the cameras of
@@ -136,3 +139,28 @@ def read_camera_path(path: Path, default_size: tuple[int, int]) -> tuple[Cameras
     cams = Cameras(torch.tensor(np.stack(c2w), dtype=torch.float32), intr_t[:, 0], intr_t[:, 1], intr_t[:, 2],
                    intr_t[:, 3], w, h)
     return cams, names
+
+
+def interpolate_cameras(keys: Cameras, n: int) -> Cameras:
+    """``n`` cameras along a smooth path through the keyframes ``keys`` (two or more, in order), from the first
+    to the last: the camera centres on a cubic spline (scipy's ``CubicSpline``, natural ends), the orientations on
+    a rotation spline (scipy's ``RotationSpline``: the angular velocity and acceleration are continuous), the
+    intrinsics linearly; all parametrised by the keyframe index, so the path passes through each keyframe and
+    spends as many frames between any two of them. When ``n - 1`` is a multiple of ``len(keys) - 1``, frame
+    ``j * (n - 1) / (len(keys) - 1)`` is keyframe ``j``."""
+    import torch
+    from scipy.interpolate import CubicSpline
+    from scipy.spatial.transform import Rotation, RotationSpline
+
+    k = len(keys)
+    if k < 2:
+        raise DataError(f"a path is interpolated through two or more keyframes; the file holds {k} camera")
+    c2w = keys.c2w.detach().cpu().double().numpy()
+    t, s = np.arange(k, dtype=np.float64), np.linspace(0.0, k - 1.0, n)
+    centres = CubicSpline(t, c2w[:, :3, 3], bc_type="natural")(s)
+    turns = RotationSpline(t, Rotation.from_matrix(c2w[:, :3, :3]))(s).as_matrix()
+    out = np.tile(np.eye(4), (n, 1, 1))
+    out[:, :3, :3], out[:, :3, 3] = turns, centres
+    intr = [torch.tensor(np.interp(s, t, v.detach().cpu().double().numpy()), dtype=torch.float32)
+            for v in (keys.fx, keys.fy, keys.cx, keys.cy)]
+    return Cameras(torch.tensor(out, dtype=torch.float32), *intr, keys.width, keys.height)

@@ -164,6 +164,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "transform_matrix, OpenGL axes, in the run's frame; fl_x/fl_y/cx/cy or camera_angle_x, w/h, for "
                    "the file or each frame; missing ones from the eval split) into DIR/FILE/NAME.png and the video "
                    "DIR/FILE.mp4; the *_cameras.json files nls render writes are such files")
+    c.add_argument("--interpolate", type=int_at_least(2, 3600), metavar="N",
+                   help="with --cameras: take its cameras as keyframes and render N frames along a smooth path "
+                   "through them (centres on a cubic spline, orientations on a rotation spline, intrinsics "
+                   "linear), first to last")
     c.add_argument("--fps", type=int_at_least(1, 120), default=24, metavar="F",
                    help="frames per second of the --cameras video (default 24)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")

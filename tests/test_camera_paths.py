@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.camera_paths import read_camera_path, write_camera_path
+from pipeline.camera_paths import interpolate_cameras, read_camera_path, write_camera_path
 from pipeline.types import Cameras, DataError
 from tests.short_runs import short_run
 
@@ -69,6 +69,32 @@ def test_what_is_not_a_camera_path_is_a_data_error_naming_it(tmp_path, doc, mess
         read_camera_path(tmp_path / "bad.json", (64, 48))
 
 
+def test_an_interpolated_path_passes_through_its_keyframes_smoothly():
+    """Through 4 keyframes, 13 frames: every 4th is a keyframe (to float32); between, the rotations are rotations.
+    Keyframes equally spaced on a line and turning at a steady rate about one axis give a path that does the
+    same (the natural cubic spline reproduces a straight line; the rotation spline a steady turn)."""
+    from scipy.spatial.transform import Rotation
+
+    keys = _cams(4)
+    path = interpolate_cameras(keys, 13)
+    assert len(path) == 13 and (path.width, path.height) == (keys.width, keys.height)
+    for j in range(4):
+        assert torch.allclose(path.c2w[4 * j], keys.c2w[j], atol=1e-5), j
+        assert torch.allclose(path.fx[4 * j], keys.fx[j]), j
+    r = path.c2w[:, :3, :3].double()
+    assert torch.allclose(r.transpose(1, 2) @ r, torch.eye(3, dtype=torch.float64).expand(13, 3, 3), atol=1e-5)
+    steady = np.tile(np.eye(4), (3, 1, 1))
+    steady[:, :3, :3] = Rotation.from_euler("z", [[0.0], [30.0], [60.0]], degrees=True).as_matrix()
+    steady[:, :3, 3] = [[0, 0, 0], [1, 0, 0], [2, 0, 0]]
+    f = torch.tensor([50.0, 60.0, 70.0])
+    line = interpolate_cameras(Cameras(torch.tensor(steady, dtype=torch.float32), f, f, f, f, 8, 8), 5)
+    assert np.allclose(line.c2w[:, 0, 3].numpy(), [0, 0.5, 1, 1.5, 2], atol=1e-6)
+    angles = Rotation.from_matrix(line.c2w[:, :3, :3].double().numpy()).as_euler("xyz", degrees=True)[:, 2]
+    assert np.allclose(angles, [0, 15, 30, 45, 60], atol=1e-4) and np.allclose(line.fx.numpy(), [50, 55, 60, 65, 70])
+    with pytest.raises(DataError, match="two or more keyframes"):
+        interpolate_cameras(_cams(1), 5)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return short_run(tmp_path_factory, "dense_grid")
@@ -91,6 +117,12 @@ def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls
     assert not (again / "test").exists(), res.stdout  # --cameras alone renders no split
     for n in names:
         assert np.array_equal(iio.imread(again / "test_cameras" / f"{n}.png"), iio.imread(out / "test" / f"{n}.png")), n
+    res = nls("render", str(run), "--cameras", str(out / "turntable_cameras.json"), "--interpolate", "7", "-o",
+              str(again), "-q", check=True)
+    assert sorted(p.name for p in (again / "turntable_cameras").glob("*.png")) == [f"{k:04d}.png" for k in range(7)]
+    assert "7 frames" in res.stdout and any(again.glob("turntable_cameras.*"))  # (the video: mp4, or gif)
+    res = nls("render", str(run), "--interpolate", "7")
+    assert res.returncode != 0 and "give them with --cameras" in res.stderr
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"frames": [{"transform_matrix": np.eye(4).tolist()}]}))
     res = nls("render", str(run), "--cameras", str(bad), "-o", str(tmp_path / "x"))

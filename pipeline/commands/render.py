@@ -15,6 +15,11 @@ def cmd_render(args) -> int:
     from pipeline.evaluate import EvalContext, check_can_render, eval_indices
     from pipeline.runs import check_writable
 
+    from pipeline.types import NLSError
+
+    if args.interpolate and not args.cameras:
+        raise NLSError(f"--interpolate {args.interpolate} makes a path through keyframes; give them with --cameras "
+                       f"FILE.json (e.g. a few frames of renders/test_cameras.json)")
     split = args.split or (None if args.cameras else "test")  # --cameras alone renders only its cameras
     ld = open_run(args)
     if split is not None:
@@ -27,6 +32,10 @@ def cmd_render(args) -> int:
         views = ld.scene.splits.get(split or ld.cfg.eval.split) or next(iter(ld.scene.splits.values()), None)
         size = (views.cameras.width, views.cameras.height) if views is not None else (800, 800)
         path = read_camera_path(Path(args.cameras), size)
+        if args.interpolate:
+            from pipeline.camera_paths import interpolate_cameras
+
+            path = interpolate_cameras(path[0], args.interpolate), [f"{k:04d}" for k in range(args.interpolate)]
         check_writable(out_root / Path(args.cameras).stem)
     if split is not None:
         check_writable(out_root / split)
