@@ -27,13 +27,15 @@ class Comparison:
     best: dict[str, set[int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    #: {metric: "higher" or "lower"} where an evaluator declared which way is better (else :func:`better` decides)
+    better: dict[str, str] = field(default_factory=dict)
 
     def legend(self) -> list[tuple[str, str, str]]:
         """(metric, ↑ / ↓ / "", note) for each metric row with a note, in the table's order (the counts and
         scales evaluators report beside them are left out: ``to_dict`` has their notes)."""
         from pipeline.metric_notes import direction_mark
 
-        return [(name, direction_mark(name), self.notes[name]) for name, _ in self.rows
+        return [(name, direction_mark(name, self.better), self.notes[name]) for name, _ in self.rows
                 if name in self.notes and not is_bookkeeping(name)]
 
     def to_dict(self) -> dict:
@@ -46,7 +48,7 @@ class Comparison:
                          for lab, r in zip(self.labels, self.runs)],
                 "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
                 "best": {k: [self.labels[i] for i in sorted(v)] for k, v in self.best.items()},
-                "notes": self.notes, "warnings": self.warnings}
+                "notes": self.notes, "better_is": self.better, "warnings": self.warnings}
 
 
 def compare_runs(paths: Sequence[Path]) -> Comparison:
@@ -76,6 +78,13 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     metric_names.sort(key=is_bookkeeping)  # stable: metrics first, in the evaluators' order
     for m in metric_names:
         rows.append((m, [r.metrics.get(m) for r in runs]))
+    notes: dict[str, str] = {}
+    declared: dict[str, str] = {}  # which way is better, where an evaluator said so
+    for r in runs:
+        for k, v in r.metric_notes.items():
+            notes.setdefault(k, v)
+        for k, v in r.metric_better.items():
+            declared.setdefault(k, v)
     best = {}
     warnings = comparability_warnings(runs, labels)
     finished = {i for i, r in enumerate(runs) if r.trained and r.metrics}
@@ -86,18 +95,14 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
         if (name == "train_seconds" and not same_budget) or (name in metric_names and not metrics_comparable) \
                 or (name.startswith(IMAGE_METRICS) and not images_comparable):
             continue
-        direction = "lower" if name in ("train_seconds", "parameters") else better(name)
+        direction = "lower" if name in ("train_seconds", "parameters") else declared.get(name) or better(name)
         # a run stopped early is neither "fastest" nor "best": only finished runs compete
         nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)
                 and i in finished]
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
-    notes: dict[str, str] = {}
-    for r in runs:
-        for k, v in r.metric_notes.items():
-            notes.setdefault(k, v)
-    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels), notes)
+    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels), notes, declared)
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:

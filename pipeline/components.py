@@ -171,7 +171,8 @@ class Component:
         alternative are available upstream. ``()`` means it needs nothing.
     description: one line for ``nls plugins``.
     plugin: name of the registering plugin (filled in by the host).
-    metrics: an evaluator's ``(metric, note)`` pairs: what each metric it reports measures, in what unit
+    metrics: an evaluator's ``(metric, note, better)``: what each metric it reports measures, in what unit, and
+        whether higher or lower is better (None: as :func:`pipeline.report.collect.better` says by its name)
         (:mod:`pipeline.metric_notes`). A name ending in ``@`` covers every metric it starts (``fscore@0.01``).
     """
 
@@ -183,7 +184,7 @@ class Component:
     consumes: tuple[frozenset[str], ...] = ()
     description: str = ""
     plugin: str = ""
-    metrics: tuple[tuple[str, str], ...] = ()
+    metrics: tuple[tuple[str, str, Optional[str]], ...] = ()
 
     @property
     def label(self) -> str:
@@ -230,7 +231,8 @@ class Component:
             "produces": sorted(self.produces),
             "consumes": [sorted(a) for a in self.consumes],
             "config": cfg,
-            **({"metrics": dict(self.metrics)} if self.metrics else {}),
+            **({"metrics": {name: note for name, note, _ in self.metrics}} if self.metrics else {}),
+            **({"better": {name: b for name, _, b in self.metrics if b}} if any(b for *_, b in self.metrics) else {}),
         }
 
 
@@ -249,7 +251,7 @@ class Registrar:
     collected: list[Component] = field(default_factory=list)
 
     def __call__(self, name: str, factory: Factory, *, config: Any = ComponentConfig,
-                 produces=(), consumes=(), description: str = "", metrics: Optional[Mapping[str, str]] = None) -> None:
+                 produces=(), consumes=(), description: str = "", metrics: Optional[Mapping[str, Any]] = None) -> None:
         """Collect one component; a PluginError for an invalid name, a config that is not a
         :class:`ComponentConfig` subclass (a ``"module:attr"`` one is checked when loaded) or ``metrics``
         that is not a mapping of metric names to notes (evaluators only)."""
@@ -271,18 +273,25 @@ class Registrar:
         self.collected.append(Component(self.stage, name, factory, config, frozenset(produces), alts,
                                         description, self.plugin, self._metrics(where, metrics)))
 
-    def _metrics(self, where: str, metrics: Optional[Mapping[str, str]]) -> tuple[tuple[str, str], ...]:
-        """``metrics`` as (name, note) pairs; a PluginError unless it is None or a mapping of non-empty
-        texts, given to an evaluator."""
+    def _metrics(self, where: str, metrics: Optional[Mapping[str, Any]]) -> tuple[tuple[str, str, Optional[str]], ...]:
+        """``metrics`` as (name, note, better) triples; a PluginError unless it is None or maps each name to a
+        non-empty note, or to ``{"note": ..., "better": "higher" or "lower"}``, given to an evaluator."""
         if metrics is None:
             return ()
         if self.stage != "evaluator":
             raise PluginError(f"{where}: metrics= describes what an evaluator reports; a {self.stage} has no metrics")
-        if not isinstance(metrics, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v.strip()
-                                                       for k, v in metrics.items()):
-            raise PluginError(f"{where}: metrics= must map each metric name to a note on what it measures and in "
-                              f"what unit, e.g. metrics={{'iou': 'intersection over union, 0..1'}}; got {metrics!r}")
-        return tuple((k, " ".join(v.split())) for k, v in metrics.items())
+        out = []
+        for name, value in (metrics.items() if isinstance(metrics, Mapping) else [(None, None)]):
+            note, better = (value, None) if isinstance(value, str) else \
+                (value.get("note"), value.get("better")) if isinstance(value, Mapping) and \
+                set(value) <= {"note", "better"} else (None, None)
+            if not (isinstance(name, str) and name and isinstance(note, str) and note.strip()
+                    and better in (None, "higher", "lower")):
+                raise PluginError(f"{where}: metrics= must map each metric name to a note on what it measures and in "
+                                  f"what unit, or to {{'note': ..., 'better': 'higher' or 'lower'}}, e.g. "
+                                  f"metrics={{'iou': 'intersection over union, 0..1'}}; got {metrics!r}")
+            out.append((name, " ".join(note.split()), better))
+        return tuple(out)
 
 
 def check_config_class(config: Any, where: str, *, defaults: bool = True) -> None:

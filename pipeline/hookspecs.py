@@ -201,7 +201,9 @@ def nls_register_evaluators(register):
     ``metrics`` ({name: note}) says what each metric measures and in what unit; a run records the
     notes beside its values (summary.json, eval.json), and ``nls eval``, ``nls compare``, ``nls report``
     and ``nls plugins NAME`` show them. A name ending in ``@`` covers the metrics it starts, with
-    ``{at}`` in its note standing for the rest of the name (``fscore@`` for ``fscore@0.01``).
+    ``{at}`` in its note standing for the rest of the name (``fscore@`` for ``fscore@0.01``). A value
+    ``{"note": ..., "better": "higher" or "lower"}`` also says which way is better: ``nls compare`` marks
+    the best run by it (without it, by the metric's name: psnr, iou ... higher; chamfer, loss ... lower).
 
     Example::
 
@@ -210,7 +212,8 @@ def nls_register_evaluators(register):
             register("chamfer", "plugins.ngp.evaluate:build_geometry_metrics",
                      consumes=[{"mesh", "gt_mesh"}],
                      metrics={"chamfer_l1": "×10³ in the GT's frame: ...",
-                              "fscore@": "F-score at distance {at}; 0..1"})
+                              "fscore@": "F-score at distance {at}; 0..1",
+                              "my_error": {"note": "mean error, mm", "better": "lower"}})
     """
 
 

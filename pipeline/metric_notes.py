@@ -62,40 +62,64 @@ def run_metric_notes(choices: Sequence[Any], results: Mapping[str, Any]) -> dict
     evaluator which reported them describes (``choices``: the scene's evaluator choices, whose
     ``component.metrics`` hold the notes). Of two evaluators reporting one name, the later's note is kept,
     as its value is (:func:`pipeline.evaluate.flatten`)."""
+    return _per_metric(choices, results, 1)
+
+
+def run_metric_better(choices: Sequence[Any], results: Mapping[str, Any]) -> dict[str, str]:
+    """{metric: "higher" or "lower"} for the metrics in ``results`` whose evaluator declared which way is better
+    (as :func:`run_metric_notes` finds notes)."""
+    return _per_metric(choices, results, 2)
+
+
+def _per_metric(choices: Sequence[Any], results: Mapping[str, Any], field: int) -> dict[str, str]:
+    """What the evaluators ``choices`` declare of each numeric metric they report in ``results``: ``field`` 1 of
+    their ``component.metrics`` triples (the note) or 2 (which way is better); the later evaluator's, or none,
+    for a name two report."""
     from pipeline.evaluate import flatten
 
     out: dict[str, str] = {}
     for choice in choices:
-        notes = dict(getattr(choice.component, "metrics", ()) or ())
+        declared = {m[0]: m[field] for m in getattr(choice.component, "metrics", ()) or () if m[field]}
         metrics = results.get(choice.name)
         if not isinstance(metrics, dict):
             continue
         for name in flatten({choice.name: metrics}):
-            note = note_for(name, notes)
-            if note:
-                out[name] = note
+            value = note_for(name, declared)
+            if value:
+                out[name] = value
             else:
                 out.pop(name, None)  # a later evaluator's value without a note: an earlier note would mislead
     return out
 
 
-def direction_mark(metric: str) -> str:
-    """``↑`` for a metric where higher is better, ``↓`` where lower is, else ``""``
-    (:func:`pipeline.report.collect.better`)."""
+def direction_mark(metric: str, declared: Optional[Mapping[str, str]] = None) -> str:
+    """``↑`` for a metric where higher is better, ``↓`` where lower is, else ``""``: as its evaluator declared
+    (``declared``: {metric: "higher" or "lower"}), else as :func:`pipeline.report.collect.better` says."""
     from pipeline.report.collect import better
 
-    return {"higher": "↑", "lower": "↓"}.get(better(metric) or "", "")
+    way = (declared or {}).get(metric) or better(metric) or ""
+    return {"higher": "↑", "lower": "↓"}.get(way, "")
 
 
 def registered_notes(results: Mapping[str, Any]) -> dict[str, str]:
     """{metric: note} for ``results`` ({evaluator type: {metric: value}}) from the notes the evaluators of those
     names declare now (the built-in and installed plugins): for runs recorded before runs kept their notes.
     Empty when the plugins cannot be loaded; evaluators that are not found, or skipped, give none."""
+    return run_metric_notes(_registered_choices(results), results)
+
+
+def registered_better(results: Mapping[str, Any]) -> dict[str, str]:
+    """{metric: "higher" or "lower"} as :func:`registered_notes` finds notes."""
+    return run_metric_better(_registered_choices(results), results)
+
+
+def _registered_choices(results: Mapping[str, Any]) -> list:
+    """Stand-ins for evaluator choices (``name``, ``component``) of the evaluators ``results`` names that the
+    built-in and installed plugins register."""
     from types import SimpleNamespace
 
     table = _evaluators()
-    choices = [SimpleNamespace(name=name, component=table[name]) for name in results if name in table]
-    return run_metric_notes(choices, results)
+    return [SimpleNamespace(name=name, component=table[name]) for name in results if name in table]
 
 
 @lru_cache(maxsize=1)

@@ -259,7 +259,7 @@ def print_metric_notes(con, c: dict) -> None:
     width = max(40, con.width - 1)
     con.print(f"[bold]{c['stage']} {escape(c['name'])}[/bold] reports:", highlight=False)
     for name, note in c["metrics"].items():
-        mark = direction_mark(name.rstrip("@") if name.endswith("@") else name)
+        mark = direction_mark(name.rstrip("@"), {k.rstrip("@"): v for k, v in (c.get("better") or {}).items()})
         shown = f"{name}τ" if name.endswith("@") else name
         con.print(escape(f"  {shown}" + (f"  {mark}" if mark else "")), highlight=False, soft_wrap=True)
         con.print(escape(textwrap.fill(note.replace("{at}", "τ"), width=width, initial_indent=" " * 6,

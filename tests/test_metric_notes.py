@@ -38,7 +38,7 @@ def test_direction_marks_follow_the_comparison_rules():
 class _Choice:
     def __init__(self, name, metrics):
         self.name = name
-        self.component = type("C", (), {"metrics": tuple(metrics.items())})()
+        self.component = type("C", (), {"metrics": tuple((k, v, None) for k, v in metrics.items())})()
 
 
 def test_a_later_evaluator_reporting_a_name_takes_its_note_or_none():
@@ -53,10 +53,12 @@ def test_a_later_evaluator_reporting_a_name_takes_its_note_or_none():
 
 def test_register_refuses_metrics_outside_evaluators_and_of_the_wrong_kind():
     reg = Registrar("mine", "evaluator")
-    reg("good", "m:f", metrics={"iou": "intersection\n   over union"})
-    assert reg.collected[0].metrics == (("iou", "intersection over union"),)  # whitespace folded
-    assert reg.collected[0].as_dict()["metrics"] == {"iou": "intersection over union"}
-    for bad in (["iou"], {"iou": ""}, {"iou": 3}, {"": "x"}):
+    reg("good", "m:f", metrics={"iou": "intersection\n   over union", "err": {"note": "mean error", "better": "lower"}})
+    assert reg.collected[0].metrics == (("iou", "intersection over union", None), ("err", "mean error", "lower"))
+    assert reg.collected[0].as_dict()["metrics"] == {"iou": "intersection over union", "err": "mean error"}
+    assert reg.collected[0].as_dict()["better"] == {"err": "lower"}
+    for bad in (["iou"], {"iou": ""}, {"iou": 3}, {"": "x"}, {"e": {"note": "x", "better": "smaller"}},
+                {"e": {"better": "lower"}}, {"e": {"note": "x", "unit": "m"}}):
         with pytest.raises(PluginError, match="metrics= must map each metric name to a note"):
             reg("bad", "m:f", metrics=bad)
     with pytest.raises(PluginError, match="a loss has no metrics"):
@@ -110,3 +112,29 @@ def test_a_run_from_before_notes_were_recorded_gets_those_its_evaluators_declare
     old["evaluators"] = {"gone_evaluator": old["evaluators"]["psnr"]}
     (copy / "summary.json").write_text(json.dumps(old))
     assert read_run(copy).metrics and read_run(copy).metric_notes == {}
+
+
+def test_a_direction_an_evaluator_declares_decides_the_best_run(run, tmp_path, nls):
+    """A plugin's metric of a name nls does not know (``my_err``) gets ↓ and a best mark in `nls compare` when its
+    evaluator declared ``better: lower``, and neither when it did not."""
+    runs = []
+    for k, err in enumerate((3.0, 2.0)):
+        copy = tmp_path / f"r{k}"
+        shutil.copytree(run, copy)
+        summary = json.loads((copy / "summary.json").read_text())
+        summary["evaluators"]["mine"] = {"my_err": err}
+        summary["metrics"]["my_err"] = err
+        summary["metric_notes"]["my_err"] = "mean error, mm"
+        summary["metric_better"] = {"my_err": "lower"}
+        (copy / "summary.json").write_text(json.dumps(summary))
+        runs.append(copy)
+    data = json.loads(nls("compare", *map(str, runs), "--json", check=True).stdout)
+    assert data["best"]["my_err"] == [data["runs"][1]["label"]] and data["better_is"] == {"my_err": "lower"}
+    md = nls("compare", *map(str, runs), "--markdown", check=True).stdout
+    assert "- `my_err` ↓: mean error, mm" in md
+    for copy in runs:
+        summary = json.loads((copy / "summary.json").read_text())
+        summary["metric_better"] = {}
+        (copy / "summary.json").write_text(json.dumps(summary))
+    data = json.loads(nls("compare", *map(str, runs), "--json", check=True).stdout)
+    assert "my_err" not in data["best"]

@@ -120,7 +120,7 @@ def cmd_eval(args) -> int:
             f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
             f"writes {out}", remove=True):
         data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
-    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})", data["metric_notes"])
+    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})", data["metric_notes"], data["metric_better"])
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
     results = data["evaluators"]
     if all(set(r) == {"skipped"} for r in results.values()):
@@ -138,7 +138,7 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     a staging folder and replace the previous ones only with the JSON, so a stopped eval never leaves new
     renders beside an old eval.json (nor stale views of an earlier, longer eval)."""
     from pipeline.evaluate import EvalContext, flatten, publish_staged, run_evaluators
-    from pipeline.metric_notes import run_metric_notes
+    from pipeline.metric_notes import run_metric_better, run_metric_notes
     from pipeline.runs import atomic_write_text, json_default
 
     root = out.parent / f"{out.stem}_renders"
@@ -154,6 +154,7 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             "evaluators": results, "metric_notes": run_metric_notes(ld.cfg.evaluators, results),
+            "metric_better": run_metric_better(ld.cfg.evaluators, results),
             "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
     shutil.rmtree(renders, ignore_errors=True)  # the old renders go first: at worst a stop leaves none
     atomic_write_text(out, json.dumps(data, indent=2, default=json_default) + "\n")
@@ -161,11 +162,11 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     return data, ctx, renders
 
 
-def metrics_table(metrics: dict, notes: Optional[dict] = None):
+def metrics_table(metrics: dict, notes: Optional[dict] = None, better: Optional[dict] = None):
     """A rich table of ``metrics`` (floats to 4 decimals; the JSON records keep every digit), each marked
-    ↑ or ↓ where higher or lower is better and with its note (``notes``: {metric: note}, what the run
-    recorded, :mod:`pipeline.metric_notes`); counts and scales come last, dimmed. A line saying there are
-    none when ``metrics`` is empty."""
+    ↑ or ↓ where higher or lower is better (``better``: what its evaluator declared, else by its name) and with
+    its note (``notes``: {metric: note}, what the run recorded, :mod:`pipeline.metric_notes`); counts and
+    scales come last, dimmed. A line saying there are none when ``metrics`` is empty."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -183,13 +184,13 @@ def metrics_table(metrics: dict, notes: Optional[dict] = None):
         table.add_column("what it is", overflow="fold")
     for k in sorted(metrics, key=is_bookkeeping):  # stable: metrics first, in the evaluators' order
         v = metrics[k]
-        row = [escape(k), f"{v:.4f}" if isinstance(v, float) else str(v), direction_mark(k)]
+        row = [escape(k), f"{v:.4f}" if isinstance(v, float) else str(v), direction_mark(k, better)]
         table.add_row(*row, *([escape(notes.get(k, ""))] if notes else []),
                       style="dim" if is_bookkeeping(k) else None)
     return table
 
 
-def _print_metrics(metrics: dict, title: str, notes: Optional[dict] = None) -> None:
+def _print_metrics(metrics: dict, title: str, notes: Optional[dict] = None, better: Optional[dict] = None) -> None:
     """``title`` and :func:`metrics_table` on stdout."""
     from rich.markup import escape
 
@@ -197,4 +198,4 @@ def _print_metrics(metrics: dict, title: str, notes: Optional[dict] = None) -> N
 
     with stdout_console() as con:
         con.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
-        con.print(metrics_table(metrics, notes))
+        con.print(metrics_table(metrics, notes, better))

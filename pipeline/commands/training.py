@@ -22,7 +22,7 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
     import torch
 
     from pipeline.evaluate import EvalContext, flatten, run_evaluators
-    from pipeline.metric_notes import run_metric_notes
+    from pipeline.metric_notes import run_metric_better, run_metric_notes
     from pipeline.mesh import progress_default
     from pipeline.runs import source_version
 
@@ -47,6 +47,7 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
         "stopped_by": "steps" if ld.step >= ld.cfg.train.steps else "train.max_seconds",
         "metrics": flatten(results), "evaluators": results,
         "metric_notes": run_metric_notes(ld.cfg.evaluators, results),
+        "metric_better": run_metric_better(ld.cfg.evaluators, results),
         "mesh": str(mesh_path.relative_to(ld.run.path)) if mesh_path else None,
         "renders": f"renders/{ld.cfg.eval.split}" if ctx.rendered else None,
         "device": str(ld.device), "device_name": (torch.cuda.get_device_name(ld.device) if ld.device.type == "cuda"
@@ -84,7 +85,7 @@ def _summary_lines(con, summary: dict, run_path: Path, flags: str) -> None:
     # the title is a line of its own: as a table title it would wrap to the narrow table's width
     con.print(f"[bold]{summary['scene']} / {summary['method']}[/bold]  (step {summary['step']}, "
               f"{summary['train_seconds']:.0f} s training on {summary['device']})", soft_wrap=True)
-    con.print(metrics_table(summary["metrics"], summary.get("metric_notes")))
+    con.print(metrics_table(summary["metrics"], summary.get("metric_notes"), summary.get("metric_better")))
     # Paths and commands are printed whole (soft_wrap): rich would otherwise break them at the
     # terminal width (80 columns when piped), and a copied command would no longer run.
     for w in summary.get("warnings") or []:  # said before the progress bars; repeated where they are read

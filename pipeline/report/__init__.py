@@ -204,15 +204,15 @@ def _metrics(f: RunFacts) -> str:
 
         rows = []
         later = set(f.later_metrics) if f.summary else set()  # mark them only when files are mixed
-        notes = f.metric_notes
+        notes, declared = f.metric_notes, f.metric_better
         for k, v in f.metrics.items():
             r = ref.get(k) or {}
-            rows.append((f"{k} (eval.json)" if k in later else k, direction_mark(k), v, r.get("value", ""),
+            rows.append((f"{k} (eval.json)" if k in later else k, direction_mark(k, declared), v, r.get("value", ""),
                          r.get("source", ""), *([notes.get(k, "")] if notes else [])))
         for k in ref:
             if k not in f.metrics:
-                rows.append((k, direction_mark(k), "not measured", ref[k].get("value", ""), ref[k].get("source", ""),
-                             *([""] if notes else [])))
+                rows.append((k, direction_mark(k, declared), "not measured", ref[k].get("value", ""),
+                             ref[k].get("source", ""), *([""] if notes else [])))
         parts.append(H.table(["metric", "", "this run", "published", "source", *(["what it is"] if notes else [])],
                              rows))
         notes = [n for n in f.evaluation_notes if n not in f.record_notes]  # those are listed under "Run"

@@ -200,16 +200,28 @@ class RunFacts:
         """{metric: what it measures} of the shown :attr:`metrics` that the run recorded a note for (summary.json's
         ``metric_notes``, eval.json's where eval.json gave the value); for a run made before runs recorded notes,
         the notes its evaluators declare now (:func:`pipeline.metric_notes.registered_notes`)."""
-        later = set(self.later_metrics)
-        records = [r for r in (self.summary, self.later_evaluation) if r and "metric_notes" in r]
-        if not records and self.metrics:  # a run from before runs recorded notes: those its evaluators declare now
-            from pipeline.metric_notes import registered_notes
+        from pipeline.metric_notes import registered_notes
 
-            notes = registered_notes(self.evaluator_results)
+        return self._declared("metric_notes", registered_notes)
+
+    @property
+    def metric_better(self) -> dict[str, str]:
+        """{metric: "higher" or "lower"} of the shown :attr:`metrics` whose evaluator declared which way is better,
+        as :attr:`metric_notes` finds notes (``metric_better``)."""
+        from pipeline.metric_notes import registered_better
+
+        return self._declared("metric_better", registered_better)
+
+    def _declared(self, key: str, registered: Callable[[dict], dict]) -> dict[str, str]:
+        """:attr:`metric_notes` or :attr:`metric_better`: the records' ``key`` (eval.json's for the metrics it gave),
+        or, for a run that recorded none (an older nls), ``registered(evaluator_results)``."""
+        later = set(self.later_metrics)
+        if not any(r and key in r for r in (self.summary, self.later_evaluation)) and self.metrics:
+            found = registered(self.evaluator_results)
         else:
-            notes = {k: v for k, v in ((self.summary or {}).get("metric_notes") or {}).items() if k not in later}
-            notes.update((self.later_evaluation or {}).get("metric_notes") or {})
-        return {k: notes[k] for k in self.metrics if k in notes}
+            found = {k: v for k, v in ((self.summary or {}).get(key) or {}).items() if k not in later}
+            found.update((self.later_evaluation or {}).get(key) or {})
+        return {k: found[k] for k in self.metrics if k in found}
 
     @property
     def later_metrics(self) -> list[str]:
@@ -468,6 +480,7 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "list": (lambda v: isinstance(v, list), "a list"),
     "numbers": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
     "override": (_is_override, "a --set KEY=VALUE override"),
+    "better": (lambda v: v in ("higher", "lower"), "'higher' or 'lower'"),
 }
 
 #: the fields of each JSON record of a run that :class:`RunFacts`, ``nls report`` and ``nls compare``
@@ -478,17 +491,20 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
                      "steps": "integer", "train_seconds": "number", "parameters": "integer", "mesh": "string",
                      "device": "string", "device_name": "string", "threads": "integer",
                      "load_average": "numbers", "versions": "mapping", "metrics": "mapping",
-                     "evaluators": "mapping", "metric_notes": "mapping", "warnings": "list"},
+                     "evaluators": "mapping", "metric_notes": "mapping", "metric_better": "mapping",
+                     "warnings": "list"},
     "scene.json": {},
     "plugins.json": {"plugins": "list", "components": "mapping"},
-    "eval.json": {"overrides": "list", "evaluators": "mapping", "metric_notes": "mapping", "config": "mapping"},
+    "eval.json": {"overrides": "list", "evaluators": "mapping", "metric_notes": "mapping", "metric_better": "mapping",
+                  "config": "mapping"},
     WARNINGS_RECORD: {"step": "integer", "warnings": "list"},
 }
 #: the kind of each entry of the list and mapping fields above (an entry of another kind is left out)
 RECORD_ENTRIES: dict[str, dict[str, str]] = {
-    "summary.json": {"evaluators": "mapping", "metric_notes": "string", "warnings": "string"},
+    "summary.json": {"evaluators": "mapping", "metric_notes": "string", "metric_better": "better",
+                     "warnings": "string"},
     "plugins.json": {"plugins": "mapping", "components": "mapping"},
-    "eval.json": {"overrides": "override", "evaluators": "mapping", "metric_notes": "string"},
+    "eval.json": {"overrides": "override", "evaluators": "mapping", "metric_notes": "string", "metric_better": "better"},
     WARNINGS_RECORD: {"warnings": "string"},
 }
 #: the same for config.yaml: its blocks, their entries, and the settings of blocks that are read
