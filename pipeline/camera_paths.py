@@ -78,10 +78,11 @@ def _matrix(value: Any, what: str) -> np.ndarray:
     return m
 
 
-def read_camera_path(path: Path, default_size: tuple[int, int]) -> tuple[Cameras, list[str]]:
+def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tuple[Cameras, list[str]]:
     """The cameras of the transforms.json ``path`` (see the module docstring) and a name for each (its
     ``file_path``'s stem, else its index as ``0000``; indices when names repeat). ``default_size``: (W, H) for a
-    file that gives no image size. DataError naming the file, the frame and the key for what cannot be read."""
+    file that gives no image size (None: the run has no split, and the file must give it). DataError naming the
+    file, the frame and the key for what cannot be read."""
     import torch
 
     try:
@@ -110,6 +111,9 @@ def read_camera_path(path: Path, default_size: tuple[int, int]) -> tuple[Cameras
             return own if own is not None else _number(doc.get(key), f"--cameras {path}: {key}")
 
         w, h = get("w"), get("h")
+        if (w is None or h is None) and default_size is None:
+            raise DataError(f"{where}: no image size; give w and h (pixels), for the file or for each frame (the run "
+                            f"has no views to take it from)")
         w, h = int(w if w is not None else default_size[0]), int(h if h is not None else default_size[1])
         if w < 1 or h < 1:
             raise DataError(f"{where}: an image size of {w}x{h} pixels")

@@ -147,6 +147,11 @@ def check_can_render(scene: SceneData, system, split: str, option: str = "--spli
     ``option``, named in the error)."""
     if split not in scene.splits:
         raise NLSError(missing_split_message(scene, split, option))
+    check_renderer(system)
+
+
+def check_renderer(system) -> None:
+    """NLSError unless the run's ``system`` has a renderer stage."""
     if system.renderer is None:
         raise NLSError("this run has no renderer stage, so it cannot render images; "
                        "export the surface with `nls export` instead")

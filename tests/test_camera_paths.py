@@ -46,6 +46,8 @@ def test_intrinsics_come_from_the_frame_then_the_file_then_the_split(tmp_path):
     doc["frames"][1]["file_path"] = "r_0"  # a repeated name: frames are named by their index instead
     (tmp_path / "t.json").write_text(json.dumps(doc))
     assert read_camera_path(tmp_path / "t.json", (400, 300))[1] == ["0000", "0001"]
+    with pytest.raises(DataError, match=r"frames\[0\]: no image size; give w and h"):
+        read_camera_path(tmp_path / "t.json", None)  # a run without views to take the size from
 
 
 @pytest.mark.parametrize("doc, message", [

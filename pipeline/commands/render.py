@@ -12,7 +12,7 @@ def cmd_render(args) -> int:
     ``--cameras``); exit code 0. The cameras of each split and turntable rendered are written beside them as
     ``<name>_cameras.json`` (:mod:`pipeline.camera_paths`)."""
     from pipeline.camera_paths import read_camera_path, write_camera_path
-    from pipeline.evaluate import EvalContext, check_can_render, eval_indices
+    from pipeline.evaluate import EvalContext, check_can_render, check_renderer, eval_indices
     from pipeline.runs import check_writable
 
     from pipeline.types import NLSError
@@ -24,13 +24,14 @@ def cmd_render(args) -> int:
     ld = open_run(args)
     if split is not None:
         check_can_render(ld.scene, ld.system, split)  # before any folder is made
+    check_renderer(ld.system)
     out_root = Path(args.output) if args.output else ld.run.renders_dir
     given = {"supersample": args.supersample, "max_images": args.max_images, "every": args.every}
     ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
     path = None
     if args.cameras:  # read before anything renders: a bad file is said at once
         views = ld.scene.splits.get(split or ld.cfg.eval.split) or next(iter(ld.scene.splits.values()), None)
-        size = (views.cameras.width, views.cameras.height) if views is not None else (800, 800)
+        size = (views.cameras.width, views.cameras.height) if views is not None else None
         path = read_camera_path(Path(args.cameras), size)
         if args.interpolate:
             from pipeline.camera_paths import interpolate_cameras
