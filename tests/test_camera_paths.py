@@ -3,6 +3,7 @@ files ``nls render`` writes beside each split and turntable it renders."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -123,6 +124,9 @@ def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls
               str(again), "-q", check=True)
     assert sorted(p.name for p in (again / "turntable_cameras").glob("*.png")) == [f"{k:04d}.png" for k in range(7)]
     assert "7 frames" in res.stdout and any(again.glob("turntable_cameras.*"))  # (the video: mp4, or gif)
+    shutil.copyfile(out / "test_cameras.json", tmp_path / "test.json")  # named as a split: not into renders/test/
+    nls("render", str(run), "--cameras", str(tmp_path / "test.json"), "-o", str(again), "-q", check=True)
+    assert not (again / "test").exists() and len(list((again / "test_path").glob("*.png"))) == len(names)
     res = nls("render", str(run), "--interpolate", "7")
     assert res.returncode != 0 and "give them with --cameras" in res.stderr
     bad = tmp_path / "bad.json"

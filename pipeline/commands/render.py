@@ -14,7 +14,6 @@ def cmd_render(args) -> int:
     from pipeline.camera_paths import read_camera_path, write_camera_path
     from pipeline.evaluate import EvalContext, check_can_render, check_renderer, eval_indices
     from pipeline.runs import check_writable
-
     from pipeline.types import NLSError
 
     if args.interpolate and not args.cameras:
@@ -28,7 +27,7 @@ def cmd_render(args) -> int:
     out_root = Path(args.output) if args.output else ld.run.renders_dir
     given = {"supersample": args.supersample, "max_images": args.max_images, "every": args.every}
     ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
-    path = None
+    path, stem = None, None
     if args.cameras:  # read before anything renders: a bad file is said at once
         views = ld.scene.splits.get(split or ld.cfg.eval.split) or next(iter(ld.scene.splits.values()), None)
         size = (views.cameras.width, views.cameras.height) if views is not None else None
@@ -37,7 +36,9 @@ def cmd_render(args) -> int:
             from pipeline.camera_paths import interpolate_cameras
 
             path = interpolate_cameras(path[0], args.interpolate), [f"{k:04d}" for k in range(args.interpolate)]
-        check_writable(out_root / Path(args.cameras).stem)
+        stem = Path(args.cameras).stem  # (renders/test/ holds a split: a path file test.json goes to test_path/)
+        stem = f"{stem}_path" if stem in ld.scene.splits or stem == "turntable" else stem
+        check_writable(out_root / stem)
     if split is not None:
         check_writable(out_root / split)
         ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=split,
@@ -59,7 +60,7 @@ def cmd_render(args) -> int:
     if path is not None:
         from pipeline.video import render_camera_path
 
-        folder, video = render_camera_path(ld, *path, out_root / Path(args.cameras).stem, fps=args.fps,
+        folder, video = render_camera_path(ld, *path, out_root / stem, fps=args.fps,
                                            progress=not args.quiet, supersample=ld.cfg.eval.supersample)
         print(f"wrote {len(path[1])} frames of {args.cameras} to {folder}" + (f" and the video {video}" if video else ""))
     return 0
