@@ -145,13 +145,19 @@ def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tup
     return cams, names
 
 
-def interpolate_cameras(keys: Cameras, n: int) -> Cameras:
+def interpolate_cameras(keys: Cameras, n: int, loop: bool = False) -> Cameras:
     """``n`` cameras along a smooth path through the keyframes ``keys`` (two or more, in order), from the first
     to the last: the camera centres on a cubic spline (scipy's ``CubicSpline``, natural ends), the orientations on
     a rotation spline (scipy's ``RotationSpline``: the angular velocity and acceleration are continuous), the
     intrinsics linearly; all parametrised by the keyframe index, so the path passes through each keyframe and
     spends as many frames between any two of them. When ``n - 1`` is a multiple of ``len(keys) - 1``, frame
-    ``j * (n - 1) / (len(keys) - 1)`` is keyframe ``j``."""
+    ``j * (n - 1) / (len(keys) - 1)`` is keyframe ``j``.
+
+    ``loop``: the path goes on from the last keyframe back to the first and closes there, as smoothly as
+    anywhere else (the centres on a periodic spline; the rotation spline fitted through the keyframes wrapped
+    round by three on each side), and the ``n`` frames stop one step short of the first again, so a video of
+    them repeats without a seam. When ``n`` is a multiple of ``len(keys)``, frame ``j * n / len(keys)`` is
+    keyframe ``j``."""
     import torch
     from scipy.interpolate import CubicSpline
     from scipy.spatial.transform import Rotation, RotationSpline
@@ -160,11 +166,21 @@ def interpolate_cameras(keys: Cameras, n: int) -> Cameras:
     if k < 2:
         raise DataError(f"a path is interpolated through two or more keyframes; the file holds {k} camera")
     c2w = keys.c2w.detach().cpu().double().numpy()
-    t, s = np.arange(k, dtype=np.float64), np.linspace(0.0, k - 1.0, n)
-    centres = CubicSpline(t, c2w[:, :3, 3], bc_type="natural")(s)
-    turns = RotationSpline(t, Rotation.from_matrix(c2w[:, :3, :3]))(s).as_matrix()
+    intr = np.stack([v.detach().cpu().double().numpy() for v in (keys.fx, keys.fy, keys.cx, keys.cy)], 1)
+    if loop:
+        s = np.arange(n) * (k / n)
+        t = np.arange(k + 1, dtype=np.float64)
+        centres = CubicSpline(t, np.concatenate([c2w[:, :3, 3], c2w[:1, :3, 3]]), bc_type="periodic")(s)
+        wrap = np.arange(-3, k + 3)
+        turns = RotationSpline(wrap.astype(np.float64), Rotation.from_matrix(c2w[wrap % k, :3, :3]))(s).as_matrix()
+        lens = np.stack([np.interp(s, t, np.append(v, v[0])) for v in intr.T], 1)
+    else:
+        s, t = np.linspace(0.0, k - 1.0, n), np.arange(k, dtype=np.float64)
+        centres = CubicSpline(t, c2w[:, :3, 3], bc_type="natural")(s)
+        turns = RotationSpline(t, Rotation.from_matrix(c2w[:, :3, :3]))(s).as_matrix()
+        lens = np.stack([np.interp(s, t, v) for v in intr.T], 1)
     out = np.tile(np.eye(4), (n, 1, 1))
     out[:, :3, :3], out[:, :3, 3] = turns, centres
-    intr = [torch.tensor(np.interp(s, t, v.detach().cpu().double().numpy()), dtype=torch.float32)
-            for v in (keys.fx, keys.fy, keys.cx, keys.cy)]
-    return Cameras(torch.tensor(out, dtype=torch.float32), *intr, keys.width, keys.height)
+    lens_t = torch.tensor(lens, dtype=torch.float32)
+    return Cameras(torch.tensor(out, dtype=torch.float32), lens_t[:, 0], lens_t[:, 1], lens_t[:, 2], lens_t[:, 3],
+                   keys.width, keys.height)

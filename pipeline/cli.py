@@ -168,6 +168,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="with --cameras: take its cameras as keyframes and render N frames along a smooth path "
                    "through them (centres on a cubic spline, orientations on a rotation spline, intrinsics "
                    "linear), first to last")
+    c.add_argument("--loop", action="store_true",
+                   help="with --interpolate: go on from the last keyframe back to the first, closing the path as "
+                   "smoothly as anywhere else, so the video repeats without a seam")
     c.add_argument("--fps", type=int_at_least(1, 120), default=24, metavar="F",
                    help="frames per second of the --cameras video (default 24)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")

@@ -98,6 +98,37 @@ def test_an_interpolated_path_passes_through_its_keyframes_smoothly():
         interpolate_cameras(_cams(1), 5)
 
 
+def test_a_looped_path_closes_without_a_seam():
+    """Four keyframes a quarter turn apart on a circle, looped into 16 frames: every 4th is a keyframe, the step
+    from the last frame back to the first is as long as the others (within 5%: the spline is periodic), and the
+    camera turns a steady 22.5° a frame all the way round."""
+    from scipy.spatial.transform import Rotation
+
+    ang = np.arange(4) * 90.0
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[:, :3, 3] = np.stack([np.cos(np.radians(ang)), np.sin(np.radians(ang)), np.zeros(4)], 1)
+    c2w[:, :3, :3] = Rotation.from_euler("z", ang[:, None], degrees=True).as_matrix()
+    f = torch.full((4,), 50.0)
+    keys = Cameras(torch.tensor(c2w, dtype=torch.float32), f, f, f, f, 8, 8)
+    path = interpolate_cameras(keys, 16, loop=True)
+    assert torch.allclose(path.c2w[::4], keys.c2w, atol=1e-5)
+    p = path.c2w[:, :3, 3].numpy()
+    steps = np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1)
+    assert abs(steps[-1] / steps[:-1].mean() - 1) < 0.05, steps
+    turn = np.diff(np.unwrap(Rotation.from_matrix(path.c2w[:, :3, :3].double().numpy()).as_euler("xyz")[:, 2]))
+    assert np.allclose(np.degrees(turn), 22.5, atol=1e-3)
+    # keyframes turning unevenly (0, 60, 180, 270°): the turn per frame changes no faster across the seam than
+    # anywhere else (a spline fitted without wrapping round jumps there, by 4.3° a frame against at most 2°)
+    c2w[:, :3, :3] = Rotation.from_euler("z", [[0.0], [60.0], [180.0], [270.0]], degrees=True).as_matrix()
+    uneven = interpolate_cameras(Cameras(torch.tensor(c2w, dtype=torch.float32), f, f, f, f, 8, 8), 32, loop=True)
+    a = np.unwrap(Rotation.from_matrix(uneven.c2w[:, :3, :3].double().numpy()).as_euler("xyz")[:, 2])
+    steps = np.degrees(np.diff(np.append(a, a[0] + 2 * np.pi)))  # (the last: from frame 31 round to frame 0)
+    change = np.abs(np.diff(np.append(steps, steps[0])))
+    assert change[-2] <= change[:-2].max() + 1e-6 and change[-1] <= change[:-2].max() + 1e-6, steps
+    open_path = interpolate_cameras(keys, 16)
+    assert torch.allclose(open_path.c2w[-1], keys.c2w[-1], atol=1e-5)  # (not looped: it ends at the last keyframe)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return short_run(tmp_path_factory, "dense_grid")

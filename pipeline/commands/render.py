@@ -16,6 +16,8 @@ def cmd_render(args) -> int:
     from pipeline.runs import check_writable
     from pipeline.types import NLSError
 
+    if args.loop and not args.interpolate:
+        raise NLSError("--loop closes an interpolated path; give --cameras FILE.json --interpolate N with it")
     if args.interpolate and not args.cameras:
         raise NLSError(f"--interpolate {args.interpolate} makes a path through keyframes; give them with --cameras "
                        f"FILE.json (e.g. a few frames of renders/test_cameras.json)")
@@ -35,7 +37,8 @@ def cmd_render(args) -> int:
         if args.interpolate:
             from pipeline.camera_paths import interpolate_cameras
 
-            path = interpolate_cameras(path[0], args.interpolate), [f"{k:04d}" for k in range(args.interpolate)]
+            path = (interpolate_cameras(path[0], args.interpolate, loop=args.loop),
+                    [f"{k:04d}" for k in range(args.interpolate)])
         stem = Path(args.cameras).stem  # (renders/test/ holds a split: a path file test.json goes to test_path/)
         stem = f"{stem}_path" if stem in ld.scene.splits or stem == "turntable" else stem
         check_writable(out_root / stem)
