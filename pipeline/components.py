@@ -280,18 +280,27 @@ class Registrar:
             return ()
         if self.stage != "evaluator":
             raise PluginError(f"{where}: metrics= describes what an evaluator reports; a {self.stage} has no metrics")
-        out = []
-        for name, value in (metrics.items() if isinstance(metrics, Mapping) else [(None, None)]):
-            note, better = (value, None) if isinstance(value, str) else \
-                (value.get("note"), value.get("better")) if isinstance(value, Mapping) and \
-                set(value) <= {"note", "better"} else (None, None)
-            if not (isinstance(name, str) and name and isinstance(note, str) and note.strip()
-                    and better in (None, "higher", "lower")):
-                raise PluginError(f"{where}: metrics= must map each metric name to a note on what it measures and in "
-                                  f"what unit, or to {{'note': ..., 'better': 'higher' or 'lower'}}, e.g. "
-                                  f"metrics={{'iou': 'intersection over union, 0..1'}}; got {metrics!r}")
-            out.append((name, " ".join(note.split()), better))
-        return tuple(out)
+        entries = [(name, _metric_entry(value)) for name, value in metrics.items()] \
+            if isinstance(metrics, Mapping) else [(None, None)]
+        if any(not (isinstance(name, str) and name) or entry is None for name, entry in entries):
+            raise PluginError(f"{where}: metrics= must map each metric name to a note on what it measures and in "
+                              f"what unit, or to {{'note': ..., 'better': 'higher' or 'lower'}}, e.g. "
+                              f"metrics={{'iou': 'intersection over union, 0..1'}}; got {metrics!r}")
+        return tuple((name, *entry) for name, entry in entries)
+
+
+def _metric_entry(value: Any) -> Optional[tuple[str, Optional[str]]]:
+    """``(note, better)`` of one ``metrics=`` value, a note or ``{"note": ..., "better": ...}`` (whitespace in the
+    note folded), or None when it is neither."""
+    if isinstance(value, str):
+        note, better = value, None
+    elif isinstance(value, Mapping) and set(value) <= {"note", "better"}:
+        note, better = value.get("note"), value.get("better")
+    else:
+        return None
+    if not (isinstance(note, str) and note.strip()) or better not in (None, "higher", "lower"):
+        return None
+    return " ".join(note.split()), better
 
 
 def check_config_class(config: Any, where: str, *, defaults: bool = True) -> None:
