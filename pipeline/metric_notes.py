@@ -45,6 +45,16 @@ def chamfer_notes(prefix: str = "", *, frame: str, ref: str, ref_samples: str,
     return out
 
 
+def lower(note: str) -> dict[str, str]:
+    """A ``metrics=`` entry for a metric where lower is better: ``{"note": note, "better": "lower"}``."""
+    return {"note": note, "better": "lower"}
+
+
+def higher(note: str) -> dict[str, str]:
+    """A ``metrics=`` entry for a metric where higher is better: ``{"note": note, "better": "higher"}``."""
+    return {"note": note, "better": "higher"}
+
+
 def note_for(metric: str, notes: Mapping[str, str]) -> Optional[str]:
     """``metric``'s note among ``notes``: its own, else that of the longest ``...@`` key it starts with
     (``{at}`` replaced by the rest of its name); None when none covers it."""

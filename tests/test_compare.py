@@ -325,14 +325,6 @@ def test_metric_directions_and_bookkeeping_names():
         assert is_bookkeeping(m) and better(m) is None, m
     for m in ("psnr", "chamfer_l1", "certify_within_ci", "sdf_min"):
         assert not is_bookkeeping(m), m
-    # the built-in evaluators' own metrics (their notes say which way is better)
-    lower = ("dist_mean_abs_err", "dist_max_over_near", "dist_over_rate", "trace_overshoot_rate",
-             "trace_max_penetration", "certify_radius_abs_diff", "level_set_chamfer_l1", "level_set_mean_abs_residual")
-    assert [better(m) for m in lower] == ["lower"] * len(lower)
-    assert better("certify_within_ci") == "higher"
-    for m in ("dist_grad_mean", "trace_hit_rate", "trace_steps_per_ray", "certify_abstain_rate", "sdf_min"):
-        assert better(m) is None, m  # (no better way: 1 is ideal, or a rate of something else)
-    assert is_bookkeeping("level_set_n_points") and is_bookkeeping("level_set_chamfer_l1_floor")
 
 
 def test_compare_warns_when_budgets_or_extractor_settings_differ(runs, nls, tmp_path):

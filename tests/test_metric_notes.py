@@ -3,11 +3,13 @@ run beside its values and shown by ``nls eval``, ``nls compare``, ``nls report``
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from pipeline.components import Registrar
-from pipeline.metric_notes import GROUND_TRUTH, chamfer_notes, direction_mark, note_for, run_metric_notes
+from pipeline.metric_notes import (GROUND_TRUTH, chamfer_notes, direction_mark, note_for, run_metric_better,
+                                   run_metric_notes)
 from pipeline.testing import assert_metrics_noted, plugin_host
 from pipeline.types import PluginError
 from tests.short_runs import short_run
@@ -70,6 +72,33 @@ def test_every_builtin_evaluator_says_what_its_metrics_are():
     evaluators = [c for c in host.components("evaluator")]
     assert len(evaluators) >= 10
     assert [c.name for c in evaluators if not c.metrics] == []
+
+
+def test_the_builtin_evaluators_error_metrics_say_which_way_is_better():
+    """Metrics whose names the general rules (report.collect.better) do not know, declared where they are
+    registered: ↓ for the errors, ↑ for agreement, and none where neither is better (1 is ideal, a rate of
+    something else); counts stay bookkeeping."""
+    from pipeline.report.collect import better, is_bookkeeping
+
+    results = {"distance_quality": {"dist_mean_abs_err": 0.1, "dist_max_over_near": 0.0, "dist_over_rate": 0.0,
+                                    "dist_grad_mean": 1.0},
+               "sphere_trace": {"trace_overshoot_rate": 0.0, "trace_max_penetration": 0.0, "trace_hit_rate": 0.5,
+                                "trace_steps_per_ray": 9.0},
+               "certify_check": {"certify_radius_abs_diff": 0.01, "certify_within_ci": 1.0,
+                                 "certify_abstain_rate": 0.1},
+               "level_set_points": {"level_set_chamfer_l1": 5.0, "level_set_mean_abs_residual": 1e-3,
+                                    "level_set_n_points": 100}}
+    host = plugin_host()
+    choices = [SimpleNamespace(name=n, component=host.component("evaluator", n)) for n in results]
+    declared = run_metric_better(choices, results)
+    assert declared == {"dist_mean_abs_err": "lower", "dist_max_over_near": "lower", "dist_over_rate": "lower",
+                        "trace_overshoot_rate": "lower", "trace_max_penetration": "lower",
+                        "certify_radius_abs_diff": "lower", "certify_within_ci": "higher",
+                        "level_set_chamfer_l1": "lower", "level_set_mean_abs_residual": "lower"}
+    assert all(better(m) is None for m in declared)  # (the general rules alone would mark none of them)
+    assert [direction_mark(m, declared) for m in ("dist_mean_abs_err", "certify_within_ci", "trace_hit_rate")] == \
+        ["↓", "↑", ""]
+    assert is_bookkeeping("level_set_n_points") and is_bookkeeping("level_set_chamfer_l1_floor")
 
 
 @pytest.fixture(scope="module")

@@ -33,16 +33,12 @@ from pipeline.types import NLSError
 #: metrics where a larger value is better; every other metric whose name starts with one of
 #: LOWER_IS_BETTER is better when smaller. Used to mark the best run in comparisons.
 HIGHER_IS_BETTER = ("psnr", "ssim", "normal_consistency", "fscore", "precision", "recall", "iou",
-                    "certified_accuracy", "accuracy", "certify_within_ci")
-#: (the built-in evaluators' errors: distance_quality's error and overestimates of the distance, sphere_trace's
-#: steps past the true surface, certify_check's disagreement with Monte-Carlo CERTIFY)
-LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss", "hausdorff", "residual",
-                   "dist_mean_abs_err", "dist_max_over", "dist_over_rate", "trace_overshoot", "trace_max_step_excess",
-                   "trace_max_penetration", "certify_radius_abs_diff", "mean_abs_residual")
+                    "certified_accuracy", "accuracy")
+LOWER_IS_BETTER = ("chamfer", "accuracy_l1", "completeness_l1", "lpips", "loss", "hausdorff", "residual")
 #: prefixes that name what a metric was measured against (``point_fit``'s ``fit_chamfer_l1``: against the input
-#: points; ``level_set_points``' ``level_set_chamfer_l1``: the level set's points) and leave its direction as
-#: without them
-REFERENCE_PREFIXES = ("fit_", "level_set_")
+#: points) and leave its direction as without them. (An evaluator's own metrics of other names say which way is
+#: better where they are registered: :mod:`pipeline.metric_notes`.)
+REFERENCE_PREFIXES = ("fit_",)
 #: bookkeeping numbers evaluators report next to metrics (sample counts, scale factors)
 BOOKKEEPING = ("n_images", "n_samples", "n_rec", "n_gt", "scale", "mesh_level", "sdf_slices")
 

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from pipeline.components import ComponentConfig
+from pipeline.metric_notes import lower
 
 
 class SLLFieldConfig(ComponentConfig):
@@ -127,20 +128,22 @@ SPHERE_TRACE_METRICS = {
     "trace_steps_per_hit_ray": "mean steps of the rays that hit the surface",
     "trace_hit_rate": "share of the rays that hit the surface",
     "trace_passed_field_rate": "share of the rays with an iterate below -tolerance: past the field's own zero level",
-    "trace_overshoot_rate": "share of the rays with a step longer than the true distance by more than tolerance",
-    "trace_overshoot_rays": "rays with such a step",
-    "trace_max_step_excess": "scene units: the most any step exceeded the true distance",
-    "trace_max_penetration": "scene units: the deepest any iterate went inside the true solid",
+    "trace_overshoot_rate": lower("share of the rays with a step longer than the true distance by more than "
+                                  "tolerance"),
+    "trace_overshoot_rays": lower("rays with such a step"),
+    "trace_max_step_excess": lower("scene units: the most any step exceeded the true distance"),
+    "trace_max_penetration": lower("scene units: the deepest any iterate went inside the true solid"),
     "trace_n_rays": "rays traced",
 }
 
 #: what the ``distance_quality`` evaluator reports
 DISTANCE_METRICS = {
-    "dist_mean_abs_err": "scene units: mean |f - SDF| at uniform points in the box (libigl exact SDF)",
-    "dist_max_over": "scene units: the largest |f| - |SDF|; above 0, the field overestimates the distance somewhere",
-    "dist_max_over_near": "scene units: the same where |SDF| < near",
-    "dist_max_over_far": "scene units: the same where |SDF| >= near",
-    "dist_over_rate": "share of the points where |f| > |SDF| + 1e-4",
+    "dist_mean_abs_err": lower("scene units: mean |f - SDF| at uniform points in the box (libigl exact SDF)"),
+    "dist_max_over": lower("scene units: the largest |f| - |SDF|; above 0, the field overestimates the distance "
+                           "somewhere"),
+    "dist_max_over_near": lower("scene units: the same where |SDF| < near"),
+    "dist_max_over_far": lower("scene units: the same where |SDF| >= near"),
+    "dist_over_rate": lower("share of the points where |f| > |SDF| + 1e-4"),
     "dist_grad_mean": "mean gradient norm of the field (1 for an exact SDF, at most 1 for a 1-Lipschitz one)",
     "dist_grad_min": "least gradient norm",
     "dist_grad_max": "largest gradient norm",
@@ -150,9 +153,9 @@ DISTANCE_METRICS = {
 #: what the ``level_set_points`` evaluator reports
 LEVEL_SET_POINTS_METRICS = {
     "level_set_n_points": "points projected onto the level set within tolerance",
-    "level_set_mean_abs_residual": "field units: mean |f - level| at those points",
-    "level_set_chamfer_l1": "×10³ in the GT's frame (its box centred, largest side 1): chamfer_l1 of those points "
-                            "against the GT's samples",
+    "level_set_mean_abs_residual": lower("field units: mean |f - level| at those points"),
+    "level_set_chamfer_l1": lower("×10³ in the GT's frame (its box centred, largest side 1): chamfer_l1 of those "
+                                  "points against the GT's samples"),
     "level_set_chamfer_l1_floor": "×10³: the GT against as many of its own samples as there are points: the least "
                                   "level_set_chamfer_l1 at that count",
 }

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from pipeline.components import ComponentConfig
+from pipeline.metric_notes import higher, lower
 from plugins.ngp.config import DenseGridConfig, HashGridConfig
 
 
@@ -103,10 +104,11 @@ SDF_SLICES_METRICS = {
 
 #: what the ``certify_check`` evaluator reports
 CERTIFY_CHECK_METRICS = {
-    "certify_within_ci": "share of the points where the grid's smoothed occupancy lies in the Monte-Carlo "
-                         "Clopper-Pearson interval (1 - alpha expected)",
-    "certify_abstain_rate": "share of the points where CERTIFY abstains: its lower bound on the likelier side's probability is "
-                            "1/2 or less",
-    "certify_radius_abs_diff": "scene units: mean |grid radius - Monte-Carlo radius| where CERTIFY does not abstain",
+    "certify_within_ci": higher("share of the points where the grid's smoothed occupancy lies in the Monte-Carlo "
+                                "Clopper-Pearson interval (1 - alpha expected)"),
+    "certify_abstain_rate": "share of the points where CERTIFY abstains: its lower bound on the likelier side's "
+                            "probability is 1/2 or less",
+    "certify_radius_abs_diff": lower("scene units: mean |grid radius - Monte-Carlo radius| where CERTIFY does not "
+                                     "abstain"),
     "certify_n_points": "points checked",
 }
