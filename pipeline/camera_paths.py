@@ -3,7 +3,8 @@
 The format is the one NeRF's Blender scenes, instant-ngp and nerfstudio share: ``frames``, each with a 4x4
 camera-to-world ``transform_matrix`` (OpenGL axes: x right, y up, the camera looking down -z), and the
 intrinsics given once at the top or per frame: ``fl_x`` / ``fl_y`` / ``cx`` / ``cy`` in pixels, or
-``camera_angle_x`` (the horizontal field of view, radians), with the image size ``w`` / ``h``. What a frame
+``camera_angle_x`` (the horizontal field of view, radians; ``camera_angle_y`` likewise), with the image size
+``w`` / ``h``, read as the instant-ngp loader reads them (:func:`pipeline.scenes.blender._ngp_intrinsics`). What a frame
 does not give is taken from the top, then from the run's eval split (its size; the principal point at the
 centre; ``fl_y`` = ``fl_x``). All frames share one image size.
 
@@ -19,7 +20,6 @@ every split and turntable it renders as such a file (``<name>_cameras.json``), t
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -50,18 +50,10 @@ def write_camera_path(path: Path, cams: Cameras, names: Sequence[str]) -> Path:
     return path
 
 
-def _number(value: Any, what: str) -> Optional[float]:
-    """``value`` as a finite float (None when absent); DataError naming ``what`` otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(f"{what} = {value!r} must be a finite number")
-    return float(value)
-
-
 def _matrix(value: Any, what: str) -> np.ndarray:
     """A frame's ``transform_matrix`` as a (4, 4) rigid camera-to-world; DataError naming ``what`` when it is not
-    4x4 finite numbers, its last row is not 0 0 0 1, or its rotation is not a rotation (scaled or sheared)."""
+    4x4 finite numbers, its last row is not 0 0 0 1, or its upper 3x3 is not a rotation (the Blender loader's
+    :func:`pipeline.scenes.blender.rotation_fault`, and not mirrored)."""
     try:
         m = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -71,10 +63,13 @@ def _matrix(value: Any, what: str) -> np.ndarray:
     m = m.reshape(4, 4)
     if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-4):
         raise DataError(f"{what}: its last row is {m[3].tolist()}, not [0, 0, 0, 1]")
-    r = m[:3, :3]
-    if not np.allclose(r.T @ r, np.eye(3), atol=1e-3) or np.linalg.det(r) < 0:
-        raise DataError(f"{what}: its upper 3x3 is not a rotation (scaled, sheared or mirrored); give camera-to-world "
-                        f"matrices of rigid cameras")
+    from pipeline.scenes.blender import rotation_fault
+
+    fault = rotation_fault(m[:3, :3]) or ("has a 3x3 part that mirrors (determinant -1)"
+                                          if np.linalg.det(m[:3, :3]) < 0 else None)
+    if fault:
+        raise DataError(f"{what}: its upper 3x3 is not a rotation: it {fault}; give camera-to-world matrices of rigid "
+                        f"cameras")
     return m
 
 
@@ -99,6 +94,10 @@ def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tup
     if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
         raise DataError(f"--cameras {path}: a transforms.json holds a non-empty list 'frames' of objects, each with "
                         f"a 'transform_matrix'")
+    from pipeline.scenes.blender import _ngp_intrinsics
+
+    top = {k: v for k, v in doc.items() if k != "frames"}  # (a frame's own keys win over the file's)
+    base = (None, None, None, None, *(default_size or (None, None)))
     c2w, intr, sizes, names = [], [], set(), []
     for k, f in enumerate(frames):
         where = f"--cameras {path}: frames[{k}]"
@@ -106,28 +105,15 @@ def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tup
             raise DataError(f"{where} has no 'transform_matrix' (its 4x4 camera-to-world)")
         c2w.append(_matrix(f["transform_matrix"], f"{where}.transform_matrix"))
 
-        def get(key: str) -> Optional[float]:
-            own = _number(f.get(key), f"{where}.{key}")
-            return own if own is not None else _number(doc.get(key), f"--cameras {path}: {key}")
-
-        w, h = get("w"), get("h")
-        if (w is None or h is None) and default_size is None:
+        given = {**top, **f}
+        if default_size is None and not ("w" in given and "h" in given):
             raise DataError(f"{where}: no image size; give w and h (pixels), for the file or for each frame (the run "
                             f"has no views to take it from)")
-        w, h = int(w if w is not None else default_size[0]), int(h if h is not None else default_size[1])
-        if w < 1 or h < 1:
-            raise DataError(f"{where}: an image size of {w}x{h} pixels")
-        fx, angle = get("fl_x"), get("camera_angle_x")
-        if fx is None and angle is None:
+        fx, fy, cx, cy, w, h = _ngp_intrinsics(given, base, where)  # (instant-ngp's keys, as its loader reads them)
+        w, h = int(w), int(h)
+        if fx is None:
             raise DataError(f"{where}: no focal length; give fl_x (pixels) or camera_angle_x (radians), for the file "
                             f"or for each frame")
-        if fx is None:
-            if not 0 < angle < math.pi:
-                raise DataError(f"{where}: camera_angle_x = {angle} must lie between 0 and pi (radians)")
-            fx = 0.5 * w / math.tan(0.5 * angle)
-        fy, cx, cy = get("fl_y"), get("cx"), get("cy")
-        if fx <= 0 or (fy is not None and fy <= 0):
-            raise DataError(f"{where}: focal lengths must be positive, got fl_x = {fx}, fl_y = {fy}")
         intr.append((fx, fy if fy is not None else fx, cx if cx is not None else 0.5 * w,
                      cy if cy is not None else 0.5 * h))
         sizes.add((w, h))

@@ -58,7 +58,7 @@ def test_intrinsics_come_from_the_frame_then_the_file_then_the_split(tmp_path):
     ({"fl_x": 50, "frames": [{"transform_matrix": (2 * np.eye(4)).tolist()}]}, "its last row is"),
     ({"fl_x": 50, "frames": [{"transform_matrix": np.diag([2.0, 1, 1, 1]).tolist()}]}, "is not a rotation"),
     ({"frames": [{"transform_matrix": np.eye(4).tolist()}]}, "no focal length; give fl_x"),
-    ({"fl_x": "wide", "frames": [{"transform_matrix": np.eye(4).tolist()}]}, "fl_x = 'wide' must be a finite number"),
+    ({"fl_x": "wide", "frames": [{"transform_matrix": np.eye(4).tolist()}]}, "key 'fl_x' must be a number, got 'wide'"),
     ({"fl_x": 50, "frames": [{"transform_matrix": np.eye(4).tolist(), "w": 10, "h": 10},
                              {"transform_matrix": np.eye(4).tolist()}]}, r"2 image sizes \(10x10, 64x48\)"),
     ({"camera_path": [{"camera_to_world": np.eye(4).ravel().tolist(), "fov": 50}]}, "a nerfstudio camera path"),
