@@ -502,7 +502,7 @@ def _undistorted_masks(cfg: PhotosConfig, folder: Optional[Path], names: list[st
     model = entry / "sparse" / "0"
     cameras = [file_sha256(p) for p in sorted(model.glob("cameras.*"))]  # (SfM run again finds other cameras)
     key = {"capture": entry.name, "cameras": cameras,
-           "masks": [[p.name, p.stat().st_size, file_sha256(p)] for p in paths]}
+           "masks": [_fingerprint(p) for p in paths]}
 
     original = dict(zip(plan.posed_names(names), names))
 
@@ -550,12 +550,18 @@ def build_video(cfg: VideoConfig, ctx):
     return load
 
 
+def _fingerprint(path: Path) -> list:
+    """``[name, size, sha256]`` of the file ``path``: what a cache key holds of an input file."""
+    from pipeline.runs import file_sha256
+
+    return [path.name, path.stat().st_size, file_sha256(path)]
+
+
 def _frame_masks(cfg: VideoConfig, video: Path, frames_entry: Path, frames: dict) -> Optional[tuple[Path, Path, dict]]:
     """``(cache entry, the user's masks, facts)`` of the masks of the frames taken (``frames``, of the cache
     ``frames_entry``) from ``cfg.masks`` (:mod:`pipeline.scenes.video_masks`), cached by the masks' contents and
     those frames; None without ``cfg.masks`` (a warning when the video's folder holds an unused ``masks`` folder).
     ``cfg.masks`` is looked for beside the video, then as given."""
-    from pipeline.runs import file_sha256
     from pipeline.scenes.video_masks import numbered_masks, write_frame_masks
     from pipeline.types import DataError
 
@@ -575,9 +581,9 @@ def _frame_masks(cfg: VideoConfig, video: Path, frames_entry: Path, frames: dict
     if found.is_dir():
         numbered, _ = numbered_masks(found)
         used = [numbered[k] for k in frames["picked"] if k in numbered]  # (a missing one: write_frame_masks says)
-        content = [[p.name, p.stat().st_size, file_sha256(p)] for p in used]
+        content = [_fingerprint(p) for p in used]
     else:
-        content = [found.name, found.stat().st_size, file_sha256(found)]
+        content = _fingerprint(found)
 
     def make(tmp: Path) -> None:
         facts = write_frame_masks(found, frames, tmp / "masks", progress=_progress_wanted())
