@@ -120,6 +120,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "(auto: cuda when available, else cpu)")
     r.add_argument("--steps", type=int_at_least(1), metavar="N",
                    help="training steps (same as --set train.steps=N; default: the scene's train.steps)")
+    r.add_argument("--val-every", type=int_at_least(1), metavar="N",
+                   help="every N steps, render a held-out view at preview size while training: its PSNR goes to "
+                   "metrics.jsonl and the progress bar, the image to renders/progress/ (same as --set "
+                   "train.val_every=N; train.val_split, val_views and val_max_side choose what is rendered)")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     r.set_defaults(func=cmd_reconstruct)

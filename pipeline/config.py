@@ -71,6 +71,17 @@ class TrainConfig(ConfigModel):
     checkpoint_every: int = Field(250, ge=1, description="steps between atomic checkpoints")
     grid_update_every: int = Field(16, ge=1, description="steps between occupancy-grid updates")
     grid_warmup: int = Field(256, ge=0, description="steps before the occupancy grid starts culling")
+    val_every: Optional[int] = Field(None, ge=1, description="steps between validation renders during training "
+                                     "(off by default): the PSNR of a few held-out views at preview size, logged "
+                                     "to metrics.jsonl as psnr_<split>, and the first view's prediction | ground "
+                                     "truth | depth in renders/progress/; not counted as training time")
+    val_split: Optional[str] = Field(None, description="split to validate on (default: val when the scene "
+                                     "loaded it, else eval.split)")
+    val_views: int = Field(1, ge=1, description="validation views, spread evenly over the split")
+    val_max_side: Optional[int] = Field(200, ge=8, description="longest side of a validation render in pixels: "
+                                        "the image is rendered 1/f the size (f the smallest integer that fits) "
+                                        "and scored against the ground truth averaged over f x f blocks; "
+                                        "null renders full size")
     pixel_jitter: bool = Field(False, description="cast each training ray through a uniform random point of its "
                                "pixel instead of the centre (area sampling: matches anti-aliased images)")
 

@@ -109,8 +109,8 @@ def missing_split_message(scene: SceneData, name: str, option: str, *, run_confi
                 "is nothing to render; export the surface with `nls export` instead")
     have = ", ".join(scene.splits)
     how = ("give one of them" if option == "--split" else
-           "give one of them with nls eval RUN --set eval.split=NAME" if run_config else
-           "set eval.split to one of them in the scene file or with --set eval.split=NAME")
+           f"give one of them with nls eval RUN --set {option}=NAME" if run_config else
+           f"set {option} to one of them in the scene file or with --set {option}=NAME")
     root = scene.meta.get("root") if scene.meta.get("source") == "blender" else None
 
     def load(split: str) -> str:  # how to have ``split`` loaded as well

@@ -400,6 +400,12 @@ class Trainer:
         self._stop_agreed = False
         self._launcher = distributed.LauncherWatch()  # a killed torchrun launcher stops the run as SIGTERM does
         self.objective = self._wrap(TrainStep(system))
+        from pipeline.validation import Validator, check_validation
+
+        check_validation(cfg, scene, system)  # on every rank, so all refuse alike
+        #: renders held-out views every ``train.val_every`` steps (rank 0 only; see :mod:`pipeline.validation`)
+        self.validator = (Validator(cfg, scene, system, run.renders_dir, device)
+                          if t.val_every is not None and self.dist.is_main else None)
 
     def _wrap(self, step_module: TrainStep) -> nn.Module:
         """DDP around the objective when several processes train; the module itself otherwise."""
@@ -622,6 +628,20 @@ class Trainer:
             out[key if key not in out else f"{key}.{i}"] = g["lr"]
         return out
 
+    def validate(self) -> dict[str, float]:
+        """The validation record of this step (:class:`~pipeline.validation.Validator`; {} without one). Every
+        random-number state is restored after it and it is not counted in ``elapsed``, so training goes on
+        exactly as it would have without it. Under several processes only rank 0 validates, and the others
+        wait for it in the next step's first collective (that wait is counted in their step time)."""
+        if self.validator is None:
+            return {}
+        state = rng_state()
+        try:
+            return self.validator(self.step)
+        finally:
+            set_rng_state(state)
+            self.system.train()
+
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train until ``train.steps`` or ``train.max_seconds``: metrics every ``log_every`` steps,
@@ -636,6 +656,10 @@ class Trainer:
         last_ckpt = self.step if self.run.latest_checkpoint() is not None else -1
         last_log, rec = self.step, None
         interrupted = False
+        val_text = ""
+        if self.validator is not None and self.progress:
+            print(f"validating every {t.val_every} steps on {self.validator.describe()}: psnr in metrics.jsonl, "
+                  f"images in {self.validator.out_dir}", file=sys.stderr, flush=True)
         with self.stop.installed(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar:
             try:
                 while self.step < t.steps:
@@ -647,8 +671,14 @@ class Trainer:
                             last_ckpt = self.step
                         break
                     rec = self.train_step()
-                    bar.advance(self.step, f"loss {rec['loss']:.4f}" + (f" psnr {rec['psnr_train']:.2f}" if "psnr_train" in rec else ""))
-                    if self.step % t.log_every == 0 or self.step == t.steps:
+                    validating = t.val_every is not None and (self.step % t.val_every == 0 or self.step == t.steps)
+                    if validating:
+                        val = self.validate()
+                        rec.update(val)
+                        val_text = "".join(f" {k} {v:.2f}" for k, v in val.items())
+                    bar.advance(self.step, f"loss {rec['loss']:.4f}" + (f" psnr {rec['psnr_train']:.2f}" if "psnr_train" in rec else "")
+                                + val_text)
+                    if self.step % t.log_every == 0 or self.step == t.steps or validating:
                         self.log({"step": self.step, "time": round(self.elapsed, 3), **rec})
                         last_log = self.step
                     if self.step % t.checkpoint_every == 0 or self.step == t.steps:

@@ -43,11 +43,8 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     """Rebuild a run from its folder: resolved config (with ``overrides``), scene, model and newest
     checkpoint. The losses are built only to ``train`` on (render, export, eval and the viewers use
     the model alone, and some losses take seconds to set up, e.g. hkr's labels)."""
-    from pipeline.build import build_system, load_scene_for_command, pick_device, setup_threads
     from pipeline.config import load_resolved
-    from pipeline.distributed import rank_device
     from pipeline.runs import RunDir
-    from pipeline.train import config_changes, load_error
 
     run = RunDir.open(Path(args.run_dir))
     host = host_for(args)
@@ -60,6 +57,11 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     rebased = _rebased_scene_path(cfg, recorded)
     if rebased is not None:  # the run came from a machine whose data root is elsewhere
         cfg = load_resolved(run.config_path, host, [*overrides, *kept, f"scene.path={json.dumps(rebased)}"])
+    # torch comes in only now: a typo in --set is refused in a fraction of a second
+    from pipeline.build import build_system, load_scene_for_command, pick_device, setup_threads
+    from pipeline.distributed import rank_device
+    from pipeline.train import config_changes, load_error
+
     setup_threads(cfg.train.threads)
     device = rank_device(pick_device(getattr(args, "device", None) or cfg.train.device))
     state = run.load_checkpoint() if need_checkpoint else None

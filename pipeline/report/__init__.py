@@ -48,6 +48,8 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
         ("Metrics", lambda: _metrics(facts)),
         ("Training curves", lambda: _curves(facts)),
     ]
+    if progress_previews(facts.path):
+        builders.append(("Validation during training", lambda: _progress(facts)))
     steps = len(builders) + 5
     sections: list[tuple[str, str]] = []
     with StepProgress(steps, 0, "report", enabled=progress) as bar:
@@ -243,6 +245,47 @@ def _curves(f: RunFacts) -> str:
     return H.img(png, "training curves", caption=f"{len(f.log)} logged steps from metrics.jsonl")
 
 
+def progress_previews(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:
+    """{view name: [(step, preview)] in step order} of the previews ``train.val_every`` wrote to
+    renders/progress/ (``<name>_<8-digit step>.png``)."""
+    from pipeline.validation import PROGRESS_DIR
+
+    out: dict[str, list[tuple[int, Path]]] = {}
+    for png in sorted((run_dir / "renders" / PROGRESS_DIR).glob("*_[0-9]*.png")):
+        name, _, step = png.stem.rpartition("_")
+        if step.isdigit() and len(step) == 8:
+            out.setdefault(name, []).append((int(step), png))
+    return out
+
+
+def _progress(f: RunFacts, most: int = MAX_RENDER_PAIRS) -> str:
+    """The validation view's preview at up to ``most`` steps spread over training (the last included), next
+    to its ground truth, each titled with the validation PSNR logged at that step."""
+    import imageio.v3 as iio
+
+    from pipeline.report.figures import progress_png, split_side_by_side
+
+    name, shots = next(iter(progress_previews(f.path).items()))
+    n = min(most, len(shots))
+    picked = sorted({shots[round(k * (len(shots) - 1) / max(1, n - 1))] for k in range(n)})
+    logged = {r.get("step"): r for r in f.log}
+    key = next((k for r in f.log for k in r if k.startswith("psnr_") and k != "psnr_train"), None)
+    frames, target = [], None
+    for step, png in picked:
+        try:
+            pred, target, _ = split_side_by_side(iio.imread(png))
+        except Exception as exc:  # a damaged or hand-edited preview (they are written atomically)
+            return H.missing(f"{png.relative_to(f.path)} cannot be read ({type(exc).__name__})")
+        db = (logged.get(step) or {}).get(key) if key else None
+        frames.append((step, pred, db if isinstance(db, (int, float)) else None))
+    total = len(shots)
+    caption = (f"view {name}, rendered every train.val_every steps while training ({total} preview"
+               f"{'s' if total != 1 else ''} in renders/progress/, {len(frames)} shown)"
+               + (f"; the PSNR is {key} in metrics.jsonl, at preview size (nls eval gives the full-size figure)"
+                  if key else ""))
+    return H.img(progress_png(frames, target), "validation previews", caption=caption)
+
+
 def _eval_split(cfg: dict) -> str:
     """The ``eval.split`` of a config dict (``test`` when it names none)."""
     return str((cfg.get("eval") or {}).get("split") or "test")
@@ -294,7 +337,9 @@ def other_render_sections(f: RunFacts, split: str, shown: list[Path]) -> list[tu
     side-by-sides (``nls render --split``) and the images of any other folder, such as the
     lipschitz plugin's sphere-traced views in renders/sphere_trace/ (an evaluator named like the
     folder wrote them), up to MAX_RENDER_PAIRS per folder."""
-    skip = {f.path / "renders" / split, *(p.parent for p in shown)}
+    from pipeline.validation import PROGRESS_DIR
+
+    skip = {f.path / "renders" / split, f.path / "renders" / PROGRESS_DIR, *(p.parent for p in shown)}
     evaluators = {str(e.get("type")) for cfg in (f.config, f.eval_config)
                   for e in (cfg.get("evaluators") or []) if isinstance(e, dict)}
     out = []

@@ -73,7 +73,8 @@ def curves_png(log: list[dict]) -> Optional[bytes]:
         return None
     plt = _pyplot()
     shared = {"loss terms": [k for k in keys if k == "loss" or k.startswith("loss/")],
-              "learning rates": [k for k in keys if k == "lr" or k.startswith("lr/")]}
+              "learning rates": [k for k in keys if k == "lr" or k.startswith("lr/")],
+              "PSNR (dB)": [k for k in keys if k.startswith("psnr_")]}  # the batch's and validation's
     others = [k for k in keys if not any(k in g for g in shared.values())]
     panels: list[tuple[str, list[str]]] = ([(t, g) for t, g in shared.items() if g] +
                                           [(k, [k]) for k in others])
@@ -89,7 +90,7 @@ def curves_png(log: list[dict]) -> Optional[bytes]:
             ax.plot(s, v, lw=1.2, label=k)
         if title in shared and ax.lines:
             vals = [r[k] for r in log for k in group if _number(r.get(k))]
-            if vals and min(vals) > 0:
+            if vals and min(vals) > 0 and not title.startswith("PSNR"):
                 ax.set_yscale("log")
             ax.legend(fontsize=7)
         ax.set_title(title)
@@ -146,6 +147,15 @@ def panels_png(panels: Sequence[tuple[str, np.ndarray, Optional[str]]], title: s
 def _float(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+
+
+def progress_png(frames: Sequence[tuple[int, np.ndarray, Optional[float]]], target: np.ndarray,
+                 what: str = "") -> bytes:
+    """One row: the prediction at each of ``frames`` ([(step, (h,w,3) image, PSNR in dB or None)], in step
+    order), then the ground truth ``target`` (h,w,3), each titled."""
+    panels = [(f"step {step}" + (f"\n{db:.2f} dB" if db is not None else ""), img, None)
+              for step, img, db in frames]
+    return panels_png([*panels, ("ground truth", target, None)], what)
 
 
 # -- field slices ---------------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""Validation during training (``train.val_every``): every N steps, render a few held-out views at a
+preview size, log their PSNR beside the training loss in ``metrics.jsonl`` and write the first view's
+prediction | ground truth | depth to ``renders/progress/``, so a run shows how it is going on views it does
+not train on while it trains.
+
+The preview renders at ``1/f`` of the image size (``f`` the smallest integer that brings the longer side
+to at most ``train.val_max_side``) with one ray through the centre of each preview pixel, against the
+ground truth averaged over ``f x f`` blocks. That PSNR follows the full-size one but is not equal to it
+(one ray per preview pixel samples the pixel's footprint, the block mean integrates it); ``nls eval``
+gives the figure to report. Validation does not count as training time and leaves every random-number
+state as it found it, so a run with validation trains bit for bit as one without.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pipeline.config import SceneConfig
+from pipeline.types import Cameras, NLSError, SceneData
+
+#: where the preview images go, under the run's ``renders/``
+PROGRESS_DIR = "progress"
+
+
+def validation_split(cfg: SceneConfig, scene: SceneData) -> str:
+    """``train.val_split``, else ``val`` when the scene loaded it, else ``eval.split``."""
+    t = cfg.train
+    if t.val_split:
+        return t.val_split
+    return "val" if "val" in scene.splits else cfg.eval.split
+
+
+def metric_name(split: str) -> str:
+    """The metrics.jsonl key of the validation PSNR on ``split``: ``psnr_<split>`` (``psnr_train_views``
+    for the train split, whose ``psnr_train`` is the training batch's)."""
+    return "psnr_train_views" if split == "train" else f"psnr_{split}"
+
+
+def check_validation(cfg: SceneConfig, scene: SceneData, system) -> None:
+    """Before training: with ``train.val_every`` set, the run needs a renderer and the validation split."""
+    from pipeline.evaluate import missing_split_message
+
+    if cfg.train.val_every is None:
+        return
+    if system.renderer is None or not scene.splits:
+        raise NLSError(f"{cfg.source}: train.val_every = {cfg.train.val_every}: this run renders no images "
+                       f"(it has {'no renderer stage' if system.renderer is None else 'no posed images'}), so "
+                       f"there is nothing to validate on; leave train.val_every unset")
+    split = validation_split(cfg, scene)
+    if split not in scene.splits:
+        option = "train.val_split" if cfg.train.val_split else "eval.split"
+        raise NLSError(f"{cfg.source}: " + missing_split_message(scene, split, option))
+
+
+def preview_factor(width: int, height: int, max_side: Optional[int]) -> int:
+    """The integer downscale ``f >= 1`` that brings ``max(width, height)`` to at most ``max_side`` (1 for
+    None or a smaller image)."""
+    if not max_side:
+        return 1
+    return max(1, -(-max(width, height) // max_side))
+
+
+def block_mean(image: np.ndarray, f: int) -> np.ndarray:
+    """(H, W, C) -> (H // f, W // f, C): the mean over each ``f x f`` block (rows and columns past the last
+    whole block dropped)."""
+    if f == 1:
+        return image
+    h, w = image.shape[0] // f, image.shape[1] // f
+    return image[:h * f, :w * f].reshape(h, f, w, f, -1).mean(axis=(1, 3))
+
+
+def preview_camera(cameras: Cameras, i: int, f: int) -> Cameras:
+    """Camera ``i`` of ``cameras`` for an image ``f`` times smaller: preview pixel ``(u, v)`` covers the
+    full-size pixels ``[f u, f u + f) x [f v, f v + f)``, so its centre ray is that block's centre ray."""
+    sl = slice(i, i + 1)
+    return Cameras(cameras.c2w[sl], cameras.fx[sl] / f, cameras.fy[sl] / f, cameras.cx[sl] / f,
+                   cameras.cy[sl] / f, cameras.width // f, cameras.height // f)
+
+
+@dataclass
+class PreviewView:
+    """One validation view: its name, preview camera and block-averaged ground truth (h, w, 3)."""
+
+    name: str
+    camera: Cameras
+    target: np.ndarray
+
+
+class Validator:
+    """Renders the validation views of a run at preview size; :meth:`__call__` gives the mean PSNR and
+    writes the first view's preview image. Built once per training session (the views stay on ``device``)."""
+
+    def __init__(self, cfg: SceneConfig, scene: SceneData, system, renders_dir: Path, device) -> None:
+        check_validation(cfg, scene, system)
+        t = cfg.train
+        self.split = validation_split(cfg, scene)
+        self.key = metric_name(self.split)
+        self.system, self.chunk = system, cfg.eval.chunk
+        self.out_dir = renders_dir / PROGRESS_DIR
+        sp = scene.splits[self.split]
+        n = len(sp)
+        indices = sorted({round(k * n / t.val_views) for k in range(min(t.val_views, n))})  # spread over the split
+        self.factor = preview_factor(sp.cameras.width, sp.cameras.height, t.val_max_side)
+        self.views = [PreviewView(sp.names[i] if i < len(sp.names) else f"{i:03d}",
+                                  preview_camera(sp.cameras, i, self.factor).to(device),
+                                  block_mean(sp.images[i].cpu().numpy().astype(np.float64), self.factor))
+                      for i in indices]
+
+    def describe(self) -> str:
+        """'N view(s) of <split> at W x H' for the run's log line."""
+        cam = self.views[0].camera
+        return (f"{len(self.views)} view{'s' if len(self.views) != 1 else ''} of {self.split} at "
+                f"{cam.width} x {cam.height}" + (f" (1/{self.factor} size)" if self.factor > 1 else ""))
+
+    def __call__(self, step: int) -> dict[str, float]:
+        """Render every view, write ``renders/progress/<name>_<step>.png`` for the first (prediction | ground
+        truth | depth), return ``{key: mean PSNR in dB}``. Leaves the system in eval mode."""
+        import torch
+
+        from pipeline.evaluate import depth_to_uint8, to_uint8
+        from pipeline.runs import atomic_write_image
+        from pipeline.system import check_render_output
+        from pipeline.types import component_label, plugin_errors
+
+        renderer = self.system.renderer
+        self.system.eval()
+        psnrs = []
+        for k, view in enumerate(self.views):
+            with torch.no_grad(), plugin_errors(f"{component_label(renderer)} failed rendering validation view "
+                                                f"{view.name} of {self.split} at step {step}"):
+                out = renderer.render_image(view.camera, 0, self.system.chain, chunk=self.chunk)
+            check_render_output(out, renderer, "render_image")
+            pred = out["rgb"].clamp(0, 1).double().cpu().numpy()
+            mse = float(np.mean((pred - view.target) ** 2))
+            psnrs.append(-10 * np.log10(max(mse, 1e-10)))
+            if k == 0:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                side = np.concatenate([to_uint8(pred), to_uint8(view.target),
+                                       depth_to_uint8(out["depth"], out["opacity"])], 1)
+                atomic_write_image(self.out_dir / f"{view.name}_{step:08d}.png", side)
+        return {self.key: float(np.mean(psnrs))}

@@ -1,0 +1,119 @@
+"""Validation during training (``train.val_every``, :mod:`pipeline.validation`): preview cameras and
+ground truth, the logged PSNR against the evaluation path's, bit-identical training with and without
+it, and the errors before training."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.build import build_system, load_scene_data
+from pipeline.config import dump_yaml, validate
+from pipeline.runs import RunDir
+from pipeline.testing import TINY_SCENE, plugin_host
+from pipeline.train import Trainer, seed_everything
+from pipeline.types import NLSError
+from pipeline.validation import block_mean, metric_name, preview_camera, preview_factor
+
+
+def _trainer(tmp_path, name: str, **train) -> Trainer:
+    data = copy.deepcopy(TINY_SCENE)
+    data["train"].update({"steps": 8, **train})
+    cfg = validate(data, plugin_host())
+    seed_everything(cfg.train.seed)  # as nls reconstruct does: every trainer starts from the same parameters
+    scene = load_scene_data(cfg, "cpu")
+    run = RunDir.create(tmp_path, name, "m")
+    run.config_path.write_text(dump_yaml(cfg.to_dict()))  # a run folder nls report can read
+    return Trainer(cfg, build_system(cfg, scene, torch.device("cpu")), scene, run, torch.device("cpu"), progress=False)
+
+
+def test_preview_pixels_are_the_centres_of_full_size_blocks():
+    """Preview pixel (u, v) at 1/f size casts the ray of the full-size block's centre, and its ground truth
+    is that block's mean."""
+    from pipeline.rays import pixel_rays
+    from pipeline.types import Cameras
+
+    assert [preview_factor(800, 800, 200), preview_factor(801, 600, 200), preview_factor(64, 48, 200),
+            preview_factor(640, 480, None)] == [4, 5, 1, 1]
+    cams = Cameras(torch.eye(4)[None], torch.tensor([50.0]), torch.tensor([60.0]), torch.tensor([33.0]),
+                   torch.tensor([21.0]), 64, 40)
+    f = 4
+    small = preview_camera(cams, 0, f)
+    assert (small.width, small.height) == (16, 10)
+    u, v = torch.tensor([0.5, 7.5, 15.5]), torch.tensor([0.5, 3.5, 9.5])
+    o1, d1 = pixel_rays(small, torch.zeros(3, dtype=torch.long), u, v)
+    o2, d2 = pixel_rays(cams, torch.zeros(3, dtype=torch.long), u * f, v * f)
+    assert torch.allclose(d1, d2, atol=1e-6) and torch.equal(o1, o2)
+    img = np.random.default_rng(0).random((10, 13, 3))
+    m = block_mean(img, 3)
+    assert m.shape == (3, 4, 3)
+    assert np.allclose(m[1, 2], img[3:6, 6:9].mean(axis=(0, 1)))
+    assert metric_name("val") == "psnr_val" and metric_name("train") == "psnr_train_views"
+
+
+def test_validation_logs_psnr_and_previews_without_changing_training(tmp_path):
+    """With val_every the run logs psnr_test at those steps and writes preview images; its parameters and
+    optimiser state end bit-identical to a run without it (random states restored, clock untouched)."""
+    plain = _trainer(tmp_path / "a", "plain")
+    plain.fit()
+    val = _trainer(tmp_path / "b", "val", val_every=3, val_views=2)
+    val.fit()
+    for k, v in plain.system.state_dict().items():
+        assert torch.equal(v, val.system.state_dict()[k]), k
+    for i, st in plain.optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, val.optimizer.state_dict()["state"][i][k]), (i, k)
+    logged = {r["step"]: r.get("psnr_test") for r in val.run.read_metrics()}
+    assert [s for s, p in logged.items() if p is not None] == [3, 6, 8]  # every 3rd step and the last
+    scores = [p for p in logged.values() if p is not None]
+    assert all(3 < p < 60 for p in scores) and scores == sorted(scores)  # ~8 dB and rising after so few steps
+    assert not any("psnr_test" in r for r in plain.run.read_metrics())
+    previews = sorted(p.name for p in (val.run.renders_dir / "progress").glob("*.png"))
+    assert previews == [f"{val.validator.views[0].name}_{s:08d}.png" for s in (3, 6, 8)]
+    assert len(val.validator.views) == 2  # tiny has 2 test views: both
+
+
+def test_full_size_validation_psnr_is_the_evaluation_psnr(tmp_path):
+    """With val_max_side null the validation PSNR of a view is the PSNR `nls eval` computes for it."""
+    from pipeline.evaluate import EvalContext, render_split
+    from pipeline.metrics import psnr
+
+    tr = _trainer(tmp_path, "full", val_every=8, val_max_side=None)
+    tr.fit()
+    logged = tr.run.read_metrics()[-1]["psnr_test"]
+    ctx = EvalContext(cfg=tr.cfg, scene=tr.scene, system=tr.system, run=tr.run, device=torch.device("cpu"),
+                      progress=False, out_dir=tmp_path / "eval")
+    ((pred, gt),) = render_split(ctx)  # the tiny scene evaluates 1 image: view 0, the validation view
+    assert logged == pytest.approx(psnr(pred, gt), abs=1e-4)
+
+
+def test_validation_refuses_a_missing_split_or_a_run_without_images(tmp_path):
+    with pytest.raises(NLSError, match=r"train.val_split = 'tset': the scene has no such split \(it has train, test\); set "
+                       r"train.val_split to one of them .*did you mean 'test'"):
+        _trainer(tmp_path, "s", val_every=2, val_split="tset")
+    data = copy.deepcopy(TINY_SCENE)
+    data["renderer"], data["losses"], data["evaluators"] = None, [{"type": "tv"}], []
+    data["train"]["val_every"] = 2
+    with pytest.raises(NLSError, match="train.val_every = 2: this run renders no images .*no renderer stage"):
+        cfg = validate(data, plugin_host())
+        scene = load_scene_data(cfg, "cpu")
+        Trainer(cfg, build_system(cfg, scene, torch.device("cpu")), scene, RunDir.create(tmp_path, "r", "m"),
+                torch.device("cpu"), progress=False)
+
+
+def test_report_shows_previews_over_training_and_the_psnr_panel(tmp_path):
+    """`nls report` shows the previews at up to 6 steps spread over training, the last included, titled with
+    the logged validation PSNR; the training curves put psnr_train and psnr_test on one panel."""
+    from pipeline.report import build_report, progress_previews
+
+    tr = _trainer(tmp_path, "rep", val_every=1, steps=9)
+    tr.fit()
+    shots = progress_previews(tr.run.path)
+    assert [s for s, _ in next(iter(shots.values()))] == list(range(1, 10))
+    html = build_report(tr.run.path, use_model=False, progress=False).read_text()
+    assert "Validation during training" in html
+    assert "9 previews in renders/progress/, 6 shown" in html and "psnr_test in metrics.jsonl" in html
+    assert "Images in renders/progress/" not in html  # not repeated as a folder of other images
