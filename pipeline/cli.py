@@ -30,6 +30,7 @@ examples:
   nls reconstruct walk.mp4 --set scene.start=2          a video: the sharpest frames, then posed as photos
   nls reconstruct scan.ply                              a point cloud: a surface through it
   nls reconstruct scenes/lipschitz_spot.yaml --data scan.ply   a scene file's method on other data
+  nls reconstruct scenes/lego_hash.yaml --val-every 250 --tensorboard   a held-out view's PSNR while training
   nls resume outputs/csg/dense_grid/<stamp>             continue a stopped run to its step budget
   nls render outputs/csg/dense_grid/<stamp> --spiral 60 test renders and a turntable video
   nls export outputs/csg/dense_grid/<stamp> -o mesh.ply --resolution 384
@@ -124,6 +125,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="every N steps, render a held-out view at preview size while training: its PSNR goes to "
                    "metrics.jsonl and the progress bar, the image to renders/progress/ (same as --set "
                    "train.val_every=N; train.val_split, val_views and val_max_side choose what is rendered)")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write the logged metrics and validation images as TensorBoard events in "
+                   "RUN/tensorboard/, for tensorboard --logdir outputs (same as --set train.tensorboard=true; "
+                   "needs pip install '.[tensorboard]')")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     r.set_defaults(func=cmd_reconstruct)

@@ -82,6 +82,8 @@ class TrainConfig(ConfigModel):
                                         "the image is rendered 1/f the size (f the smallest integer that fits) "
                                         "and scored against the ground truth averaged over f x f blocks; "
                                         "null renders full size")
+    tensorboard: bool = Field(False, description="also write metrics.jsonl's lines and the validation previews as "
+                              "TensorBoard events in <run>/tensorboard/ (needs pip install '.[tensorboard]')")
     pixel_jitter: bool = Field(False, description="cast each training ray through a uniform random point of its "
                                "pixel instead of the centre (area sampling: matches anti-aliased images)")
 

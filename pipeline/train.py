@@ -406,6 +406,12 @@ class Trainer:
         #: renders held-out views every ``train.val_every`` steps (rank 0 only; see :mod:`pipeline.validation`)
         self.validator = (Validator(cfg, scene, system, run.renders_dir, device)
                           if t.val_every is not None and self.dist.is_main else None)
+        if t.tensorboard:
+            from pipeline.tensorboard_log import check_tensorboard
+
+            check_tensorboard(str(cfg.source))
+        #: TensorBoard events of this session (rank 0, ``train.tensorboard``), opened by :meth:`fit`
+        self.tensorboard = None
 
     def _wrap(self, step_module: TrainStep) -> nn.Module:
         """DDP around the objective when several processes train; the module itself otherwise."""
@@ -490,9 +496,11 @@ class Trainer:
                 self.run.write_json(WARNINGS_RECORD, {"step": self.step, "warnings": notices.kept()})
 
     def log(self, record: dict) -> None:
-        """Append ``record`` to ``metrics.jsonl`` (rank 0 only)."""
+        """Append ``record`` to ``metrics.jsonl`` (rank 0 only), and to the TensorBoard events when they are on."""
         if self.dist.is_main:
             self.run.log_metrics(record)
+            if self.tensorboard is not None:
+                self.tensorboard.scalars(record)
 
     def budget_fraction(self) -> float:
         """Fraction of the budget used: steps, or training seconds when ``max_seconds`` is set."""
@@ -637,10 +645,24 @@ class Trainer:
             return {}
         state = rng_state()
         try:
-            return self.validator(self.step)
+            record = self.validator(self.step)
         finally:
             set_rng_state(state)
             self.system.train()
+        if self.tensorboard is not None and self.validator.preview is not None:
+            name, image = self.validator.preview
+            self.tensorboard.image(f"{self.validator.split}/{name}", image, self.step)
+        return record
+
+    @contextmanager
+    def _tensorboard_closed(self):
+        """Close the TensorBoard events (when they are on) however :meth:`fit` ends."""
+        try:
+            yield
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -660,7 +682,12 @@ class Trainer:
         if self.validator is not None and self.progress:
             print(f"validating every {t.val_every} steps on {self.validator.describe()}: psnr in metrics.jsonl, "
                   f"images in {self.validator.out_dir}", file=sys.stderr, flush=True)
-        with self.stop.installed(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar:
+        if t.tensorboard and self.dist.is_main:
+            from pipeline.tensorboard_log import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.run.path, resume_step=self.step or None)
+        with self.stop.installed(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar, \
+                self._tensorboard_closed():
             try:
                 while self.step < t.steps:
                     if t.max_seconds is not None and self.elapsed >= t.max_seconds:

@@ -109,6 +109,8 @@ class Validator:
                                   preview_camera(sp.cameras, i, self.factor).to(device),
                                   block_mean(sp.images[i].cpu().numpy().astype(np.float64), self.factor))
                       for i in indices]
+        #: (view name, (h, 3w, 3) uint8 prediction | ground truth | depth) of the latest call
+        self.preview: Optional[tuple[str, np.ndarray]] = None
 
     def describe(self) -> str:
         """'N view(s) of <split> at W x H' for the run's log line."""
@@ -142,4 +144,5 @@ class Validator:
                 side = np.concatenate([to_uint8(pred), to_uint8(view.target),
                                        depth_to_uint8(out["depth"], out["opacity"])], 1)
                 atomic_write_image(self.out_dir / f"{view.name}_{step:08d}.png", side)
+                self.preview = (view.name, side)
         return {self.key: float(np.mean(psnrs))}

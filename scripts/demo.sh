@@ -14,7 +14,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # the run folder is the one this reconstruct printed (its summary's last "run folder:" line), not the
 # newest folder under outputs/, which --output or an older run could make another one
-.venv/bin/nls reconstruct "$SCENE" "$@" | tee "$log"
+# the default scene is also validated while it trains: a test view's PSNR on the progress bar, its image in
+# renders/progress/ (other scenes may have no images to validate on)
+val=()
+[ "$SCENE" = scenes/csg_dense.yaml ] && val=(--val-every 300)
+.venv/bin/nls reconstruct "$SCENE" "${val[@]}" "$@" | tee "$log"
 run=$(sed -n 's/^run folder: *//p' "$log" | tail -n 1)
 if [ -z "$run" ] || [ ! -d "$run" ]; then
   echo "demo: could not find the run folder in the output of nls reconstruct" >&2
@@ -28,5 +32,6 @@ echo "demo finished in $(( $(date +%s) - start )) s"
 echo "run folder:  $run"
 echo "  summary:   $run/summary.json"
 echo "  renders:   $run/renders/test   (prediction | ground truth | depth)"
+[ -d "$run/renders/progress" ] && echo "  progress:  $run/renders/progress   (a test view every 300 steps while training)"
 echo "  turntable: $(ls "$run"/renders/turntable.* 2>/dev/null | head -n 1)"
 echo "  meshes:    $run/meshes/mesh.ply  $run/meshes/mesh.glb"

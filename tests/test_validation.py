@@ -117,3 +117,40 @@ def test_report_shows_previews_over_training_and_the_psnr_panel(tmp_path):
     assert "Validation during training" in html
     assert "9 previews in renders/progress/, 6 shown" in html and "psnr_test in metrics.jsonl" in html
     assert "Images in renders/progress/" not in html  # not repeated as a folder of other images
+
+
+def test_tensorboard_events_mirror_the_metrics_and_a_resume_drops_the_lost_steps(tmp_path):
+    """train.tensorboard writes every logged number as a scalar and each validation preview as an image; a
+    session resumed from the step-3 checkpoint of a run logged to step 6 purges the events after step 3, so
+    TensorBoard shows each step once, as metrics.jsonl does."""
+    pytest.importorskip("tensorboard", reason="the tensorboard package (the tensorboard extra) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = _trainer(tmp_path, "tb", val_every=3, tensorboard=True, steps=6, checkpoint_every=3)
+    first.fit()
+    run = first.run
+    (run.path / "checkpoints" / "ckpt_00000006.pt").unlink()  # as a kill after step 6 would leave it
+    again = _trainer(tmp_path, "tb2", val_every=3, tensorboard=True, steps=6, checkpoint_every=3)
+    again.run = run
+    again.load_state(run.load_checkpoint())
+    assert again.step == 3
+    run.truncate_metrics_after(3)  # as nls resume does
+    again.fit()
+    events = EventAccumulator(str(run.path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    logged = run.read_metrics()
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in logged])
+    assert [e.step for e in events.Scalars("psnr_test")] == [3, 6]
+    (tag,) = events.Tags()["images"]
+    assert tag.startswith("test/") and [e.step for e in events.Images(tag)] == [3, 6]
+    assert events.Images(tag)[-1].width == 3 * 32  # prediction | ground truth | depth of the 32 px view
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(NLSError, match=r"train.tensorboard = true needs the tensorboard package.*pip install "
+                                       r"'.\[tensorboard\]'"):
+        _trainer(tmp_path, "tb", tensorboard=True)
