@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.components import Component, ComponentConfig, ConfigModel
-from pipeline.types import ConfigError, PluginError
+from pipeline.types import ConfigError, NLSError, PluginError
 
 SINGLE_STAGES = ("scene", "field", "certifier", "density", "renderer", "extractor")
 LIST_STAGES = {"losses": "loss", "evaluators": "evaluator"}
@@ -749,6 +749,20 @@ def load_resolved(path: Path, host, overrides: list[str] = ()) -> SceneConfig:
         return load_scene(path, host, overrides)
     finally:
         _LENIENT[0] = None
+
+
+def with_defaults(saved: Any, host) -> Any:
+    """A checkpoint's ``config`` with the options nls added since it was written filled in with their defaults,
+    as they are when the run's config.yaml is read back, so that comparing the two does not take them for edits;
+    ``saved`` as it is when it is not a mapping or no longer validates."""
+    import copy
+
+    if not isinstance(saved, dict):
+        return saved
+    try:
+        return validate(copy.deepcopy(saved), host, source="the checkpoint's config").to_dict()
+    except NLSError:
+        return saved
 
 
 def dump_yaml(data: dict) -> str:

@@ -173,6 +173,26 @@ def test_a_config_edited_after_training_is_named_by_key(tiny_scene, tmp_path, nl
             in proc.stderr, proc.stderr
 
 
+def test_resume_of_a_run_older_than_an_option_does_not_take_the_option_for_an_edit(tiny_scene, tmp_path, nls):
+    """A checkpoint written before nls had an option (here train.val_views, val_max_side and tensorboard) holds
+    no value for it, while config.yaml read back gets its default: resume compares the two with the defaults
+    filled in, so it warns about the value that did change (train.lr) and not about the options added since."""
+    scene = tiny_scene()
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True)
+    run = RunDir.open(next((tmp_path / "runs").glob("*/*/*")))
+    for p in run.path.glob("checkpoints/ckpt_00000006.pt*"):
+        p.unlink()
+    state = run.load_checkpoint()
+    for key in ("val_views", "val_max_side", "tensorboard"):
+        del state["config"]["train"][key]
+    state["config"]["train"]["lr"] = 0.5
+    run.save_checkpoint(state, 3)
+    res = nls("resume", str(run.path), "-q", "--no-eval", check=True)
+    edited = [line for line in res.stderr.splitlines() if "was edited after checkpoint step 3" in line]
+    assert len(edited) == 1 and "train.lr (0.5 -> 0.01)" in edited[0], res.stderr
+    assert not any(k in edited[0] for k in ("val_views", "val_max_side", "tensorboard")), edited[0]
+
+
 def test_run_folder_is_self_describing(tiny_scene, tmp_path, nls):
     scene = tiny_scene()
     nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", check=True)

@@ -43,7 +43,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     """Rebuild a run from its folder: resolved config (with ``overrides``), scene, model and newest
     checkpoint. The losses are built only to ``train`` on (render, export, eval and the viewers use
     the model alone, and some losses take seconds to set up, e.g. hkr's labels)."""
-    from pipeline.config import load_resolved
+    from pipeline.config import load_resolved, with_defaults
     from pipeline.runs import RunDir
 
     run = RunDir.open(Path(args.run_dir))
@@ -75,7 +75,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
         try:
             system.load_state_dict(model)
         except RuntimeError as exc:
-            changed = config_changes(state.get("config"), cfg.to_dict())
+            changed = config_changes(with_defaults(state.get("config"), host), cfg.to_dict())
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{load_error(exc).rstrip('.')}" + (f". {changed}" if changed else "")) from None
     step = int(state["step"]) if state else 0

@@ -321,10 +321,11 @@ def _warn_if_config_edited(ld: Loaded) -> None:
     """config.yaml edited since the checkpoint was written (train.steps, a learning rate, ...): the
     checkpoint still loads, but the resumed run is no longer the run that started, so warn, naming the
     keys. ``scene.path`` is left out: a run moved to another data root is rebased on purpose."""
+    from pipeline.config import with_defaults
     from pipeline.notices import warn
     from pipeline.train import config_diff, describe_diff
 
-    diff = config_diff(ld.state.get("config"), ld.cfg.to_dict(), ignore=("scene.path",))
+    diff = config_diff(with_defaults(ld.state.get("config"), ld.host), ld.cfg.to_dict(), ignore=("scene.path",))
     if diff:
         warn(f"{ld.run.config_path} was edited after checkpoint step {ld.step} was written: "
              f"{describe_diff(diff)}. Training goes on with the edited values, so the run is not the one an "
