@@ -19,6 +19,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest_plugins = ["pipeline.testing"]
 
+if os.environ.get("NLS_THREADS", "").strip().isdigit():  # scripts/test.sh sets it to 1 under several workers
+    import torch
+
+    torch.set_num_threads(int(os.environ["NLS_THREADS"]))
+
 
 def run_nls(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None,
             check: bool = False) -> subprocess.CompletedProcess:

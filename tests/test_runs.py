@@ -249,15 +249,16 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_scene, tmp_pa
     The 64³ occupancy grid is large enough that its update runs on several threads, where
     nerfacc's own update is racy (tests/test_rendering.py); with the default 16³ it stays serial."""
     scene = _long_tiny(tiny_scene, 40)
+    two = {"NLS_THREADS": "2"}  # as many threads as the race needs, also when scripts/test.sh asks for one
     nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval",
-        "--set", "renderer.grid_resolution=64", check=True)
+        "--set", "renderer.grid_resolution=64", check=True, env=two)
     (original,) = list((tmp_path / "runs").glob("*/*/*"))
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
     for p in copy.glob("checkpoints/ckpt_00000040.pt*"):
         p.unlink()
     assert RunDir.open(copy).load_checkpoint()["step"] == 20
-    res = nls("resume", str(copy), "-q", "--no-eval", check=True)
+    res = nls("resume", str(copy), "-q", "--no-eval", check=True, env=two)
     assert "from step 20/40" in res.stderr
     a, b = RunDir.open(original).load_checkpoint(), RunDir.open(copy).load_checkpoint()
     assert a["step"] == b["step"] == 40
