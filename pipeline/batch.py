@@ -493,6 +493,20 @@ def _batch_dir(root: Path) -> Path:
     raise NLSError(f"could not create a batch folder under {base}")
 
 
+def watch_overrides(args) -> list[str]:
+    """The overrides of ``--val-every N`` and ``--tensorboard`` (the same flags as ``nls reconstruct``'s); a
+    missing tensorboard package is refused here, before any scene starts."""
+    import importlib.util
+
+    out = [f"train.val_every={args.val_every}"] if args.val_every is not None else []
+    if args.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise NLSError("--tensorboard needs the tensorboard package, which is not installed; install it with "
+                           "pip install '.[tensorboard]' (or pip install tensorboard), or leave --tensorboard out")
+        out.append("train.tensorboard=true")
+    return out
+
+
 def cmd_batch(args) -> int:
     """``nls batch``: see the module docstring. Exit code 0 when every scene finished, 130 when the batch
     was stopped (Ctrl-C, SIGTERM), else 1."""
@@ -505,7 +519,8 @@ def cmd_batch(args) -> int:
     for text in args.set or []:  # a malformed --set is the command's error, not every scene's
         parse_override(text)
     cpus = os.cpu_count() or 1
-    opts = BatchOptions(output=args.output, overrides=list(args.set or []), steps=args.steps,
+    watch = watch_overrides(args)
+    opts = BatchOptions(output=args.output, overrides=[*(args.set or []), *watch], steps=args.steps,
                         device=args.device, plugins_dirs=list(args.plugins_dir or []), no_eval=args.no_eval,
                         scene_timeout=args.scene_timeout, data=str(Path(args.data).resolve()) if args.data else None,
                         # runs at once: --jobs, or fewer when there are fewer scenes than jobs
@@ -607,6 +622,10 @@ def add_parser(sub, common) -> None:
                    "(auto: cuda when available, else cpu)")
     c.add_argument("--steps", type=int_at_least(1), metavar="N",
                    help="training steps for every scene (default: each scene's train.steps)")
+    c.add_argument("--val-every", type=int_at_least(1), metavar="N",
+                   help="validate every run while it trains, every N steps (as nls reconstruct --val-every)")
+    c.add_argument("--tensorboard", action="store_true", help="TensorBoard events in every run folder (as nls "
+                   "reconstruct --tensorboard): tensorboard --logdir on the runs root shows the runs side by side")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
     c.add_argument("--data", metavar="PATH", help="train every SCENE.yaml's method and settings on this data (as "
                    "`nls reconstruct SCENE.yaml --data PATH`): methods compared on one scan or capture, e.g. "

@@ -344,3 +344,24 @@ def test_data_goes_to_every_scene_and_is_checked_before_any_starts(tmp_path):
     # an image method on a point cloud: its renderer needs images the cloud has not got
     why = precheck(str(ROOT / "scenes" / "csg_dense.yaml"), opts, host)
     assert why and "with --data" in why, why
+
+
+def test_batch_passes_validation_and_tensorboard_to_every_run(tmp_path, monkeypatch, capsys):
+    """--val-every and --tensorboard reach every run as their train.* settings; without the tensorboard package
+    --tensorboard is refused before any scene starts."""
+    import importlib.util
+
+    from pipeline.cli import main
+
+    import pipeline.batch
+
+    seen = []
+    monkeypatch.setattr(pipeline.batch, "run_scenes", lambda scenes, opts, *a, **k: seen.append(opts) or [])
+    scene = str(ROOT / "scenes" / "csg_dense.yaml")
+    assert main(["batch", scene, "--val-every", "50", "--tensorboard", "-o", str(tmp_path / "out")]) == 0
+    cmd = seen[0].command(scene)
+    assert cmd[cmd.index("train.val_every=50") - 1] == "--set" and "train.tensorboard=true" in cmd
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert main(["batch", scene, "--tensorboard", "-o", str(tmp_path / "out")]) == 2
+    assert "--tensorboard needs the tensorboard package" in capsys.readouterr().err
