@@ -637,21 +637,25 @@ class Trainer:
         return out
 
     def validate(self) -> dict[str, float]:
-        """The validation record of this step (:class:`~pipeline.validation.Validator`; {} without one). Every
-        random-number state is restored after it and it is not counted in ``elapsed``, so training goes on
-        exactly as it would have without it. Under several processes only rank 0 validates, and the others
-        wait for it in the next step's first collective (that wait is counted in their step time)."""
-        if self.validator is None:
-            return {}
-        state = rng_state()
-        try:
-            record = self.validator(self.step)
-        finally:
-            set_rng_state(state)
-            self.system.train()
-        if self.tensorboard is not None and self.validator.preview is not None:
-            name, image = self.validator.preview
-            self.tensorboard.image(f"{self.validator.split}/{name}", image, self.step)
+        """The validation record of this step (:class:`~pipeline.validation.Validator`; {} without one), called
+        on every rank at the same steps. Every random-number state is restored after it and it is not counted
+        in ``elapsed``, so training goes on exactly as it would have without it. Under several processes only
+        rank 0 validates; the others wait for it here, outside the training clock, not in the next step."""
+        from pipeline import distributed
+
+        record: dict[str, float] = {}
+        if self.validator is not None:
+            state = rng_state()
+            try:
+                record = self.validator(self.step)
+            finally:
+                set_rng_state(state)
+                self.system.train()
+            if self.tensorboard is not None and self.validator.preview is not None:
+                name, image = self.validator.preview
+                self.tensorboard.image(f"{self.validator.split}/{name}", image, self.step)
+        distributed.all_reduce_mean(torch.zeros(1), self.dist, what="waiting for rank 0's validation",
+                                    step=self.step, run_dir=self.run.path)  # a no-op for one process
         return record
 
     @contextmanager

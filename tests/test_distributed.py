@@ -24,6 +24,7 @@ import yaml
 
 from pipeline.distributed import DistInfo, check_same_config, flatten_dict, from_env
 from pipeline.runs import RunDir
+from pipeline.testing import TINY_SCENE
 from pipeline.types import ConfigError
 from tests.conftest import ROOT, run_nls
 
@@ -357,3 +358,18 @@ def test_errors_under_torchrun_carry_the_rank(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("RANK")  # a torchrun environment that is itself broken: the message stays as it is
     assert main(["reconstruct", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.startswith("error: scene file")
+
+
+def test_validation_under_torchrun_is_rank_0s_and_the_others_wait_for_it(tiny_scene, tmp_path):
+    """train.val_every under two processes: rank 0 renders and logs the held-out view at every 3rd step and
+    the last, the other rank waits for it at the same steps (a barrier outside the training clock), and the
+    run ends normally with one set of previews."""
+    scene = tiny_scene(train={**TINY_SCENE["train"], "steps": 6, "val_every": 3, "log_every": 2})
+    proc = subprocess.run(torchrun("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval"),
+                          capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path / "runs")
+    assert [(r["step"], "psnr_test" in r) for r in run.read_metrics()] == [
+        (2, False), (3, True), (4, False), (6, True)]
+    assert sorted(p.name[-12:] for p in (run.path / "renders" / "progress").glob("*.png")) == [
+        "00000003.png", "00000006.png"]
