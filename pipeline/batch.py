@@ -496,13 +496,11 @@ def _batch_dir(root: Path) -> Path:
 def watch_overrides(args) -> list[str]:
     """The overrides of ``--val-every N`` and ``--tensorboard`` (the same flags as ``nls reconstruct``'s); a
     missing tensorboard package is refused here, before any scene starts."""
-    import importlib.util
+    from pipeline.tensorboard_log import check_tensorboard
 
     out = [f"train.val_every={args.val_every}"] if args.val_every is not None else []
     if args.tensorboard:
-        if importlib.util.find_spec("tensorboard") is None:
-            raise NLSError("--tensorboard needs the tensorboard package, which is not installed; install it with "
-                           "pip install '.[tensorboard]' (or pip install tensorboard), or leave --tensorboard out")
+        check_tensorboard("--tensorboard")
         out.append("train.tensorboard=true")
     return out
 

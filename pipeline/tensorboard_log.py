@@ -20,15 +20,15 @@ TENSORBOARD_DIR = "tensorboard"
 FLUSH_SECONDS = 10
 
 
-def check_tensorboard(source: str) -> None:
-    """NLSError naming ``train.tensorboard`` when torch's TensorBoard writer cannot be imported."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as exc:
-        raise NLSError(f"{source}: train.tensorboard = true needs the tensorboard package, which is not "
-                       f"installed ({exc}); install it with pip install '.[tensorboard]' (or pip install "
-                       f"tensorboard), or leave train.tensorboard off (metrics.jsonl and nls report have the same "
-                       f"figures)") from None
+def check_tensorboard(option: str) -> None:
+    """NLSError naming ``option`` (how the user asked for events) when the tensorboard package, which torch's
+    writer needs, is not installed. Looked up without importing it (or torch), so ``nls batch`` checks it too."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise NLSError(f"{option} needs the tensorboard package, which is not installed; install it with pip "
+                       f"install '.[tensorboard]' (or pip install tensorboard), or leave it off (metrics.jsonl and "
+                       f"nls report have the same figures)")
 
 
 class TensorBoardLog:

@@ -409,7 +409,7 @@ class Trainer:
         if t.tensorboard:
             from pipeline.tensorboard_log import check_tensorboard
 
-            check_tensorboard(str(cfg.source))
+            check_tensorboard(f"{cfg.source}: train.tensorboard = true")
         #: TensorBoard events of this session (rank 0, ``train.tensorboard``), opened by :meth:`fit`
         self.tensorboard = None
 

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.config import SceneConfig
+from pipeline.scenes.blender import area_downscale
 from pipeline.types import Cameras, NLSError, SceneData
 
 #: where the preview images go, under the run's ``renders/``
@@ -64,15 +65,6 @@ def preview_factor(width: int, height: int, max_side: Optional[int]) -> int:
     return max(1, -(-max(width, height) // max_side))
 
 
-def block_mean(image: np.ndarray, f: int) -> np.ndarray:
-    """(H, W, C) -> (H // f, W // f, C): the mean over each ``f x f`` block (rows and columns past the last
-    whole block dropped)."""
-    if f == 1:
-        return image
-    h, w = image.shape[0] // f, image.shape[1] // f
-    return image[:h * f, :w * f].reshape(h, f, w, f, -1).mean(axis=(1, 3))
-
-
 def preview_camera(cameras: Cameras, i: int, f: int) -> Cameras:
     """Camera ``i`` of ``cameras`` for an image ``f`` times smaller: preview pixel ``(u, v)`` covers the
     full-size pixels ``[f u, f u + f) x [f v, f v + f)``, so its centre ray is that block's centre ray."""
@@ -107,7 +99,7 @@ class Validator:
         self.factor = preview_factor(sp.cameras.width, sp.cameras.height, t.val_max_side)
         self.views = [PreviewView(sp.names[i] if i < len(sp.names) else f"{i:03d}",
                                   preview_camera(sp.cameras, i, self.factor).to(device),
-                                  block_mean(sp.images[i].cpu().numpy().astype(np.float64), self.factor))
+                                  area_downscale(sp.images[i].cpu().numpy(), self.factor).astype(np.float64))
                       for i in indices]
         #: (view name, (h, 3w, 3) uint8 prediction | ground truth | depth) of the latest call
         self.preview: Optional[tuple[str, np.ndarray]] = None

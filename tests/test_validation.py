@@ -16,7 +16,8 @@ from pipeline.runs import RunDir
 from pipeline.testing import TINY_SCENE, plugin_host
 from pipeline.train import Trainer, seed_everything
 from pipeline.types import NLSError
-from pipeline.validation import block_mean, metric_name, preview_camera, preview_factor
+from pipeline.scenes.blender import area_downscale
+from pipeline.validation import metric_name, preview_camera, preview_factor
 
 
 def _trainer(tmp_path, name: str, **train) -> Trainer:
@@ -48,7 +49,7 @@ def test_preview_pixels_are_the_centres_of_full_size_blocks():
     o2, d2 = pixel_rays(cams, torch.zeros(3, dtype=torch.long), u * f, v * f)
     assert torch.allclose(d1, d2, atol=1e-6) and torch.equal(o1, o2)
     img = np.random.default_rng(0).random((10, 13, 3))
-    m = block_mean(img, 3)
+    m = area_downscale(img, 3)
     assert m.shape == (3, 4, 3)
     assert np.allclose(m[1, 2], img[3:6, 6:9].mean(axis=(0, 1)))
     assert metric_name("val") == "psnr_val" and metric_name("train") == "psnr_train_views"
@@ -148,9 +149,11 @@ def test_tensorboard_events_mirror_the_metrics_and_a_resume_drops_the_lost_steps
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
-    import sys
+    import importlib.util
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as if tensorboard were not installed
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(NLSError, match=r"train.tensorboard = true needs the tensorboard package.*pip install "
                                        r"'.\[tensorboard\]'"):
         _trainer(tmp_path, "tb", tensorboard=True)

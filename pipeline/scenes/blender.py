@@ -312,9 +312,9 @@ def _read_image(path: Path) -> np.ndarray:
     return img
 
 
-def _downscale(a: np.ndarray, d: int) -> np.ndarray:
-    """Area filter by an integer factor; trailing rows/columns that do not fill a block are
-    cropped so that pixel centres stay exact (intrinsics simply divide by ``d``)."""
+def area_downscale(a: np.ndarray, d: int) -> np.ndarray:
+    """(H, W, C) -> (H // d, W // d, C) float32: the area filter by an integer factor; trailing rows/columns
+    that do not fill a block are cropped so that pixel centres stay exact (intrinsics simply divide by ``d``)."""
     if d == 1:
         return a
     h, w = a.shape[0] // d, a.shape[1] // d
@@ -411,7 +411,7 @@ def _masked(alpha: Optional[np.ndarray], mask: Path, image: Path, size: tuple) -
     m = read_mask(mask)
     k = m.shape[0] // max(1, size[0])
     if k > 1 and m.shape == (size[0] * k, size[1] * k):
-        m = _downscale(m[..., None], k)[..., 0]
+        m = area_downscale(m[..., None], k)[..., 0]
     if m.shape != tuple(size):
         raise DataError(f"mask {mask} is {m.shape[1]}x{m.shape[0]} but its image {image} is {size[1]}x{size[0]} "
                         f"(WxH); a mask must be its image's size, or a whole multiple of it")
@@ -464,7 +464,7 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             if fit is not None:
                 rgb, a = fit.array(np.asarray(rgb, np.float32)), (None if a is None else
                                                                   np.clip(fit.array(np.asarray(a, np.float32)), 0, 1))
-            rgb = _downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
+            rgb = area_downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
             images[i] = rgb
@@ -472,7 +472,7 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 if alphas is None:  # only a split with an alpha channel holds alphas (RGB photos: none)
                     alphas = np.ones((n,) + rgb.shape[:2] + (1,), np.float32)
                     has_alpha = True
-                alphas[i] = _downscale(a.astype(np.float32), downscale)
+                alphas[i] = area_downscale(a.astype(np.float32), downscale)
             if bar is not None:
                 bar[0].advance(bar[1])
     finally:
