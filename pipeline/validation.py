@@ -87,8 +87,7 @@ class Validator:
     writes the first view's preview image. Built once per training session (the views stay on ``device``)."""
 
     def __init__(self, cfg: SceneConfig, scene: SceneData, system, renders_dir: Path, device) -> None:
-        check_validation(cfg, scene, system)
-        t = cfg.train
+        t = cfg.train  # checked by check_validation first (the Trainer does it on every rank)
         self.split = validation_split(cfg, scene)
         self.key = metric_name(self.split)
         self.system, self.chunk = system, cfg.eval.chunk
