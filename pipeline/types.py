@@ -48,6 +48,13 @@ class Cameras:
         return Cameras(self.c2w.to(device), self.fx.to(device), self.fy.to(device),
                        self.cx.to(device), self.cy.to(device), self.width, self.height)
 
+    def downscaled(self, f: int) -> "Cameras":
+        """The cameras of images ``f`` times smaller, as :func:`pipeline.scenes.blender.area_downscale` makes
+        them (sizes floored, the rest cropped): the intrinsics divided by ``f``, so pixel ``(u, v)``'s centre ray
+        is the centre ray of the full-size block ``[f u, f u + f) x [f v, f v + f)``."""
+        return Cameras(self.c2w, self.fx / f, self.fy / f, self.cx / f, self.cy / f, self.width // f,
+                       self.height // f)
+
     def select(self, indices) -> "Cameras":
         """The cameras at ``indices`` (a list or index tensor), in that order."""
         return Cameras(self.c2w[indices], self.fx[indices], self.fy[indices], self.cx[indices], self.cy[indices],

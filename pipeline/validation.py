@@ -65,14 +65,6 @@ def preview_factor(width: int, height: int, max_side: Optional[int]) -> int:
     return max(1, -(-max(width, height) // max_side))
 
 
-def preview_camera(cameras: Cameras, i: int, f: int) -> Cameras:
-    """Camera ``i`` of ``cameras`` for an image ``f`` times smaller: preview pixel ``(u, v)`` covers the
-    full-size pixels ``[f u, f u + f) x [f v, f v + f)``, so its centre ray is that block's centre ray."""
-    sl = slice(i, i + 1)
-    return Cameras(cameras.c2w[sl], cameras.fx[sl] / f, cameras.fy[sl] / f, cameras.cx[sl] / f,
-                   cameras.cy[sl] / f, cameras.width // f, cameras.height // f)
-
-
 @dataclass
 class PreviewView:
     """One validation view: its name, preview camera and block-averaged ground truth (h, w, 3)."""
@@ -97,7 +89,7 @@ class Validator:
         indices = sorted({round(k * n / t.val_views) for k in range(min(t.val_views, n))})  # spread over the split
         self.factor = preview_factor(sp.cameras.width, sp.cameras.height, t.val_max_side)
         self.views = [PreviewView(sp.names[i] if i < len(sp.names) else f"{i:03d}",
-                                  preview_camera(sp.cameras, i, self.factor).to(device),
+                                  sp.cameras.select([i]).downscaled(self.factor).to(device),
                                   area_downscale(sp.images[i].cpu().numpy(), self.factor).astype(np.float64))
                       for i in indices]
         #: (view name, (h, 3w, 3) uint8 prediction | ground truth | depth) of the latest call

@@ -17,7 +17,7 @@ from pipeline.testing import TINY_SCENE, plugin_host
 from pipeline.train import Trainer, seed_everything
 from pipeline.types import NLSError
 from pipeline.scenes.blender import area_downscale
-from pipeline.validation import metric_name, preview_camera, preview_factor
+from pipeline.validation import metric_name, preview_factor
 
 
 def _trainer(tmp_path, name: str, **train) -> Trainer:
@@ -42,7 +42,7 @@ def test_preview_pixels_are_the_centres_of_full_size_blocks():
     cams = Cameras(torch.eye(4)[None], torch.tensor([50.0]), torch.tensor([60.0]), torch.tensor([33.0]),
                    torch.tensor([21.0]), 64, 40)
     f = 4
-    small = preview_camera(cams, 0, f)
+    small = cams.select([0]).downscaled(f)
     assert (small.width, small.height) == (16, 10)
     u, v = torch.tensor([0.5, 7.5, 15.5]), torch.tensor([0.5, 3.5, 9.5])
     o1, d1 = pixel_rays(small, torch.zeros(3, dtype=torch.long), u, v)

@@ -103,7 +103,7 @@ class TrainViewFit:
         from pipeline.metrics import psnr
         from pipeline.notices import warn
         from pipeline.progress import StepProgress
-        from pipeline.scenes.blender import _downscale
+        from pipeline.scenes.blender import area_downscale
         from pipeline.types import NLSError
 
         split = ctx.scene.splits.get("train")
@@ -114,14 +114,14 @@ class TrainViewFit:
         h, w = cams.height // d, cams.width // d
         if h == 0 or w == 0:
             raise NLSError(f"downscale {d} leaves no pixel of the {cams.width}x{cams.height} training views")
-        small = type(cams)(cams.c2w, cams.fx / d, cams.fy / d, cams.cx / d, cams.cy / d, w, h)
+        small = cams.downscaled(d)
         names = [split.names[i] if i < len(split.names) else f"{i:03d}" for i in range(len(split))]
         scores = []
         with StepProgress(len(split), 0, "fitting the training views", enabled=ctx.progress) as bar, \
                 torch.no_grad():
             for i in range(len(split)):
                 out = ctx.system.renderer.render_image(small, i, ctx.system.chain)
-                gt = _downscale(split.images[i].cpu().numpy(), d)
+                gt = area_downscale(split.images[i].cpu().numpy(), d)
                 scores.append(psnr(out["rgb"].clamp(0, 1).cpu().numpy(), gt))
                 bar.advance(i + 1)
         scores = np.asarray(scores)
