@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import SceneConfig
 from pipeline.scenes.blender import area_downscale
-from pipeline.types import Cameras, NLSError, SceneData
+from pipeline.types import Cameras, NLSError, SceneData, component_label, plugin_errors
 
 #: where the preview images go, under the run's ``renders/``
 PROGRESS_DIR = "progress"
@@ -109,7 +109,6 @@ class Validator:
         from pipeline.evaluate import depth_to_uint8, to_uint8
         from pipeline.runs import atomic_write_image
         from pipeline.system import check_render_output
-        from pipeline.types import component_label, plugin_errors
 
         renderer = self.system.renderer
         self.system.eval()
