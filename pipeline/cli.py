@@ -124,7 +124,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("--val-every", type=int_at_least(1), metavar="N",
                    help="every N steps, render a held-out view at preview size while training: its PSNR goes to "
                    "metrics.jsonl and the progress bar, the image to renders/progress/ (same as --set "
-                   "train.val_every=N; train.val_split, val_views and val_max_side choose what is rendered)")
+                   "train.val_every=N; train.val_split, val_views and val_max_side choose what is rendered). A run "
+                   "without images (a point cloud, a mesh as geometry) meshes its field instead and logs the mesh's "
+                   "Chamfer-L1 against the ground truth or the input points (train.val_geometry, val_resolution)")
     r.add_argument("--tensorboard", action="store_true",
                    help="also write the logged metrics and validation images as TensorBoard events in "
                    "RUN/tensorboard/, for tensorboard --logdir outputs (same as --set train.tensorboard=true; "

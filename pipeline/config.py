@@ -71,17 +71,26 @@ class TrainConfig(ConfigModel):
     checkpoint_every: int = Field(250, ge=1, description="steps between atomic checkpoints")
     grid_update_every: int = Field(16, ge=1, description="steps between occupancy-grid updates")
     grid_warmup: int = Field(256, ge=0, description="steps before the occupancy grid starts culling")
-    val_every: Optional[int] = Field(None, ge=1, description="steps between validation renders during training "
-                                     "(off by default): the PSNR of a few held-out views at preview size, logged "
-                                     "to metrics.jsonl as psnr_<split>, and the first view's prediction | ground "
-                                     "truth | depth in renders/progress/; not counted as training time")
+    val_every: Optional[int] = Field(None, ge=1, description="steps between validations during training (off by "
+                                     "default; not counted as training time): the PSNR of a few held-out views at "
+                                     "preview size, logged to metrics.jsonl as psnr_<split>, and the first view's "
+                                     "prediction | ground truth | depth in renders/progress/; for a run without "
+                                     "images, the geometry (see val_geometry)")
+    val_geometry: Optional[bool] = Field(None, description="at each validation, also mesh the field at "
+                                         "val_resolution and log its Chamfer-L1 (x10^3, val_samples points) against "
+                                         "the scene's ground-truth mesh (val_chamfer_l1) or, without one, its input "
+                                         "points (val_fit_chamfer_l1), with mesh | reference | distance renders in "
+                                         "renders/progress/; default (null): on for runs without images")
+    val_resolution: int = Field(64, ge=8, le=512, description="grid resolution of val_geometry's mesh")
+    val_samples: int = Field(10000, ge=100, description="points sampled on each side of val_geometry's Chamfer")
     val_split: Optional[str] = Field(None, description="split to validate on (default: val when the scene "
                                      "loaded it, else eval.split)")
     val_views: int = Field(1, ge=1, description="validation views, spread evenly over the split")
     val_max_side: Optional[int] = Field(200, ge=8, description="longest side of a validation render in pixels: "
                                         "the image is rendered 1/f the size (f the smallest integer that fits) "
                                         "and scored against the ground truth averaged over f x f blocks; "
-                                        "null renders full size")
+                                        "null renders full size. Also the side of val_geometry's square mesh "
+                                        "previews (400 when null)")
     tensorboard: bool = Field(False, description="also write metrics.jsonl's lines and the validation previews as "
                               "TensorBoard events in <run>/tensorboard/ (needs pip install '.[tensorboard]')")
     pixel_jitter: bool = Field(False, description="cast each training ray through a uniform random point of its "

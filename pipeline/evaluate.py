@@ -249,7 +249,7 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
     cached = mesh_key(ctx, extractor, options, resolution, asked, bbox)
     mesh = reuse_mesh(ctx, cached) if cached else None
     if mesh is None:
-        mesh = _extract(ctx, extractor, resolution, asked, bbox)
+        mesh = mesh_field(extractor, ctx.system.chain, ctx.device, resolution=resolution, level=asked, bbox=bbox)
         calibrated = bool(key) and key not in known and isinstance(mesh.metadata.get("level_calibration"), dict)
         if calibrated:  # the calibrated level is recorded; the mesh is kept as the one at that level
             remember_calibration(ctx.run, key, mesh.metadata["level"], mesh.metadata["level_calibration"], known)
@@ -261,12 +261,13 @@ def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Option
     return mesh
 
 
-def _extract(ctx: EvalContext, extractor, resolution: Optional[int], level: Optional[float],
-             bbox: Optional[list[float]]):
-    """``extractor``'s mesh of ``ctx.system.chain``; PluginError when it raises or returns no mesh."""
+def mesh_field(extractor, chain, device, *, resolution: Optional[int] = None, level: Optional[float] = None,
+               bbox: Optional[list[float]] = None, doing: str = ""):
+    """``extractor``'s mesh of ``chain`` (a trimesh.Trimesh); PluginError naming the extractor (and what it was
+    ``doing``) when it raises or returns something else."""
     who = component_label(extractor)
-    with plugin_errors(f"{who} failed"):
-        mesh = extractor.extract(ctx.system.chain, resolution=resolution, device=ctx.device, bbox=bbox, level=level)
+    with plugin_errors(f"{who} failed" + (f" {doing}" if doing else "")):
+        mesh = extractor.extract(chain, resolution=resolution, device=device, bbox=bbox, level=level)
     if not (hasattr(mesh, "vertices") and hasattr(mesh, "faces") and hasattr(mesh, "export")):
         raise PluginError(f"{who} returned {type(mesh).__name__}; an extractor returns a trimesh.Trimesh "
                           f"(e.g. trimesh.Trimesh(vertices, faces))")

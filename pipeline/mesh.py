@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pipeline.types import NLSError
+from pipeline.types import EmptyLevelSet, NLSError
 
 #: marching-cubes level used when a scene gives none, per quantity
 DEFAULT_LEVEL = {"sdf": 0.0, "occupancy": 0.5, "density": 10.0}
@@ -275,14 +275,14 @@ def grid_to_mesh(values: np.ndarray, bbox: Sequence[float], level: float, *,
     vmin, vmax = float(vol.min()), float(vol.max())
     if not vmin < level < vmax:
         kind = "SDF" if inside == "below" else "density/occupancy"
-        raise NLSError(
+        raise EmptyLevelSet(
             f"extract_mesh: empty level set: the field ranges over [{vmin:.6g}, {vmax:.6g}] "
             f"in the box but level {level:.6g} was asked for ({kind}, inside='{inside}'); "
             + (f"choose a level strictly inside that range, e.g. {0.5 * (vmin + vmax):.6g} (`nls export RUN --level "
                f"{0.5 * (vmin + vmax):.6g}`, or `--set extractor.level={0.5 * (vmin + vmax):.6g}` for eval and "
                f"training), or enlarge the box"
                if vmin < vmax else "the field is constant there, so no level has a surface: move or enlarge "
-               "the box (--bbox) to where the shape is"))
+               "the box (--bbox) to where the shape is"), low=vmin, high=vmax, level=level)
     shape = vol.shape
     spacing = (b[3:] - b[:3]) / (np.asarray(shape) - 1)
     if close:  # an outside layer one voxel beyond each face; its crossings are pulled back onto the box below

@@ -400,12 +400,12 @@ class Trainer:
         self._stop_agreed = False
         self._launcher = distributed.LauncherWatch()  # a killed torchrun launcher stops the run as SIGTERM does
         self.objective = self._wrap(TrainStep(system))
-        from pipeline.validation import Validator, check_validation
+        from pipeline.validation import build_validators, check_validation
 
         check_validation(cfg, scene, system)  # on every rank, so all refuse alike
-        #: renders held-out views every ``train.val_every`` steps (rank 0 only; see :mod:`pipeline.validation`)
-        self.validator = (Validator(cfg, scene, system, run.renders_dir, device)
-                          if t.val_every is not None and self.dist.is_main else None)
+        #: render held-out views and/or mesh the field every ``train.val_every`` steps (rank 0 only; see
+        #: :mod:`pipeline.validation`)
+        self.validators = build_validators(cfg, scene, system, run.renders_dir, device) if self.dist.is_main else []
         if t.tensorboard:
             from pipeline.tensorboard_log import check_tensorboard
 
@@ -637,23 +637,22 @@ class Trainer:
         return out
 
     def validate(self) -> dict[str, float]:
-        """The validation record of this step (:class:`~pipeline.validation.Validator`; {} without one), called
+        """The validation record of this step (:func:`~pipeline.validation.build_validators`; {} without), called
         on every rank at the same steps. Every random-number state is restored after it and it is not counted
         in ``elapsed``, so training goes on exactly as it would have without it. Under several processes only
         rank 0 validates; the others wait for it here, outside the training clock, not in the next step."""
         from pipeline import distributed
 
         record: dict[str, float] = {}
-        if self.validator is not None:
+        for validator in self.validators:
             state = rng_state()
             try:
-                record = self.validator(self.step)
+                record.update(validator(self.step))
             finally:
                 set_rng_state(state)
                 self.system.train()
-            if self.tensorboard is not None and self.validator.preview is not None:
-                name, image = self.validator.preview
-                self.tensorboard.image(f"{self.validator.split}/{name}", image, self.step)
+            if self.tensorboard is not None and validator.preview is not None:
+                self.tensorboard.image(validator.tag, validator.preview[1], self.step)
         distributed.all_reduce_mean(torch.zeros(1), self.dist, what="waiting for rank 0's validation",
                                     step=self.step, run_dir=self.run.path)  # a no-op for one process
         return record
@@ -683,9 +682,9 @@ class Trainer:
         last_log, rec = self.step, None
         interrupted = False
         val_text = ""
-        if self.validator is not None and self.progress:
-            print(f"validating every {t.val_every} steps on {self.validator.describe()}: psnr in metrics.jsonl, "
-                  f"images in {self.validator.out_dir}", file=sys.stderr, flush=True)
+        for validator in self.validators if self.progress else ():
+            print(f"validating every {t.val_every} steps: {validator.describe()}; {validator.key} in "
+                  f"metrics.jsonl, images in {validator.out_dir}", file=sys.stderr, flush=True)
         if t.tensorboard and self.dist.is_main:
             from pipeline.tensorboard_log import TensorBoardLog
 

@@ -131,6 +131,15 @@ class CheckpointError(NLSError):
     """A checkpoint is missing, truncated or does not match the run."""
 
 
+class EmptyLevelSet(NLSError):
+    """The field has no surface at ``level``, anywhere in the box (e.g. early in training): it ranges over
+    ``low``..``high`` there."""
+
+    def __init__(self, message: str, *, low: float, high: float, level: float):
+        super().__init__(message)
+        self.low, self.high, self.level = low, high, level
+
+
 class PluginError(NLSError):
     """A plugin's component failed with an exception of its own: the message names the plugin, the
     component and the exception (``NLS_TRACE_PLUGINS=1`` lets the traceback through)."""

@@ -1,7 +1,8 @@
 """Validation during training (``train.val_every``): every N steps, render a few held-out views at a
 preview size, log their PSNR beside the training loss in ``metrics.jsonl`` and write the first view's
 prediction | ground truth | depth to ``renders/progress/``, so a run shows how it is going on views it does
-not train on while it trains.
+not train on while it trains. Runs without images validate their mesh instead
+(:mod:`pipeline.geometry_validation`); :func:`build_validators` picks.
 
 The preview renders at ``1/f`` of the image size (``f`` the smallest integer that brings the longer side
 to at most ``train.val_max_side``) with one ray through the centre of each preview pixel, against the
@@ -41,20 +42,50 @@ def metric_name(split: str) -> str:
     return "psnr_train_views" if split == "train" else f"psnr_{split}"
 
 
+def validation_kinds(cfg: SceneConfig, scene: SceneData, system) -> tuple[bool, bool]:
+    """(images, geometry): what ``train.val_every`` validates. Held-out views whenever the run renders posed
+    images; the geometry (:mod:`pipeline.geometry_validation`) when ``train.val_geometry`` says so, by default
+    when the run renders no images."""
+    images = system.renderer is not None and bool(scene.splits)
+    geometry = cfg.train.val_geometry
+    return images, (not images) if geometry is None else geometry
+
+
 def check_validation(cfg: SceneConfig, scene: SceneData, system) -> None:
-    """Before training: with ``train.val_every`` set, the run needs a renderer and the validation split."""
+    """Before training: with ``train.val_every`` set, the run needs the validation split (images) or an
+    extractor and a reference (geometry), and something to validate."""
     from pipeline.evaluate import missing_split_message
+    from pipeline.geometry_validation import check_geometry_validation
 
     if cfg.train.val_every is None:
         return
-    if system.renderer is None or not scene.splits:
+    images, geometry = validation_kinds(cfg, scene, system)
+    if not images and not geometry:
         raise NLSError(f"{cfg.source}: train.val_every = {cfg.train.val_every}: this run renders no images "
-                       f"(it has {'no renderer stage' if system.renderer is None else 'no posed images'}), so "
-                       f"there is nothing to validate on; leave train.val_every unset")
-    split = validation_split(cfg, scene)
-    if split not in scene.splits:
-        option = "train.val_split" if cfg.train.val_split else "eval.split"
-        raise NLSError(f"{cfg.source}: " + missing_split_message(scene, split, option))
+                       f"(it has {'no renderer stage' if system.renderer is None else 'no posed images'}) and "
+                       f"train.val_geometry = false turns off validating its mesh, so there is nothing to validate; "
+                       f"leave train.val_geometry unset, or train.val_every unset")
+    if images:
+        split = validation_split(cfg, scene)
+        if split not in scene.splits:
+            option = "train.val_split" if cfg.train.val_split else "eval.split"
+            raise NLSError(f"{cfg.source}: " + missing_split_message(scene, split, option))
+    if geometry:
+        check_geometry_validation(cfg, scene)
+
+
+def build_validators(cfg: SceneConfig, scene: SceneData, system, renders_dir: Path, device) -> list:
+    """The validators of a run with ``train.val_every`` ([] without): :class:`Validator` for held-out views
+    and/or :class:`~pipeline.geometry_validation.GeometryValidator`, as :func:`validation_kinds` says. Each has
+    ``key`` (its metrics.jsonl name), ``tag`` (its TensorBoard image's), ``out_dir``, ``describe()``,
+    ``__call__(step) -> {key: value}`` and ``preview`` ((name, image) of its latest call)."""
+    from pipeline.geometry_validation import GeometryValidator
+
+    if cfg.train.val_every is None:
+        return []
+    images, geometry = validation_kinds(cfg, scene, system)
+    return ([Validator(cfg, scene, system, renders_dir, device)] if images else []) + \
+        ([GeometryValidator(cfg, scene, system, renders_dir, device)] if geometry else [])
 
 
 def preview_factor(width: int, height: int, max_side: Optional[int]) -> int:
@@ -92,13 +123,14 @@ class Validator:
                                   sp.cameras.select([i]).downscaled(self.factor).to(device),
                                   area_downscale(sp.images[i].cpu().numpy(), self.factor).astype(np.float64))
                       for i in indices]
+        self.tag = f"{self.split}/{self.views[0].name}"  # its TensorBoard image
         #: (view name, (h, 3w, 3) uint8 prediction | ground truth | depth) of the latest call
         self.preview: Optional[tuple[str, np.ndarray]] = None
 
     def describe(self) -> str:
         """'N view(s) of <split> at W x H' for the run's log line."""
         cam = self.views[0].camera
-        return (f"{len(self.views)} view{'s' if len(self.views) != 1 else ''} of {self.split} at "
+        return (f"the PSNR of {len(self.views)} view{'s' if len(self.views) != 1 else ''} of {self.split} at "
                 f"{cam.width} x {cam.height}" + (f" (1/{self.factor} size)" if self.factor > 1 else ""))
 
     def __call__(self, step: int) -> dict[str, float]:

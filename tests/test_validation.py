@@ -73,8 +73,9 @@ def test_validation_logs_psnr_and_previews_without_changing_training(tmp_path):
     assert all(3 < p < 60 for p in scores) and scores == sorted(scores)  # ~8 dB and rising after so few steps
     assert not any("psnr_test" in r for r in plain.run.read_metrics())
     previews = sorted(p.name for p in (val.run.renders_dir / "progress").glob("*.png"))
-    assert previews == [f"{val.validator.views[0].name}_{s:08d}.png" for s in (3, 6, 8)]
-    assert len(val.validator.views) == 2  # tiny has 2 test views: both
+    (validator,) = val.validators  # the held-out views only: a run with images validates its mesh when asked
+    assert previews == [f"{validator.views[0].name}_{s:08d}.png" for s in (3, 6, 8)]
+    assert len(validator.views) == 2  # tiny has 2 test views: both
 
 
 def test_full_size_validation_psnr_is_the_evaluation_psnr(tmp_path):
@@ -91,18 +92,11 @@ def test_full_size_validation_psnr_is_the_evaluation_psnr(tmp_path):
     assert logged == pytest.approx(psnr(pred, gt), abs=1e-4)
 
 
-def test_validation_refuses_a_missing_split_or_a_run_without_images(tmp_path):
+def test_validation_refuses_a_missing_split(tmp_path):
+    """(A run without images validates its mesh instead: tests/test_geometry_validation.py.)"""
     with pytest.raises(NLSError, match=r"train.val_split = 'tset': the scene has no such split \(it has train, test\); set "
                        r"train.val_split to one of them .*did you mean 'test'"):
         _trainer(tmp_path, "s", val_every=2, val_split="tset")
-    data = copy.deepcopy(TINY_SCENE)
-    data["renderer"], data["losses"], data["evaluators"] = None, [{"type": "tv"}], []
-    data["train"]["val_every"] = 2
-    with pytest.raises(NLSError, match="train.val_every = 2: this run renders no images .*no renderer stage"):
-        cfg = validate(data, plugin_host())
-        scene = load_scene_data(cfg, "cpu")
-        Trainer(cfg, build_system(cfg, scene, torch.device("cpu")), scene, RunDir.create(tmp_path, "r", "m"),
-                torch.device("cpu"), progress=False)
 
 
 def test_report_shows_previews_over_training_and_the_psnr_panel(tmp_path):

@@ -259,28 +259,49 @@ def progress_previews(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:
 
 
 def _progress(f: RunFacts, most: int = MAX_RENDER_PAIRS) -> str:
-    """The validation view's preview at up to ``most`` steps spread over training (the last included), next
-    to its ground truth, each titled with the validation PSNR logged at that step."""
+    """Each validation preview series (a held-out view's, the mesh's) at up to ``most`` steps spread over
+    training (the last included), next to its ground truth or reference, each titled with the figure logged
+    at that step."""
+    return "".join(_progress_series(f, name, shots, most) for name, shots in progress_previews(f.path).items())
+
+
+def _progress_series(f: RunFacts, name: str, shots: list[tuple[int, Path]], most: int) -> str:
+    """One series of :func:`_progress`: the previews of view ``name`` (or of the mesh) at their steps."""
     import imageio.v3 as iio
 
+    from pipeline.geometry_validation import DISTANCE_SPAN, PREVIEW_NAME
     from pipeline.report.figures import progress_png, split_side_by_side
 
-    name, shots = next(iter(progress_previews(f.path).items()))
     n = min(most, len(shots))
     picked = sorted({shots[round(k * (len(shots) - 1) / max(1, n - 1))] for k in range(n)})
     logged = {r.get("step"): r for r in f.log}
-    key = next((k for r in f.log for k in r if k.startswith("psnr_") and k != "psnr_train"), None)
-    frames, target = [], None
+    geometry = name == PREVIEW_NAME
+    wanted = (lambda k: k in ("val_chamfer_l1", "val_fit_chamfer_l1")) if geometry else \
+        (lambda k: k.startswith("psnr_") and k != "psnr_train")
+    key = next((k for r in f.log for k in r if wanted(k)), None)
+    frames, target, distance = [], None, None
     for step, png in picked:
         try:
-            pred, target, _ = split_side_by_side(iio.imread(png))
+            pred, target, distance = split_side_by_side(iio.imread(png))
         except Exception as exc:  # a damaged or hand-edited preview (they are written atomically)
             return H.missing(f"{png.relative_to(f.path)} cannot be read ({type(exc).__name__})")
-        db = (logged.get(step) or {}).get(key) if key else None
-        frames.append((step, pred, db if isinstance(db, (int, float)) else None))
+        value = (logged.get(step) or {}).get(key) if key else None
+        figure = (f"Chamfer {value:.2f}" if geometry else f"{value:.2f} dB") if isinstance(value, (int, float)) \
+            else ("no surface" if geometry else None)
+        frames.append((step, pred, figure))
     total = len(shots)
-    caption = (f"view {name}, rendered every train.val_every steps while training ({total} preview"
-               f"{'s' if total != 1 else ''} in renders/progress/, {len(frames)} shown)"
+    counts = f"{total} preview{'s' if total != 1 else ''} in renders/progress/, {len(frames)} shown"
+    if geometry:
+        caption = (f"the field's mesh at train.val_resolution, every train.val_every steps while training ({counts}), "
+                   f"beside the reference it is measured against"
+                   + (f"; the figure is {key} in metrics.jsonl (Chamfer-L1 x10^3 of that coarse mesh; nls eval "
+                      f"gives the figure to report)" if key else "")
+                   + f"; last, the mesh at step {frames[-1][0]} coloured by its distance to the reference, from "
+                     f"0 (dark blue) to {DISTANCE_SPAN:.0%} of the reference's size or more (yellow)")
+        return H.img(progress_png(frames, target, target_title="reference",
+                                  extra=[(f"distance, step {frames[-1][0]}", distance)]), "mesh previews",
+                     caption=caption)
+    caption = (f"view {name}, rendered every train.val_every steps while training ({counts})"
                + (f"; the PSNR is {key} in metrics.jsonl, at preview size (nls eval gives the full-size figure)"
                   if key else ""))
     return H.img(progress_png(frames, target), "validation previews", caption=caption)

@@ -149,13 +149,13 @@ def _float(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
 
 
-def progress_png(frames: Sequence[tuple[int, np.ndarray, Optional[float]]], target: np.ndarray,
-                 what: str = "") -> bytes:
-    """One row: the prediction at each of ``frames`` ([(step, (h,w,3) image, PSNR in dB or None)], in step
-    order), then the ground truth ``target`` (h,w,3), each titled."""
-    panels = [(f"step {step}" + (f"\n{db:.2f} dB" if db is not None else ""), img, None)
-              for step, img, db in frames]
-    return panels_png([*panels, ("ground truth", target, None)], what)
+def progress_png(frames: Sequence[tuple[int, np.ndarray, Optional[str]]], target: np.ndarray,
+                 what: str = "", target_title: str = "ground truth",
+                 extra: Sequence[tuple[str, np.ndarray]] = ()) -> bytes:
+    """One row: the prediction at each of ``frames`` ([(step, (h,w,3) image, the logged figure as text or
+    None)], in step order), then ``target`` (h,w,3), then the ``extra`` [(title, image)], each titled."""
+    panels = [(f"step {step}" + (f"\n{figure}" if figure else ""), img, None) for step, img, figure in frames]
+    return panels_png([*panels, (target_title, target, None), *((t, img, None) for t, img in extra)], what)
 
 
 # -- field slices ---------------------------------------------------------------------------
