@@ -131,19 +131,65 @@ def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tup
     return cams, names
 
 
-def interpolate_cameras(keys: Cameras, n: int, loop: bool = False) -> Cameras:
+#: how an interpolated path spends its frames: evenly along the way, or as many between any two keyframes
+PACES = ("distance", "keyframes")
+#: samples per frame of the dense walk along the path that spaces the frames of the ``distance`` pace
+ARC_SAMPLES = 64
+
+
+def turn_scale(c2w: np.ndarray) -> float:
+    """The length one radian of turning counts as along a path through ``c2w`` (K, 4, 4): the cameras' mean
+    distance from their centroid (1 when they share one centre), so an orbit turns and moves at one rate."""
+    return float(np.linalg.norm(c2w[:, :3, 3] - c2w[:, :3, 3].mean(0), axis=1).mean()) or 1.0
+
+
+def path_steps(centres: np.ndarray, turns, scale: float) -> np.ndarray:
+    """(M - 1,) length of each step along cameras with ``centres`` (M, 3) and orientations ``turns`` (a scipy
+    Rotation of M): the distance between the centres plus ``scale`` times the angle between the orientations."""
+    return np.linalg.norm(np.diff(centres, axis=0), axis=1) + scale * (turns[1:] * turns[:-1].inv()).magnitude()
+
+
+def keyframe_knots(c2w: np.ndarray, loop: bool, pace: str) -> np.ndarray:
+    """The path parameter at each keyframe of ``c2w`` (K, 4, 4), and at the first again when ``loop``: (K,) or
+    (K + 1,), from 0. ``keyframes``: 0, 1, 2, ... ``distance``: the running sum of :func:`path_steps` between
+    consecutive keyframes (chord-length knots), so a camera that only turns still moves along the path. DataError
+    when two consecutive keyframes are the same camera, which that pace cannot spend frames between."""
+    from scipy.spatial.transform import Rotation
+
+    k = len(c2w)
+    if pace not in PACES:
+        raise DataError(f"pace must be one of {', '.join(PACES)}; got {pace!r}")
+    if pace == "keyframes":
+        return np.arange(k + 1 if loop else k, dtype=np.float64)
+    order = np.arange(k + 1) % k if loop else np.arange(k)
+    scale = turn_scale(c2w)
+    step = path_steps(c2w[order, :3, 3], Rotation.from_matrix(c2w[order, :3, :3]), scale)
+    still = step <= 1e-9 * max(scale, float(step.max()))
+    if still.any():
+        j = int(np.argmax(still))
+        raise DataError(f"keyframes {j} and {(j + 1) % k} are the same camera, so the path does not move between "
+                        f"them; drop one of them, or give --pace keyframes to hold the camera still there")
+    return np.concatenate([[0.0], np.cumsum(step)])
+
+
+def interpolate_cameras(keys: Cameras, n: int, loop: bool = False, pace: str = "distance") -> Cameras:
     """``n`` cameras along a smooth path through the keyframes ``keys`` (two or more, in order), from the first
     to the last: the camera centres on a cubic spline (scipy's ``CubicSpline``, natural ends), the orientations on
     a rotation spline (scipy's ``RotationSpline``: the angular velocity and acceleration are continuous), the
-    intrinsics linearly; all parametrised by the keyframe index, so the path passes through each keyframe and
-    spends as many frames between any two of them. When ``n - 1`` is a multiple of ``len(keys) - 1``, frame
-    ``j * (n - 1) / (len(keys) - 1)`` is keyframe ``j``.
+    intrinsics linearly.
+
+    ``pace`` ``distance`` (the default): the splines are parametrised by the distance between the keyframes
+    (:func:`keyframe_knots`), and the frames are placed at equal steps of distance travelled plus angle turned
+    along the fitted path (:func:`path_steps`, measured on a walk of :data:`ARC_SAMPLES` points per frame), so
+    the camera moves at one speed however unevenly the keyframes lie. ``keyframes``: everything is
+    parametrised by the keyframe index, so the path spends as many frames between any two keyframes; when
+    ``n - 1`` is a multiple of ``len(keys) - 1``, frame ``j * (n - 1) / (len(keys) - 1)`` is keyframe ``j``.
 
     ``loop``: the path goes on from the last keyframe back to the first and closes there, as smoothly as
     anywhere else (the centres on a periodic spline; the rotation spline fitted through the keyframes wrapped
     round by three on each side), and the ``n`` frames stop one step short of the first again, so a video of
-    them repeats without a seam. When ``n`` is a multiple of ``len(keys)``, frame ``j * n / len(keys)`` is
-    keyframe ``j``."""
+    them repeats without a seam. With the ``keyframes`` pace, when ``n`` is a multiple of ``len(keys)``, frame
+    ``j * n / len(keys)`` is keyframe ``j``."""
     import torch
     from scipy.interpolate import CubicSpline
     from scipy.spatial.transform import Rotation, RotationSpline
@@ -153,20 +199,27 @@ def interpolate_cameras(keys: Cameras, n: int, loop: bool = False) -> Cameras:
         raise DataError(f"a path is interpolated through two or more keyframes; the file holds {k} camera")
     c2w = keys.c2w.detach().cpu().double().numpy()
     intr = np.stack([v.detach().cpu().double().numpy() for v in (keys.fx, keys.fy, keys.cx, keys.cy)], 1)
+    t = keyframe_knots(c2w, loop, pace)
     if loop:
-        s = np.arange(n) * (k / n)
-        t = np.arange(k + 1, dtype=np.float64)
-        centres = CubicSpline(t, np.concatenate([c2w[:, :3, 3], c2w[:1, :3, 3]]), bc_type="periodic")(s)
+        period = t[-1]
+        centre_at = CubicSpline(t, np.concatenate([c2w[:, :3, 3], c2w[:1, :3, 3]]), bc_type="periodic")
         wrap = np.arange(-3, k + 3)
-        turns = RotationSpline(wrap.astype(np.float64), Rotation.from_matrix(c2w[wrap % k, :3, :3]))(s).as_matrix()
-        lens = np.stack([np.interp(s, t, np.append(v, v[0])) for v in intr.T], 1)
+        turn_at = RotationSpline(t[wrap % k] + np.floor_divide(wrap, k) * period,
+                                 Rotation.from_matrix(c2w[wrap % k, :3, :3]))
+        intr = np.concatenate([intr, intr[:1]])
+        fractions = np.arange(n) / n  # of the way round: stops one step short of the start
     else:
-        s, t = np.linspace(0.0, k - 1.0, n), np.arange(k, dtype=np.float64)
-        centres = CubicSpline(t, c2w[:, :3, 3], bc_type="natural")(s)
-        turns = RotationSpline(t, Rotation.from_matrix(c2w[:, :3, :3]))(s).as_matrix()
-        lens = np.stack([np.interp(s, t, v) for v in intr.T], 1)
+        centre_at = CubicSpline(t, c2w[:, :3, 3], bc_type="natural")
+        turn_at = RotationSpline(t, Rotation.from_matrix(c2w[:, :3, :3]))
+        fractions = np.linspace(0.0, 1.0, n)
+    if pace == "distance":  # equal steps of distance along the fitted path, not of its parameter
+        walk = np.linspace(0.0, t[-1], ARC_SAMPLES * n + 1)
+        along = np.concatenate([[0.0], np.cumsum(path_steps(centre_at(walk), turn_at(walk), turn_scale(c2w)))])
+        s = np.interp(fractions * along[-1], along, walk)
+    else:
+        s = fractions * t[-1]
     out = np.tile(np.eye(4), (n, 1, 1))
-    out[:, :3, :3], out[:, :3, 3] = turns, centres
-    lens_t = torch.tensor(lens, dtype=torch.float32)
-    return Cameras(torch.tensor(out, dtype=torch.float32), lens_t[:, 0], lens_t[:, 1], lens_t[:, 2], lens_t[:, 3],
+    out[:, :3, :3], out[:, :3, 3] = turn_at(s).as_matrix(), centre_at(s)
+    lens = torch.tensor(np.stack([np.interp(s, t, v) for v in intr.T], 1), dtype=torch.float32)
+    return Cameras(torch.tensor(out, dtype=torch.float32), lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3],
                    keys.width, keys.height)

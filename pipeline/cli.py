@@ -179,6 +179,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="with --cameras: take its cameras as keyframes and render N frames along a smooth path "
                    "through them (centres on a cubic spline, orientations on a rotation spline, intrinsics "
                    "linear), first to last")
+    c.add_argument("--pace", choices=["distance", "keyframes"],
+                   help="with --interpolate: how the frames fall along the path. distance (default): evenly by the "
+                   "distance travelled and the angle turned, however unevenly the keyframes lie; keyframes: as many "
+                   "frames between any two keyframes, so the camera slows where they are close together")
     c.add_argument("--loop", action="store_true",
                    help="with --interpolate: go on from the last keyframe back to the first, closing the path as "
                    "smoothly as anywhere else, so the video repeats without a seam")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.camera_paths import interpolate_cameras, read_camera_path, write_camera_path
+from pipeline.camera_paths import interpolate_cameras, path_steps, read_camera_path, turn_scale, write_camera_path
 from pipeline.types import Cameras, DataError
 from tests.short_runs import short_run
 
@@ -79,7 +79,7 @@ def test_an_interpolated_path_passes_through_its_keyframes_smoothly():
     from scipy.spatial.transform import Rotation
 
     keys = _cams(4)
-    path = interpolate_cameras(keys, 13)
+    path = interpolate_cameras(keys, 13, pace="keyframes")
     assert len(path) == 13 and (path.width, path.height) == (keys.width, keys.height)
     for j in range(4):
         assert torch.allclose(path.c2w[4 * j], keys.c2w[j], atol=1e-5), j
@@ -90,7 +90,7 @@ def test_an_interpolated_path_passes_through_its_keyframes_smoothly():
     steady[:, :3, :3] = Rotation.from_euler("z", [[0.0], [30.0], [60.0]], degrees=True).as_matrix()
     steady[:, :3, 3] = [[0, 0, 0], [1, 0, 0], [2, 0, 0]]
     f = torch.tensor([50.0, 60.0, 70.0])
-    line = interpolate_cameras(Cameras(torch.tensor(steady, dtype=torch.float32), f, f, f, f, 8, 8), 5)
+    line = interpolate_cameras(Cameras(torch.tensor(steady, dtype=torch.float32), f, f, f, f, 8, 8), 5, pace="keyframes")
     assert np.allclose(line.c2w[:, 0, 3].numpy(), [0, 0.5, 1, 1.5, 2], atol=1e-6)
     angles = Rotation.from_matrix(line.c2w[:, :3, :3].double().numpy()).as_euler("xyz", degrees=True)[:, 2]
     assert np.allclose(angles, [0, 15, 30, 45, 60], atol=1e-4) and np.allclose(line.fx.numpy(), [50, 55, 60, 65, 70])
@@ -110,7 +110,7 @@ def test_a_looped_path_closes_without_a_seam():
     c2w[:, :3, :3] = Rotation.from_euler("z", ang[:, None], degrees=True).as_matrix()
     f = torch.full((4,), 50.0)
     keys = Cameras(torch.tensor(c2w, dtype=torch.float32), f, f, f, f, 8, 8)
-    path = interpolate_cameras(keys, 16, loop=True)
+    path = interpolate_cameras(keys, 16, loop=True, pace="keyframes")
     assert torch.allclose(path.c2w[::4], keys.c2w, atol=1e-5)
     p = path.c2w[:, :3, 3].numpy()
     steps = np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1)
@@ -120,13 +120,53 @@ def test_a_looped_path_closes_without_a_seam():
     # keyframes turning unevenly (0, 60, 180, 270°): the turn per frame changes no faster across the seam than
     # anywhere else (a spline fitted without wrapping round jumps there, by 4.3° a frame against at most 2°)
     c2w[:, :3, :3] = Rotation.from_euler("z", [[0.0], [60.0], [180.0], [270.0]], degrees=True).as_matrix()
-    uneven = interpolate_cameras(Cameras(torch.tensor(c2w, dtype=torch.float32), f, f, f, f, 8, 8), 32, loop=True)
+    uneven = interpolate_cameras(Cameras(torch.tensor(c2w, dtype=torch.float32), f, f, f, f, 8, 8), 32, loop=True,
+                                 pace="keyframes")
     a = np.unwrap(Rotation.from_matrix(uneven.c2w[:, :3, :3].double().numpy()).as_euler("xyz")[:, 2])
     steps = np.degrees(np.diff(np.append(a, a[0] + 2 * np.pi)))  # (the last: from frame 31 round to frame 0)
     change = np.abs(np.diff(np.append(steps, steps[0])))
     assert change[-2] <= change[:-2].max() + 1e-6 and change[-1] <= change[:-2].max() + 1e-6, steps
-    open_path = interpolate_cameras(keys, 16)
+    open_path = interpolate_cameras(keys, 16, pace="keyframes")
     assert torch.allclose(open_path.c2w[-1], keys.c2w[-1], atol=1e-5)  # (not looped: it ends at the last keyframe)
+
+
+def test_the_distance_pace_spaces_frames_evenly_however_the_keyframes_lie():
+    """Keyframes at x = 0, 1, 3 on a line (one orientation): the distance pace puts 7 frames 0.5 apart (the natural
+    spline through chord-length knots reproduces the line), where the keyframe pace puts 3 in the first unit and 3
+    in the next two. A camera turning in place at 0, 30, 90 degrees turns 15 degrees a frame; keyframes round a
+    circle at 0, 60, 180, 270 degrees, looped, step evenly (moving plus turning; within 3 %, against a factor
+    of more than 2 by keyframes); two
+    equal keyframes in a row are refused, naming them."""
+    from scipy.spatial.transform import Rotation
+
+    def cams(c2w):
+        f = torch.full((len(c2w),), 50.0)
+        return Cameras(torch.tensor(c2w, dtype=torch.float32), f, f, f, f, 8, 8)
+
+    line = np.tile(np.eye(4), (3, 1, 1))
+    line[:, 0, 3] = [0.0, 1.0, 3.0]
+    assert np.allclose(interpolate_cameras(cams(line), 7).c2w[:, 0, 3].numpy(), np.arange(7) * 0.5, atol=1e-5)
+    by_key = interpolate_cameras(cams(line), 7, pace="keyframes").c2w[:, 0, 3].numpy()
+    assert (by_key[[0, 3, 6]] == [0, 1, 3]).all() and by_key[1] < 0.4
+    spin = np.tile(np.eye(4), (3, 1, 1))
+    spin[:, :3, :3] = Rotation.from_euler("z", [[0.0], [30.0], [90.0]], degrees=True).as_matrix()
+    turned = Rotation.from_matrix(interpolate_cameras(cams(spin), 7).c2w[:, :3, :3].double().numpy())
+    assert np.allclose(turned.as_euler("xyz", degrees=True)[:, 2], np.arange(7) * 15.0, atol=1e-3)
+    ang = np.radians([0.0, 60.0, 180.0, 270.0])
+    ring = np.tile(np.eye(4), (4, 1, 1))
+    ring[:, :3, 3] = np.stack([np.cos(ang), np.sin(ang), np.zeros(4)], 1)
+    ring[:, :3, :3] = Rotation.from_euler("z", ang[:, None]).as_matrix()
+
+    def steps(pace):  # distance moved plus radius x angle turned, from each frame to the next (the last: round to the first)
+        c2w = interpolate_cameras(cams(ring), 24, loop=True, pace=pace).c2w.double().numpy()
+        c2w = np.concatenate([c2w, c2w[:1]])
+        return path_steps(c2w[:, :3, 3], Rotation.from_matrix(c2w[:, :3, :3]), turn_scale(ring))
+
+    assert steps("distance").max() / steps("distance").min() < 1.03
+    assert steps("keyframes").max() / steps("keyframes").min() > 2
+    line[1] = line[0]
+    with pytest.raises(DataError, match="keyframes 0 and 1 are the same camera"):
+        interpolate_cameras(cams(line), 7)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +200,8 @@ def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls
     assert not (again / "test").exists() and len(list((again / "test_path").glob("*.png"))) == len(names)
     res = nls("render", str(run), "--interpolate", "7")
     assert res.returncode != 0 and "give them with --cameras" in res.stderr
+    res = nls("render", str(run), "--cameras", str(out / "turntable_cameras.json"), "--pace", "keyframes")
+    assert res.returncode == 2 and "--pace keyframes spaces the frames of an interpolated path" in res.stderr
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"frames": [{"transform_matrix": np.eye(4).tolist()}]}))
     res = nls("render", str(run), "--cameras", str(bad), "-o", str(tmp_path / "x"))

@@ -111,7 +111,8 @@ def test_a_point_cloud_file_trains_a_surface_scored_against_its_points(tmp_path,
     cloud = tmp_path / "ball scan.ply"
     trimesh.PointCloud(_sphere_points(3000, 0.5)).export(cloud)
     assert main(["reconstruct", str(cloud), "--steps", "40", "-q", "--output", str(tmp_path / "runs"),
-                 "--set", "extractor.resolution=48", "--set", "eval.chamfer_samples=3000"]) == 0
+                 "--set", "extractor.resolution=48", "--set", "eval.chamfer_samples=3000", "--val-every", "20",
+                 "--set", "train.val_resolution=48", "--set", "train.val_samples=3000"]) == 0
     cfg = _config(tmp_path / "runs")
     assert cfg["name"] == "ball_scan" and cfg["method"] == "sample_network" and cfg["scene"]["type"] == "geometry"
     assert [e["type"] for e in cfg["evaluators"]] == ["point_fit"]
@@ -121,6 +122,13 @@ def test_a_point_cloud_file_trains_a_surface_scored_against_its_points(tmp_path,
     # the field starts as a sphere of radius 0.35 (init_radius) in the normalised frame, where the cloud is a
     # sphere of radius 0.5: a residual of 150 at step 0, far less once it has moved out to the points
     assert fit["n_points"] == 3000 and 0 <= fit["fit_residual_l1"] < 30, fit
+    # validation while training (a run without images meshes its field): at the evaluator's resolution and sample
+    # count, the last validation's figure is the evaluator's
+    logged = [json.loads(line) for line in (summary.parent / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_fit_chamfer_l1"] for r in logged if "val_fit_chamfer_l1" in r}
+    assert list(val) == [20, 40] and val[40] == pytest.approx(fit["fit_chamfer_l1"], rel=1e-9), (val, fit)
+    assert sorted(p.name for p in (summary.parent / "renders" / "progress").iterdir()) == [
+        "val_mesh_00000020.png", "val_mesh_00000040.png"]
     assert "ball_scan/sample_network/" in capsys.readouterr().out
 
 

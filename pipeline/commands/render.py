@@ -18,6 +18,9 @@ def cmd_render(args) -> int:
 
     if args.loop and not args.interpolate:
         raise NLSError("--loop closes an interpolated path; give --cameras FILE.json --interpolate N with it")
+    if args.pace and not args.interpolate:
+        raise NLSError(f"--pace {args.pace} spaces the frames of an interpolated path; give --cameras FILE.json "
+                       f"--interpolate N with it")
     if args.interpolate and not args.cameras:
         raise NLSError(f"--interpolate {args.interpolate} makes a path through keyframes; give them with --cameras "
                        f"FILE.json (e.g. a few frames of renders/test_cameras.json)")
@@ -37,7 +40,8 @@ def cmd_render(args) -> int:
         if args.interpolate:
             from pipeline.camera_paths import interpolate_cameras
 
-            path = (interpolate_cameras(path[0], args.interpolate, loop=args.loop),
+            path = (interpolate_cameras(path[0], args.interpolate, loop=args.loop,
+                                        pace=args.pace or "distance"),
                     [f"{k:04d}" for k in range(args.interpolate)])
         stem = Path(args.cameras).stem  # (renders/test/ holds a split: a path file test.json goes to test_path/)
         stem = f"{stem}_path" if stem in ld.scene.splits or stem == "turntable" else stem
