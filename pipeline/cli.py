@@ -162,7 +162,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="also write float32 (H, W) arrays: NAME_depth.npy, the expected distance along the "
                    "unit pixel ray given termination; NAME_depth_median.npy, where half the ray's opacity is "
                    "reached (volume renderers; it stays on the surface where the expected depth of a soft "
-                   "density lies behind it); and NAME_opacity.npy, the accumulated opacity")
+                   "density lies behind it); and NAME_opacity.npy, the accumulated opacity; for the split's views "
+                   "and the --cameras frames")
     c.add_argument("--supersample", type=int_at_least(1, 4), metavar="S",
                    help="S x S rays per pixel, averaged, S in 1..4 (default: the run's eval.supersample)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -182,6 +182,19 @@ def supersample_kwargs(supersample: int) -> dict:
     return {"supersample": int(supersample)} if supersample > 1 else {}
 
 
+#: the render outputs ``--depth`` writes as float32 (H, W) arrays (renderers without a median give none)
+DEPTH_ARRAYS = ("depth", "opacity", "depth_median")
+
+
+def save_depth_arrays(out_dir: Path, name: str, out: dict) -> None:
+    """Write ``out``'s :data:`DEPTH_ARRAYS` (each (H, W, 1)) as ``NAME_<key>.npy``, float32 (H, W)."""
+    from pipeline.runs import atomic_save_npy
+
+    for key in DEPTH_ARRAYS:
+        if key in out:
+            atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
+
+
 def render_split(ctx: EvalContext) -> list:
     """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
     (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
@@ -189,7 +202,7 @@ def render_split(ctx: EvalContext) -> list:
     import torch
 
     from pipeline.progress import StepProgress, image_progress
-    from pipeline.runs import atomic_save_npy, atomic_write_image
+    from pipeline.runs import atomic_write_image
 
     split_name = ctx.split or ctx.cfg.eval.split
     check_can_render(ctx.scene, ctx.system, split_name, "--split" if ctx.split else "eval.split")
@@ -217,9 +230,7 @@ def render_split(ctx: EvalContext) -> list:
             side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)
             atomic_write_image(out_dir / f"{name}_pred_gt_depth.png", side)
             if ctx.save_depth:
-                for key in ("depth", "opacity", "depth_median"):  # renderers without a median give none
-                    if key in out:
-                        atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
+                save_depth_arrays(out_dir, name, out)
             pairs.append((pred, gt))
             bar.advance(k + 1)
     return pairs

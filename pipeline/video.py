@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -79,10 +79,12 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
     return path
 
 
-def render_frames(ld, cams, label: str, progress: bool = True, supersample: int = 1) -> list[np.ndarray]:
+def render_frames(ld, cams, label: str, progress: bool = True, supersample: int = 1,
+                  each: Optional[Callable[[int, dict], None]] = None) -> list[np.ndarray]:
     """Render every camera of ``cams`` (a :class:`pipeline.types.Cameras` on the run's device) with the run's
     renderer, ``supersample`` x ``supersample`` rays a pixel; (H, W, 3) uint8 frames. ``label`` names them in the
-    progress bar."""
+    progress bar; ``each(i, out)``, when given, is called with each frame's render outputs (e.g. to keep its
+    depth)."""
     import torch
 
     from pipeline.evaluate import supersample_kwargs, to_uint8
@@ -96,6 +98,8 @@ def render_frames(ld, cams, label: str, progress: bool = True, supersample: int 
                 out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk,
                                                       **supersample_kwargs(supersample))
             frames.append(to_uint8(out["rgb"]))
+            if each is not None:
+                each(i, out)
             bar.advance(i + 1)
     return frames
 
@@ -116,14 +120,17 @@ def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersamp
 
 
 def render_camera_path(ld, cams, names: list[str], out_dir: Path, *, fps: int = 24, progress: bool = True,
-                       supersample: int = 1) -> tuple[Path, Optional[Path]]:
+                       supersample: int = 1, depth: bool = False) -> tuple[Path, Optional[Path]]:
     """Render the cameras ``cams`` (named ``names``) with the run's renderer into ``out_dir`` (made) as
-    ``NAME.png``, and, for two frames or more, the video ``out_dir`` + ``.mp4`` (or ``.gif``) at ``fps``; returns
+    ``NAME.png`` (with ``depth``, also the ``--depth`` arrays :func:`pipeline.evaluate.save_depth_arrays`
+    writes), and, for two frames or more, the video ``out_dir`` + ``.mp4`` (or ``.gif``) at ``fps``; returns
     (the frames' folder, the video or None)."""
+    from pipeline.evaluate import save_depth_arrays
     from pipeline.runs import atomic_write_image
 
-    frames = render_frames(ld, cams.to(ld.device), out_dir.name, progress, supersample)
     out_dir.mkdir(parents=True, exist_ok=True)
+    keep = (lambda i, out: save_depth_arrays(out_dir, names[i], out)) if depth else None
+    frames = render_frames(ld, cams.to(ld.device), out_dir.name, progress, supersample, each=keep)
     for name, frame in zip(names, frames):
         atomic_write_image(out_dir / f"{name}.png", frame)
     video = write_video(frames, out_dir.parent / out_dir.name, fps=fps) if len(frames) > 1 else None

@@ -176,21 +176,26 @@ def run(tmp_path_factory):
 
 def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls):
     """`nls render` writes the test split's cameras beside its renders; `--cameras` on that file renders the same
-    images, pixel for pixel, and no split; a turntable's cameras are written too."""
+    images and, with --depth, the same depth arrays, pixel for pixel, and no split; a turntable's cameras are
+    written too."""
     import imageio.v3 as iio
 
     out = tmp_path / "renders"
-    res = nls("render", str(run), "-o", str(out), "--spiral", "3", "-q", check=True)
+    res = nls("render", str(run), "-o", str(out), "--spiral", "3", "--depth", "-q", check=True)
     assert "their cameras:" in res.stdout and (out / "turntable_cameras.json").is_file()
     assert len(json.loads((out / "turntable_cameras.json").read_text())["frames"]) == 3
     doc = json.loads((out / "test_cameras.json").read_text())
     names = [f["file_path"] for f in doc["frames"]]
     assert names and all((out / "test" / f"{n}.png").is_file() for n in names)
     again = tmp_path / "again"
-    res = nls("render", str(run), "--cameras", str(out / "test_cameras.json"), "-o", str(again), "-q", check=True)
+    res = nls("render", str(run), "--cameras", str(out / "test_cameras.json"), "-o", str(again), "--depth", check=True)
     assert not (again / "test").exists(), res.stdout  # --cameras alone renders no split
+    assert "with depth/opacity .npy arrays" in res.stdout
     for n in names:
         assert np.array_equal(iio.imread(again / "test_cameras" / f"{n}.png"), iio.imread(out / "test" / f"{n}.png")), n
+        for key in ("depth", "opacity", "depth_median"):
+            assert np.array_equal(np.load(again / "test_cameras" / f"{n}_{key}.npy"),
+                                  np.load(out / "test" / f"{n}_{key}.npy")), (n, key)
     res = nls("render", str(run), "--cameras", str(out / "turntable_cameras.json"), "--interpolate", "7", "-o",
               str(again), "-q", check=True)
     assert sorted(p.name for p in (again / "turntable_cameras").glob("*.png")) == [f"{k:04d}.png" for k in range(7)]

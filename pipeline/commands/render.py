@@ -67,7 +67,8 @@ def cmd_render(args) -> int:
     if path is not None:
         from pipeline.video import render_camera_path
 
-        folder, video = render_camera_path(ld, *path, out_root / stem, fps=args.fps,
-                                           progress=not args.quiet, supersample=ld.cfg.eval.supersample)
-        print(f"wrote {len(path[1])} frames of {args.cameras} to {folder}" + (f" and the video {video}" if video else ""))
+        folder, video = render_camera_path(ld, *path, out_root / stem, fps=args.fps, progress=not args.quiet,
+                                           supersample=ld.cfg.eval.supersample, depth=args.depth)
+        print(f"wrote {len(path[1])} frames of {args.cameras}" + (" with depth/opacity .npy arrays" if args.depth else "")
+              + f" to {folder}" + (f" and the video {video}" if video else ""))
     return 0
