@@ -203,6 +203,14 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
                    "normal (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
                    "trained on images)")
+    c.add_argument("--texture", type=int_at_least(64, 8192), metavar="SIZE",
+                   help="bake the field's colour into a SIZE x SIZE texture instead (a UV atlas made with xatlas; "
+                   "each texel the colour at its point on the surface, seen along the inward normal): .glb "
+                   "embeds it, .obj writes NAME.mtl and NAME.png beside it; runs trained on images; pip install "
+                   "'.[export]'")
+    c.add_argument("--faces", type=int_at_least(4), metavar="N",
+                   help="simplify the mesh to about N faces (quadric error decimation, fast-simplification) before "
+                   "colouring and writing it; pip install '.[export]'")
     c.add_argument("--up", choices=["y", "z"],
                    help="the run's up axis; z turns the mesh so +Y is up, as glTF and most viewers take it. "
                    "Default: for .glb, the run's own up axis (z for NeRF-synthetic scenes such as lego and for "

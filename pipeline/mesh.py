@@ -388,7 +388,8 @@ def weld_for_format(mesh, ext: str):
     v = np.asarray(out.vertices, dtype=np.float64)
     v = v.astype(np.float32).astype(np.float64) if precision == "float32" else np.round(v, precision)
     out.vertices = v
-    out.merge_vertices(merge_tex=True, merge_norm=True)
+    # a textured mesh keeps its seams: vertices at one place with different UVs stay apart
+    out.merge_vertices(merge_tex=getattr(out.visual, "kind", None) != "texture", merge_norm=True)
     f = np.asarray(out.faces)
     kept = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
     if not kept.all():
@@ -405,13 +406,23 @@ def export_mesh(mesh, path, *, weld: bool = True) -> Path:
     (:func:`weld_for_format`; ``mesh`` itself is left as it is), so the file reads back as written;
     ``weld=False`` for a mesh that ``weld_for_format`` already gave.
     The file is encoded in memory and written atomically (temp file,
-    fsync, rename): a killed export leaves the previous file, not an empty one. Raises NLSError for
+    fsync, rename): a killed export leaves the previous file, not an empty one. A textured mesh written as .obj
+    brings its ``NAME.mtl`` and texture ``NAME.png`` (named by its material) beside it. Raises NLSError for
     an unknown extension (listing the valid ones) or a location that cannot be written (naming it).
     """
     from pipeline.runs import atomic_write_bytes
 
     path = _writable_path(path, MESH_FORMATS, "mesh")
-    data = (weld_for_format(mesh, path.suffix) if weld else mesh).export(file_type=path.suffix.lower()[1:])
+    mesh = weld_for_format(mesh, path.suffix) if weld else mesh
+    if path.suffix.lower() == ".obj" and getattr(mesh.visual, "kind", None) == "texture":
+        from trimesh.exchange.obj import export_obj
+
+        text, files = export_obj(mesh, return_texture=True, mtl_name=f"{path.stem}.mtl")
+        for name, content in files.items():  # the .mtl and the texture image, beside the .obj
+            atomic_write_bytes(path.parent / name, content)
+        atomic_write_bytes(path, text.encode("utf-8"))
+        return path
+    data = mesh.export(file_type=path.suffix.lower()[1:])
     atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
 

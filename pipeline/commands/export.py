@@ -1,8 +1,9 @@
 """``nls export``: extract a run's mesh and write it, optionally in the input file's frame, turned +Y up,
-closed at the box or with baked vertex colours."""
+closed at the box, simplified, or with baked vertex colours or a baked texture."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -20,13 +21,15 @@ def cmd_export(args) -> int:
     ext = Path(args.output).suffix.lower()
     if args.colors and ext not in COLOR_FORMATS:
         raise NLSError(f"--colors: {ext} files keep no vertex colours; use one of {', '.join(COLOR_FORMATS)}")
+    _check_texture_and_faces(args, ext)
     if args.frame == "input":
         _refuse_frame_input(Path(args.run_dir), None)  # before the model is built, when scene.json says so
     ld = open_run(args)
     frame = _input_frame(ld) if args.frame == "input" else None
-    if args.colors and not ld.scene.splits:
-        raise NLSError("--colors: this run's scene has no posed images of its own (a geometry, point-cloud or "
-                       "shape-collection scene), so the field has no trained colour to bake; export without --colors")
+    colour = "--colors" if args.colors else "--texture" if args.texture else None
+    if colour and not ld.scene.splits:
+        raise NLSError(f"{colour}: this run's scene has no posed images of its own (a geometry, point-cloud or "
+                       f"shape-collection scene), so the field has no trained colour to bake; export without {colour}")
     closable = _extractor_closes(ld)
     if args.close:
         if closable is None:
@@ -40,8 +43,20 @@ def cmd_export(args) -> int:
     with progress_default(False if args.quiet else None):
         mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     cut = _open_at_box(mesh)  # in the run's frame, where the box is
+    extracted = len(mesh.faces)
+    if args.faces:
+        from pipeline.texture import decimate
+
+        mesh = decimate(mesh, args.faces)
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
+    if args.texture:
+        from pipeline.texture import bake_texture
+
+        if len(mesh.faces) > LARGE_TO_UNWRAP and not args.quiet:
+            print(f"note: cutting {len(mesh.faces)} faces into a UV atlas (xatlas) can take minutes; --faces "
+                  f"{LARGE_TO_UNWRAP} simplifies the mesh first", file=sys.stderr, flush=True)
+        mesh = bake_texture(mesh, ld.system.chain, ld.device, args.texture, name=Path(args.output).stem, ext=ext)
     import numpy as np
 
     if frame is not None:  # run frame -> the input file's: p = (p' - t) / s, a uniform scale and a shift
@@ -55,8 +70,14 @@ def cmd_export(args) -> int:
     quantity, level = written.metadata.get("quantity"), written.metadata.get("level")
     which = f" ({quantity} level {level})" if quantity is not None and level is not None else ""
     watertight = read_back_watertight(out)
+    texture = written.metadata.get("texture")
     print(f"wrote {out}: {len(written.vertices)} vertices, {len(written.faces)} faces"
-          f"{', vertex colours' if args.colors else ''}, watertight={watertight} as read back{which}")
+          + (f" (simplified from {extracted})" if len(written.faces) != extracted and args.faces else "")
+          + (", vertex colours" if args.colors else "")
+          + (f", a {texture['size']} x {texture['size']} texture ({texture['covered']:.0%} of its texels on the "
+             f"surface)" + (f" in {out.with_suffix('.png').name} with {out.with_suffix('.mtl').name}" if ext == ".obj"
+                            else "") if texture else "")
+          + f", watertight={watertight} as read back{which}")
     if frame is not None:
         turned = " and turned back" if frame.get("rotation") is not None else ""  # colmap: p' = s R (p - c)
         print(f"in the coordinates of the input file {frame.get('file')} (the run's frame scaled by "
@@ -70,6 +91,27 @@ def cmd_export(args) -> int:
                "; give a larger --bbox to mesh all of it")
         print(f"note: the mesh is open where the surface leaves {where} (marching cubes stops at its faces){fix}")
     return 0
+
+
+#: faces above which ``--texture`` says that unwrapping will take a while
+LARGE_TO_UNWRAP = 300_000
+
+
+def _check_texture_and_faces(args, ext: str) -> None:
+    """Before the model is built: ``--texture`` goes into .glb or .obj, not with --colors, and it and ``--faces``
+    have their packages (:func:`pipeline.texture.check_tool`)."""
+    from pipeline.texture import check_tool
+
+    if args.texture:
+        if ext not in (".glb", ".obj"):
+            raise NLSError(f"--texture: {ext} files keep no texture; write .glb (the texture embedded) or .obj "
+                           f"(with .mtl and .png beside it)")
+        if args.colors:
+            raise NLSError("--texture and --colors both colour the mesh: give one (a texture keeps more detail on "
+                           "fewer faces; vertex colours need no UV atlas)")
+        check_tool("--texture")
+    if args.faces:
+        check_tool("--faces")
 
 
 def _refuse_frame_input(run_dir: Path, meta: Optional[dict]) -> None:

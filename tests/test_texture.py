@@ -1,0 +1,153 @@
+"""Textured and simplified meshes for ``nls export`` (:mod:`pipeline.texture`): texels rasterised exactly, an
+analytic colour field baked and read back from .glb and .obj, seams kept through welding, decimation to a face
+count on a sphere, and the CLI's options and refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from pipeline.mesh import export_mesh, weld_for_format
+from pipeline.system import FieldChain
+from pipeline.types import NLSError
+from tests.short_runs import short_run
+
+pytest.importorskip("xatlas", reason="xatlas (the export extra) is not installed")
+pytest.importorskip("fast_simplification", reason="fast-simplification (the export extra) is not installed")
+
+from pipeline.texture import bake_texture, decimate, rasterize  # noqa: E402
+
+R = 0.3
+
+
+class PositionColour(torch.nn.Module):
+    """A sphere of radius R whose colour is its position shifted into [0, 1]: rgb = x + 0.5."""
+
+    def forward(self, x, d=None):
+        out = {"sdf": x.norm(dim=-1) - R}
+        if d is not None:
+            out["rgb"] = (x + 0.5).clamp(0, 1)
+        return out
+
+
+def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of ``image`` (H, W, C) at ``uv`` (N, 2), origin at the bottom left, texel centres at
+    (c + 0.5) / W, 1 - (r + 0.5) / H."""
+    h, w = image.shape[:2]
+    x, y = uv[:, 0] * w - 0.5, (1 - uv[:, 1]) * h - 0.5
+    x0, y0 = np.clip(np.floor(x).astype(int), 0, w - 2), np.clip(np.floor(y).astype(int), 0, h - 2)
+    fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
+    return ((1 - fx) * (1 - fy) * image[y0, x0] + fx * (1 - fy) * image[y0, x0 + 1]
+            + (1 - fx) * fy * image[y0 + 1, x0] + fx * fy * image[y0 + 1, x0 + 1])
+
+
+def test_rasterize_covers_each_texel_centre_inside_a_face_once():
+    """Two triangles splitting the square [0.1, 0.9]^2 of UV space: every texel whose centre lies in the square is
+    covered exactly once (texel centres on the diagonal go to one face), none outside it, and the barycentric
+    coordinates give back each texel's centre."""
+    uvs = np.array([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    size = 40
+    texel, owner, bary = rasterize(uvs, faces, size)
+    rows, cols = np.divmod(texel, size)
+    centre_u, centre_v = (cols + 0.5) / size, 1 - (rows + 0.5) / size
+    inside = [(r, c) for r in range(size) for c in range(size)
+              if 0.1 <= (c + 0.5) / size <= 0.9 and 0.1 <= 1 - (r + 0.5) / size <= 0.9]
+    assert len(np.unique(texel)) == len(texel) == len(inside) == 32 * 32
+    back = np.einsum("tk,tkc->tc", bary, uvs[faces[owner]])
+    assert np.allclose(back, np.stack([centre_u, centre_v], 1), atol=1e-9)
+
+
+@pytest.mark.parametrize("ext", [".glb", ".obj"])
+def test_a_baked_texture_reads_back_the_field_colour(tmp_path, ext):
+    """The colour field x + 0.5 baked into a 256 texture on a sphere's mesh, written and read back: at the vertices
+    and at random points inside the faces (their UVs interpolated) the texture gives the colour at that point
+    to within 0.5/255 on average and 4/255 at most (measured: 0.2 and 1.9 at the vertices; from 8-bit rounding,
+    the bilinear lookup, and texels filled from the nearest covered one at chart borders); no texel is left
+    black."""
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=R)
+    baked = bake_texture(mesh, FieldChain(PositionColour()), "cpu", 256, name="ball", ext=ext)
+    assert 0.4 < baked.metadata["texture"]["covered"] < 1
+    path = export_mesh(baked, tmp_path / f"ball{ext}")
+    if ext == ".obj":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ball.mtl", "ball.obj", "ball.png"]
+        assert "Kd 1.00000000 1.00000000 1.00000000" in (tmp_path / "ball.mtl").read_text()
+    back = trimesh.load(path, force="mesh")
+    assert isinstance(back.visual, trimesh.visual.TextureVisuals) and len(back.faces) == len(mesh.faces)
+    mat = back.visual.material
+    image = np.asarray(mat.baseColorTexture if hasattr(mat, "baseColorTexture") else mat.image, np.float64)[..., :3]
+    assert image.shape == (256, 256, 3) and image.min() > 0.15 * 255
+    got = _sample(image / 255, back.visual.uv)
+    err = np.abs(got - (np.asarray(back.vertices) + 0.5))
+    assert err.mean() < 0.5 / 255 and err.max() < 4 / 255, (err.mean() * 255, err.max() * 255)
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, len(back.faces), 2000)
+    w = rng.dirichlet(np.ones(3), 2000)
+    points = np.einsum("nk,nkc->nc", w, np.asarray(back.vertices)[back.faces[faces]])
+    uv = np.einsum("nk,nkc->nc", w, back.visual.uv[back.faces[faces]])
+    err = np.abs(_sample(image / 255, uv) - (points + 0.5))
+    assert err.mean() < 0.5 / 255 and err.max() < 4 / 255, (err.mean() * 255, err.max() * 255)
+
+
+def test_welding_keeps_a_textured_meshs_seams():
+    """Vertices at one place with different UVs (the seams of the atlas) stay apart when a mesh is welded for its
+    format; without a texture they merge, as before."""
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=R)
+    baked = bake_texture(mesh, FieldChain(PositionColour()), "cpu", 64)
+    assert len(baked.vertices) > len(mesh.vertices)  # cut along the seams
+    assert len(weld_for_format(baked, ".glb").vertices) == len(baked.vertices)
+    plain = trimesh.Trimesh(baked.vertices, baked.faces, process=False)
+    assert len(weld_for_format(plain, ".glb").vertices) == len(mesh.vertices)
+
+
+def test_decimation_reaches_the_face_count_and_stays_on_the_surface():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=R)  # 20480 faces
+    small = decimate(sphere, 2000)
+    assert 1900 <= len(small.faces) <= 2000 and small.is_watertight
+    assert np.abs(np.linalg.norm(small.vertices, axis=1) - R).max() < 0.01 * R
+    assert decimate(sphere, 50000) is sphere  # already fewer faces
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return short_run(tmp_path_factory, "dense_grid")
+
+
+def test_export_simplifies_and_textures_a_trained_run(run, tmp_path, nls):
+    """`nls export --faces 3000 --texture 128` on a trained run writes a .glb of about 3000 faces with a 128 x 128
+    texture, whose colour at the vertices is the field's (as --colors bakes it, within the texture's sampling)."""
+    out = tmp_path / "small.glb"
+    res = nls("export", str(run), "-o", str(out), "--faces", "3000", "--texture", "128", "--up", "y", check=True)
+    assert "(simplified from" in res.stdout and "a 128 x 128 texture" in res.stdout, res.stdout
+    back = trimesh.load(out, force="mesh")
+    assert 2800 <= len(back.faces) <= 3000
+    image = np.asarray(back.visual.material.baseColorTexture, np.float64)[..., :3] / 255
+    assert image.shape == (128, 128, 3)
+    coloured = tmp_path / "coloured.ply"
+    nls("export", str(run), "-o", str(coloured), "--faces", "3000", "--colors", check=True)
+    ref = trimesh.load(coloured, force="mesh")
+    from pipeline.metrics import nearest_distances
+
+    d, i = nearest_distances(back.vertices, ref.vertices)
+    assert np.median(d) < 1e-6  # the same simplified mesh, cut into charts
+    err = np.abs(_sample(image, back.visual.uv) - np.asarray(ref.visual.vertex_colors, np.float64)[i, :3] / 255)
+    print(f"texture against vertex colours: median {np.median(err) * 255:.2f}/255")
+    assert np.median(err) < 0.015, np.median(err)
+
+
+def test_export_refuses_what_cannot_hold_a_texture(run, tmp_path, nls, monkeypatch):
+    res = nls("export", str(run), "-o", str(tmp_path / "m.ply"), "--texture", "256")
+    assert res.returncode == 2 and "--texture: .ply files keep no texture" in res.stderr
+    res = nls("export", str(run), "-o", str(tmp_path / "m.glb"), "--texture", "256", "--colors")
+    assert res.returncode == 2 and "--texture and --colors both colour the mesh" in res.stderr
+    assert not list(tmp_path.iterdir())
+    from pipeline.texture import check_tool
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xatlas" else real(name, *a))
+    with pytest.raises(NLSError, match=r"--texture needs the xatlas package.*pip install '.\[export\]'"):
+        check_tool("--texture")
