@@ -474,11 +474,15 @@ def bake_vertex_colors(mesh, chain, device, chunk: int = 65536, linear: bool = F
 
 def read_back_watertight(path: Path) -> bool:
     """Whether the mesh file at ``path`` is watertight as trimesh reads it back (coincident
-    vertices merged). This can differ from the in-memory mesh that was written, so it is what
+    vertices merged; for a textured mesh also those its UV seams keep apart, so the surface is judged,
+    not its charts). This can differ from the in-memory mesh that was written, so it is what
     ``nls export`` reports."""
     import trimesh
 
-    return bool(trimesh.load(str(path), force="mesh").is_watertight)
+    mesh = trimesh.load(str(path), force="mesh")
+    if getattr(mesh.visual, "kind", None) == "texture":
+        mesh = trimesh.Trimesh(mesh.vertices, mesh.faces)  # plain: merged by position alone
+    return bool(mesh.is_watertight)
 
 
 def export_point_cloud(points, path, normals=None) -> Path:

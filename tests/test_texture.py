@@ -11,7 +11,7 @@ import pytest
 import torch
 import trimesh
 
-from pipeline.mesh import export_mesh, weld_for_format
+from pipeline.mesh import export_mesh, read_back_watertight, weld_for_format
 from pipeline.system import FieldChain
 from pipeline.types import NLSError
 from tests.short_runs import short_run
@@ -78,6 +78,7 @@ def test_a_baked_texture_reads_back_the_field_colour(tmp_path, ext):
         assert "Kd 1.00000000 1.00000000 1.00000000" in (tmp_path / "ball.mtl").read_text()
     back = trimesh.load(path, force="mesh")
     assert isinstance(back.visual, trimesh.visual.TextureVisuals) and len(back.faces) == len(mesh.faces)
+    assert not back.is_watertight and read_back_watertight(path)  # cut at the seams; the surface is closed
     mat = back.visual.material
     image = np.asarray(mat.baseColorTexture if hasattr(mat, "baseColorTexture") else mat.image, np.float64)[..., :3]
     assert image.shape == (256, 256, 3) and image.min() > 0.15 * 255
@@ -151,3 +152,32 @@ def test_export_refuses_what_cannot_hold_a_texture(run, tmp_path, nls, monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xatlas" else real(name, *a))
     with pytest.raises(NLSError, match=r"--texture needs the xatlas package.*pip install '.\[export\]'"):
         check_tool("--texture")
+
+
+def test_the_export_benchmarks_fidelity_measure_is_exact_where_the_colour_is(tmp_path):
+    """`bench.py export` scores a file's colour against the field's at random surface points. The colour x + 0.5
+    is linear in position, so vertex colours interpolated across the faces reproduce it up to 8-bit rounding,
+    as the texture does: both score above 45 dB (8-bit rounding alone gives ~59 dB); a texture darkened by 10 %
+    scores what that error gives analytically, 25.5 dB."""
+    import importlib.util as iu
+    from pathlib import Path
+
+    from pipeline.mesh import bake_vertex_colors
+
+    spec = iu.spec_from_file_location("bench_export", Path(__file__).parents[1] / "scripts/benchmarks/export.py")
+    bench = iu.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    chain = FieldChain(PositionColour())
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=R)
+    coloured = mesh.copy()
+    bake_vertex_colors(coloured, chain, "cpu", linear=True)
+    textured = bake_texture(mesh, chain, "cpu", 256, name="t")
+    scores = {name: bench._fidelity(export_mesh(m, tmp_path / f"{name}.glb"), chain, "cpu", 20000)
+              for name, m in (("vertex", coloured), ("texture", textured))}
+    assert min(scores.values()) > 45, scores
+    picture = textured.visual.material.baseColorTexture
+    textured.visual.material.baseColorTexture = picture.point(lambda v: round(v * 0.9))
+    # the error is 0.1 (x + 0.5), whose mean square on the sphere is 0.01 (0.25 + R^2 / 3)
+    expected = -10 * np.log10(0.01 * (0.25 + R ** 2 / 3))
+    dark = bench._fidelity(export_mesh(textured, tmp_path / "dark.glb"), chain, "cpu", 20000)
+    assert dark == pytest.approx(expected, abs=0.15), (dark, expected)
