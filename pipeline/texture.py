@@ -162,3 +162,31 @@ def bake_texture(mesh: "trimesh.Trimesh", chain, device, size: int, *, chunk: in
     out.metadata.update(mesh.metadata)
     out.metadata["texture"] = {"size": size, "covered": float(covered.mean()), "charts_faces": int(len(faces))}
     return out
+
+
+def surface_colour(mesh: "trimesh.Trimesh", faces: np.ndarray, bary: np.ndarray, *,
+                   linear_vertex_colours: bool = False) -> np.ndarray:
+    """(P, 3) the colour ``mesh`` shows at the points with barycentric coordinates ``bary`` (P, 3) in ``faces``
+    (P,), sRGB in [0, 1]: its texture looked up bilinearly at the interpolated UV (texel centres at
+    ((c + 0.5) / W, 1 - (r + 0.5) / H)), else its vertex colours interpolated (``linear_vertex_colours``: they
+    are linear, as glTF stores them, and are converted to sRGB after the interpolation), else NLSError."""
+    from pipeline.mesh import linear_to_srgb
+
+    corners = np.asarray(mesh.faces)[faces]
+    kind = getattr(mesh.visual, "kind", None)
+    if kind == "texture":
+        mat = mesh.visual.material
+        picture = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+        image = np.asarray(picture.convert("RGB"), np.float64) / 255
+        uv = np.einsum("pk,pkc->pc", bary, np.asarray(mesh.visual.uv)[corners])
+        h, w = image.shape[:2]
+        x, y = uv[:, 0] * w - 0.5, (1 - uv[:, 1]) * h - 0.5
+        x0, y0 = np.clip(np.floor(x).astype(int), 0, w - 2), np.clip(np.floor(y).astype(int), 0, h - 2)
+        fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
+        return ((1 - fx) * (1 - fy) * image[y0, x0] + fx * (1 - fy) * image[y0, x0 + 1]
+                + (1 - fx) * fy * image[y0 + 1, x0] + fx * fy * image[y0 + 1, x0 + 1])
+    if kind == "vertex":
+        colours = np.asarray(mesh.visual.vertex_colors, np.float64)[:, :3] / 255
+        mixed = np.einsum("pk,pkc->pc", bary, colours[corners])
+        return np.clip(linear_to_srgb(mixed), 0, 1) if linear_vertex_colours else mixed
+    raise NLSError("the mesh has neither a texture nor vertex colours")

@@ -161,6 +161,31 @@ PSNR_METRICS = {
 }
 
 
+class MeshPSNRConfig(ComponentConfig):
+    """How the exported mesh looks: the run's mesh coloured as `nls export --texture` (or `--colors`) colours it,
+    drawn unlit from the eval split's cameras (one ray per pixel centre) and scored against its images. Beside the
+    field's own PSNR it says how much of the look an exported asset keeps."""
+
+    colors: Literal["texture", "vertex"] = Field("texture", description="texture: a baked texture of texture_size "
+                                                 "(needs the export extra: xatlas); vertex: vertex colours")
+    texture_size: int = Field(1024, ge=64, le=8192, description="side of the baked texture in texels")
+    faces: Optional[int] = Field(None, ge=4, description="simplify the mesh to about this many faces first, as "
+                                 "`nls export --faces` does (needs the export extra); default: as extracted")
+    ssim: bool = Field(True, description="also compute SSIM")
+    save_images: int = Field(3, ge=0, description="the first this many views are written to renders/mesh_<split>/ "
+                                                  "as mesh render | ground truth")
+
+
+#: what the ``mesh_psnr`` evaluator reports
+MESH_PSNR_METRICS = {
+    "mesh_psnr": "dB: the coloured mesh drawn unlit from the eval split's cameras against its images, mean over the "
+                 "images",
+    "mesh_ssim": "structural similarity of the same pairs, mean; 0..1",
+    "mesh_faces": "faces of the mesh drawn (after faces: simplification)",
+    "mesh_texture_size": "side of its baked texture in texels (0: vertex colours)",
+}
+
+
 class TrainViewsConfig(ComponentConfig):
     """How well the trained field explains each training view: its PSNR, rendered at a reduced size against the
     area-averaged image. A view far under the others is named: one structure from motion misplaced, or one that

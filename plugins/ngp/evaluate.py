@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugins.ngp.config import ChamferConfig, PointFitConfig, PSNRConfig, TrainViewsConfig
+from plugins.ngp.config import ChamferConfig, MeshPSNRConfig, PointFitConfig, PSNRConfig, TrainViewsConfig
 
 
 class ImageMetrics:
@@ -85,6 +85,66 @@ class PointFitMetrics:
         return res
 
 
+class MeshRenderMetrics:
+    """The run's mesh coloured as ``nls export`` colours it (:func:`pipeline.texture.bake_texture`, or
+    :func:`pipeline.mesh.bake_vertex_colors`; simplified first with ``faces``), drawn unlit from the eval split's
+    cameras (:func:`pipeline.mesh_views.mesh_image`) and scored against its images: ``mesh_psnr`` and
+    ``mesh_ssim``, over the views ``eval.every`` and ``eval.max_images`` choose, as ``psnr`` scores the field."""
+
+    def __init__(self, cfg: MeshPSNRConfig):
+        self.cfg = cfg
+
+    def __call__(self, ctx) -> dict:
+        import numpy as np
+
+        from pipeline.evaluate import eval_indices, missing_split_message, to_uint8
+        from pipeline.mesh import bake_vertex_colors
+        from pipeline.mesh_views import mesh_image
+        from pipeline.metrics import psnr, ssim
+        from pipeline.progress import StepProgress
+        from pipeline.runs import atomic_write_image
+        from pipeline.texture import bake_texture, check_tool, decimate
+        from pipeline.types import NLSError
+
+        split_name = ctx.split or ctx.cfg.eval.split
+        if split_name not in ctx.scene.splits:
+            raise NLSError(missing_split_message(ctx.scene, split_name, "--split" if ctx.split else "eval.split"))
+        cfg = self.cfg
+        if cfg.colors == "texture":
+            check_tool("--texture")
+        if cfg.faces:
+            check_tool("--faces")
+        mesh = ctx.mesh().copy()
+        if cfg.faces:
+            mesh = decimate(mesh, cfg.faces)
+        if cfg.colors == "texture":
+            mesh = bake_texture(mesh, ctx.system.chain, ctx.device, cfg.texture_size, name="mesh_psnr")
+        else:
+            bake_vertex_colors(mesh, ctx.system.chain, ctx.device)
+        split = ctx.scene.splits[split_name]
+        e = ctx.cfg.eval
+        indices = eval_indices(len(split), e.every, e.max_images)
+        out_dir = ctx.renders_root / f"mesh_{split_name}" if ctx.renders_root is not None and cfg.save_images else None
+        scores, similar = [], []
+        with StepProgress(len(indices), 0, f"drawing the mesh from {split_name}", enabled=ctx.progress) as bar:
+            for k, i in enumerate(indices):
+                pred = mesh_image(mesh, split.cameras, i, ctx.scene.background)
+                gt = split.images[i].cpu().numpy().astype(np.float64)
+                scores.append(psnr(pred, gt))
+                if cfg.ssim:
+                    similar.append(ssim(pred, gt))
+                if out_dir is not None and k < cfg.save_images:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    name = split.names[i] if i < len(split.names) else f"{i:03d}"
+                    atomic_write_image(out_dir / f"{name}.png", np.concatenate([to_uint8(pred), to_uint8(gt)], 1))
+                bar.advance(k + 1)
+        out = {"mesh_psnr": float(np.mean(scores)), "mesh_faces": int(len(mesh.faces)),
+               "mesh_texture_size": cfg.texture_size if cfg.colors == "texture" else 0}
+        if cfg.ssim:
+            out["mesh_ssim"] = float(np.mean(similar))
+        return out
+
+
 class TrainViewFit:
     """Each training view's PSNR, rendered at 1/``downscale`` of its size by the run's renderer (a camera with
     its intrinsics scaled alike, whose pixel centres are those of the image's ``downscale`` x ``downscale``
@@ -157,3 +217,8 @@ def build_point_fit(cfg, ctx):
 def build_train_views(cfg, ctx):
     """Build the per-training-view fit evaluator from its ``evaluators:`` entry (``TrainViewsConfig``)."""
     return TrainViewFit(cfg)
+
+
+def build_mesh_psnr(cfg, ctx):
+    """Build the exported-mesh evaluator from its ``evaluators:`` entry (``MeshPSNRConfig``)."""
+    return MeshRenderMetrics(cfg)

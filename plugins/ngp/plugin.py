@@ -63,6 +63,8 @@ def nls_register_evaluators(register):
     register("train_views", f"{M}.evaluate:build_train_views", config=C.TrainViewsConfig,
              consumes=[{"render", "images"}], description=C.TrainViewsConfig.__doc__,
              metrics=C.TRAIN_VIEWS_METRICS)
+    register("mesh_psnr", f"{M}.evaluate:build_mesh_psnr", config=C.MeshPSNRConfig,
+             consumes=[{"mesh", "images"}], description=C.MeshPSNRConfig.__doc__, metrics=C.MESH_PSNR_METRICS)
     register("point_fit", f"{M}.evaluate:build_point_fit", config=C.PointFitConfig,
              consumes=[{"mesh", "points"}], description=C.PointFitConfig.__doc__,
              metrics=C.POINT_FIT_METRICS)

@@ -4,8 +4,8 @@ keeps the field's colour, how large its file is and how long it takes.
 The run's mesh is extracted once at its extractor's resolution. Each variant is then made from it as
 ``nls export`` makes it (:func:`pipeline.texture.decimate`, :func:`pipeline.mesh.bake_vertex_colors`,
 :func:`pipeline.texture.bake_texture`) and written as .glb. Its colour fidelity is measured on its own surface:
-at ``--points`` area-uniform random points, the colour the file shows there (vertex colours interpolated across
-the face, or the texture looked up bilinearly at the interpolated UV) against the field's colour at the same point
+at ``--points`` area-uniform random points, the colour the file shows there (:func:`pipeline.texture.surface_colour`:
+vertex colours interpolated across the face, or the texture looked up bilinearly at the interpolated UV) against the field's colour at the same point
 seen along the interpolated inward normal, as the bakers query it; reported as a PSNR in dB over the points.
 
 Usage::
@@ -49,28 +49,11 @@ def _field_colour(chain, device, points: np.ndarray, normals: np.ndarray, chunk:
     return np.concatenate(out)
 
 
-def _shown_colour(mesh, faces: np.ndarray, bary: np.ndarray) -> np.ndarray:
-    """(P, 3) the colour ``mesh`` (as read back from its file) shows at the points ``bary`` of ``faces``, in
-    [0, 1] sRGB: vertex colours (glTF's linear ones converted back) interpolated, or its texture looked up."""
-    from pipeline.mesh import linear_to_srgb
-
-    corners = np.asarray(mesh.faces)[faces]
-    if getattr(mesh.visual, "kind", None) == "texture":
-        image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), np.float64) / 255
-        uv = np.einsum("pk,pkc->pc", bary, np.asarray(mesh.visual.uv)[corners])
-        h, w = image.shape[:2]
-        x, y = uv[:, 0] * w - 0.5, (1 - uv[:, 1]) * h - 0.5
-        x0, y0 = np.clip(np.floor(x).astype(int), 0, w - 2), np.clip(np.floor(y).astype(int), 0, h - 2)
-        fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
-        return ((1 - fx) * (1 - fy) * image[y0, x0] + fx * (1 - fy) * image[y0, x0 + 1]
-                + (1 - fx) * fy * image[y0 + 1, x0] + fx * fy * image[y0 + 1, x0 + 1])
-    linear = np.asarray(mesh.visual.vertex_colors, np.float64)[:, :3] / 255
-    return np.clip(linear_to_srgb(np.einsum("pk,pkc->pc", bary, linear[corners])), 0, 1)
-
-
 def _fidelity(path: Path, chain, device, n: int, seed: int = 0) -> float:
     """PSNR (dB) of the colour the .glb at ``path`` shows against the field's, at ``n`` random surface points."""
     import trimesh
+
+    from pipeline.texture import surface_colour
 
     mesh = trimesh.load(path, force="mesh", process=False)
     rng = np.random.default_rng(seed)
@@ -81,7 +64,8 @@ def _fidelity(path: Path, chain, device, n: int, seed: int = 0) -> float:
     points = np.einsum("pk,pkc->pc", bary, np.asarray(mesh.vertices)[corners])
     normals = np.einsum("pk,pkc->pc", bary, np.asarray(mesh.vertex_normals)[corners])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-    mse = float(np.mean((_shown_colour(mesh, faces, bary) - _field_colour(chain, device, points, normals)) ** 2))
+    shown = surface_colour(mesh, faces, bary, linear_vertex_colours=True)  # (glTF's vertex colours are linear)
+    mse = float(np.mean((shown - _field_colour(chain, device, points, normals)) ** 2))
     return -10 * np.log10(max(mse, 1e-12))
 
 

@@ -1,0 +1,35 @@
+"""What a coloured mesh looks like from a scene's cameras: one ray through each pixel centre, cast against the mesh
+(embree through trimesh), the colour the mesh shows where the ray first meets it
+(:func:`pipeline.texture.surface_colour`: its texture, or its vertex colours), the scene's background where it
+meets nothing. The mesh is drawn unlit: a mesh baked from a radiance field carries the light in its colour, as the
+images did.
+
+Used by the ``mesh_psnr`` evaluator, which scores an exported asset (``nls export --colors / --texture``) against
+the images the field was scored against.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.types import Cameras
+
+
+def mesh_image(mesh, cameras: Cameras, index: int, background: Sequence[float]) -> np.ndarray:
+    """(H, W, 3) sRGB image in [0, 1] of the coloured ``mesh`` seen by camera ``index`` of ``cameras`` (pixel
+    centres, as the renderers cast them), on ``background`` (3,)."""
+    import trimesh
+
+    from pipeline.rays import image_rays
+    from pipeline.scenes.mesh_render import _cast, _intersector
+    from pipeline.texture import surface_colour
+
+    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index))
+    image = np.broadcast_to(np.asarray(background, np.float64), (len(origins), 3)).copy()
+    if len(mesh.faces):
+        ray, tri, loc = _cast(_intersector(mesh)[0], origins, dirs)
+        bary = trimesh.triangles.points_to_barycentric(np.asarray(mesh.triangles)[tri], loc)
+        image[ray] = surface_colour(mesh, tri, np.clip(bary, 0, 1) / np.clip(bary, 0, 1).sum(1, keepdims=True))
+    return image.reshape(cameras.height, cameras.width, 3)
