@@ -241,3 +241,29 @@ def test_mesh_psnr_scores_the_coloured_mesh_against_the_images(tmp_path):
     # its error is 0.1 of the true colour on the sphere's pixels: the PSNR that gives, from the images themselves
     mse = np.mean([np.where((im < 1).any(-1, keepdims=True), 0.1 * im, 0.0) ** 2 for im in images])
     assert dark["mesh_psnr"] == pytest.approx(-10 * np.log10(mse), abs=0.3), (dark, -10 * np.log10(mse), scores)
+
+
+def test_a_run_evaluated_with_mesh_psnr_reports_its_mesh_renders(tmp_path, nls):
+    """Training's evaluation with mesh_psnr: the summary holds the mesh's PSNR beside the field's (the tiny run's
+    short training leaves the mesh far below the field), renders/mesh_test/ its images, and the report shows them
+    as the evaluator's."""
+    import copy
+    import json
+
+    import yaml
+
+    from pipeline.report import build_report
+    from pipeline.testing import TINY_SCENE
+
+    scene = copy.deepcopy(TINY_SCENE)
+    scene["evaluators"] = [{"type": "psnr"}, {"type": "mesh_psnr", "texture_size": 64}]
+    scene["extractor"]["level"] = 1.0  # the density of so short a run stays low
+    scene["train"].update(steps=60, grid_warmup=20)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(scene))
+    nls("reconstruct", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"), "-q", check=True)
+    (summary,) = (tmp_path / "runs").glob("*/*/*/summary.json")
+    m = json.loads(summary.read_text())["metrics"]
+    assert 5 < m["mesh_psnr"] < m["psnr"] and m["mesh_texture_size"] == 64, m
+    assert [p.name for p in (summary.parent / "renders" / "mesh_test").iterdir()] == ["r_0.png"]
+    html = build_report(summary.parent, use_model=False, progress=False).read_text()
+    assert "Images of the mesh_psnr evaluator" in html and "the coloured mesh drawn unlit | ground truth" in html

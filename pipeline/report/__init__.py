@@ -369,11 +369,14 @@ def other_render_sections(f: RunFacts, split: str, shown: list[Path]) -> list[tu
         if sides:
             out.append((f"Renders of the {d.name} split ({_render_author(f, d)})", _comparisons(f, sides)))
             continue
-        who = f" (written by the {d.name} evaluator)" if d.name in evaluators else ""
+        writer = d.name if d.name in evaluators else (
+            "mesh_psnr" if d.name.startswith("mesh_") and "mesh_psnr" in evaluators else None)
+        who = (f" (written by the {writer} evaluator" + (": the coloured mesh drawn unlit | ground truth"
+                                                        if writer == "mesh_psnr" else "") + ")") if writer else ""
         imgs = [H.img(png.read_bytes(), png.name, caption=f"renders/{d.name}/{png.name}{who}")
                 for png in sorted(d.glob("*.png"))[:MAX_RENDER_PAIRS]]
         if imgs:
-            out.append((f"Images of the {d.name} evaluator" if who else f"Images in renders/{d.name}/",
+            out.append((f"Images of the {writer} evaluator" if writer else f"Images in renders/{d.name}/",
                         "\n".join(imgs)))
     return out
 
