@@ -208,6 +208,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "each texel the colour at its point on the surface, seen along the inward normal): .glb "
                    "embeds it, .obj writes NAME.mtl and NAME.png beside it; runs trained on images; pip install "
                    "'.[export]'")
+    c.add_argument("--points", type=int_at_least(1), metavar="N",
+                   help="write a point cloud (.ply) instead of a mesh: N points where the training views' rays "
+                   "reach the surface (their median depth, rendered at a reduced size), with the rendered colour "
+                   "and the field's normal; --bbox crops, --frame and --up apply; runs trained on images")
     c.add_argument("--faces", type=int_at_least(4), metavar="N",
                    help="simplify the mesh to about N faces (quadric error decimation, fast-simplification) before "
                    "colouring and writing it; pip install '.[export]'")

@@ -485,26 +485,32 @@ def read_back_watertight(path: Path) -> bool:
     return bool(mesh.is_watertight)
 
 
-def export_point_cloud(points, path, normals=None) -> Path:
-    """Write ``points`` ``(P, 3)`` (and optional ``normals`` ``(P, 3)``) as a binary .ply."""
-    pts = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points,
-                     dtype=np.float32)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise NLSError(f"export_point_cloud: points must be (P, 3), got {pts.shape}")
-    fields = ["x", "y", "z"]
-    cols = [pts]
+def export_point_cloud(points, path, normals=None, colors=None) -> Path:
+    """Write ``points`` ``(P, 3)`` (with optional ``normals`` ``(P, 3)`` and ``colors`` ``(P, 3)`` in [0, 1],
+    stored as 8-bit red, green, blue) as a binary .ply, atomically."""
+    def array(v, what: str, dtype) -> np.ndarray:
+        a = np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=dtype)
+        if a.ndim != 2 or a.shape[1] != 3 or (what != "points" and len(a) != len(pts)):
+            raise NLSError(f"export_point_cloud: {what} must be (P, 3)"
+                           + (f" like the points {pts.shape}" if what != "points" else "") + f", got {a.shape}")
+        return a
+
+    pts = array(points, "points", np.float32)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    parts = [pts]
     if normals is not None:
-        nrm = np.asarray(normals.detach().cpu() if hasattr(normals, "detach") else normals,
-                         dtype=np.float32)
-        if nrm.shape != pts.shape:
-            raise NLSError(f"export_point_cloud: normals must match points {pts.shape}, got "
-                           f"{nrm.shape}")
-        fields += ["nx", "ny", "nz"]
-        cols.append(nrm)
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
+        parts.append(array(normals, "normals", np.float32))
+    if colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        parts.append(np.round(np.clip(array(colors, "colors", np.float64), 0, 1) * 255))
+    data = np.empty(len(pts), dtype=fields)
+    for k, (name, _) in enumerate(fields):
+        data[name] = parts[k // 3][:, k % 3]
     path = _writable_path(path, (".ply",), "point cloud")
-    data = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype="<f4")
+    kind = {"<f4": "float", "u1": "uchar"}
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
-    header += [f"property float {f}" for f in fields]
+    header += [f"property {kind[t]} {name}" for name, t in fields]
     header += ["end_header"]
     from pipeline.runs import atomic_write_bytes
 

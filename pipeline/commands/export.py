@@ -17,6 +17,8 @@ def cmd_export(args) -> int:
     from pipeline.mesh import (COLOR_FORMATS, bake_vertex_colors, check_mesh_path, export_mesh, progress_default,
                                read_back_watertight, weld_for_format)
 
+    if getattr(args, "points", None):
+        return _export_points(args)
     check_mesh_path(args.output)  # before the model is built and the field is sampled
     ext = Path(args.output).suffix.lower()
     if args.colors and ext not in COLOR_FORMATS:
@@ -91,6 +93,56 @@ def cmd_export(args) -> int:
         fix = ("; --close caps it with the box's faces (a closed mesh)" if closable is not None else
                "; give a larger --bbox to mesh all of it")
         print(f"note: the mesh is open where the surface leaves {where} (marching cubes stops at its faces){fix}")
+    return 0
+
+
+#: the options of a mesh export, which a point cloud (--points) does not take
+MESH_ONLY = {"resolution": "--resolution", "level": "--level", "close": "--close", "colors": "--colors",
+             "texture": "--texture", "faces": "--faces"}
+
+
+def _export_points(args) -> int:
+    """``nls export --points N``: a coloured point cloud with normals from the training views
+    (:func:`pipeline.field_points.field_points`), written as .ply; exit code 0."""
+    import numpy as np
+
+    from pipeline.field_points import field_points
+    from pipeline.mesh import export_point_cloud
+
+    given = [flag for key, flag in MESH_ONLY.items() if getattr(args, key, None)]
+    if given:
+        raise NLSError(f"--points writes a point cloud, which {', '.join(given)} (options of a mesh) do not apply to; "
+                       f"drop {'them' if len(given) > 1 else 'it'}, or export a mesh without --points")
+    if Path(args.output).suffix.lower() != ".ply":
+        raise NLSError(f"--points: a point cloud is written as .ply, not {Path(args.output).suffix or 'a file without an extension'}; "
+                       f"e.g. -o {Path(args.output).with_suffix('.ply').name}")
+    if args.frame == "input":
+        _refuse_frame_input(Path(args.run_dir), None)
+    ld = open_run(args)
+    if ld.system.renderer is None or not ld.scene.splits:
+        raise NLSError("--points: this run renders no images (a geometry, point-cloud or shape-collection scene), so "
+                       "there are no views to take points from; its input points are the scene's own")
+    frame = _input_frame(ld) if args.frame == "input" else None
+    x, rgb, normals, facts = field_points(ld, args.points, bbox=args.bbox, progress=not args.quiet)
+    if len(x) == 0:
+        raise NLSError(f"--points: no pixel of the {facts['views']} training views is opaque"
+                       + (" inside the --bbox" if args.bbox else "") + "; nothing to write")
+    if frame is not None:  # run frame -> the input file's (a similarity: normals turn with its rotation alone)
+        m = np.linalg.inv(np.asarray(frame["to_run"], dtype=np.float64))
+        x = x @ m[:3, :3].T + m[:3, 3]
+        turn = m[:3, :3] / np.cbrt(np.linalg.det(m[:3, :3]))
+        normals = normals @ turn.T
+    up = args.up or "y"
+    if up == "z":  # (x, y, z) -> (x, z, -y), as for meshes
+        q = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=float)
+        x, normals = x @ q.T, normals @ q.T
+    out = export_point_cloud(x, Path(args.output), normals=normals, colors=rgb)
+    w, h = facts["size"]
+    print(f"wrote {out}: {len(x)} points with colours and normals, from {facts['surface_pixels']} surface pixels of "
+          f"the {facts['views']} training views rendered at {w} x {h} (1/{facts['factor']} size)")
+    if len(x) < args.points:
+        print(f"note: fewer points than the {args.points} asked for: the full-size views hold no more surface pixels"
+              + (" inside the --bbox" if args.bbox else ""), file=sys.stderr)
     return 0
 
 
