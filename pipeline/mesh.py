@@ -368,6 +368,11 @@ def check_mesh_path(path) -> Path:
     return _writable_path(path, MESH_FORMATS, "mesh")
 
 
+def check_point_cloud_path(path) -> Path:
+    """The checks :func:`export_point_cloud` makes on ``path``, to run before the points are made."""
+    return _writable_path(path, (".ply",), "point cloud")
+
+
 #: how each format stores vertex coordinates: "float32" (binary), or the decimals trimesh writes (text)
 FORMAT_PRECISION = {".ply": "float32", ".glb": "float32", ".stl": "float32", ".obj": 8, ".off": 10}
 
@@ -507,7 +512,7 @@ def export_point_cloud(points, path, normals=None, colors=None) -> Path:
     data = np.empty(len(pts), dtype=fields)
     for k, (name, _) in enumerate(fields):
         data[name] = parts[k // 3][:, k % 3]
-    path = _writable_path(path, (".ply",), "point cloud")
+    path = check_point_cloud_path(path)
     kind = {"<f4": "float", "u1": "uchar"}
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
     header += [f"property {kind[t]} {name}" for name, t in fields]

@@ -15,7 +15,7 @@ trap 'rm -f "$log"' EXIT
 # the run folder is the one this reconstruct printed (its summary's last "run folder:" line), not the
 # newest folder under outputs/, which --output or an older run could make another one
 # the default scene is also validated while it trains: a test view's PSNR on the progress bar, its image in
-# renders/progress/ (other scenes may have no images to validate on)
+# renders/progress/ (other scenes keep their own settings; a scene without images would validate its mesh)
 val=()
 [ "$SCENE" = scenes/csg_dense.yaml ] && val=(--val-every 300)
 .venv/bin/nls reconstruct "$SCENE" "${val[@]}" "$@" | tee "$log"

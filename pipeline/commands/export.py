@@ -107,15 +107,17 @@ def _export_points(args) -> int:
     import numpy as np
 
     from pipeline.field_points import field_points
-    from pipeline.mesh import export_point_cloud
+    from pipeline.mesh import check_point_cloud_path, export_point_cloud
 
     given = [flag for key, flag in MESH_ONLY.items() if getattr(args, key, None)]
     if given:
         raise NLSError(f"--points writes a point cloud, which {', '.join(given)} (options of a mesh) do not apply to; "
                        f"drop {'them' if len(given) > 1 else 'it'}, or export a mesh without --points")
     if Path(args.output).suffix.lower() != ".ply":
-        raise NLSError(f"--points: a point cloud is written as .ply, not {Path(args.output).suffix or 'a file without an extension'}; "
+        raise NLSError(f"--points: a point cloud is written as .ply, not "
+                       f"{Path(args.output).suffix or 'a file without an extension'}; "
                        f"e.g. -o {Path(args.output).with_suffix('.ply').name}")
+    check_point_cloud_path(args.output)  # a folder, or a place that cannot be written: said before any rendering
     if args.frame == "input":
         _refuse_frame_input(Path(args.run_dir), None)
     ld = open_run(args)
@@ -140,6 +142,8 @@ def _export_points(args) -> int:
     w, h = facts["size"]
     print(f"wrote {out}: {len(x)} points with colours and normals, from {facts['surface_pixels']} surface pixels of "
           f"the {facts['views']} training views rendered at {w} x {h} (1/{facts['factor']} size)")
+    if up == "z":
+        print("turned the run's +Z up to +Y up (x, y, z) -> (x, z, -y) (--up z)")
     if len(x) < args.points:
         print(f"note: fewer points than the {args.points} asked for: the full-size views hold no more surface pixels"
               + (" inside the --bbox" if args.bbox else ""), file=sys.stderr)
