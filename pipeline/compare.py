@@ -325,7 +325,9 @@ def to_markdown(c: Comparison) -> str:
 
 
 def to_html(c: Comparison) -> str:
-    """``c`` as a self-contained HTML page: warnings and table (best cells marked), then each run's folder."""
+    """``c`` as a self-contained HTML page: warnings and table (best cells marked), the metrics' notes, the same
+    views as each run rendered them and the runs' training curves (:mod:`pipeline.compare_figures`), then each
+    run's folder."""
     from pipeline.report import html as H
 
     best = {(i, j + 1) for i, (name, _) in enumerate(c.rows) for j in c.best.get(name, ())}
@@ -333,8 +335,10 @@ def to_html(c: Comparison) -> str:
     warn = "\n".join(H.warning(w) for w in c.warnings)
     paths = H.table(["run", "folder"], [(lab, str(r.path)) for lab, r in zip(c.labels, c.runs)])
     legend = [("Metrics", H.table(["metric", "", "what it is"], c.legend()))] if c.notes else []
+    from pipeline.compare_figures import compare_sections
+
     return H.page("nls compare", f"{len(c.runs)} runs" + ("; best values in bold" if c.best else ""),
-                  [("Table", warn + body), *legend, ("Runs", paths)])
+                  [("Table", warn + body), *legend, *compare_sections(c.runs, c.labels), ("Runs", paths)])
 
 
 def print_rich(c: Comparison) -> None:

@@ -66,6 +66,32 @@ def test_compare_default_rich_and_html(runs, nls, tmp_path):
     assert "<table>" in text and "http://" not in text and "https://" not in text and "<script" not in text
 
 
+def test_compare_html_shows_the_same_views_and_the_curves_of_every_run(runs, tmp_path):
+    """The HTML page holds each shared test view as every run rendered it, titled with the PSNR of that view,
+    which for the tiny scene's one evaluated view is the run's psnr metric (up to the 8-bit images it is read
+    from), and the runs' training curves on shared axes; runs that evaluated different splits share no view."""
+    from pipeline.compare import compare_runs, to_html
+    from pipeline.compare_figures import curve_keys, shared_views, views_png
+    from pipeline.report.collect import read_run
+
+    facts = [read_run(r) for r in runs]
+    split, names, per_run = shared_views(facts)
+    assert split == "test" and names == ["r_0"]
+    _, scores = views_png("r_0", ["a", "b"], [d["r_0"] for d in per_run])
+    for f, score in zip(facts, scores):
+        assert score == pytest.approx(f.metrics["psnr"], abs=0.05), (score, f.metrics["psnr"])
+    assert curve_keys(facts) == ["loss", "psnr_train"]
+    html = to_html(compare_runs(runs))
+    assert "Renders of the same views" in html and 'alt="view r_0"' in html and 'alt="training curves"' in html
+    other = tmp_path / "other"
+    shutil.copytree(runs[1], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["eval"]["split"] = "train"
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert shared_views([facts[0], read_run(other)])[0] is None
+    assert "the runs evaluated different splits, so no view is shared" in to_html(compare_runs([runs[0], other]))
+
+
 def test_compare_warns_when_scene_or_eval_settings_differ(runs, nls, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(runs[1], other)

@@ -102,6 +102,34 @@ def curves_png(log: list[dict]) -> Optional[bytes]:
     return _fig_png(fig)
 
 
+def overlaid_curves_png(series: Sequence[tuple[str, list[dict]]], keys: Sequence[str]) -> Optional[bytes]:
+    """One panel per key of ``keys``, each series' logged values against the step as a line named by its label
+    (``series``: [(label, metrics.jsonl rows)]; the loss on a log scale); None without keys."""
+    if not keys:
+        return None
+    plt = _pyplot()
+    ncol = min(3, len(keys))
+    nrow = math.ceil(len(keys) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.1 * nrow), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        for label, log in series:
+            pts = [(r["step"], r[key]) for r in log if _number(r.get(key)) and _number(r.get("step"))]
+            if pts:
+                s, v = np.array(pts, dtype=np.float64).T
+                ax.plot(s, v, lw=1.2, label=label)
+        if key == "loss" and ax.lines and all(y > 0 for line in ax.lines for y in line.get_ydata()):
+            ax.set_yscale("log")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
 # -- renders next to ground truth --------------------------------------------------------
 
 def split_side_by_side(img: np.ndarray, n_panels: int = 3) -> list[np.ndarray]:
