@@ -73,7 +73,8 @@ class TrainConfig(ConfigModel):
     grid_warmup: int = Field(256, ge=0, description="steps before the occupancy grid starts culling")
     val_every: Optional[int] = Field(None, ge=1, description="steps between validations during training (off by "
                                      "default; not counted as training time): the PSNR of a few held-out views at "
-                                     "preview size, logged to metrics.jsonl as psnr_<split>, and the first view's "
+                                     "preview size, logged to metrics.jsonl as psnr_<split> (the mean; with several "
+                                     "views each view's too, as psnr_<split>/<view>), and each view's "
                                      "prediction | ground truth | depth in renders/progress/; for a run without "
                                      "images, the geometry (see val_geometry)")
     val_geometry: Optional[bool] = Field(None, description="at each validation, also mesh the field at "

@@ -1,5 +1,5 @@
 """Validation during training (``train.val_every``): every N steps, render a few held-out views at a
-preview size, log their PSNR beside the training loss in ``metrics.jsonl`` and write the first view's
+preview size, log their PSNR beside the training loss in ``metrics.jsonl`` and write each view's
 prediction | ground truth | depth to ``renders/progress/``, so a run shows how it is going on views it does
 not train on while it trains. Runs without images validate their mesh instead
 (:mod:`pipeline.geometry_validation`); :func:`build_validators` picks.
@@ -106,8 +106,8 @@ class PreviewView:
 
 
 class Validator:
-    """Renders the validation views of a run at preview size; :meth:`__call__` gives the mean PSNR and
-    writes the first view's preview image. Built once per training session (the views stay on ``device``)."""
+    """Renders the validation views of a run at preview size; :meth:`__call__` gives the mean PSNR (and each
+    view's) and writes each view's preview image; :attr:`preview` is the first's, for TensorBoard. Built once per training session (the views stay on ``device``)."""
 
     def __init__(self, cfg: SceneConfig, scene: SceneData, system, renders_dir: Path, device) -> None:
         t = cfg.train  # checked by check_validation first (the Trainer does it on every rank)
@@ -134,8 +134,9 @@ class Validator:
                 f"{cam.width} x {cam.height}" + (f" (1/{self.factor} size)" if self.factor > 1 else ""))
 
     def __call__(self, step: int) -> dict[str, float]:
-        """Render every view, write ``renders/progress/<name>_<step>.png`` for the first (prediction | ground
-        truth | depth), return ``{key: mean PSNR in dB}``. Leaves the system in eval mode."""
+        """Render every view, write ``renders/progress/<name>_<step>.png`` for each (prediction | ground truth |
+        depth), return ``{key: mean PSNR in dB}``, with several views also ``{key/<name>: that view's}``. Leaves
+        the system in eval mode."""
         import torch
 
         from pipeline.evaluate import depth_to_uint8, to_uint8
@@ -153,10 +154,13 @@ class Validator:
             pred = out["rgb"].clamp(0, 1).double().cpu().numpy()
             mse = float(np.mean((pred - view.target) ** 2))
             psnrs.append(-10 * np.log10(max(mse, 1e-10)))
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            side = np.concatenate([to_uint8(pred), to_uint8(view.target),
+                                   depth_to_uint8(out["depth"], out["opacity"])], 1)
+            atomic_write_image(self.out_dir / f"{view.name}_{step:08d}.png", side)
             if k == 0:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                side = np.concatenate([to_uint8(pred), to_uint8(view.target),
-                                       depth_to_uint8(out["depth"], out["opacity"])], 1)
-                atomic_write_image(self.out_dir / f"{view.name}_{step:08d}.png", side)
                 self.preview = (view.name, side)
-        return {self.key: float(np.mean(psnrs))}
+        record = {self.key: float(np.mean(psnrs))}
+        if len(self.views) > 1:  # each view's too, which the report titles its previews with
+            record.update({f"{self.key}/{view.name}": float(p) for view, p in zip(self.views, psnrs)})
+        return record

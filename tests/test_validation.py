@@ -74,8 +74,15 @@ def test_validation_logs_psnr_and_previews_without_changing_training(tmp_path):
     assert not any("psnr_test" in r for r in plain.run.read_metrics())
     previews = sorted(p.name for p in (val.run.renders_dir / "progress").glob("*.png"))
     (validator,) = val.validators  # the held-out views only: a run with images validates its mesh when asked
-    assert previews == [f"{validator.views[0].name}_{s:08d}.png" for s in (3, 6, 8)]
-    assert len(validator.views) == 2  # tiny has 2 test views: both
+    assert len(validator.views) == 2  # tiny has 2 test views: both, each with its preview and its own PSNR
+    assert previews == sorted(f"{v.name}_{s:08d}.png" for v in validator.views for s in (3, 6, 8))
+    last = val.run.read_metrics()[-1]
+    each = [last[f"psnr_test/{v.name}"] for v in validator.views]
+    assert last["psnr_test"] == pytest.approx(np.mean(each)) and each[0] != each[1]
+    from pipeline.report import build_report
+
+    html = build_report(val.run.path, use_model=False, progress=False).read_text()
+    assert all(f"the PSNR is psnr_test/{v.name} in metrics.jsonl" in html for v in validator.views)
 
 
 def test_full_size_validation_psnr_is_the_evaluation_psnr(tmp_path):

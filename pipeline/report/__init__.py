@@ -278,7 +278,9 @@ def _progress_series(f: RunFacts, name: str, shots: list[tuple[int, Path]], most
     geometry = name == PREVIEW_NAME
     wanted = (lambda k: k in ("val_chamfer_l1", "val_fit_chamfer_l1")) if geometry else \
         (lambda k: k.startswith("psnr_") and k != "psnr_train")
-    key = next((k for r in f.log for k in r if wanted(k)), None)
+    key = next((k for r in f.log for k in r if wanted(k) and "/" not in k), None)
+    if key and not geometry and any(f"{key}/{name}" in r for r in f.log):  # several views: each one's own
+        key = f"{key}/{name}"
     frames, target, distance = [], None, None
     for step, png in picked:
         try:
