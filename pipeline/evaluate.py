@@ -54,6 +54,7 @@ class EvalContext:
     progress: bool = True  # a progress bar (or plain lines) while rendering the split, a line per evaluator
     save_depth: bool = False  # also write NAME_depth.npy, NAME_opacity.npy (and NAME_depth_median.npy), float32 (H, W)
     _renders: Optional[list] = field(default=None, repr=False)
+    _depths: Optional[list] = field(default=None, repr=False)
     _mesh: Any = field(default=None, repr=False)
 
     @property
@@ -82,8 +83,15 @@ class EvalContext:
     def renders(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(pred (H,W,3), gt (H,W,3))] float arrays of the eval split; PNGs written on the way."""
         if self._renders is None:
-            self._renders = render_split(self)
+            self._depths = []
+            self._renders = render_split(self, keep=self._depths)
         return self._renders
+
+    def depths(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """[(view index, {"depth", "opacity"[, "depth_median"]: (H, W) float32})] of the same renders, in the
+        same order (:meth:`renders` runs when it has not)."""
+        self.renders()
+        return self._depths
 
     def mesh(self):
         """The extracted mesh; an extraction error (e.g. empty level set) is raised again, not retried."""
@@ -195,10 +203,11 @@ def save_depth_arrays(out_dir: Path, name: str, out: dict) -> None:
             atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
 
 
-def render_split(ctx: EvalContext) -> list:
+def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
     """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
     (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
-    returns [(pred, gt)] ``(H, W, 3)`` float arrays."""
+    returns [(pred, gt)] ``(H, W, 3)`` float arrays. ``keep``, when given, gets (view index, its
+    :data:`DEPTH_ARRAYS` as (H, W) float32) for each view."""
     import torch
 
     from pipeline.progress import StepProgress, image_progress
@@ -231,6 +240,8 @@ def render_split(ctx: EvalContext) -> list:
             atomic_write_image(out_dir / f"{name}_pred_gt_depth.png", side)
             if ctx.save_depth:
                 save_depth_arrays(out_dir, name, out)
+            if keep is not None:
+                keep.append((i, {key: out[key][..., 0].float().cpu().numpy() for key in DEPTH_ARRAYS if key in out}))
             pairs.append((pred, gt))
             bar.advance(k + 1)
     return pairs

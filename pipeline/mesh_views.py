@@ -5,7 +5,8 @@ meets nothing. The mesh is drawn unlit: a mesh baked from a radiance field carri
 images did.
 
 Used by the ``mesh_psnr`` evaluator, which scores an exported asset (``nls export --colors / --texture``) against
-the images the field was scored against.
+the images the field was scored against, and (:func:`mesh_depth`: the distance to the first hit) by the ``depth``
+evaluator, which scores the field's rendered depth against the ground-truth mesh's.
 """
 
 from __future__ import annotations
@@ -33,3 +34,16 @@ def mesh_image(mesh, cameras: Cameras, index: int, background: Sequence[float]) 
         bary = trimesh.triangles.points_to_barycentric(np.asarray(mesh.triangles)[tri], loc)
         image[ray] = surface_colour(mesh, tri, np.clip(bary, 0, 1) / np.clip(bary, 0, 1).sum(1, keepdims=True))
     return image.reshape(cameras.height, cameras.width, 3)
+
+
+def mesh_depth(mesh, cameras: Cameras, index: int) -> np.ndarray:
+    """(H, W) distance along each unit pixel-centre ray of camera ``index`` of ``cameras`` to its first hit on
+    ``mesh``, as the renderers measure depth; NaN where the ray meets nothing."""
+    from pipeline.rays import image_rays
+    from pipeline.scenes.mesh_render import _cast, _intersector
+
+    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index))
+    depth = np.full(len(origins), np.nan)
+    ray, _, loc = _cast(_intersector(mesh)[0], origins, dirs)
+    depth[ray] = np.einsum("rc,rc->r", loc - origins[ray], dirs[ray])
+    return depth.reshape(cameras.height, cameras.width)

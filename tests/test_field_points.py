@@ -124,3 +124,56 @@ def test_export_points_of_a_trained_run(run, tmp_path, nls):
         res = nls("export", str(run), "--points", "10", *extra)
         assert res.returncode == 2 and message in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cloud.ply"]
+
+
+def test_the_depth_evaluator_scores_the_rendered_depth_against_the_mesh(tmp_path):
+    """The analytic ball rendered from 4 views, against a fine mesh of the sphere at the level where half a ray's
+    opacity is reached: the median depth is within a ray step there (depth_median_l1 below 0.4 of a step, as its
+    points are above), the expected depth lies a little deeper (the mean of the termination law behind that level);
+    against a mesh of radius 0.28 instead, the error grows by at least the 0.021 between the spheres."""
+    import trimesh
+
+    from pipeline.evaluate import render_split
+    from plugins.ngp.config import DepthConfig
+    from plugins.ngp.evaluate import DepthMetrics
+
+    ld = _loaded()
+    level = R + EDGE * np.log(2000 * EDGE / np.log(2))
+    kept: list = []
+    ctx = SimpleNamespace(split=None, cfg=SimpleNamespace(eval=SimpleNamespace(split="train", every=1, max_images=None,
+                                                                               chunk=8192, supersample=1)),
+                          scene=SimpleNamespace(splits=ld.scene.splits, background=(1.0, 1.0, 1.0)),
+                          system=ld.system, device="cpu", progress=False, save_depth=False,
+                          out_dir=tmp_path / "r", depths=lambda: kept)
+    render_split(ctx, keep=kept)
+    assert [i for i, _ in kept] == [0, 1, 2, 3]
+    step = ld.system.renderer.step_size
+    scores = {}
+    for radius in (level, 0.28):
+        path = tmp_path / f"ball_{radius:.4f}.ply"
+        trimesh.creation.icosphere(subdivisions=6, radius=radius).export(path)
+        ctx.scene.gt_mesh = path
+        scores[radius] = DepthMetrics(DepthConfig())(ctx)
+    near = scores[level]
+    assert near["depth_median_l1"] < 0.4 * step and near["depth_l1"] > near["depth_median_l1"], (near, step)
+    assert near["depth_pixels"] > 1500
+    far = scores[0.28]
+    gap = level - 0.28  # along a ray through the centre; longer along the others (measured: 0.034 for 0.021)
+    assert gap - near["depth_median_l1"] < far["depth_median_l1"] < 2 * gap, (far, gap)
+    assert far["depth_median_abs_rel"] > 20 * near["depth_median_abs_rel"]
+
+
+def test_nls_eval_scores_depth_on_a_scene_with_a_ground_truth_mesh(run, tmp_path, nls):
+    """`nls eval --set evaluators=[depth]` on the tiny sphere run: every depth figure is reported with its note, over
+    the pixels the procedural sphere covers in the evaluated view."""
+    import json
+
+    from pipeline.testing import assert_metrics_noted
+
+    out = tmp_path / "depth.json"
+    nls("eval", str(run), "-o", str(out), "-q", "--set", "evaluators=[{type: psnr}, {type: depth}]", check=True)
+    record = json.loads(out.read_text())
+    m = record["metrics"]
+    assert_metrics_noted(record)
+    assert {"depth_l1", "depth_abs_rel", "depth_median_l1", "depth_median_abs_rel"} <= set(m), m
+    assert 100 < m["depth_pixels"] < 32 * 32 and 0 < m["depth_median_abs_rel"] < 0.2, m

@@ -161,6 +161,23 @@ PSNR_METRICS = {
 }
 
 
+class DepthConfig(ComponentConfig):
+    """The rendered depth of the eval split's views against the ground-truth mesh's (the distance along each
+    pixel-centre ray to its first hit), on the pixels the mesh covers: mean absolute and relative error, for the
+    expected depth and, when the renderer gives it, the median depth."""
+
+
+#: what the ``depth`` evaluator reports
+DEPTH_METRICS = {
+    "depth_l1": "run units: mean |rendered expected depth - the ground-truth mesh's| over the pixels the mesh "
+                "covers (a pixel the field leaves empty counts with depth 0)",
+    "depth_abs_rel": "mean |rendered expected depth - ground truth| / ground truth over the same pixels",
+    "depth_median_l1": "run units: depth_l1 of the median depth (where half the ray's opacity is reached)",
+    "depth_median_abs_rel": "depth_abs_rel of the median depth",
+    "depth_pixels": "pixels scored (covered by the ground-truth mesh), over all views",
+}
+
+
 class MeshPSNRConfig(ComponentConfig):
     """How the exported mesh looks: the run's mesh coloured as `nls export --texture` (or `--colors`) colours it,
     drawn unlit from the eval split's cameras (one ray per pixel centre) and scored against its images. Beside the

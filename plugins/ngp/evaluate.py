@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugins.ngp.config import ChamferConfig, MeshPSNRConfig, PointFitConfig, PSNRConfig, TrainViewsConfig
+from plugins.ngp.config import ChamferConfig, DepthConfig, MeshPSNRConfig, PointFitConfig, PSNRConfig, TrainViewsConfig
 
 
 class ImageMetrics:
@@ -83,6 +83,45 @@ class PointFitMetrics:
             d = point_to_surface_distances(points, mesh) * fit["scale"]
             res.update(fit_residual_l1=float(d.mean() * 1e3), fit_residual_p95=float(np.percentile(d, 95) * 1e3))
         return res
+
+
+class DepthMetrics:
+    """The eval split's rendered depth (the same renders the ``psnr`` evaluator scores) against the ground-truth
+    mesh's depth (:func:`pipeline.mesh_views.mesh_depth`) on the pixels the mesh covers: ``depth_l1`` and
+    ``depth_abs_rel`` for the expected depth, ``depth_median_*`` for the median depth when the renderer gives it.
+    With ``eval.supersample`` above 1 the rendered depth is the mean over each pixel's sub-rays and the ground
+    truth is taken at the pixel's centre."""
+
+    def __init__(self, cfg: DepthConfig):
+        self.cfg = cfg
+
+    def __call__(self, ctx) -> dict:
+        import numpy as np
+
+        from pipeline.mesh_views import mesh_depth
+        from pipeline.scenes.mesh_render import load_mesh
+        from pipeline.types import NLSError
+
+        gt_mesh = load_mesh(ctx.scene.gt_mesh)
+        cams = ctx.scene.splits[ctx.split or ctx.cfg.eval.split].cameras
+        errors: dict[str, list] = {}
+        truths = []
+        for i, arrays in ctx.depths():
+            truth = mesh_depth(gt_mesh, cams, i)
+            covered = np.isfinite(truth)
+            truths.append(truth[covered])
+            for key in ("depth", "depth_median"):
+                if key in arrays:
+                    errors.setdefault(key, []).append(np.abs(arrays[key].astype(np.float64)[covered] - truth[covered]))
+        truth = np.concatenate(truths) if truths else np.zeros(0)
+        if truth.size == 0:
+            raise NLSError("the ground-truth mesh covers no pixel of the evaluated views")
+        out = {"depth_pixels": int(truth.size)}
+        for key, parts in errors.items():
+            err = np.concatenate(parts)
+            out[f"{key}_l1"] = float(err.mean())
+            out[f"{key}_abs_rel"] = float((err / truth).mean())
+        return out
 
 
 class MeshRenderMetrics:
@@ -222,3 +261,8 @@ def build_train_views(cfg, ctx):
 def build_mesh_psnr(cfg, ctx):
     """Build the exported-mesh evaluator from its ``evaluators:`` entry (``MeshPSNRConfig``)."""
     return MeshRenderMetrics(cfg)
+
+
+def build_depth_metrics(cfg, ctx):
+    """Build the depth-vs-ground-truth evaluator from its ``evaluators:`` entry (``DepthConfig``)."""
+    return DepthMetrics(cfg)
