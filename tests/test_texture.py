@@ -256,7 +256,7 @@ def test_a_run_evaluated_with_mesh_psnr_reports_its_mesh_renders(tmp_path, nls):
     from pipeline.testing import TINY_SCENE
 
     scene = copy.deepcopy(TINY_SCENE)
-    scene["evaluators"] = [{"type": "psnr"}, {"type": "mesh_psnr", "texture_size": 64}]
+    scene["evaluators"] = [{"type": "psnr"}, {"type": "mesh_psnr", "colors": "texture", "texture_size": 64}]
     scene["extractor"]["level"] = 1.0  # the density of so short a run stays low
     scene["train"].update(steps=60, grid_warmup=20)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(scene))

@@ -179,12 +179,14 @@ DEPTH_METRICS = {
 
 
 class MeshPSNRConfig(ComponentConfig):
-    """How the exported mesh looks: the run's mesh coloured as `nls export --texture` (or `--colors`) colours it,
+    """How the exported mesh looks: the run's mesh coloured as `nls export --colors` (or `--texture`) colours it,
     drawn unlit from the eval split's cameras (one ray per pixel centre) and scored against its images. Beside the
     field's own PSNR it says how much of the look an exported asset keeps."""
 
-    colors: Literal["texture", "vertex"] = Field("texture", description="texture: a baked texture of texture_size "
-                                                 "(needs the export extra: xatlas); vertex: vertex colours")
+    colors: Literal["vertex", "texture"] = Field("vertex", description="vertex: vertex colours, as `nls export "
+                                                 "--colors`; texture: a baked texture of texture_size, as `--texture` "
+                                                 "(needs the export extra; xatlas takes about a minute per 100k faces, "
+                                                 "so give faces too)")
     texture_size: int = Field(1024, ge=64, le=8192, description="side of the baked texture in texels")
     faces: Optional[int] = Field(None, ge=4, description="simplify the mesh to about this many faces first, as "
                                  "`nls export --faces` does (needs the export extra); default: as extracted")
