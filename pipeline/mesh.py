@@ -448,6 +448,24 @@ def linear_to_srgb(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.clip(c, 0, None) ** (1 / 2.4) - 0.055)
 
 
+def field_colour(chain, points: np.ndarray, dirs: np.ndarray, device, chunk: int = 65536,
+                 what: str = "--colors") -> np.ndarray:
+    """(P, 3) float32 colour in [0, 1] of ``chain`` at ``points`` (P, 3) seen along the unit ``dirs`` (P, 3),
+    ``chunk`` points at a time; NLSError when the chain has no colour (naming ``what`` to leave out)."""
+    import torch
+
+    cols = []
+    with torch.no_grad():
+        for i in range(0, len(points), chunk):
+            out = chain(torch.as_tensor(np.asarray(points[i:i + chunk]), dtype=torch.float32, device=device),
+                        torch.as_tensor(np.asarray(dirs[i:i + chunk]), dtype=torch.float32, device=device))
+            if "rgb" not in out:
+                raise NLSError(f"this run's field chain has no colour (it gives {', '.join(sorted(out))}); "
+                               f"export without {what}")
+            cols.append(out["rgb"].float().clamp(0, 1).cpu().numpy())
+    return np.concatenate(cols) if cols else np.zeros((0, 3), np.float32)
+
+
 def bake_vertex_colors(mesh, chain, device, chunk: int = 65536, linear: bool = False) -> np.ndarray:
     """Colour each vertex with the field's radiance there, seen along the inward normal.
 
@@ -458,19 +476,8 @@ def bake_vertex_colors(mesh, chain, device, chunk: int = 65536, linear: bool = F
     to linear values with ``linear=True`` (glTF defines vertex colours as linear). Raises
     NLSError when the chain has no colour.
     """
-    import torch
-
-    x = torch.tensor(np.array(mesh.vertices, dtype=np.float32))  # trimesh's arrays are read-only
-    d = -torch.tensor(np.array(mesh.vertex_normals, dtype=np.float32))
-    cols = []
-    with torch.no_grad():
-        for i in range(0, len(x), chunk):
-            out = chain(x[i:i + chunk].to(device), d[i:i + chunk].to(device))
-            if "rgb" not in out:
-                raise NLSError(f"this run's field chain has no colour (it gives {', '.join(sorted(out))}); "
-                               f"export without --colors")
-            cols.append(out["rgb"].float().clamp(0, 1).cpu())
-    rgb = torch.cat(cols).numpy() if cols else np.zeros((0, 3), np.float32)
+    rgb = field_colour(chain, np.array(mesh.vertices, dtype=np.float32),  # (trimesh's arrays are read-only)
+                       -np.array(mesh.vertex_normals, dtype=np.float32), device, chunk)
     stored = srgb_to_linear(rgb) if linear else rgb
     rgba = np.concatenate([np.round(stored * 255), np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
     mesh.visual.vertex_colors = rgba

@@ -18,32 +18,39 @@ import numpy as np
 from pipeline.types import Cameras
 
 
+def first_hits(mesh, cameras: Cameras, index: int) -> tuple[np.ndarray, ...]:
+    """The pixel-centre rays of camera ``index`` of ``cameras`` (as the renderers cast them) against ``mesh``:
+    (origins (R, 3), unit directions (R, 3), the rays that hit (K,), the faces they hit first (K,), where
+    (K, 3)), R = H x W row-major."""
+    from pipeline.rays import image_rays
+    from pipeline.scenes.mesh_render import _cast, _intersector
+
+    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index))
+    if len(mesh.faces) == 0:
+        return origins, dirs, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
+    ray, tri, loc = _cast(_intersector(mesh)[0], origins, dirs)
+    return origins, dirs, ray, tri, loc
+
+
 def mesh_image(mesh, cameras: Cameras, index: int, background: Sequence[float]) -> np.ndarray:
     """(H, W, 3) sRGB image in [0, 1] of the coloured ``mesh`` seen by camera ``index`` of ``cameras`` (pixel
     centres, as the renderers cast them), on ``background`` (3,)."""
     import trimesh
 
-    from pipeline.rays import image_rays
-    from pipeline.scenes.mesh_render import _cast, _intersector
     from pipeline.texture import surface_colour
 
-    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index))
+    origins, _, ray, tri, loc = first_hits(mesh, cameras, index)
     image = np.broadcast_to(np.asarray(background, np.float64), (len(origins), 3)).copy()
-    if len(mesh.faces):
-        ray, tri, loc = _cast(_intersector(mesh)[0], origins, dirs)
-        bary = trimesh.triangles.points_to_barycentric(np.asarray(mesh.triangles)[tri], loc)
-        image[ray] = surface_colour(mesh, tri, np.clip(bary, 0, 1) / np.clip(bary, 0, 1).sum(1, keepdims=True))
+    if len(ray):
+        bary = np.clip(trimesh.triangles.points_to_barycentric(np.asarray(mesh.triangles)[tri], loc), 0, 1)
+        image[ray] = surface_colour(mesh, tri, bary / bary.sum(1, keepdims=True))
     return image.reshape(cameras.height, cameras.width, 3)
 
 
 def mesh_depth(mesh, cameras: Cameras, index: int) -> np.ndarray:
     """(H, W) distance along each unit pixel-centre ray of camera ``index`` of ``cameras`` to its first hit on
     ``mesh``, as the renderers measure depth; NaN where the ray meets nothing."""
-    from pipeline.rays import image_rays
-    from pipeline.scenes.mesh_render import _cast, _intersector
-
-    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index))
+    origins, dirs, ray, _, loc = first_hits(mesh, cameras, index)
     depth = np.full(len(origins), np.nan)
-    ray, _, loc = _cast(_intersector(mesh)[0], origins, dirs)
     depth[ray] = np.einsum("rc,rc->r", loc - origins[ray], dirs[ray])
     return depth.reshape(cameras.height, cameras.width)

@@ -131,26 +131,21 @@ def bake_texture(mesh: "trimesh.Trimesh", chain, device, size: int, *, chunk: in
     the surface, ``chain(x, d)["rgb"]`` seen along the inward normal ``d`` (the vertex normals interpolated, as
     :func:`pipeline.mesh.bake_vertex_colors` takes them at the vertices), in :func:`material` for a file of
     extension ``ext``, named ``name``. NLSError when the chain has no colour."""
-    import torch
     import trimesh
     from PIL import Image
+
+    from pipeline.mesh import field_colour
 
     vmapping, faces, uvs = unwrap(mesh, size)
     texel, owner, bary = rasterize(uvs, faces, size)
     vertices, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
     rgb = np.zeros((len(texel), 3), np.float32)
-    with torch.no_grad():
-        for i in range(0, len(texel), chunk):  # (points made a chunk at a time: an 8192^2 texture has ~40M)
-            corners, w = vmapping[faces[owner[i:i + chunk]]], bary[i:i + chunk]  # (t, 3) vertices of ``mesh``
-            x = np.einsum("tk,tkc->tc", w, vertices[corners])
-            n = np.einsum("tk,tkc->tc", w, normals[corners])
-            d = -n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-            out = chain(torch.tensor(x, dtype=torch.float32, device=device),
-                        torch.tensor(d, dtype=torch.float32, device=device))
-            if "rgb" not in out:
-                raise NLSError(f"this run's field chain has no colour (it gives {', '.join(sorted(out))}); "
-                               f"export without --texture")
-            rgb[i:i + chunk] = out["rgb"].float().clamp(0, 1).cpu().numpy()
+    for i in range(0, len(texel), chunk):  # (points made a chunk at a time: an 8192^2 texture has ~40M)
+        corners, w = vmapping[faces[owner[i:i + chunk]]], bary[i:i + chunk]  # (t, 3) vertices of ``mesh``
+        n = np.einsum("tk,tkc->tc", w, normals[corners])
+        rgb[i:i + chunk] = field_colour(chain, np.einsum("tk,tkc->tc", w, vertices[corners]),
+                                        -n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), device,
+                                        chunk, what="--texture")
     image = np.zeros((size * size, 3), np.float32)
     image[texel] = rgb
     covered = np.zeros(size * size, bool)

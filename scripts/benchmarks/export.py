@@ -36,23 +36,11 @@ if str(_REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 
-def _field_colour(chain, device, points: np.ndarray, normals: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """(P, 3) the field's colour at ``points`` seen along ``-normals`` (unit)."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(points), chunk):
-            r = chain(torch.tensor(points[i:i + chunk], dtype=torch.float32, device=device),
-                      torch.tensor(-normals[i:i + chunk], dtype=torch.float32, device=device))
-            out.append(r["rgb"].float().clamp(0, 1).cpu().numpy())
-    return np.concatenate(out)
-
-
 def _fidelity(path: Path, chain, device, n: int, seed: int = 0) -> float:
     """PSNR (dB) of the colour the .glb at ``path`` shows against the field's, at ``n`` random surface points."""
     import trimesh
 
+    from pipeline.mesh import field_colour
     from pipeline.texture import surface_colour
 
     mesh = trimesh.load(path, force="mesh", process=False)
@@ -65,7 +53,7 @@ def _fidelity(path: Path, chain, device, n: int, seed: int = 0) -> float:
     normals = np.einsum("pk,pkc->pc", bary, np.asarray(mesh.vertex_normals)[corners])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     shown = surface_colour(mesh, faces, bary, linear_vertex_colours=True)  # (glTF's vertex colours are linear)
-    mse = float(np.mean((shown - _field_colour(chain, device, points, normals)) ** 2))
+    mse = float(np.mean((shown - field_colour(chain, points, -normals, device)) ** 2))
     return -10 * np.log10(max(mse, 1e-12))
 
 
