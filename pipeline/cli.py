@@ -314,7 +314,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = sub.add_parser("view", parents=[common], help="interactive 3D viewer in the browser (viser)",
                        description="Serve an interactive viewer of RUN_DIR on http://127.0.0.1:PORT (localhost "
                        "only): the exported mesh, training cameras as frustums, the input point cloud, and a "
-                       "slider that re-extracts the mesh at another level. Ctrl-C stops it. Needs the optional "
+                       "slider that re-extracts the mesh at another level; for runs trained on images, a button that "
+                       "renders the field from the browser's view. Ctrl-C stops it. Needs the optional "
                        "extra: pip install '.[viewer]'.")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
     c.add_argument("--port", type=int_at_least(0, 65535), default=8080, metavar="P",

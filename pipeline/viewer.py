@@ -3,7 +3,9 @@
 Shows the exported mesh (or one extracted from the checkpoint), the training cameras as
 frustums, the input point cloud where the scene has one, and a slider over level-set values
 that re-extracts the mesh at the chosen level from a cached grid of the field (marching
-cubes through :func:`pipeline.mesh.grid_to_mesh`). viser is an optional extra, imported
+cubes through :func:`pipeline.mesh.grid_to_mesh`). For a run that renders images, a button
+renders the field from the browser's camera (:meth:`LevelSetViewer.render_view`) and shows it
+behind the scene, with a switch that hides the mesh. viser is an optional extra, imported
 only here: ``pip install '.[viewer]'``.
 """
 
@@ -34,6 +36,25 @@ def import_viser():
     except ImportError:
         raise NLSError(INSTALL_HINT) from None
     return viser
+
+
+def cv_view_camera(position, wxyz, fov: float, aspect: float, height: int):
+    """The :class:`pipeline.types.Cameras` (one, OpenGL axes, square pixels, principal point at the centre) of a
+    viser camera: ``position`` (3,), ``wxyz`` its camera-to-world rotation in OpenCV axes, ``fov`` vertical (radians),
+    ``aspect`` width / height, at ``height`` pixels: the inverse of :func:`gl_to_cv_wxyz`."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.types import Cameras
+
+    w, x, y, z = (float(v) for v in wxyz)
+    c2w = np.eye(4)
+    c2w[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix() @ np.diag([1.0, -1.0, -1.0])
+    c2w[:3, 3] = np.asarray(position, np.float64)
+    width = max(1, int(round(height * float(aspect))))
+    f = torch.tensor([0.5 * height / np.tan(0.5 * float(fov))], dtype=torch.float32)
+    return Cameras(torch.tensor(c2w[None], dtype=torch.float32), f, f.clone(), torch.tensor([width / 2.0]),
+                   torch.tensor([height / 2.0]), width, int(height))
 
 
 def gl_to_cv_wxyz(c2w: np.ndarray) -> np.ndarray:
@@ -71,6 +92,9 @@ class LevelSetViewer:
         self.shown_level: Optional[float] = None
         self.slider = None
         self.status = self.server.gui.add_markdown("")
+        self._render_lock = threading.Lock()
+        if self.ld.system.renderer is not None and self.ld.scene.splits:
+            self._add_render_controls()
         self._add_cameras()
         self._add_points()
         self.server.on_client_connect(self._frame_client)
@@ -202,6 +226,46 @@ class LevelSetViewer:
         @slider.on_update
         def _(_event) -> None:
             self.extract(float(to_level(slider.value)))
+
+    def _add_render_controls(self) -> None:
+        """A button that renders the field from the clicking browser's camera and shows it behind the scene, the
+        render's height, and a switch that hides the mesh in front of it."""
+        height = self.server.gui.add_slider("render height (px)", min=64, max=800, step=16, initial_value=192)
+        button = self.server.gui.add_button("Render the field from this view")
+        show = self.server.gui.add_checkbox("show mesh", initial_value=True)
+
+        @button.on_click
+        def _(event) -> None:
+            self.render_for(event.client, int(height.value))
+
+        @show.on_update
+        def _(_event) -> None:
+            with self._lock:
+                if self.mesh_handle is not None:
+                    self.mesh_handle.visible = bool(show.value)
+
+    def render_view(self, cameras) -> np.ndarray:
+        """(H, W, 3) uint8 render of the run's field by its renderer from ``cameras`` (one camera)."""
+        import torch
+
+        from pipeline.evaluate import to_uint8
+
+        self.ld.system.eval()
+        with self._render_lock, torch.no_grad():
+            out = self.ld.system.renderer.render_image(cameras.to(self.ld.device), 0, self.ld.system.chain,
+                                                       chunk=self.ld.cfg.eval.chunk)
+        return to_uint8(out["rgb"])
+
+    def render_for(self, client, height: int) -> np.ndarray:
+        """Render from ``client``'s camera at ``height`` pixels (its canvas's aspect) and set it as that browser's
+        background image; returns the image."""
+        cam = client.camera
+        t0 = time.monotonic()
+        image = self.render_view(cv_view_camera(cam.position, cam.wxyz, cam.fov, cam.aspect, height))
+        client.scene.set_background_image(image, format="png")
+        self.status.content = (f"**rendered** the field from your view: {image.shape[1]} x {image.shape[0]} in "
+                               f"{time.monotonic() - t0:.1f} s (untick *show mesh* to see it whole)")
+        return image
 
     def _frame_client(self, client) -> None:
         """Point a new browser's camera at the scene box from outside it."""

@@ -89,6 +89,36 @@ def test_level_slider_reextracts_at_that_level(run):
         v.stop()
 
 
+def test_rendering_from_the_browsers_camera_gives_the_views_render(run):
+    """A browser camera placed as test view 0 (its pose in viser's OpenCV axes, its vertical field of view and
+    aspect) renders what the renderer gives for that view, to the 8-bit rounding, and becomes that browser's
+    background image."""
+    pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.evaluate import to_uint8
+    from pipeline.viewer import LevelSetViewer, gl_to_cv_wxyz
+
+    v = LevelSetViewer(run, port=free_port(), resolution=16)
+    try:
+        cams = v.ld.scene.splits["test"].cameras
+        c2w, fy, w, h = cams.c2w[0].numpy(), float(cams.fy[0]), cams.width, cams.height
+        shown = []
+        client = SimpleNamespace(
+            camera=SimpleNamespace(position=c2w[:3, 3], wxyz=gl_to_cv_wxyz(c2w), fov=2 * np.arctan(0.5 * h / fy),
+                                   aspect=w / h),
+            scene=SimpleNamespace(set_background_image=lambda image, format: shown.append(image)))
+        image = v.render_for(client, h)
+        with torch.no_grad():
+            ref = to_uint8(v.ld.system.renderer.render_image(cams.select([0]), 0, v.ld.system.chain)["rgb"])
+        assert image.shape == (h, w, 3) and np.abs(image.astype(int) - ref.astype(int)).max() <= 1
+        assert len(shown) == 1 and shown[0] is image and "rendered" in v.status.content
+    finally:
+        v.stop()
+
+
 def _wait_for_line(proc, text: str, timeout: float) -> str:
     seen = []
     t0 = time.monotonic()
