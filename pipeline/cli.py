@@ -190,9 +190,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--fps", type=int_at_least(1, 120), default=24, metavar="F",
                    help="frames per second of the --cameras video (default 24)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
-    c = run_cmd("export", cmd_export, "extract and export a mesh",
+    c = run_cmd("export", cmd_export, "extract and export a mesh (or a point cloud)",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
-                "follows the file extension (.ply .obj .glb .stl .off).")
+                "follows the file extension (.ply .obj .glb .stl .off). --faces simplifies it, --colors or "
+                "--texture colours it; --points writes a point cloud from the training views instead.")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
     c.add_argument("--resolution", type=int_at_least(16, 1024), metavar="N",
                    help="grid samples per side, 16..1024 as in the extractor's config (default: the scene's)")

@@ -144,7 +144,7 @@ def test_the_depth_evaluator_scores_the_rendered_depth_against_the_mesh(tmp_path
                                                                                chunk=8192, supersample=1)),
                           scene=SimpleNamespace(splits=ld.scene.splits, background=(1.0, 1.0, 1.0)),
                           system=ld.system, device="cpu", progress=False, save_depth=False,
-                          out_dir=tmp_path / "r", depths=lambda: kept)
+                          out_dir=tmp_path / "r", depths=lambda: kept, renders_root=tmp_path / "renders")
     render_split(ctx, keep=kept)
     assert [i for i, _ in kept] == [0, 1, 2, 3]
     step = ld.system.renderer.step_size
@@ -157,6 +157,8 @@ def test_the_depth_evaluator_scores_the_rendered_depth_against_the_mesh(tmp_path
     near = scores[level]
     assert near["depth_median_l1"] < 0.4 * step and near["depth_l1"] > near["depth_median_l1"], (near, step)
     assert near["depth_pixels"] > 1500
+    pictures = sorted(p.name for p in (tmp_path / "renders" / "depth_train").iterdir())
+    assert pictures == ["000.png", "001.png", "002.png"]  # save_images: the first 3 views
     far = scores[0.28]
     gap = level - 0.28  # along a ray through the centre; longer along the others (measured: 0.034 for 0.021)
     assert gap - near["depth_median_l1"] < far["depth_median_l1"] < 2 * gap, (far, gap)

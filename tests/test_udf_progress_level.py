@@ -83,13 +83,13 @@ def test_udf_mesh_records_its_level_and_chamfer_reports_it(tmp_path):
 
 def fake_run(overrides: list[str]) -> SimpleNamespace:
     """What :func:`pipeline.report.model_views.load_run` gives, for the bunny_open scene file with the
-    analytic field in place of the trained one."""
+    analytic field in place of the trained one (a run without images: no renderer)."""
     from pipeline.config import load_scene
     from pipeline.testing import plugin_host
 
     cfg = load_scene(SCENE, plugin_host(), overrides)
     return SimpleNamespace(cfg=cfg, device="cpu", step=0, scene=SimpleNamespace(aabb=torch.tensor(BOX)),
-                           system=SimpleNamespace(chain=lambda x, d=None: {"sdf": shifted_udf(x)}))
+                           system=SimpleNamespace(chain=lambda x, d=None: {"sdf": shifted_udf(x)}, renderer=None))
 
 
 def test_report_contour_is_the_mesh_level_where_the_planes_cross_it():

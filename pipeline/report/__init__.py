@@ -355,6 +355,11 @@ def _render_author(f: RunFacts, folder: Path) -> str:
     return "training's evaluation" if (f.summary or {}).get("renders") == f"renders/{folder.name}" else "nls render"
 
 
+#: folders of renders/ named ``<prefix><split>`` by an evaluator: prefix -> (evaluator, what its images show)
+SPLIT_FOLDERS = {"mesh_": ("mesh_psnr", "the coloured mesh drawn unlit | ground truth"),
+                 "depth_": ("depth", "rendered depth | ground-truth depth | |error|")}
+
+
 def other_render_sections(f: RunFacts, split: str, shown: list[Path]) -> list[tuple[str, str]]:
     """(heading, html) per folder of renders/ not in the eval split's section: each other split's
     side-by-sides (``nls render --split``) and the images of any other folder, such as the
@@ -371,10 +376,10 @@ def other_render_sections(f: RunFacts, split: str, shown: list[Path]) -> list[tu
         if sides:
             out.append((f"Renders of the {d.name} split ({_render_author(f, d)})", _comparisons(f, sides)))
             continue
-        writer = d.name if d.name in evaluators else (
-            "mesh_psnr" if d.name.startswith("mesh_") and "mesh_psnr" in evaluators else None)
-        who = (f" (written by the {writer} evaluator" + (": the coloured mesh drawn unlit | ground truth"
-                                                        if writer == "mesh_psnr" else "") + ")") if writer else ""
+        writer = d.name if d.name in evaluators else next(
+            (e for prefix, (e, _) in SPLIT_FOLDERS.items() if d.name.startswith(prefix) and e in evaluators), None)
+        what = next((w for e, w in SPLIT_FOLDERS.values() if e == writer), "")
+        who = (f" (written by the {writer} evaluator" + (f": {what}" if what else "") + ")") if writer else ""
         imgs = [H.img(png.read_bytes(), png.name, caption=f"renders/{d.name}/{png.name}{who}")
                 for png in sorted(d.glob("*.png"))[:MAX_RENDER_PAIRS]]
         if imgs:

@@ -166,6 +166,10 @@ class DepthConfig(ComponentConfig):
     pixel-centre ray to its first hit), on the pixels the mesh covers: mean absolute and relative error, for the
     expected depth and, when the renderer gives it, the median depth."""
 
+    save_images: int = Field(3, ge=0, description="the first this many views are written to renders/depth_<split>/ "
+                             "as rendered depth | ground-truth depth | |error| (the median depth where the renderer "
+                             "gives it; the error's colours span 0 to 5 % of the view's median ground-truth depth)")
+
 
 #: what the ``depth`` evaluator reports
 DEPTH_METRICS = {

@@ -88,8 +88,8 @@ class PointFitMetrics:
 class DepthMetrics:
     """The eval split's rendered depth (the same renders the ``psnr`` evaluator scores) against the ground-truth
     mesh's depth (:func:`pipeline.mesh_views.mesh_depth`) on the pixels the mesh covers: ``depth_l1`` and
-    ``depth_abs_rel`` for the expected depth, ``depth_median_*`` for the median depth when the renderer gives it.
-    With ``eval.supersample`` above 1 the rendered depth is the mean over each pixel's sub-rays and the ground
+    ``depth_abs_rel`` for the expected depth, ``depth_median_*`` for the median depth when the renderer gives it;
+    the first ``save_images`` views as pictures in ``renders/depth_<split>/``. With ``eval.supersample`` above 1 the rendered depth is the mean over each pixel's sub-rays and the ground
     truth is taken at the pixel's centre."""
 
     def __init__(self, cfg: DepthConfig):
@@ -103,16 +103,21 @@ class DepthMetrics:
         from pipeline.types import NLSError
 
         gt_mesh = load_mesh(ctx.scene.gt_mesh)
-        cams = ctx.scene.splits[ctx.split or ctx.cfg.eval.split].cameras
+        split_name = ctx.split or ctx.cfg.eval.split
+        split = ctx.scene.splits[split_name]
         errors: dict[str, list] = {}
         truths = []
-        for i, arrays in ctx.depths():
-            truth = mesh_depth(gt_mesh, cams, i)
+        for k, (i, arrays) in enumerate(ctx.depths()):
+            truth = mesh_depth(gt_mesh, split.cameras, i)
             covered = np.isfinite(truth)
             truths.append(truth[covered])
             for key in ("depth", "depth_median"):
                 if key in arrays:
                     errors.setdefault(key, []).append(np.abs(arrays[key].astype(np.float64)[covered] - truth[covered]))
+            if k < self.cfg.save_images and ctx.renders_root is not None:
+                name = split.names[i] if i < len(split.names) else f"{i:03d}"
+                self._save(ctx.renders_root / f"depth_{split_name}" / f"{name}.png",
+                           arrays.get("depth_median", arrays["depth"]), truth)
         truth = np.concatenate(truths) if truths else np.zeros(0)
         if truth.size == 0:
             raise NLSError("the ground-truth mesh covers no pixel of the evaluated views")
@@ -122,6 +127,31 @@ class DepthMetrics:
             out[f"{key}_l1"] = float(err.mean())
             out[f"{key}_abs_rel"] = float((err / truth).mean())
         return out
+
+    @staticmethod
+    def _save(path, depth, truth) -> None:
+        """Write rendered depth | ground-truth depth (grey, near light, over the ground truth's range; black where
+        the mesh is missed) | |error| (viridis, 0 to 5 % of the median ground-truth depth) as one image."""
+        import numpy as np
+        from matplotlib import colormaps
+
+        from pipeline.evaluate import to_uint8
+        from pipeline.runs import atomic_write_image
+
+        covered = np.isfinite(truth)
+        if not covered.any():
+            return
+        lo, hi = float(np.nanmin(truth)), float(np.nanmax(truth))
+
+        def grey(d):
+            g = np.where(covered, 1 - (np.asarray(d, np.float64) - lo) / max(hi - lo, 1e-12), 0.0)
+            return np.repeat(np.clip(g, 0, 1)[..., None], 3, -1)
+
+        scale = 0.05 * float(np.nanmedian(truth))
+        err = np.where(covered, np.abs(depth - np.nan_to_num(truth)) / scale, 0.0)
+        error = np.where(covered[..., None], colormaps["viridis"](np.clip(err, 0, 1))[..., :3], 0.0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_image(path, to_uint8(np.concatenate([grey(depth), grey(truth), error], 1)))
 
 
 class MeshRenderMetrics:
