@@ -122,16 +122,11 @@ class PreviewCamera:
 
 
 def shade(mesh, origins: np.ndarray, dirs: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(side, side, 3) clay render of ``mesh`` on white (Lambert, light at the eye), the indices of the rays
-    that hit it (H,) and the hit points (H, 3)."""
-    from pipeline.scenes.mesh_render import _cast, _intersector
+    """(side, side, 3) clay render of ``mesh`` on white (:func:`pipeline.mesh_views.shaded_hits`), the indices of
+    the rays that hit it (H,) and the hit points (H, 3)."""
+    from pipeline.mesh_views import shaded_hits
 
-    img = np.ones((side * side, 3))
-    if len(mesh.faces) == 0:
-        return img.reshape(side, side, 3), np.zeros(0, np.int64), np.zeros((0, 3))
-    ray, tri, loc = _cast(_intersector(mesh)[0], origins, dirs)
-    cos = np.abs(np.einsum("ij,ij->i", np.asarray(mesh.face_normals)[tri], dirs[ray]))
-    img[ray] = CLAY * (0.25 + 0.75 * cos)[:, None]
+    img, ray, loc = shaded_hits(mesh, origins, dirs, CLAY, 0.25)
     return img.reshape(side, side, 3), ray, loc
 
 

@@ -6,7 +6,8 @@ images did.
 
 Used by the ``mesh_psnr`` evaluator, which scores an exported asset (``nls export --colors / --texture``) against
 the images the field was scored against, and (:func:`mesh_depth`: the distance to the first hit) by the ``depth``
-evaluator, which scores the field's rendered depth against the ground-truth mesh's.
+evaluator, which scores the field's rendered depth against the ground-truth mesh's. :func:`shaded_hits` is the
+clay render of a mesh without colour (the report's turntable, geometry validation's previews).
 """
 
 from __future__ import annotations
@@ -16,6 +17,22 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.types import Cameras
+
+
+def shaded_hits(mesh, origins: np.ndarray, dirs: np.ndarray, colour: Sequence[float], ambient: float,
+                isect=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A clay render of ``mesh`` along the rays ``origins``/``dirs`` (R, 3) on white: each hit ``colour`` (3,) times
+    ``ambient + (1 - ambient) |n . d|`` (Lambert, the light at the eye). Returns ((R, 3) image, the rays that hit
+    (K,), the hits (K, 3)); ``isect``, a prebuilt intersector of ``mesh``, saves building it again per view."""
+    from pipeline.scenes.mesh_render import _cast, _intersector
+
+    img = np.ones((len(origins), 3))
+    if len(mesh.faces) == 0:
+        return img, np.zeros(0, np.int64), np.zeros((0, 3))
+    ray, tri, loc = _cast(isect if isect is not None else _intersector(mesh)[0], origins, dirs)
+    cos = np.abs(np.einsum("ij,ij->i", np.asarray(mesh.face_normals)[tri], dirs[ray]))
+    img[ray] = (ambient + (1.0 - ambient) * cos)[:, None] * np.asarray(colour, np.float64)
+    return img, ray, loc
 
 
 def first_hits(mesh, cameras: Cameras, index: int) -> tuple[np.ndarray, ...]:

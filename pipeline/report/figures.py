@@ -286,7 +286,8 @@ def mesh_turntable_gif(mesh, n_frames: int = 24, size: int = 160, elevation_deg:
     bounding sphere, 40 degree field of view)."""
     import imageio.v3 as iio
 
-    from pipeline.scenes.mesh_render import _cast, _intersector, look_at, pixel_rays
+    from pipeline.mesh_views import shaded_hits
+    from pipeline.scenes.mesh_render import _intersector, look_at, pixel_rays
 
     centre = mesh.bounds.mean(0)
     radius = float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])) / 2 or 1.0
@@ -294,17 +295,13 @@ def mesh_turntable_gif(mesh, n_frames: int = 24, size: int = 160, elevation_deg:
     dist = radius / math.sin(fov / 2) * 1.05
     focal = 0.5 * size / math.tan(fov / 2)
     isect, _ = _intersector(mesh)
-    normals = np.asarray(mesh.face_normals)
     el = math.radians(elevation_deg)
     frames = []
     for k in range(n_frames):
         az = 2 * math.pi * k / n_frames
         eye = centre + dist * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
         o, d = pixel_rays(look_at(eye, centre), size, size, focal)
-        ray, tri, _ = _cast(isect, o, d)
-        img = np.ones((size * size, 3))
-        shade = np.abs(np.einsum("ij,ij->i", normals[tri], d[ray]))
-        img[ray] = (0.15 + 0.85 * shade)[:, None] * np.array([0.85, 0.55, 0.3])
+        img, _, _ = shaded_hits(mesh, o, d, (0.85, 0.55, 0.3), 0.15, isect=isect)
         frames.append((img.reshape(size, size, 3) * 255 + 0.5).astype(np.uint8))
     return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
 
