@@ -132,7 +132,24 @@ def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = T
         cfg.stages["extractor"].build(ctx)  # its options are checked against the scene before any training
     terms = {f"{i}_{c.name}": as_module(c.build(ctx), c.component.label) for i, c in enumerate(cfg.losses)} \
         if losses else {}
-    return System(chain, built["renderer"], terms, scene.aabb).to(device)
+    exposure = build_exposure(cfg, scene) if losses else None
+    return System(chain, built["renderer"], terms, scene.aabb, exposure).to(device)
+
+
+def build_exposure(cfg: SceneConfig, scene: SceneData):
+    """The training images' colour transforms that ``train.exposure`` asks for (None for ``none``); a scene
+    without training images, or without a renderer to render them, is a ConfigError naming the key."""
+    t = cfg.train
+    if t.exposure == "none":
+        return None
+    from pipeline.exposure import ImageExposure
+
+    train = scene.splits.get("train")
+    if train is None or len(train) == 0 or not cfg.stages.get("renderer"):
+        raise ConfigError(f"train.exposure: {t.exposure} learns a colour transform for each training image, but "
+                          f"this scene {'has no renderer' if train else 'has no training images'}; "
+                          f"use train.exposure: none")
+    return ImageExposure(len(train), t.exposure, t.exposure_lr)
 
 
 #: what the trainer and evaluation call on a renderer (``update(step, chain, *, every, warmup)`` is optional)

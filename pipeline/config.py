@@ -96,6 +96,14 @@ class TrainConfig(ConfigModel):
                               "TensorBoard events in <run>/tensorboard/ (needs pip install '.[tensorboard]')")
     pixel_jitter: bool = Field(False, description="cast each training ray through a uniform random point of its "
                                "pixel instead of the centre (area sampling: matches anti-aliased images)")
+    exposure: Literal["none", "gain", "affine"] = Field("none", description="learn a colour transform of each "
+                                                         "training image with the field, for photos whose exposure or "
+                                                         "white balance differs from shot to shot: gain (3 per-channel "
+                                                         "gains an image) or affine (a 3x3 matrix and an offset); "
+                                                         "rendered views use their mean, which is held at the identity. "
+                                                         "The transforms are written to exposure.json")
+    exposure_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the exposure transforms (decays "
+                               "with lr_final_factor as the others do)")
 
 
 class EvalConfig(ConfigModel):

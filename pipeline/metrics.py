@@ -52,6 +52,25 @@ def psnr(pred, gt) -> float:
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
+def color_corrected(pred, gt, kind: str = "affine") -> np.ndarray:
+    """``pred (H, W, 3)`` through the colour transform that brings it closest to ``gt`` in least squares, clipped
+    to [0, 1]: ``gain``, one factor per channel (exposure and white balance), or ``affine``, a 3x3 matrix and an
+    offset. For scoring renders against photos whose exposure the field cannot know (a held-out photo's own);
+    the transform is fitted on the pixels it is then scored on, 3 or 12 numbers against H x W pixels."""
+    p, g = _np(pred).astype(np.float64), _np(gt).astype(np.float64)
+    if p.shape != g.shape or p.shape[-1] != 3:
+        raise NLSError(f"color_corrected: pred {p.shape} and gt {g.shape} must both be (..., 3)")
+    x, y = p.reshape(-1, 3), g.reshape(-1, 3)
+    if kind == "gain":
+        out = x * ((x * y).sum(0) / np.maximum((x * x).sum(0), 1e-12))
+    elif kind == "affine":
+        design = np.concatenate([x, np.ones((len(x), 1))], 1)  # (P, 4)
+        out = design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    else:
+        raise NLSError(f"color_corrected: kind {kind!r}; use gain or affine")
+    return np.clip(out, 0.0, 1.0).reshape(p.shape)
+
+
 #: how far outside [0, 1] an image may stray (float round-off) before psnr/ssim refuse it
 _RANGE_TOL = 1e-3
 

@@ -38,6 +38,8 @@ CKPT_GLOB = "ckpt_*.pt"
 #: the warnings a run gave while it loaded and trained, as of its newest checkpoint (summary.json repeats
 #: them with those of the evaluation); read by compare and report for runs without summary.json
 WARNINGS_RECORD = "warnings.json"
+#: each training image's learned colour transform as of the newest checkpoint (``train.exposure``)
+EXPOSURE_RECORD = "exposure.json"
 
 
 @functools.lru_cache(maxsize=None)

@@ -124,15 +124,22 @@ def as_module(built, label: Optional[str] = None):
     return module
 
 
+#: the parts of a System's state that only training uses (built only with the losses; commands that
+#: render, export or evaluate a run leave them out of the checkpoint they load)
+TRAINING_ONLY = ("losses.", "exposure.")
+
+
 class System(nn.Module):
-    """Everything trainable or stateful of a run, so one ``state_dict`` checkpoints it all."""
+    """Everything trainable or stateful of a run, so one ``state_dict`` checkpoints it all. ``exposure``
+    (optional, :class:`pipeline.exposure.ImageExposure`): the training images' colour transforms."""
 
     def __init__(self, chain: FieldChain, renderer: Optional[nn.Module], losses: dict[str, nn.Module],
-                 aabb: Tensor):
+                 aabb: Tensor, exposure: Optional[nn.Module] = None):
         super().__init__()
         self.chain = chain
         self.renderer = renderer
         self.losses = nn.ModuleDict(losses)
+        self.exposure = exposure
         self.register_buffer("aabb", aabb.float().clone())
 
     def param_groups(self, lr: float) -> list[dict]:
@@ -141,7 +148,7 @@ class System(nn.Module):
         seen: set[int] = set()
         roles = [("field", self.chain.field), ("certifier", self.chain.certifier),
                  ("density_map", self.chain.density_map), ("renderer", self.renderer),
-                 *((f"loss.{k}", v) for k, v in self.losses.items())]
+                 *((f"loss.{k}", v) for k, v in self.losses.items()), ("exposure", self.exposure)]
         for role, module in roles:
             if module is None:
                 continue

@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.config import SceneConfig
 from pipeline import notices
-from pipeline.runs import WARNINGS_RECORD, RunDir
+from pipeline.runs import EXPOSURE_RECORD, WARNINGS_RECORD, RunDir
 from pipeline.system import check_render_output
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
@@ -37,8 +37,8 @@ class TrainResult:
 class RaySampler:
     """Uniform random pixels over all training images. Deterministic given its generator state.
 
-    ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), alpha (n,1) | None)``. Rays go through
-    the pixel centres, or with ``jitter`` through a uniform random point of each pixel (area sampling,
+    ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), image_index (n,) long, alpha (n,1) | None)``,
+    ``image_index`` the training image of each ray. Rays go through the pixel centres, or with ``jitter`` through a uniform random point of each pixel (area sampling,
     so that a pixel's expected colour is the footprint average an anti-aliased image holds).
     """
 
@@ -69,7 +69,7 @@ class RaySampler:
         else:
             du = dv = 0.5
         o, d = self._pixel_rays(self.cameras, idx, u.float() + du, v.float() + dv)
-        batch = {"origins": o, "dirs": d, "rgb": self.images[idx, v, u]}
+        batch = {"origins": o, "dirs": d, "rgb": self.images[idx, v, u], "image_index": idx}
         batch["alpha"] = self.alphas[idx, v, u] if self.alphas is not None else None
         return batch
 
@@ -293,6 +293,9 @@ class TrainStep(nn.Module):
                 out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
                                                   background=background)
             check_render_output(out, system.renderer, "render_rays", (len(batch["origins"]),))
+            if getattr(system, "exposure", None) is not None and "image_index" in batch:  # as each shot's camera saw it
+                bg = background if background is not None else getattr(system.renderer, "background", None)
+                out = {**out, "rgb": system.exposure(out["rgb"], out.get("opacity"), batch["image_index"], bg)}
         terms = {name: _loss_term(name, loss, batch, out, system) for name, loss in system.losses.items()}
         return terms, out
 
@@ -492,6 +495,9 @@ class Trainer:
                            f"loss terms for a NaN gradient.")
         if self.dist.is_main:
             self.run.save_checkpoint(self.state(), self.step)
+            if getattr(self.system, "exposure", None) is not None:
+                train = self.scene.splits["train"]
+                self.run.write_json(EXPOSURE_RECORD, {"step": self.step, **self.system.exposure.summary(train.names)})
             if notices.kept():  # readable without torch, for compare and report before summary.json exists
                 self.run.write_json(WARNINGS_RECORD, {"step": self.step, "warnings": notices.kept()})
 

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 from pipeline.report import html as H
 from pipeline.report.collect import RunFacts, read_run, summary_mesh_level
+from pipeline.runs import EXPOSURE_RECORD
 from pipeline.types import NLSError
 
 __all__ = ["build_report", "read_run", "RunFacts"]
@@ -50,6 +51,8 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
     ]
     if progress_previews(facts.path):
         builders.append(("Validation during training", lambda: _progress(facts)))
+    if (facts.path / EXPOSURE_RECORD).is_file():
+        builders.append(("Exposure of the training images", lambda: _exposure(facts)))
     steps = len(builders) + 5
     sections: list[tuple[str, str]] = []
     with StepProgress(steps, 0, "report", enabled=progress) as bar:
@@ -243,6 +246,27 @@ def _curves(f: RunFacts) -> str:
     if png is None:
         return H.missing("metrics.jsonl is empty or missing: no training curves.")
     return H.img(png, "training curves", caption=f"{len(f.log)} logged steps from metrics.jsonl")
+
+
+def _exposure(f: RunFacts) -> str:
+    """The learned colour transform of each training image (``train.exposure``), beside the simulated gains
+    of a rendered scene with ``exposure_jitter``."""
+    import json
+
+    from pipeline.report.figures import exposure_png
+
+    try:
+        record = json.loads((f.path / EXPOSURE_RECORD).read_text())
+        rows = record["images"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return H.missing(f"{EXPOSURE_RECORD} could not be read: {exc}")
+    if not rows:
+        return H.missing(f"{EXPOSURE_RECORD} lists no images.")
+    truth = (f.scene or {}).get("exposure_gains")
+    caption = (f"{record.get('kind')} of each of {len(rows)} training images at step {record.get('step')} "
+               f"(on average the identity: renders show the average camera)"
+               + ("; open circles: the gains the scene simulated" if truth else ""))
+    return H.img(exposure_png(rows, truth), "exposure gains", caption=caption)
 
 
 def progress_previews(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:

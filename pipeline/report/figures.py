@@ -102,6 +102,29 @@ def curves_png(log: list[dict]) -> Optional[bytes]:
     return _fig_png(fig)
 
 
+def exposure_png(rows: Sequence[dict], truth: Optional[Sequence[Sequence[float]]] = None) -> bytes:
+    """Each training image's learned gains (``exposure.json``'s rows: ``gain``, or an affine ``matrix``'s
+    diagonal) against its index, one colour a channel, on a log scale; ``truth`` (N, 3), a simulated capture's
+    gains, as open circles beside them."""
+    plt = _pyplot()
+    gains = np.array([r["gain"] if "gain" in r else np.diag(np.asarray(r["matrix"])) for r in rows], np.float64)
+    fig, ax = plt.subplots(figsize=(min(12.0, 3.0 + 0.12 * len(gains)), 3.2))
+    index = np.arange(len(gains))
+    for c, colour in enumerate(("tab:red", "tab:green", "tab:blue")):
+        ax.plot(index, gains[:, c], "o-", ms=3, lw=0.8, color=colour, label="RGB"[c])
+        if truth is not None and len(truth) == len(gains):
+            ax.plot(index, np.asarray(truth, np.float64)[:, c], "o", ms=6, mfc="none", color=colour,
+                    label=f"{'RGB'[c]} (simulated)")
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xlabel("training image")
+    ax.set_ylabel("gain" if "gain" in rows[0] else "matrix diagonal")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
 def overlaid_curves_png(series: Sequence[tuple[str, list[dict]]], keys: Sequence[str]) -> Optional[bytes]:
     """One panel per key of ``keys``, each series' logged values against the step as a line named by its label
     (``series``: [(label, metrics.jsonl rows)]; the loss on a log scale); None without keys."""

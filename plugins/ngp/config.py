@@ -151,12 +151,18 @@ class PSNRConfig(ComponentConfig):
     """PSNR and SSIM of test renders against the ground-truth images."""
 
     ssim: bool = Field(True, description="also compute SSIM (Gaussian-window, as in NeRF papers)")
+    color_correct: Literal["none", "gain", "affine"] = Field(
+        "none", description="also report psnr_cc (and ssim_cc): each render first brought to its image by the "
+        "least-squares colour transform of this kind (gain: per channel; affine: 3x3 and offset), for test photos "
+        "whose exposure or white balance is their own (train.exposure learns the training photos')")
 
 
 #: what the ``psnr`` evaluator reports
 PSNR_METRICS = {
     "psnr": "dB: the eval split's renders against its images, mean over the images",
     "ssim": "structural similarity (Gaussian window) of the same pairs, mean; 0..1",
+    "psnr_cc": "dB: as psnr, each render first through the least-squares colour transform to its image (color_correct)",
+    "ssim_cc": "as ssim, on the colour-corrected renders",
     "n_images": "images scored",
 }
 

@@ -12,12 +12,17 @@ class ImageMetrics:
         self.cfg = cfg
 
     def __call__(self, ctx) -> dict:
-        from pipeline.metrics import psnr, ssim
+        from pipeline.metrics import color_corrected, psnr, ssim
 
         pairs = ctx.renders()
         out = {"psnr": sum(psnr(p, g) for p, g in pairs) / len(pairs), "n_images": len(pairs)}
         if self.cfg.ssim:
             out["ssim"] = sum(ssim(p, g) for p, g in pairs) / len(pairs)
+        if self.cfg.color_correct != "none":
+            corrected = [(color_corrected(p, g, self.cfg.color_correct), g) for p, g in pairs]
+            out["psnr_cc"] = sum(psnr(p, g) for p, g in corrected) / len(corrected)
+            if self.cfg.ssim:
+                out["ssim_cc"] = sum(ssim(p, g) for p, g in corrected) / len(corrected)
         return out
 
 

@@ -19,6 +19,11 @@ class _Views(ComponentConfig):
     background: Literal["white", "black"] = Field("white", description="background colour")
     seed: int = Field(0, description="camera placement seed")
     supersample: int = Field(2, ge=1, le=4, description="rays per pixel side (anti-aliasing)")
+    exposure_jitter: float = Field(0.0, ge=0, le=1, description="simulate photos whose exposure and white balance "
+                                   "change from shot to shot: each training image's object colour is scaled by "
+                                   "per-channel gains exp(u), u uniform in +-exposure_jitter (centred over the images, "
+                                   "clipped to [0, 1]); test views keep the renderer's camera. For trying "
+                                   "train.exposure; 0 (the default) leaves the images as rendered")
 
 
 class ProceduralConfig(_Views):

@@ -211,15 +211,28 @@ def _render_views(mesh, out: Path, cfg, progress: bool = False) -> None:
                           seed=cfg.seed, supersample=cfg.supersample, on_view=lambda done: bar.advance(done, "views"))
 
 
-def _load(folder: Path, background: str, aabb=None) -> SceneData:
+#: options of the rendered scenes applied when the cached views are loaded, so not part of the cache key
+AFTER_RENDERING = {"background", "exposure_jitter"}
+
+
+def _load(folder: Path, cfg, aabb=None) -> SceneData:
+    """The rendered views in ``folder`` on ``cfg.background``, with ``cfg.exposure_jitter`` applied to the
+    training images (their gains in ``scene.meta["exposure_gains"]``) and ``aabb`` as the box."""
     import torch
 
     from pipeline.scenes.blender import load_blender
 
-    scene = load_blender(folder, splits=("train", "test"), background=BG[background])
+    scene = load_blender(folder, splits=("train", "test"), background=BG[cfg.background])
     scene.gt_mesh = folder / "gt_mesh.ply"
     if aabb is not None:
         scene.aabb = torch.tensor(aabb, dtype=torch.float32)
+    if cfg.exposure_jitter > 0:
+        from pipeline.exposure import jitter_exposure
+
+        train = scene.splits["train"]
+        train.images, gains = jitter_exposure(train.images, train.alphas, BG[cfg.background], cfg.exposure_jitter,
+                                              cfg.seed)
+        scene.meta["exposure_gains"] = [[round(float(v), 5) for v in g] for g in gains]
     warn_if_cut_off(scene)
     return scene
 
@@ -256,9 +269,9 @@ def build_procedural(cfg: ProceduralConfig, ctx):
     """Build the ``procedural`` scene source from its ``scene:`` block (``ProceduralConfig``): returns a
     loader that renders the shape's views once (cached) and returns the SceneData."""
     def load() -> SceneData:
-        folder = cached_render("procedural", cfg.model_dump(exclude={"background"}),
+        folder = cached_render("procedural", cfg.model_dump(exclude=AFTER_RENDERING),
                                 lambda out: _render_views(procedural_mesh(cfg.shape, cfg.gt_resolution), out, cfg))
-        scene = _load(folder, cfg.background, [-0.6] * 3 + [0.6] * 3)
+        scene = _load(folder, cfg, [-0.6] * 3 + [0.6] * 3)
         scene.meta.update({"source": "procedural", "shape": cfg.shape})
         return scene
 
@@ -275,7 +288,7 @@ def build_mesh_scene(cfg: MeshSceneConfig, ctx):
 
         path = Path(cfg.path)
         # by content: a mesh replaced by another with the same time stamp (cp -p, rsync -a) is not the same scene
-        opts = {**cfg.model_dump(exclude={"background"}), "sha256": file_sha256(path) if path.is_file() else None}
+        opts = {**cfg.model_dump(exclude=AFTER_RENDERING), "sha256": file_sha256(path) if path.is_file() else None}
 
         def make(out: Path) -> None:
             notice = InputNotice(f"building scene {_scene_name(ctx, path)!r} from {path}",
@@ -289,7 +302,7 @@ def build_mesh_scene(cfg: MeshSceneConfig, ctx):
 
         folder = cached_render("mesh", opts, make)
         half = 0.6 * cfg.extent
-        scene = _load(folder, cfg.background, [-half] * 3 + [half] * 3)
+        scene = _load(folder, cfg, [-half] * 3 + [half] * 3)
         if (folder / INPUT_FRAME).is_file():
             T = json.loads((folder / INPUT_FRAME).read_text())
         else:  # a scene cached before the transform was kept with it

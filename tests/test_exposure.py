@@ -1,0 +1,181 @@
+"""Per-image exposure compensation (pipeline/exposure.py, train.exposure) against exact references."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.exposure import ImageExposure, jitter_exposure
+
+
+def _randomised(kind: str, n: int = 5, seed: int = 0) -> ImageExposure:
+    module = ImageExposure(n, kind)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return module
+
+
+def test_starts_as_the_identity():
+    rgb, alpha = torch.rand(64, 3), torch.rand(64, 1)
+    image = torch.randint(0, 4, (64,))
+    for kind in ("gain", "affine"):
+        out = ImageExposure(4, kind)(rgb, alpha, image, torch.tensor([1.0, 1.0, 1.0]))
+        assert torch.equal(out, rgb), kind
+
+
+@pytest.mark.parametrize("kind", ["gain", "affine"])
+def test_the_mean_transform_is_the_identity(kind):
+    """The common transform the field could absorb is pinned: gains' geometric mean 1, mean matrix I, mean offset 0."""
+    a, b = _randomised(kind).transforms()
+    if kind == "gain":
+        assert torch.allclose(torch.log(torch.diagonal(a, dim1=1, dim2=2)).mean(0), torch.zeros(3), atol=1e-6)
+        assert not torch.allclose(a, torch.eye(3).expand_as(a), atol=1e-2)  # the images do differ
+    else:
+        assert torch.allclose(a.mean(0), torch.eye(3), atol=1e-6)
+    assert torch.allclose(b.mean(0), torch.zeros(3), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gain", "affine"])
+def test_same_as_transforming_every_sample_before_compositing(kind):
+    """Transforming the composited object colour (premultiplied) and leaving the background is exactly
+    compositing the transformed sample colours A c_k + b with the same weights, then the background."""
+    torch.manual_seed(0)
+    module = _randomised(kind).double()
+    R, K = 32, 7
+    w = torch.rand(R, K, dtype=torch.float64)
+    w = w / w.sum(1, keepdim=True) * torch.rand(R, 1, dtype=torch.float64)  # opacity < 1 on every ray
+    c = torch.rand(R, K, 3, dtype=torch.float64)
+    bg = torch.tensor([0.2, 0.7, 0.4], dtype=torch.float64)
+    image = torch.randint(0, 5, (R,))
+    opacity = w.sum(1, keepdim=True)
+    rendered = (w[..., None] * c).sum(1) + (1 - opacity) * bg
+    a, b = module.transforms()
+    c_seen = torch.einsum("rij,rkj->rki", a[image], c) + b[image][:, None, :]
+    reference = (w[..., None] * c_seen).sum(1) + (1 - opacity) * bg
+    assert torch.allclose(module(rendered, opacity, image, bg), reference, atol=1e-12)
+    # rays that hit nothing keep the background, whatever the transforms
+    empty = module(bg.expand(R, 3), torch.zeros(R, 1, dtype=torch.float64), image, bg)
+    assert torch.allclose(empty, bg.expand(R, 3), atol=1e-12)
+
+
+def test_recovers_known_gains_from_colours():
+    """Fitting the gains alone to colours seen through known (centred) gains finds those gains."""
+    torch.manual_seed(1)
+    n = 6
+    truth = torch.exp((torch.rand(n, 3) - 0.5) * 0.8)
+    truth = truth / torch.exp(torch.log(truth).mean(0))  # geometric mean 1: the gauge the module holds
+    colours = torch.rand(4096, 3) * 0.8 + 0.1
+    image = torch.randint(0, n, (4096,))
+    target = truth[image] * colours
+    module = ImageExposure(n, "gain")
+    opt = torch.optim.Adam(module.parameters(), lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        loss = ((module(colours, None, image) - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+    got = torch.diagonal(module.transforms()[0], dim1=1, dim2=2)
+    assert torch.allclose(got, truth, atol=2e-3), (got, truth)
+
+
+def test_jitter_exposure_gains_and_background():
+    torch.manual_seed(2)
+    images = torch.rand(10, 8, 8, 3) * 0.5
+    alphas = (torch.rand(10, 8, 8, 1) > 0.5).float()
+    bg = (1.0, 1.0, 1.0)
+    images = images * alphas + (1 - alphas) * torch.tensor(bg)
+    out, gains = jitter_exposure(images, alphas, bg, 0.3, seed=3)
+    assert gains.shape == (10, 3)
+    assert torch.allclose(torch.log(gains).mean(0), torch.zeros(3), atol=1e-6)  # centred over the images
+    assert float(torch.log(gains).abs().max()) <= 0.6 + 1e-6 and float(torch.log(gains).abs().max()) > 0.05
+    background = alphas[..., 0] == 0
+    assert torch.equal(out[background], images[background])  # the background is no part of the shot's exposure
+    assert torch.allclose(out[~background], (gains[:, None, None, :] * images).clamp(0, 1)[~background], atol=1e-6)
+    again, _ = jitter_exposure(images, alphas, bg, 0.3, seed=3)
+    assert torch.equal(out, again)
+
+
+def test_refused_without_training_images(nls, tmp_path):
+    cloud = tmp_path / "cloud.xyz"
+    cloud.write_text("\n".join(f"{x} {y} {z}" for x, y, z in torch.rand(200, 3).tolist()))
+    proc = nls("reconstruct", str(cloud), "--steps", "2", "--set", "train.exposure=gain", "--output",
+               str(tmp_path / "out"))
+    assert proc.returncode != 0
+    assert "train.exposure: gain" in proc.stderr and "no training images" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_learns_the_shots_gains_and_renders_without_them(nls, tiny_scene, tmp_path):
+    """A tiny run on images of simulated exposure: exposure.json holds one gain per training image that follows
+    the true gains (scene.json), and render/export/eval of the run load it without the training-only part."""
+    scene = tiny_scene(train={"steps": 300, "batch_rays": 1024, "checkpoint_every": 150, "log_every": 25,
+                              "grid_warmup": 20, "lr": 0.02, "exposure": "gain", "exposure_lr": 0.005},
+                       scene={"type": "procedural", "shape": "sphere", "n_train": 8, "n_test": 2,
+                              "image_size": 32, "supersample": 1, "gt_resolution": 64, "exposure_jitter": 0.4},
+                       evaluators=[{"type": "psnr", "ssim": False, "color_correct": "gain"}])
+    out = tmp_path / "out"
+    nls("reconstruct", str(scene), "--output", str(out), "-q", check=True)
+    (run,) = list(out.glob("*/*/*"))
+    record = json.loads((run / "exposure.json").read_text())
+    assert record["kind"] == "gain" and record["step"] == 300 and len(record["images"]) == 8
+    learned = torch.log(torch.tensor([r["gain"] for r in record["images"]]))
+    truth = torch.log(torch.tensor(json.loads((run / "scene.json").read_text())["exposure_gains"]))
+    corr = float(torch.corrcoef(torch.stack([learned.flatten(), truth.flatten()]))[0, 1])
+    assert corr > 0.9, (corr, learned, truth)  # 0.953 when written; gains of the wrong images would give ~0
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert metrics["psnr_cc"] >= metrics["psnr"]  # the least-squares gain is at least as good as none
+    nls("render", str(run), "--split", "test", "--max-images", "1", "-q", check=True)
+    nls("eval", str(run), "-q", check=True)
+    nls("report", str(run), "--no-model", "-q", check=True)
+    html = (run / "report.html").read_text()
+    assert "Exposure of the training images" in html and "the gains the scene simulated" in html
+
+
+def test_color_corrected_undoes_a_colour_transform_exactly():
+    """A render that differs from its image by per-channel gains (or an affine map) scores infinite PSNR once
+    colour-corrected by that kind, while a plain PSNR sees the difference."""
+    from pipeline.metrics import color_corrected, psnr
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0.1, 0.8, (16, 16, 3))
+    gained = gt * np.array([1.2, 0.9, 0.7])
+    assert psnr(gained, gt) < 25
+    assert np.allclose(color_corrected(gained, gt, "gain"), gt, atol=1e-12)
+    m = np.array([[0.9, 0.1, 0.0], [0.05, 1.1, 0.0], [0.0, 0.1, 0.8]])
+    mixed = np.clip(gt @ m.T + 0.05, 0, 1)
+    assert np.allclose(color_corrected(mixed, gt, "affine"), gt, atol=1e-9)
+    assert psnr(color_corrected(mixed, gt, "gain"), gt) < 60  # gains alone cannot undo channel mixing
+    noise = rng.uniform(0, 1, gt.shape)  # no transform makes noise the image: the corrected PSNR stays low
+    assert psnr(color_corrected(noise, gt, "affine"), gt) < 20
+    with pytest.raises(Exception, match="kind 'curve'"):
+        color_corrected(gt, gt, "curve")
+
+
+def test_resume_continues_the_exposure_bit_for_bit(nls, tiny_scene, tmp_path):
+    """The transforms are part of the checkpoint: a run resumed from its mid-run checkpoint ends with the
+    same gains (and the same exposure.json) as the run that was never stopped."""
+    import shutil
+
+    from pipeline.runs import RunDir
+
+    scene = tiny_scene(train={"steps": 20, "batch_rays": 256, "checkpoint_every": 10, "log_every": 5,
+                              "grid_warmup": 4, "exposure": "gain", "exposure_lr": 0.01},
+                       scene={"type": "procedural", "shape": "sphere", "n_train": 8, "n_test": 2,
+                              "image_size": 32, "supersample": 1, "gt_resolution": 64, "exposure_jitter": 0.4})
+    one = {"NLS_THREADS": "1"}
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True, env=one)
+    (original,) = list((tmp_path / "runs").glob("*/*/*"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    for p in copy.glob("checkpoints/ckpt_00000020.pt*"):
+        p.unlink()
+    nls("resume", str(copy), "-q", "--no-eval", check=True, env=one)
+    a, b = (RunDir.open(r).load_checkpoint()["model"] for r in (original, copy))
+    assert torch.equal(a["exposure.log_gain"], b["exposure.log_gain"])
+    assert float(a["exposure.log_gain"].abs().max()) > 0  # it did learn something
+    assert (original / "exposure.json").read_text() == (copy / "exposure.json").read_text()
