@@ -421,3 +421,37 @@ def test_lenses_are_told_apart_by_focal_length_and_its_35mm_equivalent(tmp_path)
     assert plan.cameras() == [["0.jpg", "2.jpg"], ["1.jpg"], ["3.jpg"]] and plan.size_count() == 1
     assert plan.facts() == {"cameras": [[10, 6, "6.9 mm (24 mm equiv.)", 2], [10, 6, "6.9 mm (48 mm equiv.)", 1],
                                         [10, 6, None, 1]]}
+
+
+def test_photos_of_several_exposures_are_read_from_exif_and_warned_about(tmp_path, capsys):
+    """Exposure time x ISO / f-number^2 by each photo's EXIF tags: photos that let in 8x the light of others are
+    warned about with both photos' settings, and the SfM cache key (facts) does not change; a spread within
+    EXPOSURE_SPREAD, or a photo without tags, gives no warning."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    from pipeline.scenes.upright_photos import plan_photos
+    from plugins.scenes.sources import warn_exposure_spread
+
+    settings = [(IFDRational(1, 60), IFDRational(18, 10), 100), (IFDRational(1, 120), IFDRational(18, 10), 100),
+                (IFDRational(1, 30), IFDRational(18, 10), 200)]
+    for k, (t, f, iso) in enumerate(settings):
+        _save(tmp_path / f"{k}.jpg", _pattern(6, 10, k), exif_ifd={0x829A: t, 0x829D: f, 0x8827: iso})
+    _save(tmp_path / "3.jpg", _pattern(6, 10, 3))
+    plan = plan_photos(tmp_path, [f"{k}.jpg" for k in range(4)])
+    assert sorted(plan.exposures) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert plan.exposures["1.jpg"][1] == "1/120 s, f/1.8, ISO 100"
+    ratio, dark, bright = plan.exposure_spread()
+    assert (dark, bright) == ("1.jpg", "2.jpg") and ratio == pytest.approx(8.0)
+    assert plan.facts() == {}
+    warn_exposure_spread(tmp_path, plan, "photos")
+    err = capsys.readouterr().err
+    assert "2.jpg (1/30 s, f/1.8, ISO 200) let in 8.0x the light of 1.jpg (1/120 s, f/1.8, ISO 100)" in err
+    assert "train.exposure=gain" in err
+    close = plan_photos(tmp_path, ["0.jpg", "3.jpg"])  # one photo with tags: nothing to compare
+    assert close.exposure_spread() is None
+    _save(tmp_path / "4.jpg", _pattern(6, 10, 4), exif_ifd={0x829A: IFDRational(1, 80), 0x8827: 100})
+    _save(tmp_path / "5.jpg", _pattern(6, 10, 5), exif_ifd={0x829A: IFDRational(1, 100), 0x8827: 100})
+    near = plan_photos(tmp_path, ["4.jpg", "5.jpg"])  # no f-number (a phone): time x ISO alone; 1.25x
+    assert near.exposure_spread()[0] == pytest.approx(1.25)
+    warn_exposure_spread(tmp_path, near, "photos")
+    assert "exposures" not in capsys.readouterr().err

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 #: EXIF tags: Orientation (IFD0), the Exif sub-IFD, FocalLength (mm) and FocalLengthIn35mmFilm in it
 ORIENTATION, EXIF_IFD, FOCAL_LENGTH, FOCAL_35MM = 0x0112, 0x8769, 0x920A, 0xA405
+#: EXIF tags of the Exif sub-IFD: ExposureTime (s), FNumber, ISOSpeedRatings (PhotographicSensitivity)
+EXPOSURE_TIME, F_NUMBER, ISO_SPEED = 0x829A, 0x829D, 0x8827
 #: JPEG quality of the copies (4:4:4: no chroma subsampling)
 COPY_QUALITY = 95
 #: photo suffixes COLMAP does not read, posed from JPEG copies (lower case)
@@ -66,6 +68,9 @@ class PhotoPlan:
         phone's lenses (0.5x, 1x, 3x) and its digital zoom give photos of one size that are not one camera.
     assumed: the photos without focal-length tags (an edited export loses them) that were given the lens of the
         tagged photos of their posed size, where those all share one lens (:meth:`assume_lenses`).
+    exposures: name -> (relative exposure, its EXIF settings in words) by :func:`exposure_of`, for the photos
+        that have the tags. Not part of :meth:`facts`, which keys the SfM cache: a capture posed before exposures
+        were read keeps its entry.
     """
 
     sizes: dict[str, tuple[int, int]]
@@ -74,6 +79,7 @@ class PhotoPlan:
     renamed: dict[str, str] = field(default_factory=dict)
     lenses: dict[str, str] = field(default_factory=dict)
     assumed: list[str] = field(default_factory=list)
+    exposures: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     @property
     def needed(self) -> bool:
@@ -105,6 +111,15 @@ class PhotoPlan:
             if name not in self.lenses and len(found) == 1:
                 self.lenses[name] = next(iter(found))
                 self.assumed.append(name)
+
+    def exposure_spread(self) -> Optional[tuple[float, str, str]]:
+        """(brightest / darkest relative exposure, the darkest photo, the brightest) over the photos with
+        exposure tags; None with fewer than two."""
+        if len(self.exposures) < 2:
+            return None
+        dark = min(self.exposures, key=lambda n: self.exposures[n][0])
+        bright = max(self.exposures, key=lambda n: self.exposures[n][0])
+        return self.exposures[bright][0] / self.exposures[dark][0], dark, bright
 
     def cameras(self) -> list[list[str]]:
         """The photos grouped by :meth:`camera_of` (size and lens), in the order of their first photo: one camera
@@ -153,6 +168,32 @@ def lens_of(image) -> Optional[str]:
     return (f"{parts[0]} ({parts[1]})" if mm and equiv else parts[0] or parts[1]) or None
 
 
+def exposure_of(image) -> Optional[tuple[float, str]]:
+    """The exposure an open PIL image was taken at by its EXIF tags, relative to the light on the sensor: exposure
+    time (s) x ISO / f-number^2 (pixel values of one surface scale with it, before the camera's tone curve), and
+    the settings in words (``"1/60 s, f/1.8, ISO 100"``). Without an f-number (phones have one fixed aperture) or an
+    ISO, those factors are left out; None without an exposure time."""
+    sub = image.getexif().get_ifd(EXIF_IFD)
+
+    def tag(key: int) -> Optional[float]:
+        value = sub.get(key)
+        if isinstance(value, (tuple, list)):  # ISO is sometimes a sequence
+            value = value[0] if value else None
+        try:
+            value = float(value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return value if 0 < value < float("inf") else None
+
+    seconds, f, iso = tag(EXPOSURE_TIME), tag(F_NUMBER), tag(ISO_SPEED)
+    if seconds is None:
+        return None
+    words = [f"1/{1 / seconds:.0f} s" if seconds < 1 else f"{seconds:g} s"]
+    words += [f"f/{f:g}"] if f else []
+    words += [f"ISO {iso:g}"] if iso else []
+    return seconds * (iso or 1.0) / (f or 1.0) ** 2, ", ".join(words)
+
+
 def exif_orientation(image) -> int:
     """The EXIF orientation (1–8; 1 = as stored) of an open PIL image, 1 when it has none or a bad one."""
     value = image.getexif().get(ORIENTATION, 1)
@@ -193,13 +234,14 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     """Read the headers of the photos ``names`` in ``folder`` and decide their copies (see the module docstring).
     DataError when a size is held two ways and ``mixed_orientation`` is ``error``, or when the photos are of
     several sizes (after those crops) and ``mixed_sizes`` is ``error``."""
-    sizes, turned, lenses, unreadable = {}, {}, {}, []
+    sizes, turned, lenses, exposures, unreadable = {}, {}, {}, {}, []
     for name in names:
         try:
             with open_photo(folder / name) as im:
                 w, h = im.size
                 turn = exif_orientation(im) if upright else 1
                 lens = lens_of(im)
+                exposure = exposure_of(im)
         except (OSError, ValueError, SyntaxError) as exc:  # (PIL's UnidentifiedImageError is an OSError)
             unreadable.append(f"{name} ({type(exc).__name__}: {exc})" if len(unreadable) < 3 else name)
             continue
@@ -207,6 +249,8 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
             turned[name] = turn
         if lens is not None:
             lenses[name] = lens
+        if exposure is not None:
+            exposures[name] = exposure
         sizes[name] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # 5–8 swap the sides
     if unreadable:
         raise DataError(f"{folder}: {len(unreadable)} of the {len(names)} photos cannot be read as images (empty, "
@@ -219,7 +263,7 @@ def plan_photos(folder: Path, names: Sequence[str], *, upright: bool = True,
     if two_ways and mixed_orientation == "error":
         raise DataError(_sizes_error(folder, groups, "set mixed_orientation: crop to crop every such photo to its "
                                                      "centred square, or "))
-    plan = PhotoPlan(sizes, turned, two_ways, _renamed(names), lenses)
+    plan = PhotoPlan(sizes, turned, two_ways, _renamed(names), lenses, exposures=exposures)
     plan.assume_lenses()
     if plan.size_count() > 1 and mixed_sizes == "error":
         raise DataError(_sizes_error(folder, groups, "set mixed_sizes: cameras to pose each size with a camera of "

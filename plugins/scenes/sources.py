@@ -361,13 +361,14 @@ def build_photos(cfg: PhotosConfig, ctx):
         folder = photo_folder(Path(cfg.path))
         if not folder.is_dir():
             raise DataError(f"scene.path {cfg.path} is not a folder; give the folder that holds the photos")
-        return pose_photos(folder, cfg)
+        exposure = getattr(getattr(getattr(ctx, "cfg", None), "train", None), "exposure", "none")
+        return pose_photos(folder, cfg, compensated=exposure != "none")
 
     return load
 
 
 def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: bool = False,
-                masks: Optional[Path] = None) -> SceneData:
+                masks: Optional[Path] = None, compensated: bool = False) -> SceneData:
     """The capture of the photos in ``folder``: turned upright and cropped to one size where ``cfg`` asks for it
     (:mod:`pipeline.scenes.upright_photos`), then structure from motion run on them once
     (:func:`pipeline.scenes.sfm.run_sfm`, cached by their contents and the SfM options of ``cfg``), loaded as
@@ -376,7 +377,8 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     ``what`` names the photos in the warning about those left out (``frames of walk.mp4``). ``ordered``: the
     photos are frames in time order (by name), and those SfM placed off the camera's path
     (:func:`pipeline.scenes.sfm.path_spikes`) are left out too. ``masks``: the folder of the photos' object masks
-    (None: ``cfg.masks`` under ``cfg.path``, if given)."""
+    (None: ``cfg.masks`` under ``cfg.path``, if given). ``compensated``: the run learns each photo's exposure
+    (``train.exposure``), so photos of several exposures are not warned about."""
     from pipeline.runs import file_sha256
     from pipeline.scenes.colmap import load_colmap
     from pipeline.scenes.sfm import (MIN_PHOTOS, PHOTO_SUFFIXES, model_centres, path_spikes, photo_names, run_sfm,
@@ -399,6 +401,8 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     plan = plan_photos(folder, names, upright=cfg.upright, mixed_orientation=cfg.mixed_orientation,
                        mixed_sizes=cfg.mixed_sizes)
     _warn_sizes(folder, plan, what, cfg.single_camera)
+    if not compensated:
+        warn_exposure_spread(folder, plan, what)
     groups = plan.cameras()
     if len(groups) > 1:
         sfm["cameras"] = [plan.posed_names(g) for g in groups]
@@ -458,6 +462,26 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
     if undistorted is not None:  # (the masks the user gave; the undistorted ones are cached)
         scene.meta.update(masks=str(masks.resolve()), undistorted_masks=undistorted)
     return scene
+
+
+#: photos whose EXIF exposures span more than this factor (about 0.6 of a stop) are warned about when the run
+#: does not compensate exposure (train.exposure: none)
+EXPOSURE_SPREAD = 1.5
+
+
+def warn_exposure_spread(folder: Path, plan, what: str) -> None:
+    """Warn when the EXIF exposures of ``plan``'s photos (:meth:`PhotoPlan.exposure_spread`) differ by more than
+    :data:`EXPOSURE_SPREAD`: one surface is brighter in some photos than in others, which a field can only explain
+    with the scene itself; ``train.exposure`` compensates it."""
+    spread = plan.exposure_spread()
+    if spread is None or spread[0] <= EXPOSURE_SPREAD:
+        return
+    ratio, dark, bright = spread
+    warn(f"{folder}: the {what} were taken at different exposures: by their EXIF tags (exposure time x ISO / "
+         f"f-number^2) {bright} ({plan.exposures[bright][1]}) let in {ratio:.1f}x the light of {dark} "
+         f"({plan.exposures[dark][1]}), so one surface is brighter in some {what} than in others; a field explains "
+         f"that with haze and view-dependent colour. --set train.exposure=gain learns a gain for each photo "
+         f"(README: Exposure)")
 
 
 def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
