@@ -49,11 +49,11 @@ def _q() -> np.ndarray:
 def _source_folder() -> Path:
     """The rendered tiny sphere scene's Blender folder (rendered once into the scene cache)."""
     from plugins.scenes.config import ProceduralConfig
-    from plugins.scenes.sources import build_procedural, cache_entry
+    from plugins.scenes.sources import AFTER_RENDERING, build_procedural, cache_entry
 
     cfg = ProceduralConfig(**SOURCE)
     build_procedural(cfg, None)()
-    return cache_entry("procedural", cfg.model_dump(exclude={"background"}))
+    return cache_entry("procedural", cfg.model_dump(exclude=AFTER_RENDERING))
 
 
 def truth() -> dict:

@@ -185,7 +185,7 @@ def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path
     # 1. the psnr evaluator again, without SSIM: no stale SSIM, chamfer still summary.json's
     nls("eval", str(done), "--set", "evaluators=[{type: psnr, ssim: false}]", check=True)
     ev = json.loads((done / "eval.json").read_text())
-    assert ev["config"]["evaluators"] == [{"type": "psnr", "ssim": False}]  # resolved blocks are recorded
+    assert ev["config"]["evaluators"] == [{"type": "psnr", "ssim": False, "color_correct": "none"}]  # resolved
     table, warnings = compare()
     assert table["psnr"] == ev["metrics"]["psnr"] and table["ssim"] is None
     assert table["chamfer_l1"] == summary["metrics"]["chamfer_l1"] and table["status"] == "complete"
