@@ -38,8 +38,9 @@ class RaySampler:
     """Uniform random pixels over all training images. Deterministic given its generator state.
 
     ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), image_index (n,) long, alpha (n,1) | None)``,
-    ``image_index`` the training image of each ray. Rays go through the pixel centres, or with ``jitter`` through a uniform random point of each pixel (area sampling,
-    so that a pixel's expected colour is the footprint average an anti-aliased image holds).
+    ``image_index`` the training image of each ray. Rays go through the pixel centres, or with ``jitter`` through
+    a uniform random point of each pixel (area sampling, so that a pixel's expected colour is the footprint
+    average an anti-aliased image holds).
     """
 
     def __init__(self, scene: SceneData, device: torch.device, seed: int, jitter: bool = False):
