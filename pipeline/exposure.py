@@ -60,10 +60,14 @@ class ImageExposure(nn.Module):
         """How many images have a transform."""
         return int((self.log_gain if self.kind == "gain" else self.offset).shape[0])
 
+    def gains(self) -> Tensor:
+        """``kind: gain``: every image's gains ``(N, 3)``, their geometric mean 1 in each channel."""
+        return torch.exp(self.log_gain - self.log_gain.mean(0, keepdim=True))
+
     def transforms(self) -> tuple[Tensor, Tensor]:
         """Every image's transform, centred so their mean is the identity: ``A (N, 3, 3)``, ``b (N, 3)``."""
         if self.kind == "gain":
-            g = torch.exp(self.log_gain - self.log_gain.mean(0, keepdim=True))
+            g = self.gains()
             return torch.diag_embed(g), torch.zeros_like(g)
         eye = torch.eye(3, dtype=self.matrix.dtype, device=self.matrix.device)
         a = eye + self.matrix - self.matrix.mean(0, keepdim=True)
@@ -79,8 +83,7 @@ class ImageExposure(nn.Module):
                                                                              device=rgb.device))
         obj = rgb - behind  # (R, 3) premultiplied object colour
         if self.kind == "gain":
-            g = torch.exp(self.log_gain - self.log_gain.mean(0, keepdim=True))[image]  # (R, 3)
-            return g * obj + behind
+            return self.gains()[image] * obj + behind
         a, b = self.transforms()
         return torch.einsum("rij,rj->ri", a[image], obj) + alpha * b[image] + behind
 

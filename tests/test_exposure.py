@@ -179,3 +179,19 @@ def test_resume_continues_the_exposure_bit_for_bit(nls, tiny_scene, tmp_path):
     assert torch.equal(a["exposure.log_gain"], b["exposure.log_gain"])
     assert float(a["exposure.log_gain"].abs().max()) > 0  # it did learn something
     assert (original / "exposure.json").read_text() == (copy / "exposure.json").read_text()
+
+
+def test_report_says_so_when_exposure_json_is_damaged(tmp_path):
+    """A damaged exposure.json costs the report its plot, not the report."""
+    from pipeline.report import _exposure
+    from pipeline.report.collect import RunFacts
+
+    facts = RunFacts.__new__(RunFacts)
+    facts.path, facts.scene = tmp_path, None
+    for text in ("{not json", '{"images": [{"name": "a"}]}', '{"images": []}'):
+        (tmp_path / "exposure.json").write_text(text)
+        html = _exposure(facts)
+        assert "no exposure plot" in html, text
+    (tmp_path / "exposure.json").write_text(json.dumps({"kind": "gain", "step": 3, "images": [
+        {"name": "a", "gain": [1.1, 1.0, 0.9]}, {"name": "b", "gain": [0.9, 1.0, 1.1]}]}))
+    assert "<img" in _exposure(facts) and "at step 3" in _exposure(facts)

@@ -251,22 +251,22 @@ def _curves(f: RunFacts) -> str:
 def _exposure(f: RunFacts) -> str:
     """The learned colour transform of each training image (``train.exposure``), beside the simulated gains
     of a rendered scene with ``exposure_jitter``."""
-    import json
-
     from pipeline.report.figures import exposure_png
+    from pipeline.runs import json_record
 
-    try:
-        record = json.loads((f.path / EXPOSURE_RECORD).read_text())
-        rows = record["images"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return H.missing(f"{EXPOSURE_RECORD} could not be read: {exc}")
-    if not rows:
-        return H.missing(f"{EXPOSURE_RECORD} lists no images.")
+    record, why = json_record(f.path / EXPOSURE_RECORD)
+    rows = (record or {}).get("images")
+    if not rows or not isinstance(rows, list):
+        return H.missing(f"{EXPOSURE_RECORD} {why or 'lists no images'}: no exposure plot.")
     truth = (f.scene or {}).get("exposure_gains")
     caption = (f"{record.get('kind')} of each of {len(rows)} training images at step {record.get('step')} "
                f"(on average the identity: renders show the average camera)"
                + ("; open circles: the gains the scene simulated" if truth else ""))
-    return H.img(exposure_png(rows, truth), "exposure gains", caption=caption)
+    try:
+        png = exposure_png(rows, truth)
+    except (KeyError, TypeError, ValueError, IndexError):  # rows without 3 gains (or a 3x3 matrix) each
+        return H.missing(f"{EXPOSURE_RECORD} holds rows without gains (damaged?): no exposure plot.")
+    return H.img(png, "exposure gains", caption=caption)
 
 
 def progress_previews(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:
