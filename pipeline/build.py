@@ -132,13 +132,14 @@ def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = T
         cfg.stages["extractor"].build(ctx)  # its options are checked against the scene before any training
     terms = {f"{i}_{c.name}": as_module(c.build(ctx), c.component.label) for i, c in enumerate(cfg.losses)} \
         if losses else {}
-    exposure = build_exposure(cfg, scene) if losses else None
+    exposure = build_exposure(cfg, scene, training=losses)
     return System(chain, built["renderer"], terms, scene.aabb, exposure).to(device)
 
 
-def build_exposure(cfg: SceneConfig, scene: SceneData):
-    """The training images' colour transforms that ``train.exposure`` asks for (None for ``none``); a scene
-    without training images, or without a renderer to render them, is a ConfigError naming the key."""
+def build_exposure(cfg: SceneConfig, scene: SceneData, *, training: bool = True):
+    """The training images' colour transforms that ``train.exposure`` asks for (None for ``none``). A scene
+    without training images, or without a renderer to render them, is a ConfigError naming the key when
+    ``training``; otherwise (a trained run opened to render or evaluate) it has none."""
     t = cfg.train
     if t.exposure == "none":
         return None
@@ -146,6 +147,8 @@ def build_exposure(cfg: SceneConfig, scene: SceneData):
 
     train = scene.splits.get("train")
     if train is None or len(train) == 0 or not cfg.stages.get("renderer"):
+        if not training:
+            return None
         raise ConfigError(f"train.exposure: {t.exposure} learns a colour transform for each training image, but "
                           f"this scene {'has no renderer' if train else 'has no training images'}; "
                           f"use train.exposure: none")

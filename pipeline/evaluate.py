@@ -203,6 +203,16 @@ def save_depth_arrays(out_dir: Path, name: str, out: dict) -> None:
             atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
 
 
+def as_shot(system, split_name: str, out: dict, i: int):
+    """The rendered ``out["rgb"]`` (H, W, 3) of view ``i`` of ``split_name``: for a training view of a run that
+    learned each training image's exposure (``train.exposure``), through that image's transform, so it is
+    compared with the photo as its camera took it; every other view as rendered (the average camera)."""
+    exposure = getattr(system, "exposure", None)
+    if split_name != "train" or exposure is None:
+        return out["rgb"]
+    return exposure.image_as_shot(out, i, getattr(system.renderer, "background", None))
+
+
 def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
     """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
     (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
@@ -232,7 +242,7 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
                     image_progress(bar, k):
                 out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             check_render_output(out, ctx.system.renderer, "render_image")
-            pred = out["rgb"].clamp(0, 1).cpu().numpy()
+            pred = as_shot(ctx.system, split_name, out, i).clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
             name = split.names[i] if i < len(split.names) else f"{i:03d}"
             atomic_write_image(out_dir / f"{name}.png", to_uint8(pred))

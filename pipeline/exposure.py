@@ -87,6 +87,16 @@ class ImageExposure(nn.Module):
         a, b = self.transforms()
         return torch.einsum("rij,rj->ri", a[image], obj) + alpha * b[image] + behind
 
+    def image_as_shot(self, out: dict, index: int, background=None) -> Tensor:
+        """A rendered view of training image ``index`` (``out``: ``rgb (H, W, 3)``, ``opacity (H, W, 1)``) as that
+        image's camera saw it: its ``rgb`` through the image's transform, ``(H, W, 3)``."""
+        rgb = out["rgb"]
+        opacity = out.get("opacity")
+        flat = self(rgb.reshape(-1, 3), None if opacity is None else opacity.reshape(-1, 1),
+                    torch.full((rgb.shape[0] * rgb.shape[1],), int(index), dtype=torch.long, device=rgb.device),
+                    background)
+        return flat.reshape(rgb.shape)
+
     def param_groups(self, lr: float) -> list[dict]:
         """One optimiser group at this module's own rate (``train.exposure_lr``), whatever the field's."""
         return [{"params": list(self.parameters()), "lr": self.lr}]

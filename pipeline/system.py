@@ -124,11 +124,6 @@ def as_module(built, label: Optional[str] = None):
     return module
 
 
-#: the parts of a System's state that only training uses (built only with the losses; commands that
-#: render, export or evaluate a run leave them out of the checkpoint they load)
-TRAINING_ONLY = ("losses.", "exposure.")
-
-
 class System(nn.Module):
     """Everything trainable or stateful of a run, so one ``state_dict`` checkpoints it all. ``exposure``
     (optional, :class:`pipeline.exposure.ImageExposure`): the training images' colour transforms."""
@@ -141,6 +136,13 @@ class System(nn.Module):
         self.losses = nn.ModuleDict(losses)
         self.exposure = exposure
         self.register_buffer("aabb", aabb.float().clone())
+
+    def held(self, state: Mapping[str, Tensor]) -> dict:
+        """The entries of a checkpoint's model ``state`` for the parts this system has: without losses (a run
+        opened to render, export or evaluate) their entries are left out, and without exposure transforms (its
+        scene has no training split loaded) theirs."""
+        dropped = tuple(p for p, part in (("losses.", len(self.losses)), ("exposure.", self.exposure)) if not part)
+        return {k: v for k, v in state.items() if not (dropped and k.startswith(dropped))}
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: components may define ``param_groups(lr)`` for per-part rates."""

@@ -130,6 +130,7 @@ def test_run_learns_the_shots_gains_and_renders_without_them(nls, tiny_scene, tm
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
     assert metrics["psnr_cc"] >= metrics["psnr"]  # the least-squares gain is at least as good as none
     nls("render", str(run), "--split", "test", "--max-images", "1", "-q", check=True)
+    nls("render", str(run), "--split", "train", "--max-images", "1", "-q", check=True)  # through its exposure
     nls("eval", str(run), "-q", check=True)
     nls("report", str(run), "--no-model", "-q", check=True)
     html = (run / "report.html").read_text()
@@ -195,3 +196,23 @@ def test_report_says_so_when_exposure_json_is_damaged(tmp_path):
     (tmp_path / "exposure.json").write_text(json.dumps({"kind": "gain", "step": 3, "images": [
         {"name": "a", "gain": [1.1, 1.0, 0.9]}, {"name": "b", "gain": [0.9, 1.0, 1.1]}]}))
     assert "<img" in _exposure(facts) and "at step 3" in _exposure(facts)
+
+
+def test_training_views_are_scored_as_their_cameras_took_them():
+    """as_shot: a training view's render goes through that image's transform (the photo's exposure), a view of
+    any other split, or of a run without exposure, is left as rendered; image_as_shot is forward() per pixel."""
+    from types import SimpleNamespace
+
+    from pipeline.evaluate import as_shot
+
+    module = _randomised("gain", n=4)
+    torch.manual_seed(3)
+    out = {"rgb": torch.rand(5, 6, 3), "opacity": torch.rand(5, 6, 1)}
+    bg = torch.tensor([1.0, 1.0, 1.0])
+    system = SimpleNamespace(exposure=module, renderer=SimpleNamespace(background=bg))
+    shot = as_shot(system, "train", out, 2)
+    flat = module(out["rgb"].reshape(-1, 3), out["opacity"].reshape(-1, 1), torch.full((30,), 2), bg)
+    assert torch.allclose(shot, flat.reshape(5, 6, 3))
+    assert not torch.allclose(shot, out["rgb"], atol=1e-3)
+    assert as_shot(system, "test", out, 2) is out["rgb"]
+    assert as_shot(SimpleNamespace(exposure=None, renderer=None), "train", out, 2) is out["rgb"]

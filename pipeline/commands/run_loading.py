@@ -60,7 +60,6 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     # torch comes in only now: a typo in --set is refused in a fraction of a second
     from pipeline.build import build_system, load_scene_for_command, pick_device, setup_threads
     from pipeline.distributed import rank_device
-    from pipeline.system import TRAINING_ONLY
     from pipeline.train import config_changes, load_error
 
     setup_threads(cfg.train.threads)
@@ -72,7 +71,7 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
     _check_cameras_frame(run, scene, recorded)
     system = build_system(cfg, scene, device, losses=train)
     if state is not None:
-        model = state["model"] if train else {k: v for k, v in state["model"].items() if not k.startswith(TRAINING_ONLY)}
+        model = state["model"] if train else system.held(state["model"])
         try:
             system.load_state_dict(model)
         except RuntimeError as exc:

@@ -222,7 +222,8 @@ class MeshRenderMetrics:
 class TrainViewFit:
     """Each training view's PSNR, rendered at 1/``downscale`` of its size by the run's renderer (a camera with
     its intrinsics scaled alike, whose pixel centres are those of the image's ``downscale`` x ``downscale``
-    blocks) against the image averaged over those blocks. ``train_view_psnr_median`` / ``_min``, the worst view
+    blocks) against the image averaged over those blocks; in a run that learned each image's exposure
+    (``train.exposure``), through that image's transform. ``train_view_psnr_median`` / ``_min``, the worst view
     by name, and ``train_views_below``: the views ``below_db`` or more under the median, which are warned about.
     The blocks' averages are sharper than one ray through each block's centre, so every view scores a little
     low alike; only the spread between views is read."""
@@ -234,6 +235,7 @@ class TrainViewFit:
         import numpy as np
         import torch
 
+        from pipeline.evaluate import as_shot
         from pipeline.metrics import psnr
         from pipeline.notices import warn
         from pipeline.progress import StepProgress
@@ -256,7 +258,7 @@ class TrainViewFit:
             for i in range(len(split)):
                 out = ctx.system.renderer.render_image(small, i, ctx.system.chain)
                 gt = area_downscale(split.images[i].cpu().numpy(), d)
-                scores.append(psnr(out["rgb"].clamp(0, 1).cpu().numpy(), gt))
+                scores.append(psnr(as_shot(ctx.system, "train", out, i).clamp(0, 1).cpu().numpy(), gt))
                 bar.advance(i + 1)
         scores = np.asarray(scores)
         median = float(np.median(scores))
