@@ -30,10 +30,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-#: what ``train.exposure`` accepts
-EXPOSURE_KINDS = ("none", "gain", "affine")
-
-
 class ImageExposure(nn.Module):
     """The learned colour transform of each of ``n_images`` training images (module docstring).
 
@@ -105,11 +101,12 @@ class ImageExposure(nn.Module):
         """Each image's transform for ``exposure.json``: ``{"kind", "images": [{"name", "gain" | "matrix",
         "offset"}]}``, with ``names`` (one per image; the index where a name is missing)."""
         a, b = (t.detach().cpu() for t in self.transforms())
+        g = self.gains().detach().cpu() if self.kind == "gain" else None
         rows = []
         for i in range(self.n_images):
             row: dict = {"name": names[i] if i < len(names) else str(i)}
-            if self.kind == "gain":
-                row["gain"] = [round(float(v), 5) for v in torch.diagonal(a[i])]
+            if g is not None:
+                row["gain"] = [round(float(v), 5) for v in g[i]]
             else:
                 row["matrix"] = [[round(float(v), 5) for v in r] for r in a[i]]
                 row["offset"] = [round(float(v), 5) for v in b[i]]

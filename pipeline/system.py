@@ -142,7 +142,7 @@ class System(nn.Module):
         opened to render, export or evaluate) their entries are left out, and without exposure transforms (its
         scene has no training split loaded) theirs."""
         dropped = tuple(p for p, part in (("losses.", len(self.losses)), ("exposure.", self.exposure)) if not part)
-        return {k: v for k, v in state.items() if not (dropped and k.startswith(dropped))}
+        return {k: v for k, v in state.items() if not k.startswith(dropped)}
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: components may define ``param_groups(lr)`` for per-part rates."""

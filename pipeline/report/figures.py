@@ -102,12 +102,17 @@ def curves_png(log: list[dict]) -> Optional[bytes]:
     return _fig_png(fig)
 
 
+def record_gains(rows: Sequence[dict]) -> np.ndarray:
+    """The gains ``(N, 3)`` of ``exposure.json``'s rows: each row's ``gain``, or its affine ``matrix``'s diagonal."""
+    return np.array([r["gain"] if "gain" in r else np.diag(np.asarray(r["matrix"])) for r in rows], np.float64)
+
+
 def exposure_png(rows: Sequence[dict], truth: Optional[Sequence[Sequence[float]]] = None) -> bytes:
     """Each training image's learned gains (``exposure.json``'s rows: ``gain``, or an affine ``matrix``'s
     diagonal) against its index, one colour a channel, on a log scale; ``truth`` (N, 3), a simulated capture's
     gains, as open circles beside them."""
     plt = _pyplot()
-    gains = np.array([r["gain"] if "gain" in r else np.diag(np.asarray(r["matrix"])) for r in rows], np.float64)
+    gains = record_gains(rows)
     fig, ax = plt.subplots(figsize=(min(12.0, 3.0 + 0.12 * len(gains)), 3.2))
     index = np.arange(len(gains))
     for c, colour in enumerate(("tab:red", "tab:green", "tab:blue")):

@@ -150,20 +150,22 @@ class PhotoPlan:
                 **({"lens_assumed": len(self.assumed)} if self.assumed else {})}
 
 
+def _exif_number(value) -> Optional[float]:
+    """An EXIF tag's value (a number or rational) as a positive finite float; None when it is missing or not one."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return value if 0 < value < float("inf") else None
+
+
 def lens_of(image) -> Optional[str]:
     """The lens an open PIL image was taken with, by its EXIF focal length (mm, to 0.1) and 35 mm equivalent:
     ``"6.9 mm (48 mm equiv.)"``, either alone, or None when it has neither. The equivalent tells a phone's
     digital zoom (a crop of one lens: the same focal length) apart."""
     sub = image.getexif().get_ifd(EXIF_IFD)
-
-    def tag(key: int) -> Optional[float]:
-        try:
-            value = float(sub.get(key))
-        except (TypeError, ValueError, ZeroDivisionError):
-            return None
-        return round(value, 1) if 0 < value < float("inf") else None
-
-    mm, equiv = tag(FOCAL_LENGTH), tag(FOCAL_35MM)
+    mm, equiv = (_exif_number(sub.get(key)) for key in (FOCAL_LENGTH, FOCAL_35MM))
+    mm, equiv = (None if v is None else round(v, 1) for v in (mm, equiv))
     parts = [f"{mm:g} mm" if mm else "", f"{equiv:g} mm equiv." if equiv else ""]
     return (f"{parts[0]} ({parts[1]})" if mm and equiv else parts[0] or parts[1]) or None
 
@@ -174,18 +176,10 @@ def exposure_of(image) -> Optional[tuple[float, str]]:
     the settings in words (``"1/60 s, f/1.8, ISO 100"``). Without an f-number (phones have one fixed aperture) or an
     ISO, those factors are left out; None without an exposure time."""
     sub = image.getexif().get_ifd(EXIF_IFD)
-
-    def tag(key: int) -> Optional[float]:
-        value = sub.get(key)
-        if isinstance(value, (tuple, list)):  # ISO is sometimes a sequence
-            value = value[0] if value else None
-        try:
-            value = float(value)
-        except (TypeError, ValueError, ZeroDivisionError):
-            return None
-        return value if 0 < value < float("inf") else None
-
-    seconds, f, iso = tag(EXPOSURE_TIME), tag(F_NUMBER), tag(ISO_SPEED)
+    iso = sub.get(ISO_SPEED)
+    if isinstance(iso, (tuple, list)):  # ISO is sometimes a sequence
+        iso = iso[0] if iso else None
+    seconds, f, iso = _exif_number(sub.get(EXPOSURE_TIME)), _exif_number(sub.get(F_NUMBER)), _exif_number(iso)
     if seconds is None:
         return None
     words = [f"1/{1 / seconds:.0f} s" if seconds < 1 else f"{seconds:g} s"]

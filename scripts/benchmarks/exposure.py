@@ -27,11 +27,13 @@ def gain_recovery(run: Path) -> dict:
     given); {} for a run without exposure.json."""
     import numpy as np
 
+    from pipeline.report.figures import record_gains
+
     learned, truth = run / "exposure.json", json.loads((run / "scene.json").read_text()).get("exposure_gains")
     if not learned.is_file():
         return {}
     rows = json.loads(learned.read_text())["images"]
-    g = np.log(np.array([r["gain"] if "gain" in r else np.diag(r["matrix"]) for r in rows]))
+    g = np.log(record_gains(rows))
     t = np.log(np.array(truth)) if truth else np.zeros_like(g)
     out = {"gain_rms_log_error": round(float(np.sqrt(((g - t) ** 2).mean())), 4),
            "true_rms_log_gain": round(float(np.sqrt((t ** 2).mean())), 4)}
