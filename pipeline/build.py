@@ -133,7 +133,8 @@ def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = T
     terms = {f"{i}_{c.name}": as_module(c.build(ctx), c.component.label) for i, c in enumerate(cfg.losses)} \
         if losses else {}
     exposure = build_exposure(cfg, scene, training=losses)
-    return System(chain, built["renderer"], terms, scene.aabb, exposure).to(device)
+    poses = build_pose_refinement(cfg, scene, training=losses)
+    return System(chain, built["renderer"], terms, scene.aabb, exposure, poses).to(device)
 
 
 def build_exposure(cfg: SceneConfig, scene: SceneData, *, training: bool = True):
@@ -145,14 +146,36 @@ def build_exposure(cfg: SceneConfig, scene: SceneData, *, training: bool = True)
         return None
     from pipeline.exposure import ImageExposure
 
-    train = scene.splits.get("train")
-    if train is None or len(train) == 0 or not cfg.stages.get("renderer"):
-        if not training:
-            return None
-        raise ConfigError(f"train.exposure: {t.exposure} learns a colour transform for each training image, but "
-                          f"this scene {'has no renderer' if train else 'has no training images'}; "
-                          f"use train.exposure: none")
+    train = _training_views(cfg, scene, "exposure", "a colour transform", "none", training)
+    if train is None:
+        return None
     return ImageExposure(len(train), t.exposure, t.exposure_lr)
+
+
+def _training_views(cfg: SceneConfig, scene: SceneData, key: str, what: str, off: str, training: bool):
+    """The training split that a per-training-image part (``train.<key>``, which learns ``what``; ``off`` is
+    the setting without it) is built for; None when there is none (or no renderer) and the run is not
+    ``training``; a ConfigError naming the key when it is."""
+    train = scene.splits.get("train")
+    if train is not None and len(train) > 0 and cfg.stages.get("renderer"):
+        return train
+    if not training:
+        return None
+    value = getattr(cfg.train, key)
+    raise ConfigError(f"train.{key}: {str(value).lower() if isinstance(value, bool) else value} learns {what} "
+                      f"for each training image, but this scene "
+                      f"{'has no renderer' if train else 'has no training images'}; use train.{key}: {off}")
+
+
+def build_pose_refinement(cfg: SceneConfig, scene: SceneData, *, training: bool = True):
+    """The training cameras' pose corrections that ``train.refine_poses`` asks for (None when off); like
+    :func:`build_exposure`, a scene without training images or renderer is refused when ``training``."""
+    if not cfg.train.refine_poses:
+        return None
+    from pipeline.pose_refinement import PoseRefinement
+
+    train = _training_views(cfg, scene, "refine_poses", "a pose correction", "false", training)
+    return None if train is None else PoseRefinement(len(train), cfg.train.pose_lr)
 
 
 #: what the trainer and evaluation call on a renderer (``update(step, chain, *, every, warmup)`` is optional)

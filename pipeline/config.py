@@ -104,6 +104,13 @@ class TrainConfig(ConfigModel):
                                                          "The transforms are written to exposure.json")
     exposure_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the exposure transforms (decays "
                                "with lr_final_factor as the others do)")
+    refine_poses: bool = Field(False, description="learn a correction of each training camera's pose with the "
+                               "field (a rotation about the camera's centre and a shift), for poses from "
+                               "structure-from-motion that are off by a degree or so; held-out views keep their "
+                               "poses, and the corrections' mean is held at zero. Renders and evaluations of the "
+                               "training views use the refined poses; they are written to poses.json")
+    pose_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the pose corrections (radians and world "
+                           "units; decays with lr_final_factor as the others do)")
 
 
 class EvalConfig(ConfigModel):

@@ -40,6 +40,8 @@ CKPT_GLOB = "ckpt_*.pt"
 WARNINGS_RECORD = "warnings.json"
 #: each training image's learned colour transform as of the newest checkpoint (``train.exposure``)
 EXPOSURE_RECORD = "exposure.json"
+#: each training camera's learned pose correction and refined pose as of the newest checkpoint (``train.refine_poses``)
+POSES_RECORD = "poses.json"
 
 
 @functools.lru_cache(maxsize=None)

@@ -125,23 +125,26 @@ def as_module(built, label: Optional[str] = None):
 
 
 class System(nn.Module):
-    """Everything trainable or stateful of a run, so one ``state_dict`` checkpoints it all. ``exposure``
-    (optional, :class:`pipeline.exposure.ImageExposure`): the training images' colour transforms."""
+    """Everything trainable or stateful of a run, so one ``state_dict`` checkpoints it all. The optional parts
+    per training image: ``exposure`` (:class:`pipeline.exposure.ImageExposure`), their colour transforms, and
+    ``poses`` (:class:`pipeline.pose_refinement.PoseRefinement`), their cameras' pose corrections."""
 
     def __init__(self, chain: FieldChain, renderer: Optional[nn.Module], losses: dict[str, nn.Module],
-                 aabb: Tensor, exposure: Optional[nn.Module] = None):
+                 aabb: Tensor, exposure: Optional[nn.Module] = None, poses: Optional[nn.Module] = None):
         super().__init__()
         self.chain = chain
         self.renderer = renderer
         self.losses = nn.ModuleDict(losses)
         self.exposure = exposure
+        self.poses = poses
         self.register_buffer("aabb", aabb.float().clone())
 
     def held(self, state: Mapping[str, Tensor]) -> dict:
         """The entries of a checkpoint's model ``state`` for the parts this system has: without losses (a run
-        opened to render, export or evaluate) their entries are left out, and without exposure transforms (its
-        scene has no training split loaded) theirs."""
-        dropped = tuple(p for p, part in (("losses.", len(self.losses)), ("exposure.", self.exposure)) if not part)
+        opened to render, export or evaluate) their entries are left out, and without exposure transforms or
+        pose corrections (its scene has no training split loaded) theirs."""
+        dropped = tuple(p for p, part in (("losses.", len(self.losses)), ("exposure.", self.exposure),
+                                          ("poses.", self.poses)) if not part)
         return {k: v for k, v in state.items() if not k.startswith(dropped)}
 
     def param_groups(self, lr: float) -> list[dict]:
@@ -150,7 +153,7 @@ class System(nn.Module):
         seen: set[int] = set()
         roles = [("field", self.chain.field), ("certifier", self.chain.certifier),
                  ("density_map", self.chain.density_map), ("renderer", self.renderer),
-                 *((f"loss.{k}", v) for k, v in self.losses.items()), ("exposure", self.exposure)]
+                 *((f"loss.{k}", v) for k, v in self.losses.items()), ("exposure", self.exposure), ("poses", self.poses)]
         for role, module in roles:
             if module is None:
                 continue

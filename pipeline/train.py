@@ -18,7 +18,8 @@ from torch import nn
 
 from pipeline.config import SceneConfig
 from pipeline import notices
-from pipeline.runs import EXPOSURE_RECORD, WARNINGS_RECORD, RunDir
+from pipeline.pose_refinement import pose_record
+from pipeline.runs import EXPOSURE_RECORD, POSES_RECORD, WARNINGS_RECORD, RunDir
 from pipeline.system import check_render_output
 from pipeline.types import NLSError, PluginError, SceneData, component_label, plugin_errors
 
@@ -290,9 +291,11 @@ class TrainStep(nn.Module):
         if "origins" in batch and system.renderer is not None:
             what = (f"rendering {len(batch['origins'])} training rays ({component_label(system.renderer)} on "
                     f"{component_label(system.chain.field)}) failed")
-            with plugin_errors(what), _out_of_memory_hint(len(batch["origins"])):
-                out = system.renderer.render_rays(batch["origins"], batch["dirs"], system.chain, training=True,
-                                                  background=background)
+            origins, dirs = batch["origins"], batch["dirs"]
+            if getattr(system, "poses", None) is not None and "image_index" in batch:  # from the refined cameras
+                origins, dirs = system.poses(origins, dirs, batch["image_index"])
+            with plugin_errors(what), _out_of_memory_hint(len(origins)):
+                out = system.renderer.render_rays(origins, dirs, system.chain, training=True, background=background)
             check_render_output(out, system.renderer, "render_rays", (len(batch["origins"]),))
             if getattr(system, "exposure", None) is not None and "image_index" in batch:  # as each shot's camera saw it
                 bg = background if background is not None else getattr(system.renderer, "background", None)
@@ -499,6 +502,8 @@ class Trainer:
             if getattr(self.system, "exposure", None) is not None:
                 train = self.scene.splits["train"]
                 self.run.write_json(EXPOSURE_RECORD, {"step": self.step, **self.system.exposure.summary(train.names)})
+            if getattr(self.system, "poses", None) is not None:
+                self.run.write_json(POSES_RECORD, pose_record(self.system.poses, self.scene.splits["train"], self.step))
             if notices.kept():  # readable without torch, for compare and report before summary.json exists
                 self.run.write_json(WARNINGS_RECORD, {"step": self.step, "warnings": notices.kept()})
 

@@ -78,6 +78,10 @@ def open_run(args, *, need_checkpoint: bool = True, overrides: list[str] = (), t
             changed = config_changes(with_defaults(state.get("config"), host), cfg.to_dict())
             raise NLSError(f"checkpoint of {run.path} does not match its config.yaml: "
                            f"{load_error(exc).rstrip('.')}" + (f". {changed}" if changed else "")) from None
+    if not train:  # render, export, eval: the training views through the refined poses (train.refine_poses)
+        from pipeline.pose_refinement import refined_scene
+
+        scene = refined_scene(scene, system)
     step = int(state["step"]) if state else 0
     pid = None if train else run.trainer_pid()
     if pid is not None:  # render/export/eval of a run in training: say which state they see

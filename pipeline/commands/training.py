@@ -26,7 +26,10 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
     from pipeline.mesh import progress_default
     from pipeline.runs import source_version
 
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, progress=progress)
+    from pipeline.pose_refinement import refined_scene
+
+    # the training views as the run last saw them: through its refined poses (train.refine_poses)
+    ctx = EvalContext(ld.cfg, refined_scene(ld.scene, ld.system), ld.system, ld.run, ld.device, progress=progress)
     mesh_path = None
     with progress_default(None if progress else False):  # -q: no progress of field sampling either
         if ld.cfg.stages.get("extractor"):

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from pipeline.report import html as H
 from pipeline.report.collect import RunFacts, read_run, summary_mesh_level
-from pipeline.runs import EXPOSURE_RECORD
+from pipeline.runs import EXPOSURE_RECORD, POSES_RECORD
 from pipeline.types import NLSError
 
 __all__ = ["build_report", "read_run", "RunFacts"]
@@ -53,6 +53,8 @@ def build_report(run_dir: Path, out: Optional[Path] = None, *, host=None, use_mo
         builders.append(("Validation during training", lambda: _progress(facts)))
     if (facts.path / EXPOSURE_RECORD).is_file():
         builders.append(("Exposure of the training images", lambda: _exposure(facts)))
+    if (facts.path / POSES_RECORD).is_file():
+        builders.append(("Poses of the training cameras", lambda: _poses(facts)))
     steps = len(builders) + 5
     sections: list[tuple[str, str]] = []
     with StepProgress(steps, 0, "report", enabled=progress) as bar:
@@ -267,6 +269,50 @@ def _exposure(f: RunFacts) -> str:
     except (KeyError, TypeError, ValueError, IndexError):  # rows without 3 gains (or a 3x3 matrix) each
         return H.missing(f"{EXPOSURE_RECORD} holds rows without gains (damaged?): no exposure plot.")
     return H.img(png, "exposure gains", caption=caption)
+
+
+def _poses(f: RunFacts) -> str:
+    """The learned pose correction of each training camera (``train.refine_poses``): their mean and largest, a
+    table per camera, and for a rendered scene with ``pose_noise_deg`` the error against the true poses before
+    and after."""
+    from pipeline.runs import json_record
+
+    record, why = json_record(f.path / POSES_RECORD)
+    rows = (record or {}).get("cameras")
+    if not rows or not isinstance(rows, list):
+        return H.missing(f"{POSES_RECORD} {why or 'lists no cameras'}: no pose table.")
+    try:
+        per_camera = [(r["name"], r["rotation_deg"], sum(v * v for v in r["shift"]) ** 0.5) for r in rows]
+    except (KeyError, TypeError):
+        return H.missing(f"{POSES_RECORD} holds cameras without a correction (damaged?): no pose table.")
+    rot, shift = record.get("rotation_deg") or {}, record.get("shift") or {}
+    parts = [H.table(["correction", "mean", "largest"],
+                     [["rotation about the camera's centre (degrees)", rot.get("mean"), rot.get("max")],
+                      ["shift of the centre (world units)", shift.get("mean"), shift.get("max")]]),
+             f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; the corrections' mean is held "
+             f"at zero, so held-out views keep the frame of the given poses.</p>"]
+    truth = _pose_truth(f, rows)
+    if truth:
+        parts.append(H.table(["against the true poses (mean over the cameras)", "given", "refined"], truth))
+    parts.append(H.details("each camera's correction", H.table(["camera", "rotation (degrees)", "shift"],
+                                                                per_camera)))
+    return "".join(parts)
+
+
+def _pose_truth(f: RunFacts, rows: list) -> list:
+    """Table rows of :func:`pipeline.pose_refinement.pose_accuracy` (the given and the refined poses against the
+    true ones of a rendered scene with simulated pose error); [] for other scenes."""
+    import torch
+
+    from pipeline.pose_refinement import pose_accuracy
+
+    try:
+        refined = torch.tensor([r["c2w"] for r in rows], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError):
+        return []
+    labels = {"rotation_deg": "rotation error (degrees)", "centre": "centre error (world units)",
+              "view_deg": "view error: angle at which the object is seen off (degrees)"}
+    return [[labels[k], *v] for k, v in pose_accuracy(f.scene or {}, refined).items()]
 
 
 def progress_previews(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:

@@ -24,6 +24,12 @@ class _Views(ComponentConfig):
                                    "per-channel gains exp(u), u uniform in +-exposure_jitter (centred over the images, "
                                    "clipped to [0, 1]); test views keep the renderer's camera. For trying "
                                    "train.exposure; 0 (the default) leaves the images as rendered")
+    pose_noise_deg: float = Field(0.0, ge=0, le=30, description="simulate poses from structure-from-motion: each "
+                                  "training camera is turned about its centre by up to this many degrees (a random "
+                                  "axis and angle, centred over the cameras) after its image was rendered; test views "
+                                  "keep their poses. For trying train.refine_poses; 0 (the default) leaves them exact")
+    pose_noise_shift: float = Field(0.0, ge=0, description="with pose_noise_deg: each training camera is also moved "
+                                    "by up to this much along each axis (world units, centred over the cameras)")
 
 
 class ProceduralConfig(_Views):

@@ -212,12 +212,14 @@ def _render_views(mesh, out: Path, cfg, progress: bool = False) -> None:
 
 
 #: options of the rendered scenes applied when the cached views are loaded, so not part of the cache key
-AFTER_RENDERING = {"background", "exposure_jitter"}
+AFTER_RENDERING = {"background", "exposure_jitter", "pose_noise_deg", "pose_noise_shift"}
 
 
 def _load(folder: Path, cfg, aabb=None) -> SceneData:
     """The rendered views in ``folder`` on ``cfg.background``, with ``cfg.exposure_jitter`` applied to the
-    training images (their gains in ``scene.meta["exposure_gains"]``) and ``aabb`` as the box."""
+    training images (their gains in ``scene.meta["exposure_gains"]``), ``cfg.pose_noise_deg`` and
+    ``pose_noise_shift`` to their cameras (``scene.meta["true_poses"]`` and ``["noisy_poses"]``) and ``aabb`` as the
+    box."""
     import torch
 
     from pipeline.scenes.blender import load_blender
@@ -233,6 +235,14 @@ def _load(folder: Path, cfg, aabb=None) -> SceneData:
         train.images, gains = jitter_exposure(train.images, train.alphas, BG[cfg.background], cfg.exposure_jitter,
                                               cfg.seed)
         scene.meta["exposure_gains"] = [[round(float(v), 5) for v in g] for g in gains]
+    if cfg.pose_noise_deg > 0 or cfg.pose_noise_shift > 0:
+        from pipeline.pose_refinement import perturb_poses
+
+        train = scene.splits["train"]
+        true_c2w = train.cameras.c2w
+        train.cameras, _, _ = perturb_poses(train.cameras, cfg.pose_noise_deg, cfg.pose_noise_shift, cfg.seed)
+        for key, c2w in (("true_poses", true_c2w), ("noisy_poses", train.cameras.c2w)):
+            scene.meta[key] = [[[round(float(v), 7) for v in r] for r in m] for m in c2w]
     warn_if_cut_off(scene)
     return scene
 

@@ -1,0 +1,212 @@
+"""Camera pose refinement: a correction of each training camera's pose, learned with the field.
+
+Poses from structure-from-motion (COLMAP, the photos and video sources) are off by a fraction of a degree
+to a degree or two, and a radiance field fitted to slightly misplaced cameras blurs fine detail and grows
+floaters where the views disagree. BARF (Lin et al., ICCV 2021) showed that a NeRF's photometric loss can
+refine poses by gradient descent through the rendering: each camera's pose is a parameter and the rays of its
+pixels move with it (BARF Eq. 3-5, the photometric loss minimised over the field and the poses jointly).
+nerfstudio's camera optimiser does the same with a rotation and a translation per image. This module takes
+that shape, with each correction in the *world* frame and the rotation about the camera's own centre:
+
+    c2w_i' :  R_i' = exp([w_i]x) R_i,   t_i' = t_i + s_i,
+
+so a ray ``(o, d)`` of image ``i`` becomes ``(o + s_i, exp([w_i]x) d)`` (a pinhole camera's rays all start at
+its centre ``t_i``). ``w_i`` (a rotation vector, radians) and ``s_i`` (world units) start at zero. The
+exponential map is ``torch.linalg.matrix_exp`` of the skew matrix (differentiable, exact at zero).
+
+Departures from BARF: no coarse-to-fine annealing of the positional encoding (BARF Eq. 14). BARF starts from
+poses off by up to ~15 degrees (its synthetic experiments) and needs the annealing to get there; the poses this
+is for are already close, and the shared hash-grid backend has no frequency encoding to anneal. Like
+nerfstudio's, the correction is one free 6-vector per image and no pose prior.
+
+The corrections are identified only up to one common rigid motion of all cameras, which the field would follow.
+Their mean is held at zero (``w_i`` and ``s_i`` are used minus their mean over the images, as
+:mod:`pipeline.exposure` holds its transforms' mean at the identity), so the scene stays in the frame the poses
+came in and held-out views, whose poses are not refined, still see it where they expect it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.types import Cameras
+
+
+def rotation_matrices(rotvec: Tensor) -> Tensor:
+    """Rotation matrices ``(N, 3, 3)`` of rotation vectors ``(N, 3)`` (axis times angle in radians), through the
+    matrix exponential of their skew-symmetric matrices."""
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*rotvec.shape[:-1], 3, 3)
+    return torch.linalg.matrix_exp(skew)
+
+
+class PoseRefinement(nn.Module):
+    """The learned pose correction of each of ``n_images`` training cameras (module docstring).
+
+    ``forward(origins (R,3), dirs (R,3), image (R,) long) -> (origins (R,3), dirs (R,3))``: the rays of
+    training images ``image`` from their refined cameras. :meth:`refined` gives a whole camera set's.
+    """
+
+    def __init__(self, n_images: int, lr: float = 3e-4):
+        super().__init__()
+        if n_images < 1:
+            raise ValueError(f"pose refinement needs at least one training image, got {n_images}")
+        self.lr = float(lr)
+        self.rotation = nn.Parameter(torch.zeros(n_images, 3))  # (N, 3) rotation vectors before centring
+        self.shift = nn.Parameter(torch.zeros(n_images, 3))  # (N, 3) world-frame shifts before centring
+
+    @property
+    def n_images(self) -> int:
+        """How many cameras have a correction."""
+        return int(self.shift.shape[0])
+
+    def corrections(self) -> tuple[Tensor, Tensor]:
+        """Every camera's correction, centred over the cameras: rotation vectors ``(N, 3)`` (radians) and
+        shifts ``(N, 3)`` (world units)."""
+        return (self.rotation - self.rotation.mean(0, keepdim=True),
+                self.shift - self.shift.mean(0, keepdim=True))
+
+    def forward(self, origins: Tensor, dirs: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Rays ``origins, dirs (R, 3)`` of training images ``image (R,)`` as their refined cameras cast them:
+        the origin shifted, the direction rotated about the camera's centre (still unit length)."""
+        image = image.to(device=origins.device, dtype=torch.long)
+        w, s = self.corrections()
+        rot = rotation_matrices(w.to(dirs.dtype))  # (N, 3, 3), one matrix exponential per camera, not per ray
+        return origins + s.to(origins.dtype)[image], torch.einsum("rij,rj->ri", rot[image], dirs)
+
+    def refined(self, cameras: Cameras) -> Cameras:
+        """``cameras`` (the training split's, one per correction) with every pose corrected: the same
+        intrinsics, ``c2w`` rotation ``exp([w]x) R`` and centre ``t + s``."""
+        if len(cameras) != self.n_images:
+            raise ValueError(f"{len(cameras)} cameras for {self.n_images} pose corrections")
+        with torch.no_grad():
+            w, s = self.corrections()
+            c2w = cameras.c2w.clone()
+            rot = rotation_matrices(w.to(device=c2w.device, dtype=c2w.dtype))
+            c2w[:, :3, :3] = rot @ c2w[:, :3, :3]
+            c2w[:, :3, 3] = c2w[:, :3, 3] + s.to(device=c2w.device, dtype=c2w.dtype)
+        return Cameras(c2w, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """One optimiser group at this module's own rate (``train.pose_lr``), whatever the field's."""
+        return [{"params": list(self.parameters()), "lr": self.lr}]
+
+    def summary(self, names: list[str]) -> dict:
+        """Each camera's correction for ``poses.json``: ``{"cameras": [{"name", "rotation_deg", "rotation_vector",
+        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}}``; ``names`` one per camera (the
+        index where a name is missing)."""
+        w, s = (t.detach().cpu().double() for t in self.corrections())
+        deg = torch.rad2deg(w.norm(dim=-1))
+        dist = s.norm(dim=-1)
+        rows = [{"name": names[i] if i < len(names) else str(i), "rotation_deg": round(float(deg[i]), 5),
+                 "rotation_vector": [round(float(v), 7) for v in w[i]], "shift": [round(float(v), 7) for v in s[i]]}
+                for i in range(self.n_images)]
+        return {"cameras": rows,
+                "rotation_deg": {"mean": round(float(deg.mean()), 5), "max": round(float(deg.max()), 5)},
+                "shift": {"mean": round(float(dist.mean()), 7), "max": round(float(dist.max()), 7)}}
+
+
+def pose_record(poses: PoseRefinement, train, step: int) -> dict:
+    """``poses.json``: the ``step``, :meth:`PoseRefinement.summary` of the ``train`` split's cameras
+    (:class:`pipeline.types.PosedImages`), and each camera's refined ``c2w`` (4x4, the scene's frame)."""
+    record = {"step": int(step), **poses.summary(train.names)}
+    c2w = poses.refined(train.cameras).c2w.detach().cpu().double()
+    for row, m in zip(record["cameras"], c2w):
+        row["c2w"] = [[round(float(v), 7) for v in r] for r in m]
+    return record
+
+
+def refined_scene(scene, system):
+    """``scene`` (:class:`pipeline.types.SceneData`) as a trained ``system`` sees it: when the system refined
+    the training cameras' poses, a copy whose training split has the refined cameras (for rendering and
+    evaluating the training views after training), otherwise ``scene`` itself. The scene is not changed."""
+    from dataclasses import replace
+
+    poses = getattr(system, "poses", None)
+    train = scene.splits.get("train")
+    if poses is None or train is None:
+        return scene
+    refined = poses.refined(train.cameras.to(poses.shift.device)).to(train.cameras.c2w.device)
+    return replace(scene, splits={**scene.splits, "train": replace(train, cameras=refined)})
+
+
+def perturb_poses(cameras: Cameras, degrees: float, shift: float, seed: int) -> tuple[Cameras, Tensor, Tensor]:
+    """Simulated pose error, for testing :class:`PoseRefinement` on rendered scenes: every camera rotated about
+    its centre by a random rotation vector and moved by a random shift, both centred over the cameras (so the
+    error has no common part, which refinement could not tell from the scene's frame).
+
+    Rotation vectors: a uniform random axis times an angle uniform in ``[0, degrees]``; shifts: uniform in
+    ``[-shift, shift]`` per axis. Returns the perturbed cameras and the applied rotation vectors ``(N, 3)``
+    (radians) and shifts ``(N, 3)``; seeded by ``seed`` alone. The correction that undoes it is
+    ``w = -rotation`` (to first order) and ``s = -shift``.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    n = len(cameras)
+    axis = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    w = axis * torch.rand(n, 1, generator=gen, dtype=torch.float64) * math.radians(float(degrees))
+    s = (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * float(shift)
+    w, s = w - w.mean(0, keepdim=True), s - s.mean(0, keepdim=True)
+    c2w = cameras.c2w.double().clone()
+    c2w[:, :3, :3] = rotation_matrices(w) @ c2w[:, :3, :3]
+    c2w[:, :3, 3] = c2w[:, :3, 3] + s
+    moved = Cameras(c2w.to(cameras.c2w.dtype), cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width,
+                    cameras.height)
+    return moved, w, s
+
+
+def pose_errors(refined: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotation error (degrees) and centre distance (world units), each ``(N,)``, between camera-to-world
+    matrices ``refined`` and ``truth`` ``(N, 4, 4)``."""
+    from scipy.spatial.transform import Rotation
+
+    r = refined[:, :3, :3].double().transpose(1, 2) @ truth[:, :3, :3].double()
+    angle = torch.from_numpy(Rotation.from_matrix(r.cpu().numpy()).magnitude())
+    return torch.rad2deg(angle), (refined[:, :3, 3].double() - truth[:, :3, 3].double()).norm(dim=-1).cpu()
+
+
+def view_errors(refined: Tensor, truth: Tensor, points: Tensor) -> Tensor:
+    """How far off each camera sees the scene: the mean angle (degrees) between the directions in which
+    camera-to-world ``refined`` and ``truth`` ``(N, 4, 4)`` see ``points (P, 3)`` (e.g. the object's surface), each
+    in its own camera frame, ``(N,)``; times the focal length in pixels, the mean reprojection error. Unlike
+    :func:`pose_errors` it does not count a rotation and a shift that move the image alike as two errors."""
+    def seen(c2w: Tensor) -> Tensor:  # (N, P, 3) unit directions in the camera frame
+        rel = points.double()[None] - c2w[:, None, :3, 3].double()
+        d = torch.einsum("nji,npj->npi", c2w[:, :3, :3].double(), rel)
+        return d / d.norm(dim=-1, keepdim=True)
+
+    a, b = seen(refined), seen(truth)
+    return torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))).mean(-1)
+
+
+def pose_accuracy(scene: dict, refined) -> dict:
+    """How far the poses a run trained with (``scene["noisy_poses"]``) and its ``refined`` camera-to-world
+    matrices ``(N, 4, 4)`` (None: not refined) lie from the true ones, for a rendered scene with simulated pose
+    error (``scene``: its scene.json, with ``true_poses``): ``{"rotation_deg", "centre", "view_deg": (given,
+    refined)}``, each the mean over the cameras of :func:`pose_errors` and of :func:`view_errors` at 2000
+    points of the ground-truth surface (``view_deg`` only when ``scene["gt_mesh"]`` is a file); {} for a scene
+    without true poses, or poses of another count."""
+    from pathlib import Path
+
+    try:
+        truth, given = (torch.tensor(scene[k], dtype=torch.float64) for k in ("true_poses", "noisy_poses"))
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return {}
+    refined = given if refined is None else torch.as_tensor(refined, dtype=torch.float64)
+    if given.shape != truth.shape or refined.shape != truth.shape or truth.ndim != 3:
+        return {}
+    (r0, t0), (r1, t1) = pose_errors(given, truth), pose_errors(refined, truth)
+    out = {"rotation_deg": (float(r0.mean()), float(r1.mean())), "centre": (float(t0.mean()), float(t1.mean()))}
+    gt = scene.get("gt_mesh")
+    if isinstance(gt, str) and Path(gt).is_file():
+        import trimesh
+
+        points = torch.from_numpy(trimesh.sample.sample_surface(trimesh.load(gt, force="mesh"), 2000, seed=0)[0])
+        out["view_deg"] = (float(view_errors(given, truth, points).mean()),
+                           float(view_errors(refined, truth, points).mean()))
+    return out
+
