@@ -89,3 +89,19 @@ def browser_or_skip(need_viser: bool = True) -> str:
     if need_viser:
         pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
     return exe
+
+
+def resumed_from_the_middle(nls, scene: Path, tmp_path: Path, last_step: int) -> tuple[Path, Path]:
+    """Train ``scene`` (one thread, no evaluation) to ``last_step``, copy its run folder, remove the copy's
+    checkpoint of ``last_step`` and resume the copy from the one before: ``(original, copy)``, for tests that a
+    part of the system is checkpointed so that the resumed run ends bit for bit as the original."""
+    one = {"NLS_THREADS": "1"}
+    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True, env=one)
+    (original,) = list((tmp_path / "runs").glob("*/*/*"))
+    resumed = tmp_path / "copy"
+    shutil.copytree(original, resumed)
+    for p in resumed.glob(f"checkpoints/ckpt_{last_step:08d}.pt*"):
+        p.unlink()
+    nls("resume", str(resumed), "-q", "--no-eval", check=True, env=one)
+    return original, resumed
+

@@ -160,22 +160,14 @@ def test_color_corrected_undoes_a_colour_transform_exactly():
 def test_resume_continues_the_exposure_bit_for_bit(nls, tiny_scene, tmp_path):
     """The transforms are part of the checkpoint: a run resumed from its mid-run checkpoint ends with the
     same gains (and the same exposure.json) as the run that was never stopped."""
-    import shutil
-
     from pipeline.runs import RunDir
+    from tests.short_runs import resumed_from_the_middle
 
     scene = tiny_scene(train={"steps": 20, "batch_rays": 256, "checkpoint_every": 10, "log_every": 5,
                               "grid_warmup": 4, "exposure": "gain", "exposure_lr": 0.01},
                        scene={"type": "procedural", "shape": "sphere", "n_train": 8, "n_test": 2,
                               "image_size": 32, "supersample": 1, "gt_resolution": 64, "exposure_jitter": 0.4})
-    one = {"NLS_THREADS": "1"}
-    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True, env=one)
-    (original,) = list((tmp_path / "runs").glob("*/*/*"))
-    copy = tmp_path / "copy"
-    shutil.copytree(original, copy)
-    for p in copy.glob("checkpoints/ckpt_00000020.pt*"):
-        p.unlink()
-    nls("resume", str(copy), "-q", "--no-eval", check=True, env=one)
+    original, copy = resumed_from_the_middle(nls, scene, tmp_path, 20)
     a, b = (RunDir.open(r).load_checkpoint()["model"] for r in (original, copy))
     assert torch.equal(a["exposure.log_gain"], b["exposure.log_gain"])
     assert float(a["exposure.log_gain"].abs().max()) > 0  # it did learn something

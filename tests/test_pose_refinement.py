@@ -213,19 +213,11 @@ def test_run_refines_the_poses_towards_the_true_ones(nls, tiny_scene, tmp_path):
 def test_resume_continues_the_poses_bit_for_bit(nls, tiny_scene, tmp_path):
     """The corrections are part of the checkpoint: a run resumed from its mid-run checkpoint ends with the
     same corrections (and poses.json) as the run that was never stopped."""
-    import shutil
-
     from pipeline.runs import RunDir
+    from tests.short_runs import resumed_from_the_middle
 
     scene = _noisy_tiny(tiny_scene, steps=20, batch_rays=256, checkpoint_every=10, log_every=5, grid_warmup=4)
-    one = {"NLS_THREADS": "1"}
-    nls("reconstruct", str(scene), "--output", str(tmp_path / "runs"), "-q", "--no-eval", check=True, env=one)
-    (original,) = list((tmp_path / "runs").glob("*/*/*"))
-    copy = tmp_path / "copy"
-    shutil.copytree(original, copy)
-    for p in copy.glob("checkpoints/ckpt_00000020.pt*"):
-        p.unlink()
-    nls("resume", str(copy), "-q", "--no-eval", check=True, env=one)
+    original, copy = resumed_from_the_middle(nls, scene, tmp_path, 20)
     a, b = (RunDir.open(r).load_checkpoint()["model"] for r in (original, copy))
     assert torch.equal(a["poses.rotation"], b["poses.rotation"]) and torch.equal(a["poses.shift"], b["poses.shift"])
     assert float(a["poses.rotation"].abs().max()) > 0  # it did learn something

@@ -38,3 +38,34 @@ def reconstruct(what: str, target: str, runs: Path, *args: str, sets: Sequence[s
         raise SystemExit(f"{what}: nls reconstruct failed with exit code {proc.returncode}")
     run = sorted(runs.glob("*/*/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
     return run, time.perf_counter() - t0
+
+
+def sweep_arguments(ap, bench: str) -> None:
+    """The options of a sweep over one rendered scene (the ``exposure`` and ``poses`` benchmarks): ``--scene``
+    (default ``scenes/csg_dense.yaml``), ``--steps`` (600), ``--set`` for every run, and ``--out``
+    (``outputs/bench/BENCH.json``)."""
+    ap.add_argument("--scene", default="scenes/csg_dense.yaml", help="a scene file of a rendered scene "
+                    "(procedural or mesh source)")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="--set for every run")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / f"{bench}.json"))
+
+
+def cell(value, spec: str) -> str:
+    """``value`` formatted by ``spec`` (e.g. ``"7.2f"``) for a table, or ``-`` at that width when it is missing
+    or not finite."""
+    import math
+
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return format(value, spec)
+    return format("-", spec[0] + "s")
+
+
+def write_result(result: dict, out: str) -> None:
+    """Write ``result`` as JSON to ``out`` (its folder made) and say so."""
+    import json
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from scripts.benchmarks._reconstruct import cell, reconstruct, sweep_arguments, write_result
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,16 +46,11 @@ def gain_recovery(run: Path) -> dict:
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="bench.py exposure", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scene", default="scenes/csg_dense.yaml", help="a scene file of a rendered scene "
-                    "(procedural or mesh source)")
-    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--jitter", type=float, nargs="+", default=[0.0, 0.6], help="scene.exposure_jitter values")
     ap.add_argument("--kinds", nargs="+", default=["none", "gain"], choices=["none", "gain", "affine"],
                     help="train.exposure values")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="--set for every run")
-    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "exposure.json"))
+    sweep_arguments(ap, "exposure")
     args = ap.parse_args(argv)
-    from scripts.benchmarks._reconstruct import reconstruct
 
     runs_root = ROOT / "outputs" / "bench" / "exposure_runs"
     rows = []
@@ -71,12 +67,9 @@ def main(argv: list[str]) -> dict:
                    "seconds": round(seconds, 1), **{k: m.get(k) for k in ("psnr", "psnr_cc", "ssim", "chamfer_l1")},
                    **gain_recovery(run)}
             rows.append(row)
-            fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) and math.isfinite(v) else format("-", f[0] + "s")  # noqa: E731
-            print(f"{jitter:>6g} {kind:>8} {fmt(row['psnr'], '7.2f')} {fmt(row['psnr_cc'], '7.2f')} "
-                  f"{fmt(row['ssim'], '6.4f')} {fmt(row['chamfer_l1'], '8.2f')} {fmt(row.get('gain_corr'), '6.3f')} "
-                  f"{fmt(row.get('gain_rms_log_error'), '7.3f')} {seconds:5.0f}", flush=True)
+            print(f"{jitter:>6g} {kind:>8} {cell(row['psnr'], '7.2f')} {cell(row['psnr_cc'], '7.2f')} "
+                  f"{cell(row['ssim'], '6.4f')} {cell(row['chamfer_l1'], '8.2f')} {cell(row.get('gain_corr'), '6.3f')} "
+                  f"{cell(row.get('gain_rms_log_error'), '7.3f')} {seconds:5.0f}", flush=True)
     result = {"benchmark": "exposure", "scene": args.scene, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
     return result

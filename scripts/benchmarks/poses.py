@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from scripts.benchmarks._reconstruct import cell, reconstruct, sweep_arguments, write_result
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,17 +50,12 @@ def _noise(text: str) -> tuple[float, float]:
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="bench.py poses", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scene", default="scenes/csg_dense.yaml", help="a scene file of a rendered scene "
-                    "(procedural or mesh source)")
-    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--noise", type=_noise, nargs="+", default=[(0.0, 0.0), (2.0, 0.02)],
                     help="pose noise as DEG:SHIFT (scene.pose_noise_deg and scene.pose_noise_shift)")
     ap.add_argument("--refine", nargs="+", default=["off", "on"], choices=["off", "on"],
                     help="train.refine_poses values")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="--set for every run")
-    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "poses.json"))
+    sweep_arguments(ap, "poses")
     args = ap.parse_args(argv)
-    from scripts.benchmarks._reconstruct import reconstruct
 
     runs_root = ROOT / "outputs" / "bench" / "poses_runs"
     rows = []
@@ -77,14 +73,11 @@ def main(argv: list[str]) -> dict:
                    "run": str(run), "seconds": round(seconds, 1),
                    **{k: m.get(k) for k in ("psnr", "ssim", "chamfer_l1")}, **pose_recovery(run)}
             rows.append(row)
-            fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) and math.isfinite(v) else format("-", f[0] + "s")  # noqa: E731
-            print(f"{f'{deg:g}:{shift:g}':>10} {refine:>6} {fmt(row['psnr'], '7.2f')} {fmt(row['ssim'], '6.4f')} "
-                  f"{fmt(row['chamfer_l1'], '8.2f')} {fmt(row.get('rotation_deg_before'), '10.3f')} "
-                  f"{fmt(row.get('rotation_deg_after'), '7.3f')} {fmt(row.get('centre_before'), '10.4f')} "
-                  f"{fmt(row.get('centre_after'), '8.4f')} {fmt(row.get('view_deg_before'), '11.3f')} "
-                  f"{fmt(row.get('view_deg_after'), '7.3f')} {seconds:5.0f}", flush=True)
+            print(f"{f'{deg:g}:{shift:g}':>10} {refine:>6} {cell(row['psnr'], '7.2f')} {cell(row['ssim'], '6.4f')} "
+                  f"{cell(row['chamfer_l1'], '8.2f')} {cell(row.get('rotation_deg_before'), '10.3f')} "
+                  f"{cell(row.get('rotation_deg_after'), '7.3f')} {cell(row.get('centre_before'), '10.4f')} "
+                  f"{cell(row.get('centre_after'), '8.4f')} {cell(row.get('view_deg_before'), '11.3f')} "
+                  f"{cell(row.get('view_deg_after'), '7.3f')} {seconds:5.0f}", flush=True)
     result = {"benchmark": "poses", "scene": args.scene, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
     return result
