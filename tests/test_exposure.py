@@ -100,13 +100,16 @@ def test_jitter_exposure_gains_and_background():
     assert torch.equal(out, again)
 
 
-def test_refused_without_training_images(nls, tmp_path):
+@pytest.mark.parametrize("setting", ["exposure=gain", "refine_poses=true"])
+def test_refused_without_training_images(nls, tmp_path, setting):
+    """The per-training-image parts (exposure transforms, pose corrections) on a point cloud: a ConfigError that
+    names the key and its value."""
     cloud = tmp_path / "cloud.xyz"
     cloud.write_text("\n".join(f"{x} {y} {z}" for x, y, z in torch.rand(200, 3).tolist()))
-    proc = nls("reconstruct", str(cloud), "--steps", "2", "--set", "train.exposure=gain", "--output",
+    proc = nls("reconstruct", str(cloud), "--steps", "2", "--set", f"train.{setting}", "--output",
                str(tmp_path / "out"))
     assert proc.returncode != 0
-    assert "train.exposure: gain" in proc.stderr and "no training images" in proc.stderr, proc.stderr
+    assert f"train.{setting.replace('=', ': ')}" in proc.stderr and "no training images" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 

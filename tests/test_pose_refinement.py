@@ -165,16 +165,6 @@ def test_refined_scene_replaces_only_the_training_cameras():
     assert refined_scene(scene, SimpleNamespace(poses=None)) is scene
 
 
-def test_refused_without_training_images(nls, tmp_path):
-    cloud = tmp_path / "cloud.xyz"
-    cloud.write_text("\n".join(f"{x} {y} {z}" for x, y, z in torch.rand(200, 3).tolist()))
-    proc = nls("reconstruct", str(cloud), "--steps", "2", "--set", "train.refine_poses=true", "--output",
-               str(tmp_path / "out"))
-    assert proc.returncode != 0
-    assert "train.refine_poses: true" in proc.stderr and "no training images" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 def _noisy_tiny(tiny_scene, **train):
     return tiny_scene(train={"steps": 300, "batch_rays": 1024, "checkpoint_every": 150, "log_every": 25,
                              "grid_warmup": 20, "lr": 0.02, "refine_poses": True, "pose_lr": 0.003, **train},
