@@ -28,8 +28,9 @@ class _Views(ComponentConfig):
                                   "training camera is turned about its centre by up to this many degrees (a random "
                                   "axis and angle, centred over the cameras) after its image was rendered; test views "
                                   "keep their poses. For trying train.refine_poses; 0 (the default) leaves them exact")
-    pose_noise_shift: float = Field(0.0, ge=0, description="with pose_noise_deg: each training camera is also moved "
-                                    "by up to this much along each axis (world units, centred over the cameras)")
+    pose_noise_shift: float = Field(0.0, ge=0, description="simulated pose error, too: each training camera is moved "
+                                    "by up to this much along each axis (world units, uniform, centred over the "
+                                    "cameras), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
 
 
 class ProceduralConfig(_Views):
