@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pipeline.types import Cameras
+from pipeline.types import Cameras, PosedImages, SceneData
 
 
 def rotation_matrices(rotvec: Tensor) -> Tensor:
@@ -110,9 +110,9 @@ class PoseRefinement(nn.Module):
                 "shift": {"mean": round(float(dist.mean()), 7), "max": round(float(dist.max()), 7)}}
 
 
-def pose_record(poses: PoseRefinement, train, step: int) -> dict:
-    """``poses.json``: the ``step``, :meth:`PoseRefinement.summary` of the ``train`` split's cameras
-    (:class:`pipeline.types.PosedImages`), and each camera's refined ``c2w`` (4x4, the scene's frame)."""
+def pose_record(poses: PoseRefinement, train: PosedImages, step: int) -> dict:
+    """``poses.json``: the ``step``, :meth:`PoseRefinement.summary` of the ``train`` split's cameras, and each
+    camera's refined ``c2w`` (4x4, the scene's frame)."""
     record = {"step": int(step), **poses.summary(train.names)}
     c2w = poses.refined(train.cameras).c2w.detach().cpu().double()
     for row, m in zip(record["cameras"], c2w):
@@ -120,8 +120,8 @@ def pose_record(poses: PoseRefinement, train, step: int) -> dict:
     return record
 
 
-def refined_scene(scene, system):
-    """``scene`` (:class:`pipeline.types.SceneData`) as a trained ``system`` sees it: when the system refined
+def refined_scene(scene: SceneData, system: nn.Module) -> SceneData:
+    """``scene`` as a trained ``system`` (:class:`pipeline.system.System`) sees it: when the system refined
     the training cameras' poses, a copy whose training split has the refined cameras (for rendering and
     evaluating the training views after training), otherwise ``scene`` itself. The scene is not changed."""
     from dataclasses import replace
@@ -141,8 +141,8 @@ def perturb_poses(cameras: Cameras, degrees: float, shift: float, seed: int) -> 
 
     Rotation vectors: a uniform random axis times an angle uniform in ``[0, degrees]``; shifts: uniform in
     ``[-shift, shift]`` per axis. Returns the perturbed cameras and the applied rotation vectors ``(N, 3)``
-    (radians) and shifts ``(N, 3)``; seeded by ``seed`` alone. The correction that undoes it is
-    ``w = -rotation`` (to first order) and ``s = -shift``.
+    (radians) and shifts ``(N, 3)``; seeded by ``seed`` alone. The correction that undoes it exactly is
+    ``w = -rotation`` and ``s = -shift`` (both already centred).
     """
     gen = torch.Generator().manual_seed(int(seed))
     n = len(cameras)

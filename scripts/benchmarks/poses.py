@@ -7,9 +7,9 @@ views keep their poses), each with ``train.refine_poses`` off and on. Prints and
 outputs/bench/poses.json, per run: the test PSNR and SSIM, Chamfer-L1 x10^3 against the ground truth, and the
 training cameras' mean rotation error (degrees) and centre error (world units) against the true poses, before
 training and after (poses.json's refined poses; without refinement the poses it trained with; with exact poses,
-how far refinement moved them), and the view
-error: the mean angle between the directions in which a camera and its true pose see the ground-truth surface
-(a rotation and a shift that move the image alike are one error there, not two).
+how far refinement moved them), and the view error: the mean angle between the directions in which a camera and
+its true pose see the ground-truth surface (a rotation and a shift that move the image alike are one error there,
+not two).
 
     python scripts/bench.py poses                          # noise 0 and 2 degrees / 0.02, refinement off and on
     python scripts/bench.py poses --noise 1:0.01 3:0.03 --steps 1200
