@@ -122,7 +122,6 @@ def test_double_backward_fp32():
     _random_table(enc)
     head = torch.randn(enc.output_dim)
     x = torch.rand(256, 3).requires_grad_(True)
-    assert enc.path_for(x) == "torch"  # auto: input gradients need the torch path
     sdf = enc(x) @ head
     (grad_x,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
     eikonal = ((grad_x.norm(dim=-1) - 1.0) ** 2).mean()
@@ -146,12 +145,67 @@ def test_cpu_kernel_matches_torch_path():
         out_k = enc(x)
         gout = torch.randn_like(out_k)
         (g_k,) = torch.autograd.grad(out_k, enc.params, gout)
-        xt = x.clone().requires_grad_(True)
-        assert enc.path_for(xt) == "torch"
-        out_t = enc(xt)
-        (g_t,) = torch.autograd.grad(out_t, enc.params, gout)
+        ref = HashGridEncoding(backend="torch", **cfg)
+        ref.load_state_dict(enc.state_dict())
+        out_t = ref(x)
+        (g_t,) = torch.autograd.grad(out_t, ref.params, gout)
         torch.testing.assert_close(out_k, out_t, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(g_k, g_t, atol=1e-5, rtol=1e-5)
+
+
+def _kernel_and_torch_pair(cfg):
+    """The same table behind the kernel path (``auto``) and the torch path."""
+    enc = HashGridEncoding(backend="auto", **cfg)
+    _random_table(enc)
+    ref = HashGridEncoding(backend="torch", **cfg)
+    ref.load_state_dict(enc.state_dict())
+    return enc, ref
+
+
+@pytest.mark.parametrize("features", [1, 2, 3, 4])
+def test_cpu_kernel_input_gradient_matches_torch_path(features):
+    """First-order gradients w.r.t. x and the table, x requiring a gradient: the kernel's backward
+    against autograd through the torch path (whose float64 gradients gradcheck holds to finite
+    differences above), on random points, cell corners, the cube's faces, and points the clamp moves
+    (outside the cube, NaN, inf: no gradient there)."""
+    _kernel_or_skip()
+    cfg = dict(MIXED, n_levels=6, max_resolution=64, n_features_per_level=features)
+    enc, ref = _kernel_and_torch_pair(cfg)
+    assert 0 < enc.n_dense_levels < enc.n_levels
+    x = _points(2000)
+    gout = torch.randn(x.shape[0], enc.output_dim, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for e in (enc, ref):
+        xi = x.clone().requires_grad_(True)
+        assert e.path_for(xi) == ("cpu_kernel" if e is enc else "torch")
+        grads.append(torch.autograd.grad(e(xi), (xi, e.params), gout))
+    (gx_k, gt_k), (gx_t, gt_t) = grads
+    scale = float(gx_t.abs().max())
+    assert scale > 1.0
+    torch.testing.assert_close(gx_k, gx_t, atol=1e-5 * scale, rtol=1e-5)
+    torch.testing.assert_close(gt_k, gt_t, atol=1e-5, rtol=1e-5)
+    outside = ~((x >= 0) & (x <= 1))  # -0.2, 1.3, nan, inf
+    assert outside.sum() == 4 and (gx_k[outside] == 0).all()
+    assert (gx_k[~outside] != 0).float().mean() > 0.99
+
+
+def test_cpu_kernel_double_backward_is_torch_paths():
+    """An eikonal loss (gradient of a gradient) through the kernel path: the differentiable backward
+    is the torch path's, so the x gradient and the table's second-order gradient are the same."""
+    _kernel_or_skip()
+    enc, ref = _kernel_and_torch_pair(dict(n_levels=8, log2_hashmap_size=14, base_resolution=8, max_resolution=128))
+    head = torch.randn(enc.output_dim, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(300, 3, generator=torch.Generator().manual_seed(4))
+    results = []
+    for e in (enc, ref):
+        xi = x.clone().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad((e(xi) @ head).sum(), xi, create_graph=True)
+        ((grad_x.norm(dim=-1) - 1.0) ** 2).mean().backward()
+        results.append((grad_x.detach(), e.params.grad, xi.grad))
+    assert enc.path_for(x.requires_grad_(True)) == "cpu_kernel"
+    for got, want in zip(*results):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, atol=1e-6 * float(want.abs().max()), rtol=1e-6)
 
 
 def test_cpu_kernel_threads_deterministic():
@@ -164,11 +218,11 @@ def test_cpu_kernel_threads_deterministic():
         grads = []
         for t in (1, 2):
             torch.set_num_threads(t)
-            (g,) = torch.autograd.grad(enc(x), enc.params, gout)
-            grads.append(g)
+            xi = x.clone().requires_grad_(True)
+            grads.append(torch.autograd.grad(enc(xi), (enc.params, xi), gout))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
 def test_kernel_build_failure_falls_back(monkeypatch):

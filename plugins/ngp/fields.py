@@ -28,8 +28,8 @@ class DenseGridField(nn.Module):
 
     Storage: one ``(R+1)^3 x (1 + features)`` vertex table, interpolated by the hash-grid
     encoding with a single *dense* level (no hashing). On CPU its compiled kernel is about
-    5x faster forward+backward than ``grid_sample`` on a 5-D grid; with input gradients the
-    pure-torch path (double-backward capable) is used.
+    5x faster forward+backward than ``grid_sample`` on a 5-D grid, and it gives input gradients
+    too; a gradient that must itself be differentiable takes the pure-torch path.
     """
 
     produces = frozenset({"density", "rgb"})

@@ -12,19 +12,21 @@ One encoding, three interchangeable implementations ("paths") with one result:
 ``cpu_kernel``
     A C++ kernel (``csrc/hashgrid_cpu.cpp``) JIT-built with ``torch.utils.cpp_extension`` on first
     use (~10 s, cached in ``<repo>/.cache/torch_extensions``), threaded with torch's OpenMP pool.
-    float32, first-order gradient w.r.t. the table only. Measured on 2 shared cores at 2^18 random
-    points, default config: ~4.5 M points/s forward, ~1.5 M points/s forward+backward, against
-    ~0.1 M for the torch path (``scripts/benchmarks/hashgrid.py``). If the build fails, one warning
-    is printed and the torch path is used.
+    float32, first-order gradients w.r.t. the table and ``x``; a gradient that must itself be
+    differentiable (``create_graph=True``) is taken through the torch path at the same inputs.
+    Measured on 2 shared cores at 2^18 random points, default config: ~4.5 M points/s forward,
+    ~1.5 M points/s forward+backward, against ~0.1 M for the torch path; with the input gradient too,
+    0.65 M against the torch path's 0.06 M (``scripts/benchmarks/hashgrid.py``). If the build fails,
+    one warning is printed and the torch path is used.
 ``tcnn``
     tiny-cuda-nn's ``HashGrid`` (CUDA only, when ``tinycudann`` is importable). tcnn places its
     grid slightly differently (``scale = N_min b^l - 1``, half-cell offset), so it is *not* the same
     function as the other two paths and owns its own parameters; it is used only when asked for
     with ``backend="tcnn"``.
 
-Path choice (per call, by device / dtype / ``requires_grad``, never by catching errors):
-``backend="auto"`` and ``"cpu_kernel"`` use the kernel for float32 CPU inputs that do not need an
-input gradient (``x.requires_grad`` with grad mode on selects the torch path), else the torch path.
+Path choice (per call, by device and dtype, never by catching errors):
+``backend="auto"`` and ``"cpu_kernel"`` use the kernel for float32 CPU tables and floating-point CPU
+inputs, else the torch path.
 ``backend="torch"`` always uses the torch path. Environment switch: ``NLS_HASHGRID_KERNEL=0``
 disables the kernel.
 
@@ -95,7 +97,7 @@ def level_resolutions(n_levels: int, base_resolution: int, max_resolution: int) 
 # --------------------------------------------------------------------------------------------
 
 _KERNEL = CppKernel("nls_hashgrid", Path(__file__).resolve().parent / "csrc" / "hashgrid_cpu.cpp",
-                    probe="forward", env="NLS_HASHGRID_KERNEL",
+                    probe="backward_input", env="NLS_HASHGRID_KERNEL",
                     title="the hash-grid CPU kernel (used by the hash_grid and dense_grid fields)")
 
 
@@ -114,23 +116,42 @@ def cpu_kernel_status() -> dict:
 
 
 class _KernelEncode(torch.autograd.Function):
-    """CPU kernel forward; backward gives the table gradient only (x must not need a gradient)."""
+    """CPU kernel forward; first-order backward by the kernel, w.r.t. the table and ``x``.
+
+    When the gradient must itself be differentiable (``create_graph=True``, as eikonal and normal
+    losses ask), the backward differentiates the torch path at the same inputs instead, so every
+    order of derivative is the torch path's (the kernel's forward matches it to float round-off).
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, levels: Tensor, log2_t: int) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.levels, ctx.log2_t, ctx.table_shape = levels, log2_t, tuple(table.shape)
-        return torch.ops.nls_hashgrid.forward(x, table, levels, log2_t)
+    def forward(ctx, x: Tensor, table: Tensor, enc: "HashGridEncoding") -> Tensor:
+        ctx.save_for_backward(x, table)
+        ctx.enc = enc
+        return torch.ops.nls_hashgrid.forward(x, table, enc._levels_i64, enc.log2_hashmap_size)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        (x,) = ctx.saved_tensors
-        g_table = None
-        if ctx.needs_input_grad[1]:
-            rows, f = ctx.table_shape
-            g_table = torch.ops.nls_hashgrid.backward(x, grad_out.contiguous(), ctx.levels, ctx.log2_t, rows, f)
-        return None, g_table, None, None
+        x, table = ctx.saved_tensors
+        enc: HashGridEncoding = ctx.enc
+        need_x, need_table = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            return (*_torch_path_vjp(x, table, enc, grad_out, need_x, need_table), None)
+        grad_out = grad_out.contiguous()
+        levels, log2_t = enc._levels_i64, enc.log2_hashmap_size
+        g_x = torch.ops.nls_hashgrid.backward_input(x, grad_out, table.detach(), levels, log2_t) if need_x else None
+        g_table = (torch.ops.nls_hashgrid.backward(x, grad_out, levels, log2_t, *table.shape)
+                   if need_table else None)
+        return g_x, g_table, None
+
+
+def _torch_path_vjp(x: Tensor, table: Tensor, enc: "HashGridEncoding", grad_out: Tensor,
+                    need_x: bool, need_table: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``<grad_out, encode(x, table)>`` through the torch path, themselves differentiable."""
+    wrt = [t for t, need in ((x, need_x), (table, need_table)) if need]
+    with torch.enable_grad():
+        out = _encode_torch(x, table, enc, enc._levels_on(x.device, x.dtype))
+        grads = list(torch.autograd.grad(out, wrt, grad_out, create_graph=True))
+    return (grads.pop(0) if need_x else None), (grads.pop(0) if need_table else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +370,6 @@ class HashGridEncoding(nn.Module):
         if (self.backend in ("auto", "cpu_kernel") and x.device.type == "cpu"
                 and self.params.device.type == "cpu" and self.params.dtype == torch.float32
                 and x.is_floating_point()
-                and not (x.requires_grad and torch.is_grad_enabled())
                 and load_cpu_kernel()):
             return "cpu_kernel"
         return "torch"
@@ -376,8 +396,7 @@ class HashGridEncoding(nn.Module):
                                    "use backend='auto' or 'torch' for CPU tensors")
             out = self.tcnn_encoding(x.clamp(0.0, 1.0).float().contiguous()).float()
         elif path == "cpu_kernel":
-            out = _KernelEncode.apply(x.float().contiguous(), self.params, self._levels_i64,
-                                      self.log2_hashmap_size)
+            out = _KernelEncode.apply(x.float().contiguous(), self.params, self)
         else:
             table = self.params
             x = x.to(table.dtype)

@@ -6,10 +6,12 @@ Paths compared in one run (same machine load):
   ``embedding`` backward), written here as the baseline;
 * ``torch``  - the project's pure-PyTorch path (``HashGridEncoding(backend="torch")``);
   ``torch+xgrad`` is the same with ``x.requires_grad`` (the geometry path: input gradient too);
-* ``cpu_kernel`` - the project's C++ kernel (``backend="auto"`` on CPU without input gradient);
+* ``cpu_kernel`` - the project's C++ kernel (``backend="auto"`` on CPU); ``cpu_kernel+xgrad`` is
+  the same with ``x.requires_grad`` (ray samples of refined camera poses, normals at evaluation);
 * ``cuda:torch`` / ``cuda:tcnn`` - when a GPU (and tinycudann) is available.
 
-"fwd" is inference (``torch.no_grad``); "fwd+bwd" is forward + backward w.r.t. the table.
+"fwd" is inference (``torch.no_grad``); "fwd+bwd" is forward + backward w.r.t. the table (and
+w.r.t. ``x`` for the ``+xgrad`` paths).
 Default config: 16 levels x 2 features, 2^19 table, resolutions 16 -> 2048, uniform random points
 (the worst case for caches; ray samples are more coherent).
 
@@ -42,7 +44,7 @@ if str(_REPO) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-ALL_PATHS = ("naive", "torch", "torch+xgrad", "cpu_kernel", "cuda:torch", "cuda:tcnn")
+ALL_PATHS = ("naive", "torch", "torch+xgrad", "cpu_kernel", "cpu_kernel+xgrad", "cuda:torch", "cuda:tcnn")
 
 
 class NaiveHashGrid(nn.Module):
@@ -169,20 +171,20 @@ def main(argv: list[str] | None = None) -> dict:
     enc_auto.load_state_dict(enc_torch.state_dict())
     naive = NaiveHashGrid(enc_torch)
 
-    if "cpu_kernel" in paths:
+    if any(q.startswith("cpu_kernel") for q in paths):
         t0 = time.perf_counter()
         ok = hg.load_cpu_kernel()
         meta["cpu_kernel"] = {"ok": ok, "error": hg.cpu_kernel_status()["error"],
                               "build_or_load_s": time.perf_counter() - t0}
         if not ok:
-            paths.remove("cpu_kernel")
+            paths = [q for q in paths if not q.startswith("cpu_kernel")]
 
     # correctness guard: every CPU path computes the same function
     xs = torch.rand(2048, 3)
     with torch.no_grad():
         ref = enc_torch(xs)
         meta["max_abs_diff_vs_torch"] = {"naive": float((naive(xs) - ref).abs().max())}
-        if "cpu_kernel" in paths:
+        if any(q.startswith("cpu_kernel") for q in paths):
             meta["max_abs_diff_vs_torch"]["cpu_kernel"] = float((enc_auto(xs) - ref).abs().max())
 
     rows = []
@@ -196,9 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(_bench_one(name, enc_torch, enc_torch.params, x, args.repeats))
             elif name == "torch+xgrad":
                 rows.append(_bench_one(name, enc_torch, enc_torch.params, x, args.repeats, xgrad=True))
-            elif name == "cpu_kernel":
+            elif name in ("cpu_kernel", "cpu_kernel+xgrad"):
                 assert enc_auto.path_for(x) == "cpu_kernel"
-                rows.append(_bench_one(name, enc_auto, enc_auto.params, x, args.repeats))
+                rows.append(_bench_one(name, enc_auto, enc_auto.params, x, args.repeats, xgrad=name.endswith("xgrad")))
             elif name == "cuda:torch" and torch.cuda.is_available():
                 enc_c = HashGridEncoding(backend="torch").cuda()
                 rows.append(_bench_one(name, enc_c, enc_c.params, x.cuda(), args.repeats))

@@ -9,8 +9,9 @@
 //   * other levels are hashed (Eq. 4): (i * 1 XOR j * 2654435761 XOR k * 805459861) mod T,
 //     in uint32 arithmetic, T a power of two;
 //   * the 8 corners are blended trilinearly.
-// Only first-order gradients w.r.t. the table are provided (no gradient w.r.t. x); the
-// Python side picks the pure-PyTorch path when x requires grad.
+// First-order gradients only: w.r.t. the table (`backward`) and w.r.t. x (`backward_input`, the
+// derivative of the trilinear weights, zero where x was clamped). The Python side differentiates
+// the pure-PyTorch path instead when a gradient must itself be differentiable (create_graph).
 //
 // Threading: at::parallel_for (torch's OpenMP pool, honours torch.set_num_threads).
 // Forward splits points between threads and runs level-major inside each thread's range (one
@@ -85,6 +86,7 @@ constexpr int kBlock = NLS_HG_BLOCK;
 struct BlockBuf {
   uint32_t rows[8 * kBlock];  // [corner][point], absolute table row
   float w[8 * kBlock];        // [corner][point]
+  float frac[3 * kBlock];     // [axis][point], position inside the cell (for the input gradient)
 };
 
 // Index / weight computation for one block at one level. Compiled twice (AVX2 and baseline) and
@@ -112,6 +114,7 @@ void fill_rows(const float* x, int64_t cnt, const Level& lv, uint32_t mask, Bloc
       fl = static_cast<float>(c);
       ic[a][i] = static_cast<uint32_t>(c);
       f[a][i] = pos - fl;
+      buf.frac[a * kBlock + i] = f[a][i];
     }
   }
   const uint32_t off = static_cast<uint32_t>(lv.offset);
@@ -196,6 +199,38 @@ inline void scatter_block(const BlockBuf& buf, int64_t i0, int64_t i1, int64_t l
   }
 }
 
+// d out / d x for a block at one level, contracted with the output gradient:
+//   gx[i, a] += N_l * sum_c (d w_c / d frac_a) * sum_f g[i, l, f] T[row_c, f],
+// with d w_c / d frac_x = (+1 if the corner's x bit is set, else -1) * w_y * w_z (and so on).
+template <int F>
+inline void input_grad_block(const BlockBuf& buf, int64_t i0, int64_t i1, int64_t l, int64_t L,
+                             const float* table, const float* gout, float* gx, int64_t nf, float res) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t j = i - i0;
+    const float* g = gout + i * L * nf + l * nf;
+    const float fx = buf.frac[j], fy = buf.frac[kBlock + j], fz = buf.frac[2 * kBlock + j];
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f;
+    for (int c = 0; c < 8; ++c) {
+      const float* t = table + static_cast<int64_t>(buf.rows[c * kBlock + j]) * nf;
+      float dot = 0.0f;
+      if constexpr (F > 0) {
+        for (int f = 0; f < F; ++f) dot += g[f] * t[f];
+      } else {
+        for (int64_t f = 0; f < nf; ++f) dot += g[f] * t[f];
+      }
+      const bool bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+      const float wx = bx ? fx : 1.0f - fx, wy = by ? fy : 1.0f - fy, wz = bz ? fz : 1.0f - fz;
+      d0 += (bx ? dot : -dot) * (wy * wz);
+      d1 += (by ? dot : -dot) * (wx * wz);
+      d2 += (bz ? dot : -dot) * (wx * wy);
+    }
+    float* o = gx + 3 * i;
+    o[0] += res * d0;
+    o[1] += res * d1;
+    o[2] += res * d2;
+  }
+}
+
 template <int F>
 void forward_impl(const float* x, const float* table, float* out, int64_t n,
                   const std::vector<Level>& lv, uint32_t mask, int64_t fdim) {
@@ -250,6 +285,39 @@ void backward_impl(const float* x, const float* gout, float* gtab, int64_t n, in
         }
       }
     }
+  });
+}
+
+template <int F>
+void input_backward_impl(const float* x, const float* gout, const float* table, float* gx, int64_t n,
+                         const std::vector<Level>& lv, uint32_t mask, int64_t fdim) {
+  const int64_t L = static_cast<int64_t>(lv.size());
+  const int64_t nf = (F > 0) ? F : fdim;
+  const int64_t nblk = (n + kBlock - 1) / kBlock;
+  // Split by points, as the forward: each thread owns its points' rows of gx (no atomics) and
+  // sums the levels in a fixed order (deterministic whatever the thread count).
+  at::parallel_for(0, nblk, 64, [&](int64_t bb, int64_t be) {
+    BlockBuf buf[2];
+    const int64_t p0 = bb * kBlock, p1 = std::min(n, be * kBlock);
+    std::fill(gx + 3 * p0, gx + 3 * p1, 0.0f);
+    for (int64_t l = 0; l < L; ++l) {
+      auto fill = [&](int64_t k) {
+        const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
+        fill_block<false>(buf[k & 1], x, i0, i1, lv[l], mask, table, nf);
+      };
+      fill(bb);
+      for (int64_t k = bb; k < be; ++k) {
+        if (k + 1 < be) fill(k + 1);
+        const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
+        input_grad_block<F>(buf[k & 1], i0, i1, l, L, table, gout, gx, nf, lv[l].res_f);
+      }
+    }
+    // x was clamped to [0, 1] (NaN to 0): no gradient where the clamp was active, as torch.clamp.
+    for (int64_t i = p0; i < p1; ++i)
+      for (int a = 0; a < 3; ++a) {
+        const float v = x[3 * i + a];
+        if (!(v >= 0.0f && v <= 1.0f)) gx[3 * i + a] = 0.0f;
+      }
   });
 }
 
@@ -324,6 +392,33 @@ at::Tensor hashgrid_backward(const at::Tensor& x_in, const at::Tensor& grad_out_
   return gtab;
 }
 
+at::Tensor hashgrid_backward_input(const at::Tensor& x_in, const at::Tensor& grad_out_in,
+                                   const at::Tensor& table_in, const at::Tensor& levels,
+                                   int64_t log2_hashmap_size) {
+  check_inputs(x_in, table_in);
+  auto x = x_in.contiguous();
+  auto gout = grad_out_in.contiguous();
+  auto table = table_in.contiguous();
+  auto lv = make_levels(levels);
+  const int64_t n = x.size(0), F = table.size(1), L = static_cast<int64_t>(lv.size());
+  TORCH_CHECK(gout.scalar_type() == at::kFloat && gout.dim() == 2 && gout.size(0) == n && gout.size(1) == L * F,
+              "hashgrid_cpu: grad_out shape");
+  const uint32_t mask = static_cast<uint32_t>((int64_t{1} << log2_hashmap_size) - 1);
+  auto gx = at::empty({n, 3}, x.options());  // zeroed per thread range inside input_backward_impl
+  const float* xp = x.data_ptr<float>();
+  const float* gp = gout.data_ptr<float>();
+  const float* tp = table.data_ptr<float>();
+  float* op = gx.data_ptr<float>();
+  switch (F) {
+    case 1: input_backward_impl<1>(xp, gp, tp, op, n, lv, mask, F); break;
+    case 2: input_backward_impl<2>(xp, gp, tp, op, n, lv, mask, F); break;
+    case 4: input_backward_impl<4>(xp, gp, tp, op, n, lv, mask, F); break;
+    case 8: input_backward_impl<8>(xp, gp, tp, op, n, lv, mask, F); break;
+    default: input_backward_impl<0>(xp, gp, tp, op, n, lv, mask, F); break;
+  }
+  return gx;
+}
+
 }  // namespace
 
 #ifndef NLS_HG_LIBNAME
@@ -333,9 +428,11 @@ at::Tensor hashgrid_backward(const at::Tensor& x_in, const at::Tensor& grad_out_
 TORCH_LIBRARY(NLS_HG_LIBNAME, m) {
   m.def("forward(Tensor x, Tensor table, Tensor levels, int log2_hashmap_size) -> Tensor");
   m.def("backward(Tensor x, Tensor grad_out, Tensor levels, int log2_hashmap_size, int n_rows, int F) -> Tensor");
+  m.def("backward_input(Tensor x, Tensor grad_out, Tensor table, Tensor levels, int log2_hashmap_size) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(NLS_HG_LIBNAME, CPU, m) {
   m.impl("forward", &hashgrid_forward);
   m.impl("backward", &hashgrid_backward);
+  m.impl("backward_input", &hashgrid_backward_input);
 }
