@@ -85,7 +85,8 @@ class TrainConfig(ConfigModel):
     val_resolution: int = Field(64, ge=8, le=512, description="grid resolution of val_geometry's mesh")
     val_samples: int = Field(10000, ge=100, description="points sampled on each side of val_geometry's Chamfer")
     val_split: Optional[str] = Field(None, description="split to validate on (default: val when the scene "
-                                     "loaded it, else eval.split)")
+                                     "loaded it, else eval.split); training views are previewed from their "
+                                     "refined poses and through their learned exposure")
     val_views: int = Field(1, ge=1, description="validation views, spread evenly over the split")
     val_max_side: Optional[int] = Field(200, ge=8, description="longest side of a validation render in pixels: "
                                         "the image is rendered 1/f the size (f the smallest integer that fits) "

@@ -28,6 +28,7 @@ came in and held-out views, whose poses are not refined, still see it where they
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -78,13 +79,18 @@ class PoseRefinement(nn.Module):
         rot = rotation_matrices(w.to(dirs.dtype))  # (N, 3, 3), one matrix exponential per camera, not per ray
         return origins + s.to(origins.dtype)[image], torch.einsum("rij,rj->ri", rot[image], dirs)
 
-    def refined(self, cameras: Cameras) -> Cameras:
-        """``cameras`` (the training split's, one per correction) with every pose corrected: the same
-        intrinsics, ``c2w`` rotation ``exp([w]x) R`` and centre ``t + s``."""
-        if len(cameras) != self.n_images:
-            raise ValueError(f"{len(cameras)} cameras for {self.n_images} pose corrections")
+    def refined(self, cameras: Cameras, images: Optional[Sequence[int]] = None) -> Cameras:
+        """``cameras`` (the training split's, one per correction; or, with ``images``, those of these training
+        images, at any size) with every pose corrected: the same intrinsics, ``c2w`` rotation ``exp([w]x) R``
+        and centre ``t + s``."""
+        wanted = self.n_images if images is None else len(images)
+        if len(cameras) != wanted:
+            raise ValueError(f"{len(cameras)} cameras for {wanted} pose corrections")
         with torch.no_grad():
             w, s = self.corrections()
+            if images is not None:
+                pick = torch.as_tensor(list(images), dtype=torch.long, device=w.device)
+                w, s = w[pick], s[pick]
             c2w = cameras.c2w.clone()
             rot = rotation_matrices(w.to(device=c2w.device, dtype=c2w.dtype))
             c2w[:, :3, :3] = rot @ c2w[:, :3, :3]

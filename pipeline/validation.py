@@ -9,7 +9,9 @@ to at most ``train.val_max_side``) with one ray through the centre of each previ
 ground truth averaged over ``f x f`` blocks. That PSNR follows the full-size one but is not equal to it
 (one ray per preview pixel samples the pixel's footprint, the block mean integrates it); ``nls eval``
 gives the figure to report. Validation does not count as training time and leaves every random-number
-state as it found it, so a run with validation trains bit for bit as one without.
+state as it found it, so a run with validation trains bit for bit as one without. Views of the training split
+(``train.val_split: train``) are rendered as training sees them: from their refined poses
+(``train.refine_poses``) and through their images' colour transforms (``train.exposure``).
 """
 
 from __future__ import annotations
@@ -98,9 +100,11 @@ def preview_factor(width: int, height: int, max_side: Optional[int]) -> int:
 
 @dataclass
 class PreviewView:
-    """One validation view: its name, preview camera and block-averaged ground truth (h, w, 3)."""
+    """One validation view: its name, index in the split, preview camera and block-averaged ground truth
+    (h, w, 3)."""
 
     name: str
+    index: int
     camera: Cameras
     target: np.ndarray
 
@@ -119,7 +123,7 @@ class Validator:
         n = len(sp)
         indices = sorted({round(k * n / t.val_views) for k in range(min(t.val_views, n))})  # spread over the split
         self.factor = preview_factor(sp.cameras.width, sp.cameras.height, t.val_max_side)
-        self.views = [PreviewView(sp.names[i] if i < len(sp.names) else f"{i:03d}",
+        self.views = [PreviewView(sp.names[i] if i < len(sp.names) else f"{i:03d}", i,
                                   sp.cameras.select([i]).downscaled(self.factor).to(device),
                                   area_downscale(sp.images[i].cpu().numpy(), self.factor).astype(np.float64))
                       for i in indices]
@@ -133,13 +137,21 @@ class Validator:
         return (f"the PSNR of {len(self.views)} view{'s' if len(self.views) != 1 else ''} of {self.split} at "
                 f"{cam.width} x {cam.height}" + (f" (1/{self.factor} size)" if self.factor > 1 else ""))
 
+    def camera(self, view: PreviewView) -> Cameras:
+        """``view``'s preview camera as it stands now: a training view's with its refined pose when the run
+        refines them (the corrections change as training goes on), else the camera as given."""
+        poses = getattr(self.system, "poses", None)
+        if self.split != "train" or poses is None:
+            return view.camera
+        return poses.refined(view.camera, [view.index])
+
     def __call__(self, step: int) -> dict[str, float]:
         """Render every view, write ``renders/progress/<name>_<step>.png`` for each (prediction | ground truth |
         depth), return ``{key: mean PSNR in dB}``, with several views also ``{key/<name>: that view's}``. Leaves
         the system in eval mode."""
         import torch
 
-        from pipeline.evaluate import depth_to_uint8, to_uint8
+        from pipeline.evaluate import as_shot, depth_to_uint8, to_uint8
         from pipeline.runs import atomic_write_image
         from pipeline.system import check_render_output
 
@@ -149,9 +161,10 @@ class Validator:
         for k, view in enumerate(self.views):
             with torch.no_grad(), plugin_errors(f"{component_label(renderer)} failed rendering validation view "
                                                 f"{view.name} of {self.split} at step {step}"):
-                out = renderer.render_image(view.camera, 0, self.system.chain, chunk=self.chunk)
+                out = renderer.render_image(self.camera(view), 0, self.system.chain, chunk=self.chunk)
             check_render_output(out, renderer, "render_image")
-            pred = out["rgb"].clamp(0, 1).double().cpu().numpy()
+            with torch.no_grad():
+                pred = as_shot(self.system, self.split, out, view.index).clamp(0, 1).double().cpu().numpy()
             mse = float(np.mean((pred - view.target) ** 2))
             psnrs.append(-10 * np.log10(max(mse, 1e-10)))
             self.out_dir.mkdir(parents=True, exist_ok=True)
