@@ -230,3 +230,28 @@ def test_pose_noise_moves_only_the_training_cameras(key):
     assert not torch.allclose(noisy.splits["train"].cameras.c2w, exact.splits["train"].cameras.c2w, atol=1e-4)
     assert torch.allclose(torch.tensor(noisy.meta["true_poses"]), exact.splits["train"].cameras.c2w, atol=1e-6)
     assert "true_poses" not in exact.meta
+
+
+def test_pose_noise_on_a_folder_of_images(tmp_path):
+    """The blender source takes scene.pose_noise_* too (lego with known poses): its training cameras move by
+    the seeded noise, the true ones are recorded, the test cameras and the images stay as they are."""
+    from tests.test_blender import make_blender
+    from plugins.scenes.config import BlenderConfig
+    from plugins.scenes.sources import build_blender
+
+    root = make_blender(tmp_path / "b", n=5)
+
+    def load(**noise):
+        return build_blender(BlenderConfig(path=str(root), **noise), None)()
+
+    exact, noisy = load(), load(pose_noise_deg=2.0, pose_noise_shift=0.05)
+    assert torch.equal(noisy.splits["test"].cameras.c2w, exact.splits["test"].cameras.c2w)
+    assert torch.equal(noisy.splits["train"].images, exact.splits["train"].images)
+    assert torch.allclose(torch.tensor(noisy.meta["true_poses"]), exact.splits["train"].cameras.c2w, atol=1e-6)
+    r, t = pose_errors(noisy.splits["train"].cameras.c2w.double(), exact.splits["train"].cameras.c2w.double())
+    assert 0.1 < float(r.mean()) < 2.0 and 0.001 < float(t.mean()) < 0.05 * 3 ** 0.5
+    again = load(pose_noise_deg=2.0, pose_noise_shift=0.05)
+    assert torch.equal(again.splits["train"].cameras.c2w, noisy.splits["train"].cameras.c2w)
+    other = load(pose_noise_deg=2.0, pose_noise_shift=0.05, pose_noise_seed=1)
+    assert not torch.allclose(other.splits["train"].cameras.c2w, noisy.splits["train"].cameras.c2w, atol=1e-4)
+    assert "true_poses" not in exact.meta

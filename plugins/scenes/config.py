@@ -10,7 +10,20 @@ from pipeline.components import ComponentConfig
 from pipeline.scenes import AUTO_MAX_SIDE
 
 
-class _Views(ComponentConfig):
+class _PoseNoise(ComponentConfig):
+    """Simulated pose error of the training cameras, applied when the scene is loaded (for trying
+    ``train.refine_poses`` where the true poses are known)."""
+
+    pose_noise_deg: float = Field(0.0, ge=0, le=30, description="simulate poses from structure-from-motion: each "
+                                  "training camera is turned about its centre by up to this many degrees (a random "
+                                  "axis and angle, centred over the cameras) while its image stays as it is; test "
+                                  "views keep their poses. For trying train.refine_poses; 0 (the default) leaves them exact")
+    pose_noise_shift: float = Field(0.0, ge=0, description="simulated pose error, too: each training camera is moved "
+                                    "by up to this much along each axis (world units, uniform, centred over the "
+                                    "cameras), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
+
+
+class _Views(_PoseNoise):
     n_train: int = Field(40, ge=1, description="training views")
     n_test: int = Field(8, ge=1, description="test views (a ring, distinct from training views)")
     image_size: int = Field(96, ge=8, le=2048, description="rendered image width = height, pixels")
@@ -24,13 +37,6 @@ class _Views(ComponentConfig):
                                    "per-channel gains exp(u), u uniform in +-exposure_jitter (centred over the images, "
                                    "clipped to [0, 1]); test views keep the renderer's camera. For trying "
                                    "train.exposure; 0 (the default) leaves the images as rendered")
-    pose_noise_deg: float = Field(0.0, ge=0, le=30, description="simulate poses from structure-from-motion: each "
-                                  "training camera is turned about its centre by up to this many degrees (a random "
-                                  "axis and angle, centred over the cameras) after its image was rendered; test views "
-                                  "keep their poses. For trying train.refine_poses; 0 (the default) leaves them exact")
-    pose_noise_shift: float = Field(0.0, ge=0, description="simulated pose error, too: each training camera is moved "
-                                    "by up to this much along each axis (world units, uniform, centred over the "
-                                    "cameras), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
 
 
 class ProceduralConfig(_Views):
@@ -65,7 +71,7 @@ def _downscale_value(cls, value):
     raise ValueError(f"give a whole number >= 1 (1: the images as they are) or auto, not {value!r}")
 
 
-class BlenderConfig(ComponentConfig):
+class BlenderConfig(_PoseNoise):
     """NeRF-synthetic (transforms_{train,val,test}.json) or instant-ngp (transforms.json) folder."""
 
     path: str = Field(..., description="scene folder; ${NLS_DATA} expands to the data root")
@@ -77,6 +83,7 @@ class BlenderConfig(ComponentConfig):
     splits: list[str] = Field(["train", "test"], description="splits to load")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax")
+    pose_noise_seed: int = Field(0, description="seed of the simulated pose error (pose_noise_deg, pose_noise_shift)")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))

@@ -235,16 +235,24 @@ def _load(folder: Path, cfg, aabb=None) -> SceneData:
         train.images, gains = jitter_exposure(train.images, train.alphas, BG[cfg.background], cfg.exposure_jitter,
                                               cfg.seed)
         scene.meta["exposure_gains"] = [[round(float(v), 5) for v in g] for g in gains]
-    if cfg.pose_noise_deg > 0 or cfg.pose_noise_shift > 0:
-        from pipeline.pose_refinement import perturb_poses
-
-        train = scene.splits["train"]
-        true_c2w = train.cameras.c2w
-        train.cameras, _, _ = perturb_poses(train.cameras, cfg.pose_noise_deg, cfg.pose_noise_shift, cfg.seed)
-        for key, c2w in (("true_poses", true_c2w), ("noisy_poses", train.cameras.c2w)):
-            scene.meta[key] = [[[round(float(v), 7) for v in r] for r in m] for m in c2w]
+    simulate_pose_error(scene, cfg, cfg.seed)
     warn_if_cut_off(scene)
     return scene
+
+
+def simulate_pose_error(scene: SceneData, cfg, seed: int) -> None:
+    """Apply ``cfg.pose_noise_deg`` and ``cfg.pose_noise_shift`` (:class:`plugins.scenes.config._PoseNoise`) to
+    ``scene``'s training cameras, in place, recording both pose sets in ``scene.meta["true_poses"]`` and
+    ``["noisy_poses"]`` (c2w, 4x4 lists); nothing when both are 0."""
+    if cfg.pose_noise_deg <= 0 and cfg.pose_noise_shift <= 0:
+        return
+    from pipeline.pose_refinement import perturb_poses
+
+    train = scene.splits["train"]
+    true_c2w = train.cameras.c2w
+    train.cameras, _, _ = perturb_poses(train.cameras, cfg.pose_noise_deg, cfg.pose_noise_shift, seed)
+    for key, c2w in (("true_poses", true_c2w), ("noisy_poses", train.cameras.c2w)):
+        scene.meta[key] = [[[round(float(v), 7) for v in r] for r in m] for m in c2w]
 
 
 def views_cut_off(alphas) -> int:
@@ -340,6 +348,7 @@ def build_blender(cfg: BlenderConfig, ctx):
         if "train" not in scene.splits:
             raise ConfigError(f"scene.path {cfg.path}: no 'train' split was found; training needs one "
                               f"(splits asked for: {cfg.splits})")
+        simulate_pose_error(scene, cfg, cfg.pose_noise_seed)
         return scene
 
     return load
