@@ -231,28 +231,39 @@ inline void input_grad_block(const BlockBuf& buf, int64_t i0, int64_t i1, int64_
   }
 }
 
+// The pipelined, level-major walk over the blocks [bb, be) of one thread's range of points: for each
+// level, the rows and weights of block k + 1 are computed and prefetched while `body(buf, i0, i1, l)`
+// reads those of block k. Level-major: while one level is processed only its table (<= T rows) is
+// touched, so it stays in the last-level cache and is reused by many points.
+template <typename Body>
+inline void walk_levels(int64_t bb, int64_t be, int64_t n, const float* x, const std::vector<Level>& lv,
+                        uint32_t mask, const float* table, int64_t nf, Body&& body) {
+  BlockBuf buf[2];
+  const int64_t L = static_cast<int64_t>(lv.size());
+  for (int64_t l = 0; l < L; ++l) {
+    auto fill = [&](int64_t k) {
+      const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
+      fill_block<false>(buf[k & 1], x, i0, i1, lv[l], mask, table, nf);
+    };
+    fill(bb);
+    for (int64_t k = bb; k < be; ++k) {
+      if (k + 1 < be) fill(k + 1);
+      const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
+      body(buf[k & 1], i0, i1, l);
+    }
+  }
+}
+
 template <int F>
 void forward_impl(const float* x, const float* table, float* out, int64_t n,
                   const std::vector<Level>& lv, uint32_t mask, int64_t fdim) {
   const int64_t L = static_cast<int64_t>(lv.size());
   const int64_t nf = (F > 0) ? F : fdim;
   const int64_t nblk = (n + kBlock - 1) / kBlock;
-  // Level-major within each thread's range of points: while one level is processed only its
-  // table (<= T rows) is touched, so it stays in the last-level cache and is reused by many points.
   at::parallel_for(0, nblk, 64, [&](int64_t bb, int64_t be) {
-    BlockBuf buf[2];
-    for (int64_t l = 0; l < L; ++l) {
-      auto fill = [&](int64_t k) {
-        const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
-        fill_block<false>(buf[k & 1], x, i0, i1, lv[l], mask, table, nf);
-      };
-      fill(bb);
-      for (int64_t k = bb; k < be; ++k) {
-        if (k + 1 < be) fill(k + 1);
-        const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
-        gather_block<F>(buf[k & 1], i0, i1, l, L, table, out, nf);
-      }
-    }
+    walk_levels(bb, be, n, x, lv, mask, table, nf, [&](const BlockBuf& buf, int64_t i0, int64_t i1, int64_t l) {
+      gather_block<F>(buf, i0, i1, l, L, table, out, nf);
+    });
   });
 }
 
@@ -297,21 +308,11 @@ void input_backward_impl(const float* x, const float* gout, const float* table, 
   // Split by points, as the forward: each thread owns its points' rows of gx (no atomics) and
   // sums the levels in a fixed order (deterministic whatever the thread count).
   at::parallel_for(0, nblk, 64, [&](int64_t bb, int64_t be) {
-    BlockBuf buf[2];
     const int64_t p0 = bb * kBlock, p1 = std::min(n, be * kBlock);
     std::fill(gx + 3 * p0, gx + 3 * p1, 0.0f);
-    for (int64_t l = 0; l < L; ++l) {
-      auto fill = [&](int64_t k) {
-        const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
-        fill_block<false>(buf[k & 1], x, i0, i1, lv[l], mask, table, nf);
-      };
-      fill(bb);
-      for (int64_t k = bb; k < be; ++k) {
-        if (k + 1 < be) fill(k + 1);
-        const int64_t i0 = k * kBlock, i1 = std::min(n, i0 + kBlock);
-        input_grad_block<F>(buf[k & 1], i0, i1, l, L, table, gout, gx, nf, lv[l].res_f);
-      }
-    }
+    walk_levels(bb, be, n, x, lv, mask, table, nf, [&](const BlockBuf& buf, int64_t i0, int64_t i1, int64_t l) {
+      input_grad_block<F>(buf, i0, i1, l, L, table, gout, gx, nf, lv[l].res_f);
+    });
     // x was clamped to [0, 1] (NaN to 0): no gradient where the clamp was active, as torch.clamp.
     for (int64_t i = p0; i < p1; ++i)
       for (int a = 0; a < 3; ++a) {
