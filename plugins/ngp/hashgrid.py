@@ -55,7 +55,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from pipeline.cpp_kernels import CppKernel
 
