@@ -130,6 +130,12 @@ class EvalConfig(ConfigModel):
                              "with it, e.g. procedural/mesh scenes with scene.supersample 2)")
     fscore_tau: float = Field(0.01, gt=0, description="F-score threshold in the GT-normalised frame")
     chamfer_samples: int = Field(30000, ge=100, description="area-uniform surface samples per mesh for the chamfer evaluator (and its sampling floor)")
+    align_poses: int = Field(0, ge=0, description="steps of test-time pose alignment: before a held-out view is "
+                             "scored, its camera's pose is fitted to its image with the field frozen (as BARF "
+                             "evaluates runs that refine poses, whose frame can drift a pixel or so from the given "
+                             "poses'); 0 (the default) scores the views from their poses as given. 100 suits most "
+                             "scenes; the fitted corrections go to renders/<split>/pose_alignment.json")
+    align_rays: int = Field(1024, ge=16, description="random pixels per step of eval.align_poses")
 
 
 class OutputConfig(ConfigModel):

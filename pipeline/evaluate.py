@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -235,16 +236,20 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
     from pipeline.system import check_render_output
 
     pairs = []
+    alignments = {}
     ctx.system.eval()
     with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
         for k, i in enumerate(indices):
+            name = split.names[i] if i < len(split.names) else f"{i:03d}"
+            view, j = cams, i
+            if ctx.cfg.eval.align_poses > 0 and split_name != "train":  # (training views: their refined poses)
+                view, j = aligned_view(ctx, cams.select([i]), split.images[i], name, alignments), 0
             with plugin_errors(f"{component_label(ctx.system.renderer)} failed rendering view {i} of {split_name}"), \
                     image_progress(bar, k):
-                out = ctx.system.renderer.render_image(cams, i, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
+                out = ctx.system.renderer.render_image(view, j, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             check_render_output(out, ctx.system.renderer, "render_image")
             pred = as_shot(ctx.system, split_name, out, i).clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
-            name = split.names[i] if i < len(split.names) else f"{i:03d}"
             atomic_write_image(out_dir / f"{name}.png", to_uint8(pred))
             side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)
             atomic_write_image(out_dir / f"{name}_pred_gt_depth.png", side)
@@ -254,7 +259,28 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
                 keep.append((i, {key: out[key][..., 0].float().cpu().numpy() for key in DEPTH_ARRAYS if key in out}))
             pairs.append((pred, gt))
             bar.advance(k + 1)
+    if alignments:
+        from pipeline.runs import atomic_write_text
+
+        atomic_write_text(out_dir / POSE_ALIGNMENT, json.dumps({"steps": ctx.cfg.eval.align_poses,
+                                                                "rays": ctx.cfg.eval.align_rays,
+                                                                "views": alignments}, indent=1))
     return pairs
+
+
+#: the test-time pose corrections of a split's views (``eval.align_poses``), in its renders folder
+POSE_ALIGNMENT = "pose_alignment.json"
+
+
+def aligned_view(ctx: EvalContext, camera, image, name: str, record: dict):
+    """``camera`` (one view's) fitted to ``image`` by :func:`pipeline.pose_alignment.align_camera` with
+    ``ctx.cfg.eval``'s steps and rays; the correction goes into ``record[name]``."""
+    from pipeline.pose_alignment import align_camera
+
+    with plugin_errors(f"{component_label(ctx.system.renderer)} failed aligning the pose of view {name}"):
+        aligned, record[name] = align_camera(ctx.system, camera, image, steps=ctx.cfg.eval.align_poses,
+                                             rays=ctx.cfg.eval.align_rays)
+    return aligned
 
 
 def extract(ctx: EvalContext, *, resolution: Optional[int] = None, level: Optional[float] = None,

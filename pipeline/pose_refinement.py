@@ -52,11 +52,12 @@ class PoseRefinement(nn.Module):
     training images ``image`` from their refined cameras. :meth:`refined` gives a whole camera set's.
     """
 
-    def __init__(self, n_images: int, lr: float = 3e-4):
+    def __init__(self, n_images: int, lr: float = 3e-4, centred: bool = True):
         super().__init__()
         if n_images < 1:
             raise ValueError(f"pose refinement needs at least one training image, got {n_images}")
         self.lr = float(lr)
+        self.centred = bool(centred)  # False: each correction as learned (one camera aligned on its own)
         self.rotation = nn.Parameter(torch.zeros(n_images, 3))  # (N, 3) rotation vectors before centring
         self.shift = nn.Parameter(torch.zeros(n_images, 3))  # (N, 3) world-frame shifts before centring
 
@@ -66,8 +67,10 @@ class PoseRefinement(nn.Module):
         return int(self.shift.shape[0])
 
     def corrections(self) -> tuple[Tensor, Tensor]:
-        """Every camera's correction, centred over the cameras: rotation vectors ``(N, 3)`` (radians) and
-        shifts ``(N, 3)`` (world units)."""
+        """Every camera's correction, centred over the cameras (unless built with ``centred=False``): rotation
+        vectors ``(N, 3)`` (radians) and shifts ``(N, 3)`` (world units)."""
+        if not self.centred:
+            return self.rotation, self.shift
         return (self.rotation - self.rotation.mean(0, keepdim=True),
                 self.shift - self.shift.mean(0, keepdim=True))
 

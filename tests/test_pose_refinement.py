@@ -194,7 +194,10 @@ def test_run_refines_the_poses_towards_the_true_ones(nls, tiny_scene, tmp_path):
     assert not torch.allclose(ld.scene.splits["train"].cameras.c2w, torch.tensor(
         json.loads((run / "scene.json").read_text())["noisy_poses"]), atol=1e-4)
     nls("render", str(run), "--split", "train", "--max-images", "1", "-q", check=True)
-    nls("eval", str(run), "-q", check=True)
+    nls("eval", str(run), "-q", "--set", "eval.align_poses=4", "--set", "eval.align_rays=64", check=True)
+    aligned = json.loads((run / "eval_renders" / "test" / "pose_alignment.json").read_text())
+    assert aligned["steps"] == 4 and list(aligned["views"]) == ["r_0"]  # tiny scores 1 test view
+    assert aligned["views"]["r_0"]["rotation_deg"] > 0
     nls("report", str(run), "--no-model", "-q", check=True)
     html = (run / "report.html").read_text()
     assert "Poses of the training cameras" in html and "view error" in html
