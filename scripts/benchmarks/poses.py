@@ -2,7 +2,7 @@
 
 A scene with known poses (default ``scenes/csg_dense.yaml``) is trained with its training cameras as rendered and with
 ``scene.pose_noise_deg`` / ``pose_noise_shift`` (each training camera turned about its centre by up to that many
-degrees and moved by up to that much per axis, centred over the cameras, after its image was rendered; the test
+degrees and moved by up to that much per axis, centred over the cameras, while its image stays as it is; the test
 views keep their poses), each with ``train.refine_poses`` off and on. Prints and writes to
 outputs/bench/poses.json, per run: the test PSNR and SSIM, Chamfer-L1 x10^3 against the ground truth, and the
 training cameras' mean rotation error (degrees) and centre error (world units) against the true poses, before
@@ -15,6 +15,7 @@ not two).
     python scripts/bench.py poses --noise 1:0.01 3:0.03 --steps 1200
     python scripts/bench.py poses --scene scenes/lego_dense.yaml --noise 2:0.04 --steps 2400 --set eval.every=20
 
+Add ``--set eval.align_poses=100`` to score the test views after test-time pose alignment (README, Poses).
 On a folder of images (the blender source: lego) the true poses are the data's own, the noise is put on the
 training cameras when they are loaded, and there is no Chamfer-L1 (no ground-truth mesh) nor view error.
 """
