@@ -140,8 +140,9 @@ def test_the_depth_evaluator_scores_the_rendered_depth_against_the_mesh(tmp_path
     ld = _loaded()
     level = R + EDGE * np.log(2000 * EDGE / np.log(2))
     kept: list = []
-    ctx = SimpleNamespace(split=None, cfg=SimpleNamespace(eval=SimpleNamespace(split="train", every=1, max_images=None,
-                                                                               chunk=8192, supersample=1)),
+    from pipeline.config import EvalConfig
+
+    ctx = SimpleNamespace(split=None, cfg=SimpleNamespace(eval=EvalConfig(split="train", chunk=8192)),
                           scene=SimpleNamespace(splits=ld.scene.splits, background=(1.0, 1.0, 1.0)),
                           system=ld.system, device="cpu", progress=False, save_depth=False,
                           out_dir=tmp_path / "r", depths=lambda: kept, renders_root=tmp_path / "renders")

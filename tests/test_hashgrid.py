@@ -203,6 +203,11 @@ def test_cpu_kernel_double_backward_is_torch_paths():
         ((grad_x.norm(dim=-1) - 1.0) ** 2).mean().backward()
         results.append((grad_x.detach(), e.params.grad, xi.grad))
     assert enc.path_for(x.requires_grad_(True)) == "cpu_kernel"
+    with hg.differentiable_input_gradients():  # what the eikonal and normal losses call the field within
+        assert enc.path_for(x) == "torch" and enc.path_for(x.detach()) == "cpu_kernel"
+        with torch.no_grad():
+            assert enc.path_for(x) == "cpu_kernel"
+    assert enc.path_for(x) == "cpu_kernel"
     for got, want in zip(*results):
         assert want.abs().sum() > 0
         torch.testing.assert_close(got, want, atol=1e-6 * float(want.abs().max()), rtol=1e-6)

@@ -181,6 +181,8 @@ def test_run_refines_the_poses_towards_the_true_ones(nls, tiny_scene, tmp_path):
     (run,) = list(out.glob("*/*/*"))
     record = json.loads((run / "poses.json").read_text())
     assert record["step"] == 300 and len(record["cameras"]) == 8
+    said = " ".join(json.loads((run / "summary.json").read_text()).get("warnings", []))
+    assert "eval.align_poses: 100 fits each view's pose" in said  # its test PSNR is of poses as given
     accuracy = pose_accuracy(json.loads((run / "scene.json").read_text()), [c["c2w"] for c in record["cameras"]])
     before, after = accuracy["view_deg"]
     assert after < 0.6 * before, accuracy  # 1.151 -> 0.457 degrees when written

@@ -130,7 +130,9 @@ def eval_context(tmp_path, renderer, n_views: int = 2, chunk: int = 4) -> Simple
     cams = cameras(n_views)
     split = type("Split", (), {"__len__": lambda self: n_views, "cameras": cams,
                                "images": torch.zeros(n_views, 5, 7, 3), "names": [f"r_{i}" for i in range(n_views)]})()
-    cfg = SimpleNamespace(eval=SimpleNamespace(split="test", every=1, max_images=None, supersample=1, chunk=chunk))
+    from pipeline.config import EvalConfig
+
+    cfg = SimpleNamespace(eval=EvalConfig(split="test", chunk=chunk))
     system = SimpleNamespace(renderer=renderer, chain=None, eval=lambda: None)
     return SimpleNamespace(cfg=cfg, scene=SimpleNamespace(splits={"test": split}), system=system, run=None,
                            device="cpu", split=None, out_dir=tmp_path, progress=True, save_depth=False)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plugins.ngp.config import EikonalConfig, PhotometricConfig, PointNormalsConfig, TVConfig
+from plugins.ngp.hashgrid import differentiable_input_gradients
 
 
 class Photometric(nn.Module):
@@ -34,7 +35,8 @@ class Photometric(nn.Module):
 class Eikonal(nn.Module):
     """E_x[(||grad_x sdf(x)|| - 1)^2] on uniform points of the scene box (IGR, Gropp et al. 2020, Eq. 2).
 
-    Uses ``create_graph=True``: the field must support double backward in fp32. Zero while the chain
+    Uses ``create_graph=True``: the field must support double backward in fp32 (the chain is called within
+    :func:`plugins.ngp.hashgrid.differentiable_input_gradients`, so grid fields take their torch path). Zero while the chain
     produces no ``sdf`` (rs_sdf's NeRF phase, before its certifier is active).
     """
 
@@ -49,7 +51,8 @@ class Eikonal(nn.Module):
         with torch.autocast(device_type=aabb.device.type, enabled=False):
             x = aabb[:3] + (aabb[3:] - aabb[:3]) * torch.rand(self.cfg.n_points, 3, device=aabb.device)
             x.requires_grad_(True)
-            out_x = system.chain(x, None)
+            with differentiable_input_gradients():
+                out_x = system.chain(x, None)
             if "sdf" not in out_x:
                 return aabb.new_zeros(())
             (g,) = torch.autograd.grad(out_x["sdf"].sum(), x, create_graph=True)
@@ -86,7 +89,8 @@ class PointNormals(nn.Module):
                           device=self.points.device)
         with torch.autocast(device_type=self.points.device.type, enabled=False):
             x = self.points[j].clone().requires_grad_(True)
-            out_x = system.chain(x, None)
+            with differentiable_input_gradients():
+                out_x = system.chain(x, None)
             if "sdf" not in out_x:
                 return system.aabb.new_zeros(())
             (g,) = torch.autograd.grad(out_x["sdf"].sum(), x, create_graph=True)
