@@ -22,7 +22,10 @@ nerfstudio's, the correction is one free 6-vector per image and no pose prior.
 The corrections are identified only up to one common rigid motion of all cameras, which the field would follow.
 Their mean is held at zero (``w_i`` and ``s_i`` are used minus their mean over the images, as
 :mod:`pipeline.exposure` holds its transforms' mean at the identity), so the scene stays in the frame the poses
-came in and held-out views, whose poses are not refined, still see it where they expect it.
+came in and held-out views, whose poses are not refined, still see it where they expect it: to a pixel or so.
+Directions the images hardly constrain are not pinned by the mean (every camera pitched a little looks much like
+the scene moved, and their rotation axes point different ways), so the frame can drift along them; held-out
+views are then scored after test-time alignment (:mod:`pipeline.pose_alignment`, ``eval.align_poses``).
 """
 
 from __future__ import annotations
