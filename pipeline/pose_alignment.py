@@ -50,6 +50,7 @@ def align_camera(system, camera: Cameras, image: Tensor, *, steps: int, rays: in
     gen = torch.Generator().manual_seed(seed)
     frozen = [p for p in system.parameters() if p.requires_grad]
     losses = []
+    first = torch.zeros(rays, dtype=torch.long, device=device)  # every ray is of the one camera
     try:
         for p in frozen:  # the field gets no gradient: only the pose moves
             p.requires_grad_(False)
@@ -57,7 +58,6 @@ def align_camera(system, camera: Cameras, image: Tensor, *, steps: int, rays: in
             for _ in range(steps):
                 pick = torch.randint(0, height * width, (rays,), generator=gen).to(device)
                 v, u = pick // width, pick % width
-                first = torch.zeros(rays, dtype=torch.long, device=device)
                 o, d = pixel_rays(camera, first, (u + 0.5).to(camera.c2w.dtype), (v + 0.5).to(camera.c2w.dtype))
                 o, d = correction(o.float(), d.float(), first)
                 out = system.renderer.render_rays(o, d, system.chain)
