@@ -175,7 +175,9 @@ def build_pose_refinement(cfg: SceneConfig, scene: SceneData, *, training: bool 
     from pipeline.pose_refinement import PoseRefinement
 
     train = _training_views(cfg, scene, "refine_poses", "a pose correction", "false", training)
-    return None if train is None else PoseRefinement(len(train), cfg.train.pose_lr)
+    if train is None:
+        return None
+    return PoseRefinement(len(train), cfg.train.pose_lr, centres=train.cameras.c2w[:, :3, 3])
 
 
 #: what the trainer and evaluation call on a renderer (``update(step, chain, *, every, warmup)`` is optional)

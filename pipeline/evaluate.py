@@ -238,10 +238,10 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
     pairs = []
     alignments = {}
     if split_name != "train" and ctx.cfg.eval.align_poses == 0 and getattr(ctx.system, "poses", None) is not None:
-        warn(f"this run refined its training cameras' poses (train.refine_poses), and its frame can drift from "
-             f"the given poses' by a pixel or so, which the {split_name} views, scored from their poses as given, "
-             f"see as misregistration; eval.align_poses: 100 fits each view's pose to its image first, as BARF "
-             f"scores such runs (README: Poses)")
+        warn(f"this run refined its training cameras' poses (train.refine_poses); the {split_name} views are "
+             f"scored from their poses as given, so any error in those poses, or a refined frame a fraction of a "
+             f"pixel off, counts as misregistration; eval.align_poses: 100 fits each view's pose to its image "
+             f"first, as BARF scores such runs (README: Poses)")
     ctx.system.eval()
     with StepProgress(n, 0, f"rendering {split_name}", enabled=ctx.progress) as bar, torch.no_grad():
         for k, i in enumerate(indices):

@@ -1,19 +1,18 @@
 """Test-time pose alignment (``eval.align_poses``): each held-out view's camera pose fitted to its image with
 the trained field frozen, before the view is scored.
 
-A run that refines its training cameras (``train.refine_poses``) settles in a frame that can differ from the
-given poses' along directions the images hardly constrain: every camera pitched up a little looks much like
-the scene moved down, and holding the corrections' mean at zero does not pin that (their world-frame rotation
-vectors point different ways). Held-out views with poses from the same source then see the scene a pixel or
-a few off, and their PSNR measures the misregistration rather than the field. BARF (Lin et al. 2021, Sec. 4)
-evaluates such runs after optimising each test view's pose photometrically with the field fixed; this module
-does that: the view's pose gets a rotation about its centre and a shift (one uncentred
+A run that refines its training cameras (``train.refine_poses``) holds their common similarity motion at zero
+(:func:`pipeline.pose_refinement.remove_common_motion`), yet its field can still settle a fraction of a pixel off
+the given poses' frame, and held-out views carry pose errors of their own when their poses come from the same
+structure-from-motion as the training ones. Their PSNR then measures the misregistration as well as the field.
+BARF (Lin et al. 2021, Sec. 4) evaluates such runs after optimising each test view's pose photometrically with
+the field fixed; this module does that: the view's pose gets a rotation about its centre and a shift (one uncentred
 :class:`pipeline.pose_refinement.PoseRefinement`), fitted by Adam on the mean squared error of ``rays``
 random pixels per step for ``steps`` steps, its rate falling from :data:`ALIGN_LR` on a cosine to 5 % of it.
 
 Departure from BARF: BARF first maps the optimised training poses onto the ground truth by a Procrustes fit
 and starts each test view from its ground-truth pose carried through that map. A capture has no ground truth,
-so each view starts from its given pose and the fit alone takes up the drift (it is a pixel or a few).
+so each view starts from its given pose and the fit alone takes up the drift (a fraction of a pixel to a few).
 """
 
 from __future__ import annotations

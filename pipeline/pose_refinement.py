@@ -19,13 +19,17 @@ poses off by up to ~15 degrees (its synthetic experiments) and needs the anneali
 is for are already close, and the shared hash-grid backend has no frequency encoding to anneal. Like
 nerfstudio's, the correction is one free 6-vector per image and no pose prior.
 
-The corrections are identified only up to one common rigid motion of all cameras, which the field would follow.
-Their mean is held at zero (``w_i`` and ``s_i`` are used minus their mean over the images, as
-:mod:`pipeline.exposure` holds its transforms' mean at the identity), so the scene stays in the frame the poses
-came in and held-out views, whose poses are not refined, still see it where they expect it: to a pixel or so.
-Directions the images hardly constrain are not pinned by the mean (every camera pitched a little looks much like
-the scene moved, and their rotation axes point different ways), so the frame can drift along them; held-out
-views are then scored after test-time alignment (:mod:`pipeline.pose_alignment`, ``eval.align_poses``).
+The corrections are identified only up to one common motion of all cameras, which the field would follow: a
+rotation, a translation and a scaling of the world (the similarity gauge of structure-from-motion). That motion is
+held at zero. Each correction moves the world as ``x -> exp([w_i]x)(x - t_i) + t_i + s_i``, to first order the
+twist ``(w_i, v_i = s_i - w_i x t_i)`` (rotation, translation about the origin); the corrections are used with the
+similarity motion that best fits their twists removed (:func:`remove_common_motion`), so the scene stays in the
+frame and at the scale the poses came in, and held-out views, whose poses are not refined, see it where they
+expect it. Removing only the mean of ``w_i`` and ``s_i`` (stop 50's gauge) leaves directions open: every camera
+pitched a little about its own centre has mean ``w`` near zero on a ring of cameras, yet the scene appears to move
+in all of them alike (mean ``v`` is the ring's radius times the pitch); every camera moved towards the centre has
+mean ``s`` near zero and zooms the scene. The frame drifted along them, by 1-3 px on lego (README: Poses). Held-out
+views can still be scored after test-time alignment (:mod:`pipeline.pose_alignment`, ``eval.align_poses``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,25 @@ def rotation_matrices(rotvec: Tensor) -> Tensor:
     return torch.linalg.matrix_exp(skew)
 
 
+def remove_common_motion(rotation: Tensor, shift: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
+    """Pose corrections ``rotation``, ``shift`` ``(N, 3)`` of cameras at ``centres`` ``(N, 3)`` with their common
+    similarity motion removed (module docstring). With each correction's twist translation ``v_i = s_i - w_i x t_i``,
+    the motion that fits them best, ``x -> x + W x x + T + L x`` (``W = mean(w)``; ``T``, ``L``: the least-squares fit
+    ``v_i ~ T + L t_i``), is taken off every camera: ``w_i - W`` and ``s_i - W x t_i - T - L t_i``. Afterwards
+    ``mean(w) = 0``, ``mean(v) = 0`` and ``sum(v_i . (t_i - mean(t))) = 0``. Linear (first order in the angles, as
+    the twist is) and idempotent: a small rotation, translation and scaling of all cameras maps to zero.
+    Differentiable. Centres all alike (or all at the origin, as when none were given) leave the scale free."""
+    centres = centres.to(shift)
+    mean_w = rotation.mean(0, keepdim=True)
+    twist = shift - torch.linalg.cross(rotation, centres)  # (N, 3)
+    mean_v = twist.mean(0, keepdim=True)
+    spread = centres - centres.mean(0, keepdim=True)
+    denom = float((spread * spread).sum())
+    scale = ((twist - mean_v) * spread).sum() / denom if denom > 0 else shift.new_zeros(())
+    return (rotation - mean_w,
+            shift - torch.linalg.cross(mean_w.expand_as(centres), centres) - mean_v - scale * spread)
+
+
 class PoseRefinement(nn.Module):
     """The learned pose correction of each of ``n_images`` training cameras (module docstring).
 
@@ -55,14 +78,20 @@ class PoseRefinement(nn.Module):
     training images ``image`` from their refined cameras. :meth:`refined` gives a whole camera set's.
     """
 
-    def __init__(self, n_images: int, lr: float = 3e-4, centred: bool = True):
+    def __init__(self, n_images: int, lr: float = 3e-4, centred: bool = True, centres: Optional[Tensor] = None):
         super().__init__()
         if n_images < 1:
             raise ValueError(f"pose refinement needs at least one training image, got {n_images}")
+        if centres is not None and tuple(centres.shape) != (n_images, 3):
+            raise ValueError(f"camera centres of shape {tuple(centres.shape)} for {n_images} pose corrections; "
+                             f"expected ({n_images}, 3)")
         self.lr = float(lr)
         self.centred = bool(centred)  # False: each correction as learned (one camera aligned on its own)
         self.rotation = nn.Parameter(torch.zeros(n_images, 3))  # (N, 3) rotation vectors before centring
         self.shift = nn.Parameter(torch.zeros(n_images, 3))  # (N, 3) world-frame shifts before centring
+        # (N, 3) the given cameras' centres, which the common motion is taken about; not saved (the scene has them)
+        self.register_buffer("centres", torch.zeros(n_images, 3) if centres is None
+                             else centres.detach().clone(), persistent=False)
 
     @property
     def n_images(self) -> int:
@@ -70,12 +99,13 @@ class PoseRefinement(nn.Module):
         return int(self.shift.shape[0])
 
     def corrections(self) -> tuple[Tensor, Tensor]:
-        """Every camera's correction, centred over the cameras (unless built with ``centred=False``): rotation
-        vectors ``(N, 3)`` (radians) and shifts ``(N, 3)`` (world units)."""
+        """Every camera's correction with the cameras' common motion removed (:func:`remove_common_motion`; as
+        learned when built with ``centred=False``): rotation vectors ``(N, 3)`` (radians) and shifts ``(N, 3)``
+        (world units). Built without ``centres``, the cameras are taken to sit at the origin, and this is the
+        plain mean of each."""
         if not self.centred:
             return self.rotation, self.shift
-        return (self.rotation - self.rotation.mean(0, keepdim=True),
-                self.shift - self.shift.mean(0, keepdim=True))
+        return remove_common_motion(self.rotation, self.shift, self.centres)
 
     def forward(self, origins: Tensor, dirs: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
         """Rays ``origins, dirs (R, 3)`` of training images ``image (R,)`` as their refined cameras cast them:
@@ -148,13 +178,14 @@ def refined_scene(scene: SceneData, system: nn.Module) -> SceneData:
 
 def perturb_poses(cameras: Cameras, degrees: float, shift: float, seed: int) -> tuple[Cameras, Tensor, Tensor]:
     """Simulated pose error, for testing :class:`PoseRefinement` on rendered scenes: every camera rotated about
-    its centre by a random rotation vector and moved by a random shift, both centred over the cameras (so the
-    error has no common part, which refinement could not tell from the scene's frame).
+    its centre by a random rotation vector and moved by a random shift, with their common motion removed
+    (:func:`remove_common_motion` about the true centres: the error has no common part, which refinement could not
+    tell from the scene's frame and :class:`PoseRefinement` holds at zero).
 
     Rotation vectors: a uniform random axis times an angle uniform in ``[0, degrees]``; shifts: uniform in
     ``[-shift, shift]`` per axis. Returns the perturbed cameras and the applied rotation vectors ``(N, 3)``
     (radians) and shifts ``(N, 3)``; seeded by ``seed`` alone. The correction that undoes it exactly is
-    ``w = -rotation`` and ``s = -shift`` (both already centred).
+    ``w = -rotation`` and ``s = -shift`` applied as they are (``centred=False``).
     """
     gen = torch.Generator().manual_seed(int(seed))
     n = len(cameras)
@@ -162,7 +193,7 @@ def perturb_poses(cameras: Cameras, degrees: float, shift: float, seed: int) -> 
     axis = axis / axis.norm(dim=-1, keepdim=True)
     w = axis * torch.rand(n, 1, generator=gen, dtype=torch.float64) * math.radians(float(degrees))
     s = (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * float(shift)
-    w, s = w - w.mean(0, keepdim=True), s - s.mean(0, keepdim=True)
+    w, s = remove_common_motion(w, s, cameras.c2w[:, :3, 3].double())
     c2w = cameras.c2w.double().clone()
     c2w[:, :3, :3] = rotation_matrices(w) @ c2w[:, :3, :3]
     c2w[:, :3, 3] = c2w[:, :3, 3] + s

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.pose_refinement import (PoseRefinement, perturb_poses, pose_accuracy, pose_errors, refined_scene,
-                                      rotation_matrices, view_errors)
+                                      remove_common_motion, rotation_matrices, view_errors)
 from pipeline.types import Cameras
 
 
@@ -31,8 +31,8 @@ def _ring(n: int = 6) -> Cameras:
                    40, 30)
 
 
-def _randomised(n: int = 6, seed: int = 0, scale: float = 0.05) -> PoseRefinement:
-    module = PoseRefinement(n).double()
+def _randomised(n: int = 6, seed: int = 0, scale: float = 0.05, centres=None) -> PoseRefinement:
+    module = PoseRefinement(n, centres=centres).double()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
@@ -67,12 +67,47 @@ def test_rotation_matrices_are_scipys_rotation_vectors():
     assert torch.equal(rotation_matrices(w[:1]), torch.eye(3, dtype=torch.float64)[None])
 
 
-def test_the_mean_correction_is_zero():
-    """The common rigid motion the field could follow is pinned: the corrections' mean is zero."""
-    w, s = (t.detach() for t in _randomised().corrections())
-    assert torch.allclose(w.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-15)
-    assert torch.allclose(s.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-15)
+def _apparent_motion(refined: torch.Tensor, given: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """Where each given camera ``(N, 4, 4)`` sees ``point (3,)`` in the image its refined pose sees it in, minus
+    the point: how far the scene seems to move in camera i, ``(N, 3)``, world units."""
+    local = torch.einsum("nji,nj->ni", refined[:, :3, :3], point - refined[:, :3, 3])
+    return torch.einsum("nij,nj->ni", given[:, :3, :3], local) + given[:, :3, 3] - point
+
+
+def test_the_common_motion_is_removed():
+    """The common motion the field could follow is pinned: mean(w) = 0, mean(v) = 0 and sum(v . (t - mean t)) = 0
+    for v = s - w x t; a small rotation, translation and scaling of all cameras is removed exactly (first order);
+    the removal is idempotent."""
+    centres = _ring().c2w[:, :3, 3]
+    w, s = (t.detach() for t in _randomised(centres=centres).corrections())
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert torch.allclose(w.mean(0), zero, atol=1e-15)
+    v = s - torch.linalg.cross(w, centres)
+    assert torch.allclose(v.mean(0), zero, atol=1e-15)
+    assert abs(float((v * (centres - centres.mean(0))).sum())) < 1e-15
     assert float(w.abs().max()) > 0.01  # the cameras do differ
+    again = remove_common_motion(w, s, centres)
+    assert torch.allclose(again[0], w, atol=1e-15) and torch.allclose(again[1], s, atol=1e-15)
+    spin, move = torch.tensor([0.01, -0.02, 0.03], dtype=torch.float64), torch.tensor([0.1, 0.0, -0.05],
+                                                                                     dtype=torch.float64)
+    common = torch.linalg.cross(spin.expand(6, 3), centres) + move + 0.02 * centres
+    rigid = remove_common_motion(spin.expand(6, 3), common, centres)
+    assert float(rigid[0].abs().max()) < 1e-15 and float(rigid[1].abs().max()) < 1e-15
+
+
+def test_pitching_every_camera_does_not_move_the_scene():
+    """Every camera of a ring pitched by the same angle about its own horizontal axis: the rotations' mean is zero,
+    so the plain mean (stop 50's gauge, kept when no centres are given) keeps it and the origin seems to move
+    ~ radius * angle alike in all views; the common-motion gauge takes that apparent motion out."""
+    cams = _ring()
+    pitch = cams.c2w[:, :3, 0] * 0.01  # (N, 3) each camera's right axis, 0.01 rad
+    origin = torch.zeros(3, dtype=torch.float64)
+    for centres, moved in ((None, True), (cams.c2w[:, :3, 3], False)):
+        module = PoseRefinement(6, centres=centres).double()
+        with torch.no_grad():
+            module.rotation.copy_(pitch)
+        mean = _apparent_motion(module.refined(cams).c2w, cams.c2w, origin).mean(0).norm()
+        assert (float(mean) > 0.015) if moved else (float(mean) < 1e-4), (centres is None, float(mean))
 
 
 def test_refined_cameras_cast_the_refined_rays():
@@ -97,8 +132,9 @@ def test_perturbation_is_undone_by_its_inverse_correction():
     assert torch.allclose(rot, torch.rad2deg(w.norm(dim=-1)), atol=1e-9)  # a rotation about each camera's centre
     assert float(rot.max()) <= 2 * 3.0 and float(rot.mean()) > 0.3  # centring can add the mean's angle
     assert torch.allclose(dist, s.norm(dim=-1), atol=1e-12)
-    assert torch.allclose(w.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-15)
-    module = PoseRefinement(8).double()
+    again = remove_common_motion(w, s, cams.c2w[:, :3, 3])  # no common motion left
+    assert torch.allclose(again[0], w, atol=1e-15) and torch.allclose(again[1], s, atol=1e-15)
+    module = PoseRefinement(8, centred=False).double()
     with torch.no_grad():
         module.rotation.copy_(-w)
         module.shift.copy_(-s)
@@ -131,7 +167,7 @@ def test_gradients_reach_the_pose_from_a_rendered_pixel():
     from pipeline.rendering import render_rays
 
     cams = _ring(3)
-    module = PoseRefinement(3).double()
+    module = PoseRefinement(3, centres=cams.c2w[:, :3, 3]).double()
     idx, o, d = _all_rays(cams)
     keep = idx == 1
     o, d, idx = o[keep][::37], d[keep][::37], idx[keep][::37]
@@ -143,10 +179,13 @@ def test_gradients_reach_the_pose_from_a_rendered_pixel():
 
     out = render_rays(o2, d2, radiance, aabb=[-1, -1, -1, 1, 1, 1], step_size=0.01, backend="torch")
     (out["rgb"].sum() + out["opacity"].sum()).backward()
-    grad = module.rotation.grad
-    # centring spreads view 1's gradient over all corrections (they sum to zero); the shift's too
-    assert float(grad.abs().max()) > 0 and float(module.shift.grad.abs().max()) > 0
-    assert torch.allclose(grad.sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-9)
+    grad, grad_s = module.rotation.grad, module.shift.grad
+    # removing the common motion spreads view 1's gradient over all corrections, none along a common motion
+    assert float(grad.abs().max()) > 0 and float(grad_s.abs().max()) > 0
+    spin, move = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64), torch.tensor([1.0, 2.0, -1.0],
+                                                                                  dtype=torch.float64)
+    along = (grad * spin).sum() + (grad_s * (torch.linalg.cross(spin.expand(3, 3), cams.c2w[:, :3, 3]) + move)).sum()
+    assert abs(float(along)) < 1e-9 * float(grad.abs().max() + grad_s.abs().max())
 
 
 def test_refined_scene_replaces_only_the_training_cameras():
@@ -260,3 +299,32 @@ def test_pose_noise_on_a_folder_of_images(tmp_path):
     other = load(pose_noise_deg=2.0, pose_noise_shift=0.05, pose_noise_seed=1)
     assert not torch.allclose(other.splits["train"].cameras.c2w, noisy.splits["train"].cameras.c2w, atol=1e-4)
     assert "true_poses" not in exact.meta
+
+
+def test_the_benchmarks_render_shift_finds_a_known_shift(tmp_path):
+    """scripts/benchmarks/poses.py's drift measure reads a side-by-side whose photo is its prediction moved by
+    (2.5, -1.25) pixels (smooth random texture, shifted exactly in Fourier space) as a shift of that length, and an
+    unshifted one as none."""
+    import imageio.v3 as iio
+    import numpy as np
+    from scipy import ndimage
+
+    from scripts.benchmarks.poses import render_shift
+
+    n = 64
+    texture = np.fft.fft2(np.random.default_rng(0).random((n, n)))
+    texture = ndimage.fourier_gaussian(texture, 2.0)
+
+    def pattern(dy: float, dx: float) -> np.ndarray:
+        g = np.fft.ifft2(ndimage.fourier_shift(texture, (dy, dx))).real
+        g = (g - g.min()) / (g.max() - g.min())
+        return np.repeat((g * 255).round().astype(np.uint8)[..., None], 3, -1)
+
+    folder = tmp_path / "renders" / "test"
+    folder.mkdir(parents=True)
+    depth = np.zeros((n, n, 3), np.uint8)
+    iio.imwrite(folder / "a_pred_gt_depth.png", np.concatenate([pattern(0, 0), pattern(2.5, -1.25), depth], 1))
+    assert abs(render_shift(tmp_path) - float(np.hypot(2.5, 1.25))) < 0.05
+    iio.imwrite(folder / "a_pred_gt_depth.png", np.concatenate([pattern(0, 0), pattern(0, 0), depth], 1))
+    assert render_shift(tmp_path) < 0.02
+    assert render_shift(tmp_path, "train") is None

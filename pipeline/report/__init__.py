@@ -289,8 +289,9 @@ def _poses(f: RunFacts) -> str:
     parts = [H.table(["correction", "mean", "largest"],
                      [["rotation about the camera's centre (degrees)", rot.get("mean"), rot.get("max")],
                       ["shift of the centre (world units)", shift.get("mean"), shift.get("max")]]),
-             f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; the corrections' mean is held "
-             f"at zero, so held-out views keep the frame of the given poses.</p>"]
+             f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; their common motion (a "
+             f"rotation, translation and scaling of them all) is held at zero, so held-out views keep the frame "
+             f"of the given poses.</p>"]
     truth = _pose_truth(f, rows)
     if truth:
         parts.append(H.table(["against the true poses (mean over the cameras)", "given", "refined"], truth))

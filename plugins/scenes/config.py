@@ -16,11 +16,11 @@ class _PoseNoise(ComponentConfig):
 
     pose_noise_deg: float = Field(0.0, ge=0, le=30, description="simulate poses from structure-from-motion: each "
                                   "training camera is turned about its centre by up to this many degrees (a random "
-                                  "axis and angle, centred over the cameras) while its image stays as it is; test "
+                                  "axis and angle; the cameras' common rigid motion is then removed) while its image stays as it is; test "
                                   "views keep their poses. For trying train.refine_poses; 0 (the default) leaves them exact")
     pose_noise_shift: float = Field(0.0, ge=0, description="simulated pose error, too: each training camera is moved "
-                                    "by up to this much along each axis (world units, uniform, centred over the "
-                                    "cameras), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
+                                    "by up to this much along each axis (world units, uniform; with the common motion "
+                                    "removed, which adds a little), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
 
 
 class _Views(_PoseNoise):
