@@ -52,21 +52,34 @@ def rotation_matrices(rotvec: Tensor) -> Tensor:
     return torch.linalg.matrix_exp(skew)
 
 
-def remove_common_motion(rotation: Tensor, shift: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
+def scale_basis(centres: Tensor) -> Tensor:
+    """``(t_i - mean(t)) / sum |t_j - mean(t)|^2`` ``(N, 3)`` for camera centres ``centres`` ``(N, 3)``: the
+    least-squares weights of a common scaling about their mean; zeros when the centres (nearly) coincide, which
+    leaves the scale free. Depends on the centres alone, so :class:`PoseRefinement` keeps it (no host sync a step)."""
+    spread = centres - centres.mean(0, keepdim=True)
+    denom = float((spread * spread).sum())
+    if denom <= 1e-12 * max(1.0, float((centres * centres).sum())):
+        return torch.zeros_like(spread)
+    return spread / denom
+
+
+def remove_common_motion(rotation: Tensor, shift: Tensor, centres: Tensor,
+                         basis: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Pose corrections ``rotation``, ``shift`` ``(N, 3)`` of cameras at ``centres`` ``(N, 3)`` with their common
     similarity motion removed (module docstring). With each correction's twist translation ``v_i = s_i - w_i x t_i``,
     the motion that fits them best, ``x -> x + W x x + T + L x`` (``W = mean(w)``; ``T``, ``L``: the least-squares fit
     ``v_i ~ T + L t_i``), is taken off every camera: ``w_i - W`` and ``s_i - W x t_i - T - L t_i``. Afterwards
     ``mean(w) = 0``, ``mean(v) = 0`` and ``sum(v_i . (t_i - mean(t))) = 0``. Linear (first order in the angles, as
     the twist is) and idempotent: a small rotation, translation and scaling of all cameras maps to zero.
-    Differentiable. Centres all alike (or all at the origin, as when none were given) leave the scale free."""
+    Differentiable. ``basis``: :func:`scale_basis` of ``centres`` when already at hand. Centres all alike (or all at
+    the origin, as when none were given) leave the scale free."""
     centres = centres.to(shift)
+    basis = scale_basis(centres) if basis is None else basis.to(shift)
     mean_w = rotation.mean(0, keepdim=True)
     twist = shift - torch.linalg.cross(rotation, centres)  # (N, 3)
     mean_v = twist.mean(0, keepdim=True)
+    scale = ((twist - mean_v) * basis).sum()
     spread = centres - centres.mean(0, keepdim=True)
-    denom = float((spread * spread).sum())
-    scale = ((twist - mean_v) * spread).sum() / denom if denom > 0 else shift.new_zeros(())
     return (rotation - mean_w,
             shift - torch.linalg.cross(mean_w.expand_as(centres), centres) - mean_v - scale * spread)
 
@@ -92,6 +105,7 @@ class PoseRefinement(nn.Module):
         # (N, 3) the given cameras' centres, which the common motion is taken about; not saved (the scene has them)
         self.register_buffer("centres", torch.zeros(n_images, 3) if centres is None
                              else centres.detach().clone(), persistent=False)
+        self.register_buffer("basis", scale_basis(self.centres), persistent=False)  # (N, 3)
 
     @property
     def n_images(self) -> int:
@@ -105,7 +119,7 @@ class PoseRefinement(nn.Module):
         plain mean of each."""
         if not self.centred:
             return self.rotation, self.shift
-        return remove_common_motion(self.rotation, self.shift, self.centres)
+        return remove_common_motion(self.rotation, self.shift, self.centres, self.basis)
 
     def forward(self, origins: Tensor, dirs: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
         """Rays ``origins, dirs (R, 3)`` of training images ``image (R,)`` as their refined cameras cast them:

@@ -95,6 +95,19 @@ def test_the_common_motion_is_removed():
     assert float(rigid[0].abs().max()) < 1e-15 and float(rigid[1].abs().max()) < 1e-15
 
 
+def test_cameras_at_one_place_leave_the_scale_free():
+    """Centres that coincide (or none given) have no scale to fit: the removal stays finite and takes off the
+    rotation and translation only."""
+    w = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 0.01
+    s = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 0.01
+    for centres in (torch.full((4, 3), 0.3, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64)):
+        w2, s2 = remove_common_motion(w, s, centres)
+        assert torch.isfinite(s2).all()
+        assert torch.allclose(w2, w - w.mean(0), atol=1e-15)
+        assert torch.allclose(s2 - torch.linalg.cross(w2, centres), (s - torch.linalg.cross(w, centres))
+                              - (s - torch.linalg.cross(w, centres)).mean(0), atol=1e-15)
+
+
 def test_pitching_every_camera_does_not_move_the_scene():
     """Every camera of a ring pitched by the same angle about its own horizontal axis: the rotations' mean is zero,
     so the plain mean (stop 50's gauge, kept when no centres are given) keeps it and the origin seems to move
