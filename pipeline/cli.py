@@ -189,6 +189,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "smoothly as anywhere else, so the video repeats without a seam")
     c.add_argument("--fps", type=int_at_least(1, 120), default=24, metavar="F",
                    help="frames per second of the --cameras video (default 24)")
+    c.add_argument("--exposure", metavar="IMAGE",
+                   help="for a run that learned each photo's exposure (train.exposure): render every view, "
+                   "turntable frame and --cameras frame through the colour transform of this training image (its "
+                   "name, e.g. from exposure.json, or its index), as that photo's camera would have shot them; "
+                   "default: the average camera (the identity)")
     c.add_argument("-o", "--output", metavar="DIR", help="default: RUN_DIR/renders")
     c = run_cmd("export", cmd_export, "extract and export a mesh (or a point cloud)",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "

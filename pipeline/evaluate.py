@@ -54,6 +54,7 @@ class EvalContext:
     files_root: Optional[Path] = None
     progress: bool = True  # a progress bar (or plain lines) while rendering the split, a line per evaluator
     save_depth: bool = False  # also write NAME_depth.npy, NAME_opacity.npy (and NAME_depth_median.npy), float32 (H, W)
+    exposure_of: Optional[int] = None  # render every view through this training image's exposure (nls render)
     _renders: Optional[list] = field(default=None, repr=False)
     _depths: Optional[list] = field(default=None, repr=False)
     _mesh: Any = field(default=None, repr=False)
@@ -204,14 +205,17 @@ def save_depth_arrays(out_dir: Path, name: str, out: dict) -> None:
             atomic_save_npy(out_dir / f"{name}_{key}.npy", out[key][..., 0].float().cpu().numpy())
 
 
-def as_shot(system, split_name: str, out: dict, i: int):
-    """The rendered ``out["rgb"]`` (H, W, 3) of view ``i`` of ``split_name``: for a training view of a run that
-    learned each training image's exposure (``train.exposure``), through that image's transform, so it is
-    compared with the photo as its camera took it; every other view as rendered (the average camera)."""
+def as_shot(system, split_name: Optional[str], out: dict, i: int, exposure_of: Optional[int] = None):
+    """The rendered ``out["rgb"]`` (H, W, 3) of view ``i`` of ``split_name`` (None: a view of no split): for a
+    training view of a run that learned each training image's exposure (``train.exposure``), through that image's
+    transform, so it is compared with the photo as its camera took it; with ``exposure_of``, any view through
+    that training image's transform (``nls render --exposure``); every other view as rendered (the average
+    camera)."""
     exposure = getattr(system, "exposure", None)
-    if split_name != "train" or exposure is None:
+    index = exposure_of if exposure_of is not None else (i if split_name == "train" else None)
+    if index is None or exposure is None:
         return out["rgb"]
-    return exposure.image_as_shot(out, i, getattr(system.renderer, "background", None))
+    return exposure.image_as_shot(out, index, getattr(system.renderer, "background", None))
 
 
 def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
@@ -253,7 +257,7 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
                     image_progress(bar, k):
                 out = ctx.system.renderer.render_image(view, j, ctx.system.chain, chunk=ctx.cfg.eval.chunk, **extra)
             check_render_output(out, ctx.system.renderer, "render_image")
-            pred = as_shot(ctx.system, split_name, out, i).clamp(0, 1).cpu().numpy()
+            pred = as_shot(ctx.system, split_name, out, i, ctx.exposure_of).clamp(0, 1).cpu().numpy()
             gt = split.images[i].cpu().numpy()
             atomic_write_image(out_dir / f"{name}.png", to_uint8(pred))
             side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)

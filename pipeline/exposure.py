@@ -114,6 +114,29 @@ class ImageExposure(nn.Module):
         return {"kind": self.kind, "images": rows}
 
 
+def exposure_image(system, names: list[str], given: str) -> int:
+    """The index of the training image ``given`` (a name from ``names``, the training split's, or an index into
+    it) whose learned colour transform ``nls render --exposure`` renders with; an NLSError that says what is
+    valid when ``system`` learned no exposure or no such image exists."""
+    import difflib
+
+    from pipeline.types import NLSError
+
+    exposure = getattr(system, "exposure", None)
+    if exposure is None:
+        raise NLSError(f"--exposure {given}: this run learned no exposure (train.exposure: none), so every render "
+                       f"is already the average camera's; train with train.exposure: gain or affine to render as "
+                       f"one photo was shot")
+    if given in names:
+        return names.index(given)
+    if given.lstrip("-").isdigit() and 0 <= int(given) < exposure.n_images:
+        return int(given)
+    close = difflib.get_close_matches(given, names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else (f" (e.g. {', '.join(names[:3])})" if names else "")
+    raise NLSError(f"--exposure {given}: no such training image; give one of the {exposure.n_images} training "
+                   f"images' names or an index 0..{exposure.n_images - 1}{hint}")
+
+
 def jitter_exposure(images: Tensor, alphas, background, jitter: float, seed: int) -> tuple[Tensor, Tensor]:
     """Simulated per-shot exposure and white balance, for testing :class:`ImageExposure` on rendered scenes.
 

@@ -80,14 +80,15 @@ def write_video(frames: list[np.ndarray], path_stem: Path, fps: int = 24) -> Pat
 
 
 def render_frames(ld, cams, label: str, progress: bool = True, supersample: int = 1,
-                  each: Optional[Callable[[int, dict], None]] = None) -> list[np.ndarray]:
+                  each: Optional[Callable[[int, dict], None]] = None,
+                  exposure_of: Optional[int] = None) -> list[np.ndarray]:
     """Render every camera of ``cams`` (a :class:`pipeline.types.Cameras` on the run's device) with the run's
-    renderer, ``supersample`` x ``supersample`` rays a pixel; (H, W, 3) uint8 frames. ``label`` names them in the
-    progress bar; ``each(i, out)``, when given, is called with each frame's render outputs (e.g. to keep its
-    depth)."""
+    renderer, ``supersample`` x ``supersample`` rays a pixel; (H, W, 3) uint8 frames, through training image
+    ``exposure_of``'s learned exposure when given. ``label`` names them in the progress bar; ``each(i, out)``, when
+    given, is called with each frame's render outputs (e.g. to keep its depth)."""
     import torch
 
-    from pipeline.evaluate import supersample_kwargs, to_uint8
+    from pipeline.evaluate import as_shot, supersample_kwargs, to_uint8
     from pipeline.progress import StepProgress, image_progress
 
     frames = []
@@ -97,31 +98,35 @@ def render_frames(ld, cams, label: str, progress: bool = True, supersample: int 
             with image_progress(bar, i, "frame"):
                 out = ld.system.renderer.render_image(cams, i, ld.system.chain, chunk=ld.cfg.eval.chunk,
                                                       **supersample_kwargs(supersample))
-            frames.append(to_uint8(out["rgb"]))
+            frames.append(to_uint8(as_shot(ld.system, None, out, i, exposure_of)))
             if each is not None:
                 each(i, out)
             bar.advance(i + 1)
     return frames
 
 
-def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersample: int = 1) -> Path:
+def render_turntable(ld, n: int, out_dir: Path, progress: bool = True, supersample: int = 1,
+                     exposure_of: Optional[int] = None) -> Path:
     """Render ``n`` frames around the scene with the run's renderer, ``supersample`` x ``supersample`` rays
-    a pixel (as the split's renders); returns the video path. Its cameras are written beside it as
+    a pixel (as the split's renders; through training image ``exposure_of``'s exposure when given); returns the
+    video path. Its cameras are written beside it as
     ``turntable_cameras.json`` (:mod:`pipeline.camera_paths`), a path to start others from."""
     from pipeline.camera_paths import write_camera_path
 
     split = ld.scene.splits.get(ld.cfg.eval.split) or next(iter(ld.scene.splits.values()))
     radius = float(split.cameras.c2w[:, :3, 3].norm(dim=-1).mean())
     cams = orbit_cameras(split.cameras, n, radius).to(ld.device)
-    frames = render_frames(ld, cams, "turntable", progress, supersample)
+    frames = render_frames(ld, cams, "turntable", progress, supersample, exposure_of=exposure_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_camera_path(out_dir / "turntable_cameras.json", cams, [f"{k:04d}" for k in range(n)])
     return write_video(frames, out_dir / "turntable")
 
 
 def render_camera_path(ld, cams, names: list[str], out_dir: Path, *, fps: int = 24, progress: bool = True,
-                       supersample: int = 1, depth: bool = False) -> tuple[Path, Optional[Path]]:
-    """Render the cameras ``cams`` (named ``names``) with the run's renderer into ``out_dir`` (made) as
+                       supersample: int = 1, depth: bool = False,
+                       exposure_of: Optional[int] = None) -> tuple[Path, Optional[Path]]:
+    """Render the cameras ``cams`` (named ``names``; through training image ``exposure_of``'s exposure when
+    given) with the run's renderer into ``out_dir`` (made) as
     ``NAME.png`` (with ``depth``, also the ``--depth`` arrays :func:`pipeline.evaluate.save_depth_arrays`
     writes), and, for two frames or more, the video ``out_dir`` + ``.mp4`` (or ``.gif``) at ``fps``; returns
     (the frames' folder, the video or None)."""
@@ -130,7 +135,8 @@ def render_camera_path(ld, cams, names: list[str], out_dir: Path, *, fps: int = 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     keep = (lambda i, out: save_depth_arrays(out_dir, names[i], out)) if depth else None
-    frames = render_frames(ld, cams.to(ld.device), out_dir.name, progress, supersample, each=keep)
+    frames = render_frames(ld, cams.to(ld.device), out_dir.name, progress, supersample, each=keep,
+                           exposure_of=exposure_of)
     for name, frame in zip(names, frames):
         atomic_write_image(out_dir / f"{name}.png", frame)
     video = write_video(frames, out_dir.parent / out_dir.name, fps=fps) if len(frames) > 1 else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -134,6 +135,7 @@ def test_run_learns_the_shots_gains_and_renders_without_them(nls, tiny_scene, tm
     assert metrics["psnr_cc"] >= metrics["psnr"]  # the least-squares gain is at least as good as none
     nls("render", str(run), "--split", "test", "--max-images", "1", "-q", check=True)
     nls("render", str(run), "--split", "train", "--max-images", "1", "-q", check=True)  # through its exposure
+    _renders_through_one_photos_exposure(nls, run, record, tmp_path)
     nls("eval", str(run), "-q", check=True)
     nls("report", str(run), "--no-model", "-q", check=True)
     html = (run / "report.html").read_text()
@@ -211,3 +213,51 @@ def test_training_views_are_scored_as_their_cameras_took_them():
     assert not torch.allclose(shot, out["rgb"], atol=1e-3)
     assert as_shot(system, "test", out, 2) is out["rgb"]
     assert as_shot(SimpleNamespace(exposure=None, renderer=None), "train", out, 2) is out["rgb"]
+
+
+def _renders_through_one_photos_exposure(nls, run, record: dict, tmp_path) -> None:
+    """``nls render --exposure NAME``: a test view's opaque pixels come out as the plain render times that
+    training image's gains (within the PNGs' rounding), the clear ones as they were; a name that is not a
+    training image, or an index out of range, is refused naming what is valid, before anything is written."""
+    import imageio.v3 as iio
+
+    row = max(record["images"], key=lambda r: abs(math.log(r["gain"][0])))  # the image furthest from the mean
+    plain, shot = tmp_path / "plain", tmp_path / "shot"
+    nls("render", str(run), "--split", "test", "--max-images", "1", "--depth", "-q", "-o", str(plain), check=True)
+    proc = nls("render", str(run), "--split", "test", "--max-images", "1", "-q", "-o", str(shot), "--exposure",
+               row["name"], check=True)
+    assert f"through the exposure of training image {row['name']}" in proc.stdout
+    (png,) = [p for p in (plain / "test").glob("*.png") if "_pred_gt_depth" not in p.name]
+    a, b = (iio.imread(folder / "test" / png.name)[..., :3] / 255.0 for folder in (plain, shot))
+    opacity = np.load(plain / "test" / png.name.replace(".png", "_opacity.npy"))
+    gain = np.asarray(row["gain"])
+    solid = (opacity > 0.99) & (a.max(-1) * gain.max() < 0.95)
+    clear = opacity < 0.01
+    assert solid.sum() > 20 and clear.sum() > 20
+    assert np.abs(b[solid] - a[solid] * gain).max() < 3 / 255
+    assert np.abs(b[clear] - a[clear]).max() < 2 / 255
+    assert np.abs(b[solid] - a[solid]).max() > 10 / 255  # the gain is not ~1
+    path = tmp_path / "path"  # a camera path's frames go through the same transform
+    nls("render", str(run), "-q", "-o", str(path), "--cameras", str(plain / "test_cameras.json"), "--exposure",
+        row["name"], check=True)
+    frame = iio.imread(path / "test_cameras" / png.name)[..., :3] / 255.0
+    assert np.abs(frame - b).mean() < 1 / 255 and np.abs(frame - a).mean() > 2 / 255
+    for bad, says in (("no_such_photo", "no such training image"), ("99", "index 0..7")):
+        proc = nls("render", str(run), "--split", "test", "-q", "-o", str(tmp_path / "bad"), "--exposure", bad)
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad").exists()
+
+
+def test_render_exposure_is_refused_for_a_run_without_it():
+    """--exposure on a run that learned no exposure says so and how to train one."""
+    from types import SimpleNamespace
+
+    from pipeline.exposure import exposure_image
+    from pipeline.types import NLSError
+
+    with pytest.raises(NLSError, match=r"learned no exposure \(train.exposure: none\)"):
+        exposure_image(SimpleNamespace(exposure=None), ["a", "b"], "a")
+    system = SimpleNamespace(exposure=ImageExposure(2))
+    assert exposure_image(system, ["r_0", "r_1"], "r_1") == 1 and exposure_image(system, ["r_0", "r_1"], "0") == 0
+    with pytest.raises(NLSError, match="did you mean r_1"):
+        exposure_image(system, ["r_0", "r_1"], "r_11")

@@ -144,7 +144,7 @@ def test_the_depth_evaluator_scores_the_rendered_depth_against_the_mesh(tmp_path
 
     ctx = SimpleNamespace(split=None, cfg=SimpleNamespace(eval=EvalConfig(split="train", chunk=8192)),
                           scene=SimpleNamespace(splits=ld.scene.splits, background=(1.0, 1.0, 1.0)),
-                          system=ld.system, device="cpu", progress=False, save_depth=False,
+                          system=ld.system, device="cpu", progress=False, save_depth=False, exposure_of=None,
                           out_dir=tmp_path / "r", depths=lambda: kept, renders_root=tmp_path / "renders")
     render_split(ctx, keep=kept)
     assert [i for i, _ in kept] == [0, 1, 2, 3]

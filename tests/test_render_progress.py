@@ -135,7 +135,8 @@ def eval_context(tmp_path, renderer, n_views: int = 2, chunk: int = 4) -> Simple
     cfg = SimpleNamespace(eval=EvalConfig(split="test", chunk=chunk))
     system = SimpleNamespace(renderer=renderer, chain=None, eval=lambda: None)
     return SimpleNamespace(cfg=cfg, scene=SimpleNamespace(splits={"test": split}), system=system, run=None,
-                           device="cpu", split=None, out_dir=tmp_path, progress=True, save_depth=False)
+                           device="cpu", split=None, out_dir=tmp_path, progress=True, save_depth=False,
+                           exposure_of=None)
 
 
 def test_render_split_reports_pixels_sparsely_off_a_terminal(tmp_path, monkeypatch, capsys):

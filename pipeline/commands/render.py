@@ -29,6 +29,12 @@ def cmd_render(args) -> int:
     if split is not None:
         check_can_render(ld.scene, ld.system, split)  # before any folder is made
     check_renderer(ld.system)
+    exposure_of = None
+    if args.exposure is not None:  # before any folder is made
+        from pipeline.exposure import exposure_image
+
+        train = ld.scene.splits.get("train")
+        exposure_of = exposure_image(ld.system, list(train.names) if train is not None else [], args.exposure)
     out_root = Path(args.output) if args.output else ld.run.renders_dir
     given = {"supersample": args.supersample, "max_images": args.max_images, "every": args.every}
     ld.cfg.eval = ld.cfg.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
@@ -49,26 +55,29 @@ def cmd_render(args) -> int:
     if split is not None:
         check_writable(out_root / split)
         ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, split=split,
-                          out_dir=out_root / split, save_depth=args.depth, progress=not args.quiet)
+                          out_dir=out_root / split, save_depth=args.depth, progress=not args.quiet,
+                          exposure_of=exposure_of)
         pairs = ctx.renders()
         views = ld.scene.splits[split]
         shown = eval_indices(len(views), ld.cfg.eval.every, ld.cfg.eval.max_images)
         names = [views.names[i] if i < len(views.names) else f"{i:03d}" for i in shown]
         write_camera_path(out_root / f"{split}_cameras.json", views.cameras.select(shown), names)
         raw = " and depth/opacity .npy arrays" if args.depth else ""
-        print(f"wrote {len(pairs)} {split} renders (prediction | ground truth | depth){raw} to {out_root / split} "
+        look = f", through the exposure of training image {args.exposure}" if exposure_of is not None else ""
+        print(f"wrote {len(pairs)} {split} renders (prediction | ground truth | depth){raw}{look} to {out_root / split} "
               f"(their cameras: {out_root / f'{split}_cameras.json'})")
     if args.spiral:
         from pipeline.video import render_turntable
 
         video = render_turntable(ld, args.spiral, out_root, progress=not args.quiet,
-                                 supersample=ld.cfg.eval.supersample)
+                                 supersample=ld.cfg.eval.supersample, exposure_of=exposure_of)
         print(f"wrote turntable video: {video} (its cameras: {out_root / 'turntable_cameras.json'})")
     if path is not None:
         from pipeline.video import render_camera_path
 
         folder, video = render_camera_path(ld, *path, out_root / stem, fps=args.fps, progress=not args.quiet,
-                                           supersample=ld.cfg.eval.supersample, depth=args.depth)
+                                           supersample=ld.cfg.eval.supersample, depth=args.depth,
+                                           exposure_of=exposure_of)
         print(f"wrote {len(path[1])} frames of {args.cameras}" + (" with depth/opacity .npy arrays" if args.depth else "")
               + f" to {folder}" + (f" and the video {video}" if video else ""))
     return 0
