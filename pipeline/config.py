@@ -108,8 +108,9 @@ class TrainConfig(ConfigModel):
     refine_poses: bool = Field(False, description="learn a correction of each training camera's pose with the "
                                "field (a rotation about the camera's centre and a shift), for poses from "
                                "structure-from-motion that are off by a degree or so; held-out views keep their "
-                               "poses, and the corrections' common rigid motion is held at zero. Renders and evaluations of the "
-                               "training views use the refined poses; they are written to poses.json")
+                               "poses, and the cameras' common motion (a rotation, translation and scaling of "
+                               "them all) is held at zero. Renders and evaluations of the training views use the "
+                               "refined poses; they are written to poses.json")
     pose_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the pose corrections (radians and world "
                            "units; decays with lr_final_factor as the others do)")
 
@@ -133,8 +134,9 @@ class EvalConfig(ConfigModel):
     align_poses: int = Field(0, ge=0, description="steps of test-time pose alignment: before a held-out view is "
                              "scored, its camera's pose is fitted to its image with the field frozen (as BARF "
                              "evaluates runs that refine poses, whose held-out views can carry pose errors of their "
-                             "own or sit a fraction of a pixel off the refined frame); 0 (the default) scores the views from their poses as given. 100 suits most "
-                             "scenes; the fitted corrections go to renders/<split>/pose_alignment.json")
+                             "own or sit a fraction of a pixel off the refined frame); 0 (the default) scores the "
+                             "views from their poses as given. 100 suits most scenes; the fitted corrections go to "
+                             "renders/<split>/pose_alignment.json")
     align_rays: int = Field(1024, ge=16, description="random pixels per step of eval.align_poses")
 
 

@@ -64,8 +64,8 @@ def cmd_render(args) -> int:
         write_camera_path(out_root / f"{split}_cameras.json", views.cameras.select(shown), names)
         raw = " and depth/opacity .npy arrays" if args.depth else ""
         look = f", through the exposure of training image {args.exposure}" if exposure_of is not None else ""
-        print(f"wrote {len(pairs)} {split} renders (prediction | ground truth | depth){raw}{look} to {out_root / split} "
-              f"(their cameras: {out_root / f'{split}_cameras.json'})")
+        print(f"wrote {len(pairs)} {split} renders (prediction | ground truth | depth){raw}{look} to "
+              f"{out_root / split} (their cameras: {out_root / f'{split}_cameras.json'})")
     if args.spiral:
         from pipeline.video import render_turntable
 
