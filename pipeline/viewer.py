@@ -5,7 +5,8 @@ frustums, the input point cloud where the scene has one, and a slider over level
 that re-extracts the mesh at the chosen level from a cached grid of the field (marching
 cubes through :func:`pipeline.mesh.grid_to_mesh`). For a run that renders images, a button
 renders the field from the browser's camera (:meth:`LevelSetViewer.render_view`) and shows it
-behind the scene, with a switch that hides the mesh. viser is an optional extra, imported
+behind the scene, composited by depth (the mesh is hidden where it lies behind the field's
+surface), with a switch that hides the mesh. viser is an optional extra, imported
 only here: ``pip install '.[viewer]'``.
 """
 
@@ -55,6 +56,27 @@ def cv_view_camera(position, wxyz, fov: float, aspect: float, height: int):
     f = torch.tensor([0.5 * height / np.tan(0.5 * float(fov))], dtype=torch.float32)
     return Cameras(torch.tensor(c2w[None], dtype=torch.float32), f, f.clone(), torch.tensor([width / 2.0]),
                    torch.tensor([height / 2.0]), width, int(height))
+
+
+#: view depth (world units) given to pixels the field leaves empty (opacity at most 1/2), so that the render there
+#: lies behind everything in the scene (viser clips depths at 2^24 / 10^5, about 168 units)
+FAR_DEPTH = 1e3
+
+
+def view_depth(depth, opacity, cameras) -> np.ndarray:
+    """``(H, W)`` float32 depth along the viewing axis (world units) for compositing a render with the scene, from
+    a render's ``depth`` and ``opacity`` ``(H, W, 1)`` (distances along each pixel's unit ray) through pinhole
+    ``cameras`` (one): a pixel ``(u, v)``'s ray meets the axis at ``cos = 1 / |((u - cx) / fx, (v - cy) / fy, 1)|``,
+    so its view depth is the distance times that. Pixels of opacity at most 1/2 get :data:`FAR_DEPTH`."""
+    from pipeline.rays import image_pixel_coords
+
+    h, w = int(cameras.height), int(cameras.width)
+    u, v = (t.double().numpy().reshape(h, w) for t in image_pixel_coords(w, h, 0, w * h))
+    fx, fy, cx, cy = (float(t[0]) for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
+    cos = 1.0 / np.sqrt(1.0 + ((u - cx) / fx) ** 2 + ((v - cy) / fy) ** 2)
+    t = np.asarray(depth.detach().cpu().double().numpy()).reshape(h, w)
+    hit = np.asarray(opacity.detach().cpu().numpy()).reshape(h, w) > 0.5
+    return np.where(hit, t * cos, FAR_DEPTH).astype(np.float32)
 
 
 def gl_to_cv_wxyz(c2w: np.ndarray) -> np.ndarray:
@@ -244,8 +266,10 @@ class LevelSetViewer:
                 if self.mesh_handle is not None:
                     self.mesh_handle.visible = bool(show.value)
 
-    def render_view(self, cameras) -> np.ndarray:
-        """(H, W, 3) uint8 render of the run's field by its renderer from ``cameras`` (one camera)."""
+    def render_view(self, cameras) -> tuple[np.ndarray, np.ndarray]:
+        """Render of the run's field by its renderer from ``cameras`` (one camera): the ``(H, W, 3)`` uint8 image
+        and its ``(H, W)`` view depth (:func:`view_depth`, of the median depth where the renderer gives one: it
+        stays on the surface where the expected depth of a soft density drifts behind it)."""
         import torch
 
         from pipeline.evaluate import to_uint8
@@ -254,17 +278,19 @@ class LevelSetViewer:
         with self._render_lock, torch.no_grad():
             out = self.ld.system.renderer.render_image(cameras.to(self.ld.device), 0, self.ld.system.chain,
                                                        chunk=self.ld.cfg.eval.chunk)
-        return to_uint8(out["rgb"])
+        return to_uint8(out["rgb"]), view_depth(out.get("depth_median", out["depth"]), out["opacity"], cameras)
 
     def render_for(self, client, height: int) -> np.ndarray:
         """Render from ``client``'s camera at ``height`` pixels (its canvas's aspect) and set it as that browser's
-        background image; returns the image."""
+        background image, with its depth, so that the mesh, the cameras and the points show where they lie in front
+        of the field's surface and are hidden where they lie behind it; returns the image."""
         cam = client.camera
         t0 = time.monotonic()
-        image = self.render_view(cv_view_camera(cam.position, cam.wxyz, cam.fov, cam.aspect, height))
-        client.scene.set_background_image(image, format="png")
+        image, depth = self.render_view(cv_view_camera(cam.position, cam.wxyz, cam.fov, cam.aspect, height))
+        client.scene.set_background_image(image, format="png", depth=depth)
         self.status.content = (f"**rendered** the field from your view: {image.shape[1]} x {image.shape[0]} in "
-                               f"{time.monotonic() - t0:.1f} s (untick *show mesh* to see it whole)")
+                               f"{time.monotonic() - t0:.1f} s; the mesh shows where it lies in front of the "
+                               f"field's surface (untick *show mesh* to see the render whole)")
         return image
 
     def _frame_client(self, client) -> None:

@@ -92,7 +92,8 @@ def test_level_slider_reextracts_at_that_level(run):
 def test_rendering_from_the_browsers_camera_gives_the_views_render(run):
     """A browser camera placed as test view 0 (its pose in viser's OpenCV axes, its vertical field of view and
     aspect) renders what the renderer gives for that view, to the 8-bit rounding, and becomes that browser's
-    background image."""
+    background image, with the depth of each pixel's surface point along the view axis (worked out here from the
+    renderer's rays) where the field is opaque, and beyond the scene elsewhere."""
     pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
     from types import SimpleNamespace
 
@@ -109,12 +110,25 @@ def test_rendering_from_the_browsers_camera_gives_the_views_render(run):
         client = SimpleNamespace(
             camera=SimpleNamespace(position=c2w[:3, 3], wxyz=gl_to_cv_wxyz(c2w), fov=2 * np.arctan(0.5 * h / fy),
                                    aspect=w / h),
-            scene=SimpleNamespace(set_background_image=lambda image, format: shown.append(image)))
+            scene=SimpleNamespace(set_background_image=lambda image, format, depth: shown.append((image, depth))))
         image = v.render_for(client, h)
         with torch.no_grad():
-            ref = to_uint8(v.ld.system.renderer.render_image(cams.select([0]), 0, v.ld.system.chain)["rgb"])
+            out = v.ld.system.renderer.render_image(cams.select([0]), 0, v.ld.system.chain)
+        ref = to_uint8(out["rgb"])
         assert image.shape == (h, w, 3) and np.abs(image.astype(int) - ref.astype(int)).max() <= 1
-        assert len(shown) == 1 and shown[0] is image and "rendered" in v.status.content
+        assert len(shown) == 1 and shown[0][0] is image and "rendered" in v.status.content
+        from pipeline.rays import image_rays
+        from pipeline.viewer import FAR_DEPTH
+
+        origins, dirs = image_rays(cams.select([0]), 0)  # the surface point of each pixel, then along the axis
+        points = origins + out["depth_median"].reshape(-1, 1) * dirs
+        axis = -cams.c2w[0, :3, 2]  # the camera looks down its -z
+        expected = ((points - origins) @ axis).reshape(h, w).numpy()
+        hit = out["opacity"][..., 0].numpy() > 0.5
+        depth = shown[0][1]
+        assert depth.shape == (h, w) and hit.any() and (~hit).any()
+        assert np.allclose(depth[hit], expected[hit], rtol=1e-4, atol=1e-4)
+        assert (depth[~hit] == FAR_DEPTH).all()
     finally:
         v.stop()
 
@@ -235,3 +249,92 @@ def _mesh_pixels(path) -> int:
     c = a[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
     r, g, b = c[..., 0], c[..., 1], c[..., 2]
     return int(((r > g + 15) & (g > b + 5) & (r - b > 60) & (r > 60)).sum())
+
+
+def test_view_depth_of_a_plane_facing_the_camera_is_its_distance():
+    """A camera 2 units above the plane z = 0, looking straight down: each pixel's ray meets the plane 2 / cos
+    units away, and its view depth is 2 everywhere (off-centre principal point, fx != fy); empty pixels are far."""
+    import torch
+
+    from pipeline.rays import image_rays
+    from pipeline.types import Cameras
+    from pipeline.viewer import FAR_DEPTH, view_depth
+
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[2, 3] = 2.0  # Blender axes: the camera looks down its -z, which is the world's -z here
+    cams = Cameras(c2w[None], torch.tensor([30.0]), torch.tensor([45.0]), torch.tensor([14.0]), torch.tensor([9.0]),
+                   32, 24)
+    origins, dirs = image_rays(cams, 0)
+    t = (-origins[:, 2] / dirs[:, 2]).reshape(24, 32, 1)  # distance along each unit ray to z = 0
+    assert float(t.max() - t.min()) > 0.3  # the corners' rays are much longer than the centre's
+    opacity = torch.ones(24, 32, 1)
+    opacity[:3] = 0.2
+    depth = view_depth(t, opacity, cams)
+    assert np.allclose(depth[3:], 2.0, atol=1e-5) and (depth[:3] == FAR_DEPTH).all()
+
+
+def _blue_pixels(path) -> int:
+    """Pixels of the central half of the screenshot in the blue of the test's background image."""
+    import imageio.v3 as iio
+
+    a = iio.imread(path)[..., :3].astype(np.int32)
+    h, w = a.shape[:2]
+    c = a[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+    return int(((c[..., 2] > 150) & (c[..., 0] < 60) & (c[..., 1] < 60)).sum())
+
+
+def test_background_depth_hides_what_lies_behind_it_in_chromium(run, tmp_path):
+    """viser composites the background image by the depth the viewer gives it (view depth in world units, as
+    :func:`pipeline.viewer.view_depth` makes it): in headless Chromium a blue background set a fifth nearer than
+    the mesh's nearest vertex (along the browser camera's axis) hides the mesh, and one a fifth beyond its farthest
+    leaves it in view."""
+    exe = browser_or_skip()
+    from playwright.sync_api import sync_playwright
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.viewer import LevelSetViewer
+
+    v = LevelSetViewer(run, port=free_port(), resolution=16)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+                "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"])
+            page = browser.new_page(viewport={"width": 800, "height": 600})
+            page.goto(v.url())
+            page.wait_for_selector("canvas", timeout=60_000)
+            shot = tmp_path / "view.png"
+
+            def counts(want_mesh: bool) -> tuple[int, int]:
+                for _ in range(30):  # the scene and the image stream in over the websocket
+                    page.wait_for_timeout(500)
+                    page.screenshot(path=str(shot))
+                    mesh, blue = _mesh_pixels(shot), _blue_pixels(shot)
+                    if (mesh > 300) == want_mesh and blue > 300:
+                        break
+                return mesh, blue
+
+            blue = np.zeros((150, 200, 3), np.uint8)
+            blue[..., 2] = 220
+            for _ in range(60):
+                clients = list(v.server.get_clients().values())
+                if clients and v.mesh_handle is not None:
+                    break
+                page.wait_for_timeout(500)
+            client = clients[0]
+            page.wait_for_timeout(1000)  # the camera _frame_client set, as the browser reports it back
+            cam = client.camera
+            w, x, y, z = (float(c) for c in cam.wxyz)
+            axis = Rotation.from_quat([x, y, z, w]).as_matrix()[:, 2]  # OpenCV axes: the camera looks down +z
+            depths = (np.asarray(v.mesh_handle.vertices, np.float64) - np.asarray(cam.position)) @ axis
+            near, far = float(depths.min()), float(depths.max())
+            assert near > 0, depths
+            client.scene.set_background_image(blue, format="png", depth=np.full((150, 200), 1.2 * far, np.float32))
+            behind = counts(want_mesh=True)
+            client.scene.set_background_image(blue, format="png", depth=np.full((150, 200), 0.8 * near, np.float32))
+            front = counts(want_mesh=False)
+            browser.close()
+        print(f"mesh / blue pixels with the background behind the mesh: {behind}, in front of it: {front}")
+        assert behind[0] > 300 and behind[1] > 300, behind
+        assert front[0] < 20 and front[1] > 300, front
+    finally:
+        v.stop()
