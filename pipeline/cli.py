@@ -168,9 +168,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="S x S rays per pixel, averaged, S in 1..4 (default: the run's eval.supersample)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument("--max-images", type=int_at_least(1), metavar="N",
-                   help="render the first N views only (after --every; default: the run's eval.max_images, else all)")
+                   help="render the first N views only (after --every; default: the run's eval.max_images, else all); "
+                   "given, it thins the frames of --cameras too (not --spiral, whose count sets its frames)")
     c.add_argument("--every", type=int_at_least(1), metavar="K",
-                   help="render every K-th view of the split (0, K, 2K, ...; default: the run's eval.every)")
+                   help="render every K-th view of the split (0, K, 2K, ...; default: the run's eval.every); given, "
+                   "every K-th frame of --cameras too (after --interpolate), e.g. a quick preview of a long path")
     c.add_argument("--cameras", metavar="FILE.json",
                    help="render the cameras of a transforms.json (frames with a 4x4 camera-to-world "
                    "transform_matrix, OpenGL axes, in the run's frame; fl_x/fl_y/cx/cy or camera_angle_x, w/h, for "

@@ -200,6 +200,16 @@ def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls
               str(again), "-q", check=True)
     assert sorted(p.name for p in (again / "turntable_cameras").glob("*.png")) == [f"{k:04d}.png" for k in range(7)]
     assert "7 frames" in res.stdout and any(again.glob("turntable_cameras.*"))  # (the video: mp4, or gif)
+    thin = tmp_path / "thin"  # --every / --max-images thin a path's frames (after --interpolate), as they do a split's
+    res = nls("render", str(run), "--cameras", str(out / "turntable_cameras.json"), "--interpolate", "7", "--every",
+              "3", "-o", str(thin), "-q", check=True)
+    assert sorted(p.name for p in (thin / "turntable_cameras").glob("*.png")) == ["0000.png", "0003.png", "0006.png"]
+    assert "3 frames" in res.stdout
+    assert np.array_equal(iio.imread(thin / "turntable_cameras" / "0003.png"),
+                          iio.imread(again / "turntable_cameras" / "0003.png"))  # the same frame, not a new path
+    nls("render", str(run), "--cameras", str(out / "turntable_cameras.json"), "--max-images", "2", "-o",
+        str(tmp_path / "first"), "-q", check=True)
+    assert len(list((tmp_path / "first" / "turntable_cameras").glob("*.png"))) == 2
     shutil.copyfile(out / "test_cameras.json", tmp_path / "test.json")  # named as a split: not into renders/test/
     nls("render", str(run), "--cameras", str(tmp_path / "test.json"), "-o", str(again), "-q", check=True)
     assert not (again / "test").exists() and len(list((again / "test_path").glob("*.png"))) == len(names)

@@ -49,6 +49,9 @@ def cmd_render(args) -> int:
             path = (interpolate_cameras(path[0], args.interpolate, loop=args.loop,
                                         pace=args.pace or "distance"),
                     [f"{k:04d}" for k in range(args.interpolate)])
+        if args.every or args.max_images:  # given on the command line (the run's eval settings are for its split)
+            keep = eval_indices(len(path[1]), args.every or 1, args.max_images)
+            path = (path[0].select(keep), [path[1][i] for i in keep])
         stem = Path(args.cameras).stem  # (renders/test/ holds a split: a path file test.json goes to test_path/)
         stem = f"{stem}_path" if stem in ld.scene.splits or stem == "turntable" else stem
         check_writable(out_root / stem)
