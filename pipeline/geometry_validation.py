@@ -150,7 +150,7 @@ class GeometryValidator:
         from pipeline.validation import PROGRESS_DIR
 
         t = cfg.train  # checked by check_geometry_validation first
-        self.system, self.device = system, device
+        self.system, self.device, self.cfg, self.scene = system, device, cfg, scene
         self.resolution, self.samples = t.val_resolution, t.val_samples
         self.extractor = cfg.stages["extractor"].build(BuildContext(cfg, device, scene, scene.aabb))
         self.key, self.against = reference_of(scene)
@@ -167,6 +167,19 @@ class GeometryValidator:
         #: (name, (side, 3 side, 3) uint8 mesh | reference | distance) of the latest call
         self.preview = None
         self._said_empty = False
+
+    def current_extractor(self):
+        """The run's extractor as this step sees the scene: the one built at the start, or, when the run refines
+        its training cameras' poses, one built from the cameras as they now stand (:func:`refined_scene`), as
+        ``nls eval`` builds it after training: an extractor that calibrates its level on the training views'
+        silhouettes must see them from where the field does."""
+        if getattr(self.system, "poses", None) is None:
+            return self.extractor
+        from pipeline.build import BuildContext
+        from pipeline.pose_refinement import refined_scene
+
+        scene = refined_scene(self.scene, self.system)
+        return self.cfg.stages["extractor"].build(BuildContext(self.cfg, self.device, scene, scene.aabb))
 
     def describe(self) -> str:
         """What is validated, for the run's log line."""
@@ -186,7 +199,7 @@ class GeometryValidator:
 
         self.system.eval()
         try:
-            mesh = mesh_field(self.extractor, self.system.chain, self.device, resolution=self.resolution,
+            mesh = mesh_field(self.current_extractor(), self.system.chain, self.device, resolution=self.resolution,
                               doing=f"meshing the field for validation at step {step}")
         except EmptyLevelSet as e:
             mesh, why = trimesh.Trimesh(), f"it ranges over [{e.low:.4g}, {e.high:.4g}] in the box, level {e.level:g}"

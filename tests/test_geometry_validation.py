@@ -178,6 +178,27 @@ def test_an_image_run_validates_both_its_views_and_its_mesh(tmp_path):
     assert "the figure is val_chamfer_l1 in metrics.jsonl" in html
 
 
+def test_a_run_refining_its_poses_calibrates_on_the_refined_cameras(tmp_path):
+    """With train.refine_poses, the mesh's silhouette calibration during training sees the training views from the
+    refined cameras, as `nls eval` does afterwards (refined_scene), not from the poses as given; without it the
+    validator keeps the extractor it built at the start."""
+    data = copy.deepcopy(TINY_SCENE)
+    data["train"].update(steps=4, val_every=2, val_geometry=True, val_resolution=24, val_samples=2000,
+                         refine_poses=True)
+    data["extractor"].update(level=None, calibrate="silhouettes", calibrate_levels=[0.05, 0.1])
+    cfg = validate(data, plugin_host())
+    tr = _trainer(tmp_path, cfg, "poses")
+    (val,) = [v for v in tr.validators if type(v).__name__ == "GeometryValidator"]
+    with torch.no_grad():
+        tr.system.poses.rotation.normal_(0, 0.02)  # a correction as training would learn it
+    given = tr.scene.splits["train"].cameras
+    refined = tr.system.poses.refined(given)
+    seen = val.current_extractor().train_split.cameras
+    assert torch.equal(seen.c2w, refined.c2w) and not torch.allclose(seen.c2w, given.c2w, atol=1e-4)
+    tr.system.poses = None
+    assert val.current_extractor() is val.extractor
+
+
 def test_errors_before_training_name_the_option(tmp_path, ball):
     data = copy.deepcopy(TINY_SCENE)
     data["renderer"], data["losses"], data["evaluators"] = None, [{"type": "tv"}], []
