@@ -208,14 +208,20 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--bbox", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="box to mesh (default: the extractor's, else the scene box)")
     c.add_argument("--colors", action="store_true",
-                   help="bake vertex colours: the field's radiance at each vertex, seen along the inward "
-                   "normal (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
+                   help="bake vertex colours: the field's radiance at each vertex, seen as the training views saw it "
+                   "(--color-from) (.ply, .obj: as the images, sRGB; .glb: linear, as glTF defines them; runs "
                    "trained on images)")
     c.add_argument("--texture", type=int_at_least(64, 8192), metavar="SIZE",
                    help="bake the field's colour into a SIZE x SIZE texture instead (a UV atlas made with xatlas; "
-                   "each texel the colour at its point on the surface, seen along the inward normal): .glb "
+                   "each texel the colour at its point on the surface, seen as --color-from says): .glb "
                    "embeds it, .obj writes NAME.mtl and NAME.png beside it; runs trained on images; pip install "
                    "'.[export]'")
+    c.add_argument("--color-from", choices=["views", "normal"], default="views",
+                   help="the direction a surface point's colour is seen from. views (default): the mean along the "
+                   "rays of the training cameras that see it (in their image, facing them, not hidden by the "
+                   "mesh; at most 32 cameras, spread over the set), the inward normal where none does; normal: "
+                   "along the inward normal everywhere (faster; a direction the training rays may never have "
+                   "come from)")
     c.add_argument("--points", type=int_at_least(1), metavar="N",
                    help="write a point cloud (.ply) instead of a mesh: N points where the training views' rays "
                    "reach the surface (their median depth, rendered at a reduced size), with the rendered colour "

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pipeline.types import EmptyLevelSet, NLSError
+from pipeline.types import Cameras, EmptyLevelSet, NLSError
 
 #: marching-cubes level used when a scene gives none, per quantity
 DEFAULT_LEVEL = {"sdf": 0.0, "occupancy": 0.5, "density": 10.0}
@@ -466,18 +466,22 @@ def field_colour(chain, points: np.ndarray, dirs: np.ndarray, device, chunk: int
     return np.concatenate(cols) if cols else np.zeros((0, 3), np.float32)
 
 
-def bake_vertex_colors(mesh, chain, device, chunk: int = 65536, linear: bool = False) -> np.ndarray:
-    """Colour each vertex with the field's radiance there, seen along the inward normal.
+def bake_vertex_colors(mesh, chain, device, chunk: int = 65536, linear: bool = False,
+                       cameras: Optional[Cameras] = None) -> np.ndarray:
+    """Colour each vertex with the field's radiance there: the mean along the rays of the training ``cameras``
+    that see it (:mod:`pipeline.view_colours`), and, for a vertex none sees or without ``cameras``, seen along the
+    inward normal, ``d = -normal`` (the direction of a camera ray that meets the surface head-on from outside; the
+    extracted faces are oriented outward).
 
-    ``chain(x (V,3), d (V,3))["rgb"]`` is queried at the vertices with the view direction
-    ``d = -normal``: the direction of a camera ray that meets the surface head-on from outside
-    (the extracted faces are oriented outward). Returns ``(V, 3)`` float colours in [0, 1], as
-    the images are encoded (sRGB), and stores them as ``mesh.visual.vertex_colors``, converted
-    to linear values with ``linear=True`` (glTF defines vertex colours as linear). Raises
-    NLSError when the chain has no colour.
+    ``chain(x (V,3), d (V,3))["rgb"]`` is queried at the vertices. Returns ``(V, 3)`` float colours in [0, 1], as
+    the images are encoded (sRGB), and stores them as ``mesh.visual.vertex_colors``, converted to linear values
+    with ``linear=True`` (glTF defines vertex colours as linear). Raises NLSError when the chain has no colour.
     """
-    rgb = field_colour(chain, np.array(mesh.vertices, dtype=np.float32),  # (trimesh's arrays are read-only)
-                       -np.array(mesh.vertex_normals, dtype=np.float32), device, chunk)
+    from pipeline.view_colours import seeing_views, view_colour
+
+    views = seeing_views(mesh, cameras) if cameras is not None and len(cameras) else None
+    rgb = view_colour(chain, np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), device, views=views,
+                      seen=views.vertex if views is not None else None, chunk=chunk)
     stored = srgb_to_linear(rgb) if linear else rgb
     rgba = np.concatenate([np.round(stored * 255), np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
     mesh.visual.vertex_colors = rgba

@@ -1,7 +1,8 @@
 """Lighter meshes for ``nls export``: quadric decimation (``--faces``, fast-simplification through trimesh) and
 a baked colour texture (``--texture``): the mesh is cut into charts and packed into a UV atlas with xatlas, every
-texel that a triangle covers is mapped back to its point on the surface, and the field's colour there, seen along
-the inward normal as :func:`pipeline.mesh.bake_vertex_colors` sees it, is its value. Texels no triangle covers take
+texel that a triangle covers is mapped back to its point on the surface, and the field's colour there, seen from
+the training views as :func:`pipeline.mesh.bake_vertex_colors` sees it (:mod:`pipeline.view_colours`), is its
+value. Texels no triangle covers take
 the colour of the nearest covered one, so filtering across a chart's border samples no background.
 
 A texture keeps the field's colour at a density set by the texture and not by the mesh, so a mesh decimated to a
@@ -11,11 +12,11 @@ few thousand faces can keep the appearance that vertex colours would need millio
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pipeline.types import NLSError
+from pipeline.types import Cameras, NLSError
 
 if TYPE_CHECKING:
     import trimesh
@@ -125,27 +126,30 @@ def material(picture, name: str, ext: str):
 
 
 def bake_texture(mesh: "trimesh.Trimesh", chain, device, size: int, *, chunk: int = 65536,
-                 name: str = "texture", ext: str = ".glb") -> "trimesh.Trimesh":
+                 name: str = "texture", ext: str = ".glb", cameras: Optional[Cameras] = None) -> "trimesh.Trimesh":
     """A copy of ``mesh`` cut along xatlas's chart seams, with UVs and a ``size`` x ``size`` sRGB texture of the
     field's colour (:func:`unwrap`, :func:`rasterize`, :func:`fill_uncovered`): at each covered texel's point on
-    the surface, ``chain(x, d)["rgb"]`` seen along the inward normal ``d`` (the vertex normals interpolated, as
-    :func:`pipeline.mesh.bake_vertex_colors` takes them at the vertices), in :func:`material` for a file of
-    extension ``ext``, named ``name``. NLSError when the chain has no colour."""
+    the surface, ``chain(x, d)["rgb"]`` averaged over the rays of the training ``cameras`` that see all three corners
+    of its triangle (:mod:`pipeline.view_colours`), or seen along the inward normal ``d`` (the vertex normals
+    interpolated) where none does or without ``cameras``, as :func:`pipeline.mesh.bake_vertex_colors` colours the
+    vertices; in :func:`material` for a file of extension ``ext``, named ``name``. NLSError when the chain has no
+    colour."""
     import trimesh
     from PIL import Image
 
-    from pipeline.mesh import field_colour
+    from pipeline.view_colours import seeing_views, view_colour
 
+    views = seeing_views(mesh, cameras) if cameras is not None and len(cameras) else None
     vmapping, faces, uvs = unwrap(mesh, size)
     texel, owner, bary = rasterize(uvs, faces, size)
     vertices, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
     rgb = np.zeros((len(texel), 3), np.float32)
     for i in range(0, len(texel), chunk):  # (points made a chunk at a time: an 8192^2 texture has ~40M)
         corners, w = vmapping[faces[owner[i:i + chunk]]], bary[i:i + chunk]  # (t, 3) vertices of ``mesh``
-        n = np.einsum("tk,tkc->tc", w, normals[corners])
-        rgb[i:i + chunk] = field_colour(chain, np.einsum("tk,tkc->tc", w, vertices[corners]),
-                                        -n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), device,
-                                        chunk, what="--texture")
+        rgb[i:i + chunk] = view_colour(chain, np.einsum("tk,tkc->tc", w, vertices[corners]),
+                                       np.einsum("tk,tkc->tc", w, normals[corners]), device, views=views,
+                                       seen=views.faces(corners) if views is not None else None, chunk=chunk,
+                                       what="--texture")
     image = np.zeros((size * size, 3), np.float32)
     image[texel] = rgb
     covered = np.zeros(size * size, bool)

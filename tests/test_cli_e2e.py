@@ -400,6 +400,13 @@ def test_exported_vertex_colours_match_the_scene(trained_run, nls, tmp_path):
         flat = np.abs(truth.mean(axis=0) - truth).mean()
         print(f"{ext}: baked colour error {err:.4f}, best single colour {flat:.4f}, renders' RMSE {render_rmse:.4f}")
         assert err < 0.6 * flat and err < render_rmse
+    out = tmp_path / "normal.ply"  # the colour along the inward normal, as before the views' colours
+    nls("export", str(run), "-o", str(out), "--resolution", "64", "--colors", "--color-from", "normal", check=True)
+    mesh = trimesh.load(out, force="mesh")
+    normal = np.abs(np.asarray(mesh.visual.vertex_colors, float)[:, :3] / 255
+                    - _true_vertex_colors(np.asarray(mesh.vertices), gt)).mean()
+    print(f"--color-from normal: baked colour error {normal:.4f} (views: {err:.4f})")
+    assert normal < render_rmse and err < normal + 0.002
     for ext in (".stl", ".off"):  # trimesh writes no colours into these
         bad = nls("export", str(run), "-o", str(tmp_path / f"m{ext}"), "--colors")
         assert bad.returncode == 2 and "keep no vertex colours" in bad.stderr and not (tmp_path / f"m{ext}").exists()

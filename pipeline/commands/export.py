@@ -50,8 +50,10 @@ def cmd_export(args) -> int:
         from pipeline.texture import decimate
 
         mesh = decimate(mesh, args.faces)
+    train = ld.scene.splits.get("train")  # (the refined cameras when the run refined its poses)
+    views = train.cameras if getattr(args, "color_from", "views") == "views" and train is not None else None
     if args.colors:
-        bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb")  # glTF colours are linear
+        bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb", cameras=views)  # glTF: linear
     if args.texture:
         from pipeline.texture import bake_texture
 
@@ -59,7 +61,8 @@ def cmd_export(args) -> int:
             print(f"note: cutting {len(mesh.faces)} faces into a UV atlas takes xatlas about a minute per 100k faces "
                   f"and grows faster than the count (on 2 cores: 21 s for 50k, 59 s for 100k); --faces 50000 "
                   f"simplifies the mesh first, and a texture keeps its colour", file=sys.stderr, flush=True)
-        mesh = bake_texture(mesh, ld.system.chain, ld.device, args.texture, name=Path(args.output).stem, ext=ext)
+        mesh = bake_texture(mesh, ld.system.chain, ld.device, args.texture, name=Path(args.output).stem, ext=ext,
+                            cameras=views)
     import numpy as np
 
     if frame is not None:  # run frame -> the input file's: p = (p' - t) / s, a uniform scale and a shift

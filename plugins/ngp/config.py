@@ -198,6 +198,10 @@ class MeshPSNRConfig(ComponentConfig):
                                                  "(needs the export extra; xatlas takes about a minute per 100k faces, "
                                                  "so give faces too)")
     texture_size: int = Field(1024, ge=64, le=8192, description="side of the baked texture in texels")
+    color_from: Literal["views", "normal"] = Field("views", description="views: each point's colour is the mean of "
+                                                   "the field's along the rays of the training cameras that see it, "
+                                                   "as `nls export` bakes by default; normal: seen along the inward "
+                                                   "normal (`--color-from normal`)")
     faces: Optional[int] = Field(None, ge=4, description="simplify the mesh to about this many faces first, as "
                                  "`nls export --faces` does (needs the export extra); default: as extracted")
     ssim: bool = Field(True, description="also compute SSIM")

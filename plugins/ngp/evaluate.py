@@ -191,10 +191,13 @@ class MeshRenderMetrics:
         mesh = ctx.mesh().copy()
         if cfg.faces:
             mesh = decimate(mesh, cfg.faces)
+        train = ctx.scene.splits.get("train")
+        cameras = train.cameras if cfg.color_from == "views" and train is not None else None
         if cfg.colors == "texture":
-            mesh = bake_texture(mesh, ctx.system.chain, ctx.device, cfg.texture_size, name="mesh_psnr")
+            mesh = bake_texture(mesh, ctx.system.chain, ctx.device, cfg.texture_size, name="mesh_psnr",
+                                cameras=cameras)
         else:
-            bake_vertex_colors(mesh, ctx.system.chain, ctx.device)
+            bake_vertex_colors(mesh, ctx.system.chain, ctx.device, cameras=cameras)
         split = ctx.scene.splits[split_name]
         e = ctx.cfg.eval
         indices = eval_indices(len(split), e.every, e.max_images)

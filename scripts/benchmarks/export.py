@@ -6,7 +6,9 @@ The run's mesh is extracted once at its extractor's resolution. Each variant is 
 :func:`pipeline.texture.bake_texture`) and written as .glb. Its colour fidelity is measured on its own surface:
 at ``--points`` area-uniform random points, the colour the file shows there (:func:`pipeline.texture.surface_colour`:
 vertex colours interpolated across the face, or the texture looked up bilinearly at the interpolated UV) against the field's colour at the same point
-seen along the interpolated inward normal, as the bakers query it; reported as a PSNR in dB over the points.
+as the bakers query it (``--color-from views``, the default: the mean along the rays of the training cameras that see
+all three corners of its face, :mod:`pipeline.view_colours`; ``normal``: along the interpolated inward normal);
+reported as a PSNR in dB over the points.
 
 Usage::
 
@@ -36,12 +38,13 @@ if str(_REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 
-def _fidelity(path: Path, chain, device, n: int, seed: int = 0) -> float:
-    """PSNR (dB) of the colour the .glb at ``path`` shows against the field's, at ``n`` random surface points."""
+def _fidelity(path: Path, chain, device, n: int, seed: int = 0, cameras=None) -> float:
+    """PSNR (dB) of the colour the .glb at ``path`` shows against the field's, at ``n`` random surface points, seen
+    from the training ``cameras`` that see them (None: along the inward normal)."""
     import trimesh
 
-    from pipeline.mesh import field_colour
     from pipeline.texture import surface_colour
+    from pipeline.view_colours import seeing_views, view_colour
 
     mesh = trimesh.load(path, force="mesh", process=False)
     rng = np.random.default_rng(seed)
@@ -53,7 +56,10 @@ def _fidelity(path: Path, chain, device, n: int, seed: int = 0) -> float:
     normals = np.einsum("pk,pkc->pc", bary, np.asarray(mesh.vertex_normals)[corners])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     shown = surface_colour(mesh, faces, bary, linear_vertex_colours=True)  # (glTF's vertex colours are linear)
-    mse = float(np.mean((shown - field_colour(chain, points, -normals, device)) ** 2))
+    views = seeing_views(mesh, cameras) if cameras is not None else None
+    field = view_colour(chain, points, normals, device, views=views,
+                        seen=views.faces(corners) if views is not None else None)
+    mse = float(np.mean((shown - field) ** 2))
     return -10 * np.log10(max(mse, 1e-12))
 
 
@@ -68,6 +74,8 @@ def main(argv) -> dict:
     ap.add_argument("--faces", type=int, default=100_000, help="the simplified meshes' face count")
     ap.add_argument("--textures", default="1024,2048", help="texture sizes, comma-separated")
     ap.add_argument("--points", type=int, default=200_000, help="surface points of the fidelity measure")
+    ap.add_argument("--color-from", choices=["views", "normal"], default="views",
+                    help="as nls export --color-from: the training views' directions, or the inward normal")
     ap.add_argument("--out", default="outputs/bench/export.json")
     args = ap.parse_args(argv)
 
@@ -75,6 +83,8 @@ def main(argv) -> dict:
     t = time.perf_counter()
     full = extract(EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device))
     extract_s = time.perf_counter() - t
+    train = ld.scene.splits.get("train")
+    cameras = train.cameras if args.color_from == "views" and train is not None else None
     variants = [("full mesh, vertex colours", None, None),
                 (f"{args.faces} faces, vertex colours", args.faces, None)]
     variants += [(f"{args.faces} faces, texture {s}", args.faces, int(s)) for s in args.textures.split(",") if s]
@@ -84,17 +94,17 @@ def main(argv) -> dict:
             t = time.perf_counter()
             mesh = decimate(full, faces) if faces else full.copy()
             if size:
-                mesh = bake_texture(mesh, ld.system.chain, ld.device, size, name="bench")
+                mesh = bake_texture(mesh, ld.system.chain, ld.device, size, name="bench", cameras=cameras)
             else:
-                bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=True)
+                bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=True, cameras=cameras)
             path = export_mesh(mesh, Path(tmp) / "bench.glb")
             seconds = time.perf_counter() - t
-            psnr = _fidelity(path, ld.system.chain, ld.device, args.points)
+            psnr = _fidelity(path, ld.system.chain, ld.device, args.points, cameras=cameras)
             rows.append({"variant": label, "faces": int(len(mesh.faces)), "seconds": round(seconds, 2),
                          "megabytes": round(path.stat().st_size / 1e6, 2), "colour_psnr_db": round(psnr, 2)})
             print(f"{label:<34} {rows[-1]['faces']:>8} faces {seconds:7.1f} s {rows[-1]['megabytes']:7.2f} MB "
                   f"colour PSNR {psnr:6.2f} dB", flush=True)
-    record = {"run": str(args.run), "extracted_faces": int(len(full.faces)), "extract_seconds": round(extract_s, 2),
+    record = {"run": str(args.run), "color_from": args.color_from, "extracted_faces": int(len(full.faces)), "extract_seconds": round(extract_s, 2),
               "points": args.points, "rows": rows, "load": os.getloadavg()[0]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
