@@ -35,33 +35,49 @@ def shaded_hits(mesh, origins: np.ndarray, dirs: np.ndarray, colour: Sequence[fl
     return img, ray, loc
 
 
-def first_hits(mesh, cameras: Cameras, index: int) -> tuple[np.ndarray, ...]:
-    """The pixel-centre rays of camera ``index`` of ``cameras`` (as the renderers cast them) against ``mesh``:
-    (origins (R, 3), unit directions (R, 3), the rays that hit (K,), the faces they hit first (K,), where
-    (K, 3)), R = H x W row-major."""
-    from pipeline.rays import image_rays
+def first_hits(mesh, cameras: Cameras, index: int, offset: tuple[float, float] = (0.0, 0.0),
+               isect=None) -> tuple[np.ndarray, ...]:
+    """The pixel-centre rays of camera ``index`` of ``cameras`` (as the renderers cast them; moved by ``offset``
+    (du, dv) pixels, e.g. to a sub-pixel's centre) against ``mesh``: (origins (R, 3), unit directions (R, 3), the
+    rays that hit (K,), the faces they hit first (K,), where (K, 3)), R = H x W row-major. ``isect``: a prebuilt
+    intersector of ``mesh``."""
+    import torch
+
+    from pipeline.rays import image_pixel_coords, pixel_rays
     from pipeline.scenes.mesh_render import _cast, _intersector
 
-    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index))
+    cams = cameras.to("cpu")
+    w, h = int(cams.width), int(cams.height)
+    u, v = image_pixel_coords(w, h, 0, w * h, dtype=cams.c2w.dtype)
+    cam = torch.full((w * h,), int(index), dtype=torch.long)
+    origins, dirs = (t.detach().double().numpy() for t in pixel_rays(cams, cam, u + offset[0], v + offset[1]))
     if len(mesh.faces) == 0:
         return origins, dirs, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
-    ray, tri, loc = _cast(_intersector(mesh)[0], origins, dirs)
+    ray, tri, loc = _cast(isect if isect is not None else _intersector(mesh)[0], origins, dirs)
     return origins, dirs, ray, tri, loc
 
 
-def mesh_image(mesh, cameras: Cameras, index: int, background: Sequence[float]) -> np.ndarray:
+def mesh_image(mesh, cameras: Cameras, index: int, background: Sequence[float], supersample: int = 1) -> np.ndarray:
     """(H, W, 3) sRGB image in [0, 1] of the coloured ``mesh`` seen by camera ``index`` of ``cameras`` (pixel
-    centres, as the renderers cast them), on ``background`` (3,)."""
+    centres, as the renderers cast them; with ``supersample`` s, the mean over s x s sub-pixel centres, as the
+    renderers anti-alias), on ``background`` (3,)."""
     import trimesh
 
+    from pipeline.rays import subpixel_offsets
+    from pipeline.scenes.mesh_render import _intersector
     from pipeline.texture import surface_colour
 
-    origins, _, ray, tri, loc = first_hits(mesh, cameras, index)
-    image = np.broadcast_to(np.asarray(background, np.float64), (len(origins), 3)).copy()
-    if len(ray):
-        bary = np.clip(trimesh.triangles.points_to_barycentric(np.asarray(mesh.triangles)[tri], loc), 0, 1)
-        image[ray] = surface_colour(mesh, tri, bary / bary.sum(1, keepdims=True))
-    return image.reshape(cameras.height, cameras.width, 3)
+    isect = _intersector(mesh)[0] if len(mesh.faces) else None
+    offsets = subpixel_offsets(supersample)
+    total = np.zeros((cameras.height * cameras.width, 3))
+    for offset in offsets:
+        origins, _, ray, tri, loc = first_hits(mesh, cameras, index, offset, isect)
+        image = np.broadcast_to(np.asarray(background, np.float64), (len(origins), 3)).copy()
+        if len(ray):
+            bary = np.clip(trimesh.triangles.points_to_barycentric(np.asarray(mesh.triangles)[tri], loc), 0, 1)
+            image[ray] = surface_colour(mesh, tri, bary / bary.sum(1, keepdims=True))
+        total += image
+    return (total / len(offsets)).reshape(cameras.height, cameras.width, 3)
 
 
 def mesh_depth(mesh, cameras: Cameras, index: int) -> np.ndarray:

@@ -214,8 +214,10 @@ def test_mesh_psnr_scores_the_coloured_mesh_against_the_images(tmp_path):
     c2w = torch.tensor(np.stack([look_at(np.array(e)) for e in eyes]), dtype=torch.float32)
     f = torch.full((3,), 60.0)
     cams = Cameras(c2w, f, f, torch.full((3,), 32.0), torch.full((3,), 32.0), 64, 64)
-    images = [mesh_image(fine, cams, i, (1.0, 1.0, 1.0)).astype(np.float32) for i in range(3)]
-    for eye, im in zip(eyes, images):  # the sphere's silhouette: the disc of radius f tan(asin(R / |eye|))
+    # drawn as anti-aliased images are, 2 x 2 rays a pixel (the evaluator's default)
+    images = [mesh_image(fine, cams, i, (1.0, 1.0, 1.0), supersample=2).astype(np.float32) for i in range(3)]
+    for i, eye in enumerate(eyes):  # the sphere's silhouette: the disc of radius f tan(asin(R / |eye|))
+        im = mesh_image(fine, cams, i, (1.0, 1.0, 1.0))  # (one ray a pixel: covered or not)
         disc = np.pi * (60.0 * np.tan(np.arcsin(R / np.linalg.norm(eye)))) ** 2
         assert abs((im < 1).any(-1).sum() - disc) < 0.04 * disc, ((im < 1).any(-1).sum(), disc)
     coarse = trimesh.creation.icosphere(subdivisions=4, radius=R)
@@ -228,6 +230,10 @@ def test_mesh_psnr_scores_the_coloured_mesh_against_the_images(tmp_path):
     assert all(s["mesh_psnr"] > 40 and s["mesh_ssim"] > 0.99 for s in scores.values()), scores
     assert scores["texture"]["mesh_texture_size"] == 256 and scores["vertex"]["mesh_texture_size"] == 0
     assert sorted(p.name for p in (tmp_path / "texture" / "mesh_test").iterdir()) == ["v0.png", "v1.png", "v2.png"]
+    aliased = MeshRenderMetrics(MeshPSNRConfig(supersample=1, save_images=0))(
+        _mesh_ctx(tmp_path / "aliased", chain, coarse, images, cams))
+    print("one ray a pixel:", round(aliased["mesh_psnr"], 2))
+    assert aliased["mesh_psnr"] < scores["vertex"]["mesh_psnr"] - 3  # its hard edges against the images' soft ones
 
     class Darker(PositionColour):
         def forward(self, x, d=None):
@@ -238,8 +244,12 @@ def test_mesh_psnr_scores_the_coloured_mesh_against_the_images(tmp_path):
 
     cfg = MeshPSNRConfig(colors="vertex", save_images=0)
     dark = MeshRenderMetrics(cfg)(_mesh_ctx(tmp_path / "dark", FieldChain(Darker()), coarse, images, cams))
-    # its error is 0.1 of the true colour on the sphere's pixels: the PSNR that gives, from the images themselves
-    mse = np.mean([np.where((im < 1).any(-1, keepdims=True), 0.1 * im, 0.0) ** 2 for im in images])
+    # its error is 0.1 of the true colour where the sphere covers a pixel: the PSNR of the fine sphere drawn 10 %
+    # darker (anti-aliased alike) against the images
+    darker = fine.copy()
+    darker.visual.vertex_colors = np.concatenate([np.round((fine.vertices + 0.5) * 0.9 * 255),
+                                                  np.full((len(fine.vertices), 1), 255)], 1).astype(np.uint8)
+    mse = np.mean([(mesh_image(darker, cams, i, (1.0, 1.0, 1.0), supersample=2) - images[i]) ** 2 for i in range(3)])
     assert dark["mesh_psnr"] == pytest.approx(-10 * np.log10(mse), abs=0.3), (dark, -10 * np.log10(mse), scores)
 
 

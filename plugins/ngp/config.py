@@ -190,7 +190,7 @@ DEPTH_METRICS = {
 
 class MeshPSNRConfig(ComponentConfig):
     """How the exported mesh looks: the run's mesh coloured as `nls export --colors` (or `--texture`) colours it,
-    drawn unlit from the eval split's cameras (one ray per pixel centre) and scored against its images. Beside the
+    drawn unlit from the eval split's cameras (2 x 2 rays a pixel by default) and scored against its images. Beside the
     field's own PSNR it says how much of the look an exported asset keeps."""
 
     colors: Literal["vertex", "texture"] = Field("vertex", description="vertex: vertex colours, as `nls export "
@@ -204,6 +204,9 @@ class MeshPSNRConfig(ComponentConfig):
                                                    "normal (`--color-from normal`)")
     faces: Optional[int] = Field(None, ge=4, description="simplify the mesh to about this many faces first, as "
                                  "`nls export --faces` does (needs the export extra); default: as extracted")
+    supersample: int = Field(2, ge=1, le=4, description="rays per pixel side, averaged: a pixel of a photo (or of a "
+                             "rendered scene's anti-aliased image) is the mean over its area, and one ray through its "
+                             "centre draws the mesh's edges aliased against it; 1 draws one ray per pixel")
     ssim: bool = Field(True, description="also compute SSIM")
     save_images: int = Field(3, ge=0, description="the first this many views are written to renders/mesh_<split>/ "
                                                   "as mesh render | ground truth")

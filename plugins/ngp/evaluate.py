@@ -162,7 +162,8 @@ class DepthMetrics:
 class MeshRenderMetrics:
     """The run's mesh coloured as ``nls export`` colours it (:func:`pipeline.texture.bake_texture`, or
     :func:`pipeline.mesh.bake_vertex_colors`; simplified first with ``faces``), drawn unlit from the eval split's
-    cameras (:func:`pipeline.mesh_views.mesh_image`) and scored against its images: ``mesh_psnr`` and
+    cameras (:func:`pipeline.mesh_views.mesh_image`, ``supersample`` x ``supersample`` rays a pixel) and scored
+    against its images: ``mesh_psnr`` and
     ``mesh_ssim``, over the views ``eval.every`` and ``eval.max_images`` choose, as ``psnr`` scores the field."""
 
     def __init__(self, cfg: MeshPSNRConfig):
@@ -201,11 +202,12 @@ class MeshRenderMetrics:
         split = ctx.scene.splits[split_name]
         e = ctx.cfg.eval
         indices = eval_indices(len(split), e.every, e.max_images)
+        supersample = cfg.supersample
         out_dir = ctx.renders_root / f"mesh_{split_name}" if ctx.renders_root is not None and cfg.save_images else None
         scores, similar = [], []
         with StepProgress(len(indices), 0, f"drawing the mesh from {split_name}", enabled=ctx.progress) as bar:
             for k, i in enumerate(indices):
-                pred = mesh_image(mesh, split.cameras, i, ctx.scene.background)
+                pred = mesh_image(mesh, split.cameras, i, ctx.scene.background, supersample)
                 gt = split.images[i].cpu().numpy().astype(np.float64)
                 scores.append(psnr(pred, gt))
                 if cfg.ssim:
