@@ -134,6 +134,8 @@ def build_system(cfg: SceneConfig, scene: SceneData, device, *, losses: bool = T
         if losses else {}
     exposure = build_exposure(cfg, scene, training=losses)
     poses = build_pose_refinement(cfg, scene, training=losses)
+    if poses is not None and poses.focal is not None:  # the field's frame follows the focal length (dolly zoom)
+        chain.set_frame(poses.focal.to_field)
     return System(chain, built["renderer"], terms, scene.aabb, exposure, poses).to(device)
 
 
@@ -168,16 +170,24 @@ def _training_views(cfg: SceneConfig, scene: SceneData, key: str, what: str, off
 
 
 def build_pose_refinement(cfg: SceneConfig, scene: SceneData, *, training: bool = True):
-    """The training cameras' pose corrections that ``train.refine_poses`` asks for (None when off); like
-    :func:`build_exposure`, a scene without training images or renderer is refused when ``training``."""
-    if not cfg.train.refine_poses:
+    """The training cameras' pose and focal-length corrections that ``train.refine_poses`` and
+    ``train.refine_focal`` ask for (None when both are off); like :func:`build_exposure`, a scene without training
+    images or renderer is refused when ``training``."""
+    t = cfg.train
+    if not (t.refine_poses or t.refine_focal):
         return None
+    from pipeline.focal_refinement import FocalRefinement
     from pipeline.pose_refinement import PoseRefinement
 
-    train = _training_views(cfg, scene, "refine_poses", "a pose correction", "false", training)
+    key, what = (("refine_poses", "a pose correction") if t.refine_poses
+                 else ("refine_focal", "a focal-length correction"))
+    train = _training_views(cfg, scene, key, what, "false", training)
     if train is None:
         return None
-    return PoseRefinement(len(train), cfg.train.pose_lr, centres=train.cameras.c2w[:, :3, 3])
+    focal = (FocalRefinement(train.cameras, scene.aabb.reshape(2, 3).mean(0), t.focal_lr) if t.refine_focal
+             else None)
+    return PoseRefinement(len(train), t.pose_lr, centres=train.cameras.c2w[:, :3, 3], focal=focal,
+                          pose=t.refine_poses)
 
 
 #: what the trainer and evaluation call on a renderer (``update(step, chain, *, every, warmup)`` is optional)

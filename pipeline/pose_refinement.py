@@ -35,11 +35,13 @@ views can still be scored after test-time alignment (:mod:`pipeline.pose_alignme
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from pipeline.focal_refinement import FocalRefinement
 from pipeline.types import Cameras, PosedImages, SceneData
 
 
@@ -88,10 +90,14 @@ class PoseRefinement(nn.Module):
     """The learned pose correction of each of ``n_images`` training cameras (module docstring).
 
     ``forward(origins (R,3), dirs (R,3), image (R,) long) -> (origins (R,3), dirs (R,3))``: the rays of
-    training images ``image`` from their refined cameras. :meth:`refined` gives a whole camera set's.
+    training images ``image`` from their refined cameras. :meth:`refined` gives a whole camera set's. With
+    ``focal`` (:class:`pipeline.focal_refinement.FocalRefinement`) the focal lengths are refined too, first (the
+    rays through the refined intrinsics, then turned and moved with the pose); ``pose=False`` keeps the poses as
+    given (their corrections stay zero and are not trained).
     """
 
-    def __init__(self, n_images: int, lr: float = 3e-4, centred: bool = True, centres: Optional[Tensor] = None):
+    def __init__(self, n_images: int, lr: float = 3e-4, centred: bool = True, centres: Optional[Tensor] = None, *,
+                 focal: Optional[FocalRefinement] = None, pose: bool = True):
         super().__init__()
         if n_images < 1:
             raise ValueError(f"pose refinement needs at least one training image, got {n_images}")
@@ -106,6 +112,12 @@ class PoseRefinement(nn.Module):
         self.register_buffer("centres", torch.zeros(n_images, 3) if centres is None
                              else centres.detach().clone(), persistent=False)
         self.register_buffer("basis", scale_basis(self.centres), persistent=False)  # (N, 3)
+        if not pose:  # focal lengths alone (train.refine_focal without train.refine_poses): the poses stay as given
+            self.rotation.requires_grad_(False)
+            self.shift.requires_grad_(False)
+        if focal is not None and len(focal.rotations) != n_images:
+            raise ValueError(f"focal refinement of {len(focal.rotations)} cameras for {n_images} pose corrections")
+        self.focal = focal  # the focal-length correction (train.refine_focal), or None
 
     @property
     def n_images(self) -> int:
@@ -125,14 +137,16 @@ class PoseRefinement(nn.Module):
         """Rays ``origins, dirs (R, 3)`` of training images ``image (R,)`` as their refined cameras cast them:
         the origin shifted, the direction rotated about the camera's centre (still unit length)."""
         image = image.to(device=origins.device, dtype=torch.long)
+        if self.focal is not None:
+            dirs = self.focal(dirs, image)
         w, s = self.corrections()
         rot = rotation_matrices(w.to(dirs.dtype))  # (N, 3, 3), one matrix exponential per camera, not per ray
         return origins + s.to(origins.dtype)[image], torch.einsum("rij,rj->ri", rot[image], dirs)
 
     def refined(self, cameras: Cameras, images: Optional[Sequence[int]] = None) -> Cameras:
         """``cameras`` (the training split's, one per correction; or, with ``images``, those of these training
-        images, at any size) with every pose corrected: the same intrinsics, ``c2w`` rotation ``exp([w]x) R``
-        and centre ``t + s``."""
+        images, at any size) with every pose corrected: ``c2w`` rotation ``exp([w]x) R`` and centre ``t + s``; the
+        intrinsics as given, or with their refined focal lengths when the focal lengths are refined."""
         wanted = self.n_images if images is None else len(images)
         if len(cameras) != wanted:
             raise ValueError(f"{len(cameras)} cameras for {wanted} pose corrections")
@@ -145,16 +159,29 @@ class PoseRefinement(nn.Module):
             rot = rotation_matrices(w.to(device=c2w.device, dtype=c2w.dtype))
             c2w[:, :3, :3] = rot @ c2w[:, :3, :3]
             c2w[:, :3, 3] = c2w[:, :3, 3] + s.to(device=c2w.device, dtype=c2w.dtype)
-        return Cameras(c2w, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height)
+        moved = Cameras(c2w, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height)
+        if self.focal is None:
+            return moved
+        return self.focal.refocused(moved)
+
+    def refocused(self, cameras: Cameras) -> Cameras:
+        """Held-out ``cameras`` (any split, any size) at the refined focal length
+        (:meth:`pipeline.focal_refinement.FocalRefinement.refocused`: a calibration error is shared by every image
+        of a camera); their poses, which are not refined, as given. ``cameras`` itself when the focal length is not
+        refined."""
+        return cameras if self.focal is None else self.focal.refocused(cameras)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """One optimiser group at this module's own rate (``train.pose_lr``), whatever the field's."""
-        return [{"params": list(self.parameters()), "lr": self.lr}]
+        """One optimiser group at this module's own rate (``train.pose_lr``), whatever the field's, and the focal
+        lengths' at theirs (``train.focal_lr``)."""
+        poses = [{"params": [self.rotation, self.shift], "lr": self.lr}]
+        return poses + (self.focal.param_groups(lr) if self.focal is not None else [])
 
     def summary(self, names: list[str]) -> dict:
         """Each camera's correction for ``poses.json``: ``{"cameras": [{"name", "rotation_deg", "rotation_vector",
-        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}}``; ``names`` one per camera (the
-        index where a name is missing)."""
+        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}}``, with ``"focal"``
+        (:meth:`pipeline.focal_refinement.FocalRefinement.summary`) when the focal length is refined;
+        ``names`` one per camera (the index where a name is missing)."""
         w, s = (t.detach().cpu().double() for t in self.corrections())
         deg = torch.rad2deg(w.norm(dim=-1))
         dist = s.norm(dim=-1)
@@ -163,31 +190,38 @@ class PoseRefinement(nn.Module):
                 for i in range(self.n_images)]
         return {"cameras": rows,
                 "rotation_deg": {"mean": round(float(deg.mean()), 5), "max": round(float(deg.max()), 5)},
-                "shift": {"mean": round(float(dist.mean()), 7), "max": round(float(dist.max()), 7)}}
+                "shift": {"mean": round(float(dist.mean()), 7), "max": round(float(dist.max()), 7)},
+                **({"focal": self.focal.summary()} if self.focal is not None else {})}
 
 
 def pose_record(poses: PoseRefinement, train: PosedImages, step: int) -> dict:
     """``poses.json``: the ``step``, :meth:`PoseRefinement.summary` of the ``train`` split's cameras, and each
-    camera's refined ``c2w`` (4x4, the scene's frame)."""
+    camera's refined ``c2w`` (4x4, the scene's frame), and ``fx``, ``fy`` (pixels) when the focal lengths are
+    refined."""
     record = {"step": int(step), **poses.summary(train.names)}
-    c2w = poses.refined(train.cameras).c2w.detach().cpu().double()
-    for row, m in zip(record["cameras"], c2w):
+    refined = poses.refined(train.cameras)
+    c2w = refined.c2w.detach().cpu().double()
+    for i, (row, m) in enumerate(zip(record["cameras"], c2w)):
         row["c2w"] = [[round(float(v), 7) for v in r] for r in m]
+        if poses.focal is not None:
+            row.update(fx=round(float(refined.fx[i]), 4), fy=round(float(refined.fy[i]), 4))
     return record
 
 
 def refined_scene(scene: SceneData, system: nn.Module) -> SceneData:
     """``scene`` as a trained ``system`` (:class:`pipeline.system.System`) sees it: when the system refined
     the training cameras' poses, a copy whose training split has the refined cameras (for rendering and
-    evaluating the training views after training), otherwise ``scene`` itself. The scene is not changed."""
+    evaluating the training views after training), and, when it refined their focal lengths, whose other splits
+    have them too (:meth:`PoseRefinement.refocused`); otherwise ``scene`` itself. The scene is not changed."""
     from dataclasses import replace
 
     poses = getattr(system, "poses", None)
     train = scene.splits.get("train")
     if poses is None or train is None:
         return scene
+    splits = {name: replace(split, cameras=poses.refocused(split.cameras)) for name, split in scene.splits.items()}
     refined = poses.refined(train.cameras.to(poses.shift.device)).to(train.cameras.c2w.device)
-    return replace(scene, splits={**scene.splits, "train": replace(train, cameras=refined)})
+    return replace(scene, splits={**splits, "train": replace(train, cameras=refined)})
 
 
 def perturb_poses(cameras: Cameras, degrees: float, shift: float, seed: int) -> tuple[Cameras, Tensor, Tensor]:
@@ -240,24 +274,26 @@ def view_errors(refined: Tensor, truth: Tensor, points: Tensor) -> Tensor:
     return torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))).mean(-1)
 
 
-def pose_accuracy(scene: dict, refined) -> dict:
+def pose_accuracy(scene: dict, refined, refined_fx=None) -> dict:
     """How far the poses a run trained with (``scene["noisy_poses"]``) and its ``refined`` camera-to-world
     matrices ``(N, 4, 4)`` (None: not refined) lie from the true ones, for a rendered scene with simulated pose
     error (``scene``: its scene.json, with ``true_poses``): ``{"rotation_deg", "centre", "view_deg": (given,
     refined)}``, each the mean over the cameras of :func:`pose_errors` and of :func:`view_errors` at 2000
-    points of the ground-truth surface (``view_deg`` only when ``scene["gt_mesh"]`` is a file); {} for a scene
-    without true poses, or poses of another count."""
-    from pathlib import Path
-
+    points of the ground-truth surface (``view_deg`` only when ``scene["gt_mesh"]`` is a file). With simulated
+    focal-length error (``scene["true_fx"]``, ``["focal_noise"]``) also ``"focal_pct"``: the mean of
+    ``100 |fx / true fx - 1|`` over the training cameras, given and refined (``refined_fx (N,)``; None: not
+    refined). {} for a scene without either, or cameras of another count."""
+    out = _focal_accuracy(scene, refined_fx)
     try:
         truth, given = (torch.tensor(scene[k], dtype=torch.float64) for k in ("true_poses", "noisy_poses"))
     except (KeyError, TypeError, ValueError, RuntimeError):
-        return {}
+        return out
     refined = given if refined is None else torch.as_tensor(refined, dtype=torch.float64)
     if given.shape != truth.shape or refined.shape != truth.shape or truth.ndim != 3:
-        return {}
+        return out
     (r0, t0), (r1, t1) = pose_errors(given, truth), pose_errors(refined, truth)
-    out = {"rotation_deg": (float(r0.mean()), float(r1.mean())), "centre": (float(t0.mean()), float(t1.mean()))}
+    out = {"rotation_deg": (float(r0.mean()), float(r1.mean())), "centre": (float(t0.mean()), float(t1.mean())),
+           **out}
     gt = scene.get("gt_mesh")
     if isinstance(gt, str) and Path(gt).is_file():
         import trimesh
@@ -266,4 +302,17 @@ def pose_accuracy(scene: dict, refined) -> dict:
         out["view_deg"] = (float(view_errors(given, truth, points).mean()),
                            float(view_errors(refined, truth, points).mean()))
     return out
+
+
+def _focal_accuracy(scene: dict, refined_fx) -> dict:
+    """``{"focal_pct": (given, refined)}`` of :func:`pose_accuracy`; {} without ``scene["true_fx"]``."""
+    try:
+        truth = torch.tensor(scene["true_fx"], dtype=torch.float64)
+        given = truth * (1.0 + float(scene["focal_noise"]))
+        refined = given if refined_fx is None else torch.as_tensor(refined_fx, dtype=torch.float64)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return {}
+    if truth.ndim != 1 or refined.shape != truth.shape:
+        return {}
+    return {"focal_pct": tuple(float(100 * (f / truth - 1).abs().mean()) for f in (given, refined))}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
@@ -25,12 +25,34 @@ class FieldChain(nn.Module):
         self.field = field
         self.certifier = certifier
         self.density_map = density_map
+        self._frame: Optional[Callable[[Tensor], tuple[Tensor, Tensor]]] = None
+
+    def set_frame(self, frame: Optional[Callable[[Tensor], tuple[Tensor, Tensor]]]) -> None:
+        """Query the field in a frame of its own: ``frame(x (N, 3)) -> (x' (N, 3), k)``, a uniform scaling by ``k``
+        (a 0-d tensor) and a shift, which :class:`pipeline.focal_refinement.FocalRefinement` learns with the focal
+        length. The chain then gives the field's outputs at ``x'``, its ``sdf`` divided by ``k`` and its ``density``
+        multiplied by ``k`` (lengths in the field's frame are ``k`` times the world's), so everything outside it
+        (renderers, extractors, evaluators) works in the world's frame. The frame's owner keeps its parameters
+        (it is not a submodule here). None: the world's frame."""
+        self._frame = frame
 
     def forward(self, x: Tensor, d: Optional[Tensor] = None) -> dict[str, Tensor]:
         """``x (N, 3)``, ``d (N, 3)`` or None -> the field's outputs, updated with the certifier's and
-        then the density map's. A component that raises, or returns anything but a mapping with the
-        shapes above, is a :class:`~pipeline.types.PluginError` naming it."""
+        then the density map's (in the world's frame: :meth:`set_frame`). A component that raises, or returns
+        anything but a mapping with the shapes above, is a :class:`~pipeline.types.PluginError` naming it."""
         n = len(x)
+        k = None
+        if self._frame is not None:
+            x, k = self._frame(x)
+        out = self._chained(x, d, n)
+        if k is not None:
+            for key, power in (("sdf", -1), ("density", 1)):
+                if key in out:
+                    out[key] = out[key] * k ** power
+        return out
+
+    def _chained(self, x: Tensor, d: Optional[Tensor], n: int) -> dict[str, Tensor]:
+        """The field's, the certifier's and the density map's outputs at ``x`` (the field's frame)."""
         out = dict(_called(self.field, n, x, d))
         if self.certifier is not None:
             # certifiers that smooth over space (rs_sdf) need the query points and the field itself

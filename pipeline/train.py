@@ -621,6 +621,9 @@ class Trainer:
             rec["psnr_train"] = -10 * math.log10(max(mse, 1e-10))
             if "num_samples" in out:  # optional renderer output: samples taken over the batch
                 rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
+        focal = getattr(getattr(self.system, "poses", None), "focal", None)
+        if focal is not None:  # train.refine_focal: the focal-length factor as it stands
+            rec["focal_scale"] = float(focal.scale().detach()[0])
         self._clock += time.perf_counter() - s0
         return rec
 

@@ -139,11 +139,12 @@ class Validator:
 
     def camera(self, view: PreviewView) -> Cameras:
         """``view``'s preview camera as it stands now: a training view's with its refined pose when the run
-        refines them (the corrections change as training goes on), else the camera as given."""
+        refines them (the corrections change as training goes on), a held-out view's with its camera model's
+        refined focal length when the run refines those, else the camera as given."""
         poses = getattr(self.system, "poses", None)
-        if self.split != "train" or poses is None:
+        if poses is None:
             return view.camera
-        return poses.refined(view.camera, [view.index])
+        return poses.refined(view.camera, [view.index]) if self.split == "train" else poses.refocused(view.camera)
 
     def __call__(self, step: int) -> dict[str, float]:
         """Render every view, write ``renders/progress/<name>_<step>.png`` for each (prediction | ground truth |

@@ -292,6 +292,10 @@ def _poses(f: RunFacts) -> str:
              f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; their common motion (a "
              f"rotation, translation and scaling of them all) is held at zero, so held-out views keep the frame "
              f"of the given poses.</p>"]
+    focal = record.get("focal")
+    if isinstance(focal, dict):
+        parts.append(f"<p>focal length: {H.esc(focal.get('scale'))} times the given one (train.refine_focal), the "
+                     f"field's frame scaled with it about {H.esc(focal.get('centre'))}</p>")
     truth = _pose_truth(f, rows)
     if truth:
         parts.append(H.table(["against the true poses (mean over the cameras)", "given", "refined"], truth))
@@ -309,11 +313,13 @@ def _pose_truth(f: RunFacts, rows: list) -> list:
 
     try:
         refined = torch.tensor([r["c2w"] for r in rows], dtype=torch.float64)
+        fx = [r["fx"] for r in rows] if all("fx" in r for r in rows) else None
     except (KeyError, TypeError, ValueError):
         return []
     labels = {"rotation_deg": "rotation error (degrees)", "centre": "centre error (world units)",
-              "view_deg": "view error: angle at which the object is seen off (degrees)"}
-    return [[labels[k], *v] for k, v in pose_accuracy(f.scene or {}, refined).items()]
+              "view_deg": "view error: angle at which the object is seen off (degrees)",
+              "focal_pct": "focal-length error (per cent)"}
+    return [[labels[k], *v] for k, v in pose_accuracy(f.scene or {}, refined, fx).items()]
 
 
 def progress_previews(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:

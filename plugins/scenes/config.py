@@ -11,8 +11,8 @@ from pipeline.scenes import AUTO_MAX_SIDE
 
 
 class _PoseNoise(ComponentConfig):
-    """Simulated pose error of the training cameras, applied when the scene is loaded (for trying
-    ``train.refine_poses`` where the true poses are known)."""
+    """Simulated pose error of the training cameras and focal-length error of all cameras, applied when the scene
+    is loaded (for trying ``train.refine_poses`` and ``train.refine_focal`` where the true cameras are known)."""
 
     pose_noise_deg: float = Field(0.0, ge=0, le=30, description="simulate poses from structure-from-motion: each "
                                   "training camera is turned about its centre by up to this many degrees (a random "
@@ -21,6 +21,10 @@ class _PoseNoise(ComponentConfig):
     pose_noise_shift: float = Field(0.0, ge=0, description="simulated pose error, too: each training camera is moved "
                                     "by up to this much along each axis (world units, uniform; with the common motion "
                                     "removed, which adds a little), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
+    focal_noise: float = Field(0.0, ge=-0.5, le=0.5, description="simulate a focal length that is off: every "
+                               "camera's fx and fy, in every split (one calibration error for all), are multiplied by "
+                               "1 + focal_noise while the images stay as they are. For trying train.refine_focal; 0 "
+                               "(the default) leaves them exact")
 
 
 class _Views(_PoseNoise):

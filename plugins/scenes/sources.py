@@ -243,7 +243,17 @@ def _load(folder: Path, cfg, aabb=None) -> SceneData:
 def simulate_pose_error(scene: SceneData, cfg, seed: int) -> None:
     """Apply ``cfg.pose_noise_deg`` and ``cfg.pose_noise_shift`` (:class:`plugins.scenes.config._PoseNoise`) to
     ``scene``'s training cameras, in place, recording both pose sets in ``scene.meta["true_poses"]`` and
-    ``["noisy_poses"]`` (c2w, 4x4 lists); nothing when both are 0."""
+    ``["noisy_poses"]`` (c2w, 4x4 lists); and ``cfg.focal_noise`` to every split's cameras, recording the
+    training cameras' true ``fx`` in ``scene.meta["true_fx"]`` and the factor in ``["focal_noise"]``. Nothing when
+    all are 0."""
+    from dataclasses import replace
+
+    if cfg.focal_noise != 0:
+        scene.meta.update(true_fx=[round(float(f), 5) for f in scene.splits["train"].cameras.fx],
+                          focal_noise=float(cfg.focal_noise))
+        for split in scene.splits.values():
+            cams, k = split.cameras, 1.0 + float(cfg.focal_noise)
+            split.cameras = replace(cams, fx=cams.fx * k, fy=cams.fy * k)
     if cfg.pose_noise_deg <= 0 and cfg.pose_noise_shift <= 0:
         return
     from pipeline.pose_refinement import perturb_poses

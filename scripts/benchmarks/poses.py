@@ -14,6 +14,11 @@ not two).
     python scripts/bench.py poses                          # noise 0 and 2 degrees / 0.02, refinement off and on
     python scripts/bench.py poses --noise 1:0.01 3:0.03 --steps 1200
     python scripts/bench.py poses --scene scenes/lego_dense.yaml --noise 2:0.04 --steps 2400 --set eval.every=20
+    python scripts/bench.py poses --noise 0:0 --focal-noise 0.05 --refine off focal   # a focal length 5% long
+
+With ``--focal-noise F`` every camera's focal length is taken as ``1 + F`` times its true one (``scene.focal_noise``,
+all splits alike, as a calibration error would be) and ``--refine focal`` / ``both`` learn it back
+(``train.refine_focal``); the table adds the training cameras' mean focal-length error in per cent, before and after.
 
 Add ``--set eval.align_poses=100`` to score the test views after test-time pose alignment (README, Poses).
 On a folder of images (the blender source: lego) the true poses are the data's own, the noise is put on the
@@ -30,6 +35,8 @@ from typing import Optional
 from scripts.benchmarks._reconstruct import cell, reconstruct, sweep_arguments, write_result
 
 ROOT = Path(__file__).resolve().parents[2]
+#: ``--refine`` values: (train.refine_poses, train.refine_focal)
+REFINE = {"off": (False, False), "on": (True, False), "focal": (False, True), "both": (True, True)}
 
 
 def pose_recovery(run: Path) -> dict:
@@ -40,9 +47,12 @@ def pose_recovery(run: Path) -> dict:
 
     record = json.loads((run / "poses.json").read_text()) if (run / "poses.json").is_file() else None
     refined = [c["c2w"] for c in record["cameras"]] if record else None
-    accuracy = pose_accuracy(json.loads((run / "scene.json").read_text()), refined)
-    if not accuracy and record:  # exact poses: the error after is how far refinement moved them
-        accuracy = {"rotation_deg": (0.0, record["rotation_deg"]["mean"]), "centre": (0.0, record["shift"]["mean"])}
+    fx = [c["fx"] for c in record["cameras"]] if record and "focal" in record else None
+    accuracy = pose_accuracy(json.loads((run / "scene.json").read_text()), refined, fx)
+    if "rotation_deg" not in accuracy and record:  # exact poses: the error after is how far refinement moved them
+        accuracy.update(rotation_deg=(0.0, record["rotation_deg"]["mean"]), centre=(0.0, record["shift"]["mean"]))
+    if "focal_pct" not in accuracy and record and "focal" in record:  # an exact focal length: how far it moved
+        accuracy["focal_pct"] = (0.0, 100 * abs(record["focal"]["scale"] - 1))
     return {f"{key}_{when}": round(value, 5) for key, pair in accuracy.items()
             for when, value in zip(("before", "after"), pair)}
 
@@ -85,8 +95,11 @@ def main(argv: list[str]) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--noise", type=_noise, nargs="+", default=[(0.0, 0.0), (2.0, 0.02)],
                     help="pose noise as DEG:SHIFT (scene.pose_noise_deg and scene.pose_noise_shift)")
-    ap.add_argument("--refine", nargs="+", default=["off", "on"], choices=["off", "on"],
-                    help="train.refine_poses values")
+    ap.add_argument("--refine", nargs="+", default=["off", "on"], choices=list(REFINE),
+                    help="what is refined: off (nothing), on (train.refine_poses), focal (train.refine_focal), "
+                         "both")
+    ap.add_argument("--focal-noise", type=float, nargs="+", default=[0.0],
+                    help="scene.focal_noise values (every camera's focal length times 1 + F)")
     sweep_arguments(ap, "poses")
     args = ap.parse_args(argv)
 
@@ -94,25 +107,29 @@ def main(argv: list[str]) -> dict:
     runs_root = ROOT / "outputs" / "bench" / "poses_runs"
     rows = []
     print(f"{'noise':>10} {'refine':>6} {'psnr':>7} {'ssim':>6} {'chamfer':>8} {'rot before':>10} {'after':>7} "
-          f"{'pos before':>10} {'after':>8} {'view before':>11} {'after':>7} {'shift px':>8} {'s':>5}")
-    for deg, shift in args.noise:
+          f"{'pos before':>10} {'after':>8} {'view before':>11} {'after':>7} {'focal %':>7} {'after':>6} "
+          f"{'shift px':>8} {'s':>5}")
+    for (deg, shift), focal in ((n, f) for n in args.noise for f in args.focal_noise):
         for refine in args.refine:
-            name = f"d{deg:g}_s{shift:g}_{refine}"
+            poses, focals = REFINE[refine]
+            name = f"d{deg:g}_s{shift:g}" + (f"_f{focal:g}" if focal else "") + f"_{refine}"
             sets = [*args.sets, f"scene.pose_noise_deg={deg}", f"scene.pose_noise_shift={shift}",
-                    f"train.refine_poses={'true' if refine == 'on' else 'false'}",
-                    f'evaluators={json.dumps(evaluators)}']
+                    f"scene.focal_noise={focal}", f"train.refine_poses={str(poses).lower()}",
+                    f"train.refine_focal={str(focals).lower()}", f'evaluators={json.dumps(evaluators)}']
             run, seconds = reconstruct(name, args.scene, runs_root / name, "--steps", str(args.steps), sets=sets)
             m = json.loads((run / "summary.json").read_text())["metrics"]
-            row = {"noise_deg": deg, "noise_shift": shift, "refine_poses": refine == "on", "steps": args.steps,
-                   "run": str(run), "seconds": round(seconds, 1),
+            row = {"noise_deg": deg, "noise_shift": shift, "focal_noise": focal, "refine_poses": poses,
+                   "refine_focal": focals, "steps": args.steps, "run": str(run), "seconds": round(seconds, 1),
                    **{k: m.get(k) for k in ("psnr", "ssim", "chamfer_l1")}, **pose_recovery(run),
                    "render_shift_px": render_shift(run)}
             rows.append(row)
-            print(f"{f'{deg:g}:{shift:g}':>10} {refine:>6} {cell(row['psnr'], '7.2f')} {cell(row['ssim'], '6.4f')} "
+            label = f"{deg:g}:{shift:g}" + (f"/{focal:+g}" if focal else "")
+            print(f"{label:>10} {refine:>6} {cell(row['psnr'], '7.2f')} {cell(row['ssim'], '6.4f')} "
                   f"{cell(row['chamfer_l1'], '8.2f')} {cell(row.get('rotation_deg_before'), '10.3f')} "
                   f"{cell(row.get('rotation_deg_after'), '7.3f')} {cell(row.get('centre_before'), '10.4f')} "
                   f"{cell(row.get('centre_after'), '8.4f')} {cell(row.get('view_deg_before'), '11.3f')} "
-                  f"{cell(row.get('view_deg_after'), '7.3f')} {cell(row['render_shift_px'], '8.2f')} "
+                  f"{cell(row.get('view_deg_after'), '7.3f')} {cell(row.get('focal_pct_before'), '7.2f')} "
+                  f"{cell(row.get('focal_pct_after'), '6.2f')} {cell(row['render_shift_px'], '8.2f')} "
                   f"{seconds:5.0f}", flush=True)
     result = {"benchmark": "poses", "scene": args.scene, "rows": rows}
     write_result(result, args.out)
