@@ -139,8 +139,8 @@ class Validator:
 
     def camera(self, view: PreviewView) -> Cameras:
         """``view``'s preview camera as it stands now: a training view's with its refined pose when the run
-        refines them (the corrections change as training goes on), a held-out view's with its camera model's
-        refined focal length when the run refines those, else the camera as given."""
+        refines them (the corrections change as training goes on), a held-out view's with the refined focal
+        length when the run refines it, else the camera as given."""
         poses = getattr(self.system, "poses", None)
         if poses is None:
             return view.camera
