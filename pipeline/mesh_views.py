@@ -41,16 +41,10 @@ def first_hits(mesh, cameras: Cameras, index: int, offset: tuple[float, float] =
     (du, dv) pixels, e.g. to a sub-pixel's centre) against ``mesh``: (origins (R, 3), unit directions (R, 3), the
     rays that hit (K,), the faces they hit first (K,), where (K, 3)), R = H x W row-major. ``isect``: a prebuilt
     intersector of ``mesh``."""
-    import torch
-
-    from pipeline.rays import image_pixel_coords, pixel_rays
+    from pipeline.rays import image_rays
     from pipeline.scenes.mesh_render import _cast, _intersector
 
-    cams = cameras.to("cpu")
-    w, h = int(cams.width), int(cams.height)
-    u, v = image_pixel_coords(w, h, 0, w * h, dtype=cams.c2w.dtype)
-    cam = torch.full((w * h,), int(index), dtype=torch.long)
-    origins, dirs = (t.detach().double().numpy() for t in pixel_rays(cams, cam, u + offset[0], v + offset[1]))
+    origins, dirs = (t.detach().cpu().double().numpy() for t in image_rays(cameras.to("cpu"), index, offset))
     if len(mesh.faces) == 0:
         return origins, dirs, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
     ray, tri, loc = _cast(isect if isect is not None else _intersector(mesh)[0], origins, dirs)

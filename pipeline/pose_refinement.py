@@ -139,6 +139,8 @@ class PoseRefinement(nn.Module):
         image = image.to(device=origins.device, dtype=torch.long)
         if self.focal is not None:
             dirs = self.focal(dirs, image)
+        if not self.rotation.requires_grad:  # the focal length alone: the poses as given (no exponential a step)
+            return origins, dirs
         w, s = self.corrections()
         rot = rotation_matrices(w.to(dirs.dtype))  # (N, 3, 3), one matrix exponential per camera, not per ray
         return origins + s.to(origins.dtype)[image], torch.einsum("rij,rj->ri", rot[image], dirs)

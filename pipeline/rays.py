@@ -76,8 +76,9 @@ def subpixel_offsets(s: int) -> list[tuple[float, float]]:
     return [((a + 0.5) / s - 0.5, (b + 0.5) / s - 0.5) for b in range(s) for a in range(s)]
 
 
-def image_rays(cameras: Cameras, i: int) -> tuple[Tensor, Tensor]:
-    """All pixel-centre rays of camera ``i``.
+def image_rays(cameras: Cameras, i: int, offset: tuple[float, float] = (0.0, 0.0)) -> tuple[Tensor, Tensor]:
+    """All pixel-centre rays of camera ``i`` (moved by ``offset`` ``(du, dv)`` pixels, e.g. to a sub-pixel's
+    centre: :func:`subpixel_offsets`).
 
     Returns origins (H*W, 3) and unit directions (H*W, 3), row-major over ``(v, u)``:
     ray ``k`` goes through pixel ``(u, v) = (k % W, k // W)`` (centre at +0.5), so
@@ -87,7 +88,7 @@ def image_rays(cameras: Cameras, i: int) -> tuple[Tensor, Tensor]:
     device, dtype = cameras.c2w.device, cameras.c2w.dtype
     u, v = image_pixel_coords(W, H, 0, W * H, device=device, dtype=dtype)
     cam_idx = torch.full((W * H,), int(i), dtype=torch.long, device=device)
-    return pixel_rays(cameras, cam_idx, u, v)
+    return pixel_rays(cameras, cam_idx, u + offset[0], v + offset[1])
 
 
 def ray_aabb_intersect(origins: Tensor, dirs: Tensor, aabb) -> tuple[Tensor, Tensor, Tensor]:
