@@ -176,15 +176,19 @@ def build_pose_refinement(cfg: SceneConfig, scene: SceneData, *, training: bool 
     t = cfg.train
     if not (t.refine_poses or t.refine_focal):
         return None
-    from pipeline.focal_refinement import FocalRefinement
+    from pipeline.focal_refinement import FocalRefinement, zoom_centre
     from pipeline.pose_refinement import PoseRefinement
 
     key, what = (("refine_poses", "a pose correction") if t.refine_poses
                  else ("refine_focal", "a focal-length correction"))
     train = _training_views(cfg, scene, key, what, "false", training)
+    if train is None and t.refine_focal and cfg.stages.get("renderer"):
+        raise ConfigError("train.refine_focal: true: this run learned its focal length, and its field lives in the "
+                          "frame that goes with it, which is built with the training cameras; this scene has no "
+                          "training images loaded: keep train in scene.splits")
     if train is None:
         return None
-    focal = (FocalRefinement(train.cameras, scene.aabb.reshape(2, 3).mean(0), t.focal_lr) if t.refine_focal
+    focal = (FocalRefinement(train.cameras, zoom_centre(train.cameras, scene.aabb), t.focal_lr) if t.refine_focal
              else None)
     return PoseRefinement(len(train), t.pose_lr, centres=train.cameras.c2w[:, :3, 3], focal=focal,
                           pose=t.refine_poses)

@@ -26,6 +26,12 @@ through :meth:`pipeline.system.FieldChain.set_frame`. Zooming in by ``k`` and sh
 (``tests/test_focal_refinement.py``), so for the cameras round an object ``k`` moves almost nothing to first
 order and its gradient is the perspective error alone, while the field keeps its size in its own frame. The world, the cameras, the mesh and every evaluation stay in the given frame: at the true
 focal length the field's frame is the world's scaled by ``k``.
+
+**The centre** is the point the training cameras look at (:func:`zoom_centre`: the point nearest their optical
+axes in the least-squares sense), not the box's centre: about any other point the dolly zoom also shifts each
+image by ``(k - 1)`` times that point's offset from the principal point, a shift the field has to follow as ``k``
+moves, which brings part of the valley back. Where the axes do not pin a point (forward-facing captures, whose
+axes are near parallel) or it falls outside the scene box, the box's centre is used.
 """
 
 from __future__ import annotations
@@ -34,6 +40,30 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.types import Cameras
+
+#: the least eigenvalue of the axes' mean normal projector below which they do not pin a point (near-parallel axes:
+#: for axes spread over an angle ``t`` about their mean it is about ``t^2 / 4``, so 0.01 is a spread of ~11 degrees)
+MIN_AXIS_SPREAD = 0.01
+
+
+def zoom_centre(cameras: Cameras, aabb: Tensor) -> Tensor:
+    """``(3,)`` the point the cameras look at, for the dolly zoom's centre (module docstring): ``p`` minimising
+    ``sum_i |(I - d_i d_i^T)(p - o_i)|^2`` over the cameras' centres ``o_i`` and optical axes ``d_i``; the centre of
+    ``aabb`` (6,) when the axes are near parallel (:data:`MIN_AXIS_SPREAD`) or the point lies outside the box."""
+    box = aabb.detach().double().reshape(2, 3).cpu()
+    fallback = box.mean(0)
+    c2w = cameras.c2w.detach().double().cpu()
+    if len(c2w) < 2:
+        return fallback
+    origins, axes = c2w[:, :3, 3], -c2w[:, :3, 2]  # (N, 3): OpenGL cameras look down -z
+    axes = axes / axes.norm(dim=-1, keepdim=True)
+    proj = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # (N, 3, 3)
+    a, b = proj.mean(0), (proj @ origins[:, :, None]).mean(0)[:, 0]
+    if float(torch.linalg.eigvalsh(a)[0]) < MIN_AXIS_SPREAD:
+        return fallback
+    point = torch.linalg.solve(a, b)
+    inside = bool(((point >= box[0]) & (point <= box[1])).all())
+    return point if inside else fallback
 
 
 class FocalRefinement(nn.Module):
@@ -52,7 +82,18 @@ class FocalRefinement(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1))  # (1,) a = log k
         # rebuilt from the scene whenever the run is opened, so not saved
         self.register_buffer("rotations", cameras.c2w[:, :3, :3].detach().clone(), persistent=False)  # (N, 3, 3)
-        self.register_buffer("centre", torch.as_tensor(centre).detach().reshape(3).clone(), persistent=False)
+        # (3,) the dolly zoom's centre, saved with the factor: the field's frame is part of the model, so a run
+        # opens in the frame it was trained in whatever zoom_centre picks for its scene later
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32).detach().reshape(3).clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """As nn.Module's, except that a checkpoint without the centre (written before it was saved) keeps the
+        one built from the scene."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "centre" in missing_keys:
+            missing_keys.remove(prefix + "centre")
 
     def scale(self) -> Tensor:
         """``(1,)`` the focal-length factor ``k = exp(a)``."""

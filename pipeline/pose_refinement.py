@@ -120,6 +120,11 @@ class PoseRefinement(nn.Module):
         self.focal = focal  # the focal-length correction (train.refine_focal), or None
 
     @property
+    def refines_poses(self) -> bool:
+        """False for the focal length alone (built with ``pose=False``): the poses stay as given."""
+        return bool(self.rotation.requires_grad)
+
+    @property
     def n_images(self) -> int:
         """How many cameras have a correction."""
         return int(self.shift.shape[0])
@@ -139,7 +144,7 @@ class PoseRefinement(nn.Module):
         image = image.to(device=origins.device, dtype=torch.long)
         if self.focal is not None:
             dirs = self.focal(dirs, image)
-        if not self.rotation.requires_grad:  # the focal length alone: the poses as given (no exponential a step)
+        if not self.refines_poses:  # the focal length alone: the poses as given (no exponential a step)
             return origins, dirs
         w, s = self.corrections()
         rot = rotation_matrices(w.to(dirs.dtype))  # (N, 3, 3), one matrix exponential per camera, not per ray
@@ -181,7 +186,7 @@ class PoseRefinement(nn.Module):
 
     def summary(self, names: list[str]) -> dict:
         """Each camera's correction for ``poses.json``: ``{"cameras": [{"name", "rotation_deg", "rotation_vector",
-        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}}``, with ``"focal"``
+        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}, "poses": refined or not}``, with ``"focal"``
         (:meth:`pipeline.focal_refinement.FocalRefinement.summary`) when the focal length is refined;
         ``names`` one per camera (the index where a name is missing)."""
         w, s = (t.detach().cpu().double() for t in self.corrections())
@@ -193,6 +198,7 @@ class PoseRefinement(nn.Module):
         return {"cameras": rows,
                 "rotation_deg": {"mean": round(float(deg.mean()), 5), "max": round(float(deg.max()), 5)},
                 "shift": {"mean": round(float(dist.mean()), 7), "max": round(float(dist.max()), 7)},
+                "poses": self.refines_poses,
                 **({"focal": self.focal.summary()} if self.focal is not None else {})}
 
 

@@ -8,7 +8,8 @@ see each point for the same reason. Here a point's colour is the mean of the fie
 training cameras that see it: cameras in whose image the point falls, that it faces (``n . d < 0``), and from which
 the mesh does not hide it (the first hit of the ray from the camera's centre towards the point lies within
 :data:`OCCLUSION_EDGES` mean edge lengths of it; embree through trimesh). Points that no camera sees keep the inward
-normal's direction. At most :data:`MAX_VIEWS` cameras are used, spread evenly over the training set.
+normal's direction. At most :data:`MAX_VIEWS` cameras are used, spread over the training set's camera centres
+(farthest-point sampling), so a capture that lingers in one place does not crowd out the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pipeline.types import Cameras
 if TYPE_CHECKING:
     import trimesh
 
-#: the most training cameras a bake looks from (every k-th of a larger set, evenly over it)
+#: the most training cameras a bake looks from (a larger set's spread by farthest-point sampling of their centres)
 MAX_VIEWS = 32
 #: a point is hidden from a camera when the mesh is hit more than this many mean edge lengths before it
 OCCLUSION_EDGES = 1.5
@@ -41,10 +42,20 @@ class SeeingViews:
         return self.vertex[np.asarray(faces)].all(axis=1)
 
 
-def view_subset(n: int, most: int = MAX_VIEWS) -> list[int]:
-    """Indices of at most ``most`` of ``n`` cameras, every ``ceil(n / most)``-th from the first."""
-    step = max(1, -(-n // most))
-    return list(range(0, n, step))
+def view_subset(centres: np.ndarray, most: int = MAX_VIEWS) -> list[int]:
+    """Sorted indices of at most ``most`` of the cameras at ``centres (N, 3)``: all when ``N <= most``, else
+    farthest-point sampling from the first (each next camera the one farthest from those already picked)."""
+    centres = np.asarray(centres, np.float64).reshape(-1, 3)
+    n = len(centres)
+    if n <= most:
+        return list(range(n))
+    picked = [0]
+    dist = np.linalg.norm(centres - centres[0], axis=1)  # (N,) to the nearest picked camera
+    for _ in range(most - 1):
+        i = int(np.argmax(dist))
+        picked.append(i)
+        dist = np.minimum(dist, np.linalg.norm(centres - centres[i], axis=1))
+    return sorted(picked)
 
 
 def seeing_views(mesh: "trimesh.Trimesh", cameras: Cameras, most: int = MAX_VIEWS) -> SeeingViews:
@@ -52,7 +63,7 @@ def seeing_views(mesh: "trimesh.Trimesh", cameras: Cameras, most: int = MAX_VIEW
     (module docstring)."""
     from pipeline.scenes.mesh_render import _cast, _intersector
 
-    picked = cameras.select(view_subset(len(cameras), most))
+    picked = cameras.select(view_subset(cameras.c2w[:, :3, 3].detach().cpu().numpy(), most))
     verts, normals = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.vertex_normals, np.float64)
     seen = np.zeros((len(verts), len(picked)), bool)
     if len(mesh.faces) == 0:

@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from pipeline.focal_refinement import FocalRefinement
+from pipeline.focal_refinement import FocalRefinement, zoom_centre
 from pipeline.pose_refinement import PoseRefinement, pose_accuracy, refined_scene
 from pipeline.rays import pixel_rays
 from pipeline.system import FieldChain
+from pipeline.types import Cameras
 from tests.test_pose_refinement import _all_rays, _ring
 
 
@@ -103,6 +104,57 @@ def test_the_chain_gives_the_field_in_its_frame_with_world_lengths():
     assert torch.equal(chain(x, None)["sdf"], plain["sdf"])
 
 
+def test_the_zoom_centre_is_the_point_the_cameras_look_at():
+    """Cameras round a point look at it: zoom_centre finds it (not the box's centre); parallel axes (a
+    forward-facing capture) or a point outside the box give the box's centre."""
+    cams = _ring(8)
+    target = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    c2w = cams.c2w.clone()
+    c2w[:, :3, 3] += target
+    moved = Cameras(c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+    box = torch.tensor([-1.0, -1.0, -0.5, 1.0, 1.0, 1.5], dtype=torch.float64)
+    assert torch.allclose(zoom_centre(moved, box), target, atol=1e-9)
+    small = torch.tensor([-0.05, -0.05, -0.05, 0.05, 0.05, 0.05], dtype=torch.float64)
+    assert torch.allclose(zoom_centre(moved, small), torch.zeros(3, dtype=torch.float64))
+    parallel = c2w.clone()
+    parallel[:, :3, :3] = c2w[0, :3, :3]  # every camera turned as the first: a forward-facing rig
+    facing = Cameras(parallel, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+    assert torch.allclose(zoom_centre(facing, box), torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64))
+
+
+def test_the_centre_is_saved_with_the_factor():
+    """The centre is part of the module's state, so a run opens in the frame it was trained in; a state from
+    before it was saved loads and keeps the centre built from the scene."""
+    cams = _ring(3)
+    trained = FocalRefinement(cams, torch.tensor([0.1, 0.2, 0.3]))
+    state = trained.state_dict()
+    assert set(state) == {"log_scale", "centre"}
+    opened = FocalRefinement(cams, torch.zeros(3))
+    opened.load_state_dict(state)
+    assert torch.equal(opened.centre, torch.tensor([0.1, 0.2, 0.3]))
+    older = FocalRefinement(cams, torch.tensor([0.0, 0.0, 0.5]))
+    older.load_state_dict({"log_scale": torch.tensor([0.04])})  # strict: only the centre may be missing
+    assert torch.equal(older.centre, torch.tensor([0.0, 0.0, 0.5])) and torch.equal(older.log_scale.data, torch.tensor([0.04]))
+    with pytest.raises(RuntimeError, match="log_scale"):
+        older.load_state_dict({"centre": torch.zeros(3)})
+
+
+def test_opening_a_focal_run_without_its_training_cameras_is_refused(tiny_scene, nls_host):
+    """The field of a run that learned its focal length lives in a frame built with the training cameras: a scene
+    opened without them (a plugin source, scene.splits) is a ConfigError saying so, not renders in the wrong
+    frame."""
+    from pipeline.build import build_system
+    from pipeline.config import load_scene
+    from pipeline.types import ConfigError, PosedImages, SceneData
+
+    cfg = load_scene(tiny_scene(train={"refine_focal": True}), nls_host)
+    cams = _ring(2)
+    test_only = SceneData(splits={"test": PosedImages(torch.zeros(2, 30, 40, 3), cams)},
+                          aabb=torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(ConfigError, match="keep train in scene.splits"):
+        build_system(cfg, test_only, "cpu", losses=False)
+
+
 def test_focal_noise_scales_every_split_and_is_recorded():
     """scene.focal_noise: every split's fx and fy times 1 + noise, the images as rendered, the training cameras'
     true fx recorded; pose_accuracy reports the focal error given and refined."""
@@ -156,6 +208,7 @@ def test_a_run_refining_its_focal_length_records_and_uses_it(nls, tiny_scene, tm
     record = json.loads((run / "poses.json").read_text())
     k = record["focal"]["scale"]
     assert k != 1.0 and record["rotation_deg"]["max"] == 0 and record["shift"]["max"] == 0
+    assert record["poses"] is False
     given = torch.tensor(json.loads((run / "scene.json").read_text())["true_fx"]) * 1.05
     assert torch.allclose(torch.tensor([c["fx"] for c in record["cameras"]]), given * k, rtol=1e-5)
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -168,7 +221,9 @@ def test_a_run_refining_its_focal_length_records_and_uses_it(nls, tiny_scene, tm
     assert torch.allclose(ld.scene.splits["test"].cameras.fx, given[:1].expand(2) * k, rtol=1e-5)
     nls("render", str(run), "--max-images", "1", "-q", check=True)
     nls("report", str(run), "--no-model", "-q", check=True)
-    assert "times the given one (train.refine_focal)" in (run / "report.html").read_text()
+    html = (run / "report.html").read_text()
+    assert "times the given one (train.refine_focal)" in html and "the focal length alone refined" in html
+    assert "common motion" not in html and "rotation about the camera" not in html
 
 
 @pytest.mark.slow

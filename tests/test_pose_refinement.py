@@ -254,7 +254,7 @@ def test_run_refines_the_poses_towards_the_true_ones(nls, tiny_scene, tmp_path):
     assert aligned["views"]["r_0"]["rotation_deg"] > 0
     nls("report", str(run), "--no-model", "-q", check=True)
     html = (run / "report.html").read_text()
-    assert "Poses of the training cameras" in html and "view error" in html
+    assert "Poses of the training cameras" in html and "view error" in html and "common motion" in html
 
 
 def test_resume_continues_the_poses_bit_for_bit(nls, tiny_scene, tmp_path):

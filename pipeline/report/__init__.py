@@ -286,12 +286,15 @@ def _poses(f: RunFacts) -> str:
     except (KeyError, TypeError):
         return H.missing(f"{POSES_RECORD} holds cameras without a correction (damaged?): no pose table.")
     rot, shift = record.get("rotation_deg") or {}, record.get("shift") or {}
-    parts = [H.table(["correction", "mean", "largest"],
-                     [["rotation about the camera's centre (degrees)", rot.get("mean"), rot.get("max")],
-                      ["shift of the centre (world units)", shift.get("mean"), shift.get("max")]]),
-             f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; their common motion (a "
-             f"rotation, translation and scaling of them all) is held at zero, so held-out views keep the frame "
-             f"of the given poses.</p>"]
+    poses_refined = record.get("poses", True) is not False  # records before the key refined their poses
+    parts = ([H.table(["correction", "mean", "largest"],
+                      [["rotation about the camera's centre (degrees)", rot.get("mean"), rot.get("max")],
+                       ["shift of the centre (world units)", shift.get("mean"), shift.get("max")]]),
+              f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; their common motion (a "
+              f"rotation, translation and scaling of them all) is held at zero, so held-out views keep the frame "
+              f"of the given poses.</p>"] if poses_refined else
+             [f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; their poses as given "
+              f"(train.refine_poses: false), the focal length alone refined.</p>"])
     focal = record.get("focal")
     if isinstance(focal, dict):
         parts.append(f"<p>focal length: {H.esc(focal.get('scale'))} times the given one (train.refine_focal), the "
@@ -299,8 +302,9 @@ def _poses(f: RunFacts) -> str:
     truth = _pose_truth(f, rows)
     if truth:
         parts.append(H.table(["against the true poses (mean over the cameras)", "given", "refined"], truth))
-    parts.append(H.details("each camera's correction", H.table(["camera", "rotation (degrees)", "shift"],
-                                                                per_camera)))
+    if poses_refined:
+        parts.append(H.details("each camera's correction", H.table(["camera", "rotation (degrees)", "shift"],
+                                                                    per_camera)))
     return "".join(parts)
 
 
