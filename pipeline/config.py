@@ -116,9 +116,9 @@ class TrainConfig(ConfigModel):
     refine_focal: bool = Field(False, description="learn a correction of the focal length with the field, one "
                                "factor for every camera, for focal lengths from EXIF tags or a rough calibration that "
                                "are off by a few per cent; with or without refine_poses. It is learned as a dolly "
-                               "zoom (the field's frame scaled with it about the scene's centre), which a scene seen "
-                               "from around it needs. Held-out views are rendered at the refined focal length too; "
-                               "the factor is written to poses.json")
+                               "zoom (the field's frame scaled with it about the point the cameras look at), which a "
+                               "scene seen from around it needs. Held-out views are rendered at the refined focal "
+                               "length too; the factor is written to poses.json")
     focal_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the focal-length correction (in log "
                             "scale: 3e-3 is about 0.3% a step; decays with lr_final_factor as the others do)")
 

@@ -19,7 +19,7 @@ in that valley. Measured on the csg scene without the change below: with the den
 4.4-4.9 % after 600-2400 steps; with the hash grid the focal length first drifted down while the field was still
 a blob, whatever the truth, and stayed there (-5 % ended at 8.7 %; +5 % at 0.2 %, where the drift happened to point
 at the truth; README: Poses). So ``k`` also scales the world as the
-field sees it about the scene's centre ``c``: the field is queried at ``c + k (x - c)`` for a world point ``x``, its
+field sees it about a centre ``c`` (below): the field is queried at ``c + k (x - c)`` for a world point ``x``, its
 SDF divided by ``k`` and its density multiplied by ``k`` (lengths in the field's frame are ``k`` times the world's),
 through :meth:`pipeline.system.FieldChain.set_frame`. Zooming in by ``k`` and shrinking the world by ``k`` about
 ``c`` leave the image of the plane through ``c`` facing a camera that looks at ``c`` exactly as it was
@@ -31,7 +31,9 @@ focal length the field's frame is the world's scaled by ``k``.
 axes in the least-squares sense), not the box's centre: about any other point the dolly zoom also shifts each
 image by ``(k - 1)`` times that point's offset from the principal point, a shift the field has to follow as ``k``
 moves, which brings part of the valley back. Where the axes do not pin a point (forward-facing captures, whose
-axes are near parallel) or it falls outside the scene box, the box's centre is used.
+axes are near parallel) or it falls outside the scene box, the box's centre is used. Measured on lego (dense grid,
+2400 steps; README: Poses): about the box's centre, 0.3 units above the point its cameras look at, a 5 % error
+ended at 4.88 %; about that point, at 0.02 %.
 """
 
 from __future__ import annotations

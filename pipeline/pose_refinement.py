@@ -186,8 +186,8 @@ class PoseRefinement(nn.Module):
 
     def summary(self, names: list[str]) -> dict:
         """Each camera's correction for ``poses.json``: ``{"cameras": [{"name", "rotation_deg", "rotation_vector",
-        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}, "poses": refined or not}``, with ``"focal"``
-        (:meth:`pipeline.focal_refinement.FocalRefinement.summary`) when the focal length is refined;
+        "shift"}], "rotation_deg": {"mean", "max"}, "shift": {"mean", "max"}, "poses": refined or not}``, with
+        ``"focal"`` (:meth:`pipeline.focal_refinement.FocalRefinement.summary`) when the focal length is refined;
         ``names`` one per camera (the index where a name is missing)."""
         w, s = (t.detach().cpu().double() for t in self.corrections())
         deg = torch.rad2deg(w.norm(dim=-1))

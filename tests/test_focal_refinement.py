@@ -44,7 +44,7 @@ def test_the_rays_are_those_of_the_refocused_cameras():
 
 
 def test_the_field_frame_makes_the_correction_a_dolly_zoom():
-    """A camera looking at the scene's centre c: a pixel's ray through the focal length k fx meets the plane through
+    """A camera looking at the centre c: a pixel's ray through the focal length k fx meets the plane through
     c facing the camera at a point that the field's frame (c + k (x - c)) takes exactly to where the pixel's ray
     through fx meets it, so the field's image of that plane does not change with k."""
     cams = _ring(1)
@@ -134,7 +134,8 @@ def test_the_centre_is_saved_with_the_factor():
     assert torch.equal(opened.centre, torch.tensor([0.1, 0.2, 0.3]))
     older = FocalRefinement(cams, torch.tensor([0.0, 0.0, 0.5]))
     older.load_state_dict({"log_scale": torch.tensor([0.04])})  # strict: only the centre may be missing
-    assert torch.equal(older.centre, torch.tensor([0.0, 0.0, 0.5])) and torch.equal(older.log_scale.data, torch.tensor([0.04]))
+    assert torch.equal(older.centre, torch.tensor([0.0, 0.0, 0.5]))
+    assert torch.equal(older.log_scale.data, torch.tensor([0.04]))
     with pytest.raises(RuntimeError, match="log_scale"):
         older.load_state_dict({"centre": torch.zeros(3)})
 
