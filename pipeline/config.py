@@ -112,7 +112,8 @@ class TrainConfig(ConfigModel):
                                "them all) is held at zero. Renders and evaluations of the training views use the "
                                "refined poses; they are written to poses.json")
     pose_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the pose corrections (radians and world "
-                           "units; decays with lr_final_factor as the others do)")
+                           "units; decays with lr_final_factor as the others do). 1e-3 for poses off by more than "
+                           "about 3 degrees (it costs more on near-exact poses; README: pose refinement figures)")
     refine_focal: bool = Field(False, description="learn a correction of the focal length with the field, one "
                                "factor for every camera, for focal lengths from EXIF tags or a rough calibration that "
                                "are off by a few per cent; with or without refine_poses. It is learned as a dolly "

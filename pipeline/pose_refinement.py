@@ -16,7 +16,10 @@ exponential map is ``torch.linalg.matrix_exp`` of the skew matrix (differentiabl
 
 Departures from BARF: no coarse-to-fine annealing of the positional encoding (BARF Eq. 14). BARF starts from
 poses off by up to ~15 degrees (its synthetic experiments) and needs the annealing to get there; the poses this
-is for are already close, and the shared hash-grid backend has no frequency encoding to anneal. Like
+is for are already close, and the shared hash-grid backend has no frequency encoding to anneal. A grid's
+counterpart, a stochastic blur of the field's training queries annealed to zero, was measured at stop 54 and not
+kept: it helped at 6-8 degrees only at the default rate, and a faster rate (``train.pose_lr`` 1e-3) did more, with
+or without it (README: pose refinement figures). Like
 nerfstudio's, the correction is one free 6-vector per image and no pose prior.
 
 The corrections are identified only up to one common motion of all cameras, which the field would follow: a
