@@ -8,8 +8,9 @@ see each point for the same reason. Here a point's colour is the mean of the fie
 training cameras that see it: cameras in whose image the point falls, that it faces (``n . d < 0``), and from which
 the mesh does not hide it (the first hit of the ray from the camera's centre towards the point lies within
 :data:`OCCLUSION_EDGES` mean edge lengths of it; embree through trimesh). Points that no camera sees keep the inward
-normal's direction. At most :data:`MAX_VIEWS` cameras are used, spread over the training set's camera centres
-(farthest-point sampling), so a capture that lingers in one place does not crowd out the rest.
+normal's direction. At most :data:`MAX_VIEWS` cameras are used, spread over the training set's cameras
+(farthest-point sampling of their centres and axes), so a capture that lingers in one place does not crowd out the
+rest.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pipeline.types import Cameras
 if TYPE_CHECKING:
     import trimesh
 
-#: the most training cameras a bake looks from (a larger set's spread by farthest-point sampling of their centres)
+#: the most training cameras a bake looks from (a larger set's spread by farthest-point sampling, :func:`view_subset`)
 MAX_VIEWS = 32
 #: a point is hidden from a camera when the mesh is hit more than this many mean edge lengths before it
 OCCLUSION_EDGES = 1.5
@@ -42,19 +43,26 @@ class SeeingViews:
         return self.vertex[np.asarray(faces)].all(axis=1)
 
 
-def view_subset(centres: np.ndarray, most: int = MAX_VIEWS) -> list[int]:
-    """Sorted indices of at most ``most`` of the cameras at ``centres (N, 3)``: all when ``N <= most``, else
-    farthest-point sampling from the first (each next camera the one farthest from those already picked)."""
-    centres = np.asarray(centres, np.float64).reshape(-1, 3)
-    n = len(centres)
+def view_subset(cameras: Cameras, most: int = MAX_VIEWS) -> list[int]:
+    """Sorted indices of at most ``most`` of ``cameras``: all when there are no more, else farthest-point sampling
+    from the first (each next camera the one farthest from those already picked) over their centres and optical
+    axes, the axes scaled by the centres' spread (a turn of a radian counts as a move across the rig; a tripod's
+    cameras differ by their axes alone). Cameras identical to one already picked are not picked again."""
+    n = len(cameras)
     if n <= most:
         return list(range(n))
+    c2w = cameras.c2w.detach().double().cpu().numpy()
+    centres, axes = c2w[:, :3, 3], -c2w[:, :3, 2]  # (N, 3): OpenGL cameras look down -z
+    spread = float(np.sqrt(((centres - centres.mean(0)) ** 2).sum(1).mean())) or 1.0
+    points = np.concatenate([centres, axes * spread], 1)  # (N, 6)
     picked = [0]
-    dist = np.linalg.norm(centres - centres[0], axis=1)  # (N,) to the nearest picked camera
+    dist = np.linalg.norm(points - points[0], axis=1)  # (N,) to the nearest picked camera
     for _ in range(most - 1):
         i = int(np.argmax(dist))
+        if dist[i] == 0:  # every camera left repeats a picked one
+            break
         picked.append(i)
-        dist = np.minimum(dist, np.linalg.norm(centres - centres[i], axis=1))
+        dist = np.minimum(dist, np.linalg.norm(points - points[i], axis=1))
     return sorted(picked)
 
 
@@ -63,7 +71,7 @@ def seeing_views(mesh: "trimesh.Trimesh", cameras: Cameras, most: int = MAX_VIEW
     (module docstring)."""
     from pipeline.scenes.mesh_render import _cast, _intersector
 
-    picked = cameras.select(view_subset(cameras.c2w[:, :3, 3].detach().cpu().numpy(), most))
+    picked = cameras.select(view_subset(cameras, most))
     verts, normals = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.vertex_normals, np.float64)
     seen = np.zeros((len(verts), len(picked)), bool)
     if len(mesh.faces) == 0:

@@ -114,15 +114,22 @@ def test_a_view_dependent_field_is_baked_as_its_seeing_cameras_saw_it():
 def test_at_most_the_stated_number_of_cameras_spread_over_the_set():
     """All cameras up to the cap; past it exactly the cap, spread by farthest-point sampling: a path that
     lingers (90 frames close together, 10 along the rest of a line) keeps its far frames, which every k-th frame
-    would thin to three."""
-    line = np.stack([np.r_[np.linspace(0, 0.09, 90), np.linspace(1, 10, 10)], np.zeros(100), np.zeros(100)], 1)
-    assert view_subset(line[:10], 32) == list(range(10))
+    would thin to three; a ring is picked evenly; a tripod's cameras, one centre, are told apart by their axes;
+    copies of one camera are picked once."""
+    line = _looking_at_origin([[x, 3.0, 0.5] for x in [*np.linspace(1, 1.09, 90), *np.linspace(2, 11, 10)]])
+    assert view_subset(line.select(list(range(10))), 32) == list(range(10))
     picked = view_subset(line, 12)
     assert len(picked) == 12 and picked == sorted(set(picked)) and set(range(90, 100)) <= set(picked)
-    ring = np.stack([np.cos(a := np.linspace(0, 2 * math.pi, 120, endpoint=False)), np.sin(a), np.zeros(120)], 1)
-    spread = ring[view_subset(ring, 8)]
+    ring = _looking_at_origin([[2 * math.cos(a), 2 * math.sin(a), 0.3]
+                               for a in np.linspace(0, 2 * math.pi, 120, endpoint=False)])
+    spread = ring.c2w[view_subset(ring, 8), :3, 3].numpy()
     gaps = np.linalg.norm(spread[:, None] - spread[None], axis=-1) + np.eye(8) * 9
-    assert gaps.min() > 0.75  # an even eighth of the unit circle is 0.765 apart
+    assert gaps.min() > 1.5  # an even eighth of a circle of radius 2 is 1.53 apart
+    tripod = _looking_at_origin([[2 * math.cos(a), 2 * math.sin(a), 0.0] for a in np.linspace(0, 6, 40)])
+    tripod.c2w[:, :3, 3] = 0.0  # every camera at the origin, each turned its own way
+    assert len(view_subset(tripod, 8)) == 8 and len(set(view_subset(tripod, 8))) == 8
+    copies = _looking_at_origin([[2.0, 0.0, 0.5]] * 40)
+    assert view_subset(copies, 8) == [0]
     ring = _looking_at_origin([[2 * math.cos(a), 2 * math.sin(a), 0.3] for a in np.linspace(0, 6, 40)])
     assert seeing_views(_sphere(), ring, most=8).vertex.shape[1] == 8
 
