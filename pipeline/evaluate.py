@@ -242,7 +242,7 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
     pairs = []
     alignments = {}
     poses = getattr(ctx.system, "poses", None)
-    if split_name != "train" and ctx.cfg.eval.align_poses == 0 and poses is not None and poses.rotation.requires_grad:
+    if split_name != "train" and ctx.cfg.eval.align_poses == 0 and poses is not None and poses.refines_poses:
         warn(f"this run refined its training cameras' poses (train.refine_poses); the {split_name} views are "
              f"scored from their poses as given, so any error in those poses, or a refined frame a fraction of a "
              f"pixel off, counts as misregistration; eval.align_poses: 100 fits each view's pose to its image "

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pipeline.types import Cameras
+from pipeline.types import Cameras, SceneData
 
 if TYPE_CHECKING:
     import trimesh
@@ -41,6 +41,14 @@ class SeeingViews:
     def faces(self, faces: np.ndarray) -> np.ndarray:
         """``(F, K)`` bool: the cameras that see all three corners of each of ``faces (F, 3)`` (vertex indices)."""
         return self.vertex[np.asarray(faces)].all(axis=1)
+
+
+def colour_cameras(scene: SceneData, color_from: str) -> Optional[Cameras]:
+    """The cameras a bake colours from (``--color-from`` / ``mesh_psnr``'s ``color_from``): the training split's,
+    refined when the run refined them, for ``"views"``; None (the inward normal) for ``"normal"`` or a scene
+    without training images."""
+    train = scene.splits.get("train")
+    return train.cameras if color_from == "views" and train is not None else None
 
 
 def view_subset(cameras: Cameras, most: int = MAX_VIEWS) -> list[int]:

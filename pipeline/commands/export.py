@@ -16,6 +16,7 @@ def cmd_export(args) -> int:
     from pipeline.evaluate import EvalContext, extract
     from pipeline.mesh import (COLOR_FORMATS, bake_vertex_colors, check_mesh_path, export_mesh, progress_default,
                                read_back_watertight, weld_for_format)
+    from pipeline.view_colours import colour_cameras
 
     if getattr(args, "points", None):
         return _export_points(args)
@@ -50,8 +51,7 @@ def cmd_export(args) -> int:
         from pipeline.texture import decimate
 
         mesh = decimate(mesh, args.faces)
-    train = ld.scene.splits.get("train")  # (the refined cameras when the run refined its poses)
-    views = train.cameras if getattr(args, "color_from", "views") == "views" and train is not None else None
+    views = colour_cameras(ld.scene, getattr(args, "color_from", "views"))
     if args.colors:
         bake_vertex_colors(mesh, ld.system.chain, ld.device, linear=ext == ".glb", cameras=views)  # glTF: linear
     if args.texture:

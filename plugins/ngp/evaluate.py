@@ -180,6 +180,7 @@ class MeshRenderMetrics:
         from pipeline.runs import atomic_write_image
         from pipeline.texture import bake_texture, check_tool, decimate
         from pipeline.types import NLSError
+        from pipeline.view_colours import colour_cameras
 
         split_name = ctx.split or ctx.cfg.eval.split
         if split_name not in ctx.scene.splits:
@@ -192,8 +193,7 @@ class MeshRenderMetrics:
         mesh = ctx.mesh().copy()
         if cfg.faces:
             mesh = decimate(mesh, cfg.faces)
-        train = ctx.scene.splits.get("train")
-        cameras = train.cameras if cfg.color_from == "views" and train is not None else None
+        cameras = colour_cameras(ctx.scene, cfg.color_from)
         if cfg.colors == "texture":
             mesh = bake_texture(mesh, ctx.system.chain, ctx.device, cfg.texture_size, name="mesh_psnr",
                                 cameras=cameras)
