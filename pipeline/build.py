@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from pipeline.config import SceneConfig
+from pipeline.notices import warn
 from pipeline.types import ConfigError, NLSError, PluginError, SceneData, component_label, plugin_errors
 
 
@@ -188,8 +189,11 @@ def build_pose_refinement(cfg: SceneConfig, scene: SceneData, *, training: bool 
                           "training images loaded: keep train in scene.splits")
     if train is None:
         return None
-    focal = (FocalRefinement(train.cameras, zoom_centre(train.cameras, scene.aabb), t.focal_lr) if t.refine_focal
-             else None)
+    focal = (FocalRefinement(train.cameras, zoom_centre(train.cameras, scene.aabb), t.focal_lr,
+                             per_camera=t.focal_per_camera) if t.refine_focal else None)
+    if training and focal is not None and t.focal_per_camera and focal.n_cameras == 1:
+        warn(f"train.focal_per_camera: true, but all {len(train)} training images have the same given intrinsics, "
+             f"so they are one camera with one focal-length factor")
     return PoseRefinement(len(train), t.pose_lr, centres=train.cameras.c2w[:, :3, 3], focal=focal,
                           pose=t.refine_poses)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Container, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.components import Component, ComponentConfig, ConfigModel
 from pipeline.types import ConfigError, NLSError, PluginError
@@ -122,6 +122,18 @@ class TrainConfig(ConfigModel):
                                "length too; the factor is written to poses.json")
     focal_lr: float = Field(3e-3, gt=0, description="Adam learning rate of the focal-length correction (in log "
                             "scale: 3e-3 is about 0.3% a step; decays with lr_final_factor as the others do)")
+    focal_per_camera: bool = Field(False, description="with refine_focal: one factor per camera, not one for all, "
+                                   "for captures from several cameras or zoom settings; training images whose given "
+                                   "fx, fy, cx, cy agree count as one camera, and the field's frame follows the "
+                                   "factors' mean. Held-out views take the factor of the camera nearest their "
+                                   "intrinsics. The factors are written to poses.json")
+
+    @model_validator(mode="after")
+    def _focal_per_camera_needs_refine_focal(self):
+        if self.focal_per_camera and not self.refine_focal:
+            raise ValueError("focal_per_camera: true refines each camera's focal length, which needs refine_focal: "
+                             "true; set train.refine_focal: true, or drop focal_per_camera")
+        return self
 
 
 class EvalConfig(ConfigModel):
@@ -538,6 +550,9 @@ def validation_problems(prefix: str, exc: ValidationError, model: type[BaseModel
         hint = f" ({fld.description})" if fld is not None and fld.description else ""
         if err["type"] == "missing":  # its input is the mapping it is missing from, not a value of the key
             lines.append(f"{key} is required{hint}.")
+            continue
+        if isinstance(err.get("input"), dict):  # a check across the block's keys: the block is not worth printing
+            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}.")
             continue
         lines.append(f"{key} = {err.get('input')!r}: {err['msg']}{hint}.")
     return lines

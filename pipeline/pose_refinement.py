@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from pipeline.focal_refinement import FocalRefinement
+from pipeline.focal_refinement import FocalRefinement, simulated_focal_factors
 from pipeline.types import Cameras, PosedImages, SceneData
 
 
@@ -172,7 +172,8 @@ class PoseRefinement(nn.Module):
         moved = Cameras(c2w, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height)
         if self.focal is None:
             return moved
-        return self.focal.refocused(moved)
+        return self.focal.refocused(moved, torch.arange(self.n_images) if images is None else torch.as_tensor(
+            list(images), dtype=torch.long))
 
     def refocused(self, cameras: Cameras) -> Cameras:
         """Held-out ``cameras`` (any split, any size) at the refined focal length
@@ -319,7 +320,7 @@ def _focal_accuracy(scene: dict, refined_fx) -> dict:
     """``{"focal_pct": (given, refined)}`` of :func:`pose_accuracy`; {} without ``scene["true_fx"]``."""
     try:
         truth = torch.tensor(scene["true_fx"], dtype=torch.float64)
-        given = truth * (1.0 + float(scene["focal_noise"]))
+        given = truth * simulated_focal_factors(scene["focal_noise"], len(truth))
         refined = given if refined_fx is None else torch.as_tensor(refined_fx, dtype=torch.float64)
     except (KeyError, TypeError, ValueError, RuntimeError):
         return {}

@@ -623,7 +623,7 @@ class Trainer:
                 rec["samples_per_ray"] = out["num_samples"] / len(out["rgb"])
         focal = getattr(getattr(self.system, "poses", None), "focal", None)
         if focal is not None:  # train.refine_focal: the focal-length factor as it stands
-            rec["focal_scale"] = float(focal.scale().detach()[0])
+            rec["focal_scale"] = float(focal.frame_scale().detach())  # (per camera: their mean, poses.json each)
         self._clock += time.perf_counter() - s0
         return rec
 

@@ -35,7 +35,7 @@ def test_unknown_keys_of_a_core_block_name_nls_plugins_config_once(tmp_path, nls
     text = problems(tmp_path, nls_host, train={**TINY_SCENE["train"], "stpes": 3, "batch_ray": 8})
     first, second = text.splitlines()[1:]  # the file's order: batch_ray, stpes
     assert first.startswith("  - train.batch_ray: unknown key; valid keys here: steps, batch_rays"), first
-    assert first.endswith(", refine_poses, pose_lr, refine_focal, focal_lr (each with its type and help: `nls plugins --config`)."), first
+    assert first.endswith(", refine_poses, pose_lr, refine_focal, focal_lr, focal_per_camera (each with its type and help: `nls plugins --config`)."), first
     assert second.startswith("  - train.stpes: unknown key; valid keys here: ") and "nls plugins" not in second
 
 

@@ -296,7 +296,13 @@ def _poses(f: RunFacts) -> str:
              [f"<p>at step {H.esc(record.get('step'))}, {len(rows)} training cameras; their poses as given "
               f"(train.refine_poses: false), the focal length alone refined.</p>"])
     focal = record.get("focal")
-    if isinstance(focal, dict):
+    if isinstance(focal, dict) and isinstance(focal.get("per_camera"), list):
+        parts.append(f"<p>focal length: one factor per camera (train.focal_per_camera), the field's frame scaled "
+                     f"with their mean, {H.esc(focal.get('scale'))}, about {H.esc(focal.get('centre'))}</p>")
+        parts.append(H.table(["camera (given fx, fy per image width, height)", "images", "focal factor"],
+                             [[f"{c.get('fx')}, {c.get('fy')}", c.get("images"), c.get("scale")]
+                              for c in focal["per_camera"] if isinstance(c, dict)]))
+    elif isinstance(focal, dict):
         parts.append(f"<p>focal length: {H.esc(focal.get('scale'))} times the given one (train.refine_focal), the "
                      f"field's frame scaled with it about {H.esc(focal.get('centre'))}</p>")
     truth = _pose_truth(f, rows)

@@ -21,10 +21,24 @@ class _PoseNoise(ComponentConfig):
     pose_noise_shift: float = Field(0.0, ge=0, description="simulated pose error, too: each training camera is moved "
                                     "by up to this much along each axis (world units, uniform; with the common motion "
                                     "removed, which adds a little), with or without pose_noise_deg; 0 (the default) leaves the centres exact")
-    focal_noise: float = Field(0.0, ge=-0.5, le=0.5, description="simulate a focal length that is off: every "
-                               "camera's fx and fy, in every split (one calibration error for all), are multiplied by "
-                               "1 + focal_noise while the images stay as they are. For trying train.refine_focal; 0 "
-                               "(the default) leaves them exact")
+    focal_noise: Union[float, list[float]] = Field(
+        0.0, description="simulate a focal length that is off: every camera's fx and fy, in every split (one "
+        "calibration error for all), are multiplied by 1 + focal_noise while the images stay as they are; a list "
+        "(e.g. [0.05, -0.03]) simulates that many cameras with an error each, the images of every split taken by "
+        "them in turn. For trying train.refine_focal (and train.focal_per_camera); 0 (the default) leaves them exact")
+
+    @field_validator("focal_noise", mode="before")
+    @classmethod
+    def _focal_noise_in_range(cls, value):
+        """A number in [-0.5, 0.5] or a list of 1 to 64 of them, as given (one message for any other value)."""
+        errors = value if isinstance(value, list) else [value]
+        try:
+            ok = 0 < len(errors) <= 64 and all(not isinstance(e, bool) and -0.5 <= float(e) <= 0.5 for e in errors)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError("give a number in [-0.5, 0.5], or a list of 1 to 64 of them (one per simulated camera)")
+        return value
 
 
 class _Views(_PoseNoise):

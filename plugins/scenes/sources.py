@@ -243,16 +243,20 @@ def _load(folder: Path, cfg, aabb=None) -> SceneData:
 def simulate_pose_error(scene: SceneData, cfg, seed: int) -> None:
     """Apply ``cfg.pose_noise_deg`` and ``cfg.pose_noise_shift`` (:class:`plugins.scenes.config._PoseNoise`) to
     ``scene``'s training cameras, in place, recording both pose sets in ``scene.meta["true_poses"]`` and
-    ``["noisy_poses"]`` (c2w, 4x4 lists); and ``cfg.focal_noise`` to every split's cameras, recording the
+    ``["noisy_poses"]`` (c2w, 4x4 lists); and ``cfg.focal_noise`` to every split's cameras (a list: camera ``i``
+    of a split takes error ``i % len``), recording the
     training cameras' true ``fx`` in ``scene.meta["true_fx"]`` and the factor in ``["focal_noise"]``. Nothing when
     all are 0."""
     from dataclasses import replace
 
-    if cfg.focal_noise != 0:
+    if any(e != 0 for e in (cfg.focal_noise if isinstance(cfg.focal_noise, list) else [cfg.focal_noise])):
+        from pipeline.focal_refinement import simulated_focal_factors
+
         scene.meta.update(true_fx=[round(float(f), 5) for f in scene.splits["train"].cameras.fx],
-                          focal_noise=float(cfg.focal_noise))
+                          focal_noise=cfg.focal_noise)
         for split in scene.splits.values():
-            cams, k = split.cameras, 1.0 + float(cfg.focal_noise)
+            cams = split.cameras
+            k = simulated_focal_factors(cfg.focal_noise, len(cams)).to(cams.fx.dtype)
             split.cameras = replace(cams, fx=cams.fx * k, fy=cams.fy * k)
     if cfg.pose_noise_deg <= 0 and cfg.pose_noise_shift <= 0:
         return

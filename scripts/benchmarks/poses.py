@@ -15,10 +15,13 @@ not two).
     python scripts/bench.py poses --noise 1:0.01 3:0.03 --steps 1200
     python scripts/bench.py poses --scene scenes/lego_dense.yaml --noise 2:0.04 --steps 2400 --set eval.every=20
     python scripts/bench.py poses --noise 0:0 --focal-noise 0.05 --refine off focal   # a focal length 5% long
+    python scripts/bench.py poses --noise 0:0 --focal-noise 0.05,-0.03 --refine focal focal_cam   # two cameras
 
 With ``--focal-noise F`` every camera's focal length is taken as ``1 + F`` times its true one (``scene.focal_noise``,
 all splits alike, as a calibration error would be) and ``--refine focal`` / ``both`` learn it back
 (``train.refine_focal``); the table adds the training cameras' mean focal-length error in per cent, before and after.
+``--focal-noise F1,F2`` simulates two cameras (the images of each split taken by them in turn), each with its own
+error, and ``--refine focal_cam`` / ``both_cam`` learn one factor per camera (``train.focal_per_camera``).
 
 Add ``--set eval.align_poses=100`` to score the test views after test-time pose alignment (README, Poses).
 On a folder of images (the blender source: lego) the true poses are the data's own, the noise is put on the
@@ -35,8 +38,9 @@ from typing import Optional
 from scripts.benchmarks._reconstruct import cell, reconstruct, sweep_arguments, write_result
 
 ROOT = Path(__file__).resolve().parents[2]
-#: ``--refine`` values: (train.refine_poses, train.refine_focal)
-REFINE = {"off": (False, False), "on": (True, False), "focal": (False, True), "both": (True, True)}
+#: ``--refine`` values: (train.refine_poses, train.refine_focal, train.focal_per_camera)
+REFINE = {"off": (False, False, False), "on": (True, False, False), "focal": (False, True, False),
+          "both": (True, True, False), "focal_cam": (False, True, True), "both_cam": (True, True, True)}
 
 
 def pose_recovery(run: Path) -> dict:
@@ -84,6 +88,18 @@ def has_ground_truth_mesh(scene_file: str) -> bool:
     return (yaml.safe_load((ROOT / scene_file).read_text()).get("scene") or {}).get("type") in ("procedural", "mesh")
 
 
+def _focal_noise(text: str):
+    """``F`` (one error for every camera) as a float, or ``F1,F2,...`` (one per simulated camera) as a list."""
+    values = [float(v) for v in text.split(",")]
+    return values if len(values) > 1 else values[0]
+
+
+def _focal_label(focal) -> str:
+    """``+0.05`` or ``+0.05,-0.03``; empty for exact focal lengths."""
+    values = focal if isinstance(focal, list) else [focal]
+    return ",".join(f"{v:+g}" for v in values) if any(values) else ""
+
+
 def _noise(text: str) -> tuple[float, float]:
     """``DEG:SHIFT`` (or ``DEG``, the shift then DEG/100) as two floats."""
     deg, _, shift = text.partition(":")
@@ -97,34 +113,38 @@ def main(argv: list[str]) -> dict:
                     help="pose noise as DEG:SHIFT (scene.pose_noise_deg and scene.pose_noise_shift)")
     ap.add_argument("--refine", nargs="+", default=["off", "on"], choices=list(REFINE),
                     help="what is refined: off (nothing), on (train.refine_poses), focal (train.refine_focal), "
-                         "both")
-    ap.add_argument("--focal-noise", type=float, nargs="+", default=[0.0],
-                    help="scene.focal_noise values (every camera's focal length times 1 + F)")
+                         "both; focal_cam and both_cam with one factor per camera (train.focal_per_camera)")
+    ap.add_argument("--focal-noise", type=_focal_noise, nargs="+", default=[0.0],
+                    help="scene.focal_noise values: F (every camera's focal length times 1 + F) or F1,F2,... "
+                         "(that many simulated cameras, one error each)")
     sweep_arguments(ap, "poses")
     args = ap.parse_args(argv)
 
     evaluators = [{"type": "psnr"}, *([{"type": "chamfer"}] if has_ground_truth_mesh(args.scene) else [])]
     runs_root = ROOT / "outputs" / "bench" / "poses_runs"
     rows = []
-    print(f"{'noise':>10} {'refine':>6} {'psnr':>7} {'ssim':>6} {'chamfer':>8} {'rot before':>10} {'after':>7} "
+    print(f"{'noise':>16} {'refine':>9} {'psnr':>7} {'ssim':>6} {'chamfer':>8} {'rot before':>10} {'after':>7} "
           f"{'pos before':>10} {'after':>8} {'view before':>11} {'after':>7} {'focal %':>7} {'after':>6} "
           f"{'shift px':>8} {'s':>5}")
     for (deg, shift), focal in ((n, f) for n in args.noise for f in args.focal_noise):
         for refine in args.refine:
-            poses, focals = REFINE[refine]
-            name = f"d{deg:g}_s{shift:g}" + (f"_f{focal:g}" if focal else "") + f"_{refine}"
+            poses, focals, per_camera = REFINE[refine]
+            flabel = _focal_label(focal)
+            name = f"d{deg:g}_s{shift:g}" + (f"_f{flabel.replace(',', '_')}" if flabel else "") + f"_{refine}"
             sets = [*args.sets, f"scene.pose_noise_deg={deg}", f"scene.pose_noise_shift={shift}",
-                    f"scene.focal_noise={focal}", f"train.refine_poses={str(poses).lower()}",
-                    f"train.refine_focal={str(focals).lower()}", f'evaluators={json.dumps(evaluators)}']
+                    f"scene.focal_noise={json.dumps(focal)}", f"train.refine_poses={str(poses).lower()}",
+                    f"train.refine_focal={str(focals).lower()}",
+                    f"train.focal_per_camera={str(per_camera).lower()}", f'evaluators={json.dumps(evaluators)}']
             run, seconds = reconstruct(name, args.scene, runs_root / name, "--steps", str(args.steps), sets=sets)
             m = json.loads((run / "summary.json").read_text())["metrics"]
             row = {"noise_deg": deg, "noise_shift": shift, "focal_noise": focal, "refine_poses": poses,
-                   "refine_focal": focals, "steps": args.steps, "run": str(run), "seconds": round(seconds, 1),
+                   "refine_focal": focals, "focal_per_camera": per_camera, "steps": args.steps, "run": str(run),
+                   "seconds": round(seconds, 1),
                    **{k: m.get(k) for k in ("psnr", "ssim", "chamfer_l1")}, **pose_recovery(run),
                    "render_shift_px": render_shift(run)}
             rows.append(row)
-            label = f"{deg:g}:{shift:g}" + (f"/{focal:+g}" if focal else "")
-            print(f"{label:>10} {refine:>6} {cell(row['psnr'], '7.2f')} {cell(row['ssim'], '6.4f')} "
+            label = f"{deg:g}:{shift:g}" + (f"/{flabel}" if flabel else "")
+            print(f"{label:>16} {refine:>9} {cell(row['psnr'], '7.2f')} {cell(row['ssim'], '6.4f')} "
                   f"{cell(row['chamfer_l1'], '8.2f')} {cell(row.get('rotation_deg_before'), '10.3f')} "
                   f"{cell(row.get('rotation_deg_after'), '7.3f')} {cell(row.get('centre_before'), '10.4f')} "
                   f"{cell(row.get('centre_after'), '8.4f')} {cell(row.get('view_deg_before'), '11.3f')} "
