@@ -95,9 +95,14 @@ def _focal_noise(text: str):
 
 
 def _focal_label(focal) -> str:
-    """``+0.05`` or ``+0.05,-0.03``; empty for exact focal lengths."""
+    """``+0.05`` or ``+0.05,-0.03``, or for more than 3 cameras their count and the errors' range
+    (``48cams+-0.05``); empty for exact focal lengths."""
     values = focal if isinstance(focal, list) else [focal]
-    return ",".join(f"{v:+g}" for v in values) if any(values) else ""
+    if not any(values):
+        return ""
+    if len(values) > 3:
+        return f"{len(values)}cams+-{max(abs(v) for v in values):g}"
+    return ",".join(f"{v:+g}" for v in values)
 
 
 def _noise(text: str) -> tuple[float, float]:
