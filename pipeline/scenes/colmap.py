@@ -8,7 +8,8 @@ a camera rig's pose.
 
 * Cameras: PINHOLE and SIMPLE_PINHOLE give ``fx, fy, cx, cy``. The perspective models with lens distortion
   (:data:`COLMAP_DISTORTED_MODELS`) are read as their pinhole part, with a warning where a distortion
-  parameter is not zero (undistort with COLMAP's image_undistorter); fisheye, spherical and other models
+  parameter is not zero (undistort with COLMAP's image_undistorter; the ``colmap`` scene source does it itself,
+  :mod:`plugins.scenes.undistortion`); fisheye, spherical and other models
   are refused. Intrinsics are per image, scaled from the camera's size to the image's (``images_2`` holds
   half-size copies).
 * Poses: COLMAP's world-to-camera ``[R | t]`` in OpenCV axes (x right, y down, z forward) becomes the
@@ -178,8 +179,9 @@ def _intrinsics(cam_id: int, camera, where: Path) -> tuple[tuple, list[str]]:
     if names is None:
         valid = ", ".join([*COLMAP_PINHOLE_MODELS, *COLMAP_DISTORTED_MODELS])
         raise DataError(f"{where}: camera {cam_id} has the model {model}, whose rays are not a pinhole camera's "
-                        f"(fisheye, spherical and the like); valid models: {valid}. Undistort the images with "
-                        f"COLMAP's image_undistorter, which writes a PINHOLE model")
+                        f"(fisheye, spherical and the like); valid models: {valid}. The colmap scene source "
+                        f"undistorts such a capture itself (scene.undistort: true, its default), or undistort the "
+                        f"images with COLMAP's image_undistorter, which writes a PINHOLE model")
     params = np.asarray(camera.params, dtype=np.float64)
     if params.shape != (len(names),) or not np.isfinite(params).all():
         raise DataError(f"{where}: camera {cam_id} ({model}) has parameters {params.tolist()}; expected "
@@ -192,6 +194,25 @@ def _intrinsics(cam_id: int, camera, where: Path) -> tuple[tuple, list[str]]:
                         f"each must be positive")
     distortion = [n for n in names if n not in _PINHOLE_PARAMS and p[n] != 0]
     return (fx, fy, p["cx"], p["cy"], float(w), float(h)), distortion
+
+
+def distorted_cameras(model: Path, ext: str) -> dict[int, str]:
+    """Camera id -> ``"MODEL k1, p1"`` (the model and its non-zero distortion parameters; the model alone for a
+    fisheye or other non-perspective one) for each camera of the sparse ``model`` whose rays are not a pinhole
+    camera's; {} when every camera is a pinhole one or has zero distortion. DataError on a model pycolmap cannot
+    read."""
+    pycolmap = _pycolmap(model)
+    rec = _read_model(pycolmap, model, ext)
+    out = {}
+    for cam_id, camera in sorted(rec.cameras.items()):
+        name = camera.model.name
+        if name in COLMAP_DISTORTED_MODELS:
+            _, distortion = _intrinsics(cam_id, camera, model / f"cameras{ext}")
+            if distortion:
+                out[int(cam_id)] = f"{name} {', '.join(distortion)}"
+        elif name not in COLMAP_PINHOLE_MODELS:
+            out[int(cam_id)] = name
+    return out
 
 
 def view_half_angle(fx: float, fy: float, cx: float, cy: float, width: float, height: float) -> float:
@@ -491,7 +512,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         listed = "; ".join(f"camera {i} {m} {', '.join(d)}" for i, (m, d) in list(distorted.items())[:3])
         more = f" and {len(distorted) - 3} more cameras" if len(distorted) > 3 else ""
         warn_distortion(str(cameras_file), listed + more,
-                        "load the folder it writes (its images are undistorted, its model PINHOLE)")
+                        "load the folder it writes (its images are undistorted, its model PINHOLE); the colmap "
+                        "scene source does that itself with scene.undistort: true (its default) and the images at "
+                        "the model's size")
 
     paths = [folder / im.name for im in posed]
     missing = [im.name for im, p in zip(posed, paths) if not p.is_file()]

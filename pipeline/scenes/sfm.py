@@ -229,6 +229,7 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
     from pipeline.scenes.colmap import _has_pose, _pycolmap
 
     pycolmap = _pycolmap(photos)
+    pycolmap.logging.minloglevel = 2  # errors only: COLMAP logs each image it undistorts
     rec = pycolmap.Reconstruction(model)
     registered = {im.name for im in rec.images.values() if _has_pose(im)}
     t = time.perf_counter()

@@ -163,6 +163,10 @@ class ColmapConfig(_CaptureOptions):
     images: str = Field("images", description="image folder under path (images_2, images_4: downscaled copies)")
     sparse: Optional[str] = Field(None, description="model folder under path (default: sparse/0, else sparse)")
     masks: Optional[str] = Field(None, description=MASKS_HELP)
+    undistort: bool = Field(True, description="a model with lens distortion (OPENCV, SIMPLE_RADIAL, ... with a "
+                            "non-zero parameter, or a fisheye model) is undistorted once by COLMAP into pinhole "
+                            "images, cached under NLS_CACHE, with its masks; false: its cameras are read as their "
+                            "pinhole part (fisheye ones refused), with a warning")
 
 
 class PhotosConfig(_CaptureOptions):

@@ -373,9 +373,22 @@ def build_colmap(cfg: ColmapConfig, ctx):
     the capture's train and test images, normalised (:mod:`pipeline.scenes.colmap`)."""
     def load() -> SceneData:
         from pipeline.scenes.colmap import load_colmap
+        from plugins.scenes.undistortion import undistorted_capture
 
-        return load_colmap(Path(cfg.path), images=cfg.images, sparse=cfg.sparse, background=BG[cfg.background],
-                           masks=cfg.masks, **cfg.capture_options())
+        root = Path(cfg.path)
+        found = undistorted_capture(root, cfg) if cfg.undistort else None
+        if found is None:
+            return load_colmap(root, images=cfg.images, sparse=cfg.sparse, background=BG[cfg.background],
+                               masks=cfg.masks, **cfg.capture_options())
+        entry, masks, facts = found
+        scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
+                            masks=masks, **cfg.capture_options())
+        # the capture as the user gave it; the poses (and so the frame) are its model's
+        scene.meta.update(root=str(root.resolve()), images=cfg.images, sparse=facts["model"], undistorted=facts)
+        scene.meta["input_frame"]["file"] = facts["model"]
+        if masks is not None:
+            scene.meta.update(masks=str((root / cfg.masks).resolve()), undistorted_masks=masks)
+        return scene
 
     return load
 
