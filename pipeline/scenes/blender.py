@@ -664,7 +664,8 @@ def _warn_if_distorted(data: dict, where: str) -> None:
     given = [k for k in _DISTORTION_KEYS if isinstance(data.get(k), (int, float)) and data[k] != 0]
     model = data.get("camera_model")
     if given or (isinstance(model, str) and model.upper() not in ("PINHOLE", "SIMPLE_PINHOLE")):
-        warn_distortion(where, ", ".join(given) or f"camera_model {model}", "drop the distortion keys")
+        warn_distortion(where, ", ".join(given) or f"camera_model {model}", "drop the distortion keys (the blender "
+                        "scene source undistorts the frames itself with scene.undistort: true, its default)")
 
 
 def warn_distortion(where: str, what: str, then: str) -> None:
@@ -684,6 +685,28 @@ def _ngp_offset(data: dict, where: str) -> np.ndarray:
     return np.array([_as_float(v, f"offset[{k}]", where) for k, v in enumerate(raw)])
 
 
+def ngp_frame_splits(data: dict, frames: list) -> tuple[list[str], str]:
+    """The split of each of an instant-ngp ``transforms.json``'s ``frames`` (``data`` the whole file), and the rule
+    that gave it: per-frame ``"split"`` keys, else the top-level ``train_filenames`` / ``val_filenames`` /
+    ``test_filenames`` lists (nerfstudio's), else every 8th frame held out as test."""
+    lists = {s: data.get(f"{s}_filenames") for s in ("train", "val", "test")}
+    if any(isinstance(fr, dict) and "split" in fr for fr in frames):
+        return [str(fr.get("split", "train")) if isinstance(fr, dict) else "train" for fr in frames], \
+            "per-frame 'split' keys"
+    if any(v is not None for v in lists.values()):
+        sets = {s: {Path(_posix(str(x))).as_posix().lstrip("./") for x in (v or [])}
+                for s, v in lists.items()}
+        assign = []
+        for fr in frames:
+            fp = Path(_posix(str(fr.get("file_path", ""))) if isinstance(fr, dict) else "")
+            key = fp.as_posix().lstrip("./")
+            assign.append(next((s for s, names in sets.items()
+                                if key in names or fp.name in {Path(n).name for n in names}), "train"))
+        return assign, "top-level *_filenames lists"
+    return ["test" if i % 8 == 0 else "train" for i in range(len(frames))], \
+        "no split info: every 8th frame held out as test"
+
+
 def _instant_ngp(root: Path, splits: Sequence[str]):
     path = root / "transforms.json"
     where = str(path)
@@ -695,28 +718,7 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
         raise DataError(f"{where}: 'frames' is empty")
     base = _ngp_intrinsics(data, (None,) * 6, where)
     _warn_if_distorted(data, where)
-
-    # split assignment
-    lists = {s: data.get(f"{s}_filenames") for s in ("train", "val", "test")}
-    assign: list[str] = []
-    if any(isinstance(fr, dict) and "split" in fr for fr in frames):
-        how = "per-frame 'split' keys"
-        for i, fr in enumerate(frames):
-            s = fr.get("split", "train") if isinstance(fr, dict) else "train"
-            assign.append(str(s))
-    elif any(v is not None for v in lists.values()):
-        how = "top-level *_filenames lists"
-        sets = {s: {Path(_posix(str(x))).as_posix().lstrip("./") for x in (v or [])}
-                for s, v in lists.items()}
-        for fr in frames:
-            fp = Path(_posix(str(fr.get("file_path", ""))) if isinstance(fr, dict) else "")
-            key = fp.as_posix().lstrip("./")
-            s = next((s for s, names in sets.items()
-                      if key in names or fp.name in {Path(n).name for n in names}), "train")
-            assign.append(s)
-    else:
-        how = "no split info: every 8th frame held out as test"
-        assign = ["test" if i % 8 == 0 else "train" for i in range(len(frames))]
+    assign, how = ngp_frame_splits(data, frames)
 
     found: dict[str, FrameList] = {}
     for i, fr in enumerate(frames):

@@ -102,6 +102,10 @@ class BlenderConfig(_PoseNoise):
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax")
     pose_noise_seed: int = Field(0, description="seed of the simulated pose error (pose_noise_deg, pose_noise_shift)")
+    undistort: bool = Field(True, description="a transforms.json with lens distortion (k1, k2, p1, p2, ...; "
+                            "OPENCV_FISHEYE) is undistorted once, frame by frame, by COLMAP's undistortion into "
+                            "pinhole images, cached under NLS_CACHE (needs pycolmap); false: read as pinhole "
+                            "cameras, with a warning")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))

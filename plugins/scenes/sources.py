@@ -355,8 +355,17 @@ def build_blender(cfg: BlenderConfig, ctx):
         from pipeline.scenes.blender import load_blender
 
         check_split_names(Path(cfg.path), list(cfg.splits), ctx)  # before any image is read
-        scene = load_blender(Path(cfg.path), splits=tuple(cfg.splits), background=BG[cfg.background],
+        root = Path(cfg.path)
+        found = None
+        if cfg.undistort:
+            from plugins.scenes.undistortion import undistorted_transforms
+
+            found = undistorted_transforms(root)
+        scene = load_blender(found[0] if found else root, splits=tuple(cfg.splits), background=BG[cfg.background],
                              downscale=cfg.downscale, max_images=cfg.max_images)
+        if found:  # the folder as the user gave it; its frames' splits as its own rule gave them
+            scene.meta.pop("generator", None)
+            scene.meta.update(root=str(root.resolve()), split_rule=found[1]["split_rule"], undistorted=found[1])
         if cfg.aabb is not None:
             scene.aabb = torch.tensor(cfg.aabb, dtype=torch.float32)
         if "train" not in scene.splits:

@@ -1,4 +1,5 @@
-"""Undistortion of a COLMAP capture whose cameras have lens distortion, for the ``colmap`` scene source.
+"""Undistortion of captures whose cameras have lens distortion: a COLMAP capture (the ``colmap`` scene source) or
+an instant-ngp / nerfstudio ``transforms.json`` with distortion keys (the ``blender`` source).
 
 The pipeline casts a pinhole camera's rays, so a capture whose model has distortion (OPENCV, SIMPLE_RADIAL and
 the like with a non-zero parameter, or a fisheye model) is first undistorted as the ``photos`` source undistorts
@@ -8,6 +9,11 @@ sizes are fitted to one). The result is cached under ``NLS_CACHE`` (``scenes/und
 model's files and the images' contents, and loaded as a capture; object masks are undistorted with their images
 and cached beside it. The poses and sparse points are the model's, so the scene's frame (and ``--frame input``)
 is the capture's as it would be without undistortion.
+
+A ``transforms.json`` with ``k1, k2, p1, p2`` (OPENCV), also ``k3, k4`` (FULL_OPENCV) or ``camera_model:
+OPENCV_FISHEYE`` / ``is_fisheye`` (``k1..k4``) is undistorted image by image with the same COLMAP undistortion of
+each frame's camera (:func:`undistorted_transforms`), alpha included, into a cached folder whose
+``transforms.json`` has the undistorted pinhole intrinsics, the same poses and each frame's split written out.
 """
 
 from __future__ import annotations
@@ -84,3 +90,129 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
                                                    "capture": str(entry)}))
 
     return entry, str(cached_render("masks", mask_key, make_masks) / "masks"), facts
+
+
+#: distortion keys of a ``transforms.json`` (instant-ngp's and nerfstudio's), in COLMAP's parameter order
+_OPENCV_KEYS = ("k1", "k2", "p1", "p2")
+_FULL_OPENCV_KEYS = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")
+_FISHEYE_KEYS = ("k1", "k2", "k3", "k4")
+#: the keys a frame's camera is read from (intrinsics, distortion, model), at the top level or in the frame
+_CAMERA_KEYS = ("fl_x", "fl_y", "camera_angle_x", "camera_angle_y", "cx", "cy", "w", "h", "camera_model",
+                "is_fisheye", *_FULL_OPENCV_KEYS)
+
+
+def _frame_camera(data: dict, frame: dict, size: tuple[int, int], where: str) -> Optional[tuple]:
+    """``(model, width, height, params)`` of a frame's distorted camera as COLMAP names it (its keys over the file's
+    top-level ones), or None when it has no distortion."""
+    from pipeline.scenes.blender import _ngp_intrinsics
+
+    merged = {**{k: data[k] for k in _CAMERA_KEYS if k in data}, **{k: frame[k] for k in _CAMERA_KEYS if k in frame}}
+    fisheye = str(merged.get("camera_model", "")).upper() == "OPENCV_FISHEYE" or merged.get("is_fisheye") is True
+    keys = _FISHEYE_KEYS if fisheye else (_FULL_OPENCV_KEYS if any(merged.get(k) for k in ("k3", "k4", "k5", "k6"))
+                                          else _OPENCV_KEYS)
+    coeffs = [float(merged.get(k, 0.0) or 0.0) for k in keys]
+    if not any(coeffs):
+        return None
+    fx, fy, cx, cy, w, h = _ngp_intrinsics(merged, (None, None, None, None, *map(float, size)), where)
+    if fx is None:
+        return None  # (the loader names the missing focal length)
+    fy = fx if fy is None else fy
+    w, h = int(round(w)), int(round(h))
+    model = "OPENCV_FISHEYE" if fisheye else ("FULL_OPENCV" if len(keys) == 8 else "OPENCV")
+    return model, w, h, (fx, fy, w / 2 if cx is None else cx, h / 2 if cy is None else cy, *coeffs)
+
+
+def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
+    """``(cache entry, facts)`` for the instant-ngp folder ``root`` when its ``transforms.json`` gives lens
+    distortion (module docstring): the entry holds ``transforms.json`` and the undistorted frames as PNG, each at
+    its image's path under ``root`` (so it keeps its name). None for a file without distortion, a NeRF-synthetic folder (``transforms_train.json``), a
+    file the loader will refuse (it then says why), or frames whose cameras undistort to images of several sizes
+    (a warning says they are read as pinhole ones)."""
+    from pipeline.scenes.blender import _resolve_image, image_size, ngp_frame_splits
+    from pipeline.types import DataError
+    from plugins.scenes.sources import _fingerprint, cached_render
+
+    path = root / "transforms.json"
+    if not path.is_file() or (root / "transforms_train.json").is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        frames = data["frames"]
+        paths = [_resolve_image(root, fr["file_path"], f"{path}: frames[{i}]") for i, fr in enumerate(frames)]
+        cameras = [_frame_camera(data, fr, image_size(p), f"{path}: frames[{i}]")
+                   for i, (fr, p) in enumerate(zip(frames, paths))]
+    except (KeyError, TypeError, ValueError, AttributeError, DataError, OSError):
+        return None
+    if not any(cameras):
+        return None
+    if not all(cameras):
+        warn(f"{path}: some frames give lens distortion and some do not; all are read as pinhole cameras")
+        return None
+    try:
+        import pycolmap
+    except ImportError as exc:
+        warn(f"{path}: its lens distortion is undistorted with pycolmap, which cannot be imported ({exc}); the "
+             f"frames are read as pinhole cameras (pip install 'neural-level-sets[colmap]')")
+        return None
+    pycolmap.logging.minloglevel = 2
+    options = pycolmap.UndistortCameraOptions()
+    distinct = {cam: pycolmap.Camera(model=cam[0], width=cam[1], height=cam[2], params=list(cam[3]), camera_id=1)
+                for cam in set(cameras)}
+    pinhole = {cam: pycolmap.undistort_camera(options, c) for cam, c in distinct.items()}
+    sizes = {(c.width, c.height) for c in pinhole.values()}
+    if len(sizes) > 1:
+        warn(f"{path}: its frames' {len(distinct)} distorted cameras undistort to images of {len(sizes)} sizes, "
+             f"which nls does not load together; they are read as pinhole cameras")
+        return None
+    listed = "; ".join(f"{cam[0]} {', '.join(f'{v:g}' for v in cam[3][4:])}" for cam in list(distinct)[:3]) + (
+        f" and {len(distinct) - 3} more" if len(distinct) > 3 else "")
+    key = {"transforms": _fingerprint(path), "images": [_fingerprint(p) for p in paths]}
+    splits, rule = ngp_frame_splits(data, frames)
+
+    def make(tmp: Path) -> None:
+        import imageio.v3 as iio
+
+        print(f"undistorting the {len(frames)} frames of {path} (lens distortion: {listed}); cached for next time",
+              file=sys.stderr, flush=True)
+        out_frames = []
+        for i, (frame, image, cam) in enumerate(zip(frames, paths, cameras)):
+            # the image's own path under the folder (so its name, which names the view, stays), as PNG
+            inside = image.resolve().relative_to(root.resolve()) if image.resolve().is_relative_to(
+                root.resolve()) else Path("images") / image.name
+            target = tmp / inside.with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out_frames.append(_undistort_frame(pycolmap, options, distinct[cam], pinhole[cam], frame, image, target,
+                                               inside.with_suffix(".png").as_posix(), iio))
+            out_frames[-1]["split"] = splits[i]
+        doc = {k: v for k, v in data.items() if k not in (*_CAMERA_KEYS, "frames", "train_filenames",
+                                                          "val_filenames", "test_filenames")}
+        (tmp / "transforms.json").write_text(json.dumps({**doc, "frames": out_frames}, indent=1))
+        (tmp / "meta.json").write_text(json.dumps({"source": "blender", "transforms": str(path.resolve()),
+                                                   "distorted": listed, "split_rule": rule}))
+
+    entry = cached_render("undistorted", key, make)
+    return entry, {"capture": str(entry), "distorted": listed, "transforms": str(path.resolve()), "split_rule": rule}
+
+
+def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Path, target: Path, file_path: str,
+                     iio) -> dict:
+    """Undistort one frame's ``image`` through its distorted ``camera`` into ``target`` (PNG, 8 bits, alpha kept)
+    and return the frame for the new ``transforms.json``: its keys less the camera's, with ``pinhole``'s
+    intrinsics and ``file_path``, the new image's path in the new folder."""
+    import numpy as np
+
+    pixels = np.asarray(iio.imread(image))
+    if pixels.dtype != np.uint8:  # (16-bit PNG: COLMAP's bitmaps hold 8 bits)
+        pixels = np.round(pixels.astype(np.float64) / np.iinfo(pixels.dtype).max * 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, -1)
+    channels = [pixels[..., :3]] + ([pixels[..., 3]] if pixels.shape[-1] == 4 else [])
+    out = []
+    for part in channels:
+        bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(np.ascontiguousarray(part)), camera)
+        out.append(np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width, -1))
+    iio.imwrite(target, np.concatenate(out, -1))
+    fx, fy, cx, cy = pinhole.params
+    kept = {k: v for k, v in frame.items() if k not in _CAMERA_KEYS}
+    return {**kept, "file_path": file_path, "fl_x": float(fx), "fl_y": float(fy), "cx": float(cx),
+            "cy": float(cy), "w": int(pinhole.width), "h": int(pinhole.height)}
