@@ -196,18 +196,16 @@ def _intrinsics(cam_id: int, camera, where: Path) -> tuple[tuple, list[str]]:
     return (fx, fy, p["cx"], p["cy"], float(w), float(h)), distortion
 
 
-def distorted_cameras(model: Path, ext: str) -> dict[int, str]:
+def distorted_cameras(rec, cameras_file: Path) -> dict[int, str]:
     """Camera id -> ``"MODEL k1, p1"`` (the model and its non-zero distortion parameters; the model alone for a
-    fisheye or other non-perspective one) for each camera of the sparse ``model`` whose rays are not a pinhole
-    camera's; {} when every camera is a pinhole one or has zero distortion. DataError on a model pycolmap cannot
-    read."""
-    pycolmap = _pycolmap(model)
-    rec = _read_model(pycolmap, model, ext)
+    fisheye or other non-perspective one) for each camera of the pycolmap reconstruction ``rec`` (read from
+    ``cameras_file``) whose rays are not a pinhole camera's; {} when every camera is a pinhole one or has zero
+    distortion."""
     out = {}
     for cam_id, camera in sorted(rec.cameras.items()):
         name = camera.model.name
         if name in COLMAP_DISTORTED_MODELS:
-            _, distortion = _intrinsics(cam_id, camera, model / f"cameras{ext}")
+            _, distortion = _intrinsics(cam_id, camera, cameras_file)
             if distortion:
                 out[int(cam_id)] = f"{name} {', '.join(distortion)}"
         elif name not in COLMAP_PINHOLE_MODELS:

@@ -35,7 +35,8 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
     cameras: a warning says to load ``images`` and downscale after), or when the capture is incomplete (the loader
     then says what is wrong)."""
     from pipeline.scenes.blender import image_size
-    from pipeline.scenes.colmap import MODEL_FILES, _has_pose, _pycolmap, distorted_cameras, find_sparse_model
+    from pipeline.scenes.colmap import (MODEL_FILES, _has_pose, _pycolmap, _read_model, distorted_cameras,
+                                       find_sparse_model)
     from pipeline.scenes.masks import mask_paths, undistort_masks
     from pipeline.scenes.sfm import undistort_model
     from plugins.scenes.sources import _fingerprint, cached_render
@@ -44,10 +45,10 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
     if not root.is_dir() or not folder.is_dir():
         return None
     model, ext = find_sparse_model(root, cfg.sparse)
-    distorted = distorted_cameras(model, ext)
+    rec = _read_model(_pycolmap(model), model, ext)
+    distorted = distorted_cameras(rec, model / f"cameras{ext}")
     if not distorted:
         return None
-    rec = _pycolmap(model).Reconstruction(str(model))
     posed = sorted((im for im in rec.images.values() if _has_pose(im)), key=lambda im: im.name)
     paths = [folder / im.name for im in posed]
     if not posed or not all(p.is_file() for p in paths):
