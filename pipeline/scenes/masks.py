@@ -63,11 +63,12 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, out: Path,
-                    turn=None) -> None:
+                    turn=None, read=None) -> None:
     """Write the mask of each image ``names[i]`` (``masks[i]``) of the sparse ``model`` (distorted cameras, as
     structure from motion found them) into ``out``, undistorted as COLMAP undistorts the photos, as PNG named
     ``<image name>.png``. ``turn(name, mask)`` first gives each mask (H, W) uint8 as its photo was posed (turned
-    upright, cropped; :func:`pipeline.scenes.upright_photos.shape_mask`). Images the model did not register are
+    upright, cropped; :func:`pipeline.scenes.upright_photos.shape_mask`). ``read(path)`` reads a mask as (H, W)
+    in [0, 1] (default :func:`read_mask`; e.g. an RGBA image's alpha). Images the model did not register are
     skipped. DataError when a mask's size is not its camera's."""
     from PIL import Image
 
@@ -85,7 +86,7 @@ def undistort_masks(masks: Sequence[Path], names: Sequence[str], model: Path, ou
         if name not in by_name:
             continue
         camera = rec.cameras[by_name[name].camera_id]
-        grey = np.round(read_mask(path) * 255.0).astype(np.uint8)
+        grey = np.round((read or read_mask)(path) * 255.0).astype(np.uint8)
         if turn is not None:
             grey = turn(name, grey)
         if grey.shape != (camera.height, camera.width):

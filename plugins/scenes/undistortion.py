@@ -74,6 +74,7 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
         print(f"undistorting the {len(names)} images of {model} (lens distortion: {listed}); cached for next time",
               file=sys.stderr, flush=True)
         found = undistort_model(folder, model, tmp, names=names, progress=False)
+        _keep_alpha(folder, names, model, tmp / "capture" / "images", tmp / "alpha")
         (tmp / "meta.json").write_text(json.dumps({"source": "colmap", "model": str(model.resolve()),
                                                    "images": str(folder.resolve()), "distorted": listed,
                                                    "undistortion": found}))
@@ -91,6 +92,33 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
                                                    "capture": str(entry)}))
 
     return entry, str(cached_render("masks", mask_key, make_masks) / "masks"), facts
+
+
+def _keep_alpha(folder: Path, names: list[str], model: Path, images: Path, scratch: Path) -> None:
+    """COLMAP's undistortion writes colour only: give each undistorted image in ``images`` whose original in
+    ``folder`` has an alpha channel that alpha, undistorted as its colour was (as a mask,
+    :func:`pipeline.scenes.masks.undistort_masks`, through ``scratch``, removed after)."""
+    import shutil
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from pipeline.scenes.masks import undistort_masks
+
+    with_alpha = [n for n in names if iio.improps(folder / n).shape[-1:] == (4,)]
+    if not with_alpha:
+        return
+
+    def alpha(path: Path) -> np.ndarray:
+        rgba = np.asarray(iio.imread(path))
+        return rgba[..., 3].astype(np.float32) / float(np.iinfo(rgba.dtype).max)
+
+    undistort_masks([folder / n for n in with_alpha], with_alpha, model, scratch, read=alpha)
+    for name in with_alpha:
+        colour = np.asarray(iio.imread(images / name))[..., :3]
+        iio.imwrite(images / name, np.concatenate([colour, np.asarray(iio.imread(scratch / f"{name}.png"))[..., None]
+                                                   ], -1))
+    shutil.rmtree(scratch)
 
 
 #: distortion keys of a ``transforms.json`` (instant-ngp's and nerfstudio's), in COLMAP's parameter order
@@ -217,3 +245,25 @@ def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Pat
     kept = {k: v for k, v in frame.items() if k not in _CAMERA_KEYS}
     return {**kept, "file_path": file_path, "fl_x": float(fx), "fl_y": float(fy), "cx": float(cx),
             "cy": float(cy), "w": int(pinhole.width), "h": int(pinhole.height)}
+
+
+def distorted_view(photo, model: str, params) -> "np.ndarray":
+    """``photo`` (H, W, C, a pinhole camera's image, any dtype) as a camera with COLMAP ``model`` (e.g. OPENCV) and
+    ``params`` (its intrinsics, the pinhole camera's, then its distortion) sees it: at each pixel's centre the
+    photo sampled (bilinear, edges held) at the point the camera's undistortion (pycolmap's ``cam_from_img``) gives,
+    as uint8 (H, W, C). For simulating lens distortion on rendered or synthetic views (the tests and the colmap
+    benchmark)."""
+    import numpy as np
+    import pycolmap
+    from scipy.ndimage import map_coordinates
+
+    pixels = np.asarray(photo, dtype=np.float64)
+    h, w = pixels.shape[:2]
+    fx, fy, cx, cy = (params[0], params[0], params[1], params[2]) if model.startswith("SIMPLE") else params[:4]
+    camera = pycolmap.Camera(model=model, width=w, height=h, params=list(map(float, params)), camera_id=1)
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    seen = camera.cam_from_img(np.stack([u.ravel(), v.ravel()], -1))  # (P, 2) normalised pinhole coordinates
+    x, y = fx * seen[:, 0] + cx, fy * seen[:, 1] + cy
+    warped = np.stack([map_coordinates(pixels[..., c], [y - 0.5, x - 0.5], order=1, mode="nearest")
+                       for c in range(pixels.shape[-1])], -1).reshape(h, w, -1)
+    return np.round(warped).clip(0, 255).astype(np.uint8)

@@ -15,6 +15,12 @@ name, which are lego's first test views, follow the colmap source's split rule. 
   ``blender`` run's mesh (or ``--points-mesh``) and 5% far outliers, in the written world; the box is
   found from them;
 
+* ``colmap-distorted``: the matched capture through an OPENCV camera with barrel distortion (``--distortion``
+  k1, k2, p1, p2; about 6 px at lego's corners by default), its images the photos as that camera sees them: the
+  colmap source undistorts them when it loads them;
+* ``colmap-distorted-pinhole``: the same capture read as pinhole cameras (``scene.undistort=false``), the reading
+  before the source undistorted (each run scored on its test images as it loaded them);
+
 * ``photos``: the same images, composited on white, as a folder of photos without poses: the ``photos``
   source runs structure from motion on them (pycolmap: SIFT, exhaustive matching, incremental mapping,
   undistortion), and the poses it finds are compared with lego's (after the similarity that best aligns the
@@ -68,12 +74,14 @@ def capture_order(lego: Path) -> tuple[list[dict], int, float]:
     return order, n_test, float(docs["train"]["camera_angle_x"])
 
 
-def write_capture(lego: Path, out: Path, *, sigma: float, tilt: float) -> dict:
+def write_capture(lego: Path, out: Path, *, sigma: float, tilt: float, distortion: Optional[list] = None) -> dict:
     """Write lego as a COLMAP text capture under ``out``; returns its world transform and test views.
 
     Image k (``{k:04d}.png``, linked to lego's file) is test view k/8 when k is a multiple of 8, else the
-    next train view. A camera-to-world ``c2w`` (Blender axes) becomes the COLMAP world-to-camera pose of
-    ``G c2w diag(1, -1, -1, 1)`` (OpenCV axes), ``G = [sigma Q | SHIFT]``."""
+    next train view. With ``distortion`` (k1, k2, p1, p2) the camera is an OPENCV one with it, and each image
+    is written as that camera sees lego's view (:func:`plugins.scenes.undistortion.distorted_view`). A
+    camera-to-world ``c2w`` (Blender axes) becomes the COLMAP world-to-camera pose of ``G c2w diag(1, -1, -1, 1)``
+    (OpenCV axes), ``G = [sigma Q | SHIFT]``."""
     from scipy.spatial.transform import Rotation
 
     order, n_test, camera_angle_x = capture_order(lego)
@@ -84,14 +92,22 @@ def write_capture(lego: Path, out: Path, *, sigma: float, tilt: float) -> dict:
     q = _rotation(TILT_AXIS, tilt)
     (out / "sparse" / "0").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
+    intrinsics = [float(focal), float(focal), width / 2, width / 2]
     (out / "sparse" / "0" / "cameras.txt").write_text(
-        f"1 PINHOLE {width} {width} {float(focal)!r} {float(focal)!r} {width / 2!r} {width / 2!r}\n")
+        f"1 {'OPENCV' if distortion else 'PINHOLE'} {width} {width} "
+        f"{' '.join(repr(float(v)) for v in [*intrinsics, *(distortion or [])])}\n")
     lines = []
     for k, frame in enumerate(order):
         name = f"{k:04d}.png"
         link = out / "images" / name
         link.unlink(missing_ok=True)
-        link.symlink_to((lego / (frame["file_path"] + ".png")).resolve())
+        if distortion:
+            from plugins.scenes.undistortion import distorted_view
+
+            iio.imwrite(link, distorted_view(iio.imread(lego / (frame["file_path"] + ".png")), "OPENCV",
+                                             [*intrinsics, *distortion]))
+        else:
+            link.symlink_to((lego / (frame["file_path"] + ".png")).resolve())
         c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
         rot = q @ c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0])  # camera axes in the COLMAP world, OpenCV
         origin = sigma * q @ c2w[:3, 3] + SHIFT
@@ -245,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated runs")
     ap.add_argument("--points", type=int, default=4000, help="sparse points of colmap-points (default 4000)")
     ap.add_argument("--points-mesh", help="mesh the points are sampled on (default: the blender run's)")
+    ap.add_argument("--distortion", type=float, nargs=4, default=[-0.08, 0.01, 0.001, -0.0005],
+                    metavar=("K1", "K2", "P1", "P2"), help="the OPENCV distortion of the colmap-distorted runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "colmap.json"))
     args = ap.parse_args(argv)
@@ -259,10 +277,15 @@ def main(argv: list[str] | None = None) -> dict:
     capture = bench / "lego_colmap"
     written = write_capture(Path(lego), capture, sigma=args.sigma, tilt=args.tilt)
     box = "[-1.0, -1.3, -0.6, 1.0, 1.3, 1.2]"  # lego_dense.yaml's
+    matched = [f"scene.center={json.dumps(SHIFT.tolist())}", f"scene.scale={1 / args.sigma!r}", f"scene.aabb={box}",
+               "scene.splits=[train, test]"]
+    distorted = bench / "lego_colmap_distorted"
     configs = {
         "blender": [],
-        "colmap-matched": ["scene.type=colmap", f"scene.path={capture}", f"scene.center={json.dumps(SHIFT.tolist())}",
-                           f"scene.scale={1 / args.sigma!r}", f"scene.aabb={box}", "scene.splits=[train, test]"],
+        "colmap-matched": ["scene.type=colmap", f"scene.path={capture}", *matched],
+        "colmap-distorted": ["scene.type=colmap", f"scene.path={distorted}", *matched],
+        "colmap-distorted-pinhole": ["scene.type=colmap", f"scene.path={distorted}", *matched,
+                                     "scene.undistort=false"],
         "colmap-auto": ["scene.type=colmap", f"scene.path={capture}", "scene.aabb=null"],
         "colmap-points": ["scene.type=colmap", f"scene.path={bench / 'lego_colmap_points'}", "scene.aabb=null"],
         "photos": ["scene.type=photos", f"scene.path={bench / 'lego_photos'}", "scene.aabb=null"],
@@ -277,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                           n=args.points)}
         if name == "photos":
             write_photos(Path(lego), bench / "lego_photos")
+        if name.startswith("colmap-distorted") and not (distorted / "sparse").is_dir():
+            write_capture(Path(lego), distorted, sigma=args.sigma, tilt=args.tilt, distortion=args.distortion)
         result["runs"][name] = train(name, configs[name], args, bench / "runs", written["n_test"])
         if name == "photos":
             order = capture_order(Path(lego))[0]
