@@ -26,6 +26,9 @@ from typing import Optional
 from pipeline.notices import warn
 from plugins.scenes.config import ColmapConfig
 
+#: part of every undistorted cache entry's key: raise it when what an entry holds changes
+UNDISTORTION_VERSION = 1
+
 
 def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, Optional[str], dict]]:
     """``(cache entry, undistorted masks folder or None, facts)`` for the capture at ``root`` when its model has
@@ -67,7 +70,8 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
     listed = "; ".join(f"camera {i} {what}" for i, what in list(distorted.items())[:3]) + (
         f" and {len(distorted) - 3} more" if len(distorted) > 3 else "")
     names = [im.name for im in posed]
-    key = {"model": [_fingerprint(model / f"{name}{ext}") for name in MODEL_FILES],
+    key = {"version": UNDISTORTION_VERSION,
+           "model": [_fingerprint(model / f"{name}{ext}") for name in MODEL_FILES],
            "images": [[im.name, *_fingerprint(p)[1:]] for im, p in zip(posed, paths)]}
 
     def make(tmp: Path) -> None:
@@ -195,7 +199,8 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
         return None
     listed = "; ".join(f"{cam[0]} {', '.join(f'{v:g}' for v in cam[3][4:])}" for cam in list(distinct)[:3]) + (
         f" and {len(distinct) - 3} more" if len(distinct) > 3 else "")
-    key = {"transforms": _fingerprint(path), "images": [_fingerprint(p) for p in paths]}
+    key = {"version": UNDISTORTION_VERSION, "transforms": _fingerprint(path),
+           "images": [_fingerprint(p) for p in paths]}
     splits, rule = ngp_frame_splits(data, frames)
 
     def make(tmp: Path) -> None:
