@@ -21,10 +21,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from pipeline.notices import warn
 from plugins.scenes.config import ColmapConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: part of every undistorted cache entry's key: raise it when what an entry holds changes
 UNDISTORTION_VERSION = 1
