@@ -68,30 +68,41 @@ def test_cameras_of_several_sizes_are_fitted_to_the_smallest_width_and_height(py
     assert undistorted_fits(pycolmap, one) == {}
 
 
-def _lego_capture(root, frames, lego) -> None:
-    """A COLMAP text capture of lego's views ``frames`` at their true poses: even ones whole (400x400, camera
-    1), odd ones cut to their centred 360x270 (camera 2, the principal point moved with the cut); no points."""
+def write_lego_capture(root, frames, lego, cameras: str, image, camera_of) -> None:
+    """A COLMAP text capture under ``root`` of lego's views ``frames`` at their true poses: ``cameras`` the
+    cameras.txt text, image ``{k:02d}.png`` of frame k ``image(k, path)`` (an array, from lego's RGBA file at
+    ``path``) taken by camera ``camera_of(k)``; no points."""
     import imageio.v3 as iio
     from scipy.spatial.transform import Rotation
 
-    from tests.test_photos_scene import on_white
-
     (root / "images").mkdir(parents=True)
     (root / "sparse" / "0").mkdir(parents=True)
-    f = 200.0 / np.tan(0.5 * 0.6911112070083618)
-    (root / "sparse" / "0" / "cameras.txt").write_text(f"1 PINHOLE 400 400 {f} {f} 200 200\n"
-                                                       f"2 PINHOLE 360 270 {f} {f} 180 135\n")
+    (root / "sparse" / "0" / "cameras.txt").write_text(cameras)
     lines = []
     for k, frame in enumerate(frames):
-        photo = on_white(lego / (frame["file_path"] + ".png"))
-        iio.imwrite(root / "images" / f"{k:02d}.png", photo[65:335, 20:380] if k % 2 else photo)
+        iio.imwrite(root / "images" / f"{k:02d}.png", image(k, lego / (frame["file_path"] + ".png")))
         c2w = np.asarray(frame["transform_matrix"])
         rot = (c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0])).T  # world to camera, OpenCV axes
         x, y, z, w = Rotation.from_matrix(rot).as_quat()
         t = -rot @ c2w[:3, 3]
-        lines += [f"{k + 1} {w} {x} {y} {z} {t[0]} {t[1]} {t[2]} {1 + k % 2} {k:02d}.png", ""]
+        lines += [f"{k + 1} {w} {x} {y} {z} {t[0]} {t[1]} {t[2]} {camera_of(k)} {k:02d}.png", ""]
     (root / "sparse" / "0" / "images.txt").write_text("\n".join(lines) + "\n")
     (root / "sparse" / "0" / "points3D.txt").write_text("")
+
+
+def _lego_capture(root, frames, lego) -> None:
+    """:func:`write_lego_capture` of lego's views ``frames`` on white: even ones whole (400x400, camera 1), odd ones
+    cut to their centred 360x270 (camera 2, the principal point moved with the cut)."""
+    from tests.test_photos_scene import on_white
+
+    f = 200.0 / np.tan(0.5 * 0.6911112070083618)
+    cameras = f"1 PINHOLE 400 400 {f} {f} 200 200\n2 PINHOLE 360 270 {f} {f} 180 135\n"
+
+    def image(k: int, path):
+        photo = on_white(path)
+        return photo[65:335, 20:380] if k % 2 else photo
+
+    write_lego_capture(root, frames, lego, cameras, image, lambda k: 1 + k % 2)
 
 
 @pytest.mark.parametrize("images, half", [("images", 1), ("images_2", 2)])

@@ -37,23 +37,21 @@ def _distorted_lego(root: Path, frames: list, lego: Path, f: float, colmap) -> N
     """A COLMAP text capture of lego's ``frames`` at their true poses through one OPENCV camera (focal ``f``,
     :data:`DISTORTION`), each image the RGBA photo as that camera sees it (:func:`_distort`), alpha and all."""
     import imageio.v3 as iio
-    from scipy.spatial.transform import Rotation
 
-    (root / "images").mkdir(parents=True)
-    (root / "sparse" / "0").mkdir(parents=True)
-    params = [f, f, 200.0, 200.0, *DISTORTION]
-    (root / "sparse" / "0" / "cameras.txt").write_text(f"1 OPENCV 400 400 {_fmt(params)}\n")
-    lines = []
-    for k, frame in enumerate(frames):
-        photo = iio.imread(lego / (frame["file_path"] + ".png"))
-        iio.imwrite(root / "images" / f"{k:02d}.png", _distort(photo, f, colmap))
-        c2w = np.asarray(frame["transform_matrix"])
-        rot = (c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0])).T  # world to camera, OpenCV axes
-        qx, qy, qz, qw = Rotation.from_matrix(rot).as_quat()
-        t = -rot @ c2w[:3, 3]
-        lines += [f"{k + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 {k:02d}.png", ""]
-    (root / "sparse" / "0" / "images.txt").write_text("\n".join(lines) + "\n")
-    (root / "sparse" / "0" / "points3D.txt").write_text("")
+    from tests.test_camera_fits import write_lego_capture
+
+    write_lego_capture(root, frames, lego, f"1 OPENCV 400 400 {_fmt([f, f, 200.0, 200.0, *DISTORTION])}\n",
+                       lambda k, path: _distort(iio.imread(path), f, colmap), lambda k: 1)
+
+
+def _lego_views(n: int, tmp_path: Path, monkeypatch) -> tuple[Path, list, float]:
+    """Lego's folder, the first ``n`` frames of its test path and its focal length in pixels (skips without lego);
+    the scene cache in ``tmp_path``, so every undistortion is made anew."""
+    from tests.test_photos_scene import lego_path_views
+
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    lego, doc = lego_path_views()
+    return lego, doc["frames"][:n], 200.0 / np.tan(0.5 * doc["camera_angle_x"])
 
 
 def _distorted_transforms(root: Path, frames: list, lego: Path, f: float, colmap) -> None:
@@ -111,12 +109,7 @@ def test_a_distorted_capture_loads_undistorted_with_rays_on_the_photos_pixels(tm
     view (measured 38.8-39.6 dB when written; 40.1-40.9 dB from views composited on white before they were
     distorted); read as its pinhole part (undistort: false, the reading before), the same views score below
     32 dB (measured 29.6-29.9 dB), and the loader warns that the distortion is not modelled."""
-    from tests.test_photos_scene import lego_path_views
-
-    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
-    lego, doc = lego_path_views()
-    frames = doc["frames"][:6]
-    f = 200.0 / np.tan(0.5 * doc["camera_angle_x"])
+    lego, frames, f = _lego_views(6, tmp_path, monkeypatch)
     root = tmp_path / "cap"
     _distorted_lego(root, frames, lego, f, pycolmap)
 
@@ -196,12 +189,7 @@ def test_a_distorted_transforms_json_loads_undistorted_with_rays_on_the_photos_p
     the reading before, with its warning); the splits and the views' names are the file's own."""
     from plugins.scenes.config import BlenderConfig
     from plugins.scenes.sources import build_blender
-    from tests.test_photos_scene import lego_path_views
-
-    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
-    lego, doc = lego_path_views()
-    frames = doc["frames"][:5]
-    f = 200.0 / np.tan(0.5 * doc["camera_angle_x"])
+    lego, frames, f = _lego_views(5, tmp_path, monkeypatch)
     root = tmp_path / "ngp"
     _distorted_transforms(root, frames, lego, f, pycolmap)
 
