@@ -115,7 +115,8 @@ class TrainConfig(ConfigModel):
                            "units; decays with lr_final_factor as the others do). 1e-3 for poses off by more than "
                            "about 3 degrees (it costs more on near-exact poses; README: pose refinement figures)")
     refine_focal: bool = Field(False, description="learn a correction of the focal length with the field, one "
-                               "factor for every camera, for focal lengths from EXIF tags or a rough calibration that "
+                               "factor for every camera (focal_per_camera: one per camera), for focal lengths from "
+                               "EXIF tags or a rough calibration that "
                                "are off by a few per cent; with or without refine_poses. It is learned as a dolly "
                                "zoom (the field's frame scaled with it about the point the cameras look at), which a "
                                "scene seen from around it needs. Held-out views are rendered at the refined focal "
