@@ -211,16 +211,21 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
 
         print(f"undistorting the {len(frames)} frames of {path} (lens distortion: {listed}); cached for next time",
               file=sys.stderr, flush=True)
+        from pipeline.progress import StepProgress
+        from plugins.scenes.sources import _progress_wanted
+
         out_frames = []
-        for i, (frame, image, cam) in enumerate(zip(frames, paths, cameras)):
-            # the image's own path under the folder (so its name, which names the view, stays), as PNG
-            inside = image.resolve().relative_to(root.resolve()) if image.resolve().is_relative_to(
-                root.resolve()) else Path("images") / image.name
-            target = tmp / inside.with_suffix(".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            out_frames.append(_undistort_frame(pycolmap, options, distinct[cam], pinhole[cam], frame, image, target,
-                                               inside.with_suffix(".png").as_posix(), iio))
-            out_frames[-1]["split"] = splits[i]
+        with StepProgress(len(frames), 0, "undistorting", enabled=_progress_wanted() and len(frames) >= 32) as bar:
+            for i, (frame, image, cam) in enumerate(zip(frames, paths, cameras)):
+                # the image's own path under the folder (so its name, which names the view, stays), as PNG
+                inside = image.resolve().relative_to(root.resolve()) if image.resolve().is_relative_to(
+                    root.resolve()) else Path("images") / image.name
+                target = tmp / inside.with_suffix(".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                out_frames.append(_undistort_frame(pycolmap, options, distinct[cam], pinhole[cam], frame, image,
+                                                   target, inside.with_suffix(".png").as_posix(), iio))
+                out_frames[-1]["split"] = splits[i]
+                bar.advance(i + 1)
         doc = {k: v for k, v in data.items() if k not in (*_CAMERA_KEYS, "frames", "train_filenames",
                                                           "val_filenames", "test_filenames")}
         (tmp / "transforms.json").write_text(json.dumps({**doc, "frames": out_frames}, indent=1))
