@@ -127,7 +127,7 @@ class TrainConfig(ConfigModel):
                                    "for captures from several cameras or zoom settings; training images whose given "
                                    "fx, fy, cx, cy agree count as one camera, and the field's frame follows the "
                                    "factors' mean. Held-out views take the factor of the camera nearest their "
-                                   "intrinsics. The factors are written to poses.json")
+                                   "intrinsics (within 2%; else the mean). The factors are written to poses.json")
 
     @model_validator(mode="after")
     def _focal_per_camera_needs_refine_focal(self):

@@ -46,7 +46,8 @@ one ``a_g`` per camera, Adam's step per parameter is sized by the offsets' large
 moved only by what is left when those cancel, crept (csg, 600 steps, errors +5 % and -3 %: both ended 2.4 % long,
 their ratio right to 0.1 %). NeRF-- learns the focal lengths of one camera; this grouping, and
 the frame following their mean, are this project's. Held-out views take the factor of the training camera whose
-intrinsics, in units of the image's size, lie nearest theirs (a view rendered at another size is the same camera).
+intrinsics, in units of the image's size, lie nearest theirs (a view rendered at another size is the same camera),
+or, where none lies within 2 % (:data:`SAME_CAMERA`: a camera no training image was taken with), the frame's ``k``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def zoom_centre(cameras: Cameras, aabb: Tensor) -> Tensor:
     point = torch.linalg.solve(a, b)
     inside = bool(((point >= box[0]) & (point <= box[1])).all())
     return point if inside else fallback
+
+
+#: a held-out camera is a training camera when their intrinsics in units of the image's size lie within this
+#: fraction of each other (a view rendered at another size moves them by under a pixel's worth, ~0.3 %)
+SAME_CAMERA = 0.02
 
 
 def simulated_focal_factors(noise, n: int) -> Tensor:
@@ -198,19 +204,25 @@ class FocalRefinement(nn.Module):
 
     def camera_of(self, cameras: Cameras) -> Tensor:
         """``(N,)`` long: the learned camera each of ``cameras`` (any split, any size) was taken with, the one whose
-        intrinsics in units of the image's size lie nearest its own (every one 0 when the factor is shared)."""
+        intrinsics in units of the image's size lie nearest its own, or -1 where none lies within
+        :data:`SAME_CAMERA` of it (a camera no training image was taken with); every one 0 when the factor is
+        shared."""
         if self.n_cameras == 1:
             return torch.zeros(len(cameras), dtype=torch.long)
-        return torch.cdist(_intrinsics(cameras), self.keys.detach().cpu().double()).argmin(-1)
+        keys = self.keys.detach().cpu().double()
+        dist, nearest = torch.cdist(_intrinsics(cameras), keys).min(-1)
+        return torch.where(dist <= SAME_CAMERA * keys[nearest].norm(dim=-1), nearest, -1)
 
     def refocused(self, cameras: Cameras, images: Optional[Tensor] = None) -> Cameras:
         """``cameras`` (any split, any size: a calibration error is shared by every image of a camera) with the
         refined focal length ``k_g fx``, ``k_g fy`` of their camera (:meth:`camera_of`; with ``images``, the
-        training images they are, whose cameras are known); their poses as they are."""
+        training images they are, whose cameras are known), or the frame's factor ``k`` for a camera no training
+        image was taken with; their poses as they are."""
         groups = (self.camera_of(cameras) if images is None
                   else self.groups.cpu()[torch.as_tensor(images, dtype=torch.long).cpu()])
-        with torch.no_grad():
-            k = self.scale().cpu()[groups].to(device=cameras.fx.device, dtype=cameras.fx.dtype)
+        with torch.no_grad():  # (index -1, an unknown camera: the frame's factor, last)
+            factors = torch.cat([self.scale().cpu(), self.frame_scale().cpu()[None]])
+            k = factors[groups].to(device=cameras.fx.device, dtype=cameras.fx.dtype)
         return Cameras(cameras.c2w, cameras.fx * k, cameras.fy * k, cameras.cx, cameras.cy, cameras.width,
                        cameras.height)
 

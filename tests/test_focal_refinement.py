@@ -160,16 +160,23 @@ def _per_camera(cams: Cameras, a: float, offsets) -> FocalRefinement:
 def test_images_are_grouped_into_cameras_by_their_intrinsics():
     """camera_groups: images with the same given intrinsics are one camera, numbered in order of first image;
     camera_of finds the same cameras at another image size (a downscaled render) and for a held-out camera the
-    nearest one; shared, every image is camera 0."""
+    nearest one, or none (-1, the frame's factor) for one 2 % or more from every camera; shared, every image is
+    camera 0."""
     cams = _two_cameras(6)
     groups, keys = camera_groups(cams)
     assert groups.tolist() == [0, 1, 0, 1, 0, 1] and keys.shape == (2, 4)
     assert torch.allclose(keys[1], torch.tensor([56 / 40, 56 / 30, 21 / 40, 15 / 30], dtype=torch.float64))
     module = FocalRefinement(cams, torch.zeros(3), per_camera=True)
     assert module.n_cameras == 2 and module.camera_of(cams.downscaled(2)).tolist() == groups.tolist()
-    near = Cameras(cams.c2w[:2], torch.tensor([55.0, 51.0]).double(), torch.tensor([55.0, 51.0]).double(),
+    near = Cameras(cams.c2w[:2], torch.tensor([55.6, 50.4]).double(), torch.tensor([55.6, 50.4]).double(),
                    cams.cx[:2], cams.cy[:2], 40, 30)
     assert module.camera_of(near).tolist() == [1, 0]
+    other = Cameras(cams.c2w[:1], torch.tensor([70.0]).double(), torch.tensor([70.0]).double(), cams.cx[:1],
+                    cams.cy[:1], 40, 30)
+    assert module.camera_of(other).tolist() == [-1]  # no training image was taken with it
+    with torch.no_grad():
+        module.offsets.copy_(torch.tensor([0.05, -0.05]))
+    assert torch.allclose(module.refocused(other).fx, other.fx * module.frame_scale().double())
     shared = FocalRefinement(cams, torch.zeros(3))
     assert shared.n_cameras == 1 and shared.camera_of(cams).tolist() == [0] * 6
     one = FocalRefinement(_ring(4), torch.zeros(3), per_camera=True)
