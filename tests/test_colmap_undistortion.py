@@ -137,7 +137,7 @@ def test_a_distorted_capture_loads_undistorted_with_rays_on_the_photos_pixels(tm
 
 def test_the_undistortion_plumbing_without_data(tmp_path, capsys, monkeypatch, pycolmap):  # noqa: F811
     """The tiny sphere capture through an OPENCV camera (so no data is needed): loaded undistorted, its cameras are
-    pinhole ones and its masks are undistorted with it; a model with zero distortion and a downscaled image folder
+    pinhole ones and its masks are undistorted with it; two cameras of their own distortion load together; a model with zero distortion and a downscaled image folder
     load as before (the second with a warning saying to load the full-size images); a fisheye model, refused when
     read as its pinhole part, loads undistorted."""
     import imageio.v3 as iio
@@ -158,6 +158,12 @@ def test_the_undistortion_plumbing_without_data(tmp_path, capsys, monkeypatch, p
     train = scene.splits["train"]
     assert train.alphas is not None and train.alphas.shape[:3] == train.images.shape[:3]
     assert Path(scene.meta["undistorted_masks"]).is_dir()
+
+    two = make_colmap(tmp_path / "two", cameras=f"1 OPENCV 32 32 {_fmt([f, f, 16, 16, -0.05, 0, 0, 0])}\n"
+                      f"2 OPENCV 32 32 {_fmt([f, f, 16, 16, 0.08, 0, 0, 0])}\n", camera_of=lambda k: 1 + k % 2)["root"]
+    both = _load(two)  # two cameras, each undistorted with its own distortion; RGBA, so alpha is added back
+    assert both.meta["undistorted"]["distorted"] == "camera 1 OPENCV k1; camera 2 OPENCV k1"
+    assert len(both.splits["train"]) == 10 and both.splits["train"].alphas is not None
 
     zero = make_colmap(tmp_path / "zero", cameras=f"1 OPENCV 32 32 {_fmt([f, f, 16, 16, 0, 0, 0, 0])}\n",
                        camera_of=lambda k: 1)["root"]
