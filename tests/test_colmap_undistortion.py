@@ -164,6 +164,7 @@ def test_the_undistortion_plumbing_without_data(tmp_path, capsys, monkeypatch, p
     both = _load(two)  # two cameras, each undistorted with its own distortion; RGBA, so alpha is added back
     assert both.meta["undistorted"]["distorted"] == "camera 1 OPENCV k1; camera 2 OPENCV k1"
     assert len(both.splits["train"]) == 10 and both.splits["train"].alphas is not None
+    capsys.readouterr()
 
     zero = make_colmap(tmp_path / "zero", cameras=f"1 OPENCV 32 32 {_fmt([f, f, 16, 16, 0, 0, 0, 0])}\n",
                        camera_of=lambda k: 1)["root"]
