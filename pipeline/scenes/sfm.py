@@ -223,7 +223,7 @@ def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit], progress: bool =
 
 def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str], progress: bool = True) -> dict:
     """Undistort the photos of the sparse model at ``model`` (cameras, images, points3D) into ``out/capture``
-    (pinhole images and cameras, a COLMAP capture); returns ``{"photos", "registered", "unregistered" (names of
+    (pinhole images and cameras, a COLMAP capture; an RGBA photo keeps its alpha, :func:`keep_alpha`); returns ``{"photos", "registered", "unregistered" (names of
     ``names`` the model has no pose for), "points", "mean_reprojection_error", "seconds"}``. Undistortion is a
     function of the model and the photos alone, so a kept model gives the capture again exactly."""
     from pipeline.scenes.colmap import _has_pose, _pycolmap
@@ -242,10 +242,41 @@ def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str
         _say(f"fitting the undistorted photos of {len(rec.cameras)} cameras to one size, {w}x{h} ({scaled} "
              f"camera(s) scaled, the others cropped)", progress)
         _fit_capture(pycolmap, out / "capture", fits, progress)
+    keep_alpha(photos, sorted(registered), model, out / "capture" / "images", out / "alpha")
     return {"photos": len(names), "registered": len(registered),
             "unregistered": [n for n in names if n not in registered], "points": int(rec.num_points3D()),
             "mean_reprojection_error": float(rec.compute_mean_reprojection_error()), **fitted,
             "seconds": {"undistortion": round(time.perf_counter() - t, 2)}}
+
+
+def keep_alpha(folder: Path, names: list[str], model: Path, images: Path, scratch: Path) -> None:
+    """COLMAP's undistortion writes colour only: give each undistorted image in ``images`` whose original in
+    ``folder`` has an alpha channel that alpha, undistorted as its colour was (as a mask,
+    :func:`pipeline.scenes.masks.undistort_masks`, through ``scratch``, removed after)."""
+    import imageio.v3 as iio
+
+    from pipeline.scenes.masks import undistort_masks
+
+    def has_alpha(path: Path) -> bool:
+        try:
+            return iio.improps(path).shape[-1:] == (4,)
+        except Exception:  # (a format imageio cannot read the header of: COLMAP read it, and it has no alpha here)
+            return False
+
+    with_alpha = [n for n in names if has_alpha(folder / n)]
+    if not with_alpha:
+        return
+
+    def alpha(path: Path) -> np.ndarray:
+        rgba = np.asarray(iio.imread(path))
+        return rgba[..., 3].astype(np.float32) / float(np.iinfo(rgba.dtype).max)
+
+    undistort_masks([folder / n for n in with_alpha], with_alpha, model, scratch, read=alpha)
+    for name in with_alpha:
+        colour = np.asarray(iio.imread(images / name))[..., :3]
+        iio.imwrite(images / name, np.concatenate([colour, np.asarray(iio.imread(scratch / f"{name}.png"))[..., None]
+                                                   ], -1))
+    shutil.rmtree(scratch)
 
 
 #: a frame is off its path when the detour through it is this many times the way past it (and long: below)

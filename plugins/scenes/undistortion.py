@@ -7,7 +7,7 @@ what structure from motion found: COLMAP's own undistortion of the registered im
 PINHOLE model (:func:`pipeline.scenes.sfm.undistort_model`; cameras whose undistorted images come out at several
 sizes are fitted to one). The result is cached under ``NLS_CACHE`` (``scenes/undistorted-<hash>``), keyed by the
 model's files and the images' contents, and loaded as a capture; object masks are undistorted with their images
-and cached beside it. The poses and sparse points are the model's, so the scene's frame (and ``--frame input``)
+and cached beside it (and an RGBA image's alpha with its colour, by :func:`pipeline.scenes.sfm.undistort_model`). The poses and sparse points are the model's, so the scene's frame (and ``--frame input``)
 is the capture's as it would be without undistortion.
 
 A ``transforms.json`` with ``k1, k2, p1, p2`` (OPENCV), also ``k3, k4`` (FULL_OPENCV) or ``camera_model:
@@ -81,7 +81,6 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
         print(f"undistorting the {len(names)} images of {model} (lens distortion: {listed}); cached for next time",
               file=sys.stderr, flush=True)
         found = undistort_model(folder, model, tmp, names=names, progress=False)
-        _keep_alpha(folder, names, model, tmp / "capture" / "images", tmp / "alpha")
         (tmp / "meta.json").write_text(json.dumps({"source": "colmap", "model": str(model.resolve()),
                                                    "images": str(folder.resolve()), "distorted": listed,
                                                    "undistortion": found}))
@@ -99,33 +98,6 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
                                                    "capture": str(entry)}))
 
     return entry, str(cached_render("masks", mask_key, make_masks) / "masks"), facts
-
-
-def _keep_alpha(folder: Path, names: list[str], model: Path, images: Path, scratch: Path) -> None:
-    """COLMAP's undistortion writes colour only: give each undistorted image in ``images`` whose original in
-    ``folder`` has an alpha channel that alpha, undistorted as its colour was (as a mask,
-    :func:`pipeline.scenes.masks.undistort_masks`, through ``scratch``, removed after)."""
-    import shutil
-
-    import imageio.v3 as iio
-    import numpy as np
-
-    from pipeline.scenes.masks import undistort_masks
-
-    with_alpha = [n for n in names if iio.improps(folder / n).shape[-1:] == (4,)]
-    if not with_alpha:
-        return
-
-    def alpha(path: Path) -> np.ndarray:
-        rgba = np.asarray(iio.imread(path))
-        return rgba[..., 3].astype(np.float32) / float(np.iinfo(rgba.dtype).max)
-
-    undistort_masks([folder / n for n in with_alpha], with_alpha, model, scratch, read=alpha)
-    for name in with_alpha:
-        colour = np.asarray(iio.imread(images / name))[..., :3]
-        iio.imwrite(images / name, np.concatenate([colour, np.asarray(iio.imread(scratch / f"{name}.png"))[..., None]
-                                                   ], -1))
-    shutil.rmtree(scratch)
 
 
 #: distortion keys of a ``transforms.json`` (instant-ngp's and nerfstudio's), in COLMAP's parameter order
