@@ -213,6 +213,13 @@ def distorted_cameras(rec, cameras_file: Path) -> dict[int, str]:
     return out
 
 
+def distortion_list(distorted: dict[int, str]) -> str:
+    """``"camera 1 OPENCV k1, p2; camera 3 ..."`` of :func:`distorted_cameras`' result, the first three and how
+    many more."""
+    listed = "; ".join(f"camera {i} {what}" for i, what in list(distorted.items())[:3])
+    return listed + (f" and {len(distorted) - 3} more cameras" if len(distorted) > 3 else "")
+
+
 def view_half_angle(fx: float, fy: float, cx: float, cy: float, width: float, height: float) -> float:
     """Radians: the half angle of the widest cone about the optical axis inside a pinhole camera's frustum
     (the principal point's nearest image edge, in units of the focal length along that axis)."""
@@ -505,11 +512,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                             f"which {cameras_file} does not hold (it holds {sorted(rec.cameras)})")
         if im.camera_id not in cams:
             cams[im.camera_id] = _intrinsics(im.camera_id, rec.cameras[im.camera_id], cameras_file)
-    distorted = {i: (rec.cameras[i].model.name, d) for i, (_, d) in sorted(cams.items()) if d}
+    distorted = {i: f"{rec.cameras[i].model.name} {', '.join(d)}" for i, (_, d) in sorted(cams.items()) if d}
     if distorted:
-        listed = "; ".join(f"camera {i} {m} {', '.join(d)}" for i, (m, d) in list(distorted.items())[:3])
-        more = f" and {len(distorted) - 3} more cameras" if len(distorted) > 3 else ""
-        warn_distortion(str(cameras_file), listed + more,
+        warn_distortion(str(cameras_file), distortion_list(distorted),
                         "load the folder it writes (its images are undistorted, its model PINHOLE); the colmap "
                         "scene source does that itself with scene.undistort: true (its default) and the images at "
                         "the model's size")

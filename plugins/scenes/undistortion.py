@@ -42,7 +42,7 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
     then says what is wrong)."""
     from pipeline.scenes.blender import image_size
     from pipeline.scenes.colmap import (MODEL_FILES, _has_pose, _pycolmap, _read_model, distorted_cameras,
-                                       find_sparse_model)
+                                       distortion_list, find_sparse_model)
     from pipeline.scenes.masks import mask_paths, undistort_masks
     from pipeline.scenes.sfm import undistort_model
     from plugins.scenes.sources import _fingerprint, cached_render
@@ -70,8 +70,7 @@ def undistorted_capture(root: Path, cfg: ColmapConfig) -> Optional[tuple[Path, O
                  f"{size[0]}x{size[1]}, so the images are read as pinhole ones: set scene.images: images (the "
                  f"images at the model's size; scene.downscale scales them after undistortion)")
             return None
-    listed = "; ".join(f"camera {i} {what}" for i, what in list(distorted.items())[:3]) + (
-        f" and {len(distorted) - 3} more" if len(distorted) > 3 else "")
+    listed = distortion_list(distorted)
     names = [im.name for im in posed]
     key = {"version": UNDISTORTION_VERSION,
            "model": [_fingerprint(model / f"{name}{ext}") for name in MODEL_FILES],
@@ -125,17 +124,20 @@ def _frame_camera(data: dict, frame: dict, size: tuple[int, int], where: str) ->
     if fx is None:
         return None  # (the loader names the missing focal length)
     fy = fx if fy is None else fy
-    w, h = int(round(w)), int(round(h))
+    cx, cy = w / 2 if cx is None else cx, h / 2 if cy is None else cy
+    # an image stored at another size than w, h: its pinhole part scaled alike (distortion, in normalised
+    # coordinates, is not)
+    sx, sy = size[0] / w, size[1] / h
     model = "OPENCV_FISHEYE" if fisheye else ("FULL_OPENCV" if len(keys) == 8 else "OPENCV")
-    return model, w, h, (fx, fy, w / 2 if cx is None else cx, h / 2 if cy is None else cy, *coeffs)
+    return model, int(size[0]), int(size[1]), (fx * sx, fy * sy, cx * sx, cy * sy, *coeffs)
 
 
 def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
     """``(cache entry, facts)`` for the instant-ngp folder ``root`` when its ``transforms.json`` gives lens
     distortion (module docstring): the entry holds ``transforms.json`` and the undistorted frames as PNG, each at
-    its image's path under ``root`` (so it keeps its name). None for a file without distortion, a NeRF-synthetic folder (``transforms_train.json``), a
-    file the loader will refuse (it then says why), or frames whose cameras undistort to images of several sizes
-    (a warning says they are read as pinhole ones)."""
+    its image's path under ``root`` (so it keeps its name). None for a file without distortion, a NeRF-synthetic
+    folder (``transforms_train.json``), a file the loader will refuse (it then says why), or frames whose cameras
+    undistort to images of several sizes (a warning says they are read as pinhole ones)."""
     from pipeline.scenes.blender import _resolve_image, image_size, ngp_frame_splits
     from pipeline.types import DataError
     from plugins.scenes.sources import _fingerprint, cached_render
