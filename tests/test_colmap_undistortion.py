@@ -225,8 +225,9 @@ def test_a_distorted_transforms_json_loads_undistorted_with_rays_on_the_photos_p
 
 def test_the_transforms_undistortion_plumbing_without_data(tmp_path, capsys, monkeypatch, pycolmap):  # noqa: F811
     """The tiny sphere's views as a transforms.json (so no data is needed): zero distortion loads as it is; k1
-    loads undistorted with pinhole intrinsics per frame and the frames' own split keys; nerfstudio's
-    OPENCV_FISHEYE model loads undistorted too."""
+    loads undistorted with pinhole intrinsics per frame and the frames' own split keys, and the same camera given
+    for images twice the stored size undistorts them the same; nerfstudio's OPENCV_FISHEYE model loads
+    undistorted too."""
     import shutil
 
     from plugins.scenes.config import BlenderConfig
@@ -262,5 +263,8 @@ def test_the_transforms_undistortion_plumbing_without_data(tmp_path, capsys, mon
     written = json.loads((Path(radial.meta["undistorted"]["capture"]) / "transforms.json").read_text())
     assert "k1" not in written and all({"fl_x", "cx", "w", "split"} <= set(fr) for fr in written["frames"])
     assert all("k1" not in fr for fr in written["frames"])
+    # the same camera given for images twice the size (w, h 64): scaled to the stored 32 px, the same undistortion
+    scaled = load(folder("scaled", k1=-0.05, fl_x=2 * f, fl_y=2 * f, cx=32.0, cy=32.0, w=64, h=64))
+    assert torch.equal(scaled.splits["train"].images, train.images)
     fish = load(folder("fish", camera_model="OPENCV_FISHEYE", k1=0.05, k2=0.0, k3=0.0, k4=0.0))
     assert fish.meta["undistorted"]["distorted"] == "OPENCV_FISHEYE 0.05, 0, 0, 0" and len(fish.splits["train"]) == 8
