@@ -190,8 +190,11 @@ class FocalRefinement(nn.Module):
         image = image.to(device=dirs.device, dtype=torch.long)
         rot = self.rotations.to(dirs.dtype)[image]  # (R, 3, 3) camera to world, as given
         local = torch.einsum("rji,rj->ri", rot, dirs)  # (R, 3) in the camera frame
-        k = self.scale().to(dirs.dtype)[self.groups.to(image.device)[image]]  # (R,)
-        local = torch.cat([local[:, :2] / k[:, None], local[:, 2:]], -1)
+        if self.offsets is None:  # one factor, broadcast: its gradient sums as it did before per-camera factors
+            k = self.scale().to(dirs.dtype)  # (1,)
+        else:
+            k = self.scale().to(dirs.dtype)[self.groups.to(image.device)[image]][:, None]  # (R, 1)
+        local = torch.cat([local[:, :2] / k, local[:, 2:]], -1)
         out = torch.einsum("rij,rj->ri", rot, local)
         return out / out.norm(dim=-1, keepdim=True)
 
