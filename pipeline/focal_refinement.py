@@ -110,13 +110,12 @@ def camera_groups(cameras: Cameras) -> tuple[Tensor, Tensor]:
     agree to a millionth of the image size are one camera. Returns ``groups (N,)`` long, numbered in order of each
     camera's first image, and ``keys (G, 4)`` float64, each camera's intrinsics as :func:`_intrinsics` gives them."""
     k = _intrinsics(cameras)
-    _, inverse = torch.unique(torch.round(k * 1e6).long(), dim=0, return_inverse=True)
-    first: dict[int, int] = {}
-    for i, g in enumerate(inverse.tolist()):
-        first.setdefault(g, len(first))
-    groups = torch.tensor([first[g] for g in inverse.tolist()], dtype=torch.long)
-    keys = torch.stack([k[(groups == g).nonzero()[0, 0]] for g in range(len(first))])
-    return groups, keys
+    first: dict[tuple, int] = {}  # each camera's rounded intrinsics -> its first image
+    rows = [tuple(r) for r in torch.round(k * 1e6).long().tolist()]
+    for i, row in enumerate(rows):
+        first.setdefault(row, i)
+    number = {row: g for g, row in enumerate(first)}
+    return torch.tensor([number[row] for row in rows], dtype=torch.long), k[list(first.values())]
 
 
 class FocalRefinement(nn.Module):

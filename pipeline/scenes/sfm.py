@@ -223,9 +223,10 @@ def _fit_capture(pycolmap, capture: Path, fits: dict[int, Fit], progress: bool =
 
 def undistort_model(photos: Path, model: Path, out: Path, *, names: Sequence[str], progress: bool = True) -> dict:
     """Undistort the photos of the sparse model at ``model`` (cameras, images, points3D) into ``out/capture``
-    (pinhole images and cameras, a COLMAP capture; an RGBA photo keeps its alpha, :func:`keep_alpha`); returns ``{"photos", "registered", "unregistered" (names of
-    ``names`` the model has no pose for), "points", "mean_reprojection_error", "seconds"}``. Undistortion is a
-    function of the model and the photos alone, so a kept model gives the capture again exactly."""
+    (pinhole images and cameras, a COLMAP capture; an RGBA photo keeps its alpha, :func:`keep_alpha`); returns
+    ``{"photos", "registered", "unregistered" (names of ``names`` the model has no pose for), "points",
+    "mean_reprojection_error", "seconds"}``. Undistortion is a function of the model and the photos alone, so a
+    kept model gives the capture again exactly."""
     from pipeline.scenes.colmap import _has_pose, _pycolmap
 
     pycolmap = _pycolmap(photos)
