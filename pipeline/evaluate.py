@@ -89,6 +89,13 @@ class EvalContext:
             self._renders = render_split(self, keep=self._depths)
         return self._renders
 
+    def masks(self) -> list[Optional[np.ndarray]]:
+        """For each view of :meth:`renders`, in its order, the (H, W) bool pixels that count (its ignore mask:
+        ``PosedImages.valid``), or None when every pixel does. Scores over the pixels kept are taken with
+        ``psnr(pred, gt, mask)`` and the like (:mod:`pipeline.metrics`)."""
+        split = self.scene.splits[self.split or self.cfg.eval.split]
+        return [split.valid_of(i) for i in eval_indices(len(split), self.cfg.eval.every, self.cfg.eval.max_images)]
+
     def depths(self) -> list[tuple[int, dict[str, np.ndarray]]]:
         """[(view index, {"depth", "opacity"[, "depth_median"]: (H, W) float32})] of the same renders, in the
         same order (:meth:`renders` runs when it has not)."""

@@ -194,7 +194,8 @@ def nls_register_evaluators(register):
     never writes over what training saved; ``ctx.renders_root`` likewise for images), ``ctx.run.path``,
     ``ctx.device``, ``ctx.mesh()`` (the extracted mesh) and ``ctx.renders()`` (``[(pred, gt)]``
     float ``(H,W,3)`` images of the eval split); the last two are computed once and shared by
-    all evaluators. ``consumes`` names what it needs: ``images`` or ``mesh`` are checked with
+    all evaluators. ``ctx.masks()`` gives each render's ``(H, W)`` bool pixels that count, or None
+    (scenes with ignore masks: score over them, e.g. ``pipeline.metrics.psnr(pred, gt, mask)``). ``consumes`` names what it needs: ``images`` or ``mesh`` are checked with
     the rest of the chain, so a scene that cannot provide them is refused before training;
     so is ``gt_mesh``: a scene source that never offers it is refused the same way, and one that
     declares it but has none for this scene makes the evaluator skip, with a printed reason.

@@ -39,33 +39,52 @@ def _np(x) -> np.ndarray:
 # --------------------------------------------------------------------------- images
 
 
-def psnr(pred, gt) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1] (any matching shapes).
-    ``inf`` for identical images."""
+def _pixel_mask(metric: str, mask, shape: tuple) -> Optional[np.ndarray]:
+    """``mask`` (H, W) of the pixels that count, as bool, checked against an image of ``shape`` (H, W[, C]); None
+    for None. NLSError when it is another size or keeps no pixel."""
+    if mask is None:
+        return None
+    m = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask).astype(bool)
+    if m.shape != tuple(shape[:2]):
+        raise NLSError(f"{metric}: the mask is {m.shape}, the images {tuple(shape[:2])} (H, W)")
+    if not m.any():
+        raise NLSError(f"{metric}: the mask keeps no pixel")
+    return m
+
+
+def psnr(pred, gt, mask=None) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1] (any matching shapes). With ``mask`` (H, W) bool,
+    over the pixels it keeps (images (H, W[, C])). ``inf`` for identical images."""
     p, g = _np(pred), _np(gt)
     if p.shape != g.shape:
         raise NLSError(f"psnr: shapes differ: pred {p.shape} vs gt {g.shape}")
     if p.size == 0:
         raise NLSError("psnr: empty images")
+    m = _pixel_mask("psnr", mask, p.shape)
+    if m is not None:
+        p, g = p[m], g[m]
     _check_unit_range("psnr", p, g)
     mse = float(np.mean((p - g) ** 2))
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
-def color_corrected(pred, gt, kind: str = "affine") -> np.ndarray:
+def color_corrected(pred, gt, kind: str = "affine", mask=None) -> np.ndarray:
     """``pred (H, W, 3)`` through the colour transform that brings it closest to ``gt`` in least squares, clipped
     to [0, 1]: ``gain``, one factor per channel (exposure and white balance), or ``affine``, a 3x3 matrix and an
     offset. For scoring renders against photos whose exposure the field cannot know (a held-out photo's own);
-    the transform is fitted on the pixels it is then scored on, 3 or 12 numbers against H x W pixels."""
+    the transform is fitted on the pixels it is then scored on (``mask`` (H, W) bool: those it keeps), 3 or 12
+    numbers against H x W pixels."""
     p, g = _np(pred).astype(np.float64), _np(gt).astype(np.float64)
     if p.shape != g.shape or p.shape[-1] != 3:
         raise NLSError(f"color_corrected: pred {p.shape} and gt {g.shape} must both be (..., 3)")
+    m = _pixel_mask("color_corrected", mask, p.shape)
     x, y = p.reshape(-1, 3), g.reshape(-1, 3)
+    fit = slice(None) if m is None else m.reshape(-1)
     if kind == "gain":
-        out = x * ((x * y).sum(0) / np.maximum((x * x).sum(0), 1e-12))
+        out = x * ((x[fit] * y[fit]).sum(0) / np.maximum((x[fit] * x[fit]).sum(0), 1e-12))
     elif kind == "affine":
         design = np.concatenate([x, np.ones((len(x), 1))], 1)  # (P, 4)
-        out = design @ np.linalg.lstsq(design, y, rcond=None)[0]
+        out = design @ np.linalg.lstsq(design[fit], y[fit], rcond=None)[0]
     else:
         raise NLSError(f"color_corrected: kind {kind!r}; use gain or affine")
     return np.clip(out, 0.0, 1.0).reshape(p.shape)
@@ -88,12 +107,13 @@ def _check_unit_range(metric: str, *images: np.ndarray) -> None:
             raise NLSError(f"{metric}: {name} has values in [{lo:.4g}, {hi:.4g}]; images must be in [0, 1]{hint}")
 
 
-def ssim(pred, gt, *, gaussian: bool = True) -> float:
+def ssim(pred, gt, *, gaussian: bool = True, mask=None) -> float:
     """Structural similarity of two ``(H, W, 3)`` (or ``(H, W)``) images in [0, 1].
 
     ``gaussian=True`` (default) is the variant of the NeRF papers: Gaussian weights with
     sigma 1.5 (11x11 window) and population covariance; ``False`` is skimage's default 7x7
-    uniform window with sample covariance.
+    uniform window with sample covariance. With ``mask`` (H, W) bool, the mean of the SSIM map over the pixels
+    it keeps, less the map's border as skimage leaves it out (their windows still see the pixels left out).
     """
     from skimage.metrics import structural_similarity
 
@@ -112,7 +132,17 @@ def ssim(pred, gt, *, gaussian: bool = True) -> float:
         kw["channel_axis"] = -1
     if gaussian:
         kw.update(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-    return float(structural_similarity(p, g, **kw))
+    m = _pixel_mask("ssim", mask, p.shape)
+    if m is None:
+        return float(structural_similarity(p, g, **kw))
+    _, full = structural_similarity(p, g, full=True, **kw)
+    full = full.mean(-1) if full.ndim == 3 else full
+    pad = (win - 1) // 2  # (skimage's mean leaves out the map's border, where windows reach past the image)
+    inner = np.zeros_like(m)
+    inner[pad:-pad, pad:-pad] = m[pad:-pad, pad:-pad]
+    if not inner.any():
+        raise NLSError(f"ssim: the mask keeps no pixel {pad} or more pixels inside the image's border")
+    return float(full[inner].mean())
 
 
 # --------------------------------------------------------------------------- geometry

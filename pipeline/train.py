@@ -36,7 +36,8 @@ class TrainResult:
 
 
 class RaySampler:
-    """Uniform random pixels over all training images. Deterministic given its generator state.
+    """Uniform random pixels over all training images (over the pixels that count, ``split.valid``, when it has
+    ignore masks). Deterministic given its generator state.
 
     ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), image_index (n,) long, alpha (n,1) | None)``,
     ``image_index`` the training image of each ray. Rays go through the pixel centres, or with ``jitter`` through
@@ -55,17 +56,34 @@ class RaySampler:
         self.cameras = split.cameras.to(device)
         self.images = split.images.to(device)
         self.alphas = split.alphas.to(device) if split.alphas is not None else None
+        self.valid = split.valid  # (N, H, W) bool on the CPU, beside the generator (None: every pixel)
+        self.kept = None if self.valid is None else float(self.valid.float().mean())
+        if self.kept == 0.0:
+            raise NLSError("the ignore masks of the training images leave no pixel to train on")
         self.device = device
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.jitter = jitter
 
+    def _pixels(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image, row, column)`` (n,) long each, uniform over the pixels that count: every pixel, or with ignore
+        masks the valid ones, by rejection (draws of about ``n / kept`` pixels until ``n`` are valid)."""
+        N, H, W, _ = self.images.shape
+        if self.valid is None:
+            return (torch.randint(0, N, (n,), generator=self.gen), torch.randint(0, H, (n,), generator=self.gen),
+                    torch.randint(0, W, (n,), generator=self.gen))
+        found, have = [], 0
+        while have < n:
+            m = int(1.1 * (n - have) / self.kept) + 64
+            idx, v, u = (torch.randint(0, k, (m,), generator=self.gen) for k in (N, H, W))
+            keep = self.valid[idx, v, u]
+            found.append((idx[keep], v[keep], u[keep]))
+            have += int(keep.sum())
+        return tuple(torch.cat(part)[:n] for part in zip(*found))
+
     def sample(self, n: int) -> dict:
         """``n`` rays through uniform random pixels of the training images: ``origins``, ``dirs``, ``rgb``
         ``(n, 3)`` and ``alpha`` (None when the split has no alphas)."""
-        N, H, W, _ = self.images.shape
-        idx = torch.randint(0, N, (n,), generator=self.gen).to(self.device)
-        v = torch.randint(0, H, (n,), generator=self.gen).to(self.device)
-        u = torch.randint(0, W, (n,), generator=self.gen).to(self.device)
+        idx, v, u = (t.to(self.device) for t in self._pixels(n))
         if self.jitter:
             du, dv = torch.rand(2, n, generator=self.gen).to(self.device)
         else:

@@ -69,12 +69,27 @@ class PosedImages:
     cameras: N cameras.
     alphas: optional (N, H, W, 1) float32 coverage (1 = object), when the source has alpha.
     names: optional per-image identifiers (file stems), length N.
+    valid: optional (N, H, W) bool, the pixels that count (None: all). The others, under an ignore mask
+        (something that moved, the photographer's shadow), are neither trained on nor scored.
     """
 
     images: "torch.Tensor"
     cameras: Cameras
     alphas: Optional["torch.Tensor"] = None
     names: list[str] = field(default_factory=list)
+    valid: Optional["torch.Tensor"] = None
+
+    def valid_of(self, i: int, downscale: int = 1) -> Optional["np.ndarray"]:
+        """View ``i``'s (H, W) bool pixels that count, as numpy, or None when every pixel counts; with
+        ``downscale`` d, the (H // d, W // d) blocks of which at least half count (as the loader downscales)."""
+        if self.valid is None:
+            return None
+        keep = self.valid[i].cpu().numpy()
+        if downscale == 1:
+            return keep
+        from pipeline.scenes.blender import VALID_SHARE, area_downscale
+
+        return area_downscale(keep[..., None].astype("float32"), downscale)[..., 0] >= VALID_SHARE
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -100,13 +100,14 @@ def preview_factor(width: int, height: int, max_side: Optional[int]) -> int:
 
 @dataclass
 class PreviewView:
-    """One validation view: its name, index in the split, preview camera and block-averaged ground truth
-    (h, w, 3)."""
+    """One validation view: its name, index in the split, preview camera, block-averaged ground truth
+    (h, w, 3) and the (h, w) bool pixels that count (None: all; ignore masks)."""
 
     name: str
     index: int
     camera: Cameras
     target: np.ndarray
+    valid: Optional[np.ndarray] = None
 
 
 class Validator:
@@ -125,7 +126,8 @@ class Validator:
         self.factor = preview_factor(sp.cameras.width, sp.cameras.height, t.val_max_side)
         self.views = [PreviewView(sp.names[i] if i < len(sp.names) else f"{i:03d}", i,
                                   sp.cameras.select([i]).downscaled(self.factor).to(device),
-                                  area_downscale(sp.images[i].cpu().numpy(), self.factor).astype(np.float64))
+                                  area_downscale(sp.images[i].cpu().numpy(), self.factor).astype(np.float64),
+                                  sp.valid_of(i, self.factor))
                       for i in indices]
         self.tag = f"{self.split}/{self.views[0].name}"  # its TensorBoard image
         #: (view name, (h, 3w, 3) uint8 prediction | ground truth | depth) of the latest call
@@ -166,7 +168,8 @@ class Validator:
             check_render_output(out, renderer, "render_image")
             with torch.no_grad():
                 pred = as_shot(self.system, self.split, out, view.index).clamp(0, 1).double().cpu().numpy()
-            mse = float(np.mean((pred - view.target) ** 2))
+            counts = slice(None) if view.valid is None or not view.valid.any() else view.valid
+            mse = float(np.mean((pred[counts] - view.target[counts]) ** 2))
             psnrs.append(-10 * np.log10(max(mse, 1e-10)))
             self.out_dir.mkdir(parents=True, exist_ok=True)
             side = np.concatenate([to_uint8(pred), to_uint8(view.target),

@@ -160,7 +160,11 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
     if isinstance(scene.get("masks"), str):
         fm = scene.get("frame_masks") if isinstance(scene.get("frame_masks"), dict) else {}
         how = {"video": " (a mask video)", "folder": f" (numbered from {fm.get('numbered_from', 0)})"}
-        rows.append(("object masks", f"{scene['masks']}{how.get(fm.get('kind'), '')}"))
+        kept = scene.get("pixels_kept") if isinstance(scene.get("pixels_kept"), dict) else {}
+        share = "; pixels kept: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kept.items()
+                                               if isinstance(v, (int, float))) if kept else ""
+        rows.append((f"{'ignore' if scene.get('mask_use') == 'ignore' else 'object'} masks",
+                     f"{scene['masks']}{how.get(fm.get('kind'), '')}{share}"))
     points = scene.get("sparse_points")
     if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
         text = f"{points['in_box']} of {points['total']} inside the scene box"

@@ -192,6 +192,22 @@ def _resolve_image(root: Path, file_path: str, where: str) -> Path:
                     f"{', '.join(t.name for t in tried[1:4])}, ...){hint}")
 
 
+def _frame_mask(root: Path, frame: dict, where: str) -> Path:
+    """The file of a frame's ``mask_path`` (nerfstudio's key, relative to ``root``); DataError naming the frame
+    when it is not a string or not a file."""
+    given = frame["mask_path"]
+    if not isinstance(given, str) or not given:
+        raise DataError(f"{where}: 'mask_path' must be a non-empty string, got {given!r}")
+    p = root / _posix(given)
+    if not p.is_file():
+        raise DataError(f"{where}: mask file not found: {p} ('mask_path')")
+    return p
+
+
+#: what the ``mask_path`` of a transforms.json's frames may be used as (:func:`load_blender`)
+FRAME_MASK_USES = ("ignore", "object", "off")
+
+
 def _pil_mode(im: Any) -> Optional[str]:
     """The mode to convert a PIL image to before reading its pixels (None: keep it)."""
     if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
@@ -387,7 +403,10 @@ class FrameList:
         # per-frame intrinsics as described by the file: (fx, fy, cx, cy, w_ref, h_ref);
         # None entries are derived from the image size (cx = W/2 ...)
         self.intr: list[tuple] = []
-        self.masks: list[Path] = []  # an object mask per image, or none (pipeline.scenes.masks)
+        self.masks: list[Path] = []  # a mask per image, or none (pipeline.scenes.masks)
+        #: what ``masks`` mean: ``object`` (the image is composited on the background by its mask, which becomes
+        #: its alpha) or ``ignore`` (black pixels are neither trained on nor scored: ``PosedImages.valid``)
+        self.mask_use = "object"
         # per frame, how its image is fitted to the split's one size (cameras of several sizes), or none;
         # ``intr`` then describes the fitted image (pipeline.scenes.camera_fit)
         self.fits: list = []
@@ -402,10 +421,10 @@ def _check_downscale(sp: FrameList, first: Path, size: tuple, downscale: int) ->
             f"({first} is {w}x{h}, WxH); the largest valid downscale is {min(w, h)}")
 
 
-def _masked(alpha: Optional[np.ndarray], mask: Path, image: Path, size: tuple) -> np.ndarray:
-    """(H, W, 1) float32: the image's ``alpha`` (H, W, 1) (None: opaque) times its object ``mask`` read from file,
-    area-averaged when it is a whole multiple of the image's (H, W) ``size`` (full-size masks for ``images_2``).
-    DataError when it is neither that size nor such a multiple."""
+def _mask_of(mask: Path, image: Path, size: tuple) -> np.ndarray:
+    """(H, W, 1) float32 in [0, 1]: the ``mask`` file of ``image``, area-averaged when it is a whole multiple of
+    the image's (H, W) ``size`` (full-size masks for ``images_2``). DataError when it is neither that size nor such
+    a multiple."""
     from pipeline.scenes.masks import read_mask
 
     m = read_mask(mask)
@@ -415,7 +434,11 @@ def _masked(alpha: Optional[np.ndarray], mask: Path, image: Path, size: tuple) -
     if m.shape != tuple(size):
         raise DataError(f"mask {mask} is {m.shape[1]}x{m.shape[0]} but its image {image} is {size[1]}x{size[0]} "
                         f"(WxH); a mask must be its image's size, or a whole multiple of it")
-    return m[..., None] if alpha is None else alpha * m[..., None]
+    return m[..., None]
+
+
+#: a pixel of a downscaled or fitted image counts when at least this share of what it averages is unmasked
+VALID_SHARE = 0.5
 
 
 def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
@@ -428,7 +451,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     from pipeline.types import Cameras, PosedImages
 
     n = len(sp.paths)
-    images = alphas = None
+    images = alphas = valid = None
+    ignoring = bool(sp.masks) and sp.mask_use == "ignore"
     has_alpha = visible = False
     size0 = None
     first = None
@@ -454,8 +478,10 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                     f"{size0[1]}x{size0[0]} but {path} is {img.shape[1]}x{img.shape[0]} "
                     "(WxH); all images of a split must share one size")
             a = img[..., 3:4] if img.shape[-1] == 4 else None
-            if sp.masks:
-                a = _masked(a, sp.masks[i], path, img.shape[:2])
+            keep = _mask_of(sp.masks[i], path, img.shape[:2]) if ignoring else None
+            if sp.masks and not ignoring:  # (an object mask: the image's alpha, times the alpha it has)
+                m = _mask_of(sp.masks[i], path, img.shape[:2])
+                a = m if a is None else a * m
             if a is not None:
                 rgb = img[..., :3] * a + background * (1.0 - a)
                 visible = visible or bool((a > 0).any())
@@ -464,7 +490,12 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             if fit is not None:
                 rgb, a = fit.array(np.asarray(rgb, np.float32)), (None if a is None else
                                                                   np.clip(fit.array(np.asarray(a, np.float32)), 0, 1))
+                keep = None if keep is None else fit.array(keep)
             rgb = area_downscale(np.clip(rgb, 0.0, 1.0).astype(np.float32), downscale)
+            if keep is not None:
+                if valid is None:
+                    valid = np.empty((n,) + rgb.shape[:2], bool)
+                valid[i] = area_downscale(keep, downscale)[..., 0] >= VALID_SHARE
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
             images[i] = rgb
@@ -481,6 +512,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     if has_alpha and not visible:
         warn(f"split '{sp.name}' ({sp.source}): its images are fully transparent (alpha 0 "
              f"everywhere), so it trains on blank background-coloured images")
+    if valid is not None:
+        _check_ignored(sp, valid)
     H0, W0 = size0
     H, W = images.shape[1:3]
     fx = np.empty(n, np.float32)
@@ -506,7 +539,27 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     names = [p.stem for p in sp.paths]
     return PosedImages(images=torch.from_numpy(images), cameras=cams,
                        alphas=torch.from_numpy(alphas) if has_alpha else None,
-                       names=names), (W0, H0)
+                       names=names, valid=None if valid is None else torch.from_numpy(valid)), (W0, H0)
+
+
+def kept_shares(splits: dict) -> dict[str, float]:
+    """``{split: share of its pixels that count}`` of the splits with ignore masks (``PosedImages.valid``), for
+    scene.json."""
+    return {name: round(float(sp.valid.float().mean()), 4) for name, sp in splits.items() if sp.valid is not None}
+
+
+def _check_ignored(sp: FrameList, valid: np.ndarray) -> None:
+    """Ignore masks ``valid`` (N, H, W) bool that leave no pixel of the split are a DataError naming the first
+    mask; images left with none are warned about by name (they take no part in training or scoring)."""
+    kept = valid.reshape(len(valid), -1).mean(1)
+    if not kept.any():
+        raise DataError(f"split '{sp.name}' ({sp.source}): its ignore masks leave no pixel to train on or score "
+                        f"(e.g. {sp.masks[0]} is black everywhere); white marks the pixels that count, black the "
+                        f"ones left out")
+    empty = [p.name for p, k in zip(sp.paths, kept) if k == 0]
+    if empty:
+        warn(f"split '{sp.name}' ({sp.source}): the ignore masks of {len(empty)} image(s) leave none of their "
+             f"pixels ({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}), so they count for nothing")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -707,7 +760,7 @@ def ngp_frame_splits(data: dict, frames: list) -> tuple[list[str], str]:
         "no split info: every 8th frame held out as test"
 
 
-def _instant_ngp(root: Path, splits: Sequence[str]):
+def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore"):
     path = root / "transforms.json"
     where = str(path)
     data = _read_json(path)
@@ -719,6 +772,11 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
     base = _ngp_intrinsics(data, (None,) * 6, where)
     _warn_if_distorted(data, where)
     assign, how = ngp_frame_splits(data, frames)
+    masked = [i for i, fr in enumerate(frames) if isinstance(fr, dict) and "mask_path" in fr]
+    if masked and mask_use != "off" and len(masked) < len(frames):
+        unmasked = next(i for i, fr in enumerate(frames) if i not in set(masked))
+        raise DataError(f"{where}: {len(masked)} of its {len(frames)} frames give a 'mask_path' but frames[{unmasked}] "
+                        f"does not; give every frame a mask, or none (scene.mask_use: off leaves them unused)")
 
     found: dict[str, FrameList] = {}
     for i, fr in enumerate(frames):
@@ -738,6 +796,9 @@ def _instant_ngp(root: Path, splits: Sequence[str]):
         sp.paths.append(img_path)
         sp.poses.append(pose)
         sp.intr.append((fx, fy, cx, cy, w, h))
+        if masked and mask_use != "off":
+            sp.masks.append(_frame_mask(root, fr, fw))
+            sp.mask_use = mask_use
 
     aabb_scale = _as_float(data.get("aabb_scale", 1), "aabb_scale", where)
     if aabb_scale <= 0:
@@ -784,7 +845,7 @@ def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[flo
 
 def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test"),
                  background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
-                 max_images: Optional[int] = None,
+                 max_images: Optional[int] = None, masks: str = "ignore",
                  progress: Optional[bool] = None) -> SceneData:
     """Load a Blender-format (NeRF-synthetic or instant-ngp) posed-image scene.
 
@@ -798,11 +859,15 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
             block are cropped; intrinsics are divided by the factor), or ``"auto"``
             (:func:`resolve_downscale`).
         max_images: keep only the first ``max_images`` frames of every split.
+        masks: what the frames' ``mask_path`` (nerfstudio's; every frame gives one or none does) are:
+            ``ignore`` (nerfstudio's meaning: black pixels are neither trained on nor scored), ``object``
+            (object masks: each image composited on ``background`` by its mask) or ``off`` (unused).
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
         SceneData with images ``(N, H, W, 3)`` float32, ``alphas`` ``(N, H, W, 1)`` when the
-        images have alpha, cameras with per-image intrinsics scaled to the image's own size.
+        images have alpha (or object masks), ``valid`` ``(N, H, W)`` with ignore masks, cameras with per-image
+        intrinsics scaled to the image's own size.
         NeRF-synthetic: ``aabb`` [-1.5]*3 + [1.5]*3, ``near=2``, ``far=6`` unless the file
         says otherwise; instant-ngp: ``aabb`` from ``aabb_scale`` and near/far from the
         cameras and the box.
@@ -821,6 +886,8 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
     splits = tuple(splits)
     if not splits:
         raise DataError("load_blender: 'splits' is empty; ask for e.g. ('train', 'test')")
+    if masks not in FRAME_MASK_USES:
+        raise DataError(f"load_blender: masks={masks!r}; give one of {', '.join(FRAME_MASK_USES)}")
     if not root.exists():
         raise DataError(f"scene directory not found: {root}")
     if not root.is_dir():
@@ -838,7 +905,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
                 f"empty: {empty})")
     elif (root / "transforms.json").is_file():
         source = "instant-ngp"
-        found, missing, extra = _instant_ngp(root, splits)
+        found, missing, extra = _instant_ngp(root, splits, masks)
         angle_x = None
         if not found:
             raise DataError(f"{root / 'transforms.json'}: no frames fall in the requested "
@@ -857,7 +924,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
 
     if max_images is not None:
         for sp in found.values():
-            for attr in ("paths", "poses", "intr"):
+            for attr in ("paths", "poses", "intr", "masks"):
                 setattr(sp, attr, getattr(sp, attr)[:max_images])
 
     out, sizes, orig_sizes = {}, {}, {}
@@ -899,6 +966,10 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
         meta["splits_empty"] = empty
     if max_images is not None:
         meta["max_images"] = int(max_images)
+    masked = next((sp for sp in found.values() if sp.masks), None)
+    if masked is not None:  # (as a capture's: where the masks are, what they are, and what they keep)
+        meta.update(masks=f"the frames' mask_path in {masked.source.resolve()}", mask_use=masked.mask_use,
+                    **({"pixels_kept": kept_shares(out)} if masked.mask_use == "ignore" else {}))
     for k in ("aabb_scale", "split_rule"):
         if k in extra:
             meta[k] = extra[k]

@@ -423,7 +423,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                 max_images: Optional[int] = None, aabb: Optional[Sequence[float]] = None,
                 center: Optional[Sequence[float]] = None, scale: Optional[float] = None,
                 orientation: str = "vertical", up: Optional[Sequence[float]] = None,
-                exclude: Sequence[str] = (), masks: Optional[str] = None,
+                exclude: Sequence[str] = (), masks: Optional[str] = None, mask_use: str = "object",
                 progress: Optional[bool] = None) -> SceneData:
     """Load a COLMAP capture (see the module docstring for the layout, axes and normalisation).
 
@@ -446,6 +446,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         masks: a folder of object masks, one per image (under ``root`` unless absolute;
             :mod:`pipeline.scenes.masks`): each image is composited on ``background`` by its mask, which becomes
             its alpha.
+        mask_use: ``object`` (the above) or ``ignore``: the masks mark the pixels that count (``valid``), black
+            where something moved; those pixels are neither trained on nor scored. Either way the box is fitted
+            to the sparse points that most of their observations place on white.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
@@ -472,6 +475,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         raise DataError(f"test_every must be 0 (no test split) or an integer >= 2, got {test_every!r}")
     if orientation not in ORIENTATIONS:
         raise DataError(f"orientation {orientation!r}: valid ones are {', '.join(ORIENTATIONS)}")
+    if mask_use not in ("object", "ignore"):
+        raise DataError(f"mask_use {mask_use!r}: valid ones are object, ignore")
     if up is not None and not (np.shape(up) == (3,) and np.isfinite(up).all() and np.linalg.norm(up) > 0):
         raise DataError(f"up {up!r}: the up direction is 3 finite numbers, not all 0 (COLMAP coordinates)")
     if not root.is_dir():
@@ -570,6 +575,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         sp.paths.append(paths[i])
         if masks is not None:
             sp.masks.append(mask_of[i])
+            sp.mask_use = mask_use
         sp.poses.append(poses[i])
         if fits:  # (cameras of several sizes: each image fitted to one size, its intrinsics alike)
             fx, fy, cx, cy, w, h = cams[im.camera_id][0]
@@ -628,6 +634,11 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         meta["excluded"] = sorted(left_out - set(unknown))
     if masks is not None:
         meta["masks"] = str((root / masks).resolve())
+        meta["mask_use"] = mask_use
+        if mask_use == "ignore":
+            from pipeline.scenes.blender import kept_shares
+
+            meta["pixels_kept"] = kept_shares(out)
     inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
     meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside)),
                              **({"off_masks": off_object} if masks is not None else {})}

@@ -6,23 +6,30 @@ from plugins.ngp.config import ChamferConfig, DepthConfig, MeshPSNRConfig, Point
 
 
 class ImageMetrics:
-    """Mean PSNR / SSIM of the eval split's renders against the ground-truth images."""
+    """Mean PSNR / SSIM of the eval split's renders against the ground-truth images, over the pixels that count
+    where the views have ignore masks (a view they leave no pixel of is not scored: ``n_images_masked_out``)."""
 
     def __init__(self, cfg: PSNRConfig):
         self.cfg = cfg
 
     def __call__(self, ctx) -> dict:
         from pipeline.metrics import color_corrected, psnr, ssim
+        from pipeline.types import NLSError
 
         pairs = ctx.renders()
-        out = {"psnr": sum(psnr(p, g) for p, g in pairs) / len(pairs), "n_images": len(pairs)}
+        views = [(p, g, m) for (p, g), m in zip(pairs, ctx.masks()) if m is None or m.any()]
+        if not views:
+            raise NLSError(f"the ignore masks of the {len(pairs)} views evaluated leave no pixel to score")
+        out = {"psnr": sum(psnr(p, g, m) for p, g, m in views) / len(views), "n_images": len(views)}
+        if len(views) < len(pairs):
+            out["n_images_masked_out"] = len(pairs) - len(views)
         if self.cfg.ssim:
-            out["ssim"] = sum(ssim(p, g) for p, g in pairs) / len(pairs)
+            out["ssim"] = sum(ssim(p, g, mask=m) for p, g, m in views) / len(views)
         if self.cfg.color_correct != "none":
-            corrected = [(color_corrected(p, g, self.cfg.color_correct), g) for p, g in pairs]
-            out["psnr_cc"] = sum(psnr(p, g) for p, g in corrected) / len(corrected)
+            corrected = [(color_corrected(p, g, self.cfg.color_correct, m), g, m) for p, g, m in views]
+            out["psnr_cc"] = sum(psnr(p, g, m) for p, g, m in corrected) / len(corrected)
             if self.cfg.ssim:
-                out["ssim_cc"] = sum(ssim(p, g) for p, g in corrected) / len(corrected)
+                out["ssim_cc"] = sum(ssim(p, g, mask=m) for p, g, m in corrected) / len(corrected)
         return out
 
 
@@ -209,14 +216,18 @@ class MeshRenderMetrics:
             for k, i in enumerate(indices):
                 pred = mesh_image(mesh, split.cameras, i, ctx.scene.background, supersample)
                 gt = split.images[i].cpu().numpy().astype(np.float64)
-                scores.append(psnr(pred, gt))
-                if cfg.ssim:
-                    similar.append(ssim(pred, gt))
+                keep = split.valid_of(i)
+                if keep is None or keep.any():  # (a view its ignore mask leaves no pixel of is not scored)
+                    scores.append(psnr(pred, gt, keep))
+                    if cfg.ssim:
+                        similar.append(ssim(pred, gt, mask=keep))
                 if out_dir is not None and k < cfg.save_images:
                     out_dir.mkdir(parents=True, exist_ok=True)
                     name = split.names[i] if i < len(split.names) else f"{i:03d}"
                     atomic_write_image(out_dir / f"{name}.png", np.concatenate([to_uint8(pred), to_uint8(gt)], 1))
                 bar.advance(k + 1)
+        if not scores:
+            raise NLSError(f"the ignore masks leave no pixel of the {len(indices)} {split_name} views to score")
         out = {"mesh_psnr": float(np.mean(scores)), "mesh_faces": int(len(mesh.faces)),
                "mesh_texture_size": cfg.texture_size if cfg.colors == "texture" else 0}
         if cfg.ssim:
@@ -263,9 +274,14 @@ class TrainViewFit:
             for i in range(len(split)):
                 out = ctx.system.renderer.render_image(small, i, ctx.system.chain)
                 gt = area_downscale(split.images[i].cpu().numpy(), d)
-                scores.append(psnr(as_shot(ctx.system, "train", out, i).clamp(0, 1).cpu().numpy(), gt))
+                keep = split.valid_of(i, d)
+                scores.append(psnr(as_shot(ctx.system, "train", out, i).clamp(0, 1).cpu().numpy(), gt, keep)
+                              if keep is None or keep.any() else np.nan)  # (nothing of it counts: unscored)
                 bar.advance(i + 1)
-        scores = np.asarray(scores)
+        scored = ~np.isnan(np.asarray(scores))
+        names, scores = [n for n, s in zip(names, scored) if s], np.asarray(scores)[scored]
+        if not len(scores):
+            raise NLSError(f"the ignore masks leave no pixel of the {len(split)} training views at 1/{d} size")
         median = float(np.median(scores))
         below = [(names[i], float(scores[i])) for i in np.argsort(scores) if scores[i] <= median - self.cfg.below_db]
         if below:

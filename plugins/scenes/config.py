@@ -106,14 +106,29 @@ class BlenderConfig(_PoseNoise):
                             "OPENCV_FISHEYE) is undistorted once, frame by frame, by COLMAP's undistortion into "
                             "pinhole images, cached under NLS_CACHE (needs pycolmap); false: read as pinhole "
                             "cameras, with a warning")
+    mask_use: Literal["ignore", "object", "off"] = Field(
+        "ignore", description="what the frames' mask_path (nerfstudio's key) are: ignore (nerfstudio's meaning: "
+                              "black pixels are neither trained on nor scored), object (each image composited on "
+                              "the background by its mask) or off (unused)")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
 
+    @field_validator("mask_use", mode="before")
+    @classmethod
+    def _off_unquoted(cls, value):
+        """YAML reads an unquoted ``off`` as false: that is ``off``."""
+        return "off" if value is False else value
+
 
 #: what the ``masks`` option of the capture sources says
-MASKS_HELP = ("folder under path of object masks, one per image (named as the image, as it with .png added, or as "
-              "its stem with .png; white = object): each image is composited on the background by its mask")
+MASKS_HELP = ("folder under path of masks, one per image (named as the image, as it with .png added, or as its stem "
+              "with .png): object masks (white = object; each image is composited on the background by its mask) "
+              "or, with mask_use: ignore, the pixels that count (black = left out of training and scoring)")
+#: what the ``mask_use`` option of the capture sources says
+MASK_USE_HELP = ("what the masks mark: the object (the field models it alone, as NeRF-synthetic scenes show it) or, "
+                 "ignore, the pixels that count, black where something moved or does not belong to the scene "
+                 "(people, the photographer's shadow): those pixels are neither trained on nor scored")
 
 
 class _CaptureOptions(ComponentConfig):
@@ -139,6 +154,7 @@ class _CaptureOptions(ComponentConfig):
                                       description="the up direction in COLMAP coordinates, instead of orientation")
     exclude: list[str] = Field([], description="images left out by name (a blurred or misplaced one), as if "
                                "unregistered")
+    mask_use: Literal["object", "ignore"] = Field("object", description=MASK_USE_HELP)
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
@@ -154,7 +170,8 @@ class _CaptureOptions(ComponentConfig):
         """These options as keyword arguments of :func:`pipeline.scenes.colmap.load_colmap`."""
         return {"splits": tuple(self.splits), "test_every": self.test_every, "downscale": self.downscale,
                 "max_images": self.max_images, "aabb": self.aabb, "center": self.center, "scale": self.scale,
-                "orientation": self.orientation, "up": self.up, "exclude": tuple(self.exclude)}
+                "orientation": self.orientation, "up": self.up, "exclude": tuple(self.exclude),
+                "mask_use": self.mask_use}
 
 
 class ColmapConfig(_CaptureOptions):

@@ -362,10 +362,12 @@ def build_blender(cfg: BlenderConfig, ctx):
 
             found = undistorted_transforms(root)
         scene = load_blender(found[0] if found else root, splits=tuple(cfg.splits), background=BG[cfg.background],
-                             downscale=cfg.downscale, max_images=cfg.max_images)
+                             downscale=cfg.downscale, max_images=cfg.max_images, masks=cfg.mask_use)
         if found:  # the folder as the user gave it; its frames' splits as its own rule gave them
             scene.meta.pop("generator", None)
             scene.meta.update(root=str(root.resolve()), split_rule=found[1]["split_rule"], undistorted=found[1])
+            if "masks" in scene.meta:  # (undistorted with the frames, into the cache entry)
+                scene.meta["masks"] = f"the frames' mask_path in {found[1]['transforms']} (undistorted)"
         if cfg.aabb is not None:
             scene.aabb = torch.tensor(cfg.aabb, dtype=torch.float32)
         if "train" not in scene.splits:

@@ -178,6 +178,9 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
         f" and {len(distinct) - 3} more" if len(distinct) > 3 else "")
     key = {"version": UNDISTORTION_VERSION, "transforms": _fingerprint(path),
            "images": [_fingerprint(p) for p in paths]}
+    masks = _frame_masks(root, frames)
+    if masks:  # (nerfstudio's mask_path: undistorted with their frames)
+        key["masks"] = [_fingerprint(m) for m in masks]
     splits, rule = ngp_frame_splits(data, frames)
 
     def make(tmp: Path) -> None:
@@ -198,6 +201,11 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 out_frames.append(_undistort_frame(pycolmap, options, distinct[cam], pinhole[cam], frame, image,
                                                    target, inside.with_suffix(".png").as_posix(), iio))
+                if masks:
+                    mask_file = Path("masks") / inside.with_suffix(".png")
+                    (tmp / mask_file).parent.mkdir(parents=True, exist_ok=True)
+                    _undistort_mask(pycolmap, options, distinct[cam], masks[i], tmp / mask_file, iio)
+                    out_frames[-1]["mask_path"] = mask_file.as_posix()
                 out_frames[-1]["split"] = splits[i]
                 bar.advance(i + 1)
         doc = {k: v for k, v in data.items() if k not in (*_CAMERA_KEYS, "frames", "train_filenames",
@@ -208,6 +216,29 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
 
     entry = cached_render("undistorted", key, make)
     return entry, {"capture": str(entry), "distorted": listed, "transforms": str(path.resolve()), "split_rule": rule}
+
+
+def _frame_masks(root: Path, frames: list) -> list[Path]:
+    """The files of the frames' ``mask_path`` (nerfstudio's), when every frame gives one that is a file under
+    ``root``; [] otherwise (the loader names what is wrong)."""
+    given = [fr.get("mask_path") for fr in frames]
+    if not all(isinstance(g, str) and g for g in given):
+        return []
+    from pipeline.scenes.blender import _posix
+
+    found = [root / _posix(g) for g in given]
+    return found if all(p.is_file() for p in found) else []
+
+
+def _undistort_mask(pycolmap, options, camera, mask: Path, target: Path, iio) -> None:
+    """Undistort the grey ``mask`` of a frame through its distorted ``camera`` into ``target`` (8-bit PNG)."""
+    import numpy as np
+
+    from pipeline.scenes.masks import read_mask
+
+    grey = np.round(read_mask(mask) * 255).astype(np.uint8)
+    bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(np.ascontiguousarray(grey)), camera)
+    iio.imwrite(target, np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width))
 
 
 def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Path, target: Path, file_path: str,
