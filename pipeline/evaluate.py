@@ -459,6 +459,20 @@ def publish_staged(staging: Path, root: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def needs_gt_mesh(choice) -> bool:
+    """Whether the evaluator ``choice`` (a config entry) consumes the scene's ground-truth mesh."""
+    return "gt_mesh" in {q for alt in choice.component.consumes for q in alt}
+
+
+def warn_skipped_evaluators(cfg: SceneConfig, scene: SceneData) -> None:
+    """Before training: a warning naming the evaluators that will be skipped after it because this scene has no
+    ground-truth mesh (its source may give one, e.g. a Blender folder's ``gt_mesh.ply``, but did not here)."""
+    skipped = [c.name for c in cfg.evaluators if needs_gt_mesh(c)] if not scene.gt_mesh else []
+    if skipped:
+        warn(f"evaluator{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} will be skipped after training: the "
+             f"scene has no ground-truth mesh (a Blender or instant-ngp folder gives one as gt_mesh.ply)")
+
+
 def run_evaluators(ctx: EvalContext) -> dict:
     """Run every evaluator of the scene; returns {evaluator name: {metric: value}}."""
     from pipeline.build import BuildContext
@@ -468,7 +482,7 @@ def run_evaluators(ctx: EvalContext) -> dict:
     bctx = BuildContext(ctx.cfg, ctx.device, ctx.scene, ctx.scene.aabb)
     results: dict[str, dict] = {}
     for k, choice in enumerate(ctx.cfg.evaluators, 1):
-        if "gt_mesh" in {q for alt in choice.component.consumes for q in alt} and not ctx.scene.gt_mesh:
+        if needs_gt_mesh(choice) and not ctx.scene.gt_mesh:
             print(f"evaluator {choice.name}: skipped, the scene has no ground-truth mesh", file=sys.stderr)
             results[choice.name] = {"skipped": "scene has no ground-truth mesh"}
             continue

@@ -40,7 +40,8 @@ class RaySampler:
     ignore masks). Deterministic given its generator state.
 
     ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), image_index (n,) long, alpha (n,1) | None)``,
-    ``image_index`` the training image of each ray. Rays go through the pixel centres, or with ``jitter`` through
+    ``image_index`` the training image of each ray; with depth maps (``split.depths``) also ``depth`` (n, 1), the
+    measured distance along each ray (0: none). Rays go through the pixel centres, or with ``jitter`` through
     a uniform random point of each pixel (area sampling, so that a pixel's expected colour is the footprint
     average an anti-aliased image holds).
     """
@@ -57,6 +58,7 @@ class RaySampler:
         self.images = split.images.to(device)
         self.alphas = split.alphas.to(device) if split.alphas is not None else None
         self.valid = split.valid  # (N, H, W) bool on the CPU, beside the generator (None: every pixel)
+        self.depths = split.depths.to(device) if split.depths is not None else None
         self.kept = None if self.valid is None else float(self.valid.float().mean())
         if self.kept == 0.0:
             raise NLSError("the ignore masks of the training images leave no pixel to train on")
@@ -91,7 +93,17 @@ class RaySampler:
         o, d = self._pixel_rays(self.cameras, idx, u.float() + du, v.float() + dv)
         batch = {"origins": o, "dirs": d, "rgb": self.images[idx, v, u], "image_index": idx}
         batch["alpha"] = self.alphas[idx, v, u] if self.alphas is not None else None
+        if self.depths is not None:
+            batch["depth"] = ray_distance(self.depths[idx, v, u], d, self.cameras.c2w[idx])
         return batch
+
+
+def ray_distance(z: torch.Tensor, dirs: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """``(n, 1)`` distance along the unit rays ``dirs`` (n, 3) of cameras ``c2w`` (n, 4, 4; OpenGL axes, looking
+    down -z) to the points at z-depth ``z`` (n,) along each camera's optical axis: ``z / cos`` of the ray's angle
+    to the axis; 0 stays 0 (no depth)."""
+    cos = -(dirs * c2w[:, :3, 2]).sum(-1)
+    return (z / cos.clamp_min(1e-6))[:, None]
 
 
 class DatasetBatches:

@@ -71,6 +71,8 @@ class PosedImages:
     names: optional per-image identifiers (file stems), length N.
     valid: optional (N, H, W) bool, the pixels that count (None: all). The others, under an ignore mask
         (something that moved, the photographer's shadow), are neither trained on nor scored.
+    depths: optional (N, H, W) float32 measured depth (a depth sensor's, nerfstudio's ``depth_file_path``) in
+        world units along each camera's optical axis (z-depth, not the distance along the ray); 0 where none.
     """
 
     images: "torch.Tensor"
@@ -78,6 +80,7 @@ class PosedImages:
     alphas: Optional["torch.Tensor"] = None
     names: list[str] = field(default_factory=list)
     valid: Optional["torch.Tensor"] = None
+    depths: Optional["torch.Tensor"] = None
 
     def valid_of(self, i: int, downscale: int = 1) -> Optional["np.ndarray"]:
         """View ``i``'s (H, W) bool pixels that count, as numpy, or None when every pixel counts; with

@@ -270,11 +270,11 @@ def test_the_transforms_undistortion_plumbing_without_data(tmp_path, capsys, mon
     assert fish.meta["undistorted"]["distorted"] == "OPENCV_FISHEYE 0.05, 0, 0, 0" and len(fish.splits["train"]) == 8
 
 
-def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(tmp_path, monkeypatch,
+def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(tmp_path, monkeypatch, capsys,
                                                                               pycolmap):  # noqa: F811
     """nerfstudio's ``mask_path`` of distorted frames are undistorted with them: the tiny sphere's alpha given as
     each frame's mask, the ignore masks loaded are the undistorted alpha's pixels >= 0.5; the masks are in the cache
-    key, so a changed mask is undistorted anew."""
+    key, so a changed mask is undistorted anew. Their depth maps are not undistorted: left out, with a warning."""
     import imageio.v3 as iio
 
     from plugins.scenes.config import BlenderConfig
@@ -291,8 +291,10 @@ def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(t
         rgba = iio.imread(png)
         iio.imwrite(root / "images" / f"{k:03d}.png", rgba)
         iio.imwrite(root / "masks" / f"{k:03d}.png", rgba[..., 3])
+        np.save(root / "masks" / f"{k:03d}.npy", np.ones((32, 32)))
         frames.append({"file_path": f"images/{k:03d}.png", "transform_matrix": c2w.tolist(),
-                       "mask_path": f"masks/{k:03d}.png", "split": "test" if k >= 8 else "train"})
+                       "mask_path": f"masks/{k:03d}.png", "depth_file_path": f"masks/{k:03d}.npy",
+                       "split": "test" if k >= 8 else "train"})
     doc = {"fl_x": f, "fl_y": f, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32, "k1": -0.05, "frames": frames}
     (root / "transforms.json").write_text(json.dumps(doc))
 
@@ -300,10 +302,13 @@ def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(t
         return build_blender(BlenderConfig(path=str(root)), None)()
 
     scene = load()
+    assert "depth maps (depth_file_path) of its distorted frames are not undistorted" in capsys.readouterr().err
     train = scene.splits["train"]
+    assert train.depths is None and "depths" not in scene.meta
     assert scene.meta["mask_use"] == "ignore" and "undistorted" in scene.meta
     assert torch.equal(train.valid, train.alphas[..., 0] >= 0.5)
     plain = build_blender(BlenderConfig(path=str(root), undistort=False), None)().splits["train"]
     assert not torch.equal(plain.valid, train.valid)  # (undistortion moved them)
+    assert plain.depths is not None  # (read as pinhole cameras, the depth maps are kept)
     iio.imwrite(root / "masks" / "000.png", np.full((32, 32), 255, np.uint8))
     assert load().splits["train"].valid[0].all()

@@ -188,9 +188,10 @@ def cmd_reconstruct(args) -> int:
     t0 = time.perf_counter()
     scene = load_scene_for_command(cfg, device, overrides, quiet=getattr(args, "quiet", False))
     system = build_system(cfg, scene, device)
-    from pipeline.evaluate import check_eval_split
+    from pipeline.evaluate import check_eval_split, warn_skipped_evaluators
 
     check_eval_split(cfg, scene, system, overrides)  # before training, not after it (--no-eval: evaluated later)
+    warn_skipped_evaluators(cfg, scene)
 
     def new_run() -> RunDir:
         from pipeline.runs import atomic_write_text, file_sha256

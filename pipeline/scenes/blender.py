@@ -192,16 +192,27 @@ def _resolve_image(root: Path, file_path: str, where: str) -> Path:
                     f"{', '.join(t.name for t in tried[1:4])}, ...){hint}")
 
 
-def _frame_mask(root: Path, frame: dict, where: str) -> Path:
-    """The file of a frame's ``mask_path`` (nerfstudio's key, relative to ``root``); DataError naming the frame
-    when it is not a string or not a file."""
-    given = frame["mask_path"]
+def _frame_file(root: Path, frame: dict, key: str, what: str, where: str) -> Path:
+    """The file of a frame's ``key`` (nerfstudio's ``mask_path``, ``depth_file_path``: relative to ``root``);
+    DataError naming the frame and ``what`` it is when it is not a string or not a file."""
+    given = frame[key]
     if not isinstance(given, str) or not given:
-        raise DataError(f"{where}: 'mask_path' must be a non-empty string, got {given!r}")
+        raise DataError(f"{where}: {key!r} must be a non-empty string, got {given!r}")
     p = root / _posix(given)
     if not p.is_file():
-        raise DataError(f"{where}: mask file not found: {p} ('mask_path')")
+        raise DataError(f"{where}: {what} not found: {p} ({key!r})")
     return p
+
+
+def _given_by_all_or_none(frames: list, key: str, where: str, off: str) -> bool:
+    """Whether the frames give ``key`` (every one of them); DataError naming a frame without it when only some do
+    (``off``: how to leave the key unused)."""
+    given = [isinstance(fr, dict) and key in fr for fr in frames]
+    if any(given) and not all(given):
+        raise DataError(f"{where}: {sum(given)} of its {len(frames)} frames give a {key!r} but "
+                        f"frames[{given.index(False)}] does not; give every frame one, or none ({off} leaves them "
+                        f"unused)")
+    return all(given)
 
 
 #: what the ``mask_path`` of a transforms.json's frames may be used as (:func:`load_blender`)
@@ -407,6 +418,8 @@ class FrameList:
         #: what ``masks`` mean: ``object`` (the image is composited on the background by its mask, which becomes
         #: its alpha) or ``ignore`` (black pixels are neither trained on nor scored: ``PosedImages.valid``)
         self.mask_use = "object"
+        self.depths: list[Path] = []  # a depth map per image (nerfstudio's depth_file_path), or none
+        self.depth_scale = 1e-3  # world units per stored depth unit (nerfstudio's depth_unit_scale_factor)
         # per frame, how its image is fitted to the split's one size (cameras of several sizes), or none;
         # ``intr`` then describes the fitted image (pipeline.scenes.camera_fit)
         self.fits: list = []
@@ -441,6 +454,45 @@ def _mask_of(mask: Path, image: Path, size: tuple) -> np.ndarray:
 VALID_SHARE = 0.5
 
 
+def read_depth(path: Path, scale: float, size: tuple) -> np.ndarray:
+    """(H, W) float32 z-depth in world units of the depth map ``path`` (``.npy``, or a one-channel image such as
+    a 16-bit PNG), times ``scale``, for an image of (H, W) ``size``: a map of another size is resampled to it by
+    the nearest stored pixel (as nerfstudio does: sensors' depth maps are often smaller than the photos).
+    Non-finite and non-positive values become 0 (no depth). DataError naming the file when it cannot be read or
+    has more than one channel."""
+    try:
+        d = np.load(path) if path.suffix.lower() == ".npy" else np.asarray(_read_depth_image(path))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"depth map {path}: cannot be read ({exc})") from None
+    d = np.squeeze(np.asarray(d, dtype=np.float64))
+    if d.ndim != 2:
+        raise DataError(f"depth map {path} has shape {d.shape}; a depth map holds one value per pixel (H, W)")
+    h, w = size
+    if d.shape != (h, w):
+        rows = np.minimum(((np.arange(h) + 0.5) * d.shape[0] / h).astype(np.int64), d.shape[0] - 1)
+        cols = np.minimum(((np.arange(w) + 0.5) * d.shape[1] / w).astype(np.int64), d.shape[1] - 1)
+        d = d[rows][:, cols]
+    d = d * scale
+    return np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
+
+
+def _read_depth_image(path: Path) -> np.ndarray:
+    """A depth image's stored values, 16 bits kept (imageio; PIL would turn a 16-bit PNG into 8 bits)."""
+    import imageio.v3 as iio
+
+    return iio.imread(path)
+
+
+def depth_downscale(depth: np.ndarray, d: int) -> np.ndarray:
+    """(H // d, W // d) mean of each d x d block's depths that are given (> 0); 0 for a block with none."""
+    if d == 1:
+        return depth
+    given = (depth > 0).astype(np.float32)[..., None]
+    total = area_downscale((depth[..., None] * given), d)[..., 0]
+    share = area_downscale(given, d)[..., 0]
+    return np.where(share > 0, total / np.maximum(share, 1e-12), 0.0).astype(np.float32)
+
+
 def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 progress: Optional[bool]):
     """``(PosedImages, (W0, H0))``: the images of ``sp`` read (RGBA composited on ``background`` (3,)), area-
@@ -451,7 +503,7 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     from pipeline.types import Cameras, PosedImages
 
     n = len(sp.paths)
-    images = alphas = valid = None
+    images = alphas = valid = depths = None
     ignoring = bool(sp.masks) and sp.mask_use == "ignore"
     has_alpha = visible = False
     size0 = None
@@ -496,6 +548,10 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 if valid is None:
                     valid = np.empty((n,) + rgb.shape[:2], bool)
                 valid[i] = area_downscale(keep, downscale)[..., 0] >= VALID_SHARE
+            if sp.depths:  # (transforms.json frames only, which are never fitted)
+                if depths is None:
+                    depths = np.empty((n,) + rgb.shape[:2], np.float32)
+                depths[i] = depth_downscale(read_depth(sp.depths[i], sp.depth_scale, img.shape[:2]), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
             images[i] = rgb
@@ -539,7 +595,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     names = [p.stem for p in sp.paths]
     return PosedImages(images=torch.from_numpy(images), cameras=cams,
                        alphas=torch.from_numpy(alphas) if has_alpha else None,
-                       names=names, valid=None if valid is None else torch.from_numpy(valid)), (W0, H0)
+                       names=names, valid=None if valid is None else torch.from_numpy(valid),
+                       depths=None if depths is None else torch.from_numpy(depths)), (W0, H0)
 
 
 def kept_shares(splits: dict) -> dict[str, float]:
@@ -760,7 +817,7 @@ def ngp_frame_splits(data: dict, frames: list) -> tuple[list[str], str]:
         "no split info: every 8th frame held out as test"
 
 
-def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore"):
+def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore", depths: bool = True):
     path = root / "transforms.json"
     where = str(path)
     data = _read_json(path)
@@ -772,11 +829,12 @@ def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore"):
     base = _ngp_intrinsics(data, (None,) * 6, where)
     _warn_if_distorted(data, where)
     assign, how = ngp_frame_splits(data, frames)
-    masked = [i for i, fr in enumerate(frames) if isinstance(fr, dict) and "mask_path" in fr]
-    if masked and mask_use != "off" and len(masked) < len(frames):
-        unmasked = next(i for i, fr in enumerate(frames) if i not in set(masked))
-        raise DataError(f"{where}: {len(masked)} of its {len(frames)} frames give a 'mask_path' but frames[{unmasked}] "
-                        f"does not; give every frame a mask, or none (scene.mask_use: off leaves them unused)")
+    masked = mask_use != "off" and _given_by_all_or_none(frames, "mask_path", where, "scene.mask_use: off")
+    deep = depths and _given_by_all_or_none(frames, "depth_file_path", where, "scene.depths: false")
+    depth_scale = _as_float(data.get("depth_unit_scale_factor", 1e-3), "depth_unit_scale_factor", where)
+    if deep and not depth_scale > 0:
+        raise DataError(f"{where}: 'depth_unit_scale_factor' must be positive (world units per stored depth unit; "
+                        f"nerfstudio's default 0.001 reads millimetres as metres), got {depth_scale}")
 
     found: dict[str, FrameList] = {}
     for i, fr in enumerate(frames):
@@ -796,9 +854,12 @@ def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore"):
         sp.paths.append(img_path)
         sp.poses.append(pose)
         sp.intr.append((fx, fy, cx, cy, w, h))
-        if masked and mask_use != "off":
-            sp.masks.append(_frame_mask(root, fr, fw))
+        if masked:
+            sp.masks.append(_frame_file(root, fr, "mask_path", "mask file", fw))
             sp.mask_use = mask_use
+        if deep:
+            sp.depths.append(_frame_file(root, fr, "depth_file_path", "depth map", fw))
+            sp.depth_scale = depth_scale
 
     aabb_scale = _as_float(data.get("aabb_scale", 1), "aabb_scale", where)
     if aabb_scale <= 0:
@@ -845,7 +906,7 @@ def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[flo
 
 def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test"),
                  background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
-                 max_images: Optional[int] = None, masks: str = "ignore",
+                 max_images: Optional[int] = None, masks: str = "ignore", depths: bool = True,
                  progress: Optional[bool] = None) -> SceneData:
     """Load a Blender-format (NeRF-synthetic or instant-ngp) posed-image scene.
 
@@ -862,6 +923,8 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
         masks: what the frames' ``mask_path`` (nerfstudio's; every frame gives one or none does) are:
             ``ignore`` (nerfstudio's meaning: black pixels are neither trained on nor scored), ``object``
             (object masks: each image composited on ``background`` by its mask) or ``off`` (unused).
+        depths: read the frames' ``depth_file_path`` (nerfstudio's: every frame gives one or none does; z-depth
+            in the file's units times its ``depth_unit_scale_factor``, default 0.001) as ``PosedImages.depths``.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
@@ -905,7 +968,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
                 f"empty: {empty})")
     elif (root / "transforms.json").is_file():
         source = "instant-ngp"
-        found, missing, extra = _instant_ngp(root, splits, masks)
+        found, missing, extra = _instant_ngp(root, splits, masks, depths)
         angle_x = None
         if not found:
             raise DataError(f"{root / 'transforms.json'}: no frames fall in the requested "
@@ -924,7 +987,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
 
     if max_images is not None:
         for sp in found.values():
-            for attr in ("paths", "poses", "intr", "masks"):
+            for attr in ("paths", "poses", "intr", "masks", "depths"):
                 setattr(sp, attr, getattr(sp, attr)[:max_images])
 
     out, sizes, orig_sizes = {}, {}, {}
@@ -970,6 +1033,12 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
     if masked is not None:  # (as a capture's: where the masks are, what they are, and what they keep)
         meta.update(masks=f"the frames' mask_path in {masked.source.resolve()}", mask_use=masked.mask_use,
                     **({"pixels_kept": kept_shares(out)} if masked.mask_use == "ignore" else {}))
+    deep = next((sp for sp in found.values() if sp.depths), None)
+    if deep is not None:
+        meta["depths"] = {"from": f"the frames' depth_file_path in {deep.source.resolve()}",
+                          "unit_scale": deep.depth_scale, "pixels_with_depth": {
+                              name: round(float((sp.depths > 0).float().mean()), 4)
+                              for name, sp in out.items() if sp.depths is not None}}
     for k in ("aabb_scale", "split_rule"):
         if k in extra:
             meta[k] = extra[k]

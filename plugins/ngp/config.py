@@ -118,6 +118,16 @@ class PhotometricConfig(ComponentConfig):
     weight: float = Field(1.0, ge=0, description="weight of this term in the training loss")
 
 
+class DepthLossConfig(ComponentConfig):
+    """Depth supervision: the rendered expected depth of each training ray against the depth the scene measured
+    there (a depth sensor's maps: nerfstudio's depth_file_path), over the rays that have one."""
+
+    kind: Literal["l1", "relative"] = Field("l1", description="per-ray penalty: |rendered - measured| in scene "
+                                            "units, or that over the measured depth (the same weight for near and "
+                                            "far content)")
+    weight: float = Field(0.1, ge=0, description="weight of this term in the training loss")
+
+
 class EikonalConfig(ComponentConfig):
     """Eikonal regulariser (||grad sdf|| - 1)^2 on random points in the box (Gropp et al. 2020, Eq. 2)."""
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plugins.ngp.config import EikonalConfig, PhotometricConfig, PointNormalsConfig, TVConfig
+from plugins.ngp.config import DepthLossConfig, EikonalConfig, PhotometricConfig, PointNormalsConfig, TVConfig
 from plugins.ngp.hashgrid import differentiable_input_gradients
 
 
@@ -30,6 +30,37 @@ class Photometric(nn.Module):
         else:
             loss = (pred - gt).abs().mean()
         return self.cfg.weight * loss
+
+
+class DepthLoss(nn.Module):
+    """Depth supervision on the training rays that have a measured depth (``batch["depth"]`` (R, 1), 0: none):
+    the rendered expected depth ``out["depth"]`` (R, 1), sum_i w_i t_i, is pulled to it, ``l1`` in scene units or
+    ``relative`` (over the measured depth). This is the expected-depth penalty (nerfstudio's L1/MSE options), not
+    DS-NeRF's loss on each ray's weight distribution: the renderer hands losses the rendered depth, not the
+    samples. A ray whose expected depth falls short because its opacity is below 1 is pulled towards opacity 1
+    at the measured depth."""
+
+    def __init__(self, cfg: DepthLossConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, batch: dict, out: dict, system) -> Tensor:
+        """``out["depth"]`` (R, 1) vs ``batch["depth"]`` (R, 1) over the rays with a depth -> weighted scalar."""
+        from pipeline.types import PluginError
+
+        measured = batch.get("depth")
+        if measured is None:
+            raise PluginError("the depth loss found no measured depth in the training batch: this scene's training "
+                              "images have no depth maps")
+        if "depth" not in out:
+            raise PluginError("the depth loss needs the renderer's depth (out['depth']), and this renderer gives none")
+        given = measured > 0
+        if not bool(given.any()):
+            return out["depth"].sum() * 0.0  # (no ray of this batch has a depth)
+        error = (out["depth"] - measured)[given].abs()
+        if self.cfg.kind == "relative":
+            error = error / measured[given]
+        return self.cfg.weight * error.mean()
 
 
 class Eikonal(nn.Module):
@@ -184,6 +215,19 @@ class TotalVariation(nn.Module):
 def build_photometric(cfg, ctx):
     """Build the photometric loss from its ``losses:`` entry (``PhotometricConfig``)."""
     return Photometric(cfg)
+
+
+def build_depth(cfg: DepthLossConfig, ctx) -> DepthLoss:
+    """Build the depth loss from its ``losses:`` entry (``DepthLossConfig``); ConfigError when the scene's
+    training images have no depth maps."""
+    from pipeline.types import ConfigError
+
+    train = getattr(ctx.scene, "splits", {}).get("train") if ctx.scene is not None else None
+    if train is None or train.depths is None:
+        raise ConfigError("losses: depth needs depth maps of the training images, and this scene has none: give "
+                          "each frame of a transforms.json a depth_file_path (nerfstudio's key; scene.depths: true), "
+                          "or drop the term")
+    return DepthLoss(cfg)
 
 
 def build_eikonal(cfg, ctx):

@@ -46,6 +46,8 @@ def nls_register_mesh_extractors(register):
 def nls_register_losses(register):
     register("photometric", f"{M}.losses:build_photometric", config=C.PhotometricConfig,
              consumes=[{"render", "images"}], description=C.PhotometricConfig.__doc__)
+    register("depth", f"{M}.losses:build_depth", config=C.DepthLossConfig,
+             consumes=[{"render", "images"}], description=C.DepthLossConfig.__doc__)
     register("eikonal", f"{M}.losses:build_eikonal", config=C.EikonalConfig,
              consumes=["sdf"], description=C.EikonalConfig.__doc__)
     register("point_normals", f"{M}.losses:build_point_normals", config=C.PointNormalsConfig,

@@ -110,6 +110,9 @@ class BlenderConfig(_PoseNoise):
         "ignore", description="what the frames' mask_path (nerfstudio's key) are: ignore (nerfstudio's meaning: "
                               "black pixels are neither trained on nor scored), object (each image composited on "
                               "the background by its mask) or off (unused)")
+    depths: bool = Field(True, description="read the frames' depth_file_path (nerfstudio's: a depth sensor's "
+                         "z-depth per frame, .npy or 16-bit PNG, times depth_unit_scale_factor, default 0.001) for "
+                         "the depth loss and the depth evaluator; false: unused")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))

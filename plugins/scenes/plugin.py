@@ -20,8 +20,8 @@ def nls_register_scene_sources(register):
              produces={"images", "gt_mesh"}, description=C.MeshSceneConfig.__doc__)
     register("geometry", f"{M}:build_geometry", config=C.GeometryConfig,
              produces={"points", "gt_mesh"}, description=C.GeometryConfig.__doc__)
-    register("blender", f"{M}:build_blender", config=C.BlenderConfig,
-             produces={"images"}, description=C.BlenderConfig.__doc__)
+    register("blender", f"{M}:build_blender", config=C.BlenderConfig,  # (gt_mesh: the folder's gt_mesh.ply, if any)
+             produces={"images", "gt_mesh"}, description=C.BlenderConfig.__doc__)
     register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
              produces={"images", "points"}, description=C.ColmapConfig.__doc__)
     register("photos", f"{M}:build_photos", config=C.PhotosConfig,

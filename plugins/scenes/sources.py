@@ -362,7 +362,7 @@ def build_blender(cfg: BlenderConfig, ctx):
 
             found = undistorted_transforms(root)
         scene = load_blender(found[0] if found else root, splits=tuple(cfg.splits), background=BG[cfg.background],
-                             downscale=cfg.downscale, max_images=cfg.max_images, masks=cfg.mask_use)
+                             downscale=cfg.downscale, max_images=cfg.max_images, masks=cfg.mask_use, depths=cfg.depths)
         if found:  # the folder as the user gave it; its frames' splits as its own rule gave them
             scene.meta.pop("generator", None)
             scene.meta.update(root=str(root.resolve()), split_rule=found[1]["split_rule"], undistorted=found[1])

@@ -179,6 +179,10 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
     key = {"version": UNDISTORTION_VERSION, "transforms": _fingerprint(path),
            "images": [_fingerprint(p) for p in paths]}
     masks = _frame_masks(root, frames)
+    if any(isinstance(fr, dict) and "depth_file_path" in fr for fr in frames):
+        warn(f"{path}: the depth maps (depth_file_path) of its distorted frames are not undistorted, so they are "
+             f"left out; undistort them with the images, or give scene.undistort: false to keep them with pinhole "
+             f"cameras")
     if masks:  # (nerfstudio's mask_path: undistorted with their frames)
         key["masks"] = [_fingerprint(m) for m in masks]
     splits, rule = ngp_frame_splits(data, frames)
@@ -260,7 +264,7 @@ def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Pat
         out.append(np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width, -1))
     iio.imwrite(target, np.concatenate(out, -1))
     fx, fy, cx, cy = pinhole.params
-    kept = {k: v for k, v in frame.items() if k not in _CAMERA_KEYS}
+    kept = {k: v for k, v in frame.items() if k not in (*_CAMERA_KEYS, "depth_file_path")}
     return {**kept, "file_path": file_path, "fl_x": float(fx), "fl_y": float(fy), "cx": float(cx),
             "cy": float(cy), "w": int(pinhole.width), "h": int(pinhole.height)}
 

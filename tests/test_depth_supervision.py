@@ -1,0 +1,187 @@
+"""Depth maps (nerfstudio's ``depth_file_path``, ``PosedImages.depths``) and the ``depth`` loss: read in the file's
+units, resampled to the images, turned into distances along the training rays, and pulled on by the loss."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.types import Cameras, ConfigError, DataError, PosedImages, SceneData
+
+
+def test_depth_maps_are_read_scaled_resampled_and_cleaned(tmp_path):
+    import imageio.v3 as iio
+
+    from pipeline.scenes.blender import depth_downscale, read_depth
+
+    mm = np.array([[1000, 2000], [0, 65535]], np.uint16)
+    iio.imwrite(tmp_path / "d.png", mm)
+    d = read_depth(tmp_path / "d.png", 1e-3, (4, 6))  # a 2x2 sensor map for a 4x6 photo: nearest stored pixel
+    assert d.shape == (4, 6) and d.dtype == np.float32
+    assert np.allclose(d[:2, :3], 1.0) and np.allclose(d[:2, 3:], 2.0) and (d[2:, :3] == 0).all()
+    assert np.allclose(d[2:, 3:], 65.535)  # (16 bits kept)
+    np.save(tmp_path / "d.npy", np.array([[np.nan, -1.0, np.inf], [0.5, 1.5, 2.5]]))
+    assert np.array_equal(read_depth(tmp_path / "d.npy", 2.0, (2, 3)), np.array([[0, 0, 0], [1, 3, 5]], np.float32))
+    np.save(tmp_path / "rgb.npy", np.ones((2, 3, 3)))
+    with pytest.raises(DataError, match=r"rgb.npy has shape \(2, 3, 3\); a depth map holds one value per pixel"):
+        read_depth(tmp_path / "rgb.npy", 1.0, (2, 3))
+    (tmp_path / "bad.npy").write_text("not numpy")
+    with pytest.raises(DataError, match="bad.npy: cannot be read"):
+        read_depth(tmp_path / "bad.npy", 1.0, (2, 3))
+    block = np.array([[2.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0]], np.float32)
+    assert np.array_equal(depth_downscale(block, 2), np.array([[3.0, 0.0]], np.float32))  # (the given ones' mean)
+
+
+def test_a_ray_s_distance_is_its_z_depth_over_its_angle_to_the_axis():
+    from pipeline.rays import pixel_rays
+    from pipeline.train import ray_distance
+
+    c2w = torch.eye(4)
+    c2w[:3, :3] = torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])  # looking down world +x
+    cams = Cameras(c2w[None], torch.tensor([50.0]), torch.tensor([50.0]), torch.tensor([32.0]),
+                   torch.tensor([24.0]), 64, 48)
+    u, v = torch.tensor([32.0, 32.0 + 50.0, 0.5]), torch.tensor([24.0, 24.0, 47.5])
+    _, d = pixel_rays(cams, torch.zeros(3, dtype=torch.long), u, v)
+    t = ray_distance(torch.tensor([2.0, 2.0, 0.0]), d, c2w[None].expand(3, 4, 4))
+    assert t[:, 0].tolist() == pytest.approx([2.0, 2.0 * math.sqrt(2.0), 0.0])  # on the axis; 45 degrees off; none
+
+
+def _depth_folder(root: Path, n: int = 4, size: int = 16, scale: float = 1e-3) -> dict[str, np.ndarray]:
+    """A nerfstudio folder of ``n`` RGB frames with a ``depth_file_path`` each (16-bit PNG in units of ``scale``
+    world units: a ramp, 0 on the first row); returns each frame's depth in world units by name."""
+    import imageio.v3 as iio
+
+    (root / "images").mkdir(parents=True)
+    (root / "depth").mkdir()
+    rng = np.random.default_rng(0)
+    frames, depths = [], {}
+    for k in range(n):
+        name = f"frame_{k:05d}"
+        iio.imwrite(root / "images" / f"{name}.png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        stored = (np.arange(size)[:, None] * 100 + 1000 * (k + 1) + np.zeros((1, size))).astype(np.uint16)
+        stored[0] = 0
+        iio.imwrite(root / "depth" / f"{name}.png", stored)
+        depths[name] = stored.astype(np.float64) * scale
+        c2w = np.eye(4)
+        c2w[2, 3] = 4.0
+        frames.append({"file_path": f"images/{name}.png", "depth_file_path": f"depth/{name}.png",
+                       "transform_matrix": c2w.tolist()})
+    doc = {"fl_x": 20.0, "fl_y": 20.0, "cx": size / 2, "cy": size / 2, "w": size, "h": size, "frames": frames,
+           "depth_unit_scale_factor": scale, "train_filenames": [f["file_path"] for f in frames[1:]],
+           "test_filenames": [frames[0]["file_path"]]}
+    (root / "transforms.json").write_text(json.dumps(doc))
+    return depths
+
+
+def test_a_transforms_json_with_depth_file_paths_loads_its_depths(tmp_path):
+    from pipeline.scenes.blender import load_blender
+
+    truth = _depth_folder(tmp_path / "ns", scale=2e-3)
+    scene = load_blender(tmp_path / "ns", splits=("train", "test"))
+    train = scene.splits["train"]
+    assert train.depths.shape == (3, 16, 16)
+    for i, name in enumerate(train.names):
+        assert np.allclose(train.depths[i].numpy(), truth[name], rtol=1e-6)
+    assert scene.meta["depths"]["unit_scale"] == 2e-3
+    assert scene.meta["depths"]["pixels_with_depth"] == {"train": 0.9375, "test": 0.9375}  # (all but a row)
+    assert load_blender(tmp_path / "ns", splits=("train",), depths=False).splits["train"].depths is None
+    half = load_blender(tmp_path / "ns", splits=("train",), downscale=2).splits["train"]
+    assert half.depths.shape == (3, 8, 8) and np.allclose(half.depths[0, 0].numpy(), truth["frame_00001"][1, 0])
+
+    doc = json.loads((tmp_path / "ns" / "transforms.json").read_text())
+    del doc["frames"][1]["depth_file_path"]
+    (tmp_path / "ns" / "transforms.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"3 of its 4 frames give a 'depth_file_path' but frames\[1\] does not; "
+                                        r"give every frame one, or none \(scene.depths: false"):
+        load_blender(tmp_path / "ns", splits=("train",))
+    doc["frames"][1]["depth_file_path"] = "depth/none.png"
+    doc["depth_unit_scale_factor"] = 0
+    (tmp_path / "ns" / "transforms.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="'depth_unit_scale_factor' must be positive"):
+        load_blender(tmp_path / "ns", splits=("train",))
+    doc["depth_unit_scale_factor"] = 1e-3
+    (tmp_path / "ns" / "transforms.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"frames\[1\]: depth map not found: .*none.png"):
+        load_blender(tmp_path / "ns", splits=("train",))
+
+
+def _scene_with_depths(depths) -> SceneData:
+    n, h, w = depths.shape
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w[:, 2, 3] = 4.0
+    cams = Cameras(c2w, torch.full((n,), 20.0), torch.full((n,), 20.0), torch.full((n,), w / 2),
+                   torch.full((n,), h / 2), w, h)
+    split = PosedImages(torch.rand(n, h, w, 3), cams, depths=torch.as_tensor(depths, dtype=torch.float32))
+    return SceneData(splits={"train": split}, aabb=torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+
+
+def test_the_sampler_hands_each_ray_its_measured_distance():
+    from pipeline.train import RaySampler
+
+    z = np.tile(np.arange(1, 7, dtype=np.float32)[:, None], (2, 1, 5))  # (2, 6, 5): row r at z-depth r + 1
+    z[1, :, 0] = 0.0
+    sampler = RaySampler(_scene_with_depths(z), torch.device("cpu"), seed=0)
+    batch = sampler.sample(500)
+    cos = -batch["dirs"][:, 2]  # the cameras look down -z
+    i = batch["image_index"]
+    got = batch["depth"][:, 0]
+    rows = torch.round(batch["depth"][:, 0] * cos).long()  # back to the z-depth: a whole number here
+    assert ((rows >= 0) & (rows <= 6)).all() and torch.allclose(got * cos, rows.float(), atol=1e-5)
+    assert (got[(i == 1) & (rows == 0)] == 0).all() and (rows == 0).any()
+    plain = _scene_with_depths(z)
+    plain.splits["train"].depths = None
+    assert "depth" not in RaySampler(plain, torch.device("cpu"), seed=0).sample(4)
+
+
+def test_the_depth_loss_pulls_the_rendered_depth_to_the_measured_one_where_there_is_one():
+    from plugins.ngp.config import DepthLossConfig
+    from plugins.ngp.losses import DepthLoss, build_depth
+
+    pred = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
+    batch = {"depth": torch.tensor([[1.5], [0.0], [2.0]])}
+    loss = DepthLoss(DepthLossConfig(weight=2.0))(batch, {"depth": pred}, None)
+    assert float(loss.detach()) == pytest.approx(2.0 * (0.5 + 1.0) / 2)
+    loss.backward()
+    assert pred.grad[:, 0].tolist() == pytest.approx([-1.0, 0.0, 1.0])  # (the ray without depth is left alone)
+    rel = DepthLoss(DepthLossConfig(kind="relative", weight=1.0))(batch, {"depth": pred.detach()}, None)
+    assert float(rel) == pytest.approx((0.5 / 1.5 + 1.0 / 2.0) / 2)
+    none = DepthLoss(DepthLossConfig())({"depth": torch.zeros(3, 1)}, {"depth": pred}, None)
+    assert float(none.detach()) == 0.0 and none.requires_grad
+
+    class Ctx:
+        scene = _scene_with_depths(np.ones((1, 2, 2)))
+
+    assert isinstance(build_depth(DepthLossConfig(), Ctx()), DepthLoss)
+    Ctx.scene.splits["train"].depths = None
+    with pytest.raises(ConfigError, match="losses: depth needs depth maps of the training images"):
+        build_depth(DepthLossConfig(), Ctx())
+
+
+def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_will_skip(tmp_path):
+    from pipeline.testing import TINY_SCENE
+    from tests.conftest import run_nls
+
+    _depth_folder(tmp_path / "ns", n=5, size=24)
+    scene = {**TINY_SCENE, "name": "depth_tiny", "scene": {"type": "blender", "path": str(tmp_path / "ns"),
+                                                           "aabb": [-1, -1, -1, 1, 1, 1]},
+             "losses": [{"type": "photometric"}, {"type": "depth", "weight": 0.5}],
+             "evaluators": [{"type": "psnr", "ssim": False}, {"type": "chamfer"}]}
+    path = tmp_path / "scene.yaml"
+    path.write_text(yaml.safe_dump(scene))
+    proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "3", check=True)
+    assert "evaluator chamfer will be skipped after training: the scene has no ground-truth mesh" in proc.stderr
+    run = next((tmp_path / "runs").glob("depth_tiny/*/*/summary.json")).parent
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(any(k.endswith("_depth") and v > 0 for k, v in row.items() if k.startswith("loss/")) for row in logged)
+    assert json.loads((run / "scene.json").read_text())["depths"]["pixels_with_depth"]["train"] > 0.9
+
+    scene["scene"]["depths"] = False
+    path.write_text(yaml.safe_dump(scene))
+    proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "1")
+    assert proc.returncode != 0 and "losses: depth needs depth maps of the training images" in proc.stderr
