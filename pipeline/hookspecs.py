@@ -53,7 +53,7 @@ def nls_register_scene_sources(register):
         @hookimpl
         def nls_register_scene_sources(register):
             register("blender", "plugins.scenes.sources:build_blender", config=BlenderConfig,
-                     produces={"images"})
+                     produces={"images", "gt_mesh"})
     """
 
 

@@ -171,7 +171,8 @@ def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_w
     scene = {**TINY_SCENE, "name": "depth_tiny", "scene": {"type": "blender", "path": str(tmp_path / "ns"),
                                                            "aabb": [-1, -1, -1, 1, 1, 1]},
              "losses": [{"type": "photometric"}, {"type": "depth", "weight": 0.5}],
-             "evaluators": [{"type": "psnr", "ssim": False}, {"type": "chamfer"}]}
+             "evaluators": [{"type": "psnr", "ssim": False}, {"type": "chamfer"},
+                            {"type": "sensor_depth", "save_images": 1}]}
     path = tmp_path / "scene.yaml"
     path.write_text(yaml.safe_dump(scene))
     proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "3", check=True)
@@ -180,8 +181,34 @@ def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_w
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(any(k.endswith("_depth") and v > 0 for k, v in row.items() if k.startswith("loss/")) for row in logged)
     assert json.loads((run / "scene.json").read_text())["depths"]["pixels_with_depth"]["train"] > 0.9
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert metrics["sensor_depth_pixels"] == 24 * 23 and np.isfinite(metrics["sensor_depth_l1"])  # (the test view)
+    assert len(list((run / "renders" / "sensor_depth_test").glob("*.png"))) == 1
 
     scene["scene"]["depths"] = False
     path.write_text(yaml.safe_dump(scene))
     proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "1")
     assert proc.returncode != 0 and "losses: depth needs depth maps of the training images" in proc.stderr
+
+
+def test_the_sensor_depth_evaluator_scores_the_rendered_depth_against_the_split_s_maps():
+    import types
+
+    from plugins.ngp.config import DepthConfig
+    from plugins.ngp.evaluate import SensorDepthMetrics
+
+    z = np.full((2, 6, 8), 2.0, np.float32)
+    z[:, 0] = 0.0  # no depth on the first row
+    scene = _scene_with_depths(z)  # cameras at z = 4 looking down -z, fx = fy = 20, centre (4, 3)
+    u, v = np.meshgrid(np.arange(8) + 0.5, np.arange(6) + 0.5)
+    along = 2.0 * np.sqrt(1 + ((u - 4) / 20) ** 2 + ((v - 3) / 20) ** 2)  # the z-depth 2 along each centre ray
+    rendered = [(i, {"depth": (along + 0.1 * i).astype(np.float32)}) for i in range(2)]
+    cfg = types.SimpleNamespace(eval=types.SimpleNamespace(split="train"))
+    ctx = types.SimpleNamespace(split=None, cfg=cfg, scene=scene, depths=lambda: rendered, renders_root=None)
+    out = SensorDepthMetrics(DepthConfig(save_images=0))(ctx)
+    assert out["sensor_depth_pixels"] == 2 * 5 * 8
+    assert out["sensor_depth_l1"] == pytest.approx(0.05, abs=1e-6)  # 0 on view 0, 0.1 on view 1
+    assert out["sensor_depth_abs_rel"] == pytest.approx(np.mean(0.1 / along[1:]) / 2, rel=1e-5)
+    scene.splits["train"].depths = None
+    with pytest.raises(Exception, match="sensor_depth evaluator needs depth maps of the eval split"):
+        SensorDepthMetrics(DepthConfig())(ctx)

@@ -497,7 +497,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 progress: Optional[bool]):
     """``(PosedImages, (W0, H0))``: the images of ``sp`` read (RGBA composited on ``background`` (3,)), area-
     downscaled by ``downscale``, intrinsics scaled from each frame's reference size to its image's; ``(W0,
-    H0)`` is the size on disk. DataError when the images differ in size or the downscale leaves no pixel."""
+    H0)`` is the size on disk. Its masks become alphas (object masks) or ``valid`` (ignore masks), its depth
+    maps ``depths``. DataError when the images differ in size or the downscale leaves no pixel."""
     import torch
 
     from pipeline.types import Cameras, PosedImages
@@ -831,8 +832,9 @@ def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore", de
     assign, how = ngp_frame_splits(data, frames)
     masked = mask_use != "off" and _given_by_all_or_none(frames, "mask_path", where, "scene.mask_use: off")
     deep = depths and _given_by_all_or_none(frames, "depth_file_path", where, "scene.depths: false")
-    depth_scale = _as_float(data.get("depth_unit_scale_factor", 1e-3), "depth_unit_scale_factor", where)
-    if deep and not depth_scale > 0:
+    depth_scale = _as_float(data.get("depth_unit_scale_factor", 1e-3), "depth_unit_scale_factor", where) \
+        if deep else 1e-3
+    if not depth_scale > 0:
         raise DataError(f"{where}: 'depth_unit_scale_factor' must be positive (world units per stored depth unit; "
                         f"nerfstudio's default 0.001 reads millimetres as metres), got {depth_scale}")
 

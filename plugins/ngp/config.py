@@ -169,11 +169,13 @@ class PSNRConfig(ComponentConfig):
 
 #: what the ``psnr`` evaluator reports
 PSNR_METRICS = {
-    "psnr": "dB: the eval split's renders against its images, mean over the images",
+    "psnr": "dB: the eval split's renders against its images, mean over the images (over the pixels their ignore "
+            "masks keep, if any)",
     "ssim": "structural similarity (Gaussian window) of the same pairs, mean; 0..1",
     "psnr_cc": "dB: as psnr, each render first through the least-squares colour transform to its image (color_correct)",
     "ssim_cc": "as ssim, on the colour-corrected renders",
     "n_images": "images scored",
+    "n_images_masked_out": "images not scored: their ignore masks keep none of their pixels",
 }
 
 
@@ -195,6 +197,20 @@ DEPTH_METRICS = {
     "depth_median_l1": "run units: depth_l1 of the median depth (where half the ray's opacity is reached)",
     "depth_median_abs_rel": "depth_abs_rel of the median depth",
     "depth_pixels": "pixels scored (covered by the ground-truth mesh), over all views",
+}
+
+#: what the ``sensor_depth`` evaluator is (it takes the ``depth`` evaluator's options)
+SENSOR_DEPTH_DOC = ("The rendered depth of the eval split's views against the split's own depth maps (a depth sensor's: "
+                    "nerfstudio's depth_file_path), as distances along the pixel-centre rays, on the pixels that have "
+                    "one: mean absolute and relative error, for the expected and the median depth.")
+#: what the ``sensor_depth`` evaluator reports
+SENSOR_DEPTH_METRICS = {
+    "sensor_depth_l1": "run units: mean |rendered expected depth - the eval split's depth maps'| (as distances along "
+                       "the pixel-centre rays) over the pixels that have one (an empty one counts with depth 0)",
+    "sensor_depth_abs_rel": "mean |rendered expected depth - measured| / measured over the same pixels",
+    "sensor_depth_median_l1": "run units: sensor_depth_l1 of the median depth",
+    "sensor_depth_median_abs_rel": "sensor_depth_abs_rel of the median depth",
+    "sensor_depth_pixels": "pixels scored (with a measured depth), over all views",
 }
 
 

@@ -104,23 +104,32 @@ class DepthMetrics:
     the first ``save_images`` views as pictures in ``renders/depth_<split>/``. With ``eval.supersample`` above 1 the rendered depth is the mean over each pixel's sub-rays and the ground
     truth is taken at the pixel's centre."""
 
+    #: what the metrics' names start with, and what the ground truth is (for the error when it covers nothing)
+    prefix, truth_of = "", "the ground-truth mesh"
+
     def __init__(self, cfg: DepthConfig):
         self.cfg = cfg
+
+    def truths(self, ctx, split):
+        """``truth(i) -> (H, W)`` float64 distance along view ``i``'s pixel-centre rays, NaN where none."""
+        from pipeline.mesh_views import mesh_depth
+        from pipeline.scenes.mesh_render import load_mesh
+
+        gt_mesh = load_mesh(ctx.scene.gt_mesh)
+        return lambda i: mesh_depth(gt_mesh, split.cameras, i)
 
     def __call__(self, ctx) -> dict:
         import numpy as np
 
-        from pipeline.mesh_views import mesh_depth
-        from pipeline.scenes.mesh_render import load_mesh
         from pipeline.types import NLSError
 
-        gt_mesh = load_mesh(ctx.scene.gt_mesh)
         split_name = ctx.split or ctx.cfg.eval.split
         split = ctx.scene.splits[split_name]
+        truth_at = self.truths(ctx, split)
         errors: dict[str, list] = {}
         truths = []
         for k, (i, arrays) in enumerate(ctx.depths()):
-            truth = mesh_depth(gt_mesh, split.cameras, i)
+            truth = truth_at(i)
             covered = np.isfinite(truth)
             truths.append(truth[covered])
             for key in ("depth", "depth_median"):
@@ -128,16 +137,16 @@ class DepthMetrics:
                     errors.setdefault(key, []).append(np.abs(arrays[key].astype(np.float64)[covered] - truth[covered]))
             if k < self.cfg.save_images and ctx.renders_root is not None:
                 name = split.names[i] if i < len(split.names) else f"{i:03d}"
-                self._save(ctx.renders_root / f"depth_{split_name}" / f"{name}.png",
+                self._save(ctx.renders_root / f"{self.prefix}depth_{split_name}" / f"{name}.png",
                            arrays.get("depth_median", arrays["depth"]), truth)
         truth = np.concatenate(truths) if truths else np.zeros(0)
         if truth.size == 0:
-            raise NLSError("the ground-truth mesh covers no pixel of the evaluated views")
-        out = {"depth_pixels": int(truth.size)}
+            raise NLSError(f"{self.truth_of} covers no pixel of the evaluated views")
+        out = {f"{self.prefix}depth_pixels": int(truth.size)}
         for key, parts in errors.items():
             err = np.concatenate(parts)
-            out[f"{key}_l1"] = float(err.mean())
-            out[f"{key}_abs_rel"] = float((err / truth).mean())
+            out[f"{self.prefix}{key}_l1"] = float(err.mean())
+            out[f"{self.prefix}{key}_abs_rel"] = float((err / truth).mean())
         return out
 
     @staticmethod
@@ -164,6 +173,39 @@ class DepthMetrics:
         error = np.where(covered[..., None], colormaps["viridis"](np.clip(err, 0, 1))[..., :3], 0.0)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_image(path, to_uint8(np.concatenate([grey(depth), grey(truth), error], 1)))
+
+
+class SensorDepthMetrics(DepthMetrics):
+    """:class:`DepthMetrics` against the eval split's own depth maps (``PosedImages.depths``: a depth sensor's,
+    nerfstudio's ``depth_file_path``) instead of a mesh: each pixel's z-depth turned into the distance along its
+    centre ray, on the pixels that have one; the metrics are named ``sensor_depth_*``, the pictures go to
+    ``renders/sensor_depth_<split>/``."""
+
+    prefix, truth_of = "sensor_", "the eval split's depth maps"
+
+    def truths(self, ctx, split):
+        import numpy as np
+        import torch
+
+        from pipeline.rays import pixel_rays
+        from pipeline.train import ray_distance
+        from pipeline.types import NLSError
+
+        if split.depths is None:
+            raise NLSError("the sensor_depth evaluator needs depth maps of the eval split's views (a transforms.json's "
+                           "depth_file_path), and this scene has none")
+        cams = split.cameras
+        v, u = torch.meshgrid(torch.arange(cams.height) + 0.5, torch.arange(cams.width) + 0.5, indexing="ij")
+        u, v = u.reshape(-1).to(cams.c2w.dtype), v.reshape(-1).to(cams.c2w.dtype)
+
+        def truth(i: int):
+            index = torch.full((u.numel(),), i, dtype=torch.long)
+            _, d = pixel_rays(cams, index, u, v)
+            t = ray_distance(split.depths[i].reshape(-1).to(d), d, cams.c2w[index])[:, 0]
+            t = t.reshape(cams.height, cams.width).double().numpy()
+            return np.where(t > 0, t, np.nan)
+
+        return truth
 
 
 class MeshRenderMetrics:
@@ -294,6 +336,11 @@ class TrainViewFit:
         return {"train_view_psnr_median": median, "train_view_psnr_min": float(scores[worst]),
                 "train_view_worst": names[worst], "train_views_below": [n for n, _ in below],
                 "train_views": len(split)}
+
+
+def build_sensor_depth_metrics(cfg, ctx):
+    """Build the depth-maps evaluator from its ``evaluators:`` entry (``DepthConfig``)."""
+    return SensorDepthMetrics(cfg)
 
 
 def build_image_metrics(cfg, ctx):

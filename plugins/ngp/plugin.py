@@ -67,6 +67,8 @@ def nls_register_evaluators(register):
              metrics=C.TRAIN_VIEWS_METRICS)
     register("depth", f"{M}.evaluate:build_depth_metrics", config=C.DepthConfig,
              consumes=[{"render", "images", "gt_mesh"}], description=C.DepthConfig.__doc__, metrics=C.DEPTH_METRICS)
+    register("sensor_depth", f"{M}.evaluate:build_sensor_depth_metrics", config=C.DepthConfig,
+             consumes=[{"render", "images"}], description=C.SENSOR_DEPTH_DOC, metrics=C.SENSOR_DEPTH_METRICS)
     register("mesh_psnr", f"{M}.evaluate:build_mesh_psnr", config=C.MeshPSNRConfig,
              consumes=[{"mesh", "images"}], description=C.MeshPSNRConfig.__doc__, metrics=C.MESH_PSNR_METRICS)
     register("point_fit", f"{M}.evaluate:build_point_fit", config=C.PointFitConfig,
