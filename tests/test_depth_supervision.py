@@ -53,29 +53,24 @@ def test_a_ray_s_distance_is_its_z_depth_over_its_angle_to_the_axis():
 
 
 def _depth_folder(root: Path, n: int = 4, size: int = 16, scale: float = 1e-3) -> dict[str, np.ndarray]:
-    """A nerfstudio folder of ``n`` RGB frames with a ``depth_file_path`` each (16-bit PNG in units of ``scale``
-    world units: a ramp, 0 on the first row); returns each frame's depth in world units by name."""
+    """A nerfstudio folder (:func:`tests.test_ignore_masks.write_nerfstudio_folder`) whose frames give a
+    ``depth_file_path`` each (16-bit PNG in units of ``scale`` world units: a ramp, 0 on the first row); returns
+    each frame's depth in world units by name."""
     import imageio.v3 as iio
 
-    (root / "images").mkdir(parents=True)
-    (root / "depth").mkdir()
-    rng = np.random.default_rng(0)
-    frames, depths = [], {}
-    for k in range(n):
-        name = f"frame_{k:05d}"
-        iio.imwrite(root / "images" / f"{name}.png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    from tests.test_ignore_masks import write_nerfstudio_folder
+
+    (root / "depth").mkdir(parents=True)
+    depths = {}
+
+    def depth(k: int, name: str) -> dict:
         stored = (np.arange(size)[:, None] * 100 + 1000 * (k + 1) + np.zeros((1, size))).astype(np.uint16)
         stored[0] = 0
         iio.imwrite(root / "depth" / f"{name}.png", stored)
         depths[name] = stored.astype(np.float64) * scale
-        c2w = np.eye(4)
-        c2w[2, 3] = 4.0
-        frames.append({"file_path": f"images/{name}.png", "depth_file_path": f"depth/{name}.png",
-                       "transform_matrix": c2w.tolist()})
-    doc = {"fl_x": 20.0, "fl_y": 20.0, "cx": size / 2, "cy": size / 2, "w": size, "h": size, "frames": frames,
-           "depth_unit_scale_factor": scale, "train_filenames": [f["file_path"] for f in frames[1:]],
-           "test_filenames": [frames[0]["file_path"]]}
-    (root / "transforms.json").write_text(json.dumps(doc))
+        return {"depth_file_path": f"depth/{name}.png"}
+
+    write_nerfstudio_folder(root, n, size, depth, depth_unit_scale_factor=scale)
     return depths
 
 

@@ -75,31 +75,43 @@ def test_training_images_masked_out_entirely_are_refused():
         _sampler(_split(np.zeros((2, 4, 4), bool)))
 
 
-def _nerfstudio_folder(root: Path, n: int = 4, size: int = 16, masks: bool = True) -> dict[str, np.ndarray]:
-    """A nerfstudio-style transforms.json folder of ``n`` RGB frames (``size`` px) with a ``mask_path`` each:
-    black on a block that moves from frame to frame. Returns each frame's mask (H, W) uint8 by name."""
+def write_nerfstudio_folder(root: Path, n: int, size: int, extra, **top) -> None:
+    """A nerfstudio-style transforms.json folder of ``n`` random RGB frames (``size`` px, ``images/frame_NNNNN.png``)
+    at z = 4 looking down -z, the first held out as test; ``extra(k, name)`` writes frame k's other files and
+    returns its other keys; ``top``: more top-level keys."""
     import imageio.v3 as iio
 
     (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     rng = np.random.default_rng(0)
-    frames, written = [], {}
+    frames = []
     for k in range(n):
         name = f"frame_{k:05d}"
         iio.imwrite(root / "images" / f"{name}.png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        c2w = np.eye(4)
+        c2w[2, 3] = 4.0
+        frames.append({"file_path": f"images/{name}.png", "transform_matrix": c2w.tolist(), **extra(k, name)})
+    doc = {"fl_x": 20.0, "fl_y": 20.0, "cx": size / 2, "cy": size / 2, "w": size, "h": size, "frames": frames,
+           "train_filenames": [f["file_path"] for f in frames[1:]], "test_filenames": [frames[0]["file_path"]],
+           **top}
+    (root / "transforms.json").write_text(json.dumps(doc))
+
+
+def _nerfstudio_folder(root: Path, n: int = 4, size: int = 16) -> dict[str, np.ndarray]:
+    """:func:`write_nerfstudio_folder` with a ``mask_path`` each: black on a block that moves from frame to frame.
+    Returns each frame's mask (H, W) uint8 by name."""
+    import imageio.v3 as iio
+
+    (root / "masks").mkdir(parents=True)
+    written = {}
+
+    def mask(k: int, name: str) -> dict:
         m = np.full((size, size), 255, np.uint8)
         m[2 + k: 8 + k, 3:9] = 0
         iio.imwrite(root / "masks" / f"{name}.png", m)
         written[name] = m
-        c2w = np.eye(4)
-        c2w[2, 3] = 4.0
-        frame = {"file_path": f"images/{name}.png", "transform_matrix": c2w.tolist()}
-        if masks:
-            frame["mask_path"] = f"masks/{name}.png"
-        frames.append(frame)
-    doc = {"fl_x": 20.0, "fl_y": 20.0, "cx": size / 2, "cy": size / 2, "w": size, "h": size, "frames": frames,
-           "train_filenames": [f["file_path"] for f in frames[1:]], "test_filenames": [frames[0]["file_path"]]}
-    (root / "transforms.json").write_text(json.dumps(doc))
+        return {"mask_path": f"masks/{name}.png"}
+
+    write_nerfstudio_folder(root, n, size, mask)
     return written
 
 
