@@ -85,6 +85,10 @@ def test_a_transforms_json_with_depth_file_paths_loads_its_depths(tmp_path):
         assert np.allclose(train.depths[i].numpy(), truth[name], rtol=1e-6)
     assert scene.meta["depths"]["unit_scale"] == 2e-3
     assert scene.meta["depths"]["pixels_with_depth"] == {"train": 0.9375, "test": 0.9375}  # (all but a row)
+    from pipeline.report import capture_rows
+
+    assert ("depth maps", f"{scene.meta['depths']['from']}; pixels with a depth: train 93.8 %, test 93.8 %") \
+        in capture_rows(scene.meta)
     assert load_blender(tmp_path / "ns", splits=("train",), depths=False).splits["train"].depths is None
     half = load_blender(tmp_path / "ns", splits=("train",), downscale=2).splits["train"]
     assert half.depths.shape == (3, 8, 8) and np.allclose(half.depths[0, 0].numpy(), truth["frame_00001"][1, 0])

@@ -131,6 +131,10 @@ def test_a_nerfstudio_mask_path_is_an_ignore_mask_by_default_or_an_object_mask_o
     kept = float(np.mean([masks[n] >= 128 for n in train.names]))
     assert scene.meta["mask_use"] == "ignore" and scene.meta["pixels_kept"]["train"] == pytest.approx(kept, abs=1e-4)
     assert scene.meta["masks"] == f"the frames' mask_path in {(tmp_path / 'ns' / 'transforms.json').resolve()}"
+    from pipeline.report import capture_rows
+
+    assert ("ignore masks", f"{scene.meta['masks']}; pixels kept: train {100 * kept:.1f} %, test "
+            f"{100 * scene.meta['pixels_kept']['test']:.1f} %") in capture_rows(scene.meta)
 
     obj = load_blender(tmp_path / "ns", splits=("train",), masks="object", background=(0.0, 0.0, 0.0))
     a = obj.splits["train"].alphas[..., 0].numpy()

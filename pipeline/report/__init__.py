@@ -109,8 +109,9 @@ def _fitted(fitted) -> str:
 
 def capture_rows(scene: dict) -> list[tuple[str, str]]:
     """Overview rows on the frames taken from a video (scene.json ``frames``), on how a capture was posed (``sfm``:
-    structure from motion on photos or those frames), on its object masks (``masks``) and on its sparse points
-    (``sparse_points``); none for other scenes, or for fields of the wrong kind."""
+    structure from motion on photos or those frames), on its object or ignore masks (``masks``), its depth maps
+    (``depths``) and its sparse points (``sparse_points``); none for other scenes, or for fields of the wrong
+    kind."""
     rows = []
     frames = scene.get("frames")  # the video source: the frames taken from the video
     if isinstance(frames, dict) and isinstance(frames.get("picked"), list) and isinstance(frames.get("decoded"), int):
@@ -165,6 +166,11 @@ def capture_rows(scene: dict) -> list[tuple[str, str]]:
                                                if isinstance(v, (int, float))) if kept else ""
         rows.append((f"{'ignore' if scene.get('mask_use') == 'ignore' else 'object'} masks",
                      f"{scene['masks']}{how.get(fm.get('kind'), '')}{share}"))
+    depths = scene.get("depths")
+    if isinstance(depths, dict) and isinstance(depths.get("from"), str):
+        given = depths.get("pixels_with_depth") if isinstance(depths.get("pixels_with_depth"), dict) else {}
+        rows.append(("depth maps", depths["from"] + ("; pixels with a depth: " + ", ".join(
+            f"{k} {100 * v:.1f} %" for k, v in given.items() if isinstance(v, (int, float))) if given else "")))
     points = scene.get("sparse_points")
     if isinstance(points, dict) and all(isinstance(points.get(k), int) for k in ("total", "in_box")):
         text = f"{points['in_box']} of {points['total']} inside the scene box"
