@@ -13,12 +13,13 @@ import torch
 import yaml
 
 from pipeline.types import Cameras, ConfigError, DataError, PosedImages, SceneData
+from tests.test_colmap_scene import pycolmap  # noqa: F401  (the fixture)
 
 
 def test_depth_maps_are_read_scaled_resampled_and_cleaned(tmp_path):
     import imageio.v3 as iio
 
-    from pipeline.scenes.blender import depth_downscale, read_depth
+    from pipeline.scenes.depth_maps import depth_downscale, read_depth
 
     mm = np.array([[1000, 2000], [0, 65535]], np.uint16)
     iio.imwrite(tmp_path / "d.png", mm)
@@ -211,3 +212,61 @@ def test_the_sensor_depth_evaluator_scores_the_rendered_depth_against_the_split_
     scene.splits["train"].depths = None
     with pytest.raises(Exception, match="sensor_depth evaluator needs depth maps of the eval split"):
         SensorDepthMetrics(DepthConfig())(ctx)
+
+
+def _write_colmap_array(path: Path, values: np.ndarray) -> None:
+    """``values`` (H, W) as COLMAP writes a dense array: ``width&height&channels&``, then float32, x fastest."""
+    h, w = values.shape
+    path.write_bytes(f"{w}&{h}&1&".encode() + np.ascontiguousarray(values, np.float32).tobytes())
+
+
+def test_a_colmap_capture_s_stereo_depth_maps_land_on_the_surface_in_the_run_s_frame(tmp_path,
+                                                                                    pycolmap):  # noqa: F811
+    """The tiny sphere as a COLMAP capture in a world scaled by SIGMA, turned and moved, with depth maps of its
+    mesh in COLMAP units as patch_match_stereo writes them (NAME.geometric.bin): loaded, each pixel's depth along
+    its ray meets the mesh carried into the run's frame where the mesh's own ray cast does."""
+    import trimesh
+
+    from pipeline.mesh_views import mesh_depth
+    from pipeline.rays import pixel_rays
+    from pipeline.scenes.colmap import load_colmap
+    from pipeline.train import ray_distance
+    from tests.test_colmap_scene import SIGMA, SHIFT, _q, _source_folder, make_colmap, truth
+
+    made = make_colmap(tmp_path / "cap", camera_of=lambda k: 1)
+    root = made["root"]
+    mesh = trimesh.load(_source_folder() / "gt_mesh.ply")
+    (root / "stereo" / "depth_maps").mkdir(parents=True)
+    for k, (_, c2w, f) in enumerate(truth()["frames"]):
+        cams = Cameras(torch.tensor(c2w[None], dtype=torch.float32), torch.tensor([f]), torch.tensor([f]),
+                       torch.tensor([16.0]), torch.tensor([16.0]), 32, 32)
+        t = mesh_depth(mesh, cams, 0)
+        v, u = np.mgrid[0:32, 0:32] + 0.5
+        cos = 1.0 / np.sqrt(1 + ((u - 16) / f) ** 2 + ((v - 16) / f) ** 2)
+        z = np.where(np.isfinite(t), SIGMA * t * cos, 0.0)  # COLMAP units
+        _write_colmap_array(root / "stereo" / "depth_maps" / f"{k:03d}.png.geometric.bin", z)
+    scene = load_colmap(root, test_every=0, depths="stereo/depth_maps")
+    train = scene.splits["train"]
+    assert scene.meta["depths"]["unit_scale"] == scene.meta["input_frame"]["scale"]
+    to_run = np.asarray(scene.meta["input_frame"]["to_run"])
+    world = np.eye(4)
+    world[:3, :3], world[:3, 3] = SIGMA * _q(), SHIFT  # the rendered scene's world -> COLMAP's
+    in_run = mesh.copy().apply_transform(to_run @ world)
+    for i in range(len(train)):
+        cast = mesh_depth(in_run, train.cameras, i)
+        v, u = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
+        index = torch.full((1024,), i)
+        _, d = pixel_rays(train.cameras, index, u.reshape(-1), v.reshape(-1))
+        got = ray_distance(train.depths[i].reshape(-1), d, train.cameras.c2w[index])[:, 0].reshape(32, 32).numpy()
+        hit = np.isfinite(cast)
+        assert hit.sum() > 50 and np.array_equal(hit, got > 0)
+        assert np.allclose(got[hit], cast[hit], rtol=1e-4)
+    from plugins.scenes.config import ColmapConfig
+    from plugins.scenes.sources import build_colmap
+
+    configured = build_colmap(ColmapConfig(path=str(root), test_every=0, downscale=1, depths="stereo/depth_maps"),
+                              None)()
+    assert torch.equal(configured.splits["train"].depths, train.depths)
+    with pytest.raises(DataError, match=r"no depth map for 10 of the 10 images \(000.png, 001.png, 002.png ...\); "
+                                        r"looked for 000.png.geometric.bin"):
+        load_colmap(root, test_every=0, depths="sparse")

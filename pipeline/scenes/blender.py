@@ -454,45 +454,6 @@ def _mask_of(mask: Path, image: Path, size: tuple) -> np.ndarray:
 VALID_SHARE = 0.5
 
 
-def read_depth(path: Path, scale: float, size: tuple) -> np.ndarray:
-    """(H, W) float32 z-depth in world units of the depth map ``path`` (``.npy``, or a one-channel image such as
-    a 16-bit PNG), times ``scale``, for an image of (H, W) ``size``: a map of another size is resampled to it by
-    the nearest stored pixel (as nerfstudio does: sensors' depth maps are often smaller than the photos).
-    Non-finite and non-positive values become 0 (no depth). DataError naming the file when it cannot be read or
-    has more than one channel."""
-    try:
-        d = np.load(path) if path.suffix.lower() == ".npy" else np.asarray(_read_depth_image(path))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"depth map {path}: cannot be read ({exc})") from None
-    d = np.squeeze(np.asarray(d, dtype=np.float64))
-    if d.ndim != 2:
-        raise DataError(f"depth map {path} has shape {d.shape}; a depth map holds one value per pixel (H, W)")
-    h, w = size
-    if d.shape != (h, w):
-        rows = np.minimum(((np.arange(h) + 0.5) * d.shape[0] / h).astype(np.int64), d.shape[0] - 1)
-        cols = np.minimum(((np.arange(w) + 0.5) * d.shape[1] / w).astype(np.int64), d.shape[1] - 1)
-        d = d[rows][:, cols]
-    d = d * scale
-    return np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
-
-
-def _read_depth_image(path: Path) -> np.ndarray:
-    """A depth image's stored values, 16 bits kept (imageio; PIL would turn a 16-bit PNG into 8 bits)."""
-    import imageio.v3 as iio
-
-    return iio.imread(path)
-
-
-def depth_downscale(depth: np.ndarray, d: int) -> np.ndarray:
-    """(H // d, W // d) mean of each d x d block's depths that are given (> 0); 0 for a block with none."""
-    if d == 1:
-        return depth
-    given = (depth > 0).astype(np.float32)[..., None]
-    total = area_downscale((depth[..., None] * given), d)[..., 0]
-    share = area_downscale(given, d)[..., 0]
-    return np.where(share > 0, total / np.maximum(share, 1e-12), 0.0).astype(np.float32)
-
-
 def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 progress: Optional[bool]):
     """``(PosedImages, (W0, H0))``: the images of ``sp`` read (RGBA composited on ``background`` (3,)), area-
@@ -552,6 +513,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
             if sp.depths:  # (transforms.json frames only, which are never fitted)
                 if depths is None:
                     depths = np.empty((n,) + rgb.shape[:2], np.float32)
+                from pipeline.scenes.depth_maps import depth_downscale, read_depth
+
                 depths[i] = depth_downscale(read_depth(sp.depths[i], sp.depth_scale, img.shape[:2]), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
@@ -1037,10 +1000,9 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
                     **({"pixels_kept": kept_shares(out)} if masked.mask_use == "ignore" else {}))
     deep = next((sp for sp in found.values() if sp.depths), None)
     if deep is not None:
-        meta["depths"] = {"from": f"the frames' depth_file_path in {deep.source.resolve()}",
-                          "unit_scale": deep.depth_scale, "pixels_with_depth": {
-                              name: round(float((sp.depths > 0).float().mean()), 4)
-                              for name, sp in out.items() if sp.depths is not None}}
+        from pipeline.scenes.depth_maps import depth_facts
+
+        meta["depths"] = depth_facts(f"the frames' depth_file_path in {deep.source.resolve()}", deep.depth_scale, out)
     for k in ("aabb_scale", "split_rule"):
         if k in extra:
             meta[k] = extra[k]

@@ -424,7 +424,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                 center: Optional[Sequence[float]] = None, scale: Optional[float] = None,
                 orientation: str = "vertical", up: Optional[Sequence[float]] = None,
                 exclude: Sequence[str] = (), masks: Optional[str] = None, mask_use: str = "object",
-                progress: Optional[bool] = None) -> SceneData:
+                depths: Optional[str] = None, progress: Optional[bool] = None) -> SceneData:
     """Load a COLMAP capture (see the module docstring for the layout, axes and normalisation).
 
     Args:
@@ -449,6 +449,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         mask_use: ``object`` (the above) or ``ignore``: the masks mark the pixels that count (``valid``), black
             where something moved; those pixels are neither trained on nor scored. Either way the box is fitted
             to the sparse points that most of their observations place on white.
+        depths: a folder of depth maps, one per image (under ``root`` unless absolute; COLMAP's
+            ``dense/stereo/depth_maps``: :mod:`pipeline.scenes.depth_maps`), in COLMAP units, read into ``depths``
+            in the normalised frame's units.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
@@ -535,6 +538,10 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     elif (root / "masks").is_dir():
         warn(f"{root} holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks) "
              f"to composite each image on the background by its object mask")
+    if depths is not None:
+        from pipeline.scenes.depth_maps import depth_paths
+
+        depth_of = depth_paths(root / depths, [im.name for im in posed])
     c2w_cv = np.zeros((len(posed), 4, 4))
     for i, im in enumerate(posed):
         rot, t = _world_to_camera(pycolmap, im, images_file)
@@ -564,6 +571,10 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     fits = fits_to_one_size(disk)
     if fits:
         _warn_fitted(cameras_file, fits, posed)
+        if depths is not None:
+            raise DataError(f"{cameras_file}: its cameras are of several sizes, whose images are fitted to one, and "
+                            f"nls does not fit depth maps alike; load the images of one size (scene.exclude), or "
+                            f"leave out scene.depths")
     found: dict[str, tuple[FrameList, list[int]]] = {}
     for i, im in enumerate(posed):
         name = "test" if test_every and i % test_every == 0 else "train"
@@ -576,6 +587,9 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         if masks is not None:
             sp.masks.append(mask_of[i])
             sp.mask_use = mask_use
+        if depths is not None:  # (COLMAP units, which the normalisation scales by how["scale"])
+            sp.depths.append(depth_of[i])
+            sp.depth_scale = how["scale"]
         sp.poses.append(poses[i])
         if fits:  # (cameras of several sizes: each image fitted to one size, its intrinsics alike)
             fx, fy, cx, cy, w, h = cams[im.camera_id][0]
@@ -639,6 +653,10 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
             from pipeline.scenes.blender import kept_shares
 
             meta["pixels_kept"] = kept_shares(out)
+    if depths is not None:
+        from pipeline.scenes.depth_maps import depth_facts
+
+        meta["depths"] = depth_facts(str((root / depths).resolve()), how["scale"], out)
     inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
     meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside)),
                              **({"off_masks": off_object} if masks is not None else {})}

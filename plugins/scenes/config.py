@@ -187,6 +187,10 @@ class ColmapConfig(_CaptureOptions):
     images: str = Field("images", description="image folder under path (images_2, images_4: downscaled copies)")
     sparse: Optional[str] = Field(None, description="model folder under path (default: sparse/0, else sparse)")
     masks: Optional[str] = Field(None, description=MASKS_HELP)
+    depths: Optional[str] = Field(None, description="folder under path of depth maps, one per image, in the model's "
+                                  "units: COLMAP's multi-view stereo (NAME.geometric.bin, of the dense workspace's "
+                                  "undistorted images: path: CAPTURE/dense, depths: stereo/depth_maps), .npy or "
+                                  "16-bit PNG; for the depth loss and the sensor_depth evaluator")
     undistort: bool = Field(True, description="a model with lens distortion (OPENCV, SIMPLE_RADIAL, ... with a "
                             "non-zero parameter, or a fisheye model) is undistorted once by COLMAP into pinhole "
                             "images, cached under NLS_CACHE, with its masks; false: its cameras are read as their "

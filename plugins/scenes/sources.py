@@ -390,8 +390,12 @@ def build_colmap(cfg: ColmapConfig, ctx):
         found = undistorted_capture(root, cfg) if cfg.undistort else None
         if found is None:
             return load_colmap(root, images=cfg.images, sparse=cfg.sparse, background=BG[cfg.background],
-                               masks=cfg.masks, **cfg.capture_options())
+                               masks=cfg.masks, depths=cfg.depths, **cfg.capture_options())
         entry, masks, facts = found
+        if cfg.depths is not None:
+            warn(f"scene.depths {cfg.depths}: the capture's cameras have lens distortion, and its depth maps are not "
+                 f"undistorted with its images, so they are left out (multi-view stereo's depth maps belong to the "
+                 f"dense workspace's undistorted images: path: {Path(cfg.path) / 'dense'}, depths: stereo/depth_maps)")
         scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
                             masks=masks, **cfg.capture_options())
         # the capture as the user gave it; the poses (and so the frame) are its model's

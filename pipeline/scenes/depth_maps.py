@@ -1,0 +1,120 @@
+"""Depth maps of posed images (``PosedImages.depths``): a depth sensor's, or multi-view stereo's.
+
+A depth map holds each pixel's z-depth along its camera's optical axis (not the distance along the ray), 0 or
+less, or not finite, where there is none. It is read from:
+
+* ``.npy``: a float (H, W) array;
+* ``.bin``: COLMAP's dense depth maps (``patch_match_stereo``: ``stereo/depth_maps/NAME.geometric.bin`` or
+  ``.photometric.bin``), a text header ``width&height&channels&`` then float32 values, x fastest;
+* any other file: a one-channel image (a 16-bit PNG keeps its 16 bits), as nerfstudio's ``depth_file_path``.
+
+Its values are multiplied by a scale into the scene's units (nerfstudio's ``depth_unit_scale_factor``; for a COLMAP
+capture, the normalisation's scale). A map of another size than its image is resampled to it by the nearest stored
+pixel (sensors' maps are often smaller than the photos), and a downscaled image's depth is the mean of the given
+depths of each block.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.types import DataError
+
+#: the names a COLMAP capture's depth map of image ``NAME`` may have in its depths folder, in the order looked for
+DEPTH_NAMES = ("{name}.geometric.bin", "{name}.photometric.bin", "{name}.npy", "{stem}.npy", "{name}.png",
+               "{stem}.png")
+
+
+def read_colmap_array(path: Path) -> np.ndarray:
+    """(H, W) or (H, W, C) float32 of a COLMAP dense array file (module docstring)."""
+    raw = path.read_bytes()
+    fields, at = [], 0
+    for _ in range(3):
+        end = raw.index(b"&", at)
+        fields.append(int(raw[at:end]))
+        at = end + 1
+    width, height, channels = fields
+    values = np.frombuffer(raw[at:], dtype=np.float32)
+    if values.size != width * height * channels:
+        raise ValueError(f"its header says {width}x{height}x{channels} values, and it holds {values.size}")
+    return values.reshape(channels, height, width).transpose(1, 2, 0).squeeze(-1) if channels == 1 else \
+        values.reshape(channels, height, width).transpose(1, 2, 0)
+
+
+def _stored(path: Path) -> np.ndarray:
+    """The values a depth map file holds, as stored."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path)
+    if suffix == ".bin":
+        return read_colmap_array(path)
+    import imageio.v3 as iio
+
+    return iio.imread(path)  # (imageio: PIL would turn a 16-bit PNG into 8 bits)
+
+
+def read_depth(path: Path, scale: float, size: tuple) -> np.ndarray:
+    """(H, W) float32 z-depth in scene units of the depth map ``path``, times ``scale``, for an image of (H, W)
+    ``size`` (module docstring); 0 where there is none. DataError naming the file when it cannot be read or holds
+    more than one value a pixel."""
+    try:
+        d = _stored(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"depth map {path}: cannot be read ({exc})") from None
+    d = np.squeeze(np.asarray(d, dtype=np.float64))
+    if d.ndim != 2:
+        raise DataError(f"depth map {path} has shape {d.shape}; a depth map holds one value per pixel (H, W)")
+    h, w = size
+    if d.shape != (h, w):
+        rows = np.minimum(((np.arange(h) + 0.5) * d.shape[0] / h).astype(np.int64), d.shape[0] - 1)
+        cols = np.minimum(((np.arange(w) + 0.5) * d.shape[1] / w).astype(np.int64), d.shape[1] - 1)
+        d = d[rows][:, cols]
+    d = d * scale
+    return np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
+
+
+def depth_downscale(depth: np.ndarray, d: int) -> np.ndarray:
+    """(H // d, W // d) mean of each d x d block's depths that are given (> 0); 0 for a block with none."""
+    from pipeline.scenes.blender import area_downscale
+
+    if d == 1:
+        return depth
+    given = (depth > 0).astype(np.float32)[..., None]
+    total = area_downscale((depth[..., None] * given), d)[..., 0]
+    share = area_downscale(given, d)[..., 0]
+    return np.where(share > 0, total / np.maximum(share, 1e-12), 0.0).astype(np.float32)
+
+
+def depth_path(folder: Path, name: str) -> Optional[Path]:
+    """The depth map of the image ``name`` in ``folder`` (:data:`DEPTH_NAMES`), or None."""
+    for pattern in DEPTH_NAMES:
+        candidate = folder / pattern.format(name=name, stem=Path(name).stem)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def depth_paths(folder: Path, names: Sequence[str]) -> list[Path]:
+    """The depth map of each image of ``names`` in ``folder``. DataError when the folder is missing or some image
+    has none, naming the first few and the names looked for."""
+    if not folder.is_dir():
+        raise DataError(f"depths folder {folder} not found; give the folder that holds a depth map per image (COLMAP's "
+                        f"dense/stereo/depth_maps)")
+    found = [depth_path(folder, n) for n in names]
+    missing = [n for n, p in zip(names, found) if p is None]
+    if missing:
+        looked = ", ".join(p.format(name=missing[0], stem=Path(missing[0]).stem) for p in DEPTH_NAMES)
+        raise DataError(f"depths folder {folder}: no depth map for {len(missing)} of the {len(names)} images "
+                        f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); looked for {looked}")
+    return found
+
+
+def depth_facts(source: str, scale: float, splits: dict) -> dict:
+    """scene.json's ``depths``: where the maps came from (``source``), the ``scale`` they were read with and the
+    share of each split's pixels that have a depth (the splits of ``{name: PosedImages}`` with depth maps)."""
+    return {"from": source, "unit_scale": scale,
+            "pixels_with_depth": {name: round(float((sp.depths > 0).float().mean()), 4)
+                                  for name, sp in splits.items() if sp.depths is not None}}
