@@ -53,6 +53,9 @@ class TrainConfig(ConfigModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # nan or inf is a typo, never a setting
     steps: int = Field(1000, ge=1, description="total optimisation steps; resume never goes past it")
     batch_rays: int = Field(4096, ge=1, description="rays per step (posed-image scenes)")
+    depth_rays: int = Field(0, ge=0, description="more rays per step, through pixels with a measured depth only "
+                            "(DS-NeRF's keypoint rays: scene.sparse_depth, depth maps), for the depth loss; the "
+                            "other losses see them too")
     batch_items: int = Field(16, ge=1, description="dataset items per step, over all processes "
                              "(scenes with a training dataset, e.g. shape collections)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate")

@@ -62,30 +62,43 @@ class RaySampler:
         self.kept = None if self.valid is None else float(self.valid.float().mean())
         if self.kept == 0.0:
             raise NLSError("the ignore masks of the training images leave no pixel to train on")
+        self._measured = None  # (the pixels with a depth that count, and their share: made on the first call)
         self.device = device
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.jitter = jitter
 
-    def _pixels(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(image, row, column)`` (n,) long each, uniform over the pixels that count: every pixel, or with ignore
-        masks the valid ones, by rejection (draws of about ``n / kept`` pixels until ``n`` are valid)."""
+    def _pixels(self, n: int, keep: Optional[torch.Tensor] = None,
+                share: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image, row, column)`` (n,) long each, uniform over the pixels ``keep`` (N, H, W) bool holds (None:
+        every pixel), a ``share`` of them all, by rejection: draws of about ``n / share`` pixels until ``n`` are
+        kept."""
         N, H, W, _ = self.images.shape
-        if self.valid is None:
+        if keep is None:
             return (torch.randint(0, N, (n,), generator=self.gen), torch.randint(0, H, (n,), generator=self.gen),
                     torch.randint(0, W, (n,), generator=self.gen))
         found, have = [], 0
         while have < n:
-            m = int(1.1 * (n - have) / self.kept) + 64
+            m = int(1.1 * (n - have) / share) + 64
             idx, v, u = (torch.randint(0, k, (m,), generator=self.gen) for k in (N, H, W))
-            keep = self.valid[idx, v, u]
-            found.append((idx[keep], v[keep], u[keep]))
-            have += int(keep.sum())
+            kept = keep[idx, v, u]
+            found.append((idx[kept], v[kept], u[kept]))
+            have += int(kept.sum())
         return tuple(torch.cat(part)[:n] for part in zip(*found))
 
-    def sample(self, n: int) -> dict:
-        """``n`` rays through uniform random pixels of the training images: ``origins``, ``dirs``, ``rgb``
-        ``(n, 3)`` and ``alpha`` (None when the split has no alphas)."""
-        idx, v, u = (t.to(self.device) for t in self._pixels(n))
+    def sample(self, n: int, measured: bool = False) -> dict:
+        """``n`` rays through uniform random pixels of the training images (that count: ``split.valid``):
+        ``origins``, ``dirs``, ``rgb`` ``(n, 3)`` and ``alpha`` (None when the split has no alphas); with
+        ``measured``, only through pixels with a measured depth (``train.depth_rays``)."""
+        if measured:
+            if self._measured is None:
+                given = self.depths.cpu() > 0 if self.valid is None else (self.depths.cpu() > 0) & self.valid
+                if not bool(given.any()):
+                    raise NLSError("train.depth_rays: no pixel of the training images that counts has a depth")
+                self._measured = (given, float(given.float().mean()))
+            picked = self._pixels(n, *self._measured)
+        else:
+            picked = self._pixels(n, self.valid, self.kept)
+        idx, v, u = (t.to(self.device) for t in picked)
         if self.jitter:
             du, dv = torch.rand(2, n, generator=self.gen).to(self.device)
         else:
@@ -415,9 +428,14 @@ class Trainer:
             g.setdefault("initial_lr", g["lr"])
         has_images = system.renderer is not None and "train" in scene.splits
         self.sampler = RaySampler(scene, device, t.seed, t.pixel_jitter) if has_images else None
-        if self.sampler is not None and t.batch_rays % self.dist.world_size:
-            raise NLSError(f"train.batch_rays={t.batch_rays} must be divisible by the number of processes "
-                           f"({self.dist.world_size})")
+        for key in ("batch_rays", "depth_rays"):
+            if self.sampler is not None and getattr(t, key) % self.dist.world_size:
+                raise NLSError(f"train.{key}={getattr(t, key)} must be divisible by the number of processes "
+                               f"({self.dist.world_size})")
+        if t.depth_rays and (self.sampler is None or self.sampler.depths is None):
+            raise NLSError(f"train.depth_rays={t.depth_rays} draws rays through the pixels with a measured depth, and "
+                           f"this scene's training images have no depth: set scene.sparse_depth: true (a COLMAP "
+                           f"capture, photos, a video), give depth maps, or set train.depth_rays: 0")
         train_set = scene.datasets.get("train")
         self.items = (DatasetBatches(train_set, t.batch_items, t.seed, device, self.dist.world_size,
                                      self.dist.rank)
@@ -571,20 +589,32 @@ class Trainer:
         if hasattr(renderer, "update"):  # optional: renderers with an occupancy grid or other state
             with plugin_errors(f"{component_label(renderer)} failed in update(step={self.step})"):
                 renderer.update(self.step, system.chain, every=t.grid_update_every, warmup=t.grid_warmup)
-        batch = self.sampler.sample(t.batch_rays)
-        part = slice(None)
-        if self.dist.enabled:
-            share = t.batch_rays // self.dist.world_size
-            part = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
-            batch = {k: (v[part] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch = self._rank_share(self.sampler.sample(t.batch_rays), t.batch_rays)
+        if t.depth_rays:  # (DS-NeRF's extra rays through the pixels with a measured depth, after the others)
+            extra = self._rank_share(self.sampler.sample(t.depth_rays, measured=True), t.depth_rays)
+            batch = {k: torch.cat([v, extra[k]]) if torch.is_tensor(v) else v for k, v in batch.items()}
         bg = None
         if getattr(getattr(renderer, "cfg", None), "random_background", False) and batch["alpha"] is not None:
             # drawn for the whole global batch and sliced like the rays: every rank holds the same
             # generator, so a per-rank draw would give each rank's rays the same colours
-            bg = torch.rand(t.batch_rays, 3, device=self.device)[part]
+            bg = torch.rand(t.batch_rays, 3, device=self.device)[self._rank_part(t.batch_rays)]
+            if t.depth_rays:
+                bg = torch.cat([bg, torch.rand(t.depth_rays, 3, device=self.device)[self._rank_part(t.depth_rays)]])
             a = batch["alpha"]
             batch["rgb"] = (batch["rgb"] - (1 - a) * renderer.background) + (1 - a) * bg
         return batch, bg
+
+    def _rank_part(self, total: int) -> slice:
+        """This rank's slice of a global batch of ``total`` rays (all of it in a single process)."""
+        if not self.dist.enabled:
+            return slice(None)
+        share = total // self.dist.world_size
+        return slice(self.dist.rank * share, (self.dist.rank + 1) * share)
+
+    def _rank_share(self, batch: dict, total: int) -> dict:
+        """``batch``'s tensors sliced to this rank's part of the global ``total`` rays."""
+        part = self._rank_part(total)
+        return batch if part == slice(None) else {k: (v[part] if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def train_step(self) -> dict:
         """One optimisation step. With a renderer and training images, losses see a rendered ray

@@ -175,7 +175,8 @@ def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_w
                             {"type": "sensor_depth", "save_images": 1}]}
     path = tmp_path / "scene.yaml"
     path.write_text(yaml.safe_dump(scene))
-    proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "3", check=True)
+    proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "3",
+                   "--set", "train.depth_rays=64", check=True)
     assert "evaluator chamfer will be skipped after training: the scene has no ground-truth mesh" in proc.stderr
     run = next((tmp_path / "runs").glob("depth_tiny/*/*/summary.json")).parent
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -189,6 +190,12 @@ def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_w
     path.write_text(yaml.safe_dump(scene))
     proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "1")
     assert proc.returncode != 0 and "losses: depth needs depth maps of the training images" in proc.stderr
+    scene["losses"] = [{"type": "photometric"}]
+    path.write_text(yaml.safe_dump(scene))
+    proc = run_nls("reconstruct", str(path), "--output", str(tmp_path / "runs"), "-q", "--steps", "1",
+                   "--set", "train.depth_rays=64")
+    assert proc.returncode != 0 and "train.depth_rays=64 draws rays through the pixels with a measured depth" \
+        in proc.stderr
 
 
 def test_the_sensor_depth_evaluator_scores_the_rendered_depth_against_the_split_s_maps():
@@ -270,3 +277,73 @@ def test_a_colmap_capture_s_stereo_depth_maps_land_on_the_surface_in_the_run_s_f
     with pytest.raises(DataError, match=r"no depth map for 10 of the 10 images \(000.png, 001.png, 002.png ...\); "
                                         r"looked for 000.png.geometric.bin"):
         load_colmap(root, test_every=0, depths="sparse")
+
+
+def test_keypoint_depths_keep_the_nearest_point_of_a_pixel_and_drop_the_outside():
+    from pipeline.scenes.depth_maps import keypoint_depths
+
+    xy = np.array([[0.5, 0.5], [0.9, 0.2], [2.5, 1.5], [3.0, 0.5], [-0.1, 0.5], [1.5, 1.5]])
+    z = np.array([2.0, 1.5, 3.0, 4.0, 5.0, -1.0])
+    d = keypoint_depths(xy, z, (2, 3))
+    assert np.array_equal(d, np.array([[1.5, 0, 0], [0, 0, 3.0]], np.float32))
+
+
+def test_sparse_depth_puts_each_keypoint_s_point_depth_at_its_pixel_and_depth_rays_draw_them(tmp_path,
+                                                                                           pycolmap):  # noqa: F811
+    """The tiny sphere's COLMAP capture with each surface point observed where it projects in the views that see it:
+    with sparse_depth, the loaded depth at a keypoint's pixel is that point's z-depth in the run's units (SIGMA
+    times the source's, times the normalisation's scale), and nothing elsewhere, nor where the image is transparent
+    (alpha < 0.5); depth rays go through them only."""
+    from pipeline.scenes.colmap import load_colmap
+    from pipeline.train import RaySampler
+    from tests.test_colmap_scene import SIGMA, _q, make_colmap, truth
+
+    made = make_colmap(tmp_path / "cap", camera_of=lambda k: 1, extra_points=False)
+    root, model = made["root"], made["model"]
+    rng = np.random.default_rng(3)
+    d = rng.normal(size=(400, 3))
+    pts = 0.4 * d / np.linalg.norm(d, axis=1, keepdims=True)  # (make_colmap's sphere points, in its order)
+    lines = (model / "images.txt").read_text().splitlines()
+    heads = [line for line in lines if line and not line.startswith("#")]
+    tracks: dict[int, list[str]] = {}
+    expected = []  # (view, row, col, z in source units)
+    body = ["# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "# POINTS2D[]"]
+    for k, (head, (_, c2w, f)) in enumerate(zip(heads, truth()["frames"])):
+        o = c2w[:3, 3]
+        cam = (pts - o) @ c2w[:3, :3]  # OpenGL camera coordinates
+        z = -cam[:, 2]
+        u, v = f * cam[:, 0] / z + 16, -f * cam[:, 1] / z + 16
+        seen = np.flatnonzero(((pts * (o - pts)).sum(1) > 0.02) & (u > 0) & (u < 32) & (v > 0) & (v < 32))
+        obs = []
+        for j, p in enumerate(seen):
+            obs.append(f"{float(u[p])!r} {float(v[p])!r} {p + 1}")
+            tracks.setdefault(p + 1, []).append(f"{k + 1} {j}")
+        body += [head, " ".join(obs)]
+        nearest = {}
+        for p in seen:
+            key = (int(v[p]), int(u[p]))
+            nearest[key] = min(nearest.get(key, np.inf), z[p])
+        expected += [(k, r, c, zz) for (r, c), zz in nearest.items()]
+    (model / "images.txt").write_text("\n".join(body) + "\n")
+    Q = _q()
+    from tests.test_colmap_scene import SHIFT, _fmt
+
+    (model / "points3D.txt").write_text("".join(
+        f"{i + 1} {_fmt(SIGMA * Q @ p + SHIFT)} 200 200 200 0.5 {' '.join(tracks.get(i + 1, []))}\n"
+        for i, p in enumerate(pts)))
+    scene = load_colmap(root, test_every=0, sparse_depth=True)
+    depths = scene.splits["train"].depths.numpy()
+    scale = scene.meta["input_frame"]["scale"]
+    assert scene.meta["depths"]["from"].endswith("(sparse_depth)")
+    alpha = scene.splits["train"].alphas.numpy()[..., 0]
+    dropped = [e for e in expected if alpha[e[0], e[1], e[2]] < 0.5]  # (on the silhouette's transparent side)
+    assert 0 < len(dropped) < 0.2 * len(expected) and all(depths[k, r, c] == 0 for k, r, c, _ in dropped)
+    expected = [e for e in expected if alpha[e[0], e[1], e[2]] >= 0.5]
+    got = np.array([depths[k, r, c] for k, r, c, _ in expected])
+    assert len(expected) > 200 and np.allclose(got, [SIGMA * scale * z for *_, z in expected], rtol=1e-5)
+    assert int((depths > 0).sum()) == len(expected)  # nothing but the keypoints' pixels
+    sampler = RaySampler(scene, torch.device("cpu"), seed=0)
+    batch = sampler.sample(300, measured=True)
+    assert (batch["depth"] > 0).all()
+    with pytest.raises(DataError, match="not both"):
+        load_colmap(root, depths="x", sparse_depth=True)

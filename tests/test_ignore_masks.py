@@ -42,7 +42,7 @@ def test_the_sampler_draws_only_the_pixels_that_count_and_each_alike():
     sampler = _sampler(split, jitter=True)
     counts = np.zeros(valid.shape)
     for _ in range(30):
-        i, v, u = (t.numpy() for t in sampler._pixels(4096))
+        i, v, u = (t.numpy() for t in sampler._pixels(4096, sampler.valid, sampler.kept))
         assert len(i) == 4096
         np.add.at(counts, (i, v, u), 1)
     assert counts[~valid].sum() == 0  # never a pixel left out

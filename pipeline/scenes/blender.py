@@ -418,7 +418,9 @@ class FrameList:
         #: what ``masks`` mean: ``object`` (the image is composited on the background by its mask, which becomes
         #: its alpha) or ``ignore`` (black pixels are neither trained on nor scored: ``PosedImages.valid``)
         self.mask_use = "object"
-        self.depths: list[Path] = []  # a depth map per image (nerfstudio's depth_file_path), or none
+        #: a depth map per image (nerfstudio's depth_file_path, a COLMAP stereo map; or its values, an array: SfM
+        #: keypoints'), or none
+        self.depths: list = []
         self.depth_scale = 1e-3  # world units per stored depth unit (nerfstudio's depth_unit_scale_factor)
         # per frame, how its image is fitted to the split's one size (cameras of several sizes), or none;
         # ``intr`` then describes the fitted image (pipeline.scenes.camera_fit)
@@ -510,12 +512,14 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 if valid is None:
                     valid = np.empty((n,) + rgb.shape[:2], bool)
                 valid[i] = area_downscale(keep, downscale)[..., 0] >= VALID_SHARE
-            if sp.depths:  # (transforms.json frames only, which are never fitted)
+            if sp.depths:  # (never with fitted images: the loaders refuse the two together)
                 if depths is None:
                     depths = np.empty((n,) + rgb.shape[:2], np.float32)
                 from pipeline.scenes.depth_maps import depth_downscale, read_depth
 
-                depths[i] = depth_downscale(read_depth(sp.depths[i], sp.depth_scale, img.shape[:2]), downscale)
+                d = read_depth(sp.depths[i], sp.depth_scale, img.shape[:2])
+                # (where the image is transparent, or its object mask leaves it out, a depth is not the object's)
+                depths[i] = depth_downscale(d if a is None else np.where(a[..., 0] >= 0.5, d, 0.0), downscale)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
             images[i] = rgb

@@ -424,7 +424,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                 center: Optional[Sequence[float]] = None, scale: Optional[float] = None,
                 orientation: str = "vertical", up: Optional[Sequence[float]] = None,
                 exclude: Sequence[str] = (), masks: Optional[str] = None, mask_use: str = "object",
-                depths: Optional[str] = None, progress: Optional[bool] = None) -> SceneData:
+                depths: Optional[str] = None, sparse_depth: bool = False,
+                progress: Optional[bool] = None) -> SceneData:
     """Load a COLMAP capture (see the module docstring for the layout, axes and normalisation).
 
     Args:
@@ -452,6 +453,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         depths: a folder of depth maps, one per image (under ``root`` unless absolute; COLMAP's
             ``dense/stereo/depth_maps``: :mod:`pipeline.scenes.depth_maps`), in COLMAP units, read into ``depths``
             in the normalised frame's units.
+        sparse_depth: instead, each image's sparse depth map from the model's keypoints: the z-depth of the 3D
+            point each keypoint observes, at its pixel (:func:`pipeline.scenes.depth_maps.keypoint_depths`).
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
@@ -538,6 +541,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     elif (root / "masks").is_dir():
         warn(f"{root} holds a masks folder, which is not used; set scene.masks: masks (--set scene.masks=masks) "
              f"to composite each image on the background by its object mask")
+    if depths is not None and sparse_depth:
+        raise DataError(f"give depth maps (depths: {depths}) or the keypoints' sparse depth (sparse_depth), not both")
     if depths is not None:
         from pipeline.scenes.depth_maps import depth_paths
 
@@ -571,10 +576,12 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     fits = fits_to_one_size(disk)
     if fits:
         _warn_fitted(cameras_file, fits, posed)
-        if depths is not None:
+        if depths is not None or sparse_depth:
             raise DataError(f"{cameras_file}: its cameras are of several sizes, whose images are fitted to one, and "
                             f"nls does not fit depth maps alike; load the images of one size (scene.exclude), or "
-                            f"leave out scene.depths")
+                            f"leave out scene.{'depths' if depths is not None else 'sparse_depth'}")
+    if sparse_depth:
+        depth_of = _keypoint_depths(pycolmap, rec, posed, cams, images_file)
     found: dict[str, tuple[FrameList, list[int]]] = {}
     for i, im in enumerate(posed):
         name = "test" if test_every and i % test_every == 0 else "train"
@@ -587,7 +594,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         if masks is not None:
             sp.masks.append(mask_of[i])
             sp.mask_use = mask_use
-        if depths is not None:  # (COLMAP units, which the normalisation scales by how["scale"])
+        if depths is not None or sparse_depth:  # (COLMAP units, which the normalisation scales by how["scale"])
             sp.depths.append(depth_of[i])
             sp.depth_scale = how["scale"]
         sp.poses.append(poses[i])
@@ -653,16 +660,36 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
             from pipeline.scenes.blender import kept_shares
 
             meta["pixels_kept"] = kept_shares(out)
-    if depths is not None:
+    if depths is not None or sparse_depth:
         from pipeline.scenes.depth_maps import depth_facts
 
-        meta["depths"] = depth_facts(str((root / depths).resolve()), how["scale"], out)
+        meta["depths"] = depth_facts(str((root / depths).resolve()) if depths is not None else
+                                     f"the keypoints of {images_file} (sparse_depth)", how["scale"], out)
     inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
     meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside)),
                              **({"off_masks": off_object} if masks is not None else {})}
     return SceneData(splits=out, aabb=torch.tensor(np.asarray(box, np.float32)),
                      background=tuple(float(x) for x in bg), near=float(near), far=float(far), meta=meta,
                      points=inside.astype(np.float32) if len(inside) else None)
+
+
+def _keypoint_depths(pycolmap, rec, posed: list, cams: dict, images_file: Path) -> list[np.ndarray]:
+    """Each posed image's sparse depth map (COLMAP units) at its camera's size from the keypoints of ``rec`` that
+    observe a 3D point (:func:`pipeline.scenes.depth_maps.keypoint_depths`)."""
+    from pipeline.scenes.depth_maps import keypoint_depths
+
+    maps = []
+    for im in posed:
+        seen = [(p.xy, p.point3D_id) for p in im.points2D if p.has_point3D()]
+        w, h = (int(v) for v in cams[im.camera_id][0][4:6])
+        if not seen:
+            maps.append(np.zeros((h, w), np.float32))
+            continue
+        xy = np.array([s[0] for s in seen], dtype=np.float64).reshape(-1, 2)
+        xyz = np.array([rec.points3D[s[1]].xyz for s in seen], dtype=np.float64).reshape(-1, 3)
+        rot, t = _world_to_camera(pycolmap, im, images_file)
+        maps.append(keypoint_depths(xy, (xyz @ rot.T + t)[:, 2], (h, w)))
+    return maps
 
 
 def points_in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:

@@ -56,24 +56,42 @@ def _stored(path: Path) -> np.ndarray:
     return iio.imread(path)  # (imageio: PIL would turn a 16-bit PNG into 8 bits)
 
 
-def read_depth(path: Path, scale: float, size: tuple) -> np.ndarray:
-    """(H, W) float32 z-depth in scene units of the depth map ``path``, times ``scale``, for an image of (H, W)
-    ``size`` (module docstring); 0 where there is none. DataError naming the file when it cannot be read or holds
-    more than one value a pixel."""
+def read_depth(path, scale: float, size: tuple) -> np.ndarray:
+    """(H, W) float32 z-depth in scene units of the depth map ``path`` (or an (h, w) array of its values, such as
+    :func:`keypoint_depths`), times ``scale``, for an image of (H, W) ``size`` (module docstring); 0 where there is
+    none. A map a whole multiple of the size is averaged over blocks (:func:`depth_downscale`), any other size
+    resampled by the nearest stored pixel. DataError naming the file when it cannot be read or holds more than one
+    value a pixel."""
     try:
-        d = _stored(path)
+        d = path if isinstance(path, np.ndarray) else _stored(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"depth map {path}: cannot be read ({exc})") from None
     d = np.squeeze(np.asarray(d, dtype=np.float64))
     if d.ndim != 2:
         raise DataError(f"depth map {path} has shape {d.shape}; a depth map holds one value per pixel (H, W)")
+    d = np.where(np.isfinite(d) & (d > 0), d * scale, 0.0).astype(np.float32)
     h, w = size
+    k = d.shape[0] // max(h, 1)
+    if k > 1 and d.shape == (h * k, w * k):
+        return depth_downscale(d, k)
     if d.shape != (h, w):
         rows = np.minimum(((np.arange(h) + 0.5) * d.shape[0] / h).astype(np.int64), d.shape[0] - 1)
         cols = np.minimum(((np.arange(w) + 0.5) * d.shape[1] / w).astype(np.int64), d.shape[1] - 1)
         d = d[rows][:, cols]
-    d = d * scale
-    return np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
+    return d
+
+
+def keypoint_depths(xy: np.ndarray, z: np.ndarray, size: tuple) -> np.ndarray:
+    """(H, W) float32 sparse depth map of an image of (H, W) ``size`` from structure from motion's keypoints: the
+    z-depth ``z`` (P,) of the 3D point each keypoint ``xy`` (P, 2; COLMAP pixel coordinates, the top-left pixel's
+    centre at (0.5, 0.5)) observes, at the keypoint's pixel (the nearest when several fall in one); 0 elsewhere.
+    DS-NeRF (Deng et al. 2022) supervises depth with these keypoints."""
+    h, w = size
+    out = np.full(h * w, np.inf)
+    col, row = np.floor(xy[:, 0]).astype(np.int64), np.floor(xy[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (z > 0) & np.isfinite(z)
+    np.minimum.at(out, row[inside] * w + col[inside], z[inside])
+    return np.where(np.isfinite(out), out, 0.0).reshape(h, w).astype(np.float32)
 
 
 def depth_downscale(depth: np.ndarray, d: int) -> np.ndarray:

@@ -158,6 +158,9 @@ class _CaptureOptions(ComponentConfig):
     exclude: list[str] = Field([], description="images left out by name (a blurred or misplaced one), as if "
                                "unregistered")
     mask_use: Literal["object", "ignore"] = Field("object", description=MASK_USE_HELP)
+    sparse_depth: bool = Field(False, description="a sparse depth map per image from the model's keypoints (the "
+                               "z-depth of the 3D point each one observes, at its pixel), as DS-NeRF supervises "
+                               "depth: for the depth loss (with train.depth_rays)")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
@@ -174,7 +177,7 @@ class _CaptureOptions(ComponentConfig):
         return {"splits": tuple(self.splits), "test_every": self.test_every, "downscale": self.downscale,
                 "max_images": self.max_images, "aabb": self.aabb, "center": self.center, "scale": self.scale,
                 "orientation": self.orientation, "up": self.up, "exclude": tuple(self.exclude),
-                "mask_use": self.mask_use}
+                "mask_use": self.mask_use, "sparse_depth": self.sparse_depth}
 
 
 class ColmapConfig(_CaptureOptions):
