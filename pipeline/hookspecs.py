@@ -167,7 +167,8 @@ def nls_register_losses(register):
     The built module (or plain function) is called ``loss(batch: dict, out: dict, model) -> Tensor``
     (a scalar, already weighted). ``batch`` holds ``step`` and, for posed-image scenes, the ray
     batch ``origins (R,3)``, ``dirs (R,3)``, ``rgb (R,3)`` (the target colours) and ``alpha (R,1)``
-    (or None); scenes with a training dataset give a collated mini-batch of its items instead, and
+    (or None), with ``image_index (R,)`` and, where the images have depth maps, ``depth (R,1)`` (the measured
+    distance along each ray, 0 for none); scenes with a training dataset give a collated mini-batch of its items instead, and
     point-cloud scenes only ``step``. ``out`` is the renderer's result for the rays (empty without
     rays); ``model`` is the :class:`pipeline.system.System` (``model.chain(x, d)`` queries the field).
 

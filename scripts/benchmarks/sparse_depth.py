@@ -1,0 +1,75 @@
+"""Benchmark ``sparse_depth``: DS-NeRF's depth from structure from motion's keypoints, on few training views.
+
+The masks benchmark's shoot (lego's 100 train views and first 15 test views over a tiled floor, as photos, lego's
+alpha as object masks; ``python scripts/bench.py masks --help``) is posed by structure from motion once, from all
+its photos; then ``lego_dense.yaml`` trains ``--steps`` on only the first ``--views`` training photos (by name;
+``scene.max_images``), twice:
+
+* ``photometric``: its own losses;
+* ``+ sparse depth``: ``scene.sparse_depth: true`` (the z-depth of the 3D point each keypoint observes, at its
+  pixel, kept on lego by the masks), the ``depth`` loss (``--weight``) and ``train.depth_rays`` (``--rays``) more
+  rays a step through those pixels.
+
+Both are scored on the 15 held-out photos, composited on white by their masks. Writes
+outputs/bench/sparse_depth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="bench.py sparse_depth", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--views", type=int, default=12, help="training photos used (default 12)")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of each run (default 1000)")
+    ap.add_argument("--weight", type=float, default=0.1, help="the depth loss's weight (default 0.1)")
+    ap.add_argument("--rays", type=int, default=512, help="train.depth_rays (default 512)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "sparse_depth.json"))
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from scripts.benchmarks._reconstruct import cell, shared_data, write_result
+    from scripts.benchmarks.colmap import train
+    from scripts.benchmarks.masks import write_shoot
+
+    lego, skipped = shared_data("sparse_depth", "nerf", "lego")
+    if skipped:
+        return skipped
+    bench = ROOT / "outputs" / "bench" / "sparse_depth"
+    shoot = ROOT / "outputs" / "bench" / "masks" / "lego_on_floor"  # (the masks benchmark's: SfM cached alike)
+    result: dict = {"photos": write_shoot(Path(lego), shoot), "views": args.views, "steps": args.steps, "runs": {}}
+    source = ["scene.type=photos", f"scene.path={shoot}", "scene.masks=masks", "scene.aabb=null",
+              f"scene.max_images={args.views}"]
+    base = ["{type: photometric}", "{type: tv, weight: 1.0e-4, density_only: true}"]
+    runs = {"photometric": [f"losses=[{', '.join(base)}]"],
+            "+ sparse depth": ["scene.sparse_depth=true", f"train.depth_rays={args.rays}",
+                               f"losses=[{', '.join([*base, f'{{type: depth, weight: {args.weight}}}'])}]"]}
+    for name, sets in runs.items():
+        r = train(name.strip("+ ").replace(" ", "_"), [*source, *sets], args, bench / "runs", None)
+        scene = json.loads((Path(r["run"]) / "scene.json").read_text())
+        r["pixels_with_depth"] = (scene.get("depths") or {}).get("pixels_with_depth")
+        result["runs"][name] = r
+        print(f"{name}: {json.dumps(r)}", flush=True)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"lego over a floor from {args.views} posed photos (SfM on all {result['photos']}), object "
+                    f"masks, {args.steps} steps, 15 held-out photos")
+    for col in ("run", "test PSNR dB", "SSIM", "train pixels with a depth", "train s"):
+        t.add_column(col)
+    for name, r in result["runs"].items():
+        share = (r["pixels_with_depth"] or {}).get("train")
+        t.add_row(name, cell(r["psnr"], ".2f"), cell(r["ssim"], ".4f"),
+                  "-" if share is None else f"{100 * share:.2f} %", cell(r["train_seconds"], ".0f"))
+    Console().print(t)
+    write_result(result, args.out)
+    return result
