@@ -184,6 +184,8 @@ class SensorDepthMetrics(DepthMetrics):
     prefix, truth_of = "sensor_", "the eval split's depth maps"
 
     def truths(self, ctx, split):
+        """``truth(i)``: view ``i``'s depth map as distances along its pixel-centre rays
+        (:func:`pipeline.train.ray_distance`), NaN where it has none; NLSError when the split has no depth maps."""
         import numpy as np
         import torch
 
