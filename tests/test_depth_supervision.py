@@ -274,8 +274,8 @@ def test_a_colmap_capture_s_stereo_depth_maps_land_on_the_surface_in_the_run_s_f
     configured = build_colmap(ColmapConfig(path=str(root), test_every=0, downscale=1, depths="stereo/depth_maps"),
                               None)()
     assert torch.equal(configured.splits["train"].depths, train.depths)
-    with pytest.raises(DataError, match=r"no depth map for 10 of the 10 images \(000.png, 001.png, 002.png ...\); "
-                                        r"looked for 000.png.geometric.bin"):
+    with pytest.raises(DataError, match=r"no depth map for 10 of the 10 images: 000.png, 001.png, 002.png, 003.png, "
+                                        r"004.png ... \(for 000.png it looked for 000.png.geometric.bin, "):
         load_colmap(root, test_every=0, depths="sparse")
 
 

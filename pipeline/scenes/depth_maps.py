@@ -17,7 +17,7 @@ depths of each block.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -106,28 +106,18 @@ def depth_downscale(depth: np.ndarray, d: int) -> np.ndarray:
     return np.where(share > 0, total / np.maximum(share, 1e-12), 0.0).astype(np.float32)
 
 
-def depth_path(folder: Path, name: str) -> Optional[Path]:
-    """The depth map of the image ``name`` in ``folder`` (:data:`DEPTH_NAMES`), or None."""
-    for pattern in DEPTH_NAMES:
-        candidate = folder / pattern.format(name=name, stem=Path(name).stem)
-        if candidate.is_file():
-            return candidate
-    return None
+def depth_candidates(folder: Path, name: str) -> list[Path]:
+    """Where the depth map of the image ``name`` may be in ``folder`` (:data:`DEPTH_NAMES`), in the order looked for."""
+    return [folder / pattern.format(name=name, stem=Path(name).stem) for pattern in DEPTH_NAMES]
 
 
 def depth_paths(folder: Path, names: Sequence[str]) -> list[Path]:
-    """The depth map of each image of ``names`` in ``folder``. DataError when the folder is missing or some image
-    has none, naming the first few and the names looked for."""
-    if not folder.is_dir():
-        raise DataError(f"depths folder {folder} not found; give the folder that holds a depth map per image (COLMAP's "
-                        f"dense/stereo/depth_maps)")
-    found = [depth_path(folder, n) for n in names]
-    missing = [n for n, p in zip(names, found) if p is None]
-    if missing:
-        looked = ", ".join(p.format(name=missing[0], stem=Path(missing[0]).stem) for p in DEPTH_NAMES)
-        raise DataError(f"depths folder {folder}: no depth map for {len(missing)} of the {len(names)} images "
-                        f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); looked for {looked}")
-    return found
+    """The depth map of each image of ``names`` in ``folder``
+    (:func:`pipeline.scenes.masks.files_per_image`)."""
+    from pipeline.scenes.masks import files_per_image
+
+    return files_per_image(folder, names, depth_candidates, "depth map",
+                           "give the folder that holds a depth map per image (COLMAP's dense/stereo/depth_maps)")
 
 
 def depth_facts(source: str, scale: float, splits: dict) -> dict:

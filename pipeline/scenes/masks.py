@@ -14,34 +14,38 @@ turn and crop as their photos (:mod:`pipeline.scenes.upright_photos`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from pipeline.types import DataError
 
 
-def mask_path(folder: Path, name: str) -> Optional[Path]:
-    """The mask of the image ``name`` in ``folder`` (see the module docstring for the names), or None."""
-    for candidate in (folder / name, folder / f"{name}.png", (folder / name).with_suffix(".png")):
-        if candidate.is_file():
-            return candidate
-    return None
+def mask_candidates(folder: Path, name: str) -> list[Path]:
+    """Where the mask of the image ``name`` may be in ``folder`` (see the module docstring), in the order looked for."""
+    return [folder / name, folder / f"{name}.png", (folder / name).with_suffix(".png")]
 
 
-def mask_paths(folder: Path, names: Sequence[str]) -> list[Path]:
-    """The mask of each image of ``names`` in ``folder``. DataError when the folder is missing or some image has
-    no mask, naming the first few and the names looked for."""
+def files_per_image(folder: Path, names: Sequence[str], candidates, what: str, missing_folder: str) -> list[Path]:
+    """The file of each image of ``names`` in ``folder``: the first of ``candidates(folder, name)`` (paths) that
+    is a file. DataError when the folder is missing (``what`` folder ... not found; ``missing_folder`` says what to
+    give) or some image has none, naming the first few and, for the first, the names looked for."""
     if not folder.is_dir():
-        raise DataError(f"masks folder {folder} not found; give the folder that holds one mask per image")
-    found = [mask_path(folder, n) for n in names]
+        raise DataError(f"{what}s folder {folder} not found; {missing_folder}")
+    found = [next((p for p in candidates(folder, n) if p.is_file()), None) for n in names]
     missing = [n for n, p in zip(names, found) if p is None]
     if missing:
         n = missing[0]
-        raise DataError(f"{folder}: no mask for {len(missing)} of the {len(names)} images: "
+        looked = [p.name for p in candidates(folder, n)]
+        raise DataError(f"{folder}: no {what} for {len(missing)} of the {len(names)} images: "
                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (for {n} it looked for "
-                        f"{n}, {n}.png and {Path(n).with_suffix('.png').name}); every image needs its mask")
+                        f"{', '.join(looked[:-1])} and {looked[-1]}); every image needs its {what}")
     return [p for p in found if p is not None]
+
+
+def mask_paths(folder: Path, names: Sequence[str]) -> list[Path]:
+    """The mask of each image of ``names`` in ``folder`` (:func:`files_per_image`)."""
+    return files_per_image(folder, names, mask_candidates, "mask", "give the folder that holds one mask per image")
 
 
 def read_mask(path: Path) -> np.ndarray:
