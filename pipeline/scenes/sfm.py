@@ -93,12 +93,14 @@ def keyframe_pairs(n: int, every: int, overlap: int = SEQUENTIAL_OVERLAP) -> lis
 def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str = "SIMPLE_RADIAL",
             single_camera: bool = True, cameras: Optional[Sequence[Sequence[str]]] = None,
             matcher: Literal["exhaustive", "sequential", "keyframes"] = "exhaustive", keyframe_every: int = 10,
-            max_image_size: int = 1600, threads: int = -1, seed: int = 0, progress: bool = True) -> dict:
+            max_image_size: int = 1600, threads: int = -1, seed: int = 0, progress: bool = True,
+            feature_masks: Optional[Path] = None) -> dict:
     """Run SfM on the photos ``names`` in ``photos`` into ``out`` (see the module docstring); returns what it
     found: ``{"photos", "registered", "unregistered" (names), "models", "points", "mean_reprojection_error",
     "seconds": {step: s}, ...options}``. ``cameras``: the photos grouped by camera (by size and lens:
     :meth:`pipeline.scenes.upright_photos.PhotoPlan.cameras`); with ``single_camera`` the photos of each group
-    share a camera, the groups do not. DataError when no model
+    share a camera, the groups do not. ``feature_masks``: a folder of masks named ``<photo name>.png`` (COLMAP's
+    ``mask_path``), black where no feature is to be extracted. DataError when no model
     registers at least :data:`MIN_PHOTOS` photos."""
     from pipeline.scenes.colmap import _pycolmap
 
@@ -110,6 +112,8 @@ def run_sfm(photos: Path, out: Path, *, names: Sequence[str], camera_model: str 
     _say(f"extracting SIFT features from {len(names)} photos in {photos}", progress)
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
+    if feature_masks is not None:
+        reader.mask_path = str(feature_masks)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = int(max_image_size)
     extraction.num_threads = int(threads)

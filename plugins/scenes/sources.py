@@ -475,13 +475,25 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
         model, _ = find_sparse_model(model.parent, model.name)
 
     posed_names = plan.posed_names(names)  # (HEIC photos are posed as JPEG copies)
+    if masks is None and cfg.masks is not None:
+        masks = Path(cfg.path) / cfg.masks
+    ignored = None
+    if masks is not None and cfg.mask_use == "ignore":  # (what moved is not matched either)
+        from pipeline.scenes.masks import mask_paths
+
+        ignored = mask_paths(masks, names)
 
     def make(tmp: Path) -> None:
         source = tmp / "upright" if plan.needed else folder  # (copies: read only until undistortion)
         if plan.needed:
             write_copies(folder, names, source, plan, progress=_progress_wanted())
         if model is None:
-            found = run_sfm(source, tmp, names=posed_names, progress=_progress_wanted(), **sfm)
+            features = None if ignored is None else _feature_masks(ignored, names, plan, tmp / "feature_masks")
+            found = run_sfm(source, tmp, names=posed_names, progress=_progress_wanted(), feature_masks=features,
+                            **sfm)
+            if features is not None:
+                shutil.rmtree(features)
+                found["feature_masks"] = str(masks)
         else:
             check_model_sizes(model, plan)
             shutil.copytree(model, tmp / "sparse" / "0")
@@ -500,7 +512,9 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
 
     entry = cached_render("sfm", {"photos": photos, **{k: v for k, v in sfm.items() if k != "cameras"},
                                   **({"ordered": True} if ordered else {}),
-                                  **({"prepared": plan.facts()} if plan.facts() else {})}, make)
+                                  **({"prepared": plan.facts()} if plan.facts() else {}),
+                                  **({"feature_masks": [_fingerprint(p) for p in ignored]} if ignored else {})},
+                          make)
     found = json.loads((entry / "meta.json").read_text())["sfm"]
     if found["unregistered"]:
         warn(f"{folder}: structure from motion left {len(found['unregistered'])} of {found['photos']} {what} "
@@ -513,8 +527,6 @@ def pose_photos(folder: Path, cfg: PhotosConfig, what: str = "photos", ordered: 
              f"away and back between neighbouring frames), and they are left out: {', '.join(off_path[:8])}"
              f"{' ...' if len(off_path) > 8 else ''}")
         options["exclude"] = (*options["exclude"], *off_path)
-    if masks is None and cfg.masks is not None:
-        masks = Path(cfg.path) / cfg.masks
     undistorted = _undistorted_masks(cfg, masks, names, plan, entry)
     scene = load_colmap(entry / "capture", images="images", sparse="sparse", background=BG[cfg.background],
                         masks=undistorted, **options)
@@ -580,6 +592,22 @@ def _warn_sizes(folder: Path, plan, what: str, single_camera: bool) -> None:
                  f"to, about {w}x{h} (known after undistortion): {sum(map(len, shrunk))} of the {len(plan.sizes)} "
                  f"lose more than half their width and height; remove the small ones from the folder to keep the "
                  f"others' detail")
+
+
+def _feature_masks(paths: list[Path], names: list[str], plan, out: Path) -> Path:
+    """The photos' ignore masks (``paths``, one per photo of ``names``) turned and cropped as their copies are, black
+    and white, as COLMAP's feature extraction reads them: ``out/<posed name>.png``; returns ``out``."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from pipeline.scenes.masks import read_mask
+    from pipeline.scenes.upright_photos import shape_mask
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, posed, path in zip(names, plan.posed_names(names), paths):
+        shaped = shape_mask(plan, name, np.round(read_mask(path) * 255).astype(np.uint8))
+        iio.imwrite(out / f"{posed}.png", np.where(shaped >= 128, 255, 0).astype(np.uint8))
+    return out
 
 
 def _undistorted_masks(cfg: PhotosConfig, folder: Optional[Path], names: list[str], plan,
