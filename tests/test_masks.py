@@ -264,3 +264,23 @@ def _hull_side(lego: Path, cell: float = 0.05) -> float:
         keep[seen] = alpha[v[seen].astype(int), u[seen].astype(int)] > 127
         points = points[keep]
     return float((points.max(0) - points.min(0)).max() + cell)
+
+
+def test_a_cut_out_is_read_by_its_alpha_and_an_opaque_colour_mask_by_its_luma(tmp_path):
+    import imageio.v3 as iio
+
+    from pipeline.scenes.masks import read_mask
+
+    photo = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    alpha = np.zeros((6, 5), np.uint8)
+    alpha[1:4, 2:] = 255
+    alpha[0, 0] = 128
+    iio.imwrite(tmp_path / "cut.png", np.concatenate([photo, alpha[..., None]], -1))  # a background remover's
+    assert np.allclose(read_mask(tmp_path / "cut.png"), alpha / 255.0)
+    iio.imwrite(tmp_path / "la.png", np.stack([np.full((6, 5), 200, np.uint8), alpha], -1))
+    assert np.allclose(read_mask(tmp_path / "la.png"), alpha / 255.0)
+    white = np.zeros((6, 5, 4), np.uint8)
+    white[..., :3] = alpha[..., None]
+    white[..., 3] = 255  # opaque: its grey level is the mask
+    iio.imwrite(tmp_path / "opaque.png", white)
+    assert np.allclose(read_mask(tmp_path / "opaque.png"), alpha / 255.0, atol=1 / 255)

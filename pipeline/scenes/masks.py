@@ -4,7 +4,8 @@ which also becomes the image's alpha: the field then models the object alone, as
 
 Masks sit in a folder of their own, each named as its image (``0001.jpg``), as the image with ``.png`` added
 (``0001.jpg.png``, COLMAP's convention) or as the image's stem with ``.png`` (``0001.png``). Grey levels scale
-to [0, 1], so soft edges stay soft; a colour mask is read by its luma.
+to [0, 1], so soft edges stay soft; a colour mask is read by its luma, a cut-out (an image with transparency, as
+background removers write them) by its alpha.
 
 Photos posed by structure from motion are undistorted before they are trained on, so their masks are undistorted
 with the same cameras (:func:`undistort_masks`, COLMAP's own undistortion of one image at a time), after the same
@@ -49,12 +50,17 @@ def mask_paths(folder: Path, names: Sequence[str]) -> list[Path]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """(H, W) float32 in [0, 1]: the mask at ``path``, 1 on the object. DataError when it cannot be read."""
+    """(H, W) float32 in [0, 1]: the mask at ``path``, 1 on the object. An image with an alpha channel that is not
+    opaque everywhere (a cut-out, as background removers write them) is read by its alpha; others by their grey
+    level. DataError when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            alpha = np.asarray(im.getchannel("A")) if im.mode in ("RGBA", "LA", "PA") else None
+            if alpha is not None and alpha.min() < 255:
+                a = alpha.astype(np.float32) / 255.0
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode != "I" or np.asarray(im).max() > 255
                                                         else 255.0)
             elif im.mode == "F":
