@@ -26,7 +26,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_folder(out: Path, views: int, noise: float) -> dict:
+def eroded(z: np.ndarray) -> np.ndarray:
+    """``z`` (H, W) with 0 (no depth) at every pixel next to one without a depth (4-neighbours): the object's
+    silhouette, whose pixels mix object and background, left without depth."""
+    edge = np.zeros(z.shape, bool)
+    none = z <= 0
+    edge[1:] |= none[:-1]
+    edge[:-1] |= none[1:]
+    edge[:, 1:] |= none[:, :-1]
+    edge[:, :-1] |= none[:, 1:]
+    return np.where(edge, 0.0, z)
+
+
+def write_folder(out: Path, views: int, noise: float, erode: bool = False) -> dict:
     """The csg scene with ``views`` training views as a nerfstudio folder ``out`` with depth maps (module
     docstring); returns what was written."""
     from pipeline.mesh_views import mesh_depth
@@ -53,6 +65,7 @@ def write_folder(out: Path, views: int, noise: float) -> dict:
             cos = -(d * cams.c2w[i, :3, 2].double().numpy()).sum(-1).reshape(t.shape)
             z = np.where(np.isfinite(t), t * cos, 0.0)
             z = z * (1 + noise * rng.standard_normal(z.shape)) if noise else z
+            z = eroded(z) if erode else z
             np.save(out / "depth" / f"{name}.npy", (1000.0 * z).astype(np.float32))
             covered += [float(np.isfinite(t).mean())] if split == "train" else []
             frames.append({"file_path": f"images/{name}.png", "depth_file_path": f"depth/{name}.npy",
@@ -62,7 +75,8 @@ def write_folder(out: Path, views: int, noise: float) -> dict:
     doc = {"camera_angle_x": doc["camera_angle_x"], "w": w, "h": h, "depth_unit_scale_factor": 0.001,
            "frames": frames}
     (out / "transforms.json").write_text(json.dumps(doc, indent=1))
-    return {"views": views, "test_views": 8, "depth_covers": float(np.mean(covered)), "noise": noise}
+    return {"views": views, "test_views": 8, "depth_covers": float(np.mean(covered)), "noise": noise,
+            "eroded": erode}
 
 
 def _centre_rays(cams, i: int):
@@ -81,9 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--views", type=int, default=8, help="training views (default 8)")
     ap.add_argument("--steps", type=int, default=600, help="training steps of each run (default 600)")
-    ap.add_argument("--weight", type=float, default=0.1, help="the depth loss's weight (default 0.1)")
+    ap.add_argument("--weight", type=float, default=0.01, help="the depth loss's weight (default 0.01, the loss's)")
     ap.add_argument("--kind", default="l1", choices=("l1", "relative"), help="the depth loss's penalty")
     ap.add_argument("--depth-noise", type=float, default=0.0, help="relative noise of the depth maps (default 0)")
+    ap.add_argument("--erode", action="store_true", help="leave the silhouette's pixels (next to one without a "
+                    "depth) without depth")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "depth.json"))
     args = ap.parse_args(argv)
@@ -92,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     from scripts.benchmarks._reconstruct import cell, reconstruct, write_result
 
     bench = ROOT / "outputs" / "bench" / "depth"
-    result = {"steps": args.steps, **write_folder(bench / "csg_depth", args.views, args.depth_noise), "runs": {}}
+    result = {"steps": args.steps, **write_folder(bench / "csg_depth", args.views, args.depth_noise, args.erode),
+              "runs": {}}
     base = ["{type: photometric}", "{type: tv, weight: 1.0e-3, density_only: true}"]
     depth = f"{{type: depth, weight: {args.weight}, kind: {args.kind}}}"
     for name, losses in (("photometric", base), ("+ depth", [*base, depth])):
