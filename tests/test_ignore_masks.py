@@ -283,31 +283,17 @@ def test_photos_with_ignore_masks_keep_structure_from_motion_off_the_masked_pixe
     """With mask_use: ignore, structure from motion gets the masks (black and white, named as COLMAP reads them) as
     its feature masks, the SfM cache is keyed by them, and the photos load with them as ignore masks; COLMAP's
     feature extraction itself finds no keypoint under black (checked on two lego views)."""
-    import shutil
     import sqlite3
 
     import imageio.v3 as iio
 
-    from pipeline.scenes import sfm
     from plugins.scenes.config import PhotosConfig
     from plugins.scenes.sources import build_photos
-    from tests.test_masks import _write_masks
+    from tests.test_masks import masked_shoot
 
-    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
-    cap = make_colmap(tmp_path / "cap")["root"]
-    photos = tmp_path / "shoot"
-    shutil.copytree(cap / "images", photos / "images")
-    names = sorted(p.name for p in (photos / "images").iterdir())
-    masks = _write_masks(photos / "masks", names, 32, "same")
     given: list = []
-
-    def posed(photos_dir: Path, out: Path, *, names, feature_masks=None, **options) -> dict:
-        given.append(None if feature_masks is None else
-                     {p.name: iio.imread(p) for p in sorted(Path(feature_masks).iterdir())})
-        shutil.copytree(cap / "sparse" / "0", out / "sparse" / "0")
-        return sfm.undistort_model(photos_dir, out / "sparse" / "0", out, names=names, progress=False)
-
-    monkeypatch.setattr(sfm, "run_sfm", posed)
+    photos, names, masks = masked_shoot(tmp_path, monkeypatch, lambda _, feature_masks: given.append(
+        None if feature_masks is None else {p.name: iio.imread(p) for p in sorted(Path(feature_masks).iterdir())}))
     scene = build_photos(PhotosConfig(path=str(photos), masks="masks", mask_use="ignore", test_every=0), None)()
     assert len(given) == 1 and sorted(given[0]) == [f"{n}.png" for n in names]
     for n in names:

@@ -107,14 +107,12 @@ def test_a_mask_drawn_on_the_stored_pixels_is_turned_and_cropped_as_its_photo():
         shape_mask(plan, "b.jpg", shown)
 
 
-def test_photos_with_masks_get_them_undistorted_with_their_cameras(tmp_path, monkeypatch, capsys,
-                                                                   pycolmap):  # noqa: F811
-    """Structure from motion (a stand-in that 'finds' the capture's model, then COLMAP's real undistortion):
-    the masks are undistorted with each photo's camera, cached, and composited; changing a mask makes them
-    again without posing the photos again."""
+def masked_shoot(tmp_path: Path, monkeypatch, record) -> tuple[Path, list[str], dict[str, np.ndarray]]:
+    """``(photos folder, names, masks by name)``: the tiny sphere capture's images as photos with half masks in
+    ``masks/``, and structure from motion replaced by a stand-in that 'finds' the capture's model, then runs COLMAP's
+    real undistortion; each call is handed to ``record(photos_dir, feature_masks)`` first. The scene cache in
+    ``tmp_path``."""
     from pipeline.scenes import sfm
-    from plugins.scenes.config import PhotosConfig
-    from plugins.scenes.sources import build_photos
 
     monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
     cap = make_colmap(tmp_path / "cap")["root"]
@@ -122,14 +120,26 @@ def test_photos_with_masks_get_them_undistorted_with_their_cameras(tmp_path, mon
     shutil.copytree(cap / "images", photos / "images")
     names = sorted(p.name for p in (photos / "images").iterdir())
     masks = _write_masks(photos / "masks", names, 32, "same")
-    calls: list = []
 
-    def posed(photos_dir: Path, out: Path, *, names, **options) -> dict:
-        calls.append(photos_dir)
+    def posed(photos_dir: Path, out: Path, *, names, feature_masks=None, **options) -> dict:
+        record(photos_dir, feature_masks)
         shutil.copytree(cap / "sparse" / "0", out / "sparse" / "0")
         return sfm.undistort_model(photos_dir, out / "sparse" / "0", out, names=names, progress=False)
 
     monkeypatch.setattr(sfm, "run_sfm", posed)
+    return photos, names, masks
+
+
+def test_photos_with_masks_get_them_undistorted_with_their_cameras(tmp_path, monkeypatch, capsys,
+                                                                   pycolmap):  # noqa: F811
+    """Structure from motion (a stand-in that 'finds' the capture's model, then COLMAP's real undistortion):
+    the masks are undistorted with each photo's camera, cached, and composited; changing a mask makes them
+    again without posing the photos again."""
+    from plugins.scenes.config import PhotosConfig
+    from plugins.scenes.sources import build_photos
+
+    calls: list = []
+    photos, names, masks = masked_shoot(tmp_path, monkeypatch, lambda photos_dir, _: calls.append(photos_dir))
     import imageio.v3 as iio
 
     scene = build_photos(PhotosConfig(path=str(photos), masks="masks", test_every=0), None)()
