@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from pipeline.report.collect import RunFacts
 
 #: at most this many shared views are shown
@@ -22,12 +20,13 @@ def shared_views(runs: Sequence[RunFacts]) -> tuple[Optional[str], list[str], li
     each run (:func:`pipeline.report.shown_renders`), when all runs evaluated the same split; at most
     :data:`MAX_VIEWS` names, spread over the shared ones."""
     from pipeline.report import shown_renders
+    from pipeline.report.figures import SIDE_BY_SIDE
 
     found = [shown_renders(r) for r in runs]
     splits = {split for split, _ in found}
     if len(splits) != 1:
         return None, [], []
-    per_run = [{p.name[:-len("_pred_gt_depth.png")]: p for p in files} for _, files in found]
+    per_run = [{p.name[:-len(SIDE_BY_SIDE)]: p for p in files} for _, files in found]
     names = sorted(set.intersection(*(set(d) for d in per_run)))
     if len(names) > MAX_VIEWS:
         names = [names[round(k * (len(names) - 1) / (MAX_VIEWS - 1))] for k in range(MAX_VIEWS)]
@@ -36,19 +35,24 @@ def shared_views(runs: Sequence[RunFacts]) -> tuple[Optional[str], list[str], li
 
 def views_png(name: str, labels: Sequence[str], files: Sequence[Path]) -> tuple[bytes, list[float]]:
     """One row for view ``name``: its ground truth, then each run's render titled with its label and PSNR
-    (computed here from the 8-bit side-by-sides); (PNG bytes, the PSNRs in dB)."""
+    (computed here from the 8-bit side-by-sides, over the pixels its ignore mask keeps where the run wrote one
+    beside them: :func:`pipeline.report.figures.valid_beside`); (PNG bytes, the PSNRs in dB, NaN for a view
+    with no pixel kept)."""
     import imageio.v3 as iio
 
-    from pipeline.metrics import psnr
-    from pipeline.report.figures import panels_png, split_side_by_side
+    from pipeline.report.figures import (kept_psnr, panels_png, psnr_title, shown_with_ignored,
+                                         split_side_by_side, valid_beside)
 
-    panels, scores, truth = [], [], None
+    panels, scores, truth, first_valid = [], [], None, None
     for label, path in zip(labels, files):
         pred, gt, _ = split_side_by_side(iio.imread(path))
-        truth = gt if truth is None else truth
-        scores.append(psnr(pred.astype(np.float64) / 255, gt.astype(np.float64) / 255))
-        panels.append((f"{label}\n{scores[-1]:.2f} dB", pred, None))
-    return panels_png([("ground truth", truth, None), *panels], f"view {name}"), scores
+        valid = valid_beside(path)
+        if truth is None:
+            truth, first_valid = gt, valid
+        scores.append(kept_psnr(pred, gt, valid))
+        panels.append((f"{label}\n{psnr_title(scores[-1], valid)}", pred, None))
+    title = "ground truth" + (", ignored greyed" if first_valid is not None else "")
+    return panels_png([(title, shown_with_ignored(truth, first_valid), None), *panels], f"view {name}"), scores
 
 
 def curve_keys(runs: Sequence[RunFacts]) -> list[str]:

@@ -227,12 +227,14 @@ def as_shot(system, split_name: Optional[str], out: dict, i: int, exposure_of: O
 
 def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
     """Render the chosen views of ``ctx``'s split, writing ``NAME.png`` and ``NAME_pred_gt_depth.png``
-    (and ``.npy`` arrays with ``save_depth``) to ``out_dir`` (default ``renders/<split>``);
+    (and ``.npy`` arrays with ``save_depth``, and ``NAME_valid.png`` for a view with an ignore mask) to
+    ``out_dir`` (default ``renders/<split>``);
     returns [(pred, gt)] ``(H, W, 3)`` float arrays. ``keep``, when given, gets (view index, its
     :data:`DEPTH_ARRAYS` as (H, W) float32) for each view."""
     import torch
 
     from pipeline.progress import StepProgress, image_progress
+    from pipeline.report.figures import SIDE_BY_SIDE, VALID_BESIDE
     from pipeline.runs import atomic_write_image
 
     split_name = ctx.split or ctx.cfg.eval.split
@@ -269,7 +271,8 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
             gt = split.images[i].cpu().numpy()
             atomic_write_image(out_dir / f"{name}.png", to_uint8(pred))
             side = np.concatenate([to_uint8(pred), to_uint8(gt), depth_to_uint8(out["depth"], out["opacity"])], 1)
-            atomic_write_image(out_dir / f"{name}_pred_gt_depth.png", side)
+            atomic_write_image(out_dir / f"{name}{SIDE_BY_SIDE}", side)
+            write_valid_beside(out_dir / f"{name}{VALID_BESIDE}", split.valid_of(i))
             if ctx.save_depth:
                 save_depth_arrays(out_dir, name, out)
             if keep is not None:
@@ -283,6 +286,18 @@ def render_split(ctx: EvalContext, keep: Optional[list] = None) -> list:
                                                                 "rays": ctx.cfg.eval.align_rays,
                                                                 "views": alignments}, indent=1))
     return pairs
+
+
+def write_valid_beside(path: Path, valid: Optional[np.ndarray]) -> None:
+    """Write a view's ignore mask ``valid`` (H, W) bool to ``path`` (8-bit, white where the pixels count), for
+    the pictures that score the side-by-sides (:func:`pipeline.report.figures.valid_beside`); with None, remove
+    a stale one."""
+    from pipeline.runs import atomic_write_image
+
+    if valid is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_image(path, np.where(valid, 255, 0).astype(np.uint8))
 
 
 #: the test-time pose corrections of a split's views (``eval.align_poses``), in its renders folder

@@ -46,7 +46,7 @@ def no_figures(monkeypatch):
     import pipeline.report.figures as figures
 
     monkeypatch.setattr(figures, "curves_png", lambda log: None)
-    monkeypatch.setattr(figures, "comparison_png", lambda *images: b"")
+    monkeypatch.setattr(figures, "comparison_png", lambda *images, **options: b"")
 
 
 def damage(folder: Path, name: str, content) -> None:

@@ -264,7 +264,7 @@ def test_nls_reconstruct_trains_and_scores_a_nerfstudio_folder_with_masks(tmp_pa
     from pipeline.testing import TINY_SCENE
     from tests.conftest import run_nls
 
-    _nerfstudio_folder(tmp_path / "ns", n=5, size=24)
+    masks = _nerfstudio_folder(tmp_path / "ns", n=5, size=24)
     scene = {**TINY_SCENE, "name": "masked_tiny", "scene": {"type": "blender", "path": str(tmp_path / "ns"),
                                                             "aabb": [-1, -1, -1, 1, 1, 1]},
              "evaluators": [{"type": "psnr", "ssim": True, "color_correct": "gain"}]}
@@ -276,6 +276,35 @@ def test_nls_reconstruct_trains_and_scores_a_nerfstudio_folder_with_masks(tmp_pa
     assert recorded["mask_use"] == "ignore" and recorded["pixels_kept"]["test"] < 1
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
     assert np.isfinite(metrics["psnr"]) and np.isfinite(metrics["ssim"]) and np.isfinite(metrics["psnr_cc"])
+
+    # the pictures made from the side-by-sides (nls compare, nls report) score the kept pixels, as eval did
+    from pipeline.compare_figures import views_png
+    from pipeline.report.figures import split_side_by_side, valid_beside
+
+    (side,) = sorted((run / "renders" / "test").glob("*_pred_gt_depth.png"))  # (the one test view)
+    name = side.name[:-len("_pred_gt_depth.png")]
+    valid = valid_beside(side)
+    assert valid is not None and np.array_equal(valid, masks[name] >= 128)
+    _, (score,) = views_png(name, ["a"], [side])
+    assert score == pytest.approx(metrics["psnr"], abs=0.05)
+    import imageio.v3 as iio
+    import shutil
+
+    # the ignored pixels do not count: the prediction made perfect there leaves the view's score as it was
+    picture = iio.imread(side)
+    pred, gt, _ = split_side_by_side(picture)
+    pred[~valid] = gt[~valid]
+    picture[:, :pred.shape[1]] = pred
+    (tmp_path / "edited").mkdir()
+    iio.imwrite(tmp_path / "edited" / side.name, picture)
+    _, (unmasked,) = views_png(name, ["a"], [tmp_path / "edited" / side.name])
+    shutil.copyfile(side.with_name(f"{name}_valid.png"), tmp_path / "edited" / f"{name}_valid.png")
+    _, (edited,) = views_png(name, ["a"], [tmp_path / "edited" / side.name])
+    assert edited == pytest.approx(score, abs=1e-9) and unmasked > score + 0.1
+    from pipeline.report import _comparisons
+    from pipeline.report.collect import read_run
+
+    assert "the pixels its ignore mask leaves out are greyed and not scored" in _comparisons(read_run(run), [side])
 
 
 def test_photos_with_ignore_masks_keep_structure_from_motion_off_the_masked_pixels(tmp_path, monkeypatch,

@@ -413,7 +413,9 @@ def _eval_split(cfg: dict) -> str:
 
 def _side_by_sides_in(folder: Path) -> list[Path]:
     """The ``*_pred_gt_depth.png`` side-by-sides that rendering a split wrote to ``folder``."""
-    return sorted(folder.glob("*_pred_gt_depth.png"))
+    from pipeline.report.figures import SIDE_BY_SIDE
+
+    return sorted(folder.glob("*" + SIDE_BY_SIDE))
 
 
 def shown_renders(f: RunFacts) -> tuple[str, list[Path]]:
@@ -489,7 +491,7 @@ def _comparisons(f: RunFacts, files: list[Path]) -> str:
     """Up to MAX_RENDER_PAIRS side-by-sides as prediction | ground truth | error | depth panels."""
     import imageio.v3 as iio
 
-    from pipeline.report.figures import comparison_png, split_side_by_side
+    from pipeline.report.figures import comparison_png, split_side_by_side, valid_beside
 
     parts = []
     for p in files[:MAX_RENDER_PAIRS]:
@@ -499,8 +501,11 @@ def _comparisons(f: RunFacts, files: list[Path]) -> str:
             parts.append(H.missing(f"{p.relative_to(f.path)} cannot be read ({type(exc).__name__}); "
                                    f"`nls render {f.path}` writes it again."))
             continue
-        parts.append(H.img(comparison_png(pred, gt, depth), p.name,
-                           caption=f"{p.relative_to(f.path)}: prediction, ground truth, per-pixel error, depth"))
+        valid = valid_beside(p)
+        parts.append(H.img(comparison_png(pred, gt, depth, valid=valid), p.name,
+                           caption=f"{p.relative_to(f.path)}: prediction, ground truth, per-pixel error, depth"
+                           + ("; the pixels its ignore mask leaves out are greyed and not scored"
+                              if valid is not None else "")))
     if len(files) > MAX_RENDER_PAIRS:
         parts.append(f"<p class=\"sub\">{len(files) - MAX_RENDER_PAIRS} more in {H.esc(files[0].parent)}</p>")
     return "\n".join(parts)

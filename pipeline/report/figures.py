@@ -8,11 +8,62 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from pipeline.metrics import psnr
+
+#: the name ending of a split's side-by-sides (prediction | ground truth | depth), ``NAME_pred_gt_depth.png``
+SIDE_BY_SIDE = "_pred_gt_depth.png"
+#: beside the side-by-side of a view with an ignore mask (``PosedImages.valid``): ``NAME_valid.png``, white where
+#: the pixels count
+VALID_BESIDE = "_valid.png"
+#: the grey that the pixels an ignore mask leaves out are blended halfway to, on the panels that show them
+IGNORED_GREY = 0.5
+
+
+def valid_beside(side_by_side: Path) -> Optional[np.ndarray]:
+    """The (H, W) bool pixels that count of the view whose side-by-side is ``side_by_side`` (its
+    :data:`VALID_BESIDE` file), or None when it has none (every pixel counts)."""
+    path = Path(side_by_side)
+    mask = path.with_name(path.name[:-len(SIDE_BY_SIDE)] + VALID_BESIDE) if path.name.endswith(SIDE_BY_SIDE) \
+        else None
+    if mask is None or not mask.is_file():
+        return None
+    import imageio.v3 as iio
+
+    img = np.asarray(iio.imread(mask))
+    return (img if img.ndim == 2 else img[..., 0]) >= 128
+
+
+def shown_with_ignored(img: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
+    """``img`` (H, W, 3) as float in [0, 1], its pixels outside ``valid`` (H, W) blended halfway to
+    :data:`IGNORED_GREY` (for display only: scores use the image as it is)."""
+    out = _float(img)
+    if valid is None:
+        return out
+    out = out.copy()
+    out[~valid] = 0.5 * (out[~valid] + IGNORED_GREY)
+    return out
+
+
+def kept_psnr(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray]) -> float:
+    """PSNR (dB) of ``pred`` against ``gt`` (H, W, 3; uint8 or float) over the pixels ``valid`` keeps (all
+    with None); NaN when it keeps none."""
+    if valid is not None and not valid.any():
+        return float("nan")
+    return psnr(_float(pred).astype(np.float64), _float(gt).astype(np.float64), valid)
+
+
+def psnr_title(value: float, valid: Optional[np.ndarray]) -> str:
+    """``value`` as a panel's title: ``"31.20 dB"``, ``"31.20 dB (kept pixels)"`` with an ignore mask, or
+    ``"no pixel kept"``."""
+    if math.isnan(value):
+        return "no pixel kept"
+    return f"{value:.2f} dB" + (" (kept pixels)" if valid is not None else "")
+
 
 #: colour maps of field slices per quantity (diverging for SDFs)
 COLORMAPS = {"sdf": "RdBu_r", "occupancy": "viridis", "density": "magma"}
@@ -167,13 +218,20 @@ def split_side_by_side(img: np.ndarray, n_panels: int = 3) -> list[np.ndarray]:
 
 
 def comparison_png(pred: np.ndarray, gt: np.ndarray, depth: Optional[np.ndarray] = None,
-                   normals: Optional[np.ndarray] = None, title: str = "") -> bytes:
+                   normals: Optional[np.ndarray] = None, title: str = "",
+                   valid: Optional[np.ndarray] = None) -> bytes:
     """One row: prediction | ground truth | per-pixel error |pred - gt| (mean over RGB, with a
-    colour bar) | depth | normals. Images (H,W,3) uint8 or float in [0,1]."""
+    colour bar) | depth | normals. Images (H,W,3) uint8 or float in [0,1]. With ``valid`` (H, W) bool, the
+    view's ignore mask: the ground truth shows the pixels left out greyed, the error and PSNR are over the
+    kept pixels only."""
     p = _float(pred)
     g = _float(gt)
-    panels = [("prediction", p, None), ("ground truth", g, None),
-              (f"|error| (PSNR {psnr(p, g):.2f} dB)", np.abs(p - g).mean(-1), "inferno")]
+    error = np.abs(p - g).mean(-1)
+    if valid is not None:
+        error = np.where(valid, error, 0.0)
+    panels = [("prediction", p, None), ("ground truth" + (", ignored greyed" if valid is not None else ""),
+                                        shown_with_ignored(g, valid), None),
+              (f"|error| (PSNR {psnr_title(kept_psnr(p, g, valid), valid)})", error, "inferno")]
     if depth is not None:
         panels.append(("depth", depth, None))
     if normals is not None:
