@@ -270,11 +270,23 @@ def test_the_transforms_undistortion_plumbing_without_data(tmp_path, capsys, mon
     assert fish.meta["undistorted"]["distorted"] == "OPENCV_FISHEYE 0.05, 0, 0, 0" and len(fish.splits["train"]) == 8
 
 
+def _sphere_z(c2w: np.ndarray, xy: np.ndarray, radius: float = 0.4) -> np.ndarray:
+    """(P,) z-depth of the tiny sphere (the origin's ball of ``radius``) along the rays of normalised OpenCV
+    image coordinates ``xy`` (P, 2) of the camera ``c2w`` (4, 4, OpenGL axes); 0 where a ray misses it."""
+    d = np.concatenate([xy, np.ones((len(xy), 1))], -1) @ (c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0])).T  # (z = 1)
+    o = c2w[:3, 3]
+    a, b, c = (d * d).sum(-1), 2 * d @ o, o @ o - radius ** 2
+    disc = b * b - 4 * a * c
+    return np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), 0.0)
+
+
 def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(tmp_path, monkeypatch, capsys,
                                                                               pycolmap):  # noqa: F811
     """nerfstudio's ``mask_path`` of distorted frames are undistorted with them: the tiny sphere's alpha given as
     each frame's mask, the ignore masks loaded are the undistorted alpha's pixels >= 0.5; the masks are in the cache
-    key, so a changed mask is undistorted anew. Their depth maps are not undistorted: left out, with a warning."""
+    key, so a changed mask is undistorted anew. Their ``depth_file_path`` maps too: the sphere's exact z-depth
+    through each distorted pixel, in millimetres, loads as depths that put each undistorted pixel's ray on the
+    sphere."""
     import imageio.v3 as iio
 
     from plugins.scenes.config import BlenderConfig
@@ -286,29 +298,53 @@ def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(t
     root = tmp_path / "masked"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
+    distorted = pycolmap.Camera(model="OPENCV", width=32, height=32, params=[f, f, 16.0, 16.0, -0.05, 0, 0, 0])
     frames = []
     for k, (png, c2w, _) in enumerate(t["frames"]):
         rgba = iio.imread(png)
         iio.imwrite(root / "images" / f"{k:03d}.png", rgba)
         iio.imwrite(root / "masks" / f"{k:03d}.png", rgba[..., 3])
-        np.save(root / "masks" / f"{k:03d}.npy", np.ones((32, 32)))
+        v, u = np.mgrid[0:32, 0:32] + 0.5
+        xy = distorted.cam_from_img(np.stack([u.ravel(), v.ravel()], -1))
+        np.save(root / "masks" / f"{k:03d}.npy", 1000 * _sphere_z(c2w, xy).reshape(32, 32))
         frames.append({"file_path": f"images/{k:03d}.png", "transform_matrix": c2w.tolist(),
                        "mask_path": f"masks/{k:03d}.png", "depth_file_path": f"masks/{k:03d}.npy",
                        "split": "test" if k >= 8 else "train"})
-    doc = {"fl_x": f, "fl_y": f, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32, "k1": -0.05, "frames": frames}
+    doc = {"fl_x": f, "fl_y": f, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32, "k1": -0.05, "frames": frames,
+           "depth_unit_scale_factor": 0.001}
     (root / "transforms.json").write_text(json.dumps(doc))
 
     def load():
         return build_blender(BlenderConfig(path=str(root)), None)()
 
     scene = load()
-    assert "depth maps (depth_file_path) of its distorted frames are not undistorted" in capsys.readouterr().err
     train = scene.splits["train"]
-    assert train.depths is None and "depths" not in scene.meta
     assert scene.meta["mask_use"] == "ignore" and "undistorted" in scene.meta
+    cams = train.cameras
+    v, u = np.mgrid[0:cams.height, 0:cams.width] + 0.5  # (the undistorted size)
+    offsets = np.stack(np.meshgrid(np.linspace(0, 1, 5), np.linspace(0, 1, 5)), -1).reshape(-1, 1, 2)
+    for i in range(len(train)):
+        fx, fy, cx, cy = (float(a[i]) for a in (cams.fx, cams.fy, cams.cx, cams.cy))
+        c2w = cams.c2w[i].double().numpy()
+        z = train.depths[i].numpy().ravel().astype(np.float64)
+        xy = np.stack([(u.ravel() - cx) / fx, (v.ravel() - cy) / fy], -1)
+        # each undistorted pixel holds the depth of the distorted pixel its ray passes through: a value the
+        # sphere's exact depth takes within that pixel (sampled 5x5), and not the depth of its own ray
+        corner = np.floor(distorted.img_from_cam(np.concatenate([xy, np.ones((len(xy), 1))], -1)))
+        within = np.stack([_sphere_z(c2w, distorted.cam_from_img(corner + o)) for o in offsets])  # (25, P)
+        covered = (within > 0).all(0)
+        assert covered.sum() > 150 and (z[covered] > 0).all()
+        assert (z[covered] >= within[:, covered].min(0) - 1e-4).all()
+        assert (z[covered] <= within[:, covered].max(0) + 1e-4).all()
+        assert not np.allclose(z[covered], _sphere_z(c2w, xy)[covered], atol=1e-3)  # (so this can fail)
     assert torch.equal(train.valid, train.alphas[..., 0] >= 0.5)
     plain = build_blender(BlenderConfig(path=str(root), undistort=False), None)().splits["train"]
     assert not torch.equal(plain.valid, train.valid)  # (undistortion moved them)
-    assert plain.depths is not None  # (read as pinhole cameras, the depth maps are kept)
+    assert not torch.equal(plain.depths, train.depths)  # (and the depths)
     iio.imwrite(root / "masks" / "000.png", np.full((32, 32), 255, np.uint8))
     assert load().splits["train"].valid[0].all()
+    del frames[0]["depth_file_path"]
+    (root / "transforms.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert load().splits["train"].depths is None
+    assert "not every distorted frame gives a depth map file (depth_file_path)" in capsys.readouterr().err

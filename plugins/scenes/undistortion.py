@@ -7,13 +7,16 @@ what structure from motion found: COLMAP's own undistortion of the registered im
 PINHOLE model (:func:`pipeline.scenes.sfm.undistort_model`; cameras whose undistorted images come out at several
 sizes are fitted to one). The result is cached under ``NLS_CACHE`` (``scenes/undistorted-<hash>``), keyed by the
 model's files and the images' contents, and loaded as a capture; object masks are undistorted with their images
-and cached beside it (and an RGBA image's alpha with its colour, by :func:`pipeline.scenes.sfm.undistort_model`). The poses and sparse points are the model's, so the scene's frame (and ``--frame input``)
-is the capture's as it would be without undistortion.
+and cached beside it (and an RGBA image's alpha with its colour, by :func:`pipeline.scenes.sfm.undistort_model`).
+The poses and sparse points are the model's, so the scene's frame (and ``--frame input``) is the capture's as it
+would be without undistortion.
 
 A ``transforms.json`` with ``k1, k2, p1, p2`` (OPENCV), also ``k3, k4`` (FULL_OPENCV) or ``camera_model:
 OPENCV_FISHEYE`` / ``is_fisheye`` (``k1..k4``) is undistorted image by image with the same COLMAP undistortion of
 each frame's camera (:func:`undistorted_transforms`), alpha included, into a cached folder whose
 ``transforms.json`` has the undistorted pinhole intrinsics, the same poses and each frame's split written out.
+nerfstudio's ``mask_path`` masks go through the same undistortion; its ``depth_file_path`` depth maps are
+resampled at the nearest pixel through it (:func:`_undistort_depth`), since depths are not to be blended.
 """
 
 from __future__ import annotations
@@ -179,12 +182,15 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
     key = {"version": UNDISTORTION_VERSION, "transforms": _fingerprint(path),
            "images": [_fingerprint(p) for p in paths]}
     masks = _frame_masks(root, frames)
-    if any(isinstance(fr, dict) and "depth_file_path" in fr for fr in frames):
-        warn(f"{path}: the depth maps (depth_file_path) of its distorted frames are not undistorted, so they are "
-             f"left out; undistort them with the images, or give scene.undistort: false to keep them with pinhole "
-             f"cameras")
+    depths = _frame_files(root, frames, "depth_file_path")
+    if not depths and any(isinstance(fr, dict) and "depth_file_path" in fr for fr in frames):
+        warn(f"{path}: not every distorted frame gives a depth map file (depth_file_path), so none is undistorted "
+             f"and they are left out; give one for every frame, or scene.undistort: false to read the frames as "
+             f"pinhole cameras")
     if masks:  # (nerfstudio's mask_path: undistorted with their frames)
         key["masks"] = [_fingerprint(m) for m in masks]
+    if depths:  # (nerfstudio's depth_file_path: likewise)
+        key["depths"] = [_fingerprint(d) for d in depths]
     splits, rule = ngp_frame_splits(data, frames)
 
     def make(tmp: Path) -> None:
@@ -210,6 +216,11 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
                     (tmp / mask_file).parent.mkdir(parents=True, exist_ok=True)
                     _undistort_mask(pycolmap, options, distinct[cam], masks[i], tmp / mask_file, iio)
                     out_frames[-1]["mask_path"] = mask_file.as_posix()
+                if depths:
+                    depth_file = Path("depths") / inside.with_suffix(".npy")
+                    (tmp / depth_file).parent.mkdir(parents=True, exist_ok=True)
+                    _undistort_depth(distinct[cam], pinhole[cam], depths[i], tmp / depth_file)
+                    out_frames[-1]["depth_file_path"] = depth_file.as_posix()
                 out_frames[-1]["split"] = splits[i]
                 bar.advance(i + 1)
         doc = {k: v for k, v in data.items() if k not in (*_CAMERA_KEYS, "frames", "train_filenames",
@@ -223,15 +234,42 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
 
 
 def _frame_masks(root: Path, frames: list) -> list[Path]:
-    """The files of the frames' ``mask_path`` (nerfstudio's), when every frame gives one that is a file under
-    ``root``; [] otherwise (the loader names what is wrong)."""
-    given = [fr.get("mask_path") for fr in frames]
+    """The files of the frames' ``mask_path`` (nerfstudio's): :func:`_frame_files`."""
+    return _frame_files(root, frames, "mask_path")
+
+
+def _frame_files(root: Path, frames: list, key: str) -> list[Path]:
+    """The files the frames' ``key`` (nerfstudio's ``mask_path``, ``depth_file_path``) name, when every frame gives
+    one that is a file under ``root``; [] otherwise (the loader names what is wrong)."""
+    given = [fr.get(key) for fr in frames]
     if not all(isinstance(g, str) and g for g in given):
         return []
     from pipeline.scenes.blender import _posix
 
     found = [root / _posix(g) for g in given]
     return found if all(p.is_file() for p in found) else []
+
+
+def _undistort_depth(camera, pinhole, depth: Path, target: Path) -> None:
+    """Undistort a frame's z-depth map ``depth`` (any format :func:`pipeline.scenes.depth_maps.read_depth` reads, in
+    its file's units) through its distorted ``camera`` into ``target`` (.npy float32, the same units, 0: none), at
+    the ``pinhole`` camera's size: each pixel takes the depth of the distorted image's pixel its ray passes through
+    (the nearest: depths are not blended across edges). Undistortion keeps each ray, its camera and so its z-depth.
+    A map smaller than its image (a phone's LiDAR) is first resampled to the image by the nearest stored pixel."""
+    import numpy as np
+
+    from pipeline.runs import atomic_save_npy
+    from pipeline.scenes.depth_maps import read_depth
+
+    z = read_depth(depth, 1.0, (camera.height, camera.width))
+    v, u = np.mgrid[0:pinhole.height, 0:pinhole.width] + 0.5
+    rays = pinhole.cam_from_img(np.stack([u.ravel(), v.ravel()], -1))  # (P, 2) normalised pinhole coordinates
+    seen = camera.img_from_cam(np.concatenate([rays, np.ones((len(rays), 1))], -1))  # (P, 2) distorted pixels
+    col, row = np.floor(seen[:, 0]).astype(np.int64), np.floor(seen[:, 1]).astype(np.int64)
+    inside = np.isfinite(seen).all(-1) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+    out = np.zeros(len(rays), np.float32)
+    out[inside] = z[row[inside], col[inside]]
+    atomic_save_npy(target, out.reshape(pinhole.height, pinhole.width))
 
 
 def _undistort_mask(pycolmap, options, camera, mask: Path, target: Path, iio) -> None:
