@@ -8,6 +8,9 @@ intrinsics given once at the top or per frame: ``fl_x`` / ``fl_y`` / ``cx`` / ``
 does not give is taken from the top, then from the run's eval split (its size; the principal point at the
 centre; ``fl_y`` = ``fl_x``). All frames share one image size.
 
+nerfstudio's own camera paths (``camera_path.json``) are read too, with ``--dataparser-transforms``
+(:mod:`pipeline.nerfstudio_paths`).
+
 With ``--interpolate N`` the file's cameras are keyframes of a smooth path of ``N`` frames
 (:func:`interpolate_cameras`).
 
@@ -73,12 +76,16 @@ def _matrix(value: Any, what: str) -> np.ndarray:
     return m
 
 
-def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tuple[Cameras, list[str]]:
+def read_camera_path(path: Path, default_size: Optional[tuple[int, int]],
+                     dataparser: Optional[Path] = None) -> tuple[Cameras, list[str]]:
     """The cameras of the transforms.json ``path`` (see the module docstring) and a name for each (its
     ``file_path``'s stem, else its index as ``0000``; indices when names repeat). ``default_size``: (W, H) for a
-    file that gives no image size (None: the run has no split, and the file must give it). DataError naming the
-    file, the frame and the key for what cannot be read."""
+    file that gives no image size (None: the run has no split, and the file must give it). A nerfstudio camera
+    path is read by :func:`pipeline.nerfstudio_paths.nerfstudio_cameras`, with its run's ``dataparser``
+    transforms. DataError naming the file, the frame and the key for what cannot be read."""
     import torch
+
+    from pipeline.nerfstudio_paths import OPTION, is_nerfstudio_path, nerfstudio_cameras
 
     try:
         doc = json.loads(Path(path).read_text())
@@ -86,10 +93,11 @@ def read_camera_path(path: Path, default_size: Optional[tuple[int, int]]) -> tup
         raise DataError(f"--cameras {path}: cannot be read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"--cameras {path}: not JSON ({exc})") from None
-    if isinstance(doc, dict) and "camera_path" in doc and "frames" not in doc:
-        raise DataError(f"--cameras {path} is a nerfstudio camera path, whose cameras lie in nerfstudio's own frame; "
-                        f"give a transforms.json in the run's frame (nls render writes one beside each render: "
-                        f"renders/*_cameras.json)")
+    if is_nerfstudio_path(doc):
+        return nerfstudio_cameras(doc, path, dataparser, default_size)
+    if dataparser is not None:
+        raise DataError(f"{OPTION} takes a nerfstudio camera path back to its dataset's frame, and --cameras {path} "
+                        f"is not one (a transforms.json's cameras are in the run's frame already); leave it out")
     frames = doc.get("frames") if isinstance(doc, dict) else None
     if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
         raise DataError(f"--cameras {path}: a transforms.json holds a non-empty list 'frames' of objects, each with "

@@ -178,6 +178,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "transform_matrix, OpenGL axes, in the run's frame; fl_x/fl_y/cx/cy or camera_angle_x, w/h, for "
                    "the file or each frame; missing ones from the eval split) into DIR/FILE/NAME.png and the video "
                    "DIR/FILE.mp4; the *_cameras.json files nls render writes are such files")
+    c.add_argument("--dataparser-transforms", metavar="FILE.json",
+                   help="with --cameras CAMERA_PATH.json made in nerfstudio's viewer: the dataparser_transforms.json "
+                   "of that nerfstudio run (beside its config.yml), which takes the path's cameras from nerfstudio's "
+                   "frame back to its dataset's; the nls run must be on that dataset's transforms.json")
     c.add_argument("--interpolate", type=int_at_least(2, 3600), metavar="N",
                    help="with --cameras: take its cameras as keyframes and render N frames along a smooth path "
                    "through them (centres on a cubic spline, orientations on a rotation spline, intrinsics "

@@ -61,7 +61,8 @@ def test_intrinsics_come_from_the_frame_then_the_file_then_the_split(tmp_path):
     ({"fl_x": "wide", "frames": [{"transform_matrix": np.eye(4).tolist()}]}, "key 'fl_x' must be a number, got 'wide'"),
     ({"fl_x": 50, "frames": [{"transform_matrix": np.eye(4).tolist(), "w": 10, "h": 10},
                              {"transform_matrix": np.eye(4).tolist()}]}, r"2 image sizes \(10x10, 64x48\)"),
-    ({"camera_path": [{"camera_to_world": np.eye(4).ravel().tolist(), "fov": 50}]}, "a nerfstudio camera path"),
+    ({"camera_path": [{"camera_to_world": np.eye(4).ravel().tolist(), "fov": 50}]},
+     "a nerfstudio camera path.*give --dataparser-transforms"),
 ])
 def test_what_is_not_a_camera_path_is_a_data_error_naming_it(tmp_path, doc, message):
     (tmp_path / "p.json").write_text(json.dumps(doc))
@@ -70,6 +71,70 @@ def test_what_is_not_a_camera_path_is_a_data_error_naming_it(tmp_path, doc, mess
     (tmp_path / "bad.json").write_text("{frames")
     with pytest.raises(DataError, match="bad.json: not JSON"):
         read_camera_path(tmp_path / "bad.json", (64, 48))
+
+
+def _nerfstudio_files(tmp_path, cams: Cameras, rotation: np.ndarray, shift, scale: float, fov: float):
+    """``cams`` as nerfstudio sees them after its dataparser's ``[rotation | shift]`` and ``scale``, written as its
+    camera_path.json (vertical ``fov`` degrees, 64x48) and dataparser_transforms.json; returns both paths."""
+    frames = []
+    for m in cams.c2w.double().numpy():
+        ns = np.eye(4)
+        ns[:3, :3] = rotation @ m[:3, :3]
+        ns[:3, 3] = scale * (rotation @ m[:3, 3] + shift)
+        frames.append({"camera_to_world": ns.ravel().tolist(), "fov": fov, "aspect": 64 / 48})
+    path = tmp_path / "camera_path.json"
+    path.write_text(json.dumps({"camera_type": "perspective", "render_width": 64, "render_height": 48,
+                                "seconds": 2.0, "camera_path": frames}))
+    transforms = tmp_path / "dataparser_transforms.json"
+    transforms.write_text(json.dumps({"transform": np.concatenate([rotation, np.reshape(shift, (3, 1))], 1).tolist(),
+                                      "scale": scale}))
+    return path, transforms
+
+
+def test_a_nerfstudio_camera_path_reads_back_in_its_dataset_s_frame(tmp_path):
+    """Cameras carried into nerfstudio's frame (turned, moved and scaled as its dataparser_transforms.json says)
+    and written as its camera path come back as the same cameras; the focal length is nerfstudio's, from the
+    vertical field of view and the render height, with the principal point at the centre."""
+    from scipy.spatial.transform import Rotation
+
+    cams = _cams()
+    rotation = Rotation.from_euler("xyz", [20.0, -35.0, 70.0], degrees=True).as_matrix()
+    path, transforms = _nerfstudio_files(tmp_path, cams, rotation, [0.3, -1.2, 0.5], 0.37, 50.0)
+    back, names = read_camera_path(path, None, transforms)
+    assert names == ["0000", "0001", "0002"] and (back.width, back.height) == (64, 48)
+    assert torch.allclose(back.c2w, cams.c2w, atol=1e-5)
+    focal = 24 / math.tan(math.radians(25.0))
+    assert torch.allclose(back.fx, torch.full((3,), focal)) and torch.equal(back.fx, back.fy)
+    assert (back.cx[0].item(), back.cy[0].item()) == (32.0, 24.0)
+    wrong = tmp_path / "wrong.json"  # (the scale left out: the centres come back elsewhere; the test can fail)
+    wrong.write_text(json.dumps({"transform": json.loads(transforms.read_text())["transform"], "scale": 1.0}))
+    assert not torch.allclose(read_camera_path(path, None, wrong)[0].c2w, cams.c2w, atol=1e-3)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda doc, t: t.update(scale=0), r"'scale' must be a number > 0"),
+    (lambda doc, t: t.update(transform=[[1, 0, 0, 0], [0, 1, 0, 0]]), "'transform' must be a 3x4 matrix"),
+    (lambda doc, t: t.update(transform=(2 * np.eye(3, 4)).tolist()), "is not a rotation"),
+    (lambda doc, t: t.pop("scale"), "holds 'transform' \\(3x4\\) and 'scale'"),
+    (lambda doc, t: doc.update(camera_type="fisheye"), "camera_type 'fisheye': only perspective cameras"),
+    (lambda doc, t: doc["camera_path"][1].pop("fov"), r"camera_path\[1\] has no 'fov'"),
+    (lambda doc, t: doc["camera_path"][0].update(fov=180), r"camera_path\[0\]: 'fov' must be a number in \(0, 180\)"),
+    (lambda doc, t: doc["camera_path"][2].update(camera_to_world=[1, 2]), r"camera_path\[2\].camera_to_world must"),
+])
+def test_a_bad_nerfstudio_path_or_transform_is_a_data_error_naming_it(tmp_path, change, message):
+    path, transforms = _nerfstudio_files(tmp_path, _cams(), np.eye(3), [0.0, 0.0, 0.0], 1.0, 40.0)
+    doc, t = json.loads(path.read_text()), json.loads(transforms.read_text())
+    change(doc, t)
+    path.write_text(json.dumps(doc))
+    transforms.write_text(json.dumps(t))
+    with pytest.raises(DataError, match=message):
+        read_camera_path(path, None, transforms)
+
+
+def test_dataparser_transforms_with_a_transforms_json_is_refused(tmp_path):
+    write_camera_path(tmp_path / "p.json", _cams(), ["a", "b", "c"])
+    with pytest.raises(DataError, match="is not one .* leave it out"):
+        read_camera_path(tmp_path / "p.json", None, tmp_path / "any.json")
 
 
 def test_an_interpolated_path_passes_through_its_keyframes_smoothly():
@@ -221,3 +286,31 @@ def test_rendering_a_splits_written_cameras_gives_its_renders(run, tmp_path, nls
     bad.write_text(json.dumps({"frames": [{"transform_matrix": np.eye(4).tolist()}]}))
     res = nls("render", str(run), "--cameras", str(bad), "-o", str(tmp_path / "x"))
     assert res.returncode != 0 and "no focal length" in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_nls_render_renders_a_nerfstudio_camera_path_as_the_views_it_came_from(run, tmp_path, nls):
+    """The test split's cameras, carried into a nerfstudio frame and written as its camera path with the
+    dataparser transform, render as the split's own views did (to a grey level: float32 round trips)."""
+    import imageio.v3 as iio
+    from scipy.spatial.transform import Rotation
+
+    out = tmp_path / "renders"
+    nls("render", str(run), "-o", str(out), "-q", check=True)
+    cams, names = read_camera_path(out / "test_cameras.json", None)
+    assert torch.allclose(cams.fx, cams.fy) and torch.allclose(cams.cx, torch.full_like(cams.cx, cams.width / 2))
+    rotation = Rotation.from_euler("xyz", [10.0, 80.0, -30.0], degrees=True).as_matrix()
+    fov = math.degrees(2 * math.atan(0.5 * cams.height / float(cams.fy[0])))
+    path, transforms = _nerfstudio_files(tmp_path, cams, rotation, [1.0, 2.0, -0.5], 2.5, fov)
+    doc = json.loads(path.read_text())
+    doc.update(render_width=int(cams.width), render_height=int(cams.height))
+    path.write_text(json.dumps(doc))
+    res = nls("render", str(run), "--cameras", str(path), "--dataparser-transforms", str(transforms), "-o",
+              str(tmp_path / "ns"), "-q", check=True)
+    assert f"wrote {len(names)} frames" in res.stdout
+    for k, name in enumerate(names):
+        got = iio.imread(tmp_path / "ns" / "camera_path" / f"{k:04d}.png").astype(int)
+        assert np.abs(got - iio.imread(out / "test" / f"{name}.png").astype(int)).max() <= 2, name
+    res = nls("render", str(run), "--dataparser-transforms", str(transforms))
+    assert res.returncode != 0 and "--dataparser-transforms goes with --cameras" in res.stderr
+    res = nls("render", str(run), "--cameras", str(path), "-o", str(tmp_path / "x"))
+    assert res.returncode != 0 and "give --dataparser-transforms" in res.stderr

@@ -21,6 +21,8 @@ def cmd_render(args) -> int:
     if args.pace and not args.interpolate:
         raise NLSError(f"--pace {args.pace} spaces the frames of an interpolated path; give --cameras FILE.json "
                        f"--interpolate N with it")
+    if args.dataparser_transforms and not args.cameras:
+        raise NLSError("--dataparser-transforms goes with --cameras CAMERA_PATH.json (a nerfstudio camera path)")
     if args.interpolate and not args.cameras:
         raise NLSError(f"--interpolate {args.interpolate} makes a path through keyframes; give them with --cameras "
                        f"FILE.json (e.g. a few frames of renders/test_cameras.json)")
@@ -42,7 +44,13 @@ def cmd_render(args) -> int:
     if args.cameras:  # read before anything renders: a bad file is said at once
         views = ld.scene.splits.get(split or ld.cfg.eval.split) or next(iter(ld.scene.splits.values()), None)
         size = (views.cameras.width, views.cameras.height) if views is not None else None
-        path = read_camera_path(Path(args.cameras), size)
+        transforms = args.dataparser_transforms
+        if transforms and isinstance(ld.scene.meta.get("input_frame"), dict):
+            raise NLSError(f"--dataparser-transforms takes a nerfstudio path to the frame of its dataset's "
+                           f"transforms.json, and this run trained in a frame normalised from "
+                           f"{ld.scene.meta['input_frame'].get('file')}; render nerfstudio paths with a run on "
+                           f"that transforms.json (scene type blender)")
+        path = read_camera_path(Path(args.cameras), size, Path(transforms) if transforms else None)
         if args.interpolate:
             from pipeline.camera_paths import interpolate_cameras
 
