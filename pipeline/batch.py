@@ -494,14 +494,18 @@ def _batch_dir(root: Path) -> Path:
 
 
 def watch_overrides(args) -> list[str]:
-    """The overrides of ``--val-every N`` and ``--tensorboard`` (the same flags as ``nls reconstruct``'s); a
-    missing tensorboard package is refused here, before any scene starts."""
+    """The overrides of ``--val-every N``, ``--tensorboard`` and ``--wandb`` (the same flags as ``nls
+    reconstruct``'s); a missing tensorboard or wandb package is refused here, before any scene starts."""
     from pipeline.tensorboard_log import check_tensorboard
+    from pipeline.wandb_log import check_wandb
 
     out = [f"train.val_every={args.val_every}"] if args.val_every is not None else []
     if args.tensorboard:
         check_tensorboard("--tensorboard")
         out.append("train.tensorboard=true")
+    if args.wandb:
+        check_wandb("--wandb")
+        out.append("train.wandb=true")
     return out
 
 
@@ -624,6 +628,8 @@ def add_parser(sub, common) -> None:
                    help="validate every run while it trains, every N steps (as nls reconstruct --val-every)")
     c.add_argument("--tensorboard", action="store_true", help="TensorBoard events in every run folder (as nls "
                    "reconstruct --tensorboard): tensorboard --logdir on the runs root shows the runs side by side")
+    c.add_argument("--wandb", action="store_true", help="a Weights & Biases run for every run (as nls reconstruct "
+                   "--wandb), grouped by scene: W&B's workspace shows the runs side by side")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
     c.add_argument("--data", metavar="PATH", help="train every SCENE.yaml's method and settings on this data (as "
                    "`nls reconstruct SCENE.yaml --data PATH`): methods compared on one scan or capture, e.g. "

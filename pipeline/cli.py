@@ -131,6 +131,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="also write the logged metrics and validation images as TensorBoard events in "
                    "RUN/tensorboard/, for tensorboard --logdir outputs (same as --set train.tensorboard=true; "
                    "needs pip install '.[tensorboard]')")
+    r.add_argument("--wandb", action="store_true",
+                   help="also send the logged metrics and validation images to a Weights & Biases run named after "
+                   "the run folder, in project train.wandb_project (default nls); same as --set train.wandb=true; "
+                   "needs pip install '.[wandb]' and `wandb login`, or WANDB_MODE=offline for a later wandb sync")
     r.add_argument("--no-eval", action="store_true", help="stop after training")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     r.set_defaults(func=cmd_reconstruct)

@@ -98,6 +98,11 @@ class TrainConfig(ConfigModel):
                                         "previews (400 when null)")
     tensorboard: bool = Field(False, description="also write metrics.jsonl's lines and the validation previews as "
                               "TensorBoard events in <run>/tensorboard/ (needs pip install '.[tensorboard]')")
+    wandb: bool = Field(False, description="also send metrics.jsonl's lines and the validation previews to a "
+                        "Weights & Biases run named after the run folder (needs pip install '.[wandb]' and "
+                        "`wandb login`; WANDB_MODE=offline keeps it in <run>/wandb/ for `wandb sync`)")
+    wandb_project: str = Field("nls", min_length=1, max_length=128, pattern=r"^[^/\\#?%:]+$",
+                               description="the W&B project of train.wandb")
     pixel_jitter: bool = Field(False, description="cast each training ray through a uniform random point of its "
                                "pixel instead of the centre (area sampling: matches anti-aliased images)")
     exposure: Literal["none", "gain", "affine"] = Field("none", description="learn a colour transform of each "

@@ -465,8 +465,14 @@ class Trainer:
             from pipeline.tensorboard_log import check_tensorboard
 
             check_tensorboard(f"{cfg.source}: train.tensorboard = true")
-        #: TensorBoard events of this session (rank 0, ``train.tensorboard``), opened by :meth:`fit`
-        self.tensorboard = None
+        if t.wandb:
+            from pipeline.wandb_log import check_wandb
+
+            check_wandb(f"{cfg.source}: train.wandb = true")
+        #: the views of metrics.jsonl this session writes to (rank 0): TensorBoard events (``train.tensorboard``),
+        #: a W&B run (``train.wandb``); each has ``scalars(record)``, ``image(tag, image, step)`` and ``close()``,
+        #: and is opened by :meth:`fit`
+        self.loggers: list = []
 
     def _wrap(self, step_module: TrainStep) -> nn.Module:
         """DDP around the objective when several processes train; the module itself otherwise."""
@@ -556,11 +562,11 @@ class Trainer:
                 self.run.write_json(WARNINGS_RECORD, {"step": self.step, "warnings": notices.kept()})
 
     def log(self, record: dict) -> None:
-        """Append ``record`` to ``metrics.jsonl`` (rank 0 only), and to the TensorBoard events when they are on."""
+        """Append ``record`` to ``metrics.jsonl`` (rank 0 only), and to the :attr:`loggers` that are on."""
         if self.dist.is_main:
             self.run.log_metrics(record)
-            if self.tensorboard is not None:
-                self.tensorboard.scalars(record)
+            for logger in self.loggers:
+                logger.scalars(record)
 
     def budget_fraction(self) -> float:
         """Fraction of the budget used: steps, or training seconds when ``max_seconds`` is set."""
@@ -726,21 +732,29 @@ class Trainer:
             finally:
                 set_rng_state(state)
                 self.system.train()
-            if self.tensorboard is not None and validator.preview is not None:
-                self.tensorboard.image(validator.tag, validator.preview[1], self.step)
+            for logger in self.loggers if validator.preview is not None else ():
+                logger.image(validator.tag, validator.preview[1], self.step)
         distributed.all_reduce_mean(torch.zeros(1), self.dist, what="waiting for rank 0's validation",
                                     step=self.step, run_dir=self.run.path)  # a no-op for one process
         return record
 
     @contextmanager
-    def _tensorboard_closed(self):
-        """Close the TensorBoard events (when they are on) however :meth:`fit` ends."""
+    def _loggers_open(self):
+        """Open the :attr:`loggers` the config asks for (rank 0) and close them however :meth:`fit` ends."""
+        t = self.cfg.train
         try:
+            if t.tensorboard and self.dist.is_main:
+                from pipeline.tensorboard_log import TensorBoardLog
+
+                self.loggers.append(TensorBoardLog(self.run.path, resume_step=self.step or None))
+            if t.wandb and self.dist.is_main:
+                from pipeline.wandb_log import WandbLog
+
+                self.loggers.append(WandbLog(self.run.path, t.wandb_project, self.cfg.to_dict()))
             yield
         finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-                self.tensorboard = None
+            while self.loggers:
+                self.loggers.pop().close()
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -760,12 +774,8 @@ class Trainer:
         for validator in self.validators if self.progress else ():
             print(f"validating every {t.val_every} steps: {validator.describe()}; {validator.key} in "
                   f"metrics.jsonl, images in {validator.out_dir}", file=sys.stderr, flush=True)
-        if t.tensorboard and self.dist.is_main:
-            from pipeline.tensorboard_log import TensorBoardLog
-
-            self.tensorboard = TensorBoardLog(self.run.path, resume_step=self.step or None)
         with self.stop.installed(), StepProgress(t.steps, self.step, "training", enabled=self.progress) as bar, \
-                self._tensorboard_closed():
+                self._loggers_open():
             try:
                 while self.step < t.steps:
                     if t.max_seconds is not None and self.elapsed >= t.max_seconds:

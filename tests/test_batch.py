@@ -346,9 +346,9 @@ def test_data_goes_to_every_scene_and_is_checked_before_any_starts(tmp_path):
     assert why and "with --data" in why, why
 
 
-def test_batch_passes_validation_and_tensorboard_to_every_run(tmp_path, monkeypatch, capsys):
-    """--val-every and --tensorboard reach every run as their train.* settings; without the tensorboard package
-    --tensorboard is refused before any scene starts."""
+def test_batch_passes_validation_tensorboard_and_wandb_to_every_run(tmp_path, monkeypatch, capsys):
+    """--val-every, --tensorboard and --wandb reach every run as their train.* settings; without the tensorboard
+    (wandb) package --tensorboard (--wandb) is refused before any scene starts."""
     import importlib.util
 
     from pipeline.cli import main
@@ -358,10 +358,13 @@ def test_batch_passes_validation_and_tensorboard_to_every_run(tmp_path, monkeypa
     seen = []
     monkeypatch.setattr(pipeline.batch, "run_scenes", lambda scenes, opts, *a, **k: seen.append(opts) or [])
     scene = str(ROOT / "scenes" / "csg_dense.yaml")
-    assert main(["batch", scene, "--val-every", "50", "--tensorboard", "-o", str(tmp_path / "out")]) == 0
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    assert main(["batch", scene, "--val-every", "50", "--tensorboard", "--wandb", "-o", str(tmp_path / "out")]) == 0
     cmd = seen[0].command(scene)
     assert cmd[cmd.index("train.val_every=50") - 1] == "--set" and "train.tensorboard=true" in cmd
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    assert main(["batch", scene, "--tensorboard", "-o", str(tmp_path / "out")]) == 2
-    assert "--tensorboard needs the tensorboard package" in capsys.readouterr().err
+    assert "train.wandb=true" in cmd
+    for package in ("tensorboard", "wandb"):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+        assert main(["batch", scene, f"--{package}", "-o", str(tmp_path / "out")]) == 2
+        assert f"--{package} needs the {package} package" in capsys.readouterr().err

@@ -5,6 +5,7 @@ it, and the errors before training."""
 from __future__ import annotations
 
 import copy
+import json
 import dataclasses
 
 import numpy as np
@@ -192,3 +193,95 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch)
     with pytest.raises(NLSError, match=r"train.tensorboard = true needs the tensorboard package.*pip install "
                                        r"'.\[tensorboard\]'"):
         _trainer(tmp_path, "tb", tensorboard=True)
+
+
+class _FakeWandb:
+    """A stand-in for the wandb package: each W&B run id keeps its logged steps (as a server would), and a run
+    resumed under a known id starts at the step after its last."""
+
+    def __init__(self):
+        self.inits, self.history, self.finished = [], {}, 0
+
+    def Image(self, array):  # noqa: N802 (wandb's name)
+        return ("image", np.asarray(array).shape)
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        steps = self.history.setdefault(kwargs["id"], [])
+        fake = self
+
+        class Run:
+            step = (steps[-1][0] + 1) if steps else 0
+
+            def log(self, values, step, commit=True):
+                assert step >= self.step, "W&B drops a step below the run's"
+                steps.append((step, values))
+                self.step = step
+
+            def finish(self):
+                fake.finished += 1
+
+        return Run()
+
+
+def test_wandb_gets_the_metrics_and_previews_and_a_resume_goes_on_in_the_same_wandb_run(tmp_path, monkeypatch):
+    """train.wandb sends every logged line at its step and each validation preview as an image to a W&B run named
+    after the run folder, grouped by scene, with the run's config; its id is kept in wandb.json, so a session
+    resumed from the step-3 checkpoint of a run W&B has to step 6 goes on in the same W&B run and sends nothing
+    W&B already has."""
+    import sys
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    first = _trainer(tmp_path, "wb", val_every=3, wandb=True, wandb_project="level-sets", steps=6, checkpoint_every=3)
+    first.fit()
+    run = first.run
+    (init,) = fake.inits
+    assert init["project"] == "level-sets" and init["resume"] == "allow" and init["dir"] == str(run.path)
+    assert init["name"] == "/".join(run.path.resolve().parts[-3:]) and init["group"] == "wb"
+    assert init["config"]["train"]["wandb"] is True and fake.finished == 1
+    assert json.loads((run.path / "wandb.json").read_text()) == {"id": init["id"], "project": "level-sets"}
+    logged = run.read_metrics()
+    sent = fake.history[init["id"]]
+    scalars = [(s, v) for s, v in sent if "loss" in v]
+    assert [s for s, _ in scalars] == [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
+    assert [v["loss"] for _, v in scalars] == pytest.approx([r["loss"] for r in logged])
+    images = [(s, v) for s, v in sent if any(isinstance(x, tuple) for x in v.values())]
+    assert [s for s, _ in images] == [3, 6] and next(iter(images[0][1])).startswith("test/")
+
+    (run.path / "checkpoints" / "ckpt_00000006.pt").unlink()  # as a kill after step 6 would leave it
+    again = _trainer(tmp_path, "wb2", val_every=3, wandb=True, wandb_project="level-sets", steps=8,
+                     checkpoint_every=3)
+    again.run = run
+    again.load_state(run.load_checkpoint())
+    run.truncate_metrics_after(3)
+    again.fit()
+    assert fake.inits[1]["id"] == init["id"] and fake.finished == 2
+    assert [s for s, v in fake.history[init["id"]] if "loss" in v] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_wandb_runs_offline_with_the_real_package(tmp_path, monkeypatch):
+    """With wandb installed and WANDB_MODE=offline, a run trains with train.wandb and leaves W&B's offline run
+    (its id from wandb.json) in <run>/wandb/, with the validation previews among its media."""
+    pytest.importorskip("wandb", reason="the wandb package (the wandb extra) is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tr = _trainer(tmp_path, "wb", val_every=4, wandb=True, steps=4)
+    tr.fit()
+    run_id = json.loads((tr.run.path / "wandb.json").read_text())["id"]
+    (offline,) = (tr.run.path / "wandb").glob(f"offline-run-*-{run_id}")
+    assert (offline / f"run-{run_id}.wandb").stat().st_size > 0
+    assert list((offline / "files" / "media").rglob("*.png")), "the validation preview was not kept"
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(NLSError, match=r"train.wandb = true needs the wandb package.*pip install '.\[wandb\]'"):
+        _trainer(tmp_path, "wb", wandb=True)

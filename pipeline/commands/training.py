@@ -169,6 +169,8 @@ def cmd_reconstruct(args) -> int:
         overrides.append(f"train.val_every={args.val_every}")
     if getattr(args, "tensorboard", False):
         overrides.append("train.tensorboard=true")
+    if getattr(args, "wandb", False):
+        overrides.append("train.wandb=true")
     if args.device:
         overrides.append(f"train.device={args.device}")
     cfg = load_scene(Path(args.scene), host, overrides, data=Path(args.data) if args.data else None)
