@@ -353,10 +353,11 @@ def render_rays(
         dict with ``rgb`` (R,3), ``opacity`` (R,1), ``depth`` (R,1) (expected depth
         given termination), ``depth_median`` (R,1) (with ``with_median``; not
         differentiable), ``num_samples`` (python int, number of samples at which
-        ``radiance_fn`` was evaluated) and ``backend`` ("nerfacc" or "torch"). The torch
-        path also returns ``weights``, ``t_starts`` and ``t_ends``, all (R,S) with S the
-        most samples kept on any ray: column j holds a ray's j-th kept sample; padding
-        is the empty interval [0, 0] with weight 0.
+        ``radiance_fn`` was evaluated) and ``backend`` ("nerfacc" or "torch"), and the
+        samples' ``weights``, ``t_starts`` and ``t_ends``: on the torch path all (R,S)
+        with S the most samples kept on any ray (column j holds a ray's j-th kept
+        sample; padding is the empty interval [0, 0] with weight 0), on the nerfacc path
+        packed (K,) with their ``ray_indices`` (K,). :func:`packed_samples` reads either.
     """
     if origins.ndim != 2 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
         raise ValueError(f"render_rays: origins and dirs must both be (R,3), got "
@@ -421,10 +422,23 @@ def _render_rays_nerfacc(origins, dirs, radiance_fn, *, aabb, grid, density_fn, 
     rgb, opacity, depth, extras = nerfacc.rendering(
         t_starts, t_ends, ray_indices, n_rays=n_rays, rgb_sigma_fn=rgb_sigma_fn, render_bkgd=bg)
     out = {"rgb": rgb, "opacity": opacity, "depth": depth, "num_samples": int(t_starts.shape[0]),
-           "backend": "nerfacc"}
+           "backend": "nerfacc", "weights": extras["weights"], "t_starts": t_starts, "t_ends": t_ends,
+           "ray_indices": ray_indices}
     if with_median:
         out["depth_median"] = packed_median_depth(extras["weights"], t_starts, t_ends, ray_indices, n_rays)
     return out
+
+
+def packed_samples(out: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The samples of a :func:`render_rays` output as packed lists: ``(weights, t_starts, t_ends, ray_indices)``,
+    each (K,), sorted by ray then by t, whichever path rendered it (nerfacc's packed samples as they are; the
+    torch path's padded (R, S) rows without their padding, whose t_start == t_end). The weights keep their
+    graph."""
+    if "ray_indices" in out:
+        return out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"]
+    keep = out["t_ends"] > out["t_starts"]
+    ray_indices = keep.nonzero(as_tuple=True)[0]
+    return out["weights"][keep], out["t_starts"][keep], out["t_ends"][keep], ray_indices
 
 
 def packed_median_depth(weights: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor,

@@ -6,7 +6,8 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: outputs/gpu_check
 #
 # Environment:
-#   TESTS_K       pytest -k expression of the tests stage (default "cuda or tcnn": all of them; e.g. blur)
+#   TESTS_K       pytest -k expression of the tests stage (default "cuda or tcnn or packed_samples": all of
+#                 them; e.g. blur)
 #   STAGES        space list of build, blur, lego, tests, gap (default: the first four, in that order;
 #                 gap evaluates the lego runs on 3 training views)
 #   LEGO_BUDGET   training seconds per lego run (default 90)
@@ -84,7 +85,8 @@ for s in $STAGES; do
       ;;
     tests)
       stage tests 240 python3 -m pytest -q -p no:cacheprovider -m "not slow" -rs tests/test_cuda.py \
-        tests/test_rendering.py::test_cuda_path_matches_torch_path tests/test_hashgrid.py -k "${TESTS_K:-cuda or tcnn}"
+        tests/test_rendering.py::test_cuda_path_matches_torch_path tests/test_hashgrid.py \
+        tests/test_depth_supervision.py -k "${TESTS_K:-cuda or tcnn or packed_samples}"
       ;;
     blur)
       stage blur 120 python3 scripts/bench.py rs_sdf --only blur --device cuda --size 384 \

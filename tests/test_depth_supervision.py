@@ -163,6 +163,99 @@ def test_the_depth_loss_pulls_the_rendered_depth_to_the_measured_one_where_there
         build_depth(DepthLossConfig(), Ctx())
 
 
+def _ds_nerf_by_hand(w, t0, t1, d, sigma_rel):
+    """DS-NeRF's discrete L_Depth over padded rows (R, S), each ray's sum over sigma sqrt(2 pi), the mean over rays with
+    d > 0 (the loss's docstring), in float64 numpy."""
+    w, t0, t1, d = (np.asarray(a, np.float64) for a in (w, t0, t1, d))
+    rows = []
+    for i in np.flatnonzero(d > 0):
+        sigma = sigma_rel * d[i]
+        mid, dt = (t0[i] + t1[i]) / 2, t1[i] - t0[i]
+        g = np.exp(-0.5 * ((mid - d[i]) / sigma) ** 2)
+        rows.append(np.sum(-np.log(w[i] + 1e-5) * g * dt) / (sigma * math.sqrt(2 * math.pi)))
+    return float(np.mean(rows))
+
+
+def test_the_ds_nerf_depth_loss_is_the_paper_s_sum_on_the_padded_and_the_packed_samples():
+    from plugins.ngp.config import DepthLossConfig
+    from plugins.ngp.losses import DepthLoss
+
+    g = torch.Generator().manual_seed(0)
+    n_rays, n_cols = 4, 30
+    counts = [30, 12, 0, 25]  # (a ray with no sample left: its sum is 0)
+    t0 = torch.zeros(n_rays, n_cols)
+    for i, c in enumerate(counts):
+        t0[i, :c] = 1.0 + 0.1 * torch.arange(c) + 0.05 * i
+    t1 = torch.where(t0 > 0, t0 + 0.1, t0)
+    w = (torch.rand(n_rays, n_cols, generator=g) * 0.2 * (t1 > t0)).requires_grad_(True)
+    d = torch.tensor([[2.0], [1.5], [2.2], [0.0]])  # (the last ray has no depth)
+    loss = DepthLoss(DepthLossConfig(kind="ds_nerf", sigma=0.05, weight=3.0))
+    padded = loss({"depth": d}, {"weights": w, "t_starts": t0, "t_ends": t1}, None)
+    assert float(padded.detach()) == pytest.approx(3.0 * _ds_nerf_by_hand(w.detach(), t0, t1, d[:, 0], 0.05),
+                                                   rel=1e-5)
+    padded.backward()
+    assert w.grad[3].abs().max() == 0 and w.grad[0].abs().max() > 0  # (the ray without depth is left alone)
+
+    keep = t1 > t0
+    packed = {"weights": w.detach()[keep], "t_starts": t0[keep], "t_ends": t1[keep],
+              "ray_indices": keep.nonzero(as_tuple=True)[0]}
+    assert float(loss({"depth": d}, packed, None)) == pytest.approx(float(padded.detach()), rel=1e-6)
+    with pytest.raises(Exception, match="kind ds_nerf.*needs the renderer's weights, t_starts, t_ends"):
+        loss({"depth": d}, {"depth": d}, None)
+
+
+def test_the_ds_nerf_loss_alone_makes_a_ray_terminate_at_its_depth_spread_as_its_gaussian():
+    """Minimising the loss over a free ray of densities gives the weights of the Gaussian N(D, sigma^2) (the KL's
+    minimiser): its mean is D and its spread sigma."""
+    import nerfacc
+
+    from plugins.ngp.config import DepthLossConfig
+    from plugins.ngp.losses import DepthLoss
+
+    t0 = torch.linspace(0.0, 4.0, 401)[:-1][None]  # (1, 400) samples of 0.01
+    t1 = t0 + 0.01
+    log_sigma = torch.full_like(t0, -3.0).requires_grad_(True)
+    loss = DepthLoss(DepthLossConfig(kind="ds_nerf", sigma=0.02, weight=1.0))
+    opt = torch.optim.Adam([log_sigma], lr=0.1)
+    d = torch.tensor([[2.5]])
+    for _ in range(600):
+        w, _, _ = nerfacc.render_weight_from_density(t0, t1, log_sigma.exp())
+        value = loss({"depth": d}, {"weights": w, "t_starts": t0, "t_ends": t1}, None)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    w = w.detach()[0]
+    mid = ((t0 + t1) / 2)[0]
+    mean = float((w * mid).sum() / w.sum())
+    spread = float(((w * (mid - mean) ** 2).sum() / w.sum()).sqrt())
+    assert float(w.sum()) > 0.97
+    assert mean == pytest.approx(2.5, abs=0.01) and spread == pytest.approx(0.02 * 2.5, rel=0.15)
+
+
+def test_the_ds_nerf_loss_reads_the_nerfacc_path_s_packed_samples_as_the_torch_path_s_padded_ones():
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the ds_nerf loss on nerfacc's packed samples (the CUDA path) was not tested"
+        print(reason)
+        pytest.skip(reason)
+    from pipeline.rendering import render_rays
+    from plugins.ngp.config import DepthLossConfig
+    from plugins.ngp.losses import DepthLoss
+    from tests.test_rendering import AABB, STEP, TinyField, down_rays, updated_grid
+
+    field = TinyField(dtype=torch.float32).cuda()
+    o, d = (a.cuda() for a in down_rays(n=4))
+    kw = dict(aabb=AABB.cuda(), grid=updated_grid().to("cuda"), step_size=STEP)
+    packed = render_rays(o, d, field, **kw)
+    padded = render_rays(o, d, field, backend="torch", **kw)
+    assert packed["backend"] == "nerfacc" and packed["weights"].ndim == 1 and padded["weights"].ndim == 2
+    measured = padded["depth"].detach() + 0.02  # (a depth within the slab, a little behind the rendered one)
+    loss = DepthLoss(DepthLossConfig(kind="ds_nerf", sigma=0.05, weight=1.0))
+    a, b = loss({"depth": measured}, packed, None), loss({"depth": measured}, padded, None)
+    assert float(a) == pytest.approx(float(b), rel=1e-3) and float(a) > 0
+    a.backward()
+    assert field.log_sigma.grad.abs() > 0
+
+
 def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_will_skip(tmp_path):
     from pipeline.testing import TINY_SCENE
     from tests.conftest import run_nls
@@ -170,7 +263,8 @@ def test_nls_reconstruct_trains_with_the_depth_loss_and_warns_of_evaluators_it_w
     _depth_folder(tmp_path / "ns", n=5, size=24)
     scene = {**TINY_SCENE, "name": "depth_tiny", "scene": {"type": "blender", "path": str(tmp_path / "ns"),
                                                            "aabb": [-1, -1, -1, 1, 1, 1]},
-             "losses": [{"type": "photometric"}, {"type": "depth", "weight": 0.5}],
+             "losses": [{"type": "photometric"}, {"type": "depth", "weight": 0.5},
+                        {"type": "depth", "kind": "ds_nerf", "weight": 0.1}],
              "evaluators": [{"type": "psnr", "ssim": False}, {"type": "chamfer"},
                             {"type": "sensor_depth", "save_images": 1}]}
     path = tmp_path / "scene.yaml"

@@ -122,11 +122,14 @@ class DepthLossConfig(ComponentConfig):
     """Depth supervision: the rendered expected depth of each training ray against the depth the scene measured
     there (a depth sensor's maps: nerfstudio's depth_file_path), over the rays that have one."""
 
-    kind: Literal["l1", "relative"] = Field("l1", description="per-ray penalty: |rendered - measured| in scene "
-                                            "units, or that over the measured depth (the same weight for near and "
-                                            "far content)")
+    kind: Literal["l1", "relative", "ds_nerf"] = Field(
+        "l1", description="per-ray penalty: |rendered - measured| in scene units, or that over the measured depth "
+        "(the same weight for near and far content), or ds_nerf: DS-NeRF's loss on the ray's weights, which pulls "
+        "its termination distribution to a Gaussian of width sigma about the measured depth")
     weight: float = Field(0.01, ge=0, description="weight of this term in the training loss (on csg, 0.01 gave "
                           "better test PSNR than 0.1, which pins the depth closer: README, Depth maps)")
+    sigma: float = Field(0.01, gt=0, le=1, description="ds_nerf only: the standard deviation of a measured depth, "
+                         "as a fraction of it (0.01: 1 %)")
 
 
 class EikonalConfig(ComponentConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -33,34 +34,67 @@ class Photometric(nn.Module):
 
 
 class DepthLoss(nn.Module):
-    """Depth supervision on the training rays that have a measured depth (``batch["depth"]`` (R, 1), 0: none):
-    the rendered expected depth ``out["depth"]`` (R, 1), sum_i w_i t_i, is pulled to it, ``l1`` in scene units or
-    ``relative`` (over the measured depth). This is the expected-depth penalty (nerfstudio's L1/MSE options), not
-    DS-NeRF's loss on each ray's weight distribution: the renderer hands losses the rendered depth, not the
-    samples. A ray whose expected depth falls short because its opacity is below 1 is pulled towards opacity 1
-    at the measured depth."""
+    """Depth supervision on the training rays that have a measured depth ``D`` (``batch["depth"]`` (R, 1), the
+    distance along the ray; 0: none). Kinds:
+
+    * ``l1`` / ``relative``: the rendered expected depth ``out["depth"]`` (R, 1), sum_i w_i t_i over the ray's
+      opacity, is pulled to ``D``: ``|depth - D|`` in scene units, or that over ``D``. This is the
+      expected-depth penalty (nerfstudio's L1 option).
+    * ``ds_nerf``: DS-NeRF's ray distribution loss (Deng et al., "Depth-supervised NeRF: Fewer Views and Faster
+      Training for Free", CVPR 2022, L_Depth in its discrete form; the equation's number could not be checked
+      here, the formula is the paper's): ``-sum_k log(w_k) exp(-(t_k - D)^2 / (2 sigma^2)) dt_k`` over the
+      ray's samples k (weights w_k, midpoints t_k, lengths dt_k: :func:`pipeline.rendering.packed_samples`),
+      the discrete KL divergence from N(D, sigma^2) to the ray's termination distribution h(t) = T(t) sigma(t)
+      up to a constant. Deviations: sigma is ``cfg.sigma`` times ``D`` for every ray (the paper takes each
+      keypoint's uncertainty from its reprojection error); each ray's sum is divided by sigma sqrt(2 pi), the
+      Gaussian's integral, so that the loss is the Gaussian's mean of -log w and its weight means the same
+      whatever the scene's scale and sigma. The log is of w + 1e-5 (finite, with a gradient, where w is 0).
+      Only the rendered samples count: space the occupancy grid skips has weight 0 and no gradient.
+    """
+
+    #: added to the weights under the log of the ds_nerf kind
+    EPS = 1e-5
 
     def __init__(self, cfg: DepthLossConfig):
         super().__init__()
         self.cfg = cfg
 
     def forward(self, batch: dict, out: dict, system) -> Tensor:
-        """``out["depth"]`` (R, 1) vs ``batch["depth"]`` (R, 1) over the rays with a depth -> weighted scalar."""
+        """``out`` (the rendered ``depth`` (R, 1), or the samples for ``ds_nerf``) vs ``batch["depth"]`` (R, 1)
+        over the rays with a depth -> weighted scalar."""
         from pipeline.types import PluginError
 
         measured = batch.get("depth")
         if measured is None:
             raise PluginError("the depth loss found no measured depth in the training batch: this scene's training "
                               "images have no depth maps")
-        if "depth" not in out:
-            raise PluginError("the depth loss needs the renderer's depth (out['depth']), and this renderer gives none")
-        given = measured > 0
+        need = ("weights", "t_starts", "t_ends") if self.cfg.kind == "ds_nerf" else ("depth",)
+        if any(key not in out for key in need):
+            raise PluginError(f"the depth loss (kind {self.cfg.kind}) needs the renderer's {', '.join(need)}, and "
+                              f"this renderer gives {', '.join(k for k in need if k in out) or 'none of them'}")
+        given = measured[:, 0] > 0
         if not bool(given.any()):
-            return out["depth"].sum() * 0.0  # (no ray of this batch has a depth)
+            return out["depth" if "depth" in out else "weights"].sum() * 0.0  # (no ray of this batch has a depth)
+        if self.cfg.kind == "ds_nerf":
+            return self.cfg.weight * self.distribution_loss(out, measured[:, 0], given)
         error = (out["depth"] - measured)[given].abs()
         if self.cfg.kind == "relative":
             error = error / measured[given]
         return self.cfg.weight * error.mean()
+
+    def distribution_loss(self, out: dict, measured: Tensor, given: Tensor) -> Tensor:
+        """DS-NeRF's L_Depth (class docstring) per ray, averaged over the rays ``given`` (R,) bool; ``measured``
+        (R,) ray distances -> scalar."""
+        from pipeline.rendering import packed_samples
+
+        w, t0, t1, ray = packed_samples(out)
+        d = measured[ray]
+        sigma = self.cfg.sigma * d
+        dt = t1 - t0
+        gauss = torch.exp(-0.5 * (((t0 + t1) / 2 - d) / sigma.clamp_min(1e-12)) ** 2)
+        term = -torch.log(w + self.EPS) * gauss * dt / (sigma * math.sqrt(2 * math.pi)).clamp_min(1e-12)
+        per_ray = torch.zeros(measured.shape[0], device=w.device, dtype=term.dtype).index_add(0, ray, term)
+        return per_ray[given].mean()
 
 
 class Eikonal(nn.Module):

@@ -7,7 +7,7 @@ millimetres with ``depth_unit_scale_factor: 0.001`` (as a phone's depth sensor w
 ``--depth-noise`` their relative noise. ``csg_dense.yaml`` trains ``--steps`` on it twice:
 
 * ``photometric``: its own losses (photometric and TV), the depth maps unused;
-* ``+ depth``: the same and the ``depth`` loss (``--weight``, ``--kind``).
+* ``+ depth``: the same and the ``depth`` loss (``--weight``, ``--kind``, ``--sigma``).
 
 Both are scored on the 8 test views: PSNR, Chamfer-L1 of the extracted mesh and the rendered depth's error
 against the ground-truth mesh (the ``depth`` evaluator). Writes outputs/bench/depth.json.
@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--views", type=int, default=8, help="training views (default 8)")
     ap.add_argument("--steps", type=int, default=600, help="training steps of each run (default 600)")
     ap.add_argument("--weight", type=float, default=0.01, help="the depth loss's weight (default 0.01, the loss's)")
-    ap.add_argument("--kind", default="l1", choices=("l1", "relative"), help="the depth loss's penalty")
+    ap.add_argument("--kind", default="l1", choices=("l1", "relative", "ds_nerf"), help="the depth loss's penalty")
+    ap.add_argument("--sigma", type=float, default=0.01, help="ds_nerf's sigma, a fraction of the depth (default "
+                    "0.01, the loss's)")
     ap.add_argument("--depth-noise", type=float, default=0.0, help="relative noise of the depth maps (default 0)")
     ap.add_argument("--erode", action="store_true", help="leave the silhouette's pixels (next to one without a "
                     "depth) without depth")
@@ -108,10 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     from scripts.benchmarks._reconstruct import cell, reconstruct, write_result
 
     bench = ROOT / "outputs" / "bench" / "depth"
-    result = {"steps": args.steps, **write_folder(bench / "csg_depth", args.views, args.depth_noise, args.erode),
+    result = {"steps": args.steps, "kind": args.kind, "weight": args.weight,
+              **write_folder(bench / "csg_depth", args.views, args.depth_noise, args.erode),
               "runs": {}}
     base = ["{type: photometric}", "{type: tv, weight: 1.0e-3, density_only: true}"]
-    depth = f"{{type: depth, weight: {args.weight}, kind: {args.kind}}}"
+    depth = f"{{type: depth, weight: {args.weight}, kind: {args.kind}, sigma: {args.sigma}}}"
     for name, losses in (("photometric", base), ("+ depth", [*base, depth])):
         run, wall = reconstruct(name, str(ROOT / "scenes" / "csg_dense.yaml"), bench / "runs" / name.strip("+ "),
                                 "--device", "cpu", "--steps", str(args.steps),

@@ -7,8 +7,8 @@ its photos; then ``lego_dense.yaml`` trains ``--steps`` on only the first ``--vi
 
 * ``photometric``: its own losses;
 * ``+ sparse depth``: ``scene.sparse_depth: true`` (the z-depth of the 3D point each keypoint observes, at its
-  pixel, kept on lego by the masks), the ``depth`` loss (``--weight``) and ``train.depth_rays`` (``--rays``) more
-  rays a step through those pixels.
+  pixel, kept on lego by the masks), the ``depth`` loss (``--weight``, ``--kind``, ``--sigma``) and
+  ``train.depth_rays`` (``--rays``) more rays a step through those pixels.
 
 Both are scored on the 15 held-out photos, composited on white by their masks. Writes
 outputs/bench/sparse_depth.json.
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=1000, help="training steps of each run (default 1000)")
     ap.add_argument("--weight", type=float, default=0.1, help="the depth loss's weight (default 0.1: here better "
                     "than the loss's own default 0.01)")
+    ap.add_argument("--kind", default="l1", choices=("l1", "relative", "ds_nerf"), help="the depth loss's penalty")
+    ap.add_argument("--sigma", type=float, default=0.01, help="ds_nerf's sigma, a fraction of the depth (default "
+                    "0.01, the loss's)")
     ap.add_argument("--rays", type=int, default=512, help="train.depth_rays (default 512)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "sparse_depth.json"))
@@ -46,13 +49,15 @@ def main(argv: list[str] | None = None) -> dict:
         return skipped
     bench = ROOT / "outputs" / "bench" / "sparse_depth"
     shoot = ROOT / "outputs" / "bench" / "masks" / "lego_on_floor"  # (the masks benchmark's: SfM cached alike)
-    result: dict = {"photos": write_shoot(Path(lego), shoot), "views": args.views, "steps": args.steps, "runs": {}}
+    result: dict = {"photos": write_shoot(Path(lego), shoot), "views": args.views, "steps": args.steps,
+                    "kind": args.kind, "weight": args.weight, "runs": {}}
     source = ["scene.type=photos", f"scene.path={shoot}", "scene.masks=masks", "scene.aabb=null",
               f"scene.max_images={args.views}"]
     base = ["{type: photometric}", "{type: tv, weight: 1.0e-4, density_only: true}"]
+    depth = f"{{type: depth, weight: {args.weight}, kind: {args.kind}, sigma: {args.sigma}}}"
     runs = {"photometric": [f"losses=[{', '.join(base)}]"],
             "+ sparse depth": ["scene.sparse_depth=true", f"train.depth_rays={args.rays}",
-                               f"losses=[{', '.join([*base, f'{{type: depth, weight: {args.weight}}}'])}]"]}
+                               f"losses=[{', '.join([*base, depth])}]"]}
     for name, sets in runs.items():
         r = train(name.strip("+ ").replace(" ", "_"), [*source, *sets], args, bench / "runs", None)
         scene = json.loads((Path(r["run"]) / "scene.json").read_text())
