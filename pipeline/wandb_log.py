@@ -6,7 +6,8 @@ anything, a W&B login (``wandb login``); ``WANDB_MODE=offline`` keeps the run in
 do anywhere. metrics.jsonl stays the run's record: W&B is a view of it.
 
 The W&B run is named after the run folder (``<scene>/<method>/<stamp>``), grouped by scene, tagged with the
-method, and holds the run's resolved config. Its id is kept in ``<run>/wandb.json``, so ``nls resume`` goes on in
+method, and holds the run's resolved config; the final evaluation's metrics become its summary
+(:func:`publish_summary`), the figures W&B's runs table shows. Its id is kept in ``<run>/wandb.json``, so ``nls resume`` goes on in
 the same W&B run. W&B takes each step once: a session resumed from a checkpoint behind the last step W&B
 received (a run killed between checkpoints) sends only the steps after that one, so W&B keeps the killed
 session's figures for the steps between (metrics.jsonl has the resumed session's).
@@ -83,6 +84,31 @@ class WandbLog:
     def close(self) -> None:
         """Finish the W&B run (uploads what is left, or closes the offline files)."""
         self.run.finish()
+
+
+def publish_summary(run_dir: Path, project: str, summary: dict) -> None:
+    """Put the final figures of summary.json (``summary``: its ``metrics``, ``train_seconds`` and ``step``) into
+    the W&B run of ``run_dir`` (the one :class:`WandbLog` opened, by the id in wandb.json), as its summary, which
+    W&B's runs table shows. A warning, not an error, when W&B cannot take them: summary.json has them."""
+    from pipeline.notices import warn
+
+    known = _read_record(run_dir / WANDB_RECORD)
+    if not known.get("id"):
+        warn(f"train.wandb: {run_dir / WANDB_RECORD} names no W&B run, so the final metrics were not sent to W&B "
+             f"(summary.json has them)")
+        return
+    figures = {k: v for k, v in (summary.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    figures.update({k: summary[k] for k in ("train_seconds", "step") if isinstance(summary.get(k), (int, float))})
+    try:
+        import wandb
+
+        run = wandb.init(project=known.get("project") or project, id=known["id"], resume="allow", dir=str(run_dir))
+        run.summary.update(figures)
+        run.finish()
+    except Exception as exc:  # (W&B's own errors: the evaluation's record stands without it)
+        warn(f"train.wandb: the final metrics were not sent to W&B ({type(exc).__name__}: {exc}); summary.json has "
+             f"them")
 
 
 def _read_record(path: Path) -> dict:

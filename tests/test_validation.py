@@ -200,7 +200,7 @@ class _FakeWandb:
     resumed under a known id starts at the step after its last."""
 
     def __init__(self):
-        self.inits, self.history, self.finished = [], {}, 0
+        self.inits, self.history, self.summaries, self.finished = [], {}, {}, 0
 
     def Image(self, array):  # noqa: N802 (wandb's name)
         return ("image", np.asarray(array).shape)
@@ -212,6 +212,7 @@ class _FakeWandb:
 
         class Run:
             step = (steps[-1][0] + 1) if steps else 0
+            summary = fake.summaries.setdefault(kwargs["id"], {})
 
             def log(self, values, step, commit=True):
                 assert step >= self.step, "W&B drops a step below the run's"
@@ -276,6 +277,13 @@ def test_wandb_runs_offline_with_the_real_package(tmp_path, monkeypatch):
     (offline,) = (tr.run.path / "wandb").glob(f"offline-run-*-{run_id}")
     assert (offline / f"run-{run_id}.wandb").stat().st_size > 0
     assert list((offline / "files" / "media").rglob("*.png")), "the validation preview was not kept"
+    from pipeline import notices
+    from pipeline.wandb_log import publish_summary
+
+    before = len(notices.kept())
+    publish_summary(tr.run.path, "nls", {"metrics": {"psnr": 20.5, "name": "x"}, "step": 4})
+    assert len(notices.kept()) == before  # (no warning: W&B took the summary)
+    assert len(list((tr.run.path / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
 
 
 def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
@@ -285,3 +293,27 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(NLSError, match=r"train.wandb = true needs the wandb package.*pip install '.\[wandb\]'"):
         _trainer(tmp_path, "wb", wandb=True)
+
+
+def test_nls_reconstruct_wandb_puts_the_final_metrics_in_the_wandb_run_s_summary(tmp_path, monkeypatch, capsys):
+    """nls reconstruct --wandb: after training, the evaluation's metrics (summary.json's) become the summary of the
+    same W&B run, the figures W&B's runs table shows."""
+    import importlib.util
+    import sys
+
+    import yaml
+
+    from pipeline.cli import main
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    scene = tmp_path / "tiny.yaml"
+    scene.write_text(yaml.safe_dump(copy.deepcopy(TINY_SCENE)))
+    assert main(["reconstruct", str(scene), "--steps", "2", "--wandb", "-q", "--output", str(tmp_path / "runs")]) == 0
+    run = next((tmp_path / "runs").glob("*/*/*/summary.json")).parent
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert len(fake.inits) == 2 and fake.inits[0]["id"] == fake.inits[1]["id"] and fake.finished == 2
+    final = fake.summaries[fake.inits[0]["id"]]
+    assert final["psnr"] == pytest.approx(metrics["psnr"]) and final["step"] == 2 and "train_seconds" in final

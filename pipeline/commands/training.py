@@ -62,6 +62,10 @@ def finish_run(ld: Loaded, train_seconds: float, *, progress: bool = True) -> di
         "warnings": notices.kept(),  # printed while the scene loaded, trained and was evaluated
     }
     ld.run.write_json("summary.json", summary)
+    if ld.cfg.train.wandb:
+        from pipeline.wandb_log import publish_summary
+
+        publish_summary(ld.run.path, ld.cfg.train.wandb_project, summary)
     return summary
 
 
