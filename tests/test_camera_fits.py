@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.types import DataError
+from pipeline.types import Cameras, DataError
 from tests.test_colmap_scene import pycolmap  # noqa: F401  (the fixture)
 
 
@@ -188,6 +189,76 @@ def test_masks_are_fitted_with_their_images_and_an_image_of_another_size_is_name
     with pytest.raises(DataError, match=r"02.png is 400x300 \(WxH\), but the first image of its camera in .* is "
                                         r"400x400; the images of one camera must share one size"):
         load_colmap(root, test_every=0, downscale=1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.75])
+def test_a_fitted_depth_map_keeps_each_depth_in_the_pixel_its_point_moves_to(scale):
+    """``Fit.depths``: a keypoint's depth lands in the fitted pixel that holds ``Fit.point`` of its pixel centre; a
+    plane of one depth stays that depth wherever anything lands; a crop is the crop, pixel for pixel."""
+    from pipeline.scenes.camera_fit import Fit
+
+    w, h = 40, 32
+    box = (4.0, 2.0, 36.0, 30.0) if scale == 1.0 else (0.0, 0.0, 40.0, 32.0)
+    size = (32, 28) if scale == 1.0 else (30, 24)
+    fit = Fit(box, size, scale, (w, h))
+    sparse = np.zeros((h, w), np.float32)
+    sparse[10, 17], sparse[25, 6] = 2.5, 4.0
+    got = fit.depths(sparse)
+    assert got.shape == (size[1], size[0]) and (got > 0).sum() == 2
+    for (v, u), z in (((10, 17), 2.5), ((25, 6), 4.0)):
+        x, y = fit.point(np.array([u + 0.5, v + 0.5]))
+        assert got[int(y), int(x)] == z
+    plane = np.full((h, w), 1.5, np.float32)
+    assert np.all(fit.depths(plane) == 1.5)
+    if scale == 1.0:
+        dense = np.random.default_rng(0).uniform(1, 2, (h, w)).astype(np.float32)
+        assert np.array_equal(fit.depths(dense), dense[2:30, 4:36])
+
+
+def test_depth_maps_of_a_capture_of_two_camera_sizes_are_fitted_with_their_images(tmp_path, pycolmap):  # noqa: F811
+    """The tiny sphere as a COLMAP capture whose odd images are cut to 31x30 (a second camera, its principal point
+    moved alike), with stereo depth maps of its mesh at each image's size: loaded fitted to one size (the even
+    images cropped), each pixel's depth along its ray meets the mesh where the mesh's own ray cast does."""
+    import imageio.v3 as iio
+    import trimesh
+
+    from pipeline.mesh_views import mesh_depth
+    from pipeline.rays import pixel_rays
+    from pipeline.scenes.colmap import load_colmap
+    from pipeline.train import ray_distance
+    from tests.test_colmap_scene import SIGMA, _fmt, _source_folder, G, make_colmap, truth
+    from tests.test_depth_supervision import _write_colmap_array
+
+    f = truth()["frames"][0][2]
+    made = make_colmap(tmp_path / "cap", cameras=f"1 PINHOLE 32 32 {_fmt([f, f, 16, 16])}\n"
+                                                 f"2 PINHOLE 31 30 {_fmt([f, f, 15, 15])}\n")
+    root = made["root"]
+    mesh = trimesh.load(_source_folder() / "gt_mesh.ply")
+    (root / "depths").mkdir()
+    for k, (_, c2w, _) in enumerate(truth()["frames"]):
+        cams = Cameras(torch.tensor(c2w[None], dtype=torch.float32), torch.tensor([f]), torch.tensor([f]),
+                       torch.tensor([16.0]), torch.tensor([16.0]), 32, 32)
+        t = mesh_depth(mesh, cams, 0)
+        v, u = np.mgrid[0:32, 0:32] + 0.5
+        cos = 1.0 / np.sqrt(1 + ((u - 16) / f) ** 2 + ((v - 16) / f) ** 2)
+        z = np.where(np.isfinite(t), SIGMA * t * cos, 0.0)  # COLMAP units
+        if k % 2:  # (the second camera: 31x30 of the view)
+            z = z[1:31, 1:32]
+            iio.imwrite(root / "images" / f"{k:03d}.png", iio.imread(root / "images" / f"{k:03d}.png")[1:31, 1:32])
+        _write_colmap_array(root / "depths" / f"{k:03d}.png.geometric.bin", z)
+    scene = load_colmap(root, test_every=0, downscale=1, depths="depths")
+    train = scene.splits["train"]
+    assert (train.cameras.width, train.cameras.height) == (31, 30)
+    in_run = mesh.copy().apply_transform(np.asarray(scene.meta["input_frame"]["to_run"]) @ G())
+    for i in range(len(train)):
+        cast = mesh_depth(in_run, train.cameras, i)
+        v, u = torch.meshgrid(torch.arange(30) + 0.5, torch.arange(31) + 0.5, indexing="ij")
+        index = torch.full((30 * 31,), i)
+        _, d = pixel_rays(train.cameras, index, u.reshape(-1), v.reshape(-1))
+        got = ray_distance(train.depths[i].reshape(-1), d, train.cameras.c2w[index])[:, 0].reshape(30, 31).numpy()
+        hit = np.isfinite(cast)
+        assert hit.sum() > 50 and np.array_equal(hit, got > 0), i
+        assert np.allclose(got[hit], cast[hit], rtol=1e-4), i
 
 
 def test_the_report_names_the_fitted_size():

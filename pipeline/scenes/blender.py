@@ -512,12 +512,13 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 if valid is None:
                     valid = np.empty((n,) + rgb.shape[:2], bool)
                 valid[i] = area_downscale(keep, downscale)[..., 0] >= VALID_SHARE
-            if sp.depths:  # (never with fitted images: the loaders refuse the two together)
+            if sp.depths:
                 if depths is None:
                     depths = np.empty((n,) + rgb.shape[:2], np.float32)
                 from pipeline.scenes.depth_maps import depth_downscale, read_depth
 
                 d = read_depth(sp.depths[i], sp.depth_scale, img.shape[:2])
+                d = d if fit is None else fit.depths(d)  # (the image's fit, block means of the depths given)
                 # (where the image is transparent, or its object mask leaves it out, a depth is not the object's)
                 depths[i] = depth_downscale(d if a is None else np.where(a[..., 0] >= 0.5, d, 0.0), downscale)
             if images is None:

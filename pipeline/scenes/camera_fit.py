@@ -55,6 +55,22 @@ class Fit(NamedTuple):
                          for c in range(a.shape[-1])], axis=-1)  # (a 2D float32 array is PIL mode F)
 
 
+    def depths(self, a: np.ndarray) -> np.ndarray:
+        """(H, W) depth map ``a`` (``source`` size, 0: none) fitted to (H', W'): each fitted pixel holds the mean
+        of the given depths whose pixel centres fall in it (one depth per pixel of a crop; a sparse map's
+        keypoints each land in the pixel their point moves to), 0 where none does. Depths are not interpolated
+        across edges, as an image's colours are."""
+        w, h = self.size
+        v, u = np.nonzero(a > 0)
+        xy = self.point(np.stack([u + 0.5, v + 0.5], -1))
+        col, row = np.floor(xy[:, 0]).astype(np.int64), np.floor(xy[:, 1]).astype(np.int64)
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        cell = row[inside] * w + col[inside]
+        sums = np.bincount(cell, weights=a[v[inside], u[inside]].astype(np.float64), minlength=w * h)
+        counts = np.bincount(cell, minlength=w * h)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).reshape(h, w).astype(np.float32)
+
+
 def fits_to_one_size(sizes: dict[int, tuple[int, int]]) -> dict[int, Fit]:
     """camera id -> :class:`Fit` of each camera of size ``sizes[id]`` (W, H) to the smallest width and the
     smallest height among them (see the module docstring; within :data:`CROP_ONLY_SCALE` a crop alone). Empty

@@ -574,12 +574,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                 disk[im.camera_id] = image_size(path)
                 _check_size(path, im.camera_id, disk[im.camera_id], cams, cameras_file)
     fits = fits_to_one_size(disk)
-    if fits:
+    if fits:  # (depth maps are fitted with their images: Fit.depths)
         _warn_fitted(cameras_file, fits, posed)
-        if depths is not None or sparse_depth:
-            raise DataError(f"{cameras_file}: its cameras are of several sizes, whose images are fitted to one, and "
-                            f"nls does not fit depth maps alike; load the images of one size (scene.exclude), or "
-                            f"leave out scene.{'depths' if depths is not None else 'sparse_depth'}")
     if sparse_depth:
         depth_of = _keypoint_depths(pycolmap, rec, posed, cams, images_file)
     found: dict[str, tuple[FrameList, list[int]]] = {}
