@@ -53,6 +53,17 @@ def write_camera_path(path: Path, cams: Cameras, names: Sequence[str]) -> Path:
     return path
 
 
+def read_json(path: Path, where: str) -> Any:
+    """The JSON document in the file ``path``; DataError starting with ``where`` (how the user named it) when it
+    cannot be read or is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{where}: not JSON ({exc})") from None
+
+
 def _matrix(value: Any, what: str) -> np.ndarray:
     """A frame's ``transform_matrix`` as a (4, 4) rigid camera-to-world; DataError naming ``what`` when it is not
     4x4 finite numbers, its last row is not 0 0 0 1, or its upper 3x3 is not a rotation (the Blender loader's
@@ -87,12 +98,7 @@ def read_camera_path(path: Path, default_size: Optional[tuple[int, int]],
 
     from pipeline.nerfstudio_paths import OPTION, is_nerfstudio_path, nerfstudio_cameras
 
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise DataError(f"--cameras {path}: cannot be read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"--cameras {path}: not JSON ({exc})") from None
+    doc = read_json(path, f"--cameras {path}")
     if is_nerfstudio_path(doc):
         return nerfstudio_cameras(doc, path, dataparser, default_size)
     if dataparser is not None:

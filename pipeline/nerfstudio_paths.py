@@ -17,7 +17,6 @@ nerfstudio renders it).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -38,13 +37,10 @@ def is_nerfstudio_path(doc) -> bool:
 def read_dataparser_transform(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     """``(A (3, 3), b (3,), s)`` of nerfstudio's ``dataparser_transforms.json`` at ``path`` (module docstring);
     DataError naming the file and key for what cannot be read, or when A is not a rotation or s not > 0."""
+    from pipeline.camera_paths import read_json
+
     where = f"{OPTION} {path}"
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{where}: not JSON ({exc})") from None
+    doc = read_json(path, where)
     if not isinstance(doc, dict) or "transform" not in doc or "scale" not in doc:
         raise DataError(f"{where}: nerfstudio's dataparser_transforms.json holds 'transform' (3x4) and 'scale'; "
                         f"this file has {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.types import Cameras, DataError
+from pipeline.types import DataError
 from tests.test_colmap_scene import pycolmap  # noqa: F401  (the fixture)
 
 
@@ -118,7 +118,6 @@ def test_a_capture_of_two_camera_sizes_loads_fitted_to_one_with_rays_on_the_same
     every other pixel), loaded at 180x135 against the copies: over 33 dB (34.6-36.0 when written; a quarter of a
     pixel off: 30.0)."""
     import imageio.v3 as iio
-    import torch
     from scipy.ndimage import map_coordinates
 
     from pipeline.rays import pixel_rays
@@ -226,8 +225,8 @@ def test_depth_maps_of_a_capture_of_two_camera_sizes_are_fitted_with_their_image
     from pipeline.rays import pixel_rays
     from pipeline.scenes.colmap import load_colmap
     from pipeline.train import ray_distance
-    from tests.test_colmap_scene import SIGMA, _fmt, _source_folder, G, make_colmap, truth
-    from tests.test_depth_supervision import _write_colmap_array
+    from tests.test_colmap_scene import _fmt, _source_folder, G, make_colmap, truth
+    from tests.test_depth_supervision import _write_colmap_array, colmap_mesh_z
 
     f = truth()["frames"][0][2]
     made = make_colmap(tmp_path / "cap", cameras=f"1 PINHOLE 32 32 {_fmt([f, f, 16, 16])}\n"
@@ -236,12 +235,7 @@ def test_depth_maps_of_a_capture_of_two_camera_sizes_are_fitted_with_their_image
     mesh = trimesh.load(_source_folder() / "gt_mesh.ply")
     (root / "depths").mkdir()
     for k, (_, c2w, _) in enumerate(truth()["frames"]):
-        cams = Cameras(torch.tensor(c2w[None], dtype=torch.float32), torch.tensor([f]), torch.tensor([f]),
-                       torch.tensor([16.0]), torch.tensor([16.0]), 32, 32)
-        t = mesh_depth(mesh, cams, 0)
-        v, u = np.mgrid[0:32, 0:32] + 0.5
-        cos = 1.0 / np.sqrt(1 + ((u - 16) / f) ** 2 + ((v - 16) / f) ** 2)
-        z = np.where(np.isfinite(t), SIGMA * t * cos, 0.0)  # COLMAP units
+        z = colmap_mesh_z(mesh, c2w, f)
         if k % 2:  # (the second camera: 31x30 of the view)
             z = z[1:31, 1:32]
             iio.imwrite(root / "images" / f"{k:03d}.png", iio.imread(root / "images" / f"{k:03d}.png")[1:31, 1:32])

@@ -321,6 +321,20 @@ def _write_colmap_array(path: Path, values: np.ndarray) -> None:
     path.write_bytes(f"{w}&{h}&1&".encode() + np.ascontiguousarray(values, np.float32).tobytes())
 
 
+def colmap_mesh_z(mesh, c2w: np.ndarray, f: float) -> np.ndarray:
+    """(32, 32) z-depth, in the COLMAP units of :func:`tests.test_colmap_scene.make_colmap`'s world (SIGMA times the
+    scene's), of ``mesh`` seen by the tiny sphere's 32 px view ``c2w`` (focal ``f``, centred); 0 where a ray misses."""
+    from pipeline.mesh_views import mesh_depth
+    from tests.test_colmap_scene import SIGMA
+
+    cams = Cameras(torch.tensor(c2w[None], dtype=torch.float32), torch.tensor([f]), torch.tensor([f]),
+                   torch.tensor([16.0]), torch.tensor([16.0]), 32, 32)
+    t = mesh_depth(mesh, cams, 0)
+    v, u = np.mgrid[0:32, 0:32] + 0.5
+    cos = 1.0 / np.sqrt(1 + ((u - 16) / f) ** 2 + ((v - 16) / f) ** 2)
+    return np.where(np.isfinite(t), SIGMA * t * cos, 0.0)
+
+
 def test_a_colmap_capture_s_stereo_depth_maps_land_on_the_surface_in_the_run_s_frame(tmp_path,
                                                                                     pycolmap):  # noqa: F811
     """The tiny sphere as a COLMAP capture in a world scaled by SIGMA, turned and moved, with depth maps of its
@@ -339,12 +353,7 @@ def test_a_colmap_capture_s_stereo_depth_maps_land_on_the_surface_in_the_run_s_f
     mesh = trimesh.load(_source_folder() / "gt_mesh.ply")
     (root / "stereo" / "depth_maps").mkdir(parents=True)
     for k, (_, c2w, f) in enumerate(truth()["frames"]):
-        cams = Cameras(torch.tensor(c2w[None], dtype=torch.float32), torch.tensor([f]), torch.tensor([f]),
-                       torch.tensor([16.0]), torch.tensor([16.0]), 32, 32)
-        t = mesh_depth(mesh, cams, 0)
-        v, u = np.mgrid[0:32, 0:32] + 0.5
-        cos = 1.0 / np.sqrt(1 + ((u - 16) / f) ** 2 + ((v - 16) / f) ** 2)
-        z = np.where(np.isfinite(t), SIGMA * t * cos, 0.0)  # COLMAP units
+        z = colmap_mesh_z(mesh, c2w, f)
         _write_colmap_array(root / "stereo" / "depth_maps" / f"{k:03d}.png.geometric.bin", z)
     scene = load_colmap(root, test_every=0, depths="stereo/depth_maps")
     train = scene.splits["train"]

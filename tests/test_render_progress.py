@@ -129,7 +129,8 @@ def eval_context(tmp_path, renderer, n_views: int = 2, chunk: int = 4) -> Simple
     """The parts of an EvalContext that render_split reads."""
     cams = cameras(n_views)
     split = type("Split", (), {"__len__": lambda self: n_views, "cameras": cams,
-                               "images": torch.zeros(n_views, 5, 7, 3), "names": [f"r_{i}" for i in range(n_views)]})()
+                               "images": torch.zeros(n_views, 5, 7, 3), "names": [f"r_{i}" for i in range(n_views)],
+                               "valid_of": lambda self, i: None})()  # (no ignore masks)
     from pipeline.config import EvalConfig
 
     cfg = SimpleNamespace(eval=EvalConfig(split="test", chunk=chunk))
