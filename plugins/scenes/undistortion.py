@@ -138,9 +138,10 @@ def _frame_camera(data: dict, frame: dict, size: tuple[int, int], where: str) ->
 def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
     """``(cache entry, facts)`` for the instant-ngp folder ``root`` when its ``transforms.json`` gives lens
     distortion (module docstring): the entry holds ``transforms.json`` and the undistorted frames as PNG, each at
-    its image's path under ``root`` (so it keeps its name). None for a file without distortion, a NeRF-synthetic
-    folder (``transforms_train.json``), a file the loader will refuse (it then says why), or frames whose cameras
-    undistort to images of several sizes (a warning says they are read as pinhole ones)."""
+    its image's path under ``root`` (so it keeps its name); frames whose cameras undistort to images of several
+    sizes are fitted to one (:func:`pipeline.scenes.camera_fit.fits_to_one_size`, with a warning). None for a
+    file without distortion, a NeRF-synthetic folder (``transforms_train.json``) or a file the loader will refuse
+    (it then says why)."""
     from pipeline.scenes.blender import _resolve_image, image_size, ngp_frame_splits
     from pipeline.types import DataError
     from plugins.scenes.sources import _fingerprint, cached_render
@@ -172,11 +173,18 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
     distinct = {cam: pycolmap.Camera(model=cam[0], width=cam[1], height=cam[2], params=list(cam[3]), camera_id=1)
                 for cam in set(cameras)}
     pinhole = {cam: pycolmap.undistort_camera(options, c) for cam, c in distinct.items()}
-    sizes = {(c.width, c.height) for c in pinhole.values()}
-    if len(sizes) > 1:
-        warn(f"{path}: its frames' {len(distinct)} distorted cameras undistort to images of {len(sizes)} sizes, "
-             f"which nls does not load together; they are read as pinhole cameras")
-        return None
+    from pipeline.scenes.camera_fit import fits_to_one_size
+
+    order = list(distinct)
+    by_index = fits_to_one_size({k: (int(pinhole[cam].width), int(pinhole[cam].height))
+                                 for k, cam in enumerate(order)})
+    fits = {cam: by_index[k] for k, cam in enumerate(order)} if by_index else {}
+    if fits:
+        fitted = next(iter(fits.values())).size
+        warn(f"{path}: its frames' {len(distinct)} distorted cameras undistort to images of "
+             f"{len({(c.width, c.height) for c in pinhole.values()})} sizes, and a split loads at one: each "
+             f"undistorted frame is fitted to {fitted[0]}x{fitted[1]} (scaled down and cropped, centred; its "
+             f"intrinsics, mask and depth map alike)")
     listed = "; ".join(f"{cam[0]} {', '.join(f'{v:g}' for v in cam[3][4:])}" for cam in list(distinct)[:3]) + (
         f" and {len(distinct) - 3} more" if len(distinct) > 3 else "")
     key = {"version": UNDISTORTION_VERSION, "transforms": _fingerprint(path),
@@ -210,16 +218,17 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
                 target = tmp / inside.with_suffix(".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 out_frames.append(_undistort_frame(pycolmap, options, distinct[cam], pinhole[cam], frame, image,
-                                                   target, inside.with_suffix(".png").as_posix(), iio))
+                                                   target, inside.with_suffix(".png").as_posix(), iio,
+                                                   fits.get(cam)))
                 if masks:
                     mask_file = Path("masks") / inside.with_suffix(".png")
                     (tmp / mask_file).parent.mkdir(parents=True, exist_ok=True)
-                    _undistort_mask(pycolmap, options, distinct[cam], masks[i], tmp / mask_file, iio)
+                    _undistort_mask(pycolmap, options, distinct[cam], masks[i], tmp / mask_file, iio, fits.get(cam))
                     out_frames[-1]["mask_path"] = mask_file.as_posix()
                 if depths:
                     depth_file = Path("depths") / inside.with_suffix(".npy")
                     (tmp / depth_file).parent.mkdir(parents=True, exist_ok=True)
-                    _undistort_depth(distinct[cam], pinhole[cam], depths[i], tmp / depth_file)
+                    _undistort_depth(distinct[cam], pinhole[cam], depths[i], tmp / depth_file, fits.get(cam))
                     out_frames[-1]["depth_file_path"] = depth_file.as_posix()
                 out_frames[-1]["split"] = splits[i]
                 bar.advance(i + 1)
@@ -250,12 +259,14 @@ def _frame_files(root: Path, frames: list, key: str) -> list[Path]:
     return found if all(p.is_file() for p in found) else []
 
 
-def _undistort_depth(camera, pinhole, depth: Path, target: Path) -> None:
+def _undistort_depth(camera, pinhole, depth: Path, target: Path, fit=None) -> None:
     """Undistort a frame's z-depth map ``depth`` (any format :func:`pipeline.scenes.depth_maps.read_depth` reads, in
     its file's units) through its distorted ``camera`` into ``target`` (.npy float32, the same units, 0: none), at
     the ``pinhole`` camera's size: each pixel takes the depth of the distorted image's pixel its ray passes through
     (the nearest: depths are not blended across edges). Undistortion keeps each ray, its camera and so its z-depth.
-    A map smaller than its image (a phone's LiDAR) is first resampled to the image by the nearest stored pixel."""
+    A map smaller than its image (a phone's LiDAR) is first resampled to the image by the nearest stored pixel.
+    With ``fit`` (a :class:`pipeline.scenes.camera_fit.Fit` of the pinhole size), fitted as :meth:`Fit.depths`
+    fits it."""
     import numpy as np
 
     from pipeline.runs import atomic_save_npy
@@ -269,25 +280,40 @@ def _undistort_depth(camera, pinhole, depth: Path, target: Path) -> None:
     inside = np.isfinite(seen).all(-1) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
     out = np.zeros(len(rays), np.float32)
     out[inside] = z[row[inside], col[inside]]
-    atomic_save_npy(target, out.reshape(pinhole.height, pinhole.width))
+    out = out.reshape(pinhole.height, pinhole.width)
+    atomic_save_npy(target, out if fit is None else fit.depths(out))
 
 
-def _undistort_mask(pycolmap, options, camera, mask: Path, target: Path, iio) -> None:
-    """Undistort the grey ``mask`` of a frame through its distorted ``camera`` into ``target`` (8-bit PNG)."""
+def _undistort_mask(pycolmap, options, camera, mask: Path, target: Path, iio, fit=None) -> None:
+    """Undistort the grey ``mask`` of a frame through its distorted ``camera`` into ``target`` (8-bit PNG), fitted by
+    ``fit`` when given (:func:`_fitted`)."""
     import numpy as np
 
     from pipeline.scenes.masks import read_mask
 
     grey = np.round(read_mask(mask) * 255).astype(np.uint8)
     bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(np.ascontiguousarray(grey)), camera)
-    iio.imwrite(target, np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width))
+    iio.imwrite(target, _fitted(np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width), fit))
+
+
+def _fitted(pixels: "np.ndarray", fit) -> "np.ndarray":
+    """``pixels`` (H, W[, C] uint8, the undistorted size) fitted by ``fit`` (a
+    :class:`pipeline.scenes.camera_fit.Fit`; Lanczos through PIL, as the COLMAP captures' are), or as they are
+    without one."""
+    if fit is None:
+        return pixels
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(fit.image(Image.fromarray(np.ascontiguousarray(pixels))))
 
 
 def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Path, target: Path, file_path: str,
-                     iio) -> dict:
-    """Undistort one frame's ``image`` through its distorted ``camera`` into ``target`` (PNG, 8 bits, alpha kept)
-    and return the frame for the new ``transforms.json``: its keys less the camera's, with ``pinhole``'s
-    intrinsics and ``file_path``, the new image's path in the new folder."""
+                     iio, fit=None) -> dict:
+    """Undistort one frame's ``image`` through its distorted ``camera`` into ``target`` (PNG, 8 bits, alpha kept),
+    fitted by ``fit`` when given (frames whose cameras undistort to several sizes: :func:`_fitted`), and return the
+    frame for the new ``transforms.json``: its keys less the camera's, with ``pinhole``'s intrinsics (fitted
+    alike) and ``file_path``, the new image's path in the new folder."""
     import numpy as np
 
     pixels = np.asarray(iio.imread(image))
@@ -300,11 +326,13 @@ def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Pat
     for part in channels:
         bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(np.ascontiguousarray(part)), camera)
         out.append(np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width, -1))
-    iio.imwrite(target, np.concatenate(out, -1))
+    iio.imwrite(target, _fitted(np.concatenate(out, -1), fit))
     fx, fy, cx, cy = pinhole.params
+    (fx, fy, cx, cy), (w, h) = ((fx, fy, cx, cy), (pinhole.width, pinhole.height)) if fit is None else \
+        (fit.intrinsics(fx, fy, cx, cy), fit.size)
     kept = {k: v for k, v in frame.items() if k not in (*_CAMERA_KEYS, "depth_file_path")}
     return {**kept, "file_path": file_path, "fl_x": float(fx), "fl_y": float(fy), "cx": float(cx),
-            "cy": float(cy), "w": int(pinhole.width), "h": int(pinhole.height)}
+            "cy": float(cy), "w": int(w), "h": int(h)}
 
 
 def distorted_view(photo, model: str, params) -> "np.ndarray":
