@@ -130,8 +130,11 @@ def nls_register_renderers(register):
 
     Optional: ``update(step, query, *, every, warmup)``, called before every training step (e.g. to
     refresh an occupancy grid); a ``num_samples`` entry in ``render_rays``' result (samples taken,
-    logged as ``samples_per_ray``); and ``cfg.random_background`` (True: training composites the
-    images over random colours and passes them as ``background``).
+    logged as ``samples_per_ray``); the samples themselves, ``weights``, ``t_starts`` and ``t_ends``
+    as padded (R,S) rows or packed (K,) with ``ray_indices`` (K,) (``pipeline.rendering.packed_samples``
+    reads either), for losses on each ray's weights such as ``depth`` with ``kind: ds_nerf``; and
+    ``cfg.random_background`` (True: training composites the images over random colours and passes
+    them as ``background``).
 
     Example::
 
