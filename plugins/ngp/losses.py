@@ -87,7 +87,7 @@ class DepthLoss(nn.Module):
         (R,) ray distances -> scalar."""
         from pipeline.rendering import packed_samples
 
-        w, t0, t1, ray = packed_samples(out)
+        w, t0, t1, ray = (a.float() if a.is_floating_point() else a for a in packed_samples(out))  # (fp32 under AMP)
         d = measured[ray]
         sigma = self.cfg.sigma * d
         dt = t1 - t0
