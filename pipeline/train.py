@@ -41,7 +41,8 @@ class RaySampler:
 
     ``sample(n) -> dict(origins (n,3), dirs (n,3), rgb (n,3), image_index (n,) long, alpha (n,1) | None)``,
     ``image_index`` the training image of each ray; with depth maps (``split.depths``) also ``depth`` (n, 1), the
-    measured distance along each ray (0: none). Rays go through the pixel centres, or with ``jitter`` through
+    measured distance along each ray (0: none), and with keypoint depths' errors (``split.depth_errors``)
+    ``depth_uncertainty`` (n, 1) (:func:`uncertainty`). Rays go through the pixel centres, or with ``jitter`` through
     a uniform random point of each pixel (area sampling, so that a pixel's expected colour is the footprint
     average an anti-aliased image holds).
     """
@@ -59,6 +60,8 @@ class RaySampler:
         self.alphas = split.alphas.to(device) if split.alphas is not None else None
         self.valid = split.valid  # (N, H, W) bool on the CPU, beside the generator (None: every pixel)
         self.depths = split.depths.to(device) if split.depths is not None else None
+        #: (N, H, W) each keypoint depth's uncertainty relative to the split's typical one (:func:`uncertainty`)
+        self.uncertainty = uncertainty(split).to(device) if split.depth_errors is not None else None
         self.kept = None if self.valid is None else float(self.valid.float().mean())
         if self.kept == 0.0:
             raise NLSError("the ignore masks of the training images leave no pixel to train on")
@@ -108,7 +111,26 @@ class RaySampler:
         batch["alpha"] = self.alphas[idx, v, u] if self.alphas is not None else None
         if self.depths is not None:
             batch["depth"] = ray_distance(self.depths[idx, v, u], d, self.cameras.c2w[idx])
+        if self.uncertainty is not None:
+            batch["depth_uncertainty"] = self.uncertainty[idx, v, u][:, None]
         return batch
+
+
+#: the range a keypoint depth's relative uncertainty is held to (:func:`uncertainty`)
+UNCERTAINTY_RANGE = (0.25, 4.0)
+
+
+def uncertainty(split) -> torch.Tensor:
+    """(N, H, W) float32: each keypoint depth's reprojection error (``split.depth_errors``) over the mean of the
+    split's, held to :data:`UNCERTAINTY_RANGE` (so one wild point cannot make the others certain), 1 where there
+    is no depth. DS-NeRF takes a keypoint's reprojection error as its uncertainty; the losses scale by this
+    ratio (the depth loss: ``plugins.ngp.losses.DepthLoss``)."""
+    errors = split.depth_errors
+    given = (errors > 0) & (split.depths > 0)
+    if not bool(given.any()):
+        return torch.ones_like(errors)
+    ratio = (errors / errors[given].mean()).clamp(*UNCERTAINTY_RANGE)
+    return torch.where(given, ratio, torch.ones_like(ratio))
 
 
 def ray_distance(z: torch.Tensor, dirs: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:

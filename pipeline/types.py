@@ -73,6 +73,8 @@ class PosedImages:
         (something that moved, the photographer's shadow), are neither trained on nor scored.
     depths: optional (N, H, W) float32 measured depth (a depth sensor's, nerfstudio's ``depth_file_path``) in
         world units along each camera's optical axis (z-depth, not the distance along the ray); 0 where none.
+    depth_errors: optional (N, H, W) float32 beside keypoint ``depths`` (structure from motion's): the mean
+        reprojection error, in pixels, of the 3D point each depth comes from (DS-NeRF's uncertainty); 0 where none.
     """
 
     images: "torch.Tensor"
@@ -81,6 +83,7 @@ class PosedImages:
     names: list[str] = field(default_factory=list)
     valid: Optional["torch.Tensor"] = None
     depths: Optional["torch.Tensor"] = None
+    depth_errors: Optional["torch.Tensor"] = None
 
     def valid_of(self, i: int, downscale: int = 1) -> Optional["np.ndarray"]:
         """View ``i``'s (H, W) bool pixels that count, as numpy, or None when every pixel counts; with

@@ -204,6 +204,33 @@ def test_the_ds_nerf_depth_loss_is_the_paper_s_sum_on_the_padded_and_the_packed_
         loss({"depth": d}, {"depth": d}, None)
 
 
+def test_a_keypoint_s_uncertainty_divides_the_l1_penalty_and_widens_ds_nerf_s_gaussian():
+    """With ``batch["depth_uncertainty"]`` u (a keypoint's reprojection error over the mean): l1 is |depth - D| / u;
+    ds_nerf's sigma is sigma D u (the float64 sum with per-ray sigmas); ``uncertainty: false`` ignores u."""
+    from plugins.ngp.config import DepthLossConfig
+    from plugins.ngp.losses import DepthLoss
+
+    pred = torch.tensor([[1.0], [2.0], [3.0]])
+    batch = {"depth": torch.tensor([[1.5], [0.0], [2.0]]), "depth_uncertainty": torch.tensor([[2.0], [1.0], [0.5]])}
+    l1 = DepthLoss(DepthLossConfig(weight=1.0))(batch, {"depth": pred}, None)
+    assert float(l1) == pytest.approx((0.5 / 2.0 + 1.0 / 0.5) / 2)
+    plain = DepthLoss(DepthLossConfig(weight=1.0, uncertainty=False))(batch, {"depth": pred}, None)
+    assert float(plain) == pytest.approx((0.5 + 1.0) / 2)
+
+    t0 = torch.stack([1.0 + 0.05 * torch.arange(40)] * 3)
+    t1 = t0 + 0.05
+    w = torch.rand(3, 40, generator=torch.Generator().manual_seed(1)) * 0.1
+    got = DepthLoss(DepthLossConfig(kind="ds_nerf", sigma=0.03, weight=1.0))(batch, {"weights": w, "t_starts": t0,
+                                                                                   "t_ends": t1}, None)
+    rows = []
+    for i in (0, 2):
+        D, sig = float(batch["depth"][i]), 0.03 * float(batch["depth"][i]) * float(batch["depth_uncertainty"][i])
+        mid, dt = ((t0[i] + t1[i]) / 2).double().numpy(), (t1[i] - t0[i]).double().numpy()
+        g = np.exp(-0.5 * ((mid - D) / sig) ** 2)
+        rows.append(np.sum(-np.log(w[i].double().numpy() + 1e-5) * g * dt) / (sig * math.sqrt(2 * math.pi)))
+    assert float(got) == pytest.approx(float(np.mean(rows)), rel=1e-5)
+
+
 def test_the_ds_nerf_loss_alone_makes_a_ray_terminate_at_its_depth_spread_as_its_gaussian():
     """Minimising the loss over a free ray of densities gives the weights of the Gaussian N(D, sigma^2) (the KL's
     minimiser): its mean is D and its spread sigma."""
@@ -389,6 +416,11 @@ def test_keypoint_depths_keep_the_nearest_point_of_a_pixel_and_drop_the_outside(
     z = np.array([2.0, 1.5, 3.0, 4.0, 5.0, -1.0])
     d = keypoint_depths(xy, z, (2, 3))
     assert np.array_equal(d, np.array([[1.5, 0, 0], [0, 0, 3.0]], np.float32))
+    from pipeline.scenes.depth_maps import keypoint_maps
+
+    depth, error = keypoint_maps(xy, z, (2, 3), np.array([0.1, 0.7, 0.3, 0.4, 0.5, 0.6]))
+    assert np.array_equal(depth, d)  # (the value of the point whose depth the pixel keeps: 0.7, not 0.1)
+    assert np.allclose(error, np.array([[0.7, 0, 0], [0, 0, 0.3]], np.float32))
 
 
 def test_sparse_depth_puts_each_keypoint_s_point_depth_at_its_pixel_and_depth_rays_draw_them(tmp_path,
@@ -396,7 +428,8 @@ def test_sparse_depth_puts_each_keypoint_s_point_depth_at_its_pixel_and_depth_ra
     """The tiny sphere's COLMAP capture with each surface point observed where it projects in the views that see it:
     with sparse_depth, the loaded depth at a keypoint's pixel is that point's z-depth in the run's units (SIGMA
     times the source's, times the normalisation's scale), and nothing elsewhere, nor where the image is transparent
-    (alpha < 0.5); depth rays go through them only."""
+    (alpha < 0.5); depth rays go through them only. Beside each, its point's reprojection error (points.txt's
+    ERROR, varied here), which the sampler hands the losses as that error over the mean (held to [0.25, 4])."""
     from pipeline.scenes.colmap import load_colmap
     from pipeline.train import RaySampler
     from tests.test_colmap_scene import SIGMA, _q, make_colmap, truth
@@ -406,6 +439,7 @@ def test_sparse_depth_puts_each_keypoint_s_point_depth_at_its_pixel_and_depth_ra
     rng = np.random.default_rng(3)
     d = rng.normal(size=(400, 3))
     pts = 0.4 * d / np.linalg.norm(d, axis=1, keepdims=True)  # (make_colmap's sphere points, in its order)
+    errors = 0.1 + 0.3 * (np.arange(len(pts)) % 7)  # (reprojection errors, pixels)
     lines = (model / "images.txt").read_text().splitlines()
     heads = [line for line in lines if line and not line.startswith("#")]
     tracks: dict[int, list[str]] = {}
@@ -425,14 +459,15 @@ def test_sparse_depth_puts_each_keypoint_s_point_depth_at_its_pixel_and_depth_ra
         nearest = {}
         for p in seen:
             key = (int(v[p]), int(u[p]))
-            nearest[key] = min(nearest.get(key, np.inf), z[p])
-        expected += [(k, r, c, zz) for (r, c), zz in nearest.items()]
+            if z[p] < nearest.get(key, (np.inf,))[0]:
+                nearest[key] = (z[p], errors[p])
+        expected += [(k, r, c, zz, ee) for (r, c), (zz, ee) in nearest.items()]
     (model / "images.txt").write_text("\n".join(body) + "\n")
     Q = _q()
     from tests.test_colmap_scene import SHIFT, _fmt
 
     (model / "points3D.txt").write_text("".join(
-        f"{i + 1} {_fmt(SIGMA * Q @ p + SHIFT)} 200 200 200 0.5 {' '.join(tracks.get(i + 1, []))}\n"
+        f"{i + 1} {_fmt(SIGMA * Q @ p + SHIFT)} 200 200 200 {float(errors[i])!r} {' '.join(tracks.get(i + 1, []))}\n"
         for i, p in enumerate(pts)))
     scene = load_colmap(root, test_every=0, sparse_depth=True)
     depths = scene.splits["train"].depths.numpy()
@@ -440,13 +475,25 @@ def test_sparse_depth_puts_each_keypoint_s_point_depth_at_its_pixel_and_depth_ra
     assert scene.meta["depths"]["from"].endswith("(sparse_depth)")
     alpha = scene.splits["train"].alphas.numpy()[..., 0]
     dropped = [e for e in expected if alpha[e[0], e[1], e[2]] < 0.5]  # (on the silhouette's transparent side)
-    assert 0 < len(dropped) < 0.2 * len(expected) and all(depths[k, r, c] == 0 for k, r, c, _ in dropped)
+    assert 0 < len(dropped) < 0.2 * len(expected) and all(depths[k, r, c] == 0 for k, r, c, *_ in dropped)
     expected = [e for e in expected if alpha[e[0], e[1], e[2]] >= 0.5]
-    got = np.array([depths[k, r, c] for k, r, c, _ in expected])
-    assert len(expected) > 200 and np.allclose(got, [SIGMA * scale * z for *_, z in expected], rtol=1e-5)
+    got = np.array([depths[k, r, c] for k, r, c, *_ in expected])
+    assert len(expected) > 200 and np.allclose(got, [SIGMA * scale * z for *_, z, _ in expected], rtol=1e-5)
     assert int((depths > 0).sum()) == len(expected)  # nothing but the keypoints' pixels
+    errs = scene.splits["train"].depth_errors.numpy()
+    want = np.array([e for *_, e in expected])
+    assert scene.meta["depths"]["mean_reprojection_error_px"]["train"] == pytest.approx(want.mean(), rel=1e-3)
+    assert np.allclose([errs[k, r, c] for k, r, c, *_ in expected], want, rtol=1e-5)
+    assert int((errs > 0).sum()) == len(expected)
     sampler = RaySampler(scene, torch.device("cpu"), seed=0)
     batch = sampler.sample(300, measured=True)
     assert (batch["depth"] > 0).all()
+    ratio = np.clip(want / want.mean(), 0.25, 4.0)
+    from pipeline.train import uncertainty
+
+    mapped = uncertainty(scene.splits["train"]).numpy()
+    assert np.allclose([mapped[k, r, c] for k, r, c, *_ in expected], ratio, rtol=1e-5)
+    spread = batch["depth_uncertainty"][:, 0].numpy()
+    assert np.abs(spread[:, None] - ratio[None]).min(1).max() < 1e-5 and spread.std() > 0.2
     with pytest.raises(DataError, match="not both"):
         load_colmap(root, depths="x", sparse_depth=True)

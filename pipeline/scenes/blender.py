@@ -422,6 +422,8 @@ class FrameList:
         #: keypoints'), or none
         self.depths: list = []
         self.depth_scale = 1e-3  # world units per stored depth unit (nerfstudio's depth_unit_scale_factor)
+        #: beside SfM keypoints' depths: each keypoint's reprojection error (pixels), an array per image, or none
+        self.depth_errors: list = []
         # per frame, how its image is fitted to the split's one size (cameras of several sizes), or none;
         # ``intr`` then describes the fitted image (pipeline.scenes.camera_fit)
         self.fits: list = []
@@ -467,7 +469,7 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     from pipeline.types import Cameras, PosedImages
 
     n = len(sp.paths)
-    images = alphas = valid = depths = None
+    images = alphas = valid = depths = errors = None
     ignoring = bool(sp.masks) and sp.mask_use == "ignore"
     has_alpha = visible = False
     size0 = None
@@ -521,6 +523,12 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
                 d = d if fit is None else fit.depths(d)  # (the image's fit, block means of the depths given)
                 # (where the image is transparent, or its object mask leaves it out, a depth is not the object's)
                 depths[i] = depth_downscale(d if a is None else np.where(a[..., 0] >= 0.5, d, 0.0), downscale)
+                if sp.depth_errors:  # (the keypoints' errors, fitted and downscaled as their depths are)
+                    errors = np.zeros_like(depths) if errors is None else errors
+                    e = read_depth(sp.depth_errors[i], 1.0, img.shape[:2])
+                    e = e if fit is None else fit.depths(e)
+                    e = depth_downscale(e, downscale)
+                    errors[i] = np.where(depths[i] > 0, e, 0.0)
             if images is None:
                 images = np.empty((n,) + rgb.shape, np.float32)
             images[i] = rgb
@@ -565,7 +573,8 @@ def load_frames(sp: FrameList, background: np.ndarray, downscale: int,
     return PosedImages(images=torch.from_numpy(images), cameras=cams,
                        alphas=torch.from_numpy(alphas) if has_alpha else None,
                        names=names, valid=None if valid is None else torch.from_numpy(valid),
-                       depths=None if depths is None else torch.from_numpy(depths)), (W0, H0)
+                       depths=None if depths is None else torch.from_numpy(depths),
+                       depth_errors=None if errors is None else torch.from_numpy(errors)), (W0, H0)
 
 
 def kept_shares(splits: dict) -> dict[str, float]:

@@ -577,7 +577,7 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
     if fits:  # (depth maps are fitted with their images: Fit.depths)
         _warn_fitted(cameras_file, fits, posed)
     if sparse_depth:
-        depth_of = _keypoint_depths(pycolmap, rec, posed, cams, images_file)
+        depth_of, error_of = _keypoint_depths(pycolmap, rec, posed, cams, images_file)
     found: dict[str, tuple[FrameList, list[int]]] = {}
     for i, im in enumerate(posed):
         name = "test" if test_every and i % test_every == 0 else "train"
@@ -593,6 +593,8 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         if depths is not None or sparse_depth:  # (COLMAP units, which the normalisation scales by how["scale"])
             sp.depths.append(depth_of[i])
             sp.depth_scale = how["scale"]
+            if sparse_depth:
+                sp.depth_errors.append(error_of[i])
         sp.poses.append(poses[i])
         if fits:  # (cameras of several sizes: each image fitted to one size, its intrinsics alike)
             fx, fy, cx, cy, w, h = cams[im.camera_id][0]
@@ -669,23 +671,29 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
                      points=inside.astype(np.float32) if len(inside) else None)
 
 
-def _keypoint_depths(pycolmap, rec, posed: list, cams: dict, images_file: Path) -> list[np.ndarray]:
+def _keypoint_depths(pycolmap, rec, posed: list, cams: dict,
+                     images_file: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each posed image's sparse depth map (COLMAP units) at its camera's size from the keypoints of ``rec`` that
-    observe a 3D point (:func:`pipeline.scenes.depth_maps.keypoint_depths`)."""
-    from pipeline.scenes.depth_maps import keypoint_depths
+    observe a 3D point (:func:`pipeline.scenes.depth_maps.keypoint_maps`), and beside it the map of those points'
+    mean reprojection errors (pixels; COLMAP's ``Point3D.error``), DS-NeRF's measure of a keypoint's uncertainty."""
+    from pipeline.scenes.depth_maps import keypoint_maps
 
-    maps = []
+    maps, errors = [], []
     for im in posed:
         seen = [(p.xy, p.point3D_id) for p in im.points2D if p.has_point3D()]
         w, h = (int(v) for v in cams[im.camera_id][0][4:6])
         if not seen:
             maps.append(np.zeros((h, w), np.float32))
+            errors.append(np.zeros((h, w), np.float32))
             continue
         xy = np.array([s[0] for s in seen], dtype=np.float64).reshape(-1, 2)
         xyz = np.array([rec.points3D[s[1]].xyz for s in seen], dtype=np.float64).reshape(-1, 3)
+        error = np.maximum([rec.points3D[s[1]].error for s in seen], 1e-6)  # (0 means "none" in the map)
         rot, t = _world_to_camera(pycolmap, im, images_file)
-        maps.append(keypoint_depths(xy, (xyz @ rot.T + t)[:, 2], (h, w)))
-    return maps
+        depth, err = keypoint_maps(xy, (xyz @ rot.T + t)[:, 2], (h, w), error)
+        maps.append(depth)
+        errors.append(err)
+    return maps, errors
 
 
 def points_in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:

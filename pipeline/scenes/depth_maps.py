@@ -17,7 +17,7 @@ depths of each block.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -86,12 +86,25 @@ def keypoint_depths(xy: np.ndarray, z: np.ndarray, size: tuple) -> np.ndarray:
     z-depth ``z`` (P,) of the 3D point each keypoint ``xy`` (P, 2; COLMAP pixel coordinates, the top-left pixel's
     centre at (0.5, 0.5)) observes, at the keypoint's pixel (the nearest when several fall in one); 0 elsewhere.
     DS-NeRF (Deng et al. 2022) supervises depth with these keypoints."""
+    return keypoint_maps(xy, z, size)[0]
+
+
+def keypoint_maps(xy: np.ndarray, z: np.ndarray, size: tuple,
+                  values: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`keypoint_depths`, and beside it the (H, W) float32 map of ``values`` (P,), one per keypoint (such as
+    its 3D point's reprojection error), taken from the keypoint whose depth each pixel keeps (0 where none, and
+    all 0 without ``values``)."""
     h, w = size
-    out = np.full(h * w, np.inf)
     col, row = np.floor(xy[:, 0]).astype(np.int64), np.floor(xy[:, 1]).astype(np.int64)
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (z > 0) & np.isfinite(z)
-    np.minimum.at(out, row[inside] * w + col[inside], z[inside])
-    return np.where(np.isfinite(out), out, 0.0).reshape(h, w).astype(np.float32)
+    cell, zi = row[inside] * w + col[inside], z[inside]
+    order = np.lexsort((zi, cell))  # (by pixel, nearest first)
+    first = order[np.r_[True, cell[order][1:] != cell[order][:-1]]] if len(order) else order
+    depth, other = np.zeros(h * w, np.float32), np.zeros(h * w, np.float32)
+    depth[cell[first]] = zi[first]
+    if values is not None:
+        other[cell[first]] = np.asarray(values, np.float64)[inside][first]
+    return depth.reshape(h, w), other.reshape(h, w)
 
 
 def depth_downscale(depth: np.ndarray, d: int) -> np.ndarray:
@@ -121,8 +134,15 @@ def depth_paths(folder: Path, names: Sequence[str]) -> list[Path]:
 
 
 def depth_facts(source: str, scale: float, splits: dict) -> dict:
-    """scene.json's ``depths``: where the maps came from (``source``), the ``scale`` they were read with and the
-    share of each split's pixels that have a depth (the splits of ``{name: PosedImages}`` with depth maps)."""
-    return {"from": source, "unit_scale": scale,
-            "pixels_with_depth": {name: round(float((sp.depths > 0).float().mean()), 4)
-                                  for name, sp in splits.items() if sp.depths is not None}}
+    """scene.json's ``depths``: where the maps came from (``source``), the ``scale`` they were read with, the
+    share of each split's pixels that have a depth (the splits of ``{name: PosedImages}`` with depth maps) and,
+    for keypoint depths, the mean reprojection error of their points (pixels)."""
+    facts = {"from": source, "unit_scale": scale,
+             "pixels_with_depth": {name: round(float((sp.depths > 0).float().mean()), 4)
+                                   for name, sp in splits.items() if sp.depths is not None}}
+    errors = {name: sp.depth_errors[sp.depth_errors > 0] for name, sp in splits.items()
+              if getattr(sp, "depth_errors", None) is not None}
+    if errors:
+        facts["mean_reprojection_error_px"] = {name: round(float(e.mean()), 4) if e.numel() else None
+                                               for name, e in errors.items()}
+    return facts

@@ -130,6 +130,10 @@ class DepthLossConfig(ComponentConfig):
                           "better test PSNR than 0.1, which pins the depth closer: README, Depth maps)")
     sigma: float = Field(0.01, gt=0, le=1, description="ds_nerf only: the standard deviation of a measured depth, "
                          "as a fraction of it (0.01: 1 %)")
+    uncertainty: bool = Field(True, description="where the depths are structure from motion's keypoints "
+                              "(scene.sparse_depth), weigh each by its 3D point's reprojection error against the "
+                              "mean (DS-NeRF's uncertainty): ds_nerf's sigma grows with it, l1 and relative "
+                              "divide by it")
 
 
 class EikonalConfig(ComponentConfig):

@@ -38,15 +38,19 @@ class DepthLoss(nn.Module):
     distance along the ray; 0: none). Kinds:
 
     * ``l1`` / ``relative``: the rendered expected depth ``out["depth"]`` (R, 1), sum_i w_i t_i over the ray's
-      opacity, is pulled to ``D``: ``|depth - D|`` in scene units, or that over ``D``. This is the
+      opacity, is pulled to ``D``: ``|depth - D|`` in scene units, or that over ``D``; divided by the ray's
+      relative uncertainty ``u`` where the batch has one (below; a Laplace likelihood's scale). This is the
       expected-depth penalty (nerfstudio's L1 option).
     * ``ds_nerf``: DS-NeRF's ray distribution loss (Deng et al., "Depth-supervised NeRF: Fewer Views and Faster
       Training for Free", CVPR 2022, L_Depth in its discrete form; the equation's number could not be checked
       here, the formula is the paper's): ``-sum_k log(w_k) exp(-(t_k - D)^2 / (2 sigma^2)) dt_k`` over the
       ray's samples k (weights w_k, midpoints t_k, lengths dt_k: :func:`pipeline.rendering.packed_samples`),
       the discrete KL divergence from N(D, sigma^2) to the ray's termination distribution h(t) = T(t) sigma(t)
-      up to a constant. Deviations: sigma is ``cfg.sigma`` times ``D`` for every ray (the paper takes each
-      keypoint's uncertainty from its reprojection error); each ray's sum is divided by sigma sqrt(2 pi), the
+      up to a constant. Deviations: sigma is ``cfg.sigma`` times ``D``, times the ray's relative uncertainty
+      ``u`` where the batch has one (``batch["depth_uncertainty"]``: a keypoint's reprojection error over the
+      mean, held to [0.25, 4], :func:`pipeline.train.uncertainty`; the paper takes a keypoint's uncertainty from
+      its reprojection error, by a rule not checked here, so this ratio is this project's); each ray's sum is
+      divided by sigma sqrt(2 pi), the
       Gaussian's integral, so that the loss is the Gaussian's mean of -log w and its weight means the same
       whatever the scene's scale and sigma. The log is of w + 1e-5 (finite, with a gradient, where w is 0).
       Only the rendered samples count: space the occupancy grid skips has weight 0 and no gradient.
@@ -75,21 +79,23 @@ class DepthLoss(nn.Module):
         given = measured[:, 0] > 0
         if not bool(given.any()):
             return out["depth" if "depth" in out else "weights"].sum() * 0.0  # (no ray of this batch has a depth)
+        spread = batch.get("depth_uncertainty") if self.cfg.uncertainty else None
+        spread = torch.ones_like(measured) if spread is None else spread
         if self.cfg.kind == "ds_nerf":
-            return self.cfg.weight * self.distribution_loss(out, measured[:, 0], given)
-        error = (out["depth"] - measured)[given].abs()
+            return self.cfg.weight * self.distribution_loss(out, measured[:, 0], given, spread[:, 0])
+        error = (out["depth"] - measured)[given].abs() / spread[given]
         if self.cfg.kind == "relative":
             error = error / measured[given]
         return self.cfg.weight * error.mean()
 
-    def distribution_loss(self, out: dict, measured: Tensor, given: Tensor) -> Tensor:
+    def distribution_loss(self, out: dict, measured: Tensor, given: Tensor, spread: Tensor) -> Tensor:
         """DS-NeRF's L_Depth (class docstring) per ray, averaged over the rays ``given`` (R,) bool; ``measured``
-        (R,) ray distances -> scalar."""
+        (R,) ray distances, ``spread`` (R,) each ray's relative uncertainty (1: the typical) -> scalar."""
         from pipeline.rendering import packed_samples
 
         w, t0, t1, ray = (a.float() if a.is_floating_point() else a for a in packed_samples(out))  # (fp32 under AMP)
         d = measured[ray]
-        sigma = self.cfg.sigma * d
+        sigma = self.cfg.sigma * d * spread[ray]
         dt = t1 - t0
         gauss = torch.exp(-0.5 * (((t0 + t1) / 2 - d) / sigma.clamp_min(1e-12)) ** 2)
         term = -torch.log(w + self.EPS) * gauss * dt / (sigma * math.sqrt(2 * math.pi)).clamp_min(1e-12)

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kind", default="l1", choices=("l1", "relative", "ds_nerf"), help="the depth loss's penalty")
     ap.add_argument("--sigma", type=float, default=0.01, help="ds_nerf's sigma, a fraction of the depth (default "
                     "0.01, the loss's)")
+    ap.add_argument("--no-uncertainty", action="store_true", help="the depth loss without the keypoints' "
+                    "reprojection errors (uncertainty: false)")
+    ap.add_argument("--only-depth", action="store_true", help="train only the run with depth (the colour-only "
+                    "run is deterministic on the CPU: its figures do not change)")
     ap.add_argument("--rays", type=int, default=512, help="train.depth_rays (default 512)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for both runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "sparse_depth.json"))
@@ -50,14 +54,17 @@ def main(argv: list[str] | None = None) -> dict:
     bench = ROOT / "outputs" / "bench" / "sparse_depth"
     shoot = ROOT / "outputs" / "bench" / "masks" / "lego_on_floor"  # (the masks benchmark's: SfM cached alike)
     result: dict = {"photos": write_shoot(Path(lego), shoot), "views": args.views, "steps": args.steps,
-                    "kind": args.kind, "weight": args.weight, "runs": {}}
+                    "kind": args.kind, "weight": args.weight, "uncertainty": not args.no_uncertainty, "runs": {}}
     source = ["scene.type=photos", f"scene.path={shoot}", "scene.masks=masks", "scene.aabb=null",
               f"scene.max_images={args.views}"]
     base = ["{type: photometric}", "{type: tv, weight: 1.0e-4, density_only: true}"]
-    depth = f"{{type: depth, weight: {args.weight}, kind: {args.kind}, sigma: {args.sigma}}}"
+    depth = (f"{{type: depth, weight: {args.weight}, kind: {args.kind}, sigma: {args.sigma}, "
+             f"uncertainty: {str(not args.no_uncertainty).lower()}}}")
     runs = {"photometric": [f"losses=[{', '.join(base)}]"],
             "+ sparse depth": ["scene.sparse_depth=true", f"train.depth_rays={args.rays}",
                                f"losses=[{', '.join([*base, depth])}]"]}
+    if args.only_depth:
+        runs.pop("photometric")
     for name, sets in runs.items():
         r = train(name.strip("+ ").replace(" ", "_"), [*source, *sets], args, bench / "runs", None)
         scene = json.loads((Path(r["run"]) / "scene.json").read_text())
