@@ -228,8 +228,8 @@ def test_frames_whose_distortions_undistort_to_several_sizes_are_fitted_to_one(t
                                                                                pycolmap):  # noqa: F811
     """The lego folder with every other frame through a stronger barrel distortion of its own (per-frame k1, k2,
     p1, p2, as phone apps write them): the two cameras undistort to different sizes, so each undistorted frame is
-    fitted to the smaller (with a warning), and each loaded pixel's ray still finds the photo's colour (over 35 dB;
-    measured 39.1-43.4 dB)."""
+    fitted to the smaller (with a warning), its mask (the frame's alpha) with it, and each loaded pixel's ray still
+    finds the photo's colour (over 35 dB; measured 39.1-43.4 dB)."""
     from plugins.scenes.config import BlenderConfig
     from plugins.scenes.sources import build_blender
 
@@ -244,6 +244,10 @@ def test_frames_whose_distortions_undistort_to_several_sizes_are_fitted_to_one(t
         rgba = iio.imread(lego / (frames[k]["file_path"] + ".png")).astype(np.float64)
         iio.imwrite(root / "images" / f"frame_{k:05d}.png", _distort(rgba, f, pycolmap, strong))
         doc["frames"][k].update(zip(("k1", "k2", "p1", "p2"), strong))
+    (root / "masks").mkdir()
+    for k, frame in enumerate(doc["frames"]):  # (each frame's own alpha as its mask: fitted alike, they agree)
+        iio.imwrite(root / "masks" / f"{k}.png", iio.imread(root / frame["file_path"])[..., 3])
+        frame["mask_path"] = f"masks/{k}.png"
     (root / "transforms.json").write_text(json.dumps(doc))
     scene = build_blender(BlenderConfig(path=str(root)), None)()
     err = capsys.readouterr().err
@@ -254,6 +258,9 @@ def test_frames_whose_distortions_undistort_to_several_sizes_are_fitted_to_one(t
     assert min(scores) > 35, scores
     written = json.loads((Path(scene.meta["undistorted"]["capture"]) / "transforms.json").read_text())
     assert len({(fr["w"], fr["h"]) for fr in written["frames"]}) == 1
+    for split in scene.splits.values():
+        agree = (split.valid == (split.alphas[..., 0] >= 0.5)).float().mean()
+        assert float(agree) > 0.99 and not bool(split.valid.all())
 
 
 def test_the_transforms_undistortion_plumbing_without_data(tmp_path, capsys, monkeypatch, pycolmap):  # noqa: F811
