@@ -64,6 +64,15 @@ def read_json(path: Path, where: str) -> Any:
         raise DataError(f"{where}: not JSON ({exc})") from None
 
 
+def rotation_problem(r: np.ndarray) -> Optional[str]:
+    """What keeps the (3, 3) ``r`` from being a rotation (the Blender loader's
+    :func:`pipeline.scenes.blender.rotation_fault`, or a mirror: determinant -1), as words after "it"; None for a
+    rotation."""
+    from pipeline.scenes.blender import rotation_fault
+
+    return rotation_fault(r) or ("mirrors (determinant -1)" if np.linalg.det(r) < 0 else None)
+
+
 def _matrix(value: Any, what: str) -> np.ndarray:
     """A frame's ``transform_matrix`` as a (4, 4) rigid camera-to-world; DataError naming ``what`` when it is not
     4x4 finite numbers, its last row is not 0 0 0 1, or its upper 3x3 is not a rotation (the Blender loader's
@@ -77,10 +86,7 @@ def _matrix(value: Any, what: str) -> np.ndarray:
     m = m.reshape(4, 4)
     if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-4):
         raise DataError(f"{what}: its last row is {m[3].tolist()}, not [0, 0, 0, 1]")
-    from pipeline.scenes.blender import rotation_fault
-
-    fault = rotation_fault(m[:3, :3]) or ("has a 3x3 part that mirrors (determinant -1)"
-                                          if np.linalg.det(m[:3, :3]) < 0 else None)
+    fault = rotation_problem(m[:3, :3])
     if fault:
         raise DataError(f"{what}: its upper 3x3 is not a rotation: it {fault}; give camera-to-world matrices of rigid "
                         f"cameras")

@@ -53,9 +53,9 @@ def read_dataparser_transform(path: Path) -> tuple[np.ndarray, np.ndarray, float
         raise DataError(f"{where}: 'transform' must be a 3x4 matrix of finite numbers, got {doc['transform']!r:.80}")
     if not (math.isfinite(s) and s > 0):
         raise DataError(f"{where}: 'scale' must be a number > 0, got {doc['scale']!r}")
-    from pipeline.scenes.blender import rotation_fault
+    from pipeline.camera_paths import rotation_problem
 
-    fault = rotation_fault(m[:, :3]) or ("mirrors (determinant -1)" if np.linalg.det(m[:, :3]) < 0 else None)
+    fault = rotation_problem(m[:, :3])
     if fault:
         raise DataError(f"{where}: the 3x3 part of 'transform' is not a rotation: it {fault}")
     return m[:, :3], m[:, 3], s

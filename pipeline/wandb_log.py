@@ -7,10 +7,10 @@ do anywhere. metrics.jsonl stays the run's record: W&B is a view of it.
 
 The W&B run is named after the run folder (``<scene>/<method>/<stamp>``), grouped by scene, tagged with the
 method, and holds the run's resolved config; the final evaluation's metrics become its summary
-(:func:`publish_summary`), the figures W&B's runs table shows. Its id is kept in ``<run>/wandb.json``, so ``nls resume`` goes on in
-the same W&B run. W&B takes each step once: a session resumed from a checkpoint behind the last step W&B
-received (a run killed between checkpoints) sends only the steps after that one, so W&B keeps the killed
-session's figures for the steps between (metrics.jsonl has the resumed session's).
+(:func:`publish_summary`), the figures W&B's runs table shows. Its id is kept in ``<run>/wandb.json``, so
+``nls resume`` goes on in the same W&B run. W&B takes each step once: a session resumed from a checkpoint behind
+the last step W&B received (a run killed between checkpoints) sends only the steps after that one, so W&B keeps
+the killed session's figures for the steps between (metrics.jsonl has the resumed session's).
 """
 
 from __future__ import annotations
