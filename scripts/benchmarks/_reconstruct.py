@@ -58,7 +58,22 @@ def cell(value, spec: str) -> str:
 
     if isinstance(value, (int, float)) and math.isfinite(value):
         return format(value, spec)
-    return format("-", spec[0] + "s")
+    width = spec[:len(spec) - len(spec.lstrip("0123456789"))]  # (the spec's width, if it gives one)
+    return format("-", f"{width}s")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A benchmark's figures as a rich table on the terminal: ``columns`` (headings), ``rows`` (their cells, as
+    text: :func:`cell` formats a number)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    Console().print(t)
 
 
 def write_result(result: dict, out: str) -> None:

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from scripts.benchmarks._reconstruct import cell, reconstruct, write_result
+    from scripts.benchmarks._reconstruct import cell, print_table, reconstruct, write_result
 
     bench = ROOT / "outputs" / "bench" / "depth"
     result = {"steps": args.steps, "kind": args.kind, "weight": args.weight,
@@ -128,16 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
                                                          "depth_median_l1")}}
         print(f"{name}: {json.dumps(result['runs'][name])}", flush=True)
 
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"csg from {args.views} views with depth maps ({100 * result['depth_covers']:.0f} % of the "
-                    f"pixels, noise {args.depth_noise:g}), {args.steps} steps, 8 test views")
-    for col in ("run", "test PSNR dB", "Chamfer-L1 x1e3", "depth L1", "depth abs rel", "wall s"):
-        t.add_column(col)
-    for name, r in result["runs"].items():
-        t.add_row(name, cell(r["psnr"], ".2f"), cell(r["chamfer_l1"], ".2f"), cell(r["depth_l1"], ".4f"),
+    print_table(f"csg from {args.views} views with depth maps ({100 * result['depth_covers']:.0f} % of the "
+                f"pixels, noise {args.depth_noise:g}), {args.steps} steps, 8 test views",
+                ("run", "test PSNR dB", "Chamfer-L1 x1e3", "depth L1", "depth abs rel", "wall s"),
+                [(name, cell(r["psnr"], ".2f"), cell(r["chamfer_l1"], ".2f"), cell(r["depth_l1"], ".4f"),
                   cell(r["depth_abs_rel"], ".4f"), cell(r["wall_seconds"], ".0f"))
-    Console().print(t)
+                 for name, r in result["runs"].items()])
     write_result(result, args.out)
     return result

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from scripts.benchmarks._reconstruct import cell, shared_data, write_result
+    from scripts.benchmarks._reconstruct import cell, print_table, shared_data, write_result
     from scripts.benchmarks.colmap import train
     from scripts.benchmarks.masks import write_shoot
 
@@ -72,17 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
         result["runs"][name] = r
         print(f"{name}: {json.dumps(r)}", flush=True)
 
-    from rich.console import Console
-    from rich.table import Table
+    def share(r: dict) -> str:
+        train = (r["pixels_with_depth"] or {}).get("train")
+        return "-" if train is None else f"{100 * train:.2f} %"
 
-    t = Table(title=f"lego over a floor from {args.views} posed photos (SfM on all {result['photos']}), object "
-                    f"masks, {args.steps} steps, 15 held-out photos")
-    for col in ("run", "test PSNR dB", "SSIM", "train pixels with a depth", "train s"):
-        t.add_column(col)
-    for name, r in result["runs"].items():
-        share = (r["pixels_with_depth"] or {}).get("train")
-        t.add_row(name, cell(r["psnr"], ".2f"), cell(r["ssim"], ".4f"),
-                  "-" if share is None else f"{100 * share:.2f} %", cell(r["train_seconds"], ".0f"))
-    Console().print(t)
+    print_table(f"lego over a floor from {args.views} posed photos (SfM on all {result['photos']}), object "
+                f"masks, {args.steps} steps, 15 held-out photos",
+                ("run", "test PSNR dB", "SSIM", "train pixels with a depth", "train s"),
+                [(name, cell(r["psnr"], ".2f"), cell(r["ssim"], ".4f"), share(r), cell(r["train_seconds"], ".0f"))
+                 for name, r in result["runs"].items()])
     write_result(result, args.out)
     return result

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from scripts.benchmarks._reconstruct import cell, shared_data, write_result
+    from scripts.benchmarks._reconstruct import cell, print_table, shared_data, write_result
     from scripts.benchmarks.colmap import train
 
     lego, skipped = shared_data("transients", "nerf", "lego")
@@ -106,15 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["runs"][name] = train(name, runs[name], args, bench / "runs", None)
         print(f"{name}: {json.dumps(result['runs'][name])}", flush=True)
 
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"lego with {args.blobs} passers-by per train view ({100 * result['covered']:.1f} % of its "
-                    f"pixels), {args.steps} steps, {result['test_views']} clean test views")
-    for col in ("run", "test PSNR dB", "SSIM", "train s"):
-        t.add_column(col)
-    for name, r in result["runs"].items():
-        t.add_row(name, cell(r["psnr"], ".2f"), cell(r["ssim"], ".4f"), cell(r["train_seconds"], ".0f"))
-    Console().print(t)
+    print_table(f"lego with {args.blobs} passers-by per train view ({100 * result['covered']:.1f} % of its "
+                f"pixels), {args.steps} steps, {result['test_views']} clean test views",
+                ("run", "test PSNR dB", "SSIM", "train s"),
+                [(name, cell(r["psnr"], ".2f"), cell(r["ssim"], ".4f"), cell(r["train_seconds"], ".0f"))
+                 for name, r in result["runs"].items()])
     write_result(result, args.out)
     return result

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from scripts.benchmarks._reconstruct import shared_data
+    from scripts.benchmarks._reconstruct import print_table, shared_data
     from scripts.benchmarks.colmap import describe_poses, sfm_pose_error, train
 
     lego, skipped = shared_data("video", "nerf", "lego")
@@ -187,17 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in result["runs"].items():
         print(f"{name}: {json.dumps({k: v for k, v in r.items() if k != 'poses'})}", flush=True)
 
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"video source on lego's test path ({result['video']['frames']} views at {args.fps} fps, "
-                    f"quality {args.quality:g}; {args.frames} frames taken; {args.steps} steps; {n_test} held out)")
-    for col in ("run", "PSNR dB", "SSIM", "steps", "train s", "wall s"):
-        t.add_column(col)
-    for name, r in result["runs"].items():
-        t.add_row(name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", str(r["steps"]),
-                  f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}")
-    Console().print(t)
+    print_table(f"video source on lego's test path ({result['video']['frames']} views at {args.fps} fps, "
+                f"quality {args.quality:g}; {args.frames} frames taken; {args.steps} steps; {n_test} held out)",
+                ("run", "PSNR dB", "SSIM", "steps", "train s", "wall s"),
+                [(name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", str(r["steps"]),
+                  f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}") for name, r in result["runs"].items()])
     print(f"video: {describe_poses(result['runs']['video']['poses'])}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
