@@ -264,6 +264,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "such as summary.json, are refused); its renders go to <FILE stem>_renders/<split> beside it")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an evaluation option of the run's config (repeatable)")
+    c.add_argument("--no-wandb", dest="wandb", action="store_false",
+                   help="a run trained with train.wandb gets this evaluation's metrics in its W&B run's summary "
+                   "(eval/psnr, ...; with -o FILE, FILE's stem before the key); this leaves W&B alone")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("plugins", parents=[common], help="list plugins and the components they provide",

@@ -7,7 +7,8 @@ do anywhere. metrics.jsonl stays the run's record: W&B is a view of it.
 
 The W&B run is named after the run folder (``<scene>/<method>/<stamp>``), grouped by scene, tagged with the
 method, and holds the run's resolved config; the final evaluation's metrics become its summary
-(:func:`publish_summary`), the figures W&B's runs table shows. Its id is kept in ``<run>/wandb.json``, so
+(:func:`publish_summary`), the figures W&B's runs table shows, and each later ``nls eval`` of the run adds its
+own beside them (``eval/psnr``; :func:`eval_prefix`). Its id is kept in ``<run>/wandb.json``, so
 ``nls resume`` goes on in the same W&B run. W&B takes each step once: a session resumed from a checkpoint behind
 the last step W&B received (a run killed between checkpoints) sends only the steps after that one, so W&B keeps
 the killed session's figures for the steps between (metrics.jsonl has the resumed session's).
@@ -86,17 +87,20 @@ class WandbLog:
         self.run.finish()
 
 
-def publish_summary(run_dir: Path, project: str, summary: dict) -> None:
+def publish_summary(run_dir: Path, project: str, summary: dict, prefix: str = "", what: str = "train.wandb") -> bool:
     """Put the final figures of summary.json (``summary``: its ``metrics``, ``train_seconds`` and ``step``) into
     the W&B run of ``run_dir`` (the one :class:`WandbLog` opened, by the id in wandb.json), as its summary, which
-    W&B's runs table shows. A warning, not an error, when W&B cannot take them: summary.json has them."""
+    W&B's runs table shows; each key with ``prefix`` before it (``nls eval`` puts its figures beside training's:
+    ``eval/psnr``). ``what`` names the setting in warnings. A warning, not an error, when W&B cannot take them:
+    the JSON has them. True when W&B took them."""
     from pipeline.notices import warn
 
+    record = "eval.json" if prefix else "summary.json"
     known = _read_record(run_dir / WANDB_RECORD)
     if not known.get("id"):
-        warn(f"train.wandb: {run_dir / WANDB_RECORD} names no W&B run, so the final metrics were not sent to W&B "
-             f"(summary.json has them)")
-        return
+        warn(f"{what}: {run_dir / WANDB_RECORD} names no W&B run, so the metrics were not sent to W&B "
+             f"({record} has them)")
+        return False
     figures = {k: v for k, v in (summary.get("metrics") or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     figures.update({k: summary[k] for k in ("train_seconds", "step") if isinstance(summary.get(k), (int, float))})
@@ -104,11 +108,22 @@ def publish_summary(run_dir: Path, project: str, summary: dict) -> None:
         import wandb
 
         run = wandb.init(project=known.get("project") or project, id=known["id"], resume="allow", dir=str(run_dir))
-        run.summary.update(figures)
+        run.summary.update({prefix + k: v for k, v in figures.items()})
         run.finish()
     except Exception as exc:  # (W&B's own errors: the evaluation's record stands without it)
-        warn(f"train.wandb: the final metrics were not sent to W&B ({type(exc).__name__}: {exc}); summary.json has "
-             f"them")
+        warn(f"{what}: the metrics were not sent to W&B ({type(exc).__name__}: {exc}); {record} has them")
+        return False
+    return True
+
+
+def eval_prefix(out: Path, run_dir: Path) -> str:
+    """The W&B summary keys' prefix of an ``nls eval`` written to ``out``: ``eval/`` for the run's own eval.json,
+    ``<stem>/`` for ``-o <stem>.json`` inside the run folder, ``eval-<stem>/`` elsewhere (so an eval of another split
+    or setting stands beside the run's final figures and never replaces them)."""
+    if out.resolve() == (run_dir / "eval.json").resolve():
+        return "eval/"
+    inside = out.resolve().parent == run_dir.resolve()
+    return f"{out.stem}/" if inside else f"eval-{out.stem}/"
 
 
 def _read_record(path: Path) -> dict:

@@ -317,3 +317,38 @@ def test_nls_reconstruct_wandb_puts_the_final_metrics_in_the_wandb_run_s_summary
     assert len(fake.inits) == 2 and fake.inits[0]["id"] == fake.inits[1]["id"] and fake.finished == 2
     final = fake.summaries[fake.inits[0]["id"]]
     assert final["psnr"] == pytest.approx(metrics["psnr"]) and final["step"] == 2 and "train_seconds" in final
+
+
+def test_nls_eval_of_a_wandb_run_adds_its_metrics_beside_training_s(tmp_path, monkeypatch, capsys):
+    """nls eval of a run trained with --wandb puts eval.json's metrics into the same W&B run's summary under eval/
+    (under the -o file's stem for another output), leaving training's final figures as they were; --no-wandb
+    sends nothing."""
+    import importlib.util
+    import sys
+
+    import yaml
+
+    from pipeline.cli import main
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    scene = tmp_path / "tiny.yaml"
+    scene.write_text(yaml.safe_dump(copy.deepcopy(TINY_SCENE)))
+    assert main(["reconstruct", str(scene), "--steps", "2", "--wandb", "-q", "--output", str(tmp_path / "runs")]) == 0
+    run = next((tmp_path / "runs").glob("*/*/*/summary.json")).parent
+    summary = fake.summaries[fake.inits[0]["id"]]
+    trained = dict(summary)
+    assert main(["eval", str(run), "-q", "--set", "eval.max_images=1"]) == 0
+    assert "sent its metrics to the run's W&B summary as eval/<metric>" in capsys.readouterr().out
+    evaluated = json.loads((run / "eval.json").read_text())["metrics"]
+    assert summary["eval/psnr"] == pytest.approx(evaluated["psnr"]) and summary["eval/step"] == 2
+    assert {k: summary[k] for k in trained} == trained  # training's figures kept
+    assert fake.inits[-1]["id"] == fake.inits[0]["id"] and fake.finished == 3
+    assert main(["eval", str(run), "-q", "-o", str(run / "one_view.json"), "--set", "eval.max_images=1"]) == 0
+    assert summary["one_view/psnr"] == pytest.approx(json.loads((run / "one_view.json").read_text())["metrics"]["psnr"])
+    assert main(["eval", str(run), "-q", "--no-wandb", "-o", str(tmp_path / "elsewhere.json")]) == 0
+    assert fake.finished == 4 and not any(k.startswith("eval-elsewhere/") for k in summary)
+    assert main(["eval", str(run), "-q", "-o", str(tmp_path / "elsewhere.json")]) == 0
+    assert "eval-elsewhere/psnr" in summary

@@ -122,6 +122,12 @@ def cmd_eval(args) -> int:
         data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
     _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})", data["metric_notes"], data["metric_better"])
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
+    if ld.cfg.train.wandb and getattr(args, "wandb", True):
+        from pipeline.wandb_log import eval_prefix, publish_summary
+
+        prefix = eval_prefix(out, ld.run.path)
+        if publish_summary(ld.run.path, ld.cfg.train.wandb_project, data, prefix, what="nls eval"):
+            print(f"sent its metrics to the run's W&B summary as {prefix}<metric> (--no-wandb leaves W&B alone)")
     results = data["evaluators"]
     if all(set(r) == {"skipped"} for r in results.values()):
         print(f"error: nothing was evaluated: all {len(results)} evaluator(s) were skipped (see the "
