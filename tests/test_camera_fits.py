@@ -48,6 +48,24 @@ def test_a_fitted_image_moves_a_point_where_the_fit_says(scale):
     assert np.abs(floats.sum(-1) - 1).max() < 1e-3
 
 
+def test_every_fitted_box_lies_in_its_image_and_pillow_takes_it():
+    """The boxes of :func:`fits_to_one_size` lie within their images for every pair of sizes up to 64 px (round-off
+    put 31 px over 29 px at left -1.8e-15, which Pillow refuses with "box offset can't be negative"), and each
+    fitted image has the common size."""
+    from PIL import Image
+
+    from pipeline.scenes.camera_fit import fits_to_one_size
+
+    for a in range(8, 65):
+        for b in range(8, a):
+            for sizes in ({0: (a, a), 1: (b, b)}, {0: (a, b), 1: (b, a)}):
+                for fit in fits_to_one_size(sizes).values():
+                    left, top, right, bottom = fit.box
+                    assert 0 <= left and 0 <= top and right <= fit.source[0] and bottom <= fit.source[1], fit
+    fit = fits_to_one_size({0: (31, 31), 1: (29, 29)})[0]
+    assert fit.image(Image.new("RGB", (31, 31))).size == (29, 29)
+
+
 def test_cameras_of_several_sizes_are_fitted_to_the_smallest_width_and_height(pycolmap):  # noqa: F811
     """Pinhole cameras (undistortion keeps their size) of 400x400, 360x270 and 370x280: the common size is 360x270.
     The 400x400 one is scaled by 0.9 (to cover 360 wide) and its height cropped, centred; 370x280 needs 0.973,

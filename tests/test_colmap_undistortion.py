@@ -388,3 +388,86 @@ def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(t
     capsys.readouterr()
     assert load().splits["train"].depths is None
     assert "not every distorted frame gives a depth map file (depth_file_path)" in capsys.readouterr().err
+
+
+def test_the_floating_point_undistortion_is_colmap_s(pycolmap):  # noqa: F811
+    """The undistortion of images of more than 8 bits (:func:`_undistort_deep`) samples where pycolmap's does: on an
+    8-bit image through a strong OPENCV camera it gives pycolmap's undistorted image to the grey level."""
+    from plugins.scenes.undistortion import _undistort_deep
+
+    h, w = 60, 80
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([(x * 3) % 256, (y * 4) % 256, ((x + y) * 2) % 256], -1).astype(np.uint8)
+    for k in ([-0.2, 0.03, 0.001, 0.0], [0.3, 0.0, 0.0, 0.0]):
+        camera = pycolmap.Camera(model="OPENCV", width=w, height=h, params=[70, 70, 40, 30, *k], camera_id=1)
+        options = pycolmap.UndistortCameraOptions()
+        pinhole = pycolmap.undistort_camera(options, camera)
+        bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(image), camera)
+        want = np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width, 3).astype(np.float64)
+        got = _undistort_deep(camera, pinhole, image)
+        assert got.shape == want.shape and np.abs(np.round(got) - want).max() == 0
+        shifted = _undistort_deep(camera, pinhole, np.roll(image, 1, axis=1))  # (so this can fail)
+        assert np.abs(np.round(shifted) - want).max() > 50
+
+
+def test_16_bit_distorted_frames_are_undistorted_at_16_bits(tmp_path, monkeypatch, capsys, pycolmap):  # noqa: F811
+    """16-bit RGBA PNG frames of a distorted transforms.json are undistorted in floating point into 16-bit TIFFs that
+    the loader reads with all their bits: the loaded frames are the 16-bit undistortion to float32 round-off, and
+    hold values between 8-bit levels. Frames of two distortions (fitted to one size) keep 16 bits too."""
+    from pipeline.scenes.blender import _pixels
+    from plugins.scenes.config import BlenderConfig
+    from plugins.scenes.sources import build_blender
+    from plugins.scenes.undistortion import _undistort_deep
+    from tests.test_image_camera_input import write_png16
+
+    t = truth()
+    f = t["frames"][0][2]
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+
+    def folder(name: str, per_frame_k1=None) -> tuple[Path, list]:
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        frames, wide = [], []
+        for k, (png, c2w, _) in enumerate(t["frames"]):
+            import imageio.v3 as iio
+
+            rgba = iio.imread(png).astype(np.uint16) * 257
+            rgba[..., :3] = np.clip(rgba[..., :3].astype(np.int64) + rng.integers(-120, 120, rgba[..., :3].shape),
+                                    0, 65535)  # (low bytes that matter)
+            write_png16(root / "images" / f"{k:03d}.png", rgba)
+            wide.append(rgba)
+            frame = {"file_path": f"images/{k:03d}.png", "transform_matrix": c2w.tolist(),
+                     "split": "test" if k >= 8 else "train"}
+            if per_frame_k1 is not None:
+                frame.update({"fl_x": f, "fl_y": f, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32,
+                              "k1": per_frame_k1(k)})
+            frames.append(frame)
+        camera = {} if per_frame_k1 else {"fl_x": f, "fl_y": f, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32, "k1": -0.05}
+        (root / "transforms.json").write_text(json.dumps({**camera, "frames": frames}))
+        return root, wide
+
+    root, wide = folder("deep")
+    scene = build_blender(BlenderConfig(path=str(root)), None)()
+    capture = Path(scene.meta["undistorted"]["capture"])
+    written = json.loads((capture / "transforms.json").read_text())["frames"]
+    assert all(fr["file_path"].endswith(".tiff") for fr in written)
+    train = scene.splits["train"]
+    camera = pycolmap.Camera(model="OPENCV", width=32, height=32, params=[f, f, 16.0, 16.0, -0.05, 0, 0, 0])
+    pinhole = pycolmap.undistort_camera(pycolmap.UndistortCameraOptions(), camera)
+    for i in range(len(train)):
+        want = np.round(_undistort_deep(camera, pinhole, wide[i])) / 65535  # (H, W, 4)
+        stored = _pixels(capture / written[i]["file_path"])
+        assert stored.dtype == np.uint16 and stored.shape == want.shape
+        alpha = want[..., 3:]
+        np.testing.assert_allclose(train.alphas[i].numpy(), alpha, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(train.images[i].numpy(), want[..., :3] * alpha + (1 - alpha), rtol=0, atol=3e-7)
+    between = np.abs(train.images.numpy() * 255 - np.round(train.images.numpy() * 255))
+    assert between.max() > 0.25  # (8-bit frames would sit on the 8-bit levels)
+    assert "16-bit" not in capsys.readouterr().err
+
+    mixed, _ = folder("mixed", per_frame_k1=lambda k: -0.05 if k % 2 else 0.2)
+    scene = build_blender(BlenderConfig(path=str(mixed)), None)()
+    assert "undistort to images of 2 sizes" in capsys.readouterr().err
+    images = scene.splits["train"].images.numpy()
+    assert np.abs(images * 255 - np.round(images * 255)).max() > 0.25

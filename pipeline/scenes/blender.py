@@ -285,11 +285,33 @@ def _key_alpha(img: np.ndarray, key: Any) -> np.ndarray:
     return np.dstack([px, opaque.astype(img.dtype) * np.iinfo(img.dtype).max])
 
 
+def _deep_tiff(path: Path) -> Optional[np.ndarray]:
+    """The first page of the TIFF ``path`` as (H, W[, C]) when its samples have more than 8 bits and it is grey or
+    RGB(A), read with tifffile (Pillow reads 16-bit colour TIFFs at 8 bits); None otherwise (Pillow reads it)."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.bitspersample <= 8 or page.photometric not in (tifffile.PHOTOMETRIC.RGB,
+                                                                   tifffile.PHOTOMETRIC.MINISBLACK):
+                return None
+            img = page.asarray()
+    except Exception:  # not a TIFF tifffile can decode (e.g. a codec it lacks): Pillow tries it
+        return None
+    if img.ndim == 3 and img.shape[0] in (2, 3, 4) and img.shape[-1] not in (2, 3, 4):  # planar: (C, H, W)
+        img = np.moveaxis(img, 0, -1)
+    return img if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] in (1, 2, 3, 4)) else None
+
+
 def _pixels(path: Path) -> np.ndarray:
     """The pixels of ``path`` as stored: grey, grey+alpha, RGB or RGBA (uint8/uint16/float), with a PNG's
-    transparency colour as alpha; 16-bit PNGs keep all 16 bits."""
+    transparency colour as alpha; 16-bit PNGs and TIFFs keep all 16 bits."""
     from PIL import Image, UnidentifiedImageError
 
+    deep = _deep_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else None
+    if deep is not None:
+        return deep if deep.dtype.byteorder in "=|" else deep.astype(deep.dtype.newbyteorder("="))
     try:
         with Image.open(path) as im:
             rawmode = im.tile[0][3] if im.format == "PNG" and len(im.tile) == 1 else None

@@ -85,8 +85,8 @@ def fits_to_one_size(sizes: dict[int, tuple[int, int]]) -> dict[int, Fit]:
             left, top = (sw - w) // 2, (sh - h) // 2
             fits[cid] = Fit((left, top, left + w, top + h), (w, h), 1.0, (sw, sh))
         else:
-            bw, bh = w / scale, h / scale
-            left, top = (sw - bw) / 2, (sh - bh) / 2
+            bw, bh = min(w / scale, sw), min(h / scale, sh)  # (the side that sets the scale: the whole side,
+            left, top = (sw - bw) / 2, (sh - bh) / 2          # without round-off, which Pillow refuses below 0)
             fits[cid] = Fit((left, top, left + bw, top + bh), (w, h), scale, (sw, sh))
     return fits
 

@@ -15,6 +15,8 @@ A ``transforms.json`` with ``k1, k2, p1, p2`` (OPENCV), also ``k3, k4`` (FULL_OP
 OPENCV_FISHEYE`` / ``is_fisheye`` (``k1..k4``) is undistorted image by image with the same COLMAP undistortion of
 each frame's camera (:func:`undistorted_transforms`), alpha included, into a cached folder whose
 ``transforms.json`` has the undistorted pinhole intrinsics, the same poses and each frame's split written out.
+Frames of more than 8 bits (16-bit PNGs) are undistorted in floating point at the points COLMAP's undistortion
+samples (:func:`_undistort_deep`; COLMAP's bitmaps hold 8 bits) and kept as 16-bit TIFFs.
 nerfstudio's ``mask_path`` masks go through the same undistortion; its ``depth_file_path`` depth maps are
 resampled at the nearest pixel through it (:func:`_undistort_depth`), since depths are not to be blended.
 """
@@ -273,15 +275,52 @@ def _undistort_depth(camera, pinhole, depth: Path, target: Path, fit=None) -> No
     from pipeline.scenes.depth_maps import read_depth
 
     z = read_depth(depth, 1.0, (camera.height, camera.width))
-    v, u = np.mgrid[0:pinhole.height, 0:pinhole.width] + 0.5
-    rays = pinhole.cam_from_img(np.stack([u.ravel(), v.ravel()], -1))  # (P, 2) normalised pinhole coordinates
-    seen = camera.img_from_cam(np.concatenate([rays, np.ones((len(rays), 1))], -1))  # (P, 2) distorted pixels
+    seen = _seen_pixels(camera, pinhole)
     col, row = np.floor(seen[:, 0]).astype(np.int64), np.floor(seen[:, 1]).astype(np.int64)
     inside = np.isfinite(seen).all(-1) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
-    out = np.zeros(len(rays), np.float32)
+    out = np.zeros(len(seen), np.float32)
     out[inside] = z[row[inside], col[inside]]
     out = out.reshape(pinhole.height, pinhole.width)
     atomic_save_npy(target, out if fit is None else fit.depths(out))
+
+
+def _seen_pixels(camera, pinhole) -> "np.ndarray":
+    """(P, 2) where the distorted ``camera``'s image is hit by the ray of each of the ``pinhole`` camera's P pixel
+    centres (row-major), in pixels (x, y) of the distorted image."""
+    import numpy as np
+
+    v, u = np.mgrid[0:pinhole.height, 0:pinhole.width] + 0.5
+    rays = pinhole.cam_from_img(np.stack([u.ravel(), v.ravel()], -1))  # (P, 2) normalised pinhole coordinates
+    return camera.img_from_cam(np.concatenate([rays, np.ones((len(rays), 1))], -1))
+
+
+def _undistort_deep(camera, pinhole, pixels: "np.ndarray") -> "np.ndarray":
+    """``pixels`` (H, W, C, more than 8 bits: uint16 or float) of a frame through its distorted ``camera``, as the
+    ``pinhole`` camera sees them: (H', W', C) float64 in the pixels' own units. COLMAP's undistortion done in floating
+    point (pycolmap's bitmaps hold 8 bits): each pinhole pixel takes the bilinear sample at the point its ray hits
+    (edges held), which is what ``pycolmap.undistort_image`` gives an 8-bit image, to the grey level
+    (``tests/test_colmap_undistortion.py``)."""
+    import numpy as np
+    from scipy.ndimage import map_coordinates
+
+    seen = _seen_pixels(camera, pinhole) - 0.5  # (P, 2) in map_coordinates' pixel units (centres at integers)
+    planes = np.asarray(pixels, dtype=np.float64).reshape(*pixels.shape[:2], -1)
+    return np.stack([map_coordinates(planes[..., c], [seen[:, 1], seen[:, 0]], order=1, mode="nearest")
+                     for c in range(planes.shape[-1])], -1).reshape(pinhole.height, pinhole.width, -1)
+
+
+def _write_deep(target: Path, pixels: "np.ndarray", fit, dtype) -> None:
+    """(H, W, C) float ``pixels`` in the units of ``dtype`` (uint16, or a float type: written as float32) to
+    ``target``, a .tiff (neither Pillow nor imageio writes 16-bit colour PNGs; the loader reads TIFFs with tifffile,
+    all bits kept), fitted by ``fit`` when given (:meth:`pipeline.scenes.camera_fit.Fit.array`)."""
+    import numpy as np
+    import tifffile
+
+    if fit is not None:
+        pixels = fit.array(pixels.astype(np.float32))
+    out = np.round(pixels).clip(0, 65535).astype(np.uint16) if dtype == np.uint16 else pixels.astype(np.float32)
+    tifffile.imwrite(target, out, photometric="rgb", compression="zlib",
+                     extrasamples=["unassalpha"] if out.shape[-1] == 4 else None)
 
 
 def _undistort_mask(pycolmap, options, camera, mask: Path, target: Path, iio, fit=None) -> None:
@@ -310,23 +349,31 @@ def _fitted(pixels: "np.ndarray", fit) -> "np.ndarray":
 
 def _undistort_frame(pycolmap, options, camera, pinhole, frame: dict, image: Path, target: Path, file_path: str,
                      iio, fit=None) -> dict:
-    """Undistort one frame's ``image`` through its distorted ``camera`` into ``target`` (PNG, 8 bits, alpha kept),
+    """Undistort one frame's ``image`` through its distorted ``camera`` into ``target`` (PNG, 8 bits, alpha kept;
+    an image of more bits, a 16-bit PNG, into a TIFF of as many beside it: :func:`_undistort_deep`),
     fitted by ``fit`` when given (frames whose cameras undistort to several sizes: :func:`_fitted`), and return the
     frame for the new ``transforms.json``: its keys less the camera's, with ``pinhole``'s intrinsics (fitted
     alike) and ``file_path``, the new image's path in the new folder."""
     import numpy as np
 
-    pixels = np.asarray(iio.imread(image))
-    if pixels.dtype != np.uint8:  # (16-bit PNG: COLMAP's bitmaps hold 8 bits)
-        pixels = np.round(pixels.astype(np.float64) / np.iinfo(pixels.dtype).max * 255).astype(np.uint8)
+    from pipeline.scenes.blender import _pixels
+
+    pixels = _pixels(image)  # (all 16 bits of a 16-bit PNG)
     if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, -1)
-    channels = [pixels[..., :3]] + ([pixels[..., 3]] if pixels.shape[-1] == 4 else [])
-    out = []
-    for part in channels:
-        bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(np.ascontiguousarray(part)), camera)
-        out.append(np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width, -1))
-    iio.imwrite(target, _fitted(np.concatenate(out, -1), fit))
+        pixels = pixels[..., None]
+    if pixels.shape[-1] in (1, 2):  # grey (+ alpha)
+        pixels = np.concatenate([np.repeat(pixels[..., :1], 3, -1), pixels[..., 1:]], -1)
+    if pixels.dtype != np.uint8:  # more than 8 bits: COLMAP's undistortion in floating point, as many bits kept
+        target, file_path = target.with_suffix(".tiff"), Path(file_path).with_suffix(".tiff").as_posix()
+        _write_deep(target, _undistort_deep(camera, pinhole, pixels), fit, pixels.dtype)
+    else:
+        channels = [pixels[..., :3]] + ([pixels[..., 3]] if pixels.shape[-1] == 4 else [])
+        out = []
+        for part in channels:
+            bitmap, _ = pycolmap.undistort_image(options, pycolmap.Bitmap.from_array(np.ascontiguousarray(part)),
+                                                 camera)
+            out.append(np.asarray(bitmap.to_array()).reshape(bitmap.height, bitmap.width, -1))
+        iio.imwrite(target, _fitted(np.concatenate(out, -1), fit))
     fx, fy, cx, cy = pinhole.params
     (fx, fy, cx, cy), (w, h) = ((fx, fy, cx, cy), (pinhole.width, pinhole.height)) if fit is None else \
         (fit.intrinsics(fx, fy, cx, cy), fit.size)
