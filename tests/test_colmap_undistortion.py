@@ -320,6 +320,45 @@ def _sphere_z(c2w: np.ndarray, xy: np.ndarray, radius: float = 0.4) -> np.ndarra
     return np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), 0.0)
 
 
+def _assert_depths_of_the_pixels_rays_pass_through(train, distorted: list, fitted: bool = False) -> None:
+    """Each loaded pixel of ``train`` (the tiny sphere's views, undistorted from the cameras ``distorted``, one per
+    view) holds the depth of the distorted pixel its ray passes through: a value the sphere's exact depth takes within
+    that pixel (sampled 5x5), and not the depth of its own ray (so a half-pixel error fails it). ``fitted``: the
+    undistorted views were fitted to one size (:func:`fits_to_one_size`), so a loaded pixel holds the mean of such
+    depths of the undistorted pixels whose centres fall in it, which lies within their range."""
+    import pycolmap
+
+    from pipeline.scenes.camera_fit import fits_to_one_size
+
+    pinholes = [pycolmap.undistort_camera(pycolmap.UndistortCameraOptions(), c) for c in distorted]
+    fits = fits_to_one_size({i: (p.width, p.height) for i, p in enumerate(pinholes)}) if fitted else {}
+    cams = train.cameras
+    offsets = np.stack(np.meshgrid(np.linspace(0, 1, 5), np.linspace(0, 1, 5)), -1).reshape(-1, 1, 2)
+    for i in range(len(train)):
+        c2w, pinhole, fit = cams.c2w[i].double().numpy(), pinholes[i], fits.get(i)
+        v, u = np.mgrid[0:pinhole.height, 0:pinhole.width] + 0.5  # the undistorted pixels' centres
+        centres = np.stack([u.ravel(), v.ravel()], -1)
+        rays = np.concatenate([pinhole.cam_from_img(centres), np.ones((len(centres), 1))], -1)
+        corner = np.floor(distorted[i].img_from_cam(rays))
+        within = np.stack([_sphere_z(c2w, distorted[i].cam_from_img(corner + o)) for o in offsets])  # (25, P)
+        col, row = np.floor(fit.point(centres) if fit else centres).astype(np.int64).T  # the loaded pixel of each
+        inside = (col >= 0) & (col < cams.width) & (row >= 0) & (row < cams.height)
+        cell = (row * cams.width + col)[inside]
+        lo, hi = np.full(cams.width * cams.height, np.inf), np.full(cams.width * cams.height, -np.inf)
+        np.minimum.at(lo, cell, within.min(0)[inside])
+        np.maximum.at(hi, cell, within.max(0)[inside])
+        covered = lo > 0  # (every sample of every contributing pixel on the sphere)
+        if train.alphas is not None:  # (the loader drops depths where the image is transparent)
+            covered &= train.alphas[i, ..., 0].numpy().ravel() >= 0.5
+        z = train.depths[i].numpy().ravel().astype(np.float64)
+        assert covered.sum() > 150 and (z[covered] > 0).all()
+        assert (z[covered] >= lo[covered] - 1e-4).all() and (z[covered] <= hi[covered] + 1e-4).all()
+        fv, fu = np.mgrid[0:cams.height, 0:cams.width] + 0.5
+        xy = np.stack([(fu.ravel() - float(cams.cx[i])) / float(cams.fx[i]),
+                       (fv.ravel() - float(cams.cy[i])) / float(cams.fy[i])], -1)
+        assert not np.allclose(z[covered], _sphere_z(c2w, xy)[covered], atol=1e-3)  # (so this can fail)
+
+
 def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(tmp_path, monkeypatch, capsys,
                                                                               pycolmap):  # noqa: F811
     """nerfstudio's ``mask_path`` of distorted frames are undistorted with them: the tiny sphere's alpha given as
@@ -360,23 +399,7 @@ def test_a_distorted_transforms_json_undistorts_its_mask_paths_with_the_frames(t
     scene = load()
     train = scene.splits["train"]
     assert scene.meta["mask_use"] == "ignore" and "undistorted" in scene.meta
-    cams = train.cameras
-    v, u = np.mgrid[0:cams.height, 0:cams.width] + 0.5  # (the undistorted size)
-    offsets = np.stack(np.meshgrid(np.linspace(0, 1, 5), np.linspace(0, 1, 5)), -1).reshape(-1, 1, 2)
-    for i in range(len(train)):
-        fx, fy, cx, cy = (float(a[i]) for a in (cams.fx, cams.fy, cams.cx, cams.cy))
-        c2w = cams.c2w[i].double().numpy()
-        z = train.depths[i].numpy().ravel().astype(np.float64)
-        xy = np.stack([(u.ravel() - cx) / fx, (v.ravel() - cy) / fy], -1)
-        # each undistorted pixel holds the depth of the distorted pixel its ray passes through: a value the
-        # sphere's exact depth takes within that pixel (sampled 5x5), and not the depth of its own ray
-        corner = np.floor(distorted.img_from_cam(np.concatenate([xy, np.ones((len(xy), 1))], -1)))
-        within = np.stack([_sphere_z(c2w, distorted.cam_from_img(corner + o)) for o in offsets])  # (25, P)
-        covered = (within > 0).all(0)
-        assert covered.sum() > 150 and (z[covered] > 0).all()
-        assert (z[covered] >= within[:, covered].min(0) - 1e-4).all()
-        assert (z[covered] <= within[:, covered].max(0) + 1e-4).all()
-        assert not np.allclose(z[covered], _sphere_z(c2w, xy)[covered], atol=1e-3)  # (so this can fail)
+    _assert_depths_of_the_pixels_rays_pass_through(train, [distorted] * len(train))
     assert torch.equal(train.valid, train.alphas[..., 0] >= 0.5)
     plain = build_blender(BlenderConfig(path=str(root), undistort=False), None)().splits["train"]
     assert not torch.equal(plain.valid, train.valid)  # (undistortion moved them)
@@ -471,3 +494,40 @@ def test_16_bit_distorted_frames_are_undistorted_at_16_bits(tmp_path, monkeypatc
     assert "undistort to images of 2 sizes" in capsys.readouterr().err
     images = scene.splits["train"].images.numpy()
     assert np.abs(images * 255 - np.round(images * 255)).max() > 0.25
+
+
+@pytest.mark.parametrize("k1_odd", [0.1, 0.2])
+def test_depth_maps_of_frames_of_several_undistorted_sizes_are_fitted_with_them(tmp_path, monkeypatch, capsys,
+                                                                                pycolmap, k1_odd):  # noqa: F811
+    """The tiny sphere's views with every other frame through another distortion, each with the sphere's exact depth
+    map (mm): they undistort to 31 and 30 px (k1 0.1: fitted by a crop) or 31 and 29 px (k1 0.2: resampled), and the
+    loaded depths are fitted with the images: after a crop each pixel holds the depth of the distorted pixel its ray
+    passes through, after resampling the mean of those of the undistorted pixels whose centres fall in it."""
+    import imageio.v3 as iio
+
+    from plugins.scenes.config import BlenderConfig
+    from plugins.scenes.sources import build_blender
+
+    t = truth()
+    f = t["frames"][0][2]
+    monkeypatch.setenv("NLS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "sizes"
+    (root / "images").mkdir(parents=True)
+    cameras, frames = [], []
+    for k, (png, c2w, _) in enumerate(t["frames"]):
+        k1 = k1_odd if k % 2 else -0.05
+        cameras.append(pycolmap.Camera(model="OPENCV", width=32, height=32, params=[f, f, 16.0, 16.0, k1, 0, 0, 0]))
+        iio.imwrite(root / "images" / f"{k:03d}.png", iio.imread(png))
+        v, u = np.mgrid[0:32, 0:32] + 0.5
+        xy = cameras[-1].cam_from_img(np.stack([u.ravel(), v.ravel()], -1))
+        np.save(root / "images" / f"{k:03d}.npy", 1000 * _sphere_z(c2w, xy).reshape(32, 32))
+        frames.append({"file_path": f"images/{k:03d}.png", "transform_matrix": c2w.tolist(),
+                       "depth_file_path": f"images/{k:03d}.npy", "split": "test" if k >= 8 else "train",
+                       "fl_x": f, "fl_y": f, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32, "k1": k1})
+    (root / "transforms.json").write_text(json.dumps({"frames": frames, "depth_unit_scale_factor": 0.001}))
+    train = build_blender(BlenderConfig(path=str(root)), None)().splits["train"]
+    sizes = {(c.width, c.height) for c in (pycolmap.undistort_camera(pycolmap.UndistortCameraOptions(), c)
+                                           for c in cameras)}
+    assert len(sizes) == 2 and "undistort to images of 2 sizes" in capsys.readouterr().err
+    assert (train.cameras.width, train.cameras.height) == min(sizes)
+    _assert_depths_of_the_pixels_rays_pass_through(train, cameras[:len(train)], fitted=True)
