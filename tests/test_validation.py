@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 import dataclasses
 
 import numpy as np
@@ -295,9 +296,8 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
         _trainer(tmp_path, "wb", wandb=True)
 
 
-def test_nls_reconstruct_wandb_puts_the_final_metrics_in_the_wandb_run_s_summary(tmp_path, monkeypatch, capsys):
-    """nls reconstruct --wandb: after training, the evaluation's metrics (summary.json's) become the summary of the
-    same W&B run, the figures W&B's runs table shows."""
+def _reconstructed_with_wandb(tmp_path, monkeypatch) -> tuple[_FakeWandb, Path]:
+    """The stand-in W&B module and the run folder of a 2-step ``nls reconstruct --wandb`` of the tiny scene."""
     import importlib.util
     import sys
 
@@ -312,7 +312,13 @@ def test_nls_reconstruct_wandb_puts_the_final_metrics_in_the_wandb_run_s_summary
     scene = tmp_path / "tiny.yaml"
     scene.write_text(yaml.safe_dump(copy.deepcopy(TINY_SCENE)))
     assert main(["reconstruct", str(scene), "--steps", "2", "--wandb", "-q", "--output", str(tmp_path / "runs")]) == 0
-    run = next((tmp_path / "runs").glob("*/*/*/summary.json")).parent
+    return fake, next((tmp_path / "runs").glob("*/*/*/summary.json")).parent
+
+
+def test_nls_reconstruct_wandb_puts_the_final_metrics_in_the_wandb_run_s_summary(tmp_path, monkeypatch, capsys):
+    """nls reconstruct --wandb: after training, the evaluation's metrics (summary.json's) become the summary of the
+    same W&B run, the figures W&B's runs table shows."""
+    fake, run = _reconstructed_with_wandb(tmp_path, monkeypatch)
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
     assert len(fake.inits) == 2 and fake.inits[0]["id"] == fake.inits[1]["id"] and fake.finished == 2
     final = fake.summaries[fake.inits[0]["id"]]
@@ -323,21 +329,9 @@ def test_nls_eval_of_a_wandb_run_adds_its_metrics_beside_training_s(tmp_path, mo
     """nls eval of a run trained with --wandb puts eval.json's metrics into the same W&B run's summary under eval/
     (under the -o file's stem for another output), leaving training's final figures as they were; --no-wandb
     sends nothing."""
-    import importlib.util
-    import sys
-
-    import yaml
-
     from pipeline.cli import main
 
-    fake = _FakeWandb()
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
-    scene = tmp_path / "tiny.yaml"
-    scene.write_text(yaml.safe_dump(copy.deepcopy(TINY_SCENE)))
-    assert main(["reconstruct", str(scene), "--steps", "2", "--wandb", "-q", "--output", str(tmp_path / "runs")]) == 0
-    run = next((tmp_path / "runs").glob("*/*/*/summary.json")).parent
+    fake, run = _reconstructed_with_wandb(tmp_path, monkeypatch)
     summary = fake.summaries[fake.inits[0]["id"]]
     trained = dict(summary)
     assert main(["eval", str(run), "-q", "--set", "eval.max_images=1"]) == 0
