@@ -197,6 +197,18 @@ class FocalRefinement(nn.Module):
         out = torch.einsum("rij,rj->ri", rot, local)
         return out / out.norm(dim=-1, keepdim=True)
 
+    def ray_distances(self, distance: Tensor, dirs: Tensor, image: Tensor) -> Tensor:
+        """``(R, 1)`` the distances along the refined rays (:meth:`forward`) of the points at the z-depths that
+        ``distance (R, 1)`` measures along the given unit rays ``dirs (R, 3)`` of training images ``image (R,)``: a
+        pixel at z-depth ``z`` lies ``z / cos`` along its ray, and the refined focal length changes the ray's angle to
+        the optical axis (``distance cos_given / cos_refined``; 0 stays 0). No gradient reaches the focal length
+        through it: the depth is a target, and the focal length is learned by the images."""
+        with torch.no_grad():
+            axis = -self.rotations.to(dirs.dtype)[image.to(device=dirs.device, dtype=torch.long)][:, :, 2]  # (R, 3)
+            given = (dirs * axis).sum(-1, keepdim=True)
+            refined = (self(dirs, image) * axis).sum(-1, keepdim=True)
+            return distance * given / refined.clamp_min(1e-6)
+
     def to_field(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """World points ``x (N, 3)`` in the field's frame, ``c + k (x - c)`` with ``k`` :meth:`frame_scale`, and
         ``k`` (a 0-d tensor of ``x``'s dtype), by which the field's lengths are the world's."""

@@ -153,6 +153,14 @@ class PoseRefinement(nn.Module):
         rot = rotation_matrices(w.to(dirs.dtype))  # (N, 3, 3), one matrix exponential per camera, not per ray
         return origins + s.to(origins.dtype)[image], torch.einsum("rij,rj->ri", rot[image], dirs)
 
+    def ray_distances(self, distance: Tensor, dirs: Tensor, image: Tensor) -> Tensor:
+        """``(R, 1)`` the measured depths ``distance (R, 1)`` along the given rays ``dirs (R, 3)`` of training images
+        ``image (R,)`` (``pipeline.train.ray_distance``: z-depths turned into distances) as distances along the
+        refined rays (:meth:`forward`): a pose correction turns a camera's rays and its optical axis together, which
+        keeps each ray's angle to the axis, so only a refined focal length changes them
+        (:meth:`pipeline.focal_refinement.FocalRefinement.ray_distances`)."""
+        return distance if self.focal is None else self.focal.ray_distances(distance, dirs, image)
+
     def refined(self, cameras: Cameras, images: Optional[Sequence[int]] = None) -> Cameras:
         """``cameras`` (the training split's, one per correction; or, with ``images``, those of these training
         images, at any size) with every pose corrected: ``c2w`` rotation ``exp([w]x) R`` and centre ``t + s``; the

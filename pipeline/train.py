@@ -359,6 +359,9 @@ class TrainStep(nn.Module):
             origins, dirs = batch["origins"], batch["dirs"]
             if getattr(system, "poses", None) is not None and "image_index" in batch:  # from the refined cameras
                 origins, dirs = system.poses(origins, dirs, batch["image_index"])
+                if batch.get("depth") is not None:  # (the measured z-depths along the refined rays)
+                    batch = {**batch, "depth": system.poses.ray_distances(batch["depth"], batch["dirs"],
+                                                                          batch["image_index"])}
             with plugin_errors(what), _out_of_memory_hint(len(origins)):
                 out = system.renderer.render_rays(origins, dirs, system.chain, training=True, background=background)
             check_render_output(out, system.renderer, "render_rays", (len(batch["origins"]),))

@@ -43,6 +43,66 @@ def test_the_rays_are_those_of_the_refocused_cameras():
     assert torch.equal(held_out.c2w, cams.c2w) and torch.allclose(held_out.fx, cams.fx * 1.05)
 
 
+def test_measured_depths_follow_the_refined_rays():
+    """A depth map's z-depth, turned into a distance along the given ray (the sampler's ray_distance), becomes the
+    distance along the refined ray (focal factor 1.1 and a pose correction) to the point at the same z-depth in front
+    of the refined camera; the given distance would miss it by up to a few per cent at the image's corners."""
+    from pipeline.train import ray_distance
+
+    cams = _ring(6)
+    module = PoseRefinement(6, centres=cams.c2w[:, :3, 3], focal=_focal(cams, 1.1)).double()
+    with torch.no_grad():
+        module.rotation.normal_(0, 0.05)
+        module.shift.normal_(0, 0.05)
+    idx, o, d = _all_rays(cams)
+    z = torch.rand(len(d), dtype=torch.float64) + 1.0
+    z[::7] = 0  # (no depth)
+    given = ray_distance(z, d, cams.c2w[idx])
+    o2, d2 = module(o, d, idx)
+    distance = module.ray_distances(given, d, idx)
+    refined = module.refined(cams)
+    axis = -refined.c2w[idx][:, :3, 2]
+    assert torch.allclose(((d2 * distance) * axis).sum(-1), z, atol=1e-10)  # (o2: the refined centre)
+    assert (distance[::7] == 0).all()
+    off = (((d2 * given) * axis).sum(-1) - z).abs() / z.clamp_min(1e-9)
+    assert off[z > 0].max() > 0.005, off.max()  # (so this can fail)
+    assert not distance.requires_grad
+    assert torch.equal(PoseRefinement(6, centres=cams.c2w[:, :3, 3]).double().ray_distances(given, d, idx), given)
+
+
+def test_the_training_step_hands_the_losses_depths_along_the_refined_rays():
+    """TrainStep renders a batch through the refined cameras and gives its losses the measured depths as distances
+    along those rays (:meth:`PoseRefinement.ray_distances`), leaving the batch it was given as it was."""
+    from torch import nn
+
+    from pipeline.train import TrainStep, ray_distance
+
+    cams = _ring(3)
+    idx, o, d = _all_rays(cams)
+    seen = {}
+
+    class Renderer:
+        def render_rays(self, origins, dirs, chain, training, background):
+            seen["dirs"] = dirs
+            n = len(origins)
+            return {"rgb": torch.zeros(n, 3), "opacity": torch.ones(n, 1), "depth": torch.ones(n, 1)}
+
+    class System(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.renderer, self.chain, self.exposure = Renderer(), type("Chain", (), {"field": None})(), None
+            self.poses = PoseRefinement(3, centres=cams.c2w[:, :3, 3], focal=_focal(cams, 0.9), pose=False).double()
+            self.losses = {"depth": lambda batch, out, system: seen.setdefault("depth", batch["depth"]).sum()}
+
+    given = ray_distance(torch.full((len(d),), 2.0, dtype=torch.float64), d, cams.c2w[idx])
+    batch = {"origins": o, "dirs": d, "image_index": idx, "depth": given}
+    TrainStep(System())(batch)
+    axis = -cams.c2w[idx][:, :3, 2]
+    assert torch.allclose((seen["dirs"] * seen["depth"] * axis).sum(-1), torch.full((len(d),), 2.0,
+                                                                                   dtype=torch.float64))
+    assert batch["depth"] is given and not torch.allclose(seen["depth"], given)
+
+
 def test_the_field_frame_makes_the_correction_a_dolly_zoom():
     """A camera looking at the centre c: a pixel's ray through the focal length k fx meets the plane through
     c facing the camera at a point that the field's frame (c + k (x - c)) takes exactly to where the pixel's ray
