@@ -234,6 +234,12 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="write a point cloud (.ply) instead of a mesh: N points where the training views' rays "
                    "reach the surface (their median depth, rendered at a reduced size), with the rendered colour "
                    "and the field's normal; --bbox crops, --frame and --up apply; runs trained on images")
+    c.add_argument("--dataset", action="store_true",
+                   help="write the run's data instead of a mesh: -o names a new folder that gets a transforms.json "
+                   "(instant-ngp / nerfstudio) of every split's images as the run loaded them (undistorted, fitted, "
+                   "downscaled), their cameras as the trained run sees them (refined poses and focal lengths), "
+                   "its ignore masks, depth maps and ground-truth mesh; for training other methods, or nls itself, "
+                   "on the same data. --frame input writes the cameras in the input's frame")
     c.add_argument("--faces", type=int_at_least(4), metavar="N",
                    help="simplify the mesh to about N faces (quadric error decimation, fast-simplification) before "
                    "colouring and writing it; pip install '.[export]'")

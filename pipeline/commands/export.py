@@ -18,6 +18,8 @@ def cmd_export(args) -> int:
                                read_back_watertight, weld_for_format)
     from pipeline.view_colours import colour_cameras
 
+    if getattr(args, "dataset", False):
+        return _export_dataset(args)
     if getattr(args, "points", None):
         return _export_points(args)
     check_mesh_path(args.output)  # before the model is built and the field is sampled
@@ -96,6 +98,34 @@ def cmd_export(args) -> int:
         fix = ("; --close caps it with the box's faces (a closed mesh)" if closable is not None else
                "; give a larger --bbox to mesh all of it")
         print(f"note: the mesh is open where the surface leaves {where} (marching cubes stops at its faces){fix}")
+    return 0
+
+
+def _export_dataset(args) -> int:
+    """``nls export --dataset -o DIR``: the run's posed images, cameras, masks and depth maps as an instant-ngp /
+    nerfstudio folder (:mod:`pipeline.dataset_export`); exit code 0."""
+    from pipeline.dataset_export import check_dataset_folder, write_dataset
+
+    given = [flag for key, flag in {**MESH_ONLY, "points": "--points", "bbox": "--bbox", "up": "--up"}.items()
+             if getattr(args, key, None)]
+    if given:
+        raise NLSError(f"--dataset writes the run's images and cameras, which {', '.join(given)} (options of a mesh or "
+                       f"point cloud) do not apply to; drop {'them' if len(given) > 1 else 'it'}")
+    out = check_dataset_folder(Path(args.output))
+    if args.frame == "input":
+        _refuse_frame_input(Path(args.run_dir), None)
+    ld = open_run(args)
+    frame = _input_frame(ld) if args.frame == "input" else None
+    facts = write_dataset(ld.scene, out,  # (open_run's scene: the cameras refined as the run refined them)
+                          to_run=None if frame is None else frame["to_run"], progress=not args.quiet)
+    counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
+    extras = [what for what, there in (("ignore masks", facts["masks"]), ("depth maps", facts["depths"]),
+                                       ("the ground-truth mesh", facts["gt_mesh"])) if there]
+    print(f"wrote {out}: transforms.json and the images of {counts} views"
+          + (f", with {' and '.join(extras)}" if extras else "")
+          + (" (in the input file's frame)" if frame is not None else " (in the run's frame)"))
+    print(f"train on the same data with: nls reconstruct SCENE.yaml --set scene.type=blender --set scene.path={out}, "
+          f"or ns-train nerfacto --data {out}")
     return 0
 
 

@@ -1,0 +1,179 @@
+"""``nls export RUN --dataset -o DIR``: the posed images of a run as an instant-ngp / nerfstudio folder.
+
+What a run trained and was evaluated on, as it loaded it: the images after undistortion, fitting and downscaling,
+each split's cameras as the trained system sees them (:func:`pipeline.pose_refinement.refined_scene`: refined poses
+and focal lengths), ignore masks and depth maps. Other tools train on exactly the same data from it, and so does
+``nls reconstruct`` (the ``blender`` source), which is what makes it a fair comparison: poses that structure from
+motion found once, undistorted images, the same splits.
+
+The folder (:func:`write_dataset`):
+
+* ``transforms.json``: per frame ``file_path``, ``transform_matrix`` (camera to world, OpenGL axes, in the run's
+  frame, or the input's with ``--frame input``), ``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h`` (pixels, pinhole),
+  ``split``, and ``mask_path`` / ``depth_file_path`` where the run had them; top-level
+  ``train_filenames``/``val_filenames``/``test_filenames`` (nerfstudio's split lists; nerfstudio evaluates on
+  ``val``, so a run without a val split lists its test views there), the scene box ``aabb`` and ``near``/``far``
+  (which the blender source reads back), and ``depth_unit_scale_factor``.
+* ``images/<split>/<name>.png``: 8-bit RGB, or RGBA with the straight colour where the run had alpha (the loaded
+  images are composited on the scene's background: :func:`straight_colour` takes it off again).
+* ``masks/<split>/<name>.png``: 255 where a pixel counts (nerfstudio's ``mask_path``), when any split has an ignore
+  mask (the others all 255: nerfstudio wants every frame's or none).
+* ``depths/<split>/<name>.npy``: float32 z-depths in thousandths of a world unit, 0 where none (nerfstudio reads
+  ``.npy`` depths times its ``depth_unit_scale_factor``, 0.001 by default), when any split has depth maps.
+* ``gt_mesh.ply``: the scene's ground-truth mesh in the same frame, when it has one (the blender source reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pipeline.types import NLSError, SceneData
+
+#: world units per stored depth unit in the written ``.npy`` depth maps (nerfstudio's default
+#: ``depth_unit_scale_factor``, which nerfstudio takes from its own option rather than the file)
+DEPTH_UNITS = 1e-3
+
+
+def straight_colour(images: np.ndarray, alphas: np.ndarray, background) -> np.ndarray:
+    """(N, H, W, 4) RGBA in [0, 1]: ``images`` (N, H, W, 3, composited ``c a + b (1 - a)`` on ``background`` (3,))
+    with their straight colour ``c`` and ``alphas`` (N, H, W, 1); 0 colour where alpha is 0. Composited again on
+    ``background``, the 8-bit straight colour gives the image to within half a grey level."""
+    b = np.asarray(background, dtype=np.float64)
+    a = alphas.astype(np.float64)
+    c = np.where(a > 0, (images - b * (1.0 - a)) / np.maximum(a, 1e-12), 0.0)
+    return np.concatenate([np.clip(c, 0.0, 1.0), a], -1)
+
+
+def _to_input(c2w: np.ndarray, to_run: Optional[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Camera-to-world ``c2w`` (N, 4, 4) taken from the run's frame to the input's by the inverse of the similarity
+    ``to_run`` (4, 4), and the factor that takes a length in the run's frame to the input's; as they are, and 1,
+    without one."""
+    if to_run is None:
+        return c2w, 1.0
+    m = np.linalg.inv(np.asarray(to_run, dtype=np.float64))
+    scale = float(np.cbrt(np.linalg.det(m[:3, :3])))
+    out = m @ c2w
+    out[:, :3, :3] /= scale  # (the rotation alone: the similarity's scale is lengths, not the camera's axes)
+    return out, scale
+
+
+def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = None, progress: bool = True) -> dict:
+    """Write ``scene``'s splits into the new folder ``out`` as the module docstring says (made beside it and
+    renamed into place, so a stopped export leaves no half folder), the cameras in the run's frame or, with
+    ``to_run`` (the 4x4 similarity taking the input's frame to the run's), the input's. Returns what was written:
+    ``{"splits": {name: count}, "masks": bool, "depths": bool, "gt_mesh": bool, "size": [[W, H], ...]}``."""
+    from pipeline.progress import StepProgress
+
+    splits = {name: split for name, split in scene.splits.items() if len(split)}
+    if not splits:
+        raise NLSError("--dataset: this run's scene has no posed images (a geometry, point-cloud or shape-collection "
+                       "scene), so there is no dataset to write")
+    masks = any(s.valid is not None for s in splits.values())
+    depths = any(s.depths is not None for s in splits.values())
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    frames, lists, sizes = [], {}, []
+    total = sum(len(s) for s in splits.values())
+    with StepProgress(total, 0, "writing the dataset", enabled=progress and total >= 16) as bar:
+        for name, split in splits.items():
+            cams = split.cameras
+            c2w, scale = _to_input(cams.c2w.detach().cpu().double().numpy(), to_run)
+            images = split.images.detach().cpu().numpy()
+            rgba = None if split.alphas is None else straight_colour(images, split.alphas.detach().cpu().numpy(),
+                                                                     scene.background)
+            names = _unique_names(split.names, len(split))
+            sizes.append([int(cams.width), int(cams.height)])
+            for i, stem in enumerate(names):
+                image = f"images/{name}/{stem}.png"
+                pixels = images[i] if rgba is None else rgba[i]
+                _write_png(staging / image, np.round(pixels * 255).astype(np.uint8))
+                frame = {"file_path": image, "transform_matrix": c2w[i].tolist(), "split": name,
+                         "fl_x": float(cams.fx[i]), "fl_y": float(cams.fy[i]), "cx": float(cams.cx[i]),
+                         "cy": float(cams.cy[i]), "w": int(cams.width), "h": int(cams.height)}
+                if masks:
+                    frame["mask_path"] = f"masks/{name}/{stem}.png"
+                    kept = np.full((cams.height, cams.width), 255, np.uint8) if split.valid is None else \
+                        np.where(split.valid[i].cpu().numpy(), 255, 0).astype(np.uint8)
+                    _write_png(staging / frame["mask_path"], kept)
+                if depths:
+                    frame["depth_file_path"] = f"depths/{name}/{stem}.npy"
+                    z = np.zeros((cams.height, cams.width), np.float32) if split.depths is None else \
+                        split.depths[i].cpu().numpy().astype(np.float64) * scale / DEPTH_UNITS
+                    (staging / frame["depth_file_path"]).parent.mkdir(parents=True, exist_ok=True)
+                    np.save(staging / frame["depth_file_path"], np.asarray(z, np.float32))
+                frames.append(frame)
+                lists.setdefault(name, []).append(image)
+                bar.advance(len(frames))
+    doc: dict = {"nls": "exported by nls export --dataset: each split as the run loaded it, its cameras as the trained "
+                        "system sees them (OpenGL axes, pinhole)",
+                 "frames": frames, "depth_unit_scale_factor": DEPTH_UNITS}
+    doc.update({f"{s}_filenames": lists.get(s, []) for s in ("train", "val", "test")})
+    if not doc["val_filenames"]:  # (nerfstudio evaluates on val and wants every list once one is given)
+        doc["val_filenames"] = doc["test_filenames"]
+    box = scene.aabb.detach().cpu().double().numpy().reshape(2, 3)
+    _, scale = _to_input(np.eye(4)[None], to_run)
+    if to_run is not None:  # the box's corners in the input frame, and their axis-aligned bounds
+        m = np.linalg.inv(np.asarray(to_run, dtype=np.float64))
+        corners = np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T @ m[:3, :3].T + m[:3, 3]
+        box = np.stack([corners.min(0), corners.max(0)])
+    doc["aabb"] = [float(v) for v in box.reshape(-1)]
+    if np.isfinite(scene.far) and scene.far > scene.near:
+        doc["near"], doc["far"] = float(scene.near) * scale, float(scene.far) * scale
+    gt = scene.gt_mesh is not None and Path(scene.gt_mesh).is_file()
+    if gt:
+        import trimesh
+
+        mesh = trimesh.load(scene.gt_mesh, force="mesh", process=False)
+        if to_run is not None:
+            mesh.apply_transform(np.linalg.inv(np.asarray(to_run, dtype=np.float64)))
+        mesh.export(staging / "gt_mesh.ply")
+    (staging / "transforms.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if out.exists():
+        out.rmdir()  # (checked empty by the caller)
+    os.replace(staging, out)
+    return {"splits": {name: len(split) for name, split in splits.items()}, "masks": masks, "depths": depths,
+            "gt_mesh": gt, "size": sizes}
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """``pixels`` (H, W[, C] uint8) as the PNG ``path``, its folder made (the whole export is renamed into place at
+    the end, so one file need not be written atomically)."""
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, pixels)
+
+
+def _unique_names(names: list, n: int) -> list[str]:
+    """A file stem per image: its name (path separators replaced), or its index; repeats get ``_<k>`` after them."""
+    out, seen = [], set()
+    for i in range(n):
+        stem = str(names[i]).replace("/", "_").replace("\\", "_") if i < len(names) and names[i] else f"{i:04d}"
+        base, k = stem, 1
+        while stem in seen:
+            stem, k = f"{base}_{k}", k + 1
+        seen.add(stem)
+        out.append(stem)
+    return out
+
+
+def check_dataset_folder(path: Path) -> Path:
+    """``-o`` of ``--dataset``: a folder that does not exist yet (or is empty) in a folder that can be written;
+    NLSError saying which otherwise."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise NLSError(f"--dataset -o {path}: {'is a file' if not path.is_dir() else 'is a folder with files in it'}; "
+                       f"give a new folder (the export writes transforms.json, images/ and more into it)")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise NLSError(f"--dataset -o {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise NLSError(f"--dataset -o {path}: {parent} cannot be written")
+    return path
