@@ -21,6 +21,9 @@ The folder (:func:`write_dataset`):
 * ``depths/<split>/<name>.npy``: float32 z-depths in thousandths of a world unit, 0 where none (nerfstudio reads
   ``.npy`` depths times its ``depth_unit_scale_factor``, 0.001 by default), when any split has depth maps.
 * ``gt_mesh.ply``: the scene's ground-truth mesh in the same frame, when it has one (the blender source reads it).
+* ``sparse_pc.ply``: structure from motion's sparse points with their colours (``ply_file_path``, which nerfstudio's
+  splatfacto starts its Gaussians from and the blender source reads as the scene's points), when the scene has
+  coloured points (COLMAP captures, photos, videos).
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = No
     """Write ``scene``'s splits into the new folder ``out`` as the module docstring says (made beside it and
     renamed into place, so a stopped export leaves no half folder), the cameras in the run's frame or, with
     ``to_run`` (the 4x4 similarity taking the input's frame to the run's), the input's. Returns what was written:
-    ``{"splits": {name: count}, "masks": bool, "depths": bool, "gt_mesh": bool, "size": [[W, H], ...]}``."""
+    ``{"splits": {name: count}, "masks": bool, "depths": bool, "gt_mesh": bool, "points": count, "size": [[W, H],
+    ...]}``."""
     from pipeline.progress import StepProgress
 
     splits = {name: split for name, split in scene.splits.items() if len(split)}
@@ -134,12 +138,22 @@ def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = No
         if to_run is not None:
             mesh.apply_transform(np.linalg.inv(np.asarray(to_run, dtype=np.float64)))
         mesh.export(staging / "gt_mesh.ply")
+    coloured = scene.points is not None and scene.point_colors is not None and len(scene.points) > 0
+    if coloured:
+        import trimesh
+
+        points = np.asarray(scene.points, np.float64)
+        if to_run is not None:
+            m = np.linalg.inv(np.asarray(to_run, dtype=np.float64))
+            points = points @ m[:3, :3].T + m[:3, 3]
+        trimesh.PointCloud(points, colors=np.asarray(scene.point_colors, np.uint8)).export(staging / "sparse_pc.ply")
+        doc["ply_file_path"] = "sparse_pc.ply"
     (staging / "transforms.json").write_text(json.dumps(doc, indent=1) + "\n")
     if out.exists():
         out.rmdir()  # (checked empty by the caller)
     os.replace(staging, out)
     return {"splits": {name: len(split) for name, split in splits.items()}, "masks": masks, "depths": depths,
-            "gt_mesh": gt, "size": sizes}
+            "gt_mesh": gt, "points": len(scene.points) if coloured else 0, "size": sizes}
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:

@@ -113,6 +113,7 @@ class SceneData:
     gt_mesh: optional path of a ground-truth mesh, in the same world frame.
     points: optional (P, 3) float32 input point cloud (point-cloud scenes).
     normals: optional (P, 3) float32 normals of ``points``.
+    point_colors: optional (P, 3) uint8 colours of ``points`` (structure from motion's sparse points).
     meta: free-form, JSON-serialisable facts about the scene (written to the run folder).
     datasets: optional map-style ``torch.utils.data.Dataset`` per split (shape collections,
         classifier data). Items are dicts of tensors; the trainer draws ``train.batch_items``
@@ -127,6 +128,7 @@ class SceneData:
     gt_mesh: Optional[Path] = None
     points: Optional["np.ndarray"] = None
     normals: Optional["np.ndarray"] = None
+    point_colors: Optional["np.ndarray"] = None
     meta: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 

@@ -223,10 +223,13 @@ class LevelSetViewer:
         if pts is None:
             return
         pts = np.asarray(pts, np.float32)
+        colours = self.ld.scene.point_colors  # (structure from motion's own colours where the scene has them)
+        colours = POINT_COLOR if colours is None or len(colours) != len(pts) else np.asarray(colours, np.uint8)
         if len(pts) > MAX_POINTS:
-            pts = pts[np.random.default_rng(0).choice(len(pts), MAX_POINTS, replace=False)]
+            pick = np.random.default_rng(0).choice(len(pts), MAX_POINTS, replace=False)
+            pts, colours = pts[pick], colours if isinstance(colours, tuple) else colours[pick]
         extent = float(np.linalg.norm(np.subtract(self.aabb[3:], self.aabb[:3])))
-        self.server.scene.add_point_cloud("/points", pts, colors=POINT_COLOR, point_size=0.004 * extent)
+        self.server.scene.add_point_cloud("/points", pts, colors=colours, point_size=0.004 * extent)
 
     def _add_slider(self) -> None:
         """The level slider over the cached grid's range, starting at the level of the shown mesh (clamped

@@ -107,9 +107,14 @@ def make_colmap(root: Path, *, model_dir: str = "sparse/0", cameras: str | None 
     if extra_points:  # a far 'background' beyond the ring of cameras (at radius 2)
         pts = np.concatenate([pts, 9.0 * d[:60] / np.linalg.norm(d[:60], axis=1, keepdims=True)])
     colmap_pts = SIGMA * pts @ Q.T + SHIFT
-    (model / "points3D.txt").write_text("".join(f"{i + 1} {_fmt(p)} 200 200 200 0.5\n"  # no track
+    (model / "points3D.txt").write_text("".join(f"{i + 1} {_fmt(p)} {' '.join(map(str, _colour(i)))} 0.5\n"  # no track
                                                 for i, p in enumerate(colmap_pts)))
     return {**t, "root": root, "model": model, "intr": np.array(intr), "n": n}
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    """The colour :func:`make_colmap` gives its ``i``-th sparse point (i < 768: each its own)."""
+    return i % 256, 100 * (i // 256) + 3, (13 * i + 5) % 256
 
 
 def G() -> np.ndarray:
@@ -175,6 +180,11 @@ def test_a_known_capture_loads_up_to_one_similarity_and_meta_maps_it_back(tmp_pa
     # the sparse points in the box are the scene's points, in the run's frame: the sphere's 400, not the far 60
     assert scene.points.shape == (400, 3) and scene.meta["sparse_points"] == {"total": 460, "in_box": 400}
     assert np.abs(np.linalg.norm(scene.points - t, axis=1) - s * 0.4).max() < 1e-5
+    # each with its own colour: the point of that colour's index (the sphere's points, as make_colmap draws them)
+    index = scene.point_colors[:, 0].astype(int) + 256 * ((scene.point_colors[:, 1].astype(int) - 3) // 100)
+    d = np.random.default_rng(3).normal(size=(400, 3))
+    assert scene.point_colors.dtype == np.uint8 and sorted(index) == list(range(400))
+    assert np.abs(s * (0.4 * d / np.linalg.norm(d, axis=1, keepdims=True))[index] @ R.T + t - scene.points).max() < 1e-5
     o = np.abs(c2w[:, :3, 3])  # near/far: the nearest camera's distance to the box, the farthest corner's
     assert np.isclose(scene.near, np.linalg.norm(np.maximum(o - 1, 0), axis=1).min(), rtol=1e-5)
     assert np.isclose(scene.far, np.linalg.norm(o + 1, axis=1).max(), rtol=1e-5)

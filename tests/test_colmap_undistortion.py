@@ -307,6 +307,13 @@ def test_the_transforms_undistortion_plumbing_without_data(tmp_path, capsys, mon
     scaled = load(folder("scaled", k1=-0.05, fl_x=2 * f, fl_y=2 * f, cx=32.0, cy=32.0, w=64, h=64))
     assert torch.equal(scaled.splits["train"].images, train.images)
     fish = load(folder("fish", camera_model="OPENCV_FISHEYE", k1=0.05, k2=0.0, k3=0.0, k4=0.0))
+    import trimesh  # nerfstudio's ply_file_path, relative to the folder, is found from the undistorted copy too
+
+    pc = folder("points", k1=-0.05, ply_file_path="sparse_pc.ply")
+    trimesh.PointCloud([[0.0, 0.0, 0.0], [0.1, 0.2, 0.0]], colors=[[255, 0, 0], [0, 255, 0]]).export(pc / "sparse_pc.ply")
+    points = load(pc)
+    assert "undistorted" in points.meta and points.points.shape == (2, 3)
+    assert points.point_colors.tolist() == [[255, 0, 0], [0, 255, 0]]
     assert fish.meta["undistorted"]["distorted"] == "OPENCV_FISHEYE 0.05, 0, 0, 0" and len(fish.splits["train"]) == 8
 
 

@@ -46,7 +46,9 @@ def _scene(tmp_path: Path, depths: bool = True, masks: bool = True) -> SceneData
                                    [f"{name}_{k:02d}" for k in range(n)], valid, z)
     gt = tmp_path / "sphere.ply"
     trimesh.creation.icosphere(subdivisions=2, radius=0.4).export(gt)
-    return SceneData(splits, torch.tensor([-0.6, -0.5, -0.4, 0.6, 0.5, 0.4]), background, 0.3, 5.0, gt_mesh=gt)
+    points = rng.uniform(-0.35, 0.35, (50, 3)).astype(np.float32)
+    return SceneData(splits, torch.tensor([-0.6, -0.5, -0.4, 0.6, 0.5, 0.4]), background, 0.3, 5.0, gt_mesh=gt,
+                     points=points, point_colors=rng.integers(0, 256, (50, 3)).astype(np.uint8))
 
 
 def test_straight_colour_composites_back_to_the_image_within_half_a_grey_level():
@@ -69,7 +71,7 @@ def test_the_written_folder_loads_back_as_the_same_scene(tmp_path):
     scene = _scene(tmp_path)
     facts = write_dataset(scene, tmp_path / "out", progress=False)
     assert facts == {"splits": {"train": 5, "test": 2}, "masks": True, "depths": True, "gt_mesh": True,
-                     "size": [[24, 20], [24, 20]]}
+                     "points": 50, "size": [[24, 20], [24, 20]]}
     assert not list(tmp_path.glob(".out.partial"))
     doc = json.loads((tmp_path / "out" / "transforms.json").read_text())
     assert doc["test_filenames"] == doc["val_filenames"] == ["images/test/test_00.png", "images/test/test_01.png"]
@@ -77,6 +79,8 @@ def test_the_written_folder_loads_back_as_the_same_scene(tmp_path):
     back = load_blender(tmp_path / "out", splits=("train", "test"), background=scene.background)
     assert back.aabb.tolist() == pytest.approx(scene.aabb.tolist()) and (back.near, back.far) == (0.3, 5.0)
     assert back.gt_mesh is not None and back.gt_mesh.name == "gt_mesh.ply"
+    assert np.allclose(back.points, scene.points, atol=1e-7) and np.array_equal(back.point_colors, scene.point_colors)
+    assert back.meta["sparse_points"]["in_box"] == 50 and doc["ply_file_path"] == "sparse_pc.ply"
     for name, split in scene.splits.items():
         got = back.splits[name]
         assert got.names == split.names
@@ -107,6 +111,30 @@ def test_splits_without_masks_or_depths_get_full_masks_and_empty_depths(tmp_path
     assert not facts["masks"] and not facts["depths"]
     frame = json.loads((tmp_path / "bare" / "transforms.json").read_text())["frames"][0]
     assert "mask_path" not in frame and "depth_file_path" not in frame
+    uncoloured = write_dataset(replace(bare, point_colors=None), tmp_path / "uncoloured", progress=False)
+    assert uncoloured["points"] == 0 and not (tmp_path / "uncoloured" / "sparse_pc.ply").exists()  # (splatfacto
+    # seeds Gaussians with the file's colours, and would find none)
+
+
+def test_nerfstudio_s_ply_file_path_gives_the_points_in_the_box_with_their_colours(tmp_path):
+    """A transforms.json's ply_file_path (ns-process-data's sparse_pc.ply) becomes the scene's points, those in the
+    box, with their colours; a missing file is named."""
+    import trimesh
+
+    from pipeline.scenes.blender import load_blender
+    from pipeline.types import DataError
+
+    write_dataset(_scene(tmp_path, depths=False, masks=False), tmp_path / "out", progress=False)
+    points = np.array([[0.0, 0.0, 0.0], [0.5, 0.4, 0.3], [2.0, 0.0, 0.0], [0.0, -0.6, 0.0]])
+    colours = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90], [100, 110, 120]], np.uint8)
+    trimesh.PointCloud(points, colors=colours).export(tmp_path / "out" / "sparse_pc.ply")
+    scene = load_blender(tmp_path / "out", splits=("train",))
+    assert np.allclose(scene.points, points[:2]) and np.array_equal(scene.point_colors, colours[:2])
+    assert scene.meta["sparse_points"] == {"file": str((tmp_path / "out" / "sparse_pc.ply").resolve()), "total": 4,
+                                           "in_box": 2}
+    (tmp_path / "out" / "sparse_pc.ply").unlink()
+    with pytest.raises(DataError, match=r"point cloud not found: .*sparse_pc.ply \('ply_file_path'\)"):
+        load_blender(tmp_path / "out", splits=("train",))
 
 
 def test_the_input_frame_takes_the_cameras_depths_and_box_through_the_similarity(tmp_path):
@@ -130,6 +158,7 @@ def test_the_input_frame_takes_the_cameras_depths_and_box_through_the_similarity
     assert np.allclose(mapped, want.cameras.c2w.double().numpy(), atol=1e-5)
     assert torch.allclose(got.depths * s, want.depths, rtol=1e-5)
     assert (back.near, back.far) == pytest.approx((0.3 / s, 5.0 / s))
+    assert np.allclose(back.points @ (s * rot).T + t, scene.points, atol=1e-5)
     mesh = trimesh.load(back.gt_mesh, process=False)
     assert np.allclose(np.linalg.norm(mesh.vertices @ (s * rot).T + t, axis=1), 0.4, atol=1e-5)  # (on the sphere)
 

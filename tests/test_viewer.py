@@ -338,3 +338,27 @@ def test_background_depth_hides_what_lies_behind_it_in_chromium(run, tmp_path):
         assert front[0] < 20 and front[1] > 300, front
     finally:
         v.stop()
+
+
+@pytest.mark.parametrize("coloured", [True, False])
+def test_the_scene_s_points_are_shown_in_their_own_colours(coloured, monkeypatch):
+    """Sparse points with colours (structure from motion's) are shown in them, a sample of them kept with its own
+    colours when there are too many; points without colours in the viewer's one colour."""
+    pytest.importorskip("viser", reason="viser is not installed (pip install '.[viewer]')")
+    from types import SimpleNamespace
+
+    from pipeline import viewer
+
+    monkeypatch.setattr(viewer, "MAX_POINTS", 40)
+    pts = np.random.default_rng(0).random((100, 3)).astype(np.float32)
+    colours = (pts * 255).astype(np.uint8) if coloured else None  # (each point's colour its position)
+    shown = {}
+    fake = SimpleNamespace(ld=SimpleNamespace(scene=SimpleNamespace(points=pts, point_colors=colours)),
+                           aabb=[0, 0, 0, 1, 1, 1], server=SimpleNamespace(scene=SimpleNamespace(
+                               add_point_cloud=lambda name, p, colors, point_size: shown.update(p=p, c=colors))))
+    viewer.LevelSetViewer._add_points(fake)
+    assert len(shown["p"]) == 40
+    if coloured:
+        assert np.array_equal(shown["c"], (shown["p"] * 255).astype(np.uint8))
+    else:
+        assert shown["c"] == viewer.POINT_COLOR

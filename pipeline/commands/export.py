@@ -120,7 +120,8 @@ def _export_dataset(args) -> int:
                           to_run=None if frame is None else frame["to_run"], progress=not args.quiet)
     counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
     extras = [what for what, there in (("ignore masks", facts["masks"]), ("depth maps", facts["depths"]),
-                                       ("the ground-truth mesh", facts["gt_mesh"])) if there]
+                                       ("the ground-truth mesh", facts["gt_mesh"]),
+                                       (f"{facts['points']} sparse points", facts["points"])) if there]
     print(f"wrote {out}: transforms.json and the images of {counts} views"
           + (f", with {' and '.join(extras)}" if extras else "")
           + (" (in the input file's frame)" if frame is not None else " (in the run's frame)"))

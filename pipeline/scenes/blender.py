@@ -15,7 +15,8 @@ Two layouts are read:
 
 Optional top-level ``near``, ``far`` and ``aabb`` keys (written by
 :func:`pipeline.scenes.mesh_render.render_mesh_views`) override the defaults. A
-``gt_mesh.ply`` next to the transforms becomes ``SceneData.gt_mesh``.
+``gt_mesh.ply`` next to the transforms becomes ``SceneData.gt_mesh``, and nerfstudio's ``ply_file_path`` (structure
+from motion's sparse points, in the frames' frame) ``SceneData.points`` with their colours, those in the box.
 
 Every malformed input raises :class:`pipeline.types.DataError` naming the file and key.
 """
@@ -883,8 +884,34 @@ def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore", de
     box = _optional_box(data, where)
     if box is not None:
         extra["aabb"] = box
+    if "ply_file_path" in data:  # (nerfstudio's: structure from motion's sparse points, in the frames' frame)
+        extra["ply"] = _frame_file(root, data, "ply_file_path", "point cloud", where)
     missing = [s for s in splits if s not in found]
     return found, missing, extra
+
+
+def _ply_points(path: Path, box: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray], dict]:
+    """The points of the point cloud ``path`` (nerfstudio's ``ply_file_path``) inside ``box`` (6,): (P, 3) float32,
+    their (P, 3) uint8 colours (None when the file has none) and the facts for scene.json; None for no point in the
+    box. DataError naming the file when it holds no points."""
+    import trimesh
+
+    try:
+        cloud = trimesh.load(path, process=False)
+    except Exception as exc:  # (trimesh raises many types for files it cannot parse)
+        raise DataError(f"{path}: not a point cloud trimesh can read ('ply_file_path'): {exc}") from None
+    points = np.asarray(getattr(cloud, "vertices", np.zeros((0, 3))), dtype=np.float64).reshape(-1, 3)
+    if not len(points):
+        raise DataError(f"{path}: holds no points ('ply_file_path')")
+    colours = np.asarray(getattr(cloud, "colors", ()) if isinstance(cloud, trimesh.PointCloud) else
+                         getattr(getattr(cloud, "visual", None), "vertex_colors", ()))
+    colours = colours[:, :3].astype(np.uint8) if colours.ndim == 2 and len(colours) == len(points) else None
+    lo, hi = np.asarray(box, np.float64).reshape(2, 3)
+    kept = np.isfinite(points).all(1) & ((points >= lo) & (points <= hi)).all(1)
+    facts = {"file": str(path.resolve()), "total": int(len(points)), "in_box": int(kept.sum())}
+    if not kept.any():
+        return None, None, facts
+    return points[kept].astype(np.float32), None if colours is None else colours[kept], facts
 
 
 def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[float, float]:
@@ -1048,6 +1075,9 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
             meta["generator"] = json.loads(render_meta.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError):  # unreadable, not UTF-8 or malformed JSON
             meta["generator"] = f"unreadable {render_meta}"
+    points = colours = None
+    if "ply" in extra:
+        points, colours, meta["sparse_points"] = _ply_points(extra["ply"], box)
     gt = root / "gt_mesh.ply"
     return SceneData(
         splits=out,
@@ -1055,5 +1085,6 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
         background=tuple(float(x) for x in bg),
         near=float(near), far=float(far),
         gt_mesh=gt if gt.is_file() else None,
+        points=points, point_colors=colours,
         meta=meta,
     )

@@ -552,12 +552,13 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
         rot, t = _world_to_camera(pycolmap, im, images_file)
         c2w_cv[i, :3, :3], c2w_cv[i, :3, 3], c2w_cv[i, 3, 3] = rot.T, -rot.T @ t, 1.0
     points = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    colours = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
     if masks is not None:  # the points on the object only: the box is the object's, not the table's
         from pipeline.scenes.masks import points_on_masks
 
         on_object = points_on_masks(rec, {im.image_id: m for im, m in zip(posed, mask_of)})
         off_object = int((~on_object).sum())
-        points = points[on_object]
+        points, colours = points[on_object], colours[on_object]
     points = points[np.isfinite(points).all(1)]
     half_angles = np.array([view_half_angle(*cams[im.camera_id][0]) for im in posed])
     T, box, how = colmap_normalisation(c2w_cv, points, center=center, scale=scale, orientation=orientation, up=up,
@@ -663,12 +664,15 @@ def load_colmap(root: Path, *, images: str = "images", sparse: Optional[str] = N
 
         meta["depths"] = depth_facts(str((root / depths).resolve()) if depths is not None else
                                      f"the keypoints of {images_file} (sparse_depth)", how["scale"], out)
-    inside = points_in_box(points @ T[:3, :3].T + T[:3, 3], box)
+    moved = points @ T[:3, :3].T + T[:3, 3]
+    kept = in_box(moved, box)
+    inside = moved[kept]
     meta["sparse_points"] = {"total": int(len(points)), "in_box": int(len(inside)),
                              **({"off_masks": off_object} if masks is not None else {})}
     return SceneData(splits=out, aabb=torch.tensor(np.asarray(box, np.float32)),
                      background=tuple(float(x) for x in bg), near=float(near), far=float(far), meta=meta,
-                     points=inside.astype(np.float32) if len(inside) else None)
+                     points=inside.astype(np.float32) if len(inside) else None,
+                     point_colors=colours[kept] if len(inside) else None)
 
 
 def _keypoint_depths(pycolmap, rec, posed: list, cams: dict,
@@ -696,7 +700,7 @@ def _keypoint_depths(pycolmap, rec, posed: list, cams: dict,
     return maps, errors
 
 
-def points_in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """The rows of ``points`` (P, 3) inside ``box`` (6: min xyz, max xyz), boundary included."""
+def in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """(P,) bool: which rows of ``points`` (P, 3) lie inside ``box`` (6: min xyz, max xyz), boundary included."""
     box = np.asarray(box, dtype=np.float64).reshape(2, 3)
-    return points[((points >= box[0]) & (points <= box[1])).all(axis=1)]
+    return ((points >= box[0]) & (points <= box[1])).all(axis=1)

@@ -236,6 +236,10 @@ def undistorted_transforms(root: Path) -> Optional[tuple[Path, dict]]:
                 bar.advance(i + 1)
         doc = {k: v for k, v in data.items() if k not in (*_CAMERA_KEYS, "frames", "train_filenames",
                                                           "val_filenames", "test_filenames")}
+        if isinstance(doc.get("ply_file_path"), str):  # (the sparse points stay where they are: found from here)
+            from pipeline.scenes.blender import _posix
+
+            doc["ply_file_path"] = str((root / _posix(doc["ply_file_path"])).resolve())
         (tmp / "transforms.json").write_text(json.dumps({**doc, "frames": out_frames}, indent=1))
         (tmp / "meta.json").write_text(json.dumps({"source": "blender", "transforms": str(path.resolve()),
                                                    "distorted": listed, "split_rule": rule}))
