@@ -185,7 +185,13 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--dataparser-transforms", metavar="FILE.json",
                    help="with --cameras CAMERA_PATH.json made in nerfstudio's viewer: the dataparser_transforms.json "
                    "of that nerfstudio run (beside its config.yml), which takes the path's cameras from nerfstudio's "
-                   "frame back to its dataset's; the nls run must be on that dataset's transforms.json")
+                   "frame back to its dataset's; the nls run must be on that dataset's transforms.json, or the "
+                   "dataset must be this run's nls export --dataset (say which frame with --dataset-frame)")
+    c.add_argument("--dataset-frame", choices=["run", "input"],
+                   help="with --dataparser-transforms, for a run on a COLMAP capture, photos or a video (which "
+                   "trains in a normalised frame): the frame of the nerfstudio dataset's transforms.json, run for "
+                   "nls export RUN --dataset (the default export), input for --dataset --frame input (the COLMAP "
+                   "model's coordinates)")
     c.add_argument("--interpolate", type=int_at_least(2, 3600), metavar="N",
                    help="with --cameras: take its cameras as keyframes and render N frames along a smooth path "
                    "through them (centres on a cubic spline, orientations on a rotation spline, intrinsics "

@@ -53,17 +53,22 @@ def straight_colour(images: np.ndarray, alphas: np.ndarray, background) -> np.nd
     return np.concatenate([np.clip(c, 0.0, 1.0), a], -1)
 
 
-def _to_input(c2w: np.ndarray, to_run: Optional[np.ndarray]) -> tuple[np.ndarray, float]:
-    """Camera-to-world ``c2w`` (N, 4, 4) taken from the run's frame to the input's by the inverse of the similarity
-    ``to_run`` (4, 4), and the factor that takes a length in the run's frame to the input's; as they are, and 1,
+def moved_cameras(c2w: np.ndarray, m: Optional[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Camera-to-world ``c2w`` (N, 4, 4) taken to another frame by the similarity ``m`` (4, 4: a rotation scaled by
+    ``s``, and a shift), their axes kept unit, and ``s``, which takes a length to the new frame; as they are, and 1,
     without one."""
-    if to_run is None:
+    if m is None:
         return c2w, 1.0
-    m = np.linalg.inv(np.asarray(to_run, dtype=np.float64))
+    m = np.asarray(m, dtype=np.float64)
     scale = float(np.cbrt(np.linalg.det(m[:3, :3])))
     out = m @ c2w
     out[:, :3, :3] /= scale  # (the rotation alone: the similarity's scale is lengths, not the camera's axes)
     return out, scale
+
+
+def _to_input(c2w: np.ndarray, to_run: Optional[np.ndarray]) -> tuple[np.ndarray, float]:
+    """:func:`moved_cameras` from the run's frame to the input's, by the inverse of ``to_run``."""
+    return moved_cameras(c2w, None if to_run is None else np.linalg.inv(np.asarray(to_run, dtype=np.float64)))
 
 
 def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = None, progress: bool = True) -> dict:

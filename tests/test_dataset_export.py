@@ -205,3 +205,55 @@ def test_nls_export_dataset_and_a_run_trained_on_it(nls, tiny_scene, tmp_path):
     assert refused.returncode == 2 and "--dataset writes the run's images and cameras, which --faces" in refused.stderr
     full = nls("export", str(run), "--dataset", "-o", str(out))
     assert full.returncode == 2 and "is a folder with files in it" in full.stderr
+
+
+def test_a_nerfstudio_path_on_the_exported_dataset_renders_on_the_run(nls, tiny_scene, tmp_path):
+    """A run in a normalised frame (the mesh source: a box normalised from its file), exported in its own frame and
+    in the input's: a nerfstudio camera path through each dataset's frame (its dataparser transform) renders on the
+    run as the run's own test views, with --dataset-frame run or input; without it the path is refused, naming the
+    option."""
+    import imageio.v3 as iio
+    import trimesh
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.camera_paths import read_camera_path
+    from tests.test_camera_paths import _nerfstudio_files
+
+    box = trimesh.creation.box(extents=[2.0, 1.0, 1.5])
+    box.apply_translation([3.0, -1.0, 0.5])
+    box.export(tmp_path / "box.ply")
+    scene = tiny_scene(scene={"type": "mesh", "path": str(tmp_path / "box.ply"), "n_train": 6, "n_test": 2,
+                              "image_size": 32, "supersample": 1})
+    nls("reconstruct", str(scene), "--steps", "60", "-q", "--output", str(tmp_path / "runs"), check=True)
+    run = next((tmp_path / "runs").glob("*/*/*/summary.json")).parent  # (60 steps: a box to see in the renders)
+    out = tmp_path / "renders"
+    nls("render", str(run), "-o", str(out), "-q", check=True)
+    _, names = read_camera_path(out / "test_cameras.json", None)
+    rotation = Rotation.from_euler("xyz", [10.0, 80.0, -30.0], degrees=True).as_matrix()
+    for frame in ("run", "input"):
+        data = tmp_path / f"data_{frame}"
+        nls("export", str(run), "--dataset", "--frame", frame, "-o", str(data), "-q", check=True)
+        doc = json.loads((data / "transforms.json").read_text())
+        test = [fr for fr in doc["frames"] if fr["split"] == "test"]
+        cams = Cameras(torch.tensor([fr["transform_matrix"] for fr in test], dtype=torch.float64),
+                       *(torch.tensor([fr[k] for fr in test], dtype=torch.float64) for k in ("fl_x", "fl_y", "cx", "cy")),
+                       test[0]["w"], test[0]["h"])
+        fov = float(np.degrees(2 * np.arctan(0.5 * cams.height / float(cams.fy[0]))))
+        (tmp_path / frame).mkdir()
+        path, transforms = _nerfstudio_files(tmp_path / frame, cams, rotation, [1.0, 2.0, -0.5], 0.7, fov)
+        ns = json.loads(path.read_text())
+        ns.update(render_width=int(cams.width), render_height=int(cams.height))
+        path.write_text(json.dumps(ns))
+        refused = nls("render", str(run), "--cameras", str(path), "--dataparser-transforms", str(transforms))
+        assert refused.returncode == 2 and "add --dataset-frame run (or input" in refused.stderr
+        nls("render", str(run), "--cameras", str(path), "--dataparser-transforms", str(transforms),
+            "--dataset-frame", frame, "-o", str(tmp_path / f"ns_{frame}"), "-q", check=True)
+        for k, name in enumerate(names):
+            got = iio.imread(tmp_path / f"ns_{frame}" / "camera_path" / f"{k:04d}.png").astype(int)
+            assert np.abs(got - iio.imread(out / "test" / f"{name}.png").astype(int)).max() <= 2, (frame, name)
+    wrong = nls("render", str(run), "--cameras", str(tmp_path / "input" / "camera_path.json"), "--dataparser-transforms",
+                str(tmp_path / "input" / "dataparser_transforms.json"), "--dataset-frame", "run",
+                "-o", str(tmp_path / "wrong"), "-q", check=True)
+    assert wrong.returncode == 0
+    got = iio.imread(tmp_path / "wrong" / "camera_path" / "0000.png").astype(int)
+    assert np.abs(got - iio.imread(out / "test" / f"{names[0]}.png").astype(int)).max() > 20  # (so this can fail)

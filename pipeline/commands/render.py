@@ -23,6 +23,9 @@ def cmd_render(args) -> int:
                        f"--interpolate N with it")
     if args.dataparser_transforms and not args.cameras:
         raise NLSError("--dataparser-transforms goes with --cameras CAMERA_PATH.json (a nerfstudio camera path)")
+    if getattr(args, "dataset_frame", None) and not args.dataparser_transforms:
+        raise NLSError(f"--dataset-frame {args.dataset_frame} says which frame a nerfstudio dataset is in; it goes "
+                       f"with --cameras CAMERA_PATH.json --dataparser-transforms FILE.json")
     if args.interpolate and not args.cameras:
         raise NLSError(f"--interpolate {args.interpolate} makes a path through keyframes; give them with --cameras "
                        f"FILE.json (e.g. a few frames of renders/test_cameras.json)")
@@ -45,12 +48,17 @@ def cmd_render(args) -> int:
         views = ld.scene.splits.get(split or ld.cfg.eval.split) or next(iter(ld.scene.splits.values()), None)
         size = (views.cameras.width, views.cameras.height) if views is not None else None
         transforms = args.dataparser_transforms
-        if transforms and isinstance(ld.scene.meta.get("input_frame"), dict):
-            raise NLSError(f"--dataparser-transforms takes a nerfstudio path to the frame of its dataset's "
-                           f"transforms.json, and this run trained in a frame normalised from "
-                           f"{ld.scene.meta['input_frame'].get('file')}; render nerfstudio paths with a run on "
-                           f"that transforms.json (scene type blender)")
+        to_run = _dataset_frame(ld, args) if transforms else None
         path = read_camera_path(Path(args.cameras), size, Path(transforms) if transforms else None)
+        if to_run is not None:  # (the dataset's frame, the input's, to the run's)
+            from dataclasses import replace
+
+            from pipeline.dataset_export import moved_cameras
+
+            import torch
+
+            c2w, _ = moved_cameras(path[0].c2w.double().numpy(), to_run)
+            path = (replace(path[0], c2w=torch.from_numpy(c2w).to(path[0].c2w.dtype)), path[1])
         if args.interpolate:
             from pipeline.camera_paths import interpolate_cameras
 
@@ -92,3 +100,23 @@ def cmd_render(args) -> int:
         print(f"wrote {len(path[1])} frames of {args.cameras}" + (" with depth/opacity .npy arrays" if args.depth else "")
               + f" to {folder}" + (f" and the video {video}" if video else ""))
     return 0
+
+
+def _dataset_frame(ld, args):
+    """For ``--dataparser-transforms``: the (4, 4) similarity from the frame of the nerfstudio dataset's
+    transforms.json to the run's, or None where they are one (a run on that transforms.json; ``--dataset-frame
+    run``, the frame of ``nls export RUN --dataset``). A run that trained in a frame normalised from its input (a
+    COLMAP capture, photos, a video, a mesh) needs ``--dataset-frame``: ``input`` is the input's frame
+    (``--dataset --frame input``), taken to the run's by its ``input_frame``."""
+    from pipeline.types import NLSError
+
+    frame = ld.scene.meta.get("input_frame")
+    if not isinstance(frame, dict) or args.dataset_frame == "run":
+        return None
+    if args.dataset_frame is None:
+        raise NLSError(f"--dataparser-transforms takes a nerfstudio path to the frame of its dataset's transforms.json, "
+                       f"and this run trained in a frame normalised from {frame.get('file')}: if the nerfstudio "
+                       f"dataset is this run's nls export --dataset, add --dataset-frame run (or input, for "
+                       f"--dataset --frame input); a nerfstudio dataset of its own (ns-process-data) is in another "
+                       f"frame: render its paths with a run on that dataset's transforms.json (scene type blender)")
+    return frame["to_run"]
