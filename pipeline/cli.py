@@ -276,6 +276,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "such as summary.json, are refused); its renders go to <FILE stem>_renders/<split> beside it")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an evaluation option of the run's config (repeatable)")
+    c.add_argument("--renders", metavar="DIR",
+                   help="score another method's renders of the eval views instead of the run's own: each view's "
+                   "NAME.png (or .jpg, .tif, ...) anywhere under DIR, against the run's ground truth with the run's "
+                   "psnr evaluator (its masks and options), e.g. a method trained on nls export RUN --dataset; "
+                   "default output RUN_DIR/eval_<DIR name>.json")
     c.add_argument("--no-wandb", dest="wandb", action="store_false",
                    help="a run trained with train.wandb gets this evaluation's metrics in its W&B run's summary "
                    "(eval/psnr, ...; with -o FILE, FILE's stem before the key); this leaves W&B alone")

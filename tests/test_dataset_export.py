@@ -257,3 +257,47 @@ def test_a_nerfstudio_path_on_the_exported_dataset_renders_on_the_run(nls, tiny_
     assert wrong.returncode == 0
     got = iio.imread(tmp_path / "wrong" / "camera_path" / "0000.png").astype(int)
     assert np.abs(got - iio.imread(out / "test" / f"{names[0]}.png").astype(int)).max() > 20  # (so this can fail)
+
+
+def test_nls_eval_renders_scores_another_method_s_images_as_the_run_s(nls, tiny_scene, tmp_path):
+    """nls eval RUN --renders DIR scores the images under DIR named as the eval views with the run's psnr evaluator:
+    the run's own renders (as PNGs) score the run's PSNR to the 8-bit level; the exported dataset's test images, the
+    ground truth itself, score infinite PSNR (SSIM 1); a render of another size, a missing view and a name two files
+    share are named."""
+    import shutil
+
+    import imageio.v3 as iio
+
+    scene = tiny_scene(evaluators=[{"type": "psnr"}, {"type": "chamfer"}], eval={"max_images": 2})
+    nls("reconstruct", str(scene), "--steps", "20", "-q", "--output", str(tmp_path / "runs"), check=True)
+    run = next((tmp_path / "runs").glob("*/*/*/summary.json")).parent
+    own = json.loads((run / "summary.json").read_text())["metrics"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("r_0", "r_1"):  # (the prediction alone, as another method would write it)
+        shutil.copy(run / "renders" / "test" / f"{name}.png", mine / f"{name}.png")
+    done = nls("eval", str(run), "--renders", str(mine), "-q", check=True)
+    assert "scoring the images only (psnr); chamfer" in done.stderr
+    scored = json.loads((run / "eval_mine.json").read_text())
+    assert scored["renders_from"] == str(mine.resolve()) and set(scored["evaluators"]) == {"psnr"}
+    assert scored["metrics"]["psnr"] == pytest.approx(own["psnr"], abs=0.05)
+    assert scored["metrics"]["ssim"] == pytest.approx(own["ssim"], abs=0.01)
+    nls("export", str(run), "--dataset", "-o", str(tmp_path / "data"), "-q", check=True)
+    nls("eval", str(run), "--renders", str(tmp_path / "data" / "images" / "test"), "-o", str(tmp_path / "gt.json"),
+        "-q", check=True)
+    truth = json.loads((tmp_path / "gt.json").read_text())["evaluators"]["psnr"]
+    assert truth["psnr"] is None and truth["ssim"] == pytest.approx(1.0)  # (infinite PSNR: JSON's null)
+    iio.imwrite(mine / "r_1.png", np.zeros((16, 16, 3), np.uint8))
+    small = nls("eval", str(run), "--renders", str(mine), "-o", str(tmp_path / "x.json"))
+    assert small.returncode == 2 and "r_1.png is 16 x 16 and its view 32 x 32" in small.stderr
+    (mine / "r_1.png").unlink()
+    missing = nls("eval", str(run), "--renders", str(mine), "-o", str(tmp_path / "x.json"))
+    assert missing.returncode == 2 and "no render of 1 of the 2 views scored (r_1)" in missing.stderr
+    (mine / "a").mkdir()
+    (mine / "b").mkdir()
+    shutil.copy(mine / "r_0.png", mine / "a" / "r_1.png")
+    shutil.copy(mine / "r_0.png", mine / "b" / "r_1.png")
+    shared = nls("eval", str(run), "--renders", str(mine), "-o", str(tmp_path / "x.json"))
+    assert shared.returncode == 2 and "2 files are named 'r_1'" in shared.stderr
+    nowhere = nls("eval", str(run), "--renders", str(tmp_path / "none"))
+    assert nowhere.returncode == 2 and "--renders" in nowhere.stderr and "does not exist" in nowhere.stderr

@@ -107,7 +107,12 @@ def cmd_eval(args) -> int:
                            f"{', '.join(EVAL_SET_KEYS)}; {'.'.join(key)!r} is part of the trained run "
                            f"(train a new run to change it)")
     _check_more_splits(sets, Path(args.run_dir), host_for(args))
+    renders_from = _renders_folder(args)
+    if renders_from is not None and out is None:
+        out = check_output_file(Path(args.run_dir) / f"eval_{renders_from.name}.json", "metrics")
     ld = open_run(args, overrides=sets)
+    if renders_from is not None:
+        _image_evaluators_only(ld)
     if not ld.cfg.evaluators:
         whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
             else "the run's config has no evaluators"
@@ -119,10 +124,12 @@ def cmd_eval(args) -> int:
     with exclusive_lock(out.parent / f".{out.stem}.lock", lambda pid: (
             f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
             f"writes {out}", remove=True):
-        data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet)
-    _print_metrics(data["metrics"], f"{ld.run.path}  (step {ld.step})", data["metric_notes"], data["metric_better"])
+        data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet, renders_from=renders_from)
+    title = f"{renders_from} (the renders of {ld.run.path}'s {ld.cfg.eval.split} views)" if renders_from else \
+        f"{ld.run.path}  (step {ld.step})"
+    _print_metrics(data["metrics"], title, data["metric_notes"], data["metric_better"])
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
-    if ld.cfg.train.wandb and getattr(args, "wandb", True):
+    if ld.cfg.train.wandb and getattr(args, "wandb", True) and renders_from is None:
         from pipeline.wandb_log import eval_prefix, publish_summary
 
         prefix = eval_prefix(out, ld.run.path)
@@ -136,7 +143,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
+def _renders_folder(args) -> Optional[Path]:
+    """``--renders DIR`` as a folder that exists (None without it); NLSError otherwise."""
+    given = getattr(args, "renders", None)
+    if given is None:
+        return None
+    folder = Path(given)
+    if not folder.is_dir():
+        raise NLSError(f"--renders {given}: {'is a file' if folder.exists() else 'does not exist'}; give the folder "
+                       f"of another method's renders of the run's eval views, each named as its view (NAME.png)")
+    return folder
+
+
+def _image_evaluators_only(ld: Loaded) -> None:
+    """With ``--renders``: the run's image-metric evaluators (``psnr``), or ``psnr`` with its defaults when the run
+    has none; what the others score (the run's own field, mesh or depth) is not in another method's images."""
+    from pipeline.config import load_resolved
+
+    kept = [c for c in ld.cfg.evaluators if c.name == "psnr"]
+    left = [c.name for c in ld.cfg.evaluators if c.name != "psnr"]
+    if left:
+        print(f"--renders: scoring the images only (psnr); {', '.join(left)} evaluate the run's own field or mesh",
+              file=sys.stderr)
+    if not kept:
+        kept = load_resolved(ld.run.config_path, ld.host, ["evaluators=[{type: psnr}]"]).evaluators
+    ld.cfg.evaluators = kept
+
+
+def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool, renders_from: Optional[Path] = None):
     """Run the evaluators of ``ld`` and write ``out`` with its renders beside it: ``(data, ctx, renders)``.
 
     The renders, and the files evaluators write (``ctx.files_dir``: sphere-traced views, level-set points,
@@ -151,14 +185,22 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool):
     renders = root / ld.cfg.eval.split
     staging = out.parent / f".{out.stem}_renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
-                      files_root=staging, progress=not quiet)
+    if renders_from is not None:  # (another method's renders, read instead of rendered)
+        from pipeline.external_renders import ExternalRenders
+
+        ctx = ExternalRenders(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
+                              files_root=staging, progress=not quiet, renders_from=renders_from)
+        ctx.renders()  # (a missing, ambiguous or mis-sized render is an error here, not a skipped evaluator)
+    else:
+        ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
+                          files_root=staging, progress=not quiet)
     from pipeline.mesh import progress_default
 
     with progress_default(False if quiet else None):  # -q: no progress of field sampling either
         results = run_evaluators(ctx)
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
+            **({"renders_from": str(renders_from.resolve())} if renders_from is not None else {}),
             "evaluators": results, "metric_notes": run_metric_notes(ld.cfg.evaluators, results),
             "metric_better": run_metric_better(ld.cfg.evaluators, results),
             "config": {k: resolved.get(k) for k in EVAL_RECORDED}}
