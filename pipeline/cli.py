@@ -341,7 +341,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        description="A table of final metrics, training time and parameter count over runs, best "
                        "values marked. Warns when the runs' scenes, scene settings or evaluation settings differ. "
                        "Prints a terminal table unless --markdown, --json, --html or -o FILE is given.")
-    c.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run folders made by `nls reconstruct`")
+    c.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                   help="run folders made by `nls reconstruct`, or the JSON of `nls eval RUN --renders DIR` (another "
+                   "method's renders of RUN's eval views, scored as RUN is: a column renders:DIR)")
     fmt = c.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown",
                      help="print a Markdown table")

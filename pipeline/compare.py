@@ -62,7 +62,7 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
     the same ray step where ``nls eval`` changed it."""
     if len(paths) < 1:
         raise NLSError("nls compare needs at least one RUN_DIR (two or more to compare)")
-    runs = [read_run(Path(p)) for p in paths]
+    runs = [_read(Path(p)) for p in paths]
     labels = _labels(runs)
     rows: list[tuple[str, list[Any]]] = [
         ("scene", [r.name for r in runs]),
@@ -103,6 +103,16 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
     return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels), notes, declared)
+
+
+def _read(path: Path) -> RunFacts:
+    """A run folder (:func:`read_run`), or the JSON of ``nls eval RUN --renders DIR``: another method's renders
+    scored as RUN's (:func:`pipeline.report.scored_renders.read_scored_renders`)."""
+    if path.suffix.lower() == ".json" and path.is_file():
+        from pipeline.report.scored_renders import read_scored_renders
+
+        return read_scored_renders(path)
+    return read_run(path)
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:

@@ -282,6 +282,14 @@ def test_nls_eval_renders_scores_another_method_s_images_as_the_run_s(nls, tiny_
     assert scored["renders_from"] == str(mine.resolve()) and set(scored["evaluators"]) == {"psnr"}
     assert scored["metrics"]["psnr"] == pytest.approx(own["psnr"], abs=0.05)
     assert scored["metrics"]["ssim"] == pytest.approx(own["ssim"], abs=0.01)
+    table = json.loads(nls("compare", str(run), str(run / "eval_mine.json"), "--json", check=True).stdout)
+    assert [r["label"] for r in table["runs"]] == ["dense_grid", "renders:mine"]
+    assert table["runs"][1]["status"] == "scored" and table["table"]["psnr"]["renders:mine"] == scored["metrics"]["psnr"]
+    assert table["table"]["psnr"]["dense_grid"] == own["psnr"] and "chamfer only in dense_grid" in " ".join(
+        table["warnings"])
+    assert "the scene settings differ" not in " ".join(table["warnings"])  # (one scene, one eval setting)
+    bad = nls("compare", str(run), str(run / "summary.json"))
+    assert bad.returncode == 2 and "summary.json: nls compare takes run folders, or the JSON of nls eval" in bad.stderr
     nls("export", str(run), "--dataset", "-o", str(tmp_path / "data"), "-q", check=True)
     nls("eval", str(run), "--renders", str(tmp_path / "data" / "images" / "test"), "-o", str(tmp_path / "gt.json"),
         "-q", check=True)
