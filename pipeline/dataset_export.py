@@ -66,99 +66,106 @@ def moved_cameras(c2w: np.ndarray, m: Optional[np.ndarray]) -> tuple[np.ndarray,
     return out, scale
 
 
-def _to_input(c2w: np.ndarray, to_run: Optional[np.ndarray]) -> tuple[np.ndarray, float]:
-    """:func:`moved_cameras` from the run's frame to the input's, by the inverse of ``to_run``."""
-    return moved_cameras(c2w, None if to_run is None else np.linalg.inv(np.asarray(to_run, dtype=np.float64)))
-
-
 def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = None, progress: bool = True) -> dict:
     """Write ``scene``'s splits into the new folder ``out`` as the module docstring says (made beside it and
     renamed into place, so a stopped export leaves no half folder), the cameras in the run's frame or, with
     ``to_run`` (the 4x4 similarity taking the input's frame to the run's), the input's. Returns what was written:
     ``{"splits": {name: count}, "masks": bool, "depths": bool, "gt_mesh": bool, "points": count, "size": [[W, H],
     ...]}``."""
-    from pipeline.progress import StepProgress
-
     splits = {name: split for name, split in scene.splits.items() if len(split)}
     if not splits:
         raise NLSError("--dataset: this run's scene has no posed images (a geometry, point-cloud or shape-collection "
                        "scene), so there is no dataset to write")
-    masks = any(s.valid is not None for s in splits.values())
-    depths = any(s.depths is not None for s in splits.values())
+    from_run = None if to_run is None else np.linalg.inv(np.asarray(to_run, dtype=np.float64))
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    frames, lists, sizes = [], {}, []
-    total = sum(len(s) for s in splits.values())
-    with StepProgress(total, 0, "writing the dataset", enabled=progress and total >= 16) as bar:
-        for name, split in splits.items():
-            cams = split.cameras
-            c2w, scale = _to_input(cams.c2w.detach().cpu().double().numpy(), to_run)
-            images = split.images.detach().cpu().numpy()
-            rgba = None if split.alphas is None else straight_colour(images, split.alphas.detach().cpu().numpy(),
-                                                                     scene.background)
-            names = _unique_names(split.names, len(split))
-            sizes.append([int(cams.width), int(cams.height)])
-            for i, stem in enumerate(names):
-                image = f"images/{name}/{stem}.png"
-                pixels = images[i] if rgba is None else rgba[i]
-                _write_png(staging / image, np.round(pixels * 255).astype(np.uint8))
-                frame = {"file_path": image, "transform_matrix": c2w[i].tolist(), "split": name,
-                         "fl_x": float(cams.fx[i]), "fl_y": float(cams.fy[i]), "cx": float(cams.cx[i]),
-                         "cy": float(cams.cy[i]), "w": int(cams.width), "h": int(cams.height)}
-                if masks:
-                    frame["mask_path"] = f"masks/{name}/{stem}.png"
-                    kept = np.full((cams.height, cams.width), 255, np.uint8) if split.valid is None else \
-                        np.where(split.valid[i].cpu().numpy(), 255, 0).astype(np.uint8)
-                    _write_png(staging / frame["mask_path"], kept)
-                if depths:
-                    frame["depth_file_path"] = f"depths/{name}/{stem}.npy"
-                    z = np.zeros((cams.height, cams.width), np.float32) if split.depths is None else \
-                        split.depths[i].cpu().numpy().astype(np.float64) * scale / DEPTH_UNITS
-                    (staging / frame["depth_file_path"]).parent.mkdir(parents=True, exist_ok=True)
-                    np.save(staging / frame["depth_file_path"], np.asarray(z, np.float32))
-                frames.append(frame)
-                lists.setdefault(name, []).append(image)
-                bar.advance(len(frames))
+    frames, facts = _write_frames(scene, splits, staging, from_run, progress)
     doc: dict = {"nls": "exported by nls export --dataset: each split as the run loaded it, its cameras as the trained "
                         "system sees them (OpenGL axes, pinhole)",
                  "frames": frames, "depth_unit_scale_factor": DEPTH_UNITS}
-    doc.update({f"{s}_filenames": lists.get(s, []) for s in ("train", "val", "test")})
+    lists = {s: [fr["file_path"] for fr in frames if fr["split"] == s] for s in ("train", "val", "test")}
+    doc.update({f"{s}_filenames": names for s, names in lists.items()})
     if not doc["val_filenames"]:  # (nerfstudio evaluates on val and wants every list once one is given)
         doc["val_filenames"] = doc["test_filenames"]
-    box = scene.aabb.detach().cpu().double().numpy().reshape(2, 3)
-    _, scale = _to_input(np.eye(4)[None], to_run)
-    if to_run is not None:  # the box's corners in the input frame, and their axis-aligned bounds
-        m = np.linalg.inv(np.asarray(to_run, dtype=np.float64))
-        corners = np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T @ m[:3, :3].T + m[:3, 3]
-        box = np.stack([corners.min(0), corners.max(0)])
-    doc["aabb"] = [float(v) for v in box.reshape(-1)]
-    if np.isfinite(scene.far) and scene.far > scene.near:
-        doc["near"], doc["far"] = float(scene.near) * scale, float(scene.far) * scale
-    gt = scene.gt_mesh is not None and Path(scene.gt_mesh).is_file()
-    if gt:
-        import trimesh
-
-        mesh = trimesh.load(scene.gt_mesh, force="mesh", process=False)
-        if to_run is not None:
-            mesh.apply_transform(np.linalg.inv(np.asarray(to_run, dtype=np.float64)))
-        mesh.export(staging / "gt_mesh.ply")
-    coloured = scene.points is not None and scene.point_colors is not None and len(scene.points) > 0
-    if coloured:
-        import trimesh
-
-        points = np.asarray(scene.points, np.float64)
-        if to_run is not None:
-            m = np.linalg.inv(np.asarray(to_run, dtype=np.float64))
-            points = points @ m[:3, :3].T + m[:3, 3]
-        trimesh.PointCloud(points, colors=np.asarray(scene.point_colors, np.uint8)).export(staging / "sparse_pc.ply")
-        doc["ply_file_path"] = "sparse_pc.ply"
+    doc.update(_write_scene_files(scene, staging, from_run))
     (staging / "transforms.json").write_text(json.dumps(doc, indent=1) + "\n")
     if out.exists():
         out.rmdir()  # (checked empty by the caller)
     os.replace(staging, out)
-    return {"splits": {name: len(split) for name, split in splits.items()}, "masks": masks, "depths": depths,
-            "gt_mesh": gt, "points": len(scene.points) if coloured else 0, "size": sizes}
+    return {**facts, "gt_mesh": "gt_mesh.ply" in os.listdir(out),
+            "points": len(scene.points) if "ply_file_path" in doc else 0}
+
+
+def _write_frames(scene: SceneData, splits: dict, staging: Path, from_run: Optional[np.ndarray],
+                  progress: bool) -> tuple[list[dict], dict]:
+    """Write every view's image, mask and depth map of ``splits`` under ``staging``; returns the transforms.json
+    frames and ``{"splits", "masks", "depths", "size"}`` of :func:`write_dataset`'s facts. ``from_run``: the
+    similarity to the frame written, or None for the run's."""
+    from pipeline.progress import StepProgress
+
+    masks = any(s.valid is not None for s in splits.values())
+    depths = any(s.depths is not None for s in splits.values())
+    frames, sizes = [], []
+    total = sum(len(s) for s in splits.values())
+    with StepProgress(total, 0, "writing the dataset", enabled=progress and total >= 16) as bar:
+        for name, split in splits.items():
+            cams = split.cameras
+            c2w, scale = moved_cameras(cams.c2w.detach().cpu().double().numpy(), from_run)
+            images = split.images.detach().cpu().numpy()
+            rgba = None if split.alphas is None else straight_colour(images, split.alphas.detach().cpu().numpy(),
+                                                                     scene.background)
+            sizes.append([int(cams.width), int(cams.height)])
+            for i, stem in enumerate(_unique_names(split.names, len(split))):
+                frame = {"file_path": f"images/{name}/{stem}.png", "transform_matrix": c2w[i].tolist(), "split": name,
+                         "fl_x": float(cams.fx[i]), "fl_y": float(cams.fy[i]), "cx": float(cams.cx[i]),
+                         "cy": float(cams.cy[i]), "w": int(cams.width), "h": int(cams.height)}
+                _write_png(staging / frame["file_path"],
+                           np.round((images[i] if rgba is None else rgba[i]) * 255).astype(np.uint8))
+                if masks:
+                    frame["mask_path"] = f"masks/{name}/{stem}.png"
+                    kept = np.ones((cams.height, cams.width), bool) if split.valid is None else \
+                        split.valid[i].cpu().numpy()
+                    _write_png(staging / frame["mask_path"], np.where(kept, 255, 0).astype(np.uint8))
+                if depths:
+                    frame["depth_file_path"] = f"depths/{name}/{stem}.npy"
+                    z = np.zeros((cams.height, cams.width)) if split.depths is None else \
+                        split.depths[i].cpu().numpy().astype(np.float64) * scale / DEPTH_UNITS
+                    (staging / frame["depth_file_path"]).parent.mkdir(parents=True, exist_ok=True)
+                    np.save(staging / frame["depth_file_path"], np.asarray(z, np.float32))
+                frames.append(frame)
+                bar.advance(len(frames))
+    return frames, {"splits": {name: len(split) for name, split in splits.items()}, "masks": masks,
+                    "depths": depths, "size": sizes}
+
+
+def _write_scene_files(scene: SceneData, staging: Path, from_run: Optional[np.ndarray]) -> dict:
+    """Write the scene's ground-truth mesh and coloured sparse points (when it has them) under ``staging``, in the
+    frame ``from_run`` takes the run's to (None: the run's); returns transforms.json's top-level keys for them and
+    for the box (the axis-aligned bounds of its corners there) and near/far."""
+    import trimesh
+
+    _, scale = moved_cameras(np.eye(4)[None], from_run)
+    box = scene.aabb.detach().cpu().double().numpy().reshape(2, 3)
+    corners = _moved_points(np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T, from_run)
+    keys: dict = {"aabb": [float(v) for v in np.concatenate([corners.min(0), corners.max(0)])]}
+    if np.isfinite(scene.far) and scene.far > scene.near:
+        keys["near"], keys["far"] = float(scene.near) * scale, float(scene.far) * scale
+    if scene.gt_mesh is not None and Path(scene.gt_mesh).is_file():
+        mesh = trimesh.load(scene.gt_mesh, force="mesh", process=False)
+        if from_run is not None:
+            mesh.apply_transform(from_run)
+        mesh.export(staging / "gt_mesh.ply")
+    if scene.points is not None and scene.point_colors is not None and len(scene.points) > 0:
+        points = _moved_points(np.asarray(scene.points, np.float64), from_run)
+        trimesh.PointCloud(points, colors=np.asarray(scene.point_colors, np.uint8)).export(staging / "sparse_pc.ply")
+        keys["ply_file_path"] = "sparse_pc.ply"
+    return keys
+
+
+def _moved_points(points: np.ndarray, m: Optional[np.ndarray]) -> np.ndarray:
+    """(P, 3) ``points`` through the similarity ``m`` (4, 4), or as they are without one."""
+    return points if m is None else points @ m[:3, :3].T + m[:3, 3]
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
