@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The default demo, end to end on CPU, no data download:
-# reconstruct the procedural CSG scene, render the test views and a turntable,
-# export a mesh, evaluate, and print where everything is.
+# reconstruct the procedural CSG scene (which evaluates it), render the test views and a turntable,
+# export a mesh, write the run's HTML report, and print where everything is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -26,11 +26,12 @@ if [ -z "$run" ] || [ ! -d "$run" ]; then
 fi
 .venv/bin/nls render "$run" --spiral 36
 .venv/bin/nls export "$run" -o "$run/meshes/mesh.glb"
-.venv/bin/nls eval "$run"
+.venv/bin/nls report "$run"   # (the evaluation reconstruct made is in it: nls eval would repeat it)
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "run folder:  $run"
 echo "  summary:   $run/summary.json"
+echo "  report:    $run/report.html   (metrics, curves, renders against ground truth, slices, turntable)"
 echo "  renders:   $run/renders/test   (prediction | ground truth | depth)"
 [ -d "$run/renders/progress" ] && echo "  progress:  $run/renders/progress   (a test view every 300 steps while training)"
 echo "  turntable: $(ls "$run"/renders/turntable.* 2>/dev/null | head -n 1)"
