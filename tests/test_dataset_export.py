@@ -193,7 +193,8 @@ def test_nls_export_dataset_and_a_run_trained_on_it(nls, tiny_scene, tmp_path):
     assert refined[0]["rotation_deg"] > 0.01  # (so the given poses would differ)
     for cam in refined:  # the training cameras as refined
         assert np.allclose(written[f"images/train/{cam['name']}.png"]["transform_matrix"], cam["c2w"], atol=1e-6)
-    again = nls("reconstruct", str(scene), "--set", "scene.type=blender", "--set", f"scene.path={out}",
+    assert f"nls reconstruct {run / 'config.yaml'} --set scene.type=blender --set scene.path={out}" in done.stdout
+    again = nls("reconstruct", str(run / "config.yaml"), "--set", "scene.type=blender", "--set", f"scene.path={out}",
                 "--steps", "2", "-q", "--output", str(tmp_path / "again"), check=True)
     rerun = next((tmp_path / "again").glob("*/*/*/summary.json")).parent
     recorded = json.loads((rerun / "scene.json").read_text())

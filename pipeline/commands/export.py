@@ -125,8 +125,9 @@ def _export_dataset(args) -> int:
     print(f"wrote {out}: transforms.json and the images of {counts} views"
           + (f", with {' and '.join(extras)}" if extras else "")
           + (" (in the input file's frame)" if frame is not None else " (in the run's frame)"))
-    print(f"train on the same data with: nls reconstruct SCENE.yaml --set scene.type=blender --set scene.path={out}, "
-          f"or ns-train nerfacto --data {out}")
+    print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
+          f"scene.type=blender --set scene.path={out}, another scene file's the same way, or another tool's, e.g. "
+          f"ns-train nerfacto --data {out}")
     return 0
 
 
