@@ -13,7 +13,8 @@ The folder (:func:`write_dataset`):
   ``split``, and ``mask_path`` / ``depth_file_path`` where the run had them; top-level
   ``train_filenames``/``val_filenames``/``test_filenames`` (nerfstudio's split lists; nerfstudio evaluates on
   ``val``, so a run without a val split lists its test views there), the scene box ``aabb`` and ``near``/``far``
-  (which the blender source reads back), and ``depth_unit_scale_factor``.
+  (which the blender source reads back), ``depth_unit_scale_factor``, and ``nls_run``: the run it came from (folder,
+  step, scene, method, frame).
 * ``images/<split>/<name>.png``: 8-bit RGB, or RGBA with the straight colour where the run had alpha (the loaded
   images are composited on the scene's background: :func:`straight_colour` takes it off again).
 * ``masks/<split>/<name>.png``: 255 where a pixel counts (nerfstudio's ``mask_path``), when any split has an ignore
@@ -66,10 +67,12 @@ def moved_cameras(c2w: np.ndarray, m: Optional[np.ndarray]) -> tuple[np.ndarray,
     return out, scale
 
 
-def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = None, progress: bool = True) -> dict:
+def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = None, progress: bool = True,
+                  source: Optional[dict] = None) -> dict:
     """Write ``scene``'s splits into the new folder ``out`` as the module docstring says (made beside it and
     renamed into place, so a stopped export leaves no half folder), the cameras in the run's frame or, with
-    ``to_run`` (the 4x4 similarity taking the input's frame to the run's), the input's. Returns what was written:
+    ``to_run`` (the 4x4 similarity taking the input's frame to the run's), the input's; ``source`` (the run it came
+    from: its folder, step, scene and method) goes into transforms.json as ``nls_run``. Returns what was written:
     ``{"splits": {name: count}, "masks": bool, "depths": bool, "gt_mesh": bool, "points": count, "size": [[W, H],
     ...]}``."""
     splits = {name: split for name, split in scene.splits.items() if len(split)}
@@ -83,7 +86,7 @@ def write_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray] = No
     frames, facts = _write_frames(scene, splits, staging, from_run, progress)
     doc: dict = {"nls": "exported by nls export --dataset: each split as the run loaded it, its cameras as the trained "
                         "system sees them (OpenGL axes, pinhole)",
-                 "frames": frames, "depth_unit_scale_factor": DEPTH_UNITS}
+                 "frames": frames, "depth_unit_scale_factor": DEPTH_UNITS, **({"nls_run": source} if source else {})}
     lists = {s: [fr["file_path"] for fr in frames if fr["split"] == s] for s in ("train", "val", "test")}
     doc.update({f"{s}_filenames": names for s, names in lists.items()})
     if not doc["val_filenames"]:  # (nerfstudio evaluates on val and wants every list once one is given)

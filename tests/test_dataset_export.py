@@ -188,7 +188,10 @@ def test_nls_export_dataset_and_a_run_trained_on_it(nls, tiny_scene, tmp_path):
     done = nls("export", str(run), "--dataset", "-o", str(out), "-q", check=True)
     assert f"wrote {out}: transforms.json and the images of 8 train, 2 test views, with the ground-truth mesh" \
         in done.stdout and "--set scene.type=blender" in done.stdout
-    written = {fr["file_path"]: fr for fr in json.loads((out / "transforms.json").read_text())["frames"]}
+    doc = json.loads((out / "transforms.json").read_text())
+    assert doc["nls_run"] == {"run": str(run.resolve()), "step": 3, "scene": "tiny", "method": "dense_grid",
+                              "frame": "run"}
+    written = {fr["file_path"]: fr for fr in doc["frames"]}
     refined = json.loads((run / "poses.json").read_text())["cameras"]
     assert refined[0]["rotation_deg"] > 0.01  # (so the given poses would differ)
     for cam in refined:  # the training cameras as refined

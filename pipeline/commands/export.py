@@ -116,8 +116,10 @@ def _export_dataset(args) -> int:
         _refuse_frame_input(Path(args.run_dir), None)
     ld = open_run(args)
     frame = _input_frame(ld) if args.frame == "input" else None
+    source = {"run": str(ld.run.path.resolve()), "step": ld.step, "scene": ld.cfg.name, "method": ld.cfg.method,
+              "frame": args.frame}
     facts = write_dataset(ld.scene, out,  # (open_run's scene: the cameras refined as the run refined them)
-                          to_run=None if frame is None else frame["to_run"], progress=not args.quiet)
+                          to_run=None if frame is None else frame["to_run"], progress=not args.quiet, source=source)
     counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
     extras = [what for what, there in (("ignore masks", facts["masks"]), ("depth maps", facts["depths"]),
                                        ("the ground-truth mesh", facts["gt_mesh"]),
