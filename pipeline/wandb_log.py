@@ -87,15 +87,15 @@ class WandbLog:
         self.run.finish()
 
 
-def publish_summary(run_dir: Path, project: str, summary: dict, prefix: str = "", what: str = "train.wandb") -> bool:
+def publish_summary(run_dir: Path, project: str, summary: dict, prefix: str = "", what: str = "train.wandb",
+                    record: str = "summary.json") -> bool:
     """Put the final figures of summary.json (``summary``: its ``metrics``, ``train_seconds`` and ``step``) into
     the W&B run of ``run_dir`` (the one :class:`WandbLog` opened, by the id in wandb.json), as its summary, which
     W&B's runs table shows; each key with ``prefix`` before it (``nls eval`` puts its figures beside training's:
-    ``eval/psnr``). ``what`` names the setting in warnings. A warning, not an error, when W&B cannot take them:
-    the JSON has them. True when W&B took them."""
+    ``eval/psnr``). ``what`` names the setting in warnings and ``record`` the file that has the figures. A warning,
+    not an error, when W&B cannot take them. True when W&B took them."""
     from pipeline.notices import warn
 
-    record = "eval.json" if prefix else "summary.json"
     known = _read_record(run_dir / WANDB_RECORD)
     if not known.get("id"):
         warn(f"{what}: {run_dir / WANDB_RECORD} names no W&B run, so the metrics were not sent to W&B "

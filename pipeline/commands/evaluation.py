@@ -133,7 +133,7 @@ def cmd_eval(args) -> int:
         from pipeline.wandb_log import eval_prefix, publish_summary
 
         prefix = eval_prefix(out, ld.run.path)
-        if publish_summary(ld.run.path, ld.cfg.train.wandb_project, data, prefix, what="nls eval"):
+        if publish_summary(ld.run.path, ld.cfg.train.wandb_project, data, prefix, what="nls eval", record=out.name):
             print(f"sent its metrics to the run's W&B summary as {prefix}<metric> (--no-wandb leaves W&B alone)")
     results = data["evaluators"]
     if all(set(r) == {"skipped"} for r in results.values()):

@@ -115,8 +115,8 @@ def _dataset_frame(ld, args):
         return None
     if args.dataset_frame is None:
         raise NLSError(f"--dataparser-transforms takes a nerfstudio path to the frame of its dataset's "
-                       f"transforms.json, and this run trained in a frame normalised from {frame.get('file')}: if the nerfstudio "
-                       f"dataset is this run's nls export --dataset, add --dataset-frame run (or input, for "
+                       f"transforms.json, and this run trained in a frame normalised from {frame.get('file')}: if the "
+                       f"nerfstudio dataset is this run's nls export --dataset, add --dataset-frame run (or input, for "
                        f"--dataset --frame input); a nerfstudio dataset of its own (ns-process-data) is in another "
                        f"frame: render its paths with a run on that dataset's transforms.json (scene type blender)")
     return frame["to_run"]

@@ -906,12 +906,17 @@ def _ply_points(path: Path, box: np.ndarray) -> tuple[Optional[np.ndarray], Opti
     colours = np.asarray(getattr(cloud, "colors", ()) if isinstance(cloud, trimesh.PointCloud) else
                          getattr(getattr(cloud, "visual", None), "vertex_colors", ()))
     colours = colours[:, :3].astype(np.uint8) if colours.ndim == 2 and len(colours) == len(points) else None
-    lo, hi = np.asarray(box, np.float64).reshape(2, 3)
-    kept = np.isfinite(points).all(1) & ((points >= lo) & (points <= hi)).all(1)
+    kept = in_box(points, box)  # (a NaN coordinate is in no box)
     facts = {"file": str(path.resolve()), "total": int(len(points)), "in_box": int(kept.sum())}
     if not kept.any():
         return None, None, facts
     return points[kept].astype(np.float32), None if colours is None else colours[kept], facts
+
+
+def in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """(P,) bool: which rows of ``points`` (P, 3) lie inside ``box`` (6: min xyz, max xyz), boundary included."""
+    box = np.asarray(box, dtype=np.float64).reshape(2, 3)
+    return ((points >= box[0]) & (points <= box[1])).all(axis=1)
 
 
 def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[float, float]:

@@ -54,8 +54,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.notices import warn
-from pipeline.scenes.blender import (FrameList, check_load_options, image_size, load_frames, near_far_from_box,
-                                     resolve_downscale, rotation_fault, warn_distortion)
+from pipeline.scenes.blender import (FrameList, check_load_options, image_size, in_box, load_frames,
+                                     near_far_from_box, resolve_downscale, rotation_fault, warn_distortion)
 from pipeline.scenes.camera_fit import fit_facts, fits_to_one_size
 from pipeline.types import DataError, SceneData
 
@@ -699,8 +699,3 @@ def _keypoint_depths(pycolmap, rec, posed: list, cams: dict,
         errors.append(err)
     return maps, errors
 
-
-def in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """(P,) bool: which rows of ``points`` (P, 3) lie inside ``box`` (6: min xyz, max xyz), boundary included."""
-    box = np.asarray(box, dtype=np.float64).reshape(2, 3)
-    return ((points >= box[0]) & (points <= box[1])).all(axis=1)
