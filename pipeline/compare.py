@@ -166,7 +166,10 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
         out += _component_warnings(runs, labels)
         out += _evaluator_warnings(runs, labels)[0]
         return out + _progress_warnings(runs, labels)
-    diff = _differing([r.config.get("scene") or {} for r in runs])
+    shared = _shared_views(runs, labels)
+    if shared:  # (runs on a run's own data, exported: the scene settings differ only in where it was read from)
+        out.append(shared)
+    diff = {} if shared else _differing([r.config.get("scene") or {} for r in runs])
     hashes = [(r.scene or {}).get("gt_mesh_sha256") for r in runs]
     one_truth = None not in hashes and len(set(hashes)) == 1  # runs before this record was kept have none
     if diff and one_truth and "type" in diff:
@@ -205,6 +208,35 @@ def comparability_warnings(runs: list[RunFacts], labels: Sequence[str]) -> list[
             out.append("the extractor settings differ: " + _describe(diff, labels) + UNMARKED)
     partial, options = _evaluator_warnings(runs, labels)
     return out + partial + options + _progress_warnings(runs, labels)
+
+
+def views_origin(r: RunFacts) -> Path:
+    """The run whose views ``r`` was scored on: for a run trained on ``nls export RUN --dataset`` (in RUN's own frame:
+    transforms.json's ``nls_run``), RUN; for ``nls eval RUN --renders`` scores, RUN; else ``r`` itself."""
+    if isinstance(r.summary, dict) and r.short_status == "scored" and r.summary.get("run"):
+        return Path(r.summary["run"]).resolve()
+    root = (r.scene or {}).get("root")
+    if isinstance(root, str):
+        try:
+            source = json.loads((Path(root) / "transforms.json").read_text()).get("nls_run")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if isinstance(source, dict) and source.get("frame") == "run" and isinstance(source.get("run"), str):
+            return Path(source["run"]).resolve()
+    return r.path.resolve()
+
+
+def _shared_views(runs: list[RunFacts], labels: Sequence[str]) -> str:
+    """A sentence when the runs' views all come from one run's data (:func:`views_origin`: runs trained on its
+    export, scores of renders of its views) at one image size, with at least one not the run itself; "" otherwise.
+    Their scene settings then differ only in where the same images were read from."""
+    origins = [views_origin(r) for r in runs]
+    sizes = {json.dumps((r.scene or {}).get("image_size"), sort_keys=True) for r in runs}
+    if len(set(origins)) != 1 or len(sizes) != 1 or all(o == r.path.resolve() for o, r in zip(origins, runs)):
+        return ""
+    via = [lab for lab, o, r in zip(labels, origins, runs) if o != r.path.resolve()]
+    return (f"{', '.join(via)} {'is' if len(via) == 1 else 'are'} on the views of {origins[0]} (its nls export "
+            f"--dataset, or nls eval --renders of its views), so their scene settings are not compared")
 
 
 def _evaluator_warnings(runs: list[RunFacts], labels: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -155,10 +155,13 @@ def _write_scene_files(scene: SceneData, staging: Path, from_run: Optional[np.nd
     if np.isfinite(scene.far) and scene.far > scene.near:
         keys["near"], keys["far"] = float(scene.near) * scale, float(scene.far) * scale
     if scene.gt_mesh is not None and Path(scene.gt_mesh).is_file():
-        mesh = trimesh.load(scene.gt_mesh, force="mesh", process=False)
-        if from_run is not None:
-            mesh.apply_transform(from_run)
-        mesh.export(staging / "gt_mesh.ply")
+        if from_run is None and Path(scene.gt_mesh).suffix.lower() == ".ply":  # (the same file: the same sha256)
+            shutil.copyfile(scene.gt_mesh, staging / "gt_mesh.ply")
+        else:
+            mesh = trimesh.load(scene.gt_mesh, force="mesh", process=False)
+            if from_run is not None:
+                mesh.apply_transform(from_run)
+            mesh.export(staging / "gt_mesh.ply")
     if scene.points is not None and scene.point_colors is not None and len(scene.points) > 0:
         points = _moved_points(np.asarray(scene.points, np.float64), from_run)
         trimesh.PointCloud(points, colors=np.asarray(scene.point_colors, np.uint8)).export(staging / "sparse_pc.ply")

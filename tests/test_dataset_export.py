@@ -205,6 +205,11 @@ def test_nls_export_dataset_and_a_run_trained_on_it(nls, tiny_scene, tmp_path):
     assert recorded["gt_mesh"] == str(out / "gt_mesh.ply"), again.stdout
     first = json.loads((run / "scene.json").read_text())
     assert recorded["aabb"] == pytest.approx(first["aabb"])
+    assert recorded["gt_mesh_sha256"] == first["gt_mesh_sha256"]  # (the mesh copied as it was)
+    table = json.loads(nls("compare", str(run), str(rerun), "--json", check=True).stdout)
+    said = " ".join(table["warnings"])
+    assert f"is on the views of {run.resolve()}" in said and "the scene settings differ" not in said, said
+    assert "psnr" in table["best"]  # (one set of views: the metrics are compared)
     refused = nls("export", str(run), "--dataset", "--faces", "100", "-o", str(tmp_path / "x"))
     assert refused.returncode == 2 and "--dataset writes the run's images and cameras, which --faces" in refused.stderr
     full = nls("export", str(run), "--dataset", "-o", str(out))
