@@ -426,6 +426,22 @@ def test_nls_reconstruct_runs_on_a_colmap_capture_and_exports_in_its_coordinates
     vertices = trimesh.load(out).vertices  # in COLMAP coordinates, about SHIFT (x = 4): all outside the run's box
     assert len(vertices) and (vertices[:, 0] > 1.0).all()
     assert np.abs(vertices @ T[:3, :3].T + T[:3, 3]).max() <= 1.0 + 1e-4  # to_run takes them into the run's box
+    # its data exported in COLMAP's coordinates: the cameras are the model's poses, the points its points3D
+    run_nls("export", str(run), "--dataset", "--frame", "input", "-o", str(tmp_path / "data"), "-q", check=True)
+    doc = json.loads((tmp_path / "data" / "transforms.json").read_text())
+    frames = truth()["frames"]
+    for fr in doc["frames"]:
+        k = int(Path(fr["file_path"]).stem)
+        want = G() @ frames[k][1]
+        want[:3, :3] /= SIGMA
+        assert np.abs(np.array(fr["transform_matrix"]) - want).max() < 1e-4, fr["file_path"]
+    cloud = trimesh.load(tmp_path / "data" / "sparse_pc.ply")
+    assert len(cloud.vertices) == 400 and doc["ply_file_path"] == "sparse_pc.ply"  # (the sphere's, in the box)
+    assert np.abs(np.linalg.norm(cloud.vertices - SHIFT, axis=1) - SIGMA * 0.4).max() < 1e-4
+    index = cloud.colors[:, 0].astype(int) + 256 * ((cloud.colors[:, 1].astype(int) - 3) // 100)
+    d = np.random.default_rng(3).normal(size=(400, 3))
+    assert np.abs((SIGMA * (0.4 * d / np.linalg.norm(d, axis=1, keepdims=True)) @ _q().T + SHIFT)[index]
+                  - cloud.vertices).max() < 1e-4  # (each point with its own colour)
     # the model changes under the run (here its points, so its box): the cameras no longer match the field
     points = cap["model"] / "points3D.txt"
     points.write_text("".join(line for k, line in enumerate(points.read_text().splitlines(True)) if k % 2))
