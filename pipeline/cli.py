@@ -24,7 +24,7 @@ EPILOG = """\
 examples:
   nls reconstruct scenes/csg_dense.yaml                 train, render, export and evaluate
   nls reconstruct scenes/csg_dense.yaml --steps 200 --set field.resolution=64
-  nls reconstruct /data/garden --steps 2000             a data folder (Blender, instant-ngp, COLMAP) or mesh file
+  nls reconstruct /data/garden --steps 2000             a data folder (Blender, instant-ngp, NeuS, COLMAP) or mesh
   nls reconstruct photos/                               photos without poses: structure from motion first
   nls reconstruct photos/ --set scene.masks=masks       ... each composited on white by its object mask
   nls reconstruct walk.mp4 --set scene.start=2          a video: the sharpest frames, then posed as photos
@@ -101,7 +101,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        description="Validate SCENE.yaml, train it, render the eval split, export a mesh, "
                        "evaluate, and write everything to a new run folder.")
     r.add_argument("scene", metavar="SCENE.yaml", help="scene config (see scenes/), or data: a Blender or "
-                   "instant-ngp folder, a COLMAP capture, a folder of photos without poses (posed by structure from motion "
+                   "instant-ngp folder, an IDR / NeuS folder (DTU: image/ and cameras_sphere.npz), a COLMAP capture, a folder of photos without poses (posed by structure from motion "
                    "with pycolmap, once, cached), a video (.mp4, .mov, ...: frames taken, then posed as photos) or a "
                    "mesh file, reconstructed with the default scene "
                    "(pipeline/data_scene.py: a CPU-sized dense grid, 5000 steps; --set field.type=hash_grid on a GPU), "
@@ -111,7 +111,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.steps=500 --set field.resolution=64; "
                    "a new block type (--set field.type=hash_grid) drops the old type's options")
     r.add_argument("--data", metavar="PATH", help="train SCENE.yaml's method and settings on this data instead of "
-                   "its own (any data path SCENE.yaml itself may be: a Blender, instant-ngp or COLMAP folder, a mesh "
+                   "its own (any data path SCENE.yaml itself may be: a Blender, instant-ngp, IDR / NeuS or COLMAP folder, a mesh "
                    "or a point-cloud file): the scene block becomes the source that reads PATH, with its defaults (--set "
                    "scene.* sets its options), the run is named "
                    "after it, and point_fit is added where PATH gives points, e.g. to compare methods on one scan: "
@@ -246,6 +246,11 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "downscaled), their cameras as the trained run sees them (refined poses and focal lengths), "
                    "its ignore masks, depth maps and ground-truth mesh; for training other methods, or nls itself, "
                    "on the same data. --frame input writes the cameras in the input's frame")
+    c.add_argument("--dataset-format", choices=["nerfstudio", "neus"], default="nerfstudio",
+                   help="with --dataset: nerfstudio (default: transforms.json, as above) or neus: the IDR / NeuS "
+                   "layout of neural surface reconstruction codes (image/, mask/, cameras_sphere.npz), the train "
+                   "views in the folder and each other split in a sub-folder of its own, the scene box inside the "
+                   "unit sphere of the normalised frame (no depth maps)")
     c.add_argument("--faces", type=int_at_least(4), metavar="N",
                    help="simplify the mesh to about N faces (quadric error decimation, fast-simplification) before "
                    "colouring and writing it; pip install '.[export]'")

@@ -1,5 +1,5 @@
 """The scene a data path is reconstructed with: ``nls reconstruct /data/garden`` (a Blender or instant-ngp
-folder, a COLMAP capture, a folder of photos without poses, a video, a mesh file or a point-cloud file) instead
+folder, an IDR / NeuS folder, a COLMAP capture, a folder of photos without poses, a video, a mesh file or a point-cloud file) instead
 of a scene YAML.
 
 Data that the scene source turns into posed images trains :data:`DATA_SCENE`: the settings of
@@ -64,8 +64,8 @@ def _unrecognised(path: Path, what: str = "") -> "ConfigError":  # noqa: F821
     kind = "folder" if path.is_dir() else "file"
     return ConfigError(
         f"{what}{path}: this {kind} is neither a scene YAML nor data a scene source recognises. Give a scene file "
-        f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), a "
-        f"COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a folder of at least 3 photos without poses "
+        f"(see scenes/), a Blender folder (transforms_train.json) or instant-ngp folder (transforms.json), an "
+        f"IDR / NeuS folder (image/ beside cameras_sphere.npz or cameras.npz), a COLMAP capture (images/ beside sparse/0/cameras.bin or .txt), a folder of at least 3 photos without poses "
         f"(.jpg, .jpeg, .png, .heic, in it or in its images/), a video file (.mp4, .mov, .m4v, .avi, .mkv, .webm), a mesh "
         f"file (.obj, .off, .ply, .stl, .glb), or a "
         f"point-cloud file (.ply without faces, .xyz, .pts, .npy)")

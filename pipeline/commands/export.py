@@ -20,6 +20,9 @@ def cmd_export(args) -> int:
 
     if getattr(args, "dataset", False):
         return _export_dataset(args)
+    if getattr(args, "dataset_format", "nerfstudio") != "nerfstudio":
+        raise NLSError(f"--dataset-format {args.dataset_format} is the layout of --dataset, which writes the run's "
+                       f"images and cameras: add --dataset (and -o a new folder)")
     if getattr(args, "points", None):
         return _export_points(args)
     check_mesh_path(args.output)  # before the model is built and the field is sampled
@@ -104,7 +107,7 @@ def cmd_export(args) -> int:
 def _export_dataset(args) -> int:
     """``nls export --dataset -o DIR``: the run's posed images, cameras, masks and depth maps as an instant-ngp /
     nerfstudio folder (:mod:`pipeline.dataset_export`); exit code 0."""
-    from pipeline.dataset_export import check_dataset_folder, write_dataset
+    from pipeline.dataset_export import check_dataset_folder, write_dataset, write_neus_dataset
 
     given = [flag for key, flag in {**MESH_ONLY, "points": "--points", "bbox": "--bbox", "up": "--up"}.items()
              if getattr(args, key, None)]
@@ -118,15 +121,32 @@ def _export_dataset(args) -> int:
     frame = _input_frame(ld) if args.frame == "input" else None
     source = {"run": str(ld.run.path.resolve()), "step": ld.step, "scene": ld.cfg.name, "method": ld.cfg.method,
               "frame": args.frame}
-    facts = write_dataset(ld.scene, out,  # (open_run's scene: the cameras refined as the run refined them)
-                          to_run=None if frame is None else frame["to_run"], progress=not args.quiet, source=source)
+    neus = args.dataset_format == "neus"
+    write = write_neus_dataset if neus else write_dataset
+    facts = write(ld.scene, out,  # (open_run's scene: the cameras refined as the run refined them)
+                  to_run=None if frame is None else frame["to_run"], progress=not args.quiet, source=source)
     counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
     extras = [what for what, there in (("ignore masks", facts["masks"]), ("depth maps", facts["depths"]),
                                        ("the ground-truth mesh", facts["gt_mesh"]),
                                        (f"{facts['points']} sparse points", facts["points"])) if there]
+    where = " (in the input file's frame)" if frame is not None else " (in the run's frame)"
+    if neus:
+        held = [name for name in facts["splits"] if name != "train"]
+        extras = [what for what, there in (("the ground-truth mesh", facts["gt_mesh"]),
+                                           (f"{facts['points']} sparse points", facts["points"])) if there]
+        print(f"wrote {out}: image/, mask/ and cameras_sphere.npz of {counts} views (the train views; "
+              + (", ".join(f"{name}/" for name in held) + (" hold" if len(held) > 1 else " holds") + " the others"
+                 if held else "no held-out views")
+              + ")" + (f", with {' and '.join(extras)}" if extras else "") + where)
+        aabb = ",".join(f"{v:.8g}" for v in facts["aabb"])
+        masks = " --set scene.mask_use=ignore" if not any(s.alphas is not None for s in ld.scene.splits.values()) \
+            else ""
+        print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
+              f"scene.type=neus --set scene.path={out} --set scene.orientation=none --set 'scene.aabb=[{aabb}]'{masks} "
+              f"(the box in the folder's normalised frame), or a NeuS-family code's on {out}")
+        return 0
     print(f"wrote {out}: transforms.json and the images of {counts} views"
-          + (f", with {' and '.join(extras)}" if extras else "")
-          + (" (in the input file's frame)" if frame is not None else " (in the run's frame)"))
+          + (f", with {' and '.join(extras)}" if extras else "") + where)
     print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
           f"scene.type=blender --set scene.path={out}, another scene file's the same way, or another tool's, e.g. "
           f"ns-train nerfacto --data {out}")

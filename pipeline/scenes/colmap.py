@@ -257,7 +257,7 @@ def _has_pose(image) -> bool:
 # --------------------------------------------------------------------------- normalisation
 
 
-def _up_rotation(up: np.ndarray) -> np.ndarray:
+def up_rotation(up: np.ndarray) -> np.ndarray:
     """(3, 3): the smallest rotation taking the unit vector ``up`` to +Z."""
     z = np.array([0.0, 0.0, 1.0])
     axis, cos = np.cross(up, z), float(up @ z)
@@ -356,7 +356,7 @@ def colmap_normalisation(c2w: np.ndarray, points: np.ndarray, *, center: Optiona
         found, oriented = given / np.linalg.norm(given), "the up option"
     else:
         found, oriented = scene_up(c2w, orientation)
-    rot = _up_rotation(found)
+    rot = up_rotation(found)
     lo, hi, how = _box(origins @ rot.T, c2w[:, :3, 2] @ rot.T, points @ rot.T, half_angles)
     mid = 0.5 * (lo + hi)
     centre = mid if center is None else rot @ np.asarray(center, dtype=np.float64)  # in the rotated frame

@@ -78,6 +78,11 @@ def _ordered_box(cls, box: Optional[list[float]]) -> Optional[list[float]]:
     return box
 
 
+def _off_unquoted(cls, value):
+    """``value`` as given, or ``off`` for false: YAML reads an unquoted ``off`` as false."""
+    return "off" if value is False else value
+
+
 def _downscale_value(cls, value):
     """``downscale`` as given when it is a whole number >= 1 (``2``, ``"2"``, ``2.0``) or ``auto``."""
     if value == "auto":
@@ -117,11 +122,7 @@ class BlenderConfig(_PoseNoise):
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
 
-    @field_validator("mask_use", mode="before")
-    @classmethod
-    def _off_unquoted(cls, value):
-        """YAML reads an unquoted ``off`` as false: that is ``off``."""
-        return "off" if value is False else value
+    _off_unquoted = field_validator("mask_use", mode="before")(classmethod(_off_unquoted))
 
 
 #: what the ``masks`` option of the capture sources says
@@ -134,8 +135,9 @@ MASK_USE_HELP = ("what the masks mark: the object (the field models it alone, as
                  "(people, the photographer's shadow): those pixels are neither trained on nor scored")
 
 
-class _CaptureOptions(ComponentConfig):
-    """What a COLMAP capture is loaded with, whoever made its model: splits, images and the normalisation."""
+class _HeldOutViews(ComponentConfig):
+    """What a folder of posed images is loaded with when its own format has no splits: the LLFF hold-out rule,
+    the image size and the box."""
 
     path: str = Field(..., description="the data's folder")  # first in listings; each source says what it holds
     background: Literal["white", "black"] = Field("white", description="colour composited behind transparent pixels")
@@ -147,6 +149,21 @@ class _CaptureOptions(ComponentConfig):
     test_every: int = Field(8, ge=0, description="every Nth image by name is test (LLFF rule); 0: all train")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax, in the normalised frame")
+
+    _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
+    _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
+
+    @field_validator("test_every")
+    @classmethod
+    def _not_one(cls, every: int) -> int:
+        if every == 1:
+            raise ValueError("1 would hold out every image, leaving none to train on; give 0 (no test split) or >= 2")
+        return every
+
+
+class _CaptureOptions(_HeldOutViews):
+    """What a COLMAP capture is loaded with, whoever made its model: splits, images and the normalisation."""
+
     center: Optional[list[float]] = Field(None, min_length=3, max_length=3,
                                           description="COLMAP point that becomes the origin (default: the box centre)")
     scale: Optional[float] = Field(None, gt=0, description="scene units per COLMAP unit (default: box to [-1, 1])")
@@ -162,22 +179,49 @@ class _CaptureOptions(ComponentConfig):
                                "z-depth of the 3D point each one observes, at its pixel), as DS-NeRF supervises "
                                "depth: for the depth loss (with train.depth_rays)")
 
-    _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
-    _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))
-
-    @field_validator("test_every")
-    @classmethod
-    def _not_one(cls, every: int) -> int:
-        if every == 1:
-            raise ValueError("1 would hold out every image, leaving none to train on; give 0 (no test split) or >= 2")
-        return every
-
     def capture_options(self) -> dict:
         """These options as keyword arguments of :func:`pipeline.scenes.colmap.load_colmap`."""
-        return {"splits": tuple(self.splits), "test_every": self.test_every, "downscale": self.downscale,
+        return {"splits": tuple(self.splits), "test_every": self.test_every, "orientation": self.orientation, "downscale": self.downscale,
                 "max_images": self.max_images, "aabb": self.aabb, "center": self.center, "scale": self.scale,
                 "orientation": self.orientation, "up": self.up, "exclude": tuple(self.exclude),
                 "mask_use": self.mask_use, "sparse_depth": self.sparse_depth}
+
+
+class NeusConfig(_HeldOutViews):
+    """IDR / NeuS / VolSDF folder (DTU, BlendedMVS as NeuS publishes them): image/, mask/ and cameras_sphere.npz
+    or cameras.npz (world_mat_i, scale_mat_i). Loaded in the normalised frame, the object inside the unit sphere
+    and the box the cube [-1, 1]^3 about it; nls export --frame input gives the scan's world coordinates. Held-out
+    views: every test_every-th image, or the folders test/ and val/ of the same layout when there are such."""
+
+    path: str = Field(..., description="scene folder; ${NLS_DATA} expands to the data root")
+    downscale: Union[Literal["auto"], int] = Field(
+        1, description=f"integer area-downscale factor (DTU's images are 1600x1200: 2 or 4 for a CPU), or auto: "
+                       f"the least that brings the longer side within {AUTO_MAX_SIDE} px")
+    splits: list[Literal["train", "val", "test"]] = Field(
+        ["train", "test"], description="splits to load (val: only from a val/ split folder, as nls export --dataset "
+                                       "--dataset-format neus writes it)")
+    cameras: Optional[str] = Field(None, description="camera archive under path (default: cameras_sphere.npz, else "
+                                   "cameras.npz)")
+    images: str = Field("image", description="image folder under path (the images sorted by name are the cameras' "
+                        "0, 1, ...)")
+    masks: Optional[str] = Field("mask", description="mask folder under path, paired with the images by sorted "
+                                 "order (used when it exists; null: none)")
+    orientation: Literal["vertical", "up", "none"] = Field(
+        "vertical", description="the normalised frame is turned so this up direction of the cameras is +Z (as the "
+                                "colmap source finds it: vertical or up), or kept as it is (none)")
+    mask_use: Literal["object", "ignore", "off"] = Field(
+        "object", description="what the masks are: object (each image composited on the background by its mask: "
+                              "the object alone, as NeuS trains with masks), ignore (black pixels neither trained on "
+                              "nor scored: PSNR inside the mask, as IDR reports it) or off (unused)")
+
+    _off_unquoted = field_validator("mask_use", mode="before")(classmethod(_off_unquoted))
+
+    def load_options(self) -> dict:
+        """These options as keyword arguments of :func:`pipeline.scenes.neus.load_neus`, less the folder and
+        the background."""
+        return {"cameras": self.cameras, "images": self.images, "masks": self.masks, "mask_use": self.mask_use,
+                "splits": tuple(self.splits), "test_every": self.test_every, "orientation": self.orientation,
+                "downscale": self.downscale, "max_images": self.max_images, "aabb": self.aabb}
 
 
 class ColmapConfig(_CaptureOptions):

@@ -1,5 +1,5 @@
-"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes, Blender-format folders, COLMAP
-captures, and photos without poses or a video (structure from motion)."""
+"""Built-in plugin ``scenes``: procedural shapes, mesh-rendered scenes, Blender-format folders, IDR / NeuS
+folders, COLMAP captures, and photos without poses or a video (structure from motion)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def nls_register_scene_sources(register):
              produces={"points", "gt_mesh"}, description=C.GeometryConfig.__doc__)
     register("blender", f"{M}:build_blender", config=C.BlenderConfig,  # (gt_mesh: the folder's gt_mesh.ply, if any)
              produces={"images", "gt_mesh"}, description=C.BlenderConfig.__doc__)
+    register("neus", f"{M}:build_neus", config=C.NeusConfig,
+             produces={"images"}, description=C.NeusConfig.__doc__)
     register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
              produces={"images", "points"}, description=C.ColmapConfig.__doc__)
     register("photos", f"{M}:build_photos", config=C.PhotosConfig,
@@ -37,6 +39,10 @@ def nls_scene_type_for_path(path: Path):
     if path.is_dir() and any((path / sparse / f"cameras{ext}").is_file()
                              for sparse in ("sparse/0", "sparse") for ext in (".bin", ".txt")):
         return "colmap"
+    from pipeline.scenes.neus import is_neus_folder
+
+    if is_neus_folder(path):
+        return "neus"
     from pipeline.scenes.sfm import MIN_PHOTOS, photo_names
     from pipeline.scenes.video_frames import VIDEO_SUFFIXES
     from plugins.scenes.point_files import is_point_cloud_file

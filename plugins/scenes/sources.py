@@ -408,6 +408,17 @@ def build_colmap(cfg: ColmapConfig, ctx):
     return load
 
 
+def build_neus(cfg, ctx):
+    """Build the ``neus`` scene source from its ``scene:`` block (``NeusConfig``): returns a loader of the IDR /
+    NeuS folder in its normalised frame (:mod:`pipeline.scenes.neus`)."""
+    def load() -> SceneData:
+        from pipeline.scenes.neus import load_neus
+
+        return load_neus(Path(cfg.path), background=BG[cfg.background], **cfg.load_options())
+
+    return load
+
+
 def photo_folder(path: Path) -> Path:
     """Where the photos of a ``photos`` scene are: ``path/images`` when it is a folder, else ``path``."""
     return path / "images" if (path / "images").is_dir() else path
