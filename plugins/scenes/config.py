@@ -181,7 +181,7 @@ class _CaptureOptions(_HeldOutViews):
 
     def capture_options(self) -> dict:
         """These options as keyword arguments of :func:`pipeline.scenes.colmap.load_colmap`."""
-        return {"splits": tuple(self.splits), "test_every": self.test_every, "orientation": self.orientation, "downscale": self.downscale,
+        return {"splits": tuple(self.splits), "test_every": self.test_every, "downscale": self.downscale,
                 "max_images": self.max_images, "aabb": self.aabb, "center": self.center, "scale": self.scale,
                 "orientation": self.orientation, "up": self.up, "exclude": tuple(self.exclude),
                 "mask_use": self.mask_use, "sparse_depth": self.sparse_depth}
