@@ -174,6 +174,10 @@ def test_ignore_masks_and_no_masks(tmp_path):
     assert bare.splits["train"].alphas is None and bare.meta["cameras"].endswith("cameras.npz")
     with pytest.raises(DataError, match="scene.masks masks: no folder"):
         load_neus(tmp_path / "bare", masks="masks")
+    (tmp_path / "scan" / "image").rename(tmp_path / "scan" / "images")  # (as some conversions name them)
+    (tmp_path / "scan" / "mask").rename(tmp_path / "scan" / "masks")
+    again = load_neus(tmp_path / "scan", test_every=0, mask_use="ignore")
+    assert torch.equal(again.splits["train"].valid, scene.splits["train"].valid) and again.meta["images"] == "images"
 
 
 def test_skew_is_warned_about_with_the_pixels_it_moves(tmp_path, capsys):
@@ -194,6 +198,7 @@ def test_skew_is_warned_about_with_the_pixels_it_moves(tmp_path, capsys):
     ("mask_count", "2 masks for the 3 images"),
     ("no_archive", "no camera archive \\(cameras_sphere.npz or cameras.npz"),
     ("not_npz", "not a NumPy .npz archive"),
+    ("no_images", "no image folder \\(image/ or images/"),
 ])
 def test_faults_name_the_file_and_key(tmp_path, fault, message):
     rng = np.random.default_rng(5)
@@ -217,6 +222,8 @@ def test_faults_name_the_file_and_key(tmp_path, fault, message):
     elif fault == "no_archive":
         path.unlink()
         arrays = None
+    elif fault == "no_images":
+        (root / "image").rename(root / "pictures")
     elif fault == "not_npz":
         path.write_text("not an archive")
         arrays = None
@@ -224,7 +231,7 @@ def test_faults_name_the_file_and_key(tmp_path, fault, message):
         np.savez(path, **arrays)
     with pytest.raises(DataError, match=message) as info:
         load_neus(root, test_every=0)
-    if fault not in ("mask_count", "no_archive"):
+    if fault not in ("mask_count", "no_archive", "no_images"):
         assert str(path) in str(info.value)
 
 

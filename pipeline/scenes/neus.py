@@ -39,6 +39,10 @@ from pipeline.types import DataError, SceneData
 
 #: the camera archives looked for, in this order, when none is named
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
+#: the image folders looked for, in this order, when none is named (IDR's and NeuS's; some conversions write images/)
+IMAGE_FOLDERS = ("image", "images")
+#: the mask folders looked for, in this order, when none is named
+MASK_FOLDERS = ("mask", "masks")
 #: the image suffixes read from the image folder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: the splits this source makes by the hold-out rule
@@ -70,8 +74,20 @@ def find_camera_file(root: Path, cameras: Optional[str] = None) -> Path:
 
 
 def is_neus_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder with a camera archive of :data:`CAMERA_FILES` and an ``image`` folder."""
-    return path.is_dir() and (path / "image").is_dir() and any((path / n).is_file() for n in CAMERA_FILES)
+    """Whether ``path`` is a folder with a camera archive of :data:`CAMERA_FILES` and an image folder of
+    :data:`IMAGE_FOLDERS`."""
+    return path.is_dir() and any((path / n).is_dir() for n in IMAGE_FOLDERS) and \
+        any((path / n).is_file() for n in CAMERA_FILES)
+
+
+def _sub_folder(root: Path, given: Optional[str], defaults: Sequence[str], what: str) -> Optional[Path]:
+    """``root / given``, else the first of ``root / d`` for ``d`` in ``defaults`` that is a folder (None when none is);
+    DataError naming the option ``scene.<what>`` when ``given`` is not a folder."""
+    if given is not None:
+        if not (root / given).is_dir():
+            raise DataError(f"scene.{what} {given}: no folder {root / given}")
+        return root / given
+    return next((root / d for d in defaults if (root / d).is_dir()), None)
 
 
 def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,9 +148,6 @@ def _similarity(m: np.ndarray, key: str, where: Path) -> np.ndarray:
 
 def image_files(folder: Path) -> list[Path]:
     """The images of ``folder`` (:data:`IMAGE_SUFFIXES`, any case), sorted by name; DataError when there are none."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} not found (the IDR / NeuS layout keeps the images in image/; name "
-                        f"another with scene.images)")
     found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -176,22 +189,23 @@ class _Folder:
     """One IDR / NeuS folder read up to its images: ``paths`` (sorted), ``masks`` (paired, or empty), the cameras
     (:func:`read_cameras`: ``Ks``, OpenCV ``poses``, ``scale_mat``, ``skew``) and where they came from."""
 
-    def __init__(self, root: Path, cameras: Optional[str], images: str, masks: Optional[str], mask_use: str):
+    def __init__(self, root: Path, cameras: Optional[str], images: Optional[str], masks: Optional[str],
+                 mask_use: str):
         self.camera_file = find_camera_file(root, cameras)
-        self.paths = image_files(root / images)
+        self.image_folder = _sub_folder(root, images, IMAGE_FOLDERS, "images")
+        if self.image_folder is None:
+            raise DataError(f"{root}: no image folder ({' or '.join(f'{n}/' for n in IMAGE_FOLDERS)}, IDR / NeuS "
+                            f"layout); name another with scene.images")
+        self.paths = image_files(self.image_folder)
         self.Ks, self.poses, self.scale_mat, self.skew = read_cameras(self.camera_file, len(self.paths))
-        self.mask_folder = None if masks is None or mask_use == "off" else root / masks
-        if self.mask_folder is not None and not self.mask_folder.is_dir():
-            if masks != "mask":  # (the default is used when it is there)
-                raise DataError(f"scene.masks {masks}: no folder {self.mask_folder}")
-            self.mask_folder = None
+        self.mask_folder = None if mask_use == "off" else _sub_folder(root, masks, MASK_FOLDERS, "masks")
         self.masks: list[Path] = []
         if self.mask_folder is not None:
             self.masks = image_files(self.mask_folder)
             if len(self.masks) != len(self.paths):
                 raise DataError(f"{self.mask_folder}: {len(self.masks)} masks for the {len(self.paths)} images of "
-                                f"{root / images}; masks pair with images by sorted order, one each (scene.mask_use: "
-                                f"off leaves them out)")
+                                f"{self.image_folder}; masks pair with images by sorted order, one each "
+                                f"(scene.mask_use: off leaves them out)")
 
     def add(self, sp: FrameList, i: int, mask_use: str) -> None:
         """Append view ``i`` to ``sp``: its image, pose (OpenGL camera axes), intrinsics (pixel centres at +0.5)
@@ -212,7 +226,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     return {s: root / s for s in SPLIT_FOLDERS if is_neus_folder(root / s)}
 
 
-def load_neus(root: Path, *, cameras: Optional[str] = None, images: str = "image", masks: Optional[str] = "mask",
+def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str] = None, masks: Optional[str] = None,
               mask_use: str = "object", splits: Sequence[str] = NEUS_SPLITS, test_every: int = 8,
               background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
               max_images: Optional[int] = None, aabb: Optional[Sequence[float]] = None, orientation: str = "vertical",
@@ -222,9 +236,9 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: str = "image
     Args:
         root: the scene folder.
         cameras: its camera archive (default: ``cameras_sphere.npz``, else ``cameras.npz``).
-        images: its image folder.
-        masks: its mask folder, paired with the images by sorted order (``None``: none; the default ``mask`` is
-            used when it exists).
+        images: its image folder (default: ``image``, else ``images``).
+        masks: its mask folder, paired with the images by sorted order (default: ``mask``, else ``masks``, when
+            there is one; ``mask_use="off"``: none).
         mask_use: ``object`` (each image composited on ``background`` by its mask, which becomes its alpha: the
             scene is the object alone, as NeuS trains "with mask"), ``ignore`` (black pixels are neither trained
             on nor scored: PSNR inside the mask, as IDR reports it) or ``off``.
@@ -286,7 +300,7 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: str = "image
         for i in picks[:max_images]:
             folder.add(sp, i, mask_use)
     if "train" not in found:
-        raise DataError(f"{root / images}: no image falls in the train split ({len(main.paths)} images, every "
+        raise DataError(f"{main.image_folder}: no image falls in the train split ({len(main.paths)} images, every "
                         f"{test_every}th is test)")
 
     out, sizes, orig_sizes = {}, {}, {}
@@ -308,7 +322,7 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: str = "image
         "source": "neus",
         "root": str(root.resolve()),
         "cameras": str(main.camera_file.resolve()),
-        "images": images,
+        "images": main.image_folder.name,
         "image_size": sizes,
         "original_image_size": orig_sizes,
         "downscale": int(downscale),

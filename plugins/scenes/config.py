@@ -202,10 +202,10 @@ class NeusConfig(_HeldOutViews):
                                        "--dataset-format neus writes it)")
     cameras: Optional[str] = Field(None, description="camera archive under path (default: cameras_sphere.npz, else "
                                    "cameras.npz)")
-    images: str = Field("image", description="image folder under path (the images sorted by name are the cameras' "
-                        "0, 1, ...)")
-    masks: Optional[str] = Field("mask", description="mask folder under path, paired with the images by sorted "
-                                 "order (used when it exists; null: none)")
+    images: Optional[str] = Field(None, description="image folder under path (default: image/, else images/); the "
+                                  "images sorted by name are the cameras' 0, 1, ...")
+    masks: Optional[str] = Field(None, description="mask folder under path, paired with the images by sorted order "
+                                 "(default: mask/, else masks/, when there is one)")
     orientation: Literal["vertical", "up", "none"] = Field(
         "vertical", description="the normalised frame is turned so this up direction of the cameras is +Z (as the "
                                 "colmap source finds it: vertical or up), or kept as it is (none)")
