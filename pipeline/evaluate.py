@@ -96,6 +96,19 @@ class EvalContext:
         split = self.scene.splits[self.split or self.cfg.eval.split]
         return [split.valid_of(i) for i in eval_indices(len(split), self.cfg.eval.every, self.cfg.eval.max_images)]
 
+    def object_masks(self) -> list[np.ndarray]:
+        """For each view of :meth:`renders`, in its order, the (H, W) bool pixels on the object: its ground truth's
+        alpha (RGBA images, object masks) at least 0.5, within its ignore mask. NLSError when the eval split has no
+        alpha."""
+        name = self.split or self.cfg.eval.split
+        split = self.scene.splits[name]
+        if split.alphas is None:
+            raise NLSError(f"the '{name}' split has no alpha (RGBA images or object masks), so there is no object "
+                           f"to score on")
+        indices = eval_indices(len(split), self.cfg.eval.every, self.cfg.eval.max_images)
+        on = [split.alphas[i, ..., 0].cpu().numpy() >= 0.5 for i in indices]
+        return [o if keep is None else o & keep for o, keep in zip(on, self.masks())]
+
     def depths(self) -> list[tuple[int, dict[str, np.ndarray]]]:
         """[(view index, {"depth", "opacity"[, "depth_median"]: (H, W) float32})] of the same renders, in the
         same order (:meth:`renders` runs when it has not)."""

@@ -239,6 +239,45 @@ def test_image_metrics_score_each_view_over_its_kept_pixels_and_skip_views_with_
     assert out["psnr"] == pytest.approx((psnr(pred[0], gt[0], keep[0]) + psnr(pred[2], gt[2])) / 2)
 
 
+def test_object_scores_count_only_the_object_s_pixels_within_the_ignore_masks():
+    """``psnr: {object: true}``: psnr_object / ssim_object over the pixels whose ground-truth alpha is at least 0.5
+    and that the ignore mask keeps (EvalContext.object_masks), beside the whole-image figures; a view without such
+    pixels is left out, and a split without alpha is an error."""
+    import torch
+
+    from pipeline.evaluate import EvalContext
+    from pipeline.metrics import psnr, ssim
+    from pipeline.types import Cameras, NLSError, PosedImages
+    from plugins.ngp.config import PSNRConfig
+    from plugins.ngp.evaluate import ImageMetrics
+
+    rng = np.random.default_rng(5)
+    gt = rng.random((3, 24, 24, 3))
+    alpha = np.zeros((3, 24, 24, 1))
+    alpha[0, 6:18, 6:18] = 1.0
+    alpha[1, 4:20, 2:12] = 0.7
+    valid = np.ones((3, 24, 24), bool)
+    valid[1, :, 8:] = False  # (view 1: its object half ignored)
+    pred = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1)
+    pred[alpha[..., 0] < 0.5] = 0.0  # (wrong everywhere off the object)
+    cams = Cameras(torch.eye(4).repeat(3, 1, 1), *(torch.full((3,), 20.0),) * 2, *(torch.full((3,), 12.0),) * 2, 24, 24)
+    split = PosedImages(torch.from_numpy(gt).float(), cams, torch.from_numpy(alpha).float(), ["a", "b", "c"],
+                        torch.from_numpy(valid))
+    cfg = types.SimpleNamespace(eval=types.SimpleNamespace(split="test", every=1, max_images=None))
+    ctx = EvalContext(cfg=cfg, scene=types.SimpleNamespace(splits={"test": split}), system=None, run=None,
+                      device="cpu")
+    ctx._renders = list(zip(pred, gt))
+    out = ImageMetrics(PSNRConfig(object=True))(ctx)
+    on = [(alpha[i, ..., 0] >= 0.5) & valid[i] for i in range(2)]
+    assert out["psnr_object"] == pytest.approx(sum(psnr(pred[i], gt[i], on[i]) for i in range(2)) / 2)
+    assert out["ssim_object"] == pytest.approx(sum(ssim(pred[i], gt[i], mask=on[i]) for i in range(2)) / 2)
+    assert out["psnr_object"] > 25 > out["psnr"] and out["n_images"] == 3  # (view 2 has no object: left out there)
+    ctx.scene.splits["test"] = PosedImages(split.images, cams, None, split.names)
+    with pytest.raises(NLSError, match="the 'test' split has no alpha"):
+        ImageMetrics(PSNRConfig(object=True))(ctx)
+    assert "psnr_object" not in ImageMetrics(PSNRConfig())(ctx)
+
+
 def test_a_colmap_capture_with_ignore_masks_keeps_its_pixels_and_leaves_the_masked_out(tmp_path,
                                                                                        pycolmap):  # noqa: F811
     from pipeline.scenes.colmap import load_colmap

@@ -249,6 +249,11 @@ def test_nls_reconstruct_finds_the_folder_and_export_frame_input_gives_world_cam
     run = next(p.parent for p in out.rglob("scene.json"))
     facts = json.loads((run / "scene.json").read_text())
     assert facts["source"] == "neus" and facts["n_images"] == {"train": 2, "test": 2}
+    scored = nls("eval", str(run), "--set", "evaluators=[{type: psnr, object: true}]", "-o",
+                 str(tmp_path / "object.json"), "-q")
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads((tmp_path / "object.json").read_text())["metrics"]
+    assert np.isfinite(metrics["psnr_object"]) and metrics["psnr_object"] != metrics["psnr"]  # (IDR's masked PSNR)
     proc = nls("export", str(run), "--dataset", "--frame", "input", "-o", str(tmp_path / "world"), "-q")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "world" / "transforms.json").read_text())

@@ -173,6 +173,9 @@ class PSNRConfig(ComponentConfig):
         "none", description="also report psnr_cc (and ssim_cc): each render first brought to its image by the "
         "least-squares colour transform of this kind (gain: per channel; affine: 3x3 and offset), for test photos "
         "whose exposure or white balance is their own (train.exposure learns the training photos')")
+    object: bool = Field(False, description="also report psnr_object (and ssim_object): over the pixels on the "
+                         "object only (the ground truth's alpha at least 0.5: RGBA images, object masks), as IDR and "
+                         "VolSDF score DTU; the background's pixels, easy to get right, are left out")
 
 
 #: what the ``psnr`` evaluator reports
@@ -182,6 +185,8 @@ PSNR_METRICS = {
     "ssim": "structural similarity (Gaussian window) of the same pairs, mean; 0..1",
     "psnr_cc": "dB: as psnr, each render first through the least-squares colour transform to its image (color_correct)",
     "ssim_cc": "as ssim, on the colour-corrected renders",
+    "psnr_object": "dB: as psnr, over the pixels on the object only (the ground truth's alpha >= 0.5; object: true)",
+    "ssim_object": "as ssim, over the pixels on the object only",
     "n_images": "images scored",
     "n_images_masked_out": "images not scored: their ignore masks keep none of their pixels",
 }

@@ -7,7 +7,9 @@ from plugins.ngp.config import ChamferConfig, DepthConfig, MeshPSNRConfig, Point
 
 class ImageMetrics:
     """Mean PSNR / SSIM of the eval split's renders against the ground-truth images, over the pixels that count
-    where the views have ignore masks (a view they leave no pixel of is not scored: ``n_images_masked_out``)."""
+    where the views have ignore masks (a view they leave no pixel of is not scored: ``n_images_masked_out``); with
+    ``object``, also over the object's pixels alone (``psnr_object``, ``ssim_object``: views without any are left
+    out of those means)."""
 
     def __init__(self, cfg: PSNRConfig):
         self.cfg = cfg
@@ -30,6 +32,14 @@ class ImageMetrics:
             out["psnr_cc"] = sum(psnr(p, g, m) for p, g, m in corrected) / len(corrected)
             if self.cfg.ssim:
                 out["ssim_cc"] = sum(ssim(p, g, mask=m) for p, g, m in corrected) / len(corrected)
+        if self.cfg.object:
+            on = [(p, g, m) for (p, g), m in zip(pairs, ctx.object_masks()) if m.any()]
+            if not on:
+                raise NLSError(f"object: true: none of the {len(pairs)} views evaluated shows the object (alpha >= "
+                               f"0.5 within the ignore masks)")
+            out["psnr_object"] = sum(psnr(p, g, m) for p, g, m in on) / len(on)
+            if self.cfg.ssim:
+                out["ssim_object"] = sum(ssim(p, g, mask=m) for p, g, m in on) / len(on)
         return out
 
 
