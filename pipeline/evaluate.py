@@ -498,7 +498,8 @@ def warn_skipped_evaluators(cfg: SceneConfig, scene: SceneData) -> None:
     skipped = [c.name for c in cfg.evaluators if needs_gt_mesh(c)] if not scene.gt_mesh else []
     if skipped:
         warn(f"evaluator{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} will be skipped after training: the "
-             f"scene has no ground-truth mesh (a Blender or instant-ngp folder gives one as gt_mesh.ply)")
+             f"scene has no ground-truth mesh (a Blender or instant-ngp folder gives one as gt_mesh.ply; a capture, "
+             f"COLMAP's or an IDR / NeuS folder, takes one in its own coordinates with scene.gt_mesh)")
 
 
 def run_evaluators(ctx: EvalContext) -> dict:

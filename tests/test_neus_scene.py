@@ -180,6 +180,37 @@ def test_ignore_masks_and_no_masks(tmp_path):
     assert torch.equal(again.splits["train"].valid, scene.splits["train"].valid) and again.meta["images"] == "images"
 
 
+def test_a_ground_truth_mesh_in_the_scan_s_coordinates_is_moved_into_the_run_s_frame(tmp_path):
+    """``gt_mesh`` (scene.gt_mesh) given in world coordinates: cached in the run's frame through to_run (a sphere of
+    radius 0.5 about the normalised origin, written through scale_mat), with the file's sha256; a file without
+    faces or a missing one is an error naming the option."""
+    import trimesh
+
+    from plugins.scenes.config import NeusConfig
+    from plugins.scenes.sources import build_neus
+
+    rng = np.random.default_rng(8)
+    Ks, c2w = _cameras(rng, 3)
+    S = _similarity(rng, 40.0)
+    _write_neus(tmp_path / "scan", Ks, c2w, S, rng=rng, masks=False)
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    world = sphere.copy()
+    world.apply_transform(S)
+    world.export(tmp_path / "scan" / "scan_mesh.ply")
+    cfg = NeusConfig(path=str(tmp_path / "scan"), test_every=0, gt_mesh="scan_mesh.ply")
+    scene = build_neus(cfg, None)()
+    moved = trimesh.load(scene.gt_mesh, process=False)
+    assert np.allclose(np.linalg.norm(moved.vertices, axis=1), 0.5, atol=1e-6) and len(moved.faces) == len(sphere.faces)
+    assert scene.meta["gt_mesh_input"]["file"].endswith("scan_mesh.ply")
+    again = build_neus(cfg, None)()  # (the cached copy)
+    assert again.gt_mesh == scene.gt_mesh
+    trimesh.PointCloud(world.vertices).export(tmp_path / "scan" / "points.ply")
+    with pytest.raises(DataError, match="scene.gt_mesh .*points.ply"):
+        build_neus(NeusConfig(path=str(tmp_path / "scan"), test_every=0, gt_mesh="points.ply"), None)()
+    with pytest.raises(DataError, match="scene.gt_mesh nothing.ply: no file"):
+        build_neus(NeusConfig(path=str(tmp_path / "scan"), test_every=0, gt_mesh="nothing.ply"), None)()
+
+
 def test_skew_is_warned_about_with_the_pixels_it_moves(tmp_path, capsys):
     rng = np.random.default_rng(4)
     Ks, c2w = _cameras(rng, 2)

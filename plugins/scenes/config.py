@@ -149,6 +149,9 @@ class _HeldOutViews(ComponentConfig):
     test_every: int = Field(8, ge=0, description="every Nth image by name is test (LLFF rule); 0: all train")
     aabb: Optional[list[float]] = Field(None, min_length=6, max_length=6,
                                         description="override the scene box xmin..zmax, in the normalised frame")
+    gt_mesh: Optional[str] = Field(None, description="a ground-truth mesh in the input's coordinates (a scan "
+                                   "registered to the capture, a BlendedMVS scene's mesh), under path unless absolute: "
+                                   "moved into the run's frame for the chamfer and depth evaluators")
 
     _ordered_box = field_validator("aabb")(classmethod(_ordered_box))
     _downscale_value = field_validator("downscale", mode="before")(classmethod(_downscale_value))

@@ -23,13 +23,13 @@ def nls_register_scene_sources(register):
     register("blender", f"{M}:build_blender", config=C.BlenderConfig,  # (gt_mesh: the folder's gt_mesh.ply, if any)
              produces={"images", "gt_mesh"}, description=C.BlenderConfig.__doc__)
     register("neus", f"{M}:build_neus", config=C.NeusConfig,
-             produces={"images"}, description=C.NeusConfig.__doc__)
+             produces={"images", "gt_mesh"}, description=C.NeusConfig.__doc__)  # (gt_mesh: scene.gt_mesh)
     register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
-             produces={"images", "points"}, description=C.ColmapConfig.__doc__)
+             produces={"images", "points", "gt_mesh"}, description=C.ColmapConfig.__doc__)
     register("photos", f"{M}:build_photos", config=C.PhotosConfig,
-             produces={"images", "points"}, description=C.PhotosConfig.__doc__)
+             produces={"images", "points", "gt_mesh"}, description=C.PhotosConfig.__doc__)
     register("video", f"{M}:build_video", config=C.VideoConfig,
-             produces={"images", "points"}, description=C.VideoConfig.__doc__)
+             produces={"images", "points", "gt_mesh"}, description=C.VideoConfig.__doc__)
 
 
 @hookimpl

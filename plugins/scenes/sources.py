@@ -387,10 +387,13 @@ def build_colmap(cfg: ColmapConfig, ctx):
         from plugins.scenes.undistortion import undistorted_capture
 
         root = Path(cfg.path)
+        from plugins.scenes.input_ground_truth import with_input_gt_mesh
+
         found = undistorted_capture(root, cfg) if cfg.undistort else None
         if found is None:
-            return load_colmap(root, images=cfg.images, sparse=cfg.sparse, background=BG[cfg.background],
-                               masks=cfg.masks, depths=cfg.depths, **cfg.capture_options())
+            return with_input_gt_mesh(load_colmap(root, images=cfg.images, sparse=cfg.sparse,
+                                                  background=BG[cfg.background], masks=cfg.masks, depths=cfg.depths,
+                                                  **cfg.capture_options()), root, cfg.gt_mesh)
         entry, masks, facts = found
         if cfg.depths is not None:
             warn(f"scene.depths {cfg.depths}: the capture's cameras have lens distortion, and its depth maps are not "
@@ -403,7 +406,7 @@ def build_colmap(cfg: ColmapConfig, ctx):
         scene.meta["input_frame"]["file"] = facts["model"]
         if masks is not None:
             scene.meta.update(masks=str((root / cfg.masks).resolve()), undistorted_masks=masks)
-        return scene
+        return with_input_gt_mesh(scene, root, cfg.gt_mesh)
 
     return load
 
@@ -414,7 +417,10 @@ def build_neus(cfg, ctx):
     def load() -> SceneData:
         from pipeline.scenes.neus import load_neus
 
-        return load_neus(Path(cfg.path), background=BG[cfg.background], **cfg.load_options())
+        from plugins.scenes.input_ground_truth import with_input_gt_mesh
+
+        scene = load_neus(Path(cfg.path), background=BG[cfg.background], **cfg.load_options())
+        return with_input_gt_mesh(scene, Path(cfg.path), cfg.gt_mesh)
 
     return load
 
@@ -433,8 +439,11 @@ def build_photos(cfg: PhotosConfig, ctx):
         folder = photo_folder(Path(cfg.path))
         if not folder.is_dir():
             raise DataError(f"scene.path {cfg.path} is not a folder; give the folder that holds the photos")
+        from plugins.scenes.input_ground_truth import with_input_gt_mesh
+
         exposure = getattr(getattr(getattr(ctx, "cfg", None), "train", None), "exposure", "none")
-        return pose_photos(folder, cfg, compensated=exposure != "none")
+        return with_input_gt_mesh(pose_photos(folder, cfg, compensated=exposure != "none"), Path(cfg.path),
+                                  cfg.gt_mesh)
 
     return load
 
@@ -682,7 +691,9 @@ def build_video(cfg: VideoConfig, ctx):
         scene.meta.update(source="video", video=str(video.resolve()), frames={**frames, "folder": str(entry)})
         if masks is not None:  # the masks the user gave (the frames' are cached)
             scene.meta.update(masks=str(masks[1]), frame_masks=masks[2])
-        return scene
+        from plugins.scenes.input_ground_truth import with_input_gt_mesh
+
+        return with_input_gt_mesh(scene, video.parent, cfg.gt_mesh)
 
     return load
 
