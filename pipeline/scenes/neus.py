@@ -146,6 +146,11 @@ def _similarity(m: np.ndarray, key: str, where: Path) -> np.ndarray:
     return m
 
 
+def _same_frame(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the (4, 4) ``scale_mat`` ``a`` equals ``b`` to :data:`_SIM_TOL` (relative to b's largest entry)."""
+    return bool(np.allclose(a, b, rtol=_SIM_TOL, atol=_SIM_TOL * np.abs(b).max()))
+
+
 def image_files(folder: Path) -> list[Path]:
     """The images of ``folder`` (:data:`IMAGE_SUFFIXES`, any case), sorted by name; DataError when there are none."""
     found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -172,7 +177,7 @@ def read_cameras(path: Path, n: int) -> tuple[list[np.ndarray], list[np.ndarray]
             s = _similarity(_matrix(archive, key, path, ((4, 4),)), key, path) if key in archive.files else np.eye(4)
             if scale is None:
                 scale = s
-            elif not np.allclose(s, scale, rtol=_SIM_TOL, atol=_SIM_TOL * np.abs(scale).max()):
+            elif not _same_frame(s, scale):
                 raise DataError(f"{path}: '{key}' differs from 'scale_mat_0'; one normalised frame must serve "
                                 f"every image")
             try:
@@ -280,7 +285,7 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
     folders = {name: _Folder(folder, cameras, images, masks, mask_use) for name, folder in held.items()
                if name in splits}
     for name, folder in folders.items():
-        if not np.allclose(folder.scale_mat, main.scale_mat, rtol=_SIM_TOL, atol=_SIM_TOL * np.abs(main.scale_mat).max()):
+        if not _same_frame(folder.scale_mat, main.scale_mat):
             raise DataError(f"{folder.camera_file}: its scale_mat differs from {main.camera_file}'s; the split "
                             f"folders must share the train views' normalised frame")
     up, how = scene_up(np.stack(main.poses), orientation)

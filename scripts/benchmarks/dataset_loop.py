@@ -11,8 +11,9 @@ Usage::
 
     python scripts/bench.py dataset_loop                               # lego_dense.yaml, 600 steps, 10 test views
     python scripts/bench.py dataset_loop --scene scenes/csg_dense.yaml --steps 300
+    python scripts/bench.py dataset_loop --dataset-format neus       # the export as IDR / NeuS folders
 
-Writes outputs/bench/dataset_loop.json.
+Writes outputs/bench/dataset_loop.json (dataset_loop_neus.json with ``--dataset-format neus``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def main(argv) -> dict:
     ap.add_argument("--eval-images", type=int, default=10, help="eval.max_images of every run")
     ap.add_argument("--variant-set", action="append", default=None,
                     help="--set of run C (repeatable; default field.resolution=64)")
-    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "dataset_loop.json"))
+    ap.add_argument("--dataset-format", choices=["nerfstudio", "neus"], default="nerfstudio",
+                    help="the export's layout (neus: B and C load it with the neus source, its box from nls_run.json)")
+    ap.add_argument("--out", default=None, help="default outputs/bench/dataset_loop[_neus].json")
     args = ap.parse_args(argv)
+    suffix = "_neus" if args.dataset_format == "neus" else ""
+    args.out = args.out or str(ROOT / "outputs" / "bench" / f"dataset_loop{suffix}.json")
     if "lego" in Path(args.scene).name:
         _, skipped = shared_data("dataset_loop", "nerf", "lego")
         if skipped:
@@ -68,10 +73,14 @@ def main(argv) -> dict:
     try:
         a, a_s = reconstruct("run A", args.scene, work / "a", *common, sets=sets)
         t = time.perf_counter()
-        _nls("export", str(a), "--dataset", "-o", str(work / "data"), "-q")
+        _nls("export", str(a), "--dataset", "--dataset-format", args.dataset_format, "-o", str(work / "data"), "-q")
         export_s = time.perf_counter() - t
         megabytes = sum(p.stat().st_size for p in (work / "data").rglob("*") if p.is_file()) / 1e6
         on_export = [*sets, "scene.type=blender", f"scene.path={work / 'data'}"]
+        if args.dataset_format == "neus":  # (the export's normalised frame as it is, and the run's box in it)
+            box = json.loads((work / "data" / "nls_run.json").read_text())["aabb_normalised"]
+            on_export = [*sets, "scene.type=neus", f"scene.path={work / 'data'}", "scene.orientation=none",
+                         f"scene.aabb={box}"]
         b, b_s = reconstruct("run B", str(a / "config.yaml"), work / "b", *common, sets=on_export)
         c, c_s = reconstruct("run C", str(a / "config.yaml"), work / "c", *common,
                              sets=[*on_export, *variant, "method=variant"])
@@ -92,10 +101,12 @@ def main(argv) -> dict:
              cell(scored["B"]["psnr"], ".4f"), f"{b_s:.0f}"],
             [f"C: {' '.join(variant)} on the export", cell(own["C"]["psnr"], ".4f"), cell(own["C"]["ssim"], ".4f"),
              cell(scored["C"]["psnr"], ".4f"), f"{c_s:.0f}"]]
-    print_table(f"{args.scene}, {args.steps} steps, {args.eval_images} test views (PSNR dB)",
+    print_table(f"{args.scene}, {args.steps} steps, {args.dataset_format} export, {args.eval_images} test views "
+                f"(PSNR dB)",
                 ["run", "own PSNR", "own SSIM", "its renders scored on A", "seconds"], rows)
     print(f"B - A: {own['B']['psnr'] - own['A']['psnr']:+.2e} dB; export: {export_s:.1f} s, {megabytes:.1f} MB")
-    result = {"scene": args.scene, "steps": args.steps, "eval_images": args.eval_images, "variant": variant,
+    result = {"scene": args.scene, "dataset_format": args.dataset_format, "steps": args.steps,
+              "eval_images": args.eval_images, "variant": variant,
               "own": own, "scored_on_A": scored, "export_seconds": round(export_s, 2),
               "export_megabytes": round(megabytes, 1), "seconds": {"A": a_s, "B": b_s, "C": c_s},
               "load": os.getloadavg()[0]}

@@ -81,6 +81,8 @@ def write_lego(lego: Path, out: Path, test_images: int) -> tuple[int, float]:
 def compare_loads(lego: Path, folder: Path, every: int, test_images: int) -> dict:
     """The largest differences between lego and the folder loaded by the neus source: camera centres (lego's
     units), rotations, focal lengths, principal points (pixels) and images (colour levels of 255)."""
+    import torch
+
     from pipeline.scenes.blender import load_blender
     from pipeline.scenes.neus import load_neus
 
@@ -92,12 +94,13 @@ def compare_loads(lego: Path, folder: Path, every: int, test_images: int) -> dic
         ca, cb = a.splits[name].cameras, b.splits[name].cameras
         n = len(cb)
         assert n == (test_images if name == "test" else len(ca)), (name, n)
-        worst["centre"] = max(worst["centre"], float((ca.c2w[:n, :3, 3] - SHRINK * cb.c2w[:, :3, 3]).abs().max()))
-        worst["rotation"] = max(worst["rotation"], float((ca.c2w[:n, :3, :3] - cb.c2w[:, :3, :3]).abs().max()))
-        worst["focal"] = max(worst["focal"], float(max((ca.fx[:n] - cb.fx).abs().max(), (ca.fy[:n] - cb.fy).abs().max())))
-        worst["principal"] = max(worst["principal"], float(max((ca.cx[:n] - cb.cx).abs().max(),
-                                                              (ca.cy[:n] - cb.cy).abs().max())))
-        worst["image"] = max(worst["image"], 255 * float((a.splits[name].images[:n] - b.splits[name].images).abs().max()))
+        gaps = {"centre": ca.c2w[:n, :3, 3] - SHRINK * cb.c2w[:, :3, 3],
+                "rotation": ca.c2w[:n, :3, :3] - cb.c2w[:, :3, :3],
+                "focal": torch.cat([ca.fx[:n] - cb.fx, ca.fy[:n] - cb.fy]),
+                "principal": torch.cat([ca.cx[:n] - cb.cx, ca.cy[:n] - cb.cy]),
+                "image": 255 * (a.splits[name].images[:n] - b.splits[name].images)}
+        for key, gap in gaps.items():
+            worst[key] = max(worst[key], float(gap.abs().max()))
     return worst
 
 
