@@ -247,7 +247,9 @@ def _evaluator_warnings(runs: list[RunFacts], labels: Sequence[str]) -> tuple[li
     partial = sorted({t for e in evs for t in e} - set.intersection(*(set(e) for e in evs)))
     first = ["the evaluators differ: " + "; ".join(
         f"{t} only in {', '.join(lab for lab, e in zip(labels, evs) if t in e)}" for t in partial)] if partial else []
-    ev = _differing([{t: b for t, b in e.items() if t not in partial} for e in evs])
+    # (an option a run does not record is one its nls version did not have: options are added with the default
+    # that keeps the old behaviour, so only the runs that record it are compared)
+    ev = _differing([{t: b for t, b in e.items() if t not in partial} for e in evs], recorded_only=True)
     return first, (["the evaluator options differ: " + _describe(ev, labels) + UNMARKED] if ev else [])
 
 
@@ -324,11 +326,14 @@ def run_notes(runs: list[RunFacts], labels: Sequence[str]) -> list[str]:
     return out
 
 
-def _differing(blocks: list[dict]) -> dict[str, list[Any]]:
+def _differing(blocks: list[dict], recorded_only: bool = False) -> dict[str, list[Any]]:
+    """``{flattened key: [each block's value (None where absent)]}`` of the keys whose values differ between
+    ``blocks``; with ``recorded_only``, a block without the key does not count as differing."""
     flat = [flatten_dict(b) for b in blocks]
     keys = sorted(set().union(*flat))
     return {k: [f.get(k) for f in flat] for k in keys
-            if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1}
+            if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat
+                    if not recorded_only or k in f}) > 1}
 
 
 def _describe(diff: dict[str, list[Any]], labels: Sequence[str], prefix: str = "") -> str:

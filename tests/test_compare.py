@@ -120,6 +120,24 @@ def test_compare_warns_when_scene_or_eval_settings_differ(runs, nls, tmp_path):
     assert "no best value is marked" in warnings[0] and json.loads(res.stdout)["best"] == {}
 
 
+def test_an_evaluator_option_a_run_does_not_record_is_not_a_difference(runs, nls, tmp_path):
+    """A run made before an evaluator option existed (its config.yaml lacks the key) compares with one that has
+    the option at its default; two runs that both record it and differ are still warned about."""
+    older, newer = tmp_path / "older", tmp_path / "newer"
+    shutil.copytree(runs[1], older)
+    shutil.copytree(runs[0], newer)
+    cfg = yaml.safe_load((older / "config.yaml").read_text())
+    psnr = next(e for e in cfg["evaluators"] if e["type"] == "psnr")
+    assert psnr.pop("object") is False  # (as nls wrote it before psnr had the option)
+    (older / "config.yaml").write_text(yaml.safe_dump(cfg))
+    warnings = json.loads(nls("compare", str(newer), str(older), "--json", check=True).stdout)["warnings"]
+    assert not any("evaluator options differ" in w for w in warnings), warnings
+    psnr["object"] = True
+    (older / "config.yaml").write_text(yaml.safe_dump(cfg))
+    warnings = json.loads(nls("compare", str(newer), str(older), "--json", check=True).stdout)["warnings"]
+    assert any("the evaluator options differ: psnr.object = False" in w for w in warnings), warnings
+
+
 def test_compare_an_unfinished_run(runs, tmp_path_factory, nls):
     killed = killed_run(tmp_path_factory)
     res = nls("compare", str(runs[0]), str(killed), "--json", check=True)
@@ -185,7 +203,8 @@ def test_compare_and_report_merge_nls_eval_on_a_finished_run(runs, nls, tmp_path
     # 1. the psnr evaluator again, without SSIM: no stale SSIM, chamfer still summary.json's
     nls("eval", str(done), "--set", "evaluators=[{type: psnr, ssim: false}]", check=True)
     ev = json.loads((done / "eval.json").read_text())
-    assert ev["config"]["evaluators"] == [{"type": "psnr", "ssim": False, "color_correct": "none"}]  # resolved
+    assert ev["config"]["evaluators"] == [{"type": "psnr", "ssim": False, "color_correct": "none",
+                                            "object": False}]  # resolved
     table, warnings = compare()
     assert table["psnr"] == ev["metrics"]["psnr"] and table["ssim"] is None
     assert table["chamfer_l1"] == summary["metrics"]["chamfer_l1"] and table["status"] == "complete"
