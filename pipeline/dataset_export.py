@@ -122,65 +122,80 @@ def write_neus_dataset(scene: SceneData, out: Path, to_run: Optional[np.ndarray]
     """Write ``scene``'s splits into the new folder ``out`` as IDR / NeuS folders (:mod:`pipeline.scenes.neus`), for
     the neural surface reconstruction codes that read that layout: the train split in ``out``, each other split in
     ``out/<split>/`` of the same layout (those codes train on every image of a folder; the neus source reads the
-    sub-folders back as the held-out splits). Each holds ``image/<name>.png`` (8-bit RGB: the straight colour where
-    the run had alpha), ``mask/<name>.png`` (the alpha, times the ignore mask where there is one; 255 everywhere
-    without either, since those codes read a mask per image) and ``cameras_sphere.npz``: ``world_mat_i`` the
-    projection of the ``i``-th image by name (:func:`pipeline.scenes.neus.projection`) and ``scale_mat_i`` the
-    similarity from the normalised frame, in which the scene box lies inside the unit sphere (its centre the box's,
-    its radius the box's half diagonal), to the run's frame or, with ``to_run``, the input's. ``out`` also gets
-    ``gt_mesh.ply`` and ``sparse_pc.ply`` when the scene has them (in the frame written) and ``nls_run.json``:
-    ``source``, the box in the normalised frame and the splits. Depth maps are not written (the layout has none).
-    Returns :func:`write_dataset`'s facts, with ``aabb``: the box in the normalised frame."""
+    sub-folders back as the held-out splits). Each holds ``image/<k>_<name>.png`` (8-bit RGB: the straight colour
+    where the run had alpha; ``k`` the view's place in the split, zero-padded, so that the order by name, which
+    pairs images with cameras, is the run's), ``mask/<k>_<name>.png`` (the alpha, times the ignore mask where there
+    is one; 255 everywhere without either, since those codes read a mask per image) and ``cameras_sphere.npz``:
+    ``world_mat_k`` the view's projection (:func:`pipeline.scenes.neus.projection`) and ``scale_mat_k`` the
+    similarity from the normalised frame, in which the scene box lies inside the unit sphere (:func:`neus_frame`), to
+    the run's frame or, with ``to_run``, the input's. ``out`` also gets ``gt_mesh.ply`` and ``sparse_pc.ply`` when
+    the scene has them (in the frame written) and ``nls_run.json``: ``source``, the box in the normalised frame, the
+    splits and each file's view name (``views``, which the neus source names the views by). Depth maps are not
+    written (the layout has none). Returns :func:`write_dataset`'s facts, with ``aabb``: the box in the normalised
+    frame."""
     from pipeline.progress import StepProgress
-    from pipeline.scenes.neus import projection, write_neus_folder
 
     splits = _image_splits(scene)
     from_run = None if to_run is None else np.linalg.inv(np.asarray(to_run, dtype=np.float64))
-    box = scene.aabb.detach().cpu().double().numpy().reshape(2, 3)
-    corners = _moved_points(np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T, from_run)
-    centre = corners.mean(0)
-    radius = float(np.linalg.norm(corners - centre, axis=1).max())
-    scale_mat = np.eye(4)
-    scale_mat[:3, :3] *= radius
-    scale_mat[:3, 3] = centre
-    normalised = (corners - centre) / radius
-    aabb = [float(v) for v in np.concatenate([normalised.min(0), normalised.max(0)])]
+    scale_mat, aabb = neus_frame(scene.aabb.detach().cpu().double().numpy(), from_run)
     staging = _staging(out)
-    total = sum(len(split) for split in splits.values())
+    views: dict[str, dict[str, str]] = {}
+    total = sum(len(s) for s in splits.values())
+    written = iter(range(1, total + 1))
     with StepProgress(total, 0, "writing the dataset", enabled=progress and total >= 16) as bar:
-        done = [0]
-
-        def advance() -> None:
-            done[0] += 1
-            bar.advance(done[0])
-
         for name, split in splits.items():
-            cams = split.cameras
-            c2w, _ = moved_cameras(cams.c2w.detach().cpu().double().numpy(), from_run)
-            images = split.images.detach().cpu().numpy()
-            alphas = None if split.alphas is None else split.alphas.detach().cpu().numpy()
-            rgb = images if alphas is None else straight_colour(images, alphas, scene.background)[..., :3]
-            keep = np.ones(images.shape[:3]) if alphas is None else alphas[..., 0].astype(np.float64)
-            if split.valid is not None:
-                keep = keep * split.valid.cpu().numpy()
-            stems = _unique_names(split.names, len(split))
-            order = sorted(range(len(split)), key=lambda i: stems[i])
-            write_neus_folder(staging if name == "train" else staging / name,
-                              np.round(rgb[order] * 255).astype(np.uint8),
-                              np.stack([projection(cams, i, c2w[i]) for i in order]), scale_mat,
-                              masks=np.round(keep[order] * 255).astype(np.uint8), names=[stems[i] for i in order],
-                              on_image=advance)
+            views[name] = _write_neus_split(scene, split, staging if name == "train" else staging / name, from_run,
+                                            scale_mat, lambda: bar.advance(next(written)))
     keys = _write_scene_files(scene, staging, from_run)
     facts = {"splits": {name: len(split) for name, split in splits.items()}, "aabb": aabb,
              "size": [[int(s.cameras.width), int(s.cameras.height)] for s in splits.values()]}
     doc = {"nls": "exported by nls export --dataset --dataset-format neus: the train views here, the others in "
                   "<split>/; cameras_sphere.npz's scale_mat_i takes the normalised frame to the frame written",
            **({"nls_run": source} if source else {}), "aabb_normalised": aabb, "splits": facts["splits"],
-           "frame_aabb": keys["aabb"], **({"near": keys["near"], "far": keys["far"]} if "near" in keys else {})}
+           "frame_aabb": keys["aabb"], **({"near": keys["near"], "far": keys["far"]} if "near" in keys else {}),
+           "views": views}
     (staging / "nls_run.json").write_text(json.dumps(doc, indent=1) + "\n")
     _into_place(staging, out)
     return {**facts, "masks": True, "depths": False, "gt_mesh": (out / "gt_mesh.ply").is_file(),
             "points": len(scene.points) if "ply_file_path" in keys else 0}
+
+
+def neus_frame(box: np.ndarray, from_run: Optional[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+    """``(scale_mat (4, 4), aabb (6,))``: the similarity from a normalised frame to the frame written (the run's, or
+    ``from_run``'s), in which the scene ``box`` (6,) lies inside the unit sphere, centred on it with its half
+    diagonal the radius, and the axis-aligned bounds of the box's corners in that normalised frame."""
+    corners = _moved_points(np.array(np.meshgrid(*np.asarray(box).reshape(2, 3).T, indexing="ij")).reshape(3, -1).T,
+                            from_run)
+    centre = corners.mean(0)
+    radius = float(np.linalg.norm(corners - centre, axis=1).max())
+    scale_mat = np.eye(4)
+    scale_mat[:3, :3] *= radius
+    scale_mat[:3, 3] = centre
+    normalised = (corners - centre) / radius
+    return scale_mat, [float(v) for v in np.concatenate([normalised.min(0), normalised.max(0)])]
+
+
+def _write_neus_split(scene: SceneData, split, folder: Path, from_run: Optional[np.ndarray], scale_mat: np.ndarray,
+                      on_image) -> dict[str, str]:
+    """Write ``split`` as the IDR / NeuS folder ``folder`` (:func:`write_neus_dataset`); returns ``{file stem: view
+    name}``."""
+    from pipeline.scenes.neus import projection, write_neus_folder
+
+    cams = split.cameras
+    c2w, _ = moved_cameras(cams.c2w.detach().cpu().double().numpy(), from_run)
+    images = split.images.detach().cpu().numpy()
+    alphas = None if split.alphas is None else split.alphas.detach().cpu().numpy()
+    rgb = images if alphas is None else straight_colour(images, alphas, scene.background)[..., :3]
+    keep = np.ones(images.shape[:3]) if alphas is None else alphas[..., 0].astype(np.float64)
+    if split.valid is not None:
+        keep = keep * split.valid.cpu().numpy()
+    stems = _unique_names(split.names, len(split))
+    width = max(4, len(str(len(split) - 1)))
+    files = [f"{k:0{width}d}_{stem}" for k, stem in enumerate(stems)]
+    write_neus_folder(folder, np.round(rgb * 255).astype(np.uint8),
+                      np.stack([projection(cams, i, c2w[i]) for i in range(len(split))]), scale_mat,
+                      masks=np.round(keep * 255).astype(np.uint8), names=files, on_image=on_image)
+    return dict(zip(files, stems))
 
 
 def _write_frames(scene: SceneData, splits: dict, staging: Path, from_run: Optional[np.ndarray],

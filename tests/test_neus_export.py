@@ -36,11 +36,13 @@ def test_the_written_folders_load_back_as_the_same_views(tmp_path):
     """Object masks: images to the 8-bit level, alphas to half a level, cameras through scale_mat, names and splits;
     the box's corners lie inside the unit sphere, on it at the farthest; nls_run.json has the normalised box."""
     scene = _scene(tmp_path, depths=False, masks=False)
+    scene.splits["train"].names = ["r_2", "r_10", "b", "a", "r_1"]  # (not in the order of their names)
     facts = write_neus_dataset(scene, tmp_path / "out", progress=False, source={"run": "r"})
     assert facts["splits"] == {"train": 5, "test": 2} and facts["gt_mesh"] and facts["points"] == 50
     out = tmp_path / "out"
-    assert sorted(p.name for p in (out / "image").iterdir()) == [f"train_{k:02d}.png" for k in range(5)]
-    assert sorted(p.name for p in (out / "test" / "image").iterdir()) == ["test_00.png", "test_01.png"]
+    assert sorted(p.name for p in (out / "image").iterdir()) == ["0000_r_2.png", "0001_r_10.png", "0002_b.png",
+                                                                 "0003_a.png", "0004_r_1.png"]
+    assert sorted(p.name for p in (out / "test" / "mask").iterdir()) == ["0000_test_00.png", "0001_test_01.png"]
     doc = json.loads((out / "nls_run.json").read_text())
     assert doc["nls_run"] == {"run": "r"} and doc["aabb_normalised"] == pytest.approx(facts["aabb"])
     S = _to_run(scene, out)

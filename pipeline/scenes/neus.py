@@ -231,6 +231,21 @@ def split_folders(root: Path) -> dict[str, Path]:
     return {s: root / s for s in SPLIT_FOLDERS if is_neus_folder(root / s)}
 
 
+def exported_view_names(root: Path) -> dict[str, dict[str, str]]:
+    """``{split: {file stem: view name}}`` of a folder ``nls export --dataset --dataset-format neus`` wrote (its
+    ``nls_run.json``'s ``views``: the files are ``<k>_<name>``, so that their order is the run's); empty for other
+    folders or an unreadable record."""
+    import json
+
+    try:
+        views = json.loads((Path(root) / "nls_run.json").read_text()).get("views")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(views, dict):
+        return {}
+    return {k: {str(a): str(b) for a, b in v.items()} for k, v in views.items() if isinstance(v, dict)}
+
+
 def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str] = None, masks: Optional[str] = None,
               mask_use: str = "object", splits: Sequence[str] = NEUS_SPLITS, test_every: int = 8,
               background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
@@ -310,9 +325,12 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
 
     out, sizes, orig_sizes = {}, {}, {}
     downscale = resolve_downscale(downscale, found["train"].paths[0])
+    views = exported_view_names(root)
     for name in splits:
         if name in found:
             out[name], (w0, h0) = load_frames(found[name], bg, downscale, progress)
+            named = views.get(name if name in folders else "train", {})  # (the names of the folder's files)
+            out[name].names = [named.get(stem, stem) for stem in out[name].names]
             sizes[name] = [out[name].cameras.width, out[name].cameras.height]
             orig_sizes[name] = [w0, h0]
     skew = max([main.skew] + [f.skew for f in folders.values()])
