@@ -1,9 +1,9 @@
 """IDR / NeuS / VolSDF camera folders (the "DTU format" of neural surface reconstruction).
 
 Layout, as IDR (Yariv et al. 2020) published its DTU scans and NeuS (Wang et al. 2021) its DTU and BlendedMVS
-scenes: ``<root>/image/`` (the images, sorted by name), ``<root>/mask/`` (optional object masks, white on the
-object, paired with the images by sorted order: IDR names them ``000.png`` beside images named ``000000.png``)
-and a NumPy archive of cameras, ``cameras_sphere.npz`` (NeuS) or ``cameras.npz`` (IDR, VolSDF), holding for the
+scenes: ``<root>/image/`` (or ``images/``; the images, sorted by name), ``<root>/mask/`` (or ``masks/``; optional
+object masks, white on the object, paired with the images by sorted order: IDR names them ``000.png`` beside
+images named ``000000.png``) and a NumPy archive of cameras, ``cameras_sphere.npz`` (NeuS) or ``cameras.npz`` (IDR, VolSDF), holding for the
 ``i``-th image by name:
 
 * ``world_mat_i``: the (4, 4) (or (3, 4)) projection ``P = K [R | t]`` from world coordinates to pixels, in
@@ -21,7 +21,9 @@ the cube ``[-1, 1]^3`` about the unit sphere; ``meta["input_frame"]["to_run"]`` 
 Splits follow the LLFF rule the ``colmap`` source uses: every ``test_every``-th image by name is ``test``; or, where
 ``<root>/test`` and ``<root>/val`` are folders of the same layout sharing ``scale_mat`` (as ``nls export --dataset
 --dataset-format neus`` writes a run's splits, so that NeuS-family code, which trains on every image of a folder,
-trains on the train views alone), those are the held-out splits and ``<root>`` holds the train views.
+trains on the train views alone), those are the held-out splits and ``<root>`` holds the train views. Such an
+export names its files ``<k>_<view>`` (the run's order) and records the view names in ``nls_run.json``, which
+names the views back (:func:`exported_view_names`).
 """
 
 from __future__ import annotations
