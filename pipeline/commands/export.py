@@ -125,32 +125,41 @@ def _export_dataset(args) -> int:
     write = write_neus_dataset if neus else write_dataset
     facts = write(ld.scene, out,  # (open_run's scene: the cameras refined as the run refined them)
                   to_run=None if frame is None else frame["to_run"], progress=not args.quiet, source=source)
-    counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
-    extras = [what for what, there in (("ignore masks", facts["masks"]), ("depth maps", facts["depths"]),
-                                       ("the ground-truth mesh", facts["gt_mesh"]),
-                                       (f"{facts['points']} sparse points", facts["points"])) if there]
     where = " (in the input file's frame)" if frame is not None else " (in the run's frame)"
-    if neus:
-        held = [name for name in facts["splits"] if name != "train"]
-        extras = [what for what, there in (("the ground-truth mesh", facts["gt_mesh"]),
-                                           (f"{facts['points']} sparse points", facts["points"])) if there]
-        print(f"wrote {out}: image/, mask/ and cameras_sphere.npz of {counts} views (the train views; "
-              + (", ".join(f"{name}/" for name in held) + (" hold" if len(held) > 1 else " holds") + " the others"
-                 if held else "no held-out views")
-              + ")" + (f", with {' and '.join(extras)}" if extras else "") + where)
-        aabb = ",".join(f"{v:.8g}" for v in facts["aabb"])
-        masks = " --set scene.mask_use=ignore" if not any(s.alphas is not None for s in ld.scene.splits.values()) \
-            else ""
-        print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
-              f"scene.type=neus --set scene.path={out} --set scene.orientation=none --set 'scene.aabb=[{aabb}]'{masks} "
-              f"(the box in the folder's normalised frame), or a NeuS-family code's on {out}")
-        return 0
+    (_say_neus_export if neus else _say_export)(ld, out, facts, where)
+    return 0
+
+
+def _export_extras(facts: dict, *keys: str) -> str:
+    """``, with A and B`` of what a dataset export wrote beside the views (the facts of ``keys``), or ''."""
+    named = {"masks": "ignore masks", "depths": "depth maps", "gt_mesh": "the ground-truth mesh",
+             "points": f"{facts['points']} sparse points"}
+    extras = [named[k] for k in keys if facts[k]]
+    return f", with {' and '.join(extras)}" if extras else ""
+
+
+def _say_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
+    """What ``--dataset`` (nerfstudio) wrote, and how to train on it."""
+    counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
     print(f"wrote {out}: transforms.json and the images of {counts} views"
-          + (f", with {' and '.join(extras)}" if extras else "") + where)
+          + _export_extras(facts, "masks", "depths", "gt_mesh", "points") + where)
     print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
           f"scene.type=blender --set scene.path={out}, another scene file's the same way, or another tool's, e.g. "
           f"ns-train nerfacto --data {out}")
-    return 0
+
+
+def _say_neus_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
+    """What ``--dataset --dataset-format neus`` wrote, and how to train on it (the box in the folder's frame)."""
+    counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
+    held = [f"{name}/" for name in facts["splits"] if name != "train"]
+    others = f"{', '.join(held)} {'hold' if len(held) > 1 else 'holds'} the others" if held else "no held-out views"
+    print(f"wrote {out}: image/, mask/ and cameras_sphere.npz of {counts} views (the train views; {others})"
+          + _export_extras(facts, "gt_mesh", "points") + where)
+    aabb = ",".join(f"{v:.8g}" for v in facts["aabb"])
+    masks = "" if any(s.alphas is not None for s in ld.scene.splits.values()) else " --set scene.mask_use=ignore"
+    print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
+          f"scene.type=neus --set scene.path={out} --set scene.orientation=none --set 'scene.aabb=[{aabb}]'{masks} "
+          f"(the box in the folder's normalised frame), or a NeuS-family code's on {out}")
 
 
 #: the options of a mesh export, which a point cloud (--points) does not take
