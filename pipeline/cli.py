@@ -69,6 +69,11 @@ def positive_seconds(text: str) -> float:
     return _float_arg(text, lambda v: v > 0, "a number of seconds > 0")
 
 
+def pixels(text: str) -> float:
+    """argparse type: a finite number of pixels >= 0, else a usage error."""
+    return _float_arg(text, lambda v: v >= 0, "a number of pixels >= 0")
+
+
 def int_at_least(low: int, high: Optional[int] = None):
     """argparse type: an integer >= ``low`` (and <= ``high``), else a usage error naming the bounds."""
     def parse(text: str) -> int:
@@ -268,6 +273,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c.add_argument("--close", action="store_true",
                    help="cap the mesh with the box's faces where the shape reaches the box (e.g. a --bbox crop), "
                    "so it is closed (the extractor's close option; default: the run's, usually off)")
+    c.add_argument("--visual-hull", type=pixels, metavar="PX",
+                   help="cut the mesh to the visual hull of the training views' object masks (their alpha), grown "
+                   "by PX pixels (e.g. 2): faces that fall off the object in some view that sees them are dropped "
+                   "(floaters, the table under a masked object), as DTU evaluations clean meshes")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress")
     c = run_cmd("eval", cmd_eval, "evaluate a run (PSNR/SSIM, Chamfer, ...)",
                 "Run the scene's evaluators on the newest checkpoint and write JSON (exit 1 when every evaluator "

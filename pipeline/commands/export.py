@@ -51,6 +51,13 @@ def cmd_export(args) -> int:
     with progress_default(False if args.quiet else None):
         mesh = extract(ctx, resolution=args.resolution, level=args.level, bbox=args.bbox)
     cut = _open_at_box(mesh)  # in the run's frame, where the box is
+    hull = None
+    if args.visual_hull is not None:
+        from pipeline.visual_hull import cut_to_visual_hull
+
+        if "train" not in ld.scene.splits:
+            raise NLSError("--visual-hull: this run's scene has no training views to cut the mesh to")
+        mesh, hull = cut_to_visual_hull(mesh, ld.scene.splits["train"], args.visual_hull)
     extracted = len(mesh.faces)
     if args.faces:
         from pipeline.texture import decimate
@@ -88,7 +95,9 @@ def cmd_export(args) -> int:
           + (f", a {texture['size']} x {texture['size']} texture ({texture['covered']:.0%} of its texels on the "
              f"surface)" + (f" in {out.with_suffix('.png').name} with {out.with_suffix('.mtl').name}" if ext == ".obj"
                             else "") if texture else "")
-          + f", watertight={watertight} as read back{which}")
+          + f", watertight={watertight} as read back{which}"
+          + (f"; {hull} faces off the visual hull of the {len(ld.scene.splits['train'])} training views' masks "
+             f"(grown by {args.visual_hull:g} px) dropped" if hull is not None else ""))
     if frame is not None:
         turned = " and turned back" if frame.get("rotation") is not None else ""  # colmap: p' = s R (p - c)
         print(f"in the coordinates of the input file {frame.get('file')} (the run's frame scaled by "
@@ -110,7 +119,7 @@ def _export_dataset(args) -> int:
     from pipeline.dataset_export import check_dataset_folder, write_dataset, write_neus_dataset
 
     given = [flag for key, flag in {**MESH_ONLY, "points": "--points", "bbox": "--bbox", "up": "--up"}.items()
-             if getattr(args, key, None)]
+             if _given(args, key)]
     if given:
         raise NLSError(f"--dataset writes the run's images and cameras, which {', '.join(given)} (options of a mesh or "
                        f"point cloud) do not apply to; drop {'them' if len(given) > 1 else 'it'}")
@@ -162,9 +171,15 @@ def _say_neus_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
           f"(the box in the folder's normalised frame), or a NeuS-family code's on {out}")
 
 
+def _given(args, key: str) -> bool:
+    """Whether the option ``key`` was given: not its default None, nor False for a flag (0 counts as given)."""
+    value = getattr(args, key, None)
+    return value is not None and value is not False
+
+
 #: the options of a mesh export, which a point cloud (--points) does not take
 MESH_ONLY = {"resolution": "--resolution", "level": "--level", "close": "--close", "colors": "--colors",
-             "texture": "--texture", "faces": "--faces"}
+             "texture": "--texture", "faces": "--faces", "visual_hull": "--visual-hull"}
 
 
 def _export_points(args) -> int:
@@ -175,7 +190,7 @@ def _export_points(args) -> int:
     from pipeline.field_points import field_points
     from pipeline.mesh import check_point_cloud_path, export_point_cloud
 
-    given = [flag for key, flag in MESH_ONLY.items() if getattr(args, key, None)]
+    given = [flag for key, flag in MESH_ONLY.items() if _given(args, key)]
     if given:
         raise NLSError(f"--points writes a point cloud, which {', '.join(given)} (options of a mesh) do not apply to; "
                        f"drop {'them' if len(given) > 1 else 'it'}, or export a mesh without --points")
