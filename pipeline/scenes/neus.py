@@ -3,8 +3,8 @@
 Layout, as IDR (Yariv et al. 2020) published its DTU scans and NeuS (Wang et al. 2021) its DTU and BlendedMVS
 scenes: ``<root>/image/`` (or ``images/``; the images, sorted by name), ``<root>/mask/`` (or ``masks/``; optional
 object masks, white on the object, paired with the images by sorted order: IDR names them ``000.png`` beside
-images named ``000000.png``) and a NumPy archive of cameras, ``cameras_sphere.npz`` (NeuS) or ``cameras.npz`` (IDR, VolSDF), holding for the
-``i``-th image by name:
+images named ``000000.png``) and a NumPy archive of cameras, ``cameras_sphere.npz`` (NeuS) or ``cameras.npz``
+(IDR, VolSDF), holding for the ``i``-th image by name:
 
 * ``world_mat_i``: the (4, 4) (or (3, 4)) projection ``P = K [R | t]`` from world coordinates to pixels, in
   OpenCV axes (x right, y down, z forward), with the centre of pixel ``(u, v)`` at the integer coordinates
@@ -343,6 +343,7 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
     box = np.asarray(UNIT_BOX if aabb is None else aabb, dtype=np.float64).reshape(6)
     near, far = near_far_from_box([p for sp in found.values() for p in sp.poses], box)
     to_run = turn @ np.linalg.inv(main.scale_mat)
+    scale = float(np.linalg.det(to_run[:3, :3]) ** (1.0 / 3.0))
     meta: dict[str, Any] = {
         "source": "neus",
         "root": str(root.resolve()),
@@ -358,9 +359,9 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
                        else "no test split (test_every 0)"),
         "world_up": "+z",
         "orientation": {"method": how, "up_in_normalised_frame": up.tolist()},
-        "input_frame": {"file": str(main.camera_file.resolve()),
-                        "scale": float(np.linalg.det(to_run[:3, :3]) ** (1.0 / 3.0)),
-                        "centre": main.scale_mat[:3, 3].tolist(), "to_run": to_run.tolist()},
+        "input_frame": {"file": str(main.camera_file.resolve()), "scale": scale,
+                        "centre": main.scale_mat[:3, 3].tolist(), "rotation": (to_run[:3, :3] / scale).tolist(),
+                        "to_run": to_run.tolist()},
     }
     if max_images is not None:
         meta["max_images"] = int(max_images)
