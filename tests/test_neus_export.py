@@ -96,5 +96,10 @@ def test_a_run_exported_as_neus_trains_again_as_the_hint_says(nls, tiny_scene, t
     S = np.load(out / "cameras_sphere.npz")["scale_mat_0"]
     box = np.asarray(recorded["aabb"]).reshape(2, 3) * S[0, 0] + S[:3, 3]  # (the run's box, through scale_mat)
     assert box.reshape(6).tolist() == pytest.approx(first["aabb"], abs=1e-5)
+    import trimesh  # (the ground truth came along through scene.gt_mesh, into the folder's normalised frame)
+
+    truth = trimesh.load(recorded["gt_mesh"], process=False)
+    original = trimesh.load(first["gt_mesh"], process=False)
+    assert np.allclose(truth.vertices * S[0, 0] + S[:3, 3], original.vertices, atol=1e-5)
     refused = nls("export", str(run), "--dataset-format", "neus", "-o", str(tmp_path / "x.ply"))
     assert refused.returncode == 2 and "add --dataset" in refused.stderr

@@ -166,9 +166,10 @@ def _say_neus_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
           + _export_extras(facts, "gt_mesh", "points") + where)
     aabb = ",".join(f"{v:.8g}" for v in facts["aabb"])
     masks = "" if any(s.alphas is not None for s in ld.scene.splits.values()) else " --set scene.mask_use=ignore"
+    truth = " --set scene.gt_mesh=gt_mesh.ply" if facts["gt_mesh"] else ""
     print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
-          f"scene.type=neus --set scene.path={out} --set scene.orientation=none --set 'scene.aabb=[{aabb}]'{masks} "
-          f"(the box in the folder's normalised frame), or a NeuS-family code's on {out}")
+          f"scene.type=neus --set scene.path={out} --set scene.orientation=none --set 'scene.aabb=[{aabb}]'{masks}"
+          f"{truth} (the box in the folder's normalised frame), or a NeuS-family code's on {out}")
 
 
 def _given(args, key: str) -> bool:
