@@ -211,13 +211,16 @@ def test_a_ground_truth_mesh_in_the_scan_s_coordinates_is_moved_into_the_run_s_f
         build_neus(NeusConfig(path=str(tmp_path / "scan"), test_every=0, gt_mesh="nothing.ply"), None)()
 
 
-def test_skew_is_warned_about_with_the_pixels_it_moves(tmp_path, capsys):
+def test_skew_and_more_cameras_than_images_are_warned_about(tmp_path, capsys):
     rng = np.random.default_rng(4)
-    Ks, c2w = _cameras(rng, 2)
+    Ks, c2w = _cameras(rng, 3)
     _write_neus(tmp_path / "scan", Ks, c2w, np.eye(4), rng=rng, masks=False, skew=0.01)
     load_neus(tmp_path / "scan", test_every=0)
     err = capsys.readouterr().err
-    assert "skew" in err and "0.20 px" in err  # (0.01 x 20 rows)
+    assert "skew" in err and "0.20 px" in err and "cameras for" not in err  # (0.01 x 20 rows)
+    (tmp_path / "scan" / "image" / "000001.png").unlink()  # (an image taken out: the last one gets camera 1)
+    load_neus(tmp_path / "scan", test_every=0)
+    assert "3 cameras for 2 images; cameras pair with the images by sorted order" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fault, message", [

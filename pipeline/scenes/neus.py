@@ -171,6 +171,11 @@ def read_cameras(path: Path, n: int) -> tuple[list[np.ndarray], list[np.ndarray]
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a NumPy .npz archive of cameras: {exc}") from None
     with archive:
+        cameras = sum(1 for key in archive.files if key.startswith("world_mat_") and key[10:].isdigit())
+        if cameras > n:
+            warn(f"{path}: {cameras} cameras for {n} images; cameras pair with the images by sorted order, so the "
+                 f"first {n} are used, and an image taken out of the folder moves every later one onto the wrong "
+                 f"camera (NeuS pairs them alike)")
         scale = None
         Ks, poses, skew = [], [], 0.0
         for i in range(n):
