@@ -144,9 +144,9 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (training and rendering)")
     r.set_defaults(func=cmd_reconstruct)
 
-    def run_cmd(name, func, help_, desc):
+    def run_cmd(name, func, help_, desc, target="a run folder made by `nls reconstruct`"):
         c = sub.add_parser(name, parents=[common], help=help_, description=desc)
-        c.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `nls reconstruct`")
+        c.add_argument("run_dir", metavar="RUN_DIR", help=target)
         c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's train.device "
                             "(auto: cuda when available, else cpu)")
         c.set_defaults(func=func)
@@ -219,7 +219,10 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     c = run_cmd("export", cmd_export, "extract and export a mesh (or a point cloud)",
                 "Marching cubes on the field (SDF level, density threshold or occupancy 0.5); the format "
                 "follows the file extension (.ply .obj .glb .stl .off). --faces simplifies it, --colors or "
-                "--texture colours it; --points writes a point cloud from the training views instead.")
+                "--texture colours it; --points writes a point cloud from the training views instead.",
+                target="a run folder made by `nls reconstruct`; with --dataset also a scene file or data path (a "
+                "COLMAP capture, photos, a video, a Blender or NeuS folder): its views as nls reconstruct would load "
+                "them (posed, undistorted, fitted), converted without training")
     c.add_argument("-o", "--output", required=True, metavar="MESH", help="output file, e.g. mesh.ply")
     c.add_argument("--resolution", type=int_at_least(16, 1024), metavar="N",
                    help="grid samples per side, 16..1024 as in the extractor's config (default: the scene's)")

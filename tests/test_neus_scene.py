@@ -296,3 +296,30 @@ def test_nls_reconstruct_finds_the_folder_and_export_frame_input_gives_world_cam
         want = S @ c2w[i]
         want[:3, :3] /= 2.0
         assert np.allclose(np.asarray(frame["transform_matrix"]), want, atol=1e-4), frame["file_path"]
+
+
+def test_nls_export_dataset_converts_a_folder_without_a_run(nls, tmp_path):
+    """``nls export FOLDER --dataset`` on data (no run): the NeuS folder as the neus source loads it, written as a
+    transforms.json whose cameras are the loaded ones; ``--frame input`` gives them in the scan's world coordinates."""
+    rng = np.random.default_rng(9)
+    Ks, c2w = _cameras(rng, 4)
+    S = _similarity(rng, 2.0)
+    _write_neus(tmp_path / "scan", Ks, c2w, S, rng=rng)
+    done = nls("export", str(tmp_path / "scan"), "--dataset", "-o", str(tmp_path / "ns"), "-q", check=True)
+    assert "(in the scene's frame)" in done.stdout and "nls reconstruct SCENE.yaml --set scene.type=blender" \
+        in done.stdout
+    loaded = load_neus(tmp_path / "scan")
+    doc = json.loads((tmp_path / "ns" / "transforms.json").read_text())
+    assert doc["nls_run"]["from"] == str((tmp_path / "scan").resolve()) and "run" not in doc["nls_run"]
+    frames = {Path(f["file_path"]).stem: f for f in doc["frames"]}
+    for split in loaded.splits.values():
+        for i, name in enumerate(split.names):
+            assert np.allclose(frames[name]["transform_matrix"], split.cameras.c2w[i].numpy(), atol=1e-6)
+            assert frames[name]["fl_x"] == pytest.approx(float(split.cameras.fx[i]))
+    nls("export", str(tmp_path / "scan"), "--dataset", "--frame", "input", "-o", str(tmp_path / "world"), "-q",
+        check=True)
+    doc = json.loads((tmp_path / "world" / "transforms.json").read_text())
+    for frame in doc["frames"]:
+        want = S @ c2w[int(Path(frame["file_path"]).stem)]
+        want[:3, :3] /= 2.0
+        assert np.allclose(frame["transform_matrix"], want, atol=1e-4)

@@ -115,7 +115,8 @@ def cmd_export(args) -> int:
 
 def _export_dataset(args) -> int:
     """``nls export --dataset -o DIR``: the run's posed images, cameras, masks and depth maps as an instant-ngp /
-    nerfstudio folder (:mod:`pipeline.dataset_export`); exit code 0."""
+    nerfstudio folder or IDR / NeuS folders (:mod:`pipeline.dataset_export`); given a scene file or data path
+    instead of a run, the scene it loads (:func:`_scene_without_run`); exit code 0."""
     from pipeline.dataset_export import check_dataset_folder, write_dataset, write_neus_dataset
 
     given = [flag for key, flag in {**MESH_ONLY, "points": "--points", "bbox": "--bbox", "up": "--up"}.items()
@@ -124,19 +125,49 @@ def _export_dataset(args) -> int:
         raise NLSError(f"--dataset writes the run's images and cameras, which {', '.join(given)} (options of a mesh or "
                        f"point cloud) do not apply to; drop {'them' if len(given) > 1 else 'it'}")
     out = check_dataset_folder(Path(args.output))
-    if args.frame == "input":
-        _refuse_frame_input(Path(args.run_dir), None)
-    ld = open_run(args)
-    frame = _input_frame(ld) if args.frame == "input" else None
-    source = {"run": str(ld.run.path.resolve()), "step": ld.step, "scene": ld.cfg.name, "method": ld.cfg.method,
-              "frame": args.frame}
+    if not (Path(args.run_dir) / "config.yaml").is_file() and Path(args.run_dir).exists():
+        scene, source, hint = _scene_without_run(args)  # (a scene file or data: converted, nothing trained)
+        frame = _scene_input_frame(scene) if args.frame == "input" else None
+        where = " (in the input file's frame)" if frame is not None else " (in the scene's frame)"
+    else:
+        if args.frame == "input":
+            _refuse_frame_input(Path(args.run_dir), None)
+        ld = open_run(args)
+        scene, hint = ld.scene, f"this run's method with nls reconstruct {ld.run.path / 'config.yaml'}"
+        source = {"run": str(ld.run.path.resolve()), "step": ld.step, "scene": ld.cfg.name, "method": ld.cfg.method,
+                  "frame": args.frame}
+        frame = _input_frame(ld) if args.frame == "input" else None
+        where = " (in the input file's frame)" if frame is not None else " (in the run's frame)"
     neus = args.dataset_format == "neus"
     write = write_neus_dataset if neus else write_dataset
-    facts = write(ld.scene, out,  # (open_run's scene: the cameras refined as the run refined them)
+    facts = write(scene, out,  # (open_run's scene: the cameras refined as the run refined them)
                   to_run=None if frame is None else frame["to_run"], progress=not args.quiet, source=source)
-    where = " (in the input file's frame)" if frame is not None else " (in the run's frame)"
-    (_say_neus_export if neus else _say_export)(ld, out, facts, where)
+    (_say_neus_export if neus else _say_export)(scene, hint, out, facts, where)
     return 0
+
+
+def _scene_without_run(args) -> tuple:
+    """``(scene, source, hint)`` of ``nls export SCENE_OR_DATA --dataset``: the scene a scene file or data path
+    (a COLMAP capture, photos, a video, a Blender or NeuS folder) loads, as ``nls reconstruct`` would load it
+    (structure from motion, undistortion and fitting included, cached as for training), with nothing trained."""
+    from pipeline.build import load_scene_for_command
+    from pipeline.commands.run_loading import host_for
+    from pipeline.config import load_scene
+
+    cfg = load_scene(Path(args.run_dir), host_for(args), [])
+    scene = load_scene_for_command(cfg, "cpu", quiet=args.quiet)
+    source = {"scene": cfg.name, "from": str(Path(args.run_dir).resolve()), "frame": args.frame}
+    return scene, source, "a scene file's method with nls reconstruct SCENE.yaml"
+
+
+def _scene_input_frame(scene) -> dict:
+    """The input frame a scene's source recorded (``meta["input_frame"]``); NLSError for ``--frame input`` when it
+    has none."""
+    frame = scene.meta.get("input_frame")
+    if not isinstance(frame, dict) or "to_run" not in frame:
+        raise NLSError(f"--frame input: this scene ({scene.meta.get('source', 'its source')}) was not made by "
+                       f"normalising an input file, so there is no input frame; export without --frame input")
+    return frame
 
 
 def _export_extras(facts: dict, *keys: str) -> str:
@@ -147,17 +178,16 @@ def _export_extras(facts: dict, *keys: str) -> str:
     return f", with {' and '.join(extras)}" if extras else ""
 
 
-def _say_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
-    """What ``--dataset`` (nerfstudio) wrote, and how to train on it."""
+def _say_export(scene, hint: str, out: Path, facts: dict, where: str) -> None:
+    """What ``--dataset`` (nerfstudio) wrote, and how to train on it (``hint``: whose method with which file)."""
     counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
     print(f"wrote {out}: transforms.json and the images of {counts} views"
           + _export_extras(facts, "masks", "depths", "gt_mesh", "points") + where)
-    print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
-          f"scene.type=blender --set scene.path={out}, another scene file's the same way, or another tool's, e.g. "
-          f"ns-train nerfacto --data {out}")
+    print(f"train on the same data: {hint} --set scene.type=blender --set scene.path={out}, another scene file's "
+          f"the same way, or another tool's, e.g. ns-train nerfacto --data {out}")
 
 
-def _say_neus_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
+def _say_neus_export(scene, hint: str, out: Path, facts: dict, where: str) -> None:
     """What ``--dataset --dataset-format neus`` wrote, and how to train on it (the box in the folder's frame)."""
     counts = ", ".join(f"{n} {name}" for name, n in facts["splits"].items())
     held = [f"{name}/" for name in facts["splits"] if name != "train"]
@@ -165,11 +195,11 @@ def _say_neus_export(ld: Loaded, out: Path, facts: dict, where: str) -> None:
     print(f"wrote {out}: image/, mask/ and cameras_sphere.npz of {counts} views (the train views; {others})"
           + _export_extras(facts, "gt_mesh", "points") + where)
     aabb = ",".join(f"{v:.8g}" for v in facts["aabb"])
-    masks = "" if any(s.alphas is not None for s in ld.scene.splits.values()) else " --set scene.mask_use=ignore"
+    masks = "" if any(s.alphas is not None for s in scene.splits.values()) else " --set scene.mask_use=ignore"
     truth = " --set scene.gt_mesh=gt_mesh.ply" if facts["gt_mesh"] else ""
-    print(f"train on the same data: this run's method with nls reconstruct {ld.run.path / 'config.yaml'} --set "
-          f"scene.type=neus --set scene.path={out} --set scene.orientation=none --set 'scene.aabb=[{aabb}]'{masks}"
-          f"{truth} (the box in the folder's normalised frame), or a NeuS-family code's on {out}")
+    print(f"train on the same data: {hint} --set scene.type=neus --set scene.path={out} --set scene.orientation=none "
+          f"--set 'scene.aabb=[{aabb}]'{masks}{truth} (the box in the folder's normalised frame), or a NeuS-family "
+          f"code's on {out}")
 
 
 def _given(args, key: str) -> bool:
