@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Optional
 from pipeline.notices import warn
 from pipeline.runs import process_umask, sweep_stale_temps
 from pipeline.types import ConfigError, SceneData
-from plugins.scenes.config import (BlenderConfig, ColmapConfig, MeshSceneConfig, PhotosConfig, ProceduralConfig,
-                                   VideoConfig)
+from plugins.scenes.config import (BlenderConfig, ColmapConfig, MeshSceneConfig, NeusConfig, PhotosConfig,
+                                   ProceduralConfig, VideoConfig)
+from plugins.scenes.input_ground_truth import with_input_gt_mesh
 
 if TYPE_CHECKING:
     import numpy as np
@@ -387,8 +388,6 @@ def build_colmap(cfg: ColmapConfig, ctx):
         from plugins.scenes.undistortion import undistorted_capture
 
         root = Path(cfg.path)
-        from plugins.scenes.input_ground_truth import with_input_gt_mesh
-
         found = undistorted_capture(root, cfg) if cfg.undistort else None
         if found is None:
             return with_input_gt_mesh(load_colmap(root, images=cfg.images, sparse=cfg.sparse,
@@ -411,13 +410,11 @@ def build_colmap(cfg: ColmapConfig, ctx):
     return load
 
 
-def build_neus(cfg, ctx):
+def build_neus(cfg: NeusConfig, ctx):
     """Build the ``neus`` scene source from its ``scene:`` block (``NeusConfig``): returns a loader of the IDR /
     NeuS folder in its normalised frame (:mod:`pipeline.scenes.neus`)."""
     def load() -> SceneData:
         from pipeline.scenes.neus import load_neus
-
-        from plugins.scenes.input_ground_truth import with_input_gt_mesh
 
         scene = load_neus(Path(cfg.path), background=BG[cfg.background], **cfg.load_options())
         return with_input_gt_mesh(scene, Path(cfg.path), cfg.gt_mesh)
@@ -439,8 +436,6 @@ def build_photos(cfg: PhotosConfig, ctx):
         folder = photo_folder(Path(cfg.path))
         if not folder.is_dir():
             raise DataError(f"scene.path {cfg.path} is not a folder; give the folder that holds the photos")
-        from plugins.scenes.input_ground_truth import with_input_gt_mesh
-
         exposure = getattr(getattr(getattr(ctx, "cfg", None), "train", None), "exposure", "none")
         return with_input_gt_mesh(pose_photos(folder, cfg, compensated=exposure != "none"), Path(cfg.path),
                                   cfg.gt_mesh)
@@ -691,8 +686,6 @@ def build_video(cfg: VideoConfig, ctx):
         scene.meta.update(source="video", video=str(video.resolve()), frames={**frames, "folder": str(entry)})
         if masks is not None:  # the masks the user gave (the frames' are cached)
             scene.meta.update(masks=str(masks[1]), frame_masks=masks[2])
-        from plugins.scenes.input_ground_truth import with_input_gt_mesh
-
         return with_input_gt_mesh(scene, video.parent, cfg.gt_mesh)
 
     return load
