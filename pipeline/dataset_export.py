@@ -183,19 +183,28 @@ def _write_neus_split(scene: SceneData, split, folder: Path, from_run: Optional[
 
     cams = split.cameras
     c2w, _ = moved_cameras(cams.c2w.detach().cpu().double().numpy(), from_run)
-    images = split.images.detach().cpu().numpy()
-    alphas = None if split.alphas is None else split.alphas.detach().cpu().numpy()
-    rgb = images if alphas is None else straight_colour(images, alphas, scene.background)[..., :3]
-    keep = np.ones(images.shape[:3]) if alphas is None else alphas[..., 0].astype(np.float64)
-    if split.valid is not None:
-        keep = keep * split.valid.cpu().numpy()
+    colours, masks = [], []
+    for i in range(len(split)):  # (a view at a time: float copies of a whole split run to gigabytes)
+        stored = _stored_colour(split, i, scene.background)
+        colours.append(np.round(stored[..., :3] * 255).astype(np.uint8))
+        keep = stored[..., 3] if stored.shape[-1] == 4 else np.ones(stored.shape[:2])
+        if split.valid is not None:
+            keep = keep * split.valid[i].cpu().numpy()
+        masks.append(np.round(keep * 255).astype(np.uint8))
     stems = _unique_names(split.names, len(split))
     width = max(4, len(str(len(split) - 1)))
     files = [f"{k:0{width}d}_{stem}" for k, stem in enumerate(stems)]
-    write_neus_folder(folder, np.round(rgb * 255).astype(np.uint8),
-                      np.stack([projection(cams, i, c2w[i]) for i in range(len(split))]), scale_mat,
-                      masks=np.round(keep * 255).astype(np.uint8), names=files, on_image=on_image)
+    write_neus_folder(folder, np.stack(colours), np.stack([projection(cams, i, c2w[i]) for i in range(len(split))]),
+                      scale_mat, masks=np.stack(masks), names=files, on_image=on_image)
     return dict(zip(files, stems))
+
+
+def _stored_colour(split, i: int, background) -> np.ndarray:
+    """(H, W, 3 or 4) in [0, 1]: view ``i`` of ``split`` as an export stores it: RGBA with the straight colour
+    (:func:`straight_colour`) where the split has alpha, else its RGB."""
+    image = split.images[i].detach().cpu().numpy()
+    return image if split.alphas is None else straight_colour(image, split.alphas[i].detach().cpu().numpy(),
+                                                              background)
 
 
 def _write_frames(scene: SceneData, splits: dict, staging: Path, from_run: Optional[np.ndarray],
@@ -213,16 +222,13 @@ def _write_frames(scene: SceneData, splits: dict, staging: Path, from_run: Optio
         for name, split in splits.items():
             cams = split.cameras
             c2w, scale = moved_cameras(cams.c2w.detach().cpu().double().numpy(), from_run)
-            images = split.images.detach().cpu().numpy()
-            rgba = None if split.alphas is None else straight_colour(images, split.alphas.detach().cpu().numpy(),
-                                                                     scene.background)
             sizes.append([int(cams.width), int(cams.height)])
             for i, stem in enumerate(_unique_names(split.names, len(split))):
                 frame = {"file_path": f"images/{name}/{stem}.png", "transform_matrix": c2w[i].tolist(), "split": name,
                          "fl_x": float(cams.fx[i]), "fl_y": float(cams.fy[i]), "cx": float(cams.cx[i]),
                          "cy": float(cams.cy[i]), "w": int(cams.width), "h": int(cams.height)}
                 _write_png(staging / frame["file_path"],
-                           np.round((images[i] if rgba is None else rgba[i]) * 255).astype(np.uint8))
+                           np.round(_stored_colour(split, i, scene.background) * 255).astype(np.uint8))
                 if masks:
                     frame["mask_path"] = f"masks/{name}/{stem}.png"
                     kept = np.ones((cams.height, cams.width), bool) if split.valid is None else \
