@@ -160,7 +160,7 @@ def test_the_cameras_up_is_turned_to_z_and_input_frame_follows(tmp_path):
     assert turned.meta["world_up"] == "+z" and turned.meta["orientation"]["method"] == "vertical"
 
 
-def test_ignore_masks_and_no_masks(tmp_path):
+def test_ignore_masks_and_no_masks(tmp_path, capsys):
     rng = np.random.default_rng(2)
     Ks, c2w = _cameras(rng, 3)
     _, keep = _write_neus(tmp_path / "scan", Ks, c2w, np.eye(4), rng=rng)
@@ -171,6 +171,7 @@ def test_ignore_masks_and_no_masks(tmp_path):
     assert off.splits["train"].valid is None and off.splits["train"].alphas is None and "masks" not in off.meta
     _write_neus(tmp_path / "bare", Ks, c2w, np.eye(4), rng=rng, masks=False, camera_file="cameras.npz")
     bare = load_neus(tmp_path / "bare", test_every=0)  # (IDR's cameras.npz; the default mask folder is absent)
+    assert "no object masks (mask/ or masks/): the images' background is trained" in capsys.readouterr().err
     assert bare.splits["train"].alphas is None and bare.meta["cameras"].endswith("cameras.npz")
     with pytest.raises(DataError, match="scene.masks masks: no folder"):
         load_neus(tmp_path / "bare", masks="masks")

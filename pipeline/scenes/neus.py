@@ -340,6 +340,11 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
             out[name].names = [named.get(stem, stem) for stem in out[name].names]
             sizes[name] = [out[name].cameras.width, out[name].cameras.height]
             orig_sizes[name] = [w0, h0]
+    if not main.masks and mask_use != "off":
+        warn(f"{root}: no object masks ({' or '.join(f'{n}/' for n in MASK_FOLDERS)}): the images' background is "
+             f"trained as part of the scene, and only the box about the unit sphere is modelled (nls has no "
+             f"background model), so what lies beyond it ends up as haze in the box; masks (mask_use: object) "
+             f"leave the object alone")
     skew = max([main.skew] + [f.skew for f in folders.values()])
     height = max(h for _, h in orig_sizes.values())
     if skew * height > SKEW_PIXELS:
