@@ -253,6 +253,17 @@ def exported_view_names(root: Path) -> dict[str, dict[str, str]]:
     return {k: {str(a): str(b) for a, b in v.items()} for k, v in views.items() if isinstance(v, dict)}
 
 
+def _split_picks(main: _Folder, folders: dict, held: bool, test_every: int) -> list[tuple[str, _Folder, list[int]]]:
+    """``[(split, folder, its view indices)]``: with split folders (``held``), all of ``main`` for train and all of
+    each of ``folders`` for its split; else ``main``'s views by the hold-out rule (every ``test_every``-th is test)."""
+    if held:
+        return [("train", main, list(range(len(main.paths)))),
+                *[(name, f, list(range(len(f.paths)))) for name, f in folders.items()]]
+    test = set(range(0, len(main.paths), test_every)) if test_every else set()
+    return [("train", main, [i for i in range(len(main.paths)) if i not in test]),
+            ("test", main, sorted(test))]
+
+
 def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str] = None, masks: Optional[str] = None,
               mask_use: str = "object", splits: Sequence[str] = NEUS_SPLITS, test_every: int = 8,
               background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
@@ -316,11 +327,7 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
     for folder in (main, *folders.values()):
         folder.poses = [turn @ pose for pose in folder.poses]
     found: dict[str, FrameList] = {}
-    for name, folder, picks in [("train", main, [i for i in range(len(main.paths))
-                                                 if held or not (test_every and i % test_every == 0)]),
-                                *([("test", main, list(range(0, len(main.paths), test_every)))]
-                                  if not held and test_every else []),
-                                *[(name, f, list(range(len(f.paths)))) for name, f in folders.items()]]:
+    for name, folder, picks in _split_picks(main, folders, bool(held), test_every):
         if name not in splits or not picks:
             continue
         sp = found.setdefault(name, FrameList(name, folder.camera_file))
