@@ -37,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.scenes.blender import box_corners
 from pipeline.types import NLSError, SceneData
 
 #: world units per stored depth unit in the written ``.npy`` depth maps (nerfstudio's default
@@ -164,8 +165,7 @@ def neus_frame(box: np.ndarray, from_run: Optional[np.ndarray]) -> tuple[np.ndar
     """``(scale_mat (4, 4), aabb (6,))``: the similarity from a normalised frame to the frame written (the run's, or
     ``from_run``'s), in which the scene ``box`` (6,) lies inside the unit sphere, centred on it with its half
     diagonal the radius, and the axis-aligned bounds of the box's corners in that normalised frame."""
-    corners = _moved_points(np.array(np.meshgrid(*np.asarray(box).reshape(2, 3).T, indexing="ij")).reshape(3, -1).T,
-                            from_run)
+    corners = _moved_points(box_corners(box), from_run)
     centre = corners.mean(0)
     radius = float(np.linalg.norm(corners - centre, axis=1).max())
     scale_mat = np.eye(4)
@@ -253,8 +253,7 @@ def _write_scene_files(scene: SceneData, staging: Path, from_run: Optional[np.nd
     import trimesh
 
     _, scale = moved_cameras(np.eye(4)[None], from_run)
-    box = scene.aabb.detach().cpu().double().numpy().reshape(2, 3)
-    corners = _moved_points(np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T, from_run)
+    corners = _moved_points(box_corners(scene.aabb.detach().cpu().double().numpy()), from_run)
     keys: dict = {"aabb": [float(v) for v in np.concatenate([corners.min(0), corners.max(0)])]}
     if np.isfinite(scene.far) and scene.far > scene.near:
         keys["near"], keys["far"] = float(scene.near) * scale, float(scene.far) * scale

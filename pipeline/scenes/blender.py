@@ -919,12 +919,17 @@ def in_box(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
     return ((points >= box[0]) & (points <= box[1])).all(axis=1)
 
 
+def box_corners(box: Sequence[float]) -> np.ndarray:
+    """(8, 3) float64: the corners of ``box`` (6: min xyz, max xyz)."""
+    box = np.asarray(box, dtype=np.float64).reshape(2, 3)
+    return np.array(np.meshgrid(*box.T, indexing="ij")).reshape(3, -1).T
+
+
 def near_far_from_box(poses: Iterable[np.ndarray], box: np.ndarray) -> tuple[float, float]:
     """``(near, far)`` for cameras with (4, 4) ``poses`` and the (6,) ``box``: the nearest camera's distance to
     the box (at least 0.01) and the farthest box corner from any camera."""
     lo, hi = box[:3], box[3:]
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                        for z in (lo[2], hi[2])])
+    corners = box_corners(box)
     near, far = np.inf, 0.0
     for m in poses:
         o = m[:3, 3]
