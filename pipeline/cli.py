@@ -298,6 +298,14 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                    "NAME.png (or .jpg, .tif, ...) anywhere under DIR, against the run's ground truth with the run's "
                    "psnr evaluator (its masks and options), e.g. a method trained on nls export RUN --dataset; "
                    "default output RUN_DIR/eval_<DIR name>.json")
+    c.add_argument("--mesh", metavar="FILE",
+                   help="score another method's mesh instead of the run's own: FILE (PLY, OBJ, OFF, ...) with the "
+                   "run's geometry evaluators (chamfer, dtu, point_fit: those that read the mesh alone) and their "
+                   "options, e.g. NeuS's mesh of the same scan; default output RUN_DIR/eval_<FILE stem>.json")
+    c.add_argument("--mesh-frame", choices=("input", "run"), default="input",
+                   help="the coordinates of --mesh: input (default), those of the data the run was made from (a "
+                   "DTU scan's world frame, a COLMAP model's; moved by the scene's input frame), or run, the run's "
+                   "own (nls export RUN without --frame input)")
     c.add_argument("--no-wandb", dest="wandb", action="store_false",
                    help="a run trained with train.wandb gets this evaluation's metrics in its W&B run's summary "
                    "(eval/psnr, ...; with -o FILE, FILE's stem before the key); this leaves W&B alone")
@@ -360,7 +368,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
                        "Prints a terminal table unless --markdown, --json, --html or -o FILE is given.")
     c.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
                    help="run folders made by `nls reconstruct`, or the JSON of `nls eval RUN --renders DIR` (another "
-                   "method's renders of RUN's eval views, scored as RUN is: a column renders:DIR)")
+                   "method's renders of RUN's eval views, scored as RUN is: a column renders:DIR) or of `nls eval RUN "
+                   "--mesh FILE` (another method's mesh: a column mesh:FILE)")
     fmt = c.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown",
                      help="print a Markdown table")

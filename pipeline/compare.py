@@ -106,8 +106,8 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
 
 
 def _read(path: Path) -> RunFacts:
-    """A run folder (:func:`read_run`), or the JSON of ``nls eval RUN --renders DIR``: another method's renders
-    scored as RUN's (:func:`pipeline.report.scored_renders.read_scored_renders`)."""
+    """A run folder (:func:`read_run`), or the JSON of ``nls eval RUN --renders DIR`` (or ``--mesh FILE``): another
+    method's renders or mesh scored as RUN's (:func:`pipeline.report.scored_renders.read_scored_renders`)."""
     if path.suffix.lower() == ".json" and path.is_file():
         from pipeline.report.scored_renders import read_scored_renders
 

@@ -108,11 +108,17 @@ def cmd_eval(args) -> int:
                            f"(train a new run to change it)")
     _check_more_splits(sets, Path(args.run_dir), host_for(args))
     renders_from = _renders_folder(args)
-    if renders_from is not None and out is None:
-        out = check_output_file(Path(args.run_dir) / f"eval_{renders_from.name}.json", "metrics")
+    mesh_from = _mesh_file(args)
+    if renders_from is not None and mesh_from is not None:
+        raise NLSError("--renders and --mesh: give one; each scores another method's output (images or a mesh)")
+    given = renders_from.name if renders_from is not None else mesh_from.stem if mesh_from is not None else None
+    if given is not None and out is None:
+        out = check_output_file(Path(args.run_dir) / f"eval_{given}.json", "metrics")
     ld = open_run(args, overrides=sets)
     if renders_from is not None:
         _image_evaluators_only(ld)
+    if mesh_from is not None:
+        _mesh_evaluators_only(ld)
     if not ld.cfg.evaluators:
         whose = "--set emptied the evaluators" if any(parse_override(t)[0] == ["evaluators"] for t in sets) \
             else "the run's config has no evaluators"
@@ -124,12 +130,13 @@ def cmd_eval(args) -> int:
     with exclusive_lock(out.parent / f".{out.stem}.lock", lambda pid: (
             f"{out} is being written by another nls eval (pid {pid}); wait for it, or give another -o"),
             f"writes {out}", remove=True):
-        data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet, renders_from=renders_from)
+        data, ctx, renders = _evaluate_into(ld, out, sets, quiet=args.quiet, renders_from=renders_from,
+                                            mesh_from=mesh_from, mesh_frame=getattr(args, "mesh_frame", "input"))
     title = f"{renders_from} (the renders of {ld.run.path}'s {ld.cfg.eval.split} views)" if renders_from else \
-        f"{ld.run.path}  (step {ld.step})"
+        f"{mesh_from} (a mesh of {ld.run.path}'s scene)" if mesh_from else f"{ld.run.path}  (step {ld.step})"
     _print_metrics(data["metrics"], title, data["metric_notes"], data["metric_better"])
     print(f"wrote {out}" + (f" and its renders to {renders}" if ctx.rendered else ""))
-    if ld.cfg.train.wandb and getattr(args, "wandb", True) and renders_from is None:
+    if ld.cfg.train.wandb and getattr(args, "wandb", True) and given is None:
         from pipeline.wandb_log import eval_prefix, publish_summary
 
         prefix = eval_prefix(out, ld.run.path)
@@ -155,6 +162,39 @@ def _renders_folder(args) -> Optional[Path]:
     return folder
 
 
+def _mesh_file(args) -> Optional[Path]:
+    """``--mesh FILE`` as a file that exists (None without it); NLSError otherwise."""
+    given = getattr(args, "mesh", None)
+    if given is None:
+        return None
+    path = Path(given)
+    if not path.is_file():
+        raise NLSError(f"--mesh {given}: {'is a folder' if path.exists() else 'does not exist'}; give the mesh file "
+                       f"(PLY, OBJ, OFF, ...) of another method's reconstruction of the run's scene")
+    return path
+
+
+def _mesh_evaluators_only(ld: Loaded) -> None:
+    """With ``--mesh``: the run's evaluators that score a mesh by itself (:func:`pipeline.external_mesh.mesh_only`),
+    or ``chamfer`` when the run has none and its scene a ground-truth mesh; NLSError when there is nothing to score
+    the mesh with."""
+    from pipeline.config import load_resolved
+    from pipeline.external_mesh import mesh_only
+
+    kept = [c for c in ld.cfg.evaluators if mesh_only(c.component.consumes)]
+    left = [c.name for c in ld.cfg.evaluators if c not in kept]
+    if left:
+        print(f"--mesh: scoring the mesh only; {', '.join(left)} evaluate the run's own field or renders",
+              file=sys.stderr)
+    if not kept and ld.scene.gt_mesh:
+        kept = load_resolved(ld.run.config_path, ld.host, ["evaluators=[{type: chamfer}]"]).evaluators
+    if not kept:
+        raise NLSError("--mesh: the run has no evaluator that scores a mesh by itself, and its scene no ground-truth "
+                       "mesh for chamfer; give one, e.g. --set 'evaluators=[{type: dtu}]' (DTU's point clouds) or "
+                       "--set 'evaluators=[{type: point_fit}]' (the scene's input points)")
+    ld.cfg.evaluators = kept
+
+
 def _image_evaluators_only(ld: Loaded) -> None:
     """With ``--renders``: the run's image-metric evaluators (``psnr``), or ``psnr`` with its defaults when the run
     has none; what the others score (the run's own field, mesh or depth) is not in another method's images."""
@@ -170,7 +210,8 @@ def _image_evaluators_only(ld: Loaded) -> None:
     ld.cfg.evaluators = kept
 
 
-def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool, renders_from: Optional[Path] = None):
+def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool, renders_from: Optional[Path] = None,
+                   mesh_from: Optional[Path] = None, mesh_frame: str = "input"):
     """Run the evaluators of ``ld`` and write ``out`` with its renders beside it: ``(data, ctx, renders)``.
 
     The renders, and the files evaluators write (``ctx.files_dir``: sphere-traced views, level-set points,
@@ -191,6 +232,12 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool, rende
         ctx = ExternalRenders(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
                               files_root=staging, progress=not quiet, renders_from=renders_from)
         ctx.renders()  # (a missing, ambiguous or mis-sized render is an error here, not a skipped evaluator)
+    elif mesh_from is not None:  # (another method's mesh, read instead of extracted)
+        from pipeline.external_mesh import GivenMesh
+
+        ctx = GivenMesh(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
+                        files_root=staging, progress=not quiet, mesh_from=mesh_from, mesh_frame=mesh_frame)
+        ctx.mesh()  # (an unreadable file is an error here, not a skipped evaluator)
     else:
         ctx = EvalContext(ld.cfg, ld.scene, ld.system, ld.run, ld.device, out_dir=staging / ld.cfg.eval.split,
                           files_root=staging, progress=not quiet)
@@ -201,6 +248,7 @@ def _evaluate_into(ld: Loaded, out: Path, sets: list[str], *, quiet: bool, rende
     resolved = ld.cfg.to_dict()
     data = {"run": str(ld.run.path.resolve()), "step": ld.step, "overrides": sets, "metrics": flatten(results),
             **({"renders_from": str(renders_from.resolve())} if renders_from is not None else {}),
+            **({"mesh_from": str(mesh_from.resolve()), "mesh_frame": mesh_frame} if mesh_from is not None else {}),
             "evaluators": results, "metric_notes": run_metric_notes(ld.cfg.evaluators, results),
             "metric_better": run_metric_better(ld.cfg.evaluators, results),
             "config": {k: resolved.get(k) for k in EVAL_RECORDED}}

@@ -301,6 +301,50 @@ POINT_FIT_METRICS = {
 }
 
 
+class DTUConfig(ComponentConfig):
+    """DTU's point-cloud evaluation of the mesh (accuracy, completeness and their mean, in mm; the protocol of
+    the DTU MVS benchmark's Python port, which IDR, NeuS and VolSDF report): the mesh, moved into the scan's world
+    frame by the scene's input frame, against the structured-light scan inside the scanner's observation mask."""
+
+    root: Optional[str] = Field(None, description="DTU's evaluation folder: the one holding Points/stl/ and "
+                                "ObsMask/ (the 'SampleSet/MVS Data' of the DTU release); default: $NLS_DTU")
+    scan: Optional[int] = Field(None, ge=1, description="the scan's number; default: from the scene folder's name "
+                                "(scan24, dtu_scan24, scan_024)")
+    points: Optional[str] = Field(None, description="the scan's points (default ROOT/Points/stl/stl<scan:03d>"
+                                  "_total.ply)")
+    obs_mask: Optional[str] = Field(None, description="its observation mask (default ROOT/ObsMask/ObsMask<scan>"
+                                    "_10.mat: ObsMask, BB, Res)")
+    plane: Optional[str] = Field(None, description="its table plane (default ROOT/ObsMask/Plane<scan>.mat: P)")
+    density: float = Field(0.2, gt=0, description="sampling density of the mesh and thinning radius (mm)")
+    max_dist: float = Field(20.0, gt=0, description="distances from this on are outliers, left out of the means "
+                            "(mm)")
+    patch: float = Field(60.0, ge=0, description="completeness counts mesh samples up to this far outside the "
+                         "mask's box (mm)")
+    visual_hull: Optional[float] = Field(None, ge=0, description="first cut the mesh to the visual hull of the "
+                                         "training views' masks grown by this many pixels, as IDR / NeuS "
+                                         "evaluations do (as nls export --visual-hull); default: no cut")
+    seed: int = Field(0, description="seed of the thinning order")
+
+
+#: what the ``dtu`` evaluator reports
+DTU_METRICS = {
+    "dtu_accuracy": {"note": "mm: mean distance from the mesh's samples in the observed region to the scan (those "
+                             "< max_dist)", "better": "lower"},
+    "dtu_completeness": {"note": "mm: mean distance from the scan points above the table to the mesh's samples "
+                                 "(those < max_dist)", "better": "lower"},
+    "dtu_overall": {"note": "mm: the mean of dtu_accuracy and dtu_completeness (the Chamfer figure DTU papers "
+                            "report)", "better": "lower"},
+    "dtu_accuracy_outliers": {"note": "fraction of the observed samples at max_dist or more from the scan",
+                              "better": "lower"},
+    "dtu_completeness_outliers": {"note": "fraction of the scan points at max_dist or more from the mesh",
+                                  "better": "lower"},
+    "dtu_samples": "the mesh's samples after thinning, within the patch of the mask's box",
+    "dtu_observed": "those in the observed region",
+    "dtu_scan_points": "scan points above the table",
+    "dtu_hull_dropped_faces": "faces the visual hull cut took out",
+}
+
+
 class ChamferConfig(ComponentConfig):
     """Chamfer-L1/L2, normal consistency and F-score against the scene's ground-truth mesh."""
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from plugins.ngp.config import ChamferConfig, DepthConfig, MeshPSNRConfig, PointFitConfig, PSNRConfig, TrainViewsConfig
+from plugins.ngp.config import (ChamferConfig, DepthConfig, DTUConfig, MeshPSNRConfig, PointFitConfig, PSNRConfig,
+                                TrainViewsConfig)
 
 
 class ImageMetrics:
@@ -68,6 +69,77 @@ class GeometryMetrics:
             exact = chamfer_to_surface(mesh, gt, n_samples=e.chamfer_samples)
             res.update({f"{k}_surface": exact[k] for k in ("chamfer_l1", "chamfer_l2")})
         return res
+
+
+class DTUMetrics:
+    """DTU's point-cloud evaluation (:mod:`pipeline.dtu_eval`) of the run's mesh, moved from the run's frame into
+    the scan's world frame by the inverse of the scene's ``input_frame.to_run`` (the identity for a scene with
+    none), after an optional visual-hull cut in the run's frame."""
+
+    def __init__(self, cfg: DTUConfig):
+        self.cfg = cfg
+
+    def files(self, ctx) -> dict:
+        """{"points" | "obs_mask" | "plane": Path}: the options given, the rest from ``root`` and ``scan``."""
+        import os
+        from pathlib import Path
+
+        from pipeline.dtu_eval import reference_files, scan_number
+        from pipeline.types import NLSError
+
+        def path(s: str) -> Path:
+            return Path(os.path.expandvars(s)).expanduser()
+
+        given = {k: getattr(self.cfg, k) for k in ("points", "obs_mask", "plane")}
+        out = {k: path(v) for k, v in given.items() if v}
+        if len(out) == 3:
+            return out
+        root = self.cfg.root or os.environ.get("NLS_DTU")
+        if not root:
+            raise NLSError(f"dtu: no {', '.join(k for k in given if k not in out)} given, and neither the "
+                           f"evaluator's root nor $NLS_DTU names DTU's evaluation folder (the one holding Points/stl/ "
+                           f"and ObsMask/)")
+        scan = self.cfg.scan
+        folder = ctx.scene.meta.get("root") or getattr(ctx.cfg.stages["scene"].options, "path", None) or ""
+        if scan is None:
+            scan = scan_number(Path(str(folder)).name)
+        if scan is None:
+            raise NLSError(f"dtu: the scene folder's name {Path(str(folder)).name!r} names no scan (scan24, "
+                           f"dtu_scan24); give the evaluator's scan")
+        return {**reference_files(path(root), scan), **out}
+
+    def __call__(self, ctx) -> dict:
+        import numpy as np
+
+        from pipeline.dtu_eval import evaluate_mesh, load_reference
+
+        ref = load_reference(**self.files(ctx))
+        mesh = ctx.mesh()
+        res = {}
+        if self.cfg.visual_hull is not None:
+            from pipeline.types import NLSError
+            from pipeline.visual_hull import cut_to_visual_hull
+
+            if "train" not in ctx.scene.splits:
+                raise NLSError("dtu: visual_hull needs the scene's training views")
+            mesh, res["dtu_hull_dropped_faces"] = cut_to_visual_hull(mesh, ctx.scene.splits["train"],
+                                                                     self.cfg.visual_hull)
+        to_run = (ctx.scene.meta.get("input_frame") or {}).get("to_run")
+        vertices = np.asarray(mesh.vertices, np.float64)
+        if to_run is not None:
+            back = np.linalg.inv(np.asarray(to_run, np.float64))
+            vertices = vertices @ back[:3, :3].T + back[:3, 3]
+        res.update(evaluate_mesh(vertices, np.asarray(mesh.faces), ref, density=self.cfg.density,
+                                 max_dist=self.cfg.max_dist, patch=self.cfg.patch, seed=self.cfg.seed,
+                                 progress=_say("dtu") if ctx.progress else None))
+        return res
+
+
+def _say(who: str):
+    """A progress callback printing ``evaluator WHO: ...`` lines to stderr."""
+    import sys
+
+    return lambda line: print(f"evaluator {who}: {line}", file=sys.stderr, flush=True)
 
 
 class PointFitMetrics:
@@ -363,6 +435,11 @@ def build_image_metrics(cfg, ctx):
 def build_geometry_metrics(cfg, ctx):
     """Build the mesh-vs-GT evaluator from its ``evaluators:`` entry (``ChamferConfig``)."""
     return GeometryMetrics(cfg)
+
+
+def build_dtu_metrics(cfg, ctx):
+    """Build DTU's point-cloud evaluator from its ``evaluators:`` entry (``DTUConfig``)."""
+    return DTUMetrics(cfg)
 
 
 def build_point_fit(cfg, ctx):

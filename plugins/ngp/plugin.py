@@ -71,6 +71,8 @@ def nls_register_evaluators(register):
              consumes=[{"render", "images"}], description=C.SENSOR_DEPTH_DOC, metrics=C.SENSOR_DEPTH_METRICS)
     register("mesh_psnr", f"{M}.evaluate:build_mesh_psnr", config=C.MeshPSNRConfig,
              consumes=[{"mesh", "images"}], description=C.MeshPSNRConfig.__doc__, metrics=C.MESH_PSNR_METRICS)
+    register("dtu", f"{M}.evaluate:build_dtu_metrics", config=C.DTUConfig,
+             consumes=["mesh"], description=C.DTUConfig.__doc__, metrics=C.DTU_METRICS)
     register("point_fit", f"{M}.evaluate:build_point_fit", config=C.PointFitConfig,
              consumes=[{"mesh", "points"}], description=C.PointFitConfig.__doc__,
              metrics=C.POINT_FIT_METRICS)
