@@ -81,6 +81,12 @@ class SceneResult:
     log: str
     rank: int = 0
     warnings: list[str] = field(default_factory=list)  # the run's summary.json ``warnings``
+    data: Optional[str] = None  # the data it trained on, when the batch gave several (--data repeated)
+
+    @property
+    def label(self) -> str:
+        """How the console names it: the scene file, ``on`` the data when the batch gave several."""
+        return job_label(self.scene, self.data)
 
 
 @dataclass
@@ -136,9 +142,15 @@ def _without_scene(text: str, scene: str) -> str:
     return text
 
 
-def log_path(log_dir: Path, index: int, scene: str) -> Path:
-    """The log file of the scene of 0-based ``index``, numbered as the console shows it: [1] -> 01_<stem>.log."""
-    return log_dir / f"{index + 1:02d}_{Path(scene).stem}.log"
+def job_label(scene: str, data: Optional[str] = None) -> str:
+    """``scene``, or ``scene on <data's name>`` for a job of a batch over several data paths."""
+    return scene if data is None else f"{scene} on {Path(data).name}"
+
+
+def log_path(log_dir: Path, index: int, scene: str, data: Optional[str] = None) -> Path:
+    """The log file of the scene of 0-based ``index``, numbered as the console shows it: [1] -> 01_<stem>.log
+    (``01_<stem>_<data's name>.log`` for a job on one of several data paths)."""
+    return log_dir / f"{index + 1:02d}_{Path(scene).stem}{'' if data is None else '_' + Path(data).name}.log"
 
 
 def _elapsed(seconds: float) -> str:
@@ -346,12 +358,17 @@ def _run_child(argv: list[str], opts: BatchOptions, log: IO[str], env: dict,
 
 
 def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: int = 0,
-              children: Optional[ChildRuns] = None) -> SceneResult:
-    """Run one scene in a child process; never raises for a failure of the scene itself."""
+              children: Optional[ChildRuns] = None, data: Optional[str] = None) -> SceneResult:
+    """Run one scene in a child process (on ``data``, one of several data paths of the batch, when given); never
+    raises for a failure of the scene itself."""
+    from dataclasses import replace
+
     from pipeline.distributed import clean_child_env
 
     children = children or ChildRuns()
-    log = log_path(log_dir, index, scene)
+    log = log_path(log_dir, index, scene, data)
+    if data is not None:
+        opts = replace(opts, data=data)
     env = clean_child_env()  # the child is a single process even when this one is a torchrun rank
     env.setdefault("NLS_THREADS", str(opts.threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -370,45 +387,47 @@ def run_scene(index: int, scene: str, opts: BatchOptions, log_dir: Path, rank: i
         run_dir = None
     status, kept = run_status(run_dir)
     if code == 0:
-        return SceneResult(index, scene, "ok", status, 0, seconds, run_dir, "", str(log), rank, kept)
+        return SceneResult(index, scene, "ok", status, 0, seconds, run_dir, "", str(log), rank, kept, data)
     if timed_out or children.stop_signal is not None:
         error = _stop_error(code, opts, run_dir, timed_out=timed_out, killed=killed, stop_signal=children.stop_signal)
         outcome = "timed out" if timed_out else "stopped"
     else:
         error, outcome = _error_of(text, code, scene), "failed"
-    return SceneResult(index, scene, outcome, status, code, seconds, run_dir, error, str(log), rank, kept)
+    return SceneResult(index, scene, outcome, status, code, seconds, run_dir, error, str(log), rank, kept, data)
 
 
 def _say_result(res: SceneResult, say) -> None:
     """One console line for a scene that ended."""
     n = f"[{res.index + 1}]"
     if res.outcome == "ok":
-        say(f"{n} done    {res.scene} in {res.seconds:.0f} s ({res.status}) -> {res.run_dir}")
+        say(f"{n} done    {res.label} in {res.seconds:.0f} s ({res.status}) -> {res.run_dir}")
         for w in res.warnings:  # the run's own warnings (summary.json), else seen only in its log
             say(f"{' ' * len(n)} warning: {w}")
     elif res.outcome == "failed":
-        say(f"{n} FAILED  {res.scene} (exit code {res.exit_code}): {res.error}  (log: {res.log})")
+        say(f"{n} FAILED  {res.label} (exit code {res.exit_code}): {res.error}  (log: {res.log})")
     else:
-        say(f"{n} {res.outcome.upper()}  {res.scene}: {res.error}  (log: {res.log})")
+        say(f"{n} {res.outcome.upper()}  {res.label}: {res.error}  (log: {res.log})")
 
 
-def run_scenes(scenes: Sequence[tuple[int, str]], opts: BatchOptions, jobs: int, log_dir: Path,
+def run_scenes(scenes: Sequence[tuple], opts: BatchOptions, jobs: int, log_dir: Path,
                rank: int = 0, say=print) -> list[SceneResult]:
-    """Run ``(index, scene)`` pairs, ``jobs`` at a time, reporting each as it ends; Ctrl-C or SIGTERM
-    stops the running ones (with a checkpoint) and skips the rest."""
+    """Run ``(index, scene)`` pairs (or ``(index, scene, data)``: a job on one of several data paths), ``jobs`` at
+    a time, reporting each as it ends; Ctrl-C or SIGTERM stops the running ones (with a checkpoint) and skips the
+    rest."""
     total = len(scenes)
     children = ChildRuns()
     running: dict[int, tuple[str, Path, float]] = {}  # index -> (scene, log, time.monotonic() at its start)
     lock = threading.Lock()
 
-    def one(item: tuple[int, str]) -> SceneResult:
-        i, scene = item
+    def one(item: tuple) -> SceneResult:
+        i, scene, data = (*item, None)[:3]
+        log = log_path(log_dir, i, scene, data)
         if children.stop_signal is None:
-            say(f"[{i + 1}] started {scene}  (log: {log_path(log_dir, i, scene)})")
+            say(f"[{i + 1}] started {job_label(scene, data)}  (log: {log})")
         with lock:
-            running[i] = (scene, log_path(log_dir, i, scene), time.monotonic())
+            running[i] = (job_label(scene, data), log, time.monotonic())
         try:
-            res = run_scene(i, scene, opts, log_dir, rank, children)
+            res = run_scene(i, scene, opts, log_dir, rank, children, data)
         finally:
             with lock:
                 running.pop(i, None)
@@ -448,13 +467,15 @@ def _report_progress(running: dict[int, tuple[str, Path, float]], lock: threadin
             due[i] = (when, gap)
 
 
-def precheck(scene: str, opts: BatchOptions, host) -> Optional[str]:
-    """Validate a scene file as ``nls reconstruct`` would, before any process starts (no torch)."""
+def precheck(scene: str, opts: BatchOptions, host, data: Optional[str] = None) -> Optional[str]:
+    """Validate a scene file (on ``data``, else ``opts.data``) as ``nls reconstruct`` would, before any process
+    starts (no torch)."""
     from pipeline.config import load_scene
 
     overrides = list(opts.overrides) + ([f"train.steps={opts.steps}"] if opts.steps is not None else [])
+    data = data or opts.data
     try:
-        load_scene(Path(scene), host, overrides, data=Path(opts.data) if opts.data else None)
+        load_scene(Path(scene), host, overrides, data=Path(data) if data else None)
     except NLSError as exc:
         return _without_scene(str(exc), scene)  # the lines that print it name the scene already
     return None
@@ -522,12 +543,20 @@ def cmd_batch(args) -> int:
         parse_override(text)
     cpus = os.cpu_count() or 1
     watch = watch_overrides(args)
+    datas = list(dict.fromkeys(str(Path(d).resolve()) for d in _data_paths(args)))
+    scene_files = [d for d in _data_paths(args) if Path(d).suffix.lower() in (".yaml", ".yml")]
+    if scene_files:
+        raise NLSError(f"--data {scene_files[0]}: a scene file among the data paths (--data takes every path after "
+                       f"it); give the scene files first: nls batch SCENE.yaml ... --data PATH ...")
+    # one job per scene file, or per data path and scene file (the scene files' runs on each data in turn)
+    jobs_of = [(s, None) for s in args.scenes] if len(datas) < 2 else [(s, d) for d in datas for s in args.scenes]
     opts = BatchOptions(output=args.output, overrides=[*(args.set or []), *watch], steps=args.steps,
                         device=args.device, plugins_dirs=list(args.plugins_dir or []), no_eval=args.no_eval,
-                        scene_timeout=args.scene_timeout, data=str(Path(args.data).resolve()) if args.data else None,
+                        scene_timeout=args.scene_timeout, data=datas[0] if len(datas) == 1 else None,
                         # runs at once: --jobs, or fewer when there are fewer scenes than jobs
-                        threads=_threads_per_run(cpus, min(jobs, len(args.scenes)) * max(1, info.local_world_size)))
-    scenes = list(args.scenes)
+                        threads=_threads_per_run(cpus, min(jobs, len(jobs_of)) * max(1, info.local_world_size)))
+    scenes = [s for s, _ in jobs_of]
+    data_of = [d for _, d in jobs_of]
     if info.enabled:  # torchrun: one gloo group only to agree on the folder and gather the results
         import torch
 
@@ -537,10 +566,10 @@ def cmd_batch(args) -> int:
         info = distributed.setup(torch.device("cpu"), threads=1)
     mine = [(i, s) for i, s in enumerate(scenes) if i % info.world_size == info.rank]
     # a scene file that cannot be valid fails here, before any process starts
-    problems = {i: precheck(s, opts, args.host) for i, s in mine}
+    problems = {i: precheck(s, opts, args.host, data_of[i]) for i, s in mine}
     if not info.enabled and all(problems.values()):  # a usage error: no batch folder, exit 2
         for i, s in mine:
-            print(f"[{i + 1}] refused {s}: {problems[i]}", file=sys.stderr)
+            print(f"[{i + 1}] refused {job_label(s, data_of[i])}: {problems[i]}", file=sys.stderr)
         raise NLSError(f"no scene of the batch can start ({'it was' if len(mine) == 1 else f'all {len(mine)} were'} "
                        f"refused, see above); nothing was run")
     root = Path(args.output or "outputs")
@@ -553,7 +582,9 @@ def cmd_batch(args) -> int:
         print(f"{tag}{msg}", flush=True)
 
     if info.is_main:
-        say(f"batch of {len(scenes)} scene(s), {min(jobs, len(scenes))} at a time"
+        say(f"batch of {len(scenes)} scene(s)"
+            + (f" ({len(args.scenes)} scene file(s) on each of {len(datas)} data paths)" if len(datas) > 1 else "")
+            + f", {min(jobs, len(scenes))} at a time"
             + (f" on each of {info.world_size} ranks" if info.enabled else "")
             + f", {opts.threads} thread(s) per run; logs in {log_dir}")
     results: list[SceneResult] = []
@@ -561,10 +592,10 @@ def cmd_batch(args) -> int:
     for i, s in mine:
         problem = problems[i]
         if problem:
-            say(f"[{i + 1}] FAILED  {s}: {problem}  (refused, not run)")
-            results.append(SceneResult(i, s, "failed", None, 2, 0.0, None, problem, "", info.rank))
+            say(f"[{i + 1}] FAILED  {job_label(s, data_of[i])}: {problem}  (refused, not run)")
+            results.append(SceneResult(i, s, "failed", None, 2, 0.0, None, problem, "", info.rank, data=data_of[i]))
         else:
-            todo.append((i, s))
+            todo.append((i, s) if data_of[i] is None else (i, s, data_of[i]))
     results += run_scenes(todo, opts, jobs, log_dir, info.rank, say)
     if info.enabled:
         gathered: list = [None] * info.world_size
@@ -578,6 +609,16 @@ def cmd_batch(args) -> int:
         results = [SceneResult(**d) for part in gathered for d in part]
     results.sort(key=lambda r: r.index)
     return _finish(results, out_dir)
+
+
+def _data_paths(args) -> list[str]:
+    """The ``--data`` paths given (none, one, or several: ``--data`` repeated, or one ``--data`` followed by paths,
+    as a shell glob gives them)."""
+    given = getattr(args, "data", None)
+    if not given:
+        return []
+    return [given] if isinstance(given, str) else [d for part in given for d in ([part] if isinstance(part, str)
+                                                                               else part)]
 
 
 def _finish(results: list[SceneResult], out_dir: Path) -> int:
@@ -597,7 +638,7 @@ def _finish(results: list[SceneResult], out_dir: Path) -> int:
     print(f"{len(done)} of {len(results)} scene(s) finished; batch folder: {out_dir}"
           + (f"; table: {table}" if table else ""))
     for r in failed:
-        print(f"{r.outcome}: {r.scene}: {r.error}" + (f" (log: {r.log})" if r.log else ""), file=sys.stderr)
+        print(f"{r.outcome}: {r.label}: {r.error}" + (f" (log: {r.log})" if r.log else ""), file=sys.stderr)
     if any(r.outcome == "stopped" for r in results):
         return 130
     return 0 if not failed else 1
@@ -631,9 +672,12 @@ def add_parser(sub, common) -> None:
     c.add_argument("--wandb", action="store_true", help="a Weights & Biases run for every run (as nls reconstruct "
                    "--wandb), grouped by scene: W&B's workspace shows the runs side by side")
     c.add_argument("--no-eval", action="store_true", help="stop each run after training")
-    c.add_argument("--data", metavar="PATH", help="train every SCENE.yaml's method and settings on this data (as "
-                   "`nls reconstruct SCENE.yaml --data PATH`): methods compared on one scan or capture, e.g. "
-                   "nls batch scenes/sample_network_spot.yaml scenes/lipschitz_spot.yaml --data scan.ply")
+    c.add_argument("--data", metavar="PATH", nargs="+", action="append",
+                   help="train every SCENE.yaml's method and settings on this data (as `nls reconstruct SCENE.yaml "
+                   "--data PATH`): methods compared on one scan or capture, e.g. nls batch "
+                   "scenes/sample_network_spot.yaml scenes/lipschitz_spot.yaml --data scan.ply. Several paths (--data "
+                   "A B ..., or --data repeated) train every SCENE.yaml on each, one run per pair, and the table "
+                   "gives each method's mean over them: a benchmark's scenes, e.g. --data /data/dtu/dtu_scan*")
     c.add_argument("--scene-timeout", type=positive_seconds, metavar="S",
                    help="stop a scene after S seconds (default: no limit): it gets SIGTERM, and when it is training it saves a "
                    f"checkpoint and exits (go on with `nls resume RUN`); it is killed if still running "

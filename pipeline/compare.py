@@ -29,6 +29,8 @@ class Comparison:
     notes: dict[str, str] = field(default_factory=dict)
     #: {metric: "higher" or "lower"} where an evaluator declared which way is better (else :func:`better` decides)
     better: dict[str, str] = field(default_factory=dict)
+    #: each method's mean over its runs on several scenes (None when no method has finished runs on two)
+    means: Optional["MethodMeans"] = None
 
     def legend(self) -> list[tuple[str, str, str]]:
         """(metric, ↑ / ↓ / "", note) for each metric row with a note, in the table's order (the counts and
@@ -48,7 +50,58 @@ class Comparison:
                          for lab, r in zip(self.labels, self.runs)],
                 "table": {name: dict(zip(self.labels, vals)) for name, vals in self.rows},
                 "best": {k: [self.labels[i] for i in sorted(v)] for k, v in self.best.items()},
-                "notes": self.notes, "better_is": self.better, "warnings": self.warnings}
+                "notes": self.notes, "better_is": self.better, "warnings": self.warnings,
+                **({"means": self.means.to_dict()} if self.means else {})}
+
+
+@dataclass
+class MethodMeans:
+    """Each method's metrics averaged over its finished runs, one per scene (a benchmark's scenes, as ``nls batch
+    --data A B ...`` trains them). A mean is given only where every one of the method's runs has the metric; best
+    means are marked only when every method ran on the same scenes."""
+
+    methods: list[str]
+    scenes: list[list[str]]  # each method's scenes, in the runs' order
+    rows: list[tuple[str, list[Optional[float]]]]
+    best: dict[str, set[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain data: {method: {"scenes": [...], metric: mean}} and the best methods per metric."""
+        return {"methods": {m: {"scenes": sc, **{name: vals[i] for name, vals in self.rows}}
+                            for i, (m, sc) in enumerate(zip(self.methods, self.scenes))},
+                "best": {k: [self.methods[i] for i in sorted(v)] for k, v in self.best.items()}}
+
+
+def method_means(runs: list[RunFacts], declared: dict[str, str]) -> Optional[MethodMeans]:
+    """:class:`MethodMeans` of ``runs``, None unless they span several scenes and some method finished on two."""
+    if len({r.name for r in runs}) < 2:
+        return None
+    by_method: dict[str, list[RunFacts]] = {}
+    for r in runs:
+        if r.trained and r.metrics:
+            by_method.setdefault(r.method, []).append(r)
+    if not any(len({r.name for r in rs}) > 1 for rs in by_method.values()):
+        return None
+    methods = list(by_method)
+    names = [k for rs in by_method.values() for r in rs for k in r.metrics if not is_bookkeeping(k)]
+    rows = []
+    for name in dict.fromkeys(names):
+        vals = []
+        for m in methods:
+            got = [r.metrics.get(name) for r in by_method[m]]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got)
+            vals.append(float(sum(got) / len(got)) if numeric else None)
+        rows.append((name, vals))
+    scenes = [[r.name for r in by_method[m]] for m in methods]
+    best: dict[str, set[int]] = {}
+    if len(methods) > 1 and len({tuple(sorted(sc)) for sc in scenes}) == 1:
+        for name, vals in rows:
+            direction = declared.get(name) or better(name)
+            nums = [(i, v) for i, v in enumerate(vals) if v is not None]
+            if direction and len(nums) > 1:
+                target = (min if direction == "lower" else max)(v for _, v in nums)
+                best[name] = {i for i, v in nums if v == target}
+    return MethodMeans(methods, scenes, rows, best)
 
 
 def compare_runs(paths: Sequence[Path]) -> Comparison:
@@ -102,7 +155,10 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
         if direction and len(nums) > 1:
             target = (min if direction == "lower" else max)(v for _, v in nums)
             best[name] = {i for i, v in nums if v == target}
-    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels), notes, declared)
+    means = method_means(runs, declared)
+    if means and not means.best and len(means.methods) > 1:
+        warnings.append("the methods ran on different scenes, so no mean over scenes is marked best")
+    return Comparison(runs, labels, rows, best, warnings + run_notes(runs, labels), notes, declared, means)
 
 
 def _read(path: Path) -> RunFacts:
@@ -116,10 +172,18 @@ def _read(path: Path) -> RunFacts:
 
 
 def _labels(runs: list[RunFacts]) -> list[str]:
-    """method, or method/<run folder name> when two runs share a method; '#2', '#3' ... when
-    that is still not unique (the same folder name under other roots, or one run given twice)."""
+    """method, or method/<scene> when runs of one method are on different scenes, else method/<run folder name>
+    when two runs share a method; '#2', '#3' ... when that is still not unique (the same folder name under other
+    roots, or one run given twice)."""
     methods = [r.method for r in runs]
-    labels = [m if methods.count(m) == 1 else f"{m}/{r.path.name}" for m, r in zip(methods, runs)]
+    scenes = {m: [r.name for r in runs if r.method == m] for m in methods}
+
+    def label(m: str, r: RunFacts) -> str:
+        if methods.count(m) == 1:
+            return m
+        return f"{m}/{r.name}" if len(set(scenes[m])) == len(scenes[m]) else f"{m}/{r.path.name}"
+
+    labels = [label(m, r) for m, r in zip(methods, runs)]
     seen: dict[str, int] = {}
     out = []
     for lab in labels:
@@ -364,6 +428,13 @@ def to_markdown(c: Comparison) -> str:
         cells = [f"**{_cell(v)}**" if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
+    if c.means:
+        m = c.means
+        text += ("\nMean over scenes:\n\n| | " + " | ".join(m.methods) + " |\n|---|" + "---:|" * len(m.methods) + "\n"
+                 + "| scenes | " + " | ".join(str(len(sc)) for sc in m.scenes) + " |\n")
+        for name, vals in m.rows:
+            cells = [f"**{_cell(v)}**" if i in m.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
+            text += f"| {name} | " + " | ".join(cells) + " |\n"
     if c.notes:
         text += "\n" + "\n".join(f"- `{name}`{' ' + mark if mark else ''}: {note}" for name, mark, note in c.legend()) + "\n"
     if c.warnings:
@@ -382,6 +453,12 @@ def to_html(c: Comparison) -> str:
     warn = "\n".join(H.warning(w) for w in c.warnings)
     paths = H.table(["run", "folder"], [(lab, str(r.path)) for lab, r in zip(c.labels, c.runs)])
     legend = [("Metrics", H.table(["metric", "", "what it is"], c.legend()))] if c.notes else []
+    if c.means:
+        m = c.means
+        marked = {(i + 1, j + 1) for i, (name, _) in enumerate(m.rows) for j in m.best.get(name, ())}
+        legend.insert(0, ("Mean over scenes", H.table(["", *m.methods], [("scenes", *[len(sc) for sc in m.scenes]),
+                                                                          *[(n, *v) for n, v in m.rows]],
+                                                      best=marked)))
     from pipeline.compare_figures import compare_sections
 
     return H.page("nls compare", f"{len(c.runs)} runs" + ("; best values in bold" if c.best else ""),
@@ -412,6 +489,17 @@ def _print_table(con, c: Comparison) -> None:
         t.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
                           if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
     con.print(t)
+    if c.means:
+        m = c.means
+        means = Table(title="mean over scenes" + marks)
+        means.add_column("")
+        for method in m.methods:
+            means.add_column(method, justify="right", overflow="fold")
+        means.add_row("scenes", *[str(len(sc)) for sc in m.scenes])
+        for name, vals in m.rows:
+            means.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
+                                  if i in m.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
+        con.print(means)
     for name, mark, note in c.legend():
         con.print(f"[dim]{escape(name)}{' ' + mark if mark else ''}: {escape(note)}[/dim]", highlight=False)
     for lab, r in zip(c.labels, c.runs):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -368,3 +369,33 @@ def test_batch_passes_validation_tensorboard_and_wandb_to_every_run(tmp_path, mo
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
         assert main(["batch", scene, f"--{package}", "-o", str(tmp_path / "out")]) == 2
         assert f"--{package} needs the {package} package" in capsys.readouterr().err
+
+
+def test_a_batch_over_several_data_paths_trains_each_scene_file_on_each_and_averages_them(tmp_path, tiny_scene):
+    """nls batch SCENE --data A B: one run per data path (named after it), the log and console lines say which, a
+    missing path fails its own job only, and the table labels the runs by scene and gives the method's mean."""
+    from tests.test_neus_scene import _cameras, _similarity, _write_neus
+
+    for k, name in enumerate(("scan_a", "scan_b")):
+        rng = np.random.default_rng(10 + k)
+        _write_neus(tmp_path / name, *_cameras(rng, 4), _similarity(rng, 2.0), size=(32, 32), rng=rng)
+    out = tmp_path / "runs"
+    proc = run_nls("batch", str(tiny_scene()), "--data", str(tmp_path / "scan_a"), str(tmp_path / "scan_b"),
+                   str(tmp_path / "scan_c"), "--set", "scene.test_every=2", "--steps", "3", "--output", str(out),
+                   timeout=400)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # (scan_c does not exist)
+    assert "3 scene(s) (1 scene file(s) on each of 3 data paths)" in proc.stdout
+    assert "FAILED  " in proc.stdout and "tiny.yaml on scan_c" in proc.stdout
+    record = json.loads(next(out.glob("batch/*/batch.json")).read_text())
+    assert [(Path(s["data"]).name, s["outcome"]) for s in record["scenes"]] == [
+        ("scan_a", "ok"), ("scan_b", "ok"), ("scan_c", "failed")]
+    assert Path(record["scenes"][1]["log"]).name == "02_tiny_scan_b.log"
+    table = Path(record["compare"]).read_text()
+    assert "| | dense_grid/scan_a | dense_grid/scan_b |" in table and "Mean over scenes:" in table
+    psnr = [float(c) for c in next(r for r in table.splitlines() if r.startswith("| psnr |")).split("|")[2:-1]]
+    mean = [float(c) for c in [r for r in table.splitlines() if r.startswith("| psnr |")][1].split("|")[2:-1]]
+    assert mean == pytest.approx([sum(psnr) / 2], abs=1e-4)
+    scene = tmp_path / "other.yaml"
+    scene.write_text("x")
+    bad = run_nls("batch", str(tiny_scene()), "--data", str(tmp_path / "scan_a"), str(scene))
+    assert bad.returncode == 2 and "a scene file among the data paths" in bad.stderr
