@@ -472,3 +472,24 @@ def test_other_scene_sources_over_one_ground_truth_compare_their_geometry(runs, 
     assert any(w.startswith("the evaluation settings (eval:) differ") and w.endswith("no image metric is marked best")
                for w in data["warnings"]), data["warnings"]
     assert data["best"]["chamfer_l1"] == [label_a] and "psnr" not in data["best"], data["best"]
+
+
+def test_each_method_s_mean_over_scenes_is_marked_best_only_over_the_same_scenes():
+    """method_means: a mean where every run of the method has the metric, the best by the metric's direction when
+    every method ran on the same scenes, none without runs of one method on two scenes."""
+    from types import SimpleNamespace
+
+    from pipeline.compare import method_means
+
+    def run(method, scene, **metrics):
+        return SimpleNamespace(method=method, name=scene, trained=True, metrics=metrics)
+
+    runs = [run("a", "s1", psnr=20.0, chamfer_l1=4.0), run("a", "s2", psnr=24.0, chamfer_l1=2.0),
+            run("b", "s1", psnr=21.0, chamfer_l1=1.0), run("b", "s2", psnr=22.0)]
+    m = method_means(runs, {})
+    rows = dict(m.rows)
+    assert m.methods == ["a", "b"] and m.scenes == [["s1", "s2"], ["s1", "s2"]]
+    assert rows["psnr"] == [22.0, 21.5] and rows["chamfer_l1"] == [3.0, None]  # (b has no chamfer on s2)
+    assert m.best == {"psnr": {0}}  # (chamfer_l1: one mean, nothing to rank it against)
+    assert method_means(runs[:3], {}).best == {}  # (b on s1 only: means over other scenes are not ranked)
+    assert method_means([runs[0], runs[2]], {}) is None  # (no method on two scenes)
