@@ -150,28 +150,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _renders_folder(args) -> Optional[Path]:
-    """``--renders DIR`` as a folder that exists (None without it); NLSError otherwise."""
-    given = getattr(args, "renders", None)
+def _given_path(args, option: str, *, folder: bool, want: str) -> Optional[Path]:
+    """``--<option>`` as an existing folder (``folder``) or file, None when not given; NLSError saying ``want``
+    otherwise."""
+    given = getattr(args, option, None)
     if given is None:
         return None
-    folder = Path(given)
-    if not folder.is_dir():
-        raise NLSError(f"--renders {given}: {'is a file' if folder.exists() else 'does not exist'}; give the folder "
-                       f"of another method's renders of the run's eval views, each named as its view (NAME.png)")
-    return folder
+    path = Path(given)
+    if not (path.is_dir() if folder else path.is_file()):
+        kind = ("is a file" if folder else "is a folder") if path.exists() else "does not exist"
+        raise NLSError(f"--{option} {given}: {kind}; give {want}")
+    return path
+
+
+def _renders_folder(args) -> Optional[Path]:
+    """``--renders DIR`` as a folder that exists (None without it); NLSError otherwise."""
+    return _given_path(args, "renders", folder=True, want="the folder of another method's renders of the run's eval "
+                       "views, each named as its view (NAME.png)")
 
 
 def _mesh_file(args) -> Optional[Path]:
     """``--mesh FILE`` as a file that exists (None without it); NLSError otherwise."""
-    given = getattr(args, "mesh", None)
-    if given is None:
-        return None
-    path = Path(given)
-    if not path.is_file():
-        raise NLSError(f"--mesh {given}: {'is a folder' if path.exists() else 'does not exist'}; give the mesh file "
-                       f"(PLY, OBJ, OFF, ...) of another method's reconstruction of the run's scene")
-    return path
+    return _given_path(args, "mesh", folder=False, want="the mesh file (PLY, OBJ, OFF, ...) of another method's "
+                       "reconstruction of the run's scene")
 
 
 def _mesh_evaluators_only(ld: Loaded) -> None:
