@@ -324,3 +324,24 @@ def test_nls_export_dataset_converts_a_folder_without_a_run(nls, tmp_path):
         want = S @ c2w[int(Path(frame["file_path"]).stem)]
         want[:3, :3] /= 2.0
         assert np.allclose(frame["transform_matrix"], want, atol=1e-4)
+
+
+def test_points_beside_the_cameras_are_moved_into_the_box_with_their_colours(tmp_path):
+    """sparse_pc.ply in world coordinates: its points inside the box, moved by to_run, become the scene's points
+    with their colours; a named file that is missing is an error naming the option."""
+    import trimesh
+
+    rng = np.random.default_rng(12)
+    Ks, c2w = _cameras(rng, 3)
+    S = _similarity(rng, 40.0)
+    _write_neus(tmp_path / "scan", Ks, c2w, S, rng=rng, masks=False)
+    normalised = np.concatenate([rng.uniform(-0.9, 0.9, (50, 3)), [[3.0, 0.0, 0.0]]])  # (the last outside the box)
+    world = normalised @ S[:3, :3].T + S[:3, 3]
+    colours = rng.integers(0, 256, (51, 3)).astype(np.uint8)
+    trimesh.PointCloud(world, colors=colours).export(tmp_path / "scan" / "sparse_pc.ply")
+    scene = load_neus(tmp_path / "scan", test_every=0, orientation="none")
+    assert scene.points.shape == (50, 3) and np.array_equal(scene.point_colors, colours[:50])
+    assert np.allclose(scene.points, normalised[:50], atol=1e-5)
+    assert scene.meta["sparse_points"]["total"] == 51 and scene.meta["sparse_points"]["in_box"] == 50
+    with pytest.raises(DataError, match="scene.points other.ply: no file"):
+        load_neus(tmp_path / "scan", test_every=0, points="other.ply")

@@ -24,6 +24,11 @@ Splits follow the LLFF rule the ``colmap`` source uses: every ``test_every``-th 
 trains on the train views alone), those are the held-out splits and ``<root>`` holds the train views. Such an
 export names its files ``<k>_<view>`` (the run's order) and records the view names in ``nls_run.json``, which
 names the views back (:func:`exported_view_names`).
+
+Points in world coordinates beside the cameras (``sparse_pc.ply``, as ``nls export --dataset`` writes a capture's
+sparse points; ``sparse_points_interest.ply`` or ``sparse_points.ply``, as NeuS's preprocessing of a capture leaves
+them; or the file ``points`` names) are moved into the normalised frame, and those in the box become the scene's
+``points`` (with their colours when the file has them), which ``nls view`` shows and ``point_fit`` scores against.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
 IMAGE_FOLDERS = ("image", "images")
 #: the mask folders looked for, in this order, when none is named
 MASK_FOLDERS = ("mask", "masks")
+#: the point files looked for, in this order, when none is named (nls's export, NeuS's preprocessing)
+POINT_FILES = ("sparse_pc.ply", "sparse_points_interest.ply", "sparse_points.ply")
 #: the image suffixes read from the image folder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: the splits this source makes by the hold-out rule
@@ -268,7 +275,7 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
               mask_use: str = "object", splits: Sequence[str] = NEUS_SPLITS, test_every: int = 8,
               background: Sequence[float] = (1.0, 1.0, 1.0), downscale: "int | str" = 1,
               max_images: Optional[int] = None, aabb: Optional[Sequence[float]] = None, orientation: str = "vertical",
-              progress: Optional[bool] = None) -> SceneData:
+              points: Optional[str] = None, progress: Optional[bool] = None) -> SceneData:
     """Load an IDR / NeuS camera folder (module docstring) in its normalised frame, turned +Z up.
 
     Args:
@@ -288,6 +295,8 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
         orientation: how the up direction that is turned to +Z is found from the cameras, as the colmap source
             finds it (:func:`pipeline.scenes.colmap.scene_up`: ``vertical``, ``up`` or ``none``: the normalised
             frame as it is); turntables and orbits circle +Z.
+        points: a point file in world coordinates under ``root`` (default: the first of :data:`POINT_FILES` there,
+            when there is one): those in the box are the scene's ``points``.
         progress: show a progress bar (default: only for >= 64 images on a terminal).
 
     Returns:
@@ -387,8 +396,46 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
     if main.masks:
         meta.update(masks=str(main.mask_folder.resolve()), mask_use=mask_use,
                     **({"pixels_kept": kept_shares(out)} if mask_use == "ignore" else {}))
+    cloud = read_points(root, points, to_run, box)
+    if cloud is not None:
+        meta["sparse_points"] = cloud[2]
     return SceneData(splits=out, aabb=torch.tensor(box.astype(np.float32)), background=tuple(float(x) for x in bg),
-                     near=float(near), far=float(far), meta=meta)
+                     near=float(near), far=float(far), meta=meta,
+                     points=cloud[0] if cloud is not None and len(cloud[0]) else None,
+                     point_colors=cloud[1] if cloud is not None and len(cloud[0]) else None)
+
+
+def read_points(root: Path, given: Optional[str], to_run: np.ndarray, box: np.ndarray):
+    """``(points (P, 3) float32, colours (P, 3) uint8 or None, facts)``: the point file ``given`` (under ``root``
+    unless absolute; default the first of :data:`POINT_FILES` there) moved by ``to_run`` and kept inside ``box``
+    (6,); None without a file. DataError naming the file when ``given`` is missing or it holds no points."""
+    import trimesh
+
+    from pipeline.scenes.blender import in_box
+
+    if given is not None:
+        path = Path(given) if Path(given).is_absolute() else Path(root) / given
+        if not path.is_file():
+            raise DataError(f"scene.points {given}: no file {path} (points in the scan's world coordinates; relative "
+                            f"paths are under scene.path)")
+    else:
+        path = next((Path(root) / n for n in POINT_FILES if (Path(root) / n).is_file()), None)
+        if path is None:
+            return None
+    try:
+        cloud = trimesh.load(str(path), process=False)
+    except Exception as exc:  # trimesh raises many types for unreadable files
+        raise DataError(f"{path}: cannot be read as a point file ({type(exc).__name__}: {exc})") from None
+    world = np.asarray(getattr(cloud, "vertices", np.zeros((0, 3))), np.float64).reshape(-1, 3)
+    if not len(world):
+        raise DataError(f"{path}: holds no points")
+    colours = getattr(cloud, "colors", None)
+    colours = np.asarray(colours)[:, :3].astype(np.uint8) if colours is not None and len(colours) == len(world) \
+        else None
+    moved = world @ to_run[:3, :3].T + to_run[:3, 3]
+    kept = in_box(moved, box)
+    facts = {"file": str(path.resolve()), "total": int(len(world)), "in_box": int(kept.sum())}
+    return moved[kept].astype(np.float32), None if colours is None else colours[kept], facts
 
 
 def write_neus_folder(root: Path, images: np.ndarray, world_mats: np.ndarray, scale_mat: np.ndarray,

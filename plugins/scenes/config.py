@@ -216,6 +216,9 @@ class NeusConfig(_HeldOutViews):
         "object", description="what the masks are: object (each image composited on the background by its mask: "
                               "the object alone, as NeuS trains with masks), ignore (black pixels neither trained on "
                               "nor scored: PSNR inside the mask, as IDR reports it) or off (unused)")
+    points: Optional[str] = Field(None, description="a point file in world coordinates under path, whose points in "
+                                  "the box are the scene's (nls view, point_fit); default: sparse_pc.ply, "
+                                  "sparse_points_interest.ply or sparse_points.ply there, when there is one")
 
     _off_unquoted = field_validator("mask_use", mode="before")(classmethod(_off_unquoted))
 
@@ -224,7 +227,7 @@ class NeusConfig(_HeldOutViews):
         the background."""
         return {"cameras": self.cameras, "images": self.images, "masks": self.masks, "mask_use": self.mask_use,
                 "splits": tuple(self.splits), "test_every": self.test_every, "orientation": self.orientation,
-                "downscale": self.downscale, "max_images": self.max_images, "aabb": self.aabb}
+                "downscale": self.downscale, "max_images": self.max_images, "aabb": self.aabb, "points": self.points}
 
 
 class ColmapConfig(_CaptureOptions):
