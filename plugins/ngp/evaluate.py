@@ -164,7 +164,8 @@ class PointFitMetrics:
         from pipeline.types import NLSError
 
         if ctx.scene.points is None or len(ctx.scene.points) == 0:
-            raise NLSError("the scene has no input points (a COLMAP model without sparse points inside the box)")
+            raise NLSError("the scene has no input points (none inside its box: a COLMAP model's sparse points, or an "
+                           "IDR / NeuS folder's point file)")
         points = np.asarray(ctx.scene.points, np.float64)
         e = ctx.cfg.eval
         mesh = ctx.mesh()

@@ -22,8 +22,8 @@ def nls_register_scene_sources(register):
              produces={"points", "gt_mesh"}, description=C.GeometryConfig.__doc__)
     register("blender", f"{M}:build_blender", config=C.BlenderConfig,  # (gt_mesh: the folder's gt_mesh.ply, if any)
              produces={"images", "gt_mesh"}, description=C.BlenderConfig.__doc__)
-    register("neus", f"{M}:build_neus", config=C.NeusConfig,
-             produces={"images", "gt_mesh"}, description=C.NeusConfig.__doc__)  # (gt_mesh: scene.gt_mesh)
+    register("neus", f"{M}:build_neus", config=C.NeusConfig,  # (gt_mesh: scene.gt_mesh; points: a point file)
+             produces={"images", "points", "gt_mesh"}, description=C.NeusConfig.__doc__)
     register("colmap", f"{M}:build_colmap", config=C.ColmapConfig,
              produces={"images", "points", "gt_mesh"}, description=C.ColmapConfig.__doc__)
     register("photos", f"{M}:build_photos", config=C.PhotosConfig,
