@@ -28,12 +28,13 @@ each triangle (``i/n1 e1 + j/n2 e2``, ``n = ceil(|e| / density)``), and the thin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
+from pipeline.scenes.blender import in_box
 from pipeline.types import DataError, NLSError
 
 #: the benchmark's sampling density and outlier distance, in mm
@@ -54,7 +55,6 @@ class DTUReference:
     bb: np.ndarray  # (2, 3) float64: the mask's box, its min corner first (the centre of voxel 0)
     res: float  # the mask's voxel size
     plane: np.ndarray  # (4,) float64: scan points p with plane . (p, 1) > 0 are above the table
-    files: dict = field(default_factory=dict)  # {"points" | "obs_mask" | "plane": path}
 
 
 def scan_number(name: str) -> Optional[int]:
@@ -110,8 +110,7 @@ def load_reference(points: Path, obs_mask: Path, plane: Path) -> DTUReference:
         raise DataError(f"{obs_mask}, {plane}: ObsMask must be a 3-D array (has shape {mask.shape}), BB 2x3 (has "
                         f"{bb.shape}), Res one number (has {res.shape}) and P four numbers (has {p.shape})")
     return DTUReference(points=pts, obs_mask=mask.astype(bool), bb=bb.reshape(2, 3).astype(np.float64),
-                        res=float(res.reshape(())), plane=p.reshape(4).astype(np.float64),
-                        files={"points": str(points), "obs_mask": str(obs_mask), "plane": str(plane)})
+                        res=float(res.reshape(())), plane=p.reshape(4).astype(np.float64))
 
 
 def _lattice_sides(v: np.ndarray, f: np.ndarray, density: float):
@@ -233,12 +232,6 @@ def _mean_below(d: np.ndarray, limit: float) -> float:
     return float(inliers.mean()) if len(inliers) else float("nan")
 
 
-def in_box(points: np.ndarray, ref: DTUReference, margin: float) -> np.ndarray:
-    """(P,) bool: the points within ``margin`` of the mask's box."""
-    p = np.asarray(points, np.float64)
-    return ((p >= ref.bb[0] - margin) & (p <= ref.bb[1] + margin)).all(axis=1)
-
-
 def evaluate_mesh(vertices: np.ndarray, faces: np.ndarray, ref: DTUReference, *, density: float = DENSITY_MM,
                   max_dist: float = MAX_DIST_MM, patch: float = PATCH_MM, seed: int = 0,
                   progress: Optional[Callable[[str], None]] = None) -> dict:
@@ -260,7 +253,7 @@ def evaluate_mesh(vertices: np.ndarray, faces: np.ndarray, ref: DTUReference, *,
     samples = sample_surface(v, f, density)
     say(f"{len(samples):,} lattice samples; thinning to {density:g}")
     data = thin(samples, density, seed=seed)
-    data = data[in_box(data, ref, patch)]
+    data = data[in_box(data, np.concatenate([lo, hi]))]  # (within the patch of the mask's box)
     del samples
     inside = observed(data, ref)
     if not inside.any():
