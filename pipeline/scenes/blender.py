@@ -890,22 +890,26 @@ def _instant_ngp(root: Path, splits: Sequence[str], mask_use: str = "ignore", de
     return found, missing, extra
 
 
-def _ply_points(path: Path, box: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray], dict]:
-    """The points of the point cloud ``path`` (nerfstudio's ``ply_file_path``) inside ``box`` (6,): (P, 3) float32,
-    their (P, 3) uint8 colours (None when the file has none) and the facts for scene.json; None for no point in the
-    box. DataError naming the file when it holds no points."""
+def ply_points(path: Path, box: np.ndarray, to_frame: Optional[np.ndarray] = None,
+               option: str = "'ply_file_path'") -> tuple[Optional[np.ndarray], Optional[np.ndarray], dict]:
+    """The points of the point cloud ``path`` (nerfstudio's ``ply_file_path``; a NeuS folder's point file), moved by
+    ``to_frame`` (4, 4) when given, inside ``box`` (6,): (P, 3) float32, their (P, 3) uint8 colours (None when the
+    file has none) and the facts for scene.json; None for no point in the box. DataError naming the file (and the
+    ``option`` that gave it) when it cannot be read or holds no points."""
     import trimesh
 
     try:
         cloud = trimesh.load(path, process=False)
     except Exception as exc:  # (trimesh raises many types for files it cannot parse)
-        raise DataError(f"{path}: not a point cloud trimesh can read ('ply_file_path'): {exc}") from None
+        raise DataError(f"{path}: not a point cloud trimesh can read ({option}): {exc}") from None
     points = np.asarray(getattr(cloud, "vertices", np.zeros((0, 3))), dtype=np.float64).reshape(-1, 3)
     if not len(points):
-        raise DataError(f"{path}: holds no points ('ply_file_path')")
+        raise DataError(f"{path}: holds no points ({option})")
     colours = np.asarray(getattr(cloud, "colors", ()) if isinstance(cloud, trimesh.PointCloud) else
                          getattr(getattr(cloud, "visual", None), "vertex_colors", ()))
     colours = colours[:, :3].astype(np.uint8) if colours.ndim == 2 and len(colours) == len(points) else None
+    if to_frame is not None:
+        points = points @ to_frame[:3, :3].T + to_frame[:3, 3]
     kept = in_box(points, box)  # (a NaN coordinate is in no box)
     facts = {"file": str(path.resolve()), "total": int(len(points)), "in_box": int(kept.sum())}
     if not kept.any():
@@ -1087,7 +1091,7 @@ def load_blender(root: Path, *, splits: Sequence[str] = ("train", "val", "test")
             meta["generator"] = f"unreadable {render_meta}"
     points = colours = None
     if "ply" in extra:
-        points, colours, meta["sparse_points"] = _ply_points(extra["ply"], box)
+        points, colours, meta["sparse_points"] = ply_points(extra["ply"], box)
     gt = root / "gt_mesh.ply"
     return SceneData(
         splits=out,

@@ -396,22 +396,19 @@ def load_neus(root: Path, *, cameras: Optional[str] = None, images: Optional[str
     if main.masks:
         meta.update(masks=str(main.mask_folder.resolve()), mask_use=mask_use,
                     **({"pixels_kept": kept_shares(out)} if mask_use == "ignore" else {}))
-    cloud = read_points(root, points, to_run, box)
-    if cloud is not None:
-        meta["sparse_points"] = cloud[2]
+    cloud, colours = None, None
+    found = read_points(root, points, to_run, box)
+    if found is not None:
+        cloud, colours, meta["sparse_points"] = found
     return SceneData(splits=out, aabb=torch.tensor(box.astype(np.float32)), background=tuple(float(x) for x in bg),
-                     near=float(near), far=float(far), meta=meta,
-                     points=cloud[0] if cloud is not None and len(cloud[0]) else None,
-                     point_colors=cloud[1] if cloud is not None and len(cloud[0]) else None)
+                     near=float(near), far=float(far), meta=meta, points=cloud, point_colors=colours)
 
 
 def read_points(root: Path, given: Optional[str], to_run: np.ndarray, box: np.ndarray):
-    """``(points (P, 3) float32, colours (P, 3) uint8 or None, facts)``: the point file ``given`` (under ``root``
-    unless absolute; default the first of :data:`POINT_FILES` there) moved by ``to_run`` and kept inside ``box``
-    (6,); None without a file. DataError naming the file when ``given`` is missing or it holds no points."""
-    import trimesh
-
-    from pipeline.scenes.blender import in_box
+    """:func:`pipeline.scenes.blender.ply_points` of the point file ``given`` (under ``root`` unless absolute;
+    default the first of :data:`POINT_FILES` there) moved by ``to_run`` into ``box`` (6,); None without a file.
+    DataError naming ``scene.points`` when ``given`` is missing."""
+    from pipeline.scenes.blender import ply_points
 
     if given is not None:
         path = Path(given) if Path(given).is_absolute() else Path(root) / given
@@ -422,20 +419,7 @@ def read_points(root: Path, given: Optional[str], to_run: np.ndarray, box: np.nd
         path = next((Path(root) / n for n in POINT_FILES if (Path(root) / n).is_file()), None)
         if path is None:
             return None
-    try:
-        cloud = trimesh.load(str(path), process=False)
-    except Exception as exc:  # trimesh raises many types for unreadable files
-        raise DataError(f"{path}: cannot be read as a point file ({type(exc).__name__}: {exc})") from None
-    world = np.asarray(getattr(cloud, "vertices", np.zeros((0, 3))), np.float64).reshape(-1, 3)
-    if not len(world):
-        raise DataError(f"{path}: holds no points")
-    colours = getattr(cloud, "colors", None)
-    colours = np.asarray(colours)[:, :3].astype(np.uint8) if colours is not None and len(colours) == len(world) \
-        else None
-    moved = world @ to_run[:3, :3].T + to_run[:3, 3]
-    kept = in_box(moved, box)
-    facts = {"file": str(path.resolve()), "total": int(len(world)), "in_box": int(kept.sum())}
-    return moved[kept].astype(np.float32), None if colours is None else colours[kept], facts
+    return ply_points(path, box, to_run, option="scene.points")
 
 
 def write_neus_folder(root: Path, images: np.ndarray, world_mats: np.ndarray, scale_mat: np.ndarray,
