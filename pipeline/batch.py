@@ -543,8 +543,9 @@ def cmd_batch(args) -> int:
         parse_override(text)
     cpus = os.cpu_count() or 1
     watch = watch_overrides(args)
-    datas = list(dict.fromkeys(str(Path(d).resolve()) for d in _data_paths(args)))
-    scene_files = [d for d in _data_paths(args) if Path(d).suffix.lower() in (".yaml", ".yml")]
+    given = [d for group in args.data or [] for d in group]  # (--data A B ..., repeatable)
+    datas = list(dict.fromkeys(str(Path(d).resolve()) for d in given))
+    scene_files = [d for d in given if Path(d).suffix.lower() in (".yaml", ".yml")]
     if scene_files:
         raise NLSError(f"--data {scene_files[0]}: a scene file among the data paths (--data takes every path after "
                        f"it); give the scene files first: nls batch SCENE.yaml ... --data PATH ...")
@@ -595,7 +596,7 @@ def cmd_batch(args) -> int:
             say(f"[{i + 1}] FAILED  {job_label(s, data_of[i])}: {problem}  (refused, not run)")
             results.append(SceneResult(i, s, "failed", None, 2, 0.0, None, problem, "", info.rank, data=data_of[i]))
         else:
-            todo.append((i, s) if data_of[i] is None else (i, s, data_of[i]))
+            todo.append((i, s, data_of[i]))
     results += run_scenes(todo, opts, jobs, log_dir, info.rank, say)
     if info.enabled:
         gathered: list = [None] * info.world_size
@@ -609,16 +610,6 @@ def cmd_batch(args) -> int:
         results = [SceneResult(**d) for part in gathered for d in part]
     results.sort(key=lambda r: r.index)
     return _finish(results, out_dir)
-
-
-def _data_paths(args) -> list[str]:
-    """The ``--data`` paths given (none, one, or several: ``--data`` repeated, or one ``--data`` followed by paths,
-    as a shell glob gives them)."""
-    given = getattr(args, "data", None)
-    if not given:
-        return []
-    return [given] if isinstance(given, str) else [d for part in given for d in ([part] if isinstance(part, str)
-                                                                               else part)]
 
 
 def _finish(results: list[SceneResult], out_dir: Path) -> int:

@@ -65,6 +65,10 @@ class MethodMeans:
     rows: list[tuple[str, list[Optional[float]]]]
     best: dict[str, set[int]] = field(default_factory=dict)
 
+    def counted_rows(self) -> list[tuple[str, list]]:
+        """:attr:`rows` after a first row ``scenes``: how many scenes each method's means are over."""
+        return [("scenes", [len(sc) for sc in self.scenes]), *self.rows]
+
     def to_dict(self) -> dict:
         """Plain data: {method: {"scenes": [...], metric: mean}} and the best methods per metric."""
         return {"methods": {m: {"scenes": sc, **{name: vals[i] for name, vals in self.rows}}
@@ -96,12 +100,21 @@ def method_means(runs: list[RunFacts], declared: dict[str, str]) -> Optional[Met
     best: dict[str, set[int]] = {}
     if len(methods) > 1 and len({tuple(sorted(sc)) for sc in scenes}) == 1:
         for name, vals in rows:
-            direction = declared.get(name) or better(name)
-            nums = [(i, v) for i, v in enumerate(vals) if v is not None]
-            if direction and len(nums) > 1:
-                target = (min if direction == "lower" else max)(v for _, v in nums)
-                best[name] = {i for i, v in nums if v == target}
+            marked = best_cells(vals, declared.get(name) or better(name), range(len(vals)))
+            if marked:
+                best[name] = marked
     return MethodMeans(methods, scenes, rows, best)
+
+
+def best_cells(vals: Sequence[Any], direction: Optional[str], among) -> set[int]:
+    """The indices in ``among`` of the best numbers of ``vals`` (``direction``: "lower" or "higher"); empty without
+    a direction or with fewer than two numbers to rank."""
+    nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and i in among]
+    if not direction or len(nums) < 2:
+        return set()
+    target = (min if direction == "lower" else max)(v for _, v in nums)
+    return {i for i, v in nums if v == target}
 
 
 def compare_runs(paths: Sequence[Path]) -> Comparison:
@@ -149,12 +162,9 @@ def compare_runs(paths: Sequence[Path]) -> Comparison:
                 or (name.startswith(IMAGE_METRICS) and not images_comparable):
             continue
         direction = "lower" if name in ("train_seconds", "parameters") else declared.get(name) or better(name)
-        # a run stopped early is neither "fastest" nor "best": only finished runs compete
-        nums = [(i, v) for i, v in enumerate(vals) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                and i in finished]
-        if direction and len(nums) > 1:
-            target = (min if direction == "lower" else max)(v for _, v in nums)
-            best[name] = {i for i, v in nums if v == target}
+        marked = best_cells(vals, direction, finished)  # a run stopped early is neither "fastest" nor "best"
+        if marked:
+            best[name] = marked
     means = method_means(runs, declared)
     if means and not means.best and len(means.methods) > 1:
         warnings.append("the methods ran on different scenes, so no mean over scenes is marked best")
@@ -421,20 +431,21 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _markdown_table(labels: Sequence[str], rows: Sequence[tuple[str, list]], best: dict[str, set[int]]) -> str:
+    """A Markdown table of ``rows`` under ``labels``, the ``best`` cells in bold."""
+    lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for name, vals in rows:
+        cells = [f"**{_cell(v)}**" if i in best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(c: Comparison) -> str:
     """``c`` as a Markdown table, best cells in bold, then its warnings as ``> warning:`` lines."""
-    lines = ["| | " + " | ".join(c.labels) + " |", "|---|" + "---:|" * len(c.labels)]
-    for name, vals in c.rows:
-        cells = [f"**{_cell(v)}**" if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
+    text = _markdown_table(c.labels, c.rows, c.best)
     if c.means:
         m = c.means
-        text += ("\nMean over scenes:\n\n| | " + " | ".join(m.methods) + " |\n|---|" + "---:|" * len(m.methods) + "\n"
-                 + "| scenes | " + " | ".join(str(len(sc)) for sc in m.scenes) + " |\n")
-        for name, vals in m.rows:
-            cells = [f"**{_cell(v)}**" if i in m.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)]
-            text += f"| {name} | " + " | ".join(cells) + " |\n"
+        text += "\nMean over scenes:\n\n" + _markdown_table(m.methods, m.counted_rows(), m.best)
     if c.notes:
         text += "\n" + "\n".join(f"- `{name}`{' ' + mark if mark else ''}: {note}" for name, mark, note in c.legend()) + "\n"
     if c.warnings:
@@ -455,10 +466,9 @@ def to_html(c: Comparison) -> str:
     legend = [("Metrics", H.table(["metric", "", "what it is"], c.legend()))] if c.notes else []
     if c.means:
         m = c.means
-        marked = {(i + 1, j + 1) for i, (name, _) in enumerate(m.rows) for j in m.best.get(name, ())}
-        legend.insert(0, ("Mean over scenes", H.table(["", *m.methods], [("scenes", *[len(sc) for sc in m.scenes]),
-                                                                          *[(n, *v) for n, v in m.rows]],
-                                                      best=marked)))
+        rows = m.counted_rows()
+        marked = {(i, j + 1) for i, (name, _) in enumerate(rows) for j in m.best.get(name, ())}
+        legend.insert(0, ("Mean over scenes", H.table(["", *m.methods], [(n, *v) for n, v in rows], best=marked)))
     from pipeline.compare_figures import compare_sections
 
     return H.page("nls compare", f"{len(c.runs)} runs" + ("; best values in bold" if c.best else ""),
@@ -474,32 +484,32 @@ def print_rich(c: Comparison) -> None:
         _print_table(con, c)
 
 
+def _rich_table(title: str, labels: Sequence[str], rows: Sequence[tuple[str, list]], best: dict[str, set[int]],
+                plain: bool):
+    """A rich Table of ``rows`` under ``labels``, the ``best`` cells bold green (marked ``*`` when ``plain``)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("")
+    for lab in labels:
+        t.add_column(lab, justify="right", overflow="fold")
+    for name, vals in rows:
+        t.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
+                          if i in best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
+    return t
+
+
 def _print_table(con, c: Comparison) -> None:
     """:func:`print_rich`'s table and run folders on ``con``."""
     from rich.markup import escape
-    from rich.table import Table
 
     plain = not con.is_terminal  # piped: bold is dropped, so the best cells get a visible '*'
     marks = "" if not c.best else " (best marked *)" if plain else " (best in bold)"
-    t = Table(title="nls compare" + marks)
-    t.add_column("")
-    for lab in c.labels:
-        t.add_column(lab.replace("/", "\n"), justify="right", overflow="fold")  # headers whole, folded
-    for name, vals in c.rows:
-        t.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
-                          if i in c.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
-    con.print(t)
+    con.print(_rich_table("nls compare" + marks, [lab.replace("/", "\n") for lab in c.labels], c.rows, c.best,
+                          plain))  # (headers whole, folded)
     if c.means:
-        m = c.means
-        means = Table(title="mean over scenes" + marks)
-        means.add_column("")
-        for method in m.methods:
-            means.add_column(method, justify="right", overflow="fold")
-        means.add_row("scenes", *[str(len(sc)) for sc in m.scenes])
-        for name, vals in m.rows:
-            means.add_row(name, *[(f"*{_cell(v)}" if plain else f"[bold green]{_cell(v)}[/]")
-                                  if i in m.best.get(name, ()) else _cell(v) for i, v in enumerate(vals)])
-        con.print(means)
+        con.print(_rich_table("mean over scenes" + marks, c.means.methods, c.means.counted_rows(), c.means.best,
+                              plain))
     for name, mark, note in c.legend():
         con.print(f"[dim]{escape(name)}{' ' + mark if mark else ''}: {escape(note)}[/dim]", highlight=False)
     for lab, r in zip(c.labels, c.runs):
