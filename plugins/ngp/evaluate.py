@@ -112,6 +112,7 @@ class DTUMetrics:
         import numpy as np
 
         from pipeline.dtu_eval import evaluate_mesh, load_reference
+        from pipeline.external_mesh import to_run_frame
 
         ref = load_reference(**self.files(ctx))
         mesh = ctx.mesh()
@@ -124,10 +125,10 @@ class DTUMetrics:
                 raise NLSError("dtu: visual_hull needs the scene's training views")
             mesh, res["dtu_hull_dropped_faces"] = cut_to_visual_hull(mesh, ctx.scene.splits["train"],
                                                                      self.cfg.visual_hull)
-        to_run = (ctx.scene.meta.get("input_frame") or {}).get("to_run")
+        to_run = to_run_frame(ctx.scene)
         vertices = np.asarray(mesh.vertices, np.float64)
         if to_run is not None:
-            back = np.linalg.inv(np.asarray(to_run, np.float64))
+            back = np.linalg.inv(to_run)
             vertices = vertices @ back[:3, :3].T + back[:3, 3]
         res.update(evaluate_mesh(vertices, np.asarray(mesh.faces), ref, density=self.cfg.density,
                                  max_dist=self.cfg.max_dist, patch=self.cfg.patch, seed=self.cfg.seed,
